@@ -1,0 +1,196 @@
+//! Fault injection and request recording shared by every emulator.
+//!
+//! Each emulator wraps its axum router with [`Faults::layer`]. A test (or the sandbox) injects
+//! [`Fault`]s at run time: a matching request then gets a 5xx, a 409, a 429 with `Retry-After`,
+//! a delay, or a dropped connection instead of (or before) the normal answer. Every request that
+//! reaches the emulator is appended to the [`RequestLog`], so tests can assert the calls made
+//! ("TMC saw exactly one POST /v1alpha1/clusters").
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// What happens to a request that matches a [`Fault`].
+#[derive(Clone, Debug)]
+pub enum FaultAction {
+    /// Answer with this HTTP status and body (JSON unless the body does not parse as JSON).
+    Status {
+        /// HTTP status code, e.g. 500, 502, 409.
+        code: u16,
+        /// Response body.
+        body: String,
+    },
+    /// Answer 429 (or the given code, e.g. 403 for GitHub's secondary rate limit) with a
+    /// `Retry-After` header of `secs` seconds.
+    RetryAfter {
+        /// HTTP status code, normally 429.
+        code: u16,
+        /// Value of `Retry-After`, in seconds.
+        secs: u64,
+    },
+    /// Wait this long, then serve the request normally (a slow response).
+    Delay(Duration),
+    /// Send the response head, then abort the body: the client sees a dropped connection.
+    Drop,
+}
+
+/// One injected fault: which requests it matches and how many times it fires.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    /// HTTP method to match; `None` matches any method.
+    pub method: Option<Method>,
+    /// The request path must start with this prefix (e.g. `/v1alpha1/clusters`).
+    pub path_prefix: String,
+    /// What to do with a matching request.
+    pub action: FaultAction,
+    /// How many matching requests it applies to; `None` means until [`Faults::clear`].
+    pub times: Option<u32>,
+}
+
+impl Fault {
+    /// A fault for `method` (or any method when `None`) and requests whose path starts with
+    /// `path_prefix`, applying `action` to the next `times` matching requests.
+    pub fn new(method: Option<Method>, path_prefix: &str, action: FaultAction, times: Option<u32>) -> Self {
+        Fault { method, path_prefix: path_prefix.to_string(), action, times }
+    }
+}
+
+/// One request seen by an emulator.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// HTTP method.
+    pub method: Method,
+    /// Path without the query string.
+    pub path: String,
+    /// Raw query string, empty when absent.
+    pub query: String,
+    /// Whether an injected fault answered it instead of the emulator.
+    pub faulted: bool,
+}
+
+/// Append-only log of the requests an emulator received. Cheap to clone (shared state).
+#[derive(Clone, Default, Debug)]
+pub struct RequestLog {
+    inner: Arc<Mutex<Vec<RecordedRequest>>>,
+}
+
+impl RequestLog {
+    /// Every request recorded so far, in arrival order.
+    pub fn all(&self) -> Vec<RecordedRequest> {
+        self.inner.lock().expect("request log poisoned").clone()
+    }
+
+    /// How many non-faulted requests had this method and exactly this path.
+    pub fn count(&self, method: &Method, path: &str) -> usize {
+        self.all().iter().filter(|r| !r.faulted && &r.method == method && r.path == path).count()
+    }
+
+    /// How many non-faulted requests had this method and a path starting with `prefix`.
+    pub fn count_prefix(&self, method: &Method, prefix: &str) -> usize {
+        self.all().iter().filter(|r| !r.faulted && &r.method == method && r.path.starts_with(prefix)).count()
+    }
+
+    fn push(&self, r: RecordedRequest) {
+        self.inner.lock().expect("request log poisoned").push(r);
+    }
+}
+
+/// The fault table and request log of one emulator. Cheap to clone (shared state).
+#[derive(Clone, Default, Debug)]
+pub struct Faults {
+    rules: Arc<Mutex<Vec<Fault>>>,
+    log: RequestLog,
+}
+
+impl Faults {
+    /// An empty fault table with an empty request log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a fault; faults are matched in the order they were injected.
+    pub fn inject(&self, fault: Fault) {
+        self.rules.lock().expect("fault table poisoned").push(fault);
+    }
+
+    /// Removes every injected fault (the request log is kept).
+    pub fn clear(&self) {
+        self.rules.lock().expect("fault table poisoned").clear();
+    }
+
+    /// The request log of this emulator.
+    pub fn log(&self) -> &RequestLog {
+        &self.log
+    }
+
+    /// Wraps `router` so that every request is recorded and checked against the fault table.
+    pub fn layer<S: Clone + Send + Sync + 'static>(&self, router: axum::Router<S>) -> axum::Router<S> {
+        router.layer(axum::middleware::from_fn_with_state(self.clone(), fault_middleware))
+    }
+
+    /// Takes the first matching fault (decrementing its remaining count) for this request.
+    fn take(&self, method: &Method, path: &str) -> Option<FaultAction> {
+        let mut rules = self.rules.lock().expect("fault table poisoned");
+        let idx = rules.iter().position(|f| {
+            f.method.as_ref().is_none_or(|m| m == method) && path.starts_with(&f.path_prefix) && f.times != Some(0)
+        })?;
+        let action = rules[idx].action.clone();
+        if let Some(n) = rules[idx].times.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                rules.remove(idx);
+            }
+        }
+        Some(action)
+    }
+}
+
+async fn fault_middleware(State(faults): State<Faults>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let action = faults.take(&method, &path);
+    let faulted = !matches!(action, None | Some(FaultAction::Delay(_)));
+    faults.log.push(RecordedRequest { method, path, query, faulted });
+    match action {
+        None => next.run(req).await,
+        Some(FaultAction::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            next.run(req).await
+        }
+        Some(FaultAction::Status { code, body }) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let ct = if serde_json::from_str::<serde_json::Value>(&body).is_ok() { "application/json" } else { "text/plain" };
+            (status, [(axum::http::header::CONTENT_TYPE, ct)], body).into_response()
+        }
+        Some(FaultAction::RetryAfter { code, secs }) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+            let mut resp = (
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                r#"{"message":"rate limit exceeded (injected fault)"}"#,
+            )
+                .into_response();
+            resp.headers_mut().insert("retry-after", HeaderValue::from(secs));
+            resp
+        }
+        Some(FaultAction::Drop) => {
+            let stream = futures::stream::once(async {
+                Err::<bytes::Bytes, std::io::Error>(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection dropped (injected fault)",
+                ))
+            });
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-length", "1024")
+                .body(Body::from_stream(stream))
+                .expect("static response parts are valid")
+        }
+    }
+}

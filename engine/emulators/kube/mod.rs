@@ -1,0 +1,3 @@
+//! Emulated Kubernetes API servers (management and workload clusters) and simulated controllers.
+
+pub mod controllers;

@@ -1,0 +1,1 @@
+//! Emulated Tanzu Mission Control REST API with the CSP token exchange.

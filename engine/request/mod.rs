@@ -1,0 +1,3 @@
+//! The config repository format (cluster requests) and the reference-design validation rules.
+//!
+//! Pure: no I/O, no tokio.

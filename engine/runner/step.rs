@@ -1,0 +1,138 @@
+//! The contract between the engine and the providers: one [`StepExecutor`] per provider.
+//!
+//! A workflow step (`workflows/*.yaml`) is rendered into a [`StepSpec`] at plan time (no I/O, no
+//! credentials). The engine executes it by calling the executor registered for its `kind`, once
+//! per attempt, with a [`StepContext`]. Executors must be idempotent: an attempt can be repeated
+//! after a crash (at-least-once execution; deterministic names, client tokens and server-side
+//! apply make the effect exactly-once).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// Retry policy of a step: attempts with exponential backoff on [`StepError::Transient`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Total attempts including the first (at least 1).
+    pub max_attempts: u32,
+    /// Delay before the second attempt, in seconds; doubled after each failed attempt.
+    pub initial_backoff_secs: f64,
+    /// Upper bound of the delay between attempts, in seconds.
+    pub max_backoff_secs: f64,
+}
+
+impl Default for RetryPolicy {
+    /// 5 attempts, 2 s initial backoff, 60 s cap.
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 5, initial_backoff_secs: 2.0, max_backoff_secs: 60.0 }
+    }
+}
+
+/// One step of a plan, fully rendered: what the engine persists and executes.
+///
+/// `inputs` is secret-free by construction (it is shown on the PR and stored in sled); secrets
+/// such as workload kubeconfigs and API tokens are read by the executor at run time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepSpec {
+    /// Step id, unique within the workflow (e.g. `apply-cluster`).
+    pub id: String,
+    /// Executor kind (e.g. `aws.preflight`, `kube.apply`, `tmc.attach`, `packages.rollout`).
+    pub kind: String,
+    /// Human-readable title shown in the PR comment.
+    pub title: String,
+    /// Deadline of one attempt, in seconds.
+    pub timeout_secs: u64,
+    /// Retry policy on transient errors.
+    pub retry: RetryPolicy,
+    /// Kind-specific inputs rendered from the workflow's templates.
+    pub inputs: serde_json::Value,
+}
+
+/// Receives free-text progress of a running step (e.g. "control plane 1/3 ready"); the bot
+/// shows the latest line in the live step table. Cheap to clone.
+#[derive(Clone)]
+pub struct ProgressSink(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl ProgressSink {
+    /// A sink calling `f` with each progress line.
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        ProgressSink(Arc::new(f))
+    }
+    /// A sink that discards everything.
+    pub fn noop() -> Self {
+        ProgressSink(Arc::new(|_| {}))
+    }
+    /// Reports one progress line. Must never contain secrets.
+    pub fn report(&self, line: &str) {
+        (self.0)(line)
+    }
+}
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
+}
+
+/// Everything an executor gets for one attempt.
+#[derive(Clone, Debug)]
+pub struct StepContext {
+    /// The run's id (deterministic; usable as an idempotency key prefix).
+    pub run_id: String,
+    /// The workload cluster the run is for.
+    pub cluster: String,
+    /// The commit the run is pinned to (the merge commit).
+    pub commit_sha: String,
+    /// The step being executed.
+    pub step: StepSpec,
+    /// Attempt number, starting at 1.
+    pub attempt: u32,
+    /// Outputs of the run's earlier, succeeded steps, by step id.
+    pub outputs: BTreeMap<String, serde_json::Value>,
+    /// Where to report progress.
+    pub progress: ProgressSink,
+}
+
+impl StepContext {
+    /// An idempotency key for this step of this run, stable across attempts and restarts
+    /// (e.g. for AWS client tokens): `<run_id>/<step id>`.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}", self.run_id, self.step.id)
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum StepError {
+    /// Worth retrying (5xx, throttling, connection errors, conflicts that resolve).
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying cannot help (invalid input, resource in a failed state, 4xx other than
+    /// throttling); the step fails at once with this message shown on the PR.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl StepError {
+    /// Whether the engine should retry after this error.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StepError::Transient(_))
+    }
+}
+
+/// Executes the steps of the kinds it declares. Implemented once per provider.
+#[async_trait::async_trait]
+pub trait StepExecutor: Send + Sync {
+    /// The step kinds this executor handles (e.g. `["kube.apply", "kube.wait-cluster"]`).
+    fn kinds(&self) -> Vec<&'static str>;
+
+    /// Runs one attempt of `ctx.step` and returns its output (secret-free JSON, persisted and
+    /// passed to later steps as `ctx.outputs[step id]`).
+    ///
+    /// Errors: [`StepError::Transient`] to be retried within the step's [`RetryPolicy`],
+    /// [`StepError::Permanent`] to fail the step at once. The engine enforces the timeout.
+    async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError>;
+}

@@ -1,0 +1,3 @@
+//! `tkgops sandbox`: config repository, emulators, moto and the bot wired together on loopback.
+
+pub mod moto;

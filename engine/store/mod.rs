@@ -1,0 +1,1 @@
+//! The durable journal of runs, steps and attempts, on sled.

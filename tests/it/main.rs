@@ -1,0 +1,13 @@
+//! Integration tests. One test binary (linking the full dependency set once), one module per area.
+
+mod support;
+
+mod aws;
+mod e2e;
+mod engine;
+mod github;
+mod kube;
+mod kube_provider;
+mod plan;
+mod tmc;
+mod validate;
