@@ -3,6 +3,7 @@
 mod support;
 
 mod aws;
+mod cli;
 mod e2e;
 mod engine;
 mod github;

@@ -1,1 +1,75 @@
-//! Shared test helpers.
+//! Shared test helpers: example inputs, golden files, normalisation of volatile text.
+
+use std::path::PathBuf;
+
+/// The example repository settings shipped in `examples/`.
+pub fn example_repo_config() -> String {
+    std::fs::read_to_string(root().join("examples/config-repo/tkgops.yaml")).expect("example tkgops.yaml")
+}
+
+/// The example cluster request: (cluster-config.yaml, tkgops.yaml).
+pub fn example_request() -> (String, String) {
+    let dir = root().join("examples/requests/team-a-prod");
+    (
+        std::fs::read_to_string(dir.join("cluster-config.yaml")).expect("example cluster-config.yaml"),
+        std::fs::read_to_string(dir.join("tkgops.yaml")).expect("example tkgops.yaml"),
+    )
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Replaces volatile text (SHAs, durations, ports, generated IDs) with stable placeholders.
+pub fn normalise(text: &str) -> String {
+    let rules: &[(&str, &str)] = &[
+        (r"\b[0-9a-f]{40}\b", "<sha>"),
+        (r"`[0-9a-f]{7}`", "`<sha>`"),
+        (r"(head|base|commit) [0-9a-f]{7}\b", "$1 <sha>"),
+        (r"@[0-9a-f]{12}#", "@<sha>#"),
+        (r"\b\d+h \d+m \d+s\b|\b\d+m \d+s\b|\b\d+s\b", "<duration>"),
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:<port>"),
+        (r"vpc-[0-9a-f]{8,17}", "vpc-<id>"),
+        (r"subnet-[0-9a-f]{8,17}", "subnet-<id>"),
+        (r"/tmp/[^\s\x22']+", "<tmp>"),
+    ];
+    let mut out = text.to_string();
+    for (re, rep) in rules {
+        out = regex::Regex::new(re).expect("valid regex").replace_all(&out, *rep).to_string();
+    }
+    out
+}
+
+/// Compares `actual` (normalised) with `tests/golden/<name>`. With `UPDATE_GOLDEN=1` the golden
+/// file is (re)written instead; a missing golden file is written and the test fails once so the
+/// new file gets reviewed and committed.
+pub fn assert_golden(name: &str, actual: &str) {
+    let path = root().join("tests/golden").join(name);
+    let actual = normalise(actual);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() || !path.exists() {
+        std::fs::write(&path, &actual).expect("writing golden file");
+        if std::env::var_os("UPDATE_GOLDEN").is_none() {
+            panic!("golden file {} was missing and has been written; review and commit it", path.display());
+        }
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).expect("reading golden file");
+    if expected != actual {
+        let diff: Vec<String> = expected
+            .lines()
+            .zip(actual.lines())
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .take(10)
+            .map(|(i, (a, b))| format!("line {}:\n  expected: {a}\n  actual:   {b}", i + 1))
+            .collect();
+        panic!(
+            "{} differs from the golden file (run with UPDATE_GOLDEN=1 to accept):\n{}\n(expected {} lines, actual {} lines)",
+            name,
+            diff.join("\n"),
+            expected.lines().count(),
+            actual.lines().count()
+        );
+    }
+}
