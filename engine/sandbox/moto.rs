@@ -216,10 +216,7 @@ impl MotoServer {
             .await
             .map_err(|e| MotoError::Control { what: what.into(), message: e.to_string() })?;
         if !resp.status().is_success() {
-            return Err(MotoError::Control {
-                what: what.into(),
-                message: format!("HTTP {}", resp.status()),
-            });
+            return Err(MotoError::Control { what: what.into(), message: format!("HTTP {}", resp.status()) });
         }
         Ok(())
     }
@@ -378,7 +375,10 @@ pub async fn seed_vpc(
     })
 }
 
-fn seed_err<E>(op: &'static str, e: aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>) -> MotoError
+fn seed_err<E>(
+    op: &'static str,
+    e: aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
+) -> MotoError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {

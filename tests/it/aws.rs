@@ -87,7 +87,10 @@ fn expect_permanent(res: Result<Value, StepError>, needles: &[&str]) {
     }
 }
 
-async fn subnets_with_tag_key(client: &aws_sdk_ec2::Client, key: &str) -> Vec<(String, Vec<(String, String)>)> {
+async fn subnets_with_tag_key(
+    client: &aws_sdk_ec2::Client,
+    key: &str,
+) -> Vec<(String, Vec<(String, String)>)> {
     let out = client
         .describe_subnets()
         .filters(Filter::builder().name("tag-key").values(key).build())
@@ -148,7 +151,8 @@ async fn preflight_existing_vpc_tags_subnets_once() {
     assert!(progress[0].starts_with("1/6") && progress[5].starts_with("6/6"), "{progress:?}");
 
     let tagged = subnets_with_tag_key(&client, "kubernetes.io/cluster/team-a-prod").await;
-    let mut expected: Vec<String> = vpc.private_subnet_ids.iter().chain(&vpc.public_subnet_ids).cloned().collect();
+    let mut expected: Vec<String> =
+        vpc.private_subnet_ids.iter().chain(&vpc.public_subnet_ids).cloned().collect();
     expected.sort();
     assert_eq!(tagged.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), expected);
     for (id, tags) in &tagged {
@@ -191,7 +195,10 @@ async fn preflight_new_vpc_cidr_must_not_overlap() {
     assert_eq!(out["alreadyTagged"], json!([]));
 
     let existing = seed_vpc(&client, "10.50.0.0/16", &AZS).await.expect("seed");
-    expect_permanent(run(&exec, new_vpc_inputs("10.50.128.0/17")).await, &["10.50.128.0/17", &existing.vpc_id]);
+    expect_permanent(
+        run(&exec, new_vpc_inputs("10.50.128.0/17")).await,
+        &["10.50.128.0/17", &existing.vpc_id],
+    );
     expect_permanent(run(&exec, new_vpc_inputs("172.31.0.0/16")).await, &["overlaps VPC", "172.31.0.0/16"]);
 
     // New-VPC subnet CIDRs must lie inside the VPC CIDR.
@@ -226,12 +233,18 @@ async fn preflight_rejects_bad_subnets_and_vpc() {
     // A subnet id that does not exist.
     let mut inputs = existing_vpc_inputs(&vpc);
     inputs["subnets"][1]["privateId"] = json!("subnet-0123456789abcdef0");
-    expect_permanent(run(&exec, inputs).await, &["cannot find subnet(s) subnet-0123456789abcdef0", &vpc.vpc_id]);
+    expect_permanent(
+        run(&exec, inputs).await,
+        &["cannot find subnet(s) subnet-0123456789abcdef0", &vpc.vpc_id],
+    );
 
     // A subnet of another VPC.
     let mut inputs = existing_vpc_inputs(&vpc);
     inputs["subnets"][0]["publicId"] = json!(other.public_subnet_ids[0]);
-    expect_permanent(run(&exec, inputs).await, &["cannot find subnet(s)", &other.public_subnet_ids[0], &other.vpc_id]);
+    expect_permanent(
+        run(&exec, inputs).await,
+        &["cannot find subnet(s)", &other.public_subnet_ids[0], &other.vpc_id],
+    );
 
     // A subnet in the wrong AZ: the private subnets of a and b swapped.
     let mut inputs = existing_vpc_inputs(&vpc);

@@ -32,8 +32,7 @@ pub const THROTTLING_CODES: &[&str] = &[
 ];
 
 /// Server-side error codes EC2 documents as "retry the request" (errors-overview, server errors).
-pub const SERVER_CODES: &[&str] =
-    &["InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable"];
+pub const SERVER_CODES: &[&str] = &["InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable"];
 
 /// The EC2 error code of `err` (`ProvideErrorMetadata::code`), if the service answered with one.
 pub fn error_code<E>(err: &SdkError<E, HttpResponse>) -> Option<&str>
@@ -98,5 +97,48 @@ where
         StepError::Transient(msg)
     } else {
         StepError::Permanent(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::error::ErrorMetadata;
+    use aws_sdk_ec2::operation::describe_vpcs::DescribeVpcsError;
+
+    use super::*;
+
+    fn service_error(code: &str, status: u16) -> SdkError<DescribeVpcsError, HttpResponse> {
+        let meta = ErrorMetadata::builder().code(code).message("boom").build();
+        let status = status.try_into().unwrap_or_else(|_| unreachable!());
+        SdkError::service_error(DescribeVpcsError::generic(meta), HttpResponse::new(status, "".into()))
+    }
+
+    #[test]
+    fn throttling_and_5xx_are_transient() {
+        for (code, status) in
+            [("RequestLimitExceeded", 503), ("Throttling", 400), ("InternalError", 500), ("Whatever", 502)]
+        {
+            let err = classify("DescribeVpcs", "us-west-2", service_error(code, status));
+            assert!(err.is_transient(), "{code} {status}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn client_errors_are_permanent_and_named() {
+        let err = classify("DescribeVpcs", "us-west-2", service_error("UnauthorizedOperation", 403));
+        assert_eq!(
+            err,
+            StepError::Permanent(
+                "DescribeVpcs in us-west-2 failed: UnauthorizedOperation (HTTP 403): boom".into()
+            )
+        );
+    }
+
+    #[test]
+    fn dispatch_and_timeouts_are_transient() {
+        let e: SdkError<DescribeVpcsError, HttpResponse> = SdkError::timeout_error("slow");
+        assert!(is_transient(&e));
+        let e: SdkError<DescribeVpcsError, HttpResponse> = SdkError::construction_failure("no credentials");
+        assert!(!is_transient(&e));
     }
 }

@@ -143,7 +143,8 @@ impl StepExecutor for AwsExecutor {
         }
         let inputs = PreflightInputs::from_json(&ctx.step.inputs)?;
         let client = self.client(&inputs.region).await;
-        let fallback = if inputs.region == FALLBACK_REGION { None } else { Some(self.client(FALLBACK_REGION).await) };
+        let fallback =
+            if inputs.region == FALLBACK_REGION { None } else { Some(self.client(FALLBACK_REGION).await) };
         let out = preflight::run(&client, fallback.as_ref(), &inputs, &ctx.progress).await?;
         serde_json::to_value(&out)
             .map_err(|e| StepError::Permanent(format!("aws.preflight: cannot serialize output: {e}")))

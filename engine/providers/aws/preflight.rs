@@ -236,7 +236,11 @@ pub async fn run(
     };
     match subnets {
         Some((vpc_id, subnets)) => {
-            progress.report(&format!("6/6 tagging {} subnet(s) for cluster {}", subnets.len(), inputs.cluster_name));
+            progress.report(&format!(
+                "6/6 tagging {} subnet(s) for cluster {}",
+                subnets.len(),
+                inputs.cluster_name
+            ));
             let (tagged, already) = tag_subnets(client, region, &inputs.cluster_name, &subnets).await?;
             output.vpc_id = Some(vpc_id.to_string());
             output.tagged_subnets = tagged;
@@ -350,9 +354,12 @@ async fn check_instance_types(
     azs: &[String],
 ) -> Result<(), StepError> {
     for t in types {
-        let res = client.describe_instance_types().instance_types(InstanceType::from(t.as_str())).send().await;
+        let res =
+            client.describe_instance_types().instance_types(InstanceType::from(t.as_str())).send().await;
         let exists = match res {
-            Ok(out) => out.instance_types().iter().any(|i| i.instance_type().map(|x| x.as_str()) == Some(t.as_str())),
+            Ok(out) => {
+                out.instance_types().iter().any(|i| i.instance_type().map(|x| x.as_str()) == Some(t.as_str()))
+            }
             Err(e) if error_code(&e) == Some("InvalidInstanceType") => false,
             Err(e) => return Err(classify("DescribeInstanceTypes", region, e)),
         };
@@ -370,7 +377,9 @@ async fn check_instance_types(
         .filters(Filter::builder().name("instance-type").set_values(Some(types.to_vec())).build())
         .into_paginator()
         .send();
-    while let Some(page) = pages.try_next().await.map_err(|e| classify("DescribeInstanceTypeOfferings", region, e))? {
+    while let Some(page) =
+        pages.try_next().await.map_err(|e| classify("DescribeInstanceTypeOfferings", region, e))?
+    {
         for o in page.instance_type_offerings() {
             if let (Some(t), Some(loc)) = (o.instance_type(), o.location()) {
                 offered.insert((t.as_str().to_string(), loc.to_string()));
@@ -378,8 +387,11 @@ async fn check_instance_types(
         }
     }
     for t in types {
-        let missing: Vec<&str> =
-            azs.iter().filter(|az| !offered.contains(&(t.clone(), (*az).clone()))).map(String::as_str).collect();
+        let missing: Vec<&str> = azs
+            .iter()
+            .filter(|az| !offered.contains(&(t.clone(), (*az).clone())))
+            .map(String::as_str)
+            .collect();
         if !missing.is_empty() {
             return Err(permanent(format!(
                 "instance type check: instance type {t} is not offered in AZ(s) {} of region {region} \
@@ -514,7 +526,8 @@ async fn check_existing_subnets(
     }
     let mut result = Vec::new();
     for (id, az, role) in wanted {
-        let subnet = found.remove(&id).ok_or_else(|| permanent(format!("subnet check: subnet {id} vanished")))?;
+        let subnet =
+            found.remove(&id).ok_or_else(|| permanent(format!("subnet check: subnet {id} vanished")))?;
         let actual = subnet.availability_zone().unwrap_or("");
         if actual != az {
             return Err(permanent(format!(
@@ -645,7 +658,9 @@ mod tests {
         assert!(PreflightInputs::from_json(&v).is_ok());
         let mut bad = v.clone();
         bad["azs"] = serde_json::json!([]);
-        assert!(matches!(PreflightInputs::from_json(&bad), Err(StepError::Permanent(m)) if m.contains("azs")));
+        assert!(
+            matches!(PreflightInputs::from_json(&bad), Err(StepError::Permanent(m)) if m.contains("azs"))
+        );
     }
 
     #[test]
