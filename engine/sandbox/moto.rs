@@ -26,6 +26,9 @@ pub const MOTO_SERVER_ENV: &str = "TKGOPS_MOTO_SERVER";
 /// How long [`MotoServer::start`] waits for moto to answer `GET /moto-api/`: 30 s.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Prefix of [`MotoError::NotReady`] reasons for a process that exited during startup.
+const EXITED: &str = "process exited";
+
 /// The hint added to every "moto not found / not starting" error.
 const SETUP_HINT: &str = "run scripts/setup-venv.sh (creates .venv with moto[server,ec2]==5.2.1), \
      or set TKGOPS_MOTO_SERVER to a moto_server executable";
@@ -104,8 +107,8 @@ impl MotoServer {
     ///
     /// Returns the running server. Errors: [`MotoError::NotFound`] (with the hint to run
     /// `scripts/setup-venv.sh`), [`MotoError::Spawn`], [`MotoError::NotReady`] (with moto's
-    /// log tail), [`MotoError::Io`]. A port taken between picking and binding is retried
-    /// (3 attempts).
+    /// log tail), [`MotoError::Io`]. A process exiting during startup (e.g. its port was taken
+    /// between picking and binding) is retried (3 attempts); a timeout is not.
     pub async fn start() -> Result<MotoServer, MotoError> {
         let path = find_moto_server()?;
         crate::install_crypto_provider();
@@ -118,7 +121,12 @@ impl MotoServer {
         for _ in 0..3 {
             match Self::start_once(&path, http.clone()).await {
                 Ok(server) => return Ok(server),
-                Err(e @ MotoError::NotReady { .. }) => last = Some(e),
+                // Only an early exit (e.g. the port was taken after we picked it) is worth a retry.
+                Err(MotoError::NotReady { path, endpoint, reason, log_tail })
+                    if reason.starts_with(EXITED) =>
+                {
+                    last = Some(MotoError::NotReady { path, endpoint, reason, log_tail })
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -146,7 +154,7 @@ impl MotoServer {
         let probe = format!("{}/moto-api/", server.endpoint_url());
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(server.not_ready(path, format!("process exited with {status}")));
+                return Err(server.not_ready(path, format!("{EXITED} with {status}")));
             }
             if let Ok(resp) = server.http.get(&probe).send().await {
                 if resp.status().is_success() {
