@@ -740,7 +740,7 @@ fn apply_conflict(gvr: &Gvr, name: &str, c: &[fields::Conflict]) -> ApiError {
     let causes: Vec<Value> = c
         .iter()
         .map(|c| {
-            json!({"type": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {}", c.manager, c.api_version), "field": fields::display_path(&c.path)})
+            json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {}", c.manager, c.api_version), "field": fields::display_path(&c.path)})
         })
         .collect();
     e.details["causes"] = Value::Array(causes);
