@@ -823,3 +823,77 @@ async fn crd_created_via_api_registers_type() {
         1
     );
 }
+
+#[tokio::test]
+async fn dry_run_delete_collection_namespace_cascade_and_direct_apply() {
+    let (_emu, c, client) = setup().await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("tmp".into());
+    let created = nss.create(&PostParams::default(), &ns).await.unwrap();
+    assert_eq!(created.status.unwrap().phase.as_deref(), Some("Active"));
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "tmp");
+    // dry run does not store
+    cms.create(
+        &PostParams {
+            dry_run: true,
+            ..Default::default()
+        },
+        &cm("dry", &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api_err(cms.get("dry").await.unwrap_err()).0, 404);
+    for n in ["a", "b", "c"] {
+        cms.create(
+            &PostParams::default(),
+            &cm(n, &[("grp", if n == "c" { "keep" } else { "drop" })]),
+        )
+        .await
+        .unwrap();
+    }
+    let gone = cms
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("grp=drop"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone.left().expect("list of deleted objects").items.len(), 2);
+    assert_eq!(
+        cms.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+    // deleting the namespace deletes its contents
+    nss.delete("tmp", &DeleteParams::default()).await.unwrap();
+    assert_eq!(
+        c.list(&Gvr::new("", "v1", "configmaps"), Some("tmp")).len(),
+        0
+    );
+    assert_eq!(api_err(nss.get("tmp").await.unwrap_err()).0, 404);
+
+    // direct apply: create, idempotent, conflict with an HTTP manager unless forced
+    let gvr = Gvr::new("", "v1", "configmaps");
+    let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d", "namespace": "default"}, "data": {"x": "1"}});
+    let v1 = c.apply(&gvr, cfg.clone(), "ctrl", false).unwrap();
+    let v2 = c.apply(&gvr, cfg, "ctrl", false).unwrap();
+    assert_eq!(
+        v1["metadata"]["resourceVersion"],
+        v2["metadata"]["resourceVersion"]
+    );
+    let dcms: Api<ConfigMap> = Api::namespaced(client, "default");
+    dcms.patch(
+        "d",
+        &PatchParams::apply("bot").force(),
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"x": "2"}})),
+    )
+    .await
+    .unwrap();
+    let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d", "namespace": "default"}, "data": {"x": "3"}});
+    let err = c.apply(&gvr, other.clone(), "ctrl", false).unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(
+        c.apply(&gvr, other, "ctrl", true).unwrap()["data"]["x"],
+        "3"
+    );
+}
