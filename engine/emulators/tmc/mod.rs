@@ -262,6 +262,15 @@ fn grpc_error(code: i32, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"code": code, "error": message, "message": message, "details": []}))).into_response()
 }
 
+/// A grpc error not yet rendered (small, unlike [`Response`]); see [`grpc_error`].
+struct ApiError(i32, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        grpc_error(self.0, self.1)
+    }
+}
+
 fn ok_json(v: Value) -> Response {
     (StatusCode::OK, axum::Json(v)).into_response()
 }
@@ -309,9 +318,9 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Checks `Authorization: Bearer <token>` or a raw token against the issued access tokens.
-fn check_auth(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+fn check_auth(state: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(raw) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-        return Err(grpc_error(16, "missing authorization header"));
+        return Err(ApiError(16, "missing authorization header".into()));
     };
     let raw = raw.trim();
     let token = match raw.split_once(' ') {
@@ -324,7 +333,7 @@ fn check_auth(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     if db.tokens.contains_key(token) {
         Ok(())
     } else {
-        Err(grpc_error(16, "token is invalid or expired"))
+        Err(ApiError(16, "token is invalid or expired".into()))
     }
 }
 
@@ -362,11 +371,11 @@ fn str_field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     cur.as_str()
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, Response> {
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice::<Value>(body).map_err(|e| grpc_error(3, format!("invalid request body: {e}")))
+    serde_json::from_slice::<Value>(body).map_err(|e| ApiError(3, format!("invalid request body: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -413,11 +422,11 @@ async fn authorize(
 
 async fn create_cluster(State(state): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = check_auth(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     let body = match parse_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some(req) = body.get("cluster").filter(|c| c.is_object()) else {
         return grpc_error(3, "request body must be {\"cluster\":{…}}");
@@ -479,7 +488,7 @@ async fn list_clusters(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
     if let Err(r) = check_auth(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     let db = state.db();
     let filter = |field: &str| q.get(&format!("searchScope.{field}")).filter(|s| !s.is_empty() && s.as_str() != "*");
@@ -502,7 +511,7 @@ async fn get_cluster(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
     if let Err(r) = check_auth(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     let key = key_from_query(&name, &q);
     let mut db = state.db();
@@ -531,11 +540,11 @@ async fn update_cluster(
     body: Bytes,
 ) -> Response {
     if let Err(r) = check_auth(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     let body = match parse_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some(req) = body.get("cluster").filter(|c| c.is_object()) else {
         return grpc_error(3, "request body must be {\"cluster\":{…}}");
@@ -583,7 +592,7 @@ async fn delete_cluster(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
     if let Err(r) = check_auth(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     let key = key_from_query(&name, &q);
     let force = q.get("force").is_some_and(|f| f.eq_ignore_ascii_case("true"));
@@ -622,7 +631,7 @@ async fn post_cluster_action(
 async fn agent_connect(state: Arc<Shared>, name: String, body: Bytes) -> Response {
     let body = match parse_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mgmt = str_field(&body, &["fullName", "managementClusterName"]).filter(|s| !s.is_empty()).unwrap_or("attached");
     let prov = str_field(&body, &["fullName", "provisionerName"]).filter(|s| !s.is_empty()).unwrap_or("attached");
@@ -703,7 +712,7 @@ async fn cluster_manifest(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
     if let Err(r) = check_auth(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     let key = key_from_query(&name, &q);
     let db = state.db();
