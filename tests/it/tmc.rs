@@ -174,6 +174,22 @@ async fn cluster_create_get_list_delete() {
     assert_eq!(missing.status(), 404);
     assert_eq!(missing.json::<Value>().await.unwrap()["code"], 5);
 
+    // PUT updates meta/spec and bumps resourceVersion/generation.
+    let resp = reqwest::Client::new()
+        .put(format!("{}/v1alpha1/clusters/team-a-prod", emu.url()))
+        .bearer_auth(&tok)
+        .json(&json!({"cluster": {"fullName": {"managementClusterName": "attached", "provisionerName": "attached", "name": "team-a-prod"},
+            "meta": {"description": "updated", "labels": {"env": "stage"}}, "spec": {"clusterGroupName": "team-b"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let updated = c.get_cluster(&fname).await.unwrap().unwrap();
+    assert_eq!(updated.meta.description.as_deref(), Some("updated"));
+    assert_eq!(updated.spec.cluster_group_name.as_deref(), Some("team-b"));
+    assert_eq!(updated.meta.resource_version.as_deref(), Some("2"));
+    assert_eq!(updated.meta.generation.as_deref(), Some("2"));
+
     // Detach (force=false): DETACHING on the next GET, then gone.
     c.delete_cluster(&fname, false).await.unwrap();
     assert_eq!(c.get_cluster(&fname).await.unwrap().expect("still detaching").phase(), "DETACHING");
@@ -261,12 +277,17 @@ async fn agentconnect_wrong_token_is_403_and_right_token_readies() {
 async fn expired_access_token_is_re_exchanged() {
     let emu = emulator_with(Duration::from_secs(1), Duration::ZERO).await;
     let c = client(&emu, TOKEN);
+    let raw = raw_token(&emu).await;
     c.list_clusters().await.unwrap();
     c.list_clusters().await.unwrap();
-    assert_eq!(emu.faults().log().count(&Method::POST, AUTHORIZE), 1, "token is cached");
+    assert_eq!(emu.faults().log().count(&Method::POST, AUTHORIZE), 2, "token is cached");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     c.list_clusters().await.unwrap();
-    assert_eq!(emu.faults().log().count(&Method::POST, AUTHORIZE), 2, "expired token re-exchanged");
+    assert_eq!(emu.faults().log().count(&Method::POST, AUTHORIZE), 3, "expired token re-exchanged");
+    // The emulator itself rejects the expired token.
+    let resp = reqwest::Client::new().get(format!("{}/v1alpha1/clusters", emu.url())).bearer_auth(&raw).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.json::<Value>().await.unwrap()["code"], 16);
 }
 
 #[tokio::test]

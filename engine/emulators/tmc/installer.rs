@@ -3,7 +3,7 @@
 //! The real link returns a multi-document YAML with the TMC agent stack: the namespace
 //! `vmware-system-tmc` (the namespace named in TMC-TF's delete-path error text), the `stack-config`
 //! ConfigMap the agents read their TMC URL and registration token from, and the `cluster-agent`
-//! workload. The emulator's version keeps that shape so an appplier and a simulated agent can use it.
+//! workload. The emulator's version keeps that shape so an applier and a simulated agent can use it.
 
 use serde_json::json;
 
