@@ -1,1 +1,770 @@
 //! Emulated Tanzu Mission Control REST API with the CSP token exchange.
+//!
+//! One axum server on `127.0.0.1:0` serves both hosts the TMC client talks to, so its
+//! [`TmcEmulator::url`] is used as the TMC endpoint and as the CSP endpoint:
+//!
+//! * `POST /csp/gateway/am/api/auth/api-tokens/authorize`: the CSP API-token exchange. The API
+//!   (refresh) token is accepted in the form body `refresh_token=…` (TMC-TF
+//!   `internal/authctx/saas.go`) or in the query `?refresh_token=…` with an empty body (SIVT
+//!   `tmc_api_constants.py` `TMC_LOGIN_API`).
+//! * `POST|GET /v1alpha1/clusters`, `GET|PUT|DELETE /v1alpha1/clusters/{name}` (TMC-TF
+//!   `internal/client/cluster/cluster_resource.go`), `GET /v1alpha1/clusters:manifest/{name}`
+//!   (TMC-TF `internal/client/cluster/manifest/manifest.go`). They need
+//!   `Authorization: Bearer <access token>` or the raw access token (SIVT `saas_util.py`).
+//! * `GET /installer?id=…&source=attach`: the unauthenticated `installerLink`, multi-document YAML.
+//! * `POST /v1alpha1/clusters/{name}:agentconnect`: emulator-private. Stands in for the outbound
+//!   connection of the TMC cluster agent: the simulated agent on an emulated workload cluster
+//!   posts `{"fullName":{…},"registrationToken":"…","kubeServerVersion":"…","nodeCount":"6"}`
+//!   (no auth header) and the cluster goes `PENDING → READY/HEALTHY` with
+//!   `conditions["Agent-READY"]`.
+//!
+//! Errors follow grpc-gateway: `{"code":<grpc code>,"error":"…","message":"…","details":[]}`
+//! (TMC-TF `internal/models/kubeconfig/grpc_gateway_runtime_error.go`). CSP errors use CSP's
+//! own shape `{"statusCode":400,"message":"invalid_grant: Invalid refresh token"}`.
+//!
+//! Every path goes through [`Faults`], so tests can inject 5xx, 429, delays and dropped
+//! connections and count the requests made.
+
+mod installer;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::faults::Faults;
+
+/// Settings of one [`TmcEmulator`].
+#[derive(Clone)]
+pub struct TmcEmulatorOptions {
+    /// The only valid CSP API (refresh) token; exchanged for access tokens.
+    pub api_token: String,
+    /// The org id written into every `fullName.orgId` and into the CSP `id_token`.
+    pub org_id: String,
+    /// Lifetime of an issued access token (`expires_in`, whole seconds on the wire). CSP uses
+    /// 1799 s.
+    pub access_token_ttl: Duration,
+    /// How long after a successful agent connect the cluster turns `READY`/`HEALTHY`
+    /// (0: at once, before the connect call answers).
+    pub agent_connect_delay: Duration,
+}
+
+impl Default for TmcEmulatorOptions {
+    /// API token `tmc-emulator-api-token`, org id `emulated-org`, TTL 1799 s, no connect delay.
+    fn default() -> Self {
+        TmcEmulatorOptions {
+            api_token: "tmc-emulator-api-token".to_string(),
+            org_id: "emulated-org".to_string(),
+            access_token_ttl: Duration::from_secs(1799),
+            agent_connect_delay: Duration::ZERO,
+        }
+    }
+}
+
+impl std::fmt::Debug for TmcEmulatorOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TmcEmulatorOptions")
+            .field("api_token", &"<redacted>")
+            .field("org_id", &self.org_id)
+            .field("access_token_ttl", &self.access_token_ttl)
+            .field("agent_connect_delay", &self.agent_connect_delay)
+            .finish()
+    }
+}
+
+/// Why the emulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TmcEmulatorError {
+    /// Binding `127.0.0.1:0` or reading the bound address failed.
+    #[error("TMC emulator: cannot bind a loopback port: {0}")]
+    Bind(#[from] std::io::Error),
+}
+
+/// A running TMC + CSP emulator. Cheap to clone (shared state); the server runs on the tokio
+/// runtime that called [`TmcEmulator::start`] until that runtime shuts down.
+#[derive(Clone)]
+pub struct TmcEmulator {
+    url: String,
+    faults: Faults,
+    state: Arc<Shared>,
+}
+
+impl std::fmt::Debug for TmcEmulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TmcEmulator").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+/// Key of a stored cluster: (managementClusterName, provisionerName, name).
+type ClusterKey = (String, String, String);
+
+struct Record {
+    /// The `cluster` object as served (the envelope content).
+    cluster: Value,
+    installer_id: String,
+    registration_token: String,
+    /// `Some(n)`: detaching; the cluster disappears after `n` more GETs of it.
+    detach_gets_left: Option<u32>,
+}
+
+#[derive(Default)]
+struct Db {
+    /// access token → expiry.
+    tokens: BTreeMap<String, Instant>,
+    clusters: BTreeMap<ClusterKey, Record>,
+}
+
+struct Shared {
+    opts: TmcEmulatorOptions,
+    url: String,
+    db: Mutex<Db>,
+}
+
+impl Shared {
+    fn db(&self) -> MutexGuard<'_, Db> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that matters
+        // to tests; keep serving instead of propagating the poison.
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl TmcEmulator {
+    /// Binds `127.0.0.1:0` and serves the CSP and TMC paths on it (see the module docs).
+    ///
+    /// Errors: [`TmcEmulatorError::Bind`] when no loopback port can be bound.
+    pub async fn start(opts: TmcEmulatorOptions) -> Result<TmcEmulator, TmcEmulatorError> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        let faults = Faults::new();
+        let state = Arc::new(Shared { opts, url: url.clone(), db: Mutex::new(Db::default()) });
+        let router = Router::new()
+            .route("/csp/gateway/am/api/auth/api-tokens/authorize", post(authorize))
+            .route("/v1alpha1/clusters", post(create_cluster).get(list_clusters))
+            .route(
+                "/v1alpha1/clusters/{name}",
+                get(get_cluster).put(update_cluster).delete(delete_cluster).post(post_cluster_action),
+            )
+            .route("/v1alpha1/clusters:manifest/{name}", get(cluster_manifest))
+            .route("/installer", get(installer))
+            .fallback(|| async { grpc_error(5, "Not Found") })
+            .with_state(state.clone());
+        let router = faults.layer(router);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::warn!(error = %e, "TMC emulator server stopped");
+            }
+        });
+        Ok(TmcEmulator { url, faults, state })
+    }
+
+    /// Base URL `http://127.0.0.1:PORT`, without a trailing slash. Use it as both the TMC
+    /// endpoint and the CSP endpoint.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// The fault table and request log of this emulator (every path).
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The stored `cluster` object (envelope content) of the first cluster named `name`, under
+    /// any management cluster and provisioner; `None` when there is none.
+    pub fn cluster(&self, name: &str) -> Option<Value> {
+        let db = self.state.db();
+        db.clusters.iter().find(|(k, _)| k.2 == name).map(|(_, r)| r.cluster.clone())
+    }
+
+    /// Every stored `cluster` object, ordered by (managementClusterName, provisionerName, name).
+    pub fn clusters(&self) -> Vec<Value> {
+        self.state.db().clusters.values().map(|r| r.cluster.clone()).collect()
+    }
+
+    /// Test helper: forces the first cluster named `name` into `phase` / `health` (e.g. `ERROR`,
+    /// `UNHEALTHY`). For `ERROR` and `UPGRADE_FAILED` it also sets a failed `Agent-READY`
+    /// condition. Returns whether such a cluster exists.
+    pub fn set_phase(&self, name: &str, phase: &str, health: &str) -> bool {
+        let mut db = self.state.db();
+        let Some(rec) = db.clusters.iter_mut().find(|(k, _)| k.2 == name).map(|(_, r)| r) else {
+            return false;
+        };
+        let status = ensure_object(&mut rec.cluster, "status");
+        status.insert("phase".into(), json!(phase));
+        status.insert("health".into(), json!(health));
+        if phase == "ERROR" || phase == "UPGRADE_FAILED" {
+            let cond = json!({
+                "type": "Agent-READY",
+                "status": "FALSE",
+                "severity": "ERROR",
+                "reason": "AgentError",
+                "message": format!("cluster agent reported phase {phase} (forced by the emulator)"),
+                "lastTransitionTime": now(),
+            });
+            ensure_object_in(status, "conditions").insert("Agent-READY".into(), cond);
+        }
+        touch(&mut rec.cluster, false);
+        true
+    }
+
+    /// The registration token the agent of the first cluster named `name` must present on
+    /// `:agentconnect` (the value in the installer's `stack-config`); `None` when absent.
+    pub fn registration_token(&self, name: &str) -> Option<String> {
+        let db = self.state.db();
+        db.clusters.iter().find(|(k, _)| k.2 == name).map(|(_, r)| r.registration_token.clone())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn random_hex() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A ULID-shaped TMC uid: `c:01` + 24 Crockford base32 characters.
+fn new_uid() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let bits = u128::from_be_bytes(*uuid::Uuid::new_v4().as_bytes());
+    let mut s = String::from("c:01");
+    for i in 0..24 {
+        s.push(ALPHABET[((bits >> (i * 5)) & 31) as usize] as char);
+    }
+    s
+}
+
+/// A grpc-gateway error response: HTTP status from the grpc `code`.
+fn grpc_error(code: i32, message: impl Into<String>) -> Response {
+    let message = message.into();
+    let status = match code {
+        3 | 9 | 11 => StatusCode::BAD_REQUEST,
+        5 => StatusCode::NOT_FOUND,
+        6 | 10 => StatusCode::CONFLICT,
+        7 => StatusCode::FORBIDDEN,
+        8 => StatusCode::TOO_MANY_REQUESTS,
+        12 => StatusCode::NOT_IMPLEMENTED,
+        14 => StatusCode::SERVICE_UNAVAILABLE,
+        16 => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, axum::Json(json!({"code": code, "error": message, "message": message, "details": []}))).into_response()
+}
+
+/// A grpc error not yet rendered (small, unlike [`Response`]); see [`grpc_error`].
+struct ApiError(i32, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        grpc_error(self.0, self.1)
+    }
+}
+
+fn ok_json(v: Value) -> Response {
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+fn ensure_object<'a>(v: &'a mut Value, key: &str) -> &'a mut serde_json::Map<String, Value> {
+    if !v.is_object() {
+        *v = json!({});
+    }
+    let Value::Object(map) = v else { unreachable!("just made an object") };
+    ensure_object_in(map, key)
+}
+
+fn ensure_object_in<'a>(map: &'a mut serde_json::Map<String, Value>, key: &str) -> &'a mut serde_json::Map<String, Value> {
+    let slot = map.entry(key.to_string()).or_insert_with(|| json!({}));
+    if !slot.is_object() {
+        *slot = json!({});
+    }
+    match slot {
+        Value::Object(m) => m,
+        _ => unreachable!("just made an object"),
+    }
+}
+
+/// Bumps `meta.resourceVersion` and `meta.updateTime` (and `meta.generation` for spec changes).
+fn touch(cluster: &mut Value, spec_changed: bool) {
+    let meta = ensure_object(cluster, "meta");
+    let rv = meta.get("resourceVersion").and_then(Value::as_str).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    meta.insert("resourceVersion".into(), json!((rv + 1).to_string()));
+    meta.insert("updateTime".into(), json!(now()));
+    if spec_changed {
+        let g = meta.get("generation").and_then(Value::as_str).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        meta.insert("generation".into(), json!((g + 1).to_string()));
+    }
+}
+
+/// DNS-label rule TMC applies to cluster names: `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, 1..=63 chars.
+fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 63
+        && inner(&b[0])
+        && inner(&b[b.len() - 1])
+        && b.iter().all(|c| inner(c) || *c == b'-')
+}
+
+/// Checks `Authorization: Bearer <token>` or a raw token against the issued access tokens.
+fn check_auth(state: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(raw) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Err(ApiError(16, "missing authorization header".into()));
+    };
+    let raw = raw.trim();
+    let token = match raw.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => raw,
+    };
+    let mut db = state.db();
+    let now = Instant::now();
+    db.tokens.retain(|_, exp| *exp > now);
+    if db.tokens.contains_key(token) {
+        Ok(())
+    } else {
+        Err(ApiError(16, "token is invalid or expired".into()))
+    }
+}
+
+/// Full-name query parameters, both spellings; both default to `attached`.
+fn key_from_query(name: &str, q: &BTreeMap<String, String>) -> ClusterKey {
+    let pick = |field: &str| {
+        q.get(&format!("fullName.{field}"))
+            .or_else(|| q.get(&format!("full_name.{field}")))
+            .or_else(|| q.get(&format!("full_name.{}", camel_to_snake(field))))
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .unwrap_or_else(|| "attached".to_string())
+    };
+    (pick("managementClusterName"), pick("provisionerName"), name.to_string())
+}
+
+fn camel_to_snake(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn str_field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_str()
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice::<Value>(body).map_err(|e| ApiError(3, format!("invalid request body: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// CSP
+
+async fn authorize(
+    State(state): State<Arc<Shared>>,
+    Query(q): Query<BTreeMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let form: BTreeMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let presented = form.get("refresh_token").or_else(|| q.get("refresh_token"));
+    let csp_error = |status: StatusCode, msg: &str| {
+        (status, axum::Json(json!({"statusCode": status.as_u16(), "message": msg}))).into_response()
+    };
+    let Some(presented) = presented else {
+        return csp_error(StatusCode::BAD_REQUEST, "invalid_request: refresh_token is required");
+    };
+    if presented.is_empty() || *presented != state.opts.api_token {
+        return csp_error(StatusCode::BAD_REQUEST, "invalid_grant: Invalid refresh token");
+    }
+    let ttl = state.opts.access_token_ttl;
+    let access = format!("csp-at-{}{}", random_hex(), random_hex());
+    state.db().tokens.insert(access.clone(), Instant::now() + ttl);
+    let exp = chrono::Utc::now().timestamp() + ttl.as_secs() as i64;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let id_token = format!(
+        "{}.{}.",
+        b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(json!({"sub": "tkgops-emulator", "context_name": state.opts.org_id, "exp": exp}).to_string())
+    );
+    ok_json(json!({
+        "id_token": id_token,
+        "token_type": "bearer",
+        "expires_in": ttl.as_secs(),
+        "scope": "ALL_PERMISSIONS customer_number openid group_ids group_names",
+        "access_token": access,
+        "refresh_token": presented,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// clusters
+
+async fn create_cluster(State(state): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r.into_response();
+    }
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let Some(req) = body.get("cluster").filter(|c| c.is_object()) else {
+        return grpc_error(3, "request body must be {\"cluster\":{…}}");
+    };
+    let name = str_field(req, &["fullName", "name"]).unwrap_or("");
+    if !valid_name(name) {
+        return grpc_error(
+            3,
+            format!("invalid cluster name {name:?}: must match ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ and be at most 63 characters"),
+        );
+    }
+    let mgmt = str_field(req, &["fullName", "managementClusterName"]).filter(|s| !s.is_empty()).unwrap_or("attached");
+    let prov = str_field(req, &["fullName", "provisionerName"]).filter(|s| !s.is_empty()).unwrap_or("attached");
+    let key: ClusterKey = (mgmt.to_string(), prov.to_string(), name.to_string());
+
+    let meta_in = req.get("meta").cloned().unwrap_or_else(|| json!({}));
+    let mut spec = req.get("spec").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+    if str_field(&spec, &["clusterGroupName"]).is_none_or(str::is_empty) {
+        spec["clusterGroupName"] = json!("default");
+    }
+    let mut db = state.db();
+    if db.clusters.contains_key(&key) {
+        return grpc_error(6, format!("cluster {mgmt}/{prov}/{name} already exists"));
+    }
+    let installer_id = random_hex();
+    let registration_token = random_hex();
+    let ts = now();
+    let mut meta = json!({
+        "uid": new_uid(),
+        "creationTime": ts,
+        "updateTime": ts,
+        "resourceVersion": "1",
+        "generation": "1",
+        "labels": meta_in.get("labels").cloned().filter(Value::is_object).unwrap_or_else(|| json!({})),
+        "annotations": meta_in.get("annotations").cloned().filter(Value::is_object).unwrap_or_else(|| json!({})),
+    });
+    if let Some(d) = meta_in.get("description").and_then(Value::as_str) {
+        meta["description"] = json!(d);
+    }
+    let cluster = json!({
+        "fullName": {"orgId": state.opts.org_id, "managementClusterName": mgmt, "provisionerName": prov, "name": name},
+        "meta": meta,
+        "spec": spec,
+        "status": {
+            "phase": "PENDING",
+            "health": "HEALTH_UNSPECIFIED",
+            "type": "ATTACHED",
+            "installerLink": format!("{}/installer?id={installer_id}&source=attach", state.url),
+            "conditions": {},
+        },
+    });
+    db.clusters.insert(key, Record { cluster: cluster.clone(), installer_id, registration_token, detach_gets_left: None });
+    ok_json(json!({"cluster": cluster}))
+}
+
+async fn list_clusters(
+    State(state): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r.into_response();
+    }
+    let db = state.db();
+    let filter = |field: &str| q.get(&format!("searchScope.{field}")).filter(|s| !s.is_empty() && s.as_str() != "*");
+    let clusters: Vec<Value> = db
+        .clusters
+        .iter()
+        .filter(|(k, _)| filter("managementClusterName").is_none_or(|m| *m == k.0))
+        .filter(|(k, _)| filter("provisionerName").is_none_or(|p| *p == k.1))
+        .filter(|(k, _)| filter("name").is_none_or(|n| *n == k.2))
+        .map(|(_, r)| r.cluster.clone())
+        .collect();
+    let total = clusters.len().to_string();
+    ok_json(json!({"clusters": clusters, "totalCount": total}))
+}
+
+async fn get_cluster(
+    State(state): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r.into_response();
+    }
+    let key = key_from_query(&name, &q);
+    let mut db = state.db();
+    let Some(rec) = db.clusters.get_mut(&key) else {
+        return grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2));
+    };
+    let left = rec.detach_gets_left;
+    match left {
+        Some(0) => {
+            db.clusters.remove(&key);
+            grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2))
+        }
+        Some(n) => {
+            rec.detach_gets_left = Some(n - 1);
+            ok_json(json!({"cluster": rec.cluster}))
+        }
+        None => ok_json(json!({"cluster": rec.cluster})),
+    }
+}
+
+async fn update_cluster(
+    State(state): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r.into_response();
+    }
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let Some(req) = body.get("cluster").filter(|c| c.is_object()) else {
+        return grpc_error(3, "request body must be {\"cluster\":{…}}");
+    };
+    let mut key = key_from_query(&name, &q);
+    if let Some(m) = str_field(req, &["fullName", "managementClusterName"]).filter(|s| !s.is_empty()) {
+        key.0 = m.to_string();
+    }
+    if let Some(p) = str_field(req, &["fullName", "provisionerName"]).filter(|s| !s.is_empty()) {
+        key.1 = p.to_string();
+    }
+    let mut db = state.db();
+    let Some(rec) = db.clusters.get_mut(&key) else {
+        return grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2));
+    };
+    if let Some(meta_in) = req.get("meta") {
+        let meta = ensure_object(&mut rec.cluster, "meta");
+        for field in ["description", "labels", "annotations"] {
+            if let Some(v) = meta_in.get(field) {
+                meta.insert(field.into(), v.clone());
+            }
+        }
+    }
+    let mut spec_changed = false;
+    if let Some(Value::Object(spec_in)) = req.get("spec") {
+        let spec = ensure_object(&mut rec.cluster, "spec");
+        for (k, v) in spec_in {
+            if spec.get(k) != Some(v) {
+                spec.insert(k.clone(), v.clone());
+                spec_changed = true;
+            }
+        }
+        if spec.get("clusterGroupName").and_then(Value::as_str).is_none_or(str::is_empty) {
+            spec.insert("clusterGroupName".into(), json!("default"));
+        }
+    }
+    touch(&mut rec.cluster, spec_changed);
+    ok_json(json!({"cluster": rec.cluster}))
+}
+
+async fn delete_cluster(
+    State(state): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r.into_response();
+    }
+    let key = key_from_query(&name, &q);
+    let force = q.get("force").is_some_and(|f| f.eq_ignore_ascii_case("true"));
+    let mut db = state.db();
+    if force {
+        return match db.clusters.remove(&key) {
+            Some(_) => ok_json(json!({})),
+            None => grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2)),
+        };
+    }
+    let Some(rec) = db.clusters.get_mut(&key) else {
+        return grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2));
+    };
+    {
+        let status = ensure_object(&mut rec.cluster, "status");
+        status.insert("phase".into(), json!("DETACHING"));
+        touch(&mut rec.cluster, false);
+        // The next GET still shows DETACHING; the one after answers 404.
+        rec.detach_gets_left.get_or_insert(1);
+    }
+    ok_json(json!({}))
+}
+
+async fn post_cluster_action(
+    State(state): State<Arc<Shared>>,
+    Path(name_action): Path<String>,
+    body: Bytes,
+) -> Response {
+    match name_action.split_once(':') {
+        Some((name, "agentconnect")) => agent_connect(state, name.to_string(), body).await,
+        _ => grpc_error(12, format!("method POST not supported on /v1alpha1/clusters/{name_action}")),
+    }
+}
+
+/// Emulator-private: the simulated cluster agent's outbound connection.
+async fn agent_connect(state: Arc<Shared>, name: String, body: Bytes) -> Response {
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let mgmt = str_field(&body, &["fullName", "managementClusterName"]).filter(|s| !s.is_empty()).unwrap_or("attached");
+    let prov = str_field(&body, &["fullName", "provisionerName"]).filter(|s| !s.is_empty()).unwrap_or("attached");
+    let key: ClusterKey = (mgmt.to_string(), prov.to_string(), name);
+    let presented = str_field(&body, &["registrationToken"]).unwrap_or("").to_string();
+    let kube_version = str_field(&body, &["kubeServerVersion"]).unwrap_or("v1.23.8+vmware.2").to_string();
+    let node_count = match body.get("nodeCount") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => "1".to_string(),
+    };
+    {
+        let db = state.db();
+        let Some(rec) = db.clusters.get(&key) else {
+            return grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2));
+        };
+        if presented.is_empty() || presented != rec.registration_token {
+            return grpc_error(7, "registration token is invalid for this cluster");
+        }
+    }
+    let delay = state.opts.agent_connect_delay;
+    let connect = move |state: &Shared| {
+        let mut db = state.db();
+        let Some(rec) = db.clusters.get_mut(&key) else { return };
+        if rec.detach_gets_left.is_some() {
+            return;
+        }
+        let ts = now();
+        let status = ensure_object(&mut rec.cluster, "status");
+        status.insert("phase".into(), json!("READY"));
+        status.insert("health".into(), json!("HEALTHY"));
+        status.insert("kubeServerVersion".into(), json!(kube_version));
+        status.insert("nodeCount".into(), json!(node_count));
+        status.insert("infrastructureProvider".into(), json!("AWS_EC2"));
+        status.insert(
+            "kubernetesProvider".into(),
+            json!({"type": "VMWARE_TANZU_KUBERNETES_GRID", "version": kube_version}),
+        );
+        status.insert(
+            "healthDetails".into(),
+            json!({
+                "message": "Cluster is healthy",
+                "timestamp": ts,
+                "controllerManagerHealth": {"name": "controller-manager", "health": "HEALTHY", "message": "ok"},
+                "schedulerHealth": {"name": "scheduler", "health": "HEALTHY", "message": "ok"},
+                "etcdHealth": [{"name": "etcd-0", "health": "HEALTHY", "message": "ok"}],
+            }),
+        );
+        ensure_object_in(status, "conditions").insert(
+            "Agent-READY".into(),
+            json!({
+                "type": "Agent-READY",
+                "status": "TRUE",
+                "severity": "INFO",
+                "reason": "AgentConnected",
+                "message": "cluster is connected to TMC and healthy",
+                "lastTransitionTime": ts,
+            }),
+        );
+        touch(&mut rec.cluster, false);
+    };
+    if delay.is_zero() {
+        connect(&state);
+    } else {
+        let state = state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            connect(&state);
+        });
+    }
+    ok_json(json!({}))
+}
+
+async fn cluster_manifest(
+    State(state): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r.into_response();
+    }
+    let key = key_from_query(&name, &q);
+    let db = state.db();
+    match db.clusters.get(&key) {
+        Some(rec) => ok_json(json!({"manifest": render_installer(&state, &key, rec)})),
+        None => grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2)),
+    }
+}
+
+fn render_installer(state: &Shared, key: &ClusterKey, rec: &Record) -> String {
+    installer::render(&installer::InstallerParams {
+        tmc_url: &state.url,
+        org_id: &state.opts.org_id,
+        cluster_name: &key.2,
+        management_cluster_name: &key.0,
+        provisioner_name: &key.1,
+        uid: str_field(&rec.cluster, &["meta", "uid"]).unwrap_or(""),
+        registration_token: &rec.registration_token,
+    })
+}
+
+async fn installer(State(state): State<Arc<Shared>>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+    let id = q.get("id").map(String::as_str).unwrap_or("");
+    let db = state.db();
+    let found = db.clusters.iter().find(|(_, r)| !id.is_empty() && r.installer_id == id);
+    match found {
+        Some((key, rec)) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/yaml")], render_installer(&state, key, rec)).into_response()
+        }
+        None => grpc_error(5, "installer not found"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("team-a-prod"));
+        assert!(valid_name("a"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("-a"));
+        assert!(!valid_name("a-"));
+        assert!(!valid_name("Team"));
+        assert!(!valid_name(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn uid_shape() {
+        let u = new_uid();
+        assert!(u.starts_with("c:01"));
+        assert_eq!(u.len(), 28);
+    }
+}
