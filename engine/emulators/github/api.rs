@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, put};
@@ -83,8 +83,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/repos/{o}/{r}/issues/{n}/comments", get(list_comments).post(create_comment))
         .route("/repos/{o}/{r}/issues/comments/{id}", patch(update_comment).get(get_comment).delete(delete_comment))
         .route("/repos/{o}/{r}/statuses/{sha}", post(create_status).get(list_statuses))
-        .route("/repos/{o}/{r}/commits/{ref}/status", get(combined_status))
-        .route("/repos/{o}/{r}/commits/{ref}/statuses", get(list_statuses))
+        .route("/repos/{o}/{r}/commits/{*rest}", get(commit_subresource))
         .fallback(|| async { not_found() })
         .layer(axum::middleware::from_fn_with_state(shared.clone(), auth))
         .with_state(shared)
@@ -582,7 +581,19 @@ fn resolve(sh: &Shared, reference: &str) -> Result<String, ApiError> {
     })
 }
 
-async fn list_statuses(State(sh): Sh, Path((o, r, reference)): Path<(String, String, String)>, RawQuery(raw): RawQuery, _h: HeaderMap) -> ApiResult {
+/// `GET /repos/{o}/{r}/commits/{ref}/status` and `…/statuses`, where `{ref}` may contain
+/// slashes (`heads/main`, a branch `feature/x`).
+async fn commit_subresource(sh: Sh, Path((o, r, rest)): Path<(String, String, String)>, raw: RawQuery) -> ApiResult {
+    if let Some(reference) = rest.strip_suffix("/statuses") {
+        list_statuses(sh, Path((o, r, reference.to_string())), raw).await
+    } else if let Some(reference) = rest.strip_suffix("/status") {
+        combined_status(sh, Path((o, r, reference.to_string()))).await
+    } else {
+        Err(not_found())
+    }
+}
+
+async fn list_statuses(State(sh): Sh, Path((o, r, reference)): Path<(String, String, String)>, RawQuery(raw): RawQuery) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let sha = resolve(&sh, &reference)?;
     let statuses: Vec<Status> = sh.lock().statuses.iter().rev().filter(|s| s.sha == sha).cloned().collect();
