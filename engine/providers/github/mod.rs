@@ -677,3 +677,40 @@ impl VcsClient for OctocrabClient {
         self.retrying("set_status", || self.set_status_once(sha, context, state, &description, target_url)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn rate_limit_classification() {
+        let now = Utc::now().timestamp();
+        assert_eq!(rate_limit_wait(StatusCode::TOO_MANY_REQUESTS, &headers(&[("retry-after", "7".into())])), Some(Duration::from_secs(7)));
+        assert_eq!(rate_limit_wait(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()), Some(Duration::from_secs(60)));
+        let exhausted = headers(&[("x-ratelimit-remaining", "0".into()), ("x-ratelimit-reset", (now + 30).to_string())]);
+        let w = rate_limit_wait(StatusCode::FORBIDDEN, &exhausted).unwrap();
+        assert!(w >= Duration::from_secs(28) && w <= Duration::from_secs(30), "{w:?}");
+        assert_eq!(rate_limit_wait(StatusCode::FORBIDDEN, &headers(&[("x-ratelimit-remaining", "10".into())])), None);
+        assert_eq!(rate_limit_wait(StatusCode::FORBIDDEN, &HeaderMap::new()), None);
+        assert_eq!(rate_limit_wait(StatusCode::BAD_GATEWAY, &headers(&[("retry-after", "7".into())])), None);
+    }
+
+    #[test]
+    fn next_link_keeps_path_and_query_only() {
+        let h = headers(&[(
+            "link",
+            "<https://api.github.com/repos/o/r/pulls?state=open&page=2>; rel=\"next\", <https://api.github.com/repos/o/r/pulls?page=5>; rel=\"last\"".into(),
+        )]);
+        assert_eq!(next_link(&h).as_deref(), Some("/repos/o/r/pulls?state=open&page=2"));
+        let last_only = headers(&[("link", "<https://api.github.com/x?page=1>; rel=\"first\"".into())]);
+        assert_eq!(next_link(&last_only), None);
+    }
+}
