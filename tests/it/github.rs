@@ -352,7 +352,7 @@ async fn rest_merge_and_conflicts() {
     let right = s.emu.open_pull_request("right", "right", "", "bob").unwrap();
 
     let merged = o.pulls(OWNER, REPO).merge(left).send().await.unwrap();
-    assert_eq!(merged.merged, true);
+    assert!(merged.merged);
     let merge_sha = merged.sha.unwrap();
     assert_eq!(repo.find_commit(Oid::from_str(&merge_sha).unwrap()).unwrap().parent_count(), 2);
     assert_eq!(repo.find_commit(Oid::from_str(&merge_sha).unwrap()).unwrap().author().name().ok(), Some("tkgops[bot]"));

@@ -571,8 +571,7 @@ impl OctocrabClient {
         let raw = self.send_once(&Method::GET, &list_path, None).await?;
         let statuses: Vec<octocrab::models::Status> = Self::decode(&Method::GET, &list_path, &raw)?;
         if let Some(latest) = statuses.iter().find(|s| s.context.as_deref() == Some(context)) {
-            let same_state = serde_json::to_value(&latest.state).ok().and_then(|v| v.as_str().map(str::to_string))
-                == Some(state.as_str().to_string());
+            let same_state = serde_json::to_value(latest.state).ok() == Some(json!(state.as_str()));
             if same_state && latest.description.as_deref().unwrap_or("") == description {
                 tracing::debug!(sha, context, "commit status unchanged; not posting");
                 return Ok(());
