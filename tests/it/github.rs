@@ -471,3 +471,32 @@ async fn pull_list_paginates_and_sorts() {
     assert_eq!(closed.iter().map(|p| p.number).collect::<Vec<_>>(), vec![4, 2]);
     assert_eq!(c.list_recently_closed_pulls("main", 1).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn writes_are_retried_as_whole_operations() {
+    let s = setup().await;
+    let c = client(&s.emu);
+    let n = s.emu.open_pull_request("feature", "t", "", "alice").unwrap();
+    let comments = format!("/repos/acme/clusters/issues/{n}/comments");
+    s.emu.faults().inject(Fault::new(Some(Method::POST), &comments, FaultAction::Status { code: 502, body: "{}".into() }, Some(1)));
+    s.emu.faults().inject(Fault::new(Some(Method::GET), &comments, FaultAction::Drop, Some(1)));
+    c.upsert_comment(n, MARKER, "plan").await.unwrap();
+    assert_eq!(s.emu.comments(n).len(), 1);
+
+    let sha = s.feature_tip.to_string();
+    s.emu.faults().inject(Fault::new(Some(Method::POST), "/repos/acme/clusters/statuses/", FaultAction::Status { code: 503, body: "{}".into() }, Some(2)));
+    c.set_status(&sha, "tkgops/plan", CommitState::Pending, "planning", None).await.unwrap();
+    assert_eq!(s.emu.statuses(&sha).len(), 1);
+}
+
+#[tokio::test]
+async fn rate_limit_waits_are_capped_by_max_wait() {
+    let s = setup().await;
+    let settings = RetrySettings { max_attempts: 3, initial_backoff: Duration::from_millis(20), max_wait: Duration::from_millis(300) };
+    let c = OctocrabClient::new(&s.emu.api_url(), TOKEN, OWNER, REPO, settings).unwrap();
+    s.emu.faults().inject(Fault::new(None, "/repos/acme/clusters", FaultAction::RetryAfter { code: 429, secs: 3600 }, Some(1)));
+    let start = Instant::now();
+    c.repository().await.unwrap();
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+}
