@@ -64,7 +64,8 @@ async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let bare = dir.path().join("config.git");
     let repo = Repository::init_bare(&bare).unwrap();
-    let main_tip = commit(&repo, "main", None, &[("README.md", "config\n"), ("clusters/a.yaml", "name: a\nsize: 1\n")], "init");
+    let main_tip =
+        commit(&repo, "main", None, &[("README.md", "config\n"), ("clusters/a.yaml", "name: a\nsize: 1\n")], "init");
     let feature_tip = commit(&repo, "feature", Some(main_tip), &[("clusters/b.yaml", "name: b\nsize: 3\n")], "add b");
     repo.set_head("refs/heads/main").unwrap();
     let emu = GithubEmulator::start(GithubEmulatorOptions {
@@ -125,7 +126,8 @@ async fn open_pull_request_head_follows_pushes() {
 
     // Push a new commit to the head branch: the PR head follows, refs/pull/1/head too.
     let repo = Repository::open_bare(&s.bare).unwrap();
-    let new_tip = commit(&repo, "feature", Some(s.feature_tip), &[("clusters/b.yaml", "name: b\nsize: 5\n")], "resize b");
+    let new_tip =
+        commit(&repo, "feature", Some(s.feature_tip), &[("clusters/b.yaml", "name: b\nsize: 5\n")], "resize b");
     let pr = c.get_pull(1).await.unwrap();
     assert_eq!(pr.head_sha, new_tip.to_string());
     assert_eq!(repo.refname_to_id("refs/pull/1/head").unwrap(), new_tip);
@@ -268,14 +270,19 @@ async fn set_status_posts_and_dedupes() {
     let s = setup().await;
     let c = client(&s.emu);
     let sha = s.feature_tip.to_string();
-    let posts = |emu: &GithubEmulator| emu.faults().log().count(&Method::POST, &format!("/repos/acme/clusters/statuses/{sha}"));
+    let posts =
+        |emu: &GithubEmulator| emu.faults().log().count(&Method::POST, &format!("/repos/acme/clusters/statuses/{sha}"));
 
     c.set_status(&sha, "tkgops/plan", CommitState::Pending, "planning", None).await.unwrap();
     c.set_status(&sha, "tkgops/plan", CommitState::Pending, "planning", None).await.unwrap();
     assert_eq!(posts(&s.emu), 1);
     let long = "d".repeat(300);
-    c.set_status(&sha, "tkgops/plan", CommitState::Success, &long, Some("https://tkgops.example/runs/1")).await.unwrap();
-    c.set_status(&sha, "tkgops/plan", CommitState::Success, &long, Some("https://tkgops.example/runs/1")).await.unwrap();
+    c.set_status(&sha, "tkgops/plan", CommitState::Success, &long, Some("https://tkgops.example/runs/1"))
+        .await
+        .unwrap();
+    c.set_status(&sha, "tkgops/plan", CommitState::Success, &long, Some("https://tkgops.example/runs/1"))
+        .await
+        .unwrap();
     assert_eq!(posts(&s.emu), 2);
     c.set_status(&sha, "tkgops/apply", CommitState::Failure, "boom", None).await.unwrap();
 
@@ -403,13 +410,23 @@ async fn server_errors_are_retried() {
 async fn rate_limits_are_waited_out() {
     let s = setup().await;
     let c = client(&s.emu);
-    s.emu.faults().inject(Fault::new(None, "/repos/acme/clusters", FaultAction::RetryAfter { code: 429, secs: 1 }, Some(1)));
+    s.emu.faults().inject(Fault::new(
+        None,
+        "/repos/acme/clusters",
+        FaultAction::RetryAfter { code: 429, secs: 1 },
+        Some(1),
+    ));
     let start = Instant::now();
     c.repository().await.unwrap();
     assert!(start.elapsed() >= Duration::from_secs(1), "{:?}", start.elapsed());
 
     // Secondary rate limit: 403 with Retry-After.
-    s.emu.faults().inject(Fault::new(None, "/repos/acme/clusters", FaultAction::RetryAfter { code: 403, secs: 1 }, Some(1)));
+    s.emu.faults().inject(Fault::new(
+        None,
+        "/repos/acme/clusters",
+        FaultAction::RetryAfter { code: 403, secs: 1 },
+        Some(1),
+    ));
     let start = Instant::now();
     c.repository().await.unwrap();
     assert!(start.elapsed() >= Duration::from_secs(1));
@@ -444,7 +461,10 @@ async fn wrong_token_fails_fast() {
     let resp = reqwest::Client::new().get(format!("{}/repos/acme/clusters", s.emu.api_url())).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 401);
     let v: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(v, serde_json::json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}));
+    assert_eq!(
+        v,
+        serde_json::json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})
+    );
 }
 
 #[tokio::test]
@@ -478,13 +498,23 @@ async fn writes_are_retried_as_whole_operations() {
     let c = client(&s.emu);
     let n = s.emu.open_pull_request("feature", "t", "", "alice").unwrap();
     let comments = format!("/repos/acme/clusters/issues/{n}/comments");
-    s.emu.faults().inject(Fault::new(Some(Method::POST), &comments, FaultAction::Status { code: 502, body: "{}".into() }, Some(1)));
+    s.emu.faults().inject(Fault::new(
+        Some(Method::POST),
+        &comments,
+        FaultAction::Status { code: 502, body: "{}".into() },
+        Some(1),
+    ));
     s.emu.faults().inject(Fault::new(Some(Method::GET), &comments, FaultAction::Drop, Some(1)));
     c.upsert_comment(n, MARKER, "plan").await.unwrap();
     assert_eq!(s.emu.comments(n).len(), 1);
 
     let sha = s.feature_tip.to_string();
-    s.emu.faults().inject(Fault::new(Some(Method::POST), "/repos/acme/clusters/statuses/", FaultAction::Status { code: 503, body: "{}".into() }, Some(2)));
+    s.emu.faults().inject(Fault::new(
+        Some(Method::POST),
+        "/repos/acme/clusters/statuses/",
+        FaultAction::Status { code: 503, body: "{}".into() },
+        Some(2),
+    ));
     c.set_status(&sha, "tkgops/plan", CommitState::Pending, "planning", None).await.unwrap();
     assert_eq!(s.emu.statuses(&sha).len(), 1);
 }
@@ -492,9 +522,18 @@ async fn writes_are_retried_as_whole_operations() {
 #[tokio::test]
 async fn rate_limit_waits_are_capped_by_max_wait() {
     let s = setup().await;
-    let settings = RetrySettings { max_attempts: 3, initial_backoff: Duration::from_millis(20), max_wait: Duration::from_millis(300) };
+    let settings = RetrySettings {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(20),
+        max_wait: Duration::from_millis(300),
+    };
     let c = OctocrabClient::new(&s.emu.api_url(), TOKEN, OWNER, REPO, settings).unwrap();
-    s.emu.faults().inject(Fault::new(None, "/repos/acme/clusters", FaultAction::RetryAfter { code: 429, secs: 3600 }, Some(1)));
+    s.emu.faults().inject(Fault::new(
+        None,
+        "/repos/acme/clusters",
+        FaultAction::RetryAfter { code: 429, secs: 3600 },
+        Some(1),
+    ));
     let start = Instant::now();
     c.repository().await.unwrap();
     let took = start.elapsed();

@@ -104,7 +104,8 @@ async fn auth(State(sh): Sh, req: Request, next: Next) -> Response {
     let mut resp = if ok {
         next.run(req).await
     } else {
-        ApiError(StatusCode::UNAUTHORIZED, json!({"message": "Bad credentials", "documentation_url": DOCS})).into_response()
+        ApiError(StatusCode::UNAUTHORIZED, json!({"message": "Bad credentials", "documentation_url": DOCS}))
+            .into_response()
     };
     let (used, reset) = {
         let mut st = sh.lock();
@@ -158,8 +159,11 @@ fn paginate(sh: &Shared, path: &str, q: &HashMap<String, String>, items: Vec<Val
     let slice: Vec<Value> = items.into_iter().skip(start).take(end - start).collect();
     let mut resp = ok_json(StatusCode::OK, Value::Array(slice));
     let link_for = |p: usize| {
-        let mut params: Vec<(String, String)> =
-            q.iter().filter(|(k, _)| k.as_str() != "page" && k.as_str() != "per_page").map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut params: Vec<(String, String)> = q
+            .iter()
+            .filter(|(k, _)| k.as_str() != "page" && k.as_str() != "per_page")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         params.sort();
         params.push(("per_page".into(), per_page.to_string()));
         params.push(("page".into(), p.to_string()));
@@ -302,7 +306,11 @@ async fn get_pull(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>
     Ok(ok_json(StatusCode::OK, v))
 }
 
-async fn list_files(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>, RawQuery(raw): RawQuery) -> ApiResult {
+async fn list_files(
+    State(sh): Sh,
+    Path((o, r, n)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let n = parse_num(&n)?;
     let repo = sh.repo().map_err(internal)?;
@@ -337,7 +345,11 @@ fn review_json(sh: &Shared, rv: &super::Review) -> Value {
     })
 }
 
-async fn list_reviews(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>, RawQuery(raw): RawQuery) -> ApiResult {
+async fn list_reviews(
+    State(sh): Sh,
+    Path((o, r, n)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let n = parse_num(&n)?;
     let reviews: Vec<super::Review> = {
@@ -369,13 +381,22 @@ async fn create_review(State(sh): Sh, Path((o, r, n)): Path<(String, String, Str
         let login = st.bot_login.clone();
         let pull = st.pulls.get_mut(&n).ok_or_else(not_found)?;
         sh.refresh(&repo, pull).map_err(internal)?;
-        let commit_id = b.get("commit_id").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| pull.head_sha.clone());
+        let commit_id =
+            b.get("commit_id").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| pull.head_sha.clone());
         if state != "PENDING" {
             pull.updated_at = Utc::now();
         }
         let id = st.next_review;
         st.next_review += 1;
-        let rv = super::Review { id, pull: n, user: login, body: text, state: state.to_string(), commit_id, submitted_at: Utc::now() };
+        let rv = super::Review {
+            id,
+            pull: n,
+            user: login,
+            body: text,
+            state: state.to_string(),
+            commit_id,
+            submitted_at: Utc::now(),
+        };
         st.reviews.push(rv.clone());
         rv
     };
@@ -399,18 +420,25 @@ async fn merge_pull(State(sh): Sh, Path((o, r, n)): Path<(String, String, String
     let b = parse_body(&body)?;
     let expected = b.get("sha").and_then(Value::as_str).map(str::to_string);
     let login = sh.lock().bot_login.clone();
-    let not_mergeable =
-        || ApiError(StatusCode::METHOD_NOT_ALLOWED, json!({"message": "Pull Request is not mergeable", "documentation_url": DOCS}));
+    let not_mergeable = || {
+        ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"message": "Pull Request is not mergeable", "documentation_url": DOCS}),
+        )
+    };
     match sh.merge(n, &login, expected.as_deref()) {
-        Ok(sha) => Ok(ok_json(StatusCode::OK, json!({"sha": sha, "merged": true, "message": "Pull Request successfully merged"}))),
+        Ok(sha) => Ok(ok_json(
+            StatusCode::OK,
+            json!({"sha": sha, "merged": true, "message": "Pull Request successfully merged"}),
+        )),
         Err(MergeError::HeadModified) => Err(ApiError(
             StatusCode::CONFLICT,
             json!({"message": "Head branch was modified. Review and try the merge again.", "documentation_url": DOCS}),
         )),
         Err(MergeError::Emu(GithubEmulatorError::NoSuchPull(_))) => Err(not_found()),
-        Err(MergeError::Emu(GithubEmulatorError::AlreadyMerged(_) | GithubEmulatorError::NotOpen(_) | GithubEmulatorError::Conflict(_))) => {
-            Err(not_mergeable())
-        }
+        Err(MergeError::Emu(
+            GithubEmulatorError::AlreadyMerged(_) | GithubEmulatorError::NotOpen(_) | GithubEmulatorError::Conflict(_),
+        )) => Err(not_mergeable()),
         Err(MergeError::Emu(e)) => Err(internal(e)),
     }
 }
@@ -420,7 +448,10 @@ fn comment_json(sh: &Shared, c: &super::Comment) -> Value {
 }
 
 fn body_field(b: &Value) -> Result<String, ApiError> {
-    let body = b.get("body").and_then(Value::as_str).ok_or_else(|| validation("IssueComment", "body", "missing_field", None))?;
+    let body = b
+        .get("body")
+        .and_then(Value::as_str)
+        .ok_or_else(|| validation("IssueComment", "body", "missing_field", None))?;
     if body.chars().count() > MAX_COMMENT_CHARS {
         return Err(validation(
             "IssueComment",
@@ -432,7 +463,11 @@ fn body_field(b: &Value) -> Result<String, ApiError> {
     Ok(body.to_string())
 }
 
-async fn list_comments(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>, RawQuery(raw): RawQuery) -> ApiResult {
+async fn list_comments(
+    State(sh): Sh,
+    Path((o, r, n)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let n = parse_num(&n)?;
     let comments: Vec<super::Comment> = {
@@ -593,7 +628,11 @@ async fn commit_subresource(sh: Sh, Path((o, r, rest)): Path<(String, String, St
     }
 }
 
-async fn list_statuses(State(sh): Sh, Path((o, r, reference)): Path<(String, String, String)>, RawQuery(raw): RawQuery) -> ApiResult {
+async fn list_statuses(
+    State(sh): Sh,
+    Path((o, r, reference)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let sha = resolve(&sh, &reference)?;
     let statuses: Vec<Status> = sh.lock().statuses.iter().rev().filter(|s| s.sha == sha).cloned().collect();

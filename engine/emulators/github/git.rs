@@ -148,7 +148,15 @@ pub(super) fn changed_files(repo: &Repository, base: Oid, head: Oid) -> Result<V
                 }
             }
         }
-        out.push(FileChange { filename, previous_filename, status, additions, deletions, blob_sha: blob.to_string(), patch });
+        out.push(FileChange {
+            filename,
+            previous_filename,
+            status,
+            additions,
+            deletions,
+            blob_sha: blob.to_string(),
+            patch,
+        });
     }
     Ok(out)
 }

@@ -263,10 +263,8 @@ impl Shared {
         }
         let head = git2::Oid::from_str(&pull.head_sha)?;
         let base_before = git::branch_tip(&repo, &pull.base_ref)?.map(|o| o.to_string());
-        let message = format!(
-            "Merge pull request #{number} from {}/{}\n\n{}",
-            self.opts.owner, pull.head_ref, pull.title
-        );
+        let message =
+            format!("Merge pull request #{number} from {}/{}\n\n{}", self.opts.owner, pull.head_ref, pull.title);
         match git::merge_into(&repo, &pull.base_ref, head, &message, merger)? {
             git::MergeOutcome::Conflict => Err(GithubEmulatorError::Conflict(number).into()),
             git::MergeOutcome::Merged(oid) => {
@@ -394,9 +392,16 @@ impl GithubEmulator {
     ///
     /// Errors: [`GithubEmulatorError::NoSuchBranch`] if `head_branch` (or the default branch)
     /// does not exist in the bare repository; [`GithubEmulatorError::Git`].
-    pub fn open_pull_request(&self, head_branch: &str, title: &str, body: &str, author: &str) -> Result<u64, GithubEmulatorError> {
+    pub fn open_pull_request(
+        &self,
+        head_branch: &str,
+        title: &str,
+        body: &str,
+        author: &str,
+    ) -> Result<u64, GithubEmulatorError> {
         let repo = self.shared.repo()?;
-        let head = git::branch_tip(&repo, head_branch)?.ok_or_else(|| GithubEmulatorError::NoSuchBranch(head_branch.to_string()))?;
+        let head = git::branch_tip(&repo, head_branch)?
+            .ok_or_else(|| GithubEmulatorError::NoSuchBranch(head_branch.to_string()))?;
         let base = &self.shared.opts.default_branch;
         git::branch_tip(&repo, base)?.ok_or_else(|| GithubEmulatorError::NoSuchBranch(base.clone()))?;
         let mut st = self.shared.lock();

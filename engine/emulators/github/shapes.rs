@@ -207,7 +207,15 @@ impl Ctx<'_> {
     }
 
     /// An issue comment (`issue-comment` example).
-    pub fn comment(&self, id: u64, issue: u64, login: &str, body: &str, created: &DateTime<Utc>, updated: &DateTime<Utc>) -> Value {
+    pub fn comment(
+        &self,
+        id: u64,
+        issue: u64,
+        login: &str,
+        body: &str,
+        created: &DateTime<Utc>,
+        updated: &DateTime<Utc>,
+    ) -> Value {
         let mut v = self.retarget(templates().comment.clone());
         v["id"] = json!(id);
         v["node_id"] = json!(format!("IC_{id}"));
@@ -260,7 +268,9 @@ impl Ctx<'_> {
     pub fn review(&self, r: &ReviewView<'_>) -> Value {
         let mut v = self.retarget(templates().review.clone());
         let n = r.pull;
-        walk_strings(&mut v, &|s| s.replace("/pulls/12", &format!("/pulls/{n}")).replace("/pull/12", &format!("/pull/{n}")));
+        walk_strings(&mut v, &|s| {
+            s.replace("/pulls/12", &format!("/pulls/{n}")).replace("/pull/12", &format!("/pull/{n}"))
+        });
         let html = format!("https://github.com/{}/pull/{n}#pullrequestreview-{}", self.full_name(), r.id);
         v["id"] = json!(r.id);
         v["node_id"] = json!(format!("PRR_{}", r.id));

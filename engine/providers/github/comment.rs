@@ -25,8 +25,11 @@ fn note(omitted: usize) -> String {
 ///   The result is then at most [`MAX_COMMENT_CHARS`] characters (for markers shorter than
 ///   about 60,000 characters).
 pub fn fit_comment(body: &str, marker: &str) -> String {
-    let body: Cow<'_, str> =
-        if marker.is_empty() || body.contains(marker) { Cow::Borrowed(body) } else { Cow::Owned(format!("{marker}\n{body}")) };
+    let body: Cow<'_, str> = if marker.is_empty() || body.contains(marker) {
+        Cow::Borrowed(body)
+    } else {
+        Cow::Owned(format!("{marker}\n{body}"))
+    };
     let total = body.chars().count();
     if total <= MAX_COMMENT_CHARS {
         return body.into_owned();

@@ -222,9 +222,9 @@ impl GithubError {
         match self {
             GithubError::Unauthorized { .. } => Some(401),
             GithubError::NotFound { .. } => Some(404),
-            GithubError::RateLimited { status, .. } | GithubError::Server { status, .. } | GithubError::Api { status, .. } => {
-                Some(*status)
-            }
+            GithubError::RateLimited { status, .. }
+            | GithubError::Server { status, .. }
+            | GithubError::Api { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -243,7 +243,11 @@ pub struct RetrySettings {
 
 impl Default for RetrySettings {
     fn default() -> Self {
-        RetrySettings { max_attempts: 6, initial_backoff: Duration::from_secs(1), max_wait: Duration::from_secs(15 * 60) }
+        RetrySettings {
+            max_attempts: 6,
+            initial_backoff: Duration::from_secs(1),
+            max_wait: Duration::from_secs(15 * 60),
+        }
     }
 }
 
@@ -276,8 +280,14 @@ pub trait VcsClient: Send + Sync {
     /// Sets commit status `context` on `sha` (description cut to 140 characters). Skips the
     /// write when the latest status of this context already has the same state and
     /// description (Flux-style dedupe).
-    async fn set_status(&self, sha: &str, context: &str, state: CommitState, description: &str, target_url: Option<&str>)
-        -> Result<(), GithubError>;
+    async fn set_status(
+        &self,
+        sha: &str,
+        context: &str,
+        state: CommitState,
+        description: &str,
+        target_url: Option<&str>,
+    ) -> Result<(), GithubError>;
 }
 
 /// [`VcsClient`] implemented with octocrab against GitHub, GitHub Enterprise or the emulator.
@@ -315,7 +325,9 @@ fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
 fn rate_limit_wait(status: StatusCode, h: &HeaderMap) -> Option<Duration> {
     let retry_after = header_u64(h, "retry-after");
     let exhausted = header_u64(h, "x-ratelimit-remaining") == Some(0);
-    if status != StatusCode::TOO_MANY_REQUESTS && !(status == StatusCode::FORBIDDEN && (retry_after.is_some() || exhausted)) {
+    if status != StatusCode::TOO_MANY_REQUESTS
+        && !(status == StatusCode::FORBIDDEN && (retry_after.is_some() || exhausted))
+    {
         return None;
     }
     if let Some(s) = retry_after {
@@ -368,7 +380,8 @@ impl OctocrabClient {
             return Err(GithubError::Config("the GitHub token is empty or contains invalid characters".into()));
         }
         let api_url = api_url.trim_end_matches('/').to_string();
-        let uri: http::Uri = api_url.parse().map_err(|_| GithubError::Config(format!("invalid GitHub API URL {api_url:?}")))?;
+        let uri: http::Uri =
+            api_url.parse().map_err(|_| GithubError::Config(format!("invalid GitHub API URL {api_url:?}")))?;
         if uri.scheme().is_none() || uri.authority().is_none() {
             return Err(GithubError::Config(format!("GitHub API URL {api_url:?} needs a scheme and a host")));
         }
@@ -398,7 +411,11 @@ impl OctocrabClient {
     /// Sends one request (no retry) and classifies the answer.
     async fn send_once(&self, method: &Method, path: &str, body: Option<&Value>) -> Result<Raw, GithubError> {
         let m = method.as_str().to_string();
-        let transport = |e: octocrab::Error| GithubError::Transport { method: m.clone(), path: path.to_string(), message: e.to_string() };
+        let transport = |e: octocrab::Error| GithubError::Transport {
+            method: m.clone(),
+            path: path.to_string(),
+            message: e.to_string(),
+        };
         let res = match *method {
             Method::GET => self.octo._get(path).await,
             Method::POST => self.octo._post(path, body).await,
@@ -409,9 +426,9 @@ impl OctocrabClient {
         };
         let resp = match res {
             Ok(r) => r,
-            Err(e @ (octocrab::Error::Uri { .. } | octocrab::Error::UriParse { .. } | octocrab::Error::Serde { .. })) => {
-                return Err(GithubError::Config(e.to_string()))
-            }
+            Err(
+                e @ (octocrab::Error::Uri { .. } | octocrab::Error::UriParse { .. } | octocrab::Error::Serde { .. }),
+            ) => return Err(GithubError::Config(e.to_string())),
             Err(e) => return Err(transport(e)),
         };
         let status = resp.status();
@@ -537,10 +554,8 @@ impl OctocrabClient {
             self.get_pages_once(self.repo_path(&format!("/issues/{number}/comments?per_page=100"))).await?;
         let login = self.bot_login().await?;
         let with_marker = || comments.iter().filter(|c| c.body.as_deref().is_some_and(|b| b.contains(marker)));
-        let existing = login
-            .as_deref()
-            .and_then(|l| with_marker().find(|c| c.user.login == l))
-            .or_else(|| with_marker().next());
+        let existing =
+            login.as_deref().and_then(|l| with_marker().find(|c| c.user.login == l)).or_else(|| with_marker().next());
         match existing {
             Some(c) if c.body.as_deref() == Some(body) => Ok(c.id.0),
             Some(c) => {
@@ -631,7 +646,8 @@ impl VcsClient for OctocrabClient {
     }
 
     async fn list_open_pulls(&self, base: &str) -> Result<Vec<PullRequest>, GithubError> {
-        let path = self.repo_path(&format!("/pulls?state=open&base={}&sort=created&direction=asc&per_page=100", enc(base)));
+        let path =
+            self.repo_path(&format!("/pulls?state=open&base={}&sort=created&direction=asc&per_page=100", enc(base)));
         let pulls: Vec<octocrab::models::pulls::PullRequest> = self.get_pages(path, None).await?;
         Ok(pulls.into_iter().map(convert_pull).collect())
     }
@@ -661,7 +677,11 @@ impl VcsClient for OctocrabClient {
         let reviews: Vec<octocrab::models::pulls::Review> = self.get_pages(path, None).await?;
         Ok(reviews
             .into_iter()
-            .map(|r| Review { user: r.user.map(|u| u.login).unwrap_or_default(), state: review_state(r.state), commit_id: r.commit_id })
+            .map(|r| Review {
+                user: r.user.map(|u| u.login).unwrap_or_default(),
+                state: review_state(r.state),
+                commit_id: r.commit_id,
+            })
             .collect())
     }
 
@@ -670,8 +690,14 @@ impl VcsClient for OctocrabClient {
         self.retrying("upsert_comment", || self.upsert_once(number, marker, &body)).await
     }
 
-    async fn set_status(&self, sha: &str, context: &str, state: CommitState, description: &str, target_url: Option<&str>)
-        -> Result<(), GithubError> {
+    async fn set_status(
+        &self,
+        sha: &str,
+        context: &str,
+        state: CommitState,
+        description: &str,
+        target_url: Option<&str>,
+    ) -> Result<(), GithubError> {
         let description = fit_status_description(description);
         self.retrying("set_status", || self.set_status_once(sha, context, state, &description, target_url)).await
     }
@@ -692,9 +718,13 @@ mod tests {
     #[test]
     fn rate_limit_classification() {
         let now = Utc::now().timestamp();
-        assert_eq!(rate_limit_wait(StatusCode::TOO_MANY_REQUESTS, &headers(&[("retry-after", "7".into())])), Some(Duration::from_secs(7)));
+        assert_eq!(
+            rate_limit_wait(StatusCode::TOO_MANY_REQUESTS, &headers(&[("retry-after", "7".into())])),
+            Some(Duration::from_secs(7))
+        );
         assert_eq!(rate_limit_wait(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()), Some(Duration::from_secs(60)));
-        let exhausted = headers(&[("x-ratelimit-remaining", "0".into()), ("x-ratelimit-reset", (now + 30).to_string())]);
+        let exhausted =
+            headers(&[("x-ratelimit-remaining", "0".into()), ("x-ratelimit-reset", (now + 30).to_string())]);
         let w = rate_limit_wait(StatusCode::FORBIDDEN, &exhausted).unwrap();
         assert!(w >= Duration::from_secs(28) && w <= Duration::from_secs(30), "{w:?}");
         assert_eq!(rate_limit_wait(StatusCode::FORBIDDEN, &headers(&[("x-ratelimit-remaining", "10".into())])), None);
