@@ -1,0 +1,661 @@
+//! REST handlers of the GitHub emulator.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post, put};
+use axum::Router;
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::shapes::{PullView, ReviewView, StatusView};
+use super::{git, GithubEmulatorError, MergeError, Shared, Status, MAX_COMMENT_CHARS, RATE_LIMIT};
+
+const DOCS: &str = "https://docs.github.com/rest";
+
+type Sh = State<Arc<Shared>>;
+
+/// An error answer: HTTP status plus GitHub's JSON error body.
+struct ApiError(StatusCode, Value);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(self.1)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, json!({"message": "Not Found", "documentation_url": DOCS}))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "github emulator: internal error");
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, json!({"message": format!("emulator error: {e}")}))
+}
+
+fn bad_json() -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, json!({"message": "Problems parsing JSON", "documentation_url": DOCS}))
+}
+
+fn validation(resource: &str, field: &str, code: &str, message: Option<&str>) -> ApiError {
+    let mut err = json!({"resource": resource, "code": code, "field": field});
+    if let Some(m) = message {
+        err["message"] = json!(m);
+    }
+    ApiError(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        json!({"message": "Validation Failed", "errors": [err], "documentation_url": DOCS}),
+    )
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice::<Value>(body).map_err(|_| bad_json())
+}
+
+fn query(raw: &Option<String>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+fn ok_json(status: StatusCode, v: Value) -> Response {
+    (status, axum::Json(v)).into_response()
+}
+
+/// Builds the routes (without the fault layer).
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/user", get(get_user))
+        .route("/repos/{o}/{r}", get(get_repo))
+        .route("/repos/{o}/{r}/pulls", get(list_pulls))
+        .route("/repos/{o}/{r}/pulls/{n}", get(get_pull))
+        .route("/repos/{o}/{r}/pulls/{n}/files", get(list_files))
+        .route("/repos/{o}/{r}/pulls/{n}/reviews", get(list_reviews).post(create_review))
+        .route("/repos/{o}/{r}/pulls/{n}/merge", put(merge_pull).get(is_merged))
+        .route("/repos/{o}/{r}/issues/{n}/comments", get(list_comments).post(create_comment))
+        .route("/repos/{o}/{r}/issues/comments/{id}", patch(update_comment).get(get_comment).delete(delete_comment))
+        .route("/repos/{o}/{r}/statuses/{sha}", post(create_status).get(list_statuses))
+        .route("/repos/{o}/{r}/commits/{*rest}", get(commit_subresource))
+        .fallback(|| async { not_found() })
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), auth))
+        .with_state(shared)
+}
+
+/// Checks the token and adds `x-ratelimit-*` headers to every answer.
+async fn auth(State(sh): Sh, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            let v = v.trim();
+            let tok = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("token ")).unwrap_or("");
+            !sh.opts.token.is_empty() && constant_eq(tok.trim().as_bytes(), sh.opts.token.as_bytes())
+        })
+        .unwrap_or(false);
+    let mut resp = if ok {
+        next.run(req).await
+    } else {
+        ApiError(StatusCode::UNAUTHORIZED, json!({"message": "Bad credentials", "documentation_url": DOCS}))
+            .into_response()
+    };
+    let (used, reset) = {
+        let mut st = sh.lock();
+        let now = Utc::now().timestamp();
+        if now >= st.rate_reset {
+            st.rate_reset = now + 3600;
+            st.rate_used = 0;
+        }
+        if ok {
+            st.rate_used += 1;
+        }
+        (st.rate_used, st.rate_reset)
+    };
+    let h = resp.headers_mut();
+    h.insert("x-ratelimit-limit", HeaderValue::from(RATE_LIMIT));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(RATE_LIMIT.saturating_sub(used)));
+    h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+    h.insert("x-ratelimit-used", HeaderValue::from(used));
+    h.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
+    h.insert("x-github-api-version-selected", HeaderValue::from_static("2022-11-28"));
+    resp
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn check_repo(sh: &Shared, o: &str, r: &str) -> Result<(), ApiError> {
+    if o.eq_ignore_ascii_case(&sh.opts.owner) && r.eq_ignore_ascii_case(&sh.opts.repo) {
+        Ok(())
+    } else {
+        Err(not_found())
+    }
+}
+
+fn parse_num(s: &str) -> Result<u64, ApiError> {
+    s.parse::<u64>().map_err(|_| not_found())
+}
+
+/// Slices `items` by `page`/`per_page` (default 30, max 100) and adds a `Link` header.
+fn paginate(sh: &Shared, path: &str, q: &HashMap<String, String>, items: Vec<Value>) -> Response {
+    let per_page = q.get("per_page").and_then(|v| v.parse::<usize>().ok()).filter(|v| *v > 0).unwrap_or(30).min(100);
+    let page = q.get("page").and_then(|v| v.parse::<usize>().ok()).filter(|v| *v > 0).unwrap_or(1);
+    let total = items.len();
+    let last = total.div_ceil(per_page).max(1);
+    let start = (page - 1).saturating_mul(per_page).min(total);
+    let end = start.saturating_add(per_page).min(total);
+    let slice: Vec<Value> = items.into_iter().skip(start).take(end - start).collect();
+    let mut resp = ok_json(StatusCode::OK, Value::Array(slice));
+    let link_for = |p: usize| {
+        let mut params: Vec<(String, String)> = q
+            .iter()
+            .filter(|(k, _)| k.as_str() != "page" && k.as_str() != "per_page")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        params.sort();
+        params.push(("per_page".into(), per_page.to_string()));
+        params.push(("page".into(), p.to_string()));
+        let qs = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+        format!("{}{}?{}", sh.api_url, path, qs)
+    };
+    let mut links = Vec::new();
+    if page < last {
+        links.push(format!("<{}>; rel=\"next\"", link_for(page + 1)));
+        links.push(format!("<{}>; rel=\"last\"", link_for(last)));
+    }
+    if page > 1 {
+        links.push(format!("<{}>; rel=\"first\"", link_for(1)));
+        links.push(format!("<{}>; rel=\"prev\"", link_for((page - 1).min(last))));
+    }
+    if !links.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&links.join(", ")) {
+            resp.headers_mut().insert(header::LINK, v);
+        }
+    }
+    resp
+}
+
+async fn get_user(State(sh): Sh) -> ApiResult {
+    let login = sh.lock().bot_login.clone();
+    Ok(ok_json(StatusCode::OK, sh.ctx().user(&login)))
+}
+
+async fn get_repo(State(sh): Sh, Path((o, r)): Path<(String, String)>) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    Ok(ok_json(StatusCode::OK, sh.ctx().repository(&Utc::now())))
+}
+
+/// Renders PR `n` (refreshing its head from the bare repository first).
+fn render_pull(sh: &Shared, repo: &git2::Repository, n: u64, simple: bool) -> Result<Option<Value>, ApiError> {
+    let mut st = sh.lock();
+    let comments = st.comments.iter().filter(|c| c.issue == n).count();
+    let Some(pull) = st.pulls.get_mut(&n) else { return Ok(None) };
+    sh.refresh(repo, pull).map_err(internal)?;
+    let p = pull.clone();
+    drop(st);
+    let base_sha = match &p.base_sha_closed {
+        Some(s) => s.clone(),
+        None => git::branch_tip(repo, &p.base_ref).map_err(internal)?.map(|o| o.to_string()).unwrap_or_default(),
+    };
+    let (mut mergeable, mut commits, mut additions, mut deletions, mut changed) = (None, 0, 0, 0, 0);
+    if let (Ok(b), Ok(h)) = (git2::Oid::from_str(&base_sha), git2::Oid::from_str(&p.head_sha)) {
+        if p.open {
+            mergeable = git::mergeable(repo, b, h).ok();
+        }
+        if !simple {
+            let base_for_diff = if p.merged { repo.merge_base(b, h).unwrap_or(b) } else { b };
+            commits = git::commit_count(repo, base_for_diff, h).unwrap_or(0);
+            if let Ok(files) = git::changed_files(repo, base_for_diff, h) {
+                changed = files.len();
+                additions = files.iter().map(|f| f.additions).sum();
+                deletions = files.iter().map(|f| f.deletions).sum();
+            }
+        }
+    }
+    let view = PullView {
+        number: p.number,
+        open: p.open,
+        title: &p.title,
+        body: &p.body,
+        author: &p.author,
+        created_at: &p.created_at,
+        updated_at: &p.updated_at,
+        closed_at: p.closed_at.as_ref(),
+        merged_at: p.merged_at.as_ref(),
+        merge_commit_sha: p.merge_commit_sha.as_deref(),
+        merged_by: p.merged_by.as_deref(),
+        merged: p.merged,
+        mergeable,
+        head_ref: &p.head_ref,
+        head_sha: &p.head_sha,
+        base_ref: &p.base_ref,
+        base_sha: &base_sha,
+        comments,
+        commits,
+        additions,
+        deletions,
+        changed_files: changed,
+    };
+    Ok(Some(sh.ctx().pull(&view, &Utc::now(), simple)))
+}
+
+async fn list_pulls(State(sh): Sh, Path((o, r)): Path<(String, String)>, RawQuery(raw): RawQuery) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let q = query(&raw);
+    let repo = sh.repo().map_err(internal)?;
+    let state = q.get("state").map(String::as_str).unwrap_or("open");
+    let sort = q.get("sort").map(String::as_str).unwrap_or("created");
+    let desc = match q.get("direction").map(String::as_str) {
+        Some("asc") => false,
+        Some("desc") => true,
+        _ => sort == "created",
+    };
+    let head_filter = q.get("head").map(|h| h.split_once(':').map(|(_, b)| b.to_string()).unwrap_or_else(|| h.clone()));
+    let mut pulls: Vec<super::Pull> = {
+        let mut st = sh.lock();
+        for p in st.pulls.values_mut() {
+            sh.refresh(&repo, p).map_err(internal)?;
+        }
+        st.pulls.values().cloned().collect()
+    };
+    pulls.retain(|p| match state {
+        "open" => p.open,
+        "closed" => !p.open,
+        "all" => true,
+        _ => false,
+    });
+    if let Some(base) = q.get("base") {
+        pulls.retain(|p| &p.base_ref == base);
+    }
+    if let Some(h) = &head_filter {
+        pulls.retain(|p| &p.head_ref == h);
+    }
+    pulls.sort_by(|a, b| {
+        let key = |p: &super::Pull| if sort == "updated" { (p.updated_at, p.number) } else { (p.created_at, p.number) };
+        key(a).cmp(&key(b))
+    });
+    if desc {
+        pulls.reverse();
+    }
+    let mut items = Vec::with_capacity(pulls.len());
+    for p in &pulls {
+        if let Some(v) = render_pull(&sh, &repo, p.number, true)? {
+            items.push(v);
+        }
+    }
+    Ok(paginate(&sh, &format!("/repos/{o}/{r}/pulls"), &q, items))
+}
+
+async fn get_pull(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    let repo = sh.repo().map_err(internal)?;
+    let v = render_pull(&sh, &repo, n, false)?.ok_or_else(not_found)?;
+    Ok(ok_json(StatusCode::OK, v))
+}
+
+async fn list_files(
+    State(sh): Sh,
+    Path((o, r, n)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    let repo = sh.repo().map_err(internal)?;
+    let p = {
+        let mut st = sh.lock();
+        let p = st.pulls.get_mut(&n).ok_or_else(not_found)?;
+        sh.refresh(&repo, p).map_err(internal)?;
+        p.clone()
+    };
+    let base_sha = match &p.base_sha_closed {
+        Some(s) => s.clone(),
+        None => git::branch_tip(&repo, &p.base_ref).map_err(internal)?.map(|o| o.to_string()).unwrap_or_default(),
+    };
+    let b = git2::Oid::from_str(&base_sha).map_err(internal)?;
+    let h = git2::Oid::from_str(&p.head_sha).map_err(internal)?;
+    let base_for_diff = if p.merged { repo.merge_base(b, h).unwrap_or(b) } else { b };
+    let files = git::changed_files(&repo, base_for_diff, h).map_err(internal)?;
+    let ctx = sh.ctx();
+    let items = files.iter().map(|f| ctx.diff_entry(f, &p.head_sha)).collect();
+    Ok(paginate(&sh, &format!("/repos/{o}/{r}/pulls/{n}/files"), &query(&raw), items))
+}
+
+fn review_json(sh: &Shared, rv: &super::Review) -> Value {
+    sh.ctx().review(&ReviewView {
+        id: rv.id,
+        pull: rv.pull,
+        user: &rv.user,
+        body: &rv.body,
+        state: &rv.state,
+        commit_id: &rv.commit_id,
+        submitted_at: &rv.submitted_at,
+    })
+}
+
+async fn list_reviews(
+    State(sh): Sh,
+    Path((o, r, n)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    let reviews: Vec<super::Review> = {
+        let st = sh.lock();
+        if !st.pulls.contains_key(&n) {
+            return Err(not_found());
+        }
+        st.reviews.iter().filter(|rv| rv.pull == n).cloned().collect()
+    };
+    let items = reviews.iter().map(|rv| review_json(&sh, rv)).collect();
+    Ok(paginate(&sh, &format!("/repos/{o}/{r}/pulls/{n}/reviews"), &query(&raw), items))
+}
+
+async fn create_review(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>, body: Bytes) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    let b = parse_body(&body)?;
+    let state = match b.get("event").and_then(Value::as_str) {
+        Some("APPROVE") => "APPROVED",
+        Some("REQUEST_CHANGES") => "CHANGES_REQUESTED",
+        Some("COMMENT") => "COMMENTED",
+        None => "PENDING",
+        Some(_) => return Err(validation("PullRequestReview", "event", "invalid", None)),
+    };
+    let text = b.get("body").and_then(Value::as_str).unwrap_or("").to_string();
+    let repo = sh.repo().map_err(internal)?;
+    let rv = {
+        let mut st = sh.lock();
+        let login = st.bot_login.clone();
+        let pull = st.pulls.get_mut(&n).ok_or_else(not_found)?;
+        sh.refresh(&repo, pull).map_err(internal)?;
+        let commit_id =
+            b.get("commit_id").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| pull.head_sha.clone());
+        if state != "PENDING" {
+            pull.updated_at = Utc::now();
+        }
+        let id = st.next_review;
+        st.next_review += 1;
+        let rv = super::Review {
+            id,
+            pull: n,
+            user: login,
+            body: text,
+            state: state.to_string(),
+            commit_id,
+            submitted_at: Utc::now(),
+        };
+        st.reviews.push(rv.clone());
+        rv
+    };
+    Ok(ok_json(StatusCode::OK, review_json(&sh, &rv)))
+}
+
+async fn is_merged(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    let merged = sh.lock().pulls.get(&n).map(|p| p.merged).unwrap_or(false);
+    if merged {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(not_found())
+    }
+}
+
+async fn merge_pull(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>, body: Bytes) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    let b = parse_body(&body)?;
+    let expected = b.get("sha").and_then(Value::as_str).map(str::to_string);
+    let login = sh.lock().bot_login.clone();
+    let not_mergeable = || {
+        ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"message": "Pull Request is not mergeable", "documentation_url": DOCS}),
+        )
+    };
+    match sh.merge(n, &login, expected.as_deref()) {
+        Ok(sha) => Ok(ok_json(
+            StatusCode::OK,
+            json!({"sha": sha, "merged": true, "message": "Pull Request successfully merged"}),
+        )),
+        Err(MergeError::HeadModified) => Err(ApiError(
+            StatusCode::CONFLICT,
+            json!({"message": "Head branch was modified. Review and try the merge again.", "documentation_url": DOCS}),
+        )),
+        Err(MergeError::Emu(GithubEmulatorError::NoSuchPull(_))) => Err(not_found()),
+        Err(MergeError::Emu(
+            GithubEmulatorError::AlreadyMerged(_) | GithubEmulatorError::NotOpen(_) | GithubEmulatorError::Conflict(_),
+        )) => Err(not_mergeable()),
+        Err(MergeError::Emu(e)) => Err(internal(e)),
+    }
+}
+
+fn comment_json(sh: &Shared, c: &super::Comment) -> Value {
+    sh.ctx().comment(c.id, c.issue, &c.user, &c.body, &c.created_at, &c.updated_at)
+}
+
+fn body_field(b: &Value) -> Result<String, ApiError> {
+    let body = b
+        .get("body")
+        .and_then(Value::as_str)
+        .ok_or_else(|| validation("IssueComment", "body", "missing_field", None))?;
+    if body.chars().count() > MAX_COMMENT_CHARS {
+        return Err(validation(
+            "IssueComment",
+            "body",
+            "custom",
+            Some(&format!("body is too long (maximum is {MAX_COMMENT_CHARS} characters)")),
+        ));
+    }
+    Ok(body.to_string())
+}
+
+async fn list_comments(
+    State(sh): Sh,
+    Path((o, r, n)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    let comments: Vec<super::Comment> = {
+        let st = sh.lock();
+        if !st.pulls.contains_key(&n) {
+            return Err(not_found());
+        }
+        st.comments.iter().filter(|c| c.issue == n).cloned().collect()
+    };
+    let items = comments.iter().map(|c| comment_json(&sh, c)).collect();
+    Ok(paginate(&sh, &format!("/repos/{o}/{r}/issues/{n}/comments"), &query(&raw), items))
+}
+
+async fn create_comment(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>, body: Bytes) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    let text = body_field(&parse_body(&body)?)?;
+    let c = {
+        let mut st = sh.lock();
+        let login = st.bot_login.clone();
+        let pull = st.pulls.get_mut(&n).ok_or_else(not_found)?;
+        let now = Utc::now();
+        pull.updated_at = now;
+        let id = st.next_comment;
+        st.next_comment += 1;
+        let c = super::Comment { id, issue: n, user: login, body: text, created_at: now, updated_at: now };
+        st.comments.push(c.clone());
+        c
+    };
+    let mut resp = ok_json(StatusCode::CREATED, comment_json(&sh, &c));
+    let loc = format!("{}/repos/{o}/{r}/issues/comments/{}", sh.api_url, c.id);
+    if let Ok(v) = HeaderValue::from_str(&loc) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+async fn get_comment(State(sh): Sh, Path((o, r, id)): Path<(String, String, String)>) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let id = parse_num(&id)?;
+    let c = sh.lock().comments.iter().find(|c| c.id == id).cloned().ok_or_else(not_found)?;
+    Ok(ok_json(StatusCode::OK, comment_json(&sh, &c)))
+}
+
+async fn update_comment(State(sh): Sh, Path((o, r, id)): Path<(String, String, String)>, body: Bytes) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let id = parse_num(&id)?;
+    let text = body_field(&parse_body(&body)?)?;
+    let c = {
+        let mut st = sh.lock();
+        let now = Utc::now();
+        let c = st.comments.iter_mut().find(|c| c.id == id).ok_or_else(not_found)?;
+        c.body = text;
+        c.updated_at = now;
+        let c = c.clone();
+        if let Some(p) = st.pulls.get_mut(&c.issue) {
+            p.updated_at = now;
+        }
+        c
+    };
+    Ok(ok_json(StatusCode::OK, comment_json(&sh, &c)))
+}
+
+async fn delete_comment(State(sh): Sh, Path((o, r, id)): Path<(String, String, String)>) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let id = parse_num(&id)?;
+    let mut st = sh.lock();
+    let before = st.comments.len();
+    st.comments.retain(|c| c.id != id);
+    if st.comments.len() == before {
+        return Err(not_found());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn status_view(s: &Status) -> StatusView<'_> {
+    StatusView {
+        id: s.id,
+        sha: &s.sha,
+        state: &s.state,
+        description: s.description.as_deref(),
+        target_url: s.target_url.as_deref(),
+        context: &s.context,
+        creator: &s.creator,
+        created_at: &s.created_at,
+    }
+}
+
+async fn create_status(State(sh): Sh, Path((o, r, sha)): Path<(String, String, String)>, body: Bytes) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let b = parse_body(&body)?;
+    let state = b.get("state").and_then(Value::as_str).unwrap_or("");
+    if !matches!(state, "pending" | "success" | "failure" | "error") {
+        return Err(validation("Status", "state", "custom", Some("state is not included in the list")));
+    }
+    let repo = sh.repo().map_err(internal)?;
+    let oid = match git2::Oid::from_str(&sha) {
+        Ok(oid) if sha.len() == 40 && repo.find_commit(oid).is_ok() => oid,
+        _ => {
+            return Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"message": format!("No commit found for SHA: {sha}"), "documentation_url": DOCS}),
+            ))
+        }
+    };
+    let context = b.get("context").and_then(Value::as_str).unwrap_or("default").to_string();
+    let description = b.get("description").and_then(Value::as_str).map(str::to_string);
+    let target_url = b.get("target_url").and_then(Value::as_str).map(str::to_string);
+    let s = {
+        let mut st = sh.lock();
+        let count = st.statuses.iter().filter(|s| s.sha == sha && s.context == context).count();
+        if count >= 1000 {
+            return Err(validation(
+                "Status",
+                "context",
+                "custom",
+                Some("This SHA and context has reached the maximum number of statuses."),
+            ));
+        }
+        let id = st.next_status;
+        st.next_status += 1;
+        let s = Status {
+            id,
+            sha: oid.to_string(),
+            state: state.to_string(),
+            description,
+            target_url,
+            context,
+            creator: st.bot_login.clone(),
+            created_at: Utc::now(),
+        };
+        st.statuses.push(s.clone());
+        s
+    };
+    Ok(ok_json(StatusCode::CREATED, sh.ctx().status(&status_view(&s), true)))
+}
+
+/// Resolves `reference` to a commit SHA, or answers 422/404 like GitHub.
+fn resolve(sh: &Shared, reference: &str) -> Result<String, ApiError> {
+    let repo = sh.repo().map_err(internal)?;
+    git::resolve_commit(&repo, reference).map(|o| o.to_string()).ok_or_else(|| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"message": format!("No commit found for SHA: {reference}"), "documentation_url": DOCS}),
+        )
+    })
+}
+
+/// `GET /repos/{o}/{r}/commits/{ref}/status` and `…/statuses`, where `{ref}` may contain
+/// slashes (`heads/main`, a branch `feature/x`).
+async fn commit_subresource(sh: Sh, Path((o, r, rest)): Path<(String, String, String)>, raw: RawQuery) -> ApiResult {
+    if let Some(reference) = rest.strip_suffix("/statuses") {
+        list_statuses(sh, Path((o, r, reference.to_string())), raw).await
+    } else if let Some(reference) = rest.strip_suffix("/status") {
+        combined_status(sh, Path((o, r, reference.to_string()))).await
+    } else {
+        Err(not_found())
+    }
+}
+
+async fn list_statuses(
+    State(sh): Sh,
+    Path((o, r, reference)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let sha = resolve(&sh, &reference)?;
+    let statuses: Vec<Status> = sh.lock().statuses.iter().rev().filter(|s| s.sha == sha).cloned().collect();
+    let ctx = sh.ctx();
+    let items = statuses.iter().map(|s| ctx.status(&status_view(s), true)).collect();
+    Ok(paginate(&sh, &format!("/repos/{o}/{r}/commits/{reference}/statuses"), &query(&raw), items))
+}
+
+async fn combined_status(State(sh): Sh, Path((o, r, reference)): Path<(String, String, String)>) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let sha = resolve(&sh, &reference)?;
+    let latest: Vec<Status> = {
+        let st = sh.lock();
+        let mut seen = std::collections::HashSet::new();
+        st.statuses.iter().rev().filter(|s| s.sha == sha && seen.insert(s.context.clone())).cloned().collect()
+    };
+    let state = if latest.iter().any(|s| s.state == "failure" || s.state == "error") {
+        "failure"
+    } else if latest.is_empty() || latest.iter().any(|s| s.state == "pending") {
+        "pending"
+    } else {
+        "success"
+    };
+    let views: Vec<StatusView<'_>> = latest.iter().map(status_view).collect();
+    Ok(ok_json(StatusCode::OK, sh.ctx().combined(&sha, state, &views)))
+}

@@ -1,0 +1,162 @@
+//! git2 operations of the GitHub emulator on the bare repository (the config repository's remote).
+//!
+//! Every function opens the repository afresh: `git2::Repository` is not `Sync`, opening a local
+//! bare repository takes microseconds, and it always sees what tests pushed in the meantime.
+
+use std::path::Path;
+
+use git2::{BranchType, Oid, Repository, Signature};
+
+/// One changed file between two commits, in the terms of GitHub's "diff entry".
+pub(super) struct FileChange {
+    pub filename: String,
+    pub previous_filename: Option<String>,
+    /// `added`, `removed`, `modified`, `renamed`, `copied`, `changed` or `unchanged`.
+    pub status: &'static str,
+    pub additions: usize,
+    pub deletions: usize,
+    /// Blob id of the new side (the old side for removed files).
+    pub blob_sha: String,
+    /// Unified diff hunks without the file header; `None` for binary files.
+    pub patch: Option<String>,
+}
+
+/// Outcome of a merge attempt.
+pub(super) enum MergeOutcome {
+    /// The merge commit created on the base branch.
+    Merged(Oid),
+    /// The trees conflict; nothing was written.
+    Conflict,
+}
+
+pub(super) fn open(path: &Path) -> Result<Repository, git2::Error> {
+    Repository::open_bare(path).or_else(|_| Repository::open(path))
+}
+
+/// The tip of local branch `name`, or `None` when the branch does not exist.
+pub(super) fn branch_tip(repo: &Repository, name: &str) -> Result<Option<Oid>, git2::Error> {
+    match repo.find_branch(name, BranchType::Local) {
+        Ok(b) => Ok(b.get().peel_to_commit().ok().map(|c| c.id())),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+        Err(e) if e.code() == git2::ErrorCode::InvalidSpec => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Points `refs/pull/<n>/head` at `oid` (GitHub's read-only PR ref).
+pub(super) fn set_pull_ref(repo: &Repository, n: u64, oid: Oid) -> Result<(), git2::Error> {
+    let name = format!("refs/pull/{n}/head");
+    if repo.refname_to_id(&name).ok() == Some(oid) {
+        return Ok(());
+    }
+    repo.reference(&name, oid, true, "tkgops github emulator: pull request head")?;
+    Ok(())
+}
+
+/// Resolves a ref name, branch, tag or (full) commit SHA to a commit id; `None` if unknown.
+pub(super) fn resolve_commit(repo: &Repository, spec: &str) -> Option<Oid> {
+    if spec.is_empty() || spec.starts_with('-') {
+        return None;
+    }
+    let obj = repo.revparse_single(spec).ok()?;
+    obj.peel_to_commit().ok().map(|c| c.id())
+}
+
+/// Whether `head` merges cleanly into `base`.
+pub(super) fn mergeable(repo: &Repository, base: Oid, head: Oid) -> Result<bool, git2::Error> {
+    let b = repo.find_commit(base)?;
+    let h = repo.find_commit(head)?;
+    let idx = repo.merge_commits(&b, &h, None)?;
+    Ok(!idx.has_conflicts())
+}
+
+/// Number of commits reachable from `head` but not from `base`.
+pub(super) fn commit_count(repo: &Repository, base: Oid, head: Oid) -> Result<usize, git2::Error> {
+    let mut walk = repo.revwalk()?;
+    walk.push(head)?;
+    walk.hide(base)?;
+    Ok(walk.count())
+}
+
+/// Creates the merge commit of `head` into branch `base_branch` (parents: base tip, head) and
+/// moves the branch to it. Fails with [`MergeOutcome::Conflict`] when the trees conflict.
+pub(super) fn merge_into(
+    repo: &Repository,
+    base_branch: &str,
+    head: Oid,
+    message: &str,
+    merger: &str,
+) -> Result<MergeOutcome, git2::Error> {
+    let base_tip = branch_tip(repo, base_branch)?
+        .ok_or_else(|| git2::Error::from_str(&format!("base branch {base_branch} does not exist")))?;
+    let b = repo.find_commit(base_tip)?;
+    let h = repo.find_commit(head)?;
+    let mut idx = repo.merge_commits(&b, &h, None)?;
+    if idx.has_conflicts() {
+        return Ok(MergeOutcome::Conflict);
+    }
+    let tree_id = idx.write_tree_to(repo)?;
+    let tree = repo.find_tree(tree_id)?;
+    let email = format!("{}@users.noreply.github.com", merger.replace(['[', ']'], ""));
+    let sig = Signature::now(merger, &email)?;
+    let committer = Signature::now("GitHub", "noreply@github.com")?;
+    let refname = format!("refs/heads/{base_branch}");
+    let oid = repo.commit(Some(&refname), &sig, &committer, message, &tree, &[&b, &h])?;
+    Ok(MergeOutcome::Merged(oid))
+}
+
+/// The files changed by `head` relative to its merge base with `base` (GitHub's three-dot diff).
+pub(super) fn changed_files(repo: &Repository, base: Oid, head: Oid) -> Result<Vec<FileChange>, git2::Error> {
+    let mb = repo.merge_base(base, head).unwrap_or(base);
+    let old_tree = repo.find_commit(mb)?.tree()?;
+    let new_tree = repo.find_commit(head)?.tree()?;
+    let mut diff = repo.diff_tree_to_tree(Some(&old_tree), Some(&new_tree), None)?;
+    let mut find = git2::DiffFindOptions::new();
+    find.renames(true);
+    diff.find_similar(Some(&mut find))?;
+    let mut out = Vec::new();
+    for i in 0..diff.deltas().len() {
+        let Some(delta) = diff.get_delta(i) else { continue };
+        let status = match delta.status() {
+            git2::Delta::Added | git2::Delta::Untracked => "added",
+            git2::Delta::Deleted => "removed",
+            git2::Delta::Modified => "modified",
+            git2::Delta::Renamed => "renamed",
+            git2::Delta::Copied => "copied",
+            git2::Delta::Unmodified => "unchanged",
+            _ => "changed",
+        };
+        let new_path = delta.new_file().path().map(|p| p.to_string_lossy().into_owned());
+        let old_path = delta.old_file().path().map(|p| p.to_string_lossy().into_owned());
+        let filename = new_path.clone().or_else(|| old_path.clone()).unwrap_or_default();
+        let previous_filename = if status == "renamed" { old_path } else { None };
+        let blob = if status == "removed" { delta.old_file().id() } else { delta.new_file().id() };
+        let binary = delta.flags().is_binary();
+        let (mut additions, mut deletions, mut patch) = (0, 0, None);
+        if let Ok(Some(mut p)) = git2::Patch::from_diff(&diff, i) {
+            if let Ok((_, a, d)) = p.line_stats() {
+                additions = a;
+                deletions = d;
+            }
+            if !binary && !p.delta().flags().is_binary() {
+                if let Ok(buf) = p.to_buf() {
+                    let text = String::from_utf8_lossy(&buf);
+                    let hunks: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("@@")).collect();
+                    if !hunks.is_empty() {
+                        patch = Some(hunks.join("\n"));
+                    }
+                }
+            }
+        }
+        out.push(FileChange {
+            filename,
+            previous_filename,
+            status,
+            additions,
+            deletions,
+            blob_sha: blob.to_string(),
+            patch,
+        });
+    }
+    Ok(out)
+}
