@@ -53,12 +53,50 @@ impl RepoConfig {
 pub struct ManagementClusterConfig {
     /// Name referenced by [`ClusterSettings::management_cluster`].
     pub name: String,
-    /// How the bot reaches it.
+    /// How the bot reaches it: `{file: PATH}`, `{env: VAR}` or
+    /// `{secret: {namespace, name, key}}` (key default `value`).
+    #[serde(deserialize_with = "kubeconfig_de")]
     pub kubeconfig: KubeconfigSource,
     /// Namespace of the Cluster objects when the TKG `NAMESPACE` variable is unset
     /// (default `default`, TF `constants/defaults.go` `DefaultNamespace`).
     #[serde(default = "default_namespace")]
     pub namespace: String,
+}
+
+/// YAML shape of [`KubeconfigSource`] (serde_yaml 0.9 reads externally tagged enums only from
+/// `!tags`, so the `{file: ...}` map form is read through this mirror).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KubeconfigYaml {
+    #[serde(default)]
+    file: Option<String>,
+    #[serde(default)]
+    env: Option<String>,
+    #[serde(default)]
+    secret: Option<SecretYaml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SecretYaml {
+    namespace: String,
+    name: String,
+    #[serde(default = "default_secret_key")]
+    key: String,
+}
+
+fn default_secret_key() -> String {
+    "value".to_string()
+}
+
+fn kubeconfig_de<'de, D: Deserializer<'de>>(d: D) -> Result<KubeconfigSource, D::Error> {
+    let k = KubeconfigYaml::deserialize(d)?;
+    match (k.file, k.env, k.secret) {
+        (Some(f), None, None) => Ok(KubeconfigSource::File(f)),
+        (None, Some(e), None) => Ok(KubeconfigSource::Env(e)),
+        (None, None, Some(s)) => Ok(KubeconfigSource::Secret { namespace: s.namespace, name: s.name, key: s.key }),
+        _ => Err(serde::de::Error::custom("kubeconfig must have exactly one of file, env, secret")),
+    }
 }
 
 fn default_namespace() -> String {
@@ -308,7 +346,53 @@ fn cron_of(schedule: &str) -> Result<cron::Schedule, String> {
     if fields != 5 {
         return Err(format!("has {fields} fields; expected 5 (minute hour day-of-month month day-of-week)"));
     }
-    cron::Schedule::from_str(&format!("0 {}", schedule.trim())).map_err(|e| e.to_string())
+    let mut f: Vec<&str> = schedule.split_whitespace().collect();
+    let dow = crontab_dow_to_cron(f[4])?;
+    f[4] = &dow;
+    cron::Schedule::from_str(&format!("0 {}", f.join(" "))).map_err(|e| e.to_string())
+}
+
+/// Translates a crontab day-of-week field (0 or 7 = Sunday, 1 = Monday … 6 = Saturday) into the
+/// `cron` crate's numbering (1 = Sunday … 7 = Saturday). Names (`MON-FRI`) are kept.
+fn crontab_dow_to_cron(field: &str) -> Result<String, String> {
+    if field == "*" || field == "?" {
+        return Ok(field.to_string());
+    }
+    let bad = || format!("day-of-week field {field:?} is invalid");
+    let mut days = BTreeSet::new();
+    let mut named = Vec::new();
+    for item in field.split(',') {
+        if item.chars().any(|c| c.is_ascii_alphabetic()) {
+            named.push(item.to_string());
+            continue;
+        }
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, s.parse::<u32>().map_err(|_| bad())?),
+            None => (item, 1),
+        };
+        if step == 0 {
+            return Err(bad());
+        }
+        let (lo, hi) = if range == "*" {
+            (0, 6)
+        } else if let Some((a, b)) = range.split_once('-') {
+            (a.parse::<u32>().map_err(|_| bad())?, b.parse::<u32>().map_err(|_| bad())?)
+        } else {
+            let a = range.parse::<u32>().map_err(|_| bad())?;
+            (a, if item.contains('/') { 6 } else { a })
+        };
+        if lo > 7 || hi > 7 || lo > hi {
+            return Err(bad());
+        }
+        let mut d = lo;
+        while d <= hi {
+            days.insert(d % 7 + 1);
+            d += step;
+        }
+    }
+    let mut parts: Vec<String> = days.into_iter().map(|d| d.to_string()).collect();
+    parts.extend(named);
+    Ok(parts.join(","))
 }
 
 /// Line of the first occurrence of `key:` (any indentation, also as `- key:`), 1-based.
