@@ -1,1 +1,888 @@
-//! Integration tests: validate.
+//! Integration tests: validate (the config repository format and the reference-design rules).
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use tkgops::request::*;
+
+fn fixture(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(p)
+}
+
+fn read(p: &str) -> String {
+    std::fs::read_to_string(fixture(p)).expect("fixture")
+}
+
+const CFG_PATH: &str = "clusters/team-a-prod/cluster-config.yaml";
+const SETTINGS_PATH: &str = "clusters/team-a-prod/tkgops.yaml";
+
+fn valid_text() -> String {
+    read("valid-prod/cluster-config.yaml")
+}
+
+fn cfg(text: &str) -> TkgConfig {
+    parse_tkg_config(CFG_PATH, text.as_bytes()).expect("config parses")
+}
+
+fn settings_text() -> String {
+    read("valid-prod/tkgops.yaml")
+}
+
+fn settings(text: &str) -> ClusterSettings {
+    parse_cluster_settings(SETTINGS_PATH, text.as_bytes()).expect("settings parse")
+}
+
+fn repo_text() -> String {
+    read("valid-prod/repo-tkgops.yaml")
+}
+
+fn repo(text: &str) -> RepoConfig {
+    parse_repo_config("tkgops.yaml", text.as_bytes()).expect("repo parses")
+}
+
+/// The valid prod config with variable `key` replaced by `value` (None removes it).
+fn edit(text: &str, key: &str, value: Option<&str>) -> String {
+    let prefix = format!("{key}:");
+    let mut out: Vec<String> = text.lines().filter(|l| !l.starts_with(&prefix)).map(str::to_string).collect();
+    if let Some(v) = value {
+        out.push(format!("{key}: {v}"));
+    }
+    out.join("\n") + "\n"
+}
+
+fn edits(pairs: &[(&str, Option<&str>)]) -> String {
+    pairs.iter().fold(valid_text(), |t, (k, v)| edit(&t, k, *v))
+}
+
+/// Findings of the valid prod request with config `text` (settings and repo from valid-prod).
+fn run(text: &str) -> Vec<Finding> {
+    let s = settings(&settings_text());
+    let r = repo(&repo_text());
+    validate(&cfg(text), Some(&s), Some(&r))
+}
+
+fn run_settings(settings_yaml: &str) -> Vec<Finding> {
+    let s = settings(settings_yaml);
+    let r = repo(&repo_text());
+    validate(&cfg(&valid_text()), Some(&s), Some(&r))
+}
+
+fn has(fs: &[Finding], rule: &str) -> bool {
+    fs.iter().any(|f| f.rule == rule)
+}
+
+fn find<'a>(fs: &'a [Finding], rule: &str) -> &'a Finding {
+    fs.iter().find(|f| f.rule == rule).unwrap_or_else(|| panic!("no {rule} in {fs:#?}"))
+}
+
+fn pem_b64() -> String {
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUYWJj\n-----END CERTIFICATE-----\n";
+    base64::engine::general_purpose::STANDARD.encode(pem)
+}
+
+// ---------------------------------------------------------------- valid request and samples
+
+#[test]
+fn valid_prod_has_no_findings() {
+    let fs = run(&valid_text());
+    assert!(fs.is_empty(), "{fs:#?}");
+    // Also without repo/settings there is no error.
+    let fs = validate(&cfg(&valid_text()), None, None);
+    assert!(fs.iter().all(|f| f.severity != Severity::Error), "{fs:#?}");
+    let report = validate_paths(&[fixture("valid-prod/cluster-config.yaml")]);
+    assert_eq!(report.exit_code(), 0, "{report:#?}");
+}
+
+#[test]
+fn sample_01_breaks_plan_and_identity_rules_with_lines() {
+    let text = read("samples/01-tkg16-aws-mgmt-cluster-config.yaml");
+    let c = parse_tkg_config("01.yaml", text.as_bytes()).expect("sample 01 parses");
+    assert_eq!(c.get("AWS_AMI_ID"), None);
+    assert_eq!(c.vars["AWS_AMI_ID"].value, "");
+    assert_eq!(c.get("OS_VERSION"), Some("20.04"));
+    assert_eq!(c.get_bool("BASTION_HOST_ENABLED"), Some(false));
+    let fs = validate(&c, None, None);
+    let plan = find(&fs, "TKO-CLS-004");
+    assert_eq!(plan.line, Some(27));
+    assert_eq!(plan.severity, Severity::Error);
+    assert!(plan.message.contains("dev"));
+    let idm = find(&fs, "TKO-CLS-006");
+    assert_eq!(idm.line, Some(32));
+    assert!(has(&fs, "TKO-CLS-002"));
+    assert!(!has(&fs, "TKGOPS-PARSE"));
+    // sorted by (path, line, rule)
+    let mut sorted = fs.clone();
+    sorted.sort_by(|a, b| (&a.path, a.line, &a.rule).cmp(&(&b.path, b.line, &b.rule)));
+    assert_eq!(fs, sorted);
+}
+
+#[test]
+fn sample_02_is_rejected_as_vsphere() {
+    let text = read("samples/02-tkg16-airgap-shared-services-config-vsphere.yaml");
+    let c = parse_tkg_config("02.yaml", text.as_bytes()).expect("sample 02 parses");
+    assert!(c.get("AVI_LABELS").unwrap_or("").contains("shared-services"));
+    assert_eq!(c.get("VSPHERE_CONTROL_PLANE_ENDPOINT"), None);
+    assert_eq!(c.get("VSPHERE_CONTROL_PLANE_NUM_CPUS"), Some("2"));
+    let fs = validate(&c, None, None);
+    let p = find(&fs, "TKGOPS-PROVIDER");
+    assert_eq!(p.line, Some(8));
+    assert!(p.message.contains("vsphere"), "{}", p.message);
+    // AWS-only rules are not reported for another provider.
+    assert!(!has(&fs, "TKGOPS-REQUIRED"));
+    // The CA in the sample is elided ("[...]"): not a PEM.
+    assert!(has(&fs, "TKG-CLS-001"));
+    // The secret VSPHERE_PASSWORD value is not in any output.
+    for f in &fs {
+        assert!(!f.to_string().contains("Vk13YXJlMSE"));
+    }
+    assert!(!format!("{c:?}").contains("Vk13YXJlMSE"));
+}
+
+// ---------------------------------------------------------------- rules
+
+#[test]
+fn r1_azs() {
+    let fs = run(&edits(&[("AWS_NODE_AZ_2", Some("\"\""))]));
+    let f = find(&fs, "TKO-CLS-005");
+    assert!(f.message.contains("AWS_NODE_AZ_2"));
+    assert!(f.line.is_some());
+    let fs = run(&edits(&[("AWS_NODE_AZ_2", Some("us-west-2a"))]));
+    assert!(find(&fs, "TKO-CLS-005").message.contains("distinct"));
+    let fs = run(&edits(&[("AWS_NODE_AZ_1", None), ("AWS_NODE_AZ_2", None)]));
+    assert!(has(&fs, "TKO-CLS-005"));
+    assert!(!has(&run(&valid_text()), "TKO-CLS-005"));
+    // dev: one AZ only
+    let dev = edits(&[("CLUSTER_PLAN", Some("dev")), ("AWS_PRIVATE_SUBNET_ID_1", None), ("AWS_PRIVATE_SUBNET_ID_2", None)]);
+    assert!(has(&run(&dev), "TKO-CLS-005"));
+    let dev1 = edit(&edit(&dev, "AWS_NODE_AZ_1", None), "AWS_NODE_AZ_2", None);
+    assert!(!has(&run(&dev1), "TKO-CLS-005"));
+}
+
+#[test]
+fn r2_plan() {
+    let fs = run(&edits(&[("CLUSTER_PLAN", Some("dev"))]));
+    assert!(has(&fs, "TKO-CLS-004"));
+    let fs = run(&edits(&[("CLUSTER_PLAN", None)]));
+    let f = find(&fs, "TKO-CLS-004");
+    assert_eq!(f.line, None);
+    let fs = run(&edits(&[("CLUSTER_PLAN", Some("staging"))]));
+    assert!(has(&fs, "TKGOPS-PLAN"));
+    assert!(!has(&fs, "TKO-CLS-004"));
+    assert!(!has(&run(&edits(&[("CLUSTER_PLAN", Some("prodcc"))])), "TKO-CLS-004"));
+}
+
+#[test]
+fn r3_internal_lb() {
+    let key = "AWS_LOAD_BALANCER_SCHEME_INTERNAL";
+    assert!(has(&run(&edits(&[(key, Some("false"))])), "TKO-CLS-002"));
+    assert!(has(&run(&edits(&[(key, None)])), "TKO-CLS-002"));
+    assert!(has(&run(&edits(&[(key, Some("yes"))])), "TKO-CLS-002"));
+    assert!(!has(&run(&edits(&[(key, Some("true"))])), "TKO-CLS-002"));
+    assert!(!has(&run(&edits(&[(key, Some("True"))])), "TKO-CLS-002"));
+}
+
+#[test]
+fn r4_instance_types() {
+    let text = edits(&[("NODE_MACHINE_TYPE_1", Some("t3.medium"))]);
+    let fs = run(&text);
+    let f = find(&fs, "TKO-CLS-003");
+    assert_eq!(f.line, cfg(&text).line("NODE_MACHINE_TYPE_1"));
+    assert!(f.message.contains("t3.medium"));
+    assert!(has(&run(&edits(&[("CONTROL_PLANE_MACHINE_TYPE", Some("t2.micro"))])), "TKO-CLS-003"));
+    assert!(!has(&run(&edits(&[("NODE_MACHINE_TYPE", Some("t3.large"))])), "TKO-CLS-003"));
+}
+
+#[test]
+fn r5_tkr_and_downgrade() {
+    let bad = settings_text().replace("v1.23.8+vmware.2-tkg.1", "1.23.8");
+    let fs = run_settings(&bad);
+    let f = find(&fs, "TKGOPS-TKR");
+    assert_eq!(f.path, SETTINGS_PATH);
+    assert_eq!(f.line, Some(3));
+    let newer = settings_text().replace("v1.23.8+vmware.2-tkg.1", "v1.24.9+vmware.1-tkg.1");
+    assert!(has(&run_settings(&newer), "TKGOPS-TKR"));
+    let old = settings_text().replace("v1.23.8+vmware.2-tkg.1", "v1.21.14+vmware.2-tkg.5");
+    assert!(!has(&run_settings(&old), "TKGOPS-TKR"));
+
+    let d = check_upgrade("s.yaml", Some(3), "v1.23.8+vmware.2-tkg.1", "v1.22.11+vmware.2-tkg.1").expect("downgrade");
+    assert_eq!(d.rule, "TKGOPS-DOWNGRADE");
+    assert_eq!(d.line, Some(3));
+    assert!(check_upgrade("s", None, "v1.23.8+vmware.2-tkg.1", "v1.23.8+vmware.1-tkg.1").is_some());
+    assert!(check_upgrade("s", None, "v1.22.11+vmware.2-tkg.1", "v1.23.8+vmware.2-tkg.1").is_none());
+    assert!(check_upgrade("s", None, "v1.23.8+vmware.2-tkg.1", "v1.23.8+vmware.2-tkg.1").is_none());
+    assert!(check_upgrade("s", None, "v1.23.8+vmware.2-tkg.1", "v1.23.10+vmware.1-tkg.1").is_none());
+    assert_eq!(check_upgrade("s", None, "v1.23.8+vmware.2-tkg.1", "latest").map(|f| f.rule), Some("TKGOPS-TKR".into()));
+}
+
+#[test]
+fn r6_docker_bridge_and_cidr_syntax() {
+    let fs = run(&edits(&[("AWS_VPC_CIDR", Some("172.16.0.0/12"))]));
+    assert!(find(&fs, "TKGOPS-DOCKER-BRIDGE").message.contains("AWS_VPC_CIDR"));
+    assert!(has(&run(&edits(&[("CLUSTER_CIDR", Some("172.17.4.0/24"))])), "TKGOPS-DOCKER-BRIDGE"));
+    assert!(has(&run(&edits(&[("SERVICE_CIDR", Some("172.17.0.0/16"))])), "TKGOPS-DOCKER-BRIDGE"));
+    assert!(!has(&run(&edits(&[("AWS_VPC_CIDR", Some("172.18.0.0/16"))])), "TKGOPS-DOCKER-BRIDGE"));
+    let fs = run(&edits(&[("SERVICE_CIDR", Some("100.64.0.0/33"))]));
+    assert!(has(&fs, "TKGOPS-CIDR"));
+    assert!(has(&run(&edits(&[("AWS_PRIVATE_NODE_CIDR", Some("ten.0.0.0/24"))])), "TKGOPS-CIDR"));
+    assert!(!has(&run(&valid_text()), "TKGOPS-CIDR"));
+}
+
+#[test]
+fn r8_machine_health_checks() {
+    assert!(has(&run(&edits(&[("ENABLE_MHC", Some("false"))])), "TKO-CLS-007"));
+    assert!(has(&run(&edits(&[("ENABLE_MHC_WORKER_NODE", Some("false"))])), "TKO-CLS-007"));
+    assert!(has(&run(&edits(&[("ENABLE_MHC_CONTROL_PLANE", Some("\"false\""))])), "TKO-CLS-007"));
+    assert!(!has(&run(&edits(&[("ENABLE_MHC", None)])), "TKO-CLS-007"));
+    assert!(!has(&run(&edits(&[("ENABLE_MHC_WORKER_NODE", Some("true"))])), "TKO-CLS-007"));
+}
+
+#[test]
+fn r9_identity_management() {
+    assert!(has(&run(&edits(&[("IDENTITY_MANAGEMENT_TYPE", Some("none"))])), "TKO-CLS-006"));
+    assert!(has(&run(&edits(&[("IDENTITY_MANAGEMENT_TYPE", None)])), "TKO-CLS-006"));
+    let fs = run(&edits(&[("LDAP_HOST", Some("\"\""))]));
+    assert!(find(&fs, "TKO-CLS-006").message.contains("LDAP_HOST"));
+    let oidc = edits(&[
+        ("IDENTITY_MANAGEMENT_TYPE", Some("oidc")),
+        ("OIDC_IDENTITY_PROVIDER_ISSUER_URL", Some("https://idp.example.com")),
+        ("OIDC_IDENTITY_PROVIDER_CLIENT_ID", Some("tkg")),
+    ]);
+    let f = find(&run(&oidc), "TKO-CLS-006").clone();
+    assert!(f.message.contains("OIDC_IDENTITY_PROVIDER_CLIENT_SECRET"));
+    assert!(f.message.contains("OIDC_IDENTITY_PROVIDER_NAME"));
+    assert!(!f.message.contains("idp.example.com"));
+    let full = edit(&edit(&oidc, "OIDC_IDENTITY_PROVIDER_CLIENT_SECRET", Some("x")), "OIDC_IDENTITY_PROVIDER_NAME", Some("corp"));
+    assert!(!has(&run(&full), "TKO-CLS-006"));
+}
+
+fn airgap(pairs: &[(&str, Option<&str>)]) -> String {
+    let ca = pem_b64();
+    let mut all: Vec<(&str, Option<&str>)> = vec![
+        ("TKG_CUSTOM_IMAGE_REPOSITORY", Some("harbor.corp.example/tkg-160")),
+        ("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", Some("false")),
+        ("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", Some(ca.as_str())),
+    ];
+    all.extend_from_slice(pairs);
+    edits(&all)
+}
+
+#[test]
+fn r10_air_gapped_registry() {
+    let fs = run(&airgap(&[]));
+    assert!(!has(&fs, "TKG-CLS-001"), "{fs:#?}");
+    assert!(!has(&fs, "TKGOPS-AIRGAP-IDM"));
+    assert!(has(&run(&airgap(&[("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", Some("true"))])), "TKG-CLS-001"));
+    assert!(has(&run(&airgap(&[("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", None)])), "TKG-CLS-001"));
+    let notpem = base64::engine::general_purpose::STANDARD.encode("hello");
+    assert!(has(&run(&airgap(&[("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", Some(notpem.as_str()))])), "TKG-CLS-001"));
+    assert!(has(&run(&airgap(&[("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", Some("\"%%%\""))])), "TKG-CLS-001"));
+}
+
+#[test]
+fn r12_air_gapped_identity_is_ldap() {
+    let oidc = airgap(&[
+        ("IDENTITY_MANAGEMENT_TYPE", Some("oidc")),
+        ("OIDC_IDENTITY_PROVIDER_ISSUER_URL", Some("https://idp")),
+        ("OIDC_IDENTITY_PROVIDER_CLIENT_ID", Some("a")),
+        ("OIDC_IDENTITY_PROVIDER_CLIENT_SECRET", Some("b")),
+        ("OIDC_IDENTITY_PROVIDER_NAME", Some("c")),
+    ]);
+    let fs = run(&oidc);
+    assert!(has(&fs, "TKGOPS-AIRGAP-IDM"));
+    assert!(!has(&fs, "TKO-CLS-006"));
+    assert!(!has(&run(&airgap(&[])), "TKGOPS-AIRGAP-IDM"));
+}
+
+#[test]
+fn r14_harbor_on_shared_services() {
+    let with_harbor = settings_text().replace("  - name: cert-manager\n", "  - name: cert-manager\n  - name: harbor\n");
+    let fs = run_settings(&with_harbor);
+    let f = find(&fs, "TKO-AWS-002");
+    assert_eq!(f.severity, Severity::Warning);
+    let labelled = with_harbor.replace("labels:\n", "labels:\n  cluster-role.tkg.tanzu.vmware.com/tanzu-services: \"\"\n");
+    assert!(!has(&run_settings(&labelled), "TKO-AWS-002"));
+    let null_label = with_harbor.replace("labels:\n", "labels:\n  cluster-role.tkg.tanzu.vmware.com/tanzu-services:\n");
+    assert!(!has(&run_settings(&null_label), "TKO-AWS-002"));
+}
+
+#[test]
+fn r15_required_aws_variables() {
+    let fs = run(&edits(&[("AWS_REGION", None)]));
+    assert!(find(&fs, "TKGOPS-REQUIRED").message.contains("AWS_REGION"));
+    assert!(has(&run(&edits(&[("AWS_SSH_KEY_NAME", Some("\"\""))])), "TKGOPS-REQUIRED"));
+    let fs = run(&edits(&[("AWS_NODE_AZ_1", Some("us-east-1b"))]));
+    assert!(find(&fs, "TKGOPS-REQUIRED").message.contains("us-east-1b"));
+    let fs = run(&edits(&[("AWS_PRIVATE_SUBNET_ID_2", Some("\"\""))]));
+    assert!(find(&fs, "TKGOPS-REQUIRED").message.contains("AWS_PRIVATE_SUBNET_ID_2"));
+    let fs = run(&edits(&[("AWS_PUBLIC_SUBNET_ID_1", Some("subnet-1"))]));
+    assert!(find(&fs, "TKGOPS-REQUIRED").message.contains("cannot be used without AWS_PUBLIC_SUBNET_ID"));
+    let ok = edits(&[("AWS_PUBLIC_SUBNET_ID", Some("subnet-0")), ("AWS_PUBLIC_SUBNET_ID_1", Some("subnet-1"))]);
+    assert!(!has(&run(&ok), "TKGOPS-REQUIRED"));
+    // New VPC: no subnet IDs needed.
+    let new_vpc = edits(&[
+        ("AWS_VPC_ID", None),
+        ("AWS_PRIVATE_SUBNET_ID", None),
+        ("AWS_PRIVATE_SUBNET_ID_1", None),
+        ("AWS_PRIVATE_SUBNET_ID_2", None),
+    ]);
+    assert!(!has(&run(&new_vpc), "TKGOPS-REQUIRED"));
+}
+
+#[test]
+fn r16_tanzu_framework_checks() {
+    let fs = run(&edits(&[("WORKER_MACHINE_COUNT", Some("2"))]));
+    assert!(find(&fs, "TKGOPS-TF-VALIDATE").message.contains("prod plan requires at least 3 workers"));
+    let fs = run(&edits(&[("CNI", Some("flannel"))]));
+    assert_eq!(
+        find(&fs, "TKGOPS-TF-VALIDATE").message,
+        "provided CNI type 'flannel' is not in the available options: antrea, calico, none"
+    );
+    assert!(has(&run(&edits(&[("CLUSTER_NAME", Some("Team_A"))])), "TKGOPS-TF-VALIDATE"));
+    assert!(has(&run(&edits(&[("CLUSTER_NAME", None)])), "TKGOPS-TF-VALIDATE"));
+    assert!(has(&run(&edits(&[("SERVICE_CIDR", Some("100.64.0.0/11"))])), "TKGOPS-TF-VALIDATE"));
+    assert!(!has(&run(&edits(&[("SERVICE_CIDR", Some("100.64.0.0/12"))])), "TKGOPS-TF-VALIDATE"));
+    assert!(has(&run(&edits(&[("CONTROL_PLANE_MACHINE_COUNT", Some("2"))])), "TKGOPS-TF-VALIDATE"));
+    assert!(has(&run(&edits(&[("WORKER_MACHINE_COUNT", Some("three"))])), "TKGOPS-TF-VALIDATE"));
+    assert!(!has(&run(&edits(&[("CNI", Some("calico")), ("WORKER_MACHINE_COUNT", Some("6"))])), "TKGOPS-TF-VALIDATE"));
+    // default prod worker count is 3
+    assert!(!has(&run(&edits(&[("WORKER_MACHINE_COUNT", None)])), "TKGOPS-TF-VALIDATE"));
+}
+
+#[test]
+fn provider_must_be_aws() {
+    let fs = run(&edits(&[("INFRASTRUCTURE_PROVIDER", Some("azure"))]));
+    assert!(find(&fs, "TKGOPS-PROVIDER").message.starts_with("INFRASTRUCTURE_PROVIDER: azure is not supported"));
+    assert!(has(&run(&edits(&[("INFRASTRUCTURE_PROVIDER", None)])), "TKGOPS-PROVIDER"));
+    assert!(!has(&run(&valid_text()), "TKGOPS-PROVIDER"));
+}
+
+#[test]
+fn r17_package_dependencies() {
+    let prom = settings_text().replace("  - name: cert-manager\n", "  - name: cert-manager\n  - name: prometheus\n");
+    assert!(!has(&run_settings(&prom), "TKGOPS-PKG-ORDER"));
+    let no_contour = prom.replace("  - name: contour\n", "  - name: fluent-bit\n");
+    let fs = run_settings(&no_contour);
+    assert!(find(&fs, "TKGOPS-PKG-ORDER").message.contains("prometheus requires contour"));
+    // contour without cert-manager (repo default disabled).
+    let no_cm = settings_text().replace("  - name: cert-manager\n", "  - {name: cert-manager, enabled: false}\n");
+    let fs = run_settings(&no_cm);
+    assert!(find(&fs, "TKGOPS-PKG-ORDER").message.contains("contour requires cert-manager"));
+    // Unknown package without version.
+    let unknown = settings_text().replace("  - name: cert-manager\n", "  - name: cert-manager\n  - name: my-app\n");
+    assert!(has(&run_settings(&unknown), "TKGOPS-SCHEMA"));
+}
+
+#[test]
+fn unknown_variable_is_a_warning() {
+    let fs = run(&edits(&[("AWS_NODE_ZA", Some("us-west-2a"))]));
+    let f = find(&fs, "TKGOPS-UNKNOWN-VAR");
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(f.message.contains("AWS_NODE_ZA"));
+    assert!(f.line.is_some());
+    assert!(!has(&run(&edits(&[("AUTOSCALER_MAX_NODES_TOTAL", Some("0")), ("ENABLE_AUTOSCALER", Some("false"))])), "TKGOPS-UNKNOWN-VAR"));
+    assert!(is_known_variable("WORKER_MACHINE_COUNT_2"));
+    assert!(!is_known_variable("AWS_NODE_ZA"));
+}
+
+#[test]
+fn directory_name_must_equal_cluster_name() {
+    let c = parse_tkg_config("repo/clusters/team-b/cluster-config.yaml", valid_text().as_bytes()).expect("parses");
+    let fs = validate(&c, None, None);
+    assert!(find(&fs, "TKGOPS-NAME").message.contains("team-b"));
+    let c = parse_tkg_config("repo/clusters/team-a-prod/cluster-config.yaml", valid_text().as_bytes()).expect("parses");
+    assert!(!has(&validate(&c, None, None), "TKGOPS-NAME"));
+}
+
+#[test]
+fn management_cluster_must_exist_and_tmc_needs_repo_tmc() {
+    let s = settings_text().replace("managementCluster: mc-aws-1", "managementCluster: mc-nope");
+    let f = find(&run_settings(&s), "TKGOPS-SCHEMA").clone();
+    assert_eq!(f.line, Some(2));
+    assert!(f.message.contains("mc-nope"));
+    let r = repo(&repo_text().replace("tmc:\n  endpoint: https://myorg.tmc.cloud.vmware.com\n", ""));
+    let fs = validate(&cfg(&valid_text()), Some(&settings(&settings_text())), Some(&r));
+    assert!(has(&fs, "TKGOPS-SCHEMA"));
+}
+
+// ---------------------------------------------------------------- tkgops files: schema
+
+#[test]
+fn repo_config_parses_with_defaults() {
+    let r = repo(&repo_text());
+    assert_eq!(r.management_clusters[0].name, "mc-aws-1");
+    assert_eq!(r.management_clusters[0].kubeconfig, tkgops::providers::KubeconfigSource::File("/etc/tkgops/mc.kubeconfig".into()));
+    assert_eq!(r.tmc.as_ref().map(|t| t.csp_endpoint.as_str()), Some("https://console.cloud.vmware.com"));
+    assert_eq!(r.approval.approvers, vec!["alice", "bob"]);
+    assert_eq!(r.rules.severities.get("TKO-AWS-002"), Some(&RuleLevel::Warning));
+    let min = repo("managementClusters:\n  - name: mc\n    kubeconfig: {secret: {namespace: tkgops, name: mc-kubeconfig}}\n");
+    assert_eq!(min.management_clusters[0].namespace, "default");
+    assert_eq!(min.approval, ApprovalPolicy { approvers: vec![], required_approvals: 1, destructive_approvals: 2 });
+    assert_eq!(min.packages.repository.name, "tanzu-standard");
+    assert_eq!(min.packages.repository.namespace, "tanzu-package-repo-global");
+    assert!(matches!(&min.management_clusters[0].kubeconfig, tkgops::providers::KubeconfigSource::Secret { key, .. } if key == "value"));
+    let env = repo("managementClusters:\n  - name: mc\n    kubeconfig: {env: MC_KUBECONFIG}\n");
+    assert_eq!(env.management_clusters[0].kubeconfig, tkgops::providers::KubeconfigSource::Env("MC_KUBECONFIG".into()));
+}
+
+#[test]
+fn repo_config_schema_errors() {
+    let bad = repo_text().replace("approval:\n", "approvals:\n");
+    let fs = parse_repo_config("tkgops.yaml", bad.as_bytes()).expect_err("unknown key");
+    assert_eq!(fs[0].rule, "TKGOPS-SCHEMA");
+    assert!(fs[0].message.contains("approvals"), "{}", fs[0].message);
+    assert_eq!(fs[0].line, Some(8));
+    let nested = repo_text().replace("    namespace: default\n", "    namespaces: default\n");
+    let fs = parse_repo_config("tkgops.yaml", nested.as_bytes()).expect_err("nested unknown key");
+    assert!(fs[0].message.contains("namespaces"));
+    assert_eq!(fs[0].line, Some(5));
+    let sev = repo_text().replace("TKO-AWS-002: warning", "TKO-AWS-002: loud");
+    assert_eq!(parse_repo_config("t", sev.as_bytes()).expect_err("bad level")[0].rule, "TKGOPS-SCHEMA");
+    let id = repo_text().replace("TKO-AWS-002: warning", "TKO-NOPE: warning");
+    assert!(parse_repo_config("t", id.as_bytes()).expect_err("bad id")[0].message.contains("TKO-NOPE"));
+    let approvals = repo_text().replace("destructiveApprovals: 2", "destructiveApprovals: 0");
+    assert!(parse_repo_config("t", approvals.as_bytes()).is_err());
+    let none = "managementClusters: []\n";
+    assert!(parse_repo_config("t", none.as_bytes()).is_err());
+    let missing = "tmc: {endpoint: https://x}\n";
+    let fs = parse_repo_config("t", missing.as_bytes()).expect_err("missing managementClusters");
+    assert!(fs[0].message.contains("managementClusters"));
+}
+
+#[test]
+fn cluster_settings_parse_and_schema_errors() {
+    let s = settings(&settings_text());
+    assert_eq!(s.management_cluster, "mc-aws-1");
+    assert_eq!(s.tkr, "v1.23.8+vmware.2-tkg.1");
+    assert_eq!(s.line("tkr"), Some(3));
+    assert_eq!(s.labels.get("env").map(String::as_str), Some("prod"));
+    let p = s.upgrade_policy.as_ref().expect("policy");
+    assert_eq!(p.window(), Some(std::time::Duration::from_secs(4 * 3600)));
+    assert!(p.auto_patch);
+    let from = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z").expect("ts").with_timezone(&chrono::Utc);
+    let next = p.next_window_start(from).expect("next");
+    assert_eq!(next.to_rfc3339(), "2024-01-06T02:00:00+00:00");
+
+    let unknown = settings_text().replace("labels:", "label:");
+    let fs = parse_cluster_settings("s", unknown.as_bytes()).expect_err("unknown key");
+    assert_eq!(fs[0].rule, "TKGOPS-SCHEMA");
+    assert!(fs[0].message.contains("label"));
+    let no_tkr = settings_text().replace("tkr: v1.23.8+vmware.2-tkg.1\n", "");
+    assert!(parse_cluster_settings("s", no_tkr.as_bytes()).expect_err("tkr")[0].message.contains("tkr"));
+    let cron = settings_text().replace("\"0 2 * * 6\"", "\"0 25 * * 6\"");
+    let fs = parse_cluster_settings("s", cron.as_bytes()).expect_err("cron");
+    assert!(fs[0].message.contains("schedule"));
+    assert!(fs[0].line.is_some());
+    let six = settings_text().replace("\"0 2 * * 6\"", "\"0 0 2 * * 6\"");
+    assert!(parse_cluster_settings("s", six.as_bytes()).is_err());
+    let window = settings_text().replace("maintenanceWindow: 4h", "maintenanceWindow: soon");
+    assert!(parse_cluster_settings("s", window.as_bytes()).is_err());
+    let dup = settings_text().replace("  - name: cert-manager\n", "  - name: cert-manager\n  - name: cert-manager\n");
+    assert!(parse_cluster_settings("s", dup.as_bytes()).is_err());
+    let values = settings_text().replace("  - name: cert-manager\n", "  - name: cert-manager\n    values: [1]\n");
+    assert!(parse_cluster_settings("s", values.as_bytes()).is_err());
+}
+
+// ---------------------------------------------------------------- parser
+
+#[test]
+fn parser_accepts_tkg_value_kinds() {
+    let text = "# comment\nA_BOOL: true\nA_STR: \"true\"\nA_INT: 3\nA_FLOAT: 20.04\nA_NULL:\nA_EMPTY: \"\"\nA_BLOCK: |\n    'type': 'x'\n  \nA_TILDE: ~\n";
+    let c = parse_tkg_config("f.yaml", text.as_bytes()).expect("parses");
+    assert_eq!(c.get_bool("A_BOOL"), Some(true));
+    assert_eq!(c.get_bool("A_STR"), Some(true));
+    assert_eq!(c.get("A_INT"), Some("3"));
+    assert_eq!(c.get("A_FLOAT"), Some("20.04"));
+    assert_eq!(c.get("A_NULL"), None);
+    assert_eq!(c.line("A_NULL"), Some(6));
+    assert_eq!(c.get("A_EMPTY"), None);
+    assert_eq!(c.get_bool("A_INT"), None);
+    assert_eq!(c.get("A_BLOCK"), Some("'type': 'x'"));
+    assert_eq!(c.line("A_BLOCK"), Some(8));
+    assert_eq!(c.line("A_TILDE"), Some(11));
+    assert_eq!(c.line("A_BOOL"), Some(2));
+    assert_eq!(c.line("MISSING"), None);
+}
+
+fn parse_err(bytes: &[u8]) -> Finding {
+    parse_tkg_config("bad.yaml", bytes).expect_err("must fail")
+}
+
+#[test]
+fn parser_rejects_bad_input_cleanly() {
+    let f = parse_err(b"A: 1\nB: 2\nA: 3\n");
+    assert_eq!(f.rule, "TKGOPS-PARSE");
+    assert_eq!(f.line, Some(3));
+    assert!(f.message.contains("duplicate"));
+    let f = parse_err(b"A: 1\nB:\n  c: d\n");
+    assert!(f.message.contains("B") && f.message.contains("map"));
+    assert_eq!(f.line, Some(2));
+    assert!(parse_err(b"A: [1, 2]\n").message.contains("list"));
+    assert!(parse_err(b"- a\n- b\n").message.contains("top level is a list"));
+    assert!(parse_err(b"just text\n").message.contains("top level"));
+    assert!(parse_err(b"").message.contains("empty"));
+    assert!(parse_err(b"# only\n# comments\n\n").message.contains("empty"));
+    assert!(parse_err(b"A: 1\n---\nB: 2\n").message.contains("multiple YAML documents"));
+    assert!(parse_err(b"A\0B: 1\n").message.contains("binary"));
+    assert!(parse_err(&[0xff, 0xfe, 0x41]).message.contains("binary"));
+    let big = vec![b'#'; MAX_CONFIG_BYTES + 1];
+    assert!(parse_err(&big).message.contains("1 MiB"));
+    let deep = format!("A: {}", "[".repeat(10_000));
+    let f = parse_err(deep.as_bytes());
+    assert_eq!(f.rule, "TKGOPS-PARSE");
+    let deep_closed = format!("A: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+    assert!(parse_err(deep_closed.as_bytes()).message.contains("nesting"));
+    let f = parse_err(b"A: 1\nB: \"unterminated\nC: 3\n");
+    assert!(f.line.is_some());
+    assert!(f.message.starts_with("invalid YAML"));
+    let f = parse_err(b"A: 1\n  B: 2\n");
+    assert!(f.line.is_some(), "{f:?}");
+}
+
+#[test]
+fn finding_display_format() {
+    let f = Finding::new("a.yaml", Some(3), "TKO-CLS-004", Severity::Error, "m");
+    assert_eq!(f.to_string(), "a.yaml:3: TKO-CLS-004 error: m");
+    let f = Finding::new("a.yaml", None, "TKO-AWS-002", Severity::Warning, "m");
+    assert_eq!(f.to_string(), "a.yaml: TKO-AWS-002 warning: m");
+    assert_eq!(serde_json::to_value(Severity::Warning).expect("json"), serde_json::json!("warning"));
+    assert!(Severity::Error < Severity::Warning);
+}
+
+// ---------------------------------------------------------------- secrets
+
+const SENTINEL: &str = "s3cr3t-SENTINEL";
+
+#[test]
+fn secrets_never_appear_in_output() {
+    assert!(is_secret_variable("LDAP_BIND_PASSWORD"));
+    assert!(is_secret_variable("OIDC_IDENTITY_PROVIDER_CLIENT_SECRET"));
+    assert!(is_secret_variable("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE"));
+    assert!(is_secret_variable("LDAP_ROOT_CA_DATA_B64"));
+    assert!(is_secret_variable("AWS_SECRET_ACCESS_KEY"));
+    assert!(is_secret_variable("AWS_SESSION_TOKEN"));
+    assert!(is_secret_variable("VSPHERE_PASSWORD"));
+    assert!(is_secret_variable("AWS_B64ENCODED_CREDENTIALS"));
+    assert!(is_secret_variable("TKG_PROXY_CA_CERT"));
+    assert!(!is_secret_variable("AWS_SSH_KEY_NAME"));
+    assert!(!is_secret_variable("CLUSTER_NAME"));
+
+    let text = edits(&[
+        ("LDAP_BIND_PASSWORD", Some(SENTINEL)),
+        ("OIDC_IDENTITY_PROVIDER_CLIENT_SECRET", Some(SENTINEL)),
+        ("LDAP_ROOT_CA_DATA_B64", Some(SENTINEL)),
+        ("TKG_CUSTOM_IMAGE_REPOSITORY", Some("harbor.corp.example/tkg")),
+        ("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", Some(SENTINEL)),
+        ("AWS_SECRET_ACCESS_KEY", Some(SENTINEL)),
+        ("AWS_SESSION_TOKEN", Some(SENTINEL)),
+    ]);
+    let c = cfg(&text);
+    assert_eq!(c.get("LDAP_BIND_PASSWORD"), Some(SENTINEL));
+    let s = settings(&settings_text());
+    let r = repo(&repo_text());
+    let fs = validate(&c, Some(&s), Some(&r));
+    assert!(has(&fs, "TKG-CLS-001"));
+    for f in &fs {
+        assert!(!f.message.contains(SENTINEL), "{}", f.message);
+        assert!(!f.to_string().contains(SENTINEL));
+        assert!(!format!("{f:?}").contains(SENTINEL));
+    }
+    assert!(!format!("{c:?}").contains(SENTINEL));
+    assert!(!format!("{:?}", c.vars["LDAP_BIND_PASSWORD"]).contains(SENTINEL));
+    let red = c.redacted();
+    assert_eq!(red["LDAP_BIND_PASSWORD"], "<redacted>");
+    assert!(!format!("{red:?}").contains(SENTINEL));
+    let req = ClusterRequest { name: "team-a-prod".into(), config: c.clone(), settings: s };
+    assert!(!format!("{req:?}").contains(SENTINEL));
+    let spec = cluster_spec(&req, &r).expect("spec");
+    assert!(!format!("{spec:?}").contains(SENTINEL));
+    assert!(!serde_json::to_string(&spec).expect("json").contains(SENTINEL));
+
+    // Parse errors around secret values do not echo them.
+    for bad in [
+        format!("LDAP_BIND_PASSWORD: [{SENTINEL}]\n"),
+        format!("LDAP_BIND_PASSWORD: {{a: {SENTINEL}}}\n"),
+        format!("LDAP_BIND_PASSWORD: \"{SENTINEL}\nX: 1\n"),
+        format!("LDAP_BIND_PASSWORD: {SENTINEL}\nLDAP_BIND_PASSWORD: {SENTINEL}\n"),
+        format!("LDAP_BIND_PASSWORD: {SENTINEL}\n  - {SENTINEL}: [\n"),
+        format!("- {SENTINEL}\n"),
+    ] {
+        let f = parse_tkg_config("bad.yaml", bad.as_bytes()).expect_err("bad");
+        assert!(!f.to_string().contains(SENTINEL), "{f}");
+    }
+
+    // Through the filesystem entry point as well.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("cluster-config.yaml");
+    std::fs::write(&p, &text).expect("write");
+    let report = validate_paths(&[p]);
+    assert!(!format!("{report:?}").contains(SENTINEL));
+}
+
+// ---------------------------------------------------------------- policy
+
+#[test]
+fn severity_policy_global_and_by_labels() {
+    let dev_cfg = edits(&[("CLUSTER_PLAN", Some("dev")), ("AWS_NODE_AZ_1", None), ("AWS_NODE_AZ_2", None),
+        ("AWS_PRIVATE_SUBNET_ID_1", None), ("AWS_PRIVATE_SUBNET_ID_2", None), ("AWS_NODE_ZA", Some("x"))]);
+    let c = cfg(&dev_cfg);
+    let prod_settings = settings(&settings_text());
+    let dev_settings = settings(&settings_text().replace("env: prod", "env: dev"));
+    // No repo: defaults.
+    let fs = validate(&c, Some(&prod_settings), None);
+    assert_eq!(find(&fs, "TKO-CLS-004").severity, Severity::Error);
+    assert_eq!(find(&fs, "TKGOPS-UNKNOWN-VAR").severity, Severity::Warning);
+    // Global severities.
+    let r = repo(&repo_text().replace("TKO-AWS-002: warning", "TKO-CLS-004: warning, TKGOPS-UNKNOWN-VAR: off"));
+    let fs = validate(&c, Some(&prod_settings), Some(&r));
+    assert_eq!(find(&fs, "TKO-CLS-004").severity, Severity::Warning);
+    assert!(!has(&fs, "TKGOPS-UNKNOWN-VAR"));
+    // Override by labels: env=dev turns TKO-CLS-004 off.
+    let fs = validate(&c, Some(&dev_settings), Some(&r));
+    assert!(!has(&fs, "TKO-CLS-004"));
+    // Later overrides win; raising a warning to error works.
+    let r2 = repo(&format!(
+        "{}    - matchLabels: {{env: dev, team: team-a}}\n      severities: {{TKO-CLS-004: error, TKGOPS-UNKNOWN-VAR: error}}\n",
+        repo_text()
+    ));
+    let fs = validate(&c, Some(&dev_settings), Some(&r2));
+    assert_eq!(find(&fs, "TKO-CLS-004").severity, Severity::Error);
+    assert_eq!(find(&fs, "TKGOPS-UNKNOWN-VAR").severity, Severity::Error);
+    let fs = validate(&c, Some(&prod_settings), Some(&r2));
+    assert_eq!(find(&fs, "TKO-CLS-004").severity, Severity::Error);
+    assert_eq!(find(&fs, "TKGOPS-UNKNOWN-VAR").severity, Severity::Warning);
+}
+
+// ---------------------------------------------------------------- ClusterSpec
+
+fn request(cfg_text: &str, settings_yaml: &str) -> ClusterRequest {
+    ClusterRequest { name: "team-a-prod".into(), config: cfg(cfg_text), settings: settings(settings_yaml) }
+}
+
+#[test]
+fn cluster_spec_of_valid_prod() {
+    let r = repo(&repo_text());
+    let spec = cluster_spec(&request(&valid_text(), &settings_text()), &r).expect("spec");
+    assert_eq!(spec.name, "team-a-prod");
+    assert_eq!(spec.namespace, "default");
+    assert_eq!(spec.plan, "prod");
+    assert_eq!(spec.management_cluster, "mc-aws-1");
+    assert_eq!(spec.tkr_name, "v1.23.8---vmware.2-tkg.1");
+    assert_eq!(spec.kubernetes_version, "v1.23.8+vmware.2");
+    assert_eq!(spec.azs, vec!["us-west-2a", "us-west-2b", "us-west-2c"]);
+    assert_eq!(spec.vpc.existing_id.as_deref(), Some("vpc-0123456789abcdef0"));
+    assert_eq!(spec.subnets.len(), 3);
+    assert_eq!(spec.subnets[2].private_id.as_deref(), Some("subnet-0ccccccccccccccc3"));
+    assert_eq!(spec.subnets[0].private_cidr, None);
+    assert_eq!(spec.subnets[0].public_id, None);
+    assert!(spec.load_balancer_scheme_internal);
+    assert!(!spec.bastion_enabled);
+    assert_eq!(spec.control_plane, MachineSpec { instance_type: "m5.xlarge".into(), replicas: 3, root_volume_gib: 80 });
+    assert_eq!(spec.workers.iter().map(|w| w.replicas).collect::<Vec<_>>(), vec![1, 1, 1]);
+    assert_eq!(spec.workers[1].name, "md-1");
+    assert_eq!(spec.workers[1].az, "us-west-2b");
+    assert_eq!(spec.workers[2].instance_type, "m5.xlarge");
+    assert_eq!(spec.identity_management_type, "ldap");
+    assert!(spec.audit_logging);
+    assert!(spec.mhc.worker && spec.mhc.control_plane);
+    assert_eq!(spec.tmc, Some(TmcSpec { cluster_group: "team-a".into(), description: "team A production cluster".into() }));
+    let names: Vec<&str> = spec.packages.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["cert-manager", "contour"]);
+    let contour = &spec.packages[1];
+    assert_eq!(contour.ref_name, "contour.tanzu.vmware.com");
+    assert_eq!(contour.version, "1.20.2+vmware.1-tkg.1");
+    assert_eq!(contour.namespace, "tanzu-system-ingress");
+    assert!(contour.values_yaml.contains("type: LoadBalancer"));
+    assert_eq!(spec.packages[0].values_yaml, "");
+    assert_eq!(spec.package_repository.name, "tanzu-standard");
+    let json = serde_json::to_value(&spec).expect("json");
+    assert_eq!(json["tkrName"], "v1.23.8---vmware.2-tkg.1");
+    assert_eq!(json["controlPlane"]["rootVolumeGib"], 80);
+    assert_eq!(json["packages"][1]["refName"], "contour.tanzu.vmware.com");
+}
+
+#[test]
+fn cluster_spec_defaults_for_minimal_dev() {
+    let r = repo("managementClusters:\n  - name: mc-aws-1\n    kubeconfig: {file: /k}\n    namespace: tkg-workloads\n");
+    let text = "CLUSTER_NAME: small\nINFRASTRUCTURE_PROVIDER: aws\nAWS_REGION: eu-west-1\nAWS_SSH_KEY_NAME: k\n";
+    let s = "managementCluster: mc-aws-1\ntkr: v1.22.11+vmware.2-tkg.1\n";
+    let spec = cluster_spec(&request(text, s), &r).expect("spec");
+    assert_eq!(spec.namespace, "tkg-workloads");
+    assert_eq!(spec.plan, "dev");
+    assert_eq!(spec.azs, vec!["eu-west-1a"]);
+    assert_eq!(spec.vpc, VpcSpec { existing_id: None, cidr: "10.0.0.0/16".into() });
+    assert_eq!(
+        spec.subnets,
+        vec![SubnetSpec {
+            az: "eu-west-1a".into(),
+            private_id: None,
+            private_cidr: Some("10.0.0.0/24".into()),
+            public_id: None,
+            public_cidr: Some("10.0.1.0/24".into()),
+        }]
+    );
+    assert_eq!(spec.control_plane, MachineSpec { instance_type: "t3.large".into(), replicas: 1, root_volume_gib: 80 });
+    assert_eq!(spec.workers, vec![WorkerSpec { name: "md-0".into(), az: "eu-west-1a".into(), instance_type: "m5.large".into(), replicas: 1 }]);
+    assert_eq!(spec.worker_root_volume_gib, 80);
+    assert_eq!(spec.cni, "antrea");
+    assert_eq!(spec.cluster_cidr, "100.96.0.0/11");
+    assert_eq!(spec.service_cidr, "100.64.0.0/13");
+    assert_eq!(spec.mhc, MhcSpec { worker: true, control_plane: true, unknown_status_timeout: "5m".into(), false_status_timeout: "12m".into(), node_startup_timeout: "20m".into() });
+    assert_eq!(spec.identity_management_type, "none");
+    assert_eq!(spec.image_repository, None);
+    assert!(!spec.audit_logging);
+    assert!(spec.bastion_enabled);
+    assert!(!spec.load_balancer_scheme_internal);
+    assert_eq!(spec.identity_ref, None);
+    assert_eq!(spec.os, OsSpec { name: "ubuntu".into(), version: "20.04".into(), arch: "amd64".into() });
+    assert!(spec.security_group_overrides.is_empty());
+    assert_eq!(spec.tmc, None);
+    assert!(spec.packages.is_empty());
+    assert_eq!(spec.package_repository.namespace, "tanzu-package-repo-global");
+}
+
+#[test]
+fn cluster_spec_prod_split_and_overrides() {
+    let r = repo(&repo_text());
+    let text = edits(&[
+        ("WORKER_MACHINE_COUNT", Some("4")),
+        ("NODE_MACHINE_TYPE_2", Some("m5.2xlarge")),
+        ("AWS_NODE_AZ_1", None),
+        ("NAMESPACE", Some("team-a")),
+        ("ENABLE_MHC", Some("false")),
+        ("AWS_SECURITY_GROUP_APISERVER_LB", Some("sg-1")),
+        ("AWS_SECURITY_GROUP_NODE", Some("sg-2")),
+        ("AWS_IDENTITY_REF_NAME", Some("tkg-role")),
+        ("CLUSTER_PLAN", Some("prodcc")),
+    ]);
+    let spec = cluster_spec(&request(&text, &settings_text()), &r).expect("spec");
+    assert_eq!(spec.plan, "prod");
+    assert_eq!(spec.workers.iter().map(|w| w.replicas).collect::<Vec<_>>(), vec![2, 1, 1]);
+    assert_eq!(spec.workers[2].instance_type, "m5.2xlarge");
+    assert_eq!(spec.workers[1].instance_type, "m5.xlarge");
+    assert_eq!(spec.azs, vec!["us-west-2a", "us-west-2b", "us-west-2c"]);
+    assert_eq!(spec.namespace, "team-a");
+    assert!(!spec.mhc.worker && !spec.mhc.control_plane);
+    assert_eq!(spec.security_group_overrides.get("apiServerLB").map(String::as_str), Some("sg-1"));
+    assert_eq!(spec.security_group_overrides.get("node").map(String::as_str), Some("sg-2"));
+    assert_eq!(spec.identity_ref, Some(IdentityRef { kind: "AWSClusterRoleIdentity".into(), name: "tkg-role".into() }));
+    let five = edit(&text, "WORKER_MACHINE_COUNT", Some("5"));
+    let spec = cluster_spec(&request(&five, &settings_text()), &r).expect("spec");
+    assert_eq!(spec.workers.iter().map(|w| w.replicas).collect::<Vec<_>>(), vec![2, 2, 1]);
+    let explicit = edit(&five, "WORKER_MACHINE_COUNT_2", Some("7"));
+    let spec = cluster_spec(&request(&explicit, &settings_text()), &r).expect("spec");
+    assert_eq!(spec.workers[2].replicas, 7);
+    // Package ordering and defaults merge.
+    let pk = settings_text().replace(
+        "  - name: cert-manager\n",
+        "  - name: harbor\n  - name: external-dns\n  - {name: my-app, refName: my-app.corp.example, version: 1.0.0}\n  - name: fluent-bit\n    namespace: logging\n",
+    );
+    let spec = cluster_spec(&request(&valid_text(), &pk), &r).expect("spec");
+    let names: Vec<&str> = spec.packages.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["cert-manager", "contour", "fluent-bit", "harbor", "external-dns", "my-app"]);
+    assert_eq!(spec.packages[2].namespace, "logging");
+    assert_eq!(spec.packages[5].namespace, "tanzu-packages");
+    // Errors.
+    let bad_mc = settings_text().replace("mc-aws-1", "mc-x");
+    assert_eq!(cluster_spec(&request(&valid_text(), &bad_mc), &r).expect_err("mc").rule, "TKGOPS-SCHEMA");
+    let no_region = edit(&valid_text(), "AWS_REGION", None);
+    assert_eq!(cluster_spec(&request(&no_region, &settings_text()), &r).expect_err("region").rule, "TKGOPS-REQUIRED");
+    assert!(standard_package("harbor").is_some_and(|p| p.version == "2.5.3+vmware.1-tkg.1"));
+    assert_eq!(TKG16_STANDARD_PACKAGES[0].namespace, Some("cert-manager"));
+}
+
+// ---------------------------------------------------------------- filesystem entry point
+
+fn write(p: &Path, text: &str) {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    std::fs::write(p, text).expect("write");
+}
+
+fn make_repo(root: &Path) {
+    write(&root.join("tkgops.yaml"), &repo_text());
+    write(&root.join("clusters/team-a-prod/cluster-config.yaml"), &valid_text());
+    write(&root.join("clusters/team-a-prod/tkgops.yaml"), &settings_text());
+}
+
+#[test]
+fn validate_paths_repo_layouts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("repo");
+    make_repo(&root);
+    let report = validate_paths(&[root.clone()]);
+    assert_eq!(report.exit_code(), 0, "{report:#?}");
+    assert!(report.findings.is_empty());
+    let report = validate_paths(&[root.join("clusters/team-a-prod")]);
+    assert_eq!(report.exit_code(), 0, "{report:#?}");
+    let report = validate_paths(&[root.join("clusters/team-a-prod/cluster-config.yaml")]);
+    assert_eq!(report.exit_code(), 0, "{report:#?}");
+
+    // A second cluster whose directory does not match CLUSTER_NAME, and a dev-labelled one
+    // where the repo policy turns TKO-CLS-004 off.
+    write(&root.join("clusters/other/cluster-config.yaml"), &valid_text());
+    write(&root.join("clusters/other/tkgops.yaml"), &settings_text());
+    let dev = edits(&[("CLUSTER_NAME", Some("dev-1")), ("CLUSTER_PLAN", Some("dev")), ("AWS_NODE_AZ_1", None),
+        ("AWS_NODE_AZ_2", None), ("AWS_PRIVATE_SUBNET_ID_1", None), ("AWS_PRIVATE_SUBNET_ID_2", None)]);
+    write(&root.join("clusters/dev-1/cluster-config.yaml"), &dev);
+    write(&root.join("clusters/dev-1/tkgops.yaml"), &settings_text().replace("env: prod", "env: dev"));
+    let report = validate_paths(&[root.clone()]);
+    assert_eq!(report.exit_code(), 1, "{report:#?}");
+    assert_eq!(report.findings.len(), 1, "{report:#?}");
+    let f = &report.findings[0];
+    assert_eq!(f.rule, "TKGOPS-NAME");
+    assert_eq!(f.path, root.join("clusters/other/cluster-config.yaml").display().to_string());
+    // Single file: the repo policy is found by walking up.
+    let report = validate_paths(&[root.join("clusters/dev-1/cluster-config.yaml")]);
+    assert_eq!(report.exit_code(), 0, "{report:#?}");
+
+    // Missing settings in a repository cluster dir.
+    write(&root.join("clusters/nosettings/cluster-config.yaml"), &edit(&valid_text(), "CLUSTER_NAME", Some("nosettings")));
+    let report = validate_paths(&[root.join("clusters/nosettings")]);
+    assert_eq!(report.exit_code(), 1);
+    assert!(has(&report.findings, "TKGOPS-SCHEMA"));
+
+    // Broken repo config: exit 2.
+    write(&root.join("tkgops.yaml"), "managementClusters: [\n");
+    let report = validate_paths(&[root.clone()]);
+    assert_eq!(report.exit_code(), 2);
+    assert!(report.findings.iter().any(|f| f.path.ends_with("tkgops.yaml") && f.rule == "TKGOPS-PARSE"));
+}
+
+#[test]
+fn validate_paths_unreadable_inputs_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let huge = "#".repeat(MAX_CONFIG_BYTES + 10);
+    let deep = format!("A: {}\n", "[".repeat(10_000));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("binary.yaml", vec![0x7f, b'E', b'L', b'F', 0, 1, 2], "binary"),
+        ("empty.yaml", Vec::new(), "empty"),
+        ("comments.yaml", b"# nothing\n# here\n".to_vec(), "empty"),
+        ("huge.yaml", huge.into_bytes(), "1 MiB"),
+        ("deep.yaml", deep.into_bytes(), "YAML"),
+        ("multi.yaml", b"A: 1\n---\nB: 2\n".to_vec(), "multiple YAML documents"),
+        ("malformed.yaml", b"A: 1\nB: [unclosed\n".to_vec(), "invalid YAML"),
+        ("dup.yaml", b"A: 1\nA: 2\n".to_vec(), "duplicate"),
+        ("list.yaml", b"- A\n- B\n".to_vec(), "top level is a list"),
+    ];
+    for (name, bytes, expect) in cases {
+        let p = d.join(name);
+        std::fs::write(&p, &bytes).expect("write");
+        let report = validate_paths(&[p.clone()]);
+        assert_eq!(report.exit_code(), 2, "{name}: {report:#?}");
+        assert!(report.unreadable);
+        let f = &report.findings[0];
+        assert_eq!(f.path, p.display().to_string(), "{name}");
+        assert!(f.to_string().contains(name));
+        assert!(f.message.contains(expect), "{name}: {}", f.message);
+    }
+    let missing = validate_paths(&[d.join("nope.yaml")]);
+    assert_eq!(missing.exit_code(), 2);
+    assert!(missing.findings[0].message.contains("no such file"));
+    let empty_dir = d.join("emptydir");
+    std::fs::create_dir(&empty_dir).expect("mkdir");
+    let report = validate_paths(&[empty_dir]);
+    assert_eq!(report.exit_code(), 2);
+    assert_eq!(report.findings[0].rule, "TKGOPS-IO");
+}

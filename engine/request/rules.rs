@@ -1,0 +1,600 @@
+//! The validation rules (reference `tanzu-apis.md` §5) and the severity policy.
+
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use ipnet::IpNet;
+use regex::Regex;
+
+use super::settings::{ClusterSettings, RepoConfig, RuleLevel, SCHEMA};
+use super::spec::{normalized_plan, resolve_packages, worker_counts, get_u32};
+use super::tkgconfig::{is_known_variable, TkgConfig, PARSE};
+use super::{Finding, Severity};
+
+/// Every rule tkgops reports: ID, default severity, summary with its source.
+pub const RULES: &[(&str, Severity, &str)] = &[
+    ("TKGOPS-PARSE", Severity::Error, "file unreadable: size, encoding or YAML syntax"),
+    ("TKGOPS-SCHEMA", Severity::Error, "tkgops.yaml shape: unknown/missing keys, unknown management cluster, packages"),
+    ("TKGOPS-NAME", Severity::Error, "directory name under clusters/ equals CLUSTER_NAME"),
+    ("TKGOPS-PROVIDER", Severity::Error, "INFRASTRUCTURE_PROVIDER is aws"),
+    ("TKGOPS-PLAN", Severity::Error, "CLUSTER_PLAN is dev, prod, devcc or prodcc"),
+    ("TKGOPS-UNKNOWN-VAR", Severity::Warning, "variable not a known TKG variable"),
+    ("TKO-CLS-005", Severity::Error, "R1: prod uses 3 distinct AZs, dev 1 (TVS-RA Availability)"),
+    ("TKO-CLS-004", Severity::Error, "R2: CLUSTER_PLAN prod for HA"),
+    ("TKO-CLS-002", Severity::Error, "R3: AWS_LOAD_BALANCER_SCHEME_INTERNAL true"),
+    ("TKO-CLS-003", Severity::Error, "R4: instance types large and above"),
+    ("TKGOPS-TKR", Severity::Error, "R5: TKR well-formed, Kubernetes v1.21-v1.23 (TKG 1.6)"),
+    ("TKGOPS-DOWNGRADE", Severity::Error, "R5: no TKR downgrade"),
+    ("TKGOPS-DOCKER-BRIDGE", Severity::Error, "R6: CIDRs do not overlap 172.17.0.0/16"),
+    ("TKGOPS-CIDR", Severity::Error, "CIDR variables parse"),
+    ("TKO-CLS-007", Severity::Error, "R8: MachineHealthChecks enabled"),
+    ("TKO-CLS-006", Severity::Error, "R9: identity management oidc or ldap, fully configured"),
+    ("TKG-CLS-001", Severity::Error, "R10: air-gapped registry verified with its CA"),
+    ("TKGOPS-AIRGAP-IDM", Severity::Error, "R12: air-gapped clusters use ldap"),
+    ("TKO-AWS-002", Severity::Warning, "R14: harbor on the shared-services cluster"),
+    ("TKGOPS-REQUIRED", Severity::Error, "R15: TF validate.star / validate.go required variables"),
+    ("TKGOPS-TF-VALIDATE", Severity::Error, "R16: TF validate.go checks"),
+    ("TKGOPS-PKG-ORDER", Severity::Error, "R17: package dependencies present"),
+];
+
+/// Default severity of rule `id`; `None` for an unknown rule ID.
+pub(crate) fn rule_default(id: &str) -> Option<Severity> {
+    RULES.iter().find(|(r, _, _)| *r == id).map(|(_, s, _)| *s)
+}
+
+/// The label marking the shared-services cluster (TVS-RA; reference §4.4).
+const SHARED_SERVICES_LABEL: &str = "cluster-role.tkg.tanzu.vmware.com/tanzu-services";
+
+struct Ctx<'a> {
+    c: &'a TkgConfig,
+    out: Vec<Finding>,
+}
+
+impl Ctx<'_> {
+    /// A finding on the config file at the line of `var` (None when absent).
+    fn var(&mut self, var: &str, rule: &str, msg: impl Into<String>) {
+        let line = self.c.line(var);
+        self.at(line, rule, msg);
+    }
+    fn at(&mut self, line: Option<u32>, rule: &str, msg: impl Into<String>) {
+        let sev = rule_default(rule).unwrap_or(Severity::Error);
+        self.out.push(Finding::new(&self.c.path, line, rule, sev, msg));
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.c.get(k)
+    }
+    /// Checks a boolean variable parses; returns its value (None when unset or invalid).
+    fn bool_var(&mut self, k: &str, rule: &str) -> Option<bool> {
+        let b = self.c.get_bool(k);
+        if b.is_none() {
+            if let Some(v) = self.c.get(k) {
+                let v = v.to_string();
+                self.var(k, rule, format!("{k}: {v:?} is not a boolean (true or false)"));
+            }
+        }
+        b
+    }
+}
+
+fn re(cell: &'static OnceLock<Option<Regex>>, pat: &str) -> Option<&'static Regex> {
+    cell.get_or_init(|| Regex::new(pat).ok()).as_ref()
+}
+
+/// A parsed TKR version `vMAJ.MIN.PATCH+vmware.N-tkg.M` as comparable numbers.
+fn parse_tkr(tkr: &str) -> Option<[u64; 5]> {
+    static R: OnceLock<Option<Regex>> = OnceLock::new();
+    let caps = re(&R, r"^v(\d{1,9})\.(\d{1,9})\.(\d{1,9})\+vmware\.(\d{1,9})-tkg\.(\d{1,9})$")?.captures(tkr.trim())?;
+    let mut out = [0u64; 5];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = caps.get(i + 1)?.as_str().parse().ok()?;
+    }
+    Some(out)
+}
+
+/// Checks a TKR change from `old_tkr` to `new_tkr` (rule R5, TKG semantics): a finding
+/// `TKGOPS-DOWNGRADE` (error) when `new_tkr` is older than `old_tkr`, `TKGOPS-TKR` when either
+/// is not of the form `vMAJ.MIN.PATCH+vmware.N-tkg.M`, else `None`. `path`/`line` locate the
+/// finding (the settings file and its `tkr:` line).
+pub fn check_upgrade(path: &str, line: Option<u32>, old_tkr: &str, new_tkr: &str) -> Option<Finding> {
+    let (old, new) = match (parse_tkr(old_tkr), parse_tkr(new_tkr)) {
+        (Some(o), Some(n)) => (o, n),
+        _ => {
+            let bad = if parse_tkr(old_tkr).is_none() { old_tkr } else { new_tkr };
+            return Some(Finding::new(
+                path,
+                line,
+                "TKGOPS-TKR",
+                Severity::Error,
+                format!("tkr {bad:?} is not of the form vMAJOR.MINOR.PATCH+vmware.N-tkg.M"),
+            ));
+        }
+    };
+    (new < old).then(|| {
+        Finding::new(
+            path,
+            line,
+            "TKGOPS-DOWNGRADE",
+            Severity::Error,
+            format!("tkr {new_tkr} is older than the current {old_tkr}; downgrades are not supported"),
+        )
+    })
+}
+
+fn docker_bridge() -> IpNet {
+    IpNet::V4(ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(172, 17, 0, 0), 16).unwrap_or_default())
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Parses a (possibly comma-separated dual-stack) CIDR variable; reports `TKGOPS-CIDR`.
+fn cidrs(ctx: &mut Ctx<'_>, k: &str) -> Vec<IpNet> {
+    let Some(v) = ctx.get(k).map(str::to_string) else { return Vec::new() };
+    let mut out = Vec::new();
+    for part in v.split(',') {
+        match part.trim().parse::<IpNet>() {
+            Ok(n) => out.push(n),
+            Err(_) => ctx.var(k, "TKGOPS-CIDR", format!("{k}: {:?} is not a CIDR (e.g. 10.0.0.0/16)", part.trim())),
+        }
+    }
+    out
+}
+
+fn config_rules(ctx: &mut Ctx<'_>) {
+    let c = ctx.c;
+    // TKGOPS-PROVIDER
+    let aws = match ctx.get("INFRASTRUCTURE_PROVIDER").map(str::to_ascii_lowercase) {
+        Some(p) if p == "aws" => true,
+        Some(p) => {
+            ctx.var(
+                "INFRASTRUCTURE_PROVIDER",
+                "TKGOPS-PROVIDER",
+                format!("INFRASTRUCTURE_PROVIDER: {p} is not supported: tkgops manages TKG clusters on AWS only"),
+            );
+            false
+        }
+        None => {
+            ctx.var(
+                "INFRASTRUCTURE_PROVIDER",
+                "TKGOPS-PROVIDER",
+                "INFRASTRUCTURE_PROVIDER is not set: set it to aws (tkgops manages TKG clusters on AWS only)",
+            );
+            true
+        }
+    };
+
+    // R2 TKO-CLS-004 / TKGOPS-PLAN
+    let plan = normalized_plan(c);
+    let prod = plan == Some("prod");
+    match plan {
+        None => {
+            let v = ctx.get("CLUSTER_PLAN").unwrap_or("").to_string();
+            ctx.var("CLUSTER_PLAN", "TKGOPS-PLAN", format!("CLUSTER_PLAN: {v:?} is not one of dev, prod, devcc, prodcc"));
+        }
+        Some("dev") => {
+            let msg = match ctx.get("CLUSTER_PLAN") {
+                Some(p) => format!("CLUSTER_PLAN is {p}; the reference design requires prod (3 control plane nodes) for HA"),
+                None => "CLUSTER_PLAN is not set (TKG default dev); the reference design requires prod (3 control plane nodes) for HA".to_string(),
+            };
+            ctx.var("CLUSTER_PLAN", "TKO-CLS-004", msg);
+        }
+        Some(_) => {}
+    }
+
+    // R16 TKGOPS-TF-VALIDATE: CLUSTER_NAME
+    static NAME: OnceLock<Option<Regex>> = OnceLock::new();
+    match ctx.get("CLUSTER_NAME").map(str::to_string) {
+        None => ctx.var("CLUSTER_NAME", "TKGOPS-TF-VALIDATE", "CLUSTER_NAME is required for workload clusters"),
+        Some(n) => {
+            if !re(&NAME, r"^[a-z0-9][a-z0-9.-]{0,61}[a-z0-9]$").is_some_and(|r| r.is_match(&n)) {
+                ctx.var(
+                    "CLUSTER_NAME",
+                    "TKGOPS-TF-VALIDATE",
+                    format!("CLUSTER_NAME {n:?} must match ^[a-z0-9][a-z0-9-.]{{0,61}}[a-z0-9]$ (TF CheckClusterNameFormat)"),
+                );
+            }
+        }
+    }
+    // CNI
+    if let Some(cni) = ctx.get("CNI").map(str::to_string) {
+        if !["antrea", "calico", "none"].contains(&cni.as_str()) {
+            ctx.var(
+                "CNI",
+                "TKGOPS-TF-VALIDATE",
+                format!("provided CNI type '{cni}' is not in the available options: antrea, calico, none"),
+            );
+        }
+    }
+    // Machine counts
+    match get_u32(c, "CONTROL_PLANE_MACHINE_COUNT") {
+        Ok(Some(n)) if n % 2 == 1 => {}
+        Ok(None) => {}
+        _ => ctx.var(
+            "CONTROL_PLANE_MACHINE_COUNT",
+            "TKGOPS-TF-VALIDATE",
+            "CONTROL_PLANE_MACHINE_COUNT must be an odd positive integer",
+        ),
+    }
+    if plan.is_some() {
+        match worker_counts(c, prod) {
+            Err(k) => ctx.var(k, "TKGOPS-TF-VALIDATE", format!("{k} must be a non-negative integer")),
+            Ok(counts) => {
+                let total: u64 = counts.iter().map(|n| u64::from(*n)).sum();
+                if prod && total < 3 {
+                    let k = if c.line("WORKER_MACHINE_COUNT").is_some() { "WORKER_MACHINE_COUNT" } else { "CLUSTER_PLAN" };
+                    ctx.var(k, "TKGOPS-TF-VALIDATE", format!("prod plan requires at least 3 workers (got {total})"));
+                }
+            }
+        }
+    }
+
+    // R6 TKGOPS-DOCKER-BRIDGE + TKGOPS-CIDR, R16 SERVICE_CIDR netmask
+    let bridge = docker_bridge();
+    for k in ["AWS_VPC_CIDR", "CLUSTER_CIDR", "SERVICE_CIDR"] {
+        let nets = cidrs(ctx, k);
+        for n in &nets {
+            if overlaps(n, &bridge) {
+                ctx.var(
+                    k,
+                    "TKGOPS-DOCKER-BRIDGE",
+                    format!("{k} {n} overlaps 172.17.0.0/16, the default docker0 bridge network (TVS-RA)"),
+                );
+            }
+            if k == "SERVICE_CIDR" && n.max_prefix_len() - n.prefix_len() > 20 {
+                let want = if n.max_prefix_len() == 32 { "/12" } else { "/108" };
+                ctx.var(
+                    k,
+                    "TKGOPS-TF-VALIDATE",
+                    format!("SERVICE_CIDR {n} is too large: it must be {want} or narrower (TF validateServiceCIDRNetmask)"),
+                );
+            }
+        }
+    }
+    for k in [
+        "AWS_PRIVATE_NODE_CIDR", "AWS_PRIVATE_NODE_CIDR_1", "AWS_PRIVATE_NODE_CIDR_2", "AWS_PUBLIC_NODE_CIDR",
+        "AWS_PUBLIC_NODE_CIDR_1", "AWS_PUBLIC_NODE_CIDR_2",
+    ] {
+        cidrs(ctx, k);
+    }
+
+    // R8 TKO-CLS-007
+    for k in ["ENABLE_MHC", "ENABLE_MHC_WORKER_NODE", "ENABLE_MHC_CONTROL_PLANE"] {
+        if ctx.bool_var(k, "TKO-CLS-007") == Some(false) {
+            ctx.var(k, "TKO-CLS-007", format!("{k} is false; the reference design requires MachineHealthChecks"));
+        }
+    }
+
+    // R9 TKO-CLS-006
+    let idm = ctx.get("IDENTITY_MANAGEMENT_TYPE").map(str::to_ascii_lowercase);
+    let required: &[&str] = match idm.as_deref() {
+        None => {
+            ctx.var("IDENTITY_MANAGEMENT_TYPE", "TKO-CLS-006", "IDENTITY_MANAGEMENT_TYPE is not set (TKG default none); the reference design requires oidc or ldap");
+            &[]
+        }
+        Some("none") => {
+            ctx.var("IDENTITY_MANAGEMENT_TYPE", "TKO-CLS-006", "IDENTITY_MANAGEMENT_TYPE is none; the reference design requires oidc or ldap");
+            &[]
+        }
+        Some("oidc") => &[
+            "OIDC_IDENTITY_PROVIDER_ISSUER_URL", "OIDC_IDENTITY_PROVIDER_CLIENT_ID",
+            "OIDC_IDENTITY_PROVIDER_CLIENT_SECRET", "OIDC_IDENTITY_PROVIDER_NAME",
+        ],
+        Some("ldap") => &["LDAP_HOST", "LDAP_USER_SEARCH_BASE_DN"],
+        Some(other) => {
+            let o = other.to_string();
+            ctx.var("IDENTITY_MANAGEMENT_TYPE", "TKO-CLS-006", format!("IDENTITY_MANAGEMENT_TYPE {o:?} is not one of none, oidc, ldap"));
+            &[]
+        }
+    };
+    let missing: Vec<&str> = required.iter().copied().filter(|k| ctx.get(k).is_none()).collect();
+    if !missing.is_empty() {
+        let t = idm.clone().unwrap_or_default();
+        ctx.var(
+            "IDENTITY_MANAGEMENT_TYPE",
+            "TKO-CLS-006",
+            format!("IDENTITY_MANAGEMENT_TYPE {t} requires non-empty {}", missing.join(", ")),
+        );
+    }
+
+    // R10 TKG-CLS-001, R12 TKGOPS-AIRGAP-IDM
+    if ctx.get("TKG_CUSTOM_IMAGE_REPOSITORY").is_some() {
+        if ctx.bool_var("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", "TKG-CLS-001") == Some(true) {
+            ctx.var(
+                "TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY",
+                "TKG-CLS-001",
+                "TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY is true; the private registry must be verified with its CA certificate",
+            );
+        }
+        let ca_key = "TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE";
+        match ctx.get(ca_key) {
+            None => ctx.var(
+                if c.line(ca_key).is_some() { ca_key } else { "TKG_CUSTOM_IMAGE_REPOSITORY" },
+                "TKG-CLS-001",
+                format!("{ca_key} is required for an air-gapped registry (base64 of the PEM CA certificate)"),
+            ),
+            Some(v) => {
+                let compact: String = v.chars().filter(|ch| !ch.is_whitespace()).collect();
+                let pem = base64::engine::general_purpose::STANDARD
+                    .decode(compact.as_bytes())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .is_some_and(|s| s.contains("-----BEGIN CERTIFICATE-----"));
+                if !pem {
+                    ctx.var(
+                        ca_key,
+                        "TKG-CLS-001",
+                        format!("{ca_key} does not base64-decode to a PEM certificate (-----BEGIN CERTIFICATE-----); build it with base64 -w 0 ca.crt"),
+                    );
+                }
+            }
+        }
+        if idm.as_deref() != Some("ldap") {
+            ctx.var(
+                if c.line("IDENTITY_MANAGEMENT_TYPE").is_some() { "IDENTITY_MANAGEMENT_TYPE" } else { "TKG_CUSTOM_IMAGE_REPOSITORY" },
+                "TKGOPS-AIRGAP-IDM",
+                "air-gapped clusters (TKG_CUSTOM_IMAGE_REPOSITORY set) support only IDENTITY_MANAGEMENT_TYPE ldap (SIVT Federal Airgap guide)",
+            );
+        }
+    }
+
+    // TKGOPS-UNKNOWN-VAR
+    let unknown: Vec<String> = c.vars.keys().filter(|k| !is_known_variable(k)).cloned().collect();
+    for k in unknown {
+        ctx.var(&k, "TKGOPS-UNKNOWN-VAR", format!("{k} is not a known TKG 1.6 configuration variable (typo?)"));
+    }
+
+    if aws {
+        aws_rules(ctx, prod, plan.is_some());
+    }
+}
+
+fn aws_rules(ctx: &mut Ctx<'_>, prod: bool, plan_known: bool) {
+    let c = ctx.c;
+    // R15 TKGOPS-REQUIRED
+    for k in ["AWS_REGION", "AWS_SSH_KEY_NAME"] {
+        if ctx.get(k).is_none() {
+            ctx.var(k, "TKGOPS-REQUIRED", format!("{k} is required (TF validate.star required_variable_list_aws)"));
+        }
+    }
+    let region = ctx.get("AWS_REGION").map(str::to_string);
+    for k in ["AWS_NODE_AZ", "AWS_NODE_AZ_1", "AWS_NODE_AZ_2"] {
+        if let (Some(az), Some(r)) = (ctx.get(k).map(str::to_string), region.as_deref()) {
+            if !az.starts_with(r) {
+                ctx.var(k, "TKGOPS-REQUIRED", format!("{k} {az} is not in AWS_REGION {r}"));
+            }
+        }
+    }
+    if ctx.get("AWS_VPC_ID").is_some() {
+        let needed: &[&str] = if prod {
+            &["AWS_PRIVATE_SUBNET_ID", "AWS_PRIVATE_SUBNET_ID_1", "AWS_PRIVATE_SUBNET_ID_2"]
+        } else {
+            &["AWS_PRIVATE_SUBNET_ID"]
+        };
+        for k in needed {
+            if ctx.get(k).is_none() {
+                let at = if c.line(k).is_some() { *k } else { "AWS_VPC_ID" };
+                let plan = if prod { "prod" } else { "dev" };
+                ctx.var(at, "TKGOPS-REQUIRED", format!("{k} is required with an existing VPC (AWS_VPC_ID) on the {plan} plan"));
+            }
+        }
+    }
+    if ctx.get("AWS_PUBLIC_SUBNET_ID").is_none() {
+        for k in ["AWS_PUBLIC_SUBNET_ID_1", "AWS_PUBLIC_SUBNET_ID_2"] {
+            if ctx.get(k).is_some() {
+                ctx.var(k, "TKGOPS-REQUIRED", format!("{k} cannot be used without AWS_PUBLIC_SUBNET_ID"));
+            }
+        }
+    }
+
+    // R1 TKO-CLS-005
+    if plan_known {
+        if prod {
+            let keys = ["AWS_NODE_AZ", "AWS_NODE_AZ_1", "AWS_NODE_AZ_2"];
+            let missing: Vec<&str> = keys.iter().copied().filter(|k| ctx.get(k).is_none()).collect();
+            if !missing.is_empty() {
+                let at = missing.iter().copied().find(|k| c.line(k).is_some()).unwrap_or("CLUSTER_PLAN");
+                ctx.var(
+                    at,
+                    "TKO-CLS-005",
+                    format!("prod clusters need 3 availability zones: set {}", missing.join(", ")),
+                );
+            } else {
+                let azs: Vec<String> = keys.iter().filter_map(|k| ctx.get(k).map(str::to_string)).collect();
+                for (i, k) in keys.iter().enumerate().skip(1) {
+                    if azs[..i].contains(&azs[i]) {
+                        ctx.var(k, "TKO-CLS-005", format!("{k} {} repeats an earlier AZ; the 3 AZs must be distinct", azs[i]));
+                    }
+                }
+            }
+        } else {
+            for k in ["AWS_NODE_AZ_1", "AWS_NODE_AZ_2"] {
+                if ctx.get(k).is_some() {
+                    ctx.var(k, "TKO-CLS-005", format!("{k} is set but the dev plan uses 1 AZ (AWS_NODE_AZ only)"));
+                }
+            }
+        }
+    }
+
+    // R3 TKO-CLS-002
+    let lb = "AWS_LOAD_BALANCER_SCHEME_INTERNAL";
+    match ctx.bool_var(lb, "TKO-CLS-002") {
+        Some(true) => {}
+        Some(false) => ctx.var(lb, "TKO-CLS-002", format!("{lb} is false; the reference design requires an internal load balancer")),
+        None if ctx.get(lb).is_none() => {
+            ctx.var(lb, "TKO-CLS-002", format!("{lb} is not set (TKG default false); the reference design requires true"))
+        }
+        None => {}
+    }
+
+    // R4 TKO-CLS-003
+    for k in ["CONTROL_PLANE_MACHINE_TYPE", "NODE_MACHINE_TYPE", "NODE_MACHINE_TYPE_1", "NODE_MACHINE_TYPE_2"] {
+        if let Some(t) = ctx.get(k).map(str::to_string) {
+            let size = t.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+            if !t.contains('.') {
+                ctx.var(k, "TKO-CLS-003", format!("{k} {t:?} is not an EC2 instance type (family.size)"));
+            } else if ["nano", "micro", "small", "medium"].contains(&size.as_str()) {
+                ctx.var(k, "TKO-CLS-003", format!("{k} {t} is too small; the reference design requires large and above"));
+            }
+        }
+    }
+}
+
+fn settings_rules(
+    config: &TkgConfig,
+    s: &ClusterSettings,
+    repo: Option<&RepoConfig>,
+    out: &mut Vec<Finding>,
+) {
+    let mk = |line: Option<u32>, rule: &str, msg: String| {
+        Finding::new(&s.path, line, rule, rule_default(rule).unwrap_or(Severity::Error), msg)
+    };
+    // R5 TKGOPS-TKR
+    match parse_tkr(&s.tkr) {
+        None => out.push(mk(
+            s.line("tkr"),
+            "TKGOPS-TKR",
+            format!("tkr {:?} is not of the form vMAJOR.MINOR.PATCH+vmware.N-tkg.M (e.g. v1.23.8+vmware.2-tkg.1)", s.tkr),
+        )),
+        Some(v) => {
+            if !(v[0] == 1 && (21..=23).contains(&v[1])) {
+                out.push(mk(
+                    s.line("tkr"),
+                    "TKGOPS-TKR",
+                    format!("tkr {} is Kubernetes v{}.{}; TKG 1.6 supports v1.23, v1.22 and v1.21", s.tkr, v[0], v[1]),
+                ));
+            }
+        }
+    }
+    if let Some(r) = repo {
+        if r.management_cluster(&s.management_cluster).is_none() {
+            out.push(mk(
+                s.line("managementCluster"),
+                SCHEMA,
+                format!("managementCluster {} is not listed in the repository's managementClusters", s.management_cluster),
+            ));
+        }
+        if s.tmc.is_some() && r.tmc.is_none() {
+            out.push(mk(s.line("tmc"), SCHEMA, "tmc is set but the repository's tkgops.yaml configures no tmc endpoint".into()));
+        }
+    }
+    // Packages
+    let (pkgs, errors) = resolve_packages(s, repo);
+    for (name, msg) in errors {
+        let line = s.line("packages");
+        let _ = name;
+        out.push(mk(line, SCHEMA, msg));
+    }
+    let names: Vec<&str> = pkgs.iter().map(|p| p.name.as_str()).collect();
+    let has = |n: &str| names.contains(&n);
+    for dependent in ["prometheus", "grafana", "harbor"] {
+        if has(dependent) && !has("contour") {
+            out.push(mk(
+                s.line("packages"),
+                "TKGOPS-PKG-ORDER",
+                format!("package {dependent} requires contour (deploying Contour is a prerequisite for Prometheus, Grafana and Harbor)"),
+            ));
+        }
+    }
+    if has("contour") && !has("cert-manager") {
+        out.push(mk(s.line("packages"), "TKGOPS-PKG-ORDER", "package contour requires cert-manager (install cert-manager first)".into()));
+    }
+    if has("harbor") && !s.labels.contains_key(SHARED_SERVICES_LABEL) {
+        out.push(mk(
+            s.line("packages"),
+            "TKO-AWS-002",
+            format!("harbor belongs on a dedicated shared-services cluster; label it {SHARED_SERVICES_LABEL}"),
+        ));
+    }
+    let _ = config;
+}
+
+/// `clusters/<name>/cluster-config.yaml` → `<name>` (pure string handling of `path`).
+fn cluster_dir_name(path: &str) -> Option<&str> {
+    let p = path.replace('\\', "/");
+    let mut parts = p.rsplit('/');
+    let file = parts.next()?;
+    if file != "cluster-config.yaml" {
+        return None;
+    }
+    let dir = parts.next()?;
+    let parent = parts.next()?;
+    if parent != "clusters" || dir.is_empty() {
+        return None;
+    }
+    let start = path.len() - file.len() - 1 - dir.len();
+    path.get(start..start + dir.len())
+}
+
+/// Applies the repository's severity policy to findings of the cluster labelled `labels`.
+fn apply_policy(findings: Vec<Finding>, settings: Option<&ClusterSettings>, repo: Option<&RepoConfig>) -> Vec<Finding> {
+    let Some(r) = repo else { return findings };
+    let empty = std::collections::BTreeMap::new();
+    let labels = settings.map(|s| &s.labels).unwrap_or(&empty);
+    findings
+        .into_iter()
+        .filter_map(|mut f| {
+            if f.rule == PARSE || f.rule == SCHEMA {
+                return Some(f);
+            }
+            let mut level = None;
+            if let Some(l) = r.rules.severities.get(&f.rule) {
+                level = Some(*l);
+            }
+            for o in &r.rules.overrides {
+                if o.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                    if let Some(l) = o.severities.get(&f.rule) {
+                        level = Some(*l);
+                    }
+                }
+            }
+            match level {
+                None => Some(f),
+                Some(RuleLevel::Off) => None,
+                Some(RuleLevel::Error) => {
+                    f.severity = Severity::Error;
+                    Some(f)
+                }
+                Some(RuleLevel::Warning) => {
+                    f.severity = Severity::Warning;
+                    Some(f)
+                }
+            }
+        })
+        .collect()
+}
+
+/// Validates one cluster request against every rule of reference `tanzu-apis.md` §5 (R1–R6,
+/// R8–R10, R12, R14–R17) plus `TKGOPS-PROVIDER`, `TKGOPS-PLAN`, `TKGOPS-CIDR`,
+/// `TKGOPS-UNKNOWN-VAR`, `TKGOPS-NAME` (when `config.path` is `…/clusters/<dir>/cluster-config.yaml`)
+/// and, with `settings`, `TKGOPS-TKR`, package and management-cluster checks (`TKGOPS-SCHEMA`,
+/// the latter only with `repo`). See [`RULES`] for IDs and default severities.
+///
+/// AWS-only rules (R1, R3, R4, R15) are skipped when `INFRASTRUCTURE_PROVIDER` names another
+/// provider. Severities are then resolved by `repo`'s policy (`rules.severities`, then every
+/// `rules.overrides` entry whose `matchLabels` the settings' labels contain, in order; `off`
+/// drops the finding; `TKGOPS-PARSE`/`TKGOPS-SCHEMA` cannot be changed); without `repo` the
+/// defaults apply. Returns the findings sorted by (path, line, rule). Never includes a secret
+/// variable's value.
+pub fn validate(config: &TkgConfig, settings: Option<&ClusterSettings>, repo: Option<&RepoConfig>) -> Vec<Finding> {
+    let mut ctx = Ctx { c: config, out: Vec::new() };
+    config_rules(&mut ctx);
+    if let (Some(dir), Some(name)) = (cluster_dir_name(&config.path), config.get("CLUSTER_NAME")) {
+        if dir != name {
+            let name = name.to_string();
+            ctx.var(
+                "CLUSTER_NAME",
+                "TKGOPS-NAME",
+                format!("CLUSTER_NAME {name} differs from its directory clusters/{dir}/; they must be equal"),
+            );
+        }
+    }
+    let mut out = ctx.out;
+    if let Some(s) = settings {
+        settings_rules(config, s, repo, &mut out);
+    }
+    let mut out = apply_policy(out, settings, repo);
+    out.sort_by(|a, b| (&a.path, a.line, &a.rule).cmp(&(&b.path, b.line, &b.rule)));
+    out.dedup();
+    out
+}
