@@ -499,6 +499,11 @@ impl Inner {
         }
     }
 
+    async fn forward_progress(&self, run: &RunRecord, line: &str) {
+        self.set_progress(&run.id, Some(line.to_string()));
+        self.observer.run_changed(run, Some(line)).await;
+    }
+
     async fn persist(
         &self,
         run: &mut RunRecord,
@@ -778,17 +783,24 @@ impl Inner {
         let raw = loop {
             tokio::select! {
                 biased;
-                r = &mut attempt => break r,
                 Ok(()) = prx.changed() => {
                     let line = prx.borrow_and_update().clone();
                     if let Some(line) = line {
-                        self.set_progress(&run.id, Some(line.clone()));
-                        self.observer.run_changed(run, Some(&line)).await;
+                        self.forward_progress(run, &line).await;
                         latest = Some(line);
                     }
                 }
+                r = &mut attempt => break r,
             }
         };
+        // A line reported in the attempt's last poll.
+        if prx.has_changed().unwrap_or(false) {
+            let line = prx.borrow_and_update().clone();
+            if let Some(line) = line {
+                self.forward_progress(run, &line).await;
+                latest = Some(line);
+            }
+        }
         let result = match raw {
             Ok(Ok(Ok(output))) => Ok(output),
             Ok(Ok(Err(StepError::Transient(m)))) => Err((OUTCOME_TRANSIENT, m)),
