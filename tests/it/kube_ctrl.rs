@@ -483,13 +483,88 @@ async fn ctrl_machine_health_check_and_deletion() {
     assert_eq!(mhc["status"]["currentHealthy"], 1);
     assert_eq!(mhc["status"]["remediationsAllowed"], 1);
 
+    // Deletion: the Cluster controller's finalizer keeps the Cluster in phase Deleting until its
+    // descendants are gone, then the Cluster disappears.
+    let c = mgmt.get(&gvr_cluster(), Some("default"), "mh").unwrap();
+    assert!(c["metadata"]["finalizers"].as_array().unwrap().iter().any(|f| f == "cluster.cluster.x-k8s.io"));
     env.mgmt.delete(&gvr_cluster(), Some("default"), "mh").expect("delete");
+    let deleting = mgmt.get(&gvr_cluster(), Some("default"), "mh").expect("still there while deleting");
+    assert!(deleting["metadata"]["deletionTimestamp"].is_string());
+    wait_for("phase Deleting", || {
+        mgmt.get(&gvr_cluster(), Some("default"), "mh").filter(|c| c["status"]["phase"] == "Deleting").map(|_| ())
+    })
+    .await;
     wait_for("owned objects deleted", || {
         let gone = owned_by(&mgmt.list(&gvr_kcp(), Some("default")), "mh").is_empty()
             && owned_by(&mgmt.list(&gvr_md(), Some("default")), "mh").is_empty()
             && owned_by(&mgmt.list(&gvr_aws(), Some("default")), "mh").is_empty()
-            && mgmt.get(&gvr_secret(), Some("default"), "mh-kubeconfig").is_none();
+            && mgmt.get(&gvr_mhc(), Some("default"), "mh").is_none()
+            && mgmt.get(&gvr_secret(), Some("default"), "mh-kubeconfig").is_none()
+            && mgmt.get(&gvr_cluster(), Some("default"), "mh").is_none();
         gone.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ctrl_plan_based_cluster_progresses_from_its_refs() {
+    let env = env().await;
+    let ns = "default";
+    // Objects of TKG 1.6's legacy plan-based template (tanzu-apis.md §2.1), created out of order.
+    env.mgmt
+        .create(&gvr_cluster(), json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
+            "metadata": {"name": "legacy", "namespace": ns, "labels": {"tanzuKubernetesRelease": "v1.23.8---vmware.2-tkg.1"}},
+            "spec": {
+                "clusterNetwork": {"pods": {"cidrBlocks": ["100.96.0.0/11"]}},
+                "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "AWSCluster", "name": "legacy"},
+                "controlPlaneRef": {"apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlane",
+                                    "name": "legacy-control-plane"},
+            },
+        }))
+        .expect("cluster");
+    tokio::time::sleep(TICK * 4).await;
+    let c = env.mgmt.get(&gvr_cluster(), Some(ns), "legacy").unwrap();
+    assert_eq!(c["status"]["phase"], "Pending", "waits for its referenced objects");
+    env.mgmt
+        .create(&gvr_aws(), json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "AWSCluster",
+            "metadata": {"name": "legacy", "namespace": ns},
+            "spec": {"region": "us-west-2", "sshKeyName": "tkg-kp", "controlPlaneLoadBalancer": {"scheme": "internet-facing"}},
+        }))
+        .expect("aws");
+    env.mgmt
+        .create(&gvr_kcp(), json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlane",
+            "metadata": {"name": "legacy-control-plane", "namespace": ns},
+            "spec": {"replicas": 1, "version": "v1.23.8+vmware.2"},
+        }))
+        .expect("kcp");
+    env.mgmt
+        .create(&gvr_md(), json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "MachineDeployment",
+            "metadata": {"name": "legacy-md-0", "namespace": ns, "labels": {"cluster.x-k8s.io/cluster-name": "legacy"}},
+            "spec": {"clusterName": "legacy", "replicas": 2,
+                     "template": {"spec": {"clusterName": "legacy", "version": "v1.23.8+vmware.2", "failureDomain": "us-west-2a"}}},
+        }))
+        .expect("md");
+    let c = wait_ready(&env, "legacy").await;
+    assert_eq!(c["status"]["phase"], "Provisioned");
+    assert!(cond(&c, "TopologyReconciled").is_none());
+    assert!(c["spec"]["controlPlaneEndpoint"]["host"].as_str().unwrap().contains("us-west-2"));
+    let md = env.mgmt.get(&gvr_md(), Some(ns), "legacy-md-0").unwrap();
+    assert_eq!(md["status"]["readyReplicas"], 2);
+    assert_eq!(md["status"]["updatedReplicas"], 2);
+    assert!(env.mgmt.get(&gvr_secret(), Some(ns), "legacy-kubeconfig").is_some());
+
+    // Legacy upgrade (TKG `DoLegacyClusterUpgrade`): patch the KCP, then the MD.
+    env.mgmt
+        .patch_merge(&gvr_kcp(), Some(ns), "legacy-control-plane", json!({"spec": {"version": "v1.23.10+vmware.1"}}))
+        .unwrap();
+    let mgmt = env.mgmt.clone();
+    wait_for("legacy KCP upgraded", || {
+        mgmt.get(&gvr_kcp(), Some(ns), "legacy-control-plane")
+            .filter(|k| k["status"]["version"] == "v1.23.10+vmware.1" && k["status"]["updatedReplicas"] == 1)
     })
     .await;
 }

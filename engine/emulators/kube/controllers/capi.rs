@@ -37,6 +37,13 @@ const TOPOLOGY_OWNED_LABEL: &str = "topology.cluster.x-k8s.io/owned";
 const DEPLOYMENT_NAME_LABEL: &str = "topology.cluster.x-k8s.io/deployment-name";
 const KUBECONFIG_SECRET_TYPE: &str = "cluster.x-k8s.io/secret";
 const API_SERVER_PORT: i64 = 6443;
+/// The Cluster controller's finalizer (CAPI `ClusterFinalizer`).
+const CLUSTER_FINALIZER: &str = "cluster.cluster.x-k8s.io";
+
+/// Whether a MachineDeployment belongs to the Cluster `name` (`spec.clusterName` or the cluster-name label).
+fn belongs_to(md: &Value, name: &str) -> bool {
+    str_at(md, "/spec/clusterName") == Some(name) || label(md, CLUSTER_NAME_LABEL) == Some(name)
+}
 
 /// The Cluster API controller set for one management cluster.
 pub(crate) struct CapiController {
@@ -85,8 +92,29 @@ fn topology_variable<'a>(topology: &'a Value, name: &str) -> Option<&'a Value> {
         .and_then(|v| v.get("value"))
 }
 
-/// Control plane plus worker replicas declared by a Cluster's topology (the TMC agent's `nodeCount`).
-pub(crate) fn topology_node_count(cluster: &Value) -> i64 {
+/// Kubernetes version and node count (control plane plus worker replicas) of a Cluster, as the TMC
+/// agent reports them: from `spec.topology`, or for plan-based Clusters from the KubeadmControlPlane
+/// and MachineDeployments.
+pub(crate) fn cluster_version_and_nodes(mgmt: &EmulatedCluster, cluster: &Value) -> (Option<String>, i64) {
+    if cluster.pointer("/spec/topology").is_some() {
+        return (str_at(cluster, "/spec/topology/version").map(str::to_string), topology_node_count(cluster));
+    }
+    let name = name_of(cluster).unwrap_or_default();
+    let ns = namespace_of(cluster);
+    let kcp = str_at(cluster, "/spec/controlPlaneRef/name").and_then(|k| mgmt.get(&gvr_kcp(), ns, k));
+    let version = kcp.as_ref().and_then(|k| str_at(k, "/spec/version")).map(str::to_string);
+    let cp = kcp.as_ref().map(|k| i64_at(k, "/spec/replicas").unwrap_or(1)).unwrap_or(0);
+    let workers: i64 = mgmt
+        .list(&gvr_machine_deployment(), ns)
+        .iter()
+        .filter(|md| belongs_to(md, name))
+        .map(|md| i64_at(md, "/spec/replicas").unwrap_or(1))
+        .sum();
+    (version, cp + workers)
+}
+
+/// Control plane plus worker replicas declared by a Cluster's topology.
+fn topology_node_count(cluster: &Value) -> i64 {
     let cp = i64_at(cluster, "/spec/topology/controlPlane/replicas").unwrap_or(1);
     let workers: i64 = cluster
         .pointer("/spec/topology/workers/machineDeployments")
@@ -114,34 +142,41 @@ impl CapiController {
         };
         let ns = namespace_of(cluster).unwrap_or("default").to_string();
         if cluster.pointer("/metadata/deletionTimestamp").is_some() {
-            let mut status = status_of(cluster);
-            status.insert("phase".into(), json!("Deleting"));
-            write_status(&self.mgmt, &gvr_cluster(), cluster, status)?;
-            self.delete_owned(&ns, &name, None);
-            return Ok(());
+            return self.reconcile_deletion(cluster, &name, &ns);
         }
-        let Some(topology) = cluster.pointer("/spec/topology").cloned() else {
-            debug!(cluster = %key(cluster), "Cluster without spec.topology (plan-based); not simulated");
-            return Ok(());
-        };
+        let cluster = &self.ensure_finalizer(cluster, &ns, &name)?;
         let mut status = status_of(cluster);
         status.insert("observedGeneration".into(), json!(generation_of(cluster)));
 
-        // Topology controller: the ClusterClass must exist.
-        let class = str_at(&topology, "/class").unwrap_or("");
-        if class.is_empty() || self.mgmt.get(&gvr_cluster_class(), Some(&ns), class).is_none() {
-            let msg = format!(
-                "error reading the ClusterClass: failed to retrieve ClusterClass {ns}/{class}: clusterclasses.cluster.x-k8s.io \"{class}\" not found"
-            );
-            set_condition(&mut status, cond_false("TopologyReconciled", "Error", "TopologyReconcileFailed", &msg));
-            status.entry("phase").or_insert(json!("Pending"));
-            write_status(&self.mgmt, &gvr_cluster(), cluster, status)?;
-            return Ok(());
-        }
-        let topo = self.ensure_topology(cluster, &name, &ns, &topology)?;
+        let topology = cluster.pointer("/spec/topology").cloned();
+        let topo = match &topology {
+            Some(topology) => {
+                // Topology controller: the ClusterClass must exist.
+                let class = str_at(topology, "/class").unwrap_or("");
+                if class.is_empty() || self.mgmt.get(&gvr_cluster_class(), Some(&ns), class).is_none() {
+                    let msg = format!(
+                        "error reading the ClusterClass: failed to retrieve ClusterClass {ns}/{class}: clusterclasses.cluster.x-k8s.io \"{class}\" not found"
+                    );
+                    set_condition(&mut status, cond_false("TopologyReconciled", "Error", "TopologyReconcileFailed", &msg));
+                    status.entry("phase").or_insert(json!("Pending"));
+                    write_status(&self.mgmt, &gvr_cluster(), cluster, status)?;
+                    return Ok(());
+                }
+                let topo = self.ensure_topology(cluster, &name, &ns, topology)?;
+                set_condition(&mut status, cond_true("TopologyReconciled"));
+                topo
+            }
+            None => match self.legacy_parts(cluster, &name, &ns) {
+                Some(parts) => parts,
+                None => {
+                    // Plan-based Cluster whose referenced objects do not exist (yet).
+                    status.entry("phase").or_insert(json!("Pending"));
+                    return self.write_cluster(cluster, status);
+                }
+            },
+        };
         let cluster = &topo.cluster;
         status.insert("observedGeneration".into(), json!(generation_of(cluster)));
-        set_condition(&mut status, cond_true("TopologyReconciled"));
 
         let phase = status.get("phase").and_then(Value::as_str).unwrap_or("").to_string();
         match phase.as_str() {
@@ -175,7 +210,7 @@ impl CapiController {
         }
 
         if !status.get("infrastructureReady").and_then(Value::as_bool).unwrap_or(false) {
-            let cluster = self.provision_infrastructure(cluster, &topo.aws, &topology)?;
+            let cluster = self.provision_infrastructure(cluster, &topo.aws)?;
             status.insert("observedGeneration".into(), json!(generation_of(&cluster)));
             status.insert("infrastructureReady".into(), json!(true));
             status.insert("phase".into(), json!("Provisioned"));
@@ -198,7 +233,7 @@ impl CapiController {
         self.start_workload(&workload);
         self.ensure_kubeconfig_secret(&workload, &name, &ns, &topo.kcp)?;
 
-        let region = topology_variable(&topology, "region").and_then(Value::as_str).unwrap_or("us-east-1").to_string();
+        let region = str_at(&topo.aws, "/spec/region").filter(|r| !r.is_empty()).unwrap_or("us-east-1").to_string();
         let kcp_state = self.step_replicas(&topo.kcp, &gvr_kcp(), false)?;
         self.sync_nodes(&workload, &topo.kcp, true, &region);
         if !status.get("controlPlaneReady").and_then(Value::as_bool).unwrap_or(false) {
@@ -220,6 +255,75 @@ impl CapiController {
             set_condition(&mut status, cond_true("Ready"));
         }
         self.write_cluster(cluster, status)
+    }
+
+    /// Adds the Cluster controller's finalizer, so a deleted Cluster goes through phase `Deleting`
+    /// while its descendants are removed (as with real Cluster API).
+    fn ensure_finalizer(&self, cluster: &Value, ns: &str, name: &str) -> Result<Value, ControllerError> {
+        let mut finalizers: Vec<Value> =
+            cluster.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+        if finalizers.iter().any(|f| f == CLUSTER_FINALIZER) {
+            return Ok(cluster.clone());
+        }
+        finalizers.push(json!(CLUSTER_FINALIZER));
+        Ok(self.mgmt.patch_merge(&gvr_cluster(), Some(ns), name, json!({"metadata": {"finalizers": finalizers}}))?)
+    }
+
+    /// Deletion: first tick phase `Deleting`; next tick the descendants (control plane,
+    /// infrastructure cluster, MachineDeployments, MachineHealthChecks, kubeconfig Secret) are deleted
+    /// and the finalizer is removed, which lets the API server drop the Cluster.
+    fn reconcile_deletion(&self, cluster: &Value, name: &str, ns: &str) -> Result<(), ControllerError> {
+        if str_at(cluster, "/status/phase") != Some("Deleting") {
+            let mut status = status_of(cluster);
+            status.insert("phase".into(), json!("Deleting"));
+            set_condition(&mut status, cond_false("Ready", "Info", "Deleting", ""));
+            return self.write_cluster(cluster, status);
+        }
+        for (ref_ptr, gvr) in [("/spec/controlPlaneRef", gvr_kcp()), ("/spec/infrastructureRef", gvr_aws_cluster())] {
+            if let Some(n) = str_at(cluster, &format!("{ref_ptr}/name")) {
+                let _ = self.mgmt.delete(&gvr, Some(ns), n);
+            }
+        }
+        for md in self.mgmt.list(&gvr_machine_deployment(), Some(ns)) {
+            if belongs_to(&md, name) {
+                if let Some(n) = name_of(&md) {
+                    let _ = self.mgmt.delete(&gvr_machine_deployment(), Some(ns), n);
+                }
+            }
+        }
+        for mhc in self.mgmt.list(&gvr_machine_health_check(), Some(ns)) {
+            if str_at(&mhc, "/spec/clusterName") == Some(name) {
+                if let Some(n) = name_of(&mhc) {
+                    let _ = self.mgmt.delete(&gvr_machine_health_check(), Some(ns), n);
+                }
+            }
+        }
+        self.delete_owned(ns, name, None);
+        let finalizers: Vec<Value> = cluster
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .map(|l| l.iter().filter(|f| *f != CLUSTER_FINALIZER).cloned().collect())
+            .unwrap_or_default();
+        let value = if finalizers.is_empty() { Value::Null } else { Value::Array(finalizers) };
+        self.mgmt.patch_merge(&gvr_cluster(), Some(ns), name, json!({"metadata": {"finalizers": value}}))?;
+        Ok(())
+    }
+
+    /// A plan-based (legacy) Cluster: the objects its `controlPlaneRef` and `infrastructureRef` name,
+    /// and the MachineDeployments of the cluster. `None` until both referenced objects exist.
+    fn legacy_parts(&self, cluster: &Value, name: &str, ns: &str) -> Option<Topology> {
+        let kcp_name = str_at(cluster, "/spec/controlPlaneRef/name")?;
+        let aws_name = str_at(cluster, "/spec/infrastructureRef/name")?;
+        if str_at(cluster, "/spec/controlPlaneRef/kind") != Some("KubeadmControlPlane")
+            || str_at(cluster, "/spec/infrastructureRef/kind") != Some("AWSCluster")
+        {
+            debug!(cluster = %key(cluster), "refs to kinds other than KubeadmControlPlane/AWSCluster are not simulated");
+            return None;
+        }
+        let kcp = self.mgmt.get(&gvr_kcp(), Some(ns), kcp_name)?;
+        let aws = self.mgmt.get(&gvr_aws_cluster(), Some(ns), aws_name)?;
+        let mds = self.mgmt.list(&gvr_machine_deployment(), Some(ns)).into_iter().filter(|md| belongs_to(md, name)).collect();
+        Some(Topology { kcp, mds, aws, cluster: cluster.clone() })
     }
 
     fn write_cluster(&self, cluster: &Value, status: Map<String, Value>) -> Result<(), ControllerError> {
@@ -378,11 +482,11 @@ impl CapiController {
     }
 
     /// CAPA: the AWSCluster becomes ready with a load balancer endpoint; CAPI copies it to the Cluster.
-    fn provision_infrastructure(&self, cluster: &Value, aws: &Value, topology: &Value) -> Result<Value, ControllerError> {
+    fn provision_infrastructure(&self, cluster: &Value, aws: &Value) -> Result<Value, ControllerError> {
         let name = name_of(cluster).unwrap_or_default();
         let ns = namespace_of(cluster).unwrap_or("default");
-        let region = topology_variable(topology, "region").and_then(Value::as_str).unwrap_or("us-east-1");
-        let internal = topology_variable(topology, "loadBalancerSchemeInternal").and_then(Value::as_bool).unwrap_or(false);
+        let region = str_at(aws, "/spec/region").filter(|r| !r.is_empty()).unwrap_or("us-east-1");
+        let internal = str_at(aws, "/spec/controlPlaneLoadBalancer/scheme") == Some("internal");
         let host = format!(
             "{}{name}-apiserver-{}.elb.{region}.amazonaws.com",
             if internal { "internal-" } else { "" },
@@ -499,6 +603,11 @@ impl CapiController {
         let mut updated = i64_at(obj, "/status/updatedReplicas").unwrap_or(if is_md { 0 } else { replicas });
         let mut obj = obj.clone();
         let rolling;
+        if annotation(&obj, MACHINES_VERSION_ANNOTATION).is_none() {
+            // Not created by the topology controller (plan-based): adopt the current version.
+            obj = self.mgmt.patch_merge(gvr, ns, name,
+                json!({"metadata": {"annotations": {MACHINES_VERSION_ANNOTATION: spec_version}}}))?;
+        }
         if annotation(&obj, MACHINES_VERSION_ANNOTATION) != Some(spec_version.as_str()) {
             // New version: the machines at the new version start from zero.
             obj = self.mgmt.patch_merge(gvr, ns, name,
@@ -661,12 +770,14 @@ impl CapiController {
         if !condition_true(&cluster, "Ready") {
             return Ok(());
         }
-        let owned = |o: &Value| label(o, CLUSTER_NAME_LABEL) == Some(cluster_name) && label(o, TOPOLOGY_OWNED_LABEL).is_some();
         let control_plane = mhc.pointer("/spec/selector/matchLabels/cluster.x-k8s.io~1control-plane").is_some();
         let expected: i64 = if control_plane {
-            self.mgmt.list(&gvr_kcp(), Some(ns)).iter().filter(|o| owned(o)).map(|k| i64_at(k, "/spec/replicas").unwrap_or(1)).sum()
+            str_at(&cluster, "/spec/controlPlaneRef/name")
+                .and_then(|k| self.mgmt.get(&gvr_kcp(), Some(ns), k))
+                .map(|k| i64_at(&k, "/spec/replicas").unwrap_or(1))
+                .unwrap_or(0)
         } else {
-            self.mgmt.list(&gvr_machine_deployment(), Some(ns)).iter().filter(|o| owned(o))
+            self.mgmt.list(&gvr_machine_deployment(), Some(ns)).iter().filter(|md| belongs_to(md, cluster_name))
                 .map(|m| i64_at(m, "/spec/replicas").unwrap_or(1)).sum()
         };
         let max_unhealthy = match mhc.pointer("/spec/maxUnhealthy") {

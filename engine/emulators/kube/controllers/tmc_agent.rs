@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use super::super::{ChangeEvent, EmulatedCluster};
-use super::capi::topology_node_count;
+use super::capi::cluster_version_and_nodes;
 use super::util::*;
 use super::Reconciler;
 
@@ -75,14 +75,11 @@ impl TmcAgent {
         }
         let cluster_name = if cluster_name.is_empty() { self.workload.name().to_string() } else { cluster_name };
         let cluster = self.cluster_object();
-        let version = cluster
-            .as_ref()
-            .and_then(|c| str_at(c, "/spec/topology/version").map(str::to_string))
-            .unwrap_or_else(|| DEFAULT_KUBE_VERSION.to_string());
-        let nodes = match &cluster {
-            Some(c) => topology_node_count(c),
-            None => self.workload.list(&gvr_node(), None).len().max(1) as i64,
+        let (version, nodes) = match &cluster {
+            Some(c) => cluster_version_and_nodes(&self.management, c),
+            None => (None, self.workload.list(&gvr_node(), None).len().max(1) as i64),
         };
+        let version = version.unwrap_or_else(|| DEFAULT_KUBE_VERSION.to_string());
         let body = json!({
             "fullName": {"managementClusterName": mc, "provisionerName": provisioner, "name": cluster_name},
             "registrationToken": token,
