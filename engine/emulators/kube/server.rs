@@ -1,0 +1,528 @@
+//! The HTTP side of an emulated cluster: routing, auth, discovery, verbs, watch streaming.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+
+use super::select::{FieldSelector, LabelSelector};
+use super::store::{parse_body, ApiError, PatchKind, WriteCtx};
+use super::{EmulatedCluster, Gvr, ResourceType};
+
+/// The cluster's router (without the fault layer).
+pub(super) fn router(c: EmulatedCluster) -> Router {
+    Router::new().fallback(handle).with_state(c)
+}
+
+fn json_resp(code: StatusCode, v: &Value) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+fn err_resp(e: ApiError) -> Response {
+    json_resp(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.status_json())
+}
+
+/// Version priority as Kubernetes sorts versions: GA > beta > alpha, higher numbers first.
+fn version_priority(v: &str) -> (u8, u32, u32) {
+    let rest = v.strip_prefix('v').unwrap_or(v);
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let major = digits.parse().unwrap_or(0);
+    let tail = &rest[digits.len()..];
+    let (stability, minor) = if tail.is_empty() {
+        (3, 0)
+    } else if let Some(n) = tail.strip_prefix("beta") {
+        (2, n.parse().unwrap_or(0))
+    } else if let Some(n) = tail.strip_prefix("alpha") {
+        (1, n.parse().unwrap_or(0))
+    } else {
+        (0, 0)
+    };
+    (stability, major, minor)
+}
+
+/// Versions of each named group, preferred first.
+fn groups(types: &[ResourceType]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in types.iter().filter(|t| !t.gvr.group.is_empty()) {
+        let vs = out.entry(t.gvr.group.clone()).or_default();
+        if !vs.contains(&t.gvr.version) {
+            vs.push(t.gvr.version.clone());
+        }
+    }
+    for vs in out.values_mut() {
+        vs.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
+    }
+    out
+}
+
+fn api_group_json(name: &str, versions: &[String]) -> Value {
+    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
+    json!({"name": name, "versions": vs, "preferredVersion": vs.first().cloned().unwrap_or(json!({}))})
+}
+
+fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Option<Value> {
+    let mine: Vec<&ResourceType> = types.iter().filter(|t| t.gvr.group == group && t.gvr.version == version).collect();
+    if mine.is_empty() {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for t in mine {
+        let mut r = json!({
+            "name": t.gvr.plural,
+            "singularName": t.kind.to_lowercase(),
+            "namespaced": t.namespaced,
+            "kind": t.kind,
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        });
+        if !t.short_names.is_empty() {
+            r["shortNames"] = json!(t.short_names);
+        }
+        resources.push(r);
+        if t.status_subresource {
+            resources.push(json!({
+                "name": format!("{}/status", t.gvr.plural),
+                "singularName": "",
+                "namespaced": t.namespaced,
+                "kind": t.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
+    Some(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": t_gv(group, version),
+        "resources": resources,
+    }))
+}
+
+fn t_gv(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    }
+}
+
+/// A parsed resource path.
+struct Target {
+    rt: ResourceType,
+    ns: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+/// Resolves `rest` (segments after `/api/v1` or `/apis/g/v`) to a target; 404 if unknown.
+fn resolve(types: &[ResourceType], group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
+    let find = |plural: &str| {
+        types
+            .iter()
+            .find(|t| t.gvr.group == group && t.gvr.version == version && t.gvr.plural == plural)
+            .cloned()
+            .ok_or_else(ApiError::no_resource)
+    };
+    let (ns, plural, tail): (Option<String>, &str, &[&str]) =
+        if rest.len() >= 3 && rest[0] == "namespaces" && !matches!(rest[2], "status" | "finalize") {
+            (Some(rest[1].to_string()), rest[2], &rest[3..])
+        } else {
+            (None, rest[0], &rest[1..])
+        };
+    let rt = find(plural)?;
+    if ns.is_some() && !rt.namespaced {
+        return Err(ApiError::no_resource());
+    }
+    let name = tail.first().map(|s| s.to_string());
+    let status = match tail.get(1) {
+        None => false,
+        Some(&"status") if rt.status_subresource && tail.len() == 2 => true,
+        Some(_) => return Err(ApiError::no_resource()),
+    };
+    Ok(Target { rt, ns, name, status })
+}
+
+fn query_map(q: Option<&str>) -> HashMap<String, String> {
+    q.and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+        .map(|v| v.into_iter().collect())
+        .unwrap_or_default()
+}
+
+fn truthy(q: &HashMap<String, String>, k: &str) -> bool {
+    q.get(k).is_some_and(|v| v == "true" || v == "1")
+}
+
+fn manager(q: &HashMap<String, String>, headers: &HeaderMap) -> String {
+    if let Some(m) = q.get("fieldManager").filter(|m| !m.is_empty()) {
+        return m.clone();
+    }
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+fn selectors(q: &HashMap<String, String>) -> Result<(Option<LabelSelector>, Option<FieldSelector>), ApiError> {
+    let l = match q.get("labelSelector").filter(|s| !s.trim().is_empty()) {
+        Some(s) => Some(LabelSelector::parse(s).map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?),
+        None => None,
+    };
+    let f = match q.get("fieldSelector").filter(|s| !s.trim().is_empty()) {
+        Some(s) => Some(FieldSelector::parse(s).map_err(ApiError::bad_request)?),
+        None => None,
+    };
+    Ok((l, f))
+}
+
+async fn handle(State(c): State<EmulatedCluster>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let expected = format!("Bearer {}", c.inner.token);
+    let authorized = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(expected.as_str());
+    if !authorized {
+        return err_resp(ApiError::unauthorized());
+    }
+    let body = match axum::body::to_bytes(body, 64 << 20).await {
+        Ok(b) => b,
+        Err(e) => return err_resp(ApiError::bad_request(format!("reading the request body: {e}"))),
+    };
+    let q = query_map(parts.uri.query());
+    let path = parts.uri.path().trim_end_matches('/').to_string();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let method = parts.method.clone();
+    let types = c.types();
+    match (method.clone(), segs.as_slice()) {
+        (Method::GET, ["version"]) => json_resp(
+            StatusCode::OK,
+            &json!({
+                "major": "1", "minor": "33", "gitVersion": "v1.33.1+vmware.1", "gitCommit": "0000000000000000000000000000000000000000",
+                "gitTreeState": "clean", "buildDate": "2025-05-15T00:00:00Z", "goVersion": "go1.24.2", "compiler": "gc", "platform": "linux/amd64",
+            }),
+        ),
+        (Method::GET, ["healthz" | "livez" | "readyz"]) => (StatusCode::OK, "ok").into_response(),
+        (Method::GET, ["api"]) => json_resp(
+            StatusCode::OK,
+            &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": c.inner.url.trim_start_matches("http://")}]}),
+        ),
+        (Method::GET, ["apis"]) => {
+            let gs: Vec<Value> = groups(&types).iter().map(|(g, vs)| api_group_json(g, vs)).collect();
+            json_resp(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs}))
+        }
+        (Method::GET, ["apis", g]) => match groups(&types).get(*g) {
+            Some(vs) => {
+                let mut v = api_group_json(g, vs);
+                v["kind"] = json!("APIGroup");
+                v["apiVersion"] = json!("v1");
+                json_resp(StatusCode::OK, &v)
+            }
+            None => err_resp(ApiError::no_resource()),
+        },
+        (Method::GET, ["api", "v1"]) => match resource_list(&types, "", "v1") {
+            Some(v) => json_resp(StatusCode::OK, &v),
+            None => err_resp(ApiError::no_resource()),
+        },
+        (Method::GET, ["apis", g, v]) => match resource_list(&types, g, v) {
+            Some(v) => json_resp(StatusCode::OK, &v),
+            None => err_resp(ApiError::no_resource()),
+        },
+        (_, ["api", "v1", rest @ ..]) if !rest.is_empty() => {
+            resource_request(&c, &types, "", "v1", rest, method, &parts.headers, &q, body)
+        }
+        (_, ["apis", g, v, rest @ ..]) if !rest.is_empty() => {
+            resource_request(&c, &types, g, v, rest, method, &parts.headers, &q, body)
+        }
+        _ => err_resp(ApiError::no_resource()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resource_request(
+    c: &EmulatedCluster,
+    types: &[ResourceType],
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    method: Method,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    body: Bytes,
+) -> Response {
+    let t = match resolve(types, group, version, rest) {
+        Ok(t) => t,
+        Err(e) => return err_resp(e),
+    };
+    let gvr = t.rt.gvr.clone();
+    let ns = t.ns.as_deref();
+    let ctx = WriteCtx { manager: manager(q, headers), dry_run: q.get("dryRun").is_some_and(|v| v == "All") };
+    let fm = q.get("fieldManager").map(String::as_str);
+    let result: Result<(StatusCode, Value), ApiError> = match (&method, &t.name) {
+        (&Method::GET, None) => {
+            if truthy(q, "watch") {
+                return watch(c, t.rt, t.ns, q);
+            }
+            list(c, &t.rt, ns, q)
+        }
+        (&Method::GET, Some(name)) => c.state().get(&gvr, ns, name).map(|v| (StatusCode::OK, v)),
+        (&Method::POST, None) => match parse_body(&body) {
+            Ok(obj) => {
+                let mut st = c.state();
+                let r = st.create(&gvr, ns, obj, &ctx);
+                if let Ok(v) = &r {
+                    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+                    st.audit("create", &gvr, ns, &name, fm, !ctx.dry_run);
+                }
+                r.map(|v| (StatusCode::CREATED, v))
+            }
+            Err(e) => Err(e),
+        },
+        (&Method::PUT, Some(name)) => match parse_body(&body) {
+            Ok(obj) => {
+                let mut st = c.state();
+                let r = st.update(&gvr, ns, name, obj, t.status, &ctx);
+                if let Ok((_, changed)) = &r {
+                    st.audit(if t.status { "update-status" } else { "update" }, &gvr, ns, name, fm, *changed && !ctx.dry_run);
+                }
+                r.map(|(v, _)| (StatusCode::OK, v))
+            }
+            Err(e) => Err(e),
+        },
+        (&Method::PATCH, Some(name)) => {
+            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let ct = ct.split(';').next().unwrap_or("").trim();
+            let kind = match ct {
+                "application/merge-patch+json" => Some(PatchKind::Merge),
+                "application/json-patch+json" => Some(PatchKind::Json),
+                "application/strategic-merge-patch+json" => Some(PatchKind::Strategic),
+                "application/apply-patch+yaml" | "application/apply-patch+json" | "application/apply-patch+cbor" => {
+                    Some(PatchKind::Apply)
+                }
+                _ => None,
+            };
+            match kind {
+                None => Err(ApiError {
+                    code: 415,
+                    reason: "UnsupportedMediaType",
+                    message: format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {ct:?})"),
+                    details: json!({}),
+                }),
+                Some(PatchKind::Apply) if fm.is_none_or(str::is_empty) => Err(ApiError::invalid(
+                    &gvr,
+                    name,
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                )),
+                Some(kind) => {
+                    let mut st = c.state();
+                    let existed = st.get(&gvr, ns, name).is_ok();
+                    let r = st.patch(&gvr, ns, name, kind, &body, t.status, truthy(q, "force"), &ctx);
+                    if let Ok((_, changed)) = &r {
+                        let verb = match (kind == PatchKind::Apply, t.status) {
+                            (true, false) => "apply",
+                            (true, true) => "apply-status",
+                            (false, false) => "patch",
+                            (false, true) => "patch-status",
+                        };
+                        st.audit(verb, &gvr, ns, name, fm, *changed && !ctx.dry_run);
+                    }
+                    let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
+                    r.map(|(v, _)| (code, v))
+                }
+            }
+        }
+        (&Method::DELETE, Some(name)) if !t.status => {
+            let mut st = c.state();
+            let r = st.delete(&gvr, ns, name, ctx.dry_run);
+            if let Ok((_, changed)) = &r {
+                st.audit("delete", &gvr, ns, name, fm, *changed && !ctx.dry_run);
+            }
+            r.map(|(v, _)| (StatusCode::OK, v))
+        }
+        (&Method::DELETE, None) => delete_collection(c, &t.rt, ns, q, &ctx),
+        _ => Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({method})"))),
+    };
+    match result {
+        Ok((code, v)) => json_resp(code, &v),
+        Err(e) => err_resp(e),
+    }
+}
+
+fn continue_key(v: &Value) -> (String, String) {
+    let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+    (s("/metadata/namespace"), s("/metadata/name"))
+}
+
+fn list(c: &EmulatedCluster, rt: &ResourceType, ns: Option<&str>, q: &HashMap<String, String>) -> Result<(StatusCode, Value), ApiError> {
+    let (l, f) = selectors(q)?;
+    let (mut items, rv) = {
+        let st = c.state();
+        (st.list(&rt.gvr, ns, l.as_ref(), f.as_ref())?, st.rv)
+    };
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(token) = q.get("continue").filter(|s| !s.is_empty()) {
+        let after: (String, String) = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
+        items.retain(|v| continue_key(v) > after);
+    }
+    if let Some(limit) = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0) {
+        if items.len() > limit {
+            let remaining = items.len() - limit;
+            items.truncate(limit);
+            let last = continue_key(items.last().expect("limit > 0"));
+            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&last).unwrap_or_default());
+            meta["continue"] = json!(token);
+            meta["remainingItemCount"] = json!(remaining);
+        }
+    }
+    Ok((
+        StatusCode::OK,
+        json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
+    ))
+}
+
+fn delete_collection(
+    c: &EmulatedCluster,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    q: &HashMap<String, String>,
+    ctx: &WriteCtx,
+) -> Result<(StatusCode, Value), ApiError> {
+    let (l, f) = selectors(q)?;
+    let mut st = c.state();
+    let victims = st.list(&rt.gvr, ns, l.as_ref(), f.as_ref())?;
+    let mut items = Vec::new();
+    for v in victims {
+        let (vns, name) = continue_key(&v);
+        let vns = (!vns.is_empty()).then_some(vns);
+        if let Ok((obj, changed)) = st.delete(&rt.gvr, vns.as_deref(), &name, ctx.dry_run) {
+            st.audit("delete", &rt.gvr, vns.as_deref(), &name, q.get("fieldManager").map(String::as_str), changed && !ctx.dry_run);
+            items.push(obj);
+        }
+    }
+    let rv = st.rv;
+    Ok((
+        StatusCode::OK,
+        json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+    ))
+}
+
+fn event_line(kind: &str, obj: &Value) -> Bytes {
+    let mut s = json!({"type": kind, "object": obj}).to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+fn bookmark(rt: &ResourceType, rv: u64, initial_end: bool) -> Bytes {
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    event_line("BOOKMARK", &json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}))
+}
+
+fn obj_rv(v: &Value) -> u64 {
+    v.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Streams watch events as newline-delimited JSON.
+fn watch(c: &EmulatedCluster, rt: ResourceType, ns: Option<String>, q: &HashMap<String, String>) -> Response {
+    let (l, f) = match selectors(q) {
+        Ok(s) => s,
+        Err(e) => return err_resp(e),
+    };
+    let ns = if rt.namespaced { ns } else { None };
+    let gvr = rt.gvr.clone();
+    let matches = move |g: &Gvr, o: &Value| {
+        *g == gvr
+            && ns.as_deref().is_none_or(|n| o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(n))
+            && l.as_ref().is_none_or(|l| l.matches(o))
+            && f.as_ref().is_none_or(|f| f.matches(o))
+    };
+    let rv_param = q.get("resourceVersion").cloned().unwrap_or_default();
+    let bookmarks = truthy(q, "allowWatchBookmarks");
+    let send_initial = truthy(q, "sendInitialEvents");
+    let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(1800);
+    let mut initial: Vec<Bytes> = Vec::new();
+    let (brx, mut last_rv) = {
+        let st = c.state();
+        let brx = st.tx.subscribe();
+        if send_initial || rv_param.is_empty() || rv_param == "0" {
+            for (_, o) in st.objects.range((rt.gvr.clone(), String::new(), String::new())..).take_while(|((g, _, _), _)| *g == rt.gvr) {
+                if matches(&rt.gvr, o) {
+                    initial.push(event_line("ADDED", o));
+                }
+            }
+            if send_initial {
+                initial.push(bookmark(&rt, st.rv, true));
+            }
+            (brx, st.rv)
+        } else {
+            let Ok(n) = rv_param.parse::<u64>() else {
+                return err_resp(ApiError::bad_request(format!("invalid resource version {rv_param:?}")));
+            };
+            if n < st.log_floor {
+                let e = ApiError::expired(format!("too old resource version: {n} ({})", st.log_floor + 1));
+                return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], event_line("ERROR", &e.status_json()))
+                    .into_response();
+            }
+            for e in st.log.iter().filter(|e| e.rv > n) {
+                if matches(&e.gvr, &e.object) {
+                    initial.push(event_line(e.kind, &e.object));
+                }
+            }
+            (brx, st.rv.max(n))
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
+    tokio::spawn(async move {
+        let mut brx: broadcast::Receiver<super::ChangeEvent> = brx;
+        for line in initial {
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = tx.closed() => break,
+                _ = ticker.tick(), if bookmarks => {
+                    if tx.send(Ok(bookmark(&rt, last_rv, false))).await.is_err() { break; }
+                }
+                r = brx.recv() => match r {
+                    Ok(ev) => {
+                        let rv = obj_rv(&ev.object);
+                        if rv <= last_rv { continue; }
+                        last_rv = rv;
+                        if matches(&ev.gvr, &ev.object) {
+                            let kind = ev.kind.clone();
+                            if tx.send(Ok(event_line(&kind, &ev.object))).await.is_err() { break; }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let e = ApiError::expired("watch fell behind; too old resource version");
+                        let _ = tx.send(Ok(event_line("ERROR", &e.status_json()))).await;
+                        break;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .unwrap_or_else(|_| err_resp(ApiError::bad_request("building the watch response")))
+}

@@ -1,0 +1,813 @@
+//! The per-cluster object store: types, objects, resourceVersion counter, event log, write audit,
+//! and every write operation with API-server semantics (shared by HTTP handlers and the direct API).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+use tokio::sync::broadcast;
+
+use super::fields::{self, ManagedEntry};
+use super::select::{FieldSelector, LabelSelector};
+use super::{ChangeEvent, Gvr, ResourceType, WriteRecord};
+
+/// How many watch events each cluster keeps for resuming watches from a resourceVersion.
+pub(crate) const EVENT_WINDOW: usize = 1000;
+
+/// An API failure, rendered as a `Status` object over HTTP.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Value,
+}
+
+impl ApiError {
+    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError { code, reason, message: message.into(), details: json!({}) }
+    }
+    fn with_details(mut self, gvr: &Gvr, name: &str) -> Self {
+        let mut d = Map::new();
+        if !name.is_empty() {
+            d.insert("name".into(), json!(name));
+        }
+        if !gvr.group.is_empty() {
+            d.insert("group".into(), json!(gvr.group));
+        }
+        d.insert("kind".into(), json!(gvr.plural));
+        self.details = Value::Object(d);
+        self
+    }
+    /// 404 NotFound for an object.
+    pub(crate) fn not_found(gvr: &Gvr, name: &str) -> Self {
+        Self::new(404, "NotFound", format!("{} \"{name}\" not found", resource_label(gvr))).with_details(gvr, name)
+    }
+    /// 404 for an unknown resource type or path.
+    pub(crate) fn no_resource() -> Self {
+        Self::new(404, "NotFound", "the server could not find the requested resource")
+    }
+    /// 400 BadRequest.
+    pub(crate) fn bad_request(msg: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", msg)
+    }
+    /// 422 Invalid.
+    pub(crate) fn invalid(gvr: &Gvr, name: &str, msg: impl Into<String>) -> Self {
+        Self::new(422, "Invalid", msg).with_details(gvr, name)
+    }
+    /// 409 Conflict.
+    pub(crate) fn conflict(gvr: &Gvr, name: &str, msg: impl Into<String>) -> Self {
+        Self::new(409, "Conflict", msg).with_details(gvr, name)
+    }
+    /// 401 Unauthorized.
+    pub(crate) fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+    /// 405 MethodNotAllowed.
+    pub(crate) fn method_not_allowed(msg: impl Into<String>) -> Self {
+        Self::new(405, "MethodNotAllowed", msg)
+    }
+    /// 410 Expired (used in watch ERROR events).
+    pub(crate) fn expired(msg: impl Into<String>) -> Self {
+        Self::new(410, "Expired", msg)
+    }
+    /// The `Status` JSON body.
+    pub(crate) fn status_json(&self) -> Value {
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "details": self.details,
+            "code": self.code,
+        })
+    }
+}
+
+/// `configmaps` or `clusters.cluster.x-k8s.io`, as used in API server messages.
+fn resource_label(gvr: &Gvr) -> String {
+    if gvr.group.is_empty() {
+        gvr.plural.clone()
+    } else {
+        format!("{}.{}", gvr.plural, gvr.group)
+    }
+}
+
+/// Current time as RFC 3339 with seconds precision (`2025-01-02T03:04:05Z`).
+pub(crate) fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Which patch a PATCH request carries (by Content-Type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PatchKind {
+    Merge,
+    Json,
+    Strategic,
+    Apply,
+}
+
+/// One retained watch event.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredEvent {
+    pub rv: u64,
+    pub kind: &'static str,
+    pub gvr: Gvr,
+    pub object: Value,
+}
+
+/// What the writer is and whether the write is a dry run.
+#[derive(Clone, Debug)]
+pub(crate) struct WriteCtx {
+    pub manager: String,
+    pub dry_run: bool,
+}
+
+/// Key of a stored object: type, namespace ("" when cluster-scoped), name.
+type Key = (Gvr, String, String);
+
+/// The state of one emulated cluster.
+pub(crate) struct State {
+    pub types: BTreeMap<Gvr, ResourceType>,
+    pub objects: BTreeMap<Key, Value>,
+    pub rv: u64,
+    pub log: VecDeque<StoredEvent>,
+    /// Every event with rv > `log_floor` is still in `log`.
+    pub log_floor: u64,
+    pub writes: Vec<WriteRecord>,
+    pub tx: broadcast::Sender<ChangeEvent>,
+}
+
+/// Parses an object body that may be JSON or YAML; 400 on anything else or a non-object.
+pub(crate) fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => {
+            let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
+            serde_yaml::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?
+        }
+    };
+    if !v.is_object() {
+        return Err(ApiError::bad_request("request body must be a JSON or YAML object"));
+    }
+    Ok(v)
+}
+
+fn meta(obj: &Value, key: &str) -> Option<String> {
+    obj.get("metadata").and_then(|m| m.get(key)).and_then(Value::as_str).map(str::to_string)
+}
+
+fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.is_object() {
+        *obj = json!({});
+    }
+    let m = obj.as_object_mut().expect("object");
+    let md = m.entry("metadata").or_insert_with(|| json!({}));
+    if !md.is_object() {
+        *md = json!({});
+    }
+    md.as_object_mut().expect("object")
+}
+
+/// Moves `stringData` of a Secret into base64 `data` (as the API server does).
+fn fold_string_data(gvr: &Gvr, obj: &mut Value) {
+    if !(gvr.group.is_empty() && gvr.plural == "secrets") {
+        return;
+    }
+    let Some(m) = obj.as_object_mut() else { return };
+    let Some(sd) = m.remove("stringData") else { return };
+    let Some(sd) = sd.as_object() else { return };
+    let data = m.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    let data = data.as_object_mut().expect("object");
+    for (k, v) in sd {
+        let s = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        data.insert(k.clone(), json!(base64::engine::general_purpose::STANDARD.encode(s)));
+    }
+}
+
+/// The object without metadata and status: what `generation` tracks.
+fn spec_part(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    v
+}
+
+/// The fields a write to the main resource (`status == false`) or `/status` may change.
+fn restrict(rt: &ResourceType, tracked: Value, status: bool) -> Value {
+    if !rt.status_subresource {
+        return tracked;
+    }
+    let mut m = tracked.as_object().cloned().unwrap_or_default();
+    if status {
+        let mut out = Map::new();
+        if let Some(s) = m.remove("status") {
+            out.insert("status".into(), s);
+        }
+        Value::Object(out)
+    } else {
+        m.remove("status");
+        Value::Object(m)
+    }
+}
+
+impl State {
+    /// An empty store.
+    pub(crate) fn new(tx: broadcast::Sender<ChangeEvent>) -> Self {
+        State {
+            types: BTreeMap::new(),
+            objects: BTreeMap::new(),
+            rv: 0,
+            log: VecDeque::new(),
+            log_floor: 0,
+            writes: Vec::new(),
+            tx,
+        }
+    }
+
+    /// The registered type or 404.
+    pub(crate) fn rt(&self, gvr: &Gvr) -> Result<ResourceType, ApiError> {
+        self.types.get(gvr).cloned().ok_or_else(ApiError::no_resource)
+    }
+
+    fn key(rt: &ResourceType, ns: Option<&str>, name: &str) -> Key {
+        let ns = if rt.namespaced { ns.unwrap_or("").to_string() } else { String::new() };
+        (rt.gvr.clone(), ns, name.to_string())
+    }
+
+    fn emit(&mut self, kind: &'static str, gvr: &Gvr, object: &Value) {
+        self.log.push_back(StoredEvent { rv: self.rv, kind, gvr: gvr.clone(), object: object.clone() });
+        while self.log.len() > EVENT_WINDOW {
+            if let Some(e) = self.log.pop_front() {
+                self.log_floor = e.rv;
+            }
+        }
+        let _ = self.tx.send(ChangeEvent { kind: kind.to_string(), gvr: gvr.clone(), object: object.clone() });
+    }
+
+    fn namespace_exists(&self, ns: &str) -> bool {
+        self.objects.contains_key(&(Gvr::new("", "v1", "namespaces"), String::new(), ns.to_string()))
+    }
+
+    /// Appends to the write audit.
+    pub(crate) fn audit(&mut self, verb: &str, gvr: &Gvr, ns: Option<&str>, name: &str, fm: Option<&str>, changed: bool) {
+        self.writes.push(WriteRecord {
+            verb: verb.to_string(),
+            gvr: gvr.clone(),
+            namespace: ns.map(str::to_string),
+            name: name.to_string(),
+            field_manager: fm.map(str::to_string),
+            changed,
+        });
+    }
+
+    /// One object.
+    pub(crate) fn get(&self, gvr: &Gvr, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        let rt = self.rt(gvr)?;
+        self.objects.get(&Self::key(&rt, ns, name)).cloned().ok_or_else(|| ApiError::not_found(gvr, name))
+    }
+
+    /// Objects of a type, in one namespace (`Some`) or all (`None`), sorted by namespace and name.
+    pub(crate) fn list(
+        &self,
+        gvr: &Gvr,
+        ns: Option<&str>,
+        labels: Option<&LabelSelector>,
+        fsel: Option<&FieldSelector>,
+    ) -> Result<Vec<Value>, ApiError> {
+        let rt = self.rt(gvr)?;
+        let ns = if rt.namespaced { ns } else { None };
+        Ok(self
+            .objects
+            .range((gvr.clone(), String::new(), String::new())..)
+            .take_while(|((g, _, _), _)| g == gvr)
+            .filter(|((_, n, _), _)| ns.is_none_or(|want| n == want))
+            .filter(|(_, o)| labels.is_none_or(|l| l.matches(o)) && fsel.is_none_or(|f| f.matches(o)))
+            .map(|(_, o)| o.clone())
+            .collect())
+    }
+
+    /// Stores `cand` (a full object) as the new state of `key` after `old`, with API-server
+    /// bookkeeping. Returns the stored object and whether anything changed.
+    fn finalize(
+        &mut self,
+        rt: &ResourceType,
+        key: Key,
+        old: Option<&Value>,
+        mut cand: Value,
+        entries: Vec<ManagedEntry>,
+        dry_run: bool,
+    ) -> (Value, bool) {
+        fold_string_data(&rt.gvr, &mut cand);
+        if let Some(m) = cand.as_object_mut() {
+            m.insert("apiVersion".into(), json!(rt.api_version()));
+            m.insert("kind".into(), json!(rt.kind));
+        }
+        {
+            let md = meta_mut(&mut cand);
+            md.insert("name".into(), json!(key.2));
+            if rt.namespaced {
+                md.insert("namespace".into(), json!(key.1));
+            } else {
+                md.remove("namespace");
+            }
+            for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "resourceVersion", "managedFields", "selfLink"] {
+                md.remove(k);
+            }
+            match old {
+                Some(o) => {
+                    for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+                        if let Some(v) = o.get("metadata").and_then(|m| m.get(k)) {
+                            md.insert(k.into(), v.clone());
+                        }
+                    }
+                }
+                None => {
+                    md.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+                    md.insert("creationTimestamp".into(), json!(now()));
+                    md.insert("generation".into(), json!(1));
+                }
+            }
+            if !entries.is_empty() {
+                md.insert("managedFields".into(), fields::render_managed(&entries));
+            }
+        }
+        if let Some(o) = old {
+            let same_content = fields::tracked_view(o) == fields::tracked_view(&cand);
+            if same_content && fields::same_ownership(&fields::parse_managed(o), &entries) {
+                return (o.clone(), false);
+            }
+            if spec_part(o) != spec_part(&cand) {
+                let g = o.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+                meta_mut(&mut cand).insert("generation".into(), json!(g + 1));
+            }
+        }
+        let next_rv = self.rv + 1;
+        meta_mut(&mut cand).insert("resourceVersion".into(), json!(next_rv.to_string()));
+        if dry_run {
+            return (cand, true);
+        }
+        self.rv = next_rv;
+        let deleting = cand.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
+        let no_finalizers = cand.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
+        if deleting && no_finalizers {
+            self.objects.remove(&key);
+            self.emit("DELETED", &rt.gvr, &cand);
+            self.after_removal(rt, &cand);
+        } else {
+            let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
+            self.objects.insert(key, cand.clone());
+            self.emit(kind, &rt.gvr, &cand);
+            if rt.gvr == crd_gvr() {
+                self.register_crd(&cand);
+            }
+        }
+        (cand, true)
+    }
+
+    /// POST: creates `obj` (namespace from `ns` or the body; name from `metadata.name` or
+    /// `metadata.generateName`).
+    pub(crate) fn create(&mut self, gvr: &Gvr, ns: Option<&str>, mut obj: Value, ctx: &WriteCtx) -> Result<Value, ApiError> {
+        let rt = self.rt(gvr)?;
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("request body must be an object"));
+        }
+        let body_ns = meta(&obj, "namespace").filter(|s| !s.is_empty());
+        let ns: Option<String> = if rt.namespaced {
+            match (ns, body_ns) {
+                (Some(p), Some(b)) if p != b => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ))
+                }
+                (Some(p), _) => Some(p.to_string()),
+                (None, Some(b)) => Some(b),
+                (None, None) => Some("default".to_string()),
+            }
+        } else {
+            None
+        };
+        let name = match meta(&obj, "name").filter(|s| !s.is_empty()) {
+            Some(n) => n,
+            None => match meta(&obj, "generateName").filter(|s| !s.is_empty()) {
+                Some(g) => format!("{g}{}", &uuid::Uuid::new_v4().simple().to_string()[..5]),
+                None => {
+                    return Err(ApiError::invalid(gvr, "", "metadata.name: Required value: name or generateName is required"))
+                }
+            },
+        };
+        if let Some(n) = &ns {
+            if !self.namespace_exists(n) {
+                return Err(ApiError::not_found(&Gvr::new("", "v1", "namespaces"), n));
+            }
+        }
+        let key = Self::key(&rt, ns.as_deref(), &name);
+        if self.objects.contains_key(&key) {
+            return Err(ApiError::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", resource_label(gvr)))
+                .with_details(gvr, &name));
+        }
+        if rt.status_subresource {
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+        }
+        if gvr == &Gvr::new("", "v1", "namespaces") {
+            let m = obj.as_object_mut().expect("object");
+            m.entry("spec").or_insert_with(|| json!({"finalizers": ["kubernetes"]}));
+            m.insert("status".into(), json!({"phase": "Active"}));
+        }
+        if gvr == &crd_gvr() {
+            crd_accept(&mut obj);
+        }
+        fold_string_data(gvr, &mut obj);
+        let mut entries = Vec::new();
+        fields::record_update(&mut entries, &json!({}), &fields::tracked_view(&obj), &ctx.manager, None, &rt.api_version(), &now());
+        let (v, _) = self.finalize(&rt, key, None, obj, entries, ctx.dry_run);
+        Ok(v)
+    }
+
+    /// PUT of the main resource (`status == false`) or of `/status`.
+    pub(crate) fn update(
+        &mut self,
+        gvr: &Gvr,
+        ns: Option<&str>,
+        name: &str,
+        mut body: Value,
+        status: bool,
+        ctx: &WriteCtx,
+    ) -> Result<(Value, bool), ApiError> {
+        let rt = self.rt(gvr)?;
+        if status && !rt.status_subresource {
+            return Err(ApiError::no_resource());
+        }
+        if !body.is_object() {
+            return Err(ApiError::bad_request("request body must be an object"));
+        }
+        if let Some(bn) = meta(&body, "name") {
+            if bn != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({bn}) does not match the name on the URL ({name})"
+                )));
+            }
+        }
+        let key = Self::key(&rt, ns, name);
+        let old = self.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(gvr, name))?;
+        self.check_rv(&rt, name, &old, &body)?;
+        fold_string_data(gvr, &mut body);
+        let cand = self.merge_scope(&rt, &old, body, status);
+        let mut entries = fields::parse_managed(&old);
+        fields::record_update(
+            &mut entries,
+            &fields::tracked_view(&old),
+            &fields::tracked_view(&cand),
+            &ctx.manager,
+            status.then_some("status"),
+            &rt.api_version(),
+            &now(),
+        );
+        Ok(self.finalize(&rt, key, Some(&old), cand, entries, ctx.dry_run))
+    }
+
+    /// Builds the candidate of a main-resource or status write from the written object `new`.
+    fn merge_scope(&self, rt: &ResourceType, old: &Value, new: Value, status: bool) -> Value {
+        if !rt.status_subresource {
+            return new;
+        }
+        if status {
+            let mut cand = old.clone();
+            let m = cand.as_object_mut().expect("stored objects are objects");
+            match new.get("status") {
+                Some(s) => {
+                    m.insert("status".into(), s.clone());
+                }
+                None => {
+                    m.remove("status");
+                }
+            }
+            cand
+        } else {
+            let mut cand = new;
+            let m = cand.as_object_mut().expect("checked object");
+            match old.get("status") {
+                Some(s) => {
+                    m.insert("status".into(), s.clone());
+                }
+                None => {
+                    m.remove("status");
+                }
+            }
+            cand
+        }
+    }
+
+    fn check_rv(&self, rt: &ResourceType, name: &str, old: &Value, body: &Value) -> Result<(), ApiError> {
+        if let Some(rv) = meta(body, "resourceVersion").filter(|s| !s.is_empty()) {
+            if Some(rv) != meta(old, "resourceVersion") {
+                return Err(ApiError::conflict(
+                    &rt.gvr,
+                    name,
+                    format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        resource_label(&rt.gvr)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// PATCH (merge, JSON, strategic-as-merge, apply). Returns the object and whether it changed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn patch(
+        &mut self,
+        gvr: &Gvr,
+        ns: Option<&str>,
+        name: &str,
+        kind: PatchKind,
+        body: &[u8],
+        status: bool,
+        force: bool,
+        ctx: &WriteCtx,
+    ) -> Result<(Value, bool), ApiError> {
+        let rt = self.rt(gvr)?;
+        if status && !rt.status_subresource {
+            return Err(ApiError::no_resource());
+        }
+        if kind == PatchKind::Apply {
+            let cfg = parse_body(body)?;
+            return self.apply(&rt, ns, name, cfg, status, force, ctx);
+        }
+        let key = Self::key(&rt, ns, name);
+        let old = self.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(gvr, name))?;
+        let mut patched = old.clone();
+        match kind {
+            PatchKind::Json => {
+                let p: json_patch::Patch = serde_json::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding JSON patch: {e}")))?;
+                json_patch::patch(&mut patched, &p.0).map_err(|e| ApiError::invalid(gvr, name, format!("the JSON patch could not be applied: {e}")))?;
+            }
+            _ => {
+                let p: Value = serde_json::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding merge patch: {e}")))?;
+                if !p.is_object() {
+                    return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+                }
+                json_patch::merge(&mut patched, &p);
+            }
+        }
+        if !patched.is_object() {
+            return Err(ApiError::invalid(gvr, name, "the patch result is not an object"));
+        }
+        self.check_rv(&rt, name, &old, &patched)?;
+        fold_string_data(gvr, &mut patched);
+        let cand = self.merge_scope(&rt, &old, patched, status);
+        let mut entries = fields::parse_managed(&old);
+        fields::record_update(
+            &mut entries,
+            &fields::tracked_view(&old),
+            &fields::tracked_view(&cand),
+            &ctx.manager,
+            status.then_some("status"),
+            &rt.api_version(),
+            &now(),
+        );
+        Ok(self.finalize(&rt, key, Some(&old), cand, entries, ctx.dry_run))
+    }
+
+    /// Server-side apply of `cfg` by `ctx.manager`.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &mut self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        mut cfg: Value,
+        status: bool,
+        force: bool,
+        ctx: &WriteCtx,
+    ) -> Result<(Value, bool), ApiError> {
+        let gvr = &rt.gvr;
+        if let Some(av) = cfg.get("apiVersion").and_then(Value::as_str) {
+            if av != rt.api_version() {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({av}) does not match the expected API version ({})",
+                    rt.api_version()
+                )));
+            }
+        }
+        if let Some(k) = cfg.get("kind").and_then(Value::as_str) {
+            if k != rt.kind {
+                return Err(ApiError::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({})", rt.kind)));
+            }
+        }
+        if let Some(bn) = meta(&cfg, "name") {
+            if bn != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({bn}) does not match the name on the URL ({name})"
+                )));
+            }
+        }
+        if rt.namespaced {
+            if let (Some(bn), Some(p)) = (meta(&cfg, "namespace"), ns) {
+                if bn != p {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+            }
+        }
+        fold_string_data(gvr, &mut cfg);
+        let key = Self::key(rt, ns, name);
+        let old = self.objects.get(&key).cloned();
+        if let Some(o) = &old {
+            self.check_rv(rt, name, o, &cfg)?;
+        }
+        let config = restrict(rt, fields::tracked_view(&cfg), status);
+        let sub = status.then_some("status");
+        let now = now();
+        match old {
+            None => {
+                if status {
+                    return Err(ApiError::not_found(gvr, name));
+                }
+                if let Some(n) = ns.filter(|_| rt.namespaced) {
+                    if !self.namespace_exists(n) {
+                        return Err(ApiError::not_found(&Gvr::new("", "v1", "namespaces"), n));
+                    }
+                }
+                if rt.namespaced && ns.is_none() {
+                    return Err(ApiError::bad_request("a namespace is required to apply a namespaced object"));
+                }
+                let mut entries = Vec::new();
+                let mut cand = fields::apply(&mut entries, &json!({}), &config, &ctx.manager, None, force, &rt.api_version(), &now)
+                    .map_err(|c| apply_conflict(gvr, name, &c))?;
+                if gvr == &crd_gvr() {
+                    crd_accept(&mut cand);
+                }
+                let (v, changed) = self.finalize(rt, key, None, cand, entries, ctx.dry_run);
+                Ok((v, changed))
+            }
+            Some(o) => {
+                let mut entries = fields::parse_managed(&o);
+                let live = fields::tracked_view(&o);
+                let result = fields::apply(&mut entries, &live, &config, &ctx.manager, sub, force, &rt.api_version(), &now)
+                    .map_err(|c| apply_conflict(gvr, name, &c))?;
+                Ok(self.finalize(rt, key, Some(&o), result, entries, ctx.dry_run))
+            }
+        }
+    }
+
+    /// DELETE: with finalizers sets `deletionTimestamp` and keeps the object; otherwise removes it.
+    /// Returns the object (its last state) and whether anything changed.
+    pub(crate) fn delete(&mut self, gvr: &Gvr, ns: Option<&str>, name: &str, dry_run: bool) -> Result<(Value, bool), ApiError> {
+        let rt = self.rt(gvr)?;
+        let key = Self::key(&rt, ns, name);
+        let old = self.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(gvr, name))?;
+        let has_finalizers = old.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        if has_finalizers {
+            if old.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+                return Ok((old, false));
+            }
+            let mut cand = old.clone();
+            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let md = meta_mut(&mut cand);
+            md.insert("deletionTimestamp".into(), json!(now()));
+            md.insert("deletionGracePeriodSeconds".into(), json!(0));
+            md.insert("generation".into(), json!(g + 1));
+            let next = self.rv + 1;
+            md.insert("resourceVersion".into(), json!(next.to_string()));
+            if dry_run {
+                return Ok((cand, true));
+            }
+            self.rv = next;
+            self.objects.insert(key, cand.clone());
+            self.emit("MODIFIED", gvr, &cand);
+            return Ok((cand, true));
+        }
+        let mut gone = old;
+        let next = self.rv + 1;
+        meta_mut(&mut gone).insert("resourceVersion".into(), json!(next.to_string()));
+        if dry_run {
+            return Ok((gone, true));
+        }
+        self.rv = next;
+        self.objects.remove(&key);
+        self.emit("DELETED", gvr, &gone);
+        self.after_removal(&rt, &gone);
+        Ok((gone, true))
+    }
+
+    /// Cascades after an object is gone: a Namespace deletes its contents; a CRD unregisters its types.
+    fn after_removal(&mut self, rt: &ResourceType, obj: &Value) {
+        let name = meta(obj, "name").unwrap_or_default();
+        if rt.gvr == Gvr::new("", "v1", "namespaces") {
+            let keys: Vec<Key> = self.objects.keys().filter(|(_, n, _)| *n == name).cloned().collect();
+            for (g, n, nm) in keys {
+                let _ = self.delete(&g, Some(&n), &nm, false);
+            }
+        } else if rt.gvr == crd_gvr() {
+            for gvr in crd_types(obj).into_iter().map(|t| t.gvr) {
+                self.types.remove(&gvr);
+                let keys: Vec<Key> = self.objects.keys().filter(|(g, _, _)| *g == gvr).cloned().collect();
+                for k in keys {
+                    self.objects.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Registers the served versions of a CustomResourceDefinition object.
+    fn register_crd(&mut self, crd: &Value) {
+        for t in crd_types(crd) {
+            self.types.insert(t.gvr.clone(), t);
+        }
+    }
+}
+
+/// The 409 for apply conflicts.
+fn apply_conflict(gvr: &Gvr, name: &str, c: &[fields::Conflict]) -> ApiError {
+    let mut e = ApiError::conflict(gvr, name, fields::conflict_message(c));
+    let causes: Vec<Value> = c
+        .iter()
+        .map(|c| {
+            json!({"type": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {}", c.manager, c.api_version), "field": fields::display_path(&c.path)})
+        })
+        .collect();
+    e.details["causes"] = Value::Array(causes);
+    e
+}
+
+/// `apiextensions.k8s.io/v1 customresourcedefinitions`.
+pub(crate) fn crd_gvr() -> Gvr {
+    Gvr::new("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+}
+
+/// Marks a new CRD as established (what the apiextensions controller does at once).
+fn crd_accept(obj: &mut Value) {
+    let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
+    let t = now();
+    let stored: Vec<Value> = obj
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .map(|vs| {
+            vs.iter()
+                .filter(|v| v.get("storage").and_then(Value::as_bool).unwrap_or(false))
+                .filter_map(|v| v.get("name").cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(m) = obj.as_object_mut() {
+        m.insert(
+            "status".into(),
+            json!({
+                "acceptedNames": names,
+                "conditions": [
+                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": t},
+                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": t},
+                ],
+                "storedVersions": stored,
+            }),
+        );
+    }
+}
+
+/// The resource types a CRD object declares (one per served version).
+fn crd_types(crd: &Value) -> Vec<ResourceType> {
+    let spec = crd.get("spec").cloned().unwrap_or(json!({}));
+    let s = |p: &str| spec.pointer(p).and_then(Value::as_str).map(str::to_string);
+    let (Some(group), Some(plural), Some(kind)) = (s("/group"), s("/names/plural"), s("/names/kind")) else { return Vec::new() };
+    let namespaced = s("/scope").as_deref() != Some("Cluster");
+    let short_names: Vec<String> = spec
+        .pointer("/names/shortNames")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    spec.get("versions")
+        .and_then(Value::as_array)
+        .map(|vs| {
+            vs.iter()
+                .filter(|v| v.get("served").and_then(Value::as_bool).unwrap_or(true))
+                .filter_map(|v| {
+                    let version = v.get("name")?.as_str()?;
+                    Some(ResourceType {
+                        gvr: Gvr::new(&group, version, &plural),
+                        kind: kind.clone(),
+                        namespaced,
+                        status_subresource: v.pointer("/subresources/status").is_some(),
+                        short_names: short_names.clone(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
