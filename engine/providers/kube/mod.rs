@@ -360,8 +360,12 @@ pub fn classify(what: &str, e: &kube::Error) -> StepError {
     match e {
         kube::Error::Api(s) => {
             let detail = if s.message.is_empty() { s.reason.clone() } else { s.message.clone() };
-            let reason = if s.reason.is_empty() { String::new() } else { format!("{} ", s.reason) };
-            let msg = format!("{what}: {reason}({}): {detail}", s.code);
+            // kube-rs reports a non-`Status` error body (proxy, gateway) with this reason.
+            let msg = if s.reason.is_empty() || s.reason == "Failed to parse error data" {
+                format!("{what}: HTTP {}: {detail}", s.code)
+            } else {
+                format!("{what}: {} ({}): {detail}", s.reason, s.code)
+            };
             match s.code {
                 0 | 409 | 429 | 500..=599 => StepError::Transient(msg),
                 401 => StepError::Permanent(format!("{msg} (the kubeconfig's credentials were rejected)")),
@@ -484,12 +488,11 @@ impl KubeProvider {
         let cache_key = format!("mgmt/{}", inputs.management_cluster);
         let applied = match self.apply_yaml_cached(&client, &cache_key, &inputs.manifests, FIELD_MANAGER).await {
             Ok(a) => a,
-            Err(e) => {
-                if e.to_string().contains("(401)") {
-                    self.forget_management(&inputs.management_cluster);
-                }
-                return Err(e);
+            Err(StepError::Permanent(m)) if m.contains("credentials were rejected") => {
+                self.forget_management(&inputs.management_cluster);
+                return Err(StepError::Permanent(format!("management cluster '{}': {m}", inputs.management_cluster)));
             }
+            Err(e) => return Err(e),
         };
         ctx.progress.report(&format!("applied {} objects", applied.len()));
         tracing::info!(step = %ctx.step.id, management_cluster = %inputs.management_cluster, count = applied.len(), "kube.apply done");
