@@ -7,6 +7,7 @@ mod e2e;
 mod engine;
 mod github;
 mod kube;
+mod kube_ctrl;
 mod kube_provider;
 mod plan;
 mod tmc;

@@ -1,0 +1,864 @@
+//! Simulated Cluster API controllers on the management cluster: the topology controller
+//! (ClusterClass-based Clusters), the Cluster, KubeadmControlPlane, MachineDeployment and
+//! MachineHealthCheck controllers, and CAPA's AWSCluster controller.
+//!
+//! Progress per Cluster, one step per tick (tanzu-apis.md §2.2, §6):
+//! 1. topology objects created, `TopologyReconciled=True`, phase `Pending`;
+//! 2. phase `Provisioning`, `InfrastructureReady=False` (`WaitingForInfrastructure`);
+//! 3. AWSCluster ready, `spec.controlPlaneEndpoint` set, `infrastructureReady: true`, phase `Provisioned`
+//!    (or phase `Failed` when the Cluster carries [`FAIL_ANNOTATION`]);
+//! 4. `ControlPlaneInitialized=True`: the workload cluster is created and seeded, the
+//!    `<cluster>-kubeconfig` Secret is written;
+//! 5. KubeadmControlPlane `readyReplicas` 1..N, one per tick, then `ControlPlaneReady=True`;
+//! 6. each MachineDeployment `readyReplicas` 1..N, one per tick (`ScalingUp` → `Running`), then `Ready=True`.
+//!
+//! Upgrades: a new `spec.topology.version` goes to the KubeadmControlPlane first; its
+//! `updatedReplicas` go 0..N and `status.version` follows; then the MachineDeployments get the new
+//! `spec.template.spec.version` and roll the same way.
+
+use std::sync::Weak;
+
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+use tracing::{debug, warn};
+
+use super::super::{ChangeEvent, EmulatedCluster, Gvr, KubeEmulator};
+use super::util::*;
+use super::{catalog, ControllerError, ControllerOptions, Reconciler, Shared};
+
+/// Annotation that makes a Cluster fail after `Provisioning`; its value becomes the failure message.
+pub const FAIL_ANNOTATION: &str = "emulator.tkgops.dev/fail";
+/// Annotation on KubeadmControlPlanes and MachineDeployments recording the Kubernetes version their
+/// `status.updatedReplicas` refer to (the simulated machines' version); drives rolling upgrades.
+pub const MACHINES_VERSION_ANNOTATION: &str = "emulator.tkgops.dev/machines-version";
+
+const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
+const TOPOLOGY_OWNED_LABEL: &str = "topology.cluster.x-k8s.io/owned";
+const DEPLOYMENT_NAME_LABEL: &str = "topology.cluster.x-k8s.io/deployment-name";
+const KUBECONFIG_SECRET_TYPE: &str = "cluster.x-k8s.io/secret";
+const API_SERVER_PORT: i64 = 6443;
+
+/// The Cluster API controller set for one management cluster.
+pub(crate) struct CapiController {
+    emu: KubeEmulator,
+    mgmt: EmulatedCluster,
+    opts: ControllerOptions,
+    shared: Weak<Shared>,
+}
+
+/// Owned objects of one Cluster's topology, as stored after this tick's sync.
+struct Topology {
+    kcp: Value,
+    mds: Vec<Value>,
+    aws: Value,
+    cluster: Value,
+}
+
+/// What one tick did to a KubeadmControlPlane or MachineDeployment.
+#[derive(PartialEq, Eq)]
+enum Rollout {
+    /// Still scaling or rolling.
+    InProgress,
+    /// All replicas ready and up to date.
+    Done,
+}
+
+fn key(obj: &Value) -> String {
+    format!("{}/{}", namespace_of(obj).unwrap_or(""), name_of(obj).unwrap_or(""))
+}
+
+fn owner_ref(api_version: &str, kind: &str, name: &str, uid: &str, controller: bool) -> Value {
+    let mut r = json!({"apiVersion": api_version, "kind": kind, "name": name, "uid": uid});
+    if controller {
+        r["controller"] = json!(true);
+        r["blockOwnerDeletion"] = json!(true);
+    }
+    r
+}
+
+fn topology_variable<'a>(topology: &'a Value, name: &str) -> Option<&'a Value> {
+    topology
+        .pointer("/variables")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
+        .and_then(|v| v.get("value"))
+}
+
+/// Control plane plus worker replicas declared by a Cluster's topology (the TMC agent's `nodeCount`).
+pub(crate) fn topology_node_count(cluster: &Value) -> i64 {
+    let cp = i64_at(cluster, "/spec/topology/controlPlane/replicas").unwrap_or(1);
+    let workers: i64 = cluster
+        .pointer("/spec/topology/workers/machineDeployments")
+        .and_then(Value::as_array)
+        .map(|mds| mds.iter().map(|md| i64_at(md, "/replicas").unwrap_or(1)).sum())
+        .unwrap_or(0);
+    cp + workers
+}
+
+impl CapiController {
+    pub(crate) fn new(emu: KubeEmulator, mgmt: EmulatedCluster, opts: ControllerOptions, shared: Weak<Shared>) -> Self {
+        CapiController { emu, mgmt, opts, shared }
+    }
+
+    fn start_workload(&self, workload: &EmulatedCluster) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.start_workload(workload, &self.mgmt, &self.opts);
+        }
+    }
+
+    async fn reconcile_cluster(&self, cluster: &Value) -> Result<(), ControllerError> {
+        let Some(name) = name_of(cluster).map(str::to_string) else {
+            warn!("Cluster without metadata.name; skipped");
+            return Ok(());
+        };
+        let ns = namespace_of(cluster).unwrap_or("default").to_string();
+        if cluster.pointer("/metadata/deletionTimestamp").is_some() {
+            let mut status = status_of(cluster);
+            status.insert("phase".into(), json!("Deleting"));
+            write_status(&self.mgmt, &gvr_cluster(), cluster, status)?;
+            self.delete_owned(&ns, &name, None);
+            return Ok(());
+        }
+        let Some(topology) = cluster.pointer("/spec/topology").cloned() else {
+            debug!(cluster = %key(cluster), "Cluster without spec.topology (plan-based); not simulated");
+            return Ok(());
+        };
+        let mut status = status_of(cluster);
+        status.insert("observedGeneration".into(), json!(generation_of(cluster)));
+
+        // Topology controller: the ClusterClass must exist.
+        let class = str_at(&topology, "/class").unwrap_or("");
+        if class.is_empty() || self.mgmt.get(&gvr_cluster_class(), Some(&ns), class).is_none() {
+            let msg = format!(
+                "error reading the ClusterClass: failed to retrieve ClusterClass {ns}/{class}: clusterclasses.cluster.x-k8s.io \"{class}\" not found"
+            );
+            set_condition(&mut status, cond_false("TopologyReconciled", "Error", "TopologyReconcileFailed", &msg));
+            status.entry("phase").or_insert(json!("Pending"));
+            write_status(&self.mgmt, &gvr_cluster(), cluster, status)?;
+            return Ok(());
+        }
+        let topo = self.ensure_topology(cluster, &name, &ns, &topology)?;
+        let cluster = &topo.cluster;
+        status.insert("observedGeneration".into(), json!(generation_of(cluster)));
+        set_condition(&mut status, cond_true("TopologyReconciled"));
+
+        let phase = status.get("phase").and_then(Value::as_str).unwrap_or("").to_string();
+        match phase.as_str() {
+            "" => {
+                status.insert("phase".into(), json!("Pending"));
+                return self.write_cluster(cluster, status);
+            }
+            "Failed" => return self.write_cluster(cluster, status),
+            "Pending" => {
+                status.insert("phase".into(), json!("Provisioning"));
+                status.insert("infrastructureReady".into(), json!(false));
+                status.insert("controlPlaneReady".into(), json!(false));
+                set_condition(&mut status, cond_false("InfrastructureReady", "Info", "WaitingForInfrastructure", ""));
+                set_condition(
+                    &mut status,
+                    cond_false("ControlPlaneInitialized", "Info", "WaitingForControlPlaneProviderInitialized", ""),
+                );
+                set_condition(&mut status, cond_false("ControlPlaneReady", "Info", "WaitingForControlPlane", ""));
+                set_condition(&mut status, cond_false("Ready", "Info", "WaitingForInfrastructure", ""));
+                return self.write_cluster(cluster, status);
+            }
+            _ => {}
+        }
+
+        if let Some(msg) = annotation(cluster, FAIL_ANNOTATION) {
+            status.insert("phase".into(), json!("Failed"));
+            status.insert("failureReason".into(), json!("CreateError"));
+            status.insert("failureMessage".into(), json!(msg));
+            set_condition(&mut status, cond_false("Ready", "Error", "ProvisioningFailed", msg));
+            return self.write_cluster(cluster, status);
+        }
+
+        if !status.get("infrastructureReady").and_then(Value::as_bool).unwrap_or(false) {
+            let cluster = self.provision_infrastructure(cluster, &topo.aws, &topology)?;
+            status.insert("observedGeneration".into(), json!(generation_of(&cluster)));
+            status.insert("infrastructureReady".into(), json!(true));
+            status.insert("phase".into(), json!("Provisioned"));
+            set_condition(&mut status, cond_true("InfrastructureReady"));
+            set_condition(&mut status, cond_false("Ready", "Info", "WaitingForControlPlane", ""));
+            return self.write_cluster(&cluster, status);
+        }
+
+        if !condition_true(cluster, "ControlPlaneInitialized") {
+            self.initialize_control_plane(cluster, &name, &ns, &topo.kcp).await?;
+            set_condition(&mut status, cond_true("ControlPlaneInitialized"));
+            return self.write_cluster(cluster, status);
+        }
+
+        // Control plane initialized: the workload cluster must exist with its controllers and kubeconfig.
+        let workload = match self.emu.cluster(&name) {
+            Some(w) => w,
+            None => self.create_workload(&name).await?,
+        };
+        self.start_workload(&workload);
+        self.ensure_kubeconfig_secret(&workload, &name, &ns, &topo.kcp)?;
+
+        let region = topology_variable(&topology, "region").and_then(Value::as_str).unwrap_or("us-east-1").to_string();
+        let kcp_state = self.step_replicas(&topo.kcp, &gvr_kcp(), false)?;
+        self.sync_nodes(&workload, &topo.kcp, true, &region);
+        if !status.get("controlPlaneReady").and_then(Value::as_bool).unwrap_or(false) {
+            if kcp_state == Rollout::Done {
+                status.insert("controlPlaneReady".into(), json!(true));
+                set_condition(&mut status, cond_true("ControlPlaneReady"));
+                set_condition(&mut status, cond_false("Ready", "Info", "WaitingForAvailableMachines", ""));
+            }
+            return self.write_cluster(cluster, status);
+        }
+
+        let mut all_running = true;
+        for md in &topo.mds {
+            let state = self.step_replicas(md, &gvr_machine_deployment(), true)?;
+            self.sync_nodes(&workload, md, false, &region);
+            all_running &= state == Rollout::Done || i64_at(md, "/status/readyReplicas") == i64_at(md, "/spec/replicas");
+        }
+        if all_running && !condition_true(cluster, "Ready") {
+            set_condition(&mut status, cond_true("Ready"));
+        }
+        self.write_cluster(cluster, status)
+    }
+
+    fn write_cluster(&self, cluster: &Value, status: Map<String, Value>) -> Result<(), ControllerError> {
+        write_status(&self.mgmt, &gvr_cluster(), cluster, status)?;
+        Ok(())
+    }
+
+    /// Topology controller: creates or updates the KubeadmControlPlane, MachineDeployments and
+    /// AWSCluster of a Cluster, and points the Cluster's refs at them.
+    fn ensure_topology(&self, cluster: &Value, name: &str, ns: &str, topology: &Value) -> Result<Topology, ControllerError> {
+        let uid = uid_of(cluster).to_string();
+        let seed = if uid.is_empty() { format!("{ns}/{name}") } else { uid.clone() };
+        let version = str_at(topology, "/version").unwrap_or("").to_string();
+        let cp_replicas = i64_at(topology, "/controlPlane/replicas").unwrap_or(1);
+        let owner = owner_ref("cluster.x-k8s.io/v1beta1", "Cluster", name, &uid, false);
+        let labels = json!({CLUSTER_NAME_LABEL: name, TOPOLOGY_OWNED_LABEL: ""});
+        let infra_api = "infrastructure.cluster.x-k8s.io/v1beta1";
+
+        // AWSCluster (CAPA) from the ClusterClass variables.
+        let aws_name = format!("{name}-{}", suffix5(&format!("{seed}/infrastructure")));
+        let aws = create_if_absent(&self.mgmt, &gvr_aws_cluster(), json!({
+            "apiVersion": infra_api,
+            "kind": "AWSCluster",
+            "metadata": {"name": aws_name, "namespace": ns, "labels": labels, "ownerReferences": [owner]},
+            "spec": aws_cluster_spec(name, topology),
+        }))?;
+
+        // KubeadmControlPlane.
+        let kcp_name = format!("{name}-{}", suffix5(&format!("{seed}/controlplane")));
+        let mut kcp = create_if_absent(&self.mgmt, &gvr_kcp(), json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1beta1",
+            "kind": "KubeadmControlPlane",
+            "metadata": {
+                "name": kcp_name, "namespace": ns, "labels": labels, "ownerReferences": [owner],
+                "annotations": {MACHINES_VERSION_ANNOTATION: version},
+            },
+            "spec": {
+                "replicas": cp_replicas,
+                "version": version,
+                "machineTemplate": {"infrastructureRef": {
+                    "apiVersion": infra_api, "kind": "AWSMachineTemplate", "namespace": ns,
+                    "name": format!("{name}-control-plane-{}", suffix5(&format!("{seed}/controlplane-template"))),
+                }},
+                "kubeadmConfigSpec": {
+                    "clusterConfiguration": {"imageRepository": "projects.registry.vmware.com/tkg"},
+                    "initConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.local_hostname }}"}},
+                    "joinConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.local_hostname }}"}},
+                },
+            },
+        }))?;
+        let mut kcp_patch = Map::new();
+        if i64_at(&kcp, "/spec/replicas") != Some(cp_replicas) {
+            kcp_patch.insert("replicas".into(), json!(cp_replicas));
+        }
+        if str_at(&kcp, "/spec/version") != Some(version.as_str()) && !version.is_empty() {
+            kcp_patch.insert("version".into(), json!(version));
+        }
+        if !kcp_patch.is_empty() {
+            kcp = self.mgmt.patch_merge(&gvr_kcp(), Some(ns), &kcp_name, json!({"spec": kcp_patch}))?;
+        }
+        // Workers move to a new version only once the control plane runs it (CP first).
+        let cp_at_version = str_at(&kcp, "/status/version") == Some(version.as_str());
+
+        // MachineDeployments, one per topology.workers.machineDeployments[].
+        let mut mds = Vec::new();
+        let mut wanted = Vec::new();
+        let md_topologies = topology.pointer("/workers/machineDeployments").and_then(Value::as_array).cloned().unwrap_or_default();
+        for md_topo in &md_topologies {
+            let Some(md_short) = md_topo.get("name").and_then(Value::as_str) else {
+                warn!(cluster = %key(cluster), "machineDeployment topology without name; skipped");
+                continue;
+            };
+            let class = md_topo.get("class").and_then(Value::as_str).unwrap_or("tkg-worker");
+            let replicas = i64_at(md_topo, "/replicas").unwrap_or(1);
+            let failure_domain = md_topo.get("failureDomain").and_then(Value::as_str);
+            let md_name = format!("{name}-{md_short}-{}", suffix5(&format!("{seed}/md/{md_short}")));
+            wanted.push(md_name.clone());
+            let md_labels = json!({CLUSTER_NAME_LABEL: name, TOPOLOGY_OWNED_LABEL: "", DEPLOYMENT_NAME_LABEL: md_short});
+            let mut template_labels = md_labels.clone();
+            template_labels["node-pool"] = json!(format!("{name}-worker-pool"));
+            let mut template_spec = json!({
+                "clusterName": name,
+                "version": version,
+                "bootstrap": {"configRef": {
+                    "apiVersion": "bootstrap.cluster.x-k8s.io/v1beta1", "kind": "KubeadmConfigTemplate", "namespace": ns,
+                    "name": format!("{name}-{md_short}-bootstrap-{}", suffix5(&format!("{seed}/md/{md_short}/bootstrap"))),
+                }},
+                "infrastructureRef": {
+                    "apiVersion": infra_api, "kind": "AWSMachineTemplate", "namespace": ns,
+                    "name": format!("{name}-{md_short}-infra-{}", suffix5(&format!("{seed}/md/{md_short}/infra"))),
+                },
+            });
+            if let Some(fd) = failure_domain {
+                template_spec["failureDomain"] = json!(fd);
+            }
+            let mut md = create_if_absent(&self.mgmt, &gvr_machine_deployment(), json!({
+                "apiVersion": "cluster.x-k8s.io/v1beta1",
+                "kind": "MachineDeployment",
+                "metadata": {
+                    "name": md_name, "namespace": ns, "labels": md_labels, "ownerReferences": [owner],
+                    "annotations": {MACHINES_VERSION_ANNOTATION: version},
+                },
+                "spec": {
+                    "clusterName": name,
+                    "replicas": replicas,
+                    "selector": {"matchLabels": md_labels},
+                    "template": {
+                        "metadata": {"labels": template_labels, "annotations": {"topology.cluster.x-k8s.io/deployment-class": class}},
+                        "spec": template_spec,
+                    },
+                },
+            }))?;
+            let mut spec_patch = Map::new();
+            if i64_at(&md, "/spec/replicas") != Some(replicas) {
+                spec_patch.insert("replicas".into(), json!(replicas));
+            }
+            let mut tpl_patch = Map::new();
+            if let Some(fd) = failure_domain {
+                if str_at(&md, "/spec/template/spec/failureDomain") != Some(fd) {
+                    tpl_patch.insert("failureDomain".into(), json!(fd));
+                }
+            }
+            if cp_at_version && !version.is_empty() && str_at(&md, "/spec/template/spec/version") != Some(version.as_str()) {
+                tpl_patch.insert("version".into(), json!(version));
+            }
+            if !tpl_patch.is_empty() {
+                spec_patch.insert("template".into(), json!({"spec": tpl_patch}));
+            }
+            if !spec_patch.is_empty() {
+                md = self.mgmt.patch_merge(&gvr_machine_deployment(), Some(ns), &md_name, json!({"spec": spec_patch}))?;
+            }
+            mds.push(md);
+        }
+        // MachineDeployments removed from the topology are deleted.
+        for md in self.mgmt.list(&gvr_machine_deployment(), Some(ns)) {
+            let owned = label(&md, TOPOLOGY_OWNED_LABEL).is_some() && label(&md, CLUSTER_NAME_LABEL) == Some(name);
+            if let Some(md_name) = name_of(&md) {
+                if owned && !wanted.iter().any(|w| w == md_name) {
+                    if let Err(err) = self.mgmt.delete(&gvr_machine_deployment(), Some(ns), md_name) {
+                        warn!(md = md_name, error = %err, "could not delete MachineDeployment removed from topology");
+                    }
+                }
+            }
+        }
+
+        // Cluster refs, as the topology controller sets them.
+        let infra_ref = json!({"apiVersion": infra_api, "kind": "AWSCluster", "name": aws_name, "namespace": ns});
+        let cp_ref = json!({"apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlane",
+                            "name": kcp_name, "namespace": ns});
+        let mut cluster = cluster.clone();
+        if cluster.pointer("/spec/infrastructureRef") != Some(&infra_ref) || cluster.pointer("/spec/controlPlaneRef") != Some(&cp_ref) {
+            cluster = self.mgmt.patch_merge(&gvr_cluster(), Some(ns), name,
+                json!({"spec": {"infrastructureRef": infra_ref, "controlPlaneRef": cp_ref}}))?;
+        }
+        Ok(Topology { kcp, mds, aws, cluster })
+    }
+
+    /// CAPA: the AWSCluster becomes ready with a load balancer endpoint; CAPI copies it to the Cluster.
+    fn provision_infrastructure(&self, cluster: &Value, aws: &Value, topology: &Value) -> Result<Value, ControllerError> {
+        let name = name_of(cluster).unwrap_or_default();
+        let ns = namespace_of(cluster).unwrap_or("default");
+        let region = topology_variable(topology, "region").and_then(Value::as_str).unwrap_or("us-east-1");
+        let internal = topology_variable(topology, "loadBalancerSchemeInternal").and_then(Value::as_bool).unwrap_or(false);
+        let host = format!(
+            "{}{name}-apiserver-{}.elb.{region}.amazonaws.com",
+            if internal { "internal-" } else { "" },
+            digits(&format!("{}/elb", uid_of(cluster)), 10)
+        );
+        let endpoint = json!({"host": host, "port": API_SERVER_PORT});
+        let aws_name = name_of(aws).unwrap_or_default();
+        let aws = if aws.pointer("/spec/controlPlaneEndpoint") != Some(&endpoint) {
+            self.mgmt.patch_merge(&gvr_aws_cluster(), Some(ns), aws_name, json!({"spec": {"controlPlaneEndpoint": endpoint}}))?
+        } else {
+            aws.clone()
+        };
+        let seed = uid_of(cluster);
+        let mut aws_status = status_of(&aws);
+        aws_status.insert("ready".into(), json!(true));
+        aws_status.insert("networkStatus".into(), json!({
+            "securityGroups": {
+                "bastion": {"id": format!("sg-{}", digits(&format!("{seed}/sg-bastion"), 17)), "name": format!("{name}-bastion")},
+                "controlplane": {"id": format!("sg-{}", digits(&format!("{seed}/sg-cp"), 17)), "name": format!("{name}-controlplane")},
+                "node": {"id": format!("sg-{}", digits(&format!("{seed}/sg-node"), 17)), "name": format!("{name}-node")},
+                "lb": {"id": format!("sg-{}", digits(&format!("{seed}/sg-lb"), 17)), "name": format!("{name}-lb")},
+                "apiserver-lb": {"id": format!("sg-{}", digits(&format!("{seed}/sg-apilb"), 17)), "name": format!("{name}-apiserver-lb")},
+            },
+            "apiServerElb": {"name": format!("{name}-apiserver"), "dnsName": host,
+                              "scheme": if internal { "internal" } else { "internet-facing" }},
+        }));
+        for t in ["Ready", "VpcReady", "SubnetsReady", "ClusterSecurityGroupsReady", "LoadBalancerReady"] {
+            set_condition(&mut aws_status, cond_true(t));
+        }
+        write_status(&self.mgmt, &gvr_aws_cluster(), &aws, aws_status)?;
+        if cluster.pointer("/spec/controlPlaneEndpoint") != Some(&endpoint) {
+            return Ok(self.mgmt.patch_merge(&gvr_cluster(), Some(ns), name, json!({"spec": {"controlPlaneEndpoint": endpoint}}))?);
+        }
+        Ok(cluster.clone())
+    }
+
+    async fn create_workload(&self, name: &str) -> Result<EmulatedCluster, ControllerError> {
+        let workload = match self.emu.cluster(name) {
+            Some(w) => w,
+            None => self.emu.add_cluster(name).await?,
+        };
+        catalog::seed_workload(&workload, self.opts.standard_packages)?;
+        Ok(workload)
+    }
+
+    /// The first control plane machine is up: create and seed the workload cluster, write the
+    /// kubeconfig Secret and mark the KubeadmControlPlane initialized.
+    async fn initialize_control_plane(&self, cluster: &Value, name: &str, ns: &str, kcp: &Value) -> Result<(), ControllerError> {
+        let workload = self.create_workload(name).await?;
+        self.ensure_kubeconfig_secret(&workload, name, ns, kcp)?;
+        self.start_workload(&workload);
+        let replicas = i64_at(kcp, "/spec/replicas").unwrap_or(1);
+        let version = str_at(kcp, "/spec/version").unwrap_or("");
+        let mut st = status_of(kcp);
+        st.insert("selector".into(), json!(format!("{CLUSTER_NAME_LABEL}={name},cluster.x-k8s.io/control-plane")));
+        st.insert("replicas".into(), json!(replicas));
+        st.insert("updatedReplicas".into(), json!(replicas));
+        st.insert("readyReplicas".into(), json!(0));
+        st.insert("unavailableReplicas".into(), json!(replicas));
+        st.insert("version".into(), json!(version));
+        st.insert("initialized".into(), json!(true));
+        st.insert("ready".into(), json!(false));
+        st.insert("observedGeneration".into(), json!(generation_of(kcp)));
+        set_condition(&mut st, cond_true("Available"));
+        set_condition(&mut st, cond_true("CertificatesAvailable"));
+        set_condition(&mut st, cond_false("MachinesReady", "Info", "WaitingForMachines", ""));
+        set_condition(&mut st, cond_false("Ready", "Info", "WaitingForMachines", ""));
+        let _ = cluster;
+        write_status(&self.mgmt, &gvr_kcp(), kcp, st)?;
+        Ok(())
+    }
+
+    /// The `<cluster>-kubeconfig` Secret (CAPI `util/secret`), recreated if it disappears.
+    fn ensure_kubeconfig_secret(&self, workload: &EmulatedCluster, name: &str, ns: &str, kcp: &Value) -> Result<(), ControllerError> {
+        let secret_name = format!("{name}-kubeconfig");
+        if self.mgmt.get(&gvr_secret(), Some(ns), &secret_name).is_some() {
+            return Ok(());
+        }
+        let value = base64::engine::general_purpose::STANDARD.encode(workload.kubeconfig_yaml());
+        let owner = owner_ref(
+            "controlplane.cluster.x-k8s.io/v1beta1",
+            "KubeadmControlPlane",
+            name_of(kcp).unwrap_or_default(),
+            uid_of(kcp),
+            true,
+        );
+        create_if_absent(&self.mgmt, &gvr_secret(), json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": secret_name, "namespace": ns,
+                "labels": {CLUSTER_NAME_LABEL: name},
+                "ownerReferences": [owner],
+            },
+            "type": KUBECONFIG_SECRET_TYPE,
+            "data": {"value": value},
+        }))?;
+        Ok(())
+    }
+
+    /// One tick of a KubeadmControlPlane (`is_md == false`) or MachineDeployment: start a rollout when
+    /// the version changed, else move `readyReplicas` one step toward `spec.replicas`, else move
+    /// `updatedReplicas` one step toward it.
+    fn step_replicas(&self, obj: &Value, gvr: &Gvr, is_md: bool) -> Result<Rollout, ControllerError> {
+        let name = name_of(obj).unwrap_or_default();
+        let ns = namespace_of(obj);
+        let replicas = i64_at(obj, "/spec/replicas").unwrap_or(1).max(0);
+        let spec_version = if is_md { str_at(obj, "/spec/template/spec/version") } else { str_at(obj, "/spec/version") }
+            .unwrap_or("")
+            .to_string();
+        let mut st = status_of(obj);
+        st.insert("observedGeneration".into(), json!(generation_of(obj)));
+        let mut ready = i64_at(obj, "/status/readyReplicas").unwrap_or(0);
+        let mut updated = i64_at(obj, "/status/updatedReplicas").unwrap_or(if is_md { 0 } else { replicas });
+        let mut obj = obj.clone();
+        let rolling;
+        if annotation(&obj, MACHINES_VERSION_ANNOTATION) != Some(spec_version.as_str()) {
+            // New version: the machines at the new version start from zero.
+            obj = self.mgmt.patch_merge(gvr, ns, name,
+                json!({"metadata": {"annotations": {MACHINES_VERSION_ANNOTATION: spec_version}}}))?;
+            st.insert("observedGeneration".into(), json!(generation_of(&obj)));
+            updated = 0;
+            rolling = true;
+        } else if ready != replicas {
+            ready += if ready < replicas { 1 } else { -1 };
+            updated = updated.min(replicas);
+            if !is_md && !condition(&obj, "MachinesSpecUpToDate").is_some_and(|c| c["status"] == "False") {
+                updated = replicas;
+            }
+            if is_md && ready <= replicas && updated < ready {
+                updated = ready;
+            }
+            rolling = updated < replicas;
+        } else if updated < replicas {
+            updated += 1;
+            rolling = updated < replicas;
+        } else {
+            updated = replicas;
+            rolling = false;
+        }
+        let unavailable = (replicas - ready).max(0);
+        st.insert("replicas".into(), json!(replicas));
+        st.insert("updatedReplicas".into(), json!(updated));
+        st.insert("readyReplicas".into(), json!(ready));
+        st.insert("unavailableReplicas".into(), json!(unavailable));
+        let all_ready = ready == replicas;
+        if is_md {
+            let cluster_name = str_at(&obj, "/spec/clusterName").unwrap_or("").to_string();
+            let deployment = label(&obj, DEPLOYMENT_NAME_LABEL).unwrap_or("").to_string();
+            st.insert("availableReplicas".into(), json!(ready));
+            st.insert("selector".into(), json!(format!(
+                "{CLUSTER_NAME_LABEL}={cluster_name},{DEPLOYMENT_NAME_LABEL}={deployment},{TOPOLOGY_OWNED_LABEL}="
+            )));
+            let phase = if ready < replicas { "ScalingUp" } else if ready > replicas { "ScalingDown" } else { "Running" };
+            st.insert("phase".into(), json!(phase));
+            if all_ready {
+                set_condition(&mut st, cond_true("Ready"));
+                set_condition(&mut st, cond_true("Available"));
+                set_condition(&mut st, cond_true("MachinesReady"));
+            } else {
+                let msg = format!("Minimum availability requires {replicas} replicas, current {ready} available");
+                set_condition(&mut st, cond_false("Ready", "Warning", "WaitingForAvailableMachines", &msg));
+                set_condition(&mut st, cond_false("Available", "Warning", "WaitingForAvailableMachines", &msg));
+                set_condition(&mut st, cond_false("MachinesReady", "Info", "WaitingForMachines", ""));
+            }
+        } else {
+            st.insert("initialized".into(), json!(true));
+            st.insert("ready".into(), json!(ready > 0));
+            if !rolling {
+                st.insert("version".into(), json!(spec_version));
+            }
+            set_condition(&mut st, cond_true("Available"));
+            if all_ready {
+                set_condition(&mut st, cond_true("MachinesReady"));
+                set_condition(&mut st, cond_true("Resized"));
+                set_condition(&mut st, cond_true("ControlPlaneComponentsHealthy"));
+                set_condition(&mut st, cond_true("EtcdClusterHealthy"));
+            } else {
+                set_condition(&mut st, cond_false("MachinesReady", "Info", "WaitingForMachines", ""));
+                let msg = format!("Scaling up control plane to {replicas} replicas (actual {ready})");
+                set_condition(&mut st, cond_false("Resized", "Warning", "ScalingUp", &msg));
+            }
+            if rolling {
+                let msg = format!("Rolling {replicas} replicas with outdated spec ({updated} replicas up to date)");
+                set_condition(&mut st, cond_false("MachinesSpecUpToDate", "Warning", "RollingUpdateInProgress", &msg));
+            } else {
+                set_condition(&mut st, cond_true("MachinesSpecUpToDate"));
+            }
+            if all_ready && !rolling {
+                set_condition(&mut st, cond_true("Ready"));
+            } else if all_ready {
+                set_condition(&mut st, cond_false("Ready", "Warning", "RollingUpdateInProgress", ""));
+            } else {
+                set_condition(&mut st, cond_false("Ready", "Info", "WaitingForMachines", ""));
+            }
+        }
+        write_status(&self.mgmt, gvr, &obj, st)?;
+        Ok(if all_ready && !rolling { Rollout::Done } else { Rollout::InProgress })
+    }
+
+    /// Keeps one Node per ready machine on the workload cluster (best effort).
+    fn sync_nodes(&self, workload: &EmulatedCluster, owner: &Value, control_plane: bool, region: &str) {
+        let Some(owner_name) = name_of(owner) else { return };
+        let ready = i64_at(owner, "/status/readyReplicas").unwrap_or(0).max(0);
+        let version = if control_plane { str_at(owner, "/spec/version") } else { str_at(owner, "/spec/template/spec/version") }
+            .unwrap_or("");
+        let Some(fresh) = self.mgmt.get(&if control_plane { gvr_kcp() } else { gvr_machine_deployment() }, namespace_of(owner), owner_name) else {
+            return;
+        };
+        let ready = i64_at(&fresh, "/status/readyReplicas").unwrap_or(ready).max(0);
+        let owner_uid = uid_of(&fresh).to_string();
+        let cluster_name = workload.name().to_string();
+        let mut wanted = Vec::new();
+        for i in 0..ready {
+            let seed = format!("{owner_uid}/{i}");
+            let d = digits(&seed, 6);
+            let ip = format!("10-0-{}-{}", d[0..3].parse::<u32>().unwrap_or(0) % 256, d[3..6].parse::<u32>().unwrap_or(0) % 254 + 1);
+            let node_name = format!("ip-{ip}.{region}.compute.internal");
+            wanted.push(node_name.clone());
+            let mut labels = json!({
+                "kubernetes.io/hostname": node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                "topology.kubernetes.io/region": region,
+                "emulator.tkgops.dev/machine-owner": owner_name,
+            });
+            if control_plane {
+                labels["node-role.kubernetes.io/control-plane"] = json!("");
+                labels["node-role.kubernetes.io/master"] = json!("");
+            } else {
+                labels["node-pool"] = json!(format!("{cluster_name}-worker-pool"));
+            }
+            let node = json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": node_name, "labels": labels},
+                "spec": {"providerID": format!("aws:///{region}a/i-{}", digits(&seed, 17))},
+            });
+            match create_if_absent(workload, &gvr_node(), node) {
+                Ok(stored) if stored.get("status").is_none() => {
+                    let st = json!({
+                        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                        "message": "kubelet is posting ready status",
+                                        "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}],
+                        "nodeInfo": {"kubeletVersion": version, "kubeProxyVersion": version,
+                                     "containerRuntimeVersion": "containerd://1.6.6", "operatingSystem": "linux",
+                                     "architecture": "amd64", "osImage": "Ubuntu 20.04.4 LTS"},
+                    });
+                    if let Err(err) = workload.update_status(&gvr_node(), None, &node_name, st) {
+                        debug!(node = %node_name, error = %err, "could not write Node status");
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    debug!(node = %node_name, error = %err, "could not create Node");
+                    return;
+                }
+            }
+        }
+        for node in workload.list(&gvr_node(), None) {
+            if label(&node, "emulator.tkgops.dev/machine-owner") == Some(owner_name) {
+                if let Some(n) = name_of(&node) {
+                    if !wanted.iter().any(|w| w == n) {
+                        let _ = workload.delete(&gvr_node(), None, n);
+                    }
+                }
+            }
+        }
+    }
+
+    /// MachineHealthCheck controller: healthy counts once the Cluster's machines are running.
+    fn reconcile_mhc(&self, mhc: &Value) -> Result<(), ControllerError> {
+        let ns = namespace_of(mhc).unwrap_or("default");
+        let Some(cluster_name) = str_at(mhc, "/spec/clusterName") else {
+            debug!(mhc = %key(mhc), "MachineHealthCheck without spec.clusterName; skipped");
+            return Ok(());
+        };
+        let Some(cluster) = self.mgmt.get(&gvr_cluster(), Some(ns), cluster_name) else { return Ok(()) };
+        if !condition_true(&cluster, "Ready") {
+            return Ok(());
+        }
+        let owned = |o: &Value| label(o, CLUSTER_NAME_LABEL) == Some(cluster_name) && label(o, TOPOLOGY_OWNED_LABEL).is_some();
+        let control_plane = mhc.pointer("/spec/selector/matchLabels/cluster.x-k8s.io~1control-plane").is_some();
+        let expected: i64 = if control_plane {
+            self.mgmt.list(&gvr_kcp(), Some(ns)).iter().filter(|o| owned(o)).map(|k| i64_at(k, "/spec/replicas").unwrap_or(1)).sum()
+        } else {
+            self.mgmt.list(&gvr_machine_deployment(), Some(ns)).iter().filter(|o| owned(o))
+                .map(|m| i64_at(m, "/spec/replicas").unwrap_or(1)).sum()
+        };
+        let max_unhealthy = match mhc.pointer("/spec/maxUnhealthy") {
+            Some(Value::Number(n)) => n.as_i64().unwrap_or(expected),
+            Some(Value::String(s)) if s.ends_with('%') => {
+                s.trim_end_matches('%').parse::<i64>().map(|p| expected * p / 100).unwrap_or(expected)
+            }
+            Some(Value::String(s)) => s.parse().unwrap_or(expected),
+            _ => expected,
+        };
+        let mut st = status_of(mhc);
+        st.insert("expectedMachines".into(), json!(expected));
+        st.insert("currentHealthy".into(), json!(expected));
+        st.insert("remediationsAllowed".into(), json!(max_unhealthy.max(0)));
+        st.insert("observedGeneration".into(), json!(generation_of(mhc)));
+        st.insert("targets".into(), json!([]));
+        set_condition(&mut st, cond_true("RemediationAllowed"));
+        write_status(&self.mgmt, &gvr_machine_health_check(), mhc, st)?;
+        Ok(())
+    }
+
+    /// Deletes the topology objects and kubeconfig Secret of a Cluster (`uid` = only objects owned by
+    /// that Cluster uid; `None` = all objects labelled with the cluster name).
+    fn delete_owned(&self, ns: &str, cluster_name: &str, uid: Option<&str>) {
+        for gvr in [gvr_kcp(), gvr_machine_deployment(), gvr_aws_cluster()] {
+            for obj in self.mgmt.list(&gvr, Some(ns)) {
+                if label(&obj, CLUSTER_NAME_LABEL) != Some(cluster_name) || label(&obj, TOPOLOGY_OWNED_LABEL).is_none() {
+                    continue;
+                }
+                if let Some(uid) = uid {
+                    if !owner_uids(&obj).iter().any(|u| u == uid) {
+                        continue;
+                    }
+                }
+                if let Some(n) = name_of(&obj) {
+                    if let Err(err) = self.mgmt.delete(&gvr, Some(ns), n) {
+                        debug!(object = n, error = %err, "could not delete owned object");
+                    }
+                }
+            }
+        }
+        let secret = format!("{cluster_name}-kubeconfig");
+        if let Some(s) = self.mgmt.get(&gvr_secret(), Some(ns), &secret) {
+            if s.get("type").and_then(Value::as_str) == Some(KUBECONFIG_SECRET_TYPE) {
+                let _ = self.mgmt.delete(&gvr_secret(), Some(ns), &secret);
+            }
+        }
+    }
+
+    /// Garbage collection: owned objects and kubeconfig Secrets whose Cluster is gone.
+    fn collect_garbage(&self) {
+        let alive = |ns: &str, name: &str, uids: &[String]| -> bool {
+            match self.mgmt.get(&gvr_cluster(), Some(ns), name) {
+                Some(c) => uids.is_empty() || uids.iter().any(|u| u == uid_of(&c)),
+                None => false,
+            }
+        };
+        for gvr in [gvr_kcp(), gvr_machine_deployment(), gvr_aws_cluster()] {
+            for obj in self.mgmt.list(&gvr, None) {
+                let (Some(cn), Some(n)) = (label(&obj, CLUSTER_NAME_LABEL), name_of(&obj)) else { continue };
+                if label(&obj, TOPOLOGY_OWNED_LABEL).is_none() {
+                    continue;
+                }
+                let ns = namespace_of(&obj).unwrap_or("default");
+                if !alive(ns, cn, &owner_uids(&obj)) {
+                    let _ = self.mgmt.delete(&gvr, Some(ns), n);
+                }
+            }
+        }
+        for s in self.mgmt.list(&gvr_secret(), None) {
+            if s.get("type").and_then(Value::as_str) != Some(KUBECONFIG_SECRET_TYPE) {
+                continue;
+            }
+            let (Some(cn), Some(n)) = (label(&s, CLUSTER_NAME_LABEL), name_of(&s)) else { continue };
+            let ns = namespace_of(&s).unwrap_or("default");
+            if n == format!("{cn}-kubeconfig") && self.mgmt.get(&gvr_cluster(), Some(ns), cn).is_none() {
+                let _ = self.mgmt.delete(&gvr_secret(), Some(ns), n);
+            }
+        }
+    }
+}
+
+/// `metadata.ownerReferences[kind=Cluster].uid` values.
+fn owner_uids(obj: &Value) -> Vec<String> {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map(|refs| {
+            refs.iter()
+                .filter(|r| r.get("kind").and_then(Value::as_str) == Some("Cluster"))
+                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// AWSCluster spec from the ClusterClass variables (TKG 1.6 `tkg-aws-default` patches).
+fn aws_cluster_spec(name: &str, topology: &Value) -> Value {
+    let var = |n: &str| topology_variable(topology, n);
+    let region = var("region").and_then(Value::as_str).unwrap_or("");
+    let mut spec = json!({
+        "region": region,
+        "sshKeyName": var("sshKeyName").and_then(Value::as_str).unwrap_or(""),
+        "bastion": {"enabled": var("bastion").and_then(|b| b.get("enabled")).and_then(Value::as_bool).unwrap_or(true)},
+        "controlPlaneLoadBalancer": {
+            "scheme": if var("loadBalancerSchemeInternal").and_then(Value::as_bool).unwrap_or(false) { "internal" } else { "internet-facing" },
+        },
+        "network": {"vpc": {}, "subnets": []},
+    });
+    if let Some(id) = var("identityRef").and_then(|i| i.get("name")).and_then(Value::as_str) {
+        let kind = var("identityRef").and_then(|i| i.get("kind")).and_then(Value::as_str).unwrap_or("AWSClusterRoleIdentity");
+        spec["identityRef"] = json!({"kind": kind, "name": id});
+    }
+    if let Some(net) = var("network") {
+        if let Some(id) = net.pointer("/vpc/existingID").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            spec["network"]["vpc"]["id"] = json!(id);
+        }
+        if let Some(cidr) = net.pointer("/vpc/cidr").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            spec["network"]["vpc"]["cidrBlock"] = json!(cidr);
+        }
+        let mut subnets = Vec::new();
+        for s in net.get("subnets").and_then(Value::as_array).cloned().unwrap_or_default() {
+            let az = s.get("az").and_then(Value::as_str).unwrap_or("");
+            for (kind, public) in [("private", false), ("public", true)] {
+                let Some(sub) = s.get(kind) else { continue };
+                let mut o = json!({"availabilityZone": az, "isPublic": public});
+                if let Some(id) = sub.get("id").and_then(Value::as_str).filter(|x| !x.is_empty()) {
+                    o["id"] = json!(id);
+                }
+                if let Some(c) = sub.get("cidr").and_then(Value::as_str).filter(|x| !x.is_empty()) {
+                    o["cidrBlock"] = json!(c);
+                }
+                subnets.push(o);
+            }
+        }
+        spec["network"]["subnets"] = json!(subnets);
+        if let Some(sg) = net.get("securityGroupOverrides").and_then(Value::as_object) {
+            let map = [("bastion", "bastion"), ("apiServerLB", "apiserver-lb"), ("lb", "lb"), ("controlplane", "controlplane"), ("node", "node")];
+            let mut o = Map::new();
+            for (k, v) in map {
+                if let Some(id) = sg.get(k).and_then(Value::as_str).filter(|x| !x.is_empty()) {
+                    o.insert(v.into(), json!(id));
+                }
+            }
+            if !o.is_empty() {
+                spec["network"]["securityGroupOverrides"] = Value::Object(o);
+            }
+        }
+    }
+    let _ = name;
+    spec
+}
+
+#[async_trait::async_trait]
+impl Reconciler for CapiController {
+    async fn on_tick(&mut self) {
+        for cluster in self.mgmt.list(&gvr_cluster(), None) {
+            if let Err(err) = self.reconcile_cluster(&cluster).await {
+                warn!(cluster = %key(&cluster), error = %err, "Cluster reconcile failed");
+            }
+        }
+        for mhc in self.mgmt.list(&gvr_machine_health_check(), None) {
+            if let Err(err) = self.reconcile_mhc(&mhc) {
+                warn!(mhc = %key(&mhc), error = %err, "MachineHealthCheck reconcile failed");
+            }
+        }
+        self.collect_garbage();
+    }
+
+    async fn on_event(&mut self, event: ChangeEvent) {
+        if !same_gvr(&event.gvr, &gvr_cluster()) {
+            return;
+        }
+        match event.kind.as_str() {
+            "DELETED" => {
+                if let Some(name) = name_of(&event.object) {
+                    let ns = namespace_of(&event.object).unwrap_or("default");
+                    self.delete_owned(ns, name, Some(uid_of(&event.object)).filter(|u| !u.is_empty()));
+                }
+            }
+            "ADDED" => {
+                // Entry step only (topology objects + Pending): it does not cascade, since the
+                // status it writes makes the next step wait for a tick.
+                let (Some(name), ns) = (name_of(&event.object), namespace_of(&event.object)) else { return };
+                if let Some(current) = self.mgmt.get(&gvr_cluster(), ns, name) {
+                    if current.pointer("/status/phase").is_none() {
+                        if let Err(err) = self.reconcile_cluster(&current).await {
+                            warn!(cluster = %key(&current), error = %err, "Cluster reconcile failed");
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Simulated kapp-controller on a workload cluster: PackageRepository and PackageInstall status
+//! (`packaging.carvel.dev/v1alpha1`) with the generic kapp-controller status semantics
+//! (tanzu-apis.md §4.3): exactly one condition at a time, `observedGeneration` bumped when a
+//! reconcile starts, `usefulErrorMessage` holding the failure detail.
+//!
+//! PackageInstall, one step per tick:
+//! 1. `metadata.generation != status.observedGeneration` → `Reconciling` (also right away on the
+//!    change event);
+//! 2. `Reconciling` → `ReconcileFailed` or `ReconcileSucceeded`. Checks, in kapp-controller's order:
+//!    the Package `<refName>` at the constrained version in the PackageInstall's namespace or the
+//!    global packaging namespace, the ServiceAccount `spec.serviceAccountName`, then every
+//!    `spec.values[].secretRef` Secret.
+//! 3. A `ReconcileFailed` PackageInstall is retried (back to `Reconciling`) once the outcome would
+//!    differ, e.g. after the missing ServiceAccount appears, like kapp-controller's periodic retries.
+
+use std::cmp::Ordering;
+
+use serde_json::{json, Map, Value};
+use tracing::warn;
+
+use super::super::{ChangeEvent, EmulatedCluster};
+use super::catalog::PACKAGING_GLOBAL_NAMESPACE;
+use super::util::*;
+use super::Reconciler;
+
+/// kapp-controller for one workload cluster.
+pub(crate) struct KappController {
+    cluster: EmulatedCluster,
+}
+
+/// The only condition in a kapp-controller status, if any.
+fn single_condition(obj: &Value) -> Option<&str> {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|l| l.first())
+        .and_then(|c| c.get("type"))
+        .and_then(Value::as_str)
+}
+
+/// `SetReconciling`: one `Reconciling` condition, `observedGeneration = generation`.
+fn reconciling_status(obj: &Value) -> Map<String, Value> {
+    let mut st = status_of(obj);
+    st.insert("conditions".into(), json!([{"type": "Reconciling", "status": "True"}]));
+    st.insert("observedGeneration".into(), json!(generation_of(obj)));
+    st.insert("friendlyDescription".into(), json!("Reconciling"));
+    st.remove("usefulErrorMessage");
+    st
+}
+
+/// `SetReconcileCompleted(err)` for a failure.
+fn failed_status(mut st: Map<String, Value>, err: &str) -> Map<String, Value> {
+    st.insert(
+        "conditions".into(),
+        json!([{"type": "ReconcileFailed", "status": "True", "message": "Error (see .status.usefulErrorMessage for details)"}]),
+    );
+    st.insert("friendlyDescription".into(), json!(format!("Reconcile failed: {err}")));
+    st.insert("usefulErrorMessage".into(), json!(err));
+    st
+}
+
+/// `SetReconcileCompleted(nil)`.
+fn succeeded_status(mut st: Map<String, Value>) -> Map<String, Value> {
+    st.insert("conditions".into(), json!([{"type": "ReconcileSucceeded", "status": "True"}]));
+    st.insert("friendlyDescription".into(), json!("Reconcile succeeded"));
+    st.remove("usefulErrorMessage");
+    st
+}
+
+/// Orders versions like semver where possible (`1.10.0 > 1.9.1`), falling back to string order.
+fn compare_versions(a: &str, b: &str) -> Ordering {
+    let parts = |v: &str| -> Vec<u64> {
+        v.trim_start_matches('v')
+            .split(|c: char| c == '+' || c == '-')
+            .next()
+            .unwrap_or("")
+            .split('.')
+            .map(|p| p.parse().unwrap_or(0))
+            .collect()
+    };
+    parts(a).cmp(&parts(b)).then_with(|| a.cmp(b))
+}
+
+/// Whether `version` satisfies a kapp-controller version constraint. Exact versions (what
+/// `tanzu package install --version` writes) are matched exactly; `>=`, `>`, `<=`, `<` and a
+/// leading `=` are understood for single-clause constraints; an empty constraint matches all.
+fn satisfies(version: &str, constraints: &str) -> bool {
+    let c = constraints.trim();
+    if c.is_empty() {
+        return true;
+    }
+    for (op, ok) in [
+        (">=", &[Ordering::Greater, Ordering::Equal][..]),
+        ("<=", &[Ordering::Less, Ordering::Equal][..]),
+        (">", &[Ordering::Greater][..]),
+        ("<", &[Ordering::Less][..]),
+        ("=", &[Ordering::Equal][..]),
+    ] {
+        if let Some(rest) = c.strip_prefix(op) {
+            let rest = rest.trim();
+            if op == "=" {
+                return version == rest;
+            }
+            return ok.contains(&compare_versions(version, rest));
+        }
+    }
+    version == c
+}
+
+impl KappController {
+    pub(crate) fn new(cluster: EmulatedCluster) -> Self {
+        KappController { cluster }
+    }
+
+    /// Finds the Package a PackageInstall selects. Returns its version or kapp-controller's error text.
+    fn select_package(&self, ns: &str, ref_name: &str, constraints: &str) -> Result<String, String> {
+        let mut candidates: Vec<String> = Vec::new();
+        let mut namespaces = vec![ns.to_string()];
+        if ns != PACKAGING_GLOBAL_NAMESPACE {
+            namespaces.push(PACKAGING_GLOBAL_NAMESPACE.to_string());
+        }
+        for n in &namespaces {
+            for p in self.cluster.list(&gvr_package(), Some(n)) {
+                if str_at(&p, "/spec/refName") != Some(ref_name) {
+                    continue;
+                }
+                if let Some(v) = str_at(&p, "/spec/version") {
+                    if satisfies(v, constraints) {
+                        candidates.push(v.to_string());
+                    }
+                }
+            }
+        }
+        candidates.sort_by(|a, b| compare_versions(a, b));
+        candidates
+            .pop()
+            .ok_or_else(|| format!("Could not find package with name '{ref_name}' and version '{constraints}'"))
+    }
+
+    /// What a reconcile of this PackageInstall would end with: the version installed, or the error.
+    /// `Err((message, attempted version))`.
+    fn evaluate(&self, pkgi: &Value) -> Result<String, (String, Option<String>)> {
+        let ns = namespace_of(pkgi).unwrap_or("default");
+        let ref_name = str_at(pkgi, "/spec/packageRef/refName").unwrap_or("");
+        let constraints = str_at(pkgi, "/spec/packageRef/versionSelection/constraints").unwrap_or("");
+        let version = self.select_package(ns, ref_name, constraints).map_err(|e| (e, None))?;
+        let attempted = Some(version.clone());
+        let sa = str_at(pkgi, "/spec/serviceAccountName").unwrap_or("");
+        if sa.is_empty() {
+            if pkgi.pointer("/spec/cluster").is_none() {
+                return Err(("Expected service account or cluster specified".to_string(), attempted));
+            }
+        } else if self.cluster.get(&gvr_service_account(), Some(ns), sa).is_none() {
+            return Err((format!("Getting service account: serviceaccounts \"{sa}\" not found"), attempted));
+        }
+        for v in pkgi.pointer("/spec/values").and_then(Value::as_array).cloned().unwrap_or_default() {
+            let Some(secret) = v.pointer("/secretRef/name").and_then(Value::as_str) else { continue };
+            match self.cluster.get(&gvr_secret(), Some(ns), secret) {
+                None => return Err((format!("Getting secret: secrets \"{secret}\" not found"), attempted)),
+                Some(s) => {
+                    if let Some(k) = v.pointer("/secretRef/key").and_then(Value::as_str) {
+                        let has = s.pointer(&format!("/data/{k}")).is_some() || s.pointer(&format!("/stringData/{k}")).is_some();
+                        if !has {
+                            return Err((format!("Expected to find key '{k}' in secret '{secret}'"), attempted));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(version)
+    }
+
+    fn reconcile_package_install(&self, pkgi: &Value) {
+        let gvr = gvr_package_install();
+        let id = format!("{}/{}", namespace_of(pkgi).unwrap_or(""), name_of(pkgi).unwrap_or(""));
+        if name_of(pkgi).is_none() {
+            return;
+        }
+        let result = if observed_generation_of(pkgi) != Some(generation_of(pkgi)) || single_condition(pkgi).is_none() {
+            write_status(&self.cluster, &gvr, pkgi, reconciling_status(pkgi))
+        } else if pkgi.pointer("/spec/paused").and_then(Value::as_bool) == Some(true)
+            || pkgi.pointer("/spec/canceled").and_then(Value::as_bool) == Some(true)
+        {
+            return;
+        } else {
+            match single_condition(pkgi) {
+                Some("Reconciling") => {
+                    let mut st = status_of(pkgi);
+                    match self.evaluate(pkgi) {
+                        Ok(version) => {
+                            st.insert("version".into(), json!(version));
+                            st.insert("lastAttemptedVersion".into(), json!(version));
+                            write_status(&self.cluster, &gvr, pkgi, succeeded_status(st))
+                        }
+                        Err((err, attempted)) => {
+                            if let Some(v) = attempted {
+                                st.insert("lastAttemptedVersion".into(), json!(v));
+                            }
+                            write_status(&self.cluster, &gvr, pkgi, failed_status(st, &err))
+                        }
+                    }
+                }
+                Some("ReconcileFailed") => {
+                    let current = str_at(pkgi, "/status/usefulErrorMessage").unwrap_or("");
+                    let changed = match self.evaluate(pkgi) {
+                        Ok(_) => true,
+                        Err((err, _)) => err != current,
+                    };
+                    if !changed {
+                        return;
+                    }
+                    write_status(&self.cluster, &gvr, pkgi, reconciling_status(pkgi))
+                }
+                _ => return,
+            }
+        };
+        if let Err(err) = result {
+            warn!(packageinstall = %id, error = %err, "could not write PackageInstall status");
+        }
+    }
+
+    fn reconcile_package_repository(&self, repo: &Value) {
+        let gvr = gvr_package_repository();
+        if name_of(repo).is_none() {
+            return;
+        }
+        let result = if observed_generation_of(repo) != Some(generation_of(repo)) || single_condition(repo).is_none() {
+            write_status(&self.cluster, &gvr, repo, reconciling_status(repo))
+        } else if single_condition(repo) == Some("Reconciling") {
+            if repo.pointer("/spec/fetch").is_none() {
+                let st = failed_status(status_of(repo), "Expected at least one fetch option");
+                write_status(&self.cluster, &gvr, repo, st)
+            } else {
+                let successes = i64_at(repo, "/status/consecutiveReconcileSuccesses").unwrap_or(0) + 1;
+                let st = super::catalog::repo_succeeded_status(generation_of(repo), successes);
+                write_status(&self.cluster, &gvr, repo, st)
+            }
+        } else {
+            return;
+        };
+        if let Err(err) = result {
+            warn!(repository = name_of(repo).unwrap_or(""), error = %err, "could not write PackageRepository status");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Reconciler for KappController {
+    async fn on_tick(&mut self) {
+        for repo in self.cluster.list(&gvr_package_repository(), None) {
+            self.reconcile_package_repository(&repo);
+        }
+        for pkgi in self.cluster.list(&gvr_package_install(), None) {
+            self.reconcile_package_install(&pkgi);
+        }
+    }
+
+    async fn on_event(&mut self, event: ChangeEvent) {
+        if event.kind == "DELETED" {
+            return;
+        }
+        let is_pkgi = same_gvr(&event.gvr, &gvr_package_install());
+        let is_repo = same_gvr(&event.gvr, &gvr_package_repository());
+        if !is_pkgi && !is_repo {
+            return;
+        }
+        let Some(name) = name_of(&event.object) else { return };
+        let Some(current) = self.cluster.get(&event.gvr, namespace_of(&event.object), name) else { return };
+        // Only the entry transition (start of a reconcile) reacts to events; completion waits a tick.
+        if observed_generation_of(&current) == Some(generation_of(&current)) && single_condition(&current).is_some() {
+            return;
+        }
+        let st = reconciling_status(&current);
+        if let Err(err) = write_status(&self.cluster, &event.gvr, &current, st) {
+            warn!(object = name, error = %err, "could not write Reconciling status");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constraints() {
+        assert!(satisfies("1.7.2+vmware.1-tkg.1", "1.7.2+vmware.1-tkg.1"));
+        assert!(!satisfies("1.7.2+vmware.1-tkg.1", "1.7.3+vmware.1-tkg.1"));
+        assert!(satisfies("1.10.0", ">=1.9.0"));
+        assert!(!satisfies("1.8.0", ">=1.9.0"));
+        assert!(satisfies("1.8.0", ""));
+        assert_eq!(compare_versions("1.10.0", "1.9.9"), Ordering::Greater);
+    }
+}

@@ -1,0 +1,597 @@
+//! Integration tests: the simulated controllers (Cluster API, kapp-controller, TMC agent) running
+//! on the Kubernetes API emulator.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use tkgops::emulators::kube::controllers::{
+    seed_management_cluster, start_controllers, ControllerOptions, Controllers, FAIL_ANNOTATION, STANDARD_PACKAGES,
+    TMC_CONNECTED_ANNOTATION,
+};
+use tkgops::emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
+
+const TICK: Duration = Duration::from_millis(20);
+const WAIT: Duration = Duration::from_secs(15);
+
+fn gvr_cluster() -> Gvr {
+    Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters")
+}
+fn gvr_md() -> Gvr {
+    Gvr::new("cluster.x-k8s.io", "v1beta1", "machinedeployments")
+}
+fn gvr_mhc() -> Gvr {
+    Gvr::new("cluster.x-k8s.io", "v1beta1", "machinehealthchecks")
+}
+fn gvr_kcp() -> Gvr {
+    Gvr::new("controlplane.cluster.x-k8s.io", "v1beta1", "kubeadmcontrolplanes")
+}
+fn gvr_aws() -> Gvr {
+    Gvr::new("infrastructure.cluster.x-k8s.io", "v1beta1", "awsclusters")
+}
+fn gvr_secret() -> Gvr {
+    Gvr::new("", "v1", "secrets")
+}
+fn gvr_sa() -> Gvr {
+    Gvr::new("", "v1", "serviceaccounts")
+}
+fn gvr_cm() -> Gvr {
+    Gvr::new("", "v1", "configmaps")
+}
+fn gvr_ns() -> Gvr {
+    Gvr::new("", "v1", "namespaces")
+}
+fn gvr_pkgr() -> Gvr {
+    Gvr::new("packaging.carvel.dev", "v1alpha1", "packagerepositories")
+}
+fn gvr_pkgi() -> Gvr {
+    Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls")
+}
+fn gvr_pkg() -> Gvr {
+    Gvr::new("data.packaging.carvel.dev", "v1alpha1", "packages")
+}
+
+struct Env {
+    emu: KubeEmulator,
+    mgmt: EmulatedCluster,
+    _ctrl: Controllers,
+}
+
+async fn env() -> Env {
+    tkgops::install_crypto_provider();
+    let emu = KubeEmulator::new();
+    let mgmt = emu.add_cluster("mgmt").await.expect("management cluster");
+    seed_management_cluster(&mgmt).expect("seed");
+    let ctrl = start_controllers(&emu, "mgmt", ControllerOptions { tick: TICK, standard_packages: true });
+    Env { emu, mgmt, _ctrl: ctrl }
+}
+
+fn cluster_obj(name: &str, class: &str, cp: i64, workers: i64) -> Value {
+    json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta1",
+        "kind": "Cluster",
+        "metadata": {"name": name, "namespace": "default",
+                     "labels": {"tkg.tanzu.vmware.com/cluster-name": name}},
+        "spec": {
+            "clusterNetwork": {"pods": {"cidrBlocks": ["100.96.0.0/11"]}, "services": {"cidrBlocks": ["100.64.0.0/13"]}},
+            "topology": {
+                "class": class,
+                "version": "v1.23.8+vmware.2",
+                "controlPlane": {"replicas": cp},
+                "workers": {"machineDeployments": [
+                    {"class": "tkg-worker", "name": "md-0", "replicas": workers, "failureDomain": "us-east-1a"}
+                ]},
+                "variables": [
+                    {"name": "region", "value": "us-east-1"},
+                    {"name": "loadBalancerSchemeInternal", "value": true},
+                    {"name": "network", "value": {"vpc": {"existingID": "vpc-0abc"},
+                        "subnets": [{"az": "us-east-1a", "private": {"id": "subnet-a"}}]}},
+                ],
+            },
+        },
+    })
+}
+
+fn cond<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+fn cond_status(obj: &Value, type_: &str) -> Option<String> {
+    cond(obj, type_).and_then(|c| c["status"].as_str()).map(str::to_string)
+}
+
+/// Polls `f` until it returns `Some`, or panics after `WAIT` with `what`.
+async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_ready(env: &Env, name: &str) -> Value {
+    let mgmt = env.mgmt.clone();
+    wait_for(&format!("Cluster {name} Ready"), || {
+        mgmt.get(&gvr_cluster(), Some("default"), name).filter(|c| cond_status(c, "Ready").as_deref() == Some("True"))
+    })
+    .await
+}
+
+/// Creates a 1+1 cluster and waits for it to be Ready; returns the workload cluster.
+async fn ready_workload(env: &Env, name: &str) -> EmulatedCluster {
+    env.mgmt.create(&gvr_cluster(), cluster_obj(name, "tkg-aws-default", 1, 1)).expect("create cluster");
+    wait_ready(env, name).await;
+    env.emu.cluster(name).expect("workload cluster")
+}
+
+fn owned_by<'a>(list: &'a [Value], cluster: &str) -> Vec<&'a Value> {
+    list.iter().filter(|o| o["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"] == cluster).collect()
+}
+
+#[tokio::test]
+async fn ctrl_cluster_topology_progresses_to_ready() {
+    let env = env().await;
+    let mut events = env.mgmt.subscribe();
+    env.mgmt.create(&gvr_cluster(), cluster_obj("team-a", "tkg-aws-default", 3, 2)).expect("create");
+    let cluster = wait_ready(&env, "team-a").await;
+
+    // Owned topology objects with deterministic `<name>-<xxxxx>` names and the topology labels.
+    let kcps = env.mgmt.list(&gvr_kcp(), Some("default"));
+    let kcps = owned_by(&kcps, "team-a");
+    assert_eq!(kcps.len(), 1);
+    let kcp = kcps[0];
+    let kcp_name = kcp["metadata"]["name"].as_str().unwrap();
+    assert!(kcp_name.starts_with("team-a-") && kcp_name.len() == "team-a-".len() + 5, "{kcp_name}");
+    assert_eq!(kcp["metadata"]["labels"]["topology.cluster.x-k8s.io/owned"], "");
+    assert_eq!(kcp["spec"]["replicas"], 3);
+    assert_eq!(kcp["spec"]["version"], "v1.23.8+vmware.2");
+    assert_eq!(kcp["status"]["readyReplicas"], 3);
+    assert_eq!(kcp["status"]["updatedReplicas"], 3);
+    assert_eq!(kcp["status"]["version"], "v1.23.8+vmware.2");
+    assert_eq!(kcp["status"]["initialized"], true);
+    assert_eq!(kcp["status"]["ready"], true);
+    assert_eq!(cond_status(kcp, "Available").as_deref(), Some("True"));
+    assert_eq!(cond_status(kcp, "MachinesReady").as_deref(), Some("True"));
+
+    let mds = env.mgmt.list(&gvr_md(), Some("default"));
+    let mds = owned_by(&mds, "team-a");
+    assert_eq!(mds.len(), 1);
+    let md = mds[0];
+    assert!(md["metadata"]["name"].as_str().unwrap().starts_with("team-a-md-0-"));
+    assert_eq!(md["metadata"]["labels"]["topology.cluster.x-k8s.io/deployment-name"], "md-0");
+    assert_eq!(md["metadata"]["labels"]["topology.cluster.x-k8s.io/owned"], "");
+    assert_eq!(md["spec"]["clusterName"], "team-a");
+    assert_eq!(md["spec"]["replicas"], 2);
+    assert_eq!(md["spec"]["template"]["spec"]["version"], "v1.23.8+vmware.2");
+    assert_eq!(md["spec"]["template"]["spec"]["failureDomain"], "us-east-1a");
+    assert_eq!(md["status"]["readyReplicas"], 2);
+    assert_eq!(md["status"]["availableReplicas"], 2);
+    assert_eq!(md["status"]["phase"], "Running");
+    assert_eq!(md["status"]["observedGeneration"], md["metadata"]["generation"]);
+
+    let aws = env.mgmt.list(&gvr_aws(), Some("default"));
+    let aws = owned_by(&aws, "team-a");
+    assert_eq!(aws.len(), 1);
+    assert_eq!(aws[0]["spec"]["region"], "us-east-1");
+    assert_eq!(aws[0]["spec"]["controlPlaneLoadBalancer"]["scheme"], "internal");
+    assert_eq!(aws[0]["spec"]["network"]["vpc"]["id"], "vpc-0abc");
+    assert_eq!(aws[0]["status"]["ready"], true);
+
+    // Cluster refs and status.
+    assert_eq!(cluster["spec"]["controlPlaneRef"]["kind"], "KubeadmControlPlane");
+    assert_eq!(cluster["spec"]["controlPlaneRef"]["name"], kcp_name);
+    assert_eq!(cluster["spec"]["infrastructureRef"]["kind"], "AWSCluster");
+    assert_eq!(cluster["spec"]["controlPlaneEndpoint"]["port"], 6443);
+    assert!(cluster["spec"]["controlPlaneEndpoint"]["host"].as_str().unwrap().contains(".elb.us-east-1.amazonaws.com"));
+    assert_eq!(cluster["status"]["phase"], "Provisioned");
+    assert_eq!(cluster["status"]["infrastructureReady"], true);
+    assert_eq!(cluster["status"]["controlPlaneReady"], true);
+    assert_eq!(cluster["status"]["observedGeneration"], cluster["metadata"]["generation"]);
+    for t in ["TopologyReconciled", "InfrastructureReady", "ControlPlaneInitialized", "ControlPlaneReady", "Ready"] {
+        assert_eq!(cond_status(&cluster, t).as_deref(), Some("True"), "{t}");
+        assert!(cond(&cluster, t).unwrap()["lastTransitionTime"].is_string());
+    }
+
+    // The order the statuses went through, from the change events.
+    let mut phases: Vec<String> = Vec::new();
+    let mut milestones: Vec<&str> = Vec::new();
+    let mut kcp_ready_seen: Vec<i64> = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        let o = &ev.object;
+        if ev.gvr.plural == "clusters" && o["metadata"]["name"] == "team-a" {
+            if let Some(p) = o.pointer("/status/phase").and_then(Value::as_str) {
+                if phases.last().map(String::as_str) != Some(p) {
+                    phases.push(p.to_string());
+                }
+            }
+            for m in ["ControlPlaneInitialized", "ControlPlaneReady", "Ready"] {
+                if cond_status(o, m).as_deref() == Some("True") && !milestones.contains(&m) {
+                    milestones.push(m);
+                }
+            }
+        }
+        if ev.gvr.plural == "kubeadmcontrolplanes" {
+            if let Some(r) = o.pointer("/status/readyReplicas").and_then(Value::as_i64) {
+                if kcp_ready_seen.last() != Some(&r) {
+                    kcp_ready_seen.push(r);
+                }
+            }
+        }
+    }
+    assert_eq!(phases, ["Pending", "Provisioning", "Provisioned"]);
+    assert_eq!(milestones, ["ControlPlaneInitialized", "ControlPlaneReady", "Ready"]);
+    assert_eq!(kcp_ready_seen, [0, 1, 2, 3]);
+
+    // Kubeconfig Secret.
+    let secret = env.mgmt.get(&gvr_secret(), Some("default"), "team-a-kubeconfig").expect("kubeconfig secret");
+    assert_eq!(secret["type"], "cluster.x-k8s.io/secret");
+    assert_eq!(secret["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"], "team-a");
+    let kubeconfig = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["value"].as_str().unwrap())
+        .expect("base64");
+    let workload = env.emu.cluster("team-a").expect("workload cluster");
+    assert_eq!(String::from_utf8(kubeconfig).unwrap(), workload.kubeconfig_yaml());
+
+    // Workload cluster: the standard repository and catalog.
+    let repo = workload.get(&gvr_pkgr(), Some("tanzu-package-repo-global"), "tanzu-standard").expect("tanzu-standard");
+    assert_eq!(repo["spec"]["fetch"]["imgpkgBundle"]["image"], "projects.registry.vmware.com/tkg/packages/standard/repo:v1.6.0");
+    assert_eq!(repo["metadata"]["annotations"]["tanzu.vmware.com/owner"], "tkg");
+    assert_eq!(repo["status"]["conditions"], json!([{"type": "ReconcileSucceeded", "status": "True"}]));
+    assert_eq!(repo["status"]["observedGeneration"], repo["metadata"]["generation"]);
+    let pkgs = workload.list(&gvr_pkg(), Some("tanzu-package-repo-global"));
+    assert_eq!(pkgs.len(), STANDARD_PACKAGES.len());
+    let cm = workload
+        .get(&gvr_pkg(), Some("tanzu-package-repo-global"), "cert-manager.tanzu.vmware.com.1.7.2+vmware.1-tkg.1")
+        .expect("cert-manager package");
+    assert_eq!(cm["spec"]["refName"], "cert-manager.tanzu.vmware.com");
+    assert_eq!(cm["spec"]["version"], "1.7.2+vmware.1-tkg.1");
+}
+
+#[tokio::test]
+async fn ctrl_kubeconfig_secret_reaches_workload_api() {
+    let env = env().await;
+    let workload = ready_workload(&env, "kc").await;
+    let secret = env.mgmt.get(&gvr_secret(), Some("default"), "kc-kubeconfig").expect("secret");
+    let raw = base64::engine::general_purpose::STANDARD.decode(secret["data"]["value"].as_str().unwrap()).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(std::str::from_utf8(&raw).unwrap()).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config");
+    assert_eq!(config.cluster_url.to_string().trim_end_matches('/'), workload.url().trim_end_matches('/'));
+    let client = kube::Client::try_from(config).expect("client");
+    let version = client.apiserver_version().await.expect("GET /version on the workload cluster");
+    assert!(!version.git_version.is_empty());
+}
+
+#[tokio::test]
+async fn ctrl_cluster_applied_over_http_progresses() {
+    let env = env().await;
+    let client = env.mgmt.client().await.expect("client");
+    let ar = kube::core::ApiResource {
+        group: "cluster.x-k8s.io".into(),
+        version: "v1beta1".into(),
+        api_version: "cluster.x-k8s.io/v1beta1".into(),
+        kind: "Cluster".into(),
+        plural: "clusters".into(),
+    };
+    let api: kube::Api<kube::core::DynamicObject> = kube::Api::namespaced_with(client, "default", &ar);
+    let obj: kube::core::DynamicObject = serde_json::from_value(cluster_obj("http-a", "tkg-aws-default", 1, 1)).unwrap();
+    api.patch("http-a", &kube::api::PatchParams::apply("tkgops").force(), &kube::api::Patch::Apply(&obj))
+        .await
+        .expect("server-side apply");
+    wait_ready(&env, "http-a").await;
+    let got = api.get_status("http-a").await.expect("get");
+    let status = got.data["status"].clone();
+    assert_eq!(status["phase"], "Provisioned");
+    assert_eq!(status["controlPlaneReady"], true);
+}
+
+#[tokio::test]
+async fn ctrl_missing_cluster_class_sets_topology_reconciled_false() {
+    let env = env().await;
+    env.mgmt.create(&gvr_cluster(), cluster_obj("orphan", "no-such-class", 1, 1)).expect("create");
+    let mgmt = env.mgmt.clone();
+    let c = wait_for("TopologyReconciled=False", || {
+        mgmt.get(&gvr_cluster(), Some("default"), "orphan").filter(|c| cond(c, "TopologyReconciled").is_some())
+    })
+    .await;
+    let tr = cond(&c, "TopologyReconciled").unwrap();
+    assert_eq!(tr["status"], "False");
+    assert_eq!(tr["reason"], "TopologyReconcileFailed");
+    assert_eq!(tr["severity"], "Error");
+    assert!(tr["message"].as_str().unwrap().contains("failed to retrieve ClusterClass default/no-such-class"));
+    assert_eq!(c["status"]["phase"], "Pending");
+    // It stays there: nothing is created for it.
+    tokio::time::sleep(TICK * 5).await;
+    let kcps = env.mgmt.list(&gvr_kcp(), Some("default"));
+    assert!(owned_by(&kcps, "orphan").is_empty());
+    assert!(env.emu.cluster("orphan").is_none());
+}
+
+#[tokio::test]
+async fn ctrl_fail_annotation_fails_cluster_with_error_severity() {
+    let env = env().await;
+    let mut obj = cluster_obj("doomed", "tkg-aws-default", 1, 1);
+    obj["metadata"]["annotations"] = json!({FAIL_ANNOTATION: "AMI ami-123 not found in us-east-1"});
+    env.mgmt.create(&gvr_cluster(), obj).expect("create");
+    let mgmt = env.mgmt.clone();
+    let c = wait_for("phase Failed", || {
+        mgmt.get(&gvr_cluster(), Some("default"), "doomed").filter(|c| c["status"]["phase"] == "Failed")
+    })
+    .await;
+    let ready = cond(&c, "Ready").unwrap();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["severity"], "Error");
+    assert_eq!(ready["reason"], "ProvisioningFailed");
+    assert_eq!(ready["message"], "AMI ami-123 not found in us-east-1");
+    assert_eq!(c["status"]["failureMessage"], "AMI ami-123 not found in us-east-1");
+    assert!(c["status"]["failureReason"].is_string());
+    tokio::time::sleep(TICK * 5).await;
+    let c = env.mgmt.get(&gvr_cluster(), Some("default"), "doomed").unwrap();
+    assert_eq!(c["status"]["phase"], "Failed");
+    assert_ne!(cond_status(&c, "ControlPlaneInitialized").as_deref(), Some("True"));
+}
+
+fn pkgi(name: &str, ns: &str, version: &str, sa: &str, values_secret: Option<&str>) -> Value {
+    let mut o = json!({
+        "apiVersion": "packaging.carvel.dev/v1alpha1",
+        "kind": "PackageInstall",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "serviceAccountName": sa,
+            "packageRef": {"refName": "cert-manager.tanzu.vmware.com",
+                           "versionSelection": {"constraints": version, "prereleases": {}}},
+        },
+    });
+    if let Some(s) = values_secret {
+        o["spec"]["values"] = json!([{"secretRef": {"name": s}}]);
+    }
+    o
+}
+
+fn sa(name: &str, ns: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}})
+}
+
+async fn wait_pkgi(w: &EmulatedCluster, ns: &str, name: &str, cond_type: &str) -> Value {
+    let w = w.clone();
+    wait_for(&format!("PackageInstall {name} {cond_type}"), || {
+        w.get(&gvr_pkgi(), Some(ns), name).filter(|p| {
+            p.pointer("/status/conditions/0/type").and_then(Value::as_str) == Some(cond_type)
+                && p["status"]["observedGeneration"] == p["metadata"]["generation"]
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn ctrl_package_install_succeeds_and_fails_like_kapp_controller() {
+    let env = env().await;
+    let w = ready_workload(&env, "pk").await;
+    let ns = "cert-manager";
+    w.create(&gvr_ns(), json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).expect("ns");
+    w.create(&gvr_sa(), sa("cert-manager-cert-manager-sa", ns)).expect("sa");
+
+    // Success.
+    w.create(&gvr_pkgi(), pkgi("cert-manager", ns, "1.7.2+vmware.1-tkg.1", "cert-manager-cert-manager-sa", None))
+        .expect("pkgi");
+    let ok = wait_pkgi(&w, ns, "cert-manager", "ReconcileSucceeded").await;
+    assert_eq!(ok["status"]["conditions"], json!([{"type": "ReconcileSucceeded", "status": "True"}]));
+    assert_eq!(ok["status"]["friendlyDescription"], "Reconcile succeeded");
+    assert_eq!(ok["status"]["version"], "1.7.2+vmware.1-tkg.1");
+    assert_eq!(ok["status"]["lastAttemptedVersion"], "1.7.2+vmware.1-tkg.1");
+    assert!(ok["status"].get("usefulErrorMessage").is_none());
+
+    // A spec change restarts the reconcile: exactly one condition, observedGeneration bumped.
+    let mut events = w.subscribe();
+    let patched = w
+        .patch_merge(&gvr_pkgi(), Some(ns), "cert-manager",
+            json!({"spec": {"packageRef": {"versionSelection": {"constraints": "9.9.9"}}}}))
+        .expect("patch");
+    let generation = patched["metadata"]["generation"].as_i64().unwrap();
+    let failed = wait_pkgi(&w, ns, "cert-manager", "ReconcileFailed").await;
+    assert_eq!(failed["status"]["observedGeneration"], generation);
+    assert_eq!(failed["status"]["conditions"].as_array().unwrap().len(), 1);
+    assert_eq!(failed["status"]["conditions"][0]["message"], "Error (see .status.usefulErrorMessage for details)");
+    let msg = "Could not find package with name 'cert-manager.tanzu.vmware.com' and version '9.9.9'";
+    assert_eq!(failed["status"]["usefulErrorMessage"], msg);
+    assert_eq!(failed["status"]["friendlyDescription"], format!("Reconcile failed: {msg}"));
+    let mut saw_reconciling = false;
+    while let Ok(ev) = events.try_recv() {
+        if ev.gvr.plural == "packageinstalls" {
+            let conds = ev.object.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            assert!(conds.len() <= 1, "more than one condition: {conds:?}");
+            if conds.first().map(|c| c["type"] == "Reconciling").unwrap_or(false) {
+                assert_eq!(ev.object["status"]["observedGeneration"], generation);
+                assert_eq!(ev.object["status"]["friendlyDescription"], "Reconciling");
+                saw_reconciling = true;
+            }
+        }
+    }
+    assert!(saw_reconciling, "Reconciling was never reported");
+
+    // Missing ServiceAccount.
+    w.create(&gvr_pkgi(), pkgi("no-sa", ns, "1.7.2+vmware.1-tkg.1", "missing-sa", None)).expect("pkgi");
+    let f = wait_pkgi(&w, ns, "no-sa", "ReconcileFailed").await;
+    assert_eq!(f["status"]["usefulErrorMessage"], "Getting service account: serviceaccounts \"missing-sa\" not found");
+    // ... which recovers once the ServiceAccount exists (kapp-controller retries).
+    w.create(&gvr_sa(), sa("missing-sa", ns)).expect("sa");
+    wait_pkgi(&w, ns, "no-sa", "ReconcileSucceeded").await;
+
+    // Missing values Secret.
+    w.create(&gvr_pkgi(), pkgi("no-values", ns, "1.7.2+vmware.1-tkg.1", "missing-sa", Some("cm-values"))).expect("pkgi");
+    let f = wait_pkgi(&w, ns, "no-values", "ReconcileFailed").await;
+    assert!(f["status"]["usefulErrorMessage"].as_str().unwrap().contains("\"cm-values\""));
+}
+
+#[tokio::test]
+async fn ctrl_upgrade_rolls_control_plane_then_workers() {
+    let env = env().await;
+    ready_workload(&env, "up").await;
+    env.mgmt
+        .patch_merge(&gvr_cluster(), Some("default"), "up", json!({"spec": {"topology": {"version": "v1.23.10+vmware.1"}}}))
+        .expect("patch version");
+    let mgmt = env.mgmt.clone();
+    let kcp = wait_for("KCP upgraded", || {
+        owned_by(&mgmt.list(&gvr_kcp(), Some("default")), "up")
+            .first()
+            .filter(|k| k["status"]["version"] == "v1.23.10+vmware.1")
+            .map(|k| (*k).clone())
+    })
+    .await;
+    assert_eq!(kcp["spec"]["version"], "v1.23.10+vmware.1");
+    assert_eq!(kcp["status"]["updatedReplicas"], 1);
+    let md = wait_for("MD upgraded", || {
+        owned_by(&mgmt.list(&gvr_md(), Some("default")), "up")
+            .first()
+            .filter(|m| {
+                m["spec"]["template"]["spec"]["version"] == "v1.23.10+vmware.1"
+                    && m["status"]["updatedReplicas"] == 1
+                    && m["status"]["observedGeneration"] == m["metadata"]["generation"]
+            })
+            .map(|m| (*m).clone())
+    })
+    .await;
+    assert_eq!(md["status"]["readyReplicas"], 1);
+    let c = mgmt.get(&gvr_cluster(), Some("default"), "up").unwrap();
+    assert_eq!(cond_status(&c, "ControlPlaneReady").as_deref(), Some("True"));
+}
+
+#[tokio::test]
+async fn ctrl_machine_health_check_and_deletion() {
+    let env = env().await;
+    ready_workload(&env, "mh").await;
+    env.mgmt
+        .create(&gvr_mhc(), json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "MachineHealthCheck",
+            "metadata": {"name": "mh", "namespace": "default"},
+            "spec": {"clusterName": "mh", "selector": {"matchLabels": {"node-pool": "mh-worker-pool"}},
+                     "unhealthyConditions": [{"type": "Ready", "status": "Unknown", "timeout": "5m"}]},
+        }))
+        .expect("mhc");
+    let mgmt = env.mgmt.clone();
+    let mhc = wait_for("MHC status", || {
+        mgmt.get(&gvr_mhc(), Some("default"), "mh").filter(|m| cond_status(m, "RemediationAllowed").as_deref() == Some("True"))
+    })
+    .await;
+    assert_eq!(mhc["status"]["expectedMachines"], 1);
+    assert_eq!(mhc["status"]["currentHealthy"], 1);
+    assert_eq!(mhc["status"]["remediationsAllowed"], 1);
+
+    env.mgmt.delete(&gvr_cluster(), Some("default"), "mh").expect("delete");
+    wait_for("owned objects deleted", || {
+        let gone = owned_by(&mgmt.list(&gvr_kcp(), Some("default")), "mh").is_empty()
+            && owned_by(&mgmt.list(&gvr_md(), Some("default")), "mh").is_empty()
+            && owned_by(&mgmt.list(&gvr_aws(), Some("default")), "mh").is_empty()
+            && mgmt.get(&gvr_secret(), Some("default"), "mh-kubeconfig").is_none();
+        gone.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ctrl_tmc_agent_connects_outward() {
+    use axum::body::Bytes;
+    use axum::http::Uri;
+    let env = env().await;
+    let w = ready_workload(&env, "tm").await;
+
+    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let fail_first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let app = {
+        let seen = seen.clone();
+        let fail_first = fail_first.clone();
+        axum::Router::new().fallback(move |uri: Uri, body: Bytes| {
+            let seen = seen.clone();
+            let fail_first = fail_first.clone();
+            async move {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                seen.lock().unwrap().push((uri.path().to_string(), v));
+                if fail_first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "{}")
+                } else {
+                    (axum::http::StatusCode::OK, "{}")
+                }
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    w.create(&gvr_ns(), json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "vmware-system-tmc"}}))
+        .expect("ns");
+    w.create(&gvr_cm(), json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "stack-config", "namespace": "vmware-system-tmc"},
+        "data": {
+            "tmc_url": format!("http://{addr}"),
+            "cluster_name": "tm",
+            "management_cluster_name": "attached",
+            "provisioner_name": "attached",
+            "registration_token": "tok-123",
+        },
+    }))
+    .expect("stack-config");
+
+    let cm = {
+        let w = w.clone();
+        wait_for("connected annotation", move || {
+            w.get(&gvr_cm(), Some("vmware-system-tmc"), "stack-config")
+                .filter(|c| c.pointer("/metadata/annotations").and_then(|a| a.get(TMC_CONNECTED_ANNOTATION)).is_some())
+        })
+        .await
+    };
+    assert!(cm["metadata"]["annotations"][TMC_CONNECTED_ANNOTATION].is_string());
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "one failed attempt, then one success: {calls:?}");
+    let (path, body) = &calls[1];
+    assert_eq!(path, "/v1alpha1/clusters/tm:agentconnect");
+    assert_eq!(body, &json!({
+        "fullName": {"managementClusterName": "attached", "provisionerName": "attached", "name": "tm"},
+        "registrationToken": "tok-123",
+        "kubeServerVersion": "v1.23.8+vmware.2",
+        "nodeCount": "2",
+    }));
+    // Connected once: no further calls.
+    tokio::time::sleep(TICK * 5).await;
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn ctrl_restarted_controllers_resume_from_object_state() {
+    tkgops::install_crypto_provider();
+    let emu = KubeEmulator::new();
+    let mgmt = emu.add_cluster("mgmt").await.unwrap();
+    seed_management_cluster(&mgmt).unwrap();
+    let ctrl = start_controllers(&emu, "mgmt", ControllerOptions { tick: TICK, standard_packages: true });
+    mgmt.create(&gvr_cluster(), cluster_obj("rs", "tkg-aws-default", 3, 1)).unwrap();
+    {
+        let mgmt = mgmt.clone();
+        wait_for("initialized", move || {
+            mgmt.get(&gvr_cluster(), Some("default"), "rs")
+                .filter(|c| cond_status(c, "ControlPlaneInitialized").as_deref() == Some("True"))
+        })
+        .await;
+    }
+    drop(ctrl);
+    let kcp_before = owned_by(&mgmt.list(&gvr_kcp(), Some("default")), "rs")[0].clone();
+    let ctrl = start_controllers(&emu, "mgmt", ControllerOptions { tick: TICK, standard_packages: true });
+    let env = Env { emu: emu.clone(), mgmt: mgmt.clone(), _ctrl: ctrl };
+    wait_ready(&env, "rs").await;
+    let kcps = mgmt.list(&gvr_kcp(), Some("default"));
+    let kcps = owned_by(&kcps, "rs");
+    assert_eq!(kcps.len(), 1, "no duplicate topology objects after restart");
+    assert_eq!(kcps[0]["metadata"]["name"], kcp_before["metadata"]["name"]);
+    assert_eq!(emu.cluster_names().iter().filter(|n| *n == "rs").count(), 1);
+    // kapp-controller runs on the pre-existing workload cluster after the restart.
+    let w = emu.cluster("rs").unwrap();
+    w.create(&gvr_sa(), sa("s", "default")).unwrap();
+    w.create(&gvr_pkgi(), pkgi("p", "default", "1.7.2+vmware.1-tkg.1", "s", None)).unwrap();
+    wait_pkgi(&w, "default", "p", "ReconcileSucceeded").await;
+}
