@@ -472,27 +472,30 @@ async fn wrong_token_is_a_clear_permanent_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubeconfig_sources_env_and_bad_file() {
+async fn kubeconfig_sources_errors_are_permanent_and_secret_free() {
     let env = env().await;
-    let var = "TKGOPS_TEST_KUBE_PROVIDER_KUBECONFIG";
-    // SAFETY-free: set_var is fine in a test that owns this unique variable name.
-    unsafe { std::env::set_var(var, env.mgmt.kubeconfig_yaml()) };
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.kubeconfig");
+    std::fs::write(&garbage, "token: s3cr3t-value\n: : [").unwrap();
     let mut mcs = BTreeMap::new();
-    mcs.insert("from-env".to_string(), KubeconfigSource::Env(var.into()));
+    mcs.insert("missing-env".to_string(), KubeconfigSource::Env("TKGOPS_TEST_KUBE_PROVIDER_UNSET_VARIABLE".into()));
     mcs.insert("missing-file".to_string(), KubeconfigSource::File("/nonexistent/kubeconfig".into()));
-    mcs.insert("garbage".to_string(), KubeconfigSource::Env("TKGOPS_TEST_KUBE_PROVIDER_GARBAGE".into()));
-    unsafe { std::env::set_var("TKGOPS_TEST_KUBE_PROVIDER_GARBAGE", "token: s3cr3t-value\n: : [") };
+    mcs.insert("garbage".to_string(), KubeconfigSource::File(garbage.to_string_lossy().into_owned()));
     let provider = KubeProvider::new(mcs, POLL);
-    let client = provider.management_client("from-env").await.expect("env kubeconfig");
-    let applied = provider
-        .apply_yaml(&client, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c1}\ndata: {k: v}\n", "tkgops")
-        .await
-        .expect("apply");
-    assert_eq!(applied, ["ConfigMap/default/c1"]);
+    let e = provider.management_client("missing-env").await.err().expect("unset variable");
+    assert!(!e.is_transient() && e.to_string().contains("TKGOPS_TEST_KUBE_PROVIDER_UNSET_VARIABLE"), "{e:?}");
     let e = provider.management_client("missing-file").await.err().expect("missing file");
     assert!(!e.is_transient() && e.to_string().contains("/nonexistent/kubeconfig"), "{e:?}");
     let e = provider.management_client("garbage").await.err().expect("garbage");
     assert!(!e.is_transient() && !e.to_string().contains("s3cr3t"), "{e:?}");
+    // The public apply_yaml with a client from the (cached) management client.
+    let client = env.provider.management_client(MC).await.expect("client");
+    let applied = env
+        .provider
+        .apply_yaml(&client, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c1}\ndata: {k: v}\n", "tkgops")
+        .await
+        .expect("apply");
+    assert_eq!(applied, ["ConfigMap/default/c1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
