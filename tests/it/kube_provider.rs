@@ -517,3 +517,23 @@ async fn unreachable_api_server_is_transient() {
    
     assert!(e.is_transient(), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_rollout_waits_for_the_repository_then_is_transient() {
+    let env = env().await;
+    provision(&env, "team-a-prod").await;
+    let mut inputs = rollout_inputs(
+        "team-a-prod",
+        json!([{"name": "cert-manager", "refName": "cert-manager.tanzu.vmware.com", "version": "1.7.2+vmware.1-tkg.1",
+                "namespace": "cert-manager", "valuesYaml": ""}]),
+    );
+    inputs["repository"]["name"] = json!("tanzu-extra");
+    let (r, lines) = run(&env.provider, "packages.rollout", inputs).await;
+    let e = r.expect_err("no such repository");
+    assert!(e.is_transient(), "{e:?}");
+    assert!(e.to_string().contains("waiting for PackageRepository tanzu-extra"), "{e}");
+    assert!(lines.iter().any(|l| l.contains("waiting for PackageRepository tanzu-extra")), "{lines:?}");
+    // Nothing was installed.
+    let wl = env.emu.cluster("team-a-prod").unwrap();
+    assert!(wl.get(&Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls"), Some("cert-manager"), "cert-manager").is_none());
+}
