@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+    WatchEvent, WatchParams,
+};
 use kube::core::GroupVersionKind;
 use kube::discovery::{self, Discovery, Scope};
 use serde_json::json;
@@ -29,13 +32,21 @@ fn api_err(e: kube::Error) -> (u16, String, String) {
 fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
     let mut c = ConfigMap::default();
     c.metadata.name = Some(name.to_string());
-    c.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    c.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
     c.data = Some(BTreeMap::from([("k".to_string(), "v".to_string())]));
     c
 }
 
 fn capi_cluster_ar() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta1", "Cluster"), "clusters")
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta1", "Cluster"),
+        "clusters",
+    )
 }
 
 #[tokio::test]
@@ -46,7 +57,10 @@ async fn version_and_discovery() {
     c.register_capi_types();
     c.register_kapp_types();
     let d = Discovery::new(client.clone()).run().await.unwrap();
-    let capi = d.groups().find(|g| g.name() == "cluster.x-k8s.io").expect("capi group");
+    let capi = d
+        .groups()
+        .find(|g| g.name() == "cluster.x-k8s.io")
+        .expect("capi group");
     let (ar, caps) = capi.recommended_kind("Cluster").expect("Cluster kind");
     assert_eq!(ar.plural, "clusters");
     assert_eq!(caps.scope, Scope::Namespaced);
@@ -54,12 +68,17 @@ async fn version_and_discovery() {
     assert!(d.groups().any(|g| g.name() == "packaging.carvel.dev"));
     let core = d.groups().find(|g| g.name() == "").expect("core group");
     assert!(core.recommended_kind("ConfigMap").is_some());
-    let (ar, caps) = discovery::pinned_kind(&client, &GroupVersionKind::gvk("run.tanzu.vmware.com", "v1alpha3", "TanzuKubernetesRelease"))
-        .await
-        .unwrap();
+    let (ar, caps) = discovery::pinned_kind(
+        &client,
+        &GroupVersionKind::gvk("run.tanzu.vmware.com", "v1alpha3", "TanzuKubernetesRelease"),
+    )
+    .await
+    .unwrap();
     assert_eq!(ar.plural, "tanzukubernetesreleases");
     assert_eq!(caps.scope, Scope::Cluster);
-    let (ar, _) = discovery::pinned_kind(&client, &GroupVersionKind::gvk("", "v1", "Secret")).await.unwrap();
+    let (ar, _) = discovery::pinned_kind(&client, &GroupVersionKind::gvk("", "v1", "Secret"))
+        .await
+        .unwrap();
     assert_eq!(ar.plural, "secrets");
 }
 
@@ -67,7 +86,10 @@ async fn version_and_discovery() {
 async fn typed_crud_and_errors() {
     let (_emu, _c, client) = setup().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let created = cms.create(&PostParams::default(), &cm("a", &[("app", "x")])).await.unwrap();
+    let created = cms
+        .create(&PostParams::default(), &cm("a", &[("app", "x")]))
+        .await
+        .unwrap();
     assert_eq!(created.metadata.generation, Some(1));
     assert!(created.metadata.uid.is_some());
     let rv1 = created.metadata.resource_version.clone().unwrap();
@@ -75,22 +97,41 @@ async fn typed_crud_and_errors() {
     assert_eq!(got.data.as_ref().unwrap()["k"], "v");
 
     // 409 AlreadyExists
-    let (code, reason, _) = api_err(cms.create(&PostParams::default(), &cm("a", &[])).await.unwrap_err());
+    let (code, reason, _) = api_err(
+        cms.create(&PostParams::default(), &cm("a", &[]))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
 
     // replace, then stale replace → 409 Conflict
     let mut upd = got.clone();
     upd.data = Some(BTreeMap::from([("k".to_string(), "v2".to_string())]));
-    let replaced = cms.replace("a", &PostParams::default(), &upd).await.unwrap();
+    let replaced = cms
+        .replace("a", &PostParams::default(), &upd)
+        .await
+        .unwrap();
     assert_ne!(replaced.metadata.resource_version.clone().unwrap(), rv1);
     assert_eq!(replaced.metadata.generation, Some(2));
-    let (code, reason, msg) = api_err(cms.replace("a", &PostParams::default(), &upd).await.unwrap_err());
+    let (code, reason, msg) = api_err(
+        cms.replace("a", &PostParams::default(), &upd)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((code, reason.as_str()), (409, "Conflict"), "{msg}");
 
     // missing namespace → 404 namespaces "nope" not found
     let missing: Api<ConfigMap> = Api::namespaced(client.clone(), "nope");
-    let (code, reason, msg) = api_err(missing.create(&PostParams::default(), &cm("a", &[])).await.unwrap_err());
-    assert_eq!((code, reason.as_str(), msg.as_str()), (404, "NotFound", "namespaces \"nope\" not found"));
+    let (code, reason, msg) = api_err(
+        missing
+            .create(&PostParams::default(), &cm("a", &[]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code, reason.as_str(), msg.as_str()),
+        (404, "NotFound", "namespaces \"nope\" not found")
+    );
     let (code, _, _) = api_err(cms.get("absent").await.unwrap_err());
     assert_eq!(code, 404);
 
@@ -100,9 +141,18 @@ async fn typed_crud_and_errors() {
     ns.metadata.name = Some("tkg-system".into());
     nss.create(&PostParams::default(), &ns).await.unwrap();
     let tkg: Api<ConfigMap> = Api::namespaced(client.clone(), "tkg-system");
-    tkg.create(&PostParams::default(), &cm("b", &[])).await.unwrap();
+    tkg.create(&PostParams::default(), &cm("b", &[]))
+        .await
+        .unwrap();
     let all: Api<ConfigMap> = Api::all(client.clone());
-    let names: Vec<String> = all.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|c| c.metadata.name).collect();
+    let names: Vec<String> = all
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
     assert_eq!(names, vec!["a".to_string(), "b".to_string()]);
 
     // Secret stringData → data
@@ -123,7 +173,8 @@ async fn typed_crud_and_errors() {
 async fn dynamic_crud_and_finalizers() {
     let (_emu, c, client) = setup().await;
     c.register_capi_types();
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &capi_cluster_ar());
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &capi_cluster_ar());
     let obj: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
         "metadata": {"name": "wc1", "finalizers": ["cluster.cluster.x-k8s.io"]},
@@ -140,11 +191,709 @@ async fn dynamic_crud_and_finalizers() {
     assert!(still.metadata.deletion_timestamp.is_some());
     // removing the finalizer (direct API, as a controller would) removes the object
     let gvr = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
-    c.patch_merge(&gvr, Some("default"), "wc1", json!({"metadata": {"finalizers": null}})).unwrap();
+    c.patch_merge(
+        &gvr,
+        Some("default"),
+        "wc1",
+        json!({"metadata": {"finalizers": null}}),
+    )
+    .unwrap();
     assert_eq!(api_err(api.get("wc1").await.unwrap_err()).0, 404);
     assert!(c.get(&gvr, Some("default"), "wc1").is_none());
     // unknown type → 404
-    let unknown = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("nope.io", "v1", "Nope"), "nopes");
+    let unknown =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("nope.io", "v1", "Nope"), "nopes");
     let nope: Api<DynamicObject> = Api::namespaced_with(client, "default", &unknown);
-    assert_eq!(api_err(nope.list(&ListParams::default()).await.unwrap_err()).0, 404);
+    assert_eq!(
+        api_err(nope.list(&ListParams::default()).await.unwrap_err()).0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn label_and_field_selectors() {
+    let (_emu, _c, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for (n, env) in [("a", "prod"), ("b", "dev"), ("c", "qa")] {
+        cms.create(
+            &PostParams::default(),
+            &cm(n, &[("env", env), ("tier", "web")]),
+        )
+        .await
+        .unwrap();
+    }
+    cms.create(&PostParams::default(), &cm("d", &[]))
+        .await
+        .unwrap();
+    let names = |sel: &'static str| {
+        let cms = cms.clone();
+        async move {
+            cms.list(&ListParams::default().labels(sel))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter_map(|c| c.metadata.name)
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+    };
+    assert_eq!(names("env=prod").await, "a");
+    assert_eq!(names("env==dev").await, "b");
+    assert_eq!(names("env!=prod").await, "b,c,d");
+    assert_eq!(names("env").await, "a,b,c");
+    assert_eq!(names("!env").await, "d");
+    assert_eq!(names("env in (prod,qa)").await, "a,c");
+    assert_eq!(names("env notin (prod,qa)").await, "b,d");
+    assert_eq!(names("env in (prod,dev),tier=web").await, "a,b");
+    let by_name = cms
+        .list(&ListParams::default().fields("metadata.name=b"))
+        .await
+        .unwrap();
+    assert_eq!(by_name.items.len(), 1);
+    let not_a = cms
+        .list(&ListParams::default().fields("metadata.name!=a,metadata.namespace=default"))
+        .await
+        .unwrap();
+    assert_eq!(not_a.items.len(), 3);
+    // paging
+    let page = cms.list(&ListParams::default().limit(3)).await.unwrap();
+    assert_eq!(page.items.len(), 3);
+    let token = page.metadata.continue_.clone().expect("continue token");
+    let rest = cms
+        .list(&ListParams::default().limit(3).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert!(rest.metadata.continue_.is_none());
+}
+
+#[tokio::test]
+async fn merge_json_and_strategic_patches() {
+    let (_emu, _c, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("p", &[("a", "1")]))
+        .await
+        .unwrap();
+    let pp = PatchParams::default();
+    let p = cms
+        .patch(
+            "p",
+            &pp,
+            &Patch::Merge(json!({"data": {"x": "1", "k": null}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        p.data.clone().unwrap(),
+        BTreeMap::from([("x".to_string(), "1".to_string())])
+    );
+    // kube's `Patch::Json` needs its `jsonpatch` feature; send the RFC 6902 body raw.
+    let json_patch = |ops: serde_json::Value| {
+        http::Request::patch("/api/v1/namespaces/default/configmaps/p")
+            .header("content-type", "application/json-patch+json")
+            .body(serde_json::to_vec(&ops).unwrap())
+            .unwrap()
+    };
+    let p: ConfigMap = client
+        .request(json_patch(json!([
+            {"op": "add", "path": "/data/y", "value": "2"},
+            {"op": "replace", "path": "/metadata/labels/a", "value": "2"}
+        ])))
+        .await
+        .unwrap();
+    assert_eq!(p.data.clone().unwrap()["y"], "2");
+    assert_eq!(p.metadata.labels.clone().unwrap()["a"], "2");
+    let p = cms
+        .patch("p", &pp, &Patch::Strategic(json!({"data": {"z": "3"}})))
+        .await
+        .unwrap();
+    assert_eq!(p.data.clone().unwrap().len(), 3);
+    // failing JSON patch test op → 422
+    let bad = json_patch(json!([{"op": "test", "path": "/data/x", "value": "nope"}]));
+    let (code, reason, _) = api_err(client.request::<ConfigMap>(bad).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    // merge patch with a stale resourceVersion → 409
+    let (code, _, _) = api_err(
+        cms.patch(
+            "p",
+            &pp,
+            &Patch::Merge(json!({"metadata": {"resourceVersion": "1"}, "data": {"q": "1"}})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(code, 409);
+    // patching a missing object → 404
+    assert_eq!(
+        api_err(
+            cms.patch("nope", &pp, &Patch::Merge(json!({})))
+                .await
+                .unwrap_err()
+        )
+        .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn server_side_apply() {
+    let (_emu, c, client) = setup().await;
+    c.register_capi_types();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &capi_cluster_ar());
+    let bot = PatchParams::apply("tkgops");
+    let cfg = json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
+        "metadata": {"name": "wc1", "labels": {"tier": "dev"}},
+        "spec": {"topology": {"version": "v1.33.1", "workers": {"machineDeployments": [{"name": "md-0", "replicas": 2}]}}, "paused": false}
+    });
+    // create via apply
+    let o = api.patch("wc1", &bot, &Patch::Apply(&cfg)).await.unwrap();
+    let rv = o.metadata.resource_version.clone().unwrap();
+    assert_eq!(o.metadata.generation, Some(1));
+    let mf = o.metadata.managed_fields.clone().unwrap();
+    assert_eq!(mf.len(), 1);
+    assert_eq!(mf[0].manager.as_deref(), Some("tkgops"));
+    assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+    assert_eq!(mf[0].fields_type.as_deref(), Some("FieldsV1"));
+    let fv1 = serde_json::to_value(mf[0].fields_v1.clone().unwrap()).unwrap();
+    assert!(
+        fv1.pointer("/f:spec/f:topology/f:version").is_some(),
+        "{fv1}"
+    );
+
+    // identical re-apply: no change at all
+    let again = api.patch("wc1", &bot, &Patch::Apply(&cfg)).await.unwrap();
+    assert_eq!(
+        again.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
+    assert_eq!(again.metadata.generation, Some(1));
+
+    // omitted owned field is removed
+    let mut cfg2 = cfg.clone();
+    cfg2["spec"].as_object_mut().unwrap().remove("paused");
+    let o = api.patch("wc1", &bot, &Patch::Apply(&cfg2)).await.unwrap();
+    assert!(o.data.pointer("/spec/paused").is_none());
+    assert_eq!(o.metadata.generation, Some(2));
+
+    // another manager setting a different value → 409 Conflict unless forced
+    let other = json!({"apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster", "metadata": {"name": "wc1"},
+        "spec": {"topology": {"version": "v1.32.0"}}});
+    let (code, reason, msg) = api_err(
+        api.patch("wc1", &PatchParams::apply("kubectl"), &Patch::Apply(&other))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert!(
+        msg.contains("Apply failed with 1 conflict")
+            && msg.contains("\"tkgops\"")
+            && msg.contains(".spec.topology.version"),
+        "{msg}"
+    );
+    // same value from another manager: shared ownership, no conflict
+    let same = json!({"apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster", "metadata": {"name": "wc1"},
+        "spec": {"topology": {"version": "v1.33.1"}}});
+    api.patch("wc1", &PatchParams::apply("viewer"), &Patch::Apply(&same))
+        .await
+        .unwrap();
+    // forced
+    let o = api
+        .patch(
+            "wc1",
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(&other),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        o.data.pointer("/spec/topology/version"),
+        Some(&json!("v1.32.0"))
+    );
+    let mf = o.metadata.managed_fields.clone().unwrap();
+    assert!(mf.iter().any(|e| e.manager.as_deref() == Some("kubectl")));
+    // the bot lost .spec.topology.version: now the bot's re-apply conflicts with kubectl
+    let (code, _, msg) = api_err(
+        api.patch("wc1", &bot, &Patch::Apply(&cfg2))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 409);
+    assert!(msg.contains("\"kubectl\""), "{msg}");
+
+    // 422 without fieldManager (raw request; kube's PatchParams would refuse client-side)
+    let req =
+        http::Request::patch("/apis/cluster.x-k8s.io/v1beta1/namespaces/default/clusters/wc1")
+            .header("content-type", "application/apply-patch+yaml")
+            .body(serde_json::to_vec(&cfg).unwrap())
+            .unwrap();
+    let (code, reason, _) = api_err(client.request::<serde_json::Value>(req).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+
+    // YAML body
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: y\ndata:\n  a: b\n";
+    let req = http::Request::patch("/api/v1/namespaces/default/configmaps/y?fieldManager=yamlmgr")
+        .header("content-type", "application/apply-patch+yaml")
+        .body(yaml.as_bytes().to_vec())
+        .unwrap();
+    let v: serde_json::Value = client.request(req).await.unwrap();
+    assert_eq!(v.pointer("/data/a"), Some(&json!("b")));
+
+    // apply into a missing namespace → 404
+    let missing: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "nope", &capi_cluster_ar());
+    assert_eq!(
+        api_err(
+            missing
+                .patch("wc1", &bot, &Patch::Apply(&cfg))
+                .await
+                .unwrap_err()
+        )
+        .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn status_subresource_isolation() {
+    let (_emu, c, client) = setup().await;
+    c.register_capi_types();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &capi_cluster_ar());
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
+        "metadata": {"name": "s1"}, "spec": {"paused": false}, "status": {"phase": "Ignored"}
+    }))
+    .unwrap();
+    let o = api.create(&PostParams::default(), &obj).await.unwrap();
+    assert!(
+        o.data.get("status").is_none(),
+        "status is dropped on create"
+    );
+    // patch_status changes only status
+    let o = api
+        .patch_status(
+            "s1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": true}, "status": {"phase": "Provisioning"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        o.data.pointer("/status/phase"),
+        Some(&json!("Provisioning"))
+    );
+    assert_eq!(o.data.pointer("/spec/paused"), Some(&json!(false)));
+    assert_eq!(
+        o.metadata.generation,
+        Some(1),
+        "status writes keep generation"
+    );
+    // replace ignores status
+    let mut upd = o.clone();
+    upd.data["status"] = json!({"phase": "Hacked"});
+    upd.data["spec"]["paused"] = json!(true);
+    let o = api
+        .replace("s1", &PostParams::default(), &upd)
+        .await
+        .unwrap();
+    assert_eq!(
+        o.data.pointer("/status/phase"),
+        Some(&json!("Provisioning"))
+    );
+    assert_eq!(o.data.pointer("/spec/paused"), Some(&json!(true)));
+    assert_eq!(o.metadata.generation, Some(2));
+    // replace_status
+    let mut st = o.clone();
+    st.data["status"] = json!({"phase": "Provisioned"});
+    let o = api
+        .replace_status("s1", &PostParams::default(), &st)
+        .await
+        .unwrap();
+    assert_eq!(o.data.pointer("/status/phase"), Some(&json!("Provisioned")));
+    assert_eq!(o.metadata.generation, Some(2));
+    // SSA on status: the phase is owned by the earlier Update writer, so a non-forced apply of a
+    // different value conflicts (as on a real API server); controllers force.
+    let status_cfg = json!({"apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster", "status": {"phase": "Ready"}});
+    let (code, _, _) = api_err(
+        api.patch_status(
+            "s1",
+            &PatchParams::apply("capi-controller"),
+            &Patch::Apply(&status_cfg),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(code, 409);
+    let o = api
+        .patch_status(
+            "s1",
+            &PatchParams::apply("capi-controller").force(),
+            &Patch::Apply(json!({"apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster", "status": {"phase": "Ready"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.data.pointer("/status/phase"), Some(&json!("Ready")));
+    // direct update_status
+    let gvr = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    let v = c
+        .update_status(&gvr, Some("default"), "s1", json!({"phase": "Deleting"}))
+        .unwrap();
+    assert_eq!(v.pointer("/metadata/generation"), Some(&json!(2)));
+    assert_eq!(
+        api.get_status("s1")
+            .await
+            .unwrap()
+            .data
+            .pointer("/status/phase"),
+        Some(&json!("Deleting"))
+    );
+    // configmaps have no status subresource
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    cms.create(&PostParams::default(), &cm("x", &[]))
+        .await
+        .unwrap();
+    assert_eq!(api_err(cms.get_status("x").await.unwrap_err()).0, 404);
+}
+
+#[tokio::test]
+async fn watch_events_and_expiry() {
+    let (_emu, c, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let list = cms.list(&ListParams::default()).await.unwrap();
+    let rv = list.metadata.resource_version.clone().unwrap();
+    let mut stream = cms
+        .watch(&WatchParams::default().timeout(10), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    cms.create(&PostParams::default(), &cm("w", &[]))
+        .await
+        .unwrap();
+    cms.patch(
+        "w",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "v2"}})),
+    )
+    .await
+    .unwrap();
+    cms.delete("w", &DeleteParams::default()).await.unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        match stream.try_next().await.unwrap().expect("event") {
+            WatchEvent::Added(o) => kinds.push(format!("ADDED {}", o.metadata.name.unwrap())),
+            WatchEvent::Modified(o) => kinds.push(format!("MODIFIED {}", o.data.unwrap()["k"])),
+            WatchEvent::Deleted(o) => kinds.push(format!("DELETED {}", o.metadata.name.unwrap())),
+            WatchEvent::Bookmark(_) => {}
+            WatchEvent::Error(e) => panic!("error event {e:?}"),
+        }
+    }
+    assert_eq!(kinds, vec!["ADDED w", "MODIFIED v2", "DELETED w"]);
+
+    // replay from an old-but-retained RV
+    let mut replay = cms
+        .watch(&WatchParams::default().timeout(2), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    assert!(matches!(
+        replay.try_next().await.unwrap(),
+        Some(WatchEvent::Added(_))
+    ));
+
+    // bookmarks with label selector
+    let mut wp = WatchParams::default().timeout(3).labels("app=none");
+    wp.bookmarks = true;
+    let mut bm = cms.watch(&wp, &rv).await.unwrap().boxed();
+    assert!(matches!(
+        bm.try_next().await.unwrap(),
+        Some(WatchEvent::Bookmark(_))
+    ));
+
+    // push the RV out of the 1000-event window → 410
+    let gvr = Gvr::new("", "v1", "configmaps");
+    for i in 0..1005 {
+        c.create(
+            &gvr,
+            json!({"metadata": {"name": format!("bulk-{i}"), "namespace": "default"}}),
+        )
+        .unwrap();
+    }
+    let mut old = cms
+        .watch(&WatchParams::default().timeout(5), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    match old.try_next().await.unwrap() {
+        Some(WatchEvent::Error(e)) => assert_eq!(e.code, 410),
+        other => panic!("expected 410 error event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn direct_api_events_reach_http_watch() {
+    let (_emu, c, client) = setup().await;
+    c.register_kapp_types();
+    let gvr = Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls");
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("packaging.carvel.dev", "v1alpha1", "PackageInstall"),
+        "packageinstalls",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client, "default", &ar);
+    let mut sub = c.subscribe();
+    let rv = c.resource_version().to_string();
+    let mut stream = api
+        .watch(&WatchParams::default().timeout(10), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let created = c.create(&gvr, json!({"metadata": {"name": "pkgi", "namespace": "default"}, "spec": {"packageRef": {"refName": "x"}}})).unwrap();
+    assert_eq!(created["kind"], "PackageInstall");
+    c.update_status(
+        &gvr,
+        Some("default"),
+        "pkgi",
+        json!({"friendlyDescription": "Reconcile succeeded"}),
+    )
+    .unwrap();
+    let e1 = sub.recv().await.unwrap();
+    assert_eq!((e1.kind.as_str(), e1.gvr.clone()), ("ADDED", gvr.clone()));
+    let e2 = sub.recv().await.unwrap();
+    assert_eq!(e2.kind, "MODIFIED");
+    assert!(matches!(
+        stream.try_next().await.unwrap(),
+        Some(WatchEvent::Added(_))
+    ));
+    match stream.try_next().await.unwrap() {
+        Some(WatchEvent::Modified(o)) => assert_eq!(
+            o.data.pointer("/status/friendlyDescription"),
+            Some(&json!("Reconcile succeeded"))
+        ),
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+    c.delete(&gvr, Some("default"), "pkgi").unwrap();
+    assert!(matches!(
+        stream.try_next().await.unwrap(),
+        Some(WatchEvent::Deleted(_))
+    ));
+    assert_eq!(
+        api.list(&ListParams::default()).await.unwrap().items.len(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn clusters_isolated_by_token() {
+    tkgops::install_crypto_provider();
+    let emu = KubeEmulator::new();
+    let a = emu.add_cluster("mgmt").await.unwrap();
+    let b = emu.add_cluster("wc1").await.unwrap();
+    assert!(emu.add_cluster("wc1").await.is_err());
+    assert_eq!(
+        emu.cluster_names(),
+        vec!["mgmt".to_string(), "wc1".to_string()]
+    );
+    assert!(emu.cluster("wc1").is_some());
+    assert_ne!(a.token(), b.token());
+    assert!(b
+        .kubeconfig_yaml()
+        .contains("current-context: wc1-admin@wc1"));
+    let ca = a.client().await.unwrap();
+    let cb = b.client().await.unwrap();
+    Api::<ConfigMap>::namespaced(ca.clone(), "default")
+        .create(&PostParams::default(), &cm("only-a", &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        Api::<ConfigMap>::namespaced(cb, "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        0
+    );
+    // a kubeconfig with the wrong token → 401
+    let wrong = a.kubeconfig_yaml().replace(&a.token(), &b.token());
+    let kc = kube::config::Kubeconfig::from_yaml(&wrong).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    let bad = kube::Client::try_from(cfg).unwrap();
+    let (code, reason, _) = api_err(
+        Api::<ConfigMap>::namespaced(bad, "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (401, "Unauthorized"));
+}
+
+#[tokio::test]
+async fn fault_injection_and_write_audit() {
+    let (_emu, c, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    c.faults().inject(Fault::new(
+        Some(http::Method::POST),
+        "/api/v1/namespaces/default/configmaps",
+        FaultAction::Status { code: 500, body: r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"boom","reason":"InternalError","code":500}"#.into() },
+        Some(1),
+    ));
+    let (code, _, _) = api_err(
+        cms.create(&PostParams::default(), &cm("f", &[]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 500);
+    cms.create(&PostParams::default(), &cm("f", &[]))
+        .await
+        .unwrap();
+    cms.patch(
+        "f",
+        &PatchParams::apply("tkgops"),
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": "v"}})),
+    )
+    .await
+    .unwrap();
+    cms.patch(
+        "f",
+        &PatchParams::apply("tkgops"),
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": "v"}})),
+    )
+    .await
+    .unwrap();
+    cms.delete("f", &DeleteParams::default()).await.unwrap();
+    let w = c.writes();
+    let summary: Vec<(String, bool, Option<String>)> = w
+        .iter()
+        .map(|r| (r.verb.clone(), r.changed, r.field_manager.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("create".to_string(), true, None),
+            ("apply".to_string(), true, Some("tkgops".to_string())),
+            ("apply".to_string(), false, Some("tkgops".to_string())),
+            ("delete".to_string(), true, None),
+        ]
+    );
+    assert_eq!(w[0].namespace.as_deref(), Some("default"));
+    assert_eq!(w[0].name, "f");
+    assert!(c.faults().log().all().iter().any(|r| r.faulted));
+}
+
+#[tokio::test]
+async fn crd_created_via_api_registers_type() {
+    let (_emu, _c, client) = setup().await;
+    let crds = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+        "customresourcedefinitions",
+    );
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &crds);
+    let crd: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}}}]}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &crd).await.unwrap();
+    let (ar, _) = discovery::pinned_kind(
+        &client,
+        &GroupVersionKind::gvk("example.com", "v1", "Widget"),
+    )
+    .await
+    .unwrap();
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client, "default", &ar);
+    let w: DynamicObject = serde_json::from_value(
+        json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}),
+    )
+    .unwrap();
+    widgets.create(&PostParams::default(), &w).await.unwrap();
+    assert_eq!(
+        widgets
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn dry_run_delete_collection_namespace_cascade_and_direct_apply() {
+    let (_emu, c, client) = setup().await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("tmp".into());
+    let created = nss.create(&PostParams::default(), &ns).await.unwrap();
+    assert_eq!(created.status.unwrap().phase.as_deref(), Some("Active"));
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "tmp");
+    // dry run does not store
+    cms.create(
+        &PostParams {
+            dry_run: true,
+            ..Default::default()
+        },
+        &cm("dry", &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api_err(cms.get("dry").await.unwrap_err()).0, 404);
+    for n in ["a", "b", "c"] {
+        cms.create(
+            &PostParams::default(),
+            &cm(n, &[("grp", if n == "c" { "keep" } else { "drop" })]),
+        )
+        .await
+        .unwrap();
+    }
+    let gone = cms
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("grp=drop"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone.left().expect("list of deleted objects").items.len(), 2);
+    assert_eq!(
+        cms.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+    // deleting the namespace deletes its contents
+    nss.delete("tmp", &DeleteParams::default()).await.unwrap();
+    assert_eq!(
+        c.list(&Gvr::new("", "v1", "configmaps"), Some("tmp")).len(),
+        0
+    );
+    assert_eq!(api_err(nss.get("tmp").await.unwrap_err()).0, 404);
+
+    // direct apply: create, idempotent, conflict with an HTTP manager unless forced
+    let gvr = Gvr::new("", "v1", "configmaps");
+    let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d", "namespace": "default"}, "data": {"x": "1"}});
+    let v1 = c.apply(&gvr, cfg.clone(), "ctrl", false).unwrap();
+    let v2 = c.apply(&gvr, cfg, "ctrl", false).unwrap();
+    assert_eq!(
+        v1["metadata"]["resourceVersion"],
+        v2["metadata"]["resourceVersion"]
+    );
+    let dcms: Api<ConfigMap> = Api::namespaced(client, "default");
+    dcms.patch(
+        "d",
+        &PatchParams::apply("bot").force(),
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"x": "2"}})),
+    )
+    .await
+    .unwrap();
+    let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d", "namespace": "default"}, "data": {"x": "3"}});
+    let err = c.apply(&gvr, other.clone(), "ctrl", false).unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(
+        c.apply(&gvr, other, "ctrl", true).unwrap()["data"]["x"],
+        "3"
+    );
 }

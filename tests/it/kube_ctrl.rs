@@ -8,8 +8,8 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use tkgops::emulators::kube::controllers::{
-    seed_management_cluster, start_controllers, ControllerOptions, Controllers, FAIL_ANNOTATION, STANDARD_PACKAGES,
-    TMC_CONNECTED_ANNOTATION,
+    seed_management_cluster, start_controllers, ControllerOptions, Controllers, FAIL_ANNOTATION,
+    STANDARD_PACKAGES, TMC_CONNECTED_ANNOTATION,
 };
 use tkgops::emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
 
@@ -26,7 +26,11 @@ fn gvr_mhc() -> Gvr {
     Gvr::new("cluster.x-k8s.io", "v1beta1", "machinehealthchecks")
 }
 fn gvr_kcp() -> Gvr {
-    Gvr::new("controlplane.cluster.x-k8s.io", "v1beta1", "kubeadmcontrolplanes")
+    Gvr::new(
+        "controlplane.cluster.x-k8s.io",
+        "v1beta1",
+        "kubeadmcontrolplanes",
+    )
 }
 fn gvr_aws() -> Gvr {
     Gvr::new("infrastructure.cluster.x-k8s.io", "v1beta1", "awsclusters")
@@ -64,8 +68,19 @@ async fn env() -> Env {
     let emu = KubeEmulator::new();
     let mgmt = emu.add_cluster("mgmt").await.expect("management cluster");
     seed_management_cluster(&mgmt).expect("seed");
-    let ctrl = start_controllers(&emu, "mgmt", ControllerOptions { tick: TICK, standard_packages: true });
-    Env { emu, mgmt, _ctrl: ctrl }
+    let ctrl = start_controllers(
+        &emu,
+        "mgmt",
+        ControllerOptions {
+            tick: TICK,
+            standard_packages: true,
+        },
+    );
+    Env {
+        emu,
+        mgmt,
+        _ctrl: ctrl,
+    }
 }
 
 fn cluster_obj(name: &str, class: &str, cp: i64, workers: i64) -> Value {
@@ -95,11 +110,16 @@ fn cluster_obj(name: &str, class: &str, cp: i64, workers: i64) -> Value {
 }
 
 fn cond<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
-    obj.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == type_)
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
 }
 
 fn cond_status(obj: &Value, type_: &str) -> Option<String> {
-    cond(obj, type_).and_then(|c| c["status"].as_str()).map(str::to_string)
+    cond(obj, type_)
+        .and_then(|c| c["status"].as_str())
+        .map(str::to_string)
 }
 
 /// Polls `f` until it returns `Some`, or panics after `WAIT` with `what`.
@@ -119,27 +139,37 @@ async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 async fn wait_ready(env: &Env, name: &str) -> Value {
     let mgmt = env.mgmt.clone();
     wait_for(&format!("Cluster {name} Ready"), || {
-        mgmt.get(&gvr_cluster(), Some("default"), name).filter(|c| cond_status(c, "Ready").as_deref() == Some("True"))
+        mgmt.get(&gvr_cluster(), Some("default"), name)
+            .filter(|c| cond_status(c, "Ready").as_deref() == Some("True"))
     })
     .await
 }
 
 /// Creates a 1+1 cluster and waits for it to be Ready; returns the workload cluster.
 async fn ready_workload(env: &Env, name: &str) -> EmulatedCluster {
-    env.mgmt.create(&gvr_cluster(), cluster_obj(name, "tkg-aws-default", 1, 1)).expect("create cluster");
+    env.mgmt
+        .create(&gvr_cluster(), cluster_obj(name, "tkg-aws-default", 1, 1))
+        .expect("create cluster");
     wait_ready(env, name).await;
     env.emu.cluster(name).expect("workload cluster")
 }
 
 fn owned_by<'a>(list: &'a [Value], cluster: &str) -> Vec<&'a Value> {
-    list.iter().filter(|o| o["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"] == cluster).collect()
+    list.iter()
+        .filter(|o| o["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"] == cluster)
+        .collect()
 }
 
 #[tokio::test]
 async fn ctrl_cluster_topology_progresses_to_ready() {
     let env = env().await;
     let mut events = env.mgmt.subscribe();
-    env.mgmt.create(&gvr_cluster(), cluster_obj("team-a", "tkg-aws-default", 3, 2)).expect("create");
+    env.mgmt
+        .create(
+            &gvr_cluster(),
+            cluster_obj("team-a", "tkg-aws-default", 3, 2),
+        )
+        .expect("create");
     let cluster = wait_ready(&env, "team-a").await;
 
     // Owned topology objects with deterministic `<name>-<xxxxx>` names and the topology labels.
@@ -148,8 +178,14 @@ async fn ctrl_cluster_topology_progresses_to_ready() {
     assert_eq!(kcps.len(), 1);
     let kcp = kcps[0];
     let kcp_name = kcp["metadata"]["name"].as_str().unwrap();
-    assert!(kcp_name.starts_with("team-a-") && kcp_name.len() == "team-a-".len() + 5, "{kcp_name}");
-    assert_eq!(kcp["metadata"]["labels"]["topology.cluster.x-k8s.io/owned"], "");
+    assert!(
+        kcp_name.starts_with("team-a-") && kcp_name.len() == "team-a-".len() + 5,
+        "{kcp_name}"
+    );
+    assert_eq!(
+        kcp["metadata"]["labels"]["topology.cluster.x-k8s.io/owned"],
+        ""
+    );
     assert_eq!(kcp["spec"]["replicas"], 3);
     assert_eq!(kcp["spec"]["version"], "v1.23.8+vmware.2");
     assert_eq!(kcp["status"]["readyReplicas"], 3);
@@ -164,37 +200,73 @@ async fn ctrl_cluster_topology_progresses_to_ready() {
     let mds = owned_by(&mds, "team-a");
     assert_eq!(mds.len(), 1);
     let md = mds[0];
-    assert!(md["metadata"]["name"].as_str().unwrap().starts_with("team-a-md-0-"));
-    assert_eq!(md["metadata"]["labels"]["topology.cluster.x-k8s.io/deployment-name"], "md-0");
-    assert_eq!(md["metadata"]["labels"]["topology.cluster.x-k8s.io/owned"], "");
+    assert!(md["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("team-a-md-0-"));
+    assert_eq!(
+        md["metadata"]["labels"]["topology.cluster.x-k8s.io/deployment-name"],
+        "md-0"
+    );
+    assert_eq!(
+        md["metadata"]["labels"]["topology.cluster.x-k8s.io/owned"],
+        ""
+    );
     assert_eq!(md["spec"]["clusterName"], "team-a");
     assert_eq!(md["spec"]["replicas"], 2);
-    assert_eq!(md["spec"]["template"]["spec"]["version"], "v1.23.8+vmware.2");
-    assert_eq!(md["spec"]["template"]["spec"]["failureDomain"], "us-east-1a");
+    assert_eq!(
+        md["spec"]["template"]["spec"]["version"],
+        "v1.23.8+vmware.2"
+    );
+    assert_eq!(
+        md["spec"]["template"]["spec"]["failureDomain"],
+        "us-east-1a"
+    );
     assert_eq!(md["status"]["readyReplicas"], 2);
     assert_eq!(md["status"]["availableReplicas"], 2);
     assert_eq!(md["status"]["phase"], "Running");
-    assert_eq!(md["status"]["observedGeneration"], md["metadata"]["generation"]);
+    assert_eq!(
+        md["status"]["observedGeneration"],
+        md["metadata"]["generation"]
+    );
 
     let aws = env.mgmt.list(&gvr_aws(), Some("default"));
     let aws = owned_by(&aws, "team-a");
     assert_eq!(aws.len(), 1);
     assert_eq!(aws[0]["spec"]["region"], "us-east-1");
-    assert_eq!(aws[0]["spec"]["controlPlaneLoadBalancer"]["scheme"], "internal");
+    assert_eq!(
+        aws[0]["spec"]["controlPlaneLoadBalancer"]["scheme"],
+        "internal"
+    );
     assert_eq!(aws[0]["spec"]["network"]["vpc"]["id"], "vpc-0abc");
     assert_eq!(aws[0]["status"]["ready"], true);
 
     // Cluster refs and status.
-    assert_eq!(cluster["spec"]["controlPlaneRef"]["kind"], "KubeadmControlPlane");
+    assert_eq!(
+        cluster["spec"]["controlPlaneRef"]["kind"],
+        "KubeadmControlPlane"
+    );
     assert_eq!(cluster["spec"]["controlPlaneRef"]["name"], kcp_name);
     assert_eq!(cluster["spec"]["infrastructureRef"]["kind"], "AWSCluster");
     assert_eq!(cluster["spec"]["controlPlaneEndpoint"]["port"], 6443);
-    assert!(cluster["spec"]["controlPlaneEndpoint"]["host"].as_str().unwrap().contains(".elb.us-east-1.amazonaws.com"));
+    assert!(cluster["spec"]["controlPlaneEndpoint"]["host"]
+        .as_str()
+        .unwrap()
+        .contains(".elb.us-east-1.amazonaws.com"));
     assert_eq!(cluster["status"]["phase"], "Provisioned");
     assert_eq!(cluster["status"]["infrastructureReady"], true);
     assert_eq!(cluster["status"]["controlPlaneReady"], true);
-    assert_eq!(cluster["status"]["observedGeneration"], cluster["metadata"]["generation"]);
-    for t in ["TopologyReconciled", "InfrastructureReady", "ControlPlaneInitialized", "ControlPlaneReady", "Ready"] {
+    assert_eq!(
+        cluster["status"]["observedGeneration"],
+        cluster["metadata"]["generation"]
+    );
+    for t in [
+        "TopologyReconciled",
+        "InfrastructureReady",
+        "ControlPlaneInitialized",
+        "ControlPlaneReady",
+        "Ready",
+    ] {
         assert_eq!(cond_status(&cluster, t).as_deref(), Some("True"), "{t}");
         assert!(cond(&cluster, t).unwrap()["lastTransitionTime"].is_string());
     }
@@ -226,29 +298,63 @@ async fn ctrl_cluster_topology_progresses_to_ready() {
         }
     }
     assert_eq!(phases, ["Pending", "Provisioning", "Provisioned"]);
-    assert_eq!(milestones, ["ControlPlaneInitialized", "ControlPlaneReady", "Ready"]);
+    assert_eq!(
+        milestones,
+        ["ControlPlaneInitialized", "ControlPlaneReady", "Ready"]
+    );
     assert_eq!(kcp_ready_seen, [0, 1, 2, 3]);
 
     // Kubeconfig Secret.
-    let secret = env.mgmt.get(&gvr_secret(), Some("default"), "team-a-kubeconfig").expect("kubeconfig secret");
+    let secret = env
+        .mgmt
+        .get(&gvr_secret(), Some("default"), "team-a-kubeconfig")
+        .expect("kubeconfig secret");
     assert_eq!(secret["type"], "cluster.x-k8s.io/secret");
-    assert_eq!(secret["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"], "team-a");
+    assert_eq!(
+        secret["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"],
+        "team-a"
+    );
     let kubeconfig = base64::engine::general_purpose::STANDARD
         .decode(secret["data"]["value"].as_str().unwrap())
         .expect("base64");
     let workload = env.emu.cluster("team-a").expect("workload cluster");
-    assert_eq!(String::from_utf8(kubeconfig).unwrap(), workload.kubeconfig_yaml());
+    assert_eq!(
+        String::from_utf8(kubeconfig).unwrap(),
+        workload.kubeconfig_yaml()
+    );
 
     // Workload cluster: the standard repository and catalog.
-    let repo = workload.get(&gvr_pkgr(), Some("tanzu-package-repo-global"), "tanzu-standard").expect("tanzu-standard");
-    assert_eq!(repo["spec"]["fetch"]["imgpkgBundle"]["image"], "projects.registry.vmware.com/tkg/packages/standard/repo:v1.6.0");
-    assert_eq!(repo["metadata"]["annotations"]["tanzu.vmware.com/owner"], "tkg");
-    assert_eq!(repo["status"]["conditions"], json!([{"type": "ReconcileSucceeded", "status": "True"}]));
-    assert_eq!(repo["status"]["observedGeneration"], repo["metadata"]["generation"]);
+    let repo = workload
+        .get(
+            &gvr_pkgr(),
+            Some("tanzu-package-repo-global"),
+            "tanzu-standard",
+        )
+        .expect("tanzu-standard");
+    assert_eq!(
+        repo["spec"]["fetch"]["imgpkgBundle"]["image"],
+        "projects.registry.vmware.com/tkg/packages/standard/repo:v1.6.0"
+    );
+    assert_eq!(
+        repo["metadata"]["annotations"]["tanzu.vmware.com/owner"],
+        "tkg"
+    );
+    assert_eq!(
+        repo["status"]["conditions"],
+        json!([{"type": "ReconcileSucceeded", "status": "True"}])
+    );
+    assert_eq!(
+        repo["status"]["observedGeneration"],
+        repo["metadata"]["generation"]
+    );
     let pkgs = workload.list(&gvr_pkg(), Some("tanzu-package-repo-global"));
     assert_eq!(pkgs.len(), STANDARD_PACKAGES.len());
     let cm = workload
-        .get(&gvr_pkg(), Some("tanzu-package-repo-global"), "cert-manager.tanzu.vmware.com.1.7.2+vmware.1-tkg.1")
+        .get(
+            &gvr_pkg(),
+            Some("tanzu-package-repo-global"),
+            "cert-manager.tanzu.vmware.com.1.7.2+vmware.1-tkg.1",
+        )
         .expect("cert-manager package");
     assert_eq!(cm["spec"]["refName"], "cert-manager.tanzu.vmware.com");
     assert_eq!(cm["spec"]["version"], "1.7.2+vmware.1-tkg.1");
@@ -258,13 +364,27 @@ async fn ctrl_cluster_topology_progresses_to_ready() {
 async fn ctrl_kubeconfig_secret_reaches_workload_api() {
     let env = env().await;
     let workload = ready_workload(&env, "kc").await;
-    let secret = env.mgmt.get(&gvr_secret(), Some("default"), "kc-kubeconfig").expect("secret");
-    let raw = base64::engine::general_purpose::STANDARD.decode(secret["data"]["value"].as_str().unwrap()).unwrap();
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(std::str::from_utf8(&raw).unwrap()).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config");
-    assert_eq!(config.cluster_url.to_string().trim_end_matches('/'), workload.url().trim_end_matches('/'));
+    let secret = env
+        .mgmt
+        .get(&gvr_secret(), Some("default"), "kc-kubeconfig")
+        .expect("secret");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["value"].as_str().unwrap())
+        .unwrap();
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(std::str::from_utf8(&raw).unwrap())
+        .expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    assert_eq!(
+        config.cluster_url.to_string().trim_end_matches('/'),
+        workload.url().trim_end_matches('/')
+    );
     let client = kube::Client::try_from(config).expect("client");
-    let version = client.apiserver_version().await.expect("GET /version on the workload cluster");
+    let version = client
+        .apiserver_version()
+        .await
+        .expect("GET /version on the workload cluster");
     assert!(!version.git_version.is_empty());
 }
 
@@ -279,11 +399,17 @@ async fn ctrl_cluster_applied_over_http_progresses() {
         kind: "Cluster".into(),
         plural: "clusters".into(),
     };
-    let api: kube::Api<kube::core::DynamicObject> = kube::Api::namespaced_with(client, "default", &ar);
-    let obj: kube::core::DynamicObject = serde_json::from_value(cluster_obj("http-a", "tkg-aws-default", 1, 1)).unwrap();
-    api.patch("http-a", &kube::api::PatchParams::apply("tkgops").force(), &kube::api::Patch::Apply(&obj))
-        .await
-        .expect("server-side apply");
+    let api: kube::Api<kube::core::DynamicObject> =
+        kube::Api::namespaced_with(client, "default", &ar);
+    let obj: kube::core::DynamicObject =
+        serde_json::from_value(cluster_obj("http-a", "tkg-aws-default", 1, 1)).unwrap();
+    api.patch(
+        "http-a",
+        &kube::api::PatchParams::apply("tkgops").force(),
+        &kube::api::Patch::Apply(&obj),
+    )
+    .await
+    .expect("server-side apply");
     wait_ready(&env, "http-a").await;
     let got = api.get_status("http-a").await.expect("get");
     let status = got.data["status"].clone();
@@ -294,17 +420,23 @@ async fn ctrl_cluster_applied_over_http_progresses() {
 #[tokio::test]
 async fn ctrl_missing_cluster_class_sets_topology_reconciled_false() {
     let env = env().await;
-    env.mgmt.create(&gvr_cluster(), cluster_obj("orphan", "no-such-class", 1, 1)).expect("create");
+    env.mgmt
+        .create(&gvr_cluster(), cluster_obj("orphan", "no-such-class", 1, 1))
+        .expect("create");
     let mgmt = env.mgmt.clone();
     let c = wait_for("TopologyReconciled=False", || {
-        mgmt.get(&gvr_cluster(), Some("default"), "orphan").filter(|c| cond(c, "TopologyReconciled").is_some())
+        mgmt.get(&gvr_cluster(), Some("default"), "orphan")
+            .filter(|c| cond(c, "TopologyReconciled").is_some())
     })
     .await;
     let tr = cond(&c, "TopologyReconciled").unwrap();
     assert_eq!(tr["status"], "False");
     assert_eq!(tr["reason"], "TopologyReconcileFailed");
     assert_eq!(tr["severity"], "Error");
-    assert!(tr["message"].as_str().unwrap().contains("failed to retrieve ClusterClass default/no-such-class"));
+    assert!(tr["message"]
+        .as_str()
+        .unwrap()
+        .contains("failed to retrieve ClusterClass default/no-such-class"));
     assert_eq!(c["status"]["phase"], "Pending");
     // It stays there: nothing is created for it.
     tokio::time::sleep(TICK * 5).await;
@@ -321,7 +453,8 @@ async fn ctrl_fail_annotation_fails_cluster_with_error_severity() {
     env.mgmt.create(&gvr_cluster(), obj).expect("create");
     let mgmt = env.mgmt.clone();
     let c = wait_for("phase Failed", || {
-        mgmt.get(&gvr_cluster(), Some("default"), "doomed").filter(|c| c["status"]["phase"] == "Failed")
+        mgmt.get(&gvr_cluster(), Some("default"), "doomed")
+            .filter(|c| c["status"]["phase"] == "Failed")
     })
     .await;
     let ready = cond(&c, "Ready").unwrap();
@@ -329,12 +462,21 @@ async fn ctrl_fail_annotation_fails_cluster_with_error_severity() {
     assert_eq!(ready["severity"], "Error");
     assert_eq!(ready["reason"], "ProvisioningFailed");
     assert_eq!(ready["message"], "AMI ami-123 not found in us-east-1");
-    assert_eq!(c["status"]["failureMessage"], "AMI ami-123 not found in us-east-1");
+    assert_eq!(
+        c["status"]["failureMessage"],
+        "AMI ami-123 not found in us-east-1"
+    );
     assert!(c["status"]["failureReason"].is_string());
     tokio::time::sleep(TICK * 5).await;
-    let c = env.mgmt.get(&gvr_cluster(), Some("default"), "doomed").unwrap();
+    let c = env
+        .mgmt
+        .get(&gvr_cluster(), Some("default"), "doomed")
+        .unwrap();
     assert_eq!(c["status"]["phase"], "Failed");
-    assert_ne!(cond_status(&c, "ControlPlaneInitialized").as_deref(), Some("True"));
+    assert_ne!(
+        cond_status(&c, "ControlPlaneInitialized").as_deref(),
+        Some("True")
+    );
 }
 
 fn pkgi(name: &str, ns: &str, version: &str, sa: &str, values_secret: Option<&str>) -> Value {
@@ -362,7 +504,9 @@ async fn wait_pkgi(w: &EmulatedCluster, ns: &str, name: &str, cond_type: &str) -
     let w = w.clone();
     wait_for(&format!("PackageInstall {name} {cond_type}"), || {
         w.get(&gvr_pkgi(), Some(ns), name).filter(|p| {
-            p.pointer("/status/conditions/0/type").and_then(Value::as_str) == Some(cond_type)
+            p.pointer("/status/conditions/0/type")
+                .and_then(Value::as_str)
+                == Some(cond_type)
                 && p["status"]["observedGeneration"] == p["metadata"]["generation"]
         })
     })
@@ -374,14 +518,31 @@ async fn ctrl_package_install_succeeds_and_fails_like_kapp_controller() {
     let env = env().await;
     let w = ready_workload(&env, "pk").await;
     let ns = "cert-manager";
-    w.create(&gvr_ns(), json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).expect("ns");
-    w.create(&gvr_sa(), sa("cert-manager-cert-manager-sa", ns)).expect("sa");
+    w.create(
+        &gvr_ns(),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+    )
+    .expect("ns");
+    w.create(&gvr_sa(), sa("cert-manager-cert-manager-sa", ns))
+        .expect("sa");
 
     // Success.
-    w.create(&gvr_pkgi(), pkgi("cert-manager", ns, "1.7.2+vmware.1-tkg.1", "cert-manager-cert-manager-sa", None))
-        .expect("pkgi");
+    w.create(
+        &gvr_pkgi(),
+        pkgi(
+            "cert-manager",
+            ns,
+            "1.7.2+vmware.1-tkg.1",
+            "cert-manager-cert-manager-sa",
+            None,
+        ),
+    )
+    .expect("pkgi");
     let ok = wait_pkgi(&w, ns, "cert-manager", "ReconcileSucceeded").await;
-    assert_eq!(ok["status"]["conditions"], json!([{"type": "ReconcileSucceeded", "status": "True"}]));
+    assert_eq!(
+        ok["status"]["conditions"],
+        json!([{"type": "ReconcileSucceeded", "status": "True"}])
+    );
     assert_eq!(ok["status"]["friendlyDescription"], "Reconcile succeeded");
     assert_eq!(ok["status"]["version"], "1.7.2+vmware.1-tkg.1");
     assert_eq!(ok["status"]["lastAttemptedVersion"], "1.7.2+vmware.1-tkg.1");
@@ -390,23 +551,43 @@ async fn ctrl_package_install_succeeds_and_fails_like_kapp_controller() {
     // A spec change restarts the reconcile: exactly one condition, observedGeneration bumped.
     let mut events = w.subscribe();
     let patched = w
-        .patch_merge(&gvr_pkgi(), Some(ns), "cert-manager",
-            json!({"spec": {"packageRef": {"versionSelection": {"constraints": "9.9.9"}}}}))
+        .patch_merge(
+            &gvr_pkgi(),
+            Some(ns),
+            "cert-manager",
+            json!({"spec": {"packageRef": {"versionSelection": {"constraints": "9.9.9"}}}}),
+        )
         .expect("patch");
     let generation = patched["metadata"]["generation"].as_i64().unwrap();
     let failed = wait_pkgi(&w, ns, "cert-manager", "ReconcileFailed").await;
     assert_eq!(failed["status"]["observedGeneration"], generation);
     assert_eq!(failed["status"]["conditions"].as_array().unwrap().len(), 1);
-    assert_eq!(failed["status"]["conditions"][0]["message"], "Error (see .status.usefulErrorMessage for details)");
-    let msg = "Could not find package with name 'cert-manager.tanzu.vmware.com' and version '9.9.9'";
+    assert_eq!(
+        failed["status"]["conditions"][0]["message"],
+        "Error (see .status.usefulErrorMessage for details)"
+    );
+    let msg =
+        "Could not find package with name 'cert-manager.tanzu.vmware.com' and version '9.9.9'";
     assert_eq!(failed["status"]["usefulErrorMessage"], msg);
-    assert_eq!(failed["status"]["friendlyDescription"], format!("Reconcile failed: {msg}"));
+    assert_eq!(
+        failed["status"]["friendlyDescription"],
+        format!("Reconcile failed: {msg}")
+    );
     let mut saw_reconciling = false;
     while let Ok(ev) = events.try_recv() {
         if ev.gvr.plural == "packageinstalls" {
-            let conds = ev.object.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            let conds = ev
+                .object
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             assert!(conds.len() <= 1, "more than one condition: {conds:?}");
-            if conds.first().map(|c| c["type"] == "Reconciling").unwrap_or(false) {
+            if conds
+                .first()
+                .map(|c| c["type"] == "Reconciling")
+                .unwrap_or(false)
+            {
                 assert_eq!(ev.object["status"]["observedGeneration"], generation);
                 assert_eq!(ev.object["status"]["friendlyDescription"], "Reconciling");
                 saw_reconciling = true;
@@ -416,17 +597,37 @@ async fn ctrl_package_install_succeeds_and_fails_like_kapp_controller() {
     assert!(saw_reconciling, "Reconciling was never reported");
 
     // Missing ServiceAccount.
-    w.create(&gvr_pkgi(), pkgi("no-sa", ns, "1.7.2+vmware.1-tkg.1", "missing-sa", None)).expect("pkgi");
+    w.create(
+        &gvr_pkgi(),
+        pkgi("no-sa", ns, "1.7.2+vmware.1-tkg.1", "missing-sa", None),
+    )
+    .expect("pkgi");
     let f = wait_pkgi(&w, ns, "no-sa", "ReconcileFailed").await;
-    assert_eq!(f["status"]["usefulErrorMessage"], "Getting service account: serviceaccounts \"missing-sa\" not found");
+    assert_eq!(
+        f["status"]["usefulErrorMessage"],
+        "Getting service account: serviceaccounts \"missing-sa\" not found"
+    );
     // ... which recovers once the ServiceAccount exists (kapp-controller retries).
     w.create(&gvr_sa(), sa("missing-sa", ns)).expect("sa");
     wait_pkgi(&w, ns, "no-sa", "ReconcileSucceeded").await;
 
     // Missing values Secret.
-    w.create(&gvr_pkgi(), pkgi("no-values", ns, "1.7.2+vmware.1-tkg.1", "missing-sa", Some("cm-values"))).expect("pkgi");
+    w.create(
+        &gvr_pkgi(),
+        pkgi(
+            "no-values",
+            ns,
+            "1.7.2+vmware.1-tkg.1",
+            "missing-sa",
+            Some("cm-values"),
+        ),
+    )
+    .expect("pkgi");
     let f = wait_pkgi(&w, ns, "no-values", "ReconcileFailed").await;
-    assert!(f["status"]["usefulErrorMessage"].as_str().unwrap().contains("\"cm-values\""));
+    assert!(f["status"]["usefulErrorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("\"cm-values\""));
 }
 
 #[tokio::test]
@@ -434,7 +635,12 @@ async fn ctrl_upgrade_rolls_control_plane_then_workers() {
     let env = env().await;
     ready_workload(&env, "up").await;
     env.mgmt
-        .patch_merge(&gvr_cluster(), Some("default"), "up", json!({"spec": {"topology": {"version": "v1.23.10+vmware.1"}}}))
+        .patch_merge(
+            &gvr_cluster(),
+            Some("default"),
+            "up",
+            json!({"spec": {"topology": {"version": "v1.23.10+vmware.1"}}}),
+        )
         .expect("patch version");
     let mgmt = env.mgmt.clone();
     let kcp = wait_for("KCP upgraded", || {
@@ -459,7 +665,10 @@ async fn ctrl_upgrade_rolls_control_plane_then_workers() {
     .await;
     assert_eq!(md["status"]["readyReplicas"], 1);
     let c = mgmt.get(&gvr_cluster(), Some("default"), "up").unwrap();
-    assert_eq!(cond_status(&c, "ControlPlaneReady").as_deref(), Some("True"));
+    assert_eq!(
+        cond_status(&c, "ControlPlaneReady").as_deref(),
+        Some("True")
+    );
 }
 
 #[tokio::test]
@@ -476,20 +685,124 @@ async fn ctrl_machine_health_check_and_deletion() {
         .expect("mhc");
     let mgmt = env.mgmt.clone();
     let mhc = wait_for("MHC status", || {
-        mgmt.get(&gvr_mhc(), Some("default"), "mh").filter(|m| cond_status(m, "RemediationAllowed").as_deref() == Some("True"))
+        mgmt.get(&gvr_mhc(), Some("default"), "mh")
+            .filter(|m| cond_status(m, "RemediationAllowed").as_deref() == Some("True"))
     })
     .await;
     assert_eq!(mhc["status"]["expectedMachines"], 1);
     assert_eq!(mhc["status"]["currentHealthy"], 1);
     assert_eq!(mhc["status"]["remediationsAllowed"], 1);
 
-    env.mgmt.delete(&gvr_cluster(), Some("default"), "mh").expect("delete");
+    // Deletion: the Cluster controller's finalizer keeps the Cluster in phase Deleting until its
+    // descendants are gone, then the Cluster disappears.
+    let c = mgmt.get(&gvr_cluster(), Some("default"), "mh").unwrap();
+    assert!(c["metadata"]["finalizers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "cluster.cluster.x-k8s.io"));
+    env.mgmt
+        .delete(&gvr_cluster(), Some("default"), "mh")
+        .expect("delete");
+    let deleting = mgmt
+        .get(&gvr_cluster(), Some("default"), "mh")
+        .expect("still there while deleting");
+    assert!(deleting["metadata"]["deletionTimestamp"].is_string());
+    wait_for("phase Deleting", || {
+        mgmt.get(&gvr_cluster(), Some("default"), "mh")
+            .filter(|c| c["status"]["phase"] == "Deleting")
+            .map(|_| ())
+    })
+    .await;
     wait_for("owned objects deleted", || {
         let gone = owned_by(&mgmt.list(&gvr_kcp(), Some("default")), "mh").is_empty()
             && owned_by(&mgmt.list(&gvr_md(), Some("default")), "mh").is_empty()
             && owned_by(&mgmt.list(&gvr_aws(), Some("default")), "mh").is_empty()
-            && mgmt.get(&gvr_secret(), Some("default"), "mh-kubeconfig").is_none();
+            && mgmt.get(&gvr_mhc(), Some("default"), "mh").is_none()
+            && mgmt
+                .get(&gvr_secret(), Some("default"), "mh-kubeconfig")
+                .is_none()
+            && mgmt.get(&gvr_cluster(), Some("default"), "mh").is_none();
         gone.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ctrl_plan_based_cluster_progresses_from_its_refs() {
+    let env = env().await;
+    let ns = "default";
+    // Objects of TKG 1.6's legacy plan-based template (tanzu-apis.md §2.1), created out of order.
+    env.mgmt
+        .create(&gvr_cluster(), json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
+            "metadata": {"name": "legacy", "namespace": ns, "labels": {"tanzuKubernetesRelease": "v1.23.8---vmware.2-tkg.1"}},
+            "spec": {
+                "clusterNetwork": {"pods": {"cidrBlocks": ["100.96.0.0/11"]}},
+                "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "AWSCluster", "name": "legacy"},
+                "controlPlaneRef": {"apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlane",
+                                    "name": "legacy-control-plane"},
+            },
+        }))
+        .expect("cluster");
+    tokio::time::sleep(TICK * 4).await;
+    let c = env.mgmt.get(&gvr_cluster(), Some(ns), "legacy").unwrap();
+    assert_eq!(
+        c["status"]["phase"], "Pending",
+        "waits for its referenced objects"
+    );
+    env.mgmt
+        .create(&gvr_aws(), json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "AWSCluster",
+            "metadata": {"name": "legacy", "namespace": ns},
+            "spec": {"region": "us-west-2", "sshKeyName": "tkg-kp", "controlPlaneLoadBalancer": {"scheme": "internet-facing"}},
+        }))
+        .expect("aws");
+    env.mgmt
+        .create(&gvr_kcp(), json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlane",
+            "metadata": {"name": "legacy-control-plane", "namespace": ns},
+            "spec": {"replicas": 1, "version": "v1.23.8+vmware.2"},
+        }))
+        .expect("kcp");
+    env.mgmt
+        .create(&gvr_md(), json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "MachineDeployment",
+            "metadata": {"name": "legacy-md-0", "namespace": ns, "labels": {"cluster.x-k8s.io/cluster-name": "legacy"}},
+            "spec": {"clusterName": "legacy", "replicas": 2,
+                     "template": {"spec": {"clusterName": "legacy", "version": "v1.23.8+vmware.2", "failureDomain": "us-west-2a"}}},
+        }))
+        .expect("md");
+    let c = wait_ready(&env, "legacy").await;
+    assert_eq!(c["status"]["phase"], "Provisioned");
+    assert!(cond(&c, "TopologyReconciled").is_none());
+    assert!(c["spec"]["controlPlaneEndpoint"]["host"]
+        .as_str()
+        .unwrap()
+        .contains("us-west-2"));
+    let md = env.mgmt.get(&gvr_md(), Some(ns), "legacy-md-0").unwrap();
+    assert_eq!(md["status"]["readyReplicas"], 2);
+    assert_eq!(md["status"]["updatedReplicas"], 2);
+    assert!(env
+        .mgmt
+        .get(&gvr_secret(), Some(ns), "legacy-kubeconfig")
+        .is_some());
+
+    // Legacy upgrade (TKG `DoLegacyClusterUpgrade`): patch the KCP, then the MD.
+    env.mgmt
+        .patch_merge(
+            &gvr_kcp(),
+            Some(ns),
+            "legacy-control-plane",
+            json!({"spec": {"version": "v1.23.10+vmware.1"}}),
+        )
+        .unwrap();
+    let mgmt = env.mgmt.clone();
+    wait_for("legacy KCP upgraded", || {
+        mgmt.get(&gvr_kcp(), Some(ns), "legacy-control-plane")
+            .filter(|k| {
+                k["status"]["version"] == "v1.23.10+vmware.1" && k["status"]["updatedReplicas"] == 1
+            })
     })
     .await;
 }
@@ -524,40 +837,57 @@ async fn ctrl_tmc_agent_connects_outward() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    w.create(&gvr_ns(), json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "vmware-system-tmc"}}))
-        .expect("ns");
-    w.create(&gvr_cm(), json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "stack-config", "namespace": "vmware-system-tmc"},
-        "data": {
-            "tmc_url": format!("http://{addr}"),
-            "cluster_name": "tm",
-            "management_cluster_name": "attached",
-            "provisioner_name": "attached",
-            "registration_token": "tok-123",
-        },
-    }))
+    w.create(
+        &gvr_ns(),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "vmware-system-tmc"}}),
+    )
+    .expect("ns");
+    w.create(
+        &gvr_cm(),
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "stack-config", "namespace": "vmware-system-tmc"},
+            "data": {
+                "tmc_url": format!("http://{addr}"),
+                "cluster_name": "tm",
+                "management_cluster_name": "attached",
+                "provisioner_name": "attached",
+                "registration_token": "tok-123",
+            },
+        }),
+    )
     .expect("stack-config");
 
     let cm = {
         let w = w.clone();
         wait_for("connected annotation", move || {
             w.get(&gvr_cm(), Some("vmware-system-tmc"), "stack-config")
-                .filter(|c| c.pointer("/metadata/annotations").and_then(|a| a.get(TMC_CONNECTED_ANNOTATION)).is_some())
+                .filter(|c| {
+                    c.pointer("/metadata/annotations")
+                        .and_then(|a| a.get(TMC_CONNECTED_ANNOTATION))
+                        .is_some()
+                })
         })
         .await
     };
     assert!(cm["metadata"]["annotations"][TMC_CONNECTED_ANNOTATION].is_string());
     let calls = seen.lock().unwrap().clone();
-    assert_eq!(calls.len(), 2, "one failed attempt, then one success: {calls:?}");
+    assert_eq!(
+        calls.len(),
+        2,
+        "one failed attempt, then one success: {calls:?}"
+    );
     let (path, body) = &calls[1];
     assert_eq!(path, "/v1alpha1/clusters/tm:agentconnect");
-    assert_eq!(body, &json!({
-        "fullName": {"managementClusterName": "attached", "provisionerName": "attached", "name": "tm"},
-        "registrationToken": "tok-123",
-        "kubeServerVersion": "v1.23.8+vmware.2",
-        "nodeCount": "2",
-    }));
+    assert_eq!(
+        body,
+        &json!({
+            "fullName": {"managementClusterName": "attached", "provisionerName": "attached", "name": "tm"},
+            "registrationToken": "tok-123",
+            "kubeServerVersion": "v1.23.8+vmware.2",
+            "nodeCount": "2",
+        })
+    );
     // Connected once: no further calls.
     tokio::time::sleep(TICK * 5).await;
     assert_eq!(seen.lock().unwrap().len(), 2);
@@ -569,8 +899,16 @@ async fn ctrl_restarted_controllers_resume_from_object_state() {
     let emu = KubeEmulator::new();
     let mgmt = emu.add_cluster("mgmt").await.unwrap();
     seed_management_cluster(&mgmt).unwrap();
-    let ctrl = start_controllers(&emu, "mgmt", ControllerOptions { tick: TICK, standard_packages: true });
-    mgmt.create(&gvr_cluster(), cluster_obj("rs", "tkg-aws-default", 3, 1)).unwrap();
+    let ctrl = start_controllers(
+        &emu,
+        "mgmt",
+        ControllerOptions {
+            tick: TICK,
+            standard_packages: true,
+        },
+    );
+    mgmt.create(&gvr_cluster(), cluster_obj("rs", "tkg-aws-default", 3, 1))
+        .unwrap();
     {
         let mgmt = mgmt.clone();
         wait_for("initialized", move || {
@@ -581,8 +919,19 @@ async fn ctrl_restarted_controllers_resume_from_object_state() {
     }
     drop(ctrl);
     let kcp_before = owned_by(&mgmt.list(&gvr_kcp(), Some("default")), "rs")[0].clone();
-    let ctrl = start_controllers(&emu, "mgmt", ControllerOptions { tick: TICK, standard_packages: true });
-    let env = Env { emu: emu.clone(), mgmt: mgmt.clone(), _ctrl: ctrl };
+    let ctrl = start_controllers(
+        &emu,
+        "mgmt",
+        ControllerOptions {
+            tick: TICK,
+            standard_packages: true,
+        },
+    );
+    let env = Env {
+        emu: emu.clone(),
+        mgmt: mgmt.clone(),
+        _ctrl: ctrl,
+    };
     wait_ready(&env, "rs").await;
     let kcps = mgmt.list(&gvr_kcp(), Some("default"));
     let kcps = owned_by(&kcps, "rs");
@@ -592,6 +941,10 @@ async fn ctrl_restarted_controllers_resume_from_object_state() {
     // kapp-controller runs on the pre-existing workload cluster after the restart.
     let w = emu.cluster("rs").unwrap();
     w.create(&gvr_sa(), sa("s", "default")).unwrap();
-    w.create(&gvr_pkgi(), pkgi("p", "default", "1.7.2+vmware.1-tkg.1", "s", None)).unwrap();
+    w.create(
+        &gvr_pkgi(),
+        pkgi("p", "default", "1.7.2+vmware.1-tkg.1", "s", None),
+    )
+    .unwrap();
     wait_pkgi(&w, "default", "p", "ReconcileSucceeded").await;
 }

@@ -162,7 +162,9 @@ pub(crate) fn encode_fields_v1(set: &FieldSet) -> Value {
     fn mark(node: &mut Map<String, Value>, path: &mut Vec<String>, set: &FieldSet) {
         let keys: Vec<String> = node.keys().cloned().collect();
         for k in keys {
-            let Some(seg) = k.strip_prefix("f:") else { continue };
+            let Some(seg) = k.strip_prefix("f:") else {
+                continue;
+            };
             path.push(seg.to_string());
             if let Some(child) = node.get_mut(&k).and_then(Value::as_object_mut) {
                 if !child.is_empty() && set.contains(path) {
@@ -181,7 +183,8 @@ pub(crate) fn encode_fields_v1(set: &FieldSet) -> Value {
 pub(crate) fn decode_fields_v1(v: &Value) -> FieldSet {
     fn walk(v: &Value, prefix: &mut Vec<String>, out: &mut FieldSet) {
         let Some(m) = v.as_object() else { return };
-        let children: Vec<(&String, &Value)> = m.iter().filter(|(k, _)| k.starts_with("f:")).collect();
+        let children: Vec<(&String, &Value)> =
+            m.iter().filter(|(k, _)| k.starts_with("f:")).collect();
         if (children.is_empty() || m.contains_key(".")) && !prefix.is_empty() {
             out.insert(prefix.clone());
         }
@@ -215,21 +218,43 @@ pub(crate) struct ManagedEntry {
 
 impl ManagedEntry {
     fn same_slot(&self, manager: &str, operation: &str, subresource: Option<&str>) -> bool {
-        self.manager == manager && self.operation == operation && self.subresource.as_deref() == subresource
+        self.manager == manager
+            && self.operation == operation
+            && self.subresource.as_deref() == subresource
     }
 }
 
 /// Parses `metadata.managedFields` of `obj`; malformed entries are skipped.
 pub(crate) fn parse_managed(obj: &Value) -> Vec<ManagedEntry> {
-    let Some(arr) = obj.pointer("/metadata/managedFields").and_then(Value::as_array) else { return Vec::new() };
+    let Some(arr) = obj
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
     arr.iter()
         .filter_map(|e| {
             Some(ManagedEntry {
                 manager: e.get("manager")?.as_str()?.to_string(),
-                operation: e.get("operation").and_then(Value::as_str).unwrap_or("Update").to_string(),
-                api_version: e.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string(),
-                time: e.get("time").and_then(Value::as_str).unwrap_or_default().to_string(),
-                subresource: e.get("subresource").and_then(Value::as_str).map(str::to_string),
+                operation: e
+                    .get("operation")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Update")
+                    .to_string(),
+                api_version: e
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                time: e
+                    .get("time")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                subresource: e
+                    .get("subresource")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
                 fields: e.get("fieldsV1").map(decode_fields_v1).unwrap_or_default(),
             })
         })
@@ -263,7 +288,10 @@ pub(crate) fn render_managed(entries: &[ManagedEntry]) -> Value {
 pub(crate) fn same_ownership(a: &[ManagedEntry], b: &[ManagedEntry]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| {
-            x.manager == y.manager && x.operation == y.operation && x.subresource == y.subresource && x.fields == y.fields
+            x.manager == y.manager
+                && x.operation == y.operation
+                && x.subresource == y.subresource
+                && x.fields == y.fields
         })
 }
 
@@ -279,15 +307,20 @@ pub(crate) fn record_update(
     api_version: &str,
     now: &str,
 ) {
-    let changed: FieldSet =
-        leaf_paths(new).into_iter().filter(|p| get_path(old, p) != get_path(new, p)).collect();
+    let changed: FieldSet = leaf_paths(new)
+        .into_iter()
+        .filter(|p| get_path(old, p) != get_path(new, p))
+        .collect();
     if !changed.is_empty() {
         for e in entries.iter_mut() {
             if !e.same_slot(manager, "Update", subresource) {
                 e.fields.retain(|q| !changed.iter().any(|p| overlaps(p, q)));
             }
         }
-        match entries.iter_mut().find(|e| e.same_slot(manager, "Update", subresource)) {
+        match entries
+            .iter_mut()
+            .find(|e| e.same_slot(manager, "Update", subresource))
+        {
             Some(e) => {
                 e.fields.extend(changed);
                 e.time = now.to_string();
@@ -348,7 +381,11 @@ pub(crate) fn apply(
         for q in &e.fields {
             for p in &new_set {
                 if overlaps(p, q) && get_path(live, p) != get_path(config, p) {
-                    conflicts.insert(Conflict { manager: e.manager.clone(), api_version: e.api_version.clone(), path: p.clone() });
+                    conflicts.insert(Conflict {
+                        manager: e.manager.clone(),
+                        api_version: e.api_version.clone(),
+                        path: p.clone(),
+                    });
                 }
             }
         }
@@ -359,7 +396,11 @@ pub(crate) fn apply(
         }
         for e in entries.iter_mut() {
             if e.manager != manager {
-                e.fields.retain(|q| !new_set.iter().any(|p| overlaps(p, q) && get_path(live, p) != get_path(config, p)));
+                e.fields.retain(|q| {
+                    !new_set
+                        .iter()
+                        .any(|p| overlaps(p, q) && get_path(live, p) != get_path(config, p))
+                });
             }
         }
     }
@@ -379,7 +420,10 @@ pub(crate) fn apply(
         }
     }
     deep_merge(&mut result, config);
-    match entries.iter_mut().find(|e| e.same_slot(manager, "Apply", subresource)) {
+    match entries
+        .iter_mut()
+        .find(|e| e.same_slot(manager, "Apply", subresource))
+    {
         Some(e) => {
             if e.fields != new_set {
                 e.time = now.to_string();
@@ -416,7 +460,11 @@ pub(crate) fn conflict_message(conflicts: &[Conflict]) -> String {
     for c in conflicts {
         match by_mgr.iter_mut().find(|(m, _, _)| *m == c.manager) {
             Some((_, _, ps)) => ps.push(display_path(&c.path)),
-            None => by_mgr.push((c.manager.clone(), c.api_version.clone(), vec![display_path(&c.path)])),
+            None => by_mgr.push((
+                c.manager.clone(),
+                c.api_version.clone(),
+                vec![display_path(&c.path)],
+            )),
         }
     }
     let parts: Vec<String> = by_mgr
@@ -433,7 +481,8 @@ mod tests {
 
     #[test]
     fn fields_v1_roundtrip() {
-        let obj = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 1, "l": [1, 2], "e": {}}});
+        let obj =
+            json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 1, "l": [1, 2], "e": {}}});
         let set = leaf_paths(&obj);
         assert_eq!(set.len(), 4);
         assert_eq!(decode_fields_v1(&encode_fields_v1(&set)), set);
@@ -443,13 +492,53 @@ mod tests {
     fn apply_removes_omitted_and_detects_conflicts() {
         let mut entries = Vec::new();
         let live = json!({});
-        let r = apply(&mut entries, &live, &json!({"spec": {"a": 1, "b": 2}}), "m1", None, false, "v1", "t").unwrap();
-        let r = apply(&mut entries, &r, &json!({"spec": {"a": 1}}), "m1", None, false, "v1", "t").unwrap();
+        let r = apply(
+            &mut entries,
+            &live,
+            &json!({"spec": {"a": 1, "b": 2}}),
+            "m1",
+            None,
+            false,
+            "v1",
+            "t",
+        )
+        .unwrap();
+        let r = apply(
+            &mut entries,
+            &r,
+            &json!({"spec": {"a": 1}}),
+            "m1",
+            None,
+            false,
+            "v1",
+            "t",
+        )
+        .unwrap();
         assert_eq!(r, json!({"spec": {"a": 1}}));
-        let err = apply(&mut entries.clone(), &r, &json!({"spec": {"a": 2}}), "m2", None, false, "v1", "t").unwrap_err();
+        let err = apply(
+            &mut entries.clone(),
+            &r,
+            &json!({"spec": {"a": 2}}),
+            "m2",
+            None,
+            false,
+            "v1",
+            "t",
+        )
+        .unwrap_err();
         assert_eq!(err.len(), 1);
         assert!(conflict_message(&err).contains(".spec.a"));
-        let r = apply(&mut entries, &r, &json!({"spec": {"a": 2}}), "m2", None, true, "v1", "t").unwrap();
+        let r = apply(
+            &mut entries,
+            &r,
+            &json!({"spec": {"a": 2}}),
+            "m2",
+            None,
+            true,
+            "v1",
+            "t",
+        )
+        .unwrap();
         assert_eq!(r, json!({"spec": {"a": 2}}));
         assert_eq!(entries.len(), 1);
     }

@@ -33,6 +33,13 @@
 //!   `k8s.io/initial-events-end`), `timeoutSeconds`, selectors. A watch from resourceVersion `""`
 //!   or `"0"` starts with synthetic ADDED events for the current objects.
 //!
+//! # Direct access
+//! Simulated controllers and test assertions use [`EmulatedCluster::get`], `list`, `create`,
+//! `apply`, `update_status`, `patch_merge`, `delete` and `subscribe` without HTTP; they share the
+//! store, resourceVersion counter, managedFields bookkeeping and watch event log with the HTTP API,
+//! so HTTP watchers see their changes. [`EmulatedCluster::writes`] audits successful HTTP writes
+//! only (rejected requests are visible in the fault layer's request log).
+//!
 //! # How far server-side apply goes
 //! - Field ownership is tracked per (manager, operation, subresource) as sets of *leaf paths*: a
 //!   leaf is a scalar, a `null`, an empty object or **a list — lists are atomic** (no
@@ -90,7 +97,11 @@ pub struct Gvr {
 impl Gvr {
     /// Builds a `Gvr` from `group` ("" for core), `version` and `plural`.
     pub fn new(group: &str, version: &str, plural: &str) -> Self {
-        Gvr { group: group.to_string(), version: version.to_string(), plural: plural.to_string() }
+        Gvr {
+            group: group.to_string(),
+            version: version.to_string(),
+            plural: plural.to_string(),
+        }
     }
 
     /// `v1` for the core group, else `group/version`.
@@ -121,7 +132,13 @@ pub struct ResourceType {
 impl ResourceType {
     /// A type with the given properties and no short names.
     pub fn new(gvr: Gvr, kind: &str, namespaced: bool, status_subresource: bool) -> Self {
-        ResourceType { gvr, kind: kind.to_string(), namespaced, status_subresource, short_names: Vec::new() }
+        ResourceType {
+            gvr,
+            kind: kind.to_string(),
+            namespaced,
+            status_subresource,
+            short_names: Vec::new(),
+        }
     }
 
     /// `apiVersion` of objects of this type (`v1`, `cluster.x-k8s.io/v1beta1`).
@@ -196,7 +213,11 @@ impl KubeEmulatorError {
 
 impl From<ApiError> for KubeEmulatorError {
     fn from(e: ApiError) -> Self {
-        KubeEmulatorError::Api { code: e.code, reason: e.reason.to_string(), message: e.message }
+        KubeEmulatorError::Api {
+            code: e.code,
+            reason: e.reason.to_string(),
+            message: e.message,
+        }
     }
 }
 
@@ -236,7 +257,10 @@ impl KubeEmulator {
             cluster.register(rt);
         }
         for ns in ["default", "kube-system", "kube-public"] {
-            cluster.create(&Gvr::new("", "v1", "namespaces"), serde_json::json!({"metadata": {"name": ns}}))?;
+            cluster.create(
+                &Gvr::new("", "v1", "namespaces"),
+                serde_json::json!({"metadata": {"name": ns}}),
+            )?;
         }
         {
             let mut clusters = self.lock();
@@ -320,9 +344,10 @@ impl EmulatedCluster {
     pub async fn client(&self) -> Result<kube::Client, KubeEmulatorError> {
         let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())
             .map_err(|e| KubeEmulatorError::Client(e.to_string()))?;
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .map_err(|e| KubeEmulatorError::Client(e.to_string()))?;
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| KubeEmulatorError::Client(e.to_string()))?;
         kube::Client::try_from(cfg).map_err(|e| KubeEmulatorError::Client(e.to_string()))
     }
 
@@ -351,21 +376,75 @@ impl EmulatedCluster {
         let mut types = vec![
             ns(c, "v1beta1", "clusters", "Cluster", &["cl"]),
             ns(c, "v1beta1", "clusterclasses", "ClusterClass", &["cc"]),
-            ns(c, "v1beta1", "machinedeployments", "MachineDeployment", &["md"]),
+            ns(
+                c,
+                "v1beta1",
+                "machinedeployments",
+                "MachineDeployment",
+                &["md"],
+            ),
             ns(c, "v1beta1", "machinesets", "MachineSet", &["ms"]),
             ns(c, "v1beta1", "machines", "Machine", &["ma"]),
-            ns(c, "v1beta1", "machinehealthchecks", "MachineHealthCheck", &["mhc"]),
-            ns("controlplane.cluster.x-k8s.io", "v1beta1", "kubeadmcontrolplanes", "KubeadmControlPlane", &["kcp"]),
-            ns("bootstrap.cluster.x-k8s.io", "v1beta1", "kubeadmconfigs", "KubeadmConfig", &[]),
-            ns("bootstrap.cluster.x-k8s.io", "v1beta1", "kubeadmconfigtemplates", "KubeadmConfigTemplate", &[]),
-            ns("addons.cluster.x-k8s.io", "v1beta1", "clusterresourcesets", "ClusterResourceSet", &["crs"]),
+            ns(
+                c,
+                "v1beta1",
+                "machinehealthchecks",
+                "MachineHealthCheck",
+                &["mhc"],
+            ),
+            ns(
+                "controlplane.cluster.x-k8s.io",
+                "v1beta1",
+                "kubeadmcontrolplanes",
+                "KubeadmControlPlane",
+                &["kcp"],
+            ),
+            ns(
+                "bootstrap.cluster.x-k8s.io",
+                "v1beta1",
+                "kubeadmconfigs",
+                "KubeadmConfig",
+                &[],
+            ),
+            ns(
+                "bootstrap.cluster.x-k8s.io",
+                "v1beta1",
+                "kubeadmconfigtemplates",
+                "KubeadmConfigTemplate",
+                &[],
+            ),
+            ns(
+                "addons.cluster.x-k8s.io",
+                "v1beta1",
+                "clusterresourcesets",
+                "ClusterResourceSet",
+                &["crs"],
+            ),
         ];
         let i = "infrastructure.cluster.x-k8s.io";
         types.push(ns(i, "v1beta1", "awsclusters", "AWSCluster", &[]));
         types.push(ns(i, "v1beta1", "awsmachines", "AWSMachine", &[]));
-        types.push(ns(i, "v1beta1", "awsmachinetemplates", "AWSMachineTemplate", &[]));
-        types.push(ns(i, "v1beta1", "awsclustertemplates", "AWSClusterTemplate", &[]));
-        let mut tkr = ns("run.tanzu.vmware.com", "v1alpha3", "tanzukubernetesreleases", "TanzuKubernetesRelease", &["tkr"]);
+        types.push(ns(
+            i,
+            "v1beta1",
+            "awsmachinetemplates",
+            "AWSMachineTemplate",
+            &[],
+        ));
+        types.push(ns(
+            i,
+            "v1beta1",
+            "awsclustertemplates",
+            "AWSClusterTemplate",
+            &[],
+        ));
+        let mut tkr = ns(
+            "run.tanzu.vmware.com",
+            "v1alpha3",
+            "tanzukubernetesreleases",
+            "TanzuKubernetesRelease",
+            &["tkr"],
+        );
         tkr.namespaced = false;
         types.push(tkr);
         for t in types {
@@ -385,10 +464,34 @@ impl EmulatedCluster {
             short_names: short.iter().map(|s| s.to_string()).collect(),
         };
         for t in [
-            ns("packaging.carvel.dev", "packageinstalls", "PackageInstall", true, &["pkgi"]),
-            ns("packaging.carvel.dev", "packagerepositories", "PackageRepository", true, &["pkgr"]),
-            ns("data.packaging.carvel.dev", "packages", "Package", false, &["pkg"]),
-            ns("data.packaging.carvel.dev", "packagemetadatas", "PackageMetadata", false, &["pkgm"]),
+            ns(
+                "packaging.carvel.dev",
+                "packageinstalls",
+                "PackageInstall",
+                true,
+                &["pkgi"],
+            ),
+            ns(
+                "packaging.carvel.dev",
+                "packagerepositories",
+                "PackageRepository",
+                true,
+                &["pkgr"],
+            ),
+            ns(
+                "data.packaging.carvel.dev",
+                "packages",
+                "Package",
+                false,
+                &["pkg"],
+            ),
+            ns(
+                "data.packaging.carvel.dev",
+                "packagemetadatas",
+                "PackageMetadata",
+                false,
+                &["pkgm"],
+            ),
             ns("kappctrl.k14s.io", "apps", "App", true, &[]),
         ] {
             self.register(t);
@@ -408,7 +511,9 @@ impl EmulatedCluster {
     /// Objects of a type in `namespace` (`None`: all namespaces, or cluster-scoped), sorted by
     /// namespace and name; empty if the type is unknown.
     pub fn list(&self, gvr: &Gvr, namespace: Option<&str>) -> Vec<Value> {
-        self.state().list(gvr, namespace, None, None).unwrap_or_default()
+        self.state()
+            .list(gvr, namespace, None, None)
+            .unwrap_or_default()
     }
 
     /// Creates `obj` like a POST (namespace from `metadata.namespace`, default `default` for
@@ -420,7 +525,13 @@ impl EmulatedCluster {
 
     /// Replaces `.status` like a PUT to `/status` (for types without the subresource, the status of
     /// the main object is replaced); returns the stored object. Errors: 404 when absent.
-    pub fn update_status(&self, gvr: &Gvr, namespace: Option<&str>, name: &str, status: Value) -> Result<Value, KubeEmulatorError> {
+    pub fn update_status(
+        &self,
+        gvr: &Gvr,
+        namespace: Option<&str>,
+        name: &str,
+        status: Value,
+    ) -> Result<Value, KubeEmulatorError> {
         let mut st = self.state();
         let rt = st.rt(gvr)?;
         let mut body = st.get(gvr, namespace, name)?;
@@ -428,7 +539,14 @@ impl EmulatedCluster {
         if let Some(m) = body.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
         }
-        let (v, _) = st.update(gvr, namespace, name, body, rt.status_subresource, &direct_ctx())?;
+        let (v, _) = st.update(
+            gvr,
+            namespace,
+            name,
+            body,
+            rt.status_subresource,
+            &direct_ctx(),
+        )?;
         Ok(v)
     }
 
@@ -436,14 +554,76 @@ impl EmulatedCluster {
     /// the patch cannot change `.status`; use [`Self::update_status`]); returns the stored object.
     /// Removing the last finalizer of an object being deleted removes it. Errors: 404 when absent,
     /// 409 when the patch carries a stale `metadata.resourceVersion`.
-    pub fn patch_merge(&self, gvr: &Gvr, namespace: Option<&str>, name: &str, patch: Value) -> Result<Value, KubeEmulatorError> {
+    pub fn patch_merge(
+        &self,
+        gvr: &Gvr,
+        namespace: Option<&str>,
+        name: &str,
+        patch: Value,
+    ) -> Result<Value, KubeEmulatorError> {
         let body = serde_json::to_vec(&patch).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let (v, _) = self.state().patch(gvr, namespace, name, store::PatchKind::Merge, &body, false, false, &direct_ctx())?;
+        let (v, _) = self.state().patch(
+            gvr,
+            namespace,
+            name,
+            store::PatchKind::Merge,
+            &body,
+            false,
+            false,
+            &direct_ctx(),
+        )?;
+        Ok(v)
+    }
+
+    /// Server-side applies `obj` (which must carry `metadata.name`, and `metadata.namespace` for
+    /// namespaced types) as `field_manager`, like a PATCH with `application/apply-patch+yaml`
+    /// (`force` = `?force=true`); creates the object when absent. For types with a status
+    /// subresource `.status` is ignored. Errors: 409 Conflict (field owned by another manager),
+    /// 404 (unknown type or missing namespace), 400 (no name, kind/apiVersion mismatch).
+    pub fn apply(
+        &self,
+        gvr: &Gvr,
+        obj: Value,
+        field_manager: &str,
+        force: bool,
+    ) -> Result<Value, KubeEmulatorError> {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if name.is_empty() {
+            return Err(ApiError::bad_request("metadata.name is required").into());
+        }
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let body = serde_json::to_vec(&obj).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let ctx = WriteCtx {
+            manager: field_manager.to_string(),
+            dry_run: false,
+        };
+        let (v, _) = self.state().patch(
+            gvr,
+            ns.as_deref(),
+            &name,
+            store::PatchKind::Apply,
+            &body,
+            false,
+            force,
+            &ctx,
+        )?;
         Ok(v)
     }
 
     /// Deletes like a DELETE: with finalizers only sets `deletionTimestamp`. Errors: 404 when absent.
-    pub fn delete(&self, gvr: &Gvr, namespace: Option<&str>, name: &str) -> Result<(), KubeEmulatorError> {
+    pub fn delete(
+        &self,
+        gvr: &Gvr,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(), KubeEmulatorError> {
         self.state().delete(gvr, namespace, name, false)?;
         Ok(())
     }
@@ -470,34 +650,71 @@ impl EmulatedCluster {
 }
 
 fn direct_ctx() -> WriteCtx {
-    WriteCtx { manager: DIRECT_MANAGER.to_string(), dry_run: false }
+    WriteCtx {
+        manager: DIRECT_MANAGER.to_string(),
+        dry_run: false,
+    }
 }
 
 /// The built-in kinds every cluster serves.
 fn builtin_types() -> Vec<ResourceType> {
-    let t = |g: &str, v: &str, p: &str, k: &str, namespaced: bool, status: bool, short: &[&str]| ResourceType {
-        gvr: Gvr::new(g, v, p),
-        kind: k.to_string(),
-        namespaced,
-        status_subresource: status,
-        short_names: short.iter().map(|s| s.to_string()).collect(),
+    let t = |g: &str, v: &str, p: &str, k: &str, namespaced: bool, status: bool, short: &[&str]| {
+        ResourceType {
+            gvr: Gvr::new(g, v, p),
+            kind: k.to_string(),
+            namespaced,
+            status_subresource: status,
+            short_names: short.iter().map(|s| s.to_string()).collect(),
+        }
     };
     let rbac = "rbac.authorization.k8s.io";
     vec![
         t("", "v1", "namespaces", "Namespace", false, true, &["ns"]),
         t("", "v1", "secrets", "Secret", true, false, &[]),
         t("", "v1", "configmaps", "ConfigMap", true, false, &["cm"]),
-        t("", "v1", "serviceaccounts", "ServiceAccount", true, false, &["sa"]),
+        t(
+            "",
+            "v1",
+            "serviceaccounts",
+            "ServiceAccount",
+            true,
+            false,
+            &["sa"],
+        ),
         t("", "v1", "services", "Service", true, true, &["svc"]),
         t("", "v1", "pods", "Pod", true, true, &["po"]),
         t("", "v1", "nodes", "Node", false, true, &["no"]),
         t("", "v1", "events", "Event", true, false, &["ev"]),
         t(rbac, "v1", "clusterroles", "ClusterRole", false, false, &[]),
-        t(rbac, "v1", "clusterrolebindings", "ClusterRoleBinding", false, false, &[]),
+        t(
+            rbac,
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+            false,
+            &[],
+        ),
         t(rbac, "v1", "roles", "Role", true, false, &[]),
         t(rbac, "v1", "rolebindings", "RoleBinding", true, false, &[]),
-        t("apps", "v1", "deployments", "Deployment", true, true, &["deploy"]),
+        t(
+            "apps",
+            "v1",
+            "deployments",
+            "Deployment",
+            true,
+            true,
+            &["deploy"],
+        ),
         t("apps", "v1", "daemonsets", "DaemonSet", true, true, &["ds"]),
-        t("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, true, &["crd", "crds"]),
+        t(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+            true,
+            &["crd", "crds"],
+        ),
     ]
 }

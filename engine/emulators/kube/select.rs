@@ -38,7 +38,10 @@ fn split_top(s: &str) -> Vec<String> {
         }
     }
     out.push(cur);
-    out.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
+    out.into_iter()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 fn parse_set(rest: &str) -> Result<Vec<String>, String> {
@@ -47,7 +50,11 @@ fn parse_set(rest: &str) -> Result<Vec<String>, String> {
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
         .ok_or_else(|| format!("expected a parenthesized value set, found {rest:?}"))?;
-    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Ok(inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect())
 }
 
 impl LabelSelector {
@@ -63,7 +70,9 @@ impl LabelSelector {
                 reqs.push(LabelReq::NotExists(k.to_string()));
                 continue;
             }
-            let key_end = term.find(|c: char| c.is_whitespace() || "=!(".contains(c)).unwrap_or(term.len());
+            let key_end = term
+                .find(|c: char| c.is_whitespace() || "=!(".contains(c))
+                .unwrap_or(term.len());
             let key = term[..key_end].to_string();
             if key.is_empty() {
                 return Err(format!("invalid label selector term {term:?}"));
@@ -169,15 +178,26 @@ mod tests {
             ("env in (prod),tier=web", true),
             ("env in (prod),tier=api", false),
         ] {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&o), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&o),
+                want,
+                "{sel}"
+            );
         }
         assert!(LabelSelector::parse("env in prod").is_err());
     }
 
     #[test]
     fn field_selector() {
-        let o = json!({"metadata": {"name": "a", "namespace": "ns"}, "status": {"phase": "Running"}});
-        assert!(FieldSelector::parse("metadata.name=a,metadata.namespace!=x").unwrap().matches(&o));
-        assert!(!FieldSelector::parse("status.phase=Pending").unwrap().matches(&o));
+        let o =
+            json!({"metadata": {"name": "a", "namespace": "ns"}, "status": {"phase": "Running"}});
+        assert!(
+            FieldSelector::parse("metadata.name=a,metadata.namespace!=x")
+                .unwrap()
+                .matches(&o)
+        );
+        assert!(!FieldSelector::parse("status.phase=Pending")
+            .unwrap()
+            .matches(&o));
     }
 }

@@ -23,11 +23,19 @@ pub(super) fn router(c: EmulatedCluster) -> Router {
 }
 
 fn json_resp(code: StatusCode, v: &Value) -> Response {
-    (code, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 fn err_resp(e: ApiError) -> Response {
-    json_resp(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.status_json())
+    json_resp(
+        StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &e.status_json(),
+    )
 }
 
 /// Version priority as Kubernetes sorts versions: GA > beta > alpha, higher numbers first.
@@ -64,12 +72,18 @@ fn groups(types: &[ResourceType]) -> BTreeMap<String, Vec<String>> {
 }
 
 fn api_group_json(name: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
+        .collect();
     json!({"name": name, "versions": vs, "preferredVersion": vs.first().cloned().unwrap_or(json!({}))})
 }
 
 fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Option<Value> {
-    let mine: Vec<&ResourceType> = types.iter().filter(|t| t.gvr.group == group && t.gvr.version == version).collect();
+    let mine: Vec<&ResourceType> = types
+        .iter()
+        .filter(|t| t.gvr.group == group && t.gvr.version == version)
+        .collect();
     if mine.is_empty() {
         return None;
     }
@@ -121,7 +135,12 @@ struct Target {
 }
 
 /// Resolves `rest` (segments after `/api/v1` or `/apis/g/v`) to a target; 404 if unknown.
-fn resolve(types: &[ResourceType], group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
+fn resolve(
+    types: &[ResourceType],
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Result<Target, ApiError> {
     let find = |plural: &str| {
         types
             .iter()
@@ -129,12 +148,14 @@ fn resolve(types: &[ResourceType], group: &str, version: &str, rest: &[&str]) ->
             .cloned()
             .ok_or_else(ApiError::no_resource)
     };
-    let (ns, plural, tail): (Option<String>, &str, &[&str]) =
-        if rest.len() >= 3 && rest[0] == "namespaces" && !matches!(rest[2], "status" | "finalize") {
-            (Some(rest[1].to_string()), rest[2], &rest[3..])
-        } else {
-            (None, rest[0], &rest[1..])
-        };
+    let (ns, plural, tail): (Option<String>, &str, &[&str]) = if rest.len() >= 3
+        && rest[0] == "namespaces"
+        && !matches!(rest[2], "status" | "finalize")
+    {
+        (Some(rest[1].to_string()), rest[2], &rest[3..])
+    } else {
+        (None, rest[0], &rest[1..])
+    };
     let rt = find(plural)?;
     if ns.is_some() && !rt.namespaced {
         return Err(ApiError::no_resource());
@@ -145,7 +166,12 @@ fn resolve(types: &[ResourceType], group: &str, version: &str, rest: &[&str]) ->
         Some(&"status") if rt.status_subresource && tail.len() == 2 => true,
         Some(_) => return Err(ApiError::no_resource()),
     };
-    Ok(Target { rt, ns, name, status })
+    Ok(Target {
+        rt,
+        ns,
+        name,
+        status,
+    })
 }
 
 fn query_map(q: Option<&str>) -> HashMap<String, String> {
@@ -171,9 +197,14 @@ fn manager(q: &HashMap<String, String>, headers: &HeaderMap) -> String {
         .to_string()
 }
 
-fn selectors(q: &HashMap<String, String>) -> Result<(Option<LabelSelector>, Option<FieldSelector>), ApiError> {
+fn selectors(
+    q: &HashMap<String, String>,
+) -> Result<(Option<LabelSelector>, Option<FieldSelector>), ApiError> {
     let l = match q.get("labelSelector").filter(|s| !s.trim().is_empty()) {
-        Some(s) => Some(LabelSelector::parse(s).map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?),
+        Some(s) => Some(
+            LabelSelector::parse(s)
+                .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?,
+        ),
         None => None,
     };
     let f = match q.get("fieldSelector").filter(|s| !s.trim().is_empty()) {
@@ -186,13 +217,21 @@ fn selectors(q: &HashMap<String, String>) -> Result<(Option<LabelSelector>, Opti
 async fn handle(State(c): State<EmulatedCluster>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let expected = format!("Bearer {}", c.inner.token);
-    let authorized = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(expected.as_str());
+    let authorized = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        == Some(expected.as_str());
     if !authorized {
         return err_resp(ApiError::unauthorized());
     }
     let body = match axum::body::to_bytes(body, 64 << 20).await {
         Ok(b) => b,
-        Err(e) => return err_resp(ApiError::bad_request(format!("reading the request body: {e}"))),
+        Err(e) => {
+            return err_resp(ApiError::bad_request(format!(
+                "reading the request body: {e}"
+            )))
+        }
     };
     let q = query_map(parts.uri.query());
     let path = parts.uri.path().trim_end_matches('/').to_string();
@@ -213,8 +252,14 @@ async fn handle(State(c): State<EmulatedCluster>, req: Request) -> Response {
             &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": c.inner.url.trim_start_matches("http://")}]}),
         ),
         (Method::GET, ["apis"]) => {
-            let gs: Vec<Value> = groups(&types).iter().map(|(g, vs)| api_group_json(g, vs)).collect();
-            json_resp(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs}))
+            let gs: Vec<Value> = groups(&types)
+                .iter()
+                .map(|(g, vs)| api_group_json(g, vs))
+                .collect();
+            json_resp(
+                StatusCode::OK,
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs}),
+            )
         }
         (Method::GET, ["apis", g]) => match groups(&types).get(*g) {
             Some(vs) => {
@@ -261,7 +306,10 @@ fn resource_request(
     };
     let gvr = t.rt.gvr.clone();
     let ns = t.ns.as_deref();
-    let ctx = WriteCtx { manager: manager(q, headers), dry_run: q.get("dryRun").is_some_and(|v| v == "All") };
+    let ctx = WriteCtx {
+        manager: manager(q, headers),
+        dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
+    };
     let fm = q.get("fieldManager").map(String::as_str);
     let result: Result<(StatusCode, Value), ApiError> = match (&method, &t.name) {
         (&Method::GET, None) => {
@@ -276,7 +324,11 @@ fn resource_request(
                 let mut st = c.state();
                 let r = st.create(&gvr, ns, obj, &ctx);
                 if let Ok(v) = &r {
-                    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+                    let name = v
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
                     st.audit("create", &gvr, ns, &name, fm, !ctx.dry_run);
                 }
                 r.map(|v| (StatusCode::CREATED, v))
@@ -288,22 +340,32 @@ fn resource_request(
                 let mut st = c.state();
                 let r = st.update(&gvr, ns, name, obj, t.status, &ctx);
                 if let Ok((_, changed)) = &r {
-                    st.audit(if t.status { "update-status" } else { "update" }, &gvr, ns, name, fm, *changed && !ctx.dry_run);
+                    st.audit(
+                        if t.status { "update-status" } else { "update" },
+                        &gvr,
+                        ns,
+                        name,
+                        fm,
+                        *changed && !ctx.dry_run,
+                    );
                 }
                 r.map(|(v, _)| (StatusCode::OK, v))
             }
             Err(e) => Err(e),
         },
         (&Method::PATCH, Some(name)) => {
-            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             let ct = ct.split(';').next().unwrap_or("").trim();
             let kind = match ct {
                 "application/merge-patch+json" => Some(PatchKind::Merge),
                 "application/json-patch+json" => Some(PatchKind::Json),
                 "application/strategic-merge-patch+json" => Some(PatchKind::Strategic),
-                "application/apply-patch+yaml" | "application/apply-patch+json" | "application/apply-patch+cbor" => {
-                    Some(PatchKind::Apply)
-                }
+                "application/apply-patch+yaml"
+                | "application/apply-patch+json"
+                | "application/apply-patch+cbor" => Some(PatchKind::Apply),
                 _ => None,
             };
             match kind {
@@ -345,7 +407,9 @@ fn resource_request(
             r.map(|(v, _)| (StatusCode::OK, v))
         }
         (&Method::DELETE, None) => delete_collection(c, &t.rt, ns, q, &ctx),
-        _ => Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({method})"))),
+        _ => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method})"
+        ))),
     };
     match result {
         Ok((code, v)) => json_resp(code, &v),
@@ -354,11 +418,21 @@ fn resource_request(
 }
 
 fn continue_key(v: &Value) -> (String, String) {
-    let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     (s("/metadata/namespace"), s("/metadata/name"))
 }
 
-fn list(c: &EmulatedCluster, rt: &ResourceType, ns: Option<&str>, q: &HashMap<String, String>) -> Result<(StatusCode, Value), ApiError> {
+fn list(
+    c: &EmulatedCluster,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    q: &HashMap<String, String>,
+) -> Result<(StatusCode, Value), ApiError> {
     let (l, f) = selectors(q)?;
     let (mut items, rv) = {
         let st = c.state();
@@ -373,12 +447,17 @@ fn list(c: &EmulatedCluster, rt: &ResourceType, ns: Option<&str>, q: &HashMap<St
             .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
         items.retain(|v| continue_key(v) > after);
     }
-    if let Some(limit) = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0) {
+    if let Some(limit) = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+    {
         if items.len() > limit {
             let remaining = items.len() - limit;
             items.truncate(limit);
             let last = continue_key(items.last().expect("limit > 0"));
-            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&last).unwrap_or_default());
+            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(serde_json::to_vec(&last).unwrap_or_default());
             meta["continue"] = json!(token);
             meta["remainingItemCount"] = json!(remaining);
         }
@@ -404,7 +483,14 @@ fn delete_collection(
         let (vns, name) = continue_key(&v);
         let vns = (!vns.is_empty()).then_some(vns);
         if let Ok((obj, changed)) = st.delete(&rt.gvr, vns.as_deref(), &name, ctx.dry_run) {
-            st.audit("delete", &rt.gvr, vns.as_deref(), &name, q.get("fieldManager").map(String::as_str), changed && !ctx.dry_run);
+            st.audit(
+                "delete",
+                &rt.gvr,
+                vns.as_deref(),
+                &name,
+                q.get("fieldManager").map(String::as_str),
+                changed && !ctx.dry_run,
+            );
             items.push(obj);
         }
     }
@@ -426,15 +512,26 @@ fn bookmark(rt: &ResourceType, rv: u64, initial_end: bool) -> Bytes {
     if initial_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    event_line("BOOKMARK", &json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}))
+    event_line(
+        "BOOKMARK",
+        &json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}),
+    )
 }
 
 fn obj_rv(v: &Value) -> u64 {
-    v.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(0)
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Streams watch events as newline-delimited JSON.
-fn watch(c: &EmulatedCluster, rt: ResourceType, ns: Option<String>, q: &HashMap<String, String>) -> Response {
+fn watch(
+    c: &EmulatedCluster,
+    rt: ResourceType,
+    ns: Option<String>,
+    q: &HashMap<String, String>,
+) -> Response {
     let (l, f) = match selectors(q) {
         Ok(s) => s,
         Err(e) => return err_resp(e),
@@ -443,20 +540,29 @@ fn watch(c: &EmulatedCluster, rt: ResourceType, ns: Option<String>, q: &HashMap<
     let gvr = rt.gvr.clone();
     let matches = move |g: &Gvr, o: &Value| {
         *g == gvr
-            && ns.as_deref().is_none_or(|n| o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(n))
+            && ns
+                .as_deref()
+                .is_none_or(|n| o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(n))
             && l.as_ref().is_none_or(|l| l.matches(o))
             && f.as_ref().is_none_or(|f| f.matches(o))
     };
     let rv_param = q.get("resourceVersion").cloned().unwrap_or_default();
     let bookmarks = truthy(q, "allowWatchBookmarks");
     let send_initial = truthy(q, "sendInitialEvents");
-    let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(1800);
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(1800);
     let mut initial: Vec<Bytes> = Vec::new();
     let (brx, mut last_rv) = {
         let st = c.state();
         let brx = st.tx.subscribe();
         if send_initial || rv_param.is_empty() || rv_param == "0" {
-            for (_, o) in st.objects.range((rt.gvr.clone(), String::new(), String::new())..).take_while(|((g, _, _), _)| *g == rt.gvr) {
+            for (_, o) in st
+                .objects
+                .range((rt.gvr.clone(), String::new(), String::new())..)
+                .take_while(|((g, _, _), _)| *g == rt.gvr)
+            {
                 if matches(&rt.gvr, o) {
                     initial.push(event_line("ADDED", o));
                 }
@@ -467,11 +573,20 @@ fn watch(c: &EmulatedCluster, rt: ResourceType, ns: Option<String>, q: &HashMap<
             (brx, st.rv)
         } else {
             let Ok(n) = rv_param.parse::<u64>() else {
-                return err_resp(ApiError::bad_request(format!("invalid resource version {rv_param:?}")));
+                return err_resp(ApiError::bad_request(format!(
+                    "invalid resource version {rv_param:?}"
+                )));
             };
             if n < st.log_floor {
-                let e = ApiError::expired(format!("too old resource version: {n} ({})", st.log_floor + 1));
-                return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], event_line("ERROR", &e.status_json()))
+                let e = ApiError::expired(format!(
+                    "too old resource version: {n} ({})",
+                    st.log_floor + 1
+                ));
+                return (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    event_line("ERROR", &e.status_json()),
+                )
                     .into_response();
             }
             for e in st.log.iter().filter(|e| e.rv > n) {
@@ -492,7 +607,10 @@ fn watch(c: &EmulatedCluster, rt: ResourceType, ns: Option<String>, q: &HashMap<
         }
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
         tokio::pin!(deadline);
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
+        let mut ticker = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
         loop {
             tokio::select! {
                 _ = &mut deadline => break,
@@ -523,6 +641,8 @@ fn watch(c: &EmulatedCluster, rt: ResourceType, ns: Option<String>, q: &HashMap<
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
         .unwrap_or_else(|_| err_resp(ApiError::bad_request("building the watch response")))
 }

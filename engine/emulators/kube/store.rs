@@ -25,7 +25,12 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, reason, message: message.into(), details: json!({}) }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: json!({}),
+        }
     }
     fn with_details(mut self, gvr: &Gvr, name: &str) -> Self {
         let mut d = Map::new();
@@ -41,11 +46,20 @@ impl ApiError {
     }
     /// 404 NotFound for an object.
     pub(crate) fn not_found(gvr: &Gvr, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", resource_label(gvr))).with_details(gvr, name)
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", resource_label(gvr)),
+        )
+        .with_details(gvr, name)
     }
     /// 404 for an unknown resource type or path.
     pub(crate) fn no_resource() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
     /// 400 BadRequest.
     pub(crate) fn bad_request(msg: impl Into<String>) -> Self {
@@ -145,18 +159,25 @@ pub(crate) fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(_) => {
-            let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
-            serde_yaml::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?
+            let text = std::str::from_utf8(body)
+                .map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
+            serde_yaml::from_str(text)
+                .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?
         }
     };
     if !v.is_object() {
-        return Err(ApiError::bad_request("request body must be a JSON or YAML object"));
+        return Err(ApiError::bad_request(
+            "request body must be a JSON or YAML object",
+        ));
     }
     Ok(v)
 }
 
 fn meta(obj: &Value, key: &str) -> Option<String> {
-    obj.get("metadata").and_then(|m| m.get(key)).and_then(Value::as_str).map(str::to_string)
+    obj.get("metadata")
+        .and_then(|m| m.get(key))
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
@@ -177,7 +198,9 @@ fn fold_string_data(gvr: &Gvr, obj: &mut Value) {
         return;
     }
     let Some(m) = obj.as_object_mut() else { return };
-    let Some(sd) = m.remove("stringData") else { return };
+    let Some(sd) = m.remove("stringData") else {
+        return;
+    };
     let Some(sd) = sd.as_object() else { return };
     let data = m.entry("data").or_insert_with(|| json!({}));
     if !data.is_object() {
@@ -189,7 +212,10 @@ fn fold_string_data(gvr: &Gvr, obj: &mut Value) {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        data.insert(k.clone(), json!(base64::engine::general_purpose::STANDARD.encode(s)));
+        data.insert(
+            k.clone(),
+            json!(base64::engine::general_purpose::STANDARD.encode(s)),
+        );
     }
 }
 
@@ -237,30 +263,58 @@ impl State {
 
     /// The registered type or 404.
     pub(crate) fn rt(&self, gvr: &Gvr) -> Result<ResourceType, ApiError> {
-        self.types.get(gvr).cloned().ok_or_else(ApiError::no_resource)
+        self.types
+            .get(gvr)
+            .cloned()
+            .ok_or_else(ApiError::no_resource)
     }
 
     fn key(rt: &ResourceType, ns: Option<&str>, name: &str) -> Key {
-        let ns = if rt.namespaced { ns.unwrap_or("").to_string() } else { String::new() };
+        let ns = if rt.namespaced {
+            ns.unwrap_or("").to_string()
+        } else {
+            String::new()
+        };
         (rt.gvr.clone(), ns, name.to_string())
     }
 
     fn emit(&mut self, kind: &'static str, gvr: &Gvr, object: &Value) {
-        self.log.push_back(StoredEvent { rv: self.rv, kind, gvr: gvr.clone(), object: object.clone() });
+        self.log.push_back(StoredEvent {
+            rv: self.rv,
+            kind,
+            gvr: gvr.clone(),
+            object: object.clone(),
+        });
         while self.log.len() > EVENT_WINDOW {
             if let Some(e) = self.log.pop_front() {
                 self.log_floor = e.rv;
             }
         }
-        let _ = self.tx.send(ChangeEvent { kind: kind.to_string(), gvr: gvr.clone(), object: object.clone() });
+        let _ = self.tx.send(ChangeEvent {
+            kind: kind.to_string(),
+            gvr: gvr.clone(),
+            object: object.clone(),
+        });
     }
 
     fn namespace_exists(&self, ns: &str) -> bool {
-        self.objects.contains_key(&(Gvr::new("", "v1", "namespaces"), String::new(), ns.to_string()))
+        self.objects.contains_key(&(
+            Gvr::new("", "v1", "namespaces"),
+            String::new(),
+            ns.to_string(),
+        ))
     }
 
     /// Appends to the write audit.
-    pub(crate) fn audit(&mut self, verb: &str, gvr: &Gvr, ns: Option<&str>, name: &str, fm: Option<&str>, changed: bool) {
+    pub(crate) fn audit(
+        &mut self,
+        verb: &str,
+        gvr: &Gvr,
+        ns: Option<&str>,
+        name: &str,
+        fm: Option<&str>,
+        changed: bool,
+    ) {
         self.writes.push(WriteRecord {
             verb: verb.to_string(),
             gvr: gvr.clone(),
@@ -274,7 +328,10 @@ impl State {
     /// One object.
     pub(crate) fn get(&self, gvr: &Gvr, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
         let rt = self.rt(gvr)?;
-        self.objects.get(&Self::key(&rt, ns, name)).cloned().ok_or_else(|| ApiError::not_found(gvr, name))
+        self.objects
+            .get(&Self::key(&rt, ns, name))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(gvr, name))
     }
 
     /// Objects of a type, in one namespace (`Some`) or all (`None`), sorted by namespace and name.
@@ -292,7 +349,9 @@ impl State {
             .range((gvr.clone(), String::new(), String::new())..)
             .take_while(|((g, _, _), _)| g == gvr)
             .filter(|((_, n, _), _)| ns.is_none_or(|want| n == want))
-            .filter(|(_, o)| labels.is_none_or(|l| l.matches(o)) && fsel.is_none_or(|f| f.matches(o)))
+            .filter(|(_, o)| {
+                labels.is_none_or(|l| l.matches(o)) && fsel.is_none_or(|f| f.matches(o))
+            })
             .map(|(_, o)| o.clone())
             .collect())
     }
@@ -321,12 +380,27 @@ impl State {
             } else {
                 md.remove("namespace");
             }
-            for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "resourceVersion", "managedFields", "selfLink"] {
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "resourceVersion",
+                "managedFields",
+                "selfLink",
+            ] {
                 md.remove(k);
             }
             match old {
                 Some(o) => {
-                    for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+                    for k in [
+                        "uid",
+                        "creationTimestamp",
+                        "deletionTimestamp",
+                        "deletionGracePeriodSeconds",
+                        "generation",
+                    ] {
                         if let Some(v) = o.get("metadata").and_then(|m| m.get(k)) {
                             md.insert(k.into(), v.clone());
                         }
@@ -348,7 +422,10 @@ impl State {
                 return (o.clone(), false);
             }
             if spec_part(o) != spec_part(&cand) {
-                let g = o.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+                let g = o
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
                 meta_mut(&mut cand).insert("generation".into(), json!(g + 1));
             }
         }
@@ -358,8 +435,13 @@ impl State {
             return (cand, true);
         }
         self.rv = next_rv;
-        let deleting = cand.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
-        let no_finalizers = cand.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
+        let deleting = cand
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|v| !v.is_null());
+        let no_finalizers = cand
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(|f| f.is_empty());
         if deleting && no_finalizers {
             self.objects.remove(&key);
             self.emit("DELETED", &rt.gvr, &cand);
@@ -377,7 +459,13 @@ impl State {
 
     /// POST: creates `obj` (namespace from `ns` or the body; name from `metadata.name` or
     /// `metadata.generateName`).
-    pub(crate) fn create(&mut self, gvr: &Gvr, ns: Option<&str>, mut obj: Value, ctx: &WriteCtx) -> Result<Value, ApiError> {
+    pub(crate) fn create(
+        &mut self,
+        gvr: &Gvr,
+        ns: Option<&str>,
+        mut obj: Value,
+        ctx: &WriteCtx,
+    ) -> Result<Value, ApiError> {
         let rt = self.rt(gvr)?;
         if !obj.is_object() {
             return Err(ApiError::bad_request("request body must be an object"));
@@ -402,7 +490,11 @@ impl State {
             None => match meta(&obj, "generateName").filter(|s| !s.is_empty()) {
                 Some(g) => format!("{g}{}", &uuid::Uuid::new_v4().simple().to_string()[..5]),
                 None => {
-                    return Err(ApiError::invalid(gvr, "", "metadata.name: Required value: name or generateName is required"))
+                    return Err(ApiError::invalid(
+                        gvr,
+                        "",
+                        "metadata.name: Required value: name or generateName is required",
+                    ))
                 }
             },
         };
@@ -413,25 +505,30 @@ impl State {
         }
         let key = Self::key(&rt, ns.as_deref(), &name);
         if self.objects.contains_key(&key) {
-            return Err(ApiError::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", resource_label(gvr)))
-                .with_details(gvr, &name));
+            return Err(ApiError::new(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", resource_label(gvr)),
+            )
+            .with_details(gvr, &name));
         }
         if rt.status_subresource {
             if let Some(m) = obj.as_object_mut() {
                 m.remove("status");
             }
         }
-        if gvr == &Gvr::new("", "v1", "namespaces") {
-            let m = obj.as_object_mut().expect("object");
-            m.entry("spec").or_insert_with(|| json!({"finalizers": ["kubernetes"]}));
-            m.insert("status".into(), json!({"phase": "Active"}));
-        }
-        if gvr == &crd_gvr() {
-            crd_accept(&mut obj);
-        }
+        create_defaults(gvr, &mut obj);
         fold_string_data(gvr, &mut obj);
         let mut entries = Vec::new();
-        fields::record_update(&mut entries, &json!({}), &fields::tracked_view(&obj), &ctx.manager, None, &rt.api_version(), &now());
+        fields::record_update(
+            &mut entries,
+            &json!({}),
+            &fields::tracked_view(&obj),
+            &ctx.manager,
+            None,
+            &rt.api_version(),
+            &now(),
+        );
         let (v, _) = self.finalize(&rt, key, None, obj, entries, ctx.dry_run);
         Ok(v)
     }
@@ -460,8 +557,21 @@ impl State {
                 )));
             }
         }
+        if rt.namespaced {
+            if let (Some(bn), Some(p)) = (meta(&body, "namespace").filter(|s| !s.is_empty()), ns) {
+                if bn != p {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+            }
+        }
         let key = Self::key(&rt, ns, name);
-        let old = self.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(gvr, name))?;
+        let old = self
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(gvr, name))?;
         self.check_rv(&rt, name, &old, &body)?;
         fold_string_data(gvr, &mut body);
         let cand = self.merge_scope(&rt, &old, body, status);
@@ -510,7 +620,13 @@ impl State {
         }
     }
 
-    fn check_rv(&self, rt: &ResourceType, name: &str, old: &Value, body: &Value) -> Result<(), ApiError> {
+    fn check_rv(
+        &self,
+        rt: &ResourceType,
+        name: &str,
+        old: &Value,
+        body: &Value,
+    ) -> Result<(), ApiError> {
         if let Some(rv) = meta(body, "resourceVersion").filter(|s| !s.is_empty()) {
             if Some(rv) != meta(old, "resourceVersion") {
                 return Err(ApiError::conflict(
@@ -548,17 +664,29 @@ impl State {
             return self.apply(&rt, ns, name, cfg, status, force, ctx);
         }
         let key = Self::key(&rt, ns, name);
-        let old = self.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(gvr, name))?;
+        let old = self
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(gvr, name))?;
         let mut patched = old.clone();
         match kind {
             PatchKind::Json => {
-                let p: json_patch::Patch = serde_json::from_slice(body)
-                    .map_err(|e| ApiError::bad_request(format!("error decoding JSON patch: {e}")))?;
-                json_patch::patch(&mut patched, &p.0).map_err(|e| ApiError::invalid(gvr, name, format!("the JSON patch could not be applied: {e}")))?;
+                let p: json_patch::Patch = serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request(format!("error decoding JSON patch: {e}"))
+                })?;
+                json_patch::patch(&mut patched, &p.0).map_err(|e| {
+                    ApiError::invalid(
+                        gvr,
+                        name,
+                        format!("the JSON patch could not be applied: {e}"),
+                    )
+                })?;
             }
             _ => {
-                let p: Value = serde_json::from_slice(body)
-                    .map_err(|e| ApiError::bad_request(format!("error decoding merge patch: {e}")))?;
+                let p: Value = serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request(format!("error decoding merge patch: {e}"))
+                })?;
                 if !p.is_object() {
                     return Err(ApiError::bad_request("a merge patch must be a JSON object"));
                 }
@@ -566,7 +694,11 @@ impl State {
             }
         }
         if !patched.is_object() {
-            return Err(ApiError::invalid(gvr, name, "the patch result is not an object"));
+            return Err(ApiError::invalid(
+                gvr,
+                name,
+                "the patch result is not an object",
+            ));
         }
         self.check_rv(&rt, name, &old, &patched)?;
         fold_string_data(gvr, &mut patched);
@@ -607,7 +739,10 @@ impl State {
         }
         if let Some(k) = cfg.get("kind").and_then(Value::as_str) {
             if k != rt.kind {
-                return Err(ApiError::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({})", rt.kind)));
+                return Err(ApiError::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    rt.kind
+                )));
             }
         }
         if let Some(bn) = meta(&cfg, "name") {
@@ -646,22 +781,40 @@ impl State {
                     }
                 }
                 if rt.namespaced && ns.is_none() {
-                    return Err(ApiError::bad_request("a namespace is required to apply a namespaced object"));
+                    return Err(ApiError::bad_request(
+                        "a namespace is required to apply a namespaced object",
+                    ));
                 }
                 let mut entries = Vec::new();
-                let mut cand = fields::apply(&mut entries, &json!({}), &config, &ctx.manager, None, force, &rt.api_version(), &now)
-                    .map_err(|c| apply_conflict(gvr, name, &c))?;
-                if gvr == &crd_gvr() {
-                    crd_accept(&mut cand);
-                }
+                let mut cand = fields::apply(
+                    &mut entries,
+                    &json!({}),
+                    &config,
+                    &ctx.manager,
+                    None,
+                    force,
+                    &rt.api_version(),
+                    &now,
+                )
+                .map_err(|c| apply_conflict(gvr, name, &c))?;
+                create_defaults(gvr, &mut cand);
                 let (v, changed) = self.finalize(rt, key, None, cand, entries, ctx.dry_run);
                 Ok((v, changed))
             }
             Some(o) => {
                 let mut entries = fields::parse_managed(&o);
                 let live = fields::tracked_view(&o);
-                let result = fields::apply(&mut entries, &live, &config, &ctx.manager, sub, force, &rt.api_version(), &now)
-                    .map_err(|c| apply_conflict(gvr, name, &c))?;
+                let result = fields::apply(
+                    &mut entries,
+                    &live,
+                    &config,
+                    &ctx.manager,
+                    sub,
+                    force,
+                    &rt.api_version(),
+                    &now,
+                )
+                .map_err(|c| apply_conflict(gvr, name, &c))?;
                 Ok(self.finalize(rt, key, Some(&o), result, entries, ctx.dry_run))
             }
         }
@@ -669,17 +822,36 @@ impl State {
 
     /// DELETE: with finalizers sets `deletionTimestamp` and keeps the object; otherwise removes it.
     /// Returns the object (its last state) and whether anything changed.
-    pub(crate) fn delete(&mut self, gvr: &Gvr, ns: Option<&str>, name: &str, dry_run: bool) -> Result<(Value, bool), ApiError> {
+    pub(crate) fn delete(
+        &mut self,
+        gvr: &Gvr,
+        ns: Option<&str>,
+        name: &str,
+        dry_run: bool,
+    ) -> Result<(Value, bool), ApiError> {
         let rt = self.rt(gvr)?;
         let key = Self::key(&rt, ns, name);
-        let old = self.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(gvr, name))?;
-        let has_finalizers = old.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let old = self
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(gvr, name))?;
+        let has_finalizers = old
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
         if has_finalizers {
-            if old.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+            if old
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|v| !v.is_null())
+            {
                 return Ok((old, false));
             }
             let mut cand = old.clone();
-            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let g = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             let md = meta_mut(&mut cand);
             md.insert("deletionTimestamp".into(), json!(now()));
             md.insert("deletionGracePeriodSeconds".into(), json!(0));
@@ -711,14 +883,24 @@ impl State {
     fn after_removal(&mut self, rt: &ResourceType, obj: &Value) {
         let name = meta(obj, "name").unwrap_or_default();
         if rt.gvr == Gvr::new("", "v1", "namespaces") {
-            let keys: Vec<Key> = self.objects.keys().filter(|(_, n, _)| *n == name).cloned().collect();
+            let keys: Vec<Key> = self
+                .objects
+                .keys()
+                .filter(|(_, n, _)| *n == name)
+                .cloned()
+                .collect();
             for (g, n, nm) in keys {
                 let _ = self.delete(&g, Some(&n), &nm, false);
             }
         } else if rt.gvr == crd_gvr() {
             for gvr in crd_types(obj).into_iter().map(|t| t.gvr) {
                 self.types.remove(&gvr);
-                let keys: Vec<Key> = self.objects.keys().filter(|(g, _, _)| *g == gvr).cloned().collect();
+                let keys: Vec<Key> = self
+                    .objects
+                    .keys()
+                    .filter(|(g, _, _)| *g == gvr)
+                    .cloned()
+                    .collect();
                 for k in keys {
                     self.objects.remove(&k);
                 }
@@ -740,11 +922,26 @@ fn apply_conflict(gvr: &Gvr, name: &str, c: &[fields::Conflict]) -> ApiError {
     let causes: Vec<Value> = c
         .iter()
         .map(|c| {
-            json!({"type": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {}", c.manager, c.api_version), "field": fields::display_path(&c.path)})
+            json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {}", c.manager, c.api_version), "field": fields::display_path(&c.path)})
         })
         .collect();
     e.details["causes"] = Value::Array(causes);
     e
+}
+
+/// What the API server (and its built-in controllers) add to a new object: a Namespace's
+/// `kubernetes` finalizer and `Active` phase, a CRD's Established status.
+fn create_defaults(gvr: &Gvr, obj: &mut Value) {
+    if gvr == &Gvr::new("", "v1", "namespaces") {
+        if let Some(m) = obj.as_object_mut() {
+            m.entry("spec")
+                .or_insert_with(|| json!({"finalizers": ["kubernetes"]}));
+            m.insert("status".into(), json!({"phase": "Active"}));
+        }
+    }
+    if gvr == &crd_gvr() {
+        crd_accept(obj);
+    }
 }
 
 /// `apiextensions.k8s.io/v1 customresourcedefinitions`.
@@ -785,12 +982,20 @@ fn crd_accept(obj: &mut Value) {
 fn crd_types(crd: &Value) -> Vec<ResourceType> {
     let spec = crd.get("spec").cloned().unwrap_or(json!({}));
     let s = |p: &str| spec.pointer(p).and_then(Value::as_str).map(str::to_string);
-    let (Some(group), Some(plural), Some(kind)) = (s("/group"), s("/names/plural"), s("/names/kind")) else { return Vec::new() };
+    let (Some(group), Some(plural), Some(kind)) =
+        (s("/group"), s("/names/plural"), s("/names/kind"))
+    else {
+        return Vec::new();
+    };
     let namespaced = s("/scope").as_deref() != Some("Cluster");
     let short_names: Vec<String> = spec
         .pointer("/names/shortNames")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     spec.get("versions")
         .and_then(Value::as_array)

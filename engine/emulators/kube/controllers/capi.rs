@@ -37,6 +37,13 @@ const TOPOLOGY_OWNED_LABEL: &str = "topology.cluster.x-k8s.io/owned";
 const DEPLOYMENT_NAME_LABEL: &str = "topology.cluster.x-k8s.io/deployment-name";
 const KUBECONFIG_SECRET_TYPE: &str = "cluster.x-k8s.io/secret";
 const API_SERVER_PORT: i64 = 6443;
+/// The Cluster controller's finalizer (CAPI `ClusterFinalizer`).
+const CLUSTER_FINALIZER: &str = "cluster.cluster.x-k8s.io";
+
+/// Whether a MachineDeployment belongs to the Cluster `name` (`spec.clusterName` or the cluster-name label).
+fn belongs_to(md: &Value, name: &str) -> bool {
+    str_at(md, "/spec/clusterName") == Some(name) || label(md, CLUSTER_NAME_LABEL) == Some(name)
+}
 
 /// The Cluster API controller set for one management cluster.
 pub(crate) struct CapiController {
@@ -64,7 +71,11 @@ enum Rollout {
 }
 
 fn key(obj: &Value) -> String {
-    format!("{}/{}", namespace_of(obj).unwrap_or(""), name_of(obj).unwrap_or(""))
+    format!(
+        "{}/{}",
+        namespace_of(obj).unwrap_or(""),
+        name_of(obj).unwrap_or("")
+    )
 }
 
 fn owner_ref(api_version: &str, kind: &str, name: &str, uid: &str, controller: bool) -> Value {
@@ -85,20 +96,68 @@ fn topology_variable<'a>(topology: &'a Value, name: &str) -> Option<&'a Value> {
         .and_then(|v| v.get("value"))
 }
 
-/// Control plane plus worker replicas declared by a Cluster's topology (the TMC agent's `nodeCount`).
-pub(crate) fn topology_node_count(cluster: &Value) -> i64 {
+/// Kubernetes version and node count (control plane plus worker replicas) of a Cluster, as the TMC
+/// agent reports them: from `spec.topology`, or for plan-based Clusters from the KubeadmControlPlane
+/// and MachineDeployments.
+pub(crate) fn cluster_version_and_nodes(
+    mgmt: &EmulatedCluster,
+    cluster: &Value,
+) -> (Option<String>, i64) {
+    if cluster.pointer("/spec/topology").is_some() {
+        return (
+            str_at(cluster, "/spec/topology/version").map(str::to_string),
+            topology_node_count(cluster),
+        );
+    }
+    let name = name_of(cluster).unwrap_or_default();
+    let ns = namespace_of(cluster);
+    let kcp =
+        str_at(cluster, "/spec/controlPlaneRef/name").and_then(|k| mgmt.get(&gvr_kcp(), ns, k));
+    let version = kcp
+        .as_ref()
+        .and_then(|k| str_at(k, "/spec/version"))
+        .map(str::to_string);
+    let cp = kcp
+        .as_ref()
+        .map(|k| i64_at(k, "/spec/replicas").unwrap_or(1))
+        .unwrap_or(0);
+    let workers: i64 = mgmt
+        .list(&gvr_machine_deployment(), ns)
+        .iter()
+        .filter(|md| belongs_to(md, name))
+        .map(|md| i64_at(md, "/spec/replicas").unwrap_or(1))
+        .sum();
+    (version, cp + workers)
+}
+
+/// Control plane plus worker replicas declared by a Cluster's topology.
+fn topology_node_count(cluster: &Value) -> i64 {
     let cp = i64_at(cluster, "/spec/topology/controlPlane/replicas").unwrap_or(1);
     let workers: i64 = cluster
         .pointer("/spec/topology/workers/machineDeployments")
         .and_then(Value::as_array)
-        .map(|mds| mds.iter().map(|md| i64_at(md, "/replicas").unwrap_or(1)).sum())
+        .map(|mds| {
+            mds.iter()
+                .map(|md| i64_at(md, "/replicas").unwrap_or(1))
+                .sum()
+        })
         .unwrap_or(0);
     cp + workers
 }
 
 impl CapiController {
-    pub(crate) fn new(emu: KubeEmulator, mgmt: EmulatedCluster, opts: ControllerOptions, shared: Weak<Shared>) -> Self {
-        CapiController { emu, mgmt, opts, shared }
+    pub(crate) fn new(
+        emu: KubeEmulator,
+        mgmt: EmulatedCluster,
+        opts: ControllerOptions,
+        shared: Weak<Shared>,
+    ) -> Self {
+        CapiController {
+            emu,
+            mgmt,
+            opts,
+            shared,
+        }
     }
 
     fn start_workload(&self, workload: &EmulatedCluster) {
@@ -114,36 +173,60 @@ impl CapiController {
         };
         let ns = namespace_of(cluster).unwrap_or("default").to_string();
         if cluster.pointer("/metadata/deletionTimestamp").is_some() {
-            let mut status = status_of(cluster);
-            status.insert("phase".into(), json!("Deleting"));
-            write_status(&self.mgmt, &gvr_cluster(), cluster, status)?;
-            self.delete_owned(&ns, &name, None);
-            return Ok(());
+            return self.reconcile_deletion(cluster, &name, &ns);
         }
-        let Some(topology) = cluster.pointer("/spec/topology").cloned() else {
-            debug!(cluster = %key(cluster), "Cluster without spec.topology (plan-based); not simulated");
-            return Ok(());
-        };
+        let cluster = &self.ensure_finalizer(cluster, &ns, &name)?;
         let mut status = status_of(cluster);
         status.insert("observedGeneration".into(), json!(generation_of(cluster)));
 
-        // Topology controller: the ClusterClass must exist.
-        let class = str_at(&topology, "/class").unwrap_or("");
-        if class.is_empty() || self.mgmt.get(&gvr_cluster_class(), Some(&ns), class).is_none() {
-            let msg = format!(
-                "error reading the ClusterClass: failed to retrieve ClusterClass {ns}/{class}: clusterclasses.cluster.x-k8s.io \"{class}\" not found"
-            );
-            set_condition(&mut status, cond_false("TopologyReconciled", "Error", "TopologyReconcileFailed", &msg));
-            status.entry("phase").or_insert(json!("Pending"));
-            write_status(&self.mgmt, &gvr_cluster(), cluster, status)?;
-            return Ok(());
-        }
-        let topo = self.ensure_topology(cluster, &name, &ns, &topology)?;
+        let topology = cluster.pointer("/spec/topology").cloned();
+        let topo = match &topology {
+            Some(topology) => {
+                // Topology controller: the ClusterClass must exist.
+                let class = str_at(topology, "/class").unwrap_or("");
+                if class.is_empty()
+                    || self
+                        .mgmt
+                        .get(&gvr_cluster_class(), Some(&ns), class)
+                        .is_none()
+                {
+                    let msg = format!(
+                        "error reading the ClusterClass: failed to retrieve ClusterClass {ns}/{class}: clusterclasses.cluster.x-k8s.io \"{class}\" not found"
+                    );
+                    set_condition(
+                        &mut status,
+                        cond_false(
+                            "TopologyReconciled",
+                            "Error",
+                            "TopologyReconcileFailed",
+                            &msg,
+                        ),
+                    );
+                    status.entry("phase").or_insert(json!("Pending"));
+                    write_status(&self.mgmt, &gvr_cluster(), cluster, status)?;
+                    return Ok(());
+                }
+                let topo = self.ensure_topology(cluster, &name, &ns, topology)?;
+                set_condition(&mut status, cond_true("TopologyReconciled"));
+                topo
+            }
+            None => match self.legacy_parts(cluster, &name, &ns) {
+                Some(parts) => parts,
+                None => {
+                    // Plan-based Cluster whose referenced objects do not exist (yet).
+                    status.entry("phase").or_insert(json!("Pending"));
+                    return self.write_cluster(cluster, status);
+                }
+            },
+        };
         let cluster = &topo.cluster;
         status.insert("observedGeneration".into(), json!(generation_of(cluster)));
-        set_condition(&mut status, cond_true("TopologyReconciled"));
 
-        let phase = status.get("phase").and_then(Value::as_str).unwrap_or("").to_string();
+        let phase = status
+            .get("phase")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         match phase.as_str() {
             "" => {
                 status.insert("phase".into(), json!("Pending"));
@@ -154,13 +237,32 @@ impl CapiController {
                 status.insert("phase".into(), json!("Provisioning"));
                 status.insert("infrastructureReady".into(), json!(false));
                 status.insert("controlPlaneReady".into(), json!(false));
-                set_condition(&mut status, cond_false("InfrastructureReady", "Info", "WaitingForInfrastructure", ""));
                 set_condition(
                     &mut status,
-                    cond_false("ControlPlaneInitialized", "Info", "WaitingForControlPlaneProviderInitialized", ""),
+                    cond_false(
+                        "InfrastructureReady",
+                        "Info",
+                        "WaitingForInfrastructure",
+                        "",
+                    ),
                 );
-                set_condition(&mut status, cond_false("ControlPlaneReady", "Info", "WaitingForControlPlane", ""));
-                set_condition(&mut status, cond_false("Ready", "Info", "WaitingForInfrastructure", ""));
+                set_condition(
+                    &mut status,
+                    cond_false(
+                        "ControlPlaneInitialized",
+                        "Info",
+                        "WaitingForControlPlaneProviderInitialized",
+                        "",
+                    ),
+                );
+                set_condition(
+                    &mut status,
+                    cond_false("ControlPlaneReady", "Info", "WaitingForControlPlane", ""),
+                );
+                set_condition(
+                    &mut status,
+                    cond_false("Ready", "Info", "WaitingForInfrastructure", ""),
+                );
                 return self.write_cluster(cluster, status);
             }
             _ => {}
@@ -170,22 +272,33 @@ impl CapiController {
             status.insert("phase".into(), json!("Failed"));
             status.insert("failureReason".into(), json!("CreateError"));
             status.insert("failureMessage".into(), json!(msg));
-            set_condition(&mut status, cond_false("Ready", "Error", "ProvisioningFailed", msg));
+            set_condition(
+                &mut status,
+                cond_false("Ready", "Error", "ProvisioningFailed", msg),
+            );
             return self.write_cluster(cluster, status);
         }
 
-        if !status.get("infrastructureReady").and_then(Value::as_bool).unwrap_or(false) {
-            let cluster = self.provision_infrastructure(cluster, &topo.aws, &topology)?;
+        if !status
+            .get("infrastructureReady")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
+            let cluster = self.provision_infrastructure(cluster, &topo.aws)?;
             status.insert("observedGeneration".into(), json!(generation_of(&cluster)));
             status.insert("infrastructureReady".into(), json!(true));
             status.insert("phase".into(), json!("Provisioned"));
             set_condition(&mut status, cond_true("InfrastructureReady"));
-            set_condition(&mut status, cond_false("Ready", "Info", "WaitingForControlPlane", ""));
+            set_condition(
+                &mut status,
+                cond_false("Ready", "Info", "WaitingForControlPlane", ""),
+            );
             return self.write_cluster(&cluster, status);
         }
 
         if !condition_true(cluster, "ControlPlaneInitialized") {
-            self.initialize_control_plane(cluster, &name, &ns, &topo.kcp).await?;
+            self.initialize_control_plane(cluster, &name, &ns, &topo.kcp)
+                .await?;
             set_condition(&mut status, cond_true("ControlPlaneInitialized"));
             return self.write_cluster(cluster, status);
         }
@@ -198,14 +311,24 @@ impl CapiController {
         self.start_workload(&workload);
         self.ensure_kubeconfig_secret(&workload, &name, &ns, &topo.kcp)?;
 
-        let region = topology_variable(&topology, "region").and_then(Value::as_str).unwrap_or("us-east-1").to_string();
+        let region = str_at(&topo.aws, "/spec/region")
+            .filter(|r| !r.is_empty())
+            .unwrap_or("us-east-1")
+            .to_string();
         let kcp_state = self.step_replicas(&topo.kcp, &gvr_kcp(), false)?;
         self.sync_nodes(&workload, &topo.kcp, true, &region);
-        if !status.get("controlPlaneReady").and_then(Value::as_bool).unwrap_or(false) {
+        if !status
+            .get("controlPlaneReady")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
             if kcp_state == Rollout::Done {
                 status.insert("controlPlaneReady".into(), json!(true));
                 set_condition(&mut status, cond_true("ControlPlaneReady"));
-                set_condition(&mut status, cond_false("Ready", "Info", "WaitingForAvailableMachines", ""));
+                set_condition(
+                    &mut status,
+                    cond_false("Ready", "Info", "WaitingForAvailableMachines", ""),
+                );
             }
             return self.write_cluster(cluster, status);
         }
@@ -214,7 +337,8 @@ impl CapiController {
         for md in &topo.mds {
             let state = self.step_replicas(md, &gvr_machine_deployment(), true)?;
             self.sync_nodes(&workload, md, false, &region);
-            all_running &= state == Rollout::Done || i64_at(md, "/status/readyReplicas") == i64_at(md, "/spec/replicas");
+            all_running &= state == Rollout::Done
+                || i64_at(md, "/status/readyReplicas") == i64_at(md, "/spec/replicas");
         }
         if all_running && !condition_true(cluster, "Ready") {
             set_condition(&mut status, cond_true("Ready"));
@@ -222,16 +346,144 @@ impl CapiController {
         self.write_cluster(cluster, status)
     }
 
-    fn write_cluster(&self, cluster: &Value, status: Map<String, Value>) -> Result<(), ControllerError> {
+    /// Adds the Cluster controller's finalizer, so a deleted Cluster goes through phase `Deleting`
+    /// while its descendants are removed (as with real Cluster API).
+    fn ensure_finalizer(
+        &self,
+        cluster: &Value,
+        ns: &str,
+        name: &str,
+    ) -> Result<Value, ControllerError> {
+        let mut finalizers: Vec<Value> = cluster
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if finalizers.iter().any(|f| f == CLUSTER_FINALIZER) {
+            return Ok(cluster.clone());
+        }
+        finalizers.push(json!(CLUSTER_FINALIZER));
+        Ok(self.mgmt.patch_merge(
+            &gvr_cluster(),
+            Some(ns),
+            name,
+            json!({"metadata": {"finalizers": finalizers}}),
+        )?)
+    }
+
+    /// Deletion: first tick phase `Deleting`; next tick the descendants (control plane,
+    /// infrastructure cluster, MachineDeployments, MachineHealthChecks, kubeconfig Secret) are deleted
+    /// and the finalizer is removed, which lets the API server drop the Cluster.
+    fn reconcile_deletion(
+        &self,
+        cluster: &Value,
+        name: &str,
+        ns: &str,
+    ) -> Result<(), ControllerError> {
+        if str_at(cluster, "/status/phase") != Some("Deleting") {
+            let mut status = status_of(cluster);
+            status.insert("phase".into(), json!("Deleting"));
+            set_condition(&mut status, cond_false("Ready", "Info", "Deleting", ""));
+            return self.write_cluster(cluster, status);
+        }
+        for (ref_ptr, gvr) in [
+            ("/spec/controlPlaneRef", gvr_kcp()),
+            ("/spec/infrastructureRef", gvr_aws_cluster()),
+        ] {
+            if let Some(n) = str_at(cluster, &format!("{ref_ptr}/name")) {
+                let _ = self.mgmt.delete(&gvr, Some(ns), n);
+            }
+        }
+        for md in self.mgmt.list(&gvr_machine_deployment(), Some(ns)) {
+            if belongs_to(&md, name) {
+                if let Some(n) = name_of(&md) {
+                    let _ = self.mgmt.delete(&gvr_machine_deployment(), Some(ns), n);
+                }
+            }
+        }
+        for mhc in self.mgmt.list(&gvr_machine_health_check(), Some(ns)) {
+            if str_at(&mhc, "/spec/clusterName") == Some(name) {
+                if let Some(n) = name_of(&mhc) {
+                    let _ = self.mgmt.delete(&gvr_machine_health_check(), Some(ns), n);
+                }
+            }
+        }
+        self.delete_owned(ns, name, None);
+        let finalizers: Vec<Value> = cluster
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .map(|l| {
+                l.iter()
+                    .filter(|f| *f != CLUSTER_FINALIZER)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let value = if finalizers.is_empty() {
+            Value::Null
+        } else {
+            Value::Array(finalizers)
+        };
+        self.mgmt.patch_merge(
+            &gvr_cluster(),
+            Some(ns),
+            name,
+            json!({"metadata": {"finalizers": value}}),
+        )?;
+        Ok(())
+    }
+
+    /// A plan-based (legacy) Cluster: the objects its `controlPlaneRef` and `infrastructureRef` name,
+    /// and the MachineDeployments of the cluster. `None` until both referenced objects exist.
+    fn legacy_parts(&self, cluster: &Value, name: &str, ns: &str) -> Option<Topology> {
+        let kcp_name = str_at(cluster, "/spec/controlPlaneRef/name")?;
+        let aws_name = str_at(cluster, "/spec/infrastructureRef/name")?;
+        if str_at(cluster, "/spec/controlPlaneRef/kind") != Some("KubeadmControlPlane")
+            || str_at(cluster, "/spec/infrastructureRef/kind") != Some("AWSCluster")
+        {
+            debug!(cluster = %key(cluster), "refs to kinds other than KubeadmControlPlane/AWSCluster are not simulated");
+            return None;
+        }
+        let kcp = self.mgmt.get(&gvr_kcp(), Some(ns), kcp_name)?;
+        let aws = self.mgmt.get(&gvr_aws_cluster(), Some(ns), aws_name)?;
+        let mds = self
+            .mgmt
+            .list(&gvr_machine_deployment(), Some(ns))
+            .into_iter()
+            .filter(|md| belongs_to(md, name))
+            .collect();
+        Some(Topology {
+            kcp,
+            mds,
+            aws,
+            cluster: cluster.clone(),
+        })
+    }
+
+    fn write_cluster(
+        &self,
+        cluster: &Value,
+        status: Map<String, Value>,
+    ) -> Result<(), ControllerError> {
         write_status(&self.mgmt, &gvr_cluster(), cluster, status)?;
         Ok(())
     }
 
     /// Topology controller: creates or updates the KubeadmControlPlane, MachineDeployments and
     /// AWSCluster of a Cluster, and points the Cluster's refs at them.
-    fn ensure_topology(&self, cluster: &Value, name: &str, ns: &str, topology: &Value) -> Result<Topology, ControllerError> {
+    fn ensure_topology(
+        &self,
+        cluster: &Value,
+        name: &str,
+        ns: &str,
+        topology: &Value,
+    ) -> Result<Topology, ControllerError> {
         let uid = uid_of(cluster).to_string();
-        let seed = if uid.is_empty() { format!("{ns}/{name}") } else { uid.clone() };
+        let seed = if uid.is_empty() {
+            format!("{ns}/{name}")
+        } else {
+            uid.clone()
+        };
         let version = str_at(topology, "/version").unwrap_or("").to_string();
         let cp_replicas = i64_at(topology, "/controlPlane/replicas").unwrap_or(1);
         let owner = owner_ref("cluster.x-k8s.io/v1beta1", "Cluster", name, &uid, false);
@@ -240,36 +492,44 @@ impl CapiController {
 
         // AWSCluster (CAPA) from the ClusterClass variables.
         let aws_name = format!("{name}-{}", suffix5(&format!("{seed}/infrastructure")));
-        let aws = create_if_absent(&self.mgmt, &gvr_aws_cluster(), json!({
-            "apiVersion": infra_api,
-            "kind": "AWSCluster",
-            "metadata": {"name": aws_name, "namespace": ns, "labels": labels, "ownerReferences": [owner]},
-            "spec": aws_cluster_spec(name, topology),
-        }))?;
+        let aws = create_if_absent(
+            &self.mgmt,
+            &gvr_aws_cluster(),
+            json!({
+                "apiVersion": infra_api,
+                "kind": "AWSCluster",
+                "metadata": {"name": aws_name, "namespace": ns, "labels": labels, "ownerReferences": [owner]},
+                "spec": aws_cluster_spec(name, topology),
+            }),
+        )?;
 
         // KubeadmControlPlane.
         let kcp_name = format!("{name}-{}", suffix5(&format!("{seed}/controlplane")));
-        let mut kcp = create_if_absent(&self.mgmt, &gvr_kcp(), json!({
-            "apiVersion": "controlplane.cluster.x-k8s.io/v1beta1",
-            "kind": "KubeadmControlPlane",
-            "metadata": {
-                "name": kcp_name, "namespace": ns, "labels": labels, "ownerReferences": [owner],
-                "annotations": {MACHINES_VERSION_ANNOTATION: version},
-            },
-            "spec": {
-                "replicas": cp_replicas,
-                "version": version,
-                "machineTemplate": {"infrastructureRef": {
-                    "apiVersion": infra_api, "kind": "AWSMachineTemplate", "namespace": ns,
-                    "name": format!("{name}-control-plane-{}", suffix5(&format!("{seed}/controlplane-template"))),
-                }},
-                "kubeadmConfigSpec": {
-                    "clusterConfiguration": {"imageRepository": "projects.registry.vmware.com/tkg"},
-                    "initConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.local_hostname }}"}},
-                    "joinConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.local_hostname }}"}},
+        let mut kcp = create_if_absent(
+            &self.mgmt,
+            &gvr_kcp(),
+            json!({
+                "apiVersion": "controlplane.cluster.x-k8s.io/v1beta1",
+                "kind": "KubeadmControlPlane",
+                "metadata": {
+                    "name": kcp_name, "namespace": ns, "labels": labels, "ownerReferences": [owner],
+                    "annotations": {MACHINES_VERSION_ANNOTATION: version},
                 },
-            },
-        }))?;
+                "spec": {
+                    "replicas": cp_replicas,
+                    "version": version,
+                    "machineTemplate": {"infrastructureRef": {
+                        "apiVersion": infra_api, "kind": "AWSMachineTemplate", "namespace": ns,
+                        "name": format!("{name}-control-plane-{}", suffix5(&format!("{seed}/controlplane-template"))),
+                    }},
+                    "kubeadmConfigSpec": {
+                        "clusterConfiguration": {"imageRepository": "projects.registry.vmware.com/tkg"},
+                        "initConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.local_hostname }}"}},
+                        "joinConfiguration": {"nodeRegistration": {"name": "{{ ds.meta_data.local_hostname }}"}},
+                    },
+                },
+            }),
+        )?;
         let mut kcp_patch = Map::new();
         if i64_at(&kcp, "/spec/replicas") != Some(cp_replicas) {
             kcp_patch.insert("replicas".into(), json!(cp_replicas));
@@ -278,7 +538,12 @@ impl CapiController {
             kcp_patch.insert("version".into(), json!(version));
         }
         if !kcp_patch.is_empty() {
-            kcp = self.mgmt.patch_merge(&gvr_kcp(), Some(ns), &kcp_name, json!({"spec": kcp_patch}))?;
+            kcp = self.mgmt.patch_merge(
+                &gvr_kcp(),
+                Some(ns),
+                &kcp_name,
+                json!({"spec": kcp_patch}),
+            )?;
         }
         // Workers move to a new version only once the control plane runs it (CP first).
         let cp_at_version = str_at(&kcp, "/status/version") == Some(version.as_str());
@@ -286,16 +551,26 @@ impl CapiController {
         // MachineDeployments, one per topology.workers.machineDeployments[].
         let mut mds = Vec::new();
         let mut wanted = Vec::new();
-        let md_topologies = topology.pointer("/workers/machineDeployments").and_then(Value::as_array).cloned().unwrap_or_default();
+        let md_topologies = topology
+            .pointer("/workers/machineDeployments")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         for md_topo in &md_topologies {
             let Some(md_short) = md_topo.get("name").and_then(Value::as_str) else {
                 warn!(cluster = %key(cluster), "machineDeployment topology without name; skipped");
                 continue;
             };
-            let class = md_topo.get("class").and_then(Value::as_str).unwrap_or("tkg-worker");
+            let class = md_topo
+                .get("class")
+                .and_then(Value::as_str)
+                .unwrap_or("tkg-worker");
             let replicas = i64_at(md_topo, "/replicas").unwrap_or(1);
             let failure_domain = md_topo.get("failureDomain").and_then(Value::as_str);
-            let md_name = format!("{name}-{md_short}-{}", suffix5(&format!("{seed}/md/{md_short}")));
+            let md_name = format!(
+                "{name}-{md_short}-{}",
+                suffix5(&format!("{seed}/md/{md_short}"))
+            );
             wanted.push(md_name.clone());
             let md_labels = json!({CLUSTER_NAME_LABEL: name, TOPOLOGY_OWNED_LABEL: "", DEPLOYMENT_NAME_LABEL: md_short});
             let mut template_labels = md_labels.clone();
@@ -315,23 +590,27 @@ impl CapiController {
             if let Some(fd) = failure_domain {
                 template_spec["failureDomain"] = json!(fd);
             }
-            let mut md = create_if_absent(&self.mgmt, &gvr_machine_deployment(), json!({
-                "apiVersion": "cluster.x-k8s.io/v1beta1",
-                "kind": "MachineDeployment",
-                "metadata": {
-                    "name": md_name, "namespace": ns, "labels": md_labels, "ownerReferences": [owner],
-                    "annotations": {MACHINES_VERSION_ANNOTATION: version},
-                },
-                "spec": {
-                    "clusterName": name,
-                    "replicas": replicas,
-                    "selector": {"matchLabels": md_labels},
-                    "template": {
-                        "metadata": {"labels": template_labels, "annotations": {"topology.cluster.x-k8s.io/deployment-class": class}},
-                        "spec": template_spec,
+            let mut md = create_if_absent(
+                &self.mgmt,
+                &gvr_machine_deployment(),
+                json!({
+                    "apiVersion": "cluster.x-k8s.io/v1beta1",
+                    "kind": "MachineDeployment",
+                    "metadata": {
+                        "name": md_name, "namespace": ns, "labels": md_labels, "ownerReferences": [owner],
+                        "annotations": {MACHINES_VERSION_ANNOTATION: version},
                     },
-                },
-            }))?;
+                    "spec": {
+                        "clusterName": name,
+                        "replicas": replicas,
+                        "selector": {"matchLabels": md_labels},
+                        "template": {
+                            "metadata": {"labels": template_labels, "annotations": {"topology.cluster.x-k8s.io/deployment-class": class}},
+                            "spec": template_spec,
+                        },
+                    },
+                }),
+            )?;
             let mut spec_patch = Map::new();
             if i64_at(&md, "/spec/replicas") != Some(replicas) {
                 spec_patch.insert("replicas".into(), json!(replicas));
@@ -342,23 +621,35 @@ impl CapiController {
                     tpl_patch.insert("failureDomain".into(), json!(fd));
                 }
             }
-            if cp_at_version && !version.is_empty() && str_at(&md, "/spec/template/spec/version") != Some(version.as_str()) {
+            if cp_at_version
+                && !version.is_empty()
+                && str_at(&md, "/spec/template/spec/version") != Some(version.as_str())
+            {
                 tpl_patch.insert("version".into(), json!(version));
             }
             if !tpl_patch.is_empty() {
                 spec_patch.insert("template".into(), json!({"spec": tpl_patch}));
             }
             if !spec_patch.is_empty() {
-                md = self.mgmt.patch_merge(&gvr_machine_deployment(), Some(ns), &md_name, json!({"spec": spec_patch}))?;
+                md = self.mgmt.patch_merge(
+                    &gvr_machine_deployment(),
+                    Some(ns),
+                    &md_name,
+                    json!({"spec": spec_patch}),
+                )?;
             }
             mds.push(md);
         }
         // MachineDeployments removed from the topology are deleted.
         for md in self.mgmt.list(&gvr_machine_deployment(), Some(ns)) {
-            let owned = label(&md, TOPOLOGY_OWNED_LABEL).is_some() && label(&md, CLUSTER_NAME_LABEL) == Some(name);
+            let owned = label(&md, TOPOLOGY_OWNED_LABEL).is_some()
+                && label(&md, CLUSTER_NAME_LABEL) == Some(name);
             if let Some(md_name) = name_of(&md) {
                 if owned && !wanted.iter().any(|w| w == md_name) {
-                    if let Err(err) = self.mgmt.delete(&gvr_machine_deployment(), Some(ns), md_name) {
+                    if let Err(err) = self
+                        .mgmt
+                        .delete(&gvr_machine_deployment(), Some(ns), md_name)
+                    {
                         warn!(md = md_name, error = %err, "could not delete MachineDeployment removed from topology");
                     }
                 }
@@ -370,19 +661,36 @@ impl CapiController {
         let cp_ref = json!({"apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlane",
                             "name": kcp_name, "namespace": ns});
         let mut cluster = cluster.clone();
-        if cluster.pointer("/spec/infrastructureRef") != Some(&infra_ref) || cluster.pointer("/spec/controlPlaneRef") != Some(&cp_ref) {
-            cluster = self.mgmt.patch_merge(&gvr_cluster(), Some(ns), name,
-                json!({"spec": {"infrastructureRef": infra_ref, "controlPlaneRef": cp_ref}}))?;
+        if cluster.pointer("/spec/infrastructureRef") != Some(&infra_ref)
+            || cluster.pointer("/spec/controlPlaneRef") != Some(&cp_ref)
+        {
+            cluster = self.mgmt.patch_merge(
+                &gvr_cluster(),
+                Some(ns),
+                name,
+                json!({"spec": {"infrastructureRef": infra_ref, "controlPlaneRef": cp_ref}}),
+            )?;
         }
-        Ok(Topology { kcp, mds, aws, cluster })
+        Ok(Topology {
+            kcp,
+            mds,
+            aws,
+            cluster,
+        })
     }
 
     /// CAPA: the AWSCluster becomes ready with a load balancer endpoint; CAPI copies it to the Cluster.
-    fn provision_infrastructure(&self, cluster: &Value, aws: &Value, topology: &Value) -> Result<Value, ControllerError> {
+    fn provision_infrastructure(
+        &self,
+        cluster: &Value,
+        aws: &Value,
+    ) -> Result<Value, ControllerError> {
         let name = name_of(cluster).unwrap_or_default();
         let ns = namespace_of(cluster).unwrap_or("default");
-        let region = topology_variable(topology, "region").and_then(Value::as_str).unwrap_or("us-east-1");
-        let internal = topology_variable(topology, "loadBalancerSchemeInternal").and_then(Value::as_bool).unwrap_or(false);
+        let region = str_at(aws, "/spec/region")
+            .filter(|r| !r.is_empty())
+            .unwrap_or("us-east-1");
+        let internal = str_at(aws, "/spec/controlPlaneLoadBalancer/scheme") == Some("internal");
         let host = format!(
             "{}{name}-apiserver-{}.elb.{region}.amazonaws.com",
             if internal { "internal-" } else { "" },
@@ -391,7 +699,12 @@ impl CapiController {
         let endpoint = json!({"host": host, "port": API_SERVER_PORT});
         let aws_name = name_of(aws).unwrap_or_default();
         let aws = if aws.pointer("/spec/controlPlaneEndpoint") != Some(&endpoint) {
-            self.mgmt.patch_merge(&gvr_aws_cluster(), Some(ns), aws_name, json!({"spec": {"controlPlaneEndpoint": endpoint}}))?
+            self.mgmt.patch_merge(
+                &gvr_aws_cluster(),
+                Some(ns),
+                aws_name,
+                json!({"spec": {"controlPlaneEndpoint": endpoint}}),
+            )?
         } else {
             aws.clone()
         };
@@ -409,12 +722,23 @@ impl CapiController {
             "apiServerElb": {"name": format!("{name}-apiserver"), "dnsName": host,
                               "scheme": if internal { "internal" } else { "internet-facing" }},
         }));
-        for t in ["Ready", "VpcReady", "SubnetsReady", "ClusterSecurityGroupsReady", "LoadBalancerReady"] {
+        for t in [
+            "Ready",
+            "VpcReady",
+            "SubnetsReady",
+            "ClusterSecurityGroupsReady",
+            "LoadBalancerReady",
+        ] {
             set_condition(&mut aws_status, cond_true(t));
         }
         write_status(&self.mgmt, &gvr_aws_cluster(), &aws, aws_status)?;
         if cluster.pointer("/spec/controlPlaneEndpoint") != Some(&endpoint) {
-            return Ok(self.mgmt.patch_merge(&gvr_cluster(), Some(ns), name, json!({"spec": {"controlPlaneEndpoint": endpoint}}))?);
+            return Ok(self.mgmt.patch_merge(
+                &gvr_cluster(),
+                Some(ns),
+                name,
+                json!({"spec": {"controlPlaneEndpoint": endpoint}}),
+            )?);
         }
         Ok(cluster.clone())
     }
@@ -430,14 +754,25 @@ impl CapiController {
 
     /// The first control plane machine is up: create and seed the workload cluster, write the
     /// kubeconfig Secret and mark the KubeadmControlPlane initialized.
-    async fn initialize_control_plane(&self, cluster: &Value, name: &str, ns: &str, kcp: &Value) -> Result<(), ControllerError> {
+    async fn initialize_control_plane(
+        &self,
+        cluster: &Value,
+        name: &str,
+        ns: &str,
+        kcp: &Value,
+    ) -> Result<(), ControllerError> {
         let workload = self.create_workload(name).await?;
         self.ensure_kubeconfig_secret(&workload, name, ns, kcp)?;
         self.start_workload(&workload);
         let replicas = i64_at(kcp, "/spec/replicas").unwrap_or(1);
         let version = str_at(kcp, "/spec/version").unwrap_or("");
         let mut st = status_of(kcp);
-        st.insert("selector".into(), json!(format!("{CLUSTER_NAME_LABEL}={name},cluster.x-k8s.io/control-plane")));
+        st.insert(
+            "selector".into(),
+            json!(format!(
+                "{CLUSTER_NAME_LABEL}={name},cluster.x-k8s.io/control-plane"
+            )),
+        );
         st.insert("replicas".into(), json!(replicas));
         st.insert("updatedReplicas".into(), json!(replicas));
         st.insert("readyReplicas".into(), json!(0));
@@ -448,17 +783,33 @@ impl CapiController {
         st.insert("observedGeneration".into(), json!(generation_of(kcp)));
         set_condition(&mut st, cond_true("Available"));
         set_condition(&mut st, cond_true("CertificatesAvailable"));
-        set_condition(&mut st, cond_false("MachinesReady", "Info", "WaitingForMachines", ""));
-        set_condition(&mut st, cond_false("Ready", "Info", "WaitingForMachines", ""));
+        set_condition(
+            &mut st,
+            cond_false("MachinesReady", "Info", "WaitingForMachines", ""),
+        );
+        set_condition(
+            &mut st,
+            cond_false("Ready", "Info", "WaitingForMachines", ""),
+        );
         let _ = cluster;
         write_status(&self.mgmt, &gvr_kcp(), kcp, st)?;
         Ok(())
     }
 
     /// The `<cluster>-kubeconfig` Secret (CAPI `util/secret`), recreated if it disappears.
-    fn ensure_kubeconfig_secret(&self, workload: &EmulatedCluster, name: &str, ns: &str, kcp: &Value) -> Result<(), ControllerError> {
+    fn ensure_kubeconfig_secret(
+        &self,
+        workload: &EmulatedCluster,
+        name: &str,
+        ns: &str,
+        kcp: &Value,
+    ) -> Result<(), ControllerError> {
         let secret_name = format!("{name}-kubeconfig");
-        if self.mgmt.get(&gvr_secret(), Some(ns), &secret_name).is_some() {
+        if self
+            .mgmt
+            .get(&gvr_secret(), Some(ns), &secret_name)
+            .is_some()
+        {
             return Ok(());
         }
         let value = base64::engine::general_purpose::STANDARD.encode(workload.kubeconfig_yaml());
@@ -469,47 +820,76 @@ impl CapiController {
             uid_of(kcp),
             true,
         );
-        create_if_absent(&self.mgmt, &gvr_secret(), json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": secret_name, "namespace": ns,
-                "labels": {CLUSTER_NAME_LABEL: name},
-                "ownerReferences": [owner],
-            },
-            "type": KUBECONFIG_SECRET_TYPE,
-            "data": {"value": value},
-        }))?;
+        create_if_absent(
+            &self.mgmt,
+            &gvr_secret(),
+            json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": secret_name, "namespace": ns,
+                    "labels": {CLUSTER_NAME_LABEL: name},
+                    "ownerReferences": [owner],
+                },
+                "type": KUBECONFIG_SECRET_TYPE,
+                "data": {"value": value},
+            }),
+        )?;
         Ok(())
     }
 
     /// One tick of a KubeadmControlPlane (`is_md == false`) or MachineDeployment: start a rollout when
     /// the version changed, else move `readyReplicas` one step toward `spec.replicas`, else move
     /// `updatedReplicas` one step toward it.
-    fn step_replicas(&self, obj: &Value, gvr: &Gvr, is_md: bool) -> Result<Rollout, ControllerError> {
+    fn step_replicas(
+        &self,
+        obj: &Value,
+        gvr: &Gvr,
+        is_md: bool,
+    ) -> Result<Rollout, ControllerError> {
         let name = name_of(obj).unwrap_or_default();
         let ns = namespace_of(obj);
         let replicas = i64_at(obj, "/spec/replicas").unwrap_or(1).max(0);
-        let spec_version = if is_md { str_at(obj, "/spec/template/spec/version") } else { str_at(obj, "/spec/version") }
-            .unwrap_or("")
-            .to_string();
+        let spec_version = if is_md {
+            str_at(obj, "/spec/template/spec/version")
+        } else {
+            str_at(obj, "/spec/version")
+        }
+        .unwrap_or("")
+        .to_string();
         let mut st = status_of(obj);
         st.insert("observedGeneration".into(), json!(generation_of(obj)));
         let mut ready = i64_at(obj, "/status/readyReplicas").unwrap_or(0);
-        let mut updated = i64_at(obj, "/status/updatedReplicas").unwrap_or(if is_md { 0 } else { replicas });
+        let mut updated =
+            i64_at(obj, "/status/updatedReplicas").unwrap_or(if is_md { 0 } else { replicas });
         let mut obj = obj.clone();
         let rolling;
+        if annotation(&obj, MACHINES_VERSION_ANNOTATION).is_none() {
+            // Not created by the topology controller (plan-based): adopt the current version.
+            obj = self.mgmt.patch_merge(
+                gvr,
+                ns,
+                name,
+                json!({"metadata": {"annotations": {MACHINES_VERSION_ANNOTATION: spec_version}}}),
+            )?;
+        }
         if annotation(&obj, MACHINES_VERSION_ANNOTATION) != Some(spec_version.as_str()) {
             // New version: the machines at the new version start from zero.
-            obj = self.mgmt.patch_merge(gvr, ns, name,
-                json!({"metadata": {"annotations": {MACHINES_VERSION_ANNOTATION: spec_version}}}))?;
+            obj = self.mgmt.patch_merge(
+                gvr,
+                ns,
+                name,
+                json!({"metadata": {"annotations": {MACHINES_VERSION_ANNOTATION: spec_version}}}),
+            )?;
             st.insert("observedGeneration".into(), json!(generation_of(&obj)));
             updated = 0;
             rolling = true;
         } else if ready != replicas {
             ready += if ready < replicas { 1 } else { -1 };
             updated = updated.min(replicas);
-            if !is_md && !condition(&obj, "MachinesSpecUpToDate").is_some_and(|c| c["status"] == "False") {
+            if !is_md
+                && !condition(&obj, "MachinesSpecUpToDate").is_some_and(|c| c["status"] == "False")
+            {
                 updated = replicas;
             }
             if is_md && ready <= replicas && updated < ready {
@@ -536,17 +916,34 @@ impl CapiController {
             st.insert("selector".into(), json!(format!(
                 "{CLUSTER_NAME_LABEL}={cluster_name},{DEPLOYMENT_NAME_LABEL}={deployment},{TOPOLOGY_OWNED_LABEL}="
             )));
-            let phase = if ready < replicas { "ScalingUp" } else if ready > replicas { "ScalingDown" } else { "Running" };
+            let phase = if ready < replicas {
+                "ScalingUp"
+            } else if ready > replicas {
+                "ScalingDown"
+            } else {
+                "Running"
+            };
             st.insert("phase".into(), json!(phase));
             if all_ready {
                 set_condition(&mut st, cond_true("Ready"));
                 set_condition(&mut st, cond_true("Available"));
                 set_condition(&mut st, cond_true("MachinesReady"));
             } else {
-                let msg = format!("Minimum availability requires {replicas} replicas, current {ready} available");
-                set_condition(&mut st, cond_false("Ready", "Warning", "WaitingForAvailableMachines", &msg));
-                set_condition(&mut st, cond_false("Available", "Warning", "WaitingForAvailableMachines", &msg));
-                set_condition(&mut st, cond_false("MachinesReady", "Info", "WaitingForMachines", ""));
+                let msg = format!(
+                    "Minimum availability requires {replicas} replicas, current {ready} available"
+                );
+                set_condition(
+                    &mut st,
+                    cond_false("Ready", "Warning", "WaitingForAvailableMachines", &msg),
+                );
+                set_condition(
+                    &mut st,
+                    cond_false("Available", "Warning", "WaitingForAvailableMachines", &msg),
+                );
+                set_condition(
+                    &mut st,
+                    cond_false("MachinesReady", "Info", "WaitingForMachines", ""),
+                );
             }
         } else {
             st.insert("initialized".into(), json!(true));
@@ -561,45 +958,93 @@ impl CapiController {
                 set_condition(&mut st, cond_true("ControlPlaneComponentsHealthy"));
                 set_condition(&mut st, cond_true("EtcdClusterHealthy"));
             } else {
-                set_condition(&mut st, cond_false("MachinesReady", "Info", "WaitingForMachines", ""));
-                let msg = format!("Scaling up control plane to {replicas} replicas (actual {ready})");
+                set_condition(
+                    &mut st,
+                    cond_false("MachinesReady", "Info", "WaitingForMachines", ""),
+                );
+                let msg =
+                    format!("Scaling up control plane to {replicas} replicas (actual {ready})");
                 set_condition(&mut st, cond_false("Resized", "Warning", "ScalingUp", &msg));
             }
             if rolling {
                 let msg = format!("Rolling {replicas} replicas with outdated spec ({updated} replicas up to date)");
-                set_condition(&mut st, cond_false("MachinesSpecUpToDate", "Warning", "RollingUpdateInProgress", &msg));
+                set_condition(
+                    &mut st,
+                    cond_false(
+                        "MachinesSpecUpToDate",
+                        "Warning",
+                        "RollingUpdateInProgress",
+                        &msg,
+                    ),
+                );
             } else {
                 set_condition(&mut st, cond_true("MachinesSpecUpToDate"));
             }
             if all_ready && !rolling {
                 set_condition(&mut st, cond_true("Ready"));
             } else if all_ready {
-                set_condition(&mut st, cond_false("Ready", "Warning", "RollingUpdateInProgress", ""));
+                set_condition(
+                    &mut st,
+                    cond_false("Ready", "Warning", "RollingUpdateInProgress", ""),
+                );
             } else {
-                set_condition(&mut st, cond_false("Ready", "Info", "WaitingForMachines", ""));
+                set_condition(
+                    &mut st,
+                    cond_false("Ready", "Info", "WaitingForMachines", ""),
+                );
             }
         }
         write_status(&self.mgmt, gvr, &obj, st)?;
-        Ok(if all_ready && !rolling { Rollout::Done } else { Rollout::InProgress })
+        Ok(if all_ready && !rolling {
+            Rollout::Done
+        } else {
+            Rollout::InProgress
+        })
     }
 
     /// Keeps one Node per ready machine on the workload cluster (best effort).
-    fn sync_nodes(&self, workload: &EmulatedCluster, owner: &Value, control_plane: bool, region: &str) {
-        let Some(owner_name) = name_of(owner) else { return };
-        let ready = i64_at(owner, "/status/readyReplicas").unwrap_or(0).max(0);
-        let version = if control_plane { str_at(owner, "/spec/version") } else { str_at(owner, "/spec/template/spec/version") }
-            .unwrap_or("");
-        let Some(fresh) = self.mgmt.get(&if control_plane { gvr_kcp() } else { gvr_machine_deployment() }, namespace_of(owner), owner_name) else {
+    fn sync_nodes(
+        &self,
+        workload: &EmulatedCluster,
+        owner: &Value,
+        control_plane: bool,
+        region: &str,
+    ) {
+        let Some(owner_name) = name_of(owner) else {
             return;
         };
-        let ready = i64_at(&fresh, "/status/readyReplicas").unwrap_or(ready).max(0);
+        let ready = i64_at(owner, "/status/readyReplicas").unwrap_or(0).max(0);
+        let version = if control_plane {
+            str_at(owner, "/spec/version")
+        } else {
+            str_at(owner, "/spec/template/spec/version")
+        }
+        .unwrap_or("");
+        let Some(fresh) = self.mgmt.get(
+            &if control_plane {
+                gvr_kcp()
+            } else {
+                gvr_machine_deployment()
+            },
+            namespace_of(owner),
+            owner_name,
+        ) else {
+            return;
+        };
+        let ready = i64_at(&fresh, "/status/readyReplicas")
+            .unwrap_or(ready)
+            .max(0);
         let owner_uid = uid_of(&fresh).to_string();
         let cluster_name = workload.name().to_string();
         let mut wanted = Vec::new();
         for i in 0..ready {
             let seed = format!("{owner_uid}/{i}");
             let d = digits(&seed, 6);
-            let ip = format!("10-0-{}-{}", d[0..3].parse::<u32>().unwrap_or(0) % 256, d[3..6].parse::<u32>().unwrap_or(0) % 254 + 1);
+            let ip = format!(
+                "10-0-{}-{}",
+                d[0..3].parse::<u32>().unwrap_or(0) % 256,
+                d[3..6].parse::<u32>().unwrap_or(0) % 254 + 1
+            );
             let node_name = format!("ip-{ip}.{region}.compute.internal");
             wanted.push(node_name.clone());
             let mut labels = json!({
@@ -657,23 +1102,35 @@ impl CapiController {
             debug!(mhc = %key(mhc), "MachineHealthCheck without spec.clusterName; skipped");
             return Ok(());
         };
-        let Some(cluster) = self.mgmt.get(&gvr_cluster(), Some(ns), cluster_name) else { return Ok(()) };
+        let Some(cluster) = self.mgmt.get(&gvr_cluster(), Some(ns), cluster_name) else {
+            return Ok(());
+        };
         if !condition_true(&cluster, "Ready") {
             return Ok(());
         }
-        let owned = |o: &Value| label(o, CLUSTER_NAME_LABEL) == Some(cluster_name) && label(o, TOPOLOGY_OWNED_LABEL).is_some();
-        let control_plane = mhc.pointer("/spec/selector/matchLabels/cluster.x-k8s.io~1control-plane").is_some();
+        let control_plane = mhc
+            .pointer("/spec/selector/matchLabels/cluster.x-k8s.io~1control-plane")
+            .is_some();
         let expected: i64 = if control_plane {
-            self.mgmt.list(&gvr_kcp(), Some(ns)).iter().filter(|o| owned(o)).map(|k| i64_at(k, "/spec/replicas").unwrap_or(1)).sum()
+            str_at(&cluster, "/spec/controlPlaneRef/name")
+                .and_then(|k| self.mgmt.get(&gvr_kcp(), Some(ns), k))
+                .map(|k| i64_at(&k, "/spec/replicas").unwrap_or(1))
+                .unwrap_or(0)
         } else {
-            self.mgmt.list(&gvr_machine_deployment(), Some(ns)).iter().filter(|o| owned(o))
-                .map(|m| i64_at(m, "/spec/replicas").unwrap_or(1)).sum()
+            self.mgmt
+                .list(&gvr_machine_deployment(), Some(ns))
+                .iter()
+                .filter(|md| belongs_to(md, cluster_name))
+                .map(|m| i64_at(m, "/spec/replicas").unwrap_or(1))
+                .sum()
         };
         let max_unhealthy = match mhc.pointer("/spec/maxUnhealthy") {
             Some(Value::Number(n)) => n.as_i64().unwrap_or(expected),
-            Some(Value::String(s)) if s.ends_with('%') => {
-                s.trim_end_matches('%').parse::<i64>().map(|p| expected * p / 100).unwrap_or(expected)
-            }
+            Some(Value::String(s)) if s.ends_with('%') => s
+                .trim_end_matches('%')
+                .parse::<i64>()
+                .map(|p| expected * p / 100)
+                .unwrap_or(expected),
             Some(Value::String(s)) => s.parse().unwrap_or(expected),
             _ => expected,
         };
@@ -693,7 +1150,9 @@ impl CapiController {
     fn delete_owned(&self, ns: &str, cluster_name: &str, uid: Option<&str>) {
         for gvr in [gvr_kcp(), gvr_machine_deployment(), gvr_aws_cluster()] {
             for obj in self.mgmt.list(&gvr, Some(ns)) {
-                if label(&obj, CLUSTER_NAME_LABEL) != Some(cluster_name) || label(&obj, TOPOLOGY_OWNED_LABEL).is_none() {
+                if label(&obj, CLUSTER_NAME_LABEL) != Some(cluster_name)
+                    || label(&obj, TOPOLOGY_OWNED_LABEL).is_none()
+                {
                     continue;
                 }
                 if let Some(uid) = uid {
@@ -726,7 +1185,9 @@ impl CapiController {
         };
         for gvr in [gvr_kcp(), gvr_machine_deployment(), gvr_aws_cluster()] {
             for obj in self.mgmt.list(&gvr, None) {
-                let (Some(cn), Some(n)) = (label(&obj, CLUSTER_NAME_LABEL), name_of(&obj)) else { continue };
+                let (Some(cn), Some(n)) = (label(&obj, CLUSTER_NAME_LABEL), name_of(&obj)) else {
+                    continue;
+                };
                 if label(&obj, TOPOLOGY_OWNED_LABEL).is_none() {
                     continue;
                 }
@@ -740,9 +1201,13 @@ impl CapiController {
             if s.get("type").and_then(Value::as_str) != Some(KUBECONFIG_SECRET_TYPE) {
                 continue;
             }
-            let (Some(cn), Some(n)) = (label(&s, CLUSTER_NAME_LABEL), name_of(&s)) else { continue };
+            let (Some(cn), Some(n)) = (label(&s, CLUSTER_NAME_LABEL), name_of(&s)) else {
+                continue;
+            };
             let ns = namespace_of(&s).unwrap_or("default");
-            if n == format!("{cn}-kubeconfig") && self.mgmt.get(&gvr_cluster(), Some(ns), cn).is_none() {
+            if n == format!("{cn}-kubeconfig")
+                && self.mgmt.get(&gvr_cluster(), Some(ns), cn).is_none()
+            {
                 let _ = self.mgmt.delete(&gvr_secret(), Some(ns), n);
             }
         }
@@ -775,27 +1240,54 @@ fn aws_cluster_spec(name: &str, topology: &Value) -> Value {
         },
         "network": {"vpc": {}, "subnets": []},
     });
-    if let Some(id) = var("identityRef").and_then(|i| i.get("name")).and_then(Value::as_str) {
-        let kind = var("identityRef").and_then(|i| i.get("kind")).and_then(Value::as_str).unwrap_or("AWSClusterRoleIdentity");
+    if let Some(id) = var("identityRef")
+        .and_then(|i| i.get("name"))
+        .and_then(Value::as_str)
+    {
+        let kind = var("identityRef")
+            .and_then(|i| i.get("kind"))
+            .and_then(Value::as_str)
+            .unwrap_or("AWSClusterRoleIdentity");
         spec["identityRef"] = json!({"kind": kind, "name": id});
     }
     if let Some(net) = var("network") {
-        if let Some(id) = net.pointer("/vpc/existingID").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        if let Some(id) = net
+            .pointer("/vpc/existingID")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             spec["network"]["vpc"]["id"] = json!(id);
         }
-        if let Some(cidr) = net.pointer("/vpc/cidr").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        if let Some(cidr) = net
+            .pointer("/vpc/cidr")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             spec["network"]["vpc"]["cidrBlock"] = json!(cidr);
         }
         let mut subnets = Vec::new();
-        for s in net.get("subnets").and_then(Value::as_array).cloned().unwrap_or_default() {
+        for s in net
+            .get("subnets")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
             let az = s.get("az").and_then(Value::as_str).unwrap_or("");
             for (kind, public) in [("private", false), ("public", true)] {
                 let Some(sub) = s.get(kind) else { continue };
                 let mut o = json!({"availabilityZone": az, "isPublic": public});
-                if let Some(id) = sub.get("id").and_then(Value::as_str).filter(|x| !x.is_empty()) {
+                if let Some(id) = sub
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .filter(|x| !x.is_empty())
+                {
                     o["id"] = json!(id);
                 }
-                if let Some(c) = sub.get("cidr").and_then(Value::as_str).filter(|x| !x.is_empty()) {
+                if let Some(c) = sub
+                    .get("cidr")
+                    .and_then(Value::as_str)
+                    .filter(|x| !x.is_empty())
+                {
                     o["cidrBlock"] = json!(c);
                 }
                 subnets.push(o);
@@ -803,7 +1295,13 @@ fn aws_cluster_spec(name: &str, topology: &Value) -> Value {
         }
         spec["network"]["subnets"] = json!(subnets);
         if let Some(sg) = net.get("securityGroupOverrides").and_then(Value::as_object) {
-            let map = [("bastion", "bastion"), ("apiServerLB", "apiserver-lb"), ("lb", "lb"), ("controlplane", "controlplane"), ("node", "node")];
+            let map = [
+                ("bastion", "bastion"),
+                ("apiServerLB", "apiserver-lb"),
+                ("lb", "lb"),
+                ("controlplane", "controlplane"),
+                ("node", "node"),
+            ];
             let mut o = Map::new();
             for (k, v) in map {
                 if let Some(id) = sg.get(k).and_then(Value::as_str).filter(|x| !x.is_empty()) {
@@ -843,13 +1341,19 @@ impl Reconciler for CapiController {
             "DELETED" => {
                 if let Some(name) = name_of(&event.object) {
                     let ns = namespace_of(&event.object).unwrap_or("default");
-                    self.delete_owned(ns, name, Some(uid_of(&event.object)).filter(|u| !u.is_empty()));
+                    self.delete_owned(
+                        ns,
+                        name,
+                        Some(uid_of(&event.object)).filter(|u| !u.is_empty()),
+                    );
                 }
             }
             "ADDED" => {
                 // Entry step only (topology objects + Pending): it does not cascade, since the
                 // status it writes makes the next step wait for a tick.
-                let (Some(name), ns) = (name_of(&event.object), namespace_of(&event.object)) else { return };
+                let (Some(name), ns) = (name_of(&event.object), namespace_of(&event.object)) else {
+                    return;
+                };
                 if let Some(current) = self.mgmt.get(&gvr_cluster(), ns, name) {
                     if current.pointer("/status/phase").is_none() {
                         if let Err(err) = self.reconcile_cluster(&current).await {

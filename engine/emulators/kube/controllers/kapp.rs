@@ -40,7 +40,10 @@ fn single_condition(obj: &Value) -> Option<&str> {
 /// `SetReconciling`: one `Reconciling` condition, `observedGeneration = generation`.
 fn reconciling_status(obj: &Value) -> Map<String, Value> {
     let mut st = status_of(obj);
-    st.insert("conditions".into(), json!([{"type": "Reconciling", "status": "True"}]));
+    st.insert(
+        "conditions".into(),
+        json!([{"type": "Reconciling", "status": "True"}]),
+    );
     st.insert("observedGeneration".into(), json!(generation_of(obj)));
     st.insert("friendlyDescription".into(), json!("Reconciling"));
     st.remove("usefulErrorMessage");
@@ -53,14 +56,20 @@ fn failed_status(mut st: Map<String, Value>, err: &str) -> Map<String, Value> {
         "conditions".into(),
         json!([{"type": "ReconcileFailed", "status": "True", "message": "Error (see .status.usefulErrorMessage for details)"}]),
     );
-    st.insert("friendlyDescription".into(), json!(format!("Reconcile failed: {err}")));
+    st.insert(
+        "friendlyDescription".into(),
+        json!(format!("Reconcile failed: {err}")),
+    );
     st.insert("usefulErrorMessage".into(), json!(err));
     st
 }
 
 /// `SetReconcileCompleted(nil)`.
 fn succeeded_status(mut st: Map<String, Value>) -> Map<String, Value> {
-    st.insert("conditions".into(), json!([{"type": "ReconcileSucceeded", "status": "True"}]));
+    st.insert(
+        "conditions".into(),
+        json!([{"type": "ReconcileSucceeded", "status": "True"}]),
+    );
     st.insert("friendlyDescription".into(), json!("Reconcile succeeded"));
     st.remove("usefulErrorMessage");
     st
@@ -70,7 +79,7 @@ fn succeeded_status(mut st: Map<String, Value>) -> Map<String, Value> {
 fn compare_versions(a: &str, b: &str) -> Ordering {
     let parts = |v: &str| -> Vec<u64> {
         v.trim_start_matches('v')
-            .split(|c: char| c == '+' || c == '-')
+            .split(['+', '-'])
             .next()
             .unwrap_or("")
             .split('.')
@@ -112,7 +121,12 @@ impl KappController {
     }
 
     /// Finds the Package a PackageInstall selects. Returns its version or kapp-controller's error text.
-    fn select_package(&self, ns: &str, ref_name: &str, constraints: &str) -> Result<String, String> {
+    fn select_package(
+        &self,
+        ns: &str,
+        ref_name: &str,
+        constraints: &str,
+    ) -> Result<String, String> {
         let mut candidates: Vec<String> = Vec::new();
         let mut namespaces = vec![ns.to_string()];
         if ns != PACKAGING_GLOBAL_NAMESPACE {
@@ -131,9 +145,9 @@ impl KappController {
             }
         }
         candidates.sort_by(|a, b| compare_versions(a, b));
-        candidates
-            .pop()
-            .ok_or_else(|| format!("Could not find package with name '{ref_name}' and version '{constraints}'"))
+        candidates.pop().ok_or_else(|| {
+            format!("Could not find package with name '{ref_name}' and version '{constraints}'")
+        })
     }
 
     /// What a reconcile of this PackageInstall would end with: the version installed, or the error.
@@ -141,26 +155,55 @@ impl KappController {
     fn evaluate(&self, pkgi: &Value) -> Result<String, (String, Option<String>)> {
         let ns = namespace_of(pkgi).unwrap_or("default");
         let ref_name = str_at(pkgi, "/spec/packageRef/refName").unwrap_or("");
-        let constraints = str_at(pkgi, "/spec/packageRef/versionSelection/constraints").unwrap_or("");
-        let version = self.select_package(ns, ref_name, constraints).map_err(|e| (e, None))?;
+        let constraints =
+            str_at(pkgi, "/spec/packageRef/versionSelection/constraints").unwrap_or("");
+        let version = self
+            .select_package(ns, ref_name, constraints)
+            .map_err(|e| (e, None))?;
         let attempted = Some(version.clone());
         let sa = str_at(pkgi, "/spec/serviceAccountName").unwrap_or("");
         if sa.is_empty() {
             if pkgi.pointer("/spec/cluster").is_none() {
-                return Err(("Expected service account or cluster specified".to_string(), attempted));
+                return Err((
+                    "Expected service account or cluster specified".to_string(),
+                    attempted,
+                ));
             }
-        } else if self.cluster.get(&gvr_service_account(), Some(ns), sa).is_none() {
-            return Err((format!("Getting service account: serviceaccounts \"{sa}\" not found"), attempted));
+        } else if self
+            .cluster
+            .get(&gvr_service_account(), Some(ns), sa)
+            .is_none()
+        {
+            return Err((
+                format!("Getting service account: serviceaccounts \"{sa}\" not found"),
+                attempted,
+            ));
         }
-        for v in pkgi.pointer("/spec/values").and_then(Value::as_array).cloned().unwrap_or_default() {
-            let Some(secret) = v.pointer("/secretRef/name").and_then(Value::as_str) else { continue };
+        for v in pkgi
+            .pointer("/spec/values")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let Some(secret) = v.pointer("/secretRef/name").and_then(Value::as_str) else {
+                continue;
+            };
             match self.cluster.get(&gvr_secret(), Some(ns), secret) {
-                None => return Err((format!("Getting secret: secrets \"{secret}\" not found"), attempted)),
+                None => {
+                    return Err((
+                        format!("Getting secret: secrets \"{secret}\" not found"),
+                        attempted,
+                    ))
+                }
                 Some(s) => {
                     if let Some(k) = v.pointer("/secretRef/key").and_then(Value::as_str) {
-                        let has = s.pointer(&format!("/data/{k}")).is_some() || s.pointer(&format!("/stringData/{k}")).is_some();
+                        let has = s.pointer(&format!("/data/{k}")).is_some()
+                            || s.pointer(&format!("/stringData/{k}")).is_some();
                         if !has {
-                            return Err((format!("Expected to find key '{k}' in secret '{secret}'"), attempted));
+                            return Err((
+                                format!("Expected to find key '{k}' in secret '{secret}'"),
+                                attempted,
+                            ));
                         }
                     }
                 }
@@ -171,11 +214,17 @@ impl KappController {
 
     fn reconcile_package_install(&self, pkgi: &Value) {
         let gvr = gvr_package_install();
-        let id = format!("{}/{}", namespace_of(pkgi).unwrap_or(""), name_of(pkgi).unwrap_or(""));
+        let id = format!(
+            "{}/{}",
+            namespace_of(pkgi).unwrap_or(""),
+            name_of(pkgi).unwrap_or("")
+        );
         if name_of(pkgi).is_none() {
             return;
         }
-        let result = if observed_generation_of(pkgi) != Some(generation_of(pkgi)) || single_condition(pkgi).is_none() {
+        let result = if observed_generation_of(pkgi) != Some(generation_of(pkgi))
+            || single_condition(pkgi).is_none()
+        {
             write_status(&self.cluster, &gvr, pkgi, reconciling_status(pkgi))
         } else if pkgi.pointer("/spec/paused").and_then(Value::as_bool) == Some(true)
             || pkgi.pointer("/spec/canceled").and_then(Value::as_bool) == Some(true)
@@ -223,14 +272,17 @@ impl KappController {
         if name_of(repo).is_none() {
             return;
         }
-        let result = if observed_generation_of(repo) != Some(generation_of(repo)) || single_condition(repo).is_none() {
+        let result = if observed_generation_of(repo) != Some(generation_of(repo))
+            || single_condition(repo).is_none()
+        {
             write_status(&self.cluster, &gvr, repo, reconciling_status(repo))
         } else if single_condition(repo) == Some("Reconciling") {
             if repo.pointer("/spec/fetch").is_none() {
                 let st = failed_status(status_of(repo), "Expected at least one fetch option");
                 write_status(&self.cluster, &gvr, repo, st)
             } else {
-                let successes = i64_at(repo, "/status/consecutiveReconcileSuccesses").unwrap_or(0) + 1;
+                let successes =
+                    i64_at(repo, "/status/consecutiveReconcileSuccesses").unwrap_or(0) + 1;
                 let st = super::catalog::repo_succeeded_status(generation_of(repo), successes);
                 write_status(&self.cluster, &gvr, repo, st)
             }
@@ -263,10 +315,19 @@ impl Reconciler for KappController {
         if !is_pkgi && !is_repo {
             return;
         }
-        let Some(name) = name_of(&event.object) else { return };
-        let Some(current) = self.cluster.get(&event.gvr, namespace_of(&event.object), name) else { return };
+        let Some(name) = name_of(&event.object) else {
+            return;
+        };
+        let Some(current) = self
+            .cluster
+            .get(&event.gvr, namespace_of(&event.object), name)
+        else {
+            return;
+        };
         // Only the entry transition (start of a reconcile) reacts to events; completion waits a tick.
-        if observed_generation_of(&current) == Some(generation_of(&current)) && single_condition(&current).is_some() {
+        if observed_generation_of(&current) == Some(generation_of(&current))
+            && single_condition(&current).is_some()
+        {
             return;
         }
         let st = reconciling_status(&current);

@@ -36,8 +36,8 @@ use super::{ChangeEvent, EmulatedCluster, KubeEmulator, KubeEmulatorError};
 
 pub use capi::{FAIL_ANNOTATION, MACHINES_VERSION_ANNOTATION};
 pub use catalog::{
-    StandardPackage, CLUSTER_CLASS_NAME, PACKAGING_GLOBAL_NAMESPACE, STANDARD_PACKAGES, STANDARD_REPO_IMAGE,
-    STANDARD_REPO_NAME, TANZU_KUBERNETES_RELEASES,
+    StandardPackage, CLUSTER_CLASS_NAME, PACKAGING_GLOBAL_NAMESPACE, STANDARD_PACKAGES,
+    STANDARD_REPO_IMAGE, STANDARD_REPO_NAME, TANZU_KUBERNETES_RELEASES,
 };
 pub use tmc_agent::{TMC_CONNECTED_ANNOTATION, TMC_NAMESPACE, TMC_STACK_CONFIG};
 
@@ -71,7 +71,10 @@ pub struct ControllerOptions {
 
 impl Default for ControllerOptions {
     fn default() -> Self {
-        ControllerOptions { tick: Duration::from_millis(200), standard_packages: true }
+        ControllerOptions {
+            tick: Duration::from_millis(200),
+            standard_packages: true,
+        }
     }
 }
 
@@ -110,7 +113,9 @@ impl Shared {
         opts: &ControllerOptions,
     ) {
         {
-            let Ok(mut started) = self.workload.lock() else { return };
+            let Ok(mut started) = self.workload.lock() else {
+                return;
+            };
             if !started.insert(workload.name().to_string()) {
                 return;
             }
@@ -125,8 +130,12 @@ impl Shared {
 impl Controllers {
     /// Names of the workload clusters whose kapp-controller and TMC agent are running.
     pub fn workload_clusters(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            self.shared.workload.lock().map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let mut names: Vec<String> = self
+            .shared
+            .workload
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
         names.sort();
         names
     }
@@ -139,7 +148,9 @@ impl Controllers {
 
 impl Drop for Controllers {
     fn drop(&mut self) {
-        self.shared.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared
+            .stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Ok(mut tasks) = self.shared.tasks.lock() {
             for t in tasks.drain(..) {
                 t.abort();
@@ -159,7 +170,10 @@ pub fn seed_management_cluster(cluster: &EmulatedCluster) -> Result<(), Controll
 /// Seeds a workload cluster as the Cluster API controller does when its control plane initializes:
 /// kapp types, the reconciled `tanzu-standard` PackageRepository in `tanzu-package-repo-global` and,
 /// when `standard_packages` is set, the TKG 1.6 package catalog. Idempotent.
-pub fn seed_workload_cluster(cluster: &EmulatedCluster, standard_packages: bool) -> Result<(), ControllerError> {
+pub fn seed_workload_cluster(
+    cluster: &EmulatedCluster,
+    standard_packages: bool,
+) -> Result<(), ControllerError> {
     catalog::seed_workload(cluster, standard_packages)
 }
 
@@ -169,7 +183,11 @@ pub fn seed_workload_cluster(cluster: &EmulatedCluster, standard_packages: bool)
 ///
 /// Must be called inside a Tokio runtime. When `management_cluster` does not exist in `emu`, the
 /// Cluster API task waits for it to appear.
-pub fn start_controllers(emu: &KubeEmulator, management_cluster: &str, opts: ControllerOptions) -> Controllers {
+pub fn start_controllers(
+    emu: &KubeEmulator,
+    management_cluster: &str,
+    opts: ControllerOptions,
+) -> Controllers {
     // The TMC agent builds a reqwest client; rustls needs a process-wide provider (no-op if set).
     crate::install_crypto_provider();
     let shared = Arc::new(Shared {

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use super::super::{ChangeEvent, EmulatedCluster};
-use super::capi::topology_node_count;
+use super::capi::cluster_version_and_nodes;
 use super::util::*;
 use super::Reconciler;
 
@@ -44,7 +44,12 @@ impl TmcAgent {
             .build()
             .map_err(|e| warn!(error = %e, "TMC agent: could not build HTTP client"))
             .ok();
-        TmcAgent { workload, management, http, last_error: None }
+        TmcAgent {
+            workload,
+            management,
+            http,
+            last_error: None,
+        }
     }
 
     /// The Cluster object (management cluster) this workload cluster belongs to.
@@ -56,7 +61,12 @@ impl TmcAgent {
     }
 
     async fn connect_once(&mut self) {
-        let Some(cm) = self.workload.get(&gvr_config_map(), Some(TMC_NAMESPACE), TMC_STACK_CONFIG) else { return };
+        let Some(cm) = self
+            .workload
+            .get(&gvr_config_map(), Some(TMC_NAMESPACE), TMC_STACK_CONFIG)
+        else {
+            return;
+        };
         let data = |k: &str| str_at(&cm, &format!("/data/{k}")).unwrap_or("").to_string();
         let (tmc_url, cluster_name, mc, provisioner, token) = (
             data("tmc_url"),
@@ -65,7 +75,11 @@ impl TmcAgent {
             data("provisioner_name"),
             data("registration_token"),
         );
-        let digest = hex::encode(&Sha256::digest(format!("{tmc_url}\n{cluster_name}\n{mc}\n{provisioner}\n{token}").as_bytes())[..8]);
+        let digest = hex::encode(
+            &Sha256::digest(
+                format!("{tmc_url}\n{cluster_name}\n{mc}\n{provisioner}\n{token}").as_bytes(),
+            )[..8],
+        );
         if annotation(&cm, TMC_CONNECTED_ANNOTATION) == Some(digest.as_str()) {
             return;
         }
@@ -73,29 +87,45 @@ impl TmcAgent {
             self.note_error("stack-config has no tmc_url".into());
             return;
         }
-        let cluster_name = if cluster_name.is_empty() { self.workload.name().to_string() } else { cluster_name };
-        let cluster = self.cluster_object();
-        let version = cluster
-            .as_ref()
-            .and_then(|c| str_at(c, "/spec/topology/version").map(str::to_string))
-            .unwrap_or_else(|| DEFAULT_KUBE_VERSION.to_string());
-        let nodes = match &cluster {
-            Some(c) => topology_node_count(c),
-            None => self.workload.list(&gvr_node(), None).len().max(1) as i64,
+        let cluster_name = if cluster_name.is_empty() {
+            self.workload.name().to_string()
+        } else {
+            cluster_name
         };
+        let cluster = self.cluster_object();
+        let (version, nodes) = match &cluster {
+            Some(c) => cluster_version_and_nodes(&self.management, c),
+            None => (
+                None,
+                self.workload.list(&gvr_node(), None).len().max(1) as i64,
+            ),
+        };
+        let version = version.unwrap_or_else(|| DEFAULT_KUBE_VERSION.to_string());
         let body = json!({
             "fullName": {"managementClusterName": mc, "provisionerName": provisioner, "name": cluster_name},
             "registrationToken": token,
             "kubeServerVersion": version,
             "nodeCount": nodes.to_string(),
         });
-        let url = format!("{}/v1alpha1/clusters/{}:agentconnect", tmc_url.trim_end_matches('/'), cluster_name);
-        let Some(http) = self.http.as_ref() else { return };
+        let url = format!(
+            "{}/v1alpha1/clusters/{}:agentconnect",
+            tmc_url.trim_end_matches('/'),
+            cluster_name
+        );
+        let Some(http) = self.http.as_ref() else {
+            return;
+        };
         match http.post(&url).json(&body).send().await {
             Ok(resp) if resp.status().is_success() => {
                 info!(cluster = %cluster_name, workload = self.workload.name(), "TMC agent connected");
-                let patch = json!({"metadata": {"annotations": {TMC_CONNECTED_ANNOTATION: digest}}});
-                if let Err(err) = self.workload.patch_merge(&gvr_config_map(), Some(TMC_NAMESPACE), TMC_STACK_CONFIG, patch) {
+                let patch =
+                    json!({"metadata": {"annotations": {TMC_CONNECTED_ANNOTATION: digest}}});
+                if let Err(err) = self.workload.patch_merge(
+                    &gvr_config_map(),
+                    Some(TMC_NAMESPACE),
+                    TMC_STACK_CONFIG,
+                    patch,
+                ) {
                     warn!(error = %err, "TMC agent: could not annotate stack-config");
                 }
                 self.last_error = None;

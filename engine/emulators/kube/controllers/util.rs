@@ -24,7 +24,11 @@ pub(crate) fn gvr_machine_health_check() -> Gvr {
 }
 /// `controlplane.cluster.x-k8s.io/v1beta1` KubeadmControlPlane.
 pub(crate) fn gvr_kcp() -> Gvr {
-    Gvr::new("controlplane.cluster.x-k8s.io", "v1beta1", "kubeadmcontrolplanes")
+    Gvr::new(
+        "controlplane.cluster.x-k8s.io",
+        "v1beta1",
+        "kubeadmcontrolplanes",
+    )
 }
 /// `infrastructure.cluster.x-k8s.io/v1beta1` AWSCluster.
 pub(crate) fn gvr_aws_cluster() -> Gvr {
@@ -32,7 +36,11 @@ pub(crate) fn gvr_aws_cluster() -> Gvr {
 }
 /// `run.tanzu.vmware.com/v1alpha3` TanzuKubernetesRelease.
 pub(crate) fn gvr_tkr() -> Gvr {
-    Gvr::new("run.tanzu.vmware.com", "v1alpha3", "tanzukubernetesreleases")
+    Gvr::new(
+        "run.tanzu.vmware.com",
+        "v1alpha3",
+        "tanzukubernetesreleases",
+    )
 }
 /// Core v1 Secret.
 pub(crate) fn gvr_secret() -> Gvr {
@@ -82,27 +90,38 @@ pub(crate) fn name_of(obj: &Value) -> Option<&str> {
 }
 /// `metadata.namespace`, or `None` for cluster-scoped objects.
 pub(crate) fn namespace_of(obj: &Value) -> Option<&str> {
-    obj.pointer("/metadata/namespace").and_then(Value::as_str).filter(|s| !s.is_empty())
+    obj.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 /// `metadata.uid`, or an empty string.
 pub(crate) fn uid_of(obj: &Value) -> &str {
-    obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("")
+    obj.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 /// `metadata.generation` (1 when absent, as for a freshly created object).
 pub(crate) fn generation_of(obj: &Value) -> i64 {
-    obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1)
+    obj.pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1)
 }
 /// `status.observedGeneration`, if any.
 pub(crate) fn observed_generation_of(obj: &Value) -> Option<i64> {
-    obj.pointer("/status/observedGeneration").and_then(Value::as_i64)
+    obj.pointer("/status/observedGeneration")
+        .and_then(Value::as_i64)
 }
 /// A label value.
 pub(crate) fn label<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
-    obj.pointer("/metadata/labels").and_then(|l| l.get(key)).and_then(Value::as_str)
+    obj.pointer("/metadata/labels")
+        .and_then(|l| l.get(key))
+        .and_then(Value::as_str)
 }
 /// An annotation value.
 pub(crate) fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
-    obj.pointer("/metadata/annotations").and_then(|l| l.get(key)).and_then(Value::as_str)
+    obj.pointer("/metadata/annotations")
+        .and_then(|l| l.get(key))
+        .and_then(Value::as_str)
 }
 /// A string at a JSON pointer.
 pub(crate) fn str_at<'a>(obj: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -111,14 +130,19 @@ pub(crate) fn str_at<'a>(obj: &'a Value, pointer: &str) -> Option<&'a str> {
 /// An integer at a JSON pointer (also accepts integral floats and numeric strings).
 pub(crate) fn i64_at(obj: &Value, pointer: &str) -> Option<i64> {
     match obj.pointer(pointer)? {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
         Value::String(s) => s.parse().ok(),
         _ => None,
     }
 }
 /// The `status` object, or an empty object.
 pub(crate) fn status_of(obj: &Value) -> Map<String, Value> {
-    obj.get("status").and_then(Value::as_object).cloned().unwrap_or_default()
+    obj.get("status")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Current time as RFC 3339 with second precision, as Kubernetes serialises `metav1.Time`.
@@ -132,18 +156,33 @@ const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 /// A deterministic 5-character suffix derived from `seed`, in the alphabet real generated names use.
 pub(crate) fn suffix5(seed: &str) -> String {
     let digest = Sha256::digest(seed.as_bytes());
-    digest.iter().take(5).map(|b| NAME_ALPHABET[(*b as usize) % NAME_ALPHABET.len()] as char).collect()
+    digest
+        .iter()
+        .take(5)
+        .map(|b| NAME_ALPHABET[(*b as usize) % NAME_ALPHABET.len()] as char)
+        .collect()
 }
 
 /// A deterministic decimal string of `len` digits derived from `seed`.
 pub(crate) fn digits(seed: &str, len: usize) -> String {
     let digest = Sha256::digest(seed.as_bytes());
-    digest.iter().cycle().take(len).map(|b| char::from(b'0' + b % 10)).collect()
+    digest
+        .iter()
+        .cycle()
+        .take(len)
+        .map(|b| char::from(b'0' + b % 10))
+        .collect()
 }
 
 /// A Cluster API condition (`api/v1beta1/condition_types.go`). Empty severity, reason and message
 /// are omitted, as with the real `omitempty` JSON tags.
-pub(crate) fn capi_condition(type_: &str, status: &str, severity: &str, reason: &str, message: &str) -> Value {
+pub(crate) fn capi_condition(
+    type_: &str,
+    status: &str,
+    severity: &str,
+    reason: &str,
+    message: &str,
+) -> Value {
     let mut c = Map::new();
     c.insert("type".into(), json!(type_));
     c.insert("status".into(), json!(status));
@@ -175,11 +214,25 @@ pub(crate) fn cond_false(type_: &str, severity: &str, reason: &str, message: &st
 /// Like `conditions.Set` in Cluster API: `lastTransitionTime` is kept when the status does not change,
 /// and the list is kept sorted with `Ready` first, then alphabetically by type.
 pub(crate) fn set_condition(status: &mut Map<String, Value>, mut cond: Value) {
-    let type_ = cond.get("type").and_then(Value::as_str).unwrap_or("").to_string();
-    let mut list: Vec<Value> = status.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-    if let Some(existing) = list.iter_mut().find(|c| c.get("type").and_then(Value::as_str) == Some(type_.as_str())) {
+    let type_ = cond
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let mut list: Vec<Value> = status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(existing) = list
+        .iter_mut()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(type_.as_str()))
+    {
         if existing.get("status") == cond.get("status") {
-            if let (Some(old), Some(obj)) = (existing.get("lastTransitionTime").cloned(), cond.as_object_mut()) {
+            if let (Some(old), Some(obj)) = (
+                existing.get("lastTransitionTime").cloned(),
+                cond.as_object_mut(),
+            ) {
                 obj.insert("lastTransitionTime".into(), old);
             }
         }
@@ -205,7 +258,10 @@ pub(crate) fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
 
 /// Whether the condition `type_` exists with `status: "True"`.
 pub(crate) fn condition_true(obj: &Value, type_: &str) -> bool {
-    condition(obj, type_).and_then(|c| c.get("status")).and_then(Value::as_str) == Some("True")
+    condition(obj, type_)
+        .and_then(|c| c.get("status"))
+        .and_then(Value::as_str)
+        == Some("True")
 }
 
 /// Writes `status` unless it equals the object's current status (avoids needless writes and events).
@@ -245,7 +301,10 @@ pub(crate) fn create_if_absent(
 }
 
 /// Ensures a namespace exists (ignores the case where it already does).
-pub(crate) fn ensure_namespace(cluster: &EmulatedCluster, name: &str) -> Result<(), super::super::KubeEmulatorError> {
+pub(crate) fn ensure_namespace(
+    cluster: &EmulatedCluster,
+    name: &str,
+) -> Result<(), super::super::KubeEmulatorError> {
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
     create_if_absent(cluster, &gvr_namespace(), ns).map(|_| ())
 }
@@ -269,7 +328,10 @@ mod tests {
         let mut c = cond_true("InfrastructureReady");
         c["lastTransitionTime"] = json!("2020-01-01T00:00:00Z");
         set_condition(&mut st, c);
-        set_condition(&mut st, cond_false("Ready", "Info", "WaitingForControlPlane", ""));
+        set_condition(
+            &mut st,
+            cond_false("Ready", "Info", "WaitingForControlPlane", ""),
+        );
         set_condition(&mut st, cond_true("InfrastructureReady"));
         let list = st["conditions"].as_array().unwrap();
         assert_eq!(list[0]["type"], "Ready");
