@@ -22,13 +22,18 @@ fn short(sha: &str) -> String {
     sha.chars().take(7).collect()
 }
 
-/// Formats a duration in seconds as `1h 2m 3s` / `2m 3s` / `3s`.
+/// Formats a duration in seconds as `1h 2m 3s`, omitting zero parts (`5m`, `45s`, `0s`).
 pub fn format_duration(secs: u64) -> String {
     let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
-    match (h, m) {
-        (0, 0) => format!("{s}s"),
-        (0, _) => format!("{m}m {s}s"),
-        _ => format!("{h}h {m}m {s}s"),
+    let parts: Vec<String> = [(h, "h"), (m, "m"), (s, "s")]
+        .iter()
+        .filter(|(v, _)| *v > 0)
+        .map(|(v, u)| format!("{v}{u}"))
+        .collect();
+    if parts.is_empty() {
+        "0s".into()
+    } else {
+        parts.join(" ")
     }
 }
 

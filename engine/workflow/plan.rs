@@ -408,7 +408,7 @@ fn blocked(name: &str, intent: IntentKind, findings: Vec<Finding>, workflow: Opt
         findings,
         steps: Vec::new(),
         manifests: Vec::new(),
-        note: Some("Fix the errors below; nothing runs for this cluster until the plan has no errors.".into()),
+        note: Some("Fix the errors listed in the findings; nothing runs for this cluster until the plan has no errors.".into()),
     }
 }
 
@@ -464,7 +464,7 @@ fn render_intent(
     };
     let executable = steps.iter().all(|s| EXECUTABLE_KINDS.contains(&s.kind.as_str()));
     let (status, note) = if has_errors {
-        (PlanStatus::Blocked, Some("Fix the errors below; nothing runs for this cluster until the plan has no errors.".to_string()))
+        (PlanStatus::Blocked, Some("Fix the errors listed in the findings; nothing runs for this cluster until the plan has no errors.".to_string()))
     } else if !executable {
         let missing: Vec<&str> =
             steps.iter().map(|s| s.kind.as_str()).filter(|k| !EXECUTABLE_KINDS.contains(k)).collect();
