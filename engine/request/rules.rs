@@ -14,6 +14,7 @@ use super::{Finding, Severity};
 /// Every rule tkgops reports: ID, default severity, summary with its source.
 pub const RULES: &[(&str, Severity, &str)] = &[
     ("TKGOPS-PARSE", Severity::Error, "file unreadable: size, encoding or YAML syntax"),
+    ("TKGOPS-IO", Severity::Error, "path missing, not a regular file, or a directory without a config"),
     ("TKGOPS-SCHEMA", Severity::Error, "tkgops.yaml shape: unknown/missing keys, unknown management cluster, packages"),
     ("TKGOPS-NAME", Severity::Error, "directory name under clusters/ equals CLUSTER_NAME"),
     ("TKGOPS-PROVIDER", Severity::Error, "INFRASTRUCTURE_PROVIDER is aws"),

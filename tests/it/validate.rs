@@ -810,7 +810,7 @@ fn validate_paths_repo_layouts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("repo");
     make_repo(&root);
-    let report = validate_paths(&[root.clone()]);
+    let report = validate_paths(std::slice::from_ref(&root));
     assert_eq!(report.exit_code(), 0, "{report:#?}");
     assert!(report.findings.is_empty());
     let report = validate_paths(&[root.join("clusters/team-a-prod")]);
@@ -826,7 +826,7 @@ fn validate_paths_repo_layouts() {
         ("AWS_NODE_AZ_2", None), ("AWS_PRIVATE_SUBNET_ID_1", None), ("AWS_PRIVATE_SUBNET_ID_2", None)]);
     write(&root.join("clusters/dev-1/cluster-config.yaml"), &dev);
     write(&root.join("clusters/dev-1/tkgops.yaml"), &settings_text().replace("env: prod", "env: dev"));
-    let report = validate_paths(&[root.clone()]);
+    let report = validate_paths(std::slice::from_ref(&root));
     assert_eq!(report.exit_code(), 1, "{report:#?}");
     assert_eq!(report.findings.len(), 1, "{report:#?}");
     let f = &report.findings[0];
@@ -844,7 +844,7 @@ fn validate_paths_repo_layouts() {
 
     // Broken repo config: exit 2.
     write(&root.join("tkgops.yaml"), "managementClusters: [\n");
-    let report = validate_paths(&[root.clone()]);
+    let report = validate_paths(std::slice::from_ref(&root));
     assert_eq!(report.exit_code(), 2);
     assert!(report.findings.iter().any(|f| f.path.ends_with("tkgops.yaml") && f.rule == "TKGOPS-PARSE"));
 }
@@ -869,7 +869,7 @@ fn validate_paths_unreadable_inputs_exit_2() {
     for (name, bytes, expect) in cases {
         let p = d.join(name);
         std::fs::write(&p, &bytes).expect("write");
-        let report = validate_paths(&[p.clone()]);
+        let report = validate_paths(std::slice::from_ref(&p));
         assert_eq!(report.exit_code(), 2, "{name}: {report:#?}");
         assert!(report.unreadable);
         let f = &report.findings[0];
@@ -885,4 +885,12 @@ fn validate_paths_unreadable_inputs_exit_2() {
     let report = validate_paths(&[empty_dir]);
     assert_eq!(report.exit_code(), 2);
     assert_eq!(report.findings[0].rule, "TKGOPS-IO");
+
+    // A FIFO is not read (it would block forever).
+    let fifo = d.join("fifo.yaml");
+    if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+        let report = validate_paths(std::slice::from_ref(&fifo));
+        assert_eq!(report.exit_code(), 2);
+        assert!(report.findings[0].message.contains("not a regular file"));
+    }
 }
