@@ -894,3 +894,66 @@ fn validate_paths_unreadable_inputs_exit_2() {
         assert!(report.findings[0].message.contains("not a regular file"));
     }
 }
+
+#[test]
+fn alias_bomb_and_mutations_never_panic_or_hang() {
+    let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut prev = 'a';
+    for c in 'b'..='k' {
+        bomb.push_str(&format!("{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+        prev = c;
+    }
+    let start = std::time::Instant::now();
+    assert!(parse_tkg_config("bomb.yaml", bomb.as_bytes()).is_err());
+    assert!(parse_cluster_settings("bomb.yaml", format!("{bomb}managementCluster: x\ntkr: y\n").as_bytes()).is_err());
+    assert!(parse_repo_config("bomb.yaml", bomb.as_bytes()).is_err());
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+
+    // Deterministic byte mutations of the valid inputs: every outcome is Ok or a Finding.
+    let inputs = [valid_text(), settings_text(), repo_text()];
+    let r = repo(&repo_text());
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let alphabet = b":-[]{}\"'#&*!|> \n\t0aZ\x00\xff,?%@`";
+    for i in 0..1500 {
+        let mut bytes = inputs[i % 3].clone().into_bytes();
+        for _ in 0..(1 + next() % 4) {
+            let pos = (next() as usize) % bytes.len();
+            let b = alphabet[(next() as usize) % alphabet.len()];
+            match next() % 3 {
+                0 => bytes[pos] = b,
+                1 => bytes.insert(pos, b),
+                _ => {
+                    bytes.remove(pos);
+                }
+            }
+        }
+        match i % 3 {
+            0 => {
+                if let Ok(c) = parse_tkg_config("m.yaml", &bytes) {
+                    let s = settings(&settings_text());
+                    let _ = validate(&c, Some(&s), Some(&r));
+                    let req = ClusterRequest { name: "team-a-prod".into(), config: c, settings: s };
+                    let _ = cluster_spec(&req, &r);
+                }
+            }
+            1 => {
+                if let Ok(s) = parse_cluster_settings("m.yaml", &bytes) {
+                    let _ = validate(&cfg(&valid_text()), Some(&s), Some(&r));
+                    let req = ClusterRequest { name: "team-a-prod".into(), config: cfg(&valid_text()), settings: s };
+                    let _ = cluster_spec(&req, &r);
+                }
+            }
+            _ => {
+                if let Ok(rc) = parse_repo_config("m.yaml", &bytes) {
+                    let _ = validate(&cfg(&valid_text()), Some(&settings(&settings_text())), Some(&rc));
+                }
+            }
+        }
+    }
+}
