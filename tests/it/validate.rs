@@ -957,3 +957,27 @@ fn alias_bomb_and_mutations_never_panic_or_hang() {
         }
     }
 }
+
+#[test]
+fn fixture_files_under_validate() {
+    let report = validate_paths(&[fixture("validate/airgap-prod.yaml")]);
+    assert_eq!(report.exit_code(), 0, "{report:#?}");
+    assert!(report.findings.is_empty(), "{report:#?}");
+    let c = parse_tkg_config("dev-insecure.yaml", read("validate/dev-insecure.yaml").as_bytes()).expect("parses");
+    let fs = validate(&c, None, None);
+    let at = |rule: &str, line: u32| fs.iter().any(|f| f.rule == rule && f.line == Some(line));
+    assert!(at("TKGOPS-TF-VALIDATE", 2), "{fs:#?}"); // CLUSTER_NAME format
+    assert!(at("TKO-CLS-004", 3));
+    assert!(at("TKGOPS-REQUIRED", 6)); // AZ not in region
+    assert!(at("TKGOPS-REQUIRED", 7)); // VPC without subnet
+    assert!(has(&fs, "TKGOPS-REQUIRED") && fs.iter().any(|f| f.message.contains("AWS_SSH_KEY_NAME")));
+    assert!(at("TKO-CLS-002", 8));
+    assert!(at("TKO-CLS-003", 9));
+    assert!(at("TKGOPS-DOCKER-BRIDGE", 10));
+    assert!(at("TKGOPS-TF-VALIDATE", 11)); // service CIDR too large
+    assert!(at("TKGOPS-TF-VALIDATE", 12)); // CNI
+    assert!(at("TKO-CLS-007", 13));
+    assert!(at("TKO-CLS-006", 14));
+    assert!(at("TKGOPS-UNKNOWN-VAR", 15));
+    assert_eq!(validate_paths(&[fixture("validate/dev-insecure.yaml")]).exit_code(), 1);
+}
