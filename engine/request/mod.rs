@@ -67,7 +67,7 @@ impl fmt::Display for Severity {
 /// the concerned variable or key when known, `rule` the rule ID (e.g. `TKO-CLS-004` from the TKO
 /// reference design, or a `TKGOPS-*` ID of this bot; see [`RULES`]). Messages never contain the
 /// value of a secret variable ([`is_secret_variable`]).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     /// File the finding is about.
     pub path: String,

@@ -14,6 +14,7 @@ use super::{Finding, Severity};
 /// Every rule tkgops reports: ID, default severity, summary with its source.
 pub const RULES: &[(&str, Severity, &str)] = &[
     ("TKGOPS-PARSE", Severity::Error, "file unreadable: size, encoding or YAML syntax"),
+    ("TKGOPS-IO", Severity::Error, "path missing, not a regular file, or a directory without a config"),
     ("TKGOPS-SCHEMA", Severity::Error, "tkgops.yaml shape: unknown/missing keys, unknown management cluster, packages"),
     ("TKGOPS-NAME", Severity::Error, "directory name under clusters/ equals CLUSTER_NAME"),
     ("TKGOPS-PROVIDER", Severity::Error, "INFRASTRUCTURE_PROVIDER is aws"),
@@ -441,7 +442,6 @@ fn aws_rules(ctx: &mut Ctx<'_>, prod: bool, plan_known: bool) {
 }
 
 fn settings_rules(
-    config: &TkgConfig,
     s: &ClusterSettings,
     repo: Option<&RepoConfig>,
     out: &mut Vec<Finding>,
@@ -480,10 +480,8 @@ fn settings_rules(
     }
     // Packages
     let (pkgs, errors) = resolve_packages(s, repo);
-    for (name, msg) in errors {
-        let line = s.line("packages");
-        let _ = name;
-        out.push(mk(line, SCHEMA, msg));
+    for (_name, msg) in errors {
+        out.push(mk(s.line("packages"), SCHEMA, msg));
     }
     let names: Vec<&str> = pkgs.iter().map(|p| p.name.as_str()).collect();
     let has = |n: &str| names.contains(&n);
@@ -506,7 +504,6 @@ fn settings_rules(
             format!("harbor belongs on a dedicated shared-services cluster; label it {SHARED_SERVICES_LABEL}"),
         ));
     }
-    let _ = config;
 }
 
 /// `clusters/<name>/cluster-config.yaml` → `<name>` (pure string handling of `path`).
@@ -591,7 +588,7 @@ pub fn validate(config: &TkgConfig, settings: Option<&ClusterSettings>, repo: Op
     }
     let mut out = ctx.out;
     if let Some(s) = settings {
-        settings_rules(config, s, repo, &mut out);
+        settings_rules(s, repo, &mut out);
     }
     let mut out = apply_policy(out, settings, repo);
     out.sort_by(|a, b| (&a.path, a.line, &a.rule).cmp(&(&b.path, b.line, &b.rule)));

@@ -431,10 +431,8 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
         }
     }
     let (packages, errors) = resolve_packages(s, Some(repo));
-    if let Some((name, msg)) = errors.into_iter().next() {
-        let _ = name;
-        let line = s.line("packages");
-        return Err(Finding::new(&s.path, line, SCHEMA, Severity::Error, msg));
+    if let Some((_name, msg)) = errors.into_iter().next() {
+        return Err(Finding::new(&s.path, s.line("packages"), SCHEMA, Severity::Error, msg));
     }
     Ok(ClusterSpec {
         name: c.get("CLUSTER_NAME").unwrap_or(&req.name).to_string(),

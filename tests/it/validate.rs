@@ -810,7 +810,7 @@ fn validate_paths_repo_layouts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("repo");
     make_repo(&root);
-    let report = validate_paths(&[root.clone()]);
+    let report = validate_paths(std::slice::from_ref(&root));
     assert_eq!(report.exit_code(), 0, "{report:#?}");
     assert!(report.findings.is_empty());
     let report = validate_paths(&[root.join("clusters/team-a-prod")]);
@@ -826,7 +826,7 @@ fn validate_paths_repo_layouts() {
         ("AWS_NODE_AZ_2", None), ("AWS_PRIVATE_SUBNET_ID_1", None), ("AWS_PRIVATE_SUBNET_ID_2", None)]);
     write(&root.join("clusters/dev-1/cluster-config.yaml"), &dev);
     write(&root.join("clusters/dev-1/tkgops.yaml"), &settings_text().replace("env: prod", "env: dev"));
-    let report = validate_paths(&[root.clone()]);
+    let report = validate_paths(std::slice::from_ref(&root));
     assert_eq!(report.exit_code(), 1, "{report:#?}");
     assert_eq!(report.findings.len(), 1, "{report:#?}");
     let f = &report.findings[0];
@@ -844,7 +844,7 @@ fn validate_paths_repo_layouts() {
 
     // Broken repo config: exit 2.
     write(&root.join("tkgops.yaml"), "managementClusters: [\n");
-    let report = validate_paths(&[root.clone()]);
+    let report = validate_paths(std::slice::from_ref(&root));
     assert_eq!(report.exit_code(), 2);
     assert!(report.findings.iter().any(|f| f.path.ends_with("tkgops.yaml") && f.rule == "TKGOPS-PARSE"));
 }
@@ -869,7 +869,7 @@ fn validate_paths_unreadable_inputs_exit_2() {
     for (name, bytes, expect) in cases {
         let p = d.join(name);
         std::fs::write(&p, &bytes).expect("write");
-        let report = validate_paths(&[p.clone()]);
+        let report = validate_paths(std::slice::from_ref(&p));
         assert_eq!(report.exit_code(), 2, "{name}: {report:#?}");
         assert!(report.unreadable);
         let f = &report.findings[0];
@@ -885,4 +885,99 @@ fn validate_paths_unreadable_inputs_exit_2() {
     let report = validate_paths(&[empty_dir]);
     assert_eq!(report.exit_code(), 2);
     assert_eq!(report.findings[0].rule, "TKGOPS-IO");
+
+    // A FIFO is not read (it would block forever).
+    let fifo = d.join("fifo.yaml");
+    if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+        let report = validate_paths(std::slice::from_ref(&fifo));
+        assert_eq!(report.exit_code(), 2);
+        assert!(report.findings[0].message.contains("not a regular file"));
+    }
+}
+
+#[test]
+fn alias_bomb_and_mutations_never_panic_or_hang() {
+    let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut prev = 'a';
+    for c in 'b'..='k' {
+        bomb.push_str(&format!("{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+        prev = c;
+    }
+    let start = std::time::Instant::now();
+    assert!(parse_tkg_config("bomb.yaml", bomb.as_bytes()).is_err());
+    assert!(parse_cluster_settings("bomb.yaml", format!("{bomb}managementCluster: x\ntkr: y\n").as_bytes()).is_err());
+    assert!(parse_repo_config("bomb.yaml", bomb.as_bytes()).is_err());
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+
+    // Deterministic byte mutations of the valid inputs: every outcome is Ok or a Finding.
+    let inputs = [valid_text(), settings_text(), repo_text()];
+    let r = repo(&repo_text());
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let alphabet = b":-[]{}\"'#&*!|> \n\t0aZ\x00\xff,?%@`";
+    for i in 0..1500 {
+        let mut bytes = inputs[i % 3].clone().into_bytes();
+        for _ in 0..(1 + next() % 4) {
+            let pos = (next() as usize) % bytes.len();
+            let b = alphabet[(next() as usize) % alphabet.len()];
+            match next() % 3 {
+                0 => bytes[pos] = b,
+                1 => bytes.insert(pos, b),
+                _ => {
+                    bytes.remove(pos);
+                }
+            }
+        }
+        match i % 3 {
+            0 => {
+                if let Ok(c) = parse_tkg_config("m.yaml", &bytes) {
+                    let s = settings(&settings_text());
+                    let _ = validate(&c, Some(&s), Some(&r));
+                    let req = ClusterRequest { name: "team-a-prod".into(), config: c, settings: s };
+                    let _ = cluster_spec(&req, &r);
+                }
+            }
+            1 => {
+                if let Ok(s) = parse_cluster_settings("m.yaml", &bytes) {
+                    let _ = validate(&cfg(&valid_text()), Some(&s), Some(&r));
+                    let req = ClusterRequest { name: "team-a-prod".into(), config: cfg(&valid_text()), settings: s };
+                    let _ = cluster_spec(&req, &r);
+                }
+            }
+            _ => {
+                if let Ok(rc) = parse_repo_config("m.yaml", &bytes) {
+                    let _ = validate(&cfg(&valid_text()), Some(&settings(&settings_text())), Some(&rc));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fixture_files_under_validate() {
+    let report = validate_paths(&[fixture("validate/airgap-prod.yaml")]);
+    assert_eq!(report.exit_code(), 0, "{report:#?}");
+    assert!(report.findings.is_empty(), "{report:#?}");
+    let c = parse_tkg_config("dev-insecure.yaml", read("validate/dev-insecure.yaml").as_bytes()).expect("parses");
+    let fs = validate(&c, None, None);
+    let at = |rule: &str, line: u32| fs.iter().any(|f| f.rule == rule && f.line == Some(line));
+    assert!(at("TKGOPS-TF-VALIDATE", 2), "{fs:#?}"); // CLUSTER_NAME format
+    assert!(at("TKO-CLS-004", 3));
+    assert!(at("TKGOPS-REQUIRED", 6)); // AZ not in region
+    assert!(at("TKGOPS-REQUIRED", 7)); // VPC without subnet
+    assert!(has(&fs, "TKGOPS-REQUIRED") && fs.iter().any(|f| f.message.contains("AWS_SSH_KEY_NAME")));
+    assert!(at("TKO-CLS-002", 8));
+    assert!(at("TKO-CLS-003", 9));
+    assert!(at("TKGOPS-DOCKER-BRIDGE", 10));
+    assert!(at("TKGOPS-TF-VALIDATE", 11)); // service CIDR too large
+    assert!(at("TKGOPS-TF-VALIDATE", 12)); // CNI
+    assert!(at("TKO-CLS-007", 13));
+    assert!(at("TKO-CLS-006", 14));
+    assert!(at("TKGOPS-UNKNOWN-VAR", 15));
+    assert_eq!(validate_paths(&[fixture("validate/dev-insecure.yaml")]).exit_code(), 1);
 }
