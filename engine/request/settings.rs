@@ -546,11 +546,11 @@ pub fn parse_repo_config(path: &str, bytes: &[u8]) -> Result<RepoConfig, Vec<Fin
         ));
     }
     if let Some(t) = &cfg.tmc {
-        if !t.endpoint.starts_with("https://") {
-            out.push(schema(path, find_key_line(text, "endpoint"), "tmc.endpoint must be an https:// URL"));
+        if !is_secure_endpoint(&t.endpoint) {
+            out.push(schema(path, find_key_line(text, "endpoint"), "tmc.endpoint must be an https:// URL (plain http:// only on loopback)"));
         }
-        if !t.csp_endpoint.starts_with("https://") {
-            out.push(schema(path, find_key_line(text, "cspEndpoint"), "tmc.cspEndpoint must be an https:// URL"));
+        if !is_secure_endpoint(&t.csp_endpoint) {
+            out.push(schema(path, find_key_line(text, "cspEndpoint"), "tmc.cspEndpoint must be an https:// URL (plain http:// only on loopback)"));
         }
     }
     check_rule_ids(path, text, &cfg.rules.severities, &mut out);
@@ -613,4 +613,16 @@ pub fn parse_cluster_settings(path: &str, bytes: &[u8]) -> Result<ClusterSetting
         }
     }
     if out.is_empty() { Ok(s) } else { Err(out) }
+}
+
+/// Whether a TMC/CSP endpoint may carry the API token: `https://`, or plain `http://` to a
+/// loopback address (the project's emulators and the sandbox; never leaves the host).
+pub fn is_secure_endpoint(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    host == "localhost" || host == "[::1]" || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }

@@ -140,7 +140,7 @@ impl Environment {
             }
         };
         let moto = MotoServer::start().await.map_err(|e| SandboxError(format!("starting moto: {e}")))?;
-        let ec2 = crate::providers::aws::ec2_client(region, Some(&moto.endpoint_url())).await;
+        let ec2 = moto.ec2_client(region);
         let vpc = seed_vpc(&ec2, vpc_cidr, azs).await.map_err(|e| SandboxError(format!("seeding the VPC in moto: {e}")))?;
 
         let kube = KubeEmulator::new();

@@ -71,7 +71,7 @@ async fn assert_cluster_created(env: &Environment) {
         [("cert-manager".to_string(), "ReconcileSucceeded".to_string()), ("contour".to_string(), "ReconcileSucceeded".to_string())]
     );
 
-    let ec2 = tkgops::providers::aws::ec2_client(&env.region, Some(&env.moto.endpoint_url())).await;
+    let ec2 = env.moto.ec2_client(&env.region);
     let tagged = ec2
         .describe_subnets()
         .filters(aws_sdk_ec2::types::Filter::builder().name("tag-key").values(format!("kubernetes.io/cluster/{CLUSTER}")).build())
