@@ -33,6 +33,13 @@
 //!   `k8s.io/initial-events-end`), `timeoutSeconds`, selectors. A watch from resourceVersion `""`
 //!   or `"0"` starts with synthetic ADDED events for the current objects.
 //!
+//! # Direct access
+//! Simulated controllers and test assertions use [`EmulatedCluster::get`], `list`, `create`,
+//! `apply`, `update_status`, `patch_merge`, `delete` and `subscribe` without HTTP; they share the
+//! store, resourceVersion counter, managedFields bookkeeping and watch event log with the HTTP API,
+//! so HTTP watchers see their changes. [`EmulatedCluster::writes`] audits successful HTTP writes
+//! only (rejected requests are visible in the fault layer's request log).
+//!
 //! # How far server-side apply goes
 //! - Field ownership is tracked per (manager, operation, subresource) as sets of *leaf paths*: a
 //!   leaf is a scalar, a `null`, an empty object or **a list — lists are atomic** (no

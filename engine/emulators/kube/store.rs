@@ -557,6 +557,15 @@ impl State {
                 )));
             }
         }
+        if rt.namespaced {
+            if let (Some(bn), Some(p)) = (meta(&body, "namespace").filter(|s| !s.is_empty()), ns) {
+                if bn != p {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+            }
+        }
         let key = Self::key(&rt, ns, name);
         let old = self
             .objects
