@@ -323,6 +323,33 @@ async fn ctrl_cluster_topology_progresses_to_ready() {
         workload.kubeconfig_yaml()
     );
 
+    // Machines (management cluster) with nodeRefs to Nodes of the workload cluster.
+    let machines = env.mgmt.list(
+        &Gvr::new("cluster.x-k8s.io", "v1beta1", "machines"),
+        Some("default"),
+    );
+    let machines = owned_by(&machines, "team-a");
+    assert_eq!(machines.len(), 5);
+    let cp_machines = machines
+        .iter()
+        .filter(|m| {
+            m["metadata"]["labels"]
+                .get("cluster.x-k8s.io/control-plane")
+                .is_some()
+        })
+        .count();
+    assert_eq!(cp_machines, 3);
+    let nodes = workload.list(&Gvr::new("", "v1", "nodes"), None);
+    assert_eq!(nodes.len(), 5);
+    for m in &machines {
+        assert_eq!(m["status"]["phase"], "Running");
+        let node = m["status"]["nodeRef"]["name"].as_str().expect("nodeRef");
+        assert!(
+            nodes.iter().any(|n| n["metadata"]["name"] == node),
+            "{node}"
+        );
+    }
+
     // Workload cluster: the standard repository and catalog.
     let repo = workload
         .get(
@@ -690,6 +717,7 @@ async fn ctrl_machine_health_check_and_deletion() {
     })
     .await;
     assert_eq!(mhc["status"]["expectedMachines"], 1);
+    assert_eq!(mhc["status"]["targets"].as_array().unwrap().len(), 1);
     assert_eq!(mhc["status"]["currentHealthy"], 1);
     assert_eq!(mhc["status"]["remediationsAllowed"], 1);
 

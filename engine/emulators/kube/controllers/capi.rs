@@ -12,6 +12,13 @@
 //! 5. KubeadmControlPlane `readyReplicas` 1..N, one per tick, then `ControlPlaneReady=True`;
 //! 6. each MachineDeployment `readyReplicas` 1..N, one per tick (`ScalingUp` → `Running`), then `Ready=True`.
 //!
+//! Every ready replica has a `Machine` (with `status.nodeRef`) here and a `Node` on the workload
+//! cluster. Plan-based (legacy) Clusters without `spec.topology` progress the same way from the
+//! KubeadmControlPlane and AWSCluster their refs name and the MachineDeployments with their
+//! `spec.clusterName`, once those exist. Clusters carry the finalizer `cluster.cluster.x-k8s.io`:
+//! a deleted Cluster shows phase `Deleting` for a tick, then its descendants (KCP, AWSCluster,
+//! MachineDeployments, Machines, MachineHealthChecks, kubeconfig Secret) are deleted and it goes away.
+//!
 //! Upgrades: a new `spec.topology.version` goes to the KubeadmControlPlane first; its
 //! `updatedReplicas` go 0..N and `status.version` follows; then the MachineDeployments get the new
 //! `spec.template.spec.version` and roll the same way.
@@ -316,7 +323,7 @@ impl CapiController {
             .unwrap_or("us-east-1")
             .to_string();
         let kcp_state = self.step_replicas(&topo.kcp, &gvr_kcp(), false)?;
-        self.sync_nodes(&workload, &topo.kcp, true, &region);
+        self.sync_machines(&workload, &topo.kcp, true, &region);
         if !status
             .get("controlPlaneReady")
             .and_then(Value::as_bool)
@@ -336,7 +343,7 @@ impl CapiController {
         let mut all_running = true;
         for md in &topo.mds {
             let state = self.step_replicas(md, &gvr_machine_deployment(), true)?;
-            self.sync_nodes(&workload, md, false, &region);
+            self.sync_machines(&workload, md, false, &region);
             all_running &= state == Rollout::Done
                 || i64_at(md, "/status/readyReplicas") == i64_at(md, "/spec/replicas");
         }
@@ -398,6 +405,13 @@ impl CapiController {
             if belongs_to(&md, name) {
                 if let Some(n) = name_of(&md) {
                     let _ = self.mgmt.delete(&gvr_machine_deployment(), Some(ns), n);
+                }
+            }
+        }
+        for m in self.mgmt.list(&gvr_machine(), Some(ns)) {
+            if label(&m, CLUSTER_NAME_LABEL) == Some(name) {
+                if let Some(n) = name_of(&m) {
+                    let _ = self.mgmt.delete(&gvr_machine(), Some(ns), n);
                 }
             }
         }
@@ -1002,54 +1016,73 @@ impl CapiController {
         })
     }
 
-    /// Keeps one Node per ready machine on the workload cluster (best effort).
-    fn sync_nodes(
+    /// Keeps one Machine (management cluster) and one Node (workload cluster) per ready replica of
+    /// a KubeadmControlPlane (`control_plane`) or MachineDeployment, so TKG's readiness check
+    /// ("every Machine has `status.nodeRef`") and MachineHealthCheck selectors see real objects.
+    /// Best effort: problems are logged and retried next tick.
+    fn sync_machines(
         &self,
         workload: &EmulatedCluster,
         owner: &Value,
         control_plane: bool,
         region: &str,
     ) {
-        let Some(owner_name) = name_of(owner) else {
+        let Some(owner_name) = name_of(owner).map(str::to_string) else {
             return;
         };
-        let ready = i64_at(owner, "/status/readyReplicas").unwrap_or(0).max(0);
-        let version = if control_plane {
-            str_at(owner, "/spec/version")
+        let ns = namespace_of(owner).unwrap_or("default").to_string();
+        let owner_gvr = if control_plane {
+            gvr_kcp()
         } else {
-            str_at(owner, "/spec/template/spec/version")
-        }
-        .unwrap_or("");
-        let Some(fresh) = self.mgmt.get(
-            &if control_plane {
-                gvr_kcp()
-            } else {
-                gvr_machine_deployment()
-            },
-            namespace_of(owner),
-            owner_name,
-        ) else {
+            gvr_machine_deployment()
+        };
+        // Re-read: this tick's step may have changed readyReplicas.
+        let Some(owner) = self.mgmt.get(&owner_gvr, Some(&ns), &owner_name) else {
             return;
         };
-        let ready = i64_at(&fresh, "/status/readyReplicas")
-            .unwrap_or(ready)
-            .max(0);
-        let owner_uid = uid_of(&fresh).to_string();
+        let ready = i64_at(&owner, "/status/readyReplicas").unwrap_or(0).max(0);
+        let version = if control_plane {
+            str_at(&owner, "/spec/version")
+        } else {
+            str_at(&owner, "/spec/template/spec/version")
+        }
+        .unwrap_or("")
+        .to_string();
+        let owner_uid = uid_of(&owner).to_string();
         let cluster_name = workload.name().to_string();
-        let mut wanted = Vec::new();
+        let failure_domain = str_at(&owner, "/spec/template/spec/failureDomain")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{region}a"));
+        let owner_ref = owner_ref(
+            if control_plane {
+                "controlplane.cluster.x-k8s.io/v1beta1"
+            } else {
+                "cluster.x-k8s.io/v1beta1"
+            },
+            if control_plane {
+                "KubeadmControlPlane"
+            } else {
+                "MachineDeployment"
+            },
+            &owner_name,
+            &owner_uid,
+            true,
+        );
+        let mut wanted_nodes = Vec::new();
+        let mut wanted_machines = Vec::new();
         for i in 0..ready {
             let seed = format!("{owner_uid}/{i}");
             let d = digits(&seed, 6);
-            let ip = format!(
-                "10-0-{}-{}",
+            let ip = (
                 d[0..3].parse::<u32>().unwrap_or(0) % 256,
-                d[3..6].parse::<u32>().unwrap_or(0) % 254 + 1
+                d[3..6].parse::<u32>().unwrap_or(0) % 254 + 1,
             );
-            let node_name = format!("ip-{ip}.{region}.compute.internal");
-            wanted.push(node_name.clone());
+            let node_name = format!("ip-10-0-{}-{}.{region}.compute.internal", ip.0, ip.1);
+            let provider_id = format!("aws:///{failure_domain}/i-{}", &digits(&seed, 17));
+            wanted_nodes.push(node_name.clone());
             let mut labels = json!({
                 "kubernetes.io/hostname": node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                "topology.kubernetes.io/region": region,
+                "topology.kubernetes.io/region": region, "topology.kubernetes.io/zone": failure_domain,
                 "emulator.tkgops.dev/machine-owner": owner_name,
             });
             if control_plane {
@@ -1061,35 +1094,112 @@ impl CapiController {
             let node = json!({
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": node_name, "labels": labels},
-                "spec": {"providerID": format!("aws:///{region}a/i-{}", digits(&seed, 17))},
+                "spec": {"providerID": provider_id},
             });
-            match create_if_absent(workload, &gvr_node(), node) {
+            let node_info = json!({"kubeletVersion": version, "kubeProxyVersion": version,
+                "containerRuntimeVersion": "containerd://1.6.6", "operatingSystem": "linux",
+                "architecture": "amd64", "osImage": "Ubuntu 20.04.4 LTS"});
+            let node = match create_if_absent(workload, &gvr_node(), node) {
                 Ok(stored) if stored.get("status").is_none() => {
                     let st = json!({
                         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                                         "message": "kubelet is posting ready status",
                                         "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}],
-                        "nodeInfo": {"kubeletVersion": version, "kubeProxyVersion": version,
-                                     "containerRuntimeVersion": "containerd://1.6.6", "operatingSystem": "linux",
-                                     "architecture": "amd64", "osImage": "Ubuntu 20.04.4 LTS"},
+                        "addresses": [{"type": "InternalIP", "address": format!("10.0.{}.{}", ip.0, ip.1)},
+                                      {"type": "Hostname", "address": node_name}],
+                        "nodeInfo": node_info,
                     });
-                    if let Err(err) = workload.update_status(&gvr_node(), None, &node_name, st) {
-                        debug!(node = %node_name, error = %err, "could not write Node status");
-                    }
+                    workload
+                        .update_status(&gvr_node(), None, &node_name, st)
+                        .unwrap_or(stored)
                 }
-                Ok(_) => {}
+                Ok(stored) => stored,
                 Err(err) => {
                     debug!(node = %node_name, error = %err, "could not create Node");
                     return;
                 }
+            };
+
+            let machine_name = format!("{owner_name}-{}", suffix5(&format!("{seed}/machine")));
+            wanted_machines.push(machine_name.clone());
+            let mut m_labels = if control_plane {
+                json!({"cluster.x-k8s.io/control-plane": ""})
+            } else {
+                let mut l = owner
+                    .pointer("/spec/template/metadata/labels")
+                    .cloned()
+                    .unwrap_or_else(|| json!({}));
+                l["cluster.x-k8s.io/deployment-name"] = json!(owner_name);
+                l
+            };
+            m_labels[CLUSTER_NAME_LABEL] = json!(cluster_name);
+            let machine = json!({
+                "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Machine",
+                "metadata": {"name": machine_name, "namespace": ns, "labels": m_labels, "ownerReferences": [owner_ref]},
+                "spec": {
+                    "clusterName": cluster_name,
+                    "version": version,
+                    "bootstrap": {"dataSecretName": machine_name},
+                    "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "AWSMachine",
+                                          "name": machine_name, "namespace": ns},
+                    "providerID": provider_id,
+                    "failureDomain": failure_domain,
+                },
+            });
+            match create_if_absent(&self.mgmt, &gvr_machine(), machine) {
+                Ok(stored) if stored.pointer("/status/nodeRef").is_none() => {
+                    let mut st = Map::new();
+                    st.insert("phase".into(), json!("Running"));
+                    st.insert("bootstrapReady".into(), json!(true));
+                    st.insert("infrastructureReady".into(), json!(true));
+                    st.insert("nodeRef".into(), json!({"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": uid_of(&node)}));
+                    st.insert(
+                        "addresses".into(),
+                        json!([
+                        {"type": "InternalIP", "address": format!("10.0.{}.{}", ip.0, ip.1)},
+                        {"type": "InternalDNS", "address": node_name}]),
+                    );
+                    st.insert("nodeInfo".into(), node_info);
+                    st.insert("lastUpdated".into(), json!(now_rfc3339()));
+                    st.insert("observedGeneration".into(), json!(generation_of(&stored)));
+                    for t in [
+                        "Ready",
+                        "BootstrapReady",
+                        "InfrastructureReady",
+                        "NodeHealthy",
+                    ] {
+                        set_condition(&mut st, cond_true(t));
+                    }
+                    if let Err(err) = write_status(&self.mgmt, &gvr_machine(), &stored, st) {
+                        debug!(machine = %machine_name, error = %err, "could not write Machine status");
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    debug!(machine = %machine_name, error = %err, "could not create Machine")
+                }
             }
         }
         for node in workload.list(&gvr_node(), None) {
-            if label(&node, "emulator.tkgops.dev/machine-owner") == Some(owner_name) {
+            if label(&node, "emulator.tkgops.dev/machine-owner") == Some(owner_name.as_str()) {
                 if let Some(n) = name_of(&node) {
-                    if !wanted.iter().any(|w| w == n) {
+                    if !wanted_nodes.iter().any(|w| w == n) {
                         let _ = workload.delete(&gvr_node(), None, n);
                     }
+                }
+            }
+        }
+        for m in self.mgmt.list(&gvr_machine(), Some(&ns)) {
+            let owned = m
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .is_some_and(|refs| {
+                    refs.iter()
+                        .any(|r| r.get("uid").and_then(Value::as_str) == Some(owner_uid.as_str()))
+                });
+            if let (true, Some(n)) = (owned, name_of(&m)) {
+                if !wanted_machines.iter().any(|w| w == n) {
+                    let _ = self.mgmt.delete(&gvr_machine(), Some(&ns), n);
                 }
             }
         }
@@ -1108,22 +1218,25 @@ impl CapiController {
         if !condition_true(&cluster, "Ready") {
             return Ok(());
         }
-        let control_plane = mhc
-            .pointer("/spec/selector/matchLabels/cluster.x-k8s.io~1control-plane")
-            .is_some();
-        let expected: i64 = if control_plane {
-            str_at(&cluster, "/spec/controlPlaneRef/name")
-                .and_then(|k| self.mgmt.get(&gvr_kcp(), Some(ns), k))
-                .map(|k| i64_at(&k, "/spec/replicas").unwrap_or(1))
-                .unwrap_or(0)
-        } else {
-            self.mgmt
-                .list(&gvr_machine_deployment(), Some(ns))
-                .iter()
-                .filter(|md| belongs_to(md, cluster_name))
-                .map(|m| i64_at(m, "/spec/replicas").unwrap_or(1))
-                .sum()
-        };
+        // Targets: the cluster's Machines matching spec.selector.matchLabels.
+        let match_labels = mhc
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let targets: Vec<String> = self
+            .mgmt
+            .list(&gvr_machine(), Some(ns))
+            .iter()
+            .filter(|m| label(m, CLUSTER_NAME_LABEL) == Some(cluster_name))
+            .filter(|m| {
+                match_labels
+                    .iter()
+                    .all(|(k, v)| m.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v))
+            })
+            .filter_map(|m| name_of(m).map(str::to_string))
+            .collect();
+        let expected = targets.len() as i64;
         let max_unhealthy = match mhc.pointer("/spec/maxUnhealthy") {
             Some(Value::Number(n)) => n.as_i64().unwrap_or(expected),
             Some(Value::String(s)) if s.ends_with('%') => s
@@ -1139,7 +1252,7 @@ impl CapiController {
         st.insert("currentHealthy".into(), json!(expected));
         st.insert("remediationsAllowed".into(), json!(max_unhealthy.max(0)));
         st.insert("observedGeneration".into(), json!(generation_of(mhc)));
-        st.insert("targets".into(), json!([]));
+        st.insert("targets".into(), json!(targets));
         set_condition(&mut st, cond_true("RemediationAllowed"));
         write_status(&self.mgmt, &gvr_machine_health_check(), mhc, st)?;
         Ok(())
@@ -1195,6 +1308,20 @@ impl CapiController {
                 if !alive(ns, cn, &owner_uids(&obj)) {
                     let _ = self.mgmt.delete(&gvr, Some(ns), n);
                 }
+            }
+        }
+        for m in self.mgmt.list(&gvr_machine(), None) {
+            let (Some(cn), Some(n)) = (label(&m, CLUSTER_NAME_LABEL), name_of(&m)) else {
+                continue;
+            };
+            let ns = namespace_of(&m).unwrap_or("default");
+            let simulated = label(&m, "cluster.x-k8s.io/control-plane").is_some()
+                || label(&m, "cluster.x-k8s.io/deployment-name").is_some();
+            if simulated
+                && str_at(&m, "/spec/bootstrap/dataSecretName") == Some(n)
+                && self.mgmt.get(&gvr_cluster(), Some(ns), cn).is_none()
+            {
+                let _ = self.mgmt.delete(&gvr_machine(), Some(ns), n);
             }
         }
         for s in self.mgmt.list(&gvr_secret(), None) {

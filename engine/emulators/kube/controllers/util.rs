@@ -18,6 +18,10 @@ pub(crate) fn gvr_cluster_class() -> Gvr {
 pub(crate) fn gvr_machine_deployment() -> Gvr {
     Gvr::new("cluster.x-k8s.io", "v1beta1", "machinedeployments")
 }
+/// `cluster.x-k8s.io/v1beta1` Machine.
+pub(crate) fn gvr_machine() -> Gvr {
+    Gvr::new("cluster.x-k8s.io", "v1beta1", "machines")
+}
 /// `cluster.x-k8s.io/v1beta1` MachineHealthCheck.
 pub(crate) fn gvr_machine_health_check() -> Gvr {
     Gvr::new("cluster.x-k8s.io", "v1beta1", "machinehealthchecks")
