@@ -17,28 +17,46 @@ const TOUCHED: usize = 10;
 
 fn main() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let repo_cfg = std::fs::read_to_string(format!("{root}/examples/config-repo/tkgops.yaml")).unwrap();
-    let cfg = std::fs::read_to_string(format!("{root}/examples/requests/team-a-prod/cluster-config.yaml")).unwrap();
-    let settings = std::fs::read_to_string(format!("{root}/examples/requests/team-a-prod/tkgops.yaml")).unwrap();
+    let repo_cfg =
+        std::fs::read_to_string(format!("{root}/examples/config-repo/tkgops.yaml")).unwrap();
+    let cfg = std::fs::read_to_string(format!(
+        "{root}/examples/requests/team-a-prod/cluster-config.yaml"
+    ))
+    .unwrap();
+    let settings =
+        std::fs::read_to_string(format!("{root}/examples/requests/team-a-prod/tkgops.yaml"))
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let remote = dir.path().join("remote.git");
 
     let mut files: Vec<(String, String)> = vec![("tkgops.yaml".into(), repo_cfg)];
     for i in 0..CLUSTERS {
         let name = format!("cluster-{i:04}");
-        files.push((format!("clusters/{name}/cluster-config.yaml"), cfg.replace("team-a-prod", &name)));
+        files.push((
+            format!("clusters/{name}/cluster-config.yaml"),
+            cfg.replace("team-a-prod", &name),
+        ));
         files.push((format!("clusters/{name}/tkgops.yaml"), settings.clone()));
     }
-    let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
     init_remote(&remote, &refs).unwrap();
 
     let mut changed: Vec<(String, String)> = Vec::new();
     for i in 0..TOUCHED {
         let name = format!("new-{i:02}");
-        changed.push((format!("clusters/{name}/cluster-config.yaml"), cfg.replace("team-a-prod", &name)));
+        changed.push((
+            format!("clusters/{name}/cluster-config.yaml"),
+            cfg.replace("team-a-prod", &name),
+        ));
         changed.push((format!("clusters/{name}/tkgops.yaml"), settings.clone()));
     }
-    let refs: Vec<(&str, &str)> = changed.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let refs: Vec<(&str, &str)> = changed
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
     commit_on_branch(&remote, "main", "pr", "Add 10 clusters", &refs).unwrap();
 
     let git = ConfigRepo::open_local(&remote).unwrap();
@@ -51,8 +69,20 @@ fn main() {
         let t = Instant::now();
         let mb = git.merge_base(&base, &head).unwrap();
         let paths = git.changed_paths(&mb, &head).unwrap();
-        let (bt, ht, st) = (git.tree(&mb).unwrap(), git.tree(&head).unwrap(), git.tree(&base).unwrap());
-        let p = plan(&PlanInput { base: &bt, head: &ht, settings: &st, base_sha: &mb, head_sha: &head, changed_paths: &paths, catalog: &catalog });
+        let (bt, ht, st) = (
+            git.tree(&mb).unwrap(),
+            git.tree(&head).unwrap(),
+            git.tree(&base).unwrap(),
+        );
+        let p = plan(&PlanInput {
+            base: &bt,
+            head: &ht,
+            settings: &st,
+            base_sha: &mb,
+            head_sha: &head,
+            changed_paths: &paths,
+            catalog: &catalog,
+        });
         let md = render_plan(&p, &catalog, true).unwrap();
         assert_eq!(p.clusters.len(), TOUCHED);
         std::hint::black_box(md);

@@ -55,7 +55,8 @@ fn main() -> ExitCode {
     tkgops::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -79,13 +80,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(report.exit_code() as u8))
         }
         Command::Plan { repo, base, head } => {
-            let git = ConfigRepo::open_local(&repo).with_context(|| format!("opening {}", repo.display()))?;
+            let git = ConfigRepo::open_local(&repo)
+                .with_context(|| format!("opening {}", repo.display()))?;
             let base_sha = git.resolve(&base)?;
             let head_sha = git.resolve(&head)?;
-            let merge_base = git.merge_base(&base_sha, &head_sha).unwrap_or_else(|_| base_sha.clone());
+            let merge_base = git
+                .merge_base(&base_sha, &head_sha)
+                .unwrap_or_else(|_| base_sha.clone());
             let changed = git.changed_paths(&merge_base, &head_sha)?;
             let catalog = Catalog::builtin()?;
-            let (bt, ht, st) = (git.tree(&merge_base)?, git.tree(&head_sha)?, git.tree(&base_sha)?);
+            let (bt, ht, st) = (
+                git.tree(&merge_base)?,
+                git.tree(&head_sha)?,
+                git.tree(&base_sha)?,
+            );
             let p = plan(&PlanInput {
                 base: &bt,
                 head: &ht,
@@ -97,14 +105,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             let md = markdown::render_plan(&p, &catalog, true).map_err(anyhow::Error::msg)?;
             println!("{md}");
-            Ok(if p.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if p.has_errors() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Serve { config } => {
             let cfg = BotConfig::load(&config)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let bot = serve::build(&cfg).await?;
-                bot.run(cfg.poll_interval, std::time::Duration::from_secs(30), shutdown_signal()).await;
+                bot.run(
+                    cfg.poll_interval,
+                    std::time::Duration::from_secs(30),
+                    shutdown_signal(),
+                )
+                .await;
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)
@@ -112,7 +129,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sandbox(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             let ok = rt.block_on(tkgops::sandbox::run(args))?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }
@@ -121,13 +142,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

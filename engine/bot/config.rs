@@ -108,21 +108,29 @@ impl BotConfig {
     ///
     /// Errors: [`ConfigError::Io`], [`ConfigError::Invalid`] (with line and column).
     pub fn load(path: &std::path::Path) -> Result<BotConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
-        serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid { path: path.display().to_string(), message: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// The GitHub token from the environment.
     ///
     /// Errors: [`ConfigError::MissingEnv`].
     pub fn github_token(&self) -> Result<String, ConfigError> {
-        std::env::var(&self.github.token_env).map_err(|_| ConfigError::MissingEnv(self.github.token_env.clone()))
+        std::env::var(&self.github.token_env)
+            .map_err(|_| ConfigError::MissingEnv(self.github.token_env.clone()))
     }
 
     /// The TMC API token from the environment, if set.
     pub fn tmc_token(&self) -> Option<String> {
-        std::env::var(&self.tmc_token_env).ok().filter(|t| !t.is_empty())
+        std::env::var(&self.tmc_token_env)
+            .ok()
+            .filter(|t| !t.is_empty())
     }
 }
 

@@ -16,7 +16,12 @@ use crate::request::RepoConfig;
 use crate::runner::{StepContext, StepError, StepExecutor};
 
 /// Kubernetes provider kinds handled by [`KubeHandle`].
-const KUBE_KINDS: &[&str] = &["kube.apply", "kube.wait-cluster", "kube.read-kubeconfig", "packages.rollout"];
+const KUBE_KINDS: &[&str] = &[
+    "kube.apply",
+    "kube.wait-cluster",
+    "kube.read-kubeconfig",
+    "packages.rollout",
+];
 
 /// The bot's executors: the Kubernetes provider (swappable), AWS and TMC.
 pub struct Executors {
@@ -28,14 +33,23 @@ impl Executors {
     /// An executor set with no management clusters yet; `kube_poll` is the readiness poll
     /// interval (seconds granularity; TKG uses 15 s).
     pub fn new(kube_poll: Duration) -> Arc<Executors> {
-        Arc::new(Executors { kube: RwLock::new((BTreeMap::new(), KubeProvider::new(BTreeMap::new(), kube_poll))), kube_poll })
+        Arc::new(Executors {
+            kube: RwLock::new((
+                BTreeMap::new(),
+                KubeProvider::new(BTreeMap::new(), kube_poll),
+            )),
+            kube_poll,
+        })
     }
 
     /// Rebuilds the Kubernetes provider when the management clusters of `repo` differ from the
     /// current ones.
     pub fn update_management_clusters(&self, repo: &RepoConfig) {
-        let wanted: BTreeMap<String, KubeconfigSource> =
-            repo.management_clusters.iter().map(|m| (m.name.clone(), m.kubeconfig.clone())).collect();
+        let wanted: BTreeMap<String, KubeconfigSource> = repo
+            .management_clusters
+            .iter()
+            .map(|m| (m.name.clone(), m.kubeconfig.clone()))
+            .collect();
         if let Ok(mut guard) = self.kube.write() {
             if guard.0 != wanted {
                 *guard = (wanted.clone(), KubeProvider::new(wanted, self.kube_poll));
@@ -53,13 +67,22 @@ impl Executors {
     /// All executors for the engine: Kubernetes (through a stable handle), AWS preflight
     /// (`aws_endpoint` overrides the EC2 endpoint, e.g. moto) and TMC attach (`tmc_token` from
     /// the bot's environment; `tmc_poll` between status checks).
-    pub fn all(self: &Arc<Self>, aws_endpoint: Option<String>, tmc_token: Option<String>, tmc_poll: Duration) -> Vec<Arc<dyn StepExecutor>> {
+    pub fn all(
+        self: &Arc<Self>,
+        aws_endpoint: Option<String>,
+        tmc_token: Option<String>,
+        tmc_poll: Duration,
+    ) -> Vec<Arc<dyn StepExecutor>> {
         let handle = Arc::new(KubeHandle(self.clone()));
         let applier: Arc<dyn ManifestApplier> = handle.clone();
         vec![
             handle,
             Arc::new(AwsExecutor::new(aws_endpoint)),
-            Arc::new(TmcExecutor::new(tmc_token.map(SecretToken::new), applier, tmc_poll)),
+            Arc::new(TmcExecutor::new(
+                tmc_token.map(SecretToken::new),
+                applier,
+                tmc_poll,
+            )),
         ]
     }
 }
@@ -80,7 +103,15 @@ impl StepExecutor for KubeHandle {
 
 #[async_trait::async_trait]
 impl ManifestApplier for KubeHandle {
-    async fn apply_to_workload(&self, target: &WorkloadTarget, yaml: &str, field_manager: &str) -> Result<Vec<String>, StepError> {
-        self.0.current().apply_to_workload(target, yaml, field_manager).await
+    async fn apply_to_workload(
+        &self,
+        target: &WorkloadTarget,
+        yaml: &str,
+        field_manager: &str,
+    ) -> Result<Vec<String>, StepError> {
+        self.0
+            .current()
+            .apply_to_workload(target, yaml, field_manager)
+            .await
     }
 }

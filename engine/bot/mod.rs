@@ -106,7 +106,16 @@ impl Bot {
         full_name: String,
         executors: Arc<executors::Executors>,
     ) -> Bot {
-        Bot { vcs, git, store, engine, catalog, default_branch, full_name, executors }
+        Bot {
+            vcs,
+            git,
+            store,
+            engine,
+            catalog,
+            default_branch,
+            full_name,
+            executors,
+        }
     }
 
     /// The engine runs are submitted to.
@@ -126,7 +135,11 @@ impl Bot {
         if let Some(rc) = &repo_config {
             self.executors.update_management_clusters(rc);
         }
-        let open = self.vcs.list_open_pulls(&self.default_branch).await.map_err(|e| BotError::Github(e.to_string()))?;
+        let open = self
+            .vcs
+            .list_open_pulls(&self.default_branch)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
         for pr in &open {
             if let Err(e) = self.plan_pull(pr, &tip).await {
                 warn!(pr = pr.number, error = %e, "planning failed; will retry next poll");
@@ -147,7 +160,12 @@ impl Bot {
 
     /// Polls forever every `interval`, until `shutdown` resolves; then drains the engine for
     /// up to `grace`.
-    pub async fn run(&self, interval: Duration, grace: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(
+        &self,
+        interval: Duration,
+        grace: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         loop {
             if let Err(e) = self.poll_once().await {
@@ -172,7 +190,12 @@ impl Bot {
         .await
     }
 
-    async fn compute_plan(&self, base: String, head: String, settings: String) -> Result<Plan, BotError> {
+    async fn compute_plan(
+        &self,
+        base: String,
+        head: String,
+        settings: String,
+    ) -> Result<Plan, BotError> {
         let git = self.git.clone();
         let catalog = self.catalog.clone();
         blocking(move || {
@@ -193,7 +216,11 @@ impl Bot {
 
     async fn plan_pull(&self, pr: &PullRequest, tip: &str) -> Result<(), BotError> {
         let key = format!("pr/{}/planned", pr.number);
-        let planned = self.store.get_meta(&key).await.map_err(|e| BotError::Store(e.to_string()))?;
+        let planned = self
+            .store
+            .get_meta(&key)
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
         if planned.as_deref() == Some(pr.head_sha.as_bytes()) {
             return Ok(());
         }
@@ -203,50 +230,101 @@ impl Bot {
         let git = self.git.clone();
         let (t, h) = (tip.to_string(), head.clone());
         let base = blocking(move || git.merge_base(&t, &h)).await?;
-        let mut p = self.compute_plan(base, head.clone(), tip.to_string()).await?;
+        let mut p = self
+            .compute_plan(base, head.clone(), tip.to_string())
+            .await?;
         if self.is_fork(pr) {
             p.notes.push("This pull request comes from a fork: it is planned, but never executed (security rule 3).".into());
         }
         let body = markdown::render_plan(&p, &self.catalog, true).map_err(BotError::Render)?;
-        self.vcs.upsert_comment(pr.number, STICKY_MARKER, &body).await.map_err(|e| BotError::Github(e.to_string()))?;
-        let errors = p.all_findings().iter().filter(|f| f.severity == crate::request::Severity::Error).count();
+        self.vcs
+            .upsert_comment(pr.number, STICKY_MARKER, &body)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        let errors = p
+            .all_findings()
+            .iter()
+            .filter(|f| f.severity == crate::request::Severity::Error)
+            .count();
         let (state, desc) = if errors > 0 {
-            (CommitState::Failure, format!("{errors} validation error(s): see the tkgops comment"))
+            (
+                CommitState::Failure,
+                format!("{errors} validation error(s): see the tkgops comment"),
+            )
         } else {
             let ready = p.executable().count();
-            (CommitState::Success, format!("{} cluster change(s) planned, {ready} will run after merge", p.clusters.len()))
+            (
+                CommitState::Success,
+                format!(
+                    "{} cluster change(s) planned, {ready} will run after merge",
+                    p.clusters.len()
+                ),
+            )
         };
-        self.vcs.set_status(&head, PLAN_CONTEXT, state, &desc, None).await.map_err(|e| BotError::Github(e.to_string()))?;
-        self.store.put_meta(&key, head.as_bytes()).await.map_err(|e| BotError::Store(e.to_string()))?;
+        self.vcs
+            .set_status(&head, PLAN_CONTEXT, state, &desc, None)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        self.store
+            .put_meta(&key, head.as_bytes())
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
         info!(pr = pr.number, head = %head, errors, "planned");
         Ok(())
     }
 
     fn is_fork(&self, pr: &PullRequest) -> bool {
-        pr.head_repo_full_name.as_deref().is_some_and(|n| !n.eq_ignore_ascii_case(&self.full_name))
+        pr.head_repo_full_name
+            .as_deref()
+            .is_some_and(|n| !n.eq_ignore_ascii_case(&self.full_name))
     }
 
-    async fn handle_merged(&self, pr: &PullRequest, repo_config: Option<&RepoConfig>) -> Result<(), BotError> {
-        let Some(merge_sha) = pr.merge_commit_sha.clone() else { return Ok(()) };
+    async fn handle_merged(
+        &self,
+        pr: &PullRequest,
+        repo_config: Option<&RepoConfig>,
+    ) -> Result<(), BotError> {
+        let Some(merge_sha) = pr.merge_commit_sha.clone() else {
+            return Ok(());
+        };
         let done_key = format!("pr/{}/merged", pr.number);
-        if self.store.get_meta(&done_key).await.map_err(|e| BotError::Store(e.to_string()))?.is_some() {
+        if self
+            .store
+            .get_meta(&done_key)
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?
+            .is_some()
+        {
             return Ok(());
         }
         // Only PRs this bot planned are executed: a bot started on an old repository must not
         // replay history.
-        if self.store.get_meta(&format!("pr/{}/planned", pr.number)).await.map_err(|e| BotError::Store(e.to_string()))?.is_none() {
+        if self
+            .store
+            .get_meta(&format!("pr/{}/planned", pr.number))
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?
+            .is_none()
+        {
             return Ok(());
         }
         let git = self.git.clone();
         let branch = self.default_branch.clone();
         let tip = blocking(move || git.fetch_branch(&branch)).await?;
         if !self.git.is_ancestor(&merge_sha, &tip) {
-            return Err(BotError::Github(format!("merge commit {merge_sha} is not on {} yet", self.default_branch)));
+            return Err(BotError::Github(format!(
+                "merge commit {merge_sha} is not on {} yet",
+                self.default_branch
+            )));
         }
         let git = self.git.clone();
         let m = merge_sha.clone();
-        let parent = blocking(move || git.first_parent(&m)).await?.unwrap_or_else(|| merge_sha.clone());
-        let p = self.compute_plan(parent, merge_sha.clone(), merge_sha.clone()).await?;
+        let parent = blocking(move || git.first_parent(&m))
+            .await?
+            .unwrap_or_else(|| merge_sha.clone());
+        let p = self
+            .compute_plan(parent, merge_sha.clone(), merge_sha.clone())
+            .await?;
         let plan_md = markdown::render_plan(&p, &self.catalog, false).map_err(BotError::Render)?;
 
         let refused = if self.is_fork(pr) {
@@ -264,7 +342,12 @@ impl Bot {
         };
         if refused.is_none() {
             for cp in p.executable() {
-                let id = format!("{}@{}#{}", cp.cluster, &merge_sha[..merge_sha.len().min(12)], cp.workflow.clone().unwrap_or_default());
+                let id = format!(
+                    "{}@{}#{}",
+                    cp.cluster,
+                    &merge_sha[..merge_sha.len().min(12)],
+                    cp.workflow.clone().unwrap_or_default()
+                );
                 let req = RunRequest {
                     id: id.clone(),
                     cluster: cp.cluster.clone(),
@@ -276,31 +359,63 @@ impl Bot {
                 record.run_ids.push(id);
                 // Persist the merge record before the run exists so the publisher can render it.
                 self.put_merge_record(&record).await?;
-                self.engine.submit(req).await.map_err(|e| BotError::Engine(e.to_string()))?;
+                self.engine
+                    .submit(req)
+                    .await
+                    .map_err(|e| BotError::Engine(e.to_string()))?;
             }
         }
         self.put_merge_record(&record).await?;
-        self.store.put_meta(&done_key, merge_sha.as_bytes()).await.map_err(|e| BotError::Store(e.to_string()))?;
+        self.store
+            .put_meta(&done_key, merge_sha.as_bytes())
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
         info!(pr = pr.number, merge = %merge_sha, runs = record.run_ids.len(), refused = ?record.refused, "merge handled");
-        publisher::publish_merge(&*self.vcs, &*self.store, &self.catalog, &record, &BTreeMap::new()).await
+        publisher::publish_merge(
+            &*self.vcs,
+            &*self.store,
+            &self.catalog,
+            &record,
+            &BTreeMap::new(),
+        )
+        .await
     }
 
     async fn put_merge_record(&self, record: &MergeRecord) -> Result<(), BotError> {
         let bytes = serde_json::to_vec(record).map_err(|e| BotError::Store(e.to_string()))?;
-        self.store.put_meta(&format!("merge/{}", record.commit), &bytes).await.map_err(|e| BotError::Store(e.to_string()))
+        self.store
+            .put_meta(&format!("merge/{}", record.commit), &bytes)
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))
     }
 
     /// `None` when the approval policy of `tkgops.yaml` on the default branch is met, else why not.
-    async fn check_approvals(&self, pr: &PullRequest, p: &Plan, repo: Option<&RepoConfig>) -> Result<Option<String>, BotError> {
+    async fn check_approvals(
+        &self,
+        pr: &PullRequest,
+        p: &Plan,
+        repo: Option<&RepoConfig>,
+    ) -> Result<Option<String>, BotError> {
         let Some(repo) = repo else {
-            return Ok(Some("the default branch has no valid tkgops.yaml, so the approval policy is unknown".into()));
+            return Ok(Some(
+                "the default branch has no valid tkgops.yaml, so the approval policy is unknown"
+                    .into(),
+            ));
         };
         let destructive = p.clusters.iter().any(|c| c.intent.is_destructive());
-        let required = if destructive { repo.approval.destructive_approvals } else { repo.approval.required_approvals } as usize;
+        let required = if destructive {
+            repo.approval.destructive_approvals
+        } else {
+            repo.approval.required_approvals
+        } as usize;
         if required == 0 {
             return Ok(None);
         }
-        let reviews = self.vcs.list_reviews(pr.number).await.map_err(|e| BotError::Github(e.to_string()))?;
+        let reviews = self
+            .vcs
+            .list_reviews(pr.number)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
         // The latest review of each approver counts; it must not be on an older commit.
         let mut latest: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
         for r in reviews {
@@ -309,7 +424,12 @@ impl Bot {
             }
             latest.insert(r.user.to_lowercase(), (r.state, r.commit_id));
         }
-        let approvers: Vec<String> = repo.approval.approvers.iter().map(|a| a.to_lowercase()).collect();
+        let approvers: Vec<String> = repo
+            .approval
+            .approvers
+            .iter()
+            .map(|a| a.to_lowercase())
+            .collect();
         let count = latest
             .iter()
             .filter(|(u, (state, commit))| {
@@ -325,7 +445,11 @@ impl Bot {
             Ok(Some(format!(
                 "merged with {count} of the {required} required approval(s) from approvers ({}){}",
                 repo.approval.approvers.join(", "),
-                if destructive { "; destructive changes need approval.destructiveApprovals" } else { "" }
+                if destructive {
+                    "; destructive changes need approval.destructiveApprovals"
+                } else {
+                    ""
+                }
             )))
         }
     }
@@ -350,10 +474,19 @@ pub fn not_run_views(record: &MergeRecord) -> Vec<NotRunView> {
     record
         .not_run
         .iter()
-        .map(|(cluster, intent, reason)| NotRunView { cluster: cluster.clone(), intent: intent.clone(), reason: reason.clone() })
+        .map(|(cluster, intent, reason)| NotRunView {
+            cluster: cluster.clone(),
+            intent: intent.clone(),
+            reason: reason.clone(),
+        })
         .collect()
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, GitError> + Send + 'static) -> Result<T, BotError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| BotError::Store(format!("blocking task failed: {e}")))?.map_err(BotError::Git)
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, GitError> + Send + 'static,
+) -> Result<T, BotError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BotError::Store(format!("blocking task failed: {e}")))?
+        .map_err(BotError::Git)
 }

@@ -29,7 +29,12 @@ pub struct CommentPublisher {
 
 impl CommentPublisher {
     /// Starts the publishing task. Returns the observer to give to the engine.
-    pub fn start(vcs: Arc<dyn VcsClient>, store: Arc<dyn Store>, catalog: Arc<Catalog>, min_interval: Duration) -> CommentPublisher {
+    pub fn start(
+        vcs: Arc<dyn VcsClient>,
+        store: Arc<dyn Store>,
+        catalog: Arc<Catalog>,
+        min_interval: Duration,
+    ) -> CommentPublisher {
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let progress: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
         let progress2 = progress.clone();
@@ -42,7 +47,9 @@ impl CommentPublisher {
                 }
                 for commit in pending {
                     let snapshot = progress2.lock().map(|p| p.clone()).unwrap_or_default();
-                    if let Err(e) = publish_commit(&*vcs, &*store, &catalog, &commit, &snapshot).await {
+                    if let Err(e) =
+                        publish_commit(&*vcs, &*store, &catalog, &commit, &snapshot).await
+                    {
                         warn!(commit = %commit, error = %e, "updating the PR comment failed");
                     }
                 }
@@ -79,10 +86,15 @@ async fn publish_commit(
     commit: &str,
     progress: &BTreeMap<String, String>,
 ) -> Result<(), BotError> {
-    let Some(bytes) = store.get_meta(&format!("merge/{commit}")).await.map_err(|e| BotError::Store(e.to_string()))? else {
+    let Some(bytes) = store
+        .get_meta(&format!("merge/{commit}"))
+        .await
+        .map_err(|e| BotError::Store(e.to_string()))?
+    else {
         return Ok(());
     };
-    let record: MergeRecord = serde_json::from_slice(&bytes).map_err(|e| BotError::Store(e.to_string()))?;
+    let record: MergeRecord =
+        serde_json::from_slice(&bytes).map_err(|e| BotError::Store(e.to_string()))?;
     publish_record(vcs, store, catalog, &record, progress).await
 }
 
@@ -99,34 +111,75 @@ pub async fn publish_record(
 ) -> Result<(), BotError> {
     let mut runs = Vec::new();
     for id in &record.run_ids {
-        if let Some(r) = store.get_run(id).await.map_err(|e| BotError::Store(e.to_string()))? {
+        if let Some(r) = store
+            .get_run(id)
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?
+        {
             runs.push(r);
         }
     }
-    let views: Vec<RunView> = runs.iter().map(|r| run_view(r, progress.get(&r.id).map(String::as_str))).collect();
+    let views: Vec<RunView> = runs
+        .iter()
+        .map(|r| run_view(r, progress.get(&r.id).map(String::as_str)))
+        .collect();
     let (overall, state, desc) = overall(record, &runs);
-    let body = markdown::render_runs(&record.commit, &overall, &views, &not_run_views(record), Some(&record.plan_markdown), catalog)
-        .map_err(BotError::Render)?;
-    vcs.upsert_comment(record.pr, STICKY_MARKER, &body).await.map_err(|e| BotError::Github(e.to_string()))?;
-    vcs.set_status(&record.commit, APPLY_CONTEXT, state, &desc, None).await.map_err(|e| BotError::Github(e.to_string()))?;
+    let body = markdown::render_runs(
+        &record.commit,
+        &overall,
+        &views,
+        &not_run_views(record),
+        Some(&record.plan_markdown),
+        catalog,
+    )
+    .map_err(BotError::Render)?;
+    vcs.upsert_comment(record.pr, STICKY_MARKER, &body)
+        .await
+        .map_err(|e| BotError::Github(e.to_string()))?;
+    vcs.set_status(&record.commit, APPLY_CONTEXT, state, &desc, None)
+        .await
+        .map_err(|e| BotError::Github(e.to_string()))?;
     Ok(())
 }
 
 fn overall(record: &MergeRecord, runs: &[RunRecord]) -> (String, CommitState, String) {
     if let Some(reason) = &record.refused {
-        return (format!("⛔ not executed: {reason}"), CommitState::Failure, format!("not executed: {reason}"));
+        return (
+            format!("⛔ not executed: {reason}"),
+            CommitState::Failure,
+            format!("not executed: {reason}"),
+        );
     }
     if runs.is_empty() {
-        return ("➖ nothing to run".into(), CommitState::Success, "nothing to run for this merge".into());
+        return (
+            "➖ nothing to run".into(),
+            CommitState::Success,
+            "nothing to run for this merge".into(),
+        );
     }
-    let failed = runs.iter().filter(|r| r.state == RunState::Failed || r.state == RunState::Cancelled).count();
+    let failed = runs
+        .iter()
+        .filter(|r| r.state == RunState::Failed || r.state == RunState::Cancelled)
+        .count();
     let active = runs.iter().filter(|r| !r.state.is_terminal()).count();
     if active > 0 {
-        ("⏳ running".into(), CommitState::Pending, format!("{active} of {} run(s) in progress", runs.len()))
+        (
+            "⏳ running".into(),
+            CommitState::Pending,
+            format!("{active} of {} run(s) in progress", runs.len()),
+        )
     } else if failed > 0 {
-        ("❌ failed".into(), CommitState::Failure, format!("{failed} of {} run(s) failed", runs.len()))
+        (
+            "❌ failed".into(),
+            CommitState::Failure,
+            format!("{failed} of {} run(s) failed", runs.len()),
+        )
     } else {
-        ("✅ succeeded".into(), CommitState::Success, format!("{} run(s) succeeded", runs.len()))
+        (
+            "✅ succeeded".into(),
+            CommitState::Success,
+            format!("{} run(s) succeeded", runs.len()),
+        )
     }
 }
 
@@ -167,9 +220,23 @@ pub fn run_view(run: &RunRecord, progress: Option<&str>) -> RunView {
                 .unwrap_or_default();
             let detail = match s.state {
                 StepState::Failed => s.error.clone().unwrap_or_default(),
+                StepState::Succeeded => s
+                    .output
+                    .as_ref()
+                    .map(|o| output_summary(&s.spec.kind, o))
+                    .unwrap_or_default(),
                 StepState::Running => {
-                    let retrying = s.attempts.iter().rev().nth(0).and_then(|a| a.error.clone()).filter(|_| s.attempts.len() > 1);
-                    progress.map(str::to_string).or(retrying.map(|e| format!("retrying after: {e}"))).unwrap_or_default()
+                    let retrying = s
+                        .attempts
+                        .iter()
+                        .rev()
+                        .nth(0)
+                        .and_then(|a| a.error.clone())
+                        .filter(|_| s.attempts.len() > 1);
+                    progress
+                        .map(str::to_string)
+                        .or(retrying.map(|e| format!("retrying after: {e}")))
+                        .unwrap_or_default()
                 }
                 _ => String::new(),
             };
@@ -191,7 +258,13 @@ pub fn run_view(run: &RunRecord, progress: Option<&str>) -> RunView {
         RunState::Failed => format!("❌ The run failed: {}. Fix the cause and push a new change, or re-run it from a new merge.", run.error.clone().unwrap_or_default()),
         _ => String::new(),
     };
-    RunView { cluster: run.cluster.clone(), workflow: run.workflow.clone(), state: run_state_label(run.state).to_string(), steps, summary }
+    RunView {
+        cluster: run.cluster.clone(),
+        workflow: run.workflow.clone(),
+        state: run_state_label(run.state).to_string(),
+        steps,
+        summary,
+    }
 }
 
 /// Publishes a merge record right after the merge was handled (before any transition).
@@ -205,4 +278,63 @@ pub async fn publish_merge(
     progress: &BTreeMap<String, String>,
 ) -> Result<(), BotError> {
     publish_record(vcs, store, catalog, record, progress).await
+}
+
+/// A one-line, secret-free summary of a succeeded step's output for the Details column.
+pub fn output_summary(kind: &str, out: &serde_json::Value) -> String {
+    let s = |p: &str| {
+        out.pointer(p)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let len = |p: &str| {
+        out.pointer(p)
+            .and_then(|v| v.as_array())
+            .map(|a| a.len())
+            .unwrap_or(0)
+    };
+    match kind {
+        "aws.preflight" => {
+            let vpc = if s("/vpcId").is_empty() {
+                "new VPC".to_string()
+            } else {
+                format!("VPC {}", s("/vpcId"))
+            };
+            format!(
+                "{vpc}; {} subnet(s) tagged, {} already tagged",
+                len("/taggedSubnets"),
+                len("/alreadyTagged")
+            )
+        }
+        "kube.apply" => format!("{} object(s) applied", len("/applied")),
+        "kube.wait-cluster" => format!(
+            "phase {}, control plane {}",
+            s("/phase"),
+            s("/controlPlane")
+        ),
+        "kube.read-kubeconfig" => format!(
+            "workload API server answers (Kubernetes {})",
+            s("/kubernetesVersion")
+        ),
+        "tmc.attach" => format!("TMC phase {}, health {}", s("/phase"), s("/health")),
+        "packages.rollout" => out
+            .pointer("/packages")
+            .and_then(|v| v.as_array())
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        format!(
+                            "{} {}",
+                            p.get("name").and_then(|v| v.as_str()).unwrap_or("?"),
+                            p.get("version").and_then(|v| v.as_str()).unwrap_or("?")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + ": Reconcile succeeded"
+            })
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
 }

@@ -40,7 +40,10 @@ pub enum ServeError {
 ///
 /// Errors: [`ServeError`] for each part that cannot be set up.
 pub async fn build(cfg: &BotConfig) -> Result<Bot, ServeError> {
-    let creds = Credentials { github_token: cfg.github_token()?, tmc_token: cfg.tmc_token() };
+    let creds = Credentials {
+        github_token: cfg.github_token()?,
+        tmc_token: cfg.tmc_token(),
+    };
     build_with(cfg, creds).await
 }
 
@@ -67,21 +70,38 @@ pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, Serv
     crate::install_crypto_provider();
     let token = creds.github_token;
     let vcs: Arc<dyn VcsClient> = Arc::new(
-        OctocrabClient::new(&cfg.github.api_url, &token, &cfg.github.owner, &cfg.github.repo, RetrySettings::default())
-            .map_err(|e| ServeError::Github(e.to_string()))?,
+        OctocrabClient::new(
+            &cfg.github.api_url,
+            &token,
+            &cfg.github.owner,
+            &cfg.github.repo,
+            RetrySettings::default(),
+        )
+        .map_err(|e| ServeError::Github(e.to_string()))?,
     );
-    let info = vcs.repository().await.map_err(|e| ServeError::Github(e.to_string()))?;
-    let clone_url = cfg.github.clone_url.clone().unwrap_or(info.clone_url.clone());
+    let info = vcs
+        .repository()
+        .await
+        .map_err(|e| ServeError::Github(e.to_string()))?;
+    let clone_url = cfg
+        .github
+        .clone_url
+        .clone()
+        .unwrap_or(info.clone_url.clone());
     std::fs::create_dir_all(&cfg.state_dir).map_err(|e| ServeError::Store(e.to_string()))?;
     let git_token = clone_url.starts_with("https://").then(|| token.clone());
     let git = ConfigRepo::open(&cfg.state_dir.join("config.git"), &clone_url, git_token)?;
-    let store: Arc<dyn Store> =
-        Arc::new(SledStore::open(&cfg.state_dir.join("journal")).map_err(|e| ServeError::Store(e.to_string()))?);
-    let catalog = Arc::new(match &cfg.catalog_dir {
-        Some(dir) => Catalog::from_dir(dir),
-        None => Catalog::builtin(),
-    }
-    .map_err(|e| ServeError::Catalog(e.to_string()))?);
+    let store: Arc<dyn Store> = Arc::new(
+        SledStore::open(&cfg.state_dir.join("journal"))
+            .map_err(|e| ServeError::Store(e.to_string()))?,
+    );
+    let catalog = Arc::new(
+        match &cfg.catalog_dir {
+            Some(dir) => Catalog::from_dir(dir),
+            None => Catalog::builtin(),
+        }
+        .map_err(|e| ServeError::Catalog(e.to_string()))?,
+    );
 
     let executors = Executors::new(cfg.kube_poll_interval);
     let g = git.clone();
@@ -90,19 +110,41 @@ pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, Serv
         .await
         .map_err(|e| ServeError::Store(e.to_string()))??;
     let g = git.clone();
-    let repo_config = tokio::task::spawn_blocking(move || g.tree(&tip).map(|t| load_repo_config(&t).0))
-        .await
-        .map_err(|e| ServeError::Store(e.to_string()))??;
+    let repo_config =
+        tokio::task::spawn_blocking(move || g.tree(&tip).map(|t| load_repo_config(&t).0))
+            .await
+            .map_err(|e| ServeError::Store(e.to_string()))??;
     if let Some(rc) = &repo_config {
         executors.update_management_clusters(rc);
     }
-    let publisher = CommentPublisher::start(vcs.clone(), store.clone(), catalog.clone(), cfg.comment_min_interval);
+    let publisher = CommentPublisher::start(
+        vcs.clone(),
+        store.clone(),
+        catalog.clone(),
+        cfg.comment_min_interval,
+    );
     let engine = Engine::new(
         store.clone(),
-        executors.all(cfg.aws_endpoint_url.clone(), creds.tmc_token, cfg.tmc_poll_interval),
+        executors.all(
+            cfg.aws_endpoint_url.clone(),
+            creds.tmc_token,
+            cfg.tmc_poll_interval,
+        ),
         Arc::new(publisher),
     );
-    let resumed = engine.resume_all().await.map_err(|e| ServeError::Store(e.to_string()))?;
+    let resumed = engine
+        .resume_all()
+        .await
+        .map_err(|e| ServeError::Store(e.to_string()))?;
     info!(repo = %info.full_name, default_branch = %info.default_branch, resumed, "tkgops bot ready");
-    Ok(Bot::new(vcs, git, store, engine, catalog, info.default_branch, info.full_name, executors))
+    Ok(Bot::new(
+        vcs,
+        git,
+        store,
+        engine,
+        catalog,
+        info.default_branch,
+        info.full_name,
+        executors,
+    ))
 }

@@ -55,8 +55,18 @@ pub struct Fault {
 impl Fault {
     /// A fault for `method` (or any method when `None`) and requests whose path starts with
     /// `path_prefix`, applying `action` to the next `times` matching requests.
-    pub fn new(method: Option<Method>, path_prefix: &str, action: FaultAction, times: Option<u32>) -> Self {
-        Fault { method, path_prefix: path_prefix.to_string(), action, times }
+    pub fn new(
+        method: Option<Method>,
+        path_prefix: &str,
+        action: FaultAction,
+        times: Option<u32>,
+    ) -> Self {
+        Fault {
+            method,
+            path_prefix: path_prefix.to_string(),
+            action,
+            times,
+        }
     }
 }
 
@@ -87,12 +97,18 @@ impl RequestLog {
 
     /// How many non-faulted requests had this method and exactly this path.
     pub fn count(&self, method: &Method, path: &str) -> usize {
-        self.all().iter().filter(|r| !r.faulted && &r.method == method && r.path == path).count()
+        self.all()
+            .iter()
+            .filter(|r| !r.faulted && &r.method == method && r.path == path)
+            .count()
     }
 
     /// How many non-faulted requests had this method and a path starting with `prefix`.
     pub fn count_prefix(&self, method: &Method, prefix: &str) -> usize {
-        self.all().iter().filter(|r| !r.faulted && &r.method == method && r.path.starts_with(prefix)).count()
+        self.all()
+            .iter()
+            .filter(|r| !r.faulted && &r.method == method && r.path.starts_with(prefix))
+            .count()
     }
 
     fn push(&self, r: RecordedRequest) {
@@ -129,15 +145,23 @@ impl Faults {
     }
 
     /// Wraps `router` so that every request is recorded and checked against the fault table.
-    pub fn layer<S: Clone + Send + Sync + 'static>(&self, router: axum::Router<S>) -> axum::Router<S> {
-        router.layer(axum::middleware::from_fn_with_state(self.clone(), fault_middleware))
+    pub fn layer<S: Clone + Send + Sync + 'static>(
+        &self,
+        router: axum::Router<S>,
+    ) -> axum::Router<S> {
+        router.layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            fault_middleware,
+        ))
     }
 
     /// Takes the first matching fault (decrementing its remaining count) for this request.
     fn take(&self, method: &Method, path: &str) -> Option<FaultAction> {
         let mut rules = self.rules.lock().expect("fault table poisoned");
         let idx = rules.iter().position(|f| {
-            f.method.as_ref().is_none_or(|m| m == method) && path.starts_with(&f.path_prefix) && f.times != Some(0)
+            f.method.as_ref().is_none_or(|m| m == method)
+                && path.starts_with(&f.path_prefix)
+                && f.times != Some(0)
         })?;
         let action = rules[idx].action.clone();
         if let Some(n) = rules[idx].times.as_mut() {
@@ -156,7 +180,12 @@ async fn fault_middleware(State(faults): State<Faults>, req: Request, next: Next
     let query = req.uri().query().unwrap_or("").to_string();
     let action = faults.take(&method, &path);
     let faulted = !matches!(action, None | Some(FaultAction::Delay(_)));
-    faults.log.push(RecordedRequest { method, path, query, faulted });
+    faults.log.push(RecordedRequest {
+        method,
+        path,
+        query,
+        faulted,
+    });
     match action {
         None => next.run(req).await,
         Some(FaultAction::Delay(d)) => {
@@ -165,7 +194,11 @@ async fn fault_middleware(State(faults): State<Faults>, req: Request, next: Next
         }
         Some(FaultAction::Status { code, body }) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let ct = if serde_json::from_str::<serde_json::Value>(&body).is_ok() { "application/json" } else { "text/plain" };
+            let ct = if serde_json::from_str::<serde_json::Value>(&body).is_ok() {
+                "application/json"
+            } else {
+                "text/plain"
+            };
             (status, [(axum::http::header::CONTENT_TYPE, ct)], body).into_response()
         }
         Some(FaultAction::RetryAfter { code, secs }) => {
@@ -176,7 +209,8 @@ async fn fault_middleware(State(faults): State<Faults>, req: Request, next: Next
                 r#"{"message":"rate limit exceeded (injected fault)"}"#,
             )
                 .into_response();
-            resp.headers_mut().insert("retry-after", HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
             resp
         }
         Some(FaultAction::Drop) => {

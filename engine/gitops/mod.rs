@@ -43,7 +43,10 @@ pub struct ConfigRepo {
 
 impl std::fmt::Debug for ConfigRepo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConfigRepo").field("path", &self.path).field("remote_url", &self.remote_url).finish()
+        f.debug_struct("ConfigRepo")
+            .field("path", &self.path)
+            .field("remote_url", &self.remote_url)
+            .finish()
     }
 }
 
@@ -52,12 +55,20 @@ impl ConfigRepo {
     /// used as the HTTPS password (`x-access-token`) for GitHub remotes.
     ///
     /// Errors: [`GitError::Git`] when the directory cannot be initialised.
-    pub fn open(path: &Path, remote_url: &str, token: Option<String>) -> Result<ConfigRepo, GitError> {
+    pub fn open(
+        path: &Path,
+        remote_url: &str,
+        token: Option<String>,
+    ) -> Result<ConfigRepo, GitError> {
         if Repository::open_bare(path).is_err() {
             std::fs::create_dir_all(path).ok();
             Repository::init_bare(path).map_err(git("init"))?;
         }
-        Ok(ConfigRepo { path: path.to_path_buf(), remote_url: remote_url.to_string(), token })
+        Ok(ConfigRepo {
+            path: path.to_path_buf(),
+            remote_url: remote_url.to_string(),
+            token,
+        })
     }
 
     fn repo(&self) -> Result<Repository, GitError> {
@@ -69,7 +80,9 @@ impl ConfigRepo {
     /// Errors: [`GitError::Git`] for network, authentication or missing-ref failures.
     pub fn fetch(&self, refspecs: &[String]) -> Result<(), GitError> {
         let repo = self.repo()?;
-        let mut remote = repo.remote_anonymous(&self.remote_url).map_err(git("remote"))?;
+        let mut remote = repo
+            .remote_anonymous(&self.remote_url)
+            .map_err(git("remote"))?;
         let mut callbacks = RemoteCallbacks::new();
         let token = self.token.clone();
         callbacks.credentials(move |_url, _user, _allowed| match &token {
@@ -80,7 +93,9 @@ impl ConfigRepo {
         fo.remote_callbacks(callbacks);
         fo.download_tags(AutotagOption::None);
         let specs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
-        remote.fetch(&specs, Some(&mut fo), None).map_err(git(format!("fetch {}", refspecs.join(" "))))
+        remote
+            .fetch(&specs, Some(&mut fo), None)
+            .map_err(git(format!("fetch {}", refspecs.join(" "))))
     }
 
     /// Fetches `refs/heads/<branch>` and returns its tip SHA.
@@ -106,8 +121,12 @@ impl ConfigRepo {
     /// Errors: [`GitError::NotFound`] when it does not resolve to a commit.
     pub fn resolve(&self, rev: &str) -> Result<String, GitError> {
         let repo = self.repo()?;
-        let obj = repo.revparse_single(rev).map_err(|_| GitError::NotFound(rev.to_string()))?;
-        let commit = obj.peel_to_commit().map_err(|_| GitError::NotFound(rev.to_string()))?;
+        let obj = repo
+            .revparse_single(rev)
+            .map_err(|_| GitError::NotFound(rev.to_string()))?;
+        let commit = obj
+            .peel_to_commit()
+            .map_err(|_| GitError::NotFound(rev.to_string()))?;
         Ok(commit.id().to_string())
     }
 
@@ -122,7 +141,10 @@ impl ConfigRepo {
     pub fn merge_base(&self, a: &str, b: &str) -> Result<String, GitError> {
         let repo = self.repo()?;
         let (a, b) = (oid(a)?, oid(b)?);
-        Ok(repo.merge_base(a, b).map_err(git("merge-base"))?.to_string())
+        Ok(repo
+            .merge_base(a, b)
+            .map_err(git("merge-base"))?
+            .to_string())
     }
 
     /// The first parent of `sha` (`None` for a root commit).
@@ -130,13 +152,17 @@ impl ConfigRepo {
     /// Errors: [`GitError::NotFound`] when `sha` is unknown.
     pub fn first_parent(&self, sha: &str) -> Result<Option<String>, GitError> {
         let repo = self.repo()?;
-        let commit = repo.find_commit(oid(sha)?).map_err(|_| GitError::NotFound(sha.to_string()))?;
+        let commit = repo
+            .find_commit(oid(sha)?)
+            .map_err(|_| GitError::NotFound(sha.to_string()))?;
         Ok(commit.parent_ids().next().map(|p| p.to_string()))
     }
 
     /// Whether `ancestor` is `descendant` or one of its ancestors.
     pub fn is_ancestor(&self, ancestor: &str, descendant: &str) -> bool {
-        let (Ok(repo), Ok(a), Ok(d)) = (self.repo(), oid(ancestor), oid(descendant)) else { return false };
+        let (Ok(repo), Ok(a), Ok(d)) = (self.repo(), oid(ancestor), oid(descendant)) else {
+            return false;
+        };
         a == d || repo.graph_descendant_of(d, a).unwrap_or(false)
     }
 
@@ -148,13 +174,17 @@ impl ConfigRepo {
     pub fn changed_paths(&self, base: &str, head: &str) -> Result<Vec<String>, GitError> {
         let repo = self.repo()?;
         let tree_of = |sha: &str| -> Result<git2::Tree<'_>, GitError> {
-            let c = repo.find_commit(oid(sha)?).map_err(|_| GitError::NotFound(sha.to_string()))?;
+            let c = repo
+                .find_commit(oid(sha)?)
+                .map_err(|_| GitError::NotFound(sha.to_string()))?;
             c.tree().map_err(git("tree"))
         };
         let (bt, ht) = (tree_of(base)?, tree_of(head)?);
         let mut opts = DiffOptions::new();
         opts.pathspec("tkgops.yaml").pathspec("clusters/");
-        let diff = repo.diff_tree_to_tree(Some(&bt), Some(&ht), Some(&mut opts)).map_err(git("diff"))?;
+        let diff = repo
+            .diff_tree_to_tree(Some(&bt), Some(&ht), Some(&mut opts))
+            .map_err(git("diff"))?;
         let mut out = Vec::new();
         for d in diff.deltas() {
             for f in [d.old_file(), d.new_file()] {
@@ -174,7 +204,10 @@ impl ConfigRepo {
     /// Errors: [`GitError::NotFound`] when `sha` is unknown.
     pub fn tree(&self, sha: &str) -> Result<GitTree, GitError> {
         let repo = self.repo()?;
-        let tree = repo.find_commit(oid(sha)?).map_err(|_| GitError::NotFound(sha.to_string()))?.tree_id();
+        let tree = repo
+            .find_commit(oid(sha)?)
+            .map_err(|_| GitError::NotFound(sha.to_string()))?
+            .tree_id();
         Ok(GitTree { repo, tree })
     }
 }
@@ -205,6 +238,10 @@ impl ConfigRepo {
     /// Errors: [`GitError::Git`] when `path` is not a git repository.
     pub fn open_local(path: &Path) -> Result<ConfigRepo, GitError> {
         Repository::open(path).map_err(git("open"))?;
-        Ok(ConfigRepo { path: path.to_path_buf(), remote_url: String::new(), token: None })
+        Ok(ConfigRepo {
+            path: path.to_path_buf(),
+            remote_url: String::new(),
+            token: None,
+        })
     }
 }

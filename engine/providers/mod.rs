@@ -58,6 +58,10 @@ pub trait ManifestApplier: Send + Sync {
     ///
     /// Errors: [`StepError::Transient`] for connection errors, 5xx and 409 conflicts;
     /// [`StepError::Permanent`] for unparsable YAML, unknown kinds or a missing kubeconfig Secret.
-    async fn apply_to_workload(&self, target: &WorkloadTarget, yaml: &str, field_manager: &str)
-        -> Result<Vec<String>, StepError>;
+    async fn apply_to_workload(
+        &self,
+        target: &WorkloadTarget,
+        yaml: &str,
+        field_manager: &str,
+    ) -> Result<Vec<String>, StepError>;
 }

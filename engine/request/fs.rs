@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::settings::{parse_cluster_settings, parse_repo_config, ClusterSettings, RepoConfig, SCHEMA};
+use super::settings::{
+    parse_cluster_settings, parse_repo_config, ClusterSettings, RepoConfig, SCHEMA,
+};
 use super::tkgconfig::{parse_tkg_config, MAX_CONFIG_BYTES};
 use super::{validate, Finding, Severity};
 
@@ -65,11 +67,17 @@ fn read_capped(p: &Path) -> Result<Vec<u8>, String> {
         return Err("not a regular file".into());
     }
     if meta.len() > MAX_CONFIG_BYTES as u64 {
-        return Err(format!("file is {} bytes, larger than the {} byte (1 MiB) limit", meta.len(), MAX_CONFIG_BYTES));
+        return Err(format!(
+            "file is {} bytes, larger than the {} byte (1 MiB) limit",
+            meta.len(),
+            MAX_CONFIG_BYTES
+        ));
     }
     let f = std::fs::File::open(p).map_err(|e| format!("cannot read: {e}"))?;
     let mut buf = Vec::new();
-    f.take(MAX_CONFIG_BYTES as u64 + 1).read_to_end(&mut buf).map_err(|e| format!("cannot read: {e}"))?;
+    f.take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read: {e}"))?;
     Ok(buf)
 }
 
@@ -81,7 +89,13 @@ struct Run {
 
 impl Run {
     fn io(&mut self, path: &Path, msg: impl Into<String>) {
-        self.report.findings.push(Finding::new(show(path), None, IO_RULE, Severity::Error, msg));
+        self.report.findings.push(Finding::new(
+            show(path),
+            None,
+            IO_RULE,
+            Severity::Error,
+            msg,
+        ));
         self.report.unreadable = true;
     }
 
@@ -89,8 +103,14 @@ impl Run {
         match read_capped(p) {
             Ok(b) => Some(b),
             Err(e) => {
-                let rule = if e.contains("1 MiB") { super::tkgconfig::PARSE } else { IO_RULE };
-                self.report.findings.push(Finding::new(show(p), None, rule, Severity::Error, e));
+                let rule = if e.contains("1 MiB") {
+                    super::tkgconfig::PARSE
+                } else {
+                    IO_RULE
+                };
+                self.report
+                    .findings
+                    .push(Finding::new(show(p), None, rule, Severity::Error, e));
                 self.report.unreadable = true;
                 None
             }
@@ -108,23 +128,36 @@ impl Run {
             return r.clone();
         }
         let p = root.join(TKGOPS_FILE);
-        let parsed = self.read(&p).and_then(|b| match parse_repo_config(&show(&p), &b) {
-            Ok(r) => Some(r),
-            Err(fs) => {
-                self.bad(fs);
-                None
-            }
-        });
+        let parsed = self
+            .read(&p)
+            .and_then(|b| match parse_repo_config(&show(&p), &b) {
+                Ok(r) => Some(r),
+                Err(fs) => {
+                    self.bad(fs);
+                    None
+                }
+            });
         self.repos.insert(root.to_path_buf(), parsed.clone());
         parsed
     }
 
     /// The repository root above `dir` (a directory with `tkgops.yaml` and `clusters/`).
     fn find_repo(&mut self, dir: &Path) -> Option<RepoConfig> {
-        let root = dir.ancestors().find(|a| is_repo_root(a)).map(Path::to_path_buf).or_else(|| {
-            let abs = std::fs::canonicalize(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }).ok()?;
-            abs.ancestors().find(|a| is_repo_root(a)).map(Path::to_path_buf)
-        })?;
+        let root = dir
+            .ancestors()
+            .find(|a| is_repo_root(a))
+            .map(Path::to_path_buf)
+            .or_else(|| {
+                let abs = std::fs::canonicalize(if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                })
+                .ok()?;
+                abs.ancestors()
+                    .find(|a| is_repo_root(a))
+                    .map(Path::to_path_buf)
+            })?;
         self.repo(&root)
     }
 
@@ -140,7 +173,12 @@ impl Run {
     }
 
     /// Validates one TKG config file with an optional settings file and repo config.
-    fn config_file(&mut self, p: &Path, settings: Option<ClusterSettings>, repo: Option<&RepoConfig>) {
+    fn config_file(
+        &mut self,
+        p: &Path,
+        settings: Option<ClusterSettings>,
+        repo: Option<&RepoConfig>,
+    ) {
         let Some(bytes) = self.read(p) else { return };
         match parse_tkg_config(&show(p), &bytes) {
             Ok(cfg) => {
@@ -155,7 +193,10 @@ impl Run {
     fn cluster_dir(&mut self, dir: &Path, repo: Option<&RepoConfig>, in_repo: bool) {
         let cfg = dir.join(CLUSTER_CONFIG_FILE);
         if !is_file(&cfg) {
-            self.io(dir, format!("directory has no {CLUSTER_CONFIG_FILE} (TKG cluster configuration file)"));
+            self.io(
+                dir,
+                format!("directory has no {CLUSTER_CONFIG_FILE} (TKG cluster configuration file)"),
+            );
             return;
         }
         let sp = dir.join(TKGOPS_FILE);
@@ -183,7 +224,11 @@ impl Run {
         let repo = self.repo(root);
         let clusters = root.join(CLUSTERS_DIR);
         let mut dirs: Vec<PathBuf> = match std::fs::read_dir(&clusters) {
-            Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| is_dir(p)).collect(),
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| is_dir(p))
+                .collect(),
             Err(e) => return self.io(&clusters, format!("cannot read directory: {e}")),
         };
         dirs.sort();
@@ -208,7 +253,11 @@ impl Run {
             return;
         }
         if !is_file(p) {
-            let msg = if std::fs::metadata(p).is_ok() { "not a regular file" } else { "no such file or directory" };
+            let msg = if std::fs::metadata(p).is_ok() {
+                "not a regular file"
+            } else {
+                "no such file or directory"
+            };
             return self.io(p, msg);
         }
         let dir = p.parent().unwrap_or(Path::new(""));
@@ -224,7 +273,11 @@ impl Run {
             return;
         }
         let sp = dir.join(TKGOPS_FILE);
-        let settings = if is_file(&sp) && !is_repo_root(dir) { self.settings(&sp) } else { None };
+        let settings = if is_file(&sp) && !is_repo_root(dir) {
+            self.settings(&sp)
+        } else {
+            None
+        };
         let repo = self.find_repo(dir);
         self.config_file(p, settings, repo.as_ref());
     }

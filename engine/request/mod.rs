@@ -26,7 +26,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use fs::{validate_paths, ValidateReport};
-pub use packages::{standard_package, StandardPackage, TKG16_STANDARD_PACKAGES, PACKAGE_INSTALL_ORDER};
+pub use packages::{
+    standard_package, StandardPackage, PACKAGE_INSTALL_ORDER, TKG16_STANDARD_PACKAGES,
+};
 pub use rules::{check_upgrade, validate, RULES};
 pub use settings::{
     parse_cluster_settings, parse_repo_config, ApprovalPolicy, ClusterSettings, ClusterTmc,
@@ -91,7 +93,13 @@ impl Finding {
         severity: Severity,
         message: impl Into<String>,
     ) -> Self {
-        Finding { path: path.into(), line, rule: rule.into(), severity, message: message.into() }
+        Finding {
+            path: path.into(),
+            line,
+            rule: rule.into(),
+            severity,
+            message: message.into(),
+        }
     }
 }
 
@@ -100,8 +108,16 @@ impl fmt::Display for Finding {
     /// without a line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {
-            Some(l) => write!(f, "{}:{}: {} {}: {}", self.path, l, self.rule, self.severity, self.message),
-            None => write!(f, "{}: {} {}: {}", self.path, self.rule, self.severity, self.message),
+            Some(l) => write!(
+                f,
+                "{}:{}: {} {}: {}",
+                self.path, l, self.rule, self.severity, self.message
+            ),
+            None => write!(
+                f,
+                "{}: {} {}: {}",
+                self.path, self.rule, self.severity, self.message
+            ),
         }
     }
 }

@@ -7,35 +7,119 @@ use ipnet::IpNet;
 use regex::Regex;
 
 use super::settings::{ClusterSettings, RepoConfig, RuleLevel, SCHEMA};
-use super::spec::{normalized_plan, resolve_packages, worker_counts, get_u32};
+use super::spec::{get_u32, normalized_plan, resolve_packages, worker_counts};
 use super::tkgconfig::{is_known_variable, TkgConfig, PARSE};
 use super::{Finding, Severity};
 
 /// Every rule tkgops reports: ID, default severity, summary with its source.
 pub const RULES: &[(&str, Severity, &str)] = &[
-    ("TKGOPS-PARSE", Severity::Error, "file unreadable: size, encoding or YAML syntax"),
-    ("TKGOPS-IO", Severity::Error, "path missing, not a regular file, or a directory without a config"),
-    ("TKGOPS-SCHEMA", Severity::Error, "tkgops.yaml shape: unknown/missing keys, unknown management cluster, packages"),
-    ("TKGOPS-NAME", Severity::Error, "directory name under clusters/ equals CLUSTER_NAME"),
-    ("TKGOPS-PROVIDER", Severity::Error, "INFRASTRUCTURE_PROVIDER is aws"),
-    ("TKGOPS-PLAN", Severity::Error, "CLUSTER_PLAN is dev, prod, devcc or prodcc"),
-    ("TKGOPS-UNKNOWN-VAR", Severity::Warning, "variable not a known TKG variable"),
-    ("TKO-CLS-005", Severity::Error, "R1: prod uses 3 distinct AZs, dev 1 (TVS-RA Availability)"),
-    ("TKO-CLS-004", Severity::Error, "R2: CLUSTER_PLAN prod for HA"),
-    ("TKO-CLS-002", Severity::Error, "R3: AWS_LOAD_BALANCER_SCHEME_INTERNAL true"),
-    ("TKO-CLS-003", Severity::Error, "R4: instance types large and above"),
-    ("TKGOPS-TKR", Severity::Error, "R5: TKR well-formed, Kubernetes v1.21-v1.23 (TKG 1.6)"),
+    (
+        "TKGOPS-PARSE",
+        Severity::Error,
+        "file unreadable: size, encoding or YAML syntax",
+    ),
+    (
+        "TKGOPS-IO",
+        Severity::Error,
+        "path missing, not a regular file, or a directory without a config",
+    ),
+    (
+        "TKGOPS-SCHEMA",
+        Severity::Error,
+        "tkgops.yaml shape: unknown/missing keys, unknown management cluster, packages",
+    ),
+    (
+        "TKGOPS-NAME",
+        Severity::Error,
+        "directory name under clusters/ equals CLUSTER_NAME",
+    ),
+    (
+        "TKGOPS-PROVIDER",
+        Severity::Error,
+        "INFRASTRUCTURE_PROVIDER is aws",
+    ),
+    (
+        "TKGOPS-PLAN",
+        Severity::Error,
+        "CLUSTER_PLAN is dev, prod, devcc or prodcc",
+    ),
+    (
+        "TKGOPS-UNKNOWN-VAR",
+        Severity::Warning,
+        "variable not a known TKG variable",
+    ),
+    (
+        "TKO-CLS-005",
+        Severity::Error,
+        "R1: prod uses 3 distinct AZs, dev 1 (TVS-RA Availability)",
+    ),
+    (
+        "TKO-CLS-004",
+        Severity::Error,
+        "R2: CLUSTER_PLAN prod for HA",
+    ),
+    (
+        "TKO-CLS-002",
+        Severity::Error,
+        "R3: AWS_LOAD_BALANCER_SCHEME_INTERNAL true",
+    ),
+    (
+        "TKO-CLS-003",
+        Severity::Error,
+        "R4: instance types large and above",
+    ),
+    (
+        "TKGOPS-TKR",
+        Severity::Error,
+        "R5: TKR well-formed, Kubernetes v1.21-v1.23 (TKG 1.6)",
+    ),
     ("TKGOPS-DOWNGRADE", Severity::Error, "R5: no TKR downgrade"),
-    ("TKGOPS-DOCKER-BRIDGE", Severity::Error, "R6: CIDRs do not overlap 172.17.0.0/16"),
+    (
+        "TKGOPS-DOCKER-BRIDGE",
+        Severity::Error,
+        "R6: CIDRs do not overlap 172.17.0.0/16",
+    ),
     ("TKGOPS-CIDR", Severity::Error, "CIDR variables parse"),
-    ("TKO-CLS-007", Severity::Error, "R8: MachineHealthChecks enabled"),
-    ("TKO-CLS-006", Severity::Error, "R9: identity management oidc or ldap, fully configured"),
-    ("TKG-CLS-001", Severity::Error, "R10: air-gapped registry verified with its CA"),
-    ("TKGOPS-AIRGAP-IDM", Severity::Error, "R12: air-gapped clusters use ldap"),
-    ("TKO-AWS-002", Severity::Warning, "R14: harbor on the shared-services cluster"),
-    ("TKGOPS-REQUIRED", Severity::Error, "R15: TF validate.star / validate.go required variables"),
-    ("TKGOPS-TF-VALIDATE", Severity::Error, "R16: TF validate.go checks"),
-    ("TKGOPS-PKG-ORDER", Severity::Error, "R17: package dependencies present"),
+    (
+        "TKO-CLS-007",
+        Severity::Error,
+        "R8: MachineHealthChecks enabled",
+    ),
+    (
+        "TKO-CLS-006",
+        Severity::Error,
+        "R9: identity management oidc or ldap, fully configured",
+    ),
+    (
+        "TKG-CLS-001",
+        Severity::Error,
+        "R10: air-gapped registry verified with its CA",
+    ),
+    (
+        "TKGOPS-AIRGAP-IDM",
+        Severity::Error,
+        "R12: air-gapped clusters use ldap",
+    ),
+    (
+        "TKO-AWS-002",
+        Severity::Warning,
+        "R14: harbor on the shared-services cluster",
+    ),
+    (
+        "TKGOPS-REQUIRED",
+        Severity::Error,
+        "R15: TF validate.star / validate.go required variables",
+    ),
+    (
+        "TKGOPS-TF-VALIDATE",
+        Severity::Error,
+        "R16: TF validate.go checks",
+    ),
+    (
+        "TKGOPS-PKG-ORDER",
+        Severity::Error,
+        "R17: package dependencies present",
+    ),
 ];
 
 /// Default severity of rule `id`; `None` for an unknown rule ID.
@@ -59,7 +143,8 @@ impl Ctx<'_> {
     }
     fn at(&mut self, line: Option<u32>, rule: &str, msg: impl Into<String>) {
         let sev = rule_default(rule).unwrap_or(Severity::Error);
-        self.out.push(Finding::new(&self.c.path, line, rule, sev, msg));
+        self.out
+            .push(Finding::new(&self.c.path, line, rule, sev, msg));
     }
     fn get(&self, k: &str) -> Option<&str> {
         self.c.get(k)
@@ -70,7 +155,11 @@ impl Ctx<'_> {
         if b.is_none() {
             if let Some(v) = self.c.get(k) {
                 let v = v.to_string();
-                self.var(k, rule, format!("{k}: {v:?} is not a boolean (true or false)"));
+                self.var(
+                    k,
+                    rule,
+                    format!("{k}: {v:?} is not a boolean (true or false)"),
+                );
             }
         }
         b
@@ -84,7 +173,11 @@ fn re(cell: &'static OnceLock<Option<Regex>>, pat: &str) -> Option<&'static Rege
 /// A parsed TKR version `vMAJ.MIN.PATCH+vmware.N-tkg.M` as comparable numbers.
 fn parse_tkr(tkr: &str) -> Option<[u64; 5]> {
     static R: OnceLock<Option<Regex>> = OnceLock::new();
-    let caps = re(&R, r"^v(\d{1,9})\.(\d{1,9})\.(\d{1,9})\+vmware\.(\d{1,9})-tkg\.(\d{1,9})$")?.captures(tkr.trim())?;
+    let caps = re(
+        &R,
+        r"^v(\d{1,9})\.(\d{1,9})\.(\d{1,9})\+vmware\.(\d{1,9})-tkg\.(\d{1,9})$",
+    )?
+    .captures(tkr.trim())?;
     let mut out = [0u64; 5];
     for (i, o) in out.iter_mut().enumerate() {
         *o = caps.get(i + 1)?.as_str().parse().ok()?;
@@ -96,11 +189,20 @@ fn parse_tkr(tkr: &str) -> Option<[u64; 5]> {
 /// `TKGOPS-DOWNGRADE` (error) when `new_tkr` is older than `old_tkr`, `TKGOPS-TKR` when either
 /// is not of the form `vMAJ.MIN.PATCH+vmware.N-tkg.M`, else `None`. `path`/`line` locate the
 /// finding (the settings file and its `tkr:` line).
-pub fn check_upgrade(path: &str, line: Option<u32>, old_tkr: &str, new_tkr: &str) -> Option<Finding> {
+pub fn check_upgrade(
+    path: &str,
+    line: Option<u32>,
+    old_tkr: &str,
+    new_tkr: &str,
+) -> Option<Finding> {
     let (old, new) = match (parse_tkr(old_tkr), parse_tkr(new_tkr)) {
         (Some(o), Some(n)) => (o, n),
         _ => {
-            let bad = if parse_tkr(old_tkr).is_none() { old_tkr } else { new_tkr };
+            let bad = if parse_tkr(old_tkr).is_none() {
+                old_tkr
+            } else {
+                new_tkr
+            };
             return Some(Finding::new(
                 path,
                 line,
@@ -116,7 +218,9 @@ pub fn check_upgrade(path: &str, line: Option<u32>, old_tkr: &str, new_tkr: &str
             line,
             "TKGOPS-DOWNGRADE",
             Severity::Error,
-            format!("tkr {new_tkr} is older than the current {old_tkr}; downgrades are not supported"),
+            format!(
+                "tkr {new_tkr} is older than the current {old_tkr}; downgrades are not supported"
+            ),
         )
     })
 }
@@ -131,12 +235,18 @@ fn overlaps(a: &IpNet, b: &IpNet) -> bool {
 
 /// Parses a (possibly comma-separated dual-stack) CIDR variable; reports `TKGOPS-CIDR`.
 fn cidrs(ctx: &mut Ctx<'_>, k: &str) -> Vec<IpNet> {
-    let Some(v) = ctx.get(k).map(str::to_string) else { return Vec::new() };
+    let Some(v) = ctx.get(k).map(str::to_string) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for part in v.split(',') {
         match part.trim().parse::<IpNet>() {
             Ok(n) => out.push(n),
-            Err(_) => ctx.var(k, "TKGOPS-CIDR", format!("{k}: {:?} is not a CIDR (e.g. 10.0.0.0/16)", part.trim())),
+            Err(_) => ctx.var(
+                k,
+                "TKGOPS-CIDR",
+                format!("{k}: {:?} is not a CIDR (e.g. 10.0.0.0/16)", part.trim()),
+            ),
         }
     }
     out
@@ -145,7 +255,10 @@ fn cidrs(ctx: &mut Ctx<'_>, k: &str) -> Vec<IpNet> {
 fn config_rules(ctx: &mut Ctx<'_>) {
     let c = ctx.c;
     // TKGOPS-PROVIDER
-    let aws = match ctx.get("INFRASTRUCTURE_PROVIDER").map(str::to_ascii_lowercase) {
+    let aws = match ctx
+        .get("INFRASTRUCTURE_PROVIDER")
+        .map(str::to_ascii_lowercase)
+    {
         Some(p) if p == "aws" => true,
         Some(p) => {
             ctx.var(
@@ -171,7 +284,11 @@ fn config_rules(ctx: &mut Ctx<'_>) {
     match plan {
         None => {
             let v = ctx.get("CLUSTER_PLAN").unwrap_or("").to_string();
-            ctx.var("CLUSTER_PLAN", "TKGOPS-PLAN", format!("CLUSTER_PLAN: {v:?} is not one of dev, prod, devcc, prodcc"));
+            ctx.var(
+                "CLUSTER_PLAN",
+                "TKGOPS-PLAN",
+                format!("CLUSTER_PLAN: {v:?} is not one of dev, prod, devcc, prodcc"),
+            );
         }
         Some("dev") => {
             let msg = match ctx.get("CLUSTER_PLAN") {
@@ -186,7 +303,11 @@ fn config_rules(ctx: &mut Ctx<'_>) {
     // R16 TKGOPS-TF-VALIDATE: CLUSTER_NAME
     static NAME: OnceLock<Option<Regex>> = OnceLock::new();
     match ctx.get("CLUSTER_NAME").map(str::to_string) {
-        None => ctx.var("CLUSTER_NAME", "TKGOPS-TF-VALIDATE", "CLUSTER_NAME is required for workload clusters"),
+        None => ctx.var(
+            "CLUSTER_NAME",
+            "TKGOPS-TF-VALIDATE",
+            "CLUSTER_NAME is required for workload clusters",
+        ),
         Some(n) => {
             if !re(&NAME, r"^[a-z0-9][a-z0-9.-]{0,61}[a-z0-9]$").is_some_and(|r| r.is_match(&n)) {
                 ctx.var(
@@ -219,12 +340,24 @@ fn config_rules(ctx: &mut Ctx<'_>) {
     }
     if plan.is_some() {
         match worker_counts(c, prod) {
-            Err(k) => ctx.var(k, "TKGOPS-TF-VALIDATE", format!("{k} must be a non-negative integer")),
+            Err(k) => ctx.var(
+                k,
+                "TKGOPS-TF-VALIDATE",
+                format!("{k} must be a non-negative integer"),
+            ),
             Ok(counts) => {
                 let total: u64 = counts.iter().map(|n| u64::from(*n)).sum();
                 if prod && total < 3 {
-                    let k = if c.line("WORKER_MACHINE_COUNT").is_some() { "WORKER_MACHINE_COUNT" } else { "CLUSTER_PLAN" };
-                    ctx.var(k, "TKGOPS-TF-VALIDATE", format!("prod plan requires at least 3 workers (got {total})"));
+                    let k = if c.line("WORKER_MACHINE_COUNT").is_some() {
+                        "WORKER_MACHINE_COUNT"
+                    } else {
+                        "CLUSTER_PLAN"
+                    };
+                    ctx.var(
+                        k,
+                        "TKGOPS-TF-VALIDATE",
+                        format!("prod plan requires at least 3 workers (got {total})"),
+                    );
                 }
             }
         }
@@ -243,7 +376,11 @@ fn config_rules(ctx: &mut Ctx<'_>) {
                 );
             }
             if k == "SERVICE_CIDR" && n.max_prefix_len() - n.prefix_len() > 20 {
-                let want = if n.max_prefix_len() == 32 { "/12" } else { "/108" };
+                let want = if n.max_prefix_len() == 32 {
+                    "/12"
+                } else {
+                    "/108"
+                };
                 ctx.var(
                     k,
                     "TKGOPS-TF-VALIDATE",
@@ -253,54 +390,86 @@ fn config_rules(ctx: &mut Ctx<'_>) {
         }
     }
     for k in [
-        "AWS_PRIVATE_NODE_CIDR", "AWS_PRIVATE_NODE_CIDR_1", "AWS_PRIVATE_NODE_CIDR_2", "AWS_PUBLIC_NODE_CIDR",
-        "AWS_PUBLIC_NODE_CIDR_1", "AWS_PUBLIC_NODE_CIDR_2",
+        "AWS_PRIVATE_NODE_CIDR",
+        "AWS_PRIVATE_NODE_CIDR_1",
+        "AWS_PRIVATE_NODE_CIDR_2",
+        "AWS_PUBLIC_NODE_CIDR",
+        "AWS_PUBLIC_NODE_CIDR_1",
+        "AWS_PUBLIC_NODE_CIDR_2",
     ] {
         cidrs(ctx, k);
     }
 
     // R8 TKO-CLS-007
-    for k in ["ENABLE_MHC", "ENABLE_MHC_WORKER_NODE", "ENABLE_MHC_CONTROL_PLANE"] {
+    for k in [
+        "ENABLE_MHC",
+        "ENABLE_MHC_WORKER_NODE",
+        "ENABLE_MHC_CONTROL_PLANE",
+    ] {
         if ctx.bool_var(k, "TKO-CLS-007") == Some(false) {
-            ctx.var(k, "TKO-CLS-007", format!("{k} is false; the reference design requires MachineHealthChecks"));
+            ctx.var(
+                k,
+                "TKO-CLS-007",
+                format!("{k} is false; the reference design requires MachineHealthChecks"),
+            );
         }
     }
 
     // R9 TKO-CLS-006
-    let idm = ctx.get("IDENTITY_MANAGEMENT_TYPE").map(str::to_ascii_lowercase);
+    let idm = ctx
+        .get("IDENTITY_MANAGEMENT_TYPE")
+        .map(str::to_ascii_lowercase);
     let required: &[&str] = match idm.as_deref() {
         None => {
             ctx.var("IDENTITY_MANAGEMENT_TYPE", "TKO-CLS-006", "IDENTITY_MANAGEMENT_TYPE is not set (TKG default none); the reference design requires oidc or ldap");
             &[]
         }
         Some("none") => {
-            ctx.var("IDENTITY_MANAGEMENT_TYPE", "TKO-CLS-006", "IDENTITY_MANAGEMENT_TYPE is none; the reference design requires oidc or ldap");
+            ctx.var(
+                "IDENTITY_MANAGEMENT_TYPE",
+                "TKO-CLS-006",
+                "IDENTITY_MANAGEMENT_TYPE is none; the reference design requires oidc or ldap",
+            );
             &[]
         }
         Some("oidc") => &[
-            "OIDC_IDENTITY_PROVIDER_ISSUER_URL", "OIDC_IDENTITY_PROVIDER_CLIENT_ID",
-            "OIDC_IDENTITY_PROVIDER_CLIENT_SECRET", "OIDC_IDENTITY_PROVIDER_NAME",
+            "OIDC_IDENTITY_PROVIDER_ISSUER_URL",
+            "OIDC_IDENTITY_PROVIDER_CLIENT_ID",
+            "OIDC_IDENTITY_PROVIDER_CLIENT_SECRET",
+            "OIDC_IDENTITY_PROVIDER_NAME",
         ],
         Some("ldap") => &["LDAP_HOST", "LDAP_USER_SEARCH_BASE_DN"],
         Some(other) => {
             let o = other.to_string();
-            ctx.var("IDENTITY_MANAGEMENT_TYPE", "TKO-CLS-006", format!("IDENTITY_MANAGEMENT_TYPE {o:?} is not one of none, oidc, ldap"));
+            ctx.var(
+                "IDENTITY_MANAGEMENT_TYPE",
+                "TKO-CLS-006",
+                format!("IDENTITY_MANAGEMENT_TYPE {o:?} is not one of none, oidc, ldap"),
+            );
             &[]
         }
     };
-    let missing: Vec<&str> = required.iter().copied().filter(|k| ctx.get(k).is_none()).collect();
+    let missing: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|k| ctx.get(k).is_none())
+        .collect();
     if !missing.is_empty() {
         let t = idm.clone().unwrap_or_default();
         ctx.var(
             "IDENTITY_MANAGEMENT_TYPE",
             "TKO-CLS-006",
-            format!("IDENTITY_MANAGEMENT_TYPE {t} requires non-empty {}", missing.join(", ")),
+            format!(
+                "IDENTITY_MANAGEMENT_TYPE {t} requires non-empty {}",
+                missing.join(", ")
+            ),
         );
     }
 
     // R10 TKG-CLS-001, R12 TKGOPS-AIRGAP-IDM
     if ctx.get("TKG_CUSTOM_IMAGE_REPOSITORY").is_some() {
-        if ctx.bool_var("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", "TKG-CLS-001") == Some(true) {
+        if ctx.bool_var("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", "TKG-CLS-001") == Some(true)
+        {
             ctx.var(
                 "TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY",
                 "TKG-CLS-001",
@@ -340,9 +509,18 @@ fn config_rules(ctx: &mut Ctx<'_>) {
     }
 
     // TKGOPS-UNKNOWN-VAR
-    let unknown: Vec<String> = c.vars.keys().filter(|k| !is_known_variable(k)).cloned().collect();
+    let unknown: Vec<String> = c
+        .vars
+        .keys()
+        .filter(|k| !is_known_variable(k))
+        .cloned()
+        .collect();
     for k in unknown {
-        ctx.var(&k, "TKGOPS-UNKNOWN-VAR", format!("{k} is not a known TKG 1.6 configuration variable (typo?)"));
+        ctx.var(
+            &k,
+            "TKGOPS-UNKNOWN-VAR",
+            format!("{k} is not a known TKG 1.6 configuration variable (typo?)"),
+        );
     }
 
     if aws {
@@ -355,35 +533,59 @@ fn aws_rules(ctx: &mut Ctx<'_>, prod: bool, plan_known: bool) {
     // R15 TKGOPS-REQUIRED
     for k in ["AWS_REGION", "AWS_SSH_KEY_NAME"] {
         if ctx.get(k).is_none() {
-            ctx.var(k, "TKGOPS-REQUIRED", format!("{k} is required (TF validate.star required_variable_list_aws)"));
+            ctx.var(
+                k,
+                "TKGOPS-REQUIRED",
+                format!("{k} is required (TF validate.star required_variable_list_aws)"),
+            );
         }
     }
     let region = ctx.get("AWS_REGION").map(str::to_string);
     for k in ["AWS_NODE_AZ", "AWS_NODE_AZ_1", "AWS_NODE_AZ_2"] {
         if let (Some(az), Some(r)) = (ctx.get(k).map(str::to_string), region.as_deref()) {
             if !az.starts_with(r) {
-                ctx.var(k, "TKGOPS-REQUIRED", format!("{k} {az} is not in AWS_REGION {r}"));
+                ctx.var(
+                    k,
+                    "TKGOPS-REQUIRED",
+                    format!("{k} {az} is not in AWS_REGION {r}"),
+                );
             }
         }
     }
     if ctx.get("AWS_VPC_ID").is_some() {
         let needed: &[&str] = if prod {
-            &["AWS_PRIVATE_SUBNET_ID", "AWS_PRIVATE_SUBNET_ID_1", "AWS_PRIVATE_SUBNET_ID_2"]
+            &[
+                "AWS_PRIVATE_SUBNET_ID",
+                "AWS_PRIVATE_SUBNET_ID_1",
+                "AWS_PRIVATE_SUBNET_ID_2",
+            ]
         } else {
             &["AWS_PRIVATE_SUBNET_ID"]
         };
         for k in needed {
             if ctx.get(k).is_none() {
-                let at = if c.line(k).is_some() { *k } else { "AWS_VPC_ID" };
+                let at = if c.line(k).is_some() {
+                    *k
+                } else {
+                    "AWS_VPC_ID"
+                };
                 let plan = if prod { "prod" } else { "dev" };
-                ctx.var(at, "TKGOPS-REQUIRED", format!("{k} is required with an existing VPC (AWS_VPC_ID) on the {plan} plan"));
+                ctx.var(
+                    at,
+                    "TKGOPS-REQUIRED",
+                    format!("{k} is required with an existing VPC (AWS_VPC_ID) on the {plan} plan"),
+                );
             }
         }
     }
     if ctx.get("AWS_PUBLIC_SUBNET_ID").is_none() {
         for k in ["AWS_PUBLIC_SUBNET_ID_1", "AWS_PUBLIC_SUBNET_ID_2"] {
             if ctx.get(k).is_some() {
-                ctx.var(k, "TKGOPS-REQUIRED", format!("{k} cannot be used without AWS_PUBLIC_SUBNET_ID"));
+                ctx.var(
+                    k,
+                    "TKGOPS-REQUIRED",
+                    format!("{k} cannot be used without AWS_PUBLIC_SUBNET_ID"),
+                );
             }
         }
     }
@@ -392,26 +594,51 @@ fn aws_rules(ctx: &mut Ctx<'_>, prod: bool, plan_known: bool) {
     if plan_known {
         if prod {
             let keys = ["AWS_NODE_AZ", "AWS_NODE_AZ_1", "AWS_NODE_AZ_2"];
-            let missing: Vec<&str> = keys.iter().copied().filter(|k| ctx.get(k).is_none()).collect();
+            let missing: Vec<&str> = keys
+                .iter()
+                .copied()
+                .filter(|k| ctx.get(k).is_none())
+                .collect();
             if !missing.is_empty() {
-                let at = missing.iter().copied().find(|k| c.line(k).is_some()).unwrap_or("CLUSTER_PLAN");
+                let at = missing
+                    .iter()
+                    .copied()
+                    .find(|k| c.line(k).is_some())
+                    .unwrap_or("CLUSTER_PLAN");
                 ctx.var(
                     at,
                     "TKO-CLS-005",
-                    format!("prod clusters need 3 availability zones: set {}", missing.join(", ")),
+                    format!(
+                        "prod clusters need 3 availability zones: set {}",
+                        missing.join(", ")
+                    ),
                 );
             } else {
-                let azs: Vec<String> = keys.iter().filter_map(|k| ctx.get(k).map(str::to_string)).collect();
+                let azs: Vec<String> = keys
+                    .iter()
+                    .filter_map(|k| ctx.get(k).map(str::to_string))
+                    .collect();
                 for (i, k) in keys.iter().enumerate().skip(1) {
                     if azs[..i].contains(&azs[i]) {
-                        ctx.var(k, "TKO-CLS-005", format!("{k} {} repeats an earlier AZ; the 3 AZs must be distinct", azs[i]));
+                        ctx.var(
+                            k,
+                            "TKO-CLS-005",
+                            format!(
+                                "{k} {} repeats an earlier AZ; the 3 AZs must be distinct",
+                                azs[i]
+                            ),
+                        );
                     }
                 }
             }
         } else {
             for k in ["AWS_NODE_AZ_1", "AWS_NODE_AZ_2"] {
                 if ctx.get(k).is_some() {
-                    ctx.var(k, "TKO-CLS-005", format!("{k} is set but the dev plan uses 1 AZ (AWS_NODE_AZ only)"));
+                    ctx.var(
+                        k,
+                        "TKO-CLS-005",
+                        format!("{k} is set but the dev plan uses 1 AZ (AWS_NODE_AZ only)"),
+                    );
                 }
             }
         }
@@ -421,33 +648,54 @@ fn aws_rules(ctx: &mut Ctx<'_>, prod: bool, plan_known: bool) {
     let lb = "AWS_LOAD_BALANCER_SCHEME_INTERNAL";
     match ctx.bool_var(lb, "TKO-CLS-002") {
         Some(true) => {}
-        Some(false) => ctx.var(lb, "TKO-CLS-002", format!("{lb} is false; the reference design requires an internal load balancer")),
-        None if ctx.get(lb).is_none() => {
-            ctx.var(lb, "TKO-CLS-002", format!("{lb} is not set (TKG default false); the reference design requires true"))
-        }
+        Some(false) => ctx.var(
+            lb,
+            "TKO-CLS-002",
+            format!("{lb} is false; the reference design requires an internal load balancer"),
+        ),
+        None if ctx.get(lb).is_none() => ctx.var(
+            lb,
+            "TKO-CLS-002",
+            format!("{lb} is not set (TKG default false); the reference design requires true"),
+        ),
         None => {}
     }
 
     // R4 TKO-CLS-003
-    for k in ["CONTROL_PLANE_MACHINE_TYPE", "NODE_MACHINE_TYPE", "NODE_MACHINE_TYPE_1", "NODE_MACHINE_TYPE_2"] {
+    for k in [
+        "CONTROL_PLANE_MACHINE_TYPE",
+        "NODE_MACHINE_TYPE",
+        "NODE_MACHINE_TYPE_1",
+        "NODE_MACHINE_TYPE_2",
+    ] {
         if let Some(t) = ctx.get(k).map(str::to_string) {
             let size = t.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
             if !t.contains('.') {
-                ctx.var(k, "TKO-CLS-003", format!("{k} {t:?} is not an EC2 instance type (family.size)"));
+                ctx.var(
+                    k,
+                    "TKO-CLS-003",
+                    format!("{k} {t:?} is not an EC2 instance type (family.size)"),
+                );
             } else if ["nano", "micro", "small", "medium"].contains(&size.as_str()) {
-                ctx.var(k, "TKO-CLS-003", format!("{k} {t} is too small; the reference design requires large and above"));
+                ctx.var(
+                    k,
+                    "TKO-CLS-003",
+                    format!("{k} {t} is too small; the reference design requires large and above"),
+                );
             }
         }
     }
 }
 
-fn settings_rules(
-    s: &ClusterSettings,
-    repo: Option<&RepoConfig>,
-    out: &mut Vec<Finding>,
-) {
+fn settings_rules(s: &ClusterSettings, repo: Option<&RepoConfig>, out: &mut Vec<Finding>) {
     let mk = |line: Option<u32>, rule: &str, msg: String| {
-        Finding::new(&s.path, line, rule, rule_default(rule).unwrap_or(Severity::Error), msg)
+        Finding::new(
+            &s.path,
+            line,
+            rule,
+            rule_default(rule).unwrap_or(Severity::Error),
+            msg,
+        )
     };
     // R5 TKGOPS-TKR
     match parse_tkr(&s.tkr) {
@@ -471,11 +719,18 @@ fn settings_rules(
             out.push(mk(
                 s.line("managementCluster"),
                 SCHEMA,
-                format!("managementCluster {} is not listed in the repository's managementClusters", s.management_cluster),
+                format!(
+                    "managementCluster {} is not listed in the repository's managementClusters",
+                    s.management_cluster
+                ),
             ));
         }
         if s.tmc.is_some() && r.tmc.is_none() {
-            out.push(mk(s.line("tmc"), SCHEMA, "tmc is set but the repository's tkgops.yaml configures no tmc endpoint".into()));
+            out.push(mk(
+                s.line("tmc"),
+                SCHEMA,
+                "tmc is set but the repository's tkgops.yaml configures no tmc endpoint".into(),
+            ));
         }
     }
     // Packages
@@ -495,7 +750,11 @@ fn settings_rules(
         }
     }
     if has("contour") && !has("cert-manager") {
-        out.push(mk(s.line("packages"), "TKGOPS-PKG-ORDER", "package contour requires cert-manager (install cert-manager first)".into()));
+        out.push(mk(
+            s.line("packages"),
+            "TKGOPS-PKG-ORDER",
+            "package contour requires cert-manager (install cert-manager first)".into(),
+        ));
     }
     if has("harbor") && !s.labels.contains_key(SHARED_SERVICES_LABEL) {
         out.push(mk(
@@ -524,7 +783,11 @@ fn cluster_dir_name(path: &str) -> Option<&str> {
 }
 
 /// Applies the repository's severity policy to findings of the cluster labelled `labels`.
-fn apply_policy(findings: Vec<Finding>, settings: Option<&ClusterSettings>, repo: Option<&RepoConfig>) -> Vec<Finding> {
+fn apply_policy(
+    findings: Vec<Finding>,
+    settings: Option<&ClusterSettings>,
+    repo: Option<&RepoConfig>,
+) -> Vec<Finding> {
     let Some(r) = repo else { return findings };
     let empty = std::collections::BTreeMap::new();
     let labels = settings.map(|s| &s.labels).unwrap_or(&empty);
@@ -573,8 +836,15 @@ fn apply_policy(findings: Vec<Finding>, settings: Option<&ClusterSettings>, repo
 /// drops the finding; `TKGOPS-PARSE`/`TKGOPS-SCHEMA` cannot be changed); without `repo` the
 /// defaults apply. Returns the findings sorted by (path, line, rule). Never includes a secret
 /// variable's value.
-pub fn validate(config: &TkgConfig, settings: Option<&ClusterSettings>, repo: Option<&RepoConfig>) -> Vec<Finding> {
-    let mut ctx = Ctx { c: config, out: Vec::new() };
+pub fn validate(
+    config: &TkgConfig,
+    settings: Option<&ClusterSettings>,
+    repo: Option<&RepoConfig>,
+) -> Vec<Finding> {
+    let mut ctx = Ctx {
+        c: config,
+        out: Vec::new(),
+    };
     config_rules(&mut ctx);
     if let (Some(dir), Some(name)) = (cluster_dir_name(&config.path), config.get("CLUSTER_NAME")) {
         if dir != name {

@@ -94,8 +94,14 @@ fn kubeconfig_de<'de, D: Deserializer<'de>>(d: D) -> Result<KubeconfigSource, D:
     match (k.file, k.env, k.secret) {
         (Some(f), None, None) => Ok(KubeconfigSource::File(f)),
         (None, Some(e), None) => Ok(KubeconfigSource::Env(e)),
-        (None, None, Some(s)) => Ok(KubeconfigSource::Secret { namespace: s.namespace, name: s.name, key: s.key }),
-        _ => Err(serde::de::Error::custom("kubeconfig must have exactly one of file, env, secret")),
+        (None, None, Some(s)) => Ok(KubeconfigSource::Secret {
+            namespace: s.namespace,
+            name: s.name,
+            key: s.key,
+        }),
+        _ => Err(serde::de::Error::custom(
+            "kubeconfig must have exactly one of file, env, secret",
+        )),
     }
 }
 
@@ -144,7 +150,11 @@ fn two() -> u32 {
 
 impl Default for ApprovalPolicy {
     fn default() -> Self {
-        ApprovalPolicy { approvers: Vec::new(), required_approvals: 1, destructive_approvals: 2 }
+        ApprovalPolicy {
+            approvers: Vec::new(),
+            required_approvals: 1,
+            destructive_approvals: 2,
+        }
     }
 }
 
@@ -174,7 +184,10 @@ pub struct PackageRepositoryRef {
 
 impl Default for PackageRepositoryRef {
     fn default() -> Self {
-        PackageRepositoryRef { name: "tanzu-standard".into(), namespace: "tanzu-package-repo-global".into() }
+        PackageRepositoryRef {
+            name: "tanzu-standard".into(),
+            namespace: "tanzu-package-repo-global".into(),
+        }
     }
 }
 
@@ -291,7 +304,9 @@ impl ClusterSettings {
 
 fn labels_de<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     let m: BTreeMap<String, Option<String>> = BTreeMap::deserialize(d)?;
-    Ok(m.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect())
+    Ok(m.into_iter()
+        .map(|(k, v)| (k, v.unwrap_or_default()))
+        .collect())
 }
 
 /// TMC settings of a cluster.
@@ -328,7 +343,9 @@ impl UpgradePolicy {
 
     /// The maintenance window length; `None` when unset or invalid.
     pub fn window(&self) -> Option<std::time::Duration> {
-        self.maintenance_window.as_deref().and_then(|w| humantime::parse_duration(w).ok())
+        self.maintenance_window
+            .as_deref()
+            .and_then(|w| humantime::parse_duration(w).ok())
     }
 
     /// First window start strictly after `after` (UTC); `None` when the schedule is invalid or
@@ -344,7 +361,9 @@ impl UpgradePolicy {
 fn cron_of(schedule: &str) -> Result<cron::Schedule, String> {
     let fields = schedule.split_whitespace().count();
     if fields != 5 {
-        return Err(format!("has {fields} fields; expected 5 (minute hour day-of-month month day-of-week)"));
+        return Err(format!(
+            "has {fields} fields; expected 5 (minute hour day-of-month month day-of-week)"
+        ));
     }
     let mut f: Vec<&str> = schedule.split_whitespace().collect();
     let dow = crontab_dow_to_cron(f[4])?;
@@ -376,7 +395,10 @@ fn crontab_dow_to_cron(field: &str) -> Result<String, String> {
         let (lo, hi) = if range == "*" {
             (0, 6)
         } else if let Some((a, b)) = range.split_once('-') {
-            (a.parse::<u32>().map_err(|_| bad())?, b.parse::<u32>().map_err(|_| bad())?)
+            (
+                a.parse::<u32>().map_err(|_| bad())?,
+                b.parse::<u32>().map_err(|_| bad())?,
+            )
         } else {
             let a = range.parse::<u32>().map_err(|_| bad())?;
             (a, if item.contains('/') { 6 } else { a })
@@ -407,8 +429,16 @@ pub(crate) fn find_key_line_from(text: &str, key: &str, after: u32) -> Option<u3
         if n <= after {
             continue;
         }
-        let t = line.trim_start().trim_start_matches("- ").trim_start().trim_start_matches(['{', ' ']);
-        for cand in [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")] {
+        let t = line
+            .trim_start()
+            .trim_start_matches("- ")
+            .trim_start()
+            .trim_start_matches(['{', ' ']);
+        for cand in [
+            format!("{key}:"),
+            format!("\"{key}\":"),
+            format!("'{key}':"),
+        ] {
             if t.starts_with(&cand) {
                 return Some(n);
             }
@@ -424,7 +454,12 @@ pub(crate) fn find_value_line(text: &str, key: &str, value: &str) -> Option<u32>
         let mut rest = line;
         while let Some(j) = rest.find(&pat) {
             let after = rest[j + pat.len()..].trim_start();
-            let v = after.split([',', '}', '#']).next().unwrap_or("").trim().trim_matches(['"', '\'']);
+            let v = after
+                .split([',', '}', '#'])
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches(['"', '\'']);
             if v == value {
                 return u32::try_from(i + 1).ok();
             }
@@ -440,7 +475,10 @@ fn schema(path: &str, line: Option<u32>, msg: impl Into<String>) -> Finding {
 
 /// Parses `text` as one YAML document of type `T`, mapping errors to findings
 /// (`TKGOPS-PARSE` for syntax, `TKGOPS-SCHEMA` for shape: unknown or missing key, wrong type).
-fn parse_typed<'a, T: serde::de::DeserializeOwned>(path: &str, bytes: &'a [u8]) -> Result<(T, &'a str), Vec<Finding>> {
+fn parse_typed<'a, T: serde::de::DeserializeOwned>(
+    path: &str,
+    bytes: &'a [u8],
+) -> Result<(T, &'a str), Vec<Finding>> {
     let text = decode_text(path, bytes).map_err(|f| vec![f])?;
     let doc = parse_yaml_document(path, text).map_err(|f| vec![f])?;
     if !doc.is_mapping() {
@@ -460,7 +498,13 @@ fn parse_typed<'a, T: serde::de::DeserializeOwned>(path: &str, bytes: &'a [u8]) 
     }
 }
 
-fn check_packages(path: &str, text: &str, pkgs: &[PackageRequest], out: &mut Vec<Finding>, allow_disabled: bool) {
+fn check_packages(
+    path: &str,
+    text: &str,
+    pkgs: &[PackageRequest],
+    out: &mut Vec<Finding>,
+    allow_disabled: bool,
+) {
     let mut seen = BTreeSet::new();
     for p in pkgs {
         let line = find_value_line(text, "name", &p.name);
@@ -469,25 +513,43 @@ fn check_packages(path: &str, text: &str, pkgs: &[PackageRequest], out: &mut Vec
             continue;
         }
         if !seen.insert(p.name.clone()) {
-            out.push(schema(path, line, format!("package {} is listed twice", p.name)));
+            out.push(schema(
+                path,
+                line,
+                format!("package {} is listed twice", p.name),
+            ));
         }
         if p.enabled == Some(false) {
             if !allow_disabled {
-                out.push(schema(path, line, format!("package {}: enabled: false is only meaningful in a cluster's tkgops.yaml", p.name)));
+                out.push(schema(
+                    path,
+                    line,
+                    format!(
+                        "package {}: enabled: false is only meaningful in a cluster's tkgops.yaml",
+                        p.name
+                    ),
+                ));
             }
             continue;
         }
         if let Some(v) = &p.values {
             if !v.is_mapping() && !v.is_null() {
-                out.push(schema(path, line, format!("package {}: values must be a YAML map", p.name)));
+                out.push(schema(
+                    path,
+                    line,
+                    format!("package {}: values must be a YAML map", p.name),
+                ));
             }
         }
         if standard_package(&p.name).is_none() {
-            let missing: Vec<&str> = [("refName", p.ref_name.is_none()), ("version", p.version.is_none())]
-                .iter()
-                .filter(|(_, m)| *m)
-                .map(|(k, _)| *k)
-                .collect();
+            let missing: Vec<&str> = [
+                ("refName", p.ref_name.is_none()),
+                ("version", p.version.is_none()),
+            ]
+            .iter()
+            .filter(|(_, m)| *m)
+            .map(|(k, _)| *k)
+            .collect();
             // In a cluster file, refName/version may come from the repository defaults.
             if !missing.is_empty() && !allow_disabled {
                 out.push(schema(
@@ -504,10 +566,19 @@ fn check_packages(path: &str, text: &str, pkgs: &[PackageRequest], out: &mut Vec
     }
 }
 
-fn check_rule_ids(path: &str, text: &str, sev: &BTreeMap<String, RuleLevel>, out: &mut Vec<Finding>) {
+fn check_rule_ids(
+    path: &str,
+    text: &str,
+    sev: &BTreeMap<String, RuleLevel>,
+    out: &mut Vec<Finding>,
+) {
     for id in sev.keys() {
         if rule_default(id).is_none() {
-            out.push(schema(path, find_key_line(text, id), format!("unknown rule ID {id} in rules")));
+            out.push(schema(
+                path,
+                find_key_line(text, id),
+                format!("unknown rule ID {id} in rules"),
+            ));
         }
     }
 }
@@ -524,19 +595,35 @@ pub fn parse_repo_config(path: &str, bytes: &[u8]) -> Result<RepoConfig, Vec<Fin
     cfg.path = path.to_string();
     let mut out = Vec::new();
     if cfg.management_clusters.is_empty() {
-        out.push(schema(path, find_key_line(text, "managementClusters"), "managementClusters must list at least one management cluster"));
+        out.push(schema(
+            path,
+            find_key_line(text, "managementClusters"),
+            "managementClusters must list at least one management cluster",
+        ));
     }
     let mut names = BTreeSet::new();
     for m in &cfg.management_clusters {
         let line = find_value_line(text, "name", &m.name);
         if m.name.trim().is_empty() {
-            out.push(schema(path, line, "management cluster name must not be empty"));
+            out.push(schema(
+                path,
+                line,
+                "management cluster name must not be empty",
+            ));
         } else if !names.insert(m.name.clone()) {
-            out.push(schema(path, line, format!("management cluster {} is listed twice", m.name)));
+            out.push(schema(
+                path,
+                line,
+                format!("management cluster {} is listed twice", m.name),
+            ));
         }
     }
     if cfg.approval.required_approvals < 1 {
-        out.push(schema(path, find_key_line(text, "requiredApprovals"), "requiredApprovals must be at least 1"));
+        out.push(schema(
+            path,
+            find_key_line(text, "requiredApprovals"),
+            "requiredApprovals must be at least 1",
+        ));
     }
     if cfg.approval.destructive_approvals < cfg.approval.required_approvals {
         out.push(schema(
@@ -547,10 +634,18 @@ pub fn parse_repo_config(path: &str, bytes: &[u8]) -> Result<RepoConfig, Vec<Fin
     }
     if let Some(t) = &cfg.tmc {
         if !is_secure_endpoint(&t.endpoint) {
-            out.push(schema(path, find_key_line(text, "endpoint"), "tmc.endpoint must be an https:// URL (plain http:// only on loopback)"));
+            out.push(schema(
+                path,
+                find_key_line(text, "endpoint"),
+                "tmc.endpoint must be an https:// URL (plain http:// only on loopback)",
+            ));
         }
         if !is_secure_endpoint(&t.csp_endpoint) {
-            out.push(schema(path, find_key_line(text, "cspEndpoint"), "tmc.cspEndpoint must be an https:// URL (plain http:// only on loopback)"));
+            out.push(schema(
+                path,
+                find_key_line(text, "cspEndpoint"),
+                "tmc.cspEndpoint must be an https:// URL (plain http:// only on loopback)",
+            ));
         }
     }
     check_rule_ids(path, text, &cfg.rules.severities, &mut out);
@@ -558,7 +653,11 @@ pub fn parse_repo_config(path: &str, bytes: &[u8]) -> Result<RepoConfig, Vec<Fin
         check_rule_ids(path, text, &o.severities, &mut out);
     }
     check_packages(path, text, &cfg.packages.defaults, &mut out, false);
-    if out.is_empty() { Ok(cfg) } else { Err(out) }
+    if out.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(out)
+    }
 }
 
 /// Parses a cluster's `clusters/<name>/tkgops.yaml` from `bytes` (`path` for findings).
@@ -572,25 +671,39 @@ pub fn parse_repo_config(path: &str, bytes: &[u8]) -> Result<RepoConfig, Vec<Fin
 pub fn parse_cluster_settings(path: &str, bytes: &[u8]) -> Result<ClusterSettings, Vec<Finding>> {
     let (mut s, text) = parse_typed::<ClusterSettings>(path, bytes)?;
     s.path = path.to_string();
-    s.lines = super::tkgconfig::top_level_key_lines(text).into_iter().fold(BTreeMap::new(), |mut m, (k, l)| {
-        m.entry(k).or_insert(l);
-        m
-    });
+    s.lines = super::tkgconfig::top_level_key_lines(text)
+        .into_iter()
+        .fold(BTreeMap::new(), |mut m, (k, l)| {
+            m.entry(k).or_insert(l);
+            m
+        });
     let mut out = Vec::new();
     if s.management_cluster.trim().is_empty() {
-        out.push(schema(path, s.line("managementCluster"), "managementCluster must not be empty"));
+        out.push(schema(
+            path,
+            s.line("managementCluster"),
+            "managementCluster must not be empty",
+        ));
     }
     if s.tkr.trim().is_empty() {
         out.push(schema(path, s.line("tkr"), "tkr must not be empty"));
     }
     if let Some(t) = &s.tmc {
         if t.cluster_group.trim().is_empty() {
-            out.push(schema(path, find_key_line(text, "clusterGroup"), "tmc.clusterGroup must not be empty"));
+            out.push(schema(
+                path,
+                find_key_line(text, "clusterGroup"),
+                "tmc.clusterGroup must not be empty",
+            ));
         }
     }
     for k in s.labels.keys() {
         if k.trim().is_empty() {
-            out.push(schema(path, s.line("labels"), "label keys must not be empty"));
+            out.push(schema(
+                path,
+                s.line("labels"),
+                "label keys must not be empty",
+            ));
         }
     }
     check_packages(path, text, &s.packages, &mut out, true);
@@ -599,7 +712,10 @@ pub fn parse_cluster_settings(path: &str, bytes: &[u8]) -> Result<ClusterSetting
             out.push(schema(
                 path,
                 find_key_line(text, "schedule"),
-                format!("upgradePolicy.schedule {:?} is not a valid crontab expression: {e}", p.schedule),
+                format!(
+                    "upgradePolicy.schedule {:?} is not a valid crontab expression: {e}",
+                    p.schedule
+                ),
             ));
         }
         if let Some(w) = &p.maintenance_window {
@@ -607,12 +723,18 @@ pub fn parse_cluster_settings(path: &str, bytes: &[u8]) -> Result<ClusterSetting
                 out.push(schema(
                     path,
                     find_key_line(text, "maintenanceWindow"),
-                    format!("upgradePolicy.maintenanceWindow {w:?} is not a duration (e.g. 4h, 90m)"),
+                    format!(
+                        "upgradePolicy.maintenanceWindow {w:?} is not a duration (e.g. 4h, 90m)"
+                    ),
                 ));
             }
         }
     }
-    if out.is_empty() { Ok(s) } else { Err(out) }
+    if out.is_empty() {
+        Ok(s)
+    } else {
+        Err(out)
+    }
 }
 
 /// Whether a TMC/CSP endpoint may carry the API token: `https://`, or plain `http://` to a
@@ -621,8 +743,14 @@ pub fn is_secure_endpoint(url: &str) -> bool {
     if url.starts_with("https://") {
         return true;
     }
-    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
     let host = rest.split(['/', '?']).next().unwrap_or("");
     let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-    host == "localhost" || host == "[::1]" || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    host == "localhost"
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -262,14 +262,22 @@ pub(crate) fn resolve_packages(
     let mut errors = Vec::new();
     for (name, p) in merged {
         let std = standard_package(&name);
-        let ref_name = p.ref_name.clone().or_else(|| std.map(|s| s.ref_name.to_string()));
+        let ref_name = p
+            .ref_name
+            .clone()
+            .or_else(|| std.map(|s| s.ref_name.to_string()));
         let version = p.version.clone().or_else(|| {
-            std.filter(|s| ref_name.as_deref() == Some(s.ref_name)).map(|s| s.version.to_string())
+            std.filter(|s| ref_name.as_deref() == Some(s.ref_name))
+                .map(|s| s.version.to_string())
         });
         let (ref_name, version) = match (ref_name, version) {
             (Some(r), Some(v)) => (r, v),
             (r, _) => {
-                let missing = if r.is_none() { "refName and version" } else { "version" };
+                let missing = if r.is_none() {
+                    "refName and version"
+                } else {
+                    "version"
+                };
                 errors.push((
                     name.clone(),
                     format!("package {name} is not a TKG 1.6 standard package; {missing} required"),
@@ -286,7 +294,13 @@ pub(crate) fn resolve_packages(
             None | Some(Value::Null) => String::new(),
             Some(v) => serde_yaml::to_string(v).unwrap_or_default(),
         };
-        out.push(PackageSpec { name, ref_name, version, namespace, values_yaml });
+        out.push(PackageSpec {
+            name,
+            ref_name,
+            version,
+            namespace,
+            values_yaml,
+        });
     }
     out.sort_by_key(|p| order_key(&p.name));
     (out, errors)
@@ -294,7 +308,11 @@ pub(crate) fn resolve_packages(
 
 /// `dev` or `prod` for a `CLUSTER_PLAN` value (default `dev`); `None` for an unknown plan.
 pub(crate) fn normalized_plan(config: &TkgConfig) -> Option<&'static str> {
-    match config.get("CLUSTER_PLAN").map(str::to_ascii_lowercase).as_deref() {
+    match config
+        .get("CLUSTER_PLAN")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("dev") | Some("devcc") => Some("dev"),
         Some("prod") | Some("prodcc") => Some("prod"),
         Some(_) => None,
@@ -315,7 +333,11 @@ pub(crate) fn get_u32(config: &TkgConfig, key: &str) -> Result<Option<u32>, ()> 
 /// non-integer count.
 pub(crate) fn worker_counts(config: &TkgConfig, prod: bool) -> Result<Vec<u32>, &'static str> {
     let total = get_u32(config, "WORKER_MACHINE_COUNT").map_err(|_| "WORKER_MACHINE_COUNT")?;
-    const PER: [&str; 3] = ["WORKER_MACHINE_COUNT_0", "WORKER_MACHINE_COUNT_1", "WORKER_MACHINE_COUNT_2"];
+    const PER: [&str; 3] = [
+        "WORKER_MACHINE_COUNT_0",
+        "WORKER_MACHINE_COUNT_1",
+        "WORKER_MACHINE_COUNT_2",
+    ];
     let n = if prod { 3 } else { 1 };
     let total = total.unwrap_or(if prod { 3 } else { 1 });
     let mut out = Vec::with_capacity(n);
@@ -352,31 +374,61 @@ pub(crate) fn kubernetes_version_of(tkr: &str) -> String {
 pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSpec, Finding> {
     let c = &req.config;
     let s = &req.settings;
-    let cfg_err = |key: &str, rule: &str, msg: String| Finding::new(&c.path, c.line(key), rule, Severity::Error, msg);
-    let mc = repo.management_cluster(&s.management_cluster).ok_or_else(|| {
-        Finding::new(
-            &s.path,
-            s.line("managementCluster"),
-            SCHEMA,
-            Severity::Error,
-            format!("managementCluster {} is not listed in the repository's managementClusters", s.management_cluster),
-        )
-    })?;
+    let cfg_err = |key: &str, rule: &str, msg: String| {
+        Finding::new(&c.path, c.line(key), rule, Severity::Error, msg)
+    };
+    let mc = repo
+        .management_cluster(&s.management_cluster)
+        .ok_or_else(|| {
+            Finding::new(
+                &s.path,
+                s.line("managementCluster"),
+                SCHEMA,
+                Severity::Error,
+                format!(
+                    "managementCluster {} is not listed in the repository's managementClusters",
+                    s.management_cluster
+                ),
+            )
+        })?;
     let plan = normalized_plan(c).ok_or_else(|| {
-        cfg_err("CLUSTER_PLAN", "TKGOPS-PLAN", format!("unknown CLUSTER_PLAN {}", c.get("CLUSTER_PLAN").unwrap_or("")))
+        cfg_err(
+            "CLUSTER_PLAN",
+            "TKGOPS-PLAN",
+            format!(
+                "unknown CLUSTER_PLAN {}",
+                c.get("CLUSTER_PLAN").unwrap_or("")
+            ),
+        )
     })?;
     let prod = plan == "prod";
     let region = c
         .get("AWS_REGION")
-        .ok_or_else(|| cfg_err("AWS_REGION", "TKGOPS-REQUIRED", "AWS_REGION is required".into()))?
+        .ok_or_else(|| {
+            cfg_err(
+                "AWS_REGION",
+                "TKGOPS-REQUIRED",
+                "AWS_REGION is required".into(),
+            )
+        })?
         .to_string();
     let ssh_key_name = c
         .get("AWS_SSH_KEY_NAME")
-        .ok_or_else(|| cfg_err("AWS_SSH_KEY_NAME", "TKGOPS-REQUIRED", "AWS_SSH_KEY_NAME is required".into()))?
+        .ok_or_else(|| {
+            cfg_err(
+                "AWS_SSH_KEY_NAME",
+                "TKGOPS-REQUIRED",
+                "AWS_SSH_KEY_NAME is required".into(),
+            )
+        })?
         .to_string();
     let num = |key: &str, default: u32| -> Result<u32, Finding> {
         get_u32(c, key).map(|v| v.unwrap_or(default)).map_err(|_| {
-            cfg_err(key, "TKGOPS-TF-VALIDATE", format!("{key} must be a non-negative integer"))
+            cfg_err(
+                key,
+                "TKGOPS-TF-VALIDATE",
+                format!("{key} must be a non-negative integer"),
+            )
         })
     };
     let or = |key: &str, default: &str| c.get(key).unwrap_or(default).to_string();
@@ -385,7 +437,11 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
     let azs: Vec<String> = suffixes
         .iter()
         .zip(letters)
-        .map(|(sfx, l)| c.get(&format!("AWS_NODE_AZ{sfx}")).map(str::to_string).unwrap_or_else(|| format!("{region}{l}")))
+        .map(|(sfx, l)| {
+            c.get(&format!("AWS_NODE_AZ{sfx}"))
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{region}{l}"))
+        })
         .collect();
     let existing_vpc = c.get("AWS_VPC_ID").map(str::to_string);
     let priv_defaults = ["10.0.0.0/24", "10.0.2.0/24", "10.0.4.0/24"];
@@ -397,15 +453,26 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
             let new_vpc = existing_vpc.is_none();
             SubnetSpec {
                 az: azs[i].clone(),
-                private_id: c.get(&format!("AWS_PRIVATE_SUBNET_ID{sfx}")).map(str::to_string),
-                private_cidr: new_vpc.then(|| or(&format!("AWS_PRIVATE_NODE_CIDR{sfx}"), priv_defaults[i])),
-                public_id: c.get(&format!("AWS_PUBLIC_SUBNET_ID{sfx}")).map(str::to_string),
-                public_cidr: new_vpc.then(|| or(&format!("AWS_PUBLIC_NODE_CIDR{sfx}"), pub_defaults[i])),
+                private_id: c
+                    .get(&format!("AWS_PRIVATE_SUBNET_ID{sfx}"))
+                    .map(str::to_string),
+                private_cidr: new_vpc
+                    .then(|| or(&format!("AWS_PRIVATE_NODE_CIDR{sfx}"), priv_defaults[i])),
+                public_id: c
+                    .get(&format!("AWS_PUBLIC_SUBNET_ID{sfx}"))
+                    .map(str::to_string),
+                public_cidr: new_vpc
+                    .then(|| or(&format!("AWS_PUBLIC_NODE_CIDR{sfx}"), pub_defaults[i])),
             }
         })
         .collect();
-    let counts = worker_counts(c, prod)
-        .map_err(|k| cfg_err(k, "TKGOPS-TF-VALIDATE", format!("{k} must be a non-negative integer")))?;
+    let counts = worker_counts(c, prod).map_err(|k| {
+        cfg_err(
+            k,
+            "TKGOPS-TF-VALIDATE",
+            format!("{k} must be a non-negative integer"),
+        )
+    })?;
     let base_type = or("NODE_MACHINE_TYPE", "m5.large");
     let workers = counts
         .iter()
@@ -413,7 +480,11 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
         .map(|(i, n)| WorkerSpec {
             name: format!("md-{i}"),
             az: azs[i].clone(),
-            instance_type: if i == 0 { base_type.clone() } else { or(&format!("NODE_MACHINE_TYPE_{i}"), &base_type) },
+            instance_type: if i == 0 {
+                base_type.clone()
+            } else {
+                or(&format!("NODE_MACHINE_TYPE_{i}"), &base_type)
+            },
             replicas: *n,
         })
         .collect();
@@ -432,11 +503,20 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
     }
     let (packages, errors) = resolve_packages(s, Some(repo));
     if let Some((_name, msg)) = errors.into_iter().next() {
-        return Err(Finding::new(&s.path, s.line("packages"), SCHEMA, Severity::Error, msg));
+        return Err(Finding::new(
+            &s.path,
+            s.line("packages"),
+            SCHEMA,
+            Severity::Error,
+            msg,
+        ));
     }
     Ok(ClusterSpec {
         name: c.get("CLUSTER_NAME").unwrap_or(&req.name).to_string(),
-        namespace: c.get("NAMESPACE").map(str::to_string).unwrap_or_else(|| mc.namespace.clone()),
+        namespace: c
+            .get("NAMESPACE")
+            .map(str::to_string)
+            .unwrap_or_else(|| mc.namespace.clone()),
         plan: plan.to_string(),
         management_cluster: mc.name.clone(),
         tkr: s.tkr.clone(),
@@ -444,10 +524,15 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
         kubernetes_version: kubernetes_version_of(&s.tkr),
         region,
         azs,
-        vpc: VpcSpec { existing_id: existing_vpc, cidr: or("AWS_VPC_CIDR", "10.0.0.0/16") },
+        vpc: VpcSpec {
+            existing_id: existing_vpc,
+            cidr: or("AWS_VPC_CIDR", "10.0.0.0/16"),
+        },
         subnets,
         ssh_key_name,
-        load_balancer_scheme_internal: c.get_bool("AWS_LOAD_BALANCER_SCHEME_INTERNAL").unwrap_or(false),
+        load_balancer_scheme_internal: c
+            .get_bool("AWS_LOAD_BALANCER_SCHEME_INTERNAL")
+            .unwrap_or(false),
         bastion_enabled: c.get_bool("BASTION_HOST_ENABLED").unwrap_or(true),
         identity_ref: c.get("AWS_IDENTITY_REF_NAME").map(|n| IdentityRef {
             kind: or("AWS_IDENTITY_REF_KIND", "AWSClusterRoleIdentity"),
@@ -473,12 +558,20 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
         identity_management_type: or("IDENTITY_MANAGEMENT_TYPE", "none").to_ascii_lowercase(),
         image_repository: c.get("TKG_CUSTOM_IMAGE_REPOSITORY").map(str::to_string),
         audit_logging: c.get_bool("ENABLE_AUDIT_LOGGING").unwrap_or(false),
-        os: OsSpec { name: or("OS_NAME", "ubuntu"), version: or("OS_VERSION", "20.04"), arch: or("OS_ARCH", "amd64") },
+        os: OsSpec {
+            name: or("OS_NAME", "ubuntu"),
+            version: or("OS_VERSION", "20.04"),
+            arch: or("OS_ARCH", "amd64"),
+        },
         security_group_overrides: sg,
         labels: s.labels.clone(),
         tmc: s.tmc.as_ref().map(|t| TmcSpec {
             cluster_group: t.cluster_group.clone(),
-            description: t.description.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "managed by tkgops".into()),
+            description: t
+                .description
+                .clone()
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "managed by tkgops".into()),
         }),
         packages,
         package_repository: repo.packages.repository.clone(),

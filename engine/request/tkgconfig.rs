@@ -29,7 +29,10 @@ pub struct TkgVar {
 impl fmt::Debug for TkgVar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TkgVar")
-            .field("value", &format_args!("<{} chars>", self.value.chars().count()))
+            .field(
+                "value",
+                &format_args!("<{} chars>", self.value.chars().count()),
+            )
             .field("line", &self.line)
             .finish()
     }
@@ -53,18 +56,29 @@ impl fmt::Debug for TkgConfig {
             .vars
             .iter()
             .map(|(k, v)| {
-                let shown = if is_secret_variable(k) { "<redacted>".to_string() } else { v.value.clone() };
+                let shown = if is_secret_variable(k) {
+                    "<redacted>".to_string()
+                } else {
+                    v.value.clone()
+                };
                 (k.as_str(), (shown, v.line))
             })
             .collect();
-        f.debug_struct("TkgConfig").field("path", &self.path).field("vars", &vars).finish()
+        f.debug_struct("TkgConfig")
+            .field("path", &self.path)
+            .field("vars", &vars)
+            .finish()
     }
 }
 
 impl TkgConfig {
     /// The value of variable `key`; `None` when absent or empty (TKG treats `""` as unset).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.vars.get(key).map(|v| v.value.as_str()).filter(|v| !v.trim().is_empty()).map(str::trim)
+        self.vars
+            .get(key)
+            .map(|v| v.value.as_str())
+            .filter(|v| !v.trim().is_empty())
+            .map(str::trim)
     }
 
     /// The 1-based line of variable `key`, when present in the file (even with an empty value).
@@ -109,8 +123,21 @@ impl TkgConfig {
 /// `*_CA_DATA`, `*PRIVATE_KEY*`, `AWS_ACCESS_KEY_ID`.
 pub fn is_secret_variable(name: &str) -> bool {
     let n = name.trim().to_ascii_uppercase();
-    const CONTAINS: &[&str] = &["PASSWORD", "SECRET", "TOKEN", "CREDENTIALS", "PRIVATE_KEY", "PASSWD"];
-    const SUFFIX: &[&str] = &["_B64", "_CA_CERTIFICATE", "_CA_CERT", "_CA_DATA", "_CA_BUNDLE"];
+    const CONTAINS: &[&str] = &[
+        "PASSWORD",
+        "SECRET",
+        "TOKEN",
+        "CREDENTIALS",
+        "PRIVATE_KEY",
+        "PASSWD",
+    ];
+    const SUFFIX: &[&str] = &[
+        "_B64",
+        "_CA_CERTIFICATE",
+        "_CA_CERT",
+        "_CA_DATA",
+        "_CA_BUNDLE",
+    ];
     CONTAINS.iter().any(|c| n.contains(c))
         || SUFFIX.iter().any(|s| n.ends_with(s))
         || n == "AWS_ACCESS_KEY_ID"
@@ -119,62 +146,165 @@ pub fn is_secret_variable(name: &str) -> bool {
 /// TKG 1.6 configuration variables known to tkgops: every variable of reference
 /// `tanzu-apis.md` §1.2 plus the common ones of TF `pkg/v1/providers/config_default.yaml`.
 const KNOWN_VARIABLES: &[&str] = &[
-    "CLUSTER_NAME", "CLUSTER_PLAN", "NAMESPACE", "INFRASTRUCTURE_PROVIDER", "CLUSTER_API_SERVER_PORT",
-    "CLUSTER_CLASS", "TKG_IP_FAMILY", "TKG_CLUSTER_ROLE",
+    "CLUSTER_NAME",
+    "CLUSTER_PLAN",
+    "NAMESPACE",
+    "INFRASTRUCTURE_PROVIDER",
+    "CLUSTER_API_SERVER_PORT",
+    "CLUSTER_CLASS",
+    "TKG_IP_FAMILY",
+    "TKG_CLUSTER_ROLE",
     // AWS
-    "AWS_REGION", "AWS_SSH_KEY_NAME", "AWS_LOAD_BALANCER_SCHEME_INTERNAL", "AWS_NODE_AZ", "AWS_NODE_AZ_1",
-    "AWS_NODE_AZ_2", "AWS_VPC_ID", "AWS_VPC_CIDR", "AWS_PRIVATE_NODE_CIDR", "AWS_PRIVATE_NODE_CIDR_1",
-    "AWS_PRIVATE_NODE_CIDR_2", "AWS_PUBLIC_NODE_CIDR", "AWS_PUBLIC_NODE_CIDR_1", "AWS_PUBLIC_NODE_CIDR_2",
-    "AWS_PRIVATE_SUBNET_ID", "AWS_PRIVATE_SUBNET_ID_1", "AWS_PRIVATE_SUBNET_ID_2", "AWS_PUBLIC_SUBNET_ID",
-    "AWS_PUBLIC_SUBNET_ID_1", "AWS_PUBLIC_SUBNET_ID_2", "AWS_SECURITY_GROUP_APISERVER_LB",
-    "AWS_SECURITY_GROUP_BASTION", "AWS_SECURITY_GROUP_CONTROLPLANE", "AWS_SECURITY_GROUP_LB",
-    "AWS_SECURITY_GROUP_NODE", "AWS_IDENTITY_REF_KIND", "AWS_IDENTITY_REF_NAME",
-    "AWS_CONTROL_PLANE_OS_DISK_SIZE_GIB", "AWS_NODE_OS_DISK_SIZE_GIB", "AWS_AMI_ID", "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_B64ENCODED_CREDENTIALS",
-    "AWS_CONTROL_PLANE_INSTANCE_PROFILE", "AWS_NODE_INSTANCE_PROFILE",
+    "AWS_REGION",
+    "AWS_SSH_KEY_NAME",
+    "AWS_LOAD_BALANCER_SCHEME_INTERNAL",
+    "AWS_NODE_AZ",
+    "AWS_NODE_AZ_1",
+    "AWS_NODE_AZ_2",
+    "AWS_VPC_ID",
+    "AWS_VPC_CIDR",
+    "AWS_PRIVATE_NODE_CIDR",
+    "AWS_PRIVATE_NODE_CIDR_1",
+    "AWS_PRIVATE_NODE_CIDR_2",
+    "AWS_PUBLIC_NODE_CIDR",
+    "AWS_PUBLIC_NODE_CIDR_1",
+    "AWS_PUBLIC_NODE_CIDR_2",
+    "AWS_PRIVATE_SUBNET_ID",
+    "AWS_PRIVATE_SUBNET_ID_1",
+    "AWS_PRIVATE_SUBNET_ID_2",
+    "AWS_PUBLIC_SUBNET_ID",
+    "AWS_PUBLIC_SUBNET_ID_1",
+    "AWS_PUBLIC_SUBNET_ID_2",
+    "AWS_SECURITY_GROUP_APISERVER_LB",
+    "AWS_SECURITY_GROUP_BASTION",
+    "AWS_SECURITY_GROUP_CONTROLPLANE",
+    "AWS_SECURITY_GROUP_LB",
+    "AWS_SECURITY_GROUP_NODE",
+    "AWS_IDENTITY_REF_KIND",
+    "AWS_IDENTITY_REF_NAME",
+    "AWS_CONTROL_PLANE_OS_DISK_SIZE_GIB",
+    "AWS_NODE_OS_DISK_SIZE_GIB",
+    "AWS_AMI_ID",
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_B64ENCODED_CREDENTIALS",
+    "AWS_CONTROL_PLANE_INSTANCE_PROFILE",
+    "AWS_NODE_INSTANCE_PROFILE",
     // machines
-    "CONTROL_PLANE_MACHINE_TYPE", "NODE_MACHINE_TYPE", "NODE_MACHINE_TYPE_1", "NODE_MACHINE_TYPE_2",
-    "CONTROL_PLANE_MACHINE_COUNT", "WORKER_MACHINE_COUNT", "WORKER_MACHINE_COUNT_0", "WORKER_MACHINE_COUNT_1",
-    "WORKER_MACHINE_COUNT_2", "WORKER_ROLLOUT_STRATEGY", "BASTION_HOST_ENABLED", "SIZE",
-    "CONTROLPLANE_SIZE", "WORKER_SIZE", "OS_NAME", "OS_VERSION", "OS_ARCH", "CONTROL_PLANE_NODE_LABELS",
+    "CONTROL_PLANE_MACHINE_TYPE",
+    "NODE_MACHINE_TYPE",
+    "NODE_MACHINE_TYPE_1",
+    "NODE_MACHINE_TYPE_2",
+    "CONTROL_PLANE_MACHINE_COUNT",
+    "WORKER_MACHINE_COUNT",
+    "WORKER_MACHINE_COUNT_0",
+    "WORKER_MACHINE_COUNT_1",
+    "WORKER_MACHINE_COUNT_2",
+    "WORKER_ROLLOUT_STRATEGY",
+    "BASTION_HOST_ENABLED",
+    "SIZE",
+    "CONTROLPLANE_SIZE",
+    "WORKER_SIZE",
+    "OS_NAME",
+    "OS_VERSION",
+    "OS_ARCH",
+    "CONTROL_PLANE_NODE_LABELS",
     "WORKER_NODE_LABELS",
     // autoscaler
     "ENABLE_AUTOSCALER",
     // MHC
-    "ENABLE_MHC", "ENABLE_MHC_WORKER_NODE", "ENABLE_MHC_CONTROL_PLANE", "MHC_UNKNOWN_STATUS_TIMEOUT",
-    "MHC_FALSE_STATUS_TIMEOUT", "MHC_MAX_UNHEALTHY_CONTROL_PLANE", "MHC_MAX_UNHEALTHY_WORKER_NODE",
+    "ENABLE_MHC",
+    "ENABLE_MHC_WORKER_NODE",
+    "ENABLE_MHC_CONTROL_PLANE",
+    "MHC_UNKNOWN_STATUS_TIMEOUT",
+    "MHC_FALSE_STATUS_TIMEOUT",
+    "MHC_MAX_UNHEALTHY_CONTROL_PLANE",
+    "MHC_MAX_UNHEALTHY_WORKER_NODE",
     "NODE_STARTUP_TIMEOUT",
     // network
-    "CNI", "CLUSTER_CIDR", "SERVICE_CIDR", "ANTREA_NO_SNAT", "ANTREA_TRAFFIC_ENCAP_MODE", "ANTREA_PROXY",
-    "ANTREA_POLICY", "ANTREA_TRACEFLOW", "ANTREA_NODEPORTLOCAL", "ANTREA_EGRESS", "ANTREA_FLOWEXPORTER",
-    "ANTREA_NETWORKPOLICY_STATS", "ANTREA_DISABLE_UDP_TUNNEL_OFFLOAD",
+    "CNI",
+    "CLUSTER_CIDR",
+    "SERVICE_CIDR",
+    "ANTREA_NO_SNAT",
+    "ANTREA_TRAFFIC_ENCAP_MODE",
+    "ANTREA_PROXY",
+    "ANTREA_POLICY",
+    "ANTREA_TRACEFLOW",
+    "ANTREA_NODEPORTLOCAL",
+    "ANTREA_EGRESS",
+    "ANTREA_FLOWEXPORTER",
+    "ANTREA_NETWORKPOLICY_STATS",
+    "ANTREA_DISABLE_UDP_TUNNEL_OFFLOAD",
     // identity
-    "IDENTITY_MANAGEMENT_TYPE", "OIDC_IDENTITY_PROVIDER_NAME", "OIDC_IDENTITY_PROVIDER_ISSUER_URL",
-    "OIDC_IDENTITY_PROVIDER_CLIENT_ID", "OIDC_IDENTITY_PROVIDER_CLIENT_SECRET", "OIDC_IDENTITY_PROVIDER_SCOPES",
-    "OIDC_IDENTITY_PROVIDER_USERNAME_CLAIM", "OIDC_IDENTITY_PROVIDER_GROUPS_CLAIM",
-    "OIDC_IDENTITY_PROVIDER_EXTRA_PARAMS", "LDAP_HOST", "LDAP_BIND_DN", "LDAP_BIND_PASSWORD",
-    "LDAP_USER_SEARCH_BASE_DN", "LDAP_USER_SEARCH_FILTER", "LDAP_USER_SEARCH_USERNAME",
-    "LDAP_USER_SEARCH_NAME_ATTRIBUTE", "LDAP_GROUP_SEARCH_BASE_DN", "LDAP_GROUP_SEARCH_FILTER",
-    "LDAP_GROUP_SEARCH_USER_ATTRIBUTE", "LDAP_GROUP_SEARCH_GROUP_ATTRIBUTE", "LDAP_GROUP_SEARCH_NAME_ATTRIBUTE",
-    "LDAP_ROOT_CA_DATA_B64", "CERT_DURATION", "CERT_RENEW_BEFORE",
+    "IDENTITY_MANAGEMENT_TYPE",
+    "OIDC_IDENTITY_PROVIDER_NAME",
+    "OIDC_IDENTITY_PROVIDER_ISSUER_URL",
+    "OIDC_IDENTITY_PROVIDER_CLIENT_ID",
+    "OIDC_IDENTITY_PROVIDER_CLIENT_SECRET",
+    "OIDC_IDENTITY_PROVIDER_SCOPES",
+    "OIDC_IDENTITY_PROVIDER_USERNAME_CLAIM",
+    "OIDC_IDENTITY_PROVIDER_GROUPS_CLAIM",
+    "OIDC_IDENTITY_PROVIDER_EXTRA_PARAMS",
+    "LDAP_HOST",
+    "LDAP_BIND_DN",
+    "LDAP_BIND_PASSWORD",
+    "LDAP_USER_SEARCH_BASE_DN",
+    "LDAP_USER_SEARCH_FILTER",
+    "LDAP_USER_SEARCH_USERNAME",
+    "LDAP_USER_SEARCH_NAME_ATTRIBUTE",
+    "LDAP_GROUP_SEARCH_BASE_DN",
+    "LDAP_GROUP_SEARCH_FILTER",
+    "LDAP_GROUP_SEARCH_USER_ATTRIBUTE",
+    "LDAP_GROUP_SEARCH_GROUP_ATTRIBUTE",
+    "LDAP_GROUP_SEARCH_NAME_ATTRIBUTE",
+    "LDAP_ROOT_CA_DATA_B64",
+    "CERT_DURATION",
+    "CERT_RENEW_BEFORE",
     // registry and proxy
-    "TKG_CUSTOM_IMAGE_REPOSITORY", "TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY",
-    "TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", "TKG_HTTP_PROXY", "TKG_HTTPS_PROXY", "TKG_NO_PROXY",
-    "TKG_PROXY_CA_CERT", "TKG_HTTP_PROXY_ENABLED",
+    "TKG_CUSTOM_IMAGE_REPOSITORY",
+    "TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY",
+    "TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE",
+    "TKG_HTTP_PROXY",
+    "TKG_HTTPS_PROXY",
+    "TKG_NO_PROXY",
+    "TKG_PROXY_CA_CERT",
+    "TKG_HTTP_PROXY_ENABLED",
     // misc
-    "ENABLE_AUDIT_LOGGING", "ENABLE_CEIP_PARTICIPATION", "ENABLE_DEFAULT_STORAGE_CLASS",
-    "TMC_REGISTRATION_URL", "DEPLOY_TKG_ON_VSPHERE7", "ENABLE_TKGS_ON_VSPHERE7", "CORE_DNS_IP",
-    "ENABLE_CLUSTER_OPTIONS", "ADDITIONAL_IMAGE_REGISTRY_1", "ADDITIONAL_IMAGE_REGISTRY_2",
-    "ADDITIONAL_IMAGE_REGISTRY_3", "NTP_SERVERS", "ENABLE_SERVING_CERTS", "PROTECT_KERNEL_DEFAULTS",
-    "CONTROLPLANE_CERTIFICATE_ROTATION_ENABLED", "CONTROLPLANE_CERTIFICATE_ROTATION_DAYS_BEFORE",
-    "TKG_CLUSTER_ROLE", "ENABLE_POD_SECURITY_STANDARD",
+    "ENABLE_AUDIT_LOGGING",
+    "ENABLE_CEIP_PARTICIPATION",
+    "ENABLE_DEFAULT_STORAGE_CLASS",
+    "TMC_REGISTRATION_URL",
+    "DEPLOY_TKG_ON_VSPHERE7",
+    "ENABLE_TKGS_ON_VSPHERE7",
+    "CORE_DNS_IP",
+    "ENABLE_CLUSTER_OPTIONS",
+    "ADDITIONAL_IMAGE_REGISTRY_1",
+    "ADDITIONAL_IMAGE_REGISTRY_2",
+    "ADDITIONAL_IMAGE_REGISTRY_3",
+    "NTP_SERVERS",
+    "ENABLE_SERVING_CERTS",
+    "PROTECT_KERNEL_DEFAULTS",
+    "CONTROLPLANE_CERTIFICATE_ROTATION_ENABLED",
+    "CONTROLPLANE_CERTIFICATE_ROTATION_DAYS_BEFORE",
+    "TKG_CLUSTER_ROLE",
+    "ENABLE_POD_SECURITY_STANDARD",
 ];
 
 /// Prefixes of whole TKG variable families known to tkgops (autoscaler tuning, other providers'
 /// variables — those are reported by `TKGOPS-PROVIDER` instead —, NSX ALB, Antrea, Pinniped).
 const KNOWN_PREFIXES: &[&str] = &[
-    "AUTOSCALER_", "VSPHERE_", "AVI_", "AZURE_", "NSXT_", "ANTREA_", "PINNIPED_", "DOCKER_",
-    "CUSTOM_TDNF_", "ADDITIONAL_IMAGE_REGISTRY_",
+    "AUTOSCALER_",
+    "VSPHERE_",
+    "AVI_",
+    "AZURE_",
+    "NSXT_",
+    "ANTREA_",
+    "PINNIPED_",
+    "DOCKER_",
+    "CUSTOM_TDNF_",
+    "ADDITIONAL_IMAGE_REGISTRY_",
 ];
 
 /// Whether `name` is a TKG configuration variable known to tkgops (rule `TKGOPS-UNKNOWN-VAR`):
@@ -197,14 +327,27 @@ pub(crate) fn decode_text<'a>(path: &str, bytes: &'a [u8]) -> Result<&'a str, Fi
         return Err(parse_error(
             path,
             None,
-            format!("file is {} bytes, larger than the {} byte (1 MiB) limit", bytes.len(), MAX_CONFIG_BYTES),
+            format!(
+                "file is {} bytes, larger than the {} byte (1 MiB) limit",
+                bytes.len(),
+                MAX_CONFIG_BYTES
+            ),
         ));
     }
     if bytes.contains(&0) {
-        return Err(parse_error(path, None, "binary file (contains NUL bytes); expected YAML text"));
+        return Err(parse_error(
+            path,
+            None,
+            "binary file (contains NUL bytes); expected YAML text",
+        ));
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| parse_error(path, None, "binary file (not valid UTF-8); expected YAML text"))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        parse_error(
+            path,
+            None,
+            "binary file (not valid UTF-8); expected YAML text",
+        )
+    })?;
     Ok(text.strip_prefix('\u{feff}').unwrap_or(text))
 }
 
@@ -212,7 +355,11 @@ pub(crate) fn decode_text<'a>(path: &str, bytes: &'a [u8]) -> Result<&'a str, Fi
 /// (line from the error location). Rejects multi-document input and empty documents.
 pub(crate) fn parse_yaml_document(path: &str, text: &str) -> Result<Value, Finding> {
     match serde_yaml::from_str::<Value>(text) {
-        Ok(Value::Null) => Err(parse_error(path, None, "file is empty (no YAML content, only comments or blanks)")),
+        Ok(Value::Null) => Err(parse_error(
+            path,
+            None,
+            "file is empty (no YAML content, only comments or blanks)",
+        )),
         Ok(v) => Ok(v),
         Err(e) => Err(yaml_error(path, &e)),
     }
@@ -220,7 +367,10 @@ pub(crate) fn parse_yaml_document(path: &str, text: &str) -> Result<Value, Findi
 
 /// Maps a serde_yaml error to a `TKGOPS-PARSE` finding with its line.
 pub(crate) fn yaml_error(path: &str, e: &serde_yaml::Error) -> Finding {
-    let line = e.location().and_then(|l| u32::try_from(l.line()).ok()).filter(|l| *l > 0);
+    let line = e
+        .location()
+        .and_then(|l| u32::try_from(l.line()).ok())
+        .filter(|l| *l > 0);
     let raw = e.to_string();
     let message = if raw.contains("more than one document") {
         "multiple YAML documents ('---') in one file; expected a single document".to_string()
@@ -279,7 +429,11 @@ fn split_key(line: &str) -> Option<String> {
         (line[..j].trim_end().to_string(), &line[j..])
     };
     let rest = rest.trim_start();
-    if rest.starts_with(':') { Some(key) } else { None }
+    if rest.starts_with(':') {
+        Some(key)
+    } else {
+        None
+    }
 }
 
 /// Renders a YAML scalar as TKG variable text; `None` for maps, sequences and tagged values.
@@ -337,7 +491,13 @@ pub fn parse_tkg_config(path: &str, bytes: &[u8]) -> Result<TkgConfig, Finding> 
     for (k, v) in map {
         let key = match scalar_text(&k) {
             Some(s) if !s.is_empty() => s,
-            _ => return Err(parse_error(path, None, "a key is not a plain scalar variable name")),
+            _ => {
+                return Err(parse_error(
+                    path,
+                    None,
+                    "a key is not a plain scalar variable name",
+                ))
+            }
         };
         let line = first_line.get(key.as_str()).copied();
         let value = match scalar_text(&v) {
@@ -347,14 +507,25 @@ pub fn parse_tkg_config(path: &str, bytes: &[u8]) -> Result<TkgConfig, Finding> 
                 return Err(parse_error(
                     path,
                     line,
-                    format!("variable {key}: value is {kind}; TKG variables take scalar values only"),
+                    format!(
+                        "variable {key}: value is {kind}; TKG variables take scalar values only"
+                    ),
                 ));
             }
         };
         if vars.contains_key(&key) {
             return Err(parse_error(path, line, format!("duplicate variable {key}")));
         }
-        vars.insert(key, TkgVar { value, line: line.unwrap_or(0) });
+        vars.insert(
+            key,
+            TkgVar {
+                value,
+                line: line.unwrap_or(0),
+            },
+        );
     }
-    Ok(TkgConfig { path: path.to_string(), vars })
+    Ok(TkgConfig {
+        path: path.to_string(),
+        vars,
+    })
 }

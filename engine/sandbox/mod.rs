@@ -16,7 +16,9 @@ use git2::{Repository, Signature};
 
 use crate::bot::config::{BotConfig, GithubSettings};
 use crate::emulators::github::{GithubEmulator, GithubEmulatorOptions};
-use crate::emulators::kube::controllers::{seed_management_cluster, start_controllers, ControllerOptions, Controllers};
+use crate::emulators::kube::controllers::{
+    seed_management_cluster, start_controllers, ControllerOptions, Controllers,
+};
 use crate::emulators::kube::{Gvr, KubeEmulator};
 use crate::emulators::tmc::{TmcEmulator, TmcEmulatorOptions};
 use moto::{seed_vpc, MotoServer, SeededVpc};
@@ -35,8 +37,10 @@ pub const APPROVER: &str = "alice";
 /// The example config repository and request shipped in `examples/`.
 const EXAMPLE_REPO_CONFIG: &str = include_str!("../../examples/config-repo/tkgops.yaml");
 const EXAMPLE_README: &str = include_str!("../../examples/config-repo/README.md");
-const EXAMPLE_CLUSTER_CONFIG: &str = include_str!("../../examples/requests/team-a-prod/cluster-config.yaml");
-const EXAMPLE_CLUSTER_SETTINGS: &str = include_str!("../../examples/requests/team-a-prod/tkgops.yaml");
+const EXAMPLE_CLUSTER_CONFIG: &str =
+    include_str!("../../examples/requests/team-a-prod/cluster-config.yaml");
+const EXAMPLE_CLUSTER_SETTINGS: &str =
+    include_str!("../../examples/requests/team-a-prod/tkgops.yaml");
 /// Settings used with `--request FILE` (tkgops's own settings for a bare TKG file).
 const DEFAULT_CLUSTER_SETTINGS: &str = "managementCluster: mc-aws-1\ntkr: v1.23.8+vmware.2-tkg.1\ntmc:\n  clusterGroup: default\nlabels:\n  env: sandbox\n";
 
@@ -127,7 +131,13 @@ impl Environment {
     /// over a new bare config repository whose `main` holds the example `tkgops.yaml`.
     ///
     /// Errors: [`SandboxError`] naming the part that failed (e.g. moto not installed).
-    pub async fn start(workdir: Option<&Path>, region: &str, azs: &[&str], vpc_cidr: &str, timings: &Timings) -> Result<Environment, SandboxError> {
+    pub async fn start(
+        workdir: Option<&Path>,
+        region: &str,
+        azs: &[&str],
+        vpc_cidr: &str,
+        timings: &Timings,
+    ) -> Result<Environment, SandboxError> {
         crate::install_crypto_provider();
         let (workdir, tempdir) = match workdir {
             Some(w) => {
@@ -139,20 +149,36 @@ impl Environment {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let moto = MotoServer::start().await.map_err(|e| SandboxError(format!("starting moto: {e}")))?;
+        let moto = MotoServer::start()
+            .await
+            .map_err(|e| SandboxError(format!("starting moto: {e}")))?;
         let ec2 = moto.ec2_client(region);
-        let vpc = seed_vpc(&ec2, vpc_cidr, azs).await.map_err(|e| SandboxError(format!("seeding the VPC in moto: {e}")))?;
+        let vpc = seed_vpc(&ec2, vpc_cidr, azs)
+            .await
+            .map_err(|e| SandboxError(format!("seeding the VPC in moto: {e}")))?;
 
         let kube = KubeEmulator::new();
-        let mgmt = ctx!(kube.add_cluster(MANAGEMENT_CLUSTER).await, "starting the management cluster")?;
-        ctx!(seed_management_cluster(&mgmt), "seeding the management cluster")?;
+        let mgmt = ctx!(
+            kube.add_cluster(MANAGEMENT_CLUSTER).await,
+            "starting the management cluster"
+        )?;
+        ctx!(
+            seed_management_cluster(&mgmt),
+            "seeding the management cluster"
+        )?;
         let controllers = start_controllers(
             &kube,
             MANAGEMENT_CLUSTER,
-            ControllerOptions { tick: timings.controller_tick, ..ControllerOptions::default() },
+            ControllerOptions {
+                tick: timings.controller_tick,
+                ..ControllerOptions::default()
+            },
         );
         let kubeconfig_path = workdir.join(format!("{MANAGEMENT_CLUSTER}.kubeconfig"));
-        ctx!(std::fs::write(&kubeconfig_path, mgmt.kubeconfig_yaml()), "writing the management kubeconfig")?;
+        ctx!(
+            std::fs::write(&kubeconfig_path, mgmt.kubeconfig_yaml()),
+            "writing the management kubeconfig"
+        )?;
 
         let tmc = ctx!(
             TmcEmulator::start(TmcEmulatorOptions {
@@ -165,9 +191,16 @@ impl Environment {
         )?;
 
         let remote = workdir.join("config-repo.git");
-        let repo_config = sandbox_repo_config(&kubeconfig_path, &tmc.url()).map_err(err("rendering tkgops.yaml"))?;
+        let repo_config = sandbox_repo_config(&kubeconfig_path, &tmc.url())
+            .map_err(err("rendering tkgops.yaml"))?;
         ctx!(
-            init_remote(&remote, &[("tkgops.yaml", repo_config.as_str()), ("README.md", EXAMPLE_README)]),
+            init_remote(
+                &remote,
+                &[
+                    ("tkgops.yaml", repo_config.as_str()),
+                    ("README.md", EXAMPLE_README)
+                ]
+            ),
             "creating the config repository"
         )?;
         let github = ctx!(
@@ -233,25 +266,52 @@ impl Environment {
     /// opens a pull request from it as [`AUTHOR`]. Returns the PR number.
     ///
     /// Errors: [`SandboxError`] when git or the emulator fail.
-    pub fn open_pull_request(&self, branch: &str, title: &str, files: &[(String, String)]) -> Result<u64, SandboxError> {
-        let owned: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
-        ctx!(commit_on_branch(&self.remote, "main", branch, title, &owned), "committing the request")?;
-        ctx!(self.github.open_pull_request(branch, title, "Adds a cluster request.", AUTHOR), "opening the PR")
+    pub fn open_pull_request(
+        &self,
+        branch: &str,
+        title: &str,
+        files: &[(String, String)],
+    ) -> Result<u64, SandboxError> {
+        let owned: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        ctx!(
+            commit_on_branch(&self.remote, "main", branch, title, &owned),
+            "committing the request"
+        )?;
+        ctx!(
+            self.github
+                .open_pull_request(branch, title, "Adds a cluster request.", AUTHOR),
+            "opening the PR"
+        )
     }
 
     /// Waits until the commit status `context` of `sha` is no longer pending; returns its state.
     ///
     /// Errors: [`SandboxError`] after `timeout`.
-    pub async fn wait_status(&self, sha: &str, context: &str, timeout: Duration) -> Result<String, SandboxError> {
+    pub async fn wait_status(
+        &self,
+        sha: &str,
+        context: &str,
+        timeout: Duration,
+    ) -> Result<String, SandboxError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(s) = self.github.statuses(sha).into_iter().find(|s| s.context == context) {
+            if let Some(s) = self
+                .github
+                .statuses(sha)
+                .into_iter()
+                .find(|s| s.context == context)
+            {
                 if s.state != "pending" {
                     return Ok(s.state);
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(SandboxError(format!("timed out waiting for commit status {context} on {sha}")));
+                return Err(SandboxError(format!(
+                    "timed out waiting for commit status {context} on {sha}"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -271,26 +331,47 @@ impl Environment {
     pub fn final_state(&self, cluster: &str, namespace: &str) -> String {
         let mut out = String::new();
         let cluster_gvr = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
-        match self.kube.cluster(MANAGEMENT_CLUSTER).and_then(|m| m.get(&cluster_gvr, Some(namespace), cluster)) {
+        match self
+            .kube
+            .cluster(MANAGEMENT_CLUSTER)
+            .and_then(|m| m.get(&cluster_gvr, Some(namespace), cluster))
+        {
             Some(obj) => {
-                let phase = obj.pointer("/status/phase").and_then(|v| v.as_str()).unwrap_or("-");
+                let phase = obj
+                    .pointer("/status/phase")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("-");
                 out.push_str(&format!("Cluster {namespace}/{cluster}: phase {phase}\n"));
-                for c in obj.pointer("/status/conditions").and_then(|v| v.as_array()).cloned().unwrap_or_default() {
+                for c in obj
+                    .pointer("/status/conditions")
+                    .and_then(|v| v.as_array())
+                    .cloned()
+                    .unwrap_or_default()
+                {
                     out.push_str(&format!(
                         "  condition {}={}{}\n",
                         c.get("type").and_then(|v| v.as_str()).unwrap_or("?"),
                         c.get("status").and_then(|v| v.as_str()).unwrap_or("?"),
-                        c.get("reason").and_then(|v| v.as_str()).map(|r| format!(" ({r})")).unwrap_or_default()
+                        c.get("reason")
+                            .and_then(|v| v.as_str())
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default()
                     ));
                 }
             }
-            None => out.push_str(&format!("Cluster {namespace}/{cluster}: not found on {MANAGEMENT_CLUSTER}\n")),
+            None => out.push_str(&format!(
+                "Cluster {namespace}/{cluster}: not found on {MANAGEMENT_CLUSTER}\n"
+            )),
         }
         match self.tmc.cluster(cluster) {
             Some(c) => out.push_str(&format!(
                 "TMC cluster {cluster}: phase {}, health {}\n",
-                c.pointer("/status/phase").and_then(|v| v.as_str()).unwrap_or("-"),
-                c.pointer("/status/health").and_then(|v| v.as_str()).unwrap_or("-")
+                c.pointer("/status/phase")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("-"),
+                c.pointer("/status/health")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("-")
             )),
             None => out.push_str(&format!("TMC cluster {cluster}: not attached\n")),
         }
@@ -303,10 +384,16 @@ impl Environment {
                     .unwrap_or("-");
                 out.push_str(&format!(
                     "PackageInstall {}/{}: {} (version {})\n",
-                    p.pointer("/metadata/namespace").and_then(|v| v.as_str()).unwrap_or("-"),
-                    p.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("-"),
+                    p.pointer("/metadata/namespace")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("-"),
+                    p.pointer("/metadata/name")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("-"),
                     cond,
-                    p.pointer("/status/version").and_then(|v| v.as_str()).unwrap_or("-")
+                    p.pointer("/status/version")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("-")
                 ));
             }
         }
@@ -317,10 +404,16 @@ impl Environment {
 /// The example `tkgops.yaml` with the management cluster's kubeconfig and the TMC endpoints
 /// pointed at this environment.
 fn sandbox_repo_config(kubeconfig: &Path, tmc_url: &str) -> Result<String, String> {
-    let mut v: serde_yaml::Value = serde_yaml::from_str(EXAMPLE_REPO_CONFIG).map_err(|e| e.to_string())?;
-    if let Some(mcs) = v.get_mut("managementClusters").and_then(|m| m.as_sequence_mut()) {
+    let mut v: serde_yaml::Value =
+        serde_yaml::from_str(EXAMPLE_REPO_CONFIG).map_err(|e| e.to_string())?;
+    if let Some(mcs) = v
+        .get_mut("managementClusters")
+        .and_then(|m| m.as_sequence_mut())
+    {
         for mc in mcs {
-            mc["kubeconfig"] = serde_yaml::from_str(&format!("{{file: {:?}}}", kubeconfig.display().to_string())).map_err(|e| e.to_string())?;
+            mc["kubeconfig"] =
+                serde_yaml::from_str(&format!("{{file: {:?}}}", kubeconfig.display().to_string()))
+                    .map_err(|e| e.to_string())?;
         }
     }
     v["tmc"]["endpoint"] = serde_yaml::Value::String(tmc_url.to_string());
@@ -346,7 +439,9 @@ pub fn map_request_to_vpc(config: &str, vpc: &SeededVpc) -> String {
             _ => None,
         };
         match replacement {
-            Some(id) if !value_of(line).is_empty() && !line.starts_with(' ') => out.push(format!("{key}: {id}")),
+            Some(id) if !value_of(line).is_empty() && !line.starts_with(' ') => {
+                out.push(format!("{key}: {id}"))
+            }
             _ => out.push(line.to_string()),
         }
     }
@@ -354,7 +449,9 @@ pub fn map_request_to_vpc(config: &str, vpc: &SeededVpc) -> String {
 }
 
 fn value_of(line: &str) -> String {
-    line.split_once(':').map(|(_, v)| v.trim().trim_matches('"').to_string()).unwrap_or_default()
+    line.split_once(':')
+        .map(|(_, v)| v.trim().trim_matches('"').to_string())
+        .unwrap_or_default()
 }
 
 /// Reads `KEY: value` from a flat TKG configuration file (empty when absent).
@@ -372,23 +469,49 @@ pub fn init_remote(remote: &Path, files: &[(&str, &str)]) -> Result<(), git2::Er
     let sig = Signature::now("tkgops sandbox", "sandbox@tkgops.invalid")?;
     let tree = build_tree(&repo, None, files)?;
     let tree = repo.find_tree(tree)?;
-    repo.commit(Some("refs/heads/main"), &sig, &sig, "Initial config repository", &tree, &[])?;
+    repo.commit(
+        Some("refs/heads/main"),
+        &sig,
+        &sig,
+        "Initial config repository",
+        &tree,
+        &[],
+    )?;
     repo.set_head("refs/heads/main")?;
     Ok(())
 }
 
 /// Commits `files` on top of `base` as a new branch `branch` in the bare repository `remote`.
-pub fn commit_on_branch(remote: &Path, base: &str, branch: &str, message: &str, files: &[(&str, &str)]) -> Result<String, git2::Error> {
+pub fn commit_on_branch(
+    remote: &Path,
+    base: &str,
+    branch: &str,
+    message: &str,
+    files: &[(&str, &str)],
+) -> Result<String, git2::Error> {
     let repo = Repository::open_bare(remote)?;
-    let parent = repo.find_reference(&format!("refs/heads/{base}"))?.peel_to_commit()?;
+    let parent = repo
+        .find_reference(&format!("refs/heads/{base}"))?
+        .peel_to_commit()?;
     let tree = build_tree(&repo, Some(parent.tree()?), files)?;
     let tree = repo.find_tree(tree)?;
     let sig = Signature::now(AUTHOR, "platform-dev@example.invalid")?;
-    let oid = repo.commit(Some(&format!("refs/heads/{branch}")), &sig, &sig, message, &tree, &[&parent])?;
+    let oid = repo.commit(
+        Some(&format!("refs/heads/{branch}")),
+        &sig,
+        &sig,
+        message,
+        &tree,
+        &[&parent],
+    )?;
     Ok(oid.to_string())
 }
 
-fn build_tree(repo: &Repository, base: Option<git2::Tree<'_>>, files: &[(&str, &str)]) -> Result<git2::Oid, git2::Error> {
+fn build_tree(
+    repo: &Repository,
+    base: Option<git2::Tree<'_>>,
+    files: &[(&str, &str)],
+) -> Result<git2::Oid, git2::Error> {
     // Use an in-memory index so nested paths (clusters/<name>/file) are handled by libgit2.
     let mut index = git2::Index::new()?;
     if let Some(t) = &base {
@@ -420,7 +543,10 @@ fn build_tree(repo: &Repository, base: Option<git2::Tree<'_>>, files: &[(&str, &
 pub fn request_files(request: Option<&str>, vpc: &SeededVpc) -> (String, Vec<(String, String)>) {
     let (config, settings) = match request {
         Some(text) => (text.to_string(), DEFAULT_CLUSTER_SETTINGS.to_string()),
-        None => (EXAMPLE_CLUSTER_CONFIG.to_string(), EXAMPLE_CLUSTER_SETTINGS.to_string()),
+        None => (
+            EXAMPLE_CLUSTER_CONFIG.to_string(),
+            EXAMPLE_CLUSTER_SETTINGS.to_string(),
+        ),
     };
     let mut name = tkg_var(&config, "CLUSTER_NAME");
     if name.is_empty() {
@@ -439,7 +565,9 @@ pub fn request_files(request: Option<&str>, vpc: &SeededVpc) -> (String, Vec<(St
 /// Region, AZs and VPC CIDR to seed moto with for a request (defaults: the example's).
 pub fn network_of(request: Option<&str>) -> (String, Vec<String>, String) {
     let text = request.unwrap_or(EXAMPLE_CLUSTER_CONFIG);
-    let region = Some(tkg_var(text, "AWS_REGION")).filter(|s| !s.is_empty()).unwrap_or_else(|| "us-west-2".into());
+    let region = Some(tkg_var(text, "AWS_REGION"))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "us-west-2".into());
     let mut azs: Vec<String> = ["AWS_NODE_AZ", "AWS_NODE_AZ_1", "AWS_NODE_AZ_2"]
         .iter()
         .map(|k| tkg_var(text, k))
@@ -447,9 +575,15 @@ pub fn network_of(request: Option<&str>) -> (String, Vec<String>, String) {
         .collect();
     azs.dedup();
     if azs.is_empty() {
-        azs = vec![format!("{region}a"), format!("{region}b"), format!("{region}c")];
+        azs = vec![
+            format!("{region}a"),
+            format!("{region}b"),
+            format!("{region}c"),
+        ];
     }
-    let cidr = Some(tkg_var(text, "AWS_VPC_CIDR")).filter(|s| s.parse::<ipnet::IpNet>().is_ok()).unwrap_or_else(|| "10.0.0.0/16".into());
+    let cidr = Some(tkg_var(text, "AWS_VPC_CIDR"))
+        .filter(|s| s.parse::<ipnet::IpNet>().is_ok())
+        .unwrap_or_else(|| "10.0.0.0/16".into());
     (region, azs, cidr)
 }
 
@@ -463,24 +597,41 @@ pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
         Some(p) => Some(ctx!(std::fs::read(p), format!("reading {}", p.display()))?),
         None => None,
     };
-    let request_text = request.as_ref().map(|b| String::from_utf8_lossy(b).to_string());
+    let request_text = request
+        .as_ref()
+        .map(|b| String::from_utf8_lossy(b).to_string());
     let (region, azs, cidr) = network_of(request_text.as_deref());
     let az_refs: Vec<&str> = azs.iter().map(String::as_str).collect();
     let timings = Timings::default();
     println!("==> starting moto (EC2, {region}), the Kubernetes, TMC and GitHub emulators");
-    let env = Environment::start(args.workdir.as_deref(), &region, &az_refs, &cidr, &timings).await?;
+    let env =
+        Environment::start(args.workdir.as_deref(), &region, &az_refs, &cidr, &timings).await?;
     let cfg = env.bot_config(&timings);
     let (cluster, files) = request_files(request_text.as_deref(), &env.vpc);
 
-    println!("==> starting the bot (state in {})", cfg.state_dir.display());
-    let creds = crate::bot::serve::Credentials { github_token: GITHUB_TOKEN.into(), tmc_token: Some(TMC_TOKEN.into()) };
-    for (k, v) in env.bot_env().into_iter().filter(|(k, _)| k.starts_with("AWS_")) {
+    println!(
+        "==> starting the bot (state in {})",
+        cfg.state_dir.display()
+    );
+    let creds = crate::bot::serve::Credentials {
+        github_token: GITHUB_TOKEN.into(),
+        tmc_token: Some(TMC_TOKEN.into()),
+    };
+    for (k, v) in env
+        .bot_env()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+    {
         if std::env::var_os(&k).is_none() {
             // Only the AWS SDK's default chain reads these; set before any client exists.
             std::env::set_var(k, v);
         }
     }
-    let bot = Arc::new(crate::bot::serve::build_with(&cfg, creds).await.map_err(|e| SandboxError(e.to_string()))?);
+    let bot = Arc::new(
+        crate::bot::serve::build_with(&cfg, creds)
+            .await
+            .map_err(|e| SandboxError(e.to_string()))?,
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let b = bot.clone();
     let poll = cfg.poll_interval;
@@ -492,9 +643,20 @@ pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
     });
 
     println!("==> {AUTHOR} opens a pull request adding clusters/{cluster}/");
-    let pr = env.open_pull_request(&format!("add-{cluster}"), &format!("Add cluster {cluster}"), &files)?;
-    let head = ctx!(Repository::open_bare(&env.remote).and_then(|r| r.revparse_single(&format!("refs/heads/add-{cluster}")).map(|o| o.id().to_string())), "reading the PR head")?;
-    let plan_state = env.wait_status(&head, crate::bot::PLAN_CONTEXT, Duration::from_secs(120)).await?;
+    let pr = env.open_pull_request(
+        &format!("add-{cluster}"),
+        &format!("Add cluster {cluster}"),
+        &files,
+    )?;
+    let head = ctx!(
+        Repository::open_bare(&env.remote).and_then(|r| r
+            .revparse_single(&format!("refs/heads/add-{cluster}"))
+            .map(|o| o.id().to_string())),
+        "reading the PR head"
+    )?;
+    let plan_state = env
+        .wait_status(&head, crate::bot::PLAN_CONTEXT, Duration::from_secs(120))
+        .await?;
     println!("==> plan posted on PR #{pr} (tkgops/plan: {plan_state})\n");
     println!("{}", env.conversation(pr));
 
@@ -503,9 +665,18 @@ pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
         false
     } else {
         println!("==> {APPROVER} approves and merges PR #{pr}");
-        ctx!(env.github.submit_review(pr, APPROVER, "APPROVED"), "approving")?;
+        ctx!(
+            env.github.submit_review(pr, APPROVER, "APPROVED"),
+            "approving"
+        )?;
         let merge = ctx!(env.github.merge_pull_request(pr, APPROVER), "merging")?;
-        let apply = env.wait_status(&merge, crate::bot::APPLY_CONTEXT, Duration::from(args.timeout)).await?;
+        let apply = env
+            .wait_status(
+                &merge,
+                crate::bot::APPLY_CONTEXT,
+                Duration::from(args.timeout),
+            )
+            .await?;
         // Let the publisher write the final summary.
         tokio::time::sleep(timings.comment * 3).await;
         println!("==> run finished (tkgops/apply: {apply}); the PR conversation:\n");
@@ -519,7 +690,12 @@ pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
         println!("    GitHub API   {}", env.github.api_url());
         println!("    TMC          {}", env.tmc.url());
         println!("    EC2 (moto)   {}", env.moto.endpoint_url());
-        println!("    mgmt cluster {}", env.workdir.join(format!("{MANAGEMENT_CLUSTER}.kubeconfig")).display());
+        println!(
+            "    mgmt cluster {}",
+            env.workdir
+                .join(format!("{MANAGEMENT_CLUSTER}.kubeconfig"))
+                .display()
+        );
         let _ = tokio::signal::ctrl_c().await;
     }
     let _ = stop_tx.send(());

@@ -116,16 +116,27 @@ impl MotoServer {
             .timeout(Duration::from_secs(5))
             .no_proxy()
             .build()
-            .map_err(|e| MotoError::Control { what: "client setup".into(), message: e.to_string() })?;
+            .map_err(|e| MotoError::Control {
+                what: "client setup".into(),
+                message: e.to_string(),
+            })?;
         let mut last = None;
         for _ in 0..3 {
             match Self::start_once(&path, http.clone()).await {
                 Ok(server) => return Ok(server),
                 // Only an early exit (e.g. the port was taken after we picked it) is worth a retry.
-                Err(MotoError::NotReady { path, endpoint, reason, log_tail })
-                    if reason.starts_with(EXITED) =>
-                {
-                    last = Some(MotoError::NotReady { path, endpoint, reason, log_tail })
+                Err(MotoError::NotReady {
+                    path,
+                    endpoint,
+                    reason,
+                    log_tail,
+                }) if reason.starts_with(EXITED) => {
+                    last = Some(MotoError::NotReady {
+                        path,
+                        endpoint,
+                        reason,
+                        log_tail,
+                    })
                 }
                 Err(e) => return Err(e),
             }
@@ -138,7 +149,10 @@ impl MotoServer {
 
     async fn start_once(path: &Path, http: reqwest::Client) -> Result<MotoServer, MotoError> {
         let port = free_port()?;
-        let log = tempfile::Builder::new().prefix("tkgops-moto-").suffix(".log").tempfile()?;
+        let log = tempfile::Builder::new()
+            .prefix("tkgops-moto-")
+            .suffix(".log")
+            .tempfile()?;
         let stdout = log.reopen()?;
         let stderr = log.reopen()?;
         let child = Command::new(path)
@@ -148,8 +162,16 @@ impl MotoServer {
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| MotoError::Spawn { path: path.display().to_string(), source })?;
-        let mut server = MotoServer { child, port, http, _log: log };
+            .map_err(|source| MotoError::Spawn {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let mut server = MotoServer {
+            child,
+            port,
+            http,
+            _log: log,
+        };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let probe = format!("{}/moto-api/", server.endpoint_url());
         loop {
@@ -166,7 +188,10 @@ impl MotoServer {
                 let _ = server.child.kill().await;
                 return Err(server.not_ready(
                     path,
-                    format!("no answer to GET /moto-api/ within {} s", STARTUP_TIMEOUT.as_secs()),
+                    format!(
+                        "no answer to GET /moto-api/ within {} s",
+                        STARTUP_TIMEOUT.as_secs()
+                    ),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -181,7 +206,11 @@ impl MotoServer {
             path: path.display().to_string(),
             endpoint: self.endpoint_url(),
             reason,
-            log_tail: if tail.is_empty() { "(empty)".into() } else { tail },
+            log_tail: if tail.is_empty() {
+                "(empty)".into()
+            } else {
+                tail
+            },
         }
     }
 
@@ -222,9 +251,15 @@ impl MotoServer {
             .post(format!("{}/moto-api/reset", self.endpoint_url()))
             .send()
             .await
-            .map_err(|e| MotoError::Control { what: what.into(), message: e.to_string() })?;
+            .map_err(|e| MotoError::Control {
+                what: what.into(),
+                message: e.to_string(),
+            })?;
         if !resp.status().is_success() {
-            return Err(MotoError::Control { what: what.into(), message: format!("HTTP {}", resp.status()) });
+            return Err(MotoError::Control {
+                what: what.into(),
+                message: format!("HTTP {}", resp.status()),
+            });
         }
         Ok(())
     }
@@ -268,7 +303,11 @@ pub fn find_moto_server() -> Result<PathBuf, MotoError> {
         }
     }
     Err(MotoError::NotFound {
-        searched: roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "),
+        searched: roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }
 
@@ -276,7 +315,9 @@ fn is_executable(p: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
     }
     #[cfg(not(unix))]
     {
@@ -316,19 +357,25 @@ pub async fn seed_vpc(
     cidr: &str,
     azs: &[&str],
 ) -> Result<SeededVpc, MotoError> {
-    let net: Ipv4Net =
-        cidr.parse().map_err(|_| MotoError::InvalidSeed(format!("not an IPv4 CIDR: {cidr}")))?;
+    let net: Ipv4Net = cidr
+        .parse()
+        .map_err(|_| MotoError::InvalidSeed(format!("not an IPv4 CIDR: {cidr}")))?;
     if azs.is_empty() {
         return Err(MotoError::InvalidSeed("at least one AZ is required".into()));
     }
     let sub_prefix = (net.prefix_len() + 4).min(28);
     let blocks: Vec<Ipv4Net> = net
         .subnets(sub_prefix)
-        .map_err(|e| MotoError::InvalidSeed(format!("cannot carve /{sub_prefix}s from {cidr}: {e}")))?
+        .map_err(|e| {
+            MotoError::InvalidSeed(format!("cannot carve /{sub_prefix}s from {cidr}: {e}"))
+        })?
         .take(azs.len() * 2)
         .collect();
     if blocks.len() < azs.len() * 2 {
-        return Err(MotoError::InvalidSeed(format!("{cidr} is too small for {} AZs", azs.len())));
+        return Err(MotoError::InvalidSeed(format!(
+            "{cidr} is too small for {} AZs",
+            azs.len()
+        )));
     }
     let vpc = client
         .create_vpc()
@@ -345,7 +392,10 @@ pub async fn seed_vpc(
     let vpc_id = vpc
         .vpc()
         .and_then(|v| v.vpc_id())
-        .ok_or_else(|| MotoError::Seed { op: "CreateVpc", message: "no VPC id in the answer".into() })?
+        .ok_or_else(|| MotoError::Seed {
+            op: "CreateVpc",
+            message: "no VPC id in the answer".into(),
+        })?
         .to_string();
     let mut private_subnet_ids = Vec::new();
     let mut public_subnet_ids = Vec::new();
@@ -391,7 +441,10 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let message = match e.as_service_error().and_then(|s| s.code()) {
-        Some(code) => format!("{code}: {}", e.as_service_error().and_then(|s| s.message()).unwrap_or("")),
+        Some(code) => format!(
+            "{code}: {}",
+            e.as_service_error().and_then(|s| s.message()).unwrap_or("")
+        ),
         None => DisplayErrorContext(&e).to_string(),
     };
     MotoError::Seed { op, message }

@@ -134,7 +134,9 @@ pub struct Catalog {
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog").field("workflows", &self.workflows.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Catalog")
+            .field("workflows", &self.workflows.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -169,7 +171,12 @@ impl Catalog {
     ///
     /// Errors: only if the embedded files are inconsistent, which the test suite rules out.
     pub fn builtin() -> Result<Catalog, CatalogError> {
-        Self::from_files(EMBEDDED.iter().map(|(p, c)| (p.to_string(), c.to_string())).collect())
+        Self::from_files(
+            EMBEDDED
+                .iter()
+                .map(|(p, c)| (p.to_string(), c.to_string()))
+                .collect(),
+        )
     }
 
     /// Loads `dir/workflows/*.yaml` and every file below `dir/templates/` (an operator's
@@ -199,10 +206,18 @@ impl Catalog {
         for (path, text) in &files {
             if let Some(name) = path.strip_prefix("templates/") {
                 hb.register_template_string(name, text)
-                    .map_err(|e| CatalogError::Template { name: name.to_string(), message: e.to_string() })?;
-            } else if path.starts_with("workflows/") && (path.ends_with(".yaml") || path.ends_with(".yml")) {
-                let wf: Workflow = serde_yaml::from_str(text)
-                    .map_err(|e| CatalogError::Workflow { file: path.clone(), message: e.to_string() })?;
+                    .map_err(|e| CatalogError::Template {
+                        name: name.to_string(),
+                        message: e.to_string(),
+                    })?;
+            } else if path.starts_with("workflows/")
+                && (path.ends_with(".yaml") || path.ends_with(".yml"))
+            {
+                let wf: Workflow =
+                    serde_yaml::from_str(text).map_err(|e| CatalogError::Workflow {
+                        file: path.clone(),
+                        message: e.to_string(),
+                    })?;
                 workflows.insert(wf.name.clone(), wf);
             }
         }
@@ -238,12 +253,22 @@ impl Catalog {
     pub fn render(&self, name: &str, data: &serde_json::Value) -> Result<String, CatalogError> {
         self.hb
             .render(name, data)
-            .map_err(|e| CatalogError::Render { name: name.to_string(), message: e.to_string() })
+            .map_err(|e| CatalogError::Render {
+                name: name.to_string(),
+                message: e.to_string(),
+            })
     }
 }
 
-fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<(String, String)>) -> Result<(), CatalogError> {
-    let io = |e| CatalogError::Io { path: dir.display().to_string(), source: e };
+fn collect_files(
+    dir: &Path,
+    prefix: &str,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), CatalogError> {
+    let io = |e| CatalogError::Io {
+        path: dir.display().to_string(),
+        source: e,
+    };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name().to_string_lossy().to_string();
@@ -251,8 +276,10 @@ fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<(String, String)>) -> R
         if path.is_dir() {
             collect_files(&path, &format!("{prefix}/{name}"), out)?;
         } else {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| CatalogError::Io { path: path.display().to_string(), source: e })?;
+            let text = std::fs::read_to_string(&path).map_err(|e| CatalogError::Io {
+                path: path.display().to_string(),
+                source: e,
+            })?;
             out.push((format!("{prefix}/{name}"), text));
         }
     }

@@ -72,7 +72,11 @@ pub fn render_plan(plan: &Plan, catalog: &Catalog, with_marker: bool) -> Result<
             })
         })
         .collect();
-    let error_count = plan.all_findings().iter().filter(|f| f.severity == Severity::Error).count();
+    let error_count = plan
+        .all_findings()
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
     let clusters: Vec<Value> = plan
         .clusters
         .iter()
@@ -121,7 +125,9 @@ pub fn render_plan(plan: &Plan, catalog: &Catalog, with_marker: bool) -> Result<
         "warningCount": findings.len() - error_count,
         "version": VERSION,
     });
-    catalog.render("comments/plan.md.hbs", &data).map_err(|e| e.to_string())
+    catalog
+        .render("comments/plan.md.hbs", &data)
+        .map_err(|e| e.to_string())
 }
 
 /// One row of the live step table.
@@ -188,7 +194,9 @@ pub fn render_runs(
         "plan": plan_markdown,
         "version": VERSION,
     });
-    catalog.render("comments/run.md.hbs", &data).map_err(|e| e.to_string())
+    catalog
+        .render("comments/run.md.hbs", &data)
+        .map_err(|e| e.to_string())
 }
 
 /// Replaces every occurrence of each secret value (at least 4 characters long) by

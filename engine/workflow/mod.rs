@@ -9,4 +9,6 @@ pub mod markdown;
 pub mod plan;
 
 pub use catalog::{Catalog, CatalogError, Workflow, WorkflowStep};
-pub use plan::{plan, ClusterPlan, IntentKind, MemoryTree, Plan, PlanInput, PlanStatus, TreeReader};
+pub use plan::{
+    plan, ClusterPlan, IntentKind, MemoryTree, Plan, PlanInput, PlanStatus, TreeReader,
+};

@@ -22,8 +22,14 @@ pub const CLUSTER_SETTINGS_FILE: &str = "tkgops.yaml";
 
 /// Step kinds that have an executor in this version of tkgops. A workflow using any other kind
 /// is planned and shown, but marked "planned, not yet executable" and never started.
-pub const EXECUTABLE_KINDS: &[&str] =
-    &["aws.preflight", "kube.apply", "kube.wait-cluster", "kube.read-kubeconfig", "tmc.attach", "packages.rollout"];
+pub const EXECUTABLE_KINDS: &[&str] = &[
+    "aws.preflight",
+    "kube.apply",
+    "kube.wait-cluster",
+    "kube.read-kubeconfig",
+    "tmc.attach",
+    "packages.rollout",
+];
 
 /// Read access to the files of one commit of the config repository.
 pub trait TreeReader {
@@ -165,18 +171,25 @@ pub struct Plan {
 impl Plan {
     /// Whether any finding is an error (the commit status is then `failure`).
     pub fn has_errors(&self) -> bool {
-        self.repo_findings.iter().chain(self.clusters.iter().flat_map(|c| c.findings.iter()))
+        self.repo_findings
+            .iter()
+            .chain(self.clusters.iter().flat_map(|c| c.findings.iter()))
             .any(|f| f.severity == Severity::Error)
     }
 
     /// All findings, repository ones first.
     pub fn all_findings(&self) -> Vec<&Finding> {
-        self.repo_findings.iter().chain(self.clusters.iter().flat_map(|c| c.findings.iter())).collect()
+        self.repo_findings
+            .iter()
+            .chain(self.clusters.iter().flat_map(|c| c.findings.iter()))
+            .collect()
     }
 
     /// The cluster plans that will run after merge.
     pub fn executable(&self) -> impl Iterator<Item = &ClusterPlan> {
-        self.clusters.iter().filter(|c| c.status == PlanStatus::Ready)
+        self.clusters
+            .iter()
+            .filter(|c| c.status == PlanStatus::Ready)
     }
 }
 
@@ -222,7 +235,11 @@ pub struct LoadedCluster {
 
 /// Loads and validates `clusters/<name>/` from `tree`; `None` when the cluster configuration
 /// file is absent at that commit.
-pub fn load_cluster(tree: &dyn TreeReader, name: &str, repo: Option<&RepoConfig>) -> Option<LoadedCluster> {
+pub fn load_cluster(
+    tree: &dyn TreeReader,
+    name: &str,
+    repo: Option<&RepoConfig>,
+) -> Option<LoadedCluster> {
     let config_path = format!("{CLUSTERS_DIR}/{name}/{CLUSTER_CONFIG_FILE}");
     let settings_path = format!("{CLUSTERS_DIR}/{name}/{CLUSTER_SETTINGS_FILE}");
     let config_bytes = tree.read(&config_path)?;
@@ -257,7 +274,11 @@ pub fn load_cluster(tree: &dyn TreeReader, name: &str, repo: Option<&RepoConfig>
         findings.extend(request::validate(cfg, settings.as_ref(), repo));
     }
     let request = match (config, settings) {
-        (Some(config), Some(settings)) => Some(ClusterRequest { name: name.to_string(), config, settings }),
+        (Some(config), Some(settings)) => Some(ClusterRequest {
+            name: name.to_string(),
+            config,
+            settings,
+        }),
         _ => None,
     };
     Some(LoadedCluster { request, findings })
@@ -324,43 +345,102 @@ fn plan_cluster(
 ) -> Vec<ClusterPlan> {
     match (before, after) {
         (None, None) => Vec::new(),
-        (None, Some(after)) => vec![render_intent(name, IntentKind::Create, after.request.as_ref(), after.findings, repo, input)],
-        (Some(before), None) => vec![render_intent(name, IntentKind::Delete, before.request.as_ref(), Vec::new(), repo, input)],
+        (None, Some(after)) => vec![render_intent(
+            name,
+            IntentKind::Create,
+            after.request.as_ref(),
+            after.findings,
+            repo,
+            input,
+        )],
+        (Some(before), None) => vec![render_intent(
+            name,
+            IntentKind::Delete,
+            before.request.as_ref(),
+            Vec::new(),
+            repo,
+            input,
+        )],
         (Some(before), Some(after)) => {
             let mut findings = after.findings;
             let (Some(old), Some(new)) = (before.request.as_ref(), after.request.as_ref()) else {
                 // The new version does not load: show its findings as a blocked change.
-                return vec![blocked(name, IntentKind::Unsupported { reason: "the cluster request does not load".into() }, findings, None)];
+                return vec![blocked(
+                    name,
+                    IntentKind::Unsupported {
+                        reason: "the cluster request does not load".into(),
+                    },
+                    findings,
+                    None,
+                )];
             };
             let (old_spec, new_spec) = match (repo, spec_of(old, repo), spec_of(new, repo)) {
                 (Some(_), Ok(a), Ok(b)) => (a, b),
                 (_, _, Err(f)) => {
                     findings.push(f);
-                    return vec![blocked(name, IntentKind::Unsupported { reason: "the cluster request does not load".into() }, findings, None)];
+                    return vec![blocked(
+                        name,
+                        IntentKind::Unsupported {
+                            reason: "the cluster request does not load".into(),
+                        },
+                        findings,
+                        None,
+                    )];
                 }
-                _ => return vec![blocked(name, IntentKind::Unsupported { reason: "the old cluster request does not load".into() }, findings, None)],
+                _ => {
+                    return vec![blocked(
+                        name,
+                        IntentKind::Unsupported {
+                            reason: "the old cluster request does not load".into(),
+                        },
+                        findings,
+                        None,
+                    )]
+                }
             };
             let mut intents = Vec::new();
             if old_spec.tkr != new_spec.tkr {
                 let line = None;
-                if let Some(f) = request::check_upgrade(&format!("{CLUSTERS_DIR}/{name}/{CLUSTER_SETTINGS_FILE}"), line, &old_spec.tkr, &new_spec.tkr) {
+                if let Some(f) = request::check_upgrade(
+                    &format!("{CLUSTERS_DIR}/{name}/{CLUSTER_SETTINGS_FILE}"),
+                    line,
+                    &old_spec.tkr,
+                    &new_spec.tkr,
+                ) {
                     findings.push(f);
                 }
-                intents.push(IntentKind::Upgrade { from: old_spec.tkr.clone(), to: new_spec.tkr.clone() });
+                intents.push(IntentKind::Upgrade {
+                    from: old_spec.tkr.clone(),
+                    to: new_spec.tkr.clone(),
+                });
             }
             if new_spec.tmc.is_some() && old_spec.tmc != new_spec.tmc {
                 intents.push(IntentKind::AttachTmc);
             }
-            if old_spec.packages != new_spec.packages || old_spec.package_repository != new_spec.package_repository {
+            if old_spec.packages != new_spec.packages
+                || old_spec.package_repository != new_spec.package_repository
+            {
                 intents.push(IntentKind::RolloutPackages);
             }
             let changed_vars: Vec<String> = old
                 .config
                 .vars
                 .iter()
-                .filter(|(k, v)| new.config.vars.get(*k).map(|n| n.value != v.value).unwrap_or(true))
+                .filter(|(k, v)| {
+                    new.config
+                        .vars
+                        .get(*k)
+                        .map(|n| n.value != v.value)
+                        .unwrap_or(true)
+                })
                 .map(|(k, _)| k.clone())
-                .chain(new.config.vars.keys().filter(|k| !old.config.vars.contains_key(*k)).cloned())
+                .chain(
+                    new.config
+                        .vars
+                        .keys()
+                        .filter(|k| !old.config.vars.contains_key(*k))
+                        .cloned(),
+                )
                 .collect();
             if !changed_vars.is_empty() {
                 let shown: Vec<String> = changed_vars.iter().take(10).cloned().collect();
@@ -378,7 +458,11 @@ fn plan_cluster(
             let mut out = Vec::new();
             for (i, intent) in intents.into_iter().enumerate() {
                 // Findings are shown once per cluster (on its first intent).
-                let f = if i == 0 { std::mem::take(&mut findings) } else { Vec::new() };
+                let f = if i == 0 {
+                    std::mem::take(&mut findings)
+                } else {
+                    Vec::new()
+                };
                 out.push(render_intent(name, intent, Some(new), f, repo, input));
             }
             out
@@ -399,7 +483,12 @@ fn spec_of(req: &ClusterRequest, repo: Option<&RepoConfig>) -> Result<ClusterSpe
     }
 }
 
-fn blocked(name: &str, intent: IntentKind, findings: Vec<Finding>, workflow: Option<String>) -> ClusterPlan {
+fn blocked(
+    name: &str,
+    intent: IntentKind,
+    findings: Vec<Finding>,
+    workflow: Option<String>,
+) -> ClusterPlan {
     ClusterPlan {
         cluster: name.to_string(),
         intent,
@@ -427,7 +516,11 @@ fn render_intent(
         };
         return ClusterPlan {
             cluster: name.to_string(),
-            status: if findings.iter().any(|f| f.severity == Severity::Error) { PlanStatus::Blocked } else { PlanStatus::NoAction },
+            status: if findings.iter().any(|f| f.severity == Severity::Error) {
+                PlanStatus::Blocked
+            } else {
+                PlanStatus::NoAction
+            },
             intent,
             workflow: None,
             findings,
@@ -439,17 +532,24 @@ fn render_intent(
     let Some(workflow) = input.catalog.workflow_for_intent(intent_name) else {
         return blocked(name, intent, findings, None);
     };
-    let spec = match req.ok_or(()).and_then(|r| spec_of(r, repo).map_err(|f| findings.push(f))) {
+    let spec = match req
+        .ok_or(())
+        .and_then(|r| spec_of(r, repo).map_err(|f| findings.push(f)))
+    {
         Ok(s) => s,
         Err(()) => return blocked(name, intent, findings, Some(workflow.name.clone())),
     };
-    if spec.tmc.is_some() && repo.map(|r| r.tmc.is_none()).unwrap_or(true) && intent_name != "delete" {
+    if spec.tmc.is_some()
+        && repo.map(|r| r.tmc.is_none()).unwrap_or(true)
+        && intent_name != "delete"
+    {
         findings.push(Finding {
             path: format!("{CLUSTERS_DIR}/{name}/{CLUSTER_SETTINGS_FILE}"),
             line: None,
             rule: "TKGOPS-SCHEMA".into(),
             severity: Severity::Error,
-            message: "tmc.clusterGroup is set but the repository's tkgops.yaml has no tmc.endpoint".into(),
+            message: "tmc.clusterGroup is set but the repository's tkgops.yaml has no tmc.endpoint"
+                .into(),
         });
     }
     let has_errors = findings.iter().any(|f| f.severity == Severity::Error);
@@ -458,19 +558,30 @@ fn render_intent(
         Ok(r) => r,
         Err(message) => {
             let mut p = blocked(name, intent, findings, Some(workflow.name.clone()));
-            p.note = Some(format!("The workflow {} could not be rendered: {message}", workflow.name));
+            p.note = Some(format!(
+                "The workflow {} could not be rendered: {message}",
+                workflow.name
+            ));
             return p;
         }
     };
-    let executable = steps.iter().all(|s| EXECUTABLE_KINDS.contains(&s.kind.as_str()));
+    let executable = steps
+        .iter()
+        .all(|s| EXECUTABLE_KINDS.contains(&s.kind.as_str()));
     let (status, note) = if has_errors {
         (PlanStatus::Blocked, Some("Fix the errors listed in the findings; nothing runs for this cluster until the plan has no errors.".to_string()))
     } else if !executable {
-        let missing: Vec<&str> =
-            steps.iter().map(|s| s.kind.as_str()).filter(|k| !EXECUTABLE_KINDS.contains(k)).collect();
+        let missing: Vec<&str> = steps
+            .iter()
+            .map(|s| s.kind.as_str())
+            .filter(|k| !EXECUTABLE_KINDS.contains(k))
+            .collect();
         (
             PlanStatus::NotYetExecutable,
-            Some(format!("Planned, not yet executable: this version of tkgops has no executor for {}.", missing.join(", "))),
+            Some(format!(
+                "Planned, not yet executable: this version of tkgops has no executor for {}.",
+                missing.join(", ")
+            )),
         )
     } else {
         (PlanStatus::Ready, None)
@@ -490,13 +601,19 @@ fn render_intent(
 /// The handlebars context for one cluster: `cluster` (the [`ClusterSpec`]), `repo.tmc`, and a
 /// few derived values the templates need.
 pub fn render_context(spec: &ClusterSpec, repo: Option<&RepoConfig>, commit: &str) -> Value {
-    let repo_json = repo.and_then(|r| serde_json::to_value(r).ok()).unwrap_or(Value::Null);
+    let repo_json = repo
+        .and_then(|r| serde_json::to_value(r).ok())
+        .unwrap_or(Value::Null);
     let mut instance_types: Vec<String> = std::iter::once(spec.control_plane.instance_type.clone())
         .chain(spec.workers.iter().map(|w| w.instance_type.clone()))
         .collect();
     instance_types.sort();
     instance_types.dedup();
-    let default_worker = spec.workers.first().map(|w| w.instance_type.clone()).unwrap_or_else(|| "m5.large".into());
+    let default_worker = spec
+        .workers
+        .first()
+        .map(|w| w.instance_type.clone())
+        .unwrap_or_else(|| "m5.large".into());
     json!({
         "cluster": spec,
         "repo": {"tmc": repo_json.get("tmc").cloned().unwrap_or(Value::Null)},
@@ -528,7 +645,11 @@ fn truthy(v: Option<&Value>) -> bool {
 ///
 /// Errors: a message naming the step and template when rendering fails or the output does not
 /// parse.
-pub fn render_workflow(workflow: &Workflow, context: &Value, catalog: &Catalog) -> Result<(Vec<StepSpec>, Vec<RenderedManifest>), String> {
+pub fn render_workflow(
+    workflow: &Workflow,
+    context: &Value,
+    catalog: &Catalog,
+) -> Result<(Vec<StepSpec>, Vec<RenderedManifest>), String> {
     let mut steps = Vec::new();
     let mut manifests = Vec::new();
     for step in &workflow.steps {
@@ -537,21 +658,41 @@ pub fn render_workflow(workflow: &Workflow, context: &Value, catalog: &Catalog) 
                 continue;
             }
         }
-        let text = catalog.render(&step.inputs, context).map_err(|e| format!("step {}: {e}", step.id))?;
-        let mut inputs: Value = serde_json::from_str(&text)
-            .map_err(|e| format!("step {}: template {} did not render valid JSON: {e}", step.id, step.inputs))?;
+        let text = catalog
+            .render(&step.inputs, context)
+            .map_err(|e| format!("step {}: {e}", step.id))?;
+        let mut inputs: Value = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "step {}: template {} did not render valid JSON: {e}",
+                step.id, step.inputs
+            )
+        })?;
         if !step.manifests.is_empty() {
             let mut docs = Vec::new();
             for t in &step.manifests {
-                let yaml = catalog.render(t, context).map_err(|e| format!("step {}: {e}", step.id))?;
+                let yaml = catalog
+                    .render(t, context)
+                    .map_err(|e| format!("step {}: {e}", step.id))?;
                 for doc in serde_yaml::Deserializer::from_str(&yaml) {
-                    let v: serde_yaml::Value = serde::Deserialize::deserialize(doc)
-                        .map_err(|e| format!("step {}: template {t} did not render valid YAML: {e}", step.id))?;
+                    let v: serde_yaml::Value =
+                        serde::Deserialize::deserialize(doc).map_err(|e| {
+                            format!(
+                                "step {}: template {t} did not render valid YAML: {e}",
+                                step.id
+                            )
+                        })?;
                     if !v.is_null() {
-                        docs.push(serde_yaml::to_string(&v).map_err(|e| format!("step {}: {e}", step.id))?);
+                        docs.push(
+                            serde_yaml::to_string(&v)
+                                .map_err(|e| format!("step {}: {e}", step.id))?,
+                        );
                     }
                 }
-                manifests.push(RenderedManifest { step: step.id.clone(), template: t.clone(), yaml });
+                manifests.push(RenderedManifest {
+                    step: step.id.clone(),
+                    template: t.clone(),
+                    yaml,
+                });
             }
             if let Some(obj) = inputs.as_object_mut() {
                 obj.insert("manifests".into(), Value::String(docs.join("---\n")));
@@ -562,7 +703,11 @@ pub fn render_workflow(workflow: &Workflow, context: &Value, catalog: &Catalog) 
             kind: step.kind.clone(),
             title: step.title.clone(),
             timeout_secs: step.timeout.as_secs().max(1),
-            retry: step.retry.as_ref().map(RetryPolicy::from).unwrap_or_default(),
+            retry: step
+                .retry
+                .as_ref()
+                .map(RetryPolicy::from)
+                .unwrap_or_default(),
             inputs,
         });
     }

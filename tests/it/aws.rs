@@ -104,7 +104,12 @@ async fn subnets_with_tag_key(
             let tags = s
                 .tags()
                 .iter()
-                .map(|t| (t.key().unwrap_or("").to_string(), t.value().unwrap_or("").to_string()))
+                .map(|t| {
+                    (
+                        t.key().unwrap_or("").to_string(),
+                        t.value().unwrap_or("").to_string(),
+                    )
+                })
                 .collect();
             (s.subnet_id().unwrap_or("").to_string(), tags)
         })
@@ -127,7 +132,12 @@ async fn preflight_existing_vpc_tags_subnets_once() {
     client
         .create_tags()
         .resources(&vpc.private_subnet_ids[0])
-        .tags(Tag::builder().key("kubernetes.io/cluster/team-a-prod").value("owned").build())
+        .tags(
+            Tag::builder()
+                .key("kubernetes.io/cluster/team-a-prod")
+                .value("owned")
+                .build(),
+        )
         .send()
         .await
         .expect("pre-tag");
@@ -138,23 +148,42 @@ async fn preflight_existing_vpc_tags_subnets_once() {
         ProgressSink::new(move |l| lines.lock().expect("lock").push(l.to_string()))
     };
     let exec = executor(&moto);
-    let out = exec.execute(&ctx(existing_vpc_inputs(&vpc), sink)).await.expect("preflight");
+    let out = exec
+        .execute(&ctx(existing_vpc_inputs(&vpc), sink))
+        .await
+        .expect("preflight");
     let out: PreflightOutput = serde_json::from_value(out).expect("output shape");
     assert_eq!(out.region, REGION);
     assert_eq!(out.vpc_id.as_deref(), Some(vpc.vpc_id.as_str()));
-    assert_eq!(out.azs, AZS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-    assert_eq!(out.instance_types, vec!["m5.xlarge".to_string(), "t3.large".to_string()]);
+    assert_eq!(
+        out.azs,
+        AZS.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        out.instance_types,
+        vec!["m5.xlarge".to_string(), "t3.large".to_string()]
+    );
     assert_eq!(out.tagged_subnets.len(), 6, "{out:?}");
     assert!(out.already_tagged.is_empty());
     let progress = lines.lock().expect("lock").clone();
     assert_eq!(progress.len(), 6, "{progress:?}");
-    assert!(progress[0].starts_with("1/6") && progress[5].starts_with("6/6"), "{progress:?}");
+    assert!(
+        progress[0].starts_with("1/6") && progress[5].starts_with("6/6"),
+        "{progress:?}"
+    );
 
     let tagged = subnets_with_tag_key(&client, "kubernetes.io/cluster/team-a-prod").await;
-    let mut expected: Vec<String> =
-        vpc.private_subnet_ids.iter().chain(&vpc.public_subnet_ids).cloned().collect();
+    let mut expected: Vec<String> = vpc
+        .private_subnet_ids
+        .iter()
+        .chain(&vpc.public_subnet_ids)
+        .cloned()
+        .collect();
     expected.sort();
-    assert_eq!(tagged.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        tagged.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        expected
+    );
     for (id, tags) in &tagged {
         let cluster = tag_value(tags, "kubernetes.io/cluster/team-a-prod");
         if *id == vpc.private_subnet_ids[0] {
@@ -163,20 +192,45 @@ async fn preflight_existing_vpc_tags_subnets_once() {
             assert_eq!(cluster.as_deref(), Some("shared"), "{id}");
         }
         if vpc.private_subnet_ids.contains(id) {
-            assert_eq!(tag_value(tags, "kubernetes.io/role/internal-elb").as_deref(), Some("1"), "{id}");
+            assert_eq!(
+                tag_value(tags, "kubernetes.io/role/internal-elb").as_deref(),
+                Some("1"),
+                "{id}"
+            );
             assert_eq!(tag_value(tags, "kubernetes.io/role/elb"), None, "{id}");
         } else {
-            assert_eq!(tag_value(tags, "kubernetes.io/role/elb").as_deref(), Some("1"), "{id}");
-            assert_eq!(tag_value(tags, "kubernetes.io/role/internal-elb"), None, "{id}");
+            assert_eq!(
+                tag_value(tags, "kubernetes.io/role/elb").as_deref(),
+                Some("1"),
+                "{id}"
+            );
+            assert_eq!(
+                tag_value(tags, "kubernetes.io/role/internal-elb"),
+                None,
+                "{id}"
+            );
         }
     }
-    assert_eq!(subnets_with_tag_key(&client, "kubernetes.io/role/internal-elb").await.len(), 3);
-    assert_eq!(subnets_with_tag_key(&client, "kubernetes.io/role/elb").await.len(), 3);
+    assert_eq!(
+        subnets_with_tag_key(&client, "kubernetes.io/role/internal-elb")
+            .await
+            .len(),
+        3
+    );
+    assert_eq!(
+        subnets_with_tag_key(&client, "kubernetes.io/role/elb")
+            .await
+            .len(),
+        3
+    );
 
     // Second run: nothing new.
-    let again: PreflightOutput =
-        serde_json::from_value(run(&exec, existing_vpc_inputs(&vpc)).await.expect("second preflight"))
-            .expect("output shape");
+    let again: PreflightOutput = serde_json::from_value(
+        run(&exec, existing_vpc_inputs(&vpc))
+            .await
+            .expect("second preflight"),
+    )
+    .expect("output shape");
     assert!(again.tagged_subnets.is_empty(), "{again:?}");
     assert_eq!(again.already_tagged.len(), 6);
     moto.stop().await;
@@ -189,7 +243,9 @@ async fn preflight_new_vpc_cidr_must_not_overlap() {
     let exec = executor(&moto);
 
     // moto's default VPC is 172.31.0.0/16; 10.0.0.0/16 is free.
-    let out = run(&exec, new_vpc_inputs("10.0.0.0/16")).await.expect("new VPC preflight");
+    let out = run(&exec, new_vpc_inputs("10.0.0.0/16"))
+        .await
+        .expect("new VPC preflight");
     assert_eq!(out["vpcId"], Value::Null);
     assert_eq!(out["taggedSubnets"], json!([]));
     assert_eq!(out["alreadyTagged"], json!([]));
@@ -199,11 +255,15 @@ async fn preflight_new_vpc_cidr_must_not_overlap() {
         run(&exec, new_vpc_inputs("10.50.128.0/17")).await,
         &["10.50.128.0/17", &existing.vpc_id],
     );
-    expect_permanent(run(&exec, new_vpc_inputs("172.31.0.0/16")).await, &["overlaps VPC", "172.31.0.0/16"]);
+    expect_permanent(
+        run(&exec, new_vpc_inputs("172.31.0.0/16")).await,
+        &["overlaps VPC", "172.31.0.0/16"],
+    );
 
     // New-VPC subnet CIDRs must lie inside the VPC CIDR.
     let mut bad = new_vpc_inputs("10.0.0.0/16");
-    bad["subnets"] = json!([{"az": "us-west-2a", "privateCidr": "10.9.0.0/24", "publicCidr": "10.0.1.0/24"}]);
+    bad["subnets"] =
+        json!([{"az": "us-west-2a", "privateCidr": "10.9.0.0/24", "publicCidr": "10.0.1.0/24"}]);
     expect_permanent(run(&exec, bad).await, &["10.9.0.0/24", "not inside"]);
     moto.stop().await;
 }
@@ -218,7 +278,10 @@ async fn preflight_instance_types() {
     assert_eq!(out["instanceTypes"], json!(["t3.large", "m5.xlarge"]));
 
     inputs["instanceTypes"] = json!(["t3.large", "m5.humongous"]);
-    expect_permanent(run(&exec, inputs).await, &["instance type check", "m5.humongous"]);
+    expect_permanent(
+        run(&exec, inputs).await,
+        &["instance type check", "m5.humongous"],
+    );
     moto.stop().await;
 }
 
@@ -227,7 +290,9 @@ async fn preflight_rejects_bad_subnets_and_vpc() {
     let moto = start_moto().await;
     let client = moto.ec2_client(REGION);
     let vpc = seed_vpc(&client, "10.30.0.0/16", &AZS).await.expect("seed");
-    let other = seed_vpc(&client, "10.31.0.0/16", &AZS).await.expect("seed other");
+    let other = seed_vpc(&client, "10.31.0.0/16", &AZS)
+        .await
+        .expect("seed other");
     let exec = executor(&moto);
 
     // A subnet id that does not exist.
@@ -235,7 +300,10 @@ async fn preflight_rejects_bad_subnets_and_vpc() {
     inputs["subnets"][1]["privateId"] = json!("subnet-0123456789abcdef0");
     expect_permanent(
         run(&exec, inputs).await,
-        &["cannot find subnet(s) subnet-0123456789abcdef0", &vpc.vpc_id],
+        &[
+            "cannot find subnet(s) subnet-0123456789abcdef0",
+            &vpc.vpc_id,
+        ],
     );
 
     // A subnet of another VPC.
@@ -243,22 +311,36 @@ async fn preflight_rejects_bad_subnets_and_vpc() {
     inputs["subnets"][0]["publicId"] = json!(other.public_subnet_ids[0]);
     expect_permanent(
         run(&exec, inputs).await,
-        &["cannot find subnet(s)", &other.public_subnet_ids[0], &other.vpc_id],
+        &[
+            "cannot find subnet(s)",
+            &other.public_subnet_ids[0],
+            &other.vpc_id,
+        ],
     );
 
     // A subnet in the wrong AZ: the private subnets of a and b swapped.
     let mut inputs = existing_vpc_inputs(&vpc);
     inputs["subnets"][0]["privateId"] = json!(vpc.private_subnet_ids[1]);
     inputs["subnets"][1]["privateId"] = json!(vpc.private_subnet_ids[0]);
-    expect_permanent(run(&exec, inputs).await, &[&vpc.private_subnet_ids[1], "us-west-2b", "us-west-2a"]);
+    expect_permanent(
+        run(&exec, inputs).await,
+        &[&vpc.private_subnet_ids[1], "us-west-2b", "us-west-2a"],
+    );
 
     // A VPC that does not exist.
     let mut inputs = existing_vpc_inputs(&vpc);
     inputs["vpc"]["existingId"] = json!("vpc-0123456789abcdef0");
-    expect_permanent(run(&exec, inputs).await, &["VPC vpc-0123456789abcdef0 not found in region us-west-2"]);
+    expect_permanent(
+        run(&exec, inputs).await,
+        &["VPC vpc-0123456789abcdef0 not found in region us-west-2"],
+    );
 
     // Nothing was tagged by the failed runs.
-    assert!(subnets_with_tag_key(&client, "kubernetes.io/cluster/team-a-prod").await.is_empty());
+    assert!(
+        subnets_with_tag_key(&client, "kubernetes.io/cluster/team-a-prod")
+            .await
+            .is_empty()
+    );
     moto.stop().await;
 }
 
@@ -272,13 +354,19 @@ async fn preflight_rejects_bad_azs_and_overlapping_cidrs() {
     // An AZ of another region.
     let mut inputs = new_vpc_inputs("10.0.0.0/16");
     inputs["azs"] = json!(["us-west-2a", "us-east-1b", "us-west-2c"]);
-    expect_permanent(run(&exec, inputs).await, &["availability zone check", "us-east-1b", REGION]);
+    expect_permanent(
+        run(&exec, inputs).await,
+        &["availability zone check", "us-east-1b", REGION],
+    );
 
     // A region that does not exist.
     let mut inputs = new_vpc_inputs("10.0.0.0/16");
     inputs["region"] = json!("xx-nowhere-9");
     inputs["azs"] = json!(["xx-nowhere-9a"]);
-    expect_permanent(run(&exec, inputs).await, &["region check", "xx-nowhere-9 does not exist"]);
+    expect_permanent(
+        run(&exec, inputs).await,
+        &["region check", "xx-nowhere-9 does not exist"],
+    );
     let mut inputs = new_vpc_inputs("10.0.0.0/16");
     inputs["region"] = json!("US_WEST_2");
     expect_permanent(run(&exec, inputs).await, &["region check", "US_WEST_2"]);
@@ -286,7 +374,10 @@ async fn preflight_rejects_bad_azs_and_overlapping_cidrs() {
     // CLUSTER_CIDR overlapping the (existing) VPC.
     let mut inputs = existing_vpc_inputs(&vpc);
     inputs["clusterCidr"] = json!("10.40.0.0/11");
-    expect_permanent(run(&exec, inputs).await, &["CLUSTER_CIDR", "10.32.0.0/11", "10.40.0.0/16"]);
+    expect_permanent(
+        run(&exec, inputs).await,
+        &["CLUSTER_CIDR", "10.32.0.0/11", "10.40.0.0/16"],
+    );
 
     // SERVICE_CIDR overlapping a new VPC.
     let mut inputs = new_vpc_inputs("100.64.0.0/16");
@@ -313,7 +404,9 @@ async fn preflight_unreachable_endpoint_is_transient() {
 async fn moto_reset_clears_state_and_unknown_kind_is_permanent() {
     let moto = start_moto().await;
     let client = moto.ec2_client(REGION);
-    let vpc = seed_vpc(&client, "10.60.0.0/16", &AZS[..1]).await.expect("seed");
+    let vpc = seed_vpc(&client, "10.60.0.0/16", &AZS[..1])
+        .await
+        .expect("seed");
     moto.reset().await.expect("reset");
     let out = client.describe_vpcs().vpc_ids(&vpc.vpc_id).send().await;
     assert!(out.is_err() || out.map(|o| o.vpcs().is_empty()).unwrap_or(false));
@@ -321,7 +414,10 @@ async fn moto_reset_clears_state_and_unknown_kind_is_permanent() {
     let exec = executor(&moto);
     let mut c = ctx(new_vpc_inputs("10.0.0.0/16"), ProgressSink::noop());
     c.step.kind = "aws.something-else".into();
-    assert!(matches!(exec.execute(&c).await, Err(StepError::Permanent(_))));
+    assert!(matches!(
+        exec.execute(&c).await,
+        Err(StepError::Permanent(_))
+    ));
     assert_eq!(exec.kinds(), vec!["aws.preflight"]);
     moto.stop().await;
 }

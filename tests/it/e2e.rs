@@ -10,7 +10,9 @@ use std::time::Duration;
 use axum::http::Method;
 use tkgops::emulators::faults::{Fault, FaultAction};
 use tkgops::emulators::kube::Gvr;
-use tkgops::sandbox::{network_of, request_files, Environment, Timings, APPROVER, MANAGEMENT_CLUSTER};
+use tkgops::sandbox::{
+    network_of, request_files, Environment, Timings, APPROVER, MANAGEMENT_CLUSTER,
+};
 
 use crate::support::assert_golden;
 
@@ -20,69 +22,142 @@ async fn start_env(timings: &Timings) -> Environment {
     tkgops::install_crypto_provider();
     let (region, azs, cidr) = network_of(None);
     let azs: Vec<&str> = azs.iter().map(String::as_str).collect();
-    Environment::start(None, &region, &azs, &cidr, timings).await.expect("sandbox environment")
+    Environment::start(None, &region, &azs, &cidr, timings)
+        .await
+        .expect("sandbox environment")
 }
 
 fn set_aws_env(env: &Environment) {
-    for (k, v) in env.bot_env().into_iter().filter(|(k, _)| k.starts_with("AWS_")) {
+    for (k, v) in env
+        .bot_env()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+    {
         std::env::set_var(k, v);
     }
 }
 
 fn head_of(env: &Environment, branch: &str) -> String {
     let repo = git2::Repository::open_bare(&env.remote).unwrap();
-    let id = repo.revparse_single(&format!("refs/heads/{branch}")).unwrap().id().to_string();
+    let id = repo
+        .revparse_single(&format!("refs/heads/{branch}"))
+        .unwrap()
+        .id()
+        .to_string();
     id
 }
 
 fn bot_comments(env: &Environment, pr: u64) -> Vec<String> {
-    env.github.comments(pr).into_iter().filter(|c| c.body.contains("<!-- tkgops:sticky -->")).map(|c| c.body).collect()
+    env.github
+        .comments(pr)
+        .into_iter()
+        .filter(|c| c.body.contains("<!-- tkgops:sticky -->"))
+        .map(|c| c.body)
+        .collect()
 }
 
 async fn assert_cluster_created(env: &Environment) {
     let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
-    let cluster = mgmt.get(&Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters"), Some("default"), CLUSTER).expect("Cluster applied");
-    assert_eq!(cluster.pointer("/spec/topology/class").and_then(|v| v.as_str()), Some("tkg-aws-default"));
-    assert_eq!(cluster.pointer("/status/phase").and_then(|v| v.as_str()), Some("Provisioned"));
-    let mhcs = mgmt.list(&Gvr::new("cluster.x-k8s.io", "v1beta1", "machinehealthchecks"), Some("default"));
-    let mut names: Vec<String> = mhcs.iter().filter_map(|m| m.pointer("/metadata/name").and_then(|v| v.as_str()).map(String::from)).collect();
+    let cluster = mgmt
+        .get(
+            &Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters"),
+            Some("default"),
+            CLUSTER,
+        )
+        .expect("Cluster applied");
+    assert_eq!(
+        cluster
+            .pointer("/spec/topology/class")
+            .and_then(|v| v.as_str()),
+        Some("tkg-aws-default")
+    );
+    assert_eq!(
+        cluster.pointer("/status/phase").and_then(|v| v.as_str()),
+        Some("Provisioned")
+    );
+    let mhcs = mgmt.list(
+        &Gvr::new("cluster.x-k8s.io", "v1beta1", "machinehealthchecks"),
+        Some("default"),
+    );
+    let mut names: Vec<String> = mhcs
+        .iter()
+        .filter_map(|m| {
+            m.pointer("/metadata/name")
+                .and_then(|v| v.as_str())
+                .map(String::from)
+        })
+        .collect();
     names.sort();
     assert_eq!(names, ["team-a-prod", "team-a-prod-control-plane"]);
 
     let tmc = env.tmc.cluster(CLUSTER).expect("TMC cluster");
-    assert_eq!(tmc.pointer("/status/phase").and_then(|v| v.as_str()), Some("READY"));
-    assert_eq!(tmc.pointer("/status/health").and_then(|v| v.as_str()), Some("HEALTHY"));
-    assert_eq!(tmc.pointer("/spec/clusterGroupName").and_then(|v| v.as_str()), Some("team-a"));
+    assert_eq!(
+        tmc.pointer("/status/phase").and_then(|v| v.as_str()),
+        Some("READY")
+    );
+    assert_eq!(
+        tmc.pointer("/status/health").and_then(|v| v.as_str()),
+        Some("HEALTHY")
+    );
+    assert_eq!(
+        tmc.pointer("/spec/clusterGroupName")
+            .and_then(|v| v.as_str()),
+        Some("team-a")
+    );
 
     let workload = env.kube.cluster(CLUSTER).expect("workload cluster");
-    let pkgis = workload.list(&Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls"), None);
+    let pkgis = workload.list(
+        &Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls"),
+        None,
+    );
     let mut got: Vec<(String, String)> = pkgis
         .iter()
         .map(|p| {
             (
-                p.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("").to_string(),
-                p.pointer("/status/conditions/0/type").and_then(|v| v.as_str()).unwrap_or("").to_string(),
+                p.pointer("/metadata/name")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                p.pointer("/status/conditions/0/type")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string(),
             )
         })
         .collect();
     got.sort();
     assert_eq!(
         got,
-        [("cert-manager".to_string(), "ReconcileSucceeded".to_string()), ("contour".to_string(), "ReconcileSucceeded".to_string())]
+        [
+            ("cert-manager".to_string(), "ReconcileSucceeded".to_string()),
+            ("contour".to_string(), "ReconcileSucceeded".to_string())
+        ]
     );
 
     let ec2 = env.moto.ec2_client(&env.region);
     let tagged = ec2
         .describe_subnets()
-        .filters(aws_sdk_ec2::types::Filter::builder().name("tag-key").values(format!("kubernetes.io/cluster/{CLUSTER}")).build())
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag-key")
+                .values(format!("kubernetes.io/cluster/{CLUSTER}"))
+                .build(),
+        )
         .send()
         .await
         .expect("DescribeSubnets");
-    let mut ids: Vec<String> = tagged.subnets().iter().filter_map(|s| s.subnet_id().map(String::from)).collect();
+    let mut ids: Vec<String> = tagged
+        .subnets()
+        .iter()
+        .filter_map(|s| s.subnet_id().map(String::from))
+        .collect();
     ids.sort();
     let mut expected = env.vpc.private_subnet_ids.clone();
     expected.sort();
-    assert_eq!(ids, expected, "the cluster's private subnets carry kubernetes.io/cluster/{CLUSTER}");
+    assert_eq!(
+        ids, expected,
+        "the cluster's private subnets carry kubernetes.io/cluster/{CLUSTER}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -95,7 +170,11 @@ async fn sandbox_story_plans_merges_and_creates_the_cluster() {
         github_token: tkgops::sandbox::GITHUB_TOKEN.into(),
         tmc_token: Some(tkgops::sandbox::TMC_TOKEN.into()),
     };
-    let bot = Arc::new(tkgops::bot::serve::build_with(&cfg, creds).await.expect("bot"));
+    let bot = Arc::new(
+        tkgops::bot::serve::build_with(&cfg, creds)
+            .await
+            .expect("bot"),
+    );
     let b = bot.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -106,9 +185,14 @@ async fn sandbox_story_plans_merges_and_creates_the_cluster() {
     });
 
     let (_, files) = request_files(None, &env.vpc);
-    let pr = env.open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files).unwrap();
+    let pr = env
+        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
+        .unwrap();
     let head = head_of(&env, "add-team-a-prod");
-    let plan_state = env.wait_status(&head, "tkgops/plan", Duration::from_secs(60)).await.unwrap();
+    let plan_state = env
+        .wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(plan_state, "success", "{}", env.conversation(pr));
     let comments = bot_comments(&env, pr);
     assert_eq!(comments.len(), 1);
@@ -116,7 +200,10 @@ async fn sandbox_story_plans_merges_and_creates_the_cluster() {
 
     env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
     let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
-    let apply = env.wait_status(&merge, "tkgops/apply", Duration::from_secs(180)).await.unwrap();
+    let apply = env
+        .wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
+        .await
+        .unwrap();
     assert_eq!(apply, "success", "{}", env.conversation(pr));
     tokio::time::sleep(timings.comment * 4).await;
     let comments = bot_comments(&env, pr);
@@ -135,23 +222,48 @@ async fn merge_without_approval_executes_nothing() {
     let env = start_env(&timings).await;
     set_aws_env(&env);
     let cfg = env.bot_config(&timings);
-    let creds = tkgops::bot::serve::Credentials { github_token: tkgops::sandbox::GITHUB_TOKEN.into(), tmc_token: None };
-    let bot = Arc::new(tkgops::bot::serve::build_with(&cfg, creds).await.expect("bot"));
+    let creds = tkgops::bot::serve::Credentials {
+        github_token: tkgops::sandbox::GITHUB_TOKEN.into(),
+        tmc_token: None,
+    };
+    let bot = Arc::new(
+        tkgops::bot::serve::build_with(&cfg, creds)
+            .await
+            .expect("bot"),
+    );
     let b = bot.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move { b.run(timings.poll, Duration::from_secs(2), async move { let _ = stop_rx.await; }).await });
+    let task = tokio::spawn(async move {
+        b.run(timings.poll, Duration::from_secs(2), async move {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
 
     let (_, files) = request_files(None, &env.vpc);
-    let pr = env.open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files).unwrap();
+    let pr = env
+        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
+        .unwrap();
     let head = head_of(&env, "add-team-a-prod");
-    env.wait_status(&head, "tkgops/plan", Duration::from_secs(60)).await.unwrap();
+    env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
     let merge = env.github.merge_pull_request(pr, "mallory").unwrap();
-    let apply = env.wait_status(&merge, "tkgops/apply", Duration::from_secs(60)).await.unwrap();
+    let apply = env
+        .wait_status(&merge, "tkgops/apply", Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(apply, "failure");
     let comments = bot_comments(&env, pr);
     assert!(comments[0].contains("not executed"), "{}", comments[0]);
     let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
-    assert!(mgmt.get(&Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters"), Some("default"), CLUSTER).is_none());
+    assert!(mgmt
+        .get(
+            &Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters"),
+            Some("default"),
+            CLUSTER
+        )
+        .is_none());
     let _ = stop_tx.send(());
     let _ = task.await;
 }
@@ -168,8 +280,13 @@ async fn killed_bot_resumes_without_repeating_side_effects() {
     std::fs::write(&cfg_path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
     let spawn_bot = || {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tkgops"));
-        cmd.arg("serve").arg("--config").arg(&cfg_path).envs(env.bot_env()).kill_on_drop(true);
-        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg_path)
+            .envs(env.bot_env())
+            .kill_on_drop(true);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         cmd.spawn().expect("spawning tkgops serve")
     };
     // Hold the CSP token exchange (the first TMC call of the attach step) long enough to kill the bot.
@@ -182,23 +299,43 @@ async fn killed_bot_resumes_without_repeating_side_effects() {
     let mut bot = spawn_bot();
 
     let (_, files) = request_files(None, &env.vpc);
-    let pr = env.open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files).unwrap();
+    let pr = env
+        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
+        .unwrap();
     let head = head_of(&env, "add-team-a-prod");
-    assert_eq!(env.wait_status(&head, "tkgops/plan", Duration::from_secs(60)).await.unwrap(), "success");
+    assert_eq!(
+        env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "success"
+    );
     env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
     let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
 
     // Wait until the attach step is in flight (its token exchange reached TMC).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !env.tmc.faults().log().all().iter().any(|r| r.path.starts_with("/csp/")) {
-        assert!(tokio::time::Instant::now() < deadline, "the run never reached the TMC attach step");
+    while !env
+        .tmc
+        .faults()
+        .log()
+        .all()
+        .iter()
+        .any(|r| r.path.starts_with("/csp/"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never reached the TMC attach step"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bot.kill().await.expect("SIGKILL");
     let _ = bot.wait().await;
 
     let mut bot = spawn_bot();
-    let apply = env.wait_status(&merge, "tkgops/apply", Duration::from_secs(180)).await.unwrap();
+    let apply = env
+        .wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
+        .await
+        .unwrap();
     assert_eq!(apply, "success", "{}", env.conversation(pr));
     tokio::time::sleep(timings.comment * 4).await;
     bot.kill().await.ok();
@@ -211,8 +348,19 @@ async fn killed_bot_resumes_without_repeating_side_effects() {
         .into_iter()
         .filter(|w| w.gvr.plural == "clusters" && w.name == CLUSTER && w.verb == "apply")
         .collect();
-    assert_eq!(applies.len(), 1, "the Cluster was applied once: {applies:?}");
-    assert_eq!(env.tmc.faults().log().count(&Method::POST, "/v1alpha1/clusters"), 1, "TMC saw one POST");
+    assert_eq!(
+        applies.len(),
+        1,
+        "the Cluster was applied once: {applies:?}"
+    );
+    assert_eq!(
+        env.tmc
+            .faults()
+            .log()
+            .count(&Method::POST, "/v1alpha1/clusters"),
+        1,
+        "TMC saw one POST"
+    );
     assert_eq!(bot_comments(&env, pr).len(), 1, "one sticky comment");
     assert_cluster_created(&env).await;
 }

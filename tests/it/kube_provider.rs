@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tkgops::emulators::faults::{Fault, FaultAction};
-use tkgops::emulators::kube::controllers::{seed_management_cluster, start_controllers, ControllerOptions, Controllers};
+use tkgops::emulators::kube::controllers::{
+    seed_management_cluster, start_controllers, ControllerOptions, Controllers,
+};
 use tkgops::emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
 use tkgops::providers::kube::KubeProvider;
 use tkgops::providers::{KubeconfigSource, ManifestApplier, WorkloadTarget};
@@ -32,14 +34,30 @@ async fn env() -> Env {
     let emu = KubeEmulator::new();
     let mgmt = emu.add_cluster(MC).await.expect("management cluster");
     seed_management_cluster(&mgmt).expect("seed");
-    let controllers = start_controllers(&emu, MC, ControllerOptions { tick: TICK, standard_packages: true });
+    let controllers = start_controllers(
+        &emu,
+        MC,
+        ControllerOptions {
+            tick: TICK,
+            standard_packages: true,
+        },
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("mc.kubeconfig");
     std::fs::write(&path, mgmt.kubeconfig_yaml()).expect("write kubeconfig");
     let mut mcs = BTreeMap::new();
-    mcs.insert(MC.to_string(), KubeconfigSource::File(path.to_string_lossy().into_owned()));
+    mcs.insert(
+        MC.to_string(),
+        KubeconfigSource::File(path.to_string_lossy().into_owned()),
+    );
     let provider = KubeProvider::new(mcs, POLL);
-    Env { emu, mgmt, provider, _controllers: controllers, _dir: dir }
+    Env {
+        emu,
+        mgmt,
+        provider,
+        _controllers: controllers,
+        _dir: dir,
+    }
 }
 
 /// A step context for `kind` with `inputs`, and the progress lines it receives.
@@ -65,9 +83,15 @@ fn ctx(kind: &str, inputs: Value) -> (StepContext, Arc<Mutex<Vec<String>>>) {
     (ctx, lines)
 }
 
-async fn run(p: &KubeProvider, kind: &str, inputs: Value) -> (Result<Value, StepError>, Vec<String>) {
+async fn run(
+    p: &KubeProvider,
+    kind: &str,
+    inputs: Value,
+) -> (Result<Value, StepError>, Vec<String>) {
     let (c, lines) = ctx(kind, inputs);
-    let r = tokio::time::timeout(WAIT, p.execute(&c)).await.expect("step did not finish in time");
+    let r = tokio::time::timeout(WAIT, p.execute(&c))
+        .await
+        .expect("step did not finish in time");
     let l = lines.lock().unwrap().clone();
     (r, l)
 }
@@ -75,7 +99,9 @@ async fn run(p: &KubeProvider, kind: &str, inputs: Value) -> (Result<Value, Step
 /// A ClusterClass Cluster (tkg-aws-default, 3 control plane nodes, md-0..2) and the two TKG
 /// MachineHealthChecks (samples/04 shape).
 fn cluster_manifest(name: &str, fail: Option<&str>) -> String {
-    let ann = fail.map(|m| format!("  annotations:\n    emulator.tkgops.dev/fail: \"{m}\"\n")).unwrap_or_default();
+    let ann = fail
+        .map(|m| format!("  annotations:\n    emulator.tkgops.dev/fail: \"{m}\"\n"))
+        .unwrap_or_default();
     format!(
         r#"apiVersion: cluster.x-k8s.io/v1beta1
 kind: Cluster
@@ -164,7 +190,12 @@ fn cluster_gvr() -> Gvr {
 
 /// Applies and waits for cluster `name`; returns the wait output and progress lines.
 async fn provision(env: &Env, name: &str) -> (Value, Vec<String>) {
-    let (r, _) = run(&env.provider, "kube.apply", json!({"managementCluster": MC, "manifests": cluster_manifest(name, None)})).await;
+    let (r, _) = run(
+        &env.provider,
+        "kube.apply",
+        json!({"managementCluster": MC, "manifests": cluster_manifest(name, None)}),
+    )
+    .await;
     r.expect("kube.apply");
     let (r, lines) = run(&env.provider, "kube.wait-cluster", cluster_inputs(name)).await;
     (r.expect("kube.wait-cluster"), lines)
@@ -174,7 +205,12 @@ async fn provision(env: &Env, name: &str) -> (Value, Vec<String>) {
 async fn kube_apply_outputs_objects_and_is_idempotent() {
     let env = env().await;
     let manifests = cluster_manifest("team-a-prod", None);
-    let (r, lines) = run(&env.provider, "kube.apply", json!({"managementCluster": MC, "manifests": manifests})).await;
+    let (r, lines) = run(
+        &env.provider,
+        "kube.apply",
+        json!({"managementCluster": MC, "manifests": manifests}),
+    )
+    .await;
     let out = r.expect("apply");
     assert_eq!(
         out,
@@ -184,15 +220,30 @@ async fn kube_apply_outputs_objects_and_is_idempotent() {
             "MachineHealthCheck/default/team-a-prod-control-plane"
         ]})
     );
-    assert!(lines.iter().any(|l| l.contains("applied 3 objects")), "{lines:?}");
-    let stored = env.mgmt.get(&cluster_gvr(), Some("default"), "team-a-prod").expect("Cluster stored");
+    assert!(
+        lines.iter().any(|l| l.contains("applied 3 objects")),
+        "{lines:?}"
+    );
+    let stored = env
+        .mgmt
+        .get(&cluster_gvr(), Some("default"), "team-a-prod")
+        .expect("Cluster stored");
     assert_eq!(stored["spec"]["topology"]["controlPlane"]["replicas"], 3);
     let mhc_gvr = Gvr::new("cluster.x-k8s.io", "v1beta1", "machinehealthchecks");
-    let mhc_rv = env.mgmt.get(&mhc_gvr, Some("default"), "team-a-prod-control-plane").unwrap()["metadata"]["resourceVersion"].clone();
+    let mhc_rv = env
+        .mgmt
+        .get(&mhc_gvr, Some("default"), "team-a-prod-control-plane")
+        .unwrap()["metadata"]["resourceVersion"]
+        .clone();
 
     // Re-apply: every write by tkgops is a no-op.
     let before = env.mgmt.writes().len();
-    let (r, _) = run(&env.provider, "kube.apply", json!({"managementCluster": MC, "manifests": manifests})).await;
+    let (r, _) = run(
+        &env.provider,
+        "kube.apply",
+        json!({"managementCluster": MC, "manifests": manifests}),
+    )
+    .await;
     assert_eq!(r.expect("re-apply"), out);
     let ours: Vec<_> = env.mgmt.writes()[before..]
         .iter()
@@ -200,8 +251,15 @@ async fn kube_apply_outputs_objects_and_is_idempotent() {
         .cloned()
         .collect();
     assert_eq!(ours.len(), 3, "{ours:?}");
-    assert!(ours.iter().all(|w| w.verb == "apply" && !w.changed), "{ours:?}");
-    let mhc_rv2 = env.mgmt.get(&mhc_gvr, Some("default"), "team-a-prod-control-plane").unwrap()["metadata"]["resourceVersion"].clone();
+    assert!(
+        ours.iter().all(|w| w.verb == "apply" && !w.changed),
+        "{ours:?}"
+    );
+    let mhc_rv2 = env
+        .mgmt
+        .get(&mhc_gvr, Some("default"), "team-a-prod-control-plane")
+        .unwrap()["metadata"]["resourceVersion"]
+        .clone();
     assert_eq!(mhc_rv, mhc_rv2);
 }
 
@@ -211,31 +269,66 @@ async fn kube_wait_cluster_follows_tkg_readiness_and_reports_progress() {
     let (out, lines) = provision(&env, "team-a-prod").await;
     assert_eq!(out["phase"], "Provisioned");
     assert_eq!(out["controlPlane"], "3/3");
-    let mds = out["machineDeployments"].as_object().expect("machineDeployments");
+    let mds = out["machineDeployments"]
+        .as_object()
+        .expect("machineDeployments");
     assert_eq!(mds.len(), 3, "{out}");
-    assert!(mds.keys().all(|k| k.starts_with("team-a-prod-md-")), "{out}");
+    assert!(
+        mds.keys().all(|k| k.starts_with("team-a-prod-md-")),
+        "{out}"
+    );
     assert!(mds.values().all(|v| v == "1/1"), "{out}");
     // Progress went through intermediate states.
     assert!(lines.len() >= 2, "{lines:?}");
-    assert!(lines.iter().any(|l| l.contains("control plane") && !l.contains("3/3 ready")), "{lines:?}");
-    assert!(lines.last().unwrap().contains("control plane 3/3 ready; md-0 1/1; md-1 1/1; md-2 1/1"), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("control plane") && !l.contains("3/3 ready")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("control plane 3/3 ready; md-0 1/1; md-1 1/1; md-2 1/1"),
+        "{lines:?}"
+    );
     // Every KCP and MD in the emulator really is ready.
-    let kcps = env.mgmt.list(&Gvr::new("controlplane.cluster.x-k8s.io", "v1beta1", "kubeadmcontrolplanes"), Some("default"));
-    assert!(kcps.iter().all(|k| k["status"]["readyReplicas"] == k["spec"]["replicas"]));
+    let kcps = env.mgmt.list(
+        &Gvr::new(
+            "controlplane.cluster.x-k8s.io",
+            "v1beta1",
+            "kubeadmcontrolplanes",
+        ),
+        Some("default"),
+    );
+    assert!(kcps
+        .iter()
+        .all(|k| k["status"]["readyReplicas"] == k["spec"]["replicas"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_wait_cluster_fails_permanently_on_error_condition() {
     let env = env().await;
     let manifests = cluster_manifest("team-b", Some("insufficient vCPU quota in us-east-1"));
-    run(&env.provider, "kube.apply", json!({"managementCluster": MC, "manifests": manifests})).await.0.expect("apply");
+    run(
+        &env.provider,
+        "kube.apply",
+        json!({"managementCluster": MC, "manifests": manifests}),
+    )
+    .await
+    .0
+    .expect("apply");
     let (r, _) = run(&env.provider, "kube.wait-cluster", cluster_inputs("team-b")).await;
     let e = r.expect_err("must fail");
     assert!(!e.is_transient(), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains("Cluster/default/team-b"), "{msg}");
     assert!(msg.contains("cluster creation failed"), "{msg}");
-    assert!(msg.contains("insufficient vCPU quota in us-east-1"), "{msg}");
+    assert!(
+        msg.contains("insufficient vCPU quota in us-east-1"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,19 +336,35 @@ async fn kube_wait_cluster_missing_cluster_is_permanent() {
     let env = env().await;
     let (r, _) = run(&env.provider, "kube.wait-cluster", cluster_inputs("nope")).await;
     let e = r.expect_err("missing");
-    assert!(!e.is_transient() && e.to_string().contains("Cluster/default/nope"), "{e:?}");
+    assert!(
+        !e.is_transient() && e.to_string().contains("Cluster/default/nope"),
+        "{e:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_read_kubeconfig_connects_without_leaking_the_secret() {
     let env = env().await;
     provision(&env, "team-a-prod").await;
-    let (r, lines) = run(&env.provider, "kube.read-kubeconfig", cluster_inputs("team-a-prod")).await;
+    let (r, lines) = run(
+        &env.provider,
+        "kube.read-kubeconfig",
+        cluster_inputs("team-a-prod"),
+    )
+    .await;
     let out = r.expect("read-kubeconfig");
-    let wl = env.emu.cluster("team-a-prod").expect("workload cluster created by CAPI");
+    let wl = env
+        .emu
+        .cluster("team-a-prod")
+        .expect("workload cluster created by CAPI");
     assert_eq!(out["secret"], "default/team-a-prod-kubeconfig");
     assert_eq!(out["server"], wl.url());
-    assert!(out["kubernetesVersion"].as_str().is_some_and(|v| v.starts_with('v')), "{out}");
+    assert!(
+        out["kubernetesVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with('v')),
+        "{out}"
+    );
     let keys: Vec<&String> = out.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["kubernetesVersion", "secret", "server"]);
     let everything = format!("{out} {lines:?}");
@@ -268,8 +377,17 @@ async fn kube_read_kubeconfig_connects_without_leaking_the_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_client_missing_secret_is_transient() {
     let env = env().await;
-    let target = WorkloadTarget { management_cluster: MC.into(), namespace: "default".into(), cluster_name: "ghost".into() };
-    let e = env.provider.workload_client(&target).await.err().expect("no secret");
+    let target = WorkloadTarget {
+        management_cluster: MC.into(),
+        namespace: "default".into(),
+        cluster_name: "ghost".into(),
+    };
+    let e = env
+        .provider
+        .workload_client(&target)
+        .await
+        .err()
+        .expect("no secret");
     assert!(e.is_transient(), "{e:?}");
     assert!(e.to_string().contains("ghost-kubeconfig"), "{e}");
 }
@@ -286,7 +404,8 @@ fn rollout_inputs(name: &str, packages: Value) -> Value {
 async fn packages_rollout_installs_in_order_like_tanzu_package_install() {
     let env = env().await;
     provision(&env, "team-a-prod").await;
-    let contour_values = "infrastructure_provider: aws\nenvoy:\n  service:\n    type: LoadBalancer\n";
+    let contour_values =
+        "infrastructure_provider: aws\nenvoy:\n  service:\n    type: LoadBalancer\n";
     let inputs = rollout_inputs(
         "team-a-prod",
         json!([
@@ -305,47 +424,103 @@ async fn packages_rollout_installs_in_order_like_tanzu_package_install() {
             {"name": "contour", "namespace": "tanzu-system-ingress", "version": "1.20.2+vmware.1-tkg.1", "status": "Reconcile succeeded"},
         ]})
     );
-    assert!(lines.iter().any(|l| l.starts_with("cert-manager")), "{lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("contour") && l.contains("Reconcile succeeded")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("cert-manager")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("contour") && l.contains("Reconcile succeeded")),
+        "{lines:?}"
+    );
 
     let wl = env.emu.cluster("team-a-prod").expect("workload");
     let pkgi_gvr = Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls");
-    for (name, ns) in [("cert-manager", "cert-manager"), ("contour", "tanzu-system-ingress")] {
+    for (name, ns) in [
+        ("cert-manager", "cert-manager"),
+        ("contour", "tanzu-system-ingress"),
+    ] {
         let pkgi = wl.get(&pkgi_gvr, Some(ns), name).expect("PackageInstall");
-        assert_eq!(pkgi["status"]["conditions"][0]["type"], "ReconcileSucceeded", "{pkgi}");
-        assert_eq!(pkgi["spec"]["serviceAccountName"], format!("{name}-{ns}-sa"));
-        assert_eq!(pkgi["spec"]["packageRef"]["versionSelection"]["prereleases"], json!({}));
+        assert_eq!(
+            pkgi["status"]["conditions"][0]["type"], "ReconcileSucceeded",
+            "{pkgi}"
+        );
+        assert_eq!(
+            pkgi["spec"]["serviceAccountName"],
+            format!("{name}-{ns}-sa")
+        );
+        assert_eq!(
+            pkgi["spec"]["packageRef"]["versionSelection"]["prereleases"],
+            json!({})
+        );
         let owner = json!(format!("{name}-{ns}"));
         let ann = "tkg.tanzu.vmware.com/tanzu-package";
-        let sa = wl.get(&Gvr::new("", "v1", "serviceaccounts"), Some(ns), &format!("{name}-{ns}-sa")).expect("SA");
+        let sa = wl
+            .get(
+                &Gvr::new("", "v1", "serviceaccounts"),
+                Some(ns),
+                &format!("{name}-{ns}-sa"),
+            )
+            .expect("SA");
         assert_eq!(sa["metadata"]["annotations"][ann], owner);
         let cr = wl
-            .get(&Gvr::new("rbac.authorization.k8s.io", "v1", "clusterroles"), None, &format!("{name}-{ns}-cluster-role"))
+            .get(
+                &Gvr::new("rbac.authorization.k8s.io", "v1", "clusterroles"),
+                None,
+                &format!("{name}-{ns}-cluster-role"),
+            )
             .expect("ClusterRole");
         assert_eq!(cr["metadata"]["annotations"][ann], owner);
-        assert_eq!(cr["rules"], json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]));
+        assert_eq!(
+            cr["rules"],
+            json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}])
+        );
         let crb = wl
-            .get(&Gvr::new("rbac.authorization.k8s.io", "v1", "clusterrolebindings"), None, &format!("{name}-{ns}-cluster-rolebinding"))
+            .get(
+                &Gvr::new("rbac.authorization.k8s.io", "v1", "clusterrolebindings"),
+                None,
+                &format!("{name}-{ns}-cluster-rolebinding"),
+            )
             .expect("ClusterRoleBinding");
         assert_eq!(crb["metadata"]["annotations"][ann], owner);
         assert_eq!(crb["subjects"][0]["name"], format!("{name}-{ns}-sa"));
-        let secret = wl.get(&Gvr::new("", "v1", "secrets"), Some(ns), &format!("{name}-{ns}-values"));
+        let secret = wl.get(
+            &Gvr::new("", "v1", "secrets"),
+            Some(ns),
+            &format!("{name}-{ns}-values"),
+        );
         if name == "contour" {
             let secret = secret.expect("values Secret");
             assert_eq!(secret["metadata"]["annotations"][ann], owner);
-            assert_eq!(pkgi["spec"]["values"][0]["secretRef"]["name"], format!("{name}-{ns}-values"));
+            assert_eq!(
+                pkgi["spec"]["values"][0]["secretRef"]["name"],
+                format!("{name}-{ns}-values")
+            );
         } else {
             assert!(secret.is_none(), "no values Secret without values");
             assert!(pkgi["spec"].get("values").is_none());
         }
     }
     // cert-manager was reconciled before anything of contour was written.
-    let cm_done = lines.iter().position(|l| l.starts_with("cert-manager") && l.contains("Reconcile succeeded")).expect("cm done");
-    let contour_start = lines.iter().position(|l| l.starts_with("contour")).expect("contour start");
+    let cm_done = lines
+        .iter()
+        .position(|l| l.starts_with("cert-manager") && l.contains("Reconcile succeeded"))
+        .expect("cm done");
+    let contour_start = lines
+        .iter()
+        .position(|l| l.starts_with("contour"))
+        .expect("contour start");
     assert!(cm_done < contour_start, "{lines:?}");
     let writes = wl.writes();
-    let last_cm = writes.iter().rposition(|w| w.name.starts_with("cert-manager")).expect("cert-manager writes");
-    let first_contour = writes.iter().position(|w| w.name.starts_with("contour")).expect("contour writes");
+    let last_cm = writes
+        .iter()
+        .rposition(|w| w.name.starts_with("cert-manager"))
+        .expect("cert-manager writes");
+    let first_contour = writes
+        .iter()
+        .position(|w| w.name.starts_with("contour"))
+        .expect("contour writes");
     assert!(last_cm < first_contour);
     // Secret values never reach the progress lines or the output.
     assert!(!format!("{out} {lines:?}").contains("LoadBalancer"));
@@ -354,7 +529,10 @@ async fn packages_rollout_installs_in_order_like_tanzu_package_install() {
     let before = wl.writes().len();
     let (r, _) = run(&env.provider, "packages.rollout", inputs).await;
     r.expect("second rollout");
-    assert!(wl.writes()[before..].iter().filter(|w| w.field_manager.as_deref() == Some("tkgops")).all(|w| !w.changed));
+    assert!(wl.writes()[before..]
+        .iter()
+        .filter(|w| w.field_manager.as_deref() == Some("tkgops"))
+        .all(|w| !w.changed));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,7 +548,10 @@ async fn packages_rollout_unknown_version_is_permanent() {
     let e = r.expect_err("unknown version");
     assert!(!e.is_transient(), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("PackageInstall cert-manager/cert-manager"), "{msg}");
+    assert!(
+        msg.contains("PackageInstall cert-manager/cert-manager"),
+        "{msg}"
+    );
     assert!(msg.contains("Could not find package"), "{msg}");
 }
 
@@ -378,15 +559,38 @@ async fn packages_rollout_unknown_version_is_permanent() {
 async fn apply_to_workload_applies_namespace_first() {
     let env = env().await;
     provision(&env, "team-a-prod").await;
-    let target = WorkloadTarget { management_cluster: MC.into(), namespace: "default".into(), cluster_name: "team-a-prod".into() };
+    let target = WorkloadTarget {
+        management_cluster: MC.into(),
+        namespace: "default".into(),
+        cluster_name: "team-a-prod".into(),
+    };
     // ConfigMap first in the file: the Namespace must still be applied before it.
     let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: tmc-settings\n  namespace: vmware-system-tmc\ndata:\n  a: b\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: vmware-system-tmc\n";
-    let applied = env.provider.apply_to_workload(&target, yaml, "tmc-installer").await.expect("apply_to_workload");
-    assert_eq!(applied, ["Namespace/vmware-system-tmc", "ConfigMap/vmware-system-tmc/tmc-settings"]);
+    let applied = env
+        .provider
+        .apply_to_workload(&target, yaml, "tmc-installer")
+        .await
+        .expect("apply_to_workload");
+    assert_eq!(
+        applied,
+        [
+            "Namespace/vmware-system-tmc",
+            "ConfigMap/vmware-system-tmc/tmc-settings"
+        ]
+    );
     let wl = env.emu.cluster("team-a-prod").unwrap();
-    let cm = wl.get(&Gvr::new("", "v1", "configmaps"), Some("vmware-system-tmc"), "tmc-settings").expect("ConfigMap");
+    let cm = wl
+        .get(
+            &Gvr::new("", "v1", "configmaps"),
+            Some("vmware-system-tmc"),
+            "tmc-settings",
+        )
+        .expect("ConfigMap");
     assert_eq!(cm["data"]["a"], "b");
-    assert!(wl.writes().iter().any(|w| w.name == "tmc-settings" && w.field_manager.as_deref() == Some("tmc-installer")));
+    assert!(wl
+        .writes()
+        .iter()
+        .any(|w| w.name == "tmc-settings" && w.field_manager.as_deref() == Some("tmc-installer")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,16 +604,37 @@ async fn apply_errors_are_classified() {
     )
     .await;
     let e = r.expect_err("unknown kind");
-    assert!(!e.is_transient() && e.to_string().contains("Widget/w"), "{e:?}");
+    assert!(
+        !e.is_transient() && e.to_string().contains("Widget/w"),
+        "{e:?}"
+    );
     // Unparsable YAML: permanent.
-    let (r, _) = run(&env.provider, "kube.apply", json!({"managementCluster": MC, "manifests": "a: [b\n"})).await;
+    let (r, _) = run(
+        &env.provider,
+        "kube.apply",
+        json!({"managementCluster": MC, "manifests": "a: [b\n"}),
+    )
+    .await;
     assert!(!r.expect_err("bad yaml").is_transient());
     // Unknown management cluster: permanent.
-    let (r, _) = run(&env.provider, "kube.apply", json!({"managementCluster": "mc-nope", "manifests": ""})).await;
+    let (r, _) = run(
+        &env.provider,
+        "kube.apply",
+        json!({"managementCluster": "mc-nope", "manifests": ""}),
+    )
+    .await;
     let e = r.expect_err("unknown mc");
-    assert!(!e.is_transient() && e.to_string().contains("mc-nope"), "{e:?}");
+    assert!(
+        !e.is_transient() && e.to_string().contains("mc-nope"),
+        "{e:?}"
+    );
     // Missing inputs: permanent.
-    let (r, _) = run(&env.provider, "kube.apply", json!({"managementCluster": MC})).await;
+    let (r, _) = run(
+        &env.provider,
+        "kube.apply",
+        json!({"managementCluster": MC}),
+    )
+    .await;
     assert!(!r.expect_err("missing manifests").is_transient());
 }
 
@@ -422,7 +647,8 @@ async fn server_error_once_is_transient_then_succeeds() {
         FaultAction::Status { code: 500, body: r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"etcdserver: leader changed","reason":"InternalError","code":500}"#.into() },
         Some(1),
     ));
-    let inputs = json!({"managementCluster": MC, "manifests": cluster_manifest("team-a-prod", None)});
+    let inputs =
+        json!({"managementCluster": MC, "manifests": cluster_manifest("team-a-prod", None)});
     let (r, _) = run(&env.provider, "kube.apply", inputs.clone()).await;
     let e = r.expect_err("injected 500");
     assert!(e.is_transient(), "{e:?}");
@@ -440,16 +666,31 @@ async fn conflict_and_plain_text_5xx_are_transient() {
         FaultAction::Status { code: 409, body: r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"conflict","reason":"Conflict","code":409}"#.into() },
         Some(1),
     ));
-    let inputs = json!({"managementCluster": MC, "manifests": cluster_manifest("team-a-prod", None)});
-    let e = run(&env.provider, "kube.apply", inputs.clone()).await.0.expect_err("409");
-    assert!(e.is_transient() && e.to_string().contains("MachineHealthCheck/default/team-a-prod"), "{e:?}");
+    let inputs =
+        json!({"managementCluster": MC, "manifests": cluster_manifest("team-a-prod", None)});
+    let e = run(&env.provider, "kube.apply", inputs.clone())
+        .await
+        .0
+        .expect_err("409");
+    assert!(
+        e.is_transient()
+            && e.to_string()
+                .contains("MachineHealthCheck/default/team-a-prod"),
+        "{e:?}"
+    );
     env.mgmt.faults().inject(Fault::new(
         None,
         "/apis/cluster.x-k8s.io/v1beta1",
-        FaultAction::Status { code: 502, body: "bad gateway".into() },
+        FaultAction::Status {
+            code: 502,
+            body: "bad gateway".into(),
+        },
         Some(1),
     ));
-    let e = run(&env.provider, "kube.apply", inputs).await.0.expect_err("502");
+    let e = run(&env.provider, "kube.apply", inputs)
+        .await
+        .0
+        .expect_err("502");
     assert!(e.is_transient(), "{e:?}");
 }
 
@@ -458,12 +699,23 @@ async fn wrong_token_is_a_clear_permanent_error() {
     let env = env().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.kubeconfig");
-    let bad = env.mgmt.kubeconfig_yaml().replace(&env.mgmt.token(), "not-the-token");
+    let bad = env
+        .mgmt
+        .kubeconfig_yaml()
+        .replace(&env.mgmt.token(), "not-the-token");
     std::fs::write(&path, bad).unwrap();
     let mut mcs = BTreeMap::new();
-    mcs.insert(MC.to_string(), KubeconfigSource::File(path.to_string_lossy().into_owned()));
+    mcs.insert(
+        MC.to_string(),
+        KubeconfigSource::File(path.to_string_lossy().into_owned()),
+    );
     let provider = KubeProvider::new(mcs, POLL);
-    let (r, _) = run(&provider, "kube.apply", json!({"managementCluster": MC, "manifests": cluster_manifest("team-a-prod", None)})).await;
+    let (r, _) = run(
+        &provider,
+        "kube.apply",
+        json!({"managementCluster": MC, "manifests": cluster_manifest("team-a-prod", None)}),
+    )
+    .await;
     let e = r.expect_err("401");
     assert!(!e.is_transient(), "{e:?}");
     let msg = e.to_string();
@@ -478,21 +730,57 @@ async fn kubeconfig_sources_errors_are_permanent_and_secret_free() {
     let garbage = dir.path().join("garbage.kubeconfig");
     std::fs::write(&garbage, "token: s3cr3t-value\n: : [").unwrap();
     let mut mcs = BTreeMap::new();
-    mcs.insert("missing-env".to_string(), KubeconfigSource::Env("TKGOPS_TEST_KUBE_PROVIDER_UNSET_VARIABLE".into()));
-    mcs.insert("missing-file".to_string(), KubeconfigSource::File("/nonexistent/kubeconfig".into()));
-    mcs.insert("garbage".to_string(), KubeconfigSource::File(garbage.to_string_lossy().into_owned()));
+    mcs.insert(
+        "missing-env".to_string(),
+        KubeconfigSource::Env("TKGOPS_TEST_KUBE_PROVIDER_UNSET_VARIABLE".into()),
+    );
+    mcs.insert(
+        "missing-file".to_string(),
+        KubeconfigSource::File("/nonexistent/kubeconfig".into()),
+    );
+    mcs.insert(
+        "garbage".to_string(),
+        KubeconfigSource::File(garbage.to_string_lossy().into_owned()),
+    );
     let provider = KubeProvider::new(mcs, POLL);
-    let e = provider.management_client("missing-env").await.err().expect("unset variable");
-    assert!(!e.is_transient() && e.to_string().contains("TKGOPS_TEST_KUBE_PROVIDER_UNSET_VARIABLE"), "{e:?}");
-    let e = provider.management_client("missing-file").await.err().expect("missing file");
-    assert!(!e.is_transient() && e.to_string().contains("/nonexistent/kubeconfig"), "{e:?}");
-    let e = provider.management_client("garbage").await.err().expect("garbage");
-    assert!(!e.is_transient() && !e.to_string().contains("s3cr3t"), "{e:?}");
+    let e = provider
+        .management_client("missing-env")
+        .await
+        .err()
+        .expect("unset variable");
+    assert!(
+        !e.is_transient()
+            && e.to_string()
+                .contains("TKGOPS_TEST_KUBE_PROVIDER_UNSET_VARIABLE"),
+        "{e:?}"
+    );
+    let e = provider
+        .management_client("missing-file")
+        .await
+        .err()
+        .expect("missing file");
+    assert!(
+        !e.is_transient() && e.to_string().contains("/nonexistent/kubeconfig"),
+        "{e:?}"
+    );
+    let e = provider
+        .management_client("garbage")
+        .await
+        .err()
+        .expect("garbage");
+    assert!(
+        !e.is_transient() && !e.to_string().contains("s3cr3t"),
+        "{e:?}"
+    );
     // The public apply_yaml with a client from the (cached) management client.
     let client = env.provider.management_client(MC).await.expect("client");
     let applied = env
         .provider
-        .apply_yaml(&client, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c1}\ndata: {k: v}\n", "tkgops")
+        .apply_yaml(
+            &client,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c1}\ndata: {k: v}\n",
+            "tkgops",
+        )
         .await
         .expect("apply");
     assert_eq!(applied, ["ConfigMap/default/c1"]);
@@ -502,7 +790,11 @@ async fn kubeconfig_sources_errors_are_permanent_and_secret_free() {
 async fn unreachable_api_server_is_transient() {
     tkgops::install_crypto_provider();
     // A port that nothing listens on: bind, take the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("down.kubeconfig");
     let kc = format!(
@@ -510,11 +802,14 @@ async fn unreachable_api_server_is_transient() {
     );
     std::fs::write(&path, kc).unwrap();
     let mut mcs = BTreeMap::new();
-    mcs.insert(MC.to_string(), KubeconfigSource::File(path.to_string_lossy().into_owned()));
+    mcs.insert(
+        MC.to_string(),
+        KubeconfigSource::File(path.to_string_lossy().into_owned()),
+    );
     let provider = KubeProvider::new(mcs, POLL);
     let (r, _) = run(&provider, "kube.apply", json!({"managementCluster": MC, "manifests": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n"})).await;
     let e = r.expect_err("connection refused");
-   
+
     assert!(e.is_transient(), "{e:?}");
 }
 
@@ -531,9 +826,24 @@ async fn packages_rollout_waits_for_the_repository_then_is_transient() {
     let (r, lines) = run(&env.provider, "packages.rollout", inputs).await;
     let e = r.expect_err("no such repository");
     assert!(e.is_transient(), "{e:?}");
-    assert!(e.to_string().contains("waiting for PackageRepository tanzu-extra"), "{e}");
-    assert!(lines.iter().any(|l| l.contains("waiting for PackageRepository tanzu-extra")), "{lines:?}");
+    assert!(
+        e.to_string()
+            .contains("waiting for PackageRepository tanzu-extra"),
+        "{e}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("waiting for PackageRepository tanzu-extra")),
+        "{lines:?}"
+    );
     // Nothing was installed.
     let wl = env.emu.cluster("team-a-prod").unwrap();
-    assert!(wl.get(&Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls"), Some("cert-manager"), "cert-manager").is_none());
+    assert!(wl
+        .get(
+            &Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls"),
+            Some("cert-manager"),
+            "cert-manager"
+        )
+        .is_none());
 }

@@ -4,14 +4,16 @@ use std::path::PathBuf;
 
 /// The example repository settings shipped in `examples/`.
 pub fn example_repo_config() -> String {
-    std::fs::read_to_string(root().join("examples/config-repo/tkgops.yaml")).expect("example tkgops.yaml")
+    std::fs::read_to_string(root().join("examples/config-repo/tkgops.yaml"))
+        .expect("example tkgops.yaml")
 }
 
 /// The example cluster request: (cluster-config.yaml, tkgops.yaml).
 pub fn example_request() -> (String, String) {
     let dir = root().join("examples/requests/team-a-prod");
     (
-        std::fs::read_to_string(dir.join("cluster-config.yaml")).expect("example cluster-config.yaml"),
+        std::fs::read_to_string(dir.join("cluster-config.yaml"))
+            .expect("example cluster-config.yaml"),
         std::fs::read_to_string(dir.join("tkgops.yaml")).expect("example tkgops.yaml"),
     )
 }
@@ -37,7 +39,10 @@ pub fn normalise(text: &str) -> String {
     ];
     let mut out = text.to_string();
     for (re, rep) in rules {
-        out = regex::Regex::new(re).expect("valid regex").replace_all(&out, *rep).to_string();
+        out = regex::Regex::new(re)
+            .expect("valid regex")
+            .replace_all(&out, *rep)
+            .to_string();
     }
     out
 }
@@ -51,7 +56,10 @@ pub fn assert_golden(name: &str, actual: &str) {
     if std::env::var_os("UPDATE_GOLDEN").is_some() || !path.exists() {
         std::fs::write(&path, &actual).expect("writing golden file");
         if std::env::var_os("UPDATE_GOLDEN").is_none() {
-            panic!("golden file {} was missing and has been written; review and commit it", path.display());
+            panic!(
+                "golden file {} was missing and has been written; review and commit it",
+                path.display()
+            );
         }
         return;
     }

@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tkgops::emulators::faults::{Fault, FaultAction};
 use tkgops::emulators::tmc::{TmcEmulator, TmcEmulatorOptions};
-use tkgops::providers::tmc::{FullName, SecretToken, TmcClient, TmcError, TmcExecutor, TmcSettings};
+use tkgops::providers::tmc::{
+    FullName, SecretToken, TmcClient, TmcError, TmcExecutor, TmcSettings,
+};
 use tkgops::providers::{ManifestApplier, WorkloadTarget};
 use tkgops::runner::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
 
@@ -34,8 +36,12 @@ async fn emulator() -> TmcEmulator {
 }
 
 fn client(emu: &TmcEmulator, token: &str) -> TmcClient {
-    TmcClient::new(TmcSettings { endpoint: emu.url(), csp_endpoint: emu.url(), api_token: SecretToken::new(token) })
-        .expect("client")
+    TmcClient::new(TmcSettings {
+        endpoint: emu.url(),
+        csp_endpoint: emu.url(),
+        api_token: SecretToken::new(token),
+    })
+    .expect("client")
 }
 
 fn labels() -> BTreeMap<String, String> {
@@ -62,10 +68,21 @@ async fn token_exchange_form_query_and_bad_token() {
     let url = format!("{}{AUTHORIZE}", emu.url());
 
     // TMC-TF: form body.
-    let resp = http.post(&url).form(&[("refresh_token", TOKEN)]).send().await.unwrap();
+    let resp = http
+        .post(&url)
+        .form(&[("refresh_token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
-    for f in ["id_token", "token_type", "scope", "access_token", "refresh_token"] {
+    for f in [
+        "id_token",
+        "token_type",
+        "scope",
+        "access_token",
+        "refresh_token",
+    ] {
         assert!(v[f].is_string(), "{f} missing in {v}");
     }
     assert_eq!(v["token_type"], "bearer");
@@ -73,23 +90,49 @@ async fn token_exchange_form_query_and_bad_token() {
     let form_token = v["access_token"].as_str().unwrap().to_string();
 
     // SIVT: query parameter, empty body.
-    let resp = http.post(&url).query(&[("refresh_token", TOKEN)]).send().await.unwrap();
+    let resp = http
+        .post(&url)
+        .query(&[("refresh_token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     let raw = v["access_token"].as_str().unwrap().to_string();
 
     // Wrong token: CSP-style 400.
-    let resp = http.post(&url).form(&[("refresh_token", "nope")]).send().await.unwrap();
+    let resp = http
+        .post(&url)
+        .form(&[("refresh_token", "nope")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
-    assert_eq!(v, json!({"statusCode": 400, "message": "invalid_grant: Invalid refresh token"}));
+    assert_eq!(
+        v,
+        json!({"statusCode": 400, "message": "invalid_grant: Invalid refresh token"})
+    );
 
     // Bearer and raw tokens are both accepted; none or unknown → 401 code 16.
     let list = format!("{}/v1alpha1/clusters", emu.url());
-    let resp = http.get(&list).bearer_auth(&form_token).send().await.unwrap();
+    let resp = http
+        .get(&list)
+        .bearer_auth(&form_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"clusters": [], "totalCount": "0"}));
-    let resp = http.get(&list).header("authorization", &raw).send().await.unwrap();
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"clusters": [], "totalCount": "0"})
+    );
+    let resp = http
+        .get(&list)
+        .header("authorization", &raw)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let resp = http.get(&list).send().await.unwrap();
     assert_eq!(resp.status(), 401);
@@ -102,7 +145,10 @@ async fn token_exchange_form_query_and_bad_token() {
     // The client surfaces a refused exchange as a permanent TokenExchange error without the token.
     let bad = client(&emu, "wrong-token-value");
     let err = bad.list_clusters().await.unwrap_err();
-    assert!(matches!(err, TmcError::TokenExchange { status: 400, .. }), "{err:?}");
+    assert!(
+        matches!(err, TmcError::TokenExchange { status: 400, .. }),
+        "{err:?}"
+    );
     assert!(!err.is_transient());
     assert!(!err.to_string().contains("wrong-token-value"));
 }
@@ -115,31 +161,61 @@ async fn cluster_create_get_list_delete() {
 
     assert_eq!(c.get_cluster(&fname).await.unwrap(), None);
 
-    let created = c.create_cluster(&fname, "team-a", "attached by tkgops", &labels()).await.unwrap();
+    let created = c
+        .create_cluster(&fname, "team-a", "attached by tkgops", &labels())
+        .await
+        .unwrap();
     assert_eq!(created.full_name.org_id.as_deref(), Some("org-1"));
     assert_eq!(created.full_name.name, "team-a-prod");
     assert!(created.meta.uid.as_deref().unwrap().starts_with("c:01"));
     assert_eq!(created.meta.resource_version.as_deref(), Some("1"));
     assert_eq!(created.meta.labels, labels());
-    assert_eq!(created.meta.description.as_deref(), Some("attached by tkgops"));
+    assert_eq!(
+        created.meta.description.as_deref(),
+        Some("attached by tkgops")
+    );
     assert_eq!(created.spec.cluster_group_name.as_deref(), Some("team-a"));
     assert_eq!(created.phase(), "PENDING");
     assert_eq!(created.status.type_.as_deref(), Some("ATTACHED"));
-    let link = created.status.installer_link.clone().expect("installerLink");
-    assert!(link.expose().starts_with(&format!("{}/installer?id=", emu.url())));
+    let link = created
+        .status
+        .installer_link
+        .clone()
+        .expect("installerLink");
+    assert!(link
+        .expose()
+        .starts_with(&format!("{}/installer?id=", emu.url())));
     assert!(link.expose().ends_with("&source=attach"));
-    assert!(!format!("{created:?}").contains(link.expose()), "installer link must be redacted in Debug");
+    assert!(
+        !format!("{created:?}").contains(link.expose()),
+        "installer link must be redacted in Debug"
+    );
 
     // Default cluster group.
-    let other = c.create_cluster(&FullName::attached("team-b"), "", "", &BTreeMap::new()).await.unwrap();
+    let other = c
+        .create_cluster(&FullName::attached("team-b"), "", "", &BTreeMap::new())
+        .await
+        .unwrap();
     assert_eq!(other.spec.cluster_group_name.as_deref(), Some("default"));
 
     // Duplicate → 409 code 6.
-    let err = c.create_cluster(&fname, "team-a", "", &labels()).await.unwrap_err();
-    assert!(matches!(err, TmcError::AlreadyExists { code: 6, .. }), "{err:?}");
+    let err = c
+        .create_cluster(&fname, "team-a", "", &labels())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TmcError::AlreadyExists { code: 6, .. }),
+        "{err:?}"
+    );
     // Invalid name → 400 code 3.
-    let err = c.create_cluster(&FullName::attached("Bad_Name"), "", "", &BTreeMap::new()).await.unwrap_err();
-    assert!(matches!(err, TmcError::InvalidArgument { code: 3, .. }), "{err:?}");
+    let err = c
+        .create_cluster(&FullName::attached("Bad_Name"), "", "", &BTreeMap::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TmcError::InvalidArgument { code: 3, .. }),
+        "{err:?}"
+    );
 
     let got = c.get_cluster(&fname).await.unwrap().expect("exists");
     assert_eq!(got.meta.uid, created.meta.uid);
@@ -151,7 +227,10 @@ async fn cluster_create_get_list_delete() {
     let all = c.list_clusters().await.unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(emu.clusters().len(), 2);
-    assert_eq!(emu.cluster("team-a-prod").unwrap()["meta"]["uid"], json!(created.meta.uid));
+    assert_eq!(
+        emu.cluster("team-a-prod").unwrap()["meta"]["uid"],
+        json!(created.meta.uid)
+    );
 
     // full_name. spelling on the wire.
     let tok = raw_token(&emu).await;
@@ -192,23 +271,56 @@ async fn cluster_create_get_list_delete() {
 
     // Detach (force=false): DETACHING on the next GET, then gone.
     c.delete_cluster(&fname, false).await.unwrap();
-    assert_eq!(c.get_cluster(&fname).await.unwrap().expect("still detaching").phase(), "DETACHING");
+    assert_eq!(
+        c.get_cluster(&fname)
+            .await
+            .unwrap()
+            .expect("still detaching")
+            .phase(),
+        "DETACHING"
+    );
     assert_eq!(c.get_cluster(&fname).await.unwrap(), None);
     // Force: gone at once. Deleting a missing cluster is Ok.
-    c.delete_cluster(&FullName::attached("team-b"), true).await.unwrap();
-    assert_eq!(c.get_cluster(&FullName::attached("team-b")).await.unwrap(), None);
-    c.delete_cluster(&FullName::attached("team-b"), true).await.unwrap();
+    c.delete_cluster(&FullName::attached("team-b"), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.get_cluster(&FullName::attached("team-b")).await.unwrap(),
+        None
+    );
+    c.delete_cluster(&FullName::attached("team-b"), true)
+        .await
+        .unwrap();
     assert!(emu.clusters().is_empty());
-    assert_eq!(emu.faults().log().count(&Method::DELETE, "/v1alpha1/clusters/team-a-prod"), 1);
-    let del = emu.faults().log().all().into_iter().find(|r| r.method == Method::DELETE).unwrap();
-    assert!(del.query.contains("force=false") && del.query.contains("fullName.managementClusterName=attached"));
+    assert_eq!(
+        emu.faults()
+            .log()
+            .count(&Method::DELETE, "/v1alpha1/clusters/team-a-prod"),
+        1
+    );
+    let del = emu
+        .faults()
+        .log()
+        .all()
+        .into_iter()
+        .find(|r| r.method == Method::DELETE)
+        .unwrap();
+    assert!(
+        del.query.contains("force=false")
+            && del
+                .query
+                .contains("fullName.managementClusterName=attached")
+    );
 }
 
 #[tokio::test]
 async fn installer_manifest_is_unauthenticated_yaml() {
     let emu = emulator().await;
     let c = client(&emu, TOKEN);
-    let created = c.create_cluster(&FullName::attached("wl1"), "", "", &BTreeMap::new()).await.unwrap();
+    let created = c
+        .create_cluster(&FullName::attached("wl1"), "", "", &BTreeMap::new())
+        .await
+        .unwrap();
     let link = created.status.installer_link.unwrap();
 
     let raw = reqwest::get(link.expose()).await.unwrap();
@@ -229,21 +341,32 @@ async fn installer_manifest_is_unauthenticated_yaml() {
     assert_eq!(cm["data"]["cluster_name"], "wl1");
     assert_eq!(cm["data"]["management_cluster_name"], "attached");
     assert_eq!(cm["data"]["provisioner_name"], "attached");
-    assert_eq!(cm["data"]["registration_token"], json!(emu.registration_token("wl1").unwrap()));
+    assert_eq!(
+        cm["data"]["registration_token"],
+        json!(emu.registration_token("wl1").unwrap())
+    );
     let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     assert_eq!(dep["metadata"]["name"], "cluster-agent");
     assert_eq!(dep["spec"]["replicas"], 1);
 
-    let err = c.installer_manifest(&format!("{}/installer?id=unknown&source=attach", emu.url())).await.unwrap_err();
+    let err = c
+        .installer_manifest(&format!("{}/installer?id=unknown&source=attach", emu.url()))
+        .await
+        .unwrap_err();
     assert!(matches!(err, TmcError::NotFound { .. }), "{err:?}");
-    assert!(!err.to_string().contains("unknown&source"), "error must not echo the link: {err}");
+    assert!(
+        !err.to_string().contains("unknown&source"),
+        "error must not echo the link: {err}"
+    );
 }
 
 #[tokio::test]
 async fn agentconnect_wrong_token_is_403_and_right_token_readies() {
     let emu = emulator().await;
     let c = client(&emu, TOKEN);
-    c.create_cluster(&FullName::attached("wl2"), "", "", &BTreeMap::new()).await.unwrap();
+    c.create_cluster(&FullName::attached("wl2"), "", "", &BTreeMap::new())
+        .await
+        .unwrap();
     let http = reqwest::Client::new();
     let url = format!("{}/v1alpha1/clusters/wl2:agentconnect", emu.url());
     let body = |token: &str| {
@@ -255,21 +378,52 @@ async fn agentconnect_wrong_token_is_403_and_right_token_readies() {
     assert_eq!(resp.json::<Value>().await.unwrap()["code"], 7);
     assert_eq!(emu.cluster("wl2").unwrap()["status"]["phase"], "PENDING");
 
-    let missing = http.post(format!("{}/v1alpha1/clusters/nope:agentconnect", emu.url())).json(&body("x")).send().await.unwrap();
+    let missing = http
+        .post(format!("{}/v1alpha1/clusters/nope:agentconnect", emu.url()))
+        .json(&body("x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
 
-    let resp = http.post(&url).json(&body(&emu.registration_token("wl2").unwrap())).send().await.unwrap();
+    let resp = http
+        .post(&url)
+        .json(&body(&emu.registration_token("wl2").unwrap()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.json::<Value>().await.unwrap(), json!({}));
-    let got = c.get_cluster(&FullName::attached("wl2")).await.unwrap().unwrap();
+    let got = c
+        .get_cluster(&FullName::attached("wl2"))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(got.is_ready_and_healthy());
     assert_eq!(got.status.node_count.as_deref(), Some("6"));
-    assert_eq!(got.status.kube_server_version.as_deref(), Some("v1.23.8+vmware.2"));
-    assert_eq!(got.status.infrastructure_provider.as_deref(), Some("AWS_EC2"));
-    assert_eq!(got.status.kubernetes_provider.as_ref().unwrap().type_.as_deref(), Some("VMWARE_TANZU_KUBERNETES_GRID"));
+    assert_eq!(
+        got.status.kube_server_version.as_deref(),
+        Some("v1.23.8+vmware.2")
+    );
+    assert_eq!(
+        got.status.infrastructure_provider.as_deref(),
+        Some("AWS_EC2")
+    );
+    assert_eq!(
+        got.status
+            .kubernetes_provider
+            .as_ref()
+            .unwrap()
+            .type_
+            .as_deref(),
+        Some("VMWARE_TANZU_KUBERNETES_GRID")
+    );
     let cond = &got.status.conditions["Agent-READY"];
     assert_eq!(cond.status.as_deref(), Some("TRUE"));
-    assert_eq!(cond.message.as_deref(), Some("cluster is connected to TMC and healthy"));
+    assert_eq!(
+        cond.message.as_deref(),
+        Some("cluster is connected to TMC and healthy")
+    );
     assert!(got.status.health_details.is_some());
 }
 
@@ -280,12 +434,25 @@ async fn expired_access_token_is_re_exchanged() {
     let raw = raw_token(&emu).await;
     c.list_clusters().await.unwrap();
     c.list_clusters().await.unwrap();
-    assert_eq!(emu.faults().log().count(&Method::POST, AUTHORIZE), 2, "token is cached");
+    assert_eq!(
+        emu.faults().log().count(&Method::POST, AUTHORIZE),
+        2,
+        "token is cached"
+    );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     c.list_clusters().await.unwrap();
-    assert_eq!(emu.faults().log().count(&Method::POST, AUTHORIZE), 3, "expired token re-exchanged");
+    assert_eq!(
+        emu.faults().log().count(&Method::POST, AUTHORIZE),
+        3,
+        "expired token re-exchanged"
+    );
     // The emulator itself rejects the expired token.
-    let resp = reqwest::Client::new().get(format!("{}/v1alpha1/clusters", emu.url())).bearer_auth(&raw).send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1alpha1/clusters", emu.url()))
+        .bearer_auth(&raw)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.json::<Value>().await.unwrap()["code"], 16);
 }
@@ -295,27 +462,53 @@ async fn unauthorized_once_is_retried_after_re_exchange() {
     let emu = emulator().await;
     let c = client(&emu, TOKEN);
     c.list_clusters().await.unwrap();
-    let body = json!({"code": 16, "error": "token expired", "message": "token expired", "details": []}).to_string();
+    let body =
+        json!({"code": 16, "error": "token expired", "message": "token expired", "details": []})
+            .to_string();
     emu.faults().inject(Fault::new(
         Some(Method::GET),
         "/v1alpha1/clusters",
-        FaultAction::Status { code: 401, body: body.clone() },
+        FaultAction::Status {
+            code: 401,
+            body: body.clone(),
+        },
         Some(1),
     ));
     assert!(c.list_clusters().await.unwrap().is_empty());
     assert_eq!(emu.faults().log().count(&Method::POST, AUTHORIZE), 2);
 
     // Persistent 401: one re-exchange, then Unauthenticated.
-    emu.faults().inject(Fault::new(Some(Method::GET), "/v1alpha1/clusters", FaultAction::Status { code: 401, body }, None));
+    emu.faults().inject(Fault::new(
+        Some(Method::GET),
+        "/v1alpha1/clusters",
+        FaultAction::Status { code: 401, body },
+        None,
+    ));
     let err = c.list_clusters().await.unwrap_err();
-    assert!(matches!(err, TmcError::Unauthenticated { code: 16, .. }), "{err:?}");
+    assert!(
+        matches!(err, TmcError::Unauthenticated { code: 16, .. }),
+        "{err:?}"
+    );
     assert_eq!(emu.faults().log().count(&Method::POST, AUTHORIZE), 3);
     emu.faults().clear();
 
     // 503 and a dropped connection are transient.
-    emu.faults().inject(Fault::new(Some(Method::GET), "/v1alpha1/clusters", FaultAction::Status { code: 503, body: "{}".into() }, Some(1)));
+    emu.faults().inject(Fault::new(
+        Some(Method::GET),
+        "/v1alpha1/clusters",
+        FaultAction::Status {
+            code: 503,
+            body: "{}".into(),
+        },
+        Some(1),
+    ));
     assert!(c.list_clusters().await.unwrap_err().is_transient());
-    emu.faults().inject(Fault::new(Some(Method::GET), "/v1alpha1/clusters", FaultAction::Drop, Some(1)));
+    emu.faults().inject(Fault::new(
+        Some(Method::GET),
+        "/v1alpha1/clusters",
+        FaultAction::Drop,
+        Some(1),
+    ));
     let err = c.list_clusters().await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
 }
@@ -331,7 +524,8 @@ fn parse_docs(yaml: &str) -> Vec<Value> {
 }
 
 fn stack_config(docs: &[Value]) -> Option<&Value> {
-    docs.iter().find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "stack-config")
+    docs.iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "stack-config")
 }
 
 /// What the fake workload cluster's "agent" does after the manifest is applied.
@@ -353,18 +547,28 @@ struct AgentSimApplier {
 
 impl AgentSimApplier {
     fn new(mode: AgentMode) -> Arc<Self> {
-        Arc::new(AgentSimApplier { mode, applies: AtomicUsize::new(0), targets: Mutex::new(vec![]) })
+        Arc::new(AgentSimApplier {
+            mode,
+            applies: AtomicUsize::new(0),
+            targets: Mutex::new(vec![]),
+        })
     }
 }
 
 #[async_trait::async_trait]
 impl ManifestApplier for AgentSimApplier {
-    async fn apply_to_workload(&self, target: &WorkloadTarget, yaml: &str, field_manager: &str) -> Result<Vec<String>, StepError> {
+    async fn apply_to_workload(
+        &self,
+        target: &WorkloadTarget,
+        yaml: &str,
+        field_manager: &str,
+    ) -> Result<Vec<String>, StepError> {
         assert_eq!(field_manager, "tkgops");
         self.applies.fetch_add(1, Ordering::SeqCst);
         self.targets.lock().unwrap().push(target.clone());
         let docs = parse_docs(yaml);
-        let cm = stack_config(&docs).ok_or_else(|| StepError::Permanent("no stack-config".into()))?;
+        let cm =
+            stack_config(&docs).ok_or_else(|| StepError::Permanent("no stack-config".into()))?;
         let d = &cm["data"];
         if self.mode == AgentMode::Connect {
             let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
@@ -426,18 +630,28 @@ fn attach_ctx(emu: &TmcEmulator, name: &str, progress: ProgressSink) -> StepCont
 fn recording_sink() -> (ProgressSink, Arc<Mutex<Vec<String>>>) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let l = lines.clone();
-    (ProgressSink::new(move |s| l.lock().unwrap().push(s.to_string())), lines)
+    (
+        ProgressSink::new(move |s| l.lock().unwrap().push(s.to_string())),
+        lines,
+    )
 }
 
 #[tokio::test]
 async fn attach_creates_applies_and_waits_then_is_idempotent() {
     let emu = emulator_with(Duration::from_secs(1799), Duration::from_millis(300)).await;
     let applier = AgentSimApplier::new(AgentMode::Connect);
-    let exec = TmcExecutor::new(Some(SecretToken::new(TOKEN)), applier.clone(), Duration::from_millis(100));
+    let exec = TmcExecutor::new(
+        Some(SecretToken::new(TOKEN)),
+        applier.clone(),
+        Duration::from_millis(100),
+    );
     assert_eq!(exec.kinds(), vec!["tmc.attach"]);
     let (sink, lines) = recording_sink();
 
-    let out = exec.execute(&attach_ctx(&emu, "team-a-prod", sink.clone())).await.unwrap();
+    let out = exec
+        .execute(&attach_ctx(&emu, "team-a-prod", sink.clone()))
+        .await
+        .unwrap();
     let stored = emu.cluster("team-a-prod").unwrap();
     assert_eq!(
         out,
@@ -445,24 +659,54 @@ async fn attach_creates_applies_and_waits_then_is_idempotent() {
                "clusterGroup": "team-a", "installerApplied": true})
     );
     assert_eq!(stored["meta"]["labels"], json!({"env": "prod"}));
-    assert_eq!(stored["status"]["conditions"]["Agent-READY"]["message"], "cluster is connected to TMC and healthy");
+    assert_eq!(
+        stored["status"]["conditions"]["Agent-READY"]["message"],
+        "cluster is connected to TMC and healthy"
+    );
     assert_eq!(applier.applies.load(Ordering::SeqCst), 1);
-    assert_eq!(applier.targets.lock().unwrap()[0].cluster_name, "team-a-prod");
+    assert_eq!(
+        applier.targets.lock().unwrap()[0].cluster_name,
+        "team-a-prod"
+    );
     let progress = lines.lock().unwrap().clone();
-    assert!(progress.iter().any(|l| l.starts_with("TMC phase PENDING, health")), "{progress:?}");
-    assert!(progress.iter().any(|l| l == "TMC phase READY, health HEALTHY"), "{progress:?}");
+    assert!(
+        progress
+            .iter()
+            .any(|l| l.starts_with("TMC phase PENDING, health")),
+        "{progress:?}"
+    );
+    assert!(
+        progress
+            .iter()
+            .any(|l| l == "TMC phase READY, health HEALTHY"),
+        "{progress:?}"
+    );
 
     // Nothing secret in outputs or progress.
-    let installer_id = stored["status"]["installerLink"].as_str().unwrap().split("id=").nth(1).unwrap().to_string();
+    let installer_id = stored["status"]["installerLink"]
+        .as_str()
+        .unwrap()
+        .split("id=")
+        .nth(1)
+        .unwrap()
+        .to_string();
     let everything = format!("{out} {progress:?} {exec:?}");
     assert!(!everything.contains(TOKEN));
     assert!(!everything.contains(&installer_id[..16]));
 
     // Second run: READY/HEALTHY already → no POST, no apply.
-    let out2 = exec.execute(&attach_ctx(&emu, "team-a-prod", sink)).await.unwrap();
+    let out2 = exec
+        .execute(&attach_ctx(&emu, "team-a-prod", sink))
+        .await
+        .unwrap();
     assert_eq!(out2["installerApplied"], false);
     assert_eq!(out2["phase"], "READY");
-    assert_eq!(emu.faults().log().count(&Method::POST, "/v1alpha1/clusters"), 1);
+    assert_eq!(
+        emu.faults()
+            .log()
+            .count(&Method::POST, "/v1alpha1/clusters"),
+        1
+    );
     assert_eq!(applier.applies.load(Ordering::SeqCst), 1);
     // One client, one token exchange across both runs.
     assert_eq!(emu.faults().log().count(&Method::POST, AUTHORIZE), 1);
@@ -471,20 +715,39 @@ async fn attach_creates_applies_and_waits_then_is_idempotent() {
 #[tokio::test]
 async fn attach_after_conflict_continues_with_existing_cluster() {
     let emu = emulator().await;
-    client(&emu, TOKEN).create_cluster(&FullName::attached("wl3"), "team-a", "", &BTreeMap::new()).await.unwrap();
+    client(&emu, TOKEN)
+        .create_cluster(&FullName::attached("wl3"), "team-a", "", &BTreeMap::new())
+        .await
+        .unwrap();
     // The executor's first GET does not see it (a concurrent creator): its POST gets a real 409.
     emu.faults().inject(Fault::new(
         Some(Method::GET),
         "/v1alpha1/clusters/wl3",
-        FaultAction::Status { code: 404, body: json!({"code": 5, "error": "nf", "message": "nf", "details": []}).to_string() },
+        FaultAction::Status {
+            code: 404,
+            body: json!({"code": 5, "error": "nf", "message": "nf", "details": []}).to_string(),
+        },
         Some(1),
     ));
     let applier = AgentSimApplier::new(AgentMode::Connect);
-    let exec = TmcExecutor::new(Some(SecretToken::new(TOKEN)), applier.clone(), Duration::from_millis(50));
-    let out = exec.execute(&attach_ctx(&emu, "wl3", ProgressSink::noop())).await.unwrap();
+    let exec = TmcExecutor::new(
+        Some(SecretToken::new(TOKEN)),
+        applier.clone(),
+        Duration::from_millis(50),
+    );
+    let out = exec
+        .execute(&attach_ctx(&emu, "wl3", ProgressSink::noop()))
+        .await
+        .unwrap();
     assert_eq!(out["phase"], "READY");
     assert_eq!(out["installerApplied"], true);
-    assert_eq!(emu.faults().log().count(&Method::POST, "/v1alpha1/clusters"), 2, "ours and the 409");
+    assert_eq!(
+        emu.faults()
+            .log()
+            .count(&Method::POST, "/v1alpha1/clusters"),
+        2,
+        "ours and the 409"
+    );
     assert_eq!(emu.clusters().len(), 1);
 }
 
@@ -495,36 +758,79 @@ async fn attach_transient_on_503_and_permanent_without_token() {
     emu.faults().inject(Fault::new(
         Some(Method::POST),
         "/v1alpha1/clusters",
-        FaultAction::Status { code: 503, body: json!({"code": 14, "error": "unavailable", "message": "unavailable", "details": []}).to_string() },
+        FaultAction::Status {
+            code: 503,
+            body:
+                json!({"code": 14, "error": "unavailable", "message": "unavailable", "details": []})
+                    .to_string(),
+        },
         Some(1),
     ));
-    let exec = TmcExecutor::new(Some(SecretToken::new(TOKEN)), applier.clone(), Duration::from_millis(50));
-    let err = exec.execute(&attach_ctx(&emu, "wl4", ProgressSink::noop())).await.unwrap_err();
+    let exec = TmcExecutor::new(
+        Some(SecretToken::new(TOKEN)),
+        applier.clone(),
+        Duration::from_millis(50),
+    );
+    let err = exec
+        .execute(&attach_ctx(&emu, "wl4", ProgressSink::noop()))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StepError::Transient(_)), "{err:?}");
     assert_eq!(applier.applies.load(Ordering::SeqCst), 0);
     // The retry succeeds.
-    exec.execute(&attach_ctx(&emu, "wl4", ProgressSink::noop())).await.unwrap();
+    exec.execute(&attach_ctx(&emu, "wl4", ProgressSink::noop()))
+        .await
+        .unwrap();
 
     let none = TmcExecutor::new(None, applier.clone(), Duration::from_millis(50));
-    let err = none.execute(&attach_ctx(&emu, "wl4", ProgressSink::noop())).await.unwrap_err();
-    assert_eq!(err, StepError::Permanent("TMC API token not configured (set VMW_CLOUD_API_TOKEN)".into()));
+    let err = none
+        .execute(&attach_ctx(&emu, "wl4", ProgressSink::noop()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StepError::Permanent("TMC API token not configured (set VMW_CLOUD_API_TOKEN)".into())
+    );
 
-    let bad = TmcExecutor::new(Some(SecretToken::new("wrong-token")), applier, Duration::from_millis(50));
-    let err = bad.execute(&attach_ctx(&emu, "wl4", ProgressSink::noop())).await.unwrap_err();
-    assert!(matches!(&err, StepError::Permanent(m) if m.contains("invalid_grant") && !m.contains("wrong-token")), "{err:?}");
+    let bad = TmcExecutor::new(
+        Some(SecretToken::new("wrong-token")),
+        applier,
+        Duration::from_millis(50),
+    );
+    let err = bad
+        .execute(&attach_ctx(&emu, "wl4", ProgressSink::noop()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StepError::Permanent(m) if m.contains("invalid_grant") && !m.contains("wrong-token")),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn attach_fails_permanently_on_error_phase() {
     let emu = emulator().await;
-    client(&emu, TOKEN).create_cluster(&FullName::attached("wl5"), "", "", &BTreeMap::new()).await.unwrap();
+    client(&emu, TOKEN)
+        .create_cluster(&FullName::attached("wl5"), "", "", &BTreeMap::new())
+        .await
+        .unwrap();
     assert!(emu.set_phase("wl5", "ERROR", "UNHEALTHY"));
     let applier = AgentSimApplier::new(AgentMode::Connect);
-    let exec = TmcExecutor::new(Some(SecretToken::new(TOKEN)), applier.clone(), Duration::from_millis(50));
-    let err = exec.execute(&attach_ctx(&emu, "wl5", ProgressSink::noop())).await.unwrap_err();
+    let exec = TmcExecutor::new(
+        Some(SecretToken::new(TOKEN)),
+        applier.clone(),
+        Duration::from_millis(50),
+    );
+    let err = exec
+        .execute(&attach_ctx(&emu, "wl5", ProgressSink::noop()))
+        .await
+        .unwrap_err();
     match err {
         StepError::Permanent(m) => {
-            assert!(m.contains("phase ERROR") && m.contains("Agent-READY"), "{m}");
+            assert!(
+                m.contains("phase ERROR") && m.contains("Agent-READY"),
+                "{m}"
+            );
         }
         other => panic!("expected Permanent, got {other:?}"),
     }
@@ -532,18 +838,29 @@ async fn attach_fails_permanently_on_error_phase() {
 
     // ERROR reached while polling after the apply.
     let silent = AgentSimApplier::new(AgentMode::Silent);
-    let exec = TmcExecutor::new(Some(SecretToken::new(TOKEN)), silent.clone(), Duration::from_millis(50));
+    let exec = TmcExecutor::new(
+        Some(SecretToken::new(TOKEN)),
+        silent.clone(),
+        Duration::from_millis(50),
+    );
     let emu2 = emu.clone();
     let breaker = tokio::spawn(async move {
         for _ in 0..100 {
-            if emu2.cluster("wl6").is_some() && emu2.set_phase("wl6", "UPGRADE_FAILED", "UNHEALTHY") {
+            if emu2.cluster("wl6").is_some() && emu2.set_phase("wl6", "UPGRADE_FAILED", "UNHEALTHY")
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    let err = exec.execute(&attach_ctx(&emu, "wl6", ProgressSink::noop())).await.unwrap_err();
+    let err = exec
+        .execute(&attach_ctx(&emu, "wl6", ProgressSink::noop()))
+        .await
+        .unwrap_err();
     breaker.await.unwrap();
-    assert!(matches!(&err, StepError::Permanent(m) if m.contains("UPGRADE_FAILED")), "{err:?}");
+    assert!(
+        matches!(&err, StepError::Permanent(m) if m.contains("UPGRADE_FAILED")),
+        "{err:?}"
+    );
     assert_eq!(silent.applies.load(Ordering::SeqCst), 1);
 }

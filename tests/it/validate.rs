@@ -6,7 +6,9 @@ use base64::Engine as _;
 use tkgops::request::*;
 
 fn fixture(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(p)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(p)
 }
 
 fn read(p: &str) -> String {
@@ -43,7 +45,11 @@ fn repo(text: &str) -> RepoConfig {
 /// The valid prod config with variable `key` replaced by `value` (None removes it).
 fn edit(text: &str, key: &str, value: Option<&str>) -> String {
     let prefix = format!("{key}:");
-    let mut out: Vec<String> = text.lines().filter(|l| !l.starts_with(&prefix)).map(str::to_string).collect();
+    let mut out: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
     if let Some(v) = value {
         out.push(format!("{key}: {v}"));
     }
@@ -72,7 +78,9 @@ fn has(fs: &[Finding], rule: &str) -> bool {
 }
 
 fn find<'a>(fs: &'a [Finding], rule: &str) -> &'a Finding {
-    fs.iter().find(|f| f.rule == rule).unwrap_or_else(|| panic!("no {rule} in {fs:#?}"))
+    fs.iter()
+        .find(|f| f.rule == rule)
+        .unwrap_or_else(|| panic!("no {rule} in {fs:#?}"))
 }
 
 fn pem_b64() -> String {
@@ -120,7 +128,10 @@ fn sample_01_breaks_plan_and_identity_rules_with_lines() {
 fn sample_02_is_rejected_as_vsphere() {
     let text = read("samples/02-tkg16-airgap-shared-services-config-vsphere.yaml");
     let c = parse_tkg_config("02.yaml", text.as_bytes()).expect("sample 02 parses");
-    assert!(c.get("AVI_LABELS").unwrap_or("").contains("shared-services"));
+    assert!(c
+        .get("AVI_LABELS")
+        .unwrap_or("")
+        .contains("shared-services"));
     assert_eq!(c.get("VSPHERE_CONTROL_PLANE_ENDPOINT"), None);
     assert_eq!(c.get("VSPHERE_CONTROL_PLANE_NUM_CPUS"), Some("2"));
     let fs = validate(&c, None, None);
@@ -152,7 +163,11 @@ fn r1_azs() {
     assert!(has(&fs, "TKO-CLS-005"));
     assert!(!has(&run(&valid_text()), "TKO-CLS-005"));
     // dev: one AZ only
-    let dev = edits(&[("CLUSTER_PLAN", Some("dev")), ("AWS_PRIVATE_SUBNET_ID_1", None), ("AWS_PRIVATE_SUBNET_ID_2", None)]);
+    let dev = edits(&[
+        ("CLUSTER_PLAN", Some("dev")),
+        ("AWS_PRIVATE_SUBNET_ID_1", None),
+        ("AWS_PRIVATE_SUBNET_ID_2", None),
+    ]);
     assert!(has(&run(&dev), "TKO-CLS-005"));
     let dev1 = edit(&edit(&dev, "AWS_NODE_AZ_1", None), "AWS_NODE_AZ_2", None);
     assert!(!has(&run(&dev1), "TKO-CLS-005"));
@@ -168,7 +183,10 @@ fn r2_plan() {
     let fs = run(&edits(&[("CLUSTER_PLAN", Some("staging"))]));
     assert!(has(&fs, "TKGOPS-PLAN"));
     assert!(!has(&fs, "TKO-CLS-004"));
-    assert!(!has(&run(&edits(&[("CLUSTER_PLAN", Some("prodcc"))])), "TKO-CLS-004"));
+    assert!(!has(
+        &run(&edits(&[("CLUSTER_PLAN", Some("prodcc"))])),
+        "TKO-CLS-004"
+    ));
 }
 
 #[test]
@@ -188,8 +206,14 @@ fn r4_instance_types() {
     let f = find(&fs, "TKO-CLS-003");
     assert_eq!(f.line, cfg(&text).line("NODE_MACHINE_TYPE_1"));
     assert!(f.message.contains("t3.medium"));
-    assert!(has(&run(&edits(&[("CONTROL_PLANE_MACHINE_TYPE", Some("t2.micro"))])), "TKO-CLS-003"));
-    assert!(!has(&run(&edits(&[("NODE_MACHINE_TYPE", Some("t3.large"))])), "TKO-CLS-003"));
+    assert!(has(
+        &run(&edits(&[("CONTROL_PLANE_MACHINE_TYPE", Some("t2.micro"))])),
+        "TKO-CLS-003"
+    ));
+    assert!(!has(
+        &run(&edits(&[("NODE_MACHINE_TYPE", Some("t3.large"))])),
+        "TKO-CLS-003"
+    ));
 }
 
 #[test]
@@ -204,63 +228,141 @@ fn r5_tkr_and_downgrade() {
     let old = settings_text().replace("v1.23.8+vmware.2-tkg.1", "v1.21.14+vmware.2-tkg.5");
     assert!(!has(&run_settings(&old), "TKGOPS-TKR"));
 
-    let d = check_upgrade("s.yaml", Some(3), "v1.23.8+vmware.2-tkg.1", "v1.22.11+vmware.2-tkg.1").expect("downgrade");
+    let d = check_upgrade(
+        "s.yaml",
+        Some(3),
+        "v1.23.8+vmware.2-tkg.1",
+        "v1.22.11+vmware.2-tkg.1",
+    )
+    .expect("downgrade");
     assert_eq!(d.rule, "TKGOPS-DOWNGRADE");
     assert_eq!(d.line, Some(3));
-    assert!(check_upgrade("s", None, "v1.23.8+vmware.2-tkg.1", "v1.23.8+vmware.1-tkg.1").is_some());
-    assert!(check_upgrade("s", None, "v1.22.11+vmware.2-tkg.1", "v1.23.8+vmware.2-tkg.1").is_none());
-    assert!(check_upgrade("s", None, "v1.23.8+vmware.2-tkg.1", "v1.23.8+vmware.2-tkg.1").is_none());
-    assert!(check_upgrade("s", None, "v1.23.8+vmware.2-tkg.1", "v1.23.10+vmware.1-tkg.1").is_none());
-    assert_eq!(check_upgrade("s", None, "v1.23.8+vmware.2-tkg.1", "latest").map(|f| f.rule), Some("TKGOPS-TKR".into()));
+    assert!(check_upgrade(
+        "s",
+        None,
+        "v1.23.8+vmware.2-tkg.1",
+        "v1.23.8+vmware.1-tkg.1"
+    )
+    .is_some());
+    assert!(check_upgrade(
+        "s",
+        None,
+        "v1.22.11+vmware.2-tkg.1",
+        "v1.23.8+vmware.2-tkg.1"
+    )
+    .is_none());
+    assert!(check_upgrade(
+        "s",
+        None,
+        "v1.23.8+vmware.2-tkg.1",
+        "v1.23.8+vmware.2-tkg.1"
+    )
+    .is_none());
+    assert!(check_upgrade(
+        "s",
+        None,
+        "v1.23.8+vmware.2-tkg.1",
+        "v1.23.10+vmware.1-tkg.1"
+    )
+    .is_none());
+    assert_eq!(
+        check_upgrade("s", None, "v1.23.8+vmware.2-tkg.1", "latest").map(|f| f.rule),
+        Some("TKGOPS-TKR".into())
+    );
 }
 
 #[test]
 fn r6_docker_bridge_and_cidr_syntax() {
     let fs = run(&edits(&[("AWS_VPC_CIDR", Some("172.16.0.0/12"))]));
-    assert!(find(&fs, "TKGOPS-DOCKER-BRIDGE").message.contains("AWS_VPC_CIDR"));
-    assert!(has(&run(&edits(&[("CLUSTER_CIDR", Some("172.17.4.0/24"))])), "TKGOPS-DOCKER-BRIDGE"));
-    assert!(has(&run(&edits(&[("SERVICE_CIDR", Some("172.17.0.0/16"))])), "TKGOPS-DOCKER-BRIDGE"));
-    assert!(!has(&run(&edits(&[("AWS_VPC_CIDR", Some("172.18.0.0/16"))])), "TKGOPS-DOCKER-BRIDGE"));
+    assert!(find(&fs, "TKGOPS-DOCKER-BRIDGE")
+        .message
+        .contains("AWS_VPC_CIDR"));
+    assert!(has(
+        &run(&edits(&[("CLUSTER_CIDR", Some("172.17.4.0/24"))])),
+        "TKGOPS-DOCKER-BRIDGE"
+    ));
+    assert!(has(
+        &run(&edits(&[("SERVICE_CIDR", Some("172.17.0.0/16"))])),
+        "TKGOPS-DOCKER-BRIDGE"
+    ));
+    assert!(!has(
+        &run(&edits(&[("AWS_VPC_CIDR", Some("172.18.0.0/16"))])),
+        "TKGOPS-DOCKER-BRIDGE"
+    ));
     let fs = run(&edits(&[("SERVICE_CIDR", Some("100.64.0.0/33"))]));
     assert!(has(&fs, "TKGOPS-CIDR"));
-    assert!(has(&run(&edits(&[("AWS_PRIVATE_NODE_CIDR", Some("ten.0.0.0/24"))])), "TKGOPS-CIDR"));
+    assert!(has(
+        &run(&edits(&[("AWS_PRIVATE_NODE_CIDR", Some("ten.0.0.0/24"))])),
+        "TKGOPS-CIDR"
+    ));
     assert!(!has(&run(&valid_text()), "TKGOPS-CIDR"));
 }
 
 #[test]
 fn r8_machine_health_checks() {
-    assert!(has(&run(&edits(&[("ENABLE_MHC", Some("false"))])), "TKO-CLS-007"));
-    assert!(has(&run(&edits(&[("ENABLE_MHC_WORKER_NODE", Some("false"))])), "TKO-CLS-007"));
-    assert!(has(&run(&edits(&[("ENABLE_MHC_CONTROL_PLANE", Some("\"false\""))])), "TKO-CLS-007"));
+    assert!(has(
+        &run(&edits(&[("ENABLE_MHC", Some("false"))])),
+        "TKO-CLS-007"
+    ));
+    assert!(has(
+        &run(&edits(&[("ENABLE_MHC_WORKER_NODE", Some("false"))])),
+        "TKO-CLS-007"
+    ));
+    assert!(has(
+        &run(&edits(&[("ENABLE_MHC_CONTROL_PLANE", Some("\"false\""))])),
+        "TKO-CLS-007"
+    ));
     assert!(!has(&run(&edits(&[("ENABLE_MHC", None)])), "TKO-CLS-007"));
-    assert!(!has(&run(&edits(&[("ENABLE_MHC_WORKER_NODE", Some("true"))])), "TKO-CLS-007"));
+    assert!(!has(
+        &run(&edits(&[("ENABLE_MHC_WORKER_NODE", Some("true"))])),
+        "TKO-CLS-007"
+    ));
 }
 
 #[test]
 fn r9_identity_management() {
-    assert!(has(&run(&edits(&[("IDENTITY_MANAGEMENT_TYPE", Some("none"))])), "TKO-CLS-006"));
-    assert!(has(&run(&edits(&[("IDENTITY_MANAGEMENT_TYPE", None)])), "TKO-CLS-006"));
+    assert!(has(
+        &run(&edits(&[("IDENTITY_MANAGEMENT_TYPE", Some("none"))])),
+        "TKO-CLS-006"
+    ));
+    assert!(has(
+        &run(&edits(&[("IDENTITY_MANAGEMENT_TYPE", None)])),
+        "TKO-CLS-006"
+    ));
     let fs = run(&edits(&[("LDAP_HOST", Some("\"\""))]));
     assert!(find(&fs, "TKO-CLS-006").message.contains("LDAP_HOST"));
     let oidc = edits(&[
         ("IDENTITY_MANAGEMENT_TYPE", Some("oidc")),
-        ("OIDC_IDENTITY_PROVIDER_ISSUER_URL", Some("https://idp.example.com")),
+        (
+            "OIDC_IDENTITY_PROVIDER_ISSUER_URL",
+            Some("https://idp.example.com"),
+        ),
         ("OIDC_IDENTITY_PROVIDER_CLIENT_ID", Some("tkg")),
     ]);
     let f = find(&run(&oidc), "TKO-CLS-006").clone();
     assert!(f.message.contains("OIDC_IDENTITY_PROVIDER_CLIENT_SECRET"));
     assert!(f.message.contains("OIDC_IDENTITY_PROVIDER_NAME"));
     assert!(!f.message.contains("idp.example.com"));
-    let full = edit(&edit(&oidc, "OIDC_IDENTITY_PROVIDER_CLIENT_SECRET", Some("x")), "OIDC_IDENTITY_PROVIDER_NAME", Some("corp"));
+    let full = edit(
+        &edit(&oidc, "OIDC_IDENTITY_PROVIDER_CLIENT_SECRET", Some("x")),
+        "OIDC_IDENTITY_PROVIDER_NAME",
+        Some("corp"),
+    );
     assert!(!has(&run(&full), "TKO-CLS-006"));
 }
 
 fn airgap(pairs: &[(&str, Option<&str>)]) -> String {
     let ca = pem_b64();
     let mut all: Vec<(&str, Option<&str>)> = vec![
-        ("TKG_CUSTOM_IMAGE_REPOSITORY", Some("harbor.corp.example/tkg-160")),
+        (
+            "TKG_CUSTOM_IMAGE_REPOSITORY",
+            Some("harbor.corp.example/tkg-160"),
+        ),
         ("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", Some("false")),
-        ("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", Some(ca.as_str())),
+        (
+            "TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE",
+            Some(ca.as_str()),
+        ),
     ];
     all.extend_from_slice(pairs);
     edits(&all)
@@ -271,11 +373,35 @@ fn r10_air_gapped_registry() {
     let fs = run(&airgap(&[]));
     assert!(!has(&fs, "TKG-CLS-001"), "{fs:#?}");
     assert!(!has(&fs, "TKGOPS-AIRGAP-IDM"));
-    assert!(has(&run(&airgap(&[("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", Some("true"))])), "TKG-CLS-001"));
-    assert!(has(&run(&airgap(&[("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", None)])), "TKG-CLS-001"));
+    assert!(has(
+        &run(&airgap(&[(
+            "TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY",
+            Some("true")
+        )])),
+        "TKG-CLS-001"
+    ));
+    assert!(has(
+        &run(&airgap(&[(
+            "TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE",
+            None
+        )])),
+        "TKG-CLS-001"
+    ));
     let notpem = base64::engine::general_purpose::STANDARD.encode("hello");
-    assert!(has(&run(&airgap(&[("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", Some(notpem.as_str()))])), "TKG-CLS-001"));
-    assert!(has(&run(&airgap(&[("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", Some("\"%%%\""))])), "TKG-CLS-001"));
+    assert!(has(
+        &run(&airgap(&[(
+            "TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE",
+            Some(notpem.as_str())
+        )])),
+        "TKG-CLS-001"
+    ));
+    assert!(has(
+        &run(&airgap(&[(
+            "TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE",
+            Some("\"%%%\"")
+        )])),
+        "TKG-CLS-001"
+    ));
 }
 
 #[test]
@@ -295,13 +421,22 @@ fn r12_air_gapped_identity_is_ldap() {
 
 #[test]
 fn r14_harbor_on_shared_services() {
-    let with_harbor = settings_text().replace("  - name: cert-manager\n", "  - name: cert-manager\n  - name: harbor\n");
+    let with_harbor = settings_text().replace(
+        "  - name: cert-manager\n",
+        "  - name: cert-manager\n  - name: harbor\n",
+    );
     let fs = run_settings(&with_harbor);
     let f = find(&fs, "TKO-AWS-002");
     assert_eq!(f.severity, Severity::Warning);
-    let labelled = with_harbor.replace("labels:\n", "labels:\n  cluster-role.tkg.tanzu.vmware.com/tanzu-services: \"\"\n");
+    let labelled = with_harbor.replace(
+        "labels:\n",
+        "labels:\n  cluster-role.tkg.tanzu.vmware.com/tanzu-services: \"\"\n",
+    );
     assert!(!has(&run_settings(&labelled), "TKO-AWS-002"));
-    let null_label = with_harbor.replace("labels:\n", "labels:\n  cluster-role.tkg.tanzu.vmware.com/tanzu-services:\n");
+    let null_label = with_harbor.replace(
+        "labels:\n",
+        "labels:\n  cluster-role.tkg.tanzu.vmware.com/tanzu-services:\n",
+    );
     assert!(!has(&run_settings(&null_label), "TKO-AWS-002"));
 }
 
@@ -309,14 +444,24 @@ fn r14_harbor_on_shared_services() {
 fn r15_required_aws_variables() {
     let fs = run(&edits(&[("AWS_REGION", None)]));
     assert!(find(&fs, "TKGOPS-REQUIRED").message.contains("AWS_REGION"));
-    assert!(has(&run(&edits(&[("AWS_SSH_KEY_NAME", Some("\"\""))])), "TKGOPS-REQUIRED"));
+    assert!(has(
+        &run(&edits(&[("AWS_SSH_KEY_NAME", Some("\"\""))])),
+        "TKGOPS-REQUIRED"
+    ));
     let fs = run(&edits(&[("AWS_NODE_AZ_1", Some("us-east-1b"))]));
     assert!(find(&fs, "TKGOPS-REQUIRED").message.contains("us-east-1b"));
     let fs = run(&edits(&[("AWS_PRIVATE_SUBNET_ID_2", Some("\"\""))]));
-    assert!(find(&fs, "TKGOPS-REQUIRED").message.contains("AWS_PRIVATE_SUBNET_ID_2"));
+    assert!(find(&fs, "TKGOPS-REQUIRED")
+        .message
+        .contains("AWS_PRIVATE_SUBNET_ID_2"));
     let fs = run(&edits(&[("AWS_PUBLIC_SUBNET_ID_1", Some("subnet-1"))]));
-    assert!(find(&fs, "TKGOPS-REQUIRED").message.contains("cannot be used without AWS_PUBLIC_SUBNET_ID"));
-    let ok = edits(&[("AWS_PUBLIC_SUBNET_ID", Some("subnet-0")), ("AWS_PUBLIC_SUBNET_ID_1", Some("subnet-1"))]);
+    assert!(find(&fs, "TKGOPS-REQUIRED")
+        .message
+        .contains("cannot be used without AWS_PUBLIC_SUBNET_ID"));
+    let ok = edits(&[
+        ("AWS_PUBLIC_SUBNET_ID", Some("subnet-0")),
+        ("AWS_PUBLIC_SUBNET_ID_1", Some("subnet-1")),
+    ]);
     assert!(!has(&run(&ok), "TKGOPS-REQUIRED"));
     // New VPC: no subnet IDs needed.
     let new_vpc = edits(&[
@@ -331,44 +476,91 @@ fn r15_required_aws_variables() {
 #[test]
 fn r16_tanzu_framework_checks() {
     let fs = run(&edits(&[("WORKER_MACHINE_COUNT", Some("2"))]));
-    assert!(find(&fs, "TKGOPS-TF-VALIDATE").message.contains("prod plan requires at least 3 workers"));
+    assert!(find(&fs, "TKGOPS-TF-VALIDATE")
+        .message
+        .contains("prod plan requires at least 3 workers"));
     let fs = run(&edits(&[("CNI", Some("flannel"))]));
     assert_eq!(
         find(&fs, "TKGOPS-TF-VALIDATE").message,
         "provided CNI type 'flannel' is not in the available options: antrea, calico, none"
     );
-    assert!(has(&run(&edits(&[("CLUSTER_NAME", Some("Team_A"))])), "TKGOPS-TF-VALIDATE"));
-    assert!(has(&run(&edits(&[("CLUSTER_NAME", None)])), "TKGOPS-TF-VALIDATE"));
-    assert!(has(&run(&edits(&[("SERVICE_CIDR", Some("100.64.0.0/11"))])), "TKGOPS-TF-VALIDATE"));
-    assert!(!has(&run(&edits(&[("SERVICE_CIDR", Some("100.64.0.0/12"))])), "TKGOPS-TF-VALIDATE"));
-    assert!(has(&run(&edits(&[("CONTROL_PLANE_MACHINE_COUNT", Some("2"))])), "TKGOPS-TF-VALIDATE"));
-    assert!(has(&run(&edits(&[("WORKER_MACHINE_COUNT", Some("three"))])), "TKGOPS-TF-VALIDATE"));
-    assert!(!has(&run(&edits(&[("CNI", Some("calico")), ("WORKER_MACHINE_COUNT", Some("6"))])), "TKGOPS-TF-VALIDATE"));
+    assert!(has(
+        &run(&edits(&[("CLUSTER_NAME", Some("Team_A"))])),
+        "TKGOPS-TF-VALIDATE"
+    ));
+    assert!(has(
+        &run(&edits(&[("CLUSTER_NAME", None)])),
+        "TKGOPS-TF-VALIDATE"
+    ));
+    assert!(has(
+        &run(&edits(&[("SERVICE_CIDR", Some("100.64.0.0/11"))])),
+        "TKGOPS-TF-VALIDATE"
+    ));
+    assert!(!has(
+        &run(&edits(&[("SERVICE_CIDR", Some("100.64.0.0/12"))])),
+        "TKGOPS-TF-VALIDATE"
+    ));
+    assert!(has(
+        &run(&edits(&[("CONTROL_PLANE_MACHINE_COUNT", Some("2"))])),
+        "TKGOPS-TF-VALIDATE"
+    ));
+    assert!(has(
+        &run(&edits(&[("WORKER_MACHINE_COUNT", Some("three"))])),
+        "TKGOPS-TF-VALIDATE"
+    ));
+    assert!(!has(
+        &run(&edits(&[
+            ("CNI", Some("calico")),
+            ("WORKER_MACHINE_COUNT", Some("6"))
+        ])),
+        "TKGOPS-TF-VALIDATE"
+    ));
     // default prod worker count is 3
-    assert!(!has(&run(&edits(&[("WORKER_MACHINE_COUNT", None)])), "TKGOPS-TF-VALIDATE"));
+    assert!(!has(
+        &run(&edits(&[("WORKER_MACHINE_COUNT", None)])),
+        "TKGOPS-TF-VALIDATE"
+    ));
 }
 
 #[test]
 fn provider_must_be_aws() {
     let fs = run(&edits(&[("INFRASTRUCTURE_PROVIDER", Some("azure"))]));
-    assert!(find(&fs, "TKGOPS-PROVIDER").message.starts_with("INFRASTRUCTURE_PROVIDER: azure is not supported"));
-    assert!(has(&run(&edits(&[("INFRASTRUCTURE_PROVIDER", None)])), "TKGOPS-PROVIDER"));
+    assert!(find(&fs, "TKGOPS-PROVIDER")
+        .message
+        .starts_with("INFRASTRUCTURE_PROVIDER: azure is not supported"));
+    assert!(has(
+        &run(&edits(&[("INFRASTRUCTURE_PROVIDER", None)])),
+        "TKGOPS-PROVIDER"
+    ));
     assert!(!has(&run(&valid_text()), "TKGOPS-PROVIDER"));
 }
 
 #[test]
 fn r17_package_dependencies() {
-    let prom = settings_text().replace("  - name: cert-manager\n", "  - name: cert-manager\n  - name: prometheus\n");
+    let prom = settings_text().replace(
+        "  - name: cert-manager\n",
+        "  - name: cert-manager\n  - name: prometheus\n",
+    );
     assert!(!has(&run_settings(&prom), "TKGOPS-PKG-ORDER"));
     let no_contour = prom.replace("  - name: contour\n", "  - name: fluent-bit\n");
     let fs = run_settings(&no_contour);
-    assert!(find(&fs, "TKGOPS-PKG-ORDER").message.contains("prometheus requires contour"));
+    assert!(find(&fs, "TKGOPS-PKG-ORDER")
+        .message
+        .contains("prometheus requires contour"));
     // contour without cert-manager (repo default disabled).
-    let no_cm = settings_text().replace("  - name: cert-manager\n", "  - {name: cert-manager, enabled: false}\n");
+    let no_cm = settings_text().replace(
+        "  - name: cert-manager\n",
+        "  - {name: cert-manager, enabled: false}\n",
+    );
     let fs = run_settings(&no_cm);
-    assert!(find(&fs, "TKGOPS-PKG-ORDER").message.contains("contour requires cert-manager"));
+    assert!(find(&fs, "TKGOPS-PKG-ORDER")
+        .message
+        .contains("contour requires cert-manager"));
     // Unknown package without version.
-    let unknown = settings_text().replace("  - name: cert-manager\n", "  - name: cert-manager\n  - name: my-app\n");
+    let unknown = settings_text().replace(
+        "  - name: cert-manager\n",
+        "  - name: cert-manager\n  - name: my-app\n",
+    );
     assert!(has(&run_settings(&unknown), "TKGOPS-SCHEMA"));
 }
 
@@ -379,17 +571,31 @@ fn unknown_variable_is_a_warning() {
     assert_eq!(f.severity, Severity::Warning);
     assert!(f.message.contains("AWS_NODE_ZA"));
     assert!(f.line.is_some());
-    assert!(!has(&run(&edits(&[("AUTOSCALER_MAX_NODES_TOTAL", Some("0")), ("ENABLE_AUTOSCALER", Some("false"))])), "TKGOPS-UNKNOWN-VAR"));
+    assert!(!has(
+        &run(&edits(&[
+            ("AUTOSCALER_MAX_NODES_TOTAL", Some("0")),
+            ("ENABLE_AUTOSCALER", Some("false"))
+        ])),
+        "TKGOPS-UNKNOWN-VAR"
+    ));
     assert!(is_known_variable("WORKER_MACHINE_COUNT_2"));
     assert!(!is_known_variable("AWS_NODE_ZA"));
 }
 
 #[test]
 fn directory_name_must_equal_cluster_name() {
-    let c = parse_tkg_config("repo/clusters/team-b/cluster-config.yaml", valid_text().as_bytes()).expect("parses");
+    let c = parse_tkg_config(
+        "repo/clusters/team-b/cluster-config.yaml",
+        valid_text().as_bytes(),
+    )
+    .expect("parses");
     let fs = validate(&c, None, None);
     assert!(find(&fs, "TKGOPS-NAME").message.contains("team-b"));
-    let c = parse_tkg_config("repo/clusters/team-a-prod/cluster-config.yaml", valid_text().as_bytes()).expect("parses");
+    let c = parse_tkg_config(
+        "repo/clusters/team-a-prod/cluster-config.yaml",
+        valid_text().as_bytes(),
+    )
+    .expect("parses");
     assert!(!has(&validate(&c, None, None), "TKGOPS-NAME"));
 }
 
@@ -399,8 +605,13 @@ fn management_cluster_must_exist_and_tmc_needs_repo_tmc() {
     let f = find(&run_settings(&s), "TKGOPS-SCHEMA").clone();
     assert_eq!(f.line, Some(2));
     assert!(f.message.contains("mc-nope"));
-    let r = repo(&repo_text().replace("tmc:\n  endpoint: https://myorg.tmc.cloud.vmware.com\n", ""));
-    let fs = validate(&cfg(&valid_text()), Some(&settings(&settings_text())), Some(&r));
+    let r =
+        repo(&repo_text().replace("tmc:\n  endpoint: https://myorg.tmc.cloud.vmware.com\n", ""));
+    let fs = validate(
+        &cfg(&valid_text()),
+        Some(&settings(&settings_text())),
+        Some(&r),
+    );
     assert!(has(&fs, "TKGOPS-SCHEMA"));
 }
 
@@ -410,18 +621,42 @@ fn management_cluster_must_exist_and_tmc_needs_repo_tmc() {
 fn repo_config_parses_with_defaults() {
     let r = repo(&repo_text());
     assert_eq!(r.management_clusters[0].name, "mc-aws-1");
-    assert_eq!(r.management_clusters[0].kubeconfig, tkgops::providers::KubeconfigSource::File("/etc/tkgops/mc.kubeconfig".into()));
-    assert_eq!(r.tmc.as_ref().map(|t| t.csp_endpoint.as_str()), Some("https://console.cloud.vmware.com"));
+    assert_eq!(
+        r.management_clusters[0].kubeconfig,
+        tkgops::providers::KubeconfigSource::File("/etc/tkgops/mc.kubeconfig".into())
+    );
+    assert_eq!(
+        r.tmc.as_ref().map(|t| t.csp_endpoint.as_str()),
+        Some("https://console.cloud.vmware.com")
+    );
     assert_eq!(r.approval.approvers, vec!["alice", "bob"]);
-    assert_eq!(r.rules.severities.get("TKO-AWS-002"), Some(&RuleLevel::Warning));
+    assert_eq!(
+        r.rules.severities.get("TKO-AWS-002"),
+        Some(&RuleLevel::Warning)
+    );
     let min = repo("managementClusters:\n  - name: mc\n    kubeconfig: {secret: {namespace: tkgops, name: mc-kubeconfig}}\n");
     assert_eq!(min.management_clusters[0].namespace, "default");
-    assert_eq!(min.approval, ApprovalPolicy { approvers: vec![], required_approvals: 1, destructive_approvals: 2 });
+    assert_eq!(
+        min.approval,
+        ApprovalPolicy {
+            approvers: vec![],
+            required_approvals: 1,
+            destructive_approvals: 2
+        }
+    );
     assert_eq!(min.packages.repository.name, "tanzu-standard");
-    assert_eq!(min.packages.repository.namespace, "tanzu-package-repo-global");
-    assert!(matches!(&min.management_clusters[0].kubeconfig, tkgops::providers::KubeconfigSource::Secret { key, .. } if key == "value"));
+    assert_eq!(
+        min.packages.repository.namespace,
+        "tanzu-package-repo-global"
+    );
+    assert!(
+        matches!(&min.management_clusters[0].kubeconfig, tkgops::providers::KubeconfigSource::Secret { key, .. } if key == "value")
+    );
     let env = repo("managementClusters:\n  - name: mc\n    kubeconfig: {env: MC_KUBECONFIG}\n");
-    assert_eq!(env.management_clusters[0].kubeconfig, tkgops::providers::KubeconfigSource::Env("MC_KUBECONFIG".into()));
+    assert_eq!(
+        env.management_clusters[0].kubeconfig,
+        tkgops::providers::KubeconfigSource::Env("MC_KUBECONFIG".into())
+    );
 }
 
 #[test]
@@ -436,9 +671,16 @@ fn repo_config_schema_errors() {
     assert!(fs[0].message.contains("namespaces"));
     assert_eq!(fs[0].line, Some(5));
     let sev = repo_text().replace("TKO-AWS-002: warning", "TKO-AWS-002: loud");
-    assert_eq!(parse_repo_config("t", sev.as_bytes()).expect_err("bad level")[0].rule, "TKGOPS-SCHEMA");
+    assert_eq!(
+        parse_repo_config("t", sev.as_bytes()).expect_err("bad level")[0].rule,
+        "TKGOPS-SCHEMA"
+    );
     let id = repo_text().replace("TKO-AWS-002: warning", "TKO-NOPE: warning");
-    assert!(parse_repo_config("t", id.as_bytes()).expect_err("bad id")[0].message.contains("TKO-NOPE"));
+    assert!(
+        parse_repo_config("t", id.as_bytes()).expect_err("bad id")[0]
+            .message
+            .contains("TKO-NOPE")
+    );
     let approvals = repo_text().replace("destructiveApprovals: 2", "destructiveApprovals: 0");
     assert!(parse_repo_config("t", approvals.as_bytes()).is_err());
     let none = "managementClusters: []\n";
@@ -458,7 +700,9 @@ fn cluster_settings_parse_and_schema_errors() {
     let p = s.upgrade_policy.as_ref().expect("policy");
     assert_eq!(p.window(), Some(std::time::Duration::from_secs(4 * 3600)));
     assert!(p.auto_patch);
-    let from = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z").expect("ts").with_timezone(&chrono::Utc);
+    let from = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
+        .expect("ts")
+        .with_timezone(&chrono::Utc);
     let next = p.next_window_start(from).expect("next");
     assert_eq!(next.to_rfc3339(), "2024-01-06T02:00:00+00:00");
 
@@ -467,7 +711,11 @@ fn cluster_settings_parse_and_schema_errors() {
     assert_eq!(fs[0].rule, "TKGOPS-SCHEMA");
     assert!(fs[0].message.contains("label"));
     let no_tkr = settings_text().replace("tkr: v1.23.8+vmware.2-tkg.1\n", "");
-    assert!(parse_cluster_settings("s", no_tkr.as_bytes()).expect_err("tkr")[0].message.contains("tkr"));
+    assert!(
+        parse_cluster_settings("s", no_tkr.as_bytes()).expect_err("tkr")[0]
+            .message
+            .contains("tkr")
+    );
     let cron = settings_text().replace("\"0 2 * * 6\"", "\"0 25 * * 6\"");
     let fs = parse_cluster_settings("s", cron.as_bytes()).expect_err("cron");
     assert!(fs[0].message.contains("schedule"));
@@ -476,9 +724,15 @@ fn cluster_settings_parse_and_schema_errors() {
     assert!(parse_cluster_settings("s", six.as_bytes()).is_err());
     let window = settings_text().replace("maintenanceWindow: 4h", "maintenanceWindow: soon");
     assert!(parse_cluster_settings("s", window.as_bytes()).is_err());
-    let dup = settings_text().replace("  - name: cert-manager\n", "  - name: cert-manager\n  - name: cert-manager\n");
+    let dup = settings_text().replace(
+        "  - name: cert-manager\n",
+        "  - name: cert-manager\n  - name: cert-manager\n",
+    );
     assert!(parse_cluster_settings("s", dup.as_bytes()).is_err());
-    let values = settings_text().replace("  - name: cert-manager\n", "  - name: cert-manager\n    values: [1]\n");
+    let values = settings_text().replace(
+        "  - name: cert-manager\n",
+        "  - name: cert-manager\n    values: [1]\n",
+    );
     assert!(parse_cluster_settings("s", values.as_bytes()).is_err());
 }
 
@@ -517,11 +771,17 @@ fn parser_rejects_bad_input_cleanly() {
     assert!(f.message.contains("B") && f.message.contains("map"));
     assert_eq!(f.line, Some(2));
     assert!(parse_err(b"A: [1, 2]\n").message.contains("list"));
-    assert!(parse_err(b"- a\n- b\n").message.contains("top level is a list"));
+    assert!(parse_err(b"- a\n- b\n")
+        .message
+        .contains("top level is a list"));
     assert!(parse_err(b"just text\n").message.contains("top level"));
     assert!(parse_err(b"").message.contains("empty"));
-    assert!(parse_err(b"# only\n# comments\n\n").message.contains("empty"));
-    assert!(parse_err(b"A: 1\n---\nB: 2\n").message.contains("multiple YAML documents"));
+    assert!(parse_err(b"# only\n# comments\n\n")
+        .message
+        .contains("empty"));
+    assert!(parse_err(b"A: 1\n---\nB: 2\n")
+        .message
+        .contains("multiple YAML documents"));
     assert!(parse_err(b"A\0B: 1\n").message.contains("binary"));
     assert!(parse_err(&[0xff, 0xfe, 0x41]).message.contains("binary"));
     let big = vec![b'#'; MAX_CONFIG_BYTES + 1];
@@ -530,7 +790,9 @@ fn parser_rejects_bad_input_cleanly() {
     let f = parse_err(deep.as_bytes());
     assert_eq!(f.rule, "TKGOPS-PARSE");
     let deep_closed = format!("A: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
-    assert!(parse_err(deep_closed.as_bytes()).message.contains("nesting"));
+    assert!(parse_err(deep_closed.as_bytes())
+        .message
+        .contains("nesting"));
     let f = parse_err(b"A: 1\nB: \"unterminated\nC: 3\n");
     assert!(f.line.is_some());
     assert!(f.message.starts_with("invalid YAML"));
@@ -544,7 +806,10 @@ fn finding_display_format() {
     assert_eq!(f.to_string(), "a.yaml:3: TKO-CLS-004 error: m");
     let f = Finding::new("a.yaml", None, "TKO-AWS-002", Severity::Warning, "m");
     assert_eq!(f.to_string(), "a.yaml: TKO-AWS-002 warning: m");
-    assert_eq!(serde_json::to_value(Severity::Warning).expect("json"), serde_json::json!("warning"));
+    assert_eq!(
+        serde_json::to_value(Severity::Warning).expect("json"),
+        serde_json::json!("warning")
+    );
     assert!(Severity::Error < Severity::Warning);
 }
 
@@ -556,7 +821,9 @@ const SENTINEL: &str = "s3cr3t-SENTINEL";
 fn secrets_never_appear_in_output() {
     assert!(is_secret_variable("LDAP_BIND_PASSWORD"));
     assert!(is_secret_variable("OIDC_IDENTITY_PROVIDER_CLIENT_SECRET"));
-    assert!(is_secret_variable("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE"));
+    assert!(is_secret_variable(
+        "TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE"
+    ));
     assert!(is_secret_variable("LDAP_ROOT_CA_DATA_B64"));
     assert!(is_secret_variable("AWS_SECRET_ACCESS_KEY"));
     assert!(is_secret_variable("AWS_SESSION_TOKEN"));
@@ -570,7 +837,10 @@ fn secrets_never_appear_in_output() {
         ("LDAP_BIND_PASSWORD", Some(SENTINEL)),
         ("OIDC_IDENTITY_PROVIDER_CLIENT_SECRET", Some(SENTINEL)),
         ("LDAP_ROOT_CA_DATA_B64", Some(SENTINEL)),
-        ("TKG_CUSTOM_IMAGE_REPOSITORY", Some("harbor.corp.example/tkg")),
+        (
+            "TKG_CUSTOM_IMAGE_REPOSITORY",
+            Some("harbor.corp.example/tkg"),
+        ),
         ("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", Some(SENTINEL)),
         ("AWS_SECRET_ACCESS_KEY", Some(SENTINEL)),
         ("AWS_SESSION_TOKEN", Some(SENTINEL)),
@@ -591,11 +861,17 @@ fn secrets_never_appear_in_output() {
     let red = c.redacted();
     assert_eq!(red["LDAP_BIND_PASSWORD"], "<redacted>");
     assert!(!format!("{red:?}").contains(SENTINEL));
-    let req = ClusterRequest { name: "team-a-prod".into(), config: c.clone(), settings: s };
+    let req = ClusterRequest {
+        name: "team-a-prod".into(),
+        config: c.clone(),
+        settings: s,
+    };
     assert!(!format!("{req:?}").contains(SENTINEL));
     let spec = cluster_spec(&req, &r).expect("spec");
     assert!(!format!("{spec:?}").contains(SENTINEL));
-    assert!(!serde_json::to_string(&spec).expect("json").contains(SENTINEL));
+    assert!(!serde_json::to_string(&spec)
+        .expect("json")
+        .contains(SENTINEL));
 
     // Parse errors around secret values do not echo them.
     for bad in [
@@ -622,8 +898,14 @@ fn secrets_never_appear_in_output() {
 
 #[test]
 fn severity_policy_global_and_by_labels() {
-    let dev_cfg = edits(&[("CLUSTER_PLAN", Some("dev")), ("AWS_NODE_AZ_1", None), ("AWS_NODE_AZ_2", None),
-        ("AWS_PRIVATE_SUBNET_ID_1", None), ("AWS_PRIVATE_SUBNET_ID_2", None), ("AWS_NODE_ZA", Some("x"))]);
+    let dev_cfg = edits(&[
+        ("CLUSTER_PLAN", Some("dev")),
+        ("AWS_NODE_AZ_1", None),
+        ("AWS_NODE_AZ_2", None),
+        ("AWS_PRIVATE_SUBNET_ID_1", None),
+        ("AWS_PRIVATE_SUBNET_ID_2", None),
+        ("AWS_NODE_ZA", Some("x")),
+    ]);
     let c = cfg(&dev_cfg);
     let prod_settings = settings(&settings_text());
     let dev_settings = settings(&settings_text().replace("env: prod", "env: dev"));
@@ -632,7 +914,10 @@ fn severity_policy_global_and_by_labels() {
     assert_eq!(find(&fs, "TKO-CLS-004").severity, Severity::Error);
     assert_eq!(find(&fs, "TKGOPS-UNKNOWN-VAR").severity, Severity::Warning);
     // Global severities.
-    let r = repo(&repo_text().replace("TKO-AWS-002: warning", "TKO-CLS-004: warning, TKGOPS-UNKNOWN-VAR: off"));
+    let r = repo(&repo_text().replace(
+        "TKO-AWS-002: warning",
+        "TKO-CLS-004: warning, TKGOPS-UNKNOWN-VAR: off",
+    ));
     let fs = validate(&c, Some(&prod_settings), Some(&r));
     assert_eq!(find(&fs, "TKO-CLS-004").severity, Severity::Warning);
     assert!(!has(&fs, "TKGOPS-UNKNOWN-VAR"));
@@ -655,7 +940,11 @@ fn severity_policy_global_and_by_labels() {
 // ---------------------------------------------------------------- ClusterSpec
 
 fn request(cfg_text: &str, settings_yaml: &str) -> ClusterRequest {
-    ClusterRequest { name: "team-a-prod".into(), config: cfg(cfg_text), settings: settings(settings_yaml) }
+    ClusterRequest {
+        name: "team-a-prod".into(),
+        config: cfg(cfg_text),
+        settings: settings(settings_yaml),
+    }
 }
 
 #[test]
@@ -669,22 +958,44 @@ fn cluster_spec_of_valid_prod() {
     assert_eq!(spec.tkr_name, "v1.23.8---vmware.2-tkg.1");
     assert_eq!(spec.kubernetes_version, "v1.23.8+vmware.2");
     assert_eq!(spec.azs, vec!["us-west-2a", "us-west-2b", "us-west-2c"]);
-    assert_eq!(spec.vpc.existing_id.as_deref(), Some("vpc-0123456789abcdef0"));
+    assert_eq!(
+        spec.vpc.existing_id.as_deref(),
+        Some("vpc-0123456789abcdef0")
+    );
     assert_eq!(spec.subnets.len(), 3);
-    assert_eq!(spec.subnets[2].private_id.as_deref(), Some("subnet-0ccccccccccccccc3"));
+    assert_eq!(
+        spec.subnets[2].private_id.as_deref(),
+        Some("subnet-0ccccccccccccccc3")
+    );
     assert_eq!(spec.subnets[0].private_cidr, None);
     assert_eq!(spec.subnets[0].public_id, None);
     assert!(spec.load_balancer_scheme_internal);
     assert!(!spec.bastion_enabled);
-    assert_eq!(spec.control_plane, MachineSpec { instance_type: "m5.xlarge".into(), replicas: 3, root_volume_gib: 80 });
-    assert_eq!(spec.workers.iter().map(|w| w.replicas).collect::<Vec<_>>(), vec![1, 1, 1]);
+    assert_eq!(
+        spec.control_plane,
+        MachineSpec {
+            instance_type: "m5.xlarge".into(),
+            replicas: 3,
+            root_volume_gib: 80
+        }
+    );
+    assert_eq!(
+        spec.workers.iter().map(|w| w.replicas).collect::<Vec<_>>(),
+        vec![1, 1, 1]
+    );
     assert_eq!(spec.workers[1].name, "md-1");
     assert_eq!(spec.workers[1].az, "us-west-2b");
     assert_eq!(spec.workers[2].instance_type, "m5.xlarge");
     assert_eq!(spec.identity_management_type, "ldap");
     assert!(spec.audit_logging);
     assert!(spec.mhc.worker && spec.mhc.control_plane);
-    assert_eq!(spec.tmc, Some(TmcSpec { cluster_group: "team-a".into(), description: "team A production cluster".into() }));
+    assert_eq!(
+        spec.tmc,
+        Some(TmcSpec {
+            cluster_group: "team-a".into(),
+            description: "team A production cluster".into()
+        })
+    );
     let names: Vec<&str> = spec.packages.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, vec!["cert-manager", "contour"]);
     let contour = &spec.packages[1];
@@ -709,7 +1020,13 @@ fn cluster_spec_defaults_for_minimal_dev() {
     assert_eq!(spec.namespace, "tkg-workloads");
     assert_eq!(spec.plan, "dev");
     assert_eq!(spec.azs, vec!["eu-west-1a"]);
-    assert_eq!(spec.vpc, VpcSpec { existing_id: None, cidr: "10.0.0.0/16".into() });
+    assert_eq!(
+        spec.vpc,
+        VpcSpec {
+            existing_id: None,
+            cidr: "10.0.0.0/16".into()
+        }
+    );
     assert_eq!(
         spec.subnets,
         vec![SubnetSpec {
@@ -720,24 +1037,58 @@ fn cluster_spec_defaults_for_minimal_dev() {
             public_cidr: Some("10.0.1.0/24".into()),
         }]
     );
-    assert_eq!(spec.control_plane, MachineSpec { instance_type: "t3.large".into(), replicas: 1, root_volume_gib: 80 });
-    assert_eq!(spec.workers, vec![WorkerSpec { name: "md-0".into(), az: "eu-west-1a".into(), instance_type: "m5.large".into(), replicas: 1 }]);
+    assert_eq!(
+        spec.control_plane,
+        MachineSpec {
+            instance_type: "t3.large".into(),
+            replicas: 1,
+            root_volume_gib: 80
+        }
+    );
+    assert_eq!(
+        spec.workers,
+        vec![WorkerSpec {
+            name: "md-0".into(),
+            az: "eu-west-1a".into(),
+            instance_type: "m5.large".into(),
+            replicas: 1
+        }]
+    );
     assert_eq!(spec.worker_root_volume_gib, 80);
     assert_eq!(spec.cni, "antrea");
     assert_eq!(spec.cluster_cidr, "100.96.0.0/11");
     assert_eq!(spec.service_cidr, "100.64.0.0/13");
-    assert_eq!(spec.mhc, MhcSpec { worker: true, control_plane: true, unknown_status_timeout: "5m".into(), false_status_timeout: "12m".into(), node_startup_timeout: "20m".into() });
+    assert_eq!(
+        spec.mhc,
+        MhcSpec {
+            worker: true,
+            control_plane: true,
+            unknown_status_timeout: "5m".into(),
+            false_status_timeout: "12m".into(),
+            node_startup_timeout: "20m".into()
+        }
+    );
     assert_eq!(spec.identity_management_type, "none");
     assert_eq!(spec.image_repository, None);
     assert!(!spec.audit_logging);
     assert!(spec.bastion_enabled);
     assert!(!spec.load_balancer_scheme_internal);
     assert_eq!(spec.identity_ref, None);
-    assert_eq!(spec.os, OsSpec { name: "ubuntu".into(), version: "20.04".into(), arch: "amd64".into() });
+    assert_eq!(
+        spec.os,
+        OsSpec {
+            name: "ubuntu".into(),
+            version: "20.04".into(),
+            arch: "amd64".into()
+        }
+    );
     assert!(spec.security_group_overrides.is_empty());
     assert_eq!(spec.tmc, None);
     assert!(spec.packages.is_empty());
-    assert_eq!(spec.package_repository.namespace, "tanzu-package-repo-global");
+    assert_eq!(
+        spec.package_repository.namespace,
+        "tanzu-package-repo-global"
+    );
 }
 
 #[test]
@@ -756,18 +1107,40 @@ fn cluster_spec_prod_split_and_overrides() {
     ]);
     let spec = cluster_spec(&request(&text, &settings_text()), &r).expect("spec");
     assert_eq!(spec.plan, "prod");
-    assert_eq!(spec.workers.iter().map(|w| w.replicas).collect::<Vec<_>>(), vec![2, 1, 1]);
+    assert_eq!(
+        spec.workers.iter().map(|w| w.replicas).collect::<Vec<_>>(),
+        vec![2, 1, 1]
+    );
     assert_eq!(spec.workers[2].instance_type, "m5.2xlarge");
     assert_eq!(spec.workers[1].instance_type, "m5.xlarge");
     assert_eq!(spec.azs, vec!["us-west-2a", "us-west-2b", "us-west-2c"]);
     assert_eq!(spec.namespace, "team-a");
     assert!(!spec.mhc.worker && !spec.mhc.control_plane);
-    assert_eq!(spec.security_group_overrides.get("apiServerLB").map(String::as_str), Some("sg-1"));
-    assert_eq!(spec.security_group_overrides.get("node").map(String::as_str), Some("sg-2"));
-    assert_eq!(spec.identity_ref, Some(IdentityRef { kind: "AWSClusterRoleIdentity".into(), name: "tkg-role".into() }));
+    assert_eq!(
+        spec.security_group_overrides
+            .get("apiServerLB")
+            .map(String::as_str),
+        Some("sg-1")
+    );
+    assert_eq!(
+        spec.security_group_overrides
+            .get("node")
+            .map(String::as_str),
+        Some("sg-2")
+    );
+    assert_eq!(
+        spec.identity_ref,
+        Some(IdentityRef {
+            kind: "AWSClusterRoleIdentity".into(),
+            name: "tkg-role".into()
+        })
+    );
     let five = edit(&text, "WORKER_MACHINE_COUNT", Some("5"));
     let spec = cluster_spec(&request(&five, &settings_text()), &r).expect("spec");
-    assert_eq!(spec.workers.iter().map(|w| w.replicas).collect::<Vec<_>>(), vec![2, 2, 1]);
+    assert_eq!(
+        spec.workers.iter().map(|w| w.replicas).collect::<Vec<_>>(),
+        vec![2, 2, 1]
+    );
     let explicit = edit(&five, "WORKER_MACHINE_COUNT_2", Some("7"));
     let spec = cluster_spec(&request(&explicit, &settings_text()), &r).expect("spec");
     assert_eq!(spec.workers[2].replicas, 7);
@@ -778,14 +1151,34 @@ fn cluster_spec_prod_split_and_overrides() {
     );
     let spec = cluster_spec(&request(&valid_text(), &pk), &r).expect("spec");
     let names: Vec<&str> = spec.packages.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, vec!["cert-manager", "contour", "fluent-bit", "harbor", "external-dns", "my-app"]);
+    assert_eq!(
+        names,
+        vec![
+            "cert-manager",
+            "contour",
+            "fluent-bit",
+            "harbor",
+            "external-dns",
+            "my-app"
+        ]
+    );
     assert_eq!(spec.packages[2].namespace, "logging");
     assert_eq!(spec.packages[5].namespace, "tanzu-packages");
     // Errors.
     let bad_mc = settings_text().replace("mc-aws-1", "mc-x");
-    assert_eq!(cluster_spec(&request(&valid_text(), &bad_mc), &r).expect_err("mc").rule, "TKGOPS-SCHEMA");
+    assert_eq!(
+        cluster_spec(&request(&valid_text(), &bad_mc), &r)
+            .expect_err("mc")
+            .rule,
+        "TKGOPS-SCHEMA"
+    );
     let no_region = edit(&valid_text(), "AWS_REGION", None);
-    assert_eq!(cluster_spec(&request(&no_region, &settings_text()), &r).expect_err("region").rule, "TKGOPS-REQUIRED");
+    assert_eq!(
+        cluster_spec(&request(&no_region, &settings_text()), &r)
+            .expect_err("region")
+            .rule,
+        "TKGOPS-REQUIRED"
+    );
     assert!(standard_package("harbor").is_some_and(|p| p.version == "2.5.3+vmware.1-tkg.1"));
     assert_eq!(TKG16_STANDARD_PACKAGES[0].namespace, Some("cert-manager"));
 }
@@ -801,8 +1194,14 @@ fn write(p: &Path, text: &str) {
 
 fn make_repo(root: &Path) {
     write(&root.join("tkgops.yaml"), &repo_text());
-    write(&root.join("clusters/team-a-prod/cluster-config.yaml"), &valid_text());
-    write(&root.join("clusters/team-a-prod/tkgops.yaml"), &settings_text());
+    write(
+        &root.join("clusters/team-a-prod/cluster-config.yaml"),
+        &valid_text(),
+    );
+    write(
+        &root.join("clusters/team-a-prod/tkgops.yaml"),
+        &settings_text(),
+    );
 }
 
 #[test]
@@ -820,24 +1219,44 @@ fn validate_paths_repo_layouts() {
 
     // A second cluster whose directory does not match CLUSTER_NAME, and a dev-labelled one
     // where the repo policy turns TKO-CLS-004 off.
-    write(&root.join("clusters/other/cluster-config.yaml"), &valid_text());
+    write(
+        &root.join("clusters/other/cluster-config.yaml"),
+        &valid_text(),
+    );
     write(&root.join("clusters/other/tkgops.yaml"), &settings_text());
-    let dev = edits(&[("CLUSTER_NAME", Some("dev-1")), ("CLUSTER_PLAN", Some("dev")), ("AWS_NODE_AZ_1", None),
-        ("AWS_NODE_AZ_2", None), ("AWS_PRIVATE_SUBNET_ID_1", None), ("AWS_PRIVATE_SUBNET_ID_2", None)]);
+    let dev = edits(&[
+        ("CLUSTER_NAME", Some("dev-1")),
+        ("CLUSTER_PLAN", Some("dev")),
+        ("AWS_NODE_AZ_1", None),
+        ("AWS_NODE_AZ_2", None),
+        ("AWS_PRIVATE_SUBNET_ID_1", None),
+        ("AWS_PRIVATE_SUBNET_ID_2", None),
+    ]);
     write(&root.join("clusters/dev-1/cluster-config.yaml"), &dev);
-    write(&root.join("clusters/dev-1/tkgops.yaml"), &settings_text().replace("env: prod", "env: dev"));
+    write(
+        &root.join("clusters/dev-1/tkgops.yaml"),
+        &settings_text().replace("env: prod", "env: dev"),
+    );
     let report = validate_paths(std::slice::from_ref(&root));
     assert_eq!(report.exit_code(), 1, "{report:#?}");
     assert_eq!(report.findings.len(), 1, "{report:#?}");
     let f = &report.findings[0];
     assert_eq!(f.rule, "TKGOPS-NAME");
-    assert_eq!(f.path, root.join("clusters/other/cluster-config.yaml").display().to_string());
+    assert_eq!(
+        f.path,
+        root.join("clusters/other/cluster-config.yaml")
+            .display()
+            .to_string()
+    );
     // Single file: the repo policy is found by walking up.
     let report = validate_paths(&[root.join("clusters/dev-1/cluster-config.yaml")]);
     assert_eq!(report.exit_code(), 0, "{report:#?}");
 
     // Missing settings in a repository cluster dir.
-    write(&root.join("clusters/nosettings/cluster-config.yaml"), &edit(&valid_text(), "CLUSTER_NAME", Some("nosettings")));
+    write(
+        &root.join("clusters/nosettings/cluster-config.yaml"),
+        &edit(&valid_text(), "CLUSTER_NAME", Some("nosettings")),
+    );
     let report = validate_paths(&[root.join("clusters/nosettings")]);
     assert_eq!(report.exit_code(), 1);
     assert!(has(&report.findings, "TKGOPS-SCHEMA"));
@@ -846,7 +1265,10 @@ fn validate_paths_repo_layouts() {
     write(&root.join("tkgops.yaml"), "managementClusters: [\n");
     let report = validate_paths(std::slice::from_ref(&root));
     assert_eq!(report.exit_code(), 2);
-    assert!(report.findings.iter().any(|f| f.path.ends_with("tkgops.yaml") && f.rule == "TKGOPS-PARSE"));
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| f.path.ends_with("tkgops.yaml") && f.rule == "TKGOPS-PARSE"));
 }
 
 #[test]
@@ -856,13 +1278,25 @@ fn validate_paths_unreadable_inputs_exit_2() {
     let huge = "#".repeat(MAX_CONFIG_BYTES + 10);
     let deep = format!("A: {}\n", "[".repeat(10_000));
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("binary.yaml", vec![0x7f, b'E', b'L', b'F', 0, 1, 2], "binary"),
+        (
+            "binary.yaml",
+            vec![0x7f, b'E', b'L', b'F', 0, 1, 2],
+            "binary",
+        ),
         ("empty.yaml", Vec::new(), "empty"),
         ("comments.yaml", b"# nothing\n# here\n".to_vec(), "empty"),
         ("huge.yaml", huge.into_bytes(), "1 MiB"),
         ("deep.yaml", deep.into_bytes(), "YAML"),
-        ("multi.yaml", b"A: 1\n---\nB: 2\n".to_vec(), "multiple YAML documents"),
-        ("malformed.yaml", b"A: 1\nB: [unclosed\n".to_vec(), "invalid YAML"),
+        (
+            "multi.yaml",
+            b"A: 1\n---\nB: 2\n".to_vec(),
+            "multiple YAML documents",
+        ),
+        (
+            "malformed.yaml",
+            b"A: 1\nB: [unclosed\n".to_vec(),
+            "invalid YAML",
+        ),
         ("dup.yaml", b"A: 1\nA: 2\n".to_vec(), "duplicate"),
         ("list.yaml", b"- A\n- B\n".to_vec(), "top level is a list"),
     ];
@@ -888,7 +1322,11 @@ fn validate_paths_unreadable_inputs_exit_2() {
 
     // A FIFO is not read (it would block forever).
     let fifo = d.join("fifo.yaml");
-    if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+    if std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
         let report = validate_paths(std::slice::from_ref(&fifo));
         assert_eq!(report.exit_code(), 2);
         assert!(report.findings[0].message.contains("not a regular file"));
@@ -897,15 +1335,23 @@ fn validate_paths_unreadable_inputs_exit_2() {
 
 #[test]
 fn alias_bomb_and_mutations_never_panic_or_hang() {
-    let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
     let mut prev = 'a';
     for c in 'b'..='k' {
-        bomb.push_str(&format!("{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+        bomb.push_str(&format!(
+            "{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        ));
         prev = c;
     }
     let start = std::time::Instant::now();
     assert!(parse_tkg_config("bomb.yaml", bomb.as_bytes()).is_err());
-    assert!(parse_cluster_settings("bomb.yaml", format!("{bomb}managementCluster: x\ntkr: y\n").as_bytes()).is_err());
+    assert!(parse_cluster_settings(
+        "bomb.yaml",
+        format!("{bomb}managementCluster: x\ntkr: y\n").as_bytes()
+    )
+    .is_err());
     assert!(parse_repo_config("bomb.yaml", bomb.as_bytes()).is_err());
     assert!(start.elapsed() < std::time::Duration::from_secs(20));
 
@@ -938,20 +1384,32 @@ fn alias_bomb_and_mutations_never_panic_or_hang() {
                 if let Ok(c) = parse_tkg_config("m.yaml", &bytes) {
                     let s = settings(&settings_text());
                     let _ = validate(&c, Some(&s), Some(&r));
-                    let req = ClusterRequest { name: "team-a-prod".into(), config: c, settings: s };
+                    let req = ClusterRequest {
+                        name: "team-a-prod".into(),
+                        config: c,
+                        settings: s,
+                    };
                     let _ = cluster_spec(&req, &r);
                 }
             }
             1 => {
                 if let Ok(s) = parse_cluster_settings("m.yaml", &bytes) {
                     let _ = validate(&cfg(&valid_text()), Some(&s), Some(&r));
-                    let req = ClusterRequest { name: "team-a-prod".into(), config: cfg(&valid_text()), settings: s };
+                    let req = ClusterRequest {
+                        name: "team-a-prod".into(),
+                        config: cfg(&valid_text()),
+                        settings: s,
+                    };
                     let _ = cluster_spec(&req, &r);
                 }
             }
             _ => {
                 if let Ok(rc) = parse_repo_config("m.yaml", &bytes) {
-                    let _ = validate(&cfg(&valid_text()), Some(&settings(&settings_text())), Some(&rc));
+                    let _ = validate(
+                        &cfg(&valid_text()),
+                        Some(&settings(&settings_text())),
+                        Some(&rc),
+                    );
                 }
             }
         }
@@ -963,14 +1421,20 @@ fn fixture_files_under_validate() {
     let report = validate_paths(&[fixture("validate/airgap-prod.yaml")]);
     assert_eq!(report.exit_code(), 0, "{report:#?}");
     assert!(report.findings.is_empty(), "{report:#?}");
-    let c = parse_tkg_config("dev-insecure.yaml", read("validate/dev-insecure.yaml").as_bytes()).expect("parses");
+    let c = parse_tkg_config(
+        "dev-insecure.yaml",
+        read("validate/dev-insecure.yaml").as_bytes(),
+    )
+    .expect("parses");
     let fs = validate(&c, None, None);
     let at = |rule: &str, line: u32| fs.iter().any(|f| f.rule == rule && f.line == Some(line));
     assert!(at("TKGOPS-TF-VALIDATE", 2), "{fs:#?}"); // CLUSTER_NAME format
     assert!(at("TKO-CLS-004", 3));
     assert!(at("TKGOPS-REQUIRED", 6)); // AZ not in region
     assert!(at("TKGOPS-REQUIRED", 7)); // VPC without subnet
-    assert!(has(&fs, "TKGOPS-REQUIRED") && fs.iter().any(|f| f.message.contains("AWS_SSH_KEY_NAME")));
+    assert!(
+        has(&fs, "TKGOPS-REQUIRED") && fs.iter().any(|f| f.message.contains("AWS_SSH_KEY_NAME"))
+    );
     assert!(at("TKO-CLS-002", 8));
     assert!(at("TKO-CLS-003", 9));
     assert!(at("TKGOPS-DOCKER-BRIDGE", 10));
@@ -979,5 +1443,8 @@ fn fixture_files_under_validate() {
     assert!(at("TKO-CLS-007", 13));
     assert!(at("TKO-CLS-006", 14));
     assert!(at("TKGOPS-UNKNOWN-VAR", 15));
-    assert_eq!(validate_paths(&[fixture("validate/dev-insecure.yaml")]).exit_code(), 1);
+    assert_eq!(
+        validate_paths(&[fixture("validate/dev-insecure.yaml")]).exit_code(),
+        1
+    );
 }

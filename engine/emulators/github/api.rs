@@ -32,16 +32,25 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<Response, ApiError>;
 
 fn not_found() -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, json!({"message": "Not Found", "documentation_url": DOCS}))
+    ApiError(
+        StatusCode::NOT_FOUND,
+        json!({"message": "Not Found", "documentation_url": DOCS}),
+    )
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "github emulator: internal error");
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, json!({"message": format!("emulator error: {e}")}))
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({"message": format!("emulator error: {e}")}),
+    )
 }
 
 fn bad_json() -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, json!({"message": "Problems parsing JSON", "documentation_url": DOCS}))
+    ApiError(
+        StatusCode::BAD_REQUEST,
+        json!({"message": "Problems parsing JSON", "documentation_url": DOCS}),
+    )
 }
 
 fn validation(resource: &str, field: &str, code: &str, message: Option<&str>) -> ApiError {
@@ -63,7 +72,9 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
 }
 
 fn query(raw: &Option<String>) -> HashMap<String, String> {
-    url::form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes()).into_owned().collect()
+    url::form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
 }
 
 fn ok_json(status: StatusCode, v: Value) -> Response {
@@ -78,11 +89,28 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/repos/{o}/{r}/pulls", get(list_pulls))
         .route("/repos/{o}/{r}/pulls/{n}", get(get_pull))
         .route("/repos/{o}/{r}/pulls/{n}/files", get(list_files))
-        .route("/repos/{o}/{r}/pulls/{n}/reviews", get(list_reviews).post(create_review))
-        .route("/repos/{o}/{r}/pulls/{n}/merge", put(merge_pull).get(is_merged))
-        .route("/repos/{o}/{r}/issues/{n}/comments", get(list_comments).post(create_comment))
-        .route("/repos/{o}/{r}/issues/comments/{id}", patch(update_comment).get(get_comment).delete(delete_comment))
-        .route("/repos/{o}/{r}/statuses/{sha}", post(create_status).get(list_statuses))
+        .route(
+            "/repos/{o}/{r}/pulls/{n}/reviews",
+            get(list_reviews).post(create_review),
+        )
+        .route(
+            "/repos/{o}/{r}/pulls/{n}/merge",
+            put(merge_pull).get(is_merged),
+        )
+        .route(
+            "/repos/{o}/{r}/issues/{n}/comments",
+            get(list_comments).post(create_comment),
+        )
+        .route(
+            "/repos/{o}/{r}/issues/comments/{id}",
+            patch(update_comment)
+                .get(get_comment)
+                .delete(delete_comment),
+        )
+        .route(
+            "/repos/{o}/{r}/statuses/{sha}",
+            post(create_status).get(list_statuses),
+        )
         .route("/repos/{o}/{r}/commits/{*rest}", get(commit_subresource))
         .fallback(|| async { not_found() })
         .layer(axum::middleware::from_fn_with_state(shared.clone(), auth))
@@ -97,15 +125,22 @@ async fn auth(State(sh): Sh, req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(|v| {
             let v = v.trim();
-            let tok = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("token ")).unwrap_or("");
-            !sh.opts.token.is_empty() && constant_eq(tok.trim().as_bytes(), sh.opts.token.as_bytes())
+            let tok = v
+                .strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("token "))
+                .unwrap_or("");
+            !sh.opts.token.is_empty()
+                && constant_eq(tok.trim().as_bytes(), sh.opts.token.as_bytes())
         })
         .unwrap_or(false);
     let mut resp = if ok {
         next.run(req).await
     } else {
-        ApiError(StatusCode::UNAUTHORIZED, json!({"message": "Bad credentials", "documentation_url": DOCS}))
-            .into_response()
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            json!({"message": "Bad credentials", "documentation_url": DOCS}),
+        )
+        .into_response()
     };
     let (used, reset) = {
         let mut st = sh.lock();
@@ -121,11 +156,17 @@ async fn auth(State(sh): Sh, req: Request, next: Next) -> Response {
     };
     let h = resp.headers_mut();
     h.insert("x-ratelimit-limit", HeaderValue::from(RATE_LIMIT));
-    h.insert("x-ratelimit-remaining", HeaderValue::from(RATE_LIMIT.saturating_sub(used)));
+    h.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(RATE_LIMIT.saturating_sub(used)),
+    );
     h.insert("x-ratelimit-reset", HeaderValue::from(reset));
     h.insert("x-ratelimit-used", HeaderValue::from(used));
     h.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
-    h.insert("x-github-api-version-selected", HeaderValue::from_static("2022-11-28"));
+    h.insert(
+        "x-github-api-version-selected",
+        HeaderValue::from_static("2022-11-28"),
+    );
     resp
 }
 
@@ -150,8 +191,17 @@ fn parse_num(s: &str) -> Result<u64, ApiError> {
 
 /// Slices `items` by `page`/`per_page` (default 30, max 100) and adds a `Link` header.
 fn paginate(sh: &Shared, path: &str, q: &HashMap<String, String>, items: Vec<Value>) -> Response {
-    let per_page = q.get("per_page").and_then(|v| v.parse::<usize>().ok()).filter(|v| *v > 0).unwrap_or(30).min(100);
-    let page = q.get("page").and_then(|v| v.parse::<usize>().ok()).filter(|v| *v > 0).unwrap_or(1);
+    let per_page = q
+        .get("per_page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(30)
+        .min(100);
+    let page = q
+        .get("page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(1);
     let total = items.len();
     let last = total.div_ceil(per_page).max(1);
     let start = (page - 1).saturating_mul(per_page).min(total);
@@ -167,7 +217,9 @@ fn paginate(sh: &Shared, path: &str, q: &HashMap<String, String>, items: Vec<Val
         params.sort();
         params.push(("per_page".into(), per_page.to_string()));
         params.push(("page".into(), p.to_string()));
-        let qs = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+        let qs = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
         format!("{}{}?{}", sh.api_url, path, qs)
     };
     let mut links = Vec::new();
@@ -177,7 +229,10 @@ fn paginate(sh: &Shared, path: &str, q: &HashMap<String, String>, items: Vec<Val
     }
     if page > 1 {
         links.push(format!("<{}>; rel=\"first\"", link_for(1)));
-        links.push(format!("<{}>; rel=\"prev\"", link_for((page - 1).min(last))));
+        links.push(format!(
+            "<{}>; rel=\"prev\"",
+            link_for((page - 1).min(last))
+        ));
     }
     if !links.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&links.join(", ")) {
@@ -198,24 +253,42 @@ async fn get_repo(State(sh): Sh, Path((o, r)): Path<(String, String)>) -> ApiRes
 }
 
 /// Renders PR `n` (refreshing its head from the bare repository first).
-fn render_pull(sh: &Shared, repo: &git2::Repository, n: u64, simple: bool) -> Result<Option<Value>, ApiError> {
+fn render_pull(
+    sh: &Shared,
+    repo: &git2::Repository,
+    n: u64,
+    simple: bool,
+) -> Result<Option<Value>, ApiError> {
     let mut st = sh.lock();
     let comments = st.comments.iter().filter(|c| c.issue == n).count();
-    let Some(pull) = st.pulls.get_mut(&n) else { return Ok(None) };
+    let Some(pull) = st.pulls.get_mut(&n) else {
+        return Ok(None);
+    };
     sh.refresh(repo, pull).map_err(internal)?;
     let p = pull.clone();
     drop(st);
     let base_sha = match &p.base_sha_closed {
         Some(s) => s.clone(),
-        None => git::branch_tip(repo, &p.base_ref).map_err(internal)?.map(|o| o.to_string()).unwrap_or_default(),
+        None => git::branch_tip(repo, &p.base_ref)
+            .map_err(internal)?
+            .map(|o| o.to_string())
+            .unwrap_or_default(),
     };
-    let (mut mergeable, mut commits, mut additions, mut deletions, mut changed) = (None, 0, 0, 0, 0);
-    if let (Ok(b), Ok(h)) = (git2::Oid::from_str(&base_sha), git2::Oid::from_str(&p.head_sha)) {
+    let (mut mergeable, mut commits, mut additions, mut deletions, mut changed) =
+        (None, 0, 0, 0, 0);
+    if let (Ok(b), Ok(h)) = (
+        git2::Oid::from_str(&base_sha),
+        git2::Oid::from_str(&p.head_sha),
+    ) {
         if p.open {
             mergeable = git::mergeable(repo, b, h).ok();
         }
         if !simple {
-            let base_for_diff = if p.merged { repo.merge_base(b, h).unwrap_or(b) } else { b };
+            let base_for_diff = if p.merged {
+                repo.merge_base(b, h).unwrap_or(b)
+            } else {
+                b
+            };
             commits = git::commit_count(repo, base_for_diff, h).unwrap_or(0);
             if let Ok(files) = git::changed_files(repo, base_for_diff, h) {
                 changed = files.len();
@@ -251,7 +324,11 @@ fn render_pull(sh: &Shared, repo: &git2::Repository, n: u64, simple: bool) -> Re
     Ok(Some(sh.ctx().pull(&view, &Utc::now(), simple)))
 }
 
-async fn list_pulls(State(sh): Sh, Path((o, r)): Path<(String, String)>, RawQuery(raw): RawQuery) -> ApiResult {
+async fn list_pulls(
+    State(sh): Sh,
+    Path((o, r)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let q = query(&raw);
     let repo = sh.repo().map_err(internal)?;
@@ -262,7 +339,11 @@ async fn list_pulls(State(sh): Sh, Path((o, r)): Path<(String, String)>, RawQuer
         Some("desc") => true,
         _ => sort == "created",
     };
-    let head_filter = q.get("head").map(|h| h.split_once(':').map(|(_, b)| b.to_string()).unwrap_or_else(|| h.clone()));
+    let head_filter = q.get("head").map(|h| {
+        h.split_once(':')
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_else(|| h.clone())
+    });
     let mut pulls: Vec<super::Pull> = {
         let mut st = sh.lock();
         for p in st.pulls.values_mut() {
@@ -283,7 +364,13 @@ async fn list_pulls(State(sh): Sh, Path((o, r)): Path<(String, String)>, RawQuer
         pulls.retain(|p| &p.head_ref == h);
     }
     pulls.sort_by(|a, b| {
-        let key = |p: &super::Pull| if sort == "updated" { (p.updated_at, p.number) } else { (p.created_at, p.number) };
+        let key = |p: &super::Pull| {
+            if sort == "updated" {
+                (p.updated_at, p.number)
+            } else {
+                (p.created_at, p.number)
+            }
+        };
         key(a).cmp(&key(b))
     });
     if desc {
@@ -322,15 +409,30 @@ async fn list_files(
     };
     let base_sha = match &p.base_sha_closed {
         Some(s) => s.clone(),
-        None => git::branch_tip(&repo, &p.base_ref).map_err(internal)?.map(|o| o.to_string()).unwrap_or_default(),
+        None => git::branch_tip(&repo, &p.base_ref)
+            .map_err(internal)?
+            .map(|o| o.to_string())
+            .unwrap_or_default(),
     };
     let b = git2::Oid::from_str(&base_sha).map_err(internal)?;
     let h = git2::Oid::from_str(&p.head_sha).map_err(internal)?;
-    let base_for_diff = if p.merged { repo.merge_base(b, h).unwrap_or(b) } else { b };
+    let base_for_diff = if p.merged {
+        repo.merge_base(b, h).unwrap_or(b)
+    } else {
+        b
+    };
     let files = git::changed_files(&repo, base_for_diff, h).map_err(internal)?;
     let ctx = sh.ctx();
-    let items = files.iter().map(|f| ctx.diff_entry(f, &p.head_sha)).collect();
-    Ok(paginate(&sh, &format!("/repos/{o}/{r}/pulls/{n}/files"), &query(&raw), items))
+    let items = files
+        .iter()
+        .map(|f| ctx.diff_entry(f, &p.head_sha))
+        .collect();
+    Ok(paginate(
+        &sh,
+        &format!("/repos/{o}/{r}/pulls/{n}/files"),
+        &query(&raw),
+        items,
+    ))
 }
 
 fn review_json(sh: &Shared, rv: &super::Review) -> Value {
@@ -357,13 +459,26 @@ async fn list_reviews(
         if !st.pulls.contains_key(&n) {
             return Err(not_found());
         }
-        st.reviews.iter().filter(|rv| rv.pull == n).cloned().collect()
+        st.reviews
+            .iter()
+            .filter(|rv| rv.pull == n)
+            .cloned()
+            .collect()
     };
     let items = reviews.iter().map(|rv| review_json(&sh, rv)).collect();
-    Ok(paginate(&sh, &format!("/repos/{o}/{r}/pulls/{n}/reviews"), &query(&raw), items))
+    Ok(paginate(
+        &sh,
+        &format!("/repos/{o}/{r}/pulls/{n}/reviews"),
+        &query(&raw),
+        items,
+    ))
 }
 
-async fn create_review(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>, body: Bytes) -> ApiResult {
+async fn create_review(
+    State(sh): Sh,
+    Path((o, r, n)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let n = parse_num(&n)?;
     let b = parse_body(&body)?;
@@ -374,15 +489,22 @@ async fn create_review(State(sh): Sh, Path((o, r, n)): Path<(String, String, Str
         None => "PENDING",
         Some(_) => return Err(validation("PullRequestReview", "event", "invalid", None)),
     };
-    let text = b.get("body").and_then(Value::as_str).unwrap_or("").to_string();
+    let text = b
+        .get("body")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let repo = sh.repo().map_err(internal)?;
     let rv = {
         let mut st = sh.lock();
         let login = st.bot_login.clone();
         let pull = st.pulls.get_mut(&n).ok_or_else(not_found)?;
         sh.refresh(&repo, pull).map_err(internal)?;
-        let commit_id =
-            b.get("commit_id").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| pull.head_sha.clone());
+        let commit_id = b
+            .get("commit_id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| pull.head_sha.clone());
         if state != "PENDING" {
             pull.updated_at = Utc::now();
         }
@@ -414,7 +536,11 @@ async fn is_merged(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)
     }
 }
 
-async fn merge_pull(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>, body: Bytes) -> ApiResult {
+async fn merge_pull(
+    State(sh): Sh,
+    Path((o, r, n)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let n = parse_num(&n)?;
     let b = parse_body(&body)?;
@@ -437,14 +563,23 @@ async fn merge_pull(State(sh): Sh, Path((o, r, n)): Path<(String, String, String
         )),
         Err(MergeError::Emu(GithubEmulatorError::NoSuchPull(_))) => Err(not_found()),
         Err(MergeError::Emu(
-            GithubEmulatorError::AlreadyMerged(_) | GithubEmulatorError::NotOpen(_) | GithubEmulatorError::Conflict(_),
+            GithubEmulatorError::AlreadyMerged(_)
+            | GithubEmulatorError::NotOpen(_)
+            | GithubEmulatorError::Conflict(_),
         )) => Err(not_mergeable()),
         Err(MergeError::Emu(e)) => Err(internal(e)),
     }
 }
 
 fn comment_json(sh: &Shared, c: &super::Comment) -> Value {
-    sh.ctx().comment(c.id, c.issue, &c.user, &c.body, &c.created_at, &c.updated_at)
+    sh.ctx().comment(
+        c.id,
+        c.issue,
+        &c.user,
+        &c.body,
+        &c.created_at,
+        &c.updated_at,
+    )
 }
 
 fn body_field(b: &Value) -> Result<String, ApiError> {
@@ -457,7 +592,9 @@ fn body_field(b: &Value) -> Result<String, ApiError> {
             "IssueComment",
             "body",
             "custom",
-            Some(&format!("body is too long (maximum is {MAX_COMMENT_CHARS} characters)")),
+            Some(&format!(
+                "body is too long (maximum is {MAX_COMMENT_CHARS} characters)"
+            )),
         ));
     }
     Ok(body.to_string())
@@ -475,13 +612,26 @@ async fn list_comments(
         if !st.pulls.contains_key(&n) {
             return Err(not_found());
         }
-        st.comments.iter().filter(|c| c.issue == n).cloned().collect()
+        st.comments
+            .iter()
+            .filter(|c| c.issue == n)
+            .cloned()
+            .collect()
     };
     let items = comments.iter().map(|c| comment_json(&sh, c)).collect();
-    Ok(paginate(&sh, &format!("/repos/{o}/{r}/issues/{n}/comments"), &query(&raw), items))
+    Ok(paginate(
+        &sh,
+        &format!("/repos/{o}/{r}/issues/{n}/comments"),
+        &query(&raw),
+        items,
+    ))
 }
 
-async fn create_comment(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>, body: Bytes) -> ApiResult {
+async fn create_comment(
+    State(sh): Sh,
+    Path((o, r, n)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let n = parse_num(&n)?;
     let text = body_field(&parse_body(&body)?)?;
@@ -493,7 +643,14 @@ async fn create_comment(State(sh): Sh, Path((o, r, n)): Path<(String, String, St
         pull.updated_at = now;
         let id = st.next_comment;
         st.next_comment += 1;
-        let c = super::Comment { id, issue: n, user: login, body: text, created_at: now, updated_at: now };
+        let c = super::Comment {
+            id,
+            issue: n,
+            user: login,
+            body: text,
+            created_at: now,
+            updated_at: now,
+        };
         st.comments.push(c.clone());
         c
     };
@@ -508,18 +665,32 @@ async fn create_comment(State(sh): Sh, Path((o, r, n)): Path<(String, String, St
 async fn get_comment(State(sh): Sh, Path((o, r, id)): Path<(String, String, String)>) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let id = parse_num(&id)?;
-    let c = sh.lock().comments.iter().find(|c| c.id == id).cloned().ok_or_else(not_found)?;
+    let c = sh
+        .lock()
+        .comments
+        .iter()
+        .find(|c| c.id == id)
+        .cloned()
+        .ok_or_else(not_found)?;
     Ok(ok_json(StatusCode::OK, comment_json(&sh, &c)))
 }
 
-async fn update_comment(State(sh): Sh, Path((o, r, id)): Path<(String, String, String)>, body: Bytes) -> ApiResult {
+async fn update_comment(
+    State(sh): Sh,
+    Path((o, r, id)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let id = parse_num(&id)?;
     let text = body_field(&parse_body(&body)?)?;
     let c = {
         let mut st = sh.lock();
         let now = Utc::now();
-        let c = st.comments.iter_mut().find(|c| c.id == id).ok_or_else(not_found)?;
+        let c = st
+            .comments
+            .iter_mut()
+            .find(|c| c.id == id)
+            .ok_or_else(not_found)?;
         c.body = text;
         c.updated_at = now;
         let c = c.clone();
@@ -531,7 +702,10 @@ async fn update_comment(State(sh): Sh, Path((o, r, id)): Path<(String, String, S
     Ok(ok_json(StatusCode::OK, comment_json(&sh, &c)))
 }
 
-async fn delete_comment(State(sh): Sh, Path((o, r, id)): Path<(String, String, String)>) -> ApiResult {
+async fn delete_comment(
+    State(sh): Sh,
+    Path((o, r, id)): Path<(String, String, String)>,
+) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let id = parse_num(&id)?;
     let mut st = sh.lock();
@@ -556,12 +730,21 @@ fn status_view(s: &Status) -> StatusView<'_> {
     }
 }
 
-async fn create_status(State(sh): Sh, Path((o, r, sha)): Path<(String, String, String)>, body: Bytes) -> ApiResult {
+async fn create_status(
+    State(sh): Sh,
+    Path((o, r, sha)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let b = parse_body(&body)?;
     let state = b.get("state").and_then(Value::as_str).unwrap_or("");
     if !matches!(state, "pending" | "success" | "failure" | "error") {
-        return Err(validation("Status", "state", "custom", Some("state is not included in the list")));
+        return Err(validation(
+            "Status",
+            "state",
+            "custom",
+            Some("state is not included in the list"),
+        ));
     }
     let repo = sh.repo().map_err(internal)?;
     let oid = match git2::Oid::from_str(&sha) {
@@ -573,12 +756,26 @@ async fn create_status(State(sh): Sh, Path((o, r, sha)): Path<(String, String, S
             ))
         }
     };
-    let context = b.get("context").and_then(Value::as_str).unwrap_or("default").to_string();
-    let description = b.get("description").and_then(Value::as_str).map(str::to_string);
-    let target_url = b.get("target_url").and_then(Value::as_str).map(str::to_string);
+    let context = b
+        .get("context")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_string();
+    let description = b
+        .get("description")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let target_url = b
+        .get("target_url")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let s = {
         let mut st = sh.lock();
-        let count = st.statuses.iter().filter(|s| s.sha == sha && s.context == context).count();
+        let count = st
+            .statuses
+            .iter()
+            .filter(|s| s.sha == sha && s.context == context)
+            .count();
         if count >= 1000 {
             return Err(validation(
                 "Status",
@@ -602,7 +799,10 @@ async fn create_status(State(sh): Sh, Path((o, r, sha)): Path<(String, String, S
         st.statuses.push(s.clone());
         s
     };
-    Ok(ok_json(StatusCode::CREATED, sh.ctx().status(&status_view(&s), true)))
+    Ok(ok_json(
+        StatusCode::CREATED,
+        sh.ctx().status(&status_view(&s), true),
+    ))
 }
 
 /// Resolves `reference` to a commit SHA, or answers 422/404 like GitHub.
@@ -618,7 +818,11 @@ fn resolve(sh: &Shared, reference: &str) -> Result<String, ApiError> {
 
 /// `GET /repos/{o}/{r}/commits/{ref}/status` and `…/statuses`, where `{ref}` may contain
 /// slashes (`heads/main`, a branch `feature/x`).
-async fn commit_subresource(sh: Sh, Path((o, r, rest)): Path<(String, String, String)>, raw: RawQuery) -> ApiResult {
+async fn commit_subresource(
+    sh: Sh,
+    Path((o, r, rest)): Path<(String, String, String)>,
+    raw: RawQuery,
+) -> ApiResult {
     if let Some(reference) = rest.strip_suffix("/statuses") {
         list_statuses(sh, Path((o, r, reference.to_string())), raw).await
     } else if let Some(reference) = rest.strip_suffix("/status") {
@@ -635,21 +839,47 @@ async fn list_statuses(
 ) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let sha = resolve(&sh, &reference)?;
-    let statuses: Vec<Status> = sh.lock().statuses.iter().rev().filter(|s| s.sha == sha).cloned().collect();
+    let statuses: Vec<Status> = sh
+        .lock()
+        .statuses
+        .iter()
+        .rev()
+        .filter(|s| s.sha == sha)
+        .cloned()
+        .collect();
     let ctx = sh.ctx();
-    let items = statuses.iter().map(|s| ctx.status(&status_view(s), true)).collect();
-    Ok(paginate(&sh, &format!("/repos/{o}/{r}/commits/{reference}/statuses"), &query(&raw), items))
+    let items = statuses
+        .iter()
+        .map(|s| ctx.status(&status_view(s), true))
+        .collect();
+    Ok(paginate(
+        &sh,
+        &format!("/repos/{o}/{r}/commits/{reference}/statuses"),
+        &query(&raw),
+        items,
+    ))
 }
 
-async fn combined_status(State(sh): Sh, Path((o, r, reference)): Path<(String, String, String)>) -> ApiResult {
+async fn combined_status(
+    State(sh): Sh,
+    Path((o, r, reference)): Path<(String, String, String)>,
+) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let sha = resolve(&sh, &reference)?;
     let latest: Vec<Status> = {
         let st = sh.lock();
         let mut seen = std::collections::HashSet::new();
-        st.statuses.iter().rev().filter(|s| s.sha == sha && seen.insert(s.context.clone())).cloned().collect()
+        st.statuses
+            .iter()
+            .rev()
+            .filter(|s| s.sha == sha && seen.insert(s.context.clone()))
+            .cloned()
+            .collect()
     };
-    let state = if latest.iter().any(|s| s.state == "failure" || s.state == "error") {
+    let state = if latest
+        .iter()
+        .any(|s| s.state == "failure" || s.state == "error")
+    {
         "failure"
     } else if latest.is_empty() || latest.iter().any(|s| s.state == "pending") {
         "pending"
@@ -657,5 +887,8 @@ async fn combined_status(State(sh): Sh, Path((o, r, reference)): Path<(String, S
         "success"
     };
     let views: Vec<StatusView<'_>> = latest.iter().map(status_view).collect();
-    Ok(ok_json(StatusCode::OK, sh.ctx().combined(&sha, state, &views)))
+    Ok(ok_json(
+        StatusCode::OK,
+        sh.ctx().combined(&sha, state, &views),
+    ))
 }

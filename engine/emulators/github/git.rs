@@ -49,7 +49,12 @@ pub(super) fn set_pull_ref(repo: &Repository, n: u64, oid: Oid) -> Result<(), gi
     if repo.refname_to_id(&name).ok() == Some(oid) {
         return Ok(());
     }
-    repo.reference(&name, oid, true, "tkgops github emulator: pull request head")?;
+    repo.reference(
+        &name,
+        oid,
+        true,
+        "tkgops github emulator: pull request head",
+    )?;
     Ok(())
 }
 
@@ -87,8 +92,9 @@ pub(super) fn merge_into(
     message: &str,
     merger: &str,
 ) -> Result<MergeOutcome, git2::Error> {
-    let base_tip = branch_tip(repo, base_branch)?
-        .ok_or_else(|| git2::Error::from_str(&format!("base branch {base_branch} does not exist")))?;
+    let base_tip = branch_tip(repo, base_branch)?.ok_or_else(|| {
+        git2::Error::from_str(&format!("base branch {base_branch} does not exist"))
+    })?;
     let b = repo.find_commit(base_tip)?;
     let h = repo.find_commit(head)?;
     let mut idx = repo.merge_commits(&b, &h, None)?;
@@ -97,7 +103,10 @@ pub(super) fn merge_into(
     }
     let tree_id = idx.write_tree_to(repo)?;
     let tree = repo.find_tree(tree_id)?;
-    let email = format!("{}@users.noreply.github.com", merger.replace(['[', ']'], ""));
+    let email = format!(
+        "{}@users.noreply.github.com",
+        merger.replace(['[', ']'], "")
+    );
     let sig = Signature::now(merger, &email)?;
     let committer = Signature::now("GitHub", "noreply@github.com")?;
     let refname = format!("refs/heads/{base_branch}");
@@ -106,7 +115,11 @@ pub(super) fn merge_into(
 }
 
 /// The files changed by `head` relative to its merge base with `base` (GitHub's three-dot diff).
-pub(super) fn changed_files(repo: &Repository, base: Oid, head: Oid) -> Result<Vec<FileChange>, git2::Error> {
+pub(super) fn changed_files(
+    repo: &Repository,
+    base: Oid,
+    head: Oid,
+) -> Result<Vec<FileChange>, git2::Error> {
     let mb = repo.merge_base(base, head).unwrap_or(base);
     let old_tree = repo.find_commit(mb)?.tree()?;
     let new_tree = repo.find_commit(head)?.tree()?;
@@ -116,7 +129,9 @@ pub(super) fn changed_files(repo: &Repository, base: Oid, head: Oid) -> Result<V
     diff.find_similar(Some(&mut find))?;
     let mut out = Vec::new();
     for i in 0..diff.deltas().len() {
-        let Some(delta) = diff.get_delta(i) else { continue };
+        let Some(delta) = diff.get_delta(i) else {
+            continue;
+        };
         let status = match delta.status() {
             git2::Delta::Added | git2::Delta::Untracked => "added",
             git2::Delta::Deleted => "removed",
@@ -126,11 +141,24 @@ pub(super) fn changed_files(repo: &Repository, base: Oid, head: Oid) -> Result<V
             git2::Delta::Unmodified => "unchanged",
             _ => "changed",
         };
-        let new_path = delta.new_file().path().map(|p| p.to_string_lossy().into_owned());
-        let old_path = delta.old_file().path().map(|p| p.to_string_lossy().into_owned());
-        let filename = new_path.clone().or_else(|| old_path.clone()).unwrap_or_default();
+        let new_path = delta
+            .new_file()
+            .path()
+            .map(|p| p.to_string_lossy().into_owned());
+        let old_path = delta
+            .old_file()
+            .path()
+            .map(|p| p.to_string_lossy().into_owned());
+        let filename = new_path
+            .clone()
+            .or_else(|| old_path.clone())
+            .unwrap_or_default();
         let previous_filename = if status == "renamed" { old_path } else { None };
-        let blob = if status == "removed" { delta.old_file().id() } else { delta.new_file().id() };
+        let blob = if status == "removed" {
+            delta.old_file().id()
+        } else {
+            delta.new_file().id()
+        };
         let binary = delta.flags().is_binary();
         let (mut additions, mut deletions, mut patch) = (0, 0, None);
         if let Ok(Some(mut p)) = git2::Patch::from_diff(&diff, i) {
@@ -141,7 +169,8 @@ pub(super) fn changed_files(repo: &Repository, base: Oid, head: Oid) -> Result<V
             if !binary && !p.delta().flags().is_binary() {
                 if let Ok(buf) = p.to_buf() {
                     let text = String::from_utf8_lossy(&buf);
-                    let hunks: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("@@")).collect();
+                    let hunks: Vec<&str> =
+                        text.lines().skip_while(|l| !l.starts_with("@@")).collect();
                     if !hunks.is_empty() {
                         patch = Some(hunks.join("\n"));
                     }

@@ -245,10 +245,18 @@ impl Shared {
         Ok(())
     }
 
-    fn merge(&self, number: u64, merger: &str, expected_sha: Option<&str>) -> Result<String, MergeError> {
+    fn merge(
+        &self,
+        number: u64,
+        merger: &str,
+        expected_sha: Option<&str>,
+    ) -> Result<String, MergeError> {
         let repo = self.repo()?;
         let mut st = self.lock();
-        let pull = st.pulls.get_mut(&number).ok_or(GithubEmulatorError::NoSuchPull(number))?;
+        let pull = st
+            .pulls
+            .get_mut(&number)
+            .ok_or(GithubEmulatorError::NoSuchPull(number))?;
         self.refresh(&repo, pull)?;
         if pull.merged {
             return Err(GithubEmulatorError::AlreadyMerged(number).into());
@@ -263,8 +271,10 @@ impl Shared {
         }
         let head = git2::Oid::from_str(&pull.head_sha)?;
         let base_before = git::branch_tip(&repo, &pull.base_ref)?.map(|o| o.to_string());
-        let message =
-            format!("Merge pull request #{number} from {}/{}\n\n{}", self.opts.owner, pull.head_ref, pull.title);
+        let message = format!(
+            "Merge pull request #{number} from {}/{}\n\n{}",
+            self.opts.owner, pull.head_ref, pull.title
+        );
         match git::merge_into(&repo, &pull.base_ref, head, &message, merger)? {
             git::MergeOutcome::Conflict => Err(GithubEmulatorError::Conflict(number).into()),
             git::MergeOutcome::Merged(oid) => {
@@ -320,7 +330,9 @@ pub struct GithubEmulator {
 
 impl std::fmt::Debug for GithubEmulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GithubEmulator").field("api_url", &self.shared.api_url).finish_non_exhaustive()
+        f.debug_struct("GithubEmulator")
+            .field("api_url", &self.shared.api_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -331,7 +343,9 @@ impl GithubEmulator {
     /// [`GithubEmulatorError::Git`] when `opts.bare_repo` is not a git repository.
     pub async fn start(opts: GithubEmulatorOptions) -> Result<Self, GithubEmulatorError> {
         git::open(&opts.bare_repo)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(GithubEmulatorError::Bind)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(GithubEmulatorError::Bind)?;
         let addr = listener.local_addr().map_err(GithubEmulatorError::Bind)?;
         let abs = std::fs::canonicalize(&opts.bare_repo).unwrap_or_else(|_| opts.bare_repo.clone());
         let clone_url = url::Url::from_directory_path(&abs)
@@ -362,7 +376,10 @@ impl GithubEmulator {
                 tracing::warn!(error = %e, "github emulator server stopped");
             }
         });
-        Ok(GithubEmulator { shared, _server: Arc::new(ServerGuard(handle)) })
+        Ok(GithubEmulator {
+            shared,
+            _server: Arc::new(ServerGuard(handle)),
+        })
     }
 
     /// Base URL of the REST API, e.g. `http://127.0.0.1:41234` (no trailing slash); pass it to
@@ -403,7 +420,8 @@ impl GithubEmulator {
         let head = git::branch_tip(&repo, head_branch)?
             .ok_or_else(|| GithubEmulatorError::NoSuchBranch(head_branch.to_string()))?;
         let base = &self.shared.opts.default_branch;
-        git::branch_tip(&repo, base)?.ok_or_else(|| GithubEmulatorError::NoSuchBranch(base.clone()))?;
+        git::branch_tip(&repo, base)?
+            .ok_or_else(|| GithubEmulatorError::NoSuchBranch(base.clone()))?;
         let mut st = self.shared.lock();
         let number = st.next_pull;
         st.next_pull += 1;
@@ -438,13 +456,21 @@ impl GithubEmulator {
     ///
     /// Errors: [`GithubEmulatorError::InvalidReviewState`], [`GithubEmulatorError::NoSuchPull`],
     /// [`GithubEmulatorError::Git`].
-    pub fn submit_review(&self, number: u64, reviewer: &str, state: &str) -> Result<(), GithubEmulatorError> {
+    pub fn submit_review(
+        &self,
+        number: u64,
+        reviewer: &str,
+        state: &str,
+    ) -> Result<(), GithubEmulatorError> {
         if !matches!(state, "APPROVED" | "CHANGES_REQUESTED" | "COMMENTED") {
             return Err(GithubEmulatorError::InvalidReviewState(state.to_string()));
         }
         let repo = self.shared.repo()?;
         let mut st = self.shared.lock();
-        let pull = st.pulls.get_mut(&number).ok_or(GithubEmulatorError::NoSuchPull(number))?;
+        let pull = st
+            .pulls
+            .get_mut(&number)
+            .ok_or(GithubEmulatorError::NoSuchPull(number))?;
         self.shared.refresh(&repo, pull)?;
         let commit_id = pull.head_sha.clone();
         pull.updated_at = Utc::now();
@@ -467,11 +493,17 @@ impl GithubEmulator {
     ///
     /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::AlreadyMerged`],
     /// [`GithubEmulatorError::NotOpen`], [`GithubEmulatorError::Conflict`], [`GithubEmulatorError::Git`].
-    pub fn merge_pull_request(&self, number: u64, merger: &str) -> Result<String, GithubEmulatorError> {
-        self.shared.merge(number, merger, None).map_err(|e| match e {
-            MergeError::Emu(e) => e,
-            MergeError::HeadModified => GithubEmulatorError::NotOpen(number),
-        })
+    pub fn merge_pull_request(
+        &self,
+        number: u64,
+        merger: &str,
+    ) -> Result<String, GithubEmulatorError> {
+        self.shared
+            .merge(number, merger, None)
+            .map_err(|e| match e {
+                MergeError::Emu(e) => e,
+                MergeError::HeadModified => GithubEmulatorError::NotOpen(number),
+            })
     }
 
     /// Closes PR `number` without merging (its head SHA is frozen).
@@ -480,7 +512,10 @@ impl GithubEmulator {
     pub fn close_pull_request(&self, number: u64) -> Result<(), GithubEmulatorError> {
         let repo = self.shared.repo()?;
         let mut st = self.shared.lock();
-        let pull = st.pulls.get_mut(&number).ok_or(GithubEmulatorError::NoSuchPull(number))?;
+        let pull = st
+            .pulls
+            .get_mut(&number)
+            .ok_or(GithubEmulatorError::NoSuchPull(number))?;
         self.shared.refresh(&repo, pull)?;
         if pull.open {
             let now = Utc::now();

@@ -11,10 +11,12 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 const PULL_REQUEST: &str = include_str!("../../../tests/fixtures/github/pull-request.json");
-const PULL_REQUEST_SIMPLE: &str = include_str!("../../../tests/fixtures/github/pull-request-simple.json");
+const PULL_REQUEST_SIMPLE: &str =
+    include_str!("../../../tests/fixtures/github/pull-request-simple.json");
 const ISSUE_COMMENT: &str = include_str!("../../../tests/fixtures/github/issue-comment.json");
 const STATUS: &str = include_str!("../../../tests/fixtures/github/status.json");
-const COMBINED_STATUS: &str = include_str!("../../../tests/fixtures/github/combined-commit-status.json");
+const COMBINED_STATUS: &str =
+    include_str!("../../../tests/fixtures/github/combined-commit-status.json");
 const REVIEW: &str = include_str!("../../../tests/fixtures/github/pull-request-review.json");
 const DIFF_ENTRIES: &str = include_str!("../../../tests/fixtures/github/diff-entry-items.json");
 
@@ -31,9 +33,14 @@ struct Templates {
 fn templates() -> &'static Templates {
     static T: OnceLock<Templates> = OnceLock::new();
     T.get_or_init(|| {
-        let parse = |s: &str| serde_json::from_str::<Value>(s).expect("embedded GitHub example JSON is valid");
+        let parse = |s: &str| {
+            serde_json::from_str::<Value>(s).expect("embedded GitHub example JSON is valid")
+        };
         let simple = parse(PULL_REQUEST_SIMPLE);
-        let simple_keys = simple.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        let simple_keys = simple
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
         let diff = parse(DIFF_ENTRIES);
         Templates {
             pull: parse(PULL_REQUEST),
@@ -85,8 +92,11 @@ impl Ctx<'_> {
     /// Re-targets every string of `v`: API host, `octocat/Hello-World`, `Hello-World`.
     fn retarget(&self, mut v: Value) -> Value {
         let full = self.full_name();
-        let reps: [(&str, &str); 3] =
-            [("https://api.github.com", self.api), ("octocat/Hello-World", &full), ("Hello-World", self.repo)];
+        let reps: [(&str, &str); 3] = [
+            ("https://api.github.com", self.api),
+            ("octocat/Hello-World", &full),
+            ("Hello-World", self.repo),
+        ];
         walk_strings(&mut v, &|s| {
             let mut s = s.to_string();
             for (from, to) in reps.iter() {
@@ -101,13 +111,24 @@ impl Ctx<'_> {
 
     /// The `user`/`owner`/`creator` object of `login` (Bot type when it ends with `[bot]`).
     pub fn user(&self, login: &str) -> Value {
-        let mut u = templates().comment.get("user").cloned().unwrap_or(Value::Null);
+        let mut u = templates()
+            .comment
+            .get("user")
+            .cloned()
+            .unwrap_or(Value::Null);
         let api = self.api;
-        walk_strings(&mut u, &|s| s.replace("https://api.github.com", api).replace("octocat", login));
+        walk_strings(&mut u, &|s| {
+            s.replace("https://api.github.com", api)
+                .replace("octocat", login)
+        });
         u["login"] = json!(login);
         u["id"] = json!(user_id(login));
         u["node_id"] = json!(format!("U_{}", user_id(login)));
-        u["type"] = json!(if login.ends_with("[bot]") { "Bot" } else { "User" });
+        u["type"] = json!(if login.ends_with("[bot]") {
+            "Bot"
+        } else {
+            "User"
+        });
         u
     }
 
@@ -140,7 +161,10 @@ impl Ctx<'_> {
             s.replace("/pulls/1347", &format!("/pulls/{n}"))
                 .replace("/pull/1347", &format!("/pull/{n}"))
                 .replace("/issues/1347", &format!("/issues/{n}"))
-                .replace("/statuses/6dcb09b5b57875f334f61aebed695e2e4193db5e", &format!("/statuses/{}", p.head_sha))
+                .replace(
+                    "/statuses/6dcb09b5b57875f334f61aebed695e2e4193db5e",
+                    &format!("/statuses/{}", p.head_sha),
+                )
         });
         v["id"] = json!(100_000 + n);
         v["node_id"] = json!(format!("PR_{n}"));
@@ -178,7 +202,11 @@ impl Ctx<'_> {
             "user": owner_user,
             "repo": repo,
         });
-        v["author_association"] = json!(if p.author == self.owner { "OWNER" } else { "COLLABORATOR" });
+        v["author_association"] = json!(if p.author == self.owner {
+            "OWNER"
+        } else {
+            "COLLABORATOR"
+        });
         v["auto_merge"] = Value::Null;
         v["draft"] = json!(false);
         v["merged"] = json!(p.merged);
@@ -219,14 +247,29 @@ impl Ctx<'_> {
         let mut v = self.retarget(templates().comment.clone());
         v["id"] = json!(id);
         v["node_id"] = json!(format!("IC_{id}"));
-        v["url"] = json!(format!("{}/repos/{}/issues/comments/{id}", self.api, self.full_name()));
-        v["html_url"] = json!(format!("https://github.com/{}/pull/{issue}#issuecomment-{id}", self.full_name()));
-        v["issue_url"] = json!(format!("{}/repos/{}/issues/{issue}", self.api, self.full_name()));
+        v["url"] = json!(format!(
+            "{}/repos/{}/issues/comments/{id}",
+            self.api,
+            self.full_name()
+        ));
+        v["html_url"] = json!(format!(
+            "https://github.com/{}/pull/{issue}#issuecomment-{id}",
+            self.full_name()
+        ));
+        v["issue_url"] = json!(format!(
+            "{}/repos/{}/issues/{issue}",
+            self.api,
+            self.full_name()
+        ));
         v["body"] = json!(body);
         v["user"] = self.user(login);
         v["created_at"] = json!(ts(created));
         v["updated_at"] = json!(ts(updated));
-        v["author_association"] = json!(if login == self.owner { "OWNER" } else { "COLLABORATOR" });
+        v["author_association"] = json!(if login == self.owner {
+            "OWNER"
+        } else {
+            "COLLABORATOR"
+        });
         v
     }
 
@@ -234,7 +277,12 @@ impl Ctx<'_> {
     /// combined-status item shape).
     pub fn status(&self, s: &StatusView<'_>, with_creator: bool) -> Value {
         let mut v = self.retarget(templates().status.clone());
-        v["url"] = json!(format!("{}/repos/{}/statuses/{}", self.api, self.full_name(), s.sha));
+        v["url"] = json!(format!(
+            "{}/repos/{}/statuses/{}",
+            self.api,
+            self.full_name(),
+            s.sha
+        ));
         v["id"] = json!(s.id);
         v["node_id"] = json!(format!("SC_{}", s.id));
         v["state"] = json!(s.state);
@@ -259,8 +307,16 @@ impl Ctx<'_> {
         v["sha"] = json!(sha);
         v["total_count"] = json!(latest.len());
         v["repository"]["owner"] = self.user(self.owner);
-        v["commit_url"] = json!(format!("{}/repos/{}/commits/{sha}", self.api, self.full_name()));
-        v["url"] = json!(format!("{}/repos/{}/commits/{sha}/status", self.api, self.full_name()));
+        v["commit_url"] = json!(format!(
+            "{}/repos/{}/commits/{sha}",
+            self.api,
+            self.full_name()
+        ));
+        v["url"] = json!(format!(
+            "{}/repos/{}/commits/{sha}/status",
+            self.api,
+            self.full_name()
+        ));
         v
     }
 
@@ -269,9 +325,14 @@ impl Ctx<'_> {
         let mut v = self.retarget(templates().review.clone());
         let n = r.pull;
         walk_strings(&mut v, &|s| {
-            s.replace("/pulls/12", &format!("/pulls/{n}")).replace("/pull/12", &format!("/pull/{n}"))
+            s.replace("/pulls/12", &format!("/pulls/{n}"))
+                .replace("/pull/12", &format!("/pull/{n}"))
         });
-        let html = format!("https://github.com/{}/pull/{n}#pullrequestreview-{}", self.full_name(), r.id);
+        let html = format!(
+            "https://github.com/{}/pull/{n}#pullrequestreview-{}",
+            self.full_name(),
+            r.id
+        );
         v["id"] = json!(r.id);
         v["node_id"] = json!(format!("PRR_{}", r.id));
         v["user"] = self.user(r.user);
@@ -294,9 +355,18 @@ impl Ctx<'_> {
         v["additions"] = json!(f.additions);
         v["deletions"] = json!(f.deletions);
         v["changes"] = json!(f.additions + f.deletions);
-        v["blob_url"] = json!(format!("https://github.com/{full}/blob/{head_sha}/{}", f.filename));
-        v["raw_url"] = json!(format!("https://github.com/{full}/raw/{head_sha}/{}", f.filename));
-        v["contents_url"] = json!(format!("{}/repos/{full}/contents/{}?ref={head_sha}", self.api, f.filename));
+        v["blob_url"] = json!(format!(
+            "https://github.com/{full}/blob/{head_sha}/{}",
+            f.filename
+        ));
+        v["raw_url"] = json!(format!(
+            "https://github.com/{full}/raw/{head_sha}/{}",
+            f.filename
+        ));
+        v["contents_url"] = json!(format!(
+            "{}/repos/{full}/contents/{}?ref={head_sha}",
+            self.api, f.filename
+        ));
         match &f.patch {
             Some(p) => v["patch"] = json!(p),
             None => {

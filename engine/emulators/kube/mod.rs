@@ -251,6 +251,7 @@ impl KubeEmulator {
             token: uuid::Uuid::new_v4().simple().to_string(),
             faults: Faults::new(),
             state: Mutex::new(State::new(tx)),
+            version: Mutex::new(DEFAULT_KUBERNETES_VERSION.to_string()),
         });
         let cluster = EmulatedCluster { inner };
         for rt in builtin_types() {
@@ -293,12 +294,17 @@ impl KubeEmulator {
     }
 }
 
+/// Kubernetes version an emulated cluster reports until [`EmulatedCluster::set_kubernetes_version`].
+pub const DEFAULT_KUBERNETES_VERSION: &str = "v1.33.1+vmware.1";
+
 struct ClusterInner {
     name: String,
     url: String,
     token: String,
     faults: Faults,
     state: Mutex<State>,
+    /// `gitVersion` served at `/version` (the Kubernetes version of the emulated cluster).
+    version: Mutex<String>,
 }
 
 /// One emulated cluster (API server + store). `Clone` shares state.
@@ -308,6 +314,24 @@ pub struct EmulatedCluster {
 }
 
 impl EmulatedCluster {
+    /// Sets the Kubernetes version served at `GET /version` (e.g. `v1.23.8+vmware.2`, the
+    /// version of the TKR a workload cluster runs). Simulated Cluster API sets it from the
+    /// KubeadmControlPlane's `spec.version`.
+    pub fn set_kubernetes_version(&self, git_version: &str) {
+        if let Ok(mut v) = self.inner.version.lock() {
+            *v = git_version.to_string();
+        }
+    }
+
+    /// The Kubernetes version served at `GET /version`.
+    pub fn kubernetes_version(&self) -> String {
+        self.inner
+            .version
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_else(|_| DEFAULT_KUBERNETES_VERSION.to_string())
+    }
+
     /// The cluster name given to [`KubeEmulator::add_cluster`].
     pub fn name(&self) -> &str {
         &self.inner.name

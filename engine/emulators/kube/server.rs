@@ -239,13 +239,21 @@ async fn handle(State(c): State<EmulatedCluster>, req: Request) -> Response {
     let method = parts.method.clone();
     let types = c.types();
     match (method.clone(), segs.as_slice()) {
-        (Method::GET, ["version"]) => json_resp(
-            StatusCode::OK,
-            &json!({
-                "major": "1", "minor": "33", "gitVersion": "v1.33.1+vmware.1", "gitCommit": "0000000000000000000000000000000000000000",
-                "gitTreeState": "clean", "buildDate": "2025-05-15T00:00:00Z", "goVersion": "go1.24.2", "compiler": "gc", "platform": "linux/amd64",
-            }),
-        ),
+        (Method::GET, ["version"]) => {
+            let git_version = c.kubernetes_version();
+            let mut parts = git_version.trim_start_matches('v').split('.');
+            let (major, minor) = (
+                parts.next().unwrap_or("1").to_string(),
+                parts.next().unwrap_or("0").to_string(),
+            );
+            json_resp(
+                StatusCode::OK,
+                &json!({
+                    "major": major, "minor": minor, "gitVersion": git_version, "gitCommit": "0000000000000000000000000000000000000000",
+                    "gitTreeState": "clean", "buildDate": "2025-05-15T00:00:00Z", "goVersion": "go1.24.2", "compiler": "gc", "platform": "linux/amd64",
+                }),
+            )
+        }
         (Method::GET, ["healthz" | "livez" | "readyz"]) => (StatusCode::OK, "ok").into_response(),
         (Method::GET, ["api"]) => json_resp(
             StatusCode::OK,

@@ -29,7 +29,8 @@ pub(crate) struct InstallerParams<'a> {
 /// `GetK8sManifest` trims leading whitespace, and clients must do the same.
 pub(crate) fn render(p: &InstallerParams<'_>) -> String {
     const NS: &str = "vmware-system-tmc";
-    let labels = json!({"app.kubernetes.io/part-of": "tmc-agent", "tmc.cloud.vmware.com/managed": "true"});
+    let labels =
+        json!({"app.kubernetes.io/part-of": "tmc-agent", "tmc.cloud.vmware.com/managed": "true"});
     let docs = vec![
         json!({
             "apiVersion": "v1",

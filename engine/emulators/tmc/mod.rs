@@ -99,7 +99,9 @@ pub struct TmcEmulator {
 
 impl std::fmt::Debug for TmcEmulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TmcEmulator").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("TmcEmulator")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -145,13 +147,26 @@ impl TmcEmulator {
         let addr = listener.local_addr()?;
         let url = format!("http://{addr}");
         let faults = Faults::new();
-        let state = Arc::new(Shared { opts, url: url.clone(), db: Mutex::new(Db::default()) });
+        let state = Arc::new(Shared {
+            opts,
+            url: url.clone(),
+            db: Mutex::new(Db::default()),
+        });
         let router = Router::new()
-            .route("/csp/gateway/am/api/auth/api-tokens/authorize", post(authorize))
-            .route("/v1alpha1/clusters", post(create_cluster).get(list_clusters))
+            .route(
+                "/csp/gateway/am/api/auth/api-tokens/authorize",
+                post(authorize),
+            )
+            .route(
+                "/v1alpha1/clusters",
+                post(create_cluster).get(list_clusters),
+            )
             .route(
                 "/v1alpha1/clusters/{name}",
-                get(get_cluster).put(update_cluster).delete(delete_cluster).post(post_cluster_action),
+                get(get_cluster)
+                    .put(update_cluster)
+                    .delete(delete_cluster)
+                    .post(post_cluster_action),
             )
             .route("/v1alpha1/clusters:manifest/{name}", get(cluster_manifest))
             .route("/installer", get(installer))
@@ -181,12 +196,20 @@ impl TmcEmulator {
     /// any management cluster and provisioner; `None` when there is none.
     pub fn cluster(&self, name: &str) -> Option<Value> {
         let db = self.state.db();
-        db.clusters.iter().find(|(k, _)| k.2 == name).map(|(_, r)| r.cluster.clone())
+        db.clusters
+            .iter()
+            .find(|(k, _)| k.2 == name)
+            .map(|(_, r)| r.cluster.clone())
     }
 
     /// Every stored `cluster` object, ordered by (managementClusterName, provisionerName, name).
     pub fn clusters(&self) -> Vec<Value> {
-        self.state.db().clusters.values().map(|r| r.cluster.clone()).collect()
+        self.state
+            .db()
+            .clusters
+            .values()
+            .map(|r| r.cluster.clone())
+            .collect()
     }
 
     /// Test helper: forces the first cluster named `name` into `phase` / `health` (e.g. `ERROR`,
@@ -194,7 +217,12 @@ impl TmcEmulator {
     /// condition. Returns whether such a cluster exists.
     pub fn set_phase(&self, name: &str, phase: &str, health: &str) -> bool {
         let mut db = self.state.db();
-        let Some(rec) = db.clusters.iter_mut().find(|(k, _)| k.2 == name).map(|(_, r)| r) else {
+        let Some(rec) = db
+            .clusters
+            .iter_mut()
+            .find(|(k, _)| k.2 == name)
+            .map(|(_, r)| r)
+        else {
             return false;
         };
         let status = ensure_object(&mut rec.cluster, "status");
@@ -219,7 +247,10 @@ impl TmcEmulator {
     /// `:agentconnect` (the value in the installer's `stack-config`); `None` when absent.
     pub fn registration_token(&self, name: &str) -> Option<String> {
         let db = self.state.db();
-        db.clusters.iter().find(|(k, _)| k.2 == name).map(|(_, r)| r.registration_token.clone())
+        db.clusters
+            .iter()
+            .find(|(k, _)| k.2 == name)
+            .map(|(_, r)| r.registration_token.clone())
     }
 }
 
@@ -259,7 +290,11 @@ fn grpc_error(code: i32, message: impl Into<String>) -> Response {
         16 => StatusCode::UNAUTHORIZED,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    (status, axum::Json(json!({"code": code, "error": message, "message": message, "details": []}))).into_response()
+    (
+        status,
+        axum::Json(json!({"code": code, "error": message, "message": message, "details": []})),
+    )
+        .into_response()
 }
 
 /// A grpc error not yet rendered (small, unlike [`Response`]); see [`grpc_error`].
@@ -279,11 +314,16 @@ fn ensure_object<'a>(v: &'a mut Value, key: &str) -> &'a mut serde_json::Map<Str
     if !v.is_object() {
         *v = json!({});
     }
-    let Value::Object(map) = v else { unreachable!("just made an object") };
+    let Value::Object(map) = v else {
+        unreachable!("just made an object")
+    };
     ensure_object_in(map, key)
 }
 
-fn ensure_object_in<'a>(map: &'a mut serde_json::Map<String, Value>, key: &str) -> &'a mut serde_json::Map<String, Value> {
+fn ensure_object_in<'a>(
+    map: &'a mut serde_json::Map<String, Value>,
+    key: &str,
+) -> &'a mut serde_json::Map<String, Value> {
     let slot = map.entry(key.to_string()).or_insert_with(|| json!({}));
     if !slot.is_object() {
         *slot = json!({});
@@ -297,11 +337,19 @@ fn ensure_object_in<'a>(map: &'a mut serde_json::Map<String, Value>, key: &str) 
 /// Bumps `meta.resourceVersion` and `meta.updateTime` (and `meta.generation` for spec changes).
 fn touch(cluster: &mut Value, spec_changed: bool) {
     let meta = ensure_object(cluster, "meta");
-    let rv = meta.get("resourceVersion").and_then(Value::as_str).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let rv = meta
+        .get("resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
     meta.insert("resourceVersion".into(), json!((rv + 1).to_string()));
     meta.insert("updateTime".into(), json!(now()));
     if spec_changed {
-        let g = meta.get("generation").and_then(Value::as_str).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        let g = meta
+            .get("generation")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
         meta.insert("generation".into(), json!((g + 1).to_string()));
     }
 }
@@ -319,7 +367,10 @@ fn valid_name(name: &str) -> bool {
 
 /// Checks `Authorization: Bearer <token>` or a raw token against the issued access tokens.
 fn check_auth(state: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(raw) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(raw) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return Err(ApiError(16, "missing authorization header".into()));
     };
     let raw = raw.trim();
@@ -347,7 +398,11 @@ fn key_from_query(name: &str, q: &BTreeMap<String, String>) -> ClusterKey {
             .cloned()
             .unwrap_or_else(|| "attached".to_string())
     };
-    (pick("managementClusterName"), pick("provisionerName"), name.to_string())
+    (
+        pick("managementClusterName"),
+        pick("provisionerName"),
+        name.to_string(),
+    )
 }
 
 fn camel_to_snake(s: &str) -> String {
@@ -375,7 +430,8 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice::<Value>(body).map_err(|e| ApiError(3, format!("invalid request body: {e}")))
+    serde_json::from_slice::<Value>(body)
+        .map_err(|e| ApiError(3, format!("invalid request body: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -389,23 +445,39 @@ async fn authorize(
     let form: BTreeMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let presented = form.get("refresh_token").or_else(|| q.get("refresh_token"));
     let csp_error = |status: StatusCode, msg: &str| {
-        (status, axum::Json(json!({"statusCode": status.as_u16(), "message": msg}))).into_response()
+        (
+            status,
+            axum::Json(json!({"statusCode": status.as_u16(), "message": msg})),
+        )
+            .into_response()
     };
     let Some(presented) = presented else {
-        return csp_error(StatusCode::BAD_REQUEST, "invalid_request: refresh_token is required");
+        return csp_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request: refresh_token is required",
+        );
     };
     if presented.is_empty() || *presented != state.opts.api_token {
-        return csp_error(StatusCode::BAD_REQUEST, "invalid_grant: Invalid refresh token");
+        return csp_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant: Invalid refresh token",
+        );
     }
     let ttl = state.opts.access_token_ttl;
     let access = format!("csp-at-{}{}", random_hex(), random_hex());
-    state.db().tokens.insert(access.clone(), Instant::now() + ttl);
+    state
+        .db()
+        .tokens
+        .insert(access.clone(), Instant::now() + ttl);
     let exp = chrono::Utc::now().timestamp() + ttl.as_secs() as i64;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let id_token = format!(
         "{}.{}.",
         b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
-        b64.encode(json!({"sub": "tkgops-emulator", "context_name": state.opts.org_id, "exp": exp}).to_string())
+        b64.encode(
+            json!({"sub": "tkgops-emulator", "context_name": state.opts.org_id, "exp": exp})
+                .to_string()
+        )
     );
     ok_json(json!({
         "id_token": id_token,
@@ -420,7 +492,11 @@ async fn authorize(
 // ---------------------------------------------------------------------------------------------
 // clusters
 
-async fn create_cluster(State(state): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn create_cluster(
+    State(state): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(r) = check_auth(&state, &headers) {
         return r.into_response();
     }
@@ -438,12 +514,20 @@ async fn create_cluster(State(state): State<Arc<Shared>>, headers: HeaderMap, bo
             format!("invalid cluster name {name:?}: must match ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ and be at most 63 characters"),
         );
     }
-    let mgmt = str_field(req, &["fullName", "managementClusterName"]).filter(|s| !s.is_empty()).unwrap_or("attached");
-    let prov = str_field(req, &["fullName", "provisionerName"]).filter(|s| !s.is_empty()).unwrap_or("attached");
+    let mgmt = str_field(req, &["fullName", "managementClusterName"])
+        .filter(|s| !s.is_empty())
+        .unwrap_or("attached");
+    let prov = str_field(req, &["fullName", "provisionerName"])
+        .filter(|s| !s.is_empty())
+        .unwrap_or("attached");
     let key: ClusterKey = (mgmt.to_string(), prov.to_string(), name.to_string());
 
     let meta_in = req.get("meta").cloned().unwrap_or_else(|| json!({}));
-    let mut spec = req.get("spec").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+    let mut spec = req
+        .get("spec")
+        .cloned()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
     if str_field(&spec, &["clusterGroupName"]).is_none_or(str::is_empty) {
         spec["clusterGroupName"] = json!("default");
     }
@@ -478,7 +562,15 @@ async fn create_cluster(State(state): State<Arc<Shared>>, headers: HeaderMap, bo
             "conditions": {},
         },
     });
-    db.clusters.insert(key, Record { cluster: cluster.clone(), installer_id, registration_token, detach_gets_left: None });
+    db.clusters.insert(
+        key,
+        Record {
+            cluster: cluster.clone(),
+            installer_id,
+            registration_token,
+            detach_gets_left: None,
+        },
+    );
     ok_json(json!({"cluster": cluster}))
 }
 
@@ -491,7 +583,10 @@ async fn list_clusters(
         return r.into_response();
     }
     let db = state.db();
-    let filter = |field: &str| q.get(&format!("searchScope.{field}")).filter(|s| !s.is_empty() && s.as_str() != "*");
+    let filter = |field: &str| {
+        q.get(&format!("searchScope.{field}"))
+            .filter(|s| !s.is_empty() && s.as_str() != "*")
+    };
     let clusters: Vec<Value> = db
         .clusters
         .iter()
@@ -516,13 +611,19 @@ async fn get_cluster(
     let key = key_from_query(&name, &q);
     let mut db = state.db();
     let Some(rec) = db.clusters.get_mut(&key) else {
-        return grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2));
+        return grpc_error(
+            5,
+            format!("cluster {}/{}/{} not found", key.0, key.1, key.2),
+        );
     };
     let left = rec.detach_gets_left;
     match left {
         Some(0) => {
             db.clusters.remove(&key);
-            grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2))
+            grpc_error(
+                5,
+                format!("cluster {}/{}/{} not found", key.0, key.1, key.2),
+            )
         }
         Some(n) => {
             rec.detach_gets_left = Some(n - 1);
@@ -550,7 +651,9 @@ async fn update_cluster(
         return grpc_error(3, "request body must be {\"cluster\":{…}}");
     };
     let mut key = key_from_query(&name, &q);
-    if let Some(m) = str_field(req, &["fullName", "managementClusterName"]).filter(|s| !s.is_empty()) {
+    if let Some(m) =
+        str_field(req, &["fullName", "managementClusterName"]).filter(|s| !s.is_empty())
+    {
         key.0 = m.to_string();
     }
     if let Some(p) = str_field(req, &["fullName", "provisionerName"]).filter(|s| !s.is_empty()) {
@@ -558,7 +661,10 @@ async fn update_cluster(
     }
     let mut db = state.db();
     let Some(rec) = db.clusters.get_mut(&key) else {
-        return grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2));
+        return grpc_error(
+            5,
+            format!("cluster {}/{}/{} not found", key.0, key.1, key.2),
+        );
     };
     if let Some(meta_in) = req.get("meta") {
         let meta = ensure_object(&mut rec.cluster, "meta");
@@ -577,7 +683,11 @@ async fn update_cluster(
                 spec_changed = true;
             }
         }
-        if spec.get("clusterGroupName").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if spec
+            .get("clusterGroupName")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             spec.insert("clusterGroupName".into(), json!("default"));
         }
     }
@@ -595,16 +705,24 @@ async fn delete_cluster(
         return r.into_response();
     }
     let key = key_from_query(&name, &q);
-    let force = q.get("force").is_some_and(|f| f.eq_ignore_ascii_case("true"));
+    let force = q
+        .get("force")
+        .is_some_and(|f| f.eq_ignore_ascii_case("true"));
     let mut db = state.db();
     if force {
         return match db.clusters.remove(&key) {
             Some(_) => ok_json(json!({})),
-            None => grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2)),
+            None => grpc_error(
+                5,
+                format!("cluster {}/{}/{} not found", key.0, key.1, key.2),
+            ),
         };
     }
     let Some(rec) = db.clusters.get_mut(&key) else {
-        return grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2));
+        return grpc_error(
+            5,
+            format!("cluster {}/{}/{} not found", key.0, key.1, key.2),
+        );
     };
     {
         let status = ensure_object(&mut rec.cluster, "status");
@@ -623,7 +741,10 @@ async fn post_cluster_action(
 ) -> Response {
     match name_action.split_once(':') {
         Some((name, "agentconnect")) => agent_connect(state, name.to_string(), body).await,
-        _ => grpc_error(12, format!("method POST not supported on /v1alpha1/clusters/{name_action}")),
+        _ => grpc_error(
+            12,
+            format!("method POST not supported on /v1alpha1/clusters/{name_action}"),
+        ),
     }
 }
 
@@ -633,11 +754,19 @@ async fn agent_connect(state: Arc<Shared>, name: String, body: Bytes) -> Respons
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    let mgmt = str_field(&body, &["fullName", "managementClusterName"]).filter(|s| !s.is_empty()).unwrap_or("attached");
-    let prov = str_field(&body, &["fullName", "provisionerName"]).filter(|s| !s.is_empty()).unwrap_or("attached");
+    let mgmt = str_field(&body, &["fullName", "managementClusterName"])
+        .filter(|s| !s.is_empty())
+        .unwrap_or("attached");
+    let prov = str_field(&body, &["fullName", "provisionerName"])
+        .filter(|s| !s.is_empty())
+        .unwrap_or("attached");
     let key: ClusterKey = (mgmt.to_string(), prov.to_string(), name);
-    let presented = str_field(&body, &["registrationToken"]).unwrap_or("").to_string();
-    let kube_version = str_field(&body, &["kubeServerVersion"]).unwrap_or("v1.23.8+vmware.2").to_string();
+    let presented = str_field(&body, &["registrationToken"])
+        .unwrap_or("")
+        .to_string();
+    let kube_version = str_field(&body, &["kubeServerVersion"])
+        .unwrap_or("v1.23.8+vmware.2")
+        .to_string();
     let node_count = match body.get("nodeCount") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
@@ -646,7 +775,10 @@ async fn agent_connect(state: Arc<Shared>, name: String, body: Bytes) -> Respons
     {
         let db = state.db();
         let Some(rec) = db.clusters.get(&key) else {
-            return grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2));
+            return grpc_error(
+                5,
+                format!("cluster {}/{}/{} not found", key.0, key.1, key.2),
+            );
         };
         if presented.is_empty() || presented != rec.registration_token {
             return grpc_error(7, "registration token is invalid for this cluster");
@@ -655,7 +787,9 @@ async fn agent_connect(state: Arc<Shared>, name: String, body: Bytes) -> Respons
     let delay = state.opts.agent_connect_delay;
     let connect = move |state: &Shared| {
         let mut db = state.db();
-        let Some(rec) = db.clusters.get_mut(&key) else { return };
+        let Some(rec) = db.clusters.get_mut(&key) else {
+            return;
+        };
         if rec.detach_gets_left.is_some() {
             return;
         }
@@ -718,7 +852,10 @@ async fn cluster_manifest(
     let db = state.db();
     match db.clusters.get(&key) {
         Some(rec) => ok_json(json!({"manifest": render_installer(&state, &key, rec)})),
-        None => grpc_error(5, format!("cluster {}/{}/{} not found", key.0, key.1, key.2)),
+        None => grpc_error(
+            5,
+            format!("cluster {}/{}/{} not found", key.0, key.1, key.2),
+        ),
     }
 }
 
@@ -734,14 +871,23 @@ fn render_installer(state: &Shared, key: &ClusterKey, rec: &Record) -> String {
     })
 }
 
-async fn installer(State(state): State<Arc<Shared>>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+async fn installer(
+    State(state): State<Arc<Shared>>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
     let id = q.get("id").map(String::as_str).unwrap_or("");
     let db = state.db();
-    let found = db.clusters.iter().find(|(_, r)| !id.is_empty() && r.installer_id == id);
+    let found = db
+        .clusters
+        .iter()
+        .find(|(_, r)| !id.is_empty() && r.installer_id == id);
     match found {
-        Some((key, rec)) => {
-            (StatusCode::OK, [(header::CONTENT_TYPE, "text/yaml")], render_installer(&state, key, rec)).into_response()
-        }
+        Some((key, rec)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/yaml")],
+            render_installer(&state, key, rec),
+        )
+            .into_response(),
         None => grpc_error(5, "installer not found"),
     }
 }

@@ -32,7 +32,12 @@ pub const THROTTLING_CODES: &[&str] = &[
 ];
 
 /// Server-side error codes EC2 documents as "retry the request" (errors-overview, server errors).
-pub const SERVER_CODES: &[&str] = &["InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable"];
+pub const SERVER_CODES: &[&str] = &[
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "Unavailable",
+];
 
 /// The EC2 error code of `err` (`ProvideErrorMetadata::code`), if the service answered with one.
 pub fn error_code<E>(err: &SdkError<E, HttpResponse>) -> Option<&str>
@@ -51,7 +56,9 @@ where
     E: ProvideErrorMetadata,
 {
     match err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
         SdkError::ConstructionFailure(_) => false,
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or("");
@@ -83,7 +90,10 @@ where
         ),
         SdkError::TimeoutError(_) => format!("timed out: {}", DisplayErrorContext(&err)),
         SdkError::DispatchFailure(_) => {
-            format!("could not reach the EC2 endpoint: {}", DisplayErrorContext(&err))
+            format!(
+                "could not reach the EC2 endpoint: {}",
+                DisplayErrorContext(&err)
+            )
         }
         SdkError::ResponseError(_) => format!("unparsable response: {}", DisplayErrorContext(&err)),
         SdkError::ConstructionFailure(_) => format!(
@@ -110,14 +120,20 @@ mod tests {
     fn service_error(code: &str, status: u16) -> SdkError<DescribeVpcsError, HttpResponse> {
         let meta = ErrorMetadata::builder().code(code).message("boom").build();
         let status = status.try_into().unwrap_or_else(|_| unreachable!());
-        SdkError::service_error(DescribeVpcsError::generic(meta), HttpResponse::new(status, "".into()))
+        SdkError::service_error(
+            DescribeVpcsError::generic(meta),
+            HttpResponse::new(status, "".into()),
+        )
     }
 
     #[test]
     fn throttling_and_5xx_are_transient() {
-        for (code, status) in
-            [("RequestLimitExceeded", 503), ("Throttling", 400), ("InternalError", 500), ("Whatever", 502)]
-        {
+        for (code, status) in [
+            ("RequestLimitExceeded", 503),
+            ("Throttling", 400),
+            ("InternalError", 500),
+            ("Whatever", 502),
+        ] {
             let err = classify("DescribeVpcs", "us-west-2", service_error(code, status));
             assert!(err.is_transient(), "{code} {status}: {err:?}");
         }
@@ -125,7 +141,11 @@ mod tests {
 
     #[test]
     fn client_errors_are_permanent_and_named() {
-        let err = classify("DescribeVpcs", "us-west-2", service_error("UnauthorizedOperation", 403));
+        let err = classify(
+            "DescribeVpcs",
+            "us-west-2",
+            service_error("UnauthorizedOperation", 403),
+        );
         assert_eq!(
             err,
             StepError::Permanent(
@@ -138,7 +158,8 @@ mod tests {
     fn dispatch_and_timeouts_are_transient() {
         let e: SdkError<DescribeVpcsError, HttpResponse> = SdkError::timeout_error("slow");
         assert!(is_transient(&e));
-        let e: SdkError<DescribeVpcsError, HttpResponse> = SdkError::construction_failure("no credentials");
+        let e: SdkError<DescribeVpcsError, HttpResponse> =
+            SdkError::construction_failure("no credentials");
         assert!(!is_transient(&e));
     }
 }

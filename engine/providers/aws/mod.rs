@@ -94,7 +94,11 @@ impl AwsExecutor {
     /// An executor whose EC2 clients use `endpoint_url` (e.g. moto's; `None` = AWS's regional
     /// endpoints or `AWS_ENDPOINT_URL`) and the default credential chain.
     pub fn new(endpoint_url: Option<String>) -> Self {
-        AwsExecutor { endpoint_url, credentials: None, clients: tokio::sync::Mutex::new(HashMap::new()) }
+        AwsExecutor {
+            endpoint_url,
+            credentials: None,
+            clients: tokio::sync::Mutex::new(HashMap::new()),
+        }
     }
 
     /// Uses static `credentials` instead of the default chain (sandbox and tests; e.g.
@@ -115,7 +119,12 @@ impl AwsExecutor {
         if let Some(c) = clients.get(region) {
             return c.clone();
         }
-        let c = build_client(region, self.endpoint_url.as_deref(), self.credentials.as_ref()).await;
+        let c = build_client(
+            region,
+            self.endpoint_url.as_deref(),
+            self.credentials.as_ref(),
+        )
+        .await;
         clients.insert(region.to_string(), c.clone());
         c
     }
@@ -143,10 +152,14 @@ impl StepExecutor for AwsExecutor {
         }
         let inputs = PreflightInputs::from_json(&ctx.step.inputs)?;
         let client = self.client(&inputs.region).await;
-        let fallback =
-            if inputs.region == FALLBACK_REGION { None } else { Some(self.client(FALLBACK_REGION).await) };
+        let fallback = if inputs.region == FALLBACK_REGION {
+            None
+        } else {
+            Some(self.client(FALLBACK_REGION).await)
+        };
         let out = preflight::run(&client, fallback.as_ref(), &inputs, &ctx.progress).await?;
-        serde_json::to_value(&out)
-            .map_err(|e| StepError::Permanent(format!("aws.preflight: cannot serialize output: {e}")))
+        serde_json::to_value(&out).map_err(|e| {
+            StepError::Permanent(format!("aws.preflight: cannot serialize output: {e}"))
+        })
     }
 }

@@ -145,7 +145,9 @@ impl PreflightInputs {
             ("instanceTypes", inputs.instance_types.is_empty()),
         ] {
             if empty {
-                return Err(StepError::Permanent(format!("aws.preflight: input {field} is empty")));
+                return Err(StepError::Permanent(format!(
+                    "aws.preflight: input {field} is empty"
+                )));
             }
         }
         Ok(inputs)
@@ -191,23 +193,44 @@ pub async fn run(
     progress: &ProgressSink,
 ) -> Result<PreflightOutput, StepError> {
     let region = inputs.region.as_str();
-    let cluster_cidr =
-        parse_cidr("CLUSTER_CIDR", inputs.cluster_cidr.as_deref().unwrap_or(DEFAULT_CLUSTER_CIDR))?;
-    let service_cidr =
-        parse_cidr("SERVICE_CIDR", inputs.service_cidr.as_deref().unwrap_or(DEFAULT_SERVICE_CIDR))?;
+    let cluster_cidr = parse_cidr(
+        "CLUSTER_CIDR",
+        inputs
+            .cluster_cidr
+            .as_deref()
+            .unwrap_or(DEFAULT_CLUSTER_CIDR),
+    )?;
+    let service_cidr = parse_cidr(
+        "SERVICE_CIDR",
+        inputs
+            .service_cidr
+            .as_deref()
+            .unwrap_or(DEFAULT_SERVICE_CIDR),
+    )?;
     let azs = dedup(&inputs.azs);
     let instance_types = dedup(&inputs.instance_types);
 
     progress.report(&format!("1/6 checking region {region}"));
     check_region(client, fallback, region).await?;
 
-    progress.report(&format!("2/6 checking availability zones {}", azs.join(", ")));
+    progress.report(&format!(
+        "2/6 checking availability zones {}",
+        azs.join(", ")
+    ));
     check_azs(client, region, &azs).await?;
 
-    progress.report(&format!("3/6 checking instance types {}", instance_types.join(", ")));
+    progress.report(&format!(
+        "3/6 checking instance types {}",
+        instance_types.join(", ")
+    ));
     check_instance_types(client, region, &instance_types, &azs).await?;
 
-    let (vpc_cidrs, subnets) = match inputs.vpc.existing_id.as_deref().filter(|s| !s.trim().is_empty()) {
+    let (vpc_cidrs, subnets) = match inputs
+        .vpc
+        .existing_id
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
         Some(vpc_id) => {
             progress.report(&format!("4/6 checking VPC {vpc_id} and its subnets"));
             let cidrs = describe_vpc_cidrs(client, region, vpc_id).await?;
@@ -216,7 +239,9 @@ pub async fn run(
         }
         None => {
             let cidr_text = inputs.vpc.cidr.as_deref().unwrap_or(DEFAULT_VPC_CIDR);
-            progress.report(&format!("4/6 checking new VPC CIDR {cidr_text} against existing VPCs"));
+            progress.report(&format!(
+                "4/6 checking new VPC CIDR {cidr_text} against existing VPCs"
+            ));
             let cidr = parse_cidr("AWS_VPC_CIDR", cidr_text)?;
             check_new_vpc(client, region, &cidr, inputs).await?;
             (vec![cidr], None)
@@ -241,7 +266,8 @@ pub async fn run(
                 subnets.len(),
                 inputs.cluster_name
             ));
-            let (tagged, already) = tag_subnets(client, region, &inputs.cluster_name, &subnets).await?;
+            let (tagged, already) =
+                tag_subnets(client, region, &inputs.cluster_name, &subnets).await?;
             output.vpc_id = Some(vpc_id.to_string());
             output.tagged_subnets = tagged;
             output.already_tagged = already;
@@ -253,7 +279,11 @@ pub async fn run(
 
 fn dedup(items: &[String]) -> Vec<String> {
     let mut seen = BTreeSet::new();
-    items.iter().map(|s| s.trim().to_string()).filter(|s| seen.insert(s.clone())).collect()
+    items
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| seen.insert(s.clone()))
+        .collect()
 }
 
 /// Check 1: the region name is well formed, listed by `DescribeRegions` (all regions) and not
@@ -274,14 +304,26 @@ async fn check_region(
         Ok(out) => out,
         Err(e) => {
             let err = classify("DescribeRegions", region, e);
-            let Some(fallback) = fallback.filter(|_| err.is_transient()) else { return Err(err) };
+            let Some(fallback) = fallback.filter(|_| err.is_transient()) else {
+                return Err(err);
+            };
             match fallback.describe_regions().all_regions(true).send().await {
-                Ok(out) if !out.regions().iter().any(|r| r.region_name() == Some(region)) => out,
+                Ok(out)
+                    if !out
+                        .regions()
+                        .iter()
+                        .any(|r| r.region_name() == Some(region)) =>
+                {
+                    out
+                }
                 _ => return Err(err),
             }
         }
     };
-    let found = out.regions().iter().find(|r| r.region_name() == Some(region));
+    let found = out
+        .regions()
+        .iter()
+        .find(|r| r.region_name() == Some(region));
     match found {
         None => Err(permanent(format!(
             "region check: region {region} does not exist (DescribeRegions lists {} regions, not this one)",
@@ -299,12 +341,20 @@ async fn check_region(
 pub fn is_region_name(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() >= 3
-        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
-        && parts.last().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts
+            .last()
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Check 2: every AZ exists in the region and is available; the region has ≥ 3 available AZs.
-async fn check_azs(client: &aws_sdk_ec2::Client, region: &str, azs: &[String]) -> Result<(), StepError> {
+async fn check_azs(
+    client: &aws_sdk_ec2::Client,
+    region: &str,
+    azs: &[String],
+) -> Result<(), StepError> {
     let out = client
         .describe_availability_zones()
         .send()
@@ -314,7 +364,10 @@ async fn check_azs(client: &aws_sdk_ec2::Client, region: &str, azs: &[String]) -
     let mut available_azs = 0usize;
     for z in out.availability_zones() {
         let Some(name) = z.zone_name() else { continue };
-        let state = z.state().map(|s| s.as_str().to_string()).unwrap_or_default();
+        let state = z
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default();
         let is_az = z.zone_type().is_none_or(|t| t == "availability-zone");
         if is_az && state == "available" {
             available_azs += 1;
@@ -354,12 +407,16 @@ async fn check_instance_types(
     azs: &[String],
 ) -> Result<(), StepError> {
     for t in types {
-        let res =
-            client.describe_instance_types().instance_types(InstanceType::from(t.as_str())).send().await;
+        let res = client
+            .describe_instance_types()
+            .instance_types(InstanceType::from(t.as_str()))
+            .send()
+            .await;
         let exists = match res {
-            Ok(out) => {
-                out.instance_types().iter().any(|i| i.instance_type().map(|x| x.as_str()) == Some(t.as_str()))
-            }
+            Ok(out) => out
+                .instance_types()
+                .iter()
+                .any(|i| i.instance_type().map(|x| x.as_str()) == Some(t.as_str())),
             Err(e) if error_code(&e) == Some("InvalidInstanceType") => false,
             Err(e) => return Err(classify("DescribeInstanceTypes", region, e)),
         };
@@ -373,12 +430,24 @@ async fn check_instance_types(
     let mut pages = client
         .describe_instance_type_offerings()
         .location_type(LocationType::AvailabilityZone)
-        .filters(Filter::builder().name("location").set_values(Some(azs.to_vec())).build())
-        .filters(Filter::builder().name("instance-type").set_values(Some(types.to_vec())).build())
+        .filters(
+            Filter::builder()
+                .name("location")
+                .set_values(Some(azs.to_vec()))
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-type")
+                .set_values(Some(types.to_vec()))
+                .build(),
+        )
         .into_paginator()
         .send();
-    while let Some(page) =
-        pages.try_next().await.map_err(|e| classify("DescribeInstanceTypeOfferings", region, e))?
+    while let Some(page) = pages
+        .try_next()
+        .await
+        .map_err(|e| classify("DescribeInstanceTypeOfferings", region, e))?
     {
         for o in page.instance_type_offerings() {
             if let (Some(t), Some(loc)) = (o.instance_type(), o.location()) {
@@ -409,13 +478,23 @@ async fn describe_vpc_cidrs(
     region: &str,
     vpc_id: &str,
 ) -> Result<Vec<IpNet>, StepError> {
-    let not_found = || permanent(format!("VPC check: VPC {vpc_id} not found in region {region}"));
+    let not_found = || {
+        permanent(format!(
+            "VPC check: VPC {vpc_id} not found in region {region}"
+        ))
+    };
     let out = match client.describe_vpcs().vpc_ids(vpc_id).send().await {
         Ok(out) => out,
-        Err(e) if error_code(&e).is_some_and(|c| c.starts_with("InvalidVpcID")) => return Err(not_found()),
+        Err(e) if error_code(&e).is_some_and(|c| c.starts_with("InvalidVpcID")) => {
+            return Err(not_found())
+        }
         Err(e) => return Err(classify("DescribeVpcs", region, e)),
     };
-    let vpc = out.vpcs().iter().find(|v| v.vpc_id() == Some(vpc_id)).ok_or_else(not_found)?;
+    let vpc = out
+        .vpcs()
+        .iter()
+        .find(|v| v.vpc_id() == Some(vpc_id))
+        .ok_or_else(not_found)?;
     Ok(vpc_cidrs(vpc))
 }
 
@@ -463,8 +542,16 @@ async fn check_existing_subnets(
                 azs.join(", ")
             )));
         }
-        let private = s.private_id.as_deref().map(str::trim).filter(|x| !x.is_empty());
-        let public = s.public_id.as_deref().map(str::trim).filter(|x| !x.is_empty());
+        let private = s
+            .private_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|x| !x.is_empty());
+        let public = s
+            .public_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|x| !x.is_empty());
         let Some(private) = private else {
             return Err(permanent(format!(
                 "subnet check: the private subnet id for AZ {} is required with an existing VPC ({vpc_id}) (R15)",
@@ -486,7 +573,9 @@ async fn check_existing_subnets(
     let mut seen = BTreeSet::new();
     for (id, _, _) in &wanted {
         if !seen.insert(id.clone()) {
-            return Err(permanent(format!("subnet check: subnet {id} is listed more than once")));
+            return Err(permanent(format!(
+                "subnet check: subnet {id} is listed more than once"
+            )));
         }
     }
 
@@ -494,10 +583,19 @@ async fn check_existing_subnets(
     let mut found: HashMap<String, Subnet> = HashMap::new();
     let mut pages = client
         .describe_subnets()
-        .filters(Filter::builder().name("subnet-id").set_values(Some(ids.clone())).build())
+        .filters(
+            Filter::builder()
+                .name("subnet-id")
+                .set_values(Some(ids.clone()))
+                .build(),
+        )
         .into_paginator()
         .send();
-    while let Some(page) = pages.try_next().await.map_err(|e| classify("DescribeSubnets", region, e))? {
+    while let Some(page) = pages
+        .try_next()
+        .await
+        .map_err(|e| classify("DescribeSubnets", region, e))?
+    {
         for s in page.subnets() {
             if let Some(id) = s.subnet_id() {
                 found.insert(id.to_string(), s.clone());
@@ -512,13 +610,20 @@ async fn check_existing_subnets(
             None => missing.push(id.clone()),
             Some(s) if s.vpc_id() != Some(vpc_id) => {
                 missing.push(id.clone());
-                elsewhere.push(format!("{id} is in {}", s.vpc_id().unwrap_or("another VPC")));
+                elsewhere.push(format!(
+                    "{id} is in {}",
+                    s.vpc_id().unwrap_or("another VPC")
+                ));
             }
             Some(_) => {}
         }
     }
     if !missing.is_empty() {
-        let note = if elsewhere.is_empty() { String::new() } else { format!(" ({})", elsewhere.join("; ")) };
+        let note = if elsewhere.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", elsewhere.join("; "))
+        };
         return Err(permanent(format!(
             "subnet check: cannot find subnet(s) {} in VPC {vpc_id} (region {region}){note}",
             missing.join(", ")
@@ -526,8 +631,9 @@ async fn check_existing_subnets(
     }
     let mut result = Vec::new();
     for (id, az, role) in wanted {
-        let subnet =
-            found.remove(&id).ok_or_else(|| permanent(format!("subnet check: subnet {id} vanished")))?;
+        let subnet = found
+            .remove(&id)
+            .ok_or_else(|| permanent(format!("subnet check: subnet {id} vanished")))?;
         let actual = subnet.availability_zone().unwrap_or("");
         if actual != az {
             return Err(permanent(format!(
@@ -557,20 +663,30 @@ async fn check_new_vpc(
             }
         }
         for (what, c) in [("private", &s.private_cidr), ("public", &s.public_cidr)] {
-            let Some(c) = c.as_deref().filter(|c| !c.trim().is_empty()) else { continue };
+            let Some(c) = c.as_deref().filter(|c| !c.trim().is_empty()) else {
+                continue;
+            };
             let label = format!("{what} subnet CIDR of AZ {}", s.az);
             let net = parse_cidr(&label, c)?;
             if !cidr.contains(&net) {
-                return Err(permanent(format!("VPC check: {label} {net} is not inside the VPC CIDR {cidr}")));
+                return Err(permanent(format!(
+                    "VPC check: {label} {net} is not inside the VPC CIDR {cidr}"
+                )));
             }
             if let Some((other, _)) = subnet_cidrs.iter().find(|(_, o)| overlaps(o, &net)) {
-                return Err(permanent(format!("VPC check: {label} {net} overlaps the {other}")));
+                return Err(permanent(format!(
+                    "VPC check: {label} {net} overlaps the {other}"
+                )));
             }
             subnet_cidrs.push((label, net));
         }
     }
     let mut pages = client.describe_vpcs().into_paginator().send();
-    while let Some(page) = pages.try_next().await.map_err(|e| classify("DescribeVpcs", region, e))? {
+    while let Some(page) = pages
+        .try_next()
+        .await
+        .map_err(|e| classify("DescribeVpcs", region, e))?
+    {
         for vpc in page.vpcs() {
             if let Some(existing) = vpc_cidrs(vpc).into_iter().find(|c| overlaps(c, cidr)) {
                 return Err(permanent(format!(
@@ -584,14 +700,22 @@ async fn check_new_vpc(
 }
 
 /// Check 5: pods and services do not collide with the node network or each other.
-fn check_pod_service_cidrs(cluster: &IpNet, service: &IpNet, vpc_cidrs: &[IpNet]) -> Result<(), StepError> {
+fn check_pod_service_cidrs(
+    cluster: &IpNet,
+    service: &IpNet,
+    vpc_cidrs: &[IpNet],
+) -> Result<(), StepError> {
     for (name, net) in [("CLUSTER_CIDR", cluster), ("SERVICE_CIDR", service)] {
         if let Some(v) = vpc_cidrs.iter().find(|v| overlaps(v, net)) {
-            return Err(permanent(format!("CIDR check: {name} {net} overlaps the VPC CIDR {v}")));
+            return Err(permanent(format!(
+                "CIDR check: {name} {net} overlaps the VPC CIDR {v}"
+            )));
         }
     }
     if overlaps(cluster, service) {
-        return Err(permanent(format!("CIDR check: CLUSTER_CIDR {cluster} overlaps SERVICE_CIDR {service}")));
+        return Err(permanent(format!(
+            "CIDR check: CLUSTER_CIDR {cluster} overlaps SERVICE_CIDR {service}"
+        )));
     }
     Ok(())
 }
@@ -622,7 +746,10 @@ async fn tag_subnets(
             already.push(id.to_string());
             continue;
         }
-        let keys: Vec<String> = missing.iter().filter_map(|t| t.key().map(str::to_string)).collect();
+        let keys: Vec<String> = missing
+            .iter()
+            .filter_map(|t| t.key().map(str::to_string))
+            .collect();
         client
             .create_tags()
             .resources(id)
@@ -665,10 +792,22 @@ mod tests {
 
     #[test]
     fn region_names() {
-        for ok in ["us-west-2", "us-gov-east-1", "ap-southeast-3", "eu-central-1"] {
+        for ok in [
+            "us-west-2",
+            "us-gov-east-1",
+            "ap-southeast-3",
+            "eu-central-1",
+        ] {
             assert!(is_region_name(ok), "{ok}");
         }
-        for bad in ["", "us-west", "US-WEST-2", "us_west_2", "us-west-2a", "-west-2"] {
+        for bad in [
+            "",
+            "us-west",
+            "US-WEST-2",
+            "us_west_2",
+            "us-west-2a",
+            "-west-2",
+        ] {
             assert!(!is_region_name(bad), "{bad}");
         }
     }
@@ -676,8 +815,12 @@ mod tests {
     #[test]
     fn cidr_check_names_the_variable() {
         let vpc: IpNet = "100.64.0.0/16".parse().unwrap_or_else(|_| unreachable!());
-        let cl: IpNet = DEFAULT_CLUSTER_CIDR.parse().unwrap_or_else(|_| unreachable!());
-        let sv: IpNet = DEFAULT_SERVICE_CIDR.parse().unwrap_or_else(|_| unreachable!());
+        let cl: IpNet = DEFAULT_CLUSTER_CIDR
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        let sv: IpNet = DEFAULT_SERVICE_CIDR
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
         let err = check_pod_service_cidrs(&cl, &sv, &[vpc]).err();
         assert!(matches!(err, Some(StepError::Permanent(m)) if m.contains("SERVICE_CIDR")));
     }

@@ -36,7 +36,11 @@ pub fn fit_comment(body: &str, marker: &str) -> String {
     }
     let reserve = note(total).chars().count() + marker.chars().count() + 1 + "\n```".len();
     let keep = MAX_COMMENT_CHARS.saturating_sub(reserve);
-    let cut = body.char_indices().nth(keep).map(|(i, _)| i).unwrap_or(body.len());
+    let cut = body
+        .char_indices()
+        .nth(keep)
+        .map(|(i, _)| i)
+        .unwrap_or(body.len());
     let mut out = body[..cut].to_string();
     if let Some(pos) = out.rfind('\n') {
         if out.len() - pos < 2000 {
@@ -61,7 +65,10 @@ pub fn fit_status_description(description: &str) -> String {
     if description.chars().count() <= MAX_STATUS_DESCRIPTION_CHARS {
         return description.to_string();
     }
-    let mut s: String = description.chars().take(MAX_STATUS_DESCRIPTION_CHARS - 1).collect();
+    let mut s: String = description
+        .chars()
+        .take(MAX_STATUS_DESCRIPTION_CHARS - 1)
+        .collect();
     s.push('…');
     s
 }
@@ -73,7 +80,10 @@ mod tests {
     #[test]
     fn short_bodies_get_the_marker_only() {
         assert_eq!(fit_comment("hello", "<!-- m -->"), "<!-- m -->\nhello");
-        assert_eq!(fit_comment("<!-- m -->\nhello", "<!-- m -->"), "<!-- m -->\nhello");
+        assert_eq!(
+            fit_comment("<!-- m -->\nhello", "<!-- m -->"),
+            "<!-- m -->\nhello"
+        );
     }
 
     #[test]

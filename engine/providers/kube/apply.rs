@@ -37,10 +37,17 @@ pub(crate) struct DiscoveryCache {
 
 impl DiscoveryCache {
     fn get(&self, key: &(String, String, String)) -> Option<Resolved> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
     fn put(&self, key: (String, String, String), r: Resolved) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(key, r);
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, r);
     }
 }
 
@@ -62,21 +69,30 @@ fn parse_docs(yaml: &str) -> Result<Vec<Doc>, StepError> {
     for (i, de) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
         let index = i + 1;
         let value = Value::deserialize(de).map_err(|e| {
-            let at = e.location().map(|l| format!(" at line {} column {}", l.line(), l.column())).unwrap_or_default();
+            let at = e
+                .location()
+                .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+                .unwrap_or_default();
             StepError::Permanent(format!("manifest document {index}: invalid YAML{at}"))
         })?;
         match value {
             Value::Null => continue,
             Value::Object(ref m) if m.is_empty() => continue,
             Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
-                let items = m.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                let items = m
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 for item in items {
                     out.push(Doc { index, obj: item });
                 }
             }
             Value::Object(_) => out.push(Doc { index, obj: value }),
             _ => {
-                return Err(StepError::Permanent(format!("manifest document {index}: not a Kubernetes object (a mapping)")))
+                return Err(StepError::Permanent(format!(
+                    "manifest document {index}: not a Kubernetes object (a mapping)"
+                )))
             }
         }
     }
@@ -95,7 +111,9 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 fn rank(obj: &Value) -> u8 {
     match (str_at(obj, &["apiVersion"]), str_at(obj, &["kind"])) {
         (Some("v1"), Some("Namespace")) => 0,
-        (Some(av), Some("CustomResourceDefinition")) if av.starts_with("apiextensions.k8s.io/") => 1,
+        (Some(av), Some("CustomResourceDefinition")) if av.starts_with("apiextensions.k8s.io/") => {
+            1
+        }
         _ => 2,
     }
 }
@@ -133,9 +151,13 @@ async fn resolve(
     let (group, version) = split_api_version(api_version);
     let gvk = GroupVersionKind::gvk(&group, &version, kind);
     let unknown = || {
-        let msg = format!("{what}: kind {kind} of apiVersion {api_version} is not served by the API server");
+        let msg = format!(
+            "{what}: kind {kind} of apiVersion {api_version} is not served by the API server"
+        );
         if crd_defined {
-            StepError::Transient(format!("{msg} yet (its CustomResourceDefinition is in this manifest)"))
+            StepError::Transient(format!(
+                "{msg} yet (its CustomResourceDefinition is in this manifest)"
+            ))
         } else {
             StepError::Permanent(msg)
         }
@@ -146,7 +168,10 @@ async fn resolve(
         Err(kube::Error::Api(s)) if s.code == 404 => return Err(unknown()),
         Err(e) => return Err(classify(&format!("{what}: discovery of {api_version}"), &e)),
     };
-    let r = Resolved { ar, namespaced: matches!(caps.scope, Scope::Namespaced) };
+    let r = Resolved {
+        ar,
+        namespaced: matches!(caps.scope, Scope::Namespaced),
+    };
     if let (Some((c, _)), Some(k)) = (cache, shared_key) {
         c.put(k, r.clone());
     }
@@ -167,14 +192,20 @@ pub(crate) async fn apply_yaml(
         .iter()
         .filter(|d| rank(&d.obj) == 1)
         .filter_map(|d| {
-            Some((str_at(&d.obj, &["spec", "group"])?.to_string(), str_at(&d.obj, &["spec", "names", "kind"])?.to_string()))
+            Some((
+                str_at(&d.obj, &["spec", "group"])?.to_string(),
+                str_at(&d.obj, &["spec", "names", "kind"])?.to_string(),
+            ))
         })
         .collect();
     let mut local = HashMap::new();
     let mut applied = Vec::with_capacity(docs.len());
     for doc in docs {
         let index = doc.index;
-        let (api_version, kind) = match (str_at(&doc.obj, &["apiVersion"]), str_at(&doc.obj, &["kind"])) {
+        let (api_version, kind) = match (
+            str_at(&doc.obj, &["apiVersion"]),
+            str_at(&doc.obj, &["kind"]),
+        ) {
             (Some(a), Some(k)) if !a.is_empty() && !k.is_empty() => (a.to_string(), k.to_string()),
             _ => {
                 return Err(StepError::Permanent(format!(
@@ -182,15 +213,30 @@ pub(crate) async fn apply_yaml(
                 )))
             }
         };
-        let name = str_at(&doc.obj, &["metadata", "name"]).unwrap_or("").to_string();
+        let name = str_at(&doc.obj, &["metadata", "name"])
+            .unwrap_or("")
+            .to_string();
         let what = format!("manifest document {index} ({kind}/{name})");
         let crd_defined = crd_kinds.contains(&(split_api_version(&api_version).0, kind.clone()));
-        let resolved = resolve(client, cache, &mut local, &api_version, &kind, crd_defined, &what).await?;
-        let (label, _) = apply_object(client, &resolved, doc.obj, field_manager).await.map_err(|e| match e {
-            StepError::Permanent(m) if m.starts_with("manifest") => StepError::Permanent(m),
-            StepError::Permanent(m) if name.is_empty() => StepError::Permanent(format!("manifest document {index}: {m}")),
-            other => other,
-        })?;
+        let resolved = resolve(
+            client,
+            cache,
+            &mut local,
+            &api_version,
+            &kind,
+            crd_defined,
+            &what,
+        )
+        .await?;
+        let (label, _) = apply_object(client, &resolved, doc.obj, field_manager)
+            .await
+            .map_err(|e| match e {
+                StepError::Permanent(m) if m.starts_with("manifest") => StepError::Permanent(m),
+                StepError::Permanent(m) if name.is_empty() => {
+                    StepError::Permanent(format!("manifest document {index}: {m}"))
+                }
+                other => other,
+            })?;
         tracing::debug!(object = %label, "applied");
         applied.push(label);
     }
@@ -212,17 +258,33 @@ pub async fn apply_object(
     field_manager: &str,
 ) -> Result<(String, Value), StepError> {
     let kind = resolved.ar.kind.clone();
-    let name = str_at(&obj, &["metadata", "name"]).unwrap_or("").to_string();
+    let name = str_at(&obj, &["metadata", "name"])
+        .unwrap_or("")
+        .to_string();
     if name.is_empty() {
-        return Err(StepError::Permanent(format!("{kind}: metadata.name is required for server-side apply")));
+        return Err(StepError::Permanent(format!(
+            "{kind}: metadata.name is required for server-side apply"
+        )));
     }
     let namespace = if resolved.namespaced {
-        Some(str_at(&obj, &["metadata", "namespace"]).filter(|s| !s.is_empty()).unwrap_or(client.default_namespace()).to_string())
+        Some(
+            str_at(&obj, &["metadata", "namespace"])
+                .filter(|s| !s.is_empty())
+                .unwrap_or(client.default_namespace())
+                .to_string(),
+        )
     } else {
         None
     };
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        for k in ["resourceVersion", "uid", "managedFields", "creationTimestamp", "generation", "selfLink"] {
+        for k in [
+            "resourceVersion",
+            "uid",
+            "managedFields",
+            "creationTimestamp",
+            "generation",
+            "selfLink",
+        ] {
             meta.remove(k);
         }
         match &namespace {
@@ -243,7 +305,10 @@ pub async fn apply_object(
         None => Api::all_with(client.clone(), &resolved.ar),
     };
     let params = PatchParams::apply(field_manager).force();
-    let stored = api.patch(&name, &params, &Patch::Apply(&obj)).await.map_err(|e| classify(&label, &e))?;
+    let stored = api
+        .patch(&name, &params, &Patch::Apply(&obj))
+        .await
+        .map_err(|e| classify(&label, &e))?;
     let stored = serde_json::to_value(stored).unwrap_or(Value::Null);
     Ok((label, stored))
 }
@@ -274,6 +339,9 @@ mod tests {
         let cm = serde_json::json!({"apiVersion":"v1","kind":"ConfigMap"});
         assert!(rank(&ns) < rank(&crd) && rank(&crd) < rank(&cm));
         assert_eq!(split_api_version("v1"), (String::new(), "v1".to_string()));
-        assert_eq!(split_api_version("cluster.x-k8s.io/v1beta1").0, "cluster.x-k8s.io");
+        assert_eq!(
+            split_api_version("cluster.x-k8s.io/v1beta1").0,
+            "cluster.x-k8s.io"
+        );
     }
 }

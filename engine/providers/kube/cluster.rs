@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::Value;
 
-use super::{classify, custom_resource, parse_inputs, ClusterInputs, KubeProvider, PollErrors, ProgressDedup};
+use super::{
+    classify, custom_resource, parse_inputs, ClusterInputs, KubeProvider, PollErrors, ProgressDedup,
+};
 use crate::runner::{StepContext, StepError};
 
 /// Label Cluster API puts on every object of a cluster.
@@ -30,11 +32,21 @@ pub fn cluster_resource() -> kube::discovery::ApiResource {
 }
 /// `controlplane.cluster.x-k8s.io/v1beta1` KubeadmControlPlane.
 pub fn kcp_resource() -> kube::discovery::ApiResource {
-    custom_resource("controlplane.cluster.x-k8s.io", "v1beta1", "KubeadmControlPlane", "kubeadmcontrolplanes")
+    custom_resource(
+        "controlplane.cluster.x-k8s.io",
+        "v1beta1",
+        "KubeadmControlPlane",
+        "kubeadmcontrolplanes",
+    )
 }
 /// `cluster.x-k8s.io/v1beta1` MachineDeployment.
 pub fn md_resource() -> kube::discovery::ApiResource {
-    custom_resource("cluster.x-k8s.io", "v1beta1", "MachineDeployment", "machinedeployments")
+    custom_resource(
+        "cluster.x-k8s.io",
+        "v1beta1",
+        "MachineDeployment",
+        "machinedeployments",
+    )
 }
 
 /// One observation of a cluster's state.
@@ -80,7 +92,10 @@ impl ClusterState {
         if self.kcp_count == 0 {
             s.push_str("; control plane not created yet");
         } else {
-            s.push_str(&format!("; control plane {}/{} ready", self.cp_ready, self.cp_desired));
+            s.push_str(&format!(
+                "; control plane {}/{} ready",
+                self.cp_ready, self.cp_desired
+            ));
         }
         for (name, (r, d)) in &self.machine_deployments {
             let short = self.md_short_names.get(name).unwrap_or(name);
@@ -98,8 +113,11 @@ impl ClusterState {
 
     /// The step output: `{"phase", "controlPlane": "3/3", "machineDeployments": {name: "1/1"}}`.
     pub fn output(&self) -> Value {
-        let mds: serde_json::Map<String, Value> =
-            self.machine_deployments.iter().map(|(n, (r, d))| (n.clone(), Value::String(format!("{r}/{d}")))).collect();
+        let mds: serde_json::Map<String, Value> = self
+            .machine_deployments
+            .iter()
+            .map(|(n, (r, d))| (n.clone(), Value::String(format!("{r}/{d}"))))
+            .collect();
         serde_json::json!({
             "phase": self.phase,
             "controlPlane": format!("{}/{}", self.cp_ready, self.cp_desired),
@@ -110,7 +128,10 @@ impl ClusterState {
 
 /// The condition of `type` in `status.conditions` of `obj`.
 pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
-    obj.pointer("/status/conditions")?.as_array()?.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(type_))
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(type_))
 }
 
 fn cond_str<'a>(c: &'a Value, field: &str) -> &'a str {
@@ -118,7 +139,9 @@ fn cond_str<'a>(c: &'a Value, field: &str) -> &'a str {
 }
 
 fn cond_true(obj: &Value, type_: &str) -> bool {
-    condition(obj, type_).map(|c| cond_str(c, "status") == "True").unwrap_or(false)
+    condition(obj, type_)
+        .map(|c| cond_str(c, "status") == "True")
+        .unwrap_or(false)
 }
 
 fn int_at(obj: &Value, ptr: &str) -> Option<i64> {
@@ -150,10 +173,18 @@ pub fn cluster_failure(cluster: &Value) -> Option<String> {
             ));
         }
     }
-    let fr = cluster.pointer("/status/failureReason").and_then(Value::as_str).unwrap_or("");
-    let fm = cluster.pointer("/status/failureMessage").and_then(Value::as_str).unwrap_or("");
+    let fr = cluster
+        .pointer("/status/failureReason")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let fm = cluster
+        .pointer("/status/failureMessage")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if !fr.is_empty() || !fm.is_empty() {
-        return Some(format!("cluster creation failed, reason: '{fr}', message: '{fm}'"));
+        return Some(format!(
+            "cluster creation failed, reason: '{fr}', message: '{fm}'"
+        ));
     }
     None
 }
@@ -163,15 +194,22 @@ pub fn cluster_failure(cluster: &Value) -> Option<String> {
 fn ready_flag(cluster: &Value, cond: &str, field: &str) -> bool {
     match condition(cluster, cond) {
         Some(_) => cond_true(cluster, cond),
-        None => cluster.pointer(&format!("/status/{field}")).and_then(Value::as_bool).unwrap_or(false),
+        None => cluster
+            .pointer(&format!("/status/{field}"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     }
 }
 
 /// Computes the state from the Cluster and its KubeadmControlPlanes and MachineDeployments.
 pub fn cluster_state(cluster: &Value, kcps: &[Value], mds: &[Value]) -> ClusterState {
-    let phase = cluster.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Unknown").to_string();
-    let initialized =
-        ready_flag(cluster, "ControlPlaneReady", "controlPlaneReady") && ready_flag(cluster, "InfrastructureReady", "infrastructureReady");
+    let phase = cluster
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Unknown")
+        .to_string();
+    let initialized = ready_flag(cluster, "ControlPlaneReady", "controlPlaneReady")
+        && ready_flag(cluster, "InfrastructureReady", "infrastructureReady");
     let mut cp_ready = 0;
     let mut cp_desired = 0;
     let mut cp_all_ready = true;
@@ -185,7 +223,11 @@ pub fn cluster_state(cluster: &Value, kcps: &[Value], mds: &[Value]) -> ClusterS
     let mut machine_deployments = BTreeMap::new();
     let mut md_short_names = BTreeMap::new();
     for m in mds {
-        let name = m.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        let name = m
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let desired = int_at(m, "/spec/replicas").unwrap_or(1);
         let ready = int_at(m, "/status/readyReplicas").unwrap_or(0);
         let short = m
@@ -197,8 +239,11 @@ pub fn cluster_state(cluster: &Value, kcps: &[Value], mds: &[Value]) -> ClusterS
         md_short_names.insert(name.clone(), short);
         machine_deployments.insert(name, (ready, desired));
     }
-    let topology_mds =
-        cluster.pointer("/spec/topology/workers/machineDeployments").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+    let topology_mds = cluster
+        .pointer("/spec/topology/workers/machineDeployments")
+        .and_then(Value::as_array)
+        .map(Vec::len)
+        .unwrap_or(0);
     ClusterState {
         phase,
         initialized,
@@ -212,13 +257,17 @@ pub fn cluster_state(cluster: &Value, kcps: &[Value], mds: &[Value]) -> ClusterS
     }
 }
 
-async fn observe(provider: &KubeProvider, inputs: &ClusterInputs) -> Result<ClusterState, StepError> {
+async fn observe(
+    provider: &KubeProvider,
+    inputs: &ClusterInputs,
+) -> Result<ClusterState, StepError> {
     let mc = &inputs.management_cluster;
     let ns = &inputs.namespace;
     let name = &inputs.cluster_name;
     let client = provider.management_client(mc).await?;
     let what = format!("Cluster/{ns}/{name}");
-    let clusters: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &cluster_resource());
+    let clusters: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &cluster_resource());
     let cluster = match clusters.get_opt(name).await {
         Ok(Some(c)) => serde_json::to_value(c).unwrap_or(Value::Null),
         Ok(None) => {
@@ -237,10 +286,19 @@ async fn observe(provider: &KubeProvider, inputs: &ClusterInputs) -> Result<Clus
     {
         let kcp_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &kcp_resource());
         let md_api: Api<DynamicObject> = Api::namespaced_with(client, ns, &md_resource());
-        let kcps = kcp_api.list(&lp).await.map_err(|e| classify(&format!("{what}: KubeadmControlPlanes"), &e))?;
-        let mds = md_api.list(&lp).await.map_err(|e| classify(&format!("{what}: MachineDeployments"), &e))?;
+        let kcps = kcp_api
+            .list(&lp)
+            .await
+            .map_err(|e| classify(&format!("{what}: KubeadmControlPlanes"), &e))?;
+        let mds = md_api
+            .list(&lp)
+            .await
+            .map_err(|e| classify(&format!("{what}: MachineDeployments"), &e))?;
         let to_values = |items: Vec<DynamicObject>| -> Vec<Value> {
-            items.into_iter().filter_map(|o| serde_json::to_value(o).ok()).collect()
+            items
+                .into_iter()
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .collect()
         };
         (to_values(kcps.items), to_values(mds.items))
     } else {
@@ -287,24 +345,40 @@ mod tests {
 
     #[test]
     fn ready_error_severity_is_failure() {
-        let c = cluster(json!([{"type": "Ready", "status": "False", "severity": "Error", "reason": "R", "message": "boom"}]));
-        assert_eq!(cluster_failure(&c).unwrap(), "cluster creation failed, reason: 'R', message: 'boom'");
-        let c = cluster(json!([{"type": "Ready", "status": "False", "severity": "Warning", "reason": "R"}]));
+        let c = cluster(
+            json!([{"type": "Ready", "status": "False", "severity": "Error", "reason": "R", "message": "boom"}]),
+        );
+        assert_eq!(
+            cluster_failure(&c).unwrap(),
+            "cluster creation failed, reason: 'R', message: 'boom'"
+        );
+        let c = cluster(
+            json!([{"type": "Ready", "status": "False", "severity": "Warning", "reason": "R"}]),
+        );
         assert!(cluster_failure(&c).is_none());
-        let c = cluster(json!([{"type": "TopologyReconciled", "status": "False", "severity": "Info", "reason": "UpgradePending"}]));
+        let c = cluster(
+            json!([{"type": "TopologyReconciled", "status": "False", "severity": "Info", "reason": "UpgradePending"}]),
+        );
         assert!(cluster_failure(&c).is_none());
-        let c = cluster(json!([{"type": "TopologyReconciled", "status": "False", "severity": "Error", "message": "no class"}]));
+        let c = cluster(
+            json!([{"type": "TopologyReconciled", "status": "False", "severity": "Error", "message": "no class"}]),
+        );
         assert!(cluster_failure(&c).unwrap().contains("no class"));
     }
 
     #[test]
     fn readiness_counts_replicas() {
-        let c = cluster(json!([{"type": "ControlPlaneReady", "status": "True"}, {"type": "InfrastructureReady", "status": "True"}]));
+        let c = cluster(
+            json!([{"type": "ControlPlaneReady", "status": "True"}, {"type": "InfrastructureReady", "status": "True"}]),
+        );
         let kcp = json!({"spec": {"replicas": 3}, "status": {"readyReplicas": 2}});
         let md = json!({"metadata": {"name": "c-md-0-abc", "labels": {TOPOLOGY_MD_LABEL: "md-0"}}, "spec": {"replicas": 1}, "status": {"readyReplicas": 0}});
         let s = cluster_state(&c, std::slice::from_ref(&kcp), std::slice::from_ref(&md));
         assert!(!s.ready());
-        assert_eq!(s.progress_line(), "Cluster phase Provisioned; control plane 2/3 ready; md-0 0/1");
+        assert_eq!(
+            s.progress_line(),
+            "Cluster phase Provisioned; control plane 2/3 ready; md-0 0/1"
+        );
         let kcp = json!({"spec": {"replicas": 3}, "status": {"readyReplicas": 3}});
         let md = json!({"metadata": {"name": "c-md-0-abc"}, "spec": {"replicas": 1}, "status": {"readyReplicas": 1}});
         let s = cluster_state(&c, &[kcp], &[md]);

@@ -80,7 +80,10 @@ struct CachedWorkload {
 impl std::fmt::Debug for KubeProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeProvider")
-            .field("management_clusters", &self.inner.management_clusters.keys().collect::<Vec<_>>())
+            .field(
+                "management_clusters",
+                &self.inner.management_clusters.keys().collect::<Vec<_>>(),
+            )
             .field("poll_interval", &self.inner.poll_interval)
             .finish()
     }
@@ -104,7 +107,10 @@ impl KubeProvider {
     /// config repository's `tkgops.yaml`) and `poll_interval`, the delay between two polls while
     /// waiting for a Cluster or a PackageInstall (TKG polls every 15 s; tests use ~20–50 ms).
     /// Makes no network calls; clients are built lazily and cached.
-    pub fn new(management_clusters: BTreeMap<String, KubeconfigSource>, poll_interval: Duration) -> Self {
+    pub fn new(
+        management_clusters: BTreeMap<String, KubeconfigSource>,
+        poll_interval: Duration,
+    ) -> Self {
         KubeProvider {
             inner: Arc::new(Inner {
                 management_clusters,
@@ -139,10 +145,19 @@ impl KubeProvider {
             return Ok(c.clone());
         }
         let source = self.inner.management_clusters.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.inner.management_clusters.keys().map(String::as_str).collect();
+            let known: Vec<&str> = self
+                .inner
+                .management_clusters
+                .keys()
+                .map(String::as_str)
+                .collect();
             StepError::Permanent(format!(
                 "unknown management cluster '{name}' (configured: {})",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ))
         })?;
         let (yaml, origin) = match source {
@@ -162,18 +177,31 @@ impl KubeProvider {
                 })?;
                 (text, format!("environment variable {var}"))
             }
-            KubeconfigSource::Secret { namespace, name: secret, key } => {
+            KubeconfigSource::Secret {
+                namespace,
+                name: secret,
+                key,
+            } => {
                 let in_cluster = self.in_cluster_client().await?;
                 let what = format!("Secret {namespace}/{secret}");
-                let text = read_secret_key(&in_cluster, namespace, secret, key, false).await.map_err(|e| match e {
-                    StepError::Transient(m) => StepError::Transient(format!("management cluster '{name}': {m}")),
-                    StepError::Permanent(m) => StepError::Permanent(format!("management cluster '{name}': {m}")),
-                })?;
+                let text = read_secret_key(&in_cluster, namespace, secret, key, false)
+                    .await
+                    .map_err(|e| match e {
+                        StepError::Transient(m) => {
+                            StepError::Transient(format!("management cluster '{name}': {m}"))
+                        }
+                        StepError::Permanent(m) => {
+                            StepError::Permanent(format!("management cluster '{name}': {m}"))
+                        }
+                    })?;
                 (text, format!("{what} key {key}"))
             }
         };
-        let (client, _server) = client_from_kubeconfig(&yaml, &format!("management cluster '{name}' ({origin})")).await?;
-        self.lock_management().insert(name.to_string(), client.clone());
+        let (client, _server) =
+            client_from_kubeconfig(&yaml, &format!("management cluster '{name}' ({origin})"))
+                .await?;
+        self.lock_management()
+            .insert(name.to_string(), client.clone());
         tracing::debug!(management_cluster = name, "built management cluster client");
         Ok(client)
     }
@@ -185,7 +213,10 @@ impl KubeProvider {
     /// Errors: [`StepError::Transient`] when the Secret does not exist yet (Cluster API writes it
     /// once the control plane is initialized) or the management cluster is unreachable;
     /// [`StepError::Permanent`] when the Secret has no `value` key or the kubeconfig does not parse.
-    pub async fn workload_client(&self, target: &WorkloadTarget) -> Result<kube::Client, StepError> {
+    pub async fn workload_client(
+        &self,
+        target: &WorkloadTarget,
+    ) -> Result<kube::Client, StepError> {
         Ok(self.workload(target).await?.client)
     }
 
@@ -208,19 +239,41 @@ impl KubeProvider {
             Err(e) => return Err(self.classify_mgmt(&target.management_cluster, &format!("Secret/{secret_ref}"), e)),
         };
         let rv = secret.metadata.resource_version.clone().unwrap_or_default();
-        let key: WorkloadKey = (target.management_cluster.clone(), target.namespace.clone(), target.cluster_name.clone());
+        let key: WorkloadKey = (
+            target.management_cluster.clone(),
+            target.namespace.clone(),
+            target.cluster_name.clone(),
+        );
         if let Some(c) = self.lock_workload().get(&key) {
             if !rv.is_empty() && c.resource_version == rv {
-                return Ok(WorkloadClient { client: c.client.clone(), server: c.server.clone(), secret: secret_ref });
+                return Ok(WorkloadClient {
+                    client: c.client.clone(),
+                    server: c.server.clone(),
+                    secret: secret_ref,
+                });
             }
         }
-        let yaml = secret_value(&secret, KUBECONFIG_SECRET_KEY, &format!("Secret/{secret_ref}"))?;
-        let (client, server) = client_from_kubeconfig(&yaml, &format!("workload kubeconfig Secret/{secret_ref}")).await?;
+        let yaml = secret_value(
+            &secret,
+            KUBECONFIG_SECRET_KEY,
+            &format!("Secret/{secret_ref}"),
+        )?;
+        let (client, server) =
+            client_from_kubeconfig(&yaml, &format!("workload kubeconfig Secret/{secret_ref}"))
+                .await?;
         self.lock_workload().insert(
             key,
-            CachedWorkload { resource_version: rv, client: client.clone(), server: server.clone() },
+            CachedWorkload {
+                resource_version: rv,
+                client: client.clone(),
+                server: server.clone(),
+            },
         );
-        Ok(WorkloadClient { client, server, secret: secret_ref })
+        Ok(WorkloadClient {
+            client,
+            server,
+            secret: secret_ref,
+        })
     }
 
     /// Server-side applies every document of the multi-document `yaml` with `field_manager`
@@ -239,7 +292,12 @@ impl KubeProvider {
     /// `apiVersion`/`kind`/`metadata.name`, a kind the server does not know, and 4xx answers
     /// (422 Invalid, 403 Forbidden, 401); [`StepError::Transient`] for connection errors, 5xx,
     /// 409 Conflict and 429. Messages name the object ("Cluster/default/team-a: ...").
-    pub async fn apply_yaml(&self, client: &kube::Client, yaml: &str, field_manager: &str) -> Result<Vec<String>, StepError> {
+    pub async fn apply_yaml(
+        &self,
+        client: &kube::Client,
+        yaml: &str,
+        field_manager: &str,
+    ) -> Result<Vec<String>, StepError> {
         apply::apply_yaml(client, None, yaml, field_manager).await
     }
 
@@ -251,7 +309,13 @@ impl KubeProvider {
         yaml: &str,
         field_manager: &str,
     ) -> Result<Vec<String>, StepError> {
-        apply::apply_yaml(client, Some((&self.inner.discovery, cache_key)), yaml, field_manager).await
+        apply::apply_yaml(
+            client,
+            Some((&self.inner.discovery, cache_key)),
+            yaml,
+            field_manager,
+        )
+        .await
     }
 
     /// Forgets the cached client of management cluster `name` (after a 401, so that a rotated
@@ -275,34 +339,62 @@ impl KubeProvider {
             return Ok(c.clone());
         }
         let c = kube::Client::try_default().await.map_err(|e| {
-            StepError::Permanent(format!("cannot build the in-cluster Kubernetes client: {}", error_text(&e)))
+            StepError::Permanent(format!(
+                "cannot build the in-cluster Kubernetes client: {}",
+                error_text(&e)
+            ))
         })?;
         *guard = Some(c.clone());
         Ok(c)
     }
 
     fn lock_management(&self) -> std::sync::MutexGuard<'_, HashMap<String, kube::Client>> {
-        self.inner.management.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .management
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_workload(&self) -> std::sync::MutexGuard<'_, HashMap<WorkloadKey, CachedWorkload>> {
-        self.inner.workload.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .workload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// Parses a kubeconfig and builds a client for its current context. Returns the client and the
 /// API server URL. `origin` names where the kubeconfig came from; error messages never include
 /// the kubeconfig's text (parser errors can quote it).
-async fn client_from_kubeconfig(yaml: &str, origin: &str) -> Result<(kube::Client, String), StepError> {
-    let kc = Kubeconfig::from_yaml(yaml)
-        .map_err(|_| StepError::Permanent(format!("{origin}: not a valid kubeconfig (YAML does not parse)")))?;
+async fn client_from_kubeconfig(
+    yaml: &str,
+    origin: &str,
+) -> Result<(kube::Client, String), StepError> {
+    let kc = Kubeconfig::from_yaml(yaml).map_err(|_| {
+        StepError::Permanent(format!(
+            "{origin}: not a valid kubeconfig (YAML does not parse)"
+        ))
+    })?;
     let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .map_err(|e| StepError::Permanent(format!("{origin}: unusable kubeconfig: {}", kubeconfig_error_kind(&e))))?;
+        .map_err(|e| {
+            StepError::Permanent(format!(
+                "{origin}: unusable kubeconfig: {}",
+                kubeconfig_error_kind(&e)
+            ))
+        })?;
     config.read_timeout = Some(READ_TIMEOUT);
-    let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
-    let client = kube::Client::try_from(config)
-        .map_err(|e| StepError::Permanent(format!("{origin}: cannot build a client for {server}: {}", error_text(&e))))?;
+    let server = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    let client = kube::Client::try_from(config).map_err(|e| {
+        StepError::Permanent(format!(
+            "{origin}: cannot build a client for {server}: {}",
+            error_text(&e)
+        ))
+    })?;
     Ok((client, server))
 }
 
@@ -346,9 +438,16 @@ fn secret_value(secret: &Secret, key: &str, what: &str) -> Result<String, StepEr
         .as_ref()
         .and_then(|d| d.get(key))
         .map(|b| b.0.clone())
-        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key)).map(|s| s.clone().into_bytes()))
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.clone().into_bytes())
+        })
         .ok_or_else(|| StepError::Permanent(format!("{what} has no data key '{key}'")))?;
-    String::from_utf8(bytes).map_err(|_| StepError::Permanent(format!("{what} key '{key}' is not UTF-8 text")))
+    String::from_utf8(bytes)
+        .map_err(|_| StepError::Permanent(format!("{what} key '{key}' is not UTF-8 text")))
 }
 
 /// Maps a kube error to a [`StepError`], prefixed with `what` (e.g. `Cluster/default/team-a`).
@@ -359,7 +458,11 @@ fn secret_value(secret: &Secret, key: &str, what: &str) -> Result<String, StepEr
 pub fn classify(what: &str, e: &kube::Error) -> StepError {
     match e {
         kube::Error::Api(s) => {
-            let detail = if s.message.is_empty() { s.reason.clone() } else { s.message.clone() };
+            let detail = if s.message.is_empty() {
+                s.reason.clone()
+            } else {
+                s.message.clone()
+            };
             // kube-rs reports a non-`Status` error body (proxy, gateway) with this reason.
             let msg = if s.reason.is_empty() || s.reason == "Failed to parse error data" {
                 format!("{what}: HTTP {}: {detail}", s.code)
@@ -368,15 +471,22 @@ pub fn classify(what: &str, e: &kube::Error) -> StepError {
             };
             match s.code {
                 0 | 409 | 429 | 500..=599 => StepError::Transient(msg),
-                401 => StepError::Permanent(format!("{msg} (the kubeconfig's credentials were rejected)")),
-                403 => StepError::Permanent(format!("{msg} (the kubeconfig's user is not allowed to do this)")),
+                401 => StepError::Permanent(format!(
+                    "{msg} (the kubeconfig's credentials were rejected)"
+                )),
+                403 => StepError::Permanent(format!(
+                    "{msg} (the kubeconfig's user is not allowed to do this)"
+                )),
                 _ => StepError::Permanent(msg),
             }
         }
-        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) | kube::Error::SerdeError(_) => {
-            StepError::Transient(format!("{what}: {}", error_text(e)))
+        kube::Error::HyperError(_)
+        | kube::Error::Service(_)
+        | kube::Error::ReadEvents(_)
+        | kube::Error::SerdeError(_) => StepError::Transient(format!("{what}: {}", error_text(e))),
+        kube::Error::Discovery(d) => {
+            StepError::Permanent(format!("{what}: unknown to the API server ({d})"))
         }
-        kube::Error::Discovery(d) => StepError::Permanent(format!("{what}: unknown to the API server ({d})")),
         _ => StepError::Permanent(format!("{what}: {}", error_text(e))),
     }
 }
@@ -398,13 +508,20 @@ fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Parses step inputs into `T`. Errors: [`StepError::Permanent`] naming the step kind.
 pub(crate) fn parse_inputs<T: DeserializeOwned>(ctx: &StepContext) -> Result<T, StepError> {
-    serde_json::from_value(ctx.step.inputs.clone())
-        .map_err(|e| StepError::Permanent(format!("invalid inputs for {} step '{}': {e}", ctx.step.kind, ctx.step.id)))
+    serde_json::from_value(ctx.step.inputs.clone()).map_err(|e| {
+        StepError::Permanent(format!(
+            "invalid inputs for {} step '{}': {e}",
+            ctx.step.kind, ctx.step.id
+        ))
+    })
 }
 
 /// The `ApiResource` of a Cluster API / Carvel custom kind served at `plural`.
 pub(crate) fn custom_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&kube::api::GroupVersionKind::gvk(group, version, kind), plural)
+    ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(group, version, kind),
+        plural,
+    )
 }
 
 /// Reports `line` to `progress` unless it equals the last reported line.
@@ -447,7 +564,8 @@ impl PollErrors {
                 if self.consecutive >= MAX_CONSECUTIVE_POLL_ERRORS {
                     Err(StepError::Transient(m))
                 } else {
-                    ctx.progress.report(&format!("transient error, retrying: {m}"));
+                    ctx.progress
+                        .report(&format!("transient error, retrying: {m}"));
                     Ok(())
                 }
             }
@@ -486,28 +604,42 @@ impl KubeProvider {
         let inputs: ApplyInputs = parse_inputs(ctx)?;
         let client = self.management_client(&inputs.management_cluster).await?;
         let cache_key = format!("mgmt/{}", inputs.management_cluster);
-        let applied = match self.apply_yaml_cached(&client, &cache_key, &inputs.manifests, FIELD_MANAGER).await {
+        let applied = match self
+            .apply_yaml_cached(&client, &cache_key, &inputs.manifests, FIELD_MANAGER)
+            .await
+        {
             Ok(a) => a,
             Err(StepError::Permanent(m)) if m.contains("credentials were rejected") => {
                 self.forget_management(&inputs.management_cluster);
-                return Err(StepError::Permanent(format!("management cluster '{}': {m}", inputs.management_cluster)));
+                return Err(StepError::Permanent(format!(
+                    "management cluster '{}': {m}",
+                    inputs.management_cluster
+                )));
             }
             Err(e) => return Err(e),
         };
-        ctx.progress.report(&format!("applied {} objects", applied.len()));
+        ctx.progress
+            .report(&format!("applied {} objects", applied.len()));
         tracing::info!(step = %ctx.step.id, management_cluster = %inputs.management_cluster, count = applied.len(), "kube.apply done");
         Ok(serde_json::json!({ "applied": applied }))
     }
 
-    async fn step_read_kubeconfig(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
+    async fn step_read_kubeconfig(
+        &self,
+        ctx: &StepContext,
+    ) -> Result<serde_json::Value, StepError> {
         let inputs: ClusterInputs = parse_inputs(ctx)?;
         let wl = self.workload(&inputs.target()).await?;
-        let version = wl
-            .client
-            .apiserver_version()
-            .await
-            .map_err(|e| classify(&format!("workload cluster {} ({})", inputs.cluster_name, wl.server), &e))?;
-        ctx.progress.report(&format!("connected to {} (Kubernetes {})", wl.server, version.git_version));
+        let version = wl.client.apiserver_version().await.map_err(|e| {
+            classify(
+                &format!("workload cluster {} ({})", inputs.cluster_name, wl.server),
+                &e,
+            )
+        })?;
+        ctx.progress.report(&format!(
+            "connected to {} (Kubernetes {})",
+            wl.server, version.git_version
+        ));
         Ok(serde_json::json!({
             "secret": wl.secret,
             "server": wl.server,
@@ -520,7 +652,12 @@ impl KubeProvider {
 impl StepExecutor for KubeProvider {
     /// `kube.apply`, `kube.wait-cluster`, `kube.read-kubeconfig` and `packages.rollout`.
     fn kinds(&self) -> Vec<&'static str> {
-        vec!["kube.apply", "kube.wait-cluster", "kube.read-kubeconfig", "packages.rollout"]
+        vec![
+            "kube.apply",
+            "kube.wait-cluster",
+            "kube.read-kubeconfig",
+            "packages.rollout",
+        ]
     }
 
     /// Runs one attempt of a Kubernetes step; see the module documentation for each kind's
@@ -532,7 +669,9 @@ impl StepExecutor for KubeProvider {
             "kube.wait-cluster" => cluster::wait_cluster(self, ctx).await,
             "kube.read-kubeconfig" => self.step_read_kubeconfig(ctx).await,
             "packages.rollout" => packages::rollout(self, ctx).await,
-            other => Err(StepError::Permanent(format!("the Kubernetes provider does not execute step kind '{other}'"))),
+            other => Err(StepError::Permanent(format!(
+                "the Kubernetes provider does not execute step kind '{other}'"
+            ))),
         }
     }
 }
@@ -550,7 +689,11 @@ impl ManifestApplier for KubeProvider {
         field_manager: &str,
     ) -> Result<Vec<String>, StepError> {
         let wl = self.workload(target).await?;
-        let key = format!("workload/{}/{}/{}", target.management_cluster, target.namespace, target.cluster_name);
-        self.apply_yaml_cached(&wl.client, &key, yaml, field_manager).await
+        let key = format!(
+            "workload/{}/{}/{}",
+            target.management_cluster, target.namespace, target.cluster_name
+        );
+        self.apply_yaml_cached(&wl.client, &key, yaml, field_manager)
+            .await
     }
 }

@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 
 use super::apply::{apply_object, Resolved};
 use super::cluster::condition;
-use super::{classify, custom_resource, parse_inputs, KubeProvider, PollErrors, ProgressDedup, FIELD_MANAGER};
+use super::{
+    classify, custom_resource, parse_inputs, KubeProvider, PollErrors, ProgressDedup, FIELD_MANAGER,
+};
 use crate::providers::WorkloadTarget;
 use crate::runner::{StepContext, StepError};
 
@@ -27,18 +29,31 @@ pub const REPOSITORY_WAIT_POLLS: u32 = 20;
 
 /// `packaging.carvel.dev/v1alpha1` PackageInstall.
 pub fn package_install_resource() -> ApiResource {
-    custom_resource("packaging.carvel.dev", "v1alpha1", "PackageInstall", "packageinstalls")
+    custom_resource(
+        "packaging.carvel.dev",
+        "v1alpha1",
+        "PackageInstall",
+        "packageinstalls",
+    )
 }
 /// `packaging.carvel.dev/v1alpha1` PackageRepository.
 pub fn package_repository_resource() -> ApiResource {
-    custom_resource("packaging.carvel.dev", "v1alpha1", "PackageRepository", "packagerepositories")
+    custom_resource(
+        "packaging.carvel.dev",
+        "v1alpha1",
+        "PackageRepository",
+        "packagerepositories",
+    )
 }
 
 fn core(kind: &str, plural: &str, namespaced: bool) -> Resolved {
     Resolved::known(custom_resource("", "v1", kind, plural), namespaced)
 }
 fn rbac(kind: &str, plural: &str) -> Resolved {
-    Resolved::known(custom_resource("rbac.authorization.k8s.io", "v1", kind, plural), false)
+    Resolved::known(
+        custom_resource("rbac.authorization.k8s.io", "v1", kind, plural),
+        false,
+    )
 }
 
 /// Inputs of `packages.rollout`.
@@ -98,7 +113,10 @@ pub fn package_objects(pkg: &PackageSpec) -> Vec<(Resolved, Value)> {
     let has_values = !pkg.values_yaml.trim().is_empty();
 
     let mut objs = vec![
-        (core("Namespace", "namespaces", false), json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})),
+        (
+            core("Namespace", "namespaces", false),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        ),
         (
             core("ServiceAccount", "serviceaccounts", true),
             json!({"apiVersion": "v1", "kind": "ServiceAccount",
@@ -128,9 +146,18 @@ pub fn package_objects(pkg: &PackageSpec) -> Vec<(Resolved, Value)> {
     }
     // kapp client CreatePackageInstall: annotations naming the resources the plugin created.
     let mut pkgi_ann = serde_json::Map::new();
-    pkgi_ann.insert(format!("{TANZU_PACKAGE_ANNOTATION}-ClusterRole"), json!(role));
-    pkgi_ann.insert(format!("{TANZU_PACKAGE_ANNOTATION}-ClusterRoleBinding"), json!(binding));
-    pkgi_ann.insert(format!("{TANZU_PACKAGE_ANNOTATION}-ServiceAccount"), json!(sa));
+    pkgi_ann.insert(
+        format!("{TANZU_PACKAGE_ANNOTATION}-ClusterRole"),
+        json!(role),
+    );
+    pkgi_ann.insert(
+        format!("{TANZU_PACKAGE_ANNOTATION}-ClusterRoleBinding"),
+        json!(binding),
+    );
+    pkgi_ann.insert(
+        format!("{TANZU_PACKAGE_ANNOTATION}-ServiceAccount"),
+        json!(sa),
+    );
     let mut spec = json!({
         "serviceAccountName": sa,
         "packageRef": {"refName": pkg.ref_name,
@@ -164,15 +191,31 @@ pub enum ReconcileState {
 /// current generation counts, and exactly one condition is present at a time.
 pub fn reconcile_state(obj: &Value) -> ReconcileState {
     let generation = obj.pointer("/metadata/generation").and_then(Value::as_i64);
-    let observed = obj.pointer("/status/observedGeneration").and_then(Value::as_i64);
+    let observed = obj
+        .pointer("/status/observedGeneration")
+        .and_then(Value::as_i64);
     if generation.is_some() && observed != generation {
-        return ReconcileState::Pending("waiting for kapp-controller to observe the latest generation".into());
+        return ReconcileState::Pending(
+            "waiting for kapp-controller to observe the latest generation".into(),
+        );
     }
-    let is_true = |t: &str| condition(obj, t).and_then(|c| c.get("status")).and_then(Value::as_str) == Some("True");
+    let is_true = |t: &str| {
+        condition(obj, t)
+            .and_then(|c| c.get("status"))
+            .and_then(Value::as_str)
+            == Some("True")
+    };
     if is_true("ReconcileFailed") {
-        let useful = obj.pointer("/status/usefulErrorMessage").and_then(Value::as_str).unwrap_or("").trim();
+        let useful = obj
+            .pointer("/status/usefulErrorMessage")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim();
         let msg = if useful.is_empty() {
-            condition(obj, "ReconcileFailed").and_then(|c| c.get("message")).and_then(Value::as_str).unwrap_or("reconcile failed")
+            condition(obj, "ReconcileFailed")
+                .and_then(|c| c.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or("reconcile failed")
         } else {
             useful
         };
@@ -186,13 +229,21 @@ pub fn reconcile_state(obj: &Value) -> ReconcileState {
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .or_else(|| {
-            obj.pointer("/status/conditions").and_then(Value::as_array).and_then(|c| c.first()).and_then(|c| c.get("type")).and_then(Value::as_str)
+            obj.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|c| c.first())
+                .and_then(|c| c.get("type"))
+                .and_then(Value::as_str)
         })
         .unwrap_or("not reconciled yet");
     ReconcileState::Pending(desc.to_string())
 }
 
-async fn get_value(api: &Api<DynamicObject>, name: &str, what: &str) -> Result<Option<Value>, StepError> {
+async fn get_value(
+    api: &Api<DynamicObject>,
+    name: &str,
+    what: &str,
+) -> Result<Option<Value>, StepError> {
     match api.get_opt(name).await {
         Ok(o) => Ok(o.and_then(|o| serde_json::to_value(o).ok())),
         Err(e) => Err(classify(what, &e)),
@@ -201,10 +252,15 @@ async fn get_value(api: &Api<DynamicObject>, name: &str, what: &str) -> Result<O
 
 fn validate(inputs: &RolloutInputs) -> Result<(), StepError> {
     let bad = |field: &str, v: &str| {
-        StepError::Permanent(format!("packages.rollout: {field} '{v}' is not a valid Kubernetes name"))
+        StepError::Permanent(format!(
+            "packages.rollout: {field} '{v}' is not a valid Kubernetes name"
+        ))
     };
     let ok = |s: &str| {
-        !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        !s.is_empty()
+            && s.len() <= 253
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
     };
     if !ok(&inputs.repository.name) {
         return Err(bad("repository.name", &inputs.repository.name));
@@ -220,15 +276,27 @@ fn validate(inputs: &RolloutInputs) -> Result<(), StepError> {
             return Err(bad("package namespace", &p.namespace));
         }
         if p.ref_name.is_empty() || p.version.is_empty() {
-            return Err(StepError::Permanent(format!("packages.rollout: package '{}' needs refName and version", p.name)));
+            return Err(StepError::Permanent(format!(
+                "packages.rollout: package '{}' needs refName and version",
+                p.name
+            )));
         }
     }
     Ok(())
 }
 
 /// Waits until the PackageRepository has reconciled successfully.
-async fn wait_repository(client: &kube::Client, repo: &RepositoryRef, ctx: &StepContext, poll: std::time::Duration) -> Result<(), StepError> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &repo.namespace, &package_repository_resource());
+async fn wait_repository(
+    client: &kube::Client,
+    repo: &RepositoryRef,
+    ctx: &StepContext,
+    poll: std::time::Duration,
+) -> Result<(), StepError> {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &repo.namespace,
+        &package_repository_resource(),
+    );
     let what = format!("PackageRepository/{}/{}", repo.namespace, repo.name);
     let mut progress = ProgressDedup::new();
     let mut errors = PollErrors::new();
@@ -251,17 +319,28 @@ async fn wait_repository(client: &kube::Client, repo: &RepositoryRef, ctx: &Step
         };
         match state {
             ReconcileState::Succeeded => {
-                progress.report(ctx, format!("PackageRepository {}: Reconcile succeeded", repo.name));
+                progress.report(
+                    ctx,
+                    format!("PackageRepository {}: Reconcile succeeded", repo.name),
+                );
                 return Ok(());
             }
             ReconcileState::Failed(m) => {
-                return Err(StepError::Permanent(format!("{what}: reconcile failed: {m}")));
+                return Err(StepError::Permanent(format!(
+                    "{what}: reconcile failed: {m}"
+                )));
             }
             ReconcileState::Pending(d) => {
                 if polls >= REPOSITORY_WAIT_POLLS {
-                    return Err(StepError::Transient(format!("waiting for PackageRepository {} ({d})", repo.name)));
+                    return Err(StepError::Transient(format!(
+                        "waiting for PackageRepository {} ({d})",
+                        repo.name
+                    )));
                 }
-                progress.report(ctx, format!("waiting for PackageRepository {} ({d})", repo.name));
+                progress.report(
+                    ctx,
+                    format!("waiting for PackageRepository {} ({d})", repo.name),
+                );
             }
         }
         tokio::time::sleep(poll).await;
@@ -269,13 +348,21 @@ async fn wait_repository(client: &kube::Client, repo: &RepositoryRef, ctx: &Step
 }
 
 /// Applies the objects of one package and waits until its PackageInstall reconciled.
-async fn install_one(client: &kube::Client, pkg: &PackageSpec, ctx: &StepContext, poll: std::time::Duration) -> Result<Value, StepError> {
+async fn install_one(
+    client: &kube::Client,
+    pkg: &PackageSpec,
+    ctx: &StepContext,
+    poll: std::time::Duration,
+) -> Result<Value, StepError> {
     let label = format!("{} {} ({})", pkg.name, pkg.version, pkg.namespace);
-    ctx.progress.report(&format!("{label}: applying PackageInstall and its ServiceAccount, RBAC and values"));
+    ctx.progress.report(&format!(
+        "{label}: applying PackageInstall and its ServiceAccount, RBAC and values"
+    ));
     for (res, obj) in package_objects(pkg) {
         apply_object(client, &res, obj, FIELD_MANAGER).await?;
     }
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &pkg.namespace, &package_install_resource());
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &pkg.namespace, &package_install_resource());
     let what = format!("PackageInstall {}/{}", pkg.namespace, pkg.name);
     let mut progress = ProgressDedup::new();
     let mut errors = PollErrors::new();
@@ -293,9 +380,13 @@ async fn install_one(client: &kube::Client, pkg: &PackageSpec, ctx: &StepContext
                             .to_string();
                         progress.report(ctx, format!("{label}: {desc}"));
                         tracing::info!(step = %ctx.step.id, package = %pkg.name, namespace = %pkg.namespace, "package reconciled");
-                        return Ok(json!({"name": pkg.name, "namespace": pkg.namespace, "version": pkg.version, "status": desc}));
+                        return Ok(
+                            json!({"name": pkg.name, "namespace": pkg.namespace, "version": pkg.version, "status": desc}),
+                        );
                     }
-                    ReconcileState::Failed(m) => return Err(StepError::Permanent(format!("{what}: {m}"))),
+                    ReconcileState::Failed(m) => {
+                        return Err(StepError::Permanent(format!("{what}: {m}")))
+                    }
                     ReconcileState::Pending(d) => progress.report(ctx, format!("{label}: {d}")),
                 }
             }
@@ -352,13 +443,38 @@ mod tests {
     #[test]
     fn objects_match_tanzu_package_install() {
         let objs = package_objects(&pkg("infrastructure_provider: aws\n"));
-        let kinds: Vec<&str> = objs.iter().map(|(_, o)| o["kind"].as_str().unwrap()).collect();
-        assert_eq!(kinds, ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret", "PackageInstall"]);
+        let kinds: Vec<&str> = objs
+            .iter()
+            .map(|(_, o)| o["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Secret",
+                "PackageInstall"
+            ]
+        );
         let pkgi = &objs[5].1;
-        assert_eq!(pkgi["spec"]["serviceAccountName"], "contour-tanzu-system-ingress-sa");
-        assert_eq!(pkgi["spec"]["packageRef"]["versionSelection"]["constraints"], "1.20.2+vmware.1-tkg.1");
-        assert_eq!(pkgi["spec"]["values"][0]["secretRef"]["name"], "contour-tanzu-system-ingress-values");
-        assert_eq!(objs[4].1["metadata"]["annotations"][TANZU_PACKAGE_ANNOTATION], "contour-tanzu-system-ingress");
+        assert_eq!(
+            pkgi["spec"]["serviceAccountName"],
+            "contour-tanzu-system-ingress-sa"
+        );
+        assert_eq!(
+            pkgi["spec"]["packageRef"]["versionSelection"]["constraints"],
+            "1.20.2+vmware.1-tkg.1"
+        );
+        assert_eq!(
+            pkgi["spec"]["values"][0]["secretRef"]["name"],
+            "contour-tanzu-system-ingress-values"
+        );
+        assert_eq!(
+            objs[4].1["metadata"]["annotations"][TANZU_PACKAGE_ANNOTATION],
+            "contour-tanzu-system-ingress"
+        );
         let objs = package_objects(&pkg(""));
         assert_eq!(objs.len(), 5);
         assert!(objs[4].1["spec"].get("values").is_none());
@@ -371,7 +487,10 @@ mod tests {
         assert!(matches!(reconcile_state(&v), ReconcileState::Pending(_)));
         let v = json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
             "conditions": [{"type": "ReconcileFailed", "status": "True"}], "usefulErrorMessage": "Could not find package"}});
-        assert_eq!(reconcile_state(&v), ReconcileState::Failed("Could not find package".into()));
+        assert_eq!(
+            reconcile_state(&v),
+            ReconcileState::Failed("Could not find package".into())
+        );
         let v = json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
             "conditions": [{"type": "ReconcileSucceeded", "status": "True"}]}});
         assert_eq!(reconcile_state(&v), ReconcileState::Succeeded);

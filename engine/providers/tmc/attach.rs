@@ -74,8 +74,17 @@ impl TmcExecutor {
     /// An executor using the CSP API token `api_token` (`None`: every attach fails permanently
     /// with "TMC API token not configured"), applying installer manifests with `applier`, and
     /// polling the cluster every `poll_interval` (TMC-TF polls every 10 s).
-    pub fn new(api_token: Option<SecretToken>, applier: Arc<dyn ManifestApplier>, poll_interval: Duration) -> Self {
-        TmcExecutor { api_token, applier, poll_interval, clients: Mutex::new(HashMap::new()) }
+    pub fn new(
+        api_token: Option<SecretToken>,
+        applier: Arc<dyn ManifestApplier>,
+        poll_interval: Duration,
+    ) -> Self {
+        TmcExecutor {
+            api_token,
+            applier,
+            poll_interval,
+            clients: Mutex::new(HashMap::new()),
+        }
     }
 
     fn client(&self, endpoint: &str, csp_endpoint: &str) -> Result<Arc<TmcClient>, StepError> {
@@ -83,7 +92,11 @@ impl TmcExecutor {
             .api_token
             .as_ref()
             .filter(|t| !t.expose().trim().is_empty())
-            .ok_or_else(|| StepError::Permanent("TMC API token not configured (set VMW_CLOUD_API_TOKEN)".into()))?;
+            .ok_or_else(|| {
+                StepError::Permanent(
+                    "TMC API token not configured (set VMW_CLOUD_API_TOKEN)".into(),
+                )
+            })?;
         let key = (endpoint.to_string(), csp_endpoint.to_string());
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = clients.get(&key) {
@@ -118,18 +131,34 @@ impl TmcExecutor {
         // GET-before-POST.
         let cluster = match client.get_cluster(&full_name).await? {
             Some(c) => {
-                ctx.progress.report(&format!("TMC cluster {shown} exists (phase {}, health {})", c.phase(), c.health()));
+                ctx.progress.report(&format!(
+                    "TMC cluster {shown} exists (phase {}, health {})",
+                    c.phase(),
+                    c.health()
+                ));
                 c
             }
             None => {
-                match client.create_cluster(&full_name, &inputs.cluster_group, &inputs.description, &inputs.labels).await {
+                match client
+                    .create_cluster(
+                        &full_name,
+                        &inputs.cluster_group,
+                        &inputs.description,
+                        &inputs.labels,
+                    )
+                    .await
+                {
                     Ok(c) => {
                         ctx.progress.report(&format!("registered {shown} in TMC"));
                         c
                     }
-                    Err(TmcError::AlreadyExists { .. }) => client.get_cluster(&full_name).await?.ok_or_else(|| {
-                        StepError::Transient(format!("TMC reported {shown} as existing but GET answers 404"))
-                    })?,
+                    Err(TmcError::AlreadyExists { .. }) => {
+                        client.get_cluster(&full_name).await?.ok_or_else(|| {
+                            StepError::Transient(format!(
+                                "TMC reported {shown} as existing but GET answers 404"
+                            ))
+                        })?
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -139,15 +168,25 @@ impl TmcExecutor {
             return Ok(output(&cluster, &inputs, false));
         }
 
-        let link = cluster.status.installer_link.clone().filter(|l| !l.is_empty()).ok_or_else(|| {
-            StepError::Transient(format!("TMC has not published an installerLink for {shown} yet"))
-        })?;
+        let link = cluster
+            .status
+            .installer_link
+            .clone()
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| {
+                StepError::Transient(format!(
+                    "TMC has not published an installerLink for {shown} yet"
+                ))
+            })?;
         let manifest = client.installer_manifest(link.expose()).await?;
         ctx.progress.report(&format!(
             "applying the TMC agent installer to {}/{}",
             inputs.target.namespace, inputs.target.cluster_name
         ));
-        let applied = self.applier.apply_to_workload(&inputs.target, &manifest, FIELD_MANAGER).await?;
+        let applied = self
+            .applier
+            .apply_to_workload(&inputs.target, &manifest, FIELD_MANAGER)
+            .await?;
         tracing::info!(cluster = %shown, objects = applied.len(), "applied the TMC installer manifest");
 
         // Poll until the agent connects (TMC-TF: GET every 10 s until READY).
@@ -174,7 +213,8 @@ impl TmcExecutor {
                 }
                 Err(e) if e.is_transient() && errors < MAX_POLL_ERRORS => {
                     errors += 1;
-                    ctx.progress.report(&format!("polling TMC failed ({e}); retrying"));
+                    ctx.progress
+                        .report(&format!("polling TMC failed ({e}); retrying"));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -188,7 +228,11 @@ impl TmcExecutor {
 fn check_not_failed(c: &Cluster, shown: &str) -> Result<(), StepError> {
     if c.is_failed() {
         let conds = c.condition_messages();
-        let detail = if conds.is_empty() { String::new() } else { format!(": {conds}") };
+        let detail = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(": {conds}")
+        };
         return Err(StepError::Permanent(format!(
             "TMC cluster {shown} is in phase {} (health {}){detail}",
             c.phase(),
@@ -196,7 +240,10 @@ fn check_not_failed(c: &Cluster, shown: &str) -> Result<(), StepError> {
         )));
     }
     if matches!(c.phase(), PHASE_DETACHING | PHASE_DELETING) {
-        return Err(StepError::Transient(format!("TMC cluster {shown} is being detached (phase {})", c.phase())));
+        return Err(StepError::Transient(format!(
+            "TMC cluster {shown} is being detached (phase {})",
+            c.phase()
+        )));
     }
     Ok(())
 }
@@ -207,7 +254,13 @@ fn output(c: &Cluster, inputs: &AttachInputs, installer_applied: bool) -> Value 
         .cluster_group_name
         .clone()
         .filter(|g| !g.is_empty())
-        .unwrap_or_else(|| if inputs.cluster_group.is_empty() { "default".into() } else { inputs.cluster_group.clone() });
+        .unwrap_or_else(|| {
+            if inputs.cluster_group.is_empty() {
+                "default".into()
+            } else {
+                inputs.cluster_group.clone()
+            }
+        });
     json!({
         "uid": c.meta.uid,
         "phase": c.phase(),
@@ -233,10 +286,14 @@ impl StepExecutor for TmcExecutor {
         match ctx.step.kind.as_str() {
             "tmc.attach" => {
                 let inputs: AttachInputs = serde_json::from_value(ctx.step.inputs.clone())
-                    .map_err(|e| StepError::Permanent(format!("tmc.attach: invalid inputs: {e}")))?;
+                    .map_err(|e| {
+                        StepError::Permanent(format!("tmc.attach: invalid inputs: {e}"))
+                    })?;
                 self.attach(ctx, inputs).await
             }
-            other => Err(StepError::Permanent(format!("TMC executor cannot run step kind {other:?}"))),
+            other => Err(StepError::Permanent(format!(
+                "TMC executor cannot run step kind {other:?}"
+            ))),
         }
     }
 }

@@ -86,9 +86,12 @@ struct ClusterList {
 }
 
 fn parse_base(what: &str, s: &str) -> Result<Url, TmcError> {
-    let url = Url::parse(s.trim()).map_err(|e| TmcError::Config(format!("{what} {s:?} is not a URL: {e}")))?;
+    let url = Url::parse(s.trim())
+        .map_err(|e| TmcError::Config(format!("{what} {s:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(TmcError::Config(format!("{what} {s:?} must be an http(s) URL")));
+        return Err(TmcError::Config(format!(
+            "{what} {s:?} must be an http(s) URL"
+        )));
     }
     Ok(url)
 }
@@ -122,11 +125,23 @@ fn transport(e: reqwest::Error) -> TmcError {
 
 /// A JSON decoding error without the offending value (it could be a token or the installer link).
 fn decode_err(what: &str, e: &serde_json::Error) -> TmcError {
-    TmcError::Decode(format!("{what}: {:?} error at line {} column {}", e.classify(), e.line(), e.column()))
+    TmcError::Decode(format!(
+        "{what}: {:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    ))
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    resp.headers().get(RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
+    resp.headers()
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
 }
 
 /// Maps a non-200 TMC answer to a [`TmcError`] by HTTP status (grpc code from the body).
@@ -147,11 +162,28 @@ fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> T
         });
     let code = parsed.code;
     match status.as_u16() {
-        400 => TmcError::InvalidArgument { code: code.unwrap_or(3), message },
-        401 => TmcError::Unauthenticated { code: code.unwrap_or(16), message },
-        404 => TmcError::NotFound { code: code.unwrap_or(5), message },
-        409 => TmcError::AlreadyExists { code: code.unwrap_or(6), message },
-        s => TmcError::Api { status: s, code, message, retry_after },
+        400 => TmcError::InvalidArgument {
+            code: code.unwrap_or(3),
+            message,
+        },
+        401 => TmcError::Unauthenticated {
+            code: code.unwrap_or(16),
+            message,
+        },
+        404 => TmcError::NotFound {
+            code: code.unwrap_or(5),
+            message,
+        },
+        409 => TmcError::AlreadyExists {
+            code: code.unwrap_or(6),
+            message,
+        },
+        s => TmcError::Api {
+            status: s,
+            code,
+            message,
+            retry_after,
+        },
     }
 }
 
@@ -172,14 +204,25 @@ impl TmcClient {
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("tkgops/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| TmcError::Config(format!("cannot build the HTTP client: {}", e.without_url())))?;
-        Ok(TmcClient { http, endpoint, csp_endpoint, api_token: settings.api_token, token: tokio::sync::Mutex::new(None) })
+            .map_err(|e| {
+                TmcError::Config(format!("cannot build the HTTP client: {}", e.without_url()))
+            })?;
+        Ok(TmcClient {
+            http,
+            endpoint,
+            csp_endpoint,
+            api_token: settings.api_token,
+            token: tokio::sync::Mutex::new(None),
+        })
     }
 
     /// Exchanges the API token at CSP: `POST <csp>/csp/gateway/am/api/auth/api-tokens/authorize`
     /// with the form body `refresh_token=<API token>` (TMC-TF `internal/authctx/saas.go`).
     async fn exchange(&self) -> Result<CachedToken, TmcError> {
-        let url = join(&self.csp_endpoint, &AUTHORIZE_PATH.split('/').collect::<Vec<_>>());
+        let url = join(
+            &self.csp_endpoint,
+            &AUTHORIZE_PATH.split('/').collect::<Vec<_>>(),
+        );
         let resp = self
             .http
             .post(url)
@@ -196,17 +239,25 @@ impl TmcClient {
                 .message
                 .or(parsed.error)
                 .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
-            return Err(TmcError::TokenExchange { status: status.as_u16(), message });
+            return Err(TmcError::TokenExchange {
+                status: status.as_u16(),
+                message,
+            });
         }
-        let tr: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| decode_err("CSP token response", &e))?;
+        let tr: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| decode_err("CSP token response", &e))?;
         if tr.access_token.is_empty() {
-            return Err(TmcError::Decode("CSP token response has an empty access_token".into()));
+            return Err(TmcError::Decode(
+                "CSP token response has an empty access_token".into(),
+            ));
         }
         // CSP issues 1799 s tokens; refresh a little early (a tenth of the lifetime, at most 60 s).
         let ttl = Duration::from_secs(tr.expires_in.unwrap_or(1799));
         let margin = (ttl / 10).min(Duration::from_secs(60));
-        Ok(CachedToken { access: tr.access_token, refresh_at: Instant::now() + ttl - margin })
+        Ok(CachedToken {
+            access: tr.access_token,
+            refresh_at: Instant::now() + ttl - margin,
+        })
     }
 
     /// The cached access token, exchanged anew when absent, expiring, or equal to `rejected`
@@ -214,7 +265,8 @@ impl TmcClient {
     async fn access_token(&self, rejected: Option<&SecretToken>) -> Result<SecretToken, TmcError> {
         let mut slot = self.token.lock().await;
         if let Some(cached) = slot.as_ref() {
-            let stale = Instant::now() >= cached.refresh_at || rejected.is_some_and(|r| *r == cached.access);
+            let stale = Instant::now() >= cached.refresh_at
+                || rejected.is_some_and(|r| *r == cached.access);
             if !stale {
                 return Ok(cached.access.clone());
             }
@@ -228,7 +280,12 @@ impl TmcClient {
 
     /// Sends an authenticated request; on 401 re-exchanges the token once and retries.
     /// Returns the body of a 200 answer.
-    async fn call(&self, method: Method, url: Url, body: Option<&Value>) -> Result<bytes::Bytes, TmcError> {
+    async fn call(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<bytes::Bytes, TmcError> {
         let mut rejected: Option<SecretToken> = None;
         loop {
             let token = self.access_token(rejected.as_ref()).await?;
@@ -260,7 +317,10 @@ impl TmcClient {
         let mut url = join(&self.endpoint, &["v1alpha1", "clusters", &full_name.name]);
         {
             let mut q = url.query_pairs_mut();
-            q.append_pair("fullName.managementClusterName", &full_name.management_cluster_name);
+            q.append_pair(
+                "fullName.managementClusterName",
+                &full_name.management_cluster_name,
+            );
             q.append_pair("fullName.provisionerName", &full_name.provisioner_name);
             if let Some(org) = full_name.org_id.as_deref().filter(|o| !o.is_empty()) {
                 q.append_pair("fullName.orgId", org);
@@ -270,9 +330,10 @@ impl TmcClient {
     }
 
     fn decode_cluster(body: &[u8]) -> Result<Cluster, TmcError> {
-        let env: ClusterEnvelope = serde_json::from_slice(body)
-            .map_err(|e| decode_err("cluster envelope", &e))?;
-        env.cluster.ok_or_else(|| TmcError::Decode("response has no \"cluster\" object".into()))
+        let env: ClusterEnvelope =
+            serde_json::from_slice(body).map_err(|e| decode_err("cluster envelope", &e))?;
+        env.cluster
+            .ok_or_else(|| TmcError::Decode("response has no \"cluster\" object".into()))
     }
 
     /// `GET /v1alpha1/clusters/{name}?fullName.managementClusterName=…&fullName.provisionerName=…`
@@ -281,7 +342,10 @@ impl TmcClient {
     /// Returns `Ok(None)` on 404 (the GET of GET-before-POST).
     /// Errors: [`TmcError`] for every other non-200 answer, transport and decoding failures.
     pub async fn get_cluster(&self, full_name: &FullName) -> Result<Option<Cluster>, TmcError> {
-        match self.call(Method::GET, self.cluster_url(full_name), None).await {
+        match self
+            .call(Method::GET, self.cluster_url(full_name), None)
+            .await
+        {
             Ok(body) => Self::decode_cluster(&body).map(Some),
             Err(TmcError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -293,7 +357,13 @@ impl TmcClient {
     ///
     /// Errors: [`TmcError`] for non-200 answers, transport and decoding failures.
     pub async fn list_clusters(&self) -> Result<Vec<Cluster>, TmcError> {
-        let body = self.call(Method::GET, join(&self.endpoint, &["v1alpha1", "clusters"]), None).await?;
+        let body = self
+            .call(
+                Method::GET,
+                join(&self.endpoint, &["v1alpha1", "clusters"]),
+                None,
+            )
+            .await?;
         let list: ClusterList =
             serde_json::from_slice(&body).map_err(|e| decode_err("cluster list", &e))?;
         Ok(list.clusters)
@@ -322,7 +392,13 @@ impl TmcClient {
             spec["clusterGroupName"] = json!(cluster_group);
         }
         let body = json!({"cluster": {"fullName": full_name, "meta": meta, "spec": spec}});
-        let resp = self.call(Method::POST, join(&self.endpoint, &["v1alpha1", "clusters"]), Some(&body)).await?;
+        let resp = self
+            .call(
+                Method::POST,
+                join(&self.endpoint, &["v1alpha1", "clusters"]),
+                Some(&body),
+            )
+            .await?;
         Self::decode_cluster(&resp)
     }
 
@@ -334,7 +410,8 @@ impl TmcClient {
     /// Errors: [`TmcError`] for other non-200 answers and transport failures.
     pub async fn delete_cluster(&self, full_name: &FullName, force: bool) -> Result<(), TmcError> {
         let mut url = self.cluster_url(full_name);
-        url.query_pairs_mut().append_pair("force", if force { "true" } else { "false" });
+        url.query_pairs_mut()
+            .append_pair("force", if force { "true" } else { "false" });
         match self.call(Method::DELETE, url, None).await {
             Ok(_) | Err(TmcError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
@@ -353,7 +430,9 @@ impl TmcClient {
         let url = Url::parse(installer_link.trim())
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| TmcError::Config("the cluster's installerLink is not an http(s) URL".into()))?;
+            .ok_or_else(|| {
+                TmcError::Config("the cluster's installerLink is not an http(s) URL".into())
+            })?;
         let resp = self.http.get(url).send().await.map_err(transport)?;
         let status = resp.status();
         let ra = retry_after(&resp);
@@ -373,11 +452,25 @@ mod tests {
 
     #[test]
     fn classify_codes() {
-        let e = classify(StatusCode::CONFLICT, br#"{"code":6,"error":"x","message":"dup"}"#, None);
-        assert_eq!(e, TmcError::AlreadyExists { code: 6, message: "dup".into() });
+        let e = classify(
+            StatusCode::CONFLICT,
+            br#"{"code":6,"error":"x","message":"dup"}"#,
+            None,
+        );
+        assert_eq!(
+            e,
+            TmcError::AlreadyExists {
+                code: 6,
+                message: "dup".into()
+            }
+        );
         let e = classify(StatusCode::SERVICE_UNAVAILABLE, b"oops", None);
         assert!(e.is_transient());
-        let e = classify(StatusCode::TOO_MANY_REQUESTS, b"{}", Some(Duration::from_secs(3)));
+        let e = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            b"{}",
+            Some(Duration::from_secs(3)),
+        );
         assert!(e.is_transient());
         assert!(!classify(StatusCode::FORBIDDEN, b"{}", None).is_transient());
     }
@@ -386,13 +479,20 @@ mod tests {
     fn urls() {
         let base = parse_base("x", "https://org.tmc.example.com/").unwrap();
         let u = join(&base, &["v1alpha1", "clusters", "a b"]);
-        assert_eq!(u.as_str(), "https://org.tmc.example.com/v1alpha1/clusters/a%20b");
+        assert_eq!(
+            u.as_str(),
+            "https://org.tmc.example.com/v1alpha1/clusters/a%20b"
+        );
         assert!(parse_base("x", "not a url").is_err());
     }
 
     #[test]
     fn settings_debug_redacts() {
-        let s = TmcSettings { endpoint: "https://e".into(), csp_endpoint: "https://c".into(), api_token: SecretToken::new("hunter2") };
+        let s = TmcSettings {
+            endpoint: "https://e".into(),
+            csp_endpoint: "https://c".into(),
+            api_token: SecretToken::new("hunter2"),
+        };
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 }

@@ -15,7 +15,9 @@ pub mod models;
 
 pub use attach::TmcExecutor;
 pub use client::{TmcClient, TmcSettings};
-pub use models::{Cluster, ClusterSpec, ClusterStatus, Condition, FullName, KubernetesProvider, Meta};
+pub use models::{
+    Cluster, ClusterSpec, ClusterStatus, Condition, FullName, KubernetesProvider, Meta,
+};
 
 use std::time::Duration;
 

@@ -92,10 +92,16 @@ pub struct Meta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub update_time: Option<String>,
     /// Resource version (int64 as a string).
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "de_opt_stringish")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_opt_stringish"
+    )]
     pub resource_version: Option<String>,
     /// Generation (int64 as a string).
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "de_opt_stringish")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_opt_stringish"
+    )]
     pub generation: Option<String>,
 }
 
@@ -173,7 +179,10 @@ pub struct ClusterStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kube_server_version: Option<String>,
     /// Node count (int64 as a string).
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "de_opt_stringish")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_opt_stringish"
+    )]
     pub node_count: Option<String>,
     /// `ATTACHED`, `PROVISIONED`, `TANZU_KUBERNETES_GRID`, ….
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
@@ -215,7 +224,10 @@ impl Cluster {
 
     /// `status.health`, or `HEALTH_UNSPECIFIED` when absent.
     pub fn health(&self) -> &str {
-        self.status.health.as_deref().unwrap_or("HEALTH_UNSPECIFIED")
+        self.status
+            .health
+            .as_deref()
+            .unwrap_or("HEALTH_UNSPECIFIED")
     }
 
     /// `phase == READY && health == HEALTHY`: the agent is connected (TMC-TF

@@ -776,6 +776,9 @@ impl CapiController {
         kcp: &Value,
     ) -> Result<(), ControllerError> {
         let workload = self.create_workload(name).await?;
+        if let Some(v) = str_at(kcp, "/spec/version") {
+            workload.set_kubernetes_version(v);
+        }
         self.ensure_kubeconfig_secret(&workload, name, ns, kcp)?;
         self.start_workload(&workload);
         let replicas = i64_at(kcp, "/spec/replicas").unwrap_or(1);
