@@ -37,6 +37,38 @@ fn set_aws_env(env: &Environment) {
     }
 }
 
+/// A bot running in this process against `env`, stopped with [`InProcessBot::stop`].
+struct InProcessBot {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InProcessBot {
+    async fn start(env: &Environment, timings: &Timings, tmc_token: Option<&str>) -> InProcessBot {
+        set_aws_env(env);
+        let cfg = env.bot_config(timings);
+        let creds = tkgops::bot::serve::Credentials {
+            github_token: tkgops::sandbox::GITHUB_TOKEN.into(),
+            tmc_token: tmc_token.map(String::from),
+        };
+        let bot = Arc::new(tkgops::bot::serve::build_with(&cfg, creds).await.expect("bot"));
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let poll = timings.poll;
+        let task = tokio::spawn(async move {
+            bot.run(poll, Duration::from_secs(2), async move {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
+        InProcessBot { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
 fn head_of(env: &Environment, branch: &str) -> String {
     let repo = git2::Repository::open_bare(&env.remote).unwrap();
     let id = repo
@@ -164,25 +196,7 @@ async fn assert_cluster_created(env: &Environment) {
 async fn sandbox_story_plans_merges_and_creates_the_cluster() {
     let timings = Timings::default();
     let env = start_env(&timings).await;
-    set_aws_env(&env);
-    let cfg = env.bot_config(&timings);
-    let creds = tkgops::bot::serve::Credentials {
-        github_token: tkgops::sandbox::GITHUB_TOKEN.into(),
-        tmc_token: Some(tkgops::sandbox::TMC_TOKEN.into()),
-    };
-    let bot = Arc::new(
-        tkgops::bot::serve::build_with(&cfg, creds)
-            .await
-            .expect("bot"),
-    );
-    let b = bot.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        b.run(timings.poll, Duration::from_secs(2), async move {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
+    let bot = InProcessBot::start(&env, &timings, Some(tkgops::sandbox::TMC_TOKEN)).await;
 
     let (_, files) = request_files(None, &env.vpc);
     let pr = env
@@ -212,33 +226,14 @@ async fn sandbox_story_plans_merges_and_creates_the_cluster() {
     assert_golden("e2e-final-comment.md", &comments[0]);
     assert_cluster_created(&env).await;
 
-    let _ = stop_tx.send(());
-    let _ = task.await;
+    bot.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn merge_without_approval_executes_nothing() {
     let timings = Timings::default();
     let env = start_env(&timings).await;
-    set_aws_env(&env);
-    let cfg = env.bot_config(&timings);
-    let creds = tkgops::bot::serve::Credentials {
-        github_token: tkgops::sandbox::GITHUB_TOKEN.into(),
-        tmc_token: None,
-    };
-    let bot = Arc::new(
-        tkgops::bot::serve::build_with(&cfg, creds)
-            .await
-            .expect("bot"),
-    );
-    let b = bot.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        b.run(timings.poll, Duration::from_secs(2), async move {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
+    let bot = InProcessBot::start(&env, &timings, None).await;
 
     let (_, files) = request_files(None, &env.vpc);
     let pr = env
@@ -264,8 +259,7 @@ async fn merge_without_approval_executes_nothing() {
             CLUSTER
         )
         .is_none());
-    let _ = stop_tx.send(());
-    let _ = task.await;
+    bot.stop().await;
 }
 
 /// The bot is killed (SIGKILL) after the Cluster was applied and while the TMC attach step is
