@@ -127,6 +127,9 @@ struct Inner {
     observer: Arc<dyn RunObserver>,
     sched: Mutex<Sched>,
     shutdown: watch::Sender<bool>,
+    /// Serializes the check-then-create of `submit` so that concurrent submits of one id
+    /// create one run.
+    submit_lock: tokio::sync::Mutex<()>,
 }
 
 /// The durable step engine. Cheap to clone (an `Arc` inside); clones share all state.
@@ -200,6 +203,7 @@ impl Engine {
                 observer,
                 sched: Mutex::new(Sched::default()),
                 shutdown,
+                submit_lock: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -215,6 +219,7 @@ impl Engine {
             return Err(EngineError::ShuttingDown);
         }
         validate(&req)?;
+        let _creating = self.inner.submit_lock.lock().await;
         if let Some(existing) = self.inner.store.get_run(&req.id).await? {
             if !existing.state.is_terminal() {
                 self.inner.enqueue(vec![existing.clone()]);

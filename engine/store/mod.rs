@@ -48,7 +48,8 @@ pub enum StoreError {
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Writes `run` (replacing any record with the same id) and updates the indexes (active runs,
-    /// runs by PR) atomically, then flushes to disk before returning. Error strings longer than
+    /// runs by PR) crash-consistently (readers never see a non-terminal run missing from the
+    /// active index), then flushes to disk before returning. Error strings longer than
     /// [`MAX_ERROR_BYTES`] are truncated in the stored copy. `id`, `seq` and `pr_number` of a
     /// run must never change between writes.
     ///
