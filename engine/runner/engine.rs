@@ -2,9 +2,11 @@
 //! steps through their state machines, persists every transition (flushed) before the side
 //! effect it guards, retries with exponential backoff, and resumes after a crash.
 //!
-//! Durable writes per step on the happy path: two (`Running` + attempt started; `Succeeded` +
-//! output). The run's own `Queued → Running` and `Running → Succeeded` transitions are folded into
-//! the first and last of those writes.
+//! Durable writes on the happy path: one per step plus one per run. Each write happens before a
+//! side effect starts: "step N succeeded (+ output)" and "step N+1 running, attempt 1 started"
+//! are one write, made before step N+1's executor is called; the last step's success and the
+//! run's `Succeeded` are one write. The run's `Queued → Running` is folded into step 1's start.
+//! If the engine stops between steps, the pending success is written before stopping.
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -541,6 +543,8 @@ impl Inner {
             _ => RunEvent::Resume,
         });
         let mut outputs = BTreeMap::new();
+        // A step success not yet written (it is folded into the next write).
+        let mut unsaved = false;
         for idx in 0..run.steps.len() {
             match run.steps[idx].state {
                 StepState::Succeeded => {
@@ -564,7 +568,14 @@ impl Inner {
                 StepState::Pending | StepState::Running => {}
             }
             match self
-                .drive_step(&mut run, idx, &mut run_event, &outputs, &mut shutdown)
+                .drive_step(
+                    &mut run,
+                    idx,
+                    &mut run_event,
+                    &outputs,
+                    &mut shutdown,
+                    &mut unsaved,
+                )
                 .await?
             {
                 StepEnd::Succeeded => {
@@ -634,11 +645,15 @@ impl Inner {
         run_event: &mut Option<RunEvent>,
         outputs: &BTreeMap<String, serde_json::Value>,
         shutdown: &mut watch::Receiver<bool>,
+        unsaved: &mut bool,
     ) -> Result<StepEnd, EngineError> {
         // A step found Running was interrupted (crash/shutdown) or was between attempts.
         let mut resumed = run.steps[idx].state == StepState::Running;
         loop {
             if *shutdown.borrow() {
+                if std::mem::take(unsaved) {
+                    self.persist(run, None).await?;
+                }
                 return Ok(StepEnd::Stopped);
             }
             let now = Utc::now();
@@ -686,7 +701,9 @@ impl Inner {
                 });
             }
             self.set_progress(&run.id, None);
+            // Also persists the previous step's success, if not yet written.
             self.persist(run, None).await?;
+            *unsaved = false;
 
             // --- Execute.
             let (result, latest) = self.execute(run, idx, outputs).await;
@@ -707,12 +724,17 @@ impl Inner {
                     step.output = Some(output);
                     step.finished_at = Some(now);
                     step.error = None;
+                    self.set_progress(&run.id, None);
                     if run.steps.iter().all(|s| s.state == StepState::Succeeded) {
                         run.state = run_transition(run.state, RunEvent::Succeed)?;
                         run.finished_at = Some(now);
+                        self.persist(run, None).await?;
+                    } else {
+                        // Written together with the next step's first attempt, which follows at
+                        // once (or on the shutdown path): still durable before the next side
+                        // effect, one flush per step instead of two.
+                        *unsaved = true;
                     }
-                    self.set_progress(&run.id, None);
-                    self.persist(run, None).await?;
                     return Ok(StepEnd::Succeeded);
                 }
                 Err((outcome, msg)) => {

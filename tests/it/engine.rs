@@ -875,13 +875,12 @@ async fn engine_observer_sees_every_transition_and_progress() {
             (Queued, vec![P, P], None),                 // submitted
             (Running, vec![R, P], None),                // a attempt 1 started
             (Running, vec![R, P], line("a attempt 1")), // progress line
-            (Running, vec![S, P], None),                // a succeeded
-            (Running, vec![S, R], None),                // b attempt 1 started
+            (Running, vec![S, R], None), // a succeeded + b attempt 1 started (one write)
             (Running, vec![S, R], line("b attempt 1")), // progress line
             (Running, vec![S, R], line("b attempt 1")), // b attempt 1 failed, retrying
-            (Running, vec![S, R], None),                // b attempt 2 started
+            (Running, vec![S, R], None), // b attempt 2 started
             (Running, vec![S, R], line("b attempt 2")), // progress line
-            (Succeeded, vec![S, S], None),              // b succeeded, run succeeded
+            (Succeeded, vec![S, S], None), // b succeeded, run succeeded (one write)
         ]
     );
     let progress: Vec<String> = events.iter().filter_map(|e| e.2.clone()).collect();
