@@ -7,6 +7,8 @@
 //! Secrets never enter the store: step inputs and outputs are secret-free by contract, and error
 //! strings are truncated to [`MAX_ERROR_BYTES`] on write.
 
+#![warn(missing_docs)]
+
 mod records;
 mod sled_store;
 
