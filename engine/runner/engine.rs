@@ -92,6 +92,9 @@ pub enum EngineError {
     },
 }
 
+/// Number of shards of the per-id submit lock.
+const SUBMIT_LOCK_SHARDS: usize = 64;
+
 /// What a waiter sees.
 #[derive(Clone, Debug)]
 enum WaitState {
@@ -129,9 +132,9 @@ struct Inner {
     observer: Arc<dyn RunObserver>,
     sched: Mutex<Sched>,
     shutdown: watch::Sender<bool>,
-    /// Serializes the check-then-create of `submit` so that concurrent submits of one id
-    /// create one run.
-    submit_lock: tokio::sync::Mutex<()>,
+    /// Serialize the check-then-create of `submit` per id (sharded by hash) so that concurrent
+    /// submits of one id create one run, while different ids proceed in parallel.
+    submit_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// The durable step engine. Cheap to clone (an `Arc` inside); clones share all state.
@@ -205,7 +208,9 @@ impl Engine {
                 observer,
                 sched: Mutex::new(Sched::default()),
                 shutdown,
-                submit_lock: tokio::sync::Mutex::new(()),
+                submit_locks: (0..SUBMIT_LOCK_SHARDS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
             }),
         }
     }
@@ -221,7 +226,13 @@ impl Engine {
             return Err(EngineError::ShuttingDown);
         }
         validate(&req)?;
-        let _creating = self.inner.submit_lock.lock().await;
+        let shard = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            req.id.hash(&mut h);
+            (h.finish() % SUBMIT_LOCK_SHARDS as u64) as usize
+        };
+        let _creating = self.inner.submit_locks[shard].lock().await;
         if let Some(existing) = self.inner.store.get_run(&req.id).await? {
             if !existing.state.is_terminal() {
                 self.inner.enqueue(vec![existing.clone()]);
@@ -468,7 +479,16 @@ impl Inner {
         let task_id = id.clone();
         // The task cannot observe `tasks` before we insert its handle: it needs this lock.
         let handle = tokio::spawn(async move {
-            let result = inner.drive(&task_id, record).await;
+            // A panic (e.g. in the observer) must not leave the cluster locked.
+            let result = AssertUnwindSafe(inner.drive(&task_id, record))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(EngineError::Stopped {
+                        id: task_id.clone(),
+                        reason: "run task panicked".to_string(),
+                    })
+                });
             inner.finish(&task_id, result);
         });
         s.tasks.insert(id, handle);
