@@ -2,9 +2,11 @@
 //! steps through their state machines, persists every transition (flushed) before the side
 //! effect it guards, retries with exponential backoff, and resumes after a crash.
 //!
-//! Durable writes per step on the happy path: two (`Running` + attempt started; `Succeeded` +
-//! output). The run's own `Queued → Running` and `Running → Succeeded` transitions are folded into
-//! the first and last of those writes.
+//! Durable writes on the happy path: one per step plus one per run. Each write happens before a
+//! side effect starts: "step N succeeded (+ output)" and "step N+1 running, attempt 1 started"
+//! are one write, made before step N+1's executor is called; the last step's success and the
+//! run's `Succeeded` are one write. The run's `Queued → Running` is folded into step 1's start.
+//! If the engine stops between steps, the pending success is written before stopping.
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -90,6 +92,9 @@ pub enum EngineError {
     },
 }
 
+/// Number of shards of the per-id submit lock.
+const SUBMIT_LOCK_SHARDS: usize = 64;
+
 /// What a waiter sees.
 #[derive(Clone, Debug)]
 enum WaitState {
@@ -127,6 +132,9 @@ struct Inner {
     observer: Arc<dyn RunObserver>,
     sched: Mutex<Sched>,
     shutdown: watch::Sender<bool>,
+    /// Serialize the check-then-create of `submit` per id (sharded by hash) so that concurrent
+    /// submits of one id create one run, while different ids proceed in parallel.
+    submit_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// The durable step engine. Cheap to clone (an `Arc` inside); clones share all state.
@@ -200,6 +208,9 @@ impl Engine {
                 observer,
                 sched: Mutex::new(Sched::default()),
                 shutdown,
+                submit_locks: (0..SUBMIT_LOCK_SHARDS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
             }),
         }
     }
@@ -215,6 +226,13 @@ impl Engine {
             return Err(EngineError::ShuttingDown);
         }
         validate(&req)?;
+        let shard = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            req.id.hash(&mut h);
+            (h.finish() % SUBMIT_LOCK_SHARDS as u64) as usize
+        };
+        let _creating = self.inner.submit_locks[shard].lock().await;
         if let Some(existing) = self.inner.store.get_run(&req.id).await? {
             if !existing.state.is_terminal() {
                 self.inner.enqueue(vec![existing.clone()]);
@@ -461,7 +479,16 @@ impl Inner {
         let task_id = id.clone();
         // The task cannot observe `tasks` before we insert its handle: it needs this lock.
         let handle = tokio::spawn(async move {
-            let result = inner.drive(&task_id, record).await;
+            // A panic (e.g. in the observer) must not leave the cluster locked.
+            let result = AssertUnwindSafe(inner.drive(&task_id, record))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(EngineError::Stopped {
+                        id: task_id.clone(),
+                        reason: "run task panicked".to_string(),
+                    })
+                });
             inner.finish(&task_id, result);
         });
         s.tasks.insert(id, handle);
@@ -536,6 +563,8 @@ impl Inner {
             _ => RunEvent::Resume,
         });
         let mut outputs = BTreeMap::new();
+        // A step success not yet written (it is folded into the next write).
+        let mut unsaved = false;
         for idx in 0..run.steps.len() {
             match run.steps[idx].state {
                 StepState::Succeeded => {
@@ -559,7 +588,14 @@ impl Inner {
                 StepState::Pending | StepState::Running => {}
             }
             match self
-                .drive_step(&mut run, idx, &mut run_event, &outputs, &mut shutdown)
+                .drive_step(
+                    &mut run,
+                    idx,
+                    &mut run_event,
+                    &outputs,
+                    &mut shutdown,
+                    &mut unsaved,
+                )
                 .await?
             {
                 StepEnd::Succeeded => {
@@ -629,11 +665,15 @@ impl Inner {
         run_event: &mut Option<RunEvent>,
         outputs: &BTreeMap<String, serde_json::Value>,
         shutdown: &mut watch::Receiver<bool>,
+        unsaved: &mut bool,
     ) -> Result<StepEnd, EngineError> {
         // A step found Running was interrupted (crash/shutdown) or was between attempts.
         let mut resumed = run.steps[idx].state == StepState::Running;
         loop {
             if *shutdown.borrow() {
+                if std::mem::take(unsaved) {
+                    self.persist(run, None).await?;
+                }
                 return Ok(StepEnd::Stopped);
             }
             let now = Utc::now();
@@ -681,7 +721,9 @@ impl Inner {
                 });
             }
             self.set_progress(&run.id, None);
+            // Also persists the previous step's success, if not yet written.
             self.persist(run, None).await?;
+            *unsaved = false;
 
             // --- Execute.
             let (result, latest) = self.execute(run, idx, outputs).await;
@@ -702,12 +744,17 @@ impl Inner {
                     step.output = Some(output);
                     step.finished_at = Some(now);
                     step.error = None;
+                    self.set_progress(&run.id, None);
                     if run.steps.iter().all(|s| s.state == StepState::Succeeded) {
                         run.state = run_transition(run.state, RunEvent::Succeed)?;
                         run.finished_at = Some(now);
+                        self.persist(run, None).await?;
+                    } else {
+                        // Written together with the next step's first attempt, which follows at
+                        // once (or on the shutdown path): still durable before the next side
+                        // effect, one flush per step instead of two.
+                        *unsaved = true;
                     }
-                    self.set_progress(&run.id, None);
-                    self.persist(run, None).await?;
                     return Ok(StepEnd::Succeeded);
                 }
                 Err((outcome, msg)) => {

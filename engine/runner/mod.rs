@@ -4,6 +4,8 @@
 //! - [`fsm`]: the run and step transition tables.
 //! - [`engine`]: the [`Engine`] (scheduling, per-cluster queues, durable execution, resume).
 
+#![warn(missing_docs)]
+
 pub mod engine;
 pub mod fsm;
 pub mod step;

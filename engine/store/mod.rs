@@ -7,6 +7,8 @@
 //! Secrets never enter the store: step inputs and outputs are secret-free by contract, and error
 //! strings are truncated to [`MAX_ERROR_BYTES`] on write.
 
+#![warn(missing_docs)]
+
 mod records;
 mod sled_store;
 
@@ -48,7 +50,8 @@ pub enum StoreError {
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Writes `run` (replacing any record with the same id) and updates the indexes (active runs,
-    /// runs by PR) atomically, then flushes to disk before returning. Error strings longer than
+    /// runs by PR) crash-consistently (readers never see a non-terminal run missing from the
+    /// active index), then flushes to disk before returning. Error strings longer than
     /// [`MAX_ERROR_BYTES`] are truncated in the stored copy. `id`, `seq` and `pr_number` of a
     /// run must never change between writes.
     ///

@@ -7,14 +7,19 @@
 //! - `by_pr`: `pr (u64 BE) ‖ seq (u64 BE) ‖ run id` → empty.
 //! - `meta`: the bot's key-value state.
 //!
-//! `put_run` updates `runs`, `active` and `by_pr` in one sled transaction, then calls
-//! `flush_async` (sled transactions are not durable without a flush).
+//! `put_run` does not use sled transactions (nor batches): in sled 0.34.7 a transaction (or
+//! `apply_batch`) waiting for the global write lock while a `flush_async` holds the read lock
+//! deadlocks the whole database (reproduced by the engine benchmark with 40 concurrent runs:
+//! both tokio workers stuck in `TransactionalTrees::stage`, every flusher in `iobuf::flush`).
+//! Instead, plain inserts are ordered so that every crash-recovered prefix is consistent:
+//! index entries are added before the record and removed after it, so an index is at worst a
+//! superset, and readers check each entry against the record. Then a group-commit flush
+//! ([`SledStore::flush`]).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 
 use super::{RunRecord, Store, StoreError};
 
@@ -29,6 +34,11 @@ const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 /// in) has been dropped.
 pub struct SledStore {
     db: sled::Db,
+    /// Number of writes completed so far (assigned after each write returns).
+    written: AtomicU64,
+    /// Group commit: at most one `flush_async` in flight; holds the `written` value the last
+    /// completed flush covers.
+    flushed: tokio::sync::Mutex<u64>,
     runs: sled::Tree,
     active: sled::Tree,
     by_pr: sled::Tree,
@@ -73,12 +83,25 @@ impl SledStore {
             by_pr: db.open_tree("by_pr")?,
             meta: db.open_tree("meta")?,
             db,
+            written: AtomicU64::new(0),
+            flushed: tokio::sync::Mutex::new(0),
         })
     }
 
-    /// Flushes every pending write to disk (fsync). Errors: I/O.
+    /// Flushes every write completed before this call to disk (fsync). Errors: I/O.
+    ///
+    /// Group commit: concurrent callers share one `flush_async` (sled 0.34.7 deadlocks when
+    /// more concurrent `flush_async` calls are in flight than its I/O thread pool has threads:
+    /// they occupy every pool thread waiting for a log write that needs a pool thread).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let mine = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = self.flushed.lock().await;
+        if *flushed >= mine {
+            return Ok(()); // a flush that started after our write already completed
+        }
+        let target = self.written.load(Ordering::SeqCst);
         self.db.flush_async().await?;
+        *flushed = target;
         Ok(())
     }
 
@@ -145,30 +168,24 @@ impl Store for SledStore {
             source,
         })?;
         let akey = active_key(run.seq, &run.id);
-        let pkey = run.pr_number.map(|pr| pr_key(pr, run.seq, &run.id));
+        // Write order keeps every crash-recovered prefix consistent without a transaction:
+        // index entries are added before the record and removed after it, so an index is only
+        // ever a superset (readers check each entry against the record).
+        if let Some(pr) = run.pr_number {
+            let pkey = pr_key(pr, run.seq, &run.id);
+            if !self.by_pr.contains_key(&pkey)? {
+                self.by_pr.insert(pkey, &[][..])?;
+            }
+        }
         let terminal = run.state.is_terminal();
-        (&self.runs, &self.active, &self.by_pr)
-            .transaction(|(runs, active, by_pr)| {
-                runs.insert(run.id.as_bytes(), json.as_slice())?;
-                if terminal {
-                    active.remove(akey.as_slice())?;
-                } else {
-                    active.insert(akey.as_slice(), &[][..])?;
-                }
-                if let Some(k) = &pkey {
-                    by_pr.insert(k.as_slice(), &[][..])?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e: TransactionError<()>| match e {
-                TransactionError::Storage(e) => StoreError::Sled(e),
-                TransactionError::Abort(()) => StoreError::Corrupt {
-                    tree: "runs",
-                    detail: "transaction aborted".to_string(),
-                },
-            })?;
-        self.db.flush_async().await?;
-        Ok(())
+        if !terminal && !self.active.contains_key(&akey)? {
+            self.active.insert(akey.as_slice(), &[][..])?;
+        }
+        self.runs.insert(run.id.as_bytes(), json)?;
+        if terminal {
+            self.active.remove(akey.as_slice())?;
+        }
+        self.flush().await
     }
 
     async fn get_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
@@ -212,8 +229,7 @@ impl Store for SledStore {
 
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.meta.insert(key.as_bytes(), value)?;
-        self.db.flush_async().await?;
-        Ok(())
+        self.flush().await
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -222,8 +238,7 @@ impl Store for SledStore {
 
     async fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
         self.meta.remove(key.as_bytes())?;
-        self.db.flush_async().await?;
-        Ok(())
+        self.flush().await
     }
 
     async fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

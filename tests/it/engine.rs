@@ -875,13 +875,12 @@ async fn engine_observer_sees_every_transition_and_progress() {
             (Queued, vec![P, P], None),                 // submitted
             (Running, vec![R, P], None),                // a attempt 1 started
             (Running, vec![R, P], line("a attempt 1")), // progress line
-            (Running, vec![S, P], None),                // a succeeded
-            (Running, vec![S, R], None),                // b attempt 1 started
+            (Running, vec![S, R], None), // a succeeded + b attempt 1 started (one write)
             (Running, vec![S, R], line("b attempt 1")), // progress line
             (Running, vec![S, R], line("b attempt 1")), // b attempt 1 failed, retrying
-            (Running, vec![S, R], None),                // b attempt 2 started
+            (Running, vec![S, R], None), // b attempt 2 started
             (Running, vec![S, R], line("b attempt 2")), // progress line
-            (Succeeded, vec![S, S], None),              // b succeeded, run succeeded
+            (Succeeded, vec![S, S], None), // b succeeded, run succeeded (one write)
         ]
     );
     let progress: Vec<String> = events.iter().filter_map(|e| e.2.clone()).collect();
@@ -919,4 +918,83 @@ async fn engine_shutdown_lets_in_flight_attempts_finish_within_grace() {
     );
     assert_eq!(ex.calls_for("r").len(), 1);
     assert_eq!(store.list_active().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_many_concurrent_runs_complete() {
+    // Regression: sled 0.34.7 deadlocked with many concurrent flushes/transactions.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let ex = Scripted::new();
+    let engine = engine_with(store.clone(), ex.clone(), Arc::new(NoopObserver));
+    let n = 64;
+    let submits = (0..n).map(|i| {
+        let engine = engine.clone();
+        async move {
+            engine
+                .submit(request(
+                    &format!("r{i}"),
+                    &format!("c{}", i % 48),
+                    vec![spec("a"), spec("b"), spec("c")],
+                ))
+                .await
+                .unwrap()
+        }
+    });
+    futures::future::join_all(submits).await;
+    let all = async {
+        for i in 0..n {
+            let run = engine.wait(&format!("r{i}")).await.unwrap();
+            assert_eq!(run.state, RunState::Succeeded);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("runs did not finish (deadlock?)");
+    assert_eq!(ex.calls().len(), n * 3);
+    assert!(store.list_active().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn engine_long_errors_are_truncated_and_empty_plans_succeed() {
+    struct Verbose;
+    #[async_trait]
+    impl StepExecutor for Verbose {
+        fn kinds(&self) -> Vec<&'static str> {
+            vec!["test.verbose"]
+        }
+        async fn execute(&self, _ctx: &StepContext) -> Result<Value, StepError> {
+            Err(StepError::Permanent("é".repeat(5000)))
+        }
+    }
+    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+    let engine = Engine::new(
+        store.clone(),
+        vec![Arc::new(Verbose)],
+        Arc::new(NoopObserver),
+    );
+    let mut s = spec("v");
+    s.kind = "test.verbose".to_string();
+    engine.submit(request("long", "c", vec![s])).await.unwrap();
+    let run = engine.wait("long").await.unwrap();
+    assert_eq!(run.state, RunState::Failed);
+    assert!(run.error.as_ref().unwrap().len() <= MAX_ERROR_BYTES + 3);
+    assert!(run.steps[0].attempts[0].error.as_ref().unwrap().len() <= MAX_ERROR_BYTES + 3);
+    assert_eq!(store.get_run("long").await.unwrap().unwrap(), run);
+
+    engine.submit(request("empty", "c", vec![])).await.unwrap();
+    assert_eq!(
+        engine.wait("empty").await.unwrap().state,
+        RunState::Succeeded
+    );
+    assert!(matches!(
+        engine.wait("missing").await,
+        Err(EngineError::NotFound(_))
+    ));
+    assert!(matches!(
+        engine
+            .submit(request("dup", "c", vec![spec("x"), spec("x")]))
+            .await,
+        Err(EngineError::InvalidRequest(_))
+    ));
 }
