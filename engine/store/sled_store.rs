@@ -7,14 +7,17 @@
 //! - `by_pr`: `pr (u64 BE) ‖ seq (u64 BE) ‖ run id` → empty.
 //! - `meta`: the bot's key-value state.
 //!
-//! `put_run` does not use sled transactions (nor batches): in sled 0.34.7 a transaction (or
-//! `apply_batch`) waiting for the global write lock while a `flush_async` holds the read lock
-//! deadlocks the whole database (reproduced by the engine benchmark with 40 concurrent runs:
-//! both tokio workers stuck in `TransactionalTrees::stage`, every flusher in `iobuf::flush`).
-//! Instead, plain inserts are ordered so that every crash-recovered prefix is consistent:
-//! index entries are added before the record and removed after it, so an index is at worst a
-//! superset, and readers check each entry against the record. Then a group-commit flush
-//! ([`SledStore::flush`]).
+//! `put_run` does not use sled transactions (nor batches). With 40 concurrent runs, each
+//! calling `flush_async` after a transaction, sled 0.34.7 deadlocked (engine benchmark, gdb):
+//! both tokio workers waited in `TransactionalTrees::stage` for sled's global write lock, while
+//! every I/O pool thread sat in `iobuf::flush` waiting for the read lock or for a log write that
+//! itself needed a pool thread. Without transactions the same hang still occurred through pool
+//! starvation alone (every pool thread in `make_stable`), hence the group-commit flush below
+//! (at most one `flush_async` in flight). Avoiding transactions also keeps sled out of its
+//! global reader/writer-lock mode, which the first transaction switches on for good.
+//! Instead of a transaction, plain inserts are ordered so that every crash-recovered prefix is
+//! consistent: index entries are added before the record and removed after it, so an index is
+//! at worst a superset, and readers check each entry against the record.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
