@@ -26,7 +26,11 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// 5 attempts, 2 s initial backoff, 60 s cap.
     fn default() -> Self {
-        RetryPolicy { max_attempts: 5, initial_backoff_secs: 2.0, max_backoff_secs: 60.0 }
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff_secs: 2.0,
+            max_backoff_secs: 60.0,
+        }
     }
 }
 

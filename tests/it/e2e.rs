@@ -51,7 +51,11 @@ impl InProcessBot {
             github_token: tkgops::sandbox::GITHUB_TOKEN.into(),
             tmc_token: tmc_token.map(String::from),
         };
-        let bot = Arc::new(tkgops::bot::serve::build_with(&cfg, creds).await.expect("bot"));
+        let bot = Arc::new(
+            tkgops::bot::serve::build_with(&cfg, creds)
+                .await
+                .expect("bot"),
+        );
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let poll = timings.poll;
         let task = tokio::spawn(async move {
