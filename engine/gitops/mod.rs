@@ -7,6 +7,7 @@
 //! All functions are blocking; async callers use `tokio::task::spawn_blocking`.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use git2::{AutotagOption, Cred, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository};
 
@@ -34,11 +35,16 @@ fn git(op: impl Into<String>) -> impl FnOnce(git2::Error) -> GitError {
 }
 
 /// The bot's bare mirror of the config repository.
+///
+/// Holds one open libgit2 repository (opening one costs about a millisecond, more than a
+/// whole diff), shared by clones and serialised by a mutex: every operation is short and
+/// blocking, and callers run them on `spawn_blocking` threads.
 #[derive(Clone)]
 pub struct ConfigRepo {
     path: PathBuf,
     remote_url: String,
     token: Option<String>,
+    repo: Arc<Mutex<Repository>>,
 }
 
 impl std::fmt::Debug for ConfigRepo {
@@ -60,19 +66,24 @@ impl ConfigRepo {
         remote_url: &str,
         token: Option<String>,
     ) -> Result<ConfigRepo, GitError> {
-        if Repository::open_bare(path).is_err() {
-            std::fs::create_dir_all(path).ok();
-            Repository::init_bare(path).map_err(git("init"))?;
-        }
+        let repo = match Repository::open_bare(path) {
+            Ok(r) => r,
+            Err(_) => {
+                std::fs::create_dir_all(path).ok();
+                Repository::init_bare(path).map_err(git("init"))?
+            }
+        };
         Ok(ConfigRepo {
             path: path.to_path_buf(),
             remote_url: remote_url.to_string(),
             token,
+            repo: Arc::new(Mutex::new(repo)),
         })
     }
 
-    fn repo(&self) -> Result<Repository, GitError> {
-        Repository::open(&self.path).map_err(git("open"))
+    fn repo(&self) -> Result<MutexGuard<'_, Repository>, GitError> {
+        // A panic while holding the lock cannot leave libgit2 state inconsistent for readers.
+        Ok(self.repo.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Fetches `refspecs` (e.g. `+refs/pull/7/head:refs/tkgops/pull/7`) from the remote.
@@ -208,7 +219,10 @@ impl ConfigRepo {
             .find_commit(oid(sha)?)
             .map_err(|_| GitError::NotFound(sha.to_string()))?
             .tree_id();
-        Ok(GitTree { repo, tree })
+        Ok(GitTree {
+            repo: self.repo.clone(),
+            tree,
+        })
     }
 }
 
@@ -218,15 +232,16 @@ fn oid(sha: &str) -> Result<Oid, GitError> {
 
 /// The files of one commit, read from the object database (no checkout).
 pub struct GitTree {
-    repo: Repository,
+    repo: Arc<Mutex<Repository>>,
     tree: Oid,
 }
 
 impl TreeReader for GitTree {
     fn read(&self, path: &str) -> Option<Vec<u8>> {
-        let tree = self.repo.find_tree(self.tree).ok()?;
+        let repo = self.repo.lock().unwrap_or_else(|p| p.into_inner());
+        let tree = repo.find_tree(self.tree).ok()?;
         let entry = tree.get_path(Path::new(path)).ok()?;
-        let blob = entry.to_object(&self.repo).ok()?.into_blob().ok()?;
+        let blob = entry.to_object(&repo).ok()?.into_blob().ok()?;
         Some(blob.content().to_vec())
     }
 }
@@ -237,11 +252,12 @@ impl ConfigRepo {
     ///
     /// Errors: [`GitError::Git`] when `path` is not a git repository.
     pub fn open_local(path: &Path) -> Result<ConfigRepo, GitError> {
-        Repository::open(path).map_err(git("open"))?;
+        let repo = Repository::open(path).map_err(git("open"))?;
         Ok(ConfigRepo {
             path: path.to_path_buf(),
             remote_url: String::new(),
             token: None,
+            repo: Arc::new(Mutex::new(repo)),
         })
     }
 }
