@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::gitops::{ConfigRepo, GitError};
-use crate::providers::github::{CommitState, PullRequest, VcsClient};
+use crate::providers::github::{CommitState, PullRequest, RepoInfo, VcsClient};
 use crate::request::RepoConfig;
 use crate::runner::{Engine, RunRequest};
 use crate::store::Store;
@@ -93,19 +93,23 @@ pub struct Bot {
 }
 
 impl Bot {
-    /// Assembles a bot from its parts. `default_branch` and `full_name` come from the GitHub
-    /// repository; `executors` is updated with the management clusters of every default-branch
-    /// commit the bot sees.
+    /// Assembles a bot from its parts. `repo` is the GitHub repository (its default branch is
+    /// the desired state; its full name tells fork PRs apart); `executors` is updated with the
+    /// management clusters of every default-branch commit the bot sees.
     pub fn new(
         vcs: Arc<dyn VcsClient>,
         git: ConfigRepo,
         store: Arc<dyn Store>,
         engine: Engine,
         catalog: Arc<Catalog>,
-        default_branch: String,
-        full_name: String,
+        repo: RepoInfo,
         executors: Arc<executors::Executors>,
     ) -> Bot {
+        let RepoInfo {
+            default_branch,
+            full_name,
+            ..
+        } = repo;
         Bot {
             vcs,
             git,

@@ -229,8 +229,7 @@ pub fn run_view(run: &RunRecord, progress: Option<&str>) -> RunView {
                     let retrying = s
                         .attempts
                         .iter()
-                        .rev()
-                        .nth(0)
+                        .next_back()
                         .and_then(|a| a.error.clone())
                         .filter(|_| s.attempts.len() > 1);
                     progress

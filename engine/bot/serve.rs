@@ -137,14 +137,5 @@ pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, Serv
         .await
         .map_err(|e| ServeError::Store(e.to_string()))?;
     info!(repo = %info.full_name, default_branch = %info.default_branch, resumed, "tkgops bot ready");
-    Ok(Bot::new(
-        vcs,
-        git,
-        store,
-        engine,
-        catalog,
-        info.default_branch,
-        info.full_name,
-        executors,
-    ))
+    Ok(Bot::new(vcs, git, store, engine, catalog, info, executors))
 }

@@ -99,7 +99,7 @@ impl RequestLog {
     pub fn count(&self, method: &Method, path: &str) -> usize {
         self.all()
             .iter()
-            .filter(|r| !r.faulted && &r.method == method && r.path == path)
+            .filter(|r| !r.faulted && r.method == *method && r.path == path)
             .count()
     }
 
@@ -107,7 +107,7 @@ impl RequestLog {
     pub fn count_prefix(&self, method: &Method, prefix: &str) -> usize {
         self.all()
             .iter()
-            .filter(|r| !r.faulted && &r.method == method && r.path.starts_with(prefix))
+            .filter(|r| !r.faulted && r.method == *method && r.path.starts_with(prefix))
             .count()
     }
 
