@@ -80,6 +80,27 @@ pub struct MergeRecord {
     pub refused: Option<String>,
 }
 
+/// The parts a [`Bot`] is assembled from (see [`serve::build`]).
+pub struct BotParts {
+    /// GitHub client.
+    pub vcs: Arc<dyn VcsClient>,
+    /// The bare mirror of the config repository.
+    pub git: ConfigRepo,
+    /// The journal.
+    pub store: Arc<dyn Store>,
+    /// The step engine.
+    pub engine: Engine,
+    /// Workflows and templates.
+    pub catalog: Arc<Catalog>,
+    /// The GitHub repository: its default branch is the desired state, its full name tells
+    /// fork PRs apart.
+    pub repo: RepoInfo,
+    /// The executors, updated with the management clusters of every default-branch commit.
+    pub executors: Arc<executors::Executors>,
+    /// The single writer of run comments and `tkgops/apply` statuses.
+    pub publisher: publisher::CommentPublisher,
+}
+
 /// The bot: one config repository, one GitHub repository, one engine.
 pub struct Bot {
     vcs: Arc<dyn VcsClient>,
@@ -90,35 +111,32 @@ pub struct Bot {
     default_branch: String,
     full_name: String,
     executors: Arc<executors::Executors>,
+    publisher: publisher::CommentPublisher,
 }
 
 impl Bot {
-    /// Assembles a bot from its parts. `repo` is the GitHub repository (its default branch is
-    /// the desired state; its full name tells fork PRs apart); `executors` is updated with the
-    /// management clusters of every default-branch commit the bot sees.
-    pub fn new(
-        vcs: Arc<dyn VcsClient>,
-        git: ConfigRepo,
-        store: Arc<dyn Store>,
-        engine: Engine,
-        catalog: Arc<Catalog>,
-        repo: RepoInfo,
-        executors: Arc<executors::Executors>,
-    ) -> Bot {
-        let RepoInfo {
-            default_branch,
-            full_name,
-            ..
-        } = repo;
+    /// Assembles a bot from its parts.
+    pub fn new(parts: BotParts) -> Bot {
+        let BotParts {
+            vcs,
+            git,
+            store,
+            engine,
+            catalog,
+            repo,
+            executors,
+            publisher,
+        } = parts;
         Bot {
             vcs,
             git,
             store,
             engine,
             catalog,
-            default_branch,
-            full_name,
+            default_branch: repo.default_branch,
+            full_name: repo.full_name,
             executors,
+            publisher,
         }
     }
 
@@ -375,14 +393,10 @@ impl Bot {
             .await
             .map_err(|e| BotError::Store(e.to_string()))?;
         info!(pr = pr.number, merge = %merge_sha, runs = record.run_ids.len(), refused = ?record.refused, "merge handled");
-        publisher::publish_merge(
-            &*self.vcs,
-            &*self.store,
-            &self.catalog,
-            &record,
-            &BTreeMap::new(),
-        )
-        .await
+        // The publisher is the only writer of run comments: a write retried here could land
+        // after a newer one and show a stale state.
+        self.publisher.notify(&merge_sha);
+        Ok(())
     }
 
     async fn put_merge_record(&self, record: &MergeRecord) -> Result<(), BotError> {

@@ -59,6 +59,14 @@ impl CommentPublisher {
     }
 }
 
+impl CommentPublisher {
+    /// Asks for the comment and status of merge commit `commit` to be (re)published from the
+    /// journal. Coalesced with other requests; never blocks.
+    pub fn notify(&self, commit: &str) {
+        let _ = self.tx.send(commit.to_string());
+    }
+}
+
 #[async_trait::async_trait]
 impl RunObserver for CommentPublisher {
     async fn run_changed(&self, run: &RunRecord, progress: Option<&str>) {
@@ -264,19 +272,6 @@ pub fn run_view(run: &RunRecord, progress: Option<&str>) -> RunView {
         steps,
         summary,
     }
-}
-
-/// Publishes a merge record right after the merge was handled (before any transition).
-///
-/// Errors: as [`publish_record`].
-pub async fn publish_merge(
-    vcs: &dyn VcsClient,
-    store: &dyn Store,
-    catalog: &Catalog,
-    record: &MergeRecord,
-    progress: &BTreeMap<String, String>,
-) -> Result<(), BotError> {
-    publish_record(vcs, store, catalog, record, progress).await
 }
 
 /// A one-line, secret-free summary of a succeeded step's output for the Details column.

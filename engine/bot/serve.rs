@@ -7,7 +7,7 @@ use tracing::info;
 use super::config::{BotConfig, ConfigError};
 use super::executors::Executors;
 use super::publisher::CommentPublisher;
-use super::Bot;
+use super::{Bot, BotParts};
 use crate::gitops::{ConfigRepo, GitError};
 use crate::providers::github::{OctocrabClient, RetrySettings, VcsClient};
 use crate::runner::Engine;
@@ -130,12 +130,21 @@ pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, Serv
             creds.tmc_token,
             cfg.tmc_poll_interval,
         ),
-        Arc::new(publisher),
+        Arc::new(publisher.clone()),
     );
     let resumed = engine
         .resume_all()
         .await
         .map_err(|e| ServeError::Store(e.to_string()))?;
     info!(repo = %info.full_name, default_branch = %info.default_branch, resumed, "tkgops bot ready");
-    Ok(Bot::new(vcs, git, store, engine, catalog, info, executors))
+    Ok(Bot::new(BotParts {
+        vcs,
+        git,
+        store,
+        engine,
+        catalog,
+        repo: info,
+        executors,
+        publisher,
+    }))
 }

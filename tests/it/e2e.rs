@@ -362,3 +362,81 @@ async fn killed_bot_resumes_without_repeating_side_effects() {
     assert_eq!(bot_comments(&env, pr).len(), 1, "one sticky comment");
     assert_cluster_created(&env).await;
 }
+
+/// A PackageInstall that kapp-controller cannot reconcile fails the run with its
+/// `usefulErrorMessage` in the PR comment; GitHub 5xx and 429 (Retry-After) answers on the way
+/// are waited out, not fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_package_surfaces_kapp_controller_error_on_the_pr() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot = InProcessBot::start(&env, &timings, Some(tkgops::sandbox::TMC_TOKEN)).await;
+
+    let (_, mut files) = request_files(None, &env.vpc);
+    for (path, content) in files.iter_mut() {
+        if path.ends_with("tkgops.yaml") {
+            *content = content.replace(
+                "  - name: contour\n",
+                "  - name: contour\n    version: 1.99.0+vmware.1-tkg.1\n",
+            );
+        }
+    }
+    env.github.faults().inject(Fault::new(
+        Some(Method::PATCH),
+        "/repos/acme/tkg-clusters/issues/comments/",
+        FaultAction::Status {
+            code: 502,
+            body: "{\"message\":\"Server Error\"}".into(),
+        },
+        Some(2),
+    ));
+    env.github.faults().inject(Fault::new(
+        Some(Method::POST),
+        "/repos/acme/tkg-clusters/statuses/",
+        FaultAction::RetryAfter { code: 429, secs: 1 },
+        Some(1),
+    ));
+    let pr = env
+        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
+        .unwrap();
+    let head = head_of(&env, "add-team-a-prod");
+    assert_eq!(
+        env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "success"
+    );
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    let apply = env
+        .wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
+        .await
+        .unwrap();
+    assert_eq!(apply, "failure");
+    tokio::time::sleep(timings.comment * 4).await;
+    let comments = bot_comments(&env, pr);
+    assert_eq!(
+        comments.len(),
+        1,
+        "one sticky comment despite the injected 502s"
+    );
+    let body = &comments[0];
+    assert!(body.contains("❌ failed"), "{body}");
+    assert!(
+        body.contains("Could not find package with name 'contour.tanzu.vmware.com' and version '1.99.0+vmware.1-tkg.1'"),
+        "kapp-controller's usefulErrorMessage is shown: {body}"
+    );
+    let faulted = env
+        .github
+        .faults()
+        .log()
+        .all()
+        .into_iter()
+        .filter(|r| r.faulted)
+        .count();
+    assert_eq!(
+        faulted, 3,
+        "all injected GitHub faults were hit and waited out"
+    );
+    bot.stop().await;
+}
