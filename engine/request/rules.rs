@@ -120,6 +120,11 @@ pub const RULES: &[(&str, Severity, &str)] = &[
         Severity::Error,
         "R17: package dependencies present",
     ),
+    (
+        "TKGOPS-PKG-SECRET",
+        Severity::Error,
+        "package values hold no inline secrets (passwords, tokens, keys)",
+    ),
 ];
 
 /// Default severity of rule `id`; `None` for an unknown rule ID.
@@ -697,6 +702,24 @@ fn settings_rules(s: &ClusterSettings, repo: Option<&RepoConfig>, out: &mut Vec<
             msg,
         )
     };
+    // TKGOPS-PKG-SECRET: inline values end up in the PR comment, the plan and the journal
+    // (security rule 5); secrets belong in a Kubernetes Secret referenced by the package.
+    for p in &s.packages {
+        if let Some(values) = &p.values {
+            let mut keys = Vec::new();
+            secret_keys(values, "", &mut keys);
+            for key in keys {
+                out.push(mk(
+                    s.line("packages"),
+                    "TKGOPS-PKG-SECRET",
+                    format!(
+                        "package {} values set {key}, which looks like a secret; keep secrets out of the config repository (create them as a Kubernetes Secret on the cluster)",
+                        p.name
+                    ),
+                ));
+            }
+        }
+    }
     // R5 TKGOPS-TKR
     match parse_tkr(&s.tkr) {
         None => out.push(mk(
@@ -864,4 +887,37 @@ pub fn validate(
     out.sort_by(|a, b| (&a.path, a.line, &a.rule).cmp(&(&b.path, b.line, &b.rule)));
     out.dedup();
     out
+}
+
+/// Collects the dotted paths of keys in `v` whose names look like secrets (password, secret,
+/// token, private key, credentials) and hold a non-empty value. Values are never returned.
+fn secret_keys(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
+    const MARKERS: &[&str] = &[
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "privatekey",
+        "private_key",
+        "credential",
+        "apikey",
+        "api_key",
+    ];
+    if let serde_yaml::Value::Mapping(m) = v {
+        for (k, val) in m {
+            let Some(name) = k.as_str() else { continue };
+            let path = if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            let lower = name.to_ascii_lowercase().replace('-', "_");
+            let non_empty = !matches!(val, serde_yaml::Value::Null) && val.as_str() != Some("");
+            if non_empty && !val.is_mapping() && MARKERS.iter().any(|m| lower.contains(m)) {
+                out.push(path);
+            } else {
+                secret_keys(val, &path, out);
+            }
+        }
+    }
 }

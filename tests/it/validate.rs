@@ -1448,3 +1448,37 @@ fn fixture_files_under_validate() {
         1
     );
 }
+
+#[test]
+fn package_values_with_inline_secrets_are_rejected_without_echoing_them() {
+    let settings = "managementCluster: mc-aws-1\ntkr: v1.23.8+vmware.2-tkg.1\npackages:\n  - name: cert-manager\n  - name: contour\n  - name: harbor\n    values:\n      hostname: harbor.corp.example.com\n      harborAdminPassword: s3cr3t-SENTINEL\n      database: {password: s3cr3t-SENTINEL}\n";
+    let s = tkgops::request::parse_cluster_settings("clusters/a/tkgops.yaml", settings.as_bytes())
+        .expect("settings parse");
+    let cfg =
+        tkgops::request::parse_tkg_config("clusters/a/cluster-config.yaml", b"CLUSTER_NAME: a\n")
+            .expect("config parses");
+    let findings = tkgops::request::validate(&cfg, Some(&s), None);
+    let secret: Vec<_> = findings
+        .iter()
+        .filter(|f| f.rule == "TKGOPS-PKG-SECRET")
+        .collect();
+    assert_eq!(secret.len(), 2, "{findings:#?}");
+    assert!(secret
+        .iter()
+        .any(|f| f.message.contains("harborAdminPassword")));
+    assert!(secret
+        .iter()
+        .any(|f| f.message.contains("database.password")));
+    assert!(findings
+        .iter()
+        .all(|f| !f.to_string().contains("s3cr3t-SENTINEL")));
+    let ok = settings.replace(
+        "      harborAdminPassword: s3cr3t-SENTINEL\n      database: {password: s3cr3t-SENTINEL}\n",
+        "",
+    );
+    let s =
+        tkgops::request::parse_cluster_settings("clusters/a/tkgops.yaml", ok.as_bytes()).unwrap();
+    assert!(tkgops::request::validate(&cfg, Some(&s), None)
+        .iter()
+        .all(|f| f.rule != "TKGOPS-PKG-SECRET"));
+}
