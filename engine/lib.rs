@@ -18,6 +18,7 @@ pub mod providers;
 pub mod request;
 pub mod runner;
 pub mod sandbox;
+pub mod serde_duration;
 pub mod store;
 pub mod workflow;
 

@@ -81,16 +81,16 @@ pub struct BotConfig {
     /// Directory for the sled journal and the git mirror.
     pub state_dir: PathBuf,
     /// How often open and recently closed pull requests are polled (humantime; default 30s).
-    #[serde(default = "default_poll", with = "humantime_serde")]
+    #[serde(default = "default_poll", with = "crate::serde_duration")]
     pub poll_interval: Duration,
     /// Poll interval of cluster readiness and PackageInstall waits (default 15s, as TKG).
-    #[serde(default = "default_kube_poll", with = "humantime_serde")]
+    #[serde(default = "default_kube_poll", with = "crate::serde_duration")]
     pub kube_poll_interval: Duration,
     /// Poll interval of TMC attach waits (default 10s, as the TMC Terraform provider).
-    #[serde(default = "default_tmc_poll", with = "humantime_serde")]
+    #[serde(default = "default_tmc_poll", with = "crate::serde_duration")]
     pub tmc_poll_interval: Duration,
     /// Minimum time between two edits of the same PR comment (GitHub content-creation limits).
-    #[serde(default = "default_comment_interval", with = "humantime_serde")]
+    #[serde(default = "default_comment_interval", with = "crate::serde_duration")]
     pub comment_min_interval: Duration,
     /// Environment variable holding the TMC (CSP) API token.
     #[serde(default = "default_tmc_token_env")]
@@ -131,21 +131,5 @@ impl BotConfig {
         std::env::var(&self.tmc_token_env)
             .ok()
             .filter(|t| !t.is_empty())
-    }
-}
-
-/// serde adapter for humantime durations (`"30s"`).
-mod humantime_serde {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
     }
 }

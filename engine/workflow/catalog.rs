@@ -68,10 +68,10 @@ pub struct RetrySpec {
     /// Total attempts including the first.
     pub max_attempts: u32,
     /// Delay before the second attempt (humantime, e.g. `2s`).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::serde_duration")]
     pub initial_backoff: Duration,
     /// Cap of the delay between attempts (humantime).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::serde_duration")]
     pub max_backoff: Duration,
 }
 
@@ -96,7 +96,7 @@ pub struct WorkflowStep {
     /// Title shown in the PR comment.
     pub title: String,
     /// Deadline of one attempt (humantime, e.g. `5m`).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::serde_duration")]
     pub timeout: Duration,
     /// Retry policy; defaults to [`RetryPolicy::default`].
     #[serde(default)]
@@ -284,20 +284,4 @@ fn collect_files(
         }
     }
     Ok(())
-}
-
-/// serde adapter for humantime durations (`"5m"`, `"2s"`).
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
 }
