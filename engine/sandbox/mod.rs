@@ -422,45 +422,40 @@ fn sandbox_repo_config(kubeconfig: &Path, tmc_url: &str) -> Result<String, Strin
     Ok(format!("# Repository settings for tkgops (sandbox copy of examples/config-repo/tkgops.yaml).\n{body}"))
 }
 
+/// Parses a TKG configuration file with the project's parser; an unparsable file (an invalid
+/// request, which the plan will report) reads as empty.
+fn parse_request(config: &str) -> crate::request::TkgConfig {
+    crate::request::parse_tkg_config("request", config.as_bytes()).unwrap_or_default()
+}
+
+/// Reads variable `key` of a TKG configuration file (empty when absent, unset or unparsable).
+pub fn tkg_var(config: &str, key: &str) -> String {
+    parse_request(config).get(key).unwrap_or("").to_string()
+}
+
 /// Rewrites the AWS network identifiers of a TKG configuration file to the sandbox's seeded VPC
-/// (moto assigns its own IDs), keeping every other line as written.
+/// (moto assigns its own IDs), keeping every other line as written. Only variables that are
+/// set are rewritten, on the line the parser found them.
 pub fn map_request_to_vpc(config: &str, vpc: &SeededVpc) -> String {
-    let mut out = Vec::new();
-    for line in config.lines() {
-        let key = line.split(':').next().unwrap_or("").trim();
-        let replacement = match key {
-            "AWS_VPC_ID" if !value_of(line).is_empty() => Some(vpc.vpc_id.clone()),
-            "AWS_PRIVATE_SUBNET_ID" => vpc.private_subnet_ids.first().cloned(),
-            "AWS_PRIVATE_SUBNET_ID_1" => vpc.private_subnet_ids.get(1).cloned(),
-            "AWS_PRIVATE_SUBNET_ID_2" => vpc.private_subnet_ids.get(2).cloned(),
-            "AWS_PUBLIC_SUBNET_ID" => vpc.public_subnet_ids.first().cloned(),
-            "AWS_PUBLIC_SUBNET_ID_1" => vpc.public_subnet_ids.get(1).cloned(),
-            "AWS_PUBLIC_SUBNET_ID_2" => vpc.public_subnet_ids.get(2).cloned(),
-            _ => None,
-        };
-        match replacement {
-            Some(id) if !value_of(line).is_empty() && !line.starts_with(' ') => {
-                out.push(format!("{key}: {id}"))
+    let parsed = parse_request(config);
+    let ids: [(&str, Option<&String>); 7] = [
+        ("AWS_VPC_ID", Some(&vpc.vpc_id)),
+        ("AWS_PRIVATE_SUBNET_ID", vpc.private_subnet_ids.first()),
+        ("AWS_PRIVATE_SUBNET_ID_1", vpc.private_subnet_ids.get(1)),
+        ("AWS_PRIVATE_SUBNET_ID_2", vpc.private_subnet_ids.get(2)),
+        ("AWS_PUBLIC_SUBNET_ID", vpc.public_subnet_ids.first()),
+        ("AWS_PUBLIC_SUBNET_ID_1", vpc.public_subnet_ids.get(1)),
+        ("AWS_PUBLIC_SUBNET_ID_2", vpc.public_subnet_ids.get(2)),
+    ];
+    let mut lines: Vec<String> = config.lines().map(String::from).collect();
+    for (key, id) in ids {
+        if let (Some(id), Some(_), Some(line)) = (id, parsed.get(key), parsed.line(key)) {
+            if let Some(l) = lines.get_mut(line as usize - 1) {
+                *l = format!("{key}: {id}");
             }
-            _ => out.push(line.to_string()),
         }
     }
-    out.join("\n") + "\n"
-}
-
-fn value_of(line: &str) -> String {
-    line.split_once(':')
-        .map(|(_, v)| v.trim().trim_matches('"').to_string())
-        .unwrap_or_default()
-}
-
-/// Reads `KEY: value` from a flat TKG configuration file (empty when absent).
-pub fn tkg_var(config: &str, key: &str) -> String {
-    config
-        .lines()
-        .find(|l| l.split(':').next().map(str::trim) == Some(key) && !l.starts_with(' '))
-        .map(value_of)
-        .unwrap_or_default()
+    lines.join("\n") + "\n"
 }
 
 /// Creates the bare remote with one commit on `main` holding `files`.
@@ -564,13 +559,14 @@ pub fn request_files(request: Option<&str>, vpc: &SeededVpc) -> (String, Vec<(St
 
 /// Region, AZs and VPC CIDR to seed moto with for a request (defaults: the example's).
 pub fn network_of(request: Option<&str>) -> (String, Vec<String>, String) {
-    let text = request.unwrap_or(EXAMPLE_CLUSTER_CONFIG);
-    let region = Some(tkg_var(text, "AWS_REGION"))
+    let cfg = parse_request(request.unwrap_or(EXAMPLE_CLUSTER_CONFIG));
+    let var = |k: &str| cfg.get(k).unwrap_or("").to_string();
+    let region = Some(var("AWS_REGION"))
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "us-west-2".into());
     let mut azs: Vec<String> = ["AWS_NODE_AZ", "AWS_NODE_AZ_1", "AWS_NODE_AZ_2"]
         .iter()
-        .map(|k| tkg_var(text, k))
+        .map(|k| var(k))
         .filter(|a| !a.is_empty() && a.starts_with(&region))
         .collect();
     azs.dedup();
@@ -581,7 +577,7 @@ pub fn network_of(request: Option<&str>) -> (String, Vec<String>, String) {
             format!("{region}c"),
         ];
     }
-    let cidr = Some(tkg_var(text, "AWS_VPC_CIDR"))
+    let cidr = Some(var("AWS_VPC_CIDR"))
         .filter(|s| s.parse::<ipnet::IpNet>().is_ok())
         .unwrap_or_else(|| "10.0.0.0/16".into());
     (region, azs, cidr)
