@@ -601,8 +601,10 @@ fn render_intent(
 /// The handlebars context for one cluster: `cluster` (the [`ClusterSpec`]), `repo.tmc`, and a
 /// few derived values the templates need.
 pub fn render_context(spec: &ClusterSpec, repo: Option<&RepoConfig>, commit: &str) -> Value {
-    let repo_json = repo
-        .and_then(|r| serde_json::to_value(r).ok())
+    // Only the TMC endpoints of the repository settings reach the templates.
+    let tmc = repo
+        .and_then(|r| r.tmc.as_ref())
+        .and_then(|t| serde_json::to_value(t).ok())
         .unwrap_or(Value::Null);
     let mut instance_types: Vec<String> = std::iter::once(spec.control_plane.instance_type.clone())
         .chain(spec.workers.iter().map(|w| w.instance_type.clone()))
@@ -616,7 +618,7 @@ pub fn render_context(spec: &ClusterSpec, repo: Option<&RepoConfig>, commit: &st
         .unwrap_or_else(|| "m5.large".into());
     json!({
         "cluster": spec,
-        "repo": {"tmc": repo_json.get("tmc").cloned().unwrap_or(Value::Null)},
+        "repo": {"tmc": tmc},
         "instanceTypes": instance_types,
         "defaultWorkerInstanceType": default_worker,
         "workerPoolLabel": format!("{}-worker-pool", spec.name),
