@@ -19,11 +19,13 @@ use chrono::Utc;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use tkgops::runner::{
+use tkgops_engine::store::{
+    AttemptRecord, RunRecord, RunState, SledStore, StepRecord, StepState, Store,
+};
+use tkgops_engine::{
     Engine, NoopObserver, RetryPolicy, RunObserver, RunRequest, StepContext, StepError,
     StepExecutor, StepSpec,
 };
-use tkgops::store::{AttemptRecord, RunRecord, RunState, SledStore, StepRecord, StepState, Store};
 
 const KIND: &str = "bench.noop";
 
@@ -100,7 +102,7 @@ fn request(id: String, cluster: String) -> RunRequest {
         cluster,
         workflow: "create-cluster".to_string(),
         commit_sha: "0123456789abcdef0123456789abcdef01234567".to_string(),
-        pr_number: Some(42),
+        origin: Some("github:pr/42".into()),
         steps: steps(5),
     }
 }
@@ -123,7 +125,7 @@ fn interrupted_run(i: usize, seq: u64, clusters: usize) -> RunRecord {
         cluster: format!("cluster-{}", i % clusters),
         workflow: "create-cluster".to_string(),
         commit_sha: "0123456789abcdef0123456789abcdef01234567".to_string(),
-        pr_number: Some(i as u64),
+        origin: Some(format!("github:pr/{i}")),
         state: RunState::Running,
         seq,
         created_at: now,

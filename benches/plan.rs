@@ -8,15 +8,15 @@
 use std::time::{Duration, Instant};
 
 use tkgops::gitops::ConfigRepo;
-use tkgops::sandbox::{commit_on_branch, init_remote};
-use tkgops::workflow::markdown::render_plan;
-use tkgops::workflow::{plan, Catalog, PlanInput};
+use tkgops_domain::workflow::markdown::render_plan;
+use tkgops_domain::workflow::{plan, Catalog, PlanInput};
+use tkgops_emulators::git_remote::{commit_on_branch, init_remote};
 
 const CLUSTERS: usize = 1000;
 const TOUCHED: usize = 10;
 
 fn main() {
-    let root = env!("CARGO_MANIFEST_DIR");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let repo_cfg =
         std::fs::read_to_string(format!("{root}/examples/config-repo/tkgops.yaml")).unwrap();
     let cfg = std::fs::read_to_string(format!(

@@ -8,15 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use aws_sdk_ec2::types::{Filter, Tag};
 use serde_json::{json, Value};
-use tkgops::providers::aws::{AwsExecutor, PreflightOutput};
-use tkgops::runner::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
-use tkgops::sandbox::moto::{seed_vpc, MotoServer, SeededVpc};
+use tkgops_engine::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
+use tkgops_providers::aws::{AwsExecutor, PreflightOutput};
+use tkgops_sandbox::moto::{seed_vpc, MotoServer, SeededVpc};
 
 const REGION: &str = "us-west-2";
 const AZS: [&str; 3] = ["us-west-2a", "us-west-2b", "us-west-2c"];
 
 async fn start_moto() -> MotoServer {
-    tkgops::install_crypto_provider();
+    tkgops_providers::install_crypto_provider();
     match MotoServer::start().await {
         Ok(m) => m,
         Err(e) => panic!("cannot start moto (the AWS tests need it): {e}"),

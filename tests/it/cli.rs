@@ -1,16 +1,16 @@
-//! Integration tests of the `tkgops` binary as a user runs it.
+//! Integration tests of the `tkgops-sandbox` binary as a user runs it (`scripts/sandbox.sh`).
 
 use std::process::{Command, Output};
 
 use crate::support::root;
 
-fn tkgops(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tkgops"))
+fn sandbox(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tkgops-sandbox"))
         .args(args)
         .current_dir(root())
         .env("RUST_LOG", "warn")
         .output()
-        .expect("running tkgops")
+        .expect("running tkgops-sandbox")
 }
 
 fn stdout(o: &Output) -> String {
@@ -18,57 +18,8 @@ fn stdout(o: &Output) -> String {
 }
 
 #[test]
-fn validate_sample_01_reports_dev_plan_and_missing_identity_management() {
-    let o = tkgops(&[
-        "validate",
-        "tests/fixtures/samples/01-tkg16-aws-mgmt-cluster-config.yaml",
-    ]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
-    let plan_line = out
-        .lines()
-        .find(|l| l.contains("TKO-CLS-004"))
-        .unwrap_or_else(|| panic!("no TKO-CLS-004 in {out}"));
-    assert!(
-        plan_line.starts_with("tests/fixtures/samples/01-tkg16-aws-mgmt-cluster-config.yaml:"),
-        "{plan_line}"
-    );
-    assert!(out.contains("TKO-CLS-006"), "{out}");
-}
-
-#[test]
-fn validate_sample_02_rejects_vsphere() {
-    let o = tkgops(&[
-        "validate",
-        "tests/fixtures/samples/02-tkg16-airgap-shared-services-config-vsphere.yaml",
-    ]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
-    let line = out
-        .lines()
-        .find(|l| l.contains("TKGOPS-PROVIDER"))
-        .unwrap_or_else(|| panic!("{out}"));
-    assert!(
-        line.contains("vsphere") && line.contains("not supported"),
-        "{line}"
-    );
-    assert!(!out.contains("Vk13YXJlMSE"), "a secret value leaked: {out}");
-}
-
-#[test]
-fn validate_the_example_request_passes_and_unreadable_input_exits_2() {
-    let o = tkgops(&[
-        "validate",
-        "examples/requests/team-a-prod/cluster-config.yaml",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
-    let o = tkgops(&["validate", "does/not/exist.yaml"]);
-    assert_eq!(o.status.code(), Some(2));
-}
-
-#[test]
 fn sandbox_tells_the_whole_story() {
-    let o = tkgops(&["sandbox", "--exit"]);
+    let o = sandbox(&["--exit"]);
     let out = stdout(&o);
     assert!(
         o.status.success(),
@@ -88,8 +39,7 @@ fn sandbox_tells_the_whole_story() {
 
 #[test]
 fn sandbox_with_an_invalid_request_stops_at_the_plan() {
-    let o = tkgops(&[
-        "sandbox",
+    let o = sandbox(&[
         "--exit",
         "--request",
         "tests/fixtures/samples/01-tkg16-aws-mgmt-cluster-config.yaml",
@@ -106,8 +56,7 @@ fn sandbox_with_an_invalid_request_stops_at_the_plan() {
 
 #[test]
 fn sandbox_with_a_valid_prod_request_succeeds() {
-    let o = tkgops(&[
-        "sandbox",
+    let o = sandbox(&[
         "--exit",
         "--request",
         "examples/requests/team-a-prod/cluster-config.yaml",
@@ -119,51 +68,4 @@ fn sandbox_with_a_valid_prod_request_succeeds() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(out.contains("tkgops/apply: success"), "{out}");
-}
-
-#[test]
-fn plan_command_prints_the_comment_for_a_local_repository() {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = dir.path().join("repo.git");
-    let repo_cfg =
-        std::fs::read_to_string(root().join("examples/config-repo/tkgops.yaml")).unwrap();
-    tkgops::sandbox::init_remote(&remote, &[("tkgops.yaml", repo_cfg.as_str())]).unwrap();
-    let cfg =
-        std::fs::read_to_string(root().join("examples/requests/team-a-prod/cluster-config.yaml"))
-            .unwrap();
-    let settings =
-        std::fs::read_to_string(root().join("examples/requests/team-a-prod/tkgops.yaml")).unwrap();
-    tkgops::sandbox::commit_on_branch(
-        &remote,
-        "main",
-        "add",
-        "Add team-a-prod",
-        &[
-            ("clusters/team-a-prod/cluster-config.yaml", cfg.as_str()),
-            ("clusters/team-a-prod/tkgops.yaml", settings.as_str()),
-        ],
-    )
-    .unwrap();
-    let o = tkgops(&[
-        "plan",
-        "--repo",
-        remote.to_str().unwrap(),
-        "--base",
-        "main",
-        "--head",
-        "add",
-    ]);
-    let out = stdout(&o);
-    assert!(
-        o.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(out.contains("<!-- tkgops:sticky -->"));
-    assert!(
-        out.contains("`team-a-prod` | create | create-cluster | ✅ runs after merge"),
-        "{out}"
-    );
-    assert!(out.contains("kind: Cluster"));
-    assert!(!out.contains("example-bind-password"));
 }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::Method;
-use tkgops::emulators::faults::{Fault, FaultAction};
-use tkgops::emulators::kube::Gvr;
-use tkgops::sandbox::{
+use tkgops_emulators::faults::{Fault, FaultAction};
+use tkgops_emulators::kube::Gvr;
+use tkgops_sandbox::{
     network_of, request_files, Environment, Timings, APPROVER, MANAGEMENT_CLUSTER,
 };
 
@@ -19,7 +19,7 @@ use crate::support::assert_golden;
 const CLUSTER: &str = "team-a-prod";
 
 async fn start_env(timings: &Timings) -> Environment {
-    tkgops::install_crypto_provider();
+    tkgops_providers::install_crypto_provider();
     let (region, azs, cidr) = network_of(None);
     let azs: Vec<&str> = azs.iter().map(String::as_str).collect();
     Environment::start(None, &region, &azs, &cidr, timings)
@@ -47,15 +47,11 @@ impl InProcessBot {
     async fn start(env: &Environment, timings: &Timings, tmc_token: Option<&str>) -> InProcessBot {
         set_aws_env(env);
         let cfg = env.bot_config(timings);
-        let creds = tkgops::bot::serve::Credentials {
-            github_token: tkgops::sandbox::GITHUB_TOKEN.into(),
+        let creds = tkgops::serve::Credentials {
+            github_token: tkgops_sandbox::GITHUB_TOKEN.into(),
             tmc_token: tmc_token.map(String::from),
         };
-        let bot = Arc::new(
-            tkgops::bot::serve::build_with(&cfg, creds)
-                .await
-                .expect("bot"),
-        );
+        let bot = Arc::new(tkgops::serve::build_with(&cfg, creds).await.expect("bot"));
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let poll = timings.poll;
         let task = tokio::spawn(async move {
@@ -200,7 +196,7 @@ async fn assert_cluster_created(env: &Environment) {
 async fn sandbox_story_plans_merges_and_creates_the_cluster() {
     let timings = Timings::default();
     let env = start_env(&timings).await;
-    let bot = InProcessBot::start(&env, &timings, Some(tkgops::sandbox::TMC_TOKEN)).await;
+    let bot = InProcessBot::start(&env, &timings, Some(tkgops_sandbox::TMC_TOKEN)).await;
 
     let (_, files) = request_files(None, &env.vpc);
     let pr = env
@@ -277,7 +273,7 @@ async fn killed_bot_resumes_without_repeating_side_effects() {
     let cfg_path = env.workdir.join("bot.yaml");
     std::fs::write(&cfg_path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
     let spawn_bot = || {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tkgops"));
+        let mut cmd = tokio::process::Command::new(crate::support::tkgops_bin());
         cmd.arg("serve")
             .arg("--config")
             .arg(&cfg_path)
@@ -370,7 +366,7 @@ async fn killed_bot_resumes_without_repeating_side_effects() {
 async fn failed_package_surfaces_kapp_controller_error_on_the_pr() {
     let timings = Timings::default();
     let env = start_env(&timings).await;
-    let bot = InProcessBot::start(&env, &timings, Some(tkgops::sandbox::TMC_TOKEN)).await;
+    let bot = InProcessBot::start(&env, &timings, Some(tkgops_sandbox::TMC_TOKEN)).await;
 
     let (_, mut files) = request_files(None, &env.vpc);
     for (path, content) in files.iter_mut() {

@@ -9,13 +9,13 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
-use tkgops::runner::{
-    backoff_delay, run_transition, step_transition, Engine, EngineError, NoopObserver, RetryPolicy,
-    RunEvent, RunObserver, RunRequest, StepContext, StepError, StepEvent, StepExecutor, StepSpec,
-};
-use tkgops::store::{
+use tkgops_engine::store::{
     RunRecord, RunState, SledStore, StepState, Store, MAX_ERROR_BYTES, OUTCOME_INTERRUPTED,
     OUTCOME_PERMANENT, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
+};
+use tkgops_engine::{
+    backoff_delay, run_transition, step_transition, Engine, EngineError, NoopObserver, RetryPolicy,
+    RunEvent, RunObserver, RunRequest, StepContext, StepError, StepEvent, StepExecutor, StepSpec,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -148,11 +148,14 @@ impl StepExecutor for Scripted {
     }
 }
 
+/// One observer call: (run id, run state, step states, progress line).
+type ObservedEvent = (String, RunState, Vec<StepState>, Option<String>);
+
 /// Records every observer call: (state, step states, progress), and checks that each notified
 /// transition was already persisted.
 #[derive(Default)]
 struct Recorder {
-    events: Mutex<Vec<(String, RunState, Vec<StepState>, Option<String>)>>,
+    events: Mutex<Vec<ObservedEvent>>,
     store: Mutex<Option<Arc<dyn Store>>>,
     persisted_mismatch: Mutex<u32>,
 }
@@ -196,7 +199,7 @@ fn request(id: &str, cluster: &str, steps: Vec<StepSpec>) -> RunRequest {
         cluster: cluster.to_string(),
         workflow: "create-cluster".to_string(),
         commit_sha: "0123456789abcdef0123456789abcdef01234567".to_string(),
-        pr_number: Some(7),
+        origin: Some("github:pr/7".into()),
         steps,
     }
 }
@@ -318,13 +321,13 @@ async fn engine_store_indexes_meta_and_truncation() {
         cluster: "c".to_string(),
         workflow: "w".to_string(),
         commit_sha: "sha".to_string(),
-        pr_number: pr,
+        origin: pr.map(|n| format!("github:pr/{n}")),
         state,
         seq,
         created_at: now,
         updated_at: now,
         finished_at: None,
-        steps: vec![tkgops::store::StepRecord::pending(spec("a"))],
+        steps: vec![tkgops_engine::store::StepRecord::pending(spec("a"))],
         error: None,
     };
     store
@@ -354,14 +357,18 @@ async fn engine_store_indexes_meta_and_truncation() {
         .collect();
     assert_eq!(active, ["r1", "r2", "r3"]);
     let pr1: Vec<String> = store
-        .list_runs_for_pr(1)
+        .list_runs_by_origin("github:pr/1")
         .await
         .unwrap()
         .into_iter()
         .map(|r| r.id)
         .collect();
     assert_eq!(pr1, ["r4", "r1", "r3"]);
-    assert!(store.list_runs_for_pr(99).await.unwrap().is_empty());
+    assert!(store
+        .list_runs_by_origin("github:pr/99")
+        .await
+        .unwrap()
+        .is_empty());
     let stored = store.get_run("r4").await.unwrap().unwrap();
     assert!(stored.error.unwrap().len() <= MAX_ERROR_BYTES + 3);
     assert!(store.get_run("nope").await.unwrap().is_none());
@@ -451,7 +458,14 @@ async fn engine_happy_path_runs_in_order_and_passes_outputs() {
     assert_eq!(*obs.persisted_mismatch.lock().unwrap(), 0);
     assert_eq!(store.get_run("run-1").await.unwrap().unwrap(), run);
     assert!(store.list_active().await.unwrap().is_empty());
-    assert_eq!(store.list_runs_for_pr(7).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .list_runs_by_origin("github:pr/7")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(engine.queue_position("run-1"), None);
 }
 

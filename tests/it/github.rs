@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use axum::http::Method;
 use git2::{Oid, Repository, Signature};
-use tkgops::emulators::faults::{Fault, FaultAction};
-use tkgops::emulators::github::{GithubEmulator, GithubEmulatorOptions};
-use tkgops::providers::github::{
+use tkgops_emulators::faults::{Fault, FaultAction};
+use tkgops_emulators::github::{GithubEmulator, GithubEmulatorOptions};
+use tkgops_providers::github::{
     CommitState, GithubError, OctocrabClient, RetrySettings, VcsClient,
 };
 
@@ -69,7 +69,7 @@ struct Setup {
 
 /// A bare repo with `main` (one commit) and `feature` (one more commit), plus the emulator.
 async fn setup() -> Setup {
-    tkgops::install_crypto_provider();
+    tkgops_providers::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let bare = dir.path().join("config.git");
     let repo = Repository::init_bare(&bare).unwrap();

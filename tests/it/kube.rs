@@ -11,11 +11,11 @@ use kube::api::{
 use kube::core::GroupVersionKind;
 use kube::discovery::{self, Discovery, Scope};
 use serde_json::json;
-use tkgops::emulators::faults::{Fault, FaultAction};
-use tkgops::emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
+use tkgops_emulators::faults::{Fault, FaultAction};
+use tkgops_emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
 
 async fn setup() -> (KubeEmulator, EmulatedCluster, kube::Client) {
-    tkgops::install_crypto_provider();
+    tkgops_providers::install_crypto_provider();
     let emu = KubeEmulator::new();
     let c = emu.add_cluster("mgmt").await.expect("cluster");
     let client = c.client().await.expect("client");
@@ -686,7 +686,7 @@ async fn direct_api_events_reach_http_watch() {
 
 #[tokio::test]
 async fn clusters_isolated_by_token() {
-    tkgops::install_crypto_provider();
+    tkgops_providers::install_crypto_provider();
     let emu = KubeEmulator::new();
     let a = emu.add_cluster("mgmt").await.unwrap();
     let b = emu.add_cluster("wc1").await.unwrap();

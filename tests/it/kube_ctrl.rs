@@ -7,11 +7,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use tkgops::emulators::kube::controllers::{
+use tkgops_emulators::kube::controllers::{
     seed_management_cluster, start_controllers, ControllerOptions, Controllers, FAIL_ANNOTATION,
     STANDARD_PACKAGES, TMC_CONNECTED_ANNOTATION,
 };
-use tkgops::emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
+use tkgops_emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
 
 const TICK: Duration = Duration::from_millis(20);
 const WAIT: Duration = Duration::from_secs(15);
@@ -64,7 +64,7 @@ struct Env {
 }
 
 async fn env() -> Env {
-    tkgops::install_crypto_provider();
+    tkgops_providers::install_crypto_provider();
     let emu = KubeEmulator::new();
     let mgmt = emu.add_cluster("mgmt").await.expect("management cluster");
     seed_management_cluster(&mgmt).expect("seed");
@@ -923,7 +923,7 @@ async fn ctrl_tmc_agent_connects_outward() {
 
 #[tokio::test]
 async fn ctrl_restarted_controllers_resume_from_object_state() {
-    tkgops::install_crypto_provider();
+    tkgops_providers::install_crypto_provider();
     let emu = KubeEmulator::new();
     let mgmt = emu.add_cluster("mgmt").await.unwrap();
     seed_management_cluster(&mgmt).unwrap();

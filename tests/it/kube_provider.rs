@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tkgops::emulators::faults::{Fault, FaultAction};
-use tkgops::emulators::kube::controllers::{
+use tkgops_emulators::faults::{Fault, FaultAction};
+use tkgops_emulators::kube::controllers::{
     seed_management_cluster, start_controllers, ControllerOptions, Controllers,
 };
-use tkgops::emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
-use tkgops::providers::kube::KubeProvider;
-use tkgops::providers::{KubeconfigSource, ManifestApplier, WorkloadTarget};
-use tkgops::runner::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
+use tkgops_emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
+use tkgops_engine::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
+use tkgops_providers::kube::KubeProvider;
+use tkgops_providers::{KubeconfigSource, ManifestApplier, WorkloadTarget};
 
 const MC: &str = "mc-aws-1";
 const TICK: Duration = Duration::from_millis(20);
@@ -30,7 +30,7 @@ struct Env {
 }
 
 async fn env() -> Env {
-    tkgops::install_crypto_provider();
+    tkgops_providers::install_crypto_provider();
     let emu = KubeEmulator::new();
     let mgmt = emu.add_cluster(MC).await.expect("management cluster");
     seed_management_cluster(&mgmt).expect("seed");
@@ -788,7 +788,7 @@ async fn kubeconfig_sources_errors_are_permanent_and_secret_free() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_api_server_is_transient() {
-    tkgops::install_crypto_provider();
+    tkgops_providers::install_crypto_provider();
     // A port that nothing listens on: bind, take the port, close.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use tkgops::workflow::markdown::render_plan;
-use tkgops::workflow::plan::EXECUTABLE_KINDS;
-use tkgops::workflow::{plan, Catalog, IntentKind, MemoryTree, PlanInput, PlanStatus};
+use tkgops_domain::files::MemoryTree;
+use tkgops_domain::workflow::markdown::render_plan;
+use tkgops_domain::workflow::plan::EXECUTABLE_KINDS;
+use tkgops_domain::workflow::{plan, Catalog, IntentKind, PlanInput, PlanStatus};
 
 use crate::support::{assert_golden, example_repo_config, example_request};
 
@@ -17,7 +18,11 @@ fn tree(files: &[(&str, &str)]) -> MemoryTree {
     )
 }
 
-fn run_plan(base: &MemoryTree, head: &MemoryTree, changed: &[&str]) -> tkgops::workflow::Plan {
+fn run_plan(
+    base: &MemoryTree,
+    head: &MemoryTree,
+    changed: &[&str],
+) -> tkgops_domain::workflow::Plan {
     let catalog = Catalog::builtin().expect("builtin catalog");
     let changed: Vec<String> = changed.iter().map(|s| s.to_string()).collect();
     plan(&PlanInput {

@@ -20,7 +20,7 @@ pub fn example_request() -> (String, String) {
 
 /// The repository root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// Replaces volatile text (SHAs, durations, ports, generated IDs) with stable placeholders.
@@ -81,4 +81,30 @@ pub fn assert_golden(name: &str, actual: &str) {
             actual.lines().count()
         );
     }
+}
+
+/// The `tkgops` binary of this build (`target/<profile>/tkgops`, beside the test binary's
+/// `deps/` directory). Integration tests of another package get no `CARGO_BIN_EXE_tkgops`, so
+/// it is located here and, when a filtered `cargo test -p tkgops-sandbox` did not build it,
+/// built once with the cargo that builds this test.
+pub fn tkgops_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target/<profile>/deps/<test>");
+        let bin = profile_dir.join(format!("tkgops{}", std::env::consts::EXE_SUFFIX));
+        if !bin.exists() {
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "-p", "tkgops", "--bin", "tkgops"])
+                .current_dir(root())
+                .status()
+                .expect("running cargo build -p tkgops");
+            assert!(status.success(), "cargo build -p tkgops failed");
+        }
+        bin
+    })
+    .clone()
 }

@@ -8,19 +8,17 @@ use std::time::Duration;
 use axum::http::Method;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tkgops::emulators::faults::{Fault, FaultAction};
-use tkgops::emulators::tmc::{TmcEmulator, TmcEmulatorOptions};
-use tkgops::providers::tmc::{
-    FullName, SecretToken, TmcClient, TmcError, TmcExecutor, TmcSettings,
-};
-use tkgops::providers::{ManifestApplier, WorkloadTarget};
-use tkgops::runner::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
+use tkgops_emulators::faults::{Fault, FaultAction};
+use tkgops_emulators::tmc::{TmcEmulator, TmcEmulatorOptions};
+use tkgops_engine::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
+use tkgops_providers::tmc::{FullName, SecretToken, TmcClient, TmcError, TmcExecutor, TmcSettings};
+use tkgops_providers::{ManifestApplier, WorkloadTarget};
 
 const TOKEN: &str = "test-api-token-s3cr3t";
 const AUTHORIZE: &str = "/csp/gateway/am/api/auth/api-tokens/authorize";
 
 async fn emulator_with(ttl: Duration, delay: Duration) -> TmcEmulator {
-    tkgops::install_crypto_provider();
+    tkgops_providers::install_crypto_provider();
     TmcEmulator::start(TmcEmulatorOptions {
         api_token: TOKEN.into(),
         org_id: "org-1".into(),

@@ -3,12 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use tkgops::request::*;
+use tkgops_domain::request::*;
 
 fn fixture(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(p)
+    crate::support::root().join("tests/fixtures").join(p)
 }
 
 fn read(p: &str) -> String {
@@ -623,7 +621,7 @@ fn repo_config_parses_with_defaults() {
     assert_eq!(r.management_clusters[0].name, "mc-aws-1");
     assert_eq!(
         r.management_clusters[0].kubeconfig,
-        tkgops::providers::KubeconfigSource::File("/etc/tkgops/mc.kubeconfig".into())
+        tkgops_providers::KubeconfigSource::File("/etc/tkgops/mc.kubeconfig".into())
     );
     assert_eq!(
         r.tmc.as_ref().map(|t| t.csp_endpoint.as_str()),
@@ -650,12 +648,12 @@ fn repo_config_parses_with_defaults() {
         "tanzu-package-repo-global"
     );
     assert!(
-        matches!(&min.management_clusters[0].kubeconfig, tkgops::providers::KubeconfigSource::Secret { key, .. } if key == "value")
+        matches!(&min.management_clusters[0].kubeconfig, tkgops_providers::KubeconfigSource::Secret { key, .. } if key == "value")
     );
     let env = repo("managementClusters:\n  - name: mc\n    kubeconfig: {env: MC_KUBECONFIG}\n");
     assert_eq!(
         env.management_clusters[0].kubeconfig,
-        tkgops::providers::KubeconfigSource::Env("MC_KUBECONFIG".into())
+        tkgops_providers::KubeconfigSource::Env("MC_KUBECONFIG".into())
     );
 }
 
@@ -1452,12 +1450,17 @@ fn fixture_files_under_validate() {
 #[test]
 fn package_values_with_inline_secrets_are_rejected_without_echoing_them() {
     let settings = "managementCluster: mc-aws-1\ntkr: v1.23.8+vmware.2-tkg.1\npackages:\n  - name: cert-manager\n  - name: contour\n  - name: harbor\n    values:\n      hostname: harbor.corp.example.com\n      harborAdminPassword: s3cr3t-SENTINEL\n      database: {password: s3cr3t-SENTINEL}\n";
-    let s = tkgops::request::parse_cluster_settings("clusters/a/tkgops.yaml", settings.as_bytes())
-        .expect("settings parse");
-    let cfg =
-        tkgops::request::parse_tkg_config("clusters/a/cluster-config.yaml", b"CLUSTER_NAME: a\n")
-            .expect("config parses");
-    let findings = tkgops::request::validate(&cfg, Some(&s), None);
+    let s = tkgops_domain::request::parse_cluster_settings(
+        "clusters/a/tkgops.yaml",
+        settings.as_bytes(),
+    )
+    .expect("settings parse");
+    let cfg = tkgops_domain::request::parse_tkg_config(
+        "clusters/a/cluster-config.yaml",
+        b"CLUSTER_NAME: a\n",
+    )
+    .expect("config parses");
+    let findings = tkgops_domain::request::validate(&cfg, Some(&s), None);
     let secret: Vec<_> = findings
         .iter()
         .filter(|f| f.rule == "TKGOPS-PKG-SECRET")
@@ -1476,9 +1479,9 @@ fn package_values_with_inline_secrets_are_rejected_without_echoing_them() {
         "      harborAdminPassword: s3cr3t-SENTINEL\n      database: {password: s3cr3t-SENTINEL}\n",
         "",
     );
-    let s =
-        tkgops::request::parse_cluster_settings("clusters/a/tkgops.yaml", ok.as_bytes()).unwrap();
-    assert!(tkgops::request::validate(&cfg, Some(&s), None)
+    let s = tkgops_domain::request::parse_cluster_settings("clusters/a/tkgops.yaml", ok.as_bytes())
+        .unwrap();
+    assert!(tkgops_domain::request::validate(&cfg, Some(&s), None)
         .iter()
         .all(|f| f.rule != "TKGOPS-PKG-SECRET"));
 }

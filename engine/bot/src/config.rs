@@ -1,0 +1,138 @@
+//! The bot's own configuration file (`tkgops serve --config FILE`): where GitHub is, where the
+//! state lives, how often to poll. Credentials are never in this file: it names the environment
+//! variables holding them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors reading the bot configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// Path of the file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML or violates the schema (unknown keys are errors).
+    #[error("{path}: {message}")]
+    Invalid {
+        /// Path of the file.
+        path: String,
+        /// What is wrong, with line and column when known.
+        message: String,
+    },
+    /// An environment variable named by the configuration is not set.
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
+}
+
+/// GitHub settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GithubSettings {
+    /// REST API base URL; `https://api.github.com` by default (GitHub Enterprise: `https://HOST/api/v3`).
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// Owner (user or organisation) of the config repository.
+    pub owner: String,
+    /// Name of the config repository.
+    pub repo: String,
+    /// Environment variable holding the token (a GitHub App installation token or a PAT).
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+    /// Git remote to fetch from; defaults to the repository's `clone_url` reported by the API.
+    #[serde(default)]
+    pub clone_url: Option<String>,
+}
+
+fn default_api_url() -> String {
+    "https://api.github.com".into()
+}
+fn default_token_env() -> String {
+    "GITHUB_TOKEN".into()
+}
+fn default_tmc_token_env() -> String {
+    "VMW_CLOUD_API_TOKEN".into()
+}
+fn default_poll() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_kube_poll() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_tmc_poll() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_comment_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// The bot configuration file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BotConfig {
+    /// GitHub settings.
+    pub github: GithubSettings,
+    /// Directory for the sled journal and the git mirror.
+    pub state_dir: PathBuf,
+    /// How often open and recently closed pull requests are polled (humantime; default 30s).
+    #[serde(default = "default_poll", with = "tkgops_domain::serde_duration")]
+    pub poll_interval: Duration,
+    /// Poll interval of cluster readiness and PackageInstall waits (default 15s, as TKG).
+    #[serde(default = "default_kube_poll", with = "tkgops_domain::serde_duration")]
+    pub kube_poll_interval: Duration,
+    /// Poll interval of TMC attach waits (default 10s, as the TMC Terraform provider).
+    #[serde(default = "default_tmc_poll", with = "tkgops_domain::serde_duration")]
+    pub tmc_poll_interval: Duration,
+    /// Minimum time between two edits of the same PR comment (GitHub content-creation limits).
+    #[serde(
+        default = "default_comment_interval",
+        with = "tkgops_domain::serde_duration"
+    )]
+    pub comment_min_interval: Duration,
+    /// Environment variable holding the TMC (CSP) API token.
+    #[serde(default = "default_tmc_token_env")]
+    pub tmc_token_env: String,
+    /// EC2 endpoint override (e.g. moto on loopback); the AWS SDK also honours `AWS_ENDPOINT_URL`.
+    #[serde(default)]
+    pub aws_endpoint_url: Option<String>,
+    /// Directory with an operator-supplied `workflows/` and `templates/` replacing the built-in ones.
+    #[serde(default)]
+    pub catalog_dir: Option<PathBuf>,
+}
+
+impl BotConfig {
+    /// Reads and validates the configuration file at `path`.
+    ///
+    /// Errors: [`ConfigError::Io`], [`ConfigError::Invalid`] (with line and column).
+    pub fn load(path: &std::path::Path) -> Result<BotConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The GitHub token from the environment.
+    ///
+    /// Errors: [`ConfigError::MissingEnv`].
+    pub fn github_token(&self) -> Result<String, ConfigError> {
+        std::env::var(&self.github.token_env)
+            .map_err(|_| ConfigError::MissingEnv(self.github.token_env.clone()))
+    }
+
+    /// The TMC API token from the environment, if set.
+    pub fn tmc_token(&self) -> Option<String> {
+        std::env::var(&self.tmc_token_env)
+            .ok()
+            .filter(|t| !t.is_empty())
+    }
+}

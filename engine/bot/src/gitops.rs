@@ -1,0 +1,263 @@
+//! git2 access to the config repository: fetch, diff between commits, read files at a commit.
+//!
+//! The bot keeps a bare mirror of the config repository in its state directory and fetches
+//! only the refs it needs: the default branch (`refs/heads/<branch>`) and pull request heads
+//! (`refs/pull/<N>/head`, which GitHub serves read-only, even for forks). The remote is a
+//! `https://` URL with a token (GitHub) or a local path / `file://` URL (tests, sandbox).
+//! All functions are blocking; async callers use `tokio::task::spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use git2::{AutotagOption, Cred, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository};
+
+use tkgops_domain::files::TreeReader;
+
+/// Errors of git operations.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// A libgit2 operation failed.
+    #[error("git {op}: {source}")]
+    Git {
+        /// What was being done (e.g. "fetch refs/pull/7/head").
+        op: String,
+        /// The libgit2 error (never contains the token: it is passed through a callback).
+        source: git2::Error,
+    },
+    /// A SHA or ref did not resolve.
+    #[error("git: {0} not found")]
+    NotFound(String),
+}
+
+fn git(op: impl Into<String>) -> impl FnOnce(git2::Error) -> GitError {
+    let op = op.into();
+    move |source| GitError::Git { op, source }
+}
+
+/// The bot's bare mirror of the config repository.
+///
+/// Holds one open libgit2 repository (opening one costs about a millisecond, more than a
+/// whole diff), shared by clones and serialised by a mutex: every operation is short and
+/// blocking, and callers run them on `spawn_blocking` threads.
+#[derive(Clone)]
+pub struct ConfigRepo {
+    path: PathBuf,
+    remote_url: String,
+    token: Option<String>,
+    repo: Arc<Mutex<Repository>>,
+}
+
+impl std::fmt::Debug for ConfigRepo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigRepo")
+            .field("path", &self.path)
+            .field("remote_url", &self.remote_url)
+            .finish()
+    }
+}
+
+impl ConfigRepo {
+    /// Opens (or initialises) the bare mirror at `path` fetching from `remote_url`; `token` is
+    /// used as the HTTPS password (`x-access-token`) for GitHub remotes.
+    ///
+    /// Errors: [`GitError::Git`] when the directory cannot be initialised.
+    pub fn open(
+        path: &Path,
+        remote_url: &str,
+        token: Option<String>,
+    ) -> Result<ConfigRepo, GitError> {
+        let repo = match Repository::open_bare(path) {
+            Ok(r) => r,
+            Err(_) => {
+                std::fs::create_dir_all(path).ok();
+                Repository::init_bare(path).map_err(git("init"))?
+            }
+        };
+        Ok(ConfigRepo {
+            path: path.to_path_buf(),
+            remote_url: remote_url.to_string(),
+            token,
+            repo: Arc::new(Mutex::new(repo)),
+        })
+    }
+
+    fn repo(&self) -> Result<MutexGuard<'_, Repository>, GitError> {
+        // A panic while holding the lock cannot leave libgit2 state inconsistent for readers.
+        Ok(self.repo.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Fetches `refspecs` (e.g. `+refs/pull/7/head:refs/tkgops/pull/7`) from the remote.
+    ///
+    /// Errors: [`GitError::Git`] for network, authentication or missing-ref failures.
+    pub fn fetch(&self, refspecs: &[String]) -> Result<(), GitError> {
+        let repo = self.repo()?;
+        let mut remote = repo
+            .remote_anonymous(&self.remote_url)
+            .map_err(git("remote"))?;
+        let mut callbacks = RemoteCallbacks::new();
+        let token = self.token.clone();
+        callbacks.credentials(move |_url, _user, _allowed| match &token {
+            Some(t) => Cred::userpass_plaintext("x-access-token", t),
+            None => Cred::default(),
+        });
+        let mut fo = FetchOptions::new();
+        fo.remote_callbacks(callbacks);
+        fo.download_tags(AutotagOption::None);
+        let specs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
+        remote
+            .fetch(&specs, Some(&mut fo), None)
+            .map_err(git(format!("fetch {}", refspecs.join(" "))))
+    }
+
+    /// Fetches `refs/heads/<branch>` and returns its tip SHA.
+    ///
+    /// Errors: [`GitError`] when the fetch fails or the branch does not exist.
+    pub fn fetch_branch(&self, branch: &str) -> Result<String, GitError> {
+        let local = format!("refs/tkgops/heads/{branch}");
+        self.fetch(&[format!("+refs/heads/{branch}:{local}")])?;
+        self.resolve(&local)
+    }
+
+    /// Fetches `refs/pull/<number>/head` and returns the PR head SHA.
+    ///
+    /// Errors: [`GitError`] when the fetch fails or the ref does not exist.
+    pub fn fetch_pull_head(&self, number: u64) -> Result<String, GitError> {
+        let local = format!("refs/tkgops/pull/{number}");
+        self.fetch(&[format!("+refs/pull/{number}/head:{local}")])?;
+        self.resolve(&local)
+    }
+
+    /// Resolves a ref or SHA to a commit SHA.
+    ///
+    /// Errors: [`GitError::NotFound`] when it does not resolve to a commit.
+    pub fn resolve(&self, rev: &str) -> Result<String, GitError> {
+        let repo = self.repo()?;
+        let obj = repo
+            .revparse_single(rev)
+            .map_err(|_| GitError::NotFound(rev.to_string()))?;
+        let commit = obj
+            .peel_to_commit()
+            .map_err(|_| GitError::NotFound(rev.to_string()))?;
+        Ok(commit.id().to_string())
+    }
+
+    /// Whether `sha` exists in the mirror as a commit.
+    pub fn has_commit(&self, sha: &str) -> bool {
+        self.resolve(sha).is_ok()
+    }
+
+    /// The merge base of two commits.
+    ///
+    /// Errors: [`GitError`] when either is unknown or they share no history.
+    pub fn merge_base(&self, a: &str, b: &str) -> Result<String, GitError> {
+        let repo = self.repo()?;
+        let (a, b) = (oid(a)?, oid(b)?);
+        Ok(repo
+            .merge_base(a, b)
+            .map_err(git("merge-base"))?
+            .to_string())
+    }
+
+    /// The first parent of `sha` (`None` for a root commit).
+    ///
+    /// Errors: [`GitError::NotFound`] when `sha` is unknown.
+    pub fn first_parent(&self, sha: &str) -> Result<Option<String>, GitError> {
+        let repo = self.repo()?;
+        let commit = repo
+            .find_commit(oid(sha)?)
+            .map_err(|_| GitError::NotFound(sha.to_string()))?;
+        Ok(commit.parent_ids().next().map(|p| p.to_string()))
+    }
+
+    /// Whether `ancestor` is `descendant` or one of its ancestors.
+    pub fn is_ancestor(&self, ancestor: &str, descendant: &str) -> bool {
+        let (Ok(repo), Ok(a), Ok(d)) = (self.repo(), oid(ancestor), oid(descendant)) else {
+            return false;
+        };
+        a == d || repo.graph_descendant_of(d, a).unwrap_or(false)
+    }
+
+    /// Paths changed between two commits (added, modified, deleted; both sides of a rename),
+    /// limited to `tkgops.yaml` and `clusters/`. Unchanged subtrees are skipped by OID, so the
+    /// cost scales with the change, not the repository.
+    ///
+    /// Errors: [`GitError`] when a commit is unknown.
+    pub fn changed_paths(&self, base: &str, head: &str) -> Result<Vec<String>, GitError> {
+        let repo = self.repo()?;
+        let tree_of = |sha: &str| -> Result<git2::Tree<'_>, GitError> {
+            let c = repo
+                .find_commit(oid(sha)?)
+                .map_err(|_| GitError::NotFound(sha.to_string()))?;
+            c.tree().map_err(git("tree"))
+        };
+        let (bt, ht) = (tree_of(base)?, tree_of(head)?);
+        let mut opts = DiffOptions::new();
+        opts.pathspec("tkgops.yaml").pathspec("clusters/");
+        let diff = repo
+            .diff_tree_to_tree(Some(&bt), Some(&ht), Some(&mut opts))
+            .map_err(git("diff"))?;
+        let mut out = Vec::new();
+        for d in diff.deltas() {
+            for f in [d.old_file(), d.new_file()] {
+                if let Some(p) = f.path().and_then(|p| p.to_str()) {
+                    if !out.iter().any(|x: &String| x == p) {
+                        out.push(p.to_string());
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// A reader of the files at commit `sha`.
+    ///
+    /// Errors: [`GitError::NotFound`] when `sha` is unknown.
+    pub fn tree(&self, sha: &str) -> Result<GitTree, GitError> {
+        let repo = self.repo()?;
+        let tree = repo
+            .find_commit(oid(sha)?)
+            .map_err(|_| GitError::NotFound(sha.to_string()))?
+            .tree_id();
+        Ok(GitTree {
+            repo: self.repo.clone(),
+            tree,
+        })
+    }
+}
+
+fn oid(sha: &str) -> Result<Oid, GitError> {
+    Oid::from_str(sha).map_err(|_| GitError::NotFound(sha.to_string()))
+}
+
+/// The files of one commit, read from the object database (no checkout).
+pub struct GitTree {
+    repo: Arc<Mutex<Repository>>,
+    tree: Oid,
+}
+
+impl TreeReader for GitTree {
+    fn read(&self, path: &str) -> Option<Vec<u8>> {
+        let repo = self.repo.lock().unwrap_or_else(|p| p.into_inner());
+        let tree = repo.find_tree(self.tree).ok()?;
+        let entry = tree.get_path(Path::new(path)).ok()?;
+        let blob = entry.to_object(&repo).ok()?.into_blob().ok()?;
+        Some(blob.content().to_vec())
+    }
+}
+
+impl ConfigRepo {
+    /// Opens an existing repository (bare or with a work tree) for local planning
+    /// (`tkgops plan --repo PATH`); nothing is fetched.
+    ///
+    /// Errors: [`GitError::Git`] when `path` is not a git repository.
+    pub fn open_local(path: &Path) -> Result<ConfigRepo, GitError> {
+        let repo = Repository::open(path).map_err(git("open"))?;
+        Ok(ConfigRepo {
+            path: path.to_path_buf(),
+            remote_url: String::new(),
+            token: None,
+            repo: Arc::new(Mutex::new(repo)),
+        })
+    }
+}

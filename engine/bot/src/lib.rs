@@ -1,0 +1,517 @@
+//! tkgops: the bot. The pull-request loop (poll GitHub, plan each new head SHA, run on merge,
+//! report back), its configuration, the git mirror ([`gitops`]) and `tkgops serve`.
+//!
+//! This is the only crate that knows about pull requests. Each poll:
+//! 1. fetches the default branch (its `tkgops.yaml` is the trusted policy: approvers, management
+//!    clusters, rule severities; security rule 1);
+//! 2. for every open PR into the default branch whose head SHA was not planned yet: fetches
+//!    `refs/pull/N/head`, plans `merge-base..head` without credentials, upserts the sticky
+//!    comment and sets commit status `tkgops/plan`;
+//! 3. for every recently merged PR it planned and has not handled yet: re-checks the approval
+//!    policy, plans the merge commit (first parent..merge commit) and submits one run per
+//!    executable cluster plan, pinned to the merge commit (security rule 2). Fork PRs are never
+//!    executed (rule 3), destructive intents need `approval.destructiveApprovals` (rule 6).
+//!
+//! Run progress comes back through [`publisher::CommentPublisher`], the engine's observer.
+
+pub mod config;
+pub mod executors;
+pub mod gitops;
+pub mod publisher;
+pub mod serve;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::gitops::{ConfigRepo, GitError};
+use tkgops_domain::request::RepoConfig;
+use tkgops_domain::workflow::markdown::{self, NotRunView, STICKY_MARKER};
+use tkgops_domain::workflow::plan::{load_repo_config, ClusterPlan, PlanStatus};
+use tkgops_domain::workflow::{plan, Catalog, Plan, PlanInput};
+use tkgops_engine::store::Store;
+use tkgops_engine::{Engine, RunRequest};
+use tkgops_providers::github::{CommitState, PullRequest, RepoInfo, VcsClient};
+
+pub use config::BotConfig;
+
+/// Commit status context of plans.
+pub const PLAN_CONTEXT: &str = "tkgops/plan";
+/// Commit status context of runs (set on the merge commit).
+pub const APPLY_CONTEXT: &str = "tkgops/apply";
+
+/// Errors of one poll.
+#[derive(Debug, thiserror::Error)]
+pub enum BotError {
+    /// A GitHub call failed after its retries.
+    #[error("github: {0}")]
+    Github(String),
+    /// A git operation failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(String),
+    /// The engine refused a run.
+    #[error("engine: {0}")]
+    Engine(String),
+    /// Rendering a comment failed.
+    #[error("render: {0}")]
+    Render(String),
+}
+
+/// What the bot remembers about a merge commit it handled (stored under `merge/<sha>`): the
+/// PR, the clusters not run and the plan Markdown shown collapsed in the run comment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MergeRecord {
+    /// Pull request number.
+    pub pr: u64,
+    /// Merge commit SHA.
+    pub commit: String,
+    /// Run ids submitted for it.
+    pub run_ids: Vec<String>,
+    /// Clusters of the plan that are not run, with the reason.
+    pub not_run: Vec<(String, String, String)>,
+    /// The plan Markdown (without the marker), secret-free.
+    pub plan_markdown: String,
+    /// Why nothing was executed (approval missing, fork), if so.
+    pub refused: Option<String>,
+}
+
+/// The parts a [`Bot`] is assembled from (see [`serve::build`]).
+pub struct BotParts {
+    /// GitHub client.
+    pub vcs: Arc<dyn VcsClient>,
+    /// The bare mirror of the config repository.
+    pub git: ConfigRepo,
+    /// The journal.
+    pub store: Arc<dyn Store>,
+    /// The step engine.
+    pub engine: Engine,
+    /// Workflows and templates.
+    pub catalog: Arc<Catalog>,
+    /// The GitHub repository: its default branch is the desired state, its full name tells
+    /// fork PRs apart.
+    pub repo: RepoInfo,
+    /// The executors, updated with the management clusters of every default-branch commit.
+    pub executors: Arc<executors::Executors>,
+    /// The single writer of run comments and `tkgops/apply` statuses.
+    pub publisher: publisher::CommentPublisher,
+}
+
+/// The bot: one config repository, one GitHub repository, one engine.
+pub struct Bot {
+    vcs: Arc<dyn VcsClient>,
+    git: ConfigRepo,
+    store: Arc<dyn Store>,
+    engine: Engine,
+    catalog: Arc<Catalog>,
+    default_branch: String,
+    full_name: String,
+    executors: Arc<executors::Executors>,
+    publisher: publisher::CommentPublisher,
+}
+
+impl Bot {
+    /// Assembles a bot from its parts.
+    pub fn new(parts: BotParts) -> Bot {
+        let BotParts {
+            vcs,
+            git,
+            store,
+            engine,
+            catalog,
+            repo,
+            executors,
+            publisher,
+        } = parts;
+        Bot {
+            vcs,
+            git,
+            store,
+            engine,
+            catalog,
+            default_branch: repo.default_branch,
+            full_name: repo.full_name,
+            executors,
+            publisher,
+        }
+    }
+
+    /// The engine runs are submitted to.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Runs one poll (see the module docs). Errors of single PRs are logged and do not stop the
+    /// others; the next poll retries them.
+    ///
+    /// Errors: [`BotError`] when the default branch or the PR lists cannot be read.
+    pub async fn poll_once(&self) -> Result<(), BotError> {
+        let git = self.git.clone();
+        let branch = self.default_branch.clone();
+        let tip = blocking(move || git.fetch_branch(&branch)).await?;
+        let repo_config = self.load_settings(&tip).await?;
+        if let Some(rc) = &repo_config {
+            self.executors.update_management_clusters(rc);
+        }
+        let open = self
+            .vcs
+            .list_open_pulls(&self.default_branch)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        for pr in &open {
+            if let Err(e) = self.plan_pull(pr, &tip).await {
+                warn!(pr = pr.number, error = %e, "planning failed; will retry next poll");
+            }
+        }
+        let closed = self
+            .vcs
+            .list_recently_closed_pulls(&self.default_branch, 30)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        for pr in closed.iter().filter(|p| p.merged) {
+            if let Err(e) = self.handle_merged(pr, repo_config.as_ref()).await {
+                warn!(pr = pr.number, error = %e, "handling the merge failed; will retry next poll");
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls forever every `interval`, until `shutdown` resolves; then drains the engine for
+    /// up to `grace`.
+    pub async fn run(
+        &self,
+        interval: Duration,
+        grace: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(e) = self.poll_once().await {
+                warn!(error = %e, "poll failed; retrying at the next interval");
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+        info!("shutting down: draining in-flight steps");
+        self.engine.shutdown(grace).await;
+    }
+
+    async fn load_settings(&self, sha: &str) -> Result<Option<RepoConfig>, BotError> {
+        let git = self.git.clone();
+        let sha = sha.to_string();
+        blocking(move || {
+            let tree = git.tree(&sha)?;
+            Ok(load_repo_config(&tree).0)
+        })
+        .await
+    }
+
+    async fn compute_plan(
+        &self,
+        base: String,
+        head: String,
+        settings: String,
+    ) -> Result<Plan, BotError> {
+        let git = self.git.clone();
+        let catalog = self.catalog.clone();
+        blocking(move || {
+            let changed = git.changed_paths(&base, &head)?;
+            let (bt, ht, st) = (git.tree(&base)?, git.tree(&head)?, git.tree(&settings)?);
+            Ok(plan(&PlanInput {
+                base: &bt,
+                head: &ht,
+                settings: &st,
+                base_sha: &base,
+                head_sha: &head,
+                changed_paths: &changed,
+                catalog: &catalog,
+            }))
+        })
+        .await
+    }
+
+    async fn plan_pull(&self, pr: &PullRequest, tip: &str) -> Result<(), BotError> {
+        let key = format!("pr/{}/planned", pr.number);
+        let planned = self
+            .store
+            .get_meta(&key)
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
+        if planned.as_deref() == Some(pr.head_sha.as_bytes()) {
+            return Ok(());
+        }
+        let git = self.git.clone();
+        let number = pr.number;
+        let head = blocking(move || git.fetch_pull_head(number)).await?;
+        let git = self.git.clone();
+        let (t, h) = (tip.to_string(), head.clone());
+        let base = blocking(move || git.merge_base(&t, &h)).await?;
+        let mut p = self
+            .compute_plan(base, head.clone(), tip.to_string())
+            .await?;
+        if self.is_fork(pr) {
+            p.notes.push("This pull request comes from a fork: it is planned, but never executed (security rule 3).".into());
+        }
+        let body = markdown::render_plan(&p, &self.catalog, true).map_err(BotError::Render)?;
+        self.vcs
+            .upsert_comment(pr.number, STICKY_MARKER, &body)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        let errors = p
+            .all_findings()
+            .iter()
+            .filter(|f| f.severity == tkgops_domain::request::Severity::Error)
+            .count();
+        let (state, desc) = if errors > 0 {
+            (
+                CommitState::Failure,
+                format!("{errors} validation error(s): see the tkgops comment"),
+            )
+        } else {
+            let ready = p.executable().count();
+            (
+                CommitState::Success,
+                format!(
+                    "{} cluster change(s) planned, {ready} will run after merge",
+                    p.clusters.len()
+                ),
+            )
+        };
+        self.vcs
+            .set_status(&head, PLAN_CONTEXT, state, &desc, None)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        self.store
+            .put_meta(&key, head.as_bytes())
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
+        info!(pr = pr.number, head = %head, errors, "planned");
+        Ok(())
+    }
+
+    fn is_fork(&self, pr: &PullRequest) -> bool {
+        pr.head_repo_full_name
+            .as_deref()
+            .is_some_and(|n| !n.eq_ignore_ascii_case(&self.full_name))
+    }
+
+    async fn handle_merged(
+        &self,
+        pr: &PullRequest,
+        repo_config: Option<&RepoConfig>,
+    ) -> Result<(), BotError> {
+        let Some(merge_sha) = pr.merge_commit_sha.clone() else {
+            return Ok(());
+        };
+        let done_key = format!("pr/{}/merged", pr.number);
+        if self
+            .store
+            .get_meta(&done_key)
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        // Only PRs this bot planned are executed: a bot started on an old repository must not
+        // replay history.
+        if self
+            .store
+            .get_meta(&format!("pr/{}/planned", pr.number))
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?
+            .is_none()
+        {
+            return Ok(());
+        }
+        let git = self.git.clone();
+        let branch = self.default_branch.clone();
+        let tip = blocking(move || git.fetch_branch(&branch)).await?;
+        if !self.git.is_ancestor(&merge_sha, &tip) {
+            return Err(BotError::Github(format!(
+                "merge commit {merge_sha} is not on {} yet",
+                self.default_branch
+            )));
+        }
+        let git = self.git.clone();
+        let m = merge_sha.clone();
+        let parent = blocking(move || git.first_parent(&m))
+            .await?
+            .unwrap_or_else(|| merge_sha.clone());
+        let p = self
+            .compute_plan(parent, merge_sha.clone(), merge_sha.clone())
+            .await?;
+        let plan_md = markdown::render_plan(&p, &self.catalog, false).map_err(BotError::Render)?;
+
+        let refused = if self.is_fork(pr) {
+            Some("the pull request comes from a fork; fork PRs are never executed".to_string())
+        } else {
+            self.check_approvals(pr, &p, repo_config).await?
+        };
+        let mut record = MergeRecord {
+            pr: pr.number,
+            commit: merge_sha.clone(),
+            run_ids: Vec::new(),
+            not_run: not_run(&p),
+            plan_markdown: plan_md,
+            refused: refused.clone(),
+        };
+        if refused.is_none() {
+            for cp in p.executable() {
+                let id = format!(
+                    "{}@{}#{}",
+                    cp.cluster,
+                    &merge_sha[..merge_sha.len().min(12)],
+                    cp.workflow.clone().unwrap_or_default()
+                );
+                let req = RunRequest {
+                    id: id.clone(),
+                    cluster: cp.cluster.clone(),
+                    workflow: cp.workflow.clone().unwrap_or_default(),
+                    commit_sha: merge_sha.clone(),
+                    origin: Some(pr_origin(pr.number)),
+                    steps: cp.steps.clone(),
+                };
+                record.run_ids.push(id);
+                // Persist the merge record before the run exists so the publisher can render it.
+                self.put_merge_record(&record).await?;
+                self.engine
+                    .submit(req)
+                    .await
+                    .map_err(|e| BotError::Engine(e.to_string()))?;
+            }
+        }
+        self.put_merge_record(&record).await?;
+        self.store
+            .put_meta(&done_key, merge_sha.as_bytes())
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
+        info!(pr = pr.number, merge = %merge_sha, runs = record.run_ids.len(), refused = ?record.refused, "merge handled");
+        // The publisher is the only writer of run comments: a write retried here could land
+        // after a newer one and show a stale state.
+        self.publisher.notify(&merge_sha);
+        Ok(())
+    }
+
+    async fn put_merge_record(&self, record: &MergeRecord) -> Result<(), BotError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| BotError::Store(e.to_string()))?;
+        self.store
+            .put_meta(&format!("merge/{}", record.commit), &bytes)
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))
+    }
+
+    /// `None` when the approval policy of `tkgops.yaml` on the default branch is met, else why not.
+    async fn check_approvals(
+        &self,
+        pr: &PullRequest,
+        p: &Plan,
+        repo: Option<&RepoConfig>,
+    ) -> Result<Option<String>, BotError> {
+        let Some(repo) = repo else {
+            return Ok(Some(
+                "the default branch has no valid tkgops.yaml, so the approval policy is unknown"
+                    .into(),
+            ));
+        };
+        let destructive = p.clusters.iter().any(|c| c.intent.is_destructive());
+        let required = if destructive {
+            repo.approval.destructive_approvals
+        } else {
+            repo.approval.required_approvals
+        } as usize;
+        if required == 0 {
+            return Ok(None);
+        }
+        let reviews = self
+            .vcs
+            .list_reviews(pr.number)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        // The latest review of each approver counts; it must not be on an older commit.
+        let mut latest: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
+        for r in reviews {
+            if r.state == "COMMENTED" {
+                continue;
+            }
+            latest.insert(r.user.to_lowercase(), (r.state, r.commit_id));
+        }
+        let approvers: Vec<String> = repo
+            .approval
+            .approvers
+            .iter()
+            .map(|a| a.to_lowercase())
+            .collect();
+        let count = latest
+            .iter()
+            .filter(|(u, (state, commit))| {
+                approvers.contains(u)
+                    && *u != &pr.author.to_lowercase()
+                    && state == "APPROVED"
+                    && commit.as_deref().is_none_or(|c| c == pr.head_sha)
+            })
+            .count();
+        if count >= required {
+            Ok(None)
+        } else {
+            Ok(Some(format!(
+                "merged with {count} of the {required} required approval(s) from approvers ({}){}",
+                repo.approval.approvers.join(", "),
+                if destructive {
+                    "; destructive changes need approval.destructiveApprovals"
+                } else {
+                    ""
+                }
+            )))
+        }
+    }
+}
+
+/// The engine origin of runs caused by pull request `number`: `github:pr/<number>`.
+pub fn pr_origin(number: u64) -> String {
+    format!("github:pr/{number}")
+}
+
+fn not_run(p: &Plan) -> Vec<(String, String, String)> {
+    p.clusters
+        .iter()
+        .filter(|c| c.status != PlanStatus::Ready)
+        .map(|c: &ClusterPlan| {
+            let reason = match c.status {
+                PlanStatus::Blocked => "blocked by validation errors".to_string(),
+                _ => c.note.clone().unwrap_or_else(|| "no action".into()),
+            };
+            (c.cluster.clone(), c.intent.label(), reason)
+        })
+        .collect()
+}
+
+/// The not-run entries of a merge record as view rows.
+pub fn not_run_views(record: &MergeRecord) -> Vec<NotRunView> {
+    record
+        .not_run
+        .iter()
+        .map(|(cluster, intent, reason)| NotRunView {
+            cluster: cluster.clone(),
+            intent: intent.clone(),
+            reason: reason.clone(),
+        })
+        .collect()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, GitError> + Send + 'static,
+) -> Result<T, BotError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BotError::Store(format!("blocking task failed: {e}")))?
+        .map_err(BotError::Git)
+}

@@ -1,0 +1,151 @@
+//! `tkgops`: the command-line entry point (validate, plan, serve). The local story is the
+//! separate `tkgops-sandbox` binary, so no emulator is part of this one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use tkgops::gitops::ConfigRepo;
+use tkgops::{serve, BotConfig};
+use tkgops_domain::workflow::{markdown, plan, Catalog, PlanInput};
+
+/// tkgops: Tanzu Kubernetes Grid cluster operations through GitOps pull requests.
+#[derive(Parser)]
+#[command(name = "tkgops", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check TKG cluster configuration files, cluster directories or whole config repositories
+    /// against the reference-design rules. Exit 0: no errors; 1: errors; 2: unreadable input.
+    Validate {
+        /// Files or directories to check.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the plan (the PR comment Markdown) for the change between two commits of a local
+    /// config repository. Reads no credentials. Exit 1 when the plan has errors.
+    Plan {
+        /// The config repository (a git work tree or bare repository).
+        #[arg(long)]
+        repo: PathBuf,
+        /// The commit compared against (branch, tag or SHA); its tkgops.yaml is the policy.
+        #[arg(long)]
+        base: String,
+        /// The commit to plan.
+        #[arg(long)]
+        head: String,
+    },
+    /// Run the bot: poll GitHub, plan pull requests, run merged changes.
+    Serve {
+        /// The bot configuration file (YAML; see README "Running against GitHub").
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tkgops_providers::install_crypto_provider();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { paths } => {
+            let report = tkgops_domain::request::validate_paths(&paths);
+            for f in &report.findings {
+                println!("{f}");
+            }
+            Ok(ExitCode::from(report.exit_code() as u8))
+        }
+        Command::Plan { repo, base, head } => {
+            let git = ConfigRepo::open_local(&repo)
+                .with_context(|| format!("opening {}", repo.display()))?;
+            let base_sha = git.resolve(&base)?;
+            let head_sha = git.resolve(&head)?;
+            let merge_base = git
+                .merge_base(&base_sha, &head_sha)
+                .unwrap_or_else(|_| base_sha.clone());
+            let changed = git.changed_paths(&merge_base, &head_sha)?;
+            let catalog = Catalog::builtin()?;
+            let (bt, ht, st) = (
+                git.tree(&merge_base)?,
+                git.tree(&head_sha)?,
+                git.tree(&base_sha)?,
+            );
+            let p = plan(&PlanInput {
+                base: &bt,
+                head: &ht,
+                settings: &st,
+                base_sha: &merge_base,
+                head_sha: &head_sha,
+                changed_paths: &changed,
+                catalog: &catalog,
+            });
+            let md = markdown::render_plan(&p, &catalog, true).map_err(anyhow::Error::msg)?;
+            println!("{md}");
+            Ok(if p.has_errors() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Serve { config } => {
+            let cfg = BotConfig::load(&config)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let bot = serve::build(&cfg).await?;
+                bot.run(
+                    cfg.poll_interval,
+                    std::time::Duration::from_secs(30),
+                    shutdown_signal(),
+                )
+                .await;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

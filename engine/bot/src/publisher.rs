@@ -1,0 +1,336 @@
+//! The engine's observer: turns run transitions into the sticky PR comment (live step table,
+//! then final summary) and the `tkgops/apply` commit status on the merge commit.
+//!
+//! Updates are coalesced: at most one comment edit per merge commit every `min_interval`
+//! (GitHub allows about 80 content-creating requests a minute), and an edit is skipped when the
+//! body did not change (the VCS client compares before writing).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::{not_run_views, BotError, MergeRecord, APPLY_CONTEXT};
+use tkgops_domain::workflow::markdown::{
+    self, cell, format_duration, RunView, StepRow, STICKY_MARKER,
+};
+use tkgops_domain::workflow::Catalog;
+use tkgops_engine::store::{RunRecord, RunState, StepState, Store};
+use tkgops_engine::RunObserver;
+use tkgops_providers::github::{CommitState, VcsClient};
+
+/// The observer handed to the engine. Cheap to clone.
+#[derive(Clone)]
+pub struct CommentPublisher {
+    tx: mpsc::UnboundedSender<String>,
+    progress: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl CommentPublisher {
+    /// Starts the publishing task. Returns the observer to give to the engine.
+    pub fn start(
+        vcs: Arc<dyn VcsClient>,
+        store: Arc<dyn Store>,
+        catalog: Arc<Catalog>,
+        min_interval: Duration,
+    ) -> CommentPublisher {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let progress: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        let progress2 = progress.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut pending = BTreeSet::from([first]);
+                tokio::time::sleep(min_interval).await;
+                while let Ok(c) = rx.try_recv() {
+                    pending.insert(c);
+                }
+                for commit in pending {
+                    let snapshot = progress2.lock().map(|p| p.clone()).unwrap_or_default();
+                    if let Err(e) =
+                        publish_commit(&*vcs, &*store, &catalog, &commit, &snapshot).await
+                    {
+                        warn!(commit = %commit, error = %e, "updating the PR comment failed");
+                    }
+                }
+            }
+        });
+        CommentPublisher { tx, progress }
+    }
+}
+
+impl CommentPublisher {
+    /// Asks for the comment and status of merge commit `commit` to be (re)published from the
+    /// journal. Coalesced with other requests; never blocks.
+    pub fn notify(&self, commit: &str) {
+        let _ = self.tx.send(commit.to_string());
+    }
+}
+
+#[async_trait::async_trait]
+impl RunObserver for CommentPublisher {
+    async fn run_changed(&self, run: &RunRecord, progress: Option<&str>) {
+        if let Ok(mut p) = self.progress.lock() {
+            match progress {
+                Some(line) => {
+                    p.insert(run.id.clone(), line.to_string());
+                }
+                None if run.state.is_terminal() => {
+                    p.remove(&run.id);
+                }
+                None => {}
+            }
+        }
+        if run.origin.is_some() {
+            let _ = self.tx.send(run.commit_sha.clone());
+        }
+    }
+}
+
+async fn publish_commit(
+    vcs: &dyn VcsClient,
+    store: &dyn Store,
+    catalog: &Catalog,
+    commit: &str,
+    progress: &BTreeMap<String, String>,
+) -> Result<(), BotError> {
+    let Some(bytes) = store
+        .get_meta(&format!("merge/{commit}"))
+        .await
+        .map_err(|e| BotError::Store(e.to_string()))?
+    else {
+        return Ok(());
+    };
+    let record: MergeRecord =
+        serde_json::from_slice(&bytes).map_err(|e| BotError::Store(e.to_string()))?;
+    publish_record(vcs, store, catalog, &record, progress).await
+}
+
+/// Renders the run comment of `record` from the store and upserts it, then sets the
+/// `tkgops/apply` status of the merge commit.
+///
+/// Errors: [`BotError::Github`] after the client's retries, [`BotError::Store`], [`BotError::Render`].
+pub async fn publish_record(
+    vcs: &dyn VcsClient,
+    store: &dyn Store,
+    catalog: &Catalog,
+    record: &MergeRecord,
+    progress: &BTreeMap<String, String>,
+) -> Result<(), BotError> {
+    let mut runs = Vec::new();
+    for id in &record.run_ids {
+        if let Some(r) = store
+            .get_run(id)
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?
+        {
+            runs.push(r);
+        }
+    }
+    let views: Vec<RunView> = runs
+        .iter()
+        .map(|r| run_view(r, progress.get(&r.id).map(String::as_str)))
+        .collect();
+    let (overall, state, desc) = overall(record, &runs);
+    let body = markdown::render_runs(
+        &record.commit,
+        &overall,
+        &views,
+        &not_run_views(record),
+        Some(&record.plan_markdown),
+        catalog,
+    )
+    .map_err(BotError::Render)?;
+    vcs.upsert_comment(record.pr, STICKY_MARKER, &body)
+        .await
+        .map_err(|e| BotError::Github(e.to_string()))?;
+    vcs.set_status(&record.commit, APPLY_CONTEXT, state, &desc, None)
+        .await
+        .map_err(|e| BotError::Github(e.to_string()))?;
+    Ok(())
+}
+
+fn overall(record: &MergeRecord, runs: &[RunRecord]) -> (String, CommitState, String) {
+    if let Some(reason) = &record.refused {
+        return (
+            format!("⛔ not executed: {reason}"),
+            CommitState::Failure,
+            format!("not executed: {reason}"),
+        );
+    }
+    if runs.is_empty() {
+        return (
+            "➖ nothing to run".into(),
+            CommitState::Success,
+            "nothing to run for this merge".into(),
+        );
+    }
+    let failed = runs
+        .iter()
+        .filter(|r| r.state == RunState::Failed || r.state == RunState::Cancelled)
+        .count();
+    let active = runs.iter().filter(|r| !r.state.is_terminal()).count();
+    if active > 0 {
+        (
+            "⏳ running".into(),
+            CommitState::Pending,
+            format!("{active} of {} run(s) in progress", runs.len()),
+        )
+    } else if failed > 0 {
+        (
+            "❌ failed".into(),
+            CommitState::Failure,
+            format!("{failed} of {} run(s) failed", runs.len()),
+        )
+    } else {
+        (
+            "✅ succeeded".into(),
+            CommitState::Success,
+            format!("{} run(s) succeeded", runs.len()),
+        )
+    }
+}
+
+fn run_state_label(s: RunState) -> &'static str {
+    match s {
+        RunState::Queued => "🕒 queued (another run of this cluster is in progress)",
+        RunState::Running => "⏳ running",
+        RunState::Succeeded => "✅ succeeded",
+        RunState::Failed => "❌ failed",
+        RunState::Cancelled => "🚫 cancelled",
+    }
+}
+
+fn step_state_label(s: StepState) -> &'static str {
+    match s {
+        StepState::Pending => "⏸️ pending",
+        StepState::Running => "⏳ running",
+        StepState::Succeeded => "✅ succeeded",
+        StepState::Failed => "❌ failed",
+        StepState::Cancelled => "🚫 not run",
+    }
+}
+
+/// The view of one run for the comment; `progress` is the latest progress line of its running step.
+pub fn run_view(run: &RunRecord, progress: Option<&str>) -> RunView {
+    let now = Utc::now();
+    let steps = run
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let duration = s
+                .started_at
+                .map(|start| {
+                    let end = s.finished_at.unwrap_or(now);
+                    format_duration((end - start).num_seconds().max(0) as u64)
+                })
+                .unwrap_or_default();
+            let detail = match s.state {
+                StepState::Failed => s.error.clone().unwrap_or_default(),
+                StepState::Succeeded => s
+                    .output
+                    .as_ref()
+                    .map(|o| output_summary(&s.spec.kind, o))
+                    .unwrap_or_default(),
+                StepState::Running => {
+                    let retrying = s
+                        .attempts
+                        .iter()
+                        .next_back()
+                        .and_then(|a| a.error.clone())
+                        .filter(|_| s.attempts.len() > 1);
+                    progress
+                        .map(str::to_string)
+                        .or(retrying.map(|e| format!("retrying after: {e}")))
+                        .unwrap_or_default()
+                }
+                _ => String::new(),
+            };
+            StepRow {
+                number: i + 1,
+                title: s.spec.title.clone(),
+                state: step_state_label(s.state).to_string(),
+                duration,
+                attempts: s.attempts.len() as u32,
+                detail: cell(&detail, 300),
+            }
+        })
+        .collect();
+    let summary = match run.state {
+        RunState::Succeeded => {
+            let secs = run.finished_at.map(|f| (f - run.created_at).num_seconds().max(0) as u64).unwrap_or(0);
+            format!("✅ All steps succeeded in {}.", format_duration(secs))
+        }
+        RunState::Failed => format!("❌ The run failed: {}. Fix the cause and push a new change, or re-run it from a new merge.", run.error.clone().unwrap_or_default()),
+        _ => String::new(),
+    };
+    RunView {
+        cluster: run.cluster.clone(),
+        workflow: run.workflow.clone(),
+        state: run_state_label(run.state).to_string(),
+        steps,
+        summary,
+    }
+}
+
+/// A one-line, secret-free summary of a succeeded step's output for the Details column.
+pub fn output_summary(kind: &str, out: &serde_json::Value) -> String {
+    let s = |p: &str| {
+        out.pointer(p)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let len = |p: &str| {
+        out.pointer(p)
+            .and_then(|v| v.as_array())
+            .map(|a| a.len())
+            .unwrap_or(0)
+    };
+    match kind {
+        "aws.preflight" => {
+            let vpc = if s("/vpcId").is_empty() {
+                "new VPC".to_string()
+            } else {
+                format!("VPC {}", s("/vpcId"))
+            };
+            format!(
+                "{vpc}; {} subnet(s) tagged, {} already tagged",
+                len("/taggedSubnets"),
+                len("/alreadyTagged")
+            )
+        }
+        "kube.apply" => format!("{} object(s) applied", len("/applied")),
+        "kube.wait-cluster" => format!(
+            "phase {}, control plane {}",
+            s("/phase"),
+            s("/controlPlane")
+        ),
+        "kube.read-kubeconfig" => format!(
+            "workload API server answers (Kubernetes {})",
+            s("/kubernetesVersion")
+        ),
+        "tmc.attach" => format!("TMC phase {}, health {}", s("/phase"), s("/health")),
+        "packages.rollout" => out
+            .pointer("/packages")
+            .and_then(|v| v.as_array())
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        format!(
+                            "{} {}",
+                            p.get("name").and_then(|v| v.as_str()).unwrap_or("?"),
+                            p.get("version").and_then(|v| v.as_str()).unwrap_or("?")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + ": Reconcile succeeded"
+            })
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}

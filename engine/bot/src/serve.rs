@@ -1,0 +1,150 @@
+//! `tkgops serve`: assembles the bot from its configuration file and runs it.
+
+use std::sync::Arc;
+
+use tracing::info;
+
+use crate::config::{BotConfig, ConfigError};
+use crate::executors::Executors;
+use crate::gitops::{ConfigRepo, GitError};
+use crate::publisher::CommentPublisher;
+use crate::{Bot, BotParts};
+use tkgops_domain::workflow::plan::load_repo_config;
+use tkgops_domain::workflow::Catalog;
+use tkgops_engine::store::{SledStore, Store};
+use tkgops_engine::Engine;
+use tkgops_providers::github::{OctocrabClient, RetrySettings, VcsClient};
+
+/// Errors assembling the bot.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is invalid or a credential variable is unset.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// GitHub could not be reached or refused the token.
+    #[error("github: {0}")]
+    Github(String),
+    /// The git mirror failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// The journal could not be opened (another bot may hold its lock).
+    #[error("store: {0}")]
+    Store(String),
+    /// The workflow catalog is invalid.
+    #[error("catalog: {0}")]
+    Catalog(String),
+}
+
+/// Builds a bot from `cfg`: GitHub client, git mirror, sled journal, executors, engine; loads
+/// the management clusters from the default branch and resumes every unfinished run.
+///
+/// Errors: [`ServeError`] for each part that cannot be set up.
+pub async fn build(cfg: &BotConfig) -> Result<Bot, ServeError> {
+    let creds = Credentials {
+        github_token: cfg.github_token()?,
+        tmc_token: cfg.tmc_token(),
+    };
+    build_with(cfg, creds).await
+}
+
+/// Credentials of the bot, read from the environment variables the configuration names.
+/// Debug output never shows them.
+#[derive(Clone)]
+pub struct Credentials {
+    /// GitHub token (App installation token or PAT).
+    pub github_token: String,
+    /// TMC (CSP) API token, if TMC attach is used.
+    pub tmc_token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(<redacted>)")
+    }
+}
+
+/// As [`build`], with the credentials given instead of read from the environment.
+///
+/// Errors: [`ServeError`] for each part that cannot be set up.
+pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, ServeError> {
+    tkgops_providers::install_crypto_provider();
+    let token = creds.github_token;
+    let vcs: Arc<dyn VcsClient> = Arc::new(
+        OctocrabClient::new(
+            &cfg.github.api_url,
+            &token,
+            &cfg.github.owner,
+            &cfg.github.repo,
+            RetrySettings::default(),
+        )
+        .map_err(|e| ServeError::Github(e.to_string()))?,
+    );
+    let info = vcs
+        .repository()
+        .await
+        .map_err(|e| ServeError::Github(e.to_string()))?;
+    let clone_url = cfg
+        .github
+        .clone_url
+        .clone()
+        .unwrap_or(info.clone_url.clone());
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| ServeError::Store(e.to_string()))?;
+    let git_token = clone_url.starts_with("https://").then(|| token.clone());
+    let git = ConfigRepo::open(&cfg.state_dir.join("config.git"), &clone_url, git_token)?;
+    let store: Arc<dyn Store> = Arc::new(
+        SledStore::open(&cfg.state_dir.join("journal"))
+            .map_err(|e| ServeError::Store(e.to_string()))?,
+    );
+    let catalog = Arc::new(
+        match &cfg.catalog_dir {
+            Some(dir) => Catalog::from_dir(dir),
+            None => Catalog::builtin(),
+        }
+        .map_err(|e| ServeError::Catalog(e.to_string()))?,
+    );
+
+    let executors = Executors::new(cfg.kube_poll_interval);
+    let g = git.clone();
+    let branch = info.default_branch.clone();
+    let tip = tokio::task::spawn_blocking(move || g.fetch_branch(&branch))
+        .await
+        .map_err(|e| ServeError::Store(e.to_string()))??;
+    let g = git.clone();
+    let repo_config =
+        tokio::task::spawn_blocking(move || g.tree(&tip).map(|t| load_repo_config(&t).0))
+            .await
+            .map_err(|e| ServeError::Store(e.to_string()))??;
+    if let Some(rc) = &repo_config {
+        executors.update_management_clusters(rc);
+    }
+    let publisher = CommentPublisher::start(
+        vcs.clone(),
+        store.clone(),
+        catalog.clone(),
+        cfg.comment_min_interval,
+    );
+    let engine = Engine::new(
+        store.clone(),
+        executors.all(
+            cfg.aws_endpoint_url.clone(),
+            creds.tmc_token,
+            cfg.tmc_poll_interval,
+        ),
+        Arc::new(publisher.clone()),
+    );
+    let resumed = engine
+        .resume_all()
+        .await
+        .map_err(|e| ServeError::Store(e.to_string()))?;
+    info!(repo = %info.full_name, default_branch = %info.default_branch, resumed, "tkgops bot ready");
+    Ok(Bot::new(BotParts {
+        vcs,
+        git,
+        store,
+        engine,
+        catalog,
+        repo: info,
+        executors,
+        publisher,
+    }))
+}

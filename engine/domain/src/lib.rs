@@ -1,0 +1,17 @@
+//! tkgops-domain: what tkgops knows about TKG cluster requests, without any I/O.
+//!
+//! - [`request`]: the config repository format (cluster requests, `tkgops.yaml`) and the
+//!   reference-design rules.
+//! - [`workflow`]: the workflow catalog, intents, plans and the PR comment Markdown.
+//! - [`step`]: the step contract the engine persists and the providers execute.
+//! - [`files`]: how files reach the domain (a git tree, a directory): the [`files::TreeReader`]
+//!   trait its callers implement.
+//!
+//! This crate depends on no async runtime, network, git or storage crate (see the workspace
+//! `Cargo.toml`); everything here is a function of its inputs.
+
+pub mod files;
+pub mod request;
+pub mod serde_duration;
+pub mod step;
+pub mod workflow;

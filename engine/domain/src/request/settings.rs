@@ -1,0 +1,775 @@
+//! tkgops's own files: the repository `tkgops.yaml` ([`RepoConfig`]) and the per-cluster
+//! `clusters/<name>/tkgops.yaml` ([`ClusterSettings`]). camelCase keys, unknown keys rejected
+//! (`TKGOPS-SCHEMA`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_yaml::Value;
+
+use super::packages::standard_package;
+use super::rules::rule_default;
+use super::tkgconfig::{decode_text, parse_yaml_document, yaml_error};
+use super::{Finding, Severity};
+
+/// Rule ID of schema errors in tkgops's own files.
+pub(crate) const SCHEMA: &str = "TKGOPS-SCHEMA";
+
+/// The config repository's root `tkgops.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RepoConfig {
+    /// Management clusters the bot may create workload clusters on (at least one).
+    pub management_clusters: Vec<ManagementClusterConfig>,
+    /// Tanzu Mission Control organisation; absent = no TMC attach possible.
+    #[serde(default)]
+    pub tmc: Option<TmcConfig>,
+    /// Who may approve pull requests and how many approvals are needed.
+    #[serde(default)]
+    pub approval: ApprovalPolicy,
+    /// Package repository and packages installed on every cluster.
+    #[serde(default)]
+    pub packages: PackageDefaults,
+    /// Severity policy for the validation rules.
+    #[serde(default)]
+    pub rules: RulesConfig,
+    /// Path of the file as given to [`parse_repo_config`] (not part of the YAML).
+    #[serde(skip)]
+    pub path: String,
+}
+
+impl RepoConfig {
+    /// The management cluster named `name`, if configured.
+    pub fn management_cluster(&self, name: &str) -> Option<&ManagementClusterConfig> {
+        self.management_clusters.iter().find(|m| m.name == name)
+    }
+}
+
+/// A management cluster entry of [`RepoConfig`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManagementClusterConfig {
+    /// Name referenced by [`ClusterSettings::management_cluster`].
+    pub name: String,
+    /// How the bot reaches it: `{file: PATH}`, `{env: VAR}` or
+    /// `{secret: {namespace, name, key}}` (key default `value`).
+    #[serde(deserialize_with = "kubeconfig_de")]
+    pub kubeconfig: KubeconfigSource,
+    /// Namespace of the Cluster objects when the TKG `NAMESPACE` variable is unset
+    /// (default `default`, TF `constants/defaults.go` `DefaultNamespace`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+/// How the bot reaches a management cluster (from the config repository's `tkgops.yaml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum KubeconfigSource {
+    /// A kubeconfig file on the bot's host.
+    File(String),
+    /// An environment variable of the bot holding a whole kubeconfig (YAML text).
+    Env(String),
+    /// A Secret in the cluster the bot runs in (in-cluster config), key holding a kubeconfig.
+    Secret {
+        /// Namespace of the Secret.
+        namespace: String,
+        /// Name of the Secret.
+        name: String,
+        /// Data key holding the kubeconfig; defaults to `value` (the Cluster API convention).
+        #[serde(default = "default_secret_key")]
+        key: String,
+    },
+}
+
+/// YAML shape of [`KubeconfigSource`] (serde_yaml 0.9 reads externally tagged enums only from
+/// `!tags`, so the `{file: ...}` map form is read through this mirror).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KubeconfigYaml {
+    #[serde(default)]
+    file: Option<String>,
+    #[serde(default)]
+    env: Option<String>,
+    #[serde(default)]
+    secret: Option<SecretYaml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SecretYaml {
+    namespace: String,
+    name: String,
+    #[serde(default = "default_secret_key")]
+    key: String,
+}
+
+fn default_secret_key() -> String {
+    "value".to_string()
+}
+
+fn kubeconfig_de<'de, D: Deserializer<'de>>(d: D) -> Result<KubeconfigSource, D::Error> {
+    let k = KubeconfigYaml::deserialize(d)?;
+    match (k.file, k.env, k.secret) {
+        (Some(f), None, None) => Ok(KubeconfigSource::File(f)),
+        (None, Some(e), None) => Ok(KubeconfigSource::Env(e)),
+        (None, None, Some(s)) => Ok(KubeconfigSource::Secret {
+            namespace: s.namespace,
+            name: s.name,
+            key: s.key,
+        }),
+        _ => Err(serde::de::Error::custom(
+            "kubeconfig must have exactly one of file, env, secret",
+        )),
+    }
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+/// The TMC organisation of [`RepoConfig::tmc`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TmcConfig {
+    /// TMC endpoint, `https://<org>.tmc.cloud.vmware.com`.
+    pub endpoint: String,
+    /// VMware Cloud Services endpoint for the API-token exchange
+    /// (default `https://console.cloud.vmware.com`).
+    #[serde(default = "default_csp")]
+    pub csp_endpoint: String,
+}
+
+fn default_csp() -> String {
+    "https://console.cloud.vmware.com".to_string()
+}
+
+/// Approval policy of [`RepoConfig::approval`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApprovalPolicy {
+    /// GitHub logins whose `APPROVED` review counts.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Approvals needed to run a plan (default 1).
+    #[serde(default = "one")]
+    pub required_approvals: u32,
+    /// Approvals needed for destructive intents: delete, downgrade (default 2; DESIGN.md
+    /// security rule 6).
+    #[serde(default = "two")]
+    pub destructive_approvals: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+fn two() -> u32 {
+    2
+}
+
+impl Default for ApprovalPolicy {
+    fn default() -> Self {
+        ApprovalPolicy {
+            approvers: Vec::new(),
+            required_approvals: 1,
+            destructive_approvals: 2,
+        }
+    }
+}
+
+/// Package settings of [`RepoConfig::packages`].
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PackageDefaults {
+    /// The kapp-controller PackageRepository the packages come from
+    /// (default `tanzu-standard` in `tanzu-package-repo-global`, reference §4.1).
+    #[serde(default)]
+    pub repository: PackageRepositoryRef,
+    /// Packages installed on every cluster unless the cluster disables them.
+    #[serde(default)]
+    pub defaults: Vec<PackageRequest>,
+}
+
+/// A kapp-controller `PackageRepository` reference (`packaging.carvel.dev/v1alpha1`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PackageRepositoryRef {
+    /// `metadata.name` (default `tanzu-standard`).
+    pub name: String,
+    /// `metadata.namespace` (default `tanzu-package-repo-global`, kapp-controller's global
+    /// namespace in TKG 1.6).
+    pub namespace: String,
+}
+
+impl Default for PackageRepositoryRef {
+    fn default() -> Self {
+        PackageRepositoryRef {
+            name: "tanzu-standard".into(),
+            namespace: "tanzu-package-repo-global".into(),
+        }
+    }
+}
+
+/// A package as requested in `tkgops.yaml` (repository defaults or a cluster's list).
+/// Missing fields default from the TKG 1.6 standard package table ([`standard_package`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PackageRequest {
+    /// Short name, also the PackageInstall `metadata.name` (`contour`).
+    pub name: String,
+    /// `packageRef.refName` (default `<name>.tanzu.vmware.com` for standard packages).
+    #[serde(default)]
+    pub ref_name: Option<String>,
+    /// Exact version (`versionSelection.constraints`); default from the TKG 1.6 table.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Install namespace; default from the TKG 1.6 table, else `tanzu-packages`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Values (a YAML map) written to the `<pkgi>-<ns>-values` Secret as `values.yaml`.
+    #[serde(default)]
+    pub values: Option<Value>,
+    /// `false` removes a repository default from this cluster.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// Severity policy of [`RepoConfig::rules`].
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Rule ID → level, for every cluster.
+    #[serde(default)]
+    pub severities: BTreeMap<String, RuleLevel>,
+    /// Applied in order after `severities`, for clusters whose labels match.
+    #[serde(default)]
+    pub overrides: Vec<RuleOverride>,
+}
+
+/// One entry of [`RulesConfig::overrides`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleOverride {
+    /// Applies when the cluster's [`ClusterSettings::labels`] contain all of these
+    /// (Kubernetes `matchLabels` semantics; empty matches every cluster).
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    /// Rule ID → level.
+    #[serde(default)]
+    pub severities: BTreeMap<String, RuleLevel>,
+}
+
+/// Configured level of a rule: `error`, `warning`, or `off` (finding dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleLevel {
+    /// Report as [`Severity::Error`].
+    Error,
+    /// Report as [`Severity::Warning`].
+    Warning,
+    /// Do not report.
+    Off,
+}
+
+/// A cluster's `clusters/<name>/tkgops.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Name of a [`RepoConfig::management_clusters`] entry (required).
+    pub management_cluster: String,
+    /// Tanzu Kubernetes release, e.g. `v1.23.8+vmware.2-tkg.1` (required; rule `TKGOPS-TKR`).
+    pub tkr: String,
+    /// TMC attach settings; absent = no attach.
+    #[serde(default)]
+    pub tmc: Option<ClusterTmc>,
+    /// Packages, merged by name over the repository defaults.
+    #[serde(default)]
+    pub packages: Vec<PackageRequest>,
+    /// Labels of the cluster (matched by [`RuleOverride::match_labels`]; a null value is `""`).
+    #[serde(default, deserialize_with = "labels_de")]
+    pub labels: BTreeMap<String, String>,
+    /// Automatic upgrade policy.
+    #[serde(default)]
+    pub upgrade_policy: Option<UpgradePolicy>,
+    /// Path of the file as given to [`parse_cluster_settings`] (not part of the YAML).
+    #[serde(skip)]
+    pub path: String,
+    /// 1-based lines of the top-level keys (`tkr`, `packages`, …) (not part of the YAML).
+    #[serde(skip)]
+    pub lines: BTreeMap<String, u32>,
+}
+
+impl ClusterSettings {
+    /// Minimal settings for `management_cluster` and `tkr` (no TMC, packages, labels, policy);
+    /// `path` empty.
+    pub fn new(management_cluster: impl Into<String>, tkr: impl Into<String>) -> Self {
+        ClusterSettings {
+            management_cluster: management_cluster.into(),
+            tkr: tkr.into(),
+            tmc: None,
+            packages: Vec::new(),
+            labels: BTreeMap::new(),
+            upgrade_policy: None,
+            path: String::new(),
+            lines: BTreeMap::new(),
+        }
+    }
+
+    /// 1-based line of top-level key `key` (`tkr`, `managementCluster`, `packages`, …).
+    pub fn line(&self, key: &str) -> Option<u32> {
+        self.lines.get(key).copied()
+    }
+}
+
+fn labels_de<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let m: BTreeMap<String, Option<String>> = BTreeMap::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| (k, v.unwrap_or_default()))
+        .collect())
+}
+
+/// TMC settings of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterTmc {
+    /// TMC cluster group (`spec.clusterGroupName`).
+    pub cluster_group: String,
+    /// `meta.description` (default "managed by tkgops").
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Automatic upgrade policy of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpgradePolicy {
+    /// 5-field crontab expression in UTC (minute hour day-of-month month day-of-week).
+    pub schedule: String,
+    /// Length of the maintenance window in humantime syntax (`4h`, `90m`).
+    #[serde(default)]
+    pub maintenance_window: Option<String>,
+    /// Upgrade to new patch releases of the same minor automatically.
+    #[serde(default)]
+    pub auto_patch: bool,
+}
+
+impl UpgradePolicy {
+    /// The schedule as a `cron` crate [`cron::Schedule`] ("0 " seconds prefixed);
+    /// `None` when invalid (reported by [`parse_cluster_settings`]).
+    pub fn cron_schedule(&self) -> Option<cron::Schedule> {
+        cron_of(&self.schedule).ok()
+    }
+
+    /// The maintenance window length; `None` when unset or invalid.
+    pub fn window(&self) -> Option<std::time::Duration> {
+        self.maintenance_window
+            .as_deref()
+            .and_then(|w| humantime::parse_duration(w).ok())
+    }
+
+    /// First window start strictly after `after` (UTC); `None` when the schedule is invalid or
+    /// never fires.
+    pub fn next_window_start(
+        &self,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.cron_schedule()?.after(&after).next()
+    }
+}
+
+fn cron_of(schedule: &str) -> Result<cron::Schedule, String> {
+    let fields = schedule.split_whitespace().count();
+    if fields != 5 {
+        return Err(format!(
+            "has {fields} fields; expected 5 (minute hour day-of-month month day-of-week)"
+        ));
+    }
+    let mut f: Vec<&str> = schedule.split_whitespace().collect();
+    let dow = crontab_dow_to_cron(f[4])?;
+    f[4] = &dow;
+    cron::Schedule::from_str(&format!("0 {}", f.join(" "))).map_err(|e| e.to_string())
+}
+
+/// Translates a crontab day-of-week field (0 or 7 = Sunday, 1 = Monday … 6 = Saturday) into the
+/// `cron` crate's numbering (1 = Sunday … 7 = Saturday). Names (`MON-FRI`) are kept.
+fn crontab_dow_to_cron(field: &str) -> Result<String, String> {
+    if field == "*" || field == "?" {
+        return Ok(field.to_string());
+    }
+    let bad = || format!("day-of-week field {field:?} is invalid");
+    let mut days = BTreeSet::new();
+    let mut named = Vec::new();
+    for item in field.split(',') {
+        if item.chars().any(|c| c.is_ascii_alphabetic()) {
+            named.push(item.to_string());
+            continue;
+        }
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, s.parse::<u32>().map_err(|_| bad())?),
+            None => (item, 1),
+        };
+        if step == 0 {
+            return Err(bad());
+        }
+        let (lo, hi) = if range == "*" {
+            (0, 6)
+        } else if let Some((a, b)) = range.split_once('-') {
+            (
+                a.parse::<u32>().map_err(|_| bad())?,
+                b.parse::<u32>().map_err(|_| bad())?,
+            )
+        } else {
+            let a = range.parse::<u32>().map_err(|_| bad())?;
+            (a, if item.contains('/') { 6 } else { a })
+        };
+        if lo > 7 || hi > 7 || lo > hi {
+            return Err(bad());
+        }
+        let mut d = lo;
+        while d <= hi {
+            days.insert(d % 7 + 1);
+            d += step;
+        }
+    }
+    let mut parts: Vec<String> = days.into_iter().map(|d| d.to_string()).collect();
+    parts.extend(named);
+    Ok(parts.join(","))
+}
+
+/// Line of the first occurrence of `key:` (any indentation, also as `- key:`), 1-based.
+pub(crate) fn find_key_line(text: &str, key: &str) -> Option<u32> {
+    find_key_line_from(text, key, 0)
+}
+
+/// Like [`find_key_line`], only lines after the 1-based line `after`.
+pub(crate) fn find_key_line_from(text: &str, key: &str, after: u32) -> Option<u32> {
+    for (i, line) in text.lines().enumerate() {
+        let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        if n <= after {
+            continue;
+        }
+        let t = line
+            .trim_start()
+            .trim_start_matches("- ")
+            .trim_start()
+            .trim_start_matches(['{', ' ']);
+        for cand in [
+            format!("{key}:"),
+            format!("\"{key}\":"),
+            format!("'{key}':"),
+        ] {
+            if t.starts_with(&cand) {
+                return Some(n);
+            }
+        }
+    }
+    None
+}
+
+/// Line of the first `key: value` whose value (unquoted) is `value`, 1-based.
+pub(crate) fn find_value_line(text: &str, key: &str, value: &str) -> Option<u32> {
+    let pat = format!("{key}:");
+    for (i, line) in text.lines().enumerate() {
+        let mut rest = line;
+        while let Some(j) = rest.find(&pat) {
+            let after = rest[j + pat.len()..].trim_start();
+            let v = after
+                .split([',', '}', '#'])
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches(['"', '\'']);
+            if v == value {
+                return u32::try_from(i + 1).ok();
+            }
+            rest = &rest[j + pat.len()..];
+        }
+    }
+    None
+}
+
+fn schema(path: &str, line: Option<u32>, msg: impl Into<String>) -> Finding {
+    Finding::new(path, line, SCHEMA, Severity::Error, msg)
+}
+
+/// Parses `text` as one YAML document of type `T`, mapping errors to findings
+/// (`TKGOPS-PARSE` for syntax, `TKGOPS-SCHEMA` for shape: unknown or missing key, wrong type).
+fn parse_typed<'a, T: serde::de::DeserializeOwned>(
+    path: &str,
+    bytes: &'a [u8],
+) -> Result<(T, &'a str), Vec<Finding>> {
+    let text = decode_text(path, bytes).map_err(|f| vec![f])?;
+    let doc = parse_yaml_document(path, text).map_err(|f| vec![f])?;
+    if !doc.is_mapping() {
+        return Err(vec![schema(path, Some(1), "top level must be a map")]);
+    }
+    match serde_yaml::from_str::<T>(text) {
+        Ok(v) => Ok((v, text)),
+        Err(e) => {
+            let mut f = yaml_error(path, &e);
+            f.rule = SCHEMA.to_string();
+            f.message = f.message.trim_start_matches("invalid YAML: ").to_string();
+            if f.message.starts_with("unknown field") {
+                f.message = format!("{} (tkgops files reject unknown keys)", f.message);
+            }
+            Err(vec![f])
+        }
+    }
+}
+
+fn check_packages(
+    path: &str,
+    text: &str,
+    pkgs: &[PackageRequest],
+    out: &mut Vec<Finding>,
+    allow_disabled: bool,
+) {
+    let mut seen = BTreeSet::new();
+    for p in pkgs {
+        let line = find_value_line(text, "name", &p.name);
+        if p.name.trim().is_empty() {
+            out.push(schema(path, line, "package name must not be empty"));
+            continue;
+        }
+        if !seen.insert(p.name.clone()) {
+            out.push(schema(
+                path,
+                line,
+                format!("package {} is listed twice", p.name),
+            ));
+        }
+        if p.enabled == Some(false) {
+            if !allow_disabled {
+                out.push(schema(
+                    path,
+                    line,
+                    format!(
+                        "package {}: enabled: false is only meaningful in a cluster's tkgops.yaml",
+                        p.name
+                    ),
+                ));
+            }
+            continue;
+        }
+        if let Some(v) = &p.values {
+            if !v.is_mapping() && !v.is_null() {
+                out.push(schema(
+                    path,
+                    line,
+                    format!("package {}: values must be a YAML map", p.name),
+                ));
+            }
+        }
+        if standard_package(&p.name).is_none() {
+            let missing: Vec<&str> = [
+                ("refName", p.ref_name.is_none()),
+                ("version", p.version.is_none()),
+            ]
+            .iter()
+            .filter(|(_, m)| *m)
+            .map(|(k, _)| *k)
+            .collect();
+            // In a cluster file, refName/version may come from the repository defaults.
+            if !missing.is_empty() && !allow_disabled {
+                out.push(schema(
+                    path,
+                    line,
+                    format!(
+                        "package {} is not a TKG 1.6 standard package; {} required",
+                        p.name,
+                        missing.join(" and ")
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn check_rule_ids(
+    path: &str,
+    text: &str,
+    sev: &BTreeMap<String, RuleLevel>,
+    out: &mut Vec<Finding>,
+) {
+    for id in sev.keys() {
+        if rule_default(id).is_none() {
+            out.push(schema(
+                path,
+                find_key_line(text, id),
+                format!("unknown rule ID {id} in rules"),
+            ));
+        }
+    }
+}
+
+/// Parses the repository root `tkgops.yaml` from `bytes` (`path` for findings).
+///
+/// Errors: the same file guards as [`super::parse_tkg_config`] (`TKGOPS-PARSE`); unknown keys,
+/// missing or mistyped fields, no management cluster, duplicate management cluster names,
+/// `requiredApprovals` < 1, `destructiveApprovals` < `requiredApprovals`, a TMC endpoint not
+/// `https://`, unknown rule IDs in `rules`, duplicate or incomplete package defaults (a package
+/// outside the TKG 1.6 table needs `refName` and `version`) — all `TKGOPS-SCHEMA` with lines.
+pub fn parse_repo_config(path: &str, bytes: &[u8]) -> Result<RepoConfig, Vec<Finding>> {
+    let (mut cfg, text) = parse_typed::<RepoConfig>(path, bytes)?;
+    cfg.path = path.to_string();
+    let mut out = Vec::new();
+    if cfg.management_clusters.is_empty() {
+        out.push(schema(
+            path,
+            find_key_line(text, "managementClusters"),
+            "managementClusters must list at least one management cluster",
+        ));
+    }
+    let mut names = BTreeSet::new();
+    for m in &cfg.management_clusters {
+        let line = find_value_line(text, "name", &m.name);
+        if m.name.trim().is_empty() {
+            out.push(schema(
+                path,
+                line,
+                "management cluster name must not be empty",
+            ));
+        } else if !names.insert(m.name.clone()) {
+            out.push(schema(
+                path,
+                line,
+                format!("management cluster {} is listed twice", m.name),
+            ));
+        }
+    }
+    if cfg.approval.required_approvals < 1 {
+        out.push(schema(
+            path,
+            find_key_line(text, "requiredApprovals"),
+            "requiredApprovals must be at least 1",
+        ));
+    }
+    if cfg.approval.destructive_approvals < cfg.approval.required_approvals {
+        out.push(schema(
+            path,
+            find_key_line(text, "destructiveApprovals"),
+            "destructiveApprovals must be at least requiredApprovals",
+        ));
+    }
+    if let Some(t) = &cfg.tmc {
+        if !is_secure_endpoint(&t.endpoint) {
+            out.push(schema(
+                path,
+                find_key_line(text, "endpoint"),
+                "tmc.endpoint must be an https:// URL (plain http:// only on loopback)",
+            ));
+        }
+        if !is_secure_endpoint(&t.csp_endpoint) {
+            out.push(schema(
+                path,
+                find_key_line(text, "cspEndpoint"),
+                "tmc.cspEndpoint must be an https:// URL (plain http:// only on loopback)",
+            ));
+        }
+    }
+    check_rule_ids(path, text, &cfg.rules.severities, &mut out);
+    for o in &cfg.rules.overrides {
+        check_rule_ids(path, text, &o.severities, &mut out);
+    }
+    check_packages(path, text, &cfg.packages.defaults, &mut out, false);
+    if out.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(out)
+    }
+}
+
+/// Parses a cluster's `clusters/<name>/tkgops.yaml` from `bytes` (`path` for findings).
+///
+/// Errors: the same file guards as [`super::parse_tkg_config`] (`TKGOPS-PARSE`); unknown keys,
+/// missing `managementCluster`/`tkr`, mistyped fields, empty `managementCluster`, `tkr` or
+/// `tmc.clusterGroup`, duplicate packages, non-map package values, an `upgradePolicy.schedule`
+/// that is not a valid 5-field crontab (checked with the `cron` crate after prefixing `0 `), a
+/// `maintenanceWindow` humantime cannot parse — all `TKGOPS-SCHEMA` with lines. The TKR format
+/// and the management cluster's existence are checked by [`super::validate`].
+pub fn parse_cluster_settings(path: &str, bytes: &[u8]) -> Result<ClusterSettings, Vec<Finding>> {
+    let (mut s, text) = parse_typed::<ClusterSettings>(path, bytes)?;
+    s.path = path.to_string();
+    s.lines = super::tkgconfig::top_level_key_lines(text)
+        .into_iter()
+        .fold(BTreeMap::new(), |mut m, (k, l)| {
+            m.entry(k).or_insert(l);
+            m
+        });
+    let mut out = Vec::new();
+    if s.management_cluster.trim().is_empty() {
+        out.push(schema(
+            path,
+            s.line("managementCluster"),
+            "managementCluster must not be empty",
+        ));
+    }
+    if s.tkr.trim().is_empty() {
+        out.push(schema(path, s.line("tkr"), "tkr must not be empty"));
+    }
+    if let Some(t) = &s.tmc {
+        if t.cluster_group.trim().is_empty() {
+            out.push(schema(
+                path,
+                find_key_line(text, "clusterGroup"),
+                "tmc.clusterGroup must not be empty",
+            ));
+        }
+    }
+    for k in s.labels.keys() {
+        if k.trim().is_empty() {
+            out.push(schema(
+                path,
+                s.line("labels"),
+                "label keys must not be empty",
+            ));
+        }
+    }
+    check_packages(path, text, &s.packages, &mut out, true);
+    if let Some(p) = &s.upgrade_policy {
+        if let Err(e) = cron_of(&p.schedule) {
+            out.push(schema(
+                path,
+                find_key_line(text, "schedule"),
+                format!(
+                    "upgradePolicy.schedule {:?} is not a valid crontab expression: {e}",
+                    p.schedule
+                ),
+            ));
+        }
+        if let Some(w) = &p.maintenance_window {
+            if humantime::parse_duration(w).is_err() {
+                out.push(schema(
+                    path,
+                    find_key_line(text, "maintenanceWindow"),
+                    format!(
+                        "upgradePolicy.maintenanceWindow {w:?} is not a duration (e.g. 4h, 90m)"
+                    ),
+                ));
+            }
+        }
+    }
+    if out.is_empty() {
+        Ok(s)
+    } else {
+        Err(out)
+    }
+}
+
+/// Whether a TMC/CSP endpoint may carry the API token: `https://`, or plain `http://` to a
+/// loopback address (the project's emulators and the sandbox; never leaves the host).
+pub fn is_secure_endpoint(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    host == "localhost"
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}

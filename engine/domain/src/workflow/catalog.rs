@@ -1,0 +1,287 @@
+//! Workflow definitions (`workflows/*.yaml`) and their handlebars templates (`templates/`).
+//!
+//! Security rule 1 (DESIGN.md): workflows and templates come from the bot's own install, never
+//! from a pull request. [`Catalog::builtin`] embeds the files of this repository's `workflows/`
+//! and `templates/` into the binary at build time; [`Catalog::from_dir`] loads an operator's
+//! replacement set from the bot host.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use handlebars::Handlebars;
+use serde::{Deserialize, Serialize};
+
+use crate::step::RetryPolicy;
+
+/// Errors loading or rendering workflows and templates.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// A workflow file is not valid YAML or violates the workflow schema.
+    #[error("workflow {file}: {message}")]
+    Workflow {
+        /// File name of the workflow.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A template does not compile.
+    #[error("template {name}: {message}")]
+    Template {
+        /// Template name (path below `templates/`).
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A workflow step references a template that does not exist.
+    #[error("workflow {workflow}: step {step} references unknown template {template}")]
+    MissingTemplate {
+        /// Workflow name.
+        workflow: String,
+        /// Step id.
+        step: String,
+        /// Missing template name.
+        template: String,
+    },
+    /// Reading a directory of the catalog failed.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The path being read.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Rendering a template failed (e.g. a missing field in strict mode).
+    #[error("rendering {name}: {message}")]
+    Render {
+        /// Template name.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Retry settings of a workflow step as written in YAML (`{maxAttempts: 5, initialBackoff: 2s}`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Total attempts including the first.
+    pub max_attempts: u32,
+    /// Delay before the second attempt (humantime, e.g. `2s`).
+    #[serde(with = "crate::serde_duration")]
+    pub initial_backoff: Duration,
+    /// Cap of the delay between attempts (humantime).
+    #[serde(with = "crate::serde_duration")]
+    pub max_backoff: Duration,
+}
+
+impl From<&RetrySpec> for RetryPolicy {
+    fn from(r: &RetrySpec) -> Self {
+        RetryPolicy {
+            max_attempts: r.max_attempts.max(1),
+            initial_backoff_secs: r.initial_backoff.as_secs_f64(),
+            max_backoff_secs: r.max_backoff.as_secs_f64(),
+        }
+    }
+}
+
+/// One step of a workflow definition.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkflowStep {
+    /// Step id, unique within the workflow.
+    pub id: String,
+    /// Executor kind (e.g. `kube.apply`); the providers declare the kinds they execute.
+    pub kind: String,
+    /// Title shown in the PR comment.
+    pub title: String,
+    /// Deadline of one attempt (humantime, e.g. `5m`).
+    #[serde(with = "crate::serde_duration")]
+    pub timeout: Duration,
+    /// Retry policy; defaults to [`RetryPolicy::default`].
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    /// Template (below `templates/`) rendering the step's inputs as a JSON object.
+    pub inputs: String,
+    /// Templates rendering Kubernetes manifests; joined into the input `manifests` (multi-doc YAML).
+    #[serde(default)]
+    pub manifests: Vec<String>,
+    /// Render context path that must be present and non-empty for the step to be planned
+    /// (e.g. `cluster.tmc`: only clusters with TMC settings get the attach step).
+    #[serde(default)]
+    pub when: Option<String>,
+}
+
+/// A workflow definition (`workflows/<name>.yaml`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workflow {
+    /// Workflow name (e.g. `create-cluster`).
+    pub name: String,
+    /// The intent it serves: `create`, `upgrade`, `attach-tmc`, `rollout-packages`, `delete`.
+    pub intent: String,
+    /// One-line description shown in the plan.
+    pub description: String,
+    /// Steps in execution order.
+    pub steps: Vec<WorkflowStep>,
+}
+
+/// The set of workflows and compiled templates the bot plans with.
+pub struct Catalog {
+    workflows: BTreeMap<String, Workflow>,
+    hb: Handlebars<'static>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("workflows", &self.workflows.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+macro_rules! embedded {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../", $path)))),*]
+    };
+}
+
+/// The workflow and template files compiled into the binary: `(path, contents)`.
+const EMBEDDED: &[(&str, &str)] = embedded![
+    "workflows/create-cluster.yaml",
+    "workflows/upgrade-cluster.yaml",
+    "workflows/attach-tmc.yaml",
+    "workflows/rollout-packages.yaml",
+    "workflows/delete-cluster.yaml",
+    "templates/steps/aws-preflight.json.hbs",
+    "templates/steps/management-cluster.json.hbs",
+    "templates/steps/upgrade-cluster.json.hbs",
+    "templates/steps/tmc-attach.json.hbs",
+    "templates/steps/packages.json.hbs",
+    "templates/manifests/cluster.yaml.hbs",
+    "templates/manifests/machinehealthchecks.yaml.hbs",
+    "templates/comments/plan.md.hbs",
+    "templates/comments/run.md.hbs",
+];
+
+handlebars::handlebars_helper!(json_helper: |v: Json| serde_json::to_string(v).unwrap_or_else(|_| "null".into()));
+
+impl Catalog {
+    /// The catalog embedded in the binary (this repository's `workflows/` and `templates/`).
+    ///
+    /// Errors: only if the embedded files are inconsistent, which the test suite rules out.
+    pub fn builtin() -> Result<Catalog, CatalogError> {
+        Self::from_files(
+            EMBEDDED
+                .iter()
+                .map(|(p, c)| (p.to_string(), c.to_string()))
+                .collect(),
+        )
+    }
+
+    /// Loads `dir/workflows/*.yaml` and every file below `dir/templates/` (an operator's
+    /// replacement catalog on the bot host).
+    ///
+    /// Errors: [`CatalogError::Io`] when a directory cannot be read, and the errors of
+    /// [`Catalog::from_files`].
+    pub fn from_dir(dir: &Path) -> Result<Catalog, CatalogError> {
+        let mut files = Vec::new();
+        for sub in ["workflows", "templates"] {
+            collect_files(&dir.join(sub), sub, &mut files)?;
+        }
+        Self::from_files(files)
+    }
+
+    /// Builds a catalog from `(path, contents)` pairs where paths start with `workflows/` or
+    /// `templates/`.
+    ///
+    /// Errors: [`CatalogError::Workflow`] for invalid workflow YAML, [`CatalogError::Template`]
+    /// for templates that do not compile, [`CatalogError::MissingTemplate`] for dangling references.
+    pub fn from_files(files: Vec<(String, String)>) -> Result<Catalog, CatalogError> {
+        let mut hb = Handlebars::new();
+        hb.set_strict_mode(false);
+        hb.register_escape_fn(handlebars::no_escape);
+        hb.register_helper("json", Box::new(json_helper));
+        let mut workflows = BTreeMap::new();
+        for (path, text) in &files {
+            if let Some(name) = path.strip_prefix("templates/") {
+                hb.register_template_string(name, text)
+                    .map_err(|e| CatalogError::Template {
+                        name: name.to_string(),
+                        message: e.to_string(),
+                    })?;
+            } else if path.starts_with("workflows/")
+                && (path.ends_with(".yaml") || path.ends_with(".yml"))
+            {
+                let wf: Workflow =
+                    serde_yaml::from_str(text).map_err(|e| CatalogError::Workflow {
+                        file: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                workflows.insert(wf.name.clone(), wf);
+            }
+        }
+        for wf in workflows.values() {
+            for step in &wf.steps {
+                for t in std::iter::once(&step.inputs).chain(step.manifests.iter()) {
+                    if !hb.has_template(t) {
+                        return Err(CatalogError::MissingTemplate {
+                            workflow: wf.name.clone(),
+                            step: step.id.clone(),
+                            template: t.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Catalog { workflows, hb })
+    }
+
+    /// The workflow serving `intent` (`create`, `upgrade`, …), if the catalog has one.
+    pub fn workflow_for_intent(&self, intent: &str) -> Option<&Workflow> {
+        self.workflows.values().find(|w| w.intent == intent)
+    }
+
+    /// The workflow named `name`.
+    pub fn workflow(&self, name: &str) -> Option<&Workflow> {
+        self.workflows.get(name)
+    }
+
+    /// Renders the template `name` (path below `templates/`) with `data`.
+    ///
+    /// Errors: [`CatalogError::Render`] when the template is unknown or rendering fails.
+    pub fn render(&self, name: &str, data: &serde_json::Value) -> Result<String, CatalogError> {
+        self.hb
+            .render(name, data)
+            .map_err(|e| CatalogError::Render {
+                name: name.to_string(),
+                message: e.to_string(),
+            })
+    }
+}
+
+fn collect_files(
+    dir: &Path,
+    prefix: &str,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), CatalogError> {
+    let io = |e| CatalogError::Io {
+        path: dir.display().to_string(),
+        source: e,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, &format!("{prefix}/{name}"), out)?;
+        } else {
+            let text = std::fs::read_to_string(&path).map_err(|e| CatalogError::Io {
+                path: path.display().to_string(),
+                source: e,
+            })?;
+            out.push((format!("{prefix}/{name}"), text));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! Workflows, intents, plan rendering and the PR comment Markdown. Pure: no I/O, no tokio.
+//!
+//! - [`catalog`]: workflow definitions and handlebars templates from the bot's install.
+//! - [`plan`]: intents per cluster between two commits, and the rendered workflow for each.
+//! - [`markdown`]: the sticky PR comment (plan, live step table, final summary).
+
+pub mod catalog;
+pub mod markdown;
+pub mod plan;
+
+pub use catalog::{Catalog, CatalogError, Workflow, WorkflowStep};
+pub use plan::{plan, ClusterPlan, IntentKind, Plan, PlanInput, PlanStatus};

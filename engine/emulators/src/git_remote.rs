@@ -1,0 +1,82 @@
+//! A config repository's bare remote, as the people of the story edit it: an initial commit on
+//! `main` and branches with files committed on top (what `git commit` + `git push` would make).
+//! Used by the sandbox, the tests and the benchmarks to build repositories without a work tree.
+
+use std::path::Path;
+
+use git2::{Repository, Signature};
+
+/// Creates the bare remote with one commit on `main` holding `files`.
+pub fn init_remote(remote: &Path, files: &[(&str, &str)]) -> Result<(), git2::Error> {
+    let repo = Repository::init_bare(remote)?;
+    let sig = Signature::now("tkgops sandbox", "sandbox@tkgops.invalid")?;
+    let tree = build_tree(&repo, None, files)?;
+    let tree = repo.find_tree(tree)?;
+    repo.commit(
+        Some("refs/heads/main"),
+        &sig,
+        &sig,
+        "Initial config repository",
+        &tree,
+        &[],
+    )?;
+    repo.set_head("refs/heads/main")?;
+    Ok(())
+}
+
+/// Commits `files` on top of `base` as a new branch `branch` in the bare repository `remote`.
+pub fn commit_on_branch(
+    remote: &Path,
+    base: &str,
+    branch: &str,
+    message: &str,
+    files: &[(&str, &str)],
+) -> Result<String, git2::Error> {
+    let repo = Repository::open_bare(remote)?;
+    let parent = repo
+        .find_reference(&format!("refs/heads/{base}"))?
+        .peel_to_commit()?;
+    let tree = build_tree(&repo, Some(parent.tree()?), files)?;
+    let tree = repo.find_tree(tree)?;
+    let sig = Signature::now("platform-dev", "platform-dev@example.invalid")?;
+    let oid = repo.commit(
+        Some(&format!("refs/heads/{branch}")),
+        &sig,
+        &sig,
+        message,
+        &tree,
+        &[&parent],
+    )?;
+    Ok(oid.to_string())
+}
+
+fn build_tree(
+    repo: &Repository,
+    base: Option<git2::Tree<'_>>,
+    files: &[(&str, &str)],
+) -> Result<git2::Oid, git2::Error> {
+    // Use an in-memory index so nested paths (clusters/<name>/file) are handled by libgit2.
+    let mut index = git2::Index::new()?;
+    if let Some(t) = &base {
+        index.read_tree(t)?;
+    }
+    for (path, content) in files {
+        let blob = repo.blob(content.as_bytes())?;
+        let entry = git2::IndexEntry {
+            ctime: git2::IndexTime::new(0, 0),
+            mtime: git2::IndexTime::new(0, 0),
+            dev: 0,
+            ino: 0,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            file_size: content.len() as u32,
+            id: blob,
+            flags: 0,
+            flags_extended: 0,
+            path: path.as_bytes().to_vec(),
+        };
+        index.add(&entry)?;
+    }
+    index.write_tree_to(repo)
+}

@@ -1,0 +1,744 @@
+//! Emulated Kubernetes API servers (management and workload clusters) and simulated controllers.
+//!
+//! [`KubeEmulator`] runs any number of clusters in one process. Each [`EmulatedCluster`] is an
+//! axum server on `127.0.0.1:<random port>` speaking the Kubernetes REST API over plain HTTP, so
+//! the real `kube::Client` (built from [`EmulatedCluster::kubeconfig_yaml`]) talks to it exactly as
+//! to a real API server. Requests must carry `Authorization: Bearer <token>` (the cluster's random
+//! token), else 401. Each cluster's router is wrapped with the shared fault layer
+//! ([`crate::faults`]), so tests can inject 5xx, 409, 429, delays and drops.
+//!
+//! # What is emulated
+//! - `/version`, discovery (`/api`, `/api/v1`, `/apis`, `/apis/{g}/{v}`; aggregated-discovery
+//!   requests get the plain form), `/healthz`, `/livez`, `/readyz`.
+//! - CRUD for every registered type (built-ins, [`EmulatedCluster::register`], CAPI/kapp helpers and
+//!   CustomResourceDefinitions created through the API), namespaced and cluster-scoped, list across
+//!   namespaces, `limit`/`continue` paging, `deletecollection`, `dryRun=All`.
+//! - metadata: uid, per-cluster monotonically increasing `resourceVersion`, `generation` (1 on
+//!   create, +1 when anything outside `metadata`/`status` changes, and when `deletionTimestamp` is
+//!   set), `creationTimestamp`, `managedFields`, finalizers/`deletionTimestamp`.
+//! - Optimistic concurrency: a PUT/patch whose body carries a stale `metadata.resourceVersion` → 409.
+//! - No-op writes (the stored object would not change) do not bump `resourceVersion` and emit no
+//!   watch event.
+//! - Status subresource split: main-resource writes keep the stored `status`, `/status` writes change
+//!   only `status`; `status` is dropped on create for such types (as real CRDs and Deployments do).
+//! - Secrets: `stringData` is folded into base64 `data` on every write.
+//! - Namespaces: objects in a missing namespace → 404 `namespaces "x" not found`; deleting a
+//!   Namespace removes it at once and deletes its contents (objects with finalizers get a
+//!   `deletionTimestamp` and stay until their finalizers are removed).
+//! - Label selectors (`=`, `==`, `!=`, exists, `!k`, `in`, `notin`) and field selectors on any
+//!   dotted path (`metadata.name`, `metadata.namespace`, `status.phase`; `=`, `==`, `!=`).
+//! - Watch with replay from an in-memory log of the last 1000 events per cluster, 410 Expired when
+//!   the requested resourceVersion is older, bookmarks every second when allowed,
+//!   `sendInitialEvents=true` (initial ADDED events then a bookmark annotated
+//!   `k8s.io/initial-events-end`), `timeoutSeconds`, selectors. A watch from resourceVersion `""`
+//!   or `"0"` starts with synthetic ADDED events for the current objects.
+//!
+//! # Direct access
+//! Simulated controllers and test assertions use [`EmulatedCluster::get`], `list`, `create`,
+//! `apply`, `update_status`, `patch_merge`, `delete` and `subscribe` without HTTP; they share the
+//! store, resourceVersion counter, managedFields bookkeeping and watch event log with the HTTP API,
+//! so HTTP watchers see their changes. [`EmulatedCluster::writes`] audits successful HTTP writes
+//! only (rejected requests are visible in the fault layer's request log).
+//!
+//! # How far server-side apply goes
+//! - Field ownership is tracked per (manager, operation, subresource) as sets of *leaf paths*: a
+//!   leaf is a scalar, a `null`, an empty object or **a list — lists are atomic** (no
+//!   `k:`/`v:` associative-list keys; whoever applies a list owns all of it). Recorded as
+//!   `FieldsV1` (`{"f:spec":{"f:replicas":{}}}`) in `metadata.managedFields`.
+//! - Apply merges the applied configuration into the live object (objects merged key by key, lists
+//!   and scalars replaced, `null` removes), removes fields this manager applied before and omits now
+//!   (unless another manager also owns them), and records the manager's `Apply` entry.
+//! - Conflicts: a leaf the applier sets to a value different from the live one, owned (same path,
+//!   a parent or a child path) by another manager (Apply or Update) → 409 reason `Conflict`, message
+//!   `Apply failed with 1 conflict: conflict with "mgr" using v1: .spec.x` (plus
+//!   `details.causes`); `force=true` takes the fields away from the other managers. Equal values
+//!   are shared ownership, as in Kubernetes.
+//! - Non-apply writes (POST/PUT/merge/JSON patch and the direct API) record an `Update` entry
+//!   for the leaves they changed and take those leaves from other managers without conflict. The
+//!   manager is `?fieldManager=`, else the User-Agent up to the first `/`, else `unknown`; the
+//!   direct API writes as manager [`DIRECT_MANAGER`].
+//! - An identical re-apply changes nothing (same resourceVersion, generation, no event).
+//! - Strategic merge patch is a plain JSON merge patch (what the API server does for CRDs; for
+//!   built-ins this means lists are replaced, not merged by key).
+//! - Not modelled: apply of lists by merge key, `managedFields` sent by clients, field validation,
+//!   defaulting/schemas, admission, ownerReference garbage collection, watch `DELETED` events for
+//!   objects leaving a selector, `resourceVersionMatch`.
+
+pub mod controllers;
+
+mod fields;
+mod select;
+mod server;
+mod store;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::faults::Faults;
+use store::{ApiError, State, WriteCtx};
+
+/// Field manager name used by the direct (no HTTP) write methods of [`EmulatedCluster`].
+pub const DIRECT_MANAGER: &str = "kube-emulator";
+
+/// Group/version/plural triple identifying a resource type; group "" = core.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Gvr {
+    /// API group, "" for the core group.
+    pub group: String,
+    /// API version, e.g. `v1beta1`.
+    pub version: String,
+    /// Plural resource name, e.g. `clusters`.
+    pub plural: String,
+}
+
+impl Gvr {
+    /// Builds a `Gvr` from `group` ("" for core), `version` and `plural`.
+    pub fn new(group: &str, version: &str, plural: &str) -> Self {
+        Gvr {
+            group: group.to_string(),
+            version: version.to_string(),
+            plural: plural.to_string(),
+        }
+    }
+
+    /// `v1` for the core group, else `group/version`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+}
+
+/// A resource type served by an emulated cluster (what a CRD declares for one version).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceType {
+    /// Group/version/plural.
+    pub gvr: Gvr,
+    /// Kind, e.g. `Cluster`.
+    pub kind: String,
+    /// Whether objects live in namespaces.
+    pub namespaced: bool,
+    /// Whether the type has a `/status` subresource (main writes then ignore `status`).
+    pub status_subresource: bool,
+    /// Short names listed in discovery (e.g. `cm`).
+    pub short_names: Vec<String>,
+}
+
+impl ResourceType {
+    /// A type with the given properties and no short names.
+    pub fn new(gvr: Gvr, kind: &str, namespaced: bool, status_subresource: bool) -> Self {
+        ResourceType {
+            gvr,
+            kind: kind.to_string(),
+            namespaced,
+            status_subresource,
+            short_names: Vec::new(),
+        }
+    }
+
+    /// `apiVersion` of objects of this type (`v1`, `cluster.x-k8s.io/v1beta1`).
+    pub fn api_version(&self) -> String {
+        self.gvr.api_version()
+    }
+}
+
+/// One change of a stored object, as broadcast by [`EmulatedCluster::subscribe`].
+#[derive(Clone, Debug)]
+pub struct ChangeEvent {
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub kind: String,
+    /// Type of the object.
+    pub gvr: Gvr,
+    /// The object after the change (for `DELETED`, its last state with the deletion's resourceVersion).
+    pub object: Value,
+}
+
+/// One HTTP write seen by a cluster (see [`EmulatedCluster::writes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteRecord {
+    /// `create`, `update`, `patch`, `apply`, `delete`, `update-status`, `patch-status`, `apply-status`.
+    pub verb: String,
+    /// Type written.
+    pub gvr: Gvr,
+    /// Namespace from the request path, `None` for cluster-scoped paths.
+    pub namespace: Option<String>,
+    /// Object name.
+    pub name: String,
+    /// `?fieldManager=` of the request, if any.
+    pub field_manager: Option<String>,
+    /// Whether the stored object changed.
+    pub changed: bool,
+}
+
+/// Errors of the emulator's Rust API.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeEmulatorError {
+    /// [`KubeEmulator::add_cluster`] with a name that is already taken.
+    #[error("cluster {0:?} already exists")]
+    ClusterExists(String),
+    /// Binding the listener failed.
+    #[error("binding the emulated API server: {0}")]
+    Io(#[from] std::io::Error),
+    /// Building the kube client from the kubeconfig failed.
+    #[error("building a kube client for the emulated cluster: {0}")]
+    Client(String),
+    /// The operation failed as the API server would fail it (`code` is the HTTP status, `reason`
+    /// the Status reason: `NotFound`, `AlreadyExists`, `Conflict`, `Invalid`, `BadRequest`).
+    #[error("{code} {reason}: {message}")]
+    Api {
+        /// HTTP status code.
+        code: u16,
+        /// Status reason.
+        reason: String,
+        /// Human-readable message.
+        message: String,
+    },
+}
+
+impl KubeEmulatorError {
+    /// Whether this is an API failure with HTTP status 404.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, KubeEmulatorError::Api { code: 404, .. })
+    }
+    /// Whether this is an API failure with HTTP status 409 (Conflict or AlreadyExists).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, KubeEmulatorError::Api { code: 409, .. })
+    }
+}
+
+impl From<ApiError> for KubeEmulatorError {
+    fn from(e: ApiError) -> Self {
+        KubeEmulatorError::Api {
+            code: e.code,
+            reason: e.reason.to_string(),
+            message: e.message,
+        }
+    }
+}
+
+/// Many emulated clusters in one process. `Clone` shares state.
+#[derive(Clone, Default)]
+pub struct KubeEmulator {
+    clusters: Arc<Mutex<BTreeMap<String, EmulatedCluster>>>,
+}
+
+impl KubeEmulator {
+    /// An emulator without clusters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a new cluster `name`: an axum server on `127.0.0.1:0` (spawned on the current tokio
+    /// runtime; it lives as long as the runtime), a random bearer token, built-in kinds registered
+    /// and namespaces `default`, `kube-system`, `kube-public` created.
+    /// Errors: [`KubeEmulatorError::ClusterExists`] if the name is taken, [`KubeEmulatorError::Io`]
+    /// if the listener cannot be bound.
+    pub async fn add_cluster(&self, name: &str) -> Result<EmulatedCluster, KubeEmulatorError> {
+        if self.lock().contains_key(name) {
+            return Err(KubeEmulatorError::ClusterExists(name.to_string()));
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, _) = broadcast::channel(4096);
+        let inner = Arc::new(ClusterInner {
+            name: name.to_string(),
+            url: format!("http://{addr}"),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            faults: Faults::new(),
+            state: Mutex::new(State::new(tx)),
+            version: Mutex::new(DEFAULT_KUBERNETES_VERSION.to_string()),
+        });
+        let cluster = EmulatedCluster { inner };
+        for rt in builtin_types() {
+            cluster.register(rt);
+        }
+        for ns in ["default", "kube-system", "kube-public"] {
+            cluster.create(
+                &Gvr::new("", "v1", "namespaces"),
+                serde_json::json!({"metadata": {"name": ns}}),
+            )?;
+        }
+        {
+            let mut clusters = self.lock();
+            if clusters.contains_key(name) {
+                return Err(KubeEmulatorError::ClusterExists(name.to_string()));
+            }
+            clusters.insert(name.to_string(), cluster.clone());
+        }
+        let router = cluster.faults().layer(server::router(cluster.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::warn!("emulated kube API server stopped: {e}");
+            }
+        });
+        Ok(cluster)
+    }
+
+    /// The cluster named `name`, if it was added.
+    pub fn cluster(&self, name: &str) -> Option<EmulatedCluster> {
+        self.lock().get(name).cloned()
+    }
+
+    /// Names of all clusters, sorted.
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, EmulatedCluster>> {
+        self.clusters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Kubernetes version an emulated cluster reports until [`EmulatedCluster::set_kubernetes_version`].
+pub const DEFAULT_KUBERNETES_VERSION: &str = "v1.33.1+vmware.1";
+
+struct ClusterInner {
+    name: String,
+    url: String,
+    token: String,
+    faults: Faults,
+    state: Mutex<State>,
+    /// `gitVersion` served at `/version` (the Kubernetes version of the emulated cluster).
+    version: Mutex<String>,
+}
+
+/// One emulated cluster (API server + store). `Clone` shares state.
+#[derive(Clone)]
+pub struct EmulatedCluster {
+    inner: Arc<ClusterInner>,
+}
+
+impl EmulatedCluster {
+    /// Sets the Kubernetes version served at `GET /version` (e.g. `v1.23.8+vmware.2`, the
+    /// version of the TKR a workload cluster runs). Simulated Cluster API sets it from the
+    /// KubeadmControlPlane's `spec.version`.
+    pub fn set_kubernetes_version(&self, git_version: &str) {
+        if let Ok(mut v) = self.inner.version.lock() {
+            *v = git_version.to_string();
+        }
+    }
+
+    /// The Kubernetes version served at `GET /version`.
+    pub fn kubernetes_version(&self) -> String {
+        self.inner
+            .version
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_else(|_| DEFAULT_KUBERNETES_VERSION.to_string())
+    }
+
+    /// The cluster name given to [`KubeEmulator::add_cluster`].
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Base URL of the API server, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.inner.url.clone()
+    }
+
+    /// The bearer token the API server accepts.
+    pub fn token(&self) -> String {
+        self.inner.token.clone()
+    }
+
+    /// Fault table and request log of this cluster's API server.
+    pub fn faults(&self) -> &Faults {
+        &self.inner.faults
+    }
+
+    /// A kubeconfig in TKG style: cluster `<name>`, user `<name>-admin` (token), context
+    /// `<name>-admin@<name>`, `current-context` set.
+    pub fn kubeconfig_yaml(&self) -> String {
+        let n = &self.inner.name;
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: {n}\n  cluster:\n    server: {url}\ncontexts:\n- name: {n}-admin@{n}\n  context:\n    cluster: {n}\n    user: {n}-admin\ncurrent-context: {n}-admin@{n}\npreferences: {{}}\nusers:\n- name: {n}-admin\n  user:\n    token: {token}\n",
+            url = self.inner.url,
+            token = self.inner.token,
+        )
+    }
+
+    /// A `kube::Client` built from [`Self::kubeconfig_yaml`] (`Config::from_custom_kubeconfig`).
+    /// Call `crate::install_crypto_provider()` (or the providers' one) first. Errors: [`KubeEmulatorError::Client`].
+    pub async fn client(&self) -> Result<kube::Client, KubeEmulatorError> {
+        let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())
+            .map_err(|e| KubeEmulatorError::Client(e.to_string()))?;
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| KubeEmulatorError::Client(e.to_string()))?;
+        kube::Client::try_from(cfg).map_err(|e| KubeEmulatorError::Client(e.to_string()))
+    }
+
+    /// Registers (or replaces) a resource type at run time; discovery reflects it at once.
+    pub fn register(&self, rt: ResourceType) {
+        self.state().types.insert(rt.gvr.clone(), rt);
+    }
+
+    /// Registers the Cluster API types (all namespaced with a status subresource except
+    /// `TanzuKubernetesRelease`, which is cluster-scoped): cluster.x-k8s.io/v1beta1 Cluster,
+    /// ClusterClass, MachineDeployment, MachineSet, Machine, MachineHealthCheck;
+    /// controlplane.cluster.x-k8s.io/v1beta1 KubeadmControlPlane; infrastructure.cluster.x-k8s.io/v1beta1
+    /// AWSCluster, AWSMachine, AWSMachineTemplate, AWSClusterTemplate;
+    /// bootstrap.cluster.x-k8s.io/v1beta1 KubeadmConfig, KubeadmConfigTemplate;
+    /// addons.cluster.x-k8s.io/v1beta1 ClusterResourceSet; run.tanzu.vmware.com/v1alpha3
+    /// TanzuKubernetesRelease.
+    pub fn register_capi_types(&self) {
+        let ns = |g: &str, v: &str, p: &str, k: &str, short: &[&str]| ResourceType {
+            gvr: Gvr::new(g, v, p),
+            kind: k.to_string(),
+            namespaced: true,
+            status_subresource: true,
+            short_names: short.iter().map(|s| s.to_string()).collect(),
+        };
+        let c = "cluster.x-k8s.io";
+        let mut types = vec![
+            ns(c, "v1beta1", "clusters", "Cluster", &["cl"]),
+            ns(c, "v1beta1", "clusterclasses", "ClusterClass", &["cc"]),
+            ns(
+                c,
+                "v1beta1",
+                "machinedeployments",
+                "MachineDeployment",
+                &["md"],
+            ),
+            ns(c, "v1beta1", "machinesets", "MachineSet", &["ms"]),
+            ns(c, "v1beta1", "machines", "Machine", &["ma"]),
+            ns(
+                c,
+                "v1beta1",
+                "machinehealthchecks",
+                "MachineHealthCheck",
+                &["mhc"],
+            ),
+            ns(
+                "controlplane.cluster.x-k8s.io",
+                "v1beta1",
+                "kubeadmcontrolplanes",
+                "KubeadmControlPlane",
+                &["kcp"],
+            ),
+            ns(
+                "bootstrap.cluster.x-k8s.io",
+                "v1beta1",
+                "kubeadmconfigs",
+                "KubeadmConfig",
+                &[],
+            ),
+            ns(
+                "bootstrap.cluster.x-k8s.io",
+                "v1beta1",
+                "kubeadmconfigtemplates",
+                "KubeadmConfigTemplate",
+                &[],
+            ),
+            ns(
+                "addons.cluster.x-k8s.io",
+                "v1beta1",
+                "clusterresourcesets",
+                "ClusterResourceSet",
+                &["crs"],
+            ),
+        ];
+        let i = "infrastructure.cluster.x-k8s.io";
+        types.push(ns(i, "v1beta1", "awsclusters", "AWSCluster", &[]));
+        types.push(ns(i, "v1beta1", "awsmachines", "AWSMachine", &[]));
+        types.push(ns(
+            i,
+            "v1beta1",
+            "awsmachinetemplates",
+            "AWSMachineTemplate",
+            &[],
+        ));
+        types.push(ns(
+            i,
+            "v1beta1",
+            "awsclustertemplates",
+            "AWSClusterTemplate",
+            &[],
+        ));
+        let mut tkr = ns(
+            "run.tanzu.vmware.com",
+            "v1alpha3",
+            "tanzukubernetesreleases",
+            "TanzuKubernetesRelease",
+            &["tkr"],
+        );
+        tkr.namespaced = false;
+        types.push(tkr);
+        for t in types {
+            self.register(t);
+        }
+    }
+
+    /// Registers the Carvel types (namespaced, status subresource): packaging.carvel.dev/v1alpha1
+    /// PackageInstall, PackageRepository; data.packaging.carvel.dev/v1alpha1 Package, PackageMetadata;
+    /// kappctrl.k14s.io/v1alpha1 App.
+    pub fn register_kapp_types(&self) {
+        let ns = |g: &str, p: &str, k: &str, status: bool, short: &[&str]| ResourceType {
+            gvr: Gvr::new(g, "v1alpha1", p),
+            kind: k.to_string(),
+            namespaced: true,
+            status_subresource: status,
+            short_names: short.iter().map(|s| s.to_string()).collect(),
+        };
+        for t in [
+            ns(
+                "packaging.carvel.dev",
+                "packageinstalls",
+                "PackageInstall",
+                true,
+                &["pkgi"],
+            ),
+            ns(
+                "packaging.carvel.dev",
+                "packagerepositories",
+                "PackageRepository",
+                true,
+                &["pkgr"],
+            ),
+            ns(
+                "data.packaging.carvel.dev",
+                "packages",
+                "Package",
+                false,
+                &["pkg"],
+            ),
+            ns(
+                "data.packaging.carvel.dev",
+                "packagemetadatas",
+                "PackageMetadata",
+                false,
+                &["pkgm"],
+            ),
+            ns("kappctrl.k14s.io", "apps", "App", true, &[]),
+        ] {
+            self.register(t);
+        }
+    }
+
+    /// All registered types, sorted by group/version/plural.
+    pub fn types(&self) -> Vec<ResourceType> {
+        self.state().types.values().cloned().collect()
+    }
+
+    /// The object `name` (in `namespace` for namespaced types), or `None` if absent or the type is unknown.
+    pub fn get(&self, gvr: &Gvr, namespace: Option<&str>, name: &str) -> Option<Value> {
+        self.state().get(gvr, namespace, name).ok()
+    }
+
+    /// Objects of a type in `namespace` (`None`: all namespaces, or cluster-scoped), sorted by
+    /// namespace and name; empty if the type is unknown.
+    pub fn list(&self, gvr: &Gvr, namespace: Option<&str>) -> Vec<Value> {
+        self.state()
+            .list(gvr, namespace, None, None)
+            .unwrap_or_default()
+    }
+
+    /// Creates `obj` like a POST (namespace from `metadata.namespace`, default `default` for
+    /// namespaced types); returns the stored object. Errors ([`KubeEmulatorError::Api`]): unknown
+    /// type 404, missing namespace 404, existing name 409 AlreadyExists, no name 422.
+    pub fn create(&self, gvr: &Gvr, obj: Value) -> Result<Value, KubeEmulatorError> {
+        Ok(self.state().create(gvr, None, obj, &direct_ctx())?)
+    }
+
+    /// Replaces `.status` like a PUT to `/status` (for types without the subresource, the status of
+    /// the main object is replaced); returns the stored object. Errors: 404 when absent.
+    pub fn update_status(
+        &self,
+        gvr: &Gvr,
+        namespace: Option<&str>,
+        name: &str,
+        status: Value,
+    ) -> Result<Value, KubeEmulatorError> {
+        let mut st = self.state();
+        let rt = st.rt(gvr)?;
+        let mut body = st.get(gvr, namespace, name)?;
+        body["status"] = status;
+        if let Some(m) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        let (v, _) = st.update(
+            gvr,
+            namespace,
+            name,
+            body,
+            rt.status_subresource,
+            &direct_ctx(),
+        )?;
+        Ok(v)
+    }
+
+    /// Applies an RFC 7386 merge patch to the main resource (for types with a status subresource
+    /// the patch cannot change `.status`; use [`Self::update_status`]); returns the stored object.
+    /// Removing the last finalizer of an object being deleted removes it. Errors: 404 when absent,
+    /// 409 when the patch carries a stale `metadata.resourceVersion`.
+    pub fn patch_merge(
+        &self,
+        gvr: &Gvr,
+        namespace: Option<&str>,
+        name: &str,
+        patch: Value,
+    ) -> Result<Value, KubeEmulatorError> {
+        let body = serde_json::to_vec(&patch).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let (v, _) = self.state().patch(
+            gvr,
+            namespace,
+            name,
+            store::PatchKind::Merge,
+            &body,
+            false,
+            false,
+            &direct_ctx(),
+        )?;
+        Ok(v)
+    }
+
+    /// Server-side applies `obj` (which must carry `metadata.name`, and `metadata.namespace` for
+    /// namespaced types) as `field_manager`, like a PATCH with `application/apply-patch+yaml`
+    /// (`force` = `?force=true`); creates the object when absent. For types with a status
+    /// subresource `.status` is ignored. Errors: 409 Conflict (field owned by another manager),
+    /// 404 (unknown type or missing namespace), 400 (no name, kind/apiVersion mismatch).
+    pub fn apply(
+        &self,
+        gvr: &Gvr,
+        obj: Value,
+        field_manager: &str,
+        force: bool,
+    ) -> Result<Value, KubeEmulatorError> {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if name.is_empty() {
+            return Err(ApiError::bad_request("metadata.name is required").into());
+        }
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let body = serde_json::to_vec(&obj).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let ctx = WriteCtx {
+            manager: field_manager.to_string(),
+            dry_run: false,
+        };
+        let (v, _) = self.state().patch(
+            gvr,
+            ns.as_deref(),
+            &name,
+            store::PatchKind::Apply,
+            &body,
+            false,
+            force,
+            &ctx,
+        )?;
+        Ok(v)
+    }
+
+    /// Deletes like a DELETE: with finalizers only sets `deletionTimestamp`. Errors: 404 when absent.
+    pub fn delete(
+        &self,
+        gvr: &Gvr,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(), KubeEmulatorError> {
+        self.state().delete(gvr, namespace, name, false)?;
+        Ok(())
+    }
+
+    /// A receiver of every change (HTTP and direct writes), in resourceVersion order. The channel
+    /// holds 4096 events; a slow receiver gets `RecvError::Lagged`.
+    pub fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.state().tx.subscribe()
+    }
+
+    /// The audit of HTTP writes, in order (direct-API writes are not recorded).
+    pub fn writes(&self) -> Vec<WriteRecord> {
+        self.state().writes.clone()
+    }
+
+    /// The cluster's current resourceVersion counter (the resourceVersion of the latest write).
+    pub fn resource_version(&self) -> u64 {
+        self.state().rv
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn direct_ctx() -> WriteCtx {
+    WriteCtx {
+        manager: DIRECT_MANAGER.to_string(),
+        dry_run: false,
+    }
+}
+
+/// The built-in kinds every cluster serves.
+fn builtin_types() -> Vec<ResourceType> {
+    let t = |g: &str, v: &str, p: &str, k: &str, namespaced: bool, status: bool, short: &[&str]| {
+        ResourceType {
+            gvr: Gvr::new(g, v, p),
+            kind: k.to_string(),
+            namespaced,
+            status_subresource: status,
+            short_names: short.iter().map(|s| s.to_string()).collect(),
+        }
+    };
+    let rbac = "rbac.authorization.k8s.io";
+    vec![
+        t("", "v1", "namespaces", "Namespace", false, true, &["ns"]),
+        t("", "v1", "secrets", "Secret", true, false, &[]),
+        t("", "v1", "configmaps", "ConfigMap", true, false, &["cm"]),
+        t(
+            "",
+            "v1",
+            "serviceaccounts",
+            "ServiceAccount",
+            true,
+            false,
+            &["sa"],
+        ),
+        t("", "v1", "services", "Service", true, true, &["svc"]),
+        t("", "v1", "pods", "Pod", true, true, &["po"]),
+        t("", "v1", "nodes", "Node", false, true, &["no"]),
+        t("", "v1", "events", "Event", true, false, &["ev"]),
+        t(rbac, "v1", "clusterroles", "ClusterRole", false, false, &[]),
+        t(
+            rbac,
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+            false,
+            &[],
+        ),
+        t(rbac, "v1", "roles", "Role", true, false, &[]),
+        t(rbac, "v1", "rolebindings", "RoleBinding", true, false, &[]),
+        t(
+            "apps",
+            "v1",
+            "deployments",
+            "Deployment",
+            true,
+            true,
+            &["deploy"],
+        ),
+        t("apps", "v1", "daemonsets", "DaemonSet", true, true, &["ds"]),
+        t(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+            true,
+            &["crd", "crds"],
+        ),
+    ]
+}

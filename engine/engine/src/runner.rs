@@ -1,0 +1,873 @@
+//! The run engine: schedules runs (one at a time per cluster, FIFO by `seq`), drives each run's
+//! steps through their state machines, persists every transition (flushed) before the side
+//! effect it guards, retries with exponential backoff, and resumes after a crash.
+//!
+//! Durable writes on the happy path: one per step plus one per run. Each write happens before a
+//! side effect starts: "step N succeeded (+ output)" and "step N+1 running, attempt 1 started"
+//! are one write, made before step N+1's executor is called; the last step's success and the
+//! run's `Succeeded` are one write. The run's `Queued → Running` is folded into step 1's start.
+//! If the engine stops between steps, the pending success is written before stopping.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use futures::FutureExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::fsm::{run_transition, step_transition, InvalidTransition, RunEvent, StepEvent};
+use crate::step::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
+use crate::store::{
+    truncate_error, AttemptRecord, RunRecord, RunState, StepRecord, StepState, Store, StoreError,
+    OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
+};
+
+/// What to run: a rendered plan pinned to a commit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRequest {
+    /// Deterministic run id chosen by the caller (e.g. from PR number, merge SHA and cluster);
+    /// submitting the same id twice yields one run.
+    pub id: String,
+    /// Workload cluster; runs of one cluster execute one at a time, in submission order.
+    pub cluster: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// The commit the run is pinned to.
+    pub commit_sha: String,
+    /// What caused the run, as opaque text (e.g. `github:pr/12`); indexed by the store, never
+    /// interpreted by the engine. Must not contain NUL.
+    pub origin: Option<String>,
+    /// The rendered steps, in order.
+    pub steps: Vec<StepSpec>,
+}
+
+/// Told about every persisted transition of every run, and about progress lines.
+#[async_trait]
+pub trait RunObserver: Send + Sync {
+    /// Called after each transition of `run` was persisted (with `progress` = the latest progress
+    /// line of the running step, if any), and on each new progress line of a running step (with
+    /// the run as last persisted). Must return quickly: the run waits for it.
+    async fn run_changed(&self, run: &RunRecord, progress: Option<&str>);
+}
+
+/// A [`RunObserver`] that ignores everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoopObserver;
+
+#[async_trait]
+impl RunObserver for NoopObserver {
+    async fn run_changed(&self, _run: &RunRecord, _progress: Option<&str>) {}
+}
+
+/// Errors of the [`Engine`].
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A persisted record is in a state the transition tables do not allow to continue from.
+    #[error(transparent)]
+    Transition(#[from] InvalidTransition),
+    /// No run with this id exists.
+    #[error("run {0} not found")]
+    NotFound(String),
+    /// The request is malformed (empty id or cluster, NUL in the origin, duplicate step ids).
+    #[error("invalid run request: {0}")]
+    InvalidRequest(String),
+    /// [`Engine::shutdown`] was called; no new work is accepted.
+    #[error("engine is shutting down")]
+    ShuttingDown,
+    /// The run stopped in this process without reaching a terminal state (shutdown, or a store
+    /// failure while persisting); it resumes on the next [`Engine::resume_all`].
+    #[error("run {id} stopped before finishing: {reason}")]
+    Stopped {
+        /// The run id.
+        id: String,
+        /// Why it stopped.
+        reason: String,
+    },
+}
+
+/// Number of shards of the per-id submit lock.
+const SUBMIT_LOCK_SHARDS: usize = 64;
+
+/// What a waiter sees.
+#[derive(Clone, Debug)]
+enum WaitState {
+    Pending,
+    Done(Box<RunRecord>),
+    Stopped(String),
+}
+
+/// A run scheduled in this process and not finished.
+struct Live {
+    cluster: String,
+    seq: u64,
+    progress: Option<String>,
+}
+
+/// Per-cluster mutual exclusion and FIFO queue.
+#[derive(Default)]
+struct ClusterSlot {
+    running: Option<String>,
+    queue: BTreeMap<u64, String>,
+}
+
+#[derive(Default)]
+struct Sched {
+    clusters: HashMap<String, ClusterSlot>,
+    live: HashMap<String, Live>,
+    waiters: HashMap<String, watch::Sender<WaitState>>,
+    tasks: HashMap<String, JoinHandle<()>>,
+    shutting_down: bool,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    executors: HashMap<String, Arc<dyn StepExecutor>>,
+    observer: Arc<dyn RunObserver>,
+    sched: Mutex<Sched>,
+    shutdown: watch::Sender<bool>,
+    /// Serialize the check-then-create of `submit` per id (sharded by hash) so that concurrent
+    /// submits of one id create one run, while different ids proceed in parallel.
+    submit_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// The durable step engine. Cheap to clone (an `Arc` inside); clones share all state.
+///
+/// Must be used inside a tokio runtime. Call [`Engine::resume_all`] once at start, before
+/// submitting new runs, so that interrupted runs keep their place in their cluster's queue.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+/// How one step ended within one drive of a run.
+enum StepEnd {
+    Succeeded,
+    Failed,
+    Stopped,
+}
+
+/// Delay before retry number `retry` (0 = before the second attempt): `initial_backoff_secs`
+/// doubled per retry, capped at `max_backoff_secs`, no jitter. Computed with backon's
+/// [`ExponentialBuilder`]. Non-finite or negative settings count as 0.
+pub fn backoff_delay(policy: &RetryPolicy, retry: u32) -> Duration {
+    fn secs(x: f64) -> Duration {
+        if x.is_finite() && x > 0.0 {
+            Duration::from_secs_f64(x.min(1.0e9))
+        } else {
+            Duration::ZERO
+        }
+    }
+    let max = secs(policy.max_backoff_secs);
+    let initial = secs(policy.initial_backoff_secs).min(max);
+    ExponentialBuilder::new()
+        .with_min_delay(initial)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+        .nth(retry as usize)
+        .unwrap_or(max)
+        .min(max)
+}
+
+impl Engine {
+    /// An engine persisting through `store`, executing steps with the first of `executors` whose
+    /// `kinds()` contains the step's `kind`, and reporting to `observer`. Schedules nothing until
+    /// [`Engine::submit`] or [`Engine::resume_all`].
+    pub fn new(
+        store: Arc<dyn Store>,
+        executors: Vec<Arc<dyn StepExecutor>>,
+        observer: Arc<dyn RunObserver>,
+    ) -> Self {
+        let mut by_kind: HashMap<String, Arc<dyn StepExecutor>> = HashMap::new();
+        for ex in executors {
+            for kind in ex.kinds() {
+                by_kind
+                    .entry(kind.to_string())
+                    .or_insert_with(|| ex.clone());
+            }
+        }
+        let (shutdown, _) = watch::channel(false);
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                executors: by_kind,
+                observer,
+                sched: Mutex::new(Sched::default()),
+                shutdown,
+                submit_locks: (0..SUBMIT_LOCK_SHARDS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+            }),
+        }
+    }
+
+    /// Submits a run. Idempotent by `req.id`: if a run with this id exists it is returned
+    /// unchanged (and scheduled if it is non-terminal and not yet scheduled here); otherwise it is
+    /// persisted `Queued` with a new `seq` (flushed), scheduled, and returned as persisted.
+    ///
+    /// Errors: [`EngineError::InvalidRequest`], [`EngineError::ShuttingDown`],
+    /// [`EngineError::Store`].
+    pub async fn submit(&self, req: RunRequest) -> Result<RunRecord, EngineError> {
+        if self.inner.lock().shutting_down {
+            return Err(EngineError::ShuttingDown);
+        }
+        validate(&req)?;
+        let shard = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            req.id.hash(&mut h);
+            (h.finish() % SUBMIT_LOCK_SHARDS as u64) as usize
+        };
+        let _creating = self.inner.submit_locks[shard].lock().await;
+        if let Some(existing) = self.inner.store.get_run(&req.id).await? {
+            if !existing.state.is_terminal() {
+                self.inner.enqueue(vec![existing.clone()]);
+            }
+            return Ok(existing);
+        }
+        let seq = self.inner.store.next_seq().await?;
+        let now = Utc::now();
+        let run = RunRecord {
+            id: req.id,
+            cluster: req.cluster,
+            workflow: req.workflow,
+            commit_sha: req.commit_sha,
+            origin: req.origin,
+            state: RunState::Queued,
+            seq,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            steps: req.steps.into_iter().map(StepRecord::pending).collect(),
+            error: None,
+        };
+        self.inner.store.put_run(&run).await?;
+        self.inner.observer.run_changed(&run, None).await;
+        self.inner.enqueue(vec![run.clone()]);
+        Ok(run)
+    }
+
+    /// Schedules every non-terminal run found in the store (in `seq` order per cluster) that is
+    /// not already scheduled in this engine, and returns how many were newly scheduled. Returns
+    /// without waiting for any step: the runs execute in background tasks.
+    ///
+    /// Errors: [`EngineError::ShuttingDown`], [`EngineError::Store`].
+    pub async fn resume_all(&self) -> Result<usize, EngineError> {
+        if self.inner.lock().shutting_down {
+            return Err(EngineError::ShuttingDown);
+        }
+        let runs = self.inner.store.list_active().await?;
+        Ok(self.inner.enqueue(runs))
+    }
+
+    /// Waits until run `run_id` is terminal and returns its final record. A run that exists but
+    /// is not scheduled yet is waited for until some call schedules it.
+    ///
+    /// Errors: [`EngineError::NotFound`]; [`EngineError::Stopped`] if the run stopped in this
+    /// process without finishing (shutdown, store failure); [`EngineError::Store`].
+    pub async fn wait(&self, run_id: &str) -> Result<RunRecord, EngineError> {
+        let mut rx = {
+            let mut s = self.inner.lock();
+            s.waiters
+                .entry(run_id.to_string())
+                .or_insert_with(|| watch::channel(WaitState::Pending).0)
+                .subscribe()
+        };
+        match self.inner.store.get_run(run_id).await? {
+            None => {
+                self.inner.drop_idle_waiter(run_id);
+                return Err(EngineError::NotFound(run_id.to_string()));
+            }
+            Some(run) if run.state.is_terminal() => {
+                self.inner.drop_idle_waiter(run_id);
+                return Ok(run);
+            }
+            Some(_) => {}
+        }
+        let outcome = rx
+            .wait_for(|s| !matches!(s, WaitState::Pending))
+            .await
+            .map(|s| s.clone());
+        match outcome {
+            Ok(WaitState::Done(run)) => Ok(*run),
+            Ok(WaitState::Stopped(reason)) => Err(EngineError::Stopped {
+                id: run_id.to_string(),
+                reason,
+            }),
+            // The sender went away without a final value: report what the store has.
+            Ok(WaitState::Pending) | Err(_) => match self.inner.store.get_run(run_id).await? {
+                Some(run) if run.state.is_terminal() => Ok(run),
+                Some(_) => Err(EngineError::Stopped {
+                    id: run_id.to_string(),
+                    reason: "no longer scheduled".to_string(),
+                }),
+                None => Err(EngineError::NotFound(run_id.to_string())),
+            },
+        }
+    }
+
+    /// The run as last persisted, or `None`. Errors: [`EngineError::Store`].
+    pub async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, EngineError> {
+        Ok(self.inner.store.get_run(run_id).await?)
+    }
+
+    /// Position of a run in its cluster's line: `Some(0)` if it currently holds the cluster,
+    /// `Some(n)` if `n` runs (the running one included) are ahead of it, `None` if it is not
+    /// scheduled in this engine (unknown, finished, or not resumed yet).
+    pub fn queue_position(&self, run_id: &str) -> Option<usize> {
+        let s = self.inner.lock();
+        let live = s.live.get(run_id)?;
+        let slot = s.clusters.get(&live.cluster)?;
+        if slot.running.as_deref() == Some(run_id) {
+            return Some(0);
+        }
+        let ahead = slot.queue.range(..live.seq).count();
+        slot.queue.get(&live.seq)?;
+        Some(ahead + usize::from(slot.running.is_some()))
+    }
+
+    /// The latest progress line of the running step of `run_id` (kept in memory only).
+    pub fn progress(&self, run_id: &str) -> Option<String> {
+        self.inner.lock().live.get(run_id)?.progress.clone()
+    }
+
+    /// Graceful drain: starts no new attempt or run from now on, lets in-flight attempts finish
+    /// and persist their outcome for up to `grace`, then aborts whatever is still running (those
+    /// attempts stay `Running` in the store and are marked interrupted on the next resume).
+    /// Pending [`Engine::wait`] calls on unfinished runs return [`EngineError::Stopped`].
+    /// Later `submit`/`resume_all` calls fail with [`EngineError::ShuttingDown`].
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.send_replace(true);
+        let handles: Vec<JoinHandle<()>> = {
+            let mut s = self.inner.lock();
+            s.shutting_down = true;
+            s.tasks.drain().map(|(_, h)| h).collect()
+        };
+        let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
+        let mut all = futures::future::join_all(handles);
+        if tokio::time::timeout(grace, &mut all).await.is_err() {
+            for a in &aborts {
+                a.abort();
+            }
+            all.await;
+        }
+        let mut s = self.inner.lock();
+        for (_, w) in s.waiters.drain() {
+            w.send_if_modified(|st| {
+                if matches!(st, WaitState::Pending) {
+                    *st = WaitState::Stopped("engine shut down".to_string());
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        s.live.clear();
+        s.clusters.clear();
+    }
+}
+
+fn validate(req: &RunRequest) -> Result<(), EngineError> {
+    if req.id.is_empty() {
+        return Err(EngineError::InvalidRequest("empty run id".to_string()));
+    }
+    if req.cluster.is_empty() {
+        return Err(EngineError::InvalidRequest("empty cluster".to_string()));
+    }
+    if req.origin.as_deref().is_some_and(|o| o.contains('\0')) {
+        return Err(EngineError::InvalidRequest(
+            "origin contains NUL".to_string(),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in &req.steps {
+        if !seen.insert(s.id.as_str()) {
+            return Err(EngineError::InvalidRequest(format!(
+                "duplicate step id {}",
+                s.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Sched> {
+        // A poisoned lock only means a panic elsewhere while holding it; the maps stay usable.
+        self.sched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn drop_idle_waiter(&self, id: &str) {
+        let mut s = self.lock();
+        if !s.live.contains_key(id) {
+            if let Some(w) = s.waiters.get(id) {
+                if w.receiver_count() <= 1 {
+                    s.waiters.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Registers `runs` (skipping ones already scheduled or terminal) in their clusters' queues
+    /// and starts every cluster's head run whose cluster is free. Returns how many were added.
+    fn enqueue(self: &Arc<Self>, runs: Vec<RunRecord>) -> usize {
+        let mut s = self.lock();
+        if s.shutting_down {
+            return 0;
+        }
+        let mut added = 0;
+        let mut records: HashMap<String, RunRecord> = HashMap::new();
+        let mut touched: Vec<String> = Vec::new();
+        for run in runs {
+            if run.state.is_terminal() || s.live.contains_key(&run.id) {
+                continue;
+            }
+            added += 1;
+            s.live.insert(
+                run.id.clone(),
+                Live {
+                    cluster: run.cluster.clone(),
+                    seq: run.seq,
+                    progress: None,
+                },
+            );
+            let slot = s.clusters.entry(run.cluster.clone()).or_default();
+            slot.queue.insert(run.seq, run.id.clone());
+            if slot.running.is_none() {
+                touched.push(run.cluster.clone());
+            }
+            records.insert(run.id.clone(), run);
+        }
+        for cluster in touched {
+            self.pump(&mut s, &cluster, &mut records);
+        }
+        added
+    }
+
+    /// Starts the head of `cluster`'s queue if the cluster is free. Must hold the lock.
+    fn pump(
+        self: &Arc<Self>,
+        s: &mut Sched,
+        cluster: &str,
+        records: &mut HashMap<String, RunRecord>,
+    ) {
+        if s.shutting_down {
+            return;
+        }
+        let Some(slot) = s.clusters.get_mut(cluster) else {
+            return;
+        };
+        if slot.running.is_some() {
+            return;
+        }
+        let Some((_, id)) = slot.queue.pop_first() else {
+            s.clusters.remove(cluster);
+            return;
+        };
+        slot.running = Some(id.clone());
+        let record = records.remove(&id);
+        let inner = self.clone();
+        let task_id = id.clone();
+        // The task cannot observe `tasks` before we insert its handle: it needs this lock.
+        let handle = tokio::spawn(async move {
+            // A panic (e.g. in the observer) must not leave the cluster locked.
+            let result = AssertUnwindSafe(inner.drive(&task_id, record))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(EngineError::Stopped {
+                        id: task_id.clone(),
+                        reason: "run task panicked".to_string(),
+                    })
+                });
+            inner.finish(&task_id, result);
+        });
+        s.tasks.insert(id, handle);
+    }
+
+    /// Bookkeeping after a run task ends: frees the cluster, wakes waiters, starts the next run.
+    fn finish(self: &Arc<Self>, id: &str, result: Result<RunRecord, EngineError>) {
+        let state = match result {
+            Ok(run) if run.state.is_terminal() => WaitState::Done(Box::new(run)),
+            Ok(_) => WaitState::Stopped("engine shutting down".to_string()),
+            Err(e) => {
+                tracing::error!(run = %id, error = %e, "run stopped");
+                WaitState::Stopped(e.to_string())
+            }
+        };
+        let mut s = self.lock();
+        s.tasks.remove(id);
+        let cluster = s.live.remove(id).map(|l| l.cluster);
+        if let Some(w) = s.waiters.remove(id) {
+            w.send_replace(state);
+        }
+        if let Some(cluster) = cluster {
+            if let Some(slot) = s.clusters.get_mut(&cluster) {
+                if slot.running.as_deref() == Some(id) {
+                    slot.running = None;
+                }
+            }
+            self.pump(&mut s, &cluster, &mut HashMap::new());
+        }
+    }
+
+    fn set_progress(&self, id: &str, line: Option<String>) {
+        if let Some(l) = self.lock().live.get_mut(id) {
+            l.progress = line;
+        }
+    }
+
+    async fn forward_progress(&self, run: &RunRecord, line: &str) {
+        self.set_progress(&run.id, Some(line.to_string()));
+        self.observer.run_changed(run, Some(line)).await;
+    }
+
+    async fn persist(
+        &self,
+        run: &mut RunRecord,
+        progress: Option<&str>,
+    ) -> Result<(), EngineError> {
+        run.updated_at = Utc::now();
+        self.store.put_run(run).await?;
+        self.observer.run_changed(run, progress).await;
+        Ok(())
+    }
+
+    /// Drives run `id` until it is terminal (returns the final record) or must stop (returns the
+    /// record as last persisted, non-terminal).
+    async fn drive(&self, id: &str, record: Option<RunRecord>) -> Result<RunRecord, EngineError> {
+        let mut run = match record {
+            Some(r) => r,
+            None => self
+                .store
+                .get_run(id)
+                .await?
+                .ok_or_else(|| EngineError::NotFound(id.to_string()))?,
+        };
+        if run.state.is_terminal() {
+            return Ok(run);
+        }
+        let mut shutdown = self.shutdown.subscribe();
+        // Applied with the first persisted write of this drive.
+        let mut run_event = Some(match run.state {
+            RunState::Queued => RunEvent::Start,
+            _ => RunEvent::Resume,
+        });
+        let mut outputs = BTreeMap::new();
+        // A step success not yet written (it is folded into the next write).
+        let mut unsaved = false;
+        for idx in 0..run.steps.len() {
+            match run.steps[idx].state {
+                StepState::Succeeded => {
+                    let step = &run.steps[idx];
+                    outputs.insert(
+                        step.spec.id.clone(),
+                        step.output.clone().unwrap_or(serde_json::Value::Null),
+                    );
+                    continue;
+                }
+                StepState::Failed | StepState::Cancelled => {
+                    // Not reachable with this engine's atomic writes; finish the run consistently.
+                    let msg = run.steps[idx]
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "step did not finish".into());
+                    self.fail_run(&mut run, idx, &msg, &mut run_event)?;
+                    self.persist(&mut run, None).await?;
+                    return Ok(run);
+                }
+                StepState::Pending | StepState::Running => {}
+            }
+            match self
+                .drive_step(
+                    &mut run,
+                    idx,
+                    &mut run_event,
+                    &outputs,
+                    &mut shutdown,
+                    &mut unsaved,
+                )
+                .await?
+            {
+                StepEnd::Succeeded => {
+                    let step = &run.steps[idx];
+                    outputs.insert(
+                        step.spec.id.clone(),
+                        step.output.clone().unwrap_or(serde_json::Value::Null),
+                    );
+                }
+                StepEnd::Failed => return Ok(run),
+                StepEnd::Stopped => return Ok(run),
+            }
+        }
+        if !run.state.is_terminal() {
+            // No steps left to run (empty plan, or all succeeded before a crash).
+            if let Some(ev) = run_event.take() {
+                run.state = run_transition(run.state, ev)?;
+            }
+            run.state = run_transition(run.state, RunEvent::Succeed)?;
+            run.finished_at = Some(Utc::now());
+            self.persist(&mut run, None).await?;
+        }
+        Ok(run)
+    }
+
+    /// Marks step `idx` failed with `msg` (unless already terminal), cancels the later steps, and
+    /// fails the run with `"<step id>: <msg>"`. Does not persist.
+    fn fail_run(
+        &self,
+        run: &mut RunRecord,
+        idx: usize,
+        msg: &str,
+        run_event: &mut Option<RunEvent>,
+    ) -> Result<(), EngineError> {
+        let now = Utc::now();
+        let msg = truncate_error(msg);
+        let failed_id = run.steps[idx].spec.id.clone();
+        {
+            let step = &mut run.steps[idx];
+            if !step.state.is_terminal() {
+                step.state = step_transition(step.state, StepEvent::Fail)?;
+                step.error = Some(msg.clone());
+                step.finished_at = Some(now);
+            }
+        }
+        for later in run.steps.iter_mut().skip(idx + 1) {
+            if !later.state.is_terminal() {
+                later.state = step_transition(later.state, StepEvent::Cancel)?;
+                later.error = Some(format!("cancelled: step {failed_id} failed"));
+                later.finished_at = Some(now);
+            }
+        }
+        if let Some(ev) = run_event.take() {
+            run.state = run_transition(run.state, ev)?;
+        }
+        run.state = run_transition(run.state, RunEvent::Fail)?;
+        run.error = Some(truncate_error(&format!("{failed_id}: {msg}")));
+        run.finished_at = Some(now);
+        Ok(())
+    }
+
+    /// Runs attempts of step `idx` until it succeeds, fails, or the engine shuts down.
+    async fn drive_step(
+        &self,
+        run: &mut RunRecord,
+        idx: usize,
+        run_event: &mut Option<RunEvent>,
+        outputs: &BTreeMap<String, serde_json::Value>,
+        shutdown: &mut watch::Receiver<bool>,
+        unsaved: &mut bool,
+    ) -> Result<StepEnd, EngineError> {
+        // A step found Running was interrupted (crash/shutdown) or was between attempts.
+        let mut resumed = run.steps[idx].state == StepState::Running;
+        loop {
+            if *shutdown.borrow() {
+                if std::mem::take(unsaved) {
+                    self.persist(run, None).await?;
+                }
+                return Ok(StepEnd::Stopped);
+            }
+            let now = Utc::now();
+            // --- Begin the attempt: durable before the side effect.
+            {
+                if let Some(ev) = run_event.take() {
+                    run.state = run_transition(run.state, ev)?;
+                }
+                let step = &mut run.steps[idx];
+                if resumed {
+                    step.state = step_transition(step.state, StepEvent::Resume)?;
+                    if let Some(last) = step.attempts.last_mut() {
+                        if last.outcome.is_none() {
+                            last.outcome = Some(OUTCOME_INTERRUPTED.to_string());
+                            last.finished_at = Some(now);
+                        }
+                    }
+                    resumed = false;
+                } else if step.state == StepState::Pending {
+                    step.state = step_transition(step.state, StepEvent::Start)?;
+                }
+                let max = step.spec.retry.max_attempts.max(1);
+                if step.budget_used() >= max {
+                    // Only reachable if a crash hit between an exhausted attempt and its failure
+                    // write, which this engine writes atomically; fail consistently anyway.
+                    let msg = step
+                        .attempts
+                        .iter()
+                        .rev()
+                        .find_map(|a| a.error.clone())
+                        .unwrap_or_else(|| "retry budget exhausted".to_string());
+                    self.fail_run(run, idx, &msg, run_event)?;
+                    self.persist(run, None).await?;
+                    return Ok(StepEnd::Failed);
+                }
+                if step.started_at.is_none() {
+                    step.started_at = Some(now);
+                }
+                step.attempts.push(AttemptRecord {
+                    number: step.attempts.len() as u32 + 1,
+                    started_at: now,
+                    finished_at: None,
+                    error: None,
+                    outcome: None,
+                });
+            }
+            self.set_progress(&run.id, None);
+            // Also persists the previous step's success, if not yet written.
+            self.persist(run, None).await?;
+            *unsaved = false;
+
+            // --- Execute.
+            let (result, latest) = self.execute(run, idx, outputs).await;
+            let now = Utc::now();
+            let step = &mut run.steps[idx];
+            let (outcome, error) = match &result {
+                Ok(_) => (OUTCOME_SUCCEEDED, None),
+                Err((outcome, msg)) => (*outcome, Some(truncate_error(msg))),
+            };
+            if let Some(attempt) = step.attempts.last_mut() {
+                attempt.finished_at = Some(now);
+                attempt.outcome = Some(outcome.to_string());
+                attempt.error = error;
+            }
+            match result {
+                Ok(output) => {
+                    step.state = step_transition(step.state, StepEvent::Succeed)?;
+                    step.output = Some(output);
+                    step.finished_at = Some(now);
+                    step.error = None;
+                    self.set_progress(&run.id, None);
+                    if run.steps.iter().all(|s| s.state == StepState::Succeeded) {
+                        run.state = run_transition(run.state, RunEvent::Succeed)?;
+                        run.finished_at = Some(now);
+                        self.persist(run, None).await?;
+                    } else {
+                        // Written together with the next step's first attempt, which follows at
+                        // once (or on the shutdown path): still durable before the next side
+                        // effect, one flush per step instead of two.
+                        *unsaved = true;
+                    }
+                    return Ok(StepEnd::Succeeded);
+                }
+                Err((outcome, msg)) => {
+                    let retryable = outcome != OUTCOME_PERMANENT;
+                    let used = step.budget_used();
+                    if retryable && used < step.spec.retry.max_attempts.max(1) {
+                        step.state = step_transition(step.state, StepEvent::AttemptFailedRetrying)?;
+                        let delay = backoff_delay(&step.spec.retry, used.saturating_sub(1));
+                        self.persist(run, latest.as_deref()).await?;
+                        tracing::debug!(run = %run.id, step = idx, ?delay, "attempt failed, retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = shutdown.wait_for(|v| *v) => {
+                                return Ok(StepEnd::Stopped);
+                            }
+                        }
+                    } else {
+                        self.fail_run(run, idx, &msg, run_event)?;
+                        self.set_progress(&run.id, None);
+                        self.persist(run, None).await?;
+                        return Ok(StepEnd::Failed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the current attempt of step `idx` under its timeout, forwarding progress lines to the
+    /// observer. Returns the output or `(outcome, message)`, and the latest progress line.
+    async fn execute(
+        &self,
+        run: &RunRecord,
+        idx: usize,
+        outputs: &BTreeMap<String, serde_json::Value>,
+    ) -> (
+        Result<serde_json::Value, (&'static str, String)>,
+        Option<String>,
+    ) {
+        let step = &run.steps[idx];
+        let spec = &step.spec;
+        let Some(executor) = self.executors.get(&spec.kind) else {
+            return (
+                Err((
+                    OUTCOME_PERMANENT,
+                    format!("no executor for step kind {}", spec.kind),
+                )),
+                None,
+            );
+        };
+        let (ptx, mut prx) = watch::channel::<Option<String>>(None);
+        let ctx = StepContext {
+            run_id: run.id.clone(),
+            cluster: run.cluster.clone(),
+            commit_sha: run.commit_sha.clone(),
+            step: spec.clone(),
+            attempt: step.attempts.last().map(|a| a.number).unwrap_or(1),
+            outputs: outputs.clone(),
+            progress: ProgressSink::new(move |line| {
+                ptx.send_replace(Some(line.to_string()));
+            }),
+        };
+        let timeout_secs = spec.timeout_secs;
+        let attempt = AssertUnwindSafe(executor.execute(&ctx)).catch_unwind();
+        let attempt = async move {
+            if timeout_secs == 0 {
+                Ok(attempt.await)
+            } else {
+                tokio::time::timeout(Duration::from_secs(timeout_secs), attempt).await
+            }
+        };
+        tokio::pin!(attempt);
+        let mut latest: Option<String> = None;
+        let raw = loop {
+            tokio::select! {
+                biased;
+                Ok(()) = prx.changed() => {
+                    let line = prx.borrow_and_update().clone();
+                    if let Some(line) = line {
+                        self.forward_progress(run, &line).await;
+                        latest = Some(line);
+                    }
+                }
+                r = &mut attempt => break r,
+            }
+        };
+        // A line reported in the attempt's last poll.
+        if prx.has_changed().unwrap_or(false) {
+            let line = prx.borrow_and_update().clone();
+            if let Some(line) = line {
+                self.forward_progress(run, &line).await;
+                latest = Some(line);
+            }
+        }
+        let result = match raw {
+            Ok(Ok(Ok(output))) => Ok(output),
+            Ok(Ok(Err(StepError::Transient(m)))) => Err((OUTCOME_TRANSIENT, m)),
+            Ok(Ok(Err(StepError::Permanent(m)))) => Err((OUTCOME_PERMANENT, m)),
+            Ok(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                Err((OUTCOME_PERMANENT, format!("executor panicked: {what}")))
+            }
+            Err(_) => Err((OUTCOME_TIMEOUT, format!("timed out after {timeout_secs} s"))),
+        };
+        (result, latest)
+    }
+}

@@ -1,0 +1,88 @@
+//! The durable journal of runs, steps and attempts, on sled.
+//!
+//! [`Store`] is the object-safe seam the engine, the bot and the tests use; [`SledStore`] is the
+//! implementation. Every write method flushes (`flush_async`) before returning, so a record the
+//! caller saw written survives `kill -9` and power loss.
+//!
+//! Secrets never enter the store: step inputs and outputs are secret-free by contract, and error
+//! strings are truncated to [`MAX_ERROR_BYTES`] on write.
+
+#![warn(missing_docs)]
+
+mod records;
+mod sled_store;
+
+use async_trait::async_trait;
+
+pub use records::{
+    truncate_error, AttemptRecord, RunRecord, RunState, StepRecord, StepState, MAX_ERROR_BYTES,
+    OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
+};
+pub use sled_store::SledStore;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The underlying database failed (I/O, corruption, file lock held by another `Db`).
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record could not be encoded or decoded.
+    #[error("record {key:?}: {source}")]
+    Codec {
+        /// The key of the record.
+        key: String,
+        /// The serde_json error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A key or index entry had an unexpected shape.
+    #[error("corrupt entry in tree {tree}: {detail}")]
+    Corrupt {
+        /// The sled tree.
+        tree: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// The durable run journal and the bot's key-value state. Object-safe; shared as
+/// `Arc<dyn Store>`.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Writes `run` (replacing any record with the same id) and updates the indexes (active runs,
+    /// runs by origin) crash-consistently (readers never see a non-terminal run missing from the
+    /// active index), then flushes to disk before returning. Error strings longer than
+    /// [`MAX_ERROR_BYTES`] are truncated in the stored copy. `id`, `seq` and `origin` of a
+    /// run must never change between writes.
+    ///
+    /// Errors: [`StoreError::Sled`] on I/O failure, [`StoreError::Codec`] if encoding fails.
+    async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
+
+    /// The run with id `id`, or `None`. Errors: I/O or a record that does not decode.
+    async fn get_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
+
+    /// Every non-terminal run, ordered by `seq`. Cost is proportional to the number of active
+    /// runs, not to the history. Errors: I/O or a record that does not decode.
+    async fn list_active(&self) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Every run (any state) whose [`RunRecord::origin`] is `origin`, ordered by `seq`.
+    /// Errors: as [`Store::get_run`].
+    async fn list_runs_by_origin(&self, origin: &str) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// A new submission sequence number, strictly greater than every number returned before,
+    /// also across restarts and crashes (not necessarily contiguous). Errors: I/O.
+    async fn next_seq(&self) -> Result<u64, StoreError>;
+
+    /// Writes the bot state `key` = `value` and flushes before returning. Errors: I/O.
+    async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// The bot state stored under `key`, or `None`. Errors: I/O.
+    async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Removes `key` (no error if absent) and flushes before returning. Errors: I/O.
+    async fn delete_meta(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Every `(key, value)` whose key starts with `prefix`, in key order. Errors: I/O or a
+    /// key that is not UTF-8.
+    async fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}

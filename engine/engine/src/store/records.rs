@@ -1,0 +1,219 @@
+//! The persisted records: one [`RunRecord`] per run, holding its [`StepRecord`]s and their
+//! [`AttemptRecord`]s. Serialized as camelCase JSON.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::step::StepSpec;
+
+/// Maximum length, in bytes, of any error string persisted in the store (2 KiB).
+pub const MAX_ERROR_BYTES: usize = 2048;
+
+/// Truncates `s` to at most [`MAX_ERROR_BYTES`] bytes on a UTF-8 character boundary, appending
+/// `…` when something was cut (the result may then be up to 3 bytes longer than the limit).
+pub fn truncate_error(s: &str) -> String {
+    if s.len() <= MAX_ERROR_BYTES {
+        return s.to_string();
+    }
+    let mut end = MAX_ERROR_BYTES;
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(end + 3);
+    out.push_str(&s[..end]);
+    out.push('…');
+    out
+}
+
+/// Lifecycle of a run. Transitions are defined in [`crate::fsm::run_transition`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RunState {
+    /// Persisted, waiting for its cluster to be free (or for the engine to schedule it).
+    Queued,
+    /// Executing its steps.
+    Running,
+    /// Every step succeeded. Terminal.
+    Succeeded,
+    /// A step failed; the remaining steps were cancelled. Terminal.
+    Failed,
+    /// Cancelled before completion. Terminal.
+    Cancelled,
+}
+
+impl RunState {
+    /// Whether the run is finished for good (`Succeeded`, `Failed` or `Cancelled`).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+        )
+    }
+}
+
+/// Lifecycle of a step. Transitions are defined in [`crate::fsm::step_transition`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StepState {
+    /// Not started yet.
+    Pending,
+    /// Attempts in progress (retries are attempts within `Running`).
+    Running,
+    /// The last attempt succeeded. Terminal.
+    Succeeded,
+    /// A permanent error, or attempts exhausted. Terminal.
+    Failed,
+    /// Never finished because an earlier step failed or the run was cancelled. Terminal.
+    Cancelled,
+}
+
+impl StepState {
+    /// Whether the step is finished for good (`Succeeded`, `Failed` or `Cancelled`).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            StepState::Succeeded | StepState::Failed | StepState::Cancelled
+        )
+    }
+}
+
+/// Attempt outcome: the executor returned `Ok`.
+pub const OUTCOME_SUCCEEDED: &str = "succeeded";
+/// Attempt outcome: a [`crate::step::StepError::Transient`] error.
+pub const OUTCOME_TRANSIENT: &str = "transient";
+/// Attempt outcome: a [`crate::step::StepError::Permanent`] error.
+pub const OUTCOME_PERMANENT: &str = "permanent";
+/// Attempt outcome: the attempt exceeded the step's `timeout_secs` (retried like a transient error).
+pub const OUTCOME_TIMEOUT: &str = "timeout";
+/// Attempt outcome: the bot stopped (crash, kill, shutdown) while the attempt was in flight.
+/// Interrupted attempts do not consume the step's retry budget.
+pub const OUTCOME_INTERRUPTED: &str = "interrupted";
+
+/// One try of a step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    /// Attempt number, starting at 1; continues across restarts.
+    pub number: u32,
+    /// When the attempt was persisted as started (before the executor was called).
+    pub started_at: DateTime<Utc>,
+    /// When the outcome was persisted; `None` while in flight.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Error message of a failed attempt (at most [`MAX_ERROR_BYTES`]).
+    pub error: Option<String>,
+    /// One of `"succeeded"`, `"transient"`, `"permanent"`, `"timeout"`, `"interrupted"`
+    /// (the `OUTCOME_*` constants); `None` while in flight.
+    pub outcome: Option<String>,
+}
+
+impl AttemptRecord {
+    /// Whether this attempt counts towards the step's `max_attempts` (every finished attempt
+    /// except interrupted ones; an in-flight attempt counts).
+    pub fn consumes_budget(&self) -> bool {
+        self.outcome.as_deref() != Some(OUTCOME_INTERRUPTED)
+    }
+}
+
+/// One step of a run with its state and attempts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRecord {
+    /// The rendered step (secret-free).
+    pub spec: StepSpec,
+    /// Current state.
+    pub state: StepState,
+    /// Every attempt so far, oldest first.
+    pub attempts: Vec<AttemptRecord>,
+    /// When the first attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the step reached a terminal state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why the step failed or was cancelled (at most [`MAX_ERROR_BYTES`]).
+    pub error: Option<String>,
+    /// Output of the succeeded attempt (secret-free JSON).
+    pub output: Option<serde_json::Value>,
+}
+
+impl StepRecord {
+    /// A `Pending` step for `spec`, with no attempts.
+    pub fn pending(spec: StepSpec) -> Self {
+        StepRecord {
+            spec,
+            state: StepState::Pending,
+            attempts: Vec::new(),
+            started_at: None,
+            finished_at: None,
+            error: None,
+            output: None,
+        }
+    }
+
+    /// Number of attempts that count towards `spec.retry.max_attempts` (interrupted ones don't).
+    pub fn budget_used(&self) -> u32 {
+        self.attempts.iter().filter(|a| a.consumes_budget()).count() as u32
+    }
+}
+
+/// One execution of a plan, pinned to a commit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// Deterministic id given by the caller (immutable).
+    pub id: String,
+    /// Workload cluster name; at most one run per cluster is `Running` at a time.
+    pub cluster: String,
+    /// Workflow name (e.g. `create-cluster`).
+    pub workflow: String,
+    /// The commit the run is pinned to.
+    pub commit_sha: String,
+    /// What caused the run, as opaque text chosen by the submitter (e.g. `github:pr/12` or
+    /// `schedule:weekly`; immutable, no NUL). The engine only indexes it
+    /// ([`crate::store::Store::list_runs_by_origin`]).
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// Current state.
+    pub state: RunState,
+    /// Submission order (from [`crate::store::Store::next_seq`]; immutable). Queued runs of a
+    /// cluster start in increasing `seq`.
+    pub seq: u64,
+    /// When the run was first persisted.
+    pub created_at: DateTime<Utc>,
+    /// When the run was last persisted.
+    pub updated_at: DateTime<Utc>,
+    /// When the run reached a terminal state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The steps, in execution order.
+    pub steps: Vec<StepRecord>,
+    /// `"<step id>: <message>"` of the failing step, or the cancellation reason.
+    pub error: Option<String>,
+}
+
+impl RunRecord {
+    /// Whether any persisted error string is longer than [`MAX_ERROR_BYTES`].
+    pub(crate) fn has_oversized_error(&self) -> bool {
+        let long = |e: &Option<String>| e.as_ref().is_some_and(|e| e.len() > MAX_ERROR_BYTES);
+        long(&self.error)
+            || self
+                .steps
+                .iter()
+                .any(|s| long(&s.error) || s.attempts.iter().any(|a| long(&a.error)))
+    }
+
+    /// Truncates every error string to [`MAX_ERROR_BYTES`] in place.
+    pub(crate) fn truncate_errors(&mut self) {
+        let fix = |e: &mut Option<String>| {
+            if let Some(s) = e.as_mut() {
+                if s.len() > MAX_ERROR_BYTES {
+                    *s = truncate_error(s);
+                }
+            }
+        };
+        fix(&mut self.error);
+        for s in &mut self.steps {
+            fix(&mut s.error);
+            for a in &mut s.attempts {
+                fix(&mut a.error);
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Provider: AWS EC2 (step kind `aws.preflight`).
+//!
+//! [`AwsExecutor`] checks a cluster request against the real AWS account before anything is
+//! created (region, availability zones, instance types, VPC and subnets, CIDR overlaps) and tags
+//! the subnets of a bring-your-own VPC the way Cluster API Provider AWS expects. See
+//! [`preflight`] for the checks and their sources. It is tested against moto's EC2 server on
+//! loopback (the sandbox's moto launcher).
+//!
+//! Credentials come from the default AWS chain (environment, profile, web identity, ECS, IMDS)
+//! unless [`AwsExecutor::with_credentials`] sets static ones; they never appear in logs, errors
+//! or step outputs.
+
+pub mod error;
+pub mod preflight;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_ec2::config::retry::RetryConfig;
+use aws_sdk_ec2::config::timeout::TimeoutConfig;
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+
+use tkgops_engine::{StepContext, StepError, StepExecutor};
+
+pub use preflight::{PreflightInputs, PreflightOutput, SubnetInput, VpcInput};
+
+/// The step kind handled by [`AwsExecutor`].
+pub const KIND_PREFLIGHT: &str = "aws.preflight";
+
+/// Region whose EC2 endpoint lists the regions when the requested region's endpoint cannot be
+/// reached (a region that does not exist has no endpoint): `us-east-1`.
+pub const FALLBACK_REGION: &str = "us-east-1";
+
+/// TCP connect timeout of EC2 clients built here: 5 s.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Timeout of one HTTP attempt of an EC2 call: 30 s (the engine bounds the whole step).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds an EC2 client for `region` (e.g. `us-west-2`), optionally pointed at `endpoint_url`
+/// (e.g. moto's `http://127.0.0.1:PORT`).
+///
+/// Configuration: `aws_config::defaults(BehaviorVersion::latest())` with the region, standard
+/// retry mode (3 attempts, the SDK's throttling backoff), [`CONNECT_TIMEOUT`] and
+/// [`ATTEMPT_TIMEOUT`]. Credentials come from the default chain (`AWS_ACCESS_KEY_ID`/
+/// `AWS_SECRET_ACCESS_KEY`, profile, web identity, ECS, IMDS); `AWS_ENDPOINT_URL(_EC2)` is
+/// honoured by aws-config when `endpoint_url` is `None`. Never fails: missing credentials
+/// surface as errors of the first call.
+pub async fn ec2_client(region: &str, endpoint_url: Option<&str>) -> aws_sdk_ec2::Client {
+    build_client(region, endpoint_url, None).await
+}
+
+async fn build_client(
+    region: &str,
+    endpoint_url: Option<&str>,
+    credentials: Option<&Credentials>,
+) -> aws_sdk_ec2::Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        );
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    if let Some(creds) = credentials {
+        loader = loader.credentials_provider(creds.clone());
+    }
+    let conf = loader.load().await;
+    aws_sdk_ec2::Client::new(&conf)
+}
+
+/// Executes `aws.preflight` steps. Caches one EC2 client per region.
+pub struct AwsExecutor {
+    endpoint_url: Option<String>,
+    credentials: Option<Credentials>,
+    clients: tokio::sync::Mutex<HashMap<String, aws_sdk_ec2::Client>>,
+}
+
+impl std::fmt::Debug for AwsExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsExecutor")
+            .field("endpoint_url", &self.endpoint_url)
+            .field("static_credentials", &self.credentials.is_some())
+            .finish()
+    }
+}
+
+impl AwsExecutor {
+    /// An executor whose EC2 clients use `endpoint_url` (e.g. moto's; `None` = AWS's regional
+    /// endpoints or `AWS_ENDPOINT_URL`) and the default credential chain.
+    pub fn new(endpoint_url: Option<String>) -> Self {
+        AwsExecutor {
+            endpoint_url,
+            credentials: None,
+            clients: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Uses static `credentials` instead of the default chain (sandbox and tests; e.g.
+    /// `MotoServer::credentials()`). Takes and returns the executor (builder style).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// The endpoint override, if any.
+    pub fn endpoint_url(&self) -> Option<&str> {
+        self.endpoint_url.as_deref()
+    }
+
+    /// The cached EC2 client for `region`, built on first use (see [`ec2_client`]).
+    pub async fn client(&self, region: &str) -> aws_sdk_ec2::Client {
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(region) {
+            return c.clone();
+        }
+        let c = build_client(
+            region,
+            self.endpoint_url.as_deref(),
+            self.credentials.as_ref(),
+        )
+        .await;
+        clients.insert(region.to_string(), c.clone());
+        c
+    }
+}
+
+#[async_trait::async_trait]
+impl StepExecutor for AwsExecutor {
+    /// `["aws.preflight"]`.
+    fn kinds(&self) -> Vec<&'static str> {
+        vec![KIND_PREFLIGHT]
+    }
+
+    /// Runs [`preflight::run`] on `ctx.step.inputs` ([`PreflightInputs`]) and returns the
+    /// [`PreflightOutput`] as JSON.
+    ///
+    /// Errors: [`StepError::Permanent`] for an unknown kind, invalid inputs or a failed check
+    /// (message names the check and the value); [`StepError::Transient`] for throttling, 5xx,
+    /// timeouts and connection errors.
+    async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
+        if ctx.step.kind != KIND_PREFLIGHT {
+            return Err(StepError::Permanent(format!(
+                "AWS provider cannot execute step kind {:?} (handles: {KIND_PREFLIGHT})",
+                ctx.step.kind
+            )));
+        }
+        let inputs = PreflightInputs::from_json(&ctx.step.inputs)?;
+        let client = self.client(&inputs.region).await;
+        let fallback = if inputs.region == FALLBACK_REGION {
+            None
+        } else {
+            Some(self.client(FALLBACK_REGION).await)
+        };
+        let out = preflight::run(&client, fallback.as_ref(), &inputs, &ctx.progress).await?;
+        serde_json::to_value(&out).map_err(|e| {
+            StepError::Permanent(format!("aws.preflight: cannot serialize output: {e}"))
+        })
+    }
+}

@@ -1,0 +1,699 @@
+//! Provider: Kubernetes (management and workload clusters), through kube-rs.
+//!
+//! [`KubeProvider`] executes the step kinds
+//! - `kube.apply`: server-side apply of Cluster API objects to a management cluster
+//!   ([`apply`]);
+//! - `kube.wait-cluster`: TKG's cluster readiness algorithm ([`cluster`]; TF
+//!   `pkg/v1/tkg/clusterclient/clusterclient.go` and `resource.go`);
+//! - `kube.read-kubeconfig`: reads the Cluster API `<cluster>-kubeconfig` Secret and connects to the
+//!   workload API server (CAPI `util/secret`);
+//! - `packages.rollout`: what `tanzu package install` does, one package after the other
+//!   ([`packages`]; TF `tkgpackageclient/package_install.go`, KC status semantics),
+//!
+//! and implements [`ManifestApplier`] (used by the TMC provider for the installer manifest).
+//!
+//! Secrets (kubeconfig contents, Secret data) never appear in logs, errors, step outputs or
+//! progress lines: errors about kubeconfigs only name where the kubeconfig came from.
+
+pub mod apply;
+pub mod cluster;
+pub mod packages;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::ApiResource;
+use kube::Api;
+use serde::de::DeserializeOwned;
+
+use crate::{KubeconfigSource, ManifestApplier, WorkloadTarget};
+use tkgops_engine::{StepContext, StepError, StepExecutor};
+
+/// The field manager tkgops uses for every server-side apply it makes on its own behalf.
+pub const FIELD_MANAGER: &str = "tkgops";
+
+/// Data key of the Cluster API kubeconfig Secret (CAPI `util/secret/consts.go` `KubeconfigDataName`).
+pub const KUBECONFIG_SECRET_KEY: &str = "value";
+
+/// Read timeout of every HTTP request to an API server. No call tkgops makes streams (no watch),
+/// so a request that has not answered in this time is considered a lost connection.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How many consecutive transient errors a polling loop (`kube.wait-cluster`,
+/// `packages.rollout`) swallows before it returns [`StepError::Transient`] to the engine.
+pub(crate) const MAX_CONSECUTIVE_POLL_ERRORS: u32 = 5;
+
+/// Executes the Kubernetes step kinds and applies manifests to workload clusters.
+///
+/// Cheap to clone: all state (configuration, client and discovery caches) is behind an [`Arc`].
+#[derive(Clone)]
+pub struct KubeProvider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    management_clusters: BTreeMap<String, KubeconfigSource>,
+    poll_interval: Duration,
+    /// Management clients by management cluster name.
+    management: Mutex<HashMap<String, kube::Client>>,
+    /// Workload clients by target, with the kubeconfig Secret's `resourceVersion` they were built
+    /// from (a rotated kubeconfig gives a new client) and the API server URL.
+    workload: Mutex<HashMap<WorkloadKey, CachedWorkload>>,
+    /// Client of the cluster the bot runs in (for [`KubeconfigSource::Secret`]).
+    in_cluster: tokio::sync::Mutex<Option<kube::Client>>,
+    /// Discovery results by (client cache key, apiVersion, kind).
+    discovery: apply::DiscoveryCache,
+}
+
+type WorkloadKey = (String, String, String);
+
+#[derive(Clone)]
+struct CachedWorkload {
+    resource_version: String,
+    client: kube::Client,
+    server: String,
+}
+
+impl std::fmt::Debug for KubeProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeProvider")
+            .field(
+                "management_clusters",
+                &self.inner.management_clusters.keys().collect::<Vec<_>>(),
+            )
+            .field("poll_interval", &self.inner.poll_interval)
+            .finish()
+    }
+}
+
+/// A workload cluster client together with where it came from (no secret material).
+#[derive(Clone)]
+pub struct WorkloadClient {
+    /// The client, authenticated with the credentials of the workload kubeconfig.
+    pub client: kube::Client,
+    /// The API server URL of the workload cluster (from the kubeconfig's current context).
+    pub server: String,
+    /// `<namespace>/<cluster>-kubeconfig`: the management-cluster Secret the kubeconfig came from.
+    pub secret: String,
+}
+
+impl KubeProvider {
+    /// A provider for the given management clusters.
+    ///
+    /// Takes `management_clusters` (management cluster name → where its kubeconfig is, from the
+    /// config repository's `tkgops.yaml`) and `poll_interval`, the delay between two polls while
+    /// waiting for a Cluster or a PackageInstall (TKG polls every 15 s; tests use ~20–50 ms).
+    /// Makes no network calls; clients are built lazily and cached.
+    pub fn new(
+        management_clusters: BTreeMap<String, KubeconfigSource>,
+        poll_interval: Duration,
+    ) -> Self {
+        KubeProvider {
+            inner: Arc::new(Inner {
+                management_clusters,
+                poll_interval,
+                management: Mutex::new(HashMap::new()),
+                workload: Mutex::new(HashMap::new()),
+                in_cluster: tokio::sync::Mutex::new(None),
+                discovery: apply::DiscoveryCache::default(),
+            }),
+        }
+    }
+
+    /// The delay between two polls of a waiting step.
+    pub fn poll_interval(&self) -> Duration {
+        self.inner.poll_interval
+    }
+
+    /// A client for the management cluster `name`, built from its [`KubeconfigSource`] and cached:
+    /// - `File(path)`: the kubeconfig file at `path` (read at first use);
+    /// - `Env(var)`: the whole kubeconfig YAML in environment variable `var`;
+    /// - `Secret{namespace, name, key}`: key `key` of that Secret in the cluster the bot runs in
+    ///   (in-cluster config, `kube::Client::try_default()`).
+    ///
+    /// The kubeconfig's current context is used. Building the client makes no request to the
+    /// management cluster, so bad credentials show up on first use (401 → Permanent).
+    ///
+    /// Errors: [`StepError::Permanent`] for an unknown `name`, an unreadable file, a missing
+    /// variable or Secret key, or a kubeconfig that does not parse; [`StepError::Transient`] when
+    /// the in-cluster API server cannot be reached to read the Secret.
+    pub async fn management_client(&self, name: &str) -> Result<kube::Client, StepError> {
+        if let Some(c) = self.lock_management().get(name) {
+            return Ok(c.clone());
+        }
+        let source = self.inner.management_clusters.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self
+                .inner
+                .management_clusters
+                .keys()
+                .map(String::as_str)
+                .collect();
+            StepError::Permanent(format!(
+                "unknown management cluster '{name}' (configured: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })?;
+        let (yaml, origin) = match source {
+            KubeconfigSource::File(path) => {
+                let text = tokio::fs::read_to_string(path).await.map_err(|e| {
+                    StepError::Permanent(format!(
+                        "management cluster '{name}': cannot read kubeconfig file {path}: {e}"
+                    ))
+                })?;
+                (text, format!("file {path}"))
+            }
+            KubeconfigSource::Env(var) => {
+                let text = std::env::var(var).map_err(|_| {
+                    StepError::Permanent(format!(
+                        "management cluster '{name}': environment variable {var} (kubeconfig) is not set or not UTF-8"
+                    ))
+                })?;
+                (text, format!("environment variable {var}"))
+            }
+            KubeconfigSource::Secret {
+                namespace,
+                name: secret,
+                key,
+            } => {
+                let in_cluster = self.in_cluster_client().await?;
+                let what = format!("Secret {namespace}/{secret}");
+                let text = read_secret_key(&in_cluster, namespace, secret, key, false)
+                    .await
+                    .map_err(|e| match e {
+                        StepError::Transient(m) => {
+                            StepError::Transient(format!("management cluster '{name}': {m}"))
+                        }
+                        StepError::Permanent(m) => {
+                            StepError::Permanent(format!("management cluster '{name}': {m}"))
+                        }
+                    })?;
+                (text, format!("{what} key {key}"))
+            }
+        };
+        let (client, _server) =
+            client_from_kubeconfig(&yaml, &format!("management cluster '{name}' ({origin})"))
+                .await?;
+        self.lock_management()
+            .insert(name.to_string(), client.clone());
+        tracing::debug!(management_cluster = name, "built management cluster client");
+        Ok(client)
+    }
+
+    /// A client for the workload cluster `target`, from the Cluster API Secret
+    /// `<cluster_name>-kubeconfig` (key `value`) in `target.namespace` on the management cluster
+    /// (tanzu-apis §2.3). Cached per target while the Secret's `resourceVersion` is unchanged.
+    ///
+    /// Errors: [`StepError::Transient`] when the Secret does not exist yet (Cluster API writes it
+    /// once the control plane is initialized) or the management cluster is unreachable;
+    /// [`StepError::Permanent`] when the Secret has no `value` key or the kubeconfig does not parse.
+    pub async fn workload_client(
+        &self,
+        target: &WorkloadTarget,
+    ) -> Result<kube::Client, StepError> {
+        Ok(self.workload(target).await?.client)
+    }
+
+    /// Like [`Self::workload_client`], also returning the API server URL and the Secret's name.
+    ///
+    /// Errors: as [`Self::workload_client`].
+    pub async fn workload(&self, target: &WorkloadTarget) -> Result<WorkloadClient, StepError> {
+        let mgmt = self.management_client(&target.management_cluster).await?;
+        let secret_name = format!("{}-kubeconfig", target.cluster_name);
+        let secret_ref = format!("{}/{}", target.namespace, secret_name);
+        let api: Api<Secret> = Api::namespaced(mgmt, &target.namespace);
+        let secret = match api.get_opt(&secret_name).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return Err(StepError::Transient(format!(
+                    "Secret/{secret_ref} not found on management cluster '{}' (Cluster API writes it once the control plane is initialized)",
+                    target.management_cluster
+                )))
+            }
+            Err(e) => return Err(self.classify_mgmt(&target.management_cluster, &format!("Secret/{secret_ref}"), e)),
+        };
+        let rv = secret.metadata.resource_version.clone().unwrap_or_default();
+        let key: WorkloadKey = (
+            target.management_cluster.clone(),
+            target.namespace.clone(),
+            target.cluster_name.clone(),
+        );
+        if let Some(c) = self.lock_workload().get(&key) {
+            if !rv.is_empty() && c.resource_version == rv {
+                return Ok(WorkloadClient {
+                    client: c.client.clone(),
+                    server: c.server.clone(),
+                    secret: secret_ref,
+                });
+            }
+        }
+        let yaml = secret_value(
+            &secret,
+            KUBECONFIG_SECRET_KEY,
+            &format!("Secret/{secret_ref}"),
+        )?;
+        let (client, server) =
+            client_from_kubeconfig(&yaml, &format!("workload kubeconfig Secret/{secret_ref}"))
+                .await?;
+        self.lock_workload().insert(
+            key,
+            CachedWorkload {
+                resource_version: rv,
+                client: client.clone(),
+                server: server.clone(),
+            },
+        );
+        Ok(WorkloadClient {
+            client,
+            server,
+            secret: secret_ref,
+        })
+    }
+
+    /// Server-side applies every document of the multi-document `yaml` with `field_manager`
+    /// (forcing conflicts, like `kubectl apply --server-side --force-conflicts`).
+    ///
+    /// Each document's `apiVersion`/`kind` is resolved to its resource and scope through API
+    /// discovery (cached per call); Namespaces are applied first, then CustomResourceDefinitions,
+    /// then everything else in document order. Namespaced objects without `metadata.namespace`
+    /// go to the client's default namespace; cluster-scoped objects drop a stray namespace.
+    /// Empty documents are skipped and `kind: List` documents are expanded.
+    ///
+    /// Returns `Kind/namespace/name` (cluster-scoped: `Kind/name`) of each applied object, in
+    /// apply order.
+    ///
+    /// Errors: [`StepError::Permanent`] for unparsable YAML, a document without
+    /// `apiVersion`/`kind`/`metadata.name`, a kind the server does not know, and 4xx answers
+    /// (422 Invalid, 403 Forbidden, 401); [`StepError::Transient`] for connection errors, 5xx,
+    /// 409 Conflict and 429. Messages name the object ("Cluster/default/team-a: ...").
+    pub async fn apply_yaml(
+        &self,
+        client: &kube::Client,
+        yaml: &str,
+        field_manager: &str,
+    ) -> Result<Vec<String>, StepError> {
+        apply::apply_yaml(client, None, yaml, field_manager).await
+    }
+
+    /// [`Self::apply_yaml`] with discovery results cached under `cache_key` across calls.
+    pub(crate) async fn apply_yaml_cached(
+        &self,
+        client: &kube::Client,
+        cache_key: &str,
+        yaml: &str,
+        field_manager: &str,
+    ) -> Result<Vec<String>, StepError> {
+        apply::apply_yaml(
+            client,
+            Some((&self.inner.discovery, cache_key)),
+            yaml,
+            field_manager,
+        )
+        .await
+    }
+
+    /// Forgets the cached client of management cluster `name` (after a 401, so that a rotated
+    /// kubeconfig file or variable is re-read on the next attempt).
+    pub(crate) fn forget_management(&self, name: &str) {
+        self.lock_management().remove(name);
+    }
+
+    /// Maps a kube error from a call to management cluster `mc` to a [`StepError`], forgetting
+    /// the cached client on 401.
+    pub(crate) fn classify_mgmt(&self, mc: &str, what: &str, e: kube::Error) -> StepError {
+        if matches!(&e, kube::Error::Api(s) if s.code == 401) {
+            self.forget_management(mc);
+        }
+        classify(what, &e)
+    }
+
+    async fn in_cluster_client(&self) -> Result<kube::Client, StepError> {
+        let mut guard = self.inner.in_cluster.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = kube::Client::try_default().await.map_err(|e| {
+            StepError::Permanent(format!(
+                "cannot build the in-cluster Kubernetes client: {}",
+                error_text(&e)
+            ))
+        })?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    fn lock_management(&self) -> std::sync::MutexGuard<'_, HashMap<String, kube::Client>> {
+        self.inner
+            .management
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_workload(&self) -> std::sync::MutexGuard<'_, HashMap<WorkloadKey, CachedWorkload>> {
+        self.inner
+            .workload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Parses a kubeconfig and builds a client for its current context. Returns the client and the
+/// API server URL. `origin` names where the kubeconfig came from; error messages never include
+/// the kubeconfig's text (parser errors can quote it).
+async fn client_from_kubeconfig(
+    yaml: &str,
+    origin: &str,
+) -> Result<(kube::Client, String), StepError> {
+    let kc = Kubeconfig::from_yaml(yaml).map_err(|_| {
+        StepError::Permanent(format!(
+            "{origin}: not a valid kubeconfig (YAML does not parse)"
+        ))
+    })?;
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| {
+            StepError::Permanent(format!(
+                "{origin}: unusable kubeconfig: {}",
+                kubeconfig_error_kind(&e)
+            ))
+        })?;
+    config.read_timeout = Some(READ_TIMEOUT);
+    let server = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    let client = kube::Client::try_from(config).map_err(|e| {
+        StepError::Permanent(format!(
+            "{origin}: cannot build a client for {server}: {}",
+            error_text(&e)
+        ))
+    })?;
+    Ok((client, server))
+}
+
+/// A description of a kubeconfig error that cannot contain kubeconfig contents.
+fn kubeconfig_error_kind(e: &kube::config::KubeconfigError) -> String {
+    use kube::config::KubeconfigError as K;
+    match e {
+        K::CurrentContextNotSet => "current-context is not set".into(),
+        K::KindMismatch | K::ApiVersionMismatch => "not a kubeconfig (kind/apiVersion)".into(),
+        K::LoadContext(c) => format!("context '{c}' not found"),
+        K::LoadClusterOfContext(c) => format!("cluster '{c}' of the current context not found"),
+        K::MissingClusterUrl => "the cluster has no server URL".into(),
+        K::ParseClusterUrl(_) => "the cluster's server URL does not parse".into(),
+        _ => "invalid certificate, credential or proxy settings".into(),
+    }
+}
+
+/// Reads data key `key` of Secret `namespace/name` as UTF-8 text. `missing_is_transient` decides
+/// the class of a missing Secret. The value is never put in an error.
+async fn read_secret_key(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    missing_is_transient: bool,
+) -> Result<String, StepError> {
+    let what = format!("Secret/{namespace}/{name}");
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    match api.get_opt(name).await {
+        Ok(Some(s)) => secret_value(&s, key, &what),
+        Ok(None) if missing_is_transient => Err(StepError::Transient(format!("{what} not found"))),
+        Ok(None) => Err(StepError::Permanent(format!("{what} not found"))),
+        Err(e) => Err(classify(&what, &e)),
+    }
+}
+
+/// The text of data key `key` of `secret` (`data`, or `stringData` from servers that keep it).
+fn secret_value(secret: &Secret, key: &str, what: &str) -> Result<String, StepError> {
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.clone().into_bytes())
+        })
+        .ok_or_else(|| StepError::Permanent(format!("{what} has no data key '{key}'")))?;
+    String::from_utf8(bytes)
+        .map_err(|_| StepError::Permanent(format!("{what} key '{key}' is not UTF-8 text")))
+}
+
+/// Maps a kube error to a [`StepError`], prefixed with `what` (e.g. `Cluster/default/team-a`).
+///
+/// Transient: connection and I/O errors, undecodable responses, HTTP 5xx, 409 Conflict, 429 and
+/// error answers without a status code. Permanent: every other 4xx (401 and 403 with a hint),
+/// discovery misses, request-building and configuration errors.
+pub fn classify(what: &str, e: &kube::Error) -> StepError {
+    match e {
+        kube::Error::Api(s) => {
+            let detail = if s.message.is_empty() {
+                s.reason.clone()
+            } else {
+                s.message.clone()
+            };
+            // kube-rs reports a non-`Status` error body (proxy, gateway) with this reason.
+            let msg = if s.reason.is_empty() || s.reason == "Failed to parse error data" {
+                format!("{what}: HTTP {}: {detail}", s.code)
+            } else {
+                format!("{what}: {} ({}): {detail}", s.reason, s.code)
+            };
+            match s.code {
+                0 | 409 | 429 | 500..=599 => StepError::Transient(msg),
+                401 => StepError::Permanent(format!(
+                    "{msg} (the kubeconfig's credentials were rejected)"
+                )),
+                403 => StepError::Permanent(format!(
+                    "{msg} (the kubeconfig's user is not allowed to do this)"
+                )),
+                _ => StepError::Permanent(msg),
+            }
+        }
+        kube::Error::HyperError(_)
+        | kube::Error::Service(_)
+        | kube::Error::ReadEvents(_)
+        | kube::Error::SerdeError(_) => StepError::Transient(format!("{what}: {}", error_text(e))),
+        kube::Error::Discovery(d) => {
+            StepError::Permanent(format!("{what}: unknown to the API server ({d})"))
+        }
+        _ => StepError::Permanent(format!("{what}: {}", error_text(e))),
+    }
+}
+
+/// Display text of a kube error including its sources (e.g. "connection refused").
+fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+/// Parses step inputs into `T`. Errors: [`StepError::Permanent`] naming the step kind.
+pub(crate) fn parse_inputs<T: DeserializeOwned>(ctx: &StepContext) -> Result<T, StepError> {
+    serde_json::from_value(ctx.step.inputs.clone()).map_err(|e| {
+        StepError::Permanent(format!(
+            "invalid inputs for {} step '{}': {e}",
+            ctx.step.kind, ctx.step.id
+        ))
+    })
+}
+
+/// The `ApiResource` of a Cluster API / Carvel custom kind served at `plural`.
+pub(crate) fn custom_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(group, version, kind),
+        plural,
+    )
+}
+
+/// Reports `line` to `progress` unless it equals the last reported line.
+pub(crate) struct ProgressDedup {
+    last: Option<String>,
+}
+
+impl ProgressDedup {
+    pub(crate) fn new() -> Self {
+        ProgressDedup { last: None }
+    }
+    pub(crate) fn report(&mut self, ctx: &StepContext, line: String) {
+        if self.last.as_deref() != Some(line.as_str()) {
+            ctx.progress.report(&line);
+            self.last = Some(line);
+        }
+    }
+}
+
+/// Counts consecutive transient errors in a polling loop.
+pub(crate) struct PollErrors {
+    consecutive: u32,
+}
+
+impl PollErrors {
+    pub(crate) fn new() -> Self {
+        PollErrors { consecutive: 0 }
+    }
+    /// Records a successful poll.
+    pub(crate) fn ok(&mut self) {
+        self.consecutive = 0;
+    }
+    /// Records a failed poll: permanent errors and the [`MAX_CONSECUTIVE_POLL_ERRORS`]-th
+    /// transient error in a row are returned; earlier transient errors are reported as progress.
+    pub(crate) fn failed(&mut self, ctx: &StepContext, e: StepError) -> Result<(), StepError> {
+        match e {
+            StepError::Permanent(_) => Err(e),
+            StepError::Transient(m) => {
+                self.consecutive += 1;
+                if self.consecutive >= MAX_CONSECUTIVE_POLL_ERRORS {
+                    Err(StepError::Transient(m))
+                } else {
+                    ctx.progress
+                        .report(&format!("transient error, retrying: {m}"));
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyInputs {
+    management_cluster: String,
+    manifests: String,
+}
+
+/// Inputs naming a workload cluster (`kube.wait-cluster`, `kube.read-kubeconfig`).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ClusterInputs {
+    pub(crate) management_cluster: String,
+    pub(crate) namespace: String,
+    pub(crate) cluster_name: String,
+}
+
+impl ClusterInputs {
+    pub(crate) fn target(&self) -> WorkloadTarget {
+        WorkloadTarget {
+            management_cluster: self.management_cluster.clone(),
+            namespace: self.namespace.clone(),
+            cluster_name: self.cluster_name.clone(),
+        }
+    }
+}
+
+impl KubeProvider {
+    async fn step_apply(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
+        let inputs: ApplyInputs = parse_inputs(ctx)?;
+        let client = self.management_client(&inputs.management_cluster).await?;
+        let cache_key = format!("mgmt/{}", inputs.management_cluster);
+        let applied = match self
+            .apply_yaml_cached(&client, &cache_key, &inputs.manifests, FIELD_MANAGER)
+            .await
+        {
+            Ok(a) => a,
+            Err(StepError::Permanent(m)) if m.contains("credentials were rejected") => {
+                self.forget_management(&inputs.management_cluster);
+                return Err(StepError::Permanent(format!(
+                    "management cluster '{}': {m}",
+                    inputs.management_cluster
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        ctx.progress
+            .report(&format!("applied {} objects", applied.len()));
+        tracing::info!(step = %ctx.step.id, management_cluster = %inputs.management_cluster, count = applied.len(), "kube.apply done");
+        Ok(serde_json::json!({ "applied": applied }))
+    }
+
+    async fn step_read_kubeconfig(
+        &self,
+        ctx: &StepContext,
+    ) -> Result<serde_json::Value, StepError> {
+        let inputs: ClusterInputs = parse_inputs(ctx)?;
+        let wl = self.workload(&inputs.target()).await?;
+        let version = wl.client.apiserver_version().await.map_err(|e| {
+            classify(
+                &format!("workload cluster {} ({})", inputs.cluster_name, wl.server),
+                &e,
+            )
+        })?;
+        ctx.progress.report(&format!(
+            "connected to {} (Kubernetes {})",
+            wl.server, version.git_version
+        ));
+        Ok(serde_json::json!({
+            "secret": wl.secret,
+            "server": wl.server,
+            "kubernetesVersion": version.git_version,
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl StepExecutor for KubeProvider {
+    /// `kube.apply`, `kube.wait-cluster`, `kube.read-kubeconfig` and `packages.rollout`.
+    fn kinds(&self) -> Vec<&'static str> {
+        vec![
+            "kube.apply",
+            "kube.wait-cluster",
+            "kube.read-kubeconfig",
+            "packages.rollout",
+        ]
+    }
+
+    /// Runs one attempt of a Kubernetes step; see the module documentation for each kind's
+    /// inputs and output. Errors: [`StepError::Permanent`] for an unknown kind or invalid inputs,
+    /// otherwise as documented on each kind.
+    async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
+        match ctx.step.kind.as_str() {
+            "kube.apply" => self.step_apply(ctx).await,
+            "kube.wait-cluster" => cluster::wait_cluster(self, ctx).await,
+            "kube.read-kubeconfig" => self.step_read_kubeconfig(ctx).await,
+            "packages.rollout" => packages::rollout(self, ctx).await,
+            other => Err(StepError::Permanent(format!(
+                "the Kubernetes provider does not execute step kind '{other}'"
+            ))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ManifestApplier for KubeProvider {
+    /// Server-side applies `yaml` to the workload cluster `target` (client from
+    /// [`KubeProvider::workload_client`]) with [`KubeProvider::apply_yaml`] semantics.
+    ///
+    /// Errors: as [`KubeProvider::workload_client`] and [`KubeProvider::apply_yaml`].
+    async fn apply_to_workload(
+        &self,
+        target: &WorkloadTarget,
+        yaml: &str,
+        field_manager: &str,
+    ) -> Result<Vec<String>, StepError> {
+        let wl = self.workload(target).await?;
+        let key = format!(
+            "workload/{}/{}/{}",
+            target.management_cluster, target.namespace, target.cluster_name
+        );
+        self.apply_yaml_cached(&wl.client, &key, yaml, field_manager)
+            .await
+    }
+}

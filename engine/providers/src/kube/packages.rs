@@ -1,0 +1,498 @@
+//! `packages.rollout`: installs Tanzu packages on a workload cluster the way `tanzu package
+//! install` does (TF `pkg/v1/tkg/tkgpackageclient/package_install.go`, tanzu-apis §4.2), one
+//! package at a time, each waited for as TF `clusterclient/resource.go`
+//! `VerifyPackageInstallReconciledSuccessfully` does (KC status semantics, §4.3).
+//!
+//! Objects are server-side applied (field manager `tkgops`), so a repeated attempt converges
+//! instead of failing with "already exists" like the CLI.
+
+use kube::api::{Api, DynamicObject};
+use kube::discovery::ApiResource;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::apply::{apply_object, Resolved};
+use super::cluster::condition;
+use super::{
+    classify, custom_resource, parse_inputs, KubeProvider, PollErrors, ProgressDedup, FIELD_MANAGER,
+};
+use crate::WorkloadTarget;
+use tkgops_engine::{StepContext, StepError};
+
+/// Annotation `tanzu package install` puts on every object it creates for a package install
+/// (TF `tkgpackagedatamodel.TanzuPkgPluginAnnotation`); value `<pkgi>-<namespace>`.
+pub const TANZU_PACKAGE_ANNOTATION: &str = "tkg.tanzu.vmware.com/tanzu-package";
+
+/// How many polls `packages.rollout` waits for the PackageRepository to reconcile before it
+/// returns [`StepError::Transient`] (with TKG's 15 s interval: 5 minutes).
+pub const REPOSITORY_WAIT_POLLS: u32 = 20;
+
+/// `packaging.carvel.dev/v1alpha1` PackageInstall.
+pub fn package_install_resource() -> ApiResource {
+    custom_resource(
+        "packaging.carvel.dev",
+        "v1alpha1",
+        "PackageInstall",
+        "packageinstalls",
+    )
+}
+/// `packaging.carvel.dev/v1alpha1` PackageRepository.
+pub fn package_repository_resource() -> ApiResource {
+    custom_resource(
+        "packaging.carvel.dev",
+        "v1alpha1",
+        "PackageRepository",
+        "packagerepositories",
+    )
+}
+
+fn core(kind: &str, plural: &str, namespaced: bool) -> Resolved {
+    Resolved::known(custom_resource("", "v1", kind, plural), namespaced)
+}
+fn rbac(kind: &str, plural: &str) -> Resolved {
+    Resolved::known(
+        custom_resource("rbac.authorization.k8s.io", "v1", kind, plural),
+        false,
+    )
+}
+
+/// Inputs of `packages.rollout`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutInputs {
+    /// Management cluster holding the workload cluster's kubeconfig Secret.
+    pub management_cluster: String,
+    /// Namespace of the Cluster on the management cluster.
+    pub namespace: String,
+    /// Workload cluster name.
+    pub cluster_name: String,
+    /// The PackageRepository that must be reconciled first.
+    pub repository: RepositoryRef,
+    /// Packages in install (dependency) order.
+    pub packages: Vec<PackageSpec>,
+}
+
+/// A PackageRepository by name and namespace (TKG 1.6: `tanzu-package-repo-global/tanzu-standard`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryRef {
+    /// PackageRepository name.
+    pub name: String,
+    /// PackageRepository namespace.
+    pub namespace: String,
+}
+
+/// One package to install.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackageSpec {
+    /// PackageInstall name (e.g. `cert-manager`).
+    pub name: String,
+    /// Package refName (e.g. `cert-manager.tanzu.vmware.com`).
+    pub ref_name: String,
+    /// Exact package version, used as the version constraint (e.g. `1.7.2+vmware.1-tkg.1`).
+    pub version: String,
+    /// Namespace of the PackageInstall and its ServiceAccount and values Secret.
+    pub namespace: String,
+    /// Data values (YAML); empty for none.
+    #[serde(default)]
+    pub values_yaml: String,
+}
+
+/// The objects `tanzu package install` creates for `pkg`, in creation order: Namespace,
+/// ServiceAccount, ClusterRole, ClusterRoleBinding, values Secret (only with values) and the
+/// PackageInstall, each with the resource it is applied to.
+pub fn package_objects(pkg: &PackageSpec) -> Vec<(Resolved, Value)> {
+    let (pkgi, ns) = (&pkg.name, &pkg.namespace);
+    let owner = format!("{pkgi}-{ns}");
+    let ann = json!({ TANZU_PACKAGE_ANNOTATION: owner });
+    let sa = format!("{pkgi}-{ns}-sa");
+    let role = format!("{pkgi}-{ns}-cluster-role");
+    let binding = format!("{pkgi}-{ns}-cluster-rolebinding");
+    let secret = format!("{pkgi}-{ns}-values");
+    let has_values = !pkg.values_yaml.trim().is_empty();
+
+    let mut objs = vec![
+        (
+            core("Namespace", "namespaces", false),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        ),
+        (
+            core("ServiceAccount", "serviceaccounts", true),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": sa, "namespace": ns, "annotations": ann}}),
+        ),
+        (
+            rbac("ClusterRole", "clusterroles"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                   "metadata": {"name": role, "annotations": ann},
+                   "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}),
+        ),
+        (
+            rbac("ClusterRoleBinding", "clusterrolebindings"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": binding, "annotations": ann},
+                   "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}}),
+        ),
+    ];
+    if has_values {
+        objs.push((
+            core("Secret", "secrets", true),
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                   "metadata": {"name": secret, "namespace": ns, "annotations": ann},
+                   "stringData": {"values.yaml": pkg.values_yaml}}),
+        ));
+    }
+    // kapp client CreatePackageInstall: annotations naming the resources the plugin created.
+    let mut pkgi_ann = serde_json::Map::new();
+    pkgi_ann.insert(
+        format!("{TANZU_PACKAGE_ANNOTATION}-ClusterRole"),
+        json!(role),
+    );
+    pkgi_ann.insert(
+        format!("{TANZU_PACKAGE_ANNOTATION}-ClusterRoleBinding"),
+        json!(binding),
+    );
+    pkgi_ann.insert(
+        format!("{TANZU_PACKAGE_ANNOTATION}-ServiceAccount"),
+        json!(sa),
+    );
+    let mut spec = json!({
+        "serviceAccountName": sa,
+        "packageRef": {"refName": pkg.ref_name,
+                       "versionSelection": {"constraints": pkg.version, "prereleases": {}}},
+    });
+    if has_values {
+        pkgi_ann.insert(format!("{TANZU_PACKAGE_ANNOTATION}-Secret"), json!(secret));
+        spec["values"] = json!([{"secretRef": {"name": secret}}]);
+    }
+    objs.push((
+        Resolved::known(package_install_resource(), true),
+        json!({"apiVersion": "packaging.carvel.dev/v1alpha1", "kind": "PackageInstall",
+               "metadata": {"name": pkgi, "namespace": ns, "annotations": pkgi_ann},
+               "spec": spec}),
+    ));
+    objs
+}
+
+/// The kapp-controller reconcile state of a PackageRepository or PackageInstall.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReconcileState {
+    /// `observedGeneration == metadata.generation` and the condition is `ReconcileSucceeded`.
+    Succeeded,
+    /// The current generation failed; carries `usefulErrorMessage` (or the condition message).
+    Failed(String),
+    /// Anything else; carries a short description (`Reconciling`, `not reconciled yet`, …).
+    Pending(String),
+}
+
+/// Reads the KC generic status of `obj` (KC `pkg/apis/kappctrl/v1alpha1/status.go`): only the
+/// current generation counts, and exactly one condition is present at a time.
+pub fn reconcile_state(obj: &Value) -> ReconcileState {
+    let generation = obj.pointer("/metadata/generation").and_then(Value::as_i64);
+    let observed = obj
+        .pointer("/status/observedGeneration")
+        .and_then(Value::as_i64);
+    if generation.is_some() && observed != generation {
+        return ReconcileState::Pending(
+            "waiting for kapp-controller to observe the latest generation".into(),
+        );
+    }
+    let is_true = |t: &str| {
+        condition(obj, t)
+            .and_then(|c| c.get("status"))
+            .and_then(Value::as_str)
+            == Some("True")
+    };
+    if is_true("ReconcileFailed") {
+        let useful = obj
+            .pointer("/status/usefulErrorMessage")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim();
+        let msg = if useful.is_empty() {
+            condition(obj, "ReconcileFailed")
+                .and_then(|c| c.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or("reconcile failed")
+        } else {
+            useful
+        };
+        return ReconcileState::Failed(msg.to_string());
+    }
+    if is_true("ReconcileSucceeded") {
+        return ReconcileState::Succeeded;
+    }
+    let desc = obj
+        .pointer("/status/friendlyDescription")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            obj.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|c| c.first())
+                .and_then(|c| c.get("type"))
+                .and_then(Value::as_str)
+        })
+        .unwrap_or("not reconciled yet");
+    ReconcileState::Pending(desc.to_string())
+}
+
+async fn get_value(
+    api: &Api<DynamicObject>,
+    name: &str,
+    what: &str,
+) -> Result<Option<Value>, StepError> {
+    match api.get_opt(name).await {
+        Ok(o) => Ok(o.and_then(|o| serde_json::to_value(o).ok())),
+        Err(e) => Err(classify(what, &e)),
+    }
+}
+
+fn validate(inputs: &RolloutInputs) -> Result<(), StepError> {
+    let bad = |field: &str, v: &str| {
+        StepError::Permanent(format!(
+            "packages.rollout: {field} '{v}' is not a valid Kubernetes name"
+        ))
+    };
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    };
+    if !ok(&inputs.repository.name) {
+        return Err(bad("repository.name", &inputs.repository.name));
+    }
+    if !ok(&inputs.repository.namespace) {
+        return Err(bad("repository.namespace", &inputs.repository.namespace));
+    }
+    for p in &inputs.packages {
+        if !ok(&p.name) {
+            return Err(bad("package name", &p.name));
+        }
+        if !ok(&p.namespace) {
+            return Err(bad("package namespace", &p.namespace));
+        }
+        if p.ref_name.is_empty() || p.version.is_empty() {
+            return Err(StepError::Permanent(format!(
+                "packages.rollout: package '{}' needs refName and version",
+                p.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the PackageRepository has reconciled successfully.
+async fn wait_repository(
+    client: &kube::Client,
+    repo: &RepositoryRef,
+    ctx: &StepContext,
+    poll: std::time::Duration,
+) -> Result<(), StepError> {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &repo.namespace,
+        &package_repository_resource(),
+    );
+    let what = format!("PackageRepository/{}/{}", repo.namespace, repo.name);
+    let mut progress = ProgressDedup::new();
+    let mut errors = PollErrors::new();
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        let state = match get_value(&api, &repo.name, &what).await {
+            Ok(Some(v)) => {
+                errors.ok();
+                reconcile_state(&v)
+            }
+            Ok(None) => {
+                errors.ok();
+                ReconcileState::Pending("not found".into())
+            }
+            Err(e) => {
+                errors.failed(ctx, e)?;
+                ReconcileState::Pending("unreachable".into())
+            }
+        };
+        match state {
+            ReconcileState::Succeeded => {
+                progress.report(
+                    ctx,
+                    format!("PackageRepository {}: Reconcile succeeded", repo.name),
+                );
+                return Ok(());
+            }
+            ReconcileState::Failed(m) => {
+                return Err(StepError::Permanent(format!(
+                    "{what}: reconcile failed: {m}"
+                )));
+            }
+            ReconcileState::Pending(d) => {
+                if polls >= REPOSITORY_WAIT_POLLS {
+                    return Err(StepError::Transient(format!(
+                        "waiting for PackageRepository {} ({d})",
+                        repo.name
+                    )));
+                }
+                progress.report(
+                    ctx,
+                    format!("waiting for PackageRepository {} ({d})", repo.name),
+                );
+            }
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Applies the objects of one package and waits until its PackageInstall reconciled.
+async fn install_one(
+    client: &kube::Client,
+    pkg: &PackageSpec,
+    ctx: &StepContext,
+    poll: std::time::Duration,
+) -> Result<Value, StepError> {
+    let label = format!("{} {} ({})", pkg.name, pkg.version, pkg.namespace);
+    ctx.progress.report(&format!(
+        "{label}: applying PackageInstall and its ServiceAccount, RBAC and values"
+    ));
+    for (res, obj) in package_objects(pkg) {
+        apply_object(client, &res, obj, FIELD_MANAGER).await?;
+    }
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &pkg.namespace, &package_install_resource());
+    let what = format!("PackageInstall {}/{}", pkg.namespace, pkg.name);
+    let mut progress = ProgressDedup::new();
+    let mut errors = PollErrors::new();
+    loop {
+        match get_value(&api, &pkg.name, &what).await {
+            Ok(Some(v)) => {
+                errors.ok();
+                match reconcile_state(&v) {
+                    ReconcileState::Succeeded => {
+                        let desc = v
+                            .pointer("/status/friendlyDescription")
+                            .and_then(Value::as_str)
+                            .filter(|s| !s.is_empty())
+                            .unwrap_or("Reconcile succeeded")
+                            .to_string();
+                        progress.report(ctx, format!("{label}: {desc}"));
+                        tracing::info!(step = %ctx.step.id, package = %pkg.name, namespace = %pkg.namespace, "package reconciled");
+                        return Ok(
+                            json!({"name": pkg.name, "namespace": pkg.namespace, "version": pkg.version, "status": desc}),
+                        );
+                    }
+                    ReconcileState::Failed(m) => {
+                        return Err(StepError::Permanent(format!("{what}: {m}")))
+                    }
+                    ReconcileState::Pending(d) => progress.report(ctx, format!("{label}: {d}")),
+                }
+            }
+            Ok(None) => {
+                errors.ok();
+                progress.report(ctx, format!("{label}: PackageInstall not visible yet"));
+            }
+            Err(e) => errors.failed(ctx, e)?,
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Runs `packages.rollout`: waits for the PackageRepository, then installs each package in order
+/// (fully reconciled before the next starts). Output
+/// `{"packages":[{"name","namespace","version","status":"Reconcile succeeded"}]}`.
+///
+/// Errors: [`StepError::Transient`] while the workload kubeconfig Secret is missing or the
+/// PackageRepository is missing or reconciling after [`REPOSITORY_WAIT_POLLS`] polls;
+/// [`StepError::Permanent`] for invalid inputs, a failed PackageRepository, or a PackageInstall
+/// with `ReconcileFailed` ("PackageInstall <ns>/<name>: <usefulErrorMessage>").
+pub async fn rollout(provider: &KubeProvider, ctx: &StepContext) -> Result<Value, StepError> {
+    let inputs: RolloutInputs = parse_inputs(ctx)?;
+    validate(&inputs)?;
+    let target = WorkloadTarget {
+        management_cluster: inputs.management_cluster.clone(),
+        namespace: inputs.namespace.clone(),
+        cluster_name: inputs.cluster_name.clone(),
+    };
+    let client = provider.workload_client(&target).await?;
+    let poll = provider.poll_interval();
+    wait_repository(&client, &inputs.repository, ctx, poll).await?;
+    let mut done = Vec::with_capacity(inputs.packages.len());
+    for pkg in &inputs.packages {
+        done.push(install_one(&client, pkg, ctx, poll).await?);
+    }
+    Ok(json!({ "packages": done }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkg(values: &str) -> PackageSpec {
+        PackageSpec {
+            name: "contour".into(),
+            ref_name: "contour.tanzu.vmware.com".into(),
+            version: "1.20.2+vmware.1-tkg.1".into(),
+            namespace: "tanzu-system-ingress".into(),
+            values_yaml: values.into(),
+        }
+    }
+
+    #[test]
+    fn objects_match_tanzu_package_install() {
+        let objs = package_objects(&pkg("infrastructure_provider: aws\n"));
+        let kinds: Vec<&str> = objs
+            .iter()
+            .map(|(_, o)| o["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Secret",
+                "PackageInstall"
+            ]
+        );
+        let pkgi = &objs[5].1;
+        assert_eq!(
+            pkgi["spec"]["serviceAccountName"],
+            "contour-tanzu-system-ingress-sa"
+        );
+        assert_eq!(
+            pkgi["spec"]["packageRef"]["versionSelection"]["constraints"],
+            "1.20.2+vmware.1-tkg.1"
+        );
+        assert_eq!(
+            pkgi["spec"]["values"][0]["secretRef"]["name"],
+            "contour-tanzu-system-ingress-values"
+        );
+        assert_eq!(
+            objs[4].1["metadata"]["annotations"][TANZU_PACKAGE_ANNOTATION],
+            "contour-tanzu-system-ingress"
+        );
+        let objs = package_objects(&pkg(""));
+        assert_eq!(objs.len(), 5);
+        assert!(objs[4].1["spec"].get("values").is_none());
+    }
+
+    #[test]
+    fn reconcile_state_honours_generation() {
+        let v = json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 1,
+            "conditions": [{"type": "ReconcileFailed", "status": "True"}], "usefulErrorMessage": "old"}});
+        assert!(matches!(reconcile_state(&v), ReconcileState::Pending(_)));
+        let v = json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
+            "conditions": [{"type": "ReconcileFailed", "status": "True"}], "usefulErrorMessage": "Could not find package"}});
+        assert_eq!(
+            reconcile_state(&v),
+            ReconcileState::Failed("Could not find package".into())
+        );
+        let v = json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
+            "conditions": [{"type": "ReconcileSucceeded", "status": "True"}]}});
+        assert_eq!(reconcile_state(&v), ReconcileState::Succeeded);
+    }
+}
