@@ -19,23 +19,24 @@ use chrono::Utc;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use tkgops_domain::step::WorkloadTarget;
 use tkgops_engine::store::{
     AttemptRecord, RunRecord, RunState, SledStore, StepRecord, StepState, Store,
 };
 use tkgops_engine::{
     Engine, NoopObserver, RetryPolicy, RunObserver, RunRequest, StepContext, StepError,
-    StepExecutor, StepSpec,
+    StepExecutor, StepInputs, StepKind, StepSpec,
 };
 
-const KIND: &str = "bench.noop";
+const KIND: StepKind = StepKind::KubeWaitCluster;
 
 /// Returns `{}` at once.
 struct Noop;
 
 #[async_trait]
 impl StepExecutor for Noop {
-    fn kinds(&self) -> Vec<&'static str> {
-        vec![KIND]
+    fn kinds(&self) -> &'static [StepKind] {
+        &[KIND]
     }
     async fn execute(&self, _ctx: &StepContext) -> Result<Value, StepError> {
         Ok(json!({}))
@@ -47,8 +48,8 @@ struct Hang;
 
 #[async_trait]
 impl StepExecutor for Hang {
-    fn kinds(&self) -> Vec<&'static str> {
-        vec![KIND]
+    fn kinds(&self) -> &'static [StepKind] {
+        &[KIND]
     }
     async fn execute(&self, _ctx: &StepContext) -> Result<Value, StepError> {
         std::future::pending().await
@@ -87,11 +88,14 @@ fn steps(n: usize) -> Vec<StepSpec> {
     (0..n)
         .map(|i| StepSpec {
             id: format!("step-{i}"),
-            kind: KIND.to_string(),
             title: format!("Step {i}"),
             timeout_secs: 60,
             retry: RetryPolicy::default(),
-            inputs: json!({ "cluster": "bench", "region": "us-west-2", "index": i }),
+            inputs: StepInputs::KubeWaitCluster(WorkloadTarget {
+                management_cluster: "bench".into(),
+                namespace: "us-west-2".into(),
+                cluster_name: format!("cluster-{i}"),
+            }),
         })
         .collect()
 }

@@ -64,6 +64,7 @@ fn main() {
     let head = git.resolve("refs/heads/pr").unwrap();
     let catalog = Catalog::builtin().unwrap();
 
+    let executable = tkgops::executors::executable_kinds();
     let mut samples: Vec<Duration> = Vec::new();
     for _ in 0..50 {
         let t = Instant::now();
@@ -82,6 +83,7 @@ fn main() {
             head_sha: &head,
             changed_paths: &paths,
             catalog: &catalog,
+            executable: &executable,
         });
         let md = render_plan(&p, &catalog, true).unwrap();
         assert_eq!(p.clusters.len(), TOUCHED);

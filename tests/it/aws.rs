@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use aws_sdk_ec2::types::{Filter, Tag};
 use serde_json::{json, Value};
-use tkgops_engine::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
+use tkgops_engine::{
+    ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepKind, StepSpec,
+};
 use tkgops_providers::aws::{AwsExecutor, PreflightOutput};
 use tkgops_sandbox::moto::{seed_vpc, MotoServer, SeededVpc};
 
@@ -34,11 +36,10 @@ fn ctx(inputs: Value, progress: ProgressSink) -> StepContext {
         commit_sha: "0".repeat(40),
         step: StepSpec {
             id: "preflight".into(),
-            kind: "aws.preflight".into(),
             title: "AWS preflight".into(),
             timeout_secs: 120,
             retry: RetryPolicy::default(),
-            inputs,
+            inputs: crate::support::step_inputs("aws.preflight", inputs),
         },
         attempt: 1,
         outputs: BTreeMap::new(),
@@ -413,11 +414,14 @@ async fn moto_reset_clears_state_and_unknown_kind_is_permanent() {
 
     let exec = executor(&moto);
     let mut c = ctx(new_vpc_inputs("10.0.0.0/16"), ProgressSink::noop());
-    c.step.kind = "aws.something-else".into();
+    c.step.inputs = crate::support::step_inputs(
+        "kube.wait-cluster",
+        json!({"managementCluster": "mc", "namespace": "default", "clusterName": "c"}),
+    );
     assert!(matches!(
         exec.execute(&c).await,
         Err(StepError::Permanent(_))
     ));
-    assert_eq!(exec.kinds(), vec!["aws.preflight"]);
+    assert_eq!(exec.kinds(), &[StepKind::AwsPreflight]);
     moto.stop().await;
 }

@@ -15,8 +15,10 @@ use tkgops_engine::store::{
 };
 use tkgops_engine::{
     backoff_delay, run_transition, step_transition, Engine, EngineError, NoopObserver, RetryPolicy,
-    RunEvent, RunObserver, RunRequest, StepContext, StepError, StepEvent, StepExecutor, StepSpec,
+    RunEvent, RunObserver, RunRequest, StepContext, StepError, StepEvent, StepExecutor, StepInputs,
+    StepKind, StepSpec,
 };
+use tkgops_providers::WorkloadTarget;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -91,8 +93,8 @@ impl Scripted {
 
 #[async_trait]
 impl StepExecutor for Scripted {
-    fn kinds(&self) -> Vec<&'static str> {
-        vec!["test.step"]
+    fn kinds(&self) -> &'static [StepKind] {
+        &[StepKind::KubeWaitCluster]
     }
 
     async fn execute(&self, ctx: &StepContext) -> Result<Value, StepError> {
@@ -178,10 +180,18 @@ impl RunObserver for Recorder {
     }
 }
 
+/// A step the [`Scripted`] executor runs (kind `kube.wait-cluster`, cluster named `id`).
+fn target(id: &str) -> WorkloadTarget {
+    WorkloadTarget {
+        management_cluster: "mc".to_string(),
+        namespace: "default".to_string(),
+        cluster_name: id.to_string(),
+    }
+}
+
 fn spec(id: &str) -> StepSpec {
     StepSpec {
         id: id.to_string(),
-        kind: "test.step".to_string(),
         title: format!("step {id}"),
         timeout_secs: 30,
         retry: RetryPolicy {
@@ -189,7 +199,7 @@ fn spec(id: &str) -> StepSpec {
             initial_backoff_secs: 0.001,
             max_backoff_secs: 0.005,
         },
-        inputs: json!({ "name": id }),
+        inputs: StepInputs::KubeWaitCluster(target(id)),
     }
 }
 
@@ -626,7 +636,7 @@ async fn engine_unknown_kind_fails_permanently() {
     let ex = Scripted::new();
     let engine = engine_with(store, ex.clone(), Arc::new(NoopObserver));
     let mut odd = spec("odd");
-    odd.kind = "nope.kind".to_string();
+    odd.inputs = StepInputs::KubeDeleteCluster(target("odd"));
     engine
         .submit(request("r", "c", vec![spec("first"), odd, spec("last")]))
         .await
@@ -635,7 +645,7 @@ async fn engine_unknown_kind_fails_permanently() {
     assert_eq!(run.state, RunState::Failed);
     assert_eq!(
         run.error.as_deref(),
-        Some("odd: no executor for step kind nope.kind")
+        Some("odd: no executor for step kind kube.delete-cluster")
     );
     assert_eq!(run.steps[1].attempts.len(), 1);
     assert_eq!(
@@ -974,8 +984,8 @@ async fn engine_long_errors_are_truncated_and_empty_plans_succeed() {
     struct Verbose;
     #[async_trait]
     impl StepExecutor for Verbose {
-        fn kinds(&self) -> Vec<&'static str> {
-            vec!["test.verbose"]
+        fn kinds(&self) -> &'static [StepKind] {
+            &[StepKind::KubeReadKubeconfig]
         }
         async fn execute(&self, _ctx: &StepContext) -> Result<Value, StepError> {
             Err(StepError::Permanent("é".repeat(5000)))
@@ -988,7 +998,7 @@ async fn engine_long_errors_are_truncated_and_empty_plans_succeed() {
         Arc::new(NoopObserver),
     );
     let mut s = spec("v");
-    s.kind = "test.verbose".to_string();
+    s.inputs = StepInputs::KubeReadKubeconfig(target("v"));
     engine.submit(request("long", "c", vec![s])).await.unwrap();
     let run = engine.wait("long").await.unwrap();
     assert_eq!(run.state, RunState::Failed);

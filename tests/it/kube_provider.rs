@@ -60,8 +60,16 @@ async fn env() -> Env {
     }
 }
 
-/// A step context for `kind` with `inputs`, and the progress lines it receives.
-fn ctx(kind: &str, inputs: Value) -> (StepContext, Arc<Mutex<Vec<String>>>) {
+/// A step context for `kind` with `inputs` (a `kube.apply` without a Cluster named applies to
+/// `default/team-a-prod`), and the progress lines it receives.
+fn ctx(kind: &str, mut inputs: Value) -> (StepContext, Arc<Mutex<Vec<String>>>) {
+    if kind == "kube.apply" {
+        if let Some(o) = inputs.as_object_mut() {
+            o.entry("namespace").or_insert_with(|| json!("default"));
+            o.entry("clusterName")
+                .or_insert_with(|| json!("team-a-prod"));
+        }
+    }
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
     let ctx = StepContext {
@@ -70,11 +78,10 @@ fn ctx(kind: &str, inputs: Value) -> (StepContext, Arc<Mutex<Vec<String>>>) {
         commit_sha: "0".repeat(40),
         step: StepSpec {
             id: kind.replace('.', "-"),
-            kind: kind.into(),
             title: kind.into(),
             timeout_secs: 60,
             retry: RetryPolicy::default(),
-            inputs,
+            inputs: crate::support::step_inputs(kind, inputs),
         },
         attempt: 1,
         outputs: BTreeMap::new(),
@@ -628,14 +635,6 @@ async fn apply_errors_are_classified() {
         !e.is_transient() && e.to_string().contains("mc-nope"),
         "{e:?}"
     );
-    // Missing inputs: permanent.
-    let (r, _) = run(
-        &env.provider,
-        "kube.apply",
-        json!({"managementCluster": MC}),
-    )
-    .await;
-    assert!(!r.expect_err("missing manifests").is_transient());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 
 use tkgops_domain::files::MemoryTree;
 use tkgops_domain::workflow::markdown::render_plan;
-use tkgops_domain::workflow::plan::EXECUTABLE_KINDS;
 use tkgops_domain::workflow::{plan, Catalog, IntentKind, PlanInput, PlanStatus};
 
 use crate::support::{assert_golden, example_repo_config, example_request};
@@ -33,6 +32,7 @@ fn run_plan(
         head_sha: "2222222222222222222222222222222222222222",
         changed_paths: &changed,
         catalog: &catalog,
+        executable: &tkgops::executors::executable_kinds(),
     })
 }
 
@@ -52,10 +52,8 @@ fn builtin_catalog_loads_every_workflow() {
         );
     }
     let create = c.workflow("create-cluster").unwrap();
-    assert!(create
-        .steps
-        .iter()
-        .all(|s| EXECUTABLE_KINDS.contains(&s.kind.as_str())));
+    let executable = tkgops::executors::executable_kinds();
+    assert!(create.steps.iter().all(|s| executable.contains(&s.kind)));
 }
 
 #[test]
@@ -93,8 +91,11 @@ fn create_plan_renders_cluster_mhcs_and_steps() {
             "packages"
         ]
     );
-    let manifests = c.steps[1].inputs["manifests"].as_str().unwrap();
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(manifests)
+    let manifests = c.steps[1].inputs.inputs_json()["manifests"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&manifests)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
     assert_eq!(docs.len(), 3, "Cluster + 2 MachineHealthChecks");
@@ -111,7 +112,8 @@ fn create_plan_renders_cluster_mhcs_and_steps() {
     );
     assert_eq!(docs[1]["kind"], "MachineHealthCheck");
     assert_eq!(docs[2]["metadata"]["name"], "team-a-prod-control-plane");
-    let pkgs = c.steps[5].inputs["packages"].as_array().unwrap();
+    let inputs = c.steps[5].inputs.inputs_json();
+    let pkgs = inputs["packages"].as_array().unwrap();
     assert_eq!(pkgs[0]["name"], "cert-manager");
     assert_eq!(pkgs[1]["name"], "contour");
     let md = render_plan(&p, &Catalog::builtin().unwrap(), true).unwrap();
@@ -235,4 +237,169 @@ fn a_pull_request_cannot_relax_the_policy_it_is_checked_against() {
         .notes
         .iter()
         .any(|n| n.contains("take effect after merge")));
+}
+
+/// The create plan of the example request against `catalog`.
+fn example_create_plan(catalog: &Catalog) -> tkgops_domain::workflow::Plan {
+    let repo = example_repo_config();
+    let (cfg, settings) = example_request();
+    let base = tree(&[("tkgops.yaml", &repo)]);
+    let head = tree(&[
+        ("tkgops.yaml", &repo),
+        ("clusters/team-a-prod/cluster-config.yaml", &cfg),
+        ("clusters/team-a-prod/tkgops.yaml", &settings),
+    ]);
+    let changed = vec![
+        "clusters/team-a-prod/cluster-config.yaml".to_string(),
+        "clusters/team-a-prod/tkgops.yaml".to_string(),
+    ];
+    plan(&PlanInput {
+        base: &base,
+        head: &head,
+        settings: &base,
+        base_sha: "1111111111111111111111111111111111111111",
+        head_sha: "2222222222222222222222222222222222222222",
+        changed_paths: &changed,
+        catalog,
+        executable: &tkgops::executors::executable_kinds(),
+    })
+}
+
+/// Every template of the built-in catalog renders in strict mode: the manifests through a
+/// create plan, the comments through the plan and run comments. A template added without being
+/// rendered here fails the test.
+#[test]
+fn every_builtin_template_renders_in_strict_mode() {
+    use tkgops_domain::workflow::markdown::{render_runs, NotRunView, RunView, StepRow};
+    let catalog = Catalog::builtin().unwrap();
+    let p = example_create_plan(&catalog);
+    assert_eq!(
+        p.clusters[0].status,
+        PlanStatus::Ready,
+        "{:#?}",
+        p.clusters[0]
+    );
+    let mut rendered: Vec<String> = p.clusters[0]
+        .manifests
+        .iter()
+        .map(|m| m.template.clone())
+        .collect();
+    let plan_md = render_plan(&p, &catalog, true).unwrap();
+    rendered.push("comments/plan.md.hbs".into());
+    let run = RunView {
+        cluster: "team-a-prod".into(),
+        workflow: "create-cluster".into(),
+        state: "⏳ running".into(),
+        steps: vec![StepRow {
+            number: 1,
+            title: "AWS preflight".into(),
+            state: "⏳ running".into(),
+            duration: "3s".into(),
+            attempts: 1,
+            detail: "1/6 checking region us-west-2".into(),
+        }],
+        summary: String::new(),
+    };
+    let not_run = NotRunView {
+        cluster: "team-b".into(),
+        intent: "upgrade".into(),
+        reason: "blocked by validation errors".into(),
+    };
+    let run_md = render_runs(
+        &"3".repeat(40),
+        "⏳ running",
+        &[run],
+        &[not_run],
+        Some(&plan_md),
+        &catalog,
+    )
+    .unwrap();
+    assert!(run_md.contains("1/6 checking region us-west-2") && run_md.contains("team-b"));
+    rendered.push("comments/run.md.hbs".into());
+    rendered.sort();
+    rendered.dedup();
+    assert_eq!(rendered, catalog.template_names());
+}
+
+/// A broken operator template is a plan-time error that names the template and its line;
+/// nothing of that cluster runs.
+#[test]
+fn a_template_error_blocks_the_plan_naming_template_and_line() {
+    let mut files: Vec<(String, String)> = ["create-cluster", "upgrade-cluster", "attach-tmc"]
+        .iter()
+        .map(|w| {
+            let p = format!("workflows/{w}.yaml");
+            (
+                p.clone(),
+                std::fs::read_to_string(crate::support::root().join(&p)).unwrap(),
+            )
+        })
+        .collect();
+    for t in [
+        "manifests/machinehealthchecks.yaml.hbs",
+        "comments/plan.md.hbs",
+    ] {
+        let p = format!("templates/{t}");
+        files.push((
+            p.clone(),
+            std::fs::read_to_string(crate::support::root().join(&p)).unwrap(),
+        ));
+    }
+    files.push((
+        "templates/manifests/cluster.yaml.hbs".into(),
+        "apiVersion: cluster.x-k8s.io/v1beta1\nkind: Cluster\nmetadata:\n  name: {{cluster.nmae}}\n"
+            .into(),
+    ));
+    let catalog = Catalog::from_files(files).unwrap();
+    let p = example_create_plan(&catalog);
+    let c = &p.clusters[0];
+    assert_eq!(c.status, PlanStatus::Blocked);
+    assert!(c.steps.is_empty());
+    assert!(p.has_errors());
+    let f = c
+        .findings
+        .iter()
+        .find(|f| f.rule == "TKGOPS-TEMPLATE")
+        .unwrap_or_else(|| panic!("{:#?}", c.findings));
+    assert_eq!(
+        (f.path.as_str(), f.line),
+        ("templates/manifests/cluster.yaml.hbs", Some(4))
+    );
+    assert!(
+        f.message.contains("step apply-cluster") && f.message.contains("cluster.nmae"),
+        "{}",
+        f.message
+    );
+    let md = render_plan(&p, &catalog, true).unwrap();
+    assert!(
+        md.contains("`templates/manifests/cluster.yaml.hbs:4` **TKGOPS-TEMPLATE** error"),
+        "{md}"
+    );
+}
+
+/// Workflow files are checked when the catalog loads: an unknown step kind and manifests on a
+/// step that applies none are refused with the file named.
+#[test]
+fn workflow_files_with_unknown_kinds_or_misplaced_manifests_are_refused() {
+    let wf = |kind: &str, manifests: &str| {
+        vec![(
+            "workflows/x.yaml".to_string(),
+            format!("name: x\nintent: create\ndescription: d\nsteps:\n  - id: a\n    kind: {kind}\n    title: t\n    timeout: 1m\n{manifests}"),
+        )]
+    };
+    let err = Catalog::from_files(wf("kube.explode", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("workflows/x.yaml") && err.contains("kube.explode"),
+        "{err}"
+    );
+    let err = Catalog::from_files(wf("kube.apply", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("kube.apply needs manifests"), "{err}");
+    let err = Catalog::from_files(wf("tmc.attach", "    manifests: [manifests/x.yaml.hbs]\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not apply manifests"), "{err}");
 }

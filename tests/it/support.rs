@@ -108,3 +108,10 @@ pub fn tkgops_bin() -> PathBuf {
     })
     .clone()
 }
+
+/// Typed step inputs of kind `kind` (wire name, e.g. `kube.apply`) from their JSON form, as the
+/// journal stores them. Panics when `inputs` does not match the kind's inputs type.
+pub fn step_inputs(kind: &str, inputs: serde_json::Value) -> tkgops_engine::StepInputs {
+    serde_json::from_value(serde_json::json!({ "kind": kind, "inputs": inputs }))
+        .unwrap_or_else(|e| panic!("inputs of {kind}: {e}"))
+}

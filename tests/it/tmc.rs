@@ -605,19 +605,21 @@ fn attach_ctx(emu: &TmcEmulator, name: &str, progress: ProgressSink) -> StepCont
         commit_sha: "0123456789abcdef0123456789abcdef01234567".into(),
         step: StepSpec {
             id: "attach-tmc".into(),
-            kind: "tmc.attach".into(),
             title: "Attach to TMC".into(),
             timeout_secs: 60,
             retry: RetryPolicy::default(),
-            inputs: json!({
-                "endpoint": emu.url(),
-                "cspEndpoint": emu.url(),
-                "target": {"managementCluster": "mgmt", "namespace": "default", "clusterName": name},
-                "fullName": {"managementClusterName": "attached", "provisionerName": "attached", "name": name},
-                "clusterGroup": "team-a",
-                "description": "attached by tkgops",
-                "labels": {"env": "prod"},
-            }),
+            inputs: crate::support::step_inputs(
+                "tmc.attach",
+                json!({
+                    "endpoint": emu.url(),
+                    "cspEndpoint": emu.url(),
+                    "target": {"managementCluster": "mgmt", "namespace": "default", "clusterName": name},
+                    "fullName": {"managementClusterName": "attached", "provisionerName": "attached", "name": name},
+                    "clusterGroup": "team-a",
+                    "description": "attached by tkgops",
+                    "labels": {"env": "prod"},
+                }),
+            ),
         },
         attempt: 1,
         outputs: BTreeMap::new(),
@@ -643,7 +645,7 @@ async fn attach_creates_applies_and_waits_then_is_idempotent() {
         applier.clone(),
         Duration::from_millis(100),
     );
-    assert_eq!(exec.kinds(), vec!["tmc.attach"]);
+    assert_eq!(exec.kinds(), &[tkgops_engine::StepKind::TmcAttach]);
     let (sink, lines) = recording_sink();
 
     let out = exec

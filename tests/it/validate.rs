@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use tkgops::local::LocalFiles;
 use tkgops_domain::request::*;
 
 fn fixture(p: &str) -> PathBuf {
@@ -95,7 +96,7 @@ fn valid_prod_has_no_findings() {
     // Also without repo/settings there is no error.
     let fs = validate(&cfg(&valid_text()), None, None);
     assert!(fs.iter().all(|f| f.severity != Severity::Error), "{fs:#?}");
-    let report = validate_paths(&[fixture("valid-prod/cluster-config.yaml")]);
+    let report = validate_paths(&LocalFiles, &[fixture("valid-prod/cluster-config.yaml")]);
     assert_eq!(report.exit_code(), 0, "{report:#?}");
 }
 
@@ -888,7 +889,7 @@ fn secrets_never_appear_in_output() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("cluster-config.yaml");
     std::fs::write(&p, &text).expect("write");
-    let report = validate_paths(&[p]);
+    let report = validate_paths(&LocalFiles, &[p]);
     assert!(!format!("{report:?}").contains(SENTINEL));
 }
 
@@ -1207,12 +1208,15 @@ fn validate_paths_repo_layouts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("repo");
     make_repo(&root);
-    let report = validate_paths(std::slice::from_ref(&root));
+    let report = validate_paths(&LocalFiles, std::slice::from_ref(&root));
     assert_eq!(report.exit_code(), 0, "{report:#?}");
     assert!(report.findings.is_empty());
-    let report = validate_paths(&[root.join("clusters/team-a-prod")]);
+    let report = validate_paths(&LocalFiles, &[root.join("clusters/team-a-prod")]);
     assert_eq!(report.exit_code(), 0, "{report:#?}");
-    let report = validate_paths(&[root.join("clusters/team-a-prod/cluster-config.yaml")]);
+    let report = validate_paths(
+        &LocalFiles,
+        &[root.join("clusters/team-a-prod/cluster-config.yaml")],
+    );
     assert_eq!(report.exit_code(), 0, "{report:#?}");
 
     // A second cluster whose directory does not match CLUSTER_NAME, and a dev-labelled one
@@ -1235,7 +1239,7 @@ fn validate_paths_repo_layouts() {
         &root.join("clusters/dev-1/tkgops.yaml"),
         &settings_text().replace("env: prod", "env: dev"),
     );
-    let report = validate_paths(std::slice::from_ref(&root));
+    let report = validate_paths(&LocalFiles, std::slice::from_ref(&root));
     assert_eq!(report.exit_code(), 1, "{report:#?}");
     assert_eq!(report.findings.len(), 1, "{report:#?}");
     let f = &report.findings[0];
@@ -1247,7 +1251,10 @@ fn validate_paths_repo_layouts() {
             .to_string()
     );
     // Single file: the repo policy is found by walking up.
-    let report = validate_paths(&[root.join("clusters/dev-1/cluster-config.yaml")]);
+    let report = validate_paths(
+        &LocalFiles,
+        &[root.join("clusters/dev-1/cluster-config.yaml")],
+    );
     assert_eq!(report.exit_code(), 0, "{report:#?}");
 
     // Missing settings in a repository cluster dir.
@@ -1255,13 +1262,13 @@ fn validate_paths_repo_layouts() {
         &root.join("clusters/nosettings/cluster-config.yaml"),
         &edit(&valid_text(), "CLUSTER_NAME", Some("nosettings")),
     );
-    let report = validate_paths(&[root.join("clusters/nosettings")]);
+    let report = validate_paths(&LocalFiles, &[root.join("clusters/nosettings")]);
     assert_eq!(report.exit_code(), 1);
     assert!(has(&report.findings, "TKGOPS-SCHEMA"));
 
     // Broken repo config: exit 2.
     write(&root.join("tkgops.yaml"), "managementClusters: [\n");
-    let report = validate_paths(std::slice::from_ref(&root));
+    let report = validate_paths(&LocalFiles, std::slice::from_ref(&root));
     assert_eq!(report.exit_code(), 2);
     assert!(report
         .findings
@@ -1301,7 +1308,7 @@ fn validate_paths_unreadable_inputs_exit_2() {
     for (name, bytes, expect) in cases {
         let p = d.join(name);
         std::fs::write(&p, &bytes).expect("write");
-        let report = validate_paths(std::slice::from_ref(&p));
+        let report = validate_paths(&LocalFiles, std::slice::from_ref(&p));
         assert_eq!(report.exit_code(), 2, "{name}: {report:#?}");
         assert!(report.unreadable);
         let f = &report.findings[0];
@@ -1309,12 +1316,12 @@ fn validate_paths_unreadable_inputs_exit_2() {
         assert!(f.to_string().contains(name));
         assert!(f.message.contains(expect), "{name}: {}", f.message);
     }
-    let missing = validate_paths(&[d.join("nope.yaml")]);
+    let missing = validate_paths(&LocalFiles, &[d.join("nope.yaml")]);
     assert_eq!(missing.exit_code(), 2);
     assert!(missing.findings[0].message.contains("no such file"));
     let empty_dir = d.join("emptydir");
     std::fs::create_dir(&empty_dir).expect("mkdir");
-    let report = validate_paths(&[empty_dir]);
+    let report = validate_paths(&LocalFiles, &[empty_dir]);
     assert_eq!(report.exit_code(), 2);
     assert_eq!(report.findings[0].rule, "TKGOPS-IO");
 
@@ -1325,7 +1332,7 @@ fn validate_paths_unreadable_inputs_exit_2() {
         .status()
         .is_ok_and(|s| s.success())
     {
-        let report = validate_paths(std::slice::from_ref(&fifo));
+        let report = validate_paths(&LocalFiles, std::slice::from_ref(&fifo));
         assert_eq!(report.exit_code(), 2);
         assert!(report.findings[0].message.contains("not a regular file"));
     }
@@ -1416,7 +1423,7 @@ fn alias_bomb_and_mutations_never_panic_or_hang() {
 
 #[test]
 fn fixture_files_under_validate() {
-    let report = validate_paths(&[fixture("validate/airgap-prod.yaml")]);
+    let report = validate_paths(&LocalFiles, &[fixture("validate/airgap-prod.yaml")]);
     assert_eq!(report.exit_code(), 0, "{report:#?}");
     assert!(report.findings.is_empty(), "{report:#?}");
     let c = parse_tkg_config(
@@ -1442,7 +1449,7 @@ fn fixture_files_under_validate() {
     assert!(at("TKO-CLS-006", 14));
     assert!(at("TKGOPS-UNKNOWN-VAR", 15));
     assert_eq!(
-        validate_paths(&[fixture("validate/dev-insecure.yaml")]).exit_code(),
+        validate_paths(&LocalFiles, &[fixture("validate/dev-insecure.yaml")]).exit_code(),
         1
     );
 }

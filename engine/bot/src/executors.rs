@@ -4,24 +4,16 @@
 //! time; [`Executors`] rebuilds the Kubernetes provider whenever that list changes, and hands
 //! the engine stable wrappers that delegate to the current provider.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tkgops_domain::request::RepoConfig;
-use tkgops_engine::{StepContext, StepError, StepExecutor};
+use tkgops_engine::{StepContext, StepError, StepExecutor, StepKind};
 use tkgops_providers::aws::AwsExecutor;
 use tkgops_providers::kube::KubeProvider;
 use tkgops_providers::tmc::{SecretToken, TmcExecutor};
 use tkgops_providers::{KubeconfigSource, ManifestApplier, WorkloadTarget};
-
-/// Kubernetes provider kinds handled by [`KubeHandle`].
-const KUBE_KINDS: &[&str] = &[
-    "kube.apply",
-    "kube.wait-cluster",
-    "kube.read-kubeconfig",
-    "packages.rollout",
-];
 
 /// The bot's executors: the Kubernetes provider (swappable), AWS and TMC.
 pub struct Executors {
@@ -87,13 +79,20 @@ impl Executors {
     }
 }
 
+/// The step kinds the bot's executors handle (those [`Executors::all`] registers), derived
+/// from the executors themselves; `tkgops plan` uses it to mark what a running bot would execute.
+pub fn executable_kinds() -> BTreeSet<StepKind> {
+    let executors = Executors::new(Duration::from_secs(15));
+    tkgops_engine::executable_kinds(&executors.all(None, None, Duration::from_secs(5)))
+}
+
 /// Stable handle delegating to the current Kubernetes provider.
 pub struct KubeHandle(Arc<Executors>);
 
 #[async_trait::async_trait]
 impl StepExecutor for KubeHandle {
-    fn kinds(&self) -> Vec<&'static str> {
-        KUBE_KINDS.to_vec()
+    fn kinds(&self) -> &'static [StepKind] {
+        tkgops_providers::kube::KINDS
     }
 
     async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {

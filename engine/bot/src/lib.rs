@@ -17,6 +17,7 @@
 pub mod config;
 pub mod executors;
 pub mod gitops;
+pub mod local;
 pub mod publisher;
 pub mod serve;
 
@@ -222,6 +223,7 @@ impl Bot {
     ) -> Result<Plan, BotError> {
         let git = self.git.clone();
         let catalog = self.catalog.clone();
+        let executable = self.engine.executable_kinds();
         blocking(move || {
             let changed = git.changed_paths(&base, &head)?;
             let (bt, ht, st) = (git.tree(&base)?, git.tree(&head)?, git.tree(&settings)?);
@@ -233,6 +235,7 @@ impl Bot {
                 head_sha: &head,
                 changed_paths: &changed,
                 catalog: &catalog,
+                executable: &executable,
             }))
         })
         .await

@@ -71,7 +71,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { paths } => {
-            let report = tkgops_domain::request::validate_paths(&paths);
+            let report = tkgops_domain::request::validate_paths(&tkgops::local::LocalFiles, &paths);
             for f in &report.findings {
                 println!("{f}");
             }
@@ -100,6 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 head_sha: &head_sha,
                 changed_paths: &changed,
                 catalog: &catalog,
+                executable: &tkgops::executors::executable_kinds(),
             });
             let md = markdown::render_plan(&p, &catalog, true).map_err(anyhow::Error::msg)?;
             println!("{md}");

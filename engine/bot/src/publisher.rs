@@ -19,7 +19,7 @@ use tkgops_domain::workflow::markdown::{
 };
 use tkgops_domain::workflow::Catalog;
 use tkgops_engine::store::{RunRecord, RunState, StepState, Store};
-use tkgops_engine::RunObserver;
+use tkgops_engine::{RunObserver, StepKind};
 use tkgops_providers::github::{CommitState, VcsClient};
 
 /// The observer handed to the engine. Cheap to clone.
@@ -233,7 +233,7 @@ pub fn run_view(run: &RunRecord, progress: Option<&str>) -> RunView {
                 StepState::Succeeded => s
                     .output
                     .as_ref()
-                    .map(|o| output_summary(&s.spec.kind, o))
+                    .map(|o| output_summary(s.spec.kind(), o))
                     .unwrap_or_default(),
                 StepState::Running => {
                     let retrying = s
@@ -277,7 +277,7 @@ pub fn run_view(run: &RunRecord, progress: Option<&str>) -> RunView {
 }
 
 /// A one-line, secret-free summary of a succeeded step's output for the Details column.
-pub fn output_summary(kind: &str, out: &serde_json::Value) -> String {
+pub fn output_summary(kind: StepKind, out: &serde_json::Value) -> String {
     let s = |p: &str| {
         out.pointer(p)
             .and_then(|v| v.as_str())
@@ -291,7 +291,7 @@ pub fn output_summary(kind: &str, out: &serde_json::Value) -> String {
             .unwrap_or(0)
     };
     match kind {
-        "aws.preflight" => {
+        StepKind::AwsPreflight => {
             let vpc = if s("/vpcId").is_empty() {
                 "new VPC".to_string()
             } else {
@@ -303,18 +303,18 @@ pub fn output_summary(kind: &str, out: &serde_json::Value) -> String {
                 len("/alreadyTagged")
             )
         }
-        "kube.apply" => format!("{} object(s) applied", len("/applied")),
-        "kube.wait-cluster" => format!(
+        StepKind::KubeApply => format!("{} object(s) applied", len("/applied")),
+        StepKind::KubeWaitCluster => format!(
             "phase {}, control plane {}",
             s("/phase"),
             s("/controlPlane")
         ),
-        "kube.read-kubeconfig" => format!(
+        StepKind::KubeReadKubeconfig => format!(
             "workload API server answers (Kubernetes {})",
             s("/kubernetesVersion")
         ),
-        "tmc.attach" => format!("TMC phase {}, health {}", s("/phase"), s("/health")),
-        "packages.rollout" => out
+        StepKind::TmcAttach => format!("TMC phase {}, health {}", s("/phase"), s("/health")),
+        StepKind::PackagesRollout => out
             .pointer("/packages")
             .and_then(|v| v.as_array())
             .map(|ps| {

@@ -97,10 +97,10 @@ pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, Serv
     );
     let catalog = Arc::new(
         match &cfg.catalog_dir {
-            Some(dir) => Catalog::from_dir(dir),
-            None => Catalog::builtin(),
+            Some(dir) => crate::local::catalog_from_dir(dir).map_err(|e| e.to_string()),
+            None => Catalog::builtin().map_err(|e| e.to_string()),
         }
-        .map_err(|e| ServeError::Catalog(e.to_string()))?,
+        .map_err(ServeError::Catalog)?,
     );
 
     let executors = Executors::new(cfg.kube_poll_interval);

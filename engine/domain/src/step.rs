@@ -1,13 +1,241 @@
-//! The step contract: what the planner renders for each workflow step ([`StepSpec`]) and how
-//! often it may be tried ([`RetryPolicy`]). The engine persists it; the providers execute it.
+//! The step contract: every step kind ([`StepKind`], defined once in [`step_kinds!`]), the typed
+//! inputs of each kind ([`StepInputs`]), built at plan time from the validated request, and the
+//! step as the engine persists and the providers execute it ([`StepSpec`], [`RetryPolicy`]).
+//!
+//! Inputs are secret-free by construction: they are shown on the pull request and stored in the
+//! journal. Secrets (workload kubeconfigs, API tokens) are read by the executors at run time.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::request::{PackageRepositoryRef, PackageSpec, SubnetSpec, VpcSpec};
+
+/// Defines [`StepKind`] and [`StepInputs`] from one list: variant, wire name (the `kind:` of the
+/// workflow files), inputs type and documentation. Adding a step kind is adding one line here.
+macro_rules! step_kinds {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal => $inputs:ty, )+) => {
+        /// A kind of step: which provider executes it and what its inputs are. Written in the
+        /// workflow files as its wire name (e.g. `kube.apply`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum StepKind {
+            $( $(#[doc = $doc])* #[serde(rename = $name)] $variant, )+
+        }
+
+        impl StepKind {
+            /// Every step kind, in definition order.
+            pub const ALL: &'static [StepKind] = &[$(StepKind::$variant),+];
+
+            /// The wire name (e.g. `kube.apply`), as in the workflow files and the journal.
+            pub fn as_str(self) -> &'static str {
+                match self { $(StepKind::$variant => $name,)+ }
+            }
+        }
+
+        impl FromStr for StepKind {
+            type Err = UnknownStepKind;
+
+            /// Parses a wire name. Errors: [`UnknownStepKind`] naming the text and the known kinds.
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($name => Ok(StepKind::$variant),)+
+                    other => Err(UnknownStepKind(other.to_string())),
+                }
+            }
+        }
+
+        /// The typed inputs of one step, one variant per [`StepKind`]. Serialized adjacently
+        /// tagged (`{"kind": "kube.apply", "inputs": {…}}`), which is also how a [`StepSpec`]
+        /// is stored.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind", content = "inputs")]
+        pub enum StepInputs {
+            $( $(#[doc = $doc])* #[serde(rename = $name)] $variant($inputs), )+
+        }
+
+        impl StepInputs {
+            /// The kind these inputs belong to.
+            pub fn kind(&self) -> StepKind {
+                match self { $(StepInputs::$variant(_) => StepKind::$variant,)+ }
+            }
+        }
+    };
+}
+
+step_kinds! {
+    /// AWS preflight: region, AZs, instance types, VPC, subnets, CIDRs and subnet tags (EC2).
+    AwsPreflight = "aws.preflight" => AwsPreflightInputs,
+    /// Server-side apply of the Cluster API objects to the management cluster.
+    KubeApply = "kube.apply" => KubeApplyInputs,
+    /// TKG's cluster readiness wait on the management cluster.
+    KubeWaitCluster = "kube.wait-cluster" => WorkloadTarget,
+    /// Read the workload kubeconfig Secret and reach the workload API server.
+    KubeReadKubeconfig = "kube.read-kubeconfig" => WorkloadTarget,
+    /// Attach the workload cluster to Tanzu Mission Control.
+    TmcAttach = "tmc.attach" => TmcClusterInputs,
+    /// Install the cluster's Tanzu packages (PackageInstalls in dependency order).
+    PackagesRollout = "packages.rollout" => PackagesInputs,
+    /// Upgrade the cluster to a newer TKR (`spec.topology.version`).
+    KubeUpgradeCluster = "kube.upgrade-cluster" => UpgradeClusterInputs,
+    /// Update, add and remove PackageInstalls of an existing cluster.
+    PackagesUpdate = "packages.update" => PackagesInputs,
+    /// Detach the workload cluster from Tanzu Mission Control.
+    TmcDetach = "tmc.detach" => TmcClusterInputs,
+    /// Delete the Cluster and wait until Cluster API has removed it.
+    KubeDeleteCluster = "kube.delete-cluster" => WorkloadTarget,
+}
+
+impl StepInputs {
+    /// The inputs alone as JSON (object keys sorted), for display in the plan.
+    pub fn inputs_json(&self) -> serde_json::Value {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(mut o)) => {
+                o.remove("inputs").unwrap_or(serde_json::Value::Null)
+            }
+            _ => serde_json::Value::Null,
+        }
+    }
+}
+
+impl fmt::Display for StepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A step kind name that is not one of [`StepKind::ALL`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown step kind {0:?} (known: {known})", known = StepKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "))]
+pub struct UnknownStepKind(pub String);
+
+/// A workload cluster as seen from its management cluster: its Cluster object is
+/// `namespace/cluster_name` on `management_cluster`, its kubeconfig the Cluster API Secret
+/// `<cluster_name>-kubeconfig` (key `value`) beside it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadTarget {
+    /// Name of the management cluster (a key of the repository's `managementClusters`).
+    pub management_cluster: String,
+    /// Namespace of the Cluster object on the management cluster (TKG `NAMESPACE`).
+    pub namespace: String,
+    /// The workload cluster's name (TKG `CLUSTER_NAME`).
+    pub cluster_name: String,
+}
+
+/// Inputs of `aws.preflight`: the network and machines of the request (TKG variables, with the
+/// defaults of `request::cluster_spec` applied).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsPreflightInputs {
+    /// TKG `CLUSTER_NAME`.
+    pub cluster_name: String,
+    /// TKG `AWS_REGION`, e.g. `us-west-2`.
+    pub region: String,
+    /// TKG `AWS_NODE_AZ`, `_1`, `_2` (1 for dev, 3 for prod), e.g. `us-west-2a`.
+    pub azs: Vec<String>,
+    /// The VPC: existing (`AWS_VPC_ID`) or new (`AWS_VPC_CIDR`).
+    pub vpc: VpcSpec,
+    /// One entry per AZ with its subnet ids (existing VPC) or CIDRs (new VPC).
+    pub subnets: Vec<SubnetSpec>,
+    /// `CONTROL_PLANE_MACHINE_TYPE`, `NODE_MACHINE_TYPE*`, sorted and deduplicated.
+    pub instance_types: Vec<String>,
+    /// TKG `CLUSTER_CIDR` (pods).
+    pub cluster_cidr: String,
+    /// TKG `SERVICE_CIDR`.
+    pub service_cidr: String,
+}
+
+/// Inputs of `kube.apply`: where to apply, and the multi-document YAML rendered from the
+/// workflow's manifest templates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeApplyInputs {
+    /// The Cluster the manifests belong to.
+    #[serde(flatten)]
+    pub target: WorkloadTarget,
+    /// The manifests, one YAML document each, separated by `---`.
+    pub manifests: String,
+}
+
+/// TMC's full name of an attached cluster (`fullName` of the TMC cluster API).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TmcFullName {
+    /// `attached` for attached clusters.
+    pub management_cluster_name: String,
+    /// `attached` for attached clusters.
+    pub provisioner_name: String,
+    /// The cluster's name in TMC (its `CLUSTER_NAME`).
+    pub name: String,
+}
+
+impl TmcFullName {
+    /// The full name TMC gives a cluster attached under `name`: management cluster and
+    /// provisioner `attached` (tanzu-apis.md §4).
+    pub fn attached(name: &str) -> Self {
+        TmcFullName {
+            management_cluster_name: "attached".into(),
+            provisioner_name: "attached".into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// Inputs of `tmc.attach` and `tmc.detach`: the TMC organisation (from the default branch's
+/// `tkgops.yaml`) and the cluster as TMC knows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TmcClusterInputs {
+    /// TMC endpoint, `https://<org>.tmc.cloud.vmware.com`.
+    pub endpoint: String,
+    /// CSP endpoint of the API-token exchange.
+    pub csp_endpoint: String,
+    /// The workload cluster the TMC agent runs on.
+    pub target: WorkloadTarget,
+    /// The cluster's TMC full name.
+    pub full_name: TmcFullName,
+    /// `spec.clusterGroupName`.
+    pub cluster_group: String,
+    /// `meta.description`.
+    pub description: String,
+    /// `meta.labels`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Inputs of `packages.rollout` and `packages.update`: the PackageRepository and the packages
+/// in install (dependency) order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackagesInputs {
+    /// The workload cluster the packages are installed on.
+    #[serde(flatten)]
+    pub target: WorkloadTarget,
+    /// The PackageRepository that must be reconciled first.
+    pub repository: PackageRepositoryRef,
+    /// Packages in install order.
+    pub packages: Vec<PackageSpec>,
+}
+
+/// Inputs of `kube.upgrade-cluster`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeClusterInputs {
+    /// The Cluster to upgrade.
+    #[serde(flatten)]
+    pub target: WorkloadTarget,
+    /// The TKR version to upgrade to, e.g. `v1.23.8+vmware.2-tkg.1`.
+    pub tkr: String,
+    /// The Kubernetes version of that TKR, e.g. `v1.23.8+vmware.2`.
+    pub kubernetes_version: String,
+}
 
 /// Retry policy of a step: attempts with exponential backoff on transient errors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
-    /// Total attempts including the first (at least 1).
+    /// Total attempts including the first (at least 1). Attempts interrupted by a crash count.
     pub max_attempts: u32,
     /// Delay before the second attempt, in seconds; doubled after each failed attempt.
     pub initial_backoff_secs: f64,
@@ -26,23 +254,66 @@ impl Default for RetryPolicy {
     }
 }
 
-/// One step of a plan, fully rendered: what the engine persists and executes.
-///
-/// `inputs` is secret-free by construction (it is shown on the PR and stored in sled); secrets
-/// such as workload kubeconfigs and API tokens are read by the executor at run time.
+/// One step of a plan, fully built: what the engine persists and executes. Serialized as
+/// `{"id", "kind", "title", "timeoutSecs", "retry", "inputs"}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepSpec {
     /// Step id, unique within the workflow (e.g. `apply-cluster`).
     pub id: String,
-    /// Executor kind (e.g. `aws.preflight`, `kube.apply`, `tmc.attach`, `packages.rollout`).
-    pub kind: String,
     /// Human-readable title shown in the PR comment.
     pub title: String,
     /// Deadline of one attempt, in seconds.
     pub timeout_secs: u64,
     /// Retry policy on transient errors.
     pub retry: RetryPolicy,
-    /// Kind-specific inputs rendered from the workflow's templates.
-    pub inputs: serde_json::Value,
+    /// The kind and its typed inputs (secret-free).
+    #[serde(flatten)]
+    pub inputs: StepInputs,
+}
+
+impl StepSpec {
+    /// The step's kind (from its inputs).
+    pub fn kind(&self) -> StepKind {
+        self.inputs.kind()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_through_their_wire_names() {
+        for k in StepKind::ALL {
+            assert_eq!(k.as_str().parse::<StepKind>(), Ok(*k));
+            let json = serde_json::to_string(k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+        }
+        let err = "kube.explode".parse::<StepKind>().unwrap_err().to_string();
+        assert!(
+            err.contains("kube.explode") && err.contains("kube.apply"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_step_spec_is_stored_with_its_kind_beside_its_inputs() {
+        let target = WorkloadTarget {
+            management_cluster: "mc".into(),
+            namespace: "default".into(),
+            cluster_name: "c1".into(),
+        };
+        let spec = StepSpec {
+            id: "wait".into(),
+            title: "Wait".into(),
+            timeout_secs: 60,
+            retry: RetryPolicy::default(),
+            inputs: StepInputs::KubeWaitCluster(target),
+        };
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(v["kind"], "kube.wait-cluster");
+        assert_eq!(v["inputs"]["clusterName"], "c1");
+        assert_eq!(serde_json::from_value::<StepSpec>(v).unwrap(), spec);
+    }
 }

@@ -16,8 +16,12 @@ pub mod step;
 pub mod store;
 
 pub use fsm::{run_transition, step_transition, InvalidTransition, RunEvent, StepEvent};
-pub use runner::{backoff_delay, Engine, EngineError, NoopObserver, RunObserver, RunRequest};
-pub use step::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
+pub use runner::{
+    backoff_delay, executable_kinds, Engine, EngineError, NoopObserver, RunObserver, RunRequest,
+};
+pub use step::{
+    ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepInputs, StepKind, StepSpec,
+};
 pub use store::{
     AttemptRecord, RunRecord, RunState, SledStore, StepRecord, StepState, Store, StoreError,
 };

@@ -21,7 +21,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::fsm::{run_transition, step_transition, InvalidTransition, RunEvent, StepEvent};
-use crate::step::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
+use crate::step::{
+    ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepKind, StepSpec,
+};
 use crate::store::{
     truncate_error, AttemptRecord, RunRecord, RunState, StepRecord, StepState, Store, StoreError,
     OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
@@ -129,7 +131,7 @@ struct Sched {
 
 struct Inner {
     store: Arc<dyn Store>,
-    executors: HashMap<String, Arc<dyn StepExecutor>>,
+    executors: HashMap<StepKind, Arc<dyn StepExecutor>>,
     observer: Arc<dyn RunObserver>,
     sched: Mutex<Sched>,
     shutdown: watch::Sender<bool>,
@@ -158,6 +160,17 @@ enum StepEnd {
     Succeeded,
     Failed,
     Stopped,
+}
+
+/// The step kinds some executor of `executors` declares: what the planner may mark executable
+/// when these executors are registered.
+pub fn executable_kinds(
+    executors: &[Arc<dyn StepExecutor>],
+) -> std::collections::BTreeSet<StepKind> {
+    executors
+        .iter()
+        .flat_map(|e| e.kinds().iter().copied())
+        .collect()
 }
 
 /// Delay before retry number `retry` (0 = before the second attempt): `initial_backoff_secs`
@@ -193,12 +206,10 @@ impl Engine {
         executors: Vec<Arc<dyn StepExecutor>>,
         observer: Arc<dyn RunObserver>,
     ) -> Self {
-        let mut by_kind: HashMap<String, Arc<dyn StepExecutor>> = HashMap::new();
+        let mut by_kind: HashMap<StepKind, Arc<dyn StepExecutor>> = HashMap::new();
         for ex in executors {
             for kind in ex.kinds() {
-                by_kind
-                    .entry(kind.to_string())
-                    .or_insert_with(|| ex.clone());
+                by_kind.entry(*kind).or_insert_with(|| ex.clone());
             }
         }
         let (shutdown, _) = watch::channel(false);
@@ -324,6 +335,11 @@ impl Engine {
     /// The run as last persisted, or `None`. Errors: [`EngineError::Store`].
     pub async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, EngineError> {
         Ok(self.inner.store.get_run(run_id).await?)
+    }
+
+    /// The step kinds some registered executor handles: what the planner may mark executable.
+    pub fn executable_kinds(&self) -> std::collections::BTreeSet<StepKind> {
+        self.inner.executors.keys().copied().collect()
     }
 
     /// Position of a run in its cluster's line: `Some(0)` if it currently holds the cluster,
@@ -801,11 +817,11 @@ impl Inner {
     ) {
         let step = &run.steps[idx];
         let spec = &step.spec;
-        let Some(executor) = self.executors.get(&spec.kind) else {
+        let Some(executor) = self.executors.get(&spec.kind()) else {
             return (
                 Err((
                     OUTCOME_PERMANENT,
-                    format!("no executor for step kind {}", spec.kind),
+                    format!("no executor for step kind {}", spec.kind()),
                 )),
                 None,
             );

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use tkgops_domain::step::{RetryPolicy, StepSpec};
+pub use tkgops_domain::step::{RetryPolicy, StepInputs, StepKind, StepSpec};
 
 /// Receives free-text progress of a running step (e.g. "control plane 1/3 ready"); the bot
 /// shows the latest line in the live step table. Cheap to clone.
@@ -86,8 +86,10 @@ impl StepError {
 /// Executes the steps of the kinds it declares. Implemented once per provider.
 #[async_trait::async_trait]
 pub trait StepExecutor: Send + Sync {
-    /// The step kinds this executor handles (e.g. `["kube.apply", "kube.wait-cluster"]`).
-    fn kinds(&self) -> Vec<&'static str>;
+    /// The step kinds this executor handles (e.g. `[KubeApply, KubeWaitCluster]`). The engine
+    /// routes each step to the first registered executor declaring its kind, and the set of
+    /// executable kinds the planner uses is the union over the registered executors.
+    fn kinds(&self) -> &'static [StepKind];
 
     /// Runs one attempt of `ctx.step` and returns its output (secret-free JSON, persisted and
     /// passed to later steps as `ctx.outputs[step id]`).

@@ -17,23 +17,9 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-use serde::{Deserialize, Serialize};
-
 pub use tkgops_domain::request::KubeconfigSource;
+pub use tkgops_domain::step::WorkloadTarget;
 use tkgops_engine::StepError;
-
-/// A workload cluster as seen from its management cluster: its kubeconfig is the Cluster API
-/// Secret `<cluster_name>-kubeconfig` (key `value`) in `namespace` on `management_cluster`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkloadTarget {
-    /// Name of the management cluster (a key of the repository's `managementClusters`).
-    pub management_cluster: String,
-    /// Namespace of the Cluster object on the management cluster (TKG `NAMESPACE`).
-    pub namespace: String,
-    /// The workload cluster's name (TKG `CLUSTER_NAME`).
-    pub cluster_name: String,
-}
 
 /// Applies manifests to workload clusters. Implemented by the Kubernetes provider; used by the
 /// TMC provider to apply the TMC installer manifest.

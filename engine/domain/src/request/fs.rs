@@ -1,8 +1,11 @@
-//! The filesystem entry point of `tkgops validate PATH...`: the only I/O of [`crate::request`].
+//! The entry point of `tkgops validate PATH...`: which files a path names (a TKG file, a
+//! cluster directory, a config repository) and their findings. Files are read through
+//! [`Files`], which the caller implements (the CLI over the local filesystem).
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use crate::files::{FileKind, Files};
 
 use super::settings::{
     parse_cluster_settings, parse_repo_config, ClusterSettings, RepoConfig, SCHEMA,
@@ -48,46 +51,48 @@ fn show(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn is_file(p: &Path) -> bool {
-    std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
-}
-
-fn is_dir(p: &Path) -> bool {
-    std::fs::metadata(p).map(|m| m.is_dir()).unwrap_or(false)
-}
-
-fn is_repo_root(p: &Path) -> bool {
-    is_file(&p.join(TKGOPS_FILE)) && is_dir(&p.join(CLUSTERS_DIR))
-}
-
-/// Reads a regular file of at most [`MAX_CONFIG_BYTES`]; never opens FIFOs or devices.
-fn read_capped(p: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(p).map_err(|e| format!("cannot read: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.len() > MAX_CONFIG_BYTES as u64 {
-        return Err(format!(
-            "file is {} bytes, larger than the {} byte (1 MiB) limit",
-            meta.len(),
-            MAX_CONFIG_BYTES
-        ));
-    }
-    let f = std::fs::File::open(p).map_err(|e| format!("cannot read: {e}"))?;
-    let mut buf = Vec::new();
-    f.take(MAX_CONFIG_BYTES as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    Ok(buf)
-}
-
-#[derive(Default)]
-struct Run {
+struct Run<'f> {
+    fs: &'f dyn Files,
     report: ValidateReport,
     repos: HashMap<PathBuf, Option<RepoConfig>>,
 }
 
-impl Run {
+impl Run<'_> {
+    fn is_file(&self, p: &Path) -> bool {
+        matches!(self.fs.kind(p), FileKind::File { .. })
+    }
+
+    fn is_dir(&self, p: &Path) -> bool {
+        self.fs.kind(p) == FileKind::Dir
+    }
+
+    fn is_repo_root(&self, p: &Path) -> bool {
+        self.is_file(&p.join(TKGOPS_FILE)) && self.is_dir(&p.join(CLUSTERS_DIR))
+    }
+
+    /// Reads a regular file of at most [`MAX_CONFIG_BYTES`]; never opens FIFOs or devices.
+    fn read_capped(&self, p: &Path) -> Result<Vec<u8>, String> {
+        let len = match self.fs.kind(p) {
+            FileKind::File { len } => len,
+            FileKind::Missing => return Err("cannot read: no such file or directory".into()),
+            FileKind::Dir | FileKind::Other => return Err("not a regular file".into()),
+        };
+        let too_big = |len: u64| {
+            format!("file is {len} bytes, larger than the {MAX_CONFIG_BYTES} byte (1 MiB) limit")
+        };
+        if len > MAX_CONFIG_BYTES as u64 {
+            return Err(too_big(len));
+        }
+        let buf = self
+            .fs
+            .read(p, MAX_CONFIG_BYTES + 1)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        if buf.len() > MAX_CONFIG_BYTES {
+            return Err(too_big(buf.len() as u64));
+        }
+        Ok(buf)
+    }
+
     fn io(&mut self, path: &Path, msg: impl Into<String>) {
         self.report.findings.push(Finding::new(
             show(path),
@@ -100,7 +105,7 @@ impl Run {
     }
 
     fn read(&mut self, p: &Path) -> Option<Vec<u8>> {
-        match read_capped(p) {
+        match self.read_capped(p) {
             Ok(b) => Some(b),
             Err(e) => {
                 let rule = if e.contains("1 MiB") {
@@ -145,17 +150,16 @@ impl Run {
     fn find_repo(&mut self, dir: &Path) -> Option<RepoConfig> {
         let root = dir
             .ancestors()
-            .find(|a| is_repo_root(a))
+            .find(|a| self.is_repo_root(a))
             .map(Path::to_path_buf)
             .or_else(|| {
-                let abs = std::fs::canonicalize(if dir.as_os_str().is_empty() {
+                let abs = self.fs.canonicalize(if dir.as_os_str().is_empty() {
                     Path::new(".")
                 } else {
                     dir
-                })
-                .ok()?;
+                })?;
                 abs.ancestors()
-                    .find(|a| is_repo_root(a))
+                    .find(|a| self.is_repo_root(a))
                     .map(Path::to_path_buf)
             })?;
         self.repo(&root)
@@ -192,7 +196,7 @@ impl Run {
     /// Validates a cluster directory; `in_repo`: settings are required.
     fn cluster_dir(&mut self, dir: &Path, repo: Option<&RepoConfig>, in_repo: bool) {
         let cfg = dir.join(CLUSTER_CONFIG_FILE);
-        if !is_file(&cfg) {
+        if !self.is_file(&cfg) {
             self.io(
                 dir,
                 format!("directory has no {CLUSTER_CONFIG_FILE} (TKG cluster configuration file)"),
@@ -200,7 +204,7 @@ impl Run {
             return;
         }
         let sp = dir.join(TKGOPS_FILE);
-        let settings = if is_file(&sp) {
+        let settings = if self.is_file(&sp) {
             match self.settings(&sp) {
                 Some(s) => Some(s),
                 None => return self.config_file(&cfg, None, repo),
@@ -223,12 +227,8 @@ impl Run {
     fn repo_root(&mut self, root: &Path) {
         let repo = self.repo(root);
         let clusters = root.join(CLUSTERS_DIR);
-        let mut dirs: Vec<PathBuf> = match std::fs::read_dir(&clusters) {
-            Ok(rd) => rd
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| is_dir(p))
-                .collect(),
+        let mut dirs: Vec<PathBuf> = match self.fs.list(&clusters) {
+            Ok(entries) => entries.into_iter().filter(|p| self.is_dir(p)).collect(),
             Err(e) => return self.io(&clusters, format!("cannot read directory: {e}")),
         };
         dirs.sort();
@@ -238,10 +238,10 @@ impl Run {
     }
 
     fn path(&mut self, p: &Path) {
-        if is_dir(p) {
-            if is_repo_root(p) {
+        if self.is_dir(p) {
+            if self.is_repo_root(p) {
                 self.repo_root(p);
-            } else if is_file(&p.join(CLUSTER_CONFIG_FILE)) {
+            } else if self.is_file(&p.join(CLUSTER_CONFIG_FILE)) {
                 let repo = self.find_repo(p.parent().unwrap_or(Path::new("")));
                 self.cluster_dir(p, repo.as_ref(), repo.is_some());
             } else {
@@ -252,19 +252,19 @@ impl Run {
             }
             return;
         }
-        if !is_file(p) {
-            let msg = if std::fs::metadata(p).is_ok() {
-                "not a regular file"
-            } else {
+        if !self.is_file(p) {
+            let msg = if self.fs.kind(p) == FileKind::Missing {
                 "no such file or directory"
+            } else {
+                "not a regular file"
             };
             return self.io(p, msg);
         }
         let dir = p.parent().unwrap_or(Path::new(""));
         if p.file_name().is_some_and(|n| n == TKGOPS_FILE) {
-            if is_repo_root(dir) {
+            if self.is_repo_root(dir) {
                 self.repo(dir);
-            } else if is_file(&dir.join(CLUSTER_CONFIG_FILE)) {
+            } else if self.is_file(&dir.join(CLUSTER_CONFIG_FILE)) {
                 let repo = self.find_repo(dir.parent().unwrap_or(Path::new("")));
                 self.cluster_dir(dir, repo.as_ref(), false);
             } else {
@@ -273,7 +273,7 @@ impl Run {
             return;
         }
         let sp = dir.join(TKGOPS_FILE);
-        let settings = if is_file(&sp) && !is_repo_root(dir) {
+        let settings = if self.is_file(&sp) && !self.is_repo_root(dir) {
             self.settings(&sp)
         } else {
             None
@@ -283,7 +283,8 @@ impl Run {
     }
 }
 
-/// Validates the given paths for `tkgops validate PATH...`. Each path may be:
+/// Validates the given paths for `tkgops validate PATH...`, reading them through `fs`. Each
+/// path may be:
 /// - a TKG cluster configuration file: validated with a sibling `tkgops.yaml` as
 ///   [`ClusterSettings`] when present and the policy of the repository root found by walking up
 ///   to a directory holding `tkgops.yaml` and `clusters/`;
@@ -295,8 +296,12 @@ impl Run {
 /// do not parse (`TKGOPS-PARSE`, `TKGOPS-SCHEMA`) are reported as findings and set
 /// [`ValidateReport::unreadable`]. Files larger than 1 MiB are never read whole. Finding paths
 /// are the given paths joined with the file names.
-pub fn validate_paths(paths: &[PathBuf]) -> ValidateReport {
-    let mut run = Run::default();
+pub fn validate_paths(fs: &dyn Files, paths: &[PathBuf]) -> ValidateReport {
+    let mut run = Run {
+        fs,
+        report: ValidateReport::default(),
+        repos: HashMap::new(),
+    };
     for p in paths {
         run.path(p);
     }

@@ -1,7 +1,7 @@
 //! The config repository format (cluster requests) and the reference-design validation rules.
 //!
-//! Pure: no I/O, no tokio — except the filesystem entry point [`validate_paths`] in [`fs`], which
-//! backs `tkgops validate PATH...`.
+//! Pure: no I/O. [`validate_paths`] (`tkgops validate PATH...`) reads through the caller's
+//! [`crate::files::Files`].
 //!
 //! Layout of a config repository:
 //! - `tkgops.yaml` at the root: [`RepoConfig`] (management clusters, TMC, approvals, package

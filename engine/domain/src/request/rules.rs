@@ -29,6 +29,11 @@ pub const RULES: &[(&str, Severity, &str)] = &[
         "tkgops.yaml shape: unknown/missing keys, unknown management cluster, packages",
     ),
     (
+        "TKGOPS-TEMPLATE",
+        Severity::Error,
+        "the workflow renders: templates in strict mode, step inputs buildable",
+    ),
+    (
         "TKGOPS-NAME",
         Severity::Error,
         "directory name under clusters/ equals CLUSTER_NAME",

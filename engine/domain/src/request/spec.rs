@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
 use super::packages::{order_key, standard_package, DEFAULT_PACKAGE_NAMESPACE};
@@ -83,7 +83,7 @@ pub struct ClusterSpec {
 }
 
 /// The VPC of a [`ClusterSpec`].
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VpcSpec {
     /// `AWS_VPC_ID` of an existing VPC; `None` = a new VPC is created.
@@ -93,7 +93,7 @@ pub struct VpcSpec {
 }
 
 /// The subnets of one AZ. IDs for an existing VPC; CIDRs (with §1.2 defaults) for a new VPC only.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubnetSpec {
     /// Availability zone.
@@ -184,7 +184,7 @@ pub struct TmcSpec {
 }
 
 /// A resolved package: one kapp-controller PackageInstall.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PackageSpec {
     /// PackageInstall `metadata.name`.

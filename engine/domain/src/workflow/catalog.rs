@@ -2,17 +2,21 @@
 //!
 //! Security rule 1 (DESIGN.md): workflows and templates come from the bot's own install, never
 //! from a pull request. [`Catalog::builtin`] embeds the files of this repository's `workflows/`
-//! and `templates/` into the binary at build time; [`Catalog::from_dir`] loads an operator's
-//! replacement set from the bot host.
+//! and `templates/` into the binary at build time; [`Catalog::from_files`] takes an operator's
+//! replacement set, read by the bot from its host (`catalogDir:`).
+//!
+//! A workflow names its steps, their order, kinds, timeouts, retries and conditions. Step inputs
+//! are typed ([`crate::step::StepInputs`]) and built by the planner; templates are only for what
+//! is sent verbatim (Cluster API manifests) and what people read (PR comments). Handlebars runs
+//! in strict mode: a missing field is an error naming the template and the line, at plan time.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use handlebars::Handlebars;
 use serde::{Deserialize, Serialize};
 
-use crate::step::RetryPolicy;
+use crate::step::{RetryPolicy, StepKind};
 
 /// Errors loading or rendering workflows and templates.
 #[derive(Debug, thiserror::Error)]
@@ -43,19 +47,13 @@ pub enum CatalogError {
         /// Missing template name.
         template: String,
     },
-    /// Reading a directory of the catalog failed.
-    #[error("reading {path}: {source}")]
-    Io {
-        /// The path being read.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
     /// Rendering a template failed (e.g. a missing field in strict mode).
-    #[error("rendering {name}: {message}")]
+    #[error("template {name}{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
     Render {
-        /// Template name.
+        /// Template name (path below `templates/`).
         name: String,
+        /// 1-based line in the template where rendering failed, when handlebars knows it.
+        line: Option<usize>,
         /// What failed.
         message: String,
     },
@@ -91,8 +89,8 @@ impl From<&RetrySpec> for RetryPolicy {
 pub struct WorkflowStep {
     /// Step id, unique within the workflow.
     pub id: String,
-    /// Executor kind (e.g. `kube.apply`); the providers declare the kinds they execute.
-    pub kind: String,
+    /// Step kind (e.g. `kube.apply`); an unknown kind is a load error of the workflow file.
+    pub kind: StepKind,
     /// Title shown in the PR comment.
     pub title: String,
     /// Deadline of one attempt (humantime, e.g. `5m`).
@@ -101,9 +99,8 @@ pub struct WorkflowStep {
     /// Retry policy; defaults to [`RetryPolicy::default`].
     #[serde(default)]
     pub retry: Option<RetrySpec>,
-    /// Template (below `templates/`) rendering the step's inputs as a JSON object.
-    pub inputs: String,
-    /// Templates rendering Kubernetes manifests; joined into the input `manifests` (multi-doc YAML).
+    /// Templates (below `templates/`) rendering Kubernetes manifests; joined into the input
+    /// `manifests` (multi-document YAML). Required for `kube.apply`, refused for other kinds.
     #[serde(default)]
     pub manifests: Vec<String>,
     /// Render context path that must be present and non-empty for the step to be planned
@@ -153,11 +150,6 @@ const EMBEDDED: &[(&str, &str)] = embedded![
     "workflows/attach-tmc.yaml",
     "workflows/rollout-packages.yaml",
     "workflows/delete-cluster.yaml",
-    "templates/steps/aws-preflight.json.hbs",
-    "templates/steps/management-cluster.json.hbs",
-    "templates/steps/upgrade-cluster.json.hbs",
-    "templates/steps/tmc-attach.json.hbs",
-    "templates/steps/packages.json.hbs",
     "templates/manifests/cluster.yaml.hbs",
     "templates/manifests/machinehealthchecks.yaml.hbs",
     "templates/comments/plan.md.hbs",
@@ -179,27 +171,16 @@ impl Catalog {
         )
     }
 
-    /// Loads `dir/workflows/*.yaml` and every file below `dir/templates/` (an operator's
-    /// replacement catalog on the bot host).
-    ///
-    /// Errors: [`CatalogError::Io`] when a directory cannot be read, and the errors of
-    /// [`Catalog::from_files`].
-    pub fn from_dir(dir: &Path) -> Result<Catalog, CatalogError> {
-        let mut files = Vec::new();
-        for sub in ["workflows", "templates"] {
-            collect_files(&dir.join(sub), sub, &mut files)?;
-        }
-        Self::from_files(files)
-    }
-
     /// Builds a catalog from `(path, contents)` pairs where paths start with `workflows/` or
     /// `templates/`.
     ///
-    /// Errors: [`CatalogError::Workflow`] for invalid workflow YAML, [`CatalogError::Template`]
-    /// for templates that do not compile, [`CatalogError::MissingTemplate`] for dangling references.
+    /// Errors: [`CatalogError::Workflow`] for invalid workflow YAML (unknown keys or step kinds,
+    /// duplicate step ids, manifests on a step that does not apply them, a `kube.apply` step
+    /// without manifests), [`CatalogError::Template`] for templates that do not compile,
+    /// [`CatalogError::MissingTemplate`] for dangling references.
     pub fn from_files(files: Vec<(String, String)>) -> Result<Catalog, CatalogError> {
         let mut hb = Handlebars::new();
-        hb.set_strict_mode(false);
+        hb.set_strict_mode(true);
         hb.register_escape_fn(handlebars::no_escape);
         hb.register_helper("json", Box::new(json_helper));
         let mut workflows = BTreeMap::new();
@@ -222,8 +203,27 @@ impl Catalog {
             }
         }
         for wf in workflows.values() {
+            let mut ids = std::collections::BTreeSet::new();
             for step in &wf.steps {
-                for t in std::iter::once(&step.inputs).chain(step.manifests.iter()) {
+                let problem = if !ids.insert(step.id.as_str()) {
+                    Some(format!("duplicate step id {}", step.id))
+                } else if step.kind == StepKind::KubeApply && step.manifests.is_empty() {
+                    Some(format!("step {}: kube.apply needs manifests", step.id))
+                } else if step.kind != StepKind::KubeApply && !step.manifests.is_empty() {
+                    Some(format!(
+                        "step {}: {} does not apply manifests",
+                        step.id, step.kind
+                    ))
+                } else {
+                    None
+                };
+                if let Some(message) = problem {
+                    return Err(CatalogError::Workflow {
+                        file: format!("workflows/{}.yaml", wf.name),
+                        message,
+                    });
+                }
+                for t in &step.manifests {
                     if !hb.has_template(t) {
                         return Err(CatalogError::MissingTemplate {
                             workflow: wf.name.clone(),
@@ -247,41 +247,29 @@ impl Catalog {
         self.workflows.get(name)
     }
 
-    /// Renders the template `name` (path below `templates/`) with `data`.
+    /// Every workflow, by name.
+    pub fn workflows(&self) -> impl Iterator<Item = &Workflow> {
+        self.workflows.values()
+    }
+
+    /// The names of every registered template (paths below `templates/`), sorted.
+    pub fn template_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.hb.get_templates().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Renders the template `name` (path below `templates/`) with `data`, in strict mode.
     ///
-    /// Errors: [`CatalogError::Render`] when the template is unknown or rendering fails.
+    /// Errors: [`CatalogError::Render`] naming the template and, when handlebars knows it, the
+    /// line: an unknown template, a field missing from `data`, a helper failure.
     pub fn render(&self, name: &str, data: &serde_json::Value) -> Result<String, CatalogError> {
         self.hb
             .render(name, data)
             .map_err(|e| CatalogError::Render {
-                name: name.to_string(),
-                message: e.to_string(),
+                name: e.template_name.clone().unwrap_or_else(|| name.to_string()),
+                line: e.line_no,
+                message: e.reason().to_string(),
             })
     }
-}
-
-fn collect_files(
-    dir: &Path,
-    prefix: &str,
-    out: &mut Vec<(String, String)>,
-) -> Result<(), CatalogError> {
-    let io = |e| CatalogError::Io {
-        path: dir.display().to_string(),
-        source: e,
-    };
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        let path = entry.path();
-        if path.is_dir() {
-            collect_files(&path, &format!("{prefix}/{name}"), out)?;
-        } else {
-            let text = std::fs::read_to_string(&path).map_err(|e| CatalogError::Io {
-                path: path.display().to_string(),
-                source: e,
-            })?;
-            out.push((format!("{prefix}/{name}"), text));
-        }
-    }
-    Ok(())
 }

@@ -86,7 +86,7 @@ pub fn render_plan(plan: &Plan, catalog: &Catalog, with_marker: bool) -> Result<
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    let mut inputs = s.inputs.clone();
+                    let mut inputs = s.inputs.inputs_json();
                     if let Some(o) = inputs.as_object_mut() {
                         if o.contains_key("manifests") {
                             o.insert("manifests".into(), Value::String("(rendered below)".into()));
@@ -96,7 +96,7 @@ pub fn render_plan(plan: &Plan, catalog: &Catalog, with_marker: bool) -> Result<
                     json!({
                         "number": i + 1,
                         "title": s.title,
-                        "kind": s.kind,
+                        "kind": s.kind().as_str(),
                         "timeout": format_duration(s.timeout_secs),
                         "attempts": s.retry.max_attempts,
                         "inputs": pretty.lines().map(|l| format!("   {l}")).collect::<Vec<_>>().join("\n"),

@@ -7,10 +7,13 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::catalog::{Catalog, Workflow};
+use super::catalog::{Catalog, CatalogError, Workflow};
 use crate::files::TreeReader;
 use crate::request::{self, ClusterRequest, ClusterSpec, Finding, RepoConfig, Severity};
-use crate::step::{RetryPolicy, StepSpec};
+use crate::step::{
+    AwsPreflightInputs, KubeApplyInputs, PackagesInputs, RetryPolicy, StepInputs, StepKind,
+    StepSpec, TmcClusterInputs, TmcFullName, UpgradeClusterInputs, WorkloadTarget,
+};
 
 /// Path of the repository settings file at the root of the config repository.
 pub const REPO_CONFIG_PATH: &str = "tkgops.yaml";
@@ -20,17 +23,6 @@ pub const CLUSTERS_DIR: &str = "clusters";
 pub const CLUSTER_CONFIG_FILE: &str = "cluster-config.yaml";
 /// File name of tkgops's own per-cluster settings inside a cluster directory.
 pub const CLUSTER_SETTINGS_FILE: &str = "tkgops.yaml";
-
-/// Step kinds that have an executor in this version of tkgops. A workflow using any other kind
-/// is planned and shown, but marked "planned, not yet executable" and never started.
-pub const EXECUTABLE_KINDS: &[&str] = &[
-    "aws.preflight",
-    "kube.apply",
-    "kube.wait-cluster",
-    "kube.read-kubeconfig",
-    "tmc.attach",
-    "packages.rollout",
-];
 
 /// What a change means for one cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -195,6 +187,9 @@ pub struct PlanInput<'a> {
     pub changed_paths: &'a [String],
     /// Workflows and templates.
     pub catalog: &'a Catalog,
+    /// The step kinds this bot can execute (derived from its registered executors); a plan
+    /// using any other kind is shown as "planned, not yet executable" and never run.
+    pub executable: &'a BTreeSet<StepKind>,
 }
 
 /// The cluster names touched by `changed_paths` (`clusters/<name>/…`), sorted.
@@ -538,28 +533,27 @@ fn render_intent(
         });
     }
     let has_errors = findings.iter().any(|f| f.severity == Severity::Error);
-    let context = render_context(&spec, repo, input.head_sha);
-    let (steps, manifests) = match render_workflow(workflow, &context, input.catalog) {
+    let context = render_context(&spec);
+    let (steps, manifests) = match render_workflow(workflow, &spec, repo, &context, input.catalog) {
         Ok(r) => r,
-        Err(message) => {
-            let mut p = blocked(name, intent, findings, Some(workflow.name.clone()));
-            p.note = Some(format!(
-                "The workflow {} could not be rendered: {message}",
-                workflow.name
-            ));
-            return p;
+        Err(_) if has_errors => {
+            // The findings already say why (e.g. TMC settings without a TMC endpoint).
+            return blocked(name, intent, findings, Some(workflow.name.clone()));
+        }
+        Err(e) => {
+            findings.push(e.finding(workflow));
+            return blocked(name, intent, findings, Some(workflow.name.clone()));
         }
     };
-    let executable = steps
-        .iter()
-        .all(|s| EXECUTABLE_KINDS.contains(&s.kind.as_str()));
+    let executable = steps.iter().all(|s| input.executable.contains(&s.kind()));
     let (status, note) = if has_errors {
         (PlanStatus::Blocked, Some("Fix the errors listed in the findings; nothing runs for this cluster until the plan has no errors.".to_string()))
     } else if !executable {
         let missing: Vec<&str> = steps
             .iter()
-            .map(|s| s.kind.as_str())
-            .filter(|k| !EXECUTABLE_KINDS.contains(k))
+            .map(|s| s.kind())
+            .filter(|k| !input.executable.contains(k))
+            .map(StepKind::as_str)
             .collect();
         (
             PlanStatus::NotYetExecutable,
@@ -583,19 +577,9 @@ fn render_intent(
     }
 }
 
-/// The handlebars context for one cluster: `cluster` (the [`ClusterSpec`]), `repo.tmc`, and a
-/// few derived values the templates need.
-pub fn render_context(spec: &ClusterSpec, repo: Option<&RepoConfig>, commit: &str) -> Value {
-    // Only the TMC endpoints of the repository settings reach the templates.
-    let tmc = repo
-        .and_then(|r| r.tmc.as_ref())
-        .and_then(|t| serde_json::to_value(t).ok())
-        .unwrap_or(Value::Null);
-    let mut instance_types: Vec<String> = std::iter::once(spec.control_plane.instance_type.clone())
-        .chain(spec.workers.iter().map(|w| w.instance_type.clone()))
-        .collect();
-    instance_types.sort();
-    instance_types.dedup();
+/// The handlebars context of the manifest templates and the workflows' `when` conditions for
+/// one cluster: `cluster` (the [`ClusterSpec`]) and a few derived names the templates need.
+pub fn render_context(spec: &ClusterSpec) -> Value {
     let default_worker = spec
         .workers
         .first()
@@ -603,12 +587,9 @@ pub fn render_context(spec: &ClusterSpec, repo: Option<&RepoConfig>, commit: &st
         .unwrap_or_else(|| "m5.large".into());
     json!({
         "cluster": spec,
-        "repo": {"tmc": tmc},
-        "instanceTypes": instance_types,
         "defaultWorkerInstanceType": default_worker,
         "workerPoolLabel": format!("{}-worker-pool", spec.name),
         "controlPlaneMhcName": format!("{}-control-plane", spec.name),
-        "commit": commit,
     })
 }
 
@@ -627,16 +608,80 @@ fn truthy(v: Option<&Value>) -> bool {
     }
 }
 
-/// Renders every step of `workflow` against `context`: inputs (JSON) and manifests (YAML,
-/// checked to parse). Returns the step specs and the manifests for display.
+/// Rule ID of a workflow that cannot be rendered for a cluster.
+pub const TEMPLATE_RULE: &str = "TKGOPS-TEMPLATE";
+
+/// Why a workflow could not be rendered for a cluster: a template failed (strict mode: a
+/// missing field, a helper error; or its output is not YAML), or a step's inputs could not be
+/// built.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderError {
+    /// The step being rendered.
+    pub step: String,
+    /// The template (path below `templates/`), when a template failed.
+    pub template: Option<String>,
+    /// 1-based line in the template, when known.
+    pub line: Option<usize>,
+    /// What failed.
+    pub message: String,
+}
+
+impl RenderError {
+    /// The error as a plan finding (rule [`TEMPLATE_RULE`], severity error) on
+    /// `templates/<template>:<line>`, or on `workflows/<workflow>.yaml` when no template failed.
+    pub fn finding(&self, workflow: &Workflow) -> Finding {
+        let path = match &self.template {
+            Some(t) => format!("templates/{t}"),
+            None => format!("workflows/{}.yaml", workflow.name),
+        };
+        let what = match &self.template {
+            Some(t) => format!("template {t}{}", line_suffix(self.line)),
+            None => format!("workflow {}", workflow.name),
+        };
+        Finding {
+            path,
+            line: self.line.map(|l| l as u32),
+            rule: TEMPLATE_RULE.into(),
+            severity: Severity::Error,
+            message: format!("{what}, step {}: {}", self.step, self.message),
+        }
+    }
+}
+
+fn line_suffix(line: Option<usize>) -> String {
+    line.map(|l| format!(" line {l}")).unwrap_or_default()
+}
+
+impl std::fmt::Display for RenderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.template {
+            Some(t) => write!(
+                f,
+                "step {}: template {t}{}: {}",
+                self.step,
+                line_suffix(self.line),
+                self.message
+            ),
+            None => write!(f, "step {}: {}", self.step, self.message),
+        }
+    }
+}
+
+/// Builds every step of `workflow` for the cluster `spec`: its typed inputs, and for
+/// `kube.apply` the manifests rendered from the step's templates against `context` (checked to
+/// parse as YAML). Steps whose `when` path is empty in `context` are left out. Returns the step
+/// specs and the manifests for display.
 ///
-/// Errors: a message naming the step and template when rendering fails or the output does not
-/// parse.
+/// Errors: [`RenderError`] naming the step and the template (with its line) when rendering
+/// fails or the output does not parse, or naming the step when its inputs cannot be built (a
+/// TMC step without the repository's TMC endpoint).
 pub fn render_workflow(
     workflow: &Workflow,
+    spec: &ClusterSpec,
+    repo: Option<&RepoConfig>,
     context: &Value,
     catalog: &Catalog,
-) -> Result<(Vec<StepSpec>, Vec<RenderedManifest>), String> {
+) -> Result<(Vec<StepSpec>, Vec<RenderedManifest>), RenderError> {
     let mut steps = Vec::new();
     let mut manifests = Vec::new();
     for step in &workflow.steps {
@@ -645,49 +690,41 @@ pub fn render_workflow(
                 continue;
             }
         }
-        let text = catalog
-            .render(&step.inputs, context)
-            .map_err(|e| format!("step {}: {e}", step.id))?;
-        let mut inputs: Value = serde_json::from_str(&text).map_err(|e| {
-            format!(
-                "step {}: template {} did not render valid JSON: {e}",
-                step.id, step.inputs
-            )
-        })?;
-        if !step.manifests.is_empty() {
-            let mut docs = Vec::new();
-            for t in &step.manifests {
-                let yaml = catalog
-                    .render(t, context)
-                    .map_err(|e| format!("step {}: {e}", step.id))?;
-                for doc in serde_yaml::Deserializer::from_str(&yaml) {
-                    let v: serde_yaml::Value =
-                        serde::Deserialize::deserialize(doc).map_err(|e| {
-                            format!(
-                                "step {}: template {t} did not render valid YAML: {e}",
-                                step.id
-                            )
-                        })?;
-                    if !v.is_null() {
-                        docs.push(
-                            serde_yaml::to_string(&v)
-                                .map_err(|e| format!("step {}: {e}", step.id))?,
-                        );
-                    }
+        let mut docs = Vec::new();
+        for t in &step.manifests {
+            let failed = |line: Option<usize>, message: String| RenderError {
+                step: step.id.clone(),
+                template: Some(t.clone()),
+                line,
+                message,
+            };
+            let yaml = catalog.render(t, context).map_err(|e| match e {
+                CatalogError::Render { line, message, .. } => failed(line, message),
+                other => failed(None, other.to_string()),
+            })?;
+            for doc in serde_yaml::Deserializer::from_str(&yaml) {
+                let v: serde_yaml::Value = serde::Deserialize::deserialize(doc)
+                    .map_err(|e| failed(None, format!("the output is not valid YAML: {e}")))?;
+                if !v.is_null() {
+                    docs.push(serde_yaml::to_string(&v).map_err(|e| failed(None, e.to_string()))?);
                 }
-                manifests.push(RenderedManifest {
-                    step: step.id.clone(),
-                    template: t.clone(),
-                    yaml,
-                });
             }
-            if let Some(obj) = inputs.as_object_mut() {
-                obj.insert("manifests".into(), Value::String(docs.join("---\n")));
-            }
+            manifests.push(RenderedManifest {
+                step: step.id.clone(),
+                template: t.clone(),
+                yaml,
+            });
         }
+        let inputs = step_inputs(step.kind, spec, repo, docs.join("---\n")).map_err(|message| {
+            RenderError {
+                step: step.id.clone(),
+                template: None,
+                line: None,
+                message,
+            }
+        })?;
         steps.push(StepSpec {
             id: step.id.clone(),
-            kind: step.kind.clone(),
             title: step.title.clone(),
             timeout_secs: step.timeout.as_secs().max(1),
             retry: step
@@ -699,4 +736,84 @@ pub fn render_workflow(
         });
     }
     Ok((steps, manifests))
+}
+
+/// The typed inputs of a step of kind `kind` for the cluster `spec`; `manifests` is the
+/// rendered multi-document YAML of a `kube.apply` step (empty for other kinds).
+///
+/// Errors: a message when the inputs need repository settings that are missing (the TMC
+/// endpoint of `tmc.attach` and `tmc.detach`).
+pub fn step_inputs(
+    kind: StepKind,
+    spec: &ClusterSpec,
+    repo: Option<&RepoConfig>,
+    manifests: String,
+) -> Result<StepInputs, String> {
+    let target = WorkloadTarget {
+        management_cluster: spec.management_cluster.clone(),
+        namespace: spec.namespace.clone(),
+        cluster_name: spec.name.clone(),
+    };
+    let tmc = || -> Result<TmcClusterInputs, String> {
+        let org = repo
+            .and_then(|r| r.tmc.as_ref())
+            .ok_or("the repository's tkgops.yaml has no tmc.endpoint")?;
+        let (cluster_group, description) = spec
+            .tmc
+            .as_ref()
+            .map(|t| (t.cluster_group.clone(), t.description.clone()))
+            .unwrap_or_default();
+        Ok(TmcClusterInputs {
+            endpoint: org.endpoint.clone(),
+            csp_endpoint: org.csp_endpoint.clone(),
+            target: target.clone(),
+            full_name: TmcFullName::attached(&spec.name),
+            cluster_group,
+            description,
+            labels: spec.labels.clone(),
+        })
+    };
+    let packages = || PackagesInputs {
+        target: target.clone(),
+        repository: spec.package_repository.clone(),
+        packages: spec.packages.clone(),
+    };
+    Ok(match kind {
+        StepKind::AwsPreflight => StepInputs::AwsPreflight(AwsPreflightInputs {
+            cluster_name: spec.name.clone(),
+            region: spec.region.clone(),
+            azs: spec.azs.clone(),
+            vpc: spec.vpc.clone(),
+            subnets: spec.subnets.clone(),
+            instance_types: instance_types(spec),
+            cluster_cidr: spec.cluster_cidr.clone(),
+            service_cidr: spec.service_cidr.clone(),
+        }),
+        StepKind::KubeApply => StepInputs::KubeApply(KubeApplyInputs {
+            target: target.clone(),
+            manifests,
+        }),
+        StepKind::KubeWaitCluster => StepInputs::KubeWaitCluster(target.clone()),
+        StepKind::KubeReadKubeconfig => StepInputs::KubeReadKubeconfig(target.clone()),
+        StepKind::TmcAttach => StepInputs::TmcAttach(tmc()?),
+        StepKind::PackagesRollout => StepInputs::PackagesRollout(packages()),
+        StepKind::KubeUpgradeCluster => StepInputs::KubeUpgradeCluster(UpgradeClusterInputs {
+            target: target.clone(),
+            tkr: spec.tkr.clone(),
+            kubernetes_version: spec.kubernetes_version.clone(),
+        }),
+        StepKind::PackagesUpdate => StepInputs::PackagesUpdate(packages()),
+        StepKind::TmcDetach => StepInputs::TmcDetach(tmc()?),
+        StepKind::KubeDeleteCluster => StepInputs::KubeDeleteCluster(target.clone()),
+    })
+}
+
+/// The instance types of the control plane and every worker pool, sorted and deduplicated.
+fn instance_types(spec: &ClusterSpec) -> Vec<String> {
+    let mut types: Vec<String> = std::iter::once(spec.control_plane.instance_type.clone())
+        .chain(spec.workers.iter().map(|w| w.instance_type.clone()))
+        .collect();
+    types.sort();
+    types.dedup();
+    types
 }

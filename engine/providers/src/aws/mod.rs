@@ -20,12 +20,10 @@ use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 
-use tkgops_engine::{StepContext, StepError, StepExecutor};
+use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 
-pub use preflight::{PreflightInputs, PreflightOutput, SubnetInput, VpcInput};
-
-/// The step kind handled by [`AwsExecutor`].
-pub const KIND_PREFLIGHT: &str = "aws.preflight";
+pub use preflight::PreflightOutput;
+pub use tkgops_domain::step::AwsPreflightInputs;
 
 /// Region whose EC2 endpoint lists the regions when the requested region's endpoint cannot be
 /// reached (a region that does not exist has no endpoint): `us-east-1`.
@@ -132,32 +130,31 @@ impl AwsExecutor {
 
 #[async_trait::async_trait]
 impl StepExecutor for AwsExecutor {
-    /// `["aws.preflight"]`.
-    fn kinds(&self) -> Vec<&'static str> {
-        vec![KIND_PREFLIGHT]
+    /// `[aws.preflight]`.
+    fn kinds(&self) -> &'static [StepKind] {
+        &[StepKind::AwsPreflight]
     }
 
-    /// Runs [`preflight::run`] on `ctx.step.inputs` ([`PreflightInputs`]) and returns the
+    /// Runs [`preflight::run`] on the step's [`AwsPreflightInputs`] and returns the
     /// [`PreflightOutput`] as JSON.
     ///
-    /// Errors: [`StepError::Permanent`] for an unknown kind, invalid inputs or a failed check
+    /// Errors: [`StepError::Permanent`] for another kind, empty inputs or a failed check
     /// (message names the check and the value); [`StepError::Transient`] for throttling, 5xx,
     /// timeouts and connection errors.
     async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
-        if ctx.step.kind != KIND_PREFLIGHT {
+        let StepInputs::AwsPreflight(inputs) = &ctx.step.inputs else {
             return Err(StepError::Permanent(format!(
-                "AWS provider cannot execute step kind {:?} (handles: {KIND_PREFLIGHT})",
-                ctx.step.kind
+                "AWS provider cannot execute step kind {} (handles: aws.preflight)",
+                ctx.step.kind()
             )));
-        }
-        let inputs = PreflightInputs::from_json(&ctx.step.inputs)?;
+        };
         let client = self.client(&inputs.region).await;
         let fallback = if inputs.region == FALLBACK_REGION {
             None
         } else {
             Some(self.client(FALLBACK_REGION).await)
         };
-        let out = preflight::run(&client, fallback.as_ref(), &inputs, &ctx.progress).await?;
+        let out = preflight::run(&client, fallback.as_ref(), inputs, &ctx.progress).await?;
         serde_json::to_value(&out).map_err(|e| {
             StepError::Permanent(format!("aws.preflight: cannot serialize output: {e}"))
         })

@@ -30,14 +30,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::error::{classify, error_code};
+use tkgops_domain::step::AwsPreflightInputs;
 use tkgops_engine::{ProgressSink, StepError};
 
-/// `CLUSTER_CIDR` used when the inputs leave it out (TKG CLI default, TF `constants/defaults.go`).
-pub const DEFAULT_CLUSTER_CIDR: &str = "100.96.0.0/11";
-/// `SERVICE_CIDR` used when the inputs leave it out (TKG CLI default, TF `constants/defaults.go`).
-pub const DEFAULT_SERVICE_CIDR: &str = "100.64.0.0/13";
-/// `AWS_VPC_CIDR` used for a new VPC when the inputs leave it out (TF `config_default.yaml`).
-pub const DEFAULT_VPC_CIDR: &str = "10.0.0.0/16";
 /// Tag value for the cluster tag on bring-your-own subnets (CAPA's `shared`).
 pub const CLUSTER_TAG_VALUE: &str = "shared";
 /// Role tag of private subnets (internal load balancers), value `1`.
@@ -51,64 +46,6 @@ pub const MIN_REGION_AZS: usize = 3;
 /// `kubernetes.io/cluster/<cluster_name>`.
 pub fn cluster_tag_key(cluster_name: &str) -> String {
     format!("kubernetes.io/cluster/{cluster_name}")
-}
-
-/// Inputs of `aws.preflight` (camelCase JSON, rendered by the workflow from the cluster request).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PreflightInputs {
-    /// TKG `CLUSTER_NAME`.
-    pub cluster_name: String,
-    /// TKG `AWS_REGION`, e.g. `us-west-2`.
-    pub region: String,
-    /// TKG `AWS_NODE_AZ`, `_1`, `_2` (1 for dev, 3 for prod), e.g. `us-west-2a`.
-    pub azs: Vec<String>,
-    /// The VPC: existing (`AWS_VPC_ID`) or new (`AWS_VPC_CIDR`).
-    pub vpc: VpcInput,
-    /// One entry per AZ with its subnet ids (existing VPC) or CIDRs (new VPC).
-    #[serde(default)]
-    pub subnets: Vec<SubnetInput>,
-    /// `CONTROL_PLANE_MACHINE_TYPE`, `NODE_MACHINE_TYPE*`, e.g. `m5.xlarge`.
-    pub instance_types: Vec<String>,
-    /// TKG `CLUSTER_CIDR` (pods); default [`DEFAULT_CLUSTER_CIDR`].
-    #[serde(default)]
-    pub cluster_cidr: Option<String>,
-    /// TKG `SERVICE_CIDR`; default [`DEFAULT_SERVICE_CIDR`].
-    #[serde(default)]
-    pub service_cidr: Option<String>,
-}
-
-/// The VPC of a cluster request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VpcInput {
-    /// `AWS_VPC_ID` (`vpc-…`), or `None` when TKG creates a new VPC.
-    #[serde(default)]
-    pub existing_id: Option<String>,
-    /// `AWS_VPC_CIDR` of a new VPC; default [`DEFAULT_VPC_CIDR`]. Ignored for an existing VPC
-    /// (its real CIDRs are read from EC2).
-    #[serde(default)]
-    pub cidr: Option<String>,
-}
-
-/// The subnets of one AZ.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SubnetInput {
-    /// The AZ these subnets must lie in.
-    pub az: String,
-    /// `AWS_PRIVATE_SUBNET_ID*` (existing VPC; required there, reference R15).
-    #[serde(default)]
-    pub private_id: Option<String>,
-    /// `AWS_PUBLIC_SUBNET_ID*` (existing VPC; optional for an internal-only VPC).
-    #[serde(default)]
-    pub public_id: Option<String>,
-    /// `AWS_PRIVATE_NODE_CIDR*` (new VPC).
-    #[serde(default)]
-    pub private_cidr: Option<String>,
-    /// `AWS_PUBLIC_NODE_CIDR*` (new VPC).
-    #[serde(default)]
-    pub public_cidr: Option<String>,
 }
 
 /// Output of `aws.preflight` (secret-free; passed to later steps).
@@ -129,29 +66,24 @@ pub struct PreflightOutput {
     pub already_tagged: Vec<String>,
 }
 
-impl PreflightInputs {
-    /// Parses step inputs.
-    ///
-    /// Takes the step's `inputs` JSON. Errors: [`StepError::Permanent`] naming the serde error
-    /// when the JSON does not match [`PreflightInputs`], or when `clusterName`, `region`, `azs`
-    /// or `instanceTypes` is empty.
-    pub fn from_json(value: &serde_json::Value) -> Result<Self, StepError> {
-        let inputs: PreflightInputs = serde_json::from_value(value.clone())
-            .map_err(|e| StepError::Permanent(format!("aws.preflight: invalid inputs: {e}")))?;
-        for (field, empty) in [
-            ("clusterName", inputs.cluster_name.trim().is_empty()),
-            ("region", inputs.region.trim().is_empty()),
-            ("azs", inputs.azs.is_empty()),
-            ("instanceTypes", inputs.instance_types.is_empty()),
-        ] {
-            if empty {
-                return Err(StepError::Permanent(format!(
-                    "aws.preflight: input {field} is empty"
-                )));
-            }
+/// Checks the inputs of `aws.preflight` before any call: `clusterName`, `region`, `azs` and
+/// `instanceTypes` must not be empty.
+///
+/// Errors: [`StepError::Permanent`] naming the empty input.
+pub fn check_inputs(inputs: &AwsPreflightInputs) -> Result<(), StepError> {
+    for (field, empty) in [
+        ("clusterName", inputs.cluster_name.trim().is_empty()),
+        ("region", inputs.region.trim().is_empty()),
+        ("azs", inputs.azs.is_empty()),
+        ("instanceTypes", inputs.instance_types.is_empty()),
+    ] {
+        if empty {
+            return Err(StepError::Permanent(format!(
+                "aws.preflight: input {field} is empty"
+            )));
         }
-        Ok(inputs)
     }
+    Ok(())
 }
 
 fn permanent(msg: impl Into<String>) -> StepError {
@@ -189,24 +121,13 @@ enum Role {
 pub async fn run(
     client: &aws_sdk_ec2::Client,
     fallback: Option<&aws_sdk_ec2::Client>,
-    inputs: &PreflightInputs,
+    inputs: &AwsPreflightInputs,
     progress: &ProgressSink,
 ) -> Result<PreflightOutput, StepError> {
     let region = inputs.region.as_str();
-    let cluster_cidr = parse_cidr(
-        "CLUSTER_CIDR",
-        inputs
-            .cluster_cidr
-            .as_deref()
-            .unwrap_or(DEFAULT_CLUSTER_CIDR),
-    )?;
-    let service_cidr = parse_cidr(
-        "SERVICE_CIDR",
-        inputs
-            .service_cidr
-            .as_deref()
-            .unwrap_or(DEFAULT_SERVICE_CIDR),
-    )?;
+    check_inputs(inputs)?;
+    let cluster_cidr = parse_cidr("CLUSTER_CIDR", &inputs.cluster_cidr)?;
+    let service_cidr = parse_cidr("SERVICE_CIDR", &inputs.service_cidr)?;
     let azs = dedup(&inputs.azs);
     let instance_types = dedup(&inputs.instance_types);
 
@@ -238,7 +159,7 @@ pub async fn run(
             (cidrs, Some((vpc_id, subnets)))
         }
         None => {
-            let cidr_text = inputs.vpc.cidr.as_deref().unwrap_or(DEFAULT_VPC_CIDR);
+            let cidr_text = inputs.vpc.cidr.as_str();
             progress.report(&format!(
                 "4/6 checking new VPC CIDR {cidr_text} against existing VPCs"
             ));
@@ -529,7 +450,7 @@ async fn check_existing_subnets(
     client: &aws_sdk_ec2::Client,
     region: &str,
     vpc_id: &str,
-    inputs: &PreflightInputs,
+    inputs: &AwsPreflightInputs,
     azs: &[String],
 ) -> Result<Vec<(Subnet, Role)>, StepError> {
     // (id, assigned AZ, role) in request order.
@@ -651,7 +572,7 @@ async fn check_new_vpc(
     client: &aws_sdk_ec2::Client,
     region: &str,
     cidr: &IpNet,
-    inputs: &PreflightInputs,
+    inputs: &AwsPreflightInputs,
 ) -> Result<(), StepError> {
     let mut subnet_cidrs: Vec<(String, IpNet)> = Vec::new();
     for s in &inputs.subnets {
@@ -779,15 +700,15 @@ mod tests {
     }
 
     #[test]
-    fn inputs_parse_and_reject_empty_fields() {
+    fn inputs_with_empty_fields_are_refused() {
         let v = serde_json::json!({"clusterName":"c","region":"us-west-2","azs":["us-west-2a"],
-            "vpc":{"existingId":null,"cidr":"10.0.0.0/16"},"subnets":[],"instanceTypes":["t3.large"]});
-        assert!(PreflightInputs::from_json(&v).is_ok());
-        let mut bad = v.clone();
-        bad["azs"] = serde_json::json!([]);
-        assert!(
-            matches!(PreflightInputs::from_json(&bad), Err(StepError::Permanent(m)) if m.contains("azs"))
-        );
+            "vpc":{"existingId":null,"cidr":"10.0.0.0/16"},"subnets":[],"instanceTypes":["t3.large"],
+            "clusterCidr":"100.96.0.0/11","serviceCidr":"100.64.0.0/13"});
+        let ok: AwsPreflightInputs = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
+        assert!(check_inputs(&ok).is_ok());
+        let mut bad = ok.clone();
+        bad.azs.clear();
+        assert!(matches!(check_inputs(&bad), Err(StepError::Permanent(m)) if m.contains("azs")));
     }
 
     #[test]
@@ -815,12 +736,8 @@ mod tests {
     #[test]
     fn cidr_check_names_the_variable() {
         let vpc: IpNet = "100.64.0.0/16".parse().unwrap_or_else(|_| unreachable!());
-        let cl: IpNet = DEFAULT_CLUSTER_CIDR
-            .parse()
-            .unwrap_or_else(|_| unreachable!());
-        let sv: IpNet = DEFAULT_SERVICE_CIDR
-            .parse()
-            .unwrap_or_else(|_| unreachable!());
+        let cl: IpNet = "100.96.0.0/11".parse().unwrap_or_else(|_| unreachable!());
+        let sv: IpNet = "100.64.0.0/13".parse().unwrap_or_else(|_| unreachable!());
         let err = check_pod_service_cidrs(&cl, &sv, &[vpc]).err();
         assert!(matches!(err, Some(StepError::Permanent(m)) if m.contains("SERVICE_CIDR")));
     }

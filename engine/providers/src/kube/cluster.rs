@@ -16,9 +16,8 @@ use std::collections::BTreeMap;
 use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::Value;
 
-use super::{
-    classify, custom_resource, parse_inputs, ClusterInputs, KubeProvider, PollErrors, ProgressDedup,
-};
+use super::{classify, custom_resource, KubeProvider, PollErrors, ProgressDedup};
+use crate::WorkloadTarget;
 use tkgops_engine::{StepContext, StepError};
 
 /// Label Cluster API puts on every object of a cluster.
@@ -259,7 +258,7 @@ pub fn cluster_state(cluster: &Value, kcps: &[Value], mds: &[Value]) -> ClusterS
 
 async fn observe(
     provider: &KubeProvider,
-    inputs: &ClusterInputs,
+    inputs: &WorkloadTarget,
 ) -> Result<ClusterState, StepError> {
     let mc = &inputs.management_cluster;
     let ns = &inputs.namespace;
@@ -307,18 +306,21 @@ async fn observe(
     Ok(cluster_state(&cluster, &kcps, &mds))
 }
 
-/// Runs `kube.wait-cluster`. Inputs `{"managementCluster","namespace","clusterName"}`; output
+/// Runs `kube.wait-cluster` for the Cluster `inputs`; output
 /// `{"phase":"Provisioned","controlPlane":"3/3","machineDeployments":{"<md>":"1/1",…}}`.
 ///
 /// Errors: [`StepError::Permanent`] when the Cluster is missing or failed (see the module docs)
-/// or the inputs are invalid; [`StepError::Transient`] after
+/// [`StepError::Transient`] after
 /// [`super::MAX_CONSECUTIVE_POLL_ERRORS`] consecutive transient errors.
-pub async fn wait_cluster(provider: &KubeProvider, ctx: &StepContext) -> Result<Value, StepError> {
-    let inputs: ClusterInputs = parse_inputs(ctx)?;
+pub async fn wait_cluster(
+    provider: &KubeProvider,
+    ctx: &StepContext,
+    inputs: &WorkloadTarget,
+) -> Result<Value, StepError> {
     let mut progress = ProgressDedup::new();
     let mut errors = PollErrors::new();
     loop {
-        match observe(provider, &inputs).await {
+        match observe(provider, inputs).await {
             Ok(state) => {
                 errors.ok();
                 progress.report(ctx, state.progress_line());

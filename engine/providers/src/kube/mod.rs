@@ -27,10 +27,18 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::ApiResource;
 use kube::Api;
-use serde::de::DeserializeOwned;
 
 use crate::{KubeconfigSource, ManifestApplier, WorkloadTarget};
-use tkgops_engine::{StepContext, StepError, StepExecutor};
+use tkgops_domain::step::KubeApplyInputs;
+use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
+
+/// The step kinds [`KubeProvider`] executes.
+pub const KINDS: &[StepKind] = &[
+    StepKind::KubeApply,
+    StepKind::KubeWaitCluster,
+    StepKind::KubeReadKubeconfig,
+    StepKind::PackagesRollout,
+];
 
 /// The field manager tkgops uses for every server-side apply it makes on its own behalf.
 pub const FIELD_MANAGER: &str = "tkgops";
@@ -506,16 +514,6 @@ fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// Parses step inputs into `T`. Errors: [`StepError::Permanent`] naming the step kind.
-pub(crate) fn parse_inputs<T: DeserializeOwned>(ctx: &StepContext) -> Result<T, StepError> {
-    serde_json::from_value(ctx.step.inputs.clone()).map_err(|e| {
-        StepError::Permanent(format!(
-            "invalid inputs for {} step '{}': {e}",
-            ctx.step.kind, ctx.step.id
-        ))
-    })
-}
-
 /// The `ApiResource` of a Cluster API / Carvel custom kind served at `plural`.
 pub(crate) fn custom_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -573,63 +571,40 @@ impl PollErrors {
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ApplyInputs {
-    management_cluster: String,
-    manifests: String,
-}
-
-/// Inputs naming a workload cluster (`kube.wait-cluster`, `kube.read-kubeconfig`).
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ClusterInputs {
-    pub(crate) management_cluster: String,
-    pub(crate) namespace: String,
-    pub(crate) cluster_name: String,
-}
-
-impl ClusterInputs {
-    pub(crate) fn target(&self) -> WorkloadTarget {
-        WorkloadTarget {
-            management_cluster: self.management_cluster.clone(),
-            namespace: self.namespace.clone(),
-            cluster_name: self.cluster_name.clone(),
-        }
-    }
-}
-
 impl KubeProvider {
-    async fn step_apply(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
-        let inputs: ApplyInputs = parse_inputs(ctx)?;
-        let client = self.management_client(&inputs.management_cluster).await?;
-        let cache_key = format!("mgmt/{}", inputs.management_cluster);
+    async fn step_apply(
+        &self,
+        ctx: &StepContext,
+        inputs: &KubeApplyInputs,
+    ) -> Result<serde_json::Value, StepError> {
+        let mc = &inputs.target.management_cluster;
+        let client = self.management_client(mc).await?;
+        let cache_key = format!("mgmt/{mc}");
         let applied = match self
             .apply_yaml_cached(&client, &cache_key, &inputs.manifests, FIELD_MANAGER)
             .await
         {
             Ok(a) => a,
             Err(StepError::Permanent(m)) if m.contains("credentials were rejected") => {
-                self.forget_management(&inputs.management_cluster);
+                self.forget_management(mc);
                 return Err(StepError::Permanent(format!(
-                    "management cluster '{}': {m}",
-                    inputs.management_cluster
+                    "management cluster '{mc}': {m}"
                 )));
             }
             Err(e) => return Err(e),
         };
         ctx.progress
             .report(&format!("applied {} objects", applied.len()));
-        tracing::info!(step = %ctx.step.id, management_cluster = %inputs.management_cluster, count = applied.len(), "kube.apply done");
+        tracing::info!(step = %ctx.step.id, management_cluster = %mc, count = applied.len(), "kube.apply done");
         Ok(serde_json::json!({ "applied": applied }))
     }
 
     async fn step_read_kubeconfig(
         &self,
         ctx: &StepContext,
+        inputs: &WorkloadTarget,
     ) -> Result<serde_json::Value, StepError> {
-        let inputs: ClusterInputs = parse_inputs(ctx)?;
-        let wl = self.workload(&inputs.target()).await?;
+        let wl = self.workload(inputs).await?;
         let version = wl.client.apiserver_version().await.map_err(|e| {
             classify(
                 &format!("workload cluster {} ({})", inputs.cluster_name, wl.server),
@@ -651,26 +626,22 @@ impl KubeProvider {
 #[async_trait::async_trait]
 impl StepExecutor for KubeProvider {
     /// `kube.apply`, `kube.wait-cluster`, `kube.read-kubeconfig` and `packages.rollout`.
-    fn kinds(&self) -> Vec<&'static str> {
-        vec![
-            "kube.apply",
-            "kube.wait-cluster",
-            "kube.read-kubeconfig",
-            "packages.rollout",
-        ]
+    fn kinds(&self) -> &'static [StepKind] {
+        KINDS
     }
 
     /// Runs one attempt of a Kubernetes step; see the module documentation for each kind's
-    /// inputs and output. Errors: [`StepError::Permanent`] for an unknown kind or invalid inputs,
+    /// inputs and output. Errors: [`StepError::Permanent`] for a kind of another provider,
     /// otherwise as documented on each kind.
     async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
-        match ctx.step.kind.as_str() {
-            "kube.apply" => self.step_apply(ctx).await,
-            "kube.wait-cluster" => cluster::wait_cluster(self, ctx).await,
-            "kube.read-kubeconfig" => self.step_read_kubeconfig(ctx).await,
-            "packages.rollout" => packages::rollout(self, ctx).await,
+        match &ctx.step.inputs {
+            StepInputs::KubeApply(i) => self.step_apply(ctx, i).await,
+            StepInputs::KubeWaitCluster(t) => cluster::wait_cluster(self, ctx, t).await,
+            StepInputs::KubeReadKubeconfig(t) => self.step_read_kubeconfig(ctx, t).await,
+            StepInputs::PackagesRollout(i) => packages::rollout(self, ctx, i).await,
             other => Err(StepError::Permanent(format!(
-                "the Kubernetes provider does not execute step kind '{other}'"
+                "the Kubernetes provider does not execute step kind '{}'",
+                other.kind()
             ))),
         }
     }

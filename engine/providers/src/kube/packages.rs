@@ -8,15 +8,11 @@
 
 use kube::api::{Api, DynamicObject};
 use kube::discovery::ApiResource;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::apply::{apply_object, Resolved};
 use super::cluster::condition;
-use super::{
-    classify, custom_resource, parse_inputs, KubeProvider, PollErrors, ProgressDedup, FIELD_MANAGER,
-};
-use crate::WorkloadTarget;
+use super::{classify, custom_resource, KubeProvider, PollErrors, ProgressDedup, FIELD_MANAGER};
 use tkgops_engine::{StepContext, StepError};
 
 /// Annotation `tanzu package install` puts on every object it creates for a package install
@@ -56,48 +52,8 @@ fn rbac(kind: &str, plural: &str) -> Resolved {
     )
 }
 
-/// Inputs of `packages.rollout`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RolloutInputs {
-    /// Management cluster holding the workload cluster's kubeconfig Secret.
-    pub management_cluster: String,
-    /// Namespace of the Cluster on the management cluster.
-    pub namespace: String,
-    /// Workload cluster name.
-    pub cluster_name: String,
-    /// The PackageRepository that must be reconciled first.
-    pub repository: RepositoryRef,
-    /// Packages in install (dependency) order.
-    pub packages: Vec<PackageSpec>,
-}
-
-/// A PackageRepository by name and namespace (TKG 1.6: `tanzu-package-repo-global/tanzu-standard`).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RepositoryRef {
-    /// PackageRepository name.
-    pub name: String,
-    /// PackageRepository namespace.
-    pub namespace: String,
-}
-
-/// One package to install.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PackageSpec {
-    /// PackageInstall name (e.g. `cert-manager`).
-    pub name: String,
-    /// Package refName (e.g. `cert-manager.tanzu.vmware.com`).
-    pub ref_name: String,
-    /// Exact package version, used as the version constraint (e.g. `1.7.2+vmware.1-tkg.1`).
-    pub version: String,
-    /// Namespace of the PackageInstall and its ServiceAccount and values Secret.
-    pub namespace: String,
-    /// Data values (YAML); empty for none.
-    #[serde(default)]
-    pub values_yaml: String,
-}
+pub use tkgops_domain::request::{PackageRepositoryRef, PackageSpec};
+pub use tkgops_domain::step::PackagesInputs;
 
 /// The objects `tanzu package install` creates for `pkg`, in creation order: Namespace,
 /// ServiceAccount, ClusterRole, ClusterRoleBinding, values Secret (only with values) and the
@@ -250,7 +206,7 @@ async fn get_value(
     }
 }
 
-fn validate(inputs: &RolloutInputs) -> Result<(), StepError> {
+fn validate(inputs: &PackagesInputs) -> Result<(), StepError> {
     let bad = |field: &str, v: &str| {
         StepError::Permanent(format!(
             "packages.rollout: {field} '{v}' is not a valid Kubernetes name"
@@ -288,7 +244,7 @@ fn validate(inputs: &RolloutInputs) -> Result<(), StepError> {
 /// Waits until the PackageRepository has reconciled successfully.
 async fn wait_repository(
     client: &kube::Client,
-    repo: &RepositoryRef,
+    repo: &PackageRepositoryRef,
     ctx: &StepContext,
     poll: std::time::Duration,
 ) -> Result<(), StepError> {
@@ -408,15 +364,13 @@ async fn install_one(
 /// PackageRepository is missing or reconciling after [`REPOSITORY_WAIT_POLLS`] polls;
 /// [`StepError::Permanent`] for invalid inputs, a failed PackageRepository, or a PackageInstall
 /// with `ReconcileFailed` ("PackageInstall <ns>/<name>: <usefulErrorMessage>").
-pub async fn rollout(provider: &KubeProvider, ctx: &StepContext) -> Result<Value, StepError> {
-    let inputs: RolloutInputs = parse_inputs(ctx)?;
-    validate(&inputs)?;
-    let target = WorkloadTarget {
-        management_cluster: inputs.management_cluster.clone(),
-        namespace: inputs.namespace.clone(),
-        cluster_name: inputs.cluster_name.clone(),
-    };
-    let client = provider.workload_client(&target).await?;
+pub async fn rollout(
+    provider: &KubeProvider,
+    ctx: &StepContext,
+    inputs: &PackagesInputs,
+) -> Result<Value, StepError> {
+    validate(inputs)?;
+    let client = provider.workload_client(&inputs.target).await?;
     let poll = provider.poll_interval();
     wait_repository(&client, &inputs.repository, ctx, poll).await?;
     let mut done = Vec::with_capacity(inputs.packages.len());

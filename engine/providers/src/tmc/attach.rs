@@ -1,48 +1,23 @@
 //! The `tmc.attach` step: attach a workload cluster to TMC (reference §3.5; TMC-TF
 //! `internal/resources/cluster/resource_cluster.go` create path).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::client::{TmcClient, TmcSettings};
 use super::models::{Cluster, FullName, ATTACHED, PHASE_DELETING, PHASE_DETACHING};
 use super::{SecretToken, TmcError};
-use crate::{ManifestApplier, WorkloadTarget};
-use tkgops_engine::{StepContext, StepError, StepExecutor};
+use crate::ManifestApplier;
+use tkgops_domain::step::TmcClusterInputs;
+use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 
 /// Field manager of the installer apply.
 const FIELD_MANAGER: &str = "tkgops";
 /// Consecutive transient poll failures tolerated before the attempt fails (transiently).
 const MAX_POLL_ERRORS: u32 = 3;
-
-/// Inputs of `tmc.attach` (rendered by the attach-tmc workflow; secret-free).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AttachInputs {
-    /// TMC base URL.
-    endpoint: String,
-    /// CSP base URL.
-    csp_endpoint: String,
-    /// The workload cluster to install the agent on.
-    target: WorkloadTarget,
-    /// TMC full name; management cluster and provisioner default to `attached`, the name to
-    /// `target.clusterName`.
-    #[serde(default)]
-    full_name: FullName,
-    /// Cluster group; empty means TMC's `default`.
-    #[serde(default)]
-    cluster_group: String,
-    /// `meta.description`.
-    #[serde(default)]
-    description: String,
-    /// `meta.labels`.
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
 
 /// Executes `tmc.attach`: exchange the CSP API token, GET the cluster, POST it when absent (a
 /// 409 means a concurrent or earlier attempt created it: GET again and continue), fetch the
@@ -111,9 +86,18 @@ impl TmcExecutor {
         Ok(client)
     }
 
-    async fn attach(&self, ctx: &StepContext, inputs: AttachInputs) -> Result<Value, StepError> {
+    async fn attach(
+        &self,
+        ctx: &StepContext,
+        inputs: &TmcClusterInputs,
+    ) -> Result<Value, StepError> {
         let client = self.client(&inputs.endpoint, &inputs.csp_endpoint)?;
-        let mut full_name = inputs.full_name.clone();
+        let mut full_name = FullName {
+            org_id: None,
+            management_cluster_name: inputs.full_name.management_cluster_name.clone(),
+            provisioner_name: inputs.full_name.provisioner_name.clone(),
+            name: inputs.full_name.name.clone(),
+        };
         if full_name.management_cluster_name.is_empty() {
             full_name.management_cluster_name = ATTACHED.to_string();
         }
@@ -165,7 +149,7 @@ impl TmcExecutor {
         };
         check_not_failed(&cluster, &shown)?;
         if cluster.is_ready_and_healthy() {
-            return Ok(output(&cluster, &inputs, false));
+            return Ok(output(&cluster, inputs, false));
         }
 
         let link = cluster
@@ -203,7 +187,7 @@ impl TmcExecutor {
                     }
                     check_not_failed(&c, &shown)?;
                     if c.is_ready_and_healthy() {
-                        return Ok(output(&c, &inputs, true));
+                        return Ok(output(&c, inputs, true));
                     }
                 }
                 Ok(None) => {
@@ -248,7 +232,7 @@ fn check_not_failed(c: &Cluster, shown: &str) -> Result<(), StepError> {
     Ok(())
 }
 
-fn output(c: &Cluster, inputs: &AttachInputs, installer_applied: bool) -> Value {
+fn output(c: &Cluster, inputs: &TmcClusterInputs, installer_applied: bool) -> Value {
     let group = c
         .spec
         .cluster_group_name
@@ -272,27 +256,22 @@ fn output(c: &Cluster, inputs: &AttachInputs, installer_applied: bool) -> Value 
 
 #[async_trait::async_trait]
 impl StepExecutor for TmcExecutor {
-    /// `["tmc.attach"]`.
-    fn kinds(&self) -> Vec<&'static str> {
-        vec!["tmc.attach"]
+    /// `[tmc.attach]`.
+    fn kinds(&self) -> &'static [StepKind] {
+        &[StepKind::TmcAttach]
     }
 
     /// Runs one attempt of `tmc.attach` (see [`TmcExecutor`]).
     ///
-    /// Errors: Permanent for invalid inputs, a missing API token, a refused token exchange,
+    /// Errors: Permanent for a kind of another provider, a missing API token, a refused token exchange,
     /// 4xx answers and a cluster in phase `ERROR`/`UPGRADE_FAILED`; Transient for 429/5xx,
     /// connection errors, timeouts and a cluster being detached; the applier's own errors as is.
     async fn execute(&self, ctx: &StepContext) -> Result<Value, StepError> {
-        match ctx.step.kind.as_str() {
-            "tmc.attach" => {
-                let inputs: AttachInputs = serde_json::from_value(ctx.step.inputs.clone())
-                    .map_err(|e| {
-                        StepError::Permanent(format!("tmc.attach: invalid inputs: {e}"))
-                    })?;
-                self.attach(ctx, inputs).await
-            }
+        match &ctx.step.inputs {
+            StepInputs::TmcAttach(inputs) => self.attach(ctx, inputs).await,
             other => Err(StepError::Permanent(format!(
-                "TMC executor cannot run step kind {other:?}"
+                "TMC executor cannot run step kind {}",
+                other.kind()
             ))),
         }
     }
