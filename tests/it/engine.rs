@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, Notify};
 
 use tkgops_engine::store::{
     RunRecord, RunState, SledStore, StepState, Store, MAX_ERROR_BYTES, OUTCOME_INTERRUPTED,
+    OUTCOME_SHUTDOWN,
     OUTCOME_PERMANENT, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
 };
 use tkgops_engine::{
@@ -741,15 +742,16 @@ async fn engine_runs_one_at_a_time_per_cluster() {
     assert_eq!(order, ["a", "c", "b", "b2"]);
 }
 
-fn crash_steps() -> Vec<StepSpec> {
+/// Three steps; s2 may make `max_attempts` attempts.
+fn crash_steps(max_attempts: u32) -> Vec<StepSpec> {
     let mut s2 = spec("s2");
-    // Interrupted attempts must not consume the budget: one attempt allowed, yet the resumed
-    // attempt 2 still runs.
-    s2.retry.max_attempts = 1;
+    s2.retry.max_attempts = max_attempts;
     vec![spec("s1"), s2, spec("s3")]
 }
 
-fn assert_resumed(run: &RunRecord, second: &Scripted) {
+/// The run finished after s2's first attempt ended with `first_outcome` and its second
+/// succeeded; s1 ran once.
+fn assert_resumed(run: &RunRecord, second: &Scripted, first_outcome: &str) {
     assert_eq!(run.state, RunState::Succeeded, "{:?}", run.error);
     assert_eq!(states(run), [StepState::Succeeded; 3]);
     assert_eq!(run.steps[0].attempts.len(), 1, "s1 not re-executed");
@@ -761,7 +763,7 @@ fn assert_resumed(run: &RunRecord, second: &Scripted) {
     assert_eq!(
         s2,
         [
-            (1, OUTCOME_INTERRUPTED.to_string()),
+            (1, first_outcome.to_string()),
             (2, OUTCOME_SUCCEEDED.to_string())
         ]
     );
@@ -782,8 +784,10 @@ async fn engine_resumes_after_shutdown_without_repeating_succeeded_steps() {
         ex.script("s2", vec![Act::Hang, Act::Ok]);
         let mut started = ex.notify_started();
         let engine = engine_with(store, ex.clone(), Arc::new(NoopObserver));
+        // A graceful shutdown does not consume the budget: one attempt allowed, yet the
+        // resumed attempt 2 still runs.
         engine
-            .submit(request("crash", "c", crash_steps()))
+            .submit(request("crash", "c", crash_steps(1)))
             .await
             .unwrap();
         assert_eq!(wait_for_call(&mut started, "s2").await, 1);
@@ -809,7 +813,10 @@ async fn engine_resumes_after_shutdown_without_repeating_succeeded_steps() {
         states(&before),
         [StepState::Succeeded, StepState::Running, StepState::Pending]
     );
-    assert!(before.steps[1].attempts[0].outcome.is_none());
+    assert_eq!(
+        before.steps[1].attempts[0].outcome.as_deref(),
+        Some(OUTCOME_SHUTDOWN)
+    );
 
     let ex = Scripted::new();
     ex.script("s2", vec![Act::Hang, Act::Ok]);
@@ -817,7 +824,7 @@ async fn engine_resumes_after_shutdown_without_repeating_succeeded_steps() {
     assert_eq!(engine.resume_all().await.unwrap(), 1);
     assert_eq!(engine.resume_all().await.unwrap(), 0, "already scheduled");
     let run = engine.wait("crash").await.unwrap();
-    assert_resumed(&run, &ex);
+    assert_resumed(&run, &ex, OUTCOME_SHUTDOWN);
 }
 
 #[test]
@@ -839,7 +846,7 @@ fn engine_resumes_after_the_runtime_is_killed() {
             let mut started = ex.notify_started();
             let engine = engine_with(store, ex.clone(), Arc::new(NoopObserver));
             engine
-                .submit(request("crash", "c", crash_steps()))
+                .submit(request("crash", "c", crash_steps(2)))
                 .await
                 .unwrap();
             wait_for_call(&mut started, "s2").await;
@@ -862,11 +869,77 @@ fn engine_resumes_after_the_runtime_is_killed() {
         let engine = engine_with(store, ex.clone(), obs.clone());
         assert_eq!(engine.resume_all().await.unwrap(), 1);
         let run = engine.wait("crash").await.unwrap();
-        assert_resumed(&run, &ex);
+        assert_resumed(&run, &ex, OUTCOME_INTERRUPTED);
         // The first persisted transition after resume marks the interrupted attempt.
         let events = obs.events.lock().unwrap();
         assert_eq!(events[0].1, RunState::Running);
     });
+}
+
+/// Runs one life of the bot on `path` in its own runtime, dropped (like `kill -9`) once step
+/// `s2` of run `crash` has started, or when the run ends. Returns the run as the life left it.
+fn one_life_killed_in_s2(path: &Path) -> RunRecord {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let run = rt.block_on(async {
+            let store = open_store(&path);
+            let ex = Scripted::new();
+            ex.script("s2", vec![Act::Hang]);
+            let mut started = ex.notify_started();
+            let engine = engine_with(store.clone(), ex.clone(), Arc::new(NoopObserver));
+            if engine.resume_all().await.unwrap() == 0 {
+                engine
+                    .submit(request("crash", "c", crash_steps(2)))
+                    .await
+                    .unwrap();
+            }
+            let waiter = engine.clone();
+            tokio::select! {
+                _ = wait_for_call(&mut started, "s2") => {}
+                r = waiter.wait("crash") => { r.unwrap(); }
+            }
+            store.get_run("crash").await.unwrap().unwrap()
+        });
+        drop(rt);
+        run
+    })
+    .join()
+    .unwrap()
+}
+
+/// A step that kills the bot on every attempt stops when its interrupted attempts exhaust the
+/// retry budget: the run fails with the reason, and its record stops growing.
+#[test]
+fn interrupted_attempts_count_against_the_retry_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = one_life_killed_in_s2(dir.path());
+    assert_eq!(first.steps[1].attempts.len(), 1);
+    let second = one_life_killed_in_s2(dir.path());
+    assert_eq!(second.steps[1].attempts.len(), 2);
+    // Third life: the budget of 2 is used up by two interrupted attempts; s2 is not called again.
+    let third = one_life_killed_in_s2(dir.path());
+    assert_eq!(third.state, RunState::Failed);
+    assert_eq!(
+        states(&third),
+        [StepState::Succeeded, StepState::Failed, StepState::Cancelled]
+    );
+    let outcomes: Vec<_> = third.steps[1]
+        .attempts
+        .iter()
+        .map(|a| a.outcome.clone().unwrap())
+        .collect();
+    assert_eq!(outcomes, [OUTCOME_INTERRUPTED, OUTCOME_INTERRUPTED]);
+    assert_eq!(
+        third.error.as_deref(),
+        Some("s2: attempt 2 was interrupted: the bot stopped while it ran (retry budget of 2 attempt(s) exhausted)")
+    );
+    let fourth = one_life_killed_in_s2(dir.path());
+    assert_eq!(fourth, third, "a finished run does not change on restart");
 }
 
 #[tokio::test]

@@ -19,7 +19,10 @@ pub mod executors;
 pub mod gitops;
 pub mod local;
 pub mod publisher;
+pub mod redact;
 pub mod serve;
+#[cfg(test)]
+mod testing;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -192,6 +195,14 @@ impl Bot {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        match self.republish_pending().await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                commits = n,
+                "republishing run results GitHub had not accepted"
+            ),
+            Err(e) => warn!(error = %e, "reading unpublished run results failed"),
+        }
         loop {
             if let Err(e) = self.poll_once().await {
                 warn!(error = %e, "poll failed; retrying at the next interval");
@@ -337,8 +348,13 @@ impl Bot {
         }
         let git = self.git.clone();
         let branch = self.default_branch.clone();
-        let tip = blocking(move || git.fetch_branch(&branch)).await?;
-        if !self.git.is_ancestor(&merge_sha, &tip) {
+        let m = merge_sha.clone();
+        let merged = blocking(move || {
+            let tip = git.fetch_branch(&branch)?;
+            Ok(git.is_ancestor(&m, &tip))
+        })
+        .await?;
+        if !merged {
             return Err(BotError::Github(format!(
                 "merge commit {merge_sha} is not on {} yet",
                 self.default_branch
@@ -406,10 +422,37 @@ impl Bot {
 
     async fn put_merge_record(&self, record: &MergeRecord) -> Result<(), BotError> {
         let bytes = serde_json::to_vec(record).map_err(|e| BotError::Store(e.to_string()))?;
+        // Listed as unpublished first: a crash after the record is written still republishes.
+        self.store
+            .put_meta(
+                &format!("{}{}", publisher::PENDING_PREFIX, record.commit),
+                b"",
+            )
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
         self.store
             .put_meta(&format!("merge/{}", record.commit), &bytes)
             .await
             .map_err(|e| BotError::Store(e.to_string()))
+    }
+
+    /// Asks the publisher to (re)publish every merge commit whose final comment and status
+    /// GitHub has not accepted yet (listed under [`publisher::PENDING_PREFIX`]), e.g. because
+    /// the previous bot process stopped while GitHub refused them.
+    ///
+    /// Errors: [`BotError::Store`] when the journal cannot be read.
+    pub async fn republish_pending(&self) -> Result<usize, BotError> {
+        let pending = self
+            .store
+            .scan_meta(publisher::PENDING_PREFIX)
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
+        for (key, _) in &pending {
+            if let Some(commit) = key.strip_prefix(publisher::PENDING_PREFIX) {
+                self.publisher.notify(commit);
+            }
+        }
+        Ok(pending.len())
     }
 
     /// `None` when the approval policy of `tkgops.yaml` on the default branch is met, else why not.

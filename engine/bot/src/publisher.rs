@@ -4,6 +4,12 @@
 //! Updates are coalesced: at most one comment edit per merge commit every `min_interval`
 //! (GitHub allows about 80 content-creating requests a minute), and an edit is skipped when the
 //! body did not change (the VCS client compares before writing).
+//!
+//! A publish that GitHub refuses (after the client's own retries) is retried with exponential
+//! backoff (from `2 × min_interval` up to [`MAX_REPUBLISH_DELAY`]) until GitHub accepts it. A
+//! merge commit stays listed under [`PENDING_PREFIX`] in the journal until its final comment and
+//! `tkgops/apply` status were accepted, so a restarted bot publishes what its predecessor could
+//! not ([`crate::Bot::run`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -19,8 +25,15 @@ use tkgops_domain::workflow::markdown::{
 };
 use tkgops_domain::workflow::Catalog;
 use tkgops_engine::store::{RunRecord, RunState, StepState, Store};
-use tkgops_engine::{RunObserver, StepKind};
+use tkgops_engine::{backoff_delay, RetryPolicy, RunObserver, StepKind};
 use tkgops_providers::github::{CommitState, VcsClient};
+
+/// Journal key prefix of merge commits whose final comment and status GitHub has not accepted
+/// yet: `publish/pending/<merge commit SHA>`.
+pub const PENDING_PREFIX: &str = "publish/pending/";
+
+/// Upper bound of the delay between two tries of a refused publish: 5 min.
+pub const MAX_REPUBLISH_DELAY: Duration = Duration::from_secs(300);
 
 /// The observer handed to the engine. Cheap to clone.
 #[derive(Clone)]
@@ -40,7 +53,15 @@ impl CommentPublisher {
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let progress: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
         let progress2 = progress.clone();
+        // Retries hold a weak sender, so the task still ends when every publisher is dropped.
+        let retry_tx = tx.downgrade();
+        let backoff = RetryPolicy {
+            max_attempts: u32::MAX,
+            initial_backoff_secs: (min_interval * 2).as_secs_f64(),
+            max_backoff_secs: MAX_REPUBLISH_DELAY.as_secs_f64(),
+        };
         tokio::spawn(async move {
+            let mut failures: BTreeMap<String, u32> = BTreeMap::new();
             while let Some(first) = rx.recv().await {
                 let mut pending = BTreeSet::from([first]);
                 tokio::time::sleep(min_interval).await;
@@ -49,10 +70,23 @@ impl CommentPublisher {
                 }
                 for commit in pending {
                     let snapshot = progress2.lock().map(|p| p.clone()).unwrap_or_default();
-                    if let Err(e) =
-                        publish_commit(&*vcs, &*store, &catalog, &commit, &snapshot).await
-                    {
-                        warn!(commit = %commit, error = %e, "updating the PR comment failed");
+                    match publish_commit(&*vcs, &*store, &catalog, &commit, &snapshot).await {
+                        Ok(()) => {
+                            failures.remove(&commit);
+                        }
+                        Err(e) => {
+                            let n = failures.entry(commit.clone()).or_insert(0);
+                            let delay = backoff_delay(&backoff, *n);
+                            *n = n.saturating_add(1);
+                            warn!(commit = %commit, error = %e, retry_in = ?delay, "updating the PR comment failed; retrying");
+                            let retry = retry_tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(delay).await;
+                                if let Some(tx) = retry.upgrade() {
+                                    let _ = tx.send(commit);
+                                }
+                            });
+                        }
                     }
                 }
             }
@@ -109,7 +143,8 @@ async fn publish_commit(
 }
 
 /// Renders the run comment of `record` from the store and upserts it, then sets the
-/// `tkgops/apply` status of the merge commit.
+/// `tkgops/apply` status of the merge commit; once that status is final (not pending), removes
+/// the commit from the [`PENDING_PREFIX`] list.
 ///
 /// Errors: [`BotError::Github`] after the client's retries, [`BotError::Store`], [`BotError::Render`].
 pub async fn publish_record(
@@ -149,6 +184,13 @@ pub async fn publish_record(
     vcs.set_status(&record.commit, APPLY_CONTEXT, state, &desc, None)
         .await
         .map_err(|e| BotError::Github(e.to_string()))?;
+    if state != CommitState::Pending {
+        // The final comment and status are on GitHub: nothing left to republish.
+        store
+            .delete_meta(&format!("{PENDING_PREFIX}{}", record.commit))
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
+    }
     Ok(())
 }
 
@@ -332,5 +374,114 @@ pub fn output_summary(kind: StepKind, out: &serde_json::Value) -> String {
             })
             .unwrap_or_default(),
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeVcs;
+    use tkgops_domain::step::{RetryPolicy as Retry, StepInputs, StepSpec, WorkloadTarget};
+    use tkgops_engine::store::{SledStore, StepRecord};
+
+    /// A refused final status is retried with backoff until GitHub accepts it; then the merge
+    /// commit leaves the unpublished list.
+    #[tokio::test]
+    async fn a_refused_final_status_is_retried_until_github_accepts_it() {
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+        let commit = "c".repeat(40);
+        let now = Utc::now();
+        let mut step = StepRecord::pending(StepSpec {
+            id: "wait-cluster".into(),
+            title: "Wait".into(),
+            timeout_secs: 60,
+            retry: Retry::default(),
+            inputs: StepInputs::KubeWaitCluster(WorkloadTarget {
+                management_cluster: "mc".into(),
+                namespace: "default".into(),
+                cluster_name: "c1".into(),
+            }),
+        });
+        step.state = StepState::Succeeded;
+        store
+            .put_run(&RunRecord {
+                id: "run-1".into(),
+                cluster: "c1".into(),
+                workflow: "create-cluster".into(),
+                commit_sha: commit.clone(),
+                origin: Some("github:pr/7".into()),
+                state: RunState::Succeeded,
+                seq: 1,
+                created_at: now,
+                updated_at: now,
+                finished_at: Some(now),
+                steps: vec![step],
+                error: None,
+            })
+            .await
+            .unwrap();
+        let record = MergeRecord {
+            pr: 7,
+            commit: commit.clone(),
+            run_ids: vec!["run-1".into()],
+            not_run: Vec::new(),
+            plan_markdown: String::new(),
+            refused: None,
+        };
+        let pending = format!("{PENDING_PREFIX}{commit}");
+        store.put_meta(&pending, b"").await.unwrap();
+        store
+            .put_meta(
+                &format!("merge/{commit}"),
+                &serde_json::to_vec(&record).unwrap(),
+            )
+            .await
+            .unwrap();
+
+        let vcs = Arc::new(FakeVcs::default());
+        *vcs.fail_statuses.lock().unwrap() = 3;
+        let catalog = Arc::new(Catalog::builtin().unwrap());
+        let publisher = CommentPublisher::start(
+            vcs.clone(),
+            store.clone(),
+            catalog,
+            Duration::from_millis(10),
+        );
+        let started = tokio::time::Instant::now();
+        publisher.notify(&commit);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let written = vcs.written.notified();
+                if !vcs.statuses.lock().unwrap().is_empty() {
+                    break;
+                }
+                written.await;
+            }
+        })
+        .await
+        .expect("the status was never accepted");
+        assert_eq!(*vcs.refused.lock().unwrap(), 3);
+        let statuses = vcs.statuses.lock().unwrap().clone();
+        assert_eq!(
+            statuses,
+            [(
+                commit.clone(),
+                APPLY_CONTEXT.to_string(),
+                CommitState::Success,
+                "1 run(s) succeeded".to_string()
+            )]
+        );
+        // Backoff 20, 40, 80 ms (2 × min_interval, doubling) plus the 10 ms coalescing delay of
+        // each of the 4 tries: retried with backoff, not hammered, not given up.
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(180), "{waited:?}");
+        // Once accepted, the commit leaves the unpublished list.
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while store.get_meta(&pending).await.unwrap().is_some() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the pending marker was not removed");
     }
 }

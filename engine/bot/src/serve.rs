@@ -8,6 +8,7 @@ use crate::config::{BotConfig, ConfigError};
 use crate::executors::Executors;
 use crate::gitops::{ConfigRepo, GitError};
 use crate::publisher::CommentPublisher;
+use crate::redact::RedactingVcs;
 use crate::{Bot, BotParts};
 use tkgops_domain::workflow::plan::load_repo_config;
 use tkgops_domain::workflow::Catalog;
@@ -69,7 +70,12 @@ impl std::fmt::Debug for Credentials {
 pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, ServeError> {
     tkgops_providers::install_crypto_provider();
     let token = creds.github_token;
-    let vcs: Arc<dyn VcsClient> = Arc::new(
+    crate::redact::register(&token);
+    if let Some(t) = &creds.tmc_token {
+        crate::redact::register(t);
+    }
+    crate::redact::register_aws_environment();
+    let vcs: Arc<dyn VcsClient> = Arc::new(RedactingVcs::new(Arc::new(
         OctocrabClient::new(
             &cfg.github.api_url,
             &token,
@@ -78,7 +84,7 @@ pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, Serv
             RetrySettings::default(),
         )
         .map_err(|e| ServeError::Github(e.to_string()))?,
-    );
+    )));
     let info = vcs
         .repository()
         .await
@@ -88,13 +94,19 @@ pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, Serv
         .clone_url
         .clone()
         .unwrap_or(info.clone_url.clone());
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| ServeError::Store(e.to_string()))?;
     let git_token = clone_url.starts_with("https://").then(|| token.clone());
-    let git = ConfigRepo::open(&cfg.state_dir.join("config.git"), &clone_url, git_token)?;
-    let store: Arc<dyn Store> = Arc::new(
-        SledStore::open(&cfg.state_dir.join("journal"))
-            .map_err(|e| ServeError::Store(e.to_string()))?,
-    );
+    let state_dir = cfg.state_dir.clone();
+    // git2 and sled open files and may wait for disk: off the async workers.
+    let (git, store) = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&state_dir).map_err(|e| ServeError::Store(e.to_string()))?;
+        let git = ConfigRepo::open(&state_dir.join("config.git"), &clone_url, git_token)?;
+        let store = SledStore::open(&state_dir.join("journal"))
+            .map_err(|e| ServeError::Store(e.to_string()))?;
+        Ok::<_, ServeError>((git, store))
+    })
+    .await
+    .map_err(|e| ServeError::Store(e.to_string()))??;
+    let store: Arc<dyn Store> = Arc::new(store);
     let catalog = Arc::new(
         match &cfg.catalog_dir {
             Some(dir) => crate::local::catalog_from_dir(dir).map_err(|e| e.to_string()),

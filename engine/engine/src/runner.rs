@@ -26,7 +26,8 @@ use crate::step::{
 };
 use crate::store::{
     truncate_error, AttemptRecord, RunRecord, RunState, StepRecord, StepState, Store, StoreError,
-    OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
+    OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT,
+    OUTCOME_TRANSIENT,
 };
 
 /// What to run: a rendered plan pinned to a commit.
@@ -363,16 +364,17 @@ impl Engine {
     }
 
     /// Graceful drain: starts no new attempt or run from now on, lets in-flight attempts finish
-    /// and persist their outcome for up to `grace`, then aborts whatever is still running (those
-    /// attempts stay `Running` in the store and are marked interrupted on the next resume).
+    /// and persist their outcome for up to `grace`, then aborts whatever is still running and
+    /// records those attempts as cut short by the shutdown ([`OUTCOME_SHUTDOWN`], which does not
+    /// count against the retry budget); the steps stay `Running` and resume on the next start.
     /// Pending [`Engine::wait`] calls on unfinished runs return [`EngineError::Stopped`].
     /// Later `submit`/`resume_all` calls fail with [`EngineError::ShuttingDown`].
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.shutdown.send_replace(true);
-        let handles: Vec<JoinHandle<()>> = {
+        let (ids, handles): (Vec<String>, Vec<JoinHandle<()>>) = {
             let mut s = self.inner.lock();
             s.shutting_down = true;
-            s.tasks.drain().map(|(_, h)| h).collect()
+            s.tasks.drain().unzip()
         };
         let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
         let mut all = futures::future::join_all(handles);
@@ -381,6 +383,11 @@ impl Engine {
                 a.abort();
             }
             all.await;
+            for id in &ids {
+                if let Err(e) = self.inner.record_shutdown(id).await {
+                    tracing::warn!(run = %id, error = %e, "recording the shutdown failed; the attempt will count as interrupted");
+                }
+            }
         }
         let mut s = self.inner.lock();
         for (_, w) in s.waiters.drain() {
@@ -423,6 +430,32 @@ fn validate(req: &RunRequest) -> Result<(), EngineError> {
 }
 
 impl Inner {
+    /// Marks the in-flight attempt of run `id` (if any) as cut short by the shutdown.
+    async fn record_shutdown(&self, id: &str) -> Result<(), EngineError> {
+        let Some(mut run) = self.store.get_run(id).await? else {
+            return Ok(());
+        };
+        let now = Utc::now();
+        let mut changed = false;
+        for step in run
+            .steps
+            .iter_mut()
+            .filter(|s| s.state == StepState::Running)
+        {
+            if let Some(last) = step.attempts.last_mut().filter(|a| a.outcome.is_none()) {
+                last.outcome = Some(OUTCOME_SHUTDOWN.to_string());
+                last.error = Some("cut short by a graceful shutdown of the bot".to_string());
+                last.finished_at = Some(now);
+                changed = true;
+            }
+        }
+        if changed {
+            run.updated_at = now;
+            self.store.put_run(&run).await?;
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, Sched> {
         // A poisoned lock only means a panic elsewhere while holding it; the maps stay usable.
         self.sched.lock().unwrap_or_else(|e| e.into_inner())
@@ -710,6 +743,10 @@ impl Inner {
                     if let Some(last) = step.attempts.last_mut() {
                         if last.outcome.is_none() {
                             last.outcome = Some(OUTCOME_INTERRUPTED.to_string());
+                            last.error = Some(format!(
+                                "attempt {} was interrupted: the bot stopped while it ran",
+                                last.number
+                            ));
                             last.finished_at = Some(now);
                         }
                     }
@@ -719,14 +756,15 @@ impl Inner {
                 }
                 let max = step.spec.retry.max_attempts.max(1);
                 if step.budget_used() >= max {
-                    // Only reachable if a crash hit between an exhausted attempt and its failure
-                    // write, which this engine writes atomically; fail consistently anyway.
-                    let msg = step
+                    // Reached when the bot died during the last allowed attempt (its interrupted
+                    // attempt counts), so a step that crashes the bot cannot run forever.
+                    let last = step
                         .attempts
                         .iter()
                         .rev()
                         .find_map(|a| a.error.clone())
-                        .unwrap_or_else(|| "retry budget exhausted".to_string());
+                        .unwrap_or_else(|| "no error recorded".to_string());
+                    let msg = format!("{last} (retry budget of {max} attempt(s) exhausted)");
                     self.fail_run(run, idx, &msg, run_event)?;
                     self.persist(run, None).await?;
                     return Ok(StepEnd::Failed);

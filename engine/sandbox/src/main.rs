@@ -22,7 +22,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(tkgops::redact::stderr)
         .init();
     let cli = Cli::parse();
     let outcome = tokio::runtime::Runtime::new()

@@ -200,7 +200,8 @@ pub fn render_runs(
 }
 
 /// Replaces every occurrence of each secret value (at least 4 characters long) by
-/// `<redacted>`: a last line of defence before text reaches a comment or a log (security rule 5).
+/// `<redacted>`: the bot's last line of defence before text reaches a comment, a status or a
+/// log line (security rule 5; `tkgops::redact` applies it to every one of them).
 pub fn redact(text: &str, secrets: &[String]) -> String {
     let mut out = text.to_string();
     for s in secrets.iter().filter(|s| s.len() >= 4) {

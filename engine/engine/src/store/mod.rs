@@ -16,7 +16,8 @@ use async_trait::async_trait;
 
 pub use records::{
     truncate_error, AttemptRecord, RunRecord, RunState, StepRecord, StepState, MAX_ERROR_BYTES,
-    OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
+    OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT,
+    OUTCOME_TRANSIENT,
 };
 pub use sled_store::SledStore;
 
@@ -35,6 +36,9 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A blocking-pool task running a sled call failed (panicked or was cancelled).
+    #[error("store task: {0}")]
+    Task(String),
     /// A key or index entry had an unexpected shape.
     #[error("corrupt entry in tree {tree}: {detail}")]
     Corrupt {

@@ -85,9 +85,13 @@ pub const OUTCOME_TRANSIENT: &str = "transient";
 pub const OUTCOME_PERMANENT: &str = "permanent";
 /// Attempt outcome: the attempt exceeded the step's `timeout_secs` (retried like a transient error).
 pub const OUTCOME_TIMEOUT: &str = "timeout";
-/// Attempt outcome: the bot stopped (crash, kill, shutdown) while the attempt was in flight.
-/// Interrupted attempts do not consume the step's retry budget.
+/// Attempt outcome: the bot died (crash, `kill -9`, power loss) while the attempt was in flight;
+/// found on resume. Counts against the step's retry budget, so a step that crashes the bot
+/// cannot run forever.
 pub const OUTCOME_INTERRUPTED: &str = "interrupted";
+/// Attempt outcome: a graceful engine shutdown (SIGTERM, redeploy) cut the attempt short after
+/// its grace period. Does not count against the retry budget.
+pub const OUTCOME_SHUTDOWN: &str = "shutdown";
 
 /// One try of a step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -101,16 +105,16 @@ pub struct AttemptRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// Error message of a failed attempt (at most [`MAX_ERROR_BYTES`]).
     pub error: Option<String>,
-    /// One of `"succeeded"`, `"transient"`, `"permanent"`, `"timeout"`, `"interrupted"`
-    /// (the `OUTCOME_*` constants); `None` while in flight.
+    /// One of `"succeeded"`, `"transient"`, `"permanent"`, `"timeout"`, `"interrupted"`,
+    /// `"shutdown"` (the `OUTCOME_*` constants); `None` while in flight.
     pub outcome: Option<String>,
 }
 
 impl AttemptRecord {
-    /// Whether this attempt counts towards the step's `max_attempts` (every finished attempt
-    /// except interrupted ones; an in-flight attempt counts).
+    /// Whether this attempt counts towards the step's `max_attempts`: every attempt, finished
+    /// or in flight, except one cut short by a graceful shutdown ([`OUTCOME_SHUTDOWN`]).
     pub fn consumes_budget(&self) -> bool {
-        self.outcome.as_deref() != Some(OUTCOME_INTERRUPTED)
+        self.outcome.as_deref() != Some(OUTCOME_SHUTDOWN)
     }
 }
 
@@ -148,7 +152,8 @@ impl StepRecord {
         }
     }
 
-    /// Number of attempts that count towards `spec.retry.max_attempts` (interrupted ones don't).
+    /// Number of attempts that count towards `spec.retry.max_attempts` (all but those cut short
+    /// by a graceful shutdown).
     pub fn budget_used(&self) -> u32 {
         self.attempts.iter().filter(|a| a.consumes_budget()).count() as u32
     }

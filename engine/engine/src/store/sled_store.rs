@@ -42,6 +42,13 @@ pub struct SledStore {
     /// Group commit: at most one `flush_async` in flight; holds the `written` value the last
     /// completed flush covers.
     flushed: tokio::sync::Mutex<u64>,
+    trees: Trees,
+}
+
+/// The trees of the journal (cheap to clone: sled trees are reference-counted handles), moved
+/// into `spawn_blocking` so that sled's synchronous calls never run on an async worker.
+#[derive(Clone)]
+struct Trees {
     runs: sled::Tree,
     active: sled::Tree,
     by_origin: sled::Tree,
@@ -81,10 +88,12 @@ impl SledStore {
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
         Ok(SledStore {
-            runs: db.open_tree("runs")?,
-            active: db.open_tree("active")?,
-            by_origin: db.open_tree("by_origin")?,
-            meta: db.open_tree("meta")?,
+            trees: Trees {
+                runs: db.open_tree("runs")?,
+                active: db.open_tree("active")?,
+                by_origin: db.open_tree("by_origin")?,
+                meta: db.open_tree("meta")?,
+            },
             db,
             written: AtomicU64::new(0),
             flushed: tokio::sync::Mutex::new(0),
@@ -108,6 +117,20 @@ impl SledStore {
         Ok(())
     }
 
+    /// Runs `f` on the trees in tokio's blocking pool (sled's calls are synchronous and may
+    /// wait for disk). Errors: those of `f`, or [`StoreError::Task`] if the task panicked.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let trees = self.trees.clone();
+        tokio::task::spawn_blocking(move || f(&trees))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+impl Trees {
     fn decode(key: &[u8], bytes: &[u8]) -> Result<RunRecord, StoreError> {
         serde_json::from_slice(bytes).map_err(|source| StoreError::Codec {
             key: String::from_utf8_lossy(key).into_owned(),
@@ -115,7 +138,7 @@ impl SledStore {
         })
     }
 
-    fn get_run_sync(&self, id: &[u8]) -> Result<Option<RunRecord>, StoreError> {
+    fn get_run(&self, id: &[u8]) -> Result<Option<RunRecord>, StoreError> {
         match self.runs.get(id)? {
             Some(bytes) => Ok(Some(Self::decode(id, &bytes)?)),
             None => Ok(None),
@@ -177,91 +200,121 @@ impl Store for SledStore {
             key: run.id.clone(),
             source,
         })?;
-        let akey = active_key(run.seq, &run.id);
-        // Write order keeps every crash-recovered prefix consistent without a transaction:
-        // index entries are added before the record and removed after it, so an index is only
-        // ever a superset (readers check each entry against the record).
-        if let Some(origin) = &run.origin {
-            let okey = origin_key(origin, run.seq, &run.id);
-            if !self.by_origin.contains_key(&okey)? {
-                self.by_origin.insert(okey, &[][..])?;
+        let (id, seq, origin, terminal) = (
+            run.id.clone(),
+            run.seq,
+            run.origin.clone(),
+            run.state.is_terminal(),
+        );
+        self.blocking(move |t| {
+            let akey = active_key(seq, &id);
+            // Write order keeps every crash-recovered prefix consistent without a transaction:
+            // index entries are added before the record and removed after it, so an index is
+            // only ever a superset (readers check each entry against the record).
+            if let Some(origin) = &origin {
+                let okey = origin_key(origin, seq, &id);
+                if !t.by_origin.contains_key(&okey)? {
+                    t.by_origin.insert(okey, &[][..])?;
+                }
             }
-        }
-        let terminal = run.state.is_terminal();
-        if !terminal && !self.active.contains_key(&akey)? {
-            self.active.insert(akey.as_slice(), &[][..])?;
-        }
-        self.runs.insert(run.id.as_bytes(), json)?;
-        if terminal {
-            self.active.remove(akey.as_slice())?;
-        }
+            if !terminal && !t.active.contains_key(&akey)? {
+                t.active.insert(akey.as_slice(), &[][..])?;
+            }
+            t.runs.insert(id.as_bytes(), json)?;
+            if terminal {
+                t.active.remove(akey.as_slice())?;
+            }
+            Ok(())
+        })
+        .await?;
         self.flush().await
     }
 
     async fn get_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
-        self.get_run_sync(id.as_bytes())
+        let id = id.to_string();
+        self.blocking(move |t| t.get_run(id.as_bytes())).await
     }
 
     async fn list_active(&self) -> Result<Vec<RunRecord>, StoreError> {
-        let mut out = Vec::with_capacity(self.active.len());
-        for entry in self.active.iter() {
-            let (key, _) = entry?;
-            let (seq, id) = split_seq("active", &key, 0)?;
-            // Skip stale index entries defensively (the record is the source of truth).
-            if let Some(run) = self.get_run_sync(id)? {
-                if !run.state.is_terminal() && run.seq == seq {
-                    out.push(run);
+        self.blocking(|t| {
+            let mut out = Vec::with_capacity(t.active.len());
+            for entry in t.active.iter() {
+                let (key, _) = entry?;
+                let (seq, id) = split_seq("active", &key, 0)?;
+                // Skip stale index entries defensively (the record is the source of truth).
+                if let Some(run) = t.get_run(id)? {
+                    if !run.state.is_terminal() && run.seq == seq {
+                        out.push(run);
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     async fn list_runs_by_origin(&self, origin: &str) -> Result<Vec<RunRecord>, StoreError> {
-        let mut out = Vec::new();
-        let prefix = origin_prefix(origin);
-        for entry in self.by_origin.scan_prefix(&prefix) {
-            let (key, _) = entry?;
-            let (seq, id) = split_seq("by_origin", &key, prefix.len())?;
-            if let Some(run) = self.get_run_sync(id)? {
-                if run.seq == seq && run.origin.as_deref() == Some(origin) {
-                    out.push(run);
+        let origin = origin.to_string();
+        self.blocking(move |t| {
+            let mut out = Vec::new();
+            let prefix = origin_prefix(&origin);
+            for entry in t.by_origin.scan_prefix(&prefix) {
+                let (key, _) = entry?;
+                let (seq, id) = split_seq("by_origin", &key, prefix.len())?;
+                if let Some(run) = t.get_run(id)? {
+                    if run.seq == seq && run.origin.as_deref() == Some(origin.as_str()) {
+                        out.push(run);
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     async fn next_seq(&self) -> Result<u64, StoreError> {
         // sled's id generator is monotonic across crashes (it persists a high-water mark ahead
-        // of use), so no flush is needed here. Start at 1.
-        Ok(self.db.generate_id()? + 1)
+        // of use), so no flush is needed here. Start at 1. It may write, hence the blocking pool.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || Ok(db.generate_id()? + 1))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.meta.insert(key.as_bytes(), value)?;
+        let (key, value) = (key.to_string(), value.to_vec());
+        self.blocking(move |t| Ok(t.meta.insert(key.as_bytes(), value).map(|_| ())?))
+            .await?;
         self.flush().await
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.meta.get(key.as_bytes())?.map(|v| v.to_vec()))
+        let key = key.to_string();
+        self.blocking(move |t| Ok(t.meta.get(key.as_bytes())?.map(|v| v.to_vec())))
+            .await
     }
 
     async fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
-        self.meta.remove(key.as_bytes())?;
+        let key = key.to_string();
+        self.blocking(move |t| Ok(t.meta.remove(key.as_bytes()).map(|_| ())?))
+            .await?;
         self.flush().await
     }
 
     async fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.meta.scan_prefix(prefix.as_bytes()) {
-            let (k, v) = entry?;
-            let key = String::from_utf8(k.to_vec()).map_err(|e| StoreError::Corrupt {
-                tree: "meta",
-                detail: format!("non-UTF-8 key: {e}"),
-            })?;
-            out.push((key, v.to_vec()));
-        }
-        Ok(out)
+        let prefix = prefix.to_string();
+        self.blocking(move |t| {
+            let mut out = Vec::new();
+            for entry in t.meta.scan_prefix(prefix.as_bytes()) {
+                let (k, v) = entry?;
+                let key = String::from_utf8(k.to_vec()).map_err(|e| StoreError::Corrupt {
+                    tree: "meta",
+                    detail: format!("non-UTF-8 key: {e}"),
+                })?;
+                out.push((key, v.to_vec()));
+            }
+            Ok(out)
+        })
+        .await
     }
 }

@@ -1,0 +1,75 @@
+//! Test doubles shared by the bot's unit tests.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tkgops_providers::github::{
+    CommitState, GithubError, PullRequest, RepoInfo, Review, VcsClient,
+};
+
+/// A [`VcsClient`] that records comment bodies and statuses, can refuse the first
+/// `fail_statuses` status writes with a 502, and wakes waiters on every accepted write.
+#[derive(Default)]
+pub(crate) struct FakeVcs {
+    /// Accepted comment bodies, in order.
+    pub comments: Mutex<Vec<String>>,
+    /// Accepted statuses: (sha, context, state, description), in order.
+    pub statuses: Mutex<Vec<(String, String, CommitState, String)>>,
+    /// Status writes still to refuse.
+    pub fail_statuses: Mutex<u32>,
+    /// Status writes refused so far.
+    pub refused: Mutex<u32>,
+    /// Notified after every accepted write.
+    pub written: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl VcsClient for FakeVcs {
+    async fn repository(&self) -> Result<RepoInfo, GithubError> {
+        Err(GithubError::Config("not used in this test".into()))
+    }
+    async fn list_open_pulls(&self, _: &str) -> Result<Vec<PullRequest>, GithubError> {
+        Ok(Vec::new())
+    }
+    async fn list_recently_closed_pulls(
+        &self,
+        _: &str,
+        _: usize,
+    ) -> Result<Vec<PullRequest>, GithubError> {
+        Ok(Vec::new())
+    }
+    async fn get_pull(&self, _: u64) -> Result<PullRequest, GithubError> {
+        Err(GithubError::Config("not used in this test".into()))
+    }
+    async fn list_reviews(&self, _: u64) -> Result<Vec<Review>, GithubError> {
+        Ok(Vec::new())
+    }
+    async fn upsert_comment(&self, _: u64, _: &str, body: &str) -> Result<u64, GithubError> {
+        self.comments.lock().unwrap().push(body.to_string());
+        self.written.notify_waiters();
+        Ok(1)
+    }
+    async fn set_status(
+        &self,
+        sha: &str,
+        context: &str,
+        state: CommitState,
+        description: &str,
+        _: Option<&str>,
+    ) -> Result<(), GithubError> {
+        {
+            let mut fail = self.fail_statuses.lock().unwrap();
+            if *fail > 0 {
+                *fail -= 1;
+                *self.refused.lock().unwrap() += 1;
+                return Err(GithubError::Config("HTTP 502 from the fake".into()));
+            }
+        }
+        self.statuses
+            .lock()
+            .unwrap()
+            .push((sha.into(), context.into(), state, description.into()));
+        self.written.notify_waiters();
+        Ok(())
+    }
+}
