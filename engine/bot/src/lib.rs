@@ -179,7 +179,7 @@ impl Bot {
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
         for pr in closed.iter().filter(|p| p.merged) {
-            if let Err(e) = self.handle_merged(pr, repo_config.as_ref()).await {
+            if let Err(e) = self.handle_merged(pr).await {
                 warn!(pr = pr.number, error = %e, "handling the merge failed; will retry next poll");
             }
         }
@@ -303,6 +303,13 @@ impl Bot {
             .set_status(&head, PLAN_CONTEXT, state, &desc, None)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
+        // What this head SHA will run, so that the merge runs exactly what was approved.
+        let digests =
+            serde_json::to_vec(&p.digests()).map_err(|e| BotError::Store(e.to_string()))?;
+        self.store
+            .put_meta(&digests_key(pr.number, &head), &digests)
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
         self.store
             .put_meta(&key, head.as_bytes())
             .await
@@ -311,17 +318,15 @@ impl Bot {
         Ok(())
     }
 
+    /// Whether `pr` must be treated as a fork PR (security rule 3): its head repository is
+    /// missing (deleted fork) or differs from the base repository. Fails closed.
     fn is_fork(&self, pr: &PullRequest) -> bool {
         pr.head_repo_full_name
             .as_deref()
-            .is_some_and(|n| !n.eq_ignore_ascii_case(&self.full_name))
+            .is_none_or(|n| !n.eq_ignore_ascii_case(&self.full_name))
     }
 
-    async fn handle_merged(
-        &self,
-        pr: &PullRequest,
-        repo_config: Option<&RepoConfig>,
-    ) -> Result<(), BotError> {
+    async fn handle_merged(&self, pr: &PullRequest) -> Result<(), BotError> {
         let Some(merge_sha) = pr.merge_commit_sha.clone() else {
             return Ok(());
         };
@@ -365,15 +370,23 @@ impl Bot {
         let parent = blocking(move || git.first_parent(&m))
             .await?
             .unwrap_or_else(|| merge_sha.clone());
+        // Security rule 1: the policy is the default branch's as it was before the merge (the
+        // merge commit's first parent), never the merged change's own tkgops.yaml.
+        let policy = self.load_settings(&parent).await?;
         let p = self
-            .compute_plan(parent, merge_sha.clone(), merge_sha.clone())
+            .compute_plan(parent.clone(), merge_sha.clone(), parent)
             .await?;
         let plan_md = markdown::render_plan(&p, &self.catalog, false).map_err(BotError::Render)?;
 
-        let refused = if self.is_fork(pr) {
-            Some("the pull request comes from a fork; fork PRs are never executed".to_string())
+        let refused = if pr.base_ref != self.default_branch {
+            Some(format!(
+                "the pull request targets {}, not the default branch {}",
+                pr.base_ref, self.default_branch
+            ))
+        } else if self.is_fork(pr) {
+            Some("the pull request comes from a fork (or its head repository was deleted); fork PRs are never executed".to_string())
         } else {
-            self.check_approvals(pr, &p, repo_config).await?
+            self.check_approvals(pr, &p, policy.as_ref()).await?
         };
         let mut record = MergeRecord {
             pr: pr.number,
@@ -383,8 +396,35 @@ impl Bot {
             plan_markdown: plan_md,
             refused: refused.clone(),
         };
+        // Security rule 2: only what was planned and approved for the approved head SHA runs.
+        let approved: BTreeMap<String, String> = match self
+            .store
+            .get_meta(&digests_key(pr.number, &pr.head_sha))
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?
+        {
+            Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            None => BTreeMap::new(),
+        };
         if refused.is_none() {
             for cp in p.executable() {
+                let key = format!("{}#{}", cp.cluster, cp.workflow.as_deref().unwrap_or("-"));
+                if approved.get(&key) != Some(&cp.digest()) {
+                    let why = if approved.contains_key(&key) {
+                        "its plan at the merge commit differs from the plan approved for head"
+                    } else {
+                        "no plan of it was posted and approved for head"
+                    };
+                    record.not_run.push((
+                        cp.cluster.clone(),
+                        cp.intent.label(),
+                        format!(
+                            "not run: {why} {} (the default branch moved, or the change was pushed after the plan). Open a new pull request with the change to plan and approve it again.",
+                            &pr.head_sha[..pr.head_sha.len().min(7)]
+                        ),
+                    ));
+                    continue;
+                }
                 let id = format!(
                     "{}@{}#{}",
                     cp.cluster,
@@ -468,7 +508,7 @@ impl Bot {
                     .into(),
             ));
         };
-        let destructive = p.clusters.iter().any(|c| c.intent.is_destructive());
+        let destructive = p.changes_policy || p.clusters.iter().any(|c| c.intent.is_destructive());
         let required = if destructive {
             repo.approval.destructive_approvals
         } else {
@@ -502,7 +542,7 @@ impl Bot {
                 approvers.contains(u)
                     && *u != &pr.author.to_lowercase()
                     && state == "APPROVED"
-                    && commit.as_deref().is_none_or(|c| c == pr.head_sha)
+                    && commit.as_deref() == Some(pr.head_sha.as_str())
             })
             .count();
         if count >= required {
@@ -511,7 +551,9 @@ impl Bot {
             Ok(Some(format!(
                 "merged with {count} of the {required} required approval(s) from approvers ({}){}",
                 repo.approval.approvers.join(", "),
-                if destructive {
+                if p.changes_policy {
+                    "; a change to tkgops.yaml needs approval.destructiveApprovals under the current policy"
+                } else if destructive {
                     "; destructive changes need approval.destructiveApprovals"
                 } else {
                     ""
@@ -519,6 +561,12 @@ impl Bot {
             )))
         }
     }
+}
+
+/// The journal key of the digests of what the plan of PR `number` at `head_sha` executes
+/// (`pr/<number>/digests/<head SHA>`: JSON object `<cluster>#<workflow>` → digest).
+fn digests_key(number: u64, head_sha: &str) -> String {
+    format!("pr/{number}/digests/{head_sha}")
 }
 
 /// The engine origin of runs caused by pull request `number`: `github:pr/<number>`.

@@ -2,7 +2,7 @@
 //! workflow rendered for it. Pure: reads files through [`TreeReader`], never the network, and
 //! never needs credentials (security rule 2).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -129,6 +129,27 @@ pub struct ClusterPlan {
     pub note: Option<String>,
 }
 
+impl ClusterPlan {
+    /// The digest of what this plan executes: SHA-256 (lowercase hex, 64 characters) of the
+    /// cluster, its intent, workflow and every step with its typed inputs and rendered manifests,
+    /// serialized as JSON. Two plans with the same digest run exactly the same steps with the
+    /// same inputs (security rule 2: "run exactly what was approved").
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let executed = serde_json::json!({
+            "cluster": self.cluster,
+            "intent": self.intent,
+            "workflow": self.workflow,
+            "steps": self.steps,
+        });
+        let bytes = serde_json::to_vec(&executed).unwrap_or_default();
+        Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 /// A plan: every affected cluster between two commits.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -143,6 +164,9 @@ pub struct Plan {
     pub repo_findings: Vec<Finding>,
     /// Notes about the change as a whole (e.g. repository settings take effect after merge).
     pub notes: Vec<String>,
+    /// Whether the change edits the repository's `tkgops.yaml` (the policy): it then needs the
+    /// approvals of destructive changes (security rule 6).
+    pub changes_policy: bool,
 }
 
 impl Plan {
@@ -159,6 +183,19 @@ impl Plan {
         self.repo_findings
             .iter()
             .chain(self.clusters.iter().flat_map(|c| c.findings.iter()))
+            .collect()
+    }
+
+    /// The digest of every cluster plan that will run after merge ([`ClusterPlan::digest`]),
+    /// keyed by `<cluster>#<workflow>`.
+    pub fn digests(&self) -> BTreeMap<String, String> {
+        self.executable()
+            .map(|c| {
+                (
+                    format!("{}#{}", c.cluster, c.workflow.as_deref().unwrap_or("-")),
+                    c.digest(),
+                )
+            })
             .collect()
     }
 
@@ -293,8 +330,13 @@ pub fn load_repo_config(tree: &dyn TreeReader) -> (Option<RepoConfig>, Vec<Findi
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let (repo, mut repo_findings) = load_repo_config(input.settings);
     let mut notes = Vec::new();
-    if input.changed_paths.iter().any(|p| p == REPO_CONFIG_PATH) {
-        notes.push("This change edits tkgops.yaml; the new repository settings take effect after merge (plans use the default branch's settings).".to_string());
+    let changes_policy = input.changed_paths.iter().any(|p| p == REPO_CONFIG_PATH);
+    if changes_policy {
+        let needed = repo
+            .as_ref()
+            .map(|r| r.approval.destructive_approvals.to_string())
+            .unwrap_or_else(|| "approval.destructiveApprovals".into());
+        notes.push(format!("This change edits tkgops.yaml, the policy: it is judged under the default branch's current policy, needs {needed} approval(s) from its approvers (as destructive changes do), and its new settings take effect after merge, for later pull requests only."));
         if let Some(bytes) = input.head.read(REPO_CONFIG_PATH) {
             if let Err(fs) = request::parse_repo_config(REPO_CONFIG_PATH, &bytes) {
                 repo_findings.extend(fs);
@@ -313,6 +355,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         clusters,
         repo_findings,
         notes,
+        changes_policy,
     }
 }
 
