@@ -84,6 +84,7 @@ fn main() {
             changed_paths: &paths,
             catalog: &catalog,
             executable: &executable,
+            repository: "acme/tkg-clusters",
         });
         let md = render_plan(&p, &catalog, true).unwrap();
         assert_eq!(p.clusters.len(), TOUCHED);

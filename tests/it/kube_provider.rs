@@ -103,6 +103,9 @@ async fn run(
     (r, l)
 }
 
+/// The ownership label value of the Clusters the tests apply.
+const OWNER: &str = "0123456789abcdef0123456789abcdef";
+
 /// A ClusterClass Cluster (tkg-aws-default, 3 control plane nodes, md-0..2) and the two TKG
 /// MachineHealthChecks (samples/04 shape).
 fn cluster_manifest(name: &str, fail: Option<&str>) -> String {
@@ -118,6 +121,7 @@ metadata:
 {ann}  labels:
     tkg.tanzu.vmware.com/cluster-name: {name}
     tanzuKubernetesRelease: v1.23.8---vmware.2-tkg.1
+    tkgops.dev/owner: {OWNER}
 spec:
   clusterNetwork:
     pods: {{cidrBlocks: [100.96.0.0/11]}}
@@ -845,4 +849,79 @@ async fn packages_rollout_waits_for_the_repository_then_is_transient() {
             "cert-manager"
         )
         .is_none());
+}
+
+/// Security rule 7: an existing Cluster that tkgops did not create for this config repository
+/// and cluster path is never changed; the step fails naming the label it found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_cluster_of_someone_else_is_never_changed() {
+    let env = env().await;
+    let gvr = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    let theirs = json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
+        "metadata": {"name": "team-a-prod", "namespace": "default",
+                     "labels": {"tkgops.dev/owner": "ffffffffffffffffffffffffffffffff"}},
+        "spec": {"topology": {"class": "tkg-aws-default", "version": "v1.23.8+vmware.2",
+                              "controlPlane": {"replicas": 1}}}
+    });
+    env.mgmt.apply(&gvr, theirs, "someone-else", false).unwrap();
+    let (r, _) = run(
+        &env.provider,
+        "kube.apply",
+        json!({"managementCluster": MC, "manifests": cluster_manifest("team-a-prod", None)}),
+    )
+    .await;
+    let e = r.expect_err("an unowned Cluster must be refused");
+    assert!(!e.is_transient(), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("Cluster/default/team-a-prod already exists")
+            && msg.contains("ffffffffffffffffffffffffffffffff")
+            && msg.contains(OWNER),
+        "{msg}"
+    );
+    let by_tkgops: Vec<_> = env
+        .mgmt
+        .writes()
+        .into_iter()
+        .filter(|w| w.field_manager.as_deref() == Some("tkgops"))
+        .collect();
+    assert!(by_tkgops.is_empty(), "tkgops wrote {by_tkgops:?}");
+    let stored = env.mgmt.get(&gvr, Some("default"), "team-a-prod").unwrap();
+    assert_eq!(stored["spec"]["topology"]["controlPlane"]["replicas"], 1);
+}
+
+/// Security rule 7: tkgops never forces server-side apply over a field another manager owns;
+/// the conflict fails the step naming the field and the manager.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_conflict_fails_naming_the_field_and_its_manager() {
+    let env = env().await;
+    let inputs =
+        json!({"managementCluster": MC, "manifests": cluster_manifest("team-a-prod", None)});
+    run(&env.provider, "kube.apply", inputs.clone())
+        .await
+        .0
+        .expect("first apply");
+    // `tanzu cluster scale` (or an autoscaler) takes over the control plane replicas.
+    let gvr = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    let scale = json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
+        "metadata": {"name": "team-a-prod", "namespace": "default"},
+        "spec": {"topology": {"controlPlane": {"replicas": 5}}}
+    });
+    env.mgmt.apply(&gvr, scale, "tanzu-cli", true).unwrap();
+    let e = run(&env.provider, "kube.apply", inputs)
+        .await
+        .0
+        .expect_err("the conflict must fail the step");
+    assert!(!e.is_transient(), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("Cluster/default/team-a-prod: server-side apply conflict")
+            && msg.contains("\"tanzu-cli\"")
+            && msg.contains(".spec.topology.controlPlane.replicas"),
+        "{msg}"
+    );
+    let stored = env.mgmt.get(&gvr, Some("default"), "team-a-prod").unwrap();
+    assert_eq!(stored["spec"]["topology"]["controlPlane"]["replicas"], 5);
 }

@@ -33,6 +33,7 @@ fn run_plan(
         changed_paths: &changed,
         catalog: &catalog,
         executable: &tkgops::executors::executable_kinds(),
+        repository: "acme/tkg-clusters",
     })
 }
 
@@ -262,6 +263,7 @@ fn example_create_plan(catalog: &Catalog) -> tkgops_domain::workflow::Plan {
         changed_paths: &changed,
         catalog,
         executable: &tkgops::executors::executable_kinds(),
+        repository: "acme/tkg-clusters",
     })
 }
 

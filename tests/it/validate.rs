@@ -1492,3 +1492,70 @@ fn package_values_with_inline_secrets_are_rejected_without_echoing_them() {
         .iter()
         .all(|f| f.rule != "TKGOPS-PKG-SECRET"));
 }
+
+// ---------------------------------------------------------------- ownership (security rule 7)
+
+#[test]
+fn namespaces_are_dns_labels_and_system_namespaces_need_an_allowance() {
+    // A system namespace named by NAMESPACE: refused on its line.
+    let fs = run(&edit(&valid_text(), "NAMESPACE", Some("tkg-system")));
+    let f = find(&fs, "TKGOPS-NAMESPACE");
+    assert!(
+        f.line.is_some() && f.message.contains("system namespace"),
+        "{f:?}"
+    );
+    for ns in [
+        "kube-system",
+        "kube-public",
+        "tanzu-package-repo-global",
+        "capi-system",
+        "capa-system",
+    ] {
+        let fs = run(&edit(&valid_text(), "NAMESPACE", Some(ns)));
+        assert!(has(&fs, "TKGOPS-NAMESPACE"), "{ns} must be refused");
+    }
+    // Not a DNS-1123 label.
+    let fs = run(&edit(&valid_text(), "NAMESPACE", Some("Team_A")));
+    assert!(find(&fs, "TKGOPS-NAMESPACE").message.contains("DNS-1123"));
+    // An ordinary namespace, and a system one the repository allows explicitly.
+    assert!(!has(
+        &run(&edit(&valid_text(), "NAMESPACE", Some("team-a"))),
+        "TKGOPS-NAMESPACE"
+    ));
+    let allowing = repo(&format!("{}allowedNamespaces: [tkg-system]\n", repo_text()));
+    let fs = validate(
+        &cfg(&edit(&valid_text(), "NAMESPACE", Some("tkg-system"))),
+        Some(&settings(&settings_text())),
+        Some(&allowing),
+    );
+    assert!(!has(&fs, "TKGOPS-NAMESPACE"), "{fs:#?}");
+    // Without NAMESPACE the management cluster's namespace is checked.
+    let sys_default = repo(&repo_text().replace("namespace: default", "namespace: kube-system"));
+    let fs = validate(
+        &cfg(&edit(&valid_text(), "NAMESPACE", None)),
+        Some(&settings(&settings_text())),
+        Some(&sys_default),
+    );
+    assert!(
+        find(&fs, "TKGOPS-NAMESPACE")
+            .message
+            .contains("management cluster mc-aws-1"),
+        "{fs:#?}"
+    );
+}
+
+#[test]
+fn the_ownership_label_cannot_be_set_by_a_request() {
+    // A request that claims another repository's Cluster by setting the ownership label.
+    let text = settings_text().replace(
+        "labels:",
+        "labels:\n  tkgops.dev/owner: ffffffffffffffffffffffffffffffff",
+    );
+    let fs = parse_cluster_settings(SETTINGS_PATH, text.as_bytes()).expect_err("reserved label");
+    let f = fs
+        .iter()
+        .find(|f| f.message.contains("tkgops.dev/owner"))
+        .unwrap_or_else(|| panic!("{fs:#?}"));
+    assert_eq!(f.rule, "TKGOPS-SCHEMA");
+    assert!(f.line.is_some(), "{f:?}");
+}

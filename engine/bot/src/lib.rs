@@ -235,6 +235,7 @@ impl Bot {
         let git = self.git.clone();
         let catalog = self.catalog.clone();
         let executable = self.engine.executable_kinds();
+        let repository = self.full_name.clone();
         blocking(move || {
             let changed = git.changed_paths(&base, &head)?;
             let (bt, ht, st) = (git.tree(&base)?, git.tree(&head)?, git.tree(&settings)?);
@@ -247,6 +248,7 @@ impl Bot {
                 changed_paths: &changed,
                 catalog: &catalog,
                 executable: &executable,
+                repository: &repository,
             }))
         })
         .await

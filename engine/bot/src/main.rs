@@ -40,6 +40,10 @@ enum Command {
         /// The commit to plan.
         #[arg(long)]
         head: String,
+        /// The config repository's GitHub name (`owner/name`), part of the ownership label of
+        /// the Clusters in the plan.
+        #[arg(long, default_value = "local/config-repository")]
+        repository: String,
     },
     /// Run the bot: poll GitHub, plan pull requests, run merged changes.
     Serve {
@@ -77,7 +81,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(report.exit_code() as u8))
         }
-        Command::Plan { repo, base, head } => {
+        Command::Plan {
+            repo,
+            base,
+            head,
+            repository,
+        } => {
             let git = ConfigRepo::open_local(&repo)
                 .with_context(|| format!("opening {}", repo.display()))?;
             let base_sha = git.resolve(&base)?;
@@ -101,6 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 changed_paths: &changed,
                 catalog: &catalog,
                 executable: &tkgops::executors::executable_kinds(),
+                repository: &repository,
             });
             let md = markdown::render_plan(&p, &catalog, true).map_err(anyhow::Error::msg)?;
             println!("{md}");

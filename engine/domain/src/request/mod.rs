@@ -29,7 +29,7 @@ pub use fs::{validate_paths, ValidateReport};
 pub use packages::{
     standard_package, StandardPackage, PACKAGE_INSTALL_ORDER, TKG16_STANDARD_PACKAGES,
 };
-pub use rules::{check_upgrade, validate, RULES};
+pub use rules::{check_upgrade, is_dns1123_label, is_system_namespace, validate, RULES};
 pub use settings::{
     parse_cluster_settings, parse_repo_config, ApprovalPolicy, ClusterSettings, ClusterTmc,
     KubeconfigSource, ManagementClusterConfig, PackageDefaults, PackageRepositoryRef,

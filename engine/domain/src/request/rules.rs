@@ -34,6 +34,11 @@ pub const RULES: &[(&str, Severity, &str)] = &[
         "the workflow renders: templates in strict mode, step inputs buildable",
     ),
     (
+        "TKGOPS-NAMESPACE",
+        Severity::Error,
+        "the Cluster's namespace is a DNS-1123 label and not a system namespace (unless allowedNamespaces lists it)",
+    ),
+    (
         "TKGOPS-NAME",
         Severity::Error,
         "directory name under clusters/ equals CLUSTER_NAME",
@@ -884,6 +889,7 @@ pub fn validate(
             );
         }
     }
+    namespace_rule(&mut ctx, settings, repo);
     let mut out = ctx.out;
     if let Some(s) = settings {
         settings_rules(s, repo, &mut out);
@@ -892,6 +898,76 @@ pub fn validate(
     out.sort_by(|a, b| (&a.path, a.line, &a.rule).cmp(&(&b.path, b.line, &b.rule)));
     out.dedup();
     out
+}
+
+/// Whether `name` is a namespace of the platform itself, which tkgops never writes Clusters into
+/// unless `allowedNamespaces` lists it: `kube-*`, `tkg-system`, `tanzu-*`, `capi-*`,
+/// `cap?-system` (`capa-system`, `capv-system`, …) and `vmware-system-*`.
+pub fn is_system_namespace(name: &str) -> bool {
+    let b = name.as_bytes();
+    name.starts_with("kube-")
+        || name == "tkg-system"
+        || name.starts_with("tkg-system-")
+        || name.starts_with("tanzu-")
+        || name.starts_with("capi-")
+        || name.starts_with("vmware-system-")
+        || (b.len() == 11 && name.starts_with("cap") && name.ends_with("-system"))
+}
+
+/// Whether `name` is a DNS-1123 label (RFC 1123: at most 63 characters of `a-z`, `0-9` and
+/// `-`, starting and ending with an alphanumeric), as Kubernetes requires of namespaces.
+pub fn is_dns1123_label(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// `TKGOPS-NAMESPACE`: the namespace the Cluster goes to (`NAMESPACE`, else the management
+/// cluster's `namespace`) is a DNS-1123 label and not a system namespace
+/// ([`is_system_namespace`]) unless the repository's `allowedNamespaces` lists it (security
+/// rule 7).
+fn namespace_rule(
+    ctx: &mut Ctx<'_>,
+    settings: Option<&ClusterSettings>,
+    repo: Option<&RepoConfig>,
+) {
+    let (ns, source) = match ctx.get("NAMESPACE").filter(|v| !v.is_empty()) {
+        Some(ns) => (ns.to_string(), "NAMESPACE".to_string()),
+        None => {
+            let Some(mc) = settings
+                .zip(repo)
+                .and_then(|(s, r)| r.management_cluster(&s.management_cluster))
+            else {
+                return;
+            };
+            (
+                mc.namespace.clone(),
+                format!(
+                    "the namespace of management cluster {} (NAMESPACE is not set)",
+                    mc.name
+                ),
+            )
+        }
+    };
+    if !is_dns1123_label(&ns) {
+        ctx.var(
+            "NAMESPACE",
+            "TKGOPS-NAMESPACE",
+            format!("{source} {ns:?} is not a valid namespace: at most 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit (DNS-1123 label)"),
+        );
+    } else if is_system_namespace(&ns)
+        && !repo.is_some_and(|r| r.allowed_namespaces.iter().any(|a| a == &ns))
+    {
+        ctx.var(
+            "NAMESPACE",
+            "TKGOPS-NAMESPACE",
+            format!("{source} {ns:?} is a system namespace of the management cluster; tkgops creates Clusters there only when tkgops.yaml lists it under allowedNamespaces"),
+        );
+    }
 }
 
 /// Collects the dotted paths of keys in `v` whose names look like secrets (password, secret,

@@ -34,6 +34,10 @@ pub struct RepoConfig {
     /// Severity policy for the validation rules.
     #[serde(default)]
     pub rules: RulesConfig,
+    /// System namespaces (e.g. `tkg-system`) that cluster requests may nevertheless use
+    /// (rule `TKGOPS-NAMESPACE`); empty by default.
+    #[serde(default)]
+    pub allowed_namespaces: Vec<String>,
     /// Path of the file as given to [`parse_repo_config`] (not part of the YAML).
     #[serde(skip)]
     pub path: String,
@@ -722,6 +726,16 @@ pub fn parse_cluster_settings(path: &str, bytes: &[u8]) -> Result<ClusterSetting
                 path,
                 s.line("labels"),
                 "label keys must not be empty",
+            ));
+        } else if k.starts_with("tkgops.dev/") {
+            // The ownership label is tkgops's own: a request setting it could claim a Cluster
+            // of another config repository (security rule 7).
+            out.push(schema(
+                path,
+                find_key_line(text, k),
+                format!(
+                    "label {k} is reserved for tkgops (labels under tkgops.dev/ cannot be set)"
+                ),
             ));
         }
     }

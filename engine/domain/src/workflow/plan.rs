@@ -227,6 +227,26 @@ pub struct PlanInput<'a> {
     /// The step kinds this bot can execute (derived from its registered executors); a plan
     /// using any other kind is shown as "planned, not yet executable" and never run.
     pub executable: &'a BTreeSet<StepKind>,
+    /// The config repository's identity (GitHub `owner/name`), part of the ownership label of
+    /// every Cluster tkgops creates ([`owner_label`]).
+    pub repository: &'a str,
+}
+
+/// Label key marking a Cluster as created by tkgops for one config repository and cluster
+/// path; tkgops changes only Clusters whose label value equals [`owner_label`] (security rule 7).
+pub const OWNER_LABEL: &str = "tkgops.dev/owner";
+
+/// The value of [`OWNER_LABEL`] for the cluster request `clusters/<cluster>` of the config
+/// repository `repository` (`owner/name`): the first 32 hexadecimal digits of the SHA-256 of
+/// `<repository>:clusters/<cluster>` (a valid label value; the readable pair is in the
+/// `tkgops.dev/config-repository` and `tkgops.dev/cluster-path` annotations).
+pub fn owner_label(repository: &str, cluster: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(format!("{repository}:{CLUSTERS_DIR}/{cluster}").as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The cluster names touched by `changed_paths` (`clusters/<name>/…`), sorted.
@@ -576,7 +596,7 @@ fn render_intent(
         });
     }
     let has_errors = findings.iter().any(|f| f.severity == Severity::Error);
-    let context = render_context(&spec);
+    let context = render_context(&spec, input.repository);
     let (steps, manifests) = match render_workflow(workflow, &spec, repo, &context, input.catalog) {
         Ok(r) => r,
         Err(_) if has_errors => {
@@ -621,8 +641,9 @@ fn render_intent(
 }
 
 /// The handlebars context of the manifest templates and the workflows' `when` conditions for
-/// one cluster: `cluster` (the [`ClusterSpec`]) and a few derived names the templates need.
-pub fn render_context(spec: &ClusterSpec) -> Value {
+/// one cluster: `cluster` (the [`ClusterSpec`]), `owner` (the ownership label and annotations
+/// for the config repository `repository`) and a few derived names the templates need.
+pub fn render_context(spec: &ClusterSpec, repository: &str) -> Value {
     let default_worker = spec
         .workers
         .first()
@@ -633,6 +654,12 @@ pub fn render_context(spec: &ClusterSpec) -> Value {
         "defaultWorkerInstanceType": default_worker,
         "workerPoolLabel": format!("{}-worker-pool", spec.name),
         "controlPlaneMhcName": format!("{}-control-plane", spec.name),
+        "owner": {
+            "labelKey": OWNER_LABEL,
+            "label": owner_label(repository, &spec.name),
+            "repository": repository,
+            "path": format!("{CLUSTERS_DIR}/{}", spec.name),
+        },
     })
 }
 

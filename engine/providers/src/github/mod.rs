@@ -284,8 +284,9 @@ pub trait VcsClient: Send + Sync {
     /// Creates or edits the sticky comment identified by `marker` (a hidden HTML comment such
     /// as `<!-- tkgops:plan -->`) on PR `number`, with `body` passed through [`fit_comment`]
     /// (marker kept, truncated to 65,536 characters with a visible note). Searches all pages of
-    /// comments, preferring one written by the token's user; does not write when the body is
-    /// unchanged. Returns the comment id.
+    /// comments for one written by the token's own user that carries the marker (a marker in
+    /// anyone else's comment is ignored); does not write when the body is unchanged. Returns the
+    /// comment id. Errors: [`GithubError::Config`] when the token's user cannot be read.
     async fn upsert_comment(
         &self,
         number: u64,
@@ -638,16 +639,18 @@ impl OctocrabClient {
         let comments: Vec<octocrab::models::issues::Comment> = self
             .get_pages_once(self.repo_path(&format!("/issues/{number}/comments?per_page=100")))
             .await?;
-        let login = self.bot_login().await?;
-        let with_marker = || {
-            comments
-                .iter()
-                .filter(|c| c.body.as_deref().is_some_and(|b| b.contains(marker)))
-        };
-        let existing = login
-            .as_deref()
-            .and_then(|l| with_marker().find(|c| c.user.login == l))
-            .or_else(|| with_marker().next());
+        // Found by marker *and* author: a marker someone else planted in their own comment is
+        // ignored (security rule 3, fail closed).
+        let login = self.bot_login().await?.ok_or_else(|| {
+            GithubError::Config(
+                "cannot tell the bot's own comments apart: GET /user returned no login for this token"
+                    .into(),
+            )
+        })?;
+        let existing = comments.iter().find(|c| {
+            c.user.login.eq_ignore_ascii_case(&login)
+                && c.body.as_deref().is_some_and(|b| b.contains(marker))
+        });
         match existing {
             Some(c) if c.body.as_deref() == Some(body) => Ok(c.id.0),
             Some(c) => {

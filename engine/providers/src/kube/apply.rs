@@ -1,5 +1,5 @@
 //! Server-side apply of multi-document YAML, resolving kinds through API discovery
-//! (what `kubectl apply --server-side --force-conflicts -f` does).
+//! (what `kubectl apply --server-side -f` does, without `--force-conflicts`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -244,13 +244,17 @@ pub(crate) async fn apply_yaml(
 }
 
 /// Server-side applies one object (`obj` with `apiVersion`, `kind`, `metadata.name`) as
-/// `field_manager` with force. Namespaced objects without a namespace go to the client's default
+/// `field_manager`, never forcing over fields another field manager owns (security rule 7:
+/// TMC, the autoscaler or `tanzu cluster scale` may own some). Namespaced objects without a
+/// namespace go to the client's default
 /// namespace; server-populated metadata (`resourceVersion`, `uid`, `managedFields`, …) is dropped.
 ///
 /// Returns the object's label (`Kind/namespace/name` or `Kind/name`) and the object as stored.
 ///
-/// Errors: [`StepError::Permanent`] for a missing name and 4xx answers; [`StepError::Transient`]
-/// for connection errors, 5xx, 409 and 429 (see [`classify`]). Messages start with the label.
+/// Errors: [`StepError::Permanent`] for a missing name, 4xx answers and an apply conflict (the
+/// message names each conflicting field and its manager, as the API server reports them);
+/// [`StepError::Transient`] for connection errors, 5xx, other 409s and 429 (see [`classify`]).
+/// Messages start with the label.
 pub async fn apply_object(
     client: &kube::Client,
     resolved: &Resolved,
@@ -304,11 +308,19 @@ pub async fn apply_object(
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resolved.ar),
         None => Api::all_with(client.clone(), &resolved.ar),
     };
-    let params = PatchParams::apply(field_manager).force();
+    let params = PatchParams::apply(field_manager);
     let stored = api
         .patch(&name, &params, &Patch::Apply(&obj))
         .await
-        .map_err(|e| classify(&label, &e))?;
+        .map_err(|e| match &e {
+            kube::Error::Api(s) if s.code == 409 && s.message.starts_with("Apply failed") => {
+                StepError::Permanent(format!(
+                    "{label}: server-side apply conflict: {}. tkgops does not force over fields another field manager owns: change those fields through that manager, or remove them from the request",
+                    s.message.trim_end_matches('.')
+                ))
+            }
+            _ => classify(&label, &e),
+        })?;
     let stored = serde_json::to_value(stored).unwrap_or(Value::Null);
     Ok((label, stored))
 }

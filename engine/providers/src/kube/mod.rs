@@ -29,7 +29,9 @@ use kube::discovery::ApiResource;
 use kube::Api;
 
 use crate::{KubeconfigSource, ManifestApplier, WorkloadTarget};
+use serde::Deserialize;
 use tkgops_domain::step::KubeApplyInputs;
+use tkgops_domain::workflow::plan::OWNER_LABEL;
 use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 
 /// The step kinds [`KubeProvider`] executes.
@@ -579,6 +581,7 @@ impl KubeProvider {
     ) -> Result<serde_json::Value, StepError> {
         let mc = &inputs.target.management_cluster;
         let client = self.management_client(mc).await?;
+        check_cluster_ownership(&client, mc, &inputs.manifests).await?;
         let cache_key = format!("mgmt/{mc}");
         let applied = match self
             .apply_yaml_cached(&client, &cache_key, &inputs.manifests, FIELD_MANAGER)
@@ -621,6 +624,70 @@ impl KubeProvider {
             "kubernetesVersion": version.git_version,
         }))
     }
+}
+
+/// Security rule 7: tkgops creates a Cluster only when none exists, and changes an existing one
+/// only when it carries the same [`OWNER_LABEL`] value as the manifest (same config repository
+/// and cluster path). Checks every `cluster.x-k8s.io` `Cluster` document of `manifests`.
+///
+/// Errors: [`StepError::Permanent`] when a Cluster manifest has no owner label, or the Cluster
+/// exists without it or with another value (naming both); reading the Cluster classifies as
+/// [`classify`] does.
+pub async fn check_cluster_ownership(
+    client: &kube::Client,
+    management_cluster: &str,
+    manifests: &str,
+) -> Result<(), StepError> {
+    // Stops at the first unparsable document (serde_yaml's document iterator does not recover
+    // from a syntax error); the apply then reports it with its position.
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(manifests)
+        .map_while(|doc| serde_json::Value::deserialize(doc).ok())
+        .collect();
+    for v in docs {
+        let api_version = v.get("apiVersion").and_then(|a| a.as_str()).unwrap_or("");
+        if v.get("kind").and_then(|k| k.as_str()) != Some("Cluster")
+            || !api_version.starts_with("cluster.x-k8s.io/")
+        {
+            continue;
+        }
+        let meta = &v["metadata"];
+        let name = meta["name"].as_str().unwrap_or("");
+        let ns = meta["namespace"].as_str().unwrap_or("default");
+        let what = format!("Cluster/{ns}/{name}");
+        let Some(expected) = meta["labels"][OWNER_LABEL].as_str() else {
+            return Err(StepError::Permanent(format!(
+                "{what}: the manifest has no {OWNER_LABEL} label; tkgops applies only Clusters it can prove it owns"
+            )));
+        };
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &cluster::cluster_resource());
+        let existing = api.get_opt(name).await.map_err(|e| {
+            classify(
+                &format!("{what} on management cluster '{management_cluster}'"),
+                &e,
+            )
+        })?;
+        if let Some(existing) = existing {
+            let found = existing
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(OWNER_LABEL));
+            if found.map(String::as_str) != Some(expected) {
+                let found = match found {
+                    Some(f) => format!("its {OWNER_LABEL} label is {f}"),
+                    None => format!("it has no {OWNER_LABEL} label"),
+                };
+                let repo = v["metadata"]["annotations"]["tkgops.dev/config-repository"]
+                    .as_str()
+                    .unwrap_or("this config repository");
+                return Err(StepError::Permanent(format!(
+                    "{what} already exists on management cluster '{management_cluster}' and is not owned by {repo} ({found}, expected {expected}); tkgops changes only Clusters it created for the same config repository and cluster path. Choose another CLUSTER_NAME or NAMESPACE, or adopt the Cluster by setting that label on it yourself."
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]
