@@ -339,14 +339,11 @@ fn r9_identity_management() {
         ("OIDC_IDENTITY_PROVIDER_CLIENT_ID", Some("tkg")),
     ]);
     let f = find(&run(&oidc), "TKO-CLS-006").clone();
-    assert!(f.message.contains("OIDC_IDENTITY_PROVIDER_CLIENT_SECRET"));
+    // The client secret is never required: it must not be committed (TKGOPS-SECRET).
+    assert!(!f.message.contains("OIDC_IDENTITY_PROVIDER_CLIENT_SECRET"));
     assert!(f.message.contains("OIDC_IDENTITY_PROVIDER_NAME"));
     assert!(!f.message.contains("idp.example.com"));
-    let full = edit(
-        &edit(&oidc, "OIDC_IDENTITY_PROVIDER_CLIENT_SECRET", Some("x")),
-        "OIDC_IDENTITY_PROVIDER_NAME",
-        Some("corp"),
-    );
+    let full = edit(&oidc, "OIDC_IDENTITY_PROVIDER_NAME", Some("corp"));
     assert!(!has(&run(&full), "TKO-CLS-006"));
 }
 
@@ -1558,4 +1555,71 @@ fn the_ownership_label_cannot_be_set_by_a_request() {
         .unwrap_or_else(|| panic!("{fs:#?}"));
     assert_eq!(f.rule, "TKGOPS-SCHEMA");
     assert!(f.line.is_some(), "{f:?}");
+}
+
+// ---------------------------------------------------------------- secrets in Git (rule 5)
+
+#[test]
+fn a_committed_credential_is_refused_naming_the_variable_never_the_value() {
+    const VALUE: &str = "S3cr3t-Value-Never-Printed";
+    for (var, hint) in [
+        ("LDAP_BIND_PASSWORD", "inherit identity management"),
+        (
+            "OIDC_IDENTITY_PROVIDER_CLIENT_SECRET",
+            "inherit identity management",
+        ),
+        ("AWS_ACCESS_KEY_ID", "AWS credentials of the bot"),
+        ("AWS_SECRET_ACCESS_KEY", "AWS credentials of the bot"),
+        ("AWS_B64ENCODED_CREDENTIALS", "AWS credentials of the bot"),
+        (
+            "TKG_CUSTOM_IMAGE_REPOSITORY_PASSWORD",
+            "registry credentials",
+        ),
+    ] {
+        let fs = run(&edit(&valid_text(), var, Some(VALUE)));
+        let f = find(&fs, "TKGOPS-SECRET");
+        assert!(
+            f.message.starts_with(var) && f.message.contains(hint),
+            "{f:?}"
+        );
+        assert!(f.line.is_some(), "{f:?}");
+        assert!(
+            fs.iter().all(|f| !f.message.contains(VALUE)),
+            "the value leaked: {fs:#?}"
+        );
+    }
+    // `<encoded:…>` values are credentials whatever the variable.
+    let fs = run(&edit(
+        &valid_text(),
+        "SOME_SETTING",
+        Some("<encoded:c2VjcmV0>"),
+    ));
+    assert!(find(&fs, "TKGOPS-SECRET").message.contains("<encoded:…>"));
+    // Empty values and public CA certificates are fine.
+    assert!(!has(
+        &run(&edit(&valid_text(), "LDAP_BIND_PASSWORD", Some("\"\""))),
+        "TKGOPS-SECRET"
+    ));
+    assert!(!has(&run(&valid_text()), "TKGOPS-SECRET"));
+}
+
+#[test]
+fn package_secrets_come_from_a_secret_reference_never_inline() {
+    let with_ref = settings_text().replace(
+        "packages:\n",
+        "packages:\n  - name: harbor\n    valuesFrom:\n      - secretRef: {name: harbor-admin}\n",
+    );
+    let s = settings(&with_ref);
+    let harbor = s.packages.iter().find(|p| p.name == "harbor").unwrap();
+    assert_eq!(harbor.values_from[0].secret_ref.name, "harbor-admin");
+    let bad = settings_text().replace(
+        "packages:\n",
+        "packages:\n  - name: harbor\n    valuesFrom:\n      - secretRef: {name: Harbor_Admin}\n",
+    );
+    let fs = parse_cluster_settings(SETTINGS_PATH, bad.as_bytes()).expect_err("bad name");
+    assert!(
+        fs.iter()
+            .any(|f| f.message.contains("valuesFrom secretRef name")),
+        "{fs:#?}"
+    );
 }

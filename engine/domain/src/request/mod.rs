@@ -40,7 +40,8 @@ pub use spec::{
     TmcSpec, VpcSpec, WorkerSpec,
 };
 pub use tkgconfig::{
-    is_known_variable, is_secret_variable, parse_tkg_config, TkgConfig, TkgVar, MAX_CONFIG_BYTES,
+    is_credential_variable, is_known_variable, is_secret_variable, parse_tkg_config, TkgConfig,
+    TkgVar, MAX_CONFIG_BYTES,
 };
 
 /// Severity of a [`Finding`]. An `error` blocks the pull request (exit code 1 of

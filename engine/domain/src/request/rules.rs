@@ -8,7 +8,7 @@ use regex::Regex;
 
 use super::settings::{ClusterSettings, RepoConfig, RuleLevel, SCHEMA};
 use super::spec::{get_u32, normalized_plan, resolve_packages, worker_counts};
-use super::tkgconfig::{is_known_variable, TkgConfig, PARSE};
+use super::tkgconfig::{is_credential_variable, is_known_variable, TkgConfig, PARSE};
 use super::{Finding, Severity};
 
 /// Every rule tkgops reports: ID, default severity, summary with its source.
@@ -32,6 +32,11 @@ pub const RULES: &[(&str, Severity, &str)] = &[
         "TKGOPS-TEMPLATE",
         Severity::Error,
         "the workflow renders: templates in strict mode, step inputs buildable",
+    ),
+    (
+        "TKGOPS-SECRET",
+        Severity::Error,
+        "no credential committed to Git: passwords, client secrets, tokens, AWS keys, <encoded:…> values",
     ),
     (
         "TKGOPS-NAMESPACE",
@@ -269,6 +274,7 @@ fn cidrs(ctx: &mut Ctx<'_>, k: &str) -> Vec<IpNet> {
 
 fn config_rules(ctx: &mut Ctx<'_>) {
     let c = ctx.c;
+    secret_rule(ctx);
     // TKGOPS-PROVIDER
     let aws = match ctx
         .get("INFRASTRUCTURE_PROVIDER")
@@ -447,10 +453,10 @@ fn config_rules(ctx: &mut Ctx<'_>) {
             );
             &[]
         }
+        // The client secret is not required: it must never be committed (TKGOPS-SECRET).
         Some("oidc") => &[
             "OIDC_IDENTITY_PROVIDER_ISSUER_URL",
             "OIDC_IDENTITY_PROVIDER_CLIENT_ID",
-            "OIDC_IDENTITY_PROVIDER_CLIENT_SECRET",
             "OIDC_IDENTITY_PROVIDER_NAME",
         ],
         Some("ldap") => &["LDAP_HOST", "LDAP_USER_SEARCH_BASE_DN"],
@@ -898,6 +904,45 @@ pub fn validate(
     out.sort_by(|a, b| (&a.path, a.line, &a.rule).cmp(&(&b.path, b.line, &b.rule)));
     out.dedup();
     out
+}
+
+/// `TKGOPS-SECRET` (security rule 5): a credential committed in the cluster configuration file
+/// (a non-empty [`is_credential_variable`], or any `<encoded:…>` value) is an error on its line
+/// that names the variable and never prints the value.
+fn secret_rule(ctx: &mut Ctx<'_>) {
+    let committed: Vec<(String, bool)> = ctx
+        .c
+        .vars
+        .iter()
+        .filter_map(|(k, v)| {
+            let value = v.value.trim();
+            let encoded = value.starts_with("<encoded:");
+            (!value.is_empty() && (encoded || is_credential_variable(k)))
+                .then(|| (k.clone(), encoded))
+        })
+        .collect();
+    for (k, encoded) in committed {
+        let upper = k.to_ascii_uppercase();
+        let instead = if upper.starts_with("LDAP_") || upper.starts_with("OIDC_") {
+            "workload clusters inherit identity management from their management cluster (TKG 2.x), so the request needs no identity secret"
+        } else if upper.starts_with("AWS_") {
+            "tkgops and Cluster API use the AWS credentials of the bot and of the management cluster, never credentials from the request"
+        } else if upper.contains("REGISTRY") || upper.contains("IMAGE_REPOSITORY") {
+            "registry credentials belong on the management cluster (a Secret there), not in Git"
+        } else {
+            "keep it in a Secret on the management cluster and out of Git"
+        };
+        let what = if encoded {
+            "an <encoded:…> value"
+        } else {
+            "a credential"
+        };
+        ctx.var(
+            &k,
+            "TKGOPS-SECRET",
+            format!("{k} holds {what}, committed to Git where every reader of the repository, the pull request and the journal sees it; remove it: {instead}. Rotate it if it was real."),
+        );
+    }
 }
 
 /// Whether `name` is a namespace of the platform itself, which tkgops never writes Clusters into

@@ -230,12 +230,35 @@ pub struct PackageRequest {
     /// Install namespace; default from the TKG 1.6 table, else `tanzu-packages`.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// Values (a YAML map) written to the `<pkgi>-<ns>-values` Secret as `values.yaml`.
+    /// Values (a YAML map) written to the `<pkgi>-<ns>-values` Secret as `values.yaml`. Never
+    /// secrets (rule `TKGOPS-PKG-SECRET`): those come through [`PackageRequest::values_from`].
     #[serde(default)]
     pub values: Option<Value>,
+    /// Secrets in the package's namespace on the workload cluster whose data values the
+    /// PackageInstall reads after `values` (kapp-controller `spec.values[].secretRef`), e.g.
+    /// `[{secretRef: {name: harbor-admin}}]`: how values that are secrets reach a package
+    /// without entering Git.
+    #[serde(default)]
+    pub values_from: Vec<ValuesFrom>,
     /// `false` removes a repository default from this cluster.
     #[serde(default)]
     pub enabled: Option<bool>,
+}
+
+/// One entry of [`PackageRequest::values_from`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValuesFrom {
+    /// The Secret holding data values (kapp-controller `secretRef`).
+    pub secret_ref: SecretRef,
+}
+
+/// A Secret by name, in the namespace of the object referring to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// `metadata.name` of the Secret (a DNS-1123 subdomain).
+    pub name: String,
 }
 
 /// Severity policy of [`RepoConfig::rules`].
@@ -554,6 +577,22 @@ fn check_packages(
                 ));
             }
             continue;
+        }
+        for vf in &p.values_from {
+            let n = &vf.secret_ref.name;
+            let valid = !n.is_empty()
+                && n.len() <= 253
+                && n.split('.').all(crate::request::is_dns1123_label);
+            if !valid {
+                out.push(schema(
+                    path,
+                    find_value_line(text, "name", n).or(line),
+                    format!(
+                        "package {}: valuesFrom secretRef name {n:?} is not a valid Secret name",
+                        p.name
+                    ),
+                ));
+            }
         }
         if let Some(v) = &p.values {
             if !v.is_mapping() && !v.is_null() {

@@ -197,6 +197,10 @@ pub struct PackageSpec {
     pub namespace: String,
     /// The values file (YAML text), `""` when none.
     pub values_yaml: String,
+    /// Secrets (in the package's namespace) whose values the PackageInstall also reads, in
+    /// order after `values_yaml` (`valuesFrom` of the request).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_from: Vec<String>,
 }
 
 fn merge_values(base: &mut Value, over: &Value) {
@@ -300,6 +304,11 @@ pub(crate) fn resolve_packages(
             version,
             namespace,
             values_yaml,
+            values_from: p
+                .values_from
+                .iter()
+                .map(|v| v.secret_ref.name.clone())
+                .collect(),
         });
     }
     out.sort_by_key(|p| order_key(&p.name));

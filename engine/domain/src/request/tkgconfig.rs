@@ -143,6 +143,25 @@ pub fn is_secret_variable(name: &str) -> bool {
         || n == "AWS_ACCESS_KEY_ID"
 }
 
+/// Whether `name` is a TKG variable holding a credential that must never be committed to Git
+/// (rule `TKGOPS-SECRET`): `*PASSWORD*`, `*PASSWD*`, `*SECRET*` (e.g.
+/// `OIDC_IDENTITY_PROVIDER_CLIENT_SECRET`, `AWS_SECRET_ACCESS_KEY`), `*TOKEN*`,
+/// `*CREDENTIALS*` (e.g. `AWS_B64ENCODED_CREDENTIALS`), `*PRIVATE_KEY*` and
+/// `AWS_ACCESS_KEY_ID`. Unlike [`is_secret_variable`], CA certificates (public) are not
+/// credentials.
+pub fn is_credential_variable(name: &str) -> bool {
+    let n = name.trim().to_ascii_uppercase();
+    const CONTAINS: &[&str] = &[
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "TOKEN",
+        "CREDENTIALS",
+        "PRIVATE_KEY",
+    ];
+    CONTAINS.iter().any(|c| n.contains(c)) || n == "AWS_ACCESS_KEY_ID"
+}
+
 /// TKG 1.6 configuration variables known to tkgops: every variable of reference
 /// `tanzu-apis.md` §1.2 plus the common ones of TF `pkg/v1/providers/config_default.yaml`.
 const KNOWN_VARIABLES: &[&str] = &[

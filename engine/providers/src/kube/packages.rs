@@ -119,9 +119,20 @@ pub fn package_objects(pkg: &PackageSpec) -> Vec<(Resolved, Value)> {
         "packageRef": {"refName": pkg.ref_name,
                        "versionSelection": {"constraints": pkg.version, "prereleases": {}}},
     });
+    let mut values = Vec::new();
     if has_values {
         pkgi_ann.insert(format!("{TANZU_PACKAGE_ANNOTATION}-Secret"), json!(secret));
-        spec["values"] = json!([{"secretRef": {"name": secret}}]);
+        values.push(json!({"secretRef": {"name": secret}}));
+    }
+    // Secrets the request references (valuesFrom), never written by tkgops: kapp-controller
+    // reads them in order, after the values above.
+    values.extend(
+        pkg.values_from
+            .iter()
+            .map(|name| json!({"secretRef": {"name": name}})),
+    );
+    if !values.is_empty() {
+        spec["values"] = Value::Array(values);
     }
     objs.push((
         Resolved::known(package_install_resource(), true),
@@ -391,7 +402,44 @@ mod tests {
             version: "1.20.2+vmware.1-tkg.1".into(),
             namespace: "tanzu-system-ingress".into(),
             values_yaml: values.into(),
+            values_from: Vec::new(),
         }
+    }
+
+    #[test]
+    fn values_from_secrets_follow_the_own_values_and_are_never_written() {
+        let mut p = pkg("infrastructure_provider: aws\n");
+        p.values_from = vec!["contour-tls".into(), "contour-extra".into()];
+        let objs = package_objects(&p);
+        let pkgi = &objs.last().unwrap().1;
+        let names: Vec<&str> = pkgi["spec"]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["secretRef"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "contour-tanzu-system-ingress-values",
+                "contour-tls",
+                "contour-extra"
+            ]
+        );
+        let written: Vec<&str> = objs
+            .iter()
+            .filter(|(_, o)| o["kind"] == "Secret")
+            .map(|(_, o)| o["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(written, ["contour-tanzu-system-ingress-values"]);
+        // Only referenced Secrets: no values Secret of tkgops's own.
+        p.values_yaml.clear();
+        let objs = package_objects(&p);
+        assert!(objs.iter().all(|(_, o)| o["kind"] != "Secret"));
+        assert_eq!(
+            objs.last().unwrap().1["spec"]["values"][0]["secretRef"]["name"],
+            "contour-tls"
+        );
     }
 
     #[test]
