@@ -11,8 +11,7 @@ use tokio::sync::{mpsc, Notify};
 
 use tkgops_engine::store::{
     RunRecord, RunState, SledStore, StepState, Store, MAX_ERROR_BYTES, OUTCOME_INTERRUPTED,
-    OUTCOME_SHUTDOWN,
-    OUTCOME_PERMANENT, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
+    OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
 };
 use tkgops_engine::{
     backoff_delay, run_transition, step_transition, Engine, EngineError, NoopObserver, RetryPolicy,
@@ -686,8 +685,21 @@ async fn engine_submit_is_idempotent_by_id() {
         .await
         .unwrap();
     assert_eq!(after, done);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Resubmitting a finished run schedules nothing...
+    assert_eq!(engine.queue_position("same"), None, "not rescheduled");
+    // ...and runs of a cluster execute one at a time in submission order, so once a later run
+    // of the same cluster has finished, a re-execution of "same" would have happened already.
+    engine
+        .submit(request("barrier", "c", vec![spec("b")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait("barrier").await.unwrap().state,
+        RunState::Succeeded
+    );
     assert_eq!(ex.calls_for("same").len(), 1, "executed once");
+    let order: Vec<String> = ex.calls().into_iter().map(|c| c.run_id).collect();
+    assert_eq!(order, ["same", "barrier"]);
     assert!(store.list_active().await.unwrap().is_empty());
 }
 
@@ -926,7 +938,11 @@ fn interrupted_attempts_count_against_the_retry_budget() {
     assert_eq!(third.state, RunState::Failed);
     assert_eq!(
         states(&third),
-        [StepState::Succeeded, StepState::Failed, StepState::Cancelled]
+        [
+            StepState::Succeeded,
+            StepState::Failed,
+            StepState::Cancelled
+        ]
     );
     let outcomes: Vec<_> = third.steps[1]
         .attempts
@@ -999,13 +1015,23 @@ async fn engine_shutdown_lets_in_flight_attempts_finish_within_grace() {
         .await
         .unwrap();
     wait_for_call(&mut started, "slow").await;
-    let gate = ex.gate("slow");
-    let opener = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        gate.notify_one();
-    });
-    engine.shutdown(Duration::from_secs(10)).await;
-    opener.await.unwrap();
+    // Begin the shutdown: the first poll stops new work, then waits for the in-flight attempt,
+    // which is still parked at its gate.
+    let shutdown = engine.shutdown(Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    assert!(
+        futures::poll!(shutdown.as_mut()).is_pending(),
+        "shutdown waits for the in-flight attempt"
+    );
+    assert!(matches!(
+        engine.submit(request("late", "c", vec![spec("x")])).await,
+        Err(EngineError::ShuttingDown)
+    ));
+    // The attempt finishes within the grace period; the shutdown then completes.
+    ex.gate("slow").notify_one();
+    tokio::time::timeout(Duration::from_secs(20), shutdown)
+        .await
+        .expect("shutdown finished once the attempt did");
     let run = store.get_run("r").await.unwrap().unwrap();
     assert_eq!(run.state, RunState::Running);
     assert_eq!(

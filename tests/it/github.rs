@@ -733,19 +733,19 @@ async fn pull_list_paginates_and_sorts() {
         vec![1, 2, 3, 4, 5]
     );
 
-    // Closing bumps updated_at: sort=updated desc lists the most recently closed first.
-    s.emu.close_pull_request(2).unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Closing bumps updated_at: sort=updated desc lists the most recently closed first. The
+    // emulator's timestamps strictly increase, so back-to-back closes are ordered without
+    // waiting; closing the higher number first makes the expected order differ from the
+    // number order (the tie-breaker), so a wrong sort key fails here.
     s.emu.close_pull_request(4).unwrap();
+    s.emu.close_pull_request(2).unwrap();
     let closed = c.list_recently_closed_pulls("main", 10).await.unwrap();
     assert_eq!(
         closed.iter().map(|p| p.number).collect::<Vec<_>>(),
-        vec![4, 2]
+        vec![2, 4]
     );
-    assert_eq!(
-        c.list_recently_closed_pulls("main", 1).await.unwrap().len(),
-        1
-    );
+    let latest = c.list_recently_closed_pulls("main", 1).await.unwrap();
+    assert_eq!(latest.iter().map(|p| p.number).collect::<Vec<_>>(), vec![2]);
 }
 
 #[tokio::test]

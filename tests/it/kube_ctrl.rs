@@ -60,7 +60,7 @@ fn gvr_pkg() -> Gvr {
 struct Env {
     emu: KubeEmulator,
     mgmt: EmulatedCluster,
-    _ctrl: Controllers,
+    ctrl: Controllers,
 }
 
 async fn env() -> Env {
@@ -76,11 +76,7 @@ async fn env() -> Env {
             standard_packages: true,
         },
     );
-    Env {
-        emu,
-        mgmt,
-        _ctrl: ctrl,
-    }
+    Env { emu, mgmt, ctrl }
 }
 
 fn cluster_obj(name: &str, class: &str, cp: i64, workers: i64) -> Value {
@@ -122,23 +118,27 @@ fn cond_status(obj: &Value, type_: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Polls `f` until it returns `Some`, or panics after `WAIT` with `what`.
-async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Evaluates `f` now and after every reconcile pass of `ctrl` until it returns `Some`; panics
+/// with `what` when that takes longer than `WAIT`.
+async fn wait_for<T>(ctrl: &Controllers, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    ctrl.wait_until(WAIT, f)
+        .await
+        .unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// Waits until every controller task of `ctrl` has completed `n` full reconcile ticks that
+/// started after the call: afterwards a test asserts that something did not happen (or did not
+/// change), knowing the controllers had `n` chances to do it.
+async fn settle(ctrl: &Controllers, n: u64) {
+    assert!(
+        ctrl.wait_ticks(n, WAIT).await,
+        "the controllers did not complete {n} ticks within {WAIT:?}"
+    );
 }
 
 async fn wait_ready(env: &Env, name: &str) -> Value {
     let mgmt = env.mgmt.clone();
-    wait_for(&format!("Cluster {name} Ready"), || {
+    wait_for(&env.ctrl, &format!("Cluster {name} Ready"), || {
         mgmt.get(&gvr_cluster(), Some("default"), name)
             .filter(|c| cond_status(c, "Ready").as_deref() == Some("True"))
     })
@@ -451,7 +451,7 @@ async fn ctrl_missing_cluster_class_sets_topology_reconciled_false() {
         .create(&gvr_cluster(), cluster_obj("orphan", "no-such-class", 1, 1))
         .expect("create");
     let mgmt = env.mgmt.clone();
-    let c = wait_for("TopologyReconciled=False", || {
+    let c = wait_for(&env.ctrl, "TopologyReconciled=False", || {
         mgmt.get(&gvr_cluster(), Some("default"), "orphan")
             .filter(|c| cond(c, "TopologyReconciled").is_some())
     })
@@ -466,7 +466,7 @@ async fn ctrl_missing_cluster_class_sets_topology_reconciled_false() {
         .contains("failed to retrieve ClusterClass default/no-such-class"));
     assert_eq!(c["status"]["phase"], "Pending");
     // It stays there: nothing is created for it.
-    tokio::time::sleep(TICK * 5).await;
+    settle(&env.ctrl, 5).await;
     let kcps = env.mgmt.list(&gvr_kcp(), Some("default"));
     assert!(owned_by(&kcps, "orphan").is_empty());
     assert!(env.emu.cluster("orphan").is_none());
@@ -479,7 +479,7 @@ async fn ctrl_fail_annotation_fails_cluster_with_error_severity() {
     obj["metadata"]["annotations"] = json!({FAIL_ANNOTATION: "AMI ami-123 not found in us-east-1"});
     env.mgmt.create(&gvr_cluster(), obj).expect("create");
     let mgmt = env.mgmt.clone();
-    let c = wait_for("phase Failed", || {
+    let c = wait_for(&env.ctrl, "phase Failed", || {
         mgmt.get(&gvr_cluster(), Some("default"), "doomed")
             .filter(|c| c["status"]["phase"] == "Failed")
     })
@@ -494,7 +494,8 @@ async fn ctrl_fail_annotation_fails_cluster_with_error_severity() {
         "AMI ami-123 not found in us-east-1"
     );
     assert!(c["status"]["failureReason"].is_string());
-    tokio::time::sleep(TICK * 5).await;
+    // It stays failed and never initializes.
+    settle(&env.ctrl, 5).await;
     let c = env
         .mgmt
         .get(&gvr_cluster(), Some("default"), "doomed")
@@ -527,9 +528,15 @@ fn sa(name: &str, ns: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}})
 }
 
-async fn wait_pkgi(w: &EmulatedCluster, ns: &str, name: &str, cond_type: &str) -> Value {
+async fn wait_pkgi(
+    ctrl: &Controllers,
+    w: &EmulatedCluster,
+    ns: &str,
+    name: &str,
+    cond_type: &str,
+) -> Value {
     let w = w.clone();
-    wait_for(&format!("PackageInstall {name} {cond_type}"), || {
+    wait_for(ctrl, &format!("PackageInstall {name} {cond_type}"), || {
         w.get(&gvr_pkgi(), Some(ns), name).filter(|p| {
             p.pointer("/status/conditions/0/type")
                 .and_then(Value::as_str)
@@ -565,7 +572,7 @@ async fn ctrl_package_install_succeeds_and_fails_like_kapp_controller() {
         ),
     )
     .expect("pkgi");
-    let ok = wait_pkgi(&w, ns, "cert-manager", "ReconcileSucceeded").await;
+    let ok = wait_pkgi(&env.ctrl, &w, ns, "cert-manager", "ReconcileSucceeded").await;
     assert_eq!(
         ok["status"]["conditions"],
         json!([{"type": "ReconcileSucceeded", "status": "True"}])
@@ -586,7 +593,7 @@ async fn ctrl_package_install_succeeds_and_fails_like_kapp_controller() {
         )
         .expect("patch");
     let generation = patched["metadata"]["generation"].as_i64().unwrap();
-    let failed = wait_pkgi(&w, ns, "cert-manager", "ReconcileFailed").await;
+    let failed = wait_pkgi(&env.ctrl, &w, ns, "cert-manager", "ReconcileFailed").await;
     assert_eq!(failed["status"]["observedGeneration"], generation);
     assert_eq!(failed["status"]["conditions"].as_array().unwrap().len(), 1);
     assert_eq!(
@@ -629,14 +636,14 @@ async fn ctrl_package_install_succeeds_and_fails_like_kapp_controller() {
         pkgi("no-sa", ns, "1.7.2+vmware.1-tkg.1", "missing-sa", None),
     )
     .expect("pkgi");
-    let f = wait_pkgi(&w, ns, "no-sa", "ReconcileFailed").await;
+    let f = wait_pkgi(&env.ctrl, &w, ns, "no-sa", "ReconcileFailed").await;
     assert_eq!(
         f["status"]["usefulErrorMessage"],
         "Getting service account: serviceaccounts \"missing-sa\" not found"
     );
     // ... which recovers once the ServiceAccount exists (kapp-controller retries).
     w.create(&gvr_sa(), sa("missing-sa", ns)).expect("sa");
-    wait_pkgi(&w, ns, "no-sa", "ReconcileSucceeded").await;
+    wait_pkgi(&env.ctrl, &w, ns, "no-sa", "ReconcileSucceeded").await;
 
     // Missing values Secret.
     w.create(
@@ -650,7 +657,7 @@ async fn ctrl_package_install_succeeds_and_fails_like_kapp_controller() {
         ),
     )
     .expect("pkgi");
-    let f = wait_pkgi(&w, ns, "no-values", "ReconcileFailed").await;
+    let f = wait_pkgi(&env.ctrl, &w, ns, "no-values", "ReconcileFailed").await;
     assert!(f["status"]["usefulErrorMessage"]
         .as_str()
         .unwrap()
@@ -670,7 +677,7 @@ async fn ctrl_upgrade_rolls_control_plane_then_workers() {
         )
         .expect("patch version");
     let mgmt = env.mgmt.clone();
-    let kcp = wait_for("KCP upgraded", || {
+    let kcp = wait_for(&env.ctrl, "KCP upgraded", || {
         owned_by(&mgmt.list(&gvr_kcp(), Some("default")), "up")
             .first()
             .filter(|k| k["status"]["version"] == "v1.23.10+vmware.1")
@@ -679,7 +686,7 @@ async fn ctrl_upgrade_rolls_control_plane_then_workers() {
     .await;
     assert_eq!(kcp["spec"]["version"], "v1.23.10+vmware.1");
     assert_eq!(kcp["status"]["updatedReplicas"], 1);
-    let md = wait_for("MD upgraded", || {
+    let md = wait_for(&env.ctrl, "MD upgraded", || {
         owned_by(&mgmt.list(&gvr_md(), Some("default")), "up")
             .first()
             .filter(|m| {
@@ -711,7 +718,7 @@ async fn ctrl_machine_health_check_and_deletion() {
         }))
         .expect("mhc");
     let mgmt = env.mgmt.clone();
-    let mhc = wait_for("MHC status", || {
+    let mhc = wait_for(&env.ctrl, "MHC status", || {
         mgmt.get(&gvr_mhc(), Some("default"), "mh")
             .filter(|m| cond_status(m, "RemediationAllowed").as_deref() == Some("True"))
     })
@@ -736,13 +743,13 @@ async fn ctrl_machine_health_check_and_deletion() {
         .get(&gvr_cluster(), Some("default"), "mh")
         .expect("still there while deleting");
     assert!(deleting["metadata"]["deletionTimestamp"].is_string());
-    wait_for("phase Deleting", || {
+    wait_for(&env.ctrl, "phase Deleting", || {
         mgmt.get(&gvr_cluster(), Some("default"), "mh")
             .filter(|c| c["status"]["phase"] == "Deleting")
             .map(|_| ())
     })
     .await;
-    wait_for("owned objects deleted", || {
+    wait_for(&env.ctrl, "owned objects deleted", || {
         let gone = owned_by(&mgmt.list(&gvr_kcp(), Some("default")), "mh").is_empty()
             && owned_by(&mgmt.list(&gvr_md(), Some("default")), "mh").is_empty()
             && owned_by(&mgmt.list(&gvr_aws(), Some("default")), "mh").is_empty()
@@ -773,7 +780,7 @@ async fn ctrl_plan_based_cluster_progresses_from_its_refs() {
             },
         }))
         .expect("cluster");
-    tokio::time::sleep(TICK * 4).await;
+    settle(&env.ctrl, 4).await;
     let c = env.mgmt.get(&gvr_cluster(), Some(ns), "legacy").unwrap();
     assert_eq!(
         c["status"]["phase"], "Pending",
@@ -826,7 +833,7 @@ async fn ctrl_plan_based_cluster_progresses_from_its_refs() {
         )
         .unwrap();
     let mgmt = env.mgmt.clone();
-    wait_for("legacy KCP upgraded", || {
+    wait_for(&env.ctrl, "legacy KCP upgraded", || {
         mgmt.get(&gvr_kcp(), Some(ns), "legacy-control-plane")
             .filter(|k| {
                 k["status"]["version"] == "v1.23.10+vmware.1" && k["status"]["updatedReplicas"] == 1
@@ -888,7 +895,7 @@ async fn ctrl_tmc_agent_connects_outward() {
 
     let cm = {
         let w = w.clone();
-        wait_for("connected annotation", move || {
+        wait_for(&env.ctrl, "connected annotation", move || {
             w.get(&gvr_cm(), Some("vmware-system-tmc"), "stack-config")
                 .filter(|c| {
                     c.pointer("/metadata/annotations")
@@ -917,7 +924,7 @@ async fn ctrl_tmc_agent_connects_outward() {
         })
     );
     // Connected once: no further calls.
-    tokio::time::sleep(TICK * 5).await;
+    settle(&env.ctrl, 5).await;
     assert_eq!(seen.lock().unwrap().len(), 2);
 }
 
@@ -939,7 +946,7 @@ async fn ctrl_restarted_controllers_resume_from_object_state() {
         .unwrap();
     {
         let mgmt = mgmt.clone();
-        wait_for("initialized", move || {
+        wait_for(&ctrl, "initialized", move || {
             mgmt.get(&gvr_cluster(), Some("default"), "rs")
                 .filter(|c| cond_status(c, "ControlPlaneInitialized").as_deref() == Some("True"))
         })
@@ -958,7 +965,7 @@ async fn ctrl_restarted_controllers_resume_from_object_state() {
     let env = Env {
         emu: emu.clone(),
         mgmt: mgmt.clone(),
-        _ctrl: ctrl,
+        ctrl,
     };
     wait_ready(&env, "rs").await;
     let kcps = mgmt.list(&gvr_kcp(), Some("default"));
@@ -974,5 +981,5 @@ async fn ctrl_restarted_controllers_resume_from_object_state() {
         pkgi("p", "default", "1.7.2+vmware.1-tkg.1", "s", None),
     )
     .unwrap();
-    wait_pkgi(&w, "default", "p", "ReconcileSucceeded").await;
+    wait_pkgi(&env.ctrl, &w, "default", "p", "ReconcileSucceeded").await;
 }

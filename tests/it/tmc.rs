@@ -427,7 +427,7 @@ async fn agentconnect_wrong_token_is_403_and_right_token_readies() {
 
 #[tokio::test]
 async fn expired_access_token_is_re_exchanged() {
-    let emu = emulator_with(Duration::from_secs(1), Duration::ZERO).await;
+    let emu = emulator().await;
     let c = client(&emu, TOKEN);
     let raw = raw_token(&emu).await;
     c.list_clusters().await.unwrap();
@@ -437,13 +437,9 @@ async fn expired_access_token_is_re_exchanged() {
         2,
         "token is cached"
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    c.list_clusters().await.unwrap();
-    assert_eq!(
-        emu.faults().log().count(&Method::POST, AUTHORIZE),
-        3,
-        "expired token re-exchanged"
-    );
+
+    // Both issued tokens (the raw one and the client's cached one) expire now.
+    assert_eq!(emu.expire_access_tokens(), 2);
     // The emulator itself rejects the expired token.
     let resp = reqwest::Client::new()
         .get(format!("{}/v1alpha1/clusters", emu.url()))
@@ -453,6 +449,29 @@ async fn expired_access_token_is_re_exchanged() {
         .unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.json::<Value>().await.unwrap()["code"], 16);
+
+    // The client's cached token is refused, so it re-exchanges the API token and retries.
+    let seen = emu.faults().log().all().len();
+    c.list_clusters().await.unwrap();
+    let calls = |from: usize| -> Vec<(Method, String)> {
+        emu.faults().log().all()[from..]
+            .iter()
+            .map(|r| (r.method.clone(), r.path.clone()))
+            .collect()
+    };
+    let list = || (Method::GET, "/v1alpha1/clusters".to_string());
+    assert_eq!(
+        calls(seen),
+        [list(), (Method::POST, AUTHORIZE.to_string()), list()],
+        "expired token re-exchanged, then the request retried"
+    );
+
+    // The fresh token is cached and valid: no further exchange.
+    let seen = emu.faults().log().all().len();
+    c.list_clusters().await.unwrap();
+    c.list_clusters().await.unwrap();
+    assert_eq!(calls(seen), [list(), list()], "fresh token cached");
+    assert_eq!(emu.faults().log().count(&Method::POST, AUTHORIZE), 3);
 }
 
 #[tokio::test]
@@ -541,6 +560,8 @@ struct AgentSimApplier {
     mode: AgentMode,
     applies: AtomicUsize,
     targets: Mutex<Vec<WorkloadTarget>>,
+    /// Notified after each apply (and the agent's connect, in [`AgentMode::Connect`]).
+    applied: tokio::sync::Notify,
 }
 
 impl AgentSimApplier {
@@ -549,6 +570,7 @@ impl AgentSimApplier {
             mode,
             applies: AtomicUsize::new(0),
             targets: Mutex::new(vec![]),
+            applied: tokio::sync::Notify::new(),
         })
     }
 }
@@ -584,6 +606,7 @@ impl ManifestApplier for AgentSimApplier {
                 .map_err(|e| StepError::Transient(e.to_string()))?;
             assert_eq!(resp.status(), 200);
         }
+        self.applied.notify_one();
         Ok(docs
             .iter()
             .map(|d| {
@@ -843,15 +866,15 @@ async fn attach_fails_permanently_on_error_phase() {
         silent.clone(),
         Duration::from_millis(50),
     );
+    // Once the installer is applied (the cluster exists and the executor is polling for the
+    // agent), the cluster fails.
     let emu2 = emu.clone();
+    let applied = silent.clone();
     let breaker = tokio::spawn(async move {
-        for _ in 0..100 {
-            if emu2.cluster("wl6").is_some() && emu2.set_phase("wl6", "UPGRADE_FAILED", "UNHEALTHY")
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        tokio::time::timeout(Duration::from_secs(20), applied.applied.notified())
+            .await
+            .expect("the installer was never applied");
+        assert!(emu2.set_phase("wl6", "UPGRADE_FAILED", "UNHEALTHY"));
     });
     let err = exec
         .execute(&attach_ctx(&emu, "wl6", ProgressSink::noop()))

@@ -505,8 +505,9 @@ async fn create_review(
             .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| pull.head_sha.clone());
+        let now = sh.now();
         if state != "PENDING" {
-            pull.updated_at = Utc::now();
+            pull.updated_at = now;
         }
         let id = st.next_review;
         st.next_review += 1;
@@ -517,7 +518,7 @@ async fn create_review(
             body: text,
             state: state.to_string(),
             commit_id,
-            submitted_at: Utc::now(),
+            submitted_at: now,
         };
         st.reviews.push(rv.clone());
         rv
@@ -639,7 +640,7 @@ async fn create_comment(
         let mut st = sh.lock();
         let login = st.bot_login.clone();
         let pull = st.pulls.get_mut(&n).ok_or_else(not_found)?;
-        let now = Utc::now();
+        let now = sh.now();
         pull.updated_at = now;
         let id = st.next_comment;
         st.next_comment += 1;
@@ -685,7 +686,7 @@ async fn update_comment(
     let text = body_field(&parse_body(&body)?)?;
     let c = {
         let mut st = sh.lock();
-        let now = Utc::now();
+        let now = sh.now();
         let c = st
             .comments
             .iter_mut()
@@ -794,7 +795,7 @@ async fn create_status(
             target_url,
             context,
             creator: st.bot_login.clone(),
-            created_at: Utc::now(),
+            created_at: sh.now(),
         };
         st.statuses.push(s.clone());
         s

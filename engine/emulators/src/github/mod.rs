@@ -22,6 +22,7 @@ mod shapes;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
@@ -204,9 +205,27 @@ struct Shared {
     clone_url: String,
     faults: Faults,
     state: Mutex<State>,
+    /// Microseconds since the Unix epoch of the last timestamp handed out by [`Shared::now`].
+    last_stamp_micros: AtomicI64,
 }
 
 impl Shared {
+    /// The timestamp of a change the emulator records now (`created_at`, `updated_at`,
+    /// `closed_at`, `merged_at`, `submitted_at`): the wall clock, but strictly later than every
+    /// timestamp handed out before (bumped by 1 µs on a tie or when the clock steps back), so
+    /// ordering by time (e.g. `sort=updated`) always follows the order of the changes, however
+    /// close together they happen.
+    fn now(&self) -> DateTime<Utc> {
+        let wall = Utc::now().timestamp_micros();
+        let prev = self
+            .last_stamp_micros
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(wall.max(last.saturating_add(1)))
+            })
+            .unwrap_or_else(|last| last);
+        DateTime::from_timestamp_micros(wall.max(prev.saturating_add(1))).unwrap_or_else(Utc::now)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panicking handler cannot leave the state half-updated in a way that matters more
         // than losing the emulator, so poisoned locks are recovered.
@@ -235,7 +254,7 @@ impl Shared {
                 let tip = tip.to_string();
                 if tip != pull.head_sha {
                     pull.head_sha = tip;
-                    pull.updated_at = Utc::now();
+                    pull.updated_at = self.now();
                 }
             }
         }
@@ -278,7 +297,7 @@ impl Shared {
         match git::merge_into(&repo, &pull.base_ref, head, &message, merger)? {
             git::MergeOutcome::Conflict => Err(GithubEmulatorError::Conflict(number).into()),
             git::MergeOutcome::Merged(oid) => {
-                let now = Utc::now();
+                let now = self.now();
                 pull.open = false;
                 pull.merged = true;
                 pull.merged_at = Some(now);
@@ -356,6 +375,7 @@ impl GithubEmulator {
             api_url: format!("http://{addr}"),
             clone_url,
             faults: Faults::new(),
+            last_stamp_micros: AtomicI64::new(i64::MIN),
             state: Mutex::new(State {
                 bot_login: DEFAULT_BOT_LOGIN.to_string(),
                 next_pull: 1,
@@ -426,7 +446,7 @@ impl GithubEmulator {
         let number = st.next_pull;
         st.next_pull += 1;
         git::set_pull_ref(&repo, number, head)?;
-        let now = Utc::now();
+        let now = self.shared.now();
         st.pulls.insert(
             number,
             Pull {
@@ -473,7 +493,8 @@ impl GithubEmulator {
             .ok_or(GithubEmulatorError::NoSuchPull(number))?;
         self.shared.refresh(&repo, pull)?;
         let commit_id = pull.head_sha.clone();
-        pull.updated_at = Utc::now();
+        let now = self.shared.now();
+        pull.updated_at = now;
         let id = st.next_review;
         st.next_review += 1;
         st.reviews.push(Review {
@@ -483,7 +504,7 @@ impl GithubEmulator {
             body: String::new(),
             state: state.to_string(),
             commit_id,
-            submitted_at: Utc::now(),
+            submitted_at: now,
         });
         Ok(())
     }
@@ -518,7 +539,7 @@ impl GithubEmulator {
             .ok_or(GithubEmulatorError::NoSuchPull(number))?;
         self.shared.refresh(&repo, pull)?;
         if pull.open {
-            let now = Utc::now();
+            let now = self.shared.now();
             pull.base_sha_closed = git::branch_tip(&repo, &pull.base_ref)?.map(|o| o.to_string());
             pull.open = false;
             pull.closed_at = Some(now);

@@ -243,6 +243,19 @@ impl TmcEmulator {
         true
     }
 
+    /// Test hook: makes every access token issued so far expire now, as if its TTL had elapsed.
+    /// From then on the TMC paths answer them with 401 (grpc code 16), exactly as for a token
+    /// past its `expires_in`; tokens issued later are unaffected. Lets a test exercise token
+    /// expiry without waiting for [`TmcEmulatorOptions::access_token_ttl`]. Returns how many
+    /// unexpired tokens it expired.
+    pub fn expire_access_tokens(&self) -> usize {
+        let mut db = self.state.db();
+        let now = Instant::now();
+        let live = db.tokens.values().filter(|exp| **exp > now).count();
+        db.tokens.clear();
+        live
+    }
+
     /// The registration token the agent of the first cluster named `name` must present on
     /// `:agentconnect` (the value in the installer's `stack-config`); `None` when absent.
     pub fn registration_token(&self, name: &str) -> Option<String> {

@@ -12,6 +12,11 @@
 //! is derived from object state (status, conditions, deterministic names), never from task memory,
 //! so a restarted tkgops bot (or restarted controllers) sees consistent objects.
 //!
+//! Tests synchronise on the controllers' progress instead of sleeping:
+//! [`Controllers::wait_until`] re-checks a condition after every reconcile pass, and
+//! [`Controllers::wait_ticks`] waits for a number of complete periodic passes, after which a test
+//! can assert that something did *not* happen.
+//!
 //! Test-only knobs, as annotations on the objects:
 //! - [`FAIL_ANNOTATION`] on a Cluster: after `Provisioning`, the Cluster fails with `Ready=False`,
 //!   `severity: Error`, reason `ProvisioningFailed` and the annotation value as message.
@@ -25,11 +30,13 @@ mod tmc_agent;
 mod util;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::{ChangeEvent, EmulatedCluster, KubeEmulator, KubeEmulatorError};
@@ -91,18 +98,47 @@ pub(crate) struct Shared {
     /// Workload clusters whose kapp-controller and TMC agent tasks are running.
     workload: Mutex<HashSet<String>>,
     /// Set on shutdown: no new task is started after it.
-    stopped: std::sync::atomic::AtomicBool,
+    stopped: AtomicBool,
+    /// Pass counters of every controller task started so far (see [`Controllers::wait_ticks`]).
+    progress: Mutex<Vec<Arc<TaskProgress>>>,
+    /// Number of reconcile passes completed by all controller tasks; every completed pass (tick
+    /// or event reaction) bumps it and wakes [`Controllers::wait_until`] and
+    /// [`Controllers::wait_ticks`].
+    passes: Arc<watch::Sender<u64>>,
 }
 
 impl Shared {
+    fn new() -> Self {
+        Shared {
+            tasks: Mutex::new(Vec::new()),
+            workload: Mutex::new(HashSet::new()),
+            stopped: AtomicBool::new(false),
+            progress: Mutex::new(Vec::new()),
+            passes: Arc::new(watch::channel(0).0),
+        }
+    }
+
     fn push(&self, handle: AbortHandle) {
-        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.stopped.load(Ordering::SeqCst) {
             handle.abort();
             return;
         }
         if let Ok(mut tasks) = self.tasks.lock() {
             tasks.push(handle);
         }
+    }
+
+    /// Pass counters for one new controller task, registered for [`Controllers::wait_ticks`].
+    fn new_progress(&self) -> Arc<TaskProgress> {
+        let p = Arc::new(TaskProgress {
+            ticks_started: AtomicU64::new(0),
+            ticks_done: AtomicU64::new(0),
+            passes: self.passes.clone(),
+        });
+        if let Ok(mut all) = self.progress.lock() {
+            all.push(p.clone());
+        }
+        p
     }
 
     /// Starts kapp-controller and the TMC agent on a workload cluster, once per cluster name.
@@ -121,9 +157,41 @@ impl Shared {
             }
         }
         let kapp = kapp::KappController::new(workload.clone());
-        self.push(tokio::spawn(run_loop(kapp, workload.subscribe(), opts.tick)).abort_handle());
+        let progress = self.new_progress();
+        self.push(
+            tokio::spawn(run_loop(kapp, workload.subscribe(), opts.tick, progress)).abort_handle(),
+        );
         let agent = tmc_agent::TmcAgent::new(workload.clone(), management.clone());
-        self.push(tokio::spawn(run_loop(agent, workload.subscribe(), opts.tick)).abort_handle());
+        let progress = self.new_progress();
+        self.push(
+            tokio::spawn(run_loop(agent, workload.subscribe(), opts.tick, progress)).abort_handle(),
+        );
+    }
+}
+
+/// Reconcile-pass counters of one controller task.
+pub(crate) struct TaskProgress {
+    /// Periodic passes (ticks) begun.
+    ticks_started: AtomicU64,
+    /// Periodic passes (ticks) completed.
+    ticks_done: AtomicU64,
+    /// The shared pass counter of all tasks, bumped after every completed pass.
+    passes: Arc<watch::Sender<u64>>,
+}
+
+impl TaskProgress {
+    /// Runs one periodic pass of `r`, counting it.
+    async fn tick<R: Reconciler>(&self, r: &mut R) {
+        self.ticks_started.fetch_add(1, Ordering::SeqCst);
+        r.on_tick().await;
+        self.ticks_done.fetch_add(1, Ordering::SeqCst);
+        self.passes.send_modify(|n| *n += 1);
+    }
+
+    /// Runs the reaction of `r` to one change event, counting it.
+    async fn event<R: Reconciler>(&self, r: &mut R, event: ChangeEvent) {
+        r.on_event(event).await;
+        self.passes.send_modify(|n| *n += 1);
     }
 }
 
@@ -140,6 +208,65 @@ impl Controllers {
         names
     }
 
+    /// Waits until `check` returns `Some`, evaluating it now and again after every reconcile pass
+    /// (periodic tick or reaction to a change event) that any controller task completes: use it
+    /// for conditions the controllers bring about. Returns the value `check` returned, or `None`
+    /// when `timeout` elapses first.
+    pub async fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        // Subscribed before the first check: a pass completing in between is not missed.
+        let mut passes = self.shared.passes.subscribe();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(v) = check() {
+                    return v;
+                }
+                if passes.changed().await.is_err() {
+                    // Unreachable: `self.shared` holds the sender. Never spin.
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+
+    /// Waits until every controller task started so far has completed `n` periodic reconcile
+    /// passes (ticks) that began after this call. Every tick considers every object, so once
+    /// this returns `true` the controllers have had `n` full chances to act on the state as it
+    /// was when called: a test can then assert that something did *not* happen. Tasks started
+    /// later (controllers of a new workload cluster) are not waited for. Returns `false` when
+    /// `timeout` elapses first (for example while the management cluster does not exist yet, or
+    /// after a controller task panicked).
+    pub async fn wait_ticks(&self, n: u64, timeout: Duration) -> bool {
+        let mut passes = self.shared.passes.subscribe();
+        let targets: Vec<(Arc<TaskProgress>, u64)> = self
+            .shared
+            .progress
+            .lock()
+            .map(|all| {
+                all.iter()
+                    .map(|p| (p.clone(), p.ticks_started.load(Ordering::SeqCst) + n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        tokio::time::timeout(timeout, async {
+            while !targets
+                .iter()
+                .all(|(p, target)| p.ticks_done.load(Ordering::SeqCst) >= *target)
+            {
+                if passes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     /// Aborts every controller task.
     pub fn shutdown(self) {
         drop(self)
@@ -148,9 +275,7 @@ impl Controllers {
 
 impl Drop for Controllers {
     fn drop(&mut self) {
-        self.shared
-            .stopped
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.stopped.store(true, Ordering::SeqCst);
         if let Ok(mut tasks) = self.shared.tasks.lock() {
             for t in tasks.drain(..) {
                 t.abort();
@@ -190,14 +315,11 @@ pub fn start_controllers(
 ) -> Controllers {
     // The TMC agent builds a reqwest client; rustls needs a process-wide provider (no-op if set).
     crate::install_crypto_provider();
-    let shared = Arc::new(Shared {
-        tasks: Mutex::new(Vec::new()),
-        workload: Mutex::new(HashSet::new()),
-        stopped: std::sync::atomic::AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new());
     let emu = emu.clone();
     let name = management_cluster.to_string();
     let weak = Arc::downgrade(&shared);
+    let progress = shared.new_progress();
     let handle = tokio::spawn(async move {
         let mgmt = loop {
             if let Some(c) = emu.cluster(&name) {
@@ -207,7 +329,7 @@ pub fn start_controllers(
         };
         let rx = mgmt.subscribe();
         let ctrl = capi::CapiController::new(emu, mgmt, opts.clone(), weak);
-        run_loop(ctrl, rx, opts.tick).await;
+        run_loop(ctrl, rx, opts.tick, progress).await;
     });
     shared.push(handle.abort_handle());
     Controllers { shared }
@@ -223,8 +345,14 @@ pub(crate) trait Reconciler: Send {
     async fn on_event(&mut self, event: ChangeEvent);
 }
 
-/// Drives a [`Reconciler`] from a change-event receiver and a periodic tick, forever.
-pub(crate) async fn run_loop<R: Reconciler>(mut r: R, rx: Receiver<ChangeEvent>, tick: Duration) {
+/// Drives a [`Reconciler`] from a change-event receiver and a periodic tick, forever, counting
+/// its passes in `progress`.
+pub(crate) async fn run_loop<R: Reconciler>(
+    mut r: R,
+    rx: Receiver<ChangeEvent>,
+    tick: Duration,
+    progress: Arc<TaskProgress>,
+) {
     let mut interval = tokio::time::interval(tick.max(Duration::from_millis(1)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rx = Some(rx);
@@ -232,9 +360,9 @@ pub(crate) async fn run_loop<R: Reconciler>(mut r: R, rx: Receiver<ChangeEvent>,
         match rx.as_mut() {
             Some(receiver) => {
                 tokio::select! {
-                    _ = interval.tick() => r.on_tick().await,
+                    _ = interval.tick() => progress.tick(&mut r).await,
                     ev = receiver.recv() => match ev {
-                        Ok(ev) => r.on_event(ev).await,
+                        Ok(ev) => progress.event(&mut r, ev).await,
                         Err(RecvError::Lagged(_)) => {}
                         Err(RecvError::Closed) => rx = None,
                     },
@@ -242,7 +370,7 @@ pub(crate) async fn run_loop<R: Reconciler>(mut r: R, rx: Receiver<ChangeEvent>,
             }
             None => {
                 interval.tick().await;
-                r.on_tick().await;
+                progress.tick(&mut r).await;
             }
         }
     }
