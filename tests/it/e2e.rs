@@ -218,8 +218,8 @@ async fn sandbox_story_plans_merges_and_creates_the_cluster() {
         .wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
         .await
         .unwrap();
+    // The bot writes the final comment before the final status.
     assert_eq!(apply, "success", "{}", env.conversation(pr));
-    tokio::time::sleep(timings.comment * 4).await;
     let comments = bot_comments(&env, pr);
     assert_eq!(comments.len(), 1, "one sticky comment, edited in place");
     assert!(!comments[0].contains("example-bind-password"));
@@ -307,21 +307,12 @@ async fn killed_bot_resumes_without_repeating_side_effects() {
     let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
 
     // Wait until the attach step is in flight (its token exchange reached TMC).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !env
-        .tmc
+    env.tmc
         .faults()
         .log()
-        .all()
-        .iter()
-        .any(|r| r.path.starts_with("/csp/"))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run never reached the TMC attach step"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .wait_for(Duration::from_secs(120), |r| r.path.starts_with("/csp/"))
+        .await
+        .expect("the run never reached the TMC attach step");
     bot.kill().await.expect("SIGKILL");
     let _ = bot.wait().await;
 
@@ -331,7 +322,6 @@ async fn killed_bot_resumes_without_repeating_side_effects() {
         .await
         .unwrap();
     assert_eq!(apply, "success", "{}", env.conversation(pr));
-    tokio::time::sleep(timings.comment * 4).await;
     bot.kill().await.ok();
 
     let applies: Vec<_> = env
@@ -409,7 +399,6 @@ async fn failed_package_surfaces_kapp_controller_error_on_the_pr() {
         .await
         .unwrap();
     assert_eq!(apply, "failure");
-    tokio::time::sleep(timings.comment * 4).await;
     let comments = bot_comments(&env, pr);
     assert_eq!(
         comments.len(),
@@ -435,4 +424,97 @@ async fn failed_package_surfaces_kapp_controller_error_on_the_pr() {
         "all injected GitHub faults were hit and waited out"
     );
     bot.stop().await;
+}
+
+/// A signed webhook makes the bot plan at once (its poll interval here is an hour); a forged
+/// one is refused with 401 before anything is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signed_webhook_makes_the_bot_plan_at_once() {
+    const SECRET: &str = "sandbox-webhook-secret-0123456789";
+    let timings = Timings {
+        poll: Duration::from_secs(3600),
+        ..Timings::default()
+    };
+    let env = start_env(&timings).await;
+    set_aws_env(&env);
+    let cfg = env.bot_config(&timings);
+    let creds = tkgops::serve::Credentials {
+        github_token: tkgops_sandbox::GITHUB_TOKEN.into(),
+        tmc_token: None,
+    };
+    let bot = Arc::new(tkgops::serve::build_with(&cfg, creds).await.expect("bot"));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr, http) = tkgops::serve::start_http(&bot, "127.0.0.1:0", Some(SECRET.into()), async {
+        let _ = http_stopped.await;
+    })
+    .await
+    .expect("http server");
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let b = bot.clone();
+    let task = tokio::spawn(async move {
+        b.run(
+            Duration::from_secs(3600),
+            Duration::from_secs(2),
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+    });
+    // The first poll ends with the list of closed pull requests.
+    env.github
+        .faults()
+        .log()
+        .wait_for(Duration::from_secs(60), |r| {
+            r.path.ends_with("/pulls") && r.query.contains("state=closed")
+        })
+        .await
+        .expect("the first poll never finished");
+
+    let (_, files) = request_files(None, &env.vpc);
+    env.open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
+        .unwrap();
+    let head = head_of(&env, "add-team-a-prod");
+    let http_client = reqwest::Client::new();
+    let url = format!("http://{addr}/webhooks/github");
+    let body = r#"{"action":"opened","number":1}"#;
+    let send = |sig: String, id: &'static str| {
+        http_client
+            .post(&url)
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", id)
+            .header("x-hub-signature-256", sig)
+            .body(body)
+            .send()
+    };
+    let forged = send(
+        tkgops::webhook::sign(b"not-the-secret-at-all-0123456789", body.as_bytes()),
+        "d-1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(forged.status(), 401);
+    let signed = send(
+        tkgops::webhook::sign(SECRET.as_bytes(), body.as_bytes()),
+        "d-2",
+    )
+    .await
+    .unwrap();
+    assert_eq!(signed.status(), 202);
+    assert_eq!(
+        env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "success"
+    );
+    let ready = http_client
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let _ = stop.send(());
+    let _ = task.await;
+    let _ = stop_http.send(());
+    let _ = http.await;
 }

@@ -104,6 +104,18 @@ pub struct BotConfig {
     /// Directory with an operator-supplied `workflows/` and `templates/` replacing the built-in ones.
     #[serde(default)]
     pub catalog_dir: Option<PathBuf>,
+    /// Address of the HTTP server (`POST /webhooks/github`, `/healthz`, `/readyz`), e.g.
+    /// `0.0.0.0:8080`; no server when absent (the bot then only polls).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Environment variable holding the webhook secret GitHub signs deliveries with
+    /// (default `GITHUB_WEBHOOK_SECRET`); when it is unset every delivery is refused.
+    #[serde(default = "default_webhook_secret_env")]
+    pub webhook_secret_env: String,
+}
+
+fn default_webhook_secret_env() -> String {
+    "GITHUB_WEBHOOK_SECRET".into()
 }
 
 impl BotConfig {
@@ -127,6 +139,13 @@ impl BotConfig {
     pub fn github_token(&self) -> Result<String, ConfigError> {
         std::env::var(&self.github.token_env)
             .map_err(|_| ConfigError::MissingEnv(self.github.token_env.clone()))
+    }
+
+    /// The webhook secret from the environment, if set and not empty.
+    pub fn webhook_secret(&self) -> Option<String> {
+        std::env::var(&self.webhook_secret_env)
+            .ok()
+            .filter(|t| !t.is_empty())
     }
 
     /// The TMC API token from the environment, if set.

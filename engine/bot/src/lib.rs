@@ -23,6 +23,7 @@ pub mod redact;
 pub mod serve;
 #[cfg(test)]
 mod testing;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -118,6 +119,10 @@ pub struct Bot {
     full_name: String,
     executors: Arc<executors::Executors>,
     publisher: publisher::CommentPublisher,
+    /// Woken by an accepted webhook delivery: poll now instead of at the next interval.
+    wake: Arc<tokio::sync::Notify>,
+    /// Set once a poll of GitHub completed (`/readyz`).
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Bot {
@@ -143,7 +148,21 @@ impl Bot {
             full_name: repo.full_name,
             executors,
             publisher,
+            wake: Arc::new(tokio::sync::Notify::new()),
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
+    }
+
+    /// The state of the bot's HTTP server: webhooks verified with `webhook_secret` (`None`
+    /// refuses every delivery), recorded in the bot's journal, waking its poll loop; `/readyz`
+    /// answers 200 once a poll completed.
+    pub fn webhook_state(&self, webhook_secret: Option<String>) -> webhook::WebhookState {
+        webhook::WebhookState::new(
+            webhook_secret,
+            self.store.clone(),
+            self.wake.clone(),
+            self.ready.clone(),
+        )
     }
 
     /// The engine runs are submitted to.
@@ -186,8 +205,8 @@ impl Bot {
         Ok(())
     }
 
-    /// Polls forever every `interval`, until `shutdown` resolves; then drains the engine for
-    /// up to `grace`.
+    /// Polls forever every `interval`, and at once after each accepted webhook delivery, until
+    /// `shutdown` resolves; then drains the engine for up to `grace`.
     pub async fn run(
         &self,
         interval: Duration,
@@ -204,12 +223,15 @@ impl Bot {
             Err(e) => warn!(error = %e, "reading unpublished run results failed"),
         }
         loop {
-            if let Err(e) = self.poll_once().await {
-                warn!(error = %e, "poll failed; retrying at the next interval");
+            match self.poll_once().await {
+                Ok(()) => self.ready.store(true, std::sync::atomic::Ordering::Release),
+                Err(e) => warn!(error = %e, "poll failed; retrying at the next interval"),
             }
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(interval) => {}
+                // A webhook is a hint: poll at once (state is re-read through the API).
+                _ = self.wake.notified() => {}
             }
         }
         info!("shutting down: draining in-flight steps");

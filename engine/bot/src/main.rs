@@ -125,12 +125,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let bot = serve::build(&cfg).await?;
+                let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+                let http = match &cfg.listen {
+                    Some(listen) => Some(
+                        serve::start_http(&bot, listen, cfg.webhook_secret(), async {
+                            let _ = http_stopped.await;
+                        })
+                        .await?
+                        .1,
+                    ),
+                    None => None,
+                };
                 bot.run(
                     cfg.poll_interval,
                     std::time::Duration::from_secs(30),
                     shutdown_signal(),
                 )
                 .await;
+                let _ = stop_http.send(());
+                if let Some(h) = http {
+                    let _ = h.await;
+                }
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)

@@ -160,3 +160,46 @@ pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, Serv
         publisher,
     }))
 }
+
+/// Starts the bot's HTTP server ([`crate::webhook::router`]) on `listen` for `bot`, registering
+/// `webhook_secret` as a secret (never logged). Returns the bound address and the server task;
+/// the server stops when `shutdown` resolves.
+///
+/// Errors: [`ServeError::Config`] when `listen` is not an address or cannot be bound.
+pub async fn start_http(
+    bot: &Bot,
+    listen: &str,
+    webhook_secret: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), ServeError> {
+    if let Some(s) = &webhook_secret {
+        crate::redact::register(s);
+    } else {
+        tracing::warn!(
+            "no webhook secret configured: every webhook delivery is refused; polling only"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        ServeError::Config(ConfigError::Invalid {
+            path: "listen".into(),
+            message: format!("cannot listen on {listen}: {e}"),
+        })
+    })?;
+    let addr = listener.local_addr().map_err(|e| {
+        ServeError::Config(ConfigError::Invalid {
+            path: "listen".into(),
+            message: e.to_string(),
+        })
+    })?;
+    let app = crate::webhook::router(Arc::new(bot.webhook_state(webhook_secret)));
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(error = %e, "the HTTP server stopped");
+        }
+    });
+    info!(%addr, "serving /webhooks/github, /healthz and /readyz");
+    Ok((addr, task))
+}

@@ -84,9 +84,20 @@ pub struct RecordedRequest {
 }
 
 /// Append-only log of the requests an emulator received. Cheap to clone (shared state).
-#[derive(Clone, Default, Debug)]
+#[derive(Clone, Debug)]
 pub struct RequestLog {
     inner: Arc<Mutex<Vec<RecordedRequest>>>,
+    /// The number of requests recorded, for [`RequestLog::wait_for`].
+    recorded: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Default for RequestLog {
+    fn default() -> Self {
+        RequestLog {
+            inner: Arc::default(),
+            recorded: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
 }
 
 impl RequestLog {
@@ -111,8 +122,35 @@ impl RequestLog {
             .count()
     }
 
+    /// Waits until some recorded request satisfies `matches` (checked against the log now and
+    /// after every new request) and returns it, or `None` after `timeout`. Tests wait for "the
+    /// bot reached this call" with it instead of sleeping.
+    pub async fn wait_for(
+        &self,
+        timeout: std::time::Duration,
+        matches: impl Fn(&RecordedRequest) -> bool,
+    ) -> Option<RecordedRequest> {
+        let mut rx = self.recorded.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            rx.borrow_and_update();
+            if let Some(r) = self.all().into_iter().find(|r| matches(r)) {
+                return Some(r);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+
     fn push(&self, r: RecordedRequest) {
-        self.inner.lock().expect("request log poisoned").push(r);
+        let n = {
+            let mut log = self.inner.lock().expect("request log poisoned");
+            log.push(r);
+            log.len()
+        };
+        self.recorded.send_replace(n);
     }
 }
 

@@ -248,6 +248,8 @@ impl Environment {
             tmc_token_env: "TKGOPS_SANDBOX_TMC_TOKEN".into(),
             aws_endpoint_url: Some(self.moto.endpoint_url()),
             catalog_dir: None,
+            listen: None,
+            webhook_secret_env: "TKGOPS_SANDBOX_WEBHOOK_SECRET".into(),
         }
     }
 
@@ -289,7 +291,9 @@ impl Environment {
         )
     }
 
-    /// Waits until the commit status `context` of `sha` is no longer pending; returns its state.
+    /// Waits until the commit status `context` of `sha` is no longer pending (the bot writes the
+    /// final comment before the final status, so the comment is final then too); returns its
+    /// state.
     ///
     /// Errors: [`SandboxError`] after `timeout`.
     pub async fn wait_status(
@@ -298,25 +302,19 @@ impl Environment {
         context: &str,
         timeout: Duration,
     ) -> Result<String, SandboxError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(s) = self
-                .github
-                .statuses(sha)
-                .into_iter()
-                .find(|s| s.context == context)
-            {
-                if s.state != "pending" {
-                    return Ok(s.state);
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(SandboxError(format!(
+        self.github
+            .wait_until(timeout, |gh| {
+                gh.statuses(sha)
+                    .into_iter()
+                    .find(|s| s.context == context && s.state != "pending")
+                    .map(|s| s.state)
+            })
+            .await
+            .ok_or_else(|| {
+                SandboxError(format!(
                     "timed out waiting for commit status {context} on {sha}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+                ))
+            })
     }
 
     /// The PR conversation: every comment with its author, then the statuses of `sha`.
@@ -596,8 +594,6 @@ pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
         let apply = env
             .wait_status(&merge, tkgops::APPLY_CONTEXT, Duration::from(args.timeout))
             .await?;
-        // Let the publisher write the final summary.
-        tokio::time::sleep(timings.comment * 3).await;
         println!("==> run finished (tkgops/apply: {apply}); the PR conversation:\n");
         println!("{}", env.conversation(pr));
         println!("==> final state\n{}", env.final_state(&cluster, "default"));

@@ -207,6 +207,36 @@ struct Shared {
     state: Mutex<State>,
     /// Microseconds since the Unix epoch of the last timestamp handed out by [`Shared::now`].
     last_stamp_micros: AtomicI64,
+    /// Bumped after every access to the state (see [`StateGuard`]): what
+    /// [`GithubEmulator::wait_until`] waits on.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+/// The locked state; when dropped, announces a possible change to
+/// [`GithubEmulator::wait_until`] waiters. The announcement happens before the lock is
+/// released, so a waiter that re-reads the state sees the change.
+struct StateGuard<'a> {
+    guard: MutexGuard<'a, State>,
+    changes: &'a tokio::sync::watch::Sender<u64>,
+}
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
 }
 
 impl Shared {
@@ -226,10 +256,13 @@ impl Shared {
         DateTime::from_timestamp_micros(wall.max(prev.saturating_add(1))).unwrap_or_else(Utc::now)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> StateGuard<'_> {
         // A panicking handler cannot leave the state half-updated in a way that matters more
         // than losing the emulator, so poisoned locks are recovered.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        StateGuard {
+            guard: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            changes: &self.changes,
+        }
     }
 
     fn ctx(&self) -> shapes::Ctx<'_> {
@@ -376,6 +409,7 @@ impl GithubEmulator {
             clone_url,
             faults: Faults::new(),
             last_stamp_micros: AtomicI64::new(i64::MIN),
+            changes: tokio::sync::watch::channel(0).0,
             state: Mutex::new(State {
                 bot_login: DEFAULT_BOT_LOGIN.to_string(),
                 next_pull: 1,
@@ -411,6 +445,29 @@ impl GithubEmulator {
     /// The fault table and request log of this emulator.
     pub fn faults(&self) -> &Faults {
         &self.shared.faults
+    }
+
+    /// Calls `check` now and again after every change of the emulator's state (a request that
+    /// touched it, or a call of this API), until it returns `Some` (returned) or `timeout`
+    /// passes (`None`). The way tests wait for what the bot writes to a pull request without
+    /// sleeping.
+    pub async fn wait_until<T>(
+        &self,
+        timeout: std::time::Duration,
+        mut check: impl FnMut(&GithubEmulator) -> Option<T>,
+    ) -> Option<T> {
+        let mut rx = self.shared.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            rx.borrow_and_update();
+            if let Some(v) = check(self) {
+                return Some(v);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return check(self),
+            }
+        }
     }
 
     /// `file://` URL of the bare repository (also served as the repository's `clone_url`).

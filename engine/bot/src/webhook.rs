@@ -1,0 +1,290 @@
+//! The bot's HTTP server (axum): GitHub webhooks at `POST /webhooks/github`, and `/healthz`,
+//! `/readyz` for the platform running the bot.
+//!
+//! Security rule 4 (DESIGN.md; reference `github-gitops.md` (b)6):
+//! 1. `X-Hub-Signature-256` (`sha256=<hex HMAC-SHA256 of the raw body>`) is verified, in
+//!    constant time, before anything of the body is parsed. A missing or wrong signature gets
+//!    401 and changes nothing. Without a configured secret every delivery is refused (fail
+//!    closed).
+//! 2. The delivery is recorded durably in the journal under its `X-GitHub-Delivery` GUID
+//!    (flushed) before the 2xx is sent; a redelivery with the same GUID is answered and ignored.
+//! 3. The payload is only a hint: an accepted delivery wakes the poll loop, which re-reads every
+//!    pull request through the API. Polling stays on as the safety net for missed deliveries.
+//!
+//! Answers take one flushed journal write: far below GitHub's 10 s limit.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::Utc;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tkgops_engine::Store;
+use tokio::sync::Notify;
+
+/// Journal key prefix of recorded deliveries: `webhook/delivery/<X-GitHub-Delivery>`, value the
+/// RFC 3339 time it was received and its event name.
+pub const DELIVERY_PREFIX: &str = "webhook/delivery/";
+
+/// Largest payload accepted, in bytes: GitHub's own cap, 25 MB (`github-gitops.md` (d)).
+pub const MAX_PAYLOAD_BYTES: usize = 25 * 1024 * 1024;
+
+/// The events that make the bot look at pull requests again.
+pub const HINT_EVENTS: &[&str] = &[
+    "pull_request",
+    "pull_request_review",
+    "issue_comment",
+    "push",
+];
+
+/// What the HTTP handlers share.
+pub struct WebhookState {
+    /// The webhook secret; `None` refuses every delivery.
+    secret: Option<Vec<u8>>,
+    store: Arc<dyn Store>,
+    /// Woken after an accepted delivery of a [`HINT_EVENTS`] event.
+    wake: Arc<Notify>,
+    ready: Arc<AtomicBool>,
+}
+
+impl WebhookState {
+    /// The state of a server verifying with `secret` (`None`: refuse every delivery), recording
+    /// deliveries in `store`, waking `wake` on hints, and reporting `/readyz` from `ready`.
+    pub fn new(
+        secret: Option<String>,
+        store: Arc<dyn Store>,
+        wake: Arc<Notify>,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        WebhookState {
+            secret: secret.filter(|s| !s.is_empty()).map(String::into_bytes),
+            store,
+            wake,
+            ready,
+        }
+    }
+}
+
+/// The router: `POST /webhooks/github`, `GET /healthz` (200 while the process serves) and
+/// `GET /readyz` (200 once the bot completed a poll of GitHub, 503 before).
+pub fn router(state: Arc<WebhookState>) -> Router {
+    Router::new()
+        .route("/webhooks/github", post(receive))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(MAX_PAYLOAD_BYTES))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<WebhookState>>) -> (StatusCode, &'static str) {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no poll of GitHub completed yet",
+        )
+    }
+}
+
+/// Whether `signature` (the `X-Hub-Signature-256` header) is `sha256=` followed by the hex
+/// HMAC-SHA256 of `body` under `secret`. The comparison is constant-time (`Mac::verify_slice`).
+pub fn signature_valid(secret: &[u8], body: &[u8], signature: &str) -> bool {
+    let Some(hex_sig) = signature.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// `sha256=<hex>`: the `X-Hub-Signature-256` value GitHub sends for `body` under `secret`.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn receive(
+    State(state): State<Arc<WebhookState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    // 1. Authenticate before reading anything of the body.
+    let Some(secret) = &state.secret else {
+        return (StatusCode::UNAUTHORIZED, "no webhook secret is configured");
+    };
+    let signed = header(&headers, "x-hub-signature-256")
+        .is_some_and(|sig| signature_valid(secret, &body, sig));
+    if !signed {
+        tracing::warn!("webhook refused: missing or wrong X-Hub-Signature-256");
+        return (StatusCode::UNAUTHORIZED, "invalid signature");
+    }
+    let Some(delivery) = header(&headers, "x-github-delivery")
+        .filter(|d| !d.is_empty() && d.len() <= 128 && d.chars().all(|c| c.is_ascii_graphic()))
+    else {
+        return (StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery");
+    };
+    let event = header(&headers, "x-github-event").unwrap_or("").to_string();
+    // 2. Record durably (dedupe by delivery GUID) before answering.
+    let key = format!("{DELIVERY_PREFIX}{delivery}");
+    match state.store.get_meta(&key).await {
+        Ok(Some(_)) => return (StatusCode::OK, "duplicate delivery ignored"),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook: reading the journal failed");
+            return (StatusCode::SERVICE_UNAVAILABLE, "journal unavailable");
+        }
+    }
+    let record = format!("{} {event}", Utc::now().to_rfc3339());
+    if let Err(e) = state.store.put_meta(&key, record.as_bytes()).await {
+        tracing::warn!(error = %e, "webhook: recording the delivery failed");
+        return (StatusCode::SERVICE_UNAVAILABLE, "journal unavailable");
+    }
+    // 3. A hint only: wake the poll loop, which re-reads state through the API.
+    if HINT_EVENTS.contains(&event.as_str()) {
+        state.wake.notify_one();
+        tracing::debug!(%delivery, %event, "webhook accepted; polling now");
+        (StatusCode::ACCEPTED, "accepted")
+    } else {
+        (StatusCode::OK, "event ignored")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tkgops_engine::store::SledStore;
+    use tower::ServiceExt;
+
+    const SECRET: &str = "a-webhook-secret-of-more-than-24-chars";
+
+    fn setup(secret: Option<&str>) -> (Router, Arc<dyn Store>, Arc<Notify>, Arc<AtomicBool>) {
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+        let wake = Arc::new(Notify::new());
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = WebhookState::new(
+            secret.map(String::from),
+            store.clone(),
+            wake.clone(),
+            ready.clone(),
+        );
+        (router(Arc::new(state)), store, wake, ready)
+    }
+
+    fn delivery(body: &str, signature: Option<String>, id: &str) -> Request<Body> {
+        let mut r = Request::post("/webhooks/github")
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", id)
+            .header("content-type", "application/json");
+        if let Some(s) = signature {
+            r = r.header("x-hub-signature-256", s);
+        }
+        r.body(Body::from(body.to_string())).unwrap()
+    }
+
+    async fn deliveries(store: &Arc<dyn Store>) -> usize {
+        store.scan_meta(DELIVERY_PREFIX).await.unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn signed_deliveries_are_recorded_once_and_wake_the_poll() {
+        let (app, store, wake, _) = setup(Some(SECRET));
+        let body = r#"{"action":"opened","number":1}"#;
+        let sig = sign(SECRET.as_bytes(), body.as_bytes());
+        let woken = wake.notified();
+        let r = app
+            .clone()
+            .oneshot(delivery(body, Some(sig.clone()), "guid-1"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        tokio::time::timeout(std::time::Duration::from_secs(5), woken)
+            .await
+            .expect("the poll loop was woken");
+        assert_eq!(deliveries(&store).await, 1);
+        // A redelivery (same GUID) is answered and ignored: no second record, no wake-up.
+        let r = app
+            .oneshot(delivery(body, Some(sig), "guid-1"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(deliveries(&store).await, 1);
+    }
+
+    #[tokio::test]
+    async fn forged_and_unsigned_deliveries_change_nothing() {
+        let (app, store, _, _) = setup(Some(SECRET));
+        let body = r#"{"action":"opened"}"#;
+        let forged = sign(b"another-secret-entirely-0123456789", body.as_bytes());
+        for sig in [
+            None,
+            Some(forged),
+            Some("sha256=zz".to_string()),
+            Some("sha1=abc".to_string()),
+        ] {
+            let r = app
+                .clone()
+                .oneshot(delivery(body, sig, "guid-2"))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+        // The body was signed for another payload: refused too.
+        let sig = sign(SECRET.as_bytes(), b"{}");
+        let r = app
+            .oneshot(delivery(body, Some(sig), "guid-3"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(deliveries(&store).await, 0);
+    }
+
+    #[tokio::test]
+    async fn without_a_secret_every_delivery_is_refused() {
+        let (app, store, _, _) = setup(None);
+        let body = "{}";
+        let sig = sign(b"", body.as_bytes());
+        let r = app
+            .oneshot(delivery(body, Some(sig), "guid-4"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(deliveries(&store).await, 0);
+    }
+
+    #[tokio::test]
+    async fn health_and_readiness() {
+        let (app, _, _, ready) = setup(Some(SECRET));
+        let get = |p: &str| Request::get(p).body(Body::empty()).unwrap();
+        assert_eq!(
+            app.clone().oneshot(get("/healthz")).await.unwrap().status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            app.clone().oneshot(get("/readyz")).await.unwrap().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        ready.store(true, Ordering::Release);
+        assert_eq!(
+            app.oneshot(get("/readyz")).await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+}
