@@ -18,7 +18,7 @@ use crate::support::assert_golden;
 
 const CLUSTER: &str = "team-a-prod";
 
-async fn start_env(timings: &Timings) -> Environment {
+pub(crate) async fn start_env(timings: &Timings) -> Environment {
     tkgops_providers::install_crypto_provider();
     let (region, azs, cidr) = network_of(None);
     let azs: Vec<&str> = azs.iter().map(String::as_str).collect();
@@ -27,7 +27,7 @@ async fn start_env(timings: &Timings) -> Environment {
         .expect("sandbox environment")
 }
 
-fn set_aws_env(env: &Environment) {
+pub(crate) fn set_aws_env(env: &Environment) {
     for (k, v) in env
         .bot_env()
         .into_iter()
@@ -38,13 +38,17 @@ fn set_aws_env(env: &Environment) {
 }
 
 /// A bot running in this process against `env`, stopped with [`InProcessBot::stop`].
-struct InProcessBot {
+pub(crate) struct InProcessBot {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl InProcessBot {
-    async fn start(env: &Environment, timings: &Timings, tmc_token: Option<&str>) -> InProcessBot {
+    pub(crate) async fn start(
+        env: &Environment,
+        timings: &Timings,
+        tmc_token: Option<&str>,
+    ) -> InProcessBot {
         set_aws_env(env);
         let cfg = env.bot_config(timings);
         let creds = tkgops::serve::Credentials {
@@ -63,13 +67,13 @@ impl InProcessBot {
         InProcessBot { stop, task }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
 }
 
-fn head_of(env: &Environment, branch: &str) -> String {
+pub(crate) fn head_of(env: &Environment, branch: &str) -> String {
     let repo = git2::Repository::open_bare(&env.remote).unwrap();
     let id = repo
         .revparse_single(&format!("refs/heads/{branch}"))
@@ -79,7 +83,7 @@ fn head_of(env: &Environment, branch: &str) -> String {
     id
 }
 
-fn bot_comments(env: &Environment, pr: u64) -> Vec<String> {
+pub(crate) fn bot_comments(env: &Environment, pr: u64) -> Vec<String> {
     env.github
         .comments(pr)
         .into_iter()

@@ -1,13 +1,19 @@
 //! Integration tests: the GitHub emulator (wire level, against octocrab's typed API) and the
 //! GitHub provider (`OctocrabClient`) against the emulator, including injected faults.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
 use git2::{Oid, Repository, Signature};
+use serde_json::{json, Value};
 use tkgops_emulators::faults::{Fault, FaultAction};
-use tkgops_emulators::github::{GithubEmulator, GithubEmulatorOptions};
+use tkgops_emulators::github::{
+    GithubAppOptions, GithubEmulator, GithubEmulatorError, GithubEmulatorOptions, WebhookTarget,
+    DEFAULT_INSTALLATION_ID,
+};
 use tkgops_providers::github::{
     CommitState, GithubError, OctocrabClient, RetrySettings, VcsClient,
 };
@@ -67,8 +73,14 @@ struct Setup {
     feature_tip: Oid,
 }
 
-/// A bare repo with `main` (one commit) and `feature` (one more commit), plus the emulator.
+/// A bare repo with `main` (one commit) and `feature` (one more commit), plus the emulator
+/// (with the users of [`users`]).
 async fn setup() -> Setup {
+    setup_with(|_| {}).await
+}
+
+/// As [`setup`], with the emulator options adjusted by `adjust`.
+async fn setup_with(adjust: impl FnOnce(&mut GithubEmulatorOptions)) -> Setup {
     tkgops_providers::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let bare = dir.path().join("config.git");
@@ -91,15 +103,17 @@ async fn setup() -> Setup {
         "add b",
     );
     repo.set_head("refs/heads/main").unwrap();
-    let emu = GithubEmulator::start(GithubEmulatorOptions {
+    let mut opts = GithubEmulatorOptions {
         owner: OWNER.into(),
         repo: REPO.into(),
         default_branch: "main".into(),
         token: TOKEN.into(),
         bare_repo: bare.clone(),
-    })
-    .await
-    .unwrap();
+        users: users(),
+        ..GithubEmulatorOptions::default()
+    };
+    adjust(&mut opts);
+    let emu = GithubEmulator::start(opts).await.unwrap();
     Setup {
         _dir: dir,
         bare,
@@ -114,6 +128,7 @@ fn fast_retry() -> RetrySettings {
         max_attempts: 6,
         initial_backoff: Duration::from_millis(20),
         max_wait: Duration::from_secs(5),
+        min_rate_limit_wait: Duration::from_millis(50),
     }
 }
 
@@ -798,6 +813,7 @@ async fn rate_limit_waits_are_capped_by_max_wait() {
         max_attempts: 3,
         initial_backoff: Duration::from_millis(20),
         max_wait: Duration::from_millis(300),
+        min_rate_limit_wait: Duration::from_millis(50),
     };
     let c = OctocrabClient::new(&s.emu.api_url(), TOKEN, OWNER, REPO, settings).unwrap();
     s.emu.faults().inject(Fault::new(
@@ -816,4 +832,1272 @@ async fn rate_limit_waits_are_capped_by_max_wait() {
         took >= Duration::from_millis(300) && took < Duration::from_secs(5),
         "{took:?}"
     );
+}
+
+// ----- users, tokens and the REST calls a person makes -----
+
+/// The human users of these tests and their personal access tokens.
+const USERS: [(&str, &str); 4] = [
+    ("platform-dev", "ghp_platformdev000000000000000000000001"),
+    ("alice", "ghp_alice00000000000000000000000000000002"),
+    ("bob", "ghp_bob0000000000000000000000000000000003"),
+    ("outsider", "ghp_outsider000000000000000000000000004"),
+];
+
+fn users() -> BTreeMap<String, String> {
+    USERS
+        .iter()
+        .map(|(l, t)| (l.to_string(), t.to_string()))
+        .collect()
+}
+
+fn token_of(login: &str) -> &'static str {
+    USERS
+        .iter()
+        .find(|(l, _)| *l == login)
+        .map(|(_, t)| *t)
+        .unwrap_or_else(|| panic!("no test user {login}"))
+}
+
+/// octocrab authenticated as user `login`.
+fn octo_as(emu: &GithubEmulator, login: &str) -> octocrab::Octocrab {
+    octocrab::Octocrab::builder()
+        .base_uri(emu.api_url())
+        .unwrap()
+        .personal_token(token_of(login).to_string())
+        .build()
+        .unwrap()
+}
+
+/// One raw REST call with `Authorization: <auth>` (none when `None`); returns status and JSON.
+async fn call(
+    emu: &GithubEmulator,
+    auth: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, format!("{}{path}", emu.api_url()));
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A REST call as user `login` (`token <pat>`, as curl users write it).
+async fn call_as(
+    emu: &GithubEmulator,
+    login: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let auth = format!("token {}", token_of(login));
+    call(emu, Some(&auth), method, path, body).await
+}
+
+fn pulls_path() -> String {
+    format!("/repos/{OWNER}/{REPO}/pulls")
+}
+
+#[tokio::test]
+async fn every_call_acts_as_the_user_of_its_token() {
+    let s = setup().await;
+    // GET /user answers the token's user; the bot token answers the bot login.
+    for (login, _) in USERS {
+        let me = octo_as(&s.emu, login).current().user().await.unwrap();
+        assert_eq!(me.login, login);
+    }
+    assert_eq!(
+        octo(&s.emu).current().user().await.unwrap().login,
+        "tkgops[bot]"
+    );
+    s.emu.set_bot_login("gitops-bot");
+    assert_eq!(
+        octo(&s.emu).current().user().await.unwrap().login,
+        "gitops-bot"
+    );
+
+    // platform-dev opens a PR through the API: authored by them.
+    let pr = octo_as(&s.emu, "platform-dev")
+        .pulls(OWNER, REPO)
+        .create("Add cluster b", "feature", "main")
+        .body("please review")
+        .send()
+        .await
+        .unwrap();
+    let n = pr.number;
+    assert_eq!(pr.user.as_ref().unwrap().login, "platform-dev");
+    assert_eq!(pr.head.sha, s.feature_tip.to_string());
+    assert_eq!(pr.body.as_deref(), Some("please review"));
+
+    // alice comments and approves.
+    let c = octo_as(&s.emu, "alice")
+        .issues(OWNER, REPO)
+        .create_comment(n, "looks good")
+        .await
+        .unwrap();
+    assert_eq!(c.user.login, "alice");
+    let (code, review) = call_as(
+        &s.emu,
+        "alice",
+        Method::POST,
+        &format!("{}/{n}/reviews", pulls_path()),
+        Some(json!({"event": "APPROVE"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{review}");
+    assert_eq!(review["user"]["login"], "alice");
+    assert_eq!(review["state"], "APPROVED");
+    assert_eq!(review["commit_id"], s.feature_tip.to_string());
+
+    // bob posts a commit status; it is his.
+    let sha = s.feature_tip.to_string();
+    let (code, status) = call_as(
+        &s.emu,
+        "bob",
+        Method::POST,
+        &format!("/repos/{OWNER}/{REPO}/statuses/{sha}"),
+        Some(json!({"state": "success", "context": "ci/lint"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{status}");
+    assert_eq!(status["creator"]["login"], "bob");
+    assert_eq!(s.emu.statuses(&sha)[0].creator, "bob");
+
+    // outsider (write access, not an approver) comments in a review and merges.
+    let (code, review) = call_as(
+        &s.emu,
+        "outsider",
+        Method::POST,
+        &format!("{}/{n}/reviews", pulls_path()),
+        Some(json!({"event": "COMMENT", "body": "nit: spacing"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{review}");
+    assert_eq!(review["user"]["login"], "outsider");
+    let merge = octo_as(&s.emu, "outsider")
+        .pulls(OWNER, REPO)
+        .merge(n)
+        .send()
+        .await
+        .unwrap();
+    assert!(merge.merged);
+    let merge_sha = merge.sha.unwrap();
+    let pr = octo(&s.emu).pulls(OWNER, REPO).get(n).await.unwrap();
+    assert_eq!(pr.merged_by.unwrap().login, "outsider");
+    let repo = Repository::open_bare(&s.bare).unwrap();
+    let commit = repo
+        .find_commit(Oid::from_str(&merge_sha).unwrap())
+        .unwrap();
+    assert_eq!(commit.author().name().unwrap(), "outsider");
+    assert_eq!(commit.parent_count(), 2);
+
+    // What the emulator recorded, read back through the provider.
+    let comments = s.emu.comments(n);
+    assert_eq!(comments.len(), 1);
+    assert_eq!(comments[0].user, "alice");
+    let reviews = client(&s.emu).list_reviews(n).await.unwrap();
+    let who: Vec<_> = reviews
+        .iter()
+        .map(|r| (r.user.as_str(), r.state.as_str()))
+        .collect();
+    assert_eq!(who, vec![("alice", "APPROVED"), ("outsider", "COMMENTED")]);
+}
+
+#[tokio::test]
+async fn unknown_or_missing_tokens_get_githubs_401() {
+    let s = setup().await;
+    let n = s
+        .emu
+        .open_pull_request("feature", "t", "", "platform-dev")
+        .unwrap();
+    let bad =
+        json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"});
+    let comments = format!("/repos/{OWNER}/{REPO}/issues/{n}/comments");
+    for auth in [
+        Some("token ghp_unknown0000000000000000000000000000"),
+        Some("Bearer ghp_unknown0000000000000000000000000000"),
+        Some("Bearer "),
+        Some(&*format!("Basic {}", token_of("alice"))),
+        None,
+    ] {
+        let (code, body) = call(
+            &s.emu,
+            auth,
+            Method::POST,
+            &comments,
+            Some(json!({"body": "hi"})),
+        )
+        .await;
+        assert_eq!((code, &body), (401, &bad), "{auth:?}");
+        let (code, body) = call(&s.emu, auth, Method::GET, "/user", None).await;
+        assert_eq!((code, &body), (401, &bad), "{auth:?}");
+    }
+    assert!(s.emu.comments(n).is_empty());
+    // A user added at run time is accepted from then on.
+    let (code, _) = call(&s.emu, Some("token ghp_carol"), Method::GET, "/user", None).await;
+    assert_eq!(code, 401);
+    s.emu.add_user("carol", "ghp_carol");
+    let (code, me) = call(&s.emu, Some("token ghp_carol"), Method::GET, "/user", None).await;
+    assert_eq!((code, me["login"].as_str()), (200, Some("carol")));
+}
+
+#[tokio::test]
+async fn authors_cannot_approve_their_own_pull_requests() {
+    let s = setup().await;
+    let (code, pr) = call_as(
+        &s.emu,
+        "platform-dev",
+        Method::POST,
+        &pulls_path(),
+        Some(json!({"title": "Add b", "head": "feature", "base": "main"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{pr}");
+    let n = pr["number"].as_u64().unwrap();
+    let reviews = format!("{}/{n}/reviews", pulls_path());
+    for (event, message) in [
+        ("APPROVE", "Can not approve your own pull request"),
+        (
+            "REQUEST_CHANGES",
+            "Can not request changes on your own pull request",
+        ),
+    ] {
+        let (code, body) = call_as(
+            &s.emu,
+            "platform-dev",
+            Method::POST,
+            &reviews,
+            Some(json!({"event": event, "body": "mine"})),
+        )
+        .await;
+        assert_eq!(code, 422, "{body}");
+        assert_eq!(body["message"], "Unprocessable Entity");
+        assert_eq!(body["errors"], json!([message]));
+        assert!(body["documentation_url"].is_string());
+    }
+    // Commenting on one's own PR is allowed.
+    let (code, _) = call_as(
+        &s.emu,
+        "platform-dev",
+        Method::POST,
+        &reviews,
+        Some(json!({"event": "COMMENT", "body": "context for reviewers"})),
+    )
+    .await;
+    assert_eq!(code, 200);
+    // The control API refuses it the same way.
+    let err = s
+        .emu
+        .submit_review(n, "platform-dev", "APPROVED")
+        .unwrap_err();
+    assert!(
+        matches!(&err, GithubEmulatorError::OwnPullRequest { message, .. } if message == "Can not approve your own pull request"),
+        "{err}"
+    );
+    let states: Vec<_> = client(&s.emu)
+        .list_reviews(n)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.state)
+        .collect();
+    assert_eq!(states, vec!["COMMENTED"]);
+    // Someone else may approve.
+    s.emu.submit_review(n, "alice", "APPROVED").unwrap();
+}
+
+#[tokio::test]
+async fn pull_request_creation_is_validated_like_github() {
+    let s = setup().await;
+    let create = |body: Value| {
+        let emu = s.emu.clone();
+        async move {
+            call_as(
+                &emu,
+                "platform-dev",
+                Method::POST,
+                &pulls_path(),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (code, body) = create(json!({"head": "feature", "base": "main"})).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["message"], "Validation Failed");
+    assert_eq!(
+        body["errors"][0],
+        json!({"resource": "PullRequest", "code": "missing_field", "field": "title"})
+    );
+    let (code, body) = create(json!({"title": "t", "head": "main", "base": "main"})).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(
+        body["errors"][0],
+        json!({"resource": "PullRequest", "code": "custom", "message": "No commits between main and main"})
+    );
+    for (head, base, field) in [("nope", "main", "head"), ("feature", "nope", "base")] {
+        let (code, body) = create(json!({"title": "t", "head": head, "base": base})).await;
+        assert_eq!(code, 422, "{body}");
+        assert_eq!(
+            body["errors"][0],
+            json!({"resource": "PullRequest", "code": "invalid", "field": field})
+        );
+    }
+    // `owner:branch` works; the answer is the full pull request with a Location.
+    let resp = reqwest::Client::new()
+        .post(format!("{}{}", s.emu.api_url(), pulls_path()))
+        .header(
+            "authorization",
+            format!("Bearer {}", token_of("platform-dev")),
+        )
+        .json(&json!({"title": "Add b", "head": "acme:feature", "base": "main", "body": "b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let pr: octocrab::models::pulls::PullRequest = resp.json().await.unwrap();
+    assert_eq!(pr.number, 1);
+    assert!(
+        location.ends_with("/repos/acme/clusters/pulls/1"),
+        "{location}"
+    );
+    assert_eq!(pr.head.ref_field, "feature");
+    assert_eq!(pr.base.ref_field, "main");
+    // A second open PR for the same head and base is refused …
+    let (code, body) = create(json!({"title": "again", "head": "feature", "base": "main"})).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "A pull request already exists for acme:feature."
+    );
+    // … and octocrab reports it as GitHub's error.
+    let err = octo_as(&s.emu, "platform-dev")
+        .pulls(OWNER, REPO)
+        .create("again", "feature", "main")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, octocrab::Error::GitHub { source, .. } if source.status_code.as_u16() == 422),
+        "{err:?}"
+    );
+    // Once the first is closed, a new one may be opened.
+    s.emu.close_pull_request(1).unwrap();
+    let (code, body) = create(json!({"title": "again", "head": "feature", "base": "main"})).await;
+    assert_eq!((code, body["number"].as_u64()), (201, Some(2)), "{body}");
+    // A head whose commits are all on the base has nothing to merge.
+    let (code, body) = create(json!({"title": "t", "head": "main", "base": "feature"})).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "No commits between feature and main"
+    );
+}
+
+#[tokio::test]
+async fn reviews_record_the_head_at_review_time_or_the_given_commit() {
+    let s = setup().await;
+    let n = s
+        .emu
+        .open_pull_request("feature", "t", "", "platform-dev")
+        .unwrap();
+    let reviews = format!("{}/{n}/reviews", pulls_path());
+    let (_, r1) = call_as(
+        &s.emu,
+        "alice",
+        Method::POST,
+        &reviews,
+        Some(json!({"event": "APPROVE"})),
+    )
+    .await;
+    assert_eq!(r1["commit_id"], s.feature_tip.to_string());
+    // The author pushes again: later reviews are on the new head.
+    let repo = Repository::open_bare(&s.bare).unwrap();
+    let new_tip = commit(
+        &repo,
+        "feature",
+        Some(s.feature_tip),
+        &[("clusters/b.yaml", "name: b\nsize: 4\n")],
+        "resize b",
+    );
+    let (_, r2) = call_as(
+        &s.emu,
+        "bob",
+        Method::POST,
+        &reviews,
+        Some(json!({"event": "APPROVE"})),
+    )
+    .await;
+    assert_eq!(r2["commit_id"], new_tip.to_string());
+    s.emu.submit_review(n, "outsider", "COMMENTED").unwrap();
+    // An older commit of the PR may be named explicitly.
+    let (code, r3) = call_as(
+        &s.emu,
+        "bob",
+        Method::POST,
+        &reviews,
+        Some(json!({"event": "APPROVE", "commit_id": s.feature_tip.to_string()})),
+    )
+    .await;
+    assert_eq!(code, 200, "{r3}");
+    assert_eq!(r3["commit_id"], s.feature_tip.to_string());
+    // A commit that is not part of the PR (on the base, or unknown) is refused.
+    for sha in [s.main_tip.to_string(), "0123456789".repeat(4)] {
+        let (code, body) = call_as(
+            &s.emu,
+            "bob",
+            Method::POST,
+            &reviews,
+            Some(json!({"event": "APPROVE", "commit_id": sha})),
+        )
+        .await;
+        assert_eq!(code, 422, "{body}");
+    }
+    let got: Vec<_> = client(&s.emu)
+        .list_reviews(n)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.user, r.commit_id.unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("alice".to_string(), s.feature_tip.to_string()),
+            ("bob".to_string(), new_tip.to_string()),
+            ("outsider".to_string(), new_tip.to_string()),
+            ("bob".to_string(), s.feature_tip.to_string()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn fork_pull_requests_have_githubs_head_shapes() {
+    let s = setup().await;
+    let repo = Repository::open_bare(&s.bare).unwrap();
+    let fork_tip = commit(
+        &repo,
+        "mallory-patch",
+        Some(s.main_tip),
+        &[("clusters/m.yaml", "name: m\n")],
+        "add m",
+    );
+    let fork = s
+        .emu
+        .open_fork_pull_request(
+            Some("mallory/clusters"),
+            "mallory-patch",
+            "Fork",
+            "",
+            "mallory",
+        )
+        .unwrap();
+    let orphan = s
+        .emu
+        .open_fork_pull_request(None, "feature", "Orphan", "", "mallory")
+        .unwrap();
+
+    // octocrab's model parses both; head.repo is the fork, or null.
+    let o = octo(&s.emu);
+    let pr = o.pulls(OWNER, REPO).get(fork).await.unwrap();
+    let head_repo = pr.head.repo.as_ref().expect("fork head repo");
+    assert_eq!(head_repo.full_name.as_deref(), Some("mallory/clusters"));
+    assert_eq!(head_repo.fork, Some(true));
+    assert_eq!(head_repo.owner.as_ref().unwrap().login, "mallory");
+    assert_eq!(pr.head.label.as_deref(), Some("mallory:mallory-patch"));
+    assert_eq!(pr.head.sha, fork_tip.to_string());
+    assert_eq!(
+        pr.base.repo.as_ref().unwrap().full_name.as_deref(),
+        Some("acme/clusters")
+    );
+    let pr = o.pulls(OWNER, REPO).get(orphan).await.unwrap();
+    assert!(pr.head.repo.is_none());
+    let (_, raw) = call(
+        &s.emu,
+        Some(&format!("token {TOKEN}")),
+        Method::GET,
+        &format!("{}/{orphan}", pulls_path()),
+        None,
+    )
+    .await;
+    assert!(raw["head"]["repo"].is_null(), "{}", raw["head"]);
+    let listed = o.pulls(OWNER, REPO).list().send().await.unwrap();
+    assert_eq!(listed.items.len(), 2);
+
+    // The provider sees the head repository, or none.
+    let c = client(&s.emu);
+    assert_eq!(
+        c.get_pull(fork)
+            .await
+            .unwrap()
+            .head_repo_full_name
+            .as_deref(),
+        Some("mallory/clusters")
+    );
+    assert_eq!(c.get_pull(orphan).await.unwrap().head_repo_full_name, None);
+
+    // `head=owner:branch` filters by the head's owner.
+    let by_head = |h: &'static str| {
+        let o = o.clone();
+        async move {
+            o.pulls(OWNER, REPO)
+                .list()
+                .head(h)
+                .send()
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|p| p.number)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(by_head("mallory:mallory-patch").await, vec![fork]);
+    assert!(by_head("acme:mallory-patch").await.is_empty());
+
+    // The fork's branch follows pushes; a deleted fork's head is frozen.
+    let fork_next = commit(
+        &repo,
+        "mallory-patch",
+        Some(fork_tip),
+        &[("clusters/m.yaml", "name: m2\n")],
+        "change m",
+    );
+    commit(
+        &repo,
+        "feature",
+        Some(s.feature_tip),
+        &[("clusters/b.yaml", "name: b\nsize: 9\n")],
+        "resize b",
+    );
+    assert_eq!(
+        c.get_pull(fork).await.unwrap().head_sha,
+        fork_next.to_string()
+    );
+    assert_eq!(
+        c.get_pull(orphan).await.unwrap().head_sha,
+        s.feature_tip.to_string()
+    );
+
+    for bad in ["acme/clusters", "nobody", "a/b/c"] {
+        assert!(matches!(
+            s.emu
+                .open_fork_pull_request(Some(bad), "feature", "t", "", "mallory"),
+            Err(GithubEmulatorError::InvalidRepository(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn add_comment_is_a_comment_by_any_user() {
+    let s = setup().await;
+    let n = s
+        .emu
+        .open_pull_request("feature", "t", "", "platform-dev")
+        .unwrap();
+    let id = s.emu.add_comment(n, "mallory", "/tkgops apply").unwrap();
+    let listed = octo(&s.emu)
+        .issues(OWNER, REPO)
+        .list_comments(n)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].id.0, id);
+    assert_eq!(listed.items[0].user.login, "mallory");
+    assert!(matches!(
+        s.emu.add_comment(n, "mallory", &"x".repeat(65_537)),
+        Err(GithubEmulatorError::CommentTooLong(65_537))
+    ));
+    assert!(matches!(
+        s.emu.add_comment(99, "mallory", "hi"),
+        Err(GithubEmulatorError::NoSuchPull(99))
+    ));
+}
+
+// ----- webhooks -----
+
+const WEBHOOK_SECRET: &str = "a-webhook-secret-of-more-than-24-chars";
+
+/// One delivery as a receiver saw it.
+#[derive(Debug)]
+struct Received {
+    event: String,
+    delivery: String,
+    signature: Option<String>,
+    content_type: String,
+    body: bytes::Bytes,
+}
+
+impl Received {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// A webhook receiver on a free loopback port: every delivery is sent to `rx`, then answered
+/// with `status` (after `gate` is notified, when given).
+struct Receiver {
+    url: String,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Received>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+async fn receiver(status: u16, gate: Option<Arc<tokio::sync::Notify>>) -> Receiver {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+            let tx = tx.clone();
+            let gate = gate.clone();
+            async move {
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let _ = tx.send(Received {
+                    event: h("x-github-event").unwrap_or_default(),
+                    delivery: h("x-github-delivery").unwrap_or_default(),
+                    signature: h("x-hub-signature-256"),
+                    content_type: h("content-type").unwrap_or_default(),
+                    body,
+                });
+                if let Some(g) = gate {
+                    g.notified().await;
+                }
+                axum::http::StatusCode::from_u16(status).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Receiver {
+        url,
+        rx,
+        _server: server,
+    }
+}
+
+impl Receiver {
+    /// The next delivery (fails the test after 10 s without one).
+    async fn next(&mut self) -> Received {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
+            .await
+            .expect("a webhook delivery arrives")
+            .expect("receiver running")
+    }
+
+    /// The next `n` deliveries, sorted by event name (their order is not specified).
+    async fn next_n(&mut self, n: usize) -> Vec<Received> {
+        let mut got = Vec::new();
+        for _ in 0..n {
+            got.push(self.next().await);
+        }
+        got.sort_by(|a, b| a.event.cmp(&b.event));
+        got
+    }
+}
+
+/// Checks GitHub's delivery headers and the signature, and that octocrab's webhook model
+/// parses the payload; returns the payload.
+fn check_delivery(r: &Received, event: &str, guids: &mut Vec<String>) -> Value {
+    assert_eq!(r.event, event);
+    assert_eq!(r.content_type, "application/json");
+    let sig = r.signature.as_deref().expect("X-Hub-Signature-256");
+    assert!(
+        tkgops::webhook::signature_valid(WEBHOOK_SECRET.as_bytes(), &r.body, sig),
+        "{event}: signature {sig} does not verify"
+    );
+    assert_eq!(
+        sig,
+        tkgops::webhook::sign(WEBHOOK_SECRET.as_bytes(), &r.body)
+    );
+    assert!(!tkgops::webhook::signature_valid(
+        b"another-secret-entirely-0123456789",
+        &r.body,
+        sig
+    ));
+    uuid::Uuid::parse_str(&r.delivery).expect("X-GitHub-Delivery is a GUID");
+    assert!(!guids.contains(&r.delivery), "a fresh GUID per delivery");
+    guids.push(r.delivery.clone());
+    octocrab::models::webhook_events::WebhookEvent::try_from_header_and_body(&r.event, &r.body)
+        .unwrap_or_else(|e| panic!("octocrab cannot parse the {event} payload: {e}"));
+    let v = r.json();
+    assert_eq!(v["repository"]["full_name"], "acme/clusters", "{event}");
+    v
+}
+
+#[tokio::test]
+async fn webhooks_deliver_signed_events_for_every_change() {
+    let s = setup().await;
+    let mut rcv = receiver(202, None).await;
+    s.emu
+        .set_webhook(Some(WebhookTarget::new(&rcv.url, WEBHOOK_SECRET)));
+    let mut guids = Vec::new();
+
+    // platform-dev opens a PR.
+    let (code, _) = call_as(
+        &s.emu,
+        "platform-dev",
+        Method::POST,
+        &pulls_path(),
+        Some(json!({"title": "Add b", "head": "feature", "base": "main"})),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let v = check_delivery(&rcv.next().await, "pull_request", &mut guids);
+    assert_eq!(v["action"], "opened");
+    assert_eq!(v["number"], 1);
+    assert_eq!(v["pull_request"]["head"]["sha"], s.feature_tip.to_string());
+    assert_eq!(v["sender"]["login"], "platform-dev");
+
+    // A push to the head branch (straight into the bare repository, as git push does):
+    // `push` and `pull_request` `synchronize`.
+    let repo = Repository::open_bare(&s.bare).unwrap();
+    let new_tip = commit(
+        &repo,
+        "feature",
+        Some(s.feature_tip),
+        &[("clusters/b.yaml", "name: b\nsize: 4\n")],
+        "resize b",
+    );
+    let got = rcv.next_n(2).await;
+    let sync = check_delivery(&got[0], "pull_request", &mut guids);
+    assert_eq!(sync["action"], "synchronize");
+    assert_eq!(sync["before"], s.feature_tip.to_string());
+    assert_eq!(sync["after"], new_tip.to_string());
+    assert_eq!(sync["pull_request"]["head"]["sha"], new_tip.to_string());
+    let push = check_delivery(&got[1], "push", &mut guids);
+    assert_eq!(push["ref"], "refs/heads/feature");
+    assert_eq!(push["before"], s.feature_tip.to_string());
+    assert_eq!(push["after"], new_tip.to_string());
+    assert_eq!(push["commits"][0]["id"], new_tip.to_string());
+    assert_eq!(push["commits"][0]["modified"], json!(["clusters/b.yaml"]));
+    assert_eq!(push["forced"], false);
+
+    // alice approves, bob comments.
+    s.emu.submit_review(1, "alice", "APPROVED").unwrap();
+    let v = check_delivery(&rcv.next().await, "pull_request_review", &mut guids);
+    assert_eq!(v["action"], "submitted");
+    assert_eq!(v["review"]["state"], "APPROVED");
+    assert_eq!(v["review"]["user"]["login"], "alice");
+    assert_eq!(v["review"]["commit_id"], new_tip.to_string());
+    assert_eq!(v["sender"]["login"], "alice");
+    octo_as(&s.emu, "bob")
+        .issues(OWNER, REPO)
+        .create_comment(1, "/lgtm")
+        .await
+        .unwrap();
+    let v = check_delivery(&rcv.next().await, "issue_comment", &mut guids);
+    assert_eq!(v["action"], "created");
+    assert_eq!(v["issue"]["number"], 1);
+    assert!(v["issue"]["pull_request"]["url"].is_string());
+    assert_eq!(v["comment"]["body"], "/lgtm");
+    assert_eq!(v["sender"]["login"], "bob");
+
+    // outsider merges: `pull_request` `closed` (merged) and a `push` to main.
+    let merge = octo_as(&s.emu, "outsider")
+        .pulls(OWNER, REPO)
+        .merge(1)
+        .send()
+        .await
+        .unwrap()
+        .sha
+        .unwrap();
+    let got = rcv.next_n(2).await;
+    let closed = check_delivery(&got[0], "pull_request", &mut guids);
+    assert_eq!(closed["action"], "closed");
+    assert_eq!(closed["pull_request"]["merged"], true);
+    assert_eq!(closed["pull_request"]["merge_commit_sha"], merge);
+    assert_eq!(closed["sender"]["login"], "outsider");
+    let push = check_delivery(&got[1], "push", &mut guids);
+    assert_eq!(push["ref"], "refs/heads/main");
+    assert_eq!(push["after"], merge);
+    assert_eq!(push["sender"]["login"], "outsider");
+
+    // Every delivery is logged as GitHub lists them.
+    let log = s
+        .emu
+        .wait_until(Duration::from_secs(10), |e| {
+            let d = e.deliveries();
+            (d.len() == guids.len()).then_some(d)
+        })
+        .await
+        .expect("every delivery recorded");
+    assert!(log.iter().all(|d| d.succeeded() && d.status == Some(202)));
+    assert_eq!(
+        log.iter().map(|d| d.guid.clone()).collect::<Vec<_>>().len(),
+        guids.len()
+    );
+    for g in &guids {
+        assert!(log.iter().any(|d| &d.guid == g));
+    }
+}
+
+#[tokio::test]
+async fn webhook_failures_are_recorded_and_not_retried() {
+    let s = setup().await;
+    let n = s
+        .emu
+        .open_pull_request("feature", "t", "", "platform-dev")
+        .unwrap();
+    // Nothing listens there: the delivery fails without an answer.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/hook", l.local_addr().unwrap())
+    };
+    s.emu
+        .set_webhook(Some(WebhookTarget::new(&dead, WEBHOOK_SECRET)));
+    s.emu.add_comment(n, "alice", "first").unwrap();
+    let failed = s
+        .emu
+        .wait_until(Duration::from_secs(10), |e| e.deliveries().pop())
+        .await
+        .expect("the failed delivery is recorded");
+    assert_eq!(failed.url, dead);
+    assert_eq!(failed.status, None);
+    assert!(failed.error.is_some() && !failed.succeeded());
+    assert_eq!(failed.event, "issue_comment");
+
+    // A receiver answering 500: recorded as failed with its status.
+    let mut broken = receiver(500, None).await;
+    s.emu
+        .set_webhook(Some(WebhookTarget::new(&broken.url, WEBHOOK_SECRET)));
+    s.emu.add_comment(n, "alice", "second").unwrap();
+    let got = broken.next().await;
+    let d = s
+        .emu
+        .wait_until(Duration::from_secs(10), |e| {
+            e.deliveries().into_iter().find(|d| d.guid == got.delivery)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.status, d.error.as_deref()),
+        (Some(500), Some("HTTP 500"))
+    );
+
+    // Then a working receiver: only the new event arrives (nothing was retried), and a manual
+    // redelivery keeps its GUID and body.
+    let mut rcv = receiver(200, None).await;
+    s.emu
+        .set_webhook(Some(WebhookTarget::new(&rcv.url, WEBHOOK_SECRET)));
+    s.emu.add_comment(n, "alice", "third").unwrap();
+    let third = rcv.next().await;
+    assert_eq!(third.json()["comment"]["body"], "third");
+    s.emu.redeliver(&failed.guid).unwrap();
+    let again = rcv.next().await;
+    assert_eq!(again.delivery, failed.guid);
+    assert_eq!(again.body, failed.body.as_bytes());
+    let log = s
+        .emu
+        .wait_until(Duration::from_secs(10), |e| {
+            let d = e.deliveries();
+            (d.len() == 4).then_some(d)
+        })
+        .await
+        .unwrap();
+    assert_eq!(log.iter().filter(|d| d.url == dead).count(), 1);
+    assert_eq!(log.iter().filter(|d| d.url == broken.url).count(), 1);
+    assert!(log[3].redelivery && log[3].succeeded());
+    assert!(broken.rx.try_recv().is_err(), "the 500 was not retried");
+
+    // Without a secret, deliveries are unsigned (as GitHub sends them).
+    s.emu.set_webhook(Some(WebhookTarget::new(&rcv.url, "")));
+    s.emu.add_comment(n, "alice", "fourth").unwrap();
+    let unsigned = rcv.next().await;
+    assert_eq!(unsigned.signature, None);
+    assert!(rcv.rx.try_recv().is_err(), "nothing else was delivered");
+}
+
+#[tokio::test]
+async fn webhook_deliveries_never_block_the_api() {
+    let s = setup().await;
+    let n = s
+        .emu
+        .open_pull_request("feature", "t", "", "platform-dev")
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let mut rcv = receiver(200, Some(gate.clone())).await;
+    s.emu
+        .set_webhook(Some(WebhookTarget::new(&rcv.url, WEBHOOK_SECRET)));
+    s.emu.add_comment(n, "alice", "first").unwrap();
+    // The receiver holds the first delivery …
+    let first = rcv.next().await;
+    assert_eq!(first.json()["comment"]["body"], "first");
+    // … and the API still answers at once.
+    let comment = tokio::time::timeout(
+        Duration::from_secs(5),
+        octo_as(&s.emu, "bob")
+            .issues(OWNER, REPO)
+            .create_comment(n, "second"),
+    )
+    .await
+    .expect("the API answers while a delivery is pending")
+    .unwrap();
+    assert_eq!(comment.user.login, "bob");
+    assert!(s.emu.deliveries().is_empty(), "the first is still pending");
+    gate.notify_one();
+    let second = rcv.next().await;
+    assert_eq!(second.json()["comment"]["body"], "second");
+    gate.notify_one();
+    let log = s
+        .emu
+        .wait_until(Duration::from_secs(10), |e| {
+            let d = e.deliveries();
+            (d.len() == 2).then_some(d)
+        })
+        .await
+        .expect("both deliveries recorded");
+    assert!(log.iter().all(|d| d.succeeded()));
+}
+
+// ----- GitHub App: JWT and installation tokens -----
+
+const APP_ID: u64 = 4711;
+const APP_SLUG: &str = "tkgops-test";
+const APP_PRIVATE_KEY: &str = include_str!("../fixtures/github/test-only-app-private-key.pem");
+const APP_PUBLIC_KEY: &str = include_str!("../fixtures/github/test-only-app-public-key.pem");
+
+async fn setup_app(ttl: Duration) -> Setup {
+    setup_with(|o| {
+        let mut app = GithubAppOptions::new(APP_ID, APP_SLUG, APP_PUBLIC_KEY);
+        app.token_ttl = ttl;
+        o.app = Some(app);
+    })
+    .await
+}
+
+fn app_key() -> octocrab::EncodingKey {
+    octocrab::EncodingKey::from_rsa_pem(APP_PRIVATE_KEY.as_bytes()).unwrap()
+}
+
+/// A JWT with these claims, signed RS256 with the test App's key.
+fn jwt(claims: Value) -> String {
+    octocrab::jsonwebtoken::encode(
+        &octocrab::jsonwebtoken::Header::new(octocrab::jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &app_key(),
+    )
+    .unwrap()
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[tokio::test]
+async fn app_installation_tokens_act_as_the_app_and_expire() {
+    let s = setup_app(Duration::from_secs(7200)).await;
+    let n = s
+        .emu
+        .open_pull_request("feature", "t", "", "platform-dev")
+        .unwrap();
+    // octocrab authenticated as the App (its own JWTs).
+    let app = octocrab::Octocrab::builder()
+        .base_uri(s.emu.api_url())
+        .unwrap()
+        .app(octocrab::models::AppId(APP_ID), app_key())
+        .build()
+        .unwrap();
+    let me = app.current().app().await.unwrap();
+    assert_eq!((me.id.0, me.slug.as_deref()), (APP_ID, Some(APP_SLUG)));
+    let installation = app
+        .apps()
+        .get_repository_installation(OWNER, REPO)
+        .await
+        .unwrap();
+    assert_eq!(installation.id.0, DEFAULT_INSTALLATION_ID);
+    assert_eq!(installation.account.login, OWNER);
+
+    // Minting a token by hand: GitHub's shape, valid for the configured TTL.
+    let jwt = octocrab::auth::create_jwt(octocrab::models::AppId(APP_ID), &app_key()).unwrap();
+    let tokens = format!("/app/installations/{DEFAULT_INSTALLATION_ID}/access_tokens");
+    let (code, minted) = call(
+        &s.emu,
+        Some(&format!("Bearer {jwt}")),
+        Method::POST,
+        &tokens,
+        None,
+    )
+    .await;
+    assert_eq!(code, 201, "{minted}");
+    let token = minted["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("ghs_") && token.len() == 40, "{token}");
+    let expires: chrono::DateTime<chrono::Utc> =
+        minted["expires_at"].as_str().unwrap().parse().unwrap();
+    let left = (expires - chrono::Utc::now()).num_seconds();
+    assert!((7100..=7200).contains(&left), "{left}");
+    assert_eq!(minted["permissions"]["issues"], "write");
+
+    // The installation acts as <slug>[bot]; it is no user.
+    let inst = app.installation(installation.id).unwrap();
+    let c = inst
+        .issues(OWNER, REPO)
+        .create_comment(n, "from the App")
+        .await
+        .unwrap();
+    assert_eq!(c.user.login, "tkgops-test[bot]");
+    assert_eq!(c.user.r#type, "Bot");
+    let auth = format!("token {token}");
+    let (code, body) = call(&s.emu, Some(&auth), Method::GET, "/user", None).await;
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body["message"], "Resource not accessible by integration");
+    let (code, _) = call(
+        &s.emu,
+        Some(&auth),
+        Method::GET,
+        &format!("/repos/{OWNER}/{REPO}"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+
+    // Expired tokens are refused like unknown ones: 401 Bad credentials.
+    s.emu.expire_installation_tokens();
+    let (code, body) = call(
+        &s.emu,
+        Some(&auth),
+        Method::GET,
+        &format!("/repos/{OWNER}/{REPO}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (code, body["message"].as_str()),
+        (401, Some("Bad credentials"))
+    );
+    // octocrab still holds its (now expired) token: on the 401 it drops it, mints a new one and
+    // retries once, so the call succeeds with a fresh token.
+    let issued = s.emu.installation_tokens_issued();
+    let c = inst
+        .issues(OWNER, REPO)
+        .create_comment(n, "after expiry")
+        .await
+        .unwrap();
+    assert_eq!(c.user.login, "tkgops-test[bot]");
+    assert_eq!(s.emu.installation_tokens_issued(), issued + 1);
+    let comment_posts = format!("/repos/{OWNER}/{REPO}/issues/{n}/comments");
+    assert_eq!(
+        s.emu.faults().log().count(&Method::POST, &comment_posts),
+        3,
+        "the first, the refused stale one, the retried one"
+    );
+    // A new token works again.
+    let issued = s.emu.installation_tokens_issued();
+    let (code, minted) = call(
+        &s.emu,
+        Some(&format!("Bearer {jwt}")),
+        Method::POST,
+        &tokens,
+        Some(json!({"repositories": [REPO]})),
+    )
+    .await;
+    assert_eq!(code, 201, "{minted}");
+    assert_eq!(s.emu.installation_tokens_issued(), issued + 1);
+    let fresh = format!("Bearer {}", minted["token"].as_str().unwrap());
+    let (code, _) = call(
+        &s.emu,
+        Some(&fresh),
+        Method::GET,
+        &format!("/repos/{OWNER}/{REPO}"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(s.emu.comments(n).len(), 2);
+}
+
+#[tokio::test]
+async fn app_jwts_are_checked_like_github() {
+    let s = setup_app(Duration::from_secs(3600)).await;
+    let now = now_secs();
+    let message = |v: &Value| v["message"].as_str().unwrap_or("").to_string();
+    let get_app = |token: String| {
+        let emu = s.emu.clone();
+        async move {
+            call(
+                &emu,
+                Some(&format!("Bearer {token}")),
+                Method::GET,
+                "/app",
+                None,
+            )
+            .await
+        }
+    };
+
+    let (code, body) = get_app(jwt(
+        json!({"iss": APP_ID, "iat": now - 60, "exp": now + 540}),
+    ))
+    .await;
+    assert_eq!(
+        (code, body["slug"].as_str()),
+        (200, Some(APP_SLUG)),
+        "{body}"
+    );
+    // The App id may also be sent as a string.
+    let (code, _) = get_app(jwt(
+        json!({"iss": APP_ID.to_string(), "iat": now, "exp": now + 300}),
+    ))
+    .await;
+    assert_eq!(code, 200);
+
+    for (claims, expected) in [
+        (
+            json!({"iss": APP_ID, "iat": now - 60, "exp": now + 3600}),
+            "'Expiration time' claim ('exp') is too far in the future",
+        ),
+        (
+            json!({"iss": APP_ID, "iat": now - 600, "exp": now - 10}),
+            "'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires",
+        ),
+        (
+            json!({"iss": APP_ID, "iat": now + 300, "exp": now + 500}),
+            "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued",
+        ),
+        (
+            json!({"iss": APP_ID + 1, "iat": now - 60, "exp": now + 540}),
+            "A JSON web token could not be decoded",
+        ),
+        (
+            json!({"iss": "an-app", "iat": now - 60, "exp": now + 540}),
+            "'Issuer' claim ('iss') must be an Integer",
+        ),
+    ] {
+        let (code, body) = get_app(jwt(claims.clone())).await;
+        assert_eq!((code, message(&body)), (401, expected.to_string()), "{claims}");
+    }
+    // A tampered signature, or another algorithm, does not verify.
+    let good = jwt(json!({"iss": APP_ID, "iat": now - 60, "exp": now + 540}));
+    let (head, sig) = good.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    let (code, body) = get_app(format!("{head}.{flipped}{}", &sig[1..])).await;
+    assert_eq!(
+        (code, message(&body).as_str()),
+        (401, "A JSON web token could not be decoded")
+    );
+    let hs256 = octocrab::jsonwebtoken::encode(
+        &octocrab::jsonwebtoken::Header::new(octocrab::jsonwebtoken::Algorithm::HS256),
+        &json!({"iss": APP_ID, "iat": now - 60, "exp": now + 540}),
+        &octocrab::EncodingKey::from_secret(APP_PUBLIC_KEY.as_bytes()),
+    )
+    .unwrap();
+    let (code, _) = get_app(hs256).await;
+    assert_eq!(code, 401);
+
+    // App endpoints take only the JWT; the JWT opens nothing else.
+    let installation = format!("/repos/{OWNER}/{REPO}/installation");
+    for path in ["/app", installation.as_str()] {
+        let (code, body) = call_as(&s.emu, "alice", Method::GET, path, None).await;
+        assert_eq!(
+            (code, message(&body).as_str()),
+            (401, "A JSON web token could not be decoded"),
+            "{path}"
+        );
+    }
+    let (code, body) = call(
+        &s.emu,
+        Some(&format!("Bearer {good}")),
+        Method::GET,
+        &pulls_path(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (code, message(&body).as_str()),
+        (403, "Resource not accessible by integration")
+    );
+    // Unknown installations and repositories outside the installation.
+    let (code, _) = call(
+        &s.emu,
+        Some(&format!("Bearer {good}")),
+        Method::POST,
+        "/app/installations/1/access_tokens",
+        None,
+    )
+    .await;
+    assert_eq!(code, 404);
+    let (code, _) = call(
+        &s.emu,
+        Some(&format!("Bearer {good}")),
+        Method::POST,
+        &format!("/app/installations/{DEFAULT_INSTALLATION_ID}/access_tokens"),
+        Some(json!({"repositories": ["another-repo"]})),
+    )
+    .await;
+    assert_eq!(code, 422);
+    assert_eq!(s.emu.installation_tokens_issued(), 0);
+}
+
+/// A secondary rate limit without `retry-after` (a 403 whose message says so) is waited out:
+/// at least the minimum wait, doubled for every further limit in a row; then the call succeeds.
+#[tokio::test]
+async fn secondary_rate_limits_are_waited_out_growing() {
+    let s = setup().await;
+    let settings = RetrySettings {
+        max_attempts: 4,
+        initial_backoff: Duration::from_millis(5),
+        max_wait: Duration::from_secs(5),
+        min_rate_limit_wait: Duration::from_millis(200),
+    };
+    let c = OctocrabClient::new(&s.emu.api_url(), TOKEN, OWNER, REPO, settings).unwrap();
+    s.emu.faults().inject(Fault::new(
+        None,
+        "/repos/acme/clusters",
+        FaultAction::Status {
+            code: 403,
+            body: r#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again.","documentation_url":"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"}"#.into(),
+        },
+        Some(2),
+    ));
+    let start = Instant::now();
+    c.repository().await.expect("waited out");
+    let took = start.elapsed();
+    // 200 ms, then 400 ms: not the 5 ms backoff of server errors.
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let faulted = s
+        .emu
+        .faults()
+        .log()
+        .all()
+        .iter()
+        .filter(|r| r.faulted)
+        .count();
+    assert_eq!(faulted, 2);
+}
+
+/// Content-creating requests share one budget of 80 a minute per GitHub instance: the 81st
+/// write in a burst waits for the budget instead of being sent.
+#[tokio::test]
+async fn content_writes_are_paced_to_eighty_a_minute() {
+    let s = setup().await;
+    let c = client(&s.emu);
+    let sha = s.main_tip.to_string();
+    let start = Instant::now();
+    for i in 0..82 {
+        c.set_status(&sha, &format!("ctx-{i}"), CommitState::Success, "ok", None)
+            .await
+            .unwrap();
+    }
+    let took = start.elapsed();
+    // 80 at once, then one every 750 ms.
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
 }

@@ -12,4 +12,5 @@ mod kube_ctrl;
 mod kube_provider;
 mod plan;
 mod tmc;
+mod trust;
 mod validate;

@@ -42,9 +42,24 @@ pub struct GithubSettings {
     pub owner: String,
     /// Name of the config repository.
     pub repo: String,
-    /// Environment variable holding the token (a GitHub App installation token or a PAT).
+    /// Environment variable holding the token (a PAT or a token minted elsewhere); not used
+    /// when `appId` is set.
     #[serde(default = "default_token_env")]
     pub token_env: String,
+    /// GitHub App id: the bot authenticates as the App's installation on the repository
+    /// (installation tokens are minted and refreshed before they expire, for the API and git).
+    #[serde(default)]
+    pub app_id: Option<u64>,
+    /// Environment variable holding the App's private key (PEM); default
+    /// `GITHUB_APP_PRIVATE_KEY`. Ignored when `privateKeyFile` is set.
+    #[serde(default)]
+    pub private_key_env: Option<String>,
+    /// File holding the App's private key (PEM) on the bot host.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// The App's installation id; looked up from the repository when absent.
+    #[serde(default)]
+    pub installation_id: Option<u64>,
     /// Git remote to fetch from; defaults to the repository's `clone_url` reported by the API.
     #[serde(default)]
     pub clone_url: Option<String>,
@@ -130,6 +145,37 @@ impl BotConfig {
         serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: path.display().to_string(),
             message: e.to_string(),
+        })
+    }
+
+    /// How to authenticate to GitHub: the App (with its private key from `privateKeyFile` or
+    /// the `privateKeyEnv` variable) when `appId` is set, else the token of `tokenEnv`.
+    ///
+    /// Errors: [`ConfigError::MissingEnv`] for an unset variable, [`ConfigError::Io`] for an
+    /// unreadable key file.
+    pub fn github_auth(&self) -> Result<tkgops_providers::github::GithubAuth, ConfigError> {
+        use tkgops_providers::github::GithubAuth;
+        let Some(app_id) = self.github.app_id else {
+            return self.github_token().map(GithubAuth::Token);
+        };
+        let private_key_pem = match &self.github.private_key_file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                path: path.display().to_string(),
+                source,
+            })?,
+            None => {
+                let var = self
+                    .github
+                    .private_key_env
+                    .clone()
+                    .unwrap_or_else(|| "GITHUB_APP_PRIVATE_KEY".into());
+                std::env::var(&var).map_err(|_| ConfigError::MissingEnv(var))?
+            }
+        };
+        Ok(GithubAuth::App {
+            app_id,
+            private_key_pem,
+            installation_id: self.github.installation_id,
         })
     }
 

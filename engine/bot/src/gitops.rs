@@ -43,7 +43,9 @@ fn git(op: impl Into<String>) -> impl FnOnce(git2::Error) -> GitError {
 pub struct ConfigRepo {
     path: PathBuf,
     remote_url: String,
-    token: Option<String>,
+    /// The HTTPS password for GitHub remotes; replaced before fetches when it is refreshed
+    /// (GitHub App installation tokens last an hour).
+    token: Arc<Mutex<Option<String>>>,
     repo: Arc<Mutex<Repository>>,
 }
 
@@ -76,9 +78,19 @@ impl ConfigRepo {
         Ok(ConfigRepo {
             path: path.to_path_buf(),
             remote_url: remote_url.to_string(),
-            token,
+            token: Arc::new(Mutex::new(token)),
             repo: Arc::new(Mutex::new(repo)),
         })
+    }
+
+    /// Whether the remote is reached over HTTPS (and needs a token).
+    pub fn is_https(&self) -> bool {
+        self.remote_url.starts_with("https://")
+    }
+
+    /// Replaces the token used for the next fetches (all clones share it).
+    pub fn set_token(&self, token: Option<String>) {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = token;
     }
 
     fn repo(&self) -> Result<MutexGuard<'_, Repository>, GitError> {
@@ -95,10 +107,21 @@ impl ConfigRepo {
             .remote_anonymous(&self.remote_url)
             .map_err(git("remote"))?;
         let mut callbacks = RemoteCallbacks::new();
-        let token = self.token.clone();
-        callbacks.credentials(move |_url, _user, _allowed| match &token {
-            Some(t) => Cred::userpass_plaintext("x-access-token", t),
-            None => Cred::default(),
+        let token = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // libgit2 calls this again after the server rejects the credentials, forever if the
+        // answer never changes: offer them once, then give up with a clear error.
+        let mut offered = false;
+        callbacks.credentials(move |_url, _user, _allowed| {
+            if offered {
+                return Err(git2::Error::from_str(
+                    "the git remote rejected the credentials (token expired, revoked or without access)",
+                ));
+            }
+            offered = true;
+            match &token {
+                Some(t) => Cred::userpass_plaintext("x-access-token", t),
+                None => Cred::default(),
+            }
         });
         let mut fo = FetchOptions::new();
         fo.remote_callbacks(callbacks);
@@ -183,6 +206,23 @@ impl ConfigRepo {
     ///
     /// Errors: [`GitError`] when a commit is unknown.
     pub fn changed_paths(&self, base: &str, head: &str) -> Result<Vec<String>, GitError> {
+        self.diff_paths(base, head, &["tkgops.yaml", "clusters/"])
+    }
+
+    /// Every path changed between two commits (both sides of a rename), sorted: what
+    /// `CODEOWNERS` is checked against.
+    ///
+    /// Errors: [`GitError`] when a commit is unknown.
+    pub fn changed_paths_all(&self, base: &str, head: &str) -> Result<Vec<String>, GitError> {
+        self.diff_paths(base, head, &[])
+    }
+
+    fn diff_paths(
+        &self,
+        base: &str,
+        head: &str,
+        pathspecs: &[&str],
+    ) -> Result<Vec<String>, GitError> {
         let repo = self.repo()?;
         let tree_of = |sha: &str| -> Result<git2::Tree<'_>, GitError> {
             let c = repo
@@ -192,7 +232,9 @@ impl ConfigRepo {
         };
         let (bt, ht) = (tree_of(base)?, tree_of(head)?);
         let mut opts = DiffOptions::new();
-        opts.pathspec("tkgops.yaml").pathspec("clusters/");
+        for p in pathspecs {
+            opts.pathspec(p);
+        }
         let diff = repo
             .diff_tree_to_tree(Some(&bt), Some(&ht), Some(&mut opts))
             .map_err(git("diff"))?;
@@ -256,7 +298,7 @@ impl ConfigRepo {
         Ok(ConfigRepo {
             path: path.to_path_buf(),
             remote_url: String::new(),
-            token: None,
+            token: Arc::new(Mutex::new(None)),
             repo: Arc::new(Mutex::new(repo)),
         })
     }

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tkgops_domain::files::TreeReader;
 use tracing::{info, warn};
 
 use crate::gitops::{ConfigRepo, GitError};
@@ -42,6 +43,11 @@ use tkgops_engine::{Engine, RunRequest};
 use tkgops_providers::github::{CommitState, PullRequest, RepoInfo, VcsClient};
 
 pub use config::BotConfig;
+
+/// Journal key of the closed-PR cursor: the `updated_at` (GitHub's clock, RFC 3339) of the
+/// newest closed pull request whose merge has been handled. Each poll lists the PRs closed
+/// since (with a 5 min overlap); on the very first start the last 24 h are scanned.
+pub const CLOSED_CURSOR_KEY: &str = "poll/closed-cursor";
 
 /// Commit status context of plans.
 pub const PLAN_CONTEXT: &str = "tkgops/plan";
@@ -85,6 +91,10 @@ pub struct MergeRecord {
     pub plan_markdown: String,
     /// Why nothing was executed (approval missing, fork), if so.
     pub refused: Option<String>,
+    /// Clusters not run because their plan at the merge commit differs from the plan approved
+    /// for the head SHA (or none was approved): the merge did not do everything it says.
+    #[serde(default)]
+    pub changed_since_approval: Vec<String>,
 }
 
 /// The parts a [`Bot`] is assembled from (see [`serve::build`]).
@@ -175,6 +185,7 @@ impl Bot {
     ///
     /// Errors: [`BotError`] when the default branch or the PR lists cannot be read.
     pub async fn poll_once(&self) -> Result<(), BotError> {
+        self.refresh_git_token().await?;
         let git = self.git.clone();
         let branch = self.default_branch.clone();
         let tip = blocking(move || git.fetch_branch(&branch)).await?;
@@ -192,15 +203,31 @@ impl Bot {
                 warn!(pr = pr.number, error = %e, "planning failed; will retry next poll");
             }
         }
+        // Every PR closed since the cursor (GitHub's own `updated_at` clock, with an overlap),
+        // however many there are: merges missed while the bot was down are found too.
+        let cursor = self.closed_cursor().await?;
+        let since = match cursor {
+            Some(c) => c - chrono::Duration::minutes(5),
+            None => chrono::Utc::now() - chrono::Duration::days(1),
+        };
         let closed = self
             .vcs
-            .list_recently_closed_pulls(&self.default_branch, 30)
+            .list_closed_pulls_since(&self.default_branch, Some(since))
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
+        let mut all_handled = true;
         for pr in closed.iter().filter(|p| p.merged) {
             if let Err(e) = self.handle_merged(pr).await {
+                all_handled = false;
                 warn!(pr = pr.number, error = %e, "handling the merge failed; will retry next poll");
             }
+        }
+        let newest = closed.iter().filter_map(|p| p.updated_at).max();
+        if let Some(n) = newest.filter(|n| all_handled && cursor.is_none_or(|c| *n > c)) {
+            self.store
+                .put_meta(CLOSED_CURSOR_KEY, n.to_rfc3339().as_bytes())
+                .await
+                .map_err(|e| BotError::Store(e.to_string()))?;
         }
         Ok(())
     }
@@ -236,6 +263,33 @@ impl Bot {
         }
         info!("shutting down: draining in-flight steps");
         self.engine.shutdown(grace).await;
+    }
+
+    /// The `updated_at` of the newest closed PR whose merge was handled ([`CLOSED_CURSOR_KEY`]).
+    async fn closed_cursor(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>, BotError> {
+        let raw = self
+            .store
+            .get_meta(CLOSED_CURSOR_KEY)
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
+        Ok(raw
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok())
+            .map(|d| d.with_timezone(&chrono::Utc)))
+    }
+
+    /// Gives the git mirror a token valid for a while (GitHub App installation tokens are
+    /// refreshed before they expire); nothing to do for local remotes.
+    async fn refresh_git_token(&self) -> Result<(), BotError> {
+        if self.git.is_https() {
+            let token = self
+                .vcs
+                .git_token()
+                .await
+                .map_err(|e| BotError::Github(e.to_string()))?;
+            self.git.set_token(token);
+        }
+        Ok(())
     }
 
     async fn load_settings(&self, sha: &str) -> Result<Option<RepoConfig>, BotError> {
@@ -394,6 +448,7 @@ impl Bot {
         let parent = blocking(move || git.first_parent(&m))
             .await?
             .unwrap_or_else(|| merge_sha.clone());
+        let parent_sha = parent.clone();
         // Security rule 1: the policy is the default branch's as it was before the merge (the
         // merge commit's first parent), never the merged change's own tkgops.yaml.
         let policy = self.load_settings(&parent).await?;
@@ -410,7 +465,8 @@ impl Bot {
         } else if self.is_fork(pr) {
             Some("the pull request comes from a fork (or its head repository was deleted); fork PRs are never executed".to_string())
         } else {
-            self.check_approvals(pr, &p, policy.as_ref()).await?
+            self.check_approvals(pr, &p, policy.as_ref(), &parent_sha, &merge_sha)
+                .await?
         };
         let mut record = MergeRecord {
             pr: pr.number,
@@ -419,6 +475,7 @@ impl Bot {
             not_run: not_run(&p),
             plan_markdown: plan_md,
             refused: refused.clone(),
+            changed_since_approval: Vec::new(),
         };
         // Security rule 2: only what was planned and approved for the approved head SHA runs.
         let approved: BTreeMap<String, String> = match self
@@ -434,6 +491,7 @@ impl Bot {
             for cp in p.executable() {
                 let key = format!("{}#{}", cp.cluster, cp.workflow.as_deref().unwrap_or("-"));
                 if approved.get(&key) != Some(&cp.digest()) {
+                    record.changed_since_approval.push(cp.cluster.clone());
                     let why = if approved.contains_key(&key) {
                         "its plan at the merge commit differs from the plan approved for head"
                     } else {
@@ -519,12 +577,18 @@ impl Bot {
         Ok(pending.len())
     }
 
-    /// `None` when the approval policy of `tkgops.yaml` on the default branch is met, else why not.
+    /// `None` when the approval policy is met, else why not. The policy is the default
+    /// branch's before the merge (`parent`): `tkgops.yaml`'s approvers and counts, and its
+    /// `CODEOWNERS` when present. An approval counts only when it is the reviewer's latest
+    /// review, `APPROVED`, on the PR's head SHA, and not by the PR's author. Approvers and code
+    /// owners may be teams (`org/team`, `@org/team`), resolved through the API.
     async fn check_approvals(
         &self,
         pr: &PullRequest,
         p: &Plan,
         repo: Option<&RepoConfig>,
+        parent: &str,
+        merge: &str,
     ) -> Result<Option<String>, BotError> {
         let Some(repo) = repo else {
             return Ok(Some(
@@ -538,15 +602,12 @@ impl Bot {
         } else {
             repo.approval.required_approvals
         } as usize;
-        if required == 0 {
-            return Ok(None);
-        }
         let reviews = self
             .vcs
             .list_reviews(pr.number)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
-        // The latest review of each approver counts; it must not be on an older commit.
+        // The latest review of each reviewer counts; it must be on the head SHA.
         let mut latest: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
         for r in reviews {
             if r.state == "COMMENTED" {
@@ -554,25 +615,20 @@ impl Bot {
             }
             latest.insert(r.user.to_lowercase(), (r.state, r.commit_id));
         }
-        let approvers: Vec<String> = repo
-            .approval
-            .approvers
-            .iter()
-            .map(|a| a.to_lowercase())
-            .collect();
-        let count = latest
-            .iter()
+        let author = pr.author.to_lowercase();
+        let approved: std::collections::BTreeSet<String> = latest
+            .into_iter()
             .filter(|(u, (state, commit))| {
-                approvers.contains(u)
-                    && *u != &pr.author.to_lowercase()
+                *u != author
                     && state == "APPROVED"
                     && commit.as_deref() == Some(pr.head_sha.as_str())
             })
-            .count();
-        if count >= required {
-            Ok(None)
-        } else {
-            Ok(Some(format!(
+            .map(|(u, _)| u)
+            .collect();
+        let approvers = self.expand_principals(&repo.approval.approvers).await?;
+        let count = approved.intersection(&approvers).count();
+        if count < required {
+            return Ok(Some(format!(
                 "merged with {count} of the {required} required approval(s) from approvers ({}){}",
                 repo.approval.approvers.join(", "),
                 if p.changes_policy {
@@ -582,8 +638,81 @@ impl Bot {
                 } else {
                     ""
                 }
+            )));
+        }
+        // CODEOWNERS of the default branch: every changed path with owners needs one of them.
+        let git = self.git.clone();
+        let (parent, merge) = (parent.to_string(), merge.to_string());
+        let (codeowners, changed) = blocking(move || {
+            let tree = git.tree(&parent)?;
+            let text = tkgops_domain::request::codeowners::CODEOWNERS_PATHS
+                .iter()
+                .find_map(|path| tree.read(path));
+            let changed = match &text {
+                Some(_) => git.changed_paths_all(&parent, &merge)?,
+                None => Vec::new(),
+            };
+            Ok((text, changed))
+        })
+        .await?;
+        let Some(text) = codeowners else {
+            return Ok(None);
+        };
+        let (owners, _) =
+            tkgops_domain::request::codeowners::CodeOwners::parse(&String::from_utf8_lossy(&text));
+        let mut missing = Vec::new();
+        for path in &changed {
+            let owned_by = owners.owners_of(path);
+            if owned_by.is_empty() {
+                continue;
+            }
+            let allowed = self.expand_principals(owned_by).await?;
+            if approved.is_disjoint(&allowed) {
+                missing.push(format!("{path} ({})", owned_by.join(" ")));
+            }
+        }
+        if missing.is_empty() {
+            Ok(None)
+        } else {
+            let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
+            Ok(Some(format!(
+                "CODEOWNERS of the default branch requires an approval from a code owner of {}{}",
+                shown.join(", "),
+                if missing.len() > shown.len() {
+                    ", …"
+                } else {
+                    ""
+                }
             )))
         }
+    }
+
+    /// The lowercase logins `principals` name: `login` or `@login` as is, `org/team` or
+    /// `@org/team` expanded to the team's members (GitHub API); e-mail addresses are ignored
+    /// (they name no GitHub login the bot can check).
+    async fn expand_principals(
+        &self,
+        principals: &[String],
+    ) -> Result<std::collections::BTreeSet<String>, BotError> {
+        let mut out = std::collections::BTreeSet::new();
+        for p in principals {
+            let p = p.trim().trim_start_matches('@');
+            if p.contains('@') || p.is_empty() {
+                continue;
+            }
+            match p.split_once('/') {
+                Some((org, team)) => {
+                    let members = self.vcs.team_members(org, team).await.map_err(|e| {
+                        BotError::Github(format!("resolving team {org}/{team}: {e}"))
+                    })?;
+                    out.extend(members.into_iter().map(|m| m.to_lowercase()));
+                }
+                None => {
+                    out.insert(p.to_lowercase());
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -202,6 +202,14 @@ fn overall(record: &MergeRecord, runs: &[RunRecord]) -> (String, CommitState, St
             format!("not executed: {reason}"),
         );
     }
+    let changed = record.changed_since_approval.len();
+    if runs.is_empty() && changed > 0 {
+        return (
+            "⛔ not run: the plan changed after approval".into(),
+            CommitState::Failure,
+            format!("{changed} cluster(s) not run: their plan changed after approval"),
+        );
+    }
     if runs.is_empty() {
         return (
             "➖ nothing to run".into(),
@@ -225,6 +233,15 @@ fn overall(record: &MergeRecord, runs: &[RunRecord]) -> (String, CommitState, St
             "❌ failed".into(),
             CommitState::Failure,
             format!("{failed} of {} run(s) failed", runs.len()),
+        )
+    } else if changed > 0 {
+        (
+            "⚠️ partly run: some plans changed after approval".into(),
+            CommitState::Failure,
+            format!(
+                "{} run(s) succeeded; {changed} cluster(s) not run: their plan changed after approval",
+                runs.len()
+            ),
         )
     } else {
         (
@@ -427,6 +444,7 @@ mod tests {
             not_run: Vec::new(),
             plan_markdown: String::new(),
             refused: None,
+            changed_since_approval: Vec::new(),
         };
         let pending = format!("{PENDING_PREFIX}{commit}");
         store.put_meta(&pending, b"").await.unwrap();

@@ -123,6 +123,18 @@ impl VcsClient for RedactingVcs {
         self.inner.list_recently_closed_pulls(base, max).await
     }
 
+    async fn list_closed_pulls_since(
+        &self,
+        base: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<PullRequest>, GithubError> {
+        self.inner.list_closed_pulls_since(base, since).await
+    }
+
+    async fn team_members(&self, org: &str, team: &str) -> Result<Vec<String>, GithubError> {
+        self.inner.team_members(org, team).await
+    }
+
     async fn get_pull(&self, number: u64) -> Result<PullRequest, GithubError> {
         self.inner.get_pull(number).await
     }
@@ -140,6 +152,16 @@ impl VcsClient for RedactingVcs {
         self.inner
             .upsert_comment(number, marker, &redact(body))
             .await
+    }
+
+    /// The inner client's git token, registered as a secret first (App installation tokens
+    /// change every hour).
+    async fn git_token(&self) -> Result<Option<String>, GithubError> {
+        let token = self.inner.git_token().await?;
+        if let Some(t) = &token {
+            register(t);
+        }
+        Ok(token)
     }
 
     async fn set_status(

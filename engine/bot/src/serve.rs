@@ -14,7 +14,7 @@ use tkgops_domain::workflow::plan::load_repo_config;
 use tkgops_domain::workflow::Catalog;
 use tkgops_engine::store::{SledStore, Store};
 use tkgops_engine::Engine;
-use tkgops_providers::github::{OctocrabClient, RetrySettings, VcsClient};
+use tkgops_providers::github::{GithubAuth, OctocrabClient, RetrySettings, VcsClient};
 
 /// Errors assembling the bot.
 #[derive(Debug, thiserror::Error)]
@@ -41,11 +41,7 @@ pub enum ServeError {
 ///
 /// Errors: [`ServeError`] for each part that cannot be set up.
 pub async fn build(cfg: &BotConfig) -> Result<Bot, ServeError> {
-    let creds = Credentials {
-        github_token: cfg.github_token()?,
-        tmc_token: cfg.tmc_token(),
-    };
-    build_with(cfg, creds).await
+    build_with_auth(cfg, cfg.github_auth()?, cfg.tmc_token()).await
 }
 
 /// Credentials of the bot, read from the environment variables the configuration names.
@@ -68,17 +64,33 @@ impl std::fmt::Debug for Credentials {
 ///
 /// Errors: [`ServeError`] for each part that cannot be set up.
 pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, ServeError> {
+    build_with_auth(cfg, GithubAuth::Token(creds.github_token), creds.tmc_token).await
+}
+
+/// As [`build`], authenticating to GitHub with `github` (a token or a GitHub App) and to TMC
+/// with `tmc_token`. Every credential is registered with [`crate::redact`] first.
+///
+/// Errors: [`ServeError`] for each part that cannot be set up.
+pub async fn build_with_auth(
+    cfg: &BotConfig,
+    github: GithubAuth,
+    tmc_token: Option<String>,
+) -> Result<Bot, ServeError> {
     tkgops_providers::install_crypto_provider();
-    let token = creds.github_token;
-    crate::redact::register(&token);
-    if let Some(t) = &creds.tmc_token {
+    match &github {
+        GithubAuth::Token(t) => crate::redact::register(t),
+        GithubAuth::App {
+            private_key_pem, ..
+        } => crate::redact::register(private_key_pem),
+    }
+    if let Some(t) = &tmc_token {
         crate::redact::register(t);
     }
     crate::redact::register_aws_environment();
     let vcs: Arc<dyn VcsClient> = Arc::new(RedactingVcs::new(Arc::new(
-        OctocrabClient::new(
+        OctocrabClient::with_auth(
             &cfg.github.api_url,
-            &token,
+            github,
             &cfg.github.owner,
             &cfg.github.repo,
             RetrySettings::default(),
@@ -94,7 +106,13 @@ pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, Serv
         .clone_url
         .clone()
         .unwrap_or(info.clone_url.clone());
-    let git_token = clone_url.starts_with("https://").then(|| token.clone());
+    let git_token = if clone_url.starts_with("https://") {
+        vcs.git_token()
+            .await
+            .map_err(|e| ServeError::Github(e.to_string()))?
+    } else {
+        None
+    };
     let state_dir = cfg.state_dir.clone();
     // git2 and sled open files and may wait for disk: off the async workers.
     let (git, store) = tokio::task::spawn_blocking(move || {
@@ -139,7 +157,7 @@ pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, Serv
         store.clone(),
         executors.all(
             cfg.aws_endpoint_url.clone(),
-            creds.tmc_token,
+            tmc_token,
             cfg.tmc_poll_interval,
         ),
         Arc::new(publisher.clone()),

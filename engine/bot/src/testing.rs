@@ -38,6 +38,16 @@ impl VcsClient for FakeVcs {
     ) -> Result<Vec<PullRequest>, GithubError> {
         Ok(Vec::new())
     }
+    async fn list_closed_pulls_since(
+        &self,
+        _: &str,
+        _: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<PullRequest>, GithubError> {
+        Ok(Vec::new())
+    }
+    async fn team_members(&self, _: &str, _: &str) -> Result<Vec<String>, GithubError> {
+        Ok(Vec::new())
+    }
     async fn get_pull(&self, _: u64) -> Result<PullRequest, GithubError> {
         Err(GithubError::Config("not used in this test".into()))
     }

@@ -1,15 +1,19 @@
 //! tkgops-sandbox: config repository, emulators, moto and the bot wired together on loopback.
 //!
-//! [`Environment`] is the emulated world (GitHub with a bare git remote, a management cluster
-//! with simulated Cluster API / kapp-controller / TMC agent controllers, TMC, and moto's EC2
-//! seeded with a VPC); [`run`] tells the whole story with it: a PR adds a cluster request, the
-//! bot plans it, an approver merges, the bot creates, attaches and equips the cluster, and the
-//! PR conversation and final state are printed. The end-to-end tests use the same pieces.
+//! [`Environment`] is the emulated world (GitHub with a bare git remote, its users and their
+//! tokens, a management cluster with simulated Cluster API / kapp-controller / TMC agent
+//! controllers, TMC, and moto's EC2 seeded with a VPC); [`run`] tells the whole story with it: a
+//! PR adds a cluster request, the bot plans it, an approver merges, the bot creates, attaches and
+//! equips the cluster, and the PR conversation and final state are printed. [`serve`] starts the
+//! same world with the bot and no story, and writes what a person needs to drive it like GitHub
+//! (API URL, git URL, user tokens, …) to a JSON file. The end-to-end tests use the same pieces.
 
 pub mod moto;
 
 pub use tkgops_emulators::git_remote::{commit_on_branch, init_remote};
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +22,9 @@ use git2::Repository;
 
 use moto::{seed_vpc, MotoServer, SeededVpc};
 use tkgops::config::{BotConfig, GithubSettings};
-use tkgops_emulators::github::{GithubEmulator, GithubEmulatorOptions};
+use tkgops_emulators::github::{
+    GithubAppOptions, GithubEmulator, GithubEmulatorOptions, WebhookTarget,
+};
 use tkgops_emulators::kube::controllers::{
     seed_management_cluster, start_controllers, ControllerOptions, Controllers,
 };
@@ -35,6 +41,27 @@ pub const TMC_TOKEN: &str = "tmc-sandbox-api-token";
 pub const AUTHOR: &str = "platform-dev";
 /// The approver in the story (listed in the example `tkgops.yaml`).
 pub const APPROVER: &str = "alice";
+/// The second approver listed in the example `tkgops.yaml`.
+pub const SECOND_APPROVER: &str = "bob";
+/// A user with write access (may review, comment and merge) who is not an approver.
+pub const OUTSIDER: &str = "outsider";
+/// The human users of the emulated GitHub; each gets a personal access token
+/// ([`Environment::users`]).
+pub const USERS: [&str; 4] = [AUTHOR, APPROVER, SECOND_APPROVER, OUTSIDER];
+/// The repository the emulated GitHub serves (`owner/name`).
+pub const REPOSITORY: &str = "acme/tkg-clusters";
+/// Id of the GitHub App installed on the emulated repository.
+pub const GITHUB_APP_ID: u64 = 271_828;
+/// Slug of that App; its installation tokens act as `tkgops[bot]`.
+pub const GITHUB_APP_SLUG: &str = "tkgops";
+/// The App's private key (PEM). TEST-ONLY: committed in `tests/fixtures/github/`, it protects
+/// nothing outside the emulator.
+pub const GITHUB_APP_PRIVATE_KEY: &str =
+    include_str!("../../../tests/fixtures/github/test-only-app-private-key.pem");
+const GITHUB_APP_PUBLIC_KEY: &str =
+    include_str!("../../../tests/fixtures/github/test-only-app-public-key.pem");
+/// Name of the JSON file [`serve`] writes into the working directory.
+pub const ENV_FILE: &str = "sandbox-env.json";
 
 /// The example config repository and request shipped in `examples/`.
 const EXAMPLE_REPO_CONFIG: &str = include_str!("../../../examples/config-repo/tkgops.yaml");
@@ -64,6 +91,12 @@ pub struct SandboxArgs {
     /// Give up waiting for the run after this long (humantime).
     #[arg(long, default_value = "5m")]
     pub timeout: humantime::Duration,
+    /// Tell no story: start the emulators and the bot (receiving the emulated GitHub's signed
+    /// webhooks), print one line `sandbox env: PATH` (a JSON file with the GitHub API and git
+    /// URLs, the users' tokens, the management cluster's kubeconfig, TMC and EC2), and serve
+    /// until SIGINT or SIGTERM.
+    #[arg(long, conflicts_with_all = ["exit", "request"])]
+    pub serve: bool,
 }
 
 /// Errors of the sandbox.
@@ -101,6 +134,83 @@ pub struct Environment {
     pub github: GithubEmulator,
     /// The config repository's bare remote.
     pub remote: PathBuf,
+    /// The human users of the emulated GitHub ([`USERS`]) and their personal access tokens
+    /// (fresh for every environment): login → token.
+    pub users: BTreeMap<String, String>,
+    /// The secret the emulated GitHub signs webhook deliveries with (and the bot verifies).
+    pub webhook_secret: String,
+}
+
+/// The bot running in this process against an [`Environment`] ([`Environment::start_bot`]).
+pub struct SandboxBot {
+    /// Where its HTTP server listens (`/webhooks/github`, `/healthz`, `/readyz`).
+    pub addr: SocketAddr,
+    /// `http://ADDR/webhooks/github`, where the emulated GitHub delivers its webhooks.
+    pub webhook_url: String,
+    /// The bot's state directory (journal, git mirror).
+    pub state_dir: PathBuf,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SandboxBot {
+    /// Stops polling and the HTTP server, and waits for the bot to drain (at most 5 s).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// A fresh random token with `prefix` (e.g. `ghp_`), 40 characters after it.
+fn random_token(prefix: &str) -> String {
+    let a = uuid::Uuid::new_v4().simple().to_string();
+    let b = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{a}{}", &b[..8])
+}
+
+/// SIGINT and SIGTERM (Ctrl-C only, off Unix), listened to from creation on: a signal that
+/// arrives before [`Signals::recv`] is awaited is not lost.
+pub struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts listening. Errors: [`SandboxError`] when the handlers cannot be installed.
+    pub fn new() -> Result<Signals, SandboxError> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                int: ctx!(signal(SignalKind::interrupt()), "listening for SIGINT")?,
+                term: ctx!(signal(SignalKind::terminate()), "listening for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
+    }
+
+    /// Waits for the next SIGINT or SIGTERM; returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
 }
 
 /// Timing knobs (fast for tests).
@@ -205,13 +315,24 @@ impl Environment {
             ),
             "creating the config repository"
         )?;
+        let users: BTreeMap<String, String> = USERS
+            .iter()
+            .map(|u| (u.to_string(), random_token("ghp_")))
+            .collect();
         let github = ctx!(
             GithubEmulator::start(GithubEmulatorOptions {
                 owner: "acme".into(),
                 repo: "tkg-clusters".into(),
                 default_branch: "main".into(),
                 token: GITHUB_TOKEN.into(),
+                users: users.clone(),
                 bare_repo: remote.clone(),
+                webhook: None,
+                app: Some(GithubAppOptions::new(
+                    GITHUB_APP_ID,
+                    GITHUB_APP_SLUG,
+                    GITHUB_APP_PUBLIC_KEY
+                )),
             })
             .await,
             "starting the GitHub emulator"
@@ -227,6 +348,133 @@ impl Environment {
             tmc,
             github,
             remote,
+            users,
+            webhook_secret: random_token("whsec_"),
+        })
+    }
+
+    /// The personal access token of user `login` ([`USERS`]), if it is one.
+    pub fn token_of(&self, login: &str) -> Option<&str> {
+        self.users.get(login).map(String::as_str)
+    }
+
+    /// Starts the bot in this process against this environment ([`Environment::bot_config`]),
+    /// with its HTTP server on a free loopback port, and points the emulated GitHub's webhook
+    /// (signed with [`Environment::webhook_secret`]) at its `POST /webhooks/github`. Sets the
+    /// AWS variables of [`Environment::bot_env`] that are unset (the SDK's default chain reads
+    /// them). Stop it with [`SandboxBot::stop`].
+    ///
+    /// Errors: [`SandboxError`] when the bot cannot be built or its server cannot listen.
+    pub async fn start_bot(&self, timings: &Timings) -> Result<SandboxBot, SandboxError> {
+        let cfg = self.bot_config(timings);
+        for (k, v) in self
+            .bot_env()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+        {
+            if std::env::var_os(&k).is_none() {
+                // Only the AWS SDK's default chain reads these; set before any client exists.
+                std::env::set_var(k, v);
+            }
+        }
+        let creds = tkgops::serve::Credentials {
+            github_token: GITHUB_TOKEN.into(),
+            tmc_token: Some(TMC_TOKEN.into()),
+        };
+        let bot = Arc::new(
+            tkgops::serve::build_with(&cfg, creds)
+                .await
+                .map_err(|e| SandboxError(format!("starting the bot: {e}")))?,
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let (addr, http) = tkgops::serve::start_http(
+            &bot,
+            "127.0.0.1:0",
+            Some(self.webhook_secret.clone()),
+            until_stopped(stopped.clone()),
+        )
+        .await
+        .map_err(|e| SandboxError(format!("starting the bot's HTTP server: {e}")))?;
+        let webhook_url = format!("http://{addr}/webhooks/github");
+        self.github
+            .set_webhook(Some(WebhookTarget::new(&webhook_url, &self.webhook_secret)));
+        let b = bot.clone();
+        let poll = cfg.poll_interval;
+        let run = tokio::spawn(async move {
+            b.run(poll, Duration::from_secs(5), until_stopped(stopped))
+                .await
+        });
+        Ok(SandboxBot {
+            addr,
+            webhook_url,
+            state_dir: cfg.state_dir,
+            stop,
+            tasks: vec![run, http],
+        })
+    }
+
+    /// Stops everything this environment started and waits for moto's process to exit (the
+    /// emulators stop when dropped). Dropping an environment kills moto too, without waiting.
+    pub async fn shutdown(self) {
+        let Environment { moto, github, .. } = self;
+        github.set_webhook(None);
+        moto.stop().await;
+    }
+
+    /// One line on the webhook deliveries so far: how many the emulated GitHub sent to the bot
+    /// and how many the bot accepted (2xx), e.g. `webhooks: 7 delivered to the bot, 7 accepted`.
+    pub fn webhook_summary(&self) -> String {
+        let deliveries = self.github.deliveries();
+        let accepted = deliveries.iter().filter(|d| d.succeeded()).count();
+        format!(
+            "webhooks: {} delivered to the bot, {accepted} accepted",
+            deliveries.len()
+        )
+    }
+
+    /// What a person needs to drive this environment like GitHub, as written by [`serve`]:
+    /// the GitHub API, git and webhook URLs, the webhook secret and the users' tokens, the
+    /// management cluster's kubeconfig, TMC's URL and moto's EC2 endpoint with the seeded VPC.
+    pub fn env_json(&self, bot: &SandboxBot) -> serde_json::Value {
+        let subnets = |ids: &[String]| -> Vec<serde_json::Value> {
+            ids.iter()
+                .zip(&self.vpc.azs)
+                .map(|(id, az)| serde_json::json!({"az": az, "id": id}))
+                .collect()
+        };
+        serde_json::json!({
+            "github": {
+                "apiUrl": self.github.api_url(),
+                "repository": REPOSITORY,
+                "gitUrl": self.github.clone_url(),
+                "webhookUrl": bot.webhook_url,
+                "webhookSecret": self.webhook_secret,
+                "users": self.users,
+                "bot": tkgops_emulators::github::DEFAULT_BOT_LOGIN,
+            },
+            "managementClusters": {
+                MANAGEMENT_CLUSTER: {
+                    "kubeconfig": self.workdir.join(format!("{MANAGEMENT_CLUSTER}.kubeconfig")),
+                },
+            },
+            "tmc": {"url": self.tmc.url()},
+            "ec2": {
+                "endpointUrl": self.moto.endpoint_url(),
+                "region": self.region,
+                "vpc": {
+                    "id": self.vpc.vpc_id,
+                    "cidr": self.vpc.cidr,
+                    "privateSubnets": subnets(&self.vpc.private_subnet_ids),
+                    "publicSubnets": subnets(&self.vpc.public_subnet_ids),
+                },
+            },
+            "bot": {
+                "url": format!("http://{}", bot.addr),
+                "stateDir": bot.state_dir,
+            },
         })
     }
 
@@ -239,6 +487,10 @@ impl Environment {
                 repo: "tkg-clusters".into(),
                 token_env: "TKGOPS_SANDBOX_GITHUB_TOKEN".into(),
                 clone_url: Some(self.remote.display().to_string()),
+                app_id: None,
+                private_key_env: None,
+                private_key_file: None,
+                installation_id: None,
             },
             state_dir: self.workdir.join("bot-state"),
             poll_interval: timings.poll,
@@ -253,12 +505,16 @@ impl Environment {
         }
     }
 
-    /// Environment variables the bot process needs for this environment (tokens, AWS test
-    /// credentials for moto).
+    /// Environment variables the bot process needs for this environment (tokens, webhook
+    /// secret, AWS test credentials for moto).
     pub fn bot_env(&self) -> Vec<(String, String)> {
         vec![
             ("TKGOPS_SANDBOX_GITHUB_TOKEN".into(), GITHUB_TOKEN.into()),
             ("TKGOPS_SANDBOX_TMC_TOKEN".into(), TMC_TOKEN.into()),
+            (
+                "TKGOPS_SANDBOX_WEBHOOK_SECRET".into(),
+                self.webhook_secret.clone(),
+            ),
             ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
             ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
             ("AWS_REGION".into(), self.region.clone()),
@@ -483,6 +739,11 @@ pub fn request_files(request: Option<&str>, vpc: &SeededVpc) -> (String, Vec<(St
 }
 
 /// Region, AZs and VPC CIDR to seed moto with for a request (defaults: the example's).
+///
+/// A request for an existing VPC (`AWS_VPC_ID`) gets the seeded VPC with its `AWS_VPC_CIDR`
+/// (default `10.0.0.0/16`): the request's IDs are mapped onto it. A request for a new VPC gets
+/// a seeded VPC whose CIDR overlaps none of the request's networks ([`free_vpc_cidr`]), so the
+/// preflight's overlap checks pass for every valid request.
 pub fn network_of(request: Option<&str>) -> (String, Vec<String>, String) {
     let cfg = parse_request(request.unwrap_or(EXAMPLE_CLUSTER_CONFIG));
     let var = |k: &str| cfg.get(k).unwrap_or("").to_string();
@@ -502,18 +763,71 @@ pub fn network_of(request: Option<&str>) -> (String, Vec<String>, String) {
             format!("{region}c"),
         ];
     }
-    let cidr = Some(var("AWS_VPC_CIDR"))
-        .filter(|s| s.parse::<ipnet::IpNet>().is_ok())
-        .unwrap_or_else(|| "10.0.0.0/16".into());
+    let cidr = if cfg.get("AWS_VPC_ID").is_some() {
+        Some(var("AWS_VPC_CIDR"))
+            .filter(|s| s.parse::<ipnet::IpNet>().is_ok())
+            .unwrap_or_else(|| "10.0.0.0/16".into())
+    } else {
+        free_vpc_cidr(&cfg)
+    };
     (region, azs, cidr)
+}
+
+/// The networks a request for a new VPC uses (TKG's defaults where unset), plus Docker's
+/// bridge network.
+fn request_networks(cfg: &tkgops_domain::request::TkgConfig) -> Vec<ipnet::IpNet> {
+    let vars: [(&str, &str); 9] = [
+        ("AWS_VPC_CIDR", "10.0.0.0/16"),
+        ("CLUSTER_CIDR", "100.96.0.0/11"),
+        ("SERVICE_CIDR", "100.64.0.0/13"),
+        ("AWS_PRIVATE_NODE_CIDR", "10.0.0.0/24"),
+        ("AWS_PRIVATE_NODE_CIDR_1", "10.0.2.0/24"),
+        ("AWS_PRIVATE_NODE_CIDR_2", "10.0.4.0/24"),
+        ("AWS_PUBLIC_NODE_CIDR", "10.0.1.0/24"),
+        ("AWS_PUBLIC_NODE_CIDR_1", "10.0.3.0/24"),
+        ("AWS_PUBLIC_NODE_CIDR_2", "10.0.5.0/24"),
+    ];
+    let mut nets: Vec<ipnet::IpNet> = vars
+        .iter()
+        .flat_map(|(k, default)| {
+            cfg.get(k)
+                .unwrap_or(default)
+                .split(',')
+                .filter_map(|c| c.trim().parse::<ipnet::IpNet>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    nets.extend("172.17.0.0/16".parse::<ipnet::IpNet>());
+    nets
+}
+
+/// A /16 for the sandbox's own VPC that overlaps none of a new-VPC request's networks: the
+/// first free one of `10.0.0.0/16` … `10.255.0.0/16`, `172.16.0.0/16` … `172.31.0.0/16`,
+/// `192.168.0.0/16` (`10.0.0.0/16` as a last resort, which only an unusable request takes).
+pub fn free_vpc_cidr(cfg: &tkgops_domain::request::TkgConfig) -> String {
+    let taken = request_networks(cfg);
+    let overlaps =
+        |a: &ipnet::IpNet, b: &ipnet::IpNet| a.contains(&b.network()) || b.contains(&a.network());
+    (0..=255u8)
+        .map(|i| format!("10.{i}.0.0/16"))
+        .chain((16..=31u8).map(|i| format!("172.{i}.0.0/16")))
+        .chain(std::iter::once("192.168.0.0/16".to_string()))
+        .find(|c| {
+            c.parse::<ipnet::IpNet>()
+                .is_ok_and(|net| !taken.iter().any(|t| overlaps(t, &net)))
+        })
+        .unwrap_or_else(|| "10.0.0.0/16".into())
 }
 
 /// Tells the whole story (see the module docs). Returns whether everything succeeded: for a
 /// valid request, the run succeeded; for an invalid one, the plan failed with findings on the
 /// PR and nothing was merged (then the result is `false`, the expected non-zero exit).
+/// SIGINT or SIGTERM stops it at any point; moto and the bot are stopped on every way out.
 ///
-/// Errors: [`SandboxError`] when a part of the environment cannot be started.
+/// Errors: [`SandboxError`] when a part of the environment cannot be started, or when a
+/// signal interrupted the story.
 pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
+    let mut signals = Signals::new()?;
     let request = match &args.request {
         Some(p) => Some(ctx!(std::fs::read(p), format!("reading {}", p.display()))?),
         None => None,
@@ -525,44 +839,59 @@ pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
     let az_refs: Vec<&str> = azs.iter().map(String::as_str).collect();
     let timings = Timings::default();
     println!("==> starting moto (EC2, {region}), the Kubernetes, TMC and GitHub emulators");
-    let env =
-        Environment::start(args.workdir.as_deref(), &region, &az_refs, &cidr, &timings).await?;
-    let cfg = env.bot_config(&timings);
-    let (cluster, files) = request_files(request_text.as_deref(), &env.vpc);
-
-    println!(
-        "==> starting the bot (state in {})",
-        cfg.state_dir.display()
-    );
-    let creds = tkgops::serve::Credentials {
-        github_token: GITHUB_TOKEN.into(),
-        tmc_token: Some(TMC_TOKEN.into()),
+    let env = tokio::select! {
+        env = Environment::start(args.workdir.as_deref(), &region, &az_refs, &cidr, &timings) => env?,
+        sig = signals.recv() => return Err(SandboxError(format!("interrupted by {sig}"))),
     };
-    for (k, v) in env
-        .bot_env()
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("AWS_"))
-    {
-        if std::env::var_os(&k).is_none() {
-            // Only the AWS SDK's default chain reads these; set before any client exists.
-            std::env::set_var(k, v);
+    let bot = tokio::select! {
+        bot = env.start_bot(&timings) => bot,
+        sig = signals.recv() => Err(SandboxError(format!("interrupted by {sig}"))),
+    };
+    let bot = match bot {
+        Ok(bot) => bot,
+        Err(e) => {
+            env.shutdown().await;
+            return Err(e);
         }
+    };
+    let outcome = tokio::select! {
+        r = story(&env, &bot, request_text.as_deref(), &args) => r,
+        sig = signals.recv() => Err(SandboxError(format!("interrupted by {sig}"))),
+    };
+    if outcome.is_ok() && !args.exit {
+        println!("==> sandbox is still serving (Ctrl-C to stop):");
+        println!("    GitHub API   {}", env.github.api_url());
+        println!("    git          {}", env.github.clone_url());
+        println!("    TMC          {}", env.tmc.url());
+        println!("    EC2 (moto)   {}", env.moto.endpoint_url());
+        println!(
+            "    mgmt cluster {}",
+            env.workdir
+                .join(format!("{MANAGEMENT_CLUSTER}.kubeconfig"))
+                .display()
+        );
+        signals.recv().await;
     }
-    let bot = Arc::new(
-        tkgops::serve::build_with(&cfg, creds)
-            .await
-            .map_err(|e| SandboxError(e.to_string()))?,
-    );
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let b = bot.clone();
-    let poll = cfg.poll_interval;
-    let bot_task = tokio::spawn(async move {
-        b.run(poll, Duration::from_secs(5), async move {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
+    // No more deliveries to a bot that is stopping.
+    env.github.set_webhook(None);
+    bot.stop().await;
+    env.shutdown().await;
+    outcome
+}
 
+/// The story of [`run`] in a started environment with the bot running.
+async fn story(
+    env: &Environment,
+    bot: &SandboxBot,
+    request: Option<&str>,
+    args: &SandboxArgs,
+) -> Result<bool, SandboxError> {
+    let (cluster, files) = request_files(request, &env.vpc);
+    println!(
+        "==> the bot is running (state in {}, webhooks at {})",
+        bot.state_dir.display(),
+        bot.webhook_url
+    );
     println!("==> {AUTHOR} opens a pull request adding clusters/{cluster}/");
     let pr = env.open_pull_request(
         &format!("add-{cluster}"),
@@ -581,39 +910,76 @@ pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
     println!("==> plan posted on PR #{pr} (tkgops/plan: {plan_state})\n");
     println!("{}", env.conversation(pr));
 
-    let ok = if plan_state != "success" {
+    if plan_state != "success" {
         println!("==> the plan has errors: nothing is merged or executed");
-        false
-    } else {
-        println!("==> {APPROVER} approves and merges PR #{pr}");
-        ctx!(
-            env.github.submit_review(pr, APPROVER, "APPROVED"),
-            "approving"
-        )?;
-        let merge = ctx!(env.github.merge_pull_request(pr, APPROVER), "merging")?;
-        let apply = env
-            .wait_status(&merge, tkgops::APPLY_CONTEXT, Duration::from(args.timeout))
-            .await?;
-        println!("==> run finished (tkgops/apply: {apply}); the PR conversation:\n");
-        println!("{}", env.conversation(pr));
-        println!("==> final state\n{}", env.final_state(&cluster, "default"));
-        apply == "success"
-    };
-
-    if !args.exit {
-        println!("==> sandbox is still serving (Ctrl-C to stop):");
-        println!("    GitHub API   {}", env.github.api_url());
-        println!("    TMC          {}", env.tmc.url());
-        println!("    EC2 (moto)   {}", env.moto.endpoint_url());
-        println!(
-            "    mgmt cluster {}",
-            env.workdir
-                .join(format!("{MANAGEMENT_CLUSTER}.kubeconfig"))
-                .display()
-        );
-        let _ = tokio::signal::ctrl_c().await;
+        return Ok(false);
     }
-    let _ = stop_tx.send(());
-    let _ = bot_task.await;
-    Ok(ok)
+    println!("==> {APPROVER} approves and merges PR #{pr}");
+    ctx!(
+        env.github.submit_review(pr, APPROVER, "APPROVED"),
+        "approving"
+    )?;
+    let merge = ctx!(env.github.merge_pull_request(pr, APPROVER), "merging")?;
+    let apply = env
+        .wait_status(&merge, tkgops::APPLY_CONTEXT, Duration::from(args.timeout))
+        .await?;
+    println!("==> run finished (tkgops/apply: {apply}); the PR conversation:\n");
+    println!("{}", env.conversation(pr));
+    println!("==> final state\n{}", env.final_state(&cluster, "default"));
+    println!("==> {}", env.webhook_summary());
+    Ok(apply == "success")
+}
+
+/// `--serve`: starts moto, the emulators (with the example config repository) and the bot with
+/// its HTTP server receiving the emulated GitHub's signed webhooks, tells no story, writes
+/// [`Environment::env_json`] to `WORKDIR/sandbox-env.json`, prints exactly one line
+/// `sandbox env: PATH` to stdout, and serves until SIGINT or SIGTERM; then stops the bot and
+/// moto. (Everything else goes to stderr.)
+///
+/// Errors: [`SandboxError`] when a part cannot be started or the file cannot be written.
+pub async fn serve(args: SandboxArgs) -> Result<(), SandboxError> {
+    let mut signals = Signals::new()?;
+    // The example's region and AZs; a VPC clear of TKG's defaults for a new VPC, so that both
+    // a request for an existing VPC (mapped onto this one's IDs) and one for a new VPC pass.
+    let (region, azs, _) = network_of(None);
+    let cidr = free_vpc_cidr(&parse_request(""));
+    let az_refs: Vec<&str> = azs.iter().map(String::as_str).collect();
+    let timings = Timings::default();
+    let env = tokio::select! {
+        env = Environment::start(args.workdir.as_deref(), &region, &az_refs, &cidr, &timings) => env?,
+        sig = signals.recv() => return Err(SandboxError(format!("interrupted by {sig}"))),
+    };
+    let bot = tokio::select! {
+        bot = env.start_bot(&timings) => bot,
+        sig = signals.recv() => Err(SandboxError(format!("interrupted by {sig}"))),
+    };
+    let bot = match bot {
+        Ok(bot) => bot,
+        Err(e) => {
+            env.shutdown().await;
+            return Err(e);
+        }
+    };
+    let path = env.workdir.join(ENV_FILE);
+    let written = serde_json::to_vec_pretty(&env.env_json(&bot))
+        .map_err(|e| e.to_string())
+        .and_then(|json| std::fs::write(&path, json).map_err(|e| e.to_string()));
+    let outcome = match written {
+        Ok(()) => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "sandbox env: {}", path.display());
+            let _ = out.flush();
+            drop(out);
+            let sig = signals.recv().await;
+            tracing::info!(signal = sig, "stopping the sandbox");
+            Ok(())
+        }
+        Err(e) => Err(SandboxError(format!("writing {}: {e}", path.display()))),
+    };
+    // No more deliveries to a bot that is stopping.
+    env.github.set_webhook(None);
+    bot.stop().await;
+    env.shutdown().await;
+    outcome
 }

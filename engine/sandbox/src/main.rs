@@ -1,6 +1,7 @@
 //! `tkgops-sandbox`: the whole tkgops story on loopback (emulated GitHub, Kubernetes and TMC,
-//! moto for EC2, the bot, and a pull request that adds a cluster request). `scripts/sandbox.sh`
-//! is the documented way to run it.
+//! moto for EC2, the bot, and a pull request that adds a cluster request), or with `--serve`
+//! the same world without a story, to drive like GitHub. `scripts/sandbox.sh` is the
+//! documented way to run it.
 
 use std::process::ExitCode;
 
@@ -25,9 +26,16 @@ fn main() -> ExitCode {
         .with_writer(tkgops::redact::stderr)
         .init();
     let cli = Cli::parse();
+    let serve = cli.args.serve;
     let outcome = tokio::runtime::Runtime::new()
         .map_err(|e| tkgops_sandbox::SandboxError(e.to_string()))
-        .and_then(|rt| rt.block_on(tkgops_sandbox::run(cli.args)));
+        .and_then(|rt| {
+            if serve {
+                rt.block_on(tkgops_sandbox::serve(cli.args)).map(|()| true)
+            } else {
+                rt.block_on(tkgops_sandbox::run(cli.args))
+            }
+        });
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

@@ -14,6 +14,7 @@
 //! Tanzu Framework CLI checks; [`cluster_spec`] derives the desired state ([`ClusterSpec`]) with
 //! every TKG 1.6 default applied.
 
+pub mod codeowners;
 pub mod fs;
 mod packages;
 mod rules;

@@ -9,16 +9,23 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, put};
+use axum::Extension;
 use axum::Router;
 use chrono::Utc;
 use serde_json::{json, Value};
 
 use super::shapes::{PullView, ReviewView, StatusView};
-use super::{git, GithubEmulatorError, MergeError, Shared, Status, MAX_COMMENT_CHARS, RATE_LIMIT};
+use super::{
+    app, git, hooks, GithubEmulatorError, HeadRepo, InstallationToken, MergeError, NewPull,
+    Principal, Shared, Status, MAX_COMMENT_CHARS, RATE_LIMIT,
+};
 
 const DOCS: &str = "https://docs.github.com/rest";
 
 type Sh = State<Arc<Shared>>;
+
+/// The caller, set by [`auth`].
+type Caller = Extension<Principal>;
 
 /// An error answer: HTTP status plus GitHub's JSON error body.
 struct ApiError(StatusCode, Value);
@@ -64,6 +71,40 @@ fn validation(resource: &str, field: &str, code: &str, message: Option<&str>) ->
     )
 }
 
+/// A 422 "Validation Failed" with a `custom` error (GitHub's shape: no `field`).
+fn custom_validation(resource: &str, message: &str) -> ApiError {
+    ApiError(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        json!({"message": "Validation Failed",
+            "errors": [{"resource": resource, "code": "custom", "message": message}],
+            "documentation_url": DOCS}),
+    )
+}
+
+/// A 422 "Unprocessable Entity" whose `errors` are plain messages (GitHub's review answers).
+fn unprocessable(message: &str) -> ApiError {
+    ApiError(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        json!({"message": "Unprocessable Entity", "errors": [message],
+            "documentation_url": DOCS, "status": "422"}),
+    )
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError(
+        StatusCode::UNAUTHORIZED,
+        json!({"message": message, "documentation_url": DOCS}),
+    )
+}
+
+fn not_accessible_by_integration() -> ApiError {
+    ApiError(
+        StatusCode::FORBIDDEN,
+        json!({"message": "Resource not accessible by integration",
+            "documentation_url": DOCS, "status": "403"}),
+    )
+}
+
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(json!({}));
@@ -85,8 +126,16 @@ fn ok_json(status: StatusCode, v: Value) -> Response {
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/user", get(get_user))
+        .route("/app", get(get_app))
+        .route("/app/installations/{id}", get(get_installation))
+        .route(
+            "/app/installations/{id}/access_tokens",
+            post(create_access_token),
+        )
+        .route("/orgs/{org}/teams/{team}/members", get(list_team_members))
         .route("/repos/{o}/{r}", get(get_repo))
-        .route("/repos/{o}/{r}/pulls", get(list_pulls))
+        .route("/repos/{o}/{r}/installation", get(repo_installation))
+        .route("/repos/{o}/{r}/pulls", get(list_pulls).post(create_pull))
         .route("/repos/{o}/{r}/pulls/{n}", get(get_pull))
         .route("/repos/{o}/{r}/pulls/{n}/files", get(list_files))
         .route(
@@ -117,30 +166,89 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Checks the token and adds `x-ratelimit-*` headers to every answer.
-async fn auth(State(sh): Sh, req: Request, next: Next) -> Response {
-    let ok = req
+/// Whether `path` is one of the endpoints that take the App's JWT (and only it).
+fn is_app_path(path: &str) -> bool {
+    path == "/app"
+        || path.starts_with("/app/")
+        || (path.starts_with("/repos/")
+            && path.ends_with("/installation")
+            && path.split('/').count() == 5)
+}
+
+/// Who the `Authorization` header (`Bearer X` or `token X`) authenticates, or GitHub's 401.
+fn authenticate(sh: &Shared, req: &Request) -> Result<Principal, ApiError> {
+    let bad = || unauthorized("Bad credentials");
+    let header = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            let v = v.trim();
-            let tok = v
-                .strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("token "))
-                .unwrap_or("");
-            !sh.opts.token.is_empty()
-                && constant_eq(tok.trim().as_bytes(), sh.opts.token.as_bytes())
-        })
-        .unwrap_or(false);
-    let mut resp = if ok {
-        next.run(req).await
-    } else {
-        ApiError(
-            StatusCode::UNAUTHORIZED,
-            json!({"message": "Bad credentials", "documentation_url": DOCS}),
-        )
-        .into_response()
+        .ok_or_else(bad)?
+        .trim();
+    let tok = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .or_else(|| header.strip_prefix("token "))
+        .map(str::trim)
+        .unwrap_or("");
+    if tok.is_empty() {
+        return Err(bad());
+    }
+    if !sh.opts.token.is_empty() && constant_eq(tok.as_bytes(), sh.opts.token.as_bytes()) {
+        return Ok(Principal::Bot);
+    }
+    {
+        let st = sh.lock();
+        let user = st
+            .users
+            .iter()
+            .filter(|(_, t)| constant_eq(tok.as_bytes(), t.as_bytes()))
+            .map(|(l, _)| l.clone())
+            .next();
+        if let Some(login) = user {
+            return Ok(Principal::User(login));
+        }
+        let now = Utc::now();
+        let installation = st
+            .installation_tokens
+            .iter()
+            .find(|t| constant_eq(tok.as_bytes(), t.token.as_bytes()));
+        if let Some(t) = installation {
+            // An expired installation token is refused like an unknown one.
+            return if now < t.expires_at {
+                Ok(Principal::Installation)
+            } else {
+                Err(bad())
+            };
+        }
+    }
+    match &sh.app {
+        Some(app) if app::looks_like_jwt(tok) => app
+            .verify(tok)
+            .map(|()| Principal::App)
+            .map_err(unauthorized),
+        _ => Err(bad()),
+    }
+}
+
+/// Authenticates every request (GitHub's 401 `Bad credentials` for an unknown or expired
+/// token), keeps the App's JWT to the App endpoints and those endpoints to it, passes the
+/// caller to the handlers, and adds `x-ratelimit-*` headers to every answer.
+async fn auth(State(sh): Sh, mut req: Request, next: Next) -> Response {
+    let app_path = is_app_path(req.uri().path());
+    let principal = authenticate(&sh, &req).and_then(|p| match (&p, app_path) {
+        (Principal::App, true) => Ok(p),
+        // GitHub's answer when anything but the App's JWT calls an App endpoint.
+        (_, true) => Err(unauthorized(app::JWT_UNDECODABLE)),
+        (Principal::App, false) => Err(not_accessible_by_integration()),
+        (_, false) => Ok(p),
+    });
+    let ok = principal.is_ok();
+    let mut resp = match principal {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
     };
     let (used, reset) = {
         let mut st = sh.lock();
@@ -242,9 +350,103 @@ fn paginate(sh: &Shared, path: &str, q: &HashMap<String, String>, items: Vec<Val
     resp
 }
 
-async fn get_user(State(sh): Sh) -> ApiResult {
-    let login = sh.lock().bot_login.clone();
+async fn get_user(State(sh): Sh, Extension(p): Caller) -> ApiResult {
+    if p == Principal::Installation {
+        // An installation is not a user.
+        return Err(not_accessible_by_integration());
+    }
+    let login = sh.login_of(&sh.lock(), &p);
     Ok(ok_json(StatusCode::OK, sh.ctx().user(&login)))
+}
+
+/// `GET /orgs/{org}/teams/{team}/members`: the team's members as simple users, paginated;
+/// 404 for an unknown team (GitHub also answers 404 when the caller may not see it).
+async fn list_team_members(
+    State(sh): Sh,
+    Path((org, team)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let members = sh.team_members(&org, &team).ok_or_else(not_found)?;
+    let ctx = sh.ctx();
+    let items = members.iter().map(|m| ctx.user(m)).collect();
+    Ok(paginate(
+        &sh,
+        &format!("/orgs/{org}/teams/{team}/members"),
+        &query(&raw),
+        items,
+    ))
+}
+
+/// The App's creation time shown by `GET /app` (fixed: the emulator's own start is as good).
+fn app_created() -> chrono::DateTime<Utc> {
+    chrono::DateTime::from_timestamp(1_650_000_000, 0).unwrap_or_else(Utc::now)
+}
+
+async fn get_app(State(sh): Sh) -> ApiResult {
+    let app = sh.app.as_ref().ok_or_else(not_found)?;
+    Ok(ok_json(
+        StatusCode::OK,
+        sh.ctx().integration(&app.opts, &app_created()),
+    ))
+}
+
+async fn get_installation(State(sh): Sh, Path(id): Path<String>) -> ApiResult {
+    let app = sh.app.as_ref().ok_or_else(not_found)?;
+    if parse_num(&id)? != app.opts.installation_id {
+        return Err(not_found());
+    }
+    Ok(ok_json(
+        StatusCode::OK,
+        sh.ctx().installation(&app.opts, &app_created()),
+    ))
+}
+
+async fn repo_installation(State(sh): Sh, Path((o, r)): Path<(String, String)>) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let app = sh.app.as_ref().ok_or_else(not_found)?;
+    Ok(ok_json(
+        StatusCode::OK,
+        sh.ctx().installation(&app.opts, &app_created()),
+    ))
+}
+
+/// `POST /app/installations/{id}/access_tokens`: a new installation token valid for the App's
+/// token TTL. `repositories` (names) may only name the emulated repository.
+async fn create_access_token(State(sh): Sh, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let app = sh.app.as_ref().ok_or_else(not_found)?;
+    if parse_num(&id)? != app.opts.installation_id {
+        return Err(not_found());
+    }
+    let b = parse_body(&body)?;
+    if let Some(names) = b.get("repositories").and_then(Value::as_array) {
+        if names.iter().any(|n| {
+            !n.as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(&sh.opts.repo))
+        }) {
+            return Err(unprocessable(
+                "There is at least one repository that does not exist or is not accessible to the parent installation.",
+            ));
+        }
+    }
+    let ttl = chrono::Duration::from_std(app.opts.token_ttl)
+        .unwrap_or_else(|_| chrono::Duration::hours(1));
+    // GitHub's expires_at has whole seconds; round down so the token never outlives it.
+    let expires_at = chrono::DateTime::from_timestamp((Utc::now() + ttl).timestamp(), 0)
+        .unwrap_or_else(Utc::now);
+    let token = app::new_installation_token();
+    sh.lock().installation_tokens.push(InstallationToken {
+        token: token.clone(),
+        expires_at,
+    });
+    Ok(ok_json(
+        StatusCode::CREATED,
+        json!({
+            "token": token,
+            "expires_at": super::shapes::ts(&expires_at),
+            "permissions": super::shapes::app_permissions(),
+            "repository_selection": "selected",
+        }),
+    ))
 }
 
 async fn get_repo(State(sh): Sh, Path((o, r)): Path<(String, String)>) -> ApiResult {
@@ -267,10 +469,24 @@ fn render_pull(
     sh.refresh(repo, pull).map_err(internal)?;
     let p = pull.clone();
     drop(st);
+    pull_json(sh, repo, &p, comments, simple)
+        .map(Some)
+        .map_err(internal)
+}
+
+/// The JSON of pull request `p` (full shape, or the list shape when `simple`) with `comments`
+/// issue comments; mergeability and diff figures are computed from the bare repository.
+pub(super) fn pull_json(
+    sh: &Shared,
+    repo: &git2::Repository,
+    p: &super::Pull,
+    comments: usize,
+    simple: bool,
+) -> Result<Value, String> {
     let base_sha = match &p.base_sha_closed {
         Some(s) => s.clone(),
         None => git::branch_tip(repo, &p.base_ref)
-            .map_err(internal)?
+            .map_err(|e| e.to_string())?
             .map(|o| o.to_string())
             .unwrap_or_default(),
     };
@@ -299,6 +515,7 @@ fn render_pull(
     }
     let view = PullView {
         number: p.number,
+        head_repo: &p.head_repo,
         open: p.open,
         title: &p.title,
         body: &p.body,
@@ -321,7 +538,16 @@ fn render_pull(
         deletions,
         changed_files: changed,
     };
-    Ok(Some(sh.ctx().pull(&view, &Utc::now(), simple)))
+    Ok(sh.ctx().pull(&view, &Utc::now(), simple))
+}
+
+/// The login of a pull request's head owner (`owner` in the `head` filter `owner:branch`).
+fn head_owner<'a>(sh: &'a Shared, p: &'a super::Pull) -> &'a str {
+    match &p.head_repo {
+        HeadRepo::Base => &sh.opts.owner,
+        HeadRepo::Fork { owner, .. } => owner,
+        HeadRepo::Deleted => &p.author,
+    }
 }
 
 async fn list_pulls(
@@ -339,10 +565,10 @@ async fn list_pulls(
         Some("desc") => true,
         _ => sort == "created",
     };
-    let head_filter = q.get("head").map(|h| {
-        h.split_once(':')
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_else(|| h.clone())
+    // `head` is `owner:branch` (GitHub ignores a filter without the owner prefix's branch).
+    let head_filter = q.get("head").map(|h| match h.split_once(':') {
+        Some((owner, branch)) => (Some(owner.to_string()), branch.to_string()),
+        None => (None, h.clone()),
     });
     let mut pulls: Vec<super::Pull> = {
         let mut st = sh.lock();
@@ -360,8 +586,13 @@ async fn list_pulls(
     if let Some(base) = q.get("base") {
         pulls.retain(|p| &p.base_ref == base);
     }
-    if let Some(h) = &head_filter {
-        pulls.retain(|p| &p.head_ref == h);
+    if let Some((owner, branch)) = &head_filter {
+        pulls.retain(|p| {
+            &p.head_ref == branch
+                && owner
+                    .as_deref()
+                    .is_none_or(|o| o.eq_ignore_ascii_case(head_owner(&sh, p)))
+        });
     }
     pulls.sort_by(|a, b| {
         let key = |p: &super::Pull| {
@@ -383,6 +614,92 @@ async fn list_pulls(
         }
     }
     Ok(paginate(&sh, &format!("/repos/{o}/{r}/pulls"), &q, items))
+}
+
+fn str_field<'a>(b: &'a Value, name: &str) -> Option<&'a str> {
+    b.get(name).and_then(Value::as_str)
+}
+
+/// `POST /repos/{o}/{r}/pulls` `{title, head, base, body}`: opens a pull request as the caller,
+/// with GitHub's validation errors (missing fields, unknown branches, no commits between base
+/// and head, an open pull request for the same head and base already).
+async fn create_pull(
+    State(sh): Sh,
+    Extension(p): Caller,
+    Path((o, r)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let b = parse_body(&body)?;
+    let title = str_field(&b, "title").filter(|t| !t.trim().is_empty());
+    let head = str_field(&b, "head").filter(|h| !h.is_empty());
+    let base = str_field(&b, "base").filter(|h| !h.is_empty());
+    for (name, v) in [("title", title), ("head", head), ("base", base)] {
+        if v.is_none() {
+            return Err(validation("PullRequest", name, "missing_field", None));
+        }
+    }
+    let (Some(title), Some(head), Some(base)) = (title, head, base) else {
+        return Err(validation("PullRequest", "head", "missing_field", None));
+    };
+    let text = str_field(&b, "body").unwrap_or("");
+    // `head` may be `owner:branch`; another owner would be a fork this repository lacks.
+    let head_branch = match head.split_once(':') {
+        Some((owner, branch)) if owner.eq_ignore_ascii_case(&sh.opts.owner) => branch,
+        Some(_) => return Err(validation("PullRequest", "head", "invalid", None)),
+        None => head,
+    };
+    let repo = sh.repo().map_err(internal)?;
+    let base_tip = git::branch_tip(&repo, base)
+        .map_err(internal)?
+        .ok_or_else(|| validation("PullRequest", "base", "invalid", None))?;
+    let head_tip = git::branch_tip(&repo, head_branch)
+        .map_err(internal)?
+        .ok_or_else(|| validation("PullRequest", "head", "invalid", None))?;
+    if head_branch == base || git::commit_count(&repo, base_tip, head_tip).map_err(internal)? == 0 {
+        return Err(custom_validation(
+            "PullRequest",
+            &format!("No commits between {base} and {head_branch}"),
+        ));
+    }
+    let (author, duplicate) = {
+        let st = sh.lock();
+        let duplicate = st.pulls.values().any(|x| {
+            x.open
+                && x.head_repo == HeadRepo::Base
+                && x.head_ref == head_branch
+                && x.base_ref == base
+        });
+        (sh.login_of(&st, &p), duplicate)
+    };
+    if duplicate {
+        return Err(custom_validation(
+            "PullRequest",
+            &format!(
+                "A pull request already exists for {}:{head_branch}.",
+                sh.opts.owner
+            ),
+        ));
+    }
+    let n = sh
+        .create_pull(
+            &repo,
+            NewPull {
+                head_ref: head_branch,
+                head_repo: HeadRepo::Base,
+                base_ref: base,
+                title,
+                body: text,
+                author: &author,
+            },
+        )
+        .map_err(internal)?;
+    let v = render_pull(&sh, &repo, n, false)?.ok_or_else(not_found)?;
+    let mut resp = ok_json(StatusCode::CREATED, v);
+    if let Ok(loc) = HeaderValue::from_str(&format!("{}/repos/{o}/{r}/pulls/{n}", sh.api_url)) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(resp)
 }
 
 async fn get_pull(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>) -> ApiResult {
@@ -435,7 +752,7 @@ async fn list_files(
     ))
 }
 
-fn review_json(sh: &Shared, rv: &super::Review) -> Value {
+pub(super) fn review_json(sh: &Shared, rv: &super::Review) -> Value {
     sh.ctx().review(&ReviewView {
         id: rv.id,
         pull: rv.pull,
@@ -474,8 +791,12 @@ async fn list_reviews(
     ))
 }
 
+/// `POST /repos/{o}/{r}/pulls/{n}/reviews`: a review by the caller on `commit_id` (a commit of
+/// the pull request) or the current head. `event` `APPROVE`, `REQUEST_CHANGES`, `COMMENT`, or
+/// none (a pending review). GitHub refuses approving or requesting changes on one's own PR.
 async fn create_review(
     State(sh): Sh,
+    Extension(p): Caller,
     Path((o, r, n)): Path<(String, String, String)>,
     body: Bytes,
 ) -> ApiResult {
@@ -489,41 +810,50 @@ async fn create_review(
         None => "PENDING",
         Some(_) => return Err(validation("PullRequestReview", "event", "invalid", None)),
     };
-    let text = b
-        .get("body")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let text = str_field(&b, "body").unwrap_or("").to_string();
     let repo = sh.repo().map_err(internal)?;
-    let rv = {
+    let (login, head, base) = {
         let mut st = sh.lock();
-        let login = st.bot_login.clone();
         let pull = st.pulls.get_mut(&n).ok_or_else(not_found)?;
         sh.refresh(&repo, pull).map_err(internal)?;
-        let commit_id = b
-            .get("commit_id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| pull.head_sha.clone());
-        let now = sh.now();
-        if state != "PENDING" {
-            pull.updated_at = now;
-        }
-        let id = st.next_review;
-        st.next_review += 1;
-        let rv = super::Review {
-            id,
-            pull: n,
-            user: login,
-            body: text,
-            state: state.to_string(),
-            commit_id,
-            submitted_at: now,
-        };
-        st.reviews.push(rv.clone());
-        rv
+        let pull = pull.clone();
+        let base = pull.base_sha_closed.clone().or_else(|| {
+            git::branch_tip(&repo, &pull.base_ref)
+                .ok()
+                .flatten()
+                .map(|o| o.to_string())
+        });
+        (sh.login_of(&st, &p), pull.head_sha.clone(), base)
     };
-    Ok(ok_json(StatusCode::OK, review_json(&sh, &rv)))
+    let commit_id = match str_field(&b, "commit_id") {
+        None => None,
+        Some(c) => {
+            // Only a commit of the pull request: reachable from its head, not from its base.
+            let base = base.and_then(|b| git2::Oid::from_str(&b).ok());
+            let ok = match (git::resolve_commit(&repo, c), git2::Oid::from_str(&head)) {
+                (Some(oid), Ok(h)) if c.len() == 40 && oid.to_string() == c => {
+                    git::is_ancestor(&repo, oid, h)
+                        && !base.is_some_and(|b| git::is_ancestor(&repo, oid, b))
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(validation(
+                    "PullRequestReview",
+                    "commit_id",
+                    "invalid",
+                    None,
+                ));
+            }
+            Some(c.to_string())
+        }
+    };
+    match sh.add_review(n, &login, state, &text, commit_id) {
+        Ok(rv) => Ok(ok_json(StatusCode::OK, review_json(&sh, &rv))),
+        Err(GithubEmulatorError::OwnPullRequest { message, .. }) => Err(unprocessable(&message)),
+        Err(GithubEmulatorError::NoSuchPull(_)) => Err(not_found()),
+        Err(e) => Err(internal(e)),
+    }
 }
 
 async fn is_merged(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>) -> ApiResult {
@@ -539,6 +869,7 @@ async fn is_merged(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)
 
 async fn merge_pull(
     State(sh): Sh,
+    Extension(p): Caller,
     Path((o, r, n)): Path<(String, String, String)>,
     body: Bytes,
 ) -> ApiResult {
@@ -546,7 +877,7 @@ async fn merge_pull(
     let n = parse_num(&n)?;
     let b = parse_body(&body)?;
     let expected = b.get("sha").and_then(Value::as_str).map(str::to_string);
-    let login = sh.lock().bot_login.clone();
+    let login = sh.login_of(&sh.lock(), &p);
     let not_mergeable = || {
         ApiError(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -572,7 +903,7 @@ async fn merge_pull(
     }
 }
 
-fn comment_json(sh: &Shared, c: &super::Comment) -> Value {
+pub(super) fn comment_json(sh: &Shared, c: &super::Comment) -> Value {
     sh.ctx().comment(
         c.id,
         c.issue,
@@ -630,30 +961,18 @@ async fn list_comments(
 
 async fn create_comment(
     State(sh): Sh,
+    Extension(p): Caller,
     Path((o, r, n)): Path<(String, String, String)>,
     body: Bytes,
 ) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let n = parse_num(&n)?;
     let text = body_field(&parse_body(&body)?)?;
-    let c = {
-        let mut st = sh.lock();
-        let login = st.bot_login.clone();
-        let pull = st.pulls.get_mut(&n).ok_or_else(not_found)?;
-        let now = sh.now();
-        pull.updated_at = now;
-        let id = st.next_comment;
-        st.next_comment += 1;
-        let c = super::Comment {
-            id,
-            issue: n,
-            user: login,
-            body: text,
-            created_at: now,
-            updated_at: now,
-        };
-        st.comments.push(c.clone());
-        c
+    let login = sh.login_of(&sh.lock(), &p);
+    let c = match sh.add_comment(n, &login, text) {
+        Ok(c) => c,
+        Err(GithubEmulatorError::NoSuchPull(_)) => return Err(not_found()),
+        Err(e) => return Err(internal(e)),
     };
     let mut resp = ok_json(StatusCode::CREATED, comment_json(&sh, &c));
     let loc = format!("{}/repos/{o}/{r}/issues/comments/{}", sh.api_url, c.id);
@@ -678,42 +997,69 @@ async fn get_comment(State(sh): Sh, Path((o, r, id)): Path<(String, String, Stri
 
 async fn update_comment(
     State(sh): Sh,
+    Extension(caller): Caller,
     Path((o, r, id)): Path<(String, String, String)>,
     body: Bytes,
 ) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let id = parse_num(&id)?;
     let text = body_field(&parse_body(&body)?)?;
-    let c = {
+    let (c, old, pull, sender) = {
         let mut st = sh.lock();
+        let sender = sh.login_of(&st, &caller);
         let now = sh.now();
         let c = st
             .comments
             .iter_mut()
             .find(|c| c.id == id)
             .ok_or_else(not_found)?;
-        c.body = text;
+        let old = std::mem::replace(&mut c.body, text);
         c.updated_at = now;
         let c = c.clone();
-        if let Some(p) = st.pulls.get_mut(&c.issue) {
+        let pull = st.pulls.get_mut(&c.issue).map(|p| {
             p.updated_at = now;
-        }
-        c
+            p.clone()
+        });
+        (c, old, pull, sender)
     };
+    if let Some(pull) = pull {
+        sh.emit(hooks::Hook::Comment {
+            action: "edited",
+            pull,
+            comment: c.clone(),
+            sender,
+            old_body: Some(old),
+        });
+    }
     Ok(ok_json(StatusCode::OK, comment_json(&sh, &c)))
 }
 
 async fn delete_comment(
     State(sh): Sh,
+    Extension(caller): Caller,
     Path((o, r, id)): Path<(String, String, String)>,
 ) -> ApiResult {
     check_repo(&sh, &o, &r)?;
     let id = parse_num(&id)?;
-    let mut st = sh.lock();
-    let before = st.comments.len();
-    st.comments.retain(|c| c.id != id);
-    if st.comments.len() == before {
-        return Err(not_found());
+    let (c, pull, sender) = {
+        let mut st = sh.lock();
+        let pos = st
+            .comments
+            .iter()
+            .position(|c| c.id == id)
+            .ok_or_else(not_found)?;
+        let c = st.comments.remove(pos);
+        let pull = st.pulls.get(&c.issue).cloned();
+        (c, pull, sh.login_of(&st, &caller))
+    };
+    if let Some(pull) = pull {
+        sh.emit(hooks::Hook::Comment {
+            action: "deleted",
+            pull,
+            comment: c,
+            sender,
+            old_body: None,
+        });
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -733,6 +1079,7 @@ fn status_view(s: &Status) -> StatusView<'_> {
 
 async fn create_status(
     State(sh): Sh,
+    Extension(caller): Caller,
     Path((o, r, sha)): Path<(String, String, String)>,
     body: Bytes,
 ) -> ApiResult {
@@ -794,7 +1141,7 @@ async fn create_status(
             description,
             target_url,
             context,
-            creator: st.bot_login.clone(),
+            creator: sh.login_of(&st, &caller),
             created_at: sh.now(),
         };
         st.statuses.push(s.clone());

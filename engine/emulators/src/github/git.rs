@@ -189,3 +189,119 @@ pub(super) fn changed_files(
     }
     Ok(out)
 }
+
+/// The tip of every local branch: name → commit.
+pub(super) fn branch_tips(
+    repo: &Repository,
+) -> Result<std::collections::BTreeMap<String, Oid>, git2::Error> {
+    let mut out = std::collections::BTreeMap::new();
+    for b in repo.branches(Some(BranchType::Local))? {
+        let (b, _) = b?;
+        if let (Ok(Some(name)), Ok(commit)) = (b.name(), b.get().peel_to_commit()) {
+            out.insert(name.to_string(), commit.id());
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `ancestor` is `descendant` or one of its ancestors.
+pub(super) fn is_ancestor(repo: &Repository, ancestor: Oid, descendant: Oid) -> bool {
+    ancestor == descendant
+        || repo
+            .graph_descendant_of(descendant, ancestor)
+            .unwrap_or(false)
+}
+
+/// One commit of a `push` payload.
+pub(super) struct PushCommit {
+    pub id: String,
+    pub tree_id: String,
+    pub message: String,
+    /// RFC 3339 with the committer's offset.
+    pub timestamp: String,
+    pub author_name: String,
+    pub author_email: String,
+    pub committer_name: String,
+    pub committer_email: String,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub modified: Vec<String>,
+}
+
+/// The commit `oid` with the files it changed relative to its first parent.
+pub(super) fn commit_info(repo: &Repository, oid: Oid) -> Result<PushCommit, git2::Error> {
+    let c = repo.find_commit(oid)?;
+    let tree = c.tree()?;
+    let parent_tree = match c.parents().next() {
+        Some(p) => Some(p.tree()?),
+        None => None,
+    };
+    let diff = repo.diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)?;
+    let (mut added, mut removed, mut modified) = (Vec::new(), Vec::new(), Vec::new());
+    for d in diff.deltas() {
+        let path = |f: git2::DiffFile<'_>| {
+            f.path()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        match d.status() {
+            git2::Delta::Added => added.push(path(d.new_file())),
+            git2::Delta::Deleted => removed.push(path(d.old_file())),
+            _ => modified.push(path(d.new_file())),
+        }
+    }
+    let time = c.committer().when();
+    let timestamp = chrono::FixedOffset::east_opt(time.offset_minutes() * 60)
+        .and_then(|off| {
+            chrono::DateTime::from_timestamp(time.seconds(), 0).map(|t| t.with_timezone(&off))
+        })
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
+    let text = |s: Result<&str, git2::Error>| s.unwrap_or("").to_string();
+    let (author, committer) = (c.author(), c.committer());
+    Ok(PushCommit {
+        id: oid.to_string(),
+        tree_id: tree.id().to_string(),
+        message: text(c.message()),
+        timestamp,
+        author_name: text(author.name()),
+        author_email: text(author.email()),
+        committer_name: text(committer.name()),
+        committer_email: text(committer.email()),
+        added,
+        removed,
+        modified,
+    })
+}
+
+/// The commits a push of `branch` from `before` (`None`: a new branch) to `after` brings,
+/// oldest first, at most `limit` (the newest ones). For a new branch these are the commits
+/// no other branch has.
+pub(super) fn push_commits(
+    repo: &Repository,
+    branch: &str,
+    before: Option<Oid>,
+    after: Oid,
+    limit: usize,
+) -> Result<Vec<PushCommit>, git2::Error> {
+    let mut walk = repo.revwalk()?;
+    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::TIME)?;
+    walk.push(after)?;
+    match before {
+        Some(b) => {
+            // A forced push: hide what both sides share.
+            let base = repo.merge_base(b, after).unwrap_or(b);
+            walk.hide(base)?;
+        }
+        None => {
+            for (name, tip) in branch_tips(repo)? {
+                if name != branch {
+                    walk.hide(tip)?;
+                }
+            }
+        }
+    }
+    let mut ids: Vec<Oid> = walk.take(limit).collect::<Result<_, _>>()?;
+    ids.reverse();
+    ids.into_iter().map(|o| commit_info(repo, o)).collect()
+}

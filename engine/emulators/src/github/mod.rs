@@ -1,33 +1,52 @@
-//! Emulated GitHub REST API (the subset tkgops uses) backed by a local bare git repository.
+//! Emulated GitHub REST API (the subset tkgops and the people around it use) backed by a local
+//! bare git repository.
 //!
-//! [`GithubEmulator::start`] serves, on `127.0.0.1:<random port>`, the REST endpoints the bot and
-//! octocrab call: repository info, pull requests (list with `Link` pagination, get, files,
+//! [`GithubEmulator::start`] serves, on `127.0.0.1:<random port>`, the REST endpoints the bot,
+//! octocrab, curl and a person's scripts call: repository info, pull requests (create with
+//! GitHub's validation errors, list with `Link` pagination and `head=owner:branch`, get, files,
 //! reviews, merge), issue comments (list/create/edit/delete, the 65,536-character limit), commit
-//! statuses (create, list, combined). State lives in memory; git data lives in a real bare
-//! repository, so a merge is a real two-parent merge commit made with git2, and a PR's head SHA
-//! is always the current tip of its head branch (tests push new commits like a contributor
-//! would; `refs/pull/N/head` is refreshed whenever the PR is read).
+//! statuses (create, list, combined), `GET /user`, and a GitHub App's endpoints (`GET /app`,
+//! `GET /repos/{o}/{r}/installation`, `POST /app/installations/{id}/access_tokens`). State lives
+//! in memory; git data lives in a real bare repository, so a merge is a real two-parent merge
+//! commit made with git2, and a PR's head SHA is always the current tip of its head branch
+//! (tests and people push new commits like a contributor would; `refs/pull/N/head` is refreshed
+//! whenever the PR is read).
 //!
-//! Response bodies are GitHub's official OpenAPI examples with real values substituted (see
-//! `tests/fixtures/github/README.md`), so octocrab's strict models parse them. Requests need
-//! `Authorization: Bearer <token>` or `token <token>`; every response carries
-//! `x-ratelimit-*` headers. Failures are injected through [`GithubEmulator::faults`].
+//! Every request is authenticated (`Authorization: Bearer <token>` or `token <token>`; GitHub's
+//! 401 `Bad credentials` otherwise) and acts as the token's owner: the bot
+//! ([`GithubEmulatorOptions::token`], [`GithubEmulator::set_bot_login`]), a user
+//! ([`GithubEmulatorOptions::users`]), or the App's installation (`<slug>[bot]`, with tokens
+//! that expire). Pull requests, comments, reviews, statuses and merges are authored by that
+//! login, and GitHub's rules hold (no approving one's own pull request).
 //!
-//! The control API ([`GithubEmulator::open_pull_request`], [`GithubEmulator::submit_review`], …)
-//! acts as human GitHub users in tests and in the sandbox.
+//! With a webhook ([`GithubEmulator::set_webhook`]) every change is delivered, signed, by a
+//! background task, as GitHub does ([`WebhookDelivery`]).
+//!
+//! Response bodies are GitHub's official OpenAPI and webhook examples with real values
+//! substituted (see `tests/fixtures/github/README.md`), so octocrab's strict models parse them;
+//! every response carries `x-ratelimit-*` headers. Failures are injected through
+//! [`GithubEmulator::faults`].
+//!
+//! The control API ([`GithubEmulator::open_pull_request`], [`GithubEmulator::submit_review`],
+//! [`GithubEmulator::add_comment`], …) acts as any GitHub user in tests and in the sandbox.
 
 mod api;
+mod app;
 mod git;
+mod hooks;
 mod shapes;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 
 use crate::faults::Faults;
+
+pub use app::{GithubAppOptions, DEFAULT_INSTALLATION_ID, DEFAULT_INSTALLATION_TOKEN_TTL};
+pub use hooks::{WebhookDelivery, WebhookTarget};
 
 /// Default login of the token owner (the bot), see [`GithubEmulator::set_bot_login`].
 pub const DEFAULT_BOT_LOGIN: &str = "tkgops[bot]";
@@ -35,8 +54,10 @@ pub const DEFAULT_BOT_LOGIN: &str = "tkgops[bot]";
 /// Maximum length of an issue comment body, in characters (GitHub's limit).
 pub const MAX_COMMENT_CHARS: usize = 65_536;
 
-/// Configuration of a [`GithubEmulator`].
-#[derive(Clone)]
+/// Configuration of a [`GithubEmulator`]. `Default` gives empty names and tokens (nothing is
+/// accepted), no users, no webhook and no App: set at least `owner`, `repo`,
+/// `default_branch`, `token` and `bare_repo`.
+#[derive(Clone, Default)]
 pub struct GithubEmulatorOptions {
     /// Owner login of the emulated repository (`owner` in `/repos/{owner}/{repo}`).
     pub owner: String,
@@ -44,10 +65,19 @@ pub struct GithubEmulatorOptions {
     pub repo: String,
     /// Default branch; pull requests opened through the control API target it (normally `main`).
     pub default_branch: String,
-    /// The only accepted API token, sent as `Bearer <token>` or `token <token>`. Never logged.
+    /// The bot's API token, sent as `Bearer <token>` or `token <token>`; requests made with it
+    /// act as the bot login ([`GithubEmulator::set_bot_login`]). Never logged.
     pub token: String,
+    /// Personal access tokens of human users with write access to the repository:
+    /// login → token. Requests made with a user's token act as that user (author of the pull
+    /// requests, comments, reviews, statuses and merges it makes; `GET /user`). Never logged.
+    pub users: BTreeMap<String, String>,
     /// Path of an existing bare git repository: the config repository's remote.
     pub bare_repo: PathBuf,
+    /// Where to deliver webhook events (see [`GithubEmulator::set_webhook`]); `None`: none.
+    pub webhook: Option<WebhookTarget>,
+    /// A GitHub App installed on the repository (JWT and installation-token authentication).
+    pub app: Option<GithubAppOptions>,
 }
 
 impl std::fmt::Debug for GithubEmulatorOptions {
@@ -57,7 +87,10 @@ impl std::fmt::Debug for GithubEmulatorOptions {
             .field("repo", &self.repo)
             .field("default_branch", &self.default_branch)
             .field("token", &"<redacted>")
+            .field("users", &self.users.keys().collect::<Vec<_>>())
             .field("bare_repo", &self.bare_repo)
+            .field("webhook", &self.webhook)
+            .field("app", &self.app)
             .finish()
     }
 }
@@ -89,6 +122,27 @@ pub enum GithubEmulatorError {
     /// The review state is not `APPROVED`, `CHANGES_REQUESTED` or `COMMENTED`.
     #[error("invalid review state {0:?} (expected APPROVED, CHANGES_REQUESTED or COMMENTED)")]
     InvalidReviewState(String),
+    /// GitHub refuses this review: the author approving or requesting changes on their own
+    /// pull request (the message is GitHub's).
+    #[error("pull request #{number}: {message}")]
+    OwnPullRequest {
+        /// The pull request.
+        number: u64,
+        /// GitHub's message, e.g. `Can not approve your own pull request`.
+        message: String,
+    },
+    /// The comment body is longer than [`MAX_COMMENT_CHARS`] characters.
+    #[error("comment body is too long ({0} characters, maximum is {MAX_COMMENT_CHARS})")]
+    CommentTooLong(usize),
+    /// A fork repository name is not `owner/name`.
+    #[error("invalid repository name {0:?} (expected owner/name)")]
+    InvalidRepository(String),
+    /// No webhook delivery has this GUID.
+    #[error("no webhook delivery {0:?}")]
+    NoSuchDelivery(String),
+    /// The GitHub App's public key is not an RSA public key in PEM.
+    #[error("invalid GitHub App public key: {0}")]
+    AppKey(String),
 }
 
 /// An issue comment as stored by the emulator (what a test asserts on).
@@ -125,6 +179,18 @@ pub struct EmulatedStatus {
     pub created_at: DateTime<Utc>,
 }
 
+/// Where a pull request's head branch lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HeadRepo {
+    /// The emulated repository itself.
+    Base,
+    /// A fork `owner/name`; its commits are in the bare repository (GitHub keeps a fork
+    /// network's objects together), its branch is `head_ref` there.
+    Fork { owner: String, name: String },
+    /// The head repository was deleted: `head.repo` is `null` and the head is frozen.
+    Deleted,
+}
+
 #[derive(Clone, Debug)]
 struct Pull {
     number: u64,
@@ -132,6 +198,7 @@ struct Pull {
     body: String,
     author: String,
     head_ref: String,
+    head_repo: HeadRepo,
     base_ref: String,
     open: bool,
     merged: bool,
@@ -180,9 +247,18 @@ struct Status {
     created_at: DateTime<Utc>,
 }
 
+/// An installation access token handed out by `POST /app/installations/{id}/access_tokens`.
+#[derive(Clone, Debug)]
+struct InstallationToken {
+    token: String,
+    expires_at: DateTime<Utc>,
+}
+
 #[derive(Debug)]
 struct State {
     bot_login: String,
+    /// Personal access tokens: (login, token).
+    users: Vec<(String, String)>,
     next_pull: u64,
     pulls: BTreeMap<u64, Pull>,
     next_comment: u64,
@@ -192,6 +268,13 @@ struct State {
     next_status: u64,
     /// Append order (oldest first).
     statuses: Vec<Status>,
+    installation_tokens: Vec<InstallationToken>,
+    /// Webhook deliveries attempted, oldest first.
+    deliveries: Vec<WebhookDelivery>,
+    /// Who moved a branch through the API (a merge): the `sender` of its `push` event.
+    pushers: BTreeMap<String, String>,
+    /// Organisation teams: `org/team-slug` (lowercase) → member logins.
+    teams: BTreeMap<String, Vec<String>>,
     rate_used: u64,
     rate_reset: i64,
 }
@@ -199,12 +282,32 @@ struct State {
 /// Rate limit reported in `x-ratelimit-limit` (GitHub's primary limit for a user token).
 const RATE_LIMIT: u64 = 5000;
 
+/// Who a request acts as (from its token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Principal {
+    /// The bot's token ([`GithubEmulatorOptions::token`]): the current bot login.
+    Bot,
+    /// A user's personal access token.
+    User(String),
+    /// An installation token of the App: `<slug>[bot]`.
+    Installation,
+    /// A verified App JWT (only the `/app` endpoints and the repository's installation).
+    App,
+}
+
 struct Shared {
     opts: GithubEmulatorOptions,
     api_url: String,
     clone_url: String,
     faults: Faults,
     state: Mutex<State>,
+    app: Option<app::App>,
+    /// Where webhook events go; `None`: nowhere. Locked after `state` when both are needed.
+    webhook: Mutex<Option<WebhookTarget>>,
+    /// Events waiting for the delivery task.
+    hooks: tokio::sync::mpsc::UnboundedSender<hooks::Hook>,
+    /// Whether the branch watcher (push and synchronize events) runs.
+    watching: AtomicBool,
     /// Microseconds since the Unix epoch of the last timestamp handed out by [`Shared::now`].
     last_stamp_micros: AtomicI64,
     /// Bumped after every access to the state (see [`StateGuard`]): what
@@ -265,6 +368,14 @@ impl Shared {
         }
     }
 
+    /// The members of team `org/slug`, when it exists.
+    fn team_members(&self, org: &str, slug: &str) -> Option<Vec<String>> {
+        self.lock()
+            .teams
+            .get(&format!("{org}/{slug}").to_ascii_lowercase())
+            .cloned()
+    }
+
     fn ctx(&self) -> shapes::Ctx<'_> {
         shapes::Ctx {
             api: &self.api_url,
@@ -279,15 +390,60 @@ impl Shared {
         git::open(&self.opts.bare_repo)
     }
 
-    /// Re-reads the head branch of an open PR: updates `head_sha` (bumping `updated_at` on a
-    /// new push) and `refs/pull/N/head`. Closed PRs keep their frozen head.
+    /// The login a principal acts as.
+    fn login_of(&self, st: &State, p: &Principal) -> String {
+        match p {
+            Principal::Bot => st.bot_login.clone(),
+            Principal::User(login) => login.clone(),
+            Principal::Installation | Principal::App => self
+                .app
+                .as_ref()
+                .map(app::App::bot_login)
+                .unwrap_or_else(|| st.bot_login.clone()),
+        }
+    }
+
+    /// Queues a webhook event when a webhook is configured (delivered by the background task).
+    fn emit(&self, hook: hooks::Hook) {
+        let configured = self
+            .webhook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if configured {
+            let _ = self.hooks.send(hook);
+        }
+    }
+
+    /// Queues a `pull_request` event for PR `number` (its current state) sent by `sender`.
+    fn emit_pull(&self, number: u64, action: &'static str, sender: &str) {
+        let pull = self.lock().pulls.get(&number).cloned();
+        if let Some(pull) = pull {
+            self.emit(hooks::Hook::Pull {
+                action,
+                pull,
+                sender: sender.to_string(),
+                before: None,
+            });
+        }
+    }
+
+    /// Re-reads the head branch of an open PR: updates `head_sha` (bumping `updated_at` and
+    /// announcing `synchronize` on a new push) and `refs/pull/N/head`. Closed PRs and PRs whose
+    /// head repository was deleted keep their frozen head.
     fn refresh(&self, repo: &git2::Repository, pull: &mut Pull) -> Result<(), git2::Error> {
-        if pull.open {
+        if pull.open && pull.head_repo != HeadRepo::Deleted {
             if let Some(tip) = git::branch_tip(repo, &pull.head_ref)? {
                 let tip = tip.to_string();
                 if tip != pull.head_sha {
-                    pull.head_sha = tip;
+                    let before = std::mem::replace(&mut pull.head_sha, tip);
                     pull.updated_at = self.now();
+                    self.emit(hooks::Hook::Pull {
+                        action: "synchronize",
+                        pull: pull.clone(),
+                        sender: pull.author.clone(),
+                        before: Some(before),
+                    });
                 }
             }
         }
@@ -295,6 +451,152 @@ impl Shared {
             git::set_pull_ref(repo, pull.number, oid)?;
         }
         Ok(())
+    }
+
+    /// Records a new open pull request (no validation: the REST handler validates first).
+    /// Announces `opened`. Returns its number.
+    fn create_pull(
+        &self,
+        repo: &git2::Repository,
+        new: NewPull<'_>,
+    ) -> Result<u64, GithubEmulatorError> {
+        let head = git::branch_tip(repo, new.head_ref)?
+            .ok_or_else(|| GithubEmulatorError::NoSuchBranch(new.head_ref.to_string()))?;
+        git::branch_tip(repo, new.base_ref)?
+            .ok_or_else(|| GithubEmulatorError::NoSuchBranch(new.base_ref.to_string()))?;
+        let number = {
+            let mut st = self.lock();
+            let number = st.next_pull;
+            st.next_pull += 1;
+            git::set_pull_ref(repo, number, head)?;
+            let now = self.now();
+            st.pulls.insert(
+                number,
+                Pull {
+                    number,
+                    title: new.title.to_string(),
+                    body: new.body.to_string(),
+                    author: new.author.to_string(),
+                    head_ref: new.head_ref.to_string(),
+                    head_repo: new.head_repo,
+                    base_ref: new.base_ref.to_string(),
+                    open: true,
+                    merged: false,
+                    merged_at: None,
+                    merged_by: None,
+                    merge_commit_sha: None,
+                    created_at: now,
+                    updated_at: now,
+                    closed_at: None,
+                    head_sha: head.to_string(),
+                    base_sha_closed: None,
+                },
+            );
+            number
+        };
+        self.emit_pull(number, "opened", new.author);
+        Ok(number)
+    }
+
+    /// Records a review by `user` (`state` already validated), on `commit_id` or the current
+    /// head. Refuses GitHub's forbidden self-reviews. Announces `submitted` unless pending.
+    fn add_review(
+        &self,
+        number: u64,
+        user: &str,
+        state: &str,
+        body: &str,
+        commit_id: Option<String>,
+    ) -> Result<Review, GithubEmulatorError> {
+        let repo = self.repo()?;
+        let (review, pull) = {
+            let mut st = self.lock();
+            let pull = st
+                .pulls
+                .get_mut(&number)
+                .ok_or(GithubEmulatorError::NoSuchPull(number))?;
+            self.refresh(&repo, pull)?;
+            if pull.author == user {
+                let refused = match state {
+                    "APPROVED" => Some("Can not approve your own pull request"),
+                    "CHANGES_REQUESTED" => Some("Can not request changes on your own pull request"),
+                    _ => None,
+                };
+                if let Some(message) = refused {
+                    return Err(GithubEmulatorError::OwnPullRequest {
+                        number,
+                        message: message.to_string(),
+                    });
+                }
+            }
+            let commit_id = commit_id.unwrap_or_else(|| pull.head_sha.clone());
+            let now = self.now();
+            if state != "PENDING" {
+                pull.updated_at = now;
+            }
+            let pull = pull.clone();
+            let id = st.next_review;
+            st.next_review += 1;
+            let review = Review {
+                id,
+                pull: number,
+                user: user.to_string(),
+                body: body.to_string(),
+                state: state.to_string(),
+                commit_id,
+                submitted_at: now,
+            };
+            st.reviews.push(review.clone());
+            (review, pull)
+        };
+        if state != "PENDING" {
+            self.emit(hooks::Hook::Review {
+                pull,
+                review: review.clone(),
+                sender: user.to_string(),
+            });
+        }
+        Ok(review)
+    }
+
+    /// Records a comment by `user` on PR/issue `number` (body length already checked).
+    /// Announces `created`.
+    fn add_comment(
+        &self,
+        number: u64,
+        user: &str,
+        body: String,
+    ) -> Result<Comment, GithubEmulatorError> {
+        let (comment, pull) = {
+            let mut st = self.lock();
+            let pull = st
+                .pulls
+                .get_mut(&number)
+                .ok_or(GithubEmulatorError::NoSuchPull(number))?;
+            let now = self.now();
+            pull.updated_at = now;
+            let pull = pull.clone();
+            let id = st.next_comment;
+            st.next_comment += 1;
+            let c = Comment {
+                id,
+                issue: number,
+                user: user.to_string(),
+                body,
+                created_at: now,
+                updated_at: now,
+            };
+            st.comments.push(c.clone());
+            (c, pull)
+        };
+        self.emit(hooks::Hook::Comment {
+            action: "created",
+            pull,
+            comment: comment.clone(),
+            sender: user.to_string(),
+            old_body: None,
+        });
+        Ok(comment)
     }
 
     fn merge(
@@ -323,9 +625,14 @@ impl Shared {
         }
         let head = git2::Oid::from_str(&pull.head_sha)?;
         let base_before = git::branch_tip(&repo, &pull.base_ref)?.map(|o| o.to_string());
+        let head_owner = match &pull.head_repo {
+            HeadRepo::Base => self.opts.owner.clone(),
+            HeadRepo::Fork { owner, .. } => owner.clone(),
+            HeadRepo::Deleted => pull.author.clone(),
+        };
         let message = format!(
-            "Merge pull request #{number} from {}/{}\n\n{}",
-            self.opts.owner, pull.head_ref, pull.title
+            "Merge pull request #{number} from {head_owner}/{}\n\n{}",
+            pull.head_ref, pull.title
         );
         match git::merge_into(&repo, &pull.base_ref, head, &message, merger)? {
             git::MergeOutcome::Conflict => Err(GithubEmulatorError::Conflict(number).into()),
@@ -339,11 +646,31 @@ impl Shared {
                 pull.merged_by = Some(merger.to_string());
                 pull.merge_commit_sha = Some(oid.to_string());
                 pull.base_sha_closed = base_before;
+                let base_ref = pull.base_ref.clone();
+                let snapshot = pull.clone();
+                st.pushers.insert(base_ref, merger.to_string());
+                drop(st);
                 tracing::debug!(number, merge_commit = %oid, "github emulator: pull request merged");
+                self.emit(hooks::Hook::Pull {
+                    action: "closed",
+                    pull: snapshot,
+                    sender: merger.to_string(),
+                    before: None,
+                });
                 Ok(oid.to_string())
             }
         }
     }
+}
+
+/// A pull request to record with [`Shared::create_pull`].
+struct NewPull<'a> {
+    head_ref: &'a str,
+    head_repo: HeadRepo,
+    base_ref: &'a str,
+    title: &'a str,
+    body: &'a str,
+    author: &'a str,
 }
 
 /// Why a merge failed (the REST handler maps these to GitHub's answers).
@@ -364,11 +691,24 @@ impl From<git2::Error> for MergeError {
     }
 }
 
-struct ServerGuard(tokio::task::JoinHandle<()>);
+/// The background tasks of one emulator (HTTP server, webhook delivery, branch watcher):
+/// aborted when the last [`GithubEmulator`] clone is dropped.
+struct Tasks(Mutex<Vec<tokio::task::JoinHandle<()>>>);
 
-impl Drop for ServerGuard {
+impl Tasks {
+    fn push(&self, handle: tokio::task::JoinHandle<()>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+    }
+}
+
+impl Drop for Tasks {
     fn drop(&mut self) {
-        self.0.abort();
+        for h in self.0.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            h.abort();
+        }
     }
 }
 
@@ -377,7 +717,7 @@ impl Drop for ServerGuard {
 #[derive(Clone)]
 pub struct GithubEmulator {
     shared: Arc<Shared>,
-    _server: Arc<ServerGuard>,
+    tasks: Arc<Tasks>,
 }
 
 impl std::fmt::Debug for GithubEmulator {
@@ -388,13 +728,23 @@ impl std::fmt::Debug for GithubEmulator {
     }
 }
 
+fn is_valid_review_state(state: &str) -> bool {
+    matches!(state, "APPROVED" | "CHANGES_REQUESTED" | "COMMENTED")
+}
+
 impl GithubEmulator {
-    /// Starts the emulator on `127.0.0.1:0` (a free port) for the bare repository in `opts`.
+    /// Starts the emulator on `127.0.0.1:0` (a free port) for the bare repository in `opts`,
+    /// with its webhook delivery task (and branch watcher when `opts.webhook` is set).
     ///
     /// Errors: [`GithubEmulatorError::Bind`] when the listener cannot be opened,
-    /// [`GithubEmulatorError::Git`] when `opts.bare_repo` is not a git repository.
+    /// [`GithubEmulatorError::Git`] when `opts.bare_repo` is not a git repository,
+    /// [`GithubEmulatorError::AppKey`] when `opts.app` has an unusable public key.
     pub async fn start(opts: GithubEmulatorOptions) -> Result<Self, GithubEmulatorError> {
         git::open(&opts.bare_repo)?;
+        let app = match &opts.app {
+            Some(a) => Some(app::App::new(a.clone())?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(GithubEmulatorError::Bind)?;
@@ -403,15 +753,27 @@ impl GithubEmulator {
         let clone_url = url::Url::from_directory_path(&abs)
             .map(|u| u.as_str().trim_end_matches('/').to_string())
             .unwrap_or_else(|_| format!("file://{}", abs.display()));
+        let (hooks_tx, hooks_rx) = tokio::sync::mpsc::unbounded_channel();
+        let users = opts
+            .users
+            .iter()
+            .map(|(l, t)| (l.clone(), t.clone()))
+            .collect();
+        let webhook = opts.webhook.clone();
         let shared = Arc::new(Shared {
             opts,
             api_url: format!("http://{addr}"),
             clone_url,
             faults: Faults::new(),
+            app,
+            webhook: Mutex::new(None),
+            hooks: hooks_tx,
+            watching: AtomicBool::new(false),
             last_stamp_micros: AtomicI64::new(i64::MIN),
             changes: tokio::sync::watch::channel(0).0,
             state: Mutex::new(State {
                 bot_login: DEFAULT_BOT_LOGIN.to_string(),
+                users,
                 next_pull: 1,
                 pulls: BTreeMap::new(),
                 next_comment: 1,
@@ -420,20 +782,27 @@ impl GithubEmulator {
                 reviews: Vec::new(),
                 next_status: 1,
                 statuses: Vec::new(),
+                installation_tokens: Vec::new(),
+                deliveries: Vec::new(),
+                pushers: BTreeMap::new(),
+                teams: BTreeMap::new(),
                 rate_used: 0,
                 rate_reset: Utc::now().timestamp() + 3600,
             }),
         });
         let router = shared.faults.layer(api::router(shared.clone()));
-        let handle = tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
                 tracing::warn!(error = %e, "github emulator server stopped");
             }
         });
-        Ok(GithubEmulator {
-            shared,
-            _server: Arc::new(ServerGuard(handle)),
-        })
+        let tasks = Arc::new(Tasks(Mutex::new(vec![server])));
+        tasks.push(tokio::spawn(hooks::deliver(shared.clone(), hooks_rx)));
+        let emu = GithubEmulator { shared, tasks };
+        if webhook.is_some() {
+            emu.set_webhook(webhook);
+        }
+        Ok(emu)
     }
 
     /// Base URL of the REST API, e.g. `http://127.0.0.1:41234` (no trailing slash); pass it to
@@ -448,9 +817,9 @@ impl GithubEmulator {
     }
 
     /// Calls `check` now and again after every change of the emulator's state (a request that
-    /// touched it, or a call of this API), until it returns `Some` (returned) or `timeout`
-    /// passes (`None`). The way tests wait for what the bot writes to a pull request without
-    /// sleeping.
+    /// touched it, a webhook delivery, or a call of this API), until it returns `Some`
+    /// (returned) or `timeout` passes (`None`). The way tests wait for what the bot writes to a
+    /// pull request without sleeping.
     pub async fn wait_until<T>(
         &self,
         timeout: std::time::Duration,
@@ -470,19 +839,94 @@ impl GithubEmulator {
         }
     }
 
-    /// `file://` URL of the bare repository (also served as the repository's `clone_url`).
+    /// `file://` URL of the bare repository (also served as the repository's `clone_url`);
+    /// plain `git clone` and `git push` work with it.
     pub fn clone_url(&self) -> String {
         self.shared.clone_url.clone()
     }
 
-    /// Sets the login of the token owner (author of comments, statuses and merges made through
-    /// the API). Default: [`DEFAULT_BOT_LOGIN`].
+    /// Sets the login of the bot token's owner (author of comments, statuses and merges made
+    /// with [`GithubEmulatorOptions::token`]). Default: [`DEFAULT_BOT_LOGIN`].
     pub fn set_bot_login(&self, login: &str) {
         self.shared.lock().bot_login = login.to_string();
     }
 
+    /// Creates or replaces team `slug` of organisation `org` with `members` (logins), served
+    /// at `GET /orgs/{org}/teams/{slug}/members`; an unknown team answers 404 as on GitHub.
+    pub fn set_team(&self, org: &str, slug: &str, members: &[&str]) {
+        self.shared.lock().teams.insert(
+            format!("{org}/{slug}").to_ascii_lowercase(),
+            members.iter().map(|m| m.to_string()).collect(),
+        );
+    }
+
+    /// Adds (or replaces) the personal access token of user `login`; requests made with it act
+    /// as `login`. A token already used by someone else is taken from them.
+    pub fn add_user(&self, login: &str, token: &str) {
+        let mut st = self.shared.lock();
+        st.users.retain(|(l, t)| l != login && t != token);
+        st.users.push((login.to_string(), token.to_string()));
+    }
+
+    /// Sets (or with `None` removes) the webhook. From then on every change is delivered to
+    /// `target.url` by a background task, never blocking the API: `pull_request` (`opened`,
+    /// `synchronize`, `closed`), `pull_request_review` (`submitted`), `issue_comment`
+    /// (`created`, `edited`, `deleted`) and `push`. Pushes to the bare repository made outside
+    /// the API (`git push`) are noticed by a branch watcher that checks the branch tips every
+    /// 50 ms. Each attempt is recorded ([`GithubEmulator::deliveries`]); failures are not
+    /// retried (as GitHub).
+    pub fn set_webhook(&self, target: Option<WebhookTarget>) {
+        let on = target.is_some();
+        *self
+            .shared
+            .webhook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = target;
+        if on && !self.shared.watching.swap(true, Ordering::SeqCst) {
+            self.tasks
+                .push(tokio::spawn(hooks::watch_branches(self.shared.clone())));
+        }
+    }
+
+    /// Every webhook delivery attempted so far, oldest first.
+    pub fn deliveries(&self) -> Vec<WebhookDelivery> {
+        self.shared.lock().deliveries.clone()
+    }
+
+    /// Delivers delivery `guid` again with the same `X-GitHub-Delivery` and body (GitHub's
+    /// manual "Redeliver"), in the background; the attempt is recorded as a new delivery.
+    ///
+    /// Errors: [`GithubEmulatorError::NoSuchDelivery`].
+    pub fn redeliver(&self, guid: &str) -> Result<(), GithubEmulatorError> {
+        let d = self
+            .shared
+            .lock()
+            .deliveries
+            .iter()
+            .find(|d| d.guid == guid)
+            .cloned()
+            .ok_or_else(|| GithubEmulatorError::NoSuchDelivery(guid.to_string()))?;
+        self.shared.emit(hooks::Hook::Redeliver(Box::new(d)));
+        Ok(())
+    }
+
+    /// Makes every installation token handed out so far expire now: from then on they get
+    /// `401 Bad credentials`, as GitHub answers after an hour. New tokens can be created.
+    pub fn expire_installation_tokens(&self) {
+        let past = Utc::now() - chrono::Duration::seconds(1);
+        for t in self.shared.lock().installation_tokens.iter_mut() {
+            t.expires_at = t.expires_at.min(past);
+        }
+    }
+
+    /// How many installation tokens were created (`POST /app/installations/{id}/access_tokens`).
+    pub fn installation_tokens_issued(&self) -> usize {
+        self.shared.lock().installation_tokens.len()
+    }
+
     /// Opens a pull request from `head_branch` into the default branch, as user `author`.
-    /// Writes `refs/pull/N/head`. Returns the new PR number (1, 2, …).
+    /// Writes `refs/pull/N/head`; announces `pull_request` `opened`. Returns the new PR number
+    /// (1, 2, …). Unlike `POST /pulls` it does not refuse a second PR for the same branch.
     ///
     /// Errors: [`GithubEmulatorError::NoSuchBranch`] if `head_branch` (or the default branch)
     /// does not exist in the bare repository; [`GithubEmulatorError::Git`].
@@ -494,80 +938,114 @@ impl GithubEmulator {
         author: &str,
     ) -> Result<u64, GithubEmulatorError> {
         let repo = self.shared.repo()?;
-        let head = git::branch_tip(&repo, head_branch)?
-            .ok_or_else(|| GithubEmulatorError::NoSuchBranch(head_branch.to_string()))?;
-        let base = &self.shared.opts.default_branch;
-        git::branch_tip(&repo, base)?
-            .ok_or_else(|| GithubEmulatorError::NoSuchBranch(base.clone()))?;
-        let mut st = self.shared.lock();
-        let number = st.next_pull;
-        st.next_pull += 1;
-        git::set_pull_ref(&repo, number, head)?;
-        let now = self.shared.now();
-        st.pulls.insert(
-            number,
-            Pull {
-                number,
-                title: title.to_string(),
-                body: body.to_string(),
-                author: author.to_string(),
-                head_ref: head_branch.to_string(),
-                base_ref: base.clone(),
-                open: true,
-                merged: false,
-                merged_at: None,
-                merged_by: None,
-                merge_commit_sha: None,
-                created_at: now,
-                updated_at: now,
-                closed_at: None,
-                head_sha: head.to_string(),
-                base_sha_closed: None,
+        self.shared.create_pull(
+            &repo,
+            NewPull {
+                head_ref: head_branch,
+                head_repo: HeadRepo::Base,
+                base_ref: &self.shared.opts.default_branch,
+                title,
+                body,
+                author,
             },
-        );
-        Ok(number)
+        )
     }
 
-    /// Records a review of PR `number` by `reviewer` on its current head commit.
+    /// Opens a pull request from a fork, as user `author`, into the default branch.
+    /// `head_repo` is the fork's `owner/name` (e.g. `mallory/tkg-clusters`; rendered as
+    /// `head.repo` with `fork: true`), or `None` for a head repository that was deleted
+    /// (`head.repo: null`, and the head no longer follows pushes). The fork's commits are
+    /// branch `head_branch` of the bare repository (GitHub keeps a fork network's objects
+    /// together); the head follows that branch while the fork exists. Returns the PR number.
+    ///
+    /// Errors: [`GithubEmulatorError::InvalidRepository`], [`GithubEmulatorError::NoSuchBranch`],
+    /// [`GithubEmulatorError::Git`].
+    pub fn open_fork_pull_request(
+        &self,
+        head_repo: Option<&str>,
+        head_branch: &str,
+        title: &str,
+        body: &str,
+        author: &str,
+    ) -> Result<u64, GithubEmulatorError> {
+        let head_repo = match head_repo {
+            None => HeadRepo::Deleted,
+            Some(full) => {
+                let ours = |o: &str, n: &str| {
+                    o.eq_ignore_ascii_case(&self.shared.opts.owner)
+                        && n.eq_ignore_ascii_case(&self.shared.opts.repo)
+                };
+                match full.split_once('/') {
+                    Some((o, n))
+                        if !o.is_empty() && !n.is_empty() && !n.contains('/') && !ours(o, n) =>
+                    {
+                        HeadRepo::Fork {
+                            owner: o.to_string(),
+                            name: n.to_string(),
+                        }
+                    }
+                    _ => return Err(GithubEmulatorError::InvalidRepository(full.to_string())),
+                }
+            }
+        };
+        let repo = self.shared.repo()?;
+        self.shared.create_pull(
+            &repo,
+            NewPull {
+                head_ref: head_branch,
+                head_repo,
+                base_ref: &self.shared.opts.default_branch,
+                title,
+                body,
+                author,
+            },
+        )
+    }
+
+    /// Records a review of PR `number` by `reviewer` on its current head commit (its
+    /// `commit_id`) and announces `pull_request_review` `submitted`.
     /// `state`: `APPROVED`, `CHANGES_REQUESTED` or `COMMENTED`.
     ///
     /// Errors: [`GithubEmulatorError::InvalidReviewState`], [`GithubEmulatorError::NoSuchPull`],
-    /// [`GithubEmulatorError::Git`].
+    /// [`GithubEmulatorError::OwnPullRequest`] (the author approving or requesting changes on
+    /// their own PR, which GitHub refuses), [`GithubEmulatorError::Git`].
     pub fn submit_review(
         &self,
         number: u64,
         reviewer: &str,
         state: &str,
     ) -> Result<(), GithubEmulatorError> {
-        if !matches!(state, "APPROVED" | "CHANGES_REQUESTED" | "COMMENTED") {
+        if !is_valid_review_state(state) {
             return Err(GithubEmulatorError::InvalidReviewState(state.to_string()));
         }
-        let repo = self.shared.repo()?;
-        let mut st = self.shared.lock();
-        let pull = st
-            .pulls
-            .get_mut(&number)
-            .ok_or(GithubEmulatorError::NoSuchPull(number))?;
-        self.shared.refresh(&repo, pull)?;
-        let commit_id = pull.head_sha.clone();
-        let now = self.shared.now();
-        pull.updated_at = now;
-        let id = st.next_review;
-        st.next_review += 1;
-        st.reviews.push(Review {
-            id,
-            pull: number,
-            user: reviewer.to_string(),
-            body: String::new(),
-            state: state.to_string(),
-            commit_id,
-            submitted_at: now,
-        });
-        Ok(())
+        self.shared
+            .add_review(number, reviewer, state, "", None)
+            .map(|_| ())
+    }
+
+    /// Adds an issue comment by `user` (any login) to PR `number` and announces
+    /// `issue_comment` `created`. Returns the comment id.
+    ///
+    /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::CommentTooLong`]
+    /// (more than [`MAX_COMMENT_CHARS`] characters).
+    pub fn add_comment(
+        &self,
+        number: u64,
+        user: &str,
+        body: &str,
+    ) -> Result<u64, GithubEmulatorError> {
+        let chars = body.chars().count();
+        if chars > MAX_COMMENT_CHARS {
+            return Err(GithubEmulatorError::CommentTooLong(chars));
+        }
+        self.shared
+            .add_comment(number, user, body.to_string())
+            .map(|c| c.id)
     }
 
     /// Merges PR `number` as `merger`, exactly like `PUT /pulls/{n}/merge`: a real merge commit
-    /// (parents: base tip, head tip) on the base branch. Returns the merge commit SHA.
+    /// (parents: base tip, head tip) on the base branch; announces `pull_request` `closed`.
+    /// Returns the merge commit SHA.
     ///
     /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::AlreadyMerged`],
     /// [`GithubEmulatorError::NotOpen`], [`GithubEmulatorError::Conflict`], [`GithubEmulatorError::Git`].
@@ -584,23 +1062,39 @@ impl GithubEmulator {
             })
     }
 
-    /// Closes PR `number` without merging (its head SHA is frozen).
+    /// Closes PR `number` without merging (its head SHA is frozen); announces `pull_request`
+    /// `closed` (sent by the PR author).
     ///
     /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::Git`].
     pub fn close_pull_request(&self, number: u64) -> Result<(), GithubEmulatorError> {
         let repo = self.shared.repo()?;
-        let mut st = self.shared.lock();
-        let pull = st
-            .pulls
-            .get_mut(&number)
-            .ok_or(GithubEmulatorError::NoSuchPull(number))?;
-        self.shared.refresh(&repo, pull)?;
-        if pull.open {
-            let now = self.shared.now();
-            pull.base_sha_closed = git::branch_tip(&repo, &pull.base_ref)?.map(|o| o.to_string());
-            pull.open = false;
-            pull.closed_at = Some(now);
-            pull.updated_at = now;
+        let closed = {
+            let mut st = self.shared.lock();
+            let pull = st
+                .pulls
+                .get_mut(&number)
+                .ok_or(GithubEmulatorError::NoSuchPull(number))?;
+            self.shared.refresh(&repo, pull)?;
+            if pull.open {
+                let now = self.shared.now();
+                pull.base_sha_closed =
+                    git::branch_tip(&repo, &pull.base_ref)?.map(|o| o.to_string());
+                pull.open = false;
+                pull.closed_at = Some(now);
+                pull.updated_at = now;
+                Some(pull.clone())
+            } else {
+                None
+            }
+        };
+        if let Some(pull) = closed {
+            let sender = pull.author.clone();
+            self.shared.emit(hooks::Hook::Pull {
+                action: "closed",
+                pull,
+                sender,
+                before: None,
+            });
         }
         Ok(())
     }

@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
+use super::{GithubAppOptions, HeadRepo, Pull};
+
 const PULL_REQUEST: &str = include_str!("../../../../tests/fixtures/github/pull-request.json");
 const PULL_REQUEST_SIMPLE: &str =
     include_str!("../../../../tests/fixtures/github/pull-request-simple.json");
@@ -19,6 +21,10 @@ const COMBINED_STATUS: &str =
     include_str!("../../../../tests/fixtures/github/combined-commit-status.json");
 const REVIEW: &str = include_str!("../../../../tests/fixtures/github/pull-request-review.json");
 const DIFF_ENTRIES: &str = include_str!("../../../../tests/fixtures/github/diff-entry-items.json");
+const WEBHOOK_ISSUE_COMMENT: &str =
+    include_str!("../../../../tests/fixtures/github/webhook-issue_comment-created.json");
+const WEBHOOK_PUSH: &str =
+    include_str!("../../../../tests/fixtures/github/webhook-push-event.json");
 
 struct Templates {
     pull: Value,
@@ -28,6 +34,12 @@ struct Templates {
     combined: Value,
     review: Value,
     diff_entry: Value,
+    /// The `issue` of the `issue_comment` webhook example.
+    issue: Value,
+    /// The `head_commit` of the `push` webhook example.
+    push_commit: Value,
+    /// The `repository` of the `push` webhook example (integer timestamps, owner with name).
+    push_repository: Value,
 }
 
 fn templates() -> &'static Templates {
@@ -50,6 +62,9 @@ fn templates() -> &'static Templates {
             combined: parse(COMBINED_STATUS),
             review: parse(REVIEW),
             diff_entry: diff.get(0).cloned().unwrap_or(Value::Null),
+            issue: parse(WEBHOOK_ISSUE_COMMENT)["issue"].clone(),
+            push_commit: parse(WEBHOOK_PUSH)["head_commit"].clone(),
+            push_repository: parse(WEBHOOK_PUSH)["repository"].clone(),
         }
     })
 }
@@ -92,9 +107,10 @@ impl Ctx<'_> {
     /// Re-targets every string of `v`: API host, `octocat/Hello-World`, `Hello-World`.
     fn retarget(&self, mut v: Value) -> Value {
         let full = self.full_name();
-        let reps: [(&str, &str); 3] = [
+        let reps: [(&str, &str); 4] = [
             ("https://api.github.com", self.api),
             ("octocat/Hello-World", &full),
+            ("Codertocat/Hello-World", &full),
             ("Hello-World", self.repo),
         ];
         walk_strings(&mut v, &|s| {
@@ -188,12 +204,19 @@ impl Ctx<'_> {
         v["requested_teams"] = json!([]);
         let repo = self.repository(now);
         let owner_user = self.user(self.owner);
+        let (head_owner, head_repo) = match p.head_repo {
+            HeadRepo::Base => (self.owner.to_string(), repo.clone()),
+            HeadRepo::Fork { owner, name } => {
+                (owner.clone(), self.fork_repository(owner, name, now))
+            }
+            HeadRepo::Deleted => (p.author.to_string(), Value::Null),
+        };
         v["head"] = json!({
-            "label": format!("{}:{}", self.owner, p.head_ref),
+            "label": format!("{head_owner}:{}", p.head_ref),
             "ref": p.head_ref,
             "sha": p.head_sha,
-            "user": owner_user,
-            "repo": repo,
+            "user": self.user(&head_owner),
+            "repo": head_repo,
         });
         v["base"] = json!({
             "label": format!("{}:{}", self.owner, p.base_ref),
@@ -202,10 +225,9 @@ impl Ctx<'_> {
             "user": owner_user,
             "repo": repo,
         });
-        v["author_association"] = json!(if p.author == self.owner {
-            "OWNER"
-        } else {
-            "COLLABORATOR"
+        v["author_association"] = json!(match p.head_repo {
+            HeadRepo::Base => self.association(p.author),
+            _ => "CONTRIBUTOR",
         });
         v["auto_merge"] = Value::Null;
         v["draft"] = json!(false);
@@ -265,11 +287,7 @@ impl Ctx<'_> {
         v["user"] = self.user(login);
         v["created_at"] = json!(ts(created));
         v["updated_at"] = json!(ts(updated));
-        v["author_association"] = json!(if login == self.owner {
-            "OWNER"
-        } else {
-            "COLLABORATOR"
-        });
+        v["author_association"] = json!(self.association(login));
         v
     }
 
@@ -345,6 +363,164 @@ impl Ctx<'_> {
         v
     }
 
+    /// GitHub's `author_association` of `login` on the repository.
+    fn association(&self, login: &str) -> &'static str {
+        if login == self.owner {
+            "OWNER"
+        } else {
+            "COLLABORATOR"
+        }
+    }
+
+    /// `<login>@users.noreply.github.com`, the address GitHub shows for a user.
+    pub fn noreply_email(&self, login: &str) -> String {
+        format!("{}@users.noreply.github.com", login.replace(['[', ']'], ""))
+    }
+
+    /// A fork `owner/name` of the repository (`head.repo` of a fork PR).
+    pub fn fork_repository(&self, owner: &str, name: &str, now: &DateTime<Utc>) -> Value {
+        let full = format!("{owner}/{name}");
+        let mut r = self.repository(now);
+        let ours = self.full_name();
+        walk_strings(&mut r, &|s| s.replace(&ours, &full));
+        r["id"] = json!(user_id(&full));
+        r["node_id"] = json!(format!("R_{}", user_id(&full)));
+        r["owner"] = self.user(owner);
+        r["name"] = json!(name);
+        r["full_name"] = json!(full);
+        r["fork"] = json!(true);
+        r["private"] = json!(false);
+        r["clone_url"] = json!(format!("https://github.com/{full}.git"));
+        r["git_url"] = json!(format!("git://github.com/{full}.git"));
+        r["ssh_url"] = json!(format!("git@github.com:{full}.git"));
+        r["description"] = json!("a fork of the tkgops config repository (emulated)");
+        r
+    }
+
+    /// The `issue` of an `issue_comment` payload for pull request `p` (webhook example shape,
+    /// with the `pull_request` links GitHub adds for a PR).
+    pub fn issue(&self, p: &Pull, comments: usize) -> Value {
+        let mut v = self.retarget(templates().issue.clone());
+        let full = self.full_name();
+        let n = p.number;
+        let api_issue = format!("{}/repos/{full}/issues/{n}", self.api);
+        v["url"] = json!(api_issue);
+        v["repository_url"] = json!(format!("{}/repos/{full}", self.api));
+        v["labels_url"] = json!(format!("{api_issue}/labels{{/name}}"));
+        v["comments_url"] = json!(format!("{api_issue}/comments"));
+        v["events_url"] = json!(format!("{api_issue}/events"));
+        v["html_url"] = json!(format!("https://github.com/{full}/pull/{n}"));
+        v["id"] = json!(200_000 + n);
+        v["node_id"] = json!(format!("I_{n}"));
+        v["number"] = json!(n);
+        v["title"] = json!(p.title);
+        v["user"] = self.user(&p.author);
+        v["labels"] = json!([]);
+        v["state"] = json!(if p.open { "open" } else { "closed" });
+        v["locked"] = json!(false);
+        v["assignee"] = Value::Null;
+        v["assignees"] = json!([]);
+        v["milestone"] = Value::Null;
+        v["comments"] = json!(comments);
+        v["created_at"] = json!(ts(&p.created_at));
+        v["updated_at"] = json!(ts(&p.updated_at));
+        v["closed_at"] = json!(p.closed_at.as_ref().map(ts));
+        v["author_association"] = json!(self.association(&p.author));
+        v["body"] = json!(p.body);
+        v["pull_request"] = json!({
+            "url": format!("{}/repos/{full}/pulls/{n}", self.api),
+            "html_url": format!("https://github.com/{full}/pull/{n}"),
+            "diff_url": format!("https://github.com/{full}/pull/{n}.diff"),
+            "patch_url": format!("https://github.com/{full}/pull/{n}.patch"),
+        });
+        v
+    }
+
+    /// One commit of a `push` payload (webhook example shape).
+    pub fn push_commit(&self, c: &super::git::PushCommit) -> Value {
+        let mut v = templates().push_commit.clone();
+        let full = self.full_name();
+        v["id"] = json!(c.id);
+        v["tree_id"] = json!(c.tree_id);
+        v["distinct"] = json!(true);
+        v["message"] = json!(c.message);
+        v["timestamp"] = json!(c.timestamp);
+        v["url"] = json!(format!("https://github.com/{full}/commit/{}", c.id));
+        v["author"] = json!({"name": c.author_name, "email": c.author_email});
+        v["committer"] = json!({"name": c.committer_name, "email": c.committer_email});
+        v["added"] = json!(c.added);
+        v["removed"] = json!(c.removed);
+        v["modified"] = json!(c.modified);
+        v
+    }
+
+    /// The `repository` of a `push` payload: the repository with GitHub's push-payload
+    /// quirks (Unix timestamps for `created_at` and `pushed_at`).
+    pub fn push_repository(&self, now: &DateTime<Utc>) -> Value {
+        let mut r = self.repository(now);
+        let t = &templates().push_repository;
+        if let (Some(obj), Some(tpl)) = (r.as_object_mut(), t.as_object()) {
+            // Keep exactly the example's keys (the push repository differs from REST's).
+            for (k, v) in tpl {
+                obj.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        if r.get("master_branch").is_some() {
+            r["master_branch"] = json!(self.default_branch);
+        }
+        r["created_at"] = json!(now.timestamp() - 86_400);
+        r["pushed_at"] = json!(now.timestamp());
+        r["owner"]["name"] = json!(self.owner);
+        r["owner"]["email"] = Value::Null;
+        r
+    }
+
+    /// The App (`GET /app`, GitHub's `integration` shape).
+    pub fn integration(&self, app: &GithubAppOptions, created: &DateTime<Utc>) -> Value {
+        json!({
+            "id": app.app_id,
+            "slug": app.slug,
+            "client_id": format!("Iv1.{:016x}", app.app_id),
+            "node_id": format!("A_{}", app.app_id),
+            "owner": self.user(self.owner),
+            "name": app.slug,
+            "description": "tkgops GitOps bot (emulated GitHub App)",
+            "external_url": "https://github.com/acme/tkgops",
+            "html_url": format!("https://github.com/apps/{}", app.slug),
+            "created_at": ts(created),
+            "updated_at": ts(created),
+            "permissions": app_permissions(),
+            "events": ["issue_comment", "pull_request", "pull_request_review", "push"],
+            "installations_count": 1,
+        })
+    }
+
+    /// The App's installation on the repository owner (GitHub's `installation` shape).
+    pub fn installation(&self, app: &GithubAppOptions, created: &DateTime<Utc>) -> Value {
+        let id = app.installation_id;
+        json!({
+            "id": id,
+            "account": self.user(self.owner),
+            "repository_selection": "selected",
+            "access_tokens_url": format!("{}/app/installations/{id}/access_tokens", self.api),
+            "repositories_url": format!("{}/installation/repositories", self.api),
+            "html_url": format!("https://github.com/settings/installations/{id}"),
+            "app_id": app.app_id,
+            "app_slug": app.slug,
+            "target_id": user_id(self.owner),
+            "target_type": "User",
+            "permissions": app_permissions(),
+            "events": ["issue_comment", "pull_request", "pull_request_review", "push"],
+            "created_at": ts(created),
+            "updated_at": ts(created),
+            "single_file_name": null,
+            "has_multiple_single_files": false,
+            "single_file_paths": [],
+            "suspended_by": null,
+            "suspended_at": null,
+        })
+    }
+
     /// One changed file of a pull request (`diff-entry-items` example).
     pub fn diff_entry(&self, f: &super::git::FileChange, head_sha: &str) -> Value {
         let mut v = self.retarget(templates().diff_entry.clone());
@@ -385,6 +561,7 @@ impl Ctx<'_> {
 /// The state of one pull request needed to render it.
 pub(super) struct PullView<'a> {
     pub number: u64,
+    pub head_repo: &'a HeadRepo,
     pub open: bool,
     pub title: &'a str,
     pub body: &'a str,
@@ -429,6 +606,17 @@ pub(super) struct ReviewView<'a> {
     pub state: &'a str,
     pub commit_id: &'a str,
     pub submitted_at: &'a DateTime<Utc>,
+}
+
+/// The permissions of the emulated App and its installation tokens.
+pub(super) fn app_permissions() -> Value {
+    json!({
+        "contents": "read",
+        "issues": "write",
+        "metadata": "read",
+        "pull_requests": "write",
+        "statuses": "write",
+    })
 }
 
 fn walk_strings(v: &mut Value, f: &dyn Fn(&str) -> String) {

@@ -237,6 +237,70 @@ impl GithubError {
     }
 }
 
+/// How the bot authenticates to GitHub.
+#[derive(Clone)]
+pub enum GithubAuth {
+    /// A personal access token (or any token used as is).
+    Token(String),
+    /// A GitHub App: its id and RSA private key (PEM). The client mints installation tokens
+    /// for the repository's installation (looked up with `GET /repos/{o}/{r}/installation`
+    /// unless `installation_id` is given) and refreshes them before they expire (octocrab).
+    App {
+        /// The App id.
+        app_id: u64,
+        /// The App's private key, PEM.
+        private_key_pem: String,
+        /// The installation on the config repository's owner, when known.
+        installation_id: Option<u64>,
+    },
+}
+
+impl std::fmt::Debug for GithubAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GithubAuth::Token(_) => f.write_str("Token(<redacted>)"),
+            GithubAuth::App {
+                app_id,
+                installation_id,
+                ..
+            } => f
+                .debug_struct("App")
+                .field("app_id", app_id)
+                .field("installation_id", installation_id)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// GitHub's limit of content-creating requests (comments, statuses, PR edits): 80 a minute
+/// across the whole process (`github-gitops.md` (d), secondary rate limits).
+pub const CONTENT_WRITES_PER_MINUTE: u32 = 80;
+
+/// The process-wide budget of content-creating requests ([`CONTENT_WRITES_PER_MINUTE`]) to
+/// the GitHub instance at `api_url`, shared by every client of this process talking to it
+/// (GitHub counts the limit per account on one instance).
+fn write_budget(api_url: &str) -> std::sync::Arc<governor::DefaultDirectRateLimiter> {
+    type Budgets =
+        std::collections::HashMap<String, std::sync::Arc<governor::DefaultDirectRateLimiter>>;
+    static BUDGETS: std::sync::OnceLock<std::sync::Mutex<Budgets>> = std::sync::OnceLock::new();
+    let origin = url::Url::parse(api_url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_else(|_| api_url.to_string());
+    let mut budgets = BUDGETS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    budgets
+        .entry(origin)
+        .or_insert_with(|| {
+            std::sync::Arc::new(governor::RateLimiter::direct(governor::Quota::per_minute(
+                std::num::NonZeroU32::new(CONTENT_WRITES_PER_MINUTE)
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            )))
+        })
+        .clone()
+}
+
 /// How [`OctocrabClient`] retries transient failures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetrySettings {
@@ -246,6 +310,10 @@ pub struct RetrySettings {
     pub initial_backoff: Duration,
     /// Cap for one rate-limit wait (`retry-after` / `x-ratelimit-reset`) (default 15 min).
     pub max_wait: Duration,
+    /// Wait after a rate limit that names no time (a secondary limit without `retry-after`):
+    /// GitHub asks for at least a minute (default 60 s). Consecutive rate limits double the
+    /// wait, up to `max_wait`.
+    pub min_rate_limit_wait: Duration,
 }
 
 impl Default for RetrySettings {
@@ -254,6 +322,7 @@ impl Default for RetrySettings {
             max_attempts: 6,
             initial_backoff: Duration::from_secs(1),
             max_wait: Duration::from_secs(15 * 60),
+            min_rate_limit_wait: Duration::from_secs(60),
         }
     }
 }
@@ -275,6 +344,20 @@ pub trait VcsClient: Send + Sync {
         max: usize,
     ) -> Result<Vec<PullRequest>, GithubError>;
 
+    /// Every closed PR into `base` updated at or after `since` (all closed PRs when `None`),
+    /// most recently updated first, across as many pages as it takes: how a restarted bot
+    /// finds every merge it missed while it was down.
+    async fn list_closed_pulls_since(
+        &self,
+        base: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<PullRequest>, GithubError>;
+
+    /// The logins of the members of team `team` (its slug) of organisation `org`, across all
+    /// pages (`GET /orgs/{org}/teams/{team}/members`). Errors: [`GithubError::NotFound`] when
+    /// the team does not exist or the token may not read it.
+    async fn team_members(&self, org: &str, team: &str) -> Result<Vec<String>, GithubError>;
+
     /// One PR by number. Errors: [`GithubError::NotFound`] when it does not exist.
     async fn get_pull(&self, number: u64) -> Result<PullRequest, GithubError>;
 
@@ -294,6 +377,13 @@ pub trait VcsClient: Send + Sync {
         body: &str,
     ) -> Result<u64, GithubError>;
 
+    /// The token git uses over HTTPS (`x-access-token`): the token itself, or a GitHub App
+    /// installation token valid for at least another 30 s (minted or refreshed as needed).
+    /// `None` when the client has no token for git.
+    async fn git_token(&self) -> Result<Option<String>, GithubError> {
+        Ok(None)
+    }
+
     /// Sets commit status `context` on `sha` (description cut to 140 characters). Skips the
     /// write when the latest status of this context already has the same state and
     /// description (Flux-style dedupe).
@@ -307,9 +397,30 @@ pub trait VcsClient: Send + Sync {
     ) -> Result<(), GithubError>;
 }
 
+/// How an [`OctocrabClient`] authenticates its requests.
+enum Auth {
+    /// A token used as is.
+    Token {
+        octo: std::sync::Arc<Octocrab>,
+        token: String,
+    },
+    /// A GitHub App: `app` authenticates as the App (JWT), `installation` (built on first
+    /// use) as its installation on the repository, minting and refreshing installation tokens.
+    App {
+        app: Box<Octocrab>,
+        installation_id: Option<u64>,
+        /// Dropped when GitHub refuses its token (revoked early), so the next request mints a
+        /// new one. Shared, never cloned: an `Octocrab` clone copies the token cache, and
+        /// tokens minted through a copy would not be reused.
+        installation: tokio::sync::Mutex<Option<std::sync::Arc<Octocrab>>>,
+    },
+}
+
 /// [`VcsClient`] implemented with octocrab against GitHub, GitHub Enterprise or the emulator.
 pub struct OctocrabClient {
-    octo: Octocrab,
+    auth: Auth,
+    /// Consecutive rate-limited answers (reset by any success): each doubles the next wait.
+    rate_limited: std::sync::atomic::AtomicU32,
     owner: String,
     repo: String,
     api_url: String,
@@ -338,12 +449,17 @@ fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
     h.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// The rate-limit wait of a 403/429 answer, or `None` when it is not a rate limit.
-fn rate_limit_wait(status: StatusCode, h: &HeaderMap) -> Option<Duration> {
+/// The rate-limit wait of a 403/429 answer (GitHub's REST rate-limit rules), or `None` when
+/// it is not a rate limit: `retry-after` seconds; else until `x-ratelimit-reset` when
+/// `x-ratelimit-remaining` is 0; else `Duration::ZERO`, meaning "no time given" (a secondary
+/// limit: the caller waits at least a minute). A 403 is a rate limit when it carries one of
+/// those headers or GitHub's message names a rate limit.
+fn rate_limit_wait(status: StatusCode, h: &HeaderMap, message: &str) -> Option<Duration> {
     let retry_after = header_u64(h, "retry-after");
     let exhausted = header_u64(h, "x-ratelimit-remaining") == Some(0);
+    let says_so = message.to_ascii_lowercase().contains("rate limit");
     if status != StatusCode::TOO_MANY_REQUESTS
-        && !(status == StatusCode::FORBIDDEN && (retry_after.is_some() || exhausted))
+        && !(status == StatusCode::FORBIDDEN && (retry_after.is_some() || exhausted || says_so))
     {
         return None;
     }
@@ -356,12 +472,13 @@ fn rate_limit_wait(status: StatusCode, h: &HeaderMap) -> Option<Duration> {
             return Some(Duration::from_secs(reset.saturating_sub(now).max(1)));
         }
     }
-    Some(Duration::from_secs(60))
+    Some(Duration::ZERO)
 }
 
-/// The `rel="next"` target of a `Link` header, reduced to path and query (the token is only
-/// ever sent to the configured API host).
-fn next_link(h: &HeaderMap) -> Option<String> {
+/// The `rel="next"` target of a `Link` header, as the absolute URL GitHub gave (GitHub
+/// Enterprise's `/api/v3` prefix included), when it points to the configured API origin
+/// `api_url` (scheme, host and port); `None` otherwise, so the token is only ever sent there.
+fn next_link(h: &HeaderMap, api_url: &str) -> Option<String> {
     let link = h.get(http::header::LINK)?.to_str().ok()?;
     for part in link.split(',') {
         let mut pieces = part.split(';');
@@ -372,10 +489,12 @@ fn next_link(h: &HeaderMap) -> Option<String> {
             .trim_end_matches('>');
         if pieces.any(|p| p.trim() == "rel=\"next\"") {
             let url = url::Url::parse(target).ok()?;
-            return Some(match url.query() {
-                Some(q) => format!("{}?{}", url.path(), q),
-                None => url.path().to_string(),
-            });
+            let api = url::Url::parse(api_url).ok()?;
+            if url.origin() != api.origin() {
+                tracing::warn!(link = %url.origin().ascii_serialization(), "GitHub pagination points to another host; not followed");
+                return None;
+            }
+            return Some(url.to_string());
         }
     }
     None
@@ -405,9 +524,31 @@ impl OctocrabClient {
                 "OctocrabClient::new must run inside a Tokio runtime".into(),
             ));
         }
-        if token.is_empty() || http::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+        Self::with_auth(
+            api_url,
+            GithubAuth::Token(token.to_string()),
+            owner,
+            repo,
+            retry,
+        )
+    }
+
+    /// A client for `owner/repo` at `api_url` authenticating with `auth`: a token, or a GitHub
+    /// App (installation tokens minted and refreshed by octocrab; the installation is looked up
+    /// on first use when not given). Makes no request.
+    ///
+    /// Errors: [`GithubError::Config`] for an invalid API URL, an empty token or one that is not
+    /// a valid header value, a private key that is not an RSA PEM, or no Tokio runtime.
+    pub fn with_auth(
+        api_url: &str,
+        auth: GithubAuth,
+        owner: &str,
+        repo: &str,
+        retry: RetrySettings,
+    ) -> Result<Self, GithubError> {
+        if tokio::runtime::Handle::try_current().is_err() {
             return Err(GithubError::Config(
-                "the GitHub token is empty or contains invalid characters".into(),
+                "OctocrabClient::new must run inside a Tokio runtime".into(),
             ));
         }
         let api_url = api_url.trim_end_matches('/').to_string();
@@ -419,17 +560,62 @@ impl OctocrabClient {
                 "GitHub API URL {api_url:?} needs a scheme and a host"
             )));
         }
-        let octo = Octocrab::builder()
+        let builder = Octocrab::builder()
             .base_uri(uri)
             .map_err(|_| GithubError::Config(format!("invalid GitHub API URL {api_url:?}")))?
-            .personal_token(token.to_string())
             .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
             .set_connect_timeout(Some(Duration::from_secs(10)))
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .build()
-            .map_err(|e| GithubError::Config(format!("cannot build the GitHub client: {e}")))?;
+            .set_read_timeout(Some(Duration::from_secs(60)));
+        let build_err = |e: octocrab::Error| {
+            GithubError::Config(format!("cannot build the GitHub client: {e}"))
+        };
+        let auth = match auth {
+            GithubAuth::Token(token) => {
+                if token.is_empty()
+                    || http::HeaderValue::from_str(&format!("Bearer {token}")).is_err()
+                {
+                    return Err(GithubError::Config(
+                        "the GitHub token is empty or contains invalid characters".into(),
+                    ));
+                }
+                Auth::Token {
+                    octo: std::sync::Arc::new(
+                        builder
+                            .personal_token(token.clone())
+                            .build()
+                            .map_err(build_err)?,
+                    ),
+                    token,
+                }
+            }
+            GithubAuth::App {
+                app_id,
+                private_key_pem,
+                installation_id,
+            } => {
+                let key = octocrab::EncodingKey::from_rsa_pem(private_key_pem.as_bytes()).map_err(
+                    |_| {
+                        GithubError::Config(
+                            "the GitHub App private key is not an RSA private key in PEM form"
+                                .into(),
+                        )
+                    },
+                )?;
+                Auth::App {
+                    app: Box::new(
+                        builder
+                            .app(octocrab::models::AppId(app_id), key)
+                            .build()
+                            .map_err(build_err)?,
+                    ),
+                    installation_id,
+                    installation: tokio::sync::Mutex::new(None),
+                }
+            }
+        };
         Ok(OctocrabClient {
-            octo,
+            auth,
+            rate_limited: std::sync::atomic::AtomicU32::new(0),
             owner: owner.to_string(),
             repo: repo.to_string(),
             api_url,
@@ -442,8 +628,85 @@ impl OctocrabClient {
         format!("/repos/{}/{}{}", enc(&self.owner), enc(&self.repo), rest)
     }
 
-    /// Sends one request (no retry) and classifies the answer.
+    /// The octocrab client requests go through: the token client, or the App installation's
+    /// (looked up with the App's JWT on first use, and again after [`Self::forget_installation`]).
+    async fn octo(&self) -> Result<std::sync::Arc<Octocrab>, GithubError> {
+        match &self.auth {
+            Auth::Token { octo, .. } => Ok(octo.clone()),
+            Auth::App {
+                app,
+                installation_id,
+                installation,
+            } => {
+                let mut cached = installation.lock().await;
+                if let Some(octo) = cached.as_ref() {
+                    return Ok(octo.clone());
+                }
+                let id = match installation_id {
+                    Some(id) => *id,
+                    None => {
+                        let path = self.repo_path("/installation");
+                        let resp =
+                            app._get(path.as_str())
+                                .await
+                                .map_err(|e| GithubError::Transport {
+                                    method: "GET".into(),
+                                    path: path.clone(),
+                                    message: e.to_string(),
+                                })?;
+                        let status = resp.status();
+                        let body = app.body_to_string(resp).await.unwrap_or_default();
+                        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                        match v.get("id").and_then(Value::as_u64) {
+                            Some(id) if status.is_success() => id,
+                            _ => {
+                                return Err(GithubError::Config(format!(
+                                    "the GitHub App is not installed on {}/{} (GET {path}: HTTP {status})",
+                                    self.owner, self.repo
+                                )))
+                            }
+                        }
+                    }
+                };
+                let octo = std::sync::Arc::new(
+                    app.installation(octocrab::models::InstallationId(id))
+                        .map_err(|e| {
+                            GithubError::Config(format!("GitHub App installation {id}: {e}"))
+                        })?,
+                );
+                *cached = Some(octo.clone());
+                Ok(octo)
+            }
+        }
+    }
+
+    /// Drops the cached installation client (and its token); returns whether there was one.
+    async fn forget_installation(&self) -> bool {
+        match &self.auth {
+            Auth::App { installation, .. } => installation.lock().await.take().is_some(),
+            Auth::Token { .. } => false,
+        }
+    }
+
+    /// [`Self::send_raw`], minting a new installation token once when GitHub refuses the cached
+    /// one (a token revoked or expired early): 401 then means the App itself is refused.
     async fn send_once(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Raw, GithubError> {
+        match self.send_raw(method, path, body).await {
+            Err(GithubError::Unauthorized { .. }) if self.forget_installation().await => {
+                tracing::info!("GitHub refused the installation token; minting a new one");
+                self.send_raw(method, path, body).await
+            }
+            other => other,
+        }
+    }
+
+    /// Sends one request (no retry) and classifies the answer.
+    async fn send_raw(
         &self,
         method: &Method,
         path: &str,
@@ -455,12 +718,19 @@ impl OctocrabClient {
             path: path.to_string(),
             message: e.to_string(),
         };
+        let octo = self.octo().await?;
+        let octo = &octo;
+        if *method != Method::GET {
+            // Content-creating requests share one process-wide budget (GitHub's secondary
+            // limit of 80 a minute), so a burst of updates is paced instead of refused.
+            write_budget(&self.api_url).until_ready().await;
+        }
         let res = match *method {
-            Method::GET => self.octo._get(path).await,
-            Method::POST => self.octo._post(path, body).await,
-            Method::PATCH => self.octo._patch(path, body).await,
-            Method::PUT => self.octo._put(path, body).await,
-            Method::DELETE => self.octo._delete(path, body).await,
+            Method::GET => octo._get(path).await,
+            Method::POST => octo._post(path, body).await,
+            Method::PATCH => octo._patch(path, body).await,
+            Method::PUT => octo._put(path, body).await,
+            Method::DELETE => octo._delete(path, body).await,
             _ => return Err(GithubError::Config(format!("unsupported method {method}"))),
         };
         let resp = match res {
@@ -475,7 +745,9 @@ impl OctocrabClient {
         let status = resp.status();
         let headers = resp.headers().clone();
         if status.is_success() {
-            let body = self.octo.body_to_string(resp).await.map_err(transport)?;
+            self.rate_limited
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            let body = octo.body_to_string(resp).await.map_err(transport)?;
             return Ok(Raw { headers, body });
         }
         let (message, errors) = match octocrab::map_github_error(resp).await {
@@ -493,37 +765,51 @@ impl OctocrabClient {
             Ok(_) => (status.to_string(), Vec::new()),
         };
         let path = path.to_string();
-        Err(if let Some(wait) = rate_limit_wait(status, &headers) {
-            GithubError::RateLimited {
-                status: status.as_u16(),
-                method: m,
-                path,
-                wait,
-            }
-        } else if status.is_server_error() {
-            GithubError::Server {
-                status: status.as_u16(),
-                method: m,
-                path,
-                message,
-            }
-        } else if status == StatusCode::UNAUTHORIZED {
-            GithubError::Unauthorized {
-                method: m,
-                path,
-                message,
-            }
-        } else if status == StatusCode::NOT_FOUND {
-            GithubError::NotFound { method: m, path }
-        } else {
-            GithubError::Api {
-                status: status.as_u16(),
-                method: m,
-                path,
-                message,
-                errors,
-            }
-        })
+        Err(
+            if let Some(wait) = rate_limit_wait(status, &headers, &message) {
+                // At least the configured minimum, doubled for every consecutive rate limit.
+                let hits = self
+                    .rate_limited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let base = if wait.is_zero() {
+                    self.retry.min_rate_limit_wait
+                } else {
+                    wait
+                };
+                let wait = base
+                    .saturating_mul(1u32 << hits.min(10))
+                    .min(self.retry.max_wait);
+                GithubError::RateLimited {
+                    status: status.as_u16(),
+                    method: m,
+                    path,
+                    wait,
+                }
+            } else if status.is_server_error() {
+                GithubError::Server {
+                    status: status.as_u16(),
+                    method: m,
+                    path,
+                    message,
+                }
+            } else if status == StatusCode::UNAUTHORIZED {
+                GithubError::Unauthorized {
+                    method: m,
+                    path,
+                    message,
+                }
+            } else if status == StatusCode::NOT_FOUND {
+                GithubError::NotFound { method: m, path }
+            } else {
+                GithubError::Api {
+                    status: status.as_u16(),
+                    method: m,
+                    path,
+                    message,
+                    errors,
+                }
+            },
+        )
     }
 
     /// Runs `op` with the retry policy: transient errors are retried with exponential backoff,
@@ -587,7 +873,7 @@ impl OctocrabClient {
             if limit.is_some_and(|l| out.len() >= l) || pages >= 1000 {
                 break;
             }
-            next = next_link(&raw.headers);
+            next = next_link(&raw.headers, &self.api_url);
         }
         if let Some(l) = limit {
             out.truncate(l);
@@ -611,14 +897,33 @@ impl OctocrabClient {
             if pages >= 1000 {
                 break;
             }
-            next = next_link(&raw.headers);
+            next = next_link(&raw.headers, &self.api_url);
         }
         Ok(out)
     }
 
-    /// The login of the token's user (`GET /user`), cached; `None` when the token cannot read
-    /// it (e.g. a GitHub App installation token).
+    /// The login the bot's comments are authored by, cached: for a token `GET /user`'s
+    /// `login` (`None` when the token cannot read it); for a GitHub App `<slug>[bot]`, the
+    /// slug read with the App's JWT (`GET /app`).
     async fn bot_login(&self) -> Result<Option<String>, GithubError> {
+        if let Auth::App { app, .. } = &self.auth {
+            return self
+                .bot_login
+                .get_or_try_init(|| async {
+                    let resp = app._get("/app").await.map_err(|e| GithubError::Transport {
+                        method: "GET".into(),
+                        path: "/app".into(),
+                        message: e.to_string(),
+                    })?;
+                    let body = app.body_to_string(resp).await.unwrap_or_default();
+                    Ok(serde_json::from_str::<Value>(&body)
+                        .ok()
+                        .and_then(|v| v.get("slug").and_then(Value::as_str).map(str::to_string))
+                        .map(|slug| format!("{slug}[bot]")))
+                })
+                .await
+                .cloned();
+        }
         self.bot_login
             .get_or_try_init(|| async {
                 match self.send_once(&Method::GET, "/user", None).await {
@@ -742,6 +1047,21 @@ fn review_state(s: Option<octocrab::models::pulls::ReviewState>) -> String {
 
 #[async_trait]
 impl VcsClient for OctocrabClient {
+    async fn git_token(&self) -> Result<Option<String>, GithubError> {
+        match &self.auth {
+            Auth::Token { token, .. } => Ok(Some(token.clone())),
+            Auth::App { .. } => {
+                use octocrab::secrecy::ExposeSecret;
+                let octo = self.octo().await?;
+                let octo = &octo;
+                let token = octo.installation_token().await.map_err(|e| {
+                    GithubError::Config(format!("minting a GitHub App installation token: {e}"))
+                })?;
+                Ok(Some(token.expose_secret().to_string()))
+            }
+        }
+    }
+
     async fn repository(&self) -> Result<RepoInfo, GithubError> {
         let path = self.repo_path("");
         let raw = self.call(Method::GET, &path, None).await?;
@@ -780,6 +1100,47 @@ impl VcsClient for OctocrabClient {
         let pulls: Vec<octocrab::models::pulls::PullRequest> =
             self.get_pages(path, Some(max)).await?;
         Ok(pulls.into_iter().map(convert_pull).collect())
+    }
+
+    async fn list_closed_pulls_since(
+        &self,
+        base: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<PullRequest>, GithubError> {
+        let mut next = Some(self.repo_path(&format!(
+            "/pulls?state=closed&base={}&sort=updated&direction=desc&per_page=100",
+            enc(base)
+        )));
+        let mut out = Vec::new();
+        let mut pages = 0usize;
+        while let Some(path) = next.take() {
+            let raw = self.call(Method::GET, &path, None).await?;
+            let items: Vec<octocrab::models::pulls::PullRequest> =
+                Self::decode(&Method::GET, &path, &raw)?;
+            let mut older = false;
+            for p in items.into_iter().map(convert_pull) {
+                match (since, p.updated_at) {
+                    (Some(s), Some(u)) if u < s => older = true,
+                    _ => out.push(p),
+                }
+            }
+            pages += 1;
+            if older || pages >= 10_000 {
+                break;
+            }
+            next = next_link(&raw.headers, &self.api_url);
+        }
+        Ok(out)
+    }
+
+    async fn team_members(&self, org: &str, team: &str) -> Result<Vec<String>, GithubError> {
+        let path = format!(
+            "/orgs/{}/teams/{}/members?per_page=100",
+            enc(org),
+            enc(team)
+        );
+        let members: Vec<octocrab::models::Author> = self.get_pages(path, None).await?;
+        Ok(members.into_iter().map(|m| m.login).collect())
     }
 
     async fn get_pull(&self, number: u64) -> Result<PullRequest, GithubError> {
@@ -844,39 +1205,47 @@ mod tests {
     #[test]
     fn rate_limit_classification() {
         let now = Utc::now().timestamp();
+        let wait = |status, h: &HeaderMap| rate_limit_wait(status, h, "");
         assert_eq!(
-            rate_limit_wait(
+            wait(
                 StatusCode::TOO_MANY_REQUESTS,
                 &headers(&[("retry-after", "7".into())])
             ),
             Some(Duration::from_secs(7))
         );
+        // No time given: the caller waits at least its minimum (a minute).
         assert_eq!(
-            rate_limit_wait(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()),
-            Some(Duration::from_secs(60))
+            wait(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()),
+            Some(Duration::ZERO)
         );
         let exhausted = headers(&[
             ("x-ratelimit-remaining", "0".into()),
             ("x-ratelimit-reset", (now + 30).to_string()),
         ]);
-        let w = rate_limit_wait(StatusCode::FORBIDDEN, &exhausted).unwrap();
+        let w = wait(StatusCode::FORBIDDEN, &exhausted).unwrap();
         assert!(
             w >= Duration::from_secs(28) && w <= Duration::from_secs(30),
             "{w:?}"
         );
         assert_eq!(
-            rate_limit_wait(
+            wait(
                 StatusCode::FORBIDDEN,
                 &headers(&[("x-ratelimit-remaining", "10".into())])
             ),
             None
         );
-        assert_eq!(
-            rate_limit_wait(StatusCode::FORBIDDEN, &HeaderMap::new()),
-            None
-        );
+        assert_eq!(wait(StatusCode::FORBIDDEN, &HeaderMap::new()), None);
+        // A secondary rate limit without headers, recognised by GitHub's message.
         assert_eq!(
             rate_limit_wait(
+                StatusCode::FORBIDDEN,
+                &HeaderMap::new(),
+                "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
+            ),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            wait(
                 StatusCode::BAD_GATEWAY,
                 &headers(&[("retry-after", "7".into())])
             ),
@@ -885,19 +1254,30 @@ mod tests {
     }
 
     #[test]
-    fn next_link_keeps_path_and_query_only() {
+    fn next_link_follows_absolute_urls_on_the_api_origin_only() {
         let h = headers(&[(
             "link",
             "<https://api.github.com/repos/o/r/pulls?state=open&page=2>; rel=\"next\", <https://api.github.com/repos/o/r/pulls?page=5>; rel=\"last\"".into(),
         )]);
         assert_eq!(
-            next_link(&h).as_deref(),
-            Some("/repos/o/r/pulls?state=open&page=2")
+            next_link(&h, "https://api.github.com").as_deref(),
+            Some("https://api.github.com/repos/o/r/pulls?state=open&page=2")
         );
+        // GitHub Enterprise: the /api/v3 prefix is kept.
+        let ghe = headers(&[(
+            "link",
+            "<https://ghe.corp.example/api/v3/repositories/42/pulls?page=2>; rel=\"next\"".into(),
+        )]);
+        assert_eq!(
+            next_link(&ghe, "https://ghe.corp.example/api/v3").as_deref(),
+            Some("https://ghe.corp.example/api/v3/repositories/42/pulls?page=2")
+        );
+        // Another host never gets the token.
+        assert_eq!(next_link(&ghe, "https://api.github.com"), None);
         let last_only = headers(&[(
             "link",
             "<https://api.github.com/x?page=1>; rel=\"first\"".into(),
         )]);
-        assert_eq!(next_link(&last_only), None);
+        assert_eq!(next_link(&last_only, "https://api.github.com"), None);
     }
 }
