@@ -93,6 +93,7 @@ fn steps(n: usize) -> Vec<StepSpec> {
             retry: RetryPolicy::default(),
             inputs: StepInputs::KubeWaitCluster(WorkloadTarget {
                 management_cluster: "bench".into(),
+                kubeconfig: None,
                 namespace: "us-west-2".into(),
                 cluster_name: format!("cluster-{i}"),
             }),

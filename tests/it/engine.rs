@@ -184,6 +184,7 @@ impl RunObserver for Recorder {
 fn target(id: &str) -> WorkloadTarget {
     WorkloadTarget {
         management_cluster: "mc".to_string(),
+        kubeconfig: None,
         namespace: "default".to_string(),
         cluster_name: id.to_string(),
     }

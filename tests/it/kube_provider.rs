@@ -390,6 +390,7 @@ async fn workload_client_missing_secret_is_transient() {
     let env = env().await;
     let target = WorkloadTarget {
         management_cluster: MC.into(),
+        kubeconfig: None,
         namespace: "default".into(),
         cluster_name: "ghost".into(),
     };
@@ -572,6 +573,7 @@ async fn apply_to_workload_applies_namespace_first() {
     provision(&env, "team-a-prod").await;
     let target = WorkloadTarget {
         management_cluster: MC.into(),
+        kubeconfig: None,
         namespace: "default".into(),
         cluster_name: "team-a-prod".into(),
     };

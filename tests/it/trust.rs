@@ -499,3 +499,27 @@ async fn as_a_github_app_an_expired_installation_token_is_refreshed() {
     let _ = stop.send(());
     let _ = task.await;
 }
+
+/// A change to the management cluster's access in `tkgops.yaml`, approved as policy changes
+/// must be, applies to later pull requests only: this merge's own run reaches the management
+/// cluster the way the policy before it said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_run_reaches_the_management_cluster_as_the_old_policy_says() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot = InProcessBot::start(&env, &timings, Some(tkgops_sandbox::TMC_TOKEN)).await;
+    let mut v: serde_yaml::Value = serde_yaml::from_str(&main_policy(&env)).unwrap();
+    v["managementClusters"][0]["kubeconfig"] =
+        serde_yaml::from_str("{file: /nonexistent/attacker.kubeconfig}").unwrap();
+    let policy = serde_yaml::to_string(&v).unwrap();
+    let (pr, _, plan) = open_and_plan(&env, AUTHOR, &[("tkgops.yaml", policy)]).await;
+    assert_eq!(plan, "success");
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    env.github
+        .submit_review(pr, tkgops_sandbox::SECOND_APPROVER, "APPROVED")
+        .unwrap();
+    let (apply, comment) = merge(&env, pr, APPROVER).await;
+    assert_eq!(apply, "success", "{comment}");
+    assert!(!comment.contains("attacker.kubeconfig"), "{comment}");
+    bot.stop().await;
+}

@@ -415,6 +415,7 @@ mod tests {
             retry: Retry::default(),
             inputs: StepInputs::KubeWaitCluster(WorkloadTarget {
                 management_cluster: "mc".into(),
+                kubeconfig: None,
                 namespace: "default".into(),
                 cluster_name: "c1".into(),
             }),

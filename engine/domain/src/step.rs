@@ -118,6 +118,11 @@ pub struct UnknownStepKind(pub String);
 pub struct WorkloadTarget {
     /// Name of the management cluster (a key of the repository's `managementClusters`).
     pub management_cluster: String,
+    /// How to reach the management cluster, from the policy the plan was made under (the
+    /// default branch before the change; security rule 1): part of what is approved. `None`
+    /// in runs planned before tkgops recorded it: the bot's current setting is used then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<crate::request::KubeconfigSource>,
     /// Namespace of the Cluster object on the management cluster (TKG `NAMESPACE`).
     pub namespace: String,
     /// The workload cluster's name (TKG `CLUSTER_NAME`).
@@ -301,6 +306,7 @@ mod tests {
     fn a_step_spec_is_stored_with_its_kind_beside_its_inputs() {
         let target = WorkloadTarget {
             management_cluster: "mc".into(),
+            kubeconfig: None,
             namespace: "default".into(),
             cluster_name: "c1".into(),
         };

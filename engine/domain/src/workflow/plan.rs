@@ -821,6 +821,9 @@ pub fn step_inputs(
 ) -> Result<StepInputs, String> {
     let target = WorkloadTarget {
         management_cluster: spec.management_cluster.clone(),
+        kubeconfig: repo
+            .and_then(|r| r.management_cluster(&spec.management_cluster))
+            .map(|m| m.kubeconfig.clone()),
         namespace: spec.namespace.clone(),
         cluster_name: spec.name.clone(),
     };

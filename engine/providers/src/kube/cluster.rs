@@ -263,7 +263,9 @@ async fn observe(
     let mc = &inputs.management_cluster;
     let ns = &inputs.namespace;
     let name = &inputs.cluster_name;
-    let client = provider.management_client(mc).await?;
+    let client = provider
+        .management_client_with(mc, inputs.kubeconfig.as_ref())
+        .await?;
     let what = format!("Cluster/{ns}/{name}");
     let clusters: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), ns, &cluster_resource());

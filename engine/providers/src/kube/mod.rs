@@ -151,10 +151,28 @@ impl KubeProvider {
     /// variable or Secret key, or a kubeconfig that does not parse; [`StepError::Transient`] when
     /// the in-cluster API server cannot be reached to read the Secret.
     pub async fn management_client(&self, name: &str) -> Result<kube::Client, StepError> {
-        if let Some(c) = self.lock_management().get(name) {
+        self.management_client_with(name, None).await
+    }
+
+    /// As [`Self::management_client`], reaching `name` through `source` when given (the
+    /// kubeconfig source recorded in a step's inputs, from the policy the run was approved
+    /// under) instead of the provider's configured one. Clients are cached per name and source.
+    ///
+    /// Errors: as [`Self::management_client`].
+    pub async fn management_client_with(
+        &self,
+        name: &str,
+        source: Option<&KubeconfigSource>,
+    ) -> Result<kube::Client, StepError> {
+        let key = match source {
+            Some(s) => format!("{name}#{s:?}"),
+            None => name.to_string(),
+        };
+        if let Some(c) = self.lock_management().get(&key) {
             return Ok(c.clone());
         }
-        let source = self.inner.management_clusters.get(name).ok_or_else(|| {
+        let configured = self.inner.management_clusters.get(name);
+        let source = source.or(configured).ok_or_else(|| {
             let known: Vec<&str> = self
                 .inner
                 .management_clusters
@@ -210,8 +228,7 @@ impl KubeProvider {
         let (client, _server) =
             client_from_kubeconfig(&yaml, &format!("management cluster '{name}' ({origin})"))
                 .await?;
-        self.lock_management()
-            .insert(name.to_string(), client.clone());
+        self.lock_management().insert(key, client.clone());
         tracing::debug!(management_cluster = name, "built management cluster client");
         Ok(client)
     }
@@ -234,7 +251,9 @@ impl KubeProvider {
     ///
     /// Errors: as [`Self::workload_client`].
     pub async fn workload(&self, target: &WorkloadTarget) -> Result<WorkloadClient, StepError> {
-        let mgmt = self.management_client(&target.management_cluster).await?;
+        let mgmt = self
+            .management_client_with(&target.management_cluster, target.kubeconfig.as_ref())
+            .await?;
         let secret_name = format!("{}-kubeconfig", target.cluster_name);
         let secret_ref = format!("{}/{}", target.namespace, secret_name);
         let api: Api<Secret> = Api::namespaced(mgmt, &target.namespace);
@@ -331,7 +350,9 @@ impl KubeProvider {
     /// Forgets the cached client of management cluster `name` (after a 401, so that a rotated
     /// kubeconfig file or variable is re-read on the next attempt).
     pub(crate) fn forget_management(&self, name: &str) {
-        self.lock_management().remove(name);
+        let prefix = format!("{name}#");
+        self.lock_management()
+            .retain(|k, _| k != name && !k.starts_with(&prefix));
     }
 
     /// Maps a kube error from a call to management cluster `mc` to a [`StepError`], forgetting
@@ -580,7 +601,9 @@ impl KubeProvider {
         inputs: &KubeApplyInputs,
     ) -> Result<serde_json::Value, StepError> {
         let mc = &inputs.target.management_cluster;
-        let client = self.management_client(mc).await?;
+        let client = self
+            .management_client_with(mc, inputs.target.kubeconfig.as_ref())
+            .await?;
         check_cluster_ownership(&client, mc, &inputs.manifests).await?;
         let cache_key = format!("mgmt/{mc}");
         let applied = match self
