@@ -381,13 +381,14 @@ impl EmulatedCluster {
     }
 
     /// Registers the Cluster API types (all namespaced with a status subresource except
-    /// `TanzuKubernetesRelease`, which is cluster-scoped): cluster.x-k8s.io/v1beta1 Cluster,
+    /// `TanzuKubernetesRelease` and `OSImage`, which are cluster-scoped): cluster.x-k8s.io/v1beta1 Cluster,
     /// ClusterClass, MachineDeployment, MachineSet, Machine, MachineHealthCheck;
     /// controlplane.cluster.x-k8s.io/v1beta1 KubeadmControlPlane; infrastructure.cluster.x-k8s.io/v1beta1
     /// AWSCluster, AWSMachine, AWSMachineTemplate, AWSClusterTemplate;
     /// bootstrap.cluster.x-k8s.io/v1beta1 KubeadmConfig, KubeadmConfigTemplate;
     /// addons.cluster.x-k8s.io/v1beta1 ClusterResourceSet; run.tanzu.vmware.com/v1alpha3
-    /// TanzuKubernetesRelease.
+    /// TanzuKubernetesRelease (`tkr`), OSImage (`osimg`) and ClusterBootstrap (`cb`)
+    /// (tkg2-aws-class-based.md §6, §8).
     pub fn register_capi_types(&self) {
         let ns = |g: &str, v: &str, p: &str, k: &str, short: &[&str]| ResourceType {
             gvr: Gvr::new(g, v, p),
@@ -471,6 +472,22 @@ impl EmulatedCluster {
         );
         tkr.namespaced = false;
         types.push(tkr);
+        let mut osimage = ns(
+            "run.tanzu.vmware.com",
+            "v1alpha3",
+            "osimages",
+            "OSImage",
+            &["osimg"],
+        );
+        osimage.namespaced = false;
+        types.push(osimage);
+        types.push(ns(
+            "run.tanzu.vmware.com",
+            "v1alpha3",
+            "clusterbootstraps",
+            "ClusterBootstrap",
+            &["cb"],
+        ));
         for t in types {
             self.register(t);
         }
@@ -520,6 +537,12 @@ impl EmulatedCluster {
         ] {
             self.register(t);
         }
+    }
+
+    /// Registers the admission (mutating and validating webhooks) of one resource type; it runs
+    /// on every main-resource write, HTTP or direct, dry runs included (see `store::Admission`).
+    pub(crate) fn set_admission(&self, gvr: Gvr, hook: Arc<dyn store::Admission>) {
+        self.state().admission.insert(gvr, hook);
     }
 
     /// All registered types, sorted by group/version/plural.

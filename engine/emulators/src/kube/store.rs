@@ -24,7 +24,8 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+    /// A failure with an explicit code and reason (admission webhooks choose their own).
+    pub(crate) fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             code,
             reason,
@@ -42,6 +43,16 @@ impl ApiError {
         }
         d.insert("kind".into(), json!(gvr.plural));
         self.details = Value::Object(d);
+        self
+    }
+    /// Adds `details.causes` (`[{reason, message, field}]`) and the object's name and kind.
+    pub(crate) fn with_causes(mut self, gvr: &Gvr, name: &str, causes: Vec<Value>) -> Self {
+        self = self.with_details(gvr, name);
+        if !causes.is_empty() {
+            if let Some(d) = self.details.as_object_mut() {
+                d.insert("causes".into(), Value::Array(causes));
+            }
+        }
         self
     }
     /// 404 NotFound for an object.
@@ -139,6 +150,15 @@ pub(crate) struct WriteCtx {
     pub dry_run: bool,
 }
 
+/// An admission step (mutating then validating webhooks) run on every write of the main resource
+/// of one type: create, update, every kind of patch and server-side apply, dry runs included, never
+/// `/status` writes nor writes to an object being deleted.
+pub(crate) trait Admission: Send + Sync {
+    /// `old` is the stored object (`None` on create), `obj` the candidate with `metadata.name` and
+    /// (for namespaced types) `metadata.namespace` set. Returns the object to store, or the denial.
+    fn admit(&self, st: &State, old: Option<&Value>, obj: Value) -> Result<Value, ApiError>;
+}
+
 /// Key of a stored object: type, namespace ("" when cluster-scoped), name.
 type Key = (Gvr, String, String);
 
@@ -152,6 +172,8 @@ pub(crate) struct State {
     pub log_floor: u64,
     pub writes: Vec<WriteRecord>,
     pub tx: broadcast::Sender<ChangeEvent>,
+    /// Admission per resource type (see [`Admission`]).
+    pub admission: BTreeMap<Gvr, std::sync::Arc<dyn Admission>>,
 }
 
 /// Parses an object body that may be JSON or YAML; 400 on anything else or a non-object.
@@ -258,6 +280,7 @@ impl State {
             log_floor: 0,
             writes: Vec::new(),
             tx,
+            admission: BTreeMap::new(),
         }
     }
 
@@ -354,6 +377,36 @@ impl State {
             })
             .map(|(_, o)| o.clone())
             .collect())
+    }
+
+    /// Runs the admission registered for the type on a main-resource write (`status == false`) of
+    /// an object not being deleted; the candidate gets the key's name and namespace first.
+    fn admit(
+        &self,
+        rt: &ResourceType,
+        key: &Key,
+        old: Option<&Value>,
+        mut cand: Value,
+        status: bool,
+    ) -> Result<Value, ApiError> {
+        let Some(hook) = self.admission.get(&rt.gvr).cloned() else {
+            return Ok(cand);
+        };
+        let deleting = |v: &Value| {
+            v.pointer("/metadata/deletionTimestamp")
+                .is_some_and(|d| !d.is_null())
+        };
+        if status || deleting(&cand) || old.is_some_and(deleting) {
+            return Ok(cand);
+        }
+        {
+            let md = meta_mut(&mut cand);
+            md.insert("name".into(), json!(key.2));
+            if rt.namespaced {
+                md.insert("namespace".into(), json!(key.1));
+            }
+        }
+        hook.admit(self, old, cand)
     }
 
     /// Stores `cand` (a full object) as the new state of `key` after `old`, with API-server
@@ -519,6 +572,7 @@ impl State {
         }
         create_defaults(gvr, &mut obj);
         fold_string_data(gvr, &mut obj);
+        let obj = self.admit(&rt, &key, None, obj, false)?;
         let mut entries = Vec::new();
         fields::record_update(
             &mut entries,
@@ -575,6 +629,7 @@ impl State {
         self.check_rv(&rt, name, &old, &body)?;
         fold_string_data(gvr, &mut body);
         let cand = self.merge_scope(&rt, &old, body, status);
+        let cand = self.admit(&rt, &key, Some(&old), cand, status)?;
         let mut entries = fields::parse_managed(&old);
         fields::record_update(
             &mut entries,
@@ -703,6 +758,7 @@ impl State {
         self.check_rv(&rt, name, &old, &patched)?;
         fold_string_data(gvr, &mut patched);
         let cand = self.merge_scope(&rt, &old, patched, status);
+        let cand = self.admit(&rt, &key, Some(&old), cand, status)?;
         let mut entries = fields::parse_managed(&old);
         fields::record_update(
             &mut entries,
@@ -798,6 +854,7 @@ impl State {
                 )
                 .map_err(|c| apply_conflict(gvr, name, &c))?;
                 create_defaults(gvr, &mut cand);
+                let cand = self.admit(rt, &key, None, cand, false)?;
                 let (v, changed) = self.finalize(rt, key, None, cand, entries, ctx.dry_run);
                 Ok((v, changed))
             }
@@ -815,6 +872,7 @@ impl State {
                     &now,
                 )
                 .map_err(|c| apply_conflict(gvr, name, &c))?;
+                let result = self.admit(rt, &key, Some(&o), result, status)?;
                 Ok(self.finalize(rt, key, Some(&o), result, entries, ctx.dry_run))
             }
         }

@@ -23,15 +23,18 @@
 //! `updatedReplicas` go 0..N and `status.version` follows; then the MachineDeployments get the new
 //! `spec.template.spec.version` and roll the same way.
 
-use std::sync::Weak;
+use std::collections::HashMap;
+use std::sync::{Mutex, Weak};
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use tracing::{debug, warn};
 
 use super::super::{ChangeEvent, EmulatedCluster, Gvr, KubeEmulator};
+use super::admission::PAUSED_ANNOTATION;
+use super::catalog::{self, TKR_LABEL};
 use super::util::*;
-use super::{catalog, ControllerError, ControllerOptions, Reconciler, Shared};
+use super::{ControllerError, ControllerOptions, Reconciler, Shared, TopologyFaults};
 
 /// Annotation that makes a Cluster fail after `Provisioning`; its value becomes the failure message.
 pub const FAIL_ANNOTATION: &str = "emulator.tkgops.dev/fail";
@@ -44,8 +47,79 @@ const TOPOLOGY_OWNED_LABEL: &str = "topology.cluster.x-k8s.io/owned";
 const DEPLOYMENT_NAME_LABEL: &str = "topology.cluster.x-k8s.io/deployment-name";
 const KUBECONFIG_SECRET_TYPE: &str = "cluster.x-k8s.io/secret";
 const API_SERVER_PORT: i64 = 6443;
+/// Label of the management cluster's own Cluster object.
+const MANAGEMENT_ROLE_LABEL: &str = "cluster-role.tkg.tanzu.vmware.com/management";
+/// Namespace of the core PackageInstalls in a workload cluster (§6 step 5).
+const CORE_PACKAGES_NAMESPACE: &str = "tkg-system";
+/// ServiceAccount the emulated core PackageInstalls of a workload cluster run as (not verified).
+const CORE_PACKAGES_SA: &str = "tkg-core-packages-sa";
+/// Core packages: (refName, version, providerRef apiGroup, providerRef kind).
+const KAPP_CONTROLLER_PKG: (&str, &str, &str, &str) = (
+    "kapp-controller.tanzu.vmware.com",
+    "0.41.7+vmware.1-tkg.1",
+    "run.tanzu.vmware.com",
+    "KappControllerConfig",
+);
+const ANTREA_PKG: (&str, &str, &str, &str) = (
+    "antrea.tanzu.vmware.com",
+    "1.9.0+vmware.2-tkg.1-advanced",
+    "cni.tanzu.vmware.com",
+    "AntreaConfig",
+);
+const CALICO_PKG: (&str, &str, &str, &str) = (
+    "calico.tanzu.vmware.com",
+    "3.24.1+vmware.1-tkg.1",
+    "cni.tanzu.vmware.com",
+    "CalicoConfig",
+);
+const EBS_CSI_PKG: (&str, &str, &str, &str) = (
+    "aws-ebs-csi-driver.tanzu.vmware.com",
+    "1.8.0+vmware.2-tkg.1",
+    "csi.tanzu.vmware.com",
+    "AwsEbsCSIConfig",
+);
+
+/// A ClusterBootstrap package entry `{refName: "<pkg>.<version>", valuesFrom.providerRef}`.
+fn bootstrap_entry(cluster: &str, pkg: (&str, &str, &str, &str)) -> Value {
+    let short = pkg.0.split('.').next().unwrap_or(pkg.0);
+    json!({"refName": format!("{}.{}", pkg.0, pkg.1),
+           "valuesFrom": {"providerRef": {"apiGroup": pkg.2, "kind": pkg.3, "name": format!("{cluster}-{short}-package")}}})
+}
+
+/// A PackageInstall `<cluster>-<first dot-segment of refName>` (§6 step 5).
+fn core_package_install(
+    cluster: &str,
+    ns: &str,
+    pkg: (&str, &str, &str, &str),
+    target: Value,
+) -> Value {
+    let short = pkg.0.split('.').next().unwrap_or(pkg.0);
+    let mut spec = json!({
+        "packageRef": {"refName": pkg.0, "versionSelection": {"constraints": pkg.1}},
+        "noopDelete": true,
+    });
+    if let Some(m) = target.as_object() {
+        for (k, v) in m {
+            spec[k] = v.clone();
+        }
+    }
+    json!({
+        "apiVersion": "packaging.carvel.dev/v1alpha1",
+        "kind": "PackageInstall",
+        "metadata": {"name": format!("{cluster}-{short}"), "namespace": ns,
+                     "labels": {"tkg.tanzu.vmware.com/cluster-name": cluster},
+                     "annotations": {"tkg.tanzu.vmware.com/tanzu-package-ClusterBootstrap": cluster}},
+        "spec": spec,
+    })
+}
+
 /// The Cluster controller's finalizer (CAPI `ClusterFinalizer`).
 const CLUSTER_FINALIZER: &str = "cluster.cluster.x-k8s.io";
+
+/// The value of annotation `key` in the annotations map at `ptr`.
+fn annotation_at<'a>(obj: &'a Value, ptr: &str, key: &str) -> Option<&'a str> {
+    obj.pointer(ptr)?.get(key)?.as_str()
+}
 
 /// Whether a MachineDeployment belongs to the Cluster `name` (`spec.clusterName` or the cluster-name label).
 fn belongs_to(md: &Value, name: &str) -> bool {
@@ -58,6 +132,9 @@ pub(crate) struct CapiController {
     mgmt: EmulatedCluster,
     opts: ControllerOptions,
     shared: Weak<Shared>,
+    faults: TopologyFaults,
+    /// Topology reconciles per Cluster uid (drives [`TopologyFaults`]).
+    reconciles: Mutex<HashMap<String, u64>>,
 }
 
 /// Owned objects of one Cluster's topology, as stored after this tick's sync.
@@ -158,13 +235,30 @@ impl CapiController {
         mgmt: EmulatedCluster,
         opts: ControllerOptions,
         shared: Weak<Shared>,
+        faults: TopologyFaults,
     ) -> Self {
         CapiController {
             emu,
             mgmt,
             opts,
             shared,
+            faults,
+            reconciles: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether this topology reconcile of `cluster` hits the transient fault (every
+    /// `faults.transient_every`-th reconcile of each Cluster).
+    fn transient_fault(&self, cluster: &Value) -> bool {
+        if self.faults.transient_every == 0 {
+            return false;
+        }
+        let Ok(mut counts) = self.reconciles.lock() else {
+            return false;
+        };
+        let n = counts.entry(uid_of(cluster).to_string()).or_insert(0);
+        *n += 1;
+        *n % self.faults.transient_every == 0
     }
 
     fn start_workload(&self, workload: &EmulatedCluster) {
@@ -179,8 +273,15 @@ impl CapiController {
             return Ok(());
         };
         let ns = namespace_of(cluster).unwrap_or("default").to_string();
+        if label(cluster, MANAGEMENT_ROLE_LABEL).is_some() {
+            // The management cluster's own Cluster: provisioned before the emulator starts.
+            return Ok(());
+        }
         if cluster.pointer("/metadata/deletionTimestamp").is_some() {
             return self.reconcile_deletion(cluster, &name, &ns);
+        }
+        if cluster.pointer("/spec/paused").and_then(Value::as_bool) == Some(true) {
+            return self.reconcile_paused(cluster, &name, &ns);
         }
         let cluster = &self.ensure_finalizer(cluster, &ns, &name)?;
         let mut status = status_of(cluster);
@@ -213,7 +314,30 @@ impl CapiController {
                     write_status(&self.mgmt, &gvr_cluster(), cluster, status)?;
                     return Ok(());
                 }
+                if self.transient_fault(cluster) {
+                    let msg = format!(
+                        "error reconciling the Cluster topology: failed to patch KubeadmControlPlane {ns}/{name}: {}",
+                        self.faults.message
+                    );
+                    set_condition(
+                        &mut status,
+                        cond_false(
+                            "TopologyReconciled",
+                            "Error",
+                            "TopologyReconcileFailed",
+                            &msg,
+                        ),
+                    );
+                    status.entry("phase").or_insert(json!("Pending"));
+                    return self.write_cluster(cluster, status);
+                }
                 let topo = self.ensure_topology(cluster, &name, &ns, topology)?;
+                self.ensure_health_checks(
+                    &topo,
+                    &name,
+                    &ns,
+                    str_at(topology, "/class").unwrap_or(""),
+                )?;
                 set_condition(&mut status, cond_true("TopologyReconciled"));
                 topo
             }
@@ -317,6 +441,9 @@ impl CapiController {
         };
         self.start_workload(&workload);
         self.ensure_kubeconfig_secret(&workload, &name, &ns, &topo.kcp)?;
+        if cluster.pointer("/spec/topology").is_some() {
+            self.ensure_bootstrap(cluster, &workload, &name, &ns)?;
+        }
 
         let region = str_at(&topo.aws, "/spec/region")
             .filter(|r| !r.is_empty())
@@ -351,6 +478,226 @@ impl CapiController {
             set_condition(&mut status, cond_true("Ready"));
         }
         self.write_cluster(cluster, status)
+    }
+
+    /// A paused Cluster (spec.paused): CAPI leaves it alone. When the cluster-pause webhook paused
+    /// it for a new TKR, the ClusterBootstrap controller first records that TKR in the
+    /// ClusterBootstrap (one tick), then unpauses the Cluster (§4 "Cluster pause on update").
+    fn reconcile_paused(
+        &self,
+        cluster: &Value,
+        name: &str,
+        ns: &str,
+    ) -> Result<(), ControllerError> {
+        let Some(tkr) = annotation(cluster, PAUSED_ANNOTATION).map(str::to_string) else {
+            return Ok(());
+        };
+        if let Some(cb) = self.mgmt.get(&gvr_cluster_bootstrap(), Some(ns), name) {
+            if str_at(&cb, "/status/resolvedTKR") != Some(tkr.as_str()) {
+                let mut st = status_of(&cb);
+                st.insert("resolvedTKR".into(), json!(tkr));
+                write_status(&self.mgmt, &gvr_cluster_bootstrap(), &cb, st)?;
+                return Ok(());
+            }
+        }
+        self.mgmt.patch_merge(
+            &gvr_cluster(),
+            Some(ns),
+            name,
+            json!({"spec": {"paused": null}, "metadata": {"annotations": {PAUSED_ANNOTATION: null}}}),
+        )?;
+        Ok(())
+    }
+
+    /// Topology controller: the MachineHealthChecks the ClusterClass defines, named after the
+    /// KubeadmControlPlane and each MachineDeployment (§5).
+    fn ensure_health_checks(
+        &self,
+        topo: &Topology,
+        name: &str,
+        ns: &str,
+        class_name: &str,
+    ) -> Result<(), ControllerError> {
+        let Some(class) = self.mgmt.get(&gvr_cluster_class(), Some(ns), class_name) else {
+            return Ok(());
+        };
+        let owner = owner_ref(
+            "cluster.x-k8s.io/v1beta1",
+            "Cluster",
+            name,
+            uid_of(&topo.cluster),
+            false,
+        );
+        let labels = json!({CLUSTER_NAME_LABEL: name, TOPOLOGY_OWNED_LABEL: ""});
+        let mhc = |mhc_name: &str, selector: Value, spec: &Value| {
+            let mut s = spec.clone();
+            s["clusterName"] = json!(name);
+            s["selector"] = json!({"matchLabels": selector});
+            json!({"apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "MachineHealthCheck",
+                   "metadata": {"name": mhc_name, "namespace": ns, "labels": labels, "ownerReferences": [owner]},
+                   "spec": s})
+        };
+        if let (Some(spec), Some(kcp_name)) = (
+            class.pointer("/spec/controlPlane/machineHealthCheck"),
+            name_of(&topo.kcp),
+        ) {
+            let sel = json!({"cluster.x-k8s.io/control-plane": "", CLUSTER_NAME_LABEL: name});
+            create_if_absent(
+                &self.mgmt,
+                &gvr_machine_health_check(),
+                mhc(kcp_name, sel, spec),
+            )?;
+        }
+        for md in &topo.mds {
+            let md_class = annotation_at(
+                md,
+                "/spec/template/metadata/annotations",
+                "topology.cluster.x-k8s.io/deployment-class",
+            )
+            .unwrap_or("tkg-worker");
+            let spec = class
+                .pointer("/spec/workers/machineDeployments")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|m| m.get("class").and_then(Value::as_str) == Some(md_class))
+                .and_then(|m| m.get("machineHealthCheck"));
+            if let (Some(spec), Some(md_name)) = (spec, name_of(md)) {
+                let sel =
+                    json!({"cluster.x-k8s.io/deployment-name": md_name, CLUSTER_NAME_LABEL: name});
+                create_if_absent(
+                    &self.mgmt,
+                    &gvr_machine_health_check(),
+                    mhc(md_name, sel, spec),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The addons manager: ClusterBootstrap `<cluster>` (kapp-controller, the `cni` variable's CNI,
+    /// aws-ebs-csi-driver; no CPI on AWS), the management-side PackageInstall
+    /// `<cluster>-kapp-controller` (reconciled here) and the workload-side core PackageInstalls in
+    /// `tkg-system` (reconciled by the workload's kapp-controller) (§3.2, §6).
+    fn ensure_bootstrap(
+        &self,
+        cluster: &Value,
+        workload: &EmulatedCluster,
+        name: &str,
+        ns: &str,
+    ) -> Result<(), ControllerError> {
+        let tkr = label(cluster, TKR_LABEL).unwrap_or("").to_string();
+        let cni = cluster
+            .pointer("/spec/topology")
+            .and_then(|t| topology_variable(t, "cni"))
+            .and_then(Value::as_str)
+            .unwrap_or("antrea");
+        let cni_pkg = match cni {
+            "calico" => Some(CALICO_PKG),
+            "none" => None,
+            _ => Some(ANTREA_PKG),
+        };
+        let owner = owner_ref(
+            "cluster.x-k8s.io/v1beta1",
+            "Cluster",
+            name,
+            uid_of(cluster),
+            false,
+        );
+        let mut spec = json!({
+            "kapp": bootstrap_entry(name, KAPP_CONTROLLER_PKG),
+            "csi": bootstrap_entry(name, EBS_CSI_PKG),
+            "additionalPackages": [],
+        });
+        if let Some(p) = cni_pkg {
+            spec["cni"] = bootstrap_entry(name, p);
+        }
+        let cb = create_if_absent(
+            &self.mgmt,
+            &gvr_cluster_bootstrap(),
+            json!({
+                "apiVersion": "run.tanzu.vmware.com/v1alpha3", "kind": "ClusterBootstrap",
+                "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner],
+                             "annotations": {"tkg.tanzu.vmware.com/add-missing-fields-from-tkr": tkr}},
+                "spec": spec,
+            }),
+        )?;
+        // Management side: kapp-controller into the workload cluster.
+        let kapp = create_if_absent(
+            &self.mgmt,
+            &gvr_package_install(),
+            core_package_install(
+                name,
+                ns,
+                KAPP_CONTROLLER_PKG,
+                json!({
+                "cluster": {"kubeconfigSecretRef": {"name": format!("{name}-kubeconfig"), "key": "value"}}}),
+            ),
+        )?;
+        if kapp.get("status").is_none() {
+            let mut st = Map::new();
+            st.insert(
+                "conditions".into(),
+                json!([{"type": "ReconcileSucceeded", "status": "True"}]),
+            );
+            st.insert("friendlyDescription".into(), json!("Reconcile succeeded"));
+            st.insert("observedGeneration".into(), json!(generation_of(&kapp)));
+            st.insert("version".into(), json!(KAPP_CONTROLLER_PKG.1));
+            write_status(&self.mgmt, &gvr_package_install(), &kapp, st)?;
+        }
+        // Workload side: the CNI and CSI packages, installed by the workload's kapp-controller.
+        ensure_namespace(workload, CORE_PACKAGES_NAMESPACE)?;
+        create_if_absent(
+            workload,
+            &gvr_service_account(),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": CORE_PACKAGES_SA, "namespace": CORE_PACKAGES_NAMESPACE}}),
+        )?;
+        let mut all_ok = true;
+        for pkg in cni_pkg.into_iter().chain([EBS_CSI_PKG]) {
+            create_if_absent(
+                workload,
+                &gvr_package(),
+                json!({"apiVersion": "data.packaging.carvel.dev/v1alpha1", "kind": "Package",
+                       "metadata": {"name": format!("{}.{}", pkg.0, pkg.1), "namespace": CORE_PACKAGES_NAMESPACE},
+                       "spec": {"refName": pkg.0, "version": pkg.1,
+                                "template": {"spec": {"fetch": [{"imgpkgBundle": {"image": format!("projects.registry.vmware.com/tkg/packages/core/{}:v{}", pkg.0.split('.').next().unwrap_or(""), pkg.1.replace('+', "_"))}}],
+                                                      "template": [{"ytt": {"paths": ["config/"]}}], "deploy": [{"kapp": {}}]}}}}),
+            )?;
+            let pi = create_if_absent(
+                workload,
+                &gvr_package_install(),
+                core_package_install(
+                    name,
+                    CORE_PACKAGES_NAMESPACE,
+                    pkg,
+                    json!({"serviceAccountName": CORE_PACKAGES_SA}),
+                ),
+            )?;
+            all_ok &= pi
+                .pointer("/status/conditions/0/type")
+                .and_then(Value::as_str)
+                == Some("ReconcileSucceeded");
+        }
+        let mut st = status_of(&cb);
+        if st.get("resolvedTKR").is_none() {
+            st.insert("resolvedTKR".into(), json!(tkr));
+        }
+        set_condition(
+            &mut st,
+            if all_ok {
+                cond_true("Ready")
+            } else {
+                cond_false(
+                    "Ready",
+                    "Info",
+                    "ReconcilingPackages",
+                    "waiting for core packages",
+                )
+            },
+        );
+        write_status(&self.mgmt, &gvr_cluster_bootstrap(), &cb, st)?;
+        Ok(())
     }
 
     /// Adds the Cluster controller's finalizer, so a deleted Cluster goes through phase `Deleting`
@@ -423,6 +770,12 @@ impl CapiController {
             }
         }
         self.delete_owned(ns, name, None);
+        let _ = self.mgmt.delete(&gvr_cluster_bootstrap(), Some(ns), name);
+        let _ = self.mgmt.delete(
+            &gvr_package_install(),
+            Some(ns),
+            &format!("{name}-kapp-controller"),
+        );
         let finalizers: Vec<Value> = cluster
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
@@ -1357,7 +1710,9 @@ fn owner_uids(obj: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// AWSCluster spec from the ClusterClass variables (TKG 1.6 `tkg-aws-default` patches).
+/// AWSCluster spec from the ClusterClass variables (the `tkg-aws-default-v1.0.0` patches,
+/// tkg2-aws-class-based.md §2): `identityRef` only when `name` is set; the control plane security
+/// group from `securityGroupOverrides.controlPlane` (what the patch reads) or `controlplane`.
 fn aws_cluster_spec(name: &str, topology: &Value) -> Value {
     let var = |n: &str| topology_variable(topology, n);
     let region = var("region").and_then(Value::as_str).unwrap_or("");
@@ -1430,6 +1785,7 @@ fn aws_cluster_spec(name: &str, topology: &Value) -> Value {
                 ("apiServerLB", "apiserver-lb"),
                 ("lb", "lb"),
                 ("controlplane", "controlplane"),
+                ("controlPlane", "controlplane"),
                 ("node", "node"),
             ];
             let mut o = Map::new();
@@ -1450,6 +1806,9 @@ fn aws_cluster_spec(name: &str, topology: &Value) -> Value {
 #[async_trait::async_trait]
 impl Reconciler for CapiController {
     async fn on_tick(&mut self) {
+        if let Err(err) = catalog::propagate_classes(&self.mgmt) {
+            warn!(error = %err, "ClusterClass propagation failed");
+        }
         for cluster in self.mgmt.list(&gvr_cluster(), None) {
             if let Err(err) = self.reconcile_cluster(&cluster).await {
                 warn!(cluster = %key(&cluster), error = %err, "Cluster reconcile failed");
@@ -1464,6 +1823,13 @@ impl Reconciler for CapiController {
     }
 
     async fn on_event(&mut self, event: ChangeEvent) {
+        if same_gvr(&event.gvr, &gvr_namespace()) && event.kind == "ADDED" {
+            // The object-propagation controller copies the ClusterClass into new namespaces.
+            if let Err(err) = catalog::propagate_classes(&self.mgmt) {
+                warn!(error = %err, "ClusterClass propagation failed");
+            }
+            return;
+        }
         if !same_gvr(&event.gvr, &gvr_cluster()) {
             return;
         }

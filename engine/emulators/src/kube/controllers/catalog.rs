@@ -1,8 +1,11 @@
-//! Seed data: the TKG 1.6 ClusterClass `tkg-aws-default`, the TanzuKubernetesReleases of the
-//! management cluster, and the `tanzu-standard` package repository with its package catalog.
+//! Seed data of the emulated TKG 2.x management cluster (tkg2-aws-class-based.md): the AWS
+//! ClusterClass per TKG version (in `tkg-system`, propagated into the other namespaces), the
+//! TanzuKubernetesReleases and OSImages, the management cluster's own Cluster and
+//! `kube-public/pinniped-info`; and the workload clusters' `tanzu-standard` package repository.
 
+use base64::Engine as _;
 use serde_json::{json, Map, Value};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::super::EmulatedCluster;
 use super::util::*;
@@ -75,118 +78,345 @@ pub const STANDARD_REPO_NAME: &str = "tanzu-standard";
 /// Image of the TKG 1.6 standard package repository bundle.
 pub const STANDARD_REPO_IMAGE: &str =
     "projects.registry.vmware.com/tkg/packages/standard/repo:v1.6.0";
-/// Name of the TKG 1.6 ClusterClass for AWS.
-pub const CLUSTER_CLASS_NAME: &str = "tkg-aws-default";
-/// The TanzuKubernetesReleases seeded on the management cluster: (TKR name, TKR version, Kubernetes version).
-pub const TANZU_KUBERNETES_RELEASES: &[(&str, &str, &str)] = &[
-    (
-        "v1.23.8---vmware.2-tkg.1",
-        "v1.23.8+vmware.2-tkg.1",
-        "v1.23.8+vmware.2",
-    ),
-    (
-        "v1.22.11---vmware.2-tkg.1",
-        "v1.22.11+vmware.2-tkg.1",
-        "v1.22.11+vmware.2",
-    ),
+/// A TKG 2.x release of the emulated management cluster; it decides the ClusterClass, the
+/// compatible TanzuKubernetesReleases and the Cluster API admission behaviour
+/// (tkg2-aws-class-based.md §1, §4, §9).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TkgVersion {
+    /// TKG 2.1 (CAPI 1.2.8, class `tkg-aws-default-v1.0.0`).
+    V2_1,
+    /// TKG 2.2 (CAPI 1.2.8, class `tkg-aws-default-v1.0.0` plus `additionalImageRegistries`).
+    #[default]
+    V2_2,
+    /// TKG 2.3. **Unverified** (§1 "[≥2.3 unverified]"): class `tkg-aws-default-v1.1.0`, the 2.2
+    /// schema declaring `securityGroupOverrides.controlPlane`, CAPI ≥1.3 unknown-field rejection.
+    V2_3,
+    /// TKG 2.4. **Unverified**, as 2.3 with class `tkg-aws-default-v1.1.1`.
+    V2_4,
+}
+
+impl TkgVersion {
+    /// Every supported version, oldest first.
+    pub const ALL: [TkgVersion; 4] = [Self::V2_1, Self::V2_2, Self::V2_3, Self::V2_4];
+
+    /// Parses `"2.2"`, `"v2.2"` or `"v2.2.0"`; `None` for anything else (e.g. 1.6 or 2.5, which
+    /// has no AWS support, §9).
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim().trim_start_matches('v');
+        let mm: Vec<&str> = s.split('.').take(2).collect();
+        match mm.as_slice() {
+            ["2", "1"] => Some(Self::V2_1),
+            ["2", "2"] => Some(Self::V2_2),
+            ["2", "3"] => Some(Self::V2_3),
+            ["2", "4"] => Some(Self::V2_4),
+            _ => None,
+        }
+    }
+
+    /// `"2.1"` … `"2.4"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V2_1 => "2.1",
+            Self::V2_2 => "2.2",
+            Self::V2_3 => "2.3",
+            Self::V2_4 => "2.4",
+        }
+    }
+
+    /// The management cluster's `TKGVERSION` annotation, e.g. `v2.2.0`.
+    pub fn tkg_version_annotation(self) -> String {
+        format!("v{}.0", self.as_str())
+    }
+
+    /// The default AWS ClusterClass: `tkg-aws-default-v1.0.0` for 2.1/2.2 (§1), assumed
+    /// `tkg-aws-default-v1.1.0` for 2.3 and `tkg-aws-default-v1.1.1` for 2.4 (unverified).
+    pub fn cluster_class(self) -> &'static str {
+        match self {
+            Self::V2_1 | Self::V2_2 => "tkg-aws-default-v1.0.0",
+            Self::V2_3 => "tkg-aws-default-v1.1.0",
+            Self::V2_4 => "tkg-aws-default-v1.1.1",
+        }
+    }
+
+    /// The compatible TKR versions (newest first), identical to tkgops' plan-time table.
+    pub fn compatible_tkrs(self) -> &'static [&'static str] {
+        match self {
+            Self::V2_1 => &[
+                "v1.24.9+vmware.1-tkg.1",
+                "v1.23.15+vmware.1-tkg.1",
+                "v1.22.17+vmware.1-tkg.1",
+            ],
+            Self::V2_2 => &[
+                "v1.25.7+vmware.2-tkg.1",
+                "v1.24.11+vmware.1-tkg.1",
+                "v1.23.17+vmware.1-tkg.1",
+            ],
+            Self::V2_3 => &[
+                "v1.26.5+vmware.2-tkg.1",
+                "v1.25.10+vmware.2-tkg.1",
+                "v1.24.14+vmware.1-tkg.1",
+            ],
+            Self::V2_4 => &[
+                "v1.27.5+vmware.1-tkg.1",
+                "v1.26.8+vmware.1-tkg.1",
+                "v1.25.13+vmware.1-tkg.1",
+            ],
+        }
+    }
+
+    /// Whether Cluster API rejects variable fields the schema does not declare (CAPI ≥1.3, §4 row
+    /// "unknown nested field"): false for 2.1/2.2 (CAPI 1.2.8), assumed true for 2.3/2.4.
+    pub fn rejects_unknown_fields(self) -> bool {
+        matches!(self, Self::V2_3 | Self::V2_4)
+    }
+
+    /// The casing of the control plane key the class schema declares under
+    /// `network.securityGroupOverrides`: `controlplane` in v1.0.0 (the casing trap, §2 network
+    /// notes), assumed `controlPlane` in the 2.3/2.4 classes.
+    pub fn control_plane_sg_key(self) -> &'static str {
+        match self {
+            Self::V2_1 | Self::V2_2 => "controlplane",
+            Self::V2_3 | Self::V2_4 => "controlPlane",
+        }
+    }
+}
+
+/// A TKR present on every emulated management cluster but `Compatible=False` (labelled
+/// `incompatible`, so the resolver never picks it): TKG 1.6's default TKR (§8).
+pub const INCOMPATIBLE_TKR: &str = "v1.23.8+vmware.2-tkg.1";
+
+/// The AWS regions every seeded TKR has OSImages for (ubuntu 20.04 and amazon 2, amd64).
+pub const OSIMAGE_REGIONS: &[&str] = &[
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "eu-west-1",
+    "eu-central-1",
+    "ap-southeast-1",
+    "ap-northeast-1",
 ];
+
+/// OS images per TKR: (os-name, os-version, short form used in object names).
+const OS_IMAGES: &[(&str, &str, &str)] = &[
+    ("ubuntu", "20.04", "ubuntu-2004"),
+    ("amazon", "2", "amazon-2"),
+];
+
+/// Namespace of the ClusterClass source and the management cluster's own Cluster (§1).
+pub const TKG_SYSTEM_NAMESPACE: &str = "tkg-system";
+/// Annotation naming the TKR selector (`""` selects any TKR), on Clusters and ClusterClasses (§4).
+pub const RESOLVE_TKR_ANNOTATION: &str = "run.tanzu.vmware.com/resolve-tkr";
+/// Annotation on the topology control plane / MD metadata (or the class) selecting the OSImage (§3.2).
+pub const RESOLVE_OS_IMAGE_ANNOTATION: &str = "run.tanzu.vmware.com/resolve-os-image";
+/// Label the TKR resolver sets on a Cluster: the resolved TKR name (§4).
+pub const TKR_LABEL: &str = "run.tanzu.vmware.com/tkr";
+/// Namespaces the object-propagation controller never copies the ClusterClass into (§1), besides
+/// namespaces labelled `cluster.x-k8s.io/provider` and `tkg-system` itself (the source).
+pub const PROPAGATION_EXCLUDED_NAMESPACES: &[&str] = &[
+    "cert-manager",
+    "kube-node-lease",
+    "kube-public",
+    "kube-system",
+    "tanzu-auth",
+    "tkg-system-public",
+    "tkg-system-telemetry",
+    "tkr-system",
+    "avi-system",
+    "tkg-system-networking",
+    "secretgen-controller",
+];
+
+/// The values of the management cluster's configuration the emulated one is seeded from.
+#[derive(Clone, Debug)]
+pub struct ManagementSeed {
+    /// The TKG release (class, TKRs, admission behaviour). Default 2.2.
+    pub tkg_version: TkgVersion,
+    /// Name of the management cluster's own Cluster object in `tkg-system`. Default `tkg-mgmt`.
+    pub name: String,
+    /// `AWS_REGION`: default of the class variable `region`. Default `us-west-2`.
+    pub region: String,
+    /// `AWS_SSH_KEY_NAME`: default of `sshKeyName`. Default `tkg-mgmt-key`.
+    pub ssh_key_name: String,
+    /// `CNI`: default of `cni`. Default `antrea`.
+    pub cni: String,
+    /// `BASTION_HOST_ENABLED`: default of `bastion.enabled`. Default `true`.
+    pub bastion_enabled: bool,
+    /// Pinniped supervisor issuer URL: when set, ConfigMap `kube-public/pinniped-info` exists
+    /// (identity management via Pinniped, §7). Default `None`.
+    pub pinniped_issuer: Option<String>,
+}
+
+impl Default for ManagementSeed {
+    fn default() -> Self {
+        ManagementSeed {
+            tkg_version: TkgVersion::default(),
+            name: "tkg-mgmt".into(),
+            region: "us-west-2".into(),
+            ssh_key_name: "tkg-mgmt-key".into(),
+            cni: "antrea".into(),
+            bastion_enabled: true,
+            pinniped_issuer: None,
+        }
+    }
+}
+
+/// The name of a TKR (or label form of a version): `+` becomes `---` (§1).
+pub fn tkr_name(version: &str) -> String {
+    version.replace('+', "---")
+}
+
+/// The Kubernetes version of a TKR version: `v1.25.7+vmware.2-tkg.1` → `v1.25.7+vmware.2`.
+pub fn tkr_kubernetes_version(tkr_version: &str) -> String {
+    match tkr_version.rfind("-tkg.") {
+        Some(i) => tkr_version[..i].to_string(),
+        None => tkr_version.to_string(),
+    }
+}
+
+/// The version-prefix labels of a version (§8): for `v1.25.7+vmware.2-tkg.1` these are `v1`,
+/// `v1.25`, `v1.25.7`, `v1.25.7---vmware.2` and `v1.25.7---vmware.2-tkg.1`.
+pub fn version_prefix_labels(version: &str) -> Vec<String> {
+    let (core, build) = version.split_once('+').unwrap_or((version, ""));
+    let mut out = Vec::new();
+    let parts: Vec<&str> = core.split('.').collect();
+    for i in 1..=parts.len() {
+        out.push(parts[..i].join("."));
+    }
+    if !build.is_empty() {
+        let mut acc = String::new();
+        for (i, seg) in build.split('-').enumerate() {
+            if i > 0 {
+                acc.push('-');
+            }
+            acc.push_str(seg);
+            out.push(format!("{core}---{acc}"));
+        }
+    }
+    out
+}
+
+/// The AMI id of one seeded OSImage (deterministic).
+pub fn ami_id(tkr_version: &str, os_name: &str, region: &str) -> String {
+    format!(
+        "ami-0{}",
+        &digits(&format!("{tkr_version}/{os_name}/{region}"), 16)
+    )
+}
 
 fn variable(name: &str, required: bool, schema: Value) -> Value {
     json!({"name": name, "required": required, "schema": {"openAPIV3Schema": schema}})
 }
 
-/// The ClusterClass `tkg-aws-default` as TKG 1.6 installs it (cconly plans, tanzu-apis.md §2.5).
-pub(crate) fn cluster_class(namespace: &str) -> Value {
-    let cc = CLUSTER_CLASS_NAME;
-    let infra = "infrastructure.cluster.x-k8s.io/v1beta1";
+const TLS_CIPHER_SUITES: &str = "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305";
+
+/// The `spec.variables` of the AWS ClusterClass (tkg2-aws-class-based.md §2).
+pub(crate) fn class_variables(seed: &ManagementSeed) -> Vec<Value> {
+    let v = seed.tkg_version;
+    let string_map =
+        json!({"type": "object", "additionalProperties": {"type": "string"}, "default": {}});
     let subnet = json!({"type": "object", "properties": {"id": {"type": "string"}, "cidr": {"type": "string"}}});
-    let root_volume =
-        json!({"type": "object", "properties": {"sizeGiB": {"type": "integer", "default": 80}}});
-    let variables = vec![
-        variable("region", true, json!({"type": "string"})),
-        variable("sshKeyName", true, json!({"type": "string", "default": ""})),
-        variable(
-            "identityRef",
-            false,
-            json!({"type": "object", "properties": {
-            "kind": {"type": "string", "default": "AWSClusterRoleIdentity"}, "name": {"type": "string"}}}),
-        ),
-        variable(
-            "bastion",
-            false,
-            json!({"type": "object", "properties": {"enabled": {"type": "boolean", "default": true}}}),
-        ),
-        variable(
-            "loadBalancerSchemeInternal",
-            false,
-            json!({"type": "boolean", "default": false}),
-        ),
-        variable(
-            "cni",
-            false,
-            json!({"type": "string", "default": "antrea", "enum": ["antrea", "calico", "none"]}),
-        ),
-        variable(
-            "network",
-            false,
-            json!({"type": "object", "properties": {
-            "vpc": {"type": "object", "properties": {"existingID": {"type": "string"}, "cidr": {"type": "string", "default": "10.0.0.0/16"}}},
+    let key_value = json!({"type": "array", "items": {"type": "object", "properties": {
+        "key": {"type": "string"}, "value": {"type": "string"}}}});
+    let pss_level = json!({"type": "string", "enum": ["", "privileged", "baseline", "restricted"]});
+    let mut vars = Vec::new();
+    for n in [
+        "etcdExtraArgs",
+        "apiServerExtraArgs",
+        "kubeSchedulerExtraArgs",
+        "kubeControllerManagerExtraArgs",
+        "controlPlaneKubeletExtraArgs",
+        "workerKubeletExtraArgs",
+    ] {
+        vars.push(variable(n, false, string_map.clone()));
+    }
+    vars.extend([
+        variable("tlsCipherSuites", false, json!({"type": "string", "default": TLS_CIPHER_SUITES})),
+        variable("region", true, json!({"type": "string", "default": seed.region})),
+        variable("sshKeyName", true, json!({"type": "string", "default": seed.ssh_key_name})),
+        variable("identityRef", true, json!({"type": "object", "properties": {
+            "kind": {"type": "string", "default": "AWSClusterRoleIdentity"}, "name": {"type": "string"}}})),
+        variable("bastion", false, json!({"type": "object", "properties": {
+            "enabled": {"type": "boolean"}}, "default": {"enabled": seed.bastion_enabled}})),
+        variable("loadBalancerSchemeInternal", false, json!({"type": "boolean", "default": false})),
+        variable("cni", true, json!({"type": "string", "default": seed.cni})),
+        variable("network", true, json!({"type": "object", "required": ["vpc", "subnets"], "properties": {
+            "vpc": {"type": "object", "properties": {
+                "existingID": {"type": "string"}, "cidr": {"type": "string", "default": "10.0.0.0/16"}}},
             "subnets": {"type": "array", "items": {"type": "object", "properties": {
                 "az": {"type": "string"}, "private": subnet, "public": subnet}}},
             "securityGroupOverrides": {"type": "object", "properties": {
                 "bastion": {"type": "string"}, "apiServerLB": {"type": "string"}, "lb": {"type": "string"},
-                "controlplane": {"type": "string"}, "node": {"type": "string"}}}}}),
-        ),
-        variable(
-            "controlPlane",
+                v.control_plane_sg_key(): {"type": "string"}, "node": {"type": "string"}}}}})),
+        variable("proxy", false, json!({"type": "object", "required": ["httpProxy", "httpsProxy"], "properties": {
+            "httpProxy": {"type": "string"}, "httpsProxy": {"type": "string"},
+            "noProxy": {"type": "array", "items": {"type": "string"}}}})),
+        variable("controlPlane", true, json!({"type": "object", "properties": {
+            "instanceType": {"type": "string", "default": "t3.large"},
+            "rootVolume": {"type": "object", "properties": {"sizeGiB": {"type": "integer", "default": 80}}},
+            "nodeLabels": key_value}})),
+        variable("worker", true, json!({"type": "object", "properties": {
+            "instanceType": {"type": "string", "default": "m5.large"},
+            "rootVolume": {"type": "object", "properties": {"sizeGiB": {"type": "integer", "default": 80}}}}})),
+        variable("imageRepository", false, json!({"type": "object", "properties": {
+            "host": {"type": "string"}, "tlsCertificateValidation": {"type": "boolean", "default": true}}})),
+        variable("trust", false, json!({"type": "object", "properties": {
+            "additionalTrustedCAs": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "data": {"type": "string"}}}}}})),
+        variable("auditLogging", false, json!({"type": "object", "properties": {
+            "enabled": {"type": "boolean"}}, "default": {"enabled": false}})),
+        variable("nodePoolLabels", false, key_value),
+        variable("TKR_DATA", false, json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})),
+        variable("controlPlaneCertificateRotation", false, json!({"type": "object", "properties": {
+            "activate": {"type": "boolean", "default": true},
+            "daysBefore": {"type": "integer", "minimum": 7, "default": 90}}})),
+        variable("podSecurityStandard", false, json!({"type": "object", "properties": {
+            "deactivated": {"type": "boolean"}, "enforce": pss_level, "audit": pss_level, "warn": pss_level,
+            "enforceVersion": {"type": "string"}, "auditVersion": {"type": "string"}, "warnVersion": {"type": "string"},
+            "exemptions": {"type": "object", "properties": {"namespaces": {"type": "array", "items": {"type": "string"}}}}}})),
+        variable("eventRateLimitConf", false, json!({"type": "string", "default": ""})),
+    ]);
+    if v != TkgVersion::V2_1 {
+        vars.push(variable(
+            "additionalImageRegistries",
             false,
-            json!({"type": "object", "properties": {
-            "instanceType": {"type": "string", "default": "t3.large"}, "rootVolume": root_volume,
-            "nodeLabels": {"type": "array", "items": {"type": "object"}}}}),
-        ),
-        variable(
-            "worker",
-            false,
-            json!({"type": "object", "properties": {
-            "instanceType": {"type": "string", "default": "m5.large"}, "rootVolume": root_volume}}),
-        ),
-        variable(
-            "imageRepository",
-            false,
-            json!({"type": "object", "properties": {
-            "host": {"type": "string"}, "tlsCertificateValidation": {"type": "boolean", "default": true}}}),
-        ),
-        variable(
-            "trust",
-            false,
-            json!({"type": "object", "properties": {"additionalTrustedCAs": {"type": "array", "items": {"type": "object"}}}}),
-        ),
-        variable(
-            "auditLogging",
-            false,
-            json!({"type": "object", "properties": {"enabled": {"type": "boolean", "default": false}}}),
-        ),
-        variable(
-            "nodePoolLabels",
-            false,
-            json!({"type": "array", "items": {"type": "object"}}),
-        ),
-        variable(
-            "TKR_DATA",
-            false,
-            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
-        ),
-    ];
+            json!({"type": "array", "items": {
+            "type": "object", "required": ["host"], "properties": {
+                "host": {"type": "string"}, "skipTlsVerify": {"type": "boolean", "default": false},
+                "caCert": {"type": "string"}}}}),
+        ));
+    }
+    vars
+}
+
+/// The class-level MachineHealthCheck (§5): management defaults `MHC_*` and `NODE_STARTUP_TIMEOUT`.
+fn class_mhc() -> Value {
+    json!({
+        "maxUnhealthy": "100%",
+        "nodeStartupTimeout": "20m0s",
+        "unhealthyConditions": [
+            {"type": "Ready", "status": "Unknown", "timeout": "5m0s"},
+            {"type": "Ready", "status": "False", "timeout": "12m0s"},
+        ],
+    })
+}
+
+/// The AWS ClusterClass of `seed.tkg_version` in `namespace` (§1, §2, §5); templates are named but
+/// not created.
+pub(crate) fn cluster_class(seed: &ManagementSeed, namespace: &str) -> Value {
+    let cc = seed.tkg_version.cluster_class();
+    let infra = "infrastructure.cluster.x-k8s.io/v1beta2";
     json!({
         "apiVersion": "cluster.x-k8s.io/v1beta1",
         "kind": "ClusterClass",
-        "metadata": {"name": cc, "namespace": namespace},
+        "metadata": {"name": cc, "namespace": namespace, "annotations": {RESOLVE_TKR_ANNOTATION: ""}},
         "spec": {
             "controlPlane": {
                 "ref": {"apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlaneTemplate",
                         "name": format!("{cc}-kcp"), "namespace": namespace},
                 "machineInfrastructure": {"ref": {"apiVersion": infra, "kind": "AWSMachineTemplate",
                         "name": format!("{cc}-control-plane"), "namespace": namespace}},
+                "machineHealthCheck": class_mhc(),
             },
             "infrastructure": {"ref": {"apiVersion": infra, "kind": "AWSClusterTemplate",
                         "name": format!("{cc}-cluster"), "namespace": namespace}},
@@ -194,41 +424,245 @@ pub(crate) fn cluster_class(namespace: &str) -> Value {
                 "class": "tkg-worker",
                 "template": {
                     "bootstrap": {"ref": {"apiVersion": "bootstrap.cluster.x-k8s.io/v1beta1", "kind": "KubeadmConfigTemplate",
-                        "name": format!("{cc}-md-0"), "namespace": namespace}},
+                        "name": format!("{cc}-md-config"), "namespace": namespace}},
                     "infrastructure": {"ref": {"apiVersion": infra, "kind": "AWSMachineTemplate",
                         "name": format!("{cc}-worker"), "namespace": namespace}},
                 },
+                "machineHealthCheck": class_mhc(),
             }]},
-            "variables": variables,
+            "variables": class_variables(seed),
         }
     })
 }
 
-/// Registers the Cluster API types and creates the ClusterClass and TanzuKubernetesReleases.
-pub(crate) fn seed_management(cluster: &EmulatedCluster) -> Result<(), ControllerError> {
-    cluster.register_capi_types();
-    ensure_namespace(cluster, "default")?;
-    create_if_absent(cluster, &gvr_cluster_class(), cluster_class("default"))?;
-    for (name, version, k8s) in TANZU_KUBERNETES_RELEASES {
-        let tkr = json!({
-            "apiVersion": "run.tanzu.vmware.com/v1alpha3",
-            "kind": "TanzuKubernetesRelease",
-            "metadata": {"name": name, "labels": {"os-name": "ubuntu", "os-type": "linux"}},
-            "spec": {
-                "version": version,
-                "kubernetes": {"version": k8s, "imageRepository": "projects.registry.vmware.com/tkg"},
-                "osImages": [], "bootstrapPackages": [],
+/// Whether the object-propagation controller copies ClusterClasses into this namespace (§1).
+pub(crate) fn propagates_into(ns: &Value) -> bool {
+    let name = name_of(ns).unwrap_or("");
+    name != TKG_SYSTEM_NAMESPACE
+        && !PROPAGATION_EXCLUDED_NAMESPACES.contains(&name)
+        && label(ns, "cluster.x-k8s.io/provider").is_none()
+        && ns.pointer("/metadata/deletionTimestamp").is_none()
+}
+
+/// The object-propagation controller: copies every ClusterClass of `tkg-system` into every
+/// namespace it propagates into (§1), keeping the copies equal to the source.
+pub(crate) fn propagate_classes(cluster: &EmulatedCluster) -> Result<(), ControllerError> {
+    let sources = cluster.list(&gvr_cluster_class(), Some(TKG_SYSTEM_NAMESPACE));
+    if sources.is_empty() {
+        return Ok(());
+    }
+    for ns in cluster.list(&gvr_namespace(), None) {
+        if !propagates_into(&ns) {
+            continue;
+        }
+        let target = name_of(&ns).unwrap_or_default();
+        for src in &sources {
+            let name = name_of(src).unwrap_or_default();
+            let mut copy = json!({
+                "apiVersion": "cluster.x-k8s.io/v1beta1",
+                "kind": "ClusterClass",
+                "metadata": {"name": name, "namespace": target,
+                             "annotations": src.pointer("/metadata/annotations").cloned().unwrap_or(json!({}))},
+                "spec": src.get("spec").cloned().unwrap_or(json!({})),
+            });
+            for r in [
+                "/spec/controlPlane/ref",
+                "/spec/controlPlane/machineInfrastructure/ref",
+                "/spec/infrastructure/ref",
+            ] {
+                if let Some(m) = copy.pointer_mut(r).and_then(Value::as_object_mut) {
+                    m.insert("namespace".into(), json!(target));
+                }
             }
-        });
-        let stored = create_if_absent(cluster, &gvr_tkr(), tkr)?;
+            match cluster.get(&gvr_cluster_class(), Some(target), name) {
+                None => {
+                    if let Err(err) = cluster.create(&gvr_cluster_class(), copy) {
+                        debug!(namespace = target, error = %err, "ClusterClass not propagated");
+                    }
+                }
+                Some(existing) if existing.get("spec") != copy.get("spec") => {
+                    cluster.patch_merge(
+                        &gvr_cluster_class(),
+                        Some(target),
+                        name,
+                        json!({"spec": copy["spec"]}),
+                    )?;
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tkr_object(version: &str, compatible: bool) -> Value {
+    let k8s = tkr_kubernetes_version(version);
+    let name = tkr_name(version);
+    let mut labels = Map::new();
+    for l in version_prefix_labels(version) {
+        labels.insert(tkr_name(&l), json!(""));
+    }
+    if !compatible {
+        labels.insert("incompatible".into(), json!(""));
+    }
+    let os_images: Vec<Value> = OS_IMAGES
+        .iter()
+        .flat_map(|(_, _, short)| {
+            OSIMAGE_REGIONS
+                .iter()
+                .map(move |r| json!({"name": osimage_name(version, short, r)}))
+        })
+        .collect();
+    json!({
+        "apiVersion": "run.tanzu.vmware.com/v1alpha3",
+        "kind": "TanzuKubernetesRelease",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "version": version,
+            "kubernetes": {
+                "version": k8s,
+                "imageRepository": "projects.registry.vmware.com/tkg",
+                "etcd": {"imageTag": "v3.5.6_vmware.9"},
+                "coredns": {"imageTag": "v1.9.3_vmware.8"},
+                "pause": {"imageTag": "3.8"},
+            },
+            "osImages": os_images,
+            "bootstrapPackages": [],
+        }
+    })
+}
+
+fn osimage_name(tkr_version: &str, os_short: &str, region: &str) -> String {
+    format!("{}-{os_short}-amd64-{region}", tkr_name(tkr_version))
+}
+
+fn osimage_object(tkr_version: &str, os: &(&str, &str, &str), region: &str) -> Value {
+    let k8s = tkr_kubernetes_version(tkr_version);
+    let (os_name, os_version, short) = *os;
+    let ami = ami_id(tkr_version, os_name, region);
+    let mut labels = Map::new();
+    for l in version_prefix_labels(&k8s) {
+        labels.insert(tkr_name(&l), json!(""));
+    }
+    for (k, v) in [
+        ("os-type", "linux"),
+        ("os-name", os_name),
+        ("os-version", os_version),
+        ("os-arch", "amd64"),
+        ("image-type", "ami"),
+        ("ami-region", region),
+        ("ami-id", ami.as_str()),
+    ] {
+        labels.insert(k.into(), json!(v));
+    }
+    json!({
+        "apiVersion": "run.tanzu.vmware.com/v1alpha3",
+        "kind": "OSImage",
+        "metadata": {"name": osimage_name(tkr_version, short, region), "labels": labels},
+        "spec": {
+            "kubernetesVersion": k8s,
+            "os": {"type": "linux", "name": os_name, "version": os_version, "arch": "amd64"},
+            "image": {"type": "ami", "ref": {"id": ami, "region": region}},
+        }
+    })
+}
+
+fn seed_tkr(
+    cluster: &EmulatedCluster,
+    version: &str,
+    compatible: bool,
+) -> Result<(), ControllerError> {
+    for os in OS_IMAGES {
+        for r in OSIMAGE_REGIONS {
+            create_if_absent(cluster, &gvr_osimage(), osimage_object(version, os, r))?;
+        }
+    }
+    let stored = create_if_absent(cluster, &gvr_tkr(), tkr_object(version, compatible))?;
+    if stored.pointer("/status/conditions").is_none() {
+        let compat = if compatible {
+            cond_true("Compatible")
+        } else {
+            cond_false("Compatible", "Warning", "", "")
+        };
         let mut status = Map::new();
         status.insert(
             "conditions".into(),
-            json!([cond_true("Ready"), cond_true("Compatible")]),
+            json!([cond_true("Ready"), compat, cond_true("Valid")]),
         );
-        if stored.pointer("/status/conditions").is_none() {
-            write_status(cluster, &gvr_tkr(), &stored, status)?;
-        }
+        write_status(cluster, &gvr_tkr(), &stored, status)?;
+    }
+    Ok(())
+}
+
+/// Seeds a TKG 2.x management cluster (see `seed_management_cluster_with`).
+pub(crate) fn seed_management(
+    cluster: &EmulatedCluster,
+    seed: &ManagementSeed,
+) -> Result<(), ControllerError> {
+    cluster.register_capi_types();
+    cluster.register_kapp_types();
+    cluster.set_admission(
+        gvr_cluster(),
+        std::sync::Arc::new(super::admission::ClusterAdmission::new(seed.tkg_version)),
+    );
+    for ns in ["default", TKG_SYSTEM_NAMESPACE, "tkr-system"] {
+        ensure_namespace(cluster, ns)?;
+    }
+    create_if_absent(
+        cluster,
+        &gvr_cluster_class(),
+        cluster_class(seed, TKG_SYSTEM_NAMESPACE),
+    )?;
+    propagate_classes(cluster)?;
+    for v in seed.tkg_version.compatible_tkrs() {
+        seed_tkr(cluster, v, true)?;
+    }
+    seed_tkr(cluster, INCOMPATIBLE_TKR, false)?;
+    if let Some(issuer) = &seed.pinniped_issuer {
+        create_if_absent(
+            cluster,
+            &gvr_config_map(),
+            json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "pinniped-info", "namespace": "kube-public"},
+                "data": {
+                    "cluster_name": seed.name,
+                    "issuer": issuer,
+                    "issuer_ca_bundle_data": base64::engine::general_purpose::STANDARD.encode("-----BEGIN CERTIFICATE-----\nemulated\n-----END CERTIFICATE-----\n"),
+                    "concierge_is_cluster_scoped": "true",
+                },
+            }),
+        )?;
+    }
+    // The management cluster's own Cluster: plan-based refs keep the CAPI controllers off it.
+    let own = create_if_absent(
+        cluster,
+        &gvr_cluster(),
+        json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta1",
+            "kind": "Cluster",
+            "metadata": {
+                "name": seed.name, "namespace": TKG_SYSTEM_NAMESPACE,
+                "labels": {"cluster-role.tkg.tanzu.vmware.com/management": "", "tkg.tanzu.vmware.com/cluster-name": seed.name},
+                "annotations": {"TKGVERSION": seed.tkg_version.tkg_version_annotation()},
+            },
+            "spec": {"clusterNetwork": {"pods": {"cidrBlocks": ["100.96.0.0/11"]}, "services": {"cidrBlocks": ["100.64.0.0/13"]}}},
+        }),
+    )?;
+    if own.get("status").is_none() {
+        let mut st = Map::new();
+        st.insert("phase".into(), json!("Provisioned"));
+        st.insert("infrastructureReady".into(), json!(true));
+        st.insert("controlPlaneReady".into(), json!(true));
+        st.insert(
+            "conditions".into(),
+            json!([
+                cond_true("Ready"),
+                cond_true("ControlPlaneReady"),
+                cond_true("InfrastructureReady")
+            ]),
+        );
+        write_status(cluster, &gvr_cluster(), &own, st)?;
     }
     Ok(())
 }

@@ -23,6 +23,7 @@
 //! - [`TMC_CONNECTED_ANNOTATION`] is written by the TMC agent on ConfigMap
 //!   `vmware-system-tmc/stack-config` once its `agentconnect` call succeeded.
 
+mod admission;
 mod capi;
 mod catalog;
 mod kapp;
@@ -41,10 +42,13 @@ use tokio::task::AbortHandle;
 
 use super::{ChangeEvent, EmulatedCluster, KubeEmulator, KubeEmulatorError};
 
+pub use admission::PAUSED_ANNOTATION;
 pub use capi::{FAIL_ANNOTATION, MACHINES_VERSION_ANNOTATION};
 pub use catalog::{
-    StandardPackage, CLUSTER_CLASS_NAME, PACKAGING_GLOBAL_NAMESPACE, STANDARD_PACKAGES,
-    STANDARD_REPO_IMAGE, STANDARD_REPO_NAME, TANZU_KUBERNETES_RELEASES,
+    ami_id, tkr_kubernetes_version, tkr_name, version_prefix_labels, ManagementSeed,
+    StandardPackage, TkgVersion, INCOMPATIBLE_TKR, OSIMAGE_REGIONS, PACKAGING_GLOBAL_NAMESPACE,
+    PROPAGATION_EXCLUDED_NAMESPACES, RESOLVE_OS_IMAGE_ANNOTATION, RESOLVE_TKR_ANNOTATION,
+    STANDARD_PACKAGES, STANDARD_REPO_IMAGE, STANDARD_REPO_NAME, TKG_SYSTEM_NAMESPACE, TKR_LABEL,
 };
 pub use tmc_agent::{TMC_CONNECTED_ANNOTATION, TMC_NAMESPACE, TMC_STACK_CONFIG};
 
@@ -81,6 +85,30 @@ impl Default for ControllerOptions {
         ControllerOptions {
             tick: Duration::from_millis(200),
             standard_packages: true,
+        }
+    }
+}
+
+/// Transient topology failures of the simulated Cluster API topology controller: every
+/// `transient_every`-th topology reconcile of each Cluster (counted per Cluster uid, so the pattern
+/// is deterministic) skips the sync and sets `TopologyReconciled=False`, severity `Error`, reason
+/// `TopologyReconcileFailed`, for one tick; the next reconcile sets it `True` again. Real CAPI
+/// shows this on conflicts and API timeouts; `tanzu cluster create` never checks the condition
+/// (tkg2-aws-class-based.md §6), so a client waiting on it must tolerate it.
+#[derive(Clone, Debug)]
+pub struct TopologyFaults {
+    /// Period in topology reconciles; 0 disables the fault. Default 17.
+    pub transient_every: u64,
+    /// The transient error text in the condition message. Default
+    /// `Internal error occurred: etcdserver: request timed out (transient)`.
+    pub message: String,
+}
+
+impl Default for TopologyFaults {
+    fn default() -> Self {
+        TopologyFaults {
+            transient_every: 17,
+            message: "Internal error occurred: etcdserver: request timed out (transient)".into(),
         }
     }
 }
@@ -284,12 +312,29 @@ impl Drop for Controllers {
     }
 }
 
-/// Prepares a management cluster: registers the Cluster API types, creates the ClusterClass
-/// `tkg-aws-default` in namespace `default` (TKG 1.6 cconly) and the TanzuKubernetesReleases
-/// `v1.23.8---vmware.2-tkg.1` and `v1.22.11---vmware.2-tkg.1` (cluster-scoped, `Ready` and
-/// `Compatible` True). Idempotent.
+/// Prepares a TKG **2.2** management cluster with the default [`ManagementSeed`] (region
+/// `us-west-2`, SSH key `tkg-mgmt-key`, CNI `antrea`, bastion on, no Pinniped); see
+/// [`seed_management_cluster_with`]. Idempotent. Errors: [`ControllerError::Emulator`] when a
+/// seed object cannot be written.
 pub fn seed_management_cluster(cluster: &EmulatedCluster) -> Result<(), ControllerError> {
-    catalog::seed_management(cluster)
+    catalog::seed_management(cluster, &ManagementSeed::default())
+}
+
+/// Prepares a TKG 2.x management cluster (tkg2-aws-class-based.md §1, §2, §4, §5, §7, §8):
+/// registers the Cluster API, Tanzu and Carvel types; installs the Cluster admission (CAPI
+/// defaulting, cluster pause, TKR resolver, CAPI validation); creates namespaces `default`,
+/// `tkg-system`, `tkr-system`, the ClusterClass [`TkgVersion::cluster_class`] in `tkg-system`
+/// (annotated `run.tanzu.vmware.com/resolve-tkr: ""`, variable defaults from `seed`) and its
+/// propagated copies, the compatible TKRs [`TkgVersion::compatible_tkrs`] plus the incompatible
+/// [`INCOMPATIBLE_TKR`] with their OSImages ([`OSIMAGE_REGIONS`] × ubuntu 20.04 / amazon 2), the
+/// management cluster's own Cluster `tkg-system/<seed.name>` (annotation `TKGVERSION`, label
+/// `cluster-role.tkg.tanzu.vmware.com/management`) and, when `seed.pinniped_issuer` is set,
+/// ConfigMap `kube-public/pinniped-info`. Idempotent. Errors: [`ControllerError::Emulator`].
+pub fn seed_management_cluster_with(
+    cluster: &EmulatedCluster,
+    seed: &ManagementSeed,
+) -> Result<(), ControllerError> {
+    catalog::seed_management(cluster, seed)
 }
 
 /// Seeds a workload cluster as the Cluster API controller does when its control plane initializes:
@@ -313,6 +358,17 @@ pub fn start_controllers(
     management_cluster: &str,
     opts: ControllerOptions,
 ) -> Controllers {
+    start_controllers_with(emu, management_cluster, opts, TopologyFaults::default())
+}
+
+/// [`start_controllers`] with explicit transient topology faults (the default is on at a low,
+/// deterministic rate, see [`TopologyFaults`]).
+pub fn start_controllers_with(
+    emu: &KubeEmulator,
+    management_cluster: &str,
+    opts: ControllerOptions,
+    faults: TopologyFaults,
+) -> Controllers {
     // The TMC agent builds a reqwest client; rustls needs a process-wide provider (no-op if set).
     crate::install_crypto_provider();
     let shared = Arc::new(Shared::new());
@@ -328,7 +384,7 @@ pub fn start_controllers(
             tokio::time::sleep(opts.tick).await;
         };
         let rx = mgmt.subscribe();
-        let ctrl = capi::CapiController::new(emu, mgmt, opts.clone(), weak);
+        let ctrl = capi::CapiController::new(emu, mgmt, opts.clone(), weak, faults);
         run_loop(ctrl, rx, opts.tick, progress).await;
     });
     shared.push(handle.abort_handle());

@@ -46,6 +46,14 @@ pub(crate) fn gvr_tkr() -> Gvr {
         "tanzukubernetesreleases",
     )
 }
+/// `run.tanzu.vmware.com/v1alpha3` OSImage (cluster-scoped).
+pub(crate) fn gvr_osimage() -> Gvr {
+    Gvr::new("run.tanzu.vmware.com", "v1alpha3", "osimages")
+}
+/// `run.tanzu.vmware.com/v1alpha3` ClusterBootstrap.
+pub(crate) fn gvr_cluster_bootstrap() -> Gvr {
+    Gvr::new("run.tanzu.vmware.com", "v1alpha3", "clusterbootstraps")
+}
 /// Core v1 Secret.
 pub(crate) fn gvr_secret() -> Gvr {
     Gvr::new("", "v1", "secrets")
