@@ -8,8 +8,10 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use tkgops_emulators::kube::controllers::{
-    seed_management_cluster, start_controllers, ControllerOptions, Controllers, FAIL_ANNOTATION,
-    STANDARD_PACKAGES, TMC_CONNECTED_ANNOTATION,
+    seed_management_cluster, seed_management_cluster_with, start_controllers,
+    start_controllers_with, tkr_name, ControllerOptions, Controllers, ManagementSeed, TkgVersion,
+    TopologyFaults, FAIL_ANNOTATION, INCOMPATIBLE_TKR, PAUSED_ANNOTATION, STANDARD_PACKAGES,
+    TKR_LABEL, TMC_CONNECTED_ANNOTATION,
 };
 use tkgops_emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
 
@@ -68,37 +70,68 @@ async fn env() -> Env {
     let emu = KubeEmulator::new();
     let mgmt = emu.add_cluster("mgmt").await.expect("management cluster");
     seed_management_cluster(&mgmt).expect("seed");
-    let ctrl = start_controllers(
+    let ctrl = start_controllers_with(
         &emu,
         "mgmt",
         ControllerOptions {
             tick: TICK,
             standard_packages: true,
         },
+        NO_FAULTS,
     );
     Env { emu, mgmt, ctrl }
 }
 
+/// Transient topology faults off: tests that assert on `TopologyReconciled` stay deterministic.
+const NO_FAULTS: TopologyFaults = TopologyFaults {
+    transient_every: 0,
+    message: String::new(),
+};
+
+/// The TKG 2.2 AWS ClusterClass.
+const CLASS: &str = "tkg-aws-default-v1.0.0";
+/// The newest TKR compatible with TKG 2.2, and its Kubernetes version.
+const TKR: &str = "v1.25.7+vmware.2-tkg.1";
+const K8S: &str = "v1.25.7+vmware.2";
+const OS_SELECTOR: &str = "ami-region=us-east-1,os-name=ubuntu,os-arch=amd64";
+
+/// A Cluster shaped as tkgops renders it for TKG 2.x (tkg2-aws-class-based.md §3.3), in us-east-1.
 fn cluster_obj(name: &str, class: &str, cp: i64, workers: i64) -> Value {
+    cluster_obj_at(name, class, TKR, cp, workers)
+}
+
+fn cluster_obj_at(name: &str, class: &str, version: &str, cp: i64, workers: i64) -> Value {
+    let os = json!({"annotations": {"run.tanzu.vmware.com/resolve-os-image": OS_SELECTOR}});
     json!({
         "apiVersion": "cluster.x-k8s.io/v1beta1",
         "kind": "Cluster",
         "metadata": {"name": name, "namespace": "default",
-                     "labels": {"tkg.tanzu.vmware.com/cluster-name": name}},
+                     "labels": {"tkg.tanzu.vmware.com/cluster-name": name},
+                     "annotations": {"osInfo": "ubuntu,20.04,amd64", "run.tanzu.vmware.com/resolve-tkr": "", "tkg/plan": "dev"}},
         "spec": {
             "clusterNetwork": {"pods": {"cidrBlocks": ["100.96.0.0/11"]}, "services": {"cidrBlocks": ["100.64.0.0/13"]}},
             "topology": {
                 "class": class,
-                "version": "v1.23.8+vmware.2",
-                "controlPlane": {"replicas": cp},
+                "version": version,
+                "controlPlane": {"replicas": cp, "metadata": os},
                 "workers": {"machineDeployments": [
-                    {"class": "tkg-worker", "name": "md-0", "replicas": workers, "failureDomain": "us-east-1a"}
+                    {"class": "tkg-worker", "name": "md-0", "replicas": workers, "failureDomain": "us-east-1a", "metadata": os}
                 ]},
                 "variables": [
+                    {"name": "cni", "value": "antrea"},
+                    {"name": "controlPlaneCertificateRotation", "value": {"activate": true, "daysBefore": 90}},
+                    {"name": "auditLogging", "value": {"enabled": false}},
+                    {"name": "podSecurityStandard", "value": {"deactivated": false, "audit": "baseline", "warn": "baseline"}},
                     {"name": "region", "value": "us-east-1"},
+                    {"name": "sshKeyName", "value": "my-key"},
                     {"name": "loadBalancerSchemeInternal", "value": true},
+                    {"name": "bastion", "value": {"enabled": true}},
                     {"name": "network", "value": {"vpc": {"existingID": "vpc-0abc"},
+                        "securityGroupOverrides": {"controlPlane": "sg-cp"},
                         "subnets": [{"az": "us-east-1a", "private": {"id": "subnet-a"}}]}},
+                    {"name": "identityRef", "value": {}},
+                    {"name": "worker", "value": {"instanceType": "m5.large", "rootVolume": {"sizeGiB": 80}}},
+                    {"name": "controlPlane", "value": {"instanceType": "t3.large", "rootVolume": {"sizeGiB": 80}}},
                 ],
             },
         },
@@ -148,7 +181,7 @@ async fn wait_ready(env: &Env, name: &str) -> Value {
 /// Creates a 1+1 cluster and waits for it to be Ready; returns the workload cluster.
 async fn ready_workload(env: &Env, name: &str) -> EmulatedCluster {
     env.mgmt
-        .create(&gvr_cluster(), cluster_obj(name, "tkg-aws-default", 1, 1))
+        .create(&gvr_cluster(), cluster_obj(name, CLASS, 1, 1))
         .expect("create cluster");
     wait_ready(env, name).await;
     env.emu.cluster(name).expect("workload cluster")
@@ -165,10 +198,7 @@ async fn ctrl_cluster_topology_progresses_to_ready() {
     let env = env().await;
     let mut events = env.mgmt.subscribe();
     env.mgmt
-        .create(
-            &gvr_cluster(),
-            cluster_obj("team-a", "tkg-aws-default", 3, 2),
-        )
+        .create(&gvr_cluster(), cluster_obj("team-a", CLASS, 3, 2))
         .expect("create");
     let cluster = wait_ready(&env, "team-a").await;
 
@@ -187,10 +217,10 @@ async fn ctrl_cluster_topology_progresses_to_ready() {
         ""
     );
     assert_eq!(kcp["spec"]["replicas"], 3);
-    assert_eq!(kcp["spec"]["version"], "v1.23.8+vmware.2");
+    assert_eq!(kcp["spec"]["version"], K8S);
     assert_eq!(kcp["status"]["readyReplicas"], 3);
     assert_eq!(kcp["status"]["updatedReplicas"], 3);
-    assert_eq!(kcp["status"]["version"], "v1.23.8+vmware.2");
+    assert_eq!(kcp["status"]["version"], K8S);
     assert_eq!(kcp["status"]["initialized"], true);
     assert_eq!(kcp["status"]["ready"], true);
     assert_eq!(cond_status(kcp, "Available").as_deref(), Some("True"));
@@ -214,10 +244,7 @@ async fn ctrl_cluster_topology_progresses_to_ready() {
     );
     assert_eq!(md["spec"]["clusterName"], "team-a");
     assert_eq!(md["spec"]["replicas"], 2);
-    assert_eq!(
-        md["spec"]["template"]["spec"]["version"],
-        "v1.23.8+vmware.2"
-    );
+    assert_eq!(md["spec"]["template"]["spec"]["version"], K8S);
     assert_eq!(
         md["spec"]["template"]["spec"]["failureDomain"],
         "us-east-1a"
@@ -429,7 +456,7 @@ async fn ctrl_cluster_applied_over_http_progresses() {
     let api: kube::Api<kube::core::DynamicObject> =
         kube::Api::namespaced_with(client, "default", &ar);
     let obj: kube::core::DynamicObject =
-        serde_json::from_value(cluster_obj("http-a", "tkg-aws-default", 1, 1)).unwrap();
+        serde_json::from_value(cluster_obj("http-a", CLASS, 1, 1)).unwrap();
     api.patch(
         "http-a",
         &kube::api::PatchParams::apply("tkgops").force(),
@@ -444,38 +471,111 @@ async fn ctrl_cluster_applied_over_http_progresses() {
     assert_eq!(status["controlPlaneReady"], true);
 }
 
+fn cluster_api(client: kube::Client, ns: &str) -> kube::Api<kube::core::DynamicObject> {
+    let ar = kube::core::ApiResource {
+        group: "cluster.x-k8s.io".into(),
+        version: "v1beta1".into(),
+        api_version: "cluster.x-k8s.io/v1beta1".into(),
+        kind: "Cluster".into(),
+        plural: "clusters".into(),
+    };
+    kube::Api::namespaced_with(client, ns, &ar)
+}
+
+fn dynamic(v: Value) -> kube::core::DynamicObject {
+    serde_json::from_value(v).expect("DynamicObject")
+}
+
+/// Creates `obj` through the real client and returns the API error it must fail with.
+async fn create_err(
+    api: &kube::Api<kube::core::DynamicObject>,
+    obj: Value,
+) -> Box<kube::core::Status> {
+    match api
+        .create(&kube::api::PostParams::default(), &dynamic(obj))
+        .await
+    {
+        Err(kube::Error::Api(e)) => e,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn gvr_cb() -> Gvr {
+    Gvr::new("run.tanzu.vmware.com", "v1alpha3", "clusterbootstraps")
+}
+fn gvr_cc() -> Gvr {
+    Gvr::new("cluster.x-k8s.io", "v1beta1", "clusterclasses")
+}
+
 #[tokio::test]
-async fn ctrl_missing_cluster_class_sets_topology_reconciled_false() {
+async fn ctrl_missing_cluster_class_is_denied_by_the_defaulting_webhook() {
     let env = env().await;
+    let api = cluster_api(env.mgmt.client().await.expect("client"), "default");
+    let e = create_err(&api, cluster_obj("orphan", "no-such-class", 1, 1)).await;
+    assert_eq!(e.code, 500);
+    assert_eq!(e.reason, "InternalError");
+    assert_eq!(
+        e.message,
+        "admission webhook \"default.cluster.cluster.x-k8s.io\" denied the request: Cluster orphan can't be validated. \
+         ClusterClass no-such-class can not be retrieved: clusterclasses.cluster.x-k8s.io \"no-such-class\" not found"
+    );
+    // The class exists in tkg-system, but CAPI 1.2 looks in the Cluster's namespace: a namespace
+    // the class is not propagated into (provider namespaces) cannot host Clusters.
     env.mgmt
-        .create(&gvr_cluster(), cluster_obj("orphan", "no-such-class", 1, 1))
-        .expect("create");
+        .create(&gvr_ns(), json!({"metadata": {"name": "capa-system", "labels": {"cluster.x-k8s.io/provider": "infrastructure-aws"}}}))
+        .unwrap();
+    let mut obj = cluster_obj("in-provider-ns", CLASS, 1, 1);
+    obj["metadata"]["namespace"] = json!("capa-system");
+    let api = cluster_api(env.mgmt.client().await.expect("client"), "capa-system");
+    let e = create_err(&api, obj).await;
+    assert_eq!(e.code, 500);
+    assert!(
+        e.message
+            .contains(&format!("ClusterClass {CLASS} can not be retrieved")),
+        "{}",
+        e.message
+    );
+    assert!(env
+        .mgmt
+        .get(&gvr_cluster(), Some("default"), "orphan")
+        .is_none());
+}
+
+#[tokio::test]
+async fn ctrl_class_is_propagated_into_new_namespaces_only() {
+    let env = env().await;
+    assert!(env.mgmt.get(&gvr_cc(), Some("default"), CLASS).is_some());
+    assert!(env.mgmt.get(&gvr_cc(), Some("tkg-system"), CLASS).is_some());
+    env.mgmt
+        .create(&gvr_ns(), json!({"metadata": {"name": "team-b"}}))
+        .unwrap();
+    env.mgmt
+        .create(&gvr_ns(), json!({"metadata": {"name": "kube-node-lease"}}))
+        .unwrap();
     let mgmt = env.mgmt.clone();
-    let c = wait_for(&env.ctrl, "TopologyReconciled=False", || {
-        mgmt.get(&gvr_cluster(), Some("default"), "orphan")
-            .filter(|c| cond(c, "TopologyReconciled").is_some())
+    let copy = wait_for(&env.ctrl, "class copied into team-b", || {
+        mgmt.get(&gvr_cc(), Some("team-b"), CLASS)
     })
     .await;
-    let tr = cond(&c, "TopologyReconciled").unwrap();
-    assert_eq!(tr["status"], "False");
-    assert_eq!(tr["reason"], "TopologyReconcileFailed");
-    assert_eq!(tr["severity"], "Error");
-    assert!(tr["message"]
-        .as_str()
-        .unwrap()
-        .contains("failed to retrieve ClusterClass default/no-such-class"));
-    assert_eq!(c["status"]["phase"], "Pending");
-    // It stays there: nothing is created for it.
-    settle(&env.ctrl, 5).await;
-    let kcps = env.mgmt.list(&gvr_kcp(), Some("default"));
-    assert!(owned_by(&kcps, "orphan").is_empty());
-    assert!(env.emu.cluster("orphan").is_none());
+    assert_eq!(
+        copy["metadata"]["annotations"]["run.tanzu.vmware.com/resolve-tkr"],
+        ""
+    );
+    settle(&env.ctrl, 2).await;
+    assert!(env
+        .mgmt
+        .get(&gvr_cc(), Some("kube-node-lease"), CLASS)
+        .is_none());
+    assert!(env
+        .mgmt
+        .get(&gvr_cc(), Some("kube-system"), CLASS)
+        .is_none());
 }
 
 #[tokio::test]
 async fn ctrl_fail_annotation_fails_cluster_with_error_severity() {
     let env = env().await;
-    let mut obj = cluster_obj("doomed", "tkg-aws-default", 1, 1);
+    let mut obj = cluster_obj("doomed", CLASS, 1, 1);
     obj["metadata"]["annotations"] = json!({FAIL_ANNOTATION: "AMI ami-123 not found in us-east-1"});
     env.mgmt.create(&gvr_cluster(), obj).expect("create");
     let mgmt = env.mgmt.clone();
@@ -665,32 +765,49 @@ async fn ctrl_package_install_succeeds_and_fails_like_kapp_controller() {
 }
 
 #[tokio::test]
-async fn ctrl_upgrade_rolls_control_plane_then_workers() {
+async fn ctrl_upgrade_pauses_then_rolls_control_plane_then_workers() {
     let env = env().await;
-    ready_workload(&env, "up").await;
     env.mgmt
+        .create(
+            &gvr_cluster(),
+            cluster_obj_at("up", CLASS, "v1.24.11+vmware.1-tkg.1", 1, 1),
+        )
+        .expect("create");
+    wait_ready(&env, "up").await;
+    let mut events = env.mgmt.subscribe();
+    // `tanzu cluster upgrade`: a merge patch of the TKR version (§8).
+    let patched = env
+        .mgmt
         .patch_merge(
             &gvr_cluster(),
             Some("default"),
             "up",
-            json!({"spec": {"topology": {"version": "v1.23.10+vmware.1"}}}),
+            json!({"spec": {"topology": {"version": TKR}}}),
         )
         .expect("patch version");
+    // The resolver relabels and the cluster-pause webhook pauses the Cluster.
+    assert_eq!(patched["spec"]["topology"]["version"], K8S);
+    assert_eq!(patched["metadata"]["labels"][TKR_LABEL], tkr_name(TKR));
+    assert_eq!(patched["spec"]["paused"], true);
+    assert_eq!(
+        patched["metadata"]["annotations"][PAUSED_ANNOTATION],
+        tkr_name(TKR)
+    );
     let mgmt = env.mgmt.clone();
     let kcp = wait_for(&env.ctrl, "KCP upgraded", || {
         owned_by(&mgmt.list(&gvr_kcp(), Some("default")), "up")
             .first()
-            .filter(|k| k["status"]["version"] == "v1.23.10+vmware.1")
+            .filter(|k| k["status"]["version"] == K8S)
             .map(|k| (*k).clone())
     })
     .await;
-    assert_eq!(kcp["spec"]["version"], "v1.23.10+vmware.1");
+    assert_eq!(kcp["spec"]["version"], K8S);
     assert_eq!(kcp["status"]["updatedReplicas"], 1);
     let md = wait_for(&env.ctrl, "MD upgraded", || {
         owned_by(&mgmt.list(&gvr_md(), Some("default")), "up")
             .first()
             .filter(|m| {
-                m["spec"]["template"]["spec"]["version"] == "v1.23.10+vmware.1"
+                m["spec"]["template"]["spec"]["version"] == K8S
                     && m["status"]["updatedReplicas"] == 1
                     && m["status"]["observedGeneration"] == m["metadata"]["generation"]
             })
@@ -698,6 +815,32 @@ async fn ctrl_upgrade_rolls_control_plane_then_workers() {
     })
     .await;
     assert_eq!(md["status"]["readyReplicas"], 1);
+    let c = mgmt.get(&gvr_cluster(), Some("default"), "up").unwrap();
+    assert!(c["spec"].get("paused").is_none(), "unpaused: {}", c["spec"]);
+    assert!(c["metadata"]["annotations"]
+        .get(PAUSED_ANNOTATION)
+        .is_none());
+    let cb = mgmt
+        .get(&gvr_cb(), Some("default"), "up")
+        .expect("ClusterBootstrap");
+    assert_eq!(cb["status"]["resolvedTKR"], tkr_name(TKR));
+    // The KCP only moved after the ClusterBootstrap unpaused the Cluster.
+    let mut unpaused_before_kcp = None;
+    while let Ok(ev) = events.try_recv() {
+        if ev.gvr.plural == "clusters"
+            && ev.object["spec"].get("paused").is_none()
+            && unpaused_before_kcp.is_none()
+        {
+            unpaused_before_kcp = Some(true);
+        }
+        if ev.gvr.plural == "kubeadmcontrolplanes"
+            && ev.object["spec"]["version"] == K8S
+            && unpaused_before_kcp.is_none()
+        {
+            unpaused_before_kcp = Some(false);
+        }
+    }
+    assert_eq!(unpaused_before_kcp, Some(true));
     let c = mgmt.get(&gvr_cluster(), Some("default"), "up").unwrap();
     assert_eq!(
         cond_status(&c, "ControlPlaneReady").as_deref(),
@@ -919,7 +1062,7 @@ async fn ctrl_tmc_agent_connects_outward() {
         &json!({
             "fullName": {"managementClusterName": "attached", "provisionerName": "attached", "name": "tm"},
             "registrationToken": "tok-123",
-            "kubeServerVersion": "v1.23.8+vmware.2",
+            "kubeServerVersion": K8S,
             "nodeCount": "2",
         })
     );
@@ -942,7 +1085,7 @@ async fn ctrl_restarted_controllers_resume_from_object_state() {
             standard_packages: true,
         },
     );
-    mgmt.create(&gvr_cluster(), cluster_obj("rs", "tkg-aws-default", 3, 1))
+    mgmt.create(&gvr_cluster(), cluster_obj("rs", CLASS, 3, 1))
         .unwrap();
     {
         let mgmt = mgmt.clone();
@@ -982,4 +1125,446 @@ async fn ctrl_restarted_controllers_resume_from_object_state() {
     )
     .unwrap();
     wait_pkgi(&env.ctrl, &w, "default", "p", "ReconcileSucceeded").await;
+}
+
+fn variable<'a>(cluster: &'a Value, name: &str) -> Option<&'a Value> {
+    cluster["spec"]["topology"]["variables"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == name)
+        .map(|v| &v["value"])
+}
+
+#[tokio::test]
+async fn ctrl_tkg2_cluster_is_admitted_resolved_and_bootstrapped() {
+    let env = env().await;
+    let api = cluster_api(env.mgmt.client().await.expect("client"), "default");
+    let applied = api
+        .patch(
+            "wc1",
+            &kube::api::PatchParams::apply("tkgops").force(),
+            &kube::api::Patch::Apply(&dynamic(cluster_obj("wc1", CLASS, 1, 2))),
+        )
+        .await
+        .expect("server-side apply");
+    let c = serde_json::to_value(&applied).unwrap();
+    // TKR resolver: label, version rewrite, TKR_DATA for the us-east-1 ubuntu image.
+    assert_eq!(c["metadata"]["labels"][TKR_LABEL], tkr_name(TKR));
+    assert_eq!(c["spec"]["topology"]["version"], K8S);
+    let data = &variable(&c, "TKR_DATA").expect("TKR_DATA")[K8S];
+    assert_eq!(data["kubernetesSpec"]["version"], K8S);
+    assert_eq!(data["osImageRef"]["region"], "us-east-1");
+    assert!(data["osImageRef"]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("ami-"));
+    assert_eq!(data["labels"]["os-name"], "ubuntu");
+    // Same image for md-0: no override.
+    assert!(c["spec"]["topology"]["workers"]["machineDeployments"][0]
+        .get("variables")
+        .is_none());
+    // CAPI defaulting: nested defaults and appended class defaults (after the sent variables).
+    assert_eq!(
+        variable(&c, "identityRef").unwrap(),
+        &json!({"kind": "AWSClusterRoleIdentity"})
+    );
+    assert_eq!(
+        variable(&c, "network").unwrap()["vpc"]["cidr"],
+        "10.0.0.0/16"
+    );
+    let names: Vec<&str> = c["spec"]["topology"]["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names[..12],
+        [
+            "cni",
+            "controlPlaneCertificateRotation",
+            "auditLogging",
+            "podSecurityStandard",
+            "region",
+            "sshKeyName",
+            "loadBalancerSchemeInternal",
+            "bastion",
+            "network",
+            "identityRef",
+            "worker",
+            "controlPlane"
+        ]
+    );
+    assert!(names.contains(&"tlsCipherSuites") && names.contains(&"etcdExtraArgs"));
+
+    let cluster = wait_ready(&env, "wc1").await;
+    for t in [
+        "TopologyReconciled",
+        "InfrastructureReady",
+        "ControlPlaneReady",
+        "Ready",
+    ] {
+        assert_eq!(cond_status(&cluster, t).as_deref(), Some("True"), "{t}");
+    }
+    // Re-applying the same manifest is a no-op (same resourceVersion), once the controllers
+    // have settled the Cluster.
+    settle(&env.ctrl, 2).await;
+    let before = env
+        .mgmt
+        .get(&gvr_cluster(), Some("default"), "wc1")
+        .unwrap();
+    let again = api
+        .patch(
+            "wc1",
+            &kube::api::PatchParams::apply("tkgops").force(),
+            &kube::api::Patch::Apply(&dynamic(cluster_obj("wc1", CLASS, 1, 2))),
+        )
+        .await
+        .expect("re-apply");
+    assert_eq!(
+        again.metadata.resource_version.as_deref(),
+        before["metadata"]["resourceVersion"].as_str()
+    );
+    // AWSCluster patches read securityGroupOverrides.controlPlane; identityRef has no name.
+    let aws = env.mgmt.list(&gvr_aws(), Some("default"));
+    let aws = owned_by(&aws, "wc1");
+    assert_eq!(
+        aws[0]["spec"]["network"]["securityGroupOverrides"]["controlplane"],
+        "sg-cp"
+    );
+    assert!(aws[0]["spec"].get("identityRef").is_none());
+    // MachineHealthChecks from the class, named after the KCP and the MD.
+    let kcp = owned_by(&env.mgmt.list(&gvr_kcp(), Some("default")), "wc1")[0].clone();
+    let md = owned_by(&env.mgmt.list(&gvr_md(), Some("default")), "wc1")[0].clone();
+    for owner in [&kcp, &md] {
+        let name = owner["metadata"]["name"].as_str().unwrap();
+        let mhc = env
+            .mgmt
+            .get(&gvr_mhc(), Some("default"), name)
+            .expect("class MHC");
+        assert_eq!(mhc["spec"]["maxUnhealthy"], "100%");
+        assert_eq!(mhc["spec"]["nodeStartupTimeout"], "20m0s");
+        assert_eq!(mhc["spec"]["clusterName"], "wc1");
+    }
+    // Machines have nodeRefs.
+    let machines = env.mgmt.list(
+        &Gvr::new("cluster.x-k8s.io", "v1beta1", "machines"),
+        Some("default"),
+    );
+    let machines = owned_by(&machines, "wc1");
+    assert_eq!(machines.len(), 3);
+    assert!(machines
+        .iter()
+        .all(|m| m["status"]["nodeRef"]["name"].is_string()));
+    // ClusterBootstrap and the core PackageInstalls (§6 step 5).
+    let cb = env
+        .mgmt
+        .get(&gvr_cb(), Some("default"), "wc1")
+        .expect("ClusterBootstrap");
+    assert!(cb["spec"]["cni"]["refName"]
+        .as_str()
+        .unwrap()
+        .starts_with("antrea.tanzu.vmware.com."));
+    assert!(cb["spec"]["csi"]["refName"]
+        .as_str()
+        .unwrap()
+        .starts_with("aws-ebs-csi-driver.tanzu.vmware.com."));
+    assert!(cb["spec"]["kapp"]["valuesFrom"]["providerRef"]["kind"].is_string());
+    assert!(cb["spec"].get("cpi").is_none());
+    let kapp = env
+        .mgmt
+        .get(&gvr_pkgi(), Some("default"), "wc1-kapp-controller")
+        .expect("kapp-controller pkgi");
+    assert_eq!(
+        kapp["status"]["conditions"][0]["type"],
+        "ReconcileSucceeded"
+    );
+    let w = env.emu.cluster("wc1").unwrap();
+    for n in ["wc1-antrea", "wc1-aws-ebs-csi-driver"] {
+        wait_pkgi(&env.ctrl, &w, "tkg-system", n, "ReconcileSucceeded").await;
+    }
+    let mgmt = env.mgmt.clone();
+    wait_for(&env.ctrl, "ClusterBootstrap Ready", || {
+        mgmt.get(&gvr_cb(), Some("default"), "wc1")
+            .filter(|cb| cond_status(cb, "Ready").as_deref() == Some("True"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ctrl_admission_denies_invalid_clusters_with_real_codes() {
+    let env = env().await;
+    let api = cluster_api(env.mgmt.client().await.expect("client"), "default");
+    let rv = env.mgmt.resource_version();
+
+    // Required variable missing after defaulting → 422 from the validating webhook.
+    let mut obj = cluster_obj("no-worker", CLASS, 1, 1);
+    obj["spec"]["topology"]["variables"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|v| v["name"] != "worker");
+    let e = create_err(&api, obj).await;
+    assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        e.message,
+        "admission webhook \"validation.cluster.cluster.x-k8s.io\" denied the request: Cluster.cluster.x-k8s.io \"no-worker\" is invalid: \
+         spec.topology.variables: Required value: required variable with name \"worker\" must be defined"
+    );
+
+    // Schema violations: nested required, enum-free type, minimum.
+    let mut obj = cluster_obj("bad-schema", CLASS, 1, 1);
+    for v in obj["spec"]["topology"]["variables"].as_array_mut().unwrap() {
+        if v["name"] == "network" {
+            v["value"].as_object_mut().unwrap().remove("vpc");
+        }
+        if v["name"] == "controlPlaneCertificateRotation" {
+            v["value"]["daysBefore"] = json!(3);
+        }
+        if v["name"] == "loadBalancerSchemeInternal" {
+            v["value"] = json!("yes");
+        }
+    }
+    let e = create_err(&api, obj).await;
+    assert_eq!(e.code, 422);
+    assert!(
+        e.message
+            .contains("spec.topology.variables[8].value.vpc: Required value"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message
+            .contains("spec.topology.variables[1].value.daysBefore: Invalid value: 3"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message
+            .contains("spec.topology.variables[6].value: Invalid value: \"string\""),
+        "{}",
+        e.message
+    );
+
+    // Undeclared variable → 422 from the defaulting webhook.
+    let mut obj = cluster_obj("undeclared", CLASS, 1, 1);
+    obj["spec"]["topology"]["variables"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "clusterRole", "value": "workload"}));
+    let e = create_err(&api, obj).await;
+    assert_eq!(e.code, 422);
+    assert!(
+        e.message.starts_with(
+            "admission webhook \"default.cluster.cluster.x-k8s.io\" denied the request:"
+        ),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message
+            .contains("variable with name \"clusterRole\" is not defined in the ClusterClass"),
+        "{}",
+        e.message
+    );
+
+    // Unknown MD class and duplicate MD names.
+    let mut obj = cluster_obj("bad-md", CLASS, 1, 1);
+    let md = obj["spec"]["topology"]["workers"]["machineDeployments"][0].clone();
+    let mut other = md.clone();
+    other["class"] = json!("tkg-gpu");
+    obj["spec"]["topology"]["workers"]["machineDeployments"] = json!([md, other]);
+    let e = create_err(&api, obj).await;
+    assert_eq!(e.code, 422);
+    assert!(e.message.contains("MachineDeploymentClass with name \"tkg-gpu\" does not exist in ClusterClass \"tkg-aws-default-v1.0.0\""), "{}", e.message);
+    assert!(
+        e.message
+            .contains("machineDeployments[1].name: Invalid value: \"md-0\""),
+        "{}",
+        e.message
+    );
+
+    // TKR resolver denials → 403: unknown version, incompatible TKR, region without an OSImage.
+    for (name, version, selector) in [
+        ("unknown-tkr", "v1.99.1+vmware.1-tkg.1", OS_SELECTOR),
+        ("old-tkr", INCOMPATIBLE_TKR, OS_SELECTOR),
+        (
+            "no-image",
+            TKR,
+            "ami-region=sa-east-1,os-name=ubuntu,os-arch=amd64",
+        ),
+    ] {
+        let mut obj = cluster_obj_at(name, CLASS, version, 1, 1);
+        obj["spec"]["topology"]["controlPlane"]["metadata"]["annotations"]
+            ["run.tanzu.vmware.com/resolve-os-image"] = json!(selector);
+        obj["spec"]["topology"]["workers"]["machineDeployments"][0]["metadata"]["annotations"]
+            ["run.tanzu.vmware.com/resolve-os-image"] = json!(selector);
+        let e = create_err(&api, obj).await;
+        assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"), "{name}");
+        assert!(
+            e.message.starts_with("admission webhook \"tkr-resolver-cluster-webhook.tanzu.vmware.com\" denied the request: could not resolve TKR/OSImage for controlPlane, machineDeployments: [md-0], query: "),
+            "{name}: {}", e.message
+        );
+    }
+    // Nothing was stored by any of the denials.
+    assert_eq!(env.mgmt.resource_version(), rv);
+}
+
+#[tokio::test]
+async fn ctrl_dry_run_persists_nothing_and_version_cannot_decrease() {
+    let env = env().await;
+    let api = cluster_api(env.mgmt.client().await.expect("client"), "default");
+    let rv = env.mgmt.resource_version();
+    let mut events = env.mgmt.subscribe();
+    let dry = api
+        .create(
+            &kube::api::PostParams {
+                dry_run: true,
+                field_manager: Some("tkgops".into()),
+            },
+            &dynamic(cluster_obj("dry", CLASS, 1, 1)),
+        )
+        .await
+        .expect("dry-run create");
+    let dry = serde_json::to_value(&dry).unwrap();
+    assert_eq!(dry["metadata"]["labels"][TKR_LABEL], tkr_name(TKR));
+    assert_eq!(dry["spec"]["topology"]["version"], K8S);
+    assert!(variable(&dry, "TKR_DATA").is_some());
+    assert_eq!(env.mgmt.resource_version(), rv);
+    assert!(env
+        .mgmt
+        .get(&gvr_cluster(), Some("default"), "dry")
+        .is_none());
+    assert!(events.try_recv().is_err(), "no watch event for a dry run");
+    // Dry-run denials carry the same codes.
+    let e = match api
+        .create(
+            &kube::api::PostParams {
+                dry_run: true,
+                field_manager: None,
+            },
+            &dynamic(cluster_obj("dry", "nope", 1, 1)),
+        )
+        .await
+    {
+        Err(kube::Error::Api(e)) => e,
+        other => panic!("expected denial, got {other:?}"),
+    };
+    assert_eq!(e.code, 500);
+
+    // Version decrease on update → 422.
+    api.create(
+        &kube::api::PostParams::default(),
+        &dynamic(cluster_obj("dec", CLASS, 1, 1)),
+    )
+    .await
+    .expect("create");
+    let e = match api
+        .patch(
+            "dec",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"spec": {"topology": {"version": "v1.24.11+vmware.1-tkg.1"}}}),
+            ),
+        )
+        .await
+    {
+        Err(kube::Error::Api(e)) => e,
+        other => panic!("expected denial, got {other:?}"),
+    };
+    assert_eq!(e.code, 422);
+    assert!(
+        e.message.contains("spec.topology.version: Invalid value: \"v1.24.11+vmware.1\": version cannot be decreased from \"v1.25.7+vmware.2\" to \"v1.24.11+vmware.1\""),
+        "{}", e.message
+    );
+}
+
+#[tokio::test]
+async fn ctrl_unknown_nested_fields_depend_on_the_tkg_version() {
+    tkgops_providers::install_crypto_provider();
+    let emu = KubeEmulator::new();
+    for v in [TkgVersion::V2_2, TkgVersion::V2_4] {
+        let mgmt = emu
+            .add_cluster(&format!("mgmt-{}", v.as_str()))
+            .await
+            .unwrap();
+        seed_management_cluster_with(
+            &mgmt,
+            &ManagementSeed {
+                tkg_version: v,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let tkr = v.compatible_tkrs()[0];
+        let mut obj = cluster_obj_at("sg", v.cluster_class(), tkr, 1, 1);
+        for var in obj["spec"]["topology"]["variables"].as_array_mut().unwrap() {
+            if var["name"] == "proxy" || var["name"] == "network" {
+                var["value"]["securityGroupOverrides"] =
+                    json!({"controlPlane": "sg-1", "ipv6Primary": true});
+            }
+        }
+        let api = cluster_api(mgmt.client().await.unwrap(), "default");
+        let r = api
+            .create(&kube::api::PostParams::default(), &dynamic(obj))
+            .await;
+        match v {
+            TkgVersion::V2_2 => {
+                r.expect("CAPI 1.2 ignores undeclared nested fields");
+            }
+            _ => match r {
+                Err(kube::Error::Api(e)) => {
+                    assert_eq!(e.code, 422);
+                    assert!(e.message.contains("\"securityGroupOverrides.ipv6Primary\" fields are not specified in the variable schema of variable \"network\""), "{}", e.message);
+                }
+                other => panic!("expected 422, got {other:?}"),
+            },
+        }
+    }
+}
+
+#[tokio::test]
+async fn ctrl_transient_topology_errors_come_and_go() {
+    tkgops_providers::install_crypto_provider();
+    let emu = KubeEmulator::new();
+    let mgmt = emu.add_cluster("mgmt").await.unwrap();
+    seed_management_cluster(&mgmt).unwrap();
+    let ctrl = start_controllers_with(
+        &emu,
+        "mgmt",
+        ControllerOptions {
+            tick: TICK,
+            standard_packages: false,
+        },
+        TopologyFaults {
+            transient_every: 3,
+            ..Default::default()
+        },
+    );
+    let mut events = mgmt.subscribe();
+    mgmt.create(&gvr_cluster(), cluster_obj("flaky", CLASS, 1, 1))
+        .unwrap();
+    let env = Env {
+        emu,
+        mgmt: mgmt.clone(),
+        ctrl,
+    };
+    wait_ready(&env, "flaky").await;
+    let mut seen_error = None;
+    while let Ok(ev) = events.try_recv() {
+        if ev.gvr.plural == "clusters"
+            && cond_status(&ev.object, "TopologyReconciled").as_deref() == Some("False")
+        {
+            seen_error = cond(&ev.object, "TopologyReconciled").cloned();
+        }
+    }
+    let c = seen_error.expect("a transient TopologyReconciled=False");
+    assert_eq!(c["severity"], "Error");
+    assert_eq!(c["reason"], "TopologyReconcileFailed");
+    assert!(c["message"].as_str().unwrap().contains("(transient)"));
+    // It recovers: TopologyReconciled turns True again.
+    wait_for(&env.ctrl, "TopologyReconciled=True again", || {
+        mgmt.get(&gvr_cluster(), Some("default"), "flaky")
+            .filter(|c| cond_status(c, "TopologyReconciled").as_deref() == Some("True"))
+    })
+    .await;
 }
