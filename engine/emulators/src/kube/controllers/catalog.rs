@@ -778,3 +778,147 @@ fn package_metadata_object(p: &StandardPackage) -> Value {
                  "providerName": "VMware"},
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::KubeEmulator;
+
+    #[test]
+    fn version_prefixes_and_names() {
+        assert_eq!(
+            version_prefix_labels("v1.25.7+vmware.2-tkg.1"),
+            [
+                "v1",
+                "v1.25",
+                "v1.25.7",
+                "v1.25.7---vmware.2",
+                "v1.25.7---vmware.2-tkg.1"
+            ]
+        );
+        assert_eq!(
+            tkr_name("v1.24.9+vmware.1-tkg.1"),
+            "v1.24.9---vmware.1-tkg.1"
+        );
+        assert_eq!(
+            tkr_kubernetes_version("v1.24.9+vmware.1-tkg.1"),
+            "v1.24.9+vmware.1"
+        );
+        assert_eq!(TkgVersion::parse("v2.3.0"), Some(TkgVersion::V2_3));
+        assert_eq!(TkgVersion::parse("2.5"), None);
+    }
+
+    fn class_var<'a>(class: &'a Value, name: &str) -> Option<&'a Value> {
+        class["spec"]["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+    }
+
+    #[tokio::test]
+    async fn seeds_class_tkrs_osimages_and_management_cluster_per_version() {
+        let emu = KubeEmulator::new();
+        for v in TkgVersion::ALL {
+            let c = emu.add_cluster(&format!("m{}", v.as_str())).await.unwrap();
+            let seed = ManagementSeed {
+                tkg_version: v,
+                pinniped_issuer: (v == TkgVersion::V2_1).then(|| "https://1.2.3.4:31234".into()),
+                ..Default::default()
+            };
+            seed_management(&c, &seed).unwrap();
+            seed_management(&c, &seed).unwrap(); // idempotent
+            for ns in ["tkg-system", "default"] {
+                let class = c
+                    .get(&gvr_cluster_class(), Some(ns), v.cluster_class())
+                    .unwrap_or_else(|| panic!("class in {ns}"));
+                assert_eq!(class["metadata"]["annotations"][RESOLVE_TKR_ANNOTATION], "");
+            }
+            assert!(c
+                .get(&gvr_cluster_class(), Some("kube-system"), v.cluster_class())
+                .is_none());
+            let class = c
+                .get(&gvr_cluster_class(), Some("default"), v.cluster_class())
+                .unwrap();
+            for (name, required) in [
+                ("region", true),
+                ("identityRef", true),
+                ("network", true),
+                ("worker", true),
+                ("proxy", false),
+                ("TKR_DATA", false),
+            ] {
+                assert_eq!(
+                    class_var(&class, name).unwrap()["required"],
+                    required,
+                    "{name}"
+                );
+            }
+            assert_eq!(
+                class_var(&class, "region").unwrap()["schema"]["openAPIV3Schema"]["default"],
+                "us-west-2"
+            );
+            let sg = &class_var(&class, "network").unwrap()["schema"]["openAPIV3Schema"]
+                ["properties"]["securityGroupOverrides"]["properties"];
+            assert!(sg.get(v.control_plane_sg_key()).is_some());
+            assert_eq!(
+                class_var(&class, "additionalImageRegistries").is_some(),
+                v != TkgVersion::V2_1
+            );
+            assert_eq!(
+                class["spec"]["controlPlane"]["machineHealthCheck"]["maxUnhealthy"],
+                "100%"
+            );
+            assert_eq!(
+                class["spec"]["workers"]["machineDeployments"][0]["machineHealthCheck"]
+                    ["nodeStartupTimeout"],
+                "20m0s"
+            );
+
+            let tkrs = c.list(&gvr_tkr(), None);
+            assert_eq!(tkrs.len(), 4);
+            for t in v.compatible_tkrs() {
+                let tkr = c.get(&gvr_tkr(), None, &tkr_name(t)).unwrap();
+                assert_eq!(tkr["spec"]["version"], *t);
+                assert!(tkr["metadata"]["labels"].get("incompatible").is_none());
+                assert_eq!(
+                    tkr["spec"]["osImages"].as_array().unwrap().len(),
+                    2 * OSIMAGE_REGIONS.len()
+                );
+                let types: Vec<&str> = tkr["status"]["conditions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["type"].as_str().unwrap())
+                    .collect();
+                assert_eq!(types, ["Ready", "Compatible", "Valid"]);
+            }
+            let old = c
+                .get(&gvr_tkr(), None, &tkr_name(INCOMPATIBLE_TKR))
+                .unwrap();
+            assert_eq!(old["metadata"]["labels"]["incompatible"], "");
+            let images = c.list(&gvr_osimage(), None);
+            assert_eq!(images.len(), 4 * 2 * OSIMAGE_REGIONS.len());
+            let img = &images[0];
+            assert_eq!(img["metadata"]["labels"]["image-type"], "ami");
+            assert_eq!(
+                img["metadata"]["labels"]["ami-id"],
+                img["spec"]["image"]["ref"]["id"]
+            );
+
+            let own = c
+                .get(&gvr_cluster(), Some("tkg-system"), "tkg-mgmt")
+                .unwrap();
+            assert_eq!(
+                own["metadata"]["annotations"]["TKGVERSION"],
+                v.tkg_version_annotation()
+            );
+            assert_eq!(
+                own["metadata"]["labels"]["cluster-role.tkg.tanzu.vmware.com/management"],
+                ""
+            );
+            let pinniped = c.get(&gvr_config_map(), Some("kube-public"), "pinniped-info");
+            assert_eq!(pinniped.is_some(), v == TkgVersion::V2_1);
+        }
+    }
+}
