@@ -1476,6 +1476,63 @@ async fn ctrl_dry_run_persists_nothing_and_version_cannot_decrease() {
         e.message.contains("spec.topology.version: Invalid value: \"v1.24.11+vmware.1\": version cannot be decreased from \"v1.25.7+vmware.2\" to \"v1.24.11+vmware.1\""),
         "{}", e.message
     );
+
+    // A jump of two minors on update → 422 Forbidden field error.
+    api.create(
+        &kube::api::PostParams::default(),
+        &dynamic(cluster_obj_at(
+            "jump",
+            CLASS,
+            "v1.23.17+vmware.1-tkg.1",
+            1,
+            1,
+        )),
+    )
+    .await
+    .expect("create");
+    let e = match api
+        .patch(
+            "jump",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"topology": {"version": TKR}}})),
+        )
+        .await
+    {
+        Err(kube::Error::Api(e)) => e,
+        other => panic!("expected denial, got {other:?}"),
+    };
+    assert_eq!(e.code, 422);
+    let want = "spec.topology.version: Forbidden: version cannot be increased from \"v1.23.17+vmware.1\" to \"v1.25.7+vmware.2\"";
+    assert!(e.message.contains(want), "{}", e.message);
+
+    // An MD whose OSImage differs from the control plane's gets its own TKR_DATA override.
+    let mut obj = cluster_obj("mixed", CLASS, 1, 1);
+    obj["spec"]["topology"]["workers"]["machineDeployments"][0]["metadata"]["annotations"]
+        ["run.tanzu.vmware.com/resolve-os-image"] =
+        json!("ami-region=us-east-1,os-name=amazon,os-arch=amd64");
+    let mixed = api
+        .create(
+            &kube::api::PostParams {
+                dry_run: true,
+                field_manager: None,
+            },
+            &dynamic(obj),
+        )
+        .await
+        .expect("dry-run create");
+    let mixed = serde_json::to_value(&mixed).unwrap();
+    let md = &mixed["spec"]["topology"]["workers"]["machineDeployments"][0];
+    let ov = md["variables"]["overrides"]
+        .as_array()
+        .expect("overrides")
+        .iter()
+        .find(|v| v["name"] == "TKR_DATA")
+        .expect("TKR_DATA override");
+    assert_eq!(ov["value"][K8S]["labels"]["os-name"], "amazon");
+    assert_eq!(
+        variable(&mixed, "TKR_DATA").unwrap()[K8S]["labels"]["os-name"],
+        "ubuntu"
+    );
 }
 
 #[tokio::test]
