@@ -61,8 +61,21 @@
 //! - Strategic merge patch is a plain JSON merge patch (what the API server does for CRDs; for
 //!   built-ins this means lists are replaced, not merged by key).
 //! - Not modelled: apply of lists by merge key, `managedFields` sent by clients, field validation,
-//!   defaulting/schemas, admission, ownerReference garbage collection, watch `DELETED` events for
+//!   CRD schemas and defaulting, ownerReference garbage collection, watch `DELETED` events for
 //!   objects leaving a selector, `resourceVersionMatch`.
+//!
+//! # Admission
+//! A type can have an admission step (mutating then validating webhooks, crate-internal
+//! `store::Admission`), run on every write of the main resource: POST, PUT, merge/JSON/strategic
+//! patch and server-side apply, over HTTP and through the direct API, `dryRun=All` included (the
+//! dry-run response is the admitted object; nothing is stored, no resourceVersion is consumed, no
+//! watch event is sent). It is skipped for `/status` writes and for objects being deleted.
+//! Denials are `Status` objects with the webhook's code and reason, so kube-rs yields
+//! `kube::Error::Api` and kubectl prints `Error from server (<Reason>): admission webhook "<name>"
+//! denied the request: …`. Webhook mutations are not recorded in `managedFields`, and admission
+//! runs after the existence check (a create of an existing name is 409 before any webhook). The
+//! seeded TKG management cluster installs the Cluster admission
+//! ([`controllers::seed_management_cluster_with`]).
 
 pub mod controllers;
 

@@ -2,22 +2,27 @@
 //! (ClusterClass-based Clusters), the Cluster, KubeadmControlPlane, MachineDeployment and
 //! MachineHealthCheck controllers, and CAPA's AWSCluster controller.
 //!
-//! Progress per Cluster, one step per tick (tanzu-apis.md §2.2, §6):
-//! 1. topology objects created, `TopologyReconciled=True`, phase `Pending`;
+//! Progress per Cluster, one step per tick (tanzu-apis.md §2.2, §6; tkg2-aws-class-based.md §5, §6):
+//! 1. topology objects created (KubeadmControlPlane, MachineDeployments named
+//!    `<cluster>-<md name>-xxxxx`, AWSCluster, and the ClusterClass's MachineHealthChecks named
+//!    after the KCP and each MD), `TopologyReconciled=True`, phase `Pending`;
 //! 2. phase `Provisioning`, `InfrastructureReady=False` (`WaitingForInfrastructure`);
 //! 3. AWSCluster ready, `spec.controlPlaneEndpoint` set, `infrastructureReady: true`, phase `Provisioned`
 //!    (or phase `Failed` when the Cluster carries [`FAIL_ANNOTATION`]);
 //! 4. `ControlPlaneInitialized=True`: the workload cluster is created and seeded, the
-//!    `<cluster>-kubeconfig` Secret is written;
+//!    `<cluster>-kubeconfig` Secret is written; from then on the addons manager keeps the
+//!    ClusterBootstrap `<cluster>` (kapp, cni per the `cni` variable, csi; no cpi), the
+//!    management-side PackageInstall `<cluster>-kapp-controller` and the workload PackageInstalls
+//!    `<cluster>-antrea|calico` and `<cluster>-aws-ebs-csi-driver` in `tkg-system`;
 //! 5. KubeadmControlPlane `readyReplicas` 1..N, one per tick, then `ControlPlaneReady=True`;
 //! 6. each MachineDeployment `readyReplicas` 1..N, one per tick (`ScalingUp` → `Running`), then `Ready=True`.
 //!
-//! Every ready replica has a `Machine` (with `status.nodeRef`) here and a `Node` on the workload
-//! cluster. Plan-based (legacy) Clusters without `spec.topology` progress the same way from the
-//! KubeadmControlPlane and AWSCluster their refs name and the MachineDeployments with their
-//! `spec.clusterName`, once those exist. Clusters carry the finalizer `cluster.cluster.x-k8s.io`:
-//! a deleted Cluster shows phase `Deleting` for a tick, then its descendants (KCP, AWSCluster,
-//! MachineDeployments, Machines, MachineHealthChecks, kubeconfig Secret) are deleted and it goes away.
+//! Paused Clusters are left alone, except that one paused by the cluster-pause webhook for a new
+//! TKR gets `status.resolvedTKR` in its ClusterBootstrap (one tick) and is then unpaused. With
+//! [`super::TopologyFaults`], every Nth topology reconcile of a Cluster skips the sync and shows
+//! `TopologyReconciled=False` (severity Error, reason `TopologyReconcileFailed`) for one tick.
+//! The management cluster's own Cluster (label `cluster-role.tkg.tanzu.vmware.com/management`)
+//! is not reconciled.
 //!
 //! Upgrades: a new `spec.topology.version` goes to the KubeadmControlPlane first; its
 //! `updatedReplicas` go 0..N and `status.version` follows; then the MachineDeployments get the new

@@ -17,11 +17,59 @@
 //! [`Controllers::wait_ticks`] waits for a number of complete periodic passes, after which a test
 //! can assert that something did *not* happen.
 //!
+//! # The emulated TKG 2.x management cluster (tkg2-aws-class-based.md)
+//! [`seed_management_cluster_with`] makes a TKG 2.1–2.4 management cluster ([`TkgVersion`]):
+//! - the class-based AWS ClusterClass [`TkgVersion::cluster_class`] in `tkg-system` with the §2
+//!   variable schemas (required flags, types, enums, nested `required`, `minimum`, defaults from
+//!   the [`ManagementSeed`]) and the class-level MachineHealthChecks (§5); the object-propagation
+//!   controller (each tick and on Namespace creation) copies it into every namespace except
+//!   [`PROPAGATION_EXCLUDED_NAMESPACES`] and those labelled `cluster.x-k8s.io/provider` (§1);
+//! - TanzuKubernetesReleases ([`TkgVersion::compatible_tkrs`], plus [`INCOMPATIBLE_TKR`] labelled
+//!   `incompatible`) with version-prefix labels and `Ready`/`Compatible`/`Valid` conditions, and
+//!   their OSImages (ubuntu 20.04 and amazon 2, amd64, in [`OSIMAGE_REGIONS`]) (§8);
+//! - the management cluster's own Cluster in `tkg-system` (`TKGVERSION`, management role label) and,
+//!   optionally, `kube-public/pinniped-info` (§7);
+//! - the Cluster admission chain (§4): CAPI defaulting (`default.cluster.cluster.x-k8s.io`: class
+//!   in the Cluster's namespace or 500, undeclared variables 422, top-level and nested defaults),
+//!   cluster pause on a TKR change (UPDATE), the TKR resolver (label [`TKR_LABEL`], `TKR_DATA`, MD
+//!   overrides, version rewrite; 403 when nothing resolves), CAPI validation
+//!   (`validation.cluster.cluster.x-k8s.io`, 422: class, semver, MachineDeployment classes and
+//!   names, required variables, schemas, overrides, version decrease / +2 minors; unknown nested
+//!   fields rejected only for 2.3/2.4).
+//!
+//! The Cluster API controllers then create the topology (KCP, MDs `<cluster>-md-N-xxxxx`,
+//! AWSCluster, class MHCs), Machines with `nodeRef`s, the ClusterBootstrap and the core
+//! PackageInstalls, and unpause Clusters paused for a new TKR (see `capi.rs`).
+//!
+//! ## Remaining leniencies (not modelled)
+//! - ClusterClass templates (`…-kcp`, `…-control-plane`, `…-worker`, `…-md-config`, `…-cluster`)
+//!   are named by the class but not created; class patches are not evaluated (the AWSCluster spec
+//!   is derived directly from the variables).
+//! - 2.3/2.4 facts are assumptions (class names, `controlPlane` casing in the schema, CAPI ≥1.3
+//!   unknown-field rejection); CAPI 1.4's skip of defaulting for unreconciled classes and
+//!   `status.variables` are not modelled.
+//! - Schema keywords beyond `type`, `enum`, `required`, `minimum`, `properties`,
+//!   `additionalProperties`, `items`, `default`, `x-kubernetes-preserve-unknown-fields` are ignored
+//!   (no `format`, `maxLength`, `pattern`…); field-error texts follow apimachinery's shapes but are
+//!   not byte-for-byte identical for every case.
+//! - The resolver's query/result text is JSON, not Go's `%+v`; TKR selectors other than the
+//!   `resolve-tkr` annotation, `UpdatesAvailable`, TKR discovery, `bom-metadata` compatibility and
+//!   additional-compatible-TKR ConfigMaps are not modelled.
+//! - Admission is skipped for Clusters being deleted; the CAPI webhooks' other checks (control
+//!   plane/MD replica rules, topology changes of class, labels) are not modelled.
+//! - ClusterBootstrap: no ClusterBootstrapTemplate cloning, no `*Config` provider objects, no
+//!   `additionalPackages`; the management-side `<cluster>-kapp-controller` PackageInstall is marked
+//!   `ReconcileSucceeded` directly; the workload core packages run as ServiceAccount
+//!   `tkg-system/tkg-core-packages-sa` (unverified name); package versions are representative.
+//! - Workload clusters still get the TKG 1.6 `tanzu-standard` repository and catalog.
+//!
 //! Test-only knobs, as annotations on the objects:
 //! - [`FAIL_ANNOTATION`] on a Cluster: after `Provisioning`, the Cluster fails with `Ready=False`,
 //!   `severity: Error`, reason `ProvisioningFailed` and the annotation value as message.
 //! - [`TMC_CONNECTED_ANNOTATION`] is written by the TMC agent on ConfigMap
 //!   `vmware-system-tmc/stack-config` once its `agentconnect` call succeeded.
+//! - [`TopologyFaults`] (argument of [`start_controllers_with`]; [`start_controllers`] uses its
+//!   default, on at 1 in 17 topology reconciles): transient `TopologyReconciled=False`.
 
 mod admission;
 mod capi;
