@@ -125,14 +125,17 @@ fn invalid(webhook: &str, name: &str, errs: &[FieldErr]) -> ApiError {
             json!({"reason": reason, "message": msg, "field": e.path})
         })
         .collect();
-    ApiError::new(
+    let mut e = ApiError::new(
         422,
         "Invalid",
         format!(
             "admission webhook \"{webhook}\" denied the request: Cluster.cluster.x-k8s.io \"{name}\" is invalid: {list}"
         ),
     )
-    .with_causes(&gvr_cluster(), name, causes)
+    .with_causes(&gvr_cluster(), name, causes);
+    // `NewInvalid` names the kind, not the resource.
+    e.details["kind"] = json!("Cluster");
+    e
 }
 
 fn forbidden(webhook: &str, name: &str, msg: &str) -> ApiError {
