@@ -29,7 +29,9 @@ pub(crate) const DEFAULT_WEBHOOK: &str = "default.cluster.cluster.x-k8s.io";
 pub(crate) const VALIDATE_WEBHOOK: &str = "validation.cluster.cluster.x-k8s.io";
 /// The TKR resolver webhook.
 pub(crate) const TKR_WEBHOOK: &str = "tkr-resolver-cluster-webhook.tanzu.vmware.com";
-/// Annotation the cluster-pause webhook sets (value: the new TKR) next to `spec.paused: true`.
+/// Annotation the cluster-pause webhook sets (value: the new TKR name) next to `spec.paused: true`
+/// when an update changes the `run.tanzu.vmware.com/tkr` label; removed with `spec.paused` when the
+/// ClusterBootstrap controller unpauses (tkg2-aws-class-based.md §4 "Cluster pause on update").
 pub const PAUSED_ANNOTATION: &str = "tkg.tanzu.vmware.com/paused";
 
 /// The admission chain for Clusters of one management cluster.

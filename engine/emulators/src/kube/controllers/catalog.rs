@@ -261,7 +261,8 @@ impl Default for ManagementSeed {
     }
 }
 
-/// The name of a TKR (or label form of a version): `+` becomes `---` (§1).
+/// The name of a TKR, or the label form of a version: `v1.25.7+vmware.2-tkg.1` →
+/// `v1.25.7---vmware.2-tkg.1` (`+` becomes `---`, §1).
 pub fn tkr_name(version: &str) -> String {
     version.replace('+', "---")
 }
@@ -296,7 +297,8 @@ pub fn version_prefix_labels(version: &str) -> Vec<String> {
     out
 }
 
-/// The AMI id of one seeded OSImage (deterministic).
+/// The AMI id (`ami-0` + 16 digits, deterministic in the TKR version, OS name and region) of one
+/// seeded OSImage; it is also the OSImage's `ami-id` label (the `ami-<ref key>` rule, §4).
 pub fn ami_id(tkr_version: &str, os_name: &str, region: &str) -> String {
     format!(
         "ami-0{}",
