@@ -58,7 +58,7 @@ fn builtin_catalog_loads_every_workflow() {
 }
 
 #[test]
-fn create_plan_renders_cluster_mhcs_and_steps() {
+fn create_plan_renders_the_class_based_cluster_and_steps() {
     let repo = example_repo_config();
     let (cfg, settings) = example_request();
     let base = tree(&[("tkgops.yaml", &repo)]);
@@ -99,10 +99,18 @@ fn create_plan_renders_cluster_mhcs_and_steps() {
     let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&manifests)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
-    assert_eq!(docs.len(), 3, "Cluster + 2 MachineHealthChecks");
+    // Only the Cluster: its MachineHealthChecks come from the ClusterClass (§5).
+    assert_eq!(docs.len(), 1);
     assert_eq!(docs[0]["kind"], "Cluster");
-    assert_eq!(docs[0]["spec"]["topology"]["class"], "tkg-aws-default");
-    assert_eq!(docs[0]["spec"]["topology"]["version"], "v1.23.8+vmware.2");
+    assert_eq!(
+        docs[0]["spec"]["topology"]["class"],
+        "tkg-aws-default-v1.0.0"
+    );
+    // The CLI writes the TKR version; the TKR resolver rewrites it (§1).
+    assert_eq!(
+        docs[0]["spec"]["topology"]["version"],
+        "v1.25.7+vmware.2-tkg.1"
+    );
     assert_eq!(docs[0]["spec"]["topology"]["controlPlane"]["replicas"], 3);
     assert_eq!(
         docs[0]["spec"]["topology"]["workers"]["machineDeployments"]
@@ -111,8 +119,7 @@ fn create_plan_renders_cluster_mhcs_and_steps() {
             .len(),
         3
     );
-    assert_eq!(docs[1]["kind"], "MachineHealthCheck");
-    assert_eq!(docs[2]["metadata"]["name"], "team-a-prod-control-plane");
+    assert_golden("cluster-team-a-prod.yaml", &manifests);
     let inputs = c.steps[5].inputs.inputs_json();
     let pkgs = inputs["packages"].as_array().unwrap();
     assert_eq!(pkgs[0]["name"], "cert-manager");
@@ -132,8 +139,8 @@ fn invalid_request_is_blocked_with_rule_ids_on_lines() {
     let cfg = cfg
         .replace("CLUSTER_PLAN: prod", "CLUSTER_PLAN: dev")
         .replace(
-            "IDENTITY_MANAGEMENT_TYPE: ldap",
-            "IDENTITY_MANAGEMENT_TYPE: none",
+            "NODE_MACHINE_TYPE: m5.xlarge",
+            "NODE_MACHINE_TYPE: t3.small",
         );
     let base = tree(&[("tkgops.yaml", &repo)]);
     let head = tree(&[
@@ -146,7 +153,7 @@ fn invalid_request_is_blocked_with_rule_ids_on_lines() {
     assert_eq!(p.clusters[0].status, PlanStatus::Blocked);
     let rules: Vec<&str> = p.all_findings().iter().map(|f| f.rule.as_str()).collect();
     assert!(rules.contains(&"TKO-CLS-004"), "{rules:?}");
-    assert!(rules.contains(&"TKO-CLS-006"), "{rules:?}");
+    assert!(rules.contains(&"TKO-CLS-003"), "{rules:?}");
     let md = render_plan(&p, &Catalog::builtin().unwrap(), true).unwrap();
     assert!(
         md.contains("clusters/team-a-prod/cluster-config.yaml:"),
@@ -159,17 +166,16 @@ fn invalid_request_is_blocked_with_rule_ids_on_lines() {
 fn upgrade_packages_and_delete_are_planned_but_not_executable() {
     let repo = example_repo_config();
     let (cfg, settings) = example_request();
+    let older = settings.replace("v1.25.7+vmware.2-tkg.1", "v1.24.11+vmware.1-tkg.1");
     let base = tree(&[
         ("tkgops.yaml", &repo),
         ("clusters/team-a-prod/cluster-config.yaml", &cfg),
-        ("clusters/team-a-prod/tkgops.yaml", &settings),
+        ("clusters/team-a-prod/tkgops.yaml", &older),
     ]);
-    let upgraded = settings
-        .replace("v1.23.8+vmware.2-tkg.1", "v1.23.10+vmware.1-tkg.1")
-        .replace(
-            "name: contour",
-            "name: contour\n    version: 1.20.2+vmware.2-tkg.1",
-        );
+    let upgraded = settings.replace(
+        "name: contour",
+        "name: contour\n    version: 1.20.2+vmware.2-tkg.1",
+    );
     let head = tree(&[
         ("tkgops.yaml", &repo),
         ("clusters/team-a-prod/cluster-config.yaml", &cfg),
@@ -337,10 +343,7 @@ fn a_template_error_blocks_the_plan_naming_template_and_line() {
             )
         })
         .collect();
-    for t in [
-        "manifests/machinehealthchecks.yaml.hbs",
-        "comments/plan.md.hbs",
-    ] {
+    for t in ["comments/plan.md.hbs"] {
         let p = format!("templates/{t}");
         files.push((
             p.clone(),
@@ -404,4 +407,97 @@ fn workflow_files_with_unknown_kinds_or_misplaced_manifests_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("does not apply manifests"), "{err}");
+}
+
+/// The Cluster of a prod, air-gapped request behind a proxy, with the 2.x-only variables:
+/// registry and proxy trust, `proxy`, `imageRepository`, `*ExtraArgs`, `podSecurityStandard`,
+/// an identity reference, security-group overrides (key `controlPlane`), prodcc worker
+/// overrides and worker counts per AZ (tkg2-aws-class-based.md §2, §3).
+#[test]
+fn prod_air_gapped_cluster_renders_what_the_cli_renders() {
+    let repo = example_repo_config();
+    let mut cfg = std::fs::read_to_string(
+        crate::support::root().join("tests/fixtures/validate/airgap-prod.yaml"),
+    )
+    .unwrap();
+    cfg.push_str(concat!(
+        "TKG_HTTP_PROXY: http://proxy.corp.example:3128\n",
+        "TKG_HTTPS_PROXY: http://proxy.corp.example:3128\n",
+        "TKG_NO_PROXY: .corp.example, 10.0.0.0/8\n",
+        "APISERVER_EXTRA_ARGS: \"tls-min-version=VersionTLS12;audit-log-maxage=30\"\n",
+        "WORKER_KUBELET_EXTRA_ARGS: max-pods=60\n",
+        "POD_SECURITY_STANDARD_ENFORCE: restricted\n",
+        "AWS_IDENTITY_REF_NAME: tkg-team-a\n",
+        "AWS_SECURITY_GROUP_CONTROLPLANE: sg-0cp\n",
+        "AWS_SECURITY_GROUP_NODE: sg-0node\n",
+        "NODE_MACHINE_TYPE_1: m5.2xlarge\n",
+        "WORKER_MACHINE_COUNT_0: 2\n",
+        "WORKER_MACHINE_COUNT_1: 1\n",
+        "WORKER_MACHINE_COUNT_2: 1\n",
+        "CONTROL_PLANE_NODE_LABELS: tier=control,zone=restricted\n",
+    ));
+    let settings = "managementCluster: mc-aws-1\ntkr: v1.24.11+vmware.1-tkg.1\n";
+    let base = tree(&[("tkgops.yaml", &repo)]);
+    let head = tree(&[
+        ("tkgops.yaml", &repo),
+        ("clusters/airgap-prod/cluster-config.yaml", &cfg),
+        ("clusters/airgap-prod/tkgops.yaml", settings),
+    ]);
+    let p = run_plan(&base, &head, &["clusters/airgap-prod/cluster-config.yaml"]);
+    assert!(!p.has_errors(), "findings: {:#?}", p.all_findings());
+    let manifests = p.clusters[0].steps[1].inputs.inputs_json()["manifests"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cluster: serde_json::Value = serde_yaml::from_str(&manifests).unwrap();
+    let vars = cluster["spec"]["topology"]["variables"].as_array().unwrap();
+    let names: Vec<&str> = vars.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "proxy",
+            "cni",
+            "controlPlaneCertificateRotation",
+            "imageRepository",
+            "auditLogging",
+            "apiServerExtraArgs",
+            "workerKubeletExtraArgs",
+            "trust",
+            "podSecurityStandard",
+            "region",
+            "sshKeyName",
+            "loadBalancerSchemeInternal",
+            "bastion",
+            "network",
+            "identityRef",
+            "worker",
+            "controlPlane"
+        ],
+        "the CLI's emission order (§2)"
+    );
+    let var = |n: &str| vars.iter().find(|v| v["name"] == n).unwrap()["value"].clone();
+    assert_eq!(
+        var("proxy")["noProxy"],
+        serde_json::json!([".corp.example", "10.0.0.0/8"])
+    );
+    assert!(var("proxy").get("systemWide").is_none());
+    assert_eq!(var("imageRepository")["tlsCertificateValidation"], true);
+    assert_eq!(
+        var("trust")["additionalTrustedCAs"][0]["name"],
+        "imageRepository"
+    );
+    assert_eq!(var("apiServerExtraArgs")["tls-min-version"], "VersionTLS12");
+    assert_eq!(
+        var("network")["securityGroupOverrides"]["controlPlane"],
+        "sg-0cp"
+    );
+    let mds = cluster["spec"]["topology"]["workers"]["machineDeployments"]
+        .as_array()
+        .unwrap();
+    assert_eq!(mds[0]["replicas"], 2);
+    assert_eq!(
+        mds[1]["variables"]["overrides"][0]["value"]["instanceType"],
+        "m5.2xlarge"
+    );
+    assert_golden("cluster-airgap-prod.yaml", &manifests);
 }

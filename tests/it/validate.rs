@@ -113,8 +113,14 @@ fn sample_01_breaks_plan_and_identity_rules_with_lines() {
     assert_eq!(plan.line, Some(27));
     assert_eq!(plan.severity, Severity::Error);
     assert!(plan.message.contains("dev"));
-    let idm = find(&fs, "TKO-CLS-006");
-    assert_eq!(idm.line, Some(32));
+    // Its identity settings are the management cluster's in TKG 2.x (§7): reported as ignored.
+    let idm = find(&fs, "TKGOPS-IGNORED");
+    assert!(
+        idm.message.contains("IDENTITY_MANAGEMENT_TYPE"),
+        "{}",
+        idm.message
+    );
+    assert!(!has(&fs, "TKO-CLS-006"));
     assert!(has(&fs, "TKO-CLS-002"));
     assert!(!has(&fs, "TKGOPS-PARSE"));
     // sorted by (path, line, rule)
@@ -217,15 +223,53 @@ fn r4_instance_types() {
 
 #[test]
 fn r5_tkr_and_downgrade() {
-    let bad = settings_text().replace("v1.23.8+vmware.2-tkg.1", "1.23.8");
+    let tkr = "v1.25.7+vmware.2-tkg.1";
+    let bad = settings_text().replace(tkr, "1.23.8");
     let fs = run_settings(&bad);
     let f = find(&fs, "TKGOPS-TKR");
     assert_eq!(f.path, SETTINGS_PATH);
     assert_eq!(f.line, Some(3));
-    let newer = settings_text().replace("v1.23.8+vmware.2-tkg.1", "v1.24.9+vmware.1-tkg.1");
-    assert!(has(&run_settings(&newer), "TKGOPS-TKR"));
-    let old = settings_text().replace("v1.23.8+vmware.2-tkg.1", "v1.21.14+vmware.2-tkg.5");
-    assert!(!has(&run_settings(&old), "TKGOPS-TKR"));
+    // A TKR the management cluster's TKG release (2.2) does not ship, e.g. TKG 1.6's or 2.1's.
+    for other in ["v1.23.8+vmware.2-tkg.1", "v1.24.9+vmware.1-tkg.1"] {
+        let fs = run_settings(&settings_text().replace(tkr, other));
+        let f = find(&fs, "TKGOPS-TKR");
+        assert!(
+            f.message
+                .contains("not offered by management cluster mc-aws-1 (TKG 2.2)"),
+            "{}",
+            f.message
+        );
+        assert!(
+            f.message.contains("v1.24.11+vmware.1-tkg.1"),
+            "{}",
+            f.message
+        );
+    }
+    let shipped = settings_text().replace(tkr, "v1.23.17+vmware.1-tkg.1");
+    assert!(!has(&run_settings(&shipped), "TKGOPS-TKR"));
+    // managementClusters[].tkrs adds TKRs (e.g. an additional-compatible-tkrs ConfigMap).
+    let extra = repo(&repo_text().replace(
+        "    tkgVersion: \"2.2\"\n",
+        "    tkgVersion: \"2.2\"\n    tkrs: [v1.24.9+vmware.1-tkg.1]\n",
+    ));
+    let s = settings(&settings_text().replace(tkr, "v1.24.9+vmware.1-tkg.1"));
+    assert!(!has(
+        &validate(&cfg(&valid_text()), Some(&s), Some(&extra)),
+        "TKGOPS-TKR"
+    ));
+    // Cluster API refuses a jump of two minors (§4, §8).
+    let jump = check_upgrade(
+        "s",
+        None,
+        "v1.23.17+vmware.1-tkg.1",
+        "v1.25.7+vmware.2-tkg.1",
+    )
+    .expect("jump");
+    assert!(
+        jump.message.contains("more than one Kubernetes minor"),
+        "{}",
+        jump.message
+    );
 
     let d = check_upgrade(
         "s.yaml",
@@ -297,54 +341,83 @@ fn r6_docker_bridge_and_cidr_syntax() {
     assert!(!has(&run(&valid_text()), "TKGOPS-CIDR"));
 }
 
-#[test]
-fn r8_machine_health_checks() {
-    assert!(has(
-        &run(&edits(&[("ENABLE_MHC", Some("false"))])),
-        "TKO-CLS-007"
-    ));
-    assert!(has(
-        &run(&edits(&[("ENABLE_MHC_WORKER_NODE", Some("false"))])),
-        "TKO-CLS-007"
-    ));
-    assert!(has(
-        &run(&edits(&[("ENABLE_MHC_CONTROL_PLANE", Some("\"false\""))])),
-        "TKO-CLS-007"
-    ));
-    assert!(!has(&run(&edits(&[("ENABLE_MHC", None)])), "TKO-CLS-007"));
-    assert!(!has(
-        &run(&edits(&[("ENABLE_MHC_WORKER_NODE", Some("true"))])),
-        "TKO-CLS-007"
-    ));
+/// Findings of the valid prod request validated under a repository policy edited by `f`.
+fn run_repo(text: &str, f: impl Fn(&str) -> String) -> Vec<Finding> {
+    let s = settings(&settings_text());
+    let r = repo(&f(&repo_text()));
+    validate(&cfg(text), Some(&s), Some(&r))
 }
 
 #[test]
-fn r9_identity_management() {
-    assert!(has(
-        &run(&edits(&[("IDENTITY_MANAGEMENT_TYPE", Some("none"))])),
-        "TKO-CLS-006"
-    ));
-    assert!(has(
-        &run(&edits(&[("IDENTITY_MANAGEMENT_TYPE", None)])),
-        "TKO-CLS-006"
-    ));
-    let fs = run(&edits(&[("LDAP_HOST", Some("\"\""))]));
-    assert!(find(&fs, "TKO-CLS-006").message.contains("LDAP_HOST"));
-    let oidc = edits(&[
-        ("IDENTITY_MANAGEMENT_TYPE", Some("oidc")),
-        (
-            "OIDC_IDENTITY_PROVIDER_ISSUER_URL",
-            Some("https://idp.example.com"),
-        ),
-        ("OIDC_IDENTITY_PROVIDER_CLIENT_ID", Some("tkg")),
+fn r8_machine_health_checks() {
+    // In TKG 2.x the ClusterClass's MachineHealthChecks follow the management cluster's
+    // ENABLE_MHC* (§5): a workload file's value is ignored, an inherited false is TKO-CLS-007.
+    let fs = run(&edits(&[("ENABLE_MHC", Some("false"))]));
+    assert!(!has(&fs, "TKO-CLS-007"), "{fs:#?}");
+    let f = find(&fs, "TKGOPS-IGNORED");
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(f.message.contains("ENABLE_MHC"), "{}", f.message);
+    assert!(f.line.is_some());
+    let off = |t: &str| {
+        t.replace(
+            "    tkgVersion: \"2.2\"\n",
+            "    tkgVersion: \"2.2\"\n    defaults: {ENABLE_MHC_WORKER_NODE: false}\n",
+        )
+    };
+    let fs = run_repo(&valid_text(), off);
+    let f = find(&fs, "TKO-CLS-007");
+    assert!(
+        f.message.contains("ENABLE_MHC_WORKER_NODE") && f.message.contains("mc-aws-1"),
+        "{}",
+        f.message
+    );
+    assert!(!has(&run(&valid_text()), "TKO-CLS-007"));
+}
+
+#[test]
+fn r9_identity_management_is_the_management_clusters() {
+    let set = |v: &'static str| {
+        move |t: &str| {
+            t.replace(
+                "identityManagementType: ldap",
+                &format!("identityManagementType: {v}"),
+            )
+        }
+    };
+    let f = find(&run_repo(&valid_text(), set("none")), "TKO-CLS-006").clone();
+    assert!(
+        f.message.contains("mc-aws-1") && f.message.contains("none"),
+        "{}",
+        f.message
+    );
+    let undeclared = |t: &str| t.replace("    identityManagementType: ldap\n", "");
+    let f = find(&run_repo(&valid_text(), undeclared), "TKO-CLS-006").clone();
+    assert!(
+        f.message.contains("declares no identityManagementType"),
+        "{}",
+        f.message
+    );
+    assert!(!has(&run_repo(&valid_text(), set("oidc")), "TKO-CLS-006"));
+    // Identity variables in a workload file are ignored (§7) and reported as such, in one
+    // finding on the first of their lines; TKO-CLS-006 does not look at them.
+    let tkg16 = edits(&[
+        ("IDENTITY_MANAGEMENT_TYPE", Some("none")),
+        ("LDAP_HOST", Some("ldaps.corp.example:636")),
     ]);
-    let f = find(&run(&oidc), "TKO-CLS-006").clone();
-    // The client secret is never required: it must not be committed (TKGOPS-SECRET).
-    assert!(!f.message.contains("OIDC_IDENTITY_PROVIDER_CLIENT_SECRET"));
-    assert!(f.message.contains("OIDC_IDENTITY_PROVIDER_NAME"));
-    assert!(!f.message.contains("idp.example.com"));
-    let full = edit(&oidc, "OIDC_IDENTITY_PROVIDER_NAME", Some("corp"));
-    assert!(!has(&run(&full), "TKO-CLS-006"));
+    let fs = run(&tkg16);
+    assert!(!has(&fs, "TKO-CLS-006"), "{fs:#?}");
+    let f = find(&fs, "TKGOPS-IGNORED");
+    assert!(
+        f.message.contains("IDENTITY_MANAGEMENT_TYPE, LDAP_HOST"),
+        "{}",
+        f.message
+    );
+    assert_eq!(fs.iter().filter(|f| f.rule == "TKGOPS-IGNORED").count(), 1);
+    // A committed bind password is still refused as a secret.
+    assert!(has(
+        &run(&edits(&[("LDAP_BIND_PASSWORD", Some("hunter2"))])),
+        "TKGOPS-SECRET"
+    ));
 }
 
 fn airgap(pairs: &[(&str, Option<&str>)]) -> String {
@@ -402,15 +475,15 @@ fn r10_air_gapped_registry() {
 
 #[test]
 fn r12_air_gapped_identity_is_ldap() {
-    let oidc = airgap(&[
-        ("IDENTITY_MANAGEMENT_TYPE", Some("oidc")),
-        ("OIDC_IDENTITY_PROVIDER_ISSUER_URL", Some("https://idp")),
-        ("OIDC_IDENTITY_PROVIDER_CLIENT_ID", Some("a")),
-        ("OIDC_IDENTITY_PROVIDER_CLIENT_SECRET", Some("b")),
-        ("OIDC_IDENTITY_PROVIDER_NAME", Some("c")),
-    ]);
-    let fs = run(&oidc);
-    assert!(has(&fs, "TKGOPS-AIRGAP-IDM"));
+    let oidc = |t: &str| {
+        t.replace(
+            "identityManagementType: ldap",
+            "identityManagementType: oidc",
+        )
+    };
+    let fs = run_repo(&airgap(&[]), oidc);
+    let f = find(&fs, "TKGOPS-AIRGAP-IDM");
+    assert!(f.message.contains("mc-aws-1"), "{}", f.message);
     assert!(!has(&fs, "TKO-CLS-006"));
     assert!(!has(&run(&airgap(&[])), "TKGOPS-AIRGAP-IDM"));
 }
@@ -630,7 +703,7 @@ fn repo_config_parses_with_defaults() {
         r.rules.severities.get("TKO-AWS-002"),
         Some(&RuleLevel::Warning)
     );
-    let min = repo("managementClusters:\n  - name: mc\n    kubeconfig: {secret: {namespace: tkgops, name: mc-kubeconfig}}\n");
+    let min = repo("managementClusters:\n  - name: mc\n    kubeconfig: {secret: {namespace: tkgops, name: mc-kubeconfig}}\n    tkgVersion: \"2.2\"\n");
     assert_eq!(min.management_clusters[0].namespace, "default");
     assert_eq!(
         min.approval,
@@ -648,7 +721,7 @@ fn repo_config_parses_with_defaults() {
     assert!(
         matches!(&min.management_clusters[0].kubeconfig, tkgops_providers::KubeconfigSource::Secret { key, .. } if key == "value")
     );
-    let env = repo("managementClusters:\n  - name: mc\n    kubeconfig: {env: MC_KUBECONFIG}\n");
+    let env = repo("managementClusters:\n  - name: mc\n    kubeconfig: {env: MC_KUBECONFIG}\n    tkgVersion: \"2.2\"\n");
     assert_eq!(
         env.management_clusters[0].kubeconfig,
         tkgops_providers::KubeconfigSource::Env("MC_KUBECONFIG".into())
@@ -661,7 +734,7 @@ fn repo_config_schema_errors() {
     let fs = parse_repo_config("tkgops.yaml", bad.as_bytes()).expect_err("unknown key");
     assert_eq!(fs[0].rule, "TKGOPS-SCHEMA");
     assert!(fs[0].message.contains("approvals"), "{}", fs[0].message);
-    assert_eq!(fs[0].line, Some(8));
+    assert_eq!(fs[0].line, Some(10));
     let nested = repo_text().replace("    namespace: default\n", "    namespaces: default\n");
     let fs = parse_repo_config("tkgops.yaml", nested.as_bytes()).expect_err("nested unknown key");
     assert!(fs[0].message.contains("namespaces"));
@@ -679,6 +752,20 @@ fn repo_config_schema_errors() {
     );
     let approvals = repo_text().replace("destructiveApprovals: 2", "destructiveApprovals: 0");
     assert!(parse_repo_config("t", approvals.as_bytes()).is_err());
+    // The TKG release is required and must be one tkgops creates clusters on (2.1-2.4).
+    let unversioned = repo_text().replace("    tkgVersion: \"2.2\"\n", "");
+    let fs = parse_repo_config("t", unversioned.as_bytes()).expect_err("no tkgVersion");
+    assert!(fs[0].message.contains("tkgVersion"), "{}", fs[0].message);
+    for v in ["\"1.6\"", "\"2.5\"", "latest"] {
+        let old = repo_text().replace("tkgVersion: \"2.2\"", &format!("tkgVersion: {v}"));
+        let fs = parse_repo_config("t", old.as_bytes()).expect_err("unsupported release");
+        assert!(
+            fs[0].message.contains("not a supported TKG release"),
+            "{}",
+            fs[0].message
+        );
+        assert_eq!(fs[0].line, Some(3), "{v}");
+    }
     let none = "managementClusters: []\n";
     assert!(parse_repo_config("t", none.as_bytes()).is_err());
     let missing = "tmc: {endpoint: https://x}\n";
@@ -690,7 +777,7 @@ fn repo_config_schema_errors() {
 fn cluster_settings_parse_and_schema_errors() {
     let s = settings(&settings_text());
     assert_eq!(s.management_cluster, "mc-aws-1");
-    assert_eq!(s.tkr, "v1.23.8+vmware.2-tkg.1");
+    assert_eq!(s.tkr, "v1.25.7+vmware.2-tkg.1");
     assert_eq!(s.line("tkr"), Some(3));
     assert_eq!(s.labels.get("env").map(String::as_str), Some("prod"));
     let p = s.upgrade_policy.as_ref().expect("policy");
@@ -706,7 +793,7 @@ fn cluster_settings_parse_and_schema_errors() {
     let fs = parse_cluster_settings("s", unknown.as_bytes()).expect_err("unknown key");
     assert_eq!(fs[0].rule, "TKGOPS-SCHEMA");
     assert!(fs[0].message.contains("label"));
-    let no_tkr = settings_text().replace("tkr: v1.23.8+vmware.2-tkg.1\n", "");
+    let no_tkr = settings_text().replace("tkr: v1.25.7+vmware.2-tkg.1\n", "");
     assert!(
         parse_cluster_settings("s", no_tkr.as_bytes()).expect_err("tkr")[0]
             .message
@@ -829,6 +916,7 @@ fn secrets_never_appear_in_output() {
     assert!(!is_secret_variable("AWS_SSH_KEY_NAME"));
     assert!(!is_secret_variable("CLUSTER_NAME"));
 
+    let ca = pem_b64();
     let text = edits(&[
         ("LDAP_BIND_PASSWORD", Some(SENTINEL)),
         ("OIDC_IDENTITY_PROVIDER_CLIENT_SECRET", Some(SENTINEL)),
@@ -837,7 +925,9 @@ fn secrets_never_appear_in_output() {
             "TKG_CUSTOM_IMAGE_REPOSITORY",
             Some("harbor.corp.example/tkg"),
         ),
-        ("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", Some(SENTINEL)),
+        // A CA certificate is public: the Cluster carries it in `trust` (§2).
+        ("TKG_CUSTOM_IMAGE_REPOSITORY_CA_CERTIFICATE", Some(&ca)),
+        ("TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY", Some("true")),
         ("AWS_SECRET_ACCESS_KEY", Some(SENTINEL)),
         ("AWS_SESSION_TOKEN", Some(SENTINEL)),
     ]);
@@ -935,6 +1025,15 @@ fn severity_policy_global_and_by_labels() {
 
 // ---------------------------------------------------------------- ClusterSpec
 
+/// The value of ClusterClass variable `name` in `spec` (panics when absent).
+fn var(spec: &tkgops_domain::request::ClusterSpec, name: &str) -> serde_json::Value {
+    spec.variables
+        .iter()
+        .find(|v| v.name == name)
+        .map(|v| v.value.clone())
+        .unwrap_or_else(|| panic!("variable {name} missing"))
+}
+
 fn request(cfg_text: &str, settings_yaml: &str) -> ClusterRequest {
     ClusterRequest {
         name: "team-a-prod".into(),
@@ -951,8 +1050,13 @@ fn cluster_spec_of_valid_prod() {
     assert_eq!(spec.namespace, "default");
     assert_eq!(spec.plan, "prod");
     assert_eq!(spec.management_cluster, "mc-aws-1");
-    assert_eq!(spec.tkr_name, "v1.23.8---vmware.2-tkg.1");
-    assert_eq!(spec.kubernetes_version, "v1.23.8+vmware.2");
+    assert_eq!(spec.tkr_name, "v1.25.7---vmware.2-tkg.1");
+    assert_eq!(spec.kubernetes_version, "v1.25.7+vmware.2");
+    assert_eq!(spec.cluster_class, "tkg-aws-default-v1.0.0");
+    assert_eq!(
+        spec.os_image_selector,
+        "ami-region=us-west-2,os-name=ubuntu,os-arch=amd64"
+    );
     assert_eq!(spec.azs, vec!["us-west-2a", "us-west-2b", "us-west-2c"]);
     assert_eq!(
         spec.vpc.existing_id.as_deref(),
@@ -982,9 +1086,12 @@ fn cluster_spec_of_valid_prod() {
     assert_eq!(spec.workers[1].name, "md-1");
     assert_eq!(spec.workers[1].az, "us-west-2b");
     assert_eq!(spec.workers[2].instance_type, "m5.xlarge");
-    assert_eq!(spec.identity_management_type, "ldap");
-    assert!(spec.audit_logging);
-    assert!(spec.mhc.worker && spec.mhc.control_plane);
+    assert_eq!(
+        var(&spec, "auditLogging"),
+        serde_json::json!({"enabled": true})
+    );
+    // Required and always emitted, even without AWS_IDENTITY_REF_NAME (§2, §10.2).
+    assert_eq!(var(&spec, "identityRef"), serde_json::json!({}));
     assert_eq!(
         spec.tmc,
         Some(TmcSpec {
@@ -1002,16 +1109,16 @@ fn cluster_spec_of_valid_prod() {
     assert_eq!(spec.packages[0].values_yaml, "");
     assert_eq!(spec.package_repository.name, "tanzu-standard");
     let json = serde_json::to_value(&spec).expect("json");
-    assert_eq!(json["tkrName"], "v1.23.8---vmware.2-tkg.1");
+    assert_eq!(json["tkrName"], "v1.25.7---vmware.2-tkg.1");
     assert_eq!(json["controlPlane"]["rootVolumeGib"], 80);
     assert_eq!(json["packages"][1]["refName"], "contour.tanzu.vmware.com");
 }
 
 #[test]
 fn cluster_spec_defaults_for_minimal_dev() {
-    let r = repo("managementClusters:\n  - name: mc-aws-1\n    kubeconfig: {file: /k}\n    namespace: tkg-workloads\n");
+    let r = repo("managementClusters:\n  - name: mc-aws-1\n    kubeconfig: {file: /k}\n    namespace: tkg-workloads\n    tkgVersion: \"2.2\"\n");
     let text = "CLUSTER_NAME: small\nINFRASTRUCTURE_PROVIDER: aws\nAWS_REGION: eu-west-1\nAWS_SSH_KEY_NAME: k\n";
-    let s = "managementCluster: mc-aws-1\ntkr: v1.22.11+vmware.2-tkg.1\n";
+    let s = "managementCluster: mc-aws-1\ntkr: v1.23.17+vmware.1-tkg.1\n";
     let spec = cluster_spec(&request(text, s), &r).expect("spec");
     assert_eq!(spec.namespace, "tkg-workloads");
     assert_eq!(spec.plan, "dev");
@@ -1047,29 +1154,47 @@ fn cluster_spec_defaults_for_minimal_dev() {
             name: "md-0".into(),
             az: "eu-west-1a".into(),
             instance_type: "m5.large".into(),
-            replicas: 1
+            replicas: 1,
+            overrides: vec![],
         }]
     );
     assert_eq!(spec.worker_root_volume_gib, 80);
     assert_eq!(spec.cni, "antrea");
     assert_eq!(spec.cluster_cidr, "100.96.0.0/11");
     assert_eq!(spec.service_cidr, "100.64.0.0/13");
+    // The CLI's defaults, in its emission order (tkg2-aws-class-based.md §2, §3.3).
+    let names: Vec<&str> = spec.variables.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(
-        spec.mhc,
-        MhcSpec {
-            worker: true,
-            control_plane: true,
-            unknown_status_timeout: "5m".into(),
-            false_status_timeout: "12m".into(),
-            node_startup_timeout: "20m".into()
-        }
+        names,
+        vec![
+            "cni",
+            "controlPlaneCertificateRotation",
+            "auditLogging",
+            "podSecurityStandard",
+            "region",
+            "sshKeyName",
+            "loadBalancerSchemeInternal",
+            "bastion",
+            "network",
+            "identityRef",
+            "worker",
+            "controlPlane"
+        ]
     );
-    assert_eq!(spec.identity_management_type, "none");
-    assert_eq!(spec.image_repository, None);
-    assert!(!spec.audit_logging);
+    assert_eq!(
+        var(&spec, "podSecurityStandard"),
+        serde_json::json!({"deactivated": false, "audit": "baseline", "warn": "baseline"})
+    );
+    assert_eq!(
+        var(&spec, "network"),
+        serde_json::json!({"vpc": {"cidr": "10.0.0.0/16"}, "subnets": [{"az": "", "private": {"cidr": "10.0.0.0/24"}, "public": {"cidr": "10.0.1.0/24"}}]})
+    );
+    assert_eq!(
+        var(&spec, "controlPlaneCertificateRotation"),
+        serde_json::json!({"activate": true, "daysBefore": 90})
+    );
     assert!(spec.bastion_enabled);
     assert!(!spec.load_balancer_scheme_internal);
-    assert_eq!(spec.identity_ref, None);
     assert_eq!(
         spec.os,
         OsSpec {
@@ -1078,7 +1203,6 @@ fn cluster_spec_defaults_for_minimal_dev() {
             arch: "amd64".into()
         }
     );
-    assert!(spec.security_group_overrides.is_empty());
     assert_eq!(spec.tmc, None);
     assert!(spec.packages.is_empty());
     assert_eq!(
@@ -1111,25 +1235,19 @@ fn cluster_spec_prod_split_and_overrides() {
     assert_eq!(spec.workers[1].instance_type, "m5.xlarge");
     assert_eq!(spec.azs, vec!["us-west-2a", "us-west-2b", "us-west-2c"]);
     assert_eq!(spec.namespace, "team-a");
-    assert!(!spec.mhc.worker && !spec.mhc.control_plane);
     assert_eq!(
-        spec.security_group_overrides
-            .get("apiServerLB")
-            .map(String::as_str),
-        Some("sg-1")
+        var(&spec, "network")["securityGroupOverrides"],
+        serde_json::json!({"apiServerLB": "sg-1", "node": "sg-2"})
     );
     assert_eq!(
-        spec.security_group_overrides
-            .get("node")
-            .map(String::as_str),
-        Some("sg-2")
+        var(&spec, "identityRef"),
+        serde_json::json!({"kind": "AWSClusterRoleIdentity", "name": "tkg-role"})
     );
+    // prodcc: md-1 and md-2 carry the worker override (AWSOV:80-106).
+    assert_eq!(spec.workers[0].overrides, vec![]);
     assert_eq!(
-        spec.identity_ref,
-        Some(IdentityRef {
-            kind: "AWSClusterRoleIdentity".into(),
-            name: "tkg-role".into()
-        })
+        spec.workers[2].overrides[0].value["instanceType"],
+        "m5.2xlarge"
     );
     let five = edit(&text, "WORKER_MACHINE_COUNT", Some("5"));
     let spec = cluster_spec(&request(&five, &settings_text()), &r).expect("spec");
@@ -1442,8 +1560,9 @@ fn fixture_files_under_validate() {
     assert!(at("TKGOPS-DOCKER-BRIDGE", 10));
     assert!(at("TKGOPS-TF-VALIDATE", 11)); // service CIDR too large
     assert!(at("TKGOPS-TF-VALIDATE", 12)); // CNI
-    assert!(at("TKO-CLS-007", 13));
-    assert!(at("TKO-CLS-006", 14));
+                                           // ENABLE_MHC and IDENTITY_MANAGEMENT_TYPE are the management cluster's in TKG 2.x.
+    assert!(at("TKGOPS-IGNORED", 13));
+    assert!(!has(&fs, "TKO-CLS-007") && !has(&fs, "TKO-CLS-006"));
     assert!(at("TKGOPS-UNKNOWN-VAR", 15));
     assert_eq!(
         validate_paths(&LocalFiles, &[fixture("validate/dev-insecure.yaml")]).exit_code(),

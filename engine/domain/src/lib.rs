@@ -3,6 +3,7 @@
 //! - [`request`]: the config repository format (cluster requests, `tkgops.yaml`) and the
 //!   reference-design rules.
 //! - [`workflow`]: the workflow catalog, intents, plans and the PR comment Markdown.
+//! - [`tkg`]: TKG 2.x releases, ClusterClasses, TKRs and the CLI's flat-variable mapping.
 //! - [`step`]: the step contract the engine persists and the providers execute.
 //! - [`files`]: how files reach the domain (a git tree, a directory): the [`files::TreeReader`]
 //!   trait its callers implement.
@@ -14,4 +15,5 @@ pub mod files;
 pub mod request;
 pub mod serde_duration;
 pub mod step;
+pub mod tkg;
 pub mod workflow;

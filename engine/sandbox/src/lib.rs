@@ -71,7 +71,7 @@ const EXAMPLE_CLUSTER_CONFIG: &str =
 const EXAMPLE_CLUSTER_SETTINGS: &str =
     include_str!("../../../examples/requests/team-a-prod/tkgops.yaml");
 /// Settings used with `--request FILE` (tkgops's own settings for a bare TKG file).
-const DEFAULT_CLUSTER_SETTINGS: &str = "managementCluster: mc-aws-1\ntkr: v1.23.8+vmware.2-tkg.1\ntmc:\n  clusterGroup: default\nlabels:\n  env: sandbox\n";
+const DEFAULT_CLUSTER_SETTINGS: &str = "managementCluster: mc-aws-1\ntkr: v1.25.7+vmware.2-tkg.1\ntmc:\n  clusterGroup: default\nlabels:\n  env: sandbox\n";
 
 /// Command-line arguments of `tkgops-sandbox` (`scripts/sandbox.sh` passes its own through).
 #[derive(Debug, Clone, clap::Args)]

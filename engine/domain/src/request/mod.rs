@@ -33,12 +33,13 @@ pub use packages::{
 pub use rules::{check_upgrade, is_dns1123_label, is_system_namespace, validate, RULES};
 pub use settings::{
     parse_cluster_settings, parse_repo_config, ApprovalPolicy, ClusterSettings, ClusterTmc,
-    KubeconfigSource, ManagementClusterConfig, PackageDefaults, PackageRepositoryRef,
-    PackageRequest, RepoConfig, RuleLevel, RuleOverride, RulesConfig, TmcConfig, UpgradePolicy,
+    IdentityManagementType, KubeconfigSource, ManagementClusterConfig, PackageDefaults,
+    PackageRepositoryRef, PackageRequest, RepoConfig, RuleLevel, RuleOverride, RulesConfig,
+    TmcConfig, UpgradePolicy,
 };
 pub use spec::{
-    cluster_spec, ClusterSpec, IdentityRef, MachineSpec, MhcSpec, OsSpec, PackageSpec, SubnetSpec,
-    TmcSpec, VpcSpec, WorkerSpec,
+    cluster_spec, ClusterSpec, MachineSpec, OsSpec, PackageSpec, SubnetSpec, TmcSpec, VpcSpec,
+    WorkerSpec,
 };
 pub use tkgconfig::{
     is_credential_variable, is_known_variable, is_secret_variable, parse_tkg_config, TkgConfig,

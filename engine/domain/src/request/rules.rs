@@ -6,10 +6,15 @@ use base64::Engine as _;
 use ipnet::IpNet;
 use regex::Regex;
 
-use super::settings::{ClusterSettings, RepoConfig, RuleLevel, SCHEMA};
+use super::settings::{
+    ClusterSettings, IdentityManagementType, ManagementClusterConfig, RepoConfig, RuleLevel, SCHEMA,
+};
+use super::spec::AUTOSCALER_UNSUPPORTED;
 use super::spec::{get_u32, normalized_plan, resolve_packages, worker_counts};
 use super::tkgconfig::{is_credential_variable, is_known_variable, TkgConfig, PARSE};
 use super::{Finding, Severity};
+use crate::tkg::variables::cluster_variables;
+use crate::tkg::TkgVersion;
 
 /// Every rule tkgops reports: ID, default severity, summary with its source.
 pub const RULES: &[(&str, Severity, &str)] = &[
@@ -64,6 +69,16 @@ pub const RULES: &[(&str, Severity, &str)] = &[
         "variable not a known TKG variable",
     ),
     (
+        "TKGOPS-IGNORED",
+        Severity::Warning,
+        "variable a TKG 2.x workload file cannot set: identity and MachineHealthChecks are the management cluster's (tkg2-aws-class-based.md §5, §7)",
+    ),
+    (
+        "TKGOPS-UNSUPPORTED",
+        Severity::Error,
+        "a TKG feature tkgops does not render yet (ENABLE_AUTOSCALER)",
+    ),
+    (
         "TKO-CLS-005",
         Severity::Error,
         "R1: prod uses 3 distinct AZs, dev 1 (TVS-RA Availability)",
@@ -86,7 +101,7 @@ pub const RULES: &[(&str, Severity, &str)] = &[
     (
         "TKGOPS-TKR",
         Severity::Error,
-        "R5: TKR well-formed, Kubernetes v1.21-v1.23 (TKG 1.6)",
+        "R5: TKR well-formed and offered by the management cluster's TKG release (tkg2-aws-class-based.md §8)",
     ),
     ("TKGOPS-DOWNGRADE", Severity::Error, "R5: no TKR downgrade"),
     (
@@ -98,12 +113,12 @@ pub const RULES: &[(&str, Severity, &str)] = &[
     (
         "TKO-CLS-007",
         Severity::Error,
-        "R8: MachineHealthChecks enabled",
+        "R8: MachineHealthChecks enabled on the management cluster's ClusterClass (tkg2-aws-class-based.md §5)",
     ),
     (
         "TKO-CLS-006",
         Severity::Error,
-        "R9: identity management oidc or ldap, fully configured",
+        "R9: the management cluster's identity management is oidc or ldap (workload clusters inherit it, tkg2-aws-class-based.md §7)",
     ),
     (
         "TKG-CLS-001",
@@ -152,6 +167,8 @@ const SHARED_SERVICES_LABEL: &str = "cluster-role.tkg.tanzu.vmware.com/tanzu-ser
 
 struct Ctx<'a> {
     c: &'a TkgConfig,
+    /// The request's management cluster, when the repository policy is known.
+    mc: Option<&'a ManagementClusterConfig>,
     out: Vec<Finding>,
 }
 
@@ -232,6 +249,18 @@ pub fn check_upgrade(
             ));
         }
     };
+    if new[0] == old[0] && new[1] > old[1] + 1 {
+        return Some(Finding::new(
+            path,
+            line,
+            "TKGOPS-DOWNGRADE",
+            Severity::Error,
+            format!(
+                "tkr {new_tkr} jumps more than one Kubernetes minor version from {old_tkr}; Cluster API refuses it (version cannot be increased from v{}.{} to v{}.{}): upgrade one minor at a time",
+                old[0], old[1], new[0], new[1]
+            ),
+        ));
+    }
     (new < old).then(|| {
         Finding::new(
             path,
@@ -421,70 +450,76 @@ fn config_rules(ctx: &mut Ctx<'_>) {
         cidrs(ctx, k);
     }
 
-    // R8 TKO-CLS-007
+    // TKGOPS-IGNORED: identity and MachineHealthChecks belong to the management cluster in
+    // TKG 2.x (§5: ENABLE_MHC*/MHC_* are not mapped; §7: identity variables are ignored).
+    let ignored: Vec<(String, u32)> = c
+        .vars
+        .iter()
+        .filter(|(k, v)| v.line > 0 && !v.value.trim().is_empty() && is_management_only(k))
+        .map(|(k, v)| (k.clone(), v.line))
+        .collect();
+    if let Some(first) = ignored.iter().map(|(_, l)| *l).min() {
+        let names: Vec<&str> = ignored.iter().map(|(k, _)| k.as_str()).collect();
+        ctx.at(
+            Some(first),
+            "TKGOPS-IGNORED",
+            format!(
+                "{} {} ignored in a TKG 2.x workload cluster file: workload clusters inherit identity management and MachineHealthChecks from their management cluster; remove {}",
+                names.join(", "),
+                if names.len() == 1 { "is" } else { "are" },
+                if names.len() == 1 { "it" } else { "them" },
+            ),
+        );
+    }
+
+    // R8 TKO-CLS-007: the ClusterClass's MachineHealthChecks follow the management cluster's
+    // ENABLE_MHC* (§5); only inherited values (managementClusters[].defaults) count.
     for k in [
         "ENABLE_MHC",
         "ENABLE_MHC_WORKER_NODE",
         "ENABLE_MHC_CONTROL_PLANE",
     ] {
-        if ctx.bool_var(k, "TKO-CLS-007") == Some(false) {
-            ctx.var(
-                k,
+        if !c.is_own(k) && c.get_bool(k) == Some(false) {
+            let mc = ctx.mc.map(|m| m.name.as_str()).unwrap_or("?");
+            ctx.at(
+                None,
                 "TKO-CLS-007",
-                format!("{k} is false; the reference design requires MachineHealthChecks"),
+                format!("{k} is false on management cluster {mc} (managementClusters[].defaults); the reference design requires MachineHealthChecks"),
             );
         }
     }
 
-    // R9 TKO-CLS-006
-    let idm = ctx
-        .get("IDENTITY_MANAGEMENT_TYPE")
-        .map(str::to_ascii_lowercase);
-    let required: &[&str] = match idm.as_deref() {
-        None => {
-            ctx.var("IDENTITY_MANAGEMENT_TYPE", "TKO-CLS-006", "IDENTITY_MANAGEMENT_TYPE is not set (TKG default none); the reference design requires oidc or ldap");
-            &[]
-        }
-        Some("none") => {
-            ctx.var(
-                "IDENTITY_MANAGEMENT_TYPE",
+    // R9 TKO-CLS-006: the management cluster's identity management (§7).
+    let idm = ctx.mc.map(|m| m.identity_management_type);
+    if let Some(mc) = ctx.mc {
+        match mc.identity_management_type {
+            Some(IdentityManagementType::Oidc) | Some(IdentityManagementType::Ldap) => {}
+            Some(IdentityManagementType::None) => ctx.at(
+                None,
                 "TKO-CLS-006",
-                "IDENTITY_MANAGEMENT_TYPE is none; the reference design requires oidc or ldap",
-            );
-            &[]
-        }
-        // The client secret is not required: it must never be committed (TKGOPS-SECRET).
-        Some("oidc") => &[
-            "OIDC_IDENTITY_PROVIDER_ISSUER_URL",
-            "OIDC_IDENTITY_PROVIDER_CLIENT_ID",
-            "OIDC_IDENTITY_PROVIDER_NAME",
-        ],
-        Some("ldap") => &["LDAP_HOST", "LDAP_USER_SEARCH_BASE_DN"],
-        Some(other) => {
-            let o = other.to_string();
-            ctx.var(
-                "IDENTITY_MANAGEMENT_TYPE",
-                "TKO-CLS-006",
-                format!("IDENTITY_MANAGEMENT_TYPE {o:?} is not one of none, oidc, ldap"),
-            );
-            &[]
-        }
-    };
-    let missing: Vec<&str> = required
-        .iter()
-        .copied()
-        .filter(|k| ctx.get(k).is_none())
-        .collect();
-    if !missing.is_empty() {
-        let t = idm.clone().unwrap_or_default();
-        ctx.var(
-            "IDENTITY_MANAGEMENT_TYPE",
-            "TKO-CLS-006",
-            format!(
-                "IDENTITY_MANAGEMENT_TYPE {t} requires non-empty {}",
-                missing.join(", ")
+                format!("management cluster {} runs identity management none, and workload clusters inherit it; the reference design requires oidc or ldap", mc.name),
             ),
+            None => ctx.at(
+                None,
+                "TKO-CLS-006",
+                format!("management cluster {} declares no identityManagementType in tkgops.yaml; workload clusters inherit the management cluster's identity management, and the reference design requires oidc or ldap", mc.name),
+            ),
+        }
+    }
+    if c.get_bool("ENABLE_AUTOSCALER") == Some(true) {
+        ctx.var(
+            "ENABLE_AUTOSCALER",
+            "TKGOPS-UNSUPPORTED",
+            AUTOSCALER_UNSUPPORTED,
         );
+    }
+    // R16: what the CLI refuses while mapping variables (§2), e.g. malformed *_EXTRA_ARGS.
+    let version = ctx.mc.map(|m| m.tkg_version).unwrap_or(TkgVersion::V2_2);
+    if let Err(e) = cluster_variables(c, version, prod) {
+        if !["AWS_REGION", "AWS_SSH_KEY_NAME"].contains(&e.variable.as_str()) {
+            let msg = e.to_string();
+            ctx.var(&e.variable, "TKGOPS-TF-VALIDATE", msg);
+        }
     }
 
     // R10 TKG-CLS-001, R12 TKGOPS-AIRGAP-IDM
@@ -520,12 +555,15 @@ fn config_rules(ctx: &mut Ctx<'_>) {
                 }
             }
         }
-        if idm.as_deref() != Some("ldap") {
-            ctx.var(
-                if c.line("IDENTITY_MANAGEMENT_TYPE").is_some() { "IDENTITY_MANAGEMENT_TYPE" } else { "TKG_CUSTOM_IMAGE_REPOSITORY" },
-                "TKGOPS-AIRGAP-IDM",
-                "air-gapped clusters (TKG_CUSTOM_IMAGE_REPOSITORY set) support only IDENTITY_MANAGEMENT_TYPE ldap (SIVT Federal Airgap guide)",
-            );
+        if let Some(Some(t)) = idm {
+            if t != IdentityManagementType::Ldap {
+                let mc = ctx.mc.map(|m| m.name.clone()).unwrap_or_default();
+                ctx.var(
+                    "TKG_CUSTOM_IMAGE_REPOSITORY",
+                    "TKGOPS-AIRGAP-IDM",
+                    format!("air-gapped clusters (TKG_CUSTOM_IMAGE_REPOSITORY set) support only ldap identity management (SIVT Federal Airgap guide), but management cluster {mc} runs {t:?}"),
+                );
+            }
         }
     }
 
@@ -743,13 +781,21 @@ fn settings_rules(s: &ClusterSettings, repo: Option<&RepoConfig>, out: &mut Vec<
             "TKGOPS-TKR",
             format!("tkr {:?} is not of the form vMAJOR.MINOR.PATCH+vmware.N-tkg.M (e.g. v1.23.8+vmware.2-tkg.1)", s.tkr),
         )),
-        Some(v) => {
-            if !(v[0] == 1 && (21..=23).contains(&v[1])) {
-                out.push(mk(
-                    s.line("tkr"),
-                    "TKGOPS-TKR",
-                    format!("tkr {} is Kubernetes v{}.{}; TKG 1.6 supports v1.23, v1.22 and v1.21", s.tkr, v[0], v[1]),
-                ));
+        Some(_) => {
+            if let Some(mc) = repo.and_then(|r| r.management_cluster(&s.management_cluster)) {
+                if !mc.offers_tkr(&s.tkr) {
+                    out.push(mk(
+                        s.line("tkr"),
+                        "TKGOPS-TKR",
+                        format!(
+                            "tkr {} is not offered by management cluster {} (TKG {}); it offers {}",
+                            s.tkr,
+                            mc.name,
+                            mc.tkg_version,
+                            mc.offered_tkrs().join(", ")
+                        ),
+                    ));
+                }
             }
         }
     }
@@ -880,8 +926,15 @@ pub fn validate(
     settings: Option<&ClusterSettings>,
     repo: Option<&RepoConfig>,
 ) -> Vec<Finding> {
+    let mc = match (settings, repo) {
+        (Some(s), Some(r)) => r.management_cluster(&s.management_cluster),
+        _ => None,
+    };
+    let merged = mc.map(|m| config.with_defaults(&m.defaults));
+    let config = merged.as_ref().unwrap_or(config);
     let mut ctx = Ctx {
         c: config,
+        mc,
         out: Vec::new(),
     };
     config_rules(&mut ctx);
@@ -1046,4 +1099,16 @@ fn secret_keys(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
             }
         }
     }
+}
+
+/// Whether flat variable `name` belongs to the management cluster in TKG 2.x, so a workload file
+/// cannot set it: identity management (`IDENTITY_MANAGEMENT_TYPE`, `LDAP_*`, `OIDC_*`, §7) and
+/// MachineHealthChecks (`ENABLE_MHC*`, `MHC_*`, `NODE_STARTUP_TIMEOUT`, §5).
+fn is_management_only(name: &str) -> bool {
+    name == "IDENTITY_MANAGEMENT_TYPE"
+        || name.starts_with("LDAP_")
+        || name.starts_with("OIDC_")
+        || name.starts_with("ENABLE_MHC")
+        || name.starts_with("MHC_")
+        || name == "NODE_STARTUP_TIMEOUT"
 }

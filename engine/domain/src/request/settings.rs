@@ -12,6 +12,7 @@ use super::packages::standard_package;
 use super::rules::rule_default;
 use super::tkgconfig::{decode_text, parse_yaml_document, yaml_error};
 use super::{Finding, Severity};
+use crate::tkg::TkgVersion;
 
 /// Rule ID of schema errors in tkgops's own files.
 pub(crate) const SCHEMA: &str = "TKGOPS-SCHEMA";
@@ -64,6 +65,89 @@ pub struct ManagementClusterConfig {
     /// (default `default`, TF `constants/defaults.go` `DefaultNamespace`).
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// The management cluster's TKG release (`tkgVersion: 2.2`), required: from it the plan
+    /// knows the ClusterClass, the TKRs and the variables without credentials; the preflight
+    /// checks it against the cluster (tkg2-aws-class-based.md §1, §8, §9).
+    pub tkg_version: TkgVersion,
+    /// ClusterClass name when it differs from the release default
+    /// ([`TkgVersion::cluster_class`]), e.g. for an unverified 2.3/2.4 class name.
+    #[serde(default)]
+    pub cluster_class: Option<String>,
+    /// TKR versions this management cluster offers beyond the release's own
+    /// ([`TkgVersion::tkrs`]), e.g. from an `additional-compatible-tkrs` ConfigMap (§8).
+    #[serde(default)]
+    pub tkrs: Vec<String>,
+    /// Flat TKG variables (`AWS_REGION: us-west-2`) merged under every request that names this
+    /// management cluster: workload files inherit them as they inherit the management cluster's
+    /// configuration in TKG (the class defaults, §1). A request's own value wins.
+    #[serde(default, deserialize_with = "flat_vars_de")]
+    pub defaults: BTreeMap<String, String>,
+    /// The identity management the management cluster runs (`oidc`, `ldap` or `none`); workload
+    /// clusters inherit it (§7), so rule TKO-CLS-006 checks it here and the preflight verifies
+    /// the Pinniped info the cluster publishes. Unset = not declared (TKO-CLS-006 reports it).
+    #[serde(default)]
+    pub identity_management_type: Option<IdentityManagementType>,
+}
+
+impl ManagementClusterConfig {
+    /// The ClusterClass Clusters on this management cluster use: `clusterClass`, else the
+    /// release default ([`TkgVersion::cluster_class`]).
+    pub fn cluster_class(&self) -> &str {
+        self.cluster_class
+            .as_deref()
+            .unwrap_or_else(|| self.tkg_version.cluster_class())
+    }
+
+    /// Whether this management cluster offers TKR version `tkr`: shipped by its release or
+    /// listed in `tkrs`.
+    pub fn offers_tkr(&self, tkr: &str) -> bool {
+        self.tkg_version.tkrs().contains(&tkr) || self.tkrs.iter().any(|t| t == tkr)
+    }
+
+    /// Every TKR version this management cluster offers: the release's, then `tkrs`.
+    pub fn offered_tkrs(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .tkg_version
+            .tkrs()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        out.extend(self.tkrs.iter().cloned());
+        out
+    }
+}
+
+/// Identity management of a management cluster (TKG `IDENTITY_MANAGEMENT_TYPE`, §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityManagementType {
+    /// Pinniped with an OIDC provider.
+    Oidc,
+    /// Pinniped with LDAP.
+    Ldap,
+    /// No identity management.
+    None,
+}
+
+/// Reads a map of flat TKG variables whose YAML values may be strings, numbers or booleans.
+fn flat_vars_de<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let m = BTreeMap::<String, Value>::deserialize(d)?;
+    m.into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                Value::String(s) => s,
+                Value::Bool(b) => b.to_string(),
+                Value::Number(n) => n.to_string(),
+                Value::Null => String::new(),
+                _ => {
+                    return Err(serde::de::Error::custom(format!(
+                        "defaults.{k} must be a scalar (flat TKG variable)"
+                    )))
+                }
+            };
+            Ok((k, s))
+        })
+        .collect()
 }
 
 /// How the bot reaches a management cluster (from the config repository's `tkgops.yaml`).

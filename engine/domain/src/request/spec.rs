@@ -1,6 +1,7 @@
-//! [`ClusterSpec`]: a cluster request's desired state with every TKG 1.6 default applied
-//! (reference `tanzu-apis.md` §1.2 defaults, TF `config_default.yaml`, `constants/defaults.go`,
-//! the AWS ytt overlay), consumed by the workflow templates.
+//! [`ClusterSpec`]: a cluster request's desired state as the Tanzu CLI of the management
+//! cluster's TKG 2.x release renders it (tkg2-aws-class-based.md §1–§3: the class, the TKR
+//! version, the ClusterClass variables, the MachineDeployments), with every default applied;
+//! consumed by the workflow templates.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,8 @@ use super::packages::{order_key, standard_package, DEFAULT_PACKAGE_NAMESPACE};
 use super::settings::{ClusterSettings, PackageRepositoryRef, PackageRequest, RepoConfig, SCHEMA};
 use super::tkgconfig::TkgConfig;
 use super::{ClusterRequest, Finding, Severity};
+use crate::tkg::variables::{cluster_variables, worker_value, ClusterVariable};
+use crate::tkg::{kubernetes_version, tkr_name, TkgVersion};
 
 /// Desired state of one workload cluster, derived by [`cluster_spec`]. Serialized camelCase.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -44,8 +47,19 @@ pub struct ClusterSpec {
     pub load_balancer_scheme_internal: bool,
     /// `BASTION_HOST_ENABLED` (default true).
     pub bastion_enabled: bool,
-    /// `AWSCluster.spec.identityRef` from `AWS_IDENTITY_REF_*`, when a name is set.
-    pub identity_ref: Option<IdentityRef>,
+    /// The management cluster's TKG release (`managementClusters[].tkgVersion`).
+    pub tkg_version: TkgVersion,
+    /// `spec.topology.class`: the release's ClusterClass (§1), e.g. `tkg-aws-default-v1.0.0`.
+    pub cluster_class: String,
+    /// `spec.topology.variables` in the CLI's emission order (§2, [`crate::tkg::variables`]).
+    pub variables: Vec<ClusterVariable>,
+    /// Annotation `run.tanzu.vmware.com/resolve-os-image` of the control plane and every
+    /// MachineDeployment: `ami-region=<AWS_REGION>,os-name=<OS_NAME>,os-arch=<OS_ARCH>` (§3.2).
+    pub os_image_selector: String,
+    /// Annotation `osInfo`: `<OS_NAME>,<OS_VERSION>,<OS_ARCH>` (§3.1).
+    pub os_info: String,
+    /// `spec.clusterNetwork.apiServerPort` from `CLUSTER_API_SERVER_PORT`, only when set (§3.1).
+    pub api_server_port: Option<u16>,
     /// Control plane machines.
     pub control_plane: MachineSpec,
     /// MachineDeployments `md-0` (dev) or `md-0`..`md-2` (prod).
@@ -58,19 +72,8 @@ pub struct ClusterSpec {
     pub cluster_cidr: String,
     /// `SERVICE_CIDR` (default `100.64.0.0/13`).
     pub service_cidr: String,
-    /// MachineHealthChecks.
-    pub mhc: MhcSpec,
-    /// `IDENTITY_MANAGEMENT_TYPE` lowercased (default `none`).
-    pub identity_management_type: String,
-    /// `TKG_CUSTOM_IMAGE_REPOSITORY` (air-gapped registry), when set.
-    pub image_repository: Option<String>,
-    /// `ENABLE_AUDIT_LOGGING` (default false).
-    pub audit_logging: bool,
     /// Node OS.
     pub os: OsSpec,
-    /// `AWSCluster.spec.network.securityGroupOverrides` from `AWS_SECURITY_GROUP_*`; keys
-    /// `bastion`, `apiServerLB`, `lb`, `controlplane`, `node` (only the set ones).
-    pub security_group_overrides: BTreeMap<String, String>,
     /// Labels from the cluster's settings.
     pub labels: BTreeMap<String, String>,
     /// TMC attach, when requested.
@@ -108,16 +111,6 @@ pub struct SubnetSpec {
     pub public_cidr: Option<String>,
 }
 
-/// `AWSCluster.spec.identityRef`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IdentityRef {
-    /// `AWS_IDENTITY_REF_KIND` (default `AWSClusterRoleIdentity`).
-    pub kind: String,
-    /// `AWS_IDENTITY_REF_NAME`.
-    pub name: String,
-}
-
 /// Control plane machines.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -141,24 +134,11 @@ pub struct WorkerSpec {
     /// `NODE_MACHINE_TYPE` (md-0; default `m5.large`), `NODE_MACHINE_TYPE_1`/`_2` overrides.
     pub instance_type: String,
     /// Replicas: `WORKER_MACHINE_COUNT_<i>`, else `WORKER_MACHINE_COUNT` (default dev 1,
-    /// prod 3) split evenly over the 3 AZs with the remainder to the first ones.
+    /// prod 3) split evenly over the 3 AZs with the remainder to the first ones (§3.2).
     pub replicas: u32,
-}
-
-/// MachineHealthChecks (TF `add_mhc.yaml`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MhcSpec {
-    /// Worker MHC: `ENABLE_MHC` not false and `ENABLE_MHC_WORKER_NODE` (default true).
-    pub worker: bool,
-    /// Control plane MHC: `ENABLE_MHC` not false and `ENABLE_MHC_CONTROL_PLANE` (default true).
-    pub control_plane: bool,
-    /// `MHC_UNKNOWN_STATUS_TIMEOUT` (default `5m`).
-    pub unknown_status_timeout: String,
-    /// `MHC_FALSE_STATUS_TIMEOUT` (default `12m`).
-    pub false_status_timeout: String,
-    /// `NODE_STARTUP_TIMEOUT` (default `20m`).
-    pub node_startup_timeout: String,
+    /// `variables.overrides` of the MachineDeployment: in prodcc, `worker` for `md-1` and
+    /// `md-2` from `NODE_MACHINE_TYPE_1`/`_2` (`AWSOV:80-106`); empty otherwise.
+    pub overrides: Vec<ClusterVariable>,
 }
 
 /// Node OS (`OS_NAME`, `OS_VERSION`, `OS_ARCH`).
@@ -363,29 +343,19 @@ pub(crate) fn worker_counts(config: &TkgConfig, prod: bool) -> Result<Vec<u32>, 
     Ok(out)
 }
 
-/// Kubernetes version of a TKR: `v1.23.8+vmware.2-tkg.1` → `v1.23.8+vmware.2`.
-pub(crate) fn kubernetes_version_of(tkr: &str) -> String {
-    match tkr.rfind("-tkg.") {
-        Some(i) => tkr[..i].to_string(),
-        None => tkr.to_string(),
-    }
-}
-
-/// Derives the desired state of `req` with every TKG 1.6 default applied (see the field docs of
-/// [`ClusterSpec`]); `repo` supplies the management cluster's namespace, package defaults and the
-/// package repository.
+/// Derives the desired state of `req` as the Tanzu CLI of the management cluster's TKG release
+/// renders it (see the field docs of [`ClusterSpec`]); `repo` supplies the management cluster
+/// (its `tkgVersion`, class, `defaults` merged under the request's variables, namespace), package
+/// defaults and the package repository.
 ///
 /// Errors (one [`Finding`] on the request's config or settings file): management cluster not in
 /// `repo` (`TKGOPS-SCHEMA`), unknown `CLUSTER_PLAN` (`TKGOPS-PLAN`), `AWS_REGION` or
-/// `AWS_SSH_KEY_NAME` missing (`TKGOPS-REQUIRED`), a non-integer machine count or disk size
-/// (`TKGOPS-TF-VALIDATE`), an unresolvable package (`TKGOPS-SCHEMA`). Run [`super::validate`]
-/// first for the full list of problems.
+/// `AWS_SSH_KEY_NAME` missing after the defaults (`TKGOPS-REQUIRED`, the CLI's "missing
+/// configuration variables"), a variable the CLI refuses (`TKGOPS-TF-VALIDATE`, e.g. a malformed
+/// `APISERVER_EXTRA_ARGS`), `ENABLE_AUTOSCALER: true` (`TKGOPS-UNSUPPORTED`), an unresolvable
+/// package (`TKGOPS-SCHEMA`). Run [`super::validate`] first for the full list of problems.
 pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSpec, Finding> {
-    let c = &req.config;
     let s = &req.settings;
-    let cfg_err = |key: &str, rule: &str, msg: String| {
-        Finding::new(&c.path, c.line(key), rule, Severity::Error, msg)
-    };
     let mc = repo
         .management_cluster(&s.management_cluster)
         .ok_or_else(|| {
@@ -400,6 +370,11 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
                 ),
             )
         })?;
+    let merged = req.config.with_defaults(&mc.defaults);
+    let c = &merged;
+    let cfg_err = |key: &str, rule: &str, msg: String| {
+        Finding::new(&c.path, c.line(key), rule, Severity::Error, msg)
+    };
     let plan = normalized_plan(c).ok_or_else(|| {
         cfg_err(
             "CLUSTER_PLAN",
@@ -411,26 +386,24 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
         )
     })?;
     let prod = plan == "prod";
-    let region = c
-        .get("AWS_REGION")
-        .ok_or_else(|| {
-            cfg_err(
-                "AWS_REGION",
+    for key in ["AWS_REGION", "AWS_SSH_KEY_NAME"] {
+        if c.get(key).is_none() {
+            return Err(cfg_err(
+                key,
                 "TKGOPS-REQUIRED",
-                "AWS_REGION is required".into(),
-            )
-        })?
-        .to_string();
-    let ssh_key_name = c
-        .get("AWS_SSH_KEY_NAME")
-        .ok_or_else(|| {
-            cfg_err(
-                "AWS_SSH_KEY_NAME",
-                "TKGOPS-REQUIRED",
-                "AWS_SSH_KEY_NAME is required".into(),
-            )
-        })?
-        .to_string();
+                format!("missing configuration variables: {key} (set it in the request or in managementClusters[{}].defaults)", mc.name),
+            ));
+        }
+    }
+    if c.get_bool("ENABLE_AUTOSCALER") == Some(true) {
+        return Err(cfg_err(
+            "ENABLE_AUTOSCALER",
+            "TKGOPS-UNSUPPORTED",
+            AUTOSCALER_UNSUPPORTED.into(),
+        ));
+    }
+    let region = c.get("AWS_REGION").unwrap_or_default().to_string();
+    let ssh_key_name = c.get("AWS_SSH_KEY_NAME").unwrap_or_default().to_string();
     let num = |key: &str, default: u32| -> Result<u32, Finding> {
         get_u32(c, key).map(|v| v.unwrap_or(default)).map_err(|_| {
             cfg_err(
@@ -482,11 +455,21 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
             format!("{k} must be a non-negative integer"),
         )
     })?;
+    let var_err = |e: crate::tkg::variables::VariableError| {
+        cfg_err(&e.variable, "TKGOPS-TF-VALIDATE", e.to_string())
+    };
     let base_type = or("NODE_MACHINE_TYPE", "m5.large");
-    let workers = counts
-        .iter()
-        .enumerate()
-        .map(|(i, n)| WorkerSpec {
+    let mut workers = Vec::with_capacity(counts.len());
+    for (i, n) in counts.iter().enumerate() {
+        let overrides = if prod && i > 0 {
+            vec![ClusterVariable {
+                name: "worker".into(),
+                value: worker_value(c, i).map_err(var_err)?,
+            }]
+        } else {
+            Vec::new()
+        };
+        workers.push(WorkerSpec {
             name: format!("md-{i}"),
             az: azs[i].clone(),
             instance_type: if i == 0 {
@@ -495,21 +478,20 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
                 or(&format!("NODE_MACHINE_TYPE_{i}"), &base_type)
             },
             replicas: *n,
-        })
-        .collect();
-    let mhc_all = c.get_bool("ENABLE_MHC") != Some(false);
-    let mut sg = BTreeMap::new();
-    for (var, key) in [
-        ("AWS_SECURITY_GROUP_BASTION", "bastion"),
-        ("AWS_SECURITY_GROUP_APISERVER_LB", "apiServerLB"),
-        ("AWS_SECURITY_GROUP_LB", "lb"),
-        ("AWS_SECURITY_GROUP_CONTROLPLANE", "controlplane"),
-        ("AWS_SECURITY_GROUP_NODE", "node"),
-    ] {
-        if let Some(v) = c.get(var) {
-            sg.insert(key.to_string(), v.to_string());
-        }
+            overrides,
+        });
     }
+    let variables = cluster_variables(c, mc.tkg_version, prod).map_err(var_err)?;
+    let api_server_port = match c.get("CLUSTER_API_SERVER_PORT") {
+        None => None,
+        Some(p) => Some(p.parse::<u16>().map_err(|_| {
+            cfg_err(
+                "CLUSTER_API_SERVER_PORT",
+                "TKGOPS-TF-VALIDATE",
+                "CLUSTER_API_SERVER_PORT must be a port number (1-65535)".into(),
+            )
+        })?),
+    };
     let (packages, errors) = resolve_packages(s, Some(repo));
     if let Some((_name, msg)) = errors.into_iter().next() {
         return Err(Finding::new(
@@ -520,6 +502,11 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
             msg,
         ));
     }
+    let os = OsSpec {
+        name: or("OS_NAME", "ubuntu"),
+        version: or("OS_VERSION", "20.04"),
+        arch: or("OS_ARCH", "amd64"),
+    };
     Ok(ClusterSpec {
         name: c.get("CLUSTER_NAME").unwrap_or(&req.name).to_string(),
         namespace: c
@@ -529,9 +516,8 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
         plan: plan.to_string(),
         management_cluster: mc.name.clone(),
         tkr: s.tkr.clone(),
-        tkr_name: s.tkr.replace('+', "---"),
-        kubernetes_version: kubernetes_version_of(&s.tkr),
-        region,
+        tkr_name: tkr_name(&s.tkr),
+        kubernetes_version: kubernetes_version(&s.tkr),
         azs,
         vpc: VpcSpec {
             existing_id: existing_vpc,
@@ -543,10 +529,16 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
             .get_bool("AWS_LOAD_BALANCER_SCHEME_INTERNAL")
             .unwrap_or(false),
         bastion_enabled: c.get_bool("BASTION_HOST_ENABLED").unwrap_or(true),
-        identity_ref: c.get("AWS_IDENTITY_REF_NAME").map(|n| IdentityRef {
-            kind: or("AWS_IDENTITY_REF_KIND", "AWSClusterRoleIdentity"),
-            name: n.to_string(),
-        }),
+        tkg_version: mc.tkg_version,
+        cluster_class: mc.cluster_class().to_string(),
+        variables,
+        os_image_selector: format!(
+            "ami-region={region},os-name={},os-arch={}",
+            os.name, os.arch
+        ),
+        os_info: format!("{},{},{}", os.name, os.version, os.arch),
+        region,
+        api_server_port,
         control_plane: MachineSpec {
             instance_type: or("CONTROL_PLANE_MACHINE_TYPE", "t3.large"),
             replicas: num("CONTROL_PLANE_MACHINE_COUNT", if prod { 3 } else { 1 })?,
@@ -557,22 +549,7 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
         cni: or("CNI", "antrea").to_ascii_lowercase(),
         cluster_cidr: or("CLUSTER_CIDR", "100.96.0.0/11"),
         service_cidr: or("SERVICE_CIDR", "100.64.0.0/13"),
-        mhc: MhcSpec {
-            worker: mhc_all && c.get_bool("ENABLE_MHC_WORKER_NODE") != Some(false),
-            control_plane: mhc_all && c.get_bool("ENABLE_MHC_CONTROL_PLANE") != Some(false),
-            unknown_status_timeout: or("MHC_UNKNOWN_STATUS_TIMEOUT", "5m"),
-            false_status_timeout: or("MHC_FALSE_STATUS_TIMEOUT", "12m"),
-            node_startup_timeout: or("NODE_STARTUP_TIMEOUT", "20m"),
-        },
-        identity_management_type: or("IDENTITY_MANAGEMENT_TYPE", "none").to_ascii_lowercase(),
-        image_repository: c.get("TKG_CUSTOM_IMAGE_REPOSITORY").map(str::to_string),
-        audit_logging: c.get_bool("ENABLE_AUDIT_LOGGING").unwrap_or(false),
-        os: OsSpec {
-            name: or("OS_NAME", "ubuntu"),
-            version: or("OS_VERSION", "20.04"),
-            arch: or("OS_ARCH", "amd64"),
-        },
-        security_group_overrides: sg,
+        os,
         labels: s.labels.clone(),
         tmc: s.tmc.as_ref().map(|t| TmcSpec {
             cluster_group: t.cluster_group.clone(),
@@ -586,3 +563,7 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
         package_repository: repo.packages.repository.clone(),
     })
 }
+
+/// Message of `TKGOPS-UNSUPPORTED` for `ENABLE_AUTOSCALER: true`: the CLI also deploys the
+/// cluster-autoscaler on the management cluster (§3.2 "Autoscaler"), which tkgops does not render.
+pub(crate) const AUTOSCALER_UNSUPPORTED: &str = "ENABLE_AUTOSCALER is true, but tkgops does not render the cluster-autoscaler Deployment the Tanzu CLI creates on the management cluster; set fixed worker counts (WORKER_MACHINE_COUNT) or create the cluster with the Tanzu CLI";

@@ -96,6 +96,32 @@ impl TkgConfig {
         }
     }
 
+    /// This file with `defaults` merged under it: a variable the file leaves unset or empty
+    /// takes the default's value, with line 0 (no line in this file). Used for
+    /// `managementClusters[].defaults` (tkg2-aws-class-based.md §1: workload files inherit the
+    /// management cluster's settings).
+    pub fn with_defaults(&self, defaults: &BTreeMap<String, String>) -> TkgConfig {
+        let mut out = self.clone();
+        for (k, v) in defaults {
+            if self.get(k).is_none() && !v.trim().is_empty() {
+                out.vars.insert(
+                    k.clone(),
+                    TkgVar {
+                        value: v.clone(),
+                        line: 0,
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    /// Whether variable `key` is set in the file itself (not inherited through
+    /// [`TkgConfig::with_defaults`]).
+    pub fn is_own(&self, key: &str) -> bool {
+        self.vars.get(key).is_some_and(|v| v.line > 0)
+    }
+
     /// All variables by name with secret values ([`is_secret_variable`]) replaced by
     /// `<redacted>` (empty secrets stay empty). Safe for comments, logs and the store.
     pub fn redacted(&self) -> BTreeMap<String, String> {
@@ -309,6 +335,19 @@ const KNOWN_VARIABLES: &[&str] = &[
     "CONTROLPLANE_CERTIFICATE_ROTATION_DAYS_BEFORE",
     "TKG_CLUSTER_ROLE",
     "ENABLE_POD_SECURITY_STANDARD",
+    // TKG 2.x (tkg2-aws-class-based.md §2)
+    "ETCD_EXTRA_ARGS",
+    "APISERVER_EXTRA_ARGS",
+    "KUBE_SCHEDULER_EXTRA_ARGS",
+    "KUBE_CONTROLLER_MANAGER_EXTRA_ARGS",
+    "CONTROLPLANE_KUBELET_EXTRA_ARGS",
+    "WORKER_KUBELET_EXTRA_ARGS",
+    "APISERVER_EVENT_RATE_LIMIT_CONF_BASE64",
+    "AWS_CLUSTER_CLASS_VERSION",
+    "KUBERNETES_RELEASE",
+    "PACKAGE_INSTALL_TIMEOUT",
+    "ALLOW_LEGACY_CLUSTER",
+    "NODE_IPAM_IP_POOL_NAME",
 ];
 
 /// Prefixes of whole TKG variable families known to tkgops (autoscaler tuning, other providers'
@@ -324,6 +363,7 @@ const KNOWN_PREFIXES: &[&str] = &[
     "DOCKER_",
     "CUSTOM_TDNF_",
     "ADDITIONAL_IMAGE_REGISTRY_",
+    "POD_SECURITY_STANDARD_",
 ];
 
 /// Whether `name` is a TKG configuration variable known to tkgops (rule `TKGOPS-UNKNOWN-VAR`):

@@ -151,12 +151,38 @@ const EMBEDDED: &[(&str, &str)] = embedded![
     "workflows/rollout-packages.yaml",
     "workflows/delete-cluster.yaml",
     "templates/manifests/cluster.yaml.hbs",
-    "templates/manifests/machinehealthchecks.yaml.hbs",
     "templates/comments/plan.md.hbs",
     "templates/comments/run.md.hbs",
 ];
 
 handlebars::handlebars_helper!(json_helper: |v: Json| serde_json::to_string(v).unwrap_or_else(|_| "null".into()));
+handlebars::handlebars_helper!(yaml_helper: |v: Json, {indent: u64 = 0}| yaml_value(v, indent as usize));
+
+/// `{{toYaml v indent=N}}`: a value after a `key:` in block YAML. Scalars and empty collections
+/// come inline (` "text"`, ` {}`), as JSON, which is YAML; maps and lists come as a block on the
+/// following lines, each indented by `indent` spaces.
+fn yaml_value(v: &serde_json::Value, indent: usize) -> String {
+    let inline = match v {
+        serde_json::Value::Object(m) => m.is_empty(),
+        serde_json::Value::Array(a) => a.is_empty(),
+        _ => true,
+    };
+    if inline {
+        return format!(
+            " {}",
+            serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+        );
+    }
+    let text = serde_yaml::to_string(v).unwrap_or_default();
+    let pad = " ".repeat(indent);
+    let mut out = String::new();
+    for line in text.lines() {
+        out.push('\n');
+        out.push_str(&pad);
+        out.push_str(line);
+    }
+    out
+}
 
 impl Catalog {
     /// The catalog embedded in the binary (this repository's `workflows/` and `templates/`).
@@ -183,6 +209,7 @@ impl Catalog {
         hb.set_strict_mode(true);
         hb.register_escape_fn(handlebars::no_escape);
         hb.register_helper("json", Box::new(json_helper));
+        hb.register_helper("toYaml", Box::new(yaml_helper));
         let mut workflows = BTreeMap::new();
         for (path, text) in &files {
             if let Some(name) = path.strip_prefix("templates/") {

@@ -642,18 +642,10 @@ fn render_intent(
 
 /// The handlebars context of the manifest templates and the workflows' `when` conditions for
 /// one cluster: `cluster` (the [`ClusterSpec`]), `owner` (the ownership label and annotations
-/// for the config repository `repository`) and a few derived names the templates need.
+/// for the config repository `repository`).
 pub fn render_context(spec: &ClusterSpec, repository: &str) -> Value {
-    let default_worker = spec
-        .workers
-        .first()
-        .map(|w| w.instance_type.clone())
-        .unwrap_or_else(|| "m5.large".into());
     json!({
         "cluster": spec,
-        "defaultWorkerInstanceType": default_worker,
-        "workerPoolLabel": format!("{}-worker-pool", spec.name),
-        "controlPlaneMhcName": format!("{}-control-plane", spec.name),
         "owner": {
             "labelKey": OWNER_LABEL,
             "label": owner_label(repository, &spec.name),
