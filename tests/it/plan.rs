@@ -85,6 +85,7 @@ fn create_plan_renders_the_class_based_cluster_and_steps() {
         ids,
         [
             "aws-preflight",
+            "mc-preflight",
             "apply-cluster",
             "wait-cluster",
             "read-kubeconfig",
@@ -92,7 +93,7 @@ fn create_plan_renders_the_class_based_cluster_and_steps() {
             "packages"
         ]
     );
-    let manifests = c.steps[1].inputs.inputs_json()["manifests"]
+    let manifests = c.steps[2].inputs.inputs_json()["manifests"]
         .as_str()
         .unwrap()
         .to_string();
@@ -120,7 +121,7 @@ fn create_plan_renders_the_class_based_cluster_and_steps() {
         3
     );
     assert_golden("cluster-team-a-prod.yaml", &manifests);
-    let inputs = c.steps[5].inputs.inputs_json();
+    let inputs = c.steps[6].inputs.inputs_json();
     let pkgs = inputs["packages"].as_array().unwrap();
     assert_eq!(pkgs[0]["name"], "cert-manager");
     assert_eq!(pkgs[1]["name"], "contour");
@@ -445,7 +446,7 @@ fn prod_air_gapped_cluster_renders_what_the_cli_renders() {
     ]);
     let p = run_plan(&base, &head, &["clusters/airgap-prod/cluster-config.yaml"]);
     assert!(!p.has_errors(), "findings: {:#?}", p.all_findings());
-    let manifests = p.clusters[0].steps[1].inputs.inputs_json()["manifests"]
+    let manifests = p.clusters[0].steps[2].inputs.inputs_json()["manifests"]
         .as_str()
         .unwrap()
         .to_string();

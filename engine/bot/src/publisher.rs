@@ -362,6 +362,12 @@ pub fn output_summary(kind: StepKind, out: &serde_json::Value) -> String {
                 len("/alreadyTagged")
             )
         }
+        StepKind::KubePreflight => format!(
+            "TKG {}, ClusterClass {}, TKR {} compatible",
+            s("/tkgVersion"),
+            s("/clusterClass"),
+            s("/tkr")
+        ),
         StepKind::KubeApply => format!("{} object(s) applied", len("/applied")),
         StepKind::KubeWaitCluster => format!(
             "phase {}, control plane {}",

@@ -67,7 +67,11 @@ macro_rules! step_kinds {
 step_kinds! {
     /// AWS preflight: region, AZs, instance types, VPC, subnets, CIDRs and subnet tags (EC2).
     AwsPreflight = "aws.preflight" => AwsPreflightInputs,
-    /// Server-side apply of the Cluster API objects to the management cluster.
+    /// Management-cluster preflight: the declared TKG release, ClusterClass, TKR and identity
+    /// against the management cluster itself (tkg2-aws-class-based.md §1, §7, §8).
+    KubePreflight = "kube.preflight" => KubePreflightInputs,
+    /// Server-side dry run, then server-side apply of the Cluster API objects to the management
+    /// cluster.
     KubeApply = "kube.apply" => KubeApplyInputs,
     /// TKG's cluster readiness wait on the management cluster.
     KubeWaitCluster = "kube.wait-cluster" => WorkloadTarget,
@@ -162,6 +166,28 @@ pub struct KubeApplyInputs {
     pub target: WorkloadTarget,
     /// The manifests, one YAML document each, separated by `---`.
     pub manifests: String,
+}
+
+/// Inputs of `kube.preflight`: what the plan assumed about the management cluster, from
+/// `tkgops.yaml` (`managementClusters[]`) and the request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubePreflightInputs {
+    /// The Cluster to be created.
+    #[serde(flatten)]
+    pub target: WorkloadTarget,
+    /// Declared TKG release (`tkgVersion`), e.g. `2.2`; the management cluster's `TKGVERSION`
+    /// annotation must match it in major.minor (§1 "Version check").
+    pub tkg_version: String,
+    /// The ClusterClass the Cluster names; it must exist in the Cluster's namespace (§1, §4).
+    pub cluster_class: String,
+    /// The TKR version the Cluster asks for; its `TanzuKubernetesRelease` must exist and be
+    /// `Compatible=True` (§8).
+    pub tkr: String,
+    /// Declared identity management (`oidc`, `ldap`, `none`), when declared; `oidc`/`ldap`
+    /// require the `kube-public/pinniped-info` ConfigMap the management cluster publishes (§7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_management_type: Option<String>,
 }
 
 /// TMC's full name of an attached cluster (`fullName` of the TMC cluster API).

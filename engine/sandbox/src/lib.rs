@@ -26,7 +26,7 @@ use tkgops_emulators::github::{
     GithubAppOptions, GithubEmulator, GithubEmulatorOptions, WebhookTarget,
 };
 use tkgops_emulators::kube::controllers::{
-    seed_management_cluster, start_controllers, ControllerOptions, Controllers,
+    seed_management_cluster_with, start_controllers, ControllerOptions, Controllers, ManagementSeed,
 };
 use tkgops_emulators::kube::{Gvr, KubeEmulator};
 use tkgops_emulators::tmc::{TmcEmulator, TmcEmulatorOptions};
@@ -274,8 +274,19 @@ impl Environment {
             kube.add_cluster(MANAGEMENT_CLUSTER).await,
             "starting the management cluster"
         )?;
+        // A TKG 2.2 management cluster whose identity management is Pinniped (the example
+        // tkgops.yaml declares `tkgVersion: "2.2"` and `identityManagementType: ldap`).
         ctx!(
-            seed_management_cluster(&mgmt),
+            seed_management_cluster_with(
+                &mgmt,
+                &ManagementSeed {
+                    region: region.to_string(),
+                    pinniped_issuer: Some(
+                        "https://pinniped-supervisor.tkg-mgmt.example:31234".into()
+                    ),
+                    ..ManagementSeed::default()
+                }
+            ),
             "seeding the management cluster"
         )?;
         let controllers = start_controllers(

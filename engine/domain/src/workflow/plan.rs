@@ -11,8 +11,9 @@ use super::catalog::{Catalog, CatalogError, Workflow};
 use crate::files::TreeReader;
 use crate::request::{self, ClusterRequest, ClusterSpec, Finding, RepoConfig, Severity};
 use crate::step::{
-    AwsPreflightInputs, KubeApplyInputs, PackagesInputs, RetryPolicy, StepInputs, StepKind,
-    StepSpec, TmcClusterInputs, TmcFullName, UpgradeClusterInputs, WorkloadTarget,
+    AwsPreflightInputs, KubeApplyInputs, KubePreflightInputs, PackagesInputs, RetryPolicy,
+    StepInputs, StepKind, StepSpec, TmcClusterInputs, TmcFullName, UpgradeClusterInputs,
+    WorkloadTarget,
 };
 
 /// Path of the repository settings file at the root of the config repository.
@@ -854,6 +855,25 @@ pub fn step_inputs(
             cluster_cidr: spec.cluster_cidr.clone(),
             service_cidr: spec.service_cidr.clone(),
         }),
+        StepKind::KubePreflight => {
+            let mc = repo
+                .and_then(|r| r.management_cluster(&spec.management_cluster))
+                .ok_or("the management cluster is not in the repository's tkgops.yaml")?;
+            StepInputs::KubePreflight(KubePreflightInputs {
+                target: target.clone(),
+                tkg_version: spec.tkg_version.to_string(),
+                cluster_class: spec.cluster_class.clone(),
+                tkr: spec.tkr.clone(),
+                identity_management_type: mc.identity_management_type.map(|t| {
+                    match t {
+                        crate::request::IdentityManagementType::Oidc => "oidc",
+                        crate::request::IdentityManagementType::Ldap => "ldap",
+                        crate::request::IdentityManagementType::None => "none",
+                    }
+                    .to_string()
+                }),
+            })
+        }
         StepKind::KubeApply => StepInputs::KubeApply(KubeApplyInputs {
             target: target.clone(),
             manifests,

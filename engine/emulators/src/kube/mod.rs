@@ -186,6 +186,8 @@ pub struct WriteRecord {
     pub field_manager: Option<String>,
     /// Whether the stored object changed.
     pub changed: bool,
+    /// The request was a server-side dry run (`dryRun=All`): admission ran, nothing was stored.
+    pub dry_run: bool,
 }
 
 /// Errors of the emulator's Rust API.

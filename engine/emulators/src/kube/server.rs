@@ -337,7 +337,7 @@ fn resource_request(
                         .and_then(Value::as_str)
                         .unwrap_or_default()
                         .to_string();
-                    st.audit("create", &gvr, ns, &name, fm, !ctx.dry_run);
+                    st.audit("create", &gvr, ns, &name, fm, !ctx.dry_run, ctx.dry_run);
                 }
                 r.map(|v| (StatusCode::CREATED, v))
             }
@@ -355,6 +355,7 @@ fn resource_request(
                         name,
                         fm,
                         *changed && !ctx.dry_run,
+                        ctx.dry_run,
                     );
                 }
                 r.map(|(v, _)| (StatusCode::OK, v))
@@ -399,7 +400,7 @@ fn resource_request(
                             (false, false) => "patch",
                             (false, true) => "patch-status",
                         };
-                        st.audit(verb, &gvr, ns, name, fm, *changed && !ctx.dry_run);
+                        st.audit(verb, &gvr, ns, name, fm, *changed && !ctx.dry_run, ctx.dry_run);
                     }
                     let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
                     r.map(|(v, _)| (code, v))
@@ -410,7 +411,15 @@ fn resource_request(
             let mut st = c.state();
             let r = st.delete(&gvr, ns, name, ctx.dry_run);
             if let Ok((_, changed)) = &r {
-                st.audit("delete", &gvr, ns, name, fm, *changed && !ctx.dry_run);
+                st.audit(
+                    "delete",
+                    &gvr,
+                    ns,
+                    name,
+                    fm,
+                    *changed && !ctx.dry_run,
+                    ctx.dry_run,
+                );
             }
             r.map(|(v, _)| (StatusCode::OK, v))
         }
@@ -498,6 +507,7 @@ fn delete_collection(
                 &name,
                 q.get("fieldManager").map(String::as_str),
                 changed && !ctx.dry_run,
+                ctx.dry_run,
             );
             items.push(obj);
         }

@@ -337,6 +337,7 @@ impl State {
         name: &str,
         fm: Option<&str>,
         changed: bool,
+        dry_run: bool,
     ) {
         self.writes.push(WriteRecord {
             verb: verb.to_string(),
@@ -345,6 +346,7 @@ impl State {
             name: name.to_string(),
             field_manager: fm.map(str::to_string),
             changed,
+            dry_run,
         });
     }
 

@@ -179,12 +179,15 @@ async fn resolve(
     Ok(r)
 }
 
-/// Applies multi-document `yaml`; see [`super::KubeProvider::apply_yaml`].
+/// Applies multi-document `yaml`; see [`super::KubeProvider::apply_yaml`]. With `dry_run`, every
+/// object is sent with `dryRun=All`: the API server runs admission (defaulting and validating
+/// webhooks included, tkg2-aws-class-based.md §4 "Server-side dry run") and persists nothing.
 pub(crate) async fn apply_yaml(
     client: &kube::Client,
     cache: Option<(&DiscoveryCache, &str)>,
     yaml: &str,
     field_manager: &str,
+    dry_run: bool,
 ) -> Result<Vec<String>, StepError> {
     let mut docs = parse_docs(yaml)?;
     docs.sort_by_key(|d| rank(&d.obj));
@@ -228,7 +231,7 @@ pub(crate) async fn apply_yaml(
             &what,
         )
         .await?;
-        let (label, _) = apply_object(client, &resolved, doc.obj, field_manager)
+        let (label, _) = apply_object_with(client, &resolved, doc.obj, field_manager, dry_run)
             .await
             .map_err(|e| match e {
                 StepError::Permanent(m) if m.starts_with("manifest") => StepError::Permanent(m),
@@ -258,8 +261,21 @@ pub(crate) async fn apply_yaml(
 pub async fn apply_object(
     client: &kube::Client,
     resolved: &Resolved,
+    obj: Value,
+    field_manager: &str,
+) -> Result<(String, Value), StepError> {
+    apply_object_with(client, resolved, obj, field_manager, false).await
+}
+
+/// [`apply_object`], as a server-side dry run (`dryRun=All`) when `dry_run`: the answer is the
+/// object as the API server would store it, after every mutating and validating webhook;
+/// nothing is persisted. Errors as [`apply_object`]; a webhook denial is [`classify`]'s.
+pub async fn apply_object_with(
+    client: &kube::Client,
+    resolved: &Resolved,
     mut obj: Value,
     field_manager: &str,
+    dry_run: bool,
 ) -> Result<(String, Value), StepError> {
     let kind = resolved.ar.kind.clone();
     let name = str_at(&obj, &["metadata", "name"])
@@ -308,7 +324,10 @@ pub async fn apply_object(
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resolved.ar),
         None => Api::all_with(client.clone(), &resolved.ar),
     };
-    let params = PatchParams::apply(field_manager);
+    let mut params = PatchParams::apply(field_manager);
+    if dry_run {
+        params = params.dry_run();
+    }
     let stored = api
         .patch(&name, &params, &Patch::Apply(&obj))
         .await

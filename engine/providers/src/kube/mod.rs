@@ -18,6 +18,7 @@
 pub mod apply;
 pub mod cluster;
 pub mod packages;
+pub mod preflight;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,7 @@ use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 
 /// The step kinds [`KubeProvider`] executes.
 pub const KINDS: &[StepKind] = &[
+    StepKind::KubePreflight,
     StepKind::KubeApply,
     StepKind::KubeWaitCluster,
     StepKind::KubeReadKubeconfig,
@@ -327,7 +329,7 @@ impl KubeProvider {
         yaml: &str,
         field_manager: &str,
     ) -> Result<Vec<String>, StepError> {
-        apply::apply_yaml(client, None, yaml, field_manager).await
+        apply::apply_yaml(client, None, yaml, field_manager, false).await
     }
 
     /// [`Self::apply_yaml`] with discovery results cached under `cache_key` across calls.
@@ -337,12 +339,14 @@ impl KubeProvider {
         cache_key: &str,
         yaml: &str,
         field_manager: &str,
+        dry_run: bool,
     ) -> Result<Vec<String>, StepError> {
         apply::apply_yaml(
             client,
             Some((&self.inner.discovery, cache_key)),
             yaml,
             field_manager,
+            dry_run,
         )
         .await
     }
@@ -481,11 +485,26 @@ fn secret_value(secret: &Secret, key: &str, what: &str) -> Result<String, StepEr
         .map_err(|_| StepError::Permanent(format!("{what} key '{key}' is not UTF-8 text")))
 }
 
+/// An admission webhook's denial (tkg2-aws-class-based.md §4 "Error shape"): permanent, with the
+/// webhook's message, for 4xx (CAPI's 422 validation, the TKR resolver's 403) and for a 500 that
+/// cannot heal (the defaulting webhook's "ClusterClass … can not be retrieved", "not found");
+/// transient for other 5xx (e.g. the resolver's 502 on a failed lookup).
+fn classify_denial(msg: String, code: u16, message: &str) -> StepError {
+    let permanent =
+        code < 500 || message.contains("can not be retrieved") || message.contains("not found");
+    if permanent {
+        StepError::Permanent(msg)
+    } else {
+        StepError::Transient(msg)
+    }
+}
+
 /// Maps a kube error to a [`StepError`], prefixed with `what` (e.g. `Cluster/default/team-a`).
 ///
 /// Transient: connection and I/O errors, undecodable responses, HTTP 5xx, 409 Conflict, 429 and
 /// error answers without a status code. Permanent: every other 4xx (401 and 403 with a hint),
-/// discovery misses, request-building and configuration errors.
+/// discovery misses, request-building and configuration errors. An admission webhook's denial
+/// keeps the webhook's message and is permanent unless it can heal (see `classify_denial`).
 pub fn classify(what: &str, e: &kube::Error) -> StepError {
     match e {
         kube::Error::Api(s) => {
@@ -500,6 +519,9 @@ pub fn classify(what: &str, e: &kube::Error) -> StepError {
             } else {
                 format!("{what}: {} ({}): {detail}", s.reason, s.code)
             };
+            if s.message.contains("admission webhook") && s.message.contains("denied the request") {
+                return classify_denial(msg, s.code, &s.message);
+            }
             match s.code {
                 0 | 409 | 429 | 500..=599 => StepError::Transient(msg),
                 401 => StepError::Permanent(format!(
@@ -606,8 +628,20 @@ impl KubeProvider {
             .await?;
         check_cluster_ownership(&client, mc, &inputs.manifests).await?;
         let cache_key = format!("mgmt/{mc}");
+        // The real webhooks judge the objects first (CAPI variable validation and defaulting,
+        // the TKR resolver: tkg2-aws-class-based.md §4); a denial fails the step before anything
+        // is written.
+        self.apply_yaml_cached(&client, &cache_key, &inputs.manifests, FIELD_MANAGER, true)
+            .await
+            .map_err(|e| match e {
+                StepError::Permanent(m) => StepError::Permanent(format!(
+                    "management cluster '{mc}' refused the server-side dry run: {m}"
+                )),
+                other => other,
+            })?;
+        ctx.progress.report("server-side dry run accepted");
         let applied = match self
-            .apply_yaml_cached(&client, &cache_key, &inputs.manifests, FIELD_MANAGER)
+            .apply_yaml_cached(&client, &cache_key, &inputs.manifests, FIELD_MANAGER, false)
             .await
         {
             Ok(a) => a,
@@ -715,7 +749,8 @@ pub async fn check_cluster_ownership(
 
 #[async_trait::async_trait]
 impl StepExecutor for KubeProvider {
-    /// `kube.apply`, `kube.wait-cluster`, `kube.read-kubeconfig` and `packages.rollout`.
+    /// `kube.preflight`, `kube.apply`, `kube.wait-cluster`, `kube.read-kubeconfig` and
+    /// `packages.rollout`.
     fn kinds(&self) -> &'static [StepKind] {
         KINDS
     }
@@ -725,6 +760,7 @@ impl StepExecutor for KubeProvider {
     /// otherwise as documented on each kind.
     async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
         match &ctx.step.inputs {
+            StepInputs::KubePreflight(i) => preflight::preflight(self, ctx, i).await,
             StepInputs::KubeApply(i) => self.step_apply(ctx, i).await,
             StepInputs::KubeWaitCluster(t) => cluster::wait_cluster(self, ctx, t).await,
             StepInputs::KubeReadKubeconfig(t) => self.step_read_kubeconfig(ctx, t).await,
@@ -754,7 +790,7 @@ impl ManifestApplier for KubeProvider {
             "workload/{}/{}/{}",
             target.management_cluster, target.namespace, target.cluster_name
         );
-        self.apply_yaml_cached(&wl.client, &key, yaml, field_manager)
+        self.apply_yaml_cached(&wl.client, &key, yaml, field_manager, false)
             .await
     }
 }
