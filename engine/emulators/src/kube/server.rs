@@ -257,7 +257,7 @@ async fn handle(State(c): State<EmulatedCluster>, req: Request) -> Response {
         (Method::GET, ["healthz" | "livez" | "readyz"]) => (StatusCode::OK, "ok").into_response(),
         (Method::GET, ["api"]) => json_resp(
             StatusCode::OK,
-            &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": c.inner.url.trim_start_matches("http://")}]}),
+            &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": c.inner.url.trim_start_matches("https://")}]}),
         ),
         (Method::GET, ["apis"]) => {
             let gs: Vec<Value> = groups(&types)
