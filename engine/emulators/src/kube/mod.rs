@@ -79,6 +79,7 @@
 pub mod controllers;
 
 mod fields;
+mod openapi;
 mod select;
 mod server;
 mod store;
@@ -259,9 +260,7 @@ impl KubeEmulator {
     pub fn new() -> Self {
         KubeEmulator {
             clusters: Arc::default(),
-            ca: Arc::new(
-                tls::Ca::generate().expect("generating the kube emulator's CA with ring"),
-            ),
+            ca: Arc::new(tls::Ca::generate().expect("generating the kube emulator's CA with ring")),
         }
     }
 
