@@ -14,7 +14,7 @@
 //! [`EmulatedCluster::kubeconfig_yaml`] carries the CA as `certificate-authority-data`, so
 //! clients verify the server as usual (no insecure-skip anywhere), and the `<cluster>-kubeconfig`
 //! Secrets written by the simulated Cluster API controller carry it too. For raw HTTPS (e.g.
-//! `reqwest` with `add_root_certificate`) use [`KubeEmulator::ca_pem`] /
+//! `reqwest` with `tls_certs_only`) use [`KubeEmulator::ca_pem`] /
 //! [`EmulatedCluster::ca_pem`]. A plain-HTTP request fails the TLS handshake and the connection is
 //! closed (a real API server answers it with a 400 first; clients fail either way). ALPN offers
 //! `http/1.1` only (no HTTP/2; watches stream as chunked HTTP/1.1 responses).
@@ -22,6 +22,11 @@
 //! # What is emulated
 //! - `/version`, discovery (`/api`, `/api/v1`, `/apis`, `/apis/{g}/{v}`; aggregated-discovery
 //!   requests get the plain form), `/healthz`, `/livez`, `/readyz`.
+//! - `/openapi/v3` (index) and `/openapi/v3/{api/v1|apis/g/v}`: every resource path with its
+//!   operations (`x-kubernetes-group-version-kind`) and query parameters, so `kubectl apply`
+//!   sees that the server takes `fieldValidation` and leaves validation to it. **No schemas**
+//!   (`components.schemas` is empty) and no `/openapi/v2` (404): `kubectl explain` and
+//!   client-side validation (`--validate` against a server without `fieldValidation`) do not work.
 //! - CRUD for every registered type (built-ins, [`EmulatedCluster::register`], CAPI/kapp helpers and
 //!   CustomResourceDefinitions created through the API), namespaced and cluster-scoped, list across
 //!   namespaces, `limit`/`continue` paging, `deletecollection`, `dryRun=All`.
@@ -72,6 +77,8 @@
 //! - An identical re-apply changes nothing (same resourceVersion, generation, no event).
 //! - Strategic merge patch is a plain JSON merge patch (what the API server does for CRDs; for
 //!   built-ins this means lists are replaced, not merged by key).
+//! - `?fieldValidation=` (kubectl sends `Strict`) is accepted and ignored: unknown or duplicate
+//!   fields are neither rejected nor warned about (a leniency; the emulator has no schemas).
 //! - Not modelled: apply of lists by merge key, `managedFields` sent by clients, field validation,
 //!   defaulting/schemas, admission, ownerReference garbage collection, watch `DELETED` events for
 //!   objects leaving a selector, `resourceVersionMatch`.
