@@ -797,6 +797,25 @@ async fn https_only_with_the_emulator_ca() {
 }
 
 #[tokio::test]
+async fn dropped_connection_over_https() {
+    let (_emu, c, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    c.faults().inject(Fault::new(
+        Some(http::Method::GET),
+        "/api/v1/namespaces/default/configmaps",
+        FaultAction::Drop,
+        Some(1),
+    ));
+    // The response head arrives, then the TLS connection dies mid-body: a transport error, not
+    // an API Status.
+    let err = cms.list(&ListParams::default()).await.unwrap_err();
+    assert!(!matches!(err, kube::Error::Api(_)), "{err:?}");
+    assert!(c.faults().log().all().iter().any(|r| r.faulted));
+    // The next request gets a fresh connection and a normal answer.
+    assert!(cms.list(&ListParams::default()).await.is_ok());
+}
+
+#[tokio::test]
 async fn fault_injection_and_write_audit() {
     let (_emu, c, client) = setup().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");

@@ -458,16 +458,25 @@ async fn kubectl_get_watch_prints_changes() {
     env.mgmt
         .create(
             &gvr_cm(),
-            configmap("watched", json!({}), json!({"v": "1"})),
+            configmap("watched", json!({"watch": "me"}), json!({"v": "1"})),
         )
         .unwrap();
+    env.mgmt
+        .create(
+            &gvr_cm(),
+            configmap("ignored", json!({"watch": "not-me"}), json!({"v": "1"})),
+        )
+        .unwrap();
+    // A list with a label selector: kubectl prints the listed objects, then watches from the
+    // list's resourceVersion, so a change made right after the first line is never missed.
     let mut child = k
         .command(&[
             "get",
-            "configmap",
-            "watched",
+            "configmaps",
             "-n",
             "default",
+            "-l",
+            "watch=me",
             "-w",
             "-o",
             r#"jsonpath={.metadata.name}={.data.v}{"\n"}"#,
@@ -475,7 +484,15 @@ async fn kubectl_get_watch_prints_changes() {
         .spawn()
         .expect("spawn kubectl get -w");
     let mut rx = lines(&mut child);
-    assert_eq!(next_line(&mut rx, "the initial object").await, "watched=1");
+    assert_eq!(next_line(&mut rx, "the listed object").await, "watched=1");
+    env.mgmt
+        .patch_merge(
+            &gvr_cm(),
+            Some("default"),
+            "ignored",
+            json!({"data": {"v": "2"}}),
+        )
+        .unwrap();
     env.mgmt
         .patch_merge(
             &gvr_cm(),
