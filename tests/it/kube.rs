@@ -732,6 +732,90 @@ async fn clusters_isolated_by_token() {
 }
 
 #[tokio::test]
+async fn https_only_with_the_emulator_ca() {
+    let (emu, c, _client) = setup().await;
+    let url = c.url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    assert_eq!(c.ca_pem(), emu.ca_pem());
+    assert!(c.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+    let auth = format!("Bearer {}", c.token());
+
+    // Raw HTTPS trusting the emulator's CA: the certificate is valid for 127.0.0.1 and localhost.
+    let trusting = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(c.ca_pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    for base in [url.clone(), url.replace("127.0.0.1", "localhost")] {
+        let resp = trusting
+            .get(format!("{base}/version"))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {base}/version: {e:?}"));
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["major"], "1");
+    }
+    // The token is still required over HTTPS.
+    let resp = trusting.get(format!("{url}/version")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // Without the CA (the platform's roots), verification fails before any request is served.
+    let seen = c.faults().log().all().len();
+    let err = reqwest::Client::new()
+        .get(format!("{url}/version"))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .expect_err("an unknown CA must fail");
+    assert!(err.is_connect(), "{err:?}");
+    // Another emulator's CA does not fit either.
+    let other = KubeEmulator::new();
+    let wrong = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(other.ca_pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    wrong
+        .get(format!("{url}/version"))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .expect_err("another emulator's CA must fail");
+    // Plain HTTP to the same port gets no HTTP answer.
+    let plain = reqwest::Client::new();
+    plain
+        .get(format!("{}/version", url.replace("https://", "http://")))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .expect_err("plain HTTP must fail");
+    assert_eq!(
+        c.faults().log().all().len(),
+        seen,
+        "none of them reached the API"
+    );
+}
+
+#[tokio::test]
+async fn dropped_connection_over_https() {
+    let (_emu, c, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    c.faults().inject(Fault::new(
+        Some(http::Method::GET),
+        "/api/v1/namespaces/default/configmaps",
+        FaultAction::Drop,
+        Some(1),
+    ));
+    // The response head arrives, then the TLS connection dies mid-body: a transport error, not
+    // an API Status.
+    let err = cms.list(&ListParams::default()).await.unwrap_err();
+    assert!(!matches!(err, kube::Error::Api(_)), "{err:?}");
+    assert!(c.faults().log().all().iter().any(|r| r.faulted));
+    // The next request gets a fresh connection and a normal answer.
+    assert!(cms.list(&ListParams::default()).await.is_ok());
+}
+
+#[tokio::test]
 async fn fault_injection_and_write_audit() {
     let (_emu, c, client) = setup().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");

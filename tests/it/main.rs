@@ -10,6 +10,7 @@ mod github;
 mod kube;
 mod kube_ctrl;
 mod kube_provider;
+mod kubectl;
 mod plan;
 mod tmc;
 mod trust;

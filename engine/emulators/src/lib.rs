@@ -1,6 +1,6 @@
 //! tkgops-emulators: wire-level emulators of the external services tkgops talks to (GitHub REST, the Kubernetes API, TMC).
 //!
-//! The real clients (octocrab, kube, reqwest, git2) talk to them over HTTP or the file protocol exactly as
+//! The real clients (octocrab, kube, kubectl, reqwest, git2) talk to them over HTTP(S) or the file protocol exactly as
 //! to the real services. Every emulator is stateful and can inject faults on demand through [`faults`].
 //!
 //! This crate depends on no other tkgops crate: it is held to the real services' contracts, not to

@@ -1,15 +1,32 @@
 //! Emulated Kubernetes API servers (management and workload clusters) and simulated controllers.
 //!
 //! [`KubeEmulator`] runs any number of clusters in one process. Each [`EmulatedCluster`] is an
-//! axum server on `127.0.0.1:<random port>` speaking the Kubernetes REST API over plain HTTP, so
-//! the real `kube::Client` (built from [`EmulatedCluster::kubeconfig_yaml`]) talks to it exactly as
-//! to a real API server. Requests must carry `Authorization: Bearer <token>` (the cluster's random
-//! token), else 401. Each cluster's router is wrapped with the shared fault layer
-//! ([`crate::faults`]), so tests can inject 5xx, 409, 429, delays and drops.
+//! axum server on `127.0.0.1:<random port>` speaking the Kubernetes REST API over **HTTPS only**,
+//! so the real `kube::Client` (built from [`EmulatedCluster::kubeconfig_yaml`]) and the real
+//! `kubectl` talk to it exactly as to a real API server. Requests must carry
+//! `Authorization: Bearer <token>` (the cluster's random token), else 401. Each cluster's router
+//! is wrapped with the shared fault layer ([`crate::faults`]), so tests can inject 5xx, 409, 429,
+//! delays and drops.
+//!
+//! # TLS
+//! Each [`KubeEmulator`] generates its own CA (ECDSA P-256) when created; every cluster it adds
+//! serves a certificate signed by that CA for `127.0.0.1` (IP SAN) and `localhost` (DNS SAN).
+//! [`EmulatedCluster::kubeconfig_yaml`] carries the CA as `certificate-authority-data`, so
+//! clients verify the server as usual (no insecure-skip anywhere), and the `<cluster>-kubeconfig`
+//! Secrets written by the simulated Cluster API controller carry it too. For raw HTTPS (e.g.
+//! `reqwest` with `tls_certs_only`) use [`KubeEmulator::ca_pem`] /
+//! [`EmulatedCluster::ca_pem`]. A plain-HTTP request fails the TLS handshake and the connection is
+//! closed (a real API server answers it with a 400 first; clients fail either way). ALPN offers
+//! `http/1.1` only (no HTTP/2; watches stream as chunked HTTP/1.1 responses).
 //!
 //! # What is emulated
 //! - `/version`, discovery (`/api`, `/api/v1`, `/apis`, `/apis/{g}/{v}`; aggregated-discovery
 //!   requests get the plain form), `/healthz`, `/livez`, `/readyz`.
+//! - `/openapi/v3` (index) and `/openapi/v3/{api/v1|apis/g/v}`: every resource path with its
+//!   operations (`x-kubernetes-group-version-kind`) and query parameters, so `kubectl apply`
+//!   sees that the server takes `fieldValidation` and leaves validation to it. **No schemas**
+//!   (`components.schemas` is empty) and no `/openapi/v2` (404): `kubectl explain` and
+//!   client-side validation (`--validate` against a server without `fieldValidation`) do not work.
 //! - CRUD for every registered type (built-ins, [`EmulatedCluster::register`], CAPI/kapp helpers and
 //!   CustomResourceDefinitions created through the API), namespaced and cluster-scoped, list across
 //!   namespaces, `limit`/`continue` paging, `deletecollection`, `dryRun=All`.
@@ -60,6 +77,8 @@
 //! - An identical re-apply changes nothing (same resourceVersion, generation, no event).
 //! - Strategic merge patch is a plain JSON merge patch (what the API server does for CRDs; for
 //!   built-ins this means lists are replaced, not merged by key).
+//! - `?fieldValidation=` (kubectl sends `Strict`) is accepted and ignored: unknown or duplicate
+//!   fields are neither rejected nor warned about (a leniency; the emulator has no schemas).
 //! - Not modelled: apply of lists by merge key, `managedFields` sent by clients, field validation,
 //!   CRD schemas and defaulting, ownerReference garbage collection, watch `DELETED` events for
 //!   objects leaving a selector, `resourceVersionMatch`.
@@ -80,13 +99,18 @@
 pub mod controllers;
 
 mod fields;
+mod openapi;
 mod select;
 mod server;
 mod store;
+mod tls;
+
+pub use tls::TlsError;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use base64::Engine as _;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -199,6 +223,9 @@ pub enum KubeEmulatorError {
     /// Binding the listener failed.
     #[error("binding the emulated API server: {0}")]
     Io(#[from] std::io::Error),
+    /// Issuing the cluster's serving certificate failed.
+    #[error("TLS for the emulated API server: {0}")]
+    Tls(#[from] TlsError),
     /// Building the kube client from the kubeconfig failed.
     #[error("building a kube client for the emulated cluster: {0}")]
     Client(String),
@@ -236,34 +263,55 @@ impl From<ApiError> for KubeEmulatorError {
     }
 }
 
-/// Many emulated clusters in one process. `Clone` shares state.
-#[derive(Clone, Default)]
+/// Many emulated clusters in one process, sharing one CA. `Clone` shares state.
+#[derive(Clone)]
 pub struct KubeEmulator {
     clusters: Arc<Mutex<BTreeMap<String, EmulatedCluster>>>,
+    ca: Arc<tls::Ca>,
+}
+
+impl Default for KubeEmulator {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl KubeEmulator {
-    /// An emulator without clusters.
+    /// An emulator without clusters, with a freshly generated CA (see the module docs, "TLS").
+    /// Panics only if ring cannot generate a P-256 key pair (a broken crypto backend).
     pub fn new() -> Self {
-        Self::default()
+        KubeEmulator {
+            clusters: Arc::default(),
+            ca: Arc::new(tls::Ca::generate().expect("generating the kube emulator's CA with ring")),
+        }
     }
 
-    /// Starts a new cluster `name`: an axum server on `127.0.0.1:0` (spawned on the current tokio
-    /// runtime; it lives as long as the runtime), a random bearer token, built-in kinds registered
-    /// and namespaces `default`, `kube-system`, `kube-public` created.
+    /// The PEM-encoded CA certificate that signs every cluster's serving certificate (what
+    /// kubeconfigs carry as `certificate-authority-data`, base64-encoded).
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem().to_string()
+    }
+
+    /// Starts a new cluster `name`: an HTTPS server on `127.0.0.1:0` with a certificate signed by
+    /// this emulator's CA (spawned on the current tokio runtime; it lives as long as the runtime),
+    /// a random bearer token, built-in kinds registered and namespaces `default`, `kube-system`,
+    /// `kube-public` created.
     /// Errors: [`KubeEmulatorError::ClusterExists`] if the name is taken, [`KubeEmulatorError::Io`]
-    /// if the listener cannot be bound.
+    /// if the listener cannot be bound, [`KubeEmulatorError::Tls`] if the certificate cannot be
+    /// issued.
     pub async fn add_cluster(&self, name: &str) -> Result<EmulatedCluster, KubeEmulatorError> {
         if self.lock().contains_key(name) {
             return Err(KubeEmulatorError::ClusterExists(name.to_string()));
         }
+        let tls_config = self.ca.server_config(name)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, _) = broadcast::channel(4096);
         let inner = Arc::new(ClusterInner {
             name: name.to_string(),
-            url: format!("http://{addr}"),
+            url: format!("https://{addr}"),
             token: uuid::Uuid::new_v4().simple().to_string(),
+            ca_pem: self.ca.pem().to_string(),
             faults: Faults::new(),
             state: Mutex::new(State::new(tx)),
             version: Mutex::new(DEFAULT_KUBERNETES_VERSION.to_string()),
@@ -286,11 +334,7 @@ impl KubeEmulator {
             clusters.insert(name.to_string(), cluster.clone());
         }
         let router = cluster.faults().layer(server::router(cluster.clone()));
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::warn!("emulated kube API server stopped: {e}");
-            }
-        });
+        tokio::spawn(tls::serve(listener, tls_config, router));
         Ok(cluster)
     }
 
@@ -316,6 +360,8 @@ struct ClusterInner {
     name: String,
     url: String,
     token: String,
+    /// PEM of the emulator's CA (which signed this cluster's serving certificate).
+    ca_pem: String,
     faults: Faults,
     state: Mutex<State>,
     /// `gitVersion` served at `/version` (the Kubernetes version of the emulated cluster).
@@ -352,9 +398,15 @@ impl EmulatedCluster {
         &self.inner.name
     }
 
-    /// Base URL of the API server, `http://127.0.0.1:PORT`.
+    /// Base URL of the API server, `https://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         self.inner.url.clone()
+    }
+
+    /// The PEM-encoded CA certificate that signed this cluster's serving certificate (the same
+    /// for every cluster of one [`KubeEmulator`]).
+    pub fn ca_pem(&self) -> String {
+        self.inner.ca_pem.clone()
     }
 
     /// The bearer token the API server accepts.
@@ -367,18 +419,21 @@ impl EmulatedCluster {
         &self.inner.faults
     }
 
-    /// A kubeconfig in TKG style: cluster `<name>`, user `<name>-admin` (token), context
-    /// `<name>-admin@<name>`, `current-context` set.
+    /// A kubeconfig in TKG style: cluster `<name>` (HTTPS `server` and the CA as base64
+    /// `certificate-authority-data`), user `<name>-admin` (token), context `<name>-admin@<name>`,
+    /// `current-context` set. Works as-is with `kubectl` and `kube::Config`.
     pub fn kubeconfig_yaml(&self) -> String {
         let n = &self.inner.name;
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.inner.ca_pem);
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: {n}\n  cluster:\n    server: {url}\ncontexts:\n- name: {n}-admin@{n}\n  context:\n    cluster: {n}\n    user: {n}-admin\ncurrent-context: {n}-admin@{n}\npreferences: {{}}\nusers:\n- name: {n}-admin\n  user:\n    token: {token}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: {n}\n  cluster:\n    certificate-authority-data: {ca}\n    server: {url}\ncontexts:\n- name: {n}-admin@{n}\n  context:\n    cluster: {n}\n    user: {n}-admin\ncurrent-context: {n}-admin@{n}\npreferences: {{}}\nusers:\n- name: {n}-admin\n  user:\n    token: {token}\n",
             url = self.inner.url,
             token = self.inner.token,
         )
     }
 
-    /// A `kube::Client` built from [`Self::kubeconfig_yaml`] (`Config::from_custom_kubeconfig`).
+    /// A `kube::Client` built from [`Self::kubeconfig_yaml`] (`Config::from_custom_kubeconfig`):
+    /// it verifies the server certificate against the emulator's CA and sends the token.
     /// Call `crate::install_crypto_provider()` (or the providers' one) first. Errors: [`KubeEmulatorError::Client`].
     pub async fn client(&self) -> Result<kube::Client, KubeEmulatorError> {
         let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())

@@ -255,9 +255,18 @@ async fn handle(State(c): State<EmulatedCluster>, req: Request) -> Response {
             )
         }
         (Method::GET, ["healthz" | "livez" | "readyz"]) => (StatusCode::OK, "ok").into_response(),
+        (Method::GET, ["openapi", "v3"]) => {
+            json_resp(StatusCode::OK, &super::openapi::index(&types))
+        }
+        (Method::GET, ["openapi", "v3", rest @ ..]) => {
+            match super::openapi::document(&types, &rest.join("/"), &c.kubernetes_version()) {
+                Some(doc) => json_resp(StatusCode::OK, &doc),
+                None => err_resp(ApiError::no_resource()),
+            }
+        }
         (Method::GET, ["api"]) => json_resp(
             StatusCode::OK,
-            &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": c.inner.url.trim_start_matches("http://")}]}),
+            &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": c.inner.url.trim_start_matches("https://")}]}),
         ),
         (Method::GET, ["apis"]) => {
             let gs: Vec<Value> = groups(&types)
