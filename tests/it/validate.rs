@@ -597,7 +597,8 @@ fn provider_must_be_aws() {
     assert!(find(&fs, "TKGOPS-PROVIDER")
         .message
         .starts_with("INFRASTRUCTURE_PROVIDER: azure is not supported"));
-    assert!(has(
+    // Unset: inherited from the (AWS) management cluster, as TKG 2.x workload files do.
+    assert!(!has(
         &run(&edits(&[("INFRASTRUCTURE_PROVIDER", None)])),
         "TKGOPS-PROVIDER"
     ));

@@ -74,6 +74,11 @@ pub const RULES: &[(&str, Severity, &str)] = &[
         "variable a TKG 2.x workload file cannot set: identity and MachineHealthChecks are the management cluster's (tkg2-aws-class-based.md §5, §7)",
     ),
     (
+        "TKGOPS-PLACEHOLDER",
+        Severity::Error,
+        "a value is an unrendered template placeholder (${…}, <NAME>)",
+    ),
+    (
         "TKGOPS-UNSUPPORTED",
         Severity::Error,
         "a TKG feature tkgops does not render yet (ENABLE_AUTOSCALER)",
@@ -290,6 +295,14 @@ fn cidrs(ctx: &mut Ctx<'_>, k: &str) -> Vec<IpNet> {
     let mut out = Vec::new();
     for part in v.split(',') {
         match part.trim().parse::<IpNet>() {
+            Ok(n) if n.trunc() != n => {
+                ctx.var(
+                    k,
+                    "TKGOPS-CIDR",
+                    format!("{k}: {n} has host bits set; the network is {} (Kubernetes refuses such a CIDR)", n.trunc()),
+                );
+                out.push(n);
+            }
             Ok(n) => out.push(n),
             Err(_) => ctx.var(
                 k,
@@ -304,6 +317,27 @@ fn cidrs(ctx: &mut Ctx<'_>, k: &str) -> Vec<IpNet> {
 fn config_rules(ctx: &mut Ctx<'_>) {
     let c = ctx.c;
     secret_rule(ctx);
+    // TKGOPS-PLACEHOLDER: envsubst/Terraform/ytt templates committed unrendered
+    // (real-configs 10, 14, 16, 23).
+    let placeholders: Vec<String> = c
+        .vars
+        .iter()
+        .filter(|(_, v)| is_placeholder(&v.value))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in placeholders {
+        let v = c.get(&k).unwrap_or("").to_string();
+        let shown = if super::tkgconfig::is_secret_variable(&k) {
+            "a placeholder".to_string()
+        } else {
+            format!("{v:?}")
+        };
+        ctx.var(
+            &k,
+            "TKGOPS-PLACEHOLDER",
+            format!("{k} is {shown}, a template placeholder that was never filled in; commit the rendered value"),
+        );
+    }
     // TKGOPS-PROVIDER
     let aws = match ctx
         .get("INFRASTRUCTURE_PROVIDER")
@@ -318,14 +352,10 @@ fn config_rules(ctx: &mut Ctx<'_>) {
             );
             false
         }
-        None => {
-            ctx.var(
-                "INFRASTRUCTURE_PROVIDER",
-                "TKGOPS-PROVIDER",
-                "INFRASTRUCTURE_PROVIDER is not set: set it to aws (tkgops manages TKG clusters on AWS only)",
-            );
-            true
-        }
+        // TKG 2.x workload files inherit the provider from their management cluster
+        // (tkg2-aws-class-based.md §1; real-configs 06, 12, 20), and tkgops's management
+        // clusters are AWS ones.
+        None => true,
     };
 
     // R2 TKO-CLS-004 / TKGOPS-PLAN
@@ -578,7 +608,7 @@ fn config_rules(ctx: &mut Ctx<'_>) {
         ctx.var(
             &k,
             "TKGOPS-UNKNOWN-VAR",
-            format!("{k} is not a known TKG 1.6 configuration variable (typo?)"),
+            format!("{k} is not a known TKG configuration variable (typo?)"),
         );
     }
 
@@ -600,6 +630,18 @@ fn aws_rules(ctx: &mut Ctx<'_>, prod: bool, plan_known: bool) {
         }
     }
     let region = ctx.get("AWS_REGION").map(str::to_string);
+    static REGION: OnceLock<Option<Regex>> = OnceLock::new();
+    if let Some(r) = region.as_deref() {
+        let valid = re(&REGION, r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}$")
+            .is_some_and(|re| re.is_match(r));
+        if !valid && !is_placeholder(r) {
+            ctx.var(
+                "AWS_REGION",
+                "TKGOPS-TF-VALIDATE",
+                format!("AWS_REGION {r:?} is not an AWS region name (e.g. us-east-1)"),
+            );
+        }
+    }
     for k in ["AWS_NODE_AZ", "AWS_NODE_AZ_1", "AWS_NODE_AZ_2"] {
         if let (Some(az), Some(r)) = (ctx.get(k).map(str::to_string), region.as_deref()) {
             if !az.starts_with(r) {
@@ -1111,4 +1153,22 @@ fn is_management_only(name: &str) -> bool {
         || name.starts_with("ENABLE_MHC")
         || name.starts_with("MHC_")
         || name == "NODE_STARTUP_TIMEOUT"
+        || name == "MACHINE_HEALTH_CHECK_ENABLED"
+}
+
+/// Whether `value` is an unrendered template placeholder: `${name}` anywhere (envsubst,
+/// Terraform) or the whole value `<NAME>` (documentation placeholders); `<encoded:…>` values are
+/// credentials, reported by `TKGOPS-SECRET` instead.
+fn is_placeholder(value: &str) -> bool {
+    let v = value.trim();
+    if v.contains("${") {
+        return true;
+    }
+    v.len() > 2
+        && v.starts_with('<')
+        && v.ends_with('>')
+        && !v.starts_with("<encoded:")
+        && v[1..v.len() - 1]
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
 }

@@ -188,7 +188,7 @@ pub fn is_credential_variable(name: &str) -> bool {
     CONTAINS.iter().any(|c| n.contains(c)) || n == "AWS_ACCESS_KEY_ID"
 }
 
-/// TKG 1.6 configuration variables known to tkgops: every variable of reference
+/// TKG configuration variables known to tkgops: every variable of reference
 /// `tanzu-apis.md` §1.2 plus the common ones of TF `pkg/v1/providers/config_default.yaml`.
 const KNOWN_VARIABLES: &[&str] = &[
     "CLUSTER_NAME",
@@ -348,6 +348,9 @@ const KNOWN_VARIABLES: &[&str] = &[
     "PACKAGE_INSTALL_TIMEOUT",
     "ALLOW_LEGACY_CLUSTER",
     "NODE_IPAM_IP_POOL_NAME",
+    "CLUSTER_ANNOTATIONS",
+    "MACHINE_HEALTH_CHECK_ENABLED",
+    "TKG_PROXY_SYSTEM_WIDE",
 ];
 
 /// Prefixes of whole TKG variable families known to tkgops (autoscaler tuning, other providers'
