@@ -327,16 +327,12 @@ fn config_rules(ctx: &mut Ctx<'_>) {
         .collect();
     for k in placeholders {
         let v = c.get(&k).unwrap_or("").to_string();
-        let shown = if super::tkgconfig::is_secret_variable(&k) {
-            "a placeholder".to_string()
+        let msg = if super::tkgconfig::is_secret_variable(&k) {
+            format!("{k} holds a template placeholder that was never filled in")
         } else {
-            format!("{v:?}")
+            format!("{k} is {v:?}, a template placeholder that was never filled in; commit the rendered value")
         };
-        ctx.var(
-            &k,
-            "TKGOPS-PLACEHOLDER",
-            format!("{k} is {shown}, a template placeholder that was never filled in; commit the rendered value"),
-        );
+        ctx.var(&k, "TKGOPS-PLACEHOLDER", msg);
     }
     // TKGOPS-PROVIDER
     let aws = match ctx
