@@ -1776,21 +1776,54 @@ fn every_real_config_gets_its_findings_with_lines_and_never_crashes() {
         );
     };
     // 08: a duplicate key is a parse error naming both lines.
-    at("08", "TKGOPS-PARSE", Some(25), "duplicate variable CLUSTER_CIDR (first defined on line 12)");
+    at(
+        "08",
+        "TKGOPS-PARSE",
+        Some(25),
+        "duplicate variable CLUSTER_CIDR (first defined on line 12)",
+    );
     // 09, 13, 17: 100.97.0.0/11 has host bits set.
-    at("09", "TKGOPS-CIDR", Some(8), "has host bits set; the network is 100.96.0.0/11");
+    at(
+        "09",
+        "TKGOPS-CIDR",
+        Some(8),
+        "has host bits set; the network is 100.96.0.0/11",
+    );
     at("13", "TKGOPS-CIDR", Some(12), "100.96.0.0/11");
     // 10: an envsubst template with credential keys.
     at("10", "TKGOPS-SECRET", Some(1), "AWS_ACCESS_KEY_ID");
-    at("10", "TKGOPS-PLACEHOLDER", Some(14), "${GUEST_CLUSTER_NAME}");
+    at(
+        "10",
+        "TKGOPS-PLACEHOLDER",
+        Some(14),
+        "${GUEST_CLUSTER_NAME}",
+    );
     // 14 (the TKO-on-AWS guide's own template) and 16 (SIVT): Terraform placeholders.
-    at("14", "TKGOPS-PLACEHOLDER", Some(8), "AWS_REGION is \"${region}\"");
+    at(
+        "14",
+        "TKGOPS-PLACEHOLDER",
+        Some(8),
+        "AWS_REGION is \"${region}\"",
+    );
     at("16", "TKGOPS-PLACEHOLDER", Some(13), "AWS_SSH_KEY_NAME");
-    assert!(!by_file["16"].iter().any(|f| f.rule == "TKO-CLS-002"), "16 has an internal LB");
+    assert!(
+        !by_file["16"].iter().any(|f| f.rule == "TKO-CLS-002"),
+        "16 has an internal LB"
+    );
     // 17: the AZ is not in the region.
-    at("17", "TKGOPS-REQUIRED", Some(3), "AWS_NODE_AZ us-east-1a is not in AWS_REGION us-east-2");
+    at(
+        "17",
+        "TKGOPS-REQUIRED",
+        Some(3),
+        "AWS_NODE_AZ us-east-1a is not in AWS_REGION us-east-2",
+    );
     // 19: not a region name.
-    at("19", "TKGOPS-TF-VALIDATE", Some(1), "AWS_REGION \"us-east\" is not an AWS region name");
+    at(
+        "19",
+        "TKGOPS-TF-VALIDATE",
+        Some(1),
+        "AWS_REGION \"us-east\" is not an AWS region name",
+    );
     // 22: another provider.
     at("22", "TKGOPS-PROVIDER", Some(1), "azure is not supported");
     // 20: identity and MHC settings are the management cluster's in TKG 2.x.
@@ -1810,12 +1843,16 @@ fn every_real_config_gets_its_findings_with_lines_and_never_crashes() {
     ));
     let s = settings(&settings_text());
     for n in ["06", "12", "20"] {
-        let f = files.iter().find(|f| f.file_name().unwrap().to_string_lossy().starts_with(n)).unwrap();
+        let f = files
+            .iter()
+            .find(|f| f.file_name().unwrap().to_string_lossy().starts_with(n))
+            .unwrap();
         let text = std::fs::read_to_string(f).unwrap();
         let c = parse_tkg_config(CFG_PATH, text.as_bytes()).expect("parses");
         let fs = validate(&c, Some(&s), Some(&repo));
         assert!(
-            !fs.iter().any(|f| f.rule == "TKGOPS-REQUIRED" || f.rule == "TKGOPS-PROVIDER"),
+            !fs.iter()
+                .any(|f| f.rule == "TKGOPS-REQUIRED" || f.rule == "TKGOPS-PROVIDER"),
             "{n}: {fs:#?}"
         );
     }
