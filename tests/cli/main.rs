@@ -24,7 +24,7 @@ fn stdout(o: &Output) -> String {
 }
 
 #[test]
-fn validate_sample_01_reports_dev_plan_and_missing_identity_management() {
+fn validate_sample_01_reports_dev_plan_and_ignored_identity_settings() {
     let o = tkgops(&[
         "validate",
         "tests/fixtures/samples/01-tkg16-aws-mgmt-cluster-config.yaml",
@@ -39,7 +39,8 @@ fn validate_sample_01_reports_dev_plan_and_missing_identity_management() {
         plan_line.starts_with("tests/fixtures/samples/01-tkg16-aws-mgmt-cluster-config.yaml:"),
         "{plan_line}"
     );
-    assert!(out.contains("TKO-CLS-006"), "{out}");
+    // Identity settings are the management cluster's in TKG 2.x (tkg2-aws-class-based.md §7).
+    assert!(out.contains("TKGOPS-IGNORED"), "{out}");
 }
 
 #[test]
@@ -117,4 +118,104 @@ fn plan_command_prints_the_comment_for_a_local_repository() {
     );
     assert!(out.contains("kind: Cluster"));
     assert!(!out.contains("example-bind-password"));
+}
+
+/// A local config repository whose default branch `main` holds `policy` and whose branch `add`
+/// adds the example request.
+fn example_repo(dir: &std::path::Path, name: &str, policy: &str) -> PathBuf {
+    let remote = dir.join(name);
+    init_remote(&remote, &[("tkgops.yaml", policy)]).unwrap();
+    let cfg =
+        std::fs::read_to_string(root().join("examples/requests/team-a-prod/cluster-config.yaml"))
+            .unwrap();
+    let settings =
+        std::fs::read_to_string(root().join("examples/requests/team-a-prod/tkgops.yaml")).unwrap();
+    commit_on_branch(
+        &remote,
+        "main",
+        "add",
+        "Add team-a-prod",
+        &[
+            ("clusters/team-a-prod/cluster-config.yaml", cfg.as_str()),
+            ("clusters/team-a-prod/tkgops.yaml", settings.as_str()),
+        ],
+    )
+    .unwrap();
+    remote
+}
+
+/// `tkgops plan --server-dry-run --kubeconfig FILE`: the planned Cluster is judged by a (here:
+/// emulated TKG 2.2) management cluster's preflight and admission, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_server_dry_run_asks_the_management_cluster_and_writes_nothing() {
+    use tkgops_emulators::kube::controllers::{seed_management_cluster_with, ManagementSeed};
+    use tkgops_emulators::kube::KubeEmulator;
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = std::fs::read_to_string(root().join("examples/config-repo/tkgops.yaml")).unwrap();
+    let good = example_repo(dir.path(), "good.git", &policy);
+    // A policy naming a ClusterClass the management cluster does not have.
+    let wrong_class = policy.replace(
+        "    tkgVersion: \"2.2\"\n",
+        "    tkgVersion: \"2.2\"\n    clusterClass: tkg-aws-default-v9.9.9\n",
+    );
+    assert_ne!(wrong_class, policy);
+    let bad = example_repo(dir.path(), "bad.git", &wrong_class);
+    let emu = KubeEmulator::new();
+    let mgmt = emu.add_cluster("mc-aws-1").await.unwrap();
+    seed_management_cluster_with(
+        &mgmt,
+        &ManagementSeed {
+            pinniped_issuer: Some("https://pinniped.example".into()),
+            ..ManagementSeed::default()
+        },
+    )
+    .unwrap();
+    let kubeconfig = dir.path().join("mc.kubeconfig");
+    std::fs::write(&kubeconfig, mgmt.kubeconfig_yaml()).unwrap();
+    let run = |remote: PathBuf| {
+        let kubeconfig = kubeconfig.clone();
+        tokio::task::spawn_blocking(move || {
+            tkgops(&[
+                "plan",
+                "--repo",
+                remote.to_str().unwrap(),
+                "--base",
+                "main",
+                "--head",
+                "add",
+                "--server-dry-run",
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+            ])
+        })
+    };
+    let o = run(good).await.unwrap();
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("team-a-prod: preflight passed"), "{out}");
+    assert!(
+        out.contains("team-a-prod: server-side dry run accepted: Cluster/default/team-a-prod"),
+        "{out}"
+    );
+    let o = run(bad).await.unwrap();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("team-a-prod: REFUSED: ClusterClass tkg-aws-default-v9.9.9 does not exist in namespace default"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ClusterClass tkg-aws-default-v9.9.9 can not be retrieved"),
+        "the defaulting webhook's own message: {out}"
+    );
+    let clusters = tkgops_emulators::kube::Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    assert!(mgmt
+        .get(&clusters, Some("default"), "team-a-prod")
+        .is_none());
+    assert!(mgmt.writes().iter().all(|w| w.dry_run));
 }

@@ -44,6 +44,16 @@ enum Command {
         /// the Clusters in the plan.
         #[arg(long, default_value = "local/config-repository")]
         repository: String,
+        /// Also judge each planned Cluster on a real management cluster: the management-cluster
+        /// preflight (TKG release, ClusterClass, TKR, identity) and a server-side dry run
+        /// (`dryRun=All`) of the manifests, so CAPI's validation and the TKR resolver answer.
+        /// Nothing is written. Needs --kubeconfig.
+        #[arg(long, requires = "kubeconfig")]
+        server_dry_run: bool,
+        /// Kubeconfig of the management cluster for --server-dry-run (used for every
+        /// management cluster the plan names).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Run the bot: poll GitHub, plan pull requests, run merged changes.
     Serve {
@@ -86,6 +96,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             base,
             head,
             repository,
+            server_dry_run,
+            kubeconfig,
         } => {
             let git = ConfigRepo::open_local(&repo)
                 .with_context(|| format!("opening {}", repo.display()))?;
@@ -114,6 +126,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             let md = markdown::render_plan(&p, &catalog, true).map_err(anyhow::Error::msg)?;
             println!("{md}");
+            if let (true, Some(kc)) = (server_dry_run, kubeconfig) {
+                let rt = tokio::runtime::Runtime::new()?;
+                let refused = rt.block_on(server_dry_run_plan(&p, &kc));
+                if refused > 0 {
+                    return Ok(ExitCode::from(1));
+                }
+            }
             Ok(if p.has_errors() {
                 ExitCode::from(1)
             } else {
@@ -174,4 +193,58 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// `tkgops plan --server-dry-run`: for every planned cluster, the `kube.preflight` checks and a
+/// server-side dry run of its `kube.apply` manifests against the management cluster of
+/// `kubeconfig`. Prints one line per check; returns how many were refused.
+async fn server_dry_run_plan(
+    p: &tkgops_domain::workflow::Plan,
+    kubeconfig: &std::path::Path,
+) -> usize {
+    use tkgops_domain::step::StepInputs;
+    let source =
+        tkgops_providers::KubeconfigSource::File(kubeconfig.to_string_lossy().into_owned());
+    let mut names = std::collections::BTreeMap::new();
+    for c in &p.clusters {
+        for s in &c.steps {
+            if let StepInputs::KubeApply(i) = &s.inputs {
+                names.insert(i.target.management_cluster.clone(), source.clone());
+            }
+        }
+    }
+    let provider =
+        tkgops_providers::kube::KubeProvider::new(names, std::time::Duration::from_secs(5));
+    let progress = tkgops_engine::ProgressSink::new(|_| {});
+    let mut refused = 0;
+    for c in &p.clusters {
+        for s in &c.steps {
+            let result = match &s.inputs {
+                StepInputs::KubePreflight(i) => {
+                    let mut i = i.clone();
+                    i.target.kubeconfig = Some(source.clone());
+                    tkgops_providers::kube::preflight::preflight(&provider, &progress, &i)
+                        .await
+                        .map(|v| format!("preflight passed: {v}"))
+                }
+                StepInputs::KubeApply(i) => {
+                    let mut i = i.clone();
+                    i.target.kubeconfig = Some(source.clone());
+                    provider
+                        .server_dry_run(&i)
+                        .await
+                        .map(|objs| format!("server-side dry run accepted: {}", objs.join(", ")))
+                }
+                _ => continue,
+            };
+            match result {
+                Ok(line) => println!("{}: {line}", c.cluster),
+                Err(e) => {
+                    refused += 1;
+                    println!("{}: REFUSED: {e}", c.cluster);
+                }
+            }
+        }
+    }
+    refused
 }

@@ -659,6 +659,28 @@ impl KubeProvider {
         Ok(serde_json::json!({ "applied": applied }))
     }
 
+    /// Sends the manifests of a `kube.apply` step to its management cluster as a server-side
+    /// dry run only (`dryRun=All`: every webhook judges them, nothing is stored), after the same
+    /// ownership check as the step: what `tkgops plan --server-dry-run` does.
+    ///
+    /// Returns the objects the API server accepted (`Kind/namespace/name`). Errors: as
+    /// `kube.apply` (a webhook denial is permanent with the webhook's message).
+    pub async fn server_dry_run(&self, inputs: &KubeApplyInputs) -> Result<Vec<String>, StepError> {
+        let mc = &inputs.target.management_cluster;
+        let client = self
+            .management_client_with(mc, inputs.target.kubeconfig.as_ref())
+            .await?;
+        check_cluster_ownership(&client, mc, &inputs.manifests).await?;
+        self.apply_yaml_cached(
+            &client,
+            &format!("mgmt/{mc}"),
+            &inputs.manifests,
+            FIELD_MANAGER,
+            true,
+        )
+        .await
+    }
+
     async fn step_read_kubeconfig(
         &self,
         ctx: &StepContext,
@@ -760,7 +782,7 @@ impl StepExecutor for KubeProvider {
     /// otherwise as documented on each kind.
     async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
         match &ctx.step.inputs {
-            StepInputs::KubePreflight(i) => preflight::preflight(self, ctx, i).await,
+            StepInputs::KubePreflight(i) => preflight::preflight(self, &ctx.progress, i).await,
             StepInputs::KubeApply(i) => self.step_apply(ctx, i).await,
             StepInputs::KubeWaitCluster(t) => cluster::wait_cluster(self, ctx, t).await,
             StepInputs::KubeReadKubeconfig(t) => self.step_read_kubeconfig(ctx, t).await,

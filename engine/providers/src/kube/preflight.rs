@@ -23,7 +23,7 @@ use super::cluster::condition;
 use super::{classify, custom_resource, KubeProvider};
 use tkgops_domain::step::KubePreflightInputs;
 use tkgops_domain::tkg::{tkr_name, TkgVersion};
-use tkgops_engine::{StepContext, StepError};
+use tkgops_engine::{ProgressSink, StepError};
 
 /// Label of a TKG management cluster's own `Cluster` (tkg2-aws-class-based.md §3.1).
 pub const MANAGEMENT_ROLE_LABEL: &str = "cluster-role.tkg.tanzu.vmware.com/management";
@@ -62,7 +62,7 @@ fn to_value(o: DynamicObject) -> Value {
 /// API errors as [`classify`] maps them.
 pub async fn preflight(
     provider: &KubeProvider,
-    ctx: &StepContext,
+    progress: &ProgressSink,
     inputs: &KubePreflightInputs,
 ) -> Result<Value, StepError> {
     let t = &inputs.target;
@@ -108,8 +108,7 @@ pub async fn preflight(
             )))
         }
     }
-    ctx.progress
-        .report(&format!("management cluster runs TKG {actual}"));
+    progress.report(&format!("management cluster runs TKG {actual}"));
 
     // 2. ClusterClass in the Cluster's namespace.
     let classes: Api<DynamicObject> =
