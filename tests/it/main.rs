@@ -12,6 +12,7 @@ mod kube_ctrl;
 mod kube_provider;
 mod kubectl;
 mod plan;
+mod real_systems;
 mod tkg2;
 mod tmc;
 mod trust;

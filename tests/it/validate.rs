@@ -697,7 +697,7 @@ fn repo_config_parses_with_defaults() {
     );
     assert_eq!(
         r.tmc.as_ref().map(|t| t.csp_endpoint.as_str()),
-        Some("https://console.cloud.vmware.com")
+        Some("https://console.tanzu.broadcom.com")
     );
     assert_eq!(r.approval.approvers, vec!["alice", "bob"]);
     assert_eq!(

@@ -223,13 +223,14 @@ pub struct TmcConfig {
     /// TMC endpoint, `https://<org>.tmc.cloud.vmware.com`.
     pub endpoint: String,
     /// VMware Cloud Services endpoint for the API-token exchange
-    /// (default `https://console.cloud.vmware.com`).
+    /// (default `https://console.tanzu.broadcom.com`, TMC-TF's default since commit 612b0fc1,
+    /// 2024-09; `https://console.cloud.vmware.com` before: tanzu-apis.md §3.1).
     #[serde(default = "default_csp")]
     pub csp_endpoint: String,
 }
 
 fn default_csp() -> String {
-    "https://console.cloud.vmware.com".to_string()
+    "https://console.tanzu.broadcom.com".to_string()
 }
 
 /// Approval policy of [`RepoConfig::approval`].
