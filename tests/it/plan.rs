@@ -344,13 +344,9 @@ fn a_template_error_blocks_the_plan_naming_template_and_line() {
             )
         })
         .collect();
-    for t in ["comments/plan.md.hbs"] {
-        let p = format!("templates/{t}");
-        files.push((
-            p.clone(),
-            std::fs::read_to_string(crate::support::root().join(&p)).unwrap(),
-        ));
-    }
+    let p = "templates/comments/plan.md.hbs".to_string();
+    let text = std::fs::read_to_string(crate::support::root().join(&p)).unwrap();
+    files.push((p, text));
     files.push((
         "templates/manifests/cluster.yaml.hbs".into(),
         "apiVersion: cluster.x-k8s.io/v1beta1\nkind: Cluster\nmetadata:\n  name: {{cluster.nmae}}\n"

@@ -328,7 +328,8 @@ impl State {
         ))
     }
 
-    /// Appends to the write audit.
+    /// Appends to the write audit (one field of [`WriteRecord`] per argument).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn audit(
         &mut self,
         verb: &str,
