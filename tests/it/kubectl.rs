@@ -34,7 +34,7 @@ fn gvr_cluster() -> Gvr {
 }
 
 /// The `kubectl` binary on `PATH`, or `None` after printing the skip message.
-fn kubectl() -> Option<PathBuf> {
+pub(crate) fn kubectl() -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join("kubectl"))
@@ -48,14 +48,14 @@ fn kubectl() -> Option<PathBuf> {
 
 /// A kubectl bound to one kubeconfig file in its own temporary HOME (so its discovery cache is
 /// private to the test).
-struct Kubectl {
+pub(crate) struct Kubectl {
     bin: PathBuf,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
 }
 
 impl Kubectl {
-    fn new(bin: PathBuf, kubeconfig_yaml: &str) -> Self {
+    pub(crate) fn new(bin: PathBuf, kubeconfig_yaml: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml).expect("write kubeconfig");
@@ -80,7 +80,7 @@ impl Kubectl {
     }
 
     /// Runs `kubectl args…` to completion (bounded by [`RUN_TIMEOUT`]).
-    async fn run(&self, args: &[&str]) -> Output {
+    pub(crate) async fn run(&self, args: &[&str]) -> Output {
         let child = self.command(args).spawn().expect("spawn kubectl");
         tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
             .await
@@ -89,7 +89,7 @@ impl Kubectl {
     }
 
     /// Runs `kubectl args…` and returns its stdout; panics with stderr on a non-zero exit.
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args).await;
         assert!(
             out.status.success(),
@@ -101,12 +101,12 @@ impl Kubectl {
     }
 
     /// Runs `kubectl args…` and parses its stdout as JSON.
-    async fn json(&self, args: &[&str]) -> Value {
+    pub(crate) async fn json(&self, args: &[&str]) -> Value {
         let out = self.ok(args).await;
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}:\n{out}"))
     }
 
-    fn write(&self, name: &str, content: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, content: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, content).expect("write manifest");
         path

@@ -288,3 +288,101 @@ async fn preflight_refuses_a_wrong_tkg_version_and_missing_pinniped_info() {
 async fn env_22_without_pinniped() -> Env {
     env(ManagementSeed::default()).await
 }
+
+/// The real `kubectl` reads, dry-runs, applies and waits on the Cluster tkgops renders and
+/// creates (issue "Done when"): a server-side dry run of the rendered manifest stores nothing,
+/// tkgops's `kube.apply` creates it, `kubectl get -l` finds it by the ownership label with the
+/// TKR the resolver chose, `kubectl wait --for=condition=Ready` returns once the simulated
+/// controllers make it Ready, and another field manager's apply of a tkgops-owned field is a
+/// conflict naming `tkgops`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_reads_dry_runs_applies_and_waits_on_the_tkgops_cluster() {
+    let Some(bin) = crate::kubectl::kubectl() else {
+        return;
+    };
+    let env = env(pinniped()).await;
+    let k = crate::kubectl::Kubectl::new(bin, &env.mgmt.kubeconfig_yaml());
+    let (_, apply) = example_steps();
+    let manifest = apply["manifests"].as_str().unwrap().to_string();
+    let file = k.write("cluster.yaml", &manifest);
+    let file = file.to_str().unwrap();
+    let out = k
+        .ok(&[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=tkgops",
+            "-f",
+            file,
+        ])
+        .await;
+    assert!(
+        out.contains("cluster.cluster.x-k8s.io/team-a-prod serverside-applied (server dry run)"),
+        "{out}"
+    );
+    assert!(env
+        .mgmt
+        .get(&clusters(), Some("default"), "team-a-prod")
+        .is_none());
+
+    run(&env.provider, "kube.apply", apply)
+        .await
+        .expect("apply");
+    let cluster: Value = serde_yaml::from_str(&manifest).unwrap();
+    let owner = cluster["metadata"]["labels"]["tkgops.dev/owner"]
+        .as_str()
+        .unwrap();
+    let list = k
+        .json(&[
+            "get",
+            "clusters",
+            "-n",
+            "default",
+            "-l",
+            &format!("tkgops.dev/owner={owner}"),
+            "-o",
+            "json",
+        ])
+        .await;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{list:#}");
+    assert_eq!(
+        items[0]["metadata"]["labels"]["run.tanzu.vmware.com/tkr"],
+        "v1.25.7---vmware.2-tkg.1"
+    );
+
+    let out = k
+        .ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "cluster/team-a-prod",
+            "-n",
+            "default",
+            "--timeout=60s",
+        ])
+        .await;
+    assert!(out.contains("condition met"), "{out}");
+
+    let mut changed = cluster.clone();
+    changed["spec"]["topology"]["controlPlane"]["replicas"] = json!(5);
+    let changed_file = k.write("changed.yaml", &serde_yaml::to_string(&changed).unwrap());
+    let out = k
+        .run(&[
+            "apply",
+            "--server-side",
+            "--field-manager=platform-admin",
+            "-f",
+            changed_file.to_str().unwrap(),
+        ])
+        .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("conflict") && err.contains("\"tkgops\""),
+        "{err}"
+    );
+    assert!(
+        err.contains(".spec.topology.controlPlane.replicas"),
+        "{err}"
+    );
+}
