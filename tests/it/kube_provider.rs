@@ -141,11 +141,12 @@ async fn run(
 /// The ownership label value of the Clusters the tests apply.
 const OWNER: &str = "0123456789abcdef0123456789abcdef";
 
-/// A ClusterClass Cluster (tkg-aws-default, 3 control plane nodes, md-0..2) and the two TKG
+/// A ClusterClass Cluster (TKG 2.2's `tkg-aws-default-v1.0.0`, 3 control plane nodes, md-0..2,
+/// as `tanzu cluster create` renders it, tkg2-aws-class-based.md §3) and the two TKG
 /// MachineHealthChecks (samples/04 shape).
 fn cluster_manifest(name: &str, fail: Option<&str>) -> String {
     let ann = fail
-        .map(|m| format!("  annotations:\n    emulator.tkgops.dev/fail: \"{m}\"\n"))
+        .map(|m| format!("    emulator.tkgops.dev/fail: \"{m}\"\n"))
         .unwrap_or_default();
     format!(
         r#"apiVersion: cluster.x-k8s.io/v1beta1
@@ -153,24 +154,30 @@ kind: Cluster
 metadata:
   name: {name}
   namespace: default
+  annotations:
+    osInfo: ubuntu,20.04,amd64
+    run.tanzu.vmware.com/resolve-tkr: ""
+    tkg/plan: prod
 {ann}  labels:
     tkg.tanzu.vmware.com/cluster-name: {name}
-    tanzuKubernetesRelease: v1.23.8---vmware.2-tkg.1
     tkgops.dev/owner: {OWNER}
 spec:
   clusterNetwork:
     pods: {{cidrBlocks: [100.96.0.0/11]}}
     services: {{cidrBlocks: [100.64.0.0/13]}}
   topology:
-    class: tkg-aws-default
-    version: v1.23.8+vmware.2
-    controlPlane: {{replicas: 3}}
+    class: tkg-aws-default-v1.0.0
+    version: v1.25.7+vmware.2-tkg.1
+    controlPlane:
+      replicas: 3
+      metadata: {{annotations: {{run.tanzu.vmware.com/resolve-os-image: "ami-region=us-east-1,os-name=ubuntu,os-arch=amd64"}}}}
     workers:
       machineDeployments:
-      - {{class: tkg-worker, name: md-0, replicas: 1, failureDomain: us-east-1a}}
-      - {{class: tkg-worker, name: md-1, replicas: 1, failureDomain: us-east-1b}}
-      - {{class: tkg-worker, name: md-2, replicas: 1, failureDomain: us-east-1c}}
+      - {{class: tkg-worker, name: md-0, replicas: 1, failureDomain: us-east-1a, metadata: {{annotations: {{run.tanzu.vmware.com/resolve-os-image: "ami-region=us-east-1,os-name=ubuntu,os-arch=amd64"}}}}}}
+      - {{class: tkg-worker, name: md-1, replicas: 1, failureDomain: us-east-1b, metadata: {{annotations: {{run.tanzu.vmware.com/resolve-os-image: "ami-region=us-east-1,os-name=ubuntu,os-arch=amd64"}}}}}}
+      - {{class: tkg-worker, name: md-2, replicas: 1, failureDomain: us-east-1c, metadata: {{annotations: {{run.tanzu.vmware.com/resolve-os-image: "ami-region=us-east-1,os-name=ubuntu,os-arch=amd64"}}}}}}
     variables:
+    - {{name: cni, value: antrea}}
     - {{name: region, value: us-east-1}}
     - {{name: sshKeyName, value: tkg-kp}}
     - {{name: loadBalancerSchemeInternal, value: true}}
@@ -182,6 +189,7 @@ spec:
         - {{az: us-east-1a, private: {{id: subnet-a}}}}
         - {{az: us-east-1b, private: {{id: subnet-b}}}}
         - {{az: us-east-1c, private: {{id: subnet-c}}}}
+    - {{name: identityRef, value: {{}}}}
     - {{name: controlPlane, value: {{instanceType: m5.xlarge}}}}
     - {{name: worker, value: {{instanceType: m5.xlarge}}}}
 ---
@@ -912,13 +920,11 @@ async fn packages_rollout_waits_for_the_repository_then_is_transient() {
 async fn an_existing_cluster_of_someone_else_is_never_changed() {
     let env = env().await;
     let gvr = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
-    let theirs = json!({
-        "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
-        "metadata": {"name": "team-a-prod", "namespace": "default",
-                     "labels": {"tkgops.dev/owner": "ffffffffffffffffffffffffffffffff"}},
-        "spec": {"topology": {"class": "tkg-aws-default", "version": "v1.23.8+vmware.2",
-                              "controlPlane": {"replicas": 1}}}
-    });
+    let manifest = cluster_manifest("team-a-prod", None);
+    let first = manifest.split("\n---\n").next().unwrap();
+    let mut theirs: Value = serde_yaml::from_str(first).unwrap();
+    theirs["metadata"]["labels"]["tkgops.dev/owner"] = json!("ffffffffffffffffffffffffffffffff");
+    theirs["spec"]["topology"]["controlPlane"]["replicas"] = json!(1);
     env.mgmt.apply(&gvr, theirs, "someone-else", false).unwrap();
     let (r, _) = run(
         &env.provider,

@@ -485,6 +485,9 @@ pub async fn wait_cluster(
     let mut workload_errors = PollErrors::new();
     let mut packages: Option<PackagePhase> = None;
     let mut confirmed_exists = false;
+    // Latest failure per core package: kapp-controller alternates ReconcileFailed and
+    // Reconciling while it retries, so a retry in progress still counts as failing.
+    let mut last_failures: BTreeMap<String, String> = BTreeMap::new();
     loop {
         for r in rxs.iter_mut() {
             r.borrow_and_update();
@@ -605,12 +608,19 @@ pub async fn wait_cluster(
                 };
                 match st {
                     ReconcileState::Succeeded => {
+                        last_failures.remove(&p.install_name);
                         done.insert(p.install_name.clone(), "Reconcile succeeded".into());
                     }
                     ReconcileState::Failed(m) => {
+                        last_failures.insert(p.install_name.clone(), m.clone());
                         failed.push(format!("PackageInstall {pns}/{}: {m}", p.install_name))
                     }
-                    ReconcileState::Pending(d) => pending.push(format!("{} ({d})", p.install_name)),
+                    ReconcileState::Pending(d) => match last_failures.get(&p.install_name) {
+                        Some(m) => {
+                            failed.push(format!("PackageInstall {pns}/{}: {m}", p.install_name))
+                        }
+                        None => pending.push(format!("{} ({d})", p.install_name)),
+                    },
                 }
             }
             line.push_str(&format!(

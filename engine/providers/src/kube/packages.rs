@@ -277,6 +277,9 @@ async fn wait_reconciled(
 ) -> Result<Value, StepError> {
     let mut rx = [w.subscribe()];
     let mut progress = ProgressDedup::new();
+    // The latest failure seen: kapp-controller alternates ReconcileFailed and Reconciling while
+    // it retries, so a retry in progress still counts as failing.
+    let mut last_failure: Option<String> = None;
     loop {
         rx[0].borrow_and_update();
         if let Some(line) = provider.watch_health(target, w)? {
@@ -295,26 +298,27 @@ async fn wait_reconciled(
             None => (Value::Null, ReconcileState::Pending("not found".into())),
         };
         let mut deadline = until;
-        match state {
-            ReconcileState::Succeeded => return Ok(obj),
-            ReconcileState::Failed(m) => {
-                if let Some(d) = report_deadline {
-                    deadline = deadline.min(d);
-                }
-                if now >= deadline {
-                    return Err(StepError::Permanent(format!("{what}: {m}")));
-                }
+        if let ReconcileState::Failed(m) = &state {
+            last_failure = Some(m.clone());
+        }
+        if last_failure.is_some() {
+            if let Some(d) = report_deadline {
+                deadline = deadline.min(d);
+            }
+        }
+        match (state, &last_failure) {
+            (ReconcileState::Succeeded, _) => return Ok(obj),
+            (_, Some(m)) if now >= deadline => {
+                return Err(StepError::Permanent(format!("{what}: {m}")));
+            }
+            (ReconcileState::Failed(m), _) => {
                 progress.report(
                     ctx,
                     format!("{label}: reconcile failed, kapp-controller retries: {m}"),
                 );
             }
-            ReconcileState::Pending(d) => {
-                if now >= deadline {
-                    return Err(pending_error(&d));
-                }
-                progress.report(ctx, format!("{label}: {d}"));
-            }
+            (ReconcileState::Pending(d), _) if now >= deadline => return Err(pending_error(&d)),
+            (ReconcileState::Pending(d), _) => progress.report(ctx, format!("{label}: {d}")),
         }
         changed_or(&mut rx, Some(deadline)).await;
     }
