@@ -1187,3 +1187,88 @@ async fn a_permanently_failing_package_surfaces_its_message_at_the_deadline() {
         "{lines:?}"
     );
 }
+
+/// Core packages (§6 step 5): a failing `<cluster>-antrea` in the workload's `tkg-system` is
+/// tolerated while kapp-controller retries (its message is shown), succeeds once the failure
+/// clears, and fails the wait with its `usefulErrorMessage` when it outlasts the package
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_core_packages_are_tolerated_then_reported() {
+    let env = env().await;
+    provision(&env, "team-a-prod").await;
+    let wl = env.emu.cluster("team-a-prod").expect("workload");
+    let msg = "kapp: Error: waiting on reconcile daemonset/antrea-agent: Finished unsuccessfully (emulated)";
+    inject_kapp_failures(&wl, "tkg-system.team-a-prod-antrea", &format!("*:{msg}"));
+    let pkgi = Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls");
+    // A new generation makes kapp-controller reconcile it again, now failing.
+    wl.patch_merge(
+        &pkgi,
+        Some("tkg-system"),
+        "team-a-prod-antrea",
+        json!({"spec": {"syncPeriod": "5m"}}),
+    )
+    .expect("patch");
+    let failing = env
+        .controllers
+        .wait_until(WAIT, || {
+            wl.get(&pkgi, Some("tkg-system"), "team-a-prod-antrea")
+                .filter(|p| p["status"]["usefulErrorMessage"] == msg)
+        })
+        .await;
+    assert!(failing.is_some());
+
+    // Still failing at the package timeout: the message is the error. (A provider of its own:
+    // its watches list the current state.)
+    let fresh = env.provider_with(test_wait_options());
+    let (r, lines) = run(&fresh, "kube.wait-cluster", cluster_inputs("team-a-prod")).await;
+    let e = r.expect_err("antrea keeps failing");
+    assert!(!e.is_transient(), "{e:?}");
+    assert!(
+        e.to_string().contains(&format!(
+            "PackageInstall tkg-system/team-a-prod-antrea: {msg}"
+        )),
+        "{e}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("retrying: PackageInstall tkg-system/team-a-prod-antrea")),
+        "{lines:?}"
+    );
+
+    // With time left, the wait rides out the failure until kapp-controller succeeds.
+    let patient = env.provider_with(WaitOptions {
+        package_timeout: Duration::from_secs(50),
+        ..test_wait_options()
+    });
+    let (c, lines) = ctx("kube.wait-cluster", cluster_inputs("team-a-prod"));
+    let task = tokio::spawn(async move { patient.execute(&c).await });
+    let seen = env
+        .controllers
+        .wait_until(WAIT, || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(msg))
+                .then_some(())
+        })
+        .await;
+    assert!(seen.is_some(), "{:?}", lines.lock().unwrap());
+    wl.patch_merge(
+        &Gvr::new("", "v1", "configmaps"),
+        Some("kube-system"),
+        "emulator-kapp-faults",
+        json!({"data": {"tkg-system.team-a-prod-antrea": null}}),
+    )
+    .expect("clear the fault");
+    let out = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("wait finishes")
+        .expect("task")
+        .expect("the wait succeeds once antrea reconciles");
+    assert_eq!(
+        out["packages"]["team-a-prod-antrea"], "Reconcile succeeded",
+        "{out}"
+    );
+}

@@ -248,13 +248,26 @@ fn validate(inputs: &PackagesInputs) -> Result<(), StepError> {
 }
 
 /// What one wait on a kapp-controller object sees: the object in the shared watch's store.
+/// An object older than `min_generation` (the generation tkgops just applied) is not judged:
+/// the watch has not delivered the new spec yet.
 async fn watched_state(
     w: &SharedWatch,
     namespace: &str,
     name: &str,
+    min_generation: i64,
 ) -> Option<(Value, ReconcileState)> {
     let obj = w.get(namespace, name)?;
     let v = serde_json::to_value(obj.as_ref()).ok()?;
+    let generation = v
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if generation < min_generation {
+        return Some((
+            v,
+            ReconcileState::Pending("waiting for the applied generation".into()),
+        ));
+    }
     let st = reconcile_state(&v);
     Some((v, st))
 }
@@ -273,6 +286,7 @@ async fn wait_reconciled(
     (namespace, name, what, label): (&str, &str, &str, &str),
     until: Instant,
     report_deadline: Option<Instant>,
+    min_generation: i64,
     pending_error: impl Fn(&str) -> StepError,
 ) -> Result<Value, StepError> {
     let mut rx = [w.subscribe()];
@@ -293,7 +307,7 @@ async fn wait_reconciled(
             continue;
         }
         let now = Instant::now();
-        let (obj, state) = match watched_state(w, namespace, name).await {
+        let (obj, state) = match watched_state(w, namespace, name, min_generation).await {
             Some(x) => x,
             None => (Value::Null, ReconcileState::Pending("not found".into())),
         };
@@ -367,6 +381,7 @@ pub async fn rollout(
         ),
         start + opts.repository_timeout,
         report_deadline,
+        0,
         |d| StepError::Transient(format!("{waiting} ({d})")),
     )
     .await?;
@@ -383,8 +398,13 @@ pub async fn rollout(
         ctx.progress.report(&format!(
             "{label}: applying PackageInstall and its ServiceAccount, RBAC and values"
         ));
+        let mut applied_generation = 0;
         for (res, obj) in package_objects(pkg) {
-            apply_object(&client, &res, obj, FIELD_MANAGER).await?;
+            let (_, stored) = apply_object(&client, &res, obj, FIELD_MANAGER).await?;
+            applied_generation = stored
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
         }
         let what = format!("PackageInstall {}/{}", pkg.namespace, pkg.name);
         let pkg_start = Instant::now();
@@ -396,6 +416,7 @@ pub async fn rollout(
             (&pkg.namespace, &pkg.name, &what, &label),
             pkg_start + opts.package_timeout,
             report_deadline,
+            applied_generation,
             |d| {
                 StepError::Permanent(format!(
                     "{what}: not reconciled after {} s ({d})",
