@@ -24,6 +24,10 @@
 //!
 //! Every path goes through [`Faults`], so tests can inject 5xx, 429, delays and dropped
 //! connections and count the requests made.
+//!
+//! Test knobs: [`TmcEmulator::set_phase`] forces a phase/health, and
+//! [`TmcEmulator::set_health_on_connect`] makes a cluster come up `READY` with a degraded health
+//! (`WARNING`, `UNHEALTHY`) when its agent connects.
 
 mod installer;
 
