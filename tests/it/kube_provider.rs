@@ -8,11 +8,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tkgops_emulators::faults::{Fault, FaultAction};
 use tkgops_emulators::kube::controllers::{
-    seed_management_cluster, start_controllers, ControllerOptions, Controllers,
+    seed_management_cluster, start_controllers_with, ControllerOptions, Controllers, TopologyFaults,
 };
 use tkgops_emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
 use tkgops_engine::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
-use tkgops_providers::kube::KubeProvider;
+use tkgops_providers::kube::{KubeProvider, WaitOptions};
 use tkgops_providers::{KubeconfigSource, ManifestApplier, WorkloadTarget};
 
 const MC: &str = "mc-aws-1";
@@ -25,22 +25,39 @@ struct Env {
     emu: KubeEmulator,
     mgmt: EmulatedCluster,
     provider: KubeProvider,
-    _controllers: Controllers,
-    _dir: tempfile::TempDir,
+    controllers: Controllers,
+    dir: tempfile::TempDir,
+}
+
+/// Wait options for tests: TKG's rules with short windows (no test sleeps for them).
+fn test_wait_options() -> WaitOptions {
+    WaitOptions {
+        error_persistence: Duration::from_millis(300),
+        unchanged_timeout: Duration::from_secs(60),
+        bootstrap_timeout: Duration::from_secs(30),
+        package_timeout: Duration::from_secs(2),
+        repository_timeout: Duration::from_millis(500),
+        ..WaitOptions::default()
+    }
 }
 
 async fn env() -> Env {
+    env_with(test_wait_options(), TopologyFaults::default()).await
+}
+
+async fn env_with(wait: WaitOptions, faults: TopologyFaults) -> Env {
     tkgops_providers::install_crypto_provider();
     let emu = KubeEmulator::new();
     let mgmt = emu.add_cluster(MC).await.expect("management cluster");
     seed_management_cluster(&mgmt).expect("seed");
-    let controllers = start_controllers(
+    let controllers = start_controllers_with(
         &emu,
         MC,
         ControllerOptions {
             tick: TICK,
             standard_packages: true,
         },
+        faults,
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("mc.kubeconfig");
@@ -50,13 +67,31 @@ async fn env() -> Env {
         MC.to_string(),
         KubeconfigSource::File(path.to_string_lossy().into_owned()),
     );
-    let provider = KubeProvider::new(mcs, POLL);
+    let provider = KubeProvider::with_wait_options(mcs, POLL, wait);
     Env {
         emu,
         mgmt,
         provider,
-        _controllers: controllers,
-        _dir: dir,
+        controllers,
+        dir,
+    }
+}
+
+impl Env {
+    /// A second provider on the same management cluster with other wait options.
+    fn provider_with(&self, wait: WaitOptions) -> KubeProvider {
+        let mut mcs = BTreeMap::new();
+        mcs.insert(
+            MC.to_string(),
+            KubeconfigSource::File(
+                self.dir
+                    .path()
+                    .join("mc.kubeconfig")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+        );
+        KubeProvider::with_wait_options(mcs, POLL, wait)
     }
 }
 
@@ -106,11 +141,12 @@ async fn run(
 /// The ownership label value of the Clusters the tests apply.
 const OWNER: &str = "0123456789abcdef0123456789abcdef";
 
-/// A ClusterClass Cluster (tkg-aws-default, 3 control plane nodes, md-0..2) and the two TKG
+/// A ClusterClass Cluster (TKG 2.2's `tkg-aws-default-v1.0.0`, 3 control plane nodes, md-0..2,
+/// as `tanzu cluster create` renders it, tkg2-aws-class-based.md §3) and the two TKG
 /// MachineHealthChecks (samples/04 shape).
 fn cluster_manifest(name: &str, fail: Option<&str>) -> String {
     let ann = fail
-        .map(|m| format!("  annotations:\n    emulator.tkgops.dev/fail: \"{m}\"\n"))
+        .map(|m| format!("    emulator.tkgops.dev/fail: \"{m}\"\n"))
         .unwrap_or_default();
     format!(
         r#"apiVersion: cluster.x-k8s.io/v1beta1
@@ -118,24 +154,30 @@ kind: Cluster
 metadata:
   name: {name}
   namespace: default
+  annotations:
+    osInfo: ubuntu,20.04,amd64
+    run.tanzu.vmware.com/resolve-tkr: ""
+    tkg/plan: prod
 {ann}  labels:
     tkg.tanzu.vmware.com/cluster-name: {name}
-    tanzuKubernetesRelease: v1.23.8---vmware.2-tkg.1
     tkgops.dev/owner: {OWNER}
 spec:
   clusterNetwork:
     pods: {{cidrBlocks: [100.96.0.0/11]}}
     services: {{cidrBlocks: [100.64.0.0/13]}}
   topology:
-    class: tkg-aws-default
-    version: v1.23.8+vmware.2
-    controlPlane: {{replicas: 3}}
+    class: tkg-aws-default-v1.0.0
+    version: v1.25.7+vmware.2-tkg.1
+    controlPlane:
+      replicas: 3
+      metadata: {{annotations: {{run.tanzu.vmware.com/resolve-os-image: "ami-region=us-east-1,os-name=ubuntu,os-arch=amd64"}}}}
     workers:
       machineDeployments:
-      - {{class: tkg-worker, name: md-0, replicas: 1, failureDomain: us-east-1a}}
-      - {{class: tkg-worker, name: md-1, replicas: 1, failureDomain: us-east-1b}}
-      - {{class: tkg-worker, name: md-2, replicas: 1, failureDomain: us-east-1c}}
+      - {{class: tkg-worker, name: md-0, replicas: 1, failureDomain: us-east-1a, metadata: {{annotations: {{run.tanzu.vmware.com/resolve-os-image: "ami-region=us-east-1,os-name=ubuntu,os-arch=amd64"}}}}}}
+      - {{class: tkg-worker, name: md-1, replicas: 1, failureDomain: us-east-1b, metadata: {{annotations: {{run.tanzu.vmware.com/resolve-os-image: "ami-region=us-east-1,os-name=ubuntu,os-arch=amd64"}}}}}}
+      - {{class: tkg-worker, name: md-2, replicas: 1, failureDomain: us-east-1c, metadata: {{annotations: {{run.tanzu.vmware.com/resolve-os-image: "ami-region=us-east-1,os-name=ubuntu,os-arch=amd64"}}}}}}
     variables:
+    - {{name: cni, value: antrea}}
     - {{name: region, value: us-east-1}}
     - {{name: sshKeyName, value: tkg-kp}}
     - {{name: loadBalancerSchemeInternal, value: true}}
@@ -147,6 +189,7 @@ spec:
         - {{az: us-east-1a, private: {{id: subnet-a}}}}
         - {{az: us-east-1b, private: {{id: subnet-b}}}}
         - {{az: us-east-1c, private: {{id: subnet-c}}}}
+    - {{name: identityRef, value: {{}}}}
     - {{name: controlPlane, value: {{instanceType: m5.xlarge}}}}
     - {{name: worker, value: {{instanceType: m5.xlarge}}}}
 ---
@@ -304,6 +347,24 @@ async fn kube_wait_cluster_follows_tkg_readiness_and_reports_progress() {
             .contains("control plane 3/3 ready; md-0 1/1; md-1 1/1; md-2 1/1"),
         "{lines:?}"
     );
+    // Then the Machines' nodeRefs and the core packages of the ClusterBootstrap (§6 steps 3, 5).
+    assert_eq!(out["nodeRefs"], "6/6", "{out}");
+    assert_eq!(
+        out["packages"],
+        json!({"team-a-prod-kapp-controller": "Reconcile succeeded",
+               "team-a-prod-antrea": "Reconcile succeeded",
+               "team-a-prod-aws-ebs-csi-driver": "Reconcile succeeded"}),
+        "{out}"
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .ends_with("; nodeRefs 6/6; packages 3/3 reconciled"),
+        "{lines:?}"
+    );
+    // Progress lines are deduplicated.
+    assert!(lines.windows(2).all(|w| w[0] != w[1]), "{lines:?}");
     // Every KCP and MD in the emulator really is ready.
     let kcps = env.mgmt.list(
         &Gvr::new(
@@ -859,13 +920,11 @@ async fn packages_rollout_waits_for_the_repository_then_is_transient() {
 async fn an_existing_cluster_of_someone_else_is_never_changed() {
     let env = env().await;
     let gvr = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
-    let theirs = json!({
-        "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
-        "metadata": {"name": "team-a-prod", "namespace": "default",
-                     "labels": {"tkgops.dev/owner": "ffffffffffffffffffffffffffffffff"}},
-        "spec": {"topology": {"class": "tkg-aws-default", "version": "v1.23.8+vmware.2",
-                              "controlPlane": {"replicas": 1}}}
-    });
+    let manifest = cluster_manifest("team-a-prod", None);
+    let first = manifest.split("\n---\n").next().unwrap();
+    let mut theirs: Value = serde_yaml::from_str(first).unwrap();
+    theirs["metadata"]["labels"]["tkgops.dev/owner"] = json!("ffffffffffffffffffffffffffffffff");
+    theirs["spec"]["topology"]["controlPlane"]["replicas"] = json!(1);
     env.mgmt.apply(&gvr, theirs, "someone-else", false).unwrap();
     let (r, _) = run(
         &env.provider,
@@ -926,4 +985,290 @@ async fn an_apply_conflict_fails_naming_the_field_and_its_manager() {
     );
     let stored = env.mgmt.get(&gvr, Some("default"), "team-a-prod").unwrap();
     assert_eq!(stored["spec"]["topology"]["controlPlane"]["replicas"], 5);
+}
+
+/// TKG aborts only on a *persistent* `Ready=False` with severity Error (§6 step 2): with a long
+/// persistence window the wait keeps going although the emulator shows the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_error_is_tolerated_until_it_persists() {
+    let env = env().await;
+    let manifests = cluster_manifest("team-c", Some("insufficient vCPU quota in us-east-1"));
+    run(
+        &env.provider,
+        "kube.apply",
+        json!({"managementCluster": MC, "manifests": manifests}),
+    )
+    .await
+    .0
+    .expect("apply");
+    let patient = env.provider_with(WaitOptions {
+        error_persistence: Duration::from_secs(3600),
+        ..test_wait_options()
+    });
+    let (c, lines) = ctx("kube.wait-cluster", cluster_inputs("team-c"));
+    let task = tokio::spawn(async move { patient.execute(&c).await });
+    // The waiter has seen the failed Cluster …
+    let seen = env
+        .controllers
+        .wait_until(WAIT, || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with("Cluster phase Failed"))
+                .then_some(())
+        })
+        .await;
+    assert!(seen.is_some(), "{:?}", lines.lock().unwrap());
+    let cluster = env
+        .mgmt
+        .get(&cluster_gvr(), Some("default"), "team-c")
+        .unwrap();
+    assert!(
+        cluster["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["severity"] == "Error"),
+        "{cluster}"
+    );
+    // … and, several controller passes later, is still waiting.
+    assert!(env.controllers.wait_ticks(5, WAIT).await);
+    assert!(!task.is_finished(), "{:?}", lines.lock().unwrap());
+    task.abort();
+}
+
+/// `TopologyReconciled=False` with severity Error is transient in CAPI and never checked by TKG:
+/// a wait through many of them succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_topology_errors_never_fail_the_wait() {
+    let env = env_with(
+        test_wait_options(),
+        TopologyFaults {
+            transient_every: 2,
+            ..TopologyFaults::default()
+        },
+    )
+    .await;
+    let mut events = env.mgmt.subscribe();
+    let (out, _) = provision(&env, "team-d").await;
+    assert_eq!(out["controlPlane"], "3/3", "{out}");
+    let mut topology_errors = 0;
+    while let Ok(ev) = events.try_recv() {
+        let errored = ev.object["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == "TopologyReconciled"
+                    && c["status"] == "False"
+                    && c["severity"] == "Error"
+            });
+        if ev.object["metadata"]["name"] == "team-d" && errored {
+            topology_errors += 1;
+        }
+    }
+    assert!(
+        topology_errors > 0,
+        "the emulator injected no topology error"
+    );
+}
+
+/// One shared watch per resource type serves concurrent waits: no per-run polling of the
+/// management cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_waits_share_one_watch_per_resource_type() {
+    let env = env().await;
+    for name in ["team-e", "team-f"] {
+        run(
+            &env.provider,
+            "kube.apply",
+            json!({"managementCluster": MC, "manifests": cluster_manifest(name, None)}),
+        )
+        .await
+        .0
+        .expect("apply");
+    }
+    let before = env.mgmt.faults().log().all().len();
+    let (a, b) = tokio::join!(
+        run(&env.provider, "kube.wait-cluster", cluster_inputs("team-e")),
+        run(&env.provider, "kube.wait-cluster", cluster_inputs("team-f")),
+    );
+    a.0.expect("team-e");
+    b.0.expect("team-f");
+    // Six management-cluster types plus one PackageInstall watch per workload cluster.
+    assert_eq!(env.provider.shared_watches(), 8);
+    let during: Vec<_> = env.mgmt.faults().log().all()[before..].to_vec();
+    let cluster_reads: Vec<_> = during
+        .iter()
+        .filter(|r| {
+            r.path.starts_with("/apis/cluster.x-k8s.io/v1beta1") && r.path.contains("/clusters")
+        })
+        .collect();
+    // One list and one watch (a re-opened watch at most), whatever the number of changes.
+    assert!((1..=3).contains(&cluster_reads.len()), "{cluster_reads:?}");
+    assert!(
+        cluster_reads
+            .iter()
+            .all(|r| r.path == "/apis/cluster.x-k8s.io/v1beta1/clusters"),
+        "{cluster_reads:?}"
+    );
+    assert!(during.len() < 40, "{} requests: {during:?}", during.len());
+}
+
+/// The kapp-controller emulator's fault knob: `<namespace>.<name>: "<N>:<message>"`.
+fn inject_kapp_failures(wl: &EmulatedCluster, key: &str, value: &str) {
+    wl.create(
+        &Gvr::new("", "v1", "configmaps"),
+        json!({"metadata": {"name": "emulator-kapp-faults", "namespace": "kube-system"},
+               "data": {key: value}}),
+    )
+    .expect("fault ConfigMap");
+}
+
+fn cert_manager() -> Value {
+    json!([{"name": "cert-manager", "refName": "cert-manager.tanzu.vmware.com", "version": "1.7.2+vmware.1-tkg.1",
+            "namespace": "cert-manager", "valuesYaml": ""}])
+}
+
+/// kapp-controller retries a failing PackageInstall and TKG tolerates it (§6 step 5): two
+/// failed reconciles are reported as progress, then the package succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transiently_failing_package_is_retried_until_it_succeeds() {
+    let env = env().await;
+    provision(&env, "team-a-prod").await;
+    let wl = env.emu.cluster("team-a-prod").expect("workload");
+    let msg = "kapp: Error: waiting on reconcile deployment/cert-manager: Finished unsuccessfully (emulated)";
+    inject_kapp_failures(&wl, "cert-manager.cert-manager", &format!("2:{msg}"));
+    let provider = env.provider_with(WaitOptions {
+        package_timeout: Duration::from_secs(50),
+        ..test_wait_options()
+    });
+    let (r, lines) = run(
+        &provider,
+        "packages.rollout",
+        rollout_inputs("team-a-prod", cert_manager()),
+    )
+    .await;
+    let out = r.expect("rollout tolerates the transient failures");
+    assert_eq!(out["packages"][0]["status"], "Reconcile succeeded", "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("reconcile failed, kapp-controller retries") && l.contains(msg)),
+        "{lines:?}"
+    );
+}
+
+/// A PackageInstall that keeps failing fails the step at the package deadline, with its
+/// `usefulErrorMessage`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanently_failing_package_surfaces_its_message_at_the_deadline() {
+    let env = env().await;
+    provision(&env, "team-a-prod").await;
+    let wl = env.emu.cluster("team-a-prod").expect("workload");
+    let msg =
+        "kapp: Error: Applying create deployment/cert-manager: admission webhook denied (emulated)";
+    inject_kapp_failures(&wl, "cert-manager.cert-manager", &format!("*:{msg}"));
+    let (r, lines) = run(
+        &env.provider,
+        "packages.rollout",
+        rollout_inputs("team-a-prod", cert_manager()),
+    )
+    .await;
+    let e = r.expect_err("keeps failing");
+    assert!(!e.is_transient(), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!("PackageInstall cert-manager/cert-manager: {msg}")
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("kapp-controller retries")),
+        "{lines:?}"
+    );
+}
+
+/// Core packages (§6 step 5): a failing `<cluster>-antrea` in the workload's `tkg-system` is
+/// tolerated while kapp-controller retries (its message is shown), succeeds once the failure
+/// clears, and fails the wait with its `usefulErrorMessage` when it outlasts the package
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_core_packages_are_tolerated_then_reported() {
+    let env = env().await;
+    provision(&env, "team-a-prod").await;
+    let wl = env.emu.cluster("team-a-prod").expect("workload");
+    let msg = "kapp: Error: waiting on reconcile daemonset/antrea-agent: Finished unsuccessfully (emulated)";
+    inject_kapp_failures(&wl, "tkg-system.team-a-prod-antrea", &format!("*:{msg}"));
+    let pkgi = Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls");
+    // A new generation makes kapp-controller reconcile it again, now failing.
+    wl.patch_merge(
+        &pkgi,
+        Some("tkg-system"),
+        "team-a-prod-antrea",
+        json!({"spec": {"syncPeriod": "5m"}}),
+    )
+    .expect("patch");
+    let failing = env
+        .controllers
+        .wait_until(WAIT, || {
+            wl.get(&pkgi, Some("tkg-system"), "team-a-prod-antrea")
+                .filter(|p| p["status"]["usefulErrorMessage"] == msg)
+        })
+        .await;
+    assert!(failing.is_some());
+
+    // Still failing at the package timeout: the message is the error. (A provider of its own:
+    // its watches list the current state.)
+    let fresh = env.provider_with(test_wait_options());
+    let (r, lines) = run(&fresh, "kube.wait-cluster", cluster_inputs("team-a-prod")).await;
+    let e = r.expect_err("antrea keeps failing");
+    assert!(!e.is_transient(), "{e:?}");
+    assert!(
+        e.to_string().contains(&format!(
+            "PackageInstall tkg-system/team-a-prod-antrea: {msg}"
+        )),
+        "{e}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("retrying: PackageInstall tkg-system/team-a-prod-antrea")),
+        "{lines:?}"
+    );
+
+    // With time left, the wait rides out the failure until kapp-controller succeeds.
+    let patient = env.provider_with(WaitOptions {
+        package_timeout: Duration::from_secs(50),
+        ..test_wait_options()
+    });
+    let (c, lines) = ctx("kube.wait-cluster", cluster_inputs("team-a-prod"));
+    let task = tokio::spawn(async move { patient.execute(&c).await });
+    let seen = env
+        .controllers
+        .wait_until(WAIT, || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(msg))
+                .then_some(())
+        })
+        .await;
+    assert!(seen.is_some(), "{:?}", lines.lock().unwrap());
+    wl.patch_merge(
+        &Gvr::new("", "v1", "configmaps"),
+        Some("kube-system"),
+        "emulator-kapp-faults",
+        json!({"data": {"tkg-system.team-a-prod-antrea": null}}),
+    )
+    .expect("clear the fault");
+    let out = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("wait finishes")
+        .expect("task")
+        .expect("the wait succeeds once antrea reconciles");
+    assert_eq!(
+        out["packages"]["team-a-prod-antrea"], "Reconcile succeeded",
+        "{out}"
+    );
 }

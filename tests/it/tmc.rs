@@ -887,3 +887,79 @@ async fn attach_fails_permanently_on_error_phase() {
     );
     assert_eq!(silent.applies.load(Ordering::SeqCst), 1);
 }
+
+/// READY ends the attach wait; a degraded health is reported, not required (TMC-TF waits for
+/// READY only, tanzu-apis.md §3.5 step 4).
+#[tokio::test]
+async fn attach_ends_on_ready_and_reports_a_warning_health() {
+    let emu = emulator().await;
+    emu.set_health_on_connect("wl-warn", "WARNING");
+    let applier = AgentSimApplier::new(AgentMode::Connect);
+    let exec = TmcExecutor::new(
+        Some(SecretToken::new(TOKEN)),
+        applier.clone(),
+        Duration::from_millis(50),
+    );
+    let (sink, lines) = recording_sink();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        exec.execute(&attach_ctx(&emu, "wl-warn", sink)),
+    )
+    .await
+    .expect("the attach does not wait for HEALTHY")
+    .expect("attach");
+    assert_eq!(out["phase"], "READY", "{out}");
+    assert_eq!(out["health"], "WARNING", "{out}");
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l
+            == "TMC cluster attached/attached/wl-warn is READY with health WARNING: Cluster is degraded"),
+        "{lines:?}"
+    );
+}
+
+/// A cluster with a TMC proxy (or image registry) gets its manifest from
+/// `GET /v1alpha1/clusters:manifest/{name}`, not from the installer link (TMC-TF
+/// `resource_cluster.go`, tanzu-apis.md §3.5 step 3).
+#[tokio::test]
+async fn attach_behind_a_proxy_uses_the_manifest_endpoint() {
+    let emu = emulator().await;
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!("{}{AUTHORIZE}", emu.url()))
+        .form(&[("refresh_token", TOKEN)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = token["access_token"].as_str().unwrap();
+    let resp = http
+        .post(format!("{}/v1alpha1/clusters", emu.url()))
+        .bearer_auth(access)
+        .json(&json!({"cluster": {"fullName": {"managementClusterName": "attached", "provisionerName": "attached", "name": "wl-proxy"},
+                                  "spec": {"clusterGroupName": "team-a", "proxyName": "corp-proxy"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let applier = AgentSimApplier::new(AgentMode::Connect);
+    let exec = TmcExecutor::new(
+        Some(SecretToken::new(TOKEN)),
+        applier.clone(),
+        Duration::from_millis(50),
+    );
+    let out = exec
+        .execute(&attach_ctx(&emu, "wl-proxy", ProgressSink::noop()))
+        .await
+        .expect("attach");
+    assert_eq!(out["installerApplied"], true, "{out}");
+    assert_eq!(applier.applies.load(Ordering::SeqCst), 1);
+    let log = emu.faults().log();
+    assert_eq!(
+        log.count(&Method::GET, "/v1alpha1/clusters:manifest/wl-proxy"),
+        1
+    );
+    assert_eq!(log.count(&Method::GET, "/installer"), 0);
+}

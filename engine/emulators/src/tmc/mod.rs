@@ -24,6 +24,10 @@
 //!
 //! Every path goes through [`Faults`], so tests can inject 5xx, 429, delays and dropped
 //! connections and count the requests made.
+//!
+//! Test knobs: [`TmcEmulator::set_phase`] forces a phase/health, and
+//! [`TmcEmulator::set_health_on_connect`] makes a cluster come up `READY` with a degraded health
+//! (`WARNING`, `UNHEALTHY`) when its agent connects.
 
 mod installer;
 
@@ -128,6 +132,8 @@ struct Shared {
     opts: TmcEmulatorOptions,
     url: String,
     db: Mutex<Db>,
+    /// Test knob: cluster name → the `health` its agent reports on connect (default `HEALTHY`).
+    connect_health: Mutex<BTreeMap<String, String>>,
 }
 
 impl Shared {
@@ -151,6 +157,7 @@ impl TmcEmulator {
             opts,
             url: url.clone(),
             db: Mutex::new(Db::default()),
+            connect_health: Mutex::new(BTreeMap::new()),
         });
         let router = Router::new()
             .route(
@@ -241,6 +248,15 @@ impl TmcEmulator {
         }
         touch(&mut rec.cluster, false);
         true
+    }
+
+    /// Test knob: clusters named `name` report `health` (e.g. `WARNING`, `UNHEALTHY`) instead
+    /// of `HEALTHY` when their agent connects; the phase still becomes `READY` and
+    /// `healthDetails.message` says which component is degraded. Applies to later connects.
+    pub fn set_health_on_connect(&self, name: &str, health: &str) {
+        if let Ok(mut m) = self.state.connect_health.lock() {
+            m.insert(name.to_string(), health.to_string());
+        }
     }
 
     /// Test hook: makes every access token issued so far expire now, as if its TTL had elapsed.
@@ -807,9 +823,20 @@ async fn agent_connect(state: Arc<Shared>, name: String, body: Bytes) -> Respons
             return;
         }
         let ts = now();
+        let health = state
+            .connect_health
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key.2).cloned())
+            .unwrap_or_else(|| "HEALTHY".to_string());
+        let scheduler = if health == "HEALTHY" {
+            json!({"name": "scheduler", "health": "HEALTHY", "message": "ok"})
+        } else {
+            json!({"name": "scheduler", "health": health, "message": "scheduler is degraded (emulated)"})
+        };
         let status = ensure_object(&mut rec.cluster, "status");
         status.insert("phase".into(), json!("READY"));
-        status.insert("health".into(), json!("HEALTHY"));
+        status.insert("health".into(), json!(health));
         status.insert("kubeServerVersion".into(), json!(kube_version));
         status.insert("nodeCount".into(), json!(node_count));
         status.insert("infrastructureProvider".into(), json!("AWS_EC2"));
@@ -820,10 +847,10 @@ async fn agent_connect(state: Arc<Shared>, name: String, body: Bytes) -> Respons
         status.insert(
             "healthDetails".into(),
             json!({
-                "message": "Cluster is healthy",
+                "message": if health == "HEALTHY" { "Cluster is healthy" } else { "Cluster is degraded" },
                 "timestamp": ts,
                 "controllerManagerHealth": {"name": "controller-manager", "health": "HEALTHY", "message": "ok"},
-                "schedulerHealth": {"name": "scheduler", "health": "HEALTHY", "message": "ok"},
+                "schedulerHealth": scheduler,
                 "etcdHealth": [{"name": "etcd-0", "health": "HEALTHY", "message": "ok"}],
             }),
         );

@@ -1,22 +1,50 @@
-//! `kube.wait-cluster`: waits for a workload cluster exactly as TKG does (TF
-//! `pkg/v1/tkg/clusterclient/clusterclient.go` + `resource.go`, tanzu-apis §2.2):
+//! `kube.wait-cluster`: waits for a workload cluster as `tanzu cluster create` does
+//! (tkg2-aws-class-based.md §6; TF `pkg/v1/tkg/clusterclient/clusterclient.go`, `resource.go`,
+//! `tkg/client/package_helper.go`; tanzu-apis §2.2):
 //!
 //! 1. *Initialized*: the Cluster's conditions `ControlPlaneReady` and `InfrastructureReady` are
-//!    `True`. Abort at once when `Ready` is `False` with severity `Error` ("cluster creation
-//!    failed, reason: …"), when `TopologyReconciled` is `False` with a severity other than
-//!    `Info`/`Warning`, or when `status.failureReason`/`failureMessage` is set.
+//!    `True` (the boolean status fields when the conditions are absent).
 //! 2. *Ready*: every KubeadmControlPlane labelled `cluster.x-k8s.io/cluster-name=<name>` has
-//!    `status.readyReplicas == spec.replicas` (default 1), and every MachineDeployment with that
-//!    label has `status.readyReplicas == spec.replicas` (default 1).
+//!    `status.readyReplicas == spec.replicas` (default 1), and so has every MachineDeployment
+//!    (and, for ClusterClass clusters, every topology MachineDeployment exists).
+//! 3. Every Machine of the cluster has `status.nodeRef`.
+//! 4. *Core packages* (ClusterClass clusters only): the ClusterBootstrap `<cluster>` (waited for
+//!    up to [`WaitOptions::bootstrap_timeout`]) lists them: its `kapp`, `cni`, `csi` and `cpi`
+//!    entries with `valuesFrom.providerRef`; each is the PackageInstall
+//!    `<cluster>-<first dot-segment of refName>`, kapp-controller's in the **management**
+//!    cluster in the Cluster's namespace, the others in the **workload** cluster, namespace
+//!    `tkg-system`. A package passes on `ReconcileSucceeded`; `ReconcileFailed` is tolerated
+//!    (kapp-controller retries) and its `usefulErrorMessage` reported as progress until
+//!    [`WaitOptions::package_timeout`] (or shortly before the step deadline), when it becomes
+//!    the step's error.
 //!
-//! Polls every `poll_interval` until ready; the engine enforces the step timeout.
+//! Aborts, as TKG does, only when
+//! - `Ready` is `False` with severity `Error` continuously for [`WaitOptions::error_persistence`]
+//!   (messages containing "context deadline exceeded" or "context canceled" do not count):
+//!   "cluster creation failed, reason: …";
+//! - nothing changed for [`WaitOptions::unchanged_timeout`] before the machines are ready
+//!   (Ready's `lastTransitionTime`, or any MachineDeployment's `replicas`, `readyReplicas`,
+//!   `updatedReplicas`): "timed out waiting for cluster creation to complete".
+//!
+//! `TopologyReconciled` is never checked (CAPI sets severity `Error` for transient topology
+//! errors too), nor `failureReason` or phase `Failed`.
+//!
+//! The wait reads the provider's shared watches (Cluster, KubeadmControlPlane,
+//! MachineDeployment, Machine, ClusterBootstrap, PackageInstall on the management cluster,
+//! PackageInstall on the workload cluster) and re-evaluates on every change; timers only fire
+//! for the deadlines above. Progress lines (phase, control plane n/m, md-i n/m, nodeRefs,
+//! packages) are deduplicated.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use kube::api::{Api, DynamicObject, ListParams};
+use kube::api::{Api, DynamicObject};
 use serde_json::Value;
+use tokio::time::Instant;
 
-use super::{classify, custom_resource, KubeProvider, PollErrors, ProgressDedup};
+use super::packages::{package_install_resource, reconcile_state, ReconcileState};
+use super::watch::{changed_or, SharedWatch};
+use super::{custom_resource, KubeProvider, PollErrors, ProgressDedup, WaitOptions};
 use crate::WorkloadTarget;
 use tkgops_engine::{StepContext, StepError};
 
@@ -38,6 +66,21 @@ pub fn kcp_resource() -> kube::discovery::ApiResource {
         "kubeadmcontrolplanes",
     )
 }
+/// `cluster.x-k8s.io/v1beta1` Machine.
+pub fn machine_resource() -> kube::discovery::ApiResource {
+    custom_resource("cluster.x-k8s.io", "v1beta1", "Machine", "machines")
+}
+/// `run.tanzu.vmware.com/v1alpha3` ClusterBootstrap (tkg2-aws-class-based.md §3.2).
+pub fn cluster_bootstrap_resource() -> kube::discovery::ApiResource {
+    custom_resource(
+        "run.tanzu.vmware.com",
+        "v1alpha3",
+        "ClusterBootstrap",
+        "clusterbootstraps",
+    )
+}
+/// Namespace of the core PackageInstalls in a workload cluster (§6 step 5).
+pub const CORE_PACKAGES_NAMESPACE: &str = "tkg-system";
 /// `cluster.x-k8s.io/v1beta1` MachineDeployment.
 pub fn md_resource() -> kube::discovery::ApiResource {
     custom_resource(
@@ -147,45 +190,112 @@ fn int_at(obj: &Value, ptr: &str) -> Option<i64> {
     obj.pointer(ptr).and_then(Value::as_i64)
 }
 
-/// Checks the Cluster for a terminal failure. Returns the Permanent error message, if any.
-///
-/// Source: TF `clusterclient.go` (abort when `Ready` is `False` with severity `Error`); CAPI
-/// `TopologyReconciled` (severity `Error` on reconcile failure, `Info` while an upgrade is
-/// pending); CAPI `status.failureReason/failureMessage` (phase `Failed`).
+/// Checks the Cluster for TKG's error condition: `Ready` is `False` with severity `Error` and
+/// its message contains neither "context deadline exceeded" nor "context canceled" (TF
+/// `clusterclient.go`, tkg2-aws-class-based.md §6 step 2). Returns the message TKG aborts with
+/// once the condition has persisted ([`CreationTracker`]). `TopologyReconciled`,
+/// `failureReason` and phase `Failed` are not checked.
 pub fn cluster_failure(cluster: &Value) -> Option<String> {
-    if let Some(c) = condition(cluster, "Ready") {
-        if cond_str(c, "status") == "False" && cond_str(c, "severity") == "Error" {
-            return Some(format!(
-                "cluster creation failed, reason: '{}', message: '{}'",
-                cond_str(c, "reason"),
-                cond_str(c, "message")
-            ));
+    let c = condition(cluster, "Ready")?;
+    if cond_str(c, "status") != "False" || cond_str(c, "severity") != "Error" {
+        return None;
+    }
+    let message = cond_str(c, "message");
+    if message.contains("context deadline exceeded") || message.contains("context canceled") {
+        return None;
+    }
+    Some(format!(
+        "cluster creation failed, reason: '{}', message: '{message}'",
+        cond_str(c, "reason")
+    ))
+}
+
+/// TKG's abort rules over observed time (tkg2-aws-class-based.md §6 step 2): a persistent
+/// `Ready=False`/`Error` and the unchanged-state timeout. Pure: the caller passes the instants.
+#[derive(Clone, Debug)]
+pub struct CreationTracker {
+    /// Since when the error condition has been seen without interruption.
+    error_since: Option<Instant>,
+    /// What "changed" compares: Ready's lastTransitionTime and the MachineDeployments' replica
+    /// counts.
+    fingerprint: Option<String>,
+    /// When the fingerprint last changed (or the tracker started).
+    last_change: Instant,
+}
+
+impl CreationTracker {
+    /// A tracker whose unchanged-state clock starts at `now`.
+    pub fn new(now: Instant) -> Self {
+        CreationTracker {
+            error_since: None,
+            fingerprint: None,
+            last_change: now,
         }
     }
-    if let Some(c) = condition(cluster, "TopologyReconciled") {
-        let sev = cond_str(c, "severity");
-        if cond_str(c, "status") == "False" && sev != "Info" && sev != "Warning" {
-            return Some(format!(
-                "cluster topology could not be reconciled, reason: '{}', message: '{}'",
-                cond_str(c, "reason"),
-                cond_str(c, "message")
-            ));
+
+    /// Records one observation at `now` of the Cluster and its MachineDeployments.
+    ///
+    /// Errors (the message of the abort, without the Cluster's name): "cluster creation failed,
+    /// reason: …" once [`cluster_failure`] has held for `opts.error_persistence`; "timed out
+    /// waiting for cluster creation to complete" once nothing changed for
+    /// `opts.unchanged_timeout`.
+    pub fn observe(
+        &mut self,
+        cluster: &Value,
+        mds: &[Value],
+        now: Instant,
+        opts: &WaitOptions,
+    ) -> Result<(), String> {
+        let mut fp = condition(cluster, "Ready")
+            .map(|c| cond_str(c, "lastTransitionTime").to_string())
+            .unwrap_or_default();
+        let mut md_parts: Vec<String> = mds
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}={:?}/{:?}/{:?}",
+                    m.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or(""),
+                    int_at(m, "/status/replicas"),
+                    int_at(m, "/status/readyReplicas"),
+                    int_at(m, "/status/updatedReplicas")
+                )
+            })
+            .collect();
+        md_parts.sort();
+        for p in md_parts {
+            fp.push(';');
+            fp.push_str(&p);
+        }
+        if self.fingerprint.as_deref() != Some(fp.as_str()) {
+            self.fingerprint = Some(fp);
+            self.last_change = now;
+        }
+        match cluster_failure(cluster) {
+            Some(msg) => {
+                let since = *self.error_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= opts.error_persistence {
+                    return Err(msg);
+                }
+            }
+            None => self.error_since = None,
+        }
+        if now.saturating_duration_since(self.last_change) >= opts.unchanged_timeout {
+            return Err("timed out waiting for cluster creation to complete".into());
+        }
+        Ok(())
+    }
+
+    /// The next instant at which [`Self::observe`] could fail without any change being observed
+    /// (the wait arms a timer for it).
+    pub fn next_deadline(&self, opts: &WaitOptions) -> Instant {
+        let unchanged = self.last_change + opts.unchanged_timeout;
+        match self.error_since {
+            Some(since) => unchanged.min(since + opts.error_persistence),
+            None => unchanged,
         }
     }
-    let fr = cluster
-        .pointer("/status/failureReason")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let fm = cluster
-        .pointer("/status/failureMessage")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if !fr.is_empty() || !fm.is_empty() {
-        return Some(format!(
-            "cluster creation failed, reason: '{fr}', message: '{fm}'"
-        ));
-    }
-    None
 }
 
 /// Whether a condition is `True`, falling back to the boolean status field when the condition is
@@ -256,84 +366,300 @@ pub fn cluster_state(cluster: &Value, kcps: &[Value], mds: &[Value]) -> ClusterS
     }
 }
 
-async fn observe(
-    provider: &KubeProvider,
-    inputs: &WorkloadTarget,
-) -> Result<ClusterState, StepError> {
-    let mc = &inputs.management_cluster;
-    let ns = &inputs.namespace;
-    let name = &inputs.cluster_name;
-    let client = provider
-        .management_client_with(mc, inputs.kubeconfig.as_ref())
-        .await?;
-    let what = format!("Cluster/{ns}/{name}");
-    let clusters: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &cluster_resource());
-    let cluster = match clusters.get_opt(name).await {
-        Ok(Some(c)) => serde_json::to_value(c).unwrap_or(Value::Null),
-        Ok(None) => {
-            return Err(StepError::Permanent(format!(
-                "{what} not found on management cluster '{mc}' (was it applied?)"
-            )))
-        }
-        Err(e) => return Err(provider.classify_mgmt(mc, &what, e)),
-    };
-    if let Some(msg) = cluster_failure(&cluster) {
-        return Err(StepError::Permanent(format!("{what}: {msg}")));
+/// One core package of a cluster: a ClusterBootstrap entry and the PackageInstall it becomes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorePackage {
+    /// The ClusterBootstrap key: `kapp`, `cni`, `csi` or `cpi`.
+    pub role: String,
+    /// `<cluster>-<first dot-segment of refName>`, e.g. `wc1-antrea`.
+    pub install_name: String,
+    /// Whether the PackageInstall is in the management cluster (kapp-controller, in the
+    /// Cluster's namespace) rather than in the workload cluster's `tkg-system`.
+    pub management: bool,
+}
+
+/// The core packages TKG waits for, from ClusterBootstrap `bootstrap` of cluster `cluster`:
+/// its `kapp`, `cni`, `csi` and `cpi` entries that have `valuesFrom.providerRef`, in that order
+/// (§6 step 5; TF `tkg/client/package_helper.go`). Additional packages are not waited for.
+pub fn core_packages(bootstrap: &Value, cluster: &str) -> Vec<CorePackage> {
+    ["kapp", "cni", "csi", "cpi"]
+        .iter()
+        .filter_map(|role| {
+            let entry = bootstrap.pointer(&format!("/spec/{role}"))?;
+            entry.pointer("/valuesFrom/providerRef")?;
+            let ref_name = entry.get("refName").and_then(Value::as_str)?;
+            let short = ref_name.split('.').next().unwrap_or(ref_name);
+            Some(CorePackage {
+                role: role.to_string(),
+                install_name: format!("{cluster}-{short}"),
+                management: *role == "kapp",
+            })
+        })
+        .collect()
+}
+
+fn to_values(objs: Vec<Arc<DynamicObject>>) -> Vec<Value> {
+    objs.iter()
+        .filter_map(|o| serde_json::to_value(o.as_ref()).ok())
+        .collect()
+}
+
+/// The shared watches one wait reads.
+struct Watches {
+    cluster: Arc<SharedWatch>,
+    kcp: Arc<SharedWatch>,
+    md: Arc<SharedWatch>,
+    machine: Arc<SharedWatch>,
+    bootstrap: Arc<SharedWatch>,
+    mgmt_pkgi: Arc<SharedWatch>,
+    /// The workload cluster's PackageInstall watch, once needed.
+    workload_pkgi: Option<Arc<SharedWatch>>,
+}
+
+impl Watches {
+    fn all(&self) -> Vec<&Arc<SharedWatch>> {
+        let mut v = vec![
+            &self.cluster,
+            &self.kcp,
+            &self.md,
+            &self.machine,
+            &self.bootstrap,
+            &self.mgmt_pkgi,
+        ];
+        v.extend(self.workload_pkgi.iter());
+        v
     }
-    let lp = ListParams::default().labels(&format!("{CLUSTER_NAME_LABEL}={name}"));
-    let (kcps, mds) = if ready_flag(&cluster, "ControlPlaneReady", "controlPlaneReady")
-        && ready_flag(&cluster, "InfrastructureReady", "infrastructureReady")
-    {
-        let kcp_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &kcp_resource());
-        let md_api: Api<DynamicObject> = Api::namespaced_with(client, ns, &md_resource());
-        let kcps = kcp_api
-            .list(&lp)
-            .await
-            .map_err(|e| classify(&format!("{what}: KubeadmControlPlanes"), &e))?;
-        let mds = md_api
-            .list(&lp)
-            .await
-            .map_err(|e| classify(&format!("{what}: MachineDeployments"), &e))?;
-        let to_values = |items: Vec<DynamicObject>| -> Vec<Value> {
-            items
-                .into_iter()
-                .filter_map(|o| serde_json::to_value(o).ok())
-                .collect()
-        };
-        (to_values(kcps.items), to_values(mds.items))
-    } else {
-        (Vec::new(), Vec::new())
-    };
-    Ok(cluster_state(&cluster, &kcps, &mds))
+}
+
+/// Where the package phase stands.
+struct PackagePhase {
+    /// When the machines were first seen ready (the package wait's start).
+    since: Instant,
 }
 
 /// Runs `kube.wait-cluster` for the Cluster `inputs`; output
-/// `{"phase":"Provisioned","controlPlane":"3/3","machineDeployments":{"<md>":"1/1",…}}`.
+/// `{"phase":"Provisioned","controlPlane":"3/3","machineDeployments":{"<md>":"1/1",…},
+/// "nodeRefs":"6/6","packages":{"<pkgi>":"Reconcile succeeded",…}}`.
 ///
-/// Errors: [`StepError::Permanent`] when the Cluster is missing or failed (see the module docs)
-/// [`StepError::Transient`] after
-/// [`super::MAX_CONSECUTIVE_POLL_ERRORS`] consecutive transient errors.
+/// Errors: [`StepError::Permanent`] when the Cluster does not exist, for the aborts in the
+/// module docs ("Cluster/<ns>/<name>: cluster creation failed, reason: …", "… timed out waiting
+/// for cluster creation to complete"), a ClusterBootstrap missing after
+/// [`WaitOptions::bootstrap_timeout`], a core package still failing or not reconciled after
+/// [`WaitOptions::package_timeout`] ("PackageInstall <ns>/<name>: <usefulErrorMessage>"), and
+/// permanent watch errors (401, 403); [`StepError::Transient`] after
+/// [`super::MAX_CONSECUTIVE_POLL_ERRORS`] consecutive transient watch errors.
 pub async fn wait_cluster(
     provider: &KubeProvider,
     ctx: &StepContext,
     inputs: &WorkloadTarget,
 ) -> Result<Value, StepError> {
+    let opts = provider.wait_options().clone();
+    let start = Instant::now();
+    let report_deadline = opts.report_deadline(start, ctx.step.timeout_secs);
+    let (mc, ns, name) = (
+        &inputs.management_cluster,
+        &inputs.namespace,
+        &inputs.cluster_name,
+    );
+    let what = format!("Cluster/{ns}/{name}");
+    let mut w = Watches {
+        cluster: provider
+            .management_watch(inputs, &cluster_resource())
+            .await?,
+        kcp: provider.management_watch(inputs, &kcp_resource()).await?,
+        md: provider.management_watch(inputs, &md_resource()).await?,
+        machine: provider
+            .management_watch(inputs, &machine_resource())
+            .await?,
+        bootstrap: provider
+            .management_watch(inputs, &cluster_bootstrap_resource())
+            .await?,
+        mgmt_pkgi: provider
+            .management_watch(inputs, &package_install_resource())
+            .await?,
+        workload_pkgi: None,
+    };
+    let mut rxs: Vec<_> = w.all().iter().map(|x| x.subscribe()).collect();
+    let mut tracker = CreationTracker::new(start);
     let mut progress = ProgressDedup::new();
-    let mut errors = PollErrors::new();
+    let mut workload_errors = PollErrors::new();
+    let mut packages: Option<PackagePhase> = None;
+    let mut confirmed_exists = false;
+    // Latest failure per core package: kapp-controller alternates ReconcileFailed and
+    // Reconciling while it retries, so a retry in progress still counts as failing.
+    let mut last_failures: BTreeMap<String, String> = BTreeMap::new();
     loop {
-        match observe(provider, inputs).await {
-            Ok(state) => {
-                errors.ok();
-                progress.report(ctx, state.progress_line());
-                if state.ready() {
-                    tracing::info!(step = %ctx.step.id, cluster = %inputs.cluster_name, "cluster ready");
-                    return Ok(state.output());
+        for r in rxs.iter_mut() {
+            r.borrow_and_update();
+        }
+        let mut wake: Option<Instant> = None;
+        for x in w.all() {
+            if let Some(line) = provider.watch_health(inputs, x)? {
+                progress.report(ctx, line);
+            }
+        }
+        if !w.all().iter().all(|x| x.ready()) {
+            changed_or(&mut rxs, None).await;
+            continue;
+        }
+        let Some(cluster) = w.cluster.get(ns, name) else {
+            // Not in the store: confirm with one GET (the store may lag behind a fresh apply).
+            if confirmed_exists {
+                changed_or(&mut rxs, None).await;
+                continue;
+            }
+            let client = provider
+                .management_client_with(mc, inputs.kubeconfig.as_ref())
+                .await?;
+            let api: Api<DynamicObject> = Api::namespaced_with(client, ns, &cluster_resource());
+            match api.get_opt(name).await {
+                Ok(Some(_)) => confirmed_exists = true,
+                Ok(None) => {
+                    return Err(StepError::Permanent(format!(
+                        "{what} not found on management cluster '{mc}' (was it applied?)"
+                    )))
+                }
+                Err(e) => return Err(provider.classify_mgmt(mc, &what, e)),
+            }
+            continue;
+        };
+        let cluster = serde_json::to_value(cluster.as_ref()).unwrap_or(Value::Null);
+        let kcps = to_values(w.kcp.labelled(ns, CLUSTER_NAME_LABEL, name));
+        let mds = to_values(w.md.labelled(ns, CLUSTER_NAME_LABEL, name));
+        let machines = to_values(w.machine.labelled(ns, CLUSTER_NAME_LABEL, name));
+        let now = Instant::now();
+        let state = cluster_state(&cluster, &kcps, &mds);
+        let with_node = machines
+            .iter()
+            .filter(|m| m.pointer("/status/nodeRef").is_some())
+            .count();
+        let nodes_ready = with_node == machines.len();
+        let mut line = state.progress_line();
+        if state.ready() {
+            line.push_str(&format!("; nodeRefs {with_node}/{}", machines.len()));
+        }
+        let machines_ready = state.ready() && nodes_ready;
+        if !machines_ready || packages.is_none() {
+            tracker
+                .observe(&cluster, &mds, now, &opts)
+                .map_err(|m| StepError::Permanent(format!("{what}: {m}")))?;
+            wake = Some(tracker.next_deadline(&opts));
+        }
+        if machines_ready {
+            let mut out = state.output();
+            out["nodeRefs"] = Value::String(format!("{with_node}/{}", machines.len()));
+            if cluster.pointer("/spec/topology").is_none() {
+                // Plan-based clusters have no ClusterBootstrap (§6 step 5: class-based only).
+                progress.report(ctx, line);
+                return Ok(out);
+            }
+            let phase = packages.get_or_insert(PackagePhase { since: now });
+            let Some(cb) = w.bootstrap.get(ns, name) else {
+                let until = phase.since + opts.bootstrap_timeout;
+                if now >= until {
+                    return Err(StepError::Permanent(format!(
+                        "{what}: ClusterBootstrap {ns}/{name} not found after {} s",
+                        opts.bootstrap_timeout.as_secs()
+                    )));
+                }
+                line.push_str("; waiting for ClusterBootstrap");
+                progress.report(ctx, line);
+                changed_or(&mut rxs, Some(until)).await;
+                continue;
+            };
+            let cb = serde_json::to_value(cb.as_ref()).unwrap_or(Value::Null);
+            let core = core_packages(&cb, name);
+            if w.workload_pkgi.is_none() && core.iter().any(|p| !p.management) {
+                match provider
+                    .workload_watch(inputs, &package_install_resource())
+                    .await
+                {
+                    Ok(x) => {
+                        workload_errors.ok();
+                        rxs.push(x.subscribe());
+                        w.workload_pkgi = Some(x);
+                        continue;
+                    }
+                    Err(e) => {
+                        workload_errors.failed(ctx, e)?;
+                        wake = Some(now + std::time::Duration::from_secs(1));
+                    }
                 }
             }
-            Err(e) => errors.failed(ctx, e)?,
+            let mut done = serde_json::Map::new();
+            let mut pending: Vec<String> = Vec::new();
+            let mut failed: Vec<String> = Vec::new();
+            for p in &core {
+                let (obj, pns) = if p.management {
+                    (w.mgmt_pkgi.get(ns, &p.install_name), ns.as_str())
+                } else {
+                    (
+                        w.workload_pkgi
+                            .as_ref()
+                            .and_then(|x| x.get(CORE_PACKAGES_NAMESPACE, &p.install_name)),
+                        CORE_PACKAGES_NAMESPACE,
+                    )
+                };
+                let st = match obj {
+                    Some(o) => {
+                        reconcile_state(&serde_json::to_value(o.as_ref()).unwrap_or(Value::Null))
+                    }
+                    None => ReconcileState::Pending("not created yet".into()),
+                };
+                match st {
+                    ReconcileState::Succeeded => {
+                        last_failures.remove(&p.install_name);
+                        done.insert(p.install_name.clone(), "Reconcile succeeded".into());
+                    }
+                    ReconcileState::Failed(m) => {
+                        last_failures.insert(p.install_name.clone(), m.clone());
+                        failed.push(format!("PackageInstall {pns}/{}: {m}", p.install_name))
+                    }
+                    ReconcileState::Pending(d) => match last_failures.get(&p.install_name) {
+                        Some(m) => {
+                            failed.push(format!("PackageInstall {pns}/{}: {m}", p.install_name))
+                        }
+                        None => pending.push(format!("{} ({d})", p.install_name)),
+                    },
+                }
+            }
+            line.push_str(&format!(
+                "; packages {}/{} reconciled",
+                done.len(),
+                core.len()
+            ));
+            if !failed.is_empty() {
+                line.push_str(&format!("; retrying: {}", failed.join("; ")));
+            }
+            if failed.is_empty() && pending.is_empty() {
+                progress.report(ctx, line);
+                out["packages"] = Value::Object(done);
+                tracing::info!(step = %ctx.step.id, cluster = %name, "cluster ready");
+                return Ok(out);
+            }
+            progress.report(ctx, line);
+            let mut until = phase.since + opts.package_timeout;
+            if !failed.is_empty() {
+                if let Some(d) = report_deadline {
+                    until = until.min(d);
+                }
+            }
+            if now >= until {
+                let detail = if failed.is_empty() {
+                    format!("not reconciled: {}", pending.join(", "))
+                } else {
+                    failed.join("; ")
+                };
+                return Err(StepError::Permanent(format!(
+                    "{what}: core packages did not reconcile within {} s: {detail}",
+                    now.saturating_duration_since(phase.since).as_secs()
+                )));
+            }
+            wake = Some(wake.map_or(until, |x| x.min(until)));
+        } else {
+            progress.report(ctx, line);
         }
-        tokio::time::sleep(provider.poll_interval()).await;
+        changed_or(&mut rxs, wake).await;
     }
 }
 
@@ -341,6 +667,7 @@ pub async fn wait_cluster(
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::Duration;
 
     fn cluster(conds: Value) -> Value {
         json!({"status": {"phase": "Provisioned", "conditions": conds},
@@ -348,7 +675,7 @@ mod tests {
     }
 
     #[test]
-    fn ready_error_severity_is_failure() {
+    fn only_ready_false_with_severity_error_counts() {
         let c = cluster(
             json!([{"type": "Ready", "status": "False", "severity": "Error", "reason": "R", "message": "boom"}]),
         );
@@ -360,14 +687,121 @@ mod tests {
             json!([{"type": "Ready", "status": "False", "severity": "Warning", "reason": "R"}]),
         );
         assert!(cluster_failure(&c).is_none());
-        let c = cluster(
-            json!([{"type": "TopologyReconciled", "status": "False", "severity": "Info", "reason": "UpgradePending"}]),
-        );
-        assert!(cluster_failure(&c).is_none());
-        let c = cluster(
+        // TKG never checks TopologyReconciled, failureReason or the phase.
+        let mut c = cluster(
             json!([{"type": "TopologyReconciled", "status": "False", "severity": "Error", "message": "no class"}]),
         );
-        assert!(cluster_failure(&c).unwrap().contains("no class"));
+        c["status"]["failureReason"] = json!("CreateError");
+        c["status"]["phase"] = json!("Failed");
+        assert!(cluster_failure(&c).is_none());
+        for m in [
+            "Get \"https://x\": context deadline exceeded",
+            "context canceled",
+        ] {
+            let c = cluster(
+                json!([{"type": "Ready", "status": "False", "severity": "Error", "message": m}]),
+            );
+            assert!(cluster_failure(&c).is_none(), "{m}");
+        }
+    }
+
+    fn md(ready: i64) -> Value {
+        json!({"metadata": {"name": "c-md-0"}, "spec": {"replicas": 2},
+               "status": {"replicas": 2, "readyReplicas": ready, "updatedReplicas": 2}})
+    }
+
+    #[test]
+    fn a_persistent_error_aborts_after_the_persistence_window_only() {
+        let opts = WaitOptions::default();
+        let t0 = Instant::now();
+        let mut t = CreationTracker::new(t0);
+        let failing = cluster(
+            json!([{"type": "Ready", "status": "False", "severity": "Error", "reason": "R", "message": "quota", "lastTransitionTime": "t1"}]),
+        );
+        let fine = cluster(
+            json!([{"type": "Ready", "status": "False", "severity": "Info", "reason": "Waiting", "lastTransitionTime": "t2"}]),
+        );
+        let mds = [md(0)];
+        t.observe(&failing, &mds, t0, &opts).unwrap();
+        assert_eq!(t.next_deadline(&opts), t0 + opts.error_persistence);
+        // 4 min 59 s later: still tolerated.
+        let almost = t0 + opts.error_persistence - Duration::from_secs(1);
+        t.observe(&failing, &mds, almost, &opts).unwrap();
+        // Interrupted: the window starts again.
+        t.observe(&fine, &mds, almost, &opts).unwrap();
+        let t1 = almost + Duration::from_secs(1);
+        t.observe(&failing, &mds, t1, &opts).unwrap();
+        t.observe(
+            &failing,
+            &mds,
+            t1 + opts.error_persistence - Duration::from_secs(1),
+            &opts,
+        )
+        .unwrap();
+        let e = t
+            .observe(&failing, &mds, t1 + opts.error_persistence, &opts)
+            .unwrap_err();
+        assert_eq!(e, "cluster creation failed, reason: 'R', message: 'quota'");
+    }
+
+    #[test]
+    fn nothing_changed_for_the_operation_timeout_aborts() {
+        let opts = WaitOptions::default();
+        let t0 = Instant::now();
+        let mut t = CreationTracker::new(t0);
+        let c = cluster(
+            json!([{"type": "Ready", "status": "False", "severity": "Info", "lastTransitionTime": "t1"}]),
+        );
+        t.observe(&c, &[md(0)], t0, &opts).unwrap();
+        // An MD's readyReplicas moving counts as a change and restarts the clock.
+        let t1 = t0 + Duration::from_secs(20 * 60);
+        t.observe(&c, &[md(1)], t1, &opts).unwrap();
+        assert_eq!(t.next_deadline(&opts), t1 + opts.unchanged_timeout);
+        t.observe(
+            &c,
+            &[md(1)],
+            t1 + opts.unchanged_timeout - Duration::from_secs(1),
+            &opts,
+        )
+        .unwrap();
+        let e = t
+            .observe(&c, &[md(1)], t1 + opts.unchanged_timeout, &opts)
+            .unwrap_err();
+        assert_eq!(e, "timed out waiting for cluster creation to complete");
+        // Ready's lastTransitionTime moving is a change too.
+        let mut t = CreationTracker::new(t0);
+        t.observe(&c, &[], t0, &opts).unwrap();
+        let c2 = cluster(
+            json!([{"type": "Ready", "status": "False", "severity": "Info", "lastTransitionTime": "t9"}]),
+        );
+        t.observe(&c2, &[], t0 + opts.unchanged_timeout, &opts)
+            .unwrap();
+    }
+
+    #[test]
+    fn core_packages_follow_the_cluster_bootstrap() {
+        let cb = json!({"spec": {
+            "kapp": {"refName": "kapp-controller.tanzu.vmware.com.0.41.7+vmware.1-tkg.1",
+                     "valuesFrom": {"providerRef": {"kind": "KappControllerConfig"}}},
+            "cni": {"refName": "antrea.tanzu.vmware.com.1.9.0+vmware.2-tkg.1-advanced",
+                    "valuesFrom": {"providerRef": {"kind": "AntreaConfig"}}},
+            "csi": {"refName": "aws-ebs-csi-driver.tanzu.vmware.com.1.8.0+vmware.2-tkg.1",
+                    "valuesFrom": {"providerRef": {"kind": "AwsEbsCSIConfig"}}},
+            "cpi": {"refName": "no-provider-ref.tanzu.vmware.com.1.0.0"},
+            "additionalPackages": [{"refName": "metrics-server.tanzu.vmware.com.0.6.2",
+                                    "valuesFrom": {"providerRef": {"kind": "X"}}}]}});
+        let names: Vec<(String, bool)> = core_packages(&cb, "wc1")
+            .into_iter()
+            .map(|p| (p.install_name, p.management))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("wc1-kapp-controller".to_string(), true),
+                ("wc1-antrea".to_string(), false),
+                ("wc1-aws-ebs-csi-driver".to_string(), false)
+            ]
+        );
     }
 
     #[test]

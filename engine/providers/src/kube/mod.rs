@@ -19,6 +19,9 @@ pub mod apply;
 pub mod cluster;
 pub mod packages;
 pub mod preflight;
+mod watch;
+
+pub use watch::WaitOptions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -50,8 +53,9 @@ pub const FIELD_MANAGER: &str = "tkgops";
 /// Data key of the Cluster API kubeconfig Secret (CAPI `util/secret/consts.go` `KubeconfigDataName`).
 pub const KUBECONFIG_SECRET_KEY: &str = "value";
 
-/// Read timeout of every HTTP request to an API server. No call tkgops makes streams (no watch),
-/// so a request that has not answered in this time is considered a lost connection.
+/// Read timeout of every HTTP request to an API server: a request that has not answered in this
+/// time is considered a lost connection. Watches ask the server to end them earlier
+/// (`timeoutSeconds`, see `watch.rs`) and are re-opened by the watcher.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How many consecutive transient errors a polling loop (`kube.wait-cluster`,
@@ -78,6 +82,10 @@ struct Inner {
     in_cluster: tokio::sync::Mutex<Option<kube::Client>>,
     /// Discovery results by (client cache key, apiVersion, kind).
     discovery: apply::DiscoveryCache,
+    /// The shared watches every wait reads ([`watch`]).
+    watches: watch::SharedWatches,
+    /// Tolerances and timeouts of the waits.
+    wait: WaitOptions,
 }
 
 type WorkloadKey = (String, String, String);
@@ -116,12 +124,23 @@ impl KubeProvider {
     /// A provider for the given management clusters.
     ///
     /// Takes `management_clusters` (management cluster name → where its kubeconfig is, from the
-    /// config repository's `tkgops.yaml`) and `poll_interval`, the delay between two polls while
-    /// waiting for a Cluster or a PackageInstall (TKG polls every 15 s; tests use ~20–50 ms).
-    /// Makes no network calls; clients are built lazily and cached.
+    /// config repository's `tkgops.yaml`) and `poll_interval` (the bot's configured readiness
+    /// interval, reported by [`Self::poll_interval`]; waits no longer poll: shared watches wake
+    /// them, see [`WaitOptions`] for their timeouts). Makes no network calls; clients and
+    /// watches are built lazily and cached.
     pub fn new(
         management_clusters: BTreeMap<String, KubeconfigSource>,
         poll_interval: Duration,
+    ) -> Self {
+        Self::with_wait_options(management_clusters, poll_interval, WaitOptions::default())
+    }
+
+    /// As [`Self::new`], with the waits' tolerances and timeouts `wait` (TKG's by default,
+    /// tkg2-aws-class-based.md §6; tests shorten them). Makes no network calls.
+    pub fn with_wait_options(
+        management_clusters: BTreeMap<String, KubeconfigSource>,
+        poll_interval: Duration,
+        wait: WaitOptions,
     ) -> Self {
         KubeProvider {
             inner: Arc::new(Inner {
@@ -131,13 +150,26 @@ impl KubeProvider {
                 workload: Mutex::new(HashMap::new()),
                 in_cluster: tokio::sync::Mutex::new(None),
                 discovery: apply::DiscoveryCache::default(),
+                watches: watch::SharedWatches::default(),
+                wait,
             }),
         }
     }
 
-    /// The delay between two polls of a waiting step.
+    /// The readiness interval the provider was built with (informational: waits are woken by
+    /// shared watches, not by polls).
     pub fn poll_interval(&self) -> Duration {
         self.inner.poll_interval
+    }
+
+    /// The waits' tolerances and timeouts.
+    pub fn wait_options(&self) -> &WaitOptions {
+        &self.inner.wait
+    }
+
+    /// Number of shared watches running (one per API server and resource type in use).
+    pub fn shared_watches(&self) -> usize {
+        self.inner.watches.count()
     }
 
     /// A client for the management cluster `name`, built from its [`KubeconfigSource`] and cached:

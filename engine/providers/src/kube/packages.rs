@@ -5,23 +5,29 @@
 //!
 //! Objects are server-side applied (field manager `tkgops`), so a repeated attempt converges
 //! instead of failing with "already exists" like the CLI.
+//!
+//! Waits read the provider's shared watches of the workload cluster (kube-runtime reflectors,
+//! see `watch.rs`), not polls. A `ReconcileFailed` package is not failed at once: kapp-controller
+//! keeps retrying and TKG tolerates it (tkg2-aws-class-based.md §6 step 5), so the wait reports
+//! the `usefulErrorMessage` as progress and fails with it only at
+//! [`super::WaitOptions::package_timeout`] or shortly before the step deadline.
 
-use kube::api::{Api, DynamicObject};
+use std::sync::Arc;
+
 use kube::discovery::ApiResource;
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
 use super::apply::{apply_object, Resolved};
 use super::cluster::condition;
-use super::{classify, custom_resource, KubeProvider, PollErrors, ProgressDedup, FIELD_MANAGER};
+use super::watch::{changed_or, SharedWatch};
+use super::{custom_resource, KubeProvider, ProgressDedup, FIELD_MANAGER};
+use crate::WorkloadTarget;
 use tkgops_engine::{StepContext, StepError};
 
 /// Annotation `tanzu package install` puts on every object it creates for a package install
 /// (TF `tkgpackagedatamodel.TanzuPkgPluginAnnotation`); value `<pkgi>-<namespace>`.
 pub const TANZU_PACKAGE_ANNOTATION: &str = "tkg.tanzu.vmware.com/tanzu-package";
-
-/// How many polls `packages.rollout` waits for the PackageRepository to reconcile before it
-/// returns [`StepError::Transient`] (with TKG's 15 s interval: 5 minutes).
-pub const REPOSITORY_WAIT_POLLS: u32 = 20;
 
 /// `packaging.carvel.dev/v1alpha1` PackageInstall.
 pub fn package_install_resource() -> ApiResource {
@@ -206,17 +212,6 @@ pub fn reconcile_state(obj: &Value) -> ReconcileState {
     ReconcileState::Pending(desc.to_string())
 }
 
-async fn get_value(
-    api: &Api<DynamicObject>,
-    name: &str,
-    what: &str,
-) -> Result<Option<Value>, StepError> {
-    match api.get_opt(name).await {
-        Ok(o) => Ok(o.and_then(|o| serde_json::to_value(o).ok())),
-        Err(e) => Err(classify(what, &e)),
-    }
-}
-
 fn validate(inputs: &PackagesInputs) -> Result<(), StepError> {
     let bad = |field: &str, v: &str| {
         StepError::Permanent(format!(
@@ -252,118 +247,94 @@ fn validate(inputs: &PackagesInputs) -> Result<(), StepError> {
     Ok(())
 }
 
-/// Waits until the PackageRepository has reconciled successfully.
-async fn wait_repository(
-    client: &kube::Client,
-    repo: &PackageRepositoryRef,
-    ctx: &StepContext,
-    poll: std::time::Duration,
-) -> Result<(), StepError> {
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        &repo.namespace,
-        &package_repository_resource(),
-    );
-    let what = format!("PackageRepository/{}/{}", repo.namespace, repo.name);
-    let mut progress = ProgressDedup::new();
-    let mut errors = PollErrors::new();
-    let mut polls = 0;
-    loop {
-        polls += 1;
-        let state = match get_value(&api, &repo.name, &what).await {
-            Ok(Some(v)) => {
-                errors.ok();
-                reconcile_state(&v)
-            }
-            Ok(None) => {
-                errors.ok();
-                ReconcileState::Pending("not found".into())
-            }
-            Err(e) => {
-                errors.failed(ctx, e)?;
-                ReconcileState::Pending("unreachable".into())
-            }
-        };
-        match state {
-            ReconcileState::Succeeded => {
-                progress.report(
-                    ctx,
-                    format!("PackageRepository {}: Reconcile succeeded", repo.name),
-                );
-                return Ok(());
-            }
-            ReconcileState::Failed(m) => {
-                return Err(StepError::Permanent(format!(
-                    "{what}: reconcile failed: {m}"
-                )));
-            }
-            ReconcileState::Pending(d) => {
-                if polls >= REPOSITORY_WAIT_POLLS {
-                    return Err(StepError::Transient(format!(
-                        "waiting for PackageRepository {} ({d})",
-                        repo.name
-                    )));
-                }
-                progress.report(
-                    ctx,
-                    format!("waiting for PackageRepository {} ({d})", repo.name),
-                );
-            }
-        }
-        tokio::time::sleep(poll).await;
+/// What one wait on a kapp-controller object sees: the object in the shared watch's store.
+/// An object older than `min_generation` (the generation tkgops just applied) is not judged:
+/// the watch has not delivered the new spec yet.
+async fn watched_state(
+    w: &SharedWatch,
+    namespace: &str,
+    name: &str,
+    min_generation: i64,
+) -> Option<(Value, ReconcileState)> {
+    let obj = w.get(namespace, name)?;
+    let v = serde_json::to_value(obj.as_ref()).ok()?;
+    let generation = v
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if generation < min_generation {
+        return Some((
+            v,
+            ReconcileState::Pending("waiting for the applied generation".into()),
+        ));
     }
+    let st = reconcile_state(&v);
+    Some((v, st))
 }
 
-/// Applies the objects of one package and waits until its PackageInstall reconciled.
-async fn install_one(
-    client: &kube::Client,
-    pkg: &PackageSpec,
+/// Waits on the shared watch `w` until `namespace/name` is `ReconcileSucceeded` and returns it.
+/// `ReconcileFailed` is tolerated (kapp-controller retries; TKG too, tkg2-aws-class-based.md §6
+/// step 5), reported as progress, until `until` (or the step's report deadline, whichever is
+/// first), when it becomes a [`StepError::Permanent`] naming `what` with the last
+/// `usefulErrorMessage`. Still pending at `until`: `pending_error(description)`.
+#[allow(clippy::too_many_arguments)]
+async fn wait_reconciled(
+    provider: &KubeProvider,
     ctx: &StepContext,
-    poll: std::time::Duration,
+    target: &WorkloadTarget,
+    w: &Arc<SharedWatch>,
+    (namespace, name, what, label): (&str, &str, &str, &str),
+    until: Instant,
+    report_deadline: Option<Instant>,
+    min_generation: i64,
+    pending_error: impl Fn(&str) -> StepError,
 ) -> Result<Value, StepError> {
-    let label = format!("{} {} ({})", pkg.name, pkg.version, pkg.namespace);
-    ctx.progress.report(&format!(
-        "{label}: applying PackageInstall and its ServiceAccount, RBAC and values"
-    ));
-    for (res, obj) in package_objects(pkg) {
-        apply_object(client, &res, obj, FIELD_MANAGER).await?;
-    }
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &pkg.namespace, &package_install_resource());
-    let what = format!("PackageInstall {}/{}", pkg.namespace, pkg.name);
+    let mut rx = [w.subscribe()];
     let mut progress = ProgressDedup::new();
-    let mut errors = PollErrors::new();
+    // The latest failure seen: kapp-controller alternates ReconcileFailed and Reconciling while
+    // it retries, so a retry in progress still counts as failing.
+    let mut last_failure: Option<String> = None;
     loop {
-        match get_value(&api, &pkg.name, &what).await {
-            Ok(Some(v)) => {
-                errors.ok();
-                match reconcile_state(&v) {
-                    ReconcileState::Succeeded => {
-                        let desc = v
-                            .pointer("/status/friendlyDescription")
-                            .and_then(Value::as_str)
-                            .filter(|s| !s.is_empty())
-                            .unwrap_or("Reconcile succeeded")
-                            .to_string();
-                        progress.report(ctx, format!("{label}: {desc}"));
-                        tracing::info!(step = %ctx.step.id, package = %pkg.name, namespace = %pkg.namespace, "package reconciled");
-                        return Ok(
-                            json!({"name": pkg.name, "namespace": pkg.namespace, "version": pkg.version, "status": desc}),
-                        );
-                    }
-                    ReconcileState::Failed(m) => {
-                        return Err(StepError::Permanent(format!("{what}: {m}")))
-                    }
-                    ReconcileState::Pending(d) => progress.report(ctx, format!("{label}: {d}")),
-                }
-            }
-            Ok(None) => {
-                errors.ok();
-                progress.report(ctx, format!("{label}: PackageInstall not visible yet"));
-            }
-            Err(e) => errors.failed(ctx, e)?,
+        rx[0].borrow_and_update();
+        if let Some(line) = provider.watch_health(target, w)? {
+            progress.report(ctx, line);
         }
-        tokio::time::sleep(poll).await;
+        if !w.ready() {
+            changed_or(&mut rx, Some(until)).await;
+            if Instant::now() >= until {
+                return Err(pending_error("the watch has not synced"));
+            }
+            continue;
+        }
+        let now = Instant::now();
+        let (obj, state) = match watched_state(w, namespace, name, min_generation).await {
+            Some(x) => x,
+            None => (Value::Null, ReconcileState::Pending("not found".into())),
+        };
+        let mut deadline = until;
+        if let ReconcileState::Failed(m) = &state {
+            last_failure = Some(m.clone());
+        }
+        if last_failure.is_some() {
+            if let Some(d) = report_deadline {
+                deadline = deadline.min(d);
+            }
+        }
+        match (state, &last_failure) {
+            (ReconcileState::Succeeded, _) => return Ok(obj),
+            (_, Some(m)) if now >= deadline => {
+                return Err(StepError::Permanent(format!("{what}: {m}")));
+            }
+            (ReconcileState::Failed(m), _) => {
+                progress.report(
+                    ctx,
+                    format!("{label}: reconcile failed, kapp-controller retries: {m}"),
+                );
+            }
+            (ReconcileState::Pending(d), _) if now >= deadline => return Err(pending_error(&d)),
+            (ReconcileState::Pending(d), _) => progress.report(ctx, format!("{label}: {d}")),
+        }
+        changed_or(&mut rx, Some(deadline)).await;
     }
 }
 
@@ -371,22 +342,98 @@ async fn install_one(
 /// (fully reconciled before the next starts). Output
 /// `{"packages":[{"name","namespace","version","status":"Reconcile succeeded"}]}`.
 ///
+/// Waits read the provider's shared PackageRepository and PackageInstall watches of the
+/// workload cluster. `ReconcileFailed` is tolerated while kapp-controller retries, until
+/// [`super::WaitOptions::package_timeout`] (repository: [`super::WaitOptions::repository_timeout`]) or
+/// shortly before the step deadline.
+///
 /// Errors: [`StepError::Transient`] while the workload kubeconfig Secret is missing or the
-/// PackageRepository is missing or reconciling after [`REPOSITORY_WAIT_POLLS`] polls;
-/// [`StepError::Permanent`] for invalid inputs, a failed PackageRepository, or a PackageInstall
-/// with `ReconcileFailed` ("PackageInstall <ns>/<name>: <usefulErrorMessage>").
+/// PackageRepository is missing or reconciling after [`super::WaitOptions::repository_timeout`];
+/// [`StepError::Permanent`] for invalid inputs, a PackageRepository or PackageInstall still
+/// failing at its deadline ("PackageInstall <ns>/<name>: <usefulErrorMessage>"), or a
+/// PackageInstall not reconciled after [`super::WaitOptions::package_timeout`].
 pub async fn rollout(
     provider: &KubeProvider,
     ctx: &StepContext,
     inputs: &PackagesInputs,
 ) -> Result<Value, StepError> {
     validate(inputs)?;
+    let opts = provider.wait_options().clone();
+    let start = Instant::now();
+    let report_deadline = opts.report_deadline(start, ctx.step.timeout_secs);
     let client = provider.workload_client(&inputs.target).await?;
-    let poll = provider.poll_interval();
-    wait_repository(&client, &inputs.repository, ctx, poll).await?;
+    let repos = provider
+        .workload_watch(&inputs.target, &package_repository_resource())
+        .await?;
+    let repo = &inputs.repository;
+    let what = format!("PackageRepository/{}/{}", repo.namespace, repo.name);
+    let waiting = format!("waiting for PackageRepository {}", repo.name);
+    wait_reconciled(
+        provider,
+        ctx,
+        &inputs.target,
+        &repos,
+        (
+            &repo.namespace,
+            &repo.name,
+            &format!("{what}: reconcile failed"),
+            &waiting,
+        ),
+        start + opts.repository_timeout,
+        report_deadline,
+        0,
+        |d| StepError::Transient(format!("{waiting} ({d})")),
+    )
+    .await?;
+    ctx.progress.report(&format!(
+        "PackageRepository {}: Reconcile succeeded",
+        repo.name
+    ));
+    let pkgis = provider
+        .workload_watch(&inputs.target, &package_install_resource())
+        .await?;
     let mut done = Vec::with_capacity(inputs.packages.len());
     for pkg in &inputs.packages {
-        done.push(install_one(&client, pkg, ctx, poll).await?);
+        let label = format!("{} {} ({})", pkg.name, pkg.version, pkg.namespace);
+        ctx.progress.report(&format!(
+            "{label}: applying PackageInstall and its ServiceAccount, RBAC and values"
+        ));
+        let mut applied_generation = 0;
+        for (res, obj) in package_objects(pkg) {
+            let (_, stored) = apply_object(&client, &res, obj, FIELD_MANAGER).await?;
+            applied_generation = stored
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+        }
+        let what = format!("PackageInstall {}/{}", pkg.namespace, pkg.name);
+        let pkg_start = Instant::now();
+        let v = wait_reconciled(
+            provider,
+            ctx,
+            &inputs.target,
+            &pkgis,
+            (&pkg.namespace, &pkg.name, &what, &label),
+            pkg_start + opts.package_timeout,
+            report_deadline,
+            applied_generation,
+            |d| {
+                StepError::Permanent(format!(
+                    "{what}: not reconciled after {} s ({d})",
+                    opts.package_timeout.as_secs()
+                ))
+            },
+        )
+        .await?;
+        let desc = v
+            .pointer("/status/friendlyDescription")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("Reconcile succeeded")
+            .to_string();
+        ctx.progress.report(&format!("{label}: {desc}"));
+        tracing::info!(step = %ctx.step.id, package = %pkg.name, namespace = %pkg.namespace, "package reconciled");
+        done.push(json!({"name": pkg.name, "namespace": pkg.namespace, "version": pkg.version, "status": desc}));
     }
     Ok(json!({ "packages": done }))
 }

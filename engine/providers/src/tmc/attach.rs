@@ -21,10 +21,13 @@ const MAX_POLL_ERRORS: u32 = 3;
 
 /// Executes `tmc.attach`: exchange the CSP API token, GET the cluster, POST it when absent (a
 /// 409 means a concurrent or earlier attempt created it: GET again and continue), fetch the
-/// installer manifest from `status.installerLink`, apply it to the workload cluster with the
-/// [`ManifestApplier`], then poll GET every `poll_interval` until `phase == READY && health ==
-/// HEALTHY`. A cluster that is already READY/HEALTHY is done at once (no POST, no apply), so a
-/// re-run is a no-op.
+/// installer manifest from `status.installerLink` (from `GET /v1alpha1/clusters:manifest/{name}`
+/// when the cluster's `spec.proxyName` or `spec.imageRegistry` is set, as TMC-TF does), apply it to the workload cluster with the
+/// [`ManifestApplier`], then poll GET every `poll_interval` until `phase == READY` (TMC-TF
+/// `resource_cluster.go` waits for READY only, tanzu-apis.md §3.5 step 4; TMC has no watch API).
+/// The health (`HEALTHY`, `WARNING`, `UNHEALTHY`, …) is reported in the progress and the
+/// output, not required: a degraded component does not fail the attach. A cluster that is
+/// already READY is done at once (no POST, no apply), so a re-run is a no-op.
 ///
 /// Output: `{"uid","phase","health","clusterGroup","installerApplied":bool}` (never a token or
 /// the installer link).
@@ -148,21 +151,31 @@ impl TmcExecutor {
             }
         };
         check_not_failed(&cluster, &shown)?;
-        if cluster.is_ready_and_healthy() {
+        if cluster.is_ready() {
+            report_health(ctx, &cluster, &shown);
             return Ok(output(&cluster, inputs, false));
         }
 
-        let link = cluster
-            .status
-            .installer_link
-            .clone()
-            .filter(|l| !l.is_empty())
-            .ok_or_else(|| {
-                StepError::Transient(format!(
-                    "TMC has not published an installerLink for {shown} yet"
-                ))
-            })?;
-        let manifest = client.installer_manifest(link.expose()).await?;
+        let behind_proxy_or_registry = [&cluster.spec.proxy_name, &cluster.spec.image_registry]
+            .iter()
+            .any(|v| v.as_deref().is_some_and(|v| !v.is_empty()));
+        let manifest = if behind_proxy_or_registry {
+            // TMC-TF: with a proxy or a private image registry, the manifest endpoint renders
+            // them into the agent's configuration (tanzu-apis.md §3.5 step 3).
+            client.attach_manifest(&full_name).await?
+        } else {
+            let link = cluster
+                .status
+                .installer_link
+                .clone()
+                .filter(|l| !l.is_empty())
+                .ok_or_else(|| {
+                    StepError::Transient(format!(
+                        "TMC has not published an installerLink for {shown} yet"
+                    ))
+                })?;
+            client.installer_manifest(link.expose()).await?
+        };
         ctx.progress.report(&format!(
             "applying the TMC agent installer to {}/{}",
             inputs.target.namespace, inputs.target.cluster_name
@@ -186,7 +199,8 @@ impl TmcExecutor {
                         last_line = line;
                     }
                     check_not_failed(&c, &shown)?;
-                    if c.is_ready_and_healthy() {
+                    if c.is_ready() {
+                        report_health(ctx, &c, &shown);
                         return Ok(output(&c, inputs, true));
                     }
                 }
@@ -205,6 +219,27 @@ impl TmcExecutor {
             tokio::time::sleep(self.poll_interval).await;
         }
     }
+}
+
+/// Reports a READY cluster's health; a health other than `HEALTHY` names the message of
+/// `healthDetails` so the PR shows what is degraded.
+fn report_health(ctx: &StepContext, c: &Cluster, shown: &str) {
+    if c.is_ready_and_healthy() {
+        return;
+    }
+    let detail = c
+        .status
+        .health_details
+        .as_ref()
+        .and_then(|h| h.get("message"))
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    ctx.progress.report(&format!(
+        "TMC cluster {shown} is READY with health {}{detail}",
+        c.health()
+    ));
 }
 
 /// `ERROR` / `UPGRADE_FAILED` → Permanent with the condition messages; `DETACHING` /

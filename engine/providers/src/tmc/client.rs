@@ -25,7 +25,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct TmcSettings {
     /// TMC base URL, e.g. `https://org.tmc.cloud.vmware.com` (TMC-TF env `TMC_ENDPOINT`).
     pub endpoint: String,
-    /// CSP base URL, e.g. `https://console.cloud.vmware.com`.
+    /// CSP base URL, e.g. `https://console.tanzu.broadcom.com` (TMC-TF's default since commit
+    /// 612b0fc1, 2024-09; `https://console.cloud.vmware.com` before; tanzu-apis.md §3.1).
     pub csp_endpoint: String,
     /// The CSP API (refresh) token (TMC-TF env `VMW_CLOUD_API_TOKEN`).
     pub api_token: SecretToken,
@@ -416,6 +417,32 @@ impl TmcClient {
             Ok(_) | Err(TmcError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// `GET /v1alpha1/clusters:manifest/{name}?fullName…` → `{"manifest":"<yaml>"}`: the attach
+    /// manifest TMC-TF uses instead of the installer link when the cluster's `spec.proxyName` or
+    /// `spec.imageRegistry` is set (TMC-TF `internal/client/cluster/manifest/manifest.go`,
+    /// `resource_cluster.go`; tanzu-apis.md §3.3, §3.5 step 3).
+    ///
+    /// Returns the multi-document YAML text, leading whitespace trimmed.
+    /// Errors: [`TmcError::NotFound`] when the cluster does not exist, [`TmcError::Decode`] when
+    /// the answer has no `manifest` string, other [`TmcError`]s as usual.
+    pub async fn attach_manifest(&self, full_name: &FullName) -> Result<String, TmcError> {
+        let mut url = self.cluster_url(full_name);
+        if let Ok(mut p) = url.path_segments_mut() {
+            p.pop()
+                .pop()
+                .push("clusters:manifest")
+                .push(&full_name.name);
+        }
+        let body = self.call(Method::GET, url, None).await?;
+        let v: Value =
+            serde_json::from_slice(&body).map_err(|e| decode_err("attach manifest", &e))?;
+        let manifest = v
+            .get("manifest")
+            .and_then(Value::as_str)
+            .ok_or_else(|| TmcError::Decode("response has no \"manifest\" string".into()))?;
+        Ok(manifest.trim_start().to_string())
     }
 
     /// Fetches the attach manifest from a cluster's `status.installerLink` with a plain,

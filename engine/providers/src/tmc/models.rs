@@ -230,10 +230,17 @@ impl Cluster {
             .unwrap_or("HEALTH_UNSPECIFIED")
     }
 
-    /// `phase == READY && health == HEALTHY`: the agent is connected (TMC-TF
-    /// `isClusterStopStatus`' success case).
+    /// `phase == READY && health == HEALTHY` (TMC-TF `isClusterStopStatus`' success case for
+    /// TMC-provisioned clusters).
     pub fn is_ready_and_healthy(&self) -> bool {
-        self.phase() == PHASE_READY && self.health() == HEALTH_HEALTHY
+        self.is_ready() && self.health() == HEALTH_HEALTHY
+    }
+
+    /// `phase == READY`: the agent is connected. What the attach wait ends on (TMC-TF
+    /// `resource_cluster.go` polls until READY only, tanzu-apis.md §3.5 step 4); the health
+    /// (`HEALTHY`, `WARNING`, …) is reported, not required.
+    pub fn is_ready(&self) -> bool {
+        self.phase() == PHASE_READY
     }
 
     /// `phase` is `ERROR` or `UPGRADE_FAILED`: the failure stop conditions of TMC-TF's

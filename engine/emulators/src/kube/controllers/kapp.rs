@@ -12,8 +12,17 @@
 //!    `spec.values[].secretRef` Secret.
 //! 3. A `ReconcileFailed` PackageInstall is retried (back to `Reconciling`) once the outcome would
 //!    differ, e.g. after the missing ServiceAccount appears, like kapp-controller's periodic retries.
+//!
+//! Test knob, injected reconcile failures: ConfigMap [`KAPP_FAULTS_CONFIGMAP`] in namespace
+//! [`KAPP_FAULTS_NAMESPACE`] of the workload cluster, one data key per PackageInstall,
+//! `<namespace>.<name>`, with value `<N>:<usefulErrorMessage>` (`N` a count, or `*` for every
+//! reconcile). The first `N` reconciles of the PackageInstall's current generation end in
+//! `ReconcileFailed` with that message, each retried on the next tick (kapp-controller keeps
+//! retrying), before the normal checks run. The count is kept in the controller's memory per
+//! PackageInstall uid and generation (a restarted controller starts over).
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 use tracing::warn;
@@ -23,9 +32,22 @@ use super::catalog::PACKAGING_GLOBAL_NAMESPACE;
 use super::util::*;
 use super::Reconciler;
 
+/// Name of the ConfigMap holding injected PackageInstall reconcile failures (see module docs).
+pub const KAPP_FAULTS_CONFIGMAP: &str = "emulator-kapp-faults";
+/// Namespace of [`KAPP_FAULTS_CONFIGMAP`].
+pub const KAPP_FAULTS_NAMESPACE: &str = "kube-system";
+
 /// kapp-controller for one workload cluster.
 pub(crate) struct KappController {
     cluster: EmulatedCluster,
+    /// Injected failures already served, by PackageInstall `uid/generation`.
+    injected: HashMap<String, u64>,
+}
+
+/// An injected failure: how many reconciles fail (`None`: all) and the message.
+struct InjectedFault {
+    count: Option<u64>,
+    message: String,
 }
 
 /// The only condition in a kapp-controller status, if any.
@@ -117,7 +139,46 @@ fn satisfies(version: &str, constraints: &str) -> bool {
 
 impl KappController {
     pub(crate) fn new(cluster: EmulatedCluster) -> Self {
-        KappController { cluster }
+        KappController {
+            cluster,
+            injected: HashMap::new(),
+        }
+    }
+
+    /// The injected fault configured for `pkgi`, if any.
+    fn fault_for(&self, pkgi: &Value) -> Option<InjectedFault> {
+        let key = format!(
+            "{}.{}",
+            namespace_of(pkgi).unwrap_or(""),
+            name_of(pkgi).unwrap_or("")
+        );
+        let cm = self.cluster.get(
+            &gvr_config_map(),
+            Some(KAPP_FAULTS_NAMESPACE),
+            KAPP_FAULTS_CONFIGMAP,
+        )?;
+        let raw = str_at(&cm, &format!("/data/{key}"))?;
+        let (n, message) = raw.split_once(':')?;
+        let count = match n.trim() {
+            "*" => None,
+            n => Some(n.parse().ok()?),
+        };
+        Some(InjectedFault {
+            count,
+            message: message.trim().to_string(),
+        })
+    }
+
+    /// Whether the next reconcile of `pkgi` must fail with an injected fault (counting it).
+    fn take_injected(&mut self, pkgi: &Value) -> Option<String> {
+        let fault = self.fault_for(pkgi)?;
+        let key = format!("{}/{}", uid_of(pkgi), generation_of(pkgi));
+        let served = self.injected.entry(key).or_insert(0);
+        if fault.count.is_some_and(|n| *served >= n) {
+            return None;
+        }
+        *served += 1;
+        Some(fault.message)
     }
 
     /// Finds the Package a PackageInstall selects. Returns its version or kapp-controller's error text.
@@ -212,7 +273,7 @@ impl KappController {
         Ok(version)
     }
 
-    fn reconcile_package_install(&self, pkgi: &Value) {
+    fn reconcile_package_install(&mut self, pkgi: &Value) {
         let gvr = gvr_package_install();
         let id = format!(
             "{}/{}",
@@ -234,6 +295,14 @@ impl KappController {
             match single_condition(pkgi) {
                 Some("Reconciling") => {
                     let mut st = status_of(pkgi);
+                    if let Some(err) = self.take_injected(pkgi) {
+                        let result =
+                            write_status(&self.cluster, &gvr, pkgi, failed_status(st, &err));
+                        if let Err(err) = result {
+                            warn!(packageinstall = %id, error = %err, "could not write PackageInstall status");
+                        }
+                        return;
+                    }
                     match self.evaluate(pkgi) {
                         Ok(version) => {
                             st.insert("version".into(), json!(version));
@@ -250,10 +319,13 @@ impl KappController {
                 }
                 Some("ReconcileFailed") => {
                     let current = str_at(pkgi, "/status/usefulErrorMessage").unwrap_or("");
-                    let changed = match self.evaluate(pkgi) {
-                        Ok(_) => true,
-                        Err((err, _)) => err != current,
-                    };
+                    // An injected failure is retried every tick, like kapp-controller's retries.
+                    let injected = self.fault_for(pkgi).is_some_and(|f| f.message == current);
+                    let changed = injected
+                        || match self.evaluate(pkgi) {
+                            Ok(_) => true,
+                            Err((err, _)) => err != current,
+                        };
                     if !changed {
                         return;
                     }
