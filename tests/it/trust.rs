@@ -523,3 +523,42 @@ async fn the_run_reaches_the_management_cluster_as_the_old_policy_says() {
     assert!(!comment.contains("attacker.kubeconfig"), "{comment}");
     bot.stop().await;
 }
+
+/// A management cluster that does not match what the default branch's `tkgops.yaml` declares
+/// (here: a ClusterClass it does not have) stops the run at `kube.preflight`, before anything is
+/// written, and the PR shows the management cluster's answer and what to correct
+/// (tkg2-aws-class-based.md §1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_management_cluster_that_differs_from_the_policy_stops_the_run_on_the_pr() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let mut v: serde_yaml::Value = serde_yaml::from_str(&main_policy(&env)).unwrap();
+    v["managementClusters"][0]["clusterClass"] = "tkg-aws-default-v9.9.9".into();
+    push_to_main(
+        &env,
+        &[("tkgops.yaml", &serde_yaml::to_string(&v).unwrap())],
+    );
+    let bot = InProcessBot::start(&env, &timings, Some(tkgops_sandbox::TMC_TOKEN)).await;
+    let (pr, _, plan) = open_and_plan(&env, AUTHOR, &[]).await;
+    assert_eq!(plan, "success");
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let (apply, comment) = merge(&env, pr, APPROVER).await;
+    assert_eq!(apply, "failure", "{comment}");
+    assert!(
+        comment.contains(
+            "ClusterClass tkg-aws-default-v9.9.9 does not exist in namespace default of management cluster"
+        ),
+        "{comment}"
+    );
+    assert!(comment.contains("tkg-aws-default-v1.0.0"), "{comment}");
+    let mgmt = env
+        .kube
+        .cluster(tkgops_sandbox::MANAGEMENT_CLUSTER)
+        .unwrap();
+    assert!(
+        mgmt.writes().iter().all(|w| w.gvr.plural != "clusters"),
+        "nothing reached the Clusters: {:?}",
+        mgmt.writes()
+    );
+    bot.stop().await;
+}
