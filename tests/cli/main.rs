@@ -76,26 +76,8 @@ fn validate_the_example_request_passes_and_unreadable_input_exits_2() {
 #[test]
 fn plan_command_prints_the_comment_for_a_local_repository() {
     let dir = tempfile::tempdir().unwrap();
-    let remote = dir.path().join("repo.git");
-    let repo_cfg =
-        std::fs::read_to_string(root().join("examples/config-repo/tkgops.yaml")).unwrap();
-    init_remote(&remote, &[("tkgops.yaml", repo_cfg.as_str())]).unwrap();
-    let cfg =
-        std::fs::read_to_string(root().join("examples/requests/team-a-prod/cluster-config.yaml"))
-            .unwrap();
-    let settings =
-        std::fs::read_to_string(root().join("examples/requests/team-a-prod/tkgops.yaml")).unwrap();
-    commit_on_branch(
-        &remote,
-        "main",
-        "add",
-        "Add team-a-prod",
-        &[
-            ("clusters/team-a-prod/cluster-config.yaml", cfg.as_str()),
-            ("clusters/team-a-prod/tkgops.yaml", settings.as_str()),
-        ],
-    )
-    .unwrap();
+    let policy = std::fs::read_to_string(root().join("examples/config-repo/tkgops.yaml")).unwrap();
+    let remote = example_repo(dir.path(), "repo.git", &policy);
     let o = tkgops(&[
         "plan",
         "--repo",
