@@ -83,12 +83,24 @@ step_kinds! {
     PackagesRollout = "packages.rollout" => PackagesInputs,
     /// Upgrade the cluster to a newer TKR (`spec.topology.version`).
     KubeUpgradeCluster = "kube.upgrade-cluster" => UpgradeClusterInputs,
+    /// Wait until the KubeadmControlPlane runs the target Kubernetes version with every replica
+    /// ready and the workload API server reports it (tkg2-aws-class-based.md §8 "Wait").
+    KubeWaitControlPlane = "kube.wait-control-plane" => KubeRolloutInputs,
+    /// Wait until every MachineDeployment has `replicas == updatedReplicas == readyReplicas` at
+    /// the target Kubernetes version (tkg2-aws-class-based.md §8 "Wait").
+    KubeWaitMachineDeployments = "kube.wait-machine-deployments" => KubeRolloutInputs,
     /// Update, add and remove PackageInstalls of an existing cluster.
-    PackagesUpdate = "packages.update" => PackagesInputs,
+    PackagesUpdate = "packages.update" => PackagesUpdateInputs,
+    /// Re-verify every PackageInstall of the workload cluster (core and user packages):
+    /// `ReconcileSucceeded` for its current generation (tanzu-apis.md §4.3).
+    PackagesVerify = "packages.verify" => WorkloadTarget,
     /// Detach the workload cluster from Tanzu Mission Control.
     TmcDetach = "tmc.detach" => TmcClusterInputs,
     /// Delete the Cluster and wait until Cluster API has removed it.
     KubeDeleteCluster = "kube.delete-cluster" => WorkloadTarget,
+    /// Remove the `kubernetes.io/cluster/<name>` tag `aws.preflight` added to the subnets of
+    /// an existing VPC (reference R7).
+    AwsRemoveSubnetTags = "aws.remove-subnet-tags" => AwsPreflightInputs,
 }
 
 impl StepInputs {
@@ -260,6 +272,41 @@ pub struct UpgradeClusterInputs {
     pub tkr: String,
     /// The Kubernetes version of that TKR, e.g. `v1.23.8+vmware.2`.
     pub kubernetes_version: String,
+}
+
+/// Inputs of `kube.wait-control-plane` and `kube.wait-machine-deployments`: the Cluster and
+/// the version its machines must reach.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeRolloutInputs {
+    /// The Cluster whose machines roll.
+    #[serde(flatten)]
+    pub target: WorkloadTarget,
+    /// The TKR version of the Cluster, e.g. `v1.25.7+vmware.2-tkg.1`.
+    pub tkr: String,
+    /// The Kubernetes version of that TKR, e.g. `v1.25.7+vmware.2`: the KubeadmControlPlane's
+    /// `status.version` and every MachineDeployment's `spec.template.spec.version` must equal
+    /// it.
+    pub kubernetes_version: String,
+}
+
+/// Inputs of `packages.update`: the packages wanted after the change (install order) and the
+/// ones the change removes (removal order: dependents first).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackagesUpdateInputs {
+    /// The workload cluster the packages are installed on.
+    #[serde(flatten)]
+    pub target: WorkloadTarget,
+    /// The PackageRepository that must be reconciled first.
+    pub repository: PackageRepositoryRef,
+    /// Packages to install or update, in install (dependency) order; applying an unchanged one
+    /// is a no-op (server-side apply).
+    pub packages: Vec<PackageSpec>,
+    /// Packages to remove (PackageInstall and its values Secret), dependents before their
+    /// dependencies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<PackageSpec>,
 }
 
 /// Retry policy of a step: attempts with exponential backoff on transient errors.

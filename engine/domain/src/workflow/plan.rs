@@ -11,7 +11,8 @@ use super::catalog::{Catalog, CatalogError, Workflow};
 use crate::files::TreeReader;
 use crate::request::{self, ClusterRequest, ClusterSpec, Finding, RepoConfig, Severity};
 use crate::step::{
-    AwsPreflightInputs, KubeApplyInputs, KubePreflightInputs, PackagesInputs, RetryPolicy,
+    AwsPreflightInputs, KubeApplyInputs, KubePreflightInputs, KubeRolloutInputs, PackagesInputs,
+    PackagesUpdateInputs, RetryPolicy,
     StepInputs, StepKind, StepSpec, TmcClusterInputs, TmcFullName, UpgradeClusterInputs,
     WorkloadTarget,
 };
@@ -598,7 +599,7 @@ fn render_intent(
     }
     let has_errors = findings.iter().any(|f| f.severity == Severity::Error);
     let context = render_context(&spec, input.repository);
-    let (steps, manifests) = match render_workflow(workflow, &spec, repo, &context, input.catalog) {
+    let (steps, manifests) = match render_workflow(workflow, &spec, None, repo, &context, input.catalog) {
         Ok(r) => r,
         Err(_) if has_errors => {
             // The findings already say why (e.g. TMC settings without a TMC endpoint).
@@ -741,6 +742,7 @@ impl std::fmt::Display for RenderError {
 pub fn render_workflow(
     workflow: &Workflow,
     spec: &ClusterSpec,
+    before: Option<&ClusterSpec>,
     repo: Option<&RepoConfig>,
     context: &Value,
     catalog: &Catalog,
@@ -778,7 +780,7 @@ pub fn render_workflow(
                 yaml,
             });
         }
-        let inputs = step_inputs(step.kind, spec, repo, docs.join("---\n")).map_err(|message| {
+        let inputs = step_inputs(step.kind, spec, before, repo, docs.join("---\n")).map_err(|message| {
             RenderError {
                 step: step.id.clone(),
                 template: None,
@@ -801,7 +803,8 @@ pub fn render_workflow(
     Ok((steps, manifests))
 }
 
-/// The typed inputs of a step of kind `kind` for the cluster `spec`; `manifests` is the
+/// The typed inputs of a step of kind `kind` for the cluster `spec` (as the change leaves it;
+/// `before` is the cluster as it was, for changes to an existing cluster); `manifests` is the
 /// rendered multi-document YAML of a `kube.apply` step (empty for other kinds).
 ///
 /// Errors: a message when the inputs need repository settings that are missing (the TMC
@@ -809,6 +812,7 @@ pub fn render_workflow(
 pub fn step_inputs(
     kind: StepKind,
     spec: &ClusterSpec,
+    before: Option<&ClusterSpec>,
     repo: Option<&RepoConfig>,
     manifests: String,
 ) -> Result<StepInputs, String> {
@@ -839,22 +843,28 @@ pub fn step_inputs(
             labels: spec.labels.clone(),
         })
     };
+    let aws_inputs = || AwsPreflightInputs {
+        cluster_name: spec.name.clone(),
+        region: spec.region.clone(),
+        azs: spec.azs.clone(),
+        vpc: spec.vpc.clone(),
+        subnets: spec.subnets.clone(),
+        instance_types: instance_types(spec),
+        cluster_cidr: spec.cluster_cidr.clone(),
+        service_cidr: spec.service_cidr.clone(),
+    };
+    let rollout = || KubeRolloutInputs {
+        target: target.clone(),
+        tkr: spec.tkr.clone(),
+        kubernetes_version: spec.kubernetes_version.clone(),
+    };
     let packages = || PackagesInputs {
         target: target.clone(),
         repository: spec.package_repository.clone(),
         packages: spec.packages.clone(),
     };
     Ok(match kind {
-        StepKind::AwsPreflight => StepInputs::AwsPreflight(AwsPreflightInputs {
-            cluster_name: spec.name.clone(),
-            region: spec.region.clone(),
-            azs: spec.azs.clone(),
-            vpc: spec.vpc.clone(),
-            subnets: spec.subnets.clone(),
-            instance_types: instance_types(spec),
-            cluster_cidr: spec.cluster_cidr.clone(),
-            service_cidr: spec.service_cidr.clone(),
-        }),
+        StepKind::AwsPreflight => StepInputs::AwsPreflight(aws_inputs()),
         StepKind::KubePreflight => {
             let mc = repo
                 .and_then(|r| r.management_cluster(&spec.management_cluster))
@@ -887,7 +897,27 @@ pub fn step_inputs(
             tkr: spec.tkr.clone(),
             kubernetes_version: spec.kubernetes_version.clone(),
         }),
-        StepKind::PackagesUpdate => StepInputs::PackagesUpdate(packages()),
+        StepKind::PackagesUpdate => StepInputs::PackagesUpdate(PackagesUpdateInputs {
+            target: target.clone(),
+            repository: spec.package_repository.clone(),
+            packages: spec.packages.clone(),
+            remove: before
+                .map(|b| {
+                    b.packages
+                        .iter()
+                        .rev()
+                        .filter(|old| !spec.packages.iter().any(|p| p.name == old.name))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }),
+        StepKind::PackagesVerify => StepInputs::PackagesVerify(target.clone()),
+        StepKind::KubeWaitControlPlane => StepInputs::KubeWaitControlPlane(rollout()),
+        StepKind::KubeWaitMachineDeployments => {
+            StepInputs::KubeWaitMachineDeployments(rollout())
+        }
+        StepKind::AwsRemoveSubnetTags => StepInputs::AwsRemoveSubnetTags(aws_inputs()),
         StepKind::TmcDetach => StepInputs::TmcDetach(tmc()?),
         StepKind::KubeDeleteCluster => StepInputs::KubeDeleteCluster(target.clone()),
     })
