@@ -85,6 +85,7 @@ fn main() {
             catalog: &catalog,
             executable: &executable,
             repository: "acme/tkg-clusters",
+            history: Default::default(),
         });
         let md = render_plan(&p, &catalog, true).unwrap();
         assert_eq!(p.clusters.len(), TOUCHED);

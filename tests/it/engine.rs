@@ -637,7 +637,10 @@ async fn engine_unknown_kind_fails_permanently() {
     let ex = Scripted::new();
     let engine = engine_with(store, ex.clone(), Arc::new(NoopObserver));
     let mut odd = spec("odd");
-    odd.inputs = StepInputs::KubeDeleteCluster(target("odd"));
+    odd.inputs = StepInputs::KubeDeleteCluster(tkgops_domain::step::KubeDeleteInputs {
+        target: target("odd"),
+        owner_label: "x".into(),
+    });
     engine
         .submit(request("r", "c", vec![spec("first"), odd, spec("last")]))
         .await

@@ -34,6 +34,7 @@ fn run_plan(
         catalog: &catalog,
         executable: &tkgops::executors::executable_kinds(),
         repository: "acme/tkg-clusters",
+        history: Default::default(),
     })
 }
 
@@ -271,6 +272,7 @@ fn example_create_plan(catalog: &Catalog) -> tkgops_domain::workflow::Plan {
         catalog,
         executable: &tkgops::executors::executable_kinds(),
         repository: "acme/tkg-clusters",
+        history: Default::default(),
     })
 }
 

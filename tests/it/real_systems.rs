@@ -75,6 +75,7 @@ fn example_plans(kubeconfig: &str, tkg: &str, namespace: &str) -> Vec<(String, S
         catalog: &catalog,
         executable: &tkgops::executors::executable_kinds(),
         repository: "tkgops/e2e",
+        history: Default::default(),
     });
     let mut out = Vec::new();
     for c in &p.clusters {

@@ -97,6 +97,7 @@ fn example_steps() -> (Value, Value) {
         catalog: &catalog,
         executable: &tkgops::executors::executable_kinds(),
         repository: "acme/tkg-clusters",
+        history: Default::default(),
     });
     let steps = &p.clusters[0].steps;
     let find = |kind: &str| {

@@ -711,7 +711,8 @@ fn repo_config_parses_with_defaults() {
         ApprovalPolicy {
             approvers: vec![],
             required_approvals: 1,
-            destructive_approvals: 2
+            destructive_approvals: 2,
+            max_deletes_per_change: 1,
         }
     );
     assert_eq!(min.packages.repository.name, "tanzu-standard");

@@ -34,10 +34,10 @@ use tkgops_domain::files::TreeReader;
 use tracing::{info, warn};
 
 use crate::gitops::{ConfigRepo, GitError};
-use tkgops_domain::request::RepoConfig;
+use tkgops_domain::request::{Finding, RepoConfig, Severity, ALLOW_DELETE_LABEL};
 use tkgops_domain::workflow::markdown::{self, NotRunView, STICKY_MARKER};
 use tkgops_domain::workflow::plan::{load_repo_config, ClusterPlan, PlanStatus};
-use tkgops_domain::workflow::{plan, Catalog, Plan, PlanInput};
+use tkgops_domain::workflow::{plan, Catalog, IntentKind, Plan, PlanInput};
 use tkgops_engine::store::Store;
 use tkgops_engine::{Engine, RunRequest};
 use tkgops_providers::github::{CommitState, PullRequest, RepoInfo, VcsClient};
@@ -312,6 +312,7 @@ impl Bot {
         let catalog = self.catalog.clone();
         let executable = self.engine.executable_kinds();
         let repository = self.full_name.clone();
+        let history = publisher::rollout_history(&*self.store).await?;
         blocking(move || {
             let changed = git.changed_paths(&base, &head)?;
             let (bt, ht, st) = (git.tree(&base)?, git.tree(&head)?, git.tree(&settings)?);
@@ -325,6 +326,7 @@ impl Bot {
                 catalog: &catalog,
                 executable: &executable,
                 repository: &repository,
+                history,
             }))
         })
         .await
@@ -337,7 +339,16 @@ impl Bot {
             .get_meta(&key)
             .await
             .map_err(|e| BotError::Store(e.to_string()))?;
-        if planned.as_deref() == Some(pr.head_sha.as_bytes()) {
+        let allow_delete = has_allow_delete(pr);
+        // The plan depends on the head SHA and on the allow-delete label.
+        let planned_as = |head: &str| {
+            if allow_delete {
+                format!("{head}+{ALLOW_DELETE_LABEL}")
+            } else {
+                head.to_string()
+            }
+        };
+        if planned.as_deref() == Some(planned_as(&pr.head_sha).as_bytes()) {
             return Ok(());
         }
         let git = self.git.clone();
@@ -351,6 +362,9 @@ impl Bot {
             .await?;
         if self.is_fork(pr) {
             p.notes.push("This pull request comes from a fork: it is planned, but never executed (security rule 3).".into());
+        }
+        if !allow_delete {
+            refuse_deletes_without_label(&mut p);
         }
         let body = markdown::render_plan(&p, &self.catalog, true).map_err(BotError::Render)?;
         self.vcs
@@ -389,7 +403,7 @@ impl Bot {
             .await
             .map_err(|e| BotError::Store(e.to_string()))?;
         self.store
-            .put_meta(&key, head.as_bytes())
+            .put_meta(&key, planned_as(&head).as_bytes())
             .await
             .map_err(|e| BotError::Store(e.to_string()))?;
         info!(pr = pr.number, head = %head, errors, "planned");
@@ -452,9 +466,12 @@ impl Bot {
         // Security rule 1: the policy is the default branch's as it was before the merge (the
         // merge commit's first parent), never the merged change's own tkgops.yaml.
         let policy = self.load_settings(&parent).await?;
-        let p = self
+        let mut p = self
             .compute_plan(parent.clone(), merge_sha.clone(), parent)
             .await?;
+        if !has_allow_delete(pr) {
+            refuse_deletes_without_label(&mut p);
+        }
         let plan_md = markdown::render_plan(&p, &self.catalog, false).map_err(BotError::Render)?;
 
         let refused = if pr.base_ref != self.default_branch {
@@ -713,6 +730,33 @@ impl Bot {
             }
         }
         Ok(out)
+    }
+}
+
+/// Whether `pr` carries the label [`ALLOW_DELETE_LABEL`].
+fn has_allow_delete(pr: &PullRequest) -> bool {
+    pr.labels.iter().any(|l| l == ALLOW_DELETE_LABEL)
+}
+
+/// Blocks every delete of `p` with a `TKGOPS-DELETE` finding: the pull request lacks the label
+/// [`ALLOW_DELETE_LABEL`] (a delete never runs without it).
+fn refuse_deletes_without_label(p: &mut Plan) {
+    for c in p
+        .clusters
+        .iter_mut()
+        .filter(|c| c.intent == IntentKind::Delete)
+    {
+        c.findings.push(Finding {
+            path: format!("clusters/{}", c.cluster),
+            line: None,
+            rule: tkgops_domain::workflow::plan::DELETE_RULE.into(),
+            severity: Severity::Error,
+            message: format!(
+                "deleting cluster {} needs the label {ALLOW_DELETE_LABEL} on the pull request; add it to confirm the delete (the plan is made again)",
+                c.cluster
+            ),
+        });
+        c.status = PlanStatus::Blocked;
     }
 }
 

@@ -123,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 catalog: &catalog,
                 executable: &tkgops::executors::executable_kinds(),
                 repository: &repository,
+                history: Default::default(),
             });
             let md = markdown::render_plan(&p, &catalog, true).map_err(anyhow::Error::msg)?;
             println!("{md}");

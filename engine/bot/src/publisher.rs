@@ -40,6 +40,66 @@ pub const MAX_REPUBLISH_DELAY: Duration = Duration::from_secs(300);
 pub struct CommentPublisher {
     tx: mpsc::UnboundedSender<String>,
     progress: Arc<Mutex<BTreeMap<String, String>>>,
+    store: Arc<dyn Store>,
+}
+
+/// Journal key prefix of the rollout measurements of succeeded runs:
+/// `history/rollout/<run id>` → JSON `{"secs": f64, "nodes": u32}` (the seconds the
+/// `kube.wait-control-plane` and `kube.wait-machine-deployments` steps took and the machines
+/// they saw replaced or added). [`rollout_history`] averages them for the plan's estimates.
+pub const ROLLOUT_HISTORY_PREFIX: &str = "history/rollout/";
+
+/// The rollout measurement of a succeeded run: total seconds of its machine waits and the
+/// machines those waits saw roll (their output's `rolledNodes`); `None` when it rolled none.
+pub fn rollout_measurement(run: &RunRecord) -> Option<(f64, u32)> {
+    let mut secs = 0.0;
+    let mut nodes = 0u32;
+    for s in &run.steps {
+        if !matches!(
+            s.spec.kind(),
+            StepKind::KubeWaitControlPlane | StepKind::KubeWaitMachineDeployments
+        ) || s.state != StepState::Succeeded
+        {
+            continue;
+        }
+        let n = s
+            .output
+            .as_ref()
+            .and_then(|o| o.get("rolledNodes"))
+            .and_then(|n| n.as_u64())
+            .unwrap_or(0) as u32;
+        if let (Some(a), Some(b)) = (s.started_at, s.finished_at) {
+            if n > 0 {
+                secs += (b - a).num_milliseconds().max(0) as f64 / 1000.0;
+                nodes += n;
+            }
+        }
+    }
+    (nodes > 0).then_some((secs, nodes))
+}
+
+/// The mean seconds per rolled machine over every measurement in the journal (the 200 most
+/// recent keys at most), for the plan's estimates.
+///
+/// Errors: [`BotError::Store`] when the journal cannot be read.
+pub async fn rollout_history(
+    store: &dyn Store,
+) -> Result<tkgops_domain::workflow::RolloutHistory, BotError> {
+    let entries = store
+        .scan_meta(ROLLOUT_HISTORY_PREFIX)
+        .await
+        .map_err(|e| BotError::Store(e.to_string()))?;
+    let (mut secs, mut nodes) = (0.0f64, 0u32);
+    for (_, v) in entries.iter().rev().take(200) {
+        if let Ok(m) = serde_json::from_slice::<serde_json::Value>(v) {
+            secs += m["secs"].as_f64().unwrap_or(0.0);
+            nodes += m["nodes"].as_u64().unwrap_or(0) as u32;
+        }
+    }
+    Ok(tkgops_domain::workflow::RolloutHistory {
+        node_seconds: (nodes > 0).then(|| secs / nodes as f64),
+        samples: nodes,
+    })
 }
 
 impl CommentPublisher {
@@ -51,6 +111,7 @@ impl CommentPublisher {
         min_interval: Duration,
     ) -> CommentPublisher {
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let store_for_task = store.clone();
         let progress: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
         let progress2 = progress.clone();
         // Retries hold a weak sender, so the task still ends when every publisher is dropped.
@@ -70,7 +131,9 @@ impl CommentPublisher {
                 }
                 for commit in pending {
                     let snapshot = progress2.lock().map(|p| p.clone()).unwrap_or_default();
-                    match publish_commit(&*vcs, &*store, &catalog, &commit, &snapshot).await {
+                    match publish_commit(&*vcs, &*store_for_task, &catalog, &commit, &snapshot)
+                        .await
+                    {
                         Ok(()) => {
                             failures.remove(&commit);
                         }
@@ -91,7 +154,11 @@ impl CommentPublisher {
                 }
             }
         });
-        CommentPublisher { tx, progress }
+        CommentPublisher {
+            tx,
+            progress,
+            store,
+        }
     }
 }
 
@@ -115,6 +182,15 @@ impl RunObserver for CommentPublisher {
                     p.remove(&run.id);
                 }
                 None => {}
+            }
+        }
+        if run.state == RunState::Succeeded {
+            if let Some((secs, nodes)) = rollout_measurement(run) {
+                let value = serde_json::json!({"secs": secs, "nodes": nodes}).to_string();
+                let key = format!("{ROLLOUT_HISTORY_PREFIX}{}", run.id);
+                if let Err(e) = self.store.put_meta(&key, value.as_bytes()).await {
+                    warn!(run = %run.id, error = %e, "recording the rollout time failed");
+                }
             }
         }
         if run.origin.is_some() {

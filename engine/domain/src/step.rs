@@ -97,7 +97,7 @@ step_kinds! {
     /// Detach the workload cluster from Tanzu Mission Control.
     TmcDetach = "tmc.detach" => TmcClusterInputs,
     /// Delete the Cluster and wait until Cluster API has removed it.
-    KubeDeleteCluster = "kube.delete-cluster" => WorkloadTarget,
+    KubeDeleteCluster = "kube.delete-cluster" => KubeDeleteInputs,
     /// Remove the `kubernetes.io/cluster/<name>` tag `aws.preflight` added to the subnets of
     /// an existing VPC (reference R7).
     AwsRemoveSubnetTags = "aws.remove-subnet-tags" => AwsPreflightInputs,
@@ -272,6 +272,21 @@ pub struct UpgradeClusterInputs {
     pub tkr: String,
     /// The Kubernetes version of that TKR, e.g. `v1.23.8+vmware.2`.
     pub kubernetes_version: String,
+    /// The `tkgops.dev/owner` label value the Cluster must carry (security rule 7: tkgops
+    /// changes only Clusters it created for the same config repository and cluster path).
+    pub owner_label: String,
+}
+
+/// Inputs of `kube.delete-cluster`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeDeleteInputs {
+    /// The Cluster to delete.
+    #[serde(flatten)]
+    pub target: WorkloadTarget,
+    /// The `tkgops.dev/owner` label value the Cluster must carry (security rule 7); a Cluster
+    /// without it is never deleted.
+    pub owner_label: String,
 }
 
 /// Inputs of `kube.wait-control-plane` and `kube.wait-machine-deployments`: the Cluster and

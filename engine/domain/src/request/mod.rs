@@ -28,14 +28,14 @@ use serde::{Deserialize, Serialize};
 
 pub use fs::{validate_paths, ValidateReport};
 pub use packages::{
-    standard_package, StandardPackage, PACKAGE_INSTALL_ORDER, TKG16_STANDARD_PACKAGES,
+    standard_package, StandardPackage, PACKAGE_DEPENDENCIES, PACKAGE_INSTALL_ORDER, TKG16_STANDARD_PACKAGES,
 };
 pub use rules::{check_upgrade, is_dns1123_label, is_system_namespace, validate, RULES};
 pub use settings::{
     parse_cluster_settings, parse_repo_config, ApprovalPolicy, ClusterSettings, ClusterTmc,
     IdentityManagementType, KubeconfigSource, ManagementClusterConfig, PackageDefaults,
     PackageRepositoryRef, PackageRequest, RepoConfig, RuleLevel, RuleOverride, RulesConfig,
-    TmcConfig, UpgradePolicy,
+    TmcConfig, UpgradePolicy, ALLOW_DELETE_LABEL,
 };
 pub use spec::{
     cluster_spec, ClusterSpec, MachineSpec, OsSpec, PackageSpec, SubnetSpec, TmcSpec, VpcSpec,

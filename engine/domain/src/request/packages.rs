@@ -87,6 +87,17 @@ pub const PACKAGE_INSTALL_ORDER: &[&str] = &[
     "harbor",
 ];
 
+/// Which standard packages need which (reference `tanzu-apis.md` §4.4: "deploying Contour is a
+/// prerequisite for Prometheus, Grafana and Harbor"; contour needs cert-manager): pairs
+/// `(package, needs)` by short name. Installs follow [`PACKAGE_INSTALL_ORDER`], which respects
+/// them; removals go in reverse.
+pub const PACKAGE_DEPENDENCIES: &[(&str, &str)] = &[
+    ("contour", "cert-manager"),
+    ("prometheus", "contour"),
+    ("grafana", "contour"),
+    ("harbor", "contour"),
+];
+
 /// The namespace for packages with none configured and none in the table (SIVT convention).
 pub(crate) const DEFAULT_PACKAGE_NAMESPACE: &str = "tanzu-packages";
 

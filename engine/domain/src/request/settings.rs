@@ -247,7 +247,14 @@ pub struct ApprovalPolicy {
     /// security rule 6).
     #[serde(default = "two")]
     pub destructive_approvals: u32,
+    /// How many clusters one pull request may delete (default 1): a change that removes more
+    /// cluster folders is refused at the plan (rule `TKGOPS-DELETE`).
+    #[serde(default = "one")]
+    pub max_deletes_per_change: u32,
 }
+
+/// The pull-request label without which a planned delete never runs (rule `TKGOPS-DELETE`).
+pub const ALLOW_DELETE_LABEL: &str = "tkgops/allow-delete";
 
 fn one() -> u32 {
     1
@@ -262,6 +269,7 @@ impl Default for ApprovalPolicy {
             approvers: Vec::new(),
             required_approvals: 1,
             destructive_approvals: 2,
+            max_deletes_per_change: 1,
         }
     }
 }

@@ -111,6 +111,7 @@ pub fn render_plan(plan: &Plan, catalog: &Catalog, with_marker: bool) -> Result<
                 "note": c.note,
                 "steps": steps,
                 "manifests": c.manifests,
+                "impact": c.impact.as_ref().map(impact_view),
             })
         })
         .collect();
@@ -128,6 +129,39 @@ pub fn render_plan(plan: &Plan, catalog: &Catalog, with_marker: bool) -> Result<
     catalog
         .render("comments/plan.md.hbs", &data)
         .map_err(|e| e.to_string())
+}
+
+/// The machine table of an upgrade or resize: one row per group (control plane, each
+/// MachineDeployment) with replicas and instance types before → after and the machines replaced,
+/// plus the totals and the estimate.
+fn impact_view(i: &super::impact::Impact) -> Value {
+    let arrow = |from: Option<String>, to: String| match from {
+        Some(f) if f != to => format!("{f} → {to}"),
+        _ => to,
+    };
+    let rows: Vec<Value> = i
+        .groups
+        .iter()
+        .map(|g| {
+            json!({
+                "name": g.name,
+                "az": g.az.clone().unwrap_or_else(|| "all".into()),
+                "replicas": arrow(g.replicas_from.map(|r| r.to_string()), g.replicas_to.to_string()),
+                "instanceType": arrow(g.instance_type_from.clone(), g.instance_type_to.clone()),
+                "replaced": if g.replaced > 0 {
+                    format!("{} ({})", g.replaced, g.because.join(", "))
+                } else {
+                    "0".into()
+                },
+            })
+        })
+        .collect();
+    json!({
+        "rows": rows,
+        "nodesReplaced": i.nodes_replaced,
+        "estimate": format_duration(i.estimate_secs),
+        "basis": i.estimate_basis,
+    })
 }
 
 /// One row of the live step table.

@@ -2,11 +2,14 @@
 //!
 //! - [`catalog`]: workflow definitions and handlebars templates from the bot's install.
 //! - [`plan`]: intents per cluster between two commits, and the rendered workflow for each.
+//! - [`impact`]: the machines a change to an existing cluster replaces, and how long it takes.
 //! - [`markdown`]: the sticky PR comment (plan, live step table, final summary).
 
 pub mod catalog;
+pub mod impact;
 pub mod markdown;
 pub mod plan;
 
 pub use catalog::{Catalog, CatalogError, Workflow, WorkflowStep};
+pub use impact::{impact, Impact, MachineGroupChange, RolloutHistory};
 pub use plan::{plan, ClusterPlan, IntentKind, Plan, PlanInput, PlanStatus};

@@ -8,10 +8,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::catalog::{Catalog, CatalogError, Workflow};
+use super::impact::{impact, Impact, RolloutHistory};
 use crate::files::TreeReader;
 use crate::request::{self, ClusterRequest, ClusterSpec, Finding, RepoConfig, Severity};
 use crate::step::{
-    AwsPreflightInputs, KubeApplyInputs, KubePreflightInputs, KubeRolloutInputs, PackagesInputs,
+    AwsPreflightInputs, KubeApplyInputs, KubeDeleteInputs, KubePreflightInputs, KubeRolloutInputs, PackagesInputs,
     PackagesUpdateInputs, RetryPolicy,
     StepInputs, StepKind, StepSpec, TmcClusterInputs, TmcFullName, UpgradeClusterInputs,
     WorkloadTarget,
@@ -39,8 +40,13 @@ pub enum IntentKind {
         /// TKR after the change.
         to: String,
     },
-    /// TMC settings were added or changed.
+    /// TMC settings were added or changed (a changed cluster group is a PUT of the TMC cluster).
     AttachTmc,
+    /// TMC settings were removed: detach the cluster from TMC.
+    DetachTmc,
+    /// Machine variables changed (counts, instance types, root volumes): the Cluster's topology
+    /// is applied again, and Cluster API scales or replaces machines.
+    Resize,
     /// The packages (versions, values, set) changed.
     RolloutPackages,
     /// The cluster request was removed: delete the cluster (destructive).
@@ -60,6 +66,8 @@ impl IntentKind {
             IntentKind::Create => Some("create"),
             IntentKind::Upgrade { .. } => Some("upgrade"),
             IntentKind::AttachTmc => Some("attach-tmc"),
+            IntentKind::DetachTmc => Some("detach-tmc"),
+            IntentKind::Resize => Some("resize"),
             IntentKind::RolloutPackages => Some("rollout-packages"),
             IntentKind::Delete => Some("delete"),
             IntentKind::Unsupported { .. } => None,
@@ -72,6 +80,8 @@ impl IntentKind {
             IntentKind::Create => "create".into(),
             IntentKind::Upgrade { from, to } => format!("upgrade {from} → {to}"),
             IntentKind::AttachTmc => "attach to TMC".into(),
+            IntentKind::DetachTmc => "detach from TMC".into(),
+            IntentKind::Resize => "resize / replace machines".into(),
             IntentKind::RolloutPackages => "roll out packages".into(),
             IntentKind::Delete => "delete".into(),
             IntentKind::Unsupported { .. } => "change not applied".into(),
@@ -129,6 +139,10 @@ pub struct ClusterPlan {
     pub manifests: Vec<RenderedManifest>,
     /// Free-text note (why not executable, why blocked).
     pub note: Option<String>,
+    /// For changes to an existing cluster's machines (upgrade, resize): the machines replaced,
+    /// added and removed, and the expected duration. Display only (not part of the digest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impact: Option<Impact>,
 }
 
 impl ClusterPlan {
@@ -232,6 +246,9 @@ pub struct PlanInput<'a> {
     /// The config repository's identity (GitHub `owner/name`), part of the ownership label of
     /// every Cluster tkgops creates ([`owner_label`]).
     pub repository: &'a str,
+    /// Rollout times measured by earlier runs, for the estimates of upgrades and resizes
+    /// (default: none measured).
+    pub history: RolloutHistory,
 }
 
 /// Label key marking a Cluster as created by tkgops for one config repository and cluster
@@ -371,6 +388,40 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         let after = load_cluster(input.head, &name, repo.as_ref());
         clusters.extend(plan_cluster(&name, before, after, repo.as_ref(), input));
     }
+    // Deletes: at most approval.maxDeletesPerChange per change (TKGOPS-DELETE).
+    let deletes: Vec<String> = clusters
+        .iter()
+        .filter(|c| c.intent == IntentKind::Delete)
+        .map(|c| c.cluster.clone())
+        .collect();
+    if let Some(r) = &repo {
+        if !deletes.is_empty() {
+            notes.push(format!(
+                "This change deletes {}: it runs only when the pull request carries the label `{}` and has {} approval(s) from approvers (approval.destructiveApprovals).",
+                deletes.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", "),
+                request::ALLOW_DELETE_LABEL,
+                r.approval.destructive_approvals
+            ));
+        }
+        let max = r.approval.max_deletes_per_change as usize;
+        if deletes.len() > max {
+            for c in clusters.iter_mut().filter(|c| c.intent == IntentKind::Delete) {
+                c.findings.push(Finding {
+                    path: format!("{CLUSTERS_DIR}/{}", c.cluster),
+                    line: None,
+                    rule: DELETE_RULE.into(),
+                    severity: Severity::Error,
+                    message: format!(
+                        "this change deletes {} clusters ({}); the policy allows at most {max} per pull request (approval.maxDeletesPerChange): split it",
+                        deletes.len(),
+                        deletes.join(", ")
+                    ),
+                });
+                c.status = PlanStatus::Blocked;
+                c.note = Some(BLOCKED_NOTE.into());
+            }
+        }
+    }
     Plan {
         base_sha: input.base_sha.to_string(),
         head_sha: input.head_sha.to_string(),
@@ -380,6 +431,33 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         changes_policy,
     }
 }
+
+/// Rule of the safety rails of deletes: `approval.maxDeletesPerChange` and the
+/// [`request::ALLOW_DELETE_LABEL`] label.
+pub const DELETE_RULE: &str = "TKGOPS-DELETE";
+/// Rule of a package removal that another remaining package needs
+/// ([`request::PACKAGE_DEPENDENCIES`]).
+pub const PACKAGE_REMOVE_RULE: &str = "TKGOPS-PKG-REMOVE";
+
+const BLOCKED_NOTE: &str =
+    "Fix the errors listed in the findings; nothing runs for this cluster until the plan has no errors.";
+
+/// The TKG configuration variables that shape machines; a change of them on an existing
+/// cluster is a [`IntentKind::Resize`] (the Cluster's topology is applied again) rather than a
+/// creation-only variable.
+pub const MACHINE_VARIABLES: &[&str] = &[
+    "CONTROL_PLANE_MACHINE_COUNT",
+    "CONTROL_PLANE_MACHINE_TYPE",
+    "NODE_MACHINE_TYPE",
+    "NODE_MACHINE_TYPE_1",
+    "NODE_MACHINE_TYPE_2",
+    "WORKER_MACHINE_COUNT",
+    "WORKER_MACHINE_COUNT_0",
+    "WORKER_MACHINE_COUNT_1",
+    "WORKER_MACHINE_COUNT_2",
+    "AWS_NODE_OS_DISK_SIZE_GIB",
+    "AWS_CONTROL_PLANE_OS_DISK_SIZE_GIB",
+];
 
 fn plan_cluster(
     name: &str,
@@ -394,6 +472,7 @@ fn plan_cluster(
             name,
             IntentKind::Create,
             after.request.as_ref(),
+            None,
             after.findings,
             repo,
             input,
@@ -402,6 +481,7 @@ fn plan_cluster(
             name,
             IntentKind::Delete,
             before.request.as_ref(),
+            None,
             Vec::new(),
             repo,
             input,
@@ -443,15 +523,13 @@ fn plan_cluster(
                     )]
                 }
             };
+            let settings_path = format!("{CLUSTERS_DIR}/{name}/{CLUSTER_SETTINGS_FILE}");
             let mut intents = Vec::new();
             if old_spec.tkr != new_spec.tkr {
-                let line = None;
-                if let Some(f) = request::check_upgrade(
-                    &format!("{CLUSTERS_DIR}/{name}/{CLUSTER_SETTINGS_FILE}"),
-                    line,
-                    &old_spec.tkr,
-                    &new_spec.tkr,
-                ) {
+                let line = new.settings.line("tkr");
+                if let Some(f) =
+                    request::check_upgrade(&settings_path, line, &old_spec.tkr, &new_spec.tkr)
+                {
                     findings.push(f);
                 }
                 intents.push(IntentKind::Upgrade {
@@ -459,12 +537,26 @@ fn plan_cluster(
                     to: new_spec.tkr.clone(),
                 });
             }
+            let machines_change = old_spec.control_plane != new_spec.control_plane
+                || old_spec.workers != new_spec.workers
+                || old_spec.worker_root_volume_gib != new_spec.worker_root_volume_gib;
+            if machines_change {
+                intents.push(IntentKind::Resize);
+            }
             if new_spec.tmc.is_some() && old_spec.tmc != new_spec.tmc {
                 intents.push(IntentKind::AttachTmc);
+            } else if old_spec.tmc.is_some() && new_spec.tmc.is_none() {
+                intents.push(IntentKind::DetachTmc);
             }
             if old_spec.packages != new_spec.packages
                 || old_spec.package_repository != new_spec.package_repository
             {
+                findings.extend(removed_package_findings(
+                    &settings_path,
+                    new.settings.line("packages"),
+                    &old_spec,
+                    &new_spec,
+                ));
                 intents.push(IntentKind::RolloutPackages);
             }
             let changed_vars: Vec<String> = old
@@ -486,6 +578,7 @@ fn plan_cluster(
                         .filter(|k| !old.config.vars.contains_key(*k))
                         .cloned(),
                 )
+                .filter(|k| !MACHINE_VARIABLES.contains(&k.as_str()))
                 .collect();
             if !changed_vars.is_empty() {
                 let shown: Vec<String> = changed_vars.iter().take(10).cloned().collect();
@@ -508,11 +601,57 @@ fn plan_cluster(
                 } else {
                     Vec::new()
                 };
-                out.push(render_intent(name, intent, Some(new), f, repo, input));
+                // TMC detach is rendered from the request as it was (it has the TMC settings).
+                let req = if intent == IntentKind::DetachTmc {
+                    old
+                } else {
+                    new
+                };
+                out.push(render_intent(
+                    name,
+                    intent,
+                    Some(req),
+                    Some(&old_spec),
+                    f,
+                    repo,
+                    input,
+                ));
             }
             out
         }
     }
+}
+
+/// `TKGOPS-PKG-REMOVE` findings: a package the change removes that a package still installed
+/// after the change needs ([`request::PACKAGE_DEPENDENCIES`]).
+fn removed_package_findings(
+    path: &str,
+    line: Option<u32>,
+    before: &ClusterSpec,
+    after: &ClusterSpec,
+) -> Vec<Finding> {
+    let kept = |n: &str| after.packages.iter().any(|p| p.name == n);
+    before
+        .packages
+        .iter()
+        .filter(|p| !kept(&p.name))
+        .flat_map(|removed| {
+            request::PACKAGE_DEPENDENCIES
+                .iter()
+                .filter(move |(_, needs)| *needs == removed.name)
+                .filter(|(pkg, _)| kept(pkg))
+                .map(move |(pkg, _)| Finding {
+                    path: path.to_string(),
+                    line,
+                    rule: PACKAGE_REMOVE_RULE.into(),
+                    severity: Severity::Error,
+                    message: format!(
+                        "removing package {} is refused: {pkg}, which stays installed, needs it; remove {pkg} first or keep {}",
+                        removed.name, removed.name
+                    ),
+                })
+        })
+        .collect()
 }
 
 fn spec_of(req: &ClusterRequest, repo: Option<&RepoConfig>) -> Result<ClusterSpec, Finding> {
@@ -542,7 +681,8 @@ fn blocked(
         findings,
         steps: Vec::new(),
         manifests: Vec::new(),
-        note: Some("Fix the errors listed in the findings; nothing runs for this cluster until the plan has no errors.".into()),
+        note: Some(BLOCKED_NOTE.into()),
+        impact: None,
     }
 }
 
@@ -550,6 +690,7 @@ fn render_intent(
     name: &str,
     intent: IntentKind,
     req: Option<&ClusterRequest>,
+    before: Option<&ClusterSpec>,
     mut findings: Vec<Finding>,
     repo: Option<&RepoConfig>,
     input: &PlanInput<'_>,
@@ -572,6 +713,7 @@ fn render_intent(
             steps: Vec::new(),
             manifests: Vec::new(),
             note: Some(reason),
+            impact: None,
         };
     };
     let Some(workflow) = input.catalog.workflow_for_intent(intent_name) else {
@@ -587,6 +729,7 @@ fn render_intent(
     if spec.tmc.is_some()
         && repo.map(|r| r.tmc.is_none()).unwrap_or(true)
         && intent_name != "delete"
+        && intent_name != "detach-tmc"
     {
         findings.push(Finding {
             path: format!("{CLUSTERS_DIR}/{name}/{CLUSTER_SETTINGS_FILE}"),
@@ -597,22 +740,39 @@ fn render_intent(
                 .into(),
         });
     }
+    let impact = match (&intent, before) {
+        (IntentKind::Upgrade { .. } | IntentKind::Resize, Some(b)) => {
+            // An upgrade replaces machines for the new version; a resize for the new machine
+            // shape only (a version change in the same pull request is the upgrade's).
+            let mut from = b.clone();
+            if intent == IntentKind::Resize {
+                from.kubernetes_version = spec.kubernetes_version.clone();
+            } else {
+                from.control_plane = spec.control_plane.clone();
+                from.workers = spec.workers.clone();
+                from.worker_root_volume_gib = spec.worker_root_volume_gib;
+            }
+            Some(impact(&from, &spec, &input.history))
+        }
+        _ => None,
+    };
     let has_errors = findings.iter().any(|f| f.severity == Severity::Error);
     let context = render_context(&spec, input.repository);
-    let (steps, manifests) = match render_workflow(workflow, &spec, None, repo, &context, input.catalog) {
-        Ok(r) => r,
-        Err(_) if has_errors => {
-            // The findings already say why (e.g. TMC settings without a TMC endpoint).
-            return blocked(name, intent, findings, Some(workflow.name.clone()));
-        }
-        Err(e) => {
-            findings.push(e.finding(workflow));
-            return blocked(name, intent, findings, Some(workflow.name.clone()));
-        }
-    };
+    let (steps, manifests) =
+        match render_workflow(workflow, &spec, before, repo, &context, input.catalog) {
+            Ok(r) => r,
+            Err(_) if has_errors => {
+                // The findings already say why (e.g. TMC settings without a TMC endpoint).
+                return blocked(name, intent, findings, Some(workflow.name.clone()));
+            }
+            Err(e) => {
+                findings.push(e.finding(workflow));
+                return blocked(name, intent, findings, Some(workflow.name.clone()));
+            }
+        };
     let executable = steps.iter().all(|s| input.executable.contains(&s.kind()));
     let (status, note) = if has_errors {
-        (PlanStatus::Blocked, Some("Fix the errors listed in the findings; nothing runs for this cluster until the plan has no errors.".to_string()))
+        (PlanStatus::Blocked, Some(BLOCKED_NOTE.to_string()))
     } else if !executable {
         let missing: Vec<&str> = steps
             .iter()
@@ -639,6 +799,7 @@ fn render_intent(
         steps,
         manifests,
         note,
+        impact,
     }
 }
 
@@ -780,7 +941,10 @@ pub fn render_workflow(
                 yaml,
             });
         }
-        let inputs = step_inputs(step.kind, spec, before, repo, docs.join("---\n")).map_err(|message| {
+        let owner = lookup(context, "owner.label")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let inputs = step_inputs(step.kind, spec, before, repo, owner, docs.join("---\n")).map_err(|message| {
             RenderError {
                 step: step.id.clone(),
                 template: None,
@@ -805,7 +969,8 @@ pub fn render_workflow(
 
 /// The typed inputs of a step of kind `kind` for the cluster `spec` (as the change leaves it;
 /// `before` is the cluster as it was, for changes to an existing cluster); `manifests` is the
-/// rendered multi-document YAML of a `kube.apply` step (empty for other kinds).
+/// rendered multi-document YAML of a `kube.apply` step (empty for other kinds); `owner_label`
+/// the [`owner_label`] the Cluster of a changing step must carry.
 ///
 /// Errors: a message when the inputs need repository settings that are missing (the TMC
 /// endpoint of `tmc.attach` and `tmc.detach`).
@@ -814,6 +979,7 @@ pub fn step_inputs(
     spec: &ClusterSpec,
     before: Option<&ClusterSpec>,
     repo: Option<&RepoConfig>,
+    owner_label: &str,
     manifests: String,
 ) -> Result<StepInputs, String> {
     let target = WorkloadTarget {
@@ -896,6 +1062,7 @@ pub fn step_inputs(
             target: target.clone(),
             tkr: spec.tkr.clone(),
             kubernetes_version: spec.kubernetes_version.clone(),
+            owner_label: owner_label.to_string(),
         }),
         StepKind::PackagesUpdate => StepInputs::PackagesUpdate(PackagesUpdateInputs {
             target: target.clone(),
@@ -919,7 +1086,10 @@ pub fn step_inputs(
         }
         StepKind::AwsRemoveSubnetTags => StepInputs::AwsRemoveSubnetTags(aws_inputs()),
         StepKind::TmcDetach => StepInputs::TmcDetach(tmc()?),
-        StepKind::KubeDeleteCluster => StepInputs::KubeDeleteCluster(target.clone()),
+        StepKind::KubeDeleteCluster => StepInputs::KubeDeleteCluster(KubeDeleteInputs {
+            target: target.clone(),
+            owner_label: owner_label.to_string(),
+        }),
     })
 }
 

@@ -151,6 +151,14 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
             get(list_comments).post(create_comment),
         )
         .route(
+            "/repos/{o}/{r}/issues/{n}/labels",
+            get(list_labels).post(add_labels),
+        )
+        .route(
+            "/repos/{o}/{r}/issues/{n}/labels/{name}",
+            axum::routing::delete(remove_label),
+        )
+        .route(
             "/repos/{o}/{r}/issues/comments/{id}",
             patch(update_comment)
                 .get(get_comment)
@@ -537,6 +545,7 @@ pub(super) fn pull_json(
         additions,
         deletions,
         changed_files: changed,
+        labels: &p.labels,
     };
     Ok(sh.ctx().pull(&view, &Utc::now(), simple))
 }
@@ -980,6 +989,77 @@ async fn create_comment(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+fn labels_json(sh: &Shared, labels: &[String]) -> Value {
+    Value::Array(labels.iter().map(|l| sh.ctx().label(l)).collect())
+}
+
+async fn list_labels(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    let labels = sh
+        .lock()
+        .pulls
+        .get(&n)
+        .map(|p| p.labels.clone())
+        .ok_or_else(not_found)?;
+    Ok(ok_json(StatusCode::OK, labels_json(&sh, &labels)))
+}
+
+/// `POST /repos/{o}/{r}/issues/{n}/labels` with `{"labels": ["name", …]}` (or a bare array):
+/// adds the labels and answers every label of the issue.
+async fn add_labels(
+    State(sh): Sh,
+    Extension(p): Caller,
+    Path((o, r, n)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    let v = parse_body(&body)?;
+    let names: Vec<String> = v
+        .get("labels")
+        .unwrap_or(&v)
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if names.is_empty() {
+        return Err(unprocessable("labels: at least one label name is required"));
+    }
+    let login = sh.login_of(&sh.lock(), &p);
+    let mut labels = Vec::new();
+    for name in &names {
+        labels = match sh.set_label(n, &login, name, true) {
+            Ok(l) => l,
+            Err(GithubEmulatorError::NoSuchPull(_)) => return Err(not_found()),
+            Err(e) => return Err(internal(e)),
+        };
+    }
+    Ok(ok_json(StatusCode::OK, labels_json(&sh, &labels)))
+}
+
+async fn remove_label(
+    State(sh): Sh,
+    Extension(p): Caller,
+    Path((o, r, n, name)): Path<(String, String, String, String)>,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    let present = sh
+        .lock()
+        .pulls
+        .get(&n)
+        .map(|p| p.labels.contains(&name))
+        .ok_or_else(not_found)?;
+    if !present {
+        return Err(not_found());
+    }
+    let login = sh.login_of(&sh.lock(), &p);
+    let labels = sh
+        .set_label(n, &login, &name, false)
+        .map_err(internal)?;
+    Ok(ok_json(StatusCode::OK, labels_json(&sh, &labels)))
 }
 
 async fn get_comment(State(sh): Sh, Path((o, r, id)): Path<(String, String, String)>) -> ApiResult {

@@ -212,6 +212,8 @@ struct Pull {
     head_sha: String,
     /// Base SHA at merge/close time (frozen once closed).
     base_sha_closed: Option<String>,
+    /// Label names, in the order they were added.
+    labels: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -416,6 +418,40 @@ impl Shared {
     }
 
     /// Queues a `pull_request` event for PR `number` (its current state) sent by `sender`.
+    /// Adds (`add`) or removes label `name` on PR `number` as `user`: bumps `updated_at` and
+    /// announces `pull_request` `labeled`/`unlabeled` when the set changed. Returns the labels.
+    fn set_label(
+        &self,
+        number: u64,
+        user: &str,
+        name: &str,
+        add: bool,
+    ) -> Result<Vec<String>, GithubEmulatorError> {
+        let now = self.now();
+        let (changed, labels) = {
+            let mut st = self.lock();
+            let pull = st
+                .pulls
+                .get_mut(&number)
+                .ok_or(GithubEmulatorError::NoSuchPull(number))?;
+            let has = pull.labels.iter().any(|l| l == name);
+            let changed = has != add;
+            if changed {
+                if add {
+                    pull.labels.push(name.to_string());
+                } else {
+                    pull.labels.retain(|l| l != name);
+                }
+                pull.updated_at = now;
+            }
+            (changed, pull.labels.clone())
+        };
+        if changed {
+            self.emit_pull(number, if add { "labeled" } else { "unlabeled" }, user);
+        }
+        Ok(labels)
+    }
+
     fn emit_pull(&self, number: u64, action: &'static str, sender: &str) {
         let pull = self.lock().pulls.get(&number).cloned();
         if let Some(pull) = pull {
@@ -490,6 +526,7 @@ impl Shared {
                     closed_at: None,
                     head_sha: head.to_string(),
                     base_sha_closed: None,
+                    labels: Vec::new(),
                 },
             );
             number
@@ -1021,6 +1058,27 @@ impl GithubEmulator {
         self.shared
             .add_review(number, reviewer, state, "", None)
             .map(|_| ())
+    }
+
+    /// Adds the label `name` to PR `number` as `user`, as `POST /issues/{n}/labels` does;
+    /// announces `pull_request` `labeled` when it was not there yet.
+    ///
+    /// Errors: [`GithubEmulatorError::NoSuchPull`].
+    pub fn add_label(&self, number: u64, user: &str, name: &str) -> Result<(), GithubEmulatorError> {
+        self.shared.set_label(number, user, name, true).map(|_| ())
+    }
+
+    /// Removes the label `name` from PR `number` as `user`; announces `unlabeled` when it was
+    /// there.
+    ///
+    /// Errors: [`GithubEmulatorError::NoSuchPull`].
+    pub fn remove_label(
+        &self,
+        number: u64,
+        user: &str,
+        name: &str,
+    ) -> Result<(), GithubEmulatorError> {
+        self.shared.set_label(number, user, name, false).map(|_| ())
     }
 
     /// Adds an issue comment by `user` (any login) to PR `number` and announces

@@ -190,7 +190,7 @@ impl Ctx<'_> {
         v["title"] = json!(p.title);
         v["user"] = self.user(p.author);
         v["body"] = json!(p.body);
-        v["labels"] = json!([]);
+        v["labels"] = Value::Array(p.labels.iter().map(|l| self.label(l)).collect());
         v["milestone"] = Value::Null;
         v["active_lock_reason"] = Value::Null;
         v["created_at"] = json!(ts(p.created_at));
@@ -397,6 +397,20 @@ impl Ctx<'_> {
         r
     }
 
+    /// A label object (GitHub's `label` schema) named `name`, with a stable id and colour.
+    pub fn label(&self, name: &str) -> Value {
+        let id = user_id(name);
+        json!({
+            "id": id,
+            "node_id": format!("LA_{id}"),
+            "url": format!("{}/repos/{}/labels/{}", self.api, self.full_name(), name),
+            "name": name,
+            "color": "ededed",
+            "default": false,
+            "description": Value::Null,
+        })
+    }
+
     /// The `issue` of an `issue_comment` payload for pull request `p` (webhook example shape,
     /// with the `pull_request` links GitHub adds for a PR).
     pub fn issue(&self, p: &Pull, comments: usize) -> Value {
@@ -415,7 +429,7 @@ impl Ctx<'_> {
         v["number"] = json!(n);
         v["title"] = json!(p.title);
         v["user"] = self.user(&p.author);
-        v["labels"] = json!([]);
+        v["labels"] = Value::Array(p.labels.iter().map(|l| self.label(l)).collect());
         v["state"] = json!(if p.open { "open" } else { "closed" });
         v["locked"] = json!(false);
         v["assignee"] = Value::Null;
@@ -583,6 +597,7 @@ pub(super) struct PullView<'a> {
     pub additions: usize,
     pub deletions: usize,
     pub changed_files: usize,
+    pub labels: &'a [String],
 }
 
 /// One commit status to render.

@@ -60,8 +60,10 @@ pub struct PullRequest {
     /// The merge commit on the base branch, only when `merged` (GitHub's test-merge SHA of an
     /// open PR is deliberately not exposed).
     pub merge_commit_sha: Option<String>,
-    /// Last update of the PR (pushes, comments, reviews, state changes).
+    /// Last update of the PR (pushes, comments, reviews, labels, state changes).
     pub updated_at: Option<DateTime<Utc>>,
+    /// Names of the PR's labels (e.g. `tkgops/allow-delete`).
+    pub labels: Vec<String>,
 }
 
 /// A pull request review.
@@ -1028,6 +1030,12 @@ fn convert_pull(p: octocrab::models::pulls::PullRequest) -> PullRequest {
         merged,
         merge_commit_sha: if merged { p.merge_commit_sha } else { None },
         updated_at: p.updated_at,
+        labels: p
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| l.name)
+            .collect(),
     }
 }
 

@@ -8,7 +8,10 @@
 //! - `kube.read-kubeconfig`: reads the Cluster API `<cluster>-kubeconfig` Secret and connects to the
 //!   workload API server (CAPI `util/secret`);
 //! - `packages.rollout`: what `tanzu package install` does, one package after the other
-//!   ([`packages`]; TF `tkgpackageclient/package_install.go`, KC status semantics),
+//!   ([`packages`]; TF `tkgpackageclient/package_install.go`, KC status semantics);
+//! - `kube.upgrade-cluster`, `kube.wait-control-plane`, `kube.wait-machine-deployments`,
+//!   `kube.delete-cluster`: day-2 changes of an existing Cluster ([`rollout`]; what
+//!   `tanzu cluster upgrade` does, tkg2-aws-class-based.md §8),
 //!
 //! and implements [`ManifestApplier`] (used by the TMC provider for the installer manifest).
 //!
@@ -19,6 +22,7 @@ pub mod apply;
 pub mod cluster;
 pub mod packages;
 pub mod preflight;
+pub mod rollout;
 mod watch;
 
 pub use watch::WaitOptions;
@@ -45,6 +49,11 @@ pub const KINDS: &[StepKind] = &[
     StepKind::KubeWaitCluster,
     StepKind::KubeReadKubeconfig,
     StepKind::PackagesRollout,
+    StepKind::KubeUpgradeCluster,
+    StepKind::KubeWaitControlPlane,
+    StepKind::KubeWaitMachineDeployments,
+    StepKind::KubeDeleteCluster,
+    StepKind::PackagesVerify,
 ];
 
 /// The field manager tkgops uses for every server-side apply it makes on its own behalf.
@@ -819,6 +828,15 @@ impl StepExecutor for KubeProvider {
             StepInputs::KubeWaitCluster(t) => cluster::wait_cluster(self, ctx, t).await,
             StepInputs::KubeReadKubeconfig(t) => self.step_read_kubeconfig(ctx, t).await,
             StepInputs::PackagesRollout(i) => packages::rollout(self, ctx, i).await,
+            StepInputs::KubeUpgradeCluster(i) => rollout::upgrade_cluster(self, ctx, i).await,
+            StepInputs::KubeWaitControlPlane(i) => {
+                rollout::wait_control_plane(self, ctx, i).await
+            }
+            StepInputs::KubeWaitMachineDeployments(i) => {
+                rollout::wait_machine_deployments(self, ctx, i).await
+            }
+            StepInputs::KubeDeleteCluster(i) => rollout::delete_cluster(self, ctx, i).await,
+            StepInputs::PackagesVerify(t) => rollout::verify_packages(self, ctx, t).await,
             other => Err(StepError::Permanent(format!(
                 "the Kubernetes provider does not execute step kind '{}'",
                 other.kind()
