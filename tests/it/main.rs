@@ -3,6 +3,7 @@
 mod support;
 
 mod aws;
+mod capi_rollout;
 mod cli;
 mod e2e;
 mod engine;

@@ -14,8 +14,10 @@
 //!    ClusterBootstrap `<cluster>` (kapp, cni per the `cni` variable, csi; no cpi), the
 //!    management-side PackageInstall `<cluster>-kapp-controller` and the workload PackageInstalls
 //!    `<cluster>-antrea|calico` and `<cluster>-aws-ebs-csi-driver` in `tkg-system`;
-//! 5. KubeadmControlPlane `readyReplicas` 1..N, one per tick, then `ControlPlaneReady=True`;
-//! 6. each MachineDeployment `readyReplicas` 1..N, one per tick (`ScalingUp` → `Running`), then `Ready=True`.
+//! 5. KubeadmControlPlane `readyReplicas` 1..N: its Machines are created one at a time, each
+//!    the tick after the previous one came up, then `ControlPlaneReady=True`;
+//! 6. each MachineDeployment creates all its Machines at once; they come up the next tick
+//!    (`ScalingUp` → `Running`), then `Ready=True`.
 //!
 //! Paused Clusters are left alone, except that one paused by the cluster-pause webhook for a new
 //! TKR gets `status.resolvedTKR` in its ClusterBootstrap (one tick) and is then unpaused. With
@@ -24,18 +26,82 @@
 //! The management cluster's own Cluster (label `cluster-role.tkg.tanzu.vmware.com/management`)
 //! is not reconciled.
 //!
-//! Upgrades: a new `spec.topology.version` goes to the KubeadmControlPlane first; its
-//! `updatedReplicas` go 0..N and `status.version` follows; then the MachineDeployments get the new
-//! `spec.template.spec.version` and roll the same way.
+//! # Machines and rollouts
+//! Machines are the source of truth: KCP and MD status is computed from the Machines they own
+//! (controller ownerReference) every tick. A Machine is created `Provisioning` (no `nodeRef`) and
+//! comes up the next tick (`Running`, `providerID`, `nodeRef` to a new Node of the workload
+//! cluster at the Machine's `spec.version`). A Machine is *up to date* when its `spec.version` is
+//! the owner's version (KCP `spec.version`, MD `spec.template.spec.version`) and it was created
+//! from the owner's current infrastructure template (KCP `spec.machineTemplate.infrastructureRef`,
+//! MD `spec.template.spec.infrastructureRef`; recorded in the Machine annotation
+//! `emulator.tkgops.dev/infra-template`). Machines get new names (`<kcp>-xxxxx`,
+//! `<md>-<set>-xxxxx` where `<set>` follows version and template as a new MachineSet would, label
+//! `cluster.x-k8s.io/set-name`), so `kubectl get machines` shows a roll.
+//!
+//! Each tick, per owner, as CAPI's `rolloutRolling` (scale up the new set, then scale down old):
+//! 1. Machines created last tick come up;
+//! 2. MD: up to `min(spec + maxSurge - machines, spec - upToDate)` new Machines are created;
+//!    KCP: one, only when no Machine is still provisioning;
+//! 3. outdated Machines that are not up are deleted; outdated ready ones are deleted while
+//!    `ready - 1 >= spec - maxUnavailable` (KCP: at most one per tick, and with maxSurge 1 only
+//!    while there are more Machines than `spec.replicas`); once nothing is outdated, the excess
+//!    over `spec.replicas` goes (not-yet-up first, then the newest). Deleting a Machine deletes its
+//!    Node.
+//!
+//! MD strategy: `spec.strategy.rollingUpdate.maxSurge` (default 1) and `maxUnavailable` (default
+//! 0), integers or percentages of `spec.replicas` (surge rounded up, unavailable down; both 0 is
+//! treated as unavailable 1). KCP: `spec.rolloutStrategy.rollingUpdate.maxSurge` 0 or 1 (default
+//! 1; with 0 an old Machine goes first). Hence during a roll `status.replicas <= spec + maxSurge`,
+//! `updatedReplicas` rises by at most maxSurge per tick (maxSurge + maxUnavailable when that is
+//! set, as in CAPI) and `readyReplicas >= spec - maxUnavailable`.
+//!
+//! Status: `replicas` (all Machines), `updatedReplicas` (up to date), `readyReplicas` (up);
+//! MD `availableReplicas = readyReplicas`, `unavailableReplicas = max(spec - available, 0)`, phase
+//! `ScalingUp` (ready < spec), `ScalingDown` (more Machines than spec, also while surging) or
+//! `Running`, conditions `Available` (ready >= spec - maxUnavailable), `MachinesReady`, `Ready`;
+//! KCP `version` = the lowest Machine version, `unavailableReplicas = replicas - ready`,
+//! `MachinesSpecUpToDate=False` (Warning, `RollingUpdateInProgress`, "Rolling N replicas with
+//! outdated spec (M replicas up to date)") while outdated Machines exist, `Resized=False`
+//! (`ScalingUp`/`ScalingDown`) while the count differs from spec outside a roll, `Ready`. The
+//! workload API server's `/version` follows the KCP `status.version`.
+//!
+//! Topology controller (what starts a rollout):
+//! - `spec.topology.version` goes to the KCP at once; an MD gets it only when the KCP runs it and
+//!   is neither rolling nor scaling (`status.version`, `replicas`, `updatedReplicas`,
+//!   `readyReplicas` all at spec, generation observed) and no other MD of the Cluster is rolling
+//!   out (CAPI's `IsRollingOut`), so MDs upgrade one at a time (tkg2-aws-class-based.md §8).
+//! - The AWSMachineTemplates of the control plane (`<cluster>-control-plane-xxxxx`, from the
+//!   `controlPlane` variable) and of each MD (`<cluster>-<md>-infra-xxxxx`, from the MD's
+//!   `variables.overrides` entry `worker` or else the `worker` variable): `instanceType`,
+//!   `rootVolume.size` (`sizeGiB`), `sshKeyName`, TKG's instance profiles. When the desired spec
+//!   differs, a new template with a new name is written, the KCP/MD is pointed at it and the old
+//!   one deleted: a rolling replacement as for a version. Template changes apply at once, to
+//!   every affected owner (as CAPI; only versions are sequenced).
+//! - `controlPlane.replicas` / `machineDeployments[].replicas` only scale.
+//!
+//! Deletion (Cluster with `deletionTimestamp`), one step per tick, see `reconcile_deletion`:
+//! phase `Deleting`; MDs, worker Machines and Nodes, MHCs; KCP and control plane Machines;
+//! AWSCluster, templates, ClusterBootstrap, `<cluster>-kapp-controller`, kubeconfig Secret, and
+//! the workload API server stops answering (dropped connections, until a Cluster of that name
+//! initializes again); then the finalizer `cluster.cluster.x-k8s.io` is removed.
+//!
+//! Leniencies: no MachineSet objects (only their names), no AWSMachine or KubeadmConfig objects,
+//! no drain or `nodeDeletionTimeout`, `strategy.type: OnDelete` and `minReadySeconds` ignored, no
+//! AMI in the AWSMachineTemplates (TKR_DATA is not read), the ClusterClass's own templates are not
+//! created; plan-based (legacy) Clusters roll on KCP/MD version or template-ref changes but their
+//! MDs are not sequenced; MHCs do not remediate; the machine-creation order (serials in the
+//! annotation `emulator.tkgops.dev/machine-serial`) is kept on the owner.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, Weak};
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use tracing::{debug, warn};
 
-use super::super::{ChangeEvent, EmulatedCluster, Gvr, KubeEmulator};
+use crate::faults::{Fault, FaultAction};
+
+use super::super::{ChangeEvent, EmulatedCluster, KubeEmulator};
 use super::admission::PAUSED_ANNOTATION;
 use super::catalog::{self, TKR_LABEL};
 use super::util::*;
@@ -43,8 +109,8 @@ use super::{ControllerError, ControllerOptions, Reconciler, Shared, TopologyFaul
 
 /// Annotation that makes a Cluster fail after `Provisioning`; its value becomes the failure message.
 pub const FAIL_ANNOTATION: &str = "emulator.tkgops.dev/fail";
-/// Annotation on KubeadmControlPlanes and MachineDeployments recording the Kubernetes version their
-/// `status.updatedReplicas` refer to (the simulated machines' version); drives rolling upgrades.
+/// Annotation on KubeadmControlPlanes and MachineDeployments the topology controller creates: the
+/// Kubernetes version they were created at (informational; rollouts follow the Machines).
 pub const MACHINES_VERSION_ANNOTATION: &str = "emulator.tkgops.dev/machines-version";
 
 const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
@@ -140,6 +206,8 @@ pub(crate) struct CapiController {
     faults: TopologyFaults,
     /// Topology reconciles per Cluster uid (drives [`TopologyFaults`]).
     reconciles: Mutex<HashMap<String, u64>>,
+    /// Workload clusters whose API server was stopped by a Cluster deletion.
+    stopped: Mutex<HashSet<String>>,
 }
 
 /// Owned objects of one Cluster's topology, as stored after this tick's sync.
@@ -249,6 +317,7 @@ impl CapiController {
             shared,
             faults,
             reconciles: Mutex::new(HashMap::new()),
+            stopped: Mutex::new(HashSet::new()),
         }
     }
 
@@ -432,8 +501,12 @@ impl CapiController {
             return self.write_cluster(&cluster, status);
         }
 
+        let region = str_at(&topo.aws, "/spec/region")
+            .filter(|r| !r.is_empty())
+            .unwrap_or("us-east-1")
+            .to_string();
         if !condition_true(cluster, "ControlPlaneInitialized") {
-            self.initialize_control_plane(cluster, &name, &ns, &topo.kcp)
+            self.initialize_control_plane(&name, &ns, &topo.kcp, &region)
                 .await?;
             set_condition(&mut status, cond_true("ControlPlaneInitialized"));
             return self.write_cluster(cluster, status);
@@ -450,12 +523,44 @@ impl CapiController {
             self.ensure_bootstrap(cluster, &workload, &name, &ns)?;
         }
 
-        let region = str_at(&topo.aws, "/spec/region")
-            .filter(|r| !r.is_empty())
-            .unwrap_or("us-east-1")
-            .to_string();
-        let kcp_state = self.step_replicas(&topo.kcp, &gvr_kcp(), false)?;
-        self.sync_machines(&workload, &topo.kcp, true, &region);
+        let kcp_state = self.reconcile_machines(&workload, &topo.kcp, true, &region)?;
+        let kcp_now =
+            self.mgmt
+                .get(&gvr_kcp(), Some(&ns), name_of(&topo.kcp).unwrap_or_default());
+        // The workload API server reports the control plane's (lowest) version.
+        if let Some(v) = kcp_now
+            .as_ref()
+            .and_then(|k| str_at(k, "/status/version").map(str::to_string))
+            .filter(|v| !v.is_empty())
+        {
+            if workload.kubernetes_version() != v {
+                workload.set_kubernetes_version(&v);
+            }
+        }
+        // Once ready, the Cluster's ControlPlaneReady mirrors the KCP's Ready condition while it
+        // rolls (and so does the Cluster's Ready summary); it comes back when the roll is done.
+        if status.get("controlPlaneReady").and_then(Value::as_bool) == Some(true) {
+            let rolling = kcp_now
+                .as_ref()
+                .and_then(|k| condition(k, "Ready"))
+                .filter(|c| c["status"] == "False" && c["reason"] == "RollingUpdateInProgress");
+            if let Some(c) = rolling {
+                let msg = str_at(c, "/message").unwrap_or("");
+                let mirrored = cond_false(
+                    "ControlPlaneReady",
+                    "Warning",
+                    "RollingUpdateInProgress",
+                    msg,
+                );
+                set_condition(&mut status, mirrored);
+                set_condition(
+                    &mut status,
+                    cond_false("Ready", "Warning", "RollingUpdateInProgress", msg),
+                );
+            } else if kcp_state == Rollout::Done {
+                set_condition(&mut status, cond_true("ControlPlaneReady"));
+            }
+        }
         if !status
             .get("controlPlaneReady")
             .and_then(Value::as_bool)
@@ -474,12 +579,15 @@ impl CapiController {
 
         let mut all_running = true;
         for md in &topo.mds {
-            let state = self.step_replicas(md, &gvr_machine_deployment(), true)?;
-            self.sync_machines(&workload, md, false, &region);
+            let state = self.reconcile_machines(&workload, md, false, &region)?;
             all_running &= state == Rollout::Done
                 || i64_at(md, "/status/readyReplicas") == i64_at(md, "/spec/replicas");
         }
-        if all_running && !condition_true(cluster, "Ready") {
+        let cp_ready = condition_true(
+            &json!({"status": Value::Object(status.clone())}),
+            "ControlPlaneReady",
+        );
+        if all_running && cp_ready && !condition_true(cluster, "Ready") {
             set_condition(&mut status, cond_true("Ready"));
         }
         self.write_cluster(cluster, status)
@@ -730,9 +838,14 @@ impl CapiController {
         )?)
     }
 
-    /// Deletion: first tick phase `Deleting`; next tick the descendants (control plane,
-    /// infrastructure cluster, MachineDeployments, MachineHealthChecks, kubeconfig Secret) are deleted
-    /// and the finalizer is removed, which lets the API server drop the Cluster.
+    /// Deletion, one step per tick, as CAPI's Cluster controller deletes descendants:
+    /// 1. phase `Deleting`, `Ready=False` (reason `Deleting`);
+    /// 2. the MachineDeployments, their Machines (and workload Nodes) and the MachineHealthChecks;
+    /// 3. the KubeadmControlPlane and the control plane Machines;
+    /// 4. the AWSCluster, the topology's AWSMachineTemplates, the ClusterBootstrap, the
+    ///    `<cluster>-kapp-controller` PackageInstall and the kubeconfig Secret; the workload
+    ///    cluster's API server stops answering (every request gets a dropped connection);
+    /// 5. the finalizer is removed, which lets the API server drop the Cluster.
     fn reconcile_deletion(
         &self,
         cluster: &Value,
@@ -745,42 +858,110 @@ impl CapiController {
             set_condition(&mut status, cond_false("Ready", "Info", "Deleting", ""));
             return self.write_cluster(cluster, status);
         }
-        for (ref_ptr, gvr) in [
-            ("/spec/controlPlaneRef", gvr_kcp()),
-            ("/spec/infrastructureRef", gvr_aws_cluster()),
-        ] {
-            if let Some(n) = str_at(cluster, &format!("{ref_ptr}/name")) {
-                let _ = self.mgmt.delete(&gvr, Some(ns), n);
+        let workload = self.emu.cluster(name);
+        let delete_machines = |pred: &dyn Fn(&Value) -> bool| {
+            for m in self.mgmt.list(&gvr_machine(), Some(ns)) {
+                if label(&m, CLUSTER_NAME_LABEL) == Some(name) && pred(&m) {
+                    match &workload {
+                        Some(w) => self.delete_machine(w, &m),
+                        None => {
+                            if let Some(n) = name_of(&m) {
+                                let _ = self.mgmt.delete(&gvr_machine(), Some(ns), n);
+                            }
+                        }
+                    }
+                }
             }
-        }
-        for md in self.mgmt.list(&gvr_machine_deployment(), Some(ns)) {
-            if belongs_to(&md, name) {
-                if let Some(n) = name_of(&md) {
+        };
+        // Step 2: workers.
+        let mds: Vec<Value> = self
+            .mgmt
+            .list(&gvr_machine_deployment(), Some(ns))
+            .into_iter()
+            .filter(|md| belongs_to(md, name))
+            .collect();
+        let worker_machines = |m: &Value| label(m, "cluster.x-k8s.io/control-plane").is_none();
+        let mhcs: Vec<Value> = self
+            .mgmt
+            .list(&gvr_machine_health_check(), Some(ns))
+            .into_iter()
+            .filter(|m| str_at(m, "/spec/clusterName") == Some(name))
+            .collect();
+        let any_worker_machine = self
+            .mgmt
+            .list(&gvr_machine(), Some(ns))
+            .iter()
+            .any(|m| label(m, CLUSTER_NAME_LABEL) == Some(name) && worker_machines(m));
+        if !mds.is_empty() || !mhcs.is_empty() || any_worker_machine {
+            for md in &mds {
+                if let Some(n) = name_of(md) {
                     let _ = self.mgmt.delete(&gvr_machine_deployment(), Some(ns), n);
                 }
             }
-        }
-        for m in self.mgmt.list(&gvr_machine(), Some(ns)) {
-            if label(&m, CLUSTER_NAME_LABEL) == Some(name) {
-                if let Some(n) = name_of(&m) {
-                    let _ = self.mgmt.delete(&gvr_machine(), Some(ns), n);
-                }
-            }
-        }
-        for mhc in self.mgmt.list(&gvr_machine_health_check(), Some(ns)) {
-            if str_at(&mhc, "/spec/clusterName") == Some(name) {
-                if let Some(n) = name_of(&mhc) {
+            for mhc in &mhcs {
+                if let Some(n) = name_of(mhc) {
                     let _ = self.mgmt.delete(&gvr_machine_health_check(), Some(ns), n);
                 }
             }
+            delete_machines(&worker_machines);
+            return Ok(());
         }
-        self.delete_owned(ns, name, None);
-        let _ = self.mgmt.delete(&gvr_cluster_bootstrap(), Some(ns), name);
-        let _ = self.mgmt.delete(
-            &gvr_package_install(),
-            Some(ns),
-            &format!("{name}-kapp-controller"),
-        );
+        // Step 3: control plane.
+        let kcp_name = str_at(cluster, "/spec/controlPlaneRef/name");
+        let kcp = kcp_name.and_then(|k| self.mgmt.get(&gvr_kcp(), Some(ns), k));
+        let any_machine = self
+            .mgmt
+            .list(&gvr_machine(), Some(ns))
+            .iter()
+            .any(|m| label(m, CLUSTER_NAME_LABEL) == Some(name));
+        if kcp.is_some() || any_machine {
+            if let Some(k) = kcp_name {
+                let _ = self.mgmt.delete(&gvr_kcp(), Some(ns), k);
+            }
+            delete_machines(&|_| true);
+            return Ok(());
+        }
+        // Step 4: infrastructure, add-ons, kubeconfig; the workload API server goes away.
+        let aws_name = str_at(cluster, "/spec/infrastructureRef/name");
+        let rest_exists = aws_name
+            .and_then(|a| self.mgmt.get(&gvr_aws_cluster(), Some(ns), a))
+            .is_some()
+            || self
+                .mgmt
+                .get(&gvr_cluster_bootstrap(), Some(ns), name)
+                .is_some()
+            || self
+                .mgmt
+                .get(&gvr_secret(), Some(ns), &format!("{name}-kubeconfig"))
+                .is_some_and(|s| s.get("type").and_then(Value::as_str) == Some(KUBECONFIG_SECRET_TYPE))
+            || self
+                .mgmt
+                .list(&gvr_aws_machine_template(), Some(ns))
+                .iter()
+                .any(|t| {
+                    label(t, CLUSTER_NAME_LABEL) == Some(name)
+                        && label(t, TOPOLOGY_OWNED_LABEL).is_some()
+                });
+        if rest_exists {
+            if let Some(a) = aws_name {
+                let _ = self.mgmt.delete(&gvr_aws_cluster(), Some(ns), a);
+            }
+            self.delete_owned(ns, name, None);
+            let _ = self.mgmt.delete(&gvr_cluster_bootstrap(), Some(ns), name);
+            let _ = self.mgmt.delete(
+                &gvr_package_install(),
+                Some(ns),
+                &format!("{name}-kapp-controller"),
+            );
+            if let Some(w) = &workload {
+                self.stop_workload(w);
+            }
+            return Ok(());
+        }
+        if let Some(w) = &workload {
+            self.stop_workload(w);
+        }
+        // Step 5: the finalizer goes.
         let finalizers: Vec<Value> = cluster
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
@@ -803,6 +984,20 @@ impl CapiController {
             json!({"metadata": {"finalizers": value}}),
         )?;
         Ok(())
+    }
+
+    /// The workload cluster's API server stops answering (its load balancer and machines are
+    /// gone): every request gets a dropped connection, until a Cluster of that name initializes
+    /// its control plane again.
+    fn stop_workload(&self, workload: &EmulatedCluster) {
+        let Ok(mut stopped) = self.stopped.lock() else {
+            return;
+        };
+        if stopped.insert(workload.name().to_string()) {
+            workload
+                .faults()
+                .inject(Fault::new(None, "/", FaultAction::Drop, None));
+        }
     }
 
     /// A plan-based (legacy) Cluster: the objects its `controlPlaneRef` and `infrastructureRef` name,
@@ -902,12 +1097,30 @@ impl CapiController {
                 },
             }),
         )?;
+        let ssh_key = topology_variable(topology, "sshKeyName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let cp_template = self.ensure_machine_template(
+            ns,
+            &owner,
+            &labels,
+            str_at(&kcp, "/spec/machineTemplate/infrastructureRef/name").unwrap_or(""),
+            &format!("{name}-control-plane"),
+            machine_template_spec(topology_variable(topology, "controlPlane"), ssh_key, true),
+        )?;
         let mut kcp_patch = Map::new();
         if i64_at(&kcp, "/spec/replicas") != Some(cp_replicas) {
             kcp_patch.insert("replicas".into(), json!(cp_replicas));
         }
         if str_at(&kcp, "/spec/version") != Some(version.as_str()) && !version.is_empty() {
             kcp_patch.insert("version".into(), json!(version));
+        }
+        if str_at(&kcp, "/spec/machineTemplate/infrastructureRef/name") != Some(cp_template.as_str())
+        {
+            kcp_patch.insert(
+                "machineTemplate".into(),
+                json!({"infrastructureRef": {"name": cp_template}}),
+            );
         }
         if !kcp_patch.is_empty() {
             kcp = self.mgmt.patch_merge(
@@ -917,8 +1130,25 @@ impl CapiController {
                 json!({"spec": kcp_patch}),
             )?;
         }
-        // Workers move to a new version only once the control plane runs it (CP first).
-        let cp_at_version = str_at(&kcp, "/status/version") == Some(version.as_str());
+        // Workers move to a new version only once the control plane runs it and is neither
+        // upgrading nor scaling (CP first), and one MachineDeployment at a time.
+        let kcp_replicas = i64_at(&kcp, "/spec/replicas").unwrap_or(1);
+        let cp_stable = str_at(&kcp, "/spec/version") == Some(version.as_str())
+            && str_at(&kcp, "/status/version") == Some(version.as_str())
+            && observed_generation_of(&kcp) == Some(generation_of(&kcp))
+            && ["replicas", "updatedReplicas", "readyReplicas"]
+                .iter()
+                .all(|f| i64_at(&kcp, &format!("/status/{f}")) == Some(kcp_replicas));
+        let mut md_rolling = self
+            .mgmt
+            .list(&gvr_machine_deployment(), Some(ns))
+            .iter()
+            .filter(|md| {
+                label(md, TOPOLOGY_OWNED_LABEL).is_some()
+                    && label(md, CLUSTER_NAME_LABEL) == Some(name)
+            })
+            .any(md_rolling_out);
+        let worker_var = topology_variable(topology, "worker");
 
         // MachineDeployments, one per topology.workers.machineDeployments[].
         let mut mds = Vec::new();
@@ -983,21 +1213,49 @@ impl CapiController {
                     },
                 }),
             )?;
+            // Per-MD `variables.overrides` replace the cluster-level `worker` variable.
+            let md_worker = md_topo
+                .pointer("/variables/overrides")
+                .and_then(Value::as_array)
+                .and_then(|o| {
+                    o.iter()
+                        .find(|v| v.get("name").and_then(Value::as_str) == Some("worker"))
+                })
+                .and_then(|v| v.get("value"))
+                .or(worker_var);
+            let md_template = self.ensure_machine_template(
+                ns,
+                &owner,
+                &labels,
+                str_at(&md, "/spec/template/spec/infrastructureRef/name").unwrap_or(""),
+                &format!("{name}-{md_short}-infra"),
+                machine_template_spec(md_worker, ssh_key, false),
+            )?;
             let mut spec_patch = Map::new();
             if i64_at(&md, "/spec/replicas") != Some(replicas) {
                 spec_patch.insert("replicas".into(), json!(replicas));
             }
             let mut tpl_patch = Map::new();
+            if str_at(&md, "/spec/template/spec/infrastructureRef/name")
+                != Some(md_template.as_str())
+            {
+                tpl_patch.insert(
+                    "infrastructureRef".into(),
+                    json!({"name": md_template}),
+                );
+            }
             if let Some(fd) = failure_domain {
                 if str_at(&md, "/spec/template/spec/failureDomain") != Some(fd) {
                     tpl_patch.insert("failureDomain".into(), json!(fd));
                 }
             }
-            if cp_at_version
-                && !version.is_empty()
+            if !version.is_empty()
                 && str_at(&md, "/spec/template/spec/version") != Some(version.as_str())
+                && cp_stable
+                && !md_rolling
             {
                 tpl_patch.insert("version".into(), json!(version));
+                md_rolling = true;
             }
             if !tpl_patch.is_empty() {
                 spec_patch.insert("template".into(), json!({"spec": tpl_patch}));
@@ -1049,6 +1307,49 @@ impl CapiController {
             aws,
             cluster,
         })
+    }
+
+    /// Topology controller: the AWSMachineTemplate of the control plane or of one
+    /// MachineDeployment. Created under `current` when missing; when its spec differs from
+    /// `desired`, a new template `<prefix>-xxxxx` is written (templates are immutable, CAPI rotates
+    /// them) and the old one deleted. Returns the name the owner must reference.
+    fn ensure_machine_template(
+        &self,
+        ns: &str,
+        owner: &Value,
+        labels: &Value,
+        current: &str,
+        prefix: &str,
+        desired: Value,
+    ) -> Result<String, ControllerError> {
+        let gvr = gvr_aws_machine_template();
+        let object = |n: &str| {
+            json!({
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1",
+                "kind": "AWSMachineTemplate",
+                "metadata": {"name": n, "namespace": ns, "labels": labels, "ownerReferences": [owner],
+                             "annotations": {"topology.cluster.x-k8s.io/template-prefix": prefix}},
+                "spec": desired,
+            })
+        };
+        if current.is_empty() {
+            return Ok(String::new());
+        }
+        match self.mgmt.get(&gvr, Some(ns), current) {
+            None => {
+                create_if_absent(&self.mgmt, &gvr, object(current))?;
+                Ok(current.to_string())
+            }
+            Some(t) if t.get("spec") == Some(&desired) => Ok(current.to_string()),
+            Some(_) => {
+                let new_name = format!("{prefix}-{}", suffix5(&format!("{current}/{desired}")));
+                create_if_absent(&self.mgmt, &gvr, object(&new_name))?;
+                if let Err(err) = self.mgmt.delete(&gvr, Some(ns), current) {
+                    debug!(template = current, error = %err, "could not delete rotated template");
+                }
+                Ok(new_name)
+            }
+        }
     }
 
     /// CAPA: the AWSCluster becomes ready with a load balancer endpoint; CAPI copies it to the Cluster.
@@ -1120,18 +1421,23 @@ impl CapiController {
             Some(w) => w,
             None => self.emu.add_cluster(name).await?,
         };
+        if self.stopped.lock().is_ok_and(|mut s| s.remove(name)) {
+            // A Cluster of that name was deleted earlier: its API server answers again.
+            workload.faults().clear();
+        }
         catalog::seed_workload(&workload, self.opts.standard_packages)?;
         Ok(workload)
     }
 
-    /// The first control plane machine is up: create and seed the workload cluster, write the
-    /// kubeconfig Secret and mark the KubeadmControlPlane initialized.
+    /// The first control plane machine is being created: create and seed the workload cluster,
+    /// write the kubeconfig Secret, mark the KubeadmControlPlane initialized and create its first
+    /// Machine.
     async fn initialize_control_plane(
         &self,
-        cluster: &Value,
         name: &str,
         ns: &str,
         kcp: &Value,
+        region: &str,
     ) -> Result<(), ControllerError> {
         let workload = self.create_workload(name).await?;
         if let Some(v) = str_at(kcp, "/spec/version") {
@@ -1139,8 +1445,6 @@ impl CapiController {
         }
         self.ensure_kubeconfig_secret(&workload, name, ns, kcp)?;
         self.start_workload(&workload);
-        let replicas = i64_at(kcp, "/spec/replicas").unwrap_or(1);
-        let version = str_at(kcp, "/spec/version").unwrap_or("");
         let mut st = status_of(kcp);
         st.insert(
             "selector".into(),
@@ -1148,26 +1452,9 @@ impl CapiController {
                 "{CLUSTER_NAME_LABEL}={name},cluster.x-k8s.io/control-plane"
             )),
         );
-        st.insert("replicas".into(), json!(replicas));
-        st.insert("updatedReplicas".into(), json!(replicas));
-        st.insert("readyReplicas".into(), json!(0));
-        st.insert("unavailableReplicas".into(), json!(replicas));
-        st.insert("version".into(), json!(version));
         st.insert("initialized".into(), json!(true));
-        st.insert("ready".into(), json!(false));
-        st.insert("observedGeneration".into(), json!(generation_of(kcp)));
-        set_condition(&mut st, cond_true("Available"));
-        set_condition(&mut st, cond_true("CertificatesAvailable"));
-        set_condition(
-            &mut st,
-            cond_false("MachinesReady", "Info", "WaitingForMachines", ""),
-        );
-        set_condition(
-            &mut st,
-            cond_false("Ready", "Info", "WaitingForMachines", ""),
-        );
-        let _ = cluster;
-        write_status(&self.mgmt, &gvr_kcp(), kcp, st)?;
+        let kcp = write_status(&self.mgmt, &gvr_kcp(), kcp, st)?;
+        self.reconcile_machines(&workload, &kcp, true, region)?;
         Ok(())
     }
 
@@ -1213,205 +1500,310 @@ impl CapiController {
         Ok(())
     }
 
-    /// One tick of a KubeadmControlPlane (`is_md == false`) or MachineDeployment: start a rollout when
-    /// the version changed, else move `readyReplicas` one step toward `spec.replicas`, else move
-    /// `updatedReplicas` one step toward it.
-    fn step_replicas(
+    /// One tick of the machine controllers of a KubeadmControlPlane (`control_plane`) or
+    /// MachineDeployment: promotes the Machines created last tick to `Running` (Node in the
+    /// workload cluster, `nodeRef`), creates new Machines per the rollout strategy, deletes
+    /// outdated or excess ones, then writes the owner's status from its Machines (see the module
+    /// docs, "Machines and rollouts").
+    fn reconcile_machines(
         &self,
-        obj: &Value,
-        gvr: &Gvr,
-        is_md: bool,
+        workload: &EmulatedCluster,
+        owner: &Value,
+        control_plane: bool,
+        region: &str,
     ) -> Result<Rollout, ControllerError> {
-        let name = name_of(obj).unwrap_or_default();
-        let ns = namespace_of(obj);
-        let replicas = i64_at(obj, "/spec/replicas").unwrap_or(1).max(0);
-        let spec_version = if is_md {
-            str_at(obj, "/spec/template/spec/version")
+        let gvr = if control_plane {
+            gvr_kcp()
         } else {
-            str_at(obj, "/spec/version")
+            gvr_machine_deployment()
+        };
+        let Some(owner_name) = name_of(owner).map(str::to_string) else {
+            return Ok(Rollout::InProgress);
+        };
+        let ns = namespace_of(owner).unwrap_or("default").to_string();
+        let owner = self
+            .mgmt
+            .get(&gvr, Some(&ns), &owner_name)
+            .unwrap_or_else(|| owner.clone());
+        let owner_uid = uid_of(&owner).to_string();
+        let replicas = i64_at(&owner, "/spec/replicas").unwrap_or(1).max(0);
+        let version = desired_version(&owner, control_plane);
+        let template = desired_template(&owner, control_plane);
+        let (surge, unavailable) = rollout_strategy(&owner, control_plane, replicas);
+        let up_to_date =
+            |m: &Value| machine_version(m) == version && machine_template(m) == template;
+
+        let mut machines = self.owned_machines(&ns, &owner_uid);
+        // 1. Machines created last tick come up.
+        for m in machines.iter_mut() {
+            if !machine_ready(m) {
+                if let Some(up) = self.promote_machine(workload, m, control_plane, region) {
+                    *m = up;
+                }
+            }
         }
-        .unwrap_or("")
-        .to_string();
-        let mut st = status_of(obj);
-        st.insert("observedGeneration".into(), json!(generation_of(obj)));
-        let mut ready = i64_at(obj, "/status/readyReplicas").unwrap_or(0);
-        let mut updated =
-            i64_at(obj, "/status/updatedReplicas").unwrap_or(if is_md { 0 } else { replicas });
-        let mut obj = obj.clone();
-        let rolling;
-        if annotation(&obj, MACHINES_VERSION_ANNOTATION).is_none() {
-            // Not created by the topology controller (plan-based): adopt the current version.
-            obj = self.mgmt.patch_merge(
-                gvr,
-                ns,
-                name,
-                json!({"metadata": {"annotations": {MACHINES_VERSION_ANNOTATION: spec_version}}}),
+        // 2. Scale up the new machine set (before scaling down old ones, as CAPI's rolloutRolling).
+        let total = machines.len() as i64;
+        let new = machines.iter().filter(|m| up_to_date(m)).count() as i64;
+        let in_flight = machines.iter().any(|m| !machine_ready(m));
+        let to_create = if control_plane {
+            // KCP: one machine at a time, the next only once the previous one is up.
+            i64::from(!in_flight && new < replicas && total < replicas + surge)
+        } else {
+            (replicas + surge - total).min(replicas - new).max(0)
+        };
+        if to_create > 0 {
+            let mut serial = annotation(&owner, MACHINE_SERIAL_ANNOTATION)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0);
+            for _ in 0..to_create {
+                serial += 1;
+                match self.create_machine(
+                    workload.name(),
+                    &owner,
+                    control_plane,
+                    serial,
+                    &version,
+                    &template,
+                    region,
+                )
+                {
+                    Ok(m) => machines.push(m),
+                    Err(err) => debug!(owner = %owner_name, error = %err, "could not create Machine"),
+                }
+            }
+            self.mgmt.patch_merge(
+                &gvr,
+                Some(&ns),
+                &owner_name,
+                json!({"metadata": {"annotations": {MACHINE_SERIAL_ANNOTATION: serial.to_string()}}}),
             )?;
         }
-        if annotation(&obj, MACHINES_VERSION_ANNOTATION) != Some(spec_version.as_str()) {
-            // New version: the machines at the new version start from zero.
-            obj = self.mgmt.patch_merge(
-                gvr,
-                ns,
-                name,
-                json!({"metadata": {"annotations": {MACHINES_VERSION_ANNOTATION: spec_version}}}),
-            )?;
-            st.insert("observedGeneration".into(), json!(generation_of(&obj)));
-            updated = 0;
-            rolling = true;
-        } else if ready != replicas {
-            ready += if ready < replicas { 1 } else { -1 };
-            updated = updated.min(replicas);
-            if !is_md
-                && !condition(&obj, "MachinesSpecUpToDate").is_some_and(|c| c["status"] == "False")
-            {
-                updated = replicas;
-            }
-            if is_md && ready <= replicas && updated < ready {
-                updated = ready;
-            }
-            rolling = updated < replicas;
-        } else if updated < replicas {
-            updated += 1;
-            rolling = updated < replicas;
-        } else {
-            updated = replicas;
-            rolling = false;
+        // 3. Scale down: outdated machines that are not up first, then outdated ready ones while
+        //    availability allows, then (no outdated machine left) the excess over spec.replicas.
+        let max_deletions = if control_plane { 1 } else { usize::MAX };
+        let mut victims: Vec<String> = Vec::new();
+        let mut ready = machines.iter().filter(|m| machine_ready(m)).count() as i64;
+        let mut remaining = machines.len() as i64;
+        let mut order: Vec<&Value> = machines.iter().collect();
+        order.sort_by_key(|m| machine_serial(m));
+        for m in order.iter().filter(|m| !up_to_date(m) && !machine_ready(m)) {
+            victims.push(name_of(m).unwrap_or_default().to_string());
+            remaining -= 1;
         }
-        let unavailable = (replicas - ready).max(0);
-        st.insert("replicas".into(), json!(replicas));
+        for m in order.iter().filter(|m| !up_to_date(m) && machine_ready(m)) {
+            let needed = if control_plane && surge > 0 {
+                remaining > replicas
+            } else {
+                true
+            };
+            if needed && ready - 1 >= replicas - unavailable {
+                victims.push(name_of(m).unwrap_or_default().to_string());
+                ready -= 1;
+                remaining -= 1;
+            }
+        }
+        if !order.iter().any(|m| !up_to_date(m)) && remaining > replicas {
+            // Scale down: machines not yet up first, then the newest.
+            let mut excess: Vec<&&Value> = order.iter().collect();
+            excess.sort_by_key(|m| (machine_ready(m), std::cmp::Reverse(machine_serial(m))));
+            for m in excess {
+                if remaining <= replicas {
+                    break;
+                }
+                victims.push(name_of(m).unwrap_or_default().to_string());
+                remaining -= 1;
+            }
+        }
+        for victim in victims.into_iter().take(max_deletions) {
+            if let Some(pos) = machines.iter().position(|m| name_of(m) == Some(victim.as_str())) {
+                let m = machines.remove(pos);
+                self.delete_machine(workload, &m);
+            }
+        }
+
+        // 4. Status from the machines.
+        let total = machines.len() as i64;
+        let updated = machines.iter().filter(|m| up_to_date(m)).count() as i64;
+        let ready = machines.iter().filter(|m| machine_ready(m)).count() as i64;
+        let done = total == replicas && updated == replicas && ready == replicas;
+        let outdated = total - updated;
+        let mut st = status_of(&owner);
+        st.insert("observedGeneration".into(), json!(generation_of(&owner)));
+        st.insert("replicas".into(), json!(total));
         st.insert("updatedReplicas".into(), json!(updated));
         st.insert("readyReplicas".into(), json!(ready));
-        st.insert("unavailableReplicas".into(), json!(unavailable));
-        let all_ready = ready == replicas;
-        if is_md {
-            let cluster_name = str_at(&obj, "/spec/clusterName").unwrap_or("").to_string();
-            let deployment = label(&obj, DEPLOYMENT_NAME_LABEL).unwrap_or("").to_string();
+        if control_plane {
+            self.kcp_status(&mut st, &owner, &machines, replicas, outdated, ready, total);
+        } else {
+            let cluster_name = str_at(&owner, "/spec/clusterName").unwrap_or("").to_string();
+            let deployment = label(&owner, DEPLOYMENT_NAME_LABEL).unwrap_or("").to_string();
             st.insert("availableReplicas".into(), json!(ready));
+            st.insert("unavailableReplicas".into(), json!((replicas - ready).max(0)));
             st.insert("selector".into(), json!(format!(
                 "{CLUSTER_NAME_LABEL}={cluster_name},{DEPLOYMENT_NAME_LABEL}={deployment},{TOPOLOGY_OWNED_LABEL}="
             )));
             let phase = if ready < replicas {
                 "ScalingUp"
-            } else if ready > replicas {
+            } else if total > replicas {
                 "ScalingDown"
             } else {
                 "Running"
             };
             st.insert("phase".into(), json!(phase));
-            if all_ready {
-                set_condition(&mut st, cond_true("Ready"));
+            let msg =
+                format!("Minimum availability requires {replicas} replicas, current {ready} available");
+            if ready >= replicas - unavailable {
                 set_condition(&mut st, cond_true("Available"));
-                set_condition(&mut st, cond_true("MachinesReady"));
             } else {
-                let msg = format!(
-                    "Minimum availability requires {replicas} replicas, current {ready} available"
-                );
-                set_condition(
-                    &mut st,
-                    cond_false("Ready", "Warning", "WaitingForAvailableMachines", &msg),
-                );
                 set_condition(
                     &mut st,
                     cond_false("Available", "Warning", "WaitingForAvailableMachines", &msg),
                 );
-                set_condition(
-                    &mut st,
-                    cond_false("MachinesReady", "Info", "WaitingForMachines", ""),
-                );
             }
-        } else {
-            st.insert("initialized".into(), json!(true));
-            st.insert("ready".into(), json!(ready > 0));
-            if !rolling {
-                st.insert("version".into(), json!(spec_version));
-            }
-            set_condition(&mut st, cond_true("Available"));
-            if all_ready {
+            if ready == total {
                 set_condition(&mut st, cond_true("MachinesReady"));
-                set_condition(&mut st, cond_true("Resized"));
-                set_condition(&mut st, cond_true("ControlPlaneComponentsHealthy"));
-                set_condition(&mut st, cond_true("EtcdClusterHealthy"));
             } else {
                 set_condition(
                     &mut st,
                     cond_false("MachinesReady", "Info", "WaitingForMachines", ""),
                 );
-                let msg =
-                    format!("Scaling up control plane to {replicas} replicas (actual {ready})");
-                set_condition(&mut st, cond_false("Resized", "Warning", "ScalingUp", &msg));
             }
-            if rolling {
-                let msg = format!("Rolling {replicas} replicas with outdated spec ({updated} replicas up to date)");
-                set_condition(
-                    &mut st,
-                    cond_false(
-                        "MachinesSpecUpToDate",
-                        "Warning",
-                        "RollingUpdateInProgress",
-                        &msg,
-                    ),
-                );
-            } else {
-                set_condition(&mut st, cond_true("MachinesSpecUpToDate"));
-            }
-            if all_ready && !rolling {
+            if ready >= replicas && ready == total {
                 set_condition(&mut st, cond_true("Ready"));
-            } else if all_ready {
-                set_condition(
-                    &mut st,
-                    cond_false("Ready", "Warning", "RollingUpdateInProgress", ""),
-                );
             } else {
                 set_condition(
                     &mut st,
-                    cond_false("Ready", "Info", "WaitingForMachines", ""),
+                    cond_false("Ready", "Warning", "WaitingForAvailableMachines", &msg),
                 );
             }
         }
-        write_status(&self.mgmt, gvr, &obj, st)?;
-        Ok(if all_ready && !rolling {
+        write_status(&self.mgmt, &gvr, &owner, st)?;
+        Ok(if done {
             Rollout::Done
         } else {
             Rollout::InProgress
         })
     }
 
-    /// Keeps one Machine (management cluster) and one Node (workload cluster) per ready replica of
-    /// a KubeadmControlPlane (`control_plane`) or MachineDeployment, so TKG's readiness check
-    /// ("every Machine has `status.nodeRef`") and MachineHealthCheck selectors see real objects.
-    /// Best effort: problems are logged and retried next tick.
-    fn sync_machines(
+    /// KubeadmControlPlane status: `version` is the lowest version of its machines, conditions as
+    /// KCP's (`MachinesSpecUpToDate=False RollingUpdateInProgress` while outdated machines exist,
+    /// `Resized=False ScalingUp|ScalingDown` while the machine count differs from spec).
+    #[allow(clippy::too_many_arguments)]
+    fn kcp_status(
         &self,
-        workload: &EmulatedCluster,
+        st: &mut Map<String, Value>,
+        owner: &Value,
+        machines: &[Value],
+        replicas: i64,
+        outdated: i64,
+        ready: i64,
+        total: i64,
+    ) {
+        let spec_version = str_at(owner, "/spec/version").unwrap_or("").to_string();
+        let version = machines
+            .iter()
+            .map(machine_version)
+            .min_by_key(|v| semver_key(v))
+            .unwrap_or(spec_version);
+        st.insert("version".into(), json!(version));
+        st.insert("unavailableReplicas".into(), json!((total - ready).max(0)));
+        st.insert("initialized".into(), json!(true));
+        st.insert("ready".into(), json!(ready > 0));
+        set_condition(st, cond_true("Available"));
+        set_condition(st, cond_true("CertificatesAvailable"));
+        if ready == total && total > 0 {
+            set_condition(st, cond_true("MachinesReady"));
+            set_condition(st, cond_true("ControlPlaneComponentsHealthy"));
+            set_condition(st, cond_true("EtcdClusterHealthy"));
+        } else {
+            set_condition(
+                st,
+                cond_false("MachinesReady", "Info", "WaitingForMachines", ""),
+            );
+        }
+        if outdated > 0 {
+            let msg = format!(
+                "Rolling {total} replicas with outdated spec ({outdated} replicas up to date)",
+                outdated = total - outdated
+            );
+            set_condition(
+                st,
+                cond_false(
+                    "MachinesSpecUpToDate",
+                    "Warning",
+                    "RollingUpdateInProgress",
+                    &msg,
+                ),
+            );
+        } else {
+            set_condition(st, cond_true("MachinesSpecUpToDate"));
+        }
+        if total < replicas {
+            let msg = format!("Scaling up control plane to {replicas} replicas (actual {total})");
+            set_condition(st, cond_false("Resized", "Warning", "ScalingUp", &msg));
+        } else if total > replicas && outdated == 0 {
+            let msg = format!("Scaling down control plane to {replicas} replicas (actual {total})");
+            set_condition(st, cond_false("Resized", "Warning", "ScalingDown", &msg));
+        } else {
+            set_condition(st, cond_true("Resized"));
+        }
+        if ready == replicas && total == replicas && outdated == 0 {
+            set_condition(st, cond_true("Ready"));
+        } else if outdated > 0 {
+            set_condition(
+                st,
+                cond_false("Ready", "Warning", "RollingUpdateInProgress", ""),
+            );
+        } else {
+            set_condition(st, cond_false("Ready", "Info", "WaitingForMachines", ""));
+        }
+    }
+
+    /// The Machines whose controller ownerReference is `owner_uid`.
+    fn owned_machines(&self, ns: &str, owner_uid: &str) -> Vec<Value> {
+        self.mgmt
+            .list(&gvr_machine(), Some(ns))
+            .into_iter()
+            .filter(|m| {
+                m.pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|refs| {
+                        refs.iter()
+                            .any(|r| r.get("uid").and_then(Value::as_str) == Some(owner_uid))
+                    })
+            })
+            .collect()
+    }
+
+    /// A new Machine (phase `Provisioning`, no Node yet) of a KubeadmControlPlane or
+    /// MachineDeployment: KCP machines are `<kcp>-xxxxx`, MD machines `<md>-<set>-xxxxx` where the
+    /// set suffix follows the machine template and version (as a new MachineSet would).
+    #[allow(clippy::too_many_arguments)]
+    fn create_machine(
+        &self,
+        cluster_name: &str,
         owner: &Value,
         control_plane: bool,
+        serial: u64,
+        version: &str,
+        template: &str,
         region: &str,
-    ) {
-        let Some(owner_name) = name_of(owner).map(str::to_string) else {
-            return;
-        };
-        let ns = namespace_of(owner).unwrap_or("default").to_string();
-        let owner_gvr = if control_plane {
-            gvr_kcp()
+    ) -> Result<Value, ControllerError> {
+        let owner_name = name_of(owner).unwrap_or_default();
+        let owner_uid = uid_of(owner);
+        let ns = namespace_of(owner).unwrap_or("default");
+        let m_suffix = suffix5(&format!("{owner_uid}/machine/{serial}"));
+        let (machine_name, set_name) = if control_plane {
+            (format!("{owner_name}-{m_suffix}"), None)
         } else {
-            gvr_machine_deployment()
+            let set = format!(
+                "{owner_name}-{}",
+                suffix5(&format!("{owner_uid}/set/{version}/{template}"))
+            );
+            (format!("{set}-{m_suffix}"), Some(set))
         };
-        // Re-read: this tick's step may have changed readyReplicas.
-        let Some(owner) = self.mgmt.get(&owner_gvr, Some(&ns), &owner_name) else {
-            return;
-        };
-        let ready = i64_at(&owner, "/status/readyReplicas").unwrap_or(0).max(0);
-        let version = if control_plane {
-            str_at(&owner, "/spec/version")
-        } else {
-            str_at(&owner, "/spec/template/spec/version")
-        }
-        .unwrap_or("")
-        .to_string();
-        let owner_uid = uid_of(&owner).to_string();
-        let cluster_name = workload.name().to_string();
-        let failure_domain = str_at(&owner, "/spec/template/spec/failureDomain")
+        let failure_domain = str_at(owner, "/spec/template/spec/failureDomain")
             .map(str::to_string)
             .unwrap_or_else(|| format!("{region}a"));
         let owner_ref = owner_ref(
@@ -1425,143 +1817,187 @@ impl CapiController {
             } else {
                 "MachineDeployment"
             },
-            &owner_name,
-            &owner_uid,
+            owner_name,
+            owner_uid,
             true,
         );
-        let mut wanted_nodes = Vec::new();
-        let mut wanted_machines = Vec::new();
-        for i in 0..ready {
-            let seed = format!("{owner_uid}/{i}");
-            let d = digits(&seed, 6);
-            let ip = (
-                d[0..3].parse::<u32>().unwrap_or(0) % 256,
-                d[3..6].parse::<u32>().unwrap_or(0) % 254 + 1,
-            );
-            let node_name = format!("ip-10-0-{}-{}.{region}.compute.internal", ip.0, ip.1);
-            let provider_id = format!("aws:///{failure_domain}/i-{}", &digits(&seed, 17));
-            wanted_nodes.push(node_name.clone());
-            let mut labels = json!({
-                "kubernetes.io/hostname": node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                "topology.kubernetes.io/region": region, "topology.kubernetes.io/zone": failure_domain,
-                "emulator.tkgops.dev/machine-owner": owner_name,
-            });
-            if control_plane {
-                labels["node-role.kubernetes.io/control-plane"] = json!("");
-                labels["node-role.kubernetes.io/master"] = json!("");
-            } else {
-                labels["node-pool"] = json!(format!("{cluster_name}-worker-pool"));
+        let mut m_labels = if control_plane {
+            json!({"cluster.x-k8s.io/control-plane": ""})
+        } else {
+            let mut l = owner
+                .pointer("/spec/template/metadata/labels")
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            l["cluster.x-k8s.io/deployment-name"] = json!(owner_name);
+            if let Some(set) = &set_name {
+                l["cluster.x-k8s.io/set-name"] = json!(set);
             }
-            let node = json!({
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": node_name, "labels": labels},
-                "spec": {"providerID": provider_id},
-            });
-            let node_info = json!({"kubeletVersion": version, "kubeProxyVersion": version,
-                "containerRuntimeVersion": "containerd://1.6.6", "operatingSystem": "linux",
-                "architecture": "amd64", "osImage": "Ubuntu 20.04.4 LTS"});
-            let node = match create_if_absent(workload, &gvr_node(), node) {
-                Ok(stored) if stored.get("status").is_none() => {
-                    let st = json!({
-                        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                        "message": "kubelet is posting ready status",
-                                        "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}],
-                        "addresses": [{"type": "InternalIP", "address": format!("10.0.{}.{}", ip.0, ip.1)},
-                                      {"type": "Hostname", "address": node_name}],
-                        "nodeInfo": node_info,
-                    });
-                    workload
-                        .update_status(&gvr_node(), None, &node_name, st)
-                        .unwrap_or(stored)
-                }
-                Ok(stored) => stored,
-                Err(err) => {
-                    debug!(node = %node_name, error = %err, "could not create Node");
-                    return;
-                }
-            };
+            l
+        };
+        m_labels[CLUSTER_NAME_LABEL] = json!(cluster_name);
+        let machine = json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Machine",
+            "metadata": {"name": machine_name, "namespace": ns, "labels": m_labels,
+                         "annotations": {INFRA_TEMPLATE_ANNOTATION: template, MACHINE_SERIAL_ANNOTATION: serial.to_string()},
+                         "ownerReferences": [owner_ref]},
+            "spec": {
+                "clusterName": cluster_name,
+                "version": version,
+                "bootstrap": {"dataSecretName": machine_name},
+                "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "AWSMachine",
+                                      "name": machine_name, "namespace": ns},
+                "failureDomain": failure_domain,
+            },
+        });
+        let stored = create_if_absent(&self.mgmt, &gvr_machine(), machine)?;
+        let mut st = status_of(&stored);
+        st.insert("phase".into(), json!("Provisioning"));
+        st.insert("bootstrapReady".into(), json!(true));
+        st.insert("infrastructureReady".into(), json!(false));
+        st.insert("lastUpdated".into(), json!(now_rfc3339()));
+        st.insert("observedGeneration".into(), json!(generation_of(&stored)));
+        set_condition(&mut st, cond_true("BootstrapReady"));
+        set_condition(
+            &mut st,
+            cond_false(
+                "InfrastructureReady",
+                "Info",
+                "WaitingForInfrastructure",
+                "",
+            ),
+        );
+        set_condition(
+            &mut st,
+            cond_false("Ready", "Info", "WaitingForInfrastructure", ""),
+        );
+        Ok(write_status(&self.mgmt, &gvr_machine(), &stored, st)?)
+    }
 
-            let machine_name = format!("{owner_name}-{}", suffix5(&format!("{seed}/machine")));
-            wanted_machines.push(machine_name.clone());
-            let mut m_labels = if control_plane {
-                json!({"cluster.x-k8s.io/control-plane": ""})
-            } else {
-                let mut l = owner
-                    .pointer("/spec/template/metadata/labels")
-                    .cloned()
-                    .unwrap_or_else(|| json!({}));
-                l["cluster.x-k8s.io/deployment-name"] = json!(owner_name);
-                l
-            };
-            m_labels[CLUSTER_NAME_LABEL] = json!(cluster_name);
-            let machine = json!({
-                "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Machine",
-                "metadata": {"name": machine_name, "namespace": ns, "labels": m_labels, "ownerReferences": [owner_ref]},
-                "spec": {
-                    "clusterName": cluster_name,
-                    "version": version,
-                    "bootstrap": {"dataSecretName": machine_name},
-                    "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "AWSMachine",
-                                          "name": machine_name, "namespace": ns},
-                    "providerID": provider_id,
-                    "failureDomain": failure_domain,
-                },
-            });
-            match create_if_absent(&self.mgmt, &gvr_machine(), machine) {
-                Ok(stored) if stored.pointer("/status/nodeRef").is_none() => {
-                    let mut st = Map::new();
-                    st.insert("phase".into(), json!("Running"));
-                    st.insert("bootstrapReady".into(), json!(true));
-                    st.insert("infrastructureReady".into(), json!(true));
-                    st.insert("nodeRef".into(), json!({"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": uid_of(&node)}));
-                    st.insert(
-                        "addresses".into(),
-                        json!([
-                        {"type": "InternalIP", "address": format!("10.0.{}.{}", ip.0, ip.1)},
-                        {"type": "InternalDNS", "address": node_name}]),
-                    );
-                    st.insert("nodeInfo".into(), node_info);
-                    st.insert("lastUpdated".into(), json!(now_rfc3339()));
-                    st.insert("observedGeneration".into(), json!(generation_of(&stored)));
-                    for t in [
-                        "Ready",
-                        "BootstrapReady",
-                        "InfrastructureReady",
-                        "NodeHealthy",
-                    ] {
-                        set_condition(&mut st, cond_true(t));
-                    }
-                    if let Err(err) = write_status(&self.mgmt, &gvr_machine(), &stored, st) {
-                        debug!(machine = %machine_name, error = %err, "could not write Machine status");
-                    }
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    debug!(machine = %machine_name, error = %err, "could not create Machine")
-                }
-            }
+    /// A Machine's instance is up: its Node joins the workload cluster and the Machine gets
+    /// `providerID`, `nodeRef` and phase `Running`. `None` when a write failed (retried next tick).
+    fn promote_machine(
+        &self,
+        workload: &EmulatedCluster,
+        machine: &Value,
+        control_plane: bool,
+        region: &str,
+    ) -> Option<Value> {
+        let machine_name = name_of(machine)?.to_string();
+        let ns = namespace_of(machine).unwrap_or("default").to_string();
+        let version = machine_version(machine);
+        let failure_domain = str_at(machine, "/spec/failureDomain")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{region}a"));
+        let owner_name = str_at(machine, "/metadata/ownerReferences/0/name")
+            .unwrap_or_default()
+            .to_string();
+        let cluster_name = workload.name().to_string();
+        let seed = format!("{}/{machine_name}", uid_of(machine));
+        let d = digits(&seed, 6);
+        let ip = (
+            d[0..3].parse::<u32>().unwrap_or(0) % 256,
+            d[3..6].parse::<u32>().unwrap_or(0) % 254 + 1,
+        );
+        let node_name = format!("ip-10-0-{}-{}.{region}.compute.internal", ip.0, ip.1);
+        let provider_id = format!("aws:///{failure_domain}/i-{}", &digits(&seed, 17));
+        let mut labels = json!({
+            "kubernetes.io/hostname": node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+            "topology.kubernetes.io/region": region, "topology.kubernetes.io/zone": failure_domain,
+            "emulator.tkgops.dev/machine-owner": owner_name,
+        });
+        if control_plane {
+            labels["node-role.kubernetes.io/control-plane"] = json!("");
+            labels["node-role.kubernetes.io/master"] = json!("");
+        } else {
+            labels["node-pool"] = json!(format!("{cluster_name}-worker-pool"));
         }
-        for node in workload.list(&gvr_node(), None) {
-            if label(&node, "emulator.tkgops.dev/machine-owner") == Some(owner_name.as_str()) {
-                if let Some(n) = name_of(&node) {
-                    if !wanted_nodes.iter().any(|w| w == n) {
-                        let _ = workload.delete(&gvr_node(), None, n);
-                    }
-                }
-            }
-        }
-        for m in self.mgmt.list(&gvr_machine(), Some(&ns)) {
-            let owned = m
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .is_some_and(|refs| {
-                    refs.iter()
-                        .any(|r| r.get("uid").and_then(Value::as_str) == Some(owner_uid.as_str()))
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": node_name, "labels": labels,
+                         "annotations": {"cluster.x-k8s.io/machine": machine_name, "cluster.x-k8s.io/cluster-namespace": ns}},
+            "spec": {"providerID": provider_id},
+        });
+        let node_info = json!({"kubeletVersion": version, "kubeProxyVersion": version,
+            "containerRuntimeVersion": "containerd://1.6.6", "operatingSystem": "linux",
+            "architecture": "amd64", "osImage": "Ubuntu 20.04.4 LTS"});
+        let node = match create_if_absent(workload, &gvr_node(), node) {
+            Ok(stored) if stored.get("status").is_none() => {
+                let st = json!({
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                    "message": "kubelet is posting ready status",
+                                    "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}],
+                    "addresses": [{"type": "InternalIP", "address": format!("10.0.{}.{}", ip.0, ip.1)},
+                                  {"type": "Hostname", "address": node_name}],
+                    "nodeInfo": node_info,
                 });
-            if let (true, Some(n)) = (owned, name_of(&m)) {
-                if !wanted_machines.iter().any(|w| w == n) {
-                    let _ = self.mgmt.delete(&gvr_machine(), Some(&ns), n);
+                workload
+                    .update_status(&gvr_node(), None, &node_name, st)
+                    .unwrap_or(stored)
+            }
+            Ok(stored) => stored,
+            Err(err) => {
+                debug!(node = %node_name, error = %err, "could not create Node");
+                return None;
+            }
+        };
+        let stored = if str_at(machine, "/spec/providerID") != Some(provider_id.as_str()) {
+            match self.mgmt.patch_merge(
+                &gvr_machine(),
+                Some(&ns),
+                &machine_name,
+                json!({"spec": {"providerID": provider_id}}),
+            ) {
+                Ok(m) => m,
+                Err(err) => {
+                    debug!(machine = %machine_name, error = %err, "could not patch Machine");
+                    return None;
                 }
+            }
+        } else {
+            machine.clone()
+        };
+        let mut st = status_of(&stored);
+        st.insert("phase".into(), json!("Running"));
+        st.insert("bootstrapReady".into(), json!(true));
+        st.insert("infrastructureReady".into(), json!(true));
+        st.insert("nodeRef".into(), json!({"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": uid_of(&node)}));
+        st.insert(
+            "addresses".into(),
+            json!([
+                {"type": "InternalIP", "address": format!("10.0.{}.{}", ip.0, ip.1)},
+                {"type": "InternalDNS", "address": node_name}]),
+        );
+        st.insert("nodeInfo".into(), node_info);
+        st.insert("lastUpdated".into(), json!(now_rfc3339()));
+        st.insert("observedGeneration".into(), json!(generation_of(&stored)));
+        for t in [
+            "Ready",
+            "BootstrapReady",
+            "InfrastructureReady",
+            "NodeHealthy",
+        ] {
+            set_condition(&mut st, cond_true(t));
+        }
+        match write_status(&self.mgmt, &gvr_machine(), &stored, st) {
+            Ok(m) => Some(m),
+            Err(err) => {
+                debug!(machine = %machine_name, error = %err, "could not write Machine status");
+                None
+            }
+        }
+    }
+
+    /// Deletes a Machine and its Node (the instance is terminated, the node drained and removed).
+    fn delete_machine(&self, workload: &EmulatedCluster, machine: &Value) {
+        if let Some(node) = str_at(machine, "/status/nodeRef/name") {
+            let _ = workload.delete(&gvr_node(), None, node);
+        }
+        if let Some(n) = name_of(machine) {
+            if let Err(err) = self
+                .mgmt
+                .delete(&gvr_machine(), namespace_of(machine), n)
+            {
+                debug!(machine = n, error = %err, "could not delete Machine");
             }
         }
     }
@@ -1622,7 +2058,12 @@ impl CapiController {
     /// Deletes the topology objects and kubeconfig Secret of a Cluster (`uid` = only objects owned by
     /// that Cluster uid; `None` = all objects labelled with the cluster name).
     fn delete_owned(&self, ns: &str, cluster_name: &str, uid: Option<&str>) {
-        for gvr in [gvr_kcp(), gvr_machine_deployment(), gvr_aws_cluster()] {
+        for gvr in [
+            gvr_kcp(),
+            gvr_machine_deployment(),
+            gvr_aws_cluster(),
+            gvr_aws_machine_template(),
+        ] {
             for obj in self.mgmt.list(&gvr, Some(ns)) {
                 if label(&obj, CLUSTER_NAME_LABEL) != Some(cluster_name)
                     || label(&obj, TOPOLOGY_OWNED_LABEL).is_none()
@@ -1657,7 +2098,12 @@ impl CapiController {
                 None => false,
             }
         };
-        for gvr in [gvr_kcp(), gvr_machine_deployment(), gvr_aws_cluster()] {
+        for gvr in [
+            gvr_kcp(),
+            gvr_machine_deployment(),
+            gvr_aws_cluster(),
+            gvr_aws_machine_template(),
+        ] {
             for obj in self.mgmt.list(&gvr, None) {
                 let (Some(cn), Some(n)) = (label(&obj, CLUSTER_NAME_LABEL), name_of(&obj)) else {
                     continue;
@@ -1700,6 +2146,121 @@ impl CapiController {
             }
         }
     }
+}
+
+/// Annotation on Machines: the infrastructure machine template their owner pointed at when they
+/// were created (with `spec.version`, what makes a Machine up to date or outdated).
+const INFRA_TEMPLATE_ANNOTATION: &str = "emulator.tkgops.dev/infra-template";
+/// Annotation on KubeadmControlPlanes and MachineDeployments (the number of Machines created so
+/// far, so new Machines get new names) and on Machines (their creation order).
+const MACHINE_SERIAL_ANNOTATION: &str = "emulator.tkgops.dev/machine-serial";
+
+/// The Kubernetes version an owner's machines should run.
+fn desired_version(owner: &Value, control_plane: bool) -> String {
+    let ptr = if control_plane {
+        "/spec/version"
+    } else {
+        "/spec/template/spec/version"
+    };
+    str_at(owner, ptr).unwrap_or("").to_string()
+}
+
+/// The infrastructure machine template an owner's machines should be created from (empty when
+/// the owner has no `infrastructureRef`).
+fn desired_template(owner: &Value, control_plane: bool) -> String {
+    let ptr = if control_plane {
+        "/spec/machineTemplate/infrastructureRef/name"
+    } else {
+        "/spec/template/spec/infrastructureRef/name"
+    };
+    str_at(owner, ptr).unwrap_or("").to_string()
+}
+
+/// `(maxSurge, maxUnavailable)` of a MachineDeployment (`spec.strategy.rollingUpdate`, defaults 1
+/// and 0, percentages of `spec.replicas`, surge rounded up, unavailable down; both 0 is invalid in
+/// CAPI and treated as unavailable 1) or a KubeadmControlPlane
+/// (`spec.rolloutStrategy.rollingUpdate.maxSurge`, 0 or 1, default 1; unavailable `1 - surge`).
+fn rollout_strategy(owner: &Value, control_plane: bool, replicas: i64) -> (i64, i64) {
+    if control_plane {
+        let surge = int_or_percent(
+            owner.pointer("/spec/rolloutStrategy/rollingUpdate/maxSurge"),
+            replicas,
+            1,
+            true,
+        )
+        .clamp(0, 1);
+        return (surge, 1 - surge);
+    }
+    let ru = owner.pointer("/spec/strategy/rollingUpdate");
+    let surge = int_or_percent(ru.and_then(|r| r.get("maxSurge")), replicas, 1, true).max(0);
+    let mut unavailable =
+        int_or_percent(ru.and_then(|r| r.get("maxUnavailable")), replicas, 0, false).max(0);
+    if surge == 0 && unavailable == 0 {
+        unavailable = 1;
+    }
+    (surge, unavailable)
+}
+
+fn machine_version(m: &Value) -> String {
+    str_at(m, "/spec/version").unwrap_or("").to_string()
+}
+
+fn machine_template(m: &Value) -> String {
+    annotation(m, INFRA_TEMPLATE_ANNOTATION)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Whether a Machine is up (has a `nodeRef`).
+fn machine_ready(m: &Value) -> bool {
+    m.pointer("/status/nodeRef/name").is_some()
+}
+
+fn machine_serial(m: &Value) -> u64 {
+    annotation(m, MACHINE_SERIAL_ANNOTATION)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sort key of a `vMAJOR.MINOR.PATCH[+build]` version (numeric parts, missing ones 0).
+fn semver_key(v: &str) -> (u64, u64, u64) {
+    let core = v.trim_start_matches('v');
+    let core = core.split(['+', '-']).next().unwrap_or("");
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
+/// Whether a MachineDeployment is rolling out (CAPI's `IsRollingOut`): spec not observed yet, or
+/// `replicas`/`updatedReplicas`/`availableReplicas` differ from `spec.replicas`.
+fn md_rolling_out(md: &Value) -> bool {
+    let want = i64_at(md, "/spec/replicas").unwrap_or(1);
+    observed_generation_of(md) != Some(generation_of(md))
+        || ["replicas", "updatedReplicas", "availableReplicas"]
+            .iter()
+            .any(|f| i64_at(md, &format!("/status/{f}")) != Some(want))
+}
+
+/// AWSMachineTemplate spec from the `controlPlane` or `worker` variable (instance type, root
+/// volume; defaults t3.large / m5.large and 80 GiB as the class's), the SSH key and TKG's
+/// instance profiles (tkg2-aws-class-based.md §2).
+fn machine_template_spec(var: Option<&Value>, ssh_key: &str, control_plane: bool) -> Value {
+    let instance_type = var
+        .and_then(|v| v.get("instanceType"))
+        .and_then(Value::as_str)
+        .unwrap_or(if control_plane { "t3.large" } else { "m5.large" });
+    let size = var
+        .and_then(|v| i64_at(v, "/rootVolume/sizeGiB"))
+        .unwrap_or(80);
+    json!({"template": {"spec": {
+        "instanceType": instance_type,
+        "rootVolume": {"size": size},
+        "sshKeyName": ssh_key,
+        "iamInstanceProfile": if control_plane { "control-plane.tkg.cloud.vmware.com" } else { "nodes.tkg.cloud.vmware.com" },
+    }}})
 }
 
 /// `metadata.ownerReferences[kind=Cluster].uid` values.

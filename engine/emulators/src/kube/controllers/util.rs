@@ -34,6 +34,14 @@ pub(crate) fn gvr_kcp() -> Gvr {
         "kubeadmcontrolplanes",
     )
 }
+/// `infrastructure.cluster.x-k8s.io/v1beta1` AWSMachineTemplate.
+pub(crate) fn gvr_aws_machine_template() -> Gvr {
+    Gvr::new(
+        "infrastructure.cluster.x-k8s.io",
+        "v1beta1",
+        "awsmachinetemplates",
+    )
+}
 /// `infrastructure.cluster.x-k8s.io/v1beta1` AWSCluster.
 pub(crate) fn gvr_aws_cluster() -> Gvr {
     Gvr::new("infrastructure.cluster.x-k8s.io", "v1beta1", "awsclusters")
@@ -321,9 +329,38 @@ pub(crate) fn ensure_namespace(
     create_if_absent(cluster, &gvr_namespace(), ns).map(|_| ())
 }
 
+/// A Kubernetes `IntOrString` such as a rollout's `maxSurge`: an integer, a numeric string, or a
+/// percentage of `total` (`"25%"`), rounded up or down as `round_up` says (apimachinery's
+/// `GetScaledValueFromIntOrPercent`); `default` when absent or malformed.
+pub(crate) fn int_or_percent(v: Option<&Value>, total: i64, default: i64, round_up: bool) -> i64 {
+    match v {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(default),
+        Some(Value::String(s)) => match s.strip_suffix('%') {
+            Some(p) => match p.trim().parse::<i64>() {
+                Ok(p) if round_up => (p * total + 99) / 100,
+                Ok(p) => p * total / 100,
+                Err(_) => default,
+            },
+            None => s.trim().parse().unwrap_or(default),
+        },
+        _ => default,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn int_or_percent_scales_and_rounds() {
+        assert_eq!(int_or_percent(None, 4, 1, true), 1);
+        assert_eq!(int_or_percent(Some(&json!(2)), 4, 1, true), 2);
+        assert_eq!(int_or_percent(Some(&json!("3")), 4, 1, true), 3);
+        assert_eq!(int_or_percent(Some(&json!("25%")), 3, 1, true), 1);
+        assert_eq!(int_or_percent(Some(&json!("50%")), 3, 0, true), 2);
+        assert_eq!(int_or_percent(Some(&json!("50%")), 3, 0, false), 1);
+        assert_eq!(int_or_percent(Some(&json!("x%")), 3, 7, false), 7);
+    }
 
     #[test]
     fn suffix_is_deterministic_and_in_alphabet() {
