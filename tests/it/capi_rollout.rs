@@ -9,8 +9,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast::Receiver;
 
 use tkgops_emulators::kube::controllers::{
-    seed_management_cluster, start_controllers_with, ControllerOptions, Controllers,
-    TopologyFaults,
+    seed_management_cluster, start_controllers_with, ControllerOptions, Controllers, TopologyFaults,
 };
 use tkgops_emulators::kube::{ChangeEvent, EmulatedCluster, Gvr, KubeEmulator};
 
@@ -99,8 +98,10 @@ fn cluster_obj(name: &str, tkr: &str, cp: i64, workers: &[i64]) -> Value {
     let mds: Vec<Value> = workers
         .iter()
         .enumerate()
-        .map(|(i, r)| json!({"class": "tkg-worker", "name": format!("md-{i}"), "replicas": r,
-                             "failureDomain": "us-east-1a", "metadata": os}))
+        .map(|(i, r)| {
+            json!({"class": "tkg-worker", "name": format!("md-{i}"), "replicas": r,
+                             "failureDomain": "us-east-1a", "metadata": os})
+        })
         .collect();
     json!({
         "apiVersion": "cluster.x-k8s.io/v1beta1",
@@ -273,10 +274,16 @@ fn assert_rolling(what: &str, obs: &[(i64, i64, i64)], spec: i64, surge: i64, un
     assert!(obs.len() > 2, "{what}: no rollout observed: {obs:?}");
     for w in obs.windows(2) {
         let ((_, u0, _), (_, u1, _)) = (w[0], w[1]);
-        assert!(u1 - u0 <= surge, "{what}: updatedReplicas jumped {u0}→{u1}: {obs:?}");
+        assert!(
+            u1 - u0 <= surge,
+            "{what}: updatedReplicas jumped {u0}→{u1}: {obs:?}"
+        );
     }
     for &(r, _, ready) in obs {
-        assert!(r <= spec + surge, "{what}: replicas {r} > {spec}+{surge}: {obs:?}");
+        assert!(
+            r <= spec + surge,
+            "{what}: replicas {r} > {spec}+{surge}: {obs:?}"
+        );
         assert!(
             ready >= spec - unavailable,
             "{what}: readyReplicas {ready} < {spec}-{unavailable}: {obs:?}"
@@ -339,9 +346,8 @@ async fn rollout_upgrade_rolls_control_plane_first_then_one_md_at_a_time_within_
     .expect("upgrade");
     rec.wait(&env.ctrl, "every MachineDeployment upgraded", || {
         let done = |n: &str| {
-            mgmt.get(&gvr_md(), Some(NS), n).is_some_and(|m| {
-                m["spec"]["template"]["spec"]["version"] == K8S && settled(&m)
-            })
+            mgmt.get(&gvr_md(), Some(NS), n)
+                .is_some_and(|m| m["spec"]["template"]["spec"]["version"] == K8S && settled(&m))
         };
         (done(&md0) && done(&md1)).then_some(())
     })
@@ -351,7 +357,11 @@ async fn rollout_upgrade_rolls_control_plane_first_then_one_md_at_a_time_within_
     let after = of_cluster(mgmt.list(&gvr_machine(), Some(NS)), "roll");
     assert_eq!(after.len(), 8);
     for m in &after {
-        assert!(!before.contains(&name(m)), "{} survived the upgrade", name(m));
+        assert!(
+            !before.contains(&name(m)),
+            "{} survived the upgrade",
+            name(m)
+        );
         assert_eq!(m["spec"]["version"], K8S);
         assert_eq!(m["status"]["phase"], "Running");
     }
@@ -369,14 +379,25 @@ async fn rollout_upgrade_rolls_control_plane_first_then_one_md_at_a_time_within_
         .collect();
     assert_eq!(deleted, before, "the old machines were deleted");
     // MD machines are named after a machine set per template and version.
-    for m in after.iter().filter(|m| m["metadata"]["ownerReferences"][0]["name"] == md0) {
-        let set = m["metadata"]["labels"]["cluster.x-k8s.io/set-name"].as_str().unwrap();
+    for m in after
+        .iter()
+        .filter(|m| m["metadata"]["ownerReferences"][0]["name"] == md0)
+    {
+        let set = m["metadata"]["labels"]["cluster.x-k8s.io/set-name"]
+            .as_str()
+            .unwrap();
         assert!(set.starts_with(&format!("{md0}-")), "{set}");
         assert!(name(m).starts_with(&format!("{set}-")));
     }
 
     // Rolling-update invariants.
-    assert_rolling("KCP", &observed(&rec, "kubeadmcontrolplanes", &kcp), 3, 1, 0);
+    assert_rolling(
+        "KCP",
+        &observed(&rec, "kubeadmcontrolplanes", &kcp),
+        3,
+        1,
+        0,
+    );
     assert_rolling("md-0", &observed(&rec, "machinedeployments", &md0), 3, 2, 0);
     assert_rolling("md-1", &observed(&rec, "machinedeployments", &md1), 2, 1, 0);
     let kcp_events = rec.of("kubeadmcontrolplanes");
@@ -395,7 +416,10 @@ async fn rollout_upgrade_rolls_control_plane_first_then_one_md_at_a_time_within_
     // The KCP rolled one machine at a time: at most one control plane machine was provisioning.
     let mut provisioning: BTreeSet<String> = BTreeSet::new();
     for (kind, m) in rec.of("machines") {
-        if m["metadata"]["labels"].get("cluster.x-k8s.io/control-plane").is_none() {
+        if m["metadata"]["labels"]
+            .get("cluster.x-k8s.io/control-plane")
+            .is_none()
+        {
             continue;
         }
         if kind != "DELETED" && m["status"]["phase"] == "Provisioning" {
@@ -435,7 +459,10 @@ async fn rollout_upgrade_rolls_control_plane_first_then_one_md_at_a_time_within_
         .expect("MD done")
     };
     let (s0, s1) = (md_started(&md0), md_started(&md1));
-    assert!(kcp_done < s0 && kcp_done < s1, "KCP first: {kcp_done} {s0} {s1}");
+    assert!(
+        kcp_done < s0 && kcp_done < s1,
+        "KCP first: {kcp_done} {s0} {s1}"
+    );
     let (first, second, first_name) = if s0 < s1 {
         (s0, s1, &md0)
     } else {
@@ -449,7 +476,9 @@ async fn rollout_upgrade_rolls_control_plane_first_then_one_md_at_a_time_within_
     // No MD machine at the new version existed before the KCP finished.
     let first_new_worker = idx(&|e| {
         e.gvr.plural == "machines"
-            && e.object["metadata"]["labels"].get("cluster.x-k8s.io/control-plane").is_none()
+            && e.object["metadata"]["labels"]
+                .get("cluster.x-k8s.io/control-plane")
+                .is_none()
             && e.object["spec"]["version"] == K8S
     })
     .expect("new worker machine");
@@ -488,11 +517,15 @@ async fn rollout_instance_type_change_rotates_the_template_and_replaces_only_tho
     const CP_TPL: &str = "/spec/machineTemplate/infrastructureRef/name";
     let md1_tpl = tpl(&md1, MD_TPL);
     // The topology's AWSMachineTemplates exist with the variables' instance types.
-    let t = mgmt.get(&gvr_amt(), Some(NS), &md1_tpl).expect("MD template");
+    let t = mgmt
+        .get(&gvr_amt(), Some(NS), &md1_tpl)
+        .expect("MD template");
     assert_eq!(t["spec"]["template"]["spec"]["instanceType"], "m5.large");
     assert_eq!(t["spec"]["template"]["spec"]["rootVolume"]["size"], 80);
     let cp_tpl = tpl(&kcp, CP_TPL);
-    let t = mgmt.get(&gvr_amt(), Some(NS), &cp_tpl).expect("CP template");
+    let t = mgmt
+        .get(&gvr_amt(), Some(NS), &cp_tpl)
+        .expect("CP template");
     assert_eq!(t["spec"]["template"]["spec"]["instanceType"], "t3.large");
     let (m0, m1, mcp) = (
         machines_of(&mgmt, &name(&md0)),
@@ -516,16 +549,34 @@ async fn rollout_instance_type_change_rotates_the_template_and_replaces_only_tho
         .await;
     let new_tpl = tpl(&done, MD_TPL);
     assert!(new_tpl.starts_with("it-md-1-infra-"), "{new_tpl}");
-    let t = mgmt.get(&gvr_amt(), Some(NS), &new_tpl).expect("rotated template");
+    let t = mgmt
+        .get(&gvr_amt(), Some(NS), &new_tpl)
+        .expect("rotated template");
     assert_eq!(t["spec"]["template"]["spec"]["instanceType"], "m5.xlarge");
-    assert!(mgmt.get(&gvr_amt(), Some(NS), &md1_tpl).is_none(), "old template deleted");
+    assert!(
+        mgmt.get(&gvr_amt(), Some(NS), &md1_tpl).is_none(),
+        "old template deleted"
+    );
     let m1_after = machines_of(&mgmt, &md1_name);
     assert_eq!(m1_after.len(), 2);
-    assert!(m1_after.is_disjoint(&m1), "md-1 machines replaced: {m1:?} {m1_after:?}");
+    assert!(
+        m1_after.is_disjoint(&m1),
+        "md-1 machines replaced: {m1:?} {m1_after:?}"
+    );
     assert_eq!(machines_of(&mgmt, &name(&md0)), m0, "md-0 untouched");
-    assert_eq!(machines_of(&mgmt, &name(&kcp)), mcp, "control plane untouched");
+    assert_eq!(
+        machines_of(&mgmt, &name(&kcp)),
+        mcp,
+        "control plane untouched"
+    );
     assert_eq!(tpl(&md_of(&mgmt, "it", "md-0"), MD_TPL), tpl(&md0, MD_TPL));
-    assert_rolling("md-1", &observed(&rec, "machinedeployments", &md1_name), 2, 1, 0);
+    assert_rolling(
+        "md-1",
+        &observed(&rec, "machinedeployments", &md1_name),
+        2,
+        1,
+        0,
+    );
     assert!(
         observed(&rec, "machinedeployments", &name(&md0)).len() <= 1,
         "md-0 status unchanged"
@@ -557,10 +608,17 @@ async fn rollout_instance_type_change_rotates_the_template_and_replaces_only_tho
     assert!(mcp_after.is_disjoint(&mcp));
     assert_eq!(machines_of(&mgmt, &name(&md0)), m0);
     assert_eq!(machines_of(&mgmt, &md1_name), m1_after);
-    assert_rolling("KCP", &observed(&rec, "kubeadmcontrolplanes", &kcp_name), 1, 1, 0);
+    assert_rolling(
+        "KCP",
+        &observed(&rec, "kubeadmcontrolplanes", &kcp_name),
+        1,
+        1,
+        0,
+    );
     assert!(rec.of("kubeadmcontrolplanes").iter().any(|(_, k)| {
         k["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter().any(|c| c["type"] == "MachinesSpecUpToDate" && c["status"] == "False")
+            cs.iter()
+                .any(|c| c["type"] == "MachinesSpecUpToDate" && c["status"] == "False")
         })
     }));
     assert_eq!(done["status"]["version"], K8S);
@@ -596,7 +654,11 @@ async fn rollout_replicas_change_scales_without_replacing_machines() {
     assert!(m0.is_subset(&m_up), "existing worker kept");
     assert!(mcp.is_subset(&cp_up), "existing control plane machine kept");
     assert_eq!(workload.list(&gvr_node(), None).len(), 6);
-    let deleted = rec.of("machines").iter().filter(|(k, _)| *k == "DELETED").count();
+    let deleted = rec
+        .of("machines")
+        .iter()
+        .filter(|(k, _)| *k == "DELETED")
+        .count();
     assert_eq!(deleted, 0, "scaling up deletes nothing");
     // The KCP scaled up one machine at a time; the MD had both new machines at once.
     let kcp_obs = observed(&rec, "kubeadmcontrolplanes", &kcp);
@@ -604,7 +666,10 @@ async fn rollout_replicas_change_scales_without_replacing_machines() {
         assert!(w[1].0 - w[0].0 <= 1, "{kcp_obs:?}");
     }
     let md_obs = observed(&rec, "machinedeployments", &md);
-    assert!(md_obs.iter().all(|&(r, u, _)| r == u && r <= 3), "{md_obs:?}");
+    assert!(
+        md_obs.iter().all(|&(r, u, _)| r == u && r <= 3),
+        "{md_obs:?}"
+    );
     let md_events = rec.of("machinedeployments");
     assert!(md_events
         .iter()
@@ -622,7 +687,11 @@ async fn rollout_replicas_change_scales_without_replacing_machines() {
     assert_eq!(machines_of(&mgmt, &md), m0, "the newest machines go first");
     assert_eq!(machines_of(&mgmt, &kcp), cp_up);
     assert_eq!(workload.list(&gvr_node(), None).len(), 4);
-    let created = rec.of("machines").iter().filter(|(k, _)| *k == "ADDED").count();
+    let created = rec
+        .of("machines")
+        .iter()
+        .filter(|(k, _)| *k == "ADDED")
+        .count();
     assert_eq!(created, 0, "scaling down creates nothing");
 }
 
@@ -636,13 +705,17 @@ async fn rollout_cluster_deletion_removes_everything_and_stops_the_workload_clus
     wait_ready(&env, &mut rec, "gone").await;
     let workload = env.emu.cluster("gone").unwrap();
     let client = workload.client().await.expect("workload client");
-    let version = client.apiserver_version().await.expect("workload API answers");
+    let version = client
+        .apiserver_version()
+        .await
+        .expect("workload API answers");
     assert_eq!(version.git_version, K8S);
     assert!(mgmt.get(&gvr_cb(), Some(NS), "gone").is_some());
     assert!(!of_cluster(mgmt.list(&gvr_amt(), Some(NS)), "gone").is_empty());
 
     rec.events.clear();
-    mgmt.delete(&gvr_cluster(), Some(NS), "gone").expect("delete");
+    mgmt.delete(&gvr_cluster(), Some(NS), "gone")
+        .expect("delete");
     rec.wait(&env.ctrl, "Cluster gone", || {
         mgmt.get(&gvr_cluster(), Some(NS), "gone")
             .is_none()
@@ -680,8 +753,10 @@ async fn rollout_cluster_deletion_removes_everything_and_stops_the_workload_clus
         .expect("phase Deleting");
     assert!(cluster_events
         .iter()
-        .any(|(_, c)| c["metadata"]["finalizers"][0] == "cluster.cluster.x-k8s.io"
-            && c["status"]["phase"] == "Deleting"));
+        .any(
+            |(_, c)| c["metadata"]["finalizers"][0] == "cluster.cluster.x-k8s.io"
+                && c["status"]["phase"] == "Deleting"
+        ));
     let deleted_at = |plural: &str| {
         rec.events
             .iter()

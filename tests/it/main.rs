@@ -5,6 +5,7 @@ mod support;
 mod aws;
 mod capi_rollout;
 mod cli;
+mod day2;
 mod e2e;
 mod engine;
 mod github;

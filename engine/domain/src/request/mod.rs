@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 pub use fs::{validate_paths, ValidateReport};
 pub use packages::{
-    standard_package, StandardPackage, PACKAGE_DEPENDENCIES, PACKAGE_INSTALL_ORDER, TKG16_STANDARD_PACKAGES,
+    standard_package, StandardPackage, PACKAGE_DEPENDENCIES, PACKAGE_INSTALL_ORDER,
+    TKG16_STANDARD_PACKAGES,
 };
 pub use rules::{check_upgrade, is_dns1123_label, is_system_namespace, validate, RULES};
 pub use settings::{

@@ -150,6 +150,8 @@ const EMBEDDED: &[(&str, &str)] = embedded![
     "workflows/attach-tmc.yaml",
     "workflows/rollout-packages.yaml",
     "workflows/delete-cluster.yaml",
+    "workflows/resize-cluster.yaml",
+    "workflows/detach-tmc.yaml",
     "templates/manifests/cluster.yaml.hbs",
     "templates/comments/plan.md.hbs",
     "templates/comments/run.md.hbs",

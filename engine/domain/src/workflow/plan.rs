@@ -12,10 +12,9 @@ use super::impact::{impact, Impact, RolloutHistory};
 use crate::files::TreeReader;
 use crate::request::{self, ClusterRequest, ClusterSpec, Finding, RepoConfig, Severity};
 use crate::step::{
-    AwsPreflightInputs, KubeApplyInputs, KubeDeleteInputs, KubePreflightInputs, KubeRolloutInputs, PackagesInputs,
-    PackagesUpdateInputs, RetryPolicy,
-    StepInputs, StepKind, StepSpec, TmcClusterInputs, TmcFullName, UpgradeClusterInputs,
-    WorkloadTarget,
+    AwsPreflightInputs, KubeApplyInputs, KubeDeleteInputs, KubePreflightInputs, KubeRolloutInputs,
+    PackagesInputs, PackagesUpdateInputs, RetryPolicy, StepInputs, StepKind, StepSpec,
+    TmcClusterInputs, TmcFullName, UpgradeClusterInputs, WorkloadTarget,
 };
 
 /// Path of the repository settings file at the root of the config repository.
@@ -405,7 +404,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         }
         let max = r.approval.max_deletes_per_change as usize;
         if deletes.len() > max {
-            for c in clusters.iter_mut().filter(|c| c.intent == IntentKind::Delete) {
+            for c in clusters
+                .iter_mut()
+                .filter(|c| c.intent == IntentKind::Delete)
+            {
                 c.findings.push(Finding {
                     path: format!("{CLUSTERS_DIR}/{}", c.cluster),
                     line: None,
@@ -944,14 +946,13 @@ pub fn render_workflow(
         let owner = lookup(context, "owner.label")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let inputs = step_inputs(step.kind, spec, before, repo, owner, docs.join("---\n")).map_err(|message| {
-            RenderError {
+        let inputs = step_inputs(step.kind, spec, before, repo, owner, docs.join("---\n"))
+            .map_err(|message| RenderError {
                 step: step.id.clone(),
                 template: None,
                 line: None,
                 message,
-            }
-        })?;
+            })?;
         steps.push(StepSpec {
             id: step.id.clone(),
             title: step.title.clone(),
@@ -1081,9 +1082,7 @@ pub fn step_inputs(
         }),
         StepKind::PackagesVerify => StepInputs::PackagesVerify(target.clone()),
         StepKind::KubeWaitControlPlane => StepInputs::KubeWaitControlPlane(rollout()),
-        StepKind::KubeWaitMachineDeployments => {
-            StepInputs::KubeWaitMachineDeployments(rollout())
-        }
+        StepKind::KubeWaitMachineDeployments => StepInputs::KubeWaitMachineDeployments(rollout()),
         StepKind::AwsRemoveSubnetTags => StepInputs::AwsRemoveSubnetTags(aws_inputs()),
         StepKind::TmcDetach => StepInputs::TmcDetach(tmc()?),
         StepKind::KubeDeleteCluster => StepInputs::KubeDeleteCluster(KubeDeleteInputs {

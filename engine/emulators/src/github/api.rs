@@ -1022,7 +1022,11 @@ async fn add_labels(
         .get("labels")
         .unwrap_or(&v)
         .as_array()
-        .map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     if names.is_empty() {
         return Err(unprocessable("labels: at least one label name is required"));
@@ -1056,9 +1060,7 @@ async fn remove_label(
         return Err(not_found());
     }
     let login = sh.login_of(&sh.lock(), &p);
-    let labels = sh
-        .set_label(n, &login, &name, false)
-        .map_err(internal)?;
+    let labels = sh.set_label(n, &login, &name, false).map_err(internal)?;
     Ok(ok_json(StatusCode::OK, labels_json(&sh, &labels)))
 }
 

@@ -1064,7 +1064,12 @@ impl GithubEmulator {
     /// announces `pull_request` `labeled` when it was not there yet.
     ///
     /// Errors: [`GithubEmulatorError::NoSuchPull`].
-    pub fn add_label(&self, number: u64, user: &str, name: &str) -> Result<(), GithubEmulatorError> {
+    pub fn add_label(
+        &self,
+        number: u64,
+        user: &str,
+        name: &str,
+    ) -> Result<(), GithubEmulatorError> {
         self.shared.set_label(number, user, name, true).map(|_| ())
     }
 

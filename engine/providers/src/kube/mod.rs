@@ -829,9 +829,7 @@ impl StepExecutor for KubeProvider {
             StepInputs::KubeReadKubeconfig(t) => self.step_read_kubeconfig(ctx, t).await,
             StepInputs::PackagesRollout(i) => packages::rollout(self, ctx, i).await,
             StepInputs::KubeUpgradeCluster(i) => rollout::upgrade_cluster(self, ctx, i).await,
-            StepInputs::KubeWaitControlPlane(i) => {
-                rollout::wait_control_plane(self, ctx, i).await
-            }
+            StepInputs::KubeWaitControlPlane(i) => rollout::wait_control_plane(self, ctx, i).await,
             StepInputs::KubeWaitMachineDeployments(i) => {
                 rollout::wait_machine_deployments(self, ctx, i).await
             }

@@ -36,8 +36,8 @@ use super::cluster::{
 use super::watch::{changed_or, SharedWatch};
 use super::{classify, KubeProvider, ProgressDedup, FIELD_MANAGER};
 use crate::WorkloadTarget;
-use tkgops_domain::workflow::plan::OWNER_LABEL;
 use tkgops_domain::step::{KubeDeleteInputs, KubeRolloutInputs, UpgradeClusterInputs};
+use tkgops_domain::workflow::plan::OWNER_LABEL;
 use tkgops_engine::{StepContext, StepError};
 
 /// Label Cluster API puts on control-plane Machines.
@@ -336,7 +336,11 @@ pub async fn wait_control_plane(
         let (desired, current, updated, ready) = replicas(kcp);
         let cp_machines: Vec<&Value> = machines
             .iter()
-            .filter(|m| m.pointer("/metadata/labels").and_then(|l| l.get(CONTROL_PLANE_LABEL)).is_some())
+            .filter(|m| {
+                m.pointer("/metadata/labels")
+                    .and_then(|l| l.get(CONTROL_PLANE_LABEL))
+                    .is_some()
+            })
             .collect();
         let machines_done = cp_machines.len() as i64 == desired
             && cp_machines.iter().all(|m| {
@@ -371,9 +375,19 @@ pub async fn wait_control_plane(
             .client
             .apiserver_version()
             .await
-            .map_err(|e| classify(&format!("workload cluster {} ({})", inputs.target.cluster_name, wl.server), &e))?
+            .map_err(|e| {
+                classify(
+                    &format!(
+                        "workload cluster {} ({})",
+                        inputs.target.cluster_name, wl.server
+                    ),
+                    &e,
+                )
+            })?
             .git_version;
-        if !at_version(&reported, target) && !target.starts_with(reported.split('+').next().unwrap_or("")) {
+        if !at_version(&reported, target)
+            && !target.starts_with(reported.split('+').next().unwrap_or(""))
+        {
             w.progress.report(
                 ctx,
                 format!("{line}; the workload API server still reports {reported}"),
@@ -384,7 +398,9 @@ pub async fn wait_control_plane(
         let rolled = w.rolled(&cp_machines);
         w.progress.report(
             ctx,
-            format!("control plane at {target}: {ready}/{desired} ready; API server reports {reported}"),
+            format!(
+                "control plane at {target}: {ready}/{desired} ready; API server reports {reported}"
+            ),
         );
         return Ok(json!({
             "version": target,
@@ -431,9 +447,9 @@ pub async fn wait_machine_deployments(
         for td in topology {
             let short = str_at(td, "/name");
             let want = int_at(td, "/replicas");
-            let md = mds.iter().find(|m| {
-                label(m, "topology.cluster.x-k8s.io/deployment-name") == short
-            });
+            let md = mds
+                .iter()
+                .find(|m| label(m, "topology.cluster.x-k8s.io/deployment-name") == short);
             let Some(md) = md else {
                 all_done = false;
                 parts.push(format!("{short}: not created yet"));
@@ -604,10 +620,7 @@ pub async fn verify_packages(
             }
         }
         if failed.is_empty() && pending.is_empty() {
-            progress.report(
-                ctx,
-                format!("{} PackageInstalls reconciled", ok.len()),
-            );
+            progress.report(ctx, format!("{} PackageInstalls reconciled", ok.len()));
             return Ok(json!({"packageInstalls": ok}));
         }
         progress.report(

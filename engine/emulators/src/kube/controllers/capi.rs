@@ -524,9 +524,11 @@ impl CapiController {
         }
 
         let kcp_state = self.reconcile_machines(&workload, &topo.kcp, true, &region)?;
-        let kcp_now =
-            self.mgmt
-                .get(&gvr_kcp(), Some(&ns), name_of(&topo.kcp).unwrap_or_default());
+        let kcp_now = self.mgmt.get(
+            &gvr_kcp(),
+            Some(&ns),
+            name_of(&topo.kcp).unwrap_or_default(),
+        );
         // The workload API server reports the control plane's (lowest) version.
         if let Some(v) = kcp_now
             .as_ref()
@@ -933,7 +935,9 @@ impl CapiController {
             || self
                 .mgmt
                 .get(&gvr_secret(), Some(ns), &format!("{name}-kubeconfig"))
-                .is_some_and(|s| s.get("type").and_then(Value::as_str) == Some(KUBECONFIG_SECRET_TYPE))
+                .is_some_and(|s| {
+                    s.get("type").and_then(Value::as_str) == Some(KUBECONFIG_SECRET_TYPE)
+                })
             || self
                 .mgmt
                 .list(&gvr_aws_machine_template(), Some(ns))
@@ -1115,7 +1119,8 @@ impl CapiController {
         if str_at(&kcp, "/spec/version") != Some(version.as_str()) && !version.is_empty() {
             kcp_patch.insert("version".into(), json!(version));
         }
-        if str_at(&kcp, "/spec/machineTemplate/infrastructureRef/name") != Some(cp_template.as_str())
+        if str_at(&kcp, "/spec/machineTemplate/infrastructureRef/name")
+            != Some(cp_template.as_str())
         {
             kcp_patch.insert(
                 "machineTemplate".into(),
@@ -1239,10 +1244,7 @@ impl CapiController {
             if str_at(&md, "/spec/template/spec/infrastructureRef/name")
                 != Some(md_template.as_str())
             {
-                tpl_patch.insert(
-                    "infrastructureRef".into(),
-                    json!({"name": md_template}),
-                );
+                tpl_patch.insert("infrastructureRef".into(), json!({"name": md_template}));
             }
             if let Some(fd) = failure_domain {
                 if str_at(&md, "/spec/template/spec/failureDomain") != Some(fd) {
@@ -1566,10 +1568,11 @@ impl CapiController {
                     &version,
                     &template,
                     region,
-                )
-                {
+                ) {
                     Ok(m) => machines.push(m),
-                    Err(err) => debug!(owner = %owner_name, error = %err, "could not create Machine"),
+                    Err(err) => {
+                        debug!(owner = %owner_name, error = %err, "could not create Machine")
+                    }
                 }
             }
             self.mgmt.patch_merge(
@@ -1616,7 +1619,10 @@ impl CapiController {
             }
         }
         for victim in victims.into_iter().take(max_deletions) {
-            if let Some(pos) = machines.iter().position(|m| name_of(m) == Some(victim.as_str())) {
+            if let Some(pos) = machines
+                .iter()
+                .position(|m| name_of(m) == Some(victim.as_str()))
+            {
                 let m = machines.remove(pos);
                 self.delete_machine(workload, &m);
             }
@@ -1636,10 +1642,17 @@ impl CapiController {
         if control_plane {
             self.kcp_status(&mut st, &owner, &machines, replicas, outdated, ready, total);
         } else {
-            let cluster_name = str_at(&owner, "/spec/clusterName").unwrap_or("").to_string();
-            let deployment = label(&owner, DEPLOYMENT_NAME_LABEL).unwrap_or("").to_string();
+            let cluster_name = str_at(&owner, "/spec/clusterName")
+                .unwrap_or("")
+                .to_string();
+            let deployment = label(&owner, DEPLOYMENT_NAME_LABEL)
+                .unwrap_or("")
+                .to_string();
             st.insert("availableReplicas".into(), json!(ready));
-            st.insert("unavailableReplicas".into(), json!((replicas - ready).max(0)));
+            st.insert(
+                "unavailableReplicas".into(),
+                json!((replicas - ready).max(0)),
+            );
             st.insert("selector".into(), json!(format!(
                 "{CLUSTER_NAME_LABEL}={cluster_name},{DEPLOYMENT_NAME_LABEL}={deployment},{TOPOLOGY_OWNED_LABEL}="
             )));
@@ -1651,8 +1664,9 @@ impl CapiController {
                 "Running"
             };
             st.insert("phase".into(), json!(phase));
-            let msg =
-                format!("Minimum availability requires {replicas} replicas, current {ready} available");
+            let msg = format!(
+                "Minimum availability requires {replicas} replicas, current {ready} available"
+            );
             if ready >= replicas - unavailable {
                 set_condition(&mut st, cond_true("Available"));
             } else {
@@ -1960,7 +1974,10 @@ impl CapiController {
         st.insert("phase".into(), json!("Running"));
         st.insert("bootstrapReady".into(), json!(true));
         st.insert("infrastructureReady".into(), json!(true));
-        st.insert("nodeRef".into(), json!({"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": uid_of(&node)}));
+        st.insert(
+            "nodeRef".into(),
+            json!({"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": uid_of(&node)}),
+        );
         st.insert(
             "addresses".into(),
             json!([
@@ -1993,10 +2010,7 @@ impl CapiController {
             let _ = workload.delete(&gvr_node(), None, node);
         }
         if let Some(n) = name_of(machine) {
-            if let Err(err) = self
-                .mgmt
-                .delete(&gvr_machine(), namespace_of(machine), n)
-            {
+            if let Err(err) = self.mgmt.delete(&gvr_machine(), namespace_of(machine), n) {
                 debug!(machine = n, error = %err, "could not delete Machine");
             }
         }
@@ -2251,7 +2265,11 @@ fn machine_template_spec(var: Option<&Value>, ssh_key: &str, control_plane: bool
     let instance_type = var
         .and_then(|v| v.get("instanceType"))
         .and_then(Value::as_str)
-        .unwrap_or(if control_plane { "t3.large" } else { "m5.large" });
+        .unwrap_or(if control_plane {
+            "t3.large"
+        } else {
+            "m5.large"
+        });
     let size = var
         .and_then(|v| i64_at(v, "/rootVolume/sizeGiB"))
         .unwrap_or(80);

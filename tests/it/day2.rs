@@ -1,0 +1,466 @@
+//! Day 2: upgrade, resize and delete plans (refusals, machine impact, estimates), and an
+//! upgrade through the bot on the emulated management cluster with a restart between phases.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tkgops_domain::files::MemoryTree;
+use tkgops_domain::workflow::markdown::render_plan;
+use tkgops_domain::workflow::{plan, Catalog, IntentKind, PlanInput, PlanStatus, RolloutHistory};
+use tkgops_emulators::kube::Gvr;
+use tkgops_engine::store::{RunState, SledStore, Store};
+use tkgops_sandbox::{request_files, Timings, APPROVER, MANAGEMENT_CLUSTER};
+
+use crate::e2e::{bot_comments, head_of, start_env};
+use crate::support::{assert_golden, example_repo_config, example_request};
+
+const OLD_TKR: &str = "v1.24.11+vmware.1-tkg.1";
+const NEW_TKR: &str = "v1.25.7+vmware.2-tkg.1";
+const CFG: &str = "clusters/team-a-prod/cluster-config.yaml";
+const SETTINGS: &str = "clusters/team-a-prod/tkgops.yaml";
+
+fn tree(files: &[(&str, &str)]) -> MemoryTree {
+    MemoryTree(
+        files
+            .iter()
+            .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+            .collect::<BTreeMap<_, _>>(),
+    )
+}
+
+fn plan_with(
+    base: &MemoryTree,
+    head: &MemoryTree,
+    changed: &[&str],
+    history: RolloutHistory,
+) -> tkgops_domain::workflow::Plan {
+    let catalog = Catalog::builtin().expect("builtin catalog");
+    let changed: Vec<String> = changed.iter().map(|s| s.to_string()).collect();
+    plan(&PlanInput {
+        base,
+        head,
+        settings: base,
+        base_sha: "1111111111111111111111111111111111111111",
+        head_sha: "2222222222222222222222222222222222222222",
+        changed_paths: &changed,
+        catalog: &catalog,
+        executable: &tkgops::executors::executable_kinds(),
+        repository: "acme/tkg-clusters",
+        history,
+    })
+}
+
+/// The example request at `tkr` before, `new_settings`/`new_cfg` after.
+fn change(
+    old_tkr: &str,
+    edit_settings: impl Fn(&str) -> String,
+    edit_cfg: impl Fn(&str) -> String,
+    history: RolloutHistory,
+) -> tkgops_domain::workflow::Plan {
+    let repo = example_repo_config();
+    let (cfg, settings) = example_request();
+    let old = settings.replace(NEW_TKR, old_tkr);
+    let base = tree(&[("tkgops.yaml", &repo), (CFG, &cfg), (SETTINGS, &old)]);
+    let head = tree(&[
+        ("tkgops.yaml", &repo),
+        (CFG, &edit_cfg(&cfg)),
+        (SETTINGS, &edit_settings(&old)),
+    ]);
+    plan_with(&base, &head, &[CFG, SETTINGS], history)
+}
+
+fn rules(p: &tkgops_domain::workflow::Plan) -> Vec<String> {
+    p.all_findings()
+        .iter()
+        .filter(|f| f.severity == tkgops_domain::request::Severity::Error)
+        .map(|f| format!("{} {}", f.rule, f.message))
+        .collect()
+}
+
+#[test]
+fn an_upgrade_plan_shows_the_machines_replaced_and_an_estimate() {
+    let p = change(
+        OLD_TKR,
+        |s| s.replace(OLD_TKR, NEW_TKR),
+        |c| c.to_string(),
+        RolloutHistory::default(),
+    );
+    assert_eq!(p.clusters.len(), 1, "{:#?}", p.clusters);
+    let c = &p.clusters[0];
+    assert_eq!(
+        c.intent,
+        IntentKind::Upgrade {
+            from: OLD_TKR.into(),
+            to: NEW_TKR.into()
+        }
+    );
+    assert_eq!(c.status, PlanStatus::Ready, "{:#?}", c);
+    let kinds: Vec<&str> = c.steps.iter().map(|s| s.kind().as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "kube.preflight",
+            "kube.upgrade-cluster",
+            "kube.wait-control-plane",
+            "kube.wait-machine-deployments",
+            "packages.verify"
+        ]
+    );
+    let impact = c.impact.as_ref().expect("impact");
+    // prod: 3 control-plane machines, WORKER_MACHINE_COUNT 3 over three AZs.
+    let replaced: Vec<(String, u32)> = impact
+        .groups
+        .iter()
+        .map(|g| (g.name.clone(), g.replaced))
+        .collect();
+    assert_eq!(
+        replaced,
+        [
+            ("control-plane".to_string(), 3),
+            ("md-0".to_string(), 1),
+            ("md-1".to_string(), 1),
+            ("md-2".to_string(), 1)
+        ]
+    );
+    assert_eq!(impact.nodes_replaced, 6);
+    assert_eq!(impact.estimate_secs, 6 * 300);
+    let md = render_plan(&p, &Catalog::builtin().unwrap(), true).unwrap();
+    assert_golden("plan-upgrade.md", &md);
+
+    // With measured history, the estimate follows it.
+    let p = change(
+        OLD_TKR,
+        |s| s.replace(OLD_TKR, NEW_TKR),
+        |c| c.to_string(),
+        RolloutHistory {
+            node_seconds: Some(120.0),
+            samples: 8,
+        },
+    );
+    let impact = p.clusters[0].impact.as_ref().unwrap();
+    assert_eq!(impact.estimate_secs, 6 * 120);
+    assert!(
+        impact.estimate_basis.contains("measured over 8 node(s)"),
+        "{}",
+        impact.estimate_basis
+    );
+}
+
+#[test]
+fn upgrade_refusals_name_their_rule() {
+    // Downgrade.
+    let p = change(
+        NEW_TKR,
+        |s| s.replace(NEW_TKR, OLD_TKR),
+        |c| c.to_string(),
+        RolloutHistory::default(),
+    );
+    let r = rules(&p);
+    assert!(
+        r.iter()
+            .any(|f| f.starts_with("TKGOPS-DOWNGRADE") && f.contains("older than")),
+        "{r:?}"
+    );
+    assert_eq!(p.clusters[0].status, PlanStatus::Blocked);
+    // A jump of two minors.
+    let p = change(
+        "v1.23.17+vmware.1-tkg.1",
+        |s| s.replace("v1.23.17+vmware.1-tkg.1", NEW_TKR),
+        |c| c.to_string(),
+        RolloutHistory::default(),
+    );
+    let r = rules(&p);
+    assert!(
+        r.iter()
+            .any(|f| f.starts_with("TKGOPS-DOWNGRADE") && f.contains("more than one")),
+        "{r:?}"
+    );
+    assert_eq!(p.clusters[0].status, PlanStatus::Blocked);
+    // A TKR the management cluster's TKG release (2.2) does not ship.
+    let p = change(
+        NEW_TKR,
+        |s| s.replace(NEW_TKR, "v1.26.5+vmware.2-tkg.1"),
+        |c| c.to_string(),
+        RolloutHistory::default(),
+    );
+    let r = rules(&p);
+    assert!(
+        r.iter()
+            .any(|f| f.starts_with("TKGOPS-TKR") && f.contains("not offered")),
+        "{r:?}"
+    );
+    assert_eq!(p.clusters[0].status, PlanStatus::Blocked);
+}
+
+#[test]
+fn worker_counts_scale_and_instance_types_replace() {
+    let p = change(
+        NEW_TKR,
+        |s| s.to_string(),
+        |c| c.replace("WORKER_MACHINE_COUNT: 3", "WORKER_MACHINE_COUNT: 6"),
+        RolloutHistory::default(),
+    );
+    let c = &p.clusters[0];
+    assert_eq!(c.intent, IntentKind::Resize, "{:#?}", p.clusters);
+    assert_eq!(c.status, PlanStatus::Ready, "{c:#?}");
+    let impact = c.impact.as_ref().unwrap();
+    assert_eq!(impact.nodes_replaced, 0);
+    let md0 = &impact.groups[1];
+    assert_eq!((md0.replicas_from, md0.replicas_to), (Some(1), 2));
+    // The Cluster is applied again with the new replicas.
+    let apply = c
+        .steps
+        .iter()
+        .find(|s| s.kind().as_str() == "kube.apply")
+        .unwrap();
+    let manifests = apply.inputs.inputs_json()["manifests"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(manifests.contains("replicas: 2"), "{manifests}");
+
+    let p = change(
+        NEW_TKR,
+        |s| s.to_string(),
+        |c| {
+            c.replace(
+                "NODE_MACHINE_TYPE: m5.xlarge",
+                "NODE_MACHINE_TYPE: m5.2xlarge",
+            )
+        },
+        RolloutHistory::default(),
+    );
+    let impact = p.clusters[0].impact.as_ref().unwrap();
+    assert_eq!(impact.groups[0].replaced, 0, "control plane untouched");
+    assert!(
+        impact.groups[1..]
+            .iter()
+            .all(|g| g.replaced == 1 && g.because == ["instance type"]),
+        "{impact:#?}"
+    );
+    assert_eq!(impact.nodes_replaced, 3);
+}
+
+#[test]
+fn removing_a_package_another_one_needs_is_refused() {
+    // A policy without default packages, so that the request alone decides.
+    let repo = example_repo_config();
+    let start = repo
+        .find("  defaults:\n    - {name: cert-manager")
+        .expect("package defaults");
+    let end = start + repo[start..].find("rules:").unwrap();
+    let repo = format!("{}{}", &repo[..start], &repo[end..]);
+    let (cfg, settings) = example_request();
+    let base = tree(&[("tkgops.yaml", &repo), (CFG, &cfg), (SETTINGS, &settings)]);
+    let head = tree(&[
+        ("tkgops.yaml", &repo),
+        (CFG, &cfg),
+        (SETTINGS, &settings.replace("  - name: cert-manager\n", "")),
+    ]);
+    let p = plan_with(&base, &head, &[SETTINGS], RolloutHistory::default());
+    let r = rules(&p);
+    assert!(
+        r.iter().any(|f| f.starts_with("TKGOPS-PKG-REMOVE")
+            && f.contains("cert-manager")
+            && f.contains("contour")),
+        "{r:?}"
+    );
+    assert!(p.clusters.iter().all(|c| c.status == PlanStatus::Blocked));
+}
+
+#[test]
+fn a_change_deleting_more_clusters_than_the_policy_allows_is_refused() {
+    let repo = example_repo_config();
+    let (cfg, settings) = example_request();
+    let other_cfg = cfg.replace("CLUSTER_NAME: team-a-prod", "CLUSTER_NAME: team-b-prod");
+    let base = tree(&[
+        ("tkgops.yaml", &repo),
+        (CFG, &cfg),
+        (SETTINGS, &settings),
+        ("clusters/team-b-prod/cluster-config.yaml", &other_cfg),
+        ("clusters/team-b-prod/tkgops.yaml", &settings),
+    ]);
+    let head = tree(&[("tkgops.yaml", &repo)]);
+    let changed = [
+        CFG,
+        SETTINGS,
+        "clusters/team-b-prod/cluster-config.yaml",
+        "clusters/team-b-prod/tkgops.yaml",
+    ];
+    let p = plan_with(&base, &head, &changed, RolloutHistory::default());
+    assert_eq!(p.clusters.len(), 2);
+    assert!(p.clusters.iter().all(|c| c.intent == IntentKind::Delete
+        && c.status == PlanStatus::Blocked
+        && c.findings
+            .iter()
+            .any(|f| f.rule == "TKGOPS-DELETE" && f.message.contains("at most 1"))));
+    // One delete is within the policy: planned, and the notes name the label it needs.
+    let head = tree(&[
+        ("tkgops.yaml", &repo),
+        ("clusters/team-b-prod/cluster-config.yaml", &other_cfg),
+        ("clusters/team-b-prod/tkgops.yaml", &settings),
+    ]);
+    let p = plan_with(&base, &head, &changed[..2], RolloutHistory::default());
+    assert_eq!(p.clusters.len(), 1);
+    assert_eq!(p.clusters[0].intent, IntentKind::Delete);
+    assert_ne!(p.clusters[0].status, PlanStatus::Blocked);
+    assert!(
+        p.notes.iter().any(|n| n.contains("tkgops/allow-delete")),
+        "{:?}",
+        p.notes
+    );
+}
+
+fn kcp_version(env: &tkgops_sandbox::Environment) -> Option<String> {
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER)?;
+    mgmt.list(
+        &Gvr::new(
+            "controlplane.cluster.x-k8s.io",
+            "v1beta1",
+            "kubeadmcontrolplanes",
+        ),
+        Some("default"),
+    )
+    .into_iter()
+    .find_map(|k| {
+        k.pointer("/status/version")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    })
+}
+
+/// The upgrade story through the bot (the real `tkgops serve` binary): a cluster created at
+/// v1.24.11 is upgraded to v1.25.7 by a second pull request. The bot is killed (SIGKILL) once
+/// the control plane runs the new version and started again: the run resumes without patching
+/// again, and the PR shows every phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_runs_phase_by_phase_and_resumes_after_a_kill() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let cfg = env.bot_config(&timings);
+    let cfg_path = env.workdir.join("bot.yaml");
+    std::fs::write(&cfg_path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    let spawn_bot = || {
+        let mut cmd = tokio::process::Command::new(crate::support::tkgops_bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg_path)
+            .envs(env.bot_env())
+            .kill_on_drop(true);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd.spawn().expect("spawning tkgops serve")
+    };
+    let mut bot = spawn_bot();
+
+    let (_, files) = request_files(None, &env.vpc);
+    let files: Vec<(String, String)> = files
+        .into_iter()
+        .map(|(p, c)| (p, c.replace(NEW_TKR, OLD_TKR)))
+        .collect();
+    let pr = env
+        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
+        .unwrap();
+    let head = head_of(&env, "add-team-a-prod");
+    env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    let apply = env
+        .wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
+        .await
+        .unwrap();
+    assert_eq!(apply, "success", "{}", env.conversation(pr));
+    assert_eq!(kcp_version(&env).as_deref(), Some("v1.24.11+vmware.1"));
+
+    // The upgrade pull request.
+    let settings = files
+        .iter()
+        .find(|(p, _)| p.ends_with("/tkgops.yaml") && p.starts_with("clusters/"))
+        .unwrap();
+    let bumped = vec![(settings.0.clone(), settings.1.replace(OLD_TKR, NEW_TKR))];
+    let pr2 = env
+        .open_pull_request("upgrade-team-a-prod", "Upgrade team-a-prod", &bumped)
+        .unwrap();
+    let head2 = head_of(&env, "upgrade-team-a-prod");
+    let plan_state = env
+        .wait_status(&head2, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let plan_comment = bot_comments(&env, pr2).remove(0);
+    assert_eq!(plan_state, "success", "{plan_comment}");
+    assert!(
+        plan_comment.contains("6 node(s) replaced one by one"),
+        "{plan_comment}"
+    );
+    env.github.submit_review(pr2, APPROVER, "APPROVED").unwrap();
+    let merge2 = env.github.merge_pull_request(pr2, APPROVER).unwrap();
+
+    // Kill the bot once the control plane runs the new version.
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let mut events = mgmt.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while kcp_version(&env).as_deref() != Some("v1.25.7+vmware.2") {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(!left.is_zero(), "the control plane was never upgraded");
+        let _ = tokio::time::timeout(left, events.recv()).await;
+    }
+    bot.kill().await.expect("SIGKILL");
+    let _ = bot.wait().await;
+    let mut bot = spawn_bot();
+    let apply = env
+        .wait_status(&merge2, "tkgops/apply", Duration::from_secs(240))
+        .await
+        .unwrap();
+    bot.kill().await.ok();
+    let _ = bot.wait().await;
+    let comments = bot_comments(&env, pr2);
+    assert_eq!(apply, "success", "{}", env.conversation(pr2));
+    assert_eq!(comments.len(), 1, "one sticky comment");
+    for phase in [
+        "Merge-patch spec.topology.version",
+        "Wait for the control plane",
+        "Wait for every MachineDeployment",
+        "Re-verify every PackageInstall",
+    ] {
+        assert!(comments[0].contains(phase), "{phase}: {}", comments[0]);
+    }
+
+    // Every Machine runs the new version.
+    let machines = mgmt.list(
+        &Gvr::new("cluster.x-k8s.io", "v1beta1", "machines"),
+        Some("default"),
+    );
+    assert_eq!(machines.len(), 6);
+    assert!(machines
+        .iter()
+        .all(|m| m.pointer("/spec/version").and_then(|v| v.as_str()) == Some("v1.25.7+vmware.2")));
+    // The upgrade patch was sent once.
+    let patches = mgmt
+        .writes()
+        .into_iter()
+        .filter(|w| w.gvr.plural == "clusters" && w.name == "team-a-prod" && w.verb == "patch")
+        .count();
+    assert_eq!(patches, 1, "one merge patch of spec.topology.version");
+
+    // The journal: the patch phase ran once; the run succeeded.
+    let store = SledStore::open(&env.workdir.join("bot-state").join("journal")).unwrap();
+    let runs = store
+        .list_runs_by_origin(&tkgops::pr_origin(pr2))
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(run.state, RunState::Succeeded);
+    let step = |id: &str| run.steps.iter().find(|s| s.spec.id == id).unwrap();
+    assert_eq!(step("upgrade-cluster").attempts.len(), 1, "{run:#?}");
+    assert_eq!(step("mc-preflight").attempts.len(), 1);
+    assert_eq!(
+        step("upgrade-cluster")
+            .output
+            .as_ref()
+            .map(|o| o["patched"].clone()),
+        Some(serde_json::json!(true))
+    );
+}
