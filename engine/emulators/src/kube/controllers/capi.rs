@@ -1600,7 +1600,7 @@ impl CapiController {
             } else {
                 true
             };
-            if needed && ready - 1 >= replicas - unavailable {
+            if needed && ready > replicas - unavailable {
                 victims.push(name_of(m).unwrap_or_default().to_string());
                 ready -= 1;
                 remaining -= 1;
