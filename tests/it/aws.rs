@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tkgops_engine::{
     ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepKind, StepSpec,
 };
-use tkgops_providers::aws::{AwsExecutor, PreflightOutput};
+use tkgops_providers::aws::{AwsExecutor, PreflightOutput, RemoveSubnetTagsOutput};
 use tkgops_sandbox::moto::{seed_vpc, MotoServer, SeededVpc};
 
 const REGION: &str = "us-west-2";
@@ -30,6 +30,10 @@ fn executor(moto: &MotoServer) -> AwsExecutor {
 }
 
 fn ctx(inputs: Value, progress: ProgressSink) -> StepContext {
+    ctx_kind("aws.preflight", inputs, progress)
+}
+
+fn ctx_kind(kind: &str, inputs: Value, progress: ProgressSink) -> StepContext {
     StepContext {
         run_id: "run-1".into(),
         cluster: "team-a-prod".into(),
@@ -39,7 +43,7 @@ fn ctx(inputs: Value, progress: ProgressSink) -> StepContext {
             title: "AWS preflight".into(),
             timeout_secs: 120,
             retry: RetryPolicy::default(),
-            inputs: crate::support::step_inputs("aws.preflight", inputs),
+            inputs: crate::support::step_inputs(kind, inputs),
         },
         attempt: 1,
         outputs: BTreeMap::new(),
@@ -422,6 +426,105 @@ async fn moto_reset_clears_state_and_unknown_kind_is_permanent() {
         exec.execute(&c).await,
         Err(StepError::Permanent(_))
     ));
-    assert_eq!(exec.kinds(), &[StepKind::AwsPreflight]);
+    assert_eq!(
+        exec.kinds(),
+        &[StepKind::AwsPreflight, StepKind::AwsRemoveSubnetTags]
+    );
+    moto.stop().await;
+}
+
+async fn remove_tags(exec: &AwsExecutor, inputs: Value) -> RemoveSubnetTagsOutput {
+    let out = exec
+        .execute(&ctx_kind(
+            "aws.remove-subnet-tags",
+            inputs,
+            ProgressSink::noop(),
+        ))
+        .await
+        .expect("aws.remove-subnet-tags");
+    serde_json::from_value(out).expect("output shape")
+}
+
+/// `aws.remove-subnet-tags` removes only `kubernetes.io/cluster/<name>` from the subnets of an
+/// existing VPC: the role tags and other clusters' tags stay; a second run deletes nothing; a
+/// subnet deleted meanwhile is reported, not an error.
+#[tokio::test]
+async fn remove_subnet_tags_existing_vpc_keeps_role_tags_and_is_idempotent() {
+    let moto = start_moto().await;
+    let client = moto.ec2_client(REGION);
+    let vpc = seed_vpc(&client, "10.70.0.0/16", &AZS).await.expect("seed");
+    let exec = executor(&moto);
+    run(&exec, existing_vpc_inputs(&vpc))
+        .await
+        .expect("preflight tags the subnets");
+    // Another cluster of the VPC shares a subnet.
+    client
+        .create_tags()
+        .resources(&vpc.private_subnet_ids[1])
+        .tags(
+            Tag::builder()
+                .key("kubernetes.io/cluster/team-b-prod")
+                .value("shared")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("tag for the other cluster");
+    let key = "kubernetes.io/cluster/team-a-prod";
+    assert_eq!(subnets_with_tag_key(&client, key).await.len(), 6);
+
+    let out = remove_tags(&exec, existing_vpc_inputs(&vpc)).await;
+    assert_eq!(out.vpc_id.as_deref(), Some(vpc.vpc_id.as_str()));
+    assert_eq!(out.tag_key, key);
+    assert_eq!(out.untagged_subnets.len(), 6, "{out:?}");
+    assert!(out.already_untagged.is_empty() && out.missing_subnets.is_empty());
+    assert!(subnets_with_tag_key(&client, key).await.is_empty());
+    assert_eq!(
+        subnets_with_tag_key(&client, "kubernetes.io/role/internal-elb")
+            .await
+            .len(),
+        3
+    );
+    assert_eq!(
+        subnets_with_tag_key(&client, "kubernetes.io/role/elb")
+            .await
+            .len(),
+        3
+    );
+    let other = subnets_with_tag_key(&client, "kubernetes.io/cluster/team-b-prod").await;
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].0, vpc.private_subnet_ids[1]);
+
+    // Second run: nothing left to delete.
+    let again = remove_tags(&exec, existing_vpc_inputs(&vpc)).await;
+    assert!(again.untagged_subnets.is_empty(), "{again:?}");
+    assert_eq!(again.already_untagged.len(), 6);
+
+    // A subnet that no longer exists is reported, not an error; the others are still handled.
+    client
+        .create_tags()
+        .resources(&vpc.public_subnet_ids[2])
+        .tags(Tag::builder().key(key).value("owned").build())
+        .send()
+        .await
+        .expect("re-tag");
+    let mut inputs = existing_vpc_inputs(&vpc);
+    inputs["subnets"][0]["privateId"] = json!("subnet-0123456789abcdef0");
+    let out = remove_tags(&exec, inputs).await;
+    assert_eq!(out.missing_subnets, vec!["subnet-0123456789abcdef0".to_string()]);
+    assert_eq!(out.untagged_subnets, vec![vpc.public_subnet_ids[2].clone()]);
+    assert!(subnets_with_tag_key(&client, key).await.is_empty());
+    moto.stop().await;
+}
+
+/// With a VPC Cluster API created there is nothing to untag.
+#[tokio::test]
+async fn remove_subnet_tags_new_vpc_is_a_no_op() {
+    let moto = start_moto().await;
+    let exec = executor(&moto);
+    let out = remove_tags(&exec, new_vpc_inputs("10.0.0.0/16")).await;
+    assert_eq!(out.vpc_id, None);
+    assert!(out.untagged_subnets.is_empty() && out.missing_subnets.is_empty());
+    assert!(out.note.contains("new VPC"), "{}", out.note);
     moto.stop().await;
 }

@@ -622,6 +622,16 @@ impl ManifestApplier for AgentSimApplier {
 }
 
 fn attach_ctx(emu: &TmcEmulator, name: &str, progress: ProgressSink) -> StepContext {
+    tmc_ctx(emu, "tmc.attach", name, "team-a", progress)
+}
+
+fn tmc_ctx(
+    emu: &TmcEmulator,
+    kind: &str,
+    name: &str,
+    group: &str,
+    progress: ProgressSink,
+) -> StepContext {
     StepContext {
         run_id: "run-1".into(),
         cluster: name.into(),
@@ -632,13 +642,13 @@ fn attach_ctx(emu: &TmcEmulator, name: &str, progress: ProgressSink) -> StepCont
             timeout_secs: 60,
             retry: RetryPolicy::default(),
             inputs: crate::support::step_inputs(
-                "tmc.attach",
+                kind,
                 json!({
                     "endpoint": emu.url(),
                     "cspEndpoint": emu.url(),
                     "target": {"managementCluster": "mgmt", "namespace": "default", "clusterName": name},
                     "fullName": {"managementClusterName": "attached", "provisionerName": "attached", "name": name},
-                    "clusterGroup": "team-a",
+                    "clusterGroup": group,
                     "description": "attached by tkgops",
                     "labels": {"env": "prod"},
                 }),
@@ -668,7 +678,13 @@ async fn attach_creates_applies_and_waits_then_is_idempotent() {
         applier.clone(),
         Duration::from_millis(100),
     );
-    assert_eq!(exec.kinds(), &[tkgops_engine::StepKind::TmcAttach]);
+    assert_eq!(
+        exec.kinds(),
+        &[
+            tkgops_engine::StepKind::TmcAttach,
+            tkgops_engine::StepKind::TmcDetach
+        ]
+    );
     let (sink, lines) = recording_sink();
 
     let out = exec
@@ -679,7 +695,7 @@ async fn attach_creates_applies_and_waits_then_is_idempotent() {
     assert_eq!(
         out,
         json!({"uid": stored["meta"]["uid"], "phase": "READY", "health": "HEALTHY",
-               "clusterGroup": "team-a", "installerApplied": true})
+               "clusterGroup": "team-a", "installerApplied": true, "updated": []})
     );
     assert_eq!(stored["meta"]["labels"], json!({"env": "prod"}));
     assert_eq!(
@@ -962,4 +978,352 @@ async fn attach_behind_a_proxy_uses_the_manifest_endpoint() {
         1
     );
     assert_eq!(log.count(&Method::GET, "/installer"), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// tmc.attach converging an existing cluster (PUT)
+
+fn executor(applier: Arc<AgentSimApplier>) -> TmcExecutor {
+    TmcExecutor::new(
+        Some(SecretToken::new(TOKEN)),
+        applier,
+        Duration::from_millis(20),
+    )
+}
+
+/// An attached, READY cluster `name` in `group`, created through the API.
+async fn ready_cluster(
+    emu: &TmcEmulator,
+    name: &str,
+    group: &str,
+    labels: &BTreeMap<String, String>,
+) {
+    client(emu, TOKEN)
+        .create_cluster(&FullName::attached(name), group, "attached by tkgops", labels)
+        .await
+        .expect("create");
+    assert!(emu.set_phase(name, "READY", "HEALTHY"));
+}
+
+fn group_of(emu: &TmcEmulator, name: &str) -> Value {
+    emu.cluster(name).expect("cluster")["spec"]["clusterGroupName"].clone()
+}
+
+#[tokio::test]
+async fn attach_moves_an_existing_cluster_to_its_group_with_a_put() {
+    let emu = emulator().await;
+    emu.set_cluster_groups(&["default", "team-a", "team-b"]);
+    let labels = BTreeMap::from([
+        ("env".to_string(), "dev".to_string()),
+        (
+            "tmc.cloud.vmware.com/creator".to_string(),
+            "someone".to_string(),
+        ),
+    ]);
+    ready_cluster(&emu, "wl-move", "team-b", &labels).await;
+    let rv_before = emu.cluster("wl-move").unwrap()["meta"]["resourceVersion"].clone();
+    let applier = AgentSimApplier::new(AgentMode::Connect);
+    let exec = executor(applier.clone());
+    let (sink, lines) = recording_sink();
+
+    let out = exec
+        .execute(&attach_ctx(&emu, "wl-move", sink))
+        .await
+        .expect("attach converges");
+    assert_eq!(out["clusterGroup"], "team-a", "{out}");
+    assert_eq!(out["updated"], json!(["clusterGroup", "labels"]), "{out}");
+    assert_eq!(out["installerApplied"], false);
+    assert_eq!(out["phase"], "READY");
+    let stored = emu.cluster("wl-move").unwrap();
+    assert_eq!(stored["spec"]["clusterGroupName"], "team-a");
+    // The inputs' labels replace the user labels; TMC's own label stays.
+    assert_eq!(
+        stored["meta"]["labels"],
+        json!({"env": "prod", "tmc.cloud.vmware.com/creator": "someone"})
+    );
+    assert_ne!(stored["meta"]["resourceVersion"], rv_before);
+    let log = emu.faults().log();
+    assert_eq!(log.count(&Method::PUT, "/v1alpha1/clusters/wl-move"), 1);
+    assert_eq!(log.count(&Method::POST, "/v1alpha1/clusters"), 1, "only the setup's POST");
+    assert_eq!(applier.applies.load(Ordering::SeqCst), 0, "a READY agent is not re-applied");
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "moved to cluster group team-a (was team-b)"),
+        "{lines:?}"
+    );
+
+    // Converged: a second run sends no PUT.
+    let again = exec
+        .execute(&attach_ctx(&emu, "wl-move", ProgressSink::noop()))
+        .await
+        .expect("second attach");
+    assert_eq!(again["updated"], json!([]));
+    assert_eq!(
+        emu.faults()
+            .log()
+            .count(&Method::PUT, "/v1alpha1/clusters/wl-move"),
+        1
+    );
+    assert_eq!(group_of(&emu, "wl-move"), "team-a");
+}
+
+#[tokio::test]
+async fn attach_into_an_unknown_group_fails_permanently_naming_it() {
+    let emu = emulator().await;
+    emu.set_cluster_groups(&["default", "team-a"]);
+    ready_cluster(&emu, "wl-lost", "team-a", &labels()).await;
+    let applier = AgentSimApplier::new(AgentMode::Connect);
+    let exec = executor(applier.clone());
+
+    // Existing cluster: the PUT is refused, the cluster stays where it was.
+    let err = exec
+        .execute(&tmc_ctx(&emu, "tmc.attach", "wl-lost", "team-zz", ProgressSink::noop()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StepError::Permanent(m) if m.contains("\"team-zz\"") && m.contains("not found")),
+        "{err:?}"
+    );
+    assert_eq!(group_of(&emu, "wl-lost"), "team-a");
+    assert_eq!(
+        emu.faults()
+            .log()
+            .count(&Method::PUT, "/v1alpha1/clusters/wl-lost"),
+        1
+    );
+
+    // New cluster: the POST is refused and nothing is created.
+    let err = exec
+        .execute(&tmc_ctx(&emu, "tmc.attach", "wl-new", "team-zz", ProgressSink::noop()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StepError::Permanent(m) if m.contains("\"team-zz\"")),
+        "{err:?}"
+    );
+    assert!(emu.cluster("wl-new").is_none());
+    assert_eq!(applier.applies.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn put_with_a_stale_resource_version_is_409_and_attach_retries() {
+    let emu = emulator().await;
+    emu.set_cluster_groups(&["default", "team-a", "team-b"]);
+    ready_cluster(&emu, "wl-rv", "team-b", &labels()).await;
+    let c = client(&emu, TOKEN);
+    let fname = FullName::attached("wl-rv");
+
+    // The emulator: stale resourceVersion → 409 code 10; current → 200; unknown group → 404.
+    let mut stale = c.get_cluster(&fname).await.unwrap().unwrap();
+    stale.meta.resource_version = Some("0".into());
+    stale.spec.cluster_group_name = Some("default".into());
+    let err = c.update_cluster(&stale).await.unwrap_err();
+    assert!(matches!(err, TmcError::Conflict { code: 10, .. }), "{err:?}");
+    assert!(!err.is_transient());
+    assert_eq!(group_of(&emu, "wl-rv"), "team-b");
+    let mut lost = c.get_cluster(&fname).await.unwrap().unwrap();
+    lost.spec.cluster_group_name = Some("nope".into());
+    let err = c.update_cluster(&lost).await.unwrap_err();
+    assert!(
+        matches!(&err, TmcError::NotFound { code: 5, message } if message.contains("\"nope\"")),
+        "{err:?}"
+    );
+    let mut fresh = c.get_cluster(&fname).await.unwrap().unwrap();
+    fresh.spec.cluster_group_name = Some("default".into());
+    let updated = c.update_cluster(&fresh).await.expect("current version");
+    assert_eq!(updated.spec.cluster_group_name.as_deref(), Some("default"));
+    assert_eq!(group_of(&emu, "wl-rv"), "default");
+
+    // The executor: a conflict on its PUT makes it read the cluster again and retry.
+    emu.faults().inject(Fault::new(
+        Some(Method::PUT),
+        "/v1alpha1/clusters/wl-rv",
+        FaultAction::Status {
+            code: 409,
+            body: json!({"code": 10, "error": "aborted", "message": "modified meanwhile", "details": []})
+                .to_string(),
+        },
+        Some(1),
+    ));
+    let (sink, lines) = recording_sink();
+    let out = executor(AgentSimApplier::new(AgentMode::Connect))
+        .execute(&attach_ctx(&emu, "wl-rv", sink))
+        .await
+        .expect("attach after a conflict");
+    assert_eq!(out["updated"], json!(["clusterGroup"]), "{out}");
+    assert_eq!(group_of(&emu, "wl-rv"), "team-a");
+    // 3 client PUTs above (stale, unknown group, current) + the retry after the faulted one
+    // (the log does not count faulted requests).
+    assert_eq!(
+        emu.faults()
+            .log()
+            .count(&Method::PUT, "/v1alpha1/clusters/wl-rv"),
+        4
+    );
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l == "moved to cluster group team-a (was default)"),
+        "{lines:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// tmc.detach
+
+fn detach_ctx(emu: &TmcEmulator, name: &str, progress: ProgressSink) -> StepContext {
+    tmc_ctx(emu, "tmc.detach", name, "team-a", progress)
+}
+
+fn deletes(emu: &TmcEmulator, name: &str) -> Vec<String> {
+    let path = format!("/v1alpha1/clusters/{name}");
+    emu.faults()
+        .log()
+        .all()
+        .into_iter()
+        .filter(|r| r.method == Method::DELETE && r.path == path)
+        .map(|r| r.query)
+        .collect()
+}
+
+#[tokio::test]
+async fn detach_deletes_waits_for_404_and_is_idempotent() {
+    let emu = emulator().await;
+    ready_cluster(&emu, "wl-bye", "team-a", &labels()).await;
+    let exec = executor(AgentSimApplier::new(AgentMode::Connect))
+        .with_detach_timeout(Duration::from_secs(60));
+    let (sink, lines) = recording_sink();
+
+    let out = exec
+        .execute(&detach_ctx(&emu, "wl-bye", sink))
+        .await
+        .expect("detach");
+    assert_eq!(
+        out,
+        json!({"cluster": "attached/attached/wl-bye", "wasAttached": true, "forced": false})
+    );
+    assert!(emu.cluster("wl-bye").is_none(), "removed from TMC");
+    let dels = deletes(&emu, "wl-bye");
+    assert_eq!(dels.len(), 1, "{dels:?}");
+    for part in [
+        "force=false",
+        "fullName.managementClusterName=attached",
+        "fullName.provisionerName=attached",
+    ] {
+        assert!(dels[0].contains(part), "{part} missing in {}", dels[0]);
+    }
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "TMC cluster attached/attached/wl-bye: phase DETACHING"),
+        "{lines:?}"
+    );
+
+    // Second run: already gone, no DELETE.
+    let again = exec
+        .execute(&detach_ctx(&emu, "wl-bye", ProgressSink::noop()))
+        .await
+        .expect("second detach");
+    assert_eq!(again["wasAttached"], false);
+    assert_eq!(again["forced"], false);
+    assert_eq!(deletes(&emu, "wl-bye").len(), 1);
+}
+
+#[tokio::test]
+async fn detach_forces_when_the_cluster_sticks_in_detaching() {
+    let emu = emulator().await;
+    ready_cluster(&emu, "wl-stuck", "team-a", &labels()).await;
+    emu.set_stuck_detaching("wl-stuck", true);
+    let exec = executor(AgentSimApplier::new(AgentMode::Connect))
+        .with_detach_timeout(Duration::from_millis(200));
+    let (sink, lines) = recording_sink();
+
+    let out = exec
+        .execute(&detach_ctx(&emu, "wl-stuck", sink))
+        .await
+        .expect("forced detach");
+    assert_eq!(out["wasAttached"], true);
+    assert_eq!(out["forced"], true, "{out}");
+    assert!(emu.cluster("wl-stuck").is_none());
+    let dels = deletes(&emu, "wl-stuck");
+    assert_eq!(dels.len(), 2, "{dels:?}");
+    assert!(dels[0].contains("force=false"), "{dels:?}");
+    assert!(dels[1].contains("force=true"), "{dels:?}");
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l.contains("detaching with force=true")),
+        "{lines:?}"
+    );
+
+    // Idempotent afterwards.
+    let again = exec
+        .execute(&detach_ctx(&emu, "wl-stuck", ProgressSink::noop()))
+        .await
+        .expect("second detach");
+    assert_eq!(again["wasAttached"], false);
+    assert_eq!(deletes(&emu, "wl-stuck").len(), 2);
+}
+
+#[tokio::test]
+async fn detach_of_a_missing_cluster_succeeds_and_errors_are_classified() {
+    let emu = emulator().await;
+    let exec = executor(AgentSimApplier::new(AgentMode::Connect))
+        .with_detach_timeout(Duration::from_secs(60));
+    let out = exec
+        .execute(&detach_ctx(&emu, "wl-never", ProgressSink::noop()))
+        .await
+        .expect("not attached is success");
+    assert_eq!(
+        out,
+        json!({"cluster": "attached/attached/wl-never", "wasAttached": false, "forced": false})
+    );
+    assert!(deletes(&emu, "wl-never").is_empty());
+
+    // 503 on the DELETE: transient, and the retry detaches.
+    ready_cluster(&emu, "wl-flaky", "team-a", &labels()).await;
+    emu.faults().inject(Fault::new(
+        Some(Method::DELETE),
+        "/v1alpha1/clusters/wl-flaky",
+        FaultAction::Status {
+            code: 503,
+            body: json!({"code": 14, "error": "unavailable", "message": "unavailable", "details": []})
+                .to_string(),
+        },
+        Some(1),
+    ));
+    let err = exec
+        .execute(&detach_ctx(&emu, "wl-flaky", ProgressSink::noop()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StepError::Transient(_)), "{err:?}");
+    assert!(emu.cluster("wl-flaky").is_some());
+    let out = exec
+        .execute(&detach_ctx(&emu, "wl-flaky", ProgressSink::noop()))
+        .await
+        .expect("retry detaches");
+    assert_eq!(out["wasAttached"], true);
+    assert!(emu.cluster("wl-flaky").is_none());
+
+    // 403 on the DELETE: permanent.
+    ready_cluster(&emu, "wl-denied", "team-a", &labels()).await;
+    emu.faults().inject(Fault::new(
+        Some(Method::DELETE),
+        "/v1alpha1/clusters/wl-denied",
+        FaultAction::Status {
+            code: 403,
+            body: json!({"code": 7, "error": "denied", "message": "permission denied", "details": []})
+                .to_string(),
+        },
+        Some(1),
+    ));
+    let err = exec
+        .execute(&detach_ctx(&emu, "wl-denied", ProgressSink::noop()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StepError::Permanent(m) if m.contains("permission denied")),
+        "{err:?}"
+    );
 }

@@ -28,10 +28,53 @@
 //! Test knobs: [`TmcEmulator::set_phase`] forces a phase/health, and
 //! [`TmcEmulator::set_health_on_connect`] makes a cluster come up `READY` with a degraded health
 //! (`WARNING`, `UNHEALTHY`) when its agent connects.
+//!
+//! # Update (`PUT /v1alpha1/clusters/{name}`)
+//!
+//! TMC-TF's `ManageV1alpha1ClusterResourceServiceUpdate` sends the whole object
+//! `{"cluster":{fullName, meta, spec}}` to `PUT /v1alpha1/clusters/{fullName.name}` without
+//! query parameters (tanzu-apis.md §3.2, §3.3). The emulator:
+//!
+//! * takes the management cluster and provisioner from the body's `fullName` (falling back to the
+//!   `fullName.*` query and then `attached`); a body `fullName.name` other than the path's is
+//!   400 (grpc 3);
+//! * replaces `meta.description`, `meta.labels` and `meta.annotations` with the request's
+//!   (absent = removed) and `spec` with the request's when it is sent (`clusterGroupName`
+//!   defaults to `default`); `status`, `uid` and the timestamps are the server's;
+//! * compares `meta.resourceVersion` when the request carries one: a stale version is
+//!   **409 with grpc code 10 (`Aborted`)**, as grpc-gateway maps `Aborted`. A request without
+//!   `resourceVersion` is applied unconditionally (last writer wins);
+//! * bumps `resourceVersion` (and `generation` when the spec changed).
+//!
+//! # Cluster groups
+//!
+//! Until a test calls [`TmcEmulator::set_cluster_groups`], every group name exists (a leniency:
+//! the sandbox and older tests do not declare their groups). Once declared, `POST` and `PUT`
+//! naming another `spec.clusterGroupName` answer **404 with grpc code 5** and the message
+//! `cluster group "<name>" not found`. The reference (tanzu-apis.md §3) does not document what
+//! real TMC answers for a missing group; 404 `NotFound` is the grpc convention for a missing
+//! referenced object, and tkgops treats a 400 the same way, so neither hides a bug.
+//!
+//! # Detach (`DELETE /v1alpha1/clusters/{name}?force=…`)
+//!
+//! TMC-TF deletes with `force=false`, polls `GET` until 404 and, when that does not come,
+//! deletes again with `force=true` (tanzu-apis.md §3.5 step 5). The emulator:
+//!
+//! * `force=false`: the cluster goes to `status.phase: DETACHING` (TMC tells the agent to
+//!   uninstall itself). The emulator does not model the agent's acknowledgement on the workload
+//!   cluster; it counts ticks instead, one tick per `GET` of that cluster: the first `GET` after
+//!   the `DELETE` still shows `DETACHING`, the next one answers 404 and the cluster is gone.
+//!   Deleting a cluster that is already `DETACHING` answers 200 and changes nothing.
+//! * `force=true`: the cluster is removed at once, whatever its phase.
+//! * a missing cluster is 404 (grpc 5) for either.
+//! * Knob [`TmcEmulator::set_stuck_detaching`]: a `force=false` delete of that cluster never
+//!   completes (it stays `DETACHING` on every `GET`), as when the agent is unreachable; only
+//!   `force=true` removes it.
+//! * While a cluster is `DETACHING`, an `:agentconnect` no longer makes it `READY`.
 
 mod installer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -134,9 +177,31 @@ struct Shared {
     db: Mutex<Db>,
     /// Test knob: cluster name → the `health` its agent reports on connect (default `HEALTHY`).
     connect_health: Mutex<BTreeMap<String, String>>,
+    /// The org's cluster groups; `None`: every group exists (see the module docs).
+    cluster_groups: Mutex<Option<BTreeSet<String>>>,
+    /// Test knob: names of clusters whose `force=false` detach never completes.
+    stuck_detaching: Mutex<BTreeSet<String>>,
 }
 
 impl Shared {
+    /// `Err` (404, grpc 5) when cluster groups are declared and `group` is not one of them.
+    fn check_group(&self, group: &str) -> Result<(), ApiError> {
+        let groups = self.cluster_groups.lock().unwrap_or_else(|e| e.into_inner());
+        match groups.as_ref() {
+            Some(g) if !g.contains(group) => {
+                Err(ApiError(5, format!("cluster group {group:?} not found")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn is_stuck(&self, name: &str) -> bool {
+        self.stuck_detaching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+    }
+
     fn db(&self) -> MutexGuard<'_, Db> {
         // A panic while holding the lock cannot leave the maps half-updated in a way that matters
         // to tests; keep serving instead of propagating the poison.
@@ -158,6 +223,8 @@ impl TmcEmulator {
             url: url.clone(),
             db: Mutex::new(Db::default()),
             connect_health: Mutex::new(BTreeMap::new()),
+            cluster_groups: Mutex::new(None),
+            stuck_detaching: Mutex::new(BTreeSet::new()),
         });
         let router = Router::new()
             .route(
@@ -256,6 +323,36 @@ impl TmcEmulator {
     pub fn set_health_on_connect(&self, name: &str, health: &str) {
         if let Ok(mut m) = self.state.connect_health.lock() {
             m.insert(name.to_string(), health.to_string());
+        }
+    }
+
+    /// Declares the org's cluster groups (`default` is not implied). From then on `POST` and
+    /// `PUT` of a cluster whose `spec.clusterGroupName` is not one of `groups` answer 404 with
+    /// grpc code 5 and `cluster group "<name>" not found` (see the module docs). Before the
+    /// first call every group exists.
+    pub fn set_cluster_groups(&self, groups: &[&str]) {
+        let mut g = self
+            .state
+            .cluster_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *g = Some(groups.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// Test knob: when `stuck` is true, a `force=false` detach of clusters named `name` never
+    /// completes: the cluster stays `DETACHING` on every `GET` until a `force=true` delete
+    /// removes it (as when its agent is unreachable). `false` lets pending detaches finish on
+    /// the next ticks.
+    pub fn set_stuck_detaching(&self, name: &str, stuck: bool) {
+        let mut s = self
+            .state
+            .stuck_detaching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if stuck {
+            s.insert(name.to_string());
+        } else {
+            s.remove(name);
         }
     }
 
@@ -560,6 +657,9 @@ async fn create_cluster(
     if str_field(&spec, &["clusterGroupName"]).is_none_or(str::is_empty) {
         spec["clusterGroupName"] = json!("default");
     }
+    if let Err(e) = state.check_group(str_field(&spec, &["clusterGroupName"]).unwrap_or("")) {
+        return e.into_response();
+    }
     let mut db = state.db();
     if db.clusters.contains_key(&key) {
         return grpc_error(6, format!("cluster {mgmt}/{prov}/{name} already exists"));
@@ -646,6 +746,9 @@ async fn get_cluster(
         );
     };
     let left = rec.detach_gets_left;
+    if left.is_some() && state.is_stuck(&key.2) {
+        return ok_json(json!({"cluster": rec.cluster}));
+    }
     match left {
         Some(0) => {
             db.clusters.remove(&key);
@@ -688,6 +791,37 @@ async fn update_cluster(
     if let Some(p) = str_field(req, &["fullName", "provisionerName"]).filter(|s| !s.is_empty()) {
         key.1 = p.to_string();
     }
+    if let Some(n) = str_field(req, &["fullName", "name"]).filter(|s| !s.is_empty()) {
+        if n != key.2 {
+            return grpc_error(
+                3,
+                format!("fullName.name {n:?} does not match the path's cluster name {:?}", key.2),
+            );
+        }
+    }
+    let spec_in = match req.get("spec") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => {
+            let mut m = m.clone();
+            if m.get("clusterGroupName")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                m.insert("clusterGroupName".into(), json!("default"));
+            }
+            Some(m)
+        }
+        Some(_) => return grpc_error(3, "cluster.spec must be an object"),
+    };
+    if let Some(spec) = &spec_in {
+        let group = spec
+            .get("clusterGroupName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if let Err(e) = state.check_group(group) {
+            return e.into_response();
+        }
+    }
     let mut db = state.db();
     let Some(rec) = db.clusters.get_mut(&key) else {
         return grpc_error(
@@ -695,29 +829,50 @@ async fn update_cluster(
             format!("cluster {}/{}/{} not found", key.0, key.1, key.2),
         );
     };
-    if let Some(meta_in) = req.get("meta") {
+    let meta_in = req.get("meta").cloned().unwrap_or_else(|| json!({}));
+    if let Some(want) = meta_in.get("resourceVersion").filter(|v| !v.is_null()) {
+        let want = match want {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let have = str_field(&rec.cluster, &["meta", "resourceVersion"])
+            .unwrap_or("")
+            .to_string();
+        if want != have {
+            return grpc_error(
+                10,
+                format!(
+                    "cluster {}/{}/{} was modified: meta.resourceVersion is {have}, the request has {want}; GET it again and retry",
+                    key.0, key.1, key.2
+                ),
+            );
+        }
+    }
+    {
         let meta = ensure_object(&mut rec.cluster, "meta");
-        for field in ["description", "labels", "annotations"] {
-            if let Some(v) = meta_in.get(field) {
-                meta.insert(field.into(), v.clone());
+        match meta_in.get("description").and_then(Value::as_str) {
+            Some(d) if !d.is_empty() => {
+                meta.insert("description".into(), json!(d));
             }
+            _ => {
+                meta.remove("description");
+            }
+        }
+        for field in ["labels", "annotations"] {
+            let v = meta_in
+                .get(field)
+                .cloned()
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({}));
+            meta.insert(field.into(), v);
         }
     }
     let mut spec_changed = false;
-    if let Some(Value::Object(spec_in)) = req.get("spec") {
+    if let Some(spec_in) = spec_in {
         let spec = ensure_object(&mut rec.cluster, "spec");
-        for (k, v) in spec_in {
-            if spec.get(k) != Some(v) {
-                spec.insert(k.clone(), v.clone());
-                spec_changed = true;
-            }
-        }
-        if spec
-            .get("clusterGroupName")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            spec.insert("clusterGroupName".into(), json!("default"));
+        if *spec != spec_in {
+            *spec = spec_in;
+            spec_changed = true;
         }
     }
     touch(&mut rec.cluster, spec_changed);
@@ -753,12 +908,12 @@ async fn delete_cluster(
             format!("cluster {}/{}/{} not found", key.0, key.1, key.2),
         );
     };
-    {
+    if rec.detach_gets_left.is_none() {
         let status = ensure_object(&mut rec.cluster, "status");
         status.insert("phase".into(), json!("DETACHING"));
         touch(&mut rec.cluster, false);
-        // The next GET still shows DETACHING; the one after answers 404.
-        rec.detach_gets_left.get_or_insert(1);
+        // The next GET still shows DETACHING; the one after answers 404 (one tick per GET).
+        rec.detach_gets_left = Some(1);
     }
     ok_json(json!({}))
 }

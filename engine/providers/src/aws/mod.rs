@@ -1,9 +1,10 @@
-//! Provider: AWS EC2 (step kind `aws.preflight`).
+//! Provider: AWS EC2 (step kinds `aws.preflight` and `aws.remove-subnet-tags`).
 //!
 //! [`AwsExecutor`] checks a cluster request against the real AWS account before anything is
 //! created (region, availability zones, instance types, VPC and subnets, CIDR overlaps) and tags
 //! the subnets of a bring-your-own VPC the way Cluster API Provider AWS expects. See
-//! [`preflight`] for the checks and their sources. It is tested against moto's EC2 server on
+//! [`preflight`] for the checks and their sources. After the cluster is deleted,
+//! `aws.remove-subnet-tags` ([`untag`]) removes the cluster's tag again. It is tested against moto's EC2 server on
 //! loopback (the sandbox's moto launcher).
 //!
 //! Credentials come from the default AWS chain (environment, profile, web identity, ECS, IMDS)
@@ -12,6 +13,7 @@
 
 pub mod error;
 pub mod preflight;
+pub mod untag;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 
 pub use preflight::PreflightOutput;
+pub use untag::RemoveSubnetTagsOutput;
 pub use tkgops_domain::step::AwsPreflightInputs;
 
 /// Region whose EC2 endpoint lists the regions when the requested region's endpoint cannot be
@@ -72,7 +75,8 @@ async fn build_client(
     aws_sdk_ec2::Client::new(&conf)
 }
 
-/// Executes `aws.preflight` steps. Caches one EC2 client per region.
+/// Executes `aws.preflight` and `aws.remove-subnet-tags` steps. Caches one EC2 client per
+/// region.
 pub struct AwsExecutor {
     endpoint_url: Option<String>,
     credentials: Option<Credentials>,
@@ -130,23 +134,37 @@ impl AwsExecutor {
 
 #[async_trait::async_trait]
 impl StepExecutor for AwsExecutor {
-    /// `[aws.preflight]`.
+    /// `[aws.preflight, aws.remove-subnet-tags]`.
     fn kinds(&self) -> &'static [StepKind] {
-        &[StepKind::AwsPreflight]
+        &[StepKind::AwsPreflight, StepKind::AwsRemoveSubnetTags]
     }
 
-    /// Runs [`preflight::run`] on the step's [`AwsPreflightInputs`] and returns the
-    /// [`PreflightOutput`] as JSON.
+    /// `aws.preflight`: runs [`preflight::run`] on the step's [`AwsPreflightInputs`] and returns
+    /// the [`PreflightOutput`] as JSON. `aws.remove-subnet-tags`: runs [`untag::run`] and
+    /// returns the [`RemoveSubnetTagsOutput`] as JSON.
     ///
     /// Errors: [`StepError::Permanent`] for another kind, empty inputs or a failed check
     /// (message names the check and the value); [`StepError::Transient`] for throttling, 5xx,
     /// timeouts and connection errors.
     async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
-        let StepInputs::AwsPreflight(inputs) = &ctx.step.inputs else {
-            return Err(StepError::Permanent(format!(
-                "AWS provider cannot execute step kind {} (handles: aws.preflight)",
-                ctx.step.kind()
-            )));
+        let inputs = match &ctx.step.inputs {
+            StepInputs::AwsPreflight(inputs) => inputs,
+            StepInputs::AwsRemoveSubnetTags(inputs) => {
+                let client = self.client(inputs.region.trim()).await;
+                let out = untag::run(&client, inputs, &ctx.progress).await?;
+                return serde_json::to_value(&out).map_err(|e| {
+                    StepError::Permanent(format!(
+                        "aws.remove-subnet-tags: cannot serialize output: {e}"
+                    ))
+                });
+            }
+            _ => {
+                return Err(StepError::Permanent(format!(
+                    "AWS provider cannot execute step kind {} (handles: aws.preflight, \
+                     aws.remove-subnet-tags)",
+                    ctx.step.kind()
+                )))
+            }
         };
         let client = self.client(&inputs.region).await;
         let fallback = if inputs.region == FALLBACK_REGION {

@@ -1,5 +1,7 @@
 //! The `tmc.attach` step: attach a workload cluster to TMC (reference §3.5; TMC-TF
-//! `internal/resources/cluster/resource_cluster.go` create path).
+//! `internal/resources/cluster/resource_cluster.go` create path) and converge an existing
+//! cluster's group, description and labels (its update path, §3.2/§3.3 `PUT`). The executor
+//! also runs `tmc.detach` (see `detach.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::client::{TmcClient, TmcSettings};
 use super::models::{Cluster, FullName, ATTACHED, PHASE_DELETING, PHASE_DETACHING};
+use std::collections::BTreeMap;
 use super::{SecretToken, TmcError};
 use crate::ManifestApplier;
 use tkgops_domain::step::TmcClusterInputs;
@@ -17,7 +20,20 @@ use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 /// Field manager of the installer apply.
 const FIELD_MANAGER: &str = "tkgops";
 /// Consecutive transient poll failures tolerated before the attempt fails (transiently).
-const MAX_POLL_ERRORS: u32 = 3;
+pub(super) const MAX_POLL_ERRORS: u32 = 3;
+/// Attempts of the converging `PUT` when TMC answers 409 (stale `resourceVersion`): each retry
+/// GETs the cluster again first.
+const MAX_UPDATE_CONFLICTS: u32 = 3;
+/// Label keys TMC sets itself (e.g. `tmc.cloud.vmware.com/creator`); never compared with the
+/// inputs and kept on update.
+const SYSTEM_LABEL_PREFIX: &str = "tmc.cloud.vmware.com/";
+/// The group TMC assigns when none is given (tanzu-apis.md §3.5 step 1).
+const DEFAULT_GROUP: &str = "default";
+
+/// How long `tmc.detach` waits for a `force=false` detach to finish before deleting again with
+/// `force=true`: 5 minutes. TMC-TF polls every 10 s, 25 times (about 4 minutes;
+/// tanzu-apis.md §3.5 step 5). Change it with [`TmcExecutor::with_detach_timeout`].
+pub const DEFAULT_DETACH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Executes `tmc.attach`: exchange the CSP API token, GET the cluster, POST it when absent (a
 /// 409 means a concurrent or earlier attempt created it: GET again and continue), fetch the
@@ -29,12 +45,26 @@ const MAX_POLL_ERRORS: u32 = 3;
 /// output, not required: a degraded component does not fail the attach. A cluster that is
 /// already READY is done at once (no POST, no apply), so a re-run is a no-op.
 ///
-/// Output: `{"uid","phase","health","clusterGroup","installerApplied":bool}` (never a token or
-/// the installer link).
+/// When the cluster already exists (found by the GET, or after a 409 on the POST) and its
+/// `spec.clusterGroupName`, `meta.description` or `meta.labels` differ from the inputs, it is
+/// updated first with a `PUT` of the whole object read by the GET, `meta.resourceVersion`
+/// included (TMC-TF's update path; tanzu-apis.md §3.2, §3.3). Labels under
+/// `tmc.cloud.vmware.com/` are TMC's own: they are neither compared nor removed. A 409 (stale
+/// `resourceVersion`) re-reads and retries up to 3 times. An empty group input means `default`.
+/// The update does not touch the agent: a READY cluster is done after it (no apply).
+///
+/// Output: `{"uid","phase","health","clusterGroup","installerApplied":bool,"updated":[…]}`
+/// (`updated` names the converged fields: `clusterGroup`, `description`, `labels`; never a
+/// token or the installer link).
+///
+/// The same executor runs `tmc.detach`: `DELETE …?force=false`, poll until 404, and after
+/// [`DEFAULT_DETACH_TIMEOUT`] (or [`TmcExecutor::with_detach_timeout`]) `DELETE …?force=true`
+/// (tanzu-apis.md §3.5 step 5).
 pub struct TmcExecutor {
     api_token: Option<SecretToken>,
     applier: Arc<dyn ManifestApplier>,
-    poll_interval: Duration,
+    pub(super) poll_interval: Duration,
+    pub(super) detach_timeout: Duration,
     /// One client (and cached access token) per (TMC endpoint, CSP endpoint).
     clients: Mutex<HashMap<(String, String), Arc<TmcClient>>>,
 }
@@ -44,6 +74,7 @@ impl std::fmt::Debug for TmcExecutor {
         f.debug_struct("TmcExecutor")
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
             .field("poll_interval", &self.poll_interval)
+            .field("detach_timeout", &self.detach_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -61,11 +92,24 @@ impl TmcExecutor {
             api_token,
             applier,
             poll_interval,
+            detach_timeout: DEFAULT_DETACH_TIMEOUT,
             clients: Mutex::new(HashMap::new()),
         }
     }
 
-    fn client(&self, endpoint: &str, csp_endpoint: &str) -> Result<Arc<TmcClient>, StepError> {
+    /// Sets how long `tmc.detach` waits for a `force=false` detach before it deletes again with
+    /// `force=true`, and how long it then waits for the forced one (default
+    /// [`DEFAULT_DETACH_TIMEOUT`]; tanzu-apis.md §3.5 step 5). Takes and returns the executor
+    /// (builder style); tests pass a short timeout.
+    pub fn with_detach_timeout(mut self, timeout: Duration) -> Self {
+        self.detach_timeout = timeout;
+        self
+    }
+
+    /// The TMC client for `endpoint`/`csp_endpoint`, created on first use and cached.
+    ///
+    /// Errors: Permanent when no API token is configured or the settings are unusable.
+    pub(super) fn client(&self, endpoint: &str, csp_endpoint: &str) -> Result<Arc<TmcClient>, StepError> {
         let token = self
             .api_token
             .as_ref()
@@ -95,25 +139,9 @@ impl TmcExecutor {
         inputs: &TmcClusterInputs,
     ) -> Result<Value, StepError> {
         let client = self.client(&inputs.endpoint, &inputs.csp_endpoint)?;
-        let mut full_name = FullName {
-            org_id: None,
-            management_cluster_name: inputs.full_name.management_cluster_name.clone(),
-            provisioner_name: inputs.full_name.provisioner_name.clone(),
-            name: inputs.full_name.name.clone(),
-        };
-        if full_name.management_cluster_name.is_empty() {
-            full_name.management_cluster_name = ATTACHED.to_string();
-        }
-        if full_name.provisioner_name.is_empty() {
-            full_name.provisioner_name = ATTACHED.to_string();
-        }
-        if full_name.name.is_empty() {
-            full_name.name = inputs.target.cluster_name.clone();
-        }
-        let shown = format!(
-            "{}/{}/{}",
-            full_name.management_cluster_name, full_name.provisioner_name, full_name.name
-        );
+        let (full_name, shown) = resolve_full_name(inputs);
+        let group = desired_group(inputs);
+        let mut updated: Vec<&'static str> = Vec::new();
 
         // GET-before-POST.
         let cluster = match client.get_cluster(&full_name).await? {
@@ -123,7 +151,8 @@ impl TmcExecutor {
                     c.phase(),
                     c.health()
                 ));
-                c
+                check_not_failed(&c, &shown)?;
+                converge(ctx, &client, c, inputs, &shown, &mut updated).await?
             }
             None => {
                 match client
@@ -140,11 +169,19 @@ impl TmcExecutor {
                         c
                     }
                     Err(TmcError::AlreadyExists { .. }) => {
-                        client.get_cluster(&full_name).await?.ok_or_else(|| {
+                        let c = client.get_cluster(&full_name).await?.ok_or_else(|| {
                             StepError::Transient(format!(
                                 "TMC reported {shown} as existing but GET answers 404"
                             ))
-                        })?
+                        })?;
+                        check_not_failed(&c, &shown)?;
+                        converge(ctx, &client, c, inputs, &shown, &mut updated).await?
+                    }
+                    Err(e @ (TmcError::NotFound { .. } | TmcError::InvalidArgument { .. })) => {
+                        return Err(StepError::Permanent(format!(
+                            "TMC refused to register {shown} in cluster group {group:?} (does the \
+                             group exist?): {e}"
+                        )))
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -153,7 +190,7 @@ impl TmcExecutor {
         check_not_failed(&cluster, &shown)?;
         if cluster.is_ready() {
             report_health(ctx, &cluster, &shown);
-            return Ok(output(&cluster, inputs, false));
+            return Ok(output(&cluster, inputs, false, &updated));
         }
 
         let behind_proxy_or_registry = [&cluster.spec.proxy_name, &cluster.spec.image_registry]
@@ -201,7 +238,7 @@ impl TmcExecutor {
                     check_not_failed(&c, &shown)?;
                     if c.is_ready() {
                         report_health(ctx, &c, &shown);
-                        return Ok(output(&c, inputs, true));
+                        return Ok(output(&c, inputs, true, &updated));
                     }
                 }
                 Ok(None) => {
@@ -267,7 +304,167 @@ fn check_not_failed(c: &Cluster, shown: &str) -> Result<(), StepError> {
     Ok(())
 }
 
-fn output(c: &Cluster, inputs: &TmcClusterInputs, installer_applied: bool) -> Value {
+/// The cluster's TMC full name from the inputs (`attached`/`attached`/the workload cluster's
+/// name where the inputs leave a part empty) and its `mc/provisioner/name` display form.
+pub(super) fn resolve_full_name(inputs: &TmcClusterInputs) -> (FullName, String) {
+    let mut full_name = FullName {
+        org_id: None,
+        management_cluster_name: inputs.full_name.management_cluster_name.clone(),
+        provisioner_name: inputs.full_name.provisioner_name.clone(),
+        name: inputs.full_name.name.clone(),
+    };
+    if full_name.management_cluster_name.is_empty() {
+        full_name.management_cluster_name = ATTACHED.to_string();
+    }
+    if full_name.provisioner_name.is_empty() {
+        full_name.provisioner_name = ATTACHED.to_string();
+    }
+    if full_name.name.is_empty() {
+        full_name.name = inputs.target.cluster_name.clone();
+    }
+    let shown = format!(
+        "{}/{}/{}",
+        full_name.management_cluster_name, full_name.provisioner_name, full_name.name
+    );
+    (full_name, shown)
+}
+
+/// The cluster group the inputs ask for (`default` when empty).
+fn desired_group(inputs: &TmcClusterInputs) -> String {
+    let g = inputs.cluster_group.trim();
+    if g.is_empty() {
+        DEFAULT_GROUP.to_string()
+    } else {
+        g.to_string()
+    }
+}
+
+/// A cluster's group (`default` when TMC left it empty).
+fn current_group(c: &Cluster) -> String {
+    c.spec
+        .cluster_group_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .unwrap_or(DEFAULT_GROUP)
+        .to_string()
+}
+
+/// The labels tkgops manages: all but TMC's own `tmc.cloud.vmware.com/…`.
+fn user_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .filter(|(k, _)| !k.starts_with(SYSTEM_LABEL_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Brings an existing cluster's group, description and labels to the inputs with a `PUT` of
+/// the object as read (see [`TmcExecutor`]). Reports one progress line per changed field and
+/// appends its name to `updated`. Returns the cluster as TMC answered the `PUT` (or `c`
+/// unchanged when nothing differs).
+///
+/// Errors: Permanent when TMC refuses the group (404/400 while the cluster exists) or after
+/// [`MAX_UPDATE_CONFLICTS`] stale-version conflicts in a row is Transient; other
+/// [`TmcError`]s classified as usual.
+async fn converge(
+    ctx: &StepContext,
+    client: &TmcClient,
+    mut c: Cluster,
+    inputs: &TmcClusterInputs,
+    shown: &str,
+    updated: &mut Vec<&'static str>,
+) -> Result<Cluster, StepError> {
+    let group = desired_group(inputs);
+    let mut conflicts = 0u32;
+    loop {
+        let was_group = current_group(&c);
+        let was_description = c.meta.description.clone().unwrap_or_default();
+        let group_differs = was_group != group;
+        let description_differs = was_description != inputs.description;
+        let labels_differ = user_labels(&c.meta.labels) != inputs.labels;
+        if !(group_differs || description_differs || labels_differ) {
+            return Ok(c);
+        }
+        let mut want = c.clone();
+        want.spec.cluster_group_name = Some(group.clone());
+        want.meta.description = Some(inputs.description.clone()).filter(|d| !d.is_empty());
+        let mut labels: BTreeMap<String, String> = c
+            .meta
+            .labels
+            .iter()
+            .filter(|(k, _)| k.starts_with(SYSTEM_LABEL_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.extend(inputs.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        want.meta.labels = labels;
+        match client.update_cluster(&want).await {
+            Ok(now) => {
+                if group_differs {
+                    ctx.progress.report(&format!(
+                        "moved to cluster group {group} (was {was_group})"
+                    ));
+                    updated.push("clusterGroup");
+                }
+                if description_differs {
+                    ctx.progress
+                        .report(&format!("updated the TMC description of {shown}"));
+                    updated.push("description");
+                }
+                if labels_differ {
+                    ctx.progress.report(&format!(
+                        "updated the TMC labels of {shown}: {}",
+                        inputs
+                            .labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    updated.push("labels");
+                }
+                return Ok(now);
+            }
+            Err(TmcError::Conflict { message, .. }) => {
+                conflicts += 1;
+                if conflicts >= MAX_UPDATE_CONFLICTS {
+                    return Err(StepError::Transient(format!(
+                        "TMC cluster {shown} kept changing while tkgops updated it ({conflicts} \
+                         conflicts): {message}"
+                    )));
+                }
+                ctx.progress.report(&format!(
+                    "TMC cluster {shown} changed meanwhile ({message}); reading it again"
+                ));
+                c = client.get_cluster(&c.full_name).await?.ok_or_else(|| {
+                    StepError::Transient(format!("TMC cluster {shown} disappeared during the update"))
+                })?;
+            }
+            Err(e @ (TmcError::NotFound { .. } | TmcError::InvalidArgument { .. })) => {
+                // Not found: the cluster or the group. Tell them apart by reading the cluster.
+                if matches!(e, TmcError::NotFound { .. })
+                    && client.get_cluster(&c.full_name).await?.is_none()
+                {
+                    return Err(StepError::Transient(format!(
+                        "TMC cluster {shown} disappeared during the update"
+                    )));
+                }
+                return Err(StepError::Permanent(format!(
+                    "TMC refused to move {shown} to cluster group {group:?} (was {was_group}); \
+                     the group must exist in TMC: {e}"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn output(
+    c: &Cluster,
+    inputs: &TmcClusterInputs,
+    installer_applied: bool,
+    updated: &[&str],
+) -> Value {
     let group = c
         .spec
         .cluster_group_name
@@ -286,24 +483,28 @@ fn output(c: &Cluster, inputs: &TmcClusterInputs, installer_applied: bool) -> Va
         "health": c.health(),
         "clusterGroup": group,
         "installerApplied": installer_applied,
+        "updated": updated,
     })
 }
 
 #[async_trait::async_trait]
 impl StepExecutor for TmcExecutor {
-    /// `[tmc.attach]`.
+    /// `[tmc.attach, tmc.detach]`.
     fn kinds(&self) -> &'static [StepKind] {
-        &[StepKind::TmcAttach]
+        &[StepKind::TmcAttach, StepKind::TmcDetach]
     }
 
-    /// Runs one attempt of `tmc.attach` (see [`TmcExecutor`]).
+    /// Runs one attempt of `tmc.attach` or `tmc.detach` (see [`TmcExecutor`]).
     ///
     /// Errors: Permanent for a kind of another provider, a missing API token, a refused token exchange,
-    /// 4xx answers and a cluster in phase `ERROR`/`UPGRADE_FAILED`; Transient for 429/5xx,
-    /// connection errors, timeouts and a cluster being detached; the applier's own errors as is.
+    /// 4xx answers (a cluster group TMC does not know included) and a cluster in phase
+    /// `ERROR`/`UPGRADE_FAILED`; Transient for 429/5xx, connection errors, timeouts, a cluster
+    /// being detached (attach) and a cluster that outlives a forced detach; the applier's own
+    /// errors as is.
     async fn execute(&self, ctx: &StepContext) -> Result<Value, StepError> {
         match &ctx.step.inputs {
             StepInputs::TmcAttach(inputs) => self.attach(ctx, inputs).await,
+            StepInputs::TmcDetach(inputs) => self.detach(ctx, inputs).await,
             other => Err(StepError::Permanent(format!(
                 "TMC executor cannot run step kind {}",
                 other.kind()

@@ -175,6 +175,10 @@ fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> T
             code: code.unwrap_or(5),
             message,
         },
+        409 if code == Some(crate::tmc::GRPC_ABORTED) => TmcError::Conflict {
+            code: crate::tmc::GRPC_ABORTED,
+            message,
+        },
         409 => TmcError::AlreadyExists {
             code: code.unwrap_or(6),
             message,
@@ -400,6 +404,30 @@ impl TmcClient {
                 Some(&body),
             )
             .await?;
+        Self::decode_cluster(&resp)
+    }
+
+    /// `PUT /v1alpha1/clusters/{fullName.name}` with the whole object `{"cluster":{fullName,
+    /// meta, spec}}` (TMC-TF `cluster_resource.go` `ManageV1alpha1ClusterResourceServiceUpdate`,
+    /// which sends no query parameters; tanzu-apis.md §3.2, §3.3). `cluster` is normally an
+    /// object read with [`TmcClient::get_cluster`] and modified: its `meta.resourceVersion`
+    /// makes the update conditional. `status` is never sent.
+    ///
+    /// Returns the updated cluster.
+    /// Errors: [`TmcError::Conflict`] when `meta.resourceVersion` is stale,
+    /// [`TmcError::NotFound`] when the cluster (or, in the emulator, its cluster group) does not
+    /// exist, [`TmcError::InvalidArgument`] for a refused spec, other [`TmcError`]s as usual.
+    pub async fn update_cluster(&self, cluster: &Cluster) -> Result<Cluster, TmcError> {
+        let body = json!({"cluster": {
+            "fullName": cluster.full_name,
+            "meta": cluster.meta,
+            "spec": cluster.spec,
+        }});
+        let url = join(
+            &self.endpoint,
+            &["v1alpha1", "clusters", &cluster.full_name.name],
+        );
+        let resp = self.call(Method::PUT, url, Some(&body)).await?;
         Self::decode_cluster(&resp)
     }
 

@@ -2,8 +2,10 @@
 //!
 //! * [`TmcClient`]: a reqwest client for the TMC REST API with the CSP API-token exchange
 //!   (TMC-TF `internal/authctx/saas.go`, `internal/client/cluster/cluster_resource.go`).
-//! * [`TmcExecutor`]: the `tmc.attach` step (attach a workload cluster to TMC, TMC-TF
-//!   `internal/resources/cluster/resource_cluster.go` create path).
+//! * [`TmcExecutor`]: the `tmc.attach` step (attach a workload cluster to TMC and converge its
+//!   cluster group, description and labels, TMC-TF `internal/resources/cluster/resource_cluster.go`
+//!   create and update paths) and the `tmc.detach` step (`resourceClusterDelete`,
+//!   tanzu-apis.md §3.5 step 5).
 //! * [`models`]: the cluster wire model.
 //!
 //! Secrets (the CSP API token, access tokens, the installer link) are held in [`SecretToken`]s
@@ -11,9 +13,10 @@
 
 mod attach;
 mod client;
+mod detach;
 pub mod models;
 
-pub use attach::TmcExecutor;
+pub use attach::{TmcExecutor, DEFAULT_DETACH_TIMEOUT};
 pub use client::{TmcClient, TmcSettings};
 pub use models::{
     Cluster, ClusterSpec, ClusterStatus, Condition, FullName, KubernetesProvider, Meta,
@@ -63,6 +66,8 @@ pub const GRPC_INVALID_ARGUMENT: i32 = 3;
 pub const GRPC_NOT_FOUND: i32 = 5;
 /// grpc status code `AlreadyExists`.
 pub const GRPC_ALREADY_EXISTS: i32 = 6;
+/// grpc status code `Aborted` (HTTP 409): a write with a stale `meta.resourceVersion`.
+pub const GRPC_ABORTED: i32 = 10;
 /// grpc status code `PermissionDenied`.
 pub const GRPC_PERMISSION_DENIED: i32 = 7;
 /// grpc status code `Unauthenticated`.
@@ -95,6 +100,15 @@ pub enum TmcError {
     #[error("TMC: already exists (code {code}): {message}")]
     AlreadyExists {
         /// grpc code (6).
+        code: i32,
+        /// TMC's `message`.
+        message: String,
+    },
+    /// grpc `Aborted` (HTTP 409 with code 10): an update carried a stale
+    /// `meta.resourceVersion`; GET the object again and retry.
+    #[error("TMC: conflict (code {code}): {message}")]
+    Conflict {
+        /// grpc code (10).
         code: i32,
         /// TMC's `message`.
         message: String,
@@ -152,6 +166,7 @@ impl TmcError {
         match self {
             TmcError::NotFound { code, .. }
             | TmcError::AlreadyExists { code, .. }
+            | TmcError::Conflict { code, .. }
             | TmcError::InvalidArgument { code, .. }
             | TmcError::Unauthenticated { code, .. } => Some(*code),
             TmcError::Api { code, .. } => *code,

@@ -103,11 +103,15 @@ pub struct Meta {
         deserialize_with = "de_opt_stringish"
     )]
     pub generation: Option<String>,
+    /// Fields this model does not name (e.g. `parentReferences`), kept so that a `PUT` of an
+    /// object read with `GET` sends them back unchanged (tanzu-apis.md §3.2 common `meta`).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// Cluster spec (TMC-TF `internal/models/cluster/cluster_spec.go`). The provisioned-cluster
-/// variants (`tkgAws`, `tkgVsphere`, …) are not modelled.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// variants (`tkgAws`, `tkgVsphere`, …) are not modelled; they are kept in `extra`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ClusterSpec {
     /// Cluster group; TMC defaults it to `default`.
@@ -119,6 +123,10 @@ pub struct ClusterSpec {
     /// Name of a TMC image registry configuration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_registry: Option<String>,
+    /// Fields this model does not name (e.g. `tkgAws` of a provisioned cluster), kept so that
+    /// a `PUT` of an object read with `GET` sends them back unchanged (tanzu-apis.md §3.4).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// One status condition (TMC-TF `internal/models/akscluster/status_condition*.go`).

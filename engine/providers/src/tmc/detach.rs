@@ -1,0 +1,137 @@
+//! The `tmc.detach` step: detach a workload cluster from TMC the way TMC-TF's
+//! `resourceClusterDelete` does (tanzu-apis.md §3.5 step 5, §3.3 "Delete/detach").
+//!
+//! 1. `GET` the cluster; 404 means it is not attached: success at once (idempotent).
+//! 2. `DELETE /v1alpha1/clusters/{name}?force=false&fullName.managementClusterName=…&
+//!    fullName.provisionerName=…` (skipped when the cluster is already `DETACHING`, i.e. an
+//!    earlier attempt sent it), then `GET` every poll interval until 404.
+//! 3. Still there after the detach timeout: `DELETE …?force=true`, then `GET` until 404 for at
+//!    most the same time again.
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::attach::{resolve_full_name, TmcExecutor, MAX_POLL_ERRORS};
+use super::client::TmcClient;
+use super::models::{FullName, PHASE_DETACHING};
+use super::TmcError;
+use tkgops_domain::step::TmcClusterInputs;
+use tkgops_engine::{StepContext, StepError};
+
+/// How a wait for the cluster's disappearance ended.
+enum Gone {
+    /// `GET` answered 404.
+    Yes,
+    /// The timeout passed with the cluster still there, in this phase.
+    StillThere(String),
+}
+
+impl TmcExecutor {
+    /// Runs one attempt of `tmc.detach` for `inputs` (see the module docs).
+    ///
+    /// Returns `{"cluster":"mc/provisioner/name","wasAttached":bool,"forced":bool}`:
+    /// `wasAttached` is false when the cluster was already gone, `forced` whether the
+    /// `force=true` delete was needed.
+    ///
+    /// Errors: Permanent for a missing API token, a refused token exchange and 4xx answers other
+    /// than 404/409/429; Transient for 429/5xx and connection errors (after
+    /// `MAX_POLL_ERRORS` in a row while polling) and for a cluster still present after the
+    /// forced delete's wait.
+    pub(super) async fn detach(
+        &self,
+        ctx: &StepContext,
+        inputs: &TmcClusterInputs,
+    ) -> Result<Value, StepError> {
+        let client = self.client(&inputs.endpoint, &inputs.csp_endpoint)?;
+        let (full_name, shown) = resolve_full_name(inputs);
+        let out = |was_attached: bool, forced: bool| {
+            json!({"cluster": shown, "wasAttached": was_attached, "forced": forced})
+        };
+
+        let Some(c) = client.get_cluster(&full_name).await? else {
+            ctx.progress
+                .report(&format!("TMC cluster {shown} is not attached; nothing to detach"));
+            return Ok(out(false, false));
+        };
+        if c.phase() == PHASE_DETACHING {
+            ctx.progress.report(&format!(
+                "TMC cluster {shown} is already detaching; waiting for it to go"
+            ));
+        } else {
+            ctx.progress.report(&format!(
+                "detaching {shown} from TMC (phase {}, health {})",
+                c.phase(),
+                c.health()
+            ));
+            delete(&client, &full_name, false).await?;
+        }
+        match self.wait_gone(ctx, &client, &full_name, &shown).await? {
+            Gone::Yes => {
+                ctx.progress.report(&format!("TMC cluster {shown} detached"));
+                return Ok(out(true, false));
+            }
+            Gone::StillThere(phase) => ctx.progress.report(&format!(
+                "TMC cluster {shown} is still there after {:?} (phase {phase}); detaching with force=true",
+                self.detach_timeout
+            )),
+        }
+        delete(&client, &full_name, true).await?;
+        match self.wait_gone(ctx, &client, &full_name, &shown).await? {
+            Gone::Yes => {
+                ctx.progress
+                    .report(&format!("TMC cluster {shown} detached (forced)"));
+                Ok(out(true, true))
+            }
+            Gone::StillThere(phase) => Err(StepError::Transient(format!(
+                "TMC cluster {shown} is still there {:?} after a forced detach (phase {phase})",
+                self.detach_timeout
+            ))),
+        }
+    }
+
+    /// Polls `GET` every `poll_interval` until 404 or until `detach_timeout` has passed
+    /// (tokio time, so paused-clock tests run instantly). Reports each new phase once.
+    async fn wait_gone(
+        &self,
+        ctx: &StepContext,
+        client: &TmcClient,
+        full_name: &FullName,
+        shown: &str,
+    ) -> Result<Gone, StepError> {
+        let deadline = Instant::now() + self.detach_timeout;
+        let mut errors = 0u32;
+        let mut last_phase = String::new();
+        loop {
+            match client.get_cluster(full_name).await {
+                Ok(None) => return Ok(Gone::Yes),
+                Ok(Some(c)) => {
+                    errors = 0;
+                    if c.phase() != last_phase {
+                        last_phase = c.phase().to_string();
+                        ctx.progress
+                            .report(&format!("TMC cluster {shown}: phase {last_phase}"));
+                    }
+                }
+                Err(e) if e.is_transient() && errors < MAX_POLL_ERRORS => {
+                    errors += 1;
+                    ctx.progress
+                        .report(&format!("polling TMC failed ({e}); retrying"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if Instant::now() >= deadline {
+                return Ok(Gone::StillThere(last_phase));
+            }
+            tokio::time::sleep(self.poll_interval).await;
+        }
+    }
+}
+
+/// `DELETE` with `force`; 404 (already gone) and 409 (a detach already under way) are not
+/// errors: the wait that follows decides.
+async fn delete(client: &TmcClient, full_name: &FullName, force: bool) -> Result<(), StepError> {
+    match client.delete_cluster(full_name, force).await {
+        Ok(()) | Err(TmcError::AlreadyExists { .. } | TmcError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
