@@ -511,7 +511,10 @@ async fn remove_subnet_tags_existing_vpc_keeps_role_tags_and_is_idempotent() {
     let mut inputs = existing_vpc_inputs(&vpc);
     inputs["subnets"][0]["privateId"] = json!("subnet-0123456789abcdef0");
     let out = remove_tags(&exec, inputs).await;
-    assert_eq!(out.missing_subnets, vec!["subnet-0123456789abcdef0".to_string()]);
+    assert_eq!(
+        out.missing_subnets,
+        vec!["subnet-0123456789abcdef0".to_string()]
+    );
     assert_eq!(out.untagged_subnets, vec![vpc.public_subnet_ids[2].clone()]);
     assert!(subnets_with_tag_key(&client, key).await.is_empty());
     moto.stop().await;

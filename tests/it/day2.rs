@@ -464,3 +464,134 @@ async fn an_upgrade_runs_phase_by_phase_and_resumes_after_a_kill() {
         Some(serde_json::json!(true))
     );
 }
+
+/// The delete story through the bot: removing a cluster's folder is refused at the plan until
+/// the pull request carries `tkgops/allow-delete`; with the label and two approvals the merge
+/// detaches the cluster from TMC, deletes the Cluster, waits until Cluster API removed it, and
+/// removes the subnet tag tkgops added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delete_needs_the_label_and_two_approvals_then_detaches_deletes_and_untags() {
+    use tkgops_sandbox::{AUTHOR, SECOND_APPROVER};
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot =
+        crate::e2e::InProcessBot::start(&env, &timings, Some(tkgops_sandbox::TMC_TOKEN)).await;
+
+    let (_, files) = request_files(None, &env.vpc);
+    let pr = env
+        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
+        .unwrap();
+    let head = head_of(&env, "add-team-a-prod");
+    env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    let apply = env
+        .wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
+        .await
+        .unwrap();
+    assert_eq!(apply, "success", "{}", env.conversation(pr));
+    assert!(
+        tagged_subnets(&env).await > 0,
+        "the preflight tagged the subnets"
+    );
+
+    // The delete pull request, first without the label.
+    let paths: Vec<&str> = files
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .filter(|p| p.starts_with("clusters/"))
+        .collect();
+    tkgops_emulators::git_remote::remove_on_branch(
+        &env.remote,
+        "main",
+        "delete-team-a-prod",
+        "Delete team-a-prod",
+        &paths,
+    )
+    .unwrap();
+    let pr2 = env
+        .github
+        .open_pull_request("delete-team-a-prod", "Delete team-a-prod", "", AUTHOR)
+        .unwrap();
+    let head2 = head_of(&env, "delete-team-a-prod");
+    let state = env
+        .wait_status(&head2, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let comment = bot_comments(&env, pr2).remove(0);
+    assert_eq!(state, "failure", "{comment}");
+    assert!(
+        comment.contains("TKGOPS-DELETE") && comment.contains("tkgops/allow-delete"),
+        "{comment}"
+    );
+
+    // With the label the plan is made again and succeeds.
+    env.github
+        .add_label(pr2, APPROVER, "tkgops/allow-delete")
+        .unwrap();
+    env.github
+        .wait_until(Duration::from_secs(60), |gh| {
+            gh.statuses(&head2)
+                .into_iter()
+                .find(|s| s.context == "tkgops/plan" && s.state == "success")
+        })
+        .await
+        .expect("the labelled pull request is planned again");
+
+    // Two approvals (approval.destructiveApprovals), then the merge runs the delete.
+    env.github.submit_review(pr2, APPROVER, "APPROVED").unwrap();
+    env.github
+        .submit_review(pr2, SECOND_APPROVER, "APPROVED")
+        .unwrap();
+    let merge2 = env.github.merge_pull_request(pr2, APPROVER).unwrap();
+    let apply = env
+        .wait_status(&merge2, "tkgops/apply", Duration::from_secs(240))
+        .await
+        .unwrap();
+    assert_eq!(apply, "success", "{}", env.conversation(pr2));
+    bot.stop().await;
+
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    assert!(mgmt
+        .get(
+            &Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters"),
+            Some("default"),
+            "team-a-prod"
+        )
+        .is_none());
+    assert_eq!(
+        tagged_subnets(&env).await,
+        0,
+        "the subnet tags tkgops added are gone"
+    );
+    let comments = bot_comments(&env, pr2);
+    for step in [
+        "Detach the cluster from Tanzu Mission Control",
+        "Delete the Cluster and wait",
+        "Remove the kubernetes.io/cluster/<name> subnet tags",
+    ] {
+        assert!(comments[0].contains(step), "{step}: {}", comments[0]);
+    }
+}
+
+/// How many subnets of the sandbox region carry `kubernetes.io/cluster/team-a-prod` (moto).
+async fn tagged_subnets(env: &tkgops_sandbox::Environment) -> usize {
+    let (region, _, _) = tkgops_sandbox::network_of(None);
+    let out = env
+        .moto
+        .ec2_client(&region)
+        .describe_subnets()
+        .send()
+        .await
+        .unwrap();
+    out.subnets()
+        .iter()
+        .filter(|s| {
+            s.tags()
+                .iter()
+                .any(|t| t.key() == Some("kubernetes.io/cluster/team-a-prod"))
+        })
+        .count()
+}

@@ -165,7 +165,7 @@ fn invalid_request_is_blocked_with_rule_ids_on_lines() {
 }
 
 #[test]
-fn upgrades_run_while_package_changes_and_tmc_deletes_wait_for_their_executors() {
+fn upgrades_and_deletes_run_while_package_changes_wait_for_their_executor() {
     let repo = example_repo_config();
     let (cfg, settings) = example_request();
     let older = settings.replace("v1.25.7+vmware.2-tkg.1", "v1.24.11+vmware.1-tkg.1");
@@ -212,7 +212,20 @@ fn upgrades_run_while_package_changes_and_tmc_deletes_wait_for_their_executors()
         ],
     );
     assert_eq!(p.clusters[0].intent, IntentKind::Delete);
-    assert_eq!(p.clusters[0].status, PlanStatus::NotYetExecutable);
+    assert_eq!(p.clusters[0].status, PlanStatus::Ready);
+    let kinds: Vec<&str> = p.clusters[0]
+        .steps
+        .iter()
+        .map(|s| s.kind().as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "tmc.detach",
+            "kube.delete-cluster",
+            "aws.remove-subnet-tags"
+        ]
+    );
 }
 
 #[test]

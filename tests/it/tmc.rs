@@ -999,7 +999,12 @@ async fn ready_cluster(
     labels: &BTreeMap<String, String>,
 ) {
     client(emu, TOKEN)
-        .create_cluster(&FullName::attached(name), group, "attached by tkgops", labels)
+        .create_cluster(
+            &FullName::attached(name),
+            group,
+            "attached by tkgops",
+            labels,
+        )
         .await
         .expect("create");
     assert!(emu.set_phase(name, "READY", "HEALTHY"));
@@ -1044,8 +1049,16 @@ async fn attach_moves_an_existing_cluster_to_its_group_with_a_put() {
     assert_ne!(stored["meta"]["resourceVersion"], rv_before);
     let log = emu.faults().log();
     assert_eq!(log.count(&Method::PUT, "/v1alpha1/clusters/wl-move"), 1);
-    assert_eq!(log.count(&Method::POST, "/v1alpha1/clusters"), 1, "only the setup's POST");
-    assert_eq!(applier.applies.load(Ordering::SeqCst), 0, "a READY agent is not re-applied");
+    assert_eq!(
+        log.count(&Method::POST, "/v1alpha1/clusters"),
+        1,
+        "only the setup's POST"
+    );
+    assert_eq!(
+        applier.applies.load(Ordering::SeqCst),
+        0,
+        "a READY agent is not re-applied"
+    );
     let lines = lines.lock().unwrap().clone();
     assert!(
         lines
@@ -1079,7 +1092,13 @@ async fn attach_into_an_unknown_group_fails_permanently_naming_it() {
 
     // Existing cluster: the PUT is refused, the cluster stays where it was.
     let err = exec
-        .execute(&tmc_ctx(&emu, "tmc.attach", "wl-lost", "team-zz", ProgressSink::noop()))
+        .execute(&tmc_ctx(
+            &emu,
+            "tmc.attach",
+            "wl-lost",
+            "team-zz",
+            ProgressSink::noop(),
+        ))
         .await
         .unwrap_err();
     assert!(
@@ -1096,7 +1115,13 @@ async fn attach_into_an_unknown_group_fails_permanently_naming_it() {
 
     // New cluster: the POST is refused and nothing is created.
     let err = exec
-        .execute(&tmc_ctx(&emu, "tmc.attach", "wl-new", "team-zz", ProgressSink::noop()))
+        .execute(&tmc_ctx(
+            &emu,
+            "tmc.attach",
+            "wl-new",
+            "team-zz",
+            ProgressSink::noop(),
+        ))
         .await
         .unwrap_err();
     assert!(
@@ -1120,7 +1145,10 @@ async fn put_with_a_stale_resource_version_is_409_and_attach_retries() {
     stale.meta.resource_version = Some("0".into());
     stale.spec.cluster_group_name = Some("default".into());
     let err = c.update_cluster(&stale).await.unwrap_err();
-    assert!(matches!(err, TmcError::Conflict { code: 10, .. }), "{err:?}");
+    assert!(
+        matches!(err, TmcError::Conflict { code: 10, .. }),
+        "{err:?}"
+    );
     assert!(!err.is_transient());
     assert_eq!(group_of(&emu, "wl-rv"), "team-b");
     let mut lost = c.get_cluster(&fname).await.unwrap().unwrap();
@@ -1164,7 +1192,9 @@ async fn put_with_a_stale_resource_version_is_409_and_attach_retries() {
     );
     let lines = lines.lock().unwrap().clone();
     assert!(
-        lines.iter().any(|l| l == "moved to cluster group team-a (was default)"),
+        lines
+            .iter()
+            .any(|l| l == "moved to cluster group team-a (was default)"),
         "{lines:?}"
     );
 }
@@ -1253,7 +1283,9 @@ async fn detach_forces_when_the_cluster_sticks_in_detaching() {
     assert!(dels[1].contains("force=true"), "{dels:?}");
     let lines = lines.lock().unwrap().clone();
     assert!(
-        lines.iter().any(|l| l.contains("detaching with force=true")),
+        lines
+            .iter()
+            .any(|l| l.contains("detaching with force=true")),
         "{lines:?}"
     );
 
@@ -1288,8 +1320,9 @@ async fn detach_of_a_missing_cluster_succeeds_and_errors_are_classified() {
         "/v1alpha1/clusters/wl-flaky",
         FaultAction::Status {
             code: 503,
-            body: json!({"code": 14, "error": "unavailable", "message": "unavailable", "details": []})
-                .to_string(),
+            body:
+                json!({"code": 14, "error": "unavailable", "message": "unavailable", "details": []})
+                    .to_string(),
         },
         Some(1),
     ));
@@ -1313,8 +1346,9 @@ async fn detach_of_a_missing_cluster_succeeds_and_errors_are_classified() {
         "/v1alpha1/clusters/wl-denied",
         FaultAction::Status {
             code: 403,
-            body: json!({"code": 7, "error": "denied", "message": "permission denied", "details": []})
-                .to_string(),
+            body:
+                json!({"code": 7, "error": "denied", "message": "permission denied", "details": []})
+                    .to_string(),
         },
         Some(1),
     ));

@@ -50,6 +50,40 @@ pub fn commit_on_branch(
     Ok(oid.to_string())
 }
 
+/// Commits the removal of `paths` on top of `base` as a new branch `branch` in the bare
+/// repository `remote` (what `git rm` + `git commit` + `git push` would make). Returns the
+/// commit SHA.
+///
+/// Errors: git errors, e.g. when `base` does not exist.
+pub fn remove_on_branch(
+    remote: &Path,
+    base: &str,
+    branch: &str,
+    message: &str,
+    paths: &[&str],
+) -> Result<String, git2::Error> {
+    let repo = Repository::open_bare(remote)?;
+    let parent = repo
+        .find_reference(&format!("refs/heads/{base}"))?
+        .peel_to_commit()?;
+    let mut index = git2::Index::new()?;
+    index.read_tree(&parent.tree()?)?;
+    for path in paths {
+        index.remove_path(Path::new(path))?;
+    }
+    let tree = repo.find_tree(index.write_tree_to(&repo)?)?;
+    let sig = Signature::now("platform-dev", "platform-dev@example.invalid")?;
+    let oid = repo.commit(
+        Some(&format!("refs/heads/{branch}")),
+        &sig,
+        &sig,
+        message,
+        &tree,
+        &[&parent],
+    )?;
+    Ok(oid.to_string())
+}
+
 fn build_tree(
     repo: &Repository,
     base: Option<git2::Tree<'_>>,

@@ -186,7 +186,10 @@ struct Shared {
 impl Shared {
     /// `Err` (404, grpc 5) when cluster groups are declared and `group` is not one of them.
     fn check_group(&self, group: &str) -> Result<(), ApiError> {
-        let groups = self.cluster_groups.lock().unwrap_or_else(|e| e.into_inner());
+        let groups = self
+            .cluster_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match groups.as_ref() {
             Some(g) if !g.contains(group) => {
                 Err(ApiError(5, format!("cluster group {group:?} not found")))
@@ -795,7 +798,10 @@ async fn update_cluster(
         if n != key.2 {
             return grpc_error(
                 3,
-                format!("fullName.name {n:?} does not match the path's cluster name {:?}", key.2),
+                format!(
+                    "fullName.name {n:?} does not match the path's cluster name {:?}",
+                    key.2
+                ),
             );
         }
     }

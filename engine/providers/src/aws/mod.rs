@@ -25,8 +25,8 @@ use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 
 pub use preflight::PreflightOutput;
-pub use untag::RemoveSubnetTagsOutput;
 pub use tkgops_domain::step::AwsPreflightInputs;
+pub use untag::RemoveSubnetTagsOutput;
 
 /// Region whose EC2 endpoint lists the regions when the requested region's endpoint cannot be
 /// reached (a region that does not exist has no endpoint): `us-east-1`.

@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 
 use super::client::{TmcClient, TmcSettings};
 use super::models::{Cluster, FullName, ATTACHED, PHASE_DELETING, PHASE_DETACHING};
-use std::collections::BTreeMap;
 use super::{SecretToken, TmcError};
 use crate::ManifestApplier;
+use std::collections::BTreeMap;
 use tkgops_domain::step::TmcClusterInputs;
 use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 
@@ -109,7 +109,11 @@ impl TmcExecutor {
     /// The TMC client for `endpoint`/`csp_endpoint`, created on first use and cached.
     ///
     /// Errors: Permanent when no API token is configured or the settings are unusable.
-    pub(super) fn client(&self, endpoint: &str, csp_endpoint: &str) -> Result<Arc<TmcClient>, StepError> {
+    pub(super) fn client(
+        &self,
+        endpoint: &str,
+        csp_endpoint: &str,
+    ) -> Result<Arc<TmcClient>, StepError> {
         let token = self
             .api_token
             .as_ref()
@@ -401,9 +405,8 @@ async fn converge(
         match client.update_cluster(&want).await {
             Ok(now) => {
                 if group_differs {
-                    ctx.progress.report(&format!(
-                        "moved to cluster group {group} (was {was_group})"
-                    ));
+                    ctx.progress
+                        .report(&format!("moved to cluster group {group} (was {was_group})"));
                     updated.push("clusterGroup");
                 }
                 if description_differs {
@@ -437,7 +440,9 @@ async fn converge(
                     "TMC cluster {shown} changed meanwhile ({message}); reading it again"
                 ));
                 c = client.get_cluster(&c.full_name).await?.ok_or_else(|| {
-                    StepError::Transient(format!("TMC cluster {shown} disappeared during the update"))
+                    StepError::Transient(format!(
+                        "TMC cluster {shown} disappeared during the update"
+                    ))
                 })?;
             }
             Err(e @ (TmcError::NotFound { .. } | TmcError::InvalidArgument { .. })) => {

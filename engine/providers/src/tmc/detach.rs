@@ -44,13 +44,12 @@ impl TmcExecutor {
     ) -> Result<Value, StepError> {
         let client = self.client(&inputs.endpoint, &inputs.csp_endpoint)?;
         let (full_name, shown) = resolve_full_name(inputs);
-        let out = |was_attached: bool, forced: bool| {
-            json!({"cluster": shown, "wasAttached": was_attached, "forced": forced})
-        };
+        let out = |was_attached: bool, forced: bool| json!({"cluster": shown, "wasAttached": was_attached, "forced": forced});
 
         let Some(c) = client.get_cluster(&full_name).await? else {
-            ctx.progress
-                .report(&format!("TMC cluster {shown} is not attached; nothing to detach"));
+            ctx.progress.report(&format!(
+                "TMC cluster {shown} is not attached; nothing to detach"
+            ));
             return Ok(out(false, false));
         };
         if c.phase() == PHASE_DETACHING {
