@@ -45,6 +45,8 @@ pub const KINDS: &[StepKind] = &[
     StepKind::KubeWaitCluster,
     StepKind::KubeReadKubeconfig,
     StepKind::PackagesRollout,
+    StepKind::PackagesUpdate,
+    StepKind::PackagesVerify,
 ];
 
 /// The field manager tkgops uses for every server-side apply it makes on its own behalf.
@@ -819,6 +821,8 @@ impl StepExecutor for KubeProvider {
             StepInputs::KubeWaitCluster(t) => cluster::wait_cluster(self, ctx, t).await,
             StepInputs::KubeReadKubeconfig(t) => self.step_read_kubeconfig(ctx, t).await,
             StepInputs::PackagesRollout(i) => packages::rollout(self, ctx, i).await,
+            StepInputs::PackagesUpdate(i) => packages::update(self, ctx, i).await,
+            StepInputs::PackagesVerify(t) => packages::verify(self, ctx, t).await,
             other => Err(StepError::Permanent(format!(
                 "the Kubernetes provider does not execute step kind '{}'",
                 other.kind()
