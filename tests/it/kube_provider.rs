@@ -1272,3 +1272,502 @@ async fn failing_core_packages_are_tolerated_then_reported() {
         "{out}"
     );
 }
+
+// ---- packages.update and packages.verify ----------------------------------------------------
+
+fn pkgi_gvr() -> Gvr {
+    Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls")
+}
+
+fn secret_gvr() -> Gvr {
+    Gvr::new("", "v1", "secrets")
+}
+
+/// One package of a `packages.*` step.
+fn package(name: &str, version: &str, namespace: &str, values: &str) -> Value {
+    json!({"name": name, "refName": format!("{name}.tanzu.vmware.com"), "version": version,
+           "namespace": namespace, "valuesYaml": values})
+}
+
+const CERT_MANAGER: &str = "1.7.2+vmware.1-tkg.1";
+const CONTOUR: &str = "1.20.2+vmware.1-tkg.1";
+const CONTOUR_NEXT: &str = "1.21.0+vmware.1-tkg.1";
+const HARBOR: &str = "2.5.3+vmware.1-tkg.1";
+const INGRESS: &str = "tanzu-system-ingress";
+
+fn update_inputs(name: &str, packages: Value, remove: Value) -> Value {
+    json!({
+        "managementCluster": MC, "namespace": "default", "clusterName": name,
+        "repository": {"name": "tanzu-standard", "namespace": "tanzu-package-repo-global"},
+        "packages": packages,
+        "remove": remove,
+    })
+}
+
+/// A newer Contour in the standard repository, as a new repository release would bring.
+fn publish_contour_next(wl: &EmulatedCluster) {
+    wl.create(
+        &Gvr::new("data.packaging.carvel.dev", "v1alpha1", "packages"),
+        json!({"apiVersion": "data.packaging.carvel.dev/v1alpha1", "kind": "Package",
+               "metadata": {"name": format!("contour.tanzu.vmware.com.{CONTOUR_NEXT}"),
+                            "namespace": "tanzu-package-repo-global"},
+               "spec": {"refName": "contour.tanzu.vmware.com", "version": CONTOUR_NEXT}}),
+    )
+    .expect("Package");
+}
+
+/// The text of a values Secret's `values.yaml`.
+fn values_of(wl: &EmulatedCluster, ns: &str, secret: &str) -> Option<String> {
+    use base64::Engine as _;
+    let s = wl.get(&secret_gvr(), Some(ns), secret)?;
+    let b64 = s["data"]["values.yaml"].as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64");
+    Some(String::from_utf8(bytes).expect("utf-8"))
+}
+
+/// Every change event received so far on `rx`, as (kind, resource plural, namespace/name,
+/// single condition type, whether deletionTimestamp is set).
+fn drain(
+    rx: &mut tokio::sync::broadcast::Receiver<tkgops_emulators::kube::ChangeEvent>,
+) -> Vec<(String, String, String, String, bool)> {
+    let mut out = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        let o = &e.object;
+        out.push((
+            e.kind.clone(),
+            e.gvr.plural.clone(),
+            format!(
+                "{}/{}",
+                o["metadata"]["namespace"].as_str().unwrap_or(""),
+                o["metadata"]["name"].as_str().unwrap_or("")
+            ),
+            o["status"]["conditions"][0]["type"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            o["metadata"]["deletionTimestamp"].is_string(),
+        ));
+    }
+    out
+}
+
+/// Writes by tkgops that changed something since write number `since`.
+fn tkgops_changes(wl: &EmulatedCluster, since: usize) -> Vec<String> {
+    wl.writes()[since..]
+        .iter()
+        .filter(|w| w.field_manager.as_deref() == Some("tkgops") && w.changed)
+        .map(|w| format!("{:?}", w))
+        .collect()
+}
+
+/// Adds a package, moves one to a new version, leaves one alone; then changes only the values
+/// of one (its Secret changes and kapp-controller reconciles it again); a second run changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_update_installs_updates_and_changes_values() {
+    let env = env().await;
+    provision(&env, "team-a-prod").await;
+    let wl = env.emu.cluster("team-a-prod").expect("workload");
+    let values_a = "infrastructure_provider: aws\n";
+    let values_b = "infrastructure_provider: aws\nenvoy:\n  service:\n    type: LoadBalancer\n";
+    let (r, _) = run(
+        &env.provider,
+        "packages.rollout",
+        rollout_inputs(
+            "team-a-prod",
+            json!([
+                package("cert-manager", CERT_MANAGER, "cert-manager", ""),
+                package("contour", CONTOUR, INGRESS, values_a)
+            ]),
+        ),
+    )
+    .await;
+    r.expect("rollout");
+    publish_contour_next(&wl);
+
+    // A new version of contour, a new package, an unchanged one.
+    let inputs = update_inputs(
+        "team-a-prod",
+        json!([
+            package("cert-manager", CERT_MANAGER, "cert-manager", ""),
+            package("contour", CONTOUR_NEXT, INGRESS, values_a),
+            package(
+                "fluent-bit",
+                "1.8.15+vmware.1-tkg.1",
+                "tanzu-system-logging",
+                ""
+            )
+        ]),
+        json!([]),
+    );
+    let (r, lines) = run(&env.provider, "packages.update", inputs).await;
+    let out = r.expect("update");
+    assert_eq!(
+        out,
+        json!({
+            "installed": [{"name": "fluent-bit", "namespace": "tanzu-system-logging", "version": "1.8.15+vmware.1-tkg.1"}],
+            "updated": [{"name": "contour", "namespace": INGRESS, "from": CONTOUR, "to": CONTOUR_NEXT, "valuesChanged": false}],
+            "unchanged": [{"name": "cert-manager", "namespace": "cert-manager", "version": CERT_MANAGER}],
+            "removed": [],
+        })
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == &format!("contour {CONTOUR} → {CONTOUR_NEXT} reconciled")),
+        "{lines:?}"
+    );
+    let contour = wl
+        .get(&pkgi_gvr(), Some(INGRESS), "contour")
+        .expect("contour");
+    assert_eq!(contour["status"]["version"], CONTOUR_NEXT, "{contour}");
+    assert_eq!(
+        contour["status"]["conditions"][0]["type"],
+        "ReconcileSucceeded"
+    );
+    assert_eq!(
+        contour["status"]["observedGeneration"],
+        contour["metadata"]["generation"]
+    );
+    let fluent = wl
+        .get(&pkgi_gvr(), Some("tanzu-system-logging"), "fluent-bit")
+        .expect("fluent-bit");
+    assert_eq!(
+        fluent["status"]["conditions"][0]["type"],
+        "ReconcileSucceeded"
+    );
+
+    // Only the values change: the Secret's content changes and kapp-controller reconciles the
+    // PackageInstall again (same generation).
+    let generation = contour["metadata"]["generation"].clone();
+    let mut events = wl.subscribe();
+    let inputs = update_inputs(
+        "team-a-prod",
+        json!([
+            package("cert-manager", CERT_MANAGER, "cert-manager", ""),
+            package("contour", CONTOUR_NEXT, INGRESS, values_b),
+            package(
+                "fluent-bit",
+                "1.8.15+vmware.1-tkg.1",
+                "tanzu-system-logging",
+                ""
+            )
+        ]),
+        json!([]),
+    );
+    let (r, lines) = run(&env.provider, "packages.update", inputs.clone()).await;
+    let out = r.expect("values update");
+    assert_eq!(
+        out["updated"],
+        json!([{"name": "contour", "namespace": INGRESS, "from": CONTOUR_NEXT, "to": CONTOUR_NEXT, "valuesChanged": true}]),
+        "{out}"
+    );
+    assert_eq!(out["unchanged"].as_array().map(Vec::len), Some(2), "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == &format!("contour {CONTOUR_NEXT} values updated, reconciled")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        values_of(&wl, INGRESS, "contour-tanzu-system-ingress-values").as_deref(),
+        Some(values_b)
+    );
+    let seen = drain(&mut events);
+    let secret_at = seen
+        .iter()
+        .position(|e| {
+            e.1 == "secrets" && e.2 == "tanzu-system-ingress/contour-tanzu-system-ingress-values"
+        })
+        .expect("the values Secret changed");
+    let contour_events: Vec<&str> = seen[secret_at..]
+        .iter()
+        .filter(|e| e.1 == "packageinstalls" && e.2 == "tanzu-system-ingress/contour")
+        .map(|e| e.3.as_str())
+        .collect();
+    assert_eq!(
+        contour_events,
+        ["Reconciling", "ReconcileSucceeded"],
+        "{seen:?}"
+    );
+    let contour = wl
+        .get(&pkgi_gvr(), Some(INGRESS), "contour")
+        .expect("contour");
+    assert_eq!(contour["metadata"]["generation"], generation);
+    // Secret values never reach the progress lines or the output.
+    assert!(!format!("{out} {lines:?}").contains("LoadBalancer"));
+
+    // Idempotent: the same inputs again change nothing.
+    let before = wl.writes().len();
+    let (r, lines) = run(&env.provider, "packages.update", inputs).await;
+    let out = r.expect("second run");
+    assert_eq!(out["unchanged"].as_array().map(Vec::len), Some(3), "{out}");
+    assert_eq!(out["updated"], json!([]));
+    assert_eq!(out["installed"], json!([]));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == &format!("contour {CONTOUR_NEXT} unchanged, reconcile succeeded")),
+        "{lines:?}"
+    );
+    assert_eq!(tkgops_changes(&wl, before), Vec::<String>::new());
+}
+
+/// Removal goes dependents first (harbor before contour), each PackageInstall is deleted and
+/// waited for while kapp-controller holds its finalizer (`Deleting`), and only then its values
+/// Secret, ServiceAccount and RBAC are deleted. A second run finds them gone and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_update_removes_dependents_first_after_the_finalizer() {
+    let env = env().await;
+    provision(&env, "team-a-prod").await;
+    let wl = env.emu.cluster("team-a-prod").expect("workload");
+    let registry = "tanzu-system-registry";
+    let (r, _) = run(
+        &env.provider,
+        "packages.rollout",
+        rollout_inputs(
+            "team-a-prod",
+            json!([
+                package("cert-manager", CERT_MANAGER, "cert-manager", ""),
+                package(
+                    "contour",
+                    CONTOUR,
+                    INGRESS,
+                    "infrastructure_provider: aws\n"
+                ),
+                package("harbor", HARBOR, registry, "hostname: harbor.example.com\n")
+            ]),
+        ),
+    )
+    .await;
+    r.expect("rollout");
+    let harbor = wl
+        .get(&pkgi_gvr(), Some(registry), "harbor")
+        .expect("harbor");
+    assert_eq!(
+        harbor["metadata"]["finalizers"],
+        json!(["finalizers.packageinstall.packaging.carvel.dev/delete"]),
+        "kapp-controller holds every PackageInstall with its delete finalizer: {harbor}"
+    );
+
+    let mut events = wl.subscribe();
+    let inputs = update_inputs(
+        "team-a-prod",
+        json!([package("cert-manager", CERT_MANAGER, "cert-manager", "")]),
+        json!([
+            package("harbor", HARBOR, registry, "hostname: harbor.example.com\n"),
+            package(
+                "contour",
+                CONTOUR,
+                INGRESS,
+                "infrastructure_provider: aws\n"
+            )
+        ]),
+    );
+    let (r, lines) = run(&env.provider, "packages.update", inputs.clone()).await;
+    let out = r.expect("removal");
+    assert_eq!(
+        out["removed"],
+        json!([{"name": "harbor", "namespace": registry, "status": "removed"},
+               {"name": "contour", "namespace": INGRESS, "status": "removed"}])
+    );
+    assert!(lines.iter().any(|l| l == "removed harbor"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "removed contour"), "{lines:?}");
+    let h = lines.iter().position(|l| l == "removed harbor").unwrap();
+    let c = lines.iter().position(|l| l == "removed contour").unwrap();
+    assert!(h < c, "{lines:?}");
+
+    for (name, ns) in [("harbor", registry), ("contour", INGRESS)] {
+        assert!(wl.get(&pkgi_gvr(), Some(ns), name).is_none(), "{name}");
+        let owner = format!("{name}-{ns}");
+        assert!(wl
+            .get(&secret_gvr(), Some(ns), &format!("{owner}-values"))
+            .is_none());
+        assert!(wl
+            .get(
+                &Gvr::new("", "v1", "serviceaccounts"),
+                Some(ns),
+                &format!("{owner}-sa")
+            )
+            .is_none());
+        assert!(wl
+            .get(
+                &Gvr::new("rbac.authorization.k8s.io", "v1", "clusterroles"),
+                None,
+                &format!("{owner}-cluster-role")
+            )
+            .is_none());
+    }
+    assert!(wl
+        .get(&pkgi_gvr(), Some("cert-manager"), "cert-manager")
+        .is_some());
+
+    // The event order on the cluster: harbor marked, Deleting, gone, then its Secret; only then
+    // contour.
+    let seen = drain(&mut events);
+    let at = |pred: &dyn Fn(&(String, String, String, String, bool)) -> bool| {
+        seen.iter()
+            .position(|e| pred(e))
+            .unwrap_or_else(|| panic!("{seen:?}"))
+    };
+    let harbor_key = format!("{registry}/harbor");
+    let harbor_deleting =
+        at(&|e| e.1 == "packageinstalls" && e.2 == harbor_key && e.3 == "Deleting");
+    let harbor_gone = at(&|e| e.0 == "DELETED" && e.1 == "packageinstalls" && e.2 == harbor_key);
+    let harbor_secret_gone = at(&|e| {
+        e.0 == "DELETED"
+            && e.1 == "secrets"
+            && e.2 == format!("{registry}/harbor-{registry}-values")
+    });
+    let contour_marked =
+        at(&|e| e.1 == "packageinstalls" && e.2 == "tanzu-system-ingress/contour" && e.4);
+    assert!(harbor_deleting < harbor_gone, "{seen:?}");
+    assert!(harbor_gone < harbor_secret_gone, "{seen:?}");
+    assert!(harbor_secret_gone < contour_marked, "{seen:?}");
+
+    // Idempotent: already gone is success, and nothing changes.
+    let before = wl.writes().len();
+    let (r, lines) = run(&env.provider, "packages.update", inputs).await;
+    let out = r.expect("second removal");
+    assert_eq!(
+        out["removed"],
+        json!([{"name": "harbor", "namespace": registry, "status": "already absent"},
+               {"name": "contour", "namespace": INGRESS, "status": "already absent"}])
+    );
+    assert!(
+        lines.iter().any(|l| l == "harbor already absent"),
+        "{lines:?}"
+    );
+    assert!(wl.writes()[before..]
+        .iter()
+        .all(|w| w.verb != "delete" || !w.changed));
+    assert_eq!(tkgops_changes(&wl, before), Vec::<String>::new());
+}
+
+/// kapp-controller failing to uninstall (`DeleteFailed`, retried) fails the step at the package
+/// deadline with its message; once the failure clears, a retry removes the package.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_delete_failure_is_a_clear_error() {
+    let env = env().await;
+    provision(&env, "team-a-prod").await;
+    let wl = env.emu.cluster("team-a-prod").expect("workload");
+    let (r, _) = run(
+        &env.provider,
+        "packages.rollout",
+        rollout_inputs("team-a-prod", cert_manager()),
+    )
+    .await;
+    r.expect("rollout");
+    let msg = "kapp: Error: deleting deployment/cert-manager-webhook: timed out (emulated)";
+    inject_kapp_failures(&wl, "delete.cert-manager.cert-manager", &format!("*:{msg}"));
+    let inputs = update_inputs("team-a-prod", json!([]), cert_manager());
+    let (r, lines) = run(&env.provider, "packages.update", inputs.clone()).await;
+    let e = r.expect_err("delete keeps failing");
+    assert!(!e.is_transient(), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!("PackageInstall cert-manager/cert-manager: delete failed: {msg}")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("delete failed, kapp-controller retries") && l.contains(msg)),
+        "{lines:?}"
+    );
+    let pkgi = wl
+        .get(&pkgi_gvr(), Some("cert-manager"), "cert-manager")
+        .expect("still held by its finalizer");
+    assert!(pkgi["metadata"]["deletionTimestamp"].is_string());
+
+    wl.patch_merge(
+        &Gvr::new("", "v1", "configmaps"),
+        Some("kube-system"),
+        "emulator-kapp-faults",
+        json!({"data": {"delete.cert-manager.cert-manager": null}}),
+    )
+    .expect("clear the fault");
+    let (r, _) = run(&env.provider, "packages.update", inputs).await;
+    let out = r.expect("removed after the failure cleared");
+    // kapp-controller retries the uninstall by itself once the fault is gone, so the package
+    // is either removed by this run or already gone when it looks.
+    let status = out["removed"][0]["status"].as_str().unwrap_or_default();
+    assert!(status == "removed" || status == "already absent", "{out}");
+    assert!(wl
+        .get(&pkgi_gvr(), Some("cert-manager"), "cert-manager")
+        .is_none());
+}
+
+fn verify_inputs(name: &str) -> Value {
+    json!({"managementCluster": MC, "namespace": "default", "clusterName": name})
+}
+
+/// `packages.verify` lists every PackageInstall (core packages in `tkg-system` and user
+/// packages) with its version; a package failing for its current generation fails it with the
+/// package's name and message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_verify_checks_every_package_install() {
+    let env = env().await;
+    provision(&env, "team-a-prod").await;
+    let wl = env.emu.cluster("team-a-prod").expect("workload");
+    let (r, _) = run(
+        &env.provider,
+        "packages.rollout",
+        rollout_inputs("team-a-prod", cert_manager()),
+    )
+    .await;
+    r.expect("rollout");
+
+    let (r, lines) = run(
+        &env.provider,
+        "packages.verify",
+        verify_inputs("team-a-prod"),
+    )
+    .await;
+    let out = r.expect("verify");
+    let listed = out["packageInstalls"]
+        .as_object()
+        .expect("packageInstalls")
+        .clone();
+    let all = wl.list(&pkgi_gvr(), None);
+    assert_eq!(listed.len(), all.len(), "{out}");
+    assert!(listed.keys().any(|k| k.starts_with("tkg-system/")), "{out}");
+    assert_eq!(listed["cert-manager/cert-manager"], CERT_MANAGER, "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == &format!("{} PackageInstalls reconciled", all.len())),
+        "{lines:?}"
+    );
+
+    // cert-manager's next generation keeps failing: verify names it with kapp's message.
+    let msg = "kapp: Error: waiting on reconcile deployment/cert-manager: Finished unsuccessfully (emulated)";
+    inject_kapp_failures(&wl, "cert-manager.cert-manager", &format!("*:{msg}"));
+    wl.patch_merge(
+        &pkgi_gvr(),
+        Some("cert-manager"),
+        "cert-manager",
+        json!({"spec": {"syncPeriod": "5m"}}),
+    )
+    .expect("patch");
+    let (r, lines) = run(
+        &env.provider,
+        "packages.verify",
+        verify_inputs("team-a-prod"),
+    )
+    .await;
+    let e = r.expect_err("cert-manager fails");
+    assert!(!e.is_transient(), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains(&format!("PackageInstall cert-manager/cert-manager: {msg}")),
+        "{e}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("failing") && l.contains(msg)),
+        "{lines:?}"
+    );
+}

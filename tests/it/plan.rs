@@ -165,7 +165,7 @@ fn invalid_request_is_blocked_with_rule_ids_on_lines() {
 }
 
 #[test]
-fn upgrades_and_deletes_run_while_package_changes_wait_for_their_executor() {
+fn upgrades_package_changes_and_deletes_are_planned_to_run() {
     let repo = example_repo_config();
     let (cfg, settings) = example_request();
     let older = settings.replace("v1.25.7+vmware.2-tkg.1", "v1.24.11+vmware.1-tkg.1");
@@ -193,14 +193,11 @@ fn upgrades_and_deletes_run_while_package_changes_wait_for_their_executor() {
         intents.contains(&&IntentKind::RolloutPackages),
         "{intents:?}"
     );
-    // The upgrade runs; package changes have no executor yet (packages.update).
-    for c in &p.clusters {
-        let expected = match c.intent {
-            IntentKind::Upgrade { .. } => PlanStatus::Ready,
-            _ => PlanStatus::NotYetExecutable,
-        };
-        assert_eq!(c.status, expected, "{c:#?}");
-    }
+    assert!(
+        p.clusters.iter().all(|c| c.status == PlanStatus::Ready),
+        "{:#?}",
+        p.clusters
+    );
 
     let deleted = tree(&[("tkgops.yaml", &repo)]);
     let p = run_plan(

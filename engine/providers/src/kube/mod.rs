@@ -53,6 +53,7 @@ pub const KINDS: &[StepKind] = &[
     StepKind::KubeWaitControlPlane,
     StepKind::KubeWaitMachineDeployments,
     StepKind::KubeDeleteCluster,
+    StepKind::PackagesUpdate,
     StepKind::PackagesVerify,
 ];
 
@@ -835,6 +836,7 @@ impl StepExecutor for KubeProvider {
             }
             StepInputs::KubeDeleteCluster(i) => rollout::delete_cluster(self, ctx, i).await,
             StepInputs::PackagesVerify(t) => rollout::verify_packages(self, ctx, t).await,
+            StepInputs::PackagesUpdate(i) => packages::update(self, ctx, i).await,
             other => Err(StepError::Permanent(format!(
                 "the Kubernetes provider does not execute step kind '{}'",
                 other.kind()

@@ -11,9 +11,19 @@
 //! keeps retrying and TKG tolerates it (tkg2-aws-class-based.md §6 step 5), so the wait reports
 //! the `usefulErrorMessage` as progress and fails with it only at
 //! [`super::WaitOptions::package_timeout`] or shortly before the step deadline.
+//!
+//! `packages.update` ([`update`]) shares the repository wait, the apply and the package wait
+//! with `packages.rollout`, then removes packages the way `tanzu package installed delete` does:
+//! the PackageInstall is deleted and waited for until kapp-controller has uninstalled it and
+//! dropped its finalizer (tanzu-apis §4.2, §4.3), then the values Secret and the ServiceAccount
+//! and RBAC objects tkgops created for it are deleted. `packages.verify` ([`verify`]) checks every
+//! PackageInstall of the workload cluster after an upgrade.
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, DynamicObject};
 use kube::discovery::ApiResource;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -21,7 +31,7 @@ use tokio::time::Instant;
 use super::apply::{apply_object, Resolved};
 use super::cluster::condition;
 use super::watch::{changed_or, SharedWatch};
-use super::{custom_resource, KubeProvider, ProgressDedup, FIELD_MANAGER};
+use super::{classify, custom_resource, KubeProvider, ProgressDedup, FIELD_MANAGER};
 use crate::WorkloadTarget;
 use tkgops_engine::{StepContext, StepError};
 
@@ -59,7 +69,13 @@ fn rbac(kind: &str, plural: &str) -> Resolved {
 }
 
 pub use tkgops_domain::request::{PackageRepositoryRef, PackageSpec};
-pub use tkgops_domain::step::PackagesInputs;
+pub use tkgops_domain::step::{PackagesInputs, PackagesUpdateInputs};
+
+/// Name of the values Secret `tanzu package install` (and `packages.rollout`) writes for
+/// PackageInstall `name` in `namespace`: `<pkgi>-<ns>-values` (tanzu-apis §4.2).
+pub fn values_secret_name(name: &str, namespace: &str) -> String {
+    format!("{name}-{namespace}-values")
+}
 
 /// The objects `tanzu package install` creates for `pkg`, in creation order: Namespace,
 /// ServiceAccount, ClusterRole, ClusterRoleBinding, values Secret (only with values) and the
@@ -212,34 +228,44 @@ pub fn reconcile_state(obj: &Value) -> ReconcileState {
     ReconcileState::Pending(desc.to_string())
 }
 
-fn validate(inputs: &PackagesInputs) -> Result<(), StepError> {
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
+/// Checks the repository and package names of a step `step` (`packages.rollout`,
+/// `packages.update`): Kubernetes names; packages to install also need refName and version.
+fn validate(
+    step: &str,
+    repository: &PackageRepositoryRef,
+    install: &[PackageSpec],
+    remove: &[PackageSpec],
+) -> Result<(), StepError> {
     let bad = |field: &str, v: &str| {
         StepError::Permanent(format!(
-            "packages.rollout: {field} '{v}' is not a valid Kubernetes name"
+            "{step}: {field} '{v}' is not a valid Kubernetes name"
         ))
     };
-    let ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-    };
-    if !ok(&inputs.repository.name) {
-        return Err(bad("repository.name", &inputs.repository.name));
+    if !valid_name(&repository.name) {
+        return Err(bad("repository.name", &repository.name));
     }
-    if !ok(&inputs.repository.namespace) {
-        return Err(bad("repository.namespace", &inputs.repository.namespace));
+    if !valid_name(&repository.namespace) {
+        return Err(bad("repository.namespace", &repository.namespace));
     }
-    for p in &inputs.packages {
-        if !ok(&p.name) {
+    for p in install.iter().chain(remove) {
+        if !valid_name(&p.name) {
             return Err(bad("package name", &p.name));
         }
-        if !ok(&p.namespace) {
+        if !valid_name(&p.namespace) {
             return Err(bad("package namespace", &p.namespace));
         }
+    }
+    for p in install {
         if p.ref_name.is_empty() || p.version.is_empty() {
             return Err(StepError::Permanent(format!(
-                "packages.rollout: package '{}' needs refName and version",
+                "{step}: package '{}' needs refName and version",
                 p.name
             )));
         }
@@ -338,6 +364,114 @@ async fn wait_reconciled(
     }
 }
 
+/// Waits (shared PackageRepository watch) until `repo` on `target` is `ReconcileSucceeded`, as
+/// every packages step does first, and reports it as progress. `start` is when the step began.
+///
+/// Errors: [`StepError::Transient`] while it is missing or reconciling after
+/// [`super::WaitOptions::repository_timeout`]; [`StepError::Permanent`] when it is still failing
+/// then (`PackageRepository/<ns>/<name>: reconcile failed: <usefulErrorMessage>`).
+async fn wait_repository(
+    provider: &KubeProvider,
+    ctx: &StepContext,
+    target: &WorkloadTarget,
+    repo: &PackageRepositoryRef,
+    start: Instant,
+    report_deadline: Option<Instant>,
+) -> Result<(), StepError> {
+    let opts = provider.wait_options();
+    let repos = provider
+        .workload_watch(target, &package_repository_resource())
+        .await?;
+    let what = format!("PackageRepository/{}/{}", repo.namespace, repo.name);
+    let waiting = format!("waiting for PackageRepository {}", repo.name);
+    wait_reconciled(
+        provider,
+        ctx,
+        target,
+        &repos,
+        (
+            &repo.namespace,
+            &repo.name,
+            &format!("{what}: reconcile failed"),
+            &waiting,
+        ),
+        start + opts.repository_timeout,
+        report_deadline,
+        0,
+        |d| StepError::Transient(format!("{waiting} ({d})")),
+    )
+    .await?;
+    ctx.progress.report(&format!(
+        "PackageRepository {}: Reconcile succeeded",
+        repo.name
+    ));
+    Ok(())
+}
+
+/// Server-side applies the objects of `pkg` ([`package_objects`]) in order; returns the
+/// PackageInstall's generation as stored. Errors: as [`apply_object`].
+async fn apply_package(client: &kube::Client, pkg: &PackageSpec) -> Result<i64, StepError> {
+    let mut applied_generation = 0;
+    for (res, obj) in package_objects(pkg) {
+        let (_, stored) = apply_object(client, &res, obj, FIELD_MANAGER).await?;
+        applied_generation = stored
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+    }
+    Ok(applied_generation)
+}
+
+/// `PackageInstall <ns>/<name>`, how errors name a package.
+fn pkgi_what(pkg: &PackageSpec) -> String {
+    format!("PackageInstall {}/{}", pkg.namespace, pkg.name)
+}
+
+/// Waits (shared PackageInstall watch `pkgis`) until `pkg`'s PackageInstall is
+/// `ReconcileSucceeded` for at least `generation`; returns its `friendlyDescription`.
+/// `ReconcileFailed` is tolerated until [`super::WaitOptions::package_timeout`] or
+/// `report_deadline`, then fails permanently with `PackageInstall <ns>/<name>: <message>`.
+#[allow(clippy::too_many_arguments)]
+async fn wait_package(
+    provider: &KubeProvider,
+    ctx: &StepContext,
+    target: &WorkloadTarget,
+    pkgis: &Arc<SharedWatch>,
+    pkg: &PackageSpec,
+    label: &str,
+    generation: i64,
+    report_deadline: Option<Instant>,
+) -> Result<String, StepError> {
+    let timeout = provider.wait_options().package_timeout;
+    let what = pkgi_what(pkg);
+    let v = wait_reconciled(
+        provider,
+        ctx,
+        target,
+        pkgis,
+        (&pkg.namespace, &pkg.name, &what, label),
+        Instant::now() + timeout,
+        report_deadline,
+        generation,
+        |d| {
+            StepError::Permanent(format!(
+                "{what}: not reconciled after {} s ({d})",
+                timeout.as_secs()
+            ))
+        },
+    )
+    .await?;
+    Ok(friendly(&v))
+}
+
+fn friendly(v: &Value) -> String {
+    v.pointer("/status/friendlyDescription")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("Reconcile succeeded")
+        .to_string()
+}
+
 /// Runs `packages.rollout`: waits for the PackageRepository, then installs each package in order
 /// (fully reconciled before the next starts). Output
 /// `{"packages":[{"name","namespace","version","status":"Reconcile succeeded"}]}`.
@@ -357,38 +491,26 @@ pub async fn rollout(
     ctx: &StepContext,
     inputs: &PackagesInputs,
 ) -> Result<Value, StepError> {
-    validate(inputs)?;
-    let opts = provider.wait_options().clone();
+    validate(
+        "packages.rollout",
+        &inputs.repository,
+        &inputs.packages,
+        &[],
+    )?;
     let start = Instant::now();
-    let report_deadline = opts.report_deadline(start, ctx.step.timeout_secs);
+    let report_deadline = provider
+        .wait_options()
+        .report_deadline(start, ctx.step.timeout_secs);
     let client = provider.workload_client(&inputs.target).await?;
-    let repos = provider
-        .workload_watch(&inputs.target, &package_repository_resource())
-        .await?;
-    let repo = &inputs.repository;
-    let what = format!("PackageRepository/{}/{}", repo.namespace, repo.name);
-    let waiting = format!("waiting for PackageRepository {}", repo.name);
-    wait_reconciled(
+    wait_repository(
         provider,
         ctx,
         &inputs.target,
-        &repos,
-        (
-            &repo.namespace,
-            &repo.name,
-            &format!("{what}: reconcile failed"),
-            &waiting,
-        ),
-        start + opts.repository_timeout,
+        &inputs.repository,
+        start,
         report_deadline,
-        0,
-        |d| StepError::Transient(format!("{waiting} ({d})")),
     )
     .await?;
-    ctx.progress.report(&format!(
-        "PackageRepository {}: Reconcile succeeded",
-        repo.name
-    ));
     let pkgis = provider
         .workload_watch(&inputs.target, &package_install_resource())
         .await?;
@@ -398,44 +520,528 @@ pub async fn rollout(
         ctx.progress.report(&format!(
             "{label}: applying PackageInstall and its ServiceAccount, RBAC and values"
         ));
-        let mut applied_generation = 0;
-        for (res, obj) in package_objects(pkg) {
-            let (_, stored) = apply_object(&client, &res, obj, FIELD_MANAGER).await?;
-            applied_generation = stored
-                .pointer("/metadata/generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-        }
-        let what = format!("PackageInstall {}/{}", pkg.namespace, pkg.name);
-        let pkg_start = Instant::now();
-        let v = wait_reconciled(
+        let generation = apply_package(&client, pkg).await?;
+        let desc = wait_package(
             provider,
             ctx,
             &inputs.target,
             &pkgis,
-            (&pkg.namespace, &pkg.name, &what, &label),
-            pkg_start + opts.package_timeout,
+            pkg,
+            &label,
+            generation,
             report_deadline,
-            applied_generation,
-            |d| {
-                StepError::Permanent(format!(
-                    "{what}: not reconciled after {} s ({d})",
-                    opts.package_timeout.as_secs()
-                ))
-            },
         )
         .await?;
-        let desc = v
-            .pointer("/status/friendlyDescription")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .unwrap_or("Reconcile succeeded")
-            .to_string();
         ctx.progress.report(&format!("{label}: {desc}"));
         tracing::info!(step = %ctx.step.id, package = %pkg.name, namespace = %pkg.namespace, "package reconciled");
         done.push(json!({"name": pkg.name, "namespace": pkg.namespace, "version": pkg.version, "status": desc}));
     }
     Ok(json!({ "packages": done }))
+}
+
+/// The version a PackageInstall asks for: `spec.packageRef.versionSelection.constraints`.
+fn wanted_version(pkgi: &Value) -> String {
+    pkgi.pointer("/spec/packageRef/versionSelection/constraints")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A watch error of a private object watch, classified like a request error.
+fn object_watch_error(what: &str, e: kube::runtime::watcher::Error) -> StepError {
+    use kube::runtime::watcher::Error as W;
+    match e {
+        W::InitialListFailed(e) | W::WatchStartFailed(e) | W::WatchFailed(e) => {
+            classify(&format!("watch of {what}"), &e)
+        }
+        W::WatchError(s) => classify(&format!("watch of {what}"), &kube::Error::Api(s)),
+        W::NoResourceVersion => StepError::Transient(format!(
+            "watch of {what}: watch event without a resourceVersion"
+        )),
+    }
+}
+
+/// A PackageInstall event stream (`kube::runtime::watcher::watch_object`): every state in order,
+/// `None` when the object is absent or deleted.
+type ObjectStream = std::pin::Pin<
+    Box<
+        dyn futures::Stream<Item = Result<Option<DynamicObject>, kube::runtime::watcher::Error>>
+            + Send,
+    >,
+>;
+
+/// Follows `stream` (opened before a values Secret change that kapp-controller answers with a
+/// new reconcile of the same generation) until kapp-controller has started a reconcile after
+/// the change and finished it with `ReconcileSucceeded`. Failures are tolerated as in
+/// [`wait_reconciled`] until [`super::WaitOptions::package_timeout`] or `report_deadline`.
+///
+/// Errors: [`StepError::Permanent`] `PackageInstall <ns>/<name>: <message>` for a failure at the
+/// deadline, or "not reconciled after"; watch errors are classified as requests.
+async fn wait_values_reconcile(
+    provider: &KubeProvider,
+    ctx: &StepContext,
+    pkg: &PackageSpec,
+    label: &str,
+    mut stream: ObjectStream,
+    report_deadline: Option<Instant>,
+) -> Result<String, StepError> {
+    let timeout = provider.wait_options().package_timeout;
+    let until = Instant::now() + timeout;
+    let what = pkgi_what(pkg);
+    let mut progress = ProgressDedup::new();
+    let mut started = false;
+    let mut last_failure: Option<String> = None;
+    let mut last_desc = String::from("waiting for kapp-controller to reconcile the new values");
+    loop {
+        let mut deadline = until;
+        if last_failure.is_some() {
+            if let Some(d) = report_deadline {
+                deadline = deadline.min(d);
+            }
+        }
+        let item = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => {
+                return Err(StepError::Transient(format!(
+                    "watch of {what} ended unexpectedly"
+                )))
+            }
+            Err(_) => {
+                return Err(match last_failure {
+                    Some(m) => StepError::Permanent(format!("{what}: {m}")),
+                    None => StepError::Permanent(format!(
+                        "{what}: not reconciled after {} s ({last_desc})",
+                        timeout.as_secs()
+                    )),
+                })
+            }
+        };
+        let obj = item.map_err(|e| object_watch_error(&what, e))?;
+        let Some(obj) = obj else {
+            return Err(StepError::Permanent(format!(
+                "{what} disappeared while its new values were being reconciled"
+            )));
+        };
+        let v = serde_json::to_value(&obj).unwrap_or(Value::Null);
+        let state = reconcile_state(&v);
+        if !started {
+            if state == ReconcileState::Succeeded {
+                continue;
+            }
+            started = true;
+        }
+        match state {
+            ReconcileState::Succeeded => return Ok(friendly(&v)),
+            ReconcileState::Failed(m) => {
+                progress.report(
+                    ctx,
+                    format!("{label}: reconcile failed, kapp-controller retries: {m}"),
+                );
+                last_failure = Some(m);
+            }
+            ReconcileState::Pending(d) => {
+                progress.report(ctx, format!("{label}: {d}"));
+                last_desc = d;
+            }
+        }
+    }
+}
+
+/// What `packages.update` did to one package.
+enum Change {
+    Installed,
+    Updated { from: String, values: bool },
+    Unchanged,
+}
+
+/// Whether the values Secret `name` in `namespace` holds exactly `values_yaml` under
+/// `values.yaml` (`None`: no such Secret).
+async fn values_secret_matches(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    values_yaml: &str,
+) -> Result<Option<bool>, StepError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let what = format!("Secret/{namespace}/{name}");
+    let secret = api.get_opt(name).await.map_err(|e| classify(&what, &e))?;
+    Ok(secret.map(|s| {
+        let current = s
+            .data
+            .as_ref()
+            .and_then(|d| d.get("values.yaml"))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                s.string_data
+                    .as_ref()
+                    .and_then(|d| d.get("values.yaml"))
+                    .map(|t| t.clone().into_bytes())
+            });
+        current.as_deref() == Some(values_yaml.as_bytes())
+    }))
+}
+
+/// Installs or updates one package of `packages.update`: applies its objects and waits until
+/// kapp-controller has reconciled what was applied. A values-only change (same generation) is
+/// waited for through a private watch of the PackageInstall opened before the Secret changes.
+#[allow(clippy::too_many_arguments)]
+async fn update_package(
+    provider: &KubeProvider,
+    ctx: &StepContext,
+    target: &WorkloadTarget,
+    client: &kube::Client,
+    pkgis: &Arc<SharedWatch>,
+    pkg: &PackageSpec,
+    report_deadline: Option<Instant>,
+) -> Result<(Change, String), StepError> {
+    let what = pkgi_what(pkg);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &pkg.namespace, &package_install_resource());
+    let existing = api
+        .get_opt(&pkg.name)
+        .await
+        .map_err(|e| classify(&what, &e))?
+        .map(|o| serde_json::to_value(&o).unwrap_or(Value::Null));
+    let values_changed = match &existing {
+        Some(_) if !pkg.values_yaml.trim().is_empty() => {
+            let secret = values_secret_name(&pkg.name, &pkg.namespace);
+            values_secret_matches(client, &pkg.namespace, &secret, &pkg.values_yaml).await?
+                != Some(true)
+        }
+        _ => false,
+    };
+    // Opened (and its initial state received) before the Secret changes, so kapp-controller's
+    // reconcile of the new values cannot be missed.
+    let mut values_watch: Option<ObjectStream> = None;
+    if values_changed {
+        let mut stream: ObjectStream =
+            Box::pin(kube::runtime::watcher::watch_object(api.clone(), &pkg.name));
+        match stream.next().await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(object_watch_error(&what, e)),
+            None => {
+                return Err(StepError::Transient(format!(
+                    "watch of {what} ended unexpectedly"
+                )))
+            }
+        }
+        values_watch = Some(stream);
+    }
+    let old_generation = existing
+        .as_ref()
+        .and_then(|e| e.pointer("/metadata/generation"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let label = format!("{} {} ({})", pkg.name, pkg.version, pkg.namespace);
+    let generation = apply_package(client, pkg).await?;
+    let change = match &existing {
+        None => Change::Installed,
+        Some(e) if generation != old_generation || values_changed => Change::Updated {
+            from: wanted_version(e),
+            values: values_changed,
+        },
+        Some(_) => Change::Unchanged,
+    };
+    let desc = match values_watch {
+        Some(stream) if generation == old_generation => {
+            wait_values_reconcile(provider, ctx, pkg, &label, stream, report_deadline).await?
+        }
+        _ => {
+            wait_package(
+                provider,
+                ctx,
+                target,
+                pkgis,
+                pkg,
+                &label,
+                generation,
+                report_deadline,
+            )
+            .await?
+        }
+    };
+    Ok((change, desc))
+}
+
+/// Deletes `name` of `resource` unless absent; `Ok(true)` when it existed. With `owner`, only
+/// an object whose [`TANZU_PACKAGE_ANNOTATION`] is `owner` is deleted (tkgops created it).
+async fn delete_owned(
+    client: &kube::Client,
+    resource: &ApiResource,
+    namespace: Option<&str>,
+    name: &str,
+    owner: Option<&str>,
+) -> Result<bool, StepError> {
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        None => Api::all_with(client.clone(), resource),
+    };
+    let what = match namespace {
+        Some(ns) => format!("{}/{ns}/{name}", resource.kind),
+        None => format!("{}/{name}", resource.kind),
+    };
+    if let Some(owner) = owner {
+        let Some(obj) = api.get_opt(name).await.map_err(|e| classify(&what, &e))? else {
+            return Ok(false);
+        };
+        let ann = obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TANZU_PACKAGE_ANNOTATION));
+        if ann.map(String::as_str) != Some(owner) {
+            return Ok(false);
+        }
+    }
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(classify(&what, &e)),
+    }
+}
+
+/// Removes one package the way `tanzu package installed delete` does: deletes the
+/// PackageInstall, waits (private watch, `kube::runtime::watcher::watch_object`) until
+/// kapp-controller has uninstalled it and dropped its finalizer, then deletes its values
+/// Secret and the ServiceAccount, ClusterRole and ClusterRoleBinding tkgops created for it
+/// (only those carrying its [`TANZU_PACKAGE_ANNOTATION`]). Returns whether the PackageInstall
+/// existed. `DeleteFailed` is tolerated (kapp-controller retries) until
+/// [`super::WaitOptions::package_timeout`] or `report_deadline`.
+///
+/// Errors: [`StepError::Permanent`] `PackageInstall <ns>/<name>: delete failed: <message>` for
+/// a deletion still failing at its deadline, or "not deleted after"; requests are classified.
+async fn remove_package(
+    provider: &KubeProvider,
+    ctx: &StepContext,
+    client: &kube::Client,
+    pkg: &PackageSpec,
+    report_deadline: Option<Instant>,
+) -> Result<bool, StepError> {
+    let what = pkgi_what(pkg);
+    let timeout = provider.wait_options().package_timeout;
+    let res = package_install_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &pkg.namespace, &res);
+    let existed = match api.delete(&pkg.name, &DeleteParams::default()).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(s)) if s.code == 404 => false,
+        Err(e) => return Err(classify(&what, &e)),
+    };
+    if existed {
+        ctx.progress
+            .report(&format!("{}: deleting PackageInstall", pkg.name));
+        let until = Instant::now() + timeout;
+        let mut stream: ObjectStream =
+            Box::pin(kube::runtime::watcher::watch_object(api.clone(), &pkg.name));
+        let mut progress = ProgressDedup::new();
+        let mut last_failure: Option<String> = None;
+        let mut last_desc = String::from("waiting for kapp-controller");
+        loop {
+            let mut deadline = until;
+            if last_failure.is_some() {
+                if let Some(d) = report_deadline {
+                    deadline = deadline.min(d);
+                }
+            }
+            let item = match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => {
+                    return Err(StepError::Transient(format!(
+                        "watch of {what} ended unexpectedly"
+                    )))
+                }
+                Err(_) => {
+                    return Err(match last_failure {
+                        Some(m) => StepError::Permanent(format!("{what}: delete failed: {m}")),
+                        None => StepError::Permanent(format!(
+                            "{what}: not deleted after {} s ({last_desc})",
+                            timeout.as_secs()
+                        )),
+                    })
+                }
+            };
+            let Some(obj) = item.map_err(|e| object_watch_error(&what, e))? else {
+                break;
+            };
+            let v = serde_json::to_value(&obj).unwrap_or(Value::Null);
+            let failed = condition(&v, "DeleteFailed")
+                .and_then(|c| c.get("status"))
+                .and_then(Value::as_str)
+                == Some("True");
+            if failed {
+                let m = v
+                    .pointer("/status/usefulErrorMessage")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.trim().is_empty())
+                    .unwrap_or("delete failed")
+                    .trim()
+                    .to_string();
+                progress.report(
+                    ctx,
+                    format!("{}: delete failed, kapp-controller retries: {m}", pkg.name),
+                );
+                last_failure = Some(m);
+            } else {
+                let d = friendly_or(&v, "waiting for kapp-controller to uninstall it");
+                progress.report(ctx, format!("{}: {d}", pkg.name));
+                last_desc = d;
+            }
+        }
+    }
+    let owner = format!("{}-{}", pkg.name, pkg.namespace);
+    let ns = Some(pkg.namespace.as_str());
+    delete_owned(
+        client,
+        &custom_resource("", "v1", "Secret", "secrets"),
+        ns,
+        &values_secret_name(&pkg.name, &pkg.namespace),
+        None,
+    )
+    .await?;
+    for (res, namespace, name) in [
+        (
+            custom_resource("", "v1", "ServiceAccount", "serviceaccounts"),
+            ns,
+            format!("{owner}-sa"),
+        ),
+        (
+            custom_resource(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "ClusterRoleBinding",
+                "clusterrolebindings",
+            ),
+            None,
+            format!("{owner}-cluster-rolebinding"),
+        ),
+        (
+            custom_resource(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "ClusterRole",
+                "clusterroles",
+            ),
+            None,
+            format!("{owner}-cluster-role"),
+        ),
+    ] {
+        delete_owned(client, &res, namespace, &name, Some(&owner)).await?;
+    }
+    Ok(existed)
+}
+
+fn friendly_or(v: &Value, default: &str) -> String {
+    v.pointer("/status/friendlyDescription")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(default)
+        .to_string()
+}
+
+/// Runs `packages.update`: waits for the PackageRepository like [`rollout`], installs or
+/// updates each package of `packages` in order (values Secret and PackageInstall server-side
+/// applied, waited for until `ReconcileSucceeded` for what was applied; an unchanged package is
+/// a no-op apply), then removes each package of `remove` in the given order (dependents first):
+/// the PackageInstall is deleted and waited for until kapp-controller has uninstalled it and
+/// released its finalizer, then its values Secret and the ServiceAccount and RBAC objects tkgops
+/// created for it are deleted. A package already gone counts as removed, so the step is
+/// idempotent (tanzu-apis §4.2, §4.3).
+///
+/// Progress: one line per package (`contour 1.20.2 → 1.21.0 reconciled`, `removed harbor`).
+/// Output: `{"installed":[{"name","namespace","version"}], "updated":[{"name","namespace",
+/// "from","to","valuesChanged"}], "unchanged":[{"name","namespace","version"}],
+/// "removed":[{"name","namespace","status":"removed"|"already absent"}]}`.
+///
+/// Errors: as [`rollout`]; and [`StepError::Permanent`]
+/// `PackageInstall <ns>/<name>: delete failed: <usefulErrorMessage>` when kapp-controller's
+/// `DeleteFailed` persists until [`super::WaitOptions::package_timeout`] (or shortly before the
+/// step deadline), or "not deleted after" when the finalizer is never released.
+pub async fn update(
+    provider: &KubeProvider,
+    ctx: &StepContext,
+    inputs: &PackagesUpdateInputs,
+) -> Result<Value, StepError> {
+    validate(
+        "packages.update",
+        &inputs.repository,
+        &inputs.packages,
+        &inputs.remove,
+    )?;
+    let start = Instant::now();
+    let report_deadline = provider
+        .wait_options()
+        .report_deadline(start, ctx.step.timeout_secs);
+    let client = provider.workload_client(&inputs.target).await?;
+    wait_repository(
+        provider,
+        ctx,
+        &inputs.target,
+        &inputs.repository,
+        start,
+        report_deadline,
+    )
+    .await?;
+    let pkgis = provider
+        .workload_watch(&inputs.target, &package_install_resource())
+        .await?;
+    let (mut installed, mut updated, mut unchanged, mut removed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for pkg in &inputs.packages {
+        let (change, desc) = update_package(
+            provider,
+            ctx,
+            &inputs.target,
+            &client,
+            &pkgis,
+            pkg,
+            report_deadline,
+        )
+        .await?;
+        let (name, ns, version) = (&pkg.name, &pkg.namespace, &pkg.version);
+        match change {
+            Change::Installed => {
+                ctx.progress.report(&format!(
+                    "{name} {version} installed, {}",
+                    desc.to_lowercase()
+                ));
+                installed.push(json!({"name": name, "namespace": ns, "version": version}));
+            }
+            Change::Updated { from, values } => {
+                let line = if from == *version {
+                    format!("{name} {version} values updated, reconciled")
+                } else {
+                    format!("{name} {from} → {version} reconciled")
+                };
+                ctx.progress.report(&line);
+                updated.push(json!({"name": name, "namespace": ns, "from": from, "to": version, "valuesChanged": values}));
+            }
+            Change::Unchanged => {
+                ctx.progress.report(&format!(
+                    "{name} {version} unchanged, {}",
+                    desc.to_lowercase()
+                ));
+                unchanged.push(json!({"name": name, "namespace": ns, "version": version}));
+            }
+        }
+        tracing::info!(step = %ctx.step.id, package = %pkg.name, namespace = %pkg.namespace, "package reconciled");
+    }
+    for pkg in &inputs.remove {
+        let existed = remove_package(provider, ctx, &client, pkg, report_deadline).await?;
+        let status = if existed {
+            ctx.progress.report(&format!("removed {}", pkg.name));
+            "removed"
+        } else {
+            ctx.progress.report(&format!("{} already absent", pkg.name));
+            "already absent"
+        };
+        tracing::info!(step = %ctx.step.id, package = %pkg.name, namespace = %pkg.namespace, status, "package removed");
+        removed.push(json!({"name": pkg.name, "namespace": pkg.namespace, "status": status}));
+    }
+    Ok(json!({
+        "installed": installed,
+        "updated": updated,
+        "unchanged": unchanged,
+        "removed": removed,
+    }))
 }
 
 #[cfg(test)]

@@ -586,6 +586,9 @@ pub async fn verify_packages(
         .await?;
     let mut rxs = vec![watch.subscribe()];
     let mut progress = ProgressDedup::new();
+    // kapp-controller alternates ReconcileFailed and Reconciling while it retries: a retry in
+    // progress still counts as failing, with the last message.
+    let mut last_failures: std::collections::BTreeMap<String, String> = Default::default();
     loop {
         for r in rxs.iter_mut() {
             r.borrow_and_update();
@@ -609,14 +612,21 @@ pub async fn verify_packages(
             let id = format!("{}/{}", str_at(p, "/metadata/namespace"), name_of(p));
             match reconcile_state(p) {
                 ReconcileState::Succeeded => {
+                    last_failures.remove(&id);
                     let version = match str_at(p, "/status/version") {
                         "" => str_at(p, "/spec/packageRef/versionSelection/constraints"),
                         v => v,
                     };
                     ok.insert(id, json!(version));
                 }
-                ReconcileState::Failed(m) => failed.push(format!("PackageInstall {id}: {m}")),
-                ReconcileState::Pending(d) => pending.push(format!("{id} ({d})")),
+                ReconcileState::Failed(m) => {
+                    failed.push(format!("PackageInstall {id}: {m}"));
+                    last_failures.insert(id, m);
+                }
+                ReconcileState::Pending(d) => match last_failures.get(&id) {
+                    Some(m) => failed.push(format!("PackageInstall {id}: {m}")),
+                    None => pending.push(format!("{id} ({d})")),
+                },
             }
         }
         if failed.is_empty() && pending.is_empty() {

@@ -4,6 +4,9 @@
 //! reconcile starts, `usefulErrorMessage` holding the failure detail.
 //!
 //! PackageInstall, one step per tick:
+//! 0. A PackageInstall without kapp-controller's delete finalizer
+//!    ([`PACKAGE_INSTALL_FINALIZER`], KC `pkg/packageinstall/finalizers.go`) gets it first, so a
+//!    DELETE only marks it (`deletionTimestamp`) while kapp-controller uninstalls the package;
 //! 1. `metadata.generation != status.observedGeneration` → `Reconciling` (also right away on the
 //!    change event);
 //! 2. `Reconciling` → `ReconcileFailed` or `ReconcileSucceeded`. Checks, in kapp-controller's order:
@@ -12,6 +15,16 @@
 //!    `spec.values[].secretRef` Secret.
 //! 3. A `ReconcileFailed` PackageInstall is retried (back to `Reconciling`) once the outcome would
 //!    differ, e.g. after the missing ServiceAccount appears, like kapp-controller's periodic retries.
+//! 4. A change to a Secret that `spec.values[].secretRef` names starts a new reconcile of the
+//!    (already reconciled) PackageInstall, `observedGeneration` unchanged (kapp-controller watches
+//!    the values Secrets of its Apps).
+//!
+//! Deletion (`deletionTimestamp` set, finalizer present), one step per tick: the single condition
+//! becomes `Deleting` (`friendlyDescription "Deleting"`, KC `SetDeleting`); on the next tick the
+//! package's resources are uninstalled (the emulator models none beyond the PackageInstall) and
+//! the finalizer is dropped, so the API server removes the object. An injected delete failure
+//! instead sets `DeleteFailed` with `usefulErrorMessage` (KC `SetDeleteCompleted(err)`), retried
+//! (back to `Deleting`) on the following tick.
 //!
 //! Test knob, injected reconcile failures: ConfigMap [`KAPP_FAULTS_CONFIGMAP`] in namespace
 //! [`KAPP_FAULTS_NAMESPACE`] of the workload cluster, one data key per PackageInstall,
@@ -20,6 +33,10 @@
 //! `ReconcileFailed` with that message, each retried on the next tick (kapp-controller keeps
 //! retrying), before the normal checks run. The count is kept in the controller's memory per
 //! PackageInstall uid and generation (a restarted controller starts over).
+//!
+//! Test knob, injected delete failures: in the same ConfigMap, data key
+//! `delete.<namespace>.<name>` with value `<N>:<usefulErrorMessage>` (`N` a count or `*`): the
+//! first `N` uninstall attempts of the PackageInstall end in `DeleteFailed` with that message.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -36,6 +53,10 @@ use super::Reconciler;
 pub const KAPP_FAULTS_CONFIGMAP: &str = "emulator-kapp-faults";
 /// Namespace of [`KAPP_FAULTS_CONFIGMAP`].
 pub const KAPP_FAULTS_NAMESPACE: &str = "kube-system";
+
+/// kapp-controller's finalizer on every PackageInstall (KC `pkg/packageinstall`
+/// `deleteFinalizerName`): held while the package is uninstalled after a DELETE.
+pub const PACKAGE_INSTALL_FINALIZER: &str = "finalizers.packageinstall.packaging.carvel.dev/delete";
 
 /// kapp-controller for one workload cluster.
 pub(crate) struct KappController {
@@ -147,8 +168,13 @@ impl KappController {
 
     /// The injected fault configured for `pkgi`, if any.
     fn fault_for(&self, pkgi: &Value) -> Option<InjectedFault> {
+        self.fault_at(pkgi, "")
+    }
+
+    /// The injected fault under data key `<prefix><namespace>.<name>`, if any.
+    fn fault_at(&self, pkgi: &Value, prefix: &str) -> Option<InjectedFault> {
         let key = format!(
-            "{}.{}",
+            "{prefix}{}.{}",
             namespace_of(pkgi).unwrap_or(""),
             name_of(pkgi).unwrap_or("")
         );
@@ -179,6 +205,145 @@ impl KappController {
         }
         *served += 1;
         Some(fault.message)
+    }
+
+    /// Whether the next uninstall of `pkgi` must fail with an injected fault (counting it).
+    fn take_injected_delete(&mut self, pkgi: &Value) -> Option<String> {
+        let fault = self.fault_at(pkgi, "delete.")?;
+        let key = format!("{}/delete", uid_of(pkgi));
+        let served = self.injected.entry(key).or_insert(0);
+        if fault.count.is_some_and(|n| *served >= n) {
+            return None;
+        }
+        *served += 1;
+        Some(fault.message)
+    }
+
+    /// Adds [`PACKAGE_INSTALL_FINALIZER`] to `pkgi` when missing; returns the object as stored.
+    fn ensure_finalizer(&self, pkgi: &Value) -> Option<Value> {
+        let mut finalizers: Vec<Value> = pkgi
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if finalizers.iter().any(|f| f == PACKAGE_INSTALL_FINALIZER) {
+            return Some(pkgi.clone());
+        }
+        finalizers.push(json!(PACKAGE_INSTALL_FINALIZER));
+        match self.cluster.patch_merge(
+            &gvr_package_install(),
+            namespace_of(pkgi),
+            name_of(pkgi)?,
+            json!({"metadata": {"finalizers": finalizers}}),
+        ) {
+            Ok(v) => Some(v),
+            Err(err) => {
+                warn!(packageinstall = name_of(pkgi).unwrap_or(""), error = %err, "could not add the delete finalizer");
+                None
+            }
+        }
+    }
+
+    /// One deletion step of a PackageInstall marked for deletion (see the module docs).
+    fn reconcile_deletion(&mut self, pkgi: &Value) {
+        let gvr = gvr_package_install();
+        let name = name_of(pkgi).unwrap_or("");
+        let finalizers: Vec<Value> = pkgi
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if !finalizers.iter().any(|f| f == PACKAGE_INSTALL_FINALIZER) {
+            return;
+        }
+        let result = match single_condition(pkgi) {
+            Some("Deleting") => {
+                if let Some(err) = self.take_injected_delete(pkgi) {
+                    let mut st = status_of(pkgi);
+                    st.insert(
+                        "conditions".into(),
+                        json!([{"type": "DeleteFailed", "status": "True", "message": "Error (see .status.usefulErrorMessage for details)"}]),
+                    );
+                    st.insert(
+                        "friendlyDescription".into(),
+                        json!(format!("Delete failed: {err}")),
+                    );
+                    st.insert("usefulErrorMessage".into(), json!(err));
+                    write_status(&self.cluster, &gvr, pkgi, st).map(|_| ())
+                } else {
+                    // Uninstalled (no app resources are modelled): release the object.
+                    let rest: Vec<Value> = finalizers
+                        .into_iter()
+                        .filter(|f| f != PACKAGE_INSTALL_FINALIZER)
+                        .collect();
+                    let value = if rest.is_empty() {
+                        Value::Null
+                    } else {
+                        Value::Array(rest)
+                    };
+                    self.cluster
+                        .patch_merge(
+                            &gvr,
+                            namespace_of(pkgi),
+                            name,
+                            json!({"metadata": {"finalizers": value}}),
+                        )
+                        .map(|_| ())
+                }
+            }
+            // SetDeleting, also the retry after DeleteFailed.
+            _ => {
+                let mut st = status_of(pkgi);
+                st.insert(
+                    "conditions".into(),
+                    json!([{"type": "Deleting", "status": "True"}]),
+                );
+                st.insert("observedGeneration".into(), json!(generation_of(pkgi)));
+                st.insert("friendlyDescription".into(), json!("Deleting"));
+                st.remove("usefulErrorMessage");
+                write_status(&self.cluster, &gvr, pkgi, st).map(|_| ())
+            }
+        };
+        if let Err(err) = result {
+            warn!(packageinstall = name, error = %err, "could not advance the deletion");
+        }
+    }
+
+    /// A values Secret changed: every reconciled PackageInstall in its namespace that names it
+    /// in `spec.values` starts a new reconcile.
+    fn on_secret_change(&self, secret: &Value) {
+        let (Some(ns), Some(secret_name)) = (namespace_of(secret), name_of(secret)) else {
+            return;
+        };
+        for pkgi in self.cluster.list(&gvr_package_install(), Some(ns)) {
+            if pkgi.pointer("/metadata/deletionTimestamp").is_some()
+                || observed_generation_of(&pkgi) != Some(generation_of(&pkgi))
+                || !matches!(
+                    single_condition(&pkgi),
+                    Some("ReconcileSucceeded") | Some("ReconcileFailed")
+                )
+            {
+                continue;
+            }
+            let refers = pkgi
+                .pointer("/spec/values")
+                .and_then(Value::as_array)
+                .is_some_and(|l| {
+                    l.iter().any(|v| {
+                        v.pointer("/secretRef/name").and_then(Value::as_str) == Some(secret_name)
+                    })
+                });
+            if refers {
+                if let Err(err) = write_status(
+                    &self.cluster,
+                    &gvr_package_install(),
+                    &pkgi,
+                    reconciling_status(&pkgi),
+                ) {
+                    warn!(packageinstall = name_of(&pkgi).unwrap_or(""), error = %err, "could not write Reconciling status");
+                }
+            }
+        }
     }
 
     /// Finds the Package a PackageInstall selects. Returns its version or kapp-controller's error text.
@@ -283,6 +448,14 @@ impl KappController {
         if name_of(pkgi).is_none() {
             return;
         }
+        if pkgi.pointer("/metadata/deletionTimestamp").is_some() {
+            self.reconcile_deletion(pkgi);
+            return;
+        }
+        let Some(stored) = self.ensure_finalizer(pkgi) else {
+            return;
+        };
+        let pkgi = &stored;
         let result = if observed_generation_of(pkgi) != Some(generation_of(pkgi))
             || single_condition(pkgi).is_none()
         {
@@ -382,6 +555,10 @@ impl Reconciler for KappController {
         if event.kind == "DELETED" {
             return;
         }
+        if same_gvr(&event.gvr, &gvr_secret()) {
+            self.on_secret_change(&event.object);
+            return;
+        }
         let is_pkgi = same_gvr(&event.gvr, &gvr_package_install());
         let is_repo = same_gvr(&event.gvr, &gvr_package_repository());
         if !is_pkgi && !is_repo {
@@ -396,6 +573,10 @@ impl Reconciler for KappController {
         else {
             return;
         };
+        // Deletion advances on ticks only (`Deleting` shows for a tick).
+        if current.pointer("/metadata/deletionTimestamp").is_some() {
+            return;
+        }
         // Only the entry transition (start of a reconcile) reacts to events; completion waits a tick.
         if observed_generation_of(&current) == Some(generation_of(&current))
             && single_condition(&current).is_some()
