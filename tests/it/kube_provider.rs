@@ -1607,9 +1607,9 @@ async fn packages_update_removes_dependents_first_after_the_finalizer() {
     // The event order on the cluster: harbor marked, Deleting, gone, then its Secret; only then
     // contour.
     let seen = drain(&mut events);
-    let at = |pred: &dyn Fn(&(String, String, String, String, bool)) -> bool| {
+    let at = |pred: &dyn Fn(&SeenEvent) -> bool| {
         seen.iter()
-            .position(|e| pred(e))
+            .position(pred)
             .unwrap_or_else(|| panic!("{seen:?}"))
     };
     let harbor_key = format!("{registry}/harbor");
@@ -1698,6 +1698,9 @@ async fn a_persistent_delete_failure_is_a_clear_error() {
         .get(&pkgi_gvr(), Some("cert-manager"), "cert-manager")
         .is_none());
 }
+
+/// One observed change: (kind, namespace, name, event type, deleting).
+type SeenEvent = (String, String, String, String, bool);
 
 fn verify_inputs(name: &str) -> Value {
     json!({"managementCluster": MC, "namespace": "default", "clusterName": name})
