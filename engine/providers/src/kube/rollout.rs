@@ -585,6 +585,33 @@ pub async fn verify_packages(
         .workload_watch(target, &package_install_resource())
         .await?;
     let mut rxs = vec![watch.subscribe()];
+    let wl = provider.workload(target).await?;
+    let listed: Vec<(String, i64)> =
+        Api::<DynamicObject>::all_with(wl.client.clone(), &package_install_resource())
+            .list(&Default::default())
+            .await
+            .map_err(|e| {
+                classify(
+                    &format!(
+                        "PackageInstalls of workload cluster '{}'",
+                        target.cluster_name
+                    ),
+                    &e,
+                )
+            })?
+            .items
+            .into_iter()
+            .map(|o| {
+                (
+                    format!(
+                        "{}/{}",
+                        o.metadata.namespace.clone().unwrap_or_default(),
+                        o.metadata.name.clone().unwrap_or_default()
+                    ),
+                    o.metadata.generation.unwrap_or(0),
+                )
+            })
+            .collect();
     let mut progress = ProgressDedup::new();
     // kapp-controller alternates ReconcileFailed and Reconciling while it retries: a retry in
     // progress still counts as failing, with the last message.
@@ -600,13 +627,23 @@ pub async fn verify_packages(
             changed_or(&mut rxs, Some(until)).await;
             continue;
         }
-        let mut all: Vec<Value> = watch.all().iter().map(|o| to_value(o)).collect();
-        all.sort_by(|a, b| {
-            (str_at(a, "/metadata/namespace"), name_of(a))
-                .cmp(&(str_at(b, "/metadata/namespace"), name_of(b)))
-        });
+        // The store may lag behind a change made just before the step: judge every
+        // PackageInstall at (at least) the generation one LIST saw.
+        let mut all: Vec<Value> = Vec::new();
+        let mut behind = Vec::new();
+        for (id, generation) in &listed {
+            let (ns, name) = id.split_once('/').unwrap_or(("", id));
+            match watch.get(ns, name) {
+                // Deleted meanwhile: no longer part of the cluster.
+                None => {}
+                Some(o) if o.metadata.generation.unwrap_or(0) < *generation => {
+                    behind.push(format!("{id} (waiting for generation {generation})"))
+                }
+                Some(o) => all.push(to_value(&o)),
+            }
+        }
         let mut ok = serde_json::Map::new();
-        let mut pending = Vec::new();
+        let mut pending = behind;
         let mut failed = Vec::new();
         for p in &all {
             let id = format!("{}/{}", str_at(p, "/metadata/namespace"), name_of(p));
@@ -638,7 +675,7 @@ pub async fn verify_packages(
             format!(
                 "{}/{} PackageInstalls reconciled{}{}",
                 ok.len(),
-                all.len(),
+                listed.len(),
                 if pending.is_empty() {
                     String::new()
                 } else {

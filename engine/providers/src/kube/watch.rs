@@ -139,11 +139,6 @@ impl SharedWatch {
             .get(&ObjectRef::new_with(name, self.resource.clone()).within(namespace))
     }
 
-    /// Every object of the store (all namespaces).
-    pub(crate) fn all(&self) -> Vec<Arc<DynamicObject>> {
-        self.store.state()
-    }
-
     /// Objects in `namespace` whose label `key` is `value`.
     pub(crate) fn labelled(
         &self,
