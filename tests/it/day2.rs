@@ -358,20 +358,7 @@ async fn an_upgrade_runs_phase_by_phase_and_resumes_after_a_kill() {
         .into_iter()
         .map(|(p, c)| (p, c.replace(NEW_TKR, OLD_TKR)))
         .collect();
-    let pr = env
-        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
-        .unwrap();
-    let head = head_of(&env, "add-team-a-prod");
-    env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
-        .await
-        .unwrap();
-    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
-    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
-    let apply = env
-        .wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
-        .await
-        .unwrap();
-    assert_eq!(apply, "success", "{}", env.conversation(pr));
+    create_through_a_pull_request(&env, &files).await;
     assert_eq!(kcp_version(&env).as_deref(), Some("v1.24.11+vmware.1"));
 
     // The upgrade pull request.
@@ -478,20 +465,7 @@ async fn a_delete_needs_the_label_and_two_approvals_then_detaches_deletes_and_un
         crate::e2e::InProcessBot::start(&env, &timings, Some(tkgops_sandbox::TMC_TOKEN)).await;
 
     let (_, files) = request_files(None, &env.vpc);
-    let pr = env
-        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
-        .unwrap();
-    let head = head_of(&env, "add-team-a-prod");
-    env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
-        .await
-        .unwrap();
-    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
-    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
-    let apply = env
-        .wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
-        .await
-        .unwrap();
-    assert_eq!(apply, "success", "{}", env.conversation(pr));
+    create_through_a_pull_request(&env, &files).await;
     assert!(
         tagged_subnets(&env).await > 0,
         "the preflight tagged the subnets"
@@ -594,4 +568,26 @@ async fn tagged_subnets(env: &tkgops_sandbox::Environment) -> usize {
                 .any(|t| t.key() == Some("kubernetes.io/cluster/team-a-prod"))
         })
         .count()
+}
+
+/// Opens the pull request adding `files`, waits for its plan, approves and merges it, and
+/// waits until the run succeeded (the cluster exists).
+async fn create_through_a_pull_request(
+    env: &tkgops_sandbox::Environment,
+    files: &[(String, String)],
+) {
+    let pr = env
+        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", files)
+        .unwrap();
+    let head = head_of(env, "add-team-a-prod");
+    env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    let apply = env
+        .wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
+        .await
+        .unwrap();
+    assert_eq!(apply, "success", "{}", env.conversation(pr));
 }
