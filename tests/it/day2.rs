@@ -1,32 +1,22 @@
 //! Day 2: upgrade, resize and delete plans (refusals, machine impact, estimates), and an
 //! upgrade through the bot on the emulated management cluster with a restart between phases.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
-
 use tkgops_domain::files::MemoryTree;
+
 use tkgops_domain::workflow::markdown::render_plan;
 use tkgops_domain::workflow::{plan, Catalog, IntentKind, PlanInput, PlanStatus, RolloutHistory};
 use tkgops_emulators::kube::Gvr;
 use tkgops_engine::store::{RunState, SledStore, Store};
 use tkgops_sandbox::{request_files, Timings, APPROVER, MANAGEMENT_CLUSTER};
 
-use crate::e2e::{bot_comments, head_of, start_env};
-use crate::support::{assert_golden, example_repo_config, example_request};
+use crate::e2e::{bot_comments, head_of, spawn_serve, start_env};
+use crate::support::{assert_golden, example_repo_config, example_request, tree};
 
 const OLD_TKR: &str = "v1.24.11+vmware.1-tkg.1";
 const NEW_TKR: &str = "v1.25.7+vmware.2-tkg.1";
 const CFG: &str = "clusters/team-a-prod/cluster-config.yaml";
 const SETTINGS: &str = "clusters/team-a-prod/tkgops.yaml";
-
-fn tree(files: &[(&str, &str)]) -> MemoryTree {
-    MemoryTree(
-        files
-            .iter()
-            .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
-            .collect::<BTreeMap<_, _>>(),
-    )
-}
 
 fn plan_with(
     base: &MemoryTree,
@@ -337,20 +327,7 @@ fn kcp_version(env: &tkgops_sandbox::Environment) -> Option<String> {
 async fn an_upgrade_runs_phase_by_phase_and_resumes_after_a_kill() {
     let timings = Timings::default();
     let env = start_env(&timings).await;
-    let cfg = env.bot_config(&timings);
-    let cfg_path = env.workdir.join("bot.yaml");
-    std::fs::write(&cfg_path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
-    let spawn_bot = || {
-        let mut cmd = tokio::process::Command::new(crate::support::tkgops_bin());
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&cfg_path)
-            .envs(env.bot_env())
-            .kill_on_drop(true);
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        cmd.spawn().expect("spawning tkgops serve")
-    };
+    let spawn_bot = || spawn_serve(&env, &timings);
     let mut bot = spawn_bot();
 
     let (_, files) = request_files(None, &env.vpc);

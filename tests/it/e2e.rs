@@ -73,6 +73,26 @@ impl InProcessBot {
     }
 }
 
+/// Starts the real `tkgops serve` binary against `env` (its config written to the environment's
+/// work directory), killed when the returned child is dropped.
+pub(crate) fn spawn_serve(env: &Environment, timings: &Timings) -> tokio::process::Child {
+    let cfg_path = env.workdir.join("bot.yaml");
+    std::fs::write(
+        &cfg_path,
+        serde_yaml::to_string(&env.bot_config(timings)).unwrap(),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(crate::support::tkgops_bin());
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&cfg_path)
+        .envs(env.bot_env())
+        .kill_on_drop(true);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd.spawn().expect("spawning tkgops serve")
+}
+
 pub(crate) fn head_of(env: &Environment, branch: &str) -> String {
     let repo = git2::Repository::open_bare(&env.remote).unwrap();
     let id = repo
@@ -301,20 +321,7 @@ async fn merge_without_approval_executes_nothing() {
 async fn killed_bot_resumes_without_repeating_side_effects() {
     let timings = Timings::default();
     let env = start_env(&timings).await;
-    let cfg = env.bot_config(&timings);
-    let cfg_path = env.workdir.join("bot.yaml");
-    std::fs::write(&cfg_path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
-    let spawn_bot = || {
-        let mut cmd = tokio::process::Command::new(crate::support::tkgops_bin());
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&cfg_path)
-            .envs(env.bot_env())
-            .kill_on_drop(true);
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        cmd.spawn().expect("spawning tkgops serve")
-    };
+    let spawn_bot = || spawn_serve(&env, &timings);
     // Hold the CSP token exchange (the first TMC call of the attach step) long enough to kill the bot.
     env.tmc.faults().inject(Fault::new(
         Some(Method::POST),

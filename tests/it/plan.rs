@@ -1,21 +1,10 @@
 //! Integration tests: plans (intents, rendered steps) and golden plan comments.
 
-use std::collections::BTreeMap;
-
 use tkgops_domain::files::MemoryTree;
 use tkgops_domain::workflow::markdown::render_plan;
 use tkgops_domain::workflow::{plan, Catalog, IntentKind, PlanInput, PlanStatus};
 
-use crate::support::{assert_golden, example_repo_config, example_request};
-
-fn tree(files: &[(&str, &str)]) -> MemoryTree {
-    MemoryTree(
-        files
-            .iter()
-            .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
-            .collect::<BTreeMap<_, _>>(),
-    )
-}
+use crate::support::{assert_golden, example_repo_config, example_request, tree};
 
 fn run_plan(
     base: &MemoryTree,

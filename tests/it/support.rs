@@ -115,3 +115,13 @@ pub fn step_inputs(kind: &str, inputs: serde_json::Value) -> tkgops_engine::Step
     serde_json::from_value(serde_json::json!({ "kind": kind, "inputs": inputs }))
         .unwrap_or_else(|e| panic!("inputs of {kind}: {e}"))
 }
+
+/// An in-memory commit holding `files` (`(path, contents)`), for the planner.
+pub fn tree(files: &[(&str, &str)]) -> tkgops_domain::files::MemoryTree {
+    tkgops_domain::files::MemoryTree(
+        files
+            .iter()
+            .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+            .collect(),
+    )
+}
