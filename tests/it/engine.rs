@@ -340,6 +340,7 @@ async fn engine_store_indexes_meta_and_truncation() {
         finished_at: None,
         steps: vec![tkgops_engine::store::StepRecord::pending(spec("a"))],
         error: None,
+        note: None,
     };
     store
         .put_run(&mk("r3", 30, Some(1), RunState::Queued))
@@ -1124,4 +1125,240 @@ async fn engine_long_errors_are_truncated_and_empty_plans_succeed() {
             .await,
         Err(EngineError::InvalidRequest(_))
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cancel, retry and the start gate (issue 8 items 7 and 8)
+
+#[tokio::test]
+async fn engine_cancel_removes_a_queued_run_and_stops_a_running_one_at_its_next_step() {
+    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+    let ex = Scripted::new();
+    ex.script("a/s1", vec![Act::Gate("a")]);
+    let engine = engine_with(store.clone(), ex.clone(), Arc::new(NoopObserver));
+    let mut started = ex.notify_started();
+    engine
+        .submit(request("a", "c1", vec![spec("s1"), spec("s2")]))
+        .await
+        .unwrap();
+    wait_for_call(&mut started, "s1").await;
+    engine
+        .submit(request("b", "c1", vec![spec("s1")]))
+        .await
+        .unwrap();
+
+    // Queued: cancelled at once, nothing ran, its waiter sees the end.
+    let waiter = {
+        let e = engine.clone();
+        tokio::spawn(async move { e.wait("b").await })
+    };
+    assert_eq!(
+        engine.cancel("b", "cancelled by @alice").await.unwrap(),
+        tkgops_engine::CancelOutcome::Cancelled
+    );
+    let b = waiter.await.unwrap().unwrap();
+    assert_eq!(b.state, RunState::Cancelled);
+    assert_eq!(b.error.as_deref(), Some("cancelled by @alice"));
+    assert_eq!(states(&b), [StepState::Cancelled]);
+    assert_eq!(engine.queue_position("b"), None);
+
+    // Running: the step in progress finishes, the next one never starts.
+    assert_eq!(
+        engine.cancel("a", "cancelled by @alice").await.unwrap(),
+        tkgops_engine::CancelOutcome::AtNextStep
+    );
+    assert!(store.get_meta("cancel/a").await.unwrap().is_some());
+    ex.gate("a").notify_one();
+    let a = engine.wait("a").await.unwrap();
+    assert_eq!(a.state, RunState::Cancelled);
+    assert_eq!(states(&a), [StepState::Succeeded, StepState::Cancelled]);
+    assert_eq!(ex.calls_for("a"), [("s1".to_string(), 1)]);
+    assert!(ex.calls_for("b").is_empty());
+    assert!(
+        store.get_meta("cancel/a").await.unwrap().is_none(),
+        "the request is removed once honoured"
+    );
+    assert_eq!(
+        engine.cancel("a", "again").await.unwrap(),
+        tkgops_engine::CancelOutcome::AlreadyFinished(RunState::Cancelled)
+    );
+    assert!(matches!(
+        engine.cancel("nope", "x").await,
+        Err(EngineError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn engine_cancel_requested_before_a_restart_is_honoured_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_store(dir.path());
+        let ex = Scripted::new();
+        ex.script("s1", vec![Act::Hang]);
+        let mut started = ex.notify_started();
+        let engine = engine_with(store, ex.clone(), Arc::new(NoopObserver));
+        engine
+            .submit(request("r", "c", vec![spec("s1"), spec("s2")]))
+            .await
+            .unwrap();
+        wait_for_call(&mut started, "s1").await;
+        assert_eq!(
+            engine.cancel("r", "cancelled by @bob").await.unwrap(),
+            tkgops_engine::CancelOutcome::AtNextStep
+        );
+        engine.shutdown(Duration::ZERO).await;
+    }
+    let store = open_store(dir.path());
+    let ex = Scripted::new();
+    let engine = engine_with(store.clone(), ex.clone(), Arc::new(NoopObserver));
+    engine.resume_all().await.unwrap();
+    let run = engine.wait("r").await.unwrap();
+    // The interrupted step resumes and finishes (never cut in the middle); s2 never starts.
+    assert_eq!(run.state, RunState::Cancelled);
+    assert_eq!(states(&run), [StepState::Succeeded, StepState::Cancelled]);
+    assert_eq!(ex.calls_for("r"), [("s1".to_string(), 2)]);
+    assert_eq!(run.error.as_deref(), Some("cancelled by @bob"));
+}
+
+#[tokio::test]
+async fn engine_retry_resumes_a_failed_run_from_its_failed_step_with_a_fresh_budget() {
+    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+    let ex = Scripted::new();
+    // Three attempts fail (the whole budget), the retried attempt succeeds.
+    ex.script(
+        "s2",
+        vec![
+            Act::Transient("throttled"),
+            Act::Transient("throttled"),
+            Act::Permanent("quota exceeded"),
+            Act::Ok,
+        ],
+    );
+    let engine = engine_with(store.clone(), ex.clone(), Arc::new(NoopObserver));
+    engine
+        .submit(request("r", "c", vec![spec("s1"), spec("s2"), spec("s3")]))
+        .await
+        .unwrap();
+    let failed = engine.wait("r").await.unwrap();
+    assert_eq!(failed.state, RunState::Failed);
+    assert!(matches!(
+        engine.retry("nope", "x").await,
+        Err(EngineError::NotFound(_))
+    ));
+
+    let queued = engine.retry("r", "retried by @alice").await.unwrap();
+    assert_eq!(queued.note.as_deref(), Some("retried by @alice"));
+    let run = engine.wait("r").await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(states(&run), [StepState::Succeeded; 3]);
+    // s1 ran once; s2 kept its three failed attempts and made a fourth; s3 ran after it and
+    // saw s1's output from the first drive.
+    let calls = ex.calls_for("r");
+    assert_eq!(
+        calls,
+        [
+            ("s1".to_string(), 1),
+            ("s2".to_string(), 1),
+            ("s2".to_string(), 2),
+            ("s2".to_string(), 3),
+            ("s2".to_string(), 4),
+            ("s3".to_string(), 1),
+        ]
+    );
+    assert_eq!(run.steps[1].attempts.len(), 4);
+    assert_eq!(run.steps[1].budget_used(), 1);
+    let s3 = ex.calls().into_iter().find(|c| c.step == "s3").unwrap();
+    assert_eq!(s3.outputs, ["s1", "s2"]);
+    assert!(matches!(
+        engine.retry("r", "again").await,
+        Err(EngineError::NotRetryable {
+            state: RunState::Succeeded,
+            ..
+        })
+    ));
+}
+
+/// A gate that records what it was asked and answers from a script.
+struct ScriptedGate {
+    asked: Mutex<Vec<(String, String)>>,
+    decision: tkgops_engine::GateDecision,
+}
+
+#[async_trait]
+impl tkgops_engine::StartGate for ScriptedGate {
+    async fn before_start(
+        &self,
+        run: &RunRecord,
+        waited_behind: &str,
+    ) -> tkgops_engine::GateDecision {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((run.id.clone(), waited_behind.to_string()));
+        self.decision.clone()
+    }
+}
+
+#[tokio::test]
+async fn engine_start_gate_replans_only_runs_that_waited_behind_another() {
+    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+    let ex = Scripted::new();
+    ex.script("a/s", vec![Act::Gate("a")]);
+    let engine = engine_with(store.clone(), ex.clone(), Arc::new(NoopObserver));
+    let gate = Arc::new(ScriptedGate {
+        asked: Mutex::default(),
+        decision: tkgops_engine::GateDecision::Replace {
+            workflow: "upgrade-cluster".into(),
+            steps: vec![spec("new1"), spec("new2")],
+            note: "re-planned after run a".into(),
+        },
+    });
+    engine.set_start_gate(gate.clone());
+    let mut started = ex.notify_started();
+    engine
+        .submit(request("a", "c1", vec![spec("s")]))
+        .await
+        .unwrap();
+    wait_for_call(&mut started, "s").await;
+    engine
+        .submit(request("b", "c1", vec![spec("old")]))
+        .await
+        .unwrap();
+    ex.gate("a").notify_one();
+    engine.wait("a").await.unwrap();
+    let b = engine.wait("b").await.unwrap();
+    assert_eq!(b.state, RunState::Succeeded);
+    assert_eq!(b.workflow, "upgrade-cluster");
+    assert_eq!(b.note.as_deref(), Some("re-planned after run a"));
+    assert_eq!(
+        ex.calls_for("b"),
+        [("new1".to_string(), 1), ("new2".to_string(), 1)]
+    );
+    // Only b waited; a found its cluster free.
+    assert_eq!(
+        *gate.asked.lock().unwrap(),
+        [("b".to_string(), "a".to_string())]
+    );
+
+    // A gate that cancels: the run ends Cancelled with its reason, nothing runs.
+    let gate = Arc::new(ScriptedGate {
+        asked: Mutex::default(),
+        decision: tkgops_engine::GateDecision::Cancel("nothing left to do".into()),
+    });
+    engine.set_start_gate(gate);
+    ex.script("c/s", vec![Act::Gate("c")]);
+    engine
+        .submit(request("c", "c2", vec![spec("s")]))
+        .await
+        .unwrap();
+    wait_for_call(&mut started, "s").await;
+    engine
+        .submit(request("d", "c2", vec![spec("s")]))
+        .await
+        .unwrap();
+    ex.gate("c").notify_one();
+    let d = engine.wait("d").await.unwrap();
+    assert_eq!(d.state, RunState::Cancelled);
+    assert_eq!(d.error.as_deref(), Some("nothing left to do"));
+    assert!(ex.calls_for("d").is_empty());
 }

@@ -517,6 +517,7 @@ mod tests {
                 finished_at: Some(now),
                 steps: vec![step],
                 error: None,
+                note: None,
             })
             .await
             .unwrap();

@@ -14,6 +14,12 @@
 //! | Running   | Fail                    | Failed    |
 //! | Pending   | Cancel                  | Cancelled |
 //! | Running   | Cancel                  | Cancelled |
+//! | Failed    | Retry                   | Pending   |
+//! | Cancelled | Retry                   | Pending   |
+//!
+//! `Retry` is a person's `/tkgops retry` of a failed run: its failed step and the steps
+//! cancelled after it start over (succeeded steps keep their output); their earlier attempts
+//! stay in the record but no longer count against the retry budget.
 //!
 //! Run table:
 //!
@@ -25,6 +31,10 @@
 //! | Running | Fail    | Failed    |
 //! | Queued  | Cancel  | Cancelled |
 //! | Running | Cancel  | Cancelled |
+//! | Failed  | Retry   | Queued    |
+//!
+//! A `Running` run is cancelled only at a step boundary (before its next step starts), never
+//! in the middle of a step's side effect.
 
 use crate::store::{RunState, StepState};
 
@@ -44,6 +54,8 @@ pub enum StepEvent {
     Fail,
     /// An earlier step failed or the run was cancelled.
     Cancel,
+    /// The run is retried after it failed: the step runs again from its first attempt budget.
+    Retry,
 }
 
 /// What happened to a run.
@@ -57,8 +69,10 @@ pub enum RunEvent {
     Succeed,
     /// A step failed.
     Fail,
-    /// The run was cancelled.
+    /// The run was cancelled (while queued, or at a step boundary while running).
     Cancel,
+    /// A person asked to retry the failed run from its failed step.
+    Retry,
 }
 
 /// A transition missing from the table.
@@ -87,6 +101,7 @@ pub fn step_transition(from: StepState, event: StepEvent) -> Result<StepState, I
         (S::Running, E::Succeed) => Ok(S::Succeeded),
         (S::Running, E::Fail) => Ok(S::Failed),
         (S::Pending | S::Running, E::Cancel) => Ok(S::Cancelled),
+        (S::Failed | S::Cancelled, E::Retry) => Ok(S::Pending),
         _ => Err(InvalidTransition {
             machine: "step",
             from: format!("{from:?}"),
@@ -108,6 +123,7 @@ pub fn run_transition(from: RunState, event: RunEvent) -> Result<RunState, Inval
         (S::Running, E::Succeed) => Ok(S::Succeeded),
         (S::Running, E::Fail) => Ok(S::Failed),
         (S::Queued | S::Running, E::Cancel) => Ok(S::Cancelled),
+        (S::Failed, E::Retry) => Ok(S::Queued),
         _ => Err(InvalidTransition {
             machine: "run",
             from: format!("{from:?}"),
@@ -127,22 +143,29 @@ mod tests {
         StepState::Failed,
         StepState::Cancelled,
     ];
-    const STEP_EVENTS: [StepEvent; 6] = [
+    const STEP_EVENTS: [StepEvent; 7] = [
         StepEvent::Start,
         StepEvent::AttemptFailedRetrying,
         StepEvent::Resume,
         StepEvent::Succeed,
         StepEvent::Fail,
         StepEvent::Cancel,
+        StepEvent::Retry,
     ];
 
     #[test]
-    fn terminal_step_states_accept_nothing() {
+    fn terminal_step_states_accept_only_a_retry_of_an_unfinished_step() {
         for s in STEP_STATES.iter().filter(|s| s.is_terminal()) {
             for e in STEP_EVENTS {
-                assert!(step_transition(*s, e).is_err(), "{s:?} + {e:?}");
+                let expected_ok =
+                    e == StepEvent::Retry && matches!(s, StepState::Failed | StepState::Cancelled);
+                assert_eq!(step_transition(*s, e).is_ok(), expected_ok, "{s:?} + {e:?}");
             }
         }
+        assert_eq!(
+            step_transition(StepState::Failed, StepEvent::Retry),
+            Ok(StepState::Pending)
+        );
     }
 
     #[test]
@@ -152,7 +175,7 @@ mod tests {
             .flat_map(|s| STEP_EVENTS.iter().map(move |e| (*s, *e)))
             .filter(|(s, e)| step_transition(*s, *e).is_ok())
             .count();
-        assert_eq!(valid, 7);
+        assert_eq!(valid, 9);
         assert!(step_transition(StepState::Pending, StepEvent::Succeed).is_err());
         assert!(step_transition(StepState::Pending, StepEvent::Resume).is_err());
         assert!(step_transition(StepState::Running, StepEvent::Start).is_err());
@@ -167,5 +190,12 @@ mod tests {
         assert!(run_transition(RunState::Queued, RunEvent::Succeed).is_err());
         assert!(run_transition(RunState::Succeeded, RunEvent::Start).is_err());
         assert!(run_transition(RunState::Failed, RunEvent::Resume).is_err());
+        assert_eq!(
+            run_transition(RunState::Failed, RunEvent::Retry),
+            Ok(RunState::Queued)
+        );
+        assert!(run_transition(RunState::Cancelled, RunEvent::Retry).is_err());
+        assert!(run_transition(RunState::Succeeded, RunEvent::Retry).is_err());
+        assert!(run_transition(RunState::Running, RunEvent::Retry).is_err());
     }
 }

@@ -17,7 +17,8 @@ pub mod store;
 
 pub use fsm::{run_transition, step_transition, InvalidTransition, RunEvent, StepEvent};
 pub use runner::{
-    backoff_delay, executable_kinds, Engine, EngineError, NoopObserver, RunObserver, RunRequest,
+    backoff_delay, executable_kinds, CancelOutcome, Engine, EngineError, GateDecision,
+    NoopObserver, RunObserver, RunRequest, StartGate, CANCEL_PREFIX,
 };
 pub use step::{
     ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepInputs, StepKind, StepSpec,

@@ -67,6 +67,57 @@ impl RunObserver for NoopObserver {
     async fn run_changed(&self, _run: &RunRecord, _progress: Option<&str>) {}
 }
 
+/// What a [`StartGate`] decides for a run whose turn came after it waited behind another run
+/// of its cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GateDecision {
+    /// Start the run as submitted.
+    Start,
+    /// Start the run with these steps instead (the steps it had were planned against a cluster
+    /// state that no longer holds). `workflow` replaces the run's workflow name; `note` is
+    /// shown to people watching the run ([`RunRecord::note`]). Persisted before the first step.
+    Replace {
+        /// The workflow the new steps come from.
+        workflow: String,
+        /// The new steps, in order (all `Pending`).
+        steps: Vec<StepSpec>,
+        /// Why, for people.
+        note: String,
+    },
+    /// Do not run it: nothing is left to do, or the change is no longer valid (the reason is
+    /// the run's error). The run ends `Cancelled`.
+    Cancel(String),
+    /// Re-planning failed (e.g. the repository could not be read): the run ends `Failed` with
+    /// this reason on its first step, and can be retried ([`Engine::retry`]).
+    Fail(String),
+}
+
+/// Consulted once before a run that waited behind another run of its cluster starts (also after
+/// a restart), so that it can be re-planned against the cluster's state as the runs ahead of it
+/// left it (issue 8 item 7). Not consulted for a run that found its cluster free.
+#[async_trait]
+pub trait StartGate: Send + Sync {
+    /// The decision for `run` (state `Queued`, as persisted), which was queued behind run
+    /// `waited_behind`. Must not fail: errors are [`GateDecision::Fail`].
+    async fn before_start(&self, run: &RunRecord, waited_behind: &str) -> GateDecision;
+}
+
+/// What [`Engine::cancel`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The run was queued and is now `Cancelled`; none of its steps ran.
+    Cancelled,
+    /// The run is running: it stops before its next step starts (the request is durable, so a
+    /// restart honours it too). A step in progress finishes first.
+    AtNextStep,
+    /// The run had already finished in this state; nothing changed.
+    AlreadyFinished(RunState),
+}
+
+/// Journal key prefix of durable cancellation requests of running runs: `cancel/<run id>` →
+/// the reason (UTF-8). Removed when the run ends.
+pub const CANCEL_PREFIX: &str = "cancel/";
+
 /// Errors of the [`Engine`].
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -85,6 +136,14 @@ pub enum EngineError {
     /// [`Engine::shutdown`] was called; no new work is accepted.
     #[error("engine is shutting down")]
     ShuttingDown,
+    /// [`Engine::retry`] of a run that is not `Failed`.
+    #[error("run {id} is {state:?}: only a failed run can be retried")]
+    NotRetryable {
+        /// The run id.
+        id: String,
+        /// Its state.
+        state: RunState,
+    },
     /// The run stopped in this process without reaching a terminal state (shutdown, or a store
     /// failure while persisting); it resumes on the next [`Engine::resume_all`].
     #[error("run {id} stopped before finishing: {reason}")]
@@ -112,6 +171,10 @@ struct Live {
     cluster: String,
     seq: u64,
     progress: Option<String>,
+    /// The run that was ahead of this one when it was queued (the cluster was busy).
+    waited_behind: Option<String>,
+    /// A cancellation requested while it runs: honoured at the next step boundary.
+    cancel: Option<String>,
 }
 
 /// Per-cluster mutual exclusion and FIFO queue.
@@ -134,6 +197,7 @@ struct Inner {
     store: Arc<dyn Store>,
     executors: HashMap<StepKind, Arc<dyn StepExecutor>>,
     observer: Arc<dyn RunObserver>,
+    gate: Mutex<Option<Arc<dyn StartGate>>>,
     sched: Mutex<Sched>,
     shutdown: watch::Sender<bool>,
     /// Serialize the check-then-create of `submit` per id (sharded by hash) so that concurrent
@@ -219,6 +283,7 @@ impl Engine {
                 store,
                 executors: by_kind,
                 observer,
+                gate: Mutex::new(None),
                 sched: Mutex::new(Sched::default()),
                 shutdown,
                 submit_locks: (0..SUBMIT_LOCK_SHARDS)
@@ -267,6 +332,7 @@ impl Engine {
             finished_at: None,
             steps: req.steps.into_iter().map(StepRecord::pending).collect(),
             error: None,
+            note: None,
         };
         self.inner.store.put_run(&run).await?;
         self.inner.observer.run_changed(&run, None).await;
@@ -363,6 +429,121 @@ impl Engine {
         self.inner.lock().live.get(run_id)?.progress.clone()
     }
 
+    /// Sets the [`StartGate`] consulted before a run that waited behind another one starts
+    /// (replacing any earlier gate). Without a gate such runs start as submitted.
+    pub fn set_start_gate(&self, gate: Arc<dyn StartGate>) {
+        *self.inner.gate.lock().unwrap_or_else(|e| e.into_inner()) = Some(gate);
+    }
+
+    /// Cancels run `run_id` with `reason` (shown as the run's error and on its steps): a queued
+    /// run ends `Cancelled` at once; a running one at its next step boundary, never inside a
+    /// step (the request is written to the journal first, under [`CANCEL_PREFIX`], so a
+    /// restart honours it). A finished run is left as it is.
+    ///
+    /// Errors: [`EngineError::NotFound`], [`EngineError::Store`], [`EngineError::Transition`].
+    pub async fn cancel(&self, run_id: &str, reason: &str) -> Result<CancelOutcome, EngineError> {
+        let Some(run) = self.inner.store.get_run(run_id).await? else {
+            return Err(EngineError::NotFound(run_id.to_string()));
+        };
+        if run.state.is_terminal() {
+            return Ok(CancelOutcome::AlreadyFinished(run.state));
+        }
+        let reason = truncate_error(reason);
+        // Durable first: if the run is (or becomes) the running one, the drive reads it at its
+        // next boundary, in this process or after a restart.
+        self.inner
+            .store
+            .put_meta(&format!("{CANCEL_PREFIX}{run_id}"), reason.as_bytes())
+            .await?;
+        let dequeued = {
+            let mut s = self.inner.lock();
+            let Sched { live, clusters, .. } = &mut *s;
+            match live.get_mut(run_id) {
+                Some(l) => match clusters.get_mut(&l.cluster) {
+                    Some(slot) if slot.running.as_deref() == Some(run_id) => {
+                        l.cancel = Some(reason.clone());
+                        false
+                    }
+                    Some(slot) => {
+                        slot.queue.remove(&l.seq);
+                        live.remove(run_id);
+                        true
+                    }
+                    None => {
+                        live.remove(run_id);
+                        true
+                    }
+                },
+                None => true,
+            }
+        };
+        if !dequeued {
+            return Ok(CancelOutcome::AtNextStep);
+        }
+        let Some(mut run) = self.inner.store.get_run(run_id).await? else {
+            return Err(EngineError::NotFound(run_id.to_string()));
+        };
+        if run.state.is_terminal() {
+            return Ok(CancelOutcome::AlreadyFinished(run.state));
+        }
+        // Queued, or persisted Running but not scheduled here (before `resume_all`): cancelled
+        // from its first unfinished step.
+        let idx = run
+            .steps
+            .iter()
+            .position(|st| !st.state.is_terminal())
+            .unwrap_or(run.steps.len());
+        cancel_from(&mut run, idx, &reason)?;
+        self.inner.persist(&mut run, None).await?;
+        self.inner
+            .store
+            .delete_meta(&format!("{CANCEL_PREFIX}{run_id}"))
+            .await?;
+        let mut s = self.inner.lock();
+        if let Some(w) = s.waiters.remove(run_id) {
+            w.send_replace(WaitState::Done(Box::new(run)));
+        }
+        Ok(CancelOutcome::Cancelled)
+    }
+
+    /// Retries failed run `run_id` from its failed step: the run goes back to `Queued` in its
+    /// cluster's line (keeping its place by `seq`), its failed step and the steps cancelled
+    /// after it go back to `Pending` with a fresh retry budget (their earlier attempts stay in
+    /// the record), and succeeded steps keep their output and are not run again. Returns the
+    /// run as persisted.
+    ///
+    /// Errors: [`EngineError::NotFound`]; [`EngineError::NotRetryable`] when the run is not
+    /// `Failed`; [`EngineError::ShuttingDown`]; [`EngineError::Store`].
+    pub async fn retry(&self, run_id: &str, note: &str) -> Result<RunRecord, EngineError> {
+        if self.inner.lock().shutting_down {
+            return Err(EngineError::ShuttingDown);
+        }
+        let Some(mut run) = self.inner.store.get_run(run_id).await? else {
+            return Err(EngineError::NotFound(run_id.to_string()));
+        };
+        if run.state != RunState::Failed {
+            return Err(EngineError::NotRetryable {
+                id: run.id,
+                state: run.state,
+            });
+        }
+        run.state = run_transition(run.state, RunEvent::Retry)?;
+        for step in run.steps.iter_mut().filter(|st| {
+            matches!(st.state, StepState::Failed | StepState::Cancelled)
+        }) {
+            step.state = step_transition(step.state, StepEvent::Retry)?;
+            step.attempts_before_retry = step.attempts.len() as u32;
+            step.error = None;
+            step.finished_at = None;
+        }
+        run.error = None;
+        run.finished_at = None;
+        run.note = Some(note.to_string());
+        self.inner.persist(&mut run, None).await?;
+        self.inner.enqueue(vec![run.clone()]);
+        Ok(run)
+    }
+
     /// Graceful drain: starts no new attempt or run from now on, lets in-flight attempts finish
     /// and persist their outcome for up to `grace`, then aborts whatever is still running and
     /// records those attempts as cut short by the shutdown ([`OUTCOME_SHUTDOWN`], which does not
@@ -403,6 +584,23 @@ impl Engine {
         s.live.clear();
         s.clusters.clear();
     }
+}
+
+/// Cancels every unfinished step of `run` from `idx` on and the run itself with `reason`
+/// (the run's error; the steps say `cancelled: <reason>`). Does not persist.
+fn cancel_from(run: &mut RunRecord, idx: usize, reason: &str) -> Result<(), EngineError> {
+    let now = Utc::now();
+    for step in run.steps.iter_mut().skip(idx) {
+        if !step.state.is_terminal() {
+            step.state = step_transition(step.state, StepEvent::Cancel)?;
+            step.error = Some(truncate_error(&format!("cancelled: {reason}")));
+            step.finished_at = Some(now);
+        }
+    }
+    run.state = run_transition(run.state, RunEvent::Cancel)?;
+    run.error = Some(truncate_error(reason));
+    run.finished_at = Some(now);
+    Ok(())
 }
 
 fn validate(req: &RunRequest) -> Result<(), EngineError> {
@@ -487,12 +685,21 @@ impl Inner {
                 continue;
             }
             added += 1;
+            let ahead = s.clusters.get(&run.cluster).and_then(|slot| {
+                slot.queue
+                    .range(..run.seq)
+                    .next_back()
+                    .map(|(_, id)| id.clone())
+                    .or_else(|| slot.running.clone())
+            });
             s.live.insert(
                 run.id.clone(),
                 Live {
                     cluster: run.cluster.clone(),
                     seq: run.seq,
                     progress: None,
+                    waited_behind: ahead,
+                    cancel: None,
                 },
             );
             let slot = s.clusters.entry(run.cluster.clone()).or_default();
@@ -544,6 +751,21 @@ impl Inner {
                         reason: "run task panicked".to_string(),
                     })
                 });
+            // A cancellation asked for during the last step, which then finished the run.
+            let asked = inner
+                .lock()
+                .live
+                .get(&task_id)
+                .is_some_and(|l| l.cancel.is_some());
+            if asked && result.as_ref().is_ok_and(|r| r.state.is_terminal()) {
+                if let Err(e) = inner
+                    .store
+                    .delete_meta(&format!("{CANCEL_PREFIX}{task_id}"))
+                    .await
+                {
+                    tracing::warn!(run = %task_id, error = %e, "removing a cancellation request failed");
+                }
+            }
             inner.finish(&task_id, result);
         });
         s.tasks.insert(id, handle);
@@ -612,6 +834,43 @@ impl Inner {
             return Ok(run);
         }
         let mut shutdown = self.shutdown.subscribe();
+        // A cancellation requested before a restart.
+        if let Some(reason) = self.store.get_meta(&format!("{CANCEL_PREFIX}{id}")).await? {
+            if let Some(l) = self.lock().live.get_mut(id) {
+                l.cancel = Some(String::from_utf8_lossy(&reason).into_owned());
+            }
+        }
+        if run.state == RunState::Queued {
+            let waited = self.lock().live.get(id).and_then(|l| l.waited_behind.clone());
+            let gate = self.gate.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let (Some(ahead), Some(gate)) = (waited, gate) {
+                match gate.before_start(&run, &ahead).await {
+                    GateDecision::Start => {}
+                    GateDecision::Replace {
+                        workflow,
+                        steps,
+                        note,
+                    } => {
+                        run.workflow = workflow;
+                        run.steps = steps.into_iter().map(StepRecord::pending).collect();
+                        run.note = Some(note);
+                        // Durable before any of the new steps runs.
+                        self.persist(&mut run, None).await?;
+                    }
+                    GateDecision::Cancel(reason) => {
+                        cancel_from(&mut run, 0, &reason)?;
+                        self.persist(&mut run, None).await?;
+                        return Ok(run);
+                    }
+                    GateDecision::Fail(reason) => {
+                        let mut start = Some(RunEvent::Start);
+                        self.fail_run(&mut run, 0, &reason, &mut start)?;
+                        self.persist(&mut run, None).await?;
+                        return Ok(run);
+                    }
+                }
+            }
+        }
         // Applied with the first persisted write of this drive.
         let mut run_event = Some(match run.state {
             RunState::Queued => RunEvent::Start,
@@ -640,7 +899,22 @@ impl Inner {
                     self.persist(&mut run, None).await?;
                     return Ok(run);
                 }
-                StepState::Pending | StepState::Running => {}
+                StepState::Pending => {
+                    // A step boundary: a requested cancellation takes effect here.
+                    let cancel = self.lock().live.get(id).and_then(|l| l.cancel.clone());
+                    if let Some(reason) = cancel {
+                        if let Some(RunEvent::Resume) = run_event.take() {
+                            run.state = run_transition(run.state, RunEvent::Resume)?;
+                        }
+                        cancel_from(&mut run, idx, &reason)?;
+                        self.persist(&mut run, None).await?;
+                        self.store
+                            .delete_meta(&format!("{CANCEL_PREFIX}{id}"))
+                            .await?;
+                        return Ok(run);
+                    }
+                }
+                StepState::Running => {}
             }
             match self
                 .drive_step(

@@ -136,6 +136,15 @@ pub struct StepRecord {
     pub error: Option<String>,
     /// Output of the succeeded attempt (secret-free JSON).
     pub output: Option<serde_json::Value>,
+    /// How many of `attempts` were made before the last `/tkgops retry` of the run
+    /// ([`crate::Engine::retry`]): they stay in the record but no longer count against
+    /// `spec.retry.max_attempts`. 0 for a step never retried.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts_before_retry: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl StepRecord {
@@ -149,13 +158,18 @@ impl StepRecord {
             finished_at: None,
             error: None,
             output: None,
+            attempts_before_retry: 0,
         }
     }
 
     /// Number of attempts that count towards `spec.retry.max_attempts` (all but those cut short
     /// by a graceful shutdown).
     pub fn budget_used(&self) -> u32 {
-        self.attempts.iter().filter(|a| a.consumes_budget()).count() as u32
+        self.attempts
+            .iter()
+            .skip(self.attempts_before_retry as usize)
+            .filter(|a| a.consumes_budget())
+            .count() as u32
     }
 }
 
@@ -191,6 +205,11 @@ pub struct RunRecord {
     pub steps: Vec<StepRecord>,
     /// `"<step id>: <message>"` of the failing step, or the cancellation reason.
     pub error: Option<String>,
+    /// What changed the run after it was submitted, for the people watching it: a re-plan when
+    /// its turn came ([`crate::runner::StartGate`]), a retry, a cancellation request. Plain
+    /// text, secret-free; `None` when nothing did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl RunRecord {
