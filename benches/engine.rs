@@ -138,6 +138,7 @@ fn interrupted_run(i: usize, seq: u64, clusters: usize) -> RunRecord {
         finished_at: None,
         steps,
         error: None,
+        note: None,
     }
 }
 

@@ -549,7 +549,7 @@ async fn tagged_subnets(env: &tkgops_sandbox::Environment) -> usize {
 
 /// Opens the pull request adding `files`, waits for its plan, approves and merges it, and
 /// waits until the run succeeded (the cluster exists).
-async fn create_through_a_pull_request(
+pub(crate) async fn create_through_a_pull_request(
     env: &tkgops_sandbox::Environment,
     files: &[(String, String)],
 ) {

@@ -41,6 +41,8 @@ pub(crate) fn set_aws_env(env: &Environment) {
 pub(crate) struct InProcessBot {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    /// The bot's journal (open while the bot runs: sled allows one process handle).
+    pub(crate) store: Arc<dyn tkgops_engine::store::Store>,
 }
 
 impl InProcessBot {
@@ -56,6 +58,7 @@ impl InProcessBot {
             tmc_token: tmc_token.map(String::from),
         };
         let bot = Arc::new(tkgops::serve::build_with(&cfg, creds).await.expect("bot"));
+        let store = bot.store();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let poll = timings.poll;
         let task = tokio::spawn(async move {
@@ -64,7 +67,7 @@ impl InProcessBot {
             })
             .await
         });
-        InProcessBot { stop, task }
+        InProcessBot { stop, task, store }
     }
 
     pub(crate) async fn stop(self) {

@@ -14,6 +14,7 @@ mod kube_ctrl;
 mod kube_provider;
 mod kubectl;
 mod plan;
+mod queue;
 mod real_systems;
 mod tkg2;
 mod tmc;

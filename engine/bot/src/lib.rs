@@ -14,12 +14,14 @@
 //!
 //! Run progress comes back through [`publisher::CommentPublisher`], the engine's observer.
 
+pub mod commands;
 pub mod config;
 pub mod executors;
 pub mod gitops;
 pub mod local;
 pub mod publisher;
 pub mod redact;
+pub mod replan;
 pub mod serve;
 #[cfg(test)]
 mod testing;
@@ -180,6 +182,11 @@ impl Bot {
         &self.engine
     }
 
+    /// The bot's journal (runs, merge records, cursors).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     /// Runs one poll (see the module docs). Errors of single PRs are logged and do not stop the
     /// others; the next poll retries them.
     ///
@@ -221,6 +228,10 @@ impl Bot {
                 all_handled = false;
                 warn!(pr = pr.number, error = %e, "handling the merge failed; will retry next poll");
             }
+        }
+        // `/tkgops` commands (plan, retry, cancel) in comments since the last poll.
+        if let Err(e) = self.handle_commands(&tip).await {
+            warn!(error = %e, "reading commands failed; will retry next poll");
         }
         let newest = closed.iter().filter_map(|p| p.updated_at).max();
         if let Some(n) = newest.filter(|n| all_handled && cursor.is_none_or(|c| *n > c)) {
@@ -308,28 +319,14 @@ impl Bot {
         head: String,
         settings: String,
     ) -> Result<Plan, BotError> {
-        let git = self.git.clone();
-        let catalog = self.catalog.clone();
-        let executable = self.engine.executable_kinds();
-        let repository = self.full_name.clone();
         let history = publisher::rollout_history(&*self.store).await?;
-        blocking(move || {
-            let changed = git.changed_paths(&base, &head)?;
-            let (bt, ht, st) = (git.tree(&base)?, git.tree(&head)?, git.tree(&settings)?);
-            Ok(plan(&PlanInput {
-                base: &bt,
-                head: &ht,
-                settings: &st,
-                base_sha: &base,
-                head_sha: &head,
-                changed_paths: &changed,
-                catalog: &catalog,
-                executable: &executable,
-                repository: &repository,
-                history,
-            }))
-        })
-        .await
+        let planner = Planner {
+            git: self.git.clone(),
+            catalog: self.catalog.clone(),
+            executable: self.engine.executable_kinds(),
+            repository: self.full_name.clone(),
+        };
+        planner.plan(base, head, settings, history).await
     }
 
     async fn plan_pull(&self, pr: &PullRequest, tip: &str) -> Result<(), BotError> {
@@ -538,9 +535,16 @@ impl Bot {
                     origin: Some(pr_origin(pr.number)),
                     steps: cp.steps.clone(),
                 };
-                record.run_ids.push(id);
+                record.run_ids.push(id.clone());
                 // Persist the merge record before the run exists so the publisher can render it.
                 self.put_merge_record(&record).await?;
+                self.store
+                    .put_meta(
+                        &format!("{}{}", replan::LAST_RUN_PREFIX, cp.cluster),
+                        id.as_bytes(),
+                    )
+                    .await
+                    .map_err(|e| BotError::Store(e.to_string()))?;
                 self.engine
                     .submit(req)
                     .await
@@ -730,6 +734,54 @@ impl Bot {
             }
         }
         Ok(out)
+    }
+}
+
+/// What plans a change: the git mirror, the workflows and templates, the step kinds the engine
+/// can execute and the repository's full name. Cheap to clone.
+#[derive(Clone)]
+pub struct Planner {
+    /// The bare mirror of the config repository.
+    pub git: ConfigRepo,
+    /// Workflows and templates (the bot's install).
+    pub catalog: Arc<Catalog>,
+    /// The step kinds some executor handles.
+    pub executable: std::collections::BTreeSet<tkgops_engine::StepKind>,
+    /// `owner/name` of the config repository.
+    pub repository: String,
+}
+
+impl Planner {
+    /// Plans `base..head` (commit SHAs) under the policy (`tkgops.yaml`) of commit `settings`,
+    /// without credentials, with `history` for the rollout estimates (domain [`plan`]).
+    ///
+    /// Errors: [`BotError::Git`] when a commit cannot be read.
+    pub async fn plan(
+        &self,
+        base: String,
+        head: String,
+        settings: String,
+        history: tkgops_domain::workflow::RolloutHistory,
+    ) -> Result<Plan, BotError> {
+        let this = self.clone();
+        blocking(move || {
+            let git = &this.git;
+            let changed = git.changed_paths(&base, &head)?;
+            let (bt, ht, st) = (git.tree(&base)?, git.tree(&head)?, git.tree(&settings)?);
+            Ok(plan(&PlanInput {
+                base: &bt,
+                head: &ht,
+                settings: &st,
+                base_sha: &base,
+                head_sha: &head,
+                changed_paths: &changed,
+                catalog: &this.catalog,
+                executable: &this.executable,
+                repository: &this.repository,
+                history,
+            }))
+        })
+        .await
     }
 }
 

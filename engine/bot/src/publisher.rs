@@ -185,6 +185,11 @@ impl RunObserver for CommentPublisher {
             }
         }
         if run.state == RunState::Succeeded {
+            // The cluster now runs this commit: what a queued run re-plans against.
+            let key = format!("{}{}", crate::replan::DEPLOYED_PREFIX, run.cluster);
+            if let Err(e) = self.store.put_meta(&key, run.commit_sha.as_bytes()).await {
+                warn!(run = %run.id, error = %e, "recording the deployed commit failed");
+            }
             if let Some((secs, nodes)) = rollout_measurement(run) {
                 let value = serde_json::json!({"secs": secs, "nodes": nodes}).to_string();
                 let key = format!("{ROLLOUT_HISTORY_PREFIX}{}", run.id);
@@ -240,11 +245,30 @@ pub async fn publish_record(
             runs.push(r);
         }
     }
+    // Who each queued run waits for (issue 8 item 7).
+    let mut ahead: BTreeMap<String, String> = BTreeMap::new();
+    if runs.iter().any(|r| r.state == RunState::Queued) {
+        let active = store
+            .list_active()
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
+        for r in runs.iter().filter(|r| r.state == RunState::Queued) {
+            if let Some(a) = run_ahead(r, &active) {
+                ahead.insert(r.id.clone(), a);
+            }
+        }
+    }
     let views: Vec<RunView> = runs
         .iter()
-        .map(|r| run_view(r, progress.get(&r.id).map(String::as_str)))
+        .map(|r| {
+            run_view(
+                r,
+                progress.get(&r.id).map(String::as_str),
+                ahead.get(&r.id).map(String::as_str),
+            )
+        })
         .collect();
-    let (overall, state, desc) = overall(record, &runs);
+    let (overall, state, desc) = overall(record, &runs, &ahead);
     let body = markdown::render_runs(
         &record.commit,
         &overall,
@@ -270,7 +294,32 @@ pub async fn publish_record(
     Ok(())
 }
 
-fn overall(record: &MergeRecord, runs: &[RunRecord]) -> (String, CommitState, String) {
+/// "run `R` from PR #N" for the run `queued` waits behind: the running run of its cluster, else
+/// the queued one just ahead of it (by `seq`); `None` when nothing is ahead.
+pub fn run_ahead(queued: &RunRecord, active: &[RunRecord]) -> Option<String> {
+    let same: Vec<&RunRecord> = active
+        .iter()
+        .filter(|r| r.cluster == queued.cluster && r.id != queued.id && r.seq < queued.seq)
+        .collect();
+    let ahead = same
+        .iter()
+        .find(|r| r.state == RunState::Running)
+        .or_else(|| same.iter().max_by_key(|r| r.seq))?;
+    let from = match ahead.origin.as_deref() {
+        Some(o) => match o.strip_prefix("github:pr/") {
+            Some(n) => format!(" from PR #{n}"),
+            None => format!(" from {o}"),
+        },
+        None => String::new(),
+    };
+    Some(format!("run `{}`{from}", ahead.id))
+}
+
+fn overall(
+    record: &MergeRecord,
+    runs: &[RunRecord],
+    ahead: &BTreeMap<String, String>,
+) -> (String, CommitState, String) {
     if let Some(reason) = &record.refused {
         return (
             format!("⛔ not executed: {reason}"),
@@ -298,7 +347,20 @@ fn overall(record: &MergeRecord, runs: &[RunRecord]) -> (String, CommitState, St
         .filter(|r| r.state == RunState::Failed || r.state == RunState::Cancelled)
         .count();
     let active = runs.iter().filter(|r| !r.state.is_terminal()).count();
-    if active > 0 {
+    let queued: Vec<&String> = runs
+        .iter()
+        .filter(|r| r.state == RunState::Queued)
+        .filter_map(|r| ahead.get(&r.id))
+        .collect();
+    if active > 0 && queued.len() == active {
+        // Waiting is not failing: pending, with who it waits for.
+        let behind = queued[0];
+        (
+            format!("🕒 queued behind {behind}"),
+            CommitState::Pending,
+            format!("queued behind {}", behind.replace('`', "")),
+        )
+    } else if active > 0 {
         (
             "⏳ running".into(),
             CommitState::Pending,
@@ -348,8 +410,9 @@ fn step_state_label(s: StepState) -> &'static str {
     }
 }
 
-/// The view of one run for the comment; `progress` is the latest progress line of its running step.
-pub fn run_view(run: &RunRecord, progress: Option<&str>) -> RunView {
+/// The view of one run for the comment; `progress` is the latest progress line of its running
+/// step, `ahead` the run a queued run waits behind ([`run_ahead`]).
+pub fn run_view(run: &RunRecord, progress: Option<&str>, ahead: Option<&str>) -> RunView {
     let now = Utc::now();
     let steps = run
         .steps
@@ -399,13 +462,23 @@ pub fn run_view(run: &RunRecord, progress: Option<&str>) -> RunView {
             let secs = run.finished_at.map(|f| (f - run.created_at).num_seconds().max(0) as u64).unwrap_or(0);
             format!("✅ All steps succeeded in {}.", format_duration(secs))
         }
-        RunState::Failed => format!("❌ The run failed: {}. Fix the cause and push a new change, or re-run it from a new merge.", run.error.clone().unwrap_or_default()),
+        RunState::Failed => format!("❌ The run failed: {}. Fix the cause and comment `/tkgops retry` to resume it from the failed step, or push a new change.", run.error.clone().unwrap_or_default()),
+        RunState::Cancelled => format!("🚫 The run was cancelled: {}.", run.error.clone().unwrap_or_default()),
         _ => String::new(),
+    };
+    let summary = match &run.note {
+        Some(note) if summary.is_empty() => format!("ℹ️ {note}."),
+        Some(note) => format!("ℹ️ {note}.\n\n{summary}"),
+        None => summary,
+    };
+    let state = match (run.state, ahead) {
+        (RunState::Queued, Some(a)) => format!("🕒 queued behind {a}"),
+        (s, _) => run_state_label(s).to_string(),
     };
     RunView {
         cluster: run.cluster.clone(),
         workflow: run.workflow.clone(),
-        state: run_state_label(run.state).to_string(),
+        state,
         steps,
         summary,
     }

@@ -139,6 +139,13 @@ impl VcsClient for RedactingVcs {
         self.inner.get_pull(number).await
     }
 
+    async fn list_comments_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<tkgops_providers::github::IssueComment>, GithubError> {
+        self.inner.list_comments_since(since).await
+    }
+
     async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, GithubError> {
         self.inner.list_reviews(number).await
     }

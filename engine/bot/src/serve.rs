@@ -162,6 +162,16 @@ pub async fn build_with_auth(
         ),
         Arc::new(publisher.clone()),
     );
+    // A run that waited behind another run of its cluster is planned again when its turn comes.
+    engine.set_start_gate(Arc::new(crate::replan::Replanner {
+        planner: crate::Planner {
+            git: git.clone(),
+            catalog: catalog.clone(),
+            executable: engine.executable_kinds(),
+            repository: info.full_name.clone(),
+        },
+        store: store.clone(),
+    }));
     let resumed = engine
         .resume_all()
         .await

@@ -54,6 +54,12 @@ impl VcsClient for FakeVcs {
     async fn list_reviews(&self, _: u64) -> Result<Vec<Review>, GithubError> {
         Ok(Vec::new())
     }
+    async fn list_comments_since(
+        &self,
+        _: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<tkgops_providers::github::IssueComment>, GithubError> {
+        Ok(Vec::new())
+    }
     async fn upsert_comment(&self, _: u64, _: &str, body: &str) -> Result<u64, GithubError> {
         self.comments.lock().unwrap().push(body.to_string());
         self.written.notify_waiters();

@@ -528,9 +528,11 @@ impl Engine {
             });
         }
         run.state = run_transition(run.state, RunEvent::Retry)?;
-        for step in run.steps.iter_mut().filter(|st| {
-            matches!(st.state, StepState::Failed | StepState::Cancelled)
-        }) {
+        for step in run
+            .steps
+            .iter_mut()
+            .filter(|st| matches!(st.state, StepState::Failed | StepState::Cancelled))
+        {
             step.state = step_transition(step.state, StepEvent::Retry)?;
             step.attempts_before_retry = step.attempts.len() as u32;
             step.error = None;
@@ -841,7 +843,11 @@ impl Inner {
             }
         }
         if run.state == RunState::Queued {
-            let waited = self.lock().live.get(id).and_then(|l| l.waited_behind.clone());
+            let waited = self
+                .lock()
+                .live
+                .get(id)
+                .and_then(|l| l.waited_behind.clone());
             let gate = self.gate.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if let (Some(ahead), Some(gate)) = (waited, gate) {
                 match gate.before_start(&run, &ahead).await {

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, put};
 use axum::Extension;
 use axum::Router;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::shapes::{PullView, ReviewView, StatusView};
@@ -158,6 +158,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
             "/repos/{o}/{r}/issues/{n}/labels/{name}",
             axum::routing::delete(remove_label),
         )
+        .route("/repos/{o}/{r}/issues/comments", get(list_repo_comments))
         .route(
             "/repos/{o}/{r}/issues/comments/{id}",
             patch(update_comment)
@@ -964,6 +965,56 @@ async fn list_comments(
         &sh,
         &format!("/repos/{o}/{r}/issues/{n}/comments"),
         &query(&raw),
+        items,
+    ))
+}
+
+/// `GET /repos/{o}/{r}/issues/comments`: every comment of the repository, with GitHub's
+/// `sort` (`created` default, or `updated`), `direction` (`asc` default with a sort; GitHub
+/// ignores it without one) and `since` (ISO 8601: only comments updated at or after it; a
+/// malformed value is a 422 as on GitHub), paginated.
+async fn list_repo_comments(
+    State(sh): Sh,
+    Path((o, r)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let q = query(&raw);
+    let since = match q.get("since") {
+        Some(v) => Some(
+            DateTime::parse_from_rfc3339(v)
+                .map_err(|_| validation("IssueComment", "since", "invalid", None))?
+                .with_timezone(&Utc),
+        ),
+        None => None,
+    };
+    let by_updated = q.get("sort").map(String::as_str) == Some("updated");
+    let desc = q.get("direction").map(String::as_str) == Some("desc");
+    let mut comments: Vec<super::Comment> = sh
+        .lock()
+        .comments
+        .iter()
+        .filter(|c| since.is_none_or(|s| c.updated_at >= s))
+        .cloned()
+        .collect();
+    comments.sort_by_key(|c| {
+        (
+            if by_updated {
+                c.updated_at
+            } else {
+                c.created_at
+            },
+            c.id,
+        )
+    });
+    if desc {
+        comments.reverse();
+    }
+    let items = comments.iter().map(|c| comment_json(&sh, c)).collect();
+    Ok(paginate(
+        &sh,
+        &format!("/repos/{o}/{r}/issues/comments"),
+        &q,
         items,
     ))
 }

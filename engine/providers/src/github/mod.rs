@@ -77,6 +77,24 @@ pub struct Review {
     pub commit_id: Option<String>,
 }
 
+/// An issue or pull-request comment, as listed repository-wide
+/// ([`VcsClient::list_comments_since`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssueComment {
+    /// Comment id.
+    pub id: u64,
+    /// Number of the issue or pull request it is on (from its `issue_url`).
+    pub issue_number: u64,
+    /// Author login (empty when unknown, e.g. a deleted user).
+    pub user: String,
+    /// Body (Markdown).
+    pub body: String,
+    /// When it was created (GitHub's clock).
+    pub created_at: DateTime<Utc>,
+    /// When it was last edited, else its creation time (GitHub's clock).
+    pub updated_at: DateTime<Utc>,
+}
+
 /// The configured repository.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RepoInfo {
@@ -378,6 +396,15 @@ pub trait VcsClient: Send + Sync {
         marker: &str,
         body: &str,
     ) -> Result<u64, GithubError>;
+
+    /// Every issue and pull-request comment of the repository updated at or after `since`,
+    /// oldest update first, across all pages
+    /// (`GET /repos/{o}/{r}/issues/comments?sort=updated&direction=asc&since=…`): how the bot
+    /// reads `/tkgops` commands without depending on webhook delivery.
+    async fn list_comments_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<IssueComment>, GithubError>;
 
     /// The token git uses over HTTPS (`x-access-token`): the token itself, or a GitHub App
     /// installation token valid for at least another 30 s (minted or refreshed as needed).
@@ -1167,6 +1194,34 @@ impl VcsClient for OctocrabClient {
                 user: r.user.map(|u| u.login).unwrap_or_default(),
                 state: review_state(r.state),
                 commit_id: r.commit_id,
+            })
+            .collect())
+    }
+
+    async fn list_comments_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<IssueComment>, GithubError> {
+        let path = self.repo_path(&format!(
+            "/issues/comments?sort=updated&direction=asc&per_page=100&since={}",
+            enc(&since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        ));
+        let comments: Vec<octocrab::models::issues::Comment> = self.get_pages(path, None).await?;
+        Ok(comments
+            .into_iter()
+            .filter_map(|c| {
+                let issue_number = c
+                    .issue_url
+                    .as_ref()
+                    .and_then(|u| u.path_segments()?.next_back()?.parse().ok())?;
+                Some(IssueComment {
+                    id: c.id.0,
+                    issue_number,
+                    user: c.user.login,
+                    body: c.body.unwrap_or_default(),
+                    created_at: c.created_at,
+                    updated_at: c.updated_at.unwrap_or(c.created_at),
+                })
             })
             .collect())
     }

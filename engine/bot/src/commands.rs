@@ -1,0 +1,386 @@
+//! Pull-request commands (issue 8 item 8): a comment whose first line is `/tkgops plan`,
+//! `/tkgops retry` or `/tkgops cancel`.
+//!
+//! Comments are read by polling the repository's comment list (`since` a cursor kept in the
+//! journal, [`COMMENTS_CURSOR_KEY`]), like pull requests: a webhook only wakes the poll. Each
+//! command is answered once, in a reply keyed by the command's comment id
+//! ([`reply_marker`]), and recorded as handled (`command/<comment id>`) after the reply.
+//!
+//! Who may use them is the policy of the default branch (security rule 1): its `tkgops.yaml`
+//! approvers (logins or `org/team`) may use every command; the pull request's author may also
+//! use `plan` and `cancel` on their own pull request (re-planning needs no credentials, and
+//! stopping one's own change is always safe). Anyone else gets a refusal that says why.
+//!
+//! - `plan`: plans the open pull request's head again and posts the plan.
+//! - `retry`: resumes the merged pull request's failed runs from their failed step. A run is
+//!   not resumed when a later run of its cluster has started: resuming the older run would
+//!   apply an older desired state over a newer one.
+//! - `cancel`: cancels the merged pull request's queued runs at once, and its running runs at
+//!   their next step boundary.
+
+use tracing::{info, warn};
+
+use crate::{Bot, BotError, MergeRecord};
+use tkgops_engine::{CancelOutcome, RunState};
+use tkgops_providers::github::{IssueComment, PullRequest};
+
+/// Journal key of the comment cursor: the `updated_at` (GitHub's clock, RFC 3339) of the newest
+/// comment read. Each poll lists the comments updated since, with a 5 min overlap; a bot that
+/// never polled before starts 5 min before its first poll (old commands are not replayed).
+pub const COMMENTS_CURSOR_KEY: &str = "poll/comments-cursor";
+
+/// A `/tkgops` command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `/tkgops plan`.
+    Plan,
+    /// `/tkgops retry`.
+    Retry,
+    /// `/tkgops cancel`.
+    Cancel,
+}
+
+impl Command {
+    /// The command's word (`plan`, `retry`, `cancel`).
+    pub fn word(self) -> &'static str {
+        match self {
+            Command::Plan => "plan",
+            Command::Retry => "retry",
+            Command::Cancel => "cancel",
+        }
+    }
+}
+
+/// The command in a comment `body`: `None` when its first non-empty line does not start with
+/// `/tkgops`; `Some(Err(reply))` for an unknown or malformed command (the reply says what is
+/// accepted).
+pub fn parse(body: &str) -> Option<Result<Command, String>> {
+    let line = body.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let rest = line.strip_prefix("/tkgops")?;
+    if !(rest.is_empty() || rest.starts_with(char::is_whitespace)) {
+        return None;
+    }
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let usage = "the commands are `/tkgops plan`, `/tkgops retry` and `/tkgops cancel`";
+    match words.as_slice() {
+        ["plan"] => Some(Ok(Command::Plan)),
+        ["retry"] => Some(Ok(Command::Retry)),
+        ["cancel"] => Some(Ok(Command::Cancel)),
+        [] => Some(Err(format!("a command word is missing: {usage}."))),
+        [w, ..] if ["plan", "retry", "cancel"].contains(w) => {
+            Some(Err(format!("`/tkgops {w}` takes no arguments: {usage}.")))
+        }
+        [w, ..] => Some(Err(format!("`{w}` is not a tkgops command: {usage}."))),
+    }
+}
+
+/// The hidden marker of the bot's reply to comment `comment_id`.
+pub fn reply_marker(comment_id: u64) -> String {
+    format!("<!-- tkgops:command:{comment_id} -->")
+}
+
+fn store_err(e: impl std::fmt::Display) -> BotError {
+    BotError::Store(e.to_string())
+}
+
+impl Bot {
+    /// Reads the comments since the cursor and answers every `/tkgops` command not answered
+    /// yet. A command whose handling fails (GitHub, git, journal) is tried again at the next
+    /// poll; the cursor does not move past it.
+    ///
+    /// Errors: [`BotError`] when the comments cannot be listed or the cursor cannot be stored.
+    pub(crate) async fn handle_commands(&self, tip: &str) -> Result<(), BotError> {
+        let cursor = self
+            .store
+            .get_meta(COMMENTS_CURSOR_KEY)
+            .await
+            .map_err(store_err)?
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok())
+            .map(|d| d.with_timezone(&chrono::Utc));
+        let since = cursor.unwrap_or_else(chrono::Utc::now) - chrono::Duration::minutes(5);
+        let comments = self
+            .vcs
+            .list_comments_since(since)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        let mut newest = cursor;
+        for c in &comments {
+            if let Err(e) = self.handle_comment(c, tip).await {
+                warn!(comment = c.id, issue = c.issue_number, error = %e, "handling a command failed; will retry next poll");
+                break;
+            }
+            newest = Some(newest.map_or(c.updated_at, |n| n.max(c.updated_at)));
+        }
+        let newest = newest.unwrap_or_else(|| chrono::Utc::now() - chrono::Duration::minutes(5));
+        if cursor != Some(newest) {
+            self.store
+                .put_meta(COMMENTS_CURSOR_KEY, newest.to_rfc3339().as_bytes())
+                .await
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
+
+    async fn handle_comment(&self, c: &IssueComment, tip: &str) -> Result<(), BotError> {
+        let Some(parsed) = parse(&c.body) else {
+            return Ok(());
+        };
+        let done = format!("command/{}", c.id);
+        if self
+            .store
+            .get_meta(&done)
+            .await
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let reply = match parsed {
+            Err(usage) => format!("@{}: {usage}", c.user),
+            Ok(cmd) => self.run_command(c, cmd, tip).await?,
+        };
+        let body = format!("{}\n{reply}\n", reply_marker(c.id));
+        self.vcs
+            .upsert_comment(c.issue_number, &reply_marker(c.id), &body)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        self.store
+            .put_meta(&done, b"answered")
+            .await
+            .map_err(store_err)?;
+        info!(comment = c.id, issue = c.issue_number, user = %c.user, "command answered");
+        Ok(())
+    }
+
+    /// Checks who may run `cmd` and runs it; returns the reply.
+    async fn run_command(
+        &self,
+        c: &IssueComment,
+        cmd: Command,
+        tip: &str,
+    ) -> Result<String, BotError> {
+        let who = &c.user;
+        let pr = match self.vcs.get_pull(c.issue_number).await {
+            Ok(pr) => pr,
+            Err(tkgops_providers::github::GithubError::NotFound { .. }) => {
+                return Ok(format!(
+                    "@{who}: `/tkgops {}` works on pull requests only.",
+                    cmd.word()
+                ))
+            }
+            Err(e) => return Err(BotError::Github(e.to_string())),
+        };
+        // Security rule 1: the policy is the default branch's.
+        let Some(policy) = self.load_settings(tip).await? else {
+            return Ok(format!(
+                "@{who}: refused: the default branch `{}` has no valid tkgops.yaml, so nobody may run commands (fail closed).",
+                self.default_branch
+            ));
+        };
+        let approvers = self.expand_principals(&policy.approval.approvers).await?;
+        let lower = who.to_lowercase();
+        let is_author = !pr.author.is_empty() && pr.author.eq_ignore_ascii_case(who);
+        let allowed = approvers.contains(&lower)
+            || (is_author && matches!(cmd, Command::Plan | Command::Cancel));
+        if !allowed {
+            let authors = if matches!(cmd, Command::Plan | Command::Cancel) {
+                " and the pull request's author"
+            } else {
+                ""
+            };
+            return Ok(format!(
+                "@{who}: refused: only the approvers in `tkgops.yaml` on `{}` ({}){authors} may run `/tkgops {}`.",
+                self.default_branch,
+                policy.approval.approvers.join(", "),
+                cmd.word()
+            ));
+        }
+        match cmd {
+            Command::Plan => self.command_plan(&pr, who, tip).await,
+            Command::Retry => self.command_retry(&pr, who).await,
+            Command::Cancel => self.command_cancel(&pr, who).await,
+        }
+    }
+
+    async fn command_plan(
+        &self,
+        pr: &PullRequest,
+        who: &str,
+        tip: &str,
+    ) -> Result<String, BotError> {
+        if !pr.open {
+            return Ok(format!(
+                "@{who}: this pull request is {}; only an open pull request is planned.",
+                if pr.merged { "merged" } else { "closed" }
+            ));
+        }
+        self.store
+            .delete_meta(&format!("pr/{}/planned", pr.number))
+            .await
+            .map_err(store_err)?;
+        self.plan_pull(pr, tip).await?;
+        Ok(format!(
+            "@{who}: planned again at {}: the plan comment is up to date.",
+            &pr.head_sha[..pr.head_sha.len().min(7)]
+        ))
+    }
+
+    /// The merge record of merged PR `pr`, if the bot handled its merge.
+    async fn merge_record_of(&self, pr: &PullRequest) -> Result<Option<MergeRecord>, BotError> {
+        let Some(sha) = pr.merge_commit_sha.as_deref().filter(|_| pr.merged) else {
+            return Ok(None);
+        };
+        let Some(bytes) = self
+            .store
+            .get_meta(&format!("merge/{sha}"))
+            .await
+            .map_err(store_err)?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(store_err)
+    }
+
+    async fn command_retry(&self, pr: &PullRequest, who: &str) -> Result<String, BotError> {
+        let Some(record) = self.merge_record_of(pr).await? else {
+            return Ok(format!(
+                "@{who}: nothing to retry: this pull request has no runs (it is not merged, or its merge was not run)."
+            ));
+        };
+        let mut lines = Vec::new();
+        for id in &record.run_ids {
+            let Some(run) = self.engine.get(id).await.map_err(store_err)? else {
+                continue;
+            };
+            if run.state != RunState::Failed {
+                continue;
+            }
+            let latest = self
+                .store
+                .get_meta(&format!(
+                    "{}{}",
+                    crate::replan::LAST_RUN_PREFIX,
+                    run.cluster
+                ))
+                .await
+                .map_err(store_err)?
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            // A later run that started a step applied newer desired state: resuming this
+            // older one would apply its older state over it.
+            let mut later_started = false;
+            if let Some(l) = latest.as_deref().filter(|l| *l != run.id) {
+                later_started = self
+                    .engine
+                    .get(l)
+                    .await
+                    .map_err(store_err)?
+                    .is_some_and(|r| r.steps.iter().any(|s| !s.attempts.is_empty()));
+            }
+            if later_started {
+                lines.push(format!(
+                    "- `{}` ({}): not retried: run `{}` of this cluster came after it; resuming the older run would apply an older desired state over it. Push a new change instead.",
+                    run.id,
+                    run.cluster,
+                    latest.unwrap_or_default()
+                ));
+                continue;
+            }
+            let failed_step = run
+                .steps
+                .iter()
+                .find(|s| s.state == tkgops_engine::StepState::Failed)
+                .map(|s| s.spec.title.clone())
+                .unwrap_or_default();
+            // Listed as unpublished again: the final comment and status will change.
+            self.store
+                .put_meta(
+                    &format!("{}{}", crate::publisher::PENDING_PREFIX, record.commit),
+                    b"",
+                )
+                .await
+                .map_err(store_err)?;
+            match self
+                .engine
+                .retry(&run.id, &format!("retried by @{who} with `/tkgops retry`"))
+                .await
+            {
+                Ok(_) => lines.push(format!(
+                    "- `{}` ({}): retrying from step “{failed_step}”; the steps that succeeded are not run again.",
+                    run.id, run.cluster
+                )),
+                Err(e) => lines.push(format!("- `{}` ({}): not retried: {e}", run.id, run.cluster)),
+            }
+        }
+        self.publisher.notify(&record.commit);
+        if lines.is_empty() {
+            return Ok(format!(
+                "@{who}: nothing to retry: no run of this pull request failed."
+            ));
+        }
+        Ok(format!("@{who}: `/tkgops retry`\n\n{}", lines.join("\n")))
+    }
+
+    async fn command_cancel(&self, pr: &PullRequest, who: &str) -> Result<String, BotError> {
+        let Some(record) = self.merge_record_of(pr).await? else {
+            return Ok(format!(
+                "@{who}: nothing to cancel: this pull request has no runs (it is not merged, or its merge was not run)."
+            ));
+        };
+        let reason = format!("cancelled by @{who} with `/tkgops cancel`");
+        let mut lines = Vec::new();
+        for id in &record.run_ids {
+            let outcome = match self.engine.cancel(id, &reason).await {
+                Ok(o) => o,
+                Err(tkgops_engine::EngineError::NotFound(_)) => continue,
+                Err(e) => return Err(BotError::Engine(e.to_string())),
+            };
+            let cluster = id.split('@').next().unwrap_or(id);
+            lines.push(match outcome {
+                CancelOutcome::Cancelled => {
+                    format!("- `{id}` ({cluster}): cancelled before it started.")
+                }
+                CancelOutcome::AtNextStep => format!(
+                    "- `{id}` ({cluster}): stops before its next step; the step in progress finishes first."
+                ),
+                CancelOutcome::AlreadyFinished(s) => {
+                    format!("- `{id}` ({cluster}): already {}.", format!("{s:?}").to_lowercase())
+                }
+            });
+        }
+        self.publisher.notify(&record.commit);
+        if lines.is_empty() {
+            return Ok(format!(
+                "@{who}: nothing to cancel: this pull request has no runs."
+            ));
+        }
+        Ok(format!("@{who}: `/tkgops cancel`\n\n{}", lines.join("\n")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_the_first_line_only() {
+        assert_eq!(parse("/tkgops plan"), Some(Ok(Command::Plan)));
+        assert_eq!(
+            parse("\n  /tkgops retry  \nplease"),
+            Some(Ok(Command::Retry))
+        );
+        assert_eq!(parse("/tkgops cancel"), Some(Ok(Command::Cancel)));
+        assert_eq!(parse("please /tkgops plan"), None);
+        assert_eq!(parse("/tkgopsplan"), None);
+        assert_eq!(parse(""), None);
+        assert!(parse("/tkgops apply")
+            .unwrap()
+            .unwrap_err()
+            .contains("`apply` is not a tkgops command"));
+        assert!(parse("/tkgops").unwrap().unwrap_err().contains("missing"));
+        assert!(parse("/tkgops plan now")
+            .unwrap()
+            .unwrap_err()
+            .contains("takes no arguments"));
+    }
+}

@@ -1,0 +1,240 @@
+//! Day 2, the per-cluster queue and PR commands (issue 8 items 7 and 8), through the bot on the
+//! emulators: a change merged while its cluster has a run in flight waits with a pending status
+//! that says behind which run; `/tkgops cancel` and `/tkgops retry` obey the default branch's
+//! policy and do what they say.
+
+use std::time::Duration;
+
+use tkgops_emulators::faults::{Fault, FaultAction};
+use tkgops_engine::store::RunState;
+use tkgops_sandbox::{request_files, Timings, APPROVER};
+
+use crate::e2e::{head_of, start_env};
+
+const SETTINGS: &str = "clusters/team-a-prod/tkgops.yaml";
+
+/// The replies of the bot to `/tkgops` commands on `pr` (comments carrying a command marker).
+fn replies(env: &tkgops_sandbox::Environment, pr: u64) -> Vec<String> {
+    env.github
+        .comments(pr)
+        .into_iter()
+        .filter(|c| c.body.contains("<!-- tkgops:command:"))
+        .map(|c| c.body)
+        .collect()
+}
+
+async fn wait_reply(env: &tkgops_sandbox::Environment, pr: u64, n: usize) -> String {
+    env.github
+        .wait_until(Duration::from_secs(60), |_| {
+            let r = replies(env, pr);
+            (r.len() >= n).then(|| r[n - 1].clone())
+        })
+        .await
+        .unwrap_or_else(|| panic!("no reply #{n} on PR #{pr}: {}", env.conversation(pr)))
+}
+
+/// Opens a PR changing the cluster's `tkgops.yaml` to `settings`, approves it, merges it;
+/// returns (PR number, merge commit SHA).
+async fn merge_settings_change(
+    env: &tkgops_sandbox::Environment,
+    branch: &str,
+    settings: &str,
+) -> (u64, String) {
+    let pr = env
+        .open_pull_request(
+            branch,
+            branch,
+            &[(SETTINGS.to_string(), settings.to_string())],
+        )
+        .unwrap();
+    let head = head_of(env, branch);
+    let plan = env
+        .wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(plan, "success", "{}", env.conversation(pr));
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    (pr, merge)
+}
+
+/// The queue and both commands:
+/// 1. PR #2 moves the cluster to TMC cluster group `team-b`, which TMC does not know yet; its
+///    PUT is held a few seconds (a slow TMC), then answered 404.
+/// 2. PR #3, merged meanwhile, waits: "queued behind run … from PR #2", status pending.
+/// 3. A stranger's `/tkgops cancel` is refused; the approver's cancels PR #3's queued run.
+/// 4. PR #2's run fails on the unknown group. A stranger's `/tkgops retry` is refused; once the
+///    group exists, the approver's retry resumes the run from the failed step and it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queued_run_says_behind_which_run_and_commands_cancel_and_retry_it() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot =
+        crate::e2e::InProcessBot::start(&env, &timings, Some(tkgops_sandbox::TMC_TOKEN)).await;
+    let (_, files) = request_files(None, &env.vpc);
+    crate::day2::create_through_a_pull_request(&env, &files).await;
+    let settings = files.iter().find(|(p, _)| p == SETTINGS).unwrap().1.clone();
+    env.tmc.set_cluster_groups(&["team-a"]);
+
+    // 1. The group move, with TMC slow to answer the PUT.
+    env.tmc.faults().inject(Fault::new(
+        Some(axum::http::Method::PUT),
+        "/v1alpha1/clusters/",
+        FaultAction::Delay(Duration::from_secs(6)),
+        Some(1),
+    ));
+    let (pr2, merge2) = merge_settings_change(
+        &env,
+        "move-to-team-b",
+        &settings.replace("clusterGroup: team-a", "clusterGroup: team-b"),
+    )
+    .await;
+    env.github
+        .wait_until(Duration::from_secs(60), |_| {
+            (env.tmc
+                .faults()
+                .log()
+                .count_prefix(&axum::http::Method::PUT, "/v1alpha1/clusters/")
+                > 0)
+            .then_some(())
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the PUT reached TMC: {:?}\n{}",
+                env.tmc.faults().log().all(),
+                env.conversation(pr2)
+            )
+        });
+
+    // 2. A second change to the same cluster waits behind it.
+    let (pr3, merge3) = merge_settings_change(
+        &env,
+        "label-team-a",
+        &settings.replace("env: prod", "env: prod\n  tier: gold"),
+    )
+    .await;
+    let queued = env
+        .github
+        .wait_until(Duration::from_secs(60), |gh| {
+            gh.statuses(&merge3).into_iter().find(|s| {
+                s.context == "tkgops/apply"
+                    && s.description
+                        .as_deref()
+                        .is_some_and(|d| d.contains("queued behind"))
+            })
+        })
+        .await
+        .expect("PR #3 shows it is queued");
+    assert_eq!(queued.state, "pending");
+    let run2 = format!("team-a-prod@{}#attach-tmc", &merge2[..12]);
+    assert_eq!(
+        queued.description,
+        Some(format!("queued behind run {run2} from PR #{pr2}"))
+    );
+    let comment3 = env
+        .github
+        .wait_until(Duration::from_secs(30), |gh| {
+            gh.comments(pr3)
+                .into_iter()
+                .map(|c| c.body)
+                .find(|b| b.contains("🕒 queued behind"))
+        })
+        .await
+        .expect("the run comment says it is queued");
+    assert!(
+        comment3.contains(&format!("🕒 queued behind run `{run2}` from PR #{pr2}")),
+        "{comment3}"
+    );
+
+    // 3. Cancel: refused for a stranger, done for the approver.
+    env.github
+        .add_comment(pr3, "mallory", "/tkgops cancel")
+        .unwrap();
+    let refusal = wait_reply(&env, pr3, 1).await;
+    assert!(
+        refusal.contains("@mallory: refused: only the approvers in `tkgops.yaml` on `main`"),
+        "{refusal}"
+    );
+    env.github
+        .add_comment(pr3, APPROVER, "/tkgops cancel")
+        .unwrap();
+    let cancelled = wait_reply(&env, pr3, 2).await;
+    assert!(
+        cancelled.contains("cancelled before it started"),
+        "{cancelled}"
+    );
+    let apply3 = env
+        .wait_status(&merge3, "tkgops/apply", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(apply3, "failure", "{}", env.conversation(pr3));
+
+    // 4. The group move fails on the unknown group.
+    let apply2 = env
+        .wait_status(&merge2, "tkgops/apply", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(apply2, "failure", "{}", env.conversation(pr2));
+    assert!(
+        env.conversation(pr2).contains("team-b"),
+        "{}",
+        env.conversation(pr2)
+    );
+    env.github
+        .add_comment(pr2, "mallory", "/tkgops retry")
+        .unwrap();
+    let refusal = wait_reply(&env, pr2, 1).await;
+    assert!(refusal.contains("may run `/tkgops retry`"), "{refusal}");
+    assert!(
+        !refusal.contains("author"),
+        "the author may not retry: {refusal}"
+    );
+    env.tmc.set_cluster_groups(&["team-a", "team-b"]);
+    env.github
+        .add_comment(pr2, APPROVER, "/tkgops retry")
+        .unwrap();
+    let retried = wait_reply(&env, pr2, 2).await;
+    assert!(
+        retried.contains("retrying from step “Attach the cluster to Tanzu Mission Control”"),
+        "{retried}"
+    );
+    env.github
+        .wait_until(Duration::from_secs(120), |gh| {
+            gh.statuses(&merge2)
+                .into_iter()
+                .find(|s| s.context == "tkgops/apply" && s.state == "success")
+        })
+        .await
+        .unwrap_or_else(|| panic!("the retried run succeeds: {}", env.conversation(pr2)));
+    let store = bot.store.clone();
+
+    let cluster = env.tmc.cluster("team-a-prod").expect("attached");
+    assert_eq!(
+        cluster
+            .pointer("/spec/clusterGroupName")
+            .and_then(|v| v.as_str()),
+        Some("team-b")
+    );
+    // The journal: one run, its step attempted twice (once before, once after the retry);
+    // PR #3's run never started a step.
+    let runs = store
+        .list_runs_by_origin(&tkgops::pr_origin(pr2))
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].state, RunState::Succeeded);
+    assert_eq!(runs[0].steps[0].attempts.len(), 2, "{:#?}", runs[0]);
+    assert_eq!(
+        runs[0].note.as_deref(),
+        Some("retried by @alice with `/tkgops retry`")
+    );
+    let runs3 = store
+        .list_runs_by_origin(&tkgops::pr_origin(pr3))
+        .await
+        .unwrap();
+    assert_eq!(runs3[0].state, RunState::Cancelled);
+    assert!(runs3[0].steps.iter().all(|s| s.attempts.is_empty()));
+    drop(store);
+    bot.stop().await;
+}
