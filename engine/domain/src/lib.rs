@@ -4,6 +4,8 @@
 //!   reference-design rules.
 //! - [`workflow`]: the workflow catalog, intents, plans and the PR comment Markdown.
 //! - [`tkg`]: TKG 2.x releases, ClusterClasses, TKRs and the CLI's flat-variable mapping.
+//! - [`schedule`]: scheduled upgrade runs: `schedules` of `tkgops.yaml`, fire times in a time
+//!   zone, maintenance windows, upgrade targets, waves and bump pull requests.
 //! - [`step`]: the step contract the engine persists and the providers execute.
 //! - [`files`]: how files reach the domain (a git tree, a directory): the [`files::TreeReader`]
 //!   trait its callers implement.
@@ -13,6 +15,7 @@
 
 pub mod files;
 pub mod request;
+pub mod schedule;
 pub mod serde_duration;
 pub mod step;
 pub mod tkg;

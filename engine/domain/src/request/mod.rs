@@ -31,7 +31,9 @@ pub use packages::{
     standard_package, StandardPackage, PACKAGE_DEPENDENCIES, PACKAGE_INSTALL_ORDER,
     TKG16_STANDARD_PACKAGES,
 };
+pub(crate) use rules::parse_tkr;
 pub use rules::{check_upgrade, is_dns1123_label, is_system_namespace, validate, RULES};
+pub(crate) use settings::cron_of;
 pub use settings::{
     parse_cluster_settings, parse_repo_config, ApprovalPolicy, ClusterSettings, ClusterTmc,
     IdentityManagementType, KubeconfigSource, ManagementClusterConfig, PackageDefaults,

@@ -34,6 +34,11 @@ pub const RULES: &[(&str, Severity, &str)] = &[
         "tkgops.yaml shape: unknown/missing keys, unknown management cluster, packages",
     ),
     (
+        "TKGOPS-SCHEDULE",
+        Severity::Error,
+        "tkgops.yaml schedules: cron, IANA time zone, window > 0, label selectors, DNS-label names, waves (Renovate schedules, Argo CD sync windows: github-gitops.md)",
+    ),
+    (
         "TKGOPS-TEMPLATE",
         Severity::Error,
         "the workflow renders: templates in strict mode, step inputs buildable",
@@ -212,8 +217,10 @@ fn re(cell: &'static OnceLock<Option<Regex>>, pat: &str) -> Option<&'static Rege
     cell.get_or_init(|| Regex::new(pat).ok()).as_ref()
 }
 
-/// A parsed TKR version `vMAJ.MIN.PATCH+vmware.N-tkg.M` as comparable numbers.
-fn parse_tkr(tkr: &str) -> Option<[u64; 5]> {
+/// A parsed TKR version `vMAJ.MIN.PATCH+vmware.N-tkg.M` as comparable numbers
+/// `[major, minor, patch, vmware, tkg]` (array order is upgrade order); `None` when `tkr`
+/// (surrounding whitespace ignored) is not of that form.
+pub(crate) fn parse_tkr(tkr: &str) -> Option<[u64; 5]> {
     static R: OnceLock<Option<Regex>> = OnceLock::new();
     let caps = re(
         &R,

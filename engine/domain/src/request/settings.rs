@@ -39,6 +39,11 @@ pub struct RepoConfig {
     /// (rule `TKGOPS-NAMESPACE`); empty by default.
     #[serde(default)]
     pub allowed_namespaces: Vec<String>,
+    /// Scheduled upgrade runs (cron in a time zone, maintenance window, selector, target,
+    /// waves); empty by default. Validated by [`crate::schedule::validate_schedules`]
+    /// (`TKGOPS-SCHEDULE`).
+    #[serde(default)]
+    pub schedules: Vec<crate::schedule::Schedule>,
     /// Path of the file as given to [`parse_repo_config`] (not part of the YAML).
     #[serde(skip)]
     pub path: String,
@@ -497,7 +502,10 @@ impl UpgradePolicy {
     }
 }
 
-fn cron_of(schedule: &str) -> Result<cron::Schedule, String> {
+/// The `cron` crate schedule of a 5-field crontab expression (minute hour day-of-month month
+/// day-of-week): `0 ` seconds prefixed, the day-of-week field renumbered by
+/// [`crontab_dow_to_cron`]. Errors: a message naming the field count or the crate's parse error.
+pub(crate) fn cron_of(schedule: &str) -> Result<cron::Schedule, String> {
     let fields = schedule.split_whitespace().count();
     if fields != 5 {
         return Err(format!(
@@ -744,7 +752,9 @@ fn check_rule_ids(
 /// missing or mistyped fields, no management cluster, duplicate management cluster names,
 /// `requiredApprovals` < 1, `destructiveApprovals` < `requiredApprovals`, a TMC endpoint not
 /// `https://`, unknown rule IDs in `rules`, duplicate or incomplete package defaults (a package
-/// outside the TKG 1.6 table needs `refName` and `version`) — all `TKGOPS-SCHEMA` with lines.
+/// outside the TKG 1.6 table needs `refName` and `version`) — all `TKGOPS-SCHEMA` with lines;
+/// invalid `schedules` (cron, time zone, window, selectors, names, waves) — `TKGOPS-SCHEDULE`
+/// with lines ([`crate::schedule::validate_schedules`]).
 pub fn parse_repo_config(path: &str, bytes: &[u8]) -> Result<RepoConfig, Vec<Finding>> {
     let (mut cfg, text) = parse_typed::<RepoConfig>(path, bytes)?;
     cfg.path = path.to_string();
@@ -808,6 +818,11 @@ pub fn parse_repo_config(path: &str, bytes: &[u8]) -> Result<RepoConfig, Vec<Fin
         check_rule_ids(path, text, &o.severities, &mut out);
     }
     check_packages(path, text, &cfg.packages.defaults, &mut out, false);
+    out.extend(crate::schedule::validate_schedules(
+        path,
+        text,
+        &cfg.schedules,
+    ));
     if out.is_empty() {
         Ok(cfg)
     } else {
