@@ -568,3 +568,54 @@ pub(crate) async fn create_through_a_pull_request(
         .unwrap();
     assert_eq!(apply, "success", "{}", env.conversation(pr));
 }
+
+/// Schedules in `tkgops.yaml` are validated on the PR that adds them (rule and line named), and
+/// the plan says loudly that this version does not run them yet.
+#[test]
+fn schedules_are_validated_with_their_line_and_said_not_to_run_yet() {
+    let repo = example_repo_config();
+    let base = tree(&[("tkgops.yaml", &repo)]);
+    let good = format!(
+        "{repo}schedules:\n  - name: weekly-patch\n    cron: \"0 2 * * SAT\"\n    timezone: Europe/Berlin\n    window: 4h\n    selector: {{matchLabels: {{env: prod}}}}\n    target: latest-patch\n    action: apply\n"
+    );
+    let head = tree(&[("tkgops.yaml", &good)]);
+    let p = plan_with(&base, &head, &["tkgops.yaml"], RolloutHistory::default());
+    assert!(rules(&p).is_empty(), "{:?}", rules(&p));
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("`weekly-patch`")
+                && n.contains("does not run scheduled upgrades yet")),
+        "{:?}",
+        p.notes
+    );
+
+    let bad = good
+        .replace("0 2 * * SAT", "0 25 * * SAT")
+        .replace("Europe/Berlin", "Mars/Olympus");
+    let head = tree(&[("tkgops.yaml", &bad)]);
+    let p = plan_with(&base, &head, &["tkgops.yaml"], RolloutHistory::default());
+    let findings: Vec<(String, Option<u32>)> = p
+        .all_findings()
+        .iter()
+        .filter(|f| f.rule == "TKGOPS-SCHEDULE")
+        .map(|f| (f.message.clone(), f.line))
+        .collect();
+    let line_of = |needle: &str| {
+        bad.lines()
+            .position(|l| l.contains(needle))
+            .map(|i| i as u32 + 1)
+    };
+    assert!(
+        findings
+            .iter()
+            .any(|(m, l)| m.contains("cron") && *l == line_of("cron:")),
+        "{findings:?}"
+    );
+    assert!(
+        findings
+            .iter()
+            .any(|(m, l)| m.contains("Mars/Olympus") && *l == line_of("timezone:")),
+        "{findings:?}"
+    );
+}

@@ -376,8 +376,19 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .unwrap_or_else(|| "approval.destructiveApprovals".into());
         notes.push(format!("This change edits tkgops.yaml, the policy: it is judged under the default branch's current policy, needs {needed} approval(s) from its approvers (as destructive changes do), and its new settings take effect after merge, for later pull requests only."));
         if let Some(bytes) = input.head.read(REPO_CONFIG_PATH) {
-            if let Err(fs) = request::parse_repo_config(REPO_CONFIG_PATH, &bytes) {
-                repo_findings.extend(fs);
+            match request::parse_repo_config(REPO_CONFIG_PATH, &bytes) {
+                Err(fs) => repo_findings.extend(fs),
+                // Said loudly: nothing may look scheduled that is not (issue 8 item 6).
+                Ok(cfg) if !cfg.schedules.is_empty() => notes.push(format!(
+                    "tkgops.yaml declares the schedule(s) {}: they are validated ({}), but this version of tkgops does not run scheduled upgrades yet: no fire, bump pull request or upgrade run will happen on them. Upgrade clusters with a pull request that changes their `tkr`.",
+                    cfg.schedules
+                        .iter()
+                        .map(|s| format!("`{}`", s.name))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    crate::schedule::RULE
+                )),
+                Ok(_) => {}
             }
         }
     }
