@@ -58,15 +58,22 @@ async fn merge_settings_change(
     (pr, merge)
 }
 
-/// The queue and both commands:
-/// 1. PR #2 moves the cluster to TMC cluster group `team-b`, which TMC does not know yet; its
-///    PUT is held a few seconds (a slow TMC), then answered 404.
-/// 2. PR #3, merged meanwhile, waits: "queued behind run … from PR #2", status pending.
-/// 3. A stranger's `/tkgops cancel` is refused; the approver's cancels PR #3's queued run.
-/// 4. PR #2's run fails on the unknown group. A stranger's `/tkgops retry` is refused; once the
-///    group exists, the approver's retry resumes the run from the failed step and it succeeds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_queued_run_says_behind_which_run_and_commands_cancel_and_retry_it() {
+/// What [`queue_behind_a_slow_group_move`] set up.
+struct Queued {
+    env: tkgops_sandbox::Environment,
+    bot: crate::e2e::InProcessBot,
+    pr2: u64,
+    merge2: String,
+    pr3: u64,
+    merge3: String,
+}
+
+/// Creates the example cluster (TMC group `team-a`), then:
+/// 1. PR #2 moves it to TMC cluster group `team-b`, which TMC does not know yet; its PUT is held
+///    20 s (a slow TMC), then answered 404.
+/// 2. PR #3 (a new TMC description, on top of PR #2), merged meanwhile, waits: "queued behind run … from PR #2", status
+///    pending, on its merge commit and in its run comment.
+async fn queue_behind_a_slow_group_move() -> Queued {
     let timings = Timings::default();
     let env = start_env(&timings).await;
     let bot =
@@ -75,12 +82,11 @@ async fn a_queued_run_says_behind_which_run_and_commands_cancel_and_retry_it() {
     crate::day2::create_through_a_pull_request(&env, &files).await;
     let settings = files.iter().find(|(p, _)| p == SETTINGS).unwrap().1.clone();
     env.tmc.set_cluster_groups(&["team-a"]);
-
     // 1. The group move, with TMC slow to answer the PUT.
     env.tmc.faults().inject(Fault::new(
         Some(axum::http::Method::PUT),
         "/v1alpha1/clusters/",
-        FaultAction::Delay(Duration::from_secs(6)),
+        FaultAction::Delay(Duration::from_secs(20)),
         Some(1),
     ));
     let (pr2, merge2) = merge_settings_change(
@@ -110,8 +116,13 @@ async fn a_queued_run_says_behind_which_run_and_commands_cancel_and_retry_it() {
     // 2. A second change to the same cluster waits behind it.
     let (pr3, merge3) = merge_settings_change(
         &env,
-        "label-team-a",
-        &settings.replace("env: prod", "env: prod\n  tier: gold"),
+        "describe-team-a",
+        &settings
+            .replace("clusterGroup: team-a", "clusterGroup: team-b")
+            .replace(
+                "description: Team A production cluster",
+                "description: Team A production cluster (payments)",
+            ),
     )
     .await;
     let queued = env
@@ -147,6 +158,30 @@ async fn a_queued_run_says_behind_which_run_and_commands_cancel_and_retry_it() {
         "{comment3}"
     );
 
+    Queued {
+        env,
+        bot,
+        pr2,
+        merge2,
+        pr3,
+        merge3,
+    }
+}
+
+/// The queue and both commands, after [`queue_behind_a_slow_group_move`]:
+/// 3. A stranger's `/tkgops cancel` is refused; the approver's cancels PR #3's queued run.
+/// 4. PR #2's run fails on the unknown group. A stranger's `/tkgops retry` is refused; once the
+///    group exists, the approver's retry resumes the run from the failed step and it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queued_run_says_behind_which_run_and_commands_cancel_and_retry_it() {
+    let Queued {
+        env,
+        bot,
+        pr2,
+        merge2,
+        pr3,
+        merge3,
+    } = queue_behind_a_slow_group_move().await;
     // 3. Cancel: refused for a stranger, done for the approver.
     env.github
         .add_comment(pr3, "mallory", "/tkgops cancel")
@@ -236,5 +271,82 @@ async fn a_queued_run_says_behind_which_run_and_commands_cancel_and_retry_it() {
     assert_eq!(runs3[0].state, RunState::Cancelled);
     assert!(runs3[0].steps.iter().all(|s| s.attempts.is_empty()));
     drop(store);
+    bot.stop().await;
+}
+
+/// The turn of a queued run, after [`queue_behind_a_slow_group_move`]: PR #2's run fails on the
+/// unknown group, so the cluster still runs the create commit when PR #3's turn comes. PR #3 is
+/// planned again from there; its TMC change carries the whole desired TMC state (group `team-b`
+/// and the new description), so it runs as approved, and fails on the same unknown group.
+/// `/tkgops retry` of PR #2 is then refused (a later run of the cluster started); once the group
+/// exists, PR #3's retry moves the cluster and describes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queued_run_starts_after_a_failure_and_an_older_run_is_not_retried_over_it() {
+    let Queued {
+        env,
+        bot,
+        pr2,
+        merge2,
+        pr3,
+        merge3,
+    } = queue_behind_a_slow_group_move().await;
+    let apply2 = env
+        .wait_status(&merge2, "tkgops/apply", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(apply2, "failure", "{}", env.conversation(pr2));
+    let apply3 = env
+        .wait_status(&merge3, "tkgops/apply", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(apply3, "failure", "{}", env.conversation(pr3));
+    let comment3 = crate::e2e::bot_comments(&env, pr3).remove(0);
+    assert!(
+        comment3.contains("team-b") && !comment3.contains("re-planned"),
+        "{comment3}"
+    );
+    // Both runs sent a PUT into team-b, PR #3's after PR #2's run ended.
+    let puts = env
+        .tmc
+        .faults()
+        .log()
+        .count_prefix(&axum::http::Method::PUT, "/v1alpha1/clusters/team-a-prod");
+    assert_eq!(puts, 2, "{:?}", env.tmc.faults().log().all());
+
+    env.tmc.set_cluster_groups(&["team-a", "team-b"]);
+    env.github
+        .add_comment(pr2, APPROVER, "/tkgops retry")
+        .unwrap();
+    let refused = wait_reply(&env, pr2, 1).await;
+    assert!(
+        refused.contains("not retried") && refused.contains("came after it"),
+        "{refused}"
+    );
+    env.github
+        .add_comment(pr3, APPROVER, "/tkgops retry")
+        .unwrap();
+    wait_reply(&env, pr3, 1).await;
+    env.github
+        .wait_until(Duration::from_secs(120), |gh| {
+            gh.statuses(&merge3)
+                .into_iter()
+                .find(|s| s.context == "tkgops/apply" && s.state == "success")
+        })
+        .await
+        .unwrap_or_else(|| panic!("the retried run succeeds: {}", env.conversation(pr3)));
+    let cluster = env.tmc.cluster("team-a-prod").expect("attached");
+    assert_eq!(
+        cluster
+            .pointer("/spec/clusterGroupName")
+            .and_then(|v| v.as_str()),
+        Some("team-b")
+    );
+    assert_eq!(
+        cluster
+            .pointer("/meta/description")
+            .and_then(|v| v.as_str()),
+        Some("Team A production cluster (payments)"),
+        "{cluster}"
+    );
     bot.stop().await;
 }

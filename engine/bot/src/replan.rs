@@ -100,7 +100,17 @@ impl Replanner {
             "re-planned when its turn came: the cluster runs commit {} (run {waited_behind} ahead of it ended {ahead})",
             short(&base)
         );
-        let Some(cp) = plan.clusters.iter().find(|c| c.cluster == run.cluster) else {
+        // The plan of the same workflow (a change of several kinds plans one run per
+        // workflow, each gated on its own), else the cluster's only other plan.
+        let mine: Vec<_> = plan
+            .clusters
+            .iter()
+            .filter(|c| c.cluster == run.cluster)
+            .collect();
+        let same = mine
+            .iter()
+            .find(|c| c.workflow.as_deref() == Some(run.workflow.as_str()));
+        let Some(cp) = same.or(if mine.len() == 1 { mine.first() } else { None }) else {
             return Ok(GateDecision::Cancel(format!(
                 "{why}, and from there nothing is left to change"
             )));
