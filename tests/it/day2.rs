@@ -570,9 +570,9 @@ pub(crate) async fn create_through_a_pull_request(
 }
 
 /// Schedules in `tkgops.yaml` are validated on the PR that adds them (rule and line named), and
-/// the plan says loudly that this version does not run them yet.
+/// the plan says loudly that this version does not run `action: apply` ones.
 #[test]
-fn schedules_are_validated_with_their_line_and_said_not_to_run_yet() {
+fn schedules_are_validated_with_their_line_and_apply_ones_said_not_to_run() {
     let repo = example_repo_config();
     let base = tree(&[("tkgops.yaml", &repo)]);
     let good = format!(
@@ -585,7 +585,7 @@ fn schedules_are_validated_with_their_line_and_said_not_to_run_yet() {
         p.notes
             .iter()
             .any(|n| n.contains("`weekly-patch`")
-                && n.contains("does not run scheduled upgrades yet")),
+                && n.contains("runs `action: propose` schedules only")),
         "{:?}",
         p.notes
     );

@@ -16,6 +16,7 @@ mod kubectl;
 mod plan;
 mod queue;
 mod real_systems;
+mod schedules;
 mod tkg2;
 mod tmc;
 mod trust;

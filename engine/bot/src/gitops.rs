@@ -106,10 +106,22 @@ impl ConfigRepo {
         let mut remote = repo
             .remote_anonymous(&self.remote_url)
             .map_err(git("remote"))?;
+        let callbacks = self.callbacks();
+        let mut fo = FetchOptions::new();
+        fo.remote_callbacks(callbacks);
+        fo.download_tags(AutotagOption::None);
+        let specs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
+        remote
+            .fetch(&specs, Some(&mut fo), None)
+            .map_err(git(format!("fetch {}", refspecs.join(" "))))
+    }
+
+    /// The credential callbacks of fetches and pushes: the token as the HTTPS password
+    /// (`x-access-token`), offered once (libgit2 asks again after a rejection, forever if the
+    /// answer never changes).
+    fn callbacks(&self) -> RemoteCallbacks<'static> {
         let mut callbacks = RemoteCallbacks::new();
         let token = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        // libgit2 calls this again after the server rejects the credentials, forever if the
-        // answer never changes: offer them once, then give up with a clear error.
         let mut offered = false;
         callbacks.credentials(move |_url, _user, _allowed| {
             if offered {
@@ -123,13 +135,104 @@ impl ConfigRepo {
                 None => Cred::default(),
             }
         });
-        let mut fo = FetchOptions::new();
-        fo.remote_callbacks(callbacks);
-        fo.download_tags(AutotagOption::None);
-        let specs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
+        callbacks
+    }
+
+    /// The names of the directories directly under `dir` (e.g. `clusters`) at commit `sha`,
+    /// sorted; empty when `dir` does not exist there.
+    ///
+    /// Errors: [`GitError::NotFound`] when `sha` is unknown.
+    pub fn list_dirs(&self, sha: &str, dir: &str) -> Result<Vec<String>, GitError> {
+        let repo = self.repo()?;
+        let tree = repo
+            .find_commit(oid(sha)?)
+            .map_err(|_| GitError::NotFound(sha.to_string()))?
+            .tree()
+            .map_err(git("tree"))?;
+        let Ok(entry) = tree.get_path(Path::new(dir)) else {
+            return Ok(Vec::new());
+        };
+        let Ok(sub) = repo.find_tree(entry.id()) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<String> = sub
+            .iter()
+            .filter(|e| e.kind() == Some(git2::ObjectType::Tree))
+            .filter_map(|e| e.name().ok().map(str::to_string))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Creates a commit on top of `parent` that writes `files` (path, content), authored and
+    /// committed by `author` (name, e-mail) with `message`; returns its SHA. Nothing is pushed.
+    /// The same inputs give the same tree (the commit SHA also depends on the time).
+    ///
+    /// Errors: [`GitError`] when `parent` is unknown or an object cannot be written.
+    pub fn commit_files(
+        &self,
+        parent: &str,
+        files: &[(String, Vec<u8>)],
+        message: &str,
+        author: (&str, &str),
+    ) -> Result<String, GitError> {
+        let repo = self.repo()?;
+        let parent = repo
+            .find_commit(oid(parent)?)
+            .map_err(|_| GitError::NotFound(parent.to_string()))?;
+        let base = parent.tree().map_err(git("tree"))?;
+        let mut update = git2::build::TreeUpdateBuilder::new();
+        for (path, content) in files {
+            let blob = repo.blob(content).map_err(git("write blob"))?;
+            update.upsert(path.as_str(), blob, git2::FileMode::Blob);
+        }
+        let tree_id = update
+            .create_updated(&repo, &base)
+            .map_err(git("write tree"))?;
+        let tree = repo.find_tree(tree_id).map_err(git("tree"))?;
+        let sig = git2::Signature::now(author.0, author.1).map_err(git("signature"))?;
+        let id = repo
+            .commit(None, &sig, &sig, message, &tree, &[&parent])
+            .map_err(git("commit"))?;
+        Ok(id.to_string())
+    }
+
+    /// Pushes commit `sha` to branch `branch` of the remote, replacing what the branch held
+    /// (the branch is the bot's own: a bump branch of a schedule).
+    ///
+    /// Errors: [`GitError::Git`] for network or authentication failures, or when the remote
+    /// rejects the update (e.g. a protected branch), with its reason.
+    pub fn push_branch(&self, sha: &str, branch: &str) -> Result<(), GitError> {
+        let repo = self.repo()?;
+        let local = format!("refs/tkgops/push/{branch}");
+        repo.reference(&local, oid(sha)?, true, "tkgops push")
+            .map_err(git("ref"))?;
+        let mut remote = repo
+            .remote_anonymous(&self.remote_url)
+            .map_err(git("remote"))?;
+        let mut callbacks = self.callbacks();
+        let rejected: Arc<Mutex<Option<String>>> = Arc::default();
+        let r = rejected.clone();
+        callbacks.push_update_reference(move |refname, status| {
+            if let Some(why) = status {
+                *r.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{refname}: {why}"));
+            }
+            Ok(())
+        });
+        let mut po = git2::PushOptions::new();
+        po.remote_callbacks(callbacks);
+        let spec = format!("+{local}:refs/heads/{branch}");
         remote
-            .fetch(&specs, Some(&mut fo), None)
-            .map_err(git(format!("fetch {}", refspecs.join(" "))))
+            .push(&[spec.as_str()], Some(&mut po))
+            .map_err(git(format!("push {branch}")))?;
+        let why = rejected.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match why {
+            Some(why) => Err(GitError::Git {
+                op: format!("push {branch}"),
+                source: git2::Error::from_str(&format!("the remote rejected the update: {why}")),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Fetches `refs/heads/<branch>` and returns its tip SHA.

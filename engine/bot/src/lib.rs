@@ -22,6 +22,7 @@ pub mod local;
 pub mod publisher;
 pub mod redact;
 pub mod replan;
+pub mod schedules;
 pub mod serve;
 #[cfg(test)]
 mod testing;
@@ -135,6 +136,8 @@ pub struct Bot {
     wake: Arc<tokio::sync::Notify>,
     /// Set once a poll of GitHub completed (`/readyz`).
     ready: Arc<std::sync::atomic::AtomicBool>,
+    /// What "now" is for schedules.
+    clock: std::sync::Mutex<schedules::Clock>,
 }
 
 impl Bot {
@@ -162,7 +165,19 @@ impl Bot {
             publisher,
             wake: Arc::new(tokio::sync::Notify::new()),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            clock: std::sync::Mutex::new(schedules::system_clock()),
         }
+    }
+
+    /// Replaces the clock schedules fire by (the system clock by default): a simulated clock
+    /// makes scheduled stories and tests finish in seconds.
+    pub fn set_clock(&self, clock: schedules::Clock) {
+        *self.clock.lock().unwrap_or_else(|e| e.into_inner()) = clock;
+    }
+
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let clock = self.clock.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        clock()
     }
 
     /// The state of the bot's HTTP server: webhooks verified with `webhook_secret` (`None`
@@ -227,6 +242,12 @@ impl Bot {
             if let Err(e) = self.handle_merged(pr).await {
                 all_handled = false;
                 warn!(pr = pr.number, error = %e, "handling the merge failed; will retry next poll");
+            }
+        }
+        // Scheduled upgrade runs of the default branch's policy.
+        if let Some(rc) = &repo_config {
+            if let Err(e) = self.tick_schedules(&tip, rc, &open, self.now()).await {
+                warn!(error = %e, "running the schedules failed; will retry next poll");
             }
         }
         // `/tkgops` commands (plan, retry, cancel) in comments since the last poll.

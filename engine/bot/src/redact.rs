@@ -139,6 +139,29 @@ impl VcsClient for RedactingVcs {
         self.inner.get_pull(number).await
     }
 
+    async fn create_pull(
+        &self,
+        title: &str,
+        head: &str,
+        base: &str,
+        body: &str,
+    ) -> Result<u64, GithubError> {
+        self.inner
+            .create_pull(&redact(title), head, base, &redact(body))
+            .await
+    }
+
+    async fn upsert_issue(
+        &self,
+        marker: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<u64, GithubError> {
+        self.inner
+            .upsert_issue(marker, &redact(title), &redact(body))
+            .await
+    }
+
     async fn list_comments_since(
         &self,
         since: chrono::DateTime<chrono::Utc>,

@@ -54,6 +54,12 @@ impl VcsClient for FakeVcs {
     async fn list_reviews(&self, _: u64) -> Result<Vec<Review>, GithubError> {
         Ok(Vec::new())
     }
+    async fn create_pull(&self, _: &str, _: &str, _: &str, _: &str) -> Result<u64, GithubError> {
+        Err(GithubError::Config("not used in this test".into()))
+    }
+    async fn upsert_issue(&self, _: &str, _: &str, _: &str) -> Result<u64, GithubError> {
+        Err(GithubError::Config("not used in this test".into()))
+    }
     async fn list_comments_since(
         &self,
         _: chrono::DateTime<chrono::Utc>,

@@ -379,16 +379,20 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             match request::parse_repo_config(REPO_CONFIG_PATH, &bytes) {
                 Err(fs) => repo_findings.extend(fs),
                 // Said loudly: nothing may look scheduled that is not (issue 8 item 6).
-                Ok(cfg) if !cfg.schedules.is_empty() => notes.push(format!(
-                    "tkgops.yaml declares the schedule(s) {}: they are validated ({}), but this version of tkgops does not run scheduled upgrades yet: no fire, bump pull request or upgrade run will happen on them. Upgrade clusters with a pull request that changes their `tkr`.",
-                    cfg.schedules
+                Ok(cfg) => {
+                    let apply: Vec<String> = cfg
+                        .schedules
                         .iter()
+                        .filter(|s| s.action == crate::schedule::ScheduleAction::Apply)
                         .map(|s| format!("`{}`", s.name))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    crate::schedule::RULE
-                )),
-                Ok(_) => {}
+                        .collect();
+                    if !apply.is_empty() {
+                        notes.push(format!(
+                            "tkgops.yaml declares the `action: apply` schedule(s) {}: this version of tkgops runs `action: propose` schedules only, so no upgrade run will start on them (the fleet dashboard shows each of their fires as not run). Use `action: propose`, or upgrade with a pull request that changes `tkr`.",
+                            apply.join(", ")
+                        ));
+                    }
+                }
             }
         }
     }

@@ -158,6 +158,11 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
             "/repos/{o}/{r}/issues/{n}/labels/{name}",
             axum::routing::delete(remove_label),
         )
+        .route("/repos/{o}/{r}/issues", get(list_issues).post(create_issue))
+        .route(
+            "/repos/{o}/{r}/issues/{n}",
+            get(get_issue).patch(update_issue),
+        )
         .route("/repos/{o}/{r}/issues/comments", get(list_repo_comments))
         .route(
             "/repos/{o}/{r}/issues/comments/{id}",
@@ -783,7 +788,7 @@ async fn list_reviews(
     let n = parse_num(&n)?;
     let reviews: Vec<super::Review> = {
         let st = sh.lock();
-        if !st.pulls.contains_key(&n) {
+        if !st.pulls.contains_key(&n) && !st.issues.contains_key(&n) {
             return Err(not_found());
         }
         st.reviews
@@ -967,6 +972,130 @@ async fn list_comments(
         &query(&raw),
         items,
     ))
+}
+
+/// The REST shape of issue `n` (a plain issue, or a pull request as an issue), if any.
+fn issue_json(sh: &Shared, n: u64) -> Option<Value> {
+    let st = sh.lock();
+    let comments = st.comments.iter().filter(|c| c.issue == n).count();
+    if let Some(i) = st.issues.get(&n) {
+        return Some(sh.ctx().plain_issue(i, comments));
+    }
+    st.pulls.get(&n).map(|p| sh.ctx().issue(p, comments))
+}
+
+/// `GET /repos/{o}/{r}/issues`: issues and pull requests (GitHub lists both; pull requests
+/// carry `pull_request`), `state` (`open` default, `closed`, `all`), `creator` (login),
+/// newest first (GitHub's default `sort=created`, `direction=desc`), paginated.
+async fn list_issues(
+    State(sh): Sh,
+    Path((o, r)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let q = query(&raw);
+    let state = q.get("state").map(String::as_str).unwrap_or("open");
+    if !["open", "closed", "all"].contains(&state) {
+        return Err(validation("Issue", "state", "invalid", None));
+    }
+    let creator = q.get("creator").map(|c| c.to_lowercase());
+    let numbers: Vec<u64> = {
+        let st = sh.lock();
+        let mut all: Vec<(&u64, &super::Pull)> = st.issues.iter().chain(st.pulls.iter()).collect();
+        all.sort_by_key(|(n, _)| std::cmp::Reverse(**n));
+        all.into_iter()
+            .filter(|(_, i)| match state {
+                "open" => i.open,
+                "closed" => !i.open,
+                _ => true,
+            })
+            .filter(|(_, i)| {
+                creator
+                    .as_deref()
+                    .is_none_or(|c| i.author.to_lowercase() == c)
+            })
+            .map(|(n, _)| *n)
+            .collect()
+    };
+    let items = numbers.iter().filter_map(|n| issue_json(&sh, *n)).collect();
+    Ok(paginate(&sh, &format!("/repos/{o}/{r}/issues"), &q, items))
+}
+
+/// `POST /repos/{o}/{r}/issues` with `title` (required, non-empty) and `body`: 201 with the
+/// issue and its `Location`.
+async fn create_issue(
+    State(sh): Sh,
+    Extension(p): Caller,
+    Path((o, r)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let b = parse_body(&body)?;
+    let Some(title) = str_field(&b, "title").filter(|t| !t.trim().is_empty()) else {
+        return Err(validation("Issue", "title", "missing_field", None));
+    };
+    let text = match b.get("body") {
+        Some(_) => body_field(&b)?,
+        None => String::new(),
+    };
+    let login = sh.login_of(&sh.lock(), &p);
+    let issue = sh.create_issue(title, &text, &login);
+    let mut resp = ok_json(StatusCode::CREATED, sh.ctx().plain_issue(&issue, 0));
+    let loc = format!("{}/repos/{o}/{r}/issues/{}", sh.api_url, issue.number);
+    if let Ok(v) = HeaderValue::from_str(&loc) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+async fn get_issue(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)>) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    issue_json(&sh, n)
+        .map(|v| ok_json(StatusCode::OK, v))
+        .ok_or_else(not_found)
+}
+
+/// `PATCH /repos/{o}/{r}/issues/{n}` of a plain issue: `title`, `body`, `state`
+/// (`open`/`closed`). Editing a pull request through this endpoint is not emulated (404).
+async fn update_issue(
+    State(sh): Sh,
+    Path((o, r, n)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    let b = parse_body(&body)?;
+    let text = match b.get("body") {
+        Some(_) => Some(body_field(&b)?),
+        None => None,
+    };
+    let state = str_field(&b, "state");
+    if state.is_some_and(|s| s != "open" && s != "closed") {
+        return Err(validation("Issue", "state", "invalid", None));
+    }
+    {
+        let mut st = sh.lock();
+        let now = sh.now();
+        let issue = st.issues.get_mut(&n).ok_or_else(not_found)?;
+        if let Some(t) = str_field(&b, "title") {
+            if t.trim().is_empty() {
+                return Err(validation("Issue", "title", "missing_field", None));
+            }
+            issue.title = t.to_string();
+        }
+        if let Some(t) = text {
+            issue.body = t;
+        }
+        if let Some(s) = state {
+            issue.open = s == "open";
+            issue.closed_at = (!issue.open).then_some(now);
+        }
+        issue.updated_at = now;
+    }
+    issue_json(&sh, n)
+        .map(|v| ok_json(StatusCode::OK, v))
+        .ok_or_else(not_found)
 }
 
 /// `GET /repos/{o}/{r}/issues/comments`: every comment of the repository, with GitHub's

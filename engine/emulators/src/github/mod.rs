@@ -145,6 +145,38 @@ pub enum GithubEmulatorError {
     AppKey(String),
 }
 
+/// A pull request as stored by the emulator (what a test asserts on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmulatedPull {
+    /// Number.
+    pub number: u64,
+    /// Title.
+    pub title: String,
+    /// Markdown body.
+    pub body: String,
+    /// Head branch.
+    pub head_ref: String,
+    /// Author login.
+    pub author: String,
+    /// Whether it is open.
+    pub open: bool,
+}
+
+/// A plain issue as stored by the emulator (what a test asserts on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmulatedIssue {
+    /// Issue number (shared sequence with pull requests).
+    pub number: u64,
+    /// Title.
+    pub title: String,
+    /// Markdown body.
+    pub body: String,
+    /// Author login.
+    pub author: String,
+    /// Whether it is open.
+    pub open: bool,
+}
+
 /// An issue comment as stored by the emulator (what a test asserts on).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EmulatedComment {
@@ -263,6 +295,9 @@ struct State {
     users: Vec<(String, String)>,
     next_pull: u64,
     pulls: BTreeMap<u64, Pull>,
+    /// Plain issues (not pull requests); numbered from `next_pull` as on GitHub, where issues
+    /// and pull requests share one sequence. Only the issue fields of [`Pull`] are used.
+    issues: BTreeMap<u64, Pull>,
     next_comment: u64,
     comments: Vec<Comment>,
     next_review: u64,
@@ -596,6 +631,37 @@ impl Shared {
         Ok(review)
     }
 
+    /// Records a new open plain issue by `author` (no validation: the REST handler validates
+    /// first). Returns it.
+    fn create_issue(&self, title: &str, body: &str, author: &str) -> Pull {
+        let mut st = self.lock();
+        let number = st.next_pull;
+        st.next_pull += 1;
+        let now = self.now();
+        let issue = Pull {
+            number,
+            title: title.to_string(),
+            body: body.to_string(),
+            author: author.to_string(),
+            head_ref: String::new(),
+            head_repo: HeadRepo::Base,
+            base_ref: String::new(),
+            open: true,
+            merged: false,
+            merged_at: None,
+            merged_by: None,
+            merge_commit_sha: None,
+            created_at: now,
+            updated_at: now,
+            closed_at: None,
+            head_sha: String::new(),
+            base_sha_closed: None,
+            labels: Vec::new(),
+        };
+        st.issues.insert(number, issue.clone());
+        issue
+    }
+
     /// Records a comment by `user` on PR/issue `number` (body length already checked).
     /// Announces `created`.
     fn add_comment(
@@ -604,6 +670,30 @@ impl Shared {
         user: &str,
         body: String,
     ) -> Result<Comment, GithubEmulatorError> {
+        {
+            // A comment on a plain issue: recorded, announced by no webhook (DESIGN leniency).
+            let mut st = self.lock();
+            if !st.pulls.contains_key(&number) {
+                let now = self.now();
+                let issue = st
+                    .issues
+                    .get_mut(&number)
+                    .ok_or(GithubEmulatorError::NoSuchPull(number))?;
+                issue.updated_at = now;
+                let id = st.next_comment;
+                st.next_comment += 1;
+                let c = Comment {
+                    id,
+                    issue: number,
+                    user: user.to_string(),
+                    body,
+                    created_at: now,
+                    updated_at: now,
+                };
+                st.comments.push(c.clone());
+                return Ok(c);
+            }
+        }
         let (comment, pull) = {
             let mut st = self.lock();
             let pull = st
@@ -813,6 +903,7 @@ impl GithubEmulator {
                 users,
                 next_pull: 1,
                 pulls: BTreeMap::new(),
+                issues: BTreeMap::new(),
                 next_comment: 1,
                 comments: Vec::new(),
                 next_review: 1,
@@ -1160,6 +1251,39 @@ impl GithubEmulator {
             });
         }
         Ok(())
+    }
+
+    /// The pull requests, by number.
+    pub fn pull_requests(&self) -> Vec<EmulatedPull> {
+        self.shared
+            .lock()
+            .pulls
+            .values()
+            .map(|p| EmulatedPull {
+                number: p.number,
+                title: p.title.clone(),
+                body: p.body.clone(),
+                head_ref: p.head_ref.clone(),
+                author: p.author.clone(),
+                open: p.open,
+            })
+            .collect()
+    }
+
+    /// The plain issues (not pull requests), by number: (number, title, body, author, open).
+    pub fn issues(&self) -> Vec<EmulatedIssue> {
+        self.shared
+            .lock()
+            .issues
+            .values()
+            .map(|i| EmulatedIssue {
+                number: i.number,
+                title: i.title.clone(),
+                body: i.body.clone(),
+                author: i.author.clone(),
+                open: i.open,
+            })
+            .collect()
     }
 
     /// The comments on PR/issue `number`, oldest first (empty when there are none).

@@ -450,6 +450,21 @@ impl Ctx<'_> {
         v
     }
 
+    /// A plain issue (not a pull request) `i` in the REST shape: [`Self::issue`] without the
+    /// `pull_request` links, its `html_url` under `/issues/`.
+    pub fn plain_issue(&self, i: &Pull, comments: usize) -> Value {
+        let mut v = self.issue(i, comments);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("pull_request");
+        }
+        v["html_url"] = json!(format!(
+            "https://github.com/{}/issues/{}",
+            self.full_name(),
+            i.number
+        ));
+        v
+    }
+
     /// One commit of a `push` payload (webhook example shape).
     pub fn push_commit(&self, c: &super::git::PushCommit) -> Value {
         let mut v = templates().push_commit.clone();

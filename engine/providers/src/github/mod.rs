@@ -406,6 +406,30 @@ pub trait VcsClient: Send + Sync {
         since: DateTime<Utc>,
     ) -> Result<Vec<IssueComment>, GithubError>;
 
+    /// Opens a pull request from branch `head` of this repository into `base` with `title` and
+    /// `body` (through [`fit_comment`]'s 65,536-character cut) (`POST /repos/{o}/{r}/pulls`);
+    /// returns its number. Not retried after the request may have been received (GitHub
+    /// refuses a second open pull request for the same branch with a 422 anyway).
+    ///
+    /// Errors: [`GithubError::Api`] 422 when the branch has no commits over `base` or already
+    /// has an open pull request; the transient errors after the client's retries.
+    async fn create_pull(
+        &self,
+        title: &str,
+        head: &str,
+        base: &str,
+        body: &str,
+    ) -> Result<u64, GithubError>;
+
+    /// Creates or edits the open issue whose body carries `marker` and that the token's own
+    /// user opened (searched over every page of `GET /repos/{o}/{r}/issues?state=open&creator=…`,
+    /// pull requests skipped), with `title` and `body` (through [`fit_comment`]); does not write
+    /// when both are unchanged. Returns the issue number: how the bot keeps one dashboard issue.
+    ///
+    /// Errors: [`GithubError::Config`] when the token's user cannot be read; the API errors.
+    async fn upsert_issue(&self, marker: &str, title: &str, body: &str)
+        -> Result<u64, GithubError>;
+
     /// The token git uses over HTTPS (`x-access-token`): the token itself, or a GitHub App
     /// installation token valid for at least another 30 s (minted or refreshed as needed).
     /// `None` when the client has no token for git.
@@ -969,6 +993,64 @@ impl OctocrabClient {
             .cloned()
     }
 
+    async fn upsert_issue_once(
+        &self,
+        marker: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<u64, GithubError> {
+        let login = self.bot_login().await?.ok_or_else(|| {
+            GithubError::Config(
+                "cannot tell the bot's own issues apart: GET /user returned no login for this token"
+                    .into(),
+            )
+        })?;
+        let issues: Vec<Value> = self
+            .get_pages_once(self.repo_path(&format!(
+                "/issues?state=open&per_page=100&creator={}",
+                enc(&login)
+            )))
+            .await?;
+        let existing = issues.iter().find(|i| {
+            i.get("pull_request").is_none()
+                && i.pointer("/user/login")
+                    .and_then(Value::as_str)
+                    .is_some_and(|l| l.eq_ignore_ascii_case(&login))
+                && i.get("body")
+                    .and_then(Value::as_str)
+                    .is_some_and(|b| b.contains(marker))
+        });
+        match existing {
+            Some(i) => {
+                let n = i.get("number").and_then(Value::as_u64).unwrap_or(0);
+                let same = i.get("body").and_then(Value::as_str) == Some(body)
+                    && i.get("title").and_then(Value::as_str) == Some(title);
+                if !same {
+                    let path = self.repo_path(&format!("/issues/{n}"));
+                    self.send_once(
+                        &Method::PATCH,
+                        &path,
+                        Some(&json!({ "title": title, "body": body })),
+                    )
+                    .await?;
+                }
+                Ok(n)
+            }
+            None => {
+                let path = self.repo_path("/issues");
+                let raw = self
+                    .send_once(
+                        &Method::POST,
+                        &path,
+                        Some(&json!({ "title": title, "body": body })),
+                    )
+                    .await?;
+                let v: Value = Self::decode(&Method::POST, &path, &raw)?;
+                Ok(v.get("number").and_then(Value::as_u64).unwrap_or(0))
+            }
+        }
+    }
+
     async fn upsert_once(&self, number: u64, marker: &str, body: &str) -> Result<u64, GithubError> {
         let comments: Vec<octocrab::models::issues::Comment> = self
             .get_pages_once(self.repo_path(&format!("/issues/{number}/comments?per_page=100")))
@@ -1224,6 +1306,44 @@ impl VcsClient for OctocrabClient {
                 })
             })
             .collect())
+    }
+
+    async fn create_pull(
+        &self,
+        title: &str,
+        head: &str,
+        base: &str,
+        body: &str,
+    ) -> Result<u64, GithubError> {
+        let path = self.repo_path("/pulls");
+        let body = fit_comment(body, "");
+        let payload = json!({ "title": title, "head": head, "base": base, "body": body });
+        let raw = self
+            .retrying("create_pull", || {
+                self.send_once(&Method::POST, &path, Some(&payload))
+            })
+            .await?;
+        let v: Value = Self::decode(&Method::POST, &path, &raw)?;
+        v.get("number")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| GithubError::Decode {
+                method: "POST".into(),
+                path: path.clone(),
+                message: "the created pull request has no number".into(),
+            })
+    }
+
+    async fn upsert_issue(
+        &self,
+        marker: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<u64, GithubError> {
+        let body = fit_comment(body, marker);
+        self.retrying("upsert_issue", || {
+            self.upsert_issue_once(marker, title, &body)
+        })
+        .await
     }
 
     async fn upsert_comment(

@@ -1,0 +1,590 @@
+//! Scheduled upgrade runs (issue 8 item 6), the bot's part: firing the `schedules` of the
+//! default branch's `tkgops.yaml` ([`tkgops_domain::schedule`]) at their cron times, once, and
+//! keeping the fleet dashboard issue.
+//!
+//! Every poll asks each schedule whether it is due ([`due_fire`]) at the bot's clock:
+//! - a fire whose maintenance window is open is recorded in the journal (its
+//!   [`FireRecord`] `firing`, and `schedule/<name>/last-fire`) before anything is done for it,
+//!   so a restart never fires it twice; a fire interrupted by a restart is finished on the next
+//!   poll if its window is still open;
+//! - fires whose windows closed while the bot was down are recorded as missed and shown on the
+//!   dashboard, never run late.
+//!
+//! Actions:
+//! - `propose` (Renovate-style): one pull request per target TKR with every selected cluster's
+//!   `tkr` bumped ([`bump_tkr_line`]), pushed with git2 to a deterministic branch
+//!   ([`group_bumps`]) and opened through the GitHub API, within `maxOpenPRs` and
+//!   `maxPRsPerHour`; a bump whose branch already has an open pull request is left to it. The
+//!   pull request is planned and approved like any other; merging it runs `upgrade-cluster`.
+//! - `apply` is not run by this version: the fire is recorded as not run, with the reason, on
+//!   the dashboard and in the log (a schedule never looks run when it was not).
+//!
+//! The dashboard is one issue opened by the bot, found by [`DASHBOARD_MARKER`]: every cluster
+//! with its TKR and pending bump, and every schedule with its last fire, result and next fire.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use tracing::{info, warn};
+
+use crate::{blocking, Bot, BotError};
+use tkgops_domain::request::{parse_cluster_settings, RepoConfig};
+use tkgops_domain::schedule::{
+    bump_tkr_line, due_fire, group_bumps, plan_waves, Bump, DueFire, FleetCluster, Schedule,
+    ScheduleAction,
+};
+use tkgops_domain::workflow::markdown::cell;
+use tkgops_providers::github::PullRequest;
+
+/// The hidden marker of the fleet dashboard issue.
+pub const DASHBOARD_MARKER: &str = "<!-- tkgops:fleet-dashboard -->";
+
+/// The fleet dashboard issue's title.
+pub const DASHBOARD_TITLE: &str = "tkgops fleet dashboard";
+
+/// Journal key prefix of everything the scheduler keeps: `schedule/<name>/last-fire` (RFC 3339,
+/// the latest fire handled), `schedule/<name>/fire/<RFC 3339>` ([`FireRecord`] JSON) and
+/// `schedule/<name>/opened/<RFC 3339>/<PR>` (bump pull requests opened, for `maxPRsPerHour`).
+pub const SCHEDULE_PREFIX: &str = "schedule/";
+
+/// Journal key of the digest of the dashboard body last accepted by GitHub.
+pub const DASHBOARD_DIGEST_KEY: &str = "dashboard/digest";
+
+/// The author of bump commits (name, e-mail).
+pub const BUMP_AUTHOR: (&str, &str) = ("tkgops", "tkgops@users.noreply.github.com");
+
+/// The bot's clock: what "now" is for schedules (the system clock, or a simulated one in tests
+/// and the sandbox's scheduled stories).
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
+}
+
+/// What happened to one fire of a schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FireState {
+    /// Recorded, its action not finished yet (resumed while its window is open).
+    Firing,
+    /// `propose` finished: the pull requests it opened or found are listed.
+    Proposed,
+    /// Its action did not run (the reason is the detail).
+    NotRun,
+    /// Its window closed while the bot was down: not run.
+    Missed,
+}
+
+/// The journal record of one fire (`schedule/<name>/fire/<RFC 3339>`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FireRecord {
+    /// Schedule name.
+    pub schedule: String,
+    /// The cron time (UTC).
+    pub fire: DateTime<Utc>,
+    /// What happened.
+    pub state: FireState,
+    /// For people: what was done or why not.
+    pub detail: String,
+    /// Bump pull requests opened or found open for this fire.
+    #[serde(default)]
+    pub pulls: Vec<u64>,
+    /// Bumps not proposed because a cap was reached.
+    #[serde(default)]
+    pub capped: Vec<Bump>,
+    /// When the record was last written (the bot's clock).
+    pub updated_at: DateTime<Utc>,
+}
+
+fn store_err(e: impl std::fmt::Display) -> BotError {
+    BotError::Store(e.to_string())
+}
+
+fn fire_key(name: &str, fire: DateTime<Utc>) -> String {
+    format!("{SCHEDULE_PREFIX}{name}/fire/{}", fire.to_rfc3339())
+}
+
+fn last_key(name: &str) -> String {
+    format!("{SCHEDULE_PREFIX}{name}/last-fire")
+}
+
+fn parse_time(b: &[u8]) -> Option<DateTime<Utc>> {
+    let s = std::str::from_utf8(b).ok()?;
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+/// A time in the schedule's time zone, e.g. `2026-12-05 02:00 Europe/Berlin`.
+fn local(s: &Schedule, t: DateTime<Utc>) -> String {
+    match s.tz() {
+        Ok(tz) => format!(
+            "{} {}",
+            t.with_timezone(&tz).format("%Y-%m-%d %H:%M"),
+            tz.name()
+        ),
+        Err(_) => format!("{} UTC", t.format("%Y-%m-%d %H:%M")),
+    }
+}
+
+impl Bot {
+    /// Fires the due schedules of `rc` (the default branch's policy at `tip`) at `now` and
+    /// updates the dashboard (see the module docs). `open` are the open pull requests into the
+    /// default branch. Errors of one schedule are logged and do not stop the others.
+    ///
+    /// Errors: [`BotError`] when the journal cannot be read or the dashboard not written.
+    pub(crate) async fn tick_schedules(
+        &self,
+        tip: &str,
+        rc: &RepoConfig,
+        open: &[PullRequest],
+        now: DateTime<Utc>,
+    ) -> Result<(), BotError> {
+        if rc.schedules.is_empty() {
+            return Ok(());
+        }
+        let fleet = self.fleet(tip, rc).await?;
+        for s in &rc.schedules {
+            if let Err(e) = self.tick_schedule(s, tip, &fleet, open, now).await {
+                warn!(schedule = %s.name, error = %e, "schedule tick failed; will retry next poll");
+            }
+        }
+        self.update_dashboard(rc, &fleet, open, now).await
+    }
+
+    async fn tick_schedule(
+        &self,
+        s: &Schedule,
+        tip: &str,
+        fleet: &[FleetCluster],
+        open: &[PullRequest],
+        now: DateTime<Utc>,
+    ) -> Result<(), BotError> {
+        // A fire a restart interrupted: finished while its window is open.
+        let prefix = format!("{SCHEDULE_PREFIX}{}/fire/", s.name);
+        for (_, v) in self.store.scan_meta(&prefix).await.map_err(store_err)? {
+            let Ok(rec) = serde_json::from_slice::<FireRecord>(&v) else {
+                continue;
+            };
+            if rec.state != FireState::Firing {
+                continue;
+            }
+            if s.window_open(rec.fire, now) {
+                info!(schedule = %s.name, fire = %rec.fire, "finishing a fire a restart interrupted");
+                self.act(s, rec.fire, tip, fleet, open, now).await?;
+            } else {
+                self.put_fire(FireRecord {
+                    state: FireState::NotRun,
+                    detail: "the window closed before the fire finished (the bot was down)".into(),
+                    updated_at: now,
+                    ..rec
+                })
+                .await?;
+            }
+        }
+        let last = self
+            .store
+            .get_meta(&last_key(&s.name))
+            .await
+            .map_err(store_err)?
+            .and_then(|b| parse_time(&b));
+        match due_fire(s, last, now) {
+            DueFire::None => Ok(()),
+            DueFire::Missed { fires } => {
+                for fire in &fires {
+                    warn!(schedule = %s.name, fire = %fire, "a fire was missed: its window closed while the bot was down");
+                    self.put_fire(FireRecord {
+                        schedule: s.name.clone(),
+                        fire: *fire,
+                        state: FireState::Missed,
+                        detail: "missed: its window closed while the bot was down".into(),
+                        pulls: Vec::new(),
+                        capped: Vec::new(),
+                        updated_at: now,
+                    })
+                    .await?;
+                }
+                if let Some(latest) = fires.last() {
+                    self.put_last(&s.name, *latest).await?;
+                }
+                Ok(())
+            }
+            DueFire::Run { fire } => {
+                // Recorded before anything is done: a restart never fires it twice.
+                self.put_fire(FireRecord {
+                    schedule: s.name.clone(),
+                    fire,
+                    state: FireState::Firing,
+                    detail: "firing".into(),
+                    pulls: Vec::new(),
+                    capped: Vec::new(),
+                    updated_at: now,
+                })
+                .await?;
+                self.put_last(&s.name, fire).await?;
+                info!(schedule = %s.name, fire = %fire, "schedule fired");
+                self.act(s, fire, tip, fleet, open, now).await
+            }
+        }
+    }
+
+    async fn put_fire(&self, rec: FireRecord) -> Result<(), BotError> {
+        let bytes = serde_json::to_vec(&rec).map_err(store_err)?;
+        self.store
+            .put_meta(&fire_key(&rec.schedule, rec.fire), &bytes)
+            .await
+            .map_err(store_err)
+    }
+
+    async fn put_last(&self, name: &str, fire: DateTime<Utc>) -> Result<(), BotError> {
+        self.store
+            .put_meta(&last_key(name), fire.to_rfc3339().as_bytes())
+            .await
+            .map_err(store_err)
+    }
+
+    /// Every cluster of the default branch at `tip` whose `tkgops.yaml` parses, with the TKRs
+    /// its management cluster offers (`tkgVersion`'s and `tkrs`, as the plan's `TKGOPS-TKR`).
+    async fn fleet(&self, tip: &str, rc: &RepoConfig) -> Result<Vec<FleetCluster>, BotError> {
+        let git = self.git.clone();
+        let tip = tip.to_string();
+        let files = blocking(move || {
+            let tree = git.tree(&tip)?;
+            let names = git.list_dirs(&tip, "clusters")?;
+            use tkgops_domain::files::TreeReader;
+            Ok(names
+                .into_iter()
+                .filter_map(|n| {
+                    let path = format!("clusters/{n}/tkgops.yaml");
+                    tree.read(&path).map(|b| (n, path, b))
+                })
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        Ok(files
+            .into_iter()
+            .filter_map(|(name, path, bytes)| {
+                let settings = parse_cluster_settings(&path, &bytes).ok()?;
+                let offered = rc
+                    .management_cluster(&settings.management_cluster)
+                    .map(|m| m.offered_tkrs())
+                    .unwrap_or_default();
+                Some(FleetCluster {
+                    name,
+                    labels: settings.labels,
+                    tkr: settings.tkr,
+                    offered,
+                })
+            })
+            .collect())
+    }
+
+    async fn act(
+        &self,
+        s: &Schedule,
+        fire: DateTime<Utc>,
+        tip: &str,
+        fleet: &[FleetCluster],
+        open: &[PullRequest],
+        now: DateTime<Utc>,
+    ) -> Result<(), BotError> {
+        let rec = match s.action {
+            ScheduleAction::Apply => {
+                let why = "not run: `action: apply` is not supported by this version of tkgops, so no upgrade was started. Use `action: propose`, or upgrade with a pull request that changes `tkr`";
+                warn!(schedule = %s.name, fire = %fire, "{why}");
+                FireRecord {
+                    schedule: s.name.clone(),
+                    fire,
+                    state: FireState::NotRun,
+                    detail: why.into(),
+                    pulls: Vec::new(),
+                    capped: Vec::new(),
+                    updated_at: now,
+                }
+            }
+            ScheduleAction::Propose => self.propose(s, fire, tip, fleet, open, now).await?,
+        };
+        self.put_fire(rec).await
+    }
+
+    /// `action: propose`: one bump pull request per target TKR, within the caps.
+    async fn propose(
+        &self,
+        s: &Schedule,
+        fire: DateTime<Utc>,
+        tip: &str,
+        fleet: &[FleetCluster],
+        open: &[PullRequest],
+        now: DateTime<Utc>,
+    ) -> Result<FireRecord, BotError> {
+        let plan = plan_waves(s, fleet);
+        let bumps: Vec<Bump> = plan.waves.iter().flat_map(|w| w.bumps.clone()).collect();
+        let groups = group_bumps(&s.name, &bumps);
+        // Schedule names are DNS labels (TKGOPS-SCHEDULE): their branch prefix is verbatim.
+        let branch_prefix = format!("tkgops/schedule/{}/", s.name);
+        let open_mine: BTreeMap<&str, u64> = open
+            .iter()
+            .filter(|p| p.head_ref.starts_with(&branch_prefix))
+            .map(|p| (p.head_ref.as_str(), p.number))
+            .collect();
+        let hour_ago = now - chrono::Duration::hours(1);
+        let opened_prefix = format!("{SCHEDULE_PREFIX}{}/opened/", s.name);
+        let opened_last_hour = self
+            .store
+            .scan_meta(&opened_prefix)
+            .await
+            .map_err(store_err)?
+            .iter()
+            .filter_map(|(k, _)| {
+                let rest = k.strip_prefix(&opened_prefix)?;
+                parse_time(rest.split('/').next()?.as_bytes())
+            })
+            .filter(|t| *t > hour_ago)
+            .count() as u32;
+        let mut budget = s
+            .propose_limits()
+            .budget(open_mine.len() as u32, opened_last_hour);
+        let mut pulls = Vec::new();
+        let mut capped = Vec::new();
+        for g in &groups {
+            if let Some(n) = open_mine.get(g.branch.as_str()) {
+                pulls.push(*n);
+                continue;
+            }
+            if budget == 0 {
+                capped.extend(g.bumps.iter().cloned());
+                continue;
+            }
+            let n = self.open_bump_pull(s, fire, tip, g).await?;
+            self.store
+                .put_meta(&format!("{opened_prefix}{}/{n}", now.to_rfc3339()), b"")
+                .await
+                .map_err(store_err)?;
+            pulls.push(n);
+            budget -= 1;
+        }
+        let detail = if bumps.is_empty() {
+            "nothing to propose: every selected cluster runs the target TKR".to_string()
+        } else if capped.is_empty() {
+            format!("{} bump(s) proposed", bumps.len())
+        } else {
+            format!(
+                "{} bump(s) proposed, {} waiting for the caps (maxOpenPRs {}, maxPRsPerHour {})",
+                bumps.len() - capped.len(),
+                capped.len(),
+                s.propose_limits().max_open_prs,
+                s.propose_limits().max_prs_per_hour
+            )
+        };
+        Ok(FireRecord {
+            schedule: s.name.clone(),
+            fire,
+            state: FireState::Proposed,
+            detail,
+            pulls,
+            capped,
+            updated_at: now,
+        })
+    }
+
+    /// Commits the bumps of `g` on top of `tip`, pushes them to `g.branch` and opens the pull
+    /// request; returns its number.
+    async fn open_bump_pull(
+        &self,
+        s: &Schedule,
+        fire: DateTime<Utc>,
+        tip: &str,
+        g: &tkgops_domain::schedule::BumpGroup,
+    ) -> Result<u64, BotError> {
+        let git = self.git.clone();
+        let (tip, bumps, to, branch) = (
+            tip.to_string(),
+            g.bumps.clone(),
+            g.to.clone(),
+            g.branch.clone(),
+        );
+        let title = format!(
+            "Upgrade {} cluster(s) to TKR {to} (schedule {})",
+            bumps.len(),
+            s.name
+        );
+        let message = format!(
+            "{title}\n\nScheduled by {} at {}.\n",
+            s.name,
+            local(s, fire)
+        );
+        let msg = message.clone();
+        let b = branch.clone();
+        blocking(move || {
+            use tkgops_domain::files::TreeReader;
+            let tree = git.tree(&tip)?;
+            let mut files = Vec::new();
+            for bump in &bumps {
+                let path = format!("clusters/{}/tkgops.yaml", bump.cluster);
+                let text = tree
+                    .read(&path)
+                    .map(|t| String::from_utf8_lossy(&t).into_owned())
+                    .unwrap_or_default();
+                match bump_tkr_line(&text, &to) {
+                    Ok(new) => files.push((path, new.into_bytes())),
+                    Err(e) => warn!(cluster = %bump.cluster, error = %e, "cannot bump; left out"),
+                }
+            }
+            let commit = git.commit_files(&tip, &files, &msg, BUMP_AUTHOR)?;
+            git.push_branch(&commit, &b)
+        })
+        .await?;
+        let rows: Vec<String> = g
+            .bumps
+            .iter()
+            .map(|b| format!("| `{}` | `{}` | `{}` |", b.cluster, b.from, b.to))
+            .collect();
+        let body = format!(
+            "Scheduled by **{}** (fire {}, target `{:?}`): upgrades these clusters to TKR `{}`.\n\n| Cluster | From | To |\n|---|---|---|\n{}\n\nThe plan comment shows what each upgrade replaces and how long it should take. Merging runs `upgrade-cluster` for every cluster, one run per cluster, under the usual approvals.\n",
+            s.name,
+            local(s, fire),
+            s.target,
+            g.to,
+            rows.join("\n")
+        );
+        let n = self
+            .vcs
+            .create_pull(&title, &branch, &self.default_branch, &body)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        info!(schedule = %s.name, pr = n, branch = %branch, "bump pull request opened");
+        Ok(n)
+    }
+
+    /// Renders the dashboard and writes it when it changed since GitHub last accepted it.
+    async fn update_dashboard(
+        &self,
+        rc: &RepoConfig,
+        fleet: &[FleetCluster],
+        open: &[PullRequest],
+        now: DateTime<Utc>,
+    ) -> Result<(), BotError> {
+        let mut fires: BTreeMap<String, Vec<FireRecord>> = BTreeMap::new();
+        for s in &rc.schedules {
+            let prefix = format!("{SCHEDULE_PREFIX}{}/fire/", s.name);
+            let recs = self.store.scan_meta(&prefix).await.map_err(store_err)?;
+            fires.insert(
+                s.name.clone(),
+                recs.iter()
+                    .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+                    .collect(),
+            );
+        }
+        let body = dashboard(rc, fleet, open, &fires, now);
+        let digest = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+        let stored = self
+            .store
+            .get_meta(DASHBOARD_DIGEST_KEY)
+            .await
+            .map_err(store_err)?;
+        if stored.as_deref() == Some(digest.as_bytes()) {
+            return Ok(());
+        }
+        self.vcs
+            .upsert_issue(DASHBOARD_MARKER, DASHBOARD_TITLE, &body)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        self.store
+            .put_meta(DASHBOARD_DIGEST_KEY, digest.as_bytes())
+            .await
+            .map_err(store_err)
+    }
+}
+
+/// The dashboard issue body: clusters (TKR, pending bump), schedules (last fire, result, next
+/// fire) and missed fires.
+pub fn dashboard(
+    rc: &RepoConfig,
+    fleet: &[FleetCluster],
+    open: &[PullRequest],
+    fires: &BTreeMap<String, Vec<FireRecord>>,
+    now: DateTime<Utc>,
+) -> String {
+    let mut out = format!("{DASHBOARD_MARKER}\n## tkgops fleet dashboard\n\n");
+    // Pending bumps: what each schedule would propose now, and its open pull request.
+    let mut pending: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for s in &rc.schedules {
+        let plan = plan_waves(s, fleet);
+        for g in group_bumps(
+            &s.name,
+            &plan
+                .waves
+                .iter()
+                .flat_map(|w| w.bumps.clone())
+                .collect::<Vec<_>>(),
+        ) {
+            let pr = open
+                .iter()
+                .find(|p| p.head_ref == g.branch)
+                .map(|p| format!(" (#{})", p.number))
+                .unwrap_or_default();
+            for b in &g.bumps {
+                pending
+                    .entry(b.cluster.clone())
+                    .or_default()
+                    .push(format!("→ `{}`{pr} by {}", b.to, s.name));
+            }
+        }
+    }
+    out.push_str("| Cluster | TKR | Pending bump |\n|---|---|---|\n");
+    for c in fleet {
+        let p = pending
+            .get(&c.name)
+            .map(|v| v.join("<br>"))
+            .unwrap_or_else(|| "up to date".into());
+        out.push_str(&format!("| `{}` | `{}` | {} |\n", c.name, c.tkr, p));
+    }
+    out.push_str("\n| Schedule | Action | Target | Last fire | Result | Next fire |\n|---|---|---|---|---|---|\n");
+    let mut missed = Vec::new();
+    for s in &rc.schedules {
+        let recs = fires.get(&s.name).map(Vec::as_slice).unwrap_or_default();
+        let last = recs
+            .iter()
+            .filter(|r| r.state != FireState::Missed)
+            .max_by_key(|r| r.fire);
+        let (when, result) = match last {
+            Some(r) => {
+                let prs: Vec<String> = r.pulls.iter().map(|n| format!("#{n}")).collect();
+                let prs = if prs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", prs.join(", "))
+                };
+                (local(s, r.fire), cell(&format!("{}{prs}", r.detail), 200))
+            }
+            None => ("never".into(), String::new()),
+        };
+        let next = s
+            .next_fire(now)
+            .map(|t| local(s, t))
+            .unwrap_or_else(|| "never".into());
+        out.push_str(&format!(
+            "| `{}` | {:?} | {:?} | {when} | {result} | {next} |\n",
+            s.name, s.action, s.target
+        ));
+        for r in recs.iter().filter(|r| r.state == FireState::Missed) {
+            missed.push(format!(
+                "- `{}`: {} ({})",
+                s.name,
+                local(s, r.fire),
+                r.detail
+            ));
+        }
+    }
+    if !missed.is_empty() {
+        out.push_str("\n### Missed fires\n\n");
+        out.push_str(&missed.join("\n"));
+        out.push('\n');
+    }
+    out
+}
