@@ -403,3 +403,128 @@ fn sandbox_serve_writes_its_env_and_stops_moto_on_sigterm() {
 fn sandbox_serve_stops_moto_on_sigint() {
     serve_then_stop_with("INT");
 }
+
+/// Runs `tkgops-sandbox --story NAME --exit`; returns (exit code, stdout).
+fn story(name: &str) -> (Option<i32>, String) {
+    let o = sandbox(&["--story", name, "--exit"]);
+    let out = stdout(&o);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    (o.status.code(), format!("{out}\n----- stderr -----\n{err}"))
+}
+
+/// The last bot comment printed for the day-2 pull request: the text between the last
+/// "the PR conversation:" and the next "==>" line.
+fn final_run_comment(out: &str) -> String {
+    let start = out
+        .rfind("the PR conversation:\n")
+        .map(|i| i + "the PR conversation:\n".len())
+        .unwrap_or_else(|| panic!("no conversation: {out}"));
+    let rest = &out[start..];
+    let end = rest.find("\n==> ").unwrap_or(rest.len());
+    rest[..end].trim().to_string()
+}
+
+#[test]
+fn sandbox_story_upgrade_rolls_every_machine_to_the_new_version() {
+    let (code, out) = story("upgrade");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("first, team-a-prod is created at TKR v1.24.11+vmware.1-tkg.1"),
+        "{out}"
+    );
+    let re = regex::Regex::new(
+        r"KubeadmControlPlane team-a-prod-\w+: version v1\.25\.7\+vmware\.2, 3/3 ready",
+    )
+    .unwrap();
+    assert!(re.is_match(&out), "{out}");
+    let mds = regex::Regex::new(
+        r"MachineDeployment team-a-prod-md-\d-\w+: version v1\.25\.7\+vmware\.2, 1/1 ready",
+    )
+    .unwrap();
+    assert_eq!(mds.find_iter(&out).count(), 3, "{out}");
+    crate::support::assert_golden("story-upgrade.md", &final_run_comment(&out));
+}
+
+#[test]
+fn sandbox_story_scale_adds_workers() {
+    let (code, out) = story("scale");
+    assert_eq!(code, Some(0), "{out}");
+    let mds = regex::Regex::new(
+        r"MachineDeployment team-a-prod-md-\d-\w+: version v1\.25\.7\+vmware\.2, 2/2 ready",
+    )
+    .unwrap();
+    assert_eq!(mds.find_iter(&out).count(), 3, "{out}");
+    crate::support::assert_golden("story-scale.md", &final_run_comment(&out));
+}
+
+#[test]
+fn sandbox_story_packages_installs_fluent_bit() {
+    let (code, out) = story("packages");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("PackageInstall tanzu-system-logging/fluent-bit: ReconcileSucceeded"),
+        "{out}"
+    );
+    crate::support::assert_golden("story-packages.md", &final_run_comment(&out));
+}
+
+#[test]
+fn sandbox_story_tmc_group_moves_the_cluster() {
+    let (code, out) = story("tmc-group");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("TMC cluster team-a-prod: phase READY, health HEALTHY, cluster group team-b"),
+        "{out}"
+    );
+    crate::support::assert_golden("story-tmc-group.md", &final_run_comment(&out));
+}
+
+#[test]
+fn sandbox_story_delete_removes_the_cluster_with_the_label_and_two_approvals() {
+    let (code, out) = story("delete");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("adds the label tkgops/allow-delete"), "{out}");
+    assert!(out.contains("bob approves PR #2"), "{out}");
+    assert!(
+        out.contains("Cluster default/team-a-prod: not found on mc-aws-1")
+            && out.contains("TMC cluster team-a-prod: not attached"),
+        "{out}"
+    );
+    crate::support::assert_golden("story-delete.md", &final_run_comment(&out));
+}
+
+#[test]
+fn sandbox_story_scheduled_propose_opens_the_bump_and_its_merge_upgrades() {
+    let (code, out) = story("scheduled-propose");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("the schedule opened PR #4: Upgrade 1 cluster(s) to TKR v1.25.7+vmware.2-tkg.1 (schedule weekly-minor)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("----- issue #3 by tkgops[bot]: tkgops fleet dashboard -----")
+            && out.contains("| `weekly-minor` | propose | latest-minor |")
+            && out.contains("1 bump(s) proposed (#4)"),
+        "{out}"
+    );
+    let re = regex::Regex::new(
+        r"KubeadmControlPlane team-a-prod-\w+: version v1\.25\.7\+vmware\.2, 3/3 ready",
+    )
+    .unwrap();
+    assert!(re.is_match(&out), "{out}");
+    crate::support::assert_golden("story-scheduled-propose.md", &final_run_comment(&out));
+}
+
+#[test]
+fn sandbox_story_scheduled_apply_fails_loudly() {
+    let (code, out) = story("scheduled-apply");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("not run: `action: apply` is not supported by this version of tkgops"),
+        "{out}"
+    );
+    assert!(
+        out.contains("`action: apply` is not supported by this version of tkgops: the fire is recorded as not run"),
+        "{out}"
+    );
+}

@@ -157,7 +157,7 @@ async fn propose_schedules_fire_once_in_their_window_capped_and_survive_restarts
         "{d}"
     );
     assert!(
-        d.contains("| `weekly-patch` | Propose | LatestPatch | never |  | 2026-12-05 02:00 Europe/Berlin |"),
+        d.contains("| `weekly-patch` | propose | latest-patch | never |  | 2026-12-05 02:00 Europe/Berlin |"),
         "{d}"
     );
 
@@ -195,7 +195,7 @@ async fn propose_schedules_fire_once_in_their_window_capped_and_survive_restarts
     let d = dashboard(&env);
     assert!(
         d.contains(&format!(
-            "| `weekly-patch` | Propose | LatestPatch | 2026-12-05 02:00 Europe/Berlin | 1 bump(s) proposed (#{}) | 2026-12-12 02:00 Europe/Berlin |",
+            "| `weekly-patch` | propose | latest-patch | 2026-12-05 02:00 Europe/Berlin | 1 bump(s) proposed (#{}) | 2026-12-12 02:00 Europe/Berlin |",
             pulls[0].0
         )),
         "{d}"
@@ -210,7 +210,7 @@ async fn propose_schedules_fire_once_in_their_window_capped_and_survive_restarts
     let d = dashboard(&env);
     assert!(
         d.contains(&format!(
-            "| `minor-bumps` | Propose | LatestMinor | 2026-12-05 02:00 Europe/Berlin | 1 bump(s) proposed, 2 waiting for the caps (maxOpenPRs 5, maxPRsPerHour 1) (#{}) |",
+            "| `minor-bumps` | propose | latest-minor | 2026-12-05 02:00 Europe/Berlin | 1 bump(s) proposed, 2 waiting for the caps (maxOpenPRs 5, maxPRsPerHour 1) (#{}) |",
             pulls[1].0
         )),
         "{d}"
@@ -273,7 +273,7 @@ async fn an_apply_schedule_fire_is_recorded_as_not_run_on_the_dashboard() {
     bot.poll_once().await.unwrap();
     let d = dashboard(&env);
     assert!(
-        d.contains("| `nightly` | Apply | LatestPatch | 2026-12-01 01:30 America/New_York | not run: `action: apply` is not supported by this version of tkgops"),
+        d.contains("| `nightly` | apply | latest-patch | 2026-12-01 01:30 America/New_York | not run: `action: apply` is not supported by this version of tkgops"),
         "{d}"
     );
     assert!(d.contains("| 2026-12-02 01:30 America/New_York |"), "{d}");

@@ -545,7 +545,100 @@ pub fn output_summary(kind: StepKind, out: &serde_json::Value) -> String {
                     + ": Reconcile succeeded"
             })
             .unwrap_or_default(),
-        _ => String::new(),
+        StepKind::KubeUpgradeCluster => {
+            if out.get("patched").and_then(|v| v.as_bool()) == Some(true) {
+                format!("spec.topology.version {} → {}", s("/from"), s("/to"))
+            } else {
+                format!("already at {} (not patched again)", s("/to"))
+            }
+        }
+        StepKind::KubeWaitControlPlane => format!(
+            "{} on {} replica(s), API server reports {}; {} node(s) rolled",
+            s("/version"),
+            out.pointer("/replicas")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            s("/apiServerVersion"),
+            out.pointer("/rolledNodes")
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        ),
+        StepKind::KubeWaitMachineDeployments => {
+            let mds: Vec<String> = out
+                .pointer("/machineDeployments")
+                .and_then(|v| v.as_object())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?")))
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!(
+                "{} at {}; {} node(s) rolled",
+                mds.join(", "),
+                s("/version"),
+                out.pointer("/rolledNodes")
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            )
+        }
+        StepKind::PackagesVerify => format!(
+            "{} PackageInstall(s) reconciled",
+            out.pointer("/packageInstalls")
+                .and_then(|v| v.as_object())
+                .map(|m| m.len())
+                .unwrap_or(0)
+        ),
+        StepKind::PackagesUpdate => {
+            let names = |p: &str| -> Vec<String> {
+                out.pointer(p)
+                    .and_then(|v| v.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| {
+                                x.get("name")
+                                    .and_then(|n| n.as_str())
+                                    .or_else(|| x.as_str())
+                                    .map(str::to_string)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let mut parts = Vec::new();
+            for (what, p) in [
+                ("installed", "/installed"),
+                ("updated", "/updated"),
+                ("removed", "/removed"),
+            ] {
+                let n = names(p);
+                if !n.is_empty() {
+                    parts.push(format!("{what} {}", n.join(", ")));
+                }
+            }
+            if parts.is_empty() {
+                "nothing to change".into()
+            } else {
+                parts.join("; ")
+            }
+        }
+        StepKind::TmcDetach => {
+            if out.get("wasAttached").and_then(|v| v.as_bool()) == Some(false) {
+                "was not attached".into()
+            } else if out.get("forced").and_then(|v| v.as_bool()) == Some(true) {
+                "detached (forced after the timeout)".into()
+            } else {
+                "detached".into()
+            }
+        }
+        StepKind::KubeDeleteCluster => {
+            if out.get("deleted").and_then(|v| v.as_bool()) == Some(true) {
+                "Cluster deleted and gone".into()
+            } else {
+                "no such Cluster (already gone)".into()
+            }
+        }
+        StepKind::AwsRemoveSubnetTags => s("/note"),
     }
 }
 

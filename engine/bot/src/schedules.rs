@@ -445,10 +445,13 @@ impl Bot {
             .map(|b| format!("| `{}` | `{}` | `{}` |", b.cluster, b.from, b.to))
             .collect();
         let body = format!(
-            "Scheduled by **{}** (fire {}, target `{:?}`): upgrades these clusters to TKR `{}`.\n\n| Cluster | From | To |\n|---|---|---|\n{}\n\nThe plan comment shows what each upgrade replaces and how long it should take. Merging runs `upgrade-cluster` for every cluster, one run per cluster, under the usual approvals.\n",
+            "Scheduled by **{}** (fire {}, target `{}`): upgrades these clusters to TKR `{}`.\n\n| Cluster | From | To |\n|---|---|---|\n{}\n\nThe plan comment shows what each upgrade replaces and how long it should take. Merging runs `upgrade-cluster` for every cluster, one run per cluster, under the usual approvals.\n",
             s.name,
             local(s, fire),
-            s.target,
+            serde_json::to_value(s.target)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
             g.to,
             rows.join("\n")
         );
@@ -568,9 +571,16 @@ pub fn dashboard(
             .next_fire(now)
             .map(|t| local(s, t))
             .unwrap_or_else(|| "never".into());
+        let word = |v: serde_json::Result<serde_json::Value>| {
+            v.ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
         out.push_str(&format!(
-            "| `{}` | {:?} | {:?} | {when} | {result} | {next} |\n",
-            s.name, s.action, s.target
+            "| `{}` | {} | {} | {when} | {result} | {next} |\n",
+            s.name,
+            word(serde_json::to_value(s.action)),
+            word(serde_json::to_value(s.target))
         ));
         for r in recs.iter().filter(|r| r.state == FireState::Missed) {
             missed.push(format!(

@@ -97,6 +97,11 @@ pub struct SandboxArgs {
     /// until SIGINT or SIGTERM.
     #[arg(long, conflicts_with_all = ["exit", "request"])]
     pub serve: bool,
+    /// The story to tell: `create` (default), `upgrade`, `scale`, `packages`, `tmc-group`,
+    /// `delete`, `scheduled-propose` or `scheduled-apply` (see `stories`). Day-2 stories
+    /// first create the example cluster; `--request` is for `create` only.
+    #[arg(long, value_enum, default_value_t = Story::Create, conflicts_with = "serve")]
+    pub story: Story,
 }
 
 /// Errors of the sandbox.
@@ -113,6 +118,9 @@ macro_rules! ctx {
         $e.map_err(|e| SandboxError(format!("{}: {}", $c, e)))
     };
 }
+
+pub mod stories;
+pub use stories::Story;
 
 /// The emulated world on loopback.
 pub struct Environment {
@@ -149,6 +157,8 @@ pub struct SandboxBot {
     pub webhook_url: String,
     /// The bot's state directory (journal, git mirror).
     pub state_dir: PathBuf,
+    /// The bot itself (e.g. to set its clock in the scheduled stories).
+    pub bot: Arc<tkgops::Bot>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -422,6 +432,7 @@ impl Environment {
             addr,
             webhook_url,
             state_dir: cfg.state_dir,
+            bot,
             stop,
             tasks: vec![run, http],
         })
@@ -630,13 +641,56 @@ impl Environment {
                 "Cluster {namespace}/{cluster}: not found on {MANAGEMENT_CLUSTER}\n"
             )),
         }
+        // The control plane and the MachineDeployments: version and replicas.
+        let s = |v: &serde_json::Value, p: &str| {
+            v.pointer(p)
+                .map(|x| match x {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_else(|| "-".into())
+        };
+        if let Some(mgmt) = self.kube.cluster(MANAGEMENT_CLUSTER) {
+            let owned = |o: &serde_json::Value| {
+                let str_at = |p: &str| o.pointer(p).and_then(|v| v.as_str());
+                str_at("/metadata/labels/cluster.x-k8s.io~1cluster-name") == Some(cluster)
+                    || str_at("/spec/clusterName") == Some(cluster)
+            };
+            let kcp = Gvr::new(
+                "controlplane.cluster.x-k8s.io",
+                "v1beta1",
+                "kubeadmcontrolplanes",
+            );
+            for k in mgmt.list(&kcp, Some(namespace)).iter().filter(|o| owned(o)) {
+                out.push_str(&format!(
+                    "KubeadmControlPlane {}: version {}, {}/{} ready\n",
+                    s(k, "/metadata/name"),
+                    s(k, "/status/version"),
+                    s(k, "/status/readyReplicas"),
+                    s(k, "/spec/replicas")
+                ));
+            }
+            let md = Gvr::new("cluster.x-k8s.io", "v1beta1", "machinedeployments");
+            for m in mgmt.list(&md, Some(namespace)).iter().filter(|o| owned(o)) {
+                out.push_str(&format!(
+                    "MachineDeployment {}: version {}, {}/{} ready\n",
+                    s(m, "/metadata/name"),
+                    s(m, "/spec/template/spec/version"),
+                    s(m, "/status/readyReplicas"),
+                    s(m, "/spec/replicas")
+                ));
+            }
+        }
         match self.tmc.cluster(cluster) {
             Some(c) => out.push_str(&format!(
-                "TMC cluster {cluster}: phase {}, health {}\n",
+                "TMC cluster {cluster}: phase {}, health {}, cluster group {}\n",
                 c.pointer("/status/phase")
                     .and_then(|v| v.as_str())
                     .unwrap_or("-"),
                 c.pointer("/status/health")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("-"),
+                c.pointer("/spec/clusterGroupName")
                     .and_then(|v| v.as_str())
                     .unwrap_or("-")
             )),
@@ -838,6 +892,12 @@ pub fn free_vpc_cidr(cfg: &tkgops_domain::request::TkgConfig) -> String {
 /// Errors: [`SandboxError`] when a part of the environment cannot be started, or when a
 /// signal interrupted the story.
 pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
+    if args.story != Story::Create && args.request.is_some() {
+        return Err(SandboxError(
+            "--request is for the create story only: the day-2 stories change the example cluster"
+                .into(),
+        ));
+    }
     let mut signals = Signals::new()?;
     let request = match &args.request {
         Some(p) => Some(ctx!(std::fs::read(p), format!("reading {}", p.display()))?),
@@ -865,8 +925,14 @@ pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
             return Err(e);
         }
     };
+    let told = async {
+        match args.story {
+            Story::Create => story(&env, &bot, request_text.as_deref(), &args).await,
+            other => stories::day2(&env, &bot, other, &args).await,
+        }
+    };
     let outcome = tokio::select! {
-        r = story(&env, &bot, request_text.as_deref(), &args) => r,
+        r = told => r,
         sig = signals.recv() => Err(SandboxError(format!("interrupted by {sig}"))),
     };
     if outcome.is_ok() && !args.exit {
