@@ -619,3 +619,92 @@ fn schedules_are_validated_with_their_line_and_apply_ones_said_not_to_run() {
         "{findings:?}"
     );
 }
+
+/// Through the bot: a pull request adding 50 clusters gets a summary in the sticky comment
+/// that links one details comment per cluster, each under GitHub's limit; a later push that
+/// drops clusters marks their details comments superseded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fifty_cluster_pull_request_gets_a_summary_and_one_details_comment_per_cluster() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot = crate::e2e::InProcessBot::start(&env, &timings, None).await;
+    let (_, files) = request_files(None, &env.vpc);
+    let mut all = Vec::new();
+    for i in 0..50 {
+        let name = format!("team-{i:02}-prod");
+        for (p, c) in &files {
+            all.push((
+                p.replace("team-a-prod", &name),
+                c.replace("team-a-prod", &name),
+            ));
+        }
+    }
+    let pr = env
+        .open_pull_request("fleet-of-50", "Add 50 clusters", &all)
+        .unwrap();
+    let head = head_of(&env, "fleet-of-50");
+    env.wait_status(&head, "tkgops/plan", Duration::from_secs(120))
+        .await
+        .unwrap();
+    let comments = env.github.comments(pr);
+    let sticky = comments
+        .iter()
+        .find(|c| c.body.starts_with("<!-- tkgops:sticky -->"))
+        .expect("the summary");
+    let details: Vec<_> = comments
+        .iter()
+        .filter(|c| c.body.starts_with("<!-- tkgops:plan-details:"))
+        .collect();
+    assert_eq!(details.len(), 50);
+    assert!(sticky.id < details[0].id, "the summary comes first");
+    for d in &details {
+        assert!(
+            sticky.body.contains(&format!("(#issuecomment-{})", d.id)),
+            "the summary links comment {}",
+            d.id
+        );
+        assert!(d.body.chars().count() < 65_536);
+    }
+    assert_eq!(sticky.body.matches("| ✅ runs after merge |").count(), 50);
+
+    // A push that keeps 2 clusters: the plan fits one comment again; 50 details are superseded.
+    let keep: Vec<(String, String)> = all
+        .iter()
+        .filter(|(p, _)| p.contains("team-00-prod") || p.contains("team-01-prod"))
+        .cloned()
+        .collect();
+    let owned: Vec<(&str, &str)> = keep.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    tkgops_emulators::git_remote::commit_on_branch(
+        &env.remote,
+        "main",
+        "fleet-of-2",
+        "Add 2 clusters",
+        &owned,
+    )
+    .unwrap();
+    let head2 = head_of(&env, "fleet-of-2");
+    // A force push of the pull request's branch.
+    let repo = git2::Repository::open_bare(&env.remote).unwrap();
+    repo.reference(
+        "refs/heads/fleet-of-50",
+        git2::Oid::from_str(&head2).unwrap(),
+        true,
+        "force push",
+    )
+    .unwrap();
+    env.wait_status(&head2, "tkgops/plan", Duration::from_secs(120))
+        .await
+        .unwrap();
+    let comments = env.github.comments(pr);
+    let superseded = comments
+        .iter()
+        .filter(|c| c.body.contains("_Superseded: the plan for head"))
+        .count();
+    assert_eq!(superseded, 50);
+    let sticky = comments
+        .iter()
+        .find(|c| c.body.starts_with("<!-- tkgops:sticky -->"))
+        .unwrap();
+    assert_eq!(sticky.body.matches("| ✅ runs after merge |").count(), 2);
+    bot.stop().await;
+}

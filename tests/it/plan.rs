@@ -297,6 +297,10 @@ fn every_builtin_template_renders_in_strict_mode() {
         .collect();
     let plan_md = render_plan(&p, &catalog, true).unwrap();
     rendered.push("comments/plan.md.hbs".into());
+    // The cluster details (inline above, and as their own comment).
+    let details = tkgops_domain::workflow::markdown::render_plan_details(&p, &catalog).unwrap();
+    assert!(details[0].body.contains("kube.apply") && plan_md.contains("kube.apply"));
+    rendered.push("comments/plan-cluster.md.hbs".into());
     let run = RunView {
         cluster: "team-a-prod".into(),
         workflow: "create-cluster".into(),
@@ -499,4 +503,75 @@ fn prod_air_gapped_cluster_renders_what_the_cli_renders() {
         "m5.2xlarge"
     );
     assert_golden("cluster-airgap-prod.yaml", &manifests);
+}
+
+/// A grouped pull request of 50 new clusters (e.g. a schedule's bump of a fleet): the inline
+/// plan would exceed GitHub's 65,536 characters, so the plan is a summary (one row per
+/// cluster) linking one details comment per cluster, each under the limit and keyed by its own
+/// marker.
+#[test]
+fn a_grouped_pull_request_of_fifty_clusters_stays_complete() {
+    use tkgops_domain::workflow::markdown::{
+        detail_marker, render_plan_details, render_plan_summary, INLINE_PLAN_LIMIT,
+    };
+    let catalog = Catalog::builtin().unwrap();
+    let repo = example_repo_config();
+    let (cfg, settings) = example_request();
+    let base = tree(&[("tkgops.yaml", &repo)]);
+    let mut files: Vec<(String, String)> = vec![("tkgops.yaml".into(), repo.clone())];
+    let mut changed = Vec::new();
+    for i in 0..50 {
+        let name = format!("team-{i:02}-prod");
+        let c = format!("clusters/{name}/cluster-config.yaml");
+        let s = format!("clusters/{name}/tkgops.yaml");
+        files.push((c.clone(), cfg.replace("team-a-prod", &name)));
+        files.push((s.clone(), settings.clone()));
+        changed.push(c);
+        changed.push(s);
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let head = tree(&refs);
+    let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
+    let p = run_plan(&base, &head, &changed);
+    assert_eq!(p.clusters.len(), 50);
+    assert!(
+        p.clusters.iter().all(|c| c.status == PlanStatus::Ready),
+        "{:?}",
+        p.all_findings()
+    );
+
+    let inline = render_plan(&p, &catalog, true).unwrap();
+    assert!(
+        inline.chars().count() > INLINE_PLAN_LIMIT,
+        "the inline plan is {} characters",
+        inline.chars().count()
+    );
+    let details = render_plan_details(&p, &catalog).unwrap();
+    assert_eq!(details.len(), 50);
+    for d in &details {
+        assert!(d.body.starts_with(&detail_marker(&d.cluster)), "{}", d.body);
+        assert!(
+            d.body.chars().count() < 65_536,
+            "{} is {} characters",
+            d.cluster,
+            d.body.len()
+        );
+    }
+    let anchors: std::collections::BTreeMap<String, String> = details
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.cluster.clone(), format!("#issuecomment-{}", 1000 + i)))
+        .collect();
+    let summary = render_plan_summary(&p, &catalog, &anchors).unwrap();
+    assert!(summary.chars().count() < 65_536);
+    assert_eq!(summary.matches("| ✅ runs after merge |").count(), 50);
+    assert!(
+        summary.contains("[`team-49-prod`](#issuecomment-1049)"),
+        "{summary}"
+    );
+    assert_golden("plan-50-clusters.md", &summary);
+    assert_golden("plan-50-clusters-detail.md", &details[0].body);
 }

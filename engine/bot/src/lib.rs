@@ -384,11 +384,7 @@ impl Bot {
         if !allow_delete {
             refuse_deletes_without_label(&mut p);
         }
-        let body = markdown::render_plan(&p, &self.catalog, true).map_err(BotError::Render)?;
-        self.vcs
-            .upsert_comment(pr.number, STICKY_MARKER, &body)
-            .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
+        self.post_plan(pr.number, &p).await?;
         let errors = p
             .all_findings()
             .iter()
@@ -425,6 +421,77 @@ impl Bot {
             .await
             .map_err(|e| BotError::Store(e.to_string()))?;
         info!(pr = pr.number, head = %head, errors, "planned");
+        Ok(())
+    }
+
+    /// Posts the plan of PR `number`: one sticky comment when it fits
+    /// ([`markdown::INLINE_PLAN_LIMIT`]); else the summary in the sticky comment, linking one
+    /// details comment per cluster, each upserted by its own marker. Details comments of an
+    /// earlier head that this plan no longer has are marked superseded (never left stale).
+    ///
+    /// Errors: [`BotError::Render`], [`BotError::Github`], [`BotError::Store`].
+    async fn post_plan(&self, number: u64, p: &Plan) -> Result<(), BotError> {
+        let gh = |e: tkgops_providers::github::GithubError| BotError::Github(e.to_string());
+        let key = format!("pr/{number}/plan-details");
+        let before: Vec<String> = self
+            .store
+            .get_meta(&key)
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let inline = markdown::render_plan(p, &self.catalog, true).map_err(BotError::Render)?;
+        let mut posted = Vec::new();
+        if inline.chars().count() <= markdown::INLINE_PLAN_LIMIT {
+            self.vcs
+                .upsert_comment(number, STICKY_MARKER, &inline)
+                .await
+                .map_err(gh)?;
+        } else {
+            let details =
+                markdown::render_plan_details(p, &self.catalog).map_err(BotError::Render)?;
+            // The summary first, so that it stays above its details on a new pull request.
+            let mut anchors = BTreeMap::new();
+            let summary = markdown::render_plan_summary(p, &self.catalog, &anchors)
+                .map_err(BotError::Render)?;
+            self.vcs
+                .upsert_comment(number, STICKY_MARKER, &summary)
+                .await
+                .map_err(gh)?;
+            for d in &details {
+                let id = self
+                    .vcs
+                    .upsert_comment(number, &d.marker, &d.body)
+                    .await
+                    .map_err(gh)?;
+                anchors.insert(d.cluster.clone(), format!("#issuecomment-{id}"));
+                posted.push(d.cluster.clone());
+            }
+            let summary = markdown::render_plan_summary(p, &self.catalog, &anchors)
+                .map_err(BotError::Render)?;
+            self.vcs
+                .upsert_comment(number, STICKY_MARKER, &summary)
+                .await
+                .map_err(gh)?;
+        }
+        for gone in before.iter().filter(|c| !posted.contains(c)) {
+            let marker = markdown::detail_marker(gone);
+            let body = format!(
+                "{marker}\n_Superseded: the plan for head `{}` has no details for `{gone}`; see the plan comment._\n",
+                &p.head_sha[..p.head_sha.len().min(7)]
+            );
+            self.vcs
+                .upsert_comment(number, &marker, &body)
+                .await
+                .map_err(gh)?;
+        }
+        if before != posted {
+            let bytes = serde_json::to_vec(&posted).map_err(|e| BotError::Store(e.to_string()))?;
+            self.store
+                .put_meta(&key, &bytes)
+                .await
+                .map_err(|e| BotError::Store(e.to_string()))?;
+        }
         Ok(())
     }
 

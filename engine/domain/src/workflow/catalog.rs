@@ -154,6 +154,7 @@ const EMBEDDED: &[(&str, &str)] = embedded![
     "workflows/detach-tmc.yaml",
     "templates/manifests/cluster.yaml.hbs",
     "templates/comments/plan.md.hbs",
+    "templates/comments/plan-cluster.md.hbs",
     "templates/comments/run.md.hbs",
 ];
 

@@ -55,80 +55,221 @@ fn status_label(s: PlanStatus) -> &'static str {
     }
 }
 
-/// Renders the plan comment. `with_marker` is false when the plan is embedded in the run comment.
-///
-/// Errors: a rendering error message (only possible with a broken operator-supplied template).
-pub fn render_plan(plan: &Plan, catalog: &Catalog, with_marker: bool) -> Result<String, String> {
-    let findings: Vec<Value> = plan
-        .all_findings()
-        .into_iter()
-        .map(|f| {
-            json!({
-                "icon": if f.severity == Severity::Error { "❌" } else { "⚠️" },
-                "location": match f.line { Some(l) => format!("{}:{}", f.path, l), None => f.path.clone() },
-                "rule": f.rule,
-                "severity": f.severity.to_string(),
-                "message": f.message.replace('\n', " "),
-            })
-        })
-        .collect();
-    let error_count = plan
-        .all_findings()
+/// Characters a plan comment may have with every cluster's details inline; above it the
+/// details go into one comment per cluster ([`render_plan_comments`]). GitHub refuses comment
+/// bodies over 65,536 characters; this leaves room for the footer and a later edit.
+pub const INLINE_PLAN_LIMIT: usize = 60_000;
+
+/// At most this many findings are listed in a summary whose details are split out (errors
+/// first); the rest are in the clusters' details comments.
+pub const SUMMARY_FINDINGS: usize = 50;
+
+/// The hidden marker of the details comment of `cluster` (its own marker-keyed upsert).
+pub fn detail_marker(cluster: &str) -> String {
+    format!("<!-- tkgops:plan-details:{cluster} -->")
+}
+
+fn finding_view(f: &crate::request::Finding) -> Value {
+    json!({
+        "icon": if f.severity == Severity::Error { "❌" } else { "⚠️" },
+        "location": match f.line { Some(l) => format!("{}:{}", f.path, l), None => f.path.clone() },
+        "rule": f.rule,
+        "severity": f.severity.to_string(),
+        "message": f.message.replace('\n', " "),
+    })
+}
+
+/// The change word of the summary table (the TKR column says from → to).
+fn change_word(i: &super::plan::IntentKind) -> String {
+    use super::plan::IntentKind as I;
+    match i {
+        I::Upgrade { .. } => "upgrade".into(),
+        I::Resize => "resize".into(),
+        I::RolloutPackages => "packages".into(),
+        other => other.label(),
+    }
+}
+
+/// The summary row of one cluster plan.
+fn summary_row(c: &super::plan::ClusterPlan) -> Value {
+    let s = c.summary.clone().unwrap_or_default();
+    let show = |ch: &super::summary::Change| {
+        if ch.from.is_none() && ch.to.is_none() {
+            "–".to_string()
+        } else {
+            cell(&ch.display(), 120)
+        }
+    };
+    let replaced = c
+        .impact
+        .as_ref()
+        .map(|i| i.nodes_replaced.to_string())
+        .unwrap_or_else(|| "–".into());
+    json!({
+        "cluster": c.cluster,
+        "intent": change_word(&c.intent),
+        "tkr": show(&s.tkr),
+        "controlPlane": show(&s.control_plane),
+        "workers": show(&s.workers),
+        "replaced": replaced,
+        "tmcGroup": show(&s.tmc_group),
+        "packages": if s.packages.is_empty() { "–".to_string() } else { cell(&s.packages.join(", "), 200) },
+        "status": status_label(c.status),
+    })
+}
+
+/// The details of one cluster plan (note, machine table, steps with inputs, manifests) through
+/// `comments/plan-cluster.md.hbs`; as its own comment when `head` is given (with its marker
+/// and findings), else as a section of the plan comment.
+fn render_cluster_details(
+    c: &super::plan::ClusterPlan,
+    head: Option<&str>,
+    catalog: &Catalog,
+) -> Result<String, String> {
+    let steps: Vec<Value> = c
+        .steps
         .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .count();
-    let clusters: Vec<Value> = plan
-        .clusters
-        .iter()
-        .map(|c| {
-            let steps: Vec<Value> = c
-                .steps
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let mut inputs = s.inputs.inputs_json();
-                    if let Some(o) = inputs.as_object_mut() {
-                        if o.contains_key("manifests") {
-                            o.insert("manifests".into(), Value::String("(rendered below)".into()));
-                        }
-                    }
-                    let pretty = serde_json::to_string_pretty(&inputs).unwrap_or_default();
-                    json!({
-                        "number": i + 1,
-                        "title": s.title,
-                        "kind": s.kind().as_str(),
-                        "timeout": format_duration(s.timeout_secs),
-                        "attempts": s.retry.max_attempts,
-                        "inputs": pretty.lines().map(|l| format!("   {l}")).collect::<Vec<_>>().join("\n"),
-                    })
-                })
-                .collect();
+        .enumerate()
+        .map(|(i, s)| {
+            let mut inputs = s.inputs.inputs_json();
+            if let Some(o) = inputs.as_object_mut() {
+                if o.contains_key("manifests") {
+                    o.insert("manifests".into(), Value::String("(rendered below)".into()));
+                }
+            }
+            let pretty = serde_json::to_string_pretty(&inputs).unwrap_or_default();
             json!({
-                "cluster": c.cluster,
-                "intent": c.intent.label(),
-                "workflow": c.workflow.clone().unwrap_or_else(|| "-".into()),
-                "status": status_label(c.status),
-                "note": c.note,
-                "steps": steps,
-                "manifests": c.manifests,
-                "impact": c.impact.as_ref().map(impact_view),
+                "number": i + 1,
+                "title": s.title,
+                "kind": s.kind().as_str(),
+                "timeout": format_duration(s.timeout_secs),
+                "attempts": s.retry.max_attempts,
+                "inputs": pretty.lines().map(|l| format!("   {l}")).collect::<Vec<_>>().join("\n"),
             })
         })
         .collect();
     let data = json!({
+        "marker": head.map(|_| detail_marker(&c.cluster)),
+        "headShort": head.map(short),
+        "cluster": c.cluster,
+        "workflow": c.workflow.clone().unwrap_or_else(|| "-".into()),
+        "note": c.note,
+        "findings": c.findings.iter().map(finding_view).collect::<Vec<_>>(),
+        "stepCount": steps.len(),
+        "steps": steps,
+        "manifests": c.manifests,
+        "impact": c.impact.as_ref().map(impact_view),
+    });
+    catalog
+        .render("comments/plan-cluster.md.hbs", &data)
+        .map_err(|e| e.to_string())
+}
+
+/// Renders the plan comment with every cluster's details inline: the summary table (one row
+/// per cluster: change, TKR, control plane, workers, nodes replaced, TMC group, packages,
+/// status), the notes, every finding, then per cluster its machine table and, collapsed, its
+/// steps, inputs and manifests. `with_marker` is false when the plan is embedded in the run
+/// comment.
+///
+/// Errors: a rendering error message (only possible with a broken operator-supplied template).
+pub fn render_plan(plan: &Plan, catalog: &Catalog, with_marker: bool) -> Result<String, String> {
+    let details = plan
+        .clusters
+        .iter()
+        .filter(|c| !c.steps.is_empty())
+        .map(|c| render_cluster_details(c, None, catalog))
+        .collect::<Result<Vec<_>, _>>()?;
+    render_summary(plan, catalog, with_marker, details, None)
+}
+
+fn render_summary(
+    plan: &Plan,
+    catalog: &Catalog,
+    with_marker: bool,
+    details: Vec<String>,
+    links: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<String, String> {
+    let all = plan.all_findings();
+    let error_count = all.iter().filter(|f| f.severity == Severity::Error).count();
+    let mut shown: Vec<&crate::request::Finding> = all.to_vec();
+    let mut more = 0;
+    if links.is_some() && shown.len() > SUMMARY_FINDINGS {
+        shown.sort_by_key(|f| f.severity != Severity::Error);
+        more = shown.len() - SUMMARY_FINDINGS;
+        shown.truncate(SUMMARY_FINDINGS);
+    }
+    let links: Vec<Value> = links
+        .map(|l| {
+            plan.clusters
+                .iter()
+                .filter_map(|c| {
+                    l.get(&c.cluster)
+                        .map(|a| json!({"cluster": c.cluster, "anchor": a}))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let data = json!({
         "marker": if with_marker { STICKY_MARKER } else { "" },
         "headShort": short(&plan.head_sha),
         "baseShort": short(&plan.base_sha),
-        "clusters": clusters,
+        "clusters": plan.clusters.iter().map(summary_row).collect::<Vec<_>>(),
         "notes": plan.notes,
-        "findings": findings,
+        "findings": shown.into_iter().map(finding_view).collect::<Vec<_>>(),
+        "findingsMore": more,
         "errorCount": error_count,
-        "warningCount": findings.len() - error_count,
+        "warningCount": all.len() - error_count,
+        "links": links,
+        "details": details,
         "version": VERSION,
     });
     catalog
         .render("comments/plan.md.hbs", &data)
         .map_err(|e| e.to_string())
+}
+
+/// One details comment of a split plan ([`render_plan_comments`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DetailComment {
+    /// The cluster it details.
+    pub cluster: String,
+    /// Its marker ([`detail_marker`]).
+    pub marker: String,
+    /// Its body (marker first).
+    pub body: String,
+}
+
+/// The details comments of a plan too large for one comment: one per cluster with steps, each
+/// with its own marker, its findings, machine table, steps, inputs and manifests.
+///
+/// Errors: a rendering error message (only possible with a broken operator-supplied template).
+pub fn render_plan_details(plan: &Plan, catalog: &Catalog) -> Result<Vec<DetailComment>, String> {
+    plan.clusters
+        .iter()
+        .filter(|c| !c.steps.is_empty() || !c.findings.is_empty())
+        .map(|c| {
+            Ok(DetailComment {
+                cluster: c.cluster.clone(),
+                marker: detail_marker(&c.cluster),
+                body: render_cluster_details(c, Some(&plan.head_sha), catalog)?,
+            })
+        })
+        .collect()
+}
+
+/// The summary comment of a split plan: the summary table, the notes, at most
+/// [`SUMMARY_FINDINGS`] findings (errors first) and one link per cluster to its details
+/// comment (`anchors`: cluster → link, e.g. `#issuecomment-123`). Its size grows with the
+/// number of clusters only (about 300 characters each), so a grouped pull request of hundreds
+/// of clusters stays within GitHub's 65,536 characters.
+///
+/// Errors: a rendering error message (only possible with a broken operator-supplied template).
+pub fn render_plan_summary(
+    plan: &Plan,
+    catalog: &Catalog,
+    anchors: &std::collections::BTreeMap<String, String>,
+) -> Result<String, String> {
+    render_summary(plan, catalog, true, Vec::new(), Some(anchors))
 }
 
 /// The machine table of an upgrade or resize: one row per group (control plane, each

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod impact;
 pub mod markdown;
 pub mod plan;
+pub mod summary;
 
 pub use catalog::{Catalog, CatalogError, Workflow, WorkflowStep};
 pub use impact::{impact, Impact, MachineGroupChange, RolloutHistory};

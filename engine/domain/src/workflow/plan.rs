@@ -142,6 +142,11 @@ pub struct ClusterPlan {
     /// added and removed, and the expected duration. Display only (not part of the digest).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub impact: Option<Impact>,
+    /// The summary row of the plan comment: TKR, machines, TMC group and package changes, old
+    /// → new ([`super::summary`]). Display only (not part of the digest); `None` when the
+    /// request does not load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<super::summary::ClusterSummary>,
 }
 
 impl ClusterPlan {
@@ -700,6 +705,7 @@ fn blocked(
         manifests: Vec::new(),
         note: Some(BLOCKED_NOTE.into()),
         impact: None,
+        summary: None,
     }
 }
 
@@ -731,6 +737,7 @@ fn render_intent(
             manifests: Vec::new(),
             note: Some(reason),
             impact: None,
+            summary: None,
         };
     };
     let Some(workflow) = input.catalog.workflow_for_intent(intent_name) else {
@@ -807,6 +814,11 @@ fn render_intent(
     } else {
         (PlanStatus::Ready, None)
     };
+    let summary = if intent == IntentKind::Delete {
+        super::summary::summarize(Some(&spec), None)
+    } else {
+        super::summary::summarize(before, Some(&spec))
+    };
     ClusterPlan {
         cluster: name.to_string(),
         intent,
@@ -817,6 +829,7 @@ fn render_intent(
         manifests,
         note,
         impact,
+        summary: Some(summary),
     }
 }
 
