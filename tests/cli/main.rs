@@ -95,7 +95,9 @@ fn plan_command_prints_the_comment_for_a_local_repository() {
     );
     assert!(out.contains("<!-- tkgops:sticky -->"));
     assert!(
-        out.contains("`team-a-prod` | create | create-cluster | ✅ runs after merge"),
+        out.contains("| `team-a-prod` | create | v1.25.7+vmware.2-tkg.1 | 3 × m5.xlarge |")
+            && out.contains("| ✅ runs after merge |")
+            && out.contains("#### `team-a-prod`: create-cluster"),
         "{out}"
     );
     assert!(out.contains("kind: Cluster"));

@@ -10,24 +10,9 @@ use tkgops_sandbox::{request_files, Timings};
 
 use crate::e2e::start_env;
 
-/// The sandbox's `tkgops.yaml` from the config repository's `main`.
+/// A file of `main` of the config repository.
 fn main_file(env: &tkgops_sandbox::Environment, path: &str) -> String {
-    let repo = git2::Repository::open_bare(&env.remote).unwrap();
-    let tree = repo
-        .find_reference("refs/heads/main")
-        .unwrap()
-        .peel_to_commit()
-        .unwrap()
-        .tree()
-        .unwrap();
-    let blob = tree
-        .get_path(std::path::Path::new(path))
-        .unwrap()
-        .to_object(&repo)
-        .unwrap()
-        .peel_to_blob()
-        .unwrap();
-    String::from_utf8(blob.content().to_vec()).unwrap()
+    branch_file(env, "main", path)
 }
 
 /// A file of branch `branch` of the config repository.

@@ -101,6 +101,27 @@ pub struct FireRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl FireRecord {
+    /// A record of `fire` of schedule `schedule` in `state`, with no pull requests.
+    fn new(
+        schedule: &str,
+        fire: DateTime<Utc>,
+        state: FireState,
+        detail: impl Into<String>,
+        now: DateTime<Utc>,
+    ) -> FireRecord {
+        FireRecord {
+            schedule: schedule.to_string(),
+            fire,
+            state,
+            detail: detail.into(),
+            pulls: Vec::new(),
+            capped: Vec::new(),
+            updated_at: now,
+        }
+    }
+}
+
 fn store_err(e: impl std::fmt::Display) -> BotError {
     BotError::Store(e.to_string())
 }
@@ -198,15 +219,13 @@ impl Bot {
             DueFire::Missed { fires } => {
                 for fire in &fires {
                     warn!(schedule = %s.name, fire = %fire, "a fire was missed: its window closed while the bot was down");
-                    self.put_fire(FireRecord {
-                        schedule: s.name.clone(),
-                        fire: *fire,
-                        state: FireState::Missed,
-                        detail: "missed: its window closed while the bot was down".into(),
-                        pulls: Vec::new(),
-                        capped: Vec::new(),
-                        updated_at: now,
-                    })
+                    self.put_fire(FireRecord::new(
+                        &s.name,
+                        *fire,
+                        FireState::Missed,
+                        "missed: its window closed while the bot was down",
+                        now,
+                    ))
                     .await?;
                 }
                 if let Some(latest) = fires.last() {
@@ -216,15 +235,13 @@ impl Bot {
             }
             DueFire::Run { fire } => {
                 // Recorded before anything is done: a restart never fires it twice.
-                self.put_fire(FireRecord {
-                    schedule: s.name.clone(),
+                self.put_fire(FireRecord::new(
+                    &s.name,
                     fire,
-                    state: FireState::Firing,
-                    detail: "firing".into(),
-                    pulls: Vec::new(),
-                    capped: Vec::new(),
-                    updated_at: now,
-                })
+                    FireState::Firing,
+                    "firing",
+                    now,
+                ))
                 .await?;
                 self.put_last(&s.name, fire).await?;
                 info!(schedule = %s.name, fire = %fire, "schedule fired");
@@ -297,15 +314,7 @@ impl Bot {
             ScheduleAction::Apply => {
                 let why = "not run: `action: apply` is not supported by this version of tkgops, so no upgrade was started. Use `action: propose`, or upgrade with a pull request that changes `tkr`";
                 warn!(schedule = %s.name, fire = %fire, "{why}");
-                FireRecord {
-                    schedule: s.name.clone(),
-                    fire,
-                    state: FireState::NotRun,
-                    detail: why.into(),
-                    pulls: Vec::new(),
-                    capped: Vec::new(),
-                    updated_at: now,
-                }
+                FireRecord::new(&s.name, fire, FireState::NotRun, why, now)
             }
             ScheduleAction::Propose => self.propose(s, fire, tip, fleet, open, now).await?,
         };
