@@ -195,6 +195,25 @@ fn worker_counts_scale_and_instance_types_replace() {
     assert_eq!(c.status, PlanStatus::Ready, "{c:#?}");
     let impact = c.impact.as_ref().unwrap();
     assert_eq!(impact.nodes_replaced, 0);
+    // The semantic diff of the Cluster names the changed fields, MachineDeployments by name.
+    let changes: Vec<(String, String, String)> = c.diffs[0]
+        .changes
+        .iter()
+        .map(|f| (f.path.clone(), f.from.clone(), f.to.clone()))
+        .collect();
+    assert_eq!(c.diffs[0].object, "Cluster default/team-a-prod");
+    assert_eq!(
+        changes,
+        ["md-0", "md-1", "md-2"]
+            .iter()
+            .map(|md| (
+                format!("spec.topology.workers.machineDeployments[{md}].replicas"),
+                "1".to_string(),
+                "2".to_string()
+            ))
+            .collect::<Vec<_>>(),
+        "{changes:?}"
+    );
     let md0 = &impact.groups[1];
     assert_eq!((md0.replicas_from, md0.replicas_to), (Some(1), 2));
     // The Cluster is applied again with the new replicas.

@@ -159,6 +159,7 @@ fn render_cluster_details(
         "steps": steps,
         "manifests": c.manifests,
         "impact": c.impact.as_ref().map(impact_view),
+        "diffs": c.diffs,
     });
     catalog
         .render("comments/plan-cluster.md.hbs", &data)

@@ -147,6 +147,10 @@ pub struct ClusterPlan {
     /// request does not load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<super::summary::ClusterSummary>,
+    /// For a change to an existing cluster: the Cluster's changed fields, old → new
+    /// ([`super::diff`]). Display only (not part of the digest).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub diffs: Vec<super::diff::ObjectDiff>,
 }
 
 impl ClusterPlan {
@@ -706,6 +710,7 @@ fn blocked(
         note: Some(BLOCKED_NOTE.into()),
         impact: None,
         summary: None,
+        diffs: Vec::new(),
     }
 }
 
@@ -738,6 +743,7 @@ fn render_intent(
             note: Some(reason),
             impact: None,
             summary: None,
+            diffs: Vec::new(),
         };
     };
     let Some(workflow) = input.catalog.workflow_for_intent(intent_name) else {
@@ -819,6 +825,12 @@ fn render_intent(
     } else {
         super::summary::summarize(before, Some(&spec))
     };
+    let diffs = match before {
+        Some(b) if intent != IntentKind::Delete => {
+            super::diff::cluster_diff(b, &spec, input.repository, input.catalog)
+        }
+        _ => Vec::new(),
+    };
     ClusterPlan {
         cluster: name.to_string(),
         intent,
@@ -830,6 +842,7 @@ fn render_intent(
         note,
         impact,
         summary: Some(summary),
+        diffs,
     }
 }
 
