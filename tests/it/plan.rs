@@ -188,6 +188,36 @@ fn upgrades_package_changes_and_deletes_are_planned_to_run() {
         p.clusters
     );
 
+    // A values change is shown as a semantic diff of the PackageInstall.
+    let revalued = settings.replace("type: LoadBalancer", "type: NodePort");
+    let head = tree(&[
+        ("tkgops.yaml", &repo),
+        ("clusters/team-a-prod/cluster-config.yaml", &cfg),
+        ("clusters/team-a-prod/tkgops.yaml", &revalued),
+    ]);
+    let same_tkr = tree(&[
+        ("tkgops.yaml", &repo),
+        ("clusters/team-a-prod/cluster-config.yaml", &cfg),
+        ("clusters/team-a-prod/tkgops.yaml", &settings),
+    ]);
+    let p = run_plan(&same_tkr, &head, &["clusters/team-a-prod/tkgops.yaml"]);
+    assert_eq!(p.clusters[0].intent, IntentKind::RolloutPackages);
+    let d = &p.clusters[0].diffs;
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0].object, "PackageInstall tanzu-system-ingress/contour");
+    assert_eq!(
+        (
+            d[0].changes[0].path.as_str(),
+            d[0].changes[0].from.as_str(),
+            d[0].changes[0].to.as_str()
+        ),
+        ("spec.values.envoy.service.type", "LoadBalancer", "NodePort")
+    );
+    assert_eq!(
+        p.clusters[0].summary.as_ref().unwrap().packages,
+        ["contour values"]
+    );
+
     let deleted = tree(&[("tkgops.yaml", &repo)]);
     let p = run_plan(
         &base,

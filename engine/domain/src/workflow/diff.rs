@@ -1,4 +1,5 @@
-//! The semantic diff of a changed cluster's Cluster object (issue 8 item 10): the Cluster as
+//! The semantic diff of a changed cluster's Cluster object and PackageInstalls (issue 8 item
+//! 10; PackageInstalls: [`package_diffs`]): the Cluster as
 //! `manifests/cluster.yaml.hbs` renders it for the desired state before and after the change,
 //! compared field by field with `json-patch`'s RFC 6902 diff, so a reviewer reads
 //! `spec.topology.version: v1.24.11+vmware.1-tkg.1 → v1.25.7+vmware.2-tkg.1` instead of the whole
@@ -163,6 +164,39 @@ pub fn cluster_diff(
             let id = identity(n);
             let o = old.iter().find(|o| identity(o) == id)?;
             let d = object_diff(o, n);
+            (!d.changes.is_empty()).then_some(d)
+        })
+        .collect()
+}
+
+/// A PackageInstall as a reviewer compares it: its package reference, version constraint, the
+/// values tkgops writes to its values Secret (parsed), and the Secrets it also reads.
+fn package_object(p: &crate::request::PackageSpec) -> Value {
+    let values: Value = if p.values_yaml.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_yaml::from_str(&p.values_yaml).unwrap_or(Value::String(p.values_yaml.clone()))
+    };
+    serde_json::json!({
+        "kind": "PackageInstall",
+        "metadata": {"name": p.name, "namespace": p.namespace},
+        "spec": {
+            "packageRef": {"refName": p.ref_name, "versionSelection": {"constraints": p.version}},
+            "values": values,
+            "valuesFrom": p.values_from,
+        },
+    })
+}
+
+/// The changed fields of every PackageInstall present before and after the change (version,
+/// values as parsed YAML, values Secrets); added and removed packages are in the summary row.
+pub fn package_diffs(before: &ClusterSpec, after: &ClusterSpec) -> Vec<ObjectDiff> {
+    after
+        .packages
+        .iter()
+        .filter_map(|n| {
+            let o = before.packages.iter().find(|o| o.name == n.name)?;
+            let d = object_diff(&package_object(o), &package_object(n));
             (!d.changes.is_empty()).then_some(d)
         })
         .collect()

@@ -827,7 +827,9 @@ fn render_intent(
     };
     let diffs = match before {
         Some(b) if intent != IntentKind::Delete => {
-            super::diff::cluster_diff(b, &spec, input.repository, input.catalog)
+            let mut d = super::diff::cluster_diff(b, &spec, input.repository, input.catalog);
+            d.extend(super::diff::package_diffs(b, &spec));
+            d
         }
         _ => Vec::new(),
     };
