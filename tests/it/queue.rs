@@ -350,3 +350,59 @@ async fn a_queued_run_starts_after_a_failure_and_an_older_run_is_not_retried_ove
     );
     bot.stop().await;
 }
+
+/// `/tkgops plan` plans an open pull request again: refused for a stranger, done for its author
+/// (and the plan comment then says so, with the head SHA); on a merged pull request it says
+/// there is nothing to plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_command_replans_for_the_author_and_refuses_a_stranger() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot = crate::e2e::InProcessBot::start(&env, &timings, None).await;
+    let (_, files) = request_files(None, &env.vpc);
+    let pr = env
+        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
+        .unwrap();
+    let head = head_of(&env, "add-team-a-prod");
+    env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    env.github
+        .add_comment(pr, "mallory", "/tkgops plan")
+        .unwrap();
+    let refused = wait_reply(&env, pr, 1).await;
+    assert!(
+        refused.contains("@mallory: refused: only the approvers in `tkgops.yaml` on `main` (alice, bob) and the pull request's author may run `/tkgops plan`."),
+        "{refused}"
+    );
+    env.github
+        .add_comment(pr, tkgops_sandbox::AUTHOR, "/tkgops plan")
+        .unwrap();
+    let planned = wait_reply(&env, pr, 2).await;
+    assert!(
+        planned.contains(&format!("planned again at {}", &head[..7])),
+        "{planned}"
+    );
+    env.github
+        .add_comment(pr, tkgops_sandbox::AUTHOR, "/tkgops apply")
+        .unwrap();
+    let unknown = wait_reply(&env, pr, 3).await;
+    assert!(
+        unknown.contains("`apply` is not a tkgops command"),
+        "{unknown}"
+    );
+    // One reply per command, however many polls see it.
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    env.wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
+        .await
+        .unwrap();
+    env.github
+        .add_comment(pr, APPROVER, "/tkgops plan")
+        .unwrap();
+    let merged = wait_reply(&env, pr, 4).await;
+    assert!(merged.contains("this pull request is merged"), "{merged}");
+    assert_eq!(replies(&env, pr).len(), 4);
+    bot.stop().await;
+}
