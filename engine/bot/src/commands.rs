@@ -90,14 +90,7 @@ impl Bot {
     ///
     /// Errors: [`BotError`] when the comments cannot be listed or the cursor cannot be stored.
     pub(crate) async fn handle_commands(&self, tip: &str) -> Result<(), BotError> {
-        let cursor = self
-            .store
-            .get_meta(COMMENTS_CURSOR_KEY)
-            .await
-            .map_err(store_err)?
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok())
-            .map(|d| d.with_timezone(&chrono::Utc));
+        let cursor = crate::meta_time(&*self.store, COMMENTS_CURSOR_KEY).await?;
         let since = cursor.unwrap_or_else(chrono::Utc::now) - chrono::Duration::minutes(5);
         let comments = self
             .vcs
@@ -228,18 +221,10 @@ impl Bot {
 
     /// The merge record of merged PR `pr`, if the bot handled its merge.
     async fn merge_record_of(&self, pr: &PullRequest) -> Result<Option<MergeRecord>, BotError> {
-        let Some(sha) = pr.merge_commit_sha.as_deref().filter(|_| pr.merged) else {
-            return Ok(None);
-        };
-        let Some(bytes) = self
-            .store
-            .get_meta(&format!("merge/{sha}"))
-            .await
-            .map_err(store_err)?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes).map(Some).map_err(store_err)
+        match pr.merge_commit_sha.as_deref().filter(|_| pr.merged) {
+            Some(sha) => crate::merge_record(&*self.store, sha).await,
+            None => Ok(None),
+        }
     }
 
     async fn command_retry(&self, pr: &PullRequest, who: &str) -> Result<String, BotError> {

@@ -299,15 +299,7 @@ impl Bot {
 
     /// The `updated_at` of the newest closed PR whose merge was handled ([`CLOSED_CURSOR_KEY`]).
     async fn closed_cursor(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>, BotError> {
-        let raw = self
-            .store
-            .get_meta(CLOSED_CURSOR_KEY)
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?;
-        Ok(raw
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok())
-            .map(|d| d.with_timezone(&chrono::Utc)))
+        meta_time(&*self.store, CLOSED_CURSOR_KEY).await
     }
 
     /// Gives the git mirror a token valid for a while (GitHub App installation tokens are
@@ -870,6 +862,41 @@ impl Planner {
             }))
         })
         .await
+    }
+}
+
+/// A time the journal keeps under `key` as RFC 3339 text (cursors, schedule fires); `None`
+/// when absent or unreadable.
+///
+/// Errors: [`BotError::Store`] when the journal cannot be read.
+pub(crate) async fn meta_time(
+    store: &dyn Store,
+    key: &str,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, BotError> {
+    Ok(store
+        .get_meta(key)
+        .await
+        .map_err(|e| BotError::Store(e.to_string()))?
+        .and_then(|b| schedules::parse_time(&b)))
+}
+
+/// The record of merge commit `sha` (`merge/<sha>`), if the bot handled that merge.
+///
+/// Errors: [`BotError::Store`] when the journal cannot be read or the record does not decode.
+pub(crate) async fn merge_record(
+    store: &dyn Store,
+    sha: &str,
+) -> Result<Option<MergeRecord>, BotError> {
+    let store_err = |e: String| BotError::Store(e);
+    match store
+        .get_meta(&format!("merge/{sha}"))
+        .await
+        .map_err(|e| store_err(e.to_string()))?
+    {
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| store_err(e.to_string())),
+        None => Ok(None),
     }
 }
 

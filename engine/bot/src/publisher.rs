@@ -211,15 +211,9 @@ async fn publish_commit(
     commit: &str,
     progress: &BTreeMap<String, String>,
 ) -> Result<(), BotError> {
-    let Some(bytes) = store
-        .get_meta(&format!("merge/{commit}"))
-        .await
-        .map_err(|e| BotError::Store(e.to_string()))?
-    else {
+    let Some(record) = crate::merge_record(store, commit).await? else {
         return Ok(());
     };
-    let record: MergeRecord =
-        serde_json::from_slice(&bytes).map_err(|e| BotError::Store(e.to_string()))?;
     publish_record(vcs, store, catalog, &record, progress).await
 }
 

@@ -134,7 +134,8 @@ fn last_key(name: &str) -> String {
     format!("{SCHEDULE_PREFIX}{name}/last-fire")
 }
 
-fn parse_time(b: &[u8]) -> Option<DateTime<Utc>> {
+/// A UTC time from RFC 3339 bytes, as the journal keeps times; `None` when unreadable.
+pub(crate) fn parse_time(b: &[u8]) -> Option<DateTime<Utc>> {
     let s = std::str::from_utf8(b).ok()?;
     DateTime::parse_from_rfc3339(s)
         .ok()
@@ -208,12 +209,7 @@ impl Bot {
                 .await?;
             }
         }
-        let last = self
-            .store
-            .get_meta(&last_key(&s.name))
-            .await
-            .map_err(store_err)?
-            .and_then(|b| parse_time(&b));
+        let last = crate::meta_time(&*self.store, &last_key(&s.name)).await?;
         match due_fire(s, last, now) {
             DueFire::None => Ok(()),
             DueFire::Missed { fires } => {
