@@ -670,39 +670,24 @@ impl Shared {
         user: &str,
         body: String,
     ) -> Result<Comment, GithubEmulatorError> {
-        {
-            // A comment on a plain issue: recorded, announced by no webhook (DESIGN leniency).
-            let mut st = self.lock();
-            if !st.pulls.contains_key(&number) {
-                let now = self.now();
-                let issue = st
-                    .issues
-                    .get_mut(&number)
-                    .ok_or(GithubEmulatorError::NoSuchPull(number))?;
-                issue.updated_at = now;
-                let id = st.next_comment;
-                st.next_comment += 1;
-                let c = Comment {
-                    id,
-                    issue: number,
-                    user: user.to_string(),
-                    body,
-                    created_at: now,
-                    updated_at: now,
-                };
-                st.comments.push(c.clone());
-                return Ok(c);
-            }
-        }
+        // One record for pull requests and plain issues; only a pull request's comment is
+        // announced (a plain issue's is not: README leniency).
         let (comment, pull) = {
             let mut st = self.lock();
-            let pull = st
-                .pulls
-                .get_mut(&number)
-                .ok_or(GithubEmulatorError::NoSuchPull(number))?;
             let now = self.now();
-            pull.updated_at = now;
-            let pull = pull.clone();
+            let pull = match st.pulls.get_mut(&number) {
+                Some(p) => {
+                    p.updated_at = now;
+                    Some(p.clone())
+                }
+                None => {
+                    st.issues
+                        .get_mut(&number)
+                        .ok_or(GithubEmulatorError::NoSuchPull(number))?
+                        .updated_at = now;
+                    None
+                }
+            };
             let id = st.next_comment;
             st.next_comment += 1;
             let c = Comment {
@@ -715,6 +700,9 @@ impl Shared {
             };
             st.comments.push(c.clone());
             (c, pull)
+        };
+        let Some(pull) = pull else {
+            return Ok(comment);
         };
         self.emit(hooks::Hook::Comment {
             action: "created",

@@ -224,6 +224,15 @@ impl<'a> RolloutWait<'a> {
         })
     }
 
+    /// One change receiver per watch (the Cluster, the owned objects, the Machines).
+    fn subscribe(&self) -> Vec<tokio::sync::watch::Receiver<u64>> {
+        vec![
+            self.cluster.subscribe(),
+            self.owned.subscribe(),
+            self.machines.subscribe(),
+        ]
+    }
+
     fn what(&self) -> String {
         let t = &self.inputs.target;
         format!("Cluster/{}/{}", t.namespace, t.cluster_name)
@@ -317,11 +326,7 @@ pub async fn wait_control_plane(
     inputs: &KubeRolloutInputs,
 ) -> Result<Value, StepError> {
     let mut w = RolloutWait::start(provider, ctx, inputs, kcp_resource()).await?;
-    let mut rxs = vec![
-        w.cluster.subscribe(),
-        w.owned.subscribe(),
-        w.machines.subscribe(),
-    ];
+    let mut rxs = w.subscribe();
     let target = &inputs.kubernetes_version;
     let what = w.what();
     loop {
@@ -422,11 +427,7 @@ pub async fn wait_machine_deployments(
     inputs: &KubeRolloutInputs,
 ) -> Result<Value, StepError> {
     let mut w = RolloutWait::start(provider, ctx, inputs, md_resource()).await?;
-    let mut rxs = vec![
-        w.cluster.subscribe(),
-        w.owned.subscribe(),
-        w.machines.subscribe(),
-    ];
+    let mut rxs = w.subscribe();
     let target = &inputs.kubernetes_version;
     let what = w.what();
     loop {
