@@ -589,9 +589,9 @@ pub(crate) async fn create_through_a_pull_request(
 }
 
 /// Schedules in `tkgops.yaml` are validated on the PR that adds them (rule and line named), and
-/// the plan says loudly that this version does not run `action: apply` ones.
+/// the plan says loudly that approving an `action: apply` schedule approves its upgrades.
 #[test]
-fn schedules_are_validated_with_their_line_and_apply_ones_said_not_to_run() {
+fn schedules_are_validated_with_their_line_and_apply_ones_said_to_run_unattended() {
     let repo = example_repo_config();
     let base = tree(&[("tkgops.yaml", &repo)]);
     let good = format!(
@@ -601,10 +601,8 @@ fn schedules_are_validated_with_their_line_and_apply_ones_said_not_to_run() {
     let p = plan_with(&base, &head, &["tkgops.yaml"], RolloutHistory::default());
     assert!(rules(&p).is_empty(), "{:?}", rules(&p));
     assert!(
-        p.notes
-            .iter()
-            .any(|n| n.contains("`weekly-patch`")
-                && n.contains("runs `action: propose` schedules only")),
+        p.notes.iter().any(|n| n.contains("`weekly-patch`")
+            && n.contains("Approving this change approves those upgrades")),
         "{:?}",
         p.notes
     );

@@ -5,8 +5,15 @@
 
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use chrono::{DateTime, TimeZone, Utc};
-use tkgops_sandbox::{request_files, Timings};
+use tkgops_emulators::kube::Gvr;
+use tkgops_engine::store::RunState;
+use tkgops_sandbox::{request_files, Timings, APPROVER, AUTHOR, MANAGEMENT_CLUSTER};
+
+const OLD: &str = "v1.24.11+vmware.1-tkg.1";
+const NEW: &str = "v1.25.7+vmware.2-tkg.1";
 
 use crate::e2e::start_env;
 
@@ -232,35 +239,364 @@ async fn propose_schedules_fire_once_in_their_window_capped_and_survive_restarts
     assert_eq!(env.github.issues().len(), 1, "one dashboard, edited");
 }
 
-/// `action: apply` is not run by this version: its fire is recorded (once) as not run, with
-/// the reason, on the dashboard; nothing else happens.
+/// A Node of workload cluster `cluster` turns `Ready` `status`; waits until the cluster's
+/// MachineHealthChecks count `unhealthy` unhealthy Machines.
+async fn set_node_ready(
+    env: &tkgops_sandbox::Environment,
+    cluster: &str,
+    status: &str,
+    unhealthy: i64,
+) {
+    let wl = env.kube.cluster(cluster).expect("workload cluster");
+    let nodes = Gvr::new("", "v1", "nodes");
+    let node = wl.list(&nodes, None).into_iter().next().expect("a node");
+    let name = node["metadata"]["name"].as_str().unwrap().to_string();
+    let mut st = node["status"].clone();
+    for c in st["conditions"].as_array_mut().unwrap() {
+        if c["type"] == "Ready" {
+            c["status"] = serde_json::json!(status);
+        }
+    }
+    wl.update_status(&nodes, None, &name, st).unwrap();
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let mhcs = Gvr::new("cluster.x-k8s.io", "v1beta1", "machinehealthchecks");
+    let count = || -> i64 {
+        mgmt.list(&mhcs, Some("default"))
+            .iter()
+            .filter(|m| m["spec"]["clusterName"] == cluster)
+            .map(|m| {
+                m["status"]["expectedMachines"].as_i64().unwrap_or(0)
+                    - m["status"]["currentHealthy"].as_i64().unwrap_or(0)
+            })
+            .sum()
+    };
+    let mut events = mgmt.subscribe();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while count() != unhealthy {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "the MachineHealthChecks of {cluster} never counted {unhealthy} unhealthy"
+        );
+        let _ = tokio::time::timeout(left, events.recv()).await;
+    }
+}
+
+/// The run of `cluster` in the runs of PR `pr`.
+async fn run_of(
+    bot: &tkgops::Bot,
+    pr: u64,
+    cluster: &str,
+) -> Option<tkgops_engine::store::RunRecord> {
+    bot.store()
+        .list_runs_by_origin(&tkgops::pr_origin(pr))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.cluster == cluster)
+}
+
+fn kcp_version(env: &tkgops_sandbox::Environment, cluster: &str) -> String {
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    mgmt.list(
+        &Gvr::new(
+            "controlplane.cluster.x-k8s.io",
+            "v1beta1",
+            "kubeadmcontrolplanes",
+        ),
+        Some("default"),
+    )
+    .into_iter()
+    .find(|k| k["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"] == cluster)
+    .and_then(|k| k["status"]["version"].as_str().map(str::to_string))
+    .unwrap_or_default()
+}
+
+const APPLY_SCHEDULE: &str = r#"schedules:
+  - name: weekly-apply
+    cron: "0 2 * * SAT"
+    timezone: Europe/Berlin
+    window: 4h
+    selector: {matchLabels: {env: prod}}
+    target: latest-minor
+    action: apply
+    waves:
+      - {name: canary, selector: {matchLabels: {tier: canary}}, soak: 30m, maxConcurrent: 1}
+      - {name: rest, selector: {}, maxConcurrent: 5}
+"#;
+
+/// `action: apply` with two waves, on a simulated clock: the canary wave upgrades first and
+/// soaks; a health regression (an unhealthy Node, seen by its MachineHealthCheck) halts it and
+/// the halt is reported on the dashboard issue; the halt survives the soak's end and a restart;
+/// a stranger cannot resume it, an approver can; the rest wave then upgrades; the bump commits
+/// are on the record pull request, and the fire is applied once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_apply_schedule_fire_is_recorded_as_not_run_on_the_dashboard() {
+async fn an_apply_schedule_upgrades_wave_by_wave_halts_on_a_regression_and_resumes() {
     let timings = Timings::default();
     let env = start_env(&timings).await;
-    let repo = format!(
-        "{}schedules:\n  - name: nightly\n    cron: \"30 1 * * *\"\n    timezone: America/New_York\n    window: 2h\n    target: latest-patch\n    action: apply\n",
-        main_file(&env, "tkgops.yaml")
+    // Friday 4 December 2026: the bot creates team-a-prod (canary) and team-b-prod at v1.24.11.
+    let clock = Arc::new(Mutex::new(
+        Utc.with_ymd_and_hms(2026, 12, 4, 12, 0, 0).unwrap(),
+    ));
+    let bot = bot_at(&env, &clock).await;
+    let (_, files) = request_files(None, &env.vpc);
+    let mut all = Vec::new();
+    for (name, extra) in [("team-a-prod", "\n  tier: canary"), ("team-b-prod", "")] {
+        for (path, text) in &files {
+            let text = text
+                .replace("team-a-prod", name)
+                .replace("v1.25.7+vmware.2-tkg.1", OLD)
+                .replace("  team: team-a", &format!("  team: team-a{extra}"));
+            all.push((path.replace("team-a-prod", name), text));
+        }
+    }
+    let pr = env
+        .open_pull_request("add-clusters", "Add two clusters", &all)
+        .unwrap();
+    bot.poll_once().await.unwrap();
+    let head = crate::e2e::head_of(&env, "add-clusters");
+    assert_eq!(
+        env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "success",
+        "{}",
+        env.conversation(pr)
     );
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    bot.poll_once().await.unwrap();
+    assert_eq!(
+        env.wait_status(&merge, "tkgops/apply", Duration::from_secs(240))
+            .await
+            .unwrap(),
+        "success",
+        "{}",
+        env.conversation(pr)
+    );
+    assert_eq!(kcp_version(&env, "team-a-prod"), "v1.24.11+vmware.1");
+    let repo = format!("{}{APPLY_SCHEDULE}", main_file(&env, "tkgops.yaml"));
     tkgops_emulators::git_remote::commit_on_branch(
         &env.remote,
         "main",
         "main",
-        "nightly apply",
+        "weekly apply",
         &[("tkgops.yaml", repo.as_str())],
     )
     .unwrap();
-    // 01:45 in New York on 1 December 2026 (EST, UTC-5): inside the 01:30 window.
-    let clock = Arc::new(Mutex::new(
-        Utc.with_ymd_and_hms(2026, 12, 1, 6, 45, 0).unwrap(),
-    ));
-    let bot = bot_at(&env, &clock).await;
+    let main_before = crate::e2e::head_of(&env, "main");
+
+    // Saturday 02:05 in Berlin (01:05Z): the fire starts the canary wave only.
+    *clock.lock().unwrap() = Utc.with_ymd_and_hms(2026, 12, 5, 1, 5, 0).unwrap();
+    bot.poll_once().await.unwrap();
+    let branch = "tkgops/schedule/weekly-apply/apply-20261205T010000Z";
+    let record = env
+        .github
+        .pull_requests()
+        .into_iter()
+        .find(|p| p.head_ref == branch)
+        .expect("the record pull request");
+    assert_eq!(
+        record.title,
+        "Record scheduled upgrade weekly-apply of 2026-12-05 02:00 Europe/Berlin"
+    );
+    assert!(
+        branch_file(&env, branch, "clusters/team-a-prod/tkgops.yaml")
+            .contains(&format!("tkr: {NEW}"))
+    );
+    assert!(
+        branch_file(&env, branch, "clusters/team-b-prod/tkgops.yaml")
+            .contains(&format!("tkr: {OLD}"))
+    );
+    let wave1 = crate::e2e::head_of(&env, branch);
+    {
+        let repo = git2::Repository::open_bare(&env.remote).unwrap();
+        let c = repo
+            .find_commit(git2::Oid::from_str(&wave1).unwrap())
+            .unwrap();
+        assert_eq!(c.parent_id(0).unwrap().to_string(), main_before);
+        assert_eq!(
+            c.time().seconds(),
+            Utc.with_ymd_and_hms(2026, 12, 5, 1, 0, 0)
+                .unwrap()
+                .timestamp(),
+            "authored at the fire time: a restart recreates the same commit"
+        );
+    }
+    let run_a = run_of(&bot, record.number, "team-a-prod")
+        .await
+        .expect("the canary's run");
+    assert_eq!(run_a.commit_sha, wave1);
+    assert!(
+        run_of(&bot, record.number, "team-b-prod").await.is_none(),
+        "the rest wave waits"
+    );
+    let run_a = bot.engine().wait(&run_a.id).await.unwrap();
+    assert_eq!(run_a.state, RunState::Succeeded, "{run_a:#?}");
+    assert_eq!(kcp_version(&env, "team-a-prod"), "v1.25.7+vmware.2");
+
+    // The run is seen: the canary soaks for 30 minutes; the rest wave still waits.
     bot.poll_once().await.unwrap();
     let d = dashboard(&env);
+    assert!(d.contains("| canary | soaking until 2026-12-05 02:35 Europe/Berlin | ✅ `team-a-prod` → `v1.25.7+vmware.2-tkg.1` |"), "{d}");
     assert!(
-        d.contains("| `nightly` | apply | latest-patch | 2026-12-01 01:30 America/New_York | not run: `action: apply` is not supported by this version of tkgops"),
+        d.contains("| rest | pending | ⏸️ `team-b-prod` → `v1.25.7+vmware.2-tkg.1` |"),
         "{d}"
     );
-    assert!(d.contains("| 2026-12-02 01:30 America/New_York |"), "{d}");
-    assert!(bump_pulls(&env).is_empty());
+    assert!(run_of(&bot, record.number, "team-b-prod").await.is_none());
+
+    // A Node of the canary turns NotReady: its MachineHealthCheck counts it; the soak halts.
+    set_node_ready(&env, "team-a-prod", "False", 1).await;
+    *clock.lock().unwrap() = Utc.with_ymd_and_hms(2026, 12, 5, 1, 20, 0).unwrap();
+    bot.poll_once().await.unwrap();
+    let d = dashboard(&env);
+    assert!(d.contains("⛔ **Halted** in wave `canary`: `team-a-prod` regressed while soaking: MachineHealthCheck unhealthy Machines rose from 0 to 1"), "{d}");
+    let dash_no = env.github.issues()[0].number;
+    let halt_comments: Vec<String> = env
+        .github
+        .comments(dash_no)
+        .into_iter()
+        .map(|c| c.body)
+        .filter(|b| b.contains("<!-- tkgops:halt:weekly-apply/"))
+        .collect();
+    assert_eq!(halt_comments.len(), 1, "{halt_comments:?}");
+    assert!(
+        halt_comments[0].contains("`/tkgops resume weekly-apply`"),
+        "{}",
+        halt_comments[0]
+    );
+
+    // The soak time passes, poll after poll: still halted (the halt is in the journal), the
+    // rest wave never starts, and the halt is not reported twice.
+    for minute in [45, 50] {
+        *clock.lock().unwrap() = Utc.with_ymd_and_hms(2026, 12, 5, 1, minute, 0).unwrap();
+        bot.poll_once().await.unwrap();
+    }
+    let journal = bot
+        .store()
+        .get_meta("schedule/weekly-apply/fire/2026-12-05T01:00:00+00:00")
+        .await
+        .unwrap()
+        .expect("the fire record");
+    let journal: serde_json::Value = serde_json::from_slice(&journal).unwrap();
+    assert_eq!(journal["state"], "applying");
+    assert_eq!(journal["apply"]["halt"]["wave"], "canary");
+    assert!(run_of(&bot, record.number, "team-b-prod").await.is_none());
+    assert!(dashboard(&env).contains("⛔ **Halted**"));
+    assert_eq!(
+        env.github
+            .comments(dash_no)
+            .iter()
+            .filter(|c| c.body.contains("<!-- tkgops:halt:"))
+            .count(),
+        1
+    );
+
+    // A stranger cannot resume; on a pull request the command is refused too.
+    let c1 = env
+        .github
+        .add_comment(dash_no, AUTHOR, "/tkgops resume weekly-apply")
+        .unwrap();
+    let c2 = env
+        .github
+        .add_comment(record.number, APPROVER, "/tkgops resume")
+        .unwrap();
+    bot.poll_once().await.unwrap();
+    let reply = |n: u64, id: u64| {
+        env.github
+            .comments(n)
+            .into_iter()
+            .find(|c| c.body.contains(&format!("<!-- tkgops:command:{id} -->")))
+            .map(|c| c.body)
+            .unwrap_or_default()
+    };
+    assert!(
+        reply(dash_no, c1).contains("refused: only the approvers"),
+        "{}",
+        reply(dash_no, c1)
+    );
+    assert!(
+        reply(record.number, c2).contains("works on the fleet dashboard issue only"),
+        "{}",
+        reply(record.number, c2)
+    );
+    assert!(dashboard(&env).contains("⛔ **Halted**"));
+
+    // The Node recovers; an approver resumes: the canary soaks again from now (01:50Z).
+    set_node_ready(&env, "team-a-prod", "True", 0).await;
+    let c3 = env
+        .github
+        .add_comment(dash_no, APPROVER, "/tkgops resume weekly-apply")
+        .unwrap();
+    bot.poll_once().await.unwrap();
+    assert!(
+        reply(dash_no, c3)
+            .contains("`weekly-apply` (fire 2026-12-05 01:00 UTC): wave `canary` continues"),
+        "{}",
+        reply(dash_no, c3)
+    );
+    bot.poll_once().await.unwrap();
+    let d = dashboard(&env);
+    assert!(!d.contains("⛔"), "{d}");
+    assert!(
+        d.contains("| canary | soaking until 2026-12-05 03:20 Europe/Berlin |"),
+        "{d}"
+    );
+    assert!(run_of(&bot, record.number, "team-b-prod").await.is_none());
+
+    // The soak passes healthy: the rest wave starts on its own bump commit.
+    *clock.lock().unwrap() = Utc.with_ymd_and_hms(2026, 12, 5, 2, 21, 0).unwrap();
+    bot.poll_once().await.unwrap();
+    let run_b = run_of(&bot, record.number, "team-b-prod")
+        .await
+        .expect("the rest wave's run");
+    let wave2 = crate::e2e::head_of(&env, branch);
+    assert_eq!(run_b.commit_sha, wave2);
+    {
+        let repo = git2::Repository::open_bare(&env.remote).unwrap();
+        let c = repo
+            .find_commit(git2::Oid::from_str(&wave2).unwrap())
+            .unwrap();
+        assert_eq!(c.parent_id(0).unwrap().to_string(), wave1);
+    }
+    let run_b = bot.engine().wait(&run_b.id).await.unwrap();
+    assert_eq!(run_b.state, RunState::Succeeded, "{run_b:#?}");
+    bot.poll_once().await.unwrap();
+    let d = dashboard(&env);
+    assert!(d.contains("| `weekly-apply` | apply | latest-minor | 2026-12-05 02:00 Europe/Berlin | 2/2 cluster(s) upgraded in 2 wave(s) |"), "{d}");
+    assert_eq!(kcp_version(&env, "team-b-prod"), "v1.25.7+vmware.2");
+    // Each wave's runs have their own comment on the record pull request, beside its plan.
+    for commit in [&wave1, &wave2] {
+        let marker = format!("<!-- tkgops:scheduled-run:{commit} -->");
+        let comment = env
+            .github
+            .wait_until(Duration::from_secs(30), |gh| {
+                gh.comments(record.number)
+                    .into_iter()
+                    .find(|c| c.body.contains(&marker) && c.body.contains("succeeded"))
+            })
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "no run comment for {commit}: {}",
+                    env.conversation(record.number)
+                )
+            });
+        assert!(
+            !comment.body.contains("<!-- tkgops:sticky -->"),
+            "{}",
+            comment.body
+        );
+    }
+    let plan = crate::e2e::bot_comments(&env, record.number);
+    assert_eq!(plan.len(), 1, "one plan comment: {plan:#?}");
+    // Exactly one run per cluster: nothing was started twice.
+    assert_eq!(
+        bot.store()
+            .list_runs_by_origin(&tkgops::pr_origin(record.number))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }

@@ -1,5 +1,6 @@
-//! Pull-request commands (issue 8 item 8): a comment whose first line is `/tkgops plan`,
-//! `/tkgops retry` or `/tkgops cancel`.
+//! Commands (issue 8 items 6 and 8): a comment whose first line is `/tkgops plan`,
+//! `/tkgops retry` or `/tkgops cancel` on a pull request, or `/tkgops resume [schedule]` on the
+//! fleet dashboard issue.
 //!
 //! Comments are read by polling the repository's comment list (`since` a cursor kept in the
 //! journal, [`COMMENTS_CURSOR_KEY`]), like pull requests: a webhook only wakes the poll. Each
@@ -17,6 +18,9 @@
 //!   apply an older desired state over a newer one.
 //! - `cancel`: cancels the merged pull request's queued runs at once, and its running runs at
 //!   their next step boundary.
+//! - `resume [schedule]` (approvers only, on the fleet dashboard issue): lifts the halt of the
+//!   scheduled applies (of `schedule` when named); their failed runs are retried from the failed
+//!   step and the halted wave soaks again ([`tkgops_domain::waves::ApplyProgress::resume`]).
 
 use tracing::{info, warn};
 
@@ -30,7 +34,7 @@ use tkgops_providers::github::{IssueComment, PullRequest};
 pub const COMMENTS_CURSOR_KEY: &str = "poll/comments-cursor";
 
 /// A `/tkgops` command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// `/tkgops plan`.
     Plan,
@@ -38,15 +42,18 @@ pub enum Command {
     Retry,
     /// `/tkgops cancel`.
     Cancel,
+    /// `/tkgops resume [schedule]`.
+    Resume(Option<String>),
 }
 
 impl Command {
-    /// The command's word (`plan`, `retry`, `cancel`).
-    pub fn word(self) -> &'static str {
+    /// The command's word (`plan`, `retry`, `cancel`, `resume`).
+    pub fn word(&self) -> &'static str {
         match self {
             Command::Plan => "plan",
             Command::Retry => "retry",
             Command::Cancel => "cancel",
+            Command::Resume(_) => "resume",
         }
     }
 }
@@ -61,11 +68,16 @@ pub fn parse(body: &str) -> Option<Result<Command, String>> {
         return None;
     }
     let words: Vec<&str> = rest.split_whitespace().collect();
-    let usage = "the commands are `/tkgops plan`, `/tkgops retry` and `/tkgops cancel`";
+    let usage = "the commands are `/tkgops plan`, `/tkgops retry` and `/tkgops cancel` on a pull request, and `/tkgops resume [schedule]` on the fleet dashboard issue";
     match words.as_slice() {
         ["plan"] => Some(Ok(Command::Plan)),
         ["retry"] => Some(Ok(Command::Retry)),
         ["cancel"] => Some(Ok(Command::Cancel)),
+        ["resume"] => Some(Ok(Command::Resume(None))),
+        ["resume", name] => Some(Ok(Command::Resume(Some(name.to_string())))),
+        ["resume", ..] => Some(Err(format!(
+            "`/tkgops resume` takes at most one schedule name: {usage}."
+        ))),
         [] => Some(Err(format!("a command word is missing: {usage}."))),
         [w, ..] if ["plan", "retry", "cancel"].contains(w) => {
             Some(Err(format!("`/tkgops {w}` takes no arguments: {usage}.")))
@@ -154,6 +166,21 @@ impl Bot {
         tip: &str,
     ) -> Result<String, BotError> {
         let who = &c.user;
+        let dashboard = self
+            .store
+            .get_meta(crate::schedule_apply::DASHBOARD_ISSUE_KEY)
+            .await
+            .map_err(store_err)?
+            .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u64>().ok());
+        if let Command::Resume(schedule) = &cmd {
+            if dashboard != Some(c.issue_number) {
+                return Ok(format!(
+                    "@{who}: `/tkgops resume` works on the fleet dashboard issue only{}.",
+                    dashboard.map(|n| format!(" (#{n})")).unwrap_or_default()
+                ));
+            }
+            return self.command_resume(schedule.as_deref(), who, tip).await;
+        }
         let pr = match self.vcs.get_pull(c.issue_number).await {
             Ok(pr) => pr,
             Err(tkgops_providers::github::GithubError::NotFound { .. }) => {
@@ -193,7 +220,58 @@ impl Bot {
             Command::Plan => self.command_plan(&pr, who, tip).await,
             Command::Retry => self.command_retry(&pr, who).await,
             Command::Cancel => self.command_cancel(&pr, who).await,
+            Command::Resume(_) => Ok(String::new()),
         }
+    }
+
+    /// `/tkgops resume [schedule]` on the dashboard issue: approvers only.
+    async fn command_resume(
+        &self,
+        schedule: Option<&str>,
+        who: &str,
+        tip: &str,
+    ) -> Result<String, BotError> {
+        let Some(policy) = self.load_settings(tip).await? else {
+            return Ok(format!(
+                "@{who}: refused: the default branch `{}` has no valid tkgops.yaml, so nobody may run commands (fail closed).",
+                self.default_branch
+            ));
+        };
+        let approvers = self.expand_principals(&policy.approval.approvers).await?;
+        if !approvers.contains(&who.to_lowercase()) {
+            return Ok(format!(
+                "@{who}: refused: only the approvers in `tkgops.yaml` on `{}` ({}) may run `/tkgops resume`.",
+                self.default_branch,
+                policy.approval.approvers.join(", ")
+            ));
+        }
+        if let Some(name) = schedule {
+            if !policy.schedules.iter().any(|s| s.name == name) {
+                return Ok(format!(
+                    "@{who}: there is no schedule `{name}` in `tkgops.yaml` on `{}`.",
+                    self.default_branch
+                ));
+            }
+        }
+        let lines = self
+            .resume_applies(&policy.schedules, schedule, who, self.now())
+            .await?;
+        if lines.is_empty() {
+            return Ok(format!(
+                "@{who}: nothing to resume: no scheduled upgrade{} is halted.",
+                schedule.map(|n| format!(" of `{n}`")).unwrap_or_default()
+            ));
+        }
+        // The resumed waves continue at the next poll.
+        self.wake.notify_one();
+        Ok(format!(
+            "@{who}: `/tkgops resume`\n\n{}",
+            lines
+                .iter()
+                .map(|l| format!("- {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))
     }
 
     async fn command_plan(
@@ -363,6 +441,15 @@ mod tests {
             .unwrap_err()
             .contains("`apply` is not a tkgops command"));
         assert!(parse("/tkgops").unwrap().unwrap_err().contains("missing"));
+        assert_eq!(parse("/tkgops resume"), Some(Ok(Command::Resume(None))));
+        assert_eq!(
+            parse("/tkgops resume weekly"),
+            Some(Ok(Command::Resume(Some("weekly".into()))))
+        );
+        assert!(parse("/tkgops resume a b")
+            .unwrap()
+            .unwrap_err()
+            .contains("at most one schedule name"));
         assert!(parse("/tkgops plan now")
             .unwrap()
             .unwrap_err()

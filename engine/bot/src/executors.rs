@@ -79,6 +79,19 @@ impl Executors {
     }
 }
 
+impl Executors {
+    /// The health of workload cluster `target` now, through the current Kubernetes provider
+    /// (`tkgops_providers::kube::health`): what a scheduled apply's soak judges.
+    ///
+    /// Errors: the provider's [`StepError`]s (unknown management cluster, API errors).
+    pub async fn cluster_health(
+        &self,
+        target: &WorkloadTarget,
+    ) -> Result<tkgops_domain::waves::ClusterHealth, StepError> {
+        self.current().cluster_health(target).await
+    }
+}
+
 /// The step kinds the bot's executors handle (those [`Executors::all`] registers), derived
 /// from the executors themselves; `tkgops plan` uses it to mark what a running bot would execute.
 pub fn executable_kinds() -> BTreeSet<StepKind> {

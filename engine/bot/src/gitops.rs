@@ -176,6 +176,22 @@ impl ConfigRepo {
         message: &str,
         author: (&str, &str),
     ) -> Result<String, GitError> {
+        self.commit_files_at(parent, files, message, author, None)
+    }
+
+    /// As [`Self::commit_files`], with author and committer time `when` (seconds since the
+    /// epoch, UTC) instead of now: the same inputs then give the same commit SHA, so a
+    /// restarted bot recreates a commit instead of making a second one.
+    ///
+    /// Errors: as [`Self::commit_files`].
+    pub fn commit_files_at(
+        &self,
+        parent: &str,
+        files: &[(String, Vec<u8>)],
+        message: &str,
+        author: (&str, &str),
+        when: Option<i64>,
+    ) -> Result<String, GitError> {
         let repo = self.repo()?;
         let parent = repo
             .find_commit(oid(parent)?)
@@ -190,7 +206,11 @@ impl ConfigRepo {
             .create_updated(&repo, &base)
             .map_err(git("write tree"))?;
         let tree = repo.find_tree(tree_id).map_err(git("tree"))?;
-        let sig = git2::Signature::now(author.0, author.1).map_err(git("signature"))?;
+        let sig = match when {
+            Some(t) => git2::Signature::new(author.0, author.1, &git2::Time::new(t, 0)),
+            None => git2::Signature::now(author.0, author.1),
+        }
+        .map_err(git("signature"))?;
         let id = repo
             .commit(None, &sig, &sig, message, &tree, &[&parent])
             .map_err(git("commit"))?;

@@ -22,6 +22,7 @@ pub mod local;
 pub mod publisher;
 pub mod redact;
 pub mod replan;
+pub mod schedule_apply;
 pub mod schedules;
 pub mod serve;
 #[cfg(test)]
@@ -98,6 +99,10 @@ pub struct MergeRecord {
     /// for the head SHA (or none was approved): the merge did not do everything it says.
     #[serde(default)]
     pub changed_since_approval: Vec<String>,
+    /// The hidden marker of the run comment, when it is not the pull request's sticky comment
+    /// (the waves of a scheduled apply each have their own comment on the record pull request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<String>,
 }
 
 /// The parts a [`Bot`] is assembled from (see [`serve::build`]).
@@ -162,8 +167,8 @@ impl Bot {
             default_branch: repo.default_branch,
             full_name: repo.full_name,
             executors,
+            wake: publisher.wake(),
             publisher,
-            wake: Arc::new(tokio::sync::Notify::new()),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             clock: std::sync::Mutex::new(schedules::system_clock()),
         }
@@ -326,7 +331,7 @@ impl Bot {
         .await
     }
 
-    async fn compute_plan(
+    pub(crate) async fn compute_plan(
         &self,
         base: String,
         head: String,
@@ -570,6 +575,7 @@ impl Bot {
             plan_markdown: plan_md,
             refused: refused.clone(),
             changed_since_approval: Vec::new(),
+            marker: None,
         };
         // Security rule 2: only what was planned and approved for the approved head SHA runs.
         let approved: BTreeMap<String, String> = match self
@@ -643,7 +649,7 @@ impl Bot {
         Ok(())
     }
 
-    async fn put_merge_record(&self, record: &MergeRecord) -> Result<(), BotError> {
+    pub(crate) async fn put_merge_record(&self, record: &MergeRecord) -> Result<(), BotError> {
         let bytes = serde_json::to_vec(record).map_err(|e| BotError::Store(e.to_string()))?;
         // Listed as unpublished first: a crash after the record is written still republishes.
         self.store

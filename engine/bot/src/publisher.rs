@@ -41,6 +41,9 @@ pub struct CommentPublisher {
     tx: mpsc::UnboundedSender<String>,
     progress: Arc<Mutex<BTreeMap<String, String>>>,
     store: Arc<dyn Store>,
+    /// Notified when a run finishes: the bot's poll loop wakes (a scheduled apply's next
+    /// step follows its runs without waiting for the poll interval).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// Journal key prefix of the rollout measurements of succeeded runs:
@@ -158,6 +161,7 @@ impl CommentPublisher {
             tx,
             progress,
             store,
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }
@@ -167,6 +171,12 @@ impl CommentPublisher {
     /// journal. Coalesced with other requests; never blocks.
     pub fn notify(&self, commit: &str) {
         let _ = self.tx.send(commit.to_string());
+    }
+
+    /// What wakes the bot's poll loop: notified by every finished run (and by accepted
+    /// webhook deliveries, which share it).
+    pub fn wake(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
     }
 }
 
@@ -200,6 +210,9 @@ impl RunObserver for CommentPublisher {
         }
         if run.origin.is_some() {
             let _ = self.tx.send(run.commit_sha.clone());
+        }
+        if run.state.is_terminal() && progress.is_none() {
+            self.wake.notify_one();
         }
     }
 }
@@ -272,7 +285,13 @@ pub async fn publish_record(
         catalog,
     )
     .map_err(BotError::Render)?;
-    vcs.upsert_comment(record.pr, STICKY_MARKER, &body)
+    // A run comment of its own (a scheduled apply's wave) carries its marker instead of the
+    // pull request's sticky one.
+    let (marker, body) = match &record.marker {
+        Some(m) => (m.as_str(), body.replacen(STICKY_MARKER, m, 1)),
+        None => (STICKY_MARKER, body),
+    };
+    vcs.upsert_comment(record.pr, marker, &body)
         .await
         .map_err(|e| BotError::Github(e.to_string()))?;
     vcs.set_status(&record.commit, APPLY_CONTEXT, state, &desc, None)
@@ -689,6 +708,7 @@ mod tests {
             plan_markdown: String::new(),
             refused: None,
             changed_since_approval: Vec::new(),
+            marker: None,
         };
         let pending = format!("{PENDING_PREFIX}{commit}");
         store.put_meta(&pending, b"").await.unwrap();

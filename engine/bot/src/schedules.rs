@@ -16,8 +16,9 @@
 //!   ([`group_bumps`]) and opened through the GitHub API, within `maxOpenPRs` and
 //!   `maxPRsPerHour`; a bump whose branch already has an open pull request is left to it. The
 //!   pull request is planned and approved like any other; merging it runs `upgrade-cluster`.
-//! - `apply` is not run by this version: the fire is recorded as not run, with the reason, on
-//!   the dashboard and in the log (a schedule never looks run when it was not).
+//! - `apply`: the bot upgrades the selected clusters itself, wave by wave inside the window
+//!   ([`crate::schedule_apply`]); a fire stays `applying` (halted or not) until its waves are
+//!   done or its window closed, and a later fire of the same schedule does not start meanwhile.
 //!
 //! The dashboard is one issue opened by the bot, found by [`DASHBOARD_MARKER`]: every cluster
 //! with its TKR and pending bump, and every schedule with its last fire, result and next fire.
@@ -36,6 +37,7 @@ use tkgops_domain::schedule::{
     bump_tkr_line, due_fire, group_bumps, plan_waves, Bump, DueFire, FleetCluster, Schedule,
     ScheduleAction,
 };
+use tkgops_domain::waves::{ApplyProgress, ClusterStage, WaveState};
 use tkgops_domain::workflow::markdown::cell;
 use tkgops_providers::github::PullRequest;
 
@@ -77,6 +79,12 @@ pub enum FireState {
     NotRun,
     /// Its window closed while the bot was down: not run.
     Missed,
+    /// `apply` in progress (or halted, waiting for `/tkgops resume`): see its progress.
+    Applying,
+    /// `apply` finished: every wave soaked healthy.
+    Applied,
+    /// `apply` ended when its window closed with clusters not upgraded (left for a later fire).
+    Incomplete,
 }
 
 /// The journal record of one fire (`schedule/<name>/fire/<RFC 3339>`).
@@ -99,11 +107,14 @@ pub struct FireRecord {
     pub capped: Vec<Bump>,
     /// When the record was last written (the bot's clock).
     pub updated_at: DateTime<Utc>,
+    /// `apply`: the fire's progress through its waves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<ApplyProgress>,
 }
 
 impl FireRecord {
     /// A record of `fire` of schedule `schedule` in `state`, with no pull requests.
-    fn new(
+    pub(crate) fn new(
         schedule: &str,
         fire: DateTime<Utc>,
         state: FireState,
@@ -118,15 +129,16 @@ impl FireRecord {
             pulls: Vec::new(),
             capped: Vec::new(),
             updated_at: now,
+            apply: None,
         }
     }
 }
 
-fn store_err(e: impl std::fmt::Display) -> BotError {
+pub(crate) fn store_err(e: impl std::fmt::Display) -> BotError {
     BotError::Store(e.to_string())
 }
 
-fn fire_key(name: &str, fire: DateTime<Utc>) -> String {
+pub(crate) fn fire_key(name: &str, fire: DateTime<Utc>) -> String {
     format!("{SCHEDULE_PREFIX}{name}/fire/{}", fire.to_rfc3339())
 }
 
@@ -143,7 +155,7 @@ pub(crate) fn parse_time(b: &[u8]) -> Option<DateTime<Utc>> {
 }
 
 /// A time in the schedule's time zone, e.g. `2026-12-05 02:00 Europe/Berlin`.
-fn local(s: &Schedule, t: DateTime<Utc>) -> String {
+pub(crate) fn local(s: &Schedule, t: DateTime<Utc>) -> String {
     match s.tz() {
         Ok(tz) => format!(
             "{} {}",
@@ -176,7 +188,18 @@ impl Bot {
                 warn!(schedule = %s.name, error = %e, "schedule tick failed; will retry next poll");
             }
         }
-        self.update_dashboard(rc, &fleet, open, now).await
+        self.update_dashboard(rc, &fleet, open, now).await?;
+        // Halts are reported on the dashboard issue (where `/tkgops resume` is read).
+        if let Some(issue) = self
+            .store
+            .get_meta(crate::schedule_apply::DASHBOARD_ISSUE_KEY)
+            .await
+            .map_err(store_err)?
+            .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u64>().ok())
+        {
+            self.report_halts(&rc.schedules, issue).await?;
+        }
+        Ok(())
     }
 
     async fn tick_schedule(
@@ -189,10 +212,20 @@ impl Bot {
     ) -> Result<(), BotError> {
         // A fire a restart interrupted: finished while its window is open.
         let prefix = format!("{SCHEDULE_PREFIX}{}/fire/", s.name);
+        let mut applying: Option<DateTime<Utc>> = None;
         for (_, v) in self.store.scan_meta(&prefix).await.map_err(store_err)? {
             let Ok(rec) = serde_json::from_slice::<FireRecord>(&v) else {
                 continue;
             };
+            if rec.state == FireState::Applying {
+                // `apply` fires advance wave by wave on every poll.
+                let fire = rec.fire;
+                let rec = self.advance_apply(s, rec, open, now).await?;
+                if rec.state == FireState::Applying {
+                    applying = Some(fire);
+                }
+                continue;
+            }
             if rec.state != FireState::Firing {
                 continue;
             }
@@ -230,6 +263,20 @@ impl Bot {
                 Ok(())
             }
             DueFire::Run { fire } => {
+                if let Some(busy) = applying {
+                    // A halted or unfinished fire is never overtaken: its halt stands until a
+                    // person resumes it.
+                    self.put_last(&s.name, fire).await?;
+                    let why = format!(
+                        "not run: the fire of {} is still applying (or halted: resume it with `/tkgops resume {}` on the fleet dashboard issue)",
+                        local(s, busy),
+                        s.name
+                    );
+                    warn!(schedule = %s.name, fire = %fire, "{why}");
+                    return self
+                        .put_fire(FireRecord::new(&s.name, fire, FireState::NotRun, why, now))
+                        .await;
+                }
                 // Recorded before anything is done: a restart never fires it twice.
                 self.put_fire(FireRecord::new(
                     &s.name,
@@ -246,7 +293,7 @@ impl Bot {
         }
     }
 
-    async fn put_fire(&self, rec: FireRecord) -> Result<(), BotError> {
+    pub(crate) async fn put_fire(&self, rec: FireRecord) -> Result<(), BotError> {
         let bytes = serde_json::to_vec(&rec).map_err(store_err)?;
         self.store
             .put_meta(&fire_key(&rec.schedule, rec.fire), &bytes)
@@ -306,15 +353,20 @@ impl Bot {
         open: &[PullRequest],
         now: DateTime<Utc>,
     ) -> Result<(), BotError> {
-        let rec = match s.action {
+        match s.action {
             ScheduleAction::Apply => {
-                let why = "not run: `action: apply` is not supported by this version of tkgops, so no upgrade was started. Use `action: propose`, or upgrade with a pull request that changes `tkr`";
-                warn!(schedule = %s.name, fire = %fire, "{why}");
-                FireRecord::new(&s.name, fire, FireState::NotRun, why, now)
+                let rec = self.start_apply(s, fire, tip, fleet, now);
+                self.put_fire(rec.clone()).await?;
+                if rec.state == FireState::Applying {
+                    self.advance_apply(s, rec, open, now).await?;
+                }
+                Ok(())
             }
-            ScheduleAction::Propose => self.propose(s, fire, tip, fleet, open, now).await?,
-        };
-        self.put_fire(rec).await
+            ScheduleAction::Propose => {
+                let rec = self.propose(s, fire, tip, fleet, open, now).await?;
+                self.put_fire(rec).await
+            }
+        }
     }
 
     /// `action: propose`: one bump pull request per target TKR, within the caps.
@@ -394,6 +446,7 @@ impl Bot {
             pulls,
             capped,
             updated_at: now,
+            apply: None,
         })
     }
 
@@ -498,15 +551,30 @@ impl Bot {
         if stored.as_deref() == Some(digest.as_bytes()) {
             return Ok(());
         }
-        self.vcs
+        let issue = self
+            .vcs
             .upsert_issue(DASHBOARD_MARKER, DASHBOARD_TITLE, &body)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
+        self.store
+            .put_meta(
+                crate::schedule_apply::DASHBOARD_ISSUE_KEY,
+                issue.to_string().as_bytes(),
+            )
+            .await
+            .map_err(store_err)?;
         self.store
             .put_meta(DASHBOARD_DIGEST_KEY, digest.as_bytes())
             .await
             .map_err(store_err)
     }
+}
+
+/// The wire word of a serde enum value (`apply`, `latest-patch`, `soaking`).
+fn word(v: serde_json::Result<serde_json::Value>) -> String {
+    v.ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// The dashboard issue body: clusters (TKR, pending bump), schedules (last fire, result, next
@@ -576,11 +644,6 @@ pub fn dashboard(
             .next_fire(now)
             .map(|t| local(s, t))
             .unwrap_or_else(|| "never".into());
-        let word = |v: serde_json::Result<serde_json::Value>| {
-            v.ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
-        };
         out.push_str(&format!(
             "| `{}` | {} | {} | {when} | {result} | {next} |\n",
             s.name,
@@ -593,6 +656,67 @@ pub fn dashboard(
                 s.name,
                 local(s, r.fire),
                 r.detail
+            ));
+        }
+    }
+    // The latest apply fire of each schedule, wave by wave.
+    for s in &rc.schedules {
+        let recs = fires.get(&s.name).map(Vec::as_slice).unwrap_or_default();
+        let Some((r, p)) = recs
+            .iter()
+            .filter_map(|r| r.apply.as_ref().map(|p| (r, p)))
+            .filter(|(_, p)| !p.waves.is_empty())
+            .max_by_key(|(r, _)| r.fire)
+        else {
+            continue;
+        };
+        out.push_str(&format!(
+            "\n### `{}`: fire {}\n\n",
+            s.name,
+            local(s, r.fire)
+        ));
+        if let Some(h) = &p.halt {
+            out.push_str(&format!(
+                "⛔ **Halted** in wave `{}`: {}\nAn approver resumes it with a comment `/tkgops resume {}` on this issue.\n\n",
+                h.wave,
+                cell(&h.reason, 500),
+                s.name
+            ));
+        }
+        if let Some(n) = p.pull {
+            out.push_str(&format!("Record pull request: #{n}\n\n"));
+        }
+        out.push_str("| Wave | State | Clusters |\n|---|---|---|\n");
+        for w in &p.waves {
+            let state = match w.state {
+                WaveState::Soaking => format!(
+                    "soaking until {}",
+                    w.soak_until.map(|t| local(s, t)).unwrap_or_default()
+                ),
+                other => word(serde_json::to_value(other)),
+            };
+            let clusters: Vec<String> = w
+                .clusters
+                .iter()
+                .map(|c| {
+                    let icon = match c.stage {
+                        ClusterStage::Pending => "⏸️",
+                        ClusterStage::Running => "⏳",
+                        ClusterStage::Succeeded => "✅",
+                        ClusterStage::Failed => "❌",
+                    };
+                    let detail = c
+                        .detail
+                        .as_deref()
+                        .map(|d| format!(" ({})", cell(d, 200)))
+                        .unwrap_or_default();
+                    format!("{icon} `{}` → `{}`{detail}", c.cluster, c.to)
+                })
+                .collect();
+            out.push_str(&format!(
+                "| {} | {state} | {} |\n",
+                w.name,
+                clusters.join("<br>")
             ));
         }
     }

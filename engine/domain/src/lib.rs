@@ -6,6 +6,8 @@
 //! - [`tkg`]: TKG 2.x releases, ClusterClasses, TKRs and the CLI's flat-variable mapping.
 //! - [`schedule`]: scheduled upgrade runs: `schedules` of `tkgops.yaml`, fire times in a time
 //!   zone, maintenance windows, upgrade targets, waves and bump pull requests.
+//! - [`waves`]: `action: apply` of a schedule: a fire's progress wave by wave (an explicit
+//!   state machine) and the soak's health judgement.
 //! - [`step`]: the step contract the engine persists and the providers execute.
 //! - [`files`]: how files reach the domain (a git tree, a directory): the [`files::TreeReader`]
 //!   trait its callers implement.
@@ -19,4 +21,5 @@ pub mod schedule;
 pub mod serde_duration;
 pub mod step;
 pub mod tkg;
+pub mod waves;
 pub mod workflow;

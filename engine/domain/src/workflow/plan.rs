@@ -387,7 +387,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         if let Some(bytes) = input.head.read(REPO_CONFIG_PATH) {
             match request::parse_repo_config(REPO_CONFIG_PATH, &bytes) {
                 Err(fs) => repo_findings.extend(fs),
-                // Said loudly: nothing may look scheduled that is not (issue 8 item 6).
+                // Said loudly: approving an apply schedule approves its upgrades (issue 8 item 6).
                 Ok(cfg) => {
                     let apply: Vec<String> = cfg
                         .schedules
@@ -397,7 +397,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                         .collect();
                     if !apply.is_empty() {
                         notes.push(format!(
-                            "tkgops.yaml declares the `action: apply` schedule(s) {}: this version of tkgops runs `action: propose` schedules only, so no upgrade run will start on them (the fleet dashboard shows each of their fires as not run). Use `action: propose`, or upgrade with a pull request that changes `tkr`.",
+                            "tkgops.yaml declares the `action: apply` schedule(s) {}: at each fire the bot upgrades the selected clusters itself, wave by wave inside the maintenance window, with no pull request to approve per upgrade. Approving this change approves those upgrades. Each fire's bump commits go to a record pull request to merge afterwards, and a halted fire waits for `/tkgops resume` on the fleet dashboard issue.",
                             apply.join(", ")
                         ));
                     }

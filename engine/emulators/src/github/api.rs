@@ -956,7 +956,8 @@ async fn list_comments(
     let n = parse_num(&n)?;
     let comments: Vec<super::Comment> = {
         let st = sh.lock();
-        if !st.pulls.contains_key(&n) {
+        // Pull requests and plain issues share the issue comment list.
+        if !st.pulls.contains_key(&n) && !st.issues.contains_key(&n) {
             return Err(not_found());
         }
         st.comments

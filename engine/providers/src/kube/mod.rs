@@ -20,6 +20,7 @@
 
 pub mod apply;
 pub mod cluster;
+pub mod health;
 pub mod packages;
 pub mod preflight;
 pub mod rollout;

@@ -89,7 +89,8 @@
 //! no drain or `nodeDeletionTimeout`, `strategy.type: OnDelete` and `minReadySeconds` ignored, no
 //! AMI in the AWSMachineTemplates (TKR_DATA is not read), the ClusterClass's own templates are not
 //! created; plan-based (legacy) Clusters roll on KCP/MD version or template-ref changes but their
-//! MDs are not sequenced; MHCs do not remediate; the machine-creation order (serials in the
+//! MDs are not sequenced; MHCs do not remediate (an unhealthy Node only lowers
+//! `currentHealthy`, at once, without waiting for the condition's `timeout`); the machine-creation order (serials in the
 //! annotation `emulator.tkgops.dev/machine-serial`) is kept on the owner.
 
 use std::collections::{HashMap, HashSet};
@@ -2016,7 +2017,9 @@ impl CapiController {
         }
     }
 
-    /// MachineHealthCheck controller: healthy counts once the Cluster's machines are running.
+    /// MachineHealthCheck controller: once the Cluster is Ready, `expectedMachines` (its
+    /// Machines matching `spec.selector`) and `currentHealthy` (those whose workload Node
+    /// matches none of `spec.unhealthyConditions`).
     fn reconcile_mhc(&self, mhc: &Value) -> Result<(), ControllerError> {
         let ns = namespace_of(mhc).unwrap_or("default");
         let Some(cluster_name) = str_at(mhc, "/spec/clusterName") else {
@@ -2035,19 +2038,66 @@ impl CapiController {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        let targets: Vec<String> = self
+        let machines: Vec<Value> = self
             .mgmt
             .list(&gvr_machine(), Some(ns))
-            .iter()
+            .into_iter()
             .filter(|m| label(m, CLUSTER_NAME_LABEL) == Some(cluster_name))
             .filter(|m| {
                 match_labels
                     .iter()
                     .all(|(k, v)| m.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v))
             })
+            .collect();
+        let targets: Vec<String> = machines
+            .iter()
             .filter_map(|m| name_of(m).map(str::to_string))
             .collect();
         let expected = targets.len() as i64;
+        // A target is unhealthy when its Node has a condition matching one of
+        // spec.unhealthyConditions (type and status), or when its nodeRef points at a Node
+        // that is gone (CAPI `machinehealthcheck_targets.go` `needsRemediation`). Leniency:
+        // the condition's `timeout` is not waited for (stricter: unhealthy at once), and
+        // unhealthy Machines are not remediated.
+        let unhealthy_conditions: Vec<(String, String)> = mhc
+            .pointer("/spec/unhealthyConditions")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| {
+                        Some((
+                            c.get("type")?.as_str()?.to_string(),
+                            c.get("status")?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let workload = self.emu.cluster(cluster_name);
+        let unhealthy = machines
+            .iter()
+            .filter(|m| {
+                let Some(node) = str_at(m, "/status/nodeRef/name") else {
+                    return false;
+                };
+                let Some(node) = workload
+                    .as_ref()
+                    .and_then(|w| w.get(&gvr_node(), None, node))
+                else {
+                    return true;
+                };
+                node.pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .is_some_and(|conds| {
+                        conds.iter().any(|c| {
+                            unhealthy_conditions.iter().any(|(t, s)| {
+                                c.get("type").and_then(Value::as_str) == Some(t)
+                                    && c.get("status").and_then(Value::as_str) == Some(s)
+                            })
+                        })
+                    })
+            })
+            .count() as i64;
         let max_unhealthy = match mhc.pointer("/spec/maxUnhealthy") {
             Some(Value::Number(n)) => n.as_i64().unwrap_or(expected),
             Some(Value::String(s)) if s.ends_with('%') => s
@@ -2060,7 +2110,7 @@ impl CapiController {
         };
         let mut st = status_of(mhc);
         st.insert("expectedMachines".into(), json!(expected));
-        st.insert("currentHealthy".into(), json!(expected));
+        st.insert("currentHealthy".into(), json!(expected - unhealthy));
         st.insert("remediationsAllowed".into(), json!(max_unhealthy.max(0)));
         st.insert("observedGeneration".into(), json!(generation_of(mhc)));
         st.insert("targets".into(), json!(targets));

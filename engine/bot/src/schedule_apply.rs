@@ -1,0 +1,698 @@
+//! `action: apply` of a schedule (issue 8 item 6), the bot's part: it drives a fire's
+//! [`ApplyProgress`] (the pure state machine of `tkgops_domain::waves`) on every poll.
+//!
+//! - **At the fire** the wave plan is frozen into the fire record: a restart never re-plans it.
+//! - **Git stays in step.** Before a wave's first run, the wave's `tkr` bumps are committed on top
+//!   of the previous wave's commit (the first on the default branch's commit at the fire),
+//!   authored by tkgops at the fire time, so a restart recreates the same SHA. The commit is
+//!   pushed to `tkgops/schedule/<name>/apply-<fire>`. One *record pull request* from that
+//!   branch is opened. Its runs' step tables are posted on it; merging it puts the upgraded
+//!   TKRs on the default branch.
+//! - **The runs.** Each cluster's run is the `upgrade-cluster` plan of the wave commit against
+//!   its parent, under the policy of the default branch at the fire (the schedule's own policy:
+//!   approving an apply schedule approves its upgrades). Run ids are deterministic
+//!   (`<cluster>@<commit>#upgrade-cluster`), and the fire record says "started" before the run
+//!   is submitted.
+//! - **Inside the window**, at most `maxConcurrent` at a time.
+//! - **The soak.** When every run of a wave succeeded, the wave soaks: each poll reads every
+//!   cluster's health (the Kubernetes provider's `cluster_health`). It is compared with the
+//!   health before its upgrade. After the soak time the next wave may start.
+//! - **Halts.** A failed run, a cluster unhealthy before its upgrade, or a regression halts the
+//!   fire. The halt is reported in a comment on the fleet dashboard issue and stays until an
+//!   approver comments `/tkgops resume <schedule>` there ([`crate::commands`]). Failed runs are
+//!   then retried from their failed step.
+
+use chrono::{DateTime, Utc};
+use tracing::{info, warn};
+
+use crate::schedules::{fire_key, local, store_err, FireRecord, FireState, BUMP_AUTHOR};
+use crate::{blocking, pr_origin, Bot, BotError, MergeRecord};
+use tkgops_domain::schedule::{bump_tkr_line, plan_waves, FleetCluster, Schedule};
+use tkgops_domain::step::{StepInputs, WorkloadTarget};
+use tkgops_domain::waves::{ApplyProgress, ClusterHealth, ClusterStage, Next, WaveState};
+use tkgops_domain::workflow::markdown;
+use tkgops_engine::{RunRequest, RunState};
+use tkgops_providers::github::PullRequest;
+
+/// The workflow a scheduled apply runs for each cluster.
+pub const UPGRADE_WORKFLOW: &str = "upgrade-cluster";
+
+/// Journal key prefix of halts already reported on the dashboard issue:
+/// `schedule/<name>/halt-reported/<fire RFC 3339>/<resumes so far>`.
+const HALT_REPORTED: &str = "halt-reported";
+
+/// Journal key of the fleet dashboard issue's number (written when it is upserted).
+pub const DASHBOARD_ISSUE_KEY: &str = "dashboard/issue";
+
+/// The branch holding the bump commits of an apply fire: `tkgops/schedule/<name>/apply-<UTC
+/// fire time as YYYYMMDDTHHMMSSZ>`.
+pub fn record_branch(schedule: &str, fire: DateTime<Utc>) -> String {
+    format!(
+        "tkgops/schedule/{schedule}/apply-{}",
+        fire.format("%Y%m%dT%H%M%SZ")
+    )
+}
+
+/// The hidden marker of the run comment of wave commit `commit` on the record pull request
+/// (one comment per wave, apart from the pull request's plan comment).
+pub fn wave_marker(commit: &str) -> String {
+    format!("<!-- tkgops:scheduled-run:{commit} -->")
+}
+
+/// The hidden marker of the dashboard comment reporting a halt of `schedule`'s fire `fire`
+/// (after `resumes` earlier resumes).
+pub fn halt_marker(schedule: &str, fire: DateTime<Utc>, resumes: usize) -> String {
+    format!(
+        "<!-- tkgops:halt:{schedule}/{}/{resumes} -->",
+        fire.format("%Y%m%dT%H%M%SZ")
+    )
+}
+
+/// The run id of `cluster`'s upgrade at wave commit `commit` (as merge runs are named).
+fn run_id(cluster: &str, commit: &str) -> String {
+    format!(
+        "{cluster}@{}#{UPGRADE_WORKFLOW}",
+        &commit[..commit.len().min(12)]
+    )
+}
+
+/// The target of an upgrade plan's `kube.upgrade-cluster` step.
+fn upgrade_target(steps: &[tkgops_domain::step::StepSpec]) -> Option<WorkloadTarget> {
+    steps.iter().find_map(|s| match &s.inputs {
+        StepInputs::KubeUpgradeCluster(i) => Some(i.target.clone()),
+        _ => None,
+    })
+}
+
+/// One line saying where a fire is, for the dashboard's result column.
+pub fn apply_summary(s: &Schedule, p: &ApplyProgress) -> String {
+    let total: usize = p.waves.iter().map(|w| w.clusters.len()).sum();
+    let done = p.upgraded().len();
+    if let Some(h) = &p.halt {
+        return format!(
+            "⛔ halted in wave `{}`: {} ({done}/{total} upgraded)",
+            h.wave, h.reason
+        );
+    }
+    match p.current() {
+        None => format!(
+            "{done}/{total} cluster(s) upgraded in {} wave(s)",
+            p.waves.len()
+        ),
+        Some(i) => {
+            let w = &p.waves[i];
+            let what = match w.state {
+                WaveState::Soaking => format!(
+                    "soaking until {}",
+                    w.soak_until.map(|t| local(s, t)).unwrap_or_default()
+                ),
+                WaveState::Pending => "waiting to start".into(),
+                _ => "upgrading".into(),
+            };
+            format!(
+                "applying: wave `{}` {what} ({done}/{total} upgraded)",
+                w.name
+            )
+        }
+    }
+}
+
+impl Bot {
+    /// The record of a new `apply` fire of `s` at `fire`: the waves of the fleet at `tip`,
+    /// frozen (`Applying`), or `Applied` at once when nothing needs an upgrade.
+    pub(crate) fn start_apply(
+        &self,
+        s: &Schedule,
+        fire: DateTime<Utc>,
+        tip: &str,
+        fleet: &[FleetCluster],
+        now: DateTime<Utc>,
+    ) -> FireRecord {
+        let plan = plan_waves(s, fleet);
+        let progress = ApplyProgress::new(tip, &plan);
+        let n: usize = plan.waves.iter().map(|w| w.bumps.len()).sum();
+        let (state, detail) = if n == 0 {
+            (
+                FireState::Applied,
+                "nothing to apply: every selected cluster runs the target TKR".to_string(),
+            )
+        } else {
+            (FireState::Applying, apply_summary(s, &progress))
+        };
+        info!(schedule = %s.name, fire = %fire, clusters = n, waves = plan.waves.len(), "apply fire planned");
+        FireRecord {
+            apply: Some(progress),
+            ..FireRecord::new(&s.name, fire, state, detail, now)
+        }
+    }
+
+    /// Advances the `Applying` fire `rec` of `s` as far as it can go at `now` (see the module
+    /// docs), persisting every transition; returns the record as persisted. `open` are the
+    /// open pull requests (to find the record pull request after a restart).
+    ///
+    /// Errors: [`BotError`] when the journal, git or GitHub fail; the fire is picked up again
+    /// at the next poll from its last persisted state.
+    pub(crate) async fn advance_apply(
+        &self,
+        s: &Schedule,
+        mut rec: FireRecord,
+        open: &[PullRequest],
+        now: DateTime<Utc>,
+    ) -> Result<FireRecord, BotError> {
+        let Some(mut p) = rec.apply.take() else {
+            rec.state = FireState::NotRun;
+            rec.detail = "not run: the fire record has no apply progress".into();
+            self.put_fire(rec.clone()).await?;
+            return Ok(rec);
+        };
+        let before = p.clone();
+        // Bounded: every iteration makes progress or stops.
+        for _ in 0..16 {
+            match p.next(s.window_open(rec.fire, now)) {
+                Next::Halted => break,
+                Next::Done => {
+                    rec.state = FireState::Applied;
+                    break;
+                }
+                Next::WindowClosed { left } => {
+                    rec.state = FireState::Incomplete;
+                    rec.detail = format!(
+                        "the window closed with {} cluster(s) not upgraded ({}): left for a later fire; {} upgraded",
+                        left.len(),
+                        left.join(", "),
+                        p.upgraded().len()
+                    );
+                    break;
+                }
+                Next::Start { wave, clusters } => {
+                    self.start_clusters(s, &mut rec, &mut p, wave, &clusters, open, now)
+                        .await?;
+                }
+                Next::Watch { wave } => {
+                    if !self.watch_runs(&mut p, wave, now).await? {
+                        break;
+                    }
+                }
+                Next::Soak { wave } => {
+                    self.soak(&mut p, wave, now).await;
+                    if p.waves[wave].state == WaveState::Soaking {
+                        break;
+                    }
+                }
+            }
+        }
+        if rec.state != FireState::Incomplete {
+            rec.detail = apply_summary(s, &p);
+        }
+        if let Some(h) = p.halt.as_ref().filter(|_| before.halt.is_none()) {
+            warn!(schedule = %s.name, fire = %rec.fire, wave = %h.wave, reason = %h.reason, "scheduled apply halted");
+        }
+        rec.apply = Some(p);
+        rec.updated_at = now;
+        self.put_fire(rec.clone()).await?;
+        Ok(rec)
+    }
+
+    /// Starts clusters `clusters` of wave `w`: the wave commit and the record pull request
+    /// first, then each cluster's baseline health and run (or the retry of its failed run).
+    #[allow(clippy::too_many_arguments)]
+    async fn start_clusters(
+        &self,
+        s: &Schedule,
+        rec: &mut FireRecord,
+        p: &mut ApplyProgress,
+        w: usize,
+        clusters: &[usize],
+        open: &[PullRequest],
+        now: DateTime<Utc>,
+    ) -> Result<(), BotError> {
+        let parent = match w {
+            0 => p.base.clone(),
+            _ => p.waves[w - 1]
+                .commit
+                .clone()
+                .unwrap_or_else(|| p.base.clone()),
+        };
+        let branch = record_branch(&s.name, rec.fire);
+        // 1. The wave commit (deterministic), pushed to the record branch.
+        let commit = match p.waves[w].commit.clone() {
+            Some(c) => c,
+            None => {
+                let bumps: Vec<(String, String)> = p.waves[w]
+                    .clusters
+                    .iter()
+                    .map(|c| (c.cluster.clone(), c.to.clone()))
+                    .collect();
+                let message = format!(
+                    "Scheduled upgrade {}, wave {}: {} cluster(s)\n\nApplied by tkgops for the fire of {}.\n",
+                    s.name,
+                    p.waves[w].name,
+                    bumps.len(),
+                    local(s, rec.fire)
+                );
+                let git = self.git.clone();
+                let (par, when) = (parent.clone(), rec.fire.timestamp());
+                let (made, failed) = blocking(move || {
+                    use tkgops_domain::files::TreeReader;
+                    let tree = git.tree(&par)?;
+                    let mut files = Vec::new();
+                    let mut failed = Vec::new();
+                    for (cluster, to) in &bumps {
+                        let path = format!("clusters/{cluster}/tkgops.yaml");
+                        let text = tree
+                            .read(&path)
+                            .map(|t| String::from_utf8_lossy(&t).into_owned())
+                            .unwrap_or_default();
+                        match bump_tkr_line(&text, to) {
+                            Ok(new) => files.push((path, new.into_bytes())),
+                            Err(e) => failed.push((cluster.clone(), e.to_string())),
+                        }
+                    }
+                    let commit =
+                        git.commit_files_at(&par, &files, &message, BUMP_AUTHOR, Some(when))?;
+                    Ok((commit, failed))
+                })
+                .await?;
+                for (cluster, why) in failed {
+                    if let Some(c) = p.waves[w]
+                        .clusters
+                        .iter()
+                        .position(|c| c.cluster == cluster)
+                    {
+                        p.refuse_start(
+                            w,
+                            c,
+                            format!("its `tkr` line cannot be bumped: {why}"),
+                            now,
+                        );
+                    }
+                }
+                p.waves[w].commit = Some(made.clone());
+                made
+            }
+        };
+        let git = self.git.clone();
+        let (c2, b2) = (commit.clone(), branch.clone());
+        blocking(move || git.push_branch(&c2, &b2)).await?;
+        // 2. The record pull request.
+        if p.pull.is_none() {
+            p.pull = Some(self.record_pull(s, rec, p, &branch, open).await?);
+        }
+        rec.apply = Some(p.clone());
+        self.put_fire(rec.clone()).await?;
+        rec.apply = None;
+        if p.halt.is_some() {
+            return Ok(());
+        }
+        // 3. The plan of the wave commit, under the policy at the fire.
+        let plan = self
+            .compute_plan(parent.clone(), commit.clone(), p.base.clone())
+            .await?;
+        let mut submit = Vec::new();
+        let mut retried = Vec::new();
+        for &c in clusters {
+            if p.halt.is_some() {
+                break;
+            }
+            let name = p.waves[w].clusters[c].cluster.clone();
+            let Some(cp) = plan
+                .executable()
+                .find(|cp| cp.cluster == name && cp.workflow.as_deref() == Some(UPGRADE_WORKFLOW))
+            else {
+                let why = plan
+                    .clusters
+                    .iter()
+                    .find(|cp| cp.cluster == name)
+                    .map(|cp| {
+                        let errors: Vec<String> = cp
+                            .findings
+                            .iter()
+                            .filter(|f| f.severity == tkgops_domain::request::Severity::Error)
+                            .map(|f| format!("{} {}", f.rule, f.message))
+                            .collect();
+                        if errors.is_empty() {
+                            format!("its plan is {:?}, not an executable upgrade", cp.status)
+                        } else {
+                            format!("its plan is blocked: {}", errors.join("; "))
+                        }
+                    })
+                    .unwrap_or_else(|| "the bump changes nothing to plan".into());
+                p.refuse_start(w, c, why, now);
+                break;
+            };
+            let id = run_id(&name, &commit);
+            match self
+                .engine
+                .get(&id)
+                .await
+                .map_err(|e| BotError::Engine(e.to_string()))?
+            {
+                Some(r) if matches!(r.state, RunState::Failed | RunState::Cancelled) => {
+                    let base = p.waves[w].clusters[c].baseline.clone().unwrap_or_default();
+                    p.started(w, c, &id, base);
+                    retried.push(id);
+                    continue;
+                }
+                Some(_) => {
+                    let base = p.waves[w].clusters[c].baseline.clone().unwrap_or_default();
+                    p.started(w, c, &id, base);
+                    continue;
+                }
+                None => {}
+            }
+            let target = upgrade_target(&cp.steps);
+            let baseline = match &target {
+                None => Err("its upgrade plan names no cluster to probe".to_string()),
+                Some(t) => self
+                    .executors
+                    .cluster_health(t)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match baseline {
+                Err(e) => {
+                    p.refuse_start(
+                        w,
+                        c,
+                        format!("its health could not be read before the upgrade: {e}"),
+                        now,
+                    );
+                }
+                Ok(h) => match h.problem() {
+                    Some(problem) => p.refuse_start(
+                        w,
+                        c,
+                        format!("unhealthy before its upgrade: {problem}"),
+                        now,
+                    ),
+                    None => {
+                        p.waves[w].clusters[c].target = target;
+                        p.started(w, c, &id, h);
+                        submit.push(RunRequest {
+                            id,
+                            cluster: name,
+                            workflow: UPGRADE_WORKFLOW.into(),
+                            commit_sha: commit.clone(),
+                            origin: p.pull.map(pr_origin),
+                            steps: cp.steps.clone(),
+                        });
+                    }
+                },
+            }
+        }
+        // Persisted before any run is submitted or retried.
+        rec.apply = Some(p.clone());
+        self.put_fire(rec.clone()).await?;
+        rec.apply = None;
+        if !submit.is_empty() || !retried.is_empty() {
+            let mut record = match crate::merge_record(&*self.store, &commit).await? {
+                Some(r) => r,
+                None => MergeRecord {
+                    pr: p.pull.unwrap_or_default(),
+                    commit: commit.clone(),
+                    run_ids: Vec::new(),
+                    not_run: Vec::new(),
+                    plan_markdown: markdown::render_plan(&plan, &self.catalog, false)
+                        .map_err(BotError::Render)?,
+                    refused: None,
+                    changed_since_approval: Vec::new(),
+                    marker: Some(wave_marker(&commit)),
+                },
+            };
+            for r in &submit {
+                if !record.run_ids.contains(&r.id) {
+                    record.run_ids.push(r.id.clone());
+                }
+            }
+            self.put_merge_record(&record).await?;
+        }
+        for id in retried {
+            let note = "retried: its scheduled apply was resumed on the fleet dashboard issue";
+            if let Err(e) = self.engine.retry(&id, note).await {
+                warn!(run = %id, error = %e, "retrying a scheduled upgrade failed");
+                if let Some(c) = p.waves[w]
+                    .clusters
+                    .iter()
+                    .position(|c| c.run.as_deref() == Some(id.as_str()))
+                {
+                    p.refuse_start(w, c, format!("its failed run cannot be retried: {e}"), now);
+                }
+            }
+        }
+        for req in submit {
+            self.store
+                .put_meta(
+                    &format!("{}{}", crate::replan::LAST_RUN_PREFIX, req.cluster),
+                    req.id.as_bytes(),
+                )
+                .await
+                .map_err(store_err)?;
+            self.engine
+                .submit(req)
+                .await
+                .map_err(|e| BotError::Engine(e.to_string()))?;
+        }
+        self.publisher.notify(&commit);
+        Ok(())
+    }
+
+    /// The record pull request of the fire: the open one from `branch`, else a new one.
+    async fn record_pull(
+        &self,
+        s: &Schedule,
+        rec: &FireRecord,
+        p: &ApplyProgress,
+        branch: &str,
+        open: &[PullRequest],
+    ) -> Result<u64, BotError> {
+        if let Some(pr) = open.iter().find(|pr| pr.head_ref == branch) {
+            return Ok(pr.number);
+        }
+        let rows: Vec<String> = p
+            .waves
+            .iter()
+            .flat_map(|w| {
+                w.clusters.iter().map(move |c| {
+                    format!(
+                        "| {} | `{}` | `{}` | `{}` |",
+                        w.name, c.cluster, c.from, c.to
+                    )
+                })
+            })
+            .collect();
+        let title = format!(
+            "Record scheduled upgrade {} of {}",
+            s.name,
+            local(s, rec.fire)
+        );
+        let body = format!(
+            "tkgops is upgrading these clusters under the `action: apply` schedule **{}** (fire {}), wave by wave. Each wave's `tkr` bumps are a commit on this branch, added when the wave starts; the step tables of its runs follow below.\n\n| Wave | Cluster | From | To |\n|---|---|---|---|\n{}\n\nMerge this pull request once the waves are done, so the default branch says what the clusters run. Progress and halts are on the fleet dashboard issue.\n",
+            s.name,
+            local(s, rec.fire),
+            rows.join("\n")
+        );
+        match self
+            .vcs
+            .create_pull(&title, branch, &self.default_branch, &body)
+            .await
+        {
+            Ok(n) => {
+                info!(schedule = %s.name, pr = n, branch = %branch, "record pull request opened");
+                Ok(n)
+            }
+            // Opened by an earlier attempt that stopped before recording it.
+            Err(e) => {
+                let open = self
+                    .vcs
+                    .list_open_pulls(&self.default_branch)
+                    .await
+                    .map_err(|e| BotError::Github(e.to_string()))?;
+                open.iter()
+                    .find(|pr| pr.head_ref == branch)
+                    .map(|pr| pr.number)
+                    .ok_or_else(|| BotError::Github(e.to_string()))
+            }
+        }
+    }
+
+    /// Reads the runs of wave `w` in flight; returns whether any finished (or was lost).
+    async fn watch_runs(
+        &self,
+        p: &mut ApplyProgress,
+        w: usize,
+        now: DateTime<Utc>,
+    ) -> Result<bool, BotError> {
+        let mut changed = false;
+        for c in 0..p.waves[w].clusters.len() {
+            let cp = &p.waves[w].clusters[c];
+            if cp.stage != ClusterStage::Running {
+                continue;
+            }
+            let Some(id) = cp.run.clone() else { continue };
+            match self
+                .engine
+                .get(&id)
+                .await
+                .map_err(|e| BotError::Engine(e.to_string()))?
+            {
+                // Recorded as started but never submitted (a restart in between): start again.
+                None => {
+                    p.waves[w].clusters[c].stage = ClusterStage::Pending;
+                    changed = true;
+                }
+                Some(r) if r.state == RunState::Succeeded => {
+                    p.run_finished(w, c, Ok(()), now);
+                    changed = true;
+                }
+                Some(r) if r.state.is_terminal() => {
+                    let why = r
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| format!("run {id} {:?}", r.state));
+                    p.run_finished(w, c, Err(why), now);
+                    changed = true;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(changed)
+    }
+
+    /// One soak round of wave `w`: every cluster's health against its baseline; the wave
+    /// succeeds when all are healthy and the soak time is over. A health that cannot be read
+    /// counts as a regression (fail closed).
+    async fn soak(&self, p: &mut ApplyProgress, w: usize, now: DateTime<Utc>) {
+        for c in 0..p.waves[w].clusters.len() {
+            let h = match p.waves[w].clusters[c].target.clone() {
+                None => ClusterHealth {
+                    not_ready: Some("no cluster to probe is recorded".into()),
+                    ..Default::default()
+                },
+                Some(t) => match self.executors.cluster_health(&t).await {
+                    Ok(h) => h,
+                    Err(e) => ClusterHealth {
+                        not_ready: Some(format!("its health could not be read: {e}")),
+                        ..Default::default()
+                    },
+                },
+            };
+            if p.observed(w, c, &h, now).is_some() {
+                return;
+            }
+        }
+        p.soak_done(w, now);
+    }
+
+    /// Reports every halted fire of `schedules` once (per halt) in a comment on the dashboard
+    /// issue `issue`, with the command that resumes it.
+    ///
+    /// Errors: [`BotError`] when the journal or GitHub fail (retried at the next poll).
+    pub(crate) async fn report_halts(
+        &self,
+        schedules: &[Schedule],
+        issue: u64,
+    ) -> Result<(), BotError> {
+        for s in schedules {
+            let prefix = format!("{}{}/fire/", crate::schedules::SCHEDULE_PREFIX, s.name);
+            for (_, v) in self.store.scan_meta(&prefix).await.map_err(store_err)? {
+                let Ok(rec) = serde_json::from_slice::<FireRecord>(&v) else {
+                    continue;
+                };
+                let Some(p) = rec
+                    .apply
+                    .as_ref()
+                    .filter(|_| rec.state == FireState::Applying)
+                else {
+                    continue;
+                };
+                let Some(h) = &p.halt else { continue };
+                let key = format!(
+                    "{}{}/{HALT_REPORTED}/{}/{}",
+                    crate::schedules::SCHEDULE_PREFIX,
+                    s.name,
+                    rec.fire.to_rfc3339(),
+                    p.resumes.len()
+                );
+                if self
+                    .store
+                    .get_meta(&key)
+                    .await
+                    .map_err(store_err)?
+                    .is_some()
+                {
+                    continue;
+                }
+                let marker = halt_marker(&s.name, rec.fire, p.resumes.len());
+                let pr = p
+                    .pull
+                    .map(|n| format!(" (record pull request #{n})"))
+                    .unwrap_or_default();
+                let body = format!(
+                    "{marker}\n⛔ **Scheduled upgrade `{}` halted** in wave `{}` (fire {}){pr}:\n\n{}\n\nThe remaining waves wait. When the cause is fixed, an approver comments `/tkgops resume {}` on this issue: failed runs are retried from their failed step and the wave soaks again.\n",
+                    s.name,
+                    h.wave,
+                    local(s, rec.fire),
+                    h.reason,
+                    s.name
+                );
+                self.vcs
+                    .upsert_comment(issue, &marker, &body)
+                    .await
+                    .map_err(|e| BotError::Github(e.to_string()))?;
+                self.store.put_meta(&key, b"").await.map_err(store_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `/tkgops resume [schedule]` by `who` at `now`: lifts the halt of every halted fire (of
+    /// `schedule` when given; `schedules` are the policy's); returns one line per fire resumed (empty when none was halted).
+    ///
+    /// Errors: [`BotError::Store`] when the journal fails.
+    pub(crate) async fn resume_applies(
+        &self,
+        schedules: &[Schedule],
+        schedule: Option<&str>,
+        who: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, BotError> {
+        let mut out = Vec::new();
+        for (k, v) in self
+            .store
+            .scan_meta(crate::schedules::SCHEDULE_PREFIX)
+            .await
+            .map_err(store_err)?
+        {
+            if !k.contains("/fire/") {
+                continue;
+            }
+            let Ok(mut rec) = serde_json::from_slice::<FireRecord>(&v) else {
+                continue;
+            };
+            if rec.state != FireState::Applying || schedule.is_some_and(|s| s != rec.schedule) {
+                continue;
+            }
+            let Some(p) = rec.apply.as_mut() else {
+                continue;
+            };
+            let Some(h) = p.resume(who, now) else {
+                continue;
+            };
+            if let Some(s) = schedules.iter().find(|s| s.name == rec.schedule) {
+                rec.detail = apply_summary(s, p);
+            }
+            rec.updated_at = now;
+            debug_assert_eq!(k, fire_key(&rec.schedule, rec.fire));
+            out.push(format!(
+                "`{}` (fire {}): wave `{}` continues (it halted because {})",
+                rec.schedule,
+                rec.fire.format("%Y-%m-%d %H:%M UTC"),
+                h.wave,
+                h.reason
+            ));
+            info!(schedule = %rec.schedule, fire = %rec.fire, by = %who, "scheduled apply resumed");
+            self.put_fire(rec).await?;
+        }
+        Ok(out)
+    }
+}
