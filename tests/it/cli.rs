@@ -516,15 +516,40 @@ fn sandbox_story_scheduled_propose_opens_the_bump_and_its_merge_upgrades() {
 }
 
 #[test]
-fn sandbox_story_scheduled_apply_fails_loudly() {
+fn sandbox_story_scheduled_apply_upgrades_the_canary_then_the_rest() {
     let (code, out) = story("scheduled-apply");
-    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("not run: `action: apply` is not supported by this version of tkgops"),
+        out.contains(
+            "first, team-a-prod and team-b-prod are created at TKR v1.24.11+vmware.1-tkg.1"
+        ),
         "{out}"
     );
     assert!(
-        out.contains("`action: apply` is not supported by this version of tkgops: the fire is recorded as not run"),
+        out.contains("| canary | soaking until")
+            && out.contains("| rest | pending | ⏸️ `team-b-prod` → `v1.25.7+vmware.2-tkg.1` |"),
         "{out}"
     );
+    assert!(
+        out.contains("2/2 cluster(s) upgraded in 2 wave(s)"),
+        "{out}"
+    );
+    for cluster in ["team-a-prod", "team-b-prod"] {
+        let re = regex::Regex::new(&format!(
+            r"KubeadmControlPlane {cluster}-\w+: version v1\.25\.7\+vmware\.2, 3/3 ready"
+        ))
+        .unwrap();
+        assert!(re.is_match(&out), "{cluster}: {out}");
+    }
+    // The golden: each wave's run comment on the record pull request (its plan comment
+    // follows the branch head, which moves as waves start).
+    let conversation = final_run_comment(&out);
+    let waves: Vec<String> = conversation
+        .split("----- comment by ")
+        .filter(|c| c.contains("<!-- tkgops:scheduled-run:"))
+        .map(|c| format!("----- comment by {}\n", c.trim()))
+        .collect();
+    assert_eq!(waves.len(), 2, "{out}");
+    let waves = waves.concat();
+    crate::support::assert_golden("story-scheduled-apply.md", &waves);
 }

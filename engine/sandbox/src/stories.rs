@@ -34,8 +34,9 @@ pub enum Story {
     Delete,
     /// A `propose` schedule opens the bump pull request; its merge upgrades the cluster.
     ScheduledPropose,
-    /// An `apply` schedule with two waves (not run by this version: the story shows the fire
-    /// recorded as not run and fails).
+    /// An `apply` schedule with two waves over team-a-prod (the canary) and team-b-prod: the
+    /// canary upgrades and soaks 30 minutes, then the rest; the fleet dashboard and the record
+    /// pull request show it.
     ScheduledApply,
 }
 
@@ -158,6 +159,27 @@ pub async fn day2(
         .into_iter()
         .map(|(p, c)| (p, c.replace(EXAMPLE_TKR, start_tkr)))
         .collect();
+    // The apply story's fleet: team-a-prod is the canary, team-b-prod is the rest.
+    let created: Vec<(String, String)> = match story {
+        Story::ScheduledApply => ["team-a-prod", "team-b-prod"]
+            .iter()
+            .flat_map(|name| {
+                files.iter().map(move |(p, c)| {
+                    let extra = if *name == "team-a-prod" {
+                        "\n  tier: canary"
+                    } else {
+                        ""
+                    };
+                    (
+                        p.replace("team-a-prod", name),
+                        c.replace("team-a-prod", name)
+                            .replace("  team: team-a", &format!("  team: team-a{extra}")),
+                    )
+                })
+            })
+            .collect(),
+        _ => files.clone(),
+    };
     let file = |path: &str| {
         files
             .iter()
@@ -165,13 +187,18 @@ pub async fn day2(
             .map(|(_, c)| c.clone())
             .unwrap_or_default()
     };
-    println!("==> first, {cluster} is created at TKR {start_tkr}");
+    let names = if story == Story::ScheduledApply {
+        format!("{cluster} and team-b-prod are")
+    } else {
+        format!("{cluster} is")
+    };
+    println!("==> first, {names} created at TKR {start_tkr}");
     let (_, created) = merge_change(
         env,
         Change {
             branch: "add-team-a-prod",
             title: "Add cluster team-a-prod",
-            files: files.clone(),
+            files: created,
             removed: Vec::new(),
             label: None,
             approvers: &[APPROVER],
@@ -383,19 +410,72 @@ async fn scheduled(
             Ok(apply == "success")
         }
         _ => {
-            let shown = env
+            let pr = env
                 .github
                 .wait_until(timeout, |gh| {
-                    gh.issues()
+                    gh.pull_requests().into_iter().find(|p| {
+                        p.head_ref
+                            .starts_with("tkgops/schedule/weekly-apply/apply-")
+                    })
+                })
+                .await
+                .ok_or_else(|| SandboxError("the schedule opened no record pull request".into()))?;
+            println!(
+                "==> the fire started the canary wave and opened the record PR #{}: {}",
+                pr.number, pr.title
+            );
+            let soaking = env
+                .github
+                .wait_until(timeout, |gh| {
+                    gh.issues().into_iter().find(|i| {
+                        i.body.contains("| canary | soaking until") || i.body.contains("⛔")
+                    })
+                })
+                .await
+                .ok_or_else(|| SandboxError("the canary wave never soaked".into()))?;
+            print_dashboard(env);
+            if soaking.body.contains("⛔") {
+                println!("==> the canary wave halted: the story stops");
+                return Ok(false);
+            }
+            let later = {
+                let mut c = clock.lock().unwrap_or_else(|e| e.into_inner());
+                *c += chrono::Duration::minutes(31);
+                *c
+            };
+            println!("==> the canary soaked healthy; the bot's clock jumps 31 minutes to {later}");
+            let done = env
+                .github
+                .wait_until(timeout, |gh| {
+                    gh.issues().into_iter().find(|i| {
+                        i.body.contains("cluster(s) upgraded in 2 wave(s)") || i.body.contains("⛔")
+                    })
+                })
+                .await
+                .ok_or_else(|| SandboxError("the rest wave never finished".into()))?;
+            print_dashboard(env);
+            // The publisher coalesces comment edits: wait for both waves' final comments.
+            env.github
+                .wait_until(timeout, |gh| {
+                    let finals = gh
+                        .comments(pr.number)
                         .into_iter()
-                        .find(|i| i.body.contains("not run: `action: apply`"))
+                        .filter(|c| {
+                            c.body.contains("<!-- tkgops:scheduled-run:")
+                                && c.body.lines().nth(1).is_some_and(|l| {
+                                    l.ends_with("✅ succeeded") || l.ends_with("❌ failed")
+                                })
+                        })
+                        .count();
+                    (finals == 2).then_some(())
                 })
                 .await;
-            print_dashboard(env);
-            if shown.is_some() {
-                println!("==> `action: apply` is not supported by this version of tkgops: the fire is recorded as not run (see the dashboard). The story fails.");
+            println!("==> the waves finished; the PR conversation:\n");
+            println!("{}", env.conversation(pr.number));
+            for name in ["team-a-prod", "team-b-prod"] {
+                println!("==> final state\n{}", env.final_state(name, "default"));
             }
-            Ok(false)
+            Ok(!done.body.contains("⛔"))
         }
     }
 }
