@@ -143,6 +143,9 @@ pub struct Bot {
     ready: Arc<std::sync::atomic::AtomicBool>,
     /// What "now" is for schedules.
     clock: std::sync::Mutex<schedules::Clock>,
+    /// The plan of the scheduled-apply wave commit last started (`parent..commit@policy`):
+    /// a wave of hundreds of clusters starts a few at a time, and is planned once.
+    wave_plan: std::sync::Mutex<Option<(String, Arc<Plan>)>>,
 }
 
 impl Bot {
@@ -171,6 +174,7 @@ impl Bot {
             publisher,
             ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             clock: std::sync::Mutex::new(schedules::system_clock()),
+            wave_plan: std::sync::Mutex::new(None),
         }
     }
 

@@ -22,6 +22,8 @@
 //!   approver comments `/tkgops resume <schedule>` there ([`crate::commands`]). Failed runs are
 //!   then retried from their failed step.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
@@ -30,7 +32,6 @@ use crate::{blocking, pr_origin, Bot, BotError, MergeRecord};
 use tkgops_domain::schedule::{bump_tkr_line, plan_waves, FleetCluster, Schedule};
 use tkgops_domain::step::{StepInputs, WorkloadTarget};
 use tkgops_domain::waves::{ApplyProgress, ClusterHealth, ClusterStage, Next, WaveState};
-use tkgops_domain::workflow::markdown;
 use tkgops_engine::{RunRequest, RunState};
 use tkgops_providers::github::PullRequest;
 
@@ -40,6 +41,9 @@ pub const UPGRADE_WORKFLOW: &str = "upgrade-cluster";
 /// Journal key prefix of halts already reported on the dashboard issue:
 /// `schedule/<name>/halt-reported/<fire RFC 3339>/<resumes so far>`.
 const HALT_REPORTED: &str = "halt-reported";
+
+/// Health probes of one soak round running at the same time.
+const PROBE_CONCURRENCY: usize = 16;
 
 /// Journal key of the fleet dashboard issue's number (written when it is upserted).
 pub const DASHBOARD_ISSUE_KEY: &str = "dashboard/issue";
@@ -159,6 +163,7 @@ impl Bot {
         open: &[PullRequest],
         now: DateTime<Utc>,
     ) -> Result<FireRecord, BotError> {
+        let original = rec.clone();
         let Some(mut p) = rec.apply.take() else {
             rec.state = FireState::NotRun;
             rec.detail = "not run: the fire record has no apply progress".into();
@@ -208,6 +213,10 @@ impl Bot {
             warn!(schedule = %s.name, fire = %rec.fire, wave = %h.wave, reason = %h.reason, "scheduled apply halted");
         }
         rec.apply = Some(p);
+        if rec == original {
+            // Nothing moved (a soak not over yet, runs in flight): no write.
+            return Ok(rec);
+        }
         rec.updated_at = now;
         self.put_fire(rec.clone()).await?;
         Ok(rec)
@@ -304,10 +313,26 @@ impl Bot {
         if p.halt.is_some() {
             return Ok(());
         }
-        // 3. The plan of the wave commit, under the policy at the fire.
-        let plan = self
-            .compute_plan(parent.clone(), commit.clone(), p.base.clone())
-            .await?;
+        // 3. The plan of the wave commit, under the policy at the fire (once per wave).
+        let key = format!("{parent}..{commit}@{}", p.base);
+        let cached = self.wave_plan.lock().ok().and_then(|c| {
+            c.as_ref()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, p)| p.clone())
+        });
+        let plan = match cached {
+            Some(plan) => plan,
+            None => {
+                let plan = Arc::new(
+                    self.compute_plan(parent.clone(), commit.clone(), p.base.clone())
+                        .await?,
+                );
+                if let Ok(mut c) = self.wave_plan.lock() {
+                    *c = Some((key, plan.clone()));
+                }
+                plan
+            }
+        };
         let mut submit = Vec::new();
         let mut retried = Vec::new();
         for &c in clusters {
@@ -412,8 +437,13 @@ impl Bot {
                     commit: commit.clone(),
                     run_ids: Vec::new(),
                     not_run: Vec::new(),
-                    plan_markdown: markdown::render_plan(&plan, &self.catalog, false)
-                        .map_err(BotError::Render)?,
+                    plan_markdown: format!(
+                        "Wave `{}` of the scheduled upgrade `{}` (fire {}): {} cluster(s) upgraded to the TKR of this commit. The plan comment of this pull request shows each upgrade.",
+                        p.waves[w].name,
+                        s.name,
+                        local(s, rec.fire),
+                        p.waves[w].clusters.len()
+                    ),
                     refused: None,
                     changed_since_approval: Vec::new(),
                     marker: Some(wave_marker(&commit)),
@@ -562,22 +592,57 @@ impl Bot {
     /// succeeds when all are healthy and the soak time is over. A health that cannot be read
     /// counts as a regression (fail closed).
     async fn soak(&self, p: &mut ApplyProgress, w: usize, now: DateTime<Utc>) {
-        for c in 0..p.waves[w].clusters.len() {
-            let h = match p.waves[w].clusters[c].target.clone() {
-                None => ClusterHealth {
-                    not_ready: Some("no cluster to probe is recorded".into()),
+        let targets: Vec<Option<WorkloadTarget>> = p.waves[w]
+            .clusters
+            .iter()
+            .map(|c| c.target.clone())
+            .collect();
+        // Probed PROBE_CONCURRENCY at a time, judged in wave order.
+        for (chunk_no, chunk) in targets.chunks(PROBE_CONCURRENCY).enumerate() {
+            let mut probes = tokio::task::JoinSet::new();
+            for (i, t) in chunk.iter().enumerate() {
+                let (executors, t) = (self.executors.clone(), t.clone());
+                probes.spawn(async move {
+                    let h = match t {
+                        None => ClusterHealth {
+                            not_ready: Some("no cluster to probe is recorded".into()),
+                            ..Default::default()
+                        },
+                        Some(t) => match executors.cluster_health(&t).await {
+                            Ok(h) => h,
+                            Err(e) => ClusterHealth {
+                                not_ready: Some(format!("its health could not be read: {e}")),
+                                ..Default::default()
+                            },
+                        },
+                    };
+                    (i, h)
+                });
+            }
+            let mut seen: Vec<(usize, ClusterHealth)> = Vec::new();
+            while let Some(r) = probes.join_next().await {
+                match r {
+                    Ok(x) => seen.push(x),
+                    // A probe task that panicked: judged unhealthy (fail closed).
+                    Err(e) => warn!(error = %e, "a health probe failed"),
+                }
+            }
+            seen.sort_by_key(|(i, _)| *i);
+            if seen.len() < chunk.len() {
+                let c = chunk_no * PROBE_CONCURRENCY;
+                let h = ClusterHealth {
+                    not_ready: Some("its health probe failed".into()),
                     ..Default::default()
-                },
-                Some(t) => match self.executors.cluster_health(&t).await {
-                    Ok(h) => h,
-                    Err(e) => ClusterHealth {
-                        not_ready: Some(format!("its health could not be read: {e}")),
-                        ..Default::default()
-                    },
-                },
-            };
-            if p.observed(w, c, &h, now).is_some() {
+                };
+                p.observed(w, c, &h, now);
                 return;
+            }
+            for (i, h) in seen {
+                if p.observed(w, chunk_no * PROBE_CONCURRENCY + i, &h, now)
+                    .is_some()
+                {
+                    return;
+                }
             }
         }
         p.soak_done(w, now);

@@ -384,9 +384,10 @@ impl ApplyProgress {
         }
     }
 
-    /// Health `h` of cluster `c` of wave `w` observed at `now` while the wave soaks (or, with
-    /// no baseline yet after a resume, the new baseline). A regression halts; when every
-    /// cluster is healthy and the soak is over, the wave succeeds. Returns the regression.
+    /// Health `h` of cluster `c` of wave `w` observed at `now` while the wave soaks (with no
+    /// baseline after a resume, `h` becomes the baseline and only [`ClusterHealth::problem`]
+    /// counts). A regression halts the wave and the fire; returns it. Call
+    /// [`Self::soak_done`] once every cluster was observed healthy.
     pub fn observed(
         &mut self,
         w: usize,
@@ -395,10 +396,9 @@ impl ApplyProgress {
         now: DateTime<Utc>,
     ) -> Option<String> {
         let cp = self.waves.get_mut(w)?.clusters.get_mut(c)?;
-        let Some(base) = cp.baseline.clone() else {
-            cp.baseline = Some(h.clone());
-            return None;
-        };
+        // No baseline (re-baselined by a resume): this observation is the baseline, and is
+        // still judged for what is wrong regardless of one.
+        let base = cp.baseline.get_or_insert_with(|| h.clone()).clone();
         let regression = h.regression_from(&base)?;
         cp.detail = Some(regression.clone());
         let reason = format!("`{}` regressed while soaking: {regression}", cp.cluster);
@@ -690,6 +690,25 @@ mod tests {
             .unwrap()
             .reason
             .starts_with("`a` was not upgraded: Cluster not Ready"));
+    }
+
+    #[test]
+    fn after_a_resume_the_first_observation_is_the_baseline_but_still_judged() {
+        let mut p = two_waves();
+        p.started(0, 0, "run-a", healthy(0));
+        p.run_finished(0, 0, Ok(()), t(10));
+        assert!(p.observed(0, 0, &healthy(1), t(11)).is_some());
+        p.resume("alice", t(20));
+        let sick = ClusterHealth {
+            ready: false,
+            not_ready: Some("WaitingForControlPlane".into()),
+            ..healthy(1)
+        };
+        assert_eq!(
+            p.observed(0, 0, &sick, t(21)).as_deref(),
+            Some("Cluster not Ready (WaitingForControlPlane)")
+        );
+        assert_eq!(p.next(true), Next::Halted);
     }
 
     #[test]

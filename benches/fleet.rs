@@ -1,0 +1,453 @@
+//! Fleet benchmark (issue 8 item 11): a scheduled `apply` over a fleet on the emulators
+//! (`cargo bench -p tkgops-sandbox --bench fleet`; harness = false, prints figures).
+//!
+//! The fleet is `TKGOPS_BENCH_CLUSTERS` clusters (default 1,000), `fleet-0000`…. They are
+//! committed to the config repository at TKR v1.24.11 and seeded on the emulated management
+//! cluster from their own plan's `kube.apply` manifests, as a create run would apply them. The
+//! emulated Cluster API then provisions them. Then a schedule firing at the next minute (UTC)
+//! is committed. It has two waves: `TKGOPS_BENCH_CANARY` canaries (default 10) and the rest,
+//! at most `TKGOPS_BENCH_CONCURRENT` upgrades at a time (default 50), soak 0s. The real
+//! `tkgops serve` binary is started on its real clock; the benchmark waits until the dashboard
+//! says every cluster is upgraded, then prints:
+//! - the bot's **peak resident memory** (`VmHWM`) and **CPU seconds** (user + system, from
+//!   `/proc/<pid>/stat` at 100 ticks/s);
+//! - **requests** to the management cluster, to the workload clusters and to GitHub (the
+//!   emulators' request logs), in total and per cluster;
+//! - **status change → next step**: for each `kube.wait-control-plane` and
+//!   `kube.wait-machine-deployments` step, the time from the last KubeadmControlPlane or
+//!   MachineDeployment status change of its cluster (seen on the emulator) to the start of the
+//!   run's next step (from the bot's journal), p50 / p99 / max;
+//! - **slot refill**: in the rest wave, the time from a run's finish to the start of the run
+//!   that took its slot, p50 / p99 / max.
+//!
+//! Needs moto (`scripts/setup-venv.sh` or `TKGOPS_MOTO_SERVER`). With 1,000 clusters it runs for
+//! several minutes on 2 cores; `TKGOPS_BENCH_CLUSTERS=50` takes well under one.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Timelike, Utc};
+use futures::StreamExt;
+use tkgops_domain::files::MemoryTree;
+use tkgops_domain::step::StepInputs;
+use tkgops_domain::workflow::{plan, Catalog, PlanInput};
+use tkgops_emulators::kube::Gvr;
+use tkgops_engine::store::{RunRecord, SledStore, Store};
+use tkgops_providers::kube::KubeProvider;
+use tkgops_sandbox::{network_of, request_files, Environment, Timings, MANAGEMENT_CLUSTER};
+
+const OLD: &str = "v1.24.11+vmware.1-tkg.1";
+const NEW: &str = "v1.25.7+vmware.2-tkg.1";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main_file(env: &Environment, path: &str) -> String {
+    let repo = git2::Repository::open_bare(&env.remote).expect("config repository");
+    let blob = repo
+        .revparse_single(&format!("refs/heads/main:{path}"))
+        .and_then(|o| o.peel_to_blob())
+        .expect("file on main");
+    String::from_utf8_lossy(blob.content()).into_owned()
+}
+
+/// The `tkgops` binary of this build profile (`target/<profile>/tkgops`), built when missing.
+fn tkgops_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<bench>")
+        .to_path_buf();
+    let bin = profile_dir.join("tkgops");
+    if !bin.exists() {
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("release")
+            .replace("debug", "dev");
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--profile", &profile, "--bin", "tkgops"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .status()
+            .expect("running cargo build --bin tkgops");
+        assert!(status.success(), "cargo build --bin tkgops failed");
+    }
+    bin
+}
+
+/// `(peak resident memory in KiB, CPU seconds)` of process `pid`.
+fn process_usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces): utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (hwm, (ticks(11) + ticks(12)) as f64 / 100.0)
+}
+
+fn percentiles(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return "no samples".into();
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let at = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
+    format!(
+        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples)",
+        at(0.5) * 1000.0,
+        at(0.99) * 1000.0,
+        v[v.len() - 1] * 1000.0,
+        v.len()
+    )
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let n = env_usize("TKGOPS_BENCH_CLUSTERS", 1000);
+    let canary = env_usize("TKGOPS_BENCH_CANARY", 10).min(n);
+    let concurrent = env_usize("TKGOPS_BENCH_CONCURRENT", 50);
+    println!(
+        "fleet benchmark: {n} clusters, {canary} canaries, at most {concurrent} upgrades at a time"
+    );
+    let timings = Timings {
+        poll: Duration::from_secs(2),
+        wait_poll: Duration::from_secs(1),
+        comment: Duration::from_secs(1),
+        controller_tick: Duration::from_millis(200),
+    };
+    let (region, azs, cidr) = network_of(None);
+    let azs: Vec<&str> = azs.iter().map(String::as_str).collect();
+    let env = Environment::start(None, &region, &azs, &cidr, &timings)
+        .await
+        .expect("sandbox environment (moto: scripts/setup-venv.sh)");
+
+    // 1. The fleet on main.
+    let t0 = Instant::now();
+    let repo_config = main_file(&env, "tkgops.yaml");
+    let (_, example) = request_files(None, &env.vpc);
+    let config = example
+        .iter()
+        .find(|(p, _)| p.ends_with("cluster-config.yaml"))
+        .map(|(_, c)| c.clone())
+        .expect("example config");
+    let mut files: Vec<(String, String)> = Vec::new();
+    for i in 0..n {
+        let name = format!("fleet-{i:04}");
+        let tier = if i < canary { "  tier: canary\n" } else { "" };
+        files.push((
+            format!("clusters/{name}/cluster-config.yaml"),
+            config.replace("team-a-prod", &name),
+        ));
+        files.push((
+            format!("clusters/{name}/tkgops.yaml"),
+            format!("managementCluster: mc-aws-1\ntkr: {OLD}\ntmc:\n  clusterGroup: default\nlabels:\n  env: prod\n{tier}"),
+        ));
+    }
+    let owned: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    tkgops_emulators::git_remote::commit_on_branch(&env.remote, "main", "main", "fleet", &owned)
+        .expect("committing the fleet");
+
+    // 2. The fleet on the management cluster, from its own plan's kube.apply manifests.
+    let mut head: BTreeMap<String, Vec<u8>> = files
+        .iter()
+        .map(|(p, c)| (p.clone(), c.clone().into_bytes()))
+        .collect();
+    head.insert("tkgops.yaml".into(), repo_config.clone().into_bytes());
+    let base = MemoryTree(BTreeMap::from([(
+        "tkgops.yaml".to_string(),
+        repo_config.clone().into_bytes(),
+    )]));
+    let head = MemoryTree(head);
+    let changed: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
+    let catalog = Catalog::builtin().expect("catalog");
+    let p = plan(&PlanInput {
+        base: &base,
+        head: &head,
+        settings: &base,
+        base_sha: "1111111111111111111111111111111111111111",
+        head_sha: "2222222222222222222222222222222222222222",
+        changed_paths: &changed,
+        catalog: &catalog,
+        executable: &tkgops::executors::executable_kinds(),
+        repository: "acme/tkg-clusters",
+        history: Default::default(),
+    });
+    let manifests: Vec<(String, String)> = p
+        .clusters
+        .iter()
+        .filter_map(|c| {
+            c.steps.iter().find_map(|s| match &s.inputs {
+                StepInputs::KubeApply(i) => Some((c.cluster.clone(), i.manifests.clone())),
+                _ => None,
+            })
+        })
+        .collect();
+    assert_eq!(
+        manifests.len(),
+        n,
+        "every cluster plans a create: {:?}",
+        p.all_findings()
+            .iter()
+            .take(5)
+            .map(|f| format!("{} {}", f.rule, f.message))
+            .collect::<Vec<_>>()
+    );
+    let rc = tkgops_domain::request::parse_repo_config("tkgops.yaml", repo_config.as_bytes())
+        .expect("repository config");
+    let mcs: BTreeMap<_, _> = rc
+        .management_clusters
+        .iter()
+        .map(|m| (m.name.clone(), m.kubeconfig.clone()))
+        .collect();
+    let provider = KubeProvider::new(mcs, Duration::from_secs(1));
+    let client = provider
+        .management_client(MANAGEMENT_CLUSTER)
+        .await
+        .expect("management client");
+    futures::stream::iter(manifests)
+        .map(|(name, yaml)| {
+            let (provider, client) = (provider.clone(), client.clone());
+            async move {
+                provider
+                    .apply_yaml(&client, &yaml, "tkgops")
+                    .await
+                    .unwrap_or_else(|e| panic!("seeding {name}: {e:?}"));
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let mgmt = env
+        .kube
+        .cluster(MANAGEMENT_CLUSTER)
+        .expect("management cluster");
+    let clusters = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    let ready = || {
+        mgmt.list(&clusters, Some("default"))
+            .iter()
+            .filter(|c| {
+                c.pointer("/status/conditions")
+                    .and_then(|v| v.as_array())
+                    .is_some_and(|a| {
+                        a.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+            })
+            .count()
+    };
+    let mut events = mgmt.subscribe();
+    while ready() < n {
+        let _ = tokio::time::timeout(Duration::from_secs(2), events.recv()).await;
+        assert!(
+            t0.elapsed() < Duration::from_secs(3600),
+            "the fleet never got Ready"
+        );
+    }
+    println!(
+        "seeded: {n} Clusters Ready in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // 3. Status changes of control planes and MachineDeployments, timestamped as seen.
+    let changes: Arc<Mutex<BTreeMap<String, Vec<DateTime<Utc>>>>> = Arc::default();
+    {
+        let changes = changes.clone();
+        let mut rx = mgmt.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        if ev.kind != "MODIFIED"
+                            || !["kubeadmcontrolplanes", "machinedeployments"]
+                                .contains(&ev.gvr.plural.as_str())
+                        {
+                            continue;
+                        }
+                        let Some(cluster) = ev.object["metadata"]["labels"]
+                            ["cluster.x-k8s.io/cluster-name"]
+                            .as_str()
+                        else {
+                            continue;
+                        };
+                        if let Ok(mut c) = changes.lock() {
+                            c.entry(cluster.to_string()).or_default().push(Utc::now());
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
+                        eprintln!("benchmark: {k} change events lagged");
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+
+    // 4. The schedule, firing at the next minute; the bot.
+    let fire = (Utc::now() + chrono::Duration::seconds(60))
+        .with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .expect("a minute");
+    let schedule = format!(
+        "schedules:\n  - name: fleet-apply\n    cron: \"{} {} * * *\"\n    window: 2h\n    selector: {{matchLabels: {{env: prod}}}}\n    target: latest-minor\n    action: apply\n    waves:\n      - {{name: canary, selector: {{matchLabels: {{tier: canary}}}}, maxConcurrent: {concurrent}}}\n      - {{name: rest, selector: {{}}, maxConcurrent: {concurrent}}}\n",
+        fire.minute(),
+        fire.hour()
+    );
+    let policy = format!("{repo_config}{schedule}");
+    tkgops_emulators::git_remote::commit_on_branch(
+        &env.remote,
+        "main",
+        "main",
+        "fleet schedule",
+        &[("tkgops.yaml", policy.as_str())],
+    )
+    .expect("committing the schedule");
+    let cfg_path = env.workdir.join("bot.yaml");
+    std::fs::write(
+        &cfg_path,
+        serde_yaml::to_string(&env.bot_config(&timings)).expect("bot config"),
+    )
+    .expect("writing the bot config");
+    let mgmt_log = mgmt.faults().log().clone();
+    let github_log = env.github.faults().log().clone();
+    let (mgmt_before, github_before) = (mgmt_log.all().len(), github_log.all().len());
+    let workload_before: usize = (0..n)
+        .filter_map(|i| env.kube.cluster(&format!("fleet-{i:04}")))
+        .map(|w| w.faults().log().all().len())
+        .sum();
+    let mut bot = tokio::process::Command::new(tkgops_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg_path)
+        .envs(env.bot_env())
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning tkgops serve");
+    let pid = bot.id().expect("bot pid");
+    println!("bot started (pid {pid}); the schedule fires at {fire}");
+    let started = Instant::now();
+    let done = format!("{n}/{n} cluster(s) upgraded in 2 wave(s)");
+    let outcome = env
+        .github
+        .wait_until(Duration::from_secs(7200), |gh| {
+            gh.issues()
+                .into_iter()
+                .find(|i| i.body.contains(&done) || i.body.contains('⛔'))
+        })
+        .await
+        .expect("the dashboard never said the fleet was upgraded");
+    let (hwm_kib, cpu) = process_usage(pid);
+    let wall = started.elapsed().as_secs_f64();
+    let _ = bot.kill().await;
+    let _ = bot.wait().await;
+    assert!(
+        !outcome.body.contains('⛔'),
+        "the apply halted:\n{}",
+        outcome.body
+    );
+    let upgraded = mgmt
+        .list(&clusters, Some("default"))
+        .iter()
+        .filter(|c| {
+            c["spec"]["topology"]["version"]
+                .as_str()
+                .is_some_and(|v| NEW.starts_with(v) || v == NEW)
+        })
+        .count();
+
+    // 5. Figures.
+    let mgmt_requests = mgmt_log.all().len() - mgmt_before;
+    let github_requests = github_log.all().len() - github_before;
+    let workload_requests: usize = (0..n)
+        .filter_map(|i| env.kube.cluster(&format!("fleet-{i:04}")))
+        .map(|w| w.faults().log().all().len())
+        .sum::<usize>()
+        - workload_before;
+    let store = SledStore::open(&env.workdir.join("bot-state").join("journal")).expect("journal");
+    let record = env
+        .github
+        .pull_requests()
+        .into_iter()
+        .find(|p| p.head_ref.starts_with("tkgops/schedule/fleet-apply/apply-"))
+        .expect("the record pull request");
+    let runs: Vec<RunRecord> = store
+        .list_runs_by_origin(&tkgops::pr_origin(record.number))
+        .await
+        .expect("the runs");
+    let changes = changes.lock().map(|c| c.clone()).unwrap_or_default();
+    let mut reaction = Vec::new();
+    for r in &runs {
+        for (i, s) in r.steps.iter().enumerate() {
+            let kind = s.spec.kind().as_str();
+            if kind != "kube.wait-control-plane" && kind != "kube.wait-machine-deployments" {
+                continue;
+            }
+            let (Some(done), Some(next)) =
+                (s.finished_at, r.steps.get(i + 1).and_then(|n| n.started_at))
+            else {
+                continue;
+            };
+            let last_change = changes
+                .get(&r.cluster)
+                .and_then(|v| v.iter().filter(|t| **t <= done).max().copied());
+            if let Some(c) = last_change {
+                reaction.push((next - c).num_milliseconds().max(0) as f64 / 1000.0);
+            }
+        }
+    }
+    let mut finished: Vec<DateTime<Utc>> = runs.iter().filter_map(|r| r.finished_at).collect();
+    finished.sort();
+    let mut refill = Vec::new();
+    let mut by_start: Vec<&RunRecord> = runs.iter().collect();
+    by_start.sort_by_key(|r| r.created_at);
+    for r in by_start.iter().skip(canary + concurrent) {
+        if let Some(prev) = finished.iter().filter(|f| **f <= r.created_at).max() {
+            refill.push((r.created_at - *prev).num_milliseconds().max(0) as f64 / 1000.0);
+        }
+    }
+    let per = |x: usize| x as f64 / n.max(1) as f64;
+    println!(
+        "\n== fleet apply: {n} clusters, {} runs, {upgraded} Clusters at {NEW} ==",
+        runs.len()
+    );
+    println!("wall time from bot start:  {wall:.1} s (the fire waits for the next minute)");
+    println!(
+        "bot peak resident memory:  {:.1} MiB ({:.0} KiB per cluster)",
+        hwm_kib as f64 / 1024.0,
+        per(hwm_kib as usize)
+    );
+    println!(
+        "bot CPU time:              {cpu:.1} s ({:.1} ms per cluster)",
+        per(1) * cpu * 1000.0
+    );
+    println!(
+        "requests, management:      {mgmt_requests} ({:.1} per cluster)",
+        per(mgmt_requests)
+    );
+    println!(
+        "requests, workload:        {workload_requests} ({:.1} per cluster)",
+        per(workload_requests)
+    );
+    println!(
+        "requests, GitHub:          {github_requests} ({:.2} per cluster)",
+        per(github_requests)
+    );
+    println!("status change → next step: {}", percentiles(reaction));
+    println!("run finish → slot refill:  {}", percentiles(refill));
+}
