@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Timelike, Utc};
 use tkgops_emulators::kube::Gvr;
 use tkgops_engine::store::RunState;
 use tkgops_sandbox::{request_files, Timings, APPROVER, AUTHOR, MANAGEMENT_CLUSTER};
@@ -599,4 +599,138 @@ async fn an_apply_schedule_upgrades_wave_by_wave_halts_on_a_regression_and_resum
             .len(),
         2
     );
+}
+
+/// A scheduled apply survives `kill -9` of the real `tkgops serve` binary (on its real clock:
+/// the schedule fires at the next minute): the fire is not fired again, no run is submitted
+/// twice, the interrupted wave finishes and the next wave starts after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_bot_resumes_a_scheduled_apply_without_firing_or_patching_twice() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let spawn_bot = || crate::e2e::spawn_serve(&env, &timings);
+    let mut bot = spawn_bot();
+    let (_, files) = request_files(None, &env.vpc);
+    let mut all = Vec::new();
+    for (name, extra) in [("team-a-prod", "\n  tier: canary"), ("team-b-prod", "")] {
+        for (path, text) in &files {
+            let text = text
+                .replace("team-a-prod", name)
+                .replace(NEW, OLD)
+                .replace("  team: team-a", &format!("  team: team-a{extra}"));
+            all.push((path.replace("team-a-prod", name), text));
+        }
+    }
+    let pr = env
+        .open_pull_request("add-clusters", "Add two clusters", &all)
+        .unwrap();
+    let head = crate::e2e::head_of(&env, "add-clusters");
+    env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    assert_eq!(
+        env.wait_status(&merge, "tkgops/apply", Duration::from_secs(240))
+            .await
+            .unwrap(),
+        "success",
+        "{}",
+        env.conversation(pr)
+    );
+    // The schedule fires at the next minute boundary at least 10 s away (UTC).
+    let fire = (Utc::now() + chrono::Duration::seconds(70))
+        .with_second(0)
+        .unwrap()
+        .with_nanosecond(0)
+        .unwrap();
+    let schedule = APPLY_SCHEDULE
+        .replace(
+            "0 2 * * SAT",
+            &format!("{} {} * * *", fire.minute(), fire.hour()),
+        )
+        .replace("    timezone: Europe/Berlin\n", "")
+        .replace("soak: 30m, ", "");
+    let repo = format!("{}{schedule}", main_file(&env, "tkgops.yaml"));
+    tkgops_emulators::git_remote::commit_on_branch(
+        &env.remote,
+        "main",
+        "main",
+        "weekly apply",
+        &[("tkgops.yaml", repo.as_str())],
+    )
+    .unwrap();
+
+    // Kill the bot once the canary's control plane runs the new version.
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let mut events = mgmt.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+    while kcp_version(&env, "team-a-prod") != "v1.25.7+vmware.2" {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(!left.is_zero(), "the canary was never upgraded");
+        let _ = tokio::time::timeout(left, events.recv()).await;
+    }
+    assert_ne!(kcp_version(&env, "team-b-prod"), "v1.25.7+vmware.2");
+    bot.kill().await.expect("SIGKILL");
+    let _ = bot.wait().await;
+    let mut bot = spawn_bot();
+    let done = env
+        .github
+        .wait_until(Duration::from_secs(180), |gh| {
+            gh.issues().into_iter().find(|i| {
+                i.body.contains("2/2 cluster(s) upgraded in 2 wave(s)") || i.body.contains('⛔')
+            })
+        })
+        .await
+        .unwrap_or_else(|| panic!("the apply never finished: {:?}", env.github.issues()));
+    bot.kill().await.ok();
+    let _ = bot.wait().await;
+    assert!(!done.body.contains('⛔'), "{}", done.body);
+    assert_eq!(kcp_version(&env, "team-b-prod"), "v1.25.7+vmware.2");
+    // One record pull request; one topology patch per cluster; one run per cluster, whose
+    // patch phase ran once.
+    let records: Vec<_> = env
+        .github
+        .pull_requests()
+        .into_iter()
+        .filter(|p| {
+            p.head_ref
+                .starts_with("tkgops/schedule/weekly-apply/apply-")
+        })
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    for cluster in ["team-a-prod", "team-b-prod"] {
+        let patches = mgmt
+            .writes()
+            .into_iter()
+            .filter(|w| w.gvr.plural == "clusters" && w.name == cluster && w.verb == "patch")
+            .count();
+        assert_eq!(
+            patches, 1,
+            "{cluster}: one merge patch of spec.topology.version"
+        );
+    }
+    let store =
+        tkgops_engine::store::SledStore::open(&env.workdir.join("bot-state").join("journal"))
+            .unwrap();
+    use tkgops_engine::store::Store;
+    let runs = store
+        .list_runs_by_origin(&tkgops::pr_origin(records[0].number))
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    for r in &runs {
+        assert_eq!(r.state, RunState::Succeeded);
+        let patch = r
+            .steps
+            .iter()
+            .find(|s| s.spec.id == "upgrade-cluster")
+            .unwrap();
+        assert_eq!(patch.attempts.len(), 1, "{r:#?}");
+    }
+    let fires: Vec<_> = store
+        .scan_meta("schedule/weekly-apply/fire/")
+        .await
+        .unwrap();
+    assert_eq!(fires.len(), 1, "fired once");
 }

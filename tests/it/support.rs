@@ -34,6 +34,11 @@ pub fn normalise(text: &str) -> String {
         (r"succeeded in [0-9hms ]+\.", "succeeded in <duration>."),
         // How many machines a wait saw roll depends on when it started watching.
         (r"\d+ node\(s\) rolled", "<n> node(s) rolled"),
+        // Scheduled stories fire at the schedule's next fire after today.
+        (
+            r"fire \d{4}-\d{2}-\d{2} \d{2}:\d{2} [A-Za-z_/]+",
+            "fire <time>",
+        ),
         // Estimates measured from earlier runs in the sandbox depend on its speed.
         (
             r"about \S+ \(\S+ per node, measured over",

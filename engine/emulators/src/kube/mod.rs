@@ -633,6 +633,25 @@ impl EmulatedCluster {
             .unwrap_or_default()
     }
 
+    /// Objects of a type in `namespace` (`None`: all namespaces) whose label `key` is `value`,
+    /// sorted by namespace and name; empty if the type is unknown. Only the matching objects
+    /// are copied, so the simulated controllers can look up one cluster's objects in a
+    /// management cluster holding thousands.
+    pub fn list_labeled(
+        &self,
+        gvr: &Gvr,
+        namespace: Option<&str>,
+        key: &str,
+        value: &str,
+    ) -> Vec<Value> {
+        let Ok(sel) = select::LabelSelector::parse(&format!("{key}={value}")) else {
+            return Vec::new();
+        };
+        self.state()
+            .list(gvr, namespace, Some(&sel), None)
+            .unwrap_or_default()
+    }
+
     /// Creates `obj` like a POST (namespace from `metadata.namespace`, default `default` for
     /// namespaced types); returns the stored object. Errors ([`KubeEmulatorError::Api`]): unknown
     /// type 404, missing namespace 404, existing name 409 AlreadyExists, no name 422.

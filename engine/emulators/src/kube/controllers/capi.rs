@@ -198,6 +198,19 @@ fn belongs_to(md: &Value, name: &str) -> bool {
     str_at(md, "/spec/clusterName") == Some(name) || label(md, CLUSTER_NAME_LABEL) == Some(name)
 }
 
+/// The MachineDeployments of cluster `name` ([`belongs_to`]): looked up by the cluster-name
+/// label (topology MachineDeployments carry it), else by scanning for `spec.clusterName`.
+fn cluster_mds(mgmt: &EmulatedCluster, ns: Option<&str>, name: &str) -> Vec<Value> {
+    let labeled = mgmt.list_labeled(&gvr_machine_deployment(), ns, CLUSTER_NAME_LABEL, name);
+    if !labeled.is_empty() {
+        return labeled;
+    }
+    mgmt.list(&gvr_machine_deployment(), ns)
+        .into_iter()
+        .filter(|md| belongs_to(md, name))
+        .collect()
+}
+
 /// The Cluster API controller set for one management cluster.
 pub(crate) struct CapiController {
     emu: KubeEmulator,
@@ -279,10 +292,8 @@ pub(crate) fn cluster_version_and_nodes(
         .as_ref()
         .map(|k| i64_at(k, "/spec/replicas").unwrap_or(1))
         .unwrap_or(0);
-    let workers: i64 = mgmt
-        .list(&gvr_machine_deployment(), ns)
+    let workers: i64 = cluster_mds(mgmt, ns, name)
         .iter()
-        .filter(|md| belongs_to(md, name))
         .map(|md| i64_at(md, "/spec/replicas").unwrap_or(1))
         .sum();
     (version, cp + workers)
@@ -863,8 +874,11 @@ impl CapiController {
         }
         let workload = self.emu.cluster(name);
         let delete_machines = |pred: &dyn Fn(&Value) -> bool| {
-            for m in self.mgmt.list(&gvr_machine(), Some(ns)) {
-                if label(&m, CLUSTER_NAME_LABEL) == Some(name) && pred(&m) {
+            for m in self
+                .mgmt
+                .list_labeled(&gvr_machine(), Some(ns), CLUSTER_NAME_LABEL, name)
+            {
+                if pred(&m) {
                     match &workload {
                         Some(w) => self.delete_machine(w, &m),
                         None => {
@@ -892,9 +906,9 @@ impl CapiController {
             .collect();
         let any_worker_machine = self
             .mgmt
-            .list(&gvr_machine(), Some(ns))
+            .list_labeled(&gvr_machine(), Some(ns), CLUSTER_NAME_LABEL, name)
             .iter()
-            .any(|m| label(m, CLUSTER_NAME_LABEL) == Some(name) && worker_machines(m));
+            .any(worker_machines);
         if !mds.is_empty() || !mhcs.is_empty() || any_worker_machine {
             for md in &mds {
                 if let Some(n) = name_of(md) {
@@ -912,11 +926,10 @@ impl CapiController {
         // Step 3: control plane.
         let kcp_name = str_at(cluster, "/spec/controlPlaneRef/name");
         let kcp = kcp_name.and_then(|k| self.mgmt.get(&gvr_kcp(), Some(ns), k));
-        let any_machine = self
+        let any_machine = !self
             .mgmt
-            .list(&gvr_machine(), Some(ns))
-            .iter()
-            .any(|m| label(m, CLUSTER_NAME_LABEL) == Some(name));
+            .list_labeled(&gvr_machine(), Some(ns), CLUSTER_NAME_LABEL, name)
+            .is_empty();
         if kcp.is_some() || any_machine {
             if let Some(k) = kcp_name {
                 let _ = self.mgmt.delete(&gvr_kcp(), Some(ns), k);
@@ -1018,12 +1031,7 @@ impl CapiController {
         }
         let kcp = self.mgmt.get(&gvr_kcp(), Some(ns), kcp_name)?;
         let aws = self.mgmt.get(&gvr_aws_cluster(), Some(ns), aws_name)?;
-        let mds = self
-            .mgmt
-            .list(&gvr_machine_deployment(), Some(ns))
-            .into_iter()
-            .filter(|md| belongs_to(md, name))
-            .collect();
+        let mds = cluster_mds(&self.mgmt, Some(ns), name);
         Some(Topology {
             kcp,
             mds,
@@ -1147,7 +1155,12 @@ impl CapiController {
                 .all(|f| i64_at(&kcp, &format!("/status/{f}")) == Some(kcp_replicas));
         let mut md_rolling = self
             .mgmt
-            .list(&gvr_machine_deployment(), Some(ns))
+            .list_labeled(
+                &gvr_machine_deployment(),
+                Some(ns),
+                CLUSTER_NAME_LABEL,
+                name,
+            )
             .iter()
             .filter(|md| {
                 label(md, TOPOLOGY_OWNED_LABEL).is_some()
@@ -1274,7 +1287,12 @@ impl CapiController {
             mds.push(md);
         }
         // MachineDeployments removed from the topology are deleted.
-        for md in self.mgmt.list(&gvr_machine_deployment(), Some(ns)) {
+        for md in self.mgmt.list_labeled(
+            &gvr_machine_deployment(),
+            Some(ns),
+            CLUSTER_NAME_LABEL,
+            name,
+        ) {
             let owned = label(&md, TOPOLOGY_OWNED_LABEL).is_some()
                 && label(&md, CLUSTER_NAME_LABEL) == Some(name);
             if let Some(md_name) = name_of(&md) {
@@ -1536,7 +1554,7 @@ impl CapiController {
         let up_to_date =
             |m: &Value| machine_version(m) == version && machine_template(m) == template;
 
-        let mut machines = self.owned_machines(&ns, &owner_uid);
+        let mut machines = self.owned_machines(&ns, workload.name(), &owner_uid);
         // 1. Machines created last tick come up.
         for m in machines.iter_mut() {
             if !machine_ready(m) {
@@ -1775,10 +1793,10 @@ impl CapiController {
         }
     }
 
-    /// The Machines whose controller ownerReference is `owner_uid`.
-    fn owned_machines(&self, ns: &str, owner_uid: &str) -> Vec<Value> {
+    /// The Machines of cluster `cluster` whose controller ownerReference is `owner_uid`.
+    fn owned_machines(&self, ns: &str, cluster: &str, owner_uid: &str) -> Vec<Value> {
         self.mgmt
-            .list(&gvr_machine(), Some(ns))
+            .list_labeled(&gvr_machine(), Some(ns), CLUSTER_NAME_LABEL, cluster)
             .into_iter()
             .filter(|m| {
                 m.pointer("/metadata/ownerReferences")
@@ -2040,9 +2058,8 @@ impl CapiController {
             .unwrap_or_default();
         let machines: Vec<Value> = self
             .mgmt
-            .list(&gvr_machine(), Some(ns))
+            .list_labeled(&gvr_machine(), Some(ns), CLUSTER_NAME_LABEL, cluster_name)
             .into_iter()
-            .filter(|m| label(m, CLUSTER_NAME_LABEL) == Some(cluster_name))
             .filter(|m| {
                 match_labels
                     .iter()
