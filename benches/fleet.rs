@@ -344,15 +344,39 @@ async fn main() {
     println!("bot started (pid {pid}); the schedule fires at {fire}");
     let started = Instant::now();
     let done = format!("{n}/{n} cluster(s) upgraded in 2 wave(s)");
-    let outcome = env
-        .github
-        .wait_until(Duration::from_secs(7200), |gh| {
-            gh.issues()
-                .into_iter()
-                .find(|i| i.body.contains(&done) || i.body.contains('⛔'))
-        })
-        .await
-        .expect("the dashboard never said the fleet was upgraded");
+    // Checked every 2 s (not at every GitHub change: the dashboard of a large fleet is long),
+    // with the progress printed every 30 s.
+    let kcps = Gvr::new(
+        "controlplane.cluster.x-k8s.io",
+        "v1beta1",
+        "kubeadmcontrolplanes",
+    );
+    let outcome = loop {
+        if let Some(i) = env
+            .github
+            .issues()
+            .into_iter()
+            .find(|i| i.body.contains(&done) || i.body.contains('⛔'))
+        {
+            break i;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(7200),
+            "the dashboard never said the fleet was upgraded"
+        );
+        if started.elapsed().as_secs() % 30 < 2 {
+            let at_new = mgmt
+                .list(&kcps, Some("default"))
+                .iter()
+                .filter(|k| k["status"]["version"] == "v1.25.7+vmware.2")
+                .count();
+            println!(
+                "  {:>5.0} s: {at_new}/{n} control planes at v1.25.7",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
     let (hwm_kib, cpu) = process_usage(pid);
     let wall = started.elapsed().as_secs_f64();
     let from_fire = (Utc::now() - fire).num_milliseconds() as f64 / 1000.0;

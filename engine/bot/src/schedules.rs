@@ -577,8 +577,9 @@ fn word(v: serde_json::Result<serde_json::Value>) -> String {
         .unwrap_or_default()
 }
 
-/// The dashboard issue body: clusters (TKR, pending bump), schedules (last fire, result, next
-/// fire) and missed fires.
+/// The dashboard issue body: schedules (last fire, result, next fire), the latest apply fire
+/// of each schedule wave by wave, missed fires, then every cluster (TKR, pending bump), last
+/// because GitHub's 65,536-character limit cuts a large fleet's table.
 pub fn dashboard(
     rc: &RepoConfig,
     fleet: &[FleetCluster],
@@ -612,15 +613,16 @@ pub fn dashboard(
             }
         }
     }
-    out.push_str("| Cluster | TKR | Pending bump |\n|---|---|---|\n");
+    // The cluster table goes last: with a large fleet it is what GitHub's size limit cuts.
+    let mut clusters = String::from("\n| Cluster | TKR | Pending bump |\n|---|---|---|\n");
     for c in fleet {
         let p = pending
             .get(&c.name)
             .map(|v| v.join("<br>"))
             .unwrap_or_else(|| "up to date".into());
-        out.push_str(&format!("| `{}` | `{}` | {} |\n", c.name, c.tkr, p));
+        clusters.push_str(&format!("| `{}` | `{}` | {} |\n", c.name, c.tkr, p));
     }
-    out.push_str("\n| Schedule | Action | Target | Last fire | Result | Next fire |\n|---|---|---|---|---|---|\n");
+    out.push_str("| Schedule | Action | Target | Last fire | Result | Next fire |\n|---|---|---|---|---|---|\n");
     let mut missed = Vec::new();
     for s in &rc.schedules {
         let recs = fires.get(&s.name).map(Vec::as_slice).unwrap_or_default();
@@ -695,9 +697,24 @@ pub fn dashboard(
                 ),
                 other => word(serde_json::to_value(other)),
             };
-            let clusters: Vec<String> = w
+            // A large wave: counts, and only the clusters running or failed by name.
+            let large = w.clusters.len() > WAVE_LIST_LIMIT;
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for c in &w.clusters {
+                *counts.entry(stage_word(c.stage)).or_default() += 1;
+            }
+            let summary = counts
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let listed: Vec<String> = w
                 .clusters
                 .iter()
+                .filter(|c| {
+                    !large || matches!(c.stage, ClusterStage::Running | ClusterStage::Failed)
+                })
+                .take(WAVE_LIST_LIMIT)
                 .map(|c| {
                     let icon = match c.stage {
                         ClusterStage::Pending => "⏸️",
@@ -713,11 +730,15 @@ pub fn dashboard(
                     format!("{icon} `{}` → `{}`{detail}", c.cluster, c.to)
                 })
                 .collect();
-            out.push_str(&format!(
-                "| {} | {state} | {} |\n",
-                w.name,
-                clusters.join("<br>")
-            ));
+            let cell_text = if large {
+                std::iter::once(summary)
+                    .chain(listed)
+                    .collect::<Vec<_>>()
+                    .join("<br>")
+            } else {
+                listed.join("<br>")
+            };
+            out.push_str(&format!("| {} | {state} | {cell_text} |\n", w.name));
         }
     }
     if !missed.is_empty() {
@@ -725,5 +746,18 @@ pub fn dashboard(
         out.push_str(&missed.join("\n"));
         out.push('\n');
     }
+    out.push_str(&clusters);
     out
+}
+
+/// Waves with more clusters than this are shown as counts plus the clusters running or failed.
+const WAVE_LIST_LIMIT: usize = 20;
+
+fn stage_word(s: ClusterStage) -> &'static str {
+    match s {
+        ClusterStage::Pending => "pending",
+        ClusterStage::Running => "running",
+        ClusterStage::Succeeded => "upgraded",
+        ClusterStage::Failed => "failed",
+    }
 }

@@ -201,6 +201,9 @@ struct RolloutWait<'a> {
     tracker: CreationTracker,
     initial_machines: Option<BTreeSet<String>>,
     progress: ProgressDedup,
+    /// `(kind/name, resourceVersion)` of the objects the last observation returned: a change
+    /// of another cluster's objects in the shared watches does not wake this wait.
+    seen: Vec<(String, String)>,
 }
 
 impl<'a> RolloutWait<'a> {
@@ -221,6 +224,7 @@ impl<'a> RolloutWait<'a> {
             tracker: CreationTracker::new(Instant::now()),
             initial_machines: None,
             progress: ProgressDedup::new(),
+            seen: Vec::new(),
         })
     }
 
@@ -284,7 +288,56 @@ impl<'a> RolloutWait<'a> {
                 self.initial_machines =
                     Some(machines.iter().map(|m| name_of(m).to_string()).collect());
             }
+            self.seen = self.fingerprint();
             return Ok((to_value(&cluster), owned, machines));
+        }
+    }
+
+    /// `(kind/name, resourceVersion)` of this cluster's objects in the three watches.
+    fn fingerprint(&self) -> Vec<(String, String)> {
+        let t = &self.inputs.target;
+        let key = |kind: &str, o: &DynamicObject| {
+            (
+                format!("{kind}/{}", o.metadata.name.as_deref().unwrap_or("")),
+                o.metadata.resource_version.clone().unwrap_or_default(),
+            )
+        };
+        let mut fp: Vec<(String, String)> = self
+            .cluster
+            .get(&t.namespace, &t.cluster_name)
+            .map(|c| key("Cluster", &c))
+            .into_iter()
+            .collect();
+        for (kind, w) in [("owned", &self.owned), ("Machine", &self.machines)] {
+            fp.extend(
+                w.labelled(&t.namespace, CLUSTER_NAME_LABEL, &t.cluster_name)
+                    .iter()
+                    .map(|o| key(kind, o)),
+            );
+        }
+        fp
+    }
+
+    /// Waits until one of this cluster's objects changed since the last observation, a watch
+    /// needs attention (not listed, unhealthy), or `until`. Changes of other clusters' objects
+    /// in the shared watches are skipped without converting anything: with many rollouts in
+    /// flight on one management cluster, every change would otherwise wake every wait.
+    async fn wait_change(&mut self, rxs: &mut [tokio::sync::watch::Receiver<u64>], until: Instant) {
+        loop {
+            changed_or(rxs, Some(until)).await;
+            if Instant::now() >= until {
+                return;
+            }
+            for r in rxs.iter_mut() {
+                r.borrow_and_update();
+            }
+            let t = &self.inputs.target;
+            let attention = [&self.cluster, &self.owned, &self.machines]
+                .iter()
+                .any(|x| !x.ready() || !matches!(self.provider.watch_health(t, x), Ok(None)));
+            if attention || self.fingerprint() != self.seen {
+                return;
+            }
         }
     }
 
@@ -371,7 +424,7 @@ pub async fn wait_control_plane(
         );
         if !done {
             w.progress.report(ctx, line);
-            changed_or(&mut rxs, Some(wake)).await;
+            w.wait_change(&mut rxs, wake).await;
             continue;
         }
         // The workload API server must report the version too.
@@ -397,7 +450,8 @@ pub async fn wait_control_plane(
                 ctx,
                 format!("{line}; the workload API server still reports {reported}"),
             );
-            changed_or(&mut rxs, Some(wake.min(Instant::now() + APISERVER_RECHECK))).await;
+            w.wait_change(&mut rxs, wake.min(Instant::now() + APISERVER_RECHECK))
+                .await;
             continue;
         }
         let rolled = w.rolled(&cp_machines);
@@ -492,7 +546,7 @@ pub async fn wait_machine_deployments(
                 "rolledNodes": w.rolled(&worker_machines),
             }));
         }
-        changed_or(&mut rxs, Some(wake)).await;
+        w.wait_change(&mut rxs, wake).await;
     }
 }
 
