@@ -2038,7 +2038,11 @@ impl CapiController {
     /// MachineHealthCheck controller: once the Cluster is Ready, `expectedMachines` (its
     /// Machines matching `spec.selector`) and `currentHealthy` (those whose workload Node
     /// matches none of `spec.unhealthyConditions`).
-    fn reconcile_mhc(&self, mhc: &Value) -> Result<(), ControllerError> {
+    fn reconcile_mhc(
+        &self,
+        mhc: &Value,
+        machines_by_cluster: &HashMap<(String, String), Vec<Value>>,
+    ) -> Result<(), ControllerError> {
         let ns = namespace_of(mhc).unwrap_or("default");
         let Some(cluster_name) = str_at(mhc, "/spec/clusterName") else {
             debug!(mhc = %key(mhc), "MachineHealthCheck without spec.clusterName; skipped");
@@ -2056,10 +2060,11 @@ impl CapiController {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        let machines: Vec<Value> = self
-            .mgmt
-            .list_labeled(&gvr_machine(), Some(ns), CLUSTER_NAME_LABEL, cluster_name)
-            .into_iter()
+        let machines: Vec<&Value> = machines_by_cluster
+            .get(&(ns.to_string(), cluster_name.to_string()))
+            .map(|v| v.as_slice())
+            .unwrap_or_default()
+            .iter()
             .filter(|m| {
                 match_labels
                     .iter()
@@ -2465,8 +2470,19 @@ impl Reconciler for CapiController {
                 warn!(cluster = %key(&cluster), error = %err, "Cluster reconcile failed");
             }
         }
+        // The Machines of every cluster, listed once for all MachineHealthChecks.
+        let mut machines: HashMap<(String, String), Vec<Value>> = HashMap::new();
+        for m in self.mgmt.list(&gvr_machine(), None) {
+            if let Some(c) = label(&m, CLUSTER_NAME_LABEL) {
+                let key = (
+                    namespace_of(&m).unwrap_or("default").to_string(),
+                    c.to_string(),
+                );
+                machines.entry(key).or_default().push(m);
+            }
+        }
         for mhc in self.mgmt.list(&gvr_machine_health_check(), None) {
-            if let Err(err) = self.reconcile_mhc(&mhc) {
+            if let Err(err) = self.reconcile_mhc(&mhc, &machines) {
                 warn!(mhc = %key(&mhc), error = %err, "MachineHealthCheck reconcile failed");
             }
         }
