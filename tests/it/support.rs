@@ -97,9 +97,10 @@ pub fn assert_golden(name: &str, actual: &str) {
 
 /// The `tkgops` binary of this build (`target/<profile>/tkgops`, beside the test binary's
 /// `deps/` directory). Integration tests of another package get no `CARGO_BIN_EXE_tkgops`, so
-/// it is located here and brought up to date once per test process with the cargo that builds
-/// this test (a filtered `cargo test -p tkgops-sandbox` does not build it, and a binary left
-/// by an earlier build would test old code).
+/// it is located here and, when a filtered `cargo test -p tkgops-sandbox` did not build it,
+/// built once with the cargo that builds this test. A filtered run after a change should
+/// `cargo build --bin tkgops` first: a binary left by an earlier build tests old code
+/// (`scripts/test.sh` builds it with everything else).
 pub fn tkgops_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
@@ -109,7 +110,7 @@ pub fn tkgops_bin() -> PathBuf {
             .and_then(|deps| deps.parent())
             .expect("target/<profile>/deps/<test>");
         let bin = profile_dir.join(format!("tkgops{}", std::env::consts::EXE_SUFFIX));
-        {
+        if !bin.exists() {
             // Workspace-wide (no `-p`): the same feature set as the test build, so nothing
             // but the binary is rebuilt.
             let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
