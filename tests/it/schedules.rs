@@ -312,6 +312,35 @@ fn kcp_version(env: &tkgops_sandbox::Environment, cluster: &str) -> String {
     .unwrap_or_default()
 }
 
+/// The request files of team-a-prod (label `tier: canary`) and team-b-prod at TKR v1.24.11.
+fn canary_and_rest(env: &tkgops_sandbox::Environment) -> Vec<(String, String)> {
+    let (_, files) = request_files(None, &env.vpc);
+    let mut all = Vec::new();
+    for (name, extra) in [("team-a-prod", "\n  tier: canary"), ("team-b-prod", "")] {
+        for (path, text) in &files {
+            let text = text
+                .replace("team-a-prod", name)
+                .replace(NEW, OLD)
+                .replace("  team: team-a", &format!("  team: team-a{extra}"));
+            all.push((path.replace("team-a-prod", name), text));
+        }
+    }
+    all
+}
+
+/// Commits `schedules` (YAML) at the end of `tkgops.yaml` on main.
+fn add_schedule(env: &tkgops_sandbox::Environment, schedules: &str) {
+    let repo = format!("{}{schedules}", main_file(env, "tkgops.yaml"));
+    tkgops_emulators::git_remote::commit_on_branch(
+        &env.remote,
+        "main",
+        "main",
+        "weekly apply",
+        &[("tkgops.yaml", repo.as_str())],
+    )
+    .unwrap();
+}
+
 const APPLY_SCHEDULE: &str = r#"schedules:
   - name: weekly-apply
     cron: "0 2 * * SAT"
@@ -339,17 +368,7 @@ async fn an_apply_schedule_upgrades_wave_by_wave_halts_on_a_regression_and_resum
         Utc.with_ymd_and_hms(2026, 12, 4, 12, 0, 0).unwrap(),
     ));
     let bot = bot_at(&env, &clock).await;
-    let (_, files) = request_files(None, &env.vpc);
-    let mut all = Vec::new();
-    for (name, extra) in [("team-a-prod", "\n  tier: canary"), ("team-b-prod", "")] {
-        for (path, text) in &files {
-            let text = text
-                .replace("team-a-prod", name)
-                .replace("v1.25.7+vmware.2-tkg.1", OLD)
-                .replace("  team: team-a", &format!("  team: team-a{extra}"));
-            all.push((path.replace("team-a-prod", name), text));
-        }
-    }
+    let all = canary_and_rest(&env);
     let pr = env
         .open_pull_request("add-clusters", "Add two clusters", &all)
         .unwrap();
@@ -375,15 +394,7 @@ async fn an_apply_schedule_upgrades_wave_by_wave_halts_on_a_regression_and_resum
         env.conversation(pr)
     );
     assert_eq!(kcp_version(&env, "team-a-prod"), "v1.24.11+vmware.1");
-    let repo = format!("{}{APPLY_SCHEDULE}", main_file(&env, "tkgops.yaml"));
-    tkgops_emulators::git_remote::commit_on_branch(
-        &env.remote,
-        "main",
-        "main",
-        "weekly apply",
-        &[("tkgops.yaml", repo.as_str())],
-    )
-    .unwrap();
+    add_schedule(&env, APPLY_SCHEDULE);
     let main_before = crate::e2e::head_of(&env, "main");
 
     // Saturday 02:05 in Berlin (01:05Z): the fire starts the canary wave only.
@@ -610,17 +621,7 @@ async fn a_killed_bot_resumes_a_scheduled_apply_without_firing_or_patching_twice
     let env = start_env(&timings).await;
     let spawn_bot = || crate::e2e::spawn_serve(&env, &timings);
     let mut bot = spawn_bot();
-    let (_, files) = request_files(None, &env.vpc);
-    let mut all = Vec::new();
-    for (name, extra) in [("team-a-prod", "\n  tier: canary"), ("team-b-prod", "")] {
-        for (path, text) in &files {
-            let text = text
-                .replace("team-a-prod", name)
-                .replace(NEW, OLD)
-                .replace("  team: team-a", &format!("  team: team-a{extra}"));
-            all.push((path.replace("team-a-prod", name), text));
-        }
-    }
+    let all = canary_and_rest(&env);
     let pr = env
         .open_pull_request("add-clusters", "Add two clusters", &all)
         .unwrap();
@@ -651,15 +652,7 @@ async fn a_killed_bot_resumes_a_scheduled_apply_without_firing_or_patching_twice
         )
         .replace("    timezone: Europe/Berlin\n", "")
         .replace("soak: 30m, ", "");
-    let repo = format!("{}{schedule}", main_file(&env, "tkgops.yaml"));
-    tkgops_emulators::git_remote::commit_on_branch(
-        &env.remote,
-        "main",
-        "main",
-        "weekly apply",
-        &[("tkgops.yaml", repo.as_str())],
-    )
-    .unwrap();
+    add_schedule(&env, &schedule);
 
     // Kill the bot once the canary's control plane runs the new version.
     let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();

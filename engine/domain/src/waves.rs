@@ -160,6 +160,22 @@ pub struct WaveProgress {
     pub soak_until: Option<DateTime<Utc>>,
 }
 
+impl WaveProgress {
+    /// When every cluster's run succeeded: the wave soaks from `now` for its soak time.
+    /// Returns whether it does.
+    fn soak_if_all_succeeded(&mut self, now: DateTime<Utc>) -> bool {
+        let done = self
+            .clusters
+            .iter()
+            .all(|c| c.stage == ClusterStage::Succeeded);
+        if done {
+            self.state = WaveState::Soaking;
+            self.soak_until = Some(now + chrono::Duration::seconds(self.soak_secs as i64));
+        }
+        done
+    }
+}
+
 /// Why a fire halted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -366,14 +382,7 @@ impl ApplyProgress {
         match result {
             Ok(()) => {
                 cp.stage = ClusterStage::Succeeded;
-                if wave
-                    .clusters
-                    .iter()
-                    .all(|c| c.stage == ClusterStage::Succeeded)
-                {
-                    wave.state = WaveState::Soaking;
-                    wave.soak_until = Some(now + chrono::Duration::seconds(wave.soak_secs as i64));
-                }
+                wave.soak_if_all_succeeded(now);
             }
             Err(why) => {
                 cp.stage = ClusterStage::Failed;
@@ -459,14 +468,7 @@ impl ApplyProgress {
                     c.detail = None;
                 }
             }
-            if wave
-                .clusters
-                .iter()
-                .all(|c| c.stage == ClusterStage::Succeeded)
-            {
-                wave.state = WaveState::Soaking;
-                wave.soak_until = Some(now + chrono::Duration::seconds(wave.soak_secs as i64));
-            } else {
+            if !wave.soak_if_all_succeeded(now) {
                 wave.state = WaveState::Running;
             }
         }
