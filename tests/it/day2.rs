@@ -320,24 +320,6 @@ fn a_change_deleting_more_clusters_than_the_policy_allows_is_refused() {
     );
 }
 
-fn kcp_version(env: &tkgops_sandbox::Environment) -> Option<String> {
-    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER)?;
-    mgmt.list(
-        &Gvr::new(
-            "controlplane.cluster.x-k8s.io",
-            "v1beta1",
-            "kubeadmcontrolplanes",
-        ),
-        Some("default"),
-    )
-    .into_iter()
-    .find_map(|k| {
-        k.pointer("/status/version")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    })
-}
-
 /// The upgrade story through the bot (the real `tkgops serve` binary): a cluster created at
 /// v1.24.11 is upgraded to v1.25.7 by a second pull request. The bot is killed (SIGKILL) once
 /// the control plane runs the new version and started again: the run resumes without patching
@@ -355,7 +337,10 @@ async fn an_upgrade_runs_phase_by_phase_and_resumes_after_a_kill() {
         .map(|(p, c)| (p, c.replace(NEW_TKR, OLD_TKR)))
         .collect();
     create_through_a_pull_request(&env, &files).await;
-    assert_eq!(kcp_version(&env).as_deref(), Some("v1.24.11+vmware.1"));
+    assert_eq!(
+        crate::e2e::kcp_version(&env, "team-a-prod"),
+        "v1.24.11+vmware.1"
+    );
 
     // The upgrade pull request.
     let settings = files
@@ -384,7 +369,7 @@ async fn an_upgrade_runs_phase_by_phase_and_resumes_after_a_kill() {
     let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
     let mut events = mgmt.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while kcp_version(&env).as_deref() != Some("v1.25.7+vmware.2") {
+    while crate::e2e::kcp_version(&env, "team-a-prod") != "v1.25.7+vmware.2" {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         assert!(!left.is_zero(), "the control plane was never upgraded");
         let _ = tokio::time::timeout(left, events.recv()).await;

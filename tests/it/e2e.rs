@@ -558,3 +558,21 @@ async fn a_signed_webhook_makes_the_bot_plan_at_once() {
     let _ = stop_http.send(());
     let _ = http.await;
 }
+
+/// `status.version` of the KubeadmControlPlane of `cluster` (namespace `default`) on the
+/// management cluster; empty when there is none.
+pub(crate) fn kcp_version(env: &tkgops_sandbox::Environment, cluster: &str) -> String {
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    mgmt.list(
+        &Gvr::new(
+            "controlplane.cluster.x-k8s.io",
+            "v1beta1",
+            "kubeadmcontrolplanes",
+        ),
+        Some("default"),
+    )
+    .into_iter()
+    .find(|k| k["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"] == cluster)
+    .and_then(|k| k["status"]["version"].as_str().map(str::to_string))
+    .unwrap_or_default()
+}

@@ -351,6 +351,7 @@ fn every_builtin_template_renders_in_strict_mode() {
         reason: "blocked by validation errors".into(),
     };
     let run_md = render_runs(
+        tkgops_domain::workflow::markdown::STICKY_MARKER,
         &"3".repeat(40),
         "⏳ running",
         &[run],

@@ -296,22 +296,6 @@ async fn run_of(
         .find(|r| r.cluster == cluster)
 }
 
-fn kcp_version(env: &tkgops_sandbox::Environment, cluster: &str) -> String {
-    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
-    mgmt.list(
-        &Gvr::new(
-            "controlplane.cluster.x-k8s.io",
-            "v1beta1",
-            "kubeadmcontrolplanes",
-        ),
-        Some("default"),
-    )
-    .into_iter()
-    .find(|k| k["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"] == cluster)
-    .and_then(|k| k["status"]["version"].as_str().map(str::to_string))
-    .unwrap_or_default()
-}
-
 /// The request files of team-a-prod (label `tier: canary`) and team-b-prod at TKR v1.24.11.
 fn canary_and_rest(env: &tkgops_sandbox::Environment) -> Vec<(String, String)> {
     let (_, files) = request_files(None, &env.vpc);
@@ -393,7 +377,10 @@ async fn an_apply_schedule_upgrades_wave_by_wave_halts_on_a_regression_and_resum
         "{}",
         env.conversation(pr)
     );
-    assert_eq!(kcp_version(&env, "team-a-prod"), "v1.24.11+vmware.1");
+    assert_eq!(
+        crate::e2e::kcp_version(&env, "team-a-prod"),
+        "v1.24.11+vmware.1"
+    );
     add_schedule(&env, APPLY_SCHEDULE);
     let main_before = crate::e2e::head_of(&env, "main");
 
@@ -444,7 +431,10 @@ async fn an_apply_schedule_upgrades_wave_by_wave_halts_on_a_regression_and_resum
     );
     let run_a = bot.engine().wait(&run_a.id).await.unwrap();
     assert_eq!(run_a.state, RunState::Succeeded, "{run_a:#?}");
-    assert_eq!(kcp_version(&env, "team-a-prod"), "v1.25.7+vmware.2");
+    assert_eq!(
+        crate::e2e::kcp_version(&env, "team-a-prod"),
+        "v1.25.7+vmware.2"
+    );
 
     // The run is seen: the canary soaks for 30 minutes; the rest wave still waits.
     bot.poll_once().await.unwrap();
@@ -575,7 +565,10 @@ async fn an_apply_schedule_upgrades_wave_by_wave_halts_on_a_regression_and_resum
     bot.poll_once().await.unwrap();
     let d = dashboard(&env);
     assert!(d.contains("| `weekly-apply` | apply | latest-minor | 2026-12-05 02:00 Europe/Berlin | 2/2 cluster(s) upgraded in 2 wave(s) |"), "{d}");
-    assert_eq!(kcp_version(&env, "team-b-prod"), "v1.25.7+vmware.2");
+    assert_eq!(
+        crate::e2e::kcp_version(&env, "team-b-prod"),
+        "v1.25.7+vmware.2"
+    );
     // Each wave's runs have their own comment on the record pull request, beside its plan.
     for commit in [&wave1, &wave2] {
         let marker = format!("<!-- tkgops:scheduled-run:{commit} -->");
@@ -658,12 +651,15 @@ async fn a_killed_bot_resumes_a_scheduled_apply_without_firing_or_patching_twice
     let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
     let mut events = mgmt.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
-    while kcp_version(&env, "team-a-prod") != "v1.25.7+vmware.2" {
+    while crate::e2e::kcp_version(&env, "team-a-prod") != "v1.25.7+vmware.2" {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         assert!(!left.is_zero(), "the canary was never upgraded");
         let _ = tokio::time::timeout(left, events.recv()).await;
     }
-    assert_ne!(kcp_version(&env, "team-b-prod"), "v1.25.7+vmware.2");
+    assert_ne!(
+        crate::e2e::kcp_version(&env, "team-b-prod"),
+        "v1.25.7+vmware.2"
+    );
     bot.kill().await.expect("SIGKILL");
     let _ = bot.wait().await;
     let mut bot = spawn_bot();
@@ -679,7 +675,10 @@ async fn a_killed_bot_resumes_a_scheduled_apply_without_firing_or_patching_twice
     bot.kill().await.ok();
     let _ = bot.wait().await;
     assert!(!done.body.contains('⛔'), "{}", done.body);
-    assert_eq!(kcp_version(&env, "team-b-prod"), "v1.25.7+vmware.2");
+    assert_eq!(
+        crate::e2e::kcp_version(&env, "team-b-prod"),
+        "v1.25.7+vmware.2"
+    );
     // One record pull request; one topology patch per cluster; one run per cluster, whose
     // patch phase ran once.
     let records: Vec<_> = env

@@ -166,12 +166,7 @@ impl Bot {
         tip: &str,
     ) -> Result<String, BotError> {
         let who = &c.user;
-        let dashboard = self
-            .store
-            .get_meta(crate::schedule_apply::DASHBOARD_ISSUE_KEY)
-            .await
-            .map_err(store_err)?
-            .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u64>().ok());
+        let dashboard = self.dashboard_issue().await?;
         if let Command::Resume(schedule) = &cmd {
             if dashboard != Some(c.issue_number) {
                 return Ok(format!(

@@ -276,7 +276,11 @@ pub async fn publish_record(
         })
         .collect();
     let (overall, state, desc) = overall(record, &runs, &ahead);
+    // A run comment of its own (a scheduled apply's wave) carries its marker instead of the
+    // pull request's sticky one.
+    let marker = record.marker.as_deref().unwrap_or(STICKY_MARKER);
     let body = markdown::render_runs(
+        marker,
         &record.commit,
         &overall,
         &views,
@@ -285,12 +289,6 @@ pub async fn publish_record(
         catalog,
     )
     .map_err(BotError::Render)?;
-    // A run comment of its own (a scheduled apply's wave) carries its marker instead of the
-    // pull request's sticky one.
-    let (marker, body) = match &record.marker {
-        Some(m) => (m.as_str(), body.replacen(STICKY_MARKER, m, 1)),
-        None => (STICKY_MARKER, body),
-    };
     vcs.upsert_comment(record.pr, marker, &body)
         .await
         .map_err(|e| BotError::Github(e.to_string()))?;

@@ -122,6 +122,27 @@ pub fn apply_summary(s: &Schedule, p: &ApplyProgress) -> String {
 }
 
 impl Bot {
+    /// The fleet dashboard issue's number, once the bot opened it ([`DASHBOARD_ISSUE_KEY`]).
+    ///
+    /// Errors: [`BotError::Store`] when the journal cannot be read.
+    pub(crate) async fn dashboard_issue(&self) -> Result<Option<u64>, BotError> {
+        Ok(self
+            .store
+            .get_meta(DASHBOARD_ISSUE_KEY)
+            .await
+            .map_err(store_err)?
+            .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u64>().ok()))
+    }
+
+    /// Writes `rec` with progress `p` (the record keeps `apply` empty while `p` is worked on).
+    async fn persist_progress(&self, rec: &FireRecord, p: &ApplyProgress) -> Result<(), BotError> {
+        self.put_fire(FireRecord {
+            apply: Some(p.clone()),
+            ..rec.clone()
+        })
+        .await
+    }
+
     /// The record of a new `apply` fire of `s` at `fire`: the waves of the fleet at `tip`,
     /// frozen (`Applying`), or `Applied` at once when nothing needs an upgrade.
     pub(crate) fn start_apply(
@@ -307,9 +328,7 @@ impl Bot {
         if p.pull.is_none() {
             p.pull = Some(self.record_pull(s, rec, p, &branch, open).await?);
         }
-        rec.apply = Some(p.clone());
-        self.put_fire(rec.clone()).await?;
-        rec.apply = None;
+        self.persist_progress(rec, p).await?;
         if p.halt.is_some() {
             return Ok(());
         }
@@ -426,9 +445,7 @@ impl Bot {
             }
         }
         // Persisted before any run is submitted or retried.
-        rec.apply = Some(p.clone());
-        self.put_fire(rec.clone()).await?;
-        rec.apply = None;
+        self.persist_progress(rec, p).await?;
         if !submit.is_empty() || !retried.is_empty() {
             let mut record = match crate::merge_record(&*self.store, &commit).await? {
                 Some(r) => r,

@@ -190,13 +190,7 @@ impl Bot {
         }
         self.update_dashboard(rc, &fleet, open, now).await?;
         // Halts are reported on the dashboard issue (where `/tkgops resume` is read).
-        if let Some(issue) = self
-            .store
-            .get_meta(crate::schedule_apply::DASHBOARD_ISSUE_KEY)
-            .await
-            .map_err(store_err)?
-            .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u64>().ok())
-        {
+        if let Some(issue) = self.dashboard_issue().await? {
             self.report_halts(&rc.schedules, issue).await?;
         }
         Ok(())

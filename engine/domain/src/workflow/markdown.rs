@@ -349,11 +349,13 @@ pub struct NotRunView {
     pub reason: String,
 }
 
-/// Renders the run comment for a merge commit: one step table per run, the clusters that are
-/// not run, and the merge commit's plan collapsed.
+/// Renders the run comment for a merge commit, keyed by the hidden `marker` (the pull request's
+/// [`STICKY_MARKER`], or a comment of its own such as a scheduled apply's wave): one step table
+/// per run, the clusters that are not run, and the merge commit's plan collapsed.
 ///
 /// Errors: a rendering error message (only possible with a broken operator-supplied template).
 pub fn render_runs(
+    marker: &str,
     commit_sha: &str,
     overall: &str,
     runs: &[RunView],
@@ -362,7 +364,7 @@ pub fn render_runs(
     catalog: &Catalog,
 ) -> Result<String, String> {
     let data = json!({
-        "marker": STICKY_MARKER,
+        "marker": marker,
         "commitShort": short(commit_sha),
         "overall": overall,
         "runs": runs,
