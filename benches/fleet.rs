@@ -14,9 +14,12 @@
 //! - **requests** to the management cluster, to the workload clusters and to GitHub (the
 //!   emulators' request logs), in total and per cluster;
 //! - **status change → next step**: for each `kube.wait-control-plane` and
-//!   `kube.wait-machine-deployments` step, the time from the last KubeadmControlPlane or
-//!   MachineDeployment status change of its cluster (seen on the emulator) to the start of the
-//!   run's next step (from the bot's journal), p50 / p99 / max;
+//!   `kube.wait-machine-deployments` step, the time from the last change of what the wait gates
+//!   on (its cluster's Cluster, KubeadmControlPlane, MachineDeployments and Machines seen on the
+//!   emulator, and the workload API server's version) to the start of the run's next step (from
+//!   the bot's journal), p50 / p99 / max; split into the wait's reaction (change → step
+//!   finished) and the engine's hand-over (step finished → next step started), with the kinds
+//!   of the last changes and the five slowest samples;
 //! - **slot refill**: in the rest wave, the time from a run's finish to the start of the run
 //!   that took its slot, p50 / p99 / max.
 //!
@@ -266,8 +269,11 @@ async fn main() {
         t0.elapsed().as_secs_f64()
     );
 
-    // 3. Status changes of control planes and MachineDeployments, timestamped as seen.
-    let changes: Arc<Mutex<BTreeMap<String, Vec<DateTime<Utc>>>>> = Arc::default();
+    // 3. Changes of what the rollout waits gate on, timestamped as seen: the Cluster, its
+    // KubeadmControlPlane, MachineDeployments and Machines (the workload API server's version
+    // change is read from the emulator at the end).
+    type Changes = BTreeMap<String, Vec<(DateTime<Utc>, &'static str)>>;
+    let changes: Arc<Mutex<Changes>> = Arc::default();
     {
         let changes = changes.clone();
         let mut rx = mgmt.subscribe();
@@ -275,20 +281,26 @@ async fn main() {
             loop {
                 match rx.recv().await {
                     Ok(ev) => {
-                        if ev.kind != "MODIFIED"
-                            || !["kubeadmcontrolplanes", "machinedeployments"]
-                                .contains(&ev.gvr.plural.as_str())
-                        {
-                            continue;
-                        }
-                        let Some(cluster) = ev.object["metadata"]["labels"]
-                            ["cluster.x-k8s.io/cluster-name"]
-                            .as_str()
-                        else {
-                            continue;
+                        let (what, cluster) = match ev.gvr.plural.as_str() {
+                            "clusters" => ("Cluster", ev.object["metadata"]["name"].as_str()),
+                            plural => {
+                                let what = match plural {
+                                    "kubeadmcontrolplanes" => "KubeadmControlPlane",
+                                    "machinedeployments" => "MachineDeployment",
+                                    "machines" => "Machine",
+                                    _ => continue,
+                                };
+                                let label = ev.object["metadata"]["labels"]
+                                    ["cluster.x-k8s.io/cluster-name"]
+                                    .as_str();
+                                (what, label)
+                            }
                         };
+                        let Some(cluster) = cluster else { continue };
                         if let Ok(mut c) = changes.lock() {
-                            c.entry(cluster.to_string()).or_default().push(Utc::now());
+                            c.entry(cluster.to_string())
+                                .or_default()
+                                .push((Utc::now(), what));
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
@@ -419,8 +431,26 @@ async fn main() {
         .list_runs_by_origin(&tkgops::pr_origin(record.number))
         .await
         .expect("the runs");
-    let changes = changes.lock().map(|c| c.clone()).unwrap_or_default();
+    let mut changes = changes.lock().map(|c| c.clone()).unwrap_or_default();
+    for r in &runs {
+        let at = env
+            .kube
+            .cluster(&r.cluster)
+            .and_then(|w| w.kubernetes_version_changed_at());
+        if let Some(at) = at {
+            changes
+                .entry(r.cluster.clone())
+                .or_default()
+                .push((DateTime::<Utc>::from(at), "workload /version"));
+        }
+    }
+    // Per wait step: the last change of what it gates on before it finished → its finish (the
+    // wait's reaction) → the start of the run's next step (the engine's hand-over).
     let mut reaction = Vec::new();
+    let mut observe = Vec::new();
+    let mut hand_over = Vec::new();
+    let mut last_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut samples = Vec::new();
     for r in &runs {
         for (i, s) in r.steps.iter().enumerate() {
             let kind = s.spec.kind().as_str();
@@ -432,11 +462,25 @@ async fn main() {
             else {
                 continue;
             };
-            let last_change = changes
-                .get(&r.cluster)
-                .and_then(|v| v.iter().filter(|t| **t <= done).max().copied());
-            if let Some(c) = last_change {
-                reaction.push((next - c).num_milliseconds().max(0) as f64 / 1000.0);
+            let last = changes.get(&r.cluster).and_then(|v| {
+                v.iter()
+                    .filter(|(t, _)| *t <= done)
+                    .max_by_key(|(t, _)| *t)
+                    .copied()
+            });
+            if let Some((c, what)) = last {
+                let secs = |d: chrono::Duration| d.num_milliseconds().max(0) as f64 / 1000.0;
+                reaction.push(secs(next - c));
+                observe.push(secs(done - c));
+                hand_over.push(secs(next - done));
+                *last_kind.entry(what).or_default() += 1;
+                samples.push((
+                    secs(next - c),
+                    secs(done - c),
+                    r.cluster.clone(),
+                    kind,
+                    what,
+                ));
             }
         }
     }
@@ -478,5 +522,12 @@ async fn main() {
         per(github_requests)
     );
     println!("status change → next step: {}", percentiles(reaction));
+    println!("  status change → step done: {}", percentiles(observe));
+    println!("  step done → next step:     {}", percentiles(hand_over));
+    println!("  the last change before a wait finished, by kind: {last_kind:?}");
+    samples.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+    for (total, seen, cluster, step, what) in samples.iter().take(5) {
+        println!("  slowest: {cluster} {step}: {what} change → done {seen:.1} s, → next step {total:.1} s");
+    }
     println!("run finish → slot refill:  {}", percentiles(refill));
 }

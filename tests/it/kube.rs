@@ -266,6 +266,41 @@ async fn label_and_field_selectors() {
         .unwrap();
     assert_eq!(rest.items.len(), 1);
     assert!(rest.metadata.continue_.is_none());
+
+    // `key=value` selectors are answered from the store's label index: it follows relabels,
+    // removed labels, deletes and namespaces.
+    let relabel = |labels: serde_json::Value| Patch::Merge(json!({"metadata": {"labels": labels}}));
+    cms.patch(
+        "a",
+        &PatchParams::default(),
+        &relabel(json!({"env": "dev"})),
+    )
+    .await
+    .unwrap();
+    cms.patch(
+        "c",
+        &PatchParams::default(),
+        &relabel(json!({"tier": null})),
+    )
+    .await
+    .unwrap();
+    cms.delete("b", &DeleteParams::default()).await.unwrap();
+    let other: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    other
+        .create(&PostParams::default(), &cm("e", &[("env", "dev")]))
+        .await
+        .unwrap();
+    assert_eq!(names("env=prod").await, "");
+    assert_eq!(names("env=dev").await, "a");
+    assert_eq!(names("tier=web").await, "a");
+    assert_eq!(names("env=qa,tier=web").await, "");
+    assert_eq!(names("env=qa").await, "c");
+    let all: Api<ConfigMap> = Api::all(client.clone());
+    let everywhere = all
+        .list(&ListParams::default().labels("env=dev"))
+        .await
+        .unwrap();
+    assert_eq!(everywhere.items.len(), 2);
 }
 
 #[tokio::test]

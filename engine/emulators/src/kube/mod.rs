@@ -314,7 +314,7 @@ impl KubeEmulator {
             ca_pem: self.ca.pem().to_string(),
             faults: Faults::new(),
             state: Mutex::new(State::new(tx)),
-            version: Mutex::new(DEFAULT_KUBERNETES_VERSION.to_string()),
+            version: Mutex::new((DEFAULT_KUBERNETES_VERSION.to_string(), None)),
         });
         let cluster = EmulatedCluster { inner };
         for rt in builtin_types() {
@@ -364,8 +364,9 @@ struct ClusterInner {
     ca_pem: String,
     faults: Faults,
     state: Mutex<State>,
-    /// `gitVersion` served at `/version` (the Kubernetes version of the emulated cluster).
-    version: Mutex<String>,
+    /// `gitVersion` served at `/version` (the Kubernetes version of the emulated cluster), and
+    /// when it was last changed (`None`: never since the cluster was added).
+    version: Mutex<(String, Option<std::time::SystemTime>)>,
 }
 
 /// One emulated cluster (API server + store). `Clone` shares state.
@@ -380,7 +381,9 @@ impl EmulatedCluster {
     /// KubeadmControlPlane's `spec.version`.
     pub fn set_kubernetes_version(&self, git_version: &str) {
         if let Ok(mut v) = self.inner.version.lock() {
-            *v = git_version.to_string();
+            if v.0 != git_version {
+                *v = (git_version.to_string(), Some(std::time::SystemTime::now()));
+            }
         }
     }
 
@@ -389,8 +392,15 @@ impl EmulatedCluster {
         self.inner
             .version
             .lock()
-            .map(|v| v.clone())
+            .map(|v| v.0.clone())
             .unwrap_or_else(|_| DEFAULT_KUBERNETES_VERSION.to_string())
+    }
+
+    /// When the version served at `GET /version` last changed (wall clock), `None` when it never
+    /// changed since the cluster was added. The fleet benchmark times the workload API server's
+    /// version change with it.
+    pub fn kubernetes_version_changed_at(&self) -> Option<std::time::SystemTime> {
+        self.inner.version.lock().ok().and_then(|v| v.1)
     }
 
     /// The cluster name given to [`KubeEmulator::add_cluster`].

@@ -98,6 +98,15 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
+    /// The first `key=value` requirement, if any: the store looks candidates up by it in its
+    /// label index before matching the rest.
+    pub(crate) fn equality(&self) -> Option<(&str, &str)> {
+        self.0.iter().find_map(|r| match r {
+            LabelReq::Eq(k, v) => Some((k.as_str(), v.as_str())),
+            _ => None,
+        })
+    }
+
     /// Whether the object's `metadata.labels` satisfy every requirement.
     pub(crate) fn matches(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);

@@ -586,7 +586,7 @@ fn watch(
         let brx = st.tx.subscribe();
         if send_initial || rv_param.is_empty() || rv_param == "0" {
             for (_, o) in st
-                .objects
+                .objects()
                 .range((rt.gvr.clone(), String::new(), String::new())..)
                 .take_while(|((g, _, _), _)| *g == rt.gvr)
             {

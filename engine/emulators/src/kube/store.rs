@@ -1,7 +1,7 @@
 //! The per-cluster object store: types, objects, resourceVersion counter, event log, write audit,
 //! and every write operation with API-server semantics (shared by HTTP handlers and the direct API).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
@@ -162,10 +162,18 @@ pub(crate) trait Admission: Send + Sync {
 /// Key of a stored object: type, namespace ("" when cluster-scoped), name.
 type Key = (Gvr, String, String);
 
+/// Key of the label index: type, label key, label value.
+type LabelKey = (Gvr, String, String);
+
 /// The state of one emulated cluster.
 pub(crate) struct State {
     pub types: BTreeMap<Gvr, ResourceType>,
-    pub objects: BTreeMap<Key, Value>,
+    /// Written only through `put` and `take`, which keep `by_label` in step.
+    objects: BTreeMap<Key, Value>,
+    /// `(namespace, name)` of the objects of a type carrying a label with a value: a LIST with
+    /// a `key=value` label selector reads its candidates here instead of scanning the type
+    /// (one cluster's Machines among a fleet's).
+    by_label: BTreeMap<LabelKey, BTreeSet<(String, String)>>,
     pub rv: u64,
     pub log: VecDeque<StoredEvent>,
     /// Every event with rv > `log_floor` is still in `log`.
@@ -275,6 +283,7 @@ impl State {
         State {
             types: BTreeMap::new(),
             objects: BTreeMap::new(),
+            by_label: BTreeMap::new(),
             rv: 0,
             log: VecDeque::new(),
             log_floor: 0,
@@ -282,6 +291,48 @@ impl State {
             tx,
             admission: BTreeMap::new(),
         }
+    }
+
+    /// Stores `obj` at `key`, keeping the label index in step.
+    fn put(&mut self, key: Key, obj: Value) {
+        self.take(&key);
+        self.index(&key, &obj, true);
+        self.objects.insert(key, obj);
+    }
+
+    /// Removes the object at `key`, keeping the label index in step.
+    fn take(&mut self, key: &Key) -> Option<Value> {
+        let old = self.objects.remove(key)?;
+        self.index(key, &old, false);
+        Some(old)
+    }
+
+    /// Adds (`add`) or removes the label index entries of `obj` stored at `key`.
+    fn index(&mut self, key: &Key, obj: &Value, add: bool) {
+        let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) else {
+            return;
+        };
+        let (gvr, ns, name) = key;
+        for (k, v) in labels {
+            let Some(v) = v.as_str() else { continue };
+            let lk = (gvr.clone(), k.clone(), v.to_string());
+            if add {
+                self.by_label
+                    .entry(lk)
+                    .or_default()
+                    .insert((ns.clone(), name.clone()));
+            } else if let Some(set) = self.by_label.get_mut(&lk) {
+                set.remove(&(ns.clone(), name.clone()));
+                if set.is_empty() {
+                    self.by_label.remove(&lk);
+                }
+            }
+        }
+    }
+
+    /// Every stored object, in key order (type, namespace, name).
+    pub(crate) fn objects(&self) -> &BTreeMap<Key, Value> {
+        &self.objects
     }
 
     /// The registered type or 404.
@@ -370,6 +421,21 @@ impl State {
     ) -> Result<Vec<Value>, ApiError> {
         let rt = self.rt(gvr)?;
         let ns = if rt.namespaced { ns } else { None };
+        let matches =
+            |o: &Value| labels.is_none_or(|l| l.matches(o)) && fsel.is_none_or(|f| f.matches(o));
+        if let Some((k, v)) = labels.and_then(LabelSelector::equality) {
+            let lk = (gvr.clone(), k.to_string(), v.to_string());
+            return Ok(self
+                .by_label
+                .get(&lk)
+                .into_iter()
+                .flatten()
+                .filter(|(n, _)| ns.is_none_or(|want| n == want))
+                .filter_map(|(n, name)| self.objects.get(&(gvr.clone(), n.clone(), name.clone())))
+                .filter(|o| matches(o))
+                .cloned()
+                .collect());
+        }
         Ok(self
             .objects
             .range((gvr.clone(), String::new(), String::new())..)
@@ -499,12 +565,12 @@ impl State {
             .and_then(Value::as_array)
             .is_none_or(|f| f.is_empty());
         if deleting && no_finalizers {
-            self.objects.remove(&key);
+            self.take(&key);
             self.emit("DELETED", &rt.gvr, &cand);
             self.after_removal(rt, &cand);
         } else {
             let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
-            self.objects.insert(key, cand.clone());
+            self.put(key, cand.clone());
             self.emit(kind, &rt.gvr, &cand);
             if rt.gvr == crd_gvr() {
                 self.register_crd(&cand);
@@ -923,7 +989,7 @@ impl State {
                 return Ok((cand, true));
             }
             self.rv = next;
-            self.objects.insert(key, cand.clone());
+            self.put(key, cand.clone());
             self.emit("MODIFIED", gvr, &cand);
             return Ok((cand, true));
         }
@@ -934,7 +1000,7 @@ impl State {
             return Ok((gone, true));
         }
         self.rv = next;
-        self.objects.remove(&key);
+        self.take(&key);
         self.emit("DELETED", gvr, &gone);
         self.after_removal(&rt, &gone);
         Ok((gone, true))
@@ -963,7 +1029,7 @@ impl State {
                     .cloned()
                     .collect();
                 for k in keys {
-                    self.objects.remove(&k);
+                    self.take(&k);
                 }
             }
         }

@@ -190,6 +190,33 @@ fn at_version(version: &str, target: &str) -> bool {
     !version.is_empty() && target.starts_with(version)
 }
 
+/// One read of a cluster's objects from the shared watches: the Cluster, the owned objects
+/// (KubeadmControlPlanes or MachineDeployments), the Machines.
+type Snapshot = (
+    Option<std::sync::Arc<DynamicObject>>,
+    Vec<std::sync::Arc<DynamicObject>>,
+    Vec<std::sync::Arc<DynamicObject>>,
+);
+
+/// `(kind/name, resourceVersion)` of a [`Snapshot`]'s objects: what a wait compares to know
+/// whether its cluster changed.
+fn fingerprint(
+    cluster: Option<&DynamicObject>,
+    owned: &[std::sync::Arc<DynamicObject>],
+    machines: &[std::sync::Arc<DynamicObject>],
+) -> Vec<(String, String)> {
+    let key = |kind: &str, o: &DynamicObject| {
+        (
+            format!("{kind}/{}", o.metadata.name.as_deref().unwrap_or("")),
+            o.metadata.resource_version.clone().unwrap_or_default(),
+        )
+    };
+    let mut fp: Vec<(String, String)> = cluster.map(|c| key("Cluster", c)).into_iter().collect();
+    fp.extend(owned.iter().map(|o| key("owned", o)));
+    fp.extend(machines.iter().map(|o| key("Machine", o)));
+    fp
+}
+
 /// One wait's common state: the watches, the tracker, the Machines present at the start.
 struct RolloutWait<'a> {
     provider: &'a KubeProvider,
@@ -265,57 +292,40 @@ impl<'a> RolloutWait<'a> {
                 changed_or(rxs, None).await;
                 continue;
             }
-            let Some(cluster) = self.cluster.get(&t.namespace, &t.cluster_name) else {
+            let (cluster, owned, machines) = self.snapshot();
+            let Some(cluster) = cluster else {
                 return Err(StepError::Permanent(format!(
                     "{} not found on management cluster '{}'",
                     self.what(),
                     t.management_cluster
                 )));
             };
-            let owned = self
-                .owned
-                .labelled(&t.namespace, CLUSTER_NAME_LABEL, &t.cluster_name)
-                .iter()
-                .map(|o| to_value(o))
-                .collect();
-            let machines: Vec<Value> = self
-                .machines
-                .labelled(&t.namespace, CLUSTER_NAME_LABEL, &t.cluster_name)
-                .iter()
-                .map(|o| to_value(o))
-                .collect();
+            // What this observation judges is what a later change is compared with: the watch
+            // tasks update the stores concurrently, so a fingerprint read again here could
+            // already include a change the judgement did not see, and the wait would sleep
+            // through it.
+            self.seen = fingerprint(Some(&cluster), &owned, &machines);
+            let machines: Vec<Value> = machines.iter().map(|o| to_value(o)).collect();
             if self.initial_machines.is_none() {
                 self.initial_machines =
                     Some(machines.iter().map(|m| name_of(m).to_string()).collect());
             }
-            self.seen = self.fingerprint();
+            let owned = owned.iter().map(|o| to_value(o)).collect();
             return Ok((to_value(&cluster), owned, machines));
         }
     }
 
-    /// `(kind/name, resourceVersion)` of this cluster's objects in the three watches.
-    fn fingerprint(&self) -> Vec<(String, String)> {
+    /// This cluster's objects in the three watches, read once: the Cluster, the owned objects
+    /// (KCPs or MDs) and the Machines.
+    fn snapshot(&self) -> Snapshot {
         let t = &self.inputs.target;
-        let key = |kind: &str, o: &DynamicObject| {
-            (
-                format!("{kind}/{}", o.metadata.name.as_deref().unwrap_or("")),
-                o.metadata.resource_version.clone().unwrap_or_default(),
-            )
-        };
-        let mut fp: Vec<(String, String)> = self
-            .cluster
-            .get(&t.namespace, &t.cluster_name)
-            .map(|c| key("Cluster", &c))
-            .into_iter()
-            .collect();
-        for (kind, w) in [("owned", &self.owned), ("Machine", &self.machines)] {
-            fp.extend(
-                w.labelled(&t.namespace, CLUSTER_NAME_LABEL, &t.cluster_name)
-                    .iter()
-                    .map(|o| key(kind, o)),
-            );
-        }
-        fp
+        let labelled =
+            |w: &SharedWatch| w.labelled(&t.namespace, CLUSTER_NAME_LABEL, &t.cluster_name);
+        (
+            self.cluster.get(&t.namespace, &t.cluster_name),
+            labelled(&self.owned),
+            labelled(&self.machines),
+        )
     }
 
     /// Waits until one of this cluster's objects changed since the last observation, a watch
@@ -335,7 +345,8 @@ impl<'a> RolloutWait<'a> {
             let attention = [&self.cluster, &self.owned, &self.machines]
                 .iter()
                 .any(|x| !x.ready() || !matches!(self.provider.watch_health(t, x), Ok(None)));
-            if attention || self.fingerprint() != self.seen {
+            let (cluster, owned, machines) = self.snapshot();
+            if attention || fingerprint(cluster.as_deref(), &owned, &machines) != self.seen {
                 return;
             }
         }

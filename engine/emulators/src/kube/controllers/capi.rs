@@ -222,6 +222,16 @@ pub(crate) struct CapiController {
     reconciles: Mutex<HashMap<String, u64>>,
     /// Workload clusters whose API server was stopped by a Cluster deletion.
     stopped: Mutex<HashSet<String>>,
+    /// Clusters `(namespace, name)` to reconcile at the next tick: a change event named them
+    /// (the Cluster, or an object carrying its cluster-name label or owned by it), or their
+    /// last reconcile wrote or failed.
+    dirty: HashSet<(String, String)>,
+    /// Every Cluster is reconciled at the next tick: a change the controller cannot attribute to
+    /// one Cluster (a ClusterClass, a TKR, …), lost events, or the first tick.
+    all_dirty: bool,
+    /// The workload clusters' resourceVersion counters at their Cluster's last reconcile (the
+    /// reconcile reads the workload cluster too).
+    workload_revisions: HashMap<String, u64>,
 }
 
 /// Owned objects of one Cluster's topology, as stored after this tick's sync.
@@ -330,7 +340,60 @@ impl CapiController {
             faults,
             reconciles: Mutex::new(HashMap::new()),
             stopped: Mutex::new(HashSet::new()),
+            dirty: HashSet::new(),
+            all_dirty: true,
+            workload_revisions: HashMap::new(),
         }
+    }
+
+    /// Marks the Cluster a management-cluster change concerns for the next tick: the Cluster
+    /// itself, an object with Cluster API's or TKG's cluster-name label, or one a Cluster owns.
+    /// A change attributed to no Cluster (a ClusterClass, a TKR, a Namespace…) marks them all.
+    fn mark_dirty(&mut self, event: &ChangeEvent) {
+        let obj = &event.object;
+        let ns = namespace_of(obj).unwrap_or("default").to_string();
+        let owner = obj
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .and_then(|refs| {
+                refs.iter()
+                    .find(|r| r.get("kind").and_then(Value::as_str) == Some("Cluster"))
+                    .and_then(|r| r.get("name").and_then(Value::as_str))
+            });
+        let cluster = if same_gvr(&event.gvr, &gvr_cluster()) {
+            name_of(obj)
+        } else {
+            // The core PackageInstalls of a ClusterBootstrap carry TKG's cluster-name label.
+            label(obj, CLUSTER_NAME_LABEL)
+                .or_else(|| label(obj, "tkg.tanzu.vmware.com/cluster-name"))
+                .or(owner)
+        };
+        match cluster {
+            Some(c) => {
+                self.dirty.insert((ns, c.to_string()));
+            }
+            None => self.all_dirty = true,
+        }
+    }
+
+    /// Whether the tick must reconcile `cluster`: marked dirty, all dirty, or its workload
+    /// cluster changed since its last reconcile (records the workload cluster's revision). An
+    /// idle Cluster is not reconciled, as Cluster API reconciles on changes; [`TopologyFaults`]
+    /// count the reconciles that do run.
+    fn needs_reconcile(
+        &mut self,
+        all: bool,
+        dirty: &HashSet<(String, String)>,
+        cluster: &Value,
+    ) -> bool {
+        let name = name_of(cluster).unwrap_or_default();
+        let ns = namespace_of(cluster).unwrap_or("default");
+        let workload = self.emu.cluster(name).map(|w| w.resource_version());
+        let workload_changed = match workload {
+            Some(rv) => self.workload_revisions.insert(name.to_string(), rv) != Some(rv),
+            None => false,
+        };
+        all || workload_changed || dirty.contains(&(ns.to_string(), name.to_string()))
     }
 
     /// Whether this topology reconcile of `cluster` hits the transient fault (every
@@ -2465,9 +2528,22 @@ impl Reconciler for CapiController {
         if let Err(err) = catalog::propagate_classes(&self.mgmt) {
             warn!(error = %err, "ClusterClass propagation failed");
         }
+        let all = std::mem::take(&mut self.all_dirty);
+        let dirty = std::mem::take(&mut self.dirty);
         for cluster in self.mgmt.list(&gvr_cluster(), None) {
-            if let Err(err) = self.reconcile_cluster(&cluster).await {
+            if !self.needs_reconcile(all, &dirty, &cluster) {
+                continue;
+            }
+            let before = self.mgmt.resource_version();
+            let result = self.reconcile_cluster(&cluster).await;
+            if let Err(err) = &result {
                 warn!(cluster = %key(&cluster), error = %err, "Cluster reconcile failed");
+            }
+            if result.is_err() || self.mgmt.resource_version() != before {
+                // Its next step waits for the next tick (and a failed one is retried there).
+                let ns = namespace_of(&cluster).unwrap_or("default").to_string();
+                let name = name_of(&cluster).unwrap_or_default().to_string();
+                self.dirty.insert((ns, name));
             }
         }
         // The Machines of every cluster, listed once for all MachineHealthChecks.
@@ -2489,7 +2565,12 @@ impl Reconciler for CapiController {
         self.collect_garbage();
     }
 
+    fn on_lagged(&mut self) {
+        self.all_dirty = true;
+    }
+
     async fn on_event(&mut self, event: ChangeEvent) {
+        self.mark_dirty(&event);
         if same_gvr(&event.gvr, &gvr_namespace()) && event.kind == "ADDED" {
             // The object-propagation controller copies the ClusterClass into new namespaces.
             if let Err(err) = catalog::propagate_classes(&self.mgmt) {

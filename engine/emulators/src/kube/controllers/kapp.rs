@@ -551,6 +551,13 @@ impl Reconciler for KappController {
         }
     }
 
+    /// The workload cluster's resourceVersion counter: a pass reads only that cluster's
+    /// PackageRepositories, PackageInstalls, Packages, ServiceAccounts, Secrets and the faults
+    /// ConfigMap, and every step it takes (injected failures included) is a write.
+    fn revision(&self) -> Option<u64> {
+        Some(self.cluster.resource_version())
+    }
+
     async fn on_event(&mut self, event: ChangeEvent) {
         if event.kind == "DELETED" {
             return;

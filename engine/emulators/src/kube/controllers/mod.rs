@@ -256,10 +256,13 @@ pub(crate) struct TaskProgress {
 }
 
 impl TaskProgress {
-    /// Runs one periodic pass of `r`, counting it.
-    async fn tick<R: Reconciler>(&self, r: &mut R) {
+    /// Runs one periodic pass of `r` (skipped when `idle`: nothing it reads changed since a pass
+    /// that wrote nothing), counting it either way.
+    async fn tick<R: Reconciler>(&self, r: &mut R, idle: bool) {
         self.ticks_started.fetch_add(1, Ordering::SeqCst);
-        r.on_tick().await;
+        if !idle {
+            r.on_tick().await;
+        }
         self.ticks_done.fetch_add(1, Ordering::SeqCst);
         self.passes.send_modify(|n| *n += 1);
     }
@@ -447,6 +450,16 @@ pub(crate) trait Reconciler: Send {
     /// Reaction to one change event of the watched cluster. Must only perform transitions that do
     /// not cascade through the events they cause (e.g. entering `Reconciling`).
     async fn on_event(&mut self, event: ChangeEvent);
+    /// Change events were lost (the receiver lagged behind the broadcast).
+    fn on_lagged(&mut self) {}
+    /// The revision of everything the periodic pass reads (e.g. the watched cluster's
+    /// resourceVersion counter), for a pass that is a function of that state alone: a tick is
+    /// skipped while the revision stays where a pass that wrote nothing left it, as that pass
+    /// would write nothing again. `None` (the default): every tick runs. With a fleet of
+    /// workload clusters, the idle ones cost nothing per tick.
+    fn revision(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Drives a [`Reconciler`] from a change-event receiver and a periodic tick, forever, counting
@@ -460,22 +473,41 @@ pub(crate) async fn run_loop<R: Reconciler>(
     let mut interval = tokio::time::interval(tick.max(Duration::from_millis(1)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rx = Some(rx);
+    // The revision after the last pass, when that pass left it unchanged (it wrote nothing).
+    let mut quiet: Option<u64> = None;
     loop {
         match rx.as_mut() {
             Some(receiver) => {
                 tokio::select! {
-                    _ = interval.tick() => progress.tick(&mut r).await,
+                    _ = interval.tick() => quiet = ticked(&mut r, &progress, quiet).await,
                     ev = receiver.recv() => match ev {
                         Ok(ev) => progress.event(&mut r, ev).await,
-                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Lagged(_)) => r.on_lagged(),
                         Err(RecvError::Closed) => rx = None,
                     },
                 }
             }
             None => {
                 interval.tick().await;
-                progress.tick(&mut r).await;
+                quiet = ticked(&mut r, &progress, quiet).await;
             }
         }
     }
+}
+
+/// One tick of `r`: skipped when its [`Reconciler::revision`] is `quiet` (unchanged since a
+/// pass that wrote nothing). Returns the new `quiet`.
+async fn ticked<R: Reconciler>(
+    r: &mut R,
+    progress: &TaskProgress,
+    quiet: Option<u64>,
+) -> Option<u64> {
+    let before = r.revision();
+    let idle = before.is_some() && before == quiet;
+    progress.tick(r, idle).await;
+    if idle {
+        return quiet;
+    }
+    let after = r.revision();
+    (after == before).then_some(after).flatten()
 }
