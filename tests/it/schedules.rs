@@ -592,8 +592,42 @@ async fn an_apply_schedule_upgrades_wave_by_wave_halts_on_a_regression_and_resum
             comment.body
         );
     }
-    let plan = crate::e2e::bot_comments(&env, record.number);
-    assert_eq!(plan.len(), 1, "one plan comment: {plan:#?}");
+    // The record pull request's heads are the bot's own wave commits: not planned again (a
+    // fleet's plan would be one details comment per cluster), a short note instead, and a
+    // success status so that it can be merged.
+    let sticky = crate::e2e::bot_comments(&env, record.number);
+    assert_eq!(sticky.len(), 1, "one sticky comment: {sticky:#?}");
+    assert!(
+        sticky[0].contains("record of the scheduled upgrade `weekly-apply`")
+            && sticky[0].contains(&format!("Head `{}`", &wave2[..7]))
+            && !sticky[0].contains("tkgops plan for"),
+        "{}",
+        sticky[0]
+    );
+    assert!(
+        !env.conversation(record.number)
+            .contains("tkgops:plan-details"),
+        "{}",
+        env.conversation(record.number)
+    );
+    let status = env
+        .github
+        .statuses(&wave2)
+        .into_iter()
+        .find(|s| s.context == "tkgops/plan")
+        .expect("a plan status on the last wave commit");
+    assert_eq!(status.state, "success");
+    // Merging it runs nothing again.
+    let merge = env
+        .github
+        .merge_pull_request(record.number, APPROVER)
+        .unwrap();
+    bot.poll_once().await.unwrap();
+    assert!(
+        env.github.statuses(&merge).is_empty(),
+        "{:?}",
+        env.github.statuses(&merge)
+    );
     // Exactly one run per cluster: nothing was started twice.
     assert_eq!(
         bot.store()

@@ -370,6 +370,33 @@ impl Bot {
         if planned.as_deref() == Some(planned_as(&pr.head_sha).as_bytes()) {
             return Ok(());
         }
+        if let Some((schedule, fire)) = self.applied_record(pr).await? {
+            let body = format!(
+                "{STICKY_MARKER}\n### tkgops: record of the scheduled upgrade `{schedule}` (fire {})\n\nHead `{}` is a wave commit tkgops pushed and applied itself: it is not planned again, and merging this pull request changes no cluster. The step tables of each wave's runs follow; progress and halts are on the fleet dashboard issue. A commit pushed on top of it is planned like any change.\n",
+                fire.format("%Y-%m-%d %H:%M UTC"),
+                &pr.head_sha[..pr.head_sha.len().min(7)]
+            );
+            let gh = |e: tkgops_providers::github::GithubError| BotError::Github(e.to_string());
+            self.vcs
+                .upsert_comment(pr.number, STICKY_MARKER, &body)
+                .await
+                .map_err(gh)?;
+            self.vcs
+                .set_status(
+                    &pr.head_sha,
+                    PLAN_CONTEXT,
+                    CommitState::Success,
+                    "applied by the schedule; merging changes no cluster",
+                    None,
+                )
+                .await
+                .map_err(gh)?;
+            self.store
+                .put_meta(&key, planned_as(&pr.head_sha).as_bytes())
+                .await
+                .map_err(|e| BotError::Store(e.to_string()))?;
+            return Ok(());
+        }
         let git = self.git.clone();
         let number = pr.number;
         let head = blocking(move || git.fetch_pull_head(number)).await?;
@@ -528,6 +555,19 @@ impl Bot {
             .is_none()
         {
             return Ok(());
+        }
+        // The record pull request of a scheduled apply, merged at a wave commit: its upgrades
+        // already ran (`applied_record`).
+        if self.applied_record(pr).await?.is_some() {
+            info!(
+                pr = pr.number,
+                "record pull request merged: its upgrades already ran"
+            );
+            return self
+                .store
+                .put_meta(&done_key, merge_sha.as_bytes())
+                .await
+                .map_err(|e| BotError::Store(e.to_string()));
         }
         let git = self.git.clone();
         let branch = self.default_branch.clone();

@@ -42,6 +42,9 @@ pub const UPGRADE_WORKFLOW: &str = "upgrade-cluster";
 /// `schedule/<name>/halt-reported/<fire RFC 3339>/<resumes so far>`.
 const HALT_REPORTED: &str = "halt-reported";
 
+/// Clusters listed one per row in a record pull request's body; more are counted per wave.
+const RECORD_BODY_ROWS: usize = 200;
+
 /// Health probes of one soak round running at the same time.
 const PROBE_CONCURRENCY: usize = 16;
 
@@ -55,6 +58,15 @@ pub fn record_branch(schedule: &str, fire: DateTime<Utc>) -> String {
         "tkgops/schedule/{schedule}/apply-{}",
         fire.format("%Y%m%dT%H%M%SZ")
     )
+}
+
+/// The schedule and fire time of a [`record_branch`] name; `None` for any other branch.
+pub fn parse_record_branch(branch: &str) -> Option<(String, DateTime<Utc>)> {
+    let (name, stamp) = branch
+        .strip_prefix("tkgops/schedule/")?
+        .rsplit_once("/apply-")?;
+    let fire = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok()?;
+    (!name.is_empty()).then(|| (name.to_string(), fire.and_utc()))
 }
 
 /// The hidden marker of the run comment of wave commit `commit` on the record pull request
@@ -503,6 +515,43 @@ impl Bot {
         Ok(())
     }
 
+    /// Whether pull request `pr` is the record pull request of a scheduled apply whose head is
+    /// a wave commit the bot pushed itself (recorded in the fire's progress, from this
+    /// repository, not a fork). Returns `(schedule, fire)`. Such a head is not planned again: its
+    /// upgrades already ran wave by wave, and a plan of a whole fleet would cost one details
+    /// comment per cluster. Any other head of the branch (a commit someone pushed) is planned
+    /// and runs on merge like every pull request.
+    ///
+    /// Errors: [`BotError::Store`] when the journal cannot be read.
+    pub(crate) async fn applied_record(
+        &self,
+        pr: &PullRequest,
+    ) -> Result<Option<(String, DateTime<Utc>)>, BotError> {
+        let Some((schedule, fire)) = parse_record_branch(&pr.head_ref) else {
+            return Ok(None);
+        };
+        if self.is_fork(pr) {
+            return Ok(None);
+        }
+        let Some(bytes) = self
+            .store
+            .get_meta(&fire_key(&schedule, fire))
+            .await
+            .map_err(store_err)?
+        else {
+            return Ok(None);
+        };
+        let pushed = serde_json::from_slice::<FireRecord>(&bytes)
+            .ok()
+            .and_then(|r| r.apply)
+            .is_some_and(|p| {
+                p.waves
+                    .iter()
+                    .any(|w| w.commit.as_deref() == Some(pr.head_sha.as_str()))
+            });
+        Ok(pushed.then_some((schedule, fire)))
+    }
+
     /// The record pull request of the fire: the open one from `branch`, else a new one.
     async fn record_pull(
         &self,
@@ -532,11 +581,27 @@ impl Bot {
             s.name,
             local(s, rec.fire)
         );
+        // A pull request body holds at most 65,536 characters: a fleet is listed per wave.
+        let table = if rows.len() <= RECORD_BODY_ROWS {
+            format!(
+                "| Wave | Cluster | From | To |\n|---|---|---|---|\n{}",
+                rows.join("\n")
+            )
+        } else {
+            let waves: Vec<String> = p
+                .waves
+                .iter()
+                .map(|w| format!("| {} | {} |", w.name, w.clusters.len()))
+                .collect();
+            format!(
+                "| Wave | Clusters |\n|---|---|\n{}\n\nThe fleet dashboard issue lists every cluster.",
+                waves.join("\n")
+            )
+        };
         let body = format!(
-            "tkgops is upgrading these clusters under the `action: apply` schedule **{}** (fire {}), wave by wave. Each wave's `tkr` bumps are a commit on this branch, added when the wave starts; the step tables of its runs follow below.\n\n| Wave | Cluster | From | To |\n|---|---|---|---|\n{}\n\nMerge this pull request once the waves are done, so the default branch says what the clusters run. Progress and halts are on the fleet dashboard issue.\n",
+            "tkgops is upgrading these clusters under the `action: apply` schedule **{}** (fire {}), wave by wave. Each wave's `tkr` bumps are a commit on this branch, added when the wave starts; the step tables of its runs follow below.\n\n{table}\n\nMerge this pull request once the waves are done, so the default branch says what the clusters run: merging it changes no cluster (its commits were applied by the schedule). Progress and halts are on the fleet dashboard issue.\n",
             s.name,
             local(s, rec.fire),
-            rows.join("\n")
         );
         match self
             .vcs
@@ -776,5 +841,33 @@ impl Bot {
             self.put_fire(rec).await?;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_record_branch_names_its_schedule_and_fire() {
+        let fire = Utc.with_ymd_and_hms(2026, 12, 5, 1, 0, 0).unwrap();
+        let branch = record_branch("weekly-apply", fire);
+        assert_eq!(
+            branch,
+            "tkgops/schedule/weekly-apply/apply-20261205T010000Z"
+        );
+        assert_eq!(
+            parse_record_branch(&branch),
+            Some(("weekly-apply".to_string(), fire))
+        );
+        for other in [
+            "tkgops/schedule/weekly/propose-20261205T010000Z",
+            "tkgops/schedule//apply-20261205T010000Z",
+            "tkgops/schedule/weekly/apply-2026",
+            "feature/apply-20261205T010000Z",
+        ] {
+            assert_eq!(parse_record_branch(other), None, "{other}");
+        }
     }
 }

@@ -658,6 +658,16 @@ async fn create_pull(
         return Err(validation("PullRequest", "head", "missing_field", None));
     };
     let text = str_field(&b, "body").unwrap_or("");
+    if text.chars().count() > MAX_COMMENT_CHARS {
+        return Err(validation(
+            "PullRequest",
+            "body",
+            "custom",
+            Some(&format!(
+                "body is too long (maximum is {MAX_COMMENT_CHARS} characters)"
+            )),
+        ));
+    }
     // `head` may be `owner:branch`; another owner would be a fork this repository lacks.
     let head_branch = match head.split_once(':') {
         Some((owner, branch)) if owner.eq_ignore_ascii_case(&sh.opts.owner) => branch,
