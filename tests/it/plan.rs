@@ -344,6 +344,8 @@ fn every_builtin_template_renders_in_strict_mode() {
             detail: "1/6 checking region us-west-2".into(),
         }],
         summary: String::new(),
+        succeeded: false,
+        failed: false,
     };
     let not_run = NotRunView {
         cluster: "team-b".into(),
@@ -365,6 +367,81 @@ fn every_builtin_template_renders_in_strict_mode() {
     rendered.sort();
     rendered.dedup();
     assert_eq!(rendered, catalog.template_names());
+}
+
+/// A run comment over a fleet (a scheduled apply's wave of 1,000 clusters) stays inside
+/// GitHub's 65,536 characters: succeeded runs by name, failed runs' step tables first, the
+/// runs past the first `FULL_RUN_TABLES` without their tables.
+#[test]
+fn a_run_comment_over_a_fleet_lists_succeeded_runs_by_name() {
+    use tkgops_domain::workflow::markdown::{render_runs, RunView, StepRow, FULL_RUN_TABLES};
+    let catalog = Catalog::builtin().unwrap();
+    let view = |i: usize, state: &str, succeeded: bool, failed: bool| RunView {
+        cluster: format!("fleet-{i:04}"),
+        workflow: "upgrade-cluster".into(),
+        state: state.into(),
+        steps: (1..=5)
+            .map(|n| StepRow {
+                number: n,
+                title: format!("step {n} of cluster {i}"),
+                state: "✅ succeeded".into(),
+                duration: "10s".into(),
+                attempts: 1,
+                detail: "x".repeat(200),
+            })
+            .collect(),
+        summary: String::new(),
+        succeeded,
+        failed,
+    };
+    let mut runs: Vec<RunView> = (0..950)
+        .map(|i| view(i, "✅ succeeded", true, false))
+        .collect();
+    runs.extend((950..999).map(|i| view(i, "⏳ running", false, false)));
+    runs.push(view(999, "❌ failed", false, true));
+    let md = render_runs(
+        "<!-- m -->",
+        &"3".repeat(40),
+        "⏳ running",
+        &runs,
+        &[],
+        None,
+        &catalog,
+    )
+    .unwrap();
+    assert!(
+        md.chars().count() < 65_536,
+        "{} characters",
+        md.chars().count()
+    );
+    assert!(md.contains("✅ 950 run(s) succeeded: `fleet-0000`, `fleet-0001`,"));
+    assert!(
+        md.contains("`fleet-0949`."),
+        "the last succeeded run is named"
+    );
+    assert!(!md.contains("step 1 of cluster 0\n") && !md.contains("step 1 of cluster 0 "));
+    // The failed run's table comes first, then the running ones' up to the limit.
+    let failed = md.find("#### `fleet-0999`").unwrap();
+    let running = md.find("#### `fleet-0950`").unwrap();
+    assert!(failed < running);
+    assert!(md.contains("step 5 of cluster 999"));
+    let tables = md.matches("| # | Step |").count();
+    assert_eq!(tables, FULL_RUN_TABLES);
+    assert!(md.contains("#### `fleet-0998`: upgrade-cluster ⏳ running"));
+    assert!(!md.contains("step 1 of cluster 998 "));
+    // A handful of runs keep every table.
+    let md = render_runs(
+        "<!-- m -->",
+        &"3".repeat(40),
+        "✅ succeeded",
+        &runs[..3],
+        &[],
+        None,
+        &catalog,
+    )
+    .unwrap();
+    assert_eq!(md.matches("| # | Step |").count(), 3);
+    assert!(!md.contains("run(s) succeeded:"));
 }
 
 /// A broken operator template is a plan-time error that names the template and its line;

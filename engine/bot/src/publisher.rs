@@ -492,6 +492,8 @@ pub fn run_view(run: &RunRecord, progress: Option<&str>, ahead: Option<&str>) ->
         state,
         steps,
         summary,
+        succeeded: run.state == RunState::Succeeded,
+        failed: matches!(run.state, RunState::Failed | RunState::Cancelled),
     }
 }
 

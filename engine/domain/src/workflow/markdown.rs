@@ -336,7 +336,20 @@ pub struct RunView {
     pub steps: Vec<StepRow>,
     /// Final summary line once the run has ended, else empty.
     pub summary: String,
+    /// Whether the run succeeded: beyond [`FULL_RUN_TABLES`] runs, succeeded runs are listed by
+    /// cluster name only.
+    #[serde(skip)]
+    pub succeeded: bool,
+    /// Whether the run failed or was cancelled: failed runs get their step tables first.
+    #[serde(skip)]
+    pub failed: bool,
 }
+
+/// Runs of one run comment shown with their step tables. Beyond it (a scheduled apply's wave
+/// over a fleet), succeeded runs are listed by cluster name only, and the runs past the first
+/// `FULL_RUN_TABLES` failed or unfinished ones show their state line without the table, so the
+/// comment stays inside GitHub's 65,536 characters.
+pub const FULL_RUN_TABLES: usize = 20;
 
 /// A cluster of the merge commit's plan that is not run (blocked, not yet executable, no action).
 #[derive(Clone, Debug, Serialize)]
@@ -351,7 +364,8 @@ pub struct NotRunView {
 
 /// Renders the run comment for a merge commit, keyed by the hidden `marker` (the pull request's
 /// [`STICKY_MARKER`], or a comment of its own such as a scheduled apply's wave): one step table
-/// per run, the clusters that are not run, and the merge commit's plan collapsed.
+/// per run (beyond [`FULL_RUN_TABLES`] runs, succeeded ones by name only), the clusters that are
+/// not run, and the merge commit's plan collapsed.
 ///
 /// Errors: a rendering error message (only possible with a broken operator-supplied template).
 pub fn render_runs(
@@ -363,11 +377,29 @@ pub fn render_runs(
     plan_markdown: Option<&str>,
     catalog: &Catalog,
 ) -> Result<String, String> {
+    let (shown, succeeded): (Vec<RunView>, Vec<&str>) = if runs.len() > FULL_RUN_TABLES {
+        let mut others: Vec<RunView> = runs.iter().filter(|r| !r.succeeded).cloned().collect();
+        // Stable: failed runs first, each group in the order given.
+        others.sort_by_key(|r| !r.failed);
+        for r in others.iter_mut().skip(FULL_RUN_TABLES) {
+            r.steps.clear();
+        }
+        let done = runs
+            .iter()
+            .filter(|r| r.succeeded)
+            .map(|r| r.cluster.as_str())
+            .collect();
+        (others, done)
+    } else {
+        (runs.to_vec(), Vec::new())
+    };
     let data = json!({
         "marker": marker,
         "commitShort": short(commit_sha),
         "overall": overall,
-        "runs": runs,
+        "runs": shown,
+        "succeeded": succeeded,
+        "succeededCount": succeeded.len(),
         "notRun": not_run,
         "plan": plan_markdown,
         "version": VERSION,
