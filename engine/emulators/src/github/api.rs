@@ -658,16 +658,7 @@ async fn create_pull(
         return Err(validation("PullRequest", "head", "missing_field", None));
     };
     let text = str_field(&b, "body").unwrap_or("");
-    if text.chars().count() > MAX_COMMENT_CHARS {
-        return Err(validation(
-            "PullRequest",
-            "body",
-            "custom",
-            Some(&format!(
-                "body is too long (maximum is {MAX_COMMENT_CHARS} characters)"
-            )),
-        ));
-    }
+    body_within_limit("PullRequest", text)?;
     // `head` may be `owner:branch`; another owner would be a fork this repository lacks.
     let head_branch = match head.split_once(':') {
         Some((owner, branch)) if owner.eq_ignore_ascii_case(&sh.opts.owner) => branch,
@@ -944,9 +935,16 @@ fn body_field(b: &Value) -> Result<String, ApiError> {
         .get("body")
         .and_then(Value::as_str)
         .ok_or_else(|| validation("IssueComment", "body", "missing_field", None))?;
+    body_within_limit("IssueComment", body)?;
+    Ok(body.to_string())
+}
+
+/// GitHub's 422 for a `body` of `resource` longer than [`MAX_COMMENT_CHARS`] characters
+/// (comments and pull request bodies alike).
+fn body_within_limit(resource: &str, body: &str) -> Result<(), ApiError> {
     if body.chars().count() > MAX_COMMENT_CHARS {
         return Err(validation(
-            "IssueComment",
+            resource,
             "body",
             "custom",
             Some(&format!(
@@ -954,7 +952,7 @@ fn body_field(b: &Value) -> Result<String, ApiError> {
             )),
         ));
     }
-    Ok(body.to_string())
+    Ok(())
 }
 
 async fn list_comments(
