@@ -127,6 +127,13 @@ pub struct BotConfig {
     /// (default `GITHUB_WEBHOOK_SECRET`); when it is unset every delivery is refused.
     #[serde(default = "default_webhook_secret_env")]
     pub webhook_secret_env: String,
+    /// The trusted policy commit at the first start (security rule 1): the commit of the
+    /// default branch whose `tkgops.yaml` and `CODEOWNERS` tkgops enforces until an approved
+    /// pull request changes them. Absent: the default branch's tip at the first start. A new
+    /// value replaces the journalled trusted policy commit once (the operator's repair of the
+    /// chain); it must be in the default branch's history.
+    #[serde(default)]
+    pub trusted_policy_commit: Option<String>,
 }
 
 fn default_webhook_secret_env() -> String {

@@ -315,6 +315,213 @@ impl ConfigRepo {
         Ok(commit.parent_ids().next().map(|p| p.to_string()))
     }
 
+    /// The parents of commit `sha`, first parent first (empty for a root commit).
+    ///
+    /// Errors: [`GitError::NotFound`] when `sha` is unknown.
+    pub fn parents(&self, sha: &str) -> Result<Vec<String>, GitError> {
+        let repo = self.repo()?;
+        let commit = repo
+            .find_commit(oid(sha)?)
+            .map_err(|_| GitError::NotFound(sha.to_string()))?;
+        Ok(commit.parent_ids().map(|p| p.to_string()).collect())
+    }
+
+    /// The first-parent history of `tip`, newest first: `tip`, its first parent, and so on,
+    /// stopping before `stop` (exclusive) when it is reached, at a root commit, or after
+    /// `limit` commits. On a default branch this is the order in which merges entered it (a
+    /// merge commit, a squashed commit or each rebased commit is one entry).
+    ///
+    /// Errors: [`GitError::NotFound`] when `tip` is unknown.
+    pub fn first_parent_chain(
+        &self,
+        tip: &str,
+        stop: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, GitError> {
+        let repo = self.repo()?;
+        let stop = stop.map(oid).transpose()?;
+        let mut out = Vec::new();
+        let mut at = Some(oid(tip)?);
+        while let Some(id) = at {
+            if Some(id) == stop || out.len() >= limit {
+                break;
+            }
+            let commit = repo
+                .find_commit(id)
+                .map_err(|_| GitError::NotFound(id.to_string()))?;
+            out.push(id.to_string());
+            at = commit.parent_ids().next();
+        }
+        Ok(out)
+    }
+
+    /// How the pull request whose head was `head` entered the default branch as `merged` (the
+    /// pull request's `merge_commit_sha`), as GitHub makes merges:
+    /// - a merge commit has two parents, `[base tip, head]`;
+    /// - "Squash and merge" makes one commit on top of the base tip;
+    /// - "Rebase and merge" re-applies each of the pull request's commits on top of the base
+    ///   tip (same author, time and message, new committer) and `merge_commit_sha` is the last.
+    ///
+    /// A single-parent `merged` is a rebase when the pull request's own commits (`head`'s
+    /// history not reachable from `merged`) match, in order, the same number of first-parent
+    /// commits ending at `merged` by author, author time and message; else it is a squash. The
+    /// base is never a commit of the pull request.
+    ///
+    /// Errors: [`GitError::NotFound`] when `merged` or `head` is unknown (fetch the pull
+    /// request's head first).
+    pub fn merge_shape(&self, merged: &str, head: &str) -> Result<MergeShape, GitError> {
+        let repo = self.repo()?;
+        let merged_id = oid(merged)?;
+        let commit = repo
+            .find_commit(merged_id)
+            .map_err(|_| GitError::NotFound(merged.to_string()))?;
+        let parents: Vec<Oid> = commit.parent_ids().collect();
+        let Some(first) = parents.first().copied() else {
+            return Ok(MergeShape {
+                method: MergeMethod::Squash,
+                base: None,
+                commits: vec![merged.to_string()],
+            });
+        };
+        if parents.len() > 1 {
+            return Ok(MergeShape {
+                method: MergeMethod::Merge,
+                base: Some(first.to_string()),
+                commits: vec![merged.to_string()],
+            });
+        }
+        // The pull request's own commits that the default branch does not contain, oldest first.
+        let mut walk = repo.revwalk().map_err(git("revwalk"))?;
+        walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)
+            .map_err(git("revwalk"))?;
+        walk.push(oid(head)?)
+            .map_err(|_| GitError::NotFound(head.to_string()))?;
+        walk.hide(merged_id).map_err(git("revwalk"))?;
+        let own: Vec<Oid> = walk
+            .take(MAX_REBASED_COMMITS + 1)
+            .collect::<Result<_, _>>()
+            .map_err(git("revwalk"))?;
+        let squash = MergeShape {
+            method: MergeMethod::Squash,
+            base: Some(first.to_string()),
+            commits: vec![merged.to_string()],
+        };
+        if own.len() < 2 || own.len() > MAX_REBASED_COMMITS {
+            // One commit rebased or squashed is the same shape: base is the single parent.
+            return Ok(squash);
+        }
+        let sig = |c: &git2::Commit<'_>| {
+            let a = c.author();
+            (
+                a.name_bytes().to_vec(),
+                a.email_bytes().to_vec(),
+                a.when().seconds(),
+                c.message_bytes().to_vec(),
+            )
+        };
+        let mut chain = Vec::new();
+        let mut at = merged_id;
+        for _ in 0..own.len() {
+            let c = repo.find_commit(at).map_err(git("find commit"))?;
+            if c.parent_count() != 1 {
+                return Ok(squash);
+            }
+            chain.push(c.clone());
+            at = c.parent_id(0).map_err(git("parent"))?;
+        }
+        chain.reverse();
+        for (o, c) in own.iter().zip(&chain) {
+            let o = repo.find_commit(*o).map_err(git("find commit"))?;
+            if sig(&o) != sig(c) {
+                return Ok(squash);
+            }
+        }
+        Ok(MergeShape {
+            method: MergeMethod::Rebase,
+            base: Some(at.to_string()),
+            commits: chain.iter().map(|c| c.id().to_string()).collect(),
+        })
+    }
+
+    /// The blob ids of the policy files at commit `sha` (`tkgops.yaml` and each `CODEOWNERS`
+    /// location GitHub reads), in a fixed order; `None` where a file is absent. Two commits
+    /// have the same policy exactly when their fingerprints are equal.
+    ///
+    /// Errors: [`GitError::NotFound`] when `sha` is unknown.
+    pub fn policy_fingerprint(&self, sha: &str) -> Result<PolicyFingerprint, GitError> {
+        let repo = self.repo()?;
+        let tree = repo
+            .find_commit(oid(sha)?)
+            .map_err(|_| GitError::NotFound(sha.to_string()))?
+            .tree()
+            .map_err(git("tree"))?;
+        Ok(PolicyFingerprint(
+            POLICY_PATHS
+                .iter()
+                .map(|p| {
+                    let blob = tree.get_path(Path::new(p)).ok().map(|e| e.id().to_string());
+                    (p.to_string(), blob)
+                })
+                .collect(),
+        ))
+    }
+
+    /// Points the mirror's ref `name` (under `refs/tkgops/`) at `sha`, so the commit is kept
+    /// even when the branch that held it is rewritten (the trusted policy commit).
+    ///
+    /// Errors: [`GitError`] when `sha` is unknown or the ref cannot be written.
+    pub fn pin(&self, name: &str, sha: &str) -> Result<(), GitError> {
+        let repo = self.repo()?;
+        repo.reference(
+            &format!("refs/tkgops/{name}"),
+            oid(sha)?,
+            true,
+            "tkgops pin",
+        )
+        .map_err(git("pin"))?;
+        Ok(())
+    }
+
+    /// A commit (not on any branch) whose tree is `onto`'s with the changes of each commit of
+    /// `reverts` (newest first) taken back out, as `git revert --no-commit` does, mainline 1
+    /// for merge commits. `Ok(None)` when a revert conflicts.
+    ///
+    /// Errors: [`GitError`] when a commit is unknown or an object cannot be written.
+    pub fn revert_onto(&self, onto: &str, reverts: &[String]) -> Result<Option<String>, GitError> {
+        let repo = self.repo()?;
+        let mut current = repo
+            .find_commit(oid(onto)?)
+            .map_err(|_| GitError::NotFound(onto.to_string()))?;
+        for sha in reverts {
+            let c = repo
+                .find_commit(oid(sha)?)
+                .map_err(|_| GitError::NotFound(sha.clone()))?;
+            let mainline = if c.parent_count() > 1 { 1 } else { 0 };
+            let mut index = repo
+                .revert_commit(&c, &current, mainline, None)
+                .map_err(git("revert"))?;
+            if index.has_conflicts() {
+                return Ok(None);
+            }
+            let tree_id = index.write_tree_to(&repo).map_err(git("write tree"))?;
+            let tree = repo.find_tree(tree_id).map_err(git("tree"))?;
+            let sig = git2::Signature::new("tkgops", "tkgops@localhost", &git2::Time::new(0, 0))
+                .map_err(git("signature"))?;
+            let id = repo
+                .commit(
+                    None,
+                    &sig,
+                    &sig,
+                    &format!("tkgops: without {sha}"),
+                    &tree,
+                    &[&current],
+                )
+                .map_err(git("commit"))?;
+            current = repo.find_commit(id).map_err(git("find commit"))?;
+        }
+        Ok(Some(current.id().to_string()))
+    }
+
     /// Whether `ancestor` is `descendant` or one of its ancestors.
     pub fn is_ancestor(&self, ancestor: &str, descendant: &str) -> bool {
         let (Ok(repo), Ok(a), Ok(d)) = (self.repo(), oid(ancestor), oid(descendant)) else {
@@ -388,6 +595,58 @@ impl ConfigRepo {
             repo: self.repo.clone(),
             tree,
         })
+    }
+}
+
+/// The most commits a rebase merge is matched over (GitHub lists at most 250 commits of a
+/// pull request); a longer pull request is judged as one squashed change of its single parent.
+pub const MAX_REBASED_COMMITS: usize = 250;
+
+/// The files that make up the policy (security rule 1): `tkgops.yaml` and every location of
+/// `CODEOWNERS` GitHub reads.
+pub const POLICY_PATHS: &[&str] = &[
+    "tkgops.yaml",
+    ".github/CODEOWNERS",
+    "CODEOWNERS",
+    "docs/CODEOWNERS",
+];
+
+/// How a pull request was merged (GitHub's `merge_method`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MergeMethod {
+    /// A merge commit with parents `[base tip, head]`.
+    Merge,
+    /// One new commit on top of the base tip.
+    Squash,
+    /// The pull request's commits re-applied on top of the base tip.
+    Rebase,
+}
+
+/// What a merge added to the default branch ([`ConfigRepo::merge_shape`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeShape {
+    /// How it was merged.
+    pub method: MergeMethod,
+    /// The default branch's tip just before the merge (`None` for a root commit).
+    pub base: Option<String>,
+    /// The first-parent commits the merge added, oldest first (one, except for a rebase).
+    pub commits: Vec<String>,
+}
+
+/// The blob ids of the policy files at one commit ([`ConfigRepo::policy_fingerprint`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyFingerprint(pub Vec<(String, Option<String>)>);
+
+impl PolicyFingerprint {
+    /// The policy files whose content differs between `self` and `other`.
+    pub fn differing(&self, other: &PolicyFingerprint) -> Vec<String> {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| a.0.clone())
+            .collect()
     }
 }
 

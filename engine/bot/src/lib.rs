@@ -27,6 +27,7 @@ pub mod schedules;
 pub mod serve;
 #[cfg(test)]
 mod testing;
+pub mod trust;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -103,6 +104,10 @@ pub struct MergeRecord {
     /// (the waves of a scheduled apply each have their own comment on the record pull request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub marker: Option<String>,
+    /// Notes shown under the run comment's header: how the merge entered the default branch
+    /// (a rebase merge's range), the policy chain, changes a re-plan left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The parts a [`Bot`] is assembled from (see [`serve::build`]).
@@ -124,6 +129,9 @@ pub struct BotParts {
     pub executors: Arc<executors::Executors>,
     /// The single writer of run comments and `tkgops/apply` statuses.
     pub publisher: publisher::CommentPublisher,
+    /// The bot configuration's `trustedPolicyCommit`: the trusted policy commit at the first
+    /// start (or when the pin changes) instead of the default branch's tip.
+    pub pinned_policy: Option<String>,
 }
 
 /// The bot: one config repository, one GitHub repository, one engine.
@@ -146,6 +154,13 @@ pub struct Bot {
     /// The plan of the scheduled-apply wave commit last started (`parent..commit@policy`):
     /// a wave of hundreds of clusters starts a few at a time, and is planned once.
     wave_plan: std::sync::Mutex<Option<(String, Arc<Plan>)>>,
+    /// `trustedPolicyCommit` of the bot configuration ([`trust`]).
+    pinned_policy: Option<String>,
+    /// The untrusted policy change found for (tip, trusted commit), remembered per pair.
+    #[allow(clippy::type_complexity)]
+    policy_cache: std::sync::Mutex<Option<((String, String), Option<trust::UntrustedChange>)>>,
+    /// The policy chain as `/readyz` shows it.
+    policy_health: Arc<trust::PolicyHealth>,
 }
 
 impl Bot {
@@ -160,6 +175,7 @@ impl Bot {
             repo,
             executors,
             publisher,
+            pinned_policy,
         } = parts;
         Bot {
             vcs,
@@ -175,6 +191,9 @@ impl Bot {
             ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             clock: std::sync::Mutex::new(schedules::system_clock()),
             wave_plan: std::sync::Mutex::new(None),
+            pinned_policy,
+            policy_cache: std::sync::Mutex::new(None),
+            policy_health: Arc::new(trust::PolicyHealth::default()),
         }
     }
 
@@ -199,6 +218,12 @@ impl Bot {
             self.wake.clone(),
             self.ready.clone(),
         )
+        .with_policy(self.policy_health.clone())
+    }
+
+    /// The state of the trusted policy chain (what `/readyz` reports).
+    pub fn policy_health(&self) -> Arc<trust::PolicyHealth> {
+        self.policy_health.clone()
     }
 
     /// The engine runs are submitted to.
@@ -220,7 +245,36 @@ impl Bot {
         let git = self.git.clone();
         let branch = self.default_branch.clone();
         let tip = blocking(move || git.fetch_branch(&branch)).await?;
-        let repo_config = self.load_settings(&tip).await?;
+        // Security rule 1: the policy is the trusted policy commit's, never the tip's.
+        let trusted = self.trusted_policy(&tip).await?;
+        if let Some(rc) = self.load_settings(&trusted.commit).await? {
+            self.executors.update_management_clusters(&rc);
+        }
+        // Every PR closed since the cursor (GitHub's own `updated_at` clock, with an overlap),
+        // however many there are: merges missed while the bot was down are found too. They
+        // are handled in the order they entered the default branch, each judged under the
+        // trusted policy as the merges before it left it.
+        let cursor = self.closed_cursor().await?;
+        let since = match cursor {
+            Some(c) => c - chrono::Duration::minutes(5),
+            None => chrono::Utc::now() - chrono::Duration::days(1),
+        };
+        let closed = self
+            .vcs
+            .list_closed_pulls_since(&self.default_branch, Some(since))
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        let mut all_handled = true;
+        for pr in self.in_merge_order(&tip, &closed).await? {
+            if let Err(e) = self.handle_merged(pr).await {
+                all_handled = false;
+                warn!(pr = pr.number, error = %e, "handling the merge failed; it and the merges after it are tried again next poll");
+                break;
+            }
+        }
+        // The policy chain after those merges: an untrusted change is reported, never obeyed.
+        let (trusted, _) = self.check_policy_chain(&tip).await?;
+        let repo_config = self.load_settings(&trusted.commit).await?;
         if let Some(rc) = &repo_config {
             self.executors.update_management_clusters(rc);
         }
@@ -234,26 +288,7 @@ impl Bot {
                 warn!(pr = pr.number, error = %e, "planning failed; will retry next poll");
             }
         }
-        // Every PR closed since the cursor (GitHub's own `updated_at` clock, with an overlap),
-        // however many there are: merges missed while the bot was down are found too.
-        let cursor = self.closed_cursor().await?;
-        let since = match cursor {
-            Some(c) => c - chrono::Duration::minutes(5),
-            None => chrono::Utc::now() - chrono::Duration::days(1),
-        };
-        let closed = self
-            .vcs
-            .list_closed_pulls_since(&self.default_branch, Some(since))
-            .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
-        let mut all_handled = true;
-        for pr in closed.iter().filter(|p| p.merged) {
-            if let Err(e) = self.handle_merged(pr).await {
-                all_handled = false;
-                warn!(pr = pr.number, error = %e, "handling the merge failed; will retry next poll");
-            }
-        }
-        // Scheduled upgrade runs of the default branch's policy.
+        // Scheduled upgrade runs of the trusted policy.
         if let Some(rc) = &repo_config {
             if let Err(e) = self.tick_schedules(&tip, rc, &open, self.now()).await {
                 warn!(error = %e, "running the schedules failed; will retry next poll");
@@ -271,6 +306,56 @@ impl Bot {
                 .map_err(|e| BotError::Store(e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// The merged pull requests of `closed` in the order their merges entered the default
+    /// branch at `tip` (oldest first, by first-parent ancestry), whatever order GitHub lists
+    /// them in; merges not found in the first-parent history (not fetched yet, or rewritten
+    /// away) come last, in listing order, and fail when handled.
+    ///
+    /// Errors: [`BotError::Git`] when the history cannot be read.
+    async fn in_merge_order<'a>(
+        &self,
+        tip: &str,
+        closed: &'a [PullRequest],
+    ) -> Result<Vec<&'a PullRequest>, BotError> {
+        let merged: Vec<&PullRequest> = closed.iter().filter(|p| p.merged).collect();
+        let wanted: std::collections::BTreeSet<String> = merged
+            .iter()
+            .filter_map(|p| p.merge_commit_sha.clone())
+            .collect();
+        if wanted.is_empty() {
+            return Ok(merged);
+        }
+        let git = self.git.clone();
+        let tip = tip.to_string();
+        let depth: BTreeMap<String, usize> = blocking(move || {
+            // Walk until every wanted merge is found (or the history ends).
+            let mut found = BTreeMap::new();
+            let mut limit = 256;
+            loop {
+                let chain = git.first_parent_chain(&tip, None, limit)?;
+                for (i, c) in chain.iter().enumerate() {
+                    if wanted.contains(c) {
+                        found.insert(c.clone(), i);
+                    }
+                }
+                if found.len() == wanted.len() || chain.len() < limit || limit >= 1 << 20 {
+                    return Ok(found);
+                }
+                limit *= 4;
+            }
+        })
+        .await?;
+        let mut ordered = merged;
+        // Deeper in the history is older; unknown merges last (stable sort keeps their order).
+        ordered.sort_by_key(
+            |p| match p.merge_commit_sha.as_ref().and_then(|m| depth.get(m)) {
+                Some(d) => (0, usize::MAX - d),
+                None => (1, 0),
+            },
+        );
+        Ok(ordered)
     }
 
     /// Polls forever every `interval`, and at once after each accepted webhook delivery, until
@@ -359,12 +444,22 @@ impl Bot {
             .await
             .map_err(|e| BotError::Store(e.to_string()))?;
         let allow_delete = has_allow_delete(pr);
-        // The plan depends on the head SHA and on the allow-delete label.
+        let trusted = self
+            .policy_health
+            .trusted()
+            .ok_or_else(|| BotError::Store("the trusted policy commit is not known yet".into()))?;
+        let untrusted = self.policy_health.untrusted();
+        // The plan depends on the head SHA, the allow-delete label and the policy chain (the
+        // trusted policy commit and an untrusted change the plan warns of).
+        let policy_state = match &untrusted {
+            Some(u) => format!("@{trusted}!{}", u.commit),
+            None => format!("@{trusted}"),
+        };
         let planned_as = |head: &str| {
             if allow_delete {
-                format!("{head}+{ALLOW_DELETE_LABEL}")
+                format!("{head}+{ALLOW_DELETE_LABEL}{policy_state}")
             } else {
-                head.to_string()
+                format!("{head}{policy_state}")
             }
         };
         if planned.as_deref() == Some(planned_as(&pr.head_sha).as_bytes()) {
@@ -404,7 +499,9 @@ impl Bot {
         let (t, h) = (tip.to_string(), head.clone());
         let base = blocking(move || git.merge_base(&t, &h)).await?;
         let mut p = self
-            .compute_plan(base, head.clone(), tip.to_string())
+            .compute_plan(base, head.clone(), trusted.clone())
+            .await?;
+        self.policy_notes(&mut p, &head, &trusted, untrusted.as_ref())
             .await?;
         if self.is_fork(pr) {
             p.notes.push("This pull request comes from a fork: it is planned, but never executed (security rule 3).".into());
@@ -571,30 +668,40 @@ impl Bot {
         }
         let git = self.git.clone();
         let branch = self.default_branch.clone();
-        let m = merge_sha.clone();
-        let merged = blocking(move || {
+        let (m, number, head) = (merge_sha.clone(), pr.number, pr.head_sha.clone());
+        let shape = blocking(move || {
             let tip = git.fetch_branch(&branch)?;
-            Ok(git.is_ancestor(&m, &tip))
+            if !git.is_ancestor(&m, &tip) {
+                return Ok(None);
+            }
+            // The pull request's own commits tell a rebase from a squash.
+            if !git.has_commit(&head) {
+                git.fetch_pull_head(number)?;
+            }
+            git.merge_shape(&m, &head).map(Some)
         })
         .await?;
-        if !merged {
+        let Some(shape) = shape else {
             return Err(BotError::Github(format!(
                 "merge commit {merge_sha} is not on {} yet",
                 self.default_branch
             )));
-        }
-        let git = self.git.clone();
-        let m = merge_sha.clone();
-        let parent = blocking(move || git.first_parent(&m))
-            .await?
-            .unwrap_or_else(|| merge_sha.clone());
-        let parent_sha = parent.clone();
-        // Security rule 1: the policy is the default branch's as it was before the merge (the
-        // merge commit's first parent), never the merged change's own tkgops.yaml.
-        let policy = self.load_settings(&parent).await?;
+        };
+        // Security rule 1: the base of a merge is the default branch's tip just before it,
+        // never a commit of the pull request (a rebase merge's first commits are judged with
+        // the rest), and the policy is the trusted policy commit's, never the merged change's.
+        let base = shape.base.clone().unwrap_or_else(|| merge_sha.clone());
+        let trusted = self.trusted_policy(&merge_sha).await?;
+        let policy = self.load_settings(&trusted.commit).await?;
         let mut p = self
-            .compute_plan(parent.clone(), merge_sha.clone(), parent)
+            .compute_plan(base.clone(), merge_sha.clone(), trusted.commit.clone())
             .await?;
+        // The head's policy is what its approvers saw: a head whose policy differs from the
+        // trusted one needs approval.destructiveApprovals.
+        let head_policy = self.fingerprint(&pr.head_sha).await?;
+        if head_policy != self.fingerprint(&trusted.commit).await? {
+            p.changes_policy = true;
+        }
         if !has_allow_delete(pr) {
             refuse_deletes_without_label(&mut p);
         }
@@ -608,9 +715,30 @@ impl Bot {
         } else if self.is_fork(pr) {
             Some("the pull request comes from a fork (or its head repository was deleted); fork PRs are never executed".to_string())
         } else {
-            self.check_approvals(pr, &p, policy.as_ref(), &parent_sha, &merge_sha)
+            self.check_approvals(pr, &p, policy.as_ref(), &trusted.commit, &base, &merge_sha)
                 .await?
         };
+        let mut notes = Vec::new();
+        if shape.method == gitops::MergeMethod::Rebase {
+            notes.push(format!(
+                "Rebase merge of {} commits, `{}..{}`: judged and run as one change under the policy before it.",
+                shape.commits.len(),
+                short_sha(&base),
+                short_sha(&merge_sha)
+            ));
+        }
+        if self
+            .record_merge(pr, &merge_sha, &shape, refused.as_deref())
+            .await?
+        {
+            notes.push(format!(
+                "This merge changed the policy with the approvals the trusted policy requires: its `tkgops.yaml` and `CODEOWNERS` are now the trusted policy (commit `{}`).",
+                short_sha(&merge_sha)
+            ));
+            if let Some(rc) = self.load_settings(&merge_sha).await? {
+                self.executors.update_management_clusters(&rc);
+            }
+        }
         let mut record = MergeRecord {
             pr: pr.number,
             commit: merge_sha.clone(),
@@ -620,6 +748,7 @@ impl Bot {
             refused: refused.clone(),
             changed_since_approval: Vec::new(),
             marker: None,
+            notes,
         };
         // Security rule 2: only what was planned and approved for the approved head SHA runs.
         let approved: BTreeMap<String, String> = match self
@@ -738,7 +867,8 @@ impl Bot {
         pr: &PullRequest,
         p: &Plan,
         repo: Option<&RepoConfig>,
-        parent: &str,
+        policy: &str,
+        base: &str,
         merge: &str,
     ) -> Result<Option<String>, BotError> {
         let Some(repo) = repo else {
@@ -791,16 +921,16 @@ impl Bot {
                 }
             )));
         }
-        // CODEOWNERS of the default branch: every changed path with owners needs one of them.
+        // CODEOWNERS of the trusted policy: every changed path with owners needs one of them.
         let git = self.git.clone();
-        let (parent, merge) = (parent.to_string(), merge.to_string());
+        let (policy, base, merge) = (policy.to_string(), base.to_string(), merge.to_string());
         let (codeowners, changed) = blocking(move || {
-            let tree = git.tree(&parent)?;
+            let tree = git.tree(&policy)?;
             let text = tkgops_domain::request::codeowners::CODEOWNERS_PATHS
                 .iter()
                 .find_map(|path| tree.read(path));
             let changed = match &text {
-                Some(_) => git.changed_paths_all(&parent, &merge)?,
+                Some(_) => git.changed_paths_all(&base, &merge)?,
                 None => Vec::new(),
             };
             Ok((text, changed))
@@ -948,6 +1078,11 @@ pub(crate) async fn merge_record(
             .map_err(|e| store_err(e.to_string())),
         None => Ok(None),
     }
+}
+
+/// The first 7 characters of a commit SHA.
+pub(crate) fn short_sha(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
 }
 
 /// Whether `pr` carries the label [`ALLOW_DELETE_LABEL`].

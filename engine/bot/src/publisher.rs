@@ -283,6 +283,7 @@ pub async fn publish_record(
         marker,
         &record.commit,
         &overall,
+        &record.notes,
         &views,
         &not_run_views(record),
         Some(&record.plan_markdown),
@@ -709,6 +710,7 @@ mod tests {
             refused: None,
             changed_since_approval: Vec::new(),
             marker: None,
+            notes: Vec::new(),
         };
         let pending = format!("{PENDING_PREFIX}{commit}");
         store.put_meta(&pending, b"").await.unwrap();

@@ -476,6 +476,7 @@ impl Bot {
                     refused: None,
                     changed_since_approval: Vec::new(),
                     marker: Some(wave_marker(&commit)),
+                    notes: Vec::new(),
                 },
             };
             for r in &submit {

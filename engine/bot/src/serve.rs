@@ -186,6 +186,7 @@ pub async fn build_with_auth(
         repo: info,
         executors,
         publisher,
+        pinned_policy: cfg.trusted_policy_commit.clone(),
     }))
 }
 

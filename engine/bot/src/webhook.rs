@@ -50,6 +50,8 @@ pub struct WebhookState {
     /// Woken after an accepted delivery of a [`HINT_EVENTS`] event.
     wake: Arc<Notify>,
     ready: Arc<AtomicBool>,
+    /// The trusted policy chain, shown in `/readyz`'s detail.
+    policy: Option<Arc<crate::trust::PolicyHealth>>,
 }
 
 impl WebhookState {
@@ -66,7 +68,16 @@ impl WebhookState {
             store,
             wake,
             ready,
+            policy: None,
         }
+    }
+
+    /// The same state, with `/readyz` also reporting the trusted policy chain of `policy`:
+    /// the trusted policy commit, the untrusted policy change on the default branch (if any)
+    /// and how many were reported (security rule 1).
+    pub fn with_policy(mut self, policy: Arc<crate::trust::PolicyHealth>) -> Self {
+        self.policy = Some(policy);
+        self
     }
 }
 
@@ -81,13 +92,22 @@ pub fn router(state: Arc<WebhookState>) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(state): State<Arc<WebhookState>>) -> (StatusCode, &'static str) {
+/// `GET /readyz`: 200 with `ready` once a poll of GitHub completed (503 before), followed by
+/// the policy chain's detail lines when known ([`crate::trust::PolicyHealth::detail`]). An
+/// untrusted policy change does not make the bot unready: it keeps working under the trusted
+/// policy, and the detail says so.
+async fn readyz(State(state): State<Arc<WebhookState>>) -> (StatusCode, String) {
+    let detail = state
+        .policy
+        .as_ref()
+        .map(|p| p.detail())
+        .unwrap_or_default();
     if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready")
+        (StatusCode::OK, format!("ready\n{detail}"))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no poll of GitHub completed yet",
+            format!("not ready: no poll of GitHub completed yet\n{detail}"),
         )
     }
 }

@@ -524,6 +524,7 @@ impl Environment {
             catalog_dir: None,
             listen: None,
             webhook_secret_env: "TKGOPS_SANDBOX_WEBHOOK_SECRET".into(),
+            trusted_policy_commit: None,
         }
     }
 

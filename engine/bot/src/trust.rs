@@ -1,0 +1,545 @@
+//! The trusted policy chain (security rule 1).
+//!
+//! The policy is `tkgops.yaml` (approvers and approval counts, rule severities, management
+//! clusters and their kubeconfigs, TMC endpoints, schedules) and `CODEOWNERS`. The policy in
+//! force is not the default branch's tip: it is the policy of the **trusted policy commit**,
+//! the last commit whose policy files reached the default branch through a merge that met the
+//! policy before it. tkgops journals it ([`TRUSTED_KEY`]) and every reader takes the policy
+//! from it: plans, merges, re-plans, schedules, commands and management-cluster access.
+//!
+//! - At the first start the trusted policy commit is the default branch's tip, or the commit
+//!   the operator pins with `trustedPolicyCommit` in the bot configuration (a new pin replaces
+//!   the journalled commit once; the same pin on later starts changes nothing).
+//! - A merge approved under the trusted policy (with `approval.destructiveApprovals`, since
+//!   its head's policy differs from the trusted one) makes its merge commit the trusted policy
+//!   commit, when the policy at the merge commit is the one its approvers saw at the head.
+//! - Anything else that changes the policy on the default branch (a merge tkgops refused, a
+//!   merge it never planned, a direct push, a rewritten history) is an **untrusted policy
+//!   change**: tkgops keeps enforcing the trusted policy and says so, naming the commit, with a
+//!   failure status `tkgops/policy` on it, a comment on its pull request when it has one, a
+//!   section on the fleet dashboard issue and in `/readyz`. An approved pull request whose
+//!   head carries the policy wanted repairs the chain.
+//!
+//! Every first-parent commit a handled merge added to the default branch is recorded in the
+//! ledger ([`LEDGER_PREFIX`]): which pull request, whether it was approved. The ledger names
+//! the cause of an untrusted policy change and tells a re-plan which changes reached the
+//! default branch through approved merges (issue 16 item 3).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tkgops_engine::store::Store;
+use tkgops_providers::github::{CommitState, PullRequest};
+use tracing::{error, info};
+
+use crate::gitops::{MergeMethod, MergeShape, PolicyFingerprint};
+use crate::{blocking, Bot, BotError};
+
+/// Journal key of the trusted policy commit ([`TrustedPolicy`], JSON).
+pub const TRUSTED_KEY: &str = "policy/trusted";
+
+/// Journal key prefix of the ledger: `ledger/<commit SHA>` → [`LedgerEntry`] (JSON) for every
+/// first-parent commit a handled merge added to the default branch.
+pub const LEDGER_PREFIX: &str = "ledger/";
+
+/// Journal key prefix of the untrusted policy changes already reported
+/// (`policy/untrusted-reported/<commit SHA>`): each is reported once.
+pub const REPORTED_PREFIX: &str = "policy/untrusted-reported/";
+
+/// Commit status context of the policy chain: `failure` on a commit that changed the policy
+/// without approval, `success` on a merge commit that became the trusted policy.
+pub const POLICY_CONTEXT: &str = "tkgops/policy";
+
+/// The hidden marker of the comment on a pull request whose merge changed the policy without
+/// approval.
+pub const UNTRUSTED_MARKER: &str = "<!-- tkgops:untrusted-policy -->";
+
+/// How far back the default branch's first-parent history is walked to find the commit that
+/// changed the policy (commits).
+const HISTORY_LIMIT: usize = 10_000;
+
+/// The trusted policy commit, as journalled under [`TRUSTED_KEY`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedPolicy {
+    /// The commit whose `tkgops.yaml` and `CODEOWNERS` are the policy in force.
+    pub commit: String,
+    /// How it became trusted (first start, the operator's pin, an approved pull request).
+    pub source: String,
+    /// When tkgops recorded it.
+    pub since: DateTime<Utc>,
+    /// The `trustedPolicyCommit` of the bot configuration this record follows, if any: a
+    /// different pin replaces the record once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<String>,
+}
+
+/// What tkgops knows of one first-parent commit of the default branch that a merge added.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerEntry {
+    /// The pull request whose merge added it.
+    pub pr: u64,
+    /// That merge's `merge_commit_sha`.
+    pub merge: String,
+    /// The default branch's tip before the merge.
+    pub base: Option<String>,
+    /// How it was merged.
+    pub method: MergeMethod,
+    /// Whether the merge met the trusted policy (tkgops executed it).
+    pub approved: bool,
+    /// Why it was not executed, when it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// A policy on the default branch that tkgops does not enforce.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UntrustedChange {
+    /// The first commit (oldest) whose policy differs from the trusted one.
+    pub commit: String,
+    /// The policy files that differ from the trusted policy commit's.
+    pub files: Vec<String>,
+    /// How it reached the default branch, in words.
+    pub how: String,
+    /// The pull request whose merge brought it, if any.
+    pub pr: Option<u64>,
+    /// The trusted policy commit tkgops enforces instead.
+    pub trusted: String,
+}
+
+impl UntrustedChange {
+    /// One sentence for comments, statuses and the dashboard.
+    pub fn sentence(&self) -> String {
+        format!(
+            "the default branch carries a policy change tkgops does not trust: commit `{}` ({}) changed {}. tkgops keeps enforcing the policy of trusted commit `{}`; a pull request approved under it repairs the chain",
+            short(&self.commit),
+            self.how,
+            self.files.join(", "),
+            short(&self.trusted)
+        )
+    }
+}
+
+/// The state of the policy chain shared with `/readyz`.
+#[derive(Debug, Default)]
+pub struct PolicyHealth {
+    trusted: RwLock<Option<String>>,
+    untrusted: RwLock<Option<UntrustedChange>>,
+    untrusted_total: AtomicU64,
+}
+
+impl PolicyHealth {
+    /// The trusted policy commit, once known.
+    pub fn trusted(&self) -> Option<String> {
+        self.trusted.read().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    /// The untrusted policy change on the default branch's tip, if any.
+    pub fn untrusted(&self) -> Option<UntrustedChange> {
+        self.untrusted.read().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    /// How many distinct untrusted policy changes this process reported (a counter: it only
+    /// grows, for a metric).
+    pub fn untrusted_total(&self) -> u64 {
+        self.untrusted_total.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, trusted: &str, untrusted: Option<UntrustedChange>) {
+        if let Ok(mut g) = self.trusted.write() {
+            *g = Some(trusted.to_string());
+        }
+        if let Ok(mut g) = self.untrusted.write() {
+            *g = untrusted;
+        }
+    }
+
+    /// The `/readyz` detail lines: the trusted policy commit, the untrusted change (or none)
+    /// and the counter.
+    pub fn detail(&self) -> String {
+        let trusted = self.trusted().unwrap_or_else(|| "not known yet".into());
+        let untrusted = match self.untrusted() {
+            Some(u) => format!("commit {} ({})", u.commit, u.how),
+            None => "none".into(),
+        };
+        format!(
+            "trusted policy commit: {trusted}\nuntrusted policy change: {untrusted}\nuntrusted policy changes reported: {}\n",
+            self.untrusted_total()
+        )
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}
+
+fn store_err(e: impl std::fmt::Display) -> BotError {
+    BotError::Store(e.to_string())
+}
+
+/// Reads the trusted policy commit from the journal.
+///
+/// Errors: [`BotError::Store`] when the journal cannot be read or the record does not decode.
+pub async fn read_trusted(store: &dyn Store) -> Result<Option<TrustedPolicy>, BotError> {
+    match store.get_meta(TRUSTED_KEY).await.map_err(store_err)? {
+        Some(b) => serde_json::from_slice(&b).map(Some).map_err(store_err),
+        None => Ok(None),
+    }
+}
+
+/// Reads the ledger entry of first-parent commit `sha`.
+///
+/// Errors: [`BotError::Store`] when the journal cannot be read or the entry does not decode.
+pub async fn ledger_entry(store: &dyn Store, sha: &str) -> Result<Option<LedgerEntry>, BotError> {
+    match store
+        .get_meta(&format!("{LEDGER_PREFIX}{sha}"))
+        .await
+        .map_err(store_err)?
+    {
+        Some(b) => serde_json::from_slice(&b).map(Some).map_err(store_err),
+        None => Ok(None),
+    }
+}
+
+/// In words, how first-parent commit `sha` reached the default branch `branch`, from its
+/// ledger entry: `(words, pull request)`.
+fn how(entry: Option<&LedgerEntry>, branch: &str) -> (String, Option<u64>) {
+    match entry {
+        Some(e) if !e.approved => (
+            format!(
+                "merged by pull request #{}, which tkgops did not execute: {}",
+                e.pr,
+                e.refused.as_deref().unwrap_or("not approved")
+            ),
+            Some(e.pr),
+        ),
+        Some(e) => (
+            format!(
+                "merged by pull request #{} with a policy that differs from the one its approvers saw at its head",
+                e.pr
+            ),
+            Some(e.pr),
+        ),
+        None => (
+            format!("pushed to {branch} without a pull request tkgops planned and saw approved"),
+            None,
+        ),
+    }
+}
+
+impl Bot {
+    /// The trusted policy commit, creating it at the first start: the bot configuration's
+    /// `trustedPolicyCommit` when set (it must be a commit of the default branch's history),
+    /// else `tip`. A pin different from the one the journalled record follows replaces it.
+    ///
+    /// Errors: [`BotError::Git`] when a pinned commit is not in the mirror, [`BotError::Store`].
+    pub(crate) async fn trusted_policy(&self, tip: &str) -> Result<TrustedPolicy, BotError> {
+        let current = read_trusted(&*self.store).await?;
+        let pin = self.pinned_policy.clone();
+        let fresh = match (&current, &pin) {
+            (Some(c), Some(p)) if c.pinned.as_deref() != Some(p.as_str()) => true,
+            (Some(_), _) => false,
+            (None, _) => true,
+        };
+        let record = match (current, fresh) {
+            (Some(c), false) => c,
+            _ => {
+                let (commit, source) = match &pin {
+                    Some(p) => {
+                        let git = self.git.clone();
+                        let p2 = p.clone();
+                        let tip2 = tip.to_string();
+                        let commit = blocking(move || {
+                            let c = git.resolve(&p2)?;
+                            if !git.is_ancestor(&c, &tip2) {
+                                return Err(crate::gitops::GitError::NotFound(format!(
+                                    "trustedPolicyCommit {p2} in the default branch's history"
+                                )));
+                            }
+                            Ok(c)
+                        })
+                        .await?;
+                        (commit, format!("pinned by trustedPolicyCommit {p}"))
+                    }
+                    None => (
+                        tip.to_string(),
+                        "the default branch's tip at the first start".to_string(),
+                    ),
+                };
+                let record = TrustedPolicy {
+                    commit,
+                    source,
+                    since: Utc::now(),
+                    pinned: pin,
+                };
+                self.put_trusted(&record).await?;
+                info!(commit = %record.commit, source = %record.source, "trusted policy commit set");
+                record
+            }
+        };
+        Ok(record)
+    }
+
+    async fn put_trusted(&self, record: &TrustedPolicy) -> Result<(), BotError> {
+        let git = self.git.clone();
+        let c = record.commit.clone();
+        blocking(move || git.pin("trusted-policy", &c)).await?;
+        let bytes = serde_json::to_vec(record).map_err(store_err)?;
+        self.store
+            .put_meta(TRUSTED_KEY, &bytes)
+            .await
+            .map_err(store_err)
+    }
+
+    /// The policy fingerprint of commit `sha`.
+    pub(crate) async fn fingerprint(&self, sha: &str) -> Result<PolicyFingerprint, BotError> {
+        let git = self.git.clone();
+        let sha = sha.to_string();
+        blocking(move || git.policy_fingerprint(&sha)).await
+    }
+
+    /// Compares the default branch's `tip` with the trusted policy commit: `None` when their
+    /// policies are the same, else the untrusted change, found by walking the first-parent
+    /// history from the trusted commit to `tip` (the first commit whose policy differs) and
+    /// named from the ledger. Remembered per (tip, trusted commit).
+    ///
+    /// Errors: [`BotError::Git`], [`BotError::Store`].
+    pub(crate) async fn untrusted_change(
+        &self,
+        tip: &str,
+        trusted: &TrustedPolicy,
+    ) -> Result<Option<UntrustedChange>, BotError> {
+        let key = (tip.to_string(), trusted.commit.clone());
+        if let Ok(g) = self.policy_cache.lock() {
+            if let Some((k, v)) = &*g {
+                if *k == key {
+                    return Ok(v.clone());
+                }
+            }
+        }
+        let git = self.git.clone();
+        let (t, tr) = key.clone();
+        let found = blocking(move || {
+            let want = git.policy_fingerprint(&tr)?;
+            let at_tip = git.policy_fingerprint(&t)?;
+            if want == at_tip {
+                return Ok(None);
+            }
+            if !git.is_ancestor(&tr, &t) {
+                return Ok(Some((t.clone(), want.differing(&at_tip), true)));
+            }
+            let chain = git.first_parent_chain(&t, Some(&tr), HISTORY_LIMIT)?;
+            for c in chain.iter().rev() {
+                let fp = git.policy_fingerprint(c)?;
+                if fp != want {
+                    return Ok(Some((c.clone(), want.differing(&fp), false)));
+                }
+            }
+            Ok(Some((t.clone(), want.differing(&at_tip), false)))
+        })
+        .await?;
+        let change = match found {
+            None => None,
+            Some((commit, files, rewritten)) => {
+                let (how, pr) = if rewritten {
+                    (
+                        format!(
+                            "the history of {} was rewritten: it no longer contains the trusted policy commit",
+                            self.default_branch
+                        ),
+                        None,
+                    )
+                } else {
+                    how(
+                        ledger_entry(&*self.store, &commit).await?.as_ref(),
+                        &self.default_branch,
+                    )
+                };
+                Some(UntrustedChange {
+                    commit,
+                    files,
+                    how,
+                    pr,
+                    trusted: trusted.commit.clone(),
+                })
+            }
+        };
+        if let Ok(mut g) = self.policy_cache.lock() {
+            *g = Some((key, change.clone()));
+        }
+        Ok(change)
+    }
+
+    /// Brings the policy chain up to date at the default branch's `tip`: reads (or creates)
+    /// the trusted policy commit, finds an untrusted change, publishes both to `/readyz`, and
+    /// reports a new untrusted change once (failure status `tkgops/policy` on its commit, a
+    /// comment on its pull request). Returns the trusted record and the untrusted change.
+    ///
+    /// Errors: [`BotError`] when git, the journal or GitHub fail (the report is retried at the
+    /// next poll: it is recorded as reported only once GitHub accepted it).
+    pub(crate) async fn check_policy_chain(
+        &self,
+        tip: &str,
+    ) -> Result<(TrustedPolicy, Option<UntrustedChange>), BotError> {
+        let trusted = self.trusted_policy(tip).await?;
+        let change = self.untrusted_change(tip, &trusted).await?;
+        self.policy_health.set(&trusted.commit, change.clone());
+        if let Some(c) = &change {
+            self.report_untrusted(c).await?;
+        }
+        Ok((trusted, change))
+    }
+
+    async fn report_untrusted(&self, c: &UntrustedChange) -> Result<(), BotError> {
+        let key = format!("{REPORTED_PREFIX}{}", c.commit);
+        if self
+            .store
+            .get_meta(&key)
+            .await
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        error!(commit = %c.commit, trusted = %c.trusted, how = %c.how, "untrusted policy change on the default branch: the trusted policy stays in force");
+        let gh = |e: tkgops_providers::github::GithubError| BotError::Github(e.to_string());
+        self.vcs
+            .set_status(
+                &c.commit,
+                POLICY_CONTEXT,
+                CommitState::Failure,
+                &format!(
+                    "untrusted policy change: tkgops enforces the policy of {}",
+                    short(&c.trusted)
+                ),
+                None,
+            )
+            .await
+            .map_err(gh)?;
+        if let Some(pr) = c.pr {
+            let body = format!(
+                "{UNTRUSTED_MARKER}\n### ⛔ tkgops: this merge changed the policy without approval\n\n{}.\n\nUntil then every plan, run, schedule and command of tkgops is judged under the trusted policy. To make a policy change take effect, open a pull request with it and have it approved with `approval.destructiveApprovals` under the trusted policy.\n",
+                capitalise(&c.sentence())
+            );
+            self.vcs
+                .upsert_comment(pr, UNTRUSTED_MARKER, &body)
+                .await
+                .map_err(gh)?;
+        }
+        self.policy_health
+            .untrusted_total
+            .fetch_add(1, Ordering::Relaxed);
+        self.store.put_meta(&key, b"").await.map_err(store_err)
+    }
+
+    /// Records what merge `merge` of `pr` added to the default branch in the ledger and, when
+    /// it was approved and its head carried a policy different from the trusted one, makes
+    /// the merge commit the trusted policy commit, provided the policy at the merge commit is
+    /// the one at the head its approvers saw (else the chain stays as it was and the next poll
+    /// reports the untrusted change). Returns whether the trusted policy moved.
+    ///
+    /// Errors: [`BotError::Git`], [`BotError::Store`], [`BotError::Github`] (the status).
+    pub(crate) async fn record_merge(
+        &self,
+        pr: &PullRequest,
+        merge: &str,
+        shape: &MergeShape,
+        refused: Option<&str>,
+    ) -> Result<bool, BotError> {
+        let entry = LedgerEntry {
+            pr: pr.number,
+            merge: merge.to_string(),
+            base: shape.base.clone(),
+            method: shape.method,
+            approved: refused.is_none(),
+            refused: refused.map(str::to_string),
+        };
+        let bytes = serde_json::to_vec(&entry).map_err(store_err)?;
+        for c in &shape.commits {
+            self.store
+                .put_meta(&format!("{LEDGER_PREFIX}{c}"), &bytes)
+                .await
+                .map_err(store_err)?;
+        }
+        if refused.is_some() {
+            return Ok(false);
+        }
+        let trusted = read_trusted(&*self.store)
+            .await?
+            .ok_or_else(|| BotError::Store("the trusted policy commit is not journalled".into()))?;
+        let (want, at_merge, at_head) = (
+            self.fingerprint(&trusted.commit).await?,
+            self.fingerprint(merge).await?,
+            self.fingerprint(&pr.head_sha).await?,
+        );
+        if at_merge == want || at_merge != at_head {
+            return Ok(false);
+        }
+        let record = TrustedPolicy {
+            commit: merge.to_string(),
+            source: format!(
+                "pull request #{} approved under the policy before it",
+                pr.number
+            ),
+            since: Utc::now(),
+            pinned: trusted.pinned,
+        };
+        self.put_trusted(&record).await?;
+        info!(pr = pr.number, commit = %merge, "trusted policy commit moved");
+        self.vcs
+            .set_status(
+                merge,
+                POLICY_CONTEXT,
+                CommitState::Success,
+                "trusted policy: approved under the policy before it",
+                None,
+            )
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// The policy notes of a plan of `head` under the trusted policy commit `trusted`
+    /// (`changes_policy` is set when the head's policy differs from the trusted one), given
+    /// the untrusted change on the default branch, if any.
+    pub(crate) async fn policy_notes(
+        &self,
+        p: &mut tkgops_domain::workflow::Plan,
+        head: &str,
+        trusted: &str,
+        untrusted: Option<&UntrustedChange>,
+    ) -> Result<(), BotError> {
+        let differing = self
+            .fingerprint(trusted)
+            .await?
+            .differing(&self.fingerprint(head).await?);
+        if let Some(u) = untrusted {
+            p.notes.push(format!("⛔ {}.", capitalise(&u.sentence())));
+        }
+        if differing.is_empty() {
+            return Ok(());
+        }
+        p.changes_policy = true;
+        let only_tkgops_yaml = differing.iter().all(|f| f == "tkgops.yaml");
+        if untrusted.is_some() || !only_tkgops_yaml {
+            p.notes.push(format!(
+                "This head's policy ({}) differs from the trusted policy of commit `{}`: it is judged under the trusted policy, needs approval.destructiveApprovals, and once merged with them its policy becomes the trusted policy.",
+                differing.join(", "),
+                short(trusted)
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
