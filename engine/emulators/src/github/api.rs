@@ -204,12 +204,15 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/repos/{o}/{r}/issues", get(list_issues).post(create_issue))
         .route(
             "/repos/{o}/{r}/issues/{n}",
-            get(get_issue).patch(update_issue),
+            get(get_issue).patch(update_issue).post(update_issue),
         )
         .route("/repos/{o}/{r}/issues/comments", get(list_repo_comments))
         .route(
             "/repos/{o}/{r}/issues/comments/{id}",
+            // GitHub also takes POST where it takes PATCH ("resource endpoints also accept
+            // POST requests"); octocrab's `update_comment` sends POST.
             patch(update_comment)
+                .post(update_comment)
                 .get(get_comment)
                 .delete(delete_comment),
         )
