@@ -437,7 +437,9 @@ pub trait VcsClient: Send + Sync {
 
     /// The commits of PR `number`, oldest first, across all pages
     /// (`GET /repos/{o}/{r}/pulls/{n}/commits`): the pull request's own commits as pushed,
-    /// also after a squash or rebase merge rewrote them on the base branch.
+    /// also after a squash or rebase merge rewrote them on the base branch. Reads the pull
+    /// request's `commits` count first (`GET /pulls/{n}`) to know whether GitHub's list is
+    /// whole.
     ///
     /// Errors: [`GithubError::TooManyCommits`] when the pull request has more than
     /// [`MAX_PULL_COMMITS`] commits (GitHub lists no more than 250, so the list would be
