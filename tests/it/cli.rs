@@ -272,7 +272,19 @@ fn serve_then_stop_with(signal: &str) {
         .unwrap();
     let mut logins: Vec<&str> = users.keys().map(String::as_str).collect();
     logins.sort();
-    assert_eq!(logins, vec!["alice", "bob", "outsider", "platform-dev"]);
+    assert_eq!(
+        logins,
+        vec!["alice", "bob", "outsider", "platform-dev", "reader"]
+    );
+    // Each user's repository role: `reader` reads (comments and reviews only).
+    for (login, role) in [
+        ("alice", "write"),
+        ("outsider", "write"),
+        ("platform-dev", "write"),
+        ("reader", "read"),
+    ] {
+        assert_eq!(str_at(&env, &format!("/github/roles/{login}")), role);
+    }
     let kubeconfig = str_at(&env, "/managementClusters/mc-aws-1/kubeconfig");
     assert!(
         std::fs::read_to_string(kubeconfig)

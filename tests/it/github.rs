@@ -11,8 +11,8 @@ use git2::{Oid, Repository, Signature};
 use serde_json::{json, Value};
 use tkgops_emulators::faults::{Fault, FaultAction};
 use tkgops_emulators::github::{
-    GithubAppOptions, GithubEmulator, GithubEmulatorError, GithubEmulatorOptions, WebhookTarget,
-    DEFAULT_INSTALLATION_ID,
+    GithubAppOptions, GithubEmulator, GithubEmulatorError, GithubEmulatorOptions, MergeMethod,
+    Role, WebhookTarget, DEFAULT_INSTALLATION_ID,
 };
 use tkgops_providers::github::{
     CommitState, GithubError, OctocrabClient, RetrySettings, VcsClient,
@@ -110,6 +110,7 @@ async fn setup_with(adjust: impl FnOnce(&mut GithubEmulatorOptions)) -> Setup {
         token: TOKEN.into(),
         bare_repo: bare.clone(),
         users: users(),
+        roles: [("reader".to_string(), Role::Read)].into_iter().collect(),
         ..GithubEmulatorOptions::default()
     };
     adjust(&mut opts);
@@ -837,11 +838,13 @@ async fn rate_limit_waits_are_capped_by_max_wait() {
 // ----- users, tokens and the REST calls a person makes -----
 
 /// The human users of these tests and their personal access tokens.
-const USERS: [(&str, &str); 4] = [
+const USERS: [(&str, &str); 5] = [
     ("platform-dev", "ghp_platformdev000000000000000000000001"),
     ("alice", "ghp_alice00000000000000000000000000000002"),
     ("bob", "ghp_bob0000000000000000000000000000000003"),
     ("outsider", "ghp_outsider000000000000000000000000004"),
+    // Role `read` (see `setup_with`): comments and reviews only.
+    ("reader", "ghp_reader00000000000000000000000000005"),
 ];
 
 fn users() -> BTreeMap<String, String> {
@@ -1593,7 +1596,8 @@ async fn webhooks_deliver_signed_events_for_every_change() {
     s.emu.submit_review(1, "alice", "APPROVED").unwrap();
     let v = check_delivery(&rcv.next().await, "pull_request_review", &mut guids);
     assert_eq!(v["action"], "submitted");
-    assert_eq!(v["review"]["state"], "APPROVED");
+    // Webhook payloads spell review states in lowercase (GitHub's examples).
+    assert_eq!(v["review"]["state"], "approved");
     assert_eq!(v["review"]["user"]["login"], "alice");
     assert_eq!(v["review"]["commit_id"], new_tip.to_string());
     assert_eq!(v["sender"]["login"], "alice");
@@ -2100,4 +2104,842 @@ async fn content_writes_are_paced_to_eighty_a_minute() {
     let took = start.elapsed();
     // 80 at once, then one every 750 ms.
     assert!(took >= Duration::from_millis(1400), "{took:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// GitHub's rules (issue 16 item 10): roles, merge methods, pull commits, review dismissal,
+// pending reviews, closed pull requests, status creators.
+// ---------------------------------------------------------------------------------------------
+
+/// The HTTP status of an octocrab error (GitHub's answer).
+fn status_of(err: octocrab::Error) -> u16 {
+    match err {
+        octocrab::Error::GitHub { source, .. } => source.status_code.as_u16(),
+        other => panic!("not a GitHub answer: {other}"),
+    }
+}
+
+/// Opens a pull request from `feature` as platform-dev through the API; returns its number.
+async fn open_feature_pr(s: &Setup) -> u64 {
+    octo_as(&s.emu, "platform-dev")
+        .pulls(OWNER, REPO)
+        .create("Add cluster b", "feature", "main")
+        .send()
+        .await
+        .unwrap()
+        .number
+}
+
+#[tokio::test]
+async fn roles_decide_who_merges_posts_statuses_and_edits_comments() {
+    let s = setup().await;
+    let n = open_feature_pr(&s).await;
+    assert_eq!(s.emu.role("reader"), Role::Read);
+    assert_eq!(s.emu.role("outsider"), Role::Write);
+    assert_eq!(s.emu.role(OWNER), Role::Admin);
+    assert_eq!(s.emu.role("tkgops[bot]"), Role::Write);
+
+    // `read` comments and reviews (an approval included: approval is not authorisation).
+    let mine = octo_as(&s.emu, "reader")
+        .issues(OWNER, REPO)
+        .create_comment(n, "lgtm from a reader")
+        .await
+        .unwrap();
+    assert_eq!(mine.user.login, "reader");
+    let (code, review) = call_as(
+        &s.emu,
+        "reader",
+        Method::POST,
+        &format!("{}/{n}/reviews", pulls_path()),
+        Some(json!({"event": "APPROVE"})),
+    )
+    .await;
+    assert_eq!((code, review["state"].as_str()), (200, Some("APPROVED")));
+
+    // ... but does not merge: 403 through the API, an error through the control API.
+    let err = octo_as(&s.emu, "reader")
+        .pulls(OWNER, REPO)
+        .merge(n)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(err), 403);
+    let err = s.emu.merge_pull_request(n, "reader").unwrap_err();
+    assert!(
+        matches!(&err, GithubEmulatorError::Forbidden { login, role: Role::Read, needed: Role::Write, .. } if login == "reader"),
+        "{err}"
+    );
+    // ... nor posts commit statuses (push access is needed).
+    let sha = s.feature_tip.to_string();
+    let (code, body) = call_as(
+        &s.emu,
+        "reader",
+        Method::POST,
+        &format!("/repos/{OWNER}/{REPO}/statuses/{sha}"),
+        Some(json!({"state": "success", "context": "tkgops/plan"})),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(s.emu.statuses(&sha).is_empty());
+    // ... nor labels (triage).
+    let (code, _) = call_as(
+        &s.emu,
+        "reader",
+        Method::POST,
+        &format!("/repos/{OWNER}/{REPO}/issues/{n}/labels"),
+        Some(json!({"labels": ["tkgops/allow-delete"]})),
+    )
+    .await;
+    assert_eq!(code, 403);
+    let pr = octo(&s.emu).pulls(OWNER, REPO).get(n).await.unwrap();
+    assert_eq!(pr.state, Some(octocrab::models::IssueState::Open));
+    assert!(pr.labels.unwrap_or_default().is_empty());
+
+    // alice comments; the reader may edit only their own comment.
+    let alices = octo_as(&s.emu, "alice")
+        .issues(OWNER, REPO)
+        .create_comment(n, "LGTM")
+        .await
+        .unwrap();
+    let edited = octo_as(&s.emu, "reader")
+        .issues(OWNER, REPO)
+        .update_comment(mine.id, "lgtm (edited)")
+        .await
+        .unwrap();
+    assert_eq!(edited.body.as_deref(), Some("lgtm (edited)"));
+    let err = octo_as(&s.emu, "reader")
+        .issues(OWNER, REPO)
+        .update_comment(alices.id, "/tkgops retry")
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(err), 403);
+    let err = octo_as(&s.emu, "reader")
+        .issues(OWNER, REPO)
+        .delete_comment(alices.id)
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(err), 403);
+    assert!(matches!(
+        s.emu.edit_comment(alices.id.0, "reader", "/tkgops retry"),
+        Err(GithubEmulatorError::Forbidden { .. })
+    ));
+    let stored = s.emu.comments(n);
+    let alice_now = stored.iter().find(|c| c.id == alices.id.0).unwrap();
+    assert_eq!(alice_now.body, "LGTM");
+    assert_eq!(alice_now.updated_at, alice_now.created_at);
+
+    // A writer edits alice's comment: the author stays, `updated_at` moves.
+    let rewritten = octo_as(&s.emu, "outsider")
+        .issues(OWNER, REPO)
+        .update_comment(alices.id, "/tkgops retry")
+        .await
+        .unwrap();
+    assert_eq!(rewritten.user.login, "alice");
+    assert_eq!(rewritten.body.as_deref(), Some("/tkgops retry"));
+    assert!(rewritten.updated_at.unwrap() >= rewritten.created_at);
+    let alice_now = s
+        .emu
+        .comments(n)
+        .into_iter()
+        .find(|c| c.id == alices.id.0)
+        .unwrap();
+    assert!(alice_now.updated_at > alice_now.created_at, "{alice_now:?}");
+    // Read back through the provider: the edit shows in `updated_at`.
+    let listed = client(&s.emu)
+        .list_comments_since(alice_now.created_at - chrono::Duration::seconds(5))
+        .await
+        .unwrap();
+    let c = listed.iter().find(|c| c.id == alices.id.0).unwrap();
+    assert_eq!(
+        (c.user.as_str(), c.body.as_str()),
+        ("alice", "/tkgops retry")
+    );
+    // The control API follows the same rule.
+    s.emu
+        .edit_comment(alices.id.0, "bob", "edited by bob")
+        .unwrap();
+    let again = s
+        .emu
+        .comments(n)
+        .into_iter()
+        .find(|c| c.id == alices.id.0)
+        .unwrap();
+    assert_eq!(again.user, "alice");
+    assert!(again.updated_at > alice_now.updated_at);
+
+    // Roles change at run time: outsider demoted to triage labels but cannot merge.
+    s.emu.set_role("Outsider", Role::Triage);
+    let (code, _) = call_as(
+        &s.emu,
+        "outsider",
+        Method::POST,
+        &format!("/repos/{OWNER}/{REPO}/issues/{n}/labels"),
+        Some(json!({"labels": ["needs-review"]})),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = call_as(
+        &s.emu,
+        "outsider",
+        Method::PUT,
+        &format!("{}/{n}/merge", pulls_path()),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(code, 403);
+    s.emu.set_role("outsider", Role::Write);
+    let merged = octo_as(&s.emu, "outsider")
+        .pulls(OWNER, REPO)
+        .merge(n)
+        .send()
+        .await
+        .unwrap();
+    assert!(merged.merged);
+}
+
+/// A repository where `main` moved on after three branches forked from it: `squash-me` and
+/// `rebase-me` carry two commits each (by "Dev"), `merge-me` one. Returns
+/// (repo, main tip, branch → its commits oldest first).
+fn fork_three_branches(s: &Setup) -> (Repository, Oid, BTreeMap<&'static str, Vec<Oid>>) {
+    let repo = Repository::open_bare(&s.bare).unwrap();
+    let mut branches = BTreeMap::new();
+    for (branch, files) in [
+        ("merge-me", vec![("clusters/m.yaml", "name: m\n")]),
+        (
+            "squash-me",
+            vec![
+                ("clusters/s.yaml", "name: s\n"),
+                ("clusters/s2.yaml", "n: 2\n"),
+            ],
+        ),
+        (
+            "rebase-me",
+            vec![
+                ("clusters/r.yaml", "name: r\n"),
+                ("clusters/r2.yaml", "n: 2\n"),
+            ],
+        ),
+    ] {
+        let mut tip = s.main_tip;
+        let mut commits = Vec::new();
+        for (i, (path, content)) in files.into_iter().enumerate() {
+            tip = commit(
+                &repo,
+                branch,
+                Some(tip),
+                &[(path, content)],
+                &format!("{branch}: commit {}\n\nbody {i}\n", i + 1),
+            );
+            commits.push(tip);
+        }
+        branches.insert(branch, commits);
+    }
+    let main2 = commit(
+        &repo,
+        "main",
+        Some(s.main_tip),
+        &[("clusters/c.yaml", "name: c\n")],
+        "add c",
+    );
+    (repo, main2, branches)
+}
+
+/// The tree git makes when merging `head` into `base`.
+fn merged_tree(repo: &Repository, base: Oid, head: Oid) -> Oid {
+    let mut idx = repo
+        .merge_commits(
+            &repo.find_commit(base).unwrap(),
+            &repo.find_commit(head).unwrap(),
+            None,
+        )
+        .unwrap();
+    assert!(!idx.has_conflicts());
+    idx.write_tree_to(repo).unwrap()
+}
+
+/// The payload of the next `pull_request` `closed` delivery (others are skipped).
+async fn next_closed(rcv: &mut Receiver) -> Value {
+    loop {
+        let r = rcv.next().await;
+        let v = r.json();
+        if r.event == "pull_request" && v["action"] == "closed" {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn merge_methods_make_the_commits_github_makes() {
+    let s = setup().await;
+    let (repo, main2, branches) = fork_three_branches(&s);
+    let mut rcv = receiver(202, None).await;
+    let o = octo_as(&s.emu, "alice");
+    let mut numbers = BTreeMap::new();
+    for branch in ["merge-me", "squash-me", "rebase-me"] {
+        let pr = octo_as(&s.emu, "platform-dev")
+            .pulls(OWNER, REPO)
+            .create(format!("PR {branch}"), branch, "main")
+            .send()
+            .await
+            .unwrap();
+        numbers.insert(branch, pr.number);
+    }
+    s.emu
+        .set_webhook(Some(WebhookTarget::new(&rcv.url, WEBHOOK_SECRET)));
+    let tip = |repo: &Repository| repo.refname_to_id("refs/heads/main").unwrap();
+
+    // merge (the default): parents [base tip, head].
+    let n = numbers["merge-me"];
+    let head = branches["merge-me"][0];
+    let merged = o.pulls(OWNER, REPO).merge(n).send().await.unwrap();
+    let sha = merged.sha.unwrap();
+    let c = repo.find_commit(Oid::from_str(&sha).unwrap()).unwrap();
+    assert_eq!(c.parent_ids().collect::<Vec<_>>(), vec![main2, head]);
+    assert_eq!(tip(&repo), c.id());
+    assert_eq!(c.author().name().ok(), Some("alice"));
+    assert_eq!(c.committer().name().ok(), Some("GitHub"));
+    assert!(c
+        .message()
+        .unwrap()
+        .starts_with(&format!("Merge pull request #{n} from {OWNER}/merge-me")));
+    let pr = o.pulls(OWNER, REPO).get(n).await.unwrap();
+    assert_eq!(pr.merge_commit_sha.as_deref(), Some(sha.as_str()));
+    let v = next_closed(&mut rcv).await;
+    assert_eq!(v["pull_request"]["merge_commit_sha"], sha.as_str());
+    assert_eq!(v["pull_request"]["merged"], true);
+
+    // squash: one commit on the base tip with the merge result's tree.
+    let n = numbers["squash-me"];
+    let base_before = tip(&repo);
+    let head = *branches["squash-me"].last().unwrap();
+    let merged = o
+        .pulls(OWNER, REPO)
+        .merge(n)
+        .method(octocrab::params::pulls::MergeMethod::Squash)
+        .send()
+        .await
+        .unwrap();
+    let sha = merged.sha.unwrap();
+    let c = repo.find_commit(Oid::from_str(&sha).unwrap()).unwrap();
+    assert_eq!(c.parent_ids().collect::<Vec<_>>(), vec![base_before]);
+    assert_eq!(c.tree_id(), merged_tree(&repo, base_before, head));
+    assert_eq!(tip(&repo), c.id());
+    assert_eq!(c.committer().name().ok(), Some("GitHub"));
+    // GitHub's default for several commits: the PR title with its number, then the list.
+    let msg = c.message().unwrap();
+    assert!(
+        msg.starts_with(&format!("PR squash-me (#{n})\n\n* squash-me: commit 1")),
+        "{msg}"
+    );
+    assert!(msg.contains("* squash-me: commit 2"), "{msg}");
+    let pr = o.pulls(OWNER, REPO).get(n).await.unwrap();
+    assert_eq!(pr.merge_commit_sha.as_deref(), Some(sha.as_str()));
+    let v = next_closed(&mut rcv).await;
+    assert_eq!(v["pull_request"]["merge_commit_sha"], sha.as_str());
+
+    // rebase (control API): each commit re-applied, same author and message, new committer.
+    let n = numbers["rebase-me"];
+    let base_before = tip(&repo);
+    let originals = branches["rebase-me"].clone();
+    let sha = s
+        .emu
+        .merge_pull_request_with(n, "bob", MergeMethod::Rebase)
+        .unwrap();
+    let last = repo.find_commit(Oid::from_str(&sha).unwrap()).unwrap();
+    assert_eq!(tip(&repo), last.id());
+    let first = last.parent(0).unwrap();
+    assert_eq!(last.parent_count(), 1);
+    assert_eq!(first.parent_count(), 1);
+    assert_eq!(first.parent_id(0).unwrap(), base_before);
+    for (new, old) in [&first, &last].into_iter().zip(&originals) {
+        let old = repo.find_commit(*old).unwrap();
+        assert_ne!(new.id(), old.id(), "a rebase makes new commits");
+        assert_eq!(new.message(), old.message());
+        assert_eq!(new.author().name(), old.author().name());
+        assert_eq!(new.author().email(), old.author().email());
+        assert_eq!(new.author().when(), old.author().when());
+        assert_eq!(new.committer().name().ok(), Some("GitHub"));
+        assert_eq!(new.committer().email().ok(), Some("noreply@github.com"));
+    }
+    assert_eq!(
+        last.tree_id(),
+        merged_tree(&repo, base_before, *originals.last().unwrap())
+    );
+    // The merge commit's first parent is the PR's own previous commit, not the base tip.
+    assert_ne!(last.parent_id(0).unwrap(), base_before);
+    let pr = o.pulls(OWNER, REPO).get(n).await.unwrap();
+    assert_eq!(pr.merge_commit_sha.as_deref(), Some(sha.as_str()));
+    assert_eq!(pr.merged_by.unwrap().login, "bob");
+    let v = next_closed(&mut rcv).await;
+    assert_eq!(v["pull_request"]["merge_commit_sha"], sha.as_str());
+    let closed = client(&s.emu).get_pull(n).await.unwrap();
+    assert_eq!(closed.merge_commit_sha.as_deref(), Some(sha.as_str()));
+}
+
+#[tokio::test]
+async fn merge_methods_are_validated_and_unsafe_rebases_refused() {
+    let s = setup().await;
+    let n = open_feature_pr(&s).await;
+    let merge = format!("{}/{n}/merge", pulls_path());
+    let (code, body) = call_as(
+        &s.emu,
+        "alice",
+        Method::PUT,
+        &merge,
+        Some(json!({"merge_method": "fast-forward"})),
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["errors"][0]["field"], "merge_method");
+
+    // A rebase whose commits do not re-apply onto the moved base: 405, nothing written.
+    let repo = Repository::open_bare(&s.bare).unwrap();
+    let main2 = commit(
+        &repo,
+        "main",
+        Some(s.main_tip),
+        &[("clusters/b.yaml", "name: b\nsize: 9\n")],
+        "b on main",
+    );
+    let (code, body) = call_as(
+        &s.emu,
+        "alice",
+        Method::PUT,
+        &merge,
+        Some(json!({"merge_method": "rebase"})),
+    )
+    .await;
+    assert_eq!(code, 405, "{body}");
+    assert_eq!(repo.refname_to_id("refs/heads/main").unwrap(), main2);
+    assert!(matches!(
+        s.emu
+            .merge_pull_request_with(n, "alice", MergeMethod::Rebase),
+        Err(GithubEmulatorError::CannotRebase(_))
+    ));
+    let pr = octo(&s.emu).pulls(OWNER, REPO).get(n).await.unwrap();
+    assert_eq!(pr.merged_at, None);
+}
+
+#[tokio::test]
+async fn pull_commits_are_listed_oldest_first_and_paginated() {
+    let s = setup().await;
+    let repo = Repository::open_bare(&s.bare).unwrap();
+    // feature: "add b" (from setup) plus two more.
+    let c2 = commit(
+        &repo,
+        "feature",
+        Some(s.feature_tip),
+        &[("clusters/b.yaml", "name: b\nsize: 4\n")],
+        "resize b\n\nto four\n",
+    );
+    let c3 = commit(
+        &repo,
+        "feature",
+        Some(c2),
+        &[("clusters/d.yaml", "name: d\n")],
+        "add d",
+    );
+    let n = open_feature_pr(&s).await;
+    let expected = [s.feature_tip, c2, c3];
+
+    // Raw, two a page: GitHub's shape and Link header.
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "{}/repos/{OWNER}/{REPO}/pulls/{n}/commits?per_page=2",
+            s.emu.api_url()
+        ))
+        .header("authorization", format!("token {}", token_of("alice")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let link = resp.headers()["link"].to_str().unwrap().to_string();
+    assert!(
+        link.contains("rel=\"next\"") && link.contains("page=2"),
+        "{link}"
+    );
+    let page1: Value = resp.json().await.unwrap();
+    assert_eq!(page1.as_array().unwrap().len(), 2);
+    let first = &page1[0];
+    assert_eq!(first["sha"], s.feature_tip.to_string());
+    assert_eq!(first["commit"]["message"], "add b");
+    assert_eq!(first["commit"]["author"]["name"], "Dev");
+    assert_eq!(first["commit"]["author"]["email"], "dev@example.com");
+    assert!(first["commit"]["author"]["date"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert_eq!(first["parents"][0]["sha"], s.main_tip.to_string());
+    assert_eq!(page1[1]["commit"]["message"], "resize b\n\nto four");
+
+    // Typed octocrab, page 2.
+    let page2 = octo(&s.emu)
+        .pulls(OWNER, REPO)
+        .pr_commits(n)
+        .per_page(2u8)
+        .page(2u32)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page2.items.len(), 1);
+    assert_eq!(page2.items[0].sha, c3.to_string());
+    assert_eq!(
+        page2.items[0].parents[0].sha.as_deref(),
+        Some(c2.to_string().as_str())
+    );
+
+    // The provider: every page, oldest first.
+    let listed = client(&s.emu).list_pull_commits(n).await.unwrap();
+    let shas: Vec<String> = listed.iter().map(|c| c.sha.clone()).collect();
+    assert_eq!(
+        shas,
+        expected.iter().map(|o| o.to_string()).collect::<Vec<_>>()
+    );
+    let when = repo.find_commit(c2).unwrap().author().when().seconds();
+    assert_eq!(listed[1].message, "resize b\n\nto four");
+    assert_eq!(listed[1].author_name, "Dev");
+    assert_eq!(listed[1].author_email, "dev@example.com");
+    assert_eq!(listed[1].author_date.map(|d| d.timestamp()), Some(when));
+
+    // After a squash merge the pull request still lists its own commits.
+    s.emu
+        .merge_pull_request_with(n, "alice", MergeMethod::Squash)
+        .unwrap();
+    let after: Vec<String> = client(&s.emu)
+        .list_pull_commits(n)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.sha)
+        .collect();
+    assert_eq!(after, shas);
+}
+
+#[tokio::test]
+async fn pull_commits_past_githubs_250_fail_closed() {
+    let s = setup().await;
+    let repo = Repository::open_bare(&s.bare).unwrap();
+    let mut tip = s.feature_tip;
+    // 251 commits in all.
+    for i in 0..250 {
+        tip = commit(
+            &repo,
+            "feature",
+            Some(tip),
+            &[("clusters/b.yaml", &format!("name: b\nsize: {i}\n"))],
+            &format!("step {i}"),
+        );
+    }
+    let n = open_feature_pr(&s).await;
+    let pr = octo(&s.emu).pulls(OWNER, REPO).get(n).await.unwrap();
+    assert_eq!(pr.commits, Some(251));
+    // GitHub lists the first 250 only.
+    let mut listed = 0;
+    for page in 1..=4u32 {
+        listed += octo(&s.emu)
+            .pulls(OWNER, REPO)
+            .pr_commits(n)
+            .per_page(100u8)
+            .page(page)
+            .send()
+            .await
+            .unwrap()
+            .items
+            .len();
+    }
+    assert_eq!(listed, 250);
+    let err = client(&s.emu).list_pull_commits(n).await.unwrap_err();
+    assert!(
+        matches!(err, GithubError::TooManyCommits { number, count: 251 } if number == n),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn reviews_can_be_dismissed_by_writers_only() {
+    let s = setup().await;
+    let n = open_feature_pr(&s).await;
+    let (code, review) = call_as(
+        &s.emu,
+        "alice",
+        Method::POST,
+        &format!("{}/{n}/reviews", pulls_path()),
+        Some(json!({"event": "APPROVE", "body": "ok"})),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let id = review["id"].as_u64().unwrap();
+    assert!(review["submitted_at"].is_string());
+    let dismissals = format!("{}/{n}/reviews/{id}/dismissals", pulls_path());
+
+    // A reader may not dismiss; a message is required.
+    let (code, _) = call_as(
+        &s.emu,
+        "reader",
+        Method::PUT,
+        &dismissals,
+        Some(json!({"message": "no", "event": "DISMISS"})),
+    )
+    .await;
+    assert_eq!(code, 403);
+    let (code, _) = call_as(
+        &s.emu,
+        "outsider",
+        Method::PUT,
+        &dismissals,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(code, 422);
+    let (code, _) = call_as(
+        &s.emu,
+        "outsider",
+        Method::PUT,
+        &format!("{}/{n}/reviews/9999/dismissals", pulls_path()),
+        Some(json!({"message": "x"})),
+    )
+    .await;
+    assert_eq!(code, 404);
+    assert_eq!(s.emu.reviews(n)[0].state, "APPROVED");
+
+    // outsider (write) dismisses through octocrab: DISMISSED.
+    let dismissed = octo_as(&s.emu, "outsider")
+        .pulls(OWNER, REPO)
+        .pr_review_actions(n, id)
+        .dismiss("stale: the plan changed")
+        .await
+        .unwrap();
+    assert_eq!(dismissed.id.0, id);
+    assert_eq!(
+        dismissed.state,
+        Some(octocrab::models::pulls::ReviewState::Dismissed)
+    );
+    let reviews = client(&s.emu).list_reviews(n).await.unwrap();
+    assert_eq!(reviews.len(), 1);
+    assert_eq!(
+        (
+            reviews[0].id,
+            reviews[0].user.as_str(),
+            reviews[0].state.as_str()
+        ),
+        (id, "alice", "DISMISSED")
+    );
+    assert!(reviews[0].submitted_at.is_some());
+
+    // A commented review cannot be dismissed; the control API enforces the role too.
+    let commented = s.emu.submit_review_id(n, "bob", "COMMENTED").unwrap();
+    assert!(matches!(
+        s.emu.dismiss_review(n, commented, "alice"),
+        Err(GithubEmulatorError::ReviewRefused { .. })
+    ));
+    let approved = s.emu.submit_review_id(n, "bob", "APPROVED").unwrap();
+    assert!(matches!(
+        s.emu.dismiss_review(n, approved, "reader"),
+        Err(GithubEmulatorError::Forbidden { .. })
+    ));
+    s.emu.dismiss_review(n, approved, "alice").unwrap();
+    let states: Vec<String> = client(&s.emu)
+        .list_reviews(n)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.state)
+        .collect();
+    assert_eq!(states, vec!["DISMISSED", "COMMENTED", "DISMISSED"]);
+}
+
+#[tokio::test]
+async fn pending_reviews_are_visible_to_their_author_only() {
+    let s = setup().await;
+    let n = open_feature_pr(&s).await;
+    let reviews = format!("{}/{n}/reviews", pulls_path());
+    // A review without `event` is pending: no `submitted_at`.
+    let (code, pending) = call_as(
+        &s.emu,
+        "bob",
+        Method::POST,
+        &reviews,
+        Some(json!({"body": "draft"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{pending}");
+    assert_eq!(pending["state"], "PENDING");
+    assert!(pending.get("submitted_at").is_none_or(Value::is_null));
+    let id = pending["id"].as_u64().unwrap();
+    // One pending review per user.
+    let (code, _) = call_as(&s.emu, "bob", Method::POST, &reviews, Some(json!({}))).await;
+    assert_eq!(code, 422);
+    s.emu.submit_review(n, "alice", "APPROVED").unwrap();
+
+    // bob sees his pending review; alice and the bot do not.
+    let (_, as_bob) = call_as(&s.emu, "bob", Method::GET, &reviews, None).await;
+    let bob_states: Vec<&str> = as_bob
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(bob_states, vec!["PENDING", "APPROVED"]);
+    let (_, as_alice) = call_as(&s.emu, "alice", Method::GET, &reviews, None).await;
+    assert_eq!(as_alice.as_array().unwrap().len(), 1);
+    let bot: Vec<(String, String)> = client(&s.emu)
+        .list_reviews(n)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.user, r.state))
+        .collect();
+    assert_eq!(bot, vec![("alice".to_string(), "APPROVED".to_string())]);
+    let one = format!("{reviews}/{id}");
+    assert_eq!(
+        call_as(&s.emu, "alice", Method::GET, &one, None).await.0,
+        404
+    );
+    assert_eq!(call_as(&s.emu, "bob", Method::GET, &one, None).await.0, 200);
+    // Not dismissable, and invisible to other dismissers.
+    let (code, _) = call_as(
+        &s.emu,
+        "bob",
+        Method::PUT,
+        &format!("{one}/dismissals"),
+        Some(json!({"message": "x"})),
+    )
+    .await;
+    assert_eq!(code, 422);
+    let (code, _) = call_as(
+        &s.emu,
+        "alice",
+        Method::PUT,
+        &format!("{one}/dismissals"),
+        Some(json!({"message": "x"})),
+    )
+    .await;
+    assert_eq!(code, 404);
+    assert_eq!(s.emu.reviews(n).len(), 2);
+}
+
+#[tokio::test]
+async fn no_review_on_a_closed_pull_request() {
+    let s = setup().await;
+    let n = open_feature_pr(&s).await;
+    s.emu.close_pull_request(n).unwrap();
+    let (code, body) = call_as(
+        &s.emu,
+        "alice",
+        Method::POST,
+        &format!("{}/{n}/reviews", pulls_path()),
+        Some(json!({"event": "APPROVE"})),
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["message"], "Unprocessable Entity");
+    assert!(matches!(
+        s.emu.submit_review(n, "alice", "APPROVED"),
+        Err(GithubEmulatorError::ReviewRefused { .. })
+    ));
+    assert!(s.emu.reviews(n).is_empty());
+
+    // Merged is closed too.
+    let repo = Repository::open_bare(&s.bare).unwrap();
+    commit(
+        &repo,
+        "feature2",
+        Some(s.main_tip),
+        &[("clusters/e.yaml", "name: e\n")],
+        "add e",
+    );
+    let m = s
+        .emu
+        .open_pull_request("feature2", "Add e", "", "platform-dev")
+        .unwrap();
+    s.emu.merge_pull_request(m, "alice").unwrap();
+    assert!(matches!(
+        s.emu.submit_review(m, "bob", "APPROVED"),
+        Err(GithubEmulatorError::ReviewRefused { .. })
+    ));
+}
+
+#[tokio::test]
+async fn statuses_carry_their_creator_and_only_the_bots_own_count() {
+    let s = setup().await;
+    let c = client(&s.emu);
+    let sha = s.feature_tip.to_string();
+    let posts = |emu: &GithubEmulator| {
+        emu.faults().log().count(
+            &Method::POST,
+            &format!("/repos/acme/clusters/statuses/{sha}"),
+        )
+    };
+    // bob (write) plants tkgops's context with the exact state and description.
+    let (code, planted) = call_as(
+        &s.emu,
+        "bob",
+        Method::POST,
+        &format!("/repos/{OWNER}/{REPO}/statuses/{sha}"),
+        Some(json!({"state": "success", "context": "tkgops/plan", "description": "1 cluster change(s) planned"})),
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert_eq!(planted["creator"]["login"], "bob");
+    assert!(c.list_own_statuses(&sha).await.unwrap().is_empty());
+
+    // The bot still posts its own: bob's status does not stand in for it.
+    c.set_status(
+        &sha,
+        "tkgops/plan",
+        CommitState::Success,
+        "1 cluster change(s) planned",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(posts(&s.emu), 2);
+    // ... and its own one dedupes the next identical write.
+    c.set_status(
+        &sha,
+        "tkgops/plan",
+        CommitState::Success,
+        "1 cluster change(s) planned",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(posts(&s.emu), 2);
+    let own = c.list_own_statuses(&sha).await.unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!(
+        (
+            own[0].context.as_str(),
+            own[0].state,
+            own[0].creator.as_str()
+        ),
+        ("tkgops/plan", CommitState::Success, "tkgops[bot]")
+    );
+
+    // `GET /commits/{ref}/statuses` names each creator (typed octocrab parses it).
+    let listed = octo(&s.emu)
+        .repos(OWNER, REPO)
+        .list_statuses(sha.clone())
+        .send()
+        .await
+        .unwrap();
+    let creators: Vec<String> = listed
+        .items
+        .iter()
+        .map(|s| s.creator.as_ref().unwrap().login.clone())
+        .collect();
+    assert_eq!(creators, vec!["tkgops[bot]", "bob"]);
+    // The combined status has GitHub's simple items: no creator, so it cannot be trusted.
+    let (code, combined) = call_as(
+        &s.emu,
+        "alice",
+        Method::GET,
+        &format!("/repos/{OWNER}/{REPO}/commits/{sha}/status"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(combined["statuses"].as_array().unwrap().len(), 1);
+    assert!(combined["statuses"][0].get("creator").is_none());
 }

@@ -173,6 +173,20 @@ impl VcsClient for RedactingVcs {
         self.inner.list_reviews(number).await
     }
 
+    async fn list_pull_commits(
+        &self,
+        number: u64,
+    ) -> Result<Vec<tkgops_providers::github::PullCommit>, GithubError> {
+        self.inner.list_pull_commits(number).await
+    }
+
+    async fn list_own_statuses(
+        &self,
+        sha: &str,
+    ) -> Result<Vec<tkgops_providers::github::CommitStatus>, GithubError> {
+        self.inner.list_own_statuses(sha).await
+    }
+
     async fn upsert_comment(
         &self,
         number: u64,

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use tkgops_providers::github::{
-    CommitState, GithubError, PullRequest, RepoInfo, Review, VcsClient,
+    CommitState, CommitStatus, GithubError, PullCommit, PullRequest, RepoInfo, Review, VcsClient,
 };
 
 /// A [`VcsClient`] that records comment bodies and statuses, can refuse the first
@@ -21,7 +21,13 @@ pub(crate) struct FakeVcs {
     pub refused: Mutex<u32>,
     /// Notified after every accepted write.
     pub written: tokio::sync::Notify,
+    /// What [`VcsClient::list_pull_commits`] answers: PR number → its commits, oldest first
+    /// (a PR not listed has none).
+    pub pull_commits: Mutex<std::collections::BTreeMap<u64, Vec<PullCommit>>>,
 }
+
+/// The login the fake's own statuses are created by.
+pub(crate) const FAKE_BOT_LOGIN: &str = "tkgops[bot]";
 
 #[async_trait]
 impl VcsClient for FakeVcs {
@@ -53,6 +59,41 @@ impl VcsClient for FakeVcs {
     }
     async fn list_reviews(&self, _: u64) -> Result<Vec<Review>, GithubError> {
         Ok(Vec::new())
+    }
+    /// The commits set in [`FakeVcs::pull_commits`]; more than
+    /// [`tkgops_providers::github::MAX_PULL_COMMITS`] fail as GitHub's cap does.
+    async fn list_pull_commits(&self, number: u64) -> Result<Vec<PullCommit>, GithubError> {
+        let commits = self
+            .pull_commits
+            .lock()
+            .unwrap()
+            .get(&number)
+            .cloned()
+            .unwrap_or_default();
+        if commits.len() > tkgops_providers::github::MAX_PULL_COMMITS {
+            return Err(GithubError::TooManyCommits {
+                number,
+                count: commits.len() as u64,
+            });
+        }
+        Ok(commits)
+    }
+    /// The accepted statuses of `sha`, newest first, all created by [`FAKE_BOT_LOGIN`].
+    async fn list_own_statuses(&self, sha: &str) -> Result<Vec<CommitStatus>, GithubError> {
+        Ok(self
+            .statuses
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .filter(|(s, ..)| s == sha)
+            .map(|(_, context, state, description)| CommitStatus {
+                context: context.clone(),
+                state: *state,
+                description: description.clone(),
+                creator: FAKE_BOT_LOGIN.to_string(),
+            })
+            .collect())
     }
     async fn create_pull(&self, _: &str, _: &str, _: &str, _: &str) -> Result<u64, GithubError> {
         Err(GithubError::Config("not used in this test".into()))

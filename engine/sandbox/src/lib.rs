@@ -23,7 +23,7 @@ use git2::Repository;
 use moto::{seed_vpc, MotoServer, SeededVpc};
 use tkgops::config::{BotConfig, GithubSettings};
 use tkgops_emulators::github::{
-    GithubAppOptions, GithubEmulator, GithubEmulatorOptions, WebhookTarget,
+    GithubAppOptions, GithubEmulator, GithubEmulatorOptions, Role, WebhookTarget,
 };
 use tkgops_emulators::kube::controllers::{
     seed_management_cluster_with, start_controllers, ControllerOptions, Controllers, ManagementSeed,
@@ -45,9 +45,23 @@ pub const APPROVER: &str = "alice";
 pub const SECOND_APPROVER: &str = "bob";
 /// A user with write access (may review, comment and merge) who is not an approver.
 pub const OUTSIDER: &str = "outsider";
+/// A user with the `read` role: may comment and review, may not merge, post statuses or edit
+/// other people's comments (GitHub answers 403).
+pub const READER: &str = "reader";
 /// The human users of the emulated GitHub; each gets a personal access token
-/// ([`Environment::users`]).
-pub const USERS: [&str; 4] = [AUTHOR, APPROVER, SECOND_APPROVER, OUTSIDER];
+/// ([`Environment::users`]) and the role of [`role_of_user`].
+pub const USERS: [&str; 5] = [AUTHOR, APPROVER, SECOND_APPROVER, OUTSIDER, READER];
+
+/// The repository role of sandbox user `login`: [`Role::Read`] for [`READER`],
+/// [`Role::Write`] for the others of [`USERS`] (and for anyone else, as the emulator's
+/// default).
+pub fn role_of_user(login: &str) -> Role {
+    if login == READER {
+        Role::Read
+    } else {
+        Role::Write
+    }
+}
 /// The repository the emulated GitHub serves (`owner/name`).
 pub const REPOSITORY: &str = "acme/tkg-clusters";
 /// Id of the GitHub App installed on the emulated repository.
@@ -347,6 +361,10 @@ impl Environment {
                 default_branch: "main".into(),
                 token: GITHUB_TOKEN.into(),
                 users: users.clone(),
+                roles: USERS
+                    .iter()
+                    .map(|u| (u.to_string(), role_of_user(u)))
+                    .collect(),
                 bare_repo: remote.clone(),
                 webhook: None,
                 app: Some(GithubAppOptions::new(
@@ -458,7 +476,8 @@ impl Environment {
     }
 
     /// What a person needs to drive this environment like GitHub, as written by [`serve`]:
-    /// the GitHub API, git and webhook URLs, the webhook secret and the users' tokens, the
+    /// the GitHub API, git and webhook URLs, the webhook secret, the users' tokens
+    /// (`github.users`) and repository roles (`github.roles`: `reader` has `read`), the
     /// management cluster's kubeconfig, TMC's URL and moto's EC2 endpoint with the seeded VPC.
     pub fn env_json(&self, bot: &SandboxBot) -> serde_json::Value {
         let subnets = |ids: &[String]| -> Vec<serde_json::Value> {
@@ -475,6 +494,11 @@ impl Environment {
                 "webhookUrl": bot.webhook_url,
                 "webhookSecret": self.webhook_secret,
                 "users": self.users,
+                "roles": self
+                    .users
+                    .keys()
+                    .map(|u| (u.clone(), self.github.role(u).as_str()))
+                    .collect::<BTreeMap<_, _>>(),
                 "bot": tkgops_emulators::github::DEFAULT_BOT_LOGIN,
             },
             "managementClusters": {

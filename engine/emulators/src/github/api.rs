@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 
 use super::shapes::{PullView, ReviewView, StatusView};
 use super::{
-    app, git, hooks, GithubEmulatorError, HeadRepo, InstallationToken, MergeError, NewPull,
-    Principal, Shared, Status, MAX_COMMENT_CHARS, RATE_LIMIT,
+    app, git, hooks, GithubEmulatorError, HeadRepo, InstallationToken, MergeError, MergeMethod,
+    MergeRequest, NewPull, Principal, Role, Shared, Status, MAX_COMMENT_CHARS, MAX_PULL_COMMITS,
+    RATE_LIMIT,
 };
 
 const DOCS: &str = "https://docs.github.com/rest";
@@ -105,6 +106,42 @@ fn not_accessible_by_integration() -> ApiError {
     )
 }
 
+/// GitHub's 403 for a caller whose repository role does not allow the action: an App
+/// installation gets `Resource not accessible by integration`; a user gets the emulator's
+/// message naming the role it lacks (GitHub's wording varies by endpoint and token kind).
+fn forbidden(caller: &Principal, e: &GithubEmulatorError) -> ApiError {
+    if *caller == Principal::Installation {
+        return not_accessible_by_integration();
+    }
+    let message = match e {
+        GithubEmulatorError::Forbidden { needed, .. } if *needed >= Role::Write => {
+            "Must have push access to repository".to_string()
+        }
+        GithubEmulatorError::Forbidden { needed, .. } => {
+            format!("Must have {} access to repository", needed.as_str())
+        }
+        other => other.to_string(),
+    };
+    ApiError(
+        StatusCode::FORBIDDEN,
+        json!({"message": message, "documentation_url": DOCS, "status": "403"}),
+    )
+}
+
+/// `Ok` when the caller's login has at least role `needed`, else the 403 of [`forbidden`].
+fn require(
+    sh: &Shared,
+    caller: &Principal,
+    needed: Role,
+    action: &str,
+) -> Result<String, ApiError> {
+    let st = sh.lock();
+    let login = sh.login_of(&st, caller);
+    sh.require(&st, &login, needed, || action.to_string())
+        .map_err(|e| forbidden(caller, &e))?;
+    Ok(login)
+}
+
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(json!({}));
@@ -138,9 +175,15 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/repos/{o}/{r}/pulls", get(list_pulls).post(create_pull))
         .route("/repos/{o}/{r}/pulls/{n}", get(get_pull))
         .route("/repos/{o}/{r}/pulls/{n}/files", get(list_files))
+        .route("/repos/{o}/{r}/pulls/{n}/commits", get(list_pull_commits))
         .route(
             "/repos/{o}/{r}/pulls/{n}/reviews",
             get(list_reviews).post(create_review),
+        )
+        .route("/repos/{o}/{r}/pulls/{n}/reviews/{id}", get(get_review))
+        .route(
+            "/repos/{o}/{r}/pulls/{n}/reviews/{id}/dismissals",
+            put(dismiss_review),
         )
         .route(
             "/repos/{o}/{r}/pulls/{n}/merge",
@@ -161,12 +204,15 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/repos/{o}/{r}/issues", get(list_issues).post(create_issue))
         .route(
             "/repos/{o}/{r}/issues/{n}",
-            get(get_issue).patch(update_issue),
+            get(get_issue).patch(update_issue).post(update_issue),
         )
         .route("/repos/{o}/{r}/issues/comments", get(list_repo_comments))
         .route(
             "/repos/{o}/{r}/issues/comments/{id}",
+            // GitHub also takes POST where it takes PATCH ("resource endpoints also accept
+            // POST requests"); octocrab's `update_comment` sends POST.
             patch(update_comment)
+                .post(update_comment)
                 .get(get_comment)
                 .delete(delete_comment),
         )
@@ -776,12 +822,20 @@ pub(super) fn review_json(sh: &Shared, rv: &super::Review) -> Value {
         body: &rv.body,
         state: &rv.state,
         commit_id: &rv.commit_id,
-        submitted_at: &rv.submitted_at,
+        submitted_at: rv.submitted_at.as_ref(),
     })
 }
 
+/// Whether review `rv` is visible to `login`: a `PENDING` review only to its author (GitHub).
+fn review_visible(rv: &super::Review, login: &str) -> bool {
+    rv.state != "PENDING" || rv.user.eq_ignore_ascii_case(login)
+}
+
+/// `GET /repos/{o}/{r}/pulls/{n}/reviews`: the reviews in submission order, paginated; a
+/// pending review is listed to its author only.
 async fn list_reviews(
     State(sh): Sh,
+    Extension(caller): Caller,
     Path((o, r, n)): Path<(String, String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
@@ -792,9 +846,10 @@ async fn list_reviews(
         if !st.pulls.contains_key(&n) && !st.issues.contains_key(&n) {
             return Err(not_found());
         }
+        let login = sh.login_of(&st, &caller);
         st.reviews
             .iter()
-            .filter(|rv| rv.pull == n)
+            .filter(|rv| rv.pull == n && review_visible(rv, &login))
             .cloned()
             .collect()
     };
@@ -807,9 +862,109 @@ async fn list_reviews(
     ))
 }
 
-/// `POST /repos/{o}/{r}/pulls/{n}/reviews`: a review by the caller on `commit_id` (a commit of
-/// the pull request) or the current head. `event` `APPROVE`, `REQUEST_CHANGES`, `COMMENT`, or
-/// none (a pending review). GitHub refuses approving or requesting changes on one's own PR.
+/// `GET /repos/{o}/{r}/pulls/{n}/reviews/{id}`: one review (404 for someone else's pending
+/// review, which GitHub does not show).
+async fn get_review(
+    State(sh): Sh,
+    Extension(caller): Caller,
+    Path((o, r, n, id)): Path<(String, String, String, String)>,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let (n, id) = (parse_num(&n)?, parse_num(&id)?);
+    let rv = {
+        let st = sh.lock();
+        let login = sh.login_of(&st, &caller);
+        st.reviews
+            .iter()
+            .find(|rv| rv.pull == n && rv.id == id && review_visible(rv, &login))
+            .cloned()
+            .ok_or_else(not_found)?
+    };
+    Ok(ok_json(StatusCode::OK, review_json(&sh, &rv)))
+}
+
+/// `PUT /repos/{o}/{r}/pulls/{n}/reviews/{id}/dismissals` with `message` (required) and
+/// `event` (`DISMISS`, optional): the review's state becomes `DISMISSED` (200 with the
+/// review). 403 below the write role, 404 for an unknown review, 422 for a pending or
+/// commented review or a missing message (GitHub's "Dismiss a review for a pull request").
+async fn dismiss_review(
+    State(sh): Sh,
+    Extension(caller): Caller,
+    Path((o, r, n, id)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let (n, id) = (parse_num(&n)?, parse_num(&id)?);
+    let b = parse_body(&body)?;
+    if str_field(&b, "message").is_none_or(|m| m.trim().is_empty()) {
+        return Err(validation(
+            "PullRequestReview",
+            "message",
+            "missing_field",
+            None,
+        ));
+    }
+    if b.get("event")
+        .is_some_and(|e| e.as_str() != Some("DISMISS"))
+    {
+        return Err(validation("PullRequestReview", "event", "invalid", None));
+    }
+    let login = sh.login_of(&sh.lock(), &caller);
+    match sh.dismiss_review(n, id, &login) {
+        Ok(rv) => Ok(ok_json(StatusCode::OK, review_json(&sh, &rv))),
+        Err(GithubEmulatorError::NoSuchPull(_) | GithubEmulatorError::NoSuchReview { .. }) => {
+            Err(not_found())
+        }
+        Err(e @ GithubEmulatorError::Forbidden { .. }) => Err(forbidden(&caller, &e)),
+        Err(GithubEmulatorError::ReviewRefused { message, .. }) => Err(unprocessable(&message)),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+/// `GET /repos/{o}/{r}/pulls/{n}/commits`: the pull request's own commits (reachable from its
+/// head, not from its base: the base tip before the merge once merged, so the original
+/// commits stay listed after a squash or rebase merge), oldest first, at most
+/// [`MAX_PULL_COMMITS`], paginated (30 a page by default, at most 100).
+async fn list_pull_commits(
+    State(sh): Sh,
+    Path((o, r, n)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    check_repo(&sh, &o, &r)?;
+    let n = parse_num(&n)?;
+    let repo = sh.repo().map_err(internal)?;
+    let p = {
+        let mut st = sh.lock();
+        let p = st.pulls.get_mut(&n).ok_or_else(not_found)?;
+        sh.refresh(&repo, p).map_err(internal)?;
+        p.clone()
+    };
+    let base = match &p.base_sha_closed {
+        Some(s) => git2::Oid::from_str(s).map_err(internal)?,
+        None => git::branch_tip(&repo, &p.base_ref)
+            .map_err(internal)?
+            .ok_or_else(not_found)?,
+    };
+    let head = git2::Oid::from_str(&p.head_sha).map_err(internal)?;
+    let oids = git::pull_commits(&repo, base, head).map_err(internal)?;
+    let ctx = sh.ctx();
+    let mut items = Vec::new();
+    for oid in oids.into_iter().take(MAX_PULL_COMMITS) {
+        items.push(ctx.commit(&git::commit_view(&repo, oid).map_err(internal)?));
+    }
+    Ok(paginate(
+        &sh,
+        &format!("/repos/{o}/{r}/pulls/{n}/commits"),
+        &query(&raw),
+        items,
+    ))
+}
+
+/// `POST /repos/{o}/{r}/pulls/{n}/reviews`: a review by the caller (any role) on `commit_id`
+/// (a commit of the pull request) or the current head. `event` `APPROVE`, `REQUEST_CHANGES`,
+/// `COMMENT`, or none (a pending review: one per user, shown to its author only). GitHub
+/// refuses (422) approving or requesting changes on one's own PR and any review of a closed
+/// one.
 async fn create_review(
     State(sh): Sh,
     Extension(p): Caller,
@@ -866,7 +1021,10 @@ async fn create_review(
     };
     match sh.add_review(n, &login, state, &text, commit_id) {
         Ok(rv) => Ok(ok_json(StatusCode::OK, review_json(&sh, &rv))),
-        Err(GithubEmulatorError::OwnPullRequest { message, .. }) => Err(unprocessable(&message)),
+        Err(
+            GithubEmulatorError::OwnPullRequest { message, .. }
+            | GithubEmulatorError::ReviewRefused { message, .. },
+        ) => Err(unprocessable(&message)),
         Err(GithubEmulatorError::NoSuchPull(_)) => Err(not_found()),
         Err(e) => Err(internal(e)),
     }
@@ -893,6 +1051,19 @@ async fn merge_pull(
     let n = parse_num(&n)?;
     let b = parse_body(&body)?;
     let expected = b.get("sha").and_then(Value::as_str).map(str::to_string);
+    let method = match b.get("merge_method") {
+        None | Some(Value::Null) => MergeMethod::Merge,
+        Some(m) => m
+            .as_str()
+            .and_then(MergeMethod::parse)
+            .ok_or_else(|| validation("PullRequest", "merge_method", "invalid", None))?,
+    };
+    let req = MergeRequest {
+        method,
+        expected_sha: expected.as_deref(),
+        title: str_field(&b, "commit_title"),
+        message: str_field(&b, "commit_message"),
+    };
     let login = sh.login_of(&sh.lock(), &p);
     let not_mergeable = || {
         ApiError(
@@ -900,7 +1071,7 @@ async fn merge_pull(
             json!({"message": "Pull Request is not mergeable", "documentation_url": DOCS}),
         )
     };
-    match sh.merge(n, &login, expected.as_deref()) {
+    match sh.merge(n, &login, req) {
         Ok(sha) => Ok(ok_json(
             StatusCode::OK,
             json!({"sha": sha, "merged": true, "message": "Pull Request successfully merged"}),
@@ -910,6 +1081,11 @@ async fn merge_pull(
             json!({"message": "Head branch was modified. Review and try the merge again.", "documentation_url": DOCS}),
         )),
         Err(MergeError::Emu(GithubEmulatorError::NoSuchPull(_))) => Err(not_found()),
+        Err(MergeError::Emu(e @ GithubEmulatorError::Forbidden { .. })) => Err(forbidden(&p, &e)),
+        Err(MergeError::Emu(GithubEmulatorError::CannotRebase(_))) => Err(ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"message": "This branch can't be rebased", "documentation_url": DOCS}),
+        )),
         Err(MergeError::Emu(
             GithubEmulatorError::AlreadyMerged(_)
             | GithubEmulatorError::NotOpen(_)
@@ -1066,9 +1242,11 @@ async fn get_issue(State(sh): Sh, Path((o, r, n)): Path<(String, String, String)
 }
 
 /// `PATCH /repos/{o}/{r}/issues/{n}` of a plain issue: `title`, `body`, `state`
-/// (`open`/`closed`). Editing a pull request through this endpoint is not emulated (404).
+/// (`open`/`closed`). The author may; others need the write role to edit and triage to close
+/// or reopen (403). Editing a pull request through this endpoint is not emulated (404).
 async fn update_issue(
     State(sh): Sh,
+    Extension(caller): Caller,
     Path((o, r, n)): Path<(String, String, String)>,
     body: Bytes,
 ) -> ApiResult {
@@ -1086,6 +1264,20 @@ async fn update_issue(
     {
         let mut st = sh.lock();
         let now = sh.now();
+        let author = st.issues.get(&n).ok_or_else(not_found)?.author.clone();
+        let login = sh.login_of(&st, &caller);
+        if !author.eq_ignore_ascii_case(&login) {
+            // Someone else's issue: editing it needs write, closing or reopening triage.
+            let needed = if str_field(&b, "title").is_some() || text.is_some() {
+                Role::Write
+            } else {
+                Role::Triage
+            };
+            sh.require(&st, &login, needed, || {
+                format!("edit issue #{n} of {author}")
+            })
+            .map_err(|e| forbidden(&caller, &e))?;
+        }
         let issue = st.issues.get_mut(&n).ok_or_else(not_found)?;
         if let Some(t) = str_field(&b, "title") {
             if t.trim().is_empty() {
@@ -1226,6 +1418,7 @@ async fn add_labels(
         labels = match sh.set_label(n, &login, name, true) {
             Ok(l) => l,
             Err(GithubEmulatorError::NoSuchPull(_)) => return Err(not_found()),
+            Err(e @ GithubEmulatorError::Forbidden { .. }) => return Err(forbidden(&p, &e)),
             Err(e) => return Err(internal(e)),
         };
     }
@@ -1249,7 +1442,10 @@ async fn remove_label(
         return Err(not_found());
     }
     let login = sh.login_of(&sh.lock(), &p);
-    let labels = sh.set_label(n, &login, &name, false).map_err(internal)?;
+    let labels = sh.set_label(n, &login, &name, false).map_err(|e| match e {
+        GithubEmulatorError::Forbidden { .. } => forbidden(&p, &e),
+        e => internal(e),
+    })?;
     Ok(ok_json(StatusCode::OK, labels_json(&sh, &labels)))
 }
 
@@ -1266,6 +1462,8 @@ async fn get_comment(State(sh): Sh, Path((o, r, id)): Path<(String, String, Stri
     Ok(ok_json(StatusCode::OK, comment_json(&sh, &c)))
 }
 
+/// `PATCH /repos/{o}/{r}/issues/comments/{id}` with `body`: by the comment's author or anyone
+/// with the write role (403 otherwise); the author stays, `updated_at` moves.
 async fn update_comment(
     State(sh): Sh,
     Extension(caller): Caller,
@@ -1275,36 +1473,17 @@ async fn update_comment(
     check_repo(&sh, &o, &r)?;
     let id = parse_num(&id)?;
     let text = body_field(&parse_body(&body)?)?;
-    let (c, old, pull, sender) = {
-        let mut st = sh.lock();
-        let sender = sh.login_of(&st, &caller);
-        let now = sh.now();
-        let c = st
-            .comments
-            .iter_mut()
-            .find(|c| c.id == id)
-            .ok_or_else(not_found)?;
-        let old = std::mem::replace(&mut c.body, text);
-        c.updated_at = now;
-        let c = c.clone();
-        let pull = st.pulls.get_mut(&c.issue).map(|p| {
-            p.updated_at = now;
-            p.clone()
-        });
-        (c, old, pull, sender)
-    };
-    if let Some(pull) = pull {
-        sh.emit(hooks::Hook::Comment {
-            action: "edited",
-            pull,
-            comment: c.clone(),
-            sender,
-            old_body: Some(old),
-        });
+    let login = sh.login_of(&sh.lock(), &caller);
+    match sh.edit_comment(id, &login, text) {
+        Ok(c) => Ok(ok_json(StatusCode::OK, comment_json(&sh, &c))),
+        Err(GithubEmulatorError::NoSuchComment(_)) => Err(not_found()),
+        Err(e @ GithubEmulatorError::Forbidden { .. }) => Err(forbidden(&caller, &e)),
+        Err(e) => Err(internal(e)),
     }
-    Ok(ok_json(StatusCode::OK, comment_json(&sh, &c)))
 }
 
+/// `DELETE /repos/{o}/{r}/issues/comments/{id}`: by the comment's author or anyone with the
+/// write role (403 otherwise); 204.
 async fn delete_comment(
     State(sh): Sh,
     Extension(caller): Caller,
@@ -1319,6 +1498,14 @@ async fn delete_comment(
             .iter()
             .position(|c| c.id == id)
             .ok_or_else(not_found)?;
+        let login = sh.login_of(&st, &caller);
+        let author = st.comments[pos].user.clone();
+        if !author.eq_ignore_ascii_case(&login) {
+            sh.require(&st, &login, Role::Write, || {
+                format!("delete comment {id} of {author}")
+            })
+            .map_err(|e| forbidden(&caller, &e))?;
+        }
         let c = st.comments.remove(pos);
         let pull = st.pulls.get(&c.issue).cloned();
         (c, pull, sh.login_of(&st, &caller))
@@ -1355,6 +1542,8 @@ async fn create_status(
     body: Bytes,
 ) -> ApiResult {
     check_repo(&sh, &o, &r)?;
+    // "Users with push access in a repository can create commit statuses" (GitHub's REST docs).
+    require(&sh, &caller, Role::Write, "create a commit status")?;
     let b = parse_body(&body)?;
     let state = b.get("state").and_then(Value::as_str).unwrap_or("");
     if !matches!(state, "pending" | "success" | "failure" | "error") {

@@ -83,15 +83,39 @@ pub(super) fn commit_count(repo: &Repository, base: Oid, head: Oid) -> Result<us
     Ok(walk.count())
 }
 
-/// Creates the merge commit of `head` into branch `base_branch` (parents: base tip, head) and
-/// moves the branch to it. Fails with [`MergeOutcome::Conflict`] when the trees conflict.
-pub(super) fn merge_into(
+/// The signature GitHub gives `login` on commits it makes for them:
+/// `login <login@users.noreply.github.com>` (brackets of an App's `name[bot]` dropped).
+fn user_signature(login: &str) -> Result<Signature<'static>, git2::Error> {
+    let email = format!("{}@users.noreply.github.com", login.replace(['[', ']'], ""));
+    Signature::now(login, &email)
+}
+
+/// The committer of every commit GitHub makes on the web (merges, squashes, rebases).
+fn github_committer() -> Result<Signature<'static>, git2::Error> {
+    Signature::now("GitHub", "noreply@github.com")
+}
+
+/// The commits of a pull request whose head is `head` and whose base was `base`: reachable
+/// from `head` but not from `base`, oldest first (parents before children, as GitHub lists
+/// `GET /pulls/{n}/commits`).
+pub(super) fn pull_commits(
+    repo: &Repository,
+    base: Oid,
+    head: Oid,
+) -> Result<Vec<Oid>, git2::Error> {
+    let mut walk = repo.revwalk()?;
+    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::TIME | git2::Sort::REVERSE)?;
+    walk.push(head)?;
+    walk.hide(base)?;
+    walk.collect()
+}
+
+/// The tip of `base_branch` and the tree of its merge with `head` (`None` on conflicts).
+fn merge_tree(
     repo: &Repository,
     base_branch: &str,
     head: Oid,
-    message: &str,
-    merger: &str,
-) -> Result<MergeOutcome, git2::Error> {
+) -> Result<(Oid, Option<Oid>), git2::Error> {
     let base_tip = branch_tip(repo, base_branch)?.ok_or_else(|| {
         git2::Error::from_str(&format!("base branch {base_branch} does not exist"))
     })?;
@@ -99,19 +123,146 @@ pub(super) fn merge_into(
     let h = repo.find_commit(head)?;
     let mut idx = repo.merge_commits(&b, &h, None)?;
     if idx.has_conflicts() {
+        return Ok((base_tip, None));
+    }
+    Ok((base_tip, Some(idx.write_tree_to(repo)?)))
+}
+
+/// Creates the merge commit of `head` into branch `base_branch` (parents: base tip, head;
+/// author `merger`, committer GitHub) and moves the branch to it. Fails with
+/// [`MergeOutcome::Conflict`] when the trees conflict.
+pub(super) fn merge_into(
+    repo: &Repository,
+    base_branch: &str,
+    head: Oid,
+    message: &str,
+    merger: &str,
+) -> Result<MergeOutcome, git2::Error> {
+    let (base_tip, Some(tree_id)) = merge_tree(repo, base_branch, head)? else {
+        return Ok(MergeOutcome::Conflict);
+    };
+    let b = repo.find_commit(base_tip)?;
+    let h = repo.find_commit(head)?;
+    let tree = repo.find_tree(tree_id)?;
+    let refname = format!("refs/heads/{base_branch}");
+    let oid = repo.commit(
+        Some(&refname),
+        &user_signature(merger)?,
+        &github_committer()?,
+        message,
+        &tree,
+        &[&b, &h],
+    )?;
+    Ok(MergeOutcome::Merged(oid))
+}
+
+/// Squash-merges `head` into branch `base_branch`: one commit whose only parent is the base
+/// tip and whose tree is the merge result (author `author`, committer GitHub), then moves the
+/// branch to it. [`MergeOutcome::Conflict`] when the trees conflict.
+pub(super) fn squash_into(
+    repo: &Repository,
+    base_branch: &str,
+    head: Oid,
+    message: &str,
+    author: &str,
+) -> Result<MergeOutcome, git2::Error> {
+    let (base_tip, Some(tree_id)) = merge_tree(repo, base_branch, head)? else {
+        return Ok(MergeOutcome::Conflict);
+    };
+    let b = repo.find_commit(base_tip)?;
+    let tree = repo.find_tree(tree_id)?;
+    let refname = format!("refs/heads/{base_branch}");
+    let oid = repo.commit(
+        Some(&refname),
+        &user_signature(author)?,
+        &github_committer()?,
+        message,
+        &tree,
+        &[&b],
+    )?;
+    Ok(MergeOutcome::Merged(oid))
+}
+
+/// Rebase-merges: re-applies each of `commits` (the pull request's, oldest first; merge
+/// commits are left out, as `git rebase` does) onto the tip of `base_branch` as a new commit
+/// with the same author (name, e-mail, time) and message, committer GitHub and one parent,
+/// then moves the branch to the last one ([`MergeOutcome::Merged`]). Nothing is written
+/// ([`MergeOutcome::Conflict`]) when a commit does not apply cleanly, when there is nothing to
+/// re-apply, or when the result's tree differs from the merge of `head` (GitHub refuses an
+/// "unsafe" rebase).
+pub(super) fn rebase_onto(
+    repo: &Repository,
+    base_branch: &str,
+    head: Oid,
+    commits: &[Oid],
+) -> Result<MergeOutcome, git2::Error> {
+    let (base_tip, Some(expected_tree)) = merge_tree(repo, base_branch, head)? else {
+        return Ok(MergeOutcome::Conflict);
+    };
+    let committer = github_committer()?;
+    let mut onto = repo.find_commit(base_tip)?;
+    let mut replayed = 0usize;
+    for oid in commits {
+        let c = repo.find_commit(*oid)?;
+        if c.parent_count() > 1 {
+            continue;
+        }
+        let mut idx = repo.cherrypick_commit(&c, &onto, 0, None)?;
+        if idx.has_conflicts() {
+            return Ok(MergeOutcome::Conflict);
+        }
+        let tree = repo.find_tree(idx.write_tree_to(repo)?)?;
+        let message = String::from_utf8_lossy(c.message_bytes()).into_owned();
+        let new = repo.commit(None, &c.author(), &committer, &message, &tree, &[&onto])?;
+        onto = repo.find_commit(new)?;
+        replayed += 1;
+    }
+    if replayed == 0 || onto.tree_id() != expected_tree {
         return Ok(MergeOutcome::Conflict);
     }
-    let tree_id = idx.write_tree_to(repo)?;
-    let tree = repo.find_tree(tree_id)?;
-    let email = format!(
-        "{}@users.noreply.github.com",
-        merger.replace(['[', ']'], "")
-    );
-    let sig = Signature::now(merger, &email)?;
-    let committer = Signature::now("GitHub", "noreply@github.com")?;
-    let refname = format!("refs/heads/{base_branch}");
-    let oid = repo.commit(Some(&refname), &sig, &committer, message, &tree, &[&b, &h])?;
-    Ok(MergeOutcome::Merged(oid))
+    repo.reference_matching(
+        &format!("refs/heads/{base_branch}"),
+        onto.id(),
+        true,
+        base_tip,
+        "tkgops github emulator: rebase merge",
+    )?;
+    Ok(MergeOutcome::Merged(onto.id()))
+}
+
+/// One commit as `GET /pulls/{n}/commits` shows it.
+pub(super) struct CommitView {
+    pub sha: String,
+    pub tree: String,
+    pub message: String,
+    pub author_name: String,
+    pub author_email: String,
+    /// Author time, UTC.
+    pub author_date: chrono::DateTime<chrono::Utc>,
+    pub committer_name: String,
+    pub committer_email: String,
+    pub committer_date: chrono::DateTime<chrono::Utc>,
+    pub parents: Vec<String>,
+}
+
+/// The fields of commit `oid` that the commit listings show.
+pub(super) fn commit_view(repo: &Repository, oid: Oid) -> Result<CommitView, git2::Error> {
+    let c = repo.find_commit(oid)?;
+    let utc = |t: git2::Time| chrono::DateTime::from_timestamp(t.seconds(), 0).unwrap_or_default();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let (a, m) = (c.author(), c.committer());
+    Ok(CommitView {
+        sha: oid.to_string(),
+        tree: c.tree_id().to_string(),
+        message: text(c.message_bytes()),
+        author_name: text(a.name_bytes()),
+        author_email: text(a.email_bytes()),
+        author_date: utc(a.when()),
+        committer_name: text(m.name_bytes()),
+        committer_email: text(m.email_bytes()),
+        committer_date: utc(m.when()),
+        parents: c.parent_ids().map(|p| p.to_string()).collect(),
+    })
 }
 
 /// The files changed by `head` relative to its merge base with `base` (GitHub's three-dot diff).

@@ -113,8 +113,9 @@ pub(super) enum Hook {
         sender: String,
         before: Option<String>,
     },
-    /// `pull_request_review` `submitted`.
+    /// `pull_request_review` `submitted` or `dismissed`.
     Review {
+        action: &'static str,
         pull: Pull,
         review: Review,
         sender: String,
@@ -264,19 +265,26 @@ fn render(sh: &Shared, hook: Hook) -> Result<(&'static str, Option<String>, Valu
             Ok(("pull_request", Some(action.to_string()), v))
         }
         Hook::Review {
+            action,
             pull,
             review,
             sender,
         } => {
             let pr = api::pull_json(sh, &repo, &pull, comments_of(pull.number), false)?;
+            let mut review = api::review_json(sh, &review);
+            // Webhook payloads spell the review state in lowercase (`approved`, `dismissed`),
+            // unlike the REST API (GitHub's webhook examples).
+            if let Some(state) = review.get("state").and_then(Value::as_str) {
+                review["state"] = json!(state.to_ascii_lowercase());
+            }
             let v = json!({
-                "action": "submitted",
-                "review": api::review_json(sh, &review),
+                "action": action,
+                "review": review,
                 "pull_request": pr,
                 "repository": ctx.repository(&now),
                 "sender": ctx.user(&sender),
             });
-            Ok(("pull_request_review", Some("submitted".into()), v))
+            Ok(("pull_request_review", Some(action.to_string()), v))
         }
         Hook::Comment {
             action,

@@ -4,20 +4,28 @@
 //! [`GithubEmulator::start`] serves, on `127.0.0.1:<random port>`, the REST endpoints the bot,
 //! octocrab, curl and a person's scripts call: repository info, pull requests (create with
 //! GitHub's validation errors, list with `Link` pagination and `head=owner:branch`, get, files,
-//! reviews, merge), issue comments (list/create/edit/delete, the 65,536-character limit), commit
-//! statuses (create, list, combined), `GET /user`, and a GitHub App's endpoints (`GET /app`,
+//! commits, reviews with dismissal, merge with GitHub's three merge methods), issue comments
+//! (list/create/edit/delete, the 65,536-character limit), commit statuses (create, list,
+//! combined), `GET /user`, and a GitHub App's endpoints (`GET /app`,
 //! `GET /repos/{o}/{r}/installation`, `POST /app/installations/{id}/access_tokens`). State lives
-//! in memory; git data lives in a real bare repository, so a merge is a real two-parent merge
-//! commit made with git2, and a PR's head SHA is always the current tip of its head branch
-//! (tests and people push new commits like a contributor would; `refs/pull/N/head` is refreshed
-//! whenever the PR is read).
+//! in memory; git data lives in a real bare repository, so merges are real commits made with
+//! git2 exactly as GitHub makes them ([`MergeMethod`]: a two-parent merge commit, a squash
+//! commit on the base tip, or the pull request's commits re-applied one by one), and a PR's
+//! head SHA is always the current tip of its head branch (tests and people push new commits
+//! like a contributor would; `refs/pull/N/head` is refreshed whenever the PR is read).
+//!
+//! Repository roles ([`Role`], [`GithubEmulator::set_role`]) are enforced as on GitHub:
+//! anyone comments and reviews; labels need triage; merging, commit statuses, dismissing
+//! reviews and editing other people's comments need write (403 otherwise). Pushes go straight
+//! to the bare repository and cannot be refused (a leniency listed in the README).
 //!
 //! Every request is authenticated (`Authorization: Bearer <token>` or `token <token>`; GitHub's
 //! 401 `Bad credentials` otherwise) and acts as the token's owner: the bot
 //! ([`GithubEmulatorOptions::token`], [`GithubEmulator::set_bot_login`]), a user
 //! ([`GithubEmulatorOptions::users`]), or the App's installation (`<slug>[bot]`, with tokens
 //! that expire). Pull requests, comments, reviews, statuses and merges are authored by that
-//! login, and GitHub's rules hold (no approving one's own pull request).
+//! login, and GitHub's rules hold (no approving one's own pull request, no review of a closed
+//! one, pending reviews shown to their author only, statuses carrying their `creator`).
 //!
 //! With a webhook ([`GithubEmulator::set_webhook`]) every change is delivered, signed, by a
 //! background task, as GitHub does ([`WebhookDelivery`]).
@@ -48,6 +56,99 @@ use crate::faults::Faults;
 pub use app::{GithubAppOptions, DEFAULT_INSTALLATION_ID, DEFAULT_INSTALLATION_TOKEN_TTL};
 pub use hooks::{WebhookDelivery, WebhookTarget};
 
+/// GitHub's limit on the commits `GET /repos/{o}/{r}/pulls/{n}/commits` lists: "This endpoint
+/// lists a maximum of 250 commits for a pull request" (REST docs, "List commits on a pull
+/// request"). The emulator lists the oldest 250.
+pub const MAX_PULL_COMMITS: usize = 250;
+
+/// A repository role, GitHub's permission levels for a repository ("Repository roles for an
+/// organization"), ordered from least to most powerful: `Read < Triage < Write < Maintain <
+/// Admin`.
+///
+/// What the emulator enforces (GitHub's role table): everyone (`Read`) opens issues, comments,
+/// submits reviews and edits or deletes their own comments; `Triage` also applies labels and
+/// closes issues; `Write` also pushes, merges pull requests, creates commit statuses, dismisses
+/// reviews and edits or deletes anyone's comments and issues. `Maintain` and `Admin` add
+/// nothing the emulator models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// `read`: clone, open issues and pull requests from forks, comment, review.
+    Read,
+    /// `triage`: `read` plus labels and closing issues and pull requests.
+    Triage,
+    /// `write`: `triage` plus push, merge, statuses, review dismissal, editing anyone's comments.
+    Write,
+    /// `maintain`: `write` plus repository settings the emulator does not model.
+    Maintain,
+    /// `admin`: everything (the repository owner's role unless set otherwise).
+    Admin,
+}
+
+impl Role {
+    /// GitHub's wire name: `read`, `triage`, `write`, `maintain` or `admin` (the `role_name`
+    /// of `GET /repos/{o}/{r}/collaborators/{u}/permission`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Triage => "triage",
+            Role::Write => "write",
+            Role::Maintain => "maintain",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a wire name (see [`Role::as_str`]; `pull` and `push` are GitHub's older names of
+    /// `read` and `write`); `None` for anything else.
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "read" | "pull" => Role::Read,
+            "triage" => Role::Triage,
+            "write" | "push" => Role::Write,
+            "maintain" => Role::Maintain,
+            "admin" => Role::Admin,
+            _ => return None,
+        })
+    }
+}
+
+/// How a pull request is merged (`merge_method` of `PUT /repos/{o}/{r}/pulls/{n}/merge`;
+/// GitHub's "About pull request merges").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum MergeMethod {
+    /// `merge` (GitHub's default): a merge commit whose parents are the base branch's tip, then
+    /// the pull request's head (`--no-ff`).
+    #[default]
+    Merge,
+    /// `squash`: one new commit whose only parent is the base branch's tip and whose tree is
+    /// the merge result.
+    Squash,
+    /// `rebase`: every commit of the pull request re-applied, in order, onto the base branch's
+    /// tip as a new commit (same author, message and author date; committer GitHub; one
+    /// parent). `merge_commit_sha` is the last of them.
+    Rebase,
+}
+
+impl MergeMethod {
+    /// The wire name: `merge`, `squash` or `rebase`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MergeMethod::Merge => "merge",
+            MergeMethod::Squash => "squash",
+            MergeMethod::Rebase => "rebase",
+        }
+    }
+
+    /// Parses a wire name (see [`MergeMethod::as_str`]); `None` for anything else.
+    pub fn parse(s: &str) -> Option<MergeMethod> {
+        Some(match s {
+            "merge" => MergeMethod::Merge,
+            "squash" => MergeMethod::Squash,
+            "rebase" => MergeMethod::Rebase,
+            _ => return None,
+        })
+    }
+}
+
 /// Default login of the token owner (the bot), see [`GithubEmulator::set_bot_login`].
 pub const DEFAULT_BOT_LOGIN: &str = "tkgops[bot]";
 
@@ -68,10 +169,15 @@ pub struct GithubEmulatorOptions {
     /// The bot's API token, sent as `Bearer <token>` or `token <token>`; requests made with it
     /// act as the bot login ([`GithubEmulator::set_bot_login`]). Never logged.
     pub token: String,
-    /// Personal access tokens of human users with write access to the repository:
-    /// login → token. Requests made with a user's token act as that user (author of the pull
-    /// requests, comments, reviews, statuses and merges it makes; `GET /user`). Never logged.
+    /// Personal access tokens of human users: login → token. Requests made with a user's token
+    /// act as that user (author of the pull requests, comments, reviews, statuses and merges it
+    /// makes; `GET /user`), within the user's role ([`GithubEmulatorOptions::roles`]; write
+    /// unless set). Never logged.
     pub users: BTreeMap<String, String>,
+    /// Repository roles: login → [`Role`] (logins compare case-insensitively). A login with no
+    /// role here (or set later with [`GithubEmulator::set_role`]) has [`Role::Write`], except
+    /// the repository owner ([`Role::Admin`]); see [`GithubEmulator::role`].
+    pub roles: BTreeMap<String, Role>,
     /// Path of an existing bare git repository: the config repository's remote.
     pub bare_repo: PathBuf,
     /// Where to deliver webhook events (see [`GithubEmulator::set_webhook`]); `None`: none.
@@ -88,6 +194,7 @@ impl std::fmt::Debug for GithubEmulatorOptions {
             .field("default_branch", &self.default_branch)
             .field("token", &"<redacted>")
             .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("roles", &self.roles)
             .field("bare_repo", &self.bare_repo)
             .field("webhook", &self.webhook)
             .field("app", &self.app)
@@ -143,6 +250,44 @@ pub enum GithubEmulatorError {
     /// The GitHub App's public key is not an RSA public key in PEM.
     #[error("invalid GitHub App public key: {0}")]
     AppKey(String),
+    /// The user's repository role does not allow the action (GitHub answers 403).
+    #[error("{login} (role {}) may not {action}: it needs the {} role or more", .role.as_str(), .needed.as_str())]
+    Forbidden {
+        /// Who tried.
+        login: String,
+        /// Their role.
+        role: Role,
+        /// The least role the action needs.
+        needed: Role,
+        /// What they tried, e.g. `merge pull request #3`.
+        action: String,
+    },
+    /// No issue comment has this id.
+    #[error("issue comment {0} does not exist")]
+    NoSuchComment(u64),
+    /// No review of this pull request has this id (or it is someone else's pending review,
+    /// which GitHub does not show).
+    #[error("pull request #{number} has no review {id}")]
+    NoSuchReview {
+        /// The pull request.
+        number: u64,
+        /// The review id.
+        id: u64,
+    },
+    /// GitHub refuses the review operation with a 422 (its message), e.g. a review on a closed
+    /// pull request, a second pending review, dismissing a pending review.
+    #[error("pull request #{number}: {message}")]
+    ReviewRefused {
+        /// The pull request.
+        number: u64,
+        /// GitHub's message.
+        message: String,
+    },
+    /// A rebase merge cannot be made: a commit does not re-apply cleanly onto the base, or the
+    /// rebased result differs from what a merge would give (GitHub's "This branch can't be
+    /// rebased").
+    #[error("pull request #{0} cannot be rebased onto its base")]
+    CannotRebase(u64),
 }
 
 /// A pull request as stored by the emulator (what a test asserts on).
@@ -190,6 +335,21 @@ pub struct EmulatedComment {
     pub created_at: DateTime<Utc>,
     /// Last edit time (equals `created_at` until edited).
     pub updated_at: DateTime<Utc>,
+}
+
+/// A pull request review as stored by the emulator (what a test asserts on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmulatedReview {
+    /// Review id (GitHub's `id`).
+    pub id: u64,
+    /// Reviewer login.
+    pub user: String,
+    /// `APPROVED`, `CHANGES_REQUESTED`, `COMMENTED`, `DISMISSED` or `PENDING`.
+    pub state: String,
+    /// The commit reviewed.
+    pub commit_id: String,
+    /// When it was submitted; `None` while pending.
+    pub submitted_at: Option<DateTime<Utc>>,
 }
 
 /// A commit status as stored by the emulator.
@@ -266,7 +426,8 @@ struct Review {
     body: String,
     state: String,
     commit_id: String,
-    submitted_at: DateTime<Utc>,
+    /// `None` while the review is `PENDING` (GitHub sends no `submitted_at` then).
+    submitted_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug)]
@@ -312,6 +473,8 @@ struct State {
     pushers: BTreeMap<String, String>,
     /// Organisation teams: `org/team-slug` (lowercase) → member logins.
     teams: BTreeMap<String, Vec<String>>,
+    /// Repository roles set explicitly: lowercase login → role.
+    roles: BTreeMap<String, Role>,
     rate_used: u64,
     rate_reset: i64,
 }
@@ -440,6 +603,162 @@ impl Shared {
         }
     }
 
+    /// The repository role of `login`: the one set ([`GithubEmulatorOptions::roles`],
+    /// [`GithubEmulator::set_role`]), else [`Role::Admin`] for the repository owner and
+    /// [`Role::Write`] for everyone else (the emulator's default: see the README's leniencies).
+    fn role_of(&self, st: &State, login: &str) -> Role {
+        let key = login.to_ascii_lowercase();
+        match st.roles.get(&key) {
+            Some(r) => *r,
+            None if key == self.opts.owner.to_ascii_lowercase() => Role::Admin,
+            None => Role::Write,
+        }
+    }
+
+    /// `Ok` when `login` has at least role `needed`, else [`GithubEmulatorError::Forbidden`]
+    /// naming `action`.
+    fn require(
+        &self,
+        st: &State,
+        login: &str,
+        needed: Role,
+        action: impl FnOnce() -> String,
+    ) -> Result<(), GithubEmulatorError> {
+        let role = self.role_of(st, login);
+        if role >= needed {
+            Ok(())
+        } else {
+            Err(GithubEmulatorError::Forbidden {
+                login: login.to_string(),
+                role,
+                needed,
+                action: action(),
+            })
+        }
+    }
+
+    /// Edits comment `id` as `editor` (GitHub's rule: its author, or anyone with
+    /// [`Role::Write`]): sets the body, moves `updated_at` (and the PR's), announces
+    /// `issue_comment` `edited` for a pull request's comment. Returns the edited comment.
+    fn edit_comment(
+        &self,
+        id: u64,
+        editor: &str,
+        body: String,
+    ) -> Result<Comment, GithubEmulatorError> {
+        let (c, old, pull) = {
+            let mut st = self.lock();
+            let author = st
+                .comments
+                .iter()
+                .find(|c| c.id == id)
+                .map(|c| c.user.clone())
+                .ok_or(GithubEmulatorError::NoSuchComment(id))?;
+            if !author.eq_ignore_ascii_case(editor) {
+                self.require(&st, editor, Role::Write, || {
+                    format!("edit comment {id} of {author}")
+                })?;
+            }
+            let now = self.now();
+            let c = st
+                .comments
+                .iter_mut()
+                .find(|c| c.id == id)
+                .ok_or(GithubEmulatorError::NoSuchComment(id))?;
+            let old = std::mem::replace(&mut c.body, body);
+            c.updated_at = now;
+            let c = c.clone();
+            let pull = match st.pulls.get_mut(&c.issue) {
+                Some(p) => {
+                    p.updated_at = now;
+                    Some(p.clone())
+                }
+                None => {
+                    if let Some(i) = st.issues.get_mut(&c.issue) {
+                        i.updated_at = now;
+                    }
+                    None
+                }
+            };
+            (c, old, pull)
+        };
+        if let Some(pull) = pull {
+            self.emit(hooks::Hook::Comment {
+                action: "edited",
+                pull,
+                comment: c.clone(),
+                sender: editor.to_string(),
+                old_body: Some(old),
+            });
+        }
+        Ok(c)
+    }
+
+    /// Dismisses review `id` of PR `number` as `dismisser` (needs [`Role::Write`]): its state
+    /// becomes `DISMISSED`; announces `pull_request_review` `dismissed`. A pending or a
+    /// commented review cannot be dismissed (422 on GitHub); dismissing a dismissed review
+    /// again changes nothing. Returns the review.
+    fn dismiss_review(
+        &self,
+        number: u64,
+        id: u64,
+        dismisser: &str,
+    ) -> Result<Review, GithubEmulatorError> {
+        let (review, pull, changed) = {
+            let mut st = self.lock();
+            if !st.pulls.contains_key(&number) {
+                return Err(GithubEmulatorError::NoSuchPull(number));
+            }
+            let visible = |r: &Review| {
+                r.pull == number
+                    && r.id == id
+                    && (r.state != "PENDING" || r.user.eq_ignore_ascii_case(dismisser))
+            };
+            if !st.reviews.iter().any(visible) {
+                return Err(GithubEmulatorError::NoSuchReview { number, id });
+            }
+            self.require(&st, dismisser, Role::Write, || {
+                format!("dismiss review {id} of pull request #{number}")
+            })?;
+            let now = self.now();
+            let review = st
+                .reviews
+                .iter_mut()
+                .find(|r| visible(r))
+                .ok_or(GithubEmulatorError::NoSuchReview { number, id })?;
+            let refused = match review.state.as_str() {
+                "PENDING" => Some("Can not dismiss a pending review"),
+                "COMMENTED" => Some("Can not dismiss a commented pull request review"),
+                _ => None,
+            };
+            if let Some(message) = refused {
+                return Err(GithubEmulatorError::ReviewRefused {
+                    number,
+                    message: message.to_string(),
+                });
+            }
+            let changed = review.state != "DISMISSED";
+            review.state = "DISMISSED".to_string();
+            let review = review.clone();
+            let pull = st.pulls.get_mut(&number).map(|p| {
+                if changed {
+                    p.updated_at = now;
+                }
+                p.clone()
+            });
+            (review, pull, changed)
+        };
+        if let (Some(pull), true) = (pull, changed) {
+            self.emit(hooks::Hook::Review {
+                action: "dismissed",
+                pull,
+                review: review.clone(),
+                sender: dismisser.to_string(),
+            });
+        }
+        Ok(review)
+    }
+
     /// Queues a webhook event when a webhook is configured (delivered by the background task).
     fn emit(&self, hook: hooks::Hook) {
         let configured = self
@@ -465,6 +784,12 @@ impl Shared {
         let now = self.now();
         let (changed, labels) = {
             let mut st = self.lock();
+            if !st.pulls.contains_key(&number) {
+                return Err(GithubEmulatorError::NoSuchPull(number));
+            }
+            self.require(&st, user, Role::Triage, || {
+                format!("label pull request #{number}")
+            })?;
             let pull = st
                 .pulls
                 .get_mut(&number)
@@ -588,6 +913,13 @@ impl Shared {
                 .get_mut(&number)
                 .ok_or(GithubEmulatorError::NoSuchPull(number))?;
             self.refresh(&repo, pull)?;
+            if !pull.open {
+                // GitHub: no review on a closed (or merged) pull request.
+                return Err(GithubEmulatorError::ReviewRefused {
+                    number,
+                    message: "Can not review a closed pull request".to_string(),
+                });
+            }
             if pull.author == user {
                 let refused = match state {
                     "APPROVED" => Some("Can not approve your own pull request"),
@@ -607,6 +939,17 @@ impl Shared {
                 pull.updated_at = now;
             }
             let pull = pull.clone();
+            if state == "PENDING"
+                && st.reviews.iter().any(|r| {
+                    r.pull == number && r.state == "PENDING" && r.user.eq_ignore_ascii_case(user)
+                })
+            {
+                // GitHub keeps one pending review per user and pull request.
+                return Err(GithubEmulatorError::ReviewRefused {
+                    number,
+                    message: "User can only have one pending review per pull request".to_string(),
+                });
+            }
             let id = st.next_review;
             st.next_review += 1;
             let review = Review {
@@ -616,13 +959,14 @@ impl Shared {
                 body: body.to_string(),
                 state: state.to_string(),
                 commit_id,
-                submitted_at: now,
+                submitted_at: (state != "PENDING").then_some(now),
             };
             st.reviews.push(review.clone());
             (review, pull)
         };
         if state != "PENDING" {
             self.emit(hooks::Hook::Review {
+                action: "submitted",
                 pull,
                 review: review.clone(),
                 sender: user.to_string(),
@@ -714,14 +1058,26 @@ impl Shared {
         Ok(comment)
     }
 
+    /// Merges PR `number` as `merger` with `method` (see [`MergeMethod`]), as
+    /// `PUT /pulls/{n}/merge` does: needs [`Role::Write`]; `expected_sha` must be the head when
+    /// given; `title`/`message` replace GitHub's default commit title and message (merge and
+    /// squash; a rebase keeps each commit's message). Records `merge_commit_sha` (the merge
+    /// commit, the squash commit, or the last rebased commit), the base tip before the merge,
+    /// and announces `pull_request` `closed`. Returns `merge_commit_sha`.
     fn merge(
         &self,
         number: u64,
         merger: &str,
-        expected_sha: Option<&str>,
+        req: MergeRequest<'_>,
     ) -> Result<String, MergeError> {
         let repo = self.repo()?;
         let mut st = self.lock();
+        if !st.pulls.contains_key(&number) {
+            return Err(GithubEmulatorError::NoSuchPull(number).into());
+        }
+        self.require(&st, merger, Role::Write, || {
+            format!("merge pull request #{number}")
+        })?;
         let pull = st
             .pulls
             .get_mut(&number)
@@ -733,23 +1089,44 @@ impl Shared {
         if !pull.open {
             return Err(GithubEmulatorError::NotOpen(number).into());
         }
-        if let Some(sha) = expected_sha {
+        if let Some(sha) = req.expected_sha {
             if sha != pull.head_sha {
                 return Err(MergeError::HeadModified);
             }
         }
         let head = git2::Oid::from_str(&pull.head_sha)?;
-        let base_before = git::branch_tip(&repo, &pull.base_ref)?.map(|o| o.to_string());
-        let head_owner = match &pull.head_repo {
-            HeadRepo::Base => self.opts.owner.clone(),
-            HeadRepo::Fork { owner, .. } => owner.clone(),
-            HeadRepo::Deleted => pull.author.clone(),
+        let base_tip = git::branch_tip(&repo, &pull.base_ref)?
+            .ok_or_else(|| GithubEmulatorError::NoSuchBranch(pull.base_ref.clone()))?;
+        let commits = git::pull_commits(&repo, base_tip, head)?;
+        let outcome = match req.method {
+            MergeMethod::Merge => {
+                let head_owner = match &pull.head_repo {
+                    HeadRepo::Base => self.opts.owner.clone(),
+                    HeadRepo::Fork { owner, .. } => owner.clone(),
+                    HeadRepo::Deleted => pull.author.clone(),
+                };
+                let title = req.title.map(str::to_string).unwrap_or_else(|| {
+                    format!(
+                        "Merge pull request #{number} from {head_owner}/{}",
+                        pull.head_ref
+                    )
+                });
+                let body = req.message.unwrap_or(&pull.title);
+                let message = join_message(&title, body);
+                git::merge_into(&repo, &pull.base_ref, head, &message, merger)?
+            }
+            MergeMethod::Squash => {
+                let message = squash_message(&repo, pull, &commits, req.title, req.message)?;
+                git::squash_into(&repo, &pull.base_ref, head, &message, &pull.author)?
+            }
+            MergeMethod::Rebase => match git::rebase_onto(&repo, &pull.base_ref, head, &commits)? {
+                git::MergeOutcome::Conflict => {
+                    return Err(GithubEmulatorError::CannotRebase(number).into())
+                }
+                merged => merged,
+            },
         };
-        let message = format!(
-            "Merge pull request #{number} from {head_owner}/{}\n\n{}",
-            pull.head_ref, pull.title
-        );
-        match git::merge_into(&repo, &pull.base_ref, head, &message, merger)? {
+        match outcome {
             git::MergeOutcome::Conflict => Err(GithubEmulatorError::Conflict(number).into()),
             git::MergeOutcome::Merged(oid) => {
                 let now = self.now();
@@ -760,12 +1137,12 @@ impl Shared {
                 pull.updated_at = now;
                 pull.merged_by = Some(merger.to_string());
                 pull.merge_commit_sha = Some(oid.to_string());
-                pull.base_sha_closed = base_before;
+                pull.base_sha_closed = Some(base_tip.to_string());
                 let base_ref = pull.base_ref.clone();
                 let snapshot = pull.clone();
                 st.pushers.insert(base_ref, merger.to_string());
                 drop(st);
-                tracing::debug!(number, merge_commit = %oid, "github emulator: pull request merged");
+                tracing::debug!(number, method = req.method.as_str(), merge_commit = %oid, "github emulator: pull request merged");
                 self.emit(hooks::Hook::Pull {
                     action: "closed",
                     pull: snapshot,
@@ -776,6 +1153,72 @@ impl Shared {
             }
         }
     }
+}
+
+/// `title`, a blank line and `body` (just `title` when `body` is empty): a commit message.
+fn join_message(title: &str, body: &str) -> String {
+    if body.trim().is_empty() {
+        title.to_string()
+    } else {
+        format!("{title}\n\n{body}")
+    }
+}
+
+/// GitHub's default squash commit message ("About pull request merges", squash merge
+/// messages): for one commit, its title with ` (#N)` and its body; for more, the pull
+/// request's title with ` (#N)` and the list of the commits' messages. `title`/`message`
+/// replace either part.
+fn squash_message(
+    repo: &git2::Repository,
+    pull: &Pull,
+    commits: &[git2::Oid],
+    title: Option<&str>,
+    message: Option<&str>,
+) -> Result<String, git2::Error> {
+    let mut messages = Vec::new();
+    for oid in commits {
+        let c = repo.find_commit(*oid)?;
+        if c.parent_count() <= 1 {
+            messages.push(
+                String::from_utf8_lossy(c.message_bytes())
+                    .trim()
+                    .to_string(),
+            );
+        }
+    }
+    let number = pull.number;
+    let (default_title, default_body) = match messages.as_slice() {
+        [one] => {
+            let (first, rest) = one.split_once('\n').unwrap_or((one.as_str(), ""));
+            (
+                format!("{} (#{number})", first.trim()),
+                rest.trim().to_string(),
+            )
+        }
+        many => (
+            format!("{} (#{number})", pull.title),
+            many.iter()
+                .map(|m| format!("* {m}"))
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+        ),
+    };
+    Ok(join_message(
+        title.unwrap_or(&default_title),
+        message.unwrap_or(&default_body),
+    ))
+}
+
+/// What [`Shared::merge`] is asked to do.
+#[derive(Clone, Copy, Debug, Default)]
+struct MergeRequest<'a> {
+    method: MergeMethod,
+    /// `sha`: the head the merge must find.
+    expected_sha: Option<&'a str>,
+    /// `commit_title`.
+    title: Option<&'a str>,
+    /// `commit_message`.
+    message: Option<&'a str>,
 }
 
 /// A pull request to record with [`Shared::create_pull`].
@@ -874,6 +1317,11 @@ impl GithubEmulator {
             .iter()
             .map(|(l, t)| (l.clone(), t.clone()))
             .collect();
+        let roles = opts
+            .roles
+            .iter()
+            .map(|(l, r)| (l.to_ascii_lowercase(), *r))
+            .collect();
         let webhook = opts.webhook.clone();
         let shared = Arc::new(Shared {
             opts,
@@ -902,6 +1350,7 @@ impl GithubEmulator {
                 deliveries: Vec::new(),
                 pushers: BTreeMap::new(),
                 teams: BTreeMap::new(),
+                roles,
                 rate_used: 0,
                 rate_reset: Utc::now().timestamp() + 3600,
             }),
@@ -1119,30 +1568,47 @@ impl GithubEmulator {
     }
 
     /// Records a review of PR `number` by `reviewer` on its current head commit (its
-    /// `commit_id`) and announces `pull_request_review` `submitted`.
-    /// `state`: `APPROVED`, `CHANGES_REQUESTED` or `COMMENTED`.
+    /// `commit_id`) and announces `pull_request_review` `submitted`; any role may review.
+    /// `state`: `APPROVED`, `CHANGES_REQUESTED` or `COMMENTED`. Use
+    /// [`GithubEmulator::submit_review_id`] for the new review's id.
     ///
     /// Errors: [`GithubEmulatorError::InvalidReviewState`], [`GithubEmulatorError::NoSuchPull`],
     /// [`GithubEmulatorError::OwnPullRequest`] (the author approving or requesting changes on
-    /// their own PR, which GitHub refuses), [`GithubEmulatorError::Git`].
+    /// their own PR, which GitHub refuses), [`GithubEmulatorError::ReviewRefused`] (a closed
+    /// pull request: GitHub's 422), [`GithubEmulatorError::Git`].
     pub fn submit_review(
         &self,
         number: u64,
         reviewer: &str,
         state: &str,
     ) -> Result<(), GithubEmulatorError> {
-        if !is_valid_review_state(state) {
+        self.submit_review_id(number, reviewer, state).map(|_| ())
+    }
+
+    /// As [`GithubEmulator::submit_review`], returning the new review's id (GitHub's `id`).
+    /// `state` may also be `PENDING` (a review started, not submitted: no webhook, visible to
+    /// its author only, one per reviewer and pull request).
+    ///
+    /// Errors: as [`GithubEmulator::submit_review`].
+    pub fn submit_review_id(
+        &self,
+        number: u64,
+        reviewer: &str,
+        state: &str,
+    ) -> Result<u64, GithubEmulatorError> {
+        if !is_valid_review_state(state) && state != "PENDING" {
             return Err(GithubEmulatorError::InvalidReviewState(state.to_string()));
         }
         self.shared
             .add_review(number, reviewer, state, "", None)
-            .map(|_| ())
+            .map(|r| r.id)
     }
 
     /// Adds the label `name` to PR `number` as `user`, as `POST /issues/{n}/labels` does;
     /// announces `pull_request` `labeled` when it was not there yet.
     ///
-    /// Errors: [`GithubEmulatorError::NoSuchPull`].
+    /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::Forbidden`] (labels
+    /// need [`Role::Triage`]).
     pub fn add_label(
         &self,
         number: u64,
@@ -1155,7 +1621,8 @@ impl GithubEmulator {
     /// Removes the label `name` from PR `number` as `user`; announces `unlabeled` when it was
     /// there.
     ///
-    /// Errors: [`GithubEmulatorError::NoSuchPull`].
+    /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::Forbidden`] (labels
+    /// need [`Role::Triage`]).
     pub fn remove_label(
         &self,
         number: u64,
@@ -1196,12 +1663,110 @@ impl GithubEmulator {
         number: u64,
         merger: &str,
     ) -> Result<String, GithubEmulatorError> {
+        self.merge_pull_request_with(number, merger, MergeMethod::Merge)
+    }
+
+    /// Merges PR `number` as `merger` with `method`, exactly like `PUT /pulls/{n}/merge` with
+    /// `merge_method` and GitHub's default commit messages; announces `pull_request` `closed`.
+    /// Returns the PR's `merge_commit_sha` as GitHub sets it: the merge commit (parents: base
+    /// tip, head), the squash commit (parent: base tip; tree: the merge result), or the last
+    /// commit re-applied by a rebase (see [`MergeMethod`]).
+    ///
+    /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::Forbidden`] (a
+    /// `merger` with less than [`Role::Write`]: GitHub answers 403),
+    /// [`GithubEmulatorError::AlreadyMerged`], [`GithubEmulatorError::NotOpen`],
+    /// [`GithubEmulatorError::Conflict`], [`GithubEmulatorError::CannotRebase`],
+    /// [`GithubEmulatorError::Git`].
+    pub fn merge_pull_request_with(
+        &self,
+        number: u64,
+        merger: &str,
+        method: MergeMethod,
+    ) -> Result<String, GithubEmulatorError> {
+        let req = MergeRequest {
+            method,
+            ..MergeRequest::default()
+        };
+        self.shared.merge(number, merger, req).map_err(|e| match e {
+            MergeError::Emu(e) => e,
+            MergeError::HeadModified => GithubEmulatorError::NotOpen(number),
+        })
+    }
+
+    /// Sets the repository role of `login` (compared case-insensitively) from now on, for the
+    /// REST API and this control API alike (see [`Role`] for what each allows).
+    pub fn set_role(&self, login: &str, role: Role) {
         self.shared
-            .merge(number, merger, None)
-            .map_err(|e| match e {
-                MergeError::Emu(e) => e,
-                MergeError::HeadModified => GithubEmulatorError::NotOpen(number),
+            .lock()
+            .roles
+            .insert(login.to_ascii_lowercase(), role);
+    }
+
+    /// The repository role of `login`: the one set ([`GithubEmulatorOptions::roles`],
+    /// [`GithubEmulator::set_role`]); else [`Role::Admin`] for the repository owner and
+    /// [`Role::Write`] for any other login (the bot's and the App's included, which need to
+    /// comment, post statuses, open issues and push their own branches).
+    pub fn role(&self, login: &str) -> Role {
+        let st = self.shared.lock();
+        self.shared.role_of(&st, login)
+    }
+
+    /// Edits issue comment `id` as `editor`, like `PATCH /repos/{o}/{r}/issues/comments/{id}`:
+    /// allowed for the comment's author and for anyone with [`Role::Write`] or more (GitHub lets
+    /// writers edit other people's comments; the comment keeps its author and its
+    /// `updated_at` moves). Announces `issue_comment` `edited` for a pull request's comment.
+    ///
+    /// Errors: [`GithubEmulatorError::NoSuchComment`], [`GithubEmulatorError::Forbidden`],
+    /// [`GithubEmulatorError::CommentTooLong`].
+    pub fn edit_comment(
+        &self,
+        id: u64,
+        editor: &str,
+        body: &str,
+    ) -> Result<(), GithubEmulatorError> {
+        let chars = body.chars().count();
+        if chars > MAX_COMMENT_CHARS {
+            return Err(GithubEmulatorError::CommentTooLong(chars));
+        }
+        self.shared
+            .edit_comment(id, editor, body.to_string())
+            .map(|_| ())
+    }
+
+    /// Dismisses review `review_id` of PR `number` as `dismisser`, like
+    /// `PUT /repos/{o}/{r}/pulls/{n}/reviews/{id}/dismissals`: its state becomes `DISMISSED`
+    /// and `pull_request_review` `dismissed` is announced.
+    ///
+    /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::NoSuchReview`],
+    /// [`GithubEmulatorError::Forbidden`] (less than [`Role::Write`]),
+    /// [`GithubEmulatorError::ReviewRefused`] (a pending or commented review).
+    pub fn dismiss_review(
+        &self,
+        number: u64,
+        review_id: u64,
+        dismisser: &str,
+    ) -> Result<(), GithubEmulatorError> {
+        self.shared
+            .dismiss_review(number, review_id, dismisser)
+            .map(|_| ())
+    }
+
+    /// The reviews of PR `number` in submission order, pending ones included (what a test
+    /// asserts on; the REST API shows a pending review to its author only).
+    pub fn reviews(&self, number: u64) -> Vec<EmulatedReview> {
+        self.shared
+            .lock()
+            .reviews
+            .iter()
+            .filter(|r| r.pull == number)
+            .map(|r| EmulatedReview {
+                id: r.id,
+                user: r.user.clone(),
+                state: r.state.clone(),
+                commit_id: r.commit_id.clone(),
+                submitted_at: r.submitted_at,
             })
+            .collect()
     }
 
     /// Closes PR `number` without merging (its head SHA is frozen); announces `pull_request`

@@ -20,6 +20,7 @@ const STATUS: &str = include_str!("../../../../tests/fixtures/github/status.json
 const COMBINED_STATUS: &str =
     include_str!("../../../../tests/fixtures/github/combined-commit-status.json");
 const REVIEW: &str = include_str!("../../../../tests/fixtures/github/pull-request-review.json");
+const COMMIT: &str = include_str!("../../../../tests/fixtures/github/commit.json");
 const DIFF_ENTRIES: &str = include_str!("../../../../tests/fixtures/github/diff-entry-items.json");
 const WEBHOOK_ISSUE_COMMENT: &str =
     include_str!("../../../../tests/fixtures/github/webhook-issue_comment-created.json");
@@ -33,6 +34,9 @@ struct Templates {
     status: Value,
     combined: Value,
     review: Value,
+    /// The `commit` example without `stats` and `files` (the list items of
+    /// `GET /pulls/{n}/commits` have neither).
+    commit: Value,
     diff_entry: Value,
     /// The `issue` of the `issue_comment` webhook example.
     issue: Value,
@@ -61,6 +65,14 @@ fn templates() -> &'static Templates {
             status: parse(STATUS),
             combined: parse(COMBINED_STATUS),
             review: parse(REVIEW),
+            commit: {
+                let mut c = parse(COMMIT);
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("stats");
+                    o.remove("files");
+                }
+                c
+            },
             diff_entry: diff.get(0).cloned().unwrap_or(Value::Null),
             issue: parse(WEBHOOK_ISSUE_COMMENT)["issue"].clone(),
             push_commit: parse(WEBHOOK_PUSH)["head_commit"].clone(),
@@ -358,8 +370,63 @@ impl Ctx<'_> {
         v["state"] = json!(r.state);
         v["html_url"] = json!(html);
         v["_links"]["html"]["href"] = json!(html);
-        v["submitted_at"] = json!(ts(r.submitted_at));
+        match r.submitted_at {
+            Some(t) => v["submitted_at"] = json!(ts(t)),
+            None => {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("submitted_at");
+                }
+            }
+        }
         v["commit_id"] = json!(r.commit_id);
+        v
+    }
+
+    /// A commit as `GET /pulls/{n}/commits` lists it (`commit` example): `sha`, `commit`
+    /// (`message` without trailing newlines, `author`/`committer` name, e-mail and date,
+    /// `tree`), `parents`; the top-level `author`/`committer` accounts are the users whose
+    /// `<login>@users.noreply.github.com` address signed it, else `null` (the emulator knows
+    /// no other e-mail addresses).
+    pub fn commit(&self, c: &super::git::CommitView) -> Value {
+        let mut v = self.retarget(templates().commit.clone());
+        let full = self.full_name();
+        let api = self.api;
+        v["url"] = json!(format!("{api}/repos/{full}/commits/{}", c.sha));
+        v["sha"] = json!(c.sha);
+        v["node_id"] = json!(format!("C_{}", c.sha));
+        v["html_url"] = json!(format!("https://github.com/{full}/commit/{}", c.sha));
+        v["comments_url"] = json!(format!("{api}/repos/{full}/commits/{}/comments", c.sha));
+        v["commit"]["url"] = json!(format!("{api}/repos/{full}/git/commits/{}", c.sha));
+        v["commit"]["author"] = json!({
+            "name": c.author_name, "email": c.author_email, "date": ts(&c.author_date),
+        });
+        v["commit"]["committer"] = json!({
+            "name": c.committer_name, "email": c.committer_email, "date": ts(&c.committer_date),
+        });
+        v["commit"]["message"] = json!(c.message.trim_end_matches('\n'));
+        v["commit"]["tree"] = json!({
+            "url": format!("{api}/repos/{full}/git/trees/{}", c.tree), "sha": c.tree,
+        });
+        let account = |email: &str| {
+            email
+                .strip_suffix("@users.noreply.github.com")
+                .map(|login| self.user(login))
+                .unwrap_or(Value::Null)
+        };
+        v["author"] = account(&c.author_email);
+        v["committer"] = account(&c.committer_email);
+        v["parents"] = Value::Array(
+            c.parents
+                .iter()
+                .map(|p| {
+                    json!({
+                        "url": format!("{api}/repos/{full}/commits/{p}"),
+                        "html_url": format!("https://github.com/{full}/commit/{p}"),
+                        "sha": p,
+                    })
+                })
+                .collect(),
+        );
         v
     }
 
@@ -635,13 +702,15 @@ pub(super) struct ReviewView<'a> {
     pub body: &'a str,
     pub state: &'a str,
     pub commit_id: &'a str,
-    pub submitted_at: &'a DateTime<Utc>,
+    /// `None` while pending (the field is then absent, as on GitHub).
+    pub submitted_at: Option<&'a DateTime<Utc>>,
 }
 
 /// The permissions of the emulated App and its installation tokens.
 pub(super) fn app_permissions() -> Value {
     json!({
-        "contents": "read",
+        // The bot pushes its own branches (bump and record pull requests).
+        "contents": "write",
         "issues": "write",
         "metadata": "read",
         "pull_requests": "write",

@@ -66,15 +66,55 @@ pub struct PullRequest {
     pub labels: Vec<String>,
 }
 
-/// A pull request review.
+/// A pull request review (`GET /repos/{o}/{r}/pulls/{n}/reviews`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Review {
+    /// GitHub's review id (what `PUT …/reviews/{id}/dismissals` names).
+    pub id: u64,
     /// Reviewer login (empty when unknown).
     pub user: String,
-    /// `APPROVED`, `CHANGES_REQUESTED`, `COMMENTED`, `DISMISSED` or `PENDING`.
+    /// `APPROVED`, `CHANGES_REQUESTED`, `COMMENTED`, `DISMISSED` (dismissed by someone with
+    /// write access: it no longer counts) or `PENDING` (only the token's own pending reviews
+    /// are listed by GitHub).
     pub state: String,
     /// The head commit the review was submitted on.
     pub commit_id: Option<String>,
+    /// When it was submitted (GitHub's clock); `None` for a pending review.
+    pub submitted_at: Option<DateTime<Utc>>,
+}
+
+/// GitHub's cap on `GET /repos/{o}/{r}/pulls/{n}/commits`: "This endpoint lists a maximum of
+/// 250 commits for a pull request" (REST docs, "List commits on a pull request"). Past it the
+/// list is incomplete, so [`VcsClient::list_pull_commits`] refuses instead.
+pub const MAX_PULL_COMMITS: usize = 250;
+
+/// One commit of a pull request, as `GET /repos/{o}/{r}/pulls/{n}/commits` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullCommit {
+    /// Commit SHA.
+    pub sha: String,
+    /// Full commit message (`commit.message`).
+    pub message: String,
+    /// Git author name (`commit.author.name`; empty when absent).
+    pub author_name: String,
+    /// Git author e-mail (`commit.author.email`; empty when absent).
+    pub author_email: String,
+    /// Git author date (`commit.author.date`), when given.
+    pub author_date: Option<DateTime<Utc>>,
+}
+
+/// A commit status as listed by `GET /repos/{o}/{r}/commits/{ref}/statuses`, newest first
+/// ([`VcsClient::list_own_statuses`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitStatus {
+    /// Context, e.g. `tkgops/plan`.
+    pub context: String,
+    /// State.
+    pub state: CommitState,
+    /// Description (empty when none).
+    pub description: String,
+    /// Login of the account whose token created it (`creator.login`; empty when absent).
+    pub creator: String,
 }
 
 /// An issue or pull-request comment, as listed repository-wide
@@ -204,6 +244,16 @@ pub enum GithubError {
         path: String,
         /// The underlying error.
         message: String,
+    },
+    /// A pull request has more commits than GitHub lists ([`MAX_PULL_COMMITS`]): its commit
+    /// list would be incomplete, so callers must fail closed. Not retried.
+    #[error("pull request #{number} has {count} commits; GitHub lists at most {MAX_PULL_COMMITS}")]
+    TooManyCommits {
+        /// The pull request.
+        number: u64,
+        /// Its commit count (`commits` of `GET /pulls/{n}`), or the number listed when
+        /// GitHub did not say.
+        count: u64,
     },
     /// A success answer whose body does not match GitHub's schema. Not retried.
     #[error("unexpected GitHub response to {method} {path}: {message}")]
@@ -381,8 +431,29 @@ pub trait VcsClient: Send + Sync {
     /// One PR by number. Errors: [`GithubError::NotFound`] when it does not exist.
     async fn get_pull(&self, number: u64) -> Result<PullRequest, GithubError>;
 
-    /// All reviews of PR `number`, in submission order.
+    /// All reviews of PR `number`, in submission order, across all pages, with their ids,
+    /// submission times and states (`DISMISSED` ones included: callers must not count them).
     async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, GithubError>;
+
+    /// The commits of PR `number`, oldest first, across all pages
+    /// (`GET /repos/{o}/{r}/pulls/{n}/commits`): the pull request's own commits as pushed,
+    /// also after a squash or rebase merge rewrote them on the base branch. Reads the pull
+    /// request's `commits` count first (`GET /pulls/{n}`) to know whether GitHub's list is
+    /// whole.
+    ///
+    /// Errors: [`GithubError::TooManyCommits`] when the pull request has more than
+    /// [`MAX_PULL_COMMITS`] commits (GitHub lists no more than 250, so the list would be
+    /// incomplete: fail closed); [`GithubError::NotFound`]; the API errors.
+    async fn list_pull_commits(&self, number: u64) -> Result<Vec<PullCommit>, GithubError>;
+
+    /// The commit statuses of `sha` that the client's own identity created (`creator.login`
+    /// is the token's user, or the App's `<slug>[bot]`), newest first, across all pages of
+    /// `GET /repos/{o}/{r}/commits/{sha}/statuses`. Anyone with write access can post any
+    /// context, so only these may count where tkgops reads a status back.
+    ///
+    /// Errors: [`GithubError::Config`] when the client cannot tell its own login; the API
+    /// errors.
+    async fn list_own_statuses(&self, sha: &str) -> Result<Vec<CommitStatus>, GithubError>;
 
     /// Creates or edits the sticky comment identified by `marker` (a hidden HTML comment such
     /// as `<!-- tkgops:plan -->`) on PR `number`, with `body` passed through [`fit_comment`]
@@ -438,8 +509,9 @@ pub trait VcsClient: Send + Sync {
     }
 
     /// Sets commit status `context` on `sha` (description cut to 140 characters). Skips the
-    /// write when the latest status of this context already has the same state and
-    /// description (Flux-style dedupe).
+    /// write when the latest status of this context *created by the client's own identity*
+    /// already has the same state and description (Flux-style dedupe; a status someone else
+    /// posted under the same context never stands in for tkgops's own).
     async fn set_status(
         &self,
         sha: &str,
@@ -1089,6 +1161,42 @@ impl OctocrabClient {
         }
     }
 
+    /// The statuses of `sha` created by the client's own login, newest first (all pages, no
+    /// per-page retry: used inside retried operations).
+    async fn own_statuses_once(&self, sha: &str) -> Result<Vec<CommitStatus>, GithubError> {
+        let login = self.bot_login().await?.ok_or_else(|| {
+            GithubError::Config(
+                "cannot tell the bot's own statuses apart: GET /user returned no login for this token"
+                    .into(),
+            )
+        })?;
+        let statuses: Vec<octocrab::models::Status> = self
+            .get_pages_once(self.repo_path(&format!("/commits/{}/statuses?per_page=100", enc(sha))))
+            .await?;
+        Ok(statuses
+            .into_iter()
+            .filter_map(|s| {
+                let creator = s.creator.map(|c| c.login).unwrap_or_default();
+                if !creator.eq_ignore_ascii_case(&login) {
+                    return None;
+                }
+                let state = match serde_json::to_value(s.state).ok()?.as_str()? {
+                    "pending" => CommitState::Pending,
+                    "success" => CommitState::Success,
+                    "failure" => CommitState::Failure,
+                    "error" => CommitState::Error,
+                    _ => return None,
+                };
+                Some(CommitStatus {
+                    context: s.context.unwrap_or_default(),
+                    state,
+                    description: s.description.unwrap_or_default(),
+                    creator,
+                })
+            })
+            .collect())
+    }
+
     async fn set_status_once(
         &self,
         sha: &str,
@@ -1097,15 +1205,9 @@ impl OctocrabClient {
         description: &str,
         target_url: Option<&str>,
     ) -> Result<(), GithubError> {
-        let list_path = self.repo_path(&format!("/commits/{}/statuses?per_page=100", enc(sha)));
-        let raw = self.send_once(&Method::GET, &list_path, None).await?;
-        let statuses: Vec<octocrab::models::Status> = Self::decode(&Method::GET, &list_path, &raw)?;
-        if let Some(latest) = statuses
-            .iter()
-            .find(|s| s.context.as_deref() == Some(context))
-        {
-            let same_state = serde_json::to_value(latest.state).ok() == Some(json!(state.as_str()));
-            if same_state && latest.description.as_deref().unwrap_or("") == description {
+        let own = self.own_statuses_once(sha).await?;
+        if let Some(latest) = own.iter().find(|s| s.context == context) {
+            if latest.state == state && latest.description == description {
                 tracing::debug!(sha, context, "commit status unchanged; not posting");
                 return Ok(());
             }
@@ -1273,11 +1375,54 @@ impl VcsClient for OctocrabClient {
         Ok(reviews
             .into_iter()
             .map(|r| Review {
+                id: r.id.0,
                 user: r.user.map(|u| u.login).unwrap_or_default(),
                 state: review_state(r.state),
                 commit_id: r.commit_id,
+                submitted_at: r.submitted_at,
             })
             .collect())
+    }
+
+    async fn list_pull_commits(&self, number: u64) -> Result<Vec<PullCommit>, GithubError> {
+        // GitHub lists at most 250 commits; the pull request's own `commits` count tells
+        // whether the list is whole.
+        let path = self.repo_path(&format!("/pulls/{number}"));
+        let raw = self.call(Method::GET, &path, None).await?;
+        let pr: octocrab::models::pulls::PullRequest = Self::decode(&Method::GET, &path, &raw)?;
+        let too_many = |count: u64| GithubError::TooManyCommits { number, count };
+        if let Some(c) = pr.commits.filter(|c| *c > MAX_PULL_COMMITS as u64) {
+            return Err(too_many(c));
+        }
+        let path = self.repo_path(&format!("/pulls/{number}/commits?per_page=100"));
+        let commits: Vec<octocrab::models::repos::RepoCommit> = self.get_pages(path, None).await?;
+        let listed = commits.len() as u64;
+        if commits.len() > MAX_PULL_COMMITS
+            || (commits.len() == MAX_PULL_COMMITS && pr.commits.is_none_or(|c| c > listed))
+        {
+            return Err(too_many(pr.commits.unwrap_or(listed).max(listed)));
+        }
+        Ok(commits
+            .into_iter()
+            .map(|c| {
+                let author = c.commit.author;
+                PullCommit {
+                    sha: c.sha,
+                    message: c.commit.message,
+                    author_name: author.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
+                    author_email: author
+                        .as_ref()
+                        .and_then(|a| a.email.clone())
+                        .unwrap_or_default(),
+                    author_date: author.and_then(|a| a.date),
+                }
+            })
+            .collect())
+    }
+
+    async fn list_own_statuses(&self, sha: &str) -> Result<Vec<CommitStatus>, GithubError> {
+        self.retrying("list_own_statuses", || self.own_statuses_once(sha))
+            .await
     }
 
     async fn list_comments_since(
