@@ -486,7 +486,10 @@ async fn an_edited_comment_is_not_a_command() {
     // The group exists now: a retry would succeed. outsider edits alice's LGTM into a retry.
     env.tmc.set_cluster_groups(&["default", "team-a"]);
     let edited = edit_comment_as(&env, tkgops_sandbox::OUTSIDER, lgtm, "/tkgops retry").await;
-    assert_eq!(edited["user"]["login"], APPROVER, "GitHub names the author only");
+    assert_eq!(
+        edited["user"]["login"], APPROVER,
+        "GitHub names the author only"
+    );
     let reply = wait_reply(&env, pr, 1).await;
     assert!(
         reply.contains("@alice: this comment was edited after it was posted")
@@ -511,7 +514,13 @@ async fn an_edited_comment_is_not_a_command() {
         Some("failure".to_string())
     );
     // Edited again: still not a command, and answered once only.
-    edit_comment_as(&env, tkgops_sandbox::OUTSIDER, lgtm, "/tkgops retry\nplease").await;
+    edit_comment_as(
+        &env,
+        tkgops_sandbox::OUTSIDER,
+        lgtm,
+        "/tkgops retry\nplease",
+    )
+    .await;
     // alice's own new comment is a command: the run is retried and succeeds.
     env.github
         .add_comment(pr, APPROVER, "/tkgops retry")

@@ -468,7 +468,10 @@ mod tests {
         assert!(is_edited(&c));
         let reply = edited_reply(&c, Some("retry"));
         assert!(reply.starts_with("@alice: this comment was edited after it was posted (2026-12-01 09:00:00 UTC → 2026-12-03 09:00:00 UTC), so it is not a command and nothing was done."), "{reply}");
-        assert!(reply.ends_with("to run `/tkgops retry`, post it as a new comment."), "{reply}");
+        assert!(
+            reply.ends_with("to run `/tkgops retry`, post it as a new comment."),
+            "{reply}"
+        );
     }
 
     #[test]

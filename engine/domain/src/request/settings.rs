@@ -668,6 +668,33 @@ pub(crate) fn find_key_line_from(text: &str, key: &str, after: u32) -> Option<u3
     None
 }
 
+/// Line of the first mention of the map key `key:` after the 1-based line `after`, in block
+/// style or inside a flow map (`{A: x, key: y}`): `key` preceded by the line start, a space,
+/// `{`, `,` or a quote. 1-based.
+fn find_map_key_line_from(text: &str, key: &str, after: u32) -> Option<u32> {
+    for (i, line) in text.lines().enumerate() {
+        let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        if n <= after {
+            continue;
+        }
+        let mut from = 0;
+        while let Some(j) = line[from..].find(key) {
+            let start = from + j;
+            let end = start + key.len();
+            let before_ok = line[..start]
+                .chars()
+                .next_back()
+                .is_none_or(|c| matches!(c, ' ' | '{' | ',' | '"' | '\''));
+            let rest = line[end..].trim_start_matches(['"', '\'']);
+            if before_ok && rest.starts_with(':') {
+                return Some(n);
+            }
+            from = end;
+        }
+    }
+    None
+}
+
 /// Line of the first `key: value` whose value (unquoted) is `value`, 1-based.
 pub(crate) fn find_value_line(text: &str, key: &str, value: &str) -> Option<u32> {
     let pat = format!("{key}:");
@@ -830,7 +857,7 @@ fn ignored_overrides(text: &str, rules: &RulesConfig) -> Vec<IgnoredOverride> {
         for (id, level) in sev {
             // Each mention of the key moves the search on, so the Nth entry gets the Nth line.
             let after = seen.get(id).copied().unwrap_or(0);
-            let line = find_key_line_from(text, id, after);
+            let line = find_map_key_line_from(text, id, after);
             if let Some(l) = line {
                 seen.insert(id.clone(), l);
             }
