@@ -35,7 +35,7 @@ use chrono::{DateTime, Timelike, Utc};
 use futures::StreamExt;
 use tkgops_domain::files::MemoryTree;
 use tkgops_domain::step::StepInputs;
-use tkgops_domain::workflow::{plan, Catalog, PlanInput};
+use tkgops_domain::workflow::{plan_unbounded, Catalog, PlanInput};
 use tkgops_emulators::kube::Gvr;
 use tkgops_engine::store::{RunRecord, SledStore, Store};
 use tkgops_providers::kube::KubeProvider;
@@ -180,7 +180,9 @@ async fn main() {
     let head = MemoryTree(head);
     let changed: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
     let catalog = Catalog::builtin().expect("catalog");
-    let p = plan(&PlanInput {
+    // The whole fleet in one plan: past plan.maxClusters, so without the cap (the seed is no
+    // pull request).
+    let p = plan_unbounded(&PlanInput {
         base: &base,
         head: &head,
         settings: &base,

@@ -686,3 +686,358 @@ fn a_grouped_pull_request_of_fifty_clusters_stays_complete() {
     assert_golden("plan-50-clusters.md", &summary);
     assert_golden("plan-50-clusters-detail.md", &details[0].body);
 }
+
+/// The example repository with a second management cluster and an `apply` schedule with two
+/// waves, plus a label-scoped rule override.
+fn repo_with_schedule() -> String {
+    example_repo_config().replace(
+        "tmc:\n",
+        "  - name: mc-aws-2\n    kubeconfig: {file: /etc/tkgops/mc-aws-2.kubeconfig}\n    tkgVersion: \"2.2\"\n    identityManagementType: ldap\n    defaults:\n      AWS_REGION: us-west-2\n      AWS_SSH_KEY_NAME: tkg-kp\ntmc:\n",
+    ) + "schedules:\n  - name: weekly-apply\n    cron: \"0 2 * * SAT\"\n    window: 4h\n    selector: {matchLabels: {env: prod}}\n    action: apply\n    waves:\n      - {name: canary, selector: {matchLabels: {tier: canary}}}\n      - {name: rest, selector: {}}\n"
+}
+
+/// The example cluster at the base; `cfg` and `settings` at the head.
+fn change_existing(
+    repo: &str,
+    cfg: &str,
+    settings: &str,
+    changed: &[&str],
+) -> tkgops_domain::workflow::Plan {
+    let (base_cfg, base_settings) = example_request();
+    let base = tree(&[
+        ("tkgops.yaml", repo),
+        ("clusters/team-a-prod/cluster-config.yaml", &base_cfg),
+        ("clusters/team-a-prod/tkgops.yaml", &base_settings),
+    ]);
+    let head = tree(&[
+        ("tkgops.yaml", repo),
+        ("clusters/team-a-prod/cluster-config.yaml", cfg),
+        ("clusters/team-a-prod/tkgops.yaml", settings),
+    ]);
+    run_plan(&base, &head, changed)
+}
+
+/// Immutable placement (issue 16 item 4): a change of an existing cluster's managementCluster,
+/// NAMESPACE or CLUSTER_NAME is refused by TKGOPS-PLACEMENT on its file and line, and nothing
+/// runs. Before, a managementCluster change planned nothing at all and a NAMESPACE change
+/// "no action", and a later resize then created a second Cluster elsewhere.
+#[test]
+fn an_existing_clusters_management_cluster_namespace_and_name_never_change() {
+    let repo = repo_with_schedule();
+    let (cfg, settings) = example_request();
+    let moved = settings.replace("managementCluster: mc-aws-1", "managementCluster: mc-aws-2");
+    let p = change_existing(&repo, &cfg, &moved, &["clusters/team-a-prod/tkgops.yaml"]);
+    assert!(p.has_errors());
+    assert_eq!(p.clusters.len(), 1, "{:#?}", p.clusters);
+    assert_eq!(p.clusters[0].status, PlanStatus::Blocked);
+    assert!(p.digests().is_empty(), "nothing runs");
+    let f = p
+        .all_findings()
+        .into_iter()
+        .find(|f| f.rule == "TKGOPS-PLACEMENT")
+        .expect("a placement finding")
+        .to_string();
+    assert!(
+        f.starts_with("clusters/team-a-prod/tkgops.yaml:1: TKGOPS-PLACEMENT error: managementCluster of the existing cluster team-a-prod changes from mc-aws-1 to mc-aws-2: refused."),
+        "{f}"
+    );
+    let md = render_plan(&p, &Catalog::builtin().unwrap(), true).unwrap();
+    assert!(md.contains("TKGOPS-PLACEMENT"), "{md}");
+    assert!(md.contains("clusters/team-a-prod/tkgops.yaml:1"), "{md}");
+
+    // NAMESPACE (with a resize in the same change: still nothing runs) and CLUSTER_NAME.
+    for (var, old_line, new_line, said) in [
+        (
+            "NAMESPACE",
+            "NAMESPACE: default",
+            "NAMESPACE: team-a",
+            "the namespace of the existing cluster team-a-prod changes from default to team-a (NAMESPACE): refused.",
+        ),
+        (
+            "CLUSTER_NAME",
+            "CLUSTER_NAME: team-a-prod",
+            "CLUSTER_NAME: team-a-prod-2",
+            "CLUSTER_NAME of the existing cluster changes from team-a-prod to team-a-prod-2: refused.",
+        ),
+    ] {
+        let changed_cfg = cfg
+            .replace(old_line, new_line)
+            .replace("WORKER_MACHINE_COUNT: 3", "WORKER_MACHINE_COUNT: 6");
+        let line = changed_cfg
+            .lines()
+            .position(|l| l == new_line)
+            .map(|i| i + 1)
+            .unwrap();
+        let p = change_existing(
+            &repo,
+            &changed_cfg,
+            &settings,
+            &["clusters/team-a-prod/cluster-config.yaml"],
+        );
+        assert_eq!(p.clusters.len(), 1, "{var}: {:#?}", p.clusters);
+        assert_eq!(p.clusters[0].status, PlanStatus::Blocked, "{var}");
+        assert!(p.digests().is_empty(), "{var}: nothing runs");
+        let f = p
+            .all_findings()
+            .into_iter()
+            .find(|f| f.rule == "TKGOPS-PLACEMENT")
+            .unwrap_or_else(|| panic!("{var}: {:#?}", p.all_findings()))
+            .clone();
+        assert_eq!(f.path, "clusters/team-a-prod/cluster-config.yaml");
+        assert_eq!(f.line, Some(line as u32), "{var}");
+        assert!(f.message.starts_with(said), "{}", f.message);
+    }
+    // The policy cannot lower it.
+    let lowered = repo.replace("severities: {}", "severities: {TKGOPS-PLACEMENT: off}");
+    let p = change_existing(
+        &lowered,
+        &cfg,
+        &moved,
+        &["clusters/team-a-prod/tkgops.yaml"],
+    );
+    assert!(p.has_errors());
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("TKGOPS-PLACEMENT to `off`")),
+        "{:?}",
+        p.notes
+    );
+}
+
+/// A label change of an existing cluster is listed with what it changes (issue 16 item 4):
+/// the schedules and waves that select it, and the label-scoped rule overrides that apply.
+#[test]
+fn a_label_change_is_listed_with_the_schedules_waves_and_overrides_it_changes() {
+    let repo = repo_with_schedule();
+    let (cfg, settings) = example_request();
+    // team-a-prod (env: prod) is in wave `rest`; tier: canary moves it into the canary wave.
+    let canary = settings.replace("  team: team-a", "  team: team-a\n  tier: canary");
+    let p = change_existing(&repo, &cfg, &canary, &["clusters/team-a-prod/tkgops.yaml"]);
+    assert!(!p.has_errors(), "{:#?}", p.all_findings());
+    let note = p
+        .notes
+        .iter()
+        .find(|n| n.contains("The labels of the existing cluster `team-a-prod` change"))
+        .unwrap_or_else(|| panic!("{:#?}", p.notes));
+    assert!(
+        note.contains("(`env=prod`, `team=team-a` → `env=prod`, `team=team-a`, `tier=canary`)"),
+        "{note}"
+    );
+    assert!(
+        note.contains("schedule `weekly-apply` (`action: apply`: upgrades without a pull request) moves it from wave `rest` to wave `canary`"),
+        "{note}"
+    );
+    let md = render_plan(&p, &Catalog::builtin().unwrap(), true).unwrap();
+    assert!(
+        md.contains("moves it from wave `rest` to wave `canary`"),
+        "{md}"
+    );
+    // env: dev leaves the schedule and puts the cluster under the dev rule override.
+    let dev = settings.replace("env: prod", "env: dev");
+    let p = change_existing(&repo, &cfg, &dev, &["clusters/team-a-prod/tkgops.yaml"]);
+    let note = p
+        .notes
+        .iter()
+        .find(|n| n.contains("The labels of the existing cluster"))
+        .unwrap_or_else(|| panic!("{:#?}", p.notes));
+    assert!(note.contains("schedule `weekly-apply` (`action: apply`: upgrades without a pull request) no longer selects it (it was in wave `rest`)"), "{note}");
+    assert!(note.contains("the rule override `rules.overrides[0]` (`env=dev`; TKO-CLS-004: warning, TKO-CLS-005: warning) now applies to it"), "{note}");
+}
+
+/// Security rules cannot be turned off (issue 16 item 8): the trusted policy lowering
+/// TKGOPS-SECRET and a label override lowering TKGOPS-NAMESPACE leave both errors, and the plan
+/// names each override and where it is.
+#[test]
+fn a_policy_lowering_a_security_rule_is_named_in_the_plan_and_ignored() {
+    let repo = example_repo_config().replace("severities: {}", "severities: {TKGOPS-SECRET: off}")
+        + "    - matchLabels: {team: team-a}\n      severities: {TKGOPS-NAMESPACE: off}\n";
+    let (cfg, settings) = example_request();
+    let cfg = format!("{cfg}AWS_SECRET_ACCESS_KEY: abcdefgh12345678\n")
+        .replace("NAMESPACE: default", "NAMESPACE: kube-system");
+    let base = tree(&[("tkgops.yaml", &repo)]);
+    let head = tree(&[
+        ("tkgops.yaml", &repo),
+        ("clusters/team-a-prod/cluster-config.yaml", &cfg),
+        ("clusters/team-a-prod/tkgops.yaml", &settings),
+    ]);
+    let p = run_plan(
+        &base,
+        &head,
+        &[
+            "clusters/team-a-prod/cluster-config.yaml",
+            "clusters/team-a-prod/tkgops.yaml",
+        ],
+    );
+    let errors: Vec<&str> = p
+        .all_findings()
+        .into_iter()
+        .filter(|f| f.severity == tkgops_domain::request::Severity::Error)
+        .map(|f| f.rule.as_str())
+        .collect();
+    assert!(errors.contains(&"TKGOPS-SECRET"), "{errors:?}");
+    assert!(errors.contains(&"TKGOPS-NAMESPACE"), "{errors:?}");
+    assert_eq!(p.clusters[0].status, PlanStatus::Blocked);
+    let line = |key: &str| {
+        repo.lines()
+            .position(|l| l.contains(key))
+            .map(|i| i + 1)
+            .unwrap()
+    };
+    let md = render_plan(&p, &Catalog::builtin().unwrap(), true).unwrap();
+    for expected in [
+        format!("The policy tries to set the security rule TKGOPS-SECRET to `off` (rules.severities, tkgops.yaml:{}): security rules cannot be lowered, so it stays an error.", line("TKGOPS-SECRET")),
+        format!("The policy tries to set the security rule TKGOPS-NAMESPACE to `off` (rules.overrides[1] (matchLabels team=team-a), tkgops.yaml:{}): security rules cannot be lowered, so it stays an error.", line("TKGOPS-NAMESPACE")),
+    ] {
+        assert!(p.notes.contains(&expected), "{:#?}", p.notes);
+        assert!(md.contains(&expected), "{md}");
+    }
+    assert!(!md.contains("abcdefgh12345678"), "the secret leaked: {md}");
+}
+
+/// A proxy password never reaches the plan (issue 16 item 9): the request is blocked by
+/// TKGOPS-SECRET, and neither the comment, nor the plan's JSON, nor a step input, nor a
+/// manifest holds the value; before, it was rendered into the Cluster's `proxy` variable.
+#[test]
+fn a_proxy_password_never_reaches_the_plan() {
+    const PASS: &str = "Pr0xy-Pa55word-Never-Printed";
+    let repo = example_repo_config();
+    let (cfg, settings) = example_request();
+    let proxied = format!(
+        "{cfg}TKG_HTTP_PROXY_ENABLED: \"true\"\nTKG_HTTP_PROXY: http://svc-tkg:{PASS}@proxy.corp:3128\nTKG_HTTPS_PROXY: http://svc-tkg:{PASS}@proxy.corp:3128\nTKG_NO_PROXY: 10.0.0.0/16\n"
+    );
+    let catalog = Catalog::builtin().unwrap();
+    // A new cluster, and a change of an existing one.
+    let base = tree(&[("tkgops.yaml", &repo)]);
+    let head = tree(&[
+        ("tkgops.yaml", &repo),
+        ("clusters/team-a-prod/cluster-config.yaml", &proxied),
+        ("clusters/team-a-prod/tkgops.yaml", &settings),
+    ]);
+    let created = run_plan(
+        &base,
+        &head,
+        &[
+            "clusters/team-a-prod/cluster-config.yaml",
+            "clusters/team-a-prod/tkgops.yaml",
+        ],
+    );
+    let changed = change_existing(
+        &repo,
+        &proxied.replace("WORKER_MACHINE_COUNT: 3", "WORKER_MACHINE_COUNT: 6"),
+        &settings,
+        &["clusters/team-a-prod/cluster-config.yaml"],
+    );
+    for p in [created, changed] {
+        let secrets: Vec<String> = p
+            .all_findings()
+            .into_iter()
+            .filter(|f| f.rule == "TKGOPS-SECRET")
+            .map(|f| f.to_string())
+            .collect();
+        assert_eq!(secrets.len(), 2, "{secrets:#?}");
+        assert!(secrets[0].contains(": TKGOPS-SECRET error: TKG_HTTP_PROXY holds a proxy URL with a user name and password"), "{secrets:#?}");
+        assert!(
+            p.clusters.iter().all(|c| c.status == PlanStatus::Blocked
+                && c.steps.is_empty()
+                && c.manifests.is_empty()),
+            "{:#?}",
+            p.clusters
+        );
+        let md = render_plan(&p, &catalog, true).unwrap();
+        let json = serde_json::to_string(&p).unwrap();
+        for text in [&md, &json] {
+            assert!(
+                !text.contains(PASS) && !text.contains("svc-tkg"),
+                "the proxy password leaked: {text}"
+            );
+        }
+    }
+}
+
+/// A change touching more clusters than `plan.maxClusters` (default 200) is blocked as a whole
+/// (issue 16 item 9): no cluster is planned, one TKGOPS-PLAN-SIZE error says why, and the plan
+/// fits one comment (the bot posts no details comment per cluster). The bot's own wave commits
+/// are planned without the cap.
+#[test]
+fn a_change_touching_more_clusters_than_the_cap_is_blocked_in_one_comment() {
+    use tkgops_domain::workflow::markdown::{render_plan_details, INLINE_PLAN_LIMIT};
+    let catalog = Catalog::builtin().unwrap();
+    let repo = example_repo_config();
+    let (cfg, settings) = example_request();
+    let fleet = |n: usize| -> (Vec<(String, String)>, Vec<String>) {
+        let mut files = vec![("tkgops.yaml".to_string(), repo.clone())];
+        let mut changed = Vec::new();
+        for i in 0..n {
+            let name = format!("team-{i:03}-prod");
+            let c = format!("clusters/{name}/cluster-config.yaml");
+            let s = format!("clusters/{name}/tkgops.yaml");
+            files.push((c.clone(), cfg.replace("team-a-prod", &name)));
+            files.push((s.clone(), settings.clone()));
+            changed.push(c);
+            changed.push(s);
+        }
+        (files, changed)
+    };
+    let base = tree(&[("tkgops.yaml", &repo)]);
+    let (files, changed) = fleet(201);
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let head = tree(&refs);
+    let changed_refs: Vec<&str> = changed.iter().map(String::as_str).collect();
+    let p = run_plan(&base, &head, &changed_refs);
+    assert!(
+        p.clusters.is_empty(),
+        "{} clusters planned",
+        p.clusters.len()
+    );
+    assert!(p.digests().is_empty());
+    let f = p.all_findings();
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(
+        f[0].to_string(),
+        "clusters/: TKGOPS-PLAN-SIZE error: this change touches 201 clusters (`team-000-prod`, `team-001-prod`, `team-002-prod`, `team-003-prod`, `team-004-prod`, …); one plan covers at most 200 (plan.maxClusters in the default branch's tkgops.yaml). Nothing is planned or run: split the change into pull requests of at most 200 clusters."
+    );
+    let md = render_plan(&p, &catalog, true).unwrap();
+    assert!(md.chars().count() < INLINE_PLAN_LIMIT, "one comment");
+    assert!(md.contains("TKGOPS-PLAN-SIZE"), "{md}");
+    assert!(render_plan_details(&p, &catalog).unwrap().is_empty());
+
+    // The cap is the policy's: 3 clusters with maxClusters 2 are blocked, 2 are planned.
+    let small = format!("{repo}plan:\n  maxClusters: 2\n");
+    let base = tree(&[("tkgops.yaml", &small)]);
+    let (files, changed) = fleet(3);
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let head = tree(&refs);
+    let changed_refs: Vec<&str> = changed.iter().map(String::as_str).collect();
+    let p = run_plan(&base, &head, &changed_refs);
+    assert!(p.clusters.is_empty());
+    assert!(p.all_findings()[0]
+        .message
+        .contains("one plan covers at most 2"));
+    let p = run_plan(&base, &head, &changed_refs[..4]);
+    assert_eq!(p.clusters.len(), 2);
+    assert!(!p.has_errors(), "{:#?}", p.all_findings());
+
+    // The bot's own wave commits (plan_unbounded) are not capped.
+    let changed: Vec<String> = changed_refs.iter().map(|s| s.to_string()).collect();
+    let p = tkgops_domain::workflow::plan_unbounded(&PlanInput {
+        base: &base,
+        head: &head,
+        settings: &base,
+        base_sha: "1111111111111111111111111111111111111111",
+        head_sha: "2222222222222222222222222222222222222222",
+        changed_paths: &changed,
+        catalog: &catalog,
+        executable: &tkgops::executors::executable_kinds(),
+        repository: "acme/tkg-clusters",
+        history: Default::default(),
+    });
+    assert_eq!(p.clusters.len(), 3);
+    assert!(!p.has_errors(), "{:#?}", p.all_findings());
+}

@@ -406,3 +406,135 @@ async fn plan_command_replans_for_the_author_and_refuses_a_stranger() {
     assert_eq!(replies(&env, pr).len(), 4);
     bot.stop().await;
 }
+
+/// `PATCH /repos/{repo}/issues/comments/{id}` as `editor` (through the emulator's REST API,
+/// as a person with write access would edit someone else's comment): sets its body to `body`.
+/// Returns the comment as GitHub answers it (`created_at`, `updated_at`, `user.login`).
+pub(crate) async fn edit_comment_as(
+    env: &tkgops_sandbox::Environment,
+    editor: &str,
+    id: u64,
+    body: &str,
+) -> serde_json::Value {
+    let token = env.token_of(editor).expect("a sandbox user");
+    let url = format!(
+        "{}/repos/{}/issues/comments/{id}",
+        env.github.api_url(),
+        tkgops_sandbox::REPOSITORY
+    );
+    let r = reqwest::Client::new()
+        .patch(url)
+        .header("authorization", format!("token {token}"))
+        .header("user-agent", "tkgops-tests")
+        .json(&serde_json::json!({ "body": body }))
+        .send()
+        .await
+        .expect("PATCH the comment");
+    assert!(r.status().is_success(), "{}", r.status());
+    let c: serde_json::Value = r.json().await.expect("the comment");
+    assert_ne!(
+        c["created_at"], c["updated_at"],
+        "GitHub shows the edit (the comment is older than a second): {c}"
+    );
+    c
+}
+
+/// A command is its author's own words (issue 16 item 6): `outsider` (write access, no approver)
+/// edits alice's old "LGTM" on a pull request whose run failed into `/tkgops retry`. The bot
+/// answers once that an edited comment is not a command, and nothing is retried: the run stays
+/// failed though a retry would now succeed. The same words posted by alice as a new comment
+/// retry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edited_comment_is_not_a_command() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot =
+        crate::e2e::InProcessBot::start(&env, &timings, Some(tkgops_sandbox::TMC_TOKEN)).await;
+    // TMC does not know the example's cluster group yet: the create fails at the attach.
+    env.tmc.set_cluster_groups(&["default"]);
+    let (_, files) = request_files(None, &env.vpc);
+    let pr = env
+        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
+        .unwrap();
+    let head = head_of(&env, "add-team-a-prod");
+    env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let lgtm = env.github.add_comment(pr, APPROVER, "LGTM").unwrap();
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    let apply = env
+        .wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
+        .await
+        .unwrap();
+    assert_eq!(apply, "failure", "{}", env.conversation(pr));
+    let attempts = |runs: &[tkgops_engine::store::RunRecord]| -> usize {
+        runs.iter()
+            .flat_map(|r| r.steps.iter())
+            .map(|s| s.attempts.len())
+            .sum()
+    };
+    let runs = bot
+        .store
+        .list_runs_by_origin(&tkgops::pr_origin(pr))
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].state, RunState::Failed);
+    let before = attempts(&runs);
+
+    // The group exists now: a retry would succeed. outsider edits alice's LGTM into a retry.
+    env.tmc.set_cluster_groups(&["default", "team-a"]);
+    let edited = edit_comment_as(&env, tkgops_sandbox::OUTSIDER, lgtm, "/tkgops retry").await;
+    assert_eq!(
+        edited["user"]["login"], APPROVER,
+        "GitHub names the author only"
+    );
+    let reply = wait_reply(&env, pr, 1).await;
+    assert!(
+        reply.contains("@alice: this comment was edited after it was posted")
+            && reply.contains("so it is not a command and nothing was done")
+            && reply.contains("to run `/tkgops retry`, post it as a new comment"),
+        "{reply}"
+    );
+    // The reply is written after the decision: nothing was retried.
+    let runs = bot
+        .store
+        .list_runs_by_origin(&tkgops::pr_origin(pr))
+        .await
+        .unwrap();
+    assert_eq!(runs[0].state, RunState::Failed, "{:#?}", runs[0]);
+    assert_eq!(attempts(&runs), before);
+    assert_eq!(
+        env.github
+            .statuses(&merge)
+            .into_iter()
+            .find(|s| s.context == "tkgops/apply")
+            .map(|s| s.state),
+        Some("failure".to_string())
+    );
+    // Edited again: still not a command, and answered once only.
+    edit_comment_as(
+        &env,
+        tkgops_sandbox::OUTSIDER,
+        lgtm,
+        "/tkgops retry\nplease",
+    )
+    .await;
+    // alice's own new comment is a command: the run is retried and succeeds.
+    env.github
+        .add_comment(pr, APPROVER, "/tkgops retry")
+        .unwrap();
+    let retried = wait_reply(&env, pr, 2).await;
+    assert!(retried.contains("retrying from step"), "{retried}");
+    env.github
+        .wait_until(Duration::from_secs(180), |gh| {
+            gh.statuses(&merge)
+                .into_iter()
+                .find(|s| s.context == "tkgops/apply" && s.state == "success")
+        })
+        .await
+        .unwrap_or_else(|| panic!("the retried run succeeds: {}", env.conversation(pr)));
+    assert_eq!(replies(&env, pr).len(), 2, "{:#?}", replies(&env, pr));
+    bot.stop().await;
+}

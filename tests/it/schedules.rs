@@ -421,6 +421,12 @@ async fn an_apply_schedule_upgrades_wave_by_wave_halts_on_a_regression_and_resum
             "authored at the fire time: a restart recreates the same commit"
         );
     }
+    // alice says she watches the canary, on the dashboard issue the fire opened.
+    let dash = env.github.issues()[0].number;
+    let watching = env
+        .github
+        .add_comment(dash, APPROVER, "Watching the canary.")
+        .unwrap();
     let run_a = run_of(&bot, record.number, "team-a-prod")
         .await
         .expect("the canary's run");
@@ -492,6 +498,35 @@ async fn an_apply_schedule_upgrades_wave_by_wave_halts_on_a_regression_and_resum
             .count(),
         1
     );
+
+    // outsider (write access) edits alice's comment into a resume: an edited comment is not
+    // a command (issue 16 item 6); the halt stays.
+    assert_eq!(dash, dash_no);
+    crate::queue::edit_comment_as(
+        &env,
+        tkgops_sandbox::OUTSIDER,
+        watching,
+        "/tkgops resume weekly-apply",
+    )
+    .await;
+    bot.poll_once().await.unwrap();
+    let edited_reply = env
+        .github
+        .comments(dash_no)
+        .into_iter()
+        .find(|c| {
+            c.body
+                .contains(&format!("<!-- tkgops:command:{watching} -->"))
+        })
+        .map(|c| c.body)
+        .unwrap_or_default();
+    assert!(
+        edited_reply.contains("@alice: this comment was edited after it was posted")
+            && edited_reply.contains("to run `/tkgops resume`, post it as a new comment"),
+        "{edited_reply}"
+    );
+    assert!(dashboard(&env).contains("⛔ **Halted**"));
+    assert!(run_of(&bot, record.number, "team-b-prod").await.is_none());
 
     // A stranger cannot resume; on a pull request the command is refused too.
     let c1 = env

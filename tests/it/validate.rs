@@ -1858,3 +1858,133 @@ fn every_real_config_gets_its_findings_with_lines_and_never_crashes() {
         );
     }
 }
+
+/// A proxy URL with userinfo carries a password (issue 16 item 9): `TKGOPS-SECRET` on its line,
+/// naming the variable, never the value; a proxy without userinfo is fine.
+#[test]
+fn a_proxy_url_with_a_user_and_password_is_a_committed_credential() {
+    const PASS: &str = "Pr0xy-Pa55word-Never-Printed";
+    for var in [
+        "TKG_HTTP_PROXY",
+        "TKG_HTTPS_PROXY",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+    ] {
+        let text = edits(&[
+            ("TKG_HTTP_PROXY_ENABLED", Some("\"true\"")),
+            ("TKG_HTTP_PROXY", Some("http://proxy.corp:3128")),
+            ("TKG_HTTPS_PROXY", Some("http://proxy.corp:3128")),
+            (var, Some(&format!("http://svc-tkg:{PASS}@proxy.corp:3128"))),
+        ]);
+        let fs = run(&text);
+        let f = find(&fs, "TKGOPS-SECRET");
+        assert!(
+            f.message.starts_with(&format!(
+                "{var} holds a proxy URL with a user name and password"
+            )),
+            "{f:?}"
+        );
+        assert_eq!(f.severity, Severity::Error);
+        assert_eq!(f.line, cfg(&text).line(var), "{f:?}");
+        assert!(
+            fs.iter()
+                .all(|f| !f.message.contains(PASS) && !f.message.contains("svc-tkg")),
+            "the value leaked: {fs:#?}"
+        );
+    }
+    assert!(proxy_has_userinfo("https://user@proxy:3128/"));
+    assert!(proxy_has_userinfo("user:pw@proxy:3128"));
+    assert!(!proxy_has_userinfo("http://proxy.corp:3128/path@x"));
+    assert!(!proxy_has_userinfo("http://10.0.0.1:3128"));
+    let fine = edits(&[
+        ("TKG_HTTP_PROXY_ENABLED", Some("\"true\"")),
+        ("TKG_HTTP_PROXY", Some("http://proxy.corp:3128")),
+        ("TKG_HTTPS_PROXY", Some("http://proxy.corp:3128")),
+    ]);
+    assert!(!has(&run(&fine), "TKGOPS-SECRET"));
+}
+
+/// Security rules cannot be turned off (issue 16 item 8): `rules.severities` and a label-scoped
+/// override (whose labels a pull request sets itself) lowering TKGOPS-SECRET, -NAMESPACE,
+/// -NAME and -PKG-SECRET leave them errors; other rules still follow the policy; the parsed
+/// policy names every ignored entry with its line.
+#[test]
+fn security_rules_stay_errors_whatever_the_policy_says() {
+    let policy = repo_text()
+        .replace(
+            "severities: {TKO-AWS-002: warning}",
+            "severities: {TKO-AWS-002: warning, TKGOPS-SECRET: off, TKGOPS-NAME: warning}",
+        )
+        + "    - matchLabels: {team: team-a}\n      severities: {TKGOPS-NAMESPACE: off, TKGOPS-PKG-SECRET: off, TKGOPS-PLACEMENT: warning, TKGOPS-DELETE: off, TKO-CLS-002: warning}\n";
+    let r = repo(&policy);
+    let text = edits(&[
+        ("LDAP_BIND_PASSWORD", Some("hunter2-hunter2")),
+        ("NAMESPACE", Some("kube-system")),
+        ("CLUSTER_NAME", Some("someone-else")),
+        ("AWS_LOAD_BALANCER_SCHEME_INTERNAL", Some("false")),
+    ]);
+    let s = settings(&settings_text().replace(
+        "      infrastructure_provider: aws",
+        "      infrastructure_provider: aws\n      adminPassword: x1",
+    ));
+    assert_eq!(s.labels.get("team").map(String::as_str), Some("team-a"));
+    let fs = validate(&cfg(&text), Some(&s), Some(&r));
+    for rule in [
+        "TKGOPS-SECRET",
+        "TKGOPS-NAMESPACE",
+        "TKGOPS-NAME",
+        "TKGOPS-PKG-SECRET",
+    ] {
+        assert_eq!(find(&fs, rule).severity, Severity::Error, "{rule}: {fs:#?}");
+    }
+    // Other rules still follow the policy.
+    assert_eq!(find(&fs, "TKO-CLS-002").severity, Severity::Warning);
+    let ignored: Vec<String> = r
+        .rules
+        .ignored
+        .iter()
+        .map(|o| o.note("tkgops.yaml"))
+        .collect();
+    assert_eq!(ignored.len(), 6, "{ignored:#?}");
+    assert!(ignored.contains(&"The policy tries to set the security rule TKGOPS-SECRET to `off` (rules.severities, tkgops.yaml:19): security rules cannot be lowered, so it stays an error.".to_string()), "{ignored:#?}");
+    assert!(ignored.contains(&"The policy tries to set the security rule TKGOPS-NAMESPACE to `off` (rules.overrides[1] (matchLabels team=team-a), tkgops.yaml:24): security rules cannot be lowered, so it stays an error.".to_string()), "{ignored:#?}");
+    // Raising a security rule to error is no attempt to lower it.
+    let r = repo(&repo_text().replace(
+        "severities: {TKO-AWS-002: warning}",
+        "severities: {TKO-AWS-002: warning, TKGOPS-SECRET: error}",
+    ));
+    assert!(r.rules.ignored.is_empty());
+}
+
+/// `plan.maxClusters` (issue 16 item 9): default 200, validated 1 to 10,000 with its line.
+#[test]
+fn the_plan_cap_defaults_to_200_and_is_validated() {
+    assert_eq!(repo(&repo_text()).plan.max_clusters, 200);
+    assert_eq!(
+        repo(&format!("{}plan:\n  maxClusters: 1000\n", repo_text()))
+            .plan
+            .max_clusters,
+        1000
+    );
+    for bad in ["0", "10001"] {
+        let text = format!("{}plan:\n  maxClusters: {bad}\n", repo_text());
+        let fs = parse_repo_config("tkgops.yaml", text.as_bytes()).unwrap_err();
+        assert_eq!(fs.len(), 1, "{fs:#?}");
+        assert_eq!(
+            fs[0].to_string(),
+            format!(
+                "tkgops.yaml:{}: TKGOPS-SCHEMA error: plan.maxClusters must be between 1 and 10000 (default 200)",
+                text.lines().count()
+            )
+        );
+    }
+    let fs = parse_repo_config(
+        "tkgops.yaml",
+        format!("{}plan:\n  maxClusterz: 5\n", repo_text()).as_bytes(),
+    )
+    .unwrap_err();
+    assert!(
+        fs[0].message.contains("unknown field `maxClusterz`"),
+        "{fs:#?}"
+    );
+}

@@ -7,6 +7,12 @@
 //! command is answered once, in a reply keyed by the command's comment id
 //! ([`reply_marker`]), and recorded as handled (`command/<comment id>`) after the reply.
 //!
+//! A command is its author's own words (DESIGN.md security rule 8): GitHub lets anyone with
+//! write access edit other people's comments, and the API names only the comment's author, so
+//! a comment edited after it was created (`updated_at` later than `created_at`) is never a
+//! command, on a pull request or on the dashboard issue. It gets one reply saying so
+//! ([`edited_reply`]), so its author knows to post the command as a new comment.
+//!
 //! Who may use them is the policy of the default branch (security rule 1): its `tkgops.yaml`
 //! approvers (logins or `org/team`) may use every command; the pull request's author may also
 //! use `plan` and `cancel` on their own pull request (re-planning needs no credentials, and
@@ -86,6 +92,26 @@ pub fn parse(body: &str) -> Option<Result<Command, String>> {
     }
 }
 
+/// Whether comment `c` was edited after it was created (GitHub's `updated_at` is later than its
+/// `created_at`): such a comment is never a command (module docs).
+pub fn is_edited(c: &IssueComment) -> bool {
+    c.updated_at > c.created_at
+}
+
+/// The reply to the edited comment `c` whose text now reads as the command `word` (`retry`,
+/// …; `None` for a malformed command): it is not run, and why.
+pub fn edited_reply(c: &IssueComment, word: Option<&str>) -> String {
+    let what = word
+        .map(|w| format!("`/tkgops {w}`"))
+        .unwrap_or_else(|| "a `/tkgops` command".into());
+    format!(
+        "@{}: this comment was edited after it was posted ({} → {}), so it is not a command and nothing was done. Anyone with write access can edit another person's comment, and tkgops acts only on a command as its author wrote it: to run {what}, post it as a new comment.",
+        c.user,
+        c.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        c.updated_at.format("%Y-%m-%d %H:%M:%S UTC"),
+    )
+}
+
 /// The hidden marker of the bot's reply to comment `comment_id`.
 pub fn reply_marker(comment_id: u64) -> String {
     format!("<!-- tkgops:command:{comment_id} -->")
@@ -141,7 +167,12 @@ impl Bot {
         {
             return Ok(());
         }
+        // Security rule 8: an edited comment is not a command, whoever edited it.
         let reply = match parsed {
+            parsed if is_edited(c) => {
+                warn!(comment = c.id, issue = c.issue_number, user = %c.user, "an edited comment reads as a command: not run");
+                edited_reply(c, parsed.ok().as_ref().map(Command::word))
+            }
             Err(usage) => format!("@{}: {usage}", c.user),
             Ok(cmd) => self.run_command(c, cmd, tip).await?,
         };
@@ -419,6 +450,29 @@ impl Bot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_edited_comment_is_told_it_is_not_a_command() {
+        use chrono::TimeZone;
+        let created = chrono::Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
+        let mut c = IssueComment {
+            id: 7,
+            issue_number: 3,
+            user: "alice".into(),
+            body: "/tkgops retry".into(),
+            created_at: created,
+            updated_at: created,
+        };
+        assert!(!is_edited(&c));
+        c.updated_at = created + chrono::Duration::days(2);
+        assert!(is_edited(&c));
+        let reply = edited_reply(&c, Some("retry"));
+        assert!(reply.starts_with("@alice: this comment was edited after it was posted (2026-12-01 09:00:00 UTC → 2026-12-03 09:00:00 UTC), so it is not a command and nothing was done."), "{reply}");
+        assert!(
+            reply.ends_with("to run `/tkgops retry`, post it as a new comment."),
+            "{reply}"
+        );
+    }
 
     #[test]
     fn commands_are_the_first_line_only() {

@@ -3,7 +3,9 @@
 //! request comment, a commit status or a log line, even if some code path formats one by
 //! mistake.
 //!
-//! Secrets are registered once, when the bot reads them ([`register`]); every comment body and
+//! Secrets are registered once, when the bot reads them ([`register`]); tokens that rotate (a
+//! GitHub App installation token an hour) as they are minted, keeping only those that can
+//! still be valid ([`register_rotating`]). Every comment body and
 //! status description goes through [`RedactingVcs`], and every log line through the writer
 //! [`stderr`] hands to `tracing_subscriber`. Matching is exact text replacement
 //! ([`tkgops_domain::workflow::markdown::redact`]); values shorter than
@@ -21,25 +23,108 @@ use tkgops_providers::github::{
 /// Shortest value [`register`] accepts, in characters: 8.
 pub const MIN_SECRET_LEN: usize = 8;
 
-fn registry() -> &'static RwLock<Vec<String>> {
-    static SECRETS: OnceLock<RwLock<Vec<String>>> = OnceLock::new();
-    SECRETS.get_or_init(|| RwLock::new(Vec::new()))
+/// The secrets of this process: fixed ones ([`register`]: the GitHub token or App key, TMC and
+/// AWS secrets) and rotating tokens ([`register_rotating`]: GitHub App installation tokens,
+/// one an hour), of which only the last [`ROTATING_KEPT`] are kept: an older one has expired
+/// and can no longer be used, so the registry stays bounded however long the bot runs.
+#[derive(Default)]
+pub struct SecretRegistry {
+    fixed: Vec<String>,
+    /// Newest first, at most [`ROTATING_KEPT`].
+    rotating: std::collections::VecDeque<String>,
+    /// `fixed` and `rotating`, longest first (a secret containing another is replaced whole).
+    all: Vec<String>,
+}
+
+/// Rotating tokens kept by [`SecretRegistry`]: the current one and the one before it (still
+/// valid for the minutes a refresh ahead of its expiry leaves it, and possibly in an error
+/// message of a request made with it).
+pub const ROTATING_KEPT: usize = 2;
+
+impl SecretRegistry {
+    fn accept(value: &str) -> Option<&str> {
+        let value = value.trim();
+        (value.chars().count() >= MIN_SECRET_LEN).then_some(value)
+    }
+
+    fn rebuild(&mut self) {
+        let mut all: Vec<String> = self
+            .fixed
+            .iter()
+            .chain(self.rotating.iter())
+            .cloned()
+            .collect();
+        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        all.dedup();
+        self.all = all;
+    }
+
+    /// Registers `value` for good (see [`register`]).
+    pub fn register(&mut self, value: &str) {
+        let Some(value) = Self::accept(value) else {
+            return;
+        };
+        if !self.fixed.iter().any(|s| s == value) {
+            self.fixed.push(value.to_string());
+            self.rotating.retain(|s| s != value);
+            self.rebuild();
+        }
+    }
+
+    /// Registers `value` as the newest rotating token (see [`register_rotating`]): the oldest
+    /// beyond [`ROTATING_KEPT`] is forgotten. A value registered for good stays so.
+    pub fn register_rotating(&mut self, value: &str) {
+        let Some(value) = Self::accept(value) else {
+            return;
+        };
+        if self.fixed.iter().any(|s| s == value)
+            || self.rotating.front().is_some_and(|s| s == value)
+        {
+            return;
+        }
+        self.rotating.retain(|s| s != value);
+        self.rotating.push_front(value.to_string());
+        self.rotating.truncate(ROTATING_KEPT);
+        self.rebuild();
+    }
+
+    /// Every secret registered now, longest first.
+    pub fn secrets(&self) -> &[String] {
+        &self.all
+    }
+
+    /// `text` with every registered secret replaced by `<redacted>`.
+    pub fn redact(&self, text: &str) -> String {
+        if self.all.is_empty() {
+            return text.to_string();
+        }
+        markdown::redact(text, &self.all)
+    }
+}
+
+fn registry() -> &'static RwLock<SecretRegistry> {
+    static SECRETS: OnceLock<RwLock<SecretRegistry>> = OnceLock::new();
+    SECRETS.get_or_init(|| RwLock::new(SecretRegistry::default()))
 }
 
 /// Registers `value` as a secret of this process: from now on it is replaced by `<redacted>`
 /// in every comment, status and log line. Values shorter than [`MIN_SECRET_LEN`] characters
 /// (after trimming) are ignored; registering a value twice is harmless.
 pub fn register(value: &str) {
-    let value = value.trim();
-    if value.chars().count() < MIN_SECRET_LEN {
-        return;
-    }
-    let mut secrets = registry().write().unwrap_or_else(|e| e.into_inner());
-    if !secrets.iter().any(|s| s == value) {
-        secrets.push(value.to_string());
-        // Longest first, so a secret containing another is replaced whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    }
+    registry()
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .register(value);
+}
+
+/// Registers `value` as the current token of a rotating credential (a GitHub App installation
+/// token, valid one hour): redacted like [`register`]'s, but only the current and the previous
+/// token are kept ([`ROTATING_KEPT`]), so a bot running for months holds two, not thousands.
+pub fn register_rotating(value: &str) {
+    registry()
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .register_rotating(value);
 }
 
 /// Registers the AWS credentials of the environment (`AWS_SECRET_ACCESS_KEY`,
@@ -54,11 +139,10 @@ pub fn register_aws_environment() {
 
 /// `text` with every registered secret replaced by `<redacted>`.
 pub fn redact(text: &str) -> String {
-    let secrets = registry().read().unwrap_or_else(|e| e.into_inner());
-    if secrets.is_empty() {
-        return text.to_string();
-    }
-    markdown::redact(text, &secrets)
+    registry()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .redact(text)
 }
 
 /// A writer that redacts what it is given before passing it on. `tracing_subscriber`'s fmt
@@ -198,12 +282,12 @@ impl VcsClient for RedactingVcs {
             .await
     }
 
-    /// The inner client's git token, registered as a secret first (App installation tokens
-    /// change every hour).
+    /// The inner client's git token, registered as a secret first: as a rotating one
+    /// ([`register_rotating`]), since App installation tokens change every hour.
     async fn git_token(&self) -> Result<Option<String>, GithubError> {
         let token = self.inner.git_token().await?;
         if let Some(t) = &token {
-            register(t);
+            register_rotating(t);
         }
         Ok(token)
     }
@@ -227,6 +311,37 @@ mod tests {
     use super::*;
     use crate::testing::FakeVcs;
     use std::sync::Mutex;
+
+    /// A bot that ran for a month saw 720 App installation tokens: the registry holds the
+    /// current and the previous one (both redacted) and the fixed secrets, not 720 tokens.
+    #[test]
+    fn the_registry_keeps_only_the_tokens_that_can_still_be_valid() {
+        let mut r = SecretRegistry::default();
+        r.register("pem-private-key-of-the-app-0123456789");
+        for hour in 0..720 {
+            r.register_rotating(&format!("ghs_installation-token-{hour:04}"));
+            // The same token handed out again (a cached one) changes nothing.
+            r.register_rotating(&format!("ghs_installation-token-{hour:04}"));
+        }
+        assert_eq!(r.secrets().len(), 1 + ROTATING_KEPT, "{:?}", r.secrets());
+        assert_eq!(
+            r.redact("ghs_installation-token-0719 ghs_installation-token-0718 pem-private-key-of-the-app-0123456789"),
+            "<redacted> <redacted> <redacted>"
+        );
+        // Expired an hour ago and more: no longer held.
+        assert_eq!(
+            r.redact("ghs_installation-token-0717"),
+            "ghs_installation-token-0717"
+        );
+        // A fixed secret handed out as a token (a personal access token) stays registered.
+        r.register_rotating("pem-private-key-of-the-app-0123456789");
+        r.register_rotating("ghs_installation-token-0720");
+        r.register_rotating("ghs_installation-token-0721");
+        assert!(r
+            .secrets()
+            .contains(&"pem-private-key-of-the-app-0123456789".to_string()));
+        assert_eq!(r.secrets().len(), 3);
+    }
 
     #[tokio::test]
     async fn registered_secrets_never_reach_comments_statuses_or_logs() {

@@ -134,6 +134,43 @@ pub fn apply_summary(s: &Schedule, p: &ApplyProgress) -> String {
 }
 
 impl Bot {
+    /// The plan of the wave commit `commit` (its `tkr` bumps on top of `parent`) under the
+    /// policy of commit `settings`: like every plan, but without the `plan.maxClusters` cap
+    /// ([`tkgops_domain::workflow::plan_unbounded`]). The commit is tkgops's own, for a
+    /// schedule of the trusted policy, and posts no comment per cluster; a wave of a fleet
+    /// bumps hundreds of clusters at once.
+    ///
+    /// Errors: [`BotError::Git`] when a commit cannot be read, [`BotError::Store`].
+    async fn wave_plan(
+        &self,
+        parent: String,
+        commit: String,
+        settings: String,
+    ) -> Result<tkgops_domain::workflow::Plan, BotError> {
+        let history = crate::publisher::rollout_history(&*self.store).await?;
+        let (git, catalog) = (self.git.clone(), self.catalog.clone());
+        let (executable, repository) = (self.engine.executable_kinds(), self.full_name.clone());
+        blocking(move || {
+            let changed = git.changed_paths(&parent, &commit)?;
+            let (bt, ht, st) = (git.tree(&parent)?, git.tree(&commit)?, git.tree(&settings)?);
+            Ok(tkgops_domain::workflow::plan_unbounded(
+                &tkgops_domain::workflow::PlanInput {
+                    base: &bt,
+                    head: &ht,
+                    settings: &st,
+                    base_sha: &parent,
+                    head_sha: &commit,
+                    changed_paths: &changed,
+                    catalog: &catalog,
+                    executable: &executable,
+                    repository: &repository,
+                    history,
+                },
+            ))
+        })
+        .await
+    }
+
     /// The fleet dashboard issue's number, once the bot opened it ([`DASHBOARD_ISSUE_KEY`]).
     ///
     /// Errors: [`BotError::Store`] when the journal cannot be read.
@@ -355,7 +392,7 @@ impl Bot {
             Some(plan) => plan,
             None => {
                 let plan = Arc::new(
-                    self.compute_plan(parent.clone(), commit.clone(), p.base.clone())
+                    self.wave_plan(parent.clone(), commit.clone(), p.base.clone())
                         .await?,
                 );
                 if let Ok(mut c) = self.wave_plan.lock() {

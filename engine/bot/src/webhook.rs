@@ -11,17 +11,20 @@
 //! 3. The payload is only a hint: an accepted delivery wakes the poll loop, which re-reads every
 //!    pull request through the API. Polling stays on as the safety net for missed deliveries.
 //!
-//! Answers take one flushed journal write: far below GitHub's 10 s limit.
+//! Answers take one flushed journal write: far below GitHub's 10 s limit. Delivery records are
+//! kept [`DELIVERY_RETENTION`] (7 days, longer than GitHub offers a redelivery of a recent
+//! delivery) and pruned at most once per [`PRUNE_INTERVAL`], on an accepted delivery
+//! ([`WebhookState::prune_deliveries`]); a redelivery older than that only wakes the poll.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tkgops_engine::Store;
@@ -30,6 +33,12 @@ use tokio::sync::Notify;
 /// Journal key prefix of recorded deliveries: `webhook/delivery/<X-GitHub-Delivery>`, value the
 /// RFC 3339 time it was received and its event name.
 pub const DELIVERY_PREFIX: &str = "webhook/delivery/";
+
+/// How long a delivery record is kept: 7 days.
+pub const DELIVERY_RETENTION: chrono::Duration = chrono::Duration::days(7);
+
+/// At most one prune of delivery records per hour (a prune scans every record).
+pub const PRUNE_INTERVAL: chrono::Duration = chrono::Duration::hours(1);
 
 /// Largest payload accepted, in bytes: GitHub's own cap, 25 MB (`github-gitops.md` (d)).
 pub const MAX_PAYLOAD_BYTES: usize = 25 * 1024 * 1024;
@@ -52,6 +61,11 @@ pub struct WebhookState {
     ready: Arc<AtomicBool>,
     /// The trusted policy chain, shown in `/readyz`'s detail.
     policy: Option<Arc<crate::trust::PolicyHealth>>,
+    /// The time deliveries are recorded and pruned by (the system clock unless a test sets
+    /// another with [`WebhookState::with_clock`]).
+    clock: crate::schedules::Clock,
+    /// When delivery records were last pruned (`None`: not yet since the start).
+    pruned_at: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl WebhookState {
@@ -69,6 +83,58 @@ impl WebhookState {
             wake,
             ready,
             policy: None,
+            clock: crate::schedules::system_clock(),
+            pruned_at: Mutex::new(None),
+        }
+    }
+
+    /// This state with `clock` as the time deliveries are recorded and pruned by.
+    pub fn with_clock(mut self, clock: crate::schedules::Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Removes the delivery records older than [`DELIVERY_RETENTION`] at `now`; unreadable
+    /// ones (no RFC 3339 time first) are removed too. Returns how many were removed.
+    ///
+    /// Errors: the journal's, when it cannot be scanned or a record cannot be removed.
+    pub async fn prune_deliveries(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<usize, tkgops_engine::StoreError> {
+        let cutoff = now - DELIVERY_RETENTION;
+        let mut removed = 0;
+        for (key, value) in self.store.scan_meta(DELIVERY_PREFIX).await? {
+            let received = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|v| v.split(' ').next())
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+            if received.is_none_or(|t| t < cutoff) {
+                self.store.delete_meta(&key).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Prunes the delivery records ([`WebhookState::prune_deliveries`]) when the last prune
+    /// was [`PRUNE_INTERVAL`] or more before `now` (or never). A failure is logged and tried
+    /// again at the next delivery.
+    async fn prune_if_due(&self, now: DateTime<Utc>) {
+        {
+            let mut last = self.pruned_at.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|l| now - l < PRUNE_INTERVAL && now >= l) {
+                return;
+            }
+            *last = Some(now);
+        }
+        match self.prune_deliveries(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "webhook: pruned old delivery records"),
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook: pruning delivery records failed");
+                *self.pruned_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
         }
     }
 
@@ -170,11 +236,13 @@ async fn receive(
             return (StatusCode::SERVICE_UNAVAILABLE, "journal unavailable");
         }
     }
-    let record = format!("{} {event}", Utc::now().to_rfc3339());
+    let now = (state.clock)();
+    let record = format!("{} {event}", now.to_rfc3339());
     if let Err(e) = state.store.put_meta(&key, record.as_bytes()).await {
         tracing::warn!(error = %e, "webhook: recording the delivery failed");
         return (StatusCode::SERVICE_UNAVAILABLE, "journal unavailable");
     }
+    state.prune_if_due(now).await;
     // 3. A hint only: wake the poll loop, which re-reads state through the API.
     if HINT_EVENTS.contains(&event.as_str()) {
         state.wake.notify_one();
@@ -246,6 +314,68 @@ mod tests {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(deliveries(&store).await, 1);
+    }
+
+    /// Delivery records are kept 7 days: on a simulated clock, a delivery 8 days later prunes
+    /// the first one (whose redelivery is then accepted as new: a hint only), and one within
+    /// the hour after a prune does not scan again.
+    #[tokio::test]
+    async fn delivery_records_are_pruned_after_seven_days() {
+        use chrono::TimeZone;
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+        let t0 = Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap();
+        let now = Arc::new(std::sync::Mutex::new(t0));
+        let clock_now = now.clone();
+        let state = WebhookState::new(
+            Some(SECRET.into()),
+            store.clone(),
+            Arc::new(Notify::new()),
+            Arc::new(AtomicBool::new(true)),
+        )
+        .with_clock(Arc::new(move || *clock_now.lock().unwrap()));
+        let app = router(Arc::new(state));
+        let body = r#"{"action":"opened"}"#;
+        let sig = sign(SECRET.as_bytes(), body.as_bytes());
+        let send = |id: &str| app.clone().oneshot(delivery(body, Some(sig.clone()), id));
+        let at = |d: chrono::Duration| *now.lock().unwrap() = t0 + d;
+        let (days, minutes) = (chrono::Duration::days, chrono::Duration::minutes);
+        assert_eq!(send("old-1").await.unwrap().status(), StatusCode::ACCEPTED);
+        at(days(3));
+        assert_eq!(send("mid-1").await.unwrap().status(), StatusCode::ACCEPTED);
+        at(days(6));
+        assert_eq!(send("mid-2").await.unwrap().status(), StatusCode::ACCEPTED);
+        assert_eq!(deliveries(&store).await, 3, "nothing is 7 days old yet");
+        // Day 8: old-1 is 8 days old and goes; its redelivery would be a new hint.
+        at(days(8));
+        assert_eq!(send("new-1").await.unwrap().status(), StatusCode::ACCEPTED);
+        let keys = |store: Arc<dyn Store>| async move {
+            store
+                .scan_meta(DELIVERY_PREFIX)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k.trim_start_matches(DELIVERY_PREFIX).to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(store.clone()).await, ["mid-1", "mid-2", "new-1"]);
+        // Pruned at most once an hour: 10 min before mid-1 turns 7 days old a prune keeps it;
+        // 20 min after, the prune is not due yet; an hour later it goes.
+        at(days(10) - minutes(10));
+        assert_eq!(send("new-2").await.unwrap().status(), StatusCode::ACCEPTED);
+        at(days(10) + minutes(20));
+        assert_eq!(send("new-3").await.unwrap().status(), StatusCode::ACCEPTED);
+        assert_eq!(
+            keys(store.clone()).await,
+            ["mid-1", "mid-2", "new-1", "new-2", "new-3"]
+        );
+        at(days(10) + minutes(51));
+        assert_eq!(send("new-4").await.unwrap().status(), StatusCode::ACCEPTED);
+        assert_eq!(
+            keys(store.clone()).await,
+            ["mid-2", "new-1", "new-2", "new-3", "new-4"]
+        );
+        // A redelivery of a kept record is still ignored.
+        assert_eq!(send("mid-2").await.unwrap().status(), StatusCode::OK);
     }
 
     #[tokio::test]

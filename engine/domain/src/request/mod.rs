@@ -32,13 +32,17 @@ pub use packages::{
     TKG16_STANDARD_PACKAGES,
 };
 pub(crate) use rules::parse_tkr;
-pub use rules::{check_upgrade, is_dns1123_label, is_system_namespace, validate, RULES};
+pub use rules::{
+    check_upgrade, is_dns1123_label, is_system_namespace, proxy_has_userinfo, validate,
+    LOCKED_RULES, RULES,
+};
 pub(crate) use settings::cron_of;
 pub use settings::{
     parse_cluster_settings, parse_repo_config, ApprovalPolicy, ClusterSettings, ClusterTmc,
-    IdentityManagementType, KubeconfigSource, ManagementClusterConfig, PackageDefaults,
-    PackageRepositoryRef, PackageRequest, RepoConfig, RuleLevel, RuleOverride, RulesConfig,
-    TmcConfig, UpgradePolicy, ALLOW_DELETE_LABEL,
+    IdentityManagementType, IgnoredOverride, KubeconfigSource, ManagementClusterConfig,
+    PackageDefaults, PackageRepositoryRef, PackageRequest, PlanPolicy, RepoConfig, RuleLevel,
+    RuleOverride, RulesConfig, TmcConfig, UpgradePolicy, ALLOW_DELETE_LABEL, DEFAULT_MAX_CLUSTERS,
+    MAX_MAX_CLUSTERS,
 };
 pub use spec::{
     cluster_spec, ClusterSpec, MachineSpec, OsSpec, PackageSpec, SubnetSpec, TmcSpec, VpcSpec,

@@ -165,6 +165,33 @@ pub const RULES: &[(&str, Severity, &str)] = &[
         Severity::Error,
         "package values hold no inline secrets (passwords, tokens, keys)",
     ),
+    (
+        "TKGOPS-DELETE",
+        Severity::Error,
+        "a delete carries the tkgops/allow-delete label; at most approval.maxDeletesPerChange deletes per change",
+    ),
+    (
+        "TKGOPS-PLACEMENT",
+        Severity::Error,
+        "an existing cluster keeps its managementCluster, NAMESPACE and CLUSTER_NAME (DESIGN.md security rule 7)",
+    ),
+    (
+        "TKGOPS-PLAN-SIZE",
+        Severity::Error,
+        "one plan covers at most plan.maxClusters clusters (default 200): GitHub's write budget",
+    ),
+];
+
+/// The security rules (DESIGN.md security rules 5, 6, 7, 8): always errors, whatever the
+/// policy's `rules.severities` or label-scoped `rules.overrides` say. A policy entry lowering
+/// one is ignored and named in every plan ([`super::RulesConfig::ignored`]).
+pub const LOCKED_RULES: &[&str] = &[
+    "TKGOPS-SECRET",
+    "TKGOPS-PKG-SECRET",
+    "TKGOPS-NAMESPACE",
+    "TKGOPS-NAME",
+    "TKGOPS-DELETE",
+    "TKGOPS-PLACEMENT",
 ];
 
 /// Default severity of rule `id`; `None` for an unknown rule ID.
@@ -927,6 +954,11 @@ fn apply_policy(
             if f.rule == PARSE || f.rule == SCHEMA {
                 return Some(f);
             }
+            // Security rules cannot be lowered (the policy entry is named in the plan).
+            if LOCKED_RULES.contains(&f.rule.as_str()) {
+                f.severity = Severity::Error;
+                return Some(f);
+            }
             let mut level = None;
             if let Some(l) = r.rules.severities.get(&f.rule) {
                 level = Some(*l);
@@ -963,7 +995,8 @@ fn apply_policy(
 /// AWS-only rules (R1, R3, R4, R15) are skipped when `INFRASTRUCTURE_PROVIDER` names another
 /// provider. Severities are then resolved by `repo`'s policy (`rules.severities`, then every
 /// `rules.overrides` entry whose `matchLabels` the settings' labels contain, in order; `off`
-/// drops the finding; `TKGOPS-PARSE`/`TKGOPS-SCHEMA` cannot be changed); without `repo` the
+/// drops the finding; `TKGOPS-PARSE`/`TKGOPS-SCHEMA` and the security rules [`LOCKED_RULES`]
+/// cannot be changed: they stay errors); without `repo` the
 /// defaults apply. Returns the findings sorted by (path, line, rule). Never includes a secret
 /// variable's value.
 pub fn validate(
@@ -1019,6 +1052,21 @@ fn secret_rule(ctx: &mut Ctx<'_>) {
                 .then(|| (k.clone(), encoded))
         })
         .collect();
+    // A proxy URL with userinfo (`http://user:pass@host:3128`) carries a password too.
+    let proxies: Vec<String> = ctx
+        .c
+        .vars
+        .iter()
+        .filter(|(k, v)| is_proxy_variable(k) && proxy_has_userinfo(&v.value))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in proxies {
+        ctx.var(
+            &k,
+            "TKGOPS-SECRET",
+            format!("{k} holds a proxy URL with a user name and password (user:password@host), committed to Git where every reader of the repository, the pull request and the journal sees it, and TKG writes it into the Cluster; remove them: give the proxy an allow-list for the cluster's subnets, or authenticate it outside the URL. Rotate the password if it was real."),
+        );
+    }
     for (k, encoded) in committed {
         let upper = k.to_ascii_uppercase();
         let instead = if upper.starts_with("LDAP_") || upper.starts_with("OIDC_") {
@@ -1041,6 +1089,23 @@ fn secret_rule(ctx: &mut Ctx<'_>) {
             format!("{k} holds {what}, committed to Git where every reader of the repository, the pull request and the journal sees it; remove it: {instead}. Rotate it if it was real."),
         );
     }
+}
+
+/// Whether TKG variable `name` holds a proxy URL: `TKG_HTTP_PROXY`, `TKG_HTTPS_PROXY` and the
+/// plain `HTTP_PROXY`/`HTTPS_PROXY` (any case, any prefix ending in `HTTP_PROXY`/`HTTPS_PROXY`).
+fn is_proxy_variable(name: &str) -> bool {
+    let n = name.trim().to_ascii_uppercase();
+    n.ends_with("HTTP_PROXY") || n.ends_with("HTTPS_PROXY")
+}
+
+/// Whether the proxy URL `value` carries userinfo (`scheme://user[:password]@host…`), i.e. a
+/// credential (rule `TKGOPS-SECRET`). Only the authority (before the first `/`, `?` or `#`
+/// after the scheme) is looked at; a value without `://` is read as an authority.
+pub fn proxy_has_userinfo(value: &str) -> bool {
+    let v = value.trim();
+    let rest = v.split_once("://").map_or(v, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.contains('@')
 }
 
 /// Whether `name` is a namespace of the platform itself, which tkgops never writes Clusters into

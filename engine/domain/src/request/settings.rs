@@ -44,9 +44,43 @@ pub struct RepoConfig {
     /// (`TKGOPS-SCHEDULE`).
     #[serde(default)]
     pub schedules: Vec<crate::schedule::Schedule>,
+    /// Limits of one plan (`plan.maxClusters`); the defaults when absent.
+    #[serde(default)]
+    pub plan: PlanPolicy,
     /// Path of the file as given to [`parse_repo_config`] (not part of the YAML).
     #[serde(skip)]
     pub path: String,
+}
+
+/// Default of [`PlanPolicy::max_clusters`]: 200 clusters per plan.
+pub const DEFAULT_MAX_CLUSTERS: u32 = 200;
+
+/// Largest [`PlanPolicy::max_clusters`] [`parse_repo_config`] accepts: 10,000.
+pub const MAX_MAX_CLUSTERS: u32 = 10_000;
+
+/// The `plan` section of [`RepoConfig`]: limits of one plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanPolicy {
+    /// At most this many clusters in one plan (default [`DEFAULT_MAX_CLUSTERS`], 1 to
+    /// [`MAX_MAX_CLUSTERS`]). A change touching more is blocked as a whole (rule
+    /// `TKGOPS-PLAN-SIZE`): each planned cluster costs GitHub writes (a details comment on a
+    /// large pull request), so a fork touching thousands of folders would spend the bot's
+    /// GitHub write budget.
+    #[serde(default = "default_max_clusters")]
+    pub max_clusters: u32,
+}
+
+impl Default for PlanPolicy {
+    fn default() -> Self {
+        PlanPolicy {
+            max_clusters: DEFAULT_MAX_CLUSTERS,
+        }
+    }
+}
+
+fn default_max_clusters() -> u32 {
+    DEFAULT_MAX_CLUSTERS
 }
 
 impl RepoConfig {
@@ -369,6 +403,46 @@ pub struct RulesConfig {
     /// Applied in order after `severities`, for clusters whose labels match.
     #[serde(default)]
     pub overrides: Vec<RuleOverride>,
+    /// The entries of `severities` and `overrides` that try to lower a security rule
+    /// ([`super::LOCKED_RULES`]) to `warning` or `off`; they are ignored (the rule stays an
+    /// error) and every plan says so. Filled by [`parse_repo_config`] (not part of the YAML).
+    #[serde(skip)]
+    pub ignored: Vec<IgnoredOverride>,
+}
+
+/// A severity override of a security rule that cannot be lowered ([`super::LOCKED_RULES`]):
+/// where it is, so the plan can name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IgnoredOverride {
+    /// The rule ID (`TKGOPS-SECRET`).
+    pub rule: String,
+    /// The level the policy asks for (`warning` or `off`).
+    pub level: RuleLevel,
+    /// Where in `tkgops.yaml`: `rules.severities`, or `rules.overrides[N]` with its
+    /// `matchLabels` (`rules.overrides[0] (matchLabels team=payments)`).
+    pub place: String,
+    /// 1-based line of the rule's key in the file, when found.
+    pub line: Option<u32>,
+}
+
+impl IgnoredOverride {
+    /// The plan note naming the rule, the override and the file (`path`, `line`): the rule
+    /// stays an error.
+    pub fn note(&self, path: &str) -> String {
+        let at = match self.line {
+            Some(l) => format!("{path}:{l}"),
+            None => path.to_string(),
+        };
+        let level = match self.level {
+            RuleLevel::Error => "error",
+            RuleLevel::Warning => "warning",
+            RuleLevel::Off => "off",
+        };
+        format!(
+            "The policy tries to set the security rule {} to `{level}` ({}, {at}): security rules cannot be lowered, so it stays an error.",
+            self.rule, self.place
+        )
+    }
 }
 
 /// One entry of [`RulesConfig::overrides`].
@@ -594,6 +668,33 @@ pub(crate) fn find_key_line_from(text: &str, key: &str, after: u32) -> Option<u3
     None
 }
 
+/// Line of the first mention of the map key `key:` after the 1-based line `after`, in block
+/// style or inside a flow map (`{A: x, key: y}`): `key` preceded by the line start, a space,
+/// `{`, `,` or a quote. 1-based.
+fn find_map_key_line_from(text: &str, key: &str, after: u32) -> Option<u32> {
+    for (i, line) in text.lines().enumerate() {
+        let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        if n <= after {
+            continue;
+        }
+        let mut from = 0;
+        while let Some(j) = line[from..].find(key) {
+            let start = from + j;
+            let end = start + key.len();
+            let before_ok = line[..start]
+                .chars()
+                .next_back()
+                .is_none_or(|c| matches!(c, ' ' | '{' | ',' | '"' | '\''));
+            let rest = line[end..].trim_start_matches(['"', '\'']);
+            if before_ok && rest.starts_with(':') {
+                return Some(n);
+            }
+            from = end;
+        }
+    }
+    None
+}
+
 /// Line of the first `key: value` whose value (unquoted) is `value`, 1-based.
 pub(crate) fn find_value_line(text: &str, key: &str, value: &str) -> Option<u32> {
     let pat = format!("{key}:");
@@ -746,15 +847,59 @@ fn check_rule_ids(
     }
 }
 
+/// The overrides in `rules` that lower a security rule ([`super::LOCKED_RULES`]) below
+/// `error`, in file order (`severities`, then each of `overrides`), with the line of each:
+/// the occurrences of the rule's key in `text` are assigned in that order.
+fn ignored_overrides(text: &str, rules: &RulesConfig) -> Vec<IgnoredOverride> {
+    let mut out = Vec::new();
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    let mut visit = |sev: &BTreeMap<String, RuleLevel>, place: String| {
+        for (id, level) in sev {
+            // Each mention of the key moves the search on, so the Nth entry gets the Nth line.
+            let after = seen.get(id).copied().unwrap_or(0);
+            let line = find_map_key_line_from(text, id, after);
+            if let Some(l) = line {
+                seen.insert(id.clone(), l);
+            }
+            if super::LOCKED_RULES.contains(&id.as_str()) && *level != RuleLevel::Error {
+                out.push(IgnoredOverride {
+                    rule: id.clone(),
+                    level: *level,
+                    place: place.clone(),
+                    line,
+                });
+            }
+        }
+    };
+    visit(&rules.severities, "rules.severities".into());
+    for (i, o) in rules.overrides.iter().enumerate() {
+        let labels: Vec<String> = o
+            .match_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let scope = if labels.is_empty() {
+            "every cluster".to_string()
+        } else {
+            format!("matchLabels {}", labels.join(","))
+        };
+        visit(&o.severities, format!("rules.overrides[{i}] ({scope})"));
+    }
+    out
+}
+
 /// Parses the repository root `tkgops.yaml` from `bytes` (`path` for findings).
 ///
 /// Errors: the same file guards as [`super::parse_tkg_config`] (`TKGOPS-PARSE`); unknown keys,
 /// missing or mistyped fields, no management cluster, duplicate management cluster names,
 /// `requiredApprovals` < 1, `destructiveApprovals` < `requiredApprovals`, a TMC endpoint not
 /// `https://`, unknown rule IDs in `rules`, duplicate or incomplete package defaults (a package
-/// outside the TKG 1.6 table needs `refName` and `version`) — all `TKGOPS-SCHEMA` with lines;
-/// invalid `schedules` (cron, time zone, window, selectors, names, waves) — `TKGOPS-SCHEDULE`
-/// with lines ([`crate::schedule::validate_schedules`]).
+/// outside the TKG 1.6 table needs `refName` and `version`), `plan.maxClusters` outside 1 to
+/// [`MAX_MAX_CLUSTERS`] — all `TKGOPS-SCHEMA` with lines; invalid `schedules` (cron, time
+/// zone, window, selectors, names, waves) — `TKGOPS-SCHEDULE` with lines
+/// ([`crate::schedule::validate_schedules`]). Overrides that lower a security rule
+/// ([`super::LOCKED_RULES`]) are no error: they are kept in [`RulesConfig::ignored`], and the
+/// rule stays an error.
 pub fn parse_repo_config(path: &str, bytes: &[u8]) -> Result<RepoConfig, Vec<Finding>> {
     let (mut cfg, text) = parse_typed::<RepoConfig>(path, bytes)?;
     cfg.path = path.to_string();
@@ -816,6 +961,16 @@ pub fn parse_repo_config(path: &str, bytes: &[u8]) -> Result<RepoConfig, Vec<Fin
     check_rule_ids(path, text, &cfg.rules.severities, &mut out);
     for o in &cfg.rules.overrides {
         check_rule_ids(path, text, &o.severities, &mut out);
+    }
+    cfg.rules.ignored = ignored_overrides(text, &cfg.rules);
+    if !(1..=MAX_MAX_CLUSTERS).contains(&cfg.plan.max_clusters) {
+        out.push(schema(
+            path,
+            find_key_line(text, "maxClusters"),
+            format!(
+                "plan.maxClusters must be between 1 and {MAX_MAX_CLUSTERS} (default {DEFAULT_MAX_CLUSTERS})"
+            ),
+        ));
     }
     check_packages(path, text, &cfg.packages.defaults, &mut out, false);
     out.extend(crate::schedule::validate_schedules(

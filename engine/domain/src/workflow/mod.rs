@@ -9,9 +9,10 @@ pub mod catalog;
 pub mod diff;
 pub mod impact;
 pub mod markdown;
+pub mod placement;
 pub mod plan;
 pub mod summary;
 
 pub use catalog::{Catalog, CatalogError, Workflow, WorkflowStep};
 pub use impact::{impact, Impact, MachineGroupChange, RolloutHistory};
-pub use plan::{plan, ClusterPlan, IntentKind, Plan, PlanInput, PlanStatus};
+pub use plan::{plan, plan_unbounded, ClusterPlan, IntentKind, Plan, PlanInput, PlanStatus};

@@ -370,13 +370,38 @@ pub fn load_repo_config(tree: &dyn TreeReader) -> (Option<RepoConfig>, Vec<Findi
     }
 }
 
+/// Rule of a change touching more clusters than the policy's `plan.maxClusters`.
+pub const PLAN_SIZE_RULE: &str = "TKGOPS-PLAN-SIZE";
+
 /// Computes the plan for the change `base..head`.
 ///
 /// Never fails: unreadable or invalid files become findings in the plan, and a workflow that
 /// cannot be rendered becomes a blocked cluster plan with the rendering error as its note.
+///
+/// A change touching more clusters than the trusted policy's `plan.maxClusters` (default
+/// [`request::DEFAULT_MAX_CLUSTERS`]) is not planned cluster by cluster: the plan has no
+/// cluster entries and one `TKGOPS-PLAN-SIZE` error, so nothing runs and the bot posts one
+/// comment instead of one details comment per cluster. See [`plan_unbounded`] for the bot's
+/// own scheduled wave commits.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
+    plan_with(input, true)
+}
+
+/// [`plan`] without the `plan.maxClusters` cap: for the commits tkgops writes itself (the
+/// `tkr` bumps of a scheduled apply's wave, authorised by a schedule of the trusted policy),
+/// which are planned once per wave and post no comment per cluster. Never for a pull request
+/// or its merge.
+pub fn plan_unbounded(input: &PlanInput<'_>) -> Plan {
+    plan_with(input, false)
+}
+
+fn plan_with(input: &PlanInput<'_>, capped: bool) -> Plan {
     let (repo, mut repo_findings) = load_repo_config(input.settings);
     let mut notes = Vec::new();
+    // Security rules cannot be lowered: say so for every entry of the policy that tries.
+    if let Some(r) = &repo {
+        notes.extend(r.rules.ignored.iter().map(|o| o.note(&r.path)));
+    }
     let changes_policy = input.changed_paths.iter().any(|p| p == REPO_CONFIG_PATH);
     if changes_policy {
         let needed = repo
@@ -389,6 +414,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 Err(fs) => repo_findings.extend(fs),
                 // Said loudly: approving an apply schedule approves its upgrades (issue 8 item 6).
                 Ok(cfg) => {
+                    for o in &cfg.rules.ignored {
+                        notes.push(format!("This change's tkgops.yaml: {}", o.note(&cfg.path)));
+                    }
                     let apply: Vec<String> = cfg
                         .schedules
                         .iter()
@@ -406,10 +434,32 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         }
     }
     let mut clusters = Vec::new();
-    for name in affected_clusters(input.changed_paths) {
+    let affected = affected_clusters(input.changed_paths);
+    let max = repo
+        .as_ref()
+        .map_or(request::DEFAULT_MAX_CLUSTERS, |r| r.plan.max_clusters) as usize;
+    if capped && affected.len() > max {
+        repo_findings.push(plan_size_finding(&affected, max));
+        return Plan {
+            base_sha: input.base_sha.to_string(),
+            head_sha: input.head_sha.to_string(),
+            clusters,
+            repo_findings,
+            notes,
+            changes_policy,
+        };
+    }
+    for name in affected {
         let before = load_cluster(input.base, &name, repo.as_ref());
         let after = load_cluster(input.head, &name, repo.as_ref());
-        clusters.extend(plan_cluster(&name, before, after, repo.as_ref(), input));
+        clusters.extend(plan_cluster(
+            &name,
+            before,
+            after,
+            repo.as_ref(),
+            input,
+            &mut notes,
+        ));
     }
     // Deletes: at most approval.maxDeletesPerChange per change (TKGOPS-DELETE).
     let deletes: Vec<String> = clusters
@@ -458,6 +508,36 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     }
 }
 
+/// The `TKGOPS-PLAN-SIZE` finding of a change touching the clusters `affected`, more than
+/// `max`: it names the count, the first clusters and the setting.
+fn plan_size_finding(affected: &BTreeSet<String>, max: usize) -> Finding {
+    let first: Vec<String> = affected.iter().take(5).map(|c| format!("`{c}`")).collect();
+    Finding {
+        path: format!("{CLUSTERS_DIR}/"),
+        line: None,
+        rule: PLAN_SIZE_RULE.into(),
+        severity: Severity::Error,
+        message: format!(
+            "this change touches {} clusters ({}{}); one plan covers at most {max} (plan.maxClusters in the default branch's tkgops.yaml). Nothing is planned or run: split the change into pull requests of at most {max} clusters.",
+            affected.len(),
+            first.join(", "),
+            if affected.len() > first.len() { ", …" } else { "" }
+        ),
+    }
+}
+
+/// Whether `findings` hold a committed credential (`TKGOPS-SECRET`, `TKGOPS-PKG-SECRET`): the
+/// request is then not rendered at all, so the value reaches no step input, manifest or diff
+/// of the plan (security rule 5).
+fn holds_secret(findings: &[Finding]) -> bool {
+    findings
+        .iter()
+        .any(|f| f.rule == "TKGOPS-SECRET" || f.rule == "TKGOPS-PKG-SECRET")
+}
+
+/// Note of a cluster plan not rendered because its request holds a credential.
+const SECRET_NOTE: &str = "Not rendered: the request holds a credential (see the findings). Remove it from Git; nothing is shown or run for this cluster until then.";
+
 /// Rule of the safety rails of deletes: `approval.maxDeletesPerChange` and the
 /// [`request::ALLOW_DELETE_LABEL`] label.
 pub const DELETE_RULE: &str = "TKGOPS-DELETE";
@@ -491,6 +571,7 @@ fn plan_cluster(
     after: Option<LoadedCluster>,
     repo: Option<&RepoConfig>,
     input: &PlanInput<'_>,
+    notes: &mut Vec<String>,
 ) -> Vec<ClusterPlan> {
     match (before, after) {
         (None, None) => Vec::new(),
@@ -514,6 +595,18 @@ fn plan_cluster(
         )],
         (Some(before), Some(after)) => {
             let mut findings = after.findings;
+            if holds_secret(&findings) {
+                let mut b = blocked(
+                    name,
+                    IntentKind::Unsupported {
+                        reason: "the cluster request holds a credential".into(),
+                    },
+                    findings,
+                    None,
+                );
+                b.note = Some(SECRET_NOTE.into());
+                return vec![b];
+            }
             let (Some(old), Some(new)) = (before.request.as_ref(), after.request.as_ref()) else {
                 // The new version does not load: show its findings as a blocked change.
                 return vec![blocked(
@@ -525,6 +618,26 @@ fn plan_cluster(
                     None,
                 )];
             };
+            // Security rule 7: an existing cluster's placement never changes (TKGOPS-PLACEMENT).
+            let moved = super::placement::placement_findings(old, new, repo);
+            if !moved.is_empty() {
+                findings.extend(moved);
+                return vec![blocked(
+                    name,
+                    IntentKind::Unsupported {
+                        reason: "the cluster's management cluster, namespace or name changes"
+                            .into(),
+                    },
+                    findings,
+                    None,
+                )];
+            }
+            notes.extend(super::placement::label_notes(
+                name,
+                &old.settings.labels,
+                &new.settings.labels,
+                repo,
+            ));
             let (old_spec, new_spec) = match (repo, spec_of(old, repo), spec_of(new, repo)) {
                 (Some(_), Ok(a), Ok(b)) => (a, b),
                 (_, _, Err(f)) => {
@@ -746,6 +859,11 @@ fn render_intent(
             diffs: Vec::new(),
         };
     };
+    if holds_secret(&findings) {
+        let mut b = blocked(name, intent, findings, None);
+        b.note = Some(SECRET_NOTE.into());
+        return b;
+    }
     let Some(workflow) = input.catalog.workflow_for_intent(intent_name) else {
         return blocked(name, intent, findings, None);
     };
