@@ -1023,10 +1023,40 @@ impl Planner {
         settings: String,
         history: tkgops_domain::workflow::RolloutHistory,
     ) -> Result<Plan, BotError> {
+        self.plan_paths(base, head, settings, history, None).await
+    }
+
+    /// Plans only cluster `cluster`'s part of `base..head` (its `clusters/<cluster>/` files)
+    /// under the policy of commit `settings`: what a queued run of that cluster re-plans.
+    ///
+    /// Errors: [`BotError::Git`] when a commit cannot be read.
+    pub async fn plan_cluster(
+        &self,
+        base: String,
+        head: String,
+        settings: String,
+        cluster: &str,
+    ) -> Result<Plan, BotError> {
+        let prefix = format!("clusters/{cluster}/");
+        self.plan_paths(base, head, settings, Default::default(), Some(prefix))
+            .await
+    }
+
+    async fn plan_paths(
+        &self,
+        base: String,
+        head: String,
+        settings: String,
+        history: tkgops_domain::workflow::RolloutHistory,
+        only: Option<String>,
+    ) -> Result<Plan, BotError> {
         let this = self.clone();
         blocking(move || {
             let git = &this.git;
-            let changed = git.changed_paths(&base, &head)?;
+            let mut changed = git.changed_paths(&base, &head)?;
+            if let Some(prefix) = &only {
+                changed.retain(|p| p.starts_with(prefix.as_str()));
+            }
             let (bt, ht, st) = (git.tree(&base)?, git.tree(&head)?, git.tree(&settings)?);
             Ok(plan(&PlanInput {
                 base: &bt,

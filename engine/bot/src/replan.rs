@@ -6,22 +6,24 @@
 //! ([`DEPLOYED_PREFIX`], written by the publisher). When that commit is the merge commit's first
 //! parent, the runs ahead did what the merge assumed and the run starts as approved. Otherwise
 //! (a run ahead failed or was cancelled, so the cluster still runs an older commit) the cluster
-//! is planned from that commit to the merge commit, under the policy of the merge commit's
-//! first parent (security rule 1), and:
+//! is planned from that commit to the merge commit, under the trusted policy, and:
 //! - the same steps: the run starts as approved;
 //! - other steps: the run starts with them, and says so ([`GateDecision::Replace`]);
 //! - nothing to do, or the change is now blocked: the run is cancelled with the reason.
 //!
-//! Everything the re-plan can add was merged to the default branch through approved pull
-//! requests (it is the part of them that did not run).
+//! The re-plan runs only what reached the default branch through approved merges (the ledger
+//! of [`crate::trust`]): a change of the cluster's files in the range that came through a merge
+//! tkgops refused, or a direct push, is taken back out of the head (`git revert`, in memory)
+//! and named in the run's note; when it cannot be taken out without a conflict, the run is
+//! cancelled and says why. The policy is the trusted policy commit's (security rule 1), and
+//! only the cluster's own files are planned.
 
 use async_trait::async_trait;
 use tkgops_domain::workflow::plan::PlanStatus;
-use tkgops_domain::workflow::RolloutHistory;
 use tkgops_engine::store::{RunRecord, Store};
 use tkgops_engine::{GateDecision, StartGate};
 
-use crate::Planner;
+use crate::{trust, Planner};
 
 /// Journal key prefix of the commit each cluster last ran successfully from:
 /// `cluster/deployed/<cluster>` → merge commit SHA (written when a run succeeds).
@@ -68,17 +70,30 @@ impl Replanner {
             .await
             .map_err(store_err)?
             .map(|b| String::from_utf8_lossy(&b).into_owned());
+        // The default branch's tip before this run's merge (a rebase merge's first commits
+        // are part of the merge, not of what came before it).
+        let own_base = trust::ledger_entry(&*self.store, &run.commit_sha)
+            .await?
+            .and_then(|e| e.base);
         let git = self.planner.git.clone();
         let commit = run.commit_sha.clone();
-        let (parent, base) = crate::blocking(move || {
-            let parent = git.first_parent(&commit)?.unwrap_or_else(|| commit.clone());
+        let (merge_base, base) = crate::blocking(move || {
+            let merge_base = match own_base {
+                Some(b) => b,
+                None => git.first_parent(&commit)?.unwrap_or_else(|| commit.clone()),
+            };
             let base = deployed.filter(|d| d != &commit && git.is_ancestor(d, &commit));
-            Ok((parent, base))
+            Ok((merge_base, base))
         })
         .await?;
-        let Some(base) = base.filter(|b| *b != parent) else {
+        let Some(base) = base.filter(|b| *b != merge_base) else {
             // The runs ahead left the cluster as the merge assumed (or nothing is known).
             return Ok(GateDecision::Start);
+        };
+        let Some(trusted) = trust::read_trusted(&*self.store).await? else {
+            return Ok(GateDecision::Fail(
+                "the trusted policy commit is not journalled, so the re-plan has no policy".into(),
+            ));
         };
         let ahead = self
             .store
@@ -87,19 +102,45 @@ impl Replanner {
             .map_err(store_err)?
             .map(|r| format!("{:?}", r.state).to_lowercase())
             .unwrap_or_else(|| "unknown".into());
-        let plan = self
-            .planner
-            .plan(
-                base.clone(),
-                run.commit_sha.clone(),
-                parent,
-                RolloutHistory::default(),
-            )
-            .await?;
         let why = format!(
             "re-planned when its turn came: the cluster runs commit {} (run {waited_behind} ahead of it ended {ahead})",
             short(&base)
         );
+        // Security rule 2: only changes that reached the default branch through approved
+        // merges run. Changes of this cluster between the deployed commit and this run's merge
+        // that did not (a refused merge, a direct push) are taken back out of the head.
+        let left_out = self
+            .unapproved_changes(&run.cluster, &base, &merge_base)
+            .await?;
+        let head = if left_out.is_empty() {
+            run.commit_sha.clone()
+        } else {
+            let git = self.planner.git.clone();
+            let commit = run.commit_sha.clone();
+            let reverts: Vec<String> = left_out.iter().map(|(c, _)| c.clone()).collect();
+            match crate::blocking(move || git.revert_onto(&commit, &reverts)).await? {
+                Some(h) => h,
+                None => {
+                    return Ok(GateDecision::Cancel(format!(
+                        "{why}, and the range holds changes to `{}` that did not reach the default branch through an approved merge ({}); they cannot be left out without a conflict, so nothing runs. Open a pull request that makes the cluster's files what they should be",
+                        run.cluster,
+                        describe(&left_out)
+                    )))
+                }
+            }
+        };
+        let left_note = if left_out.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; left out, as they did not reach the default branch through an approved merge: {}",
+                describe(&left_out)
+            )
+        };
+        let plan = self
+            .planner
+            .plan_cluster(base.clone(), head, trusted.commit, &run.cluster)
+            .await?;
         // The plan of the same workflow (a change of several kinds plans one run per
         // workflow, each gated on its own), else the cluster's only other plan.
         let mine: Vec<_> = plan
@@ -112,7 +153,7 @@ impl Replanner {
             .find(|c| c.workflow.as_deref() == Some(run.workflow.as_str()));
         let Some(cp) = same.or(if mine.len() == 1 { mine.first() } else { None }) else {
             return Ok(GateDecision::Cancel(format!(
-                "{why}, and from there nothing is left to change"
+                "{why}, and from there nothing is left to change{left_note}"
             )));
         };
         match cp.status {
@@ -125,25 +166,25 @@ impl Replanner {
                     .map(|f| format!("{} {}", f.rule, f.message))
                     .collect();
                 return Ok(GateDecision::Cancel(format!(
-                    "{why}, and from there the change is blocked: {}",
+                    "{why}, and from there the change is blocked: {}{left_note}",
                     findings.join("; ")
                 )));
             }
             _ => {
                 return Ok(GateDecision::Cancel(format!(
-                    "{why}, and from there nothing is left to run ({})",
+                    "{why}, and from there nothing is left to run ({}){left_note}",
                     cp.note.clone().unwrap_or_else(|| cp.intent.label())
                 )))
             }
         }
         let workflow = cp.workflow.clone().unwrap_or_default();
         let current: Vec<_> = run.steps.iter().map(|s| s.spec.clone()).collect();
-        if workflow == run.workflow && cp.steps == current {
+        if workflow == run.workflow && cp.steps == current && left_out.is_empty() {
             return Ok(GateDecision::Start);
         }
         Ok(GateDecision::Replace {
             note: format!(
-                "{why}: it now runs `{workflow}` for the change {}..{}",
+                "{why}: it now runs `{workflow}` for the change {}..{}{left_note}",
                 short(&base),
                 short(&run.commit_sha)
             ),
@@ -151,4 +192,69 @@ impl Replanner {
             steps: cp.steps.clone(),
         })
     }
+
+    /// The first-parent commits of `(from, to]` (newest first) that changed cluster
+    /// `cluster`'s files without reaching the default branch through an approved merge, each
+    /// with why: the ledger ([`trust::LEDGER_PREFIX`]) names the merges tkgops handled;
+    /// anything else was pushed without one.
+    ///
+    /// Errors: [`crate::BotError`] when git or the journal fail.
+    async fn unapproved_changes(
+        &self,
+        cluster: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<(String, String)>, crate::BotError> {
+        let git = self.planner.git.clone();
+        let (from_c, to_c, prefix) = (
+            from.to_string(),
+            to.to_string(),
+            format!("clusters/{cluster}/"),
+        );
+        let touching: Vec<String> = crate::blocking(move || {
+            let chain = git.first_parent_chain(&to_c, Some(&from_c), REPLAN_HISTORY_LIMIT)?;
+            let mut out = Vec::new();
+            for c in chain {
+                let parent = git.first_parent(&c)?;
+                let changed = match &parent {
+                    Some(p) => git.changed_paths(p, &c)?,
+                    None => Vec::new(),
+                };
+                if changed.iter().any(|p| p.starts_with(&prefix)) {
+                    out.push(c);
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        let mut out = Vec::new();
+        for c in touching {
+            match trust::ledger_entry(&*self.store, &c).await? {
+                Some(e) if e.approved => {}
+                Some(e) => out.push((
+                    c,
+                    format!(
+                        "merged by pull request #{} without approval ({})",
+                        e.pr,
+                        e.refused.unwrap_or_default()
+                    ),
+                )),
+                None => out.push((c, "pushed without a pull request tkgops planned".into())),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// How far back a re-plan looks for changes that did not reach the default branch through an
+/// approved merge (commits of the first-parent history).
+const REPLAN_HISTORY_LIMIT: usize = 10_000;
+
+/// "`abc1234` (why), …" for the run's note.
+fn describe(left_out: &[(String, String)]) -> String {
+    left_out
+        .iter()
+        .map(|(c, why)| format!("`{}` ({why})", short(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
