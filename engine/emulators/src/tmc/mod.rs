@@ -359,6 +359,39 @@ impl TmcEmulator {
         }
     }
 
+    /// Test knob: replaces the first cluster named `name` at once by a new cluster of the same
+    /// full name, as if its owner had detached it and someone else attached another cluster
+    /// under that name between two requests: a new `meta.uid`, `resourceVersion` 1, phase
+    /// `PENDING`, `spec.clusterGroupName` `group` and `meta.labels` `labels` (no description).
+    /// Returns the new uid, or `None` when there is no such cluster.
+    pub fn replace_cluster(
+        &self,
+        name: &str,
+        group: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        let mut db = self.state.db();
+        let (key, rec) = db.clusters.iter_mut().find(|(k, _)| k.2 == name)?;
+        let uid = new_uid();
+        let ts = now();
+        rec.cluster = json!({
+            "fullName": {"orgId": self.state.opts.org_id, "managementClusterName": key.0,
+                         "provisionerName": key.1, "name": key.2},
+            "meta": {"uid": uid, "creationTime": ts, "updateTime": ts, "resourceVersion": "1",
+                     "generation": "1", "labels": labels, "annotations": {}},
+            "spec": {"clusterGroupName": group},
+            "status": {
+                "phase": "PENDING",
+                "health": "HEALTH_UNSPECIFIED",
+                "type": "ATTACHED",
+                "installerLink": format!("{}/installer?id={}&source=attach", self.state.url, rec.installer_id),
+                "conditions": {},
+            },
+        });
+        rec.detach_gets_left = None;
+        Some(uid)
+    }
+
     /// Test hook: makes every access token issued so far expire now, as if its TTL had elapsed.
     /// From then on the TMC paths answer them with 401 (grpc code 16), exactly as for a token
     /// past its `expires_in`; tokens issued later are unaffected. Lets a test exercise token
