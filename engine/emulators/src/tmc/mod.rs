@@ -25,9 +25,15 @@
 //! Every path goes through [`Faults`], so tests can inject 5xx, 429, delays and dropped
 //! connections and count the requests made.
 //!
-//! Test knobs: [`TmcEmulator::set_phase`] forces a phase/health, and
+//! Test knobs: [`TmcEmulator::set_phase`] forces a phase/health,
 //! [`TmcEmulator::set_health_on_connect`] makes a cluster come up `READY` with a degraded health
-//! (`WARNING`, `UNHEALTHY`) when its agent connects.
+//! (`WARNING`, `UNHEALTHY`) when its agent connects, and [`TmcEmulator::replace_cluster`] swaps
+//! a cluster for a same-named one with a new uid between two requests.
+//!
+//! `meta.labels` are kept exactly as the last `POST` or `PUT` sent them (a `PUT` without
+//! `labels` removes them all) and returned by every `GET` and list: tkgops's ownership label
+//! lives there, so the emulator neither adds, drops nor rewrites a label. Label keys and
+//! values are not validated (TMC's rules are not in the reference).
 //!
 //! # Update (`PUT /v1alpha1/clusters/{name}`)
 //!

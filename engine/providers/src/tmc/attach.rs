@@ -437,7 +437,8 @@ fn user_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 /// appends its name to `updated`. Returns the cluster as TMC answered the `PUT` (or `c`
 /// unchanged when nothing differs).
 ///
-/// Errors: Permanent when TMC refuses the group (404/400 while the cluster exists) or after
+/// Errors: Permanent when the cluster (as read, or re-read after a conflict) does not carry
+/// this request's ownership label, or TMC refuses the group (404/400 while the cluster exists); after
 /// [`MAX_UPDATE_CONFLICTS`] stale-version conflicts in a row is Transient; other
 /// [`TmcError`]s classified as usual.
 async fn converge(
@@ -573,7 +574,9 @@ impl StepExecutor for TmcExecutor {
 
     /// Runs one attempt of `tmc.attach` or `tmc.detach` (see [`TmcExecutor`]).
     ///
-    /// Errors: Permanent for a kind of another provider, a missing API token, a refused token exchange,
+    /// Errors: Permanent for a kind of another provider, inputs without an ownership mark, an
+    /// existing TMC cluster that does not carry this request's ownership label (it is neither
+    /// adopted nor detached), a missing API token, a refused token exchange,
     /// 4xx answers (a cluster group TMC does not know included) and a cluster in phase
     /// `ERROR`/`UPGRADE_FAILED`; Transient for 429/5xx, connection errors, timeouts, a cluster
     /// being detached (attach) and a cluster that outlives a forced detach; the applier's own
