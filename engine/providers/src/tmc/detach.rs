@@ -82,8 +82,10 @@ impl TmcExecutor {
             ));
             delete(&client, &full_name, false).await?;
         }
-        match self.wait_gone(ctx, &client, &full_name, &shown, uid.as_deref())
-            .await? {
+        match self
+            .wait_gone(ctx, &client, &full_name, &shown, uid.as_deref())
+            .await?
+        {
             Gone::Yes => {
                 ctx.progress.report(&format!("TMC cluster {shown} detached"));
                 return Ok(out(true, false));
