@@ -531,6 +531,112 @@ async fn a_delete_needs_the_label_and_two_approvals_then_detaches_deletes_and_un
     }
 }
 
+/// Issue 16 item 5: the delete workflow checks Kubernetes ownership before it touches TMC or
+/// AWS. When the Cluster `team-a-prod` on the management cluster carries another config
+/// repository's ownership label, the delete run fails at its first step with the reason on
+/// the pull request: the TMC cluster is not detached (no DELETE reaches TMC), the subnet tags
+/// stay in AWS (moto), and the Cluster is not deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delete_of_a_cluster_owned_by_another_request_touches_neither_tmc_nor_aws() {
+    use tkgops_sandbox::{AUTHOR, SECOND_APPROVER};
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot =
+        crate::e2e::InProcessBot::start(&env, &timings, Some(tkgops_sandbox::TMC_TOKEN)).await;
+    let (_, files) = request_files(None, &env.vpc);
+    create_through_a_pull_request(&env, &files).await;
+    let tagged = tagged_subnets(&env).await;
+    assert!(tagged > 0, "the preflight tagged the subnets");
+    let tmc_before = env.tmc.cluster("team-a-prod").expect("attached to TMC");
+    assert_eq!(tmc_before["status"]["phase"], "READY");
+
+    // Meanwhile the Cluster of that name and namespace is another request's (another config
+    // repository marked it).
+    let gvr = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let theirs = tkgops_domain::workflow::plan::owner_label("other-org/clusters", "team-a-prod");
+    mgmt.patch_merge(
+        &gvr,
+        Some("default"),
+        "team-a-prod",
+        serde_json::json!({"metadata": {"labels": {"tkgops.dev/owner": theirs}}}),
+    )
+    .unwrap();
+
+    let paths: Vec<&str> = files
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .filter(|p| p.starts_with("clusters/"))
+        .collect();
+    tkgops_emulators::git_remote::remove_on_branch(
+        &env.remote,
+        "main",
+        "delete-team-a-prod",
+        "Delete team-a-prod",
+        &paths,
+    )
+    .unwrap();
+    let pr = env
+        .github
+        .open_pull_request("delete-team-a-prod", "Delete team-a-prod", "", AUTHOR)
+        .unwrap();
+    env.github
+        .add_label(pr, APPROVER, "tkgops/allow-delete")
+        .unwrap();
+    let head = head_of(&env, "delete-team-a-prod");
+    env.github
+        .wait_until(Duration::from_secs(60), |gh| {
+            gh.statuses(&head)
+                .into_iter()
+                .find(|s| s.context == "tkgops/plan" && s.state == "success")
+        })
+        .await
+        .expect("the labelled delete is planned");
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    env.github
+        .submit_review(pr, SECOND_APPROVER, "APPROVED")
+        .unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    let apply = env
+        .wait_status(&merge, "tkgops/apply", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(apply, "failure", "{}", env.conversation(pr));
+    bot.stop().await;
+
+    // The reason reaches the pull request.
+    let run = bot_comments(&env, pr)
+        .into_iter()
+        .find(|c| c.contains("delete-cluster"))
+        .expect("the run comment");
+    assert!(
+        run.contains("Check that the Cluster belongs to this cluster request")
+            && run.contains(&format!(
+                "Cluster/default/team-a-prod on management cluster '{MANAGEMENT_CLUSTER}' is not owned by this cluster request"
+            ))
+            && run.contains(&theirs),
+        "{run}"
+    );
+    // TMC: not detached, no DELETE ever sent.
+    assert_eq!(
+        env.tmc.faults().log().count(
+            &axum::http::Method::DELETE,
+            "/v1alpha1/clusters/team-a-prod"
+        ),
+        0
+    );
+    let tmc_after = env.tmc.cluster("team-a-prod").expect("still attached");
+    assert_eq!(tmc_after["status"]["phase"], "READY");
+    assert_eq!(tmc_after["meta"]["uid"], tmc_before["meta"]["uid"]);
+    // AWS: the subnet tags stay.
+    assert_eq!(tagged_subnets(&env).await, tagged);
+    // Kubernetes: the Cluster is not deleted.
+    let cluster = mgmt
+        .get(&gvr, Some("default"), "team-a-prod")
+        .expect("the Cluster stays");
+    assert!(cluster["metadata"]["deletionTimestamp"].is_null());
+}
+
 /// How many subnets of the sandbox region carry `kubernetes.io/cluster/team-a-prod` (moto).
 async fn tagged_subnets(env: &tkgops_sandbox::Environment) -> usize {
     let (region, _, _) = tkgops_sandbox::network_of(None);

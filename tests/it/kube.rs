@@ -1016,3 +1016,87 @@ async fn dry_run_delete_collection_namespace_cascade_and_direct_apply() {
         "3"
     );
 }
+
+/// A DELETE's `DeleteOptions` body is honoured as the API server honours it: a `uid` (or
+/// `resourceVersion`) precondition that does not match the stored object answers 409 Conflict
+/// with the API server's message and deletes nothing (a same-named object recreated meanwhile
+/// survives); a matching one deletes; `dryRun: ["All"]` in the body (how kube-rs sends it)
+/// stores nothing.
+#[tokio::test]
+async fn delete_preconditions_and_body_dry_run_are_honoured() {
+    use kube::api::Preconditions;
+    let (_emu, _c, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let first = cms
+        .create(&PostParams::default(), &cm("payments", &[]))
+        .await
+        .unwrap();
+    let old_uid = first.metadata.uid.clone().unwrap();
+    // Recreated meanwhile: same name, another uid.
+    cms.delete("payments", &DeleteParams::default())
+        .await
+        .unwrap();
+    let second = cms
+        .create(&PostParams::default(), &cm("payments", &[]))
+        .await
+        .unwrap();
+    let new_uid = second.metadata.uid.clone().unwrap();
+    assert_ne!(old_uid, new_uid);
+
+    let with = |uid: Option<&str>, rv: Option<&str>| DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: uid.map(str::to_string),
+            resource_version: rv.map(str::to_string),
+        }),
+        ..DeleteParams::default()
+    };
+    let (code, reason, message) = api_err(
+        cms.delete("payments", &with(Some(&old_uid), None))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        message,
+        format!(
+            "Operation cannot be fulfilled on configmaps \"payments\": StorageError: invalid object, Code: 4, Key: /registry/configmaps/default/payments, ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: UID in precondition: {old_uid}, UID in object meta: {new_uid}"
+        )
+    );
+    let stale_rv = first.metadata.resource_version.clone().unwrap();
+    let (code, _, message) = api_err(
+        cms.delete("payments", &with(None, Some(&stale_rv)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 409);
+    assert!(
+        message.contains("Precondition failed: ResourceVersion in precondition"),
+        "{message}"
+    );
+    let kept = cms
+        .get("payments")
+        .await
+        .expect("the recreated object survives");
+    assert_eq!(kept.metadata.uid.as_deref(), Some(new_uid.as_str()));
+    assert!(kept.metadata.deletion_timestamp.is_none());
+
+    // A dry run in the body stores nothing, even with a matching precondition.
+    let dry = DeleteParams {
+        dry_run: true,
+        ..with(Some(&new_uid), None)
+    };
+    cms.delete("payments", &dry).await.unwrap();
+    assert!(cms.get_opt("payments").await.unwrap().is_some());
+
+    // The matching uid deletes; then the precondition meets a missing object: 404.
+    cms.delete("payments", &with(Some(&new_uid), None))
+        .await
+        .unwrap();
+    assert!(cms.get_opt("payments").await.unwrap().is_none());
+    let (code, _, _) = api_err(
+        cms.delete("payments", &with(Some(&new_uid), None))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 404);
+}

@@ -1774,3 +1774,155 @@ async fn packages_verify_checks_every_package_install() {
         "{lines:?}"
     );
 }
+
+/// A management cluster without controllers (no finalizers, nothing reconciles) and a provider
+/// for it: objects deleted directly are gone at once.
+async fn bare_env() -> (
+    KubeEmulator,
+    EmulatedCluster,
+    KubeProvider,
+    tempfile::TempDir,
+) {
+    tkgops_providers::install_crypto_provider();
+    let emu = KubeEmulator::new();
+    let mgmt = emu.add_cluster(MC).await.expect("management cluster");
+    seed_management_cluster(&mgmt).expect("seed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mc.kubeconfig");
+    std::fs::write(&path, mgmt.kubeconfig_yaml()).expect("write kubeconfig");
+    let provider = KubeProvider::with_wait_options(
+        BTreeMap::from([(
+            MC.to_string(),
+            KubeconfigSource::File(path.to_string_lossy().into_owned()),
+        )]),
+        POLL,
+        test_wait_options(),
+    );
+    (emu, mgmt, provider, dir)
+}
+
+/// The Cluster of [`cluster_manifest`] with the ownership label `owner`.
+fn cluster_object(name: &str, owner: &str) -> Value {
+    let manifest = cluster_manifest(name, None);
+    let mut v: Value = serde_yaml::from_str(manifest.split("\n---\n").next().unwrap()).unwrap();
+    v["metadata"]["labels"]["tkgops.dev/owner"] = json!(owner);
+    v
+}
+
+/// `kube.delete-cluster` sends a `uid` precondition with the uid it read: a same-named Cluster
+/// recreated between its read and its DELETE is not deleted (the API server answers 409), the
+/// attempt fails transiently, and the retry reads the new Cluster, checks its owner and
+/// deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_recreated_between_read_and_delete_is_not_deleted() {
+    let (_emu, mgmt, provider, _dir) = bare_env().await;
+    let gvr = cluster_gvr();
+    let first = mgmt
+        .apply(&gvr, cluster_object("team-a-prod", OWNER), "earlier", false)
+        .unwrap();
+    let path = "/apis/cluster.x-k8s.io/v1beta1/namespaces/default/clusters/team-a-prod";
+    // Hold tkgops's DELETE long enough for the Cluster to be replaced meanwhile.
+    mgmt.faults().inject(Fault::new(
+        Some(axum::http::Method::DELETE),
+        path,
+        FaultAction::Delay(Duration::from_secs(5)),
+        Some(1),
+    ));
+    let inputs = json!({"managementCluster": MC, "namespace": "default",
+                        "clusterName": "team-a-prod", "ownerLabel": OWNER});
+    let (c, _) = ctx("kube.delete-cluster", inputs.clone());
+    let p = provider.clone();
+    let step = tokio::spawn(async move { p.execute(&c).await });
+    mgmt.faults()
+        .log()
+        .wait_for(WAIT, |r| {
+            r.method == axum::http::Method::DELETE && r.path == path
+        })
+        .await
+        .expect("tkgops sent its DELETE");
+    mgmt.delete(&gvr, Some("default"), "team-a-prod")
+        .expect("gone at once");
+    let second = mgmt
+        .apply(&gvr, cluster_object("team-a-prod", OWNER), "earlier", false)
+        .unwrap();
+    assert_ne!(first["metadata"]["uid"], second["metadata"]["uid"]);
+
+    let e = tokio::time::timeout(WAIT, step)
+        .await
+        .expect("step ends")
+        .unwrap()
+        .expect_err("the recreated Cluster must not be deleted");
+    assert!(e.is_transient(), "{e:?}");
+    assert!(
+        e.to_string().contains("was replaced after tkgops read it"),
+        "{e}"
+    );
+    let stored = mgmt
+        .get(&gvr, Some("default"), "team-a-prod")
+        .expect("still there");
+    assert_eq!(stored["metadata"]["uid"], second["metadata"]["uid"]);
+    assert!(
+        stored["metadata"]["deletionTimestamp"].is_null(),
+        "{stored}"
+    );
+
+    // The retry reads the new Cluster (owned) and deletes it with its own uid.
+    let (r, _) = run(&provider, "kube.delete-cluster", inputs).await;
+    assert_eq!(r.expect("retry deletes"), json!({"deleted": true}));
+    assert!(mgmt.get(&gvr, Some("default"), "team-a-prod").is_none());
+}
+
+/// `kube.check-owner` passes for this request's Cluster and for a missing one, and fails
+/// permanently, naming both labels, for a Cluster of another repository or path; it writes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_owner_passes_ours_and_missing_and_refuses_others() {
+    let (_emu, mgmt, provider, _dir) = bare_env().await;
+    let gvr = cluster_gvr();
+    let inputs = |name: &str| {
+        json!({"managementCluster": MC, "namespace": "default", "clusterName": name,
+               "ownerLabel": OWNER})
+    };
+    let ours = mgmt
+        .apply(&gvr, cluster_object("ours", OWNER), "earlier", false)
+        .unwrap();
+    let theirs = "ffffffffffffffffffffffffffffffff";
+    mgmt.apply(
+        &gvr,
+        cluster_object("theirs", theirs),
+        "someone-else",
+        false,
+    )
+    .unwrap();
+    let writes = mgmt.writes().len();
+
+    let (r, _) = run(&provider, "kube.check-owner", inputs("ours")).await;
+    assert_eq!(
+        r.expect("ours"),
+        json!({"exists": true, "uid": ours["metadata"]["uid"], "deleting": false})
+    );
+    let (r, lines) = run(&provider, "kube.check-owner", inputs("gone")).await;
+    assert_eq!(r.expect("missing passes"), json!({"exists": false}));
+    assert!(
+        lines.iter().any(|l| l.contains("does not exist")),
+        "{lines:?}"
+    );
+    let (r, _) = run(&provider, "kube.check-owner", inputs("theirs")).await;
+    let e = r.expect_err("another request's Cluster");
+    assert!(!e.is_transient(), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("Cluster/default/theirs on management cluster 'mc-aws-1' is not owned by this cluster request")
+            && msg.contains(theirs)
+            && msg.contains(OWNER),
+        "{msg}"
+    );
+    // An empty owner label proves nothing, even against a Cluster labelled "".
+    mgmt.apply(&gvr, cluster_object("blank", ""), "someone-else", false)
+        .unwrap();
+    let mut blank = inputs("blank");
+    blank["ownerLabel"] = json!("");
+    let (r, _) = run(&provider, "kube.check-owner", blank).await;
+    assert!(!r.expect_err("no owner label").is_transient());
+    assert_eq!(mgmt.writes().len(), writes, "check-owner writes nothing");
+}

@@ -237,6 +237,7 @@ fn upgrades_package_changes_and_deletes_are_planned_to_run() {
     assert_eq!(
         kinds,
         [
+            "kube.check-owner",
             "tmc.detach",
             "kube.delete-cluster",
             "aws.remove-subnet-tags"

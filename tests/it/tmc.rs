@@ -15,6 +15,23 @@ use tkgops_providers::tmc::{FullName, SecretToken, TmcClient, TmcError, TmcExecu
 use tkgops_providers::{ManifestApplier, WorkloadTarget};
 
 const TOKEN: &str = "test-api-token-s3cr3t";
+/// The config repository of the tkgops under test.
+const REPO: &str = "acme/tkg-clusters";
+/// The ownership label key tkgops sets on what it creates.
+const OWNER_KEY: &str = tkgops_domain::workflow::plan::OWNER_LABEL;
+
+/// The ownership label value of cluster request `clusters/<name>` of [`REPO`].
+fn owner(name: &str) -> String {
+    tkgops_domain::workflow::plan::owner_label(REPO, name)
+}
+
+/// `base` plus this tkgops's ownership label for `name`: how tkgops marks a TMC cluster it
+/// registers.
+fn marked(name: &str, base: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut l = base.clone();
+    l.insert(OWNER_KEY.to_string(), owner(name));
+    l
+}
 const AUTHORIZE: &str = "/csp/gateway/am/api/auth/api-tokens/authorize";
 
 async fn emulator_with(ttl: Duration, delay: Duration) -> TmcEmulator {
@@ -651,6 +668,7 @@ fn tmc_ctx(
                     "clusterGroup": group,
                     "description": "attached by tkgops",
                     "labels": {"env": "prod"},
+                    "owner": {"label": owner(name), "repository": REPO, "path": format!("clusters/{name}")},
                 }),
             ),
         },
@@ -697,7 +715,11 @@ async fn attach_creates_applies_and_waits_then_is_idempotent() {
         json!({"uid": stored["meta"]["uid"], "phase": "READY", "health": "HEALTHY",
                "clusterGroup": "team-a", "installerApplied": true, "updated": []})
     );
-    assert_eq!(stored["meta"]["labels"], json!({"env": "prod"}));
+    // The request's labels plus the ownership mark.
+    assert_eq!(
+        stored["meta"]["labels"],
+        json!({"env": "prod", OWNER_KEY: owner("team-a-prod")})
+    );
     assert_eq!(
         stored["status"]["conditions"]["Agent-READY"]["message"],
         "cluster is connected to TMC and healthy"
@@ -754,8 +776,14 @@ async fn attach_creates_applies_and_waits_then_is_idempotent() {
 #[tokio::test]
 async fn attach_after_conflict_continues_with_existing_cluster() {
     let emu = emulator().await;
+    // Created by a concurrent attempt of the same request: it carries the ownership mark.
     client(&emu, TOKEN)
-        .create_cluster(&FullName::attached("wl3"), "team-a", "", &BTreeMap::new())
+        .create_cluster(
+            &FullName::attached("wl3"),
+            "team-a",
+            "",
+            &marked("wl3", &BTreeMap::new()),
+        )
         .await
         .unwrap();
     // The executor's first GET does not see it (a concurrent creator): its POST gets a real 409.
@@ -850,7 +878,12 @@ async fn attach_transient_on_503_and_permanent_without_token() {
 async fn attach_fails_permanently_on_error_phase() {
     let emu = emulator().await;
     client(&emu, TOKEN)
-        .create_cluster(&FullName::attached("wl5"), "", "", &BTreeMap::new())
+        .create_cluster(
+            &FullName::attached("wl5"),
+            "",
+            "",
+            &marked("wl5", &BTreeMap::new()),
+        )
         .await
         .unwrap();
     assert!(emu.set_phase("wl5", "ERROR", "UNHEALTHY"));
@@ -955,6 +988,7 @@ async fn attach_behind_a_proxy_uses_the_manifest_endpoint() {
         .post(format!("{}/v1alpha1/clusters", emu.url()))
         .bearer_auth(access)
         .json(&json!({"cluster": {"fullName": {"managementClusterName": "attached", "provisionerName": "attached", "name": "wl-proxy"},
+                                  "meta": {"labels": marked("wl-proxy", &labels())},
                                   "spec": {"clusterGroupName": "team-a", "proxyName": "corp-proxy"}}}))
         .send()
         .await
@@ -991,7 +1025,8 @@ fn executor(applier: Arc<AgentSimApplier>) -> TmcExecutor {
     )
 }
 
-/// An attached, READY cluster `name` in `group`, created through the API.
+/// An attached, READY cluster `name` in `group` that tkgops registered earlier for this
+/// request (`labels` plus the ownership mark), created through the API.
 async fn ready_cluster(
     emu: &TmcEmulator,
     name: &str,
@@ -1003,7 +1038,7 @@ async fn ready_cluster(
             &FullName::attached(name),
             group,
             "attached by tkgops",
-            labels,
+            &marked(name, labels),
         )
         .await
         .expect("create");
@@ -1044,7 +1079,7 @@ async fn attach_moves_an_existing_cluster_to_its_group_with_a_put() {
     // The inputs' labels replace the user labels; TMC's own label stays.
     assert_eq!(
         stored["meta"]["labels"],
-        json!({"env": "prod", "tmc.cloud.vmware.com/creator": "someone"})
+        json!({"env": "prod", "tmc.cloud.vmware.com/creator": "someone", OWNER_KEY: owner("wl-move")})
     );
     assert_ne!(stored["meta"]["resourceVersion"], rv_before);
     let log = emu.faults().log();
@@ -1359,5 +1394,237 @@ async fn detach_of_a_missing_cluster_succeeds_and_errors_are_classified() {
     assert!(
         matches!(&err, StepError::Permanent(m) if m.contains("permission denied")),
         "{err:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ownership: TMC names are organisation-wide (issue 16 item 5)
+
+/// Another team's TMC cluster of the same name (no ownership mark, or another config
+/// repository's) is neither adopted by `tmc.attach` (no PUT of its group, description or
+/// labels, no installer) nor detached by `tmc.detach` (no DELETE): both fail permanently,
+/// naming the owner tkgops expected.
+#[tokio::test]
+async fn another_teams_tmc_cluster_of_the_same_name_is_neither_adopted_nor_detached() {
+    let emu = emulator().await;
+    emu.set_cluster_groups(&["default", "team-a", "payments-team"]);
+    let c = client(&emu, TOKEN);
+    // `payments`: attached by another team by hand, without any tkgops mark.
+    c.create_cluster(
+        &FullName::attached("payments"),
+        "payments-team",
+        "the payments team's cluster",
+        &BTreeMap::from([("team".to_string(), "payments".to_string())]),
+    )
+    .await
+    .unwrap();
+    assert!(emu.set_phase("payments", "READY", "HEALTHY"));
+    // `billing`: registered by a tkgops of another config repository (its mark, not ours).
+    let theirs = tkgops_domain::workflow::plan::owner_label("other-org/clusters", "billing");
+    c.create_cluster(
+        &FullName::attached("billing"),
+        "payments-team",
+        "",
+        &BTreeMap::from([(OWNER_KEY.to_string(), theirs.clone())]),
+    )
+    .await
+    .unwrap();
+    let before = emu.clusters();
+    let applier = AgentSimApplier::new(AgentMode::Connect);
+    let exec = executor(applier.clone()).with_detach_timeout(Duration::from_secs(60));
+
+    for (name, carries) in [
+        ("payments", format!("it has no {OWNER_KEY} label")),
+        ("billing", format!("its {OWNER_KEY} label is {theirs:?}")),
+    ] {
+        let expected = format!(
+            "TMC cluster attached/attached/{name} exists and is not owned by {REPO}/clusters/{name} ({carries}); tkgops will not"
+        );
+        let err = exec
+            .execute(&attach_ctx(&emu, name, ProgressSink::noop()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StepError::Permanent(m) if m.starts_with(&format!("{expected} adopt it"))
+                && m.contains(&format!("{OWNER_KEY}={}", owner(name)))),
+            "{err:?}"
+        );
+        let err = exec
+            .execute(&detach_ctx(&emu, name, ProgressSink::noop()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StepError::Permanent(m) if m.starts_with(&format!("{expected} detach it"))),
+            "{err:?}"
+        );
+    }
+
+    // What the other teams see in TMC is exactly what they had: group, description, labels,
+    // phase and resourceVersion.
+    assert_eq!(emu.clusters(), before);
+    let log = emu.faults().log();
+    for name in ["payments", "billing"] {
+        let path = format!("/v1alpha1/clusters/{name}");
+        assert_eq!(log.count(&Method::PUT, &path), 0, "{name}");
+        assert_eq!(log.count(&Method::DELETE, &path), 0, "{name}");
+    }
+    assert_eq!(
+        log.count(&Method::POST, "/v1alpha1/clusters"),
+        2,
+        "only the setup's"
+    );
+    assert_eq!(log.count(&Method::GET, "/installer"), 0);
+    assert_eq!(applier.applies.load(Ordering::SeqCst), 0);
+}
+
+/// Inputs journalled before tkgops recorded the ownership mark (no `owner`) prove nothing: both
+/// steps fail permanently before any TMC call, even for a cluster carrying a mark.
+#[tokio::test]
+async fn inputs_without_an_ownership_mark_touch_nothing() {
+    let emu = emulator().await;
+    ready_cluster(&emu, "wl-old", "team-a", &labels()).await;
+    let exec = executor(AgentSimApplier::new(AgentMode::Connect));
+    let requests = emu.faults().log().all().len();
+    for kind in ["tmc.attach", "tmc.detach"] {
+        let mut ctx = tmc_ctx(&emu, kind, "wl-old", "team-b", ProgressSink::noop());
+        let mut v = serde_json::to_value(&ctx.step.inputs).unwrap();
+        v["inputs"].as_object_mut().unwrap().remove("owner");
+        ctx.step.inputs = serde_json::from_value(v).expect("old inputs still parse");
+        let err = exec.execute(&ctx).await.unwrap_err();
+        assert!(
+            matches!(&err, StepError::Permanent(m) if m.contains("carry no tkgops.dev/owner value")),
+            "{kind}: {err:?}"
+        );
+    }
+    assert_eq!(
+        emu.faults().log().all().len(),
+        requests,
+        "no request at all"
+    );
+    assert_eq!(group_of(&emu, "wl-old"), "team-a");
+}
+
+/// tkgops crashes after its POST created the TMC cluster (while it fetches the installer): the
+/// cluster it created carries its mark, so the resumed attempt (a new process) converges it
+/// normally: no second POST, the installer applied, READY. A later change of its group is a
+/// PUT as for any owned cluster.
+#[tokio::test]
+async fn a_crash_after_create_resumes_and_converges_the_cluster_tkgops_created() {
+    let emu = emulator().await;
+    emu.set_cluster_groups(&["default", "team-a", "team-b"]);
+    // The first attempt hangs on the installer link after its POST; then the process dies.
+    emu.faults().inject(Fault::new(
+        Some(Method::GET),
+        "/installer",
+        FaultAction::Delay(Duration::from_secs(3600)),
+        Some(1),
+    ));
+    let first = executor(AgentSimApplier::new(AgentMode::Connect));
+    let ctx = attach_ctx(&emu, "wl-crash", ProgressSink::noop());
+    let attempt = tokio::spawn(async move { first.execute(&ctx).await });
+    emu.faults()
+        .log()
+        .wait_for(Duration::from_secs(30), |r| {
+            r.method == Method::GET && r.path == "/installer"
+        })
+        .await
+        .expect("the first attempt created the cluster and fetches its installer");
+    attempt.abort();
+    assert!(attempt.await.unwrap_err().is_cancelled());
+    let stored = emu
+        .cluster("wl-crash")
+        .expect("created by the first attempt");
+    assert_eq!(stored["status"]["phase"], "PENDING");
+    assert_eq!(
+        stored["meta"]["labels"],
+        json!({"env": "prod", OWNER_KEY: owner("wl-crash")})
+    );
+
+    // Resume: a new executor (a restarted bot), the same inputs.
+    let applier = AgentSimApplier::new(AgentMode::Connect);
+    let exec = executor(applier.clone());
+    let out = exec
+        .execute(&attach_ctx(&emu, "wl-crash", ProgressSink::noop()))
+        .await
+        .expect("the resumed attempt converges the cluster it created");
+    assert_eq!(out["phase"], "READY", "{out}");
+    assert_eq!(out["installerApplied"], true, "{out}");
+    assert_eq!(out["updated"], json!([]), "{out}");
+    assert_eq!(out["uid"], stored["meta"]["uid"], "the same TMC cluster");
+    assert_eq!(applier.applies.load(Ordering::SeqCst), 1);
+    let log = emu.faults().log();
+    assert_eq!(
+        log.count(&Method::POST, "/v1alpha1/clusters"),
+        1,
+        "one POST"
+    );
+
+    // A later change of the group moves it (PUT), the mark kept.
+    let (sink, lines) = recording_sink();
+    let out = exec
+        .execute(&tmc_ctx(&emu, "tmc.attach", "wl-crash", "team-b", sink))
+        .await
+        .expect("an owned cluster converges");
+    assert_eq!(out["updated"], json!(["clusterGroup"]), "{out}");
+    let stored = emu.cluster("wl-crash").unwrap();
+    assert_eq!(stored["spec"]["clusterGroupName"], "team-b");
+    assert_eq!(
+        stored["meta"]["labels"][OWNER_KEY],
+        json!(owner("wl-crash"))
+    );
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "moved to cluster group team-b (was team-a)"),
+        "{lines:?}"
+    );
+}
+
+/// A detach whose cluster is replaced by a same-named one (another uid) while tkgops waits for
+/// the 404 stops there: the new cluster is neither deleted nor force-deleted.
+#[tokio::test]
+async fn detach_leaves_a_same_named_cluster_created_meanwhile_alone() {
+    let emu = emulator().await;
+    ready_cluster(&emu, "wl-swap", "team-a", &labels()).await;
+    emu.set_stuck_detaching("wl-swap", true);
+    let exec = executor(AgentSimApplier::new(AgentMode::Connect))
+        .with_detach_timeout(Duration::from_secs(60));
+    let (sink, lines) = recording_sink();
+    let ctx = detach_ctx(&emu, "wl-swap", sink);
+    let detach = tokio::spawn(async move { exec.execute(&ctx).await });
+    emu.faults()
+        .log()
+        .wait_for(Duration::from_secs(30), |r| {
+            r.method == Method::DELETE && r.path == "/v1alpha1/clusters/wl-swap"
+        })
+        .await
+        .expect("the detach was sent");
+    // Someone else's cluster takes the name between two GETs: the old one is gone, a new one
+    // (no mark) has the name.
+    let theirs = emu
+        .replace_cluster("wl-swap", "default", &labels())
+        .expect("replaced");
+    let out = tokio::time::timeout(Duration::from_secs(30), detach)
+        .await
+        .expect("the detach ends")
+        .unwrap()
+        .expect("ours is gone");
+    assert_eq!(out["wasAttached"], true);
+    assert_eq!(out["forced"], false);
+    let stored = emu.cluster("wl-swap").expect("the new cluster stays");
+    assert_eq!(stored["meta"]["uid"], json!(theirs));
+    assert_eq!(stored["status"]["phase"], "PENDING");
+    let dels = deletes(&emu, "wl-swap");
+    assert_eq!(dels.len(), 1, "only ours, force=false: {dels:?}");
+    assert!(dels[0].contains("force=false"), "{dels:?}");
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("a new TMC cluster of that name")),
+        "{lines:?}"
     );
 }

@@ -652,6 +652,13 @@ pub fn output_summary(kind: StepKind, out: &serde_json::Value) -> String {
                 "no such Cluster (already gone)".into()
             }
         }
+        StepKind::KubeCheckOwner => {
+            if out.get("exists").and_then(|v| v.as_bool()) == Some(true) {
+                "the Cluster is this request's".into()
+            } else {
+                "no such Cluster (already gone)".into()
+            }
+        }
         StepKind::AwsRemoveSubnetTags => s("/note"),
     }
 }

@@ -96,6 +96,10 @@ step_kinds! {
     PackagesVerify = "packages.verify" => WorkloadTarget,
     /// Detach the workload cluster from Tanzu Mission Control.
     TmcDetach = "tmc.detach" => TmcClusterInputs,
+    /// Check that the Cluster on the management cluster, when it exists, carries tkgops's
+    /// ownership label for this config repository and cluster path (security rule 7), before a
+    /// workflow touches TMC or AWS on its behalf.
+    KubeCheckOwner = "kube.check-owner" => KubeDeleteInputs,
     /// Delete the Cluster and wait until Cluster API has removed it.
     KubeDeleteCluster = "kube.delete-cluster" => KubeDeleteInputs,
     /// Remove the `kubernetes.io/cluster/<name>` tag `aws.preflight` added to the subnets of
@@ -226,8 +230,35 @@ impl TmcFullName {
     }
 }
 
+/// The ownership mark of one cluster request (security rule 7): tkgops puts it on what it
+/// creates for the request and changes or deletes only what carries it. On the Cluster it is
+/// the `tkgops.dev/owner` label plus the `tkgops.dev/config-repository` and
+/// `tkgops.dev/cluster-path` annotations; on the TMC cluster it is the same label in
+/// `meta.labels`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerMark {
+    /// The `tkgops.dev/owner` label value, `crate::workflow::plan::owner_label` of the
+    /// repository and cluster (32 hexadecimal digits). Empty only in inputs planned before
+    /// tkgops recorded the mark: the executors then refuse to act (fail closed).
+    pub label: String,
+    /// The config repository, GitHub `owner/name`.
+    pub repository: String,
+    /// The cluster request's folder in it, `clusters/<name>`.
+    pub path: String,
+}
+
+impl OwnerMark {
+    /// `<repository>/<path>`, e.g. `acme/tkg-clusters/clusters/payments`: how errors name
+    /// the owner.
+    pub fn display(&self) -> String {
+        format!("{}/{}", self.repository, self.path)
+    }
+}
+
 /// Inputs of `tmc.attach` and `tmc.detach`: the TMC organisation (from the default branch's
-/// `tkgops.yaml`) and the cluster as TMC knows it.
+/// `tkgops.yaml`), the cluster as TMC knows it, and the ownership mark tkgops sets on it and
+/// requires before it converges or detaches it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TmcClusterInputs {
@@ -243,8 +274,14 @@ pub struct TmcClusterInputs {
     pub cluster_group: String,
     /// `meta.description`.
     pub description: String,
-    /// `meta.labels`.
+    /// `meta.labels` the request asks for (the request's `labels`); tkgops adds the
+    /// ownership label to them.
     pub labels: BTreeMap<String, String>,
+    /// The ownership mark: set in `meta.labels` on create, required on an existing TMC
+    /// cluster before any update or detach. Defaults to empty for steps journalled before the
+    /// field existed, which the executor refuses.
+    #[serde(default)]
+    pub owner: OwnerMark,
 }
 
 /// Inputs of `packages.rollout` and `packages.update`: the PackageRepository and the packages
@@ -277,15 +314,15 @@ pub struct UpgradeClusterInputs {
     pub owner_label: String,
 }
 
-/// Inputs of `kube.delete-cluster`.
+/// Inputs of `kube.delete-cluster` and `kube.check-owner`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KubeDeleteInputs {
-    /// The Cluster to delete.
+    /// The Cluster to delete or check.
     #[serde(flatten)]
     pub target: WorkloadTarget,
     /// The `tkgops.dev/owner` label value the Cluster must carry (security rule 7); a Cluster
-    /// without it is never deleted.
+    /// without it is never deleted, and `kube.check-owner` fails on it.
     pub owner_label: String,
 }
 

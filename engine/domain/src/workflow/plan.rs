@@ -13,7 +13,7 @@ use crate::files::TreeReader;
 use crate::request::{self, ClusterRequest, ClusterSpec, Finding, RepoConfig, Severity};
 use crate::step::{
     AwsPreflightInputs, KubeApplyInputs, KubeDeleteInputs, KubePreflightInputs, KubeRolloutInputs,
-    PackagesInputs, PackagesUpdateInputs, RetryPolicy, StepInputs, StepKind, StepSpec,
+    OwnerMark, PackagesInputs, PackagesUpdateInputs, RetryPolicy, StepInputs, StepKind, StepSpec,
     TmcClusterInputs, TmcFullName, UpgradeClusterInputs, WorkloadTarget,
 };
 
@@ -1107,13 +1107,24 @@ pub fn render_workflow(
         let owner = lookup(context, "owner.label")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let inputs = step_inputs(step.kind, spec, before, repo, owner, docs.join("---\n"))
-            .map_err(|message| RenderError {
-                step: step.id.clone(),
-                template: None,
-                line: None,
-                message,
-            })?;
+        let repository = lookup(context, "owner.repository")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let inputs = step_inputs(
+            step.kind,
+            spec,
+            before,
+            repo,
+            owner,
+            repository,
+            docs.join("---\n"),
+        )
+        .map_err(|message| RenderError {
+            step: step.id.clone(),
+            template: None,
+            line: None,
+            message,
+        })?;
         steps.push(StepSpec {
             id: step.id.clone(),
             title: step.title.clone(),
@@ -1132,7 +1143,9 @@ pub fn render_workflow(
 /// The typed inputs of a step of kind `kind` for the cluster `spec` (as the change leaves it;
 /// `before` is the cluster as it was, for changes to an existing cluster); `manifests` is the
 /// rendered multi-document YAML of a `kube.apply` step (empty for other kinds); `owner_label`
-/// the [`owner_label`] the Cluster of a changing step must carry.
+/// the [`owner_label`] the Cluster of a changing step must carry, and `repository` the config
+/// repository (`owner/name`) it was computed for (the TMC steps carry both as their
+/// [`OwnerMark`]).
 ///
 /// Errors: a message when the inputs need repository settings that are missing (the TMC
 /// endpoint of `tmc.attach` and `tmc.detach`).
@@ -1142,6 +1155,7 @@ pub fn step_inputs(
     before: Option<&ClusterSpec>,
     repo: Option<&RepoConfig>,
     owner_label: &str,
+    repository: &str,
     manifests: String,
 ) -> Result<StepInputs, String> {
     let target = WorkloadTarget {
@@ -1169,6 +1183,11 @@ pub fn step_inputs(
             cluster_group,
             description,
             labels: spec.labels.clone(),
+            owner: OwnerMark {
+                label: owner_label.to_string(),
+                repository: repository.to_string(),
+                path: format!("{CLUSTERS_DIR}/{}", spec.name),
+            },
         })
     };
     let aws_inputs = || AwsPreflightInputs {
@@ -1247,6 +1266,10 @@ pub fn step_inputs(
         StepKind::AwsRemoveSubnetTags => StepInputs::AwsRemoveSubnetTags(aws_inputs()),
         StepKind::TmcDetach => StepInputs::TmcDetach(tmc()?),
         StepKind::KubeDeleteCluster => StepInputs::KubeDeleteCluster(KubeDeleteInputs {
+            target: target.clone(),
+            owner_label: owner_label.to_string(),
+        }),
+        StepKind::KubeCheckOwner => StepInputs::KubeCheckOwner(KubeDeleteInputs {
             target: target.clone(),
             owner_label: owner_label.to_string(),
         }),

@@ -79,6 +79,14 @@
 //!   built-ins this means lists are replaced, not merged by key).
 //! - `?fieldValidation=` (kubectl sends `Strict`) is accepted and ignored: unknown or duplicate
 //!   fields are neither rejected nor warned about (a leniency; the emulator has no schemas).
+//! - DELETE reads the `DeleteOptions` body (kube-rs sends its `DeleteParams` there, kubectl
+//!   `{"kind":"DeleteOptions",…}`): `preconditions.uid` and `preconditions.resourceVersion` are
+//!   checked before anything is written, and a mismatch is 409 Conflict worded as the API
+//!   server's (`Operation cannot be fulfilled on <resource> "<name>": StorageError: invalid
+//!   object, Code: 4, Key: /registry/…, ResourceVersion: 0, AdditionalErrorMsg: Precondition
+//!   failed: UID in precondition: <want>, UID in object meta: <have>`); `dryRun: ["All"]` in the
+//!   body stores nothing, as `?dryRun=All` does. `propagationPolicy` and `gracePeriodSeconds` are
+//!   accepted and ignored.
 //! - Not modelled: apply of lists by merge key, `managedFields` sent by clients, field validation,
 //!   CRD schemas and defaulting, ownerReference garbage collection, watch `DELETED` events for
 //!   objects leaving a selector, `resourceVersionMatch`.

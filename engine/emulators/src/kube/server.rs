@@ -418,21 +418,24 @@ fn resource_request(
         }
         (&Method::DELETE, Some(name)) if !t.status => {
             let mut st = c.state();
-            let r = st.delete(&gvr, ns, name, ctx.dry_run);
+            let mut dry_run = ctx.dry_run;
+            let r = delete_options(&body).and_then(|opts| {
+                dry_run |= opts.dry_run;
+                check_preconditions(&st, &gvr, ns, name, &opts)?;
+                st.delete(&gvr, ns, name, dry_run)
+            });
             if let Ok((_, changed)) = &r {
-                st.audit(
-                    "delete",
-                    &gvr,
-                    ns,
-                    name,
-                    fm,
-                    *changed && !ctx.dry_run,
-                    ctx.dry_run,
-                );
+                st.audit("delete", &gvr, ns, name, fm, *changed && !dry_run, dry_run);
             }
             r.map(|(v, _)| (StatusCode::OK, v))
         }
-        (&Method::DELETE, None) => delete_collection(c, &t.rt, ns, q, &ctx),
+        (&Method::DELETE, None) => delete_options(&body).and_then(|opts| {
+            let ctx = WriteCtx {
+                dry_run: ctx.dry_run || opts.dry_run,
+                ..ctx
+            };
+            delete_collection(c, &t.rt, ns, q, &ctx)
+        }),
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method})"
         ))),
@@ -441,6 +444,87 @@ fn resource_request(
         Ok((code, v)) => json_resp(code, &v),
         Err(e) => err_resp(e),
     }
+}
+
+/// The parts of a DELETE's `DeleteOptions` body (`meta.k8s.io/v1`) the emulator honours:
+/// `preconditions.uid`, `preconditions.resourceVersion` and `dryRun: ["All"]`. kube-rs sends
+/// its `DeleteParams` as this body; kubectl sends `{"kind":"DeleteOptions",…}`.
+#[derive(Default)]
+struct DeleteOptions {
+    uid: Option<String>,
+    resource_version: Option<String>,
+    dry_run: bool,
+}
+
+/// Parses the DELETE body; an empty body is the default options.
+///
+/// Errors: 400 BadRequest when the body is not a JSON object.
+fn delete_options(body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DeleteOptions::default());
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions body: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid DeleteOptions body: not an object",
+        ));
+    }
+    let s = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+    Ok(DeleteOptions {
+        uid: s("/preconditions/uid"),
+        resource_version: s("/preconditions/resourceVersion"),
+        dry_run: v
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|x| x == "All")),
+    })
+}
+
+/// Checks a DELETE's preconditions against the stored object, as the API server's
+/// `Preconditions.Check` does before anything is written (uid first, then resourceVersion).
+///
+/// Errors: 404 when the object is absent; 409 Conflict ([`ApiError::precondition_failed`])
+/// when a precondition does not hold.
+fn check_preconditions(
+    st: &super::store::State,
+    gvr: &Gvr,
+    ns: Option<&str>,
+    name: &str,
+    opts: &DeleteOptions,
+) -> Result<(), ApiError> {
+    if opts.uid.is_none() && opts.resource_version.is_none() {
+        return Ok(());
+    }
+    let obj = st.get(gvr, ns, name)?;
+    let meta = |k: &str| {
+        obj.pointer(&format!("/metadata/{k}"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    if let Some(want) = &opts.uid {
+        let have = meta("uid");
+        if *want != have {
+            return Err(ApiError::precondition_failed(
+                gvr, ns, name, "UID", want, &have,
+            ));
+        }
+    }
+    if let Some(want) = &opts.resource_version {
+        let have = meta("resourceVersion");
+        if *want != have {
+            return Err(ApiError::precondition_failed(
+                gvr,
+                ns,
+                name,
+                "ResourceVersion",
+                want,
+                &have,
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn continue_key(v: &Value) -> (String, String) {

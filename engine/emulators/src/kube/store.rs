@@ -84,6 +84,39 @@ impl ApiError {
     pub(crate) fn conflict(gvr: &Gvr, name: &str, msg: impl Into<String>) -> Self {
         Self::new(409, "Conflict", msg).with_details(gvr, name)
     }
+    /// 409 Conflict for a failed DELETE precondition, worded as the API server words it: the
+    /// storage layer's `InvalidObjError` (`k8s.io/apiserver/pkg/storage` `Preconditions.Check`)
+    /// wrapped by `InterpretDeleteError` into `NewConflict`. `field` is `UID` or
+    /// `ResourceVersion`.
+    pub(crate) fn precondition_failed(
+        gvr: &Gvr,
+        ns: Option<&str>,
+        name: &str,
+        field: &str,
+        wanted: &str,
+        actual: &str,
+    ) -> Self {
+        let mut key = String::from("/registry/");
+        if !gvr.group.is_empty() {
+            key.push_str(&gvr.group);
+            key.push('/');
+        }
+        key.push_str(&gvr.plural);
+        if let Some(ns) = ns {
+            key.push('/');
+            key.push_str(ns);
+        }
+        key.push('/');
+        key.push_str(name);
+        Self::conflict(
+            gvr,
+            name,
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": StorageError: invalid object, Code: 4, Key: {key}, ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: {field} in precondition: {wanted}, {field} in object meta: {actual}",
+                resource_label(gvr)
+            ),
+        )
+    }
     /// 401 Unauthorized.
     pub(crate) fn unauthorized() -> Self {
         Self::new(401, "Unauthorized", "Unauthorized")

@@ -25,9 +25,15 @@
 //! Every path goes through [`Faults`], so tests can inject 5xx, 429, delays and dropped
 //! connections and count the requests made.
 //!
-//! Test knobs: [`TmcEmulator::set_phase`] forces a phase/health, and
+//! Test knobs: [`TmcEmulator::set_phase`] forces a phase/health,
 //! [`TmcEmulator::set_health_on_connect`] makes a cluster come up `READY` with a degraded health
-//! (`WARNING`, `UNHEALTHY`) when its agent connects.
+//! (`WARNING`, `UNHEALTHY`) when its agent connects, and [`TmcEmulator::replace_cluster`] swaps
+//! a cluster for a same-named one with a new uid between two requests.
+//!
+//! `meta.labels` are kept exactly as the last `POST` or `PUT` sent them (a `PUT` without
+//! `labels` removes them all) and returned by every `GET` and list: tkgops's ownership label
+//! lives there, so the emulator neither adds, drops nor rewrites a label. Label keys and
+//! values are not validated (TMC's rules are not in the reference).
 //!
 //! # Update (`PUT /v1alpha1/clusters/{name}`)
 //!
@@ -357,6 +363,39 @@ impl TmcEmulator {
         } else {
             s.remove(name);
         }
+    }
+
+    /// Test knob: replaces the first cluster named `name` at once by a new cluster of the same
+    /// full name, as if its owner had detached it and someone else attached another cluster
+    /// under that name between two requests: a new `meta.uid`, `resourceVersion` 1, phase
+    /// `PENDING`, `spec.clusterGroupName` `group` and `meta.labels` `labels` (no description).
+    /// Returns the new uid, or `None` when there is no such cluster.
+    pub fn replace_cluster(
+        &self,
+        name: &str,
+        group: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        let mut db = self.state.db();
+        let (key, rec) = db.clusters.iter_mut().find(|(k, _)| k.2 == name)?;
+        let uid = new_uid();
+        let ts = now();
+        rec.cluster = json!({
+            "fullName": {"orgId": self.state.opts.org_id, "managementClusterName": key.0,
+                         "provisionerName": key.1, "name": key.2},
+            "meta": {"uid": uid, "creationTime": ts, "updateTime": ts, "resourceVersion": "1",
+                     "generation": "1", "labels": labels, "annotations": {}},
+            "spec": {"clusterGroupName": group},
+            "status": {
+                "phase": "PENDING",
+                "health": "HEALTH_UNSPECIFIED",
+                "type": "ATTACHED",
+                "installerLink": format!("{}/installer?id={}&source=attach", self.state.url, rec.installer_id),
+                "conditions": {},
+            },
+        });
+        rec.detach_gets_left = None;
+        Some(uid)
     }
 
     /// Test hook: makes every access token issued so far expire now, as if its TTL had elapsed.

@@ -11,7 +11,10 @@
 //!   ([`packages`]; TF `tkgpackageclient/package_install.go`, KC status semantics);
 //! - `kube.upgrade-cluster`, `kube.wait-control-plane`, `kube.wait-machine-deployments`,
 //!   `kube.delete-cluster`: day-2 changes of an existing Cluster ([`rollout`]; what
-//!   `tanzu cluster upgrade` does, tkg2-aws-class-based.md §8),
+//!   `tanzu cluster upgrade` does, tkg2-aws-class-based.md §8); deletes carry a `uid`
+//!   precondition read in the same attempt;
+//! - `kube.check-owner`: the Cluster, when it exists, carries this request's ownership label
+//!   ([`rollout::check_owner`]; the delete workflow's first step),
 //!
 //! and implements [`ManifestApplier`] (used by the TMC provider for the installer manifest).
 //!
@@ -54,6 +57,7 @@ pub const KINDS: &[StepKind] = &[
     StepKind::KubeWaitControlPlane,
     StepKind::KubeWaitMachineDeployments,
     StepKind::KubeDeleteCluster,
+    StepKind::KubeCheckOwner,
     StepKind::PackagesUpdate,
     StepKind::PackagesVerify,
 ];
@@ -350,8 +354,10 @@ impl KubeProvider {
         })
     }
 
-    /// Server-side applies every document of the multi-document `yaml` with `field_manager`
-    /// (forcing conflicts, like `kubectl apply --server-side --force-conflicts`).
+    /// Server-side applies every document of the multi-document `yaml` with `field_manager`,
+    /// never forcing: like `kubectl apply --server-side` without `--force-conflicts`, a field
+    /// another field manager owns with a different value makes the apply fail (security rule
+    /// 7).
     ///
     /// Each document's `apiVersion`/`kind` is resolved to its resource and scope through API
     /// discovery (cached per call); Namespaces are applied first, then CustomResourceDefinitions,
@@ -364,8 +370,10 @@ impl KubeProvider {
     ///
     /// Errors: [`StepError::Permanent`] for unparsable YAML, a document without
     /// `apiVersion`/`kind`/`metadata.name`, a kind the server does not know, and 4xx answers
-    /// (422 Invalid, 403 Forbidden, 401); [`StepError::Transient`] for connection errors, 5xx,
-    /// 409 Conflict and 429. Messages name the object ("Cluster/default/team-a: ...").
+    /// (422 Invalid, 403 Forbidden, 401) and for a server-side apply conflict (409 "Apply
+    /// failed", naming the field and its manager); [`StepError::Transient`] for connection
+    /// errors, 5xx, other 409 Conflicts and 429. Messages name the object
+    /// ("Cluster/default/team-a: ...").
     pub async fn apply_yaml(
         &self,
         client: &kube::Client,
@@ -836,6 +844,7 @@ impl StepExecutor for KubeProvider {
                 rollout::wait_machine_deployments(self, ctx, i).await
             }
             StepInputs::KubeDeleteCluster(i) => rollout::delete_cluster(self, ctx, i).await,
+            StepInputs::KubeCheckOwner(i) => rollout::check_owner(self, ctx, i).await,
             StepInputs::PackagesVerify(t) => rollout::verify_packages(self, ctx, t).await,
             StepInputs::PackagesUpdate(i) => packages::update(self, ctx, i).await,
             other => Err(StepError::Permanent(format!(

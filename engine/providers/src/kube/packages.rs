@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, DynamicObject};
+use kube::api::{Api, DeleteParams, DynamicObject, Preconditions};
 use kube::discovery::ApiResource;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -764,7 +764,10 @@ async fn update_package(
 }
 
 /// Deletes `name` of `resource` unless absent; `Ok(true)` when it existed. With `owner`, only
-/// an object whose [`TANZU_PACKAGE_ANNOTATION`] is `owner` is deleted (tkgops created it).
+/// an object whose [`TANZU_PACKAGE_ANNOTATION`] is `owner` is deleted (tkgops created it), and
+/// the DELETE carries a `uid` precondition with the uid of the object just read, so a
+/// same-named object created in between (not checked) is never deleted: the API server answers
+/// 409 and the object is left alone (`Ok(false)`).
 async fn delete_owned(
     client: &kube::Client,
     resource: &ApiResource,
@@ -780,6 +783,7 @@ async fn delete_owned(
         Some(ns) => format!("{}/{ns}/{name}", resource.kind),
         None => format!("{}/{name}", resource.kind),
     };
+    let mut params = DeleteParams::default();
     if let Some(owner) = owner {
         let Some(obj) = api.get_opt(name).await.map_err(|e| classify(&what, &e))? else {
             return Ok(false);
@@ -792,10 +796,19 @@ async fn delete_owned(
         if ann.map(String::as_str) != Some(owner) {
             return Ok(false);
         }
+        params.preconditions = Some(Preconditions {
+            uid: obj.metadata.uid.clone(),
+            resource_version: None,
+        });
     }
-    match api.delete(name, &DeleteParams::default()).await {
+    match api.delete(name, &params).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(kube::Error::Api(s))
+            if owner.is_some() && s.code == 409 && s.message.contains("Precondition failed") =>
+        {
+            Ok(false)
+        }
         Err(e) => Err(classify(&what, &e)),
     }
 }

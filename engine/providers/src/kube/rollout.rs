@@ -15,7 +15,11 @@
 //!   replicas == spec.replicas` for its current generation, and every worker Machine's
 //!   `spec.version` is the new version.
 //! - `kube.delete-cluster` ([`delete_cluster`]): deletes the Cluster (Cluster API deletes the
-//!   rest, CAPA the AWS resources) and waits until it is gone.
+//!   rest, CAPA the AWS resources) and waits until it is gone. The DELETE carries a `uid`
+//!   precondition with the uid of the owned Cluster read in the same attempt, so a same-named
+//!   Cluster created meanwhile is never deleted.
+//! - `kube.check-owner` ([`check_owner`]): the delete workflow's first step: the Cluster, when
+//!   it exists, must carry this request's ownership label before TMC or AWS is touched.
 //!
 //! The waits read the provider's shared watches and apply TKG's abort rules
 //! ([`super::cluster::CreationTracker`]: a persistent `Ready=False`/`Error`, nothing changed for
@@ -25,7 +29,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -73,6 +77,10 @@ fn to_value(o: &DynamicObject) -> Value {
 
 /// The Cluster `namespace/name` from the management cluster (one GET), checked to carry the
 /// owner label `owner` (security rule 7). `Ok(None)` when it does not exist.
+///
+/// Errors: [`StepError::Permanent`] when `owner` is empty (inputs without an ownership mark
+/// prove nothing) or the Cluster carries no or another [`OWNER_LABEL`]; request errors as
+/// [`classify`].
 async fn owned_cluster(
     provider: &KubeProvider,
     target: &WorkloadTarget,
@@ -88,6 +96,11 @@ async fn owned_cluster(
         .await?;
     let api: Api<DynamicObject> = Api::namespaced_with(client, ns, &cluster_resource());
     let what = format!("Cluster/{ns}/{name}");
+    if owner.trim().is_empty() {
+        return Err(StepError::Permanent(format!(
+            "{what}: the step has no {OWNER_LABEL} value to check (planned by an older tkgops?); tkgops changes and deletes only Clusters it can prove it owns: plan the change again"
+        )));
+    }
     let Some(cluster) = api
         .get_opt(name)
         .await
@@ -561,13 +574,57 @@ pub async fn wait_machine_deployments(
     }
 }
 
+/// Runs `kube.check-owner`: reads the Cluster `inputs.target` once and checks that it carries
+/// `inputs.owner_label` ([`OWNER_LABEL`], security rule 7). The delete workflow runs it before
+/// it detaches the cluster from TMC or untags its subnets, so a Cluster of another config
+/// repository or cluster path stops the run before anything is touched. A Cluster that does
+/// not exist passes (`{"exists": false}`): the later steps check their own marks (the TMC
+/// cluster's owner label; the delete finds nothing). Output `{"exists": true, "uid": "…",
+/// "deleting": bool}` for an owned Cluster. Changes nothing.
+///
+/// Errors: [`StepError::Permanent`] naming the label found and the one expected when the
+/// Cluster is not owned, or when the inputs carry no owner label; request errors as
+/// [`classify`].
+pub async fn check_owner(
+    provider: &KubeProvider,
+    ctx: &StepContext,
+    inputs: &KubeDeleteInputs,
+) -> Result<Value, StepError> {
+    let t = &inputs.target;
+    let what = format!("Cluster/{}/{}", t.namespace, t.cluster_name);
+    match owned_cluster(provider, t, &inputs.owner_label).await? {
+        None => {
+            ctx.progress.report(&format!(
+                "{what} does not exist on management cluster '{}'",
+                t.management_cluster
+            ));
+            Ok(json!({"exists": false}))
+        }
+        Some((_, cluster)) => {
+            let uid = cluster.metadata.uid.clone().unwrap_or_default();
+            ctx.progress.report(&format!(
+                "{what} carries this request's {OWNER_LABEL} label (uid {uid})"
+            ));
+            Ok(json!({
+                "exists": true,
+                "uid": uid,
+                "deleting": cluster.metadata.deletion_timestamp.is_some(),
+            }))
+        }
+    }
+}
+
 /// Runs `kube.delete-cluster`: deletes the Cluster (once: a Cluster already being deleted is
 /// not deleted again) and waits until Cluster API has removed it (its finalizer goes when the
-/// machines and AWS resources are gone). A Cluster that does not exist is success. Output
-/// `{"deleted": bool}` (`false`: it was already gone).
+/// machines and AWS resources are gone). The DELETE carries the precondition
+/// `preconditions.uid` = the uid of the owned Cluster read by this attempt, so the API server
+/// refuses it (409 Conflict) when the Cluster was replaced by a same-named one in between. A
+/// Cluster that does not exist is success. Output `{"deleted": bool}` (`false`: it was already
+/// gone).
 ///
 /// Errors: [`StepError::Permanent`] when the Cluster is not owned ([`OWNER_LABEL`]) and for
-/// permanent watch errors; others as [`classify`].
+/// permanent watch errors; [`StepError::Transient`] when the uid precondition failed (the next
+/// attempt reads the new Cluster and checks its owner again); others as [`classify`].
 pub async fn delete_cluster(
     provider: &KubeProvider,
     ctx: &StepContext,
@@ -579,13 +636,31 @@ pub async fn delete_cluster(
         ctx.progress.report(&format!("{what} is already gone"));
         return Ok(json!({"deleted": false}));
     };
-    let uid = cluster.metadata.uid.clone().unwrap_or_default();
+    let Some(uid) = cluster.metadata.uid.clone().filter(|u| !u.is_empty()) else {
+        return Err(StepError::Transient(format!(
+            "{what} has no metadata.uid; tkgops deletes only with a uid precondition"
+        )));
+    };
     let watch = provider.management_watch(t, &cluster_resource()).await?;
     let mut rxs = vec![watch.subscribe()];
     if cluster.metadata.deletion_timestamp.is_none() {
-        api.delete(&t.cluster_name, &DeleteParams::background())
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        api.delete(&t.cluster_name, &params)
             .await
-            .map_err(|e| provider.classify_mgmt(&t.management_cluster, &what, e))?;
+            .map_err(|e| match &e {
+                kube::Error::Api(s) if s.code == 409 && s.message.contains("Precondition failed") => {
+                    StepError::Transient(format!(
+                        "{what} was replaced after tkgops read it (uid {uid} is gone); not deleted: the next attempt reads it again and checks its owner"
+                    ))
+                }
+                _ => provider.classify_mgmt(&t.management_cluster, &what, e),
+            })?;
         ctx.progress.report(&format!(
             "deleting {what}: Cluster API removes its machines, then CAPA its AWS resources"
         ));

@@ -2,6 +2,13 @@
 //! `internal/resources/cluster/resource_cluster.go` create path) and converge an existing
 //! cluster's group, description and labels (its update path, §3.2/§3.3 `PUT`). The executor
 //! also runs `tmc.detach` (see `detach.rs`).
+//!
+//! **Ownership** (security rule 7). TMC cluster names are organisation-wide, Kubernetes names
+//! only per management cluster and namespace, so a TMC cluster of the same name may belong to
+//! another team. tkgops marks every TMC cluster it registers with the ownership label of its
+//! cluster request ([`OWNER_LABEL`] in `meta.labels`, the same value as on the Cluster) and
+//! converges or detaches only TMC clusters carrying that value. An existing TMC cluster without
+//! it (or with another request's) fails the step permanently and is left untouched.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +22,7 @@ use super::{SecretToken, TmcError};
 use crate::ManifestApplier;
 use std::collections::BTreeMap;
 use tkgops_domain::step::TmcClusterInputs;
+use tkgops_domain::workflow::plan::OWNER_LABEL;
 use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 
 /// Field manager of the installer apply.
@@ -45,7 +53,14 @@ pub const DEFAULT_DETACH_TIMEOUT: Duration = Duration::from_secs(300);
 /// output, not required: a degraded component does not fail the attach. A cluster that is
 /// already READY is done at once (no POST, no apply), so a re-run is a no-op.
 ///
-/// When the cluster already exists (found by the GET, or after a 409 on the POST) and its
+/// The POST sets `meta.labels` to the request's labels plus the ownership label
+/// ([`OWNER_LABEL`] = `inputs.owner.label`). A cluster that already exists (found by the GET,
+/// or after a 409 on the POST) must carry that label value, or the attempt fails permanently
+/// ("TMC cluster … exists and is not owned by <repository>/<path>; tkgops will not adopt it")
+/// before anything is sent: no PUT, no installer. A cluster an earlier attempt created carries
+/// it, so a retry after a crash converges it normally.
+///
+/// When the cluster already exists and is owned, and its
 /// `spec.clusterGroupName`, `meta.description` or `meta.labels` differ from the inputs, it is
 /// updated first with a `PUT` of the whole object read by the GET, `meta.resourceVersion`
 /// included (TMC-TF's update path; tanzu-apis.md §3.2, §3.3). Labels under
@@ -142,6 +157,7 @@ impl TmcExecutor {
         ctx: &StepContext,
         inputs: &TmcClusterInputs,
     ) -> Result<Value, StepError> {
+        require_owner_mark(inputs)?;
         let client = self.client(&inputs.endpoint, &inputs.csp_endpoint)?;
         let (full_name, shown) = resolve_full_name(inputs);
         let group = desired_group(inputs);
@@ -150,6 +166,7 @@ impl TmcExecutor {
         // GET-before-POST.
         let cluster = match client.get_cluster(&full_name).await? {
             Some(c) => {
+                check_owned(&c, inputs, &shown, "adopt")?;
                 ctx.progress.report(&format!(
                     "TMC cluster {shown} exists (phase {}, health {})",
                     c.phase(),
@@ -164,7 +181,7 @@ impl TmcExecutor {
                         &full_name,
                         &inputs.cluster_group,
                         &inputs.description,
-                        &inputs.labels,
+                        &desired_labels(inputs),
                     )
                     .await
                 {
@@ -178,6 +195,7 @@ impl TmcExecutor {
                                 "TMC reported {shown} as existing but GET answers 404"
                             ))
                         })?;
+                        check_owned(&c, inputs, &shown, "adopt")?;
                         check_not_failed(&c, &shown)?;
                         converge(ctx, &client, c, inputs, &shown, &mut updated).await?
                     }
@@ -283,6 +301,49 @@ fn report_health(ctx: &StepContext, c: &Cluster, shown: &str) {
     ));
 }
 
+/// Fails permanently when the inputs carry no ownership mark (a step planned before tkgops
+/// recorded it): without it no TMC cluster can be proven to be this request's.
+pub(super) fn require_owner_mark(inputs: &TmcClusterInputs) -> Result<(), StepError> {
+    if inputs.owner.label.trim().is_empty() {
+        return Err(StepError::Permanent(format!(
+            "the step inputs carry no {OWNER_LABEL} value (planned by an older tkgops?); tkgops \
+             changes only TMC clusters it can prove it owns: plan the change again"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that the existing TMC cluster `c` carries this request's ownership label
+/// (`meta.labels[OWNER_LABEL] == inputs.owner.label`). `verb` says what tkgops refuses to do
+/// (`adopt`, `detach`).
+///
+/// Errors: [`StepError::Permanent`] "TMC cluster <shown> exists and is not owned by
+/// <repository>/<path> (…); tkgops will not <verb> it", naming the label it carries and the
+/// label an operator may add in TMC when the cluster really is this request's (e.g. one
+/// attached by a tkgops version that did not mark its TMC clusters).
+pub(super) fn check_owned(
+    c: &Cluster,
+    inputs: &TmcClusterInputs,
+    shown: &str,
+    verb: &str,
+) -> Result<(), StepError> {
+    let want = inputs.owner.label.as_str();
+    let found = c.meta.labels.get(OWNER_LABEL).map(String::as_str);
+    if !want.is_empty() && found == Some(want) {
+        return Ok(());
+    }
+    let carries = match found {
+        Some(f) => format!("its {OWNER_LABEL} label is {f:?}"),
+        None => format!("it has no {OWNER_LABEL} label"),
+    };
+    Err(StepError::Permanent(format!(
+        "TMC cluster {shown} exists and is not owned by {} ({carries}); tkgops will not {verb} \
+         it. TMC cluster names are organisation-wide: rename the cluster, or, if this TMC \
+         cluster really is this request's, label it {OWNER_LABEL}={want} in TMC",
+        inputs.owner.display()
+    )))
+}
+
 /// `ERROR` / `UPGRADE_FAILED` → Permanent with the condition messages; `DETACHING` /
 /// `DELETING` → Transient (a detach is in progress; a later attempt re-creates the cluster).
 fn check_not_failed(c: &Cluster, shown: &str) -> Result<(), StepError> {
@@ -354,6 +415,14 @@ fn current_group(c: &Cluster) -> String {
         .to_string()
 }
 
+/// The `meta.labels` tkgops wants on the TMC cluster (besides TMC's own): the request's labels
+/// and the ownership label [`OWNER_LABEL`], which wins over a request label of the same key.
+fn desired_labels(inputs: &TmcClusterInputs) -> BTreeMap<String, String> {
+    let mut labels = inputs.labels.clone();
+    labels.insert(OWNER_LABEL.to_string(), inputs.owner.label.clone());
+    labels
+}
+
 /// The labels tkgops manages: all but TMC's own `tmc.cloud.vmware.com/…`.
 fn user_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     labels
@@ -368,7 +437,8 @@ fn user_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 /// appends its name to `updated`. Returns the cluster as TMC answered the `PUT` (or `c`
 /// unchanged when nothing differs).
 ///
-/// Errors: Permanent when TMC refuses the group (404/400 while the cluster exists) or after
+/// Errors: Permanent when the cluster (as read, or re-read after a conflict) does not carry
+/// this request's ownership label, or TMC refuses the group (404/400 while the cluster exists); after
 /// [`MAX_UPDATE_CONFLICTS`] stale-version conflicts in a row is Transient; other
 /// [`TmcError`]s classified as usual.
 async fn converge(
@@ -380,13 +450,16 @@ async fn converge(
     updated: &mut Vec<&'static str>,
 ) -> Result<Cluster, StepError> {
     let group = desired_group(inputs);
+    let want_labels = desired_labels(inputs);
     let mut conflicts = 0u32;
     loop {
+        // Re-read after a conflict: the cluster must still be this request's.
+        check_owned(&c, inputs, shown, "adopt")?;
         let was_group = current_group(&c);
         let was_description = c.meta.description.clone().unwrap_or_default();
         let group_differs = was_group != group;
         let description_differs = was_description != inputs.description;
-        let labels_differ = user_labels(&c.meta.labels) != inputs.labels;
+        let labels_differ = user_labels(&c.meta.labels) != want_labels;
         if !(group_differs || description_differs || labels_differ) {
             return Ok(c);
         }
@@ -400,7 +473,7 @@ async fn converge(
             .filter(|(k, _)| k.starts_with(SYSTEM_LABEL_PREFIX))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        labels.extend(inputs.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        labels.extend(want_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         want.meta.labels = labels;
         match client.update_cluster(&want).await {
             Ok(now) => {
@@ -501,7 +574,9 @@ impl StepExecutor for TmcExecutor {
 
     /// Runs one attempt of `tmc.attach` or `tmc.detach` (see [`TmcExecutor`]).
     ///
-    /// Errors: Permanent for a kind of another provider, a missing API token, a refused token exchange,
+    /// Errors: Permanent for a kind of another provider, inputs without an ownership mark, an
+    /// existing TMC cluster that does not carry this request's ownership label (it is neither
+    /// adopted nor detached), a missing API token, a refused token exchange,
     /// 4xx answers (a cluster group TMC does not know included) and a cluster in phase
     /// `ERROR`/`UPGRADE_FAILED`; Transient for 429/5xx, connection errors, timeouts, a cluster
     /// being detached (attach) and a cluster that outlives a forced detach; the applier's own

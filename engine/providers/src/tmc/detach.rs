@@ -2,20 +2,33 @@
 //! `resourceClusterDelete` does (tanzu-apis.md §3.5 step 5, §3.3 "Delete/detach").
 //!
 //! 1. `GET` the cluster; 404 means it is not attached: success at once (idempotent).
-//! 2. `DELETE /v1alpha1/clusters/{name}?force=false&fullName.managementClusterName=…&
+//! 2. The cluster must carry this request's ownership label ([`OWNER_LABEL`] in
+//!    `meta.labels`, see `attach.rs`); otherwise the step fails permanently and nothing is
+//!    deleted (TMC names are organisation-wide: another team's cluster may have the name).
+//! 3. `DELETE /v1alpha1/clusters/{name}?force=false&fullName.managementClusterName=…&
 //!    fullName.provisionerName=…` (skipped when the cluster is already `DETACHING`, i.e. an
-//!    earlier attempt sent it), then `GET` every poll interval until 404.
-//! 3. Still there after the detach timeout: `DELETE …?force=true`, then `GET` until 404 for at
-//!    most the same time again.
+//!    earlier attempt sent it), then `GET` every poll interval until 404, or until the name
+//!    answers with another `meta.uid` (the cluster tkgops checked is gone; the new one is not
+//!    touched).
+//! 4. Still there (same uid) after the detach timeout: `DELETE …?force=true`, then `GET` until
+//!    404 (or another uid) for at most the same time again.
+//!
+//! TMC's `DELETE` takes no precondition (tanzu-apis.md §3.3), so a cluster replaced between
+//! the `GET` and a `DELETE` of one attempt cannot be told apart by TMC; the window is one
+//! request long, and every `DELETE` is preceded by a `GET` of the same uid.
 
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::attach::{resolve_full_name, TmcExecutor, MAX_POLL_ERRORS};
+use super::attach::{
+    check_owned, require_owner_mark, resolve_full_name, TmcExecutor, MAX_POLL_ERRORS,
+};
 use super::client::TmcClient;
 use super::models::{FullName, PHASE_DETACHING};
 use super::TmcError;
 use tkgops_domain::step::TmcClusterInputs;
+#[cfg(doc)]
+use tkgops_domain::workflow::plan::OWNER_LABEL;
 use tkgops_engine::{StepContext, StepError};
 
 /// How a wait for the cluster's disappearance ended.
@@ -33,8 +46,10 @@ impl TmcExecutor {
     /// `wasAttached` is false when the cluster was already gone, `forced` whether the
     /// `force=true` delete was needed.
     ///
-    /// Errors: Permanent for a missing API token, a refused token exchange and 4xx answers other
-    /// than 404/409/429; Transient for 429/5xx and connection errors (after
+    /// Errors: Permanent for inputs without an ownership mark, a TMC cluster that does not
+    /// carry this request's ownership label ("… is not owned by …; tkgops will not detach
+    /// it"), a missing API token, a refused token exchange and 4xx answers other than
+    /// 404/409/429; Transient for 429/5xx and connection errors (after
     /// `MAX_POLL_ERRORS` in a row while polling) and for a cluster still present after the
     /// forced delete's wait.
     pub(super) async fn detach(
@@ -42,6 +57,7 @@ impl TmcExecutor {
         ctx: &StepContext,
         inputs: &TmcClusterInputs,
     ) -> Result<Value, StepError> {
+        require_owner_mark(inputs)?;
         let client = self.client(&inputs.endpoint, &inputs.csp_endpoint)?;
         let (full_name, shown) = resolve_full_name(inputs);
         let out = |was_attached: bool, forced: bool| json!({"cluster": shown, "wasAttached": was_attached, "forced": forced});
@@ -52,6 +68,8 @@ impl TmcExecutor {
             ));
             return Ok(out(false, false));
         };
+        check_owned(&c, inputs, &shown, "detach")?;
+        let uid = c.meta.uid.clone();
         if c.phase() == PHASE_DETACHING {
             ctx.progress.report(&format!(
                 "TMC cluster {shown} is already detaching; waiting for it to go"
@@ -64,7 +82,10 @@ impl TmcExecutor {
             ));
             delete(&client, &full_name, false).await?;
         }
-        match self.wait_gone(ctx, &client, &full_name, &shown).await? {
+        match self
+            .wait_gone(ctx, &client, &full_name, &shown, uid.as_deref())
+            .await?
+        {
             Gone::Yes => {
                 ctx.progress.report(&format!("TMC cluster {shown} detached"));
                 return Ok(out(true, false));
@@ -75,7 +96,10 @@ impl TmcExecutor {
             )),
         }
         delete(&client, &full_name, true).await?;
-        match self.wait_gone(ctx, &client, &full_name, &shown).await? {
+        match self
+            .wait_gone(ctx, &client, &full_name, &shown, uid.as_deref())
+            .await?
+        {
             Gone::Yes => {
                 ctx.progress
                     .report(&format!("TMC cluster {shown} detached (forced)"));
@@ -88,14 +112,17 @@ impl TmcExecutor {
         }
     }
 
-    /// Polls `GET` every `poll_interval` until 404 or until `detach_timeout` has passed
-    /// (tokio time, so paused-clock tests run instantly). Reports each new phase once.
+    /// Polls `GET` every `poll_interval` until 404, until the name answers with a `meta.uid`
+    /// other than `uid` (the cluster tkgops deleted is gone and a new one took the name), or
+    /// until `detach_timeout` has passed (tokio time, so paused-clock tests run instantly).
+    /// Reports each new phase once.
     async fn wait_gone(
         &self,
         ctx: &StepContext,
         client: &TmcClient,
         full_name: &FullName,
         shown: &str,
+        uid: Option<&str>,
     ) -> Result<Gone, StepError> {
         let deadline = Instant::now() + self.detach_timeout;
         let mut errors = 0u32;
@@ -103,6 +130,14 @@ impl TmcExecutor {
         loop {
             match client.get_cluster(full_name).await {
                 Ok(None) => return Ok(Gone::Yes),
+                Ok(Some(c)) if uid.is_some() && c.meta.uid.as_deref() != uid => {
+                    ctx.progress.report(&format!(
+                        "TMC cluster {shown} was detached; a new TMC cluster of that name \
+                         (uid {}) exists and is left alone",
+                        c.meta.uid.as_deref().unwrap_or("?")
+                    ));
+                    return Ok(Gone::Yes);
+                }
                 Ok(Some(c)) => {
                     errors = 0;
                     if c.phase() != last_phase {
