@@ -205,7 +205,7 @@ impl Bot {
                     dashboard.map(|n| format!(" (#{n})")).unwrap_or_default()
                 ));
             }
-            return self.command_resume(schedule.as_deref(), who, tip).await;
+            return self.command_resume(schedule.as_deref(), who).await;
         }
         let pr = match self.vcs.get_pull(c.issue_number).await {
             Ok(pr) => pr,
@@ -218,7 +218,7 @@ impl Bot {
             Err(e) => return Err(BotError::Github(e.to_string())),
         };
         // Security rule 1: the policy is the default branch's.
-        let Some(policy) = self.load_settings(tip).await? else {
+        let Some(policy) = self.load_policy().await? else {
             return Ok(format!(
                 "@{who}: refused: the default branch `{}` has no valid tkgops.yaml, so nobody may run commands (fail closed).",
                 self.default_branch
@@ -255,9 +255,8 @@ impl Bot {
         &self,
         schedule: Option<&str>,
         who: &str,
-        tip: &str,
     ) -> Result<String, BotError> {
-        let Some(policy) = self.load_settings(tip).await? else {
+        let Some(policy) = self.load_policy().await? else {
             return Ok(format!(
                 "@{who}: refused: the default branch `{}` has no valid tkgops.yaml, so nobody may run commands (fail closed).",
                 self.default_branch

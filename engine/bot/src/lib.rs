@@ -660,6 +660,23 @@ impl Bot {
                 pr = pr.number,
                 "record pull request merged: its upgrades already ran"
             );
+            // Its wave commits ran under a schedule of the trusted policy: approved content
+            // for later re-plans, never a policy change (the policy chain judges the tip).
+            let git = self.git.clone();
+            let m = merge_sha.clone();
+            let base = blocking(move || git.first_parent(&m)).await?;
+            self.write_ledger(
+                &trust::LedgerEntry {
+                    pr: pr.number,
+                    merge: merge_sha.clone(),
+                    base,
+                    method: gitops::MergeMethod::Merge,
+                    approved: true,
+                    refused: None,
+                },
+                std::slice::from_ref(&merge_sha),
+            )
+            .await?;
             return self
                 .store
                 .put_meta(&done_key, merge_sha.as_bytes())

@@ -381,8 +381,9 @@ impl Bot {
         if p.halt.is_some() {
             return Ok(());
         }
-        // 3. The plan of the wave commit, under the policy at the fire (once per wave).
-        let key = format!("{parent}..{commit}@{}", p.base);
+        // 3. The plan of the wave commit, under the trusted policy (once per wave).
+        let policy = self.policy_commit().await?;
+        let key = format!("{parent}..{commit}@{policy}");
         let cached = self.wave_plan.lock().ok().and_then(|c| {
             c.as_ref()
                 .filter(|(k, _)| *k == key)
@@ -392,7 +393,7 @@ impl Bot {
             Some(plan) => plan,
             None => {
                 let plan = Arc::new(
-                    self.wave_plan(parent.clone(), commit.clone(), p.base.clone())
+                    self.wave_plan(parent.clone(), commit.clone(), policy.clone())
                         .await?,
                 );
                 if let Ok(mut c) = self.wave_plan.lock() {

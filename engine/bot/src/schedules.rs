@@ -179,7 +179,17 @@ impl Bot {
         open: &[PullRequest],
         now: DateTime<Utc>,
     ) -> Result<(), BotError> {
-        if rc.schedules.is_empty() {
+        // The dashboard also carries an untrusted policy change (security rule 1), and is
+        // kept up to date once it exists.
+        if rc.schedules.is_empty()
+            && self.policy_health.untrusted().is_none()
+            && self
+                .store
+                .get_meta(DASHBOARD_DIGEST_KEY)
+                .await
+                .map_err(store_err)?
+                .is_none()
+        {
             return Ok(());
         }
         let fleet = self.fleet(tip, rc).await?;
@@ -535,7 +545,15 @@ impl Bot {
                     .collect(),
             );
         }
-        let body = dashboard(rc, fleet, open, &fires, now);
+        let mut body = dashboard(rc, fleet, open, &fires, now);
+        if let Some(u) = self.policy_health.untrusted() {
+            let header = format!("{DASHBOARD_MARKER}\n## tkgops fleet dashboard\n\n");
+            let section = format!(
+                "### ⛔ Untrusted policy change\n\n{}.\n\n",
+                crate::trust::capitalise(&u.sentence())
+            );
+            body = body.replacen(&header, &format!("{header}{section}"), 1);
+        }
         let digest = hex::encode(sha2::Sha256::digest(body.as_bytes()));
         let stored = self
             .store

@@ -284,6 +284,28 @@ impl Bot {
         Ok(record)
     }
 
+    /// The trusted policy commit every reader of the policy uses (the journalled one).
+    ///
+    /// Errors: [`BotError::Store`] when it is not journalled yet (no poll completed) or the
+    /// journal cannot be read.
+    pub(crate) async fn policy_commit(&self) -> Result<String, BotError> {
+        read_trusted(&*self.store)
+            .await?
+            .map(|t| t.commit)
+            .ok_or_else(|| BotError::Store("the trusted policy commit is not known yet".into()))
+    }
+
+    /// The trusted policy (`tkgops.yaml` of the trusted policy commit), `None` when it has
+    /// none or it does not load.
+    ///
+    /// Errors: as [`Bot::policy_commit`], and [`BotError::Git`].
+    pub(crate) async fn load_policy(
+        &self,
+    ) -> Result<Option<tkgops_domain::request::RepoConfig>, BotError> {
+        let commit = self.policy_commit().await?;
+        self.load_settings(&commit).await
+    }
+
     async fn put_trusted(&self, record: &TrustedPolicy) -> Result<(), BotError> {
         let git = self.git.clone();
         let c = record.commit.clone();
@@ -389,7 +411,9 @@ impl Bot {
         let change = self.untrusted_change(tip, &trusted).await?;
         self.policy_health.set(&trusted.commit, change.clone());
         if let Some(c) = &change {
-            self.report_untrusted(c).await?;
+            if let Err(e) = self.report_untrusted(c).await {
+                tracing::warn!(commit = %c.commit, error = %e, "reporting the untrusted policy change failed; will retry next poll");
+            }
         }
         Ok((trusted, change))
     }
@@ -458,13 +482,7 @@ impl Bot {
             approved: refused.is_none(),
             refused: refused.map(str::to_string),
         };
-        let bytes = serde_json::to_vec(&entry).map_err(store_err)?;
-        for c in &shape.commits {
-            self.store
-                .put_meta(&format!("{LEDGER_PREFIX}{c}"), &bytes)
-                .await
-                .map_err(store_err)?;
-        }
+        self.write_ledger(&entry, &shape.commits).await?;
         if refused.is_some() {
             return Ok(false);
         }
@@ -503,6 +521,24 @@ impl Bot {
         Ok(true)
     }
 
+    /// Writes `entry` as the ledger entry of each of `commits`.
+    ///
+    /// Errors: [`BotError::Store`].
+    pub(crate) async fn write_ledger(
+        &self,
+        entry: &LedgerEntry,
+        commits: &[String],
+    ) -> Result<(), BotError> {
+        let bytes = serde_json::to_vec(entry).map_err(store_err)?;
+        for c in commits {
+            self.store
+                .put_meta(&format!("{LEDGER_PREFIX}{c}"), &bytes)
+                .await
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
+
     /// The policy notes of a plan of `head` under the trusted policy commit `trusted`
     /// (`changes_policy` is set when the head's policy differs from the trusted one), given
     /// the untrusted change on the default branch, if any.
@@ -536,7 +572,8 @@ impl Bot {
     }
 }
 
-fn capitalise(s: &str) -> String {
+/// `s` with its first letter in upper case.
+pub(crate) fn capitalise(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
         Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
