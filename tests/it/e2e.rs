@@ -501,12 +501,12 @@ async fn a_signed_webhook_makes_the_bot_plan_at_once() {
         )
         .await
     });
-    // The first poll ends with the list of closed pull requests.
+    // The first poll ends with the list of the repository's comments (commands).
     env.github
         .faults()
         .log()
         .wait_for(Duration::from_secs(60), |r| {
-            r.path.ends_with("/pulls") && r.query.contains("state=closed")
+            r.path.ends_with("/issues/comments")
         })
         .await
         .expect("the first poll never finished");

@@ -20,4 +20,5 @@ mod schedules;
 mod tkg2;
 mod tmc;
 mod trust;
+mod trust_chain;
 mod validate;

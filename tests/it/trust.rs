@@ -18,7 +18,7 @@ const MARKER: &str = "<!-- tkgops:sticky -->";
 const WAIT: Duration = Duration::from_secs(90);
 
 /// The bot's own sticky comment on `pr` (authored by its login), if any.
-fn sticky(env: &Environment, pr: u64) -> Option<String> {
+pub(crate) fn sticky(env: &Environment, pr: u64) -> Option<String> {
     env.github
         .comments(pr)
         .into_iter()
@@ -28,7 +28,7 @@ fn sticky(env: &Environment, pr: u64) -> Option<String> {
 
 /// Nothing was created: no Cluster on the management cluster, no TMC cluster, no subnet tag
 /// write in moto (the preflight never ran).
-fn assert_nothing_ran(env: &Environment) {
+pub(crate) fn assert_nothing_ran(env: &Environment) {
     let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
     assert!(
         mgmt.get(
@@ -44,7 +44,7 @@ fn assert_nothing_ran(env: &Environment) {
 
 /// Opens the example request as a PR by `author` (with `extra` files too), waits for the plan
 /// status, and returns (PR number, head SHA, plan state).
-async fn open_and_plan(
+pub(crate) async fn open_and_plan(
     env: &Environment,
     author: &str,
     extra: &[(&str, String)],
@@ -66,7 +66,7 @@ async fn open_and_plan(
 }
 
 /// Merges `pr` as `merger` and returns the final `tkgops/apply` state and the sticky comment.
-async fn merge(env: &Environment, pr: u64, merger: &str) -> (String, String) {
+pub(crate) async fn merge(env: &Environment, pr: u64, merger: &str) -> (String, String) {
     let merge = env.github.merge_pull_request(pr, merger).unwrap();
     let apply = env.wait_status(&merge, "tkgops/apply", WAIT).await.unwrap();
     (apply, sticky(env, pr).expect("the bot's comment"))
@@ -256,28 +256,58 @@ async fn a_planted_marker_in_someone_elses_comment_is_ignored() {
     bot.stop().await;
 }
 
+/// The trusted policy moves between the approval of a change and its merge (both merged while
+/// the bot was down, the policy first): the change's plan at its merge commit differs from the
+/// plan approved for its head, so it does not run, and the pull request says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_plan_that_changed_between_approval_and_merge_does_not_run() {
     let timings = Timings::default();
     let env = start_env(&timings).await;
-    let bot = InProcessBot::start(&env, &timings, None).await;
+    let mut bot = crate::e2e::spawn_serve(&env, &timings);
     let (pr, _, plan) = open_and_plan(&env, AUTHOR, &[]).await;
     assert_eq!(plan, "success");
     env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
-    // The default branch moves after the approval: the package repository every cluster uses
-    // changes, so the merged change would no longer run what was approved.
+    // An approved policy change moves the package repository every cluster uses, so the
+    // merged change would no longer run what was approved.
     let policy = main_policy(&env);
     let moved = policy.replace("name: tanzu-standard", "name: tanzu-standard-next");
     assert_ne!(moved, policy, "the example policy changed shape");
     commit_on_branch(
         &env.remote,
         "main",
-        "main",
+        "repository",
         "Move the repository",
         &[("tkgops.yaml", moved.as_str())],
     )
     .unwrap();
-    let (apply, comment) = merge(&env, pr, APPROVER).await;
+    let policy_pr = env
+        .github
+        .open_pull_request("repository", "Move the repository", "", AUTHOR)
+        .unwrap();
+    env.wait_status(&head_of(&env, "repository"), "tkgops/plan", WAIT)
+        .await
+        .unwrap();
+    env.github
+        .submit_review(policy_pr, APPROVER, "APPROVED")
+        .unwrap();
+    env.github
+        .submit_review(policy_pr, "bob", "APPROVED")
+        .unwrap();
+    bot.kill().await.expect("stop the bot");
+    let _ = bot.wait().await;
+    let policy_merge = env.github.merge_pull_request(policy_pr, APPROVER).unwrap();
+    let merge_sha = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    let mut bot = crate::e2e::spawn_serve(&env, &timings);
+    let policy_apply = env
+        .wait_status(&policy_merge, "tkgops/apply", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(policy_apply, "success", "{}", env.conversation(policy_pr));
+    let apply = env
+        .wait_status(&merge_sha, "tkgops/apply", WAIT)
+        .await
+        .unwrap();
+    let comment = sticky(&env, pr).expect("the bot's comment");
     assert_eq!(apply, "failure", "{comment}");
     assert!(
         comment.contains("plan changed after approval")
@@ -286,7 +316,7 @@ async fn a_plan_that_changed_between_approval_and_merge_does_not_run() {
         "{comment}"
     );
     assert_nothing_ran(&env);
-    bot.stop().await;
+    bot.kill().await.expect("stop the bot");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -368,7 +398,7 @@ async fn a_merge_missed_while_the_bot_was_down_runs_after_the_restart() {
 }
 
 /// The repository settings on the default branch of the sandbox's config repository.
-fn main_policy(env: &Environment) -> String {
+pub(crate) fn main_policy(env: &Environment) -> String {
     let repo = git2::Repository::open_bare(&env.remote).unwrap();
     let tree = repo
         .revparse_single("refs/heads/main")
@@ -386,14 +416,14 @@ fn main_policy(env: &Environment) -> String {
 }
 
 /// `policy` (a `tkgops.yaml`) with `approval.approvers` replaced by `approvers`.
-fn with_approvers(policy: &str, approvers: &[&str]) -> String {
+pub(crate) fn with_approvers(policy: &str, approvers: &[&str]) -> String {
     let mut v: serde_yaml::Value = serde_yaml::from_str(policy).unwrap();
     v["approval"]["approvers"] = serde_yaml::to_value(approvers).unwrap();
     serde_yaml::to_string(&v).unwrap()
 }
 
 /// Puts `files` on `main` directly (an administrator's push), before any pull request.
-fn push_to_main(env: &Environment, files: &[(&str, &str)]) {
+pub(crate) fn push_to_main(env: &Environment, files: &[(&str, &str)]) {
     commit_on_branch(&env.remote, "main", "main", "Policy", files).unwrap();
 }
 

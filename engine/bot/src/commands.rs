@@ -251,11 +251,7 @@ impl Bot {
     }
 
     /// `/tkgops resume [schedule]` on the dashboard issue: approvers only.
-    async fn command_resume(
-        &self,
-        schedule: Option<&str>,
-        who: &str,
-    ) -> Result<String, BotError> {
+    async fn command_resume(&self, schedule: Option<&str>, who: &str) -> Result<String, BotError> {
         let Some(policy) = self.load_policy().await? else {
             return Ok(format!(
                 "@{who}: refused: the default branch `{}` has no valid tkgops.yaml, so nobody may run commands (fail closed).",

@@ -509,6 +509,25 @@ impl Bot {
         if !allow_delete {
             refuse_deletes_without_label(&mut p);
         }
+        // Approvals bind to the plan they were given under: a re-plan of the same head whose
+        // digest changed makes the approvals given before it stale (security rule 8).
+        let digests =
+            serde_json::to_vec(&p.digests()).map_err(|e| BotError::Store(e.to_string()))?;
+        if let Some(old) = self
+            .store
+            .get_meta(&digests_key(pr.number, &head))
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?
+            .filter(|old| *old != digests)
+        {
+            let stale = self.stamp_approvals(pr.number, &head, &old).await?;
+            if stale > 0 {
+                p.notes.push(format!(
+                    "⚠️ The plan for head `{}` changed since it was last posted: the {stale} approval(s) given for the earlier plan no longer count. Approve this plan again.",
+                    short_sha(&head)
+                ));
+            }
+        }
         self.post_plan(pr.number, &p).await?;
         let errors = p
             .all_findings()
@@ -535,8 +554,6 @@ impl Bot {
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
         // What this head SHA will run, so that the merge runs exactly what was approved.
-        let digests =
-            serde_json::to_vec(&p.digests()).map_err(|e| BotError::Store(e.to_string()))?;
         self.store
             .put_meta(&digests_key(pr.number, &head), &digests)
             .await
@@ -906,23 +923,38 @@ impl Bot {
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
         // The latest review of each reviewer counts; it must be on the head SHA.
-        let mut latest: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
+        let mut latest: BTreeMap<String, (String, Option<String>, u64)> = BTreeMap::new();
         for r in reviews {
-            if r.state == "COMMENTED" {
+            if r.state == "COMMENTED" || r.state == "PENDING" {
                 continue;
             }
-            latest.insert(r.user.to_lowercase(), (r.state, r.commit_id));
+            latest.insert(r.user.to_lowercase(), (r.state, r.commit_id, r.id));
         }
         let author = pr.author.to_lowercase();
-        let approved: std::collections::BTreeSet<String> = latest
-            .into_iter()
-            .filter(|(u, (state, commit))| {
-                *u != author
-                    && state == "APPROVED"
-                    && commit.as_deref() == Some(pr.head_sha.as_str())
-            })
-            .map(|(u, _)| u)
-            .collect();
+        // The plan the merge runs is the one of the head's current digests: an approval stamped
+        // under another digest was given for an earlier plan of the same head.
+        let current = self
+            .store
+            .get_meta(&digests_key(pr.number, &pr.head_sha))
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?
+            .map(|d| digest_hash(&d));
+        let mut approved = std::collections::BTreeSet::new();
+        for (u, (state, commit, id)) in latest {
+            if u == author || state != "APPROVED" || commit.as_deref() != Some(pr.head_sha.as_str())
+            {
+                continue;
+            }
+            let stamp = self
+                .store
+                .get_meta(&review_stamp_key(pr.number, id))
+                .await
+                .map_err(|e| BotError::Store(e.to_string()))?;
+            if stamp.is_some_and(|s| Some(String::from_utf8_lossy(&s).into_owned()) != current) {
+                continue;
+            }
+            approved.insert(u);
+        }
         let approvers = self.expand_principals(&repo.approval.approvers).await?;
         let count = approved.intersection(&approvers).count();
         if count < required {
@@ -983,6 +1015,45 @@ impl Bot {
                 }
             )))
         }
+    }
+
+    /// Stamps every `APPROVED` review of PR `number` on `head` that has no stamp yet with the
+    /// hash of `digests`, the plan it was given under (the plan posted before a re-plan); returns
+    /// how many approvals on `head` carry a stamp (all of them are stale for the new plan).
+    ///
+    /// Errors: [`BotError::Github`] when the reviews cannot be listed, [`BotError::Store`].
+    async fn stamp_approvals(
+        &self,
+        number: u64,
+        head: &str,
+        digests: &[u8],
+    ) -> Result<usize, BotError> {
+        let reviews = self
+            .vcs
+            .list_reviews(number)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
+        let hash = digest_hash(digests);
+        let mut stamped = 0;
+        for r in reviews
+            .iter()
+            .filter(|r| r.state == "APPROVED" && r.commit_id.as_deref() == Some(head))
+        {
+            let key = review_stamp_key(number, r.id);
+            let existing = self
+                .store
+                .get_meta(&key)
+                .await
+                .map_err(|e| BotError::Store(e.to_string()))?;
+            if existing.is_none() {
+                self.store
+                    .put_meta(&key, hash.as_bytes())
+                    .await
+                    .map_err(|e| BotError::Store(e.to_string()))?;
+            }
+            stamped += 1;
+        }
+        Ok(stamped)
     }
 
     /// The lowercase logins `principals` name: `login` or `@login` as is, `org/team` or
@@ -1163,6 +1234,18 @@ fn refuse_deletes_without_label(p: &mut Plan) {
 /// (`pr/<number>/digests/<head SHA>`: JSON object `<cluster>#<workflow>` → digest).
 fn digests_key(number: u64, head_sha: &str) -> String {
     format!("pr/{number}/digests/{head_sha}")
+}
+
+/// The journal key of the plan an approval was given under: `pr/<number>/review/<review id>`
+/// → the [`digest_hash`] of the plan's digests when the plan changed after it.
+fn review_stamp_key(number: u64, review: u64) -> String {
+    format!("pr/{number}/review/{review}")
+}
+
+/// SHA-256 (hex) of a plan's digests as journalled under [`digests_key`].
+fn digest_hash(digests: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(digests))
 }
 
 /// The engine origin of runs caused by pull request `number`: `github:pr/<number>`.
