@@ -685,3 +685,166 @@ impl ConfigRepo {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bare repository with `main` = c0, and helpers to commit on top of a commit.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        repo: Repository,
+        mirror: ConfigRepo,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = Repository::init_bare(dir.path()).unwrap();
+            let mirror = ConfigRepo::open_local(dir.path()).unwrap();
+            Fixture {
+                _dir: dir,
+                repo,
+                mirror,
+            }
+        }
+
+        /// A commit writing `path` = `content` on top of `parents` (first parent's tree),
+        /// authored by `author` at `when` with `message`.
+        fn commit(
+            &self,
+            parents: &[Oid],
+            path: &str,
+            content: &str,
+            author: (&str, i64),
+            message: &str,
+        ) -> Oid {
+            let parents: Vec<git2::Commit<'_>> = parents
+                .iter()
+                .map(|p| self.repo.find_commit(*p).unwrap())
+                .collect();
+            let base = match parents.first() {
+                Some(p) => p.tree().unwrap(),
+                None => {
+                    let empty = self.repo.treebuilder(None).unwrap().write().unwrap();
+                    self.repo.find_tree(empty).unwrap()
+                }
+            };
+            let blob = self.repo.blob(content.as_bytes()).unwrap();
+            let mut update = git2::build::TreeUpdateBuilder::new();
+            update.upsert(path, blob, git2::FileMode::Blob);
+            let tree_id = update.create_updated(&self.repo, &base).unwrap();
+            let tree = self.repo.find_tree(tree_id).unwrap();
+            let sig = git2::Signature::new(
+                author.0,
+                &format!("{}@example.com", author.0),
+                &git2::Time::new(author.1, 0),
+            )
+            .unwrap();
+            let committer =
+                git2::Signature::new("GitHub", "noreply@github.com", &git2::Time::new(9_999, 0))
+                    .unwrap();
+            let refs: Vec<&git2::Commit<'_>> = parents.iter().collect();
+            self.repo
+                .commit(None, &sig, &committer, message, &tree, &refs)
+                .unwrap()
+        }
+    }
+
+    #[test]
+    fn merge_shapes_are_told_apart_and_the_base_is_never_a_commit_of_the_pull_request() {
+        let f = Fixture::new();
+        let c0 = f.commit(&[], "tkgops.yaml", "v0", ("admin", 1), "root");
+        let other = f.commit(&[c0], "other", "x", ("bob", 2), "someone else's change");
+        // The pull request: two commits on c0.
+        let p1 = f.commit(&[c0], "tkgops.yaml", "v1", ("eve", 3), "policy");
+        let p2 = f.commit(&[p1], "clusters/a/x", "a", ("eve", 4), "cluster");
+        let s = |o: Oid| o.to_string();
+
+        // A merge commit: parents [base tip, head].
+        let m = f.commit(&[other, p2], "clusters/a/x", "a", ("GitHub", 5), "Merge");
+        let shape = f.mirror.merge_shape(&s(m), &s(p2)).unwrap();
+        assert_eq!(shape.method, MergeMethod::Merge);
+        assert_eq!(shape.base, Some(s(other)));
+        assert_eq!(shape.commits, vec![s(m)]);
+
+        // A squash: one commit on the base tip.
+        let sq = f.commit(&[other], "tkgops.yaml", "v1", ("eve", 6), "Squashed (#1)");
+        let shape = f.mirror.merge_shape(&s(sq), &s(p2)).unwrap();
+        assert_eq!(shape.method, MergeMethod::Squash);
+        assert_eq!(shape.base, Some(s(other)));
+
+        // A rebase: each commit re-applied with the same author, time and message.
+        let r1 = f.commit(&[other], "tkgops.yaml", "v1", ("eve", 3), "policy");
+        let r2 = f.commit(&[r1], "clusters/a/x", "a", ("eve", 4), "cluster");
+        let shape = f.mirror.merge_shape(&s(r2), &s(p2)).unwrap();
+        assert_eq!(shape.method, MergeMethod::Rebase);
+        assert_eq!(shape.base, Some(s(other)), "never the first rebased commit");
+        assert_eq!(shape.commits, vec![s(r1), s(r2)]);
+
+        // Policy fingerprints: the first rebased commit changed the policy, the second not.
+        let (f_other, f_r1, f_r2) = (
+            f.mirror.policy_fingerprint(&s(other)).unwrap(),
+            f.mirror.policy_fingerprint(&s(r1)).unwrap(),
+            f.mirror.policy_fingerprint(&s(r2)).unwrap(),
+        );
+        assert_eq!(f_other.differing(&f_r1), vec!["tkgops.yaml".to_string()]);
+        assert_eq!(f_r1, f_r2);
+
+        // The first-parent history, newest first, stops before `stop`.
+        assert_eq!(
+            f.mirror
+                .first_parent_chain(&s(r2), Some(&s(c0)), 100)
+                .unwrap(),
+            vec![s(r2), s(r1), s(other)]
+        );
+    }
+
+    #[test]
+    fn revert_onto_takes_a_commits_change_back_out_or_says_it_conflicts() {
+        let f = Fixture::new();
+        let s = |o: Oid| o.to_string();
+        let c0 = f.commit(
+            &[],
+            "clusters/a/config",
+            "workers: 3\n",
+            ("admin", 1),
+            "root",
+        );
+        let pushed = f.commit(&[c0], "clusters/a/extra", "x\n", ("eve", 2), "direct push");
+        let approved = f.commit(
+            &[pushed],
+            "clusters/a/config",
+            "workers: 6\n",
+            ("bob", 3),
+            "approved",
+        );
+        let head = f
+            .mirror
+            .revert_onto(&s(approved), &[s(pushed)])
+            .unwrap()
+            .expect("no conflict");
+        let tree = f.mirror.tree(&head).unwrap();
+        assert_eq!(tree.read("clusters/a/config").unwrap(), b"workers: 6\n");
+        assert!(
+            tree.read("clusters/a/extra").is_none(),
+            "the push is left out"
+        );
+        // A change the approved commit builds on cannot be taken out.
+        let c1 = f.commit(
+            &[c0],
+            "clusters/a/config",
+            "workers: 4\n",
+            ("eve", 4),
+            "push",
+        );
+        let c2 = f.commit(
+            &[c1],
+            "clusters/a/config",
+            "workers: 5\n",
+            ("bob", 5),
+            "approved",
+        );
+        assert_eq!(f.mirror.revert_onto(&s(c2), &[s(c1)]).unwrap(), None);
+    }
+}
