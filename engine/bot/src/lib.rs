@@ -498,10 +498,11 @@ impl Bot {
         let git = self.git.clone();
         let (t, h) = (tip.to_string(), head.clone());
         let base = blocking(move || git.merge_base(&t, &h)).await?;
+        let base_sha = base.clone();
         let mut p = self
             .compute_plan(base, head.clone(), trusted.clone())
             .await?;
-        self.policy_notes(&mut p, &head, &trusted, untrusted.as_ref())
+        self.policy_notes(&mut p, &base_sha, &head, &trusted, untrusted.as_ref())
             .await?;
         if self.is_fork(pr) {
             p.notes.push("This pull request comes from a fork: it is planned, but never executed (security rule 3).".into());
@@ -730,10 +731,9 @@ impl Bot {
         let mut p = self
             .compute_plan(base.clone(), merge_sha.clone(), trusted.commit.clone())
             .await?;
-        // The head's policy is what its approvers saw: a head whose policy differs from the
-        // trusted one needs approval.destructiveApprovals.
-        let head_policy = self.fingerprint(&pr.head_sha).await?;
-        if head_policy != self.fingerprint(&trusted.commit).await? {
+        // A merge that changes a policy file (CODEOWNERS too) needs
+        // approval.destructiveApprovals.
+        if self.fingerprint(&base).await? != self.fingerprint(&merge_sha).await? {
             p.changes_policy = true;
         }
         if !has_allow_delete(pr) {
@@ -762,7 +762,7 @@ impl Bot {
             ));
         }
         if self
-            .record_merge(pr, &merge_sha, &shape, refused.as_deref())
+            .record_merge(pr, &merge_sha, &shape, refused.as_deref(), p.changes_policy)
             .await?
         {
             notes.push(format!(

@@ -461,10 +461,11 @@ impl Bot {
     }
 
     /// Records what merge `merge` of `pr` added to the default branch in the ledger and, when
-    /// it was approved and its head carried a policy different from the trusted one, makes
-    /// the merge commit the trusted policy commit, provided the policy at the merge commit is
-    /// the one at the head its approvers saw (else the chain stays as it was and the next poll
-    /// reports the untrusted change). Returns whether the trusted policy moved.
+    /// it was approved as a policy change (`changes_policy`: it changed a policy file, so it
+    /// needed approval.destructiveApprovals) and leaves a policy different from the trusted
+    /// one, makes the merge commit the trusted policy commit, provided the policy at the merge
+    /// commit is the one at the head its approvers saw (else the chain stays as it was and the
+    /// next poll reports the untrusted change). Returns whether the trusted policy moved.
     ///
     /// Errors: [`BotError::Git`], [`BotError::Store`], [`BotError::Github`] (the status).
     pub(crate) async fn record_merge(
@@ -473,6 +474,7 @@ impl Bot {
         merge: &str,
         shape: &MergeShape,
         refused: Option<&str>,
+        changes_policy: bool,
     ) -> Result<bool, BotError> {
         let entry = LedgerEntry {
             pr: pr.number,
@@ -483,7 +485,7 @@ impl Bot {
             refused: refused.map(str::to_string),
         };
         self.write_ledger(&entry, &shape.commits).await?;
-        if refused.is_some() {
+        if refused.is_some() || !changes_policy {
             return Ok(false);
         }
         let trusted = read_trusted(&*self.store)
@@ -539,34 +541,50 @@ impl Bot {
         Ok(())
     }
 
-    /// The policy notes of a plan of `head` under the trusted policy commit `trusted`
-    /// (`changes_policy` is set when the head's policy differs from the trusted one), given
-    /// the untrusted change on the default branch, if any.
+    /// The policy notes of the plan `p` of a pull request `base..head` (`base` the merge
+    /// base with the default branch) under the trusted policy commit `trusted`, given the
+    /// untrusted change on the default branch, if any: a change of a policy file the domain
+    /// does not see (`CODEOWNERS`) sets `changes_policy`; a policy change while the chain is
+    /// broken is told what its merge does to the chain.
+    ///
+    /// Errors: [`BotError::Git`] when a commit cannot be read.
     pub(crate) async fn policy_notes(
         &self,
         p: &mut tkgops_domain::workflow::Plan,
+        base: &str,
         head: &str,
         trusted: &str,
         untrusted: Option<&UntrustedChange>,
     ) -> Result<(), BotError> {
-        let differing = self
-            .fingerprint(trusted)
-            .await?
-            .differing(&self.fingerprint(head).await?);
         if let Some(u) = untrusted {
             p.notes.push(format!("⛔ {}.", capitalise(&u.sentence())));
         }
-        if differing.is_empty() {
+        let at_head = self.fingerprint(head).await?;
+        let changed = self.fingerprint(base).await?.differing(&at_head);
+        if changed.is_empty() {
             return Ok(());
         }
         p.changes_policy = true;
-        let only_tkgops_yaml = differing.iter().all(|f| f == "tkgops.yaml");
-        if untrusted.is_some() || !only_tkgops_yaml {
+        if changed.iter().any(|f| f != "tkgops.yaml") {
             p.notes.push(format!(
-                "This head's policy ({}) differs from the trusted policy of commit `{}`: it is judged under the trusted policy, needs approval.destructiveApprovals, and once merged with them its policy becomes the trusted policy.",
-                differing.join(", "),
-                short(trusted)
+                "This change edits {}, part of the policy: it is judged under the trusted policy and needs approval.destructiveApprovals.",
+                changed.join(", ")
             ));
+        }
+        if untrusted.is_some() {
+            let differing = self.fingerprint(trusted).await?.differing(&at_head);
+            p.notes.push(if differing.is_empty() {
+                format!(
+                    "Merged with approval.destructiveApprovals, this change puts back the policy of trusted commit `{}` and repairs the chain.",
+                    short(trusted)
+                )
+            } else {
+                format!(
+                    "Merged with approval.destructiveApprovals, this head's policy ({} differing from trusted commit `{}`) becomes the trusted policy.",
+                    differing.join(", "),
+                    short(trusted)
+                )
+            });
         }
         Ok(())
     }
