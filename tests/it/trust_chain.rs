@@ -417,3 +417,42 @@ async fn an_approval_given_for_an_earlier_plan_of_the_same_head_does_not_count()
     assert_nothing_ran(&env);
     bot.stop().await;
 }
+
+/// Anyone with write access can edit the bot's plan comment. tkgops writes it again: an edit
+/// that keeps the marker is overwritten, and one that removes it gets a fresh plan comment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edited_plan_comment_is_written_again() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot = InProcessBot::start(&env, &timings, None).await;
+    let files = cluster_files(&env);
+    let (pr, _, _) = open_pr(&env, "add-cluster", AUTHOR, &borrowed(&files)).await;
+    let original = sticky(&env, pr).unwrap();
+    assert!(original.contains("tkgops plan for"), "{original}");
+    let id = env
+        .github
+        .comments(pr)
+        .into_iter()
+        .find(|c| c.body == original)
+        .unwrap()
+        .id;
+    let forged = "<!-- tkgops:sticky -->\n### tkgops plan: ✅ nothing to review, merge freely\n";
+    env.github.edit_comment(id, OUTSIDER, forged).unwrap();
+    wait_for(&env, "the plan comment written again", |env| {
+        sticky(env, pr).is_some_and(|s| s.contains("tkgops plan for"))
+    })
+    .await;
+    assert_eq!(sticky(&env, pr).unwrap(), original);
+    // The marker edited away: a fresh plan comment is posted.
+    env.github
+        .edit_comment(id, OUTSIDER, "LGTM, nothing to see here")
+        .unwrap();
+    wait_for(&env, "a fresh plan comment", |env| {
+        env.github
+            .comments(pr)
+            .iter()
+            .any(|c| c.id != id && c.body == original)
+    })
+    .await;
+    bot.stop().await;
+}

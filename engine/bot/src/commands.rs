@@ -31,6 +31,11 @@
 use tracing::{info, warn};
 
 use crate::{Bot, BotError, MergeRecord};
+use tkgops_domain::workflow::markdown::STICKY_MARKER;
+
+/// Journal key prefix of the last `updated_at` of each sticky comment re-rendered after an
+/// edit (`comment/sticky-seen/<comment id>` → RFC 3339).
+pub const STICKY_SEEN_PREFIX: &str = "comment/sticky-seen/";
 use tkgops_engine::{CancelOutcome, RunState};
 use tkgops_providers::github::{IssueComment, PullRequest};
 
@@ -154,6 +159,9 @@ impl Bot {
     }
 
     async fn handle_comment(&self, c: &IssueComment, tip: &str) -> Result<(), BotError> {
+        if is_edited(c) && (c.body.contains(STICKY_MARKER) || self.is_sticky(c).await?) {
+            return self.rerender_sticky(c).await;
+        }
         let Some(parsed) = parse(&c.body) else {
             return Ok(());
         };
@@ -187,6 +195,57 @@ impl Bot {
             .map_err(store_err)?;
         info!(comment = c.id, issue = c.issue_number, user = %c.user, "command answered");
         Ok(())
+    }
+
+    /// Whether `c` is the comment tkgops last posted its plan in (its marker may have been
+    /// edited away).
+    async fn is_sticky(&self, c: &IssueComment) -> Result<bool, BotError> {
+        Ok(self
+            .store
+            .get_meta(&crate::sticky_id_key(c.issue_number))
+            .await
+            .map_err(store_err)?
+            .is_some_and(|id| id == c.id.to_string().as_bytes()))
+    }
+
+    /// Renders the sticky comment `c` of its pull request again once per edit (its
+    /// `updated_at`): anyone with write access can edit the bot's comment, and the plan or the
+    /// run it shows must stay what tkgops wrote. An open pull request is planned again at the
+    /// next poll; a merged one's run comment is republished. Writing the same body again is a
+    /// no-op ([`tkgops_providers::github::VcsClient::upsert_comment`]), so the bot's own edits
+    /// cost one re-render each and never loop.
+    ///
+    /// Errors: [`BotError::Store`].
+    async fn rerender_sticky(&self, c: &IssueComment) -> Result<(), BotError> {
+        let key = format!("{STICKY_SEEN_PREFIX}{}", c.id);
+        let seen = c.updated_at.to_rfc3339();
+        if self
+            .store
+            .get_meta(&key)
+            .await
+            .map_err(store_err)?
+            .as_deref()
+            == Some(seen.as_bytes())
+        {
+            return Ok(());
+        }
+        let merged = self
+            .store
+            .get_meta(&format!("pr/{}/merged", c.issue_number))
+            .await
+            .map_err(store_err)?;
+        match merged {
+            Some(sha) => self.publisher.notify(&String::from_utf8_lossy(&sha)),
+            None => self
+                .store
+                .delete_meta(&format!("pr/{}/planned", c.issue_number))
+                .await
+                .map_err(store_err)?,
+        }
+        self.store
+            .put_meta(&key, seen.as_bytes())
+            .await
+            .map_err(store_err)
     }
 
     /// Checks who may run `cmd` and runs it; returns the reply.

@@ -550,15 +550,17 @@ impl Bot {
                 ),
             )
         };
-        self.vcs
-            .set_status(&head, PLAN_CONTEXT, state, &desc, None)
-            .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
-        // What this head SHA will run, so that the merge runs exactly what was approved.
+        // What this head SHA will run, so that the merge runs exactly what was approved;
+        // journalled before the status says the plan is there (a bot stopped right after the
+        // status still knows the plan when the pull request is merged).
         self.store
             .put_meta(&digests_key(pr.number, &head), &digests)
             .await
             .map_err(|e| BotError::Store(e.to_string()))?;
+        self.vcs
+            .set_status(&head, PLAN_CONTEXT, state, &desc, None)
+            .await
+            .map_err(|e| BotError::Github(e.to_string()))?;
         self.store
             .put_meta(&key, planned_as(&head).as_bytes())
             .await
@@ -585,11 +587,11 @@ impl Bot {
             .unwrap_or_default();
         let inline = markdown::render_plan(p, &self.catalog, true).map_err(BotError::Render)?;
         let mut posted = Vec::new();
-        if inline.chars().count() <= markdown::INLINE_PLAN_LIMIT {
+        let sticky_id = if inline.chars().count() <= markdown::INLINE_PLAN_LIMIT {
             self.vcs
                 .upsert_comment(number, STICKY_MARKER, &inline)
                 .await
-                .map_err(gh)?;
+                .map_err(gh)?
         } else {
             let details =
                 markdown::render_plan_details(p, &self.catalog).map_err(BotError::Render)?;
@@ -615,8 +617,14 @@ impl Bot {
             self.vcs
                 .upsert_comment(number, STICKY_MARKER, &summary)
                 .await
-                .map_err(gh)?;
-        }
+                .map_err(gh)?
+        };
+        // Which comment is the sticky one, so an edit that removed its marker is still seen
+        // (`commands::rerender_sticky`).
+        self.store
+            .put_meta(&sticky_id_key(number), sticky_id.to_string().as_bytes())
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
         for gone in before.iter().filter(|c| !posted.contains(c)) {
             let marker = markdown::detail_marker(gone);
             let body = format!(
@@ -661,14 +669,20 @@ impl Bot {
             return Ok(());
         }
         // Only PRs this bot planned are executed: a bot started on an old repository must not
-        // replay history.
-        if self
+        // replay history. A plan of the head journalled its digests before its status.
+        let planned = self
             .store
             .get_meta(&format!("pr/{}/planned", pr.number))
             .await
             .map_err(|e| BotError::Store(e.to_string()))?
-            .is_none()
-        {
+            .is_some()
+            || self
+                .store
+                .get_meta(&digests_key(pr.number, &pr.head_sha))
+                .await
+                .map_err(|e| BotError::Store(e.to_string()))?
+                .is_some();
+        if !planned {
             return Ok(());
         }
         // The record pull request of a scheduled apply, merged at a wave commit: its upgrades
@@ -1234,6 +1248,11 @@ fn refuse_deletes_without_label(p: &mut Plan) {
 /// (`pr/<number>/digests/<head SHA>`: JSON object `<cluster>#<workflow>` → digest).
 fn digests_key(number: u64, head_sha: &str) -> String {
     format!("pr/{number}/digests/{head_sha}")
+}
+
+/// The journal key of the id of PR `number`'s sticky comment: `pr/<number>/sticky-id`.
+pub(crate) fn sticky_id_key(number: u64) -> String {
+    format!("pr/{number}/sticky-id")
 }
 
 /// The journal key of the plan an approval was given under: `pr/<number>/review/<review id>`

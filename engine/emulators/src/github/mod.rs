@@ -559,6 +559,13 @@ impl Shared {
         DateTime::from_timestamp_micros(wall.max(prev.saturating_add(1))).unwrap_or_else(Utc::now)
     }
 
+    /// The state for reading only: unlike [`Shared::lock`], releasing it announces no change,
+    /// so a waiter that reads the state on every change ([`GithubEmulator::wait_until`]) does
+    /// not wake itself forever.
+    fn read(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock(&self) -> StateGuard<'_> {
         // A panicking handler cannot leave the state half-updated in a way that matters more
         // than losing the emulator, so poisoned locks are recovered.
@@ -1455,7 +1462,7 @@ impl GithubEmulator {
 
     /// Every webhook delivery attempted so far, oldest first.
     pub fn deliveries(&self) -> Vec<WebhookDelivery> {
-        self.shared.lock().deliveries.clone()
+        self.shared.read().deliveries.clone()
     }
 
     /// Delivers delivery `guid` again with the same `X-GitHub-Delivery` and body (GitHub's
@@ -1486,7 +1493,7 @@ impl GithubEmulator {
 
     /// How many installation tokens were created (`POST /app/installations/{id}/access_tokens`).
     pub fn installation_tokens_issued(&self) -> usize {
-        self.shared.lock().installation_tokens.len()
+        self.shared.read().installation_tokens.len()
     }
 
     /// Opens a pull request from `head_branch` into the default branch, as user `author`.
@@ -1707,7 +1714,7 @@ impl GithubEmulator {
     /// [`Role::Write`] for any other login (the bot's and the App's included, which need to
     /// comment, post statuses, open issues and push their own branches).
     pub fn role(&self, login: &str) -> Role {
-        let st = self.shared.lock();
+        let st = self.shared.read();
         self.shared.role_of(&st, login)
     }
 
@@ -1755,7 +1762,7 @@ impl GithubEmulator {
     /// asserts on; the REST API shows a pending review to its author only).
     pub fn reviews(&self, number: u64) -> Vec<EmulatedReview> {
         self.shared
-            .lock()
+            .read()
             .reviews
             .iter()
             .filter(|r| r.pull == number)
@@ -1809,7 +1816,7 @@ impl GithubEmulator {
     /// The pull requests, by number.
     pub fn pull_requests(&self) -> Vec<EmulatedPull> {
         self.shared
-            .lock()
+            .read()
             .pulls
             .values()
             .map(|p| EmulatedPull {
@@ -1826,7 +1833,7 @@ impl GithubEmulator {
     /// The plain issues (not pull requests), by number: (number, title, body, author, open).
     pub fn issues(&self) -> Vec<EmulatedIssue> {
         self.shared
-            .lock()
+            .read()
             .issues
             .values()
             .map(|i| EmulatedIssue {
@@ -1842,7 +1849,7 @@ impl GithubEmulator {
     /// The comments on PR/issue `number`, oldest first (empty when there are none).
     pub fn comments(&self, number: u64) -> Vec<EmulatedComment> {
         self.shared
-            .lock()
+            .read()
             .comments
             .iter()
             .filter(|c| c.issue == number)
@@ -1859,7 +1866,7 @@ impl GithubEmulator {
     /// The statuses posted for commit `sha` (full 40-hex SHA), newest first.
     pub fn statuses(&self, sha: &str) -> Vec<EmulatedStatus> {
         self.shared
-            .lock()
+            .read()
             .statuses
             .iter()
             .rev()
