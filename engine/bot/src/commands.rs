@@ -159,7 +159,7 @@ impl Bot {
     }
 
     async fn handle_comment(&self, c: &IssueComment, tip: &str) -> Result<(), BotError> {
-        if is_edited(c) && (c.body.contains(STICKY_MARKER) || self.is_sticky(c).await?) {
+        if c.body.contains(STICKY_MARKER) || self.is_sticky(c).await? {
             return self.rerender_sticky(c).await;
         }
         let Some(parsed) = parse(&c.body) else {
@@ -208,42 +208,59 @@ impl Bot {
             .is_some_and(|id| id == c.id.to_string().as_bytes()))
     }
 
-    /// Renders the sticky comment `c` of its pull request again once per edit (its
-    /// `updated_at`): anyone with write access can edit the bot's comment, and the plan or the
-    /// run it shows must stay what tkgops wrote. An open pull request is planned again at the
-    /// next poll; a merged one's run comment is republished. Writing the same body again is a
-    /// no-op ([`tkgops_providers::github::VcsClient::upsert_comment`]), so the bot's own edits
-    /// cost one re-render each and never loop.
+    /// Renders the sticky comment `c` of its pull request again when someone else edited it
+    /// (anyone with write access can edit the bot's comment, and the plan or run it shows must
+    /// stay what tkgops wrote): on an open pull request, when its body is not the plan comment
+    /// tkgops last wrote (its SHA-256 is journalled), the pull request is planned again at the
+    /// next poll and the comment rewritten; on a merged one, once per `updated_at`, the run
+    /// comment is republished. Writing the same body again is a no-op
+    /// ([`tkgops_providers::github::VcsClient::upsert_comment`]), so this never loops.
     ///
     /// Errors: [`BotError::Store`].
     async fn rerender_sticky(&self, c: &IssueComment) -> Result<(), BotError> {
-        let key = format!("{STICKY_SEEN_PREFIX}{}", c.id);
-        let seen = c.updated_at.to_rfc3339();
-        if self
-            .store
-            .get_meta(&key)
-            .await
-            .map_err(store_err)?
-            .as_deref()
-            == Some(seen.as_bytes())
-        {
-            return Ok(());
-        }
         let merged = self
             .store
             .get_meta(&format!("pr/{}/merged", c.issue_number))
             .await
             .map_err(store_err)?;
-        match merged {
-            Some(sha) => self.publisher.notify(&String::from_utf8_lossy(&sha)),
-            None => self
+        if let Some(sha) = merged {
+            let key = format!("{STICKY_SEEN_PREFIX}{}", c.id);
+            let seen = c.updated_at.to_rfc3339();
+            if self
                 .store
-                .delete_meta(&format!("pr/{}/planned", c.issue_number))
+                .get_meta(&key)
                 .await
-                .map_err(store_err)?,
+                .map_err(store_err)?
+                .as_deref()
+                == Some(seen.as_bytes())
+            {
+                return Ok(());
+            }
+            self.publisher.notify(&String::from_utf8_lossy(&sha));
+            return self
+                .store
+                .put_meta(&key, seen.as_bytes())
+                .await
+                .map_err(store_err);
         }
+        let written = self
+            .store
+            .get_meta(&crate::sticky_digest_key(c.issue_number))
+            .await
+            .map_err(store_err)?;
+        let Some(written) = written else {
+            return Ok(());
+        };
+        if written == crate::digest_hash(c.body.as_bytes()).as_bytes() {
+            return Ok(());
+        }
+        if c.body.contains(STICKY_MARKER) && !self.is_sticky(c).await? {
+            // Someone else's comment carrying the marker: not ours, ignored (security rule 3).
+            return Ok(());
+        }
+        warn!(comment = c.id, pr = c.issue_number, user = %c.user, "the plan comment was edited by someone else: writing it again");
         self.store
-            .put_meta(&key, seen.as_bytes())
+            .delete_meta(&format!("pr/{}/planned", c.issue_number))
             .await
             .map_err(store_err)
     }

@@ -587,7 +587,9 @@ impl Bot {
             .unwrap_or_default();
         let inline = markdown::render_plan(p, &self.catalog, true).map_err(BotError::Render)?;
         let mut posted = Vec::new();
+        let written;
         let sticky_id = if inline.chars().count() <= markdown::INLINE_PLAN_LIMIT {
+            written = inline.clone();
             self.vcs
                 .upsert_comment(number, STICKY_MARKER, &inline)
                 .await
@@ -614,6 +616,7 @@ impl Bot {
             }
             let summary = markdown::render_plan_summary(p, &self.catalog, &anchors)
                 .map_err(BotError::Render)?;
+            written = summary.clone();
             self.vcs
                 .upsert_comment(number, STICKY_MARKER, &summary)
                 .await
@@ -623,6 +626,13 @@ impl Bot {
         // (`commands::rerender_sticky`).
         self.store
             .put_meta(&sticky_id_key(number), sticky_id.to_string().as_bytes())
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?;
+        self.store
+            .put_meta(
+                &sticky_digest_key(number),
+                digest_hash(written.as_bytes()).as_bytes(),
+            )
             .await
             .map_err(|e| BotError::Store(e.to_string()))?;
         for gone in before.iter().filter(|c| !posted.contains(c)) {
@@ -1255,6 +1265,12 @@ pub(crate) fn sticky_id_key(number: u64) -> String {
     format!("pr/{number}/sticky-id")
 }
 
+/// The journal key of the SHA-256 of the plan comment tkgops last wrote on PR `number`:
+/// `pr/<number>/sticky-digest` (an edit by someone else shows as another body).
+pub(crate) fn sticky_digest_key(number: u64) -> String {
+    format!("pr/{number}/sticky-digest")
+}
+
 /// The journal key of the plan an approval was given under: `pr/<number>/review/<review id>`
 /// → the [`digest_hash`] of the plan's digests when the plan changed after it.
 fn review_stamp_key(number: u64, review: u64) -> String {
@@ -1262,7 +1278,7 @@ fn review_stamp_key(number: u64, review: u64) -> String {
 }
 
 /// SHA-256 (hex) of a plan's digests as journalled under [`digests_key`].
-fn digest_hash(digests: &[u8]) -> String {
+pub(crate) fn digest_hash(digests: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(digests))
 }
