@@ -354,10 +354,12 @@ fn every_builtin_template_renders_in_strict_mode() {
         reason: "blocked by validation errors".into(),
     };
     let run_md = render_runs(
-        tkgops_domain::workflow::markdown::STICKY_MARKER,
-        &"3".repeat(40),
-        "⏳ running",
-        &[],
+        &tkgops_domain::workflow::markdown::RunHeader {
+            marker: tkgops_domain::workflow::markdown::STICKY_MARKER,
+            commit_sha: &"3".repeat(40),
+            overall: "⏳ running",
+            notes: &[],
+        },
         &[run],
         &[not_run],
         Some(&plan_md),
@@ -402,10 +404,12 @@ fn a_run_comment_over_a_fleet_lists_succeeded_runs_by_name() {
     runs.extend((950..999).map(|i| view(i, "⏳ running", false, false)));
     runs.push(view(999, "❌ failed", false, true));
     let md = render_runs(
-        "<!-- m -->",
-        &"3".repeat(40),
-        "⏳ running",
-        &[],
+        &tkgops_domain::workflow::markdown::RunHeader {
+            marker: "<!-- m -->",
+            commit_sha: &"3".repeat(40),
+            overall: "⏳ running",
+            notes: &[],
+        },
         &runs,
         &[],
         None,
@@ -434,10 +438,12 @@ fn a_run_comment_over_a_fleet_lists_succeeded_runs_by_name() {
     assert!(!md.contains("step 1 of cluster 998 "));
     // A handful of runs keep every table.
     let md = render_runs(
-        "<!-- m -->",
-        &"3".repeat(40),
-        "✅ succeeded",
-        &[],
+        &tkgops_domain::workflow::markdown::RunHeader {
+            marker: "<!-- m -->",
+            commit_sha: &"3".repeat(40),
+            overall: "✅ succeeded",
+            notes: &[],
+        },
         &runs[..3],
         &[],
         None,

@@ -280,10 +280,12 @@ pub async fn publish_record(
     // pull request's sticky one.
     let marker = record.marker.as_deref().unwrap_or(STICKY_MARKER);
     let body = markdown::render_runs(
-        marker,
-        &record.commit,
-        &overall,
-        &record.notes,
+        &markdown::RunHeader {
+            marker,
+            commit_sha: &record.commit,
+            overall: &overall,
+            notes: &record.notes,
+        },
         &views,
         &not_run_views(record),
         Some(&record.plan_markdown),

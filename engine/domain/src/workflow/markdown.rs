@@ -362,6 +362,21 @@ pub struct NotRunView {
     pub reason: String,
 }
 
+/// The head of a run comment ([`render_runs`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RunHeader<'a> {
+    /// The hidden marker the comment is keyed by: the pull request's [`STICKY_MARKER`], or a
+    /// comment of its own such as a scheduled apply's wave.
+    pub marker: &'a str,
+    /// The merge commit the runs are pinned to.
+    pub commit_sha: &'a str,
+    /// The overall state line (e.g. `⏳ running`).
+    pub overall: &'a str,
+    /// Notes quoted under the header: how the merge entered the default branch, the policy
+    /// chain, changes a re-plan left out.
+    pub notes: &'a [String],
+}
+
 /// Renders the run comment for a merge commit, keyed by the hidden `marker` (the pull request's
 /// [`STICKY_MARKER`], or a comment of its own such as a scheduled apply's wave): one step table
 /// per run (beyond [`FULL_RUN_TABLES`] runs, succeeded ones by name only), the clusters that are
@@ -369,10 +384,7 @@ pub struct NotRunView {
 ///
 /// Errors: a rendering error message (only possible with a broken operator-supplied template).
 pub fn render_runs(
-    marker: &str,
-    commit_sha: &str,
-    overall: &str,
-    notes: &[String],
+    header: &RunHeader<'_>,
     runs: &[RunView],
     not_run: &[NotRunView],
     plan_markdown: Option<&str>,
@@ -394,6 +406,12 @@ pub fn render_runs(
     } else {
         (runs.to_vec(), Vec::new())
     };
+    let RunHeader {
+        marker,
+        commit_sha,
+        overall,
+        notes,
+    } = *header;
     let data = json!({
         "marker": marker,
         "commitShort": short(commit_sha),
