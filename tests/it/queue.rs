@@ -543,3 +543,121 @@ async fn an_edited_comment_is_not_a_command() {
     assert_eq!(replies(&env, pr).len(), 2, "{:#?}", replies(&env, pr));
     bot.stop().await;
 }
+
+/// The queue's re-plan runs only approved content. While PR #2's group move is in flight, a
+/// direct push (no pull request) relabels the cluster `team: mallory`, and PR #3, approved,
+/// changes its description on top of it and waits. When PR #2's run fails, PR #3's run is
+/// re-planned from the cluster's deployed commit: the direct push is left out and named on the
+/// run, and once the run is retried and succeeds TMC shows the approved description with the
+/// approved labels only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queued_runs_replan_leaves_out_changes_no_approved_merge_brought() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot =
+        crate::e2e::InProcessBot::start(&env, &timings, Some(tkgops_sandbox::TMC_TOKEN)).await;
+    let (_, files) = request_files(None, &env.vpc);
+    crate::day2::create_through_a_pull_request(&env, &files).await;
+    let settings = files.iter().find(|(p, _)| p == SETTINGS).unwrap().1.clone();
+    assert!(
+        settings.contains("  team: team-a\n"),
+        "the example changed shape"
+    );
+    env.tmc.set_cluster_groups(&["team-a"]);
+    env.tmc.faults().inject(Fault::new(
+        Some(axum::http::Method::PUT),
+        "/v1alpha1/clusters/",
+        FaultAction::Delay(Duration::from_secs(20)),
+        Some(1),
+    ));
+    let moved = settings.replace("clusterGroup: team-a", "clusterGroup: team-b");
+    let (pr2, merge2) = merge_settings_change(&env, "move-to-team-b", &moved).await;
+    env.github
+        .wait_until(Duration::from_secs(60), |_| {
+            (env.tmc
+                .faults()
+                .log()
+                .count_prefix(&axum::http::Method::PUT, "/v1alpha1/clusters/")
+                > 0)
+            .then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("the PUT reached TMC: {}", env.conversation(pr2)));
+    // A direct push relabels the cluster: no pull request, no approval.
+    let relabelled = moved.replace("  team: team-a\n", "  team: mallory\n");
+    let pushed = tkgops_emulators::git_remote::commit_on_branch(
+        &env.remote,
+        "main",
+        "main",
+        "relabel",
+        &[(SETTINGS, relabelled.as_str())],
+    )
+    .unwrap();
+    // PR #3, approved, changes the description on top of it and waits behind PR #2's run.
+    let (pr3, merge3) = merge_settings_change(
+        &env,
+        "describe-team-a",
+        &relabelled.replace(
+            "description: Team A production cluster",
+            "description: Team A production cluster (payments)",
+        ),
+    )
+    .await;
+    let apply2 = env
+        .wait_status(&merge2, "tkgops/apply", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(apply2, "failure", "{}", env.conversation(pr2));
+    let apply3 = env
+        .wait_status(&merge3, "tkgops/apply", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        apply3,
+        "failure",
+        "team-b does not exist yet: {}",
+        env.conversation(pr3)
+    );
+    let runs3 = bot
+        .store
+        .list_runs_by_origin(&tkgops::pr_origin(pr3))
+        .await
+        .unwrap();
+    let note = runs3[0].note.clone().unwrap_or_default();
+    assert!(
+        note.contains("left out")
+            && note.contains(&pushed[..7])
+            && note.contains("pushed without a pull request"),
+        "{note}"
+    );
+    // Retried once the group exists: the approved description, never the pushed label.
+    env.tmc.set_cluster_groups(&["team-a", "team-b"]);
+    env.github
+        .add_comment(pr3, APPROVER, "/tkgops retry")
+        .unwrap();
+    wait_reply(&env, pr3, 1).await;
+    env.github
+        .wait_until(Duration::from_secs(120), |gh| {
+            gh.statuses(&merge3)
+                .into_iter()
+                .find(|s| s.context == "tkgops/apply" && s.state == "success")
+        })
+        .await
+        .unwrap_or_else(|| panic!("the retried run succeeds: {}", env.conversation(pr3)));
+    let cluster = env.tmc.cluster("team-a-prod").expect("attached");
+    assert_eq!(
+        cluster
+            .pointer("/meta/description")
+            .and_then(|v| v.as_str()),
+        Some("Team A production cluster (payments)"),
+        "{cluster}"
+    );
+    assert_eq!(
+        cluster
+            .pointer("/meta/labels/team")
+            .and_then(|v| v.as_str()),
+        Some("team-a"),
+        "{cluster}"
+    );
+    bot.stop().await;
+}
