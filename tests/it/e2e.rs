@@ -434,8 +434,10 @@ async fn failed_package_surfaces_kapp_controller_error_on_the_pr() {
     );
     env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
     let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    // kapp-controller retries a failing PackageInstall, and so does tkgops, for TKG's
+    // PACKAGE_INSTALL_TIMEOUT (10 min) before the run fails.
     let apply = env
-        .wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
+        .wait_status(&merge, "tkgops/apply", Duration::from_secs(720))
         .await
         .unwrap();
     assert_eq!(apply, "failure");

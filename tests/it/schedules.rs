@@ -313,16 +313,48 @@ fn canary_and_rest(env: &tkgops_sandbox::Environment) -> Vec<(String, String)> {
 }
 
 /// Commits `schedules` (YAML) at the end of `tkgops.yaml` on main.
-fn add_schedule(env: &tkgops_sandbox::Environment, schedules: &str) {
+/// Adds `schedules` to the policy through a pull request approved with
+/// `approval.destructiveApprovals` (alice and bob), so that it becomes the trusted policy (a
+/// direct push to the default branch never does). `bot` is polled by hand when given; else a
+/// running bot is waited for.
+async fn add_schedule(
+    env: &tkgops_sandbox::Environment,
+    schedules: &str,
+    bot: Option<&tkgops::Bot>,
+) {
     let repo = format!("{}{schedules}", main_file(env, "tkgops.yaml"));
     tkgops_emulators::git_remote::commit_on_branch(
         &env.remote,
         "main",
-        "main",
+        "add-schedule",
         "weekly apply",
         &[("tkgops.yaml", repo.as_str())],
     )
     .unwrap();
+    let pr = env
+        .github
+        .open_pull_request("add-schedule", "Add a schedule", "", tkgops_sandbox::AUTHOR)
+        .unwrap();
+    let head = crate::e2e::head_of(env, "add-schedule");
+    if let Some(bot) = bot {
+        bot.poll_once().await.unwrap();
+    }
+    let plan = env
+        .wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(plan, "success", "{}", env.conversation(pr));
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    env.github.submit_review(pr, "bob", "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    if let Some(bot) = bot {
+        bot.poll_once().await.unwrap();
+    }
+    let apply = env
+        .wait_status(&merge, "tkgops/apply", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(apply, "success", "{}", env.conversation(pr));
 }
 
 const APPLY_SCHEDULE: &str = r#"schedules:
@@ -381,7 +413,7 @@ async fn an_apply_schedule_upgrades_wave_by_wave_halts_on_a_regression_and_resum
         crate::e2e::kcp_version(&env, "team-a-prod"),
         "v1.24.11+vmware.1"
     );
-    add_schedule(&env, APPLY_SCHEDULE);
+    add_schedule(&env, APPLY_SCHEDULE, Some(&bot)).await;
     let main_before = crate::e2e::head_of(&env, "main");
 
     // Saturday 02:05 in Berlin (01:05Z): the fire starts the canary wave only.
@@ -714,7 +746,7 @@ async fn a_killed_bot_resumes_a_scheduled_apply_without_firing_or_patching_twice
         )
         .replace("    timezone: Europe/Berlin\n", "")
         .replace("soak: 30m, ", "");
-    add_schedule(&env, &schedule);
+    add_schedule(&env, &schedule, None).await;
 
     // Kill the bot once the canary's control plane runs the new version.
     let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
