@@ -23,7 +23,7 @@ use tkgops_domain::workflow::plan::PlanStatus;
 use tkgops_engine::store::{RunRecord, Store};
 use tkgops_engine::{GateDecision, StartGate};
 
-use crate::{trust, Planner};
+use crate::{short_sha, trust, Planner};
 
 /// Journal key prefix of the commit each cluster last ran successfully from:
 /// `cluster/deployed/<cluster>` → merge commit SHA (written when a run succeeds).
@@ -39,10 +39,6 @@ pub struct Replanner {
     pub planner: Planner,
     /// The journal ([`DEPLOYED_PREFIX`], the run ahead).
     pub store: std::sync::Arc<dyn Store>,
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(7)]
 }
 
 #[async_trait]
@@ -104,7 +100,7 @@ impl Replanner {
             .unwrap_or_else(|| "unknown".into());
         let why = format!(
             "re-planned when its turn came: the cluster runs commit {} (run {waited_behind} ahead of it ended {ahead})",
-            short(&base)
+            short_sha(&base)
         );
         // Security rule 2: only changes that reached the default branch through approved
         // merges run. Changes of this cluster between the deployed commit and this run's merge
@@ -185,8 +181,8 @@ impl Replanner {
         Ok(GateDecision::Replace {
             note: format!(
                 "{why}: it now runs `{workflow}` for the change {}..{}{left_note}",
-                short(&base),
-                short(&run.commit_sha)
+                short_sha(&base),
+                short_sha(&run.commit_sha)
             ),
             workflow,
             steps: cp.steps.clone(),
@@ -254,7 +250,7 @@ const REPLAN_HISTORY_LIMIT: usize = 10_000;
 fn describe(left_out: &[(String, String)]) -> String {
     left_out
         .iter()
-        .map(|(c, why)| format!("`{}` ({why})", short(c)))
+        .map(|(c, why)| format!("`{}` ({why})", short_sha(c)))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -35,7 +35,7 @@ use tkgops_providers::github::{CommitState, PullRequest};
 use tracing::{error, info};
 
 use crate::gitops::{MergeMethod, MergeShape, PolicyFingerprint};
-use crate::{blocking, Bot, BotError};
+use crate::{blocking, short_sha, Bot, BotError};
 
 /// Journal key of the trusted policy commit ([`TrustedPolicy`], JSON).
 pub const TRUSTED_KEY: &str = "policy/trusted";
@@ -116,10 +116,10 @@ impl UntrustedChange {
     pub fn sentence(&self) -> String {
         format!(
             "the default branch carries a policy change tkgops does not trust: commit `{}` ({}) changed {}. tkgops keeps enforcing the policy of trusted commit `{}`; a pull request approved under it repairs the chain",
-            short(&self.commit),
+            short_sha(&self.commit),
             self.how,
             self.files.join(", "),
-            short(&self.trusted)
+            short_sha(&self.trusted)
         )
     }
 }
@@ -171,10 +171,6 @@ impl PolicyHealth {
             self.untrusted_total()
         )
     }
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(7)]
 }
 
 fn store_err(e: impl std::fmt::Display) -> BotError {
@@ -438,7 +434,7 @@ impl Bot {
                 CommitState::Failure,
                 &format!(
                     "untrusted policy change: tkgops enforces the policy of {}",
-                    short(&c.trusted)
+                    short_sha(&c.trusted)
                 ),
                 None,
             )
@@ -576,13 +572,13 @@ impl Bot {
             p.notes.push(if differing.is_empty() {
                 format!(
                     "Merged with approval.destructiveApprovals, this change puts back the policy of trusted commit `{}` and repairs the chain.",
-                    short(trusted)
+                    short_sha(trusted)
                 )
             } else {
                 format!(
                     "Merged with approval.destructiveApprovals, this head's policy ({} differing from trusted commit `{}`) becomes the trusted policy.",
                     differing.join(", "),
-                    short(trusted)
+                    short_sha(trusted)
                 )
             });
         }
