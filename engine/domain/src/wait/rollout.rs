@@ -213,6 +213,16 @@ fn control_plane_state<'s>(
     }
 }
 
+/// Whether everything of the control plane but the workload API server's version is rolled to
+/// `target` in `s` (the KubeadmControlPlane, `ControlPlaneReady`, the control-plane Machines):
+/// the source asks the API server for its version only then.
+pub fn control_plane_objects_rolled(s: &RolloutSnapshot, target: &str) -> bool {
+    match (&s.cluster, s.owned.first()) {
+        (Some(c), Some(kcp)) => control_plane_state(c, kcp, &s.machines, target).done,
+        _ => false,
+    }
+}
+
 /// The judge of `kube.wait-control-plane` (module docs) for the Cluster `namespace/name` on
 /// `management_cluster`, rolling to Kubernetes `target` (e.g. `v1.25.7+vmware.2`).
 ///

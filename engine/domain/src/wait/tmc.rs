@@ -60,7 +60,7 @@ pub fn cluster_failure<C: TmcCluster>(c: &C, shown: &str) -> Option<Failure> {
 /// waits for READY only, tanzu-apis.md §3.5 step 4). The health is reported, not required.
 ///
 /// Snapshot: the cluster as a `GET` returned it (`None`: 404). Output: that cluster. Progress
-/// "TMC phase `<phase>`, health `<health>`". Failures: [`cluster_failure`]; transient "TMC
+/// (and closing line) "TMC phase `<phase>`, health `<health>`". Failures: [`cluster_failure`]; transient "TMC
 /// cluster `<shown>` disappeared while waiting for its agent to connect" on a 404.
 #[derive(Clone, Debug)]
 pub struct TmcClusterReady<C> {
@@ -96,12 +96,17 @@ impl<C: TmcCluster + Clone> Judge for TmcClusterReady<C> {
         if c.phase() == PHASE_READY {
             return Verdict::Done(c.clone());
         }
-        Verdict::Waiting(Progress::line(format!(
-            "TMC phase {}, health {}",
-            c.phase(),
-            c.health()
-        )))
+        Verdict::Waiting(Progress::line(phase_line(c)))
     }
+
+    /// The READY cluster's "TMC phase READY, health …" line.
+    fn closing_line(&self, c: &C) -> Option<String> {
+        Some(phase_line(c))
+    }
+}
+
+fn phase_line<C: TmcCluster>(c: &C) -> String {
+    format!("TMC phase {}, health {}", c.phase(), c.health())
 }
 
 /// How the detach wait of `tmc.detach` ended.
@@ -226,6 +231,10 @@ mod tests {
         );
         let ready = c("READY", "WARNING");
         assert_eq!(j.judge(&ready, z), Verdict::Done(ready.clone().unwrap()));
+        assert_eq!(
+            j.closing_line(ready.as_ref().unwrap()).unwrap(),
+            "TMC phase READY, health WARNING"
+        );
         assert_eq!(
             j.judge(&None, z),
             Verdict::Failed(Failure::transient(
