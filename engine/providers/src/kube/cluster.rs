@@ -89,7 +89,7 @@ impl<'a> ClusterSource<'a> {
     ) -> Result<ClusterSource<'a>, StepError> {
         let (ns, name) = (&target.namespace, &target.cluster_name);
         let w = |r| provider.management_watch(target, r);
-        let s = ClusterSource {
+        let mut s = ClusterSource {
             provider,
             target,
             sub: Subscription::default(),
@@ -102,7 +102,6 @@ impl<'a> ClusterSource<'a> {
             workload_pkgi: None,
             confirmed_exists: false,
         };
-        let mut s = s;
         for x in [
             &s.cluster,
             &s.kcp,

@@ -501,57 +501,6 @@ impl TmcClient {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classify_codes() {
-        let e = classify(
-            StatusCode::CONFLICT,
-            br#"{"code":6,"error":"x","message":"dup"}"#,
-            None,
-        );
-        assert_eq!(
-            e,
-            TmcError::AlreadyExists {
-                code: 6,
-                message: "dup".into()
-            }
-        );
-        let e = classify(StatusCode::SERVICE_UNAVAILABLE, b"oops", None);
-        assert!(e.is_transient());
-        let e = classify(
-            StatusCode::TOO_MANY_REQUESTS,
-            b"{}",
-            Some(Duration::from_secs(3)),
-        );
-        assert!(e.is_transient());
-        assert!(!classify(StatusCode::FORBIDDEN, b"{}", None).is_transient());
-    }
-
-    #[test]
-    fn urls() {
-        let base = parse_base("x", "https://org.tmc.example.com/").unwrap();
-        let u = join(&base, &["v1alpha1", "clusters", "a b"]);
-        assert_eq!(
-            u.as_str(),
-            "https://org.tmc.example.com/v1alpha1/clusters/a%20b"
-        );
-        assert!(parse_base("x", "not a url").is_err());
-    }
-
-    #[test]
-    fn settings_debug_redacts() {
-        let s = TmcSettings {
-            endpoint: "https://e".into(),
-            csp_endpoint: "https://c".into(),
-            api_token: SecretToken::new("hunter2"),
-        };
-        assert!(!format!("{s:?}").contains("hunter2"));
-    }
-}
-
 /// The TMC waits' snapshot source: `GET` of one cluster (TMC has no watch API), once at the
 /// start and then every poll interval (a `tokio::time::interval`; a late poll delays the next
 /// ones rather than bursting). A failed `GET` is a trouble the driver's error budget counts.
@@ -603,5 +552,56 @@ impl crate::wait::Source for ClusterPoll<'_> {
                 self.interval.tick().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_codes() {
+        let e = classify(
+            StatusCode::CONFLICT,
+            br#"{"code":6,"error":"x","message":"dup"}"#,
+            None,
+        );
+        assert_eq!(
+            e,
+            TmcError::AlreadyExists {
+                code: 6,
+                message: "dup".into()
+            }
+        );
+        let e = classify(StatusCode::SERVICE_UNAVAILABLE, b"oops", None);
+        assert!(e.is_transient());
+        let e = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            b"{}",
+            Some(Duration::from_secs(3)),
+        );
+        assert!(e.is_transient());
+        assert!(!classify(StatusCode::FORBIDDEN, b"{}", None).is_transient());
+    }
+
+    #[test]
+    fn urls() {
+        let base = parse_base("x", "https://org.tmc.example.com/").unwrap();
+        let u = join(&base, &["v1alpha1", "clusters", "a b"]);
+        assert_eq!(
+            u.as_str(),
+            "https://org.tmc.example.com/v1alpha1/clusters/a%20b"
+        );
+        assert!(parse_base("x", "not a url").is_err());
+    }
+
+    #[test]
+    fn settings_debug_redacts() {
+        let s = TmcSettings {
+            endpoint: "https://e".into(),
+            csp_endpoint: "https://c".into(),
+            api_token: SecretToken::new("hunter2"),
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
     }
 }
