@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::error::classify;
 use super::preflight::cluster_tag_key;
 use tkgops_domain::step::AwsPreflightInputs;
-use tkgops_engine::{ProgressSink, StepError};
+use tkgops_domain::executor::{ProgressSink, StepError};
 
 /// Output of `aws.remove-subnet-tags` (secret-free).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

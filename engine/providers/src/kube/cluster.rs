@@ -46,7 +46,7 @@ use super::packages::{package_install_resource, reconcile_state, ReconcileState}
 use super::watch::{changed_or, SharedWatch};
 use super::{custom_resource, KubeProvider, PollErrors, ProgressDedup, WaitOptions};
 use crate::WorkloadTarget;
-use tkgops_engine::{StepContext, StepError};
+use tkgops_domain::executor::{StepContext, StepError};
 
 /// Label Cluster API puts on every object of a cluster.
 pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";

@@ -33,7 +33,7 @@ use super::cluster::condition;
 use super::watch::{changed_or, SharedWatch};
 use super::{classify, custom_resource, KubeProvider, ProgressDedup, FIELD_MANAGER};
 use crate::WorkloadTarget;
-use tkgops_engine::{StepContext, StepError};
+use tkgops_domain::executor::{StepContext, StepError};
 
 /// Annotation `tanzu package install` puts on every object it creates for a package install
 /// (TF `tkgpackagedatamodel.TanzuPkgPluginAnnotation`); value `<pkgi>-<namespace>`.

@@ -42,7 +42,7 @@ use super::{classify, KubeProvider, ProgressDedup, FIELD_MANAGER};
 use crate::WorkloadTarget;
 use tkgops_domain::step::{KubeDeleteInputs, KubeRolloutInputs, UpgradeClusterInputs};
 use tkgops_domain::workflow::plan::OWNER_LABEL;
-use tkgops_engine::{StepContext, StepError};
+use tkgops_domain::executor::{StepContext, StepError};
 
 /// Label Cluster API puts on control-plane Machines.
 const CONTROL_PLANE_LABEL: &str = "cluster.x-k8s.io/control-plane";

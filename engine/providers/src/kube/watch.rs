@@ -24,7 +24,7 @@ use kube::api::{Api, DynamicObject};
 use kube::discovery::ApiResource;
 use kube::runtime::reflector::{store::Writer, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use tkgops_engine::StepError;
+use tkgops_domain::executor::StepError;
 use tokio::sync::watch;
 
 use super::{classify, KubeProvider, MAX_CONSECUTIVE_POLL_ERRORS};

@@ -23,7 +23,7 @@ use crate::ManifestApplier;
 use std::collections::BTreeMap;
 use tkgops_domain::step::TmcClusterInputs;
 use tkgops_domain::workflow::plan::OWNER_LABEL;
-use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
+use tkgops_domain::executor::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 
 /// Field manager of the installer apply.
 const FIELD_MANAGER: &str = "tkgops";

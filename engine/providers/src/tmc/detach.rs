@@ -29,7 +29,7 @@ use super::TmcError;
 use tkgops_domain::step::TmcClusterInputs;
 #[cfg(doc)]
 use tkgops_domain::workflow::plan::OWNER_LABEL;
-use tkgops_engine::{StepContext, StepError};
+use tkgops_domain::executor::{StepContext, StepError};
 
 /// How a wait for the cluster's disappearance ended.
 enum Gone {
