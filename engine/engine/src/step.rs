@@ -3,6 +3,5 @@
 //! [`StepExecutor`] per provider, called with a [`StepContext`] once per attempt.
 
 pub use tkgops_domain::executor::{
-    ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepInputs, StepKind,
-    StepSpec,
+    ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepInputs, StepKind, StepSpec,
 };

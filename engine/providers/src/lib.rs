@@ -17,9 +17,9 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+use tkgops_domain::executor::StepError;
 pub use tkgops_domain::request::KubeconfigSource;
 pub use tkgops_domain::step::WorkloadTarget;
-use tkgops_domain::executor::StepError;
 
 /// Applies manifests to workload clusters. Implemented by the Kubernetes provider; used by the
 /// TMC provider to apply the TMC installer manifest.

@@ -40,9 +40,9 @@ use super::cluster::{
 use super::watch::{changed_or, SharedWatch};
 use super::{classify, KubeProvider, ProgressDedup, FIELD_MANAGER};
 use crate::WorkloadTarget;
+use tkgops_domain::executor::{StepContext, StepError};
 use tkgops_domain::step::{KubeDeleteInputs, KubeRolloutInputs, UpgradeClusterInputs};
 use tkgops_domain::workflow::plan::OWNER_LABEL;
-use tkgops_domain::executor::{StepContext, StepError};
 
 /// Label Cluster API puts on control-plane Machines.
 const CONTROL_PLANE_LABEL: &str = "cluster.x-k8s.io/control-plane";

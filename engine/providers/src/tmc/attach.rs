@@ -21,9 +21,9 @@ use super::models::{Cluster, FullName, ATTACHED, PHASE_DELETING, PHASE_DETACHING
 use super::{SecretToken, TmcError};
 use crate::ManifestApplier;
 use std::collections::BTreeMap;
+use tkgops_domain::executor::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 use tkgops_domain::step::TmcClusterInputs;
 use tkgops_domain::workflow::plan::OWNER_LABEL;
-use tkgops_domain::executor::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 
 /// Field manager of the installer apply.
 const FIELD_MANAGER: &str = "tkgops";

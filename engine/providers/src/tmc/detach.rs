@@ -26,10 +26,10 @@ use super::attach::{
 use super::client::TmcClient;
 use super::models::{FullName, PHASE_DETACHING};
 use super::TmcError;
+use tkgops_domain::executor::{StepContext, StepError};
 use tkgops_domain::step::TmcClusterInputs;
 #[cfg(doc)]
 use tkgops_domain::workflow::plan::OWNER_LABEL;
-use tkgops_domain::executor::{StepContext, StepError};
 
 /// How a wait for the cluster's disappearance ended.
 enum Gone {
