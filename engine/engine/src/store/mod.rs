@@ -122,11 +122,20 @@ pub trait Store: Send + Sync {
     /// as versions before its typed journal kept it (read once by its migration). Errors: I/O.
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
 
-    /// The bot state stored under `key`, or `None`. Errors: I/O.
+    /// The state stored under `key` in the `meta` tree, or `None`. Errors: I/O.
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Removes `key` (no error if absent) and flushes before returning. Errors: I/O.
     async fn delete_meta(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Removes every key of `keys` (no error for absent ones) and flushes once before
+    /// returning. Errors: I/O (the keys before the failing one may be removed).
+    async fn delete_meta_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            self.delete_meta(key).await?;
+        }
+        Ok(())
+    }
 
     /// Every `(key, value)` whose key starts with `prefix`, in key order. Errors: I/O or a
     /// key that is not UTF-8.

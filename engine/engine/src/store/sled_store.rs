@@ -726,6 +726,13 @@ impl Store for SledStore {
         self.flush().await
     }
 
+    async fn delete_meta_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            self.trees.meta.remove(key.as_bytes())?;
+        }
+        self.flush().await
+    }
+
     async fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let prefix = prefix.to_string();
         self.blocking(move |t| {
