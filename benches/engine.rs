@@ -1,9 +1,14 @@
 //! Engine benchmarks (`cargo bench --bench engine`; harness = false, prints figures).
 //!
 //! Sections (each a function, so more can be added, e.g. plan latency):
-//! (a) bare sled insert + `flush_async` per op, the floor of one durable write;
-//! (b) engine overhead per durable step: runs × 5 no-op steps, sequential (latency) and
-//!     concurrent on distinct clusters (throughput), compared with (a);
+//! (a) bare sled insert + `flush_async` per op (a run-sized value under a new key), the floor of
+//!     one durable write;
+//! (b) engine overhead per durable step: runs × 5 no-op steps, sequential (latency), compared
+//!     with (a). (a) and (b) alternate in rounds (`TKGOPS_BENCH_ROUNDS`, default 5), each on a
+//!     fresh database, and the figures are the medians over the rounds: on a shared machine the
+//!     load changes from second to second, and a ratio of two figures measured minutes apart
+//!     says more about the load than about the engine;
+//! (b') engine throughput: runs × 5 no-op steps concurrent on distinct clusters;
 //! (c) `resume_all` of 10,000 active runs after a simulated `kill -9`, plus resident memory with
 //!     1,000 runs in flight.
 //!
@@ -149,8 +154,28 @@ fn rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// (a) Bare sled: `ops` inserts of a run-sized value, each followed by `flush_async`.
-/// Returns ms per op.
+/// The middle value of `xs` (the mean of the two middle ones for an even count); 0 when empty.
+fn median(xs: &mut [f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// The value (a) writes: a whole run of 5 steps as JSON, as the engine wrote runs before it
+/// kept each step in its own record.
+fn bare_value() -> Vec<u8> {
+    serde_json::to_vec(&interrupted_run(0, 1, 1)).expect("json")
+}
+
+/// (a) Bare sled: `ops` inserts of a run-sized value, each followed by `flush_async`, on a
+/// fresh database. Returns ms per op.
 async fn bench_bare_sled(ops: usize) -> f64 {
     let dir = bench_dir();
     let db = sled::Config::new()
@@ -159,7 +184,7 @@ async fn bench_bare_sled(ops: usize) -> f64 {
         .open()
         .expect("sled");
     let tree = db.open_tree("runs").expect("tree");
-    let value = serde_json::to_vec(&interrupted_run(0, 1, 1)).expect("json");
+    let value = bare_value();
     // Warm up.
     for i in 0..20u64 {
         tree.insert(i.to_be_bytes(), value.as_slice())
@@ -172,16 +197,11 @@ async fn bench_bare_sled(ops: usize) -> f64 {
             .expect("insert");
         db.flush_async().await.expect("flush");
     }
-    let ms = start.elapsed().as_secs_f64() * 1000.0 / ops as f64;
-    println!(
-        "bare sled insert+flush: {ms:.3} ms/op ({ops} ops, {} B values)",
-        value.len()
-    );
-    ms
+    start.elapsed().as_secs_f64() * 1000.0 / ops as f64
 }
 
-/// (b) Engine: `runs` runs × 5 no-op steps, one after the other (submit, wait). Returns ms per
-/// step (the submit write is included, amortized over the 5 steps).
+/// (b) Engine: `runs` runs × 5 no-op steps, one after the other (submit, wait), on a fresh
+/// database. Returns ms per step (the submit write is included, amortized over the 5 steps).
 async fn bench_engine_sequential(runs: usize) -> f64 {
     let dir = bench_dir();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
@@ -308,13 +328,37 @@ fn main() {
             .map(std::path::PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
         println!("== engine benchmarks (database dir: {}) ==", dir.display());
-        let bare = bench_bare_sled(scale(2000)).await;
-        let seq_runs = scale(400);
-        let seq = bench_engine_sequential(seq_runs).await;
+        let rounds: usize = std::env::var("TKGOPS_BENCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5)
+            .max(1);
+        let (ops, seq_runs) = (scale(2000), scale(400));
+        let (mut bares, mut seqs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let bare = bench_bare_sled((ops / rounds).max(1)).await;
+            let seq = bench_engine_sequential((seq_runs / rounds).max(1)).await;
+            bares.push(bare);
+            seqs.push(seq);
+            ratios.push(seq / bare);
+        }
+        let (bare, seq) = (median(&mut bares), median(&mut seqs));
+        println!(
+            "bare sled insert+flush: {bare:.3} ms/op (median of {rounds} rounds of {} ops, \
+             {} B values)",
+            (ops / rounds).max(1),
+            bare_value().len()
+        );
         println!(
             "engine step overhead: {seq:.3} ms/step (bare sled insert+flush {bare:.3} ms; ratio \
-             {:.1}x; {seq_runs} runs x 5 steps, one at a time; target <= 0.3 ms/step)",
-            seq / bare
+             {:.2}x, the median of the rounds' ratios {:?}; {} runs x 5 steps per round, one at \
+             a time; target <= 1.3x)",
+            median(&mut ratios),
+            ratios
+                .iter()
+                .map(|r| (r * 100.0).round() / 100.0)
+                .collect::<Vec<_>>(),
+            (seq_runs / rounds).max(1)
         );
         let conc_runs = scale(400);
         let conc = bench_engine_concurrent(conc_runs).await;

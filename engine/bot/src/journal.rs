@@ -9,7 +9,9 @@
 //! about them the bot needs that is not its own, each cluster's deployed commit
 //! ([`Store::deployed`]).
 //!
-//! Journals of earlier versions kept this state as string keys in the engine's `meta` tree.
+//! The journal carries a schema version ([`SCHEMA_VERSION`]); a journal written by a newer
+//! version is refused rather than misread. Journals of earlier versions (schema 0) kept this
+//! state as string keys in the engine's `meta` tree.
 //! [`BotJournal::open`] moves them here, once: each key is converted, written to the tree, and
 //! only then removed from `meta`, so a crash in the middle leaves the rest to the next open and
 //! a second open finds nothing left to move. The engine's own `meta` keys (cancellation
@@ -34,6 +36,13 @@ pub const TREE: &str = "bot";
 /// How many rollout measurements the plan's estimate averages at most (the most recent keys).
 pub const ROLLOUT_SAMPLES: usize = 200;
 
+/// The schema version of the journal this version writes: 1, the typed journal on its own
+/// tree (0 was the string keys of the engine's `meta` tree).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The key of the schema version.
+const SCHEMA_KEY: &str = "schema";
+
 /// Errors of the journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -48,6 +57,13 @@ pub enum JournalError {
         /// The serde_json error.
         #[source]
         source: serde_json::Error,
+    },
+    /// The journal was written by a newer version of tkgops (its schema is `found`, this
+    /// version reads up to [`SCHEMA_VERSION`]): it is not opened, so that nothing is misread.
+    #[error("the journal has schema version {found}, written by a newer tkgops; this version reads up to {SCHEMA_VERSION}")]
+    NewerSchema {
+        /// The journal's schema version.
+        found: u32,
     },
 }
 
@@ -314,14 +330,24 @@ fn parse_time(b: &[u8]) -> Option<DateTime<Utc>> {
 
 impl BotJournal {
     /// The journal of `store`'s database (its tree [`TREE`]), after moving the state an
-    /// earlier version kept in the engine's `meta` tree into it (see the module docs).
-    /// Returns the journal and how many earlier keys it moved.
+    /// earlier version kept in the engine's `meta` tree into it (see the module docs) and
+    /// recording the schema version. Returns the journal and how many earlier keys it moved.
     ///
-    /// Errors: [`JournalError::Store`] when the database fails.
+    /// Errors: [`JournalError::NewerSchema`] for a journal of a newer version;
+    /// [`JournalError::Store`] when the database fails.
     pub async fn open(store: Arc<SledStore>) -> Result<(BotJournal, usize), JournalError> {
         let tree = store.tree(TREE)?;
         let journal = BotJournal { tree, store };
+        let version: Option<u32> = journal.get(SCHEMA_KEY).await?;
+        if let Some(found) = version.filter(|v| *v > SCHEMA_VERSION) {
+            return Err(JournalError::NewerSchema { found });
+        }
+        // Always looked at (cheap: the engine keeps a few keys there), so that keys a crash
+        // left in `meta` after the schema was recorded are moved too.
         let moved = journal.migrate().await?;
+        if version != Some(SCHEMA_VERSION) {
+            journal.put(SCHEMA_KEY, &SCHEMA_VERSION).await?;
+        }
         Ok((journal, moved))
     }
 
@@ -1320,6 +1346,24 @@ mod tests {
         assert_eq!(moved, 7);
         assert_reads_the_previous_version(&journal).await;
         assert_eq!(store.scan_meta("pr/").await.unwrap(), []);
+    }
+
+    #[tokio::test]
+    async fn a_journal_of_a_newer_version_is_not_opened() {
+        let (store, journal) = temporary().await;
+        assert_eq!(
+            journal.get::<u32>(SCHEMA_KEY).await.unwrap(),
+            Some(SCHEMA_VERSION)
+        );
+        journal
+            .put(SCHEMA_KEY, &(SCHEMA_VERSION + 1))
+            .await
+            .unwrap();
+        let refused = BotJournal::open(store).await.unwrap_err();
+        assert!(
+            matches!(refused, JournalError::NewerSchema { found } if found == SCHEMA_VERSION + 1),
+            "{refused}"
+        );
     }
 
     #[tokio::test]
