@@ -364,23 +364,30 @@ impl Engine {
     /// Errors: [`EngineError::NotFound`]; [`EngineError::Stopped`] if the run stopped in this
     /// process without finishing (shutdown, store failure); [`EngineError::Store`].
     pub async fn wait(&self, run_id: &str) -> Result<RunRecord, EngineError> {
-        let mut rx = {
+        let (mut rx, scheduled) = {
             let mut s = self.inner.lock();
-            s.waiters
+            // A run scheduled here is not terminal yet: its end reaches this waiter, which is
+            // registered under the same lock `finish` takes (no store read needed).
+            let scheduled = s.live.contains_key(run_id);
+            let rx = s
+                .waiters
                 .entry(run_id.to_string())
                 .or_insert_with(|| watch::channel(WaitState::Pending).0)
-                .subscribe()
+                .subscribe();
+            (rx, scheduled)
         };
-        match self.inner.store.get_run(run_id).await? {
-            None => {
-                self.inner.drop_idle_waiter(run_id);
-                return Err(EngineError::NotFound(run_id.to_string()));
+        if !scheduled {
+            match self.inner.store.get_run(run_id).await? {
+                None => {
+                    self.inner.drop_idle_waiter(run_id);
+                    return Err(EngineError::NotFound(run_id.to_string()));
+                }
+                Some(run) if run.state.is_terminal() => {
+                    self.inner.drop_idle_waiter(run_id);
+                    return Ok(run);
+                }
+                Some(_) => {}
             }
-            Some(run) if run.state.is_terminal() => {
-                self.inner.drop_idle_waiter(run_id);
-                return Ok(run);
-            }
-            Some(_) => {}
         }
         let outcome = rx
             .wait_for(|s| !matches!(s, WaitState::Pending))

@@ -5,9 +5,14 @@
 //!   the JSON of the run without its steps. Records of earlier versions hold the whole
 //!   [`RunRecord`] as JSON (first byte `{`): they are still read, and the first write of such
 //!   a run rewrites it in the new form.
-//! - `steps`: `run id ‖ 0x00 ‖ generation (u32 BE) ‖ step index (u32 BE)` → [`StepRecord`]
-//!   JSON (run ids contain no NUL). A step transition writes its step only
-//!   ([`Store::put_run_steps`]): one small record and a flush, not the whole run. The header
+//! - `steps`: under `run id ‖ 0x00 ‖ generation (u32 BE)` (run ids contain no NUL): `‖ 0x00`
+//!   → the [`StepSpec`]s of the run's steps (a JSON array, written once with the whole run),
+//!   and `‖ 0x01 ‖ step index (u32 BE)` → that step's progress (state, attempts, times, error,
+//!   output), the only part a step transition changes. A step that has not started and has no
+//!   attempts (a `Pending` step as submitted) has no progress record. A step transition writes
+//!   its step's progress only ([`Store::put_run_steps`]): a record of a few hundred bytes and
+//!   a flush, not the whole run; a submission writes the header, the specs and the indexes.
+//!   The header
 //!   names the generation of the run's steps: a write of the whole run ([`Store::put_run`]: a
 //!   submission, a re-plan's new steps, a failure, a cancellation, a retry) writes every step
 //!   under the next generation, then the header that switches to them, then removes the
@@ -58,7 +63,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{DeployedCommit, RunRecord, RunState, StepRecord, Store, StoreError};
+use super::{
+    AttemptRecord, DeployedCommit, RunRecord, RunState, StepRecord, StepState, Store, StoreError,
+};
+use crate::step::StepSpec;
 
 /// Page cache budget of the sled database, in bytes (sled's default is 1 GiB, too much for the
 /// 200 MB resident-memory target).
@@ -352,17 +360,86 @@ fn encode_header(run: &RunRecord, generation: u32) -> Result<Vec<u8>, StoreError
     Ok(bytes)
 }
 
-/// A step's record, error strings truncated.
-fn encode_step(run_id: &str, step: &StepRecord) -> Result<Vec<u8>, StoreError> {
-    let encoded = if step.has_oversized_error() {
+/// A step's progress as its record stores it (borrowed, for writing): everything of a
+/// [`StepRecord`] but its spec.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProgressOut<'a> {
+    state: StepState,
+    attempts: &'a [AttemptRecord],
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    error: &'a Option<String>,
+    output: &'a Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "is_zero")]
+    attempts_before_retry: u32,
+}
+
+/// A step's progress as its record stores it (owned, for reading).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Progress {
+    state: StepState,
+    attempts: Vec<AttemptRecord>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    error: Option<String>,
+    output: Option<serde_json::Value>,
+    #[serde(default)]
+    attempts_before_retry: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The part of a generation's keys holding the specs.
+const SPECS_PART: u8 = 0;
+/// The part of a generation's keys holding each step's progress.
+const PROGRESS_PART: u8 = 1;
+
+/// Whether `step` is as submitted (`Pending`, nothing recorded): it needs no progress record.
+fn as_submitted(step: &StepRecord) -> bool {
+    step.state == StepState::Pending
+        && step.attempts.is_empty()
+        && step.started_at.is_none()
+        && step.finished_at.is_none()
+        && step.error.is_none()
+        && step.output.is_none()
+        && step.attempts_before_retry == 0
+}
+
+/// A step's progress record, error strings truncated.
+fn encode_progress(run_id: &str, step: &StepRecord) -> Result<Vec<u8>, StoreError> {
+    let truncated;
+    let step = if step.has_oversized_error() {
         let mut s = step.clone();
         s.truncate_errors();
-        serde_json::to_vec(&s)
+        truncated = s;
+        &truncated
     } else {
-        serde_json::to_vec(step)
+        step
     };
-    encoded.map_err(|source| StoreError::Codec {
+    serde_json::to_vec(&ProgressOut {
+        state: step.state,
+        attempts: &step.attempts,
+        started_at: step.started_at,
+        finished_at: step.finished_at,
+        error: &step.error,
+        output: &step.output,
+        attempts_before_retry: step.attempts_before_retry,
+    })
+    .map_err(|source| StoreError::Codec {
         key: format!("{run_id}/{}", step.spec.id),
+        source,
+    })
+}
+
+/// The specs of `run`'s steps, as one JSON array.
+fn encode_specs(run: &RunRecord) -> Result<Vec<u8>, StoreError> {
+    let specs: Vec<&StepSpec> = run.steps.iter().map(|s| &s.spec).collect();
+    serde_json::to_vec(&specs).map_err(|source| StoreError::Codec {
+        key: format!("{}/specs", run.id),
         source,
     })
 }
@@ -374,10 +451,19 @@ fn steps_prefix(id: &str) -> Vec<u8> {
     k
 }
 
-fn step_key(id: &str, generation: u32, index: usize) -> Vec<u8> {
+fn specs_key(id: &str, generation: u32) -> Vec<u8> {
     let mut k = steps_prefix(id);
-    k.reserve(8);
+    k.reserve(5);
     k.extend_from_slice(&generation.to_be_bytes());
+    k.push(SPECS_PART);
+    k
+}
+
+fn progress_key(id: &str, generation: u32, index: usize) -> Vec<u8> {
+    let mut k = steps_prefix(id);
+    k.reserve(9);
+    k.extend_from_slice(&generation.to_be_bytes());
+    k.push(PROGRESS_PART);
     k.extend_from_slice(&(index as u32).to_be_bytes());
     k
 }
@@ -435,18 +521,42 @@ impl Trees {
             } => (generation, count, header),
         };
         let id_text = String::from_utf8_lossy(id);
-        let mut steps = Vec::with_capacity(count as usize);
-        for index in 0..count as usize {
-            let key = step_key(&id_text, generation, index);
-            let Some(b) = self.steps.get(&key)? else {
-                return Err(StoreError::Corrupt {
-                    tree: "steps",
-                    detail: format!(
-                        "run {id_text}: step {index} of generation {generation} is missing"
-                    ),
-                });
+        let key = specs_key(&id_text, generation);
+        let Some(b) = self.steps.get(&key)? else {
+            return Err(StoreError::Corrupt {
+                tree: "steps",
+                detail: format!("run {id_text}: the specs of generation {generation} are missing"),
+            });
+        };
+        let specs: Vec<StepSpec> = serde_json::from_slice(&b).map_err(|e| codec(&key, e))?;
+        if specs.len() != count as usize {
+            return Err(StoreError::Corrupt {
+                tree: "steps",
+                detail: format!(
+                    "run {id_text}: {} specs in generation {generation}, the header says {count}",
+                    specs.len()
+                ),
+            });
+        }
+        let mut steps = Vec::with_capacity(specs.len());
+        for (index, spec) in specs.into_iter().enumerate() {
+            let key = progress_key(&id_text, generation, index);
+            let step = match self.steps.get(&key)? {
+                None => StepRecord::pending(spec),
+                Some(b) => {
+                    let p: Progress = serde_json::from_slice(&b).map_err(|e| codec(&key, e))?;
+                    StepRecord {
+                        spec,
+                        state: p.state,
+                        attempts: p.attempts,
+                        started_at: p.started_at,
+                        finished_at: p.finished_at,
+                        error: p.error,
+                        output: p.output,
+                        attempts_before_retry: p.attempts_before_retry,
+                    }
+                }
             };
-            let step: StepRecord = serde_json::from_slice(&b).map_err(|e| codec(&key, e))?;
             steps.push(step);
         }
         let h = *header;
@@ -527,20 +637,29 @@ impl Trees {
         if !terminal && !self.active.contains_key(&akey)? {
             self.active.insert(akey, &[][..])?;
         }
+        self.steps
+            .insert(specs_key(id, generation), encode_specs(run)?)?;
         for (index, step) in run.steps.iter().enumerate() {
-            self.steps
-                .insert(step_key(id, generation, index), encode_step(id, step)?)?;
+            if !as_submitted(step) {
+                self.steps.insert(
+                    progress_key(id, generation, index),
+                    encode_progress(id, step)?,
+                )?;
+            }
         }
         self.runs.insert(id.as_bytes(), header)?;
         if terminal {
             self.after_terminal(run)?;
         }
-        let prefix = steps_prefix(id);
-        for entry in self.steps.scan_prefix(&prefix) {
-            let (key, _) = entry?;
-            let g = key.get(prefix.len()..prefix.len() + 4);
-            if g != Some(&generation.to_be_bytes()[..]) {
-                self.steps.remove(key)?;
+        if previous.is_some() {
+            // The earlier generations (a crash may have left more than one).
+            let prefix = steps_prefix(id);
+            for entry in self.steps.scan_prefix(&prefix) {
+                let (key, _) = entry?;
+                let g = key.get(prefix.len()..prefix.len() + 4);
+                if g != Some(&generation.to_be_bytes()[..]) {
+                    self.steps.remove(key)?;
+                }
             }
         }
         Ok(())
@@ -574,10 +693,13 @@ impl Trees {
                 .insert(id.as_bytes(), encode_header(run, generation)?)?;
         }
         for index in indexes {
-            self.steps.insert(
-                step_key(id, generation, index),
-                encode_step(id, &run.steps[index])?,
-            )?;
+            let key = progress_key(id, generation, index);
+            if as_submitted(&run.steps[index]) {
+                self.steps.remove(key)?;
+            } else {
+                self.steps
+                    .insert(key, encode_progress(id, &run.steps[index])?)?;
+            }
         }
         if header && terminal {
             self.runs
@@ -936,12 +1058,9 @@ mod tests {
         let mut r = run("r1", &["a", "b", "c"]);
         store.put_run(&r).await.unwrap();
         let header = store.trees.runs.get("r1").unwrap().unwrap();
-        let step_c = store
-            .trees
-            .steps
-            .get(step_key("r1", 1, 2))
-            .unwrap()
-            .unwrap();
+        // A submitted run: its header, its specs, no progress yet.
+        assert_eq!(step_keys(&store, "r1"), vec![specs_key("r1", 1)]);
+        let spec_a = store.trees.steps.get(specs_key("r1", 1)).unwrap().unwrap();
 
         start(&mut r, 0);
         store.put_run_steps(&r, &[0], true).await.unwrap();
@@ -949,19 +1068,30 @@ mod tests {
         start(&mut r, 1);
         store.put_run_steps(&r, &[0, 1], false).await.unwrap();
 
-        // The run's own record was written once more (its start), step `c` never again.
+        // The run's own record was written once more (its start), step `c` never.
         let header_now = store.trees.runs.get("r1").unwrap().unwrap();
         assert_ne!(header, header_now);
         assert_eq!(split_prefix(&header_now), Some((1, 3)));
         assert_eq!(
-            store
-                .trees
-                .steps
-                .get(step_key("r1", 1, 2))
-                .unwrap()
-                .unwrap(),
-            step_c
+            step_keys(&store, "r1"),
+            vec![
+                specs_key("r1", 1),
+                progress_key("r1", 1, 0),
+                progress_key("r1", 1, 1)
+            ]
         );
+        // The specs are written with the whole run only: what changed is the progress.
+        assert_eq!(
+            store.trees.steps.get(specs_key("r1", 1)).unwrap().unwrap(),
+            spec_a
+        );
+        let progress_a = store
+            .trees
+            .steps
+            .get(progress_key("r1", 1, 0))
+            .unwrap()
+            .unwrap();
+        assert!(progress_a.len() < 400, "{} bytes", progress_a.len());
         let back = store.get_run("r1").await.unwrap().unwrap();
         same(&back, &r);
         assert_eq!(back.state, RunState::Running);
@@ -992,13 +1122,16 @@ mod tests {
         let back = store.get_run("r1").await.unwrap().unwrap();
         same(&back, &replanned);
         let keys = step_keys(&store, "r1");
-        assert_eq!(keys, vec![step_key("r1", 2, 0), step_key("r1", 2, 1)]);
+        assert_eq!(keys, vec![specs_key("r1", 2)]);
         // A partial write whose steps do not match the stored ones writes the whole run.
         let mut other = run("r1", &["p"]);
         start(&mut other, 0);
         store.put_run_steps(&other, &[0], true).await.unwrap();
         same(&store.get_run("r1").await.unwrap().unwrap(), &other);
-        assert_eq!(step_keys(&store, "r1"), vec![step_key("r1", 3, 0)]);
+        assert_eq!(
+            step_keys(&store, "r1"),
+            vec![specs_key("r1", 3), progress_key("r1", 3, 0)]
+        );
     }
 
     #[tokio::test]
@@ -1108,8 +1241,8 @@ mod tests {
                 .trees
                 .steps
                 .insert(
-                    step_key("r1", 1, 0),
-                    encode_step("r1", &r.steps[0]).unwrap(),
+                    progress_key("r1", 1, 0),
+                    encode_progress("r1", &r.steps[0]).unwrap(),
                 )
                 .unwrap();
             store
