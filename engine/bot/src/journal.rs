@@ -1242,7 +1242,10 @@ mod tests {
                 reason: "blocked by validation errors".into(),
             }]
         );
-        assert_eq!(journal.unpublished().await.unwrap(), [merge.clone()]);
+        assert_eq!(
+            journal.unpublished().await.unwrap(),
+            std::slice::from_ref(&merge)
+        );
         assert_eq!(
             journal.last_run("team-a-prod").await.unwrap().as_deref(),
             Some("team-a-prod@bbbbbbbbbbbb#upgrade-cluster")
@@ -1268,7 +1271,10 @@ mod tests {
         assert_eq!(journal.last_fire("weekly").await.unwrap(), Some(t(1)));
         let fire = journal.fire("weekly", t(1)).await.unwrap().unwrap();
         assert_eq!(fire.detail, "missed");
-        assert_eq!(journal.fires("weekly").await.unwrap(), [fire.clone()]);
+        assert_eq!(
+            journal.fires("weekly").await.unwrap(),
+            std::slice::from_ref(&fire)
+        );
         assert_eq!(journal.all_fires().await.unwrap(), [fire]);
         assert_eq!(
             journal

@@ -656,14 +656,14 @@ impl Bot {
         }
         let git = self.git.clone();
         let branch = self.default_branch.clone();
-        let (m, number, h) = (merge_sha.to_string(), pr.number, head.to_string());
+        let (m, number, h) = (merge_sha.clone(), pr.number, head.clone());
         let shape = blocking(move || {
             let tip = git.fetch_branch(&branch)?;
-            if !git.is_ancestor(&m, &tip) {
+            if !git.is_ancestor(m.as_str(), &tip) {
                 return Ok(None);
             }
             // The pull request's own commits tell a rebase from a squash.
-            if !git.has_commit(&h) {
+            if !git.has_commit(h.as_str()) {
                 git.fetch_pull_head(number)?;
             }
             git.merge_shape(&m, &h).map(Some)
