@@ -1,8 +1,8 @@
 //! [`Store`] on sled 0.34.
 //!
 //! Trees:
-//! - `runs`: run id → the run's header: `0x01 ‖ generation (u32 BE) ‖ step count (u32 BE) ‖`
-//!   the JSON of the run without its steps. Records of earlier versions hold the whole
+//! - `runs`: run id → the run's header: `0x01 ‖ generation (u32 BE) ‖ step count (u32 BE) ‖
+//!   terminal (0 or 1) ‖` the JSON of the run without its steps. Records of earlier versions hold the whole
 //!   [`RunRecord`] as JSON (first byte `{`): they are still read, and the first write of such
 //!   a run rewrites it in the new form.
 //! - `steps`: under `run id ‖ 0x00 ‖ generation (u32 BE)` (run ids contain no NUL): `‖ 0x00`
@@ -75,8 +75,8 @@ const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 /// First byte of a run header in the split form (records of earlier versions start with `{`).
 const HEADER_V1: u8 = 1;
 
-/// Length of the header's prefix: version, generation, step count.
-const HEADER_PREFIX_LEN: usize = 9;
+/// Length of the header's prefix: version, generation, step count, terminal.
+const HEADER_PREFIX_LEN: usize = 10;
 
 /// Trees the store keeps its own records in: [`SledStore::tree`] refuses them.
 const RESERVED_TREES: &[&str] = &[
@@ -282,12 +282,15 @@ enum Stored {
     },
 }
 
-impl Stored {
-    fn state(&self) -> RunState {
-        match self {
-            Stored::Whole(r) => r.state,
-            Stored::Split { header, .. } => header.state,
-        }
+/// Whether the `runs` entry `bytes` is of a run that ended (read from the header's prefix
+/// without decoding it; a whole record of an earlier version is decoded).
+fn stored_terminal(key: &[u8], bytes: &[u8]) -> Result<bool, StoreError> {
+    if split_prefix(bytes).is_some() {
+        return Ok(bytes[HEADER_PREFIX_LEN - 1] == 1);
+    }
+    match decode_stored(key, bytes)? {
+        Stored::Whole(r) => Ok(r.state.is_terminal()),
+        Stored::Split { header, .. } => Ok(header.state.is_terminal()),
     }
 }
 
@@ -353,6 +356,7 @@ fn encode_header(run: &RunRecord, generation: u32) -> Result<Vec<u8>, StoreError
     bytes.push(HEADER_V1);
     bytes.extend_from_slice(&generation.to_be_bytes());
     bytes.extend_from_slice(&count.to_be_bytes());
+    bytes.push(u8::from(run.state.is_terminal()));
     serde_json::to_writer(&mut bytes, &out).map_err(|source| StoreError::Codec {
         key: run.id.clone(),
         source,
@@ -723,7 +727,7 @@ impl Trees {
                 repaired += 1;
                 continue;
             };
-            if !decode_stored(id, &bytes)?.state().is_terminal() {
+            if !stored_terminal(id, &bytes)? {
                 continue;
             }
             let Some(run) = self.get_run(id)? else {
