@@ -1001,7 +1001,7 @@ pub struct Planner {
 
 impl Planner {
     /// Plans `base..head` (commit SHAs) under the policy (`tkgops.yaml`) of commit `settings`,
-    /// without credentials, with `history` for the rollout estimates (domain [`plan`]).
+    /// without credentials, with `history` for the rollout estimates (domain [`plan()`]).
     ///
     /// Errors: [`BotError::Git`] when a commit cannot be read.
     pub async fn plan(
