@@ -103,6 +103,16 @@ fn process_usage(pid: u32) -> (u64, f64) {
     (hwm, (ticks(11) + ticks(12)) as f64 / 100.0)
 }
 
+/// The `p` quantile (0..=1, nearest rank) of `v`, 0 when empty.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
 fn percentiles(mut v: Vec<f64>) -> String {
     if v.is_empty() {
         return "no samples".into();
@@ -116,6 +126,52 @@ fn percentiles(mut v: Vec<f64>) -> String {
         v[v.len() - 1] * 1000.0,
         v.len()
     )
+}
+
+/// What a stalled fleet looks like, for the benchmark's error: Clusters paused, their
+/// ClusterBootstrap's `status.resolvedTKR`, Cluster phases and Ready, the upgrades under way, and
+/// the dashboard's last lines.
+fn stall_report(
+    mgmt: &tkgops_emulators::kube::EmulatedCluster,
+    issues: &[tkgops_emulators::github::EmulatedIssue],
+) -> String {
+    let clusters = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    let bootstraps = Gvr::new("run.tanzu.vmware.com", "v1alpha3", "clusterbootstraps");
+    let mut out = String::from("the fleet made no progress; its state:\n");
+    let mut phases: BTreeMap<String, usize> = BTreeMap::new();
+    for c in mgmt.list_shared(&clusters, Some("default")) {
+        let name = c["metadata"]["name"].as_str().unwrap_or("");
+        let ready = c["status"]["conditions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| format!("{}/{}", c["status"], c["reason"]))
+            .unwrap_or_default();
+        *phases
+            .entry(format!("{} Ready={ready}", c["status"]["phase"]))
+            .or_default() += 1;
+        if c["spec"]["paused"] == true || c["spec"]["topology"]["version"] != "v1.24.11+vmware.1" {
+            let cb = mgmt.get_shared(&bootstraps, Some("default"), name);
+            out.push_str(&format!(
+                "  {name}: version {} paused {} tkr label {} ClusterBootstrap resolvedTKR {} Ready {ready}\n",
+                c["spec"]["topology"]["version"],
+                c["spec"]["paused"],
+                c["metadata"]["labels"]["run.tanzu.vmware.com/tkr"],
+                cb.map(|b| b["status"]["resolvedTKR"].to_string()).unwrap_or_else(|| "(none)".into()),
+            ));
+        }
+    }
+    out.push_str(&format!("  Clusters by phase: {phases:?}\n"));
+    for i in issues {
+        let tail: Vec<&str> = i.body.lines().rev().take(15).collect();
+        out.push_str(&format!(
+            "  issue #{} {:?}, last lines:\n",
+            i.number, i.title
+        ));
+        for l in tail.into_iter().rev() {
+            out.push_str(&format!("    {l}\n"));
+        }
+    }
+    out
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -368,29 +424,61 @@ async fn main() {
         "v1beta1",
         "kubeadmcontrolplanes",
     );
+    // A stuck fleet ends the benchmark with a diagnosis instead of hanging: no progress (the
+    // control planes and MachineDeployments at the new version, the Clusters Ready, the
+    // dashboard) for `TKGOPS_BENCH_STALL_SECS` (default 600) after the fire.
+    let stall_after = Duration::from_secs(env_usize("TKGOPS_BENCH_STALL_SECS", 600) as u64);
+    let mds = Gvr::new("cluster.x-k8s.io", "v1beta1", "machinedeployments");
+    let mut last_progress: Option<(Vec<usize>, Instant)> = None;
     let outcome = loop {
-        if let Some(i) = env
-            .github
-            .issues()
-            .into_iter()
+        let issues = env.github.issues();
+        if let Some(i) = issues
+            .iter()
             .find(|i| i.body.contains(&done) || i.body.contains('⛔'))
         {
-            break i;
+            break i.clone();
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(7200),
-            "the dashboard never said the fleet was upgraded"
-        );
+        let kcp_list = mgmt.list_shared(&kcps, Some("default"));
+        let at_new = kcp_list
+            .iter()
+            .filter(|k| k["status"]["version"] == "v1.25.7+vmware.2")
+            .count();
         if started.elapsed().as_secs() % 30 < 2 {
-            let at_new = mgmt
-                .list(&kcps, Some("default"))
-                .iter()
-                .filter(|k| k["status"]["version"] == "v1.25.7+vmware.2")
-                .count();
             println!(
                 "  {:>5.0} s: {at_new}/{n} control planes at v1.25.7",
                 started.elapsed().as_secs_f64()
             );
+        }
+        if Utc::now() > fire {
+            let md_new = mgmt
+                .list_shared(&mds, Some("default"))
+                .iter()
+                .filter(|m| {
+                    m["spec"]["template"]["spec"]["version"] == "v1.25.7+vmware.2"
+                        && m["status"]["updatedReplicas"] == m["spec"]["replicas"]
+                })
+                .count();
+            let signature = vec![
+                at_new,
+                md_new,
+                ready(),
+                issues.iter().map(|i| i.body.len()).sum(),
+            ];
+            match &last_progress {
+                Some((seen, _)) if *seen == signature => {}
+                _ => last_progress = Some((signature, Instant::now())),
+            }
+            if let Some((_, since)) = &last_progress {
+                if since.elapsed() >= stall_after || started.elapsed() > Duration::from_secs(7200) {
+                    let _ = bot.kill().await;
+                    eprintln!("{}", stall_report(&mgmt, &issues));
+                    eprintln!(
+                        "fleet: stalled clusters={n} no_progress_s={} (TKGOPS_BENCH_STALL_SECS)",
+                        since.elapsed().as_secs()
+                    );
+                    std::process::exit(2);
+                }
+            }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
@@ -523,6 +611,8 @@ async fn main() {
         "requests, GitHub:          {github_requests} ({:.2} per cluster)",
         per(github_requests)
     );
+    let reaction_ms = |p: f64| percentile(&reaction, p) * 1000.0;
+    let (reaction_p50, reaction_p99) = (reaction_ms(0.5), reaction_ms(0.99));
     println!("status change → next step: {}", percentiles(reaction));
     println!("  status change → step done: {}", percentiles(observe));
     println!("  step done → next step:     {}", percentiles(hand_over));
@@ -532,4 +622,15 @@ async fn main() {
         println!("  slowest: {cluster} {step}: {what} change → done {seen:.1} s, → next step {total:.1} s");
     }
     println!("run finish → slot refill:  {}", percentiles(refill));
+    let failed = runs
+        .iter()
+        .filter(|r| r.state == tkgops_engine::store::RunState::Failed)
+        .count();
+    // One line for scripts (README "Benchmarks").
+    println!(
+        "fleet: clusters={n} upgraded={upgraded} failed={failed} wall_s={from_fire:.1} bot_peak_rss_mib={:.1} bot_cpu_s_per_cluster={:.4} reaction_p50_ms={reaction_p50:.0} reaction_p99_ms={reaction_p99:.0} requests_per_cluster={:.1}",
+        hwm_kib as f64 / 1024.0,
+        cpu / n.max(1) as f64,
+        per(mgmt_requests + workload_requests + github_requests),
+    );
 }

@@ -201,7 +201,7 @@ impl Recorder {
         self.events
             .iter()
             .filter(|e| e.gvr.plural == plural)
-            .map(|e| (e.kind.as_str(), &e.object))
+            .map(|e| (e.kind.as_str(), e.object.as_ref()))
             .collect()
     }
 }

@@ -199,8 +199,9 @@ pub struct ChangeEvent {
     pub kind: String,
     /// Type of the object.
     pub gvr: Gvr,
-    /// The object after the change (for `DELETED`, its last state with the deletion's resourceVersion).
-    pub object: Value,
+    /// The object after the change (for `DELETED`, its last state with the deletion's
+    /// resourceVersion), shared with the store and every other receiver of the event.
+    pub object: std::sync::Arc<Value>,
 }
 
 /// One HTTP write seen by a cluster (see [`EmulatedCluster::writes`]).
@@ -640,12 +641,27 @@ impl EmulatedCluster {
 
     /// The object `name` (in `namespace` for namespaced types), or `None` if absent or the type is unknown.
     pub fn get(&self, gvr: &Gvr, namespace: Option<&str>, name: &str) -> Option<Value> {
+        self.get_shared(gvr, namespace, name)
+            .map(Arc::unwrap_or_clone)
+    }
+
+    /// [`Self::get`] without a copy: the stored object itself, shared (cheap at any size).
+    pub fn get_shared(&self, gvr: &Gvr, namespace: Option<&str>, name: &str) -> Option<Arc<Value>> {
         self.state().get(gvr, namespace, name).ok()
     }
 
     /// Objects of a type in `namespace` (`None`: all namespaces, or cluster-scoped), sorted by
     /// namespace and name; empty if the type is unknown.
     pub fn list(&self, gvr: &Gvr, namespace: Option<&str>) -> Vec<Value> {
+        self.list_shared(gvr, namespace)
+            .into_iter()
+            .map(Arc::unwrap_or_clone)
+            .collect()
+    }
+
+    /// [`Self::list`] without copies: the stored objects themselves, shared. What the simulated
+    /// controllers use for their periodic passes over a fleet.
+    pub fn list_shared(&self, gvr: &Gvr, namespace: Option<&str>) -> Vec<Arc<Value>> {
         self.state()
             .list(gvr, namespace, None, None)
             .unwrap_or_default()
@@ -668,6 +684,9 @@ impl EmulatedCluster {
         self.state()
             .list(gvr, namespace, Some(&sel), None)
             .unwrap_or_default()
+            .into_iter()
+            .map(Arc::unwrap_or_clone)
+            .collect()
     }
 
     /// Creates `obj` like a POST (namespace from `metadata.namespace`, default `default` for
@@ -688,7 +707,7 @@ impl EmulatedCluster {
     ) -> Result<Value, KubeEmulatorError> {
         let mut st = self.state();
         let rt = st.rt(gvr)?;
-        let mut body = st.get(gvr, namespace, name)?;
+        let mut body = Value::clone(&*st.get(gvr, namespace, name)?);
         body["status"] = status;
         if let Some(m) = body.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");

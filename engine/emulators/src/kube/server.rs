@@ -335,7 +335,10 @@ fn resource_request(
             }
             list(c, &t.rt, ns, q)
         }
-        (&Method::GET, Some(name)) => c.state().get(&gvr, ns, name).map(|v| (StatusCode::OK, v)),
+        (&Method::GET, Some(name)) => c
+            .state()
+            .get(&gvr, ns, name)
+            .map(|v| (StatusCode::OK, Value::clone(&v))),
         (&Method::POST, None) => match parse_body(&body) {
             Ok(obj) => {
                 let mut st = c.state();
@@ -572,6 +575,7 @@ fn list(
             meta["remainingItemCount"] = json!(remaining);
         }
     }
+    let items: Vec<&Value> = items.iter().map(|o| o.as_ref()).collect();
     Ok((
         StatusCode::OK,
         json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),

@@ -2,6 +2,7 @@
 //! and every write operation with API-server semantics (shared by HTTP handlers and the direct API).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
@@ -173,7 +174,7 @@ pub(crate) struct StoredEvent {
     pub rv: u64,
     pub kind: &'static str,
     pub gvr: Gvr,
-    pub object: Value,
+    pub object: Arc<Value>,
 }
 
 /// What the writer is and whether the write is a dry run.
@@ -201,8 +202,9 @@ type LabelKey = (Gvr, String, String);
 /// The state of one emulated cluster.
 pub(crate) struct State {
     pub types: BTreeMap<Gvr, ResourceType>,
-    /// Written only through `put` and `take`, which keep `by_label` in step.
-    objects: BTreeMap<Key, Value>,
+    /// Written only through `put` and `take`, which keep `by_label` in step. Shared: a list,
+    /// a watch event and the event log hand out the same allocation instead of deep copies.
+    objects: BTreeMap<Key, Arc<Value>>,
     /// `(namespace, name)` of the objects of a type carrying a label with a value: a LIST with
     /// a `key=value` label selector reads its candidates here instead of scanning the type
     /// (one cluster's Machines among a fleet's).
@@ -327,14 +329,14 @@ impl State {
     }
 
     /// Stores `obj` at `key`, keeping the label index in step.
-    fn put(&mut self, key: Key, obj: Value) {
+    fn put(&mut self, key: Key, obj: Arc<Value>) {
         self.take(&key);
         self.index(&key, &obj, true);
         self.objects.insert(key, obj);
     }
 
     /// Removes the object at `key`, keeping the label index in step.
-    fn take(&mut self, key: &Key) -> Option<Value> {
+    fn take(&mut self, key: &Key) -> Option<Arc<Value>> {
         let old = self.objects.remove(key)?;
         self.index(key, &old, false);
         Some(old)
@@ -364,7 +366,7 @@ impl State {
     }
 
     /// Every stored object, in key order (type, namespace, name).
-    pub(crate) fn objects(&self) -> &BTreeMap<Key, Value> {
+    pub(crate) fn objects(&self) -> &BTreeMap<Key, Arc<Value>> {
         &self.objects
     }
 
@@ -385,7 +387,7 @@ impl State {
         (rt.gvr.clone(), ns, name.to_string())
     }
 
-    fn emit(&mut self, kind: &'static str, gvr: &Gvr, object: &Value) {
+    fn emit(&mut self, kind: &'static str, gvr: &Gvr, object: &Arc<Value>) {
         self.log.push_back(StoredEvent {
             rv: self.rv,
             kind,
@@ -435,8 +437,13 @@ impl State {
         });
     }
 
-    /// One object.
-    pub(crate) fn get(&self, gvr: &Gvr, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    /// One object (shared with the store: no copy).
+    pub(crate) fn get(
+        &self,
+        gvr: &Gvr,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Arc<Value>, ApiError> {
         let rt = self.rt(gvr)?;
         self.objects
             .get(&Self::key(&rt, ns, name))
@@ -444,14 +451,15 @@ impl State {
             .ok_or_else(|| ApiError::not_found(gvr, name))
     }
 
-    /// Objects of a type, in one namespace (`Some`) or all (`None`), sorted by namespace and name.
+    /// Objects of a type, in one namespace (`Some`) or all (`None`), sorted by namespace and
+    /// name; shared with the store (no copies).
     pub(crate) fn list(
         &self,
         gvr: &Gvr,
         ns: Option<&str>,
         labels: Option<&LabelSelector>,
         fsel: Option<&FieldSelector>,
-    ) -> Result<Vec<Value>, ApiError> {
+    ) -> Result<Vec<Arc<Value>>, ApiError> {
         let rt = self.rt(gvr)?;
         let ns = if rt.namespaced { ns } else { None };
         let matches =
@@ -597,19 +605,20 @@ impl State {
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_none_or(|f| f.is_empty());
+        let shared = Arc::new(cand);
         if deleting && no_finalizers {
             self.take(&key);
-            self.emit("DELETED", &rt.gvr, &cand);
-            self.after_removal(rt, &cand);
+            self.emit("DELETED", &rt.gvr, &shared);
+            self.after_removal(rt, &shared);
         } else {
             let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
-            self.put(key, cand.clone());
-            self.emit(kind, &rt.gvr, &cand);
+            self.put(key, shared.clone());
+            self.emit(kind, &rt.gvr, &shared);
             if rt.gvr == crd_gvr() {
-                self.register_crd(&cand);
+                self.register_crd(&shared);
             }
         }
-        (cand, true)
+        (Arc::unwrap_or_clone(shared), true)
     }
 
     /// POST: creates `obj` (namespace from `ns` or the body; name from `metadata.name` or
@@ -726,7 +735,7 @@ impl State {
         let old = self
             .objects
             .get(&key)
-            .cloned()
+            .map(|o| Value::clone(o))
             .ok_or_else(|| ApiError::not_found(gvr, name))?;
         self.check_rv(&rt, name, &old, &body)?;
         fold_string_data(gvr, &mut body);
@@ -824,7 +833,7 @@ impl State {
         let old = self
             .objects
             .get(&key)
-            .cloned()
+            .map(|o| Value::clone(o))
             .ok_or_else(|| ApiError::not_found(gvr, name))?;
         let mut patched = old.clone();
         match kind {
@@ -921,7 +930,7 @@ impl State {
         }
         fold_string_data(gvr, &mut cfg);
         let key = Self::key(rt, ns, name);
-        let old = self.objects.get(&key).cloned();
+        let old = self.objects.get(&key).map(|o| Value::clone(o));
         if let Some(o) = &old {
             self.check_rv(rt, name, o, &cfg)?;
         }
@@ -994,7 +1003,7 @@ impl State {
         let old = self
             .objects
             .get(&key)
-            .cloned()
+            .map(|o| Value::clone(o))
             .ok_or_else(|| ApiError::not_found(gvr, name))?;
         let has_finalizers = old
             .pointer("/metadata/finalizers")
@@ -1022,9 +1031,10 @@ impl State {
                 return Ok((cand, true));
             }
             self.rv = next;
-            self.put(key, cand.clone());
-            self.emit("MODIFIED", gvr, &cand);
-            return Ok((cand, true));
+            let shared = Arc::new(cand);
+            self.put(key, shared.clone());
+            self.emit("MODIFIED", gvr, &shared);
+            return Ok((Arc::unwrap_or_clone(shared), true));
         }
         let mut gone = old;
         let next = self.rv + 1;
@@ -1034,9 +1044,10 @@ impl State {
         }
         self.rv = next;
         self.take(&key);
+        let gone = Arc::new(gone);
         self.emit("DELETED", gvr, &gone);
         self.after_removal(&rt, &gone);
-        Ok((gone, true))
+        Ok((Arc::unwrap_or_clone(gone), true))
     }
 
     /// Cascades after an object is gone: a Namespace deletes its contents; a CRD unregisters its types.

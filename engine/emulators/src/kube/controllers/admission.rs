@@ -491,7 +491,7 @@ impl ClusterAdmission {
                 && tkr_sel.matches(t)
         };
         let want = tkr_name(&q.prefix);
-        let mut tkrs: Vec<&Value> = all.iter().filter(usable).collect();
+        let mut tkrs: Vec<&Value> = all.iter().map(|t| t.as_ref()).filter(usable).collect();
         if tkrs.iter().any(|t| name_of(t) == Some(want.as_str())) {
             tkrs.retain(|t| name_of(t) == Some(want.as_str()));
         } else {
@@ -514,6 +514,7 @@ impl ClusterAdmission {
                 .filter_map(|i| i.get("name").and_then(Value::as_str))
                 .filter_map(|n| st.get(&gvr_osimage(), None, n).ok())
                 .filter(|i| os_sel.matches(i))
+                .map(|i| Value::clone(&i))
                 .collect();
             let tname = name_of(tkr).unwrap_or_default().to_string();
             by_tkr.insert(

@@ -31,7 +31,10 @@
 //! cluster-name label (Cluster API's or TKG's) or owned by it, a change of its workload cluster,
 //! or a reconcile of its own that wrote or failed. A change attributed to no Cluster (a
 //! ClusterClass, a TKR, a Namespace) or lost change events make the next tick reconcile every
-//! Cluster. So a fleet of idle Clusters costs one list per tick.
+//! Cluster. MachineHealthChecks are reconciled with their Cluster, garbage collection runs after
+//! creations and deletions, and ClusterClass propagation after a ClusterClass or Namespace
+//! change. Objects are read shared from the store, never copied for a pass. So a fleet of idle
+//! Clusters costs one resourceVersion lookup per workload cluster per tick.
 //!
 //! # Machines and rollouts
 //! Machines are the source of truth: KCP and MD status is computed from the Machines they own
@@ -100,8 +103,8 @@
 //! `currentHealthy`, at once, without waiting for the condition's `timeout`); the machine-creation order (serials in the
 //! annotation `emulator.tkgops.dev/machine-serial`) is kept on the owner.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, Weak};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
@@ -239,6 +242,15 @@ pub(crate) struct CapiController {
     /// The workload clusters' resourceVersion counters at their Cluster's last reconcile (the
     /// reconcile reads the workload cluster too).
     workload_revisions: HashMap<String, u64>,
+    /// The namespace of each Cluster with a workload cluster, by name (workload clusters are
+    /// named after their Cluster): which Cluster a workload change concerns.
+    workload_namespaces: HashMap<String, String>,
+    /// A ClusterClass or Namespace changed: the object-propagation controller runs at the next
+    /// tick.
+    classes_dirty: bool,
+    /// Something was created or deleted since the last garbage collection (a Cluster gone, or
+    /// an object naming a Cluster that may not exist).
+    deletions: bool,
 }
 
 /// Owned objects of one Cluster's topology, as stored after this tick's sync.
@@ -350,6 +362,9 @@ impl CapiController {
             dirty: HashSet::new(),
             all_dirty: true,
             workload_revisions: HashMap::new(),
+            workload_namespaces: HashMap::new(),
+            classes_dirty: true,
+            deletions: true,
         }
     }
 
@@ -358,6 +373,13 @@ impl CapiController {
     /// A change attributed to no Cluster (a ClusterClass, a TKR, a Namespace…) marks them all.
     fn mark_dirty(&mut self, event: &ChangeEvent) {
         let obj = &event.object;
+        if event.kind != "MODIFIED" {
+            // Garbage collection looks at created objects (orphans) and deleted Clusters.
+            self.deletions = true;
+        }
+        if same_gvr(&event.gvr, &gvr_cluster_class()) || same_gvr(&event.gvr, &gvr_namespace()) {
+            self.classes_dirty = true;
+        }
         let ns = namespace_of(obj).unwrap_or("default").to_string();
         let owner = obj
             .pointer("/metadata/ownerReferences")
@@ -397,10 +419,33 @@ impl CapiController {
         let ns = namespace_of(cluster).unwrap_or("default");
         let workload = self.emu.cluster(name).map(|w| w.resource_version());
         let workload_changed = match workload {
-            Some(rv) => self.workload_revisions.insert(name.to_string(), rv) != Some(rv),
+            Some(rv) => {
+                self.workload_namespaces
+                    .insert(name.to_string(), ns.to_string());
+                self.workload_revisions.insert(name.to_string(), rv) != Some(rv)
+            }
             None => false,
         };
         all || workload_changed || dirty.contains(&(ns.to_string(), name.to_string()))
+    }
+
+    /// The Clusters a tick considers: every Cluster after an unattributed change (`all`), else
+    /// the `dirty` ones and those whose workload cluster changed since their last reconcile, in
+    /// namespace/name order. Shared, not copied: a fleet of idle Clusters costs a few lookups.
+    fn candidates(&mut self, all: bool, dirty: &HashSet<(String, String)>) -> Vec<Arc<Value>> {
+        if all {
+            return self.mgmt.list_shared(&gvr_cluster(), None);
+        }
+        let mut keys: BTreeSet<(String, String)> = dirty.iter().cloned().collect();
+        for (name, ns) in &self.workload_namespaces {
+            let rv = self.emu.cluster(name).map(|w| w.resource_version());
+            if rv.is_some() && rv != self.workload_revisions.get(name).copied() {
+                keys.insert((ns.clone(), name.clone()));
+            }
+        }
+        keys.iter()
+            .filter_map(|(ns, name)| self.mgmt.get_shared(&gvr_cluster(), Some(ns), name))
+            .collect()
     }
 
     /// Whether this topology reconcile of `cluster` hits the transient fault (every
@@ -2111,7 +2156,7 @@ impl CapiController {
     fn reconcile_mhc(
         &self,
         mhc: &Value,
-        machines_by_cluster: &HashMap<(String, String), Vec<Value>>,
+        machines_by_cluster: &HashMap<(String, String), Vec<Arc<Value>>>,
     ) -> Result<(), ControllerError> {
         let ns = namespace_of(mhc).unwrap_or("default");
         let Some(cluster_name) = str_at(mhc, "/spec/clusterName") else {
@@ -2135,6 +2180,7 @@ impl CapiController {
             .map(|v| v.as_slice())
             .unwrap_or_default()
             .iter()
+            .map(|m| m.as_ref())
             .filter(|m| {
                 match_labels
                     .iter()
@@ -2542,15 +2588,22 @@ fn aws_cluster_spec(name: &str, topology: &Value) -> Value {
 #[async_trait::async_trait]
 impl Reconciler for CapiController {
     async fn on_tick(&mut self) {
-        if let Err(err) = catalog::propagate_classes(&self.mgmt) {
-            warn!(error = %err, "ClusterClass propagation failed");
-        }
         let all = std::mem::take(&mut self.all_dirty);
+        if all || std::mem::take(&mut self.classes_dirty) {
+            if let Err(err) = catalog::propagate_classes(&self.mgmt) {
+                warn!(error = %err, "ClusterClass propagation failed");
+            }
+        }
         let dirty = std::mem::take(&mut self.dirty);
-        for cluster in self.mgmt.list(&gvr_cluster(), None) {
+        let candidates = self.candidates(all, &dirty);
+        // The Clusters this tick considered: their MachineHealthChecks are reconciled below.
+        let mut touched: HashSet<(String, String)> = HashSet::new();
+        for cluster in candidates {
             if !self.needs_reconcile(all, &dirty, &cluster) {
                 continue;
             }
+            let ns = namespace_of(&cluster).unwrap_or("default").to_string();
+            let name = name_of(&cluster).unwrap_or_default().to_string();
             let before = self.mgmt.resource_version();
             let result = self.reconcile_cluster(&cluster).await;
             if let Err(err) = &result {
@@ -2558,28 +2611,47 @@ impl Reconciler for CapiController {
             }
             if result.is_err() || self.mgmt.resource_version() != before {
                 // Its next step waits for the next tick (and a failed one is retried there).
-                let ns = namespace_of(&cluster).unwrap_or("default").to_string();
-                let name = name_of(&cluster).unwrap_or_default().to_string();
-                self.dirty.insert((ns, name));
+                self.dirty.insert((ns.clone(), name.clone()));
+            }
+            touched.insert((ns, name));
+        }
+        // MachineHealthChecks read their Cluster, its Machines and its workload's Nodes: only
+        // those of the Clusters considered (all of them after an unattributed change).
+        let mhcs: Vec<Arc<Value>> = self
+            .mgmt
+            .list_shared(&gvr_machine_health_check(), None)
+            .into_iter()
+            .filter(|m| {
+                all || str_at(m, "/spec/clusterName").is_some_and(|c| {
+                    touched.contains(&(
+                        namespace_of(m).unwrap_or("default").to_string(),
+                        c.to_string(),
+                    ))
+                })
+            })
+            .collect();
+        if !mhcs.is_empty() {
+            let mut machines: HashMap<(String, String), Vec<Arc<Value>>> = HashMap::new();
+            for m in self.mgmt.list_shared(&gvr_machine(), None) {
+                if let Some(c) = label(&m, CLUSTER_NAME_LABEL) {
+                    let key = (
+                        namespace_of(&m).unwrap_or("default").to_string(),
+                        c.to_string(),
+                    );
+                    if all || touched.contains(&key) {
+                        machines.entry(key).or_default().push(m);
+                    }
+                }
+            }
+            for mhc in &mhcs {
+                if let Err(err) = self.reconcile_mhc(mhc, &machines) {
+                    warn!(mhc = %key(mhc), error = %err, "MachineHealthCheck reconcile failed");
+                }
             }
         }
-        // The Machines of every cluster, listed once for all MachineHealthChecks.
-        let mut machines: HashMap<(String, String), Vec<Value>> = HashMap::new();
-        for m in self.mgmt.list(&gvr_machine(), None) {
-            if let Some(c) = label(&m, CLUSTER_NAME_LABEL) {
-                let key = (
-                    namespace_of(&m).unwrap_or("default").to_string(),
-                    c.to_string(),
-                );
-                machines.entry(key).or_default().push(m);
-            }
+        if all || std::mem::take(&mut self.deletions) {
+            self.collect_garbage();
         }
-        for mhc in self.mgmt.list(&gvr_machine_health_check(), None) {
-            if let Err(err) = self.reconcile_mhc(&mhc, &machines) {
-                warn!(mhc = %key(&mhc), error = %err, "MachineHealthCheck reconcile failed");
-            }
-        }
-        self.collect_garbage();
     }
 
     fn on_lagged(&mut self) {
