@@ -1,5 +1,7 @@
-//! Opt-in suites against real systems (README "Tests against real systems"). Each test is a no-op
-//! that says so unless its variables are set:
+//! Opt-in suites against real systems (README "Tests against real systems"). Each test is
+//! `#[ignore]`d, with the variable it needs as the reason (`cargo test` lists it as ignored); run
+//! them with `-- --ignored real_systems` and the variables set. A selected test whose variable
+//! is missing fails, naming it:
 //!
 //! - `TKGOPS_E2E_KUBECONFIG` (+ optional `TKGOPS_E2E_TKG_VERSION`, default `2.2`, and
 //!   `TKGOPS_E2E_NAMESPACE`, default `default`): a real TKG management cluster. Reads its
@@ -23,13 +25,12 @@ use tkgops_providers::KubeconfigSource;
 
 use crate::support::root;
 
-fn opt_in(var: &str) -> Option<String> {
+/// The value of `var`, which a selected real-system test needs. Panics (the test fails, naming
+/// the variable) when it is unset or empty: these tests only run when asked for.
+fn required(var: &str) -> String {
     match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            eprintln!("skipped: set {var} to run this test against a real system");
-            None
-        }
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!("set {var} to run this test against a real system (README \"Tests against real systems\")"),
     }
 }
 
@@ -97,10 +98,9 @@ fn example_plans(kubeconfig: &str, tkg: &str, namespace: &str) -> Vec<(String, S
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TKGOPS_E2E_KUBECONFIG (a real TKG management cluster)"]
 async fn real_management_cluster_admits_every_example_request_in_a_server_side_dry_run() {
-    let Some(kubeconfig) = opt_in("TKGOPS_E2E_KUBECONFIG") else {
-        return;
-    };
+    let kubeconfig = required("TKGOPS_E2E_KUBECONFIG");
     tkgops_providers::install_crypto_provider();
     let tkg = std::env::var("TKGOPS_E2E_TKG_VERSION").unwrap_or_else(|_| "2.2".into());
     let ns = std::env::var("TKGOPS_E2E_NAMESPACE").unwrap_or_else(|_| "default".into());
@@ -164,10 +164,9 @@ async fn real_management_cluster_admits_every_example_request_in_a_server_side_d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TKGOPS_E2E_GITHUB_TOKEN (a real GitHub token)"]
 async fn real_github_answers_the_read_only_calls_the_bot_makes() {
-    let Some(token) = opt_in("TKGOPS_E2E_GITHUB_TOKEN") else {
-        return;
-    };
+    let token = required("TKGOPS_E2E_GITHUB_TOKEN");
     tkgops_providers::install_crypto_provider();
     let repo = std::env::var("TKGOPS_E2E_GITHUB_REPO")
         .unwrap_or_else(|_| "vmware-tanzu/tanzu-framework".into());
@@ -201,13 +200,10 @@ async fn real_github_answers_the_read_only_calls_the_bot_makes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TKGOPS_E2E_TMC_TOKEN and TKGOPS_E2E_TMC_ENDPOINT (a real TMC organisation)"]
 async fn real_tmc_exchanges_the_api_token_and_lists_clusters() {
-    let Some(token) = opt_in("TKGOPS_E2E_TMC_TOKEN") else {
-        return;
-    };
-    let Some(endpoint) = opt_in("TKGOPS_E2E_TMC_ENDPOINT") else {
-        return;
-    };
+    let token = required("TKGOPS_E2E_TMC_TOKEN");
+    let endpoint = required("TKGOPS_E2E_TMC_ENDPOINT");
     tkgops_providers::install_crypto_provider();
     let csp = std::env::var("TKGOPS_E2E_CSP_ENDPOINT")
         .unwrap_or_else(|_| "https://console.tanzu.broadcom.com".into());

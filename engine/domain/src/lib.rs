@@ -8,6 +8,9 @@
 //!   zone, maintenance windows, upgrade targets, waves and bump pull requests.
 //! - [`waves`]: `action: apply` of a schedule: a fire's progress wave by wave (an explicit
 //!   state machine) and the soak's health judgement.
+//! - [`wait`]: the verdicts of every wait (Cluster ready, control plane and MachineDeployments
+//!   rolled, PackageInstalls reconciled or deleted, TMC cluster ready or gone), pure functions of
+//!   what was observed and when.
 //! - [`step`]: the step contract the engine persists and the providers execute.
 //! - [`executor`]: the executor contract ([`executor::StepExecutor`], [`executor::StepContext`],
 //!   [`executor::StepError`], [`executor::ProgressSink`]) the engine calls and the providers
@@ -25,5 +28,6 @@ pub mod schedule;
 pub mod serde_duration;
 pub mod step;
 pub mod tkg;
+pub mod wait;
 pub mod waves;
 pub mod workflow;

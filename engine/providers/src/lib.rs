@@ -2,11 +2,14 @@
 //!
 //! Each provider implements [`tkgops_domain::executor::StepExecutor`] for its step kinds; this crate is
 //! the only one of the product that opens network connections (git aside, which the bot owns).
+//! Every wait runs through the one wait driver ([`wait`]) over a verdict of
+//! `tkgops_domain::wait`.
 
 pub mod aws;
 pub mod github;
 pub mod kube;
 pub mod tmc;
+pub mod wait;
 
 /// Installs the rustls `ring` crypto provider as the process default.
 ///

@@ -73,8 +73,9 @@ pub const KUBECONFIG_SECRET_KEY: &str = "value";
 /// (`timeoutSeconds`, see `watch.rs`) and are re-opened by the watcher.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How many consecutive transient errors a polling loop (`kube.wait-cluster`,
-/// `packages.rollout`) swallows before it returns [`StepError::Transient`] to the engine.
+/// How many consecutive transient errors a wait tolerates before it returns
+/// [`StepError::Transient`] to the engine: the fifth in a row fails (a shared watch's errors,
+/// [`crate::wait::ErrorBudget::kube`]).
 pub(crate) const MAX_CONSECUTIVE_POLL_ERRORS: u32 = 5;
 
 /// Executes the Kubernetes step kinds and applies manifests to workload clusters.
@@ -616,55 +617,6 @@ pub(crate) fn custom_resource(group: &str, version: &str, kind: &str, plural: &s
         &kube::api::GroupVersionKind::gvk(group, version, kind),
         plural,
     )
-}
-
-/// Reports `line` to `progress` unless it equals the last reported line.
-pub(crate) struct ProgressDedup {
-    last: Option<String>,
-}
-
-impl ProgressDedup {
-    pub(crate) fn new() -> Self {
-        ProgressDedup { last: None }
-    }
-    pub(crate) fn report(&mut self, ctx: &StepContext, line: String) {
-        if self.last.as_deref() != Some(line.as_str()) {
-            ctx.progress.report(&line);
-            self.last = Some(line);
-        }
-    }
-}
-
-/// Counts consecutive transient errors in a polling loop.
-pub(crate) struct PollErrors {
-    consecutive: u32,
-}
-
-impl PollErrors {
-    pub(crate) fn new() -> Self {
-        PollErrors { consecutive: 0 }
-    }
-    /// Records a successful poll.
-    pub(crate) fn ok(&mut self) {
-        self.consecutive = 0;
-    }
-    /// Records a failed poll: permanent errors and the [`MAX_CONSECUTIVE_POLL_ERRORS`]-th
-    /// transient error in a row are returned; earlier transient errors are reported as progress.
-    pub(crate) fn failed(&mut self, ctx: &StepContext, e: StepError) -> Result<(), StepError> {
-        match e {
-            StepError::Permanent(_) => Err(e),
-            StepError::Transient(m) => {
-                self.consecutive += 1;
-                if self.consecutive >= MAX_CONSECUTIVE_POLL_ERRORS {
-                    Err(StepError::Transient(m))
-                } else {
-                    ctx.progress
-                        .report(&format!("transient error, retrying: {m}"));
-                    Ok(())
-                }
-            }
-        }
-    }
 }
 
 impl KubeProvider {

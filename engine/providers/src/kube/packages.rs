@@ -6,8 +6,10 @@
 //! Objects are server-side applied (field manager `tkgops`), so a repeated attempt converges
 //! instead of failing with "already exists" like the CLI.
 //!
-//! Waits read the provider's shared watches of the workload cluster (kube-runtime reflectors,
-//! see `watch.rs`), not polls. A `ReconcileFailed` package is not failed at once: kapp-controller
+//! Waits are the judges of `tkgops_domain::wait::packages`, run by the one wait driver
+//! ([`crate::wait`]) over the provider's shared watches of the workload cluster (see
+//! `watch.rs`), or over a private watch of one PackageInstall where every state counts, not
+//! polls. A `ReconcileFailed` package is not failed at once: kapp-controller
 //! keeps retrying and TKG tolerates it (tkg2-aws-class-based.md §6 step 5), so the wait reports
 //! the `usefulErrorMessage` as progress and fails with it only at
 //! [`super::WaitOptions::package_timeout`] or shortly before the step deadline.
@@ -29,11 +31,16 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::apply::{apply_object, Resolved};
-use super::cluster::condition;
-use super::watch::{changed_or, SharedWatch};
-use super::{classify, custom_resource, KubeProvider, ProgressDedup, FIELD_MANAGER};
+use super::watch::{SharedWatch, Subscription};
+use super::{classify, custom_resource, KubeProvider, FIELD_MANAGER};
+use crate::wait::{drive, DriveOptions, Observed, Reporter, Source};
 use crate::WorkloadTarget;
 use tkgops_domain::executor::{StepContext, StepError};
+use tkgops_domain::wait::packages::{
+    friendly_or, PackageDeleted, PackageReconciled, ValuesReconciled,
+};
+
+pub use tkgops_domain::wait::packages::{reconcile_state, ReconcileState};
 
 /// Annotation `tanzu package install` puts on every object it creates for a package install
 /// (TF `tkgpackagedatamodel.TanzuPkgPluginAnnotation`); value `<pkgi>-<namespace>`.
@@ -165,69 +172,6 @@ pub fn package_objects(pkg: &PackageSpec) -> Vec<(Resolved, Value)> {
     objs
 }
 
-/// The kapp-controller reconcile state of a PackageRepository or PackageInstall.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReconcileState {
-    /// `observedGeneration == metadata.generation` and the condition is `ReconcileSucceeded`.
-    Succeeded,
-    /// The current generation failed; carries `usefulErrorMessage` (or the condition message).
-    Failed(String),
-    /// Anything else; carries a short description (`Reconciling`, `not reconciled yet`, …).
-    Pending(String),
-}
-
-/// Reads the KC generic status of `obj` (KC `pkg/apis/kappctrl/v1alpha1/status.go`): only the
-/// current generation counts, and exactly one condition is present at a time.
-pub fn reconcile_state(obj: &Value) -> ReconcileState {
-    let generation = obj.pointer("/metadata/generation").and_then(Value::as_i64);
-    let observed = obj
-        .pointer("/status/observedGeneration")
-        .and_then(Value::as_i64);
-    if generation.is_some() && observed != generation {
-        return ReconcileState::Pending(
-            "waiting for kapp-controller to observe the latest generation".into(),
-        );
-    }
-    let is_true = |t: &str| {
-        condition(obj, t)
-            .and_then(|c| c.get("status"))
-            .and_then(Value::as_str)
-            == Some("True")
-    };
-    if is_true("ReconcileFailed") {
-        let useful = obj
-            .pointer("/status/usefulErrorMessage")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .trim();
-        let msg = if useful.is_empty() {
-            condition(obj, "ReconcileFailed")
-                .and_then(|c| c.get("message"))
-                .and_then(Value::as_str)
-                .unwrap_or("reconcile failed")
-        } else {
-            useful
-        };
-        return ReconcileState::Failed(msg.to_string());
-    }
-    if is_true("ReconcileSucceeded") {
-        return ReconcileState::Succeeded;
-    }
-    let desc = obj
-        .pointer("/status/friendlyDescription")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .or_else(|| {
-            obj.pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .and_then(|c| c.first())
-                .and_then(|c| c.get("type"))
-                .and_then(Value::as_str)
-        })
-        .unwrap_or("not reconciled yet");
-    ReconcileState::Pending(desc.to_string())
-}
-
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
@@ -273,94 +217,122 @@ fn validate(
     Ok(())
 }
 
-/// What one wait on a kapp-controller object sees: the object in the shared watch's store.
-/// An object older than `min_generation` (the generation tkgops just applied) is not judged:
-/// the watch has not delivered the new spec yet.
-async fn watched_state(
-    w: &SharedWatch,
-    namespace: &str,
-    name: &str,
-    min_generation: i64,
-) -> Option<(Value, ReconcileState)> {
-    let obj = w.get(namespace, name)?;
-    let v = serde_json::to_value(obj.as_ref()).ok()?;
-    let generation = v
-        .pointer("/metadata/generation")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    if generation < min_generation {
-        return Some((
-            v,
-            ReconcileState::Pending("waiting for the applied generation".into()),
-        ));
-    }
-    let st = reconcile_state(&v);
-    Some((v, st))
+/// Where a wait on one kapp-controller object reads its snapshots: the object `namespace/name`
+/// in a shared watch of the workload cluster.
+struct ObjectSource<'a> {
+    provider: &'a KubeProvider,
+    target: &'a WorkloadTarget,
+    sub: Subscription,
+    watch: Arc<SharedWatch>,
+    namespace: String,
+    name: String,
 }
 
-/// Waits on the shared watch `w` until `namespace/name` is `ReconcileSucceeded` and returns it.
-/// `ReconcileFailed` is tolerated (kapp-controller retries; TKG too, tkg2-aws-class-based.md §6
-/// step 5), reported as progress, until `until` (or the step's report deadline, whichever is
-/// first), when it becomes a [`StepError::Permanent`] naming `what` with the last
-/// `usefulErrorMessage`. Still pending at `until`: `pending_error(description)`.
-#[allow(clippy::too_many_arguments)]
-async fn wait_reconciled(
-    provider: &KubeProvider,
-    ctx: &StepContext,
-    target: &WorkloadTarget,
-    w: &Arc<SharedWatch>,
-    (namespace, name, what, label): (&str, &str, &str, &str),
-    until: Instant,
-    report_deadline: Option<Instant>,
-    min_generation: i64,
-    pending_error: impl Fn(&str) -> StepError,
-) -> Result<Value, StepError> {
-    let mut rx = [w.subscribe()];
-    let mut progress = ProgressDedup::new();
-    // The latest failure seen: kapp-controller alternates ReconcileFailed and Reconciling while
-    // it retries, so a retry in progress still counts as failing.
-    let mut last_failure: Option<String> = None;
-    loop {
-        rx[0].borrow_and_update();
-        if let Some(line) = provider.watch_health(target, w)? {
-            progress.report(ctx, line);
+impl<'a> ObjectSource<'a> {
+    fn new(
+        provider: &'a KubeProvider,
+        target: &'a WorkloadTarget,
+        watch: &Arc<SharedWatch>,
+        namespace: &str,
+        name: &str,
+    ) -> Self {
+        let mut sub = Subscription::default();
+        sub.key(watch, namespace, name);
+        ObjectSource {
+            provider,
+            target,
+            sub,
+            watch: watch.clone(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
         }
-        if !w.ready() {
-            changed_or(&mut rx, Some(until)).await;
-            if Instant::now() >= until {
-                return Err(pending_error("the watch has not synced"));
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for ObjectSource<'_> {
+    type Snapshot = Option<Arc<Value>>;
+
+    async fn observe(
+        &mut self,
+        progress: &mut Reporter,
+    ) -> Result<Observed<Option<Arc<Value>>>, StepError> {
+        self.sub.mark_seen();
+        if !self.sub.check(self.provider, self.target, progress)? {
+            return Ok(Observed::NotYet);
+        }
+        Ok(Observed::Snapshot(
+            self.watch.get(&self.namespace, &self.name),
+        ))
+    }
+
+    async fn changed(&mut self, until: Option<Instant>) {
+        self.sub.changed(until).await
+    }
+}
+
+/// Where a wait that must see every state of one PackageInstall in order reads its snapshots:
+/// a private `kube::runtime::watcher::watch_object` stream. Between events (a recheck) the last
+/// state is judged again.
+struct StreamSource {
+    what: String,
+    stream: ObjectStream,
+    /// The next event, received by [`Source::changed`]; `Some(None)`: the stream ended.
+    next: Option<Option<ObjectEvent>>,
+    last: Option<Option<Arc<Value>>>,
+}
+
+type ObjectEvent = Result<Option<DynamicObject>, kube::runtime::watcher::Error>;
+
+impl StreamSource {
+    fn new(what: &str, stream: ObjectStream) -> Self {
+        StreamSource {
+            what: what.to_string(),
+            stream,
+            next: None,
+            last: None,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for StreamSource {
+    type Snapshot = Option<Arc<Value>>;
+
+    async fn observe(
+        &mut self,
+        _progress: &mut Reporter,
+    ) -> Result<Observed<Option<Arc<Value>>>, StepError> {
+        match self.next.take() {
+            Some(Some(item)) => {
+                let obj = item.map_err(|e| object_watch_error(&self.what, e))?;
+                let v = obj.map(|o| Arc::new(serde_json::to_value(&o).unwrap_or(Value::Null)));
+                self.last = Some(v.clone());
+                Ok(Observed::Snapshot(v))
             }
-            continue;
+            Some(None) => Err(StepError::Transient(format!(
+                "watch of {} ended unexpectedly",
+                self.what
+            ))),
+            None => Ok(match &self.last {
+                Some(v) => Observed::Snapshot(v.clone()),
+                None => Observed::NotYet,
+            }),
         }
-        let now = Instant::now();
-        let (obj, state) = match watched_state(w, namespace, name, min_generation).await {
-            Some(x) => x,
-            None => (Value::Null, ReconcileState::Pending("not found".into())),
-        };
-        let mut deadline = until;
-        if let ReconcileState::Failed(m) = &state {
-            last_failure = Some(m.clone());
+    }
+
+    async fn changed(&mut self, until: Option<Instant>) {
+        if self.next.is_some() {
+            return;
         }
-        if last_failure.is_some() {
-            if let Some(d) = report_deadline {
-                deadline = deadline.min(d);
+        match until {
+            Some(u) => {
+                if let Ok(item) = tokio::time::timeout_at(u, self.stream.next()).await {
+                    self.next = Some(item);
+                }
             }
+            None => self.next = Some(self.stream.next().await),
         }
-        match (state, &last_failure) {
-            (ReconcileState::Succeeded, _) => return Ok(obj),
-            (_, Some(m)) if now >= deadline => {
-                return Err(StepError::Permanent(format!("{what}: {m}")));
-            }
-            (ReconcileState::Failed(m), _) => {
-                progress.report(
-                    ctx,
-                    format!("{label}: reconcile failed, kapp-controller retries: {m}"),
-                );
-            }
-            (ReconcileState::Pending(d), _) if now >= deadline => return Err(pending_error(&d)),
-            (ReconcileState::Pending(d), _) => progress.report(ctx, format!("{label}: {d}")),
-        }
-        changed_or(&mut rx, Some(deadline)).await;
     }
 }
 
@@ -382,23 +354,20 @@ async fn wait_repository(
     let repos = provider
         .workload_watch(target, &package_repository_resource())
         .await?;
-    let what = format!("PackageRepository/{}/{}", repo.namespace, repo.name);
-    let waiting = format!("waiting for PackageRepository {}", repo.name);
-    wait_reconciled(
-        provider,
-        ctx,
-        target,
-        &repos,
-        (
-            &repo.namespace,
-            &repo.name,
-            &format!("{what}: reconcile failed"),
-            &waiting,
-        ),
-        start + opts.repository_timeout,
-        report_deadline,
-        0,
-        |d| StepError::Transient(format!("{waiting} ({d})")),
+    let origin = start;
+    let until = start + opts.repository_timeout;
+    let mut judge = PackageReconciled::repository(
+        &repo.namespace,
+        &repo.name,
+        opts.repository_timeout,
+        report_deadline.map(|d| d.saturating_duration_since(origin)),
+    );
+    let mut source = ObjectSource::new(provider, target, &repos, &repo.namespace, &repo.name);
+    drive(
+        &mut source,
+        &mut judge,
+        &ctx.progress,
+        &DriveOptions::kube(origin).with_deadline(until),
     )
     .await?;
     ctx.progress.report(&format!(
@@ -444,32 +413,28 @@ async fn wait_package(
 ) -> Result<String, StepError> {
     let timeout = provider.wait_options().package_timeout;
     let what = pkgi_what(pkg);
-    let v = wait_reconciled(
-        provider,
-        ctx,
-        target,
-        pkgis,
-        (&pkg.namespace, &pkg.name, &what, label),
-        Instant::now() + timeout,
-        report_deadline,
+    let origin = Instant::now();
+    let mut judge = PackageReconciled::package(
+        &what,
+        label,
         generation,
-        |d| {
-            StepError::Permanent(format!(
-                "{what}: not reconciled after {} s ({d})",
-                timeout.as_secs()
-            ))
-        },
+        timeout,
+        timeout,
+        report_deadline.map(|d| d.saturating_duration_since(origin)),
+    );
+    let mut source = ObjectSource::new(provider, target, pkgis, &pkg.namespace, &pkg.name);
+    let v = drive(
+        &mut source,
+        &mut judge,
+        &ctx.progress,
+        &DriveOptions::kube(origin).with_deadline(origin + timeout),
     )
     .await?;
     Ok(friendly(&v))
 }
 
 fn friendly(v: &Value) -> String {
-    v.pointer("/status/friendlyDescription")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("Reconcile succeeded")
-        .to_string()
+    friendly_or(v, "Reconcile succeeded")
 }
 
 /// Runs `packages.rollout`: waits for the PackageRepository, then installs each package in order
@@ -500,7 +465,8 @@ pub async fn rollout(
     let start = Instant::now();
     let report_deadline = provider
         .wait_options()
-        .report_deadline(start, ctx.step.timeout_secs);
+        .report_after(ctx.step.timeout_secs)
+        .map(|d| start + d);
     let client = provider.workload_client(&inputs.target).await?;
     wait_repository(
         provider,
@@ -573,7 +539,7 @@ type ObjectStream = std::pin::Pin<
 /// Follows `stream` (opened before a values Secret change that kapp-controller answers with a
 /// new reconcile of the same generation) until kapp-controller has started a reconcile after
 /// the change and finished it with `ReconcileSucceeded`. Failures are tolerated as in
-/// [`wait_reconciled`] until [`super::WaitOptions::package_timeout`] or `report_deadline`.
+/// the shared-watch waits ([`PackageReconciled`]) until [`super::WaitOptions::package_timeout`] or `report_deadline`.
 ///
 /// Errors: [`StepError::Permanent`] `PackageInstall <ns>/<name>: <message>` for a failure at the
 /// deadline, or "not reconciled after"; watch errors are classified as requests.
@@ -582,69 +548,26 @@ async fn wait_values_reconcile(
     ctx: &StepContext,
     pkg: &PackageSpec,
     label: &str,
-    mut stream: ObjectStream,
+    stream: ObjectStream,
     report_deadline: Option<Instant>,
 ) -> Result<String, StepError> {
     let timeout = provider.wait_options().package_timeout;
-    let until = Instant::now() + timeout;
+    let origin = Instant::now();
     let what = pkgi_what(pkg);
-    let mut progress = ProgressDedup::new();
-    let mut started = false;
-    let mut last_failure: Option<String> = None;
-    let mut last_desc = String::from("waiting for kapp-controller to reconcile the new values");
-    loop {
-        let mut deadline = until;
-        if last_failure.is_some() {
-            if let Some(d) = report_deadline {
-                deadline = deadline.min(d);
-            }
-        }
-        let item = match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(item)) => item,
-            Ok(None) => {
-                return Err(StepError::Transient(format!(
-                    "watch of {what} ended unexpectedly"
-                )))
-            }
-            Err(_) => {
-                return Err(match last_failure {
-                    Some(m) => StepError::Permanent(format!("{what}: {m}")),
-                    None => StepError::Permanent(format!(
-                        "{what}: not reconciled after {} s ({last_desc})",
-                        timeout.as_secs()
-                    )),
-                })
-            }
-        };
-        let obj = item.map_err(|e| object_watch_error(&what, e))?;
-        let Some(obj) = obj else {
-            return Err(StepError::Permanent(format!(
-                "{what} disappeared while its new values were being reconciled"
-            )));
-        };
-        let v = serde_json::to_value(&obj).unwrap_or(Value::Null);
-        let state = reconcile_state(&v);
-        if !started {
-            if state == ReconcileState::Succeeded {
-                continue;
-            }
-            started = true;
-        }
-        match state {
-            ReconcileState::Succeeded => return Ok(friendly(&v)),
-            ReconcileState::Failed(m) => {
-                progress.report(
-                    ctx,
-                    format!("{label}: reconcile failed, kapp-controller retries: {m}"),
-                );
-                last_failure = Some(m);
-            }
-            ReconcileState::Pending(d) => {
-                progress.report(ctx, format!("{label}: {d}"));
-                last_desc = d;
-            }
-        }
-    }
+    let mut judge = ValuesReconciled::new(
+        &what,
+        label,
+        timeout,
+        timeout,
+        report_deadline.map(|d| d.saturating_duration_since(origin)),
+    );
+    drive(
+        &mut StreamSource::new(&what, stream),
+        &mut judge,
+        &ctx.progress,
+        &DriveOptions::kube(origin).with_deadline(origin + timeout),
+    )
+    .await
 }
 
 /// What `packages.update` did to one package.
@@ -842,63 +765,23 @@ async fn remove_package(
     if existed {
         ctx.progress
             .report(&format!("{}: deleting PackageInstall", pkg.name));
-        let until = Instant::now() + timeout;
-        let mut stream: ObjectStream =
+        let origin = Instant::now();
+        let stream: ObjectStream =
             Box::pin(kube::runtime::watcher::watch_object(api.clone(), &pkg.name));
-        let mut progress = ProgressDedup::new();
-        let mut last_failure: Option<String> = None;
-        let mut last_desc = String::from("waiting for kapp-controller");
-        loop {
-            let mut deadline = until;
-            if last_failure.is_some() {
-                if let Some(d) = report_deadline {
-                    deadline = deadline.min(d);
-                }
-            }
-            let item = match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(Some(item)) => item,
-                Ok(None) => {
-                    return Err(StepError::Transient(format!(
-                        "watch of {what} ended unexpectedly"
-                    )))
-                }
-                Err(_) => {
-                    return Err(match last_failure {
-                        Some(m) => StepError::Permanent(format!("{what}: delete failed: {m}")),
-                        None => StepError::Permanent(format!(
-                            "{what}: not deleted after {} s ({last_desc})",
-                            timeout.as_secs()
-                        )),
-                    })
-                }
-            };
-            let Some(obj) = item.map_err(|e| object_watch_error(&what, e))? else {
-                break;
-            };
-            let v = serde_json::to_value(&obj).unwrap_or(Value::Null);
-            let failed = condition(&v, "DeleteFailed")
-                .and_then(|c| c.get("status"))
-                .and_then(Value::as_str)
-                == Some("True");
-            if failed {
-                let m = v
-                    .pointer("/status/usefulErrorMessage")
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.trim().is_empty())
-                    .unwrap_or("delete failed")
-                    .trim()
-                    .to_string();
-                progress.report(
-                    ctx,
-                    format!("{}: delete failed, kapp-controller retries: {m}", pkg.name),
-                );
-                last_failure = Some(m);
-            } else {
-                let d = friendly_or(&v, "waiting for kapp-controller to uninstall it");
-                progress.report(ctx, format!("{}: {d}", pkg.name));
-                last_desc = d;
-            }
-        }
+        let mut judge = PackageDeleted::new(
+            &what,
+            &pkg.name,
+            timeout,
+            timeout,
+            report_deadline.map(|d| d.saturating_duration_since(origin)),
+        );
+        drive(
+            &mut StreamSource::new(&what, stream),
+            &mut judge,
+            &ctx.progress,
+            &DriveOptions::kube(origin).with_deadline(origin + timeout),
+        )
+        .await?;
     }
     let owner = format!("{}-{}", pkg.name, pkg.namespace);
     let ns = Some(pkg.namespace.as_str());
@@ -942,14 +825,6 @@ async fn remove_package(
     Ok(existed)
 }
 
-fn friendly_or(v: &Value, default: &str) -> String {
-    v.pointer("/status/friendlyDescription")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or(default)
-        .to_string()
-}
-
 /// Runs `packages.update`: waits for the PackageRepository like [`rollout`], installs or
 /// updates each package of `packages` in order (values Secret and PackageInstall server-side
 /// applied, waited for until `ReconcileSucceeded` for what was applied; an unchanged package is
@@ -982,7 +857,8 @@ pub async fn update(
     let start = Instant::now();
     let report_deadline = provider
         .wait_options()
-        .report_deadline(start, ctx.step.timeout_secs);
+        .report_after(ctx.step.timeout_secs)
+        .map(|d| start + d);
     let client = provider.workload_client(&inputs.target).await?;
     wait_repository(
         provider,
@@ -1146,21 +1022,5 @@ mod tests {
         let objs = package_objects(&pkg(""));
         assert_eq!(objs.len(), 5);
         assert!(objs[4].1["spec"].get("values").is_none());
-    }
-
-    #[test]
-    fn reconcile_state_honours_generation() {
-        let v = json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 1,
-            "conditions": [{"type": "ReconcileFailed", "status": "True"}], "usefulErrorMessage": "old"}});
-        assert!(matches!(reconcile_state(&v), ReconcileState::Pending(_)));
-        let v = json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
-            "conditions": [{"type": "ReconcileFailed", "status": "True"}], "usefulErrorMessage": "Could not find package"}});
-        assert_eq!(
-            reconcile_state(&v),
-            ReconcileState::Failed("Could not find package".into())
-        );
-        let v = json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
-            "conditions": [{"type": "ReconcileSucceeded", "status": "True"}]}});
-        assert_eq!(reconcile_state(&v), ReconcileState::Succeeded);
     }
 }

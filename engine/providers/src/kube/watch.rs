@@ -1,38 +1,60 @@
-//! Shared watches: one kube-runtime `watcher` + `reflector` store per (API server, resource
-//! type), started lazily and serving every concurrent wait of the provider (DESIGN.md "Targets":
-//! one shared watch per resource type per management cluster, no per-run polling).
+//! Shared watches: one kube-runtime `watcher` per (API server, resource type), started lazily
+//! and serving every concurrent wait of the provider (DESIGN.md "Targets": one shared watch per
+//! resource type per management cluster, no per-run polling).
 //!
 //! A [`SharedWatch`] watches its resource type in **all namespaces** through
 //! `kube::runtime::watcher` with the watcher's built-in backoff
-//! (`WatchStreamExt::default_backoff`, client-go's 0.8 s … 30 s), mirrors it into a
-//! `kube::runtime::reflector` store, and bumps a `tokio::sync::watch` counter after every applied
-//! event (and after every watch error), so waiters `await` a change and then evaluate the store
-//! snapshot. Watch errors are classified like single requests ([`super::classify`]); waiters
-//! apply the same rules as the old polling loops ([`super::PollErrors`]): a permanent error (401,
-//! 403, unknown type) fails the wait at once, [`super::MAX_CONSECUTIVE_POLL_ERRORS`] consecutive
-//! transient errors fail it transiently, fewer are reported as progress while the watcher backs
-//! off and retries by itself.
+//! (`WatchStreamExt::default_backoff`, client-go's 0.8 s … 30 s) and applies its events to an
+//! [`Index`] of the objects **by cluster**: the key of an object is its namespace and its
+//! `cluster.x-k8s.io/cluster-name` label, or its own name when it has none (a Cluster, a
+//! ClusterBootstrap `<cluster>`, a workload cluster's PackageInstall). Each object is converted
+//! to JSON once, when its event arrives, and shared (`Arc`) with every wait that reads it.
+//!
+//! A change notifies only the waits subscribed to its keys (the object's cluster key and its own
+//! `namespace/name`), through a `tokio::sync::watch` channel per key created on first
+//! subscription: with a thousand clusters rolling on one management cluster, a change of one
+//! Machine wakes the waits of its cluster only, and a wait reads only its own cluster's
+//! objects (O(own objects) per own change, where the reflector store was scanned whole at every
+//! change of any cluster). The index follows the watcher's relist semantics: between `Init` and
+//! `InitDone` the events are buffered, and at `InitDone` the index is replaced by the listed
+//! objects (objects that vanished meanwhile are removed, and their keys notified).
+//!
+//! Waits also subscribe to the watch's health channel, bumped after every watch error, when the
+//! watch recovers, and when it (re)lists. Watch errors are classified like single requests
+//! ([`super::classify`]); waiters apply the rules of the old polling loops
+//! ([`SharedWatch::check`]): a permanent error (401, 403, unknown type) fails the wait at once,
+//! [`super::MAX_CONSECUTIVE_POLL_ERRORS`] consecutive transient errors fail it transiently,
+//! fewer are reported as progress while the watcher backs off and retries by itself.
 //!
 //! The watch task ends when the [`SharedWatch`] is dropped (with the provider, or when evicted
 //! after a permanent error so that the next attempt builds a fresh client).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject};
 use kube::discovery::ApiResource;
-use kube::runtime::reflector::{store::Writer, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
+use serde_json::Value;
 use tkgops_domain::executor::StepError;
+use tkgops_domain::wait::cluster::CLUSTER_NAME_LABEL;
+use tkgops_domain::wait::{label, name_of, namespace_of, str_at};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::{classify, KubeProvider, MAX_CONSECUTIVE_POLL_ERRORS};
+use crate::wait::Reporter;
 use crate::WorkloadTarget;
+
+pub use tkgops_domain::wait::WaitOptions;
 
 /// `timeoutSeconds` of every watch request: below the client's read timeout (120 s), so an idle
 /// watch is ended by the server and re-opened by the watcher instead of failing.
 const WATCH_TIMEOUT_SECS: u32 = 100;
+
+/// A key of the index: (namespace, cluster name or object name); "" for cluster-scoped objects.
+pub(crate) type Key = (String, String);
 
 /// The health of a watch, as seen by waiters.
 #[derive(Clone, Debug, Default)]
@@ -43,11 +65,205 @@ pub(crate) struct WatchHealth {
     pub last_error: Option<StepError>,
 }
 
+/// One stored object: its JSON and the cluster key it is indexed under.
+#[derive(Clone, Debug)]
+struct Stored {
+    value: Arc<Value>,
+    group: String,
+}
+
+/// The cluster key of `v`: its `cluster.x-k8s.io/cluster-name` label, else its own name.
+fn group_of(v: &Value) -> String {
+    match label(v, CLUSTER_NAME_LABEL) {
+        "" => name_of(v).to_string(),
+        cluster => cluster.to_string(),
+    }
+}
+
+fn object_key(v: &Value) -> Key {
+    (namespace_of(v).to_string(), name_of(v).to_string())
+}
+
+/// The objects of one watch, by `namespace/name` and by cluster key, with the watcher's relist
+/// semantics. Plain data: the watch task applies events, waiters read.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    objects: HashMap<Key, Stored>,
+    groups: HashMap<Key, BTreeMap<String, Arc<Value>>>,
+    /// The objects of a relist in progress (between `Init` and `InitDone`).
+    relist: Option<HashMap<Key, Arc<Value>>>,
+    /// Whether a first list has completed.
+    ready: bool,
+}
+
+impl Index {
+    /// The keys a change of `v` (indexed under `group`) notifies: its cluster key and its own.
+    fn touch(touched: &mut Vec<Key>, v: &Value, group: &str) {
+        let (ns, name) = object_key(v);
+        touched.push((ns.clone(), group.to_string()));
+        if name != group {
+            touched.push((ns, name));
+        }
+    }
+
+    fn insert(&mut self, value: Arc<Value>, touched: &mut Vec<Key>) {
+        let key = object_key(&value);
+        self.remove(&key, touched);
+        let group = group_of(&value);
+        Self::touch(touched, &value, &group);
+        self.groups
+            .entry((key.0.clone(), group.clone()))
+            .or_default()
+            .insert(key.1.clone(), value.clone());
+        self.objects.insert(key, Stored { value, group });
+    }
+
+    fn remove(&mut self, key: &Key, touched: &mut Vec<Key>) {
+        let Some(old) = self.objects.remove(key) else {
+            return;
+        };
+        Self::touch(touched, &old.value, &old.group);
+        let gk = (key.0.clone(), old.group);
+        if let Some(g) = self.groups.get_mut(&gk) {
+            g.remove(&key.1);
+            if g.is_empty() {
+                self.groups.remove(&gk);
+            }
+        }
+    }
+
+    /// Applies one watcher event; pushes the keys whose objects changed to `touched`.
+    pub(crate) fn apply(&mut self, event: watcher::Event<DynamicObject>, touched: &mut Vec<Key>) {
+        let json = |o: &DynamicObject| match serde_json::to_value(o) {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => {
+                tracing::warn!(error = %e, "watch event object not representable as JSON; skipped");
+                None
+            }
+        };
+        match event {
+            watcher::Event::Apply(o) => {
+                if let Some(v) = json(&o) {
+                    self.insert(v, touched);
+                }
+            }
+            watcher::Event::Delete(o) => {
+                if let Some(v) = json(&o) {
+                    self.remove(&object_key(&v), touched);
+                }
+            }
+            watcher::Event::Init => self.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(o) => {
+                if let Some(v) = json(&o) {
+                    self.relist
+                        .get_or_insert_with(HashMap::new)
+                        .insert(object_key(&v), v);
+                }
+            }
+            watcher::Event::InitDone => {
+                let listed = self.relist.take().unwrap_or_default();
+                let rv = |v: &Value| str_at(v, "/metadata/resourceVersion").to_string();
+                // Vanished or changed objects are removed (their keys notified)…
+                let stale: Vec<Key> = self
+                    .objects
+                    .iter()
+                    .filter(|(k, s)| listed.get(*k).map(|v| rv(v)) != Some(rv(&s.value)))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in &stale {
+                    self.remove(k, touched);
+                }
+                // …and new or changed ones inserted.
+                for (k, v) in listed {
+                    if !self.objects.contains_key(&k) {
+                        self.insert(v, touched);
+                    }
+                }
+                self.ready = true;
+            }
+        }
+    }
+
+    /// The object `namespace/name`.
+    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<Arc<Value>> {
+        self.objects
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|s| s.value.clone())
+    }
+
+    /// The objects in `namespace` labelled `cluster.x-k8s.io/cluster-name=<cluster>`, by name.
+    pub(crate) fn of_cluster(&self, namespace: &str, cluster: &str) -> Vec<Arc<Value>> {
+        self.groups
+            .get(&(namespace.to_string(), cluster.to_string()))
+            .map(|g| {
+                g.values()
+                    .filter(|v| label(v, CLUSTER_NAME_LABEL) == cluster)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Number of objects.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.objects.len()
+    }
+}
+
+/// The change notifications of one watch: a channel per subscribed key, and the health channel.
+#[derive(Debug)]
+struct Notifier {
+    keys: Mutex<HashMap<Key, watch::Sender<u64>>>,
+    health: watch::Sender<u64>,
+    any: watch::Sender<u64>,
+}
+
+impl Notifier {
+    fn new() -> Self {
+        Notifier {
+            keys: Mutex::new(HashMap::new()),
+            health: watch::channel(0).0,
+            any: watch::channel(0).0,
+        }
+    }
+
+    fn subscribe(&self, key: Key) -> watch::Receiver<u64> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        // Keys whose waits ended are dropped from time to time (amortized O(1)).
+        if keys.len() >= 64 && keys.len().is_power_of_two() {
+            keys.retain(|_, tx| tx.receiver_count() > 0);
+        }
+        keys.entry(key)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Wakes the subscribers of `touched` (and of every change).
+    fn notify(&self, touched: &[Key]) {
+        if touched.is_empty() {
+            return;
+        }
+        {
+            let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            for k in touched {
+                if let Some(tx) = keys.get(k) {
+                    if tx.receiver_count() == 0 {
+                        keys.remove(k);
+                    } else {
+                        tx.send_modify(|n| *n += 1);
+                    }
+                }
+            }
+        }
+        self.any.send_modify(|n| *n += 1);
+    }
+}
+
 /// One shared watch of one resource type on one API server. Cheap to share behind an [`Arc`].
 pub(crate) struct SharedWatch {
-    resource: ApiResource,
-    store: Store<DynamicObject>,
-    changes: watch::Receiver<u64>,
+    index: Arc<RwLock<Index>>,
+    notifier: Arc<Notifier>,
     health: Arc<Mutex<WatchHealth>>,
     task: tokio::task::AbortHandle,
 }
@@ -79,82 +295,97 @@ impl SharedWatch {
     /// errors. Must be called inside a Tokio runtime.
     fn start(client: kube::Client, resource: ApiResource, what: String) -> Self {
         let api: Api<DynamicObject> = Api::all_with(client, &resource);
-        let writer: Writer<DynamicObject> = Writer::new(resource.clone());
-        let store = writer.as_reader();
-        let (tx, rx) = watch::channel(0u64);
+        let index = Arc::new(RwLock::new(Index::default()));
+        let notifier = Arc::new(Notifier::new());
         let health = Arc::new(Mutex::new(WatchHealth::default()));
-        let task_health = health.clone();
-        let task_what = what.clone();
-        let stream = watcher(api, watcher::Config::default().timeout(WATCH_TIMEOUT_SECS))
-            .default_backoff()
-            .reflect(writer);
+        let (task_index, task_notifier, task_health) =
+            (index.clone(), notifier.clone(), health.clone());
+        let stream =
+            watcher(api, watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)).default_backoff();
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
+            let mut touched = Vec::new();
             while let Some(item) = stream.next().await {
                 match item {
-                    Ok(watcher::Event::Init) | Ok(watcher::Event::InitApply(_)) => continue,
-                    Ok(_) => {
-                        if let Ok(mut h) = task_health.lock() {
+                    Ok(event) => {
+                        let listing =
+                            matches!(event, watcher::Event::Init | watcher::Event::InitApply(_));
+                        let listed = matches!(event, watcher::Event::InitDone);
+                        touched.clear();
+                        task_index
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .apply(event, &mut touched);
+                        touched.sort_unstable();
+                        touched.dedup();
+                        task_notifier.notify(&touched);
+                        let mut recovered = false;
+                        if !listing {
+                            let mut h = task_health.lock().unwrap_or_else(|p| p.into_inner());
+                            recovered = h.last_error.is_some();
                             *h = WatchHealth::default();
+                        }
+                        if recovered || listed {
+                            task_notifier.health.send_modify(|n| *n += 1);
                         }
                     }
                     Err(e) => {
-                        let err = watch_error(&task_what, &e);
-                        tracing::debug!(watch = %task_what, error = %err, "watch error; the watcher backs off and retries");
-                        if let Ok(mut h) = task_health.lock() {
+                        let err = watch_error(&what, &e);
+                        tracing::debug!(watch = %what, error = %err, "watch error; the watcher backs off and retries");
+                        {
+                            let mut h = task_health.lock().unwrap_or_else(|p| p.into_inner());
                             h.consecutive_errors += 1;
                             h.last_error = Some(err);
                         }
+                        task_notifier.health.send_modify(|n| *n += 1);
                     }
                 }
-                tx.send_modify(|n| *n += 1);
             }
         })
         .abort_handle();
         SharedWatch {
-            resource,
-            store,
-            changes: rx,
+            index,
+            notifier,
             health,
             task,
         }
     }
 
-    /// A receiver notified after every change of the store (and every watch error).
-    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.clone()
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the initial list has been received (the store reflects the server).
+    /// A receiver notified after every change of an object under `namespace/key` (the objects
+    /// of cluster `key`, or the object named `key`).
+    pub(crate) fn subscribe_key(&self, namespace: &str, key: &str) -> watch::Receiver<u64> {
+        self.notifier
+            .subscribe((namespace.to_string(), key.to_string()))
+    }
+
+    /// A receiver notified after every change of any object (for a watch whose objects all
+    /// belong to one cluster: a workload cluster's).
+    pub(crate) fn subscribe_all(&self) -> watch::Receiver<u64> {
+        self.notifier.any.subscribe()
+    }
+
+    /// A receiver notified after every watch error, recovery and (re)list.
+    pub(crate) fn subscribe_health(&self) -> watch::Receiver<u64> {
+        self.notifier.health.subscribe()
+    }
+
+    /// Whether the initial list has been received (the index reflects the server).
     pub(crate) fn ready(&self) -> bool {
-        matches!(
-            futures::FutureExt::now_or_never(self.store.wait_until_ready()),
-            Some(Ok(()))
-        )
+        self.read().ready
     }
 
-    /// The object `namespace/name`, if the store has it.
-    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
-        self.store
-            .get(&ObjectRef::new_with(name, self.resource.clone()).within(namespace))
+    /// The object `namespace/name`, if the index has it.
+    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<Arc<Value>> {
+        self.read().get(namespace, name)
     }
 
-    /// Objects in `namespace` whose label `key` is `value`.
-    pub(crate) fn labelled(
-        &self,
-        namespace: &str,
-        key: &str,
-        value: &str,
-    ) -> Vec<Arc<DynamicObject>> {
-        self.store.state_filter(|o| {
-            o.metadata.namespace.as_deref() == Some(namespace)
-                && o.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(key))
-                    .map(String::as_str)
-                    == Some(value)
-        })
+    /// Objects in `namespace` labelled `cluster.x-k8s.io/cluster-name=<cluster>`.
+    pub(crate) fn of_cluster(&self, namespace: &str, cluster: &str) -> Vec<Arc<Value>> {
+        self.read().of_cluster(namespace, cluster)
     }
 
     /// The PollErrors rules applied to the watch's health: `Err` for a permanent error or for
@@ -234,99 +465,115 @@ impl SharedWatches {
     }
 }
 
-/// Waits until any of `receivers` reports a change, `deadline` passes (when given), whichever
-/// comes first. Returns at once when a change happened since the receiver last looked.
-pub(crate) async fn changed_or(
-    receivers: &mut [watch::Receiver<u64>],
-    deadline: Option<tokio::time::Instant>,
-) {
-    let changes = async {
-        if receivers.is_empty() {
-            return std::future::pending::<()>().await;
+/// What one wait listens to: per watch, the keys of its own objects (or every change) and the
+/// watch's health. Subscriptions can be added while the wait runs (a workload cluster's watch,
+/// a core package learnt from the ClusterBootstrap); subscribe before reading, so no change
+/// between the read and the wait is lost.
+#[derive(Default)]
+pub(crate) struct Subscription {
+    watches: Vec<WatchSub>,
+}
+
+struct WatchSub {
+    watch: Arc<SharedWatch>,
+    health: watch::Receiver<u64>,
+    keys: Vec<(Option<Key>, watch::Receiver<u64>)>,
+}
+
+impl Subscription {
+    fn entry(&mut self, w: &Arc<SharedWatch>) -> &mut WatchSub {
+        let i = match self.watches.iter().position(|s| Arc::ptr_eq(&s.watch, w)) {
+            Some(i) => i,
+            None => {
+                self.watches.push(WatchSub {
+                    watch: w.clone(),
+                    health: w.subscribe_health(),
+                    keys: Vec::new(),
+                });
+                self.watches.len() - 1
+            }
+        };
+        &mut self.watches[i]
+    }
+
+    /// Listens to the objects of `w` under `namespace/key` (a cluster's, or one object's), once.
+    pub(crate) fn key(&mut self, w: &Arc<SharedWatch>, namespace: &str, key: &str) {
+        let k = Some((namespace.to_string(), key.to_string()));
+        let e = self.entry(w);
+        if !e.keys.iter().any(|(x, _)| *x == k) {
+            let rx = w.subscribe_key(namespace, key);
+            e.keys.push((k, rx));
         }
-        futures::future::select_all(receivers.iter_mut().map(|r| {
-            Box::pin(async move {
-                if r.changed().await.is_err() {
-                    // The watch task ended (aborted with its provider): never spin on it.
-                    std::future::pending::<()>().await;
-                }
-            })
-        }))
-        .await;
-    };
-    match deadline {
-        Some(d) => {
-            tokio::select! {
-                _ = changes => {}
-                _ = tokio::time::sleep_until(d) => {}
+    }
+
+    /// Listens to every change of `w`, once.
+    pub(crate) fn all(&mut self, w: &Arc<SharedWatch>) {
+        let e = self.entry(w);
+        if !e.keys.iter().any(|(x, _)| x.is_none()) {
+            e.keys.push((None, w.subscribe_all()));
+        }
+    }
+
+    /// Marks every notification so far as seen (before reading the watches).
+    pub(crate) fn mark_seen(&mut self) {
+        for s in &mut self.watches {
+            s.health.borrow_and_update();
+            for (_, rx) in &mut s.keys {
+                rx.borrow_and_update();
             }
         }
-        None => changes.await,
     }
-}
 
-/// How the waits of [`super::KubeProvider`] tolerate failures and how long they wait, as
-/// `tanzu cluster create` does (tkg2-aws-class-based.md §6). Every field is a duration of
-/// observed (Tokio) time, so tests can shorten them or drive them with `tokio::time::pause`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WaitOptions {
-    /// `kube.wait-cluster` fails with "cluster creation failed, reason: …" once the Cluster has
-    /// shown `Ready=False` with severity `Error` continuously for this long (messages containing
-    /// "context deadline exceeded" or "context canceled" do not count). TKG: 20 consecutive 15 s
-    /// polls, so the default is 5 min (§6 step 2).
-    pub error_persistence: std::time::Duration,
-    /// `kube.wait-cluster` fails with "timed out waiting for cluster creation to complete" when
-    /// nothing changed for this long: Ready's `lastTransitionTime`, or any MachineDeployment's
-    /// `replicas`, `readyReplicas` or `updatedReplicas`. TKG's `operationTimeout`: 30 min (§6
-    /// step 2).
-    pub unchanged_timeout: std::time::Duration,
-    /// How long `kube.wait-cluster` waits for the ClusterBootstrap `<cluster>` to exist once the
-    /// machines are ready. TKG: 10 min (§6 step 5).
-    pub bootstrap_timeout: std::time::Duration,
-    /// How long a PackageInstall may keep failing (`ReconcileFailed`; kapp-controller retries)
-    /// before the wait fails with its `usefulErrorMessage`: core packages in
-    /// `kube.wait-cluster` (TKG `PACKAGE_INSTALL_TIMEOUT`, default 10 min, §6 step 5) and
-    /// packages of `packages.rollout`. Also bounded by the step deadline minus
-    /// [`Self::deadline_margin`].
-    pub package_timeout: std::time::Duration,
-    /// How long `packages.rollout` waits for its PackageRepository to reconcile before the
-    /// attempt fails transiently (the old 20 polls × 15 s: 5 min).
-    pub repository_timeout: std::time::Duration,
-    /// A wait that has a failure to report (a failing PackageInstall) ends this long before the
-    /// step deadline (`timeout_secs`), so the failure, not "timed out", reaches the PR. Capped at
-    /// a tenth of the step timeout. Default 5 s.
-    pub deadline_margin: std::time::Duration,
-}
-
-impl Default for WaitOptions {
-    fn default() -> Self {
-        use std::time::Duration;
-        WaitOptions {
-            error_persistence: Duration::from_secs(5 * 60),
-            unchanged_timeout: Duration::from_secs(30 * 60),
-            bootstrap_timeout: Duration::from_secs(10 * 60),
-            package_timeout: Duration::from_secs(10 * 60),
-            repository_timeout: Duration::from_secs(5 * 60),
-            deadline_margin: Duration::from_secs(5),
-        }
-    }
-}
-
-impl WaitOptions {
-    /// The instant a wait with a failure to report must return by, for a step started at
-    /// `start` with `timeout_secs` (0: no step deadline): the step deadline minus
-    /// [`Self::deadline_margin`] (at most a tenth of the timeout).
-    pub fn report_deadline(
+    /// Applies the watches' health rules ([`KubeProvider::watch_health`]) for `target`,
+    /// reporting tolerated errors to `progress`; returns whether every watch has listed.
+    ///
+    /// Errors: a watch's permanent error, or too many transient ones in a row.
+    pub(crate) fn check(
         &self,
-        start: tokio::time::Instant,
-        timeout_secs: u64,
-    ) -> Option<tokio::time::Instant> {
-        if timeout_secs == 0 {
-            return None;
+        provider: &KubeProvider,
+        target: &WorkloadTarget,
+        progress: &mut Reporter,
+    ) -> Result<bool, StepError> {
+        for s in &self.watches {
+            if let Some(line) = provider.watch_health(target, &s.watch)? {
+                progress.report(line);
+            }
         }
-        let timeout = std::time::Duration::from_secs(timeout_secs);
-        let margin = self.deadline_margin.min(timeout / 10);
-        Some(start + timeout - margin)
+        Ok(self.watches.iter().all(|s| s.watch.ready()))
+    }
+
+    /// Waits until a subscribed key or a watch's health changed since [`Self::mark_seen`], or
+    /// `until` (when given). A closed channel (its watch ended with the provider) never wakes.
+    pub(crate) async fn changed(&mut self, until: Option<Instant>) {
+        let mut rxs: Vec<&mut watch::Receiver<u64>> = Vec::new();
+        for s in &mut self.watches {
+            rxs.push(&mut s.health);
+            for (_, rx) in &mut s.keys {
+                rxs.push(rx);
+            }
+        }
+        let changes = async {
+            if rxs.is_empty() {
+                return std::future::pending::<()>().await;
+            }
+            futures::future::select_all(rxs.into_iter().map(|r| {
+                Box::pin(async move {
+                    if r.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                })
+            }))
+            .await;
+        };
+        match until {
+            Some(d) => {
+                tokio::select! {
+                    _ = changes => {}
+                    _ = tokio::time::sleep_until(d) => {}
+                }
+            }
+            None => changes.await,
+        }
     }
 }
 
@@ -399,5 +646,170 @@ impl KubeProvider {
             }
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::GroupVersionKind;
+
+    fn machine(name: &str, cluster: Option<&str>, rv: &str) -> DynamicObject {
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta1", "Machine"),
+            "machines",
+        );
+        let mut o = DynamicObject::new(name, &ar).within("default");
+        o.metadata.resource_version = Some(rv.into());
+        if let Some(c) = cluster {
+            o.metadata.labels = Some([(CLUSTER_NAME_LABEL.to_string(), c.to_string())].into());
+        }
+        o
+    }
+
+    fn key(ns: &str, k: &str) -> Key {
+        (ns.to_string(), k.to_string())
+    }
+
+    fn names(objs: &[Arc<Value>]) -> Vec<&str> {
+        objs.iter().map(|o| name_of(o)).collect()
+    }
+
+    fn listed(index: &mut Index, objs: Vec<DynamicObject>) -> Vec<Key> {
+        let mut touched = Vec::new();
+        index.apply(watcher::Event::Init, &mut touched);
+        for o in objs {
+            index.apply(watcher::Event::InitApply(o), &mut touched);
+        }
+        index.apply(watcher::Event::InitDone, &mut touched);
+        touched.sort();
+        touched.dedup();
+        touched
+    }
+
+    #[test]
+    fn objects_are_indexed_by_their_cluster_and_a_change_touches_only_its_keys() {
+        let mut index = Index::default();
+        assert!(!index.ready);
+        listed(
+            &mut index,
+            vec![
+                machine("wc1-a", Some("wc1"), "1"),
+                machine("wc1-b", Some("wc1"), "2"),
+                machine("wc2-a", Some("wc2"), "3"),
+                // Unlabelled (a Cluster, a ClusterBootstrap): its own name is its key.
+                machine("wc1", None, "4"),
+            ],
+        );
+        assert!(index.ready);
+        assert_eq!(
+            names(&index.of_cluster("default", "wc1")),
+            ["wc1-a", "wc1-b"]
+        );
+        assert_eq!(names(&index.of_cluster("default", "wc2")), ["wc2-a"]);
+        assert!(index.of_cluster("other", "wc1").is_empty());
+        assert!(index.get("default", "wc1").is_some());
+        let mut touched = Vec::new();
+        index.apply(
+            watcher::Event::Apply(machine("wc2-b", Some("wc2"), "5")),
+            &mut touched,
+        );
+        assert_eq!(touched, [key("default", "wc2"), key("default", "wc2-b")]);
+        touched.clear();
+        index.apply(
+            watcher::Event::Delete(machine("wc1-a", Some("wc1"), "6")),
+            &mut touched,
+        );
+        assert_eq!(touched, [key("default", "wc1"), key("default", "wc1-a")]);
+        assert_eq!(names(&index.of_cluster("default", "wc1")), ["wc1-b"]);
+        // A relabelled object moves: both clusters are touched.
+        touched.clear();
+        index.apply(
+            watcher::Event::Apply(machine("wc1-b", Some("wc2"), "7")),
+            &mut touched,
+        );
+        touched.sort();
+        touched.dedup();
+        assert_eq!(
+            touched,
+            [
+                key("default", "wc1"),
+                key("default", "wc1-b"),
+                key("default", "wc2")
+            ]
+        );
+        assert!(index.of_cluster("default", "wc1").is_empty());
+        assert_eq!(
+            names(&index.of_cluster("default", "wc2")),
+            ["wc1-b", "wc2-a", "wc2-b"]
+        );
+        assert_eq!(index.len(), 4);
+    }
+
+    #[test]
+    fn a_relist_replaces_the_index_and_touches_what_changed_or_vanished() {
+        let mut index = Index::default();
+        listed(
+            &mut index,
+            vec![
+                machine("wc1-a", Some("wc1"), "1"),
+                machine("wc2-a", Some("wc2"), "2"),
+                machine("wc3-a", Some("wc3"), "3"),
+            ],
+        );
+        // While a relist is buffered, the old state stays visible.
+        let mut touched = Vec::new();
+        index.apply(watcher::Event::Init, &mut touched);
+        index.apply(
+            watcher::Event::InitApply(machine("wc1-a", Some("wc1"), "1")),
+            &mut touched,
+        );
+        index.apply(
+            watcher::Event::InitApply(machine("wc2-a", Some("wc2"), "9")),
+            &mut touched,
+        );
+        assert!(touched.is_empty());
+        assert_eq!(index.len(), 3);
+        index.apply(watcher::Event::InitDone, &mut touched);
+        touched.sort();
+        touched.dedup();
+        // wc1 unchanged: not touched; wc2 changed, wc3 vanished.
+        assert_eq!(
+            touched,
+            [
+                key("default", "wc2"),
+                key("default", "wc2-a"),
+                key("default", "wc3"),
+                key("default", "wc3-a")
+            ]
+        );
+        assert_eq!(index.len(), 2);
+        assert!(index.of_cluster("default", "wc3").is_empty());
+        assert_eq!(
+            str_at(
+                &index.get("default", "wc2-a").unwrap(),
+                "/metadata/resourceVersion"
+            ),
+            "9"
+        );
+    }
+
+    #[test]
+    fn a_notification_wakes_only_the_subscribers_of_its_keys() {
+        let n = Notifier::new();
+        let mut wc1 = n.subscribe(key("default", "wc1"));
+        let wc2 = n.subscribe(key("default", "wc2"));
+        let mut any = n.any.subscribe();
+        n.notify(&[key("default", "wc1"), key("default", "wc1-a")]);
+        assert!(wc1.has_changed().unwrap());
+        assert!(!wc2.has_changed().unwrap());
+        assert!(any.has_changed().unwrap());
+        wc1.borrow_and_update();
+        any.borrow_and_update();
+        // A key whose waits ended is dropped at its next change.
+        drop(wc2);
+        n.notify(&[key("default", "wc2")]);
+        assert!(!n.keys.lock().unwrap().contains_key(&key("default", "wc2")));
+        assert!(!wc1.has_changed().unwrap());
     }
 }

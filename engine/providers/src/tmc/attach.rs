@@ -16,14 +16,17 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::client::{TmcClient, TmcSettings};
-use super::models::{Cluster, FullName, ATTACHED, PHASE_DELETING, PHASE_DETACHING};
+use super::client::{ClusterPoll, TmcClient, TmcSettings};
+use super::models::{Cluster, FullName, ATTACHED};
 use super::{SecretToken, TmcError};
+use crate::wait::{drive, step_error, DriveOptions};
 use crate::ManifestApplier;
 use std::collections::BTreeMap;
 use tkgops_domain::executor::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 use tkgops_domain::step::TmcClusterInputs;
+use tkgops_domain::wait::tmc::{cluster_failure, TmcCluster, TmcClusterReady};
 use tkgops_domain::workflow::plan::OWNER_LABEL;
+use tokio::time::Instant;
 
 /// Field manager of the installer apply.
 const FIELD_MANAGER: &str = "tkgops";
@@ -246,37 +249,32 @@ impl TmcExecutor {
         tracing::info!(cluster = %shown, objects = applied.len(), "applied the TMC installer manifest");
 
         // Poll until the agent connects (TMC-TF: GET every 10 s until READY).
-        let mut errors = 0u32;
-        let mut last_line = String::new();
-        loop {
-            match client.get_cluster(&full_name).await {
-                Ok(Some(c)) => {
-                    errors = 0;
-                    let line = format!("TMC phase {}, health {}", c.phase(), c.health());
-                    if line != last_line {
-                        ctx.progress.report(&line);
-                        last_line = line;
-                    }
-                    check_not_failed(&c, &shown)?;
-                    if c.is_ready() {
-                        report_health(ctx, &c, &shown);
-                        return Ok(output(&c, inputs, true, &updated));
-                    }
-                }
-                Ok(None) => {
-                    return Err(StepError::Transient(format!(
-                        "TMC cluster {shown} disappeared while waiting for its agent to connect"
-                    )))
-                }
-                Err(e) if e.is_transient() && errors < MAX_POLL_ERRORS => {
-                    errors += 1;
-                    ctx.progress
-                        .report(&format!("polling TMC failed ({e}); retrying"));
-                }
-                Err(e) => return Err(e.into()),
-            }
-            tokio::time::sleep(self.poll_interval).await;
-        }
+        let mut poll = ClusterPoll::new(&client, &full_name, self.poll_interval);
+        let mut judge = TmcClusterReady::<Cluster>::new(&shown);
+        let c = drive(
+            &mut poll,
+            &mut judge,
+            &ctx.progress,
+            &DriveOptions::tmc(Instant::now(), MAX_POLL_ERRORS),
+        )
+        .await?;
+        report_health(ctx, &c, &shown);
+        Ok(output(&c, inputs, true, &updated))
+    }
+}
+
+impl TmcCluster for Cluster {
+    fn phase(&self) -> &str {
+        Cluster::phase(self)
+    }
+    fn health(&self) -> &str {
+        Cluster::health(self)
+    }
+    fn uid(&self) -> Option<&str> {
+        self.meta.uid.as_deref()
+    }
+    fn condition_messages(&self) -> String {
+        Cluster::condition_messages(self)
     }
 }
 
@@ -347,26 +345,10 @@ pub(super) fn check_owned(
 /// `ERROR` / `UPGRADE_FAILED` → Permanent with the condition messages; `DETACHING` /
 /// `DELETING` → Transient (a detach is in progress; a later attempt re-creates the cluster).
 fn check_not_failed(c: &Cluster, shown: &str) -> Result<(), StepError> {
-    if c.is_failed() {
-        let conds = c.condition_messages();
-        let detail = if conds.is_empty() {
-            String::new()
-        } else {
-            format!(": {conds}")
-        };
-        return Err(StepError::Permanent(format!(
-            "TMC cluster {shown} is in phase {} (health {}){detail}",
-            c.phase(),
-            c.health()
-        )));
+    match cluster_failure(c, shown) {
+        Some(f) => Err(step_error(f)),
+        None => Ok(()),
     }
-    if matches!(c.phase(), PHASE_DETACHING | PHASE_DELETING) {
-        return Err(StepError::Transient(format!(
-            "TMC cluster {shown} is being detached (phase {})",
-            c.phase()
-        )));
-    }
-    Ok(())
 }
 
 /// The cluster's TMC full name from the inputs (`attached`/`attached`/the workload cluster's

@@ -501,6 +501,60 @@ impl TmcClient {
     }
 }
 
+/// The TMC waits' snapshot source: `GET` of one cluster (TMC has no watch API), once at the
+/// start and then every poll interval (a `tokio::time::interval`; a late poll delays the next
+/// ones rather than bursting). A failed `GET` is a trouble the driver's error budget counts.
+pub(super) struct ClusterPoll<'a> {
+    client: &'a TmcClient,
+    full_name: &'a FullName,
+    interval: tokio::time::Interval,
+}
+
+impl<'a> ClusterPoll<'a> {
+    /// Polls `full_name` through `client` every `every` (at least 1 ms).
+    pub(super) fn new(client: &'a TmcClient, full_name: &'a FullName, every: Duration) -> Self {
+        let mut interval = tokio::time::interval(every.max(Duration::from_millis(1)));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first observation is now: the first tick is one period away.
+        interval.reset();
+        ClusterPoll {
+            client,
+            full_name,
+            interval,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::wait::Source for ClusterPoll<'_> {
+    type Snapshot = Option<Cluster>;
+
+    async fn observe(
+        &mut self,
+        _progress: &mut crate::wait::Reporter,
+    ) -> Result<crate::wait::Observed<Option<Cluster>>, tkgops_domain::executor::StepError> {
+        use crate::wait::Observed;
+        Ok(match self.client.get_cluster(self.full_name).await {
+            Ok(c) => Observed::Snapshot(c),
+            Err(e) => Observed::Trouble(e.into()),
+        })
+    }
+
+    async fn changed(&mut self, until: Option<tokio::time::Instant>) {
+        match until {
+            Some(u) => {
+                tokio::select! {
+                    _ = self.interval.tick() => {}
+                    _ = tokio::time::sleep_until(u) => {}
+                }
+            }
+            None => {
+                self.interval.tick().await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,21 +23,15 @@ use tokio::time::Instant;
 use super::attach::{
     check_owned, require_owner_mark, resolve_full_name, TmcExecutor, MAX_POLL_ERRORS,
 };
-use super::client::TmcClient;
-use super::models::{FullName, PHASE_DETACHING};
+use super::client::{ClusterPoll, TmcClient};
+use super::models::{Cluster, FullName, PHASE_DETACHING};
 use super::TmcError;
+use crate::wait::{drive, DriveOptions};
 use tkgops_domain::executor::{StepContext, StepError};
 use tkgops_domain::step::TmcClusterInputs;
+use tkgops_domain::wait::tmc::{Gone, TmcClusterGone};
 #[cfg(doc)]
 use tkgops_domain::workflow::plan::OWNER_LABEL;
-
-/// How a wait for the cluster's disappearance ended.
-enum Gone {
-    /// `GET` answered 404.
-    Yes,
-    /// The timeout passed with the cluster still there, in this phase.
-    StillThere(String),
-}
 
 impl TmcExecutor {
     /// Runs one attempt of `tmc.detach` for `inputs` (see the module docs).
@@ -86,7 +80,7 @@ impl TmcExecutor {
             .wait_gone(ctx, &client, &full_name, &shown, uid.as_deref())
             .await?
         {
-            Gone::Yes => {
+            Gone::Yes | Gone::Replaced(_) => {
                 ctx.progress.report(&format!("TMC cluster {shown} detached"));
                 return Ok(out(true, false));
             }
@@ -100,7 +94,7 @@ impl TmcExecutor {
             .wait_gone(ctx, &client, &full_name, &shown, uid.as_deref())
             .await?
         {
-            Gone::Yes => {
+            Gone::Yes | Gone::Replaced(_) => {
                 ctx.progress
                     .report(&format!("TMC cluster {shown} detached (forced)"));
                 Ok(out(true, true))
@@ -114,8 +108,11 @@ impl TmcExecutor {
 
     /// Polls `GET` every `poll_interval` until 404, until the name answers with a `meta.uid`
     /// other than `uid` (the cluster tkgops deleted is gone and a new one took the name), or
-    /// until `detach_timeout` has passed (tokio time, so paused-clock tests run instantly).
-    /// Reports each new phase once.
+    /// until `detach_timeout` has passed (tokio time, so paused-clock tests run instantly):
+    /// judge [`TmcClusterGone`] run by the wait driver. Reports each new phase once.
+    ///
+    /// Errors: a permanent `GET` error at once; the fourth transient one in a row
+    /// (`MAX_POLL_ERRORS` tolerated).
     async fn wait_gone(
         &self,
         ctx: &StepContext,
@@ -124,40 +121,16 @@ impl TmcExecutor {
         shown: &str,
         uid: Option<&str>,
     ) -> Result<Gone, StepError> {
-        let deadline = Instant::now() + self.detach_timeout;
-        let mut errors = 0u32;
-        let mut last_phase = String::new();
-        loop {
-            match client.get_cluster(full_name).await {
-                Ok(None) => return Ok(Gone::Yes),
-                Ok(Some(c)) if uid.is_some() && c.meta.uid.as_deref() != uid => {
-                    ctx.progress.report(&format!(
-                        "TMC cluster {shown} was detached; a new TMC cluster of that name \
-                         (uid {}) exists and is left alone",
-                        c.meta.uid.as_deref().unwrap_or("?")
-                    ));
-                    return Ok(Gone::Yes);
-                }
-                Ok(Some(c)) => {
-                    errors = 0;
-                    if c.phase() != last_phase {
-                        last_phase = c.phase().to_string();
-                        ctx.progress
-                            .report(&format!("TMC cluster {shown}: phase {last_phase}"));
-                    }
-                }
-                Err(e) if e.is_transient() && errors < MAX_POLL_ERRORS => {
-                    errors += 1;
-                    ctx.progress
-                        .report(&format!("polling TMC failed ({e}); retrying"));
-                }
-                Err(e) => return Err(e.into()),
-            }
-            if Instant::now() >= deadline {
-                return Ok(Gone::StillThere(last_phase));
-            }
-            tokio::time::sleep(self.poll_interval).await;
-        }
+        let start = Instant::now();
+        let mut poll = ClusterPoll::new(client, full_name, self.poll_interval);
+        let mut judge = TmcClusterGone::<Cluster>::new(shown, uid);
+        drive(
+            &mut poll,
+            &mut judge,
+            &ctx.progress,
+            &DriveOptions::tmc(start, MAX_POLL_ERRORS).with_deadline(start + self.detach_timeout),
+        )
+        .await
     }
 }
 
