@@ -512,12 +512,15 @@ async fn an_apply_schedule_upgrades_wave_by_wave_halts_on_a_regression_and_resum
         bot.poll_once().await.unwrap();
     }
     let journal = bot
-        .store()
-        .get_meta("schedule/weekly-apply/fire/2026-12-05T01:00:00+00:00")
+        .journal()
+        .fire(
+            "weekly-apply",
+            Utc.with_ymd_and_hms(2026, 12, 5, 1, 0, 0).unwrap(),
+        )
         .await
         .unwrap()
         .expect("the fire record");
-    let journal: serde_json::Value = serde_json::from_slice(&journal).unwrap();
+    let journal = serde_json::to_value(journal).unwrap();
     assert_eq!(journal["state"], "applying");
     assert_eq!(journal["apply"]["halt"]["wave"], "canary");
     assert!(run_of(&bot, record.number, "team-b-prod").await.is_none());
@@ -803,9 +806,10 @@ async fn a_killed_bot_resumes_a_scheduled_apply_without_firing_or_patching_twice
             "{cluster}: one merge patch of spec.topology.version"
         );
     }
-    let store =
+    let store = Arc::new(
         tkgops_engine::store::SledStore::open(&env.workdir.join("bot-state").join("journal"))
-            .unwrap();
+            .unwrap(),
+    );
     use tkgops_engine::store::Store;
     let runs = store
         .list_runs_by_origin(&tkgops::pr_origin(records[0].number))
@@ -821,9 +825,7 @@ async fn a_killed_bot_resumes_a_scheduled_apply_without_firing_or_patching_twice
             .unwrap();
         assert_eq!(patch.attempts.len(), 1, "{r:#?}");
     }
-    let fires: Vec<_> = store
-        .scan_meta("schedule/weekly-apply/fire/")
-        .await
-        .unwrap();
+    let (journal, _) = tkgops::BotJournal::open(store).await.unwrap();
+    let fires = journal.fires("weekly-apply").await.unwrap();
     assert_eq!(fires.len(), 1, "fired once");
 }

@@ -3,9 +3,10 @@
 //! fleet dashboard issue.
 //!
 //! Comments are read by polling the repository's comment list (`since` a cursor kept in the
-//! journal, [`COMMENTS_CURSOR_KEY`]), like pull requests: a webhook only wakes the poll. Each
+//! journal, [`Cursor::Comments`]), like pull requests: a webhook only wakes the poll. Each
 //! command is answered once, in a reply keyed by the command's comment id
-//! ([`reply_marker`]), and recorded as handled (`command/<comment id>`) after the reply.
+//! ([`reply_marker`]), and recorded as handled ([`crate::BotJournal::command_answered`]) after
+//! the reply.
 //!
 //! A command is its author's own words (DESIGN.md security rule 8): GitHub lets anyone with
 //! write access edit other people's comments, and the API names only the comment's author, so
@@ -30,19 +31,11 @@
 
 use tracing::{info, warn};
 
-use crate::{Bot, BotError, MergeRecord};
+use crate::journal::Cursor;
+use crate::{Bot, BotError, MergeRecord, MergeSha};
 use tkgops_domain::workflow::markdown::STICKY_MARKER;
-
-/// Journal key prefix of the last `updated_at` of each sticky comment re-rendered after an
-/// edit (`comment/sticky-seen/<comment id>` → RFC 3339).
-pub const STICKY_SEEN_PREFIX: &str = "comment/sticky-seen/";
 use tkgops_engine::{CancelOutcome, RunState};
 use tkgops_providers::github::{IssueComment, PullRequest};
-
-/// Journal key of the comment cursor: the `updated_at` (GitHub's clock, RFC 3339) of the newest
-/// comment read. Each poll lists the comments updated since, with a 5 min overlap; a bot that
-/// never polled before starts 5 min before its first poll (old commands are not replayed).
-pub const COMMENTS_CURSOR_KEY: &str = "poll/comments-cursor";
 
 /// A `/tkgops` command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,7 +126,7 @@ impl Bot {
     ///
     /// Errors: [`BotError`] when the comments cannot be listed or the cursor cannot be stored.
     pub(crate) async fn handle_commands(&self, tip: &str) -> Result<(), BotError> {
-        let cursor = crate::meta_time(&*self.store, COMMENTS_CURSOR_KEY).await?;
+        let cursor = self.journal.cursor(Cursor::Comments).await?;
         let since = cursor.unwrap_or_else(chrono::Utc::now) - chrono::Duration::minutes(5);
         let comments = self
             .vcs
@@ -150,10 +143,7 @@ impl Bot {
         }
         let newest = newest.unwrap_or_else(|| chrono::Utc::now() - chrono::Duration::minutes(5));
         if cursor != Some(newest) {
-            self.store
-                .put_meta(COMMENTS_CURSOR_KEY, newest.to_rfc3339().as_bytes())
-                .await
-                .map_err(store_err)?;
+            self.journal.set_cursor(Cursor::Comments, newest).await?;
         }
         Ok(())
     }
@@ -165,14 +155,7 @@ impl Bot {
         let Some(parsed) = parse(&c.body) else {
             return Ok(());
         };
-        let done = format!("command/{}", c.id);
-        if self
-            .store
-            .get_meta(&done)
-            .await
-            .map_err(store_err)?
-            .is_some()
-        {
+        if self.journal.command_answered(c.id).await? {
             return Ok(());
         }
         // Security rule 8: an edited comment is not a command, whoever edited it.
@@ -189,10 +172,7 @@ impl Bot {
             .upsert_comment(c.issue_number, &reply_marker(c.id), &body)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
-        self.store
-            .put_meta(&done, b"answered")
-            .await
-            .map_err(store_err)?;
+        self.journal.set_command_answered(c.id).await?;
         info!(comment = c.id, issue = c.issue_number, user = %c.user, "command answered");
         Ok(())
     }
@@ -201,11 +181,10 @@ impl Bot {
     /// edited away).
     async fn is_sticky(&self, c: &IssueComment) -> Result<bool, BotError> {
         Ok(self
-            .store
-            .get_meta(&crate::sticky_id_key(c.issue_number))
-            .await
-            .map_err(store_err)?
-            .is_some_and(|id| id == c.id.to_string().as_bytes()))
+            .journal
+            .sticky(c.issue_number)
+            .await?
+            .is_some_and(|s| s.comment_id == c.id))
     }
 
     /// Renders the sticky comment `c` of its pull request again when someone else edited it
@@ -218,40 +197,22 @@ impl Bot {
     ///
     /// Errors: [`BotError::Store`].
     async fn rerender_sticky(&self, c: &IssueComment) -> Result<(), BotError> {
-        let merged = self
-            .store
-            .get_meta(&format!("pr/{}/merged", c.issue_number))
-            .await
-            .map_err(store_err)?;
-        if let Some(sha) = merged {
-            let key = format!("{STICKY_SEEN_PREFIX}{}", c.id);
-            let seen = c.updated_at.to_rfc3339();
-            if self
-                .store
-                .get_meta(&key)
-                .await
-                .map_err(store_err)?
-                .as_deref()
-                == Some(seen.as_bytes())
-            {
+        if let Some(sha) = self.journal.merged(c.issue_number).await? {
+            if self.journal.sticky_seen(c.id).await? == Some(c.updated_at) {
                 return Ok(());
             }
-            self.publisher.notify(&String::from_utf8_lossy(&sha));
-            return self
-                .store
-                .put_meta(&key, seen.as_bytes())
-                .await
-                .map_err(store_err);
+            self.publisher.notify(&sha);
+            return Ok(self.journal.set_sticky_seen(c.id, c.updated_at).await?);
         }
         let written = self
-            .store
-            .get_meta(&crate::sticky_digest_key(c.issue_number))
-            .await
-            .map_err(store_err)?;
+            .journal
+            .sticky(c.issue_number)
+            .await?
+            .and_then(|s| s.body_sha256);
         let Some(written) = written else {
             return Ok(());
         };
-        if written == crate::digest_hash(c.body.as_bytes()).as_bytes() {
+        if written == crate::sha256_hex(c.body.as_bytes()) {
             return Ok(());
         }
         if c.body.contains(STICKY_MARKER) && !self.is_sticky(c).await? {
@@ -259,10 +220,7 @@ impl Bot {
             return Ok(());
         }
         warn!(comment = c.id, pr = c.issue_number, user = %c.user, "the plan comment was edited by someone else: writing it again");
-        self.store
-            .delete_meta(&format!("pr/{}/planned", c.issue_number))
-            .await
-            .map_err(store_err)
+        Ok(self.journal.forget_planned(c.issue_number).await?)
     }
 
     /// Checks who may run `cmd` and runs it; returns the reply.
@@ -383,10 +341,7 @@ impl Bot {
                 if pr.merged { "merged" } else { "closed" }
             ));
         }
-        self.store
-            .delete_meta(&format!("pr/{}/planned", pr.number))
-            .await
-            .map_err(store_err)?;
+        self.journal.forget_planned(pr.number).await?;
         self.plan_pull(pr, tip).await?;
         Ok(format!(
             "@{who}: planned again at {}: the plan comment is up to date.",
@@ -397,7 +352,7 @@ impl Bot {
     /// The merge record of merged PR `pr`, if the bot handled its merge.
     async fn merge_record_of(&self, pr: &PullRequest) -> Result<Option<MergeRecord>, BotError> {
         match pr.merge_commit_sha.as_deref().filter(|_| pr.merged) {
-            Some(sha) => crate::merge_record(&*self.store, sha).await,
+            Some(sha) => Ok(self.journal.merge_record(&MergeSha::new(sha)).await?),
             None => Ok(None),
         }
     }
@@ -416,16 +371,7 @@ impl Bot {
             if run.state != RunState::Failed {
                 continue;
             }
-            let latest = self
-                .store
-                .get_meta(&format!(
-                    "{}{}",
-                    crate::replan::LAST_RUN_PREFIX,
-                    run.cluster
-                ))
-                .await
-                .map_err(store_err)?
-                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            let latest = self.journal.last_run(&run.cluster).await?;
             // A later run that started a step applied newer desired state: resuming this
             // older one would apply its older state over it.
             let mut later_started = false;
@@ -453,13 +399,7 @@ impl Bot {
                 .map(|s| s.spec.title.clone())
                 .unwrap_or_default();
             // Listed as unpublished again: the final comment and status will change.
-            self.store
-                .put_meta(
-                    &format!("{}{}", crate::publisher::PENDING_PREFIX, record.commit),
-                    b"",
-                )
-                .await
-                .map_err(store_err)?;
+            self.journal.mark_unpublished(&record.commit).await?;
             match self
                 .engine
                 .retry(&run.id, &format!("retried by @{who} with `/tkgops retry`"))

@@ -369,7 +369,12 @@ impl ConfigRepo {
     ///
     /// Errors: [`GitError::NotFound`] when `merged` or `head` is unknown (fetch the pull
     /// request's head first).
-    pub fn merge_shape(&self, merged: &str, head: &str) -> Result<MergeShape, GitError> {
+    pub fn merge_shape(
+        &self,
+        merged: &crate::MergeSha,
+        head: &crate::HeadSha,
+    ) -> Result<MergeShape, GitError> {
+        let (merged, head) = (merged.as_str(), head.as_str());
         let repo = self.repo()?;
         let merged_id = oid(merged)?;
         let commit = repo
@@ -689,6 +694,7 @@ impl ConfigRepo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{HeadSha, MergeSha};
 
     /// A bare repository with `main` = c0, and helpers to commit on top of a commit.
     struct Fixture {
@@ -763,21 +769,30 @@ mod tests {
 
         // A merge commit: parents [base tip, head].
         let m = f.commit(&[other, p2], "clusters/a/x", "a", ("GitHub", 5), "Merge");
-        let shape = f.mirror.merge_shape(&s(m), &s(p2)).unwrap();
+        let shape = f
+            .mirror
+            .merge_shape(&MergeSha::new(s(m)), &HeadSha::new(s(p2)))
+            .unwrap();
         assert_eq!(shape.method, MergeMethod::Merge);
         assert_eq!(shape.base, Some(s(other)));
         assert_eq!(shape.commits, vec![s(m)]);
 
         // A squash: one commit on the base tip.
         let sq = f.commit(&[other], "tkgops.yaml", "v1", ("eve", 6), "Squashed (#1)");
-        let shape = f.mirror.merge_shape(&s(sq), &s(p2)).unwrap();
+        let shape = f
+            .mirror
+            .merge_shape(&MergeSha::new(s(sq)), &HeadSha::new(s(p2)))
+            .unwrap();
         assert_eq!(shape.method, MergeMethod::Squash);
         assert_eq!(shape.base, Some(s(other)));
 
         // A rebase: each commit re-applied with the same author, time and message.
         let r1 = f.commit(&[other], "tkgops.yaml", "v1", ("eve", 3), "policy");
         let r2 = f.commit(&[r1], "clusters/a/x", "a", ("eve", 4), "cluster");
-        let shape = f.mirror.merge_shape(&s(r2), &s(p2)).unwrap();
+        let shape = f
+            .mirror
+            .merge_shape(&MergeSha::new(s(r2)), &HeadSha::new(s(p2)))
+            .unwrap();
         assert_eq!(shape.method, MergeMethod::Rebase);
         assert_eq!(shape.base, Some(s(other)), "never the first rebased commit");
         assert_eq!(shape.commits, vec![s(r1), s(r2)]);

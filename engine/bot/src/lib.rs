@@ -18,6 +18,7 @@ pub mod commands;
 pub mod config;
 pub mod executors;
 pub mod gitops;
+pub mod journal;
 pub mod local;
 pub mod publisher;
 pub mod redact;
@@ -25,6 +26,7 @@ pub mod replan;
 pub mod schedule_apply;
 pub mod schedules;
 pub mod serve;
+pub mod sha;
 #[cfg(test)]
 mod testing;
 pub mod trust;
@@ -34,11 +36,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tkgops_domain::files::TreeReader;
 use tracing::{info, warn};
 
 use crate::gitops::{ConfigRepo, GitError};
+pub use journal::{BotJournal, MergeRecord, NotRun};
+use journal::{Cursor, PlanDigests, PlannedAs, StickyComment};
+pub use sha::{HeadSha, MergeSha, PolicySha};
 use tkgops_domain::request::{Finding, RepoConfig, Severity, ALLOW_DELETE_LABEL};
 use tkgops_domain::workflow::markdown::{self, NotRunView, STICKY_MARKER};
 use tkgops_domain::workflow::plan::{load_repo_config, ClusterPlan, PlanStatus};
@@ -48,11 +52,6 @@ use tkgops_engine::{Engine, RunRequest};
 use tkgops_providers::github::{CommitState, PullRequest, RepoInfo, VcsClient};
 
 pub use config::BotConfig;
-
-/// Journal key of the closed-PR cursor: the `updated_at` (GitHub's clock, RFC 3339) of the
-/// newest closed pull request whose merge has been handled. Each poll lists the PRs closed
-/// since (with a 5 min overlap); on the very first start the last 24 h are scanned.
-pub const CLOSED_CURSOR_KEY: &str = "poll/closed-cursor";
 
 /// Commit status context of plans.
 pub const PLAN_CONTEXT: &str = "tkgops/plan";
@@ -79,45 +78,14 @@ pub enum BotError {
     Render(String),
 }
 
-/// What the bot remembers about a merge commit it handled (stored under `merge/<sha>`): the
-/// PR, the clusters not run and the plan Markdown shown collapsed in the run comment.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MergeRecord {
-    /// Pull request number.
-    pub pr: u64,
-    /// Merge commit SHA.
-    pub commit: String,
-    /// Run ids submitted for it.
-    pub run_ids: Vec<String>,
-    /// Clusters of the plan that are not run, with the reason.
-    pub not_run: Vec<(String, String, String)>,
-    /// The plan Markdown (without the marker), secret-free.
-    pub plan_markdown: String,
-    /// Why nothing was executed (approval missing, fork), if so.
-    pub refused: Option<String>,
-    /// Clusters not run because their plan at the merge commit differs from the plan approved
-    /// for the head SHA (or none was approved): the merge did not do everything it says.
-    #[serde(default)]
-    pub changed_since_approval: Vec<String>,
-    /// The hidden marker of the run comment, when it is not the pull request's sticky comment
-    /// (the waves of a scheduled apply each have their own comment on the record pull request).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub marker: Option<String>,
-    /// Notes shown under the run comment's header: how the merge entered the default branch
-    /// (a rebase merge's range), the policy chain, changes a re-plan left out.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-}
-
 /// The parts a [`Bot`] is assembled from (see [`serve::build`]).
 pub struct BotParts {
     /// GitHub client.
     pub vcs: Arc<dyn VcsClient>,
     /// The bare mirror of the config repository.
     pub git: ConfigRepo,
-    /// The journal.
-    pub store: Arc<dyn Store>,
+    /// The bot's journal (and, through it, the engine's store of the same database).
+    pub journal: BotJournal,
     /// The step engine.
     pub engine: Engine,
     /// Workflows and templates.
@@ -138,7 +106,9 @@ pub struct BotParts {
 pub struct Bot {
     vcs: Arc<dyn VcsClient>,
     git: ConfigRepo,
+    /// The engine's runs (read only: the engine writes them).
     store: Arc<dyn Store>,
+    journal: BotJournal,
     engine: Engine,
     catalog: Arc<Catalog>,
     default_branch: String,
@@ -169,7 +139,7 @@ impl Bot {
         let BotParts {
             vcs,
             git,
-            store,
+            journal,
             engine,
             catalog,
             repo,
@@ -180,7 +150,8 @@ impl Bot {
         Bot {
             vcs,
             git,
-            store,
+            store: journal.store(),
+            journal,
             engine,
             catalog,
             default_branch: repo.default_branch,
@@ -214,7 +185,7 @@ impl Bot {
     pub fn webhook_state(&self, webhook_secret: Option<String>) -> webhook::WebhookState {
         webhook::WebhookState::new(
             webhook_secret,
-            self.store.clone(),
+            self.journal.clone(),
             self.wake.clone(),
             self.ready.clone(),
         )
@@ -231,9 +202,14 @@ impl Bot {
         &self.engine
     }
 
-    /// The bot's journal (runs, merge records, cursors).
+    /// The engine's store: the runs (and each cluster's deployed commit).
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// The bot's journal (merge records, plans, cursors, the policy chain, schedule fires).
+    pub fn journal(&self) -> &BotJournal {
+        &self.journal
     }
 
     /// Runs one poll (see the module docs). Errors of single PRs are logged and do not stop the
@@ -247,7 +223,7 @@ impl Bot {
         let tip = blocking(move || git.fetch_branch(&branch)).await?;
         // Security rule 1: the policy is the trusted policy commit's, never the tip's.
         let trusted = self.trusted_policy(&tip).await?;
-        if let Some(rc) = self.load_settings(&trusted.commit).await? {
+        if let Some(rc) = self.load_settings(trusted.commit.as_str()).await? {
             self.executors.update_management_clusters(&rc);
         }
         // Every PR closed since the cursor (GitHub's own `updated_at` clock, with an overlap),
@@ -274,7 +250,7 @@ impl Bot {
         }
         // The policy chain after those merges: an untrusted change is reported, never obeyed.
         let (trusted, _) = self.check_policy_chain(&tip).await?;
-        let repo_config = self.load_settings(&trusted.commit).await?;
+        let repo_config = self.load_settings(trusted.commit.as_str()).await?;
         if let Some(rc) = &repo_config {
             self.executors.update_management_clusters(rc);
         }
@@ -300,10 +276,7 @@ impl Bot {
         }
         let newest = closed.iter().filter_map(|p| p.updated_at).max();
         if let Some(n) = newest.filter(|n| all_handled && cursor.is_none_or(|c| *n > c)) {
-            self.store
-                .put_meta(CLOSED_CURSOR_KEY, n.to_rfc3339().as_bytes())
-                .await
-                .map_err(|e| BotError::Store(e.to_string()))?;
+            self.journal.set_cursor(Cursor::ClosedPulls, n).await?;
         }
         Ok(())
     }
@@ -391,9 +364,10 @@ impl Bot {
         self.engine.shutdown(grace).await;
     }
 
-    /// The `updated_at` of the newest closed PR whose merge was handled ([`CLOSED_CURSOR_KEY`]).
+    /// The `updated_at` of the newest closed PR whose merge was handled
+    /// ([`Cursor::ClosedPulls`]).
     async fn closed_cursor(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>, BotError> {
-        meta_time(&*self.store, CLOSED_CURSOR_KEY).await
+        Ok(self.journal.cursor(Cursor::ClosedPulls).await?)
     }
 
     /// Gives the git mirror a token valid for a while (GitHub App installation tokens are
@@ -420,13 +394,17 @@ impl Bot {
         .await
     }
 
+    /// Plans `base..head` under the policy of `settings` (see [`Planner::plan`]), with the
+    /// journal's rollout history for the estimates.
+    ///
+    /// Errors: [`BotError::Git`], [`BotError::Store`].
     pub(crate) async fn compute_plan(
         &self,
         base: String,
         head: String,
-        settings: String,
+        settings: &PolicySha,
     ) -> Result<Plan, BotError> {
-        let history = publisher::rollout_history(&*self.store).await?;
+        let history = publisher::rollout_history(&self.journal).await?;
         let planner = Planner {
             git: self.git.clone(),
             catalog: self.catalog.clone(),
@@ -437,12 +415,7 @@ impl Bot {
     }
 
     async fn plan_pull(&self, pr: &PullRequest, tip: &str) -> Result<(), BotError> {
-        let key = format!("pr/{}/planned", pr.number);
-        let planned = self
-            .store
-            .get_meta(&key)
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?;
+        let planned = self.journal.planned(pr.number).await?;
         let allow_delete = has_allow_delete(pr);
         let trusted = self
             .policy_health
@@ -451,18 +424,14 @@ impl Bot {
         let untrusted = self.policy_health.untrusted();
         // The plan depends on the head SHA, the allow-delete label and the policy chain (the
         // trusted policy commit and an untrusted change the plan warns of).
-        let policy_state = match &untrusted {
-            Some(u) => format!("@{trusted}!{}", u.commit),
-            None => format!("@{trusted}"),
+        let planned_as = |head: &HeadSha| PlannedAs {
+            head: head.clone(),
+            allow_delete,
+            policy: trusted.clone(),
+            untrusted: untrusted.as_ref().map(|u| u.commit.clone()),
         };
-        let planned_as = |head: &str| {
-            if allow_delete {
-                format!("{head}+{ALLOW_DELETE_LABEL}{policy_state}")
-            } else {
-                format!("{head}{policy_state}")
-            }
-        };
-        if planned.as_deref() == Some(planned_as(&pr.head_sha).as_bytes()) {
+        let pr_head = HeadSha::new(pr.head_sha.clone());
+        if planned.as_ref() == Some(&planned_as(&pr_head)) {
             return Ok(());
         }
         if let Some((schedule, fire)) = self.applied_record(pr).await? {
@@ -486,22 +455,19 @@ impl Bot {
                 )
                 .await
                 .map_err(gh)?;
-            self.store
-                .put_meta(&key, planned_as(&pr.head_sha).as_bytes())
-                .await
-                .map_err(|e| BotError::Store(e.to_string()))?;
+            self.journal
+                .set_planned(pr.number, &planned_as(&pr_head))
+                .await?;
             return Ok(());
         }
         let git = self.git.clone();
         let number = pr.number;
-        let head = blocking(move || git.fetch_pull_head(number)).await?;
+        let head = HeadSha::new(blocking(move || git.fetch_pull_head(number)).await?);
         let git = self.git.clone();
-        let (t, h) = (tip.to_string(), head.clone());
+        let (t, h) = (tip.to_string(), head.to_string());
         let base = blocking(move || git.merge_base(&t, &h)).await?;
         let base_sha = base.clone();
-        let mut p = self
-            .compute_plan(base, head.clone(), trusted.clone())
-            .await?;
+        let mut p = self.compute_plan(base, head.to_string(), &trusted).await?;
         self.policy_notes(&mut p, &base_sha, &head, &trusted, untrusted.as_ref())
             .await?;
         if self.is_fork(pr) {
@@ -512,20 +478,18 @@ impl Bot {
         }
         // Approvals bind to the plan they were given under: a re-plan of the same head whose
         // digest changed makes the approvals given before it stale (security rule 8).
-        let digests =
-            serde_json::to_vec(&p.digests()).map_err(|e| BotError::Store(e.to_string()))?;
+        let digests = PlanDigests(p.digests());
         if let Some(old) = self
-            .store
-            .get_meta(&digests_key(pr.number, &head))
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?
+            .journal
+            .approved_digests(pr.number, &head)
+            .await?
             .filter(|old| *old != digests)
         {
             let stale = self.stamp_approvals(pr.number, &head, &old).await?;
             if stale > 0 {
                 p.notes.push(format!(
                     "⚠️ The plan for head `{}` changed since it was last posted: the {stale} approval(s) given for the earlier plan no longer count. Approve this plan again.",
-                    short_sha(&head)
+                    head.short()
                 ));
             }
         }
@@ -553,18 +517,16 @@ impl Bot {
         // What this head SHA will run, so that the merge runs exactly what was approved;
         // journalled before the status says the plan is there (a bot stopped right after the
         // status still knows the plan when the pull request is merged).
-        self.store
-            .put_meta(&digests_key(pr.number, &head), &digests)
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?;
+        self.journal
+            .set_approved_digests(pr.number, &head, &digests)
+            .await?;
         self.vcs
-            .set_status(&head, PLAN_CONTEXT, state, &desc, None)
+            .set_status(head.as_str(), PLAN_CONTEXT, state, &desc, None)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
-        self.store
-            .put_meta(&key, planned_as(&head).as_bytes())
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?;
+        self.journal
+            .set_planned(pr.number, &planned_as(&head))
+            .await?;
         info!(pr = pr.number, head = %head, errors, "planned");
         Ok(())
     }
@@ -577,14 +539,7 @@ impl Bot {
     /// Errors: [`BotError::Render`], [`BotError::Github`], [`BotError::Store`].
     async fn post_plan(&self, number: u64, p: &Plan) -> Result<(), BotError> {
         let gh = |e: tkgops_providers::github::GithubError| BotError::Github(e.to_string());
-        let key = format!("pr/{number}/plan-details");
-        let before: Vec<String> = self
-            .store
-            .get_meta(&key)
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let before = self.journal.plan_details(number).await?;
         let inline = markdown::render_plan(p, &self.catalog, true).map_err(BotError::Render)?;
         let mut posted = Vec::new();
         let written;
@@ -623,18 +578,16 @@ impl Bot {
                 .map_err(gh)?
         };
         // Which comment is the sticky one, so an edit that removed its marker is still seen
-        // (`commands::rerender_sticky`).
-        self.store
-            .put_meta(&sticky_id_key(number), sticky_id.to_string().as_bytes())
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?;
-        self.store
-            .put_meta(
-                &sticky_digest_key(number),
-                digest_hash(written.as_bytes()).as_bytes(),
+        // (`commands::rerender_sticky`), and what it says.
+        self.journal
+            .set_sticky(
+                number,
+                &StickyComment {
+                    comment_id: sticky_id,
+                    body_sha256: Some(sha256_hex(written.as_bytes())),
+                },
             )
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?;
+            .await?;
         for gone in before.iter().filter(|c| !posted.contains(c)) {
             let marker = markdown::detail_marker(gone);
             let body = format!(
@@ -647,11 +600,7 @@ impl Bot {
                 .map_err(gh)?;
         }
         if before != posted {
-            let bytes = serde_json::to_vec(&posted).map_err(|e| BotError::Store(e.to_string()))?;
-            self.store
-                .put_meta(&key, &bytes)
-                .await
-                .map_err(|e| BotError::Store(e.to_string()))?;
+            self.journal.set_plan_details(number, &posted).await?;
         }
         Ok(())
     }
@@ -665,34 +614,17 @@ impl Bot {
     }
 
     async fn handle_merged(&self, pr: &PullRequest) -> Result<(), BotError> {
-        let Some(merge_sha) = pr.merge_commit_sha.clone() else {
+        let Some(merge_sha) = pr.merge_commit_sha.clone().map(MergeSha::new) else {
             return Ok(());
         };
-        let done_key = format!("pr/{}/merged", pr.number);
-        if self
-            .store
-            .get_meta(&done_key)
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?
-            .is_some()
-        {
+        if self.journal.merged(pr.number).await?.is_some() {
             return Ok(());
         }
+        let head = HeadSha::new(pr.head_sha.clone());
         // Only PRs this bot planned are executed: a bot started on an old repository must not
         // replay history. A plan of the head journalled its digests before its status.
-        let planned = self
-            .store
-            .get_meta(&format!("pr/{}/planned", pr.number))
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?
-            .is_some()
-            || self
-                .store
-                .get_meta(&digests_key(pr.number, &pr.head_sha))
-                .await
-                .map_err(|e| BotError::Store(e.to_string()))?
-                .is_some();
-        if !planned {
+        let approved = self.journal.approved_digests(pr.number, &head).await?;
+        if approved.is_none() && self.journal.planned(pr.number).await?.is_none() {
             return Ok(());
         }
         // The record pull request of a scheduled apply, merged at a wave commit: its upgrades
@@ -705,39 +637,36 @@ impl Bot {
             // Its wave commits ran under a schedule of the trusted policy: approved content
             // for later re-plans, never a policy change (the policy chain judges the tip).
             let git = self.git.clone();
-            let m = merge_sha.clone();
+            let m = merge_sha.to_string();
             let base = blocking(move || git.first_parent(&m)).await?;
-            self.write_ledger(
-                &trust::LedgerEntry {
-                    pr: pr.number,
-                    merge: merge_sha.clone(),
-                    base,
-                    method: gitops::MergeMethod::Merge,
-                    approved: true,
-                    refused: None,
-                },
-                std::slice::from_ref(&merge_sha),
-            )
-            .await?;
-            return self
-                .store
-                .put_meta(&done_key, merge_sha.as_bytes())
-                .await
-                .map_err(|e| BotError::Store(e.to_string()));
+            self.journal
+                .put_ledger(
+                    &trust::LedgerEntry {
+                        pr: pr.number,
+                        merge: merge_sha.clone(),
+                        base,
+                        method: gitops::MergeMethod::Merge,
+                        approved: true,
+                        refused: None,
+                    },
+                    &[merge_sha.to_string()],
+                )
+                .await?;
+            return Ok(self.journal.set_merged(pr.number, &merge_sha).await?);
         }
         let git = self.git.clone();
         let branch = self.default_branch.clone();
-        let (m, number, head) = (merge_sha.clone(), pr.number, pr.head_sha.clone());
+        let (m, number, h) = (merge_sha.clone(), pr.number, head.clone());
         let shape = blocking(move || {
             let tip = git.fetch_branch(&branch)?;
-            if !git.is_ancestor(&m, &tip) {
+            if !git.is_ancestor(m.as_str(), &tip) {
                 return Ok(None);
             }
             // The pull request's own commits tell a rebase from a squash.
-            if !git.has_commit(&head) {
+            if !git.has_commit(h.as_str()) {
                 git.fetch_pull_head(number)?;
             }
-            git.merge_shape(&m, &head).map(Some)
+            git.merge_shape(&m, &h).map(Some)
         })
         .await?;
         let Some(shape) = shape else {
@@ -749,15 +678,15 @@ impl Bot {
         // Security rule 1: the base of a merge is the default branch's tip just before it,
         // never a commit of the pull request (a rebase merge's first commits are judged with
         // the rest), and the policy is the trusted policy commit's, never the merged change's.
-        let base = shape.base.clone().unwrap_or_else(|| merge_sha.clone());
-        let trusted = self.trusted_policy(&merge_sha).await?;
-        let policy = self.load_settings(&trusted.commit).await?;
+        let base = shape.base.clone().unwrap_or_else(|| merge_sha.to_string());
+        let trusted = self.trusted_policy(merge_sha.as_str()).await?;
+        let policy = self.load_settings(trusted.commit.as_str()).await?;
         let mut p = self
-            .compute_plan(base.clone(), merge_sha.clone(), trusted.commit.clone())
+            .compute_plan(base.clone(), merge_sha.to_string(), &trusted.commit)
             .await?;
         // A merge that changes a policy file (CODEOWNERS too) needs
         // approval.destructiveApprovals.
-        if self.fingerprint(&base).await? != self.fingerprint(&merge_sha).await? {
+        if self.fingerprint(&base).await? != self.fingerprint(merge_sha.as_str()).await? {
             p.changes_policy = true;
         }
         if !has_allow_delete(pr) {
@@ -782,7 +711,7 @@ impl Bot {
                 "Rebase merge of {} commits, `{}..{}`: judged and run as one change under the policy before it.",
                 shape.commits.len(),
                 short_sha(&base),
-                short_sha(&merge_sha)
+                merge_sha.short()
             ));
         }
         if self
@@ -791,9 +720,9 @@ impl Bot {
         {
             notes.push(format!(
                 "This merge changed the policy with the approvals the trusted policy requires: its `tkgops.yaml` and `CODEOWNERS` are now the trusted policy (commit `{}`).",
-                short_sha(&merge_sha)
+                merge_sha.short()
             ));
-            if let Some(rc) = self.load_settings(&merge_sha).await? {
+            if let Some(rc) = self.load_settings(merge_sha.as_str()).await? {
                 self.executors.update_management_clusters(&rc);
             }
         }
@@ -809,70 +738,53 @@ impl Bot {
             notes,
         };
         // Security rule 2: only what was planned and approved for the approved head SHA runs.
-        let approved: BTreeMap<String, String> = match self
-            .store
-            .get_meta(&digests_key(pr.number, &pr.head_sha))
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?
-        {
-            Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-            None => BTreeMap::new(),
-        };
+        let approved = approved.unwrap_or_default();
         if refused.is_none() {
             for cp in p.executable() {
-                let key = format!("{}#{}", cp.cluster, cp.workflow.as_deref().unwrap_or("-"));
-                if approved.get(&key) != Some(&cp.digest()) {
+                let workflow = cp.workflow.as_deref();
+                if approved.get(&cp.cluster, workflow) != Some(cp.digest().as_str()) {
                     record.changed_since_approval.push(cp.cluster.clone());
-                    let why = if approved.contains_key(&key) {
+                    let why = if approved.contains(&cp.cluster, workflow) {
                         "its plan at the merge commit differs from the plan approved for head"
                     } else {
                         "no plan of it was posted and approved for head"
                     };
-                    record.not_run.push((
-                        cp.cluster.clone(),
-                        cp.intent.label(),
-                        format!(
+                    record.not_run.push(NotRun {
+                        cluster: cp.cluster.clone(),
+                        intent: cp.intent.label(),
+                        reason: format!(
                             "not run: {why} {} (the default branch moved, or the change was pushed after the plan). Open a new pull request with the change to plan and approve it again.",
-                            &pr.head_sha[..pr.head_sha.len().min(7)]
+                            head.short()
                         ),
-                    ));
+                    });
                     continue;
                 }
                 let id = format!(
                     "{}@{}#{}",
                     cp.cluster,
-                    &merge_sha[..merge_sha.len().min(12)],
+                    &merge_sha.as_str()[..merge_sha.as_str().len().min(12)],
                     cp.workflow.clone().unwrap_or_default()
                 );
                 let req = RunRequest {
                     id: id.clone(),
                     cluster: cp.cluster.clone(),
                     workflow: cp.workflow.clone().unwrap_or_default(),
-                    commit_sha: merge_sha.clone(),
+                    commit_sha: merge_sha.to_string(),
                     origin: Some(pr_origin(pr.number)),
                     steps: cp.steps.clone(),
                 };
                 record.run_ids.push(id.clone());
                 // Persist the merge record before the run exists so the publisher can render it.
-                self.put_merge_record(&record).await?;
-                self.store
-                    .put_meta(
-                        &format!("{}{}", replan::LAST_RUN_PREFIX, cp.cluster),
-                        id.as_bytes(),
-                    )
-                    .await
-                    .map_err(|e| BotError::Store(e.to_string()))?;
+                self.journal.put_merge_record(&record).await?;
+                self.journal.set_last_run(&cp.cluster, &id).await?;
                 self.engine
                     .submit(req)
                     .await
                     .map_err(|e| BotError::Engine(e.to_string()))?;
             }
         }
-        self.put_merge_record(&record).await?;
-        self.store
-            .put_meta(&done_key, merge_sha.as_bytes())
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?;
+        self.journal.put_merge_record(&record).await?;
+        self.journal.set_merged(pr.number, &merge_sha).await?;
         info!(pr = pr.number, merge = %merge_sha, runs = record.run_ids.len(), refused = ?record.refused, "merge handled");
         // The publisher is the only writer of run comments: a write retried here could land
         // after a newer one and show a stale state.
@@ -880,37 +792,15 @@ impl Bot {
         Ok(())
     }
 
-    pub(crate) async fn put_merge_record(&self, record: &MergeRecord) -> Result<(), BotError> {
-        let bytes = serde_json::to_vec(record).map_err(|e| BotError::Store(e.to_string()))?;
-        // Listed as unpublished first: a crash after the record is written still republishes.
-        self.store
-            .put_meta(
-                &format!("{}{}", publisher::PENDING_PREFIX, record.commit),
-                b"",
-            )
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?;
-        self.store
-            .put_meta(&format!("merge/{}", record.commit), &bytes)
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))
-    }
-
     /// Asks the publisher to (re)publish every merge commit whose final comment and status
-    /// GitHub has not accepted yet (listed under [`publisher::PENDING_PREFIX`]), e.g. because
-    /// the previous bot process stopped while GitHub refused them.
+    /// GitHub has not accepted yet ([`BotJournal::unpublished`]), e.g. because the previous
+    /// bot process stopped while GitHub refused them. Returns how many.
     ///
     /// Errors: [`BotError::Store`] when the journal cannot be read.
     pub async fn republish_pending(&self) -> Result<usize, BotError> {
-        let pending = self
-            .store
-            .scan_meta(publisher::PENDING_PREFIX)
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?;
-        for (key, _) in &pending {
-            if let Some(commit) = key.strip_prefix(publisher::PENDING_PREFIX) {
-                self.publisher.notify(commit);
-            }
+        let pending = self.journal.unpublished().await?;
+        for commit in &pending {
+            self.publisher.notify(commit);
         }
         Ok(pending.len())
     }
@@ -925,9 +815,9 @@ impl Bot {
         pr: &PullRequest,
         p: &Plan,
         repo: Option<&RepoConfig>,
-        policy: &str,
+        policy: &PolicySha,
         base: &str,
-        merge: &str,
+        merge: &MergeSha,
     ) -> Result<Option<String>, BotError> {
         let Some(repo) = repo else {
             return Ok(Some(
@@ -958,23 +848,18 @@ impl Bot {
         // The plan the merge runs is the one of the head's current digests: an approval stamped
         // under another digest was given for an earlier plan of the same head.
         let current = self
-            .store
-            .get_meta(&digests_key(pr.number, &pr.head_sha))
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?
-            .map(|d| digest_hash(&d));
+            .journal
+            .approved_digests(pr.number, &HeadSha::new(pr.head_sha.clone()))
+            .await?
+            .map(|d| d.hash());
         let mut approved = std::collections::BTreeSet::new();
         for (u, (state, commit, id)) in latest {
             if u == author || state != "APPROVED" || commit.as_deref() != Some(pr.head_sha.as_str())
             {
                 continue;
             }
-            let stamp = self
-                .store
-                .get_meta(&review_stamp_key(pr.number, id))
-                .await
-                .map_err(|e| BotError::Store(e.to_string()))?;
-            if stamp.is_some_and(|s| Some(String::from_utf8_lossy(&s).into_owned()) != current) {
+            let stamp = self.journal.review_stamp(pr.number, id).await?;
+            if stamp.is_some_and(|s| Some(s) != current) {
                 continue;
             }
             approved.insert(u);
@@ -1049,31 +934,22 @@ impl Bot {
     async fn stamp_approvals(
         &self,
         number: u64,
-        head: &str,
-        digests: &[u8],
+        head: &HeadSha,
+        digests: &PlanDigests,
     ) -> Result<usize, BotError> {
         let reviews = self
             .vcs
             .list_reviews(number)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
-        let hash = digest_hash(digests);
+        let hash = digests.hash();
         let mut stamped = 0;
         for r in reviews
             .iter()
-            .filter(|r| r.state == "APPROVED" && r.commit_id.as_deref() == Some(head))
+            .filter(|r| r.state == "APPROVED" && r.commit_id.as_deref() == Some(head.as_str()))
         {
-            let key = review_stamp_key(number, r.id);
-            let existing = self
-                .store
-                .get_meta(&key)
-                .await
-                .map_err(|e| BotError::Store(e.to_string()))?;
-            if existing.is_none() {
-                self.store
-                    .put_meta(&key, hash.as_bytes())
-                    .await
-                    .map_err(|e| BotError::Store(e.to_string()))?;
+            if self.journal.review_stamp(number, r.id).await?.is_none() {
+                self.journal.set_review_stamp(number, r.id, &hash).await?;
             }
             stamped += 1;
         }
@@ -1125,17 +1001,18 @@ pub struct Planner {
 
 impl Planner {
     /// Plans `base..head` (commit SHAs) under the policy (`tkgops.yaml`) of commit `settings`,
-    /// without credentials, with `history` for the rollout estimates (domain [`plan`]).
+    /// without credentials, with `history` for the rollout estimates (domain [`plan()`]).
     ///
     /// Errors: [`BotError::Git`] when a commit cannot be read.
     pub async fn plan(
         &self,
         base: String,
         head: String,
-        settings: String,
+        settings: &PolicySha,
         history: tkgops_domain::workflow::RolloutHistory,
     ) -> Result<Plan, BotError> {
-        self.plan_paths(base, head, settings, history, None).await
+        self.plan_paths(base, head, settings.to_string(), history, None)
+            .await
     }
 
     /// Plans only cluster `cluster`'s part of `base..head` (its `clusters/<cluster>/` files)
@@ -1146,12 +1023,18 @@ impl Planner {
         &self,
         base: String,
         head: String,
-        settings: String,
+        settings: &PolicySha,
         cluster: &str,
     ) -> Result<Plan, BotError> {
         let prefix = format!("clusters/{cluster}/");
-        self.plan_paths(base, head, settings, Default::default(), Some(prefix))
-            .await
+        self.plan_paths(
+            base,
+            head,
+            settings.to_string(),
+            Default::default(),
+            Some(prefix),
+        )
+        .await
     }
 
     async fn plan_paths(
@@ -1187,41 +1070,6 @@ impl Planner {
     }
 }
 
-/// A time the journal keeps under `key` as RFC 3339 text (cursors, schedule fires); `None`
-/// when absent or unreadable.
-///
-/// Errors: [`BotError::Store`] when the journal cannot be read.
-pub(crate) async fn meta_time(
-    store: &dyn Store,
-    key: &str,
-) -> Result<Option<chrono::DateTime<chrono::Utc>>, BotError> {
-    Ok(store
-        .get_meta(key)
-        .await
-        .map_err(|e| BotError::Store(e.to_string()))?
-        .and_then(|b| schedules::parse_time(&b)))
-}
-
-/// The record of merge commit `sha` (`merge/<sha>`), if the bot handled that merge.
-///
-/// Errors: [`BotError::Store`] when the journal cannot be read or the record does not decode.
-pub(crate) async fn merge_record(
-    store: &dyn Store,
-    sha: &str,
-) -> Result<Option<MergeRecord>, BotError> {
-    let store_err = |e: String| BotError::Store(e);
-    match store
-        .get_meta(&format!("merge/{sha}"))
-        .await
-        .map_err(|e| store_err(e.to_string()))?
-    {
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| store_err(e.to_string())),
-        None => Ok(None),
-    }
-}
-
 /// The first 7 characters of a commit SHA.
 pub(crate) fn short_sha(sha: &str) -> &str {
     &sha[..sha.len().min(7)]
@@ -1254,33 +1102,10 @@ fn refuse_deletes_without_label(p: &mut Plan) {
     }
 }
 
-/// The journal key of the digests of what the plan of PR `number` at `head_sha` executes
-/// (`pr/<number>/digests/<head SHA>`: JSON object `<cluster>#<workflow>` → digest).
-fn digests_key(number: u64, head_sha: &str) -> String {
-    format!("pr/{number}/digests/{head_sha}")
-}
-
-/// The journal key of the id of PR `number`'s sticky comment: `pr/<number>/sticky-id`.
-pub(crate) fn sticky_id_key(number: u64) -> String {
-    format!("pr/{number}/sticky-id")
-}
-
-/// The journal key of the SHA-256 of the plan comment tkgops last wrote on PR `number`:
-/// `pr/<number>/sticky-digest` (an edit by someone else shows as another body).
-pub(crate) fn sticky_digest_key(number: u64) -> String {
-    format!("pr/{number}/sticky-digest")
-}
-
-/// The journal key of the plan an approval was given under: `pr/<number>/review/<review id>`
-/// → the [`digest_hash`] of the plan's digests when the plan changed after it.
-fn review_stamp_key(number: u64, review: u64) -> String {
-    format!("pr/{number}/review/{review}")
-}
-
-/// SHA-256 (hex) of a plan's digests as journalled under [`digests_key`].
-pub(crate) fn digest_hash(digests: &[u8]) -> String {
+/// SHA-256 (hex) of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(digests))
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// The engine origin of runs caused by pull request `number`: `github:pr/<number>`.
@@ -1288,7 +1113,8 @@ pub fn pr_origin(number: u64) -> String {
     format!("github:pr/{number}")
 }
 
-fn not_run(p: &Plan) -> Vec<(String, String, String)> {
+/// The clusters of `p` that are not run (blocked, or nothing to do), and why.
+fn not_run(p: &Plan) -> Vec<NotRun> {
     p.clusters
         .iter()
         .filter(|c| c.status != PlanStatus::Ready)
@@ -1297,7 +1123,11 @@ fn not_run(p: &Plan) -> Vec<(String, String, String)> {
                 PlanStatus::Blocked => "blocked by validation errors".to_string(),
                 _ => c.note.clone().unwrap_or_else(|| "no action".into()),
             };
-            (c.cluster.clone(), c.intent.label(), reason)
+            NotRun {
+                cluster: c.cluster.clone(),
+                intent: c.intent.label(),
+                reason,
+            }
         })
         .collect()
 }
@@ -1307,10 +1137,10 @@ pub fn not_run_views(record: &MergeRecord) -> Vec<NotRunView> {
     record
         .not_run
         .iter()
-        .map(|(cluster, intent, reason)| NotRunView {
-            cluster: cluster.clone(),
-            intent: intent.clone(),
-            reason: reason.clone(),
+        .map(|n| NotRunView {
+            cluster: n.cluster.clone(),
+            intent: n.intent.clone(),
+            reason: n.reason.clone(),
         })
         .collect()
 }

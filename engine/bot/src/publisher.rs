@@ -7,9 +7,14 @@
 //!
 //! A publish that GitHub refuses (after the client's own retries) is retried with exponential
 //! backoff (from `2 × min_interval` up to [`MAX_REPUBLISH_DELAY`]) until GitHub accepts it. A
-//! merge commit stays listed under [`PENDING_PREFIX`] in the journal until its final comment and
-//! `tkgops/apply` status were accepted, so a restarted bot publishes what its predecessor could
-//! not ([`crate::Bot::run`]).
+//! merge commit stays listed as unpublished in the journal
+//! ([`crate::BotJournal::unpublished`]) until its final comment and `tkgops/apply` status were
+//! accepted, so a restarted bot publishes what its predecessor could not ([`crate::Bot::run`]).
+//!
+//! The publisher records nothing the engine relies on: the engine records each cluster's
+//! deployed commit itself, with the run's terminal write
+//! ([`tkgops_engine::store::Store::deployed`]). It only keeps
+//! the rollout measurements of succeeded runs for the plan's estimates.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -19,18 +24,15 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::{not_run_views, BotError, MergeRecord, APPLY_CONTEXT};
+use crate::journal::{BotJournal, RolloutSample};
+use crate::{not_run_views, BotError, MergeRecord, MergeSha, APPLY_CONTEXT};
 use tkgops_domain::workflow::markdown::{
     self, cell, format_duration, RunView, StepRow, STICKY_MARKER,
 };
 use tkgops_domain::workflow::Catalog;
-use tkgops_engine::store::{RunRecord, RunState, StepState, Store};
+use tkgops_engine::store::{RunRecord, RunState, StepState};
 use tkgops_engine::{backoff_delay, RetryPolicy, RunObserver, StepKind};
 use tkgops_providers::github::{CommitState, VcsClient};
-
-/// Journal key prefix of merge commits whose final comment and status GitHub has not accepted
-/// yet: `publish/pending/<merge commit SHA>`.
-pub const PENDING_PREFIX: &str = "publish/pending/";
 
 /// Upper bound of the delay between two tries of a refused publish: 5 min.
 pub const MAX_REPUBLISH_DELAY: Duration = Duration::from_secs(300);
@@ -38,19 +40,13 @@ pub const MAX_REPUBLISH_DELAY: Duration = Duration::from_secs(300);
 /// The observer handed to the engine. Cheap to clone.
 #[derive(Clone)]
 pub struct CommentPublisher {
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::UnboundedSender<MergeSha>,
     progress: Arc<Mutex<BTreeMap<String, String>>>,
-    store: Arc<dyn Store>,
+    journal: BotJournal,
     /// Notified when a run finishes: the bot's poll loop wakes (a scheduled apply's next
     /// step follows its runs without waiting for the poll interval).
     wake: Arc<tokio::sync::Notify>,
 }
-
-/// Journal key prefix of the rollout measurements of succeeded runs:
-/// `history/rollout/<run id>` → JSON `{"secs": f64, "nodes": u32}` (the seconds the
-/// `kube.wait-control-plane` and `kube.wait-machine-deployments` steps took and the machines
-/// they saw replaced or added). [`rollout_history`] averages them for the plan's estimates.
-pub const ROLLOUT_HISTORY_PREFIX: &str = "history/rollout/";
 
 /// The rollout measurement of a succeeded run: total seconds of its machine waits and the
 /// machines those waits saw roll (their output's `rolledNodes`); `None` when it rolled none.
@@ -81,23 +77,17 @@ pub fn rollout_measurement(run: &RunRecord) -> Option<(f64, u32)> {
     (nodes > 0).then_some((secs, nodes))
 }
 
-/// The mean seconds per rolled machine over every measurement in the journal (the 200 most
-/// recent keys at most), for the plan's estimates.
+/// The mean seconds per rolled machine over the rollout measurements in the journal
+/// ([`BotJournal::rollout_samples`]), for the plan's estimates.
 ///
 /// Errors: [`BotError::Store`] when the journal cannot be read.
 pub async fn rollout_history(
-    store: &dyn Store,
+    journal: &BotJournal,
 ) -> Result<tkgops_domain::workflow::RolloutHistory, BotError> {
-    let entries = store
-        .scan_meta(ROLLOUT_HISTORY_PREFIX)
-        .await
-        .map_err(|e| BotError::Store(e.to_string()))?;
     let (mut secs, mut nodes) = (0.0f64, 0u32);
-    for (_, v) in entries.iter().rev().take(200) {
-        if let Ok(m) = serde_json::from_slice::<serde_json::Value>(v) {
-            secs += m["secs"].as_f64().unwrap_or(0.0);
-            nodes += m["nodes"].as_u64().unwrap_or(0) as u32;
-        }
+    for m in journal.rollout_samples().await? {
+        secs += m.secs;
+        nodes += m.nodes;
     }
     Ok(tkgops_domain::workflow::RolloutHistory {
         node_seconds: (nodes > 0).then(|| secs / nodes as f64),
@@ -106,15 +96,16 @@ pub async fn rollout_history(
 }
 
 impl CommentPublisher {
-    /// Starts the publishing task. Returns the observer to give to the engine.
+    /// Starts the publishing task, rendering from `journal` (merge records) and its store
+    /// (runs). Returns the observer to give to the engine.
     pub fn start(
         vcs: Arc<dyn VcsClient>,
-        store: Arc<dyn Store>,
+        journal: BotJournal,
         catalog: Arc<Catalog>,
         min_interval: Duration,
     ) -> CommentPublisher {
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        let store_for_task = store.clone();
+        let (tx, mut rx) = mpsc::unbounded_channel::<MergeSha>();
+        let journal_for_task = journal.clone();
         let progress: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
         let progress2 = progress.clone();
         // Retries hold a weak sender, so the task still ends when every publisher is dropped.
@@ -125,7 +116,7 @@ impl CommentPublisher {
             max_backoff_secs: MAX_REPUBLISH_DELAY.as_secs_f64(),
         };
         tokio::spawn(async move {
-            let mut failures: BTreeMap<String, u32> = BTreeMap::new();
+            let mut failures: BTreeMap<MergeSha, u32> = BTreeMap::new();
             while let Some(first) = rx.recv().await {
                 let mut pending = BTreeSet::from([first]);
                 tokio::time::sleep(min_interval).await;
@@ -134,7 +125,7 @@ impl CommentPublisher {
                 }
                 for commit in pending {
                     let snapshot = progress2.lock().map(|p| p.clone()).unwrap_or_default();
-                    match publish_commit(&*vcs, &*store_for_task, &catalog, &commit, &snapshot)
+                    match publish_commit(&*vcs, &journal_for_task, &catalog, &commit, &snapshot)
                         .await
                     {
                         Ok(()) => {
@@ -160,7 +151,7 @@ impl CommentPublisher {
         CommentPublisher {
             tx,
             progress,
-            store,
+            journal,
             wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -169,8 +160,8 @@ impl CommentPublisher {
 impl CommentPublisher {
     /// Asks for the comment and status of merge commit `commit` to be (re)published from the
     /// journal. Coalesced with other requests; never blocks.
-    pub fn notify(&self, commit: &str) {
-        let _ = self.tx.send(commit.to_string());
+    pub fn notify(&self, commit: &MergeSha) {
+        let _ = self.tx.send(commit.clone());
     }
 
     /// What wakes the bot's poll loop: notified by every finished run (and by accepted
@@ -195,21 +186,16 @@ impl RunObserver for CommentPublisher {
             }
         }
         if run.state == RunState::Succeeded {
-            // The cluster now runs this commit: what a queued run re-plans against.
-            let key = format!("{}{}", crate::replan::DEPLOYED_PREFIX, run.cluster);
-            if let Err(e) = self.store.put_meta(&key, run.commit_sha.as_bytes()).await {
-                warn!(run = %run.id, error = %e, "recording the deployed commit failed");
-            }
+            // (The engine recorded the cluster's deployed commit with this very write.)
             if let Some((secs, nodes)) = rollout_measurement(run) {
-                let value = serde_json::json!({"secs": secs, "nodes": nodes}).to_string();
-                let key = format!("{ROLLOUT_HISTORY_PREFIX}{}", run.id);
-                if let Err(e) = self.store.put_meta(&key, value.as_bytes()).await {
+                let sample = RolloutSample { secs, nodes };
+                if let Err(e) = self.journal.add_rollout_sample(&run.id, sample).await {
                     warn!(run = %run.id, error = %e, "recording the rollout time failed");
                 }
             }
         }
         if run.origin.is_some() {
-            let _ = self.tx.send(run.commit_sha.clone());
+            let _ = self.tx.send(MergeSha::new(run.commit_sha.clone()));
         }
         if run.state.is_terminal() && progress.is_none() {
             self.wake.notify_one();
@@ -219,29 +205,30 @@ impl RunObserver for CommentPublisher {
 
 async fn publish_commit(
     vcs: &dyn VcsClient,
-    store: &dyn Store,
+    journal: &BotJournal,
     catalog: &Catalog,
-    commit: &str,
+    commit: &MergeSha,
     progress: &BTreeMap<String, String>,
 ) -> Result<(), BotError> {
-    let Some(record) = crate::merge_record(store, commit).await? else {
+    let Some(record) = journal.merge_record(commit).await? else {
         return Ok(());
     };
-    publish_record(vcs, store, catalog, &record, progress).await
+    publish_record(vcs, journal, catalog, &record, progress).await
 }
 
 /// Renders the run comment of `record` from the store and upserts it, then sets the
 /// `tkgops/apply` status of the merge commit; once that status is final (not pending), removes
-/// the commit from the [`PENDING_PREFIX`] list.
+/// the commit from the journal's unpublished list ([`BotJournal::mark_published`]).
 ///
 /// Errors: [`BotError::Github`] after the client's retries, [`BotError::Store`], [`BotError::Render`].
 pub async fn publish_record(
     vcs: &dyn VcsClient,
-    store: &dyn Store,
+    journal: &BotJournal,
     catalog: &Catalog,
     record: &MergeRecord,
     progress: &BTreeMap<String, String>,
 ) -> Result<(), BotError> {
+    let store = journal.store();
     let mut runs = Vec::new();
     for id in &record.run_ids {
         if let Some(r) = store
@@ -282,7 +269,7 @@ pub async fn publish_record(
     let body = markdown::render_runs(
         &markdown::RunHeader {
             marker,
-            commit_sha: &record.commit,
+            commit_sha: record.commit.as_str(),
             overall: &overall,
             notes: &record.notes,
         },
@@ -295,15 +282,12 @@ pub async fn publish_record(
     vcs.upsert_comment(record.pr, marker, &body)
         .await
         .map_err(|e| BotError::Github(e.to_string()))?;
-    vcs.set_status(&record.commit, APPLY_CONTEXT, state, &desc, None)
+    vcs.set_status(record.commit.as_str(), APPLY_CONTEXT, state, &desc, None)
         .await
         .map_err(|e| BotError::Github(e.to_string()))?;
     if state != CommitState::Pending {
         // The final comment and status are on GitHub: nothing left to republish.
-        store
-            .delete_meta(&format!("{PENDING_PREFIX}{}", record.commit))
-            .await
-            .map_err(|e| BotError::Store(e.to_string()))?;
+        journal.mark_published(&record.commit).await?;
     }
     Ok(())
 }
@@ -676,8 +660,11 @@ mod tests {
     /// commit leaves the unpublished list.
     #[tokio::test]
     async fn a_refused_final_status_is_retried_until_github_accepts_it() {
-        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
-        let commit = "c".repeat(40);
+        let (journal, _) = BotJournal::open(Arc::new(SledStore::temporary().unwrap()))
+            .await
+            .unwrap();
+        let store = journal.store();
+        let commit = MergeSha::new("c".repeat(40));
         let now = Utc::now();
         let mut step = StepRecord::pending(StepSpec {
             id: "wait-cluster".into(),
@@ -697,7 +684,7 @@ mod tests {
                 id: "run-1".into(),
                 cluster: "c1".into(),
                 workflow: "create-cluster".into(),
-                commit_sha: commit.clone(),
+                commit_sha: commit.to_string(),
                 origin: Some("github:pr/7".into()),
                 state: RunState::Succeeded,
                 seq: 1,
@@ -721,22 +708,15 @@ mod tests {
             marker: None,
             notes: Vec::new(),
         };
-        let pending = format!("{PENDING_PREFIX}{commit}");
-        store.put_meta(&pending, b"").await.unwrap();
-        store
-            .put_meta(
-                &format!("merge/{commit}"),
-                &serde_json::to_vec(&record).unwrap(),
-            )
-            .await
-            .unwrap();
+        journal.put_merge_record(&record).await.unwrap();
+        assert_eq!(journal.unpublished().await.unwrap(), vec![commit.clone()]);
 
         let vcs = Arc::new(FakeVcs::default());
         *vcs.fail_statuses.lock().unwrap() = 3;
         let catalog = Arc::new(Catalog::builtin().unwrap());
         let publisher = CommentPublisher::start(
             vcs.clone(),
-            store.clone(),
+            journal.clone(),
             catalog,
             Duration::from_millis(10),
         );
@@ -758,7 +738,7 @@ mod tests {
         assert_eq!(
             statuses,
             [(
-                commit.clone(),
+                commit.to_string(),
                 APPLY_CONTEXT.to_string(),
                 CommitState::Success,
                 "1 run(s) succeeded".to_string()
@@ -770,7 +750,7 @@ mod tests {
         assert!(waited >= Duration::from_millis(180), "{waited:?}");
         // Once accepted, the commit leaves the unpublished list.
         tokio::time::timeout(Duration::from_secs(60), async {
-            while store.get_meta(&pending).await.unwrap().is_some() {
+            while journal.is_unpublished(&commit).await.unwrap() {
                 tokio::task::yield_now().await;
             }
         })

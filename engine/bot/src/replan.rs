@@ -2,8 +2,9 @@
 //! its cluster is planned again, when its turn comes, against the cluster's state as the runs
 //! ahead of it left it.
 //!
-//! "The cluster's state" is the commit of the cluster's last succeeded run
-//! ([`DEPLOYED_PREFIX`], written by the publisher). When that commit is the merge commit's first
+//! "The cluster's state" is the commit of the cluster's last succeeded run, a fact the engine
+//! records with that run's terminal write ([`Store::deployed`]). When that commit is the merge
+//! commit's first
 //! parent, the runs ahead did what the merge assumed and the run starts as approved. Otherwise
 //! (a run ahead failed or was cancelled, so the cluster still runs an older commit) the cluster
 //! is planned from that commit to the merge commit, under the trusted policy, and:
@@ -23,22 +24,16 @@ use tkgops_domain::workflow::plan::PlanStatus;
 use tkgops_engine::store::{RunRecord, Store};
 use tkgops_engine::{GateDecision, StartGate};
 
-use crate::{short_sha, trust, Planner};
-
-/// Journal key prefix of the commit each cluster last ran successfully from:
-/// `cluster/deployed/<cluster>` → merge commit SHA (written when a run succeeds).
-pub const DEPLOYED_PREFIX: &str = "cluster/deployed/";
-
-/// Journal key prefix of the latest run submitted for each cluster:
-/// `cluster/last-run/<cluster>` → run id (a retry only resumes a cluster's latest run).
-pub const LAST_RUN_PREFIX: &str = "cluster/last-run/";
+use crate::journal::BotJournal;
+use crate::{short_sha, Planner};
 
 /// The bot's [`StartGate`].
 pub struct Replanner {
     /// Plans changes.
     pub planner: Planner,
-    /// The journal ([`DEPLOYED_PREFIX`], the run ahead).
-    pub store: std::sync::Arc<dyn Store>,
+    /// The journal (the ledger, the trusted policy) and, through it, the engine's store (the
+    /// deployed commit, the run ahead).
+    pub journal: BotJournal,
 }
 
 #[async_trait]
@@ -60,15 +55,17 @@ impl Replanner {
         waited_behind: &str,
     ) -> Result<GateDecision, crate::BotError> {
         let store_err = |e: tkgops_engine::StoreError| crate::BotError::Store(e.to_string());
-        let deployed = self
-            .store
-            .get_meta(&format!("{DEPLOYED_PREFIX}{}", run.cluster))
+        let store: std::sync::Arc<dyn Store> = self.journal.store();
+        let deployed = store
+            .deployed(&run.cluster)
             .await
             .map_err(store_err)?
-            .map(|b| String::from_utf8_lossy(&b).into_owned());
+            .map(|d| d.commit_sha);
         // The default branch's tip before this run's merge (a rebase merge's first commits
         // are part of the merge, not of what came before it).
-        let own_base = trust::ledger_entry(&*self.store, &run.commit_sha)
+        let own_base = self
+            .journal
+            .ledger_entry(&run.commit_sha)
             .await?
             .and_then(|e| e.base);
         let git = self.planner.git.clone();
@@ -86,13 +83,12 @@ impl Replanner {
             // The runs ahead left the cluster as the merge assumed (or nothing is known).
             return Ok(GateDecision::Start);
         };
-        let Some(trusted) = trust::read_trusted(&*self.store).await? else {
+        let Some(trusted) = self.journal.trusted_policy().await? else {
             return Ok(GateDecision::Fail(
                 "the trusted policy commit is not journalled, so the re-plan has no policy".into(),
             ));
         };
-        let ahead = self
-            .store
+        let ahead = store
             .get_run(waited_behind)
             .await
             .map_err(store_err)?
@@ -135,7 +131,7 @@ impl Replanner {
         };
         let plan = self
             .planner
-            .plan_cluster(base.clone(), head, trusted.commit, &run.cluster)
+            .plan_cluster(base.clone(), head, &trusted.commit, &run.cluster)
             .await?;
         // The plan of the same workflow (a change of several kinds plans one run per
         // workflow, each gated on its own), else the cluster's only other plan.
@@ -191,7 +187,7 @@ impl Replanner {
 
     /// The first-parent commits of `(from, to]` (newest first) that changed cluster
     /// `cluster`'s files without reaching the default branch through an approved merge, each
-    /// with why: the ledger ([`trust::LEDGER_PREFIX`]) names the merges tkgops handled;
+    /// with why: the ledger ([`BotJournal::ledger_entry`]) names the merges tkgops handled;
     /// anything else was pushed without one.
     ///
     /// Errors: [`crate::BotError`] when git or the journal fail.
@@ -225,7 +221,7 @@ impl Replanner {
         .await?;
         let mut out = Vec::new();
         for c in touching {
-            match trust::ledger_entry(&*self.store, &c).await? {
+            match self.journal.ledger_entry(&c).await? {
                 Some(e) if e.approved => {}
                 Some(e) => out.push((
                     c,

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use crate::schedules::{fire_key, local, store_err, FireRecord, FireState, BUMP_AUTHOR};
-use crate::{blocking, pr_origin, Bot, BotError, MergeRecord};
+use crate::schedules::{local, FireRecord, FireState, BUMP_AUTHOR};
+use crate::{blocking, pr_origin, Bot, BotError, MergeRecord, MergeSha, PolicySha};
 use tkgops_domain::schedule::{bump_tkr_line, plan_waves, FleetCluster, Schedule};
 use tkgops_domain::step::{StepInputs, WorkloadTarget};
 use tkgops_domain::waves::{ApplyProgress, ClusterHealth, ClusterStage, Next, WaveState};
@@ -38,18 +38,11 @@ use tkgops_providers::github::PullRequest;
 /// The workflow a scheduled apply runs for each cluster.
 pub const UPGRADE_WORKFLOW: &str = "upgrade-cluster";
 
-/// Journal key prefix of halts already reported on the dashboard issue:
-/// `schedule/<name>/halt-reported/<fire RFC 3339>/<resumes so far>`.
-const HALT_REPORTED: &str = "halt-reported";
-
 /// Clusters listed one per row in a record pull request's body; more are counted per wave.
 const RECORD_BODY_ROWS: usize = 200;
 
 /// Health probes of one soak round running at the same time.
 const PROBE_CONCURRENCY: usize = 16;
-
-/// Journal key of the fleet dashboard issue's number (written when it is upserted).
-pub const DASHBOARD_ISSUE_KEY: &str = "dashboard/issue";
 
 /// The branch holding the bump commits of an apply fire: `tkgops/schedule/<name>/apply-<UTC
 /// fire time as YYYYMMDDTHHMMSSZ>`.
@@ -145,9 +138,10 @@ impl Bot {
         &self,
         parent: String,
         commit: String,
-        settings: String,
+        settings: &PolicySha,
     ) -> Result<tkgops_domain::workflow::Plan, BotError> {
-        let history = crate::publisher::rollout_history(&*self.store).await?;
+        let history = crate::publisher::rollout_history(&self.journal).await?;
+        let settings = settings.to_string();
         let (git, catalog) = (self.git.clone(), self.catalog.clone());
         let (executable, repository) = (self.engine.executable_kinds(), self.full_name.clone());
         blocking(move || {
@@ -171,16 +165,12 @@ impl Bot {
         .await
     }
 
-    /// The fleet dashboard issue's number, once the bot opened it ([`DASHBOARD_ISSUE_KEY`]).
+    /// The fleet dashboard issue's number, once the bot opened it
+    /// ([`crate::BotJournal::dashboard`]).
     ///
     /// Errors: [`BotError::Store`] when the journal cannot be read.
     pub(crate) async fn dashboard_issue(&self) -> Result<Option<u64>, BotError> {
-        Ok(self
-            .store
-            .get_meta(DASHBOARD_ISSUE_KEY)
-            .await
-            .map_err(store_err)?
-            .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u64>().ok()))
+        Ok(self.journal.dashboard().await?.map(|d| d.number))
     }
 
     /// Writes `rec` with progress `p` (the record keeps `apply` empty while `p` is worked on).
@@ -393,7 +383,7 @@ impl Bot {
             Some(plan) => plan,
             None => {
                 let plan = Arc::new(
-                    self.wave_plan(parent.clone(), commit.clone(), policy.clone())
+                    self.wave_plan(parent.clone(), commit.clone(), &policy)
                         .await?,
                 );
                 if let Ok(mut c) = self.wave_plan.lock() {
@@ -496,8 +486,9 @@ impl Bot {
         }
         // Persisted before any run is submitted or retried.
         self.persist_progress(rec, p).await?;
+        let commit = MergeSha::new(commit);
         if !submit.is_empty() || !retried.is_empty() {
-            let mut record = match crate::merge_record(&*self.store, &commit).await? {
+            let mut record = match self.journal.merge_record(&commit).await? {
                 Some(r) => r,
                 None => MergeRecord {
                     pr: p.pull.unwrap_or_default(),
@@ -513,7 +504,7 @@ impl Bot {
                     ),
                     refused: None,
                     changed_since_approval: Vec::new(),
-                    marker: Some(wave_marker(&commit)),
+                    marker: Some(wave_marker(commit.as_str())),
                     notes: Vec::new(),
                 },
             };
@@ -522,7 +513,7 @@ impl Bot {
                     record.run_ids.push(r.id.clone());
                 }
             }
-            self.put_merge_record(&record).await?;
+            self.journal.put_merge_record(&record).await?;
         }
         for id in retried {
             let note = "retried: its scheduled apply was resumed on the fleet dashboard issue";
@@ -538,13 +529,7 @@ impl Bot {
             }
         }
         for req in submit {
-            self.store
-                .put_meta(
-                    &format!("{}{}", crate::replan::LAST_RUN_PREFIX, req.cluster),
-                    req.id.as_bytes(),
-                )
-                .await
-                .map_err(store_err)?;
+            self.journal.set_last_run(&req.cluster, &req.id).await?;
             self.engine
                 .submit(req)
                 .await
@@ -572,16 +557,13 @@ impl Bot {
         if self.is_fork(pr) {
             return Ok(None);
         }
-        let Some(bytes) = self
-            .store
-            .get_meta(&fire_key(&schedule, fire))
+        // A record that does not decode is not one the bot can vouch for.
+        let pushed = self
+            .journal
+            .fire(&schedule, fire)
             .await
-            .map_err(store_err)?
-        else {
-            return Ok(None);
-        };
-        let pushed = serde_json::from_slice::<FireRecord>(&bytes)
             .ok()
+            .flatten()
             .and_then(|r| r.apply)
             .is_some_and(|p| {
                 p.waves
@@ -779,11 +761,7 @@ impl Bot {
         issue: u64,
     ) -> Result<(), BotError> {
         for s in schedules {
-            let prefix = format!("{}{}/fire/", crate::schedules::SCHEDULE_PREFIX, s.name);
-            for (_, v) in self.store.scan_meta(&prefix).await.map_err(store_err)? {
-                let Ok(rec) = serde_json::from_slice::<FireRecord>(&v) else {
-                    continue;
-                };
+            for rec in self.journal.fires(&s.name).await? {
                 let Some(p) = rec
                     .apply
                     .as_ref()
@@ -792,19 +770,10 @@ impl Bot {
                     continue;
                 };
                 let Some(h) = &p.halt else { continue };
-                let key = format!(
-                    "{}{}/{HALT_REPORTED}/{}/{}",
-                    crate::schedules::SCHEDULE_PREFIX,
-                    s.name,
-                    rec.fire.to_rfc3339(),
-                    p.resumes.len()
-                );
                 if self
-                    .store
-                    .get_meta(&key)
-                    .await
-                    .map_err(store_err)?
-                    .is_some()
+                    .journal
+                    .halt_reported(&s.name, rec.fire, p.resumes.len())
+                    .await?
                 {
                     continue;
                 }
@@ -825,7 +794,9 @@ impl Bot {
                     .upsert_comment(issue, &marker, &body)
                     .await
                     .map_err(|e| BotError::Github(e.to_string()))?;
-                self.store.put_meta(&key, b"").await.map_err(store_err)?;
+                self.journal
+                    .set_halt_reported(&s.name, rec.fire, p.resumes.len())
+                    .await?;
             }
         }
         Ok(())
@@ -843,18 +814,7 @@ impl Bot {
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, BotError> {
         let mut out = Vec::new();
-        for (k, v) in self
-            .store
-            .scan_meta(crate::schedules::SCHEDULE_PREFIX)
-            .await
-            .map_err(store_err)?
-        {
-            if !k.contains("/fire/") {
-                continue;
-            }
-            let Ok(mut rec) = serde_json::from_slice::<FireRecord>(&v) else {
-                continue;
-            };
+        for mut rec in self.journal.all_fires().await? {
             if rec.state != FireState::Applying || schedule.is_some_and(|s| s != rec.schedule) {
                 continue;
             }
@@ -868,7 +828,6 @@ impl Bot {
                 rec.detail = apply_summary(s, p);
             }
             rec.updated_at = now;
-            debug_assert_eq!(k, fire_key(&rec.schedule, rec.fire));
             out.push(format!(
                 "`{}` (fire {}): wave `{}` continues (it halted because {})",
                 rec.schedule,

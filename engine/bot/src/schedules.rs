@@ -4,7 +4,8 @@
 //!
 //! Every poll asks each schedule whether it is due ([`due_fire`]) at the bot's clock:
 //! - a fire whose maintenance window is open is recorded in the journal (its
-//!   [`FireRecord`] `firing`, and `schedule/<name>/last-fire`) before anything is done for it,
+//!   [`FireRecord`] `firing`, and the schedule's last fire,
+//!   [`crate::BotJournal::last_fire`]) before anything is done for it,
 //!   so a restart never fires it twice; a fire interrupted by a restart is finished on the next
 //!   poll if its window is still open;
 //! - fires whose windows closed while the bot was down are recorded as missed and shown on the
@@ -47,14 +48,6 @@ pub const DASHBOARD_MARKER: &str = "<!-- tkgops:fleet-dashboard -->";
 /// The fleet dashboard issue's title.
 pub const DASHBOARD_TITLE: &str = "tkgops fleet dashboard";
 
-/// Journal key prefix of everything the scheduler keeps: `schedule/<name>/last-fire` (RFC 3339,
-/// the latest fire handled), `schedule/<name>/fire/<RFC 3339>` ([`FireRecord`] JSON) and
-/// `schedule/<name>/opened/<RFC 3339>/<PR>` (bump pull requests opened, for `maxPRsPerHour`).
-pub const SCHEDULE_PREFIX: &str = "schedule/";
-
-/// Journal key of the digest of the dashboard body last accepted by GitHub.
-pub const DASHBOARD_DIGEST_KEY: &str = "dashboard/digest";
-
 /// The author of bump commits (name, e-mail).
 pub const BUMP_AUTHOR: (&str, &str) = ("tkgops", "tkgops@users.noreply.github.com");
 
@@ -87,7 +80,7 @@ pub enum FireState {
     Incomplete,
 }
 
-/// The journal record of one fire (`schedule/<name>/fire/<RFC 3339>`).
+/// The journal record of one fire ([`crate::BotJournal::fire`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FireRecord {
@@ -134,26 +127,6 @@ impl FireRecord {
     }
 }
 
-pub(crate) fn store_err(e: impl std::fmt::Display) -> BotError {
-    BotError::Store(e.to_string())
-}
-
-pub(crate) fn fire_key(name: &str, fire: DateTime<Utc>) -> String {
-    format!("{SCHEDULE_PREFIX}{name}/fire/{}", fire.to_rfc3339())
-}
-
-fn last_key(name: &str) -> String {
-    format!("{SCHEDULE_PREFIX}{name}/last-fire")
-}
-
-/// A UTC time from RFC 3339 bytes, as the journal keeps times; `None` when unreadable.
-pub(crate) fn parse_time(b: &[u8]) -> Option<DateTime<Utc>> {
-    let s = std::str::from_utf8(b).ok()?;
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|d| d.with_timezone(&Utc))
-}
-
 /// A time in the schedule's time zone, e.g. `2026-12-05 02:00 Europe/Berlin`.
 pub(crate) fn local(s: &Schedule, t: DateTime<Utc>) -> String {
     match s.tz() {
@@ -183,12 +156,7 @@ impl Bot {
         // kept up to date once it exists.
         if rc.schedules.is_empty()
             && self.policy_health.untrusted().is_none()
-            && self
-                .store
-                .get_meta(DASHBOARD_DIGEST_KEY)
-                .await
-                .map_err(store_err)?
-                .is_none()
+            && self.journal.dashboard().await?.is_none()
         {
             return Ok(());
         }
@@ -215,12 +183,8 @@ impl Bot {
         now: DateTime<Utc>,
     ) -> Result<(), BotError> {
         // A fire a restart interrupted: finished while its window is open.
-        let prefix = format!("{SCHEDULE_PREFIX}{}/fire/", s.name);
         let mut applying: Option<DateTime<Utc>> = None;
-        for (_, v) in self.store.scan_meta(&prefix).await.map_err(store_err)? {
-            let Ok(rec) = serde_json::from_slice::<FireRecord>(&v) else {
-                continue;
-            };
+        for rec in self.journal.fires(&s.name).await? {
             if rec.state == FireState::Applying {
                 // `apply` fires advance wave by wave on every poll.
                 let fire = rec.fire;
@@ -246,7 +210,7 @@ impl Bot {
                 .await?;
             }
         }
-        let last = crate::meta_time(&*self.store, &last_key(&s.name)).await?;
+        let last = self.journal.last_fire(&s.name).await?;
         match due_fire(s, last, now) {
             DueFire::None => Ok(()),
             DueFire::Missed { fires } => {
@@ -298,18 +262,11 @@ impl Bot {
     }
 
     pub(crate) async fn put_fire(&self, rec: FireRecord) -> Result<(), BotError> {
-        let bytes = serde_json::to_vec(&rec).map_err(store_err)?;
-        self.store
-            .put_meta(&fire_key(&rec.schedule, rec.fire), &bytes)
-            .await
-            .map_err(store_err)
+        Ok(self.journal.put_fire(&rec).await?)
     }
 
     async fn put_last(&self, name: &str, fire: DateTime<Utc>) -> Result<(), BotError> {
-        self.store
-            .put_meta(&last_key(name), fire.to_rfc3339().as_bytes())
-            .await
-            .map_err(store_err)
+        Ok(self.journal.set_last_fire(name, fire).await?)
     }
 
     /// Every cluster of the default branch at `tip` whose `tkgops.yaml` parses, with the TKRs
@@ -394,19 +351,10 @@ impl Bot {
             .map(|p| (p.head_ref.as_str(), p.number))
             .collect();
         let hour_ago = now - chrono::Duration::hours(1);
-        let opened_prefix = format!("{SCHEDULE_PREFIX}{}/opened/", s.name);
         let opened_last_hour = self
-            .store
-            .scan_meta(&opened_prefix)
-            .await
-            .map_err(store_err)?
-            .iter()
-            .filter_map(|(k, _)| {
-                let rest = k.strip_prefix(&opened_prefix)?;
-                parse_time(rest.split('/').next()?.as_bytes())
-            })
-            .filter(|t| *t > hour_ago)
-            .count() as u32;
+            .journal
+            .bump_pulls_opened_since(&s.name, hour_ago)
+            .await?;
         let mut budget = s
             .propose_limits()
             .budget(open_mine.len() as u32, opened_last_hour);
@@ -422,10 +370,7 @@ impl Bot {
                 continue;
             }
             let n = self.open_bump_pull(s, fire, tip, g).await?;
-            self.store
-                .put_meta(&format!("{opened_prefix}{}/{n}", now.to_rfc3339()), b"")
-                .await
-                .map_err(store_err)?;
+            self.journal.record_bump_pull(&s.name, now, n).await?;
             pulls.push(n);
             budget -= 1;
         }
@@ -536,14 +481,7 @@ impl Bot {
     ) -> Result<(), BotError> {
         let mut fires: BTreeMap<String, Vec<FireRecord>> = BTreeMap::new();
         for s in &rc.schedules {
-            let prefix = format!("{SCHEDULE_PREFIX}{}/fire/", s.name);
-            let recs = self.store.scan_meta(&prefix).await.map_err(store_err)?;
-            fires.insert(
-                s.name.clone(),
-                recs.iter()
-                    .filter_map(|(_, v)| serde_json::from_slice(v).ok())
-                    .collect(),
-            );
+            fires.insert(s.name.clone(), self.journal.fires(&s.name).await?);
         }
         let mut body = dashboard(rc, fleet, open, &fires, now);
         if let Some(u) = self.policy_health.untrusted() {
@@ -555,30 +493,22 @@ impl Bot {
             body = body.replacen(&header, &format!("{header}{section}"), 1);
         }
         let digest = hex::encode(sha2::Sha256::digest(body.as_bytes()));
-        let stored = self
-            .store
-            .get_meta(DASHBOARD_DIGEST_KEY)
-            .await
-            .map_err(store_err)?;
-        if stored.as_deref() == Some(digest.as_bytes()) {
+        let stored = self.journal.dashboard().await?;
+        if stored.is_some_and(|d| d.body_sha256 == digest) {
             return Ok(());
         }
-        let issue = self
+        let number = self
             .vcs
             .upsert_issue(DASHBOARD_MARKER, DASHBOARD_TITLE, &body)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
-        self.store
-            .put_meta(
-                crate::schedule_apply::DASHBOARD_ISSUE_KEY,
-                issue.to_string().as_bytes(),
-            )
-            .await
-            .map_err(store_err)?;
-        self.store
-            .put_meta(DASHBOARD_DIGEST_KEY, digest.as_bytes())
-            .await
-            .map_err(store_err)
+        Ok(self
+            .journal
+            .set_dashboard(&crate::journal::DashboardIssue {
+                number,
+                body_sha256: digest,
+            })
+            .await?)
     }
 }
 

@@ -7,6 +7,7 @@ use tracing::info;
 use crate::config::{BotConfig, ConfigError};
 use crate::executors::Executors;
 use crate::gitops::{ConfigRepo, GitError};
+use crate::journal::BotJournal;
 use crate::publisher::CommentPublisher;
 use crate::redact::RedactingVcs;
 use crate::{Bot, BotParts};
@@ -36,8 +37,10 @@ pub enum ServeError {
     Catalog(String),
 }
 
-/// Builds a bot from `cfg`: GitHub client, git mirror, sled journal, executors, engine; loads
-/// the management clusters from the default branch and resumes every unfinished run.
+/// Builds a bot from `cfg`: GitHub client, git mirror, sled database (the engine's runs and
+/// the bot's journal, whose state of an earlier version is moved in on the way), executors,
+/// engine; loads the management clusters from the default branch and resumes every unfinished
+/// run.
 ///
 /// Errors: [`ServeError`] for each part that cannot be set up.
 pub async fn build(cfg: &BotConfig) -> Result<Bot, ServeError> {
@@ -124,7 +127,17 @@ pub async fn build_with_auth(
     })
     .await
     .map_err(|e| ServeError::Store(e.to_string()))??;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = Arc::new(store);
+    let (journal, moved) = BotJournal::open(store.clone())
+        .await
+        .map_err(|e| ServeError::Store(e.to_string()))?;
+    if moved > 0 {
+        info!(
+            keys = moved,
+            "moved the journal of an earlier version into the bot's journal tree"
+        );
+    }
+    let store: Arc<dyn Store> = store;
     let catalog = Arc::new(
         match &cfg.catalog_dir {
             Some(dir) => crate::local::catalog_from_dir(dir).map_err(|e| e.to_string()),
@@ -149,7 +162,7 @@ pub async fn build_with_auth(
     }
     let publisher = CommentPublisher::start(
         vcs.clone(),
-        store.clone(),
+        journal.clone(),
         catalog.clone(),
         cfg.comment_min_interval,
     );
@@ -170,7 +183,7 @@ pub async fn build_with_auth(
             executable: engine.executable_kinds(),
             repository: info.full_name.clone(),
         },
-        store: store.clone(),
+        journal: journal.clone(),
     }));
     let resumed = engine
         .resume_all()
@@ -180,7 +193,7 @@ pub async fn build_with_auth(
     Ok(Bot::new(BotParts {
         vcs,
         git,
-        store,
+        journal,
         engine,
         catalog,
         repo: info,

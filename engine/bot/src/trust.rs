@@ -4,7 +4,8 @@
 //! clusters and their kubeconfigs, TMC endpoints, schedules) and `CODEOWNERS`. The policy in
 //! force is not the default branch's tip: it is the policy of the **trusted policy commit**,
 //! the last commit whose policy files reached the default branch through a merge that met the
-//! policy before it. tkgops journals it ([`TRUSTED_KEY`]) and every reader takes the policy
+//! policy before it. tkgops journals it ([`crate::BotJournal::trusted_policy`]) and every
+//! reader takes the policy
 //! from it: plans, merges, re-plans, schedules, commands and management-cluster access.
 //!
 //! - At the first start the trusted policy commit is the default branch's tip, or the commit
@@ -21,7 +22,8 @@
 //!   head carries the policy wanted repairs the chain.
 //!
 //! Every first-parent commit a handled merge added to the default branch is recorded in the
-//! ledger ([`LEDGER_PREFIX`]): which pull request, whether it was approved. The ledger names
+//! ledger ([`crate::BotJournal::ledger_entry`]): which pull request, whether it was approved.
+//! The ledger names
 //! the cause of an untrusted policy change and tells a re-plan which changes reached the
 //! default branch through approved merges (issue 16 item 3).
 
@@ -30,23 +32,11 @@ use std::sync::RwLock;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tkgops_engine::store::Store;
 use tkgops_providers::github::{CommitState, PullRequest};
 use tracing::{error, info};
 
 use crate::gitops::{MergeMethod, MergeShape, PolicyFingerprint};
-use crate::{blocking, short_sha, Bot, BotError};
-
-/// Journal key of the trusted policy commit ([`TrustedPolicy`], JSON).
-pub const TRUSTED_KEY: &str = "policy/trusted";
-
-/// Journal key prefix of the ledger: `ledger/<commit SHA>` → [`LedgerEntry`] (JSON) for every
-/// first-parent commit a handled merge added to the default branch.
-pub const LEDGER_PREFIX: &str = "ledger/";
-
-/// Journal key prefix of the untrusted policy changes already reported
-/// (`policy/untrusted-reported/<commit SHA>`): each is reported once.
-pub const REPORTED_PREFIX: &str = "policy/untrusted-reported/";
+use crate::{blocking, short_sha, Bot, BotError, HeadSha, MergeSha, PolicySha};
 
 /// Commit status context of the policy chain: `failure` on a commit that changed the policy
 /// without approval, `success` on a merge commit that became the trusted policy.
@@ -60,12 +50,12 @@ pub const UNTRUSTED_MARKER: &str = "<!-- tkgops:untrusted-policy -->";
 /// changed the policy (commits).
 const HISTORY_LIMIT: usize = 10_000;
 
-/// The trusted policy commit, as journalled under [`TRUSTED_KEY`].
+/// The trusted policy commit, as journalled ([`crate::BotJournal::trusted_policy`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrustedPolicy {
     /// The commit whose `tkgops.yaml` and `CODEOWNERS` are the policy in force.
-    pub commit: String,
+    pub commit: PolicySha,
     /// How it became trusted (first start, the operator's pin, an approved pull request).
     pub source: String,
     /// When tkgops recorded it.
@@ -83,7 +73,7 @@ pub struct LedgerEntry {
     /// The pull request whose merge added it.
     pub pr: u64,
     /// That merge's `merge_commit_sha`.
-    pub merge: String,
+    pub merge: MergeSha,
     /// The default branch's tip before the merge.
     pub base: Option<String>,
     /// How it was merged.
@@ -108,7 +98,7 @@ pub struct UntrustedChange {
     /// The pull request whose merge brought it, if any.
     pub pr: Option<u64>,
     /// The trusted policy commit tkgops enforces instead.
-    pub trusted: String,
+    pub trusted: PolicySha,
 }
 
 impl UntrustedChange {
@@ -119,7 +109,7 @@ impl UntrustedChange {
             short_sha(&self.commit),
             self.how,
             self.files.join(", "),
-            short_sha(&self.trusted)
+            self.trusted.short()
         )
     }
 }
@@ -127,14 +117,14 @@ impl UntrustedChange {
 /// The state of the policy chain shared with `/readyz`.
 #[derive(Debug, Default)]
 pub struct PolicyHealth {
-    trusted: RwLock<Option<String>>,
+    trusted: RwLock<Option<PolicySha>>,
     untrusted: RwLock<Option<UntrustedChange>>,
     untrusted_total: AtomicU64,
 }
 
 impl PolicyHealth {
     /// The trusted policy commit, once known.
-    pub fn trusted(&self) -> Option<String> {
+    pub fn trusted(&self) -> Option<PolicySha> {
         self.trusted.read().map(|g| g.clone()).unwrap_or(None)
     }
 
@@ -149,9 +139,9 @@ impl PolicyHealth {
         self.untrusted_total.load(Ordering::Relaxed)
     }
 
-    fn set(&self, trusted: &str, untrusted: Option<UntrustedChange>) {
+    fn set(&self, trusted: &PolicySha, untrusted: Option<UntrustedChange>) {
         if let Ok(mut g) = self.trusted.write() {
-            *g = Some(trusted.to_string());
+            *g = Some(trusted.clone());
         }
         if let Ok(mut g) = self.untrusted.write() {
             *g = untrusted;
@@ -161,7 +151,9 @@ impl PolicyHealth {
     /// The `/readyz` detail lines: the trusted policy commit, the untrusted change (or none)
     /// and the counter.
     pub fn detail(&self) -> String {
-        let trusted = self.trusted().unwrap_or_else(|| "not known yet".into());
+        let trusted = self
+            .trusted()
+            .map_or_else(|| "not known yet".to_string(), PolicySha::into_string);
         let untrusted = match self.untrusted() {
             Some(u) => format!("commit {} ({})", u.commit, u.how),
             None => "none".into(),
@@ -170,34 +162,6 @@ impl PolicyHealth {
             "trusted policy commit: {trusted}\nuntrusted policy change: {untrusted}\nuntrusted policy changes reported: {}\n",
             self.untrusted_total()
         )
-    }
-}
-
-fn store_err(e: impl std::fmt::Display) -> BotError {
-    BotError::Store(e.to_string())
-}
-
-/// Reads the trusted policy commit from the journal.
-///
-/// Errors: [`BotError::Store`] when the journal cannot be read or the record does not decode.
-pub async fn read_trusted(store: &dyn Store) -> Result<Option<TrustedPolicy>, BotError> {
-    match store.get_meta(TRUSTED_KEY).await.map_err(store_err)? {
-        Some(b) => serde_json::from_slice(&b).map(Some).map_err(store_err),
-        None => Ok(None),
-    }
-}
-
-/// Reads the ledger entry of first-parent commit `sha`.
-///
-/// Errors: [`BotError::Store`] when the journal cannot be read or the entry does not decode.
-pub async fn ledger_entry(store: &dyn Store, sha: &str) -> Result<Option<LedgerEntry>, BotError> {
-    match store
-        .get_meta(&format!("{LEDGER_PREFIX}{sha}"))
-        .await
-        .map_err(store_err)?
-    {
-        Some(b) => serde_json::from_slice(&b).map(Some).map_err(store_err),
-        None => Ok(None),
     }
 }
 
@@ -234,7 +198,7 @@ impl Bot {
     ///
     /// Errors: [`BotError::Git`] when a pinned commit is not in the mirror, [`BotError::Store`].
     pub(crate) async fn trusted_policy(&self, tip: &str) -> Result<TrustedPolicy, BotError> {
-        let current = read_trusted(&*self.store).await?;
+        let current = self.journal.trusted_policy().await?;
         let pin = self.pinned_policy.clone();
         let fresh = match (&current, &pin) {
             (Some(c), Some(p)) if c.pinned.as_deref() != Some(p.as_str()) => true,
@@ -267,7 +231,7 @@ impl Bot {
                     ),
                 };
                 let record = TrustedPolicy {
-                    commit,
+                    commit: PolicySha::new(commit),
                     source,
                     since: Utc::now(),
                     pinned: pin,
@@ -284,8 +248,9 @@ impl Bot {
     ///
     /// Errors: [`BotError::Store`] when it is not journalled yet (no poll completed) or the
     /// journal cannot be read.
-    pub(crate) async fn policy_commit(&self) -> Result<String, BotError> {
-        read_trusted(&*self.store)
+    pub(crate) async fn policy_commit(&self) -> Result<PolicySha, BotError> {
+        self.journal
+            .trusted_policy()
             .await?
             .map(|t| t.commit)
             .ok_or_else(|| BotError::Store("the trusted policy commit is not known yet".into()))
@@ -299,18 +264,14 @@ impl Bot {
         &self,
     ) -> Result<Option<tkgops_domain::request::RepoConfig>, BotError> {
         let commit = self.policy_commit().await?;
-        self.load_settings(&commit).await
+        self.load_settings(commit.as_str()).await
     }
 
     async fn put_trusted(&self, record: &TrustedPolicy) -> Result<(), BotError> {
         let git = self.git.clone();
-        let c = record.commit.clone();
+        let c = record.commit.to_string();
         blocking(move || git.pin("trusted-policy", &c)).await?;
-        let bytes = serde_json::to_vec(record).map_err(store_err)?;
-        self.store
-            .put_meta(TRUSTED_KEY, &bytes)
-            .await
-            .map_err(store_err)
+        Ok(self.journal.set_trusted_policy(record).await?)
     }
 
     /// The policy fingerprint of commit `sha`.
@@ -331,7 +292,7 @@ impl Bot {
         tip: &str,
         trusted: &TrustedPolicy,
     ) -> Result<Option<UntrustedChange>, BotError> {
-        let key = (tip.to_string(), trusted.commit.clone());
+        let key = (tip.to_string(), trusted.commit.to_string());
         if let Ok(g) = self.policy_cache.lock() {
             if let Some((k, v)) = &*g {
                 if *k == key {
@@ -373,7 +334,7 @@ impl Bot {
                     )
                 } else {
                     how(
-                        ledger_entry(&*self.store, &commit).await?.as_ref(),
+                        self.journal.ledger_entry(&commit).await?.as_ref(),
                         &self.default_branch,
                     )
                 };
@@ -415,14 +376,7 @@ impl Bot {
     }
 
     async fn report_untrusted(&self, c: &UntrustedChange) -> Result<(), BotError> {
-        let key = format!("{REPORTED_PREFIX}{}", c.commit);
-        if self
-            .store
-            .get_meta(&key)
-            .await
-            .map_err(store_err)?
-            .is_some()
-        {
+        if self.journal.untrusted_reported(&c.commit).await? {
             return Ok(());
         }
         error!(commit = %c.commit, trusted = %c.trusted, how = %c.how, "untrusted policy change on the default branch: the trusted policy stays in force");
@@ -434,7 +388,7 @@ impl Bot {
                 CommitState::Failure,
                 &format!(
                     "untrusted policy change: tkgops enforces the policy of {}",
-                    short_sha(&c.trusted)
+                    c.trusted.short()
                 ),
                 None,
             )
@@ -453,7 +407,7 @@ impl Bot {
         self.policy_health
             .untrusted_total
             .fetch_add(1, Ordering::Relaxed);
-        self.store.put_meta(&key, b"").await.map_err(store_err)
+        Ok(self.journal.set_untrusted_reported(&c.commit).await?)
     }
 
     /// Records what merge `merge` of `pr` added to the default branch in the ledger and, when
@@ -467,36 +421,37 @@ impl Bot {
     pub(crate) async fn record_merge(
         &self,
         pr: &PullRequest,
-        merge: &str,
+        merge: &MergeSha,
         shape: &MergeShape,
         refused: Option<&str>,
         changes_policy: bool,
     ) -> Result<bool, BotError> {
         let entry = LedgerEntry {
             pr: pr.number,
-            merge: merge.to_string(),
+            merge: merge.clone(),
             base: shape.base.clone(),
             method: shape.method,
             approved: refused.is_none(),
             refused: refused.map(str::to_string),
         };
-        self.write_ledger(&entry, &shape.commits).await?;
+        self.journal.put_ledger(&entry, &shape.commits).await?;
         if refused.is_some() || !changes_policy {
             return Ok(false);
         }
-        let trusted = read_trusted(&*self.store)
-            .await?
-            .ok_or_else(|| BotError::Store("the trusted policy commit is not journalled".into()))?;
+        let trusted =
+            self.journal.trusted_policy().await?.ok_or_else(|| {
+                BotError::Store("the trusted policy commit is not journalled".into())
+            })?;
         let (want, at_merge, at_head) = (
-            self.fingerprint(&trusted.commit).await?,
-            self.fingerprint(merge).await?,
+            self.fingerprint(trusted.commit.as_str()).await?,
+            self.fingerprint(merge.as_str()).await?,
             self.fingerprint(&pr.head_sha).await?,
         );
         if at_merge == want || at_merge != at_head {
             return Ok(false);
         }
         let record = TrustedPolicy {
-            commit: merge.to_string(),
+            commit: PolicySha::new(merge.as_str()),
             source: format!(
                 "pull request #{} approved under the policy before it",
                 pr.number
@@ -508,7 +463,7 @@ impl Bot {
         info!(pr = pr.number, commit = %merge, "trusted policy commit moved");
         self.vcs
             .set_status(
-                merge,
+                merge.as_str(),
                 POLICY_CONTEXT,
                 CommitState::Success,
                 "trusted policy: approved under the policy before it",
@@ -517,24 +472,6 @@ impl Bot {
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
         Ok(true)
-    }
-
-    /// Writes `entry` as the ledger entry of each of `commits`.
-    ///
-    /// Errors: [`BotError::Store`].
-    pub(crate) async fn write_ledger(
-        &self,
-        entry: &LedgerEntry,
-        commits: &[String],
-    ) -> Result<(), BotError> {
-        let bytes = serde_json::to_vec(entry).map_err(store_err)?;
-        for c in commits {
-            self.store
-                .put_meta(&format!("{LEDGER_PREFIX}{c}"), &bytes)
-                .await
-                .map_err(store_err)?;
-        }
-        Ok(())
     }
 
     /// The policy notes of the plan `p` of a pull request `base..head` (`base` the merge
@@ -548,14 +485,14 @@ impl Bot {
         &self,
         p: &mut tkgops_domain::workflow::Plan,
         base: &str,
-        head: &str,
-        trusted: &str,
+        head: &HeadSha,
+        trusted: &PolicySha,
         untrusted: Option<&UntrustedChange>,
     ) -> Result<(), BotError> {
         if let Some(u) = untrusted {
             p.notes.push(format!("⛔ {}.", capitalise(&u.sentence())));
         }
-        let at_head = self.fingerprint(head).await?;
+        let at_head = self.fingerprint(head.as_str()).await?;
         let changed = self.fingerprint(base).await?.differing(&at_head);
         if changed.is_empty() {
             return Ok(());
@@ -568,17 +505,20 @@ impl Bot {
             ));
         }
         if untrusted.is_some() {
-            let differing = self.fingerprint(trusted).await?.differing(&at_head);
+            let differing = self
+                .fingerprint(trusted.as_str())
+                .await?
+                .differing(&at_head);
             p.notes.push(if differing.is_empty() {
                 format!(
                     "Merged with approval.destructiveApprovals, this change puts back the policy of trusted commit `{}` and repairs the chain.",
-                    short_sha(trusted)
+                    trusted.short()
                 )
             } else {
                 format!(
                     "Merged with approval.destructiveApprovals, this head's policy ({} differing from trusted commit `{}`) becomes the trusted policy.",
                     differing.join(", "),
-                    short_sha(trusted)
+                    trusted.short()
                 )
             });
         }

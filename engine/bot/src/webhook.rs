@@ -7,7 +7,8 @@
 //!    401 and changes nothing. Without a configured secret every delivery is refused (fail
 //!    closed).
 //! 2. The delivery is recorded durably in the journal under its `X-GitHub-Delivery` GUID
-//!    (flushed) before the 2xx is sent; a redelivery with the same GUID is answered and ignored.
+//!    ([`BotJournal::record_delivery`], flushed) before the 2xx is sent; a redelivery with the
+//!    same GUID is answered and ignored.
 //! 3. The payload is only a hint: an accepted delivery wakes the poll loop, which re-reads every
 //!    pull request through the API. Polling stays on as the safety net for missed deliveries.
 //!
@@ -27,12 +28,9 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tkgops_engine::Store;
 use tokio::sync::Notify;
 
-/// Journal key prefix of recorded deliveries: `webhook/delivery/<X-GitHub-Delivery>`, value the
-/// RFC 3339 time it was received and its event name.
-pub const DELIVERY_PREFIX: &str = "webhook/delivery/";
+use crate::journal::{BotJournal, Delivery, JournalError};
 
 /// How long a delivery record is kept: 7 days.
 pub const DELIVERY_RETENTION: chrono::Duration = chrono::Duration::days(7);
@@ -55,7 +53,7 @@ pub const HINT_EVENTS: &[&str] = &[
 pub struct WebhookState {
     /// The webhook secret; `None` refuses every delivery.
     secret: Option<Vec<u8>>,
-    store: Arc<dyn Store>,
+    journal: BotJournal,
     /// Woken after an accepted delivery of a [`HINT_EVENTS`] event.
     wake: Arc<Notify>,
     ready: Arc<AtomicBool>,
@@ -70,16 +68,16 @@ pub struct WebhookState {
 
 impl WebhookState {
     /// The state of a server verifying with `secret` (`None`: refuse every delivery), recording
-    /// deliveries in `store`, waking `wake` on hints, and reporting `/readyz` from `ready`.
+    /// deliveries in `journal`, waking `wake` on hints, and reporting `/readyz` from `ready`.
     pub fn new(
         secret: Option<String>,
-        store: Arc<dyn Store>,
+        journal: BotJournal,
         wake: Arc<Notify>,
         ready: Arc<AtomicBool>,
     ) -> Self {
         WebhookState {
             secret: secret.filter(|s| !s.is_empty()).map(String::into_bytes),
-            store,
+            journal,
             wake,
             ready,
             policy: None,
@@ -95,26 +93,13 @@ impl WebhookState {
     }
 
     /// Removes the delivery records older than [`DELIVERY_RETENTION`] at `now`; unreadable
-    /// ones (no RFC 3339 time first) are removed too. Returns how many were removed.
+    /// ones are removed too. Returns how many were removed.
     ///
     /// Errors: the journal's, when it cannot be scanned or a record cannot be removed.
-    pub async fn prune_deliveries(
-        &self,
-        now: DateTime<Utc>,
-    ) -> Result<usize, tkgops_engine::StoreError> {
-        let cutoff = now - DELIVERY_RETENTION;
-        let mut removed = 0;
-        for (key, value) in self.store.scan_meta(DELIVERY_PREFIX).await? {
-            let received = std::str::from_utf8(&value)
-                .ok()
-                .and_then(|v| v.split(' ').next())
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-            if received.is_none_or(|t| t < cutoff) {
-                self.store.delete_meta(&key).await?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+    pub async fn prune_deliveries(&self, now: DateTime<Utc>) -> Result<usize, JournalError> {
+        self.journal
+            .prune_deliveries(now - DELIVERY_RETENTION)
+            .await
     }
 
     /// Prunes the delivery records ([`WebhookState::prune_deliveries`]) when the last prune
@@ -227,18 +212,22 @@ async fn receive(
     };
     let event = header(&headers, "x-github-event").unwrap_or("").to_string();
     // 2. Record durably (dedupe by delivery GUID) before answering.
-    let key = format!("{DELIVERY_PREFIX}{delivery}");
-    match state.store.get_meta(&key).await {
+    match state.journal.delivery(delivery).await {
         Ok(Some(_)) => return (StatusCode::OK, "duplicate delivery ignored"),
         Ok(None) => {}
+        // A record that does not decode is a delivery recorded all the same.
+        Err(JournalError::Codec { .. }) => return (StatusCode::OK, "duplicate delivery ignored"),
         Err(e) => {
             tracing::warn!(error = %e, "webhook: reading the journal failed");
             return (StatusCode::SERVICE_UNAVAILABLE, "journal unavailable");
         }
     }
     let now = (state.clock)();
-    let record = format!("{} {event}", now.to_rfc3339());
-    if let Err(e) = state.store.put_meta(&key, record.as_bytes()).await {
+    let record = Delivery {
+        received: now,
+        event: event.clone(),
+    };
+    if let Err(e) = state.journal.record_delivery(delivery, &record).await {
         tracing::warn!(error = %e, "webhook: recording the delivery failed");
         return (StatusCode::SERVICE_UNAVAILABLE, "journal unavailable");
     }
@@ -263,17 +252,24 @@ mod tests {
 
     const SECRET: &str = "a-webhook-secret-of-more-than-24-chars";
 
-    fn setup(secret: Option<&str>) -> (Router, Arc<dyn Store>, Arc<Notify>, Arc<AtomicBool>) {
-        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+    async fn journal() -> BotJournal {
+        BotJournal::open(Arc::new(SledStore::temporary().unwrap()))
+            .await
+            .unwrap()
+            .0
+    }
+
+    async fn setup(secret: Option<&str>) -> (Router, BotJournal, Arc<Notify>, Arc<AtomicBool>) {
+        let journal = journal().await;
         let wake = Arc::new(Notify::new());
         let ready = Arc::new(AtomicBool::new(false));
         let state = WebhookState::new(
             secret.map(String::from),
-            store.clone(),
+            journal.clone(),
             wake.clone(),
             ready.clone(),
         );
-        (router(Arc::new(state)), store, wake, ready)
+        (router(Arc::new(state)), journal, wake, ready)
     }
 
     fn delivery(body: &str, signature: Option<String>, id: &str) -> Request<Body> {
@@ -287,13 +283,13 @@ mod tests {
         r.body(Body::from(body.to_string())).unwrap()
     }
 
-    async fn deliveries(store: &Arc<dyn Store>) -> usize {
-        store.scan_meta(DELIVERY_PREFIX).await.unwrap().len()
+    async fn deliveries(journal: &BotJournal) -> usize {
+        journal.deliveries().await.unwrap().len()
     }
 
     #[tokio::test]
     async fn signed_deliveries_are_recorded_once_and_wake_the_poll() {
-        let (app, store, wake, _) = setup(Some(SECRET));
+        let (app, store, wake, _) = setup(Some(SECRET)).await;
         let body = r#"{"action":"opened","number":1}"#;
         let sig = sign(SECRET.as_bytes(), body.as_bytes());
         let woken = wake.notified();
@@ -322,7 +318,7 @@ mod tests {
     #[tokio::test]
     async fn delivery_records_are_pruned_after_seven_days() {
         use chrono::TimeZone;
-        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+        let store = journal().await;
         let t0 = Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap();
         let now = Arc::new(std::sync::Mutex::new(t0));
         let clock_now = now.clone();
@@ -348,15 +344,7 @@ mod tests {
         // Day 8: old-1 is 8 days old and goes; its redelivery would be a new hint.
         at(days(8));
         assert_eq!(send("new-1").await.unwrap().status(), StatusCode::ACCEPTED);
-        let keys = |store: Arc<dyn Store>| async move {
-            store
-                .scan_meta(DELIVERY_PREFIX)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|(k, _)| k.trim_start_matches(DELIVERY_PREFIX).to_string())
-                .collect::<Vec<_>>()
-        };
+        let keys = |store: BotJournal| async move { store.deliveries().await.unwrap() };
         assert_eq!(keys(store.clone()).await, ["mid-1", "mid-2", "new-1"]);
         // Pruned at most once an hour: 10 min before mid-1 turns 7 days old a prune keeps it;
         // 20 min after, the prune is not due yet; an hour later it goes.
@@ -380,7 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn forged_and_unsigned_deliveries_change_nothing() {
-        let (app, store, _, _) = setup(Some(SECRET));
+        let (app, store, _, _) = setup(Some(SECRET)).await;
         let body = r#"{"action":"opened"}"#;
         let forged = sign(b"another-secret-entirely-0123456789", body.as_bytes());
         for sig in [
@@ -408,7 +396,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_secret_every_delivery_is_refused() {
-        let (app, store, _, _) = setup(None);
+        let (app, store, _, _) = setup(None).await;
         let body = "{}";
         let sig = sign(b"", body.as_bytes());
         let r = app
@@ -421,7 +409,7 @@ mod tests {
 
     #[tokio::test]
     async fn health_and_readiness() {
-        let (app, _, _, ready) = setup(Some(SECRET));
+        let (app, _, _, ready) = setup(Some(SECRET)).await;
         let get = |p: &str| Request::get(p).body(Body::empty()).unwrap();
         assert_eq!(
             app.clone().oneshot(get("/healthz")).await.unwrap().status(),

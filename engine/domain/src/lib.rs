@@ -12,12 +12,16 @@
 //!   rolled, PackageInstalls reconciled or deleted, TMC cluster ready or gone), pure functions of
 //!   what was observed and when.
 //! - [`step`]: the step contract the engine persists and the providers execute.
+//! - [`executor`]: the executor contract ([`executor::StepExecutor`], [`executor::StepContext`],
+//!   [`executor::StepError`], [`executor::ProgressSink`]) the engine calls and the providers
+//!   implement.
 //! - [`files`]: how files reach the domain (a git tree, a directory): the [`files::TreeReader`]
 //!   trait its callers implement.
 //!
 //! This crate depends on no async runtime, network, git or storage crate (see the workspace
 //! `Cargo.toml`); everything here is a function of its inputs.
 
+pub mod executor;
 pub mod files;
 pub mod request;
 pub mod schedule;

@@ -1,7 +1,8 @@
 //! tkgops-engine: the durable step engine and its journal.
 //!
-//! - [`step`]: the executor contract ([`StepExecutor`], [`StepContext`], [`StepError`]); the
-//!   step itself ([`StepSpec`]) is the domain's.
+//! - [`step`]: the executor contract ([`StepExecutor`], [`StepContext`], [`StepError`]),
+//!   re-exported from the domain ([`tkgops_domain::executor`]), where it lives so that the
+//!   providers need not depend on the engine; the step itself ([`StepSpec`]) is the domain's.
 //! - [`fsm`]: the run and step transition tables.
 //! - [`runner`]: the [`Engine`] (scheduling, per-cluster queues, durable execution, resume).
 //! - [`store`]: the [`Store`] seam and its sled implementation.

@@ -7,6 +7,11 @@
 //! are one write, made before step N+1's executor is called; the last step's success and the
 //! run's `Succeeded` are one write. The run's `Queued → Running` is folded into step 1's start.
 //! If the engine stops between steps, the pending success is written before stopping.
+//!
+//! A write on the happy path carries only what changed ([`Store::put_run_steps`]): the one or
+//! two steps it concerns, and the run's own fields when they changed (its start, its end), not
+//! the whole run. Rare transitions (a failure, a cancellation, a retry, a re-plan) write the
+//! whole run ([`Store::put_run`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -130,7 +135,7 @@ pub enum EngineError {
     /// No run with this id exists.
     #[error("run {0} not found")]
     NotFound(String),
-    /// The request is malformed (empty id or cluster, NUL in the origin, duplicate step ids).
+    /// The request is malformed (empty id or cluster, NUL in the id or the origin, duplicate step ids).
     #[error("invalid run request: {0}")]
     InvalidRequest(String),
     /// [`Engine::shutdown`] was called; no new work is accepted.
@@ -359,23 +364,30 @@ impl Engine {
     /// Errors: [`EngineError::NotFound`]; [`EngineError::Stopped`] if the run stopped in this
     /// process without finishing (shutdown, store failure); [`EngineError::Store`].
     pub async fn wait(&self, run_id: &str) -> Result<RunRecord, EngineError> {
-        let mut rx = {
+        let (mut rx, scheduled) = {
             let mut s = self.inner.lock();
-            s.waiters
+            // A run scheduled here is not terminal yet: its end reaches this waiter, which is
+            // registered under the same lock `finish` takes (no store read needed).
+            let scheduled = s.live.contains_key(run_id);
+            let rx = s
+                .waiters
                 .entry(run_id.to_string())
                 .or_insert_with(|| watch::channel(WaitState::Pending).0)
-                .subscribe()
+                .subscribe();
+            (rx, scheduled)
         };
-        match self.inner.store.get_run(run_id).await? {
-            None => {
-                self.inner.drop_idle_waiter(run_id);
-                return Err(EngineError::NotFound(run_id.to_string()));
+        if !scheduled {
+            match self.inner.store.get_run(run_id).await? {
+                None => {
+                    self.inner.drop_idle_waiter(run_id);
+                    return Err(EngineError::NotFound(run_id.to_string()));
+                }
+                Some(run) if run.state.is_terminal() => {
+                    self.inner.drop_idle_waiter(run_id);
+                    return Ok(run);
+                }
+                Some(_) => {}
             }
-            Some(run) if run.state.is_terminal() => {
-                self.inner.drop_idle_waiter(run_id);
-                return Ok(run);
-            }
-            Some(_) => {}
         }
         let outcome = rx
             .wait_for(|s| !matches!(s, WaitState::Pending))
@@ -609,6 +621,11 @@ fn validate(req: &RunRequest) -> Result<(), EngineError> {
     if req.id.is_empty() {
         return Err(EngineError::InvalidRequest("empty run id".to_string()));
     }
+    if req.id.contains('\0') {
+        return Err(EngineError::InvalidRequest(
+            "run id contains NUL".to_string(),
+        ));
+    }
     if req.cluster.is_empty() {
         return Err(EngineError::InvalidRequest("empty cluster".to_string()));
     }
@@ -810,6 +827,7 @@ impl Inner {
         self.observer.run_changed(run, Some(line)).await;
     }
 
+    /// Writes the whole `run` (flushed), then tells the observer.
     async fn persist(
         &self,
         run: &mut RunRecord,
@@ -817,6 +835,32 @@ impl Inner {
     ) -> Result<(), EngineError> {
         run.updated_at = Utc::now();
         self.store.put_run(run).await?;
+        self.observer.run_changed(run, progress).await;
+        Ok(())
+    }
+
+    /// Writes the steps `steps` of `run` and, when `header`, its own fields (flushed; see
+    /// [`Store::put_run_steps`]), then tells the observer. Every other part of `run` must be
+    /// as last written.
+    async fn persist_steps(
+        &self,
+        run: &mut RunRecord,
+        steps: &[usize],
+        header: bool,
+        progress: Option<&str>,
+    ) -> Result<(), EngineError> {
+        if header {
+            run.updated_at = Utc::now();
+        } else {
+            // The header is not written: the time read back is the latest one on the steps.
+            for t in steps
+                .iter()
+                .filter_map(|i| run.steps.get(*i)?.last_change())
+            {
+                run.updated_at = run.updated_at.max(t);
+            }
+        }
+        self.store.put_run_steps(run, steps, header).await?;
         self.observer.run_changed(run, progress).await;
         Ok(())
     }
@@ -884,7 +928,7 @@ impl Inner {
         });
         let mut outputs = BTreeMap::new();
         // A step success not yet written (it is folded into the next write).
-        let mut unsaved = false;
+        let mut unsaved: Option<usize> = None;
         for idx in 0..run.steps.len() {
             match run.steps[idx].state {
                 StepState::Succeeded => {
@@ -896,7 +940,8 @@ impl Inner {
                     continue;
                 }
                 StepState::Failed | StepState::Cancelled => {
-                    // Not reachable with this engine's atomic writes; finish the run consistently.
+                    // Not reachable: failures and cancellations are written whole (one header
+                    // switch), never step by step. Finish the run consistently.
                     let msg = run.steps[idx]
                         .error
                         .clone()
@@ -1000,19 +1045,22 @@ impl Inner {
         run_event: &mut Option<RunEvent>,
         outputs: &BTreeMap<String, serde_json::Value>,
         shutdown: &mut watch::Receiver<bool>,
-        unsaved: &mut bool,
+        unsaved: &mut Option<usize>,
     ) -> Result<StepEnd, EngineError> {
         // A step found Running was interrupted (crash/shutdown) or was between attempts.
         let mut resumed = run.steps[idx].state == StepState::Running;
         loop {
             if *shutdown.borrow() {
-                if std::mem::take(unsaved) {
-                    self.persist(run, None).await?;
+                if let Some(done) = unsaved.take() {
+                    self.persist_steps(run, &[done], false, None).await?;
                 }
                 return Ok(StepEnd::Stopped);
             }
             let now = Utc::now();
             // --- Begin the attempt: durable before the side effect.
+            // The run's own fields are written with the first write of this drive (its start
+            // or resume), else only the steps that changed.
+            let header = run_event.is_some();
             {
                 if let Some(ev) = run_event.take() {
                     run.state = run_transition(run.state, ev)?;
@@ -1062,8 +1110,10 @@ impl Inner {
             }
             self.set_progress(&run.id, None);
             // Also persists the previous step's success, if not yet written.
-            self.persist(run, None).await?;
-            *unsaved = false;
+            match unsaved.take() {
+                Some(done) => self.persist_steps(run, &[done, idx], header, None).await?,
+                None => self.persist_steps(run, &[idx], header, None).await?,
+            }
 
             // --- Execute.
             let (result, latest) = self.execute(run, idx, outputs).await;
@@ -1088,12 +1138,12 @@ impl Inner {
                     if run.steps.iter().all(|s| s.state == StepState::Succeeded) {
                         run.state = run_transition(run.state, RunEvent::Succeed)?;
                         run.finished_at = Some(now);
-                        self.persist(run, None).await?;
+                        self.persist_steps(run, &[idx], true, None).await?;
                     } else {
                         // Written together with the next step's first attempt, which follows at
                         // once (or on the shutdown path): still durable before the next side
                         // effect, one flush per step instead of two.
-                        *unsaved = true;
+                        *unsaved = Some(idx);
                     }
                     return Ok(StepEnd::Succeeded);
                 }
@@ -1103,7 +1153,8 @@ impl Inner {
                     if retryable && used < step.spec.retry.max_attempts.max(1) {
                         step.state = step_transition(step.state, StepEvent::AttemptFailedRetrying)?;
                         let delay = backoff_delay(&step.spec.retry, used.saturating_sub(1));
-                        self.persist(run, latest.as_deref()).await?;
+                        self.persist_steps(run, &[idx], false, latest.as_deref())
+                            .await?;
                         tracing::debug!(run = %run.id, step = idx, ?delay, "attempt failed, retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}

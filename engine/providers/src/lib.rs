@@ -1,6 +1,6 @@
 //! Providers own all network I/O: AWS EC2, Kubernetes, Tanzu Mission Control and GitHub.
 //!
-//! Each provider implements [`tkgops_engine::StepExecutor`] for its step kinds; this crate is
+//! Each provider implements [`tkgops_domain::executor::StepExecutor`] for its step kinds; this crate is
 //! the only one of the product that opens network connections (git aside, which the bot owns).
 //! Every wait runs through the one wait driver ([`wait`]) over a verdict of
 //! `tkgops_domain::wait`.
@@ -20,9 +20,9 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+use tkgops_domain::executor::StepError;
 pub use tkgops_domain::request::KubeconfigSource;
 pub use tkgops_domain::step::WorkloadTarget;
-use tkgops_engine::StepError;
 
 /// Applies manifests to workload clusters. Implemented by the Kubernetes provider; used by the
 /// TMC provider to apply the TMC installer manifest.

@@ -22,8 +22,8 @@
 
 use std::time::Duration;
 
+use tkgops_domain::executor::{ProgressSink, StepError};
 use tkgops_domain::wait::{Failure, Judge, Retry, Verdict};
-use tkgops_engine::{ProgressSink, StepError};
 use tokio::time::Instant;
 
 /// What a [`Source`] observed.

@@ -4,6 +4,12 @@
 //! implementation. Every write method flushes (`flush_async`) before returning, so a record the
 //! caller saw written survives `kill -9` and power loss.
 //!
+//! A run is stored as a small header and one record per step, so that a step transition
+//! writes that step only ([`Store::put_run_steps`]); records written by earlier versions (one
+//! JSON document per run) are still read. A run that ends `Succeeded` also records its
+//! cluster's [`DeployedCommit`] in the same flush. [`SledStore::tree`] hands out named trees
+//! of the same database for state the engine does not interpret (the bot's journal).
+//!
 //! Secrets never enter the store: step inputs and outputs are secret-free by contract, and error
 //! strings are truncated to [`MAX_ERROR_BYTES`] on write.
 
@@ -15,11 +21,11 @@ mod sled_store;
 use async_trait::async_trait;
 
 pub use records::{
-    truncate_error, AttemptRecord, RunRecord, RunState, StepRecord, StepState, MAX_ERROR_BYTES,
-    OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT,
-    OUTCOME_TRANSIENT,
+    truncate_error, AttemptRecord, DeployedCommit, RunRecord, RunState, StepRecord, StepState,
+    MAX_ERROR_BYTES, OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED,
+    OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
 };
-pub use sled_store::SledStore;
+pub use sled_store::{JournalTree, SledStore, TreeOp};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +53,9 @@ pub enum StoreError {
         /// What was wrong.
         detail: String,
     },
+    /// [`SledStore::tree`] was asked for a tree the store keeps its own records in.
+    #[error("tree {0:?} is the store's own")]
+    ReservedTree(String),
 }
 
 /// The durable run journal and the bot's key-value state. Object-safe; shared as
@@ -62,8 +71,34 @@ pub trait Store: Send + Sync {
     /// Errors: [`StoreError::Sled`] on I/O failure, [`StoreError::Codec`] if encoding fails.
     async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
 
+    /// Writes what changed in `run` since it was last written: the steps at the indexes
+    /// `steps`, and the run's own fields (state, error, note, times) when `header`. One flush;
+    /// each record is written in an order that keeps every crash-recovered prefix consistent (a
+    /// run that ends is written after its steps, one that starts before them). When the run
+    /// ends `Succeeded`, its cluster's [`DeployedCommit`] is recorded in the same flush. The
+    /// run must have been written with [`Store::put_run`] with the same steps before (else
+    /// this is a [`Store::put_run`]). The default implementation is [`Store::put_run`].
+    ///
+    /// Errors: as [`Store::put_run`].
+    async fn put_run_steps(
+        &self,
+        run: &RunRecord,
+        steps: &[usize],
+        header: bool,
+    ) -> Result<(), StoreError> {
+        let _ = (steps, header);
+        self.put_run(run).await
+    }
+
     /// The run with id `id`, or `None`. Errors: I/O or a record that does not decode.
     async fn get_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
+
+    /// The commit `cluster` last ran successfully from (its latest run that ended
+    /// `Succeeded`), or `None` when no run of it succeeded. Written by [`Store::put_run`] and
+    /// [`Store::put_run_steps`] with the run's terminal write.
+    ///
+    /// Errors: I/O or a record that does not decode.
+    async fn deployed(&self, cluster: &str) -> Result<Option<DeployedCommit>, StoreError>;
 
     /// Every non-terminal run, ordered by `seq`. Cost is proportional to the number of active
     /// runs, not to the history. Errors: I/O or a record that does not decode.
@@ -77,14 +112,30 @@ pub trait Store: Send + Sync {
     /// also across restarts and crashes (not necessarily contiguous). Errors: I/O.
     async fn next_seq(&self) -> Result<u64, StoreError>;
 
-    /// Writes the bot state `key` = `value` and flushes before returning. Errors: I/O.
+    /// Records `commit_sha` as the commit `cluster` last ran successfully from when no fact is
+    /// recorded for it (flushed), for journals written before the store kept the fact (the
+    /// bot's migration). Returns whether it was recorded. Errors: I/O.
+    async fn import_deployed(&self, cluster: &str, commit_sha: &str) -> Result<bool, StoreError>;
+
+    /// Writes the state `key` = `value` of the `meta` tree and flushes before returning: the
+    /// engine's durable cancellation requests ([`crate::CANCEL_PREFIX`]), and the bot's state
+    /// as versions before its typed journal kept it (read once by its migration). Errors: I/O.
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
 
-    /// The bot state stored under `key`, or `None`. Errors: I/O.
+    /// The state stored under `key` in the `meta` tree, or `None`. Errors: I/O.
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Removes `key` (no error if absent) and flushes before returning. Errors: I/O.
     async fn delete_meta(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Removes every key of `keys` (no error for absent ones) and flushes once before
+    /// returning. Errors: I/O (the keys before the failing one may be removed).
+    async fn delete_meta_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            self.delete_meta(key).await?;
+        }
+        Ok(())
+    }
 
     /// Every `(key, value)` whose key starts with `prefix`, in key order. Errors: I/O or a
     /// key that is not UTF-8.

@@ -148,6 +148,34 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl StepRecord {
+    /// Whether any persisted error string of the step is longer than [`MAX_ERROR_BYTES`].
+    pub(crate) fn has_oversized_error(&self) -> bool {
+        let long = |e: &Option<String>| e.as_ref().is_some_and(|e| e.len() > MAX_ERROR_BYTES);
+        long(&self.error) || self.attempts.iter().any(|a| long(&a.error))
+    }
+
+    /// Truncates every error string of the step to [`MAX_ERROR_BYTES`] in place.
+    pub(crate) fn truncate_errors(&mut self) {
+        fix_error(&mut self.error);
+        for a in &mut self.attempts {
+            fix_error(&mut a.error);
+        }
+    }
+
+    /// The latest time the engine recorded on this step (its start, its end, an attempt's
+    /// start or end), if any.
+    pub(crate) fn last_change(&self) -> Option<DateTime<Utc>> {
+        let attempts = self
+            .attempts
+            .iter()
+            .flat_map(|a| [Some(a.started_at), a.finished_at]);
+        [self.started_at, self.finished_at]
+            .into_iter()
+            .chain(attempts)
+            .flatten()
+            .max()
+    }
+
     /// A `Pending` step for `spec`, with no attempts.
     pub fn pending(spec: StepSpec) -> Self {
         StepRecord {
@@ -197,7 +225,9 @@ pub struct RunRecord {
     pub seq: u64,
     /// When the run was first persisted.
     pub created_at: DateTime<Utc>,
-    /// When the run was last persisted.
+    /// When the run last changed: the time its own fields were last written, or the latest
+    /// time recorded on its steps (starts, ends, attempts) when a step changed after that.
+    /// The store keeps each step in its own record and derives this on reading.
     pub updated_at: DateTime<Utc>,
     /// When the run reached a terminal state.
     pub finished_at: Option<DateTime<Utc>>,
@@ -212,32 +242,29 @@ pub struct RunRecord {
     pub note: Option<String>,
 }
 
-impl RunRecord {
-    /// Whether any persisted error string is longer than [`MAX_ERROR_BYTES`].
-    pub(crate) fn has_oversized_error(&self) -> bool {
-        let long = |e: &Option<String>| e.as_ref().is_some_and(|e| e.len() > MAX_ERROR_BYTES);
-        long(&self.error)
-            || self
-                .steps
-                .iter()
-                .any(|s| long(&s.error) || s.attempts.iter().any(|a| long(&a.error)))
-    }
-
-    /// Truncates every error string to [`MAX_ERROR_BYTES`] in place.
-    pub(crate) fn truncate_errors(&mut self) {
-        let fix = |e: &mut Option<String>| {
-            if let Some(s) = e.as_mut() {
-                if s.len() > MAX_ERROR_BYTES {
-                    *s = truncate_error(s);
-                }
-            }
-        };
-        fix(&mut self.error);
-        for s in &mut self.steps {
-            fix(&mut s.error);
-            for a in &mut s.attempts {
-                fix(&mut a.error);
-            }
+/// Truncates `e` to [`MAX_ERROR_BYTES`] when it is longer.
+fn fix_error(e: &mut Option<String>) {
+    if let Some(s) = e.as_mut() {
+        if s.len() > MAX_ERROR_BYTES {
+            *s = truncate_error(s);
         }
     }
+}
+
+/// The commit a cluster last ran successfully from: the `commit_sha` of its latest run that
+/// ended `Succeeded`. The store records it in the same flush as that run's terminal write
+/// ([`crate::store::Store::deployed`]), so it is never behind the run records, also after a
+/// crash. A queued run of the cluster re-plans against it (the bot's start gate).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployedCommit {
+    /// The commit the run was pinned to ([`RunRecord::commit_sha`]).
+    pub commit_sha: String,
+    /// The run that succeeded; `None` for a fact imported from an earlier journal
+    /// ([`crate::store::Store::import_deployed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// When that run finished ([`RunRecord::finished_at`]); `None` when imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
 }

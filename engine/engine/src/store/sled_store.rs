@@ -1,57 +1,153 @@
 //! [`Store`] on sled 0.34.
 //!
 //! Trees:
-//! - `runs`: run id → [`RunRecord`] JSON.
+//! - `runs`: run id → the run's header: `0x01 ‖ generation (u32 BE) ‖ step count (u32 BE) ‖
+//!   terminal (0 or 1) ‖` the JSON of the run without its steps. Records of earlier versions hold the whole
+//!   [`RunRecord`] as JSON (first byte `{`): they are still read, and the first write of such
+//!   a run rewrites it in the new form.
+//! - `steps`: under `run id ‖ 0x00 ‖ generation (u32 BE)` (run ids contain no NUL): `‖ 0x00`
+//!   → the [`StepSpec`]s of the run's steps (a JSON array, written once with the whole run),
+//!   and `‖ 0x01 ‖ step index (u32 BE)` → that step's progress (state, attempts, times, error,
+//!   output), the only part a step transition changes. A step that has not started and has no
+//!   attempts (a `Pending` step as submitted) has no progress record. A step transition writes
+//!   its step's progress only ([`Store::put_run_steps`]): a record of a few hundred bytes and
+//!   a flush, not the whole run; a submission writes the header, the specs and the indexes.
+//!   The header
+//!   names the generation of the run's steps: a write of the whole run ([`Store::put_run`]: a
+//!   submission, a re-plan's new steps, a failure, a cancellation, a retry) writes every step
+//!   under the next generation, then the header that switches to them, then removes the
+//!   earlier generations, so a reader never sees the steps of two writes mixed.
 //! - `active`: `seq (u64 BE) ‖ run id` → empty, one entry per non-terminal run. Resume reads this
 //!   tree only, in `seq` order, so its cost does not grow with the history.
 //! - `by_origin`: `origin ‖ 0x00 ‖ seq (u64 BE) ‖ run id` → empty (origins contain no NUL).
-//! - `meta`: the bot's key-value state.
+//! - `deployed`: cluster → [`DeployedCommit`] JSON, written with the terminal write of a run
+//!   that ended `Succeeded`.
+//! - `meta`: the engine's cancellation requests, and the bot's state as versions before its
+//!   typed journal kept it.
+//! - any other name: a [`JournalTree`] handed out by [`SledStore::tree`] (the bot's journal).
 //!
-//! `put_run` does not use sled transactions (nor batches). With 40 concurrent runs, each
+//! Writes do not use sled transactions (nor batches). With 40 concurrent runs, each
 //! calling `flush_async` after a transaction, sled 0.34.7 deadlocked (engine benchmark, gdb):
 //! both tokio workers waited in `TransactionalTrees::stage` for sled's global write lock, while
 //! every I/O pool thread sat in `iobuf::flush` waiting for the read lock or for a log write that
 //! itself needed a pool thread. Without transactions the same hang still occurred through pool
 //! starvation alone (every pool thread in `make_stable`), hence the group-commit flush below
-//! (at most one `flush_async` in flight). Avoiding transactions also keeps sled out of its
+//! (at most one flush in flight). Avoiding transactions also keeps sled out of its
 //! global reader/writer-lock mode, which the first transaction switches on for good.
-//! Instead of a transaction, plain inserts are ordered so that every crash-recovered prefix is
-//! consistent: index entries are added before the record and removed after it, so an index is
-//! at worst a superset, and readers check each entry against the record.
+//!
+//! Instead of a transaction, plain inserts are ordered so that every crash-recovered prefix
+//! (sled recovers a prefix of its log) is consistent:
+//! - index entries are added before the header and removed after it, so an index is at worst
+//!   a superset, and readers check each entry against the record;
+//! - a header that starts or keeps a run going is written before its steps (a `Running` run
+//!   with steps still `Pending` is a run between two steps); a header that ends a run is
+//!   written after its steps (steps that ended under a `Running` run are finished on resume);
+//! - after a terminal header: the cluster's deployed commit, then the `active` entry's removal.
+//!   [`SledStore::open`] repairs the one prefix this cannot make consistent, a terminal header
+//!   whose deployed commit or removal from `active` is missing: it finds the run through the
+//!   `active` entry that is still there.
+//!
+//! Threads: point reads and writes (a header, a few steps, a journal entry) run on the calling
+//! task, as sled serves them from its page cache and appends them to its in-memory log buffer
+//! (a cache miss reads one page). The flush, which waits for the disk, runs on the calling
+//! thread inside `tokio::task::block_in_place` on a multi-thread runtime (the worker's other
+//! tasks move to another thread meanwhile; sled writes the log on one of its I/O threads and
+//! the caller waits for it), and through `flush_async` (sled's I/O threads) on a
+//! current-thread runtime, where blocking is not allowed. Scans (`list_active`,
+//! `list_runs_by_origin`, `scan_meta`, [`JournalTree::scan_prefix`]) run in tokio's blocking
+//! pool. On a disk with a fast fsync, each thread hand-off costs about as much as the write
+//! itself (engine benchmark: a `flush_async` takes 14 context switches, a hop to the blocking
+//! pool for each insert 2 more), hence no hop for inserts and one fewer for the flush.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use super::{RunRecord, Store, StoreError};
+use super::{
+    AttemptRecord, DeployedCommit, RunRecord, RunState, StepRecord, StepState, Store, StoreError,
+};
+use crate::step::StepSpec;
 
 /// Page cache budget of the sled database, in bytes (sled's default is 1 GiB, too much for the
 /// 200 MB resident-memory target).
 const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 
+/// First byte of a run header in the split form (records of earlier versions start with `{`).
+const HEADER_V1: u8 = 1;
+
+/// Length of the header's prefix: version, generation, step count, terminal.
+const HEADER_PREFIX_LEN: usize = 10;
+
+/// Trees the store keeps its own records in: [`SledStore::tree`] refuses them.
+const RESERVED_TREES: &[&str] = &[
+    "runs",
+    "steps",
+    "active",
+    "by_origin",
+    "deployed",
+    "meta",
+    "__sled__default",
+];
+
 /// The sled-backed [`Store`]. Cheap to share behind an `Arc`.
 ///
 /// sled holds a file lock on its directory: opening the same path a second time in one process
-/// fails until every handle of the first database (this value and all clones of the `Arc` it is
-/// in) has been dropped.
+/// fails until every handle of the first database (this value, all clones of the `Arc` it is
+/// in, and every [`JournalTree`] it handed out) has been dropped.
 pub struct SledStore {
-    db: sled::Db,
-    /// Number of writes completed so far (assigned after each write returns).
-    written: AtomicU64,
-    /// Group commit: at most one `flush_async` in flight; holds the `written` value the last
-    /// completed flush covers.
-    flushed: tokio::sync::Mutex<u64>,
+    flusher: Arc<Flusher>,
     trees: Trees,
 }
 
+/// Group commit of the database's writes: at most one flush in flight.
+struct Flusher {
+    db: sled::Db,
+    /// Number of writes completed so far (assigned after each write returns).
+    written: AtomicU64,
+    /// Holds the `written` value the last completed flush covers.
+    flushed: tokio::sync::Mutex<u64>,
+}
+
+impl Flusher {
+    /// Flushes every write completed before this call to disk (fsync). Errors: I/O.
+    ///
+    /// Concurrent callers share one flush (sled 0.34.7 deadlocks when more concurrent
+    /// `flush_async` calls are in flight than its I/O thread pool has threads: they occupy
+    /// every pool thread waiting for a log write that needs a pool thread). The flush runs on
+    /// the caller's thread (see the module docs), never on a pool thread.
+    async fn flush(&self) -> Result<(), StoreError> {
+        let mine = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = self.flushed.lock().await;
+        if *flushed >= mine {
+            return Ok(()); // a flush that started after our write already completed
+        }
+        let target = self.written.load(Ordering::SeqCst);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            // The caller's thread waits for the disk; its worker's other tasks do not.
+            tokio::task::block_in_place(|| self.db.flush())?;
+        } else {
+            self.db.flush_async().await?;
+        }
+        *flushed = target;
+        Ok(())
+    }
+}
+
 /// The trees of the journal (cheap to clone: sled trees are reference-counted handles), moved
-/// into `spawn_blocking` so that sled's synchronous calls never run on an async worker.
+/// into `spawn_blocking` for scans.
 #[derive(Clone)]
 struct Trees {
     runs: sled::Tree,
+    steps: sled::Tree,
     active: sled::Tree,
     by_origin: sled::Tree,
+    deployed: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -62,10 +158,12 @@ impl std::fmt::Debug for SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the database in directory `path`.
+    /// Opens (or creates) the database in directory `path`, and repairs what a crash in the
+    /// middle of a run's terminal write left (see the module docs).
     ///
     /// Errors: [`StoreError::Sled`] if the directory cannot be created or read, is corrupt, or is
-    /// locked by another open database.
+    /// locked by another open database; [`StoreError::Codec`] if a run header found through
+    /// the `active` index does not decode.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
@@ -87,38 +185,53 @@ impl SledStore {
     }
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
-        Ok(SledStore {
+        let store = SledStore {
             trees: Trees {
                 runs: db.open_tree("runs")?,
+                steps: db.open_tree("steps")?,
                 active: db.open_tree("active")?,
                 by_origin: db.open_tree("by_origin")?,
+                deployed: db.open_tree("deployed")?,
                 meta: db.open_tree("meta")?,
             },
-            db,
-            written: AtomicU64::new(0),
-            flushed: tokio::sync::Mutex::new(0),
+            flusher: Arc::new(Flusher {
+                db,
+                written: AtomicU64::new(0),
+                flushed: tokio::sync::Mutex::new(0),
+            }),
+        };
+        if store.trees.repair()? > 0 {
+            store.flusher.db.flush()?;
+        }
+        Ok(store)
+    }
+
+    /// The named tree `name` of this database, for state the engine does not interpret (the
+    /// bot's journal), written with the same group-commit flush as the runs. Opening a tree
+    /// twice yields two handles of the same tree.
+    ///
+    /// Errors: [`StoreError::ReservedTree`] for a tree the store keeps its own records in
+    /// (`runs`, `steps`, `active`, `by_origin`, `deployed`, `meta`); [`StoreError::Sled`] on
+    /// I/O failure.
+    pub fn tree(&self, name: &str) -> Result<JournalTree, StoreError> {
+        if RESERVED_TREES.contains(&name) {
+            return Err(StoreError::ReservedTree(name.to_string()));
+        }
+        Ok(JournalTree {
+            tree: self.flusher.db.open_tree(name)?,
+            flusher: self.flusher.clone(),
         })
     }
 
     /// Flushes every write completed before this call to disk (fsync). Errors: I/O.
     ///
-    /// Group commit: concurrent callers share one `flush_async` (sled 0.34.7 deadlocks when
-    /// more concurrent `flush_async` calls are in flight than its I/O thread pool has threads:
-    /// they occupy every pool thread waiting for a log write that needs a pool thread).
+    /// Group commit: concurrent callers share one `flush_async`.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let mine = self.written.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut flushed = self.flushed.lock().await;
-        if *flushed >= mine {
-            return Ok(()); // a flush that started after our write already completed
-        }
-        let target = self.written.load(Ordering::SeqCst);
-        self.db.flush_async().await?;
-        *flushed = target;
-        Ok(())
+        self.flusher.flush().await
     }
 
-    /// Runs `f` on the trees in tokio's blocking pool (sled's calls are synchronous and may
-    /// wait for disk). Errors: those of `f`, or [`StoreError::Task`] if the task panicked.
+    /// Runs `f` on the trees in tokio's blocking pool (for scans, which may read many pages).
+    /// Errors: those of `f`, or [`StoreError::Task`] if the task panicked.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
@@ -130,20 +243,245 @@ impl SledStore {
     }
 }
 
-impl Trees {
-    fn decode(key: &[u8], bytes: &[u8]) -> Result<RunRecord, StoreError> {
-        serde_json::from_slice(bytes).map_err(|source| StoreError::Codec {
-            key: String::from_utf8_lossy(key).into_owned(),
-            source,
-        })
-    }
+/// A run's own fields as the header stores them (borrowed, for writing).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HeaderOut<'a> {
+    id: &'a str,
+    cluster: &'a str,
+    workflow: &'a str,
+    commit_sha: &'a str,
+    origin: &'a Option<String>,
+    state: RunState,
+    seq: u64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: &'a Option<String>,
+}
 
-    fn get_run(&self, id: &[u8]) -> Result<Option<RunRecord>, StoreError> {
-        match self.runs.get(id)? {
-            Some(bytes) => Ok(Some(Self::decode(id, &bytes)?)),
-            None => Ok(None),
-        }
+/// A run's own fields as the header stores them (owned, for reading).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    id: String,
+    cluster: String,
+    workflow: String,
+    commit_sha: String,
+    #[serde(default)]
+    origin: Option<String>,
+    state: RunState,
+    seq: u64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    error: Option<String>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// A decoded `runs` entry.
+enum Stored {
+    /// A whole run, as versions before the split form wrote it.
+    Whole(Box<RunRecord>),
+    /// A header whose steps are in the `steps` tree under `generation`.
+    Split {
+        generation: u32,
+        count: u32,
+        header: Box<Header>,
+    },
+}
+
+/// Whether the `runs` entry `bytes` is of a run that ended (read from the header's prefix
+/// without decoding it; a whole record of an earlier version is decoded).
+fn stored_terminal(key: &[u8], bytes: &[u8]) -> Result<bool, StoreError> {
+    if split_prefix(bytes).is_some() {
+        return Ok(bytes[HEADER_PREFIX_LEN - 1] == 1);
     }
+    match decode_stored(key, bytes)? {
+        Stored::Whole(r) => Ok(r.state.is_terminal()),
+        Stored::Split { header, .. } => Ok(header.state.is_terminal()),
+    }
+}
+
+fn codec(key: &[u8], source: serde_json::Error) -> StoreError {
+    StoreError::Codec {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    }
+}
+
+/// `(generation, step count)` of a header in the split form; `None` for an earlier version's
+/// whole record.
+fn split_prefix(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.len() < HEADER_PREFIX_LEN || bytes[0] != HEADER_V1 {
+        return None;
+    }
+    let mut g = [0u8; 4];
+    g.copy_from_slice(&bytes[1..5]);
+    let mut c = [0u8; 4];
+    c.copy_from_slice(&bytes[5..9]);
+    Some((u32::from_be_bytes(g), u32::from_be_bytes(c)))
+}
+
+fn decode_stored(key: &[u8], bytes: &[u8]) -> Result<Stored, StoreError> {
+    match split_prefix(bytes) {
+        Some((generation, count)) => {
+            let header: Header =
+                serde_json::from_slice(&bytes[HEADER_PREFIX_LEN..]).map_err(|e| codec(key, e))?;
+            Ok(Stored::Split {
+                generation,
+                count,
+                header: Box::new(header),
+            })
+        }
+        None => serde_json::from_slice(bytes)
+            .map(|r| Stored::Whole(Box::new(r)))
+            .map_err(|e| codec(key, e)),
+    }
+}
+
+/// The header of `run` in the split form, its steps under `generation`. Error strings longer
+/// than [`super::MAX_ERROR_BYTES`] are truncated.
+fn encode_header(run: &RunRecord, generation: u32) -> Result<Vec<u8>, StoreError> {
+    let count = u32::try_from(run.steps.len()).map_err(|_| StoreError::Corrupt {
+        tree: "runs",
+        detail: format!("run {} has {} steps", run.id, run.steps.len()),
+    })?;
+    let out = HeaderOut {
+        id: &run.id,
+        cluster: &run.cluster,
+        workflow: &run.workflow,
+        commit_sha: &run.commit_sha,
+        origin: &run.origin,
+        state: run.state,
+        seq: run.seq,
+        created_at: run.created_at,
+        updated_at: run.updated_at,
+        finished_at: run.finished_at,
+        error: run.error.as_deref().map(super::truncate_error),
+        note: &run.note,
+    };
+    let mut bytes = Vec::with_capacity(HEADER_PREFIX_LEN + 256);
+    bytes.push(HEADER_V1);
+    bytes.extend_from_slice(&generation.to_be_bytes());
+    bytes.extend_from_slice(&count.to_be_bytes());
+    bytes.push(u8::from(run.state.is_terminal()));
+    serde_json::to_writer(&mut bytes, &out).map_err(|source| StoreError::Codec {
+        key: run.id.clone(),
+        source,
+    })?;
+    Ok(bytes)
+}
+
+/// A step's progress as its record stores it (borrowed, for writing): everything of a
+/// [`StepRecord`] but its spec.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProgressOut<'a> {
+    state: StepState,
+    attempts: &'a [AttemptRecord],
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    error: &'a Option<String>,
+    output: &'a Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "is_zero")]
+    attempts_before_retry: u32,
+}
+
+/// A step's progress as its record stores it (owned, for reading).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Progress {
+    state: StepState,
+    attempts: Vec<AttemptRecord>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    error: Option<String>,
+    output: Option<serde_json::Value>,
+    #[serde(default)]
+    attempts_before_retry: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The part of a generation's keys holding the specs.
+const SPECS_PART: u8 = 0;
+/// The part of a generation's keys holding each step's progress.
+const PROGRESS_PART: u8 = 1;
+
+/// Whether `step` is as submitted (`Pending`, nothing recorded): it needs no progress record.
+fn as_submitted(step: &StepRecord) -> bool {
+    step.state == StepState::Pending
+        && step.attempts.is_empty()
+        && step.started_at.is_none()
+        && step.finished_at.is_none()
+        && step.error.is_none()
+        && step.output.is_none()
+        && step.attempts_before_retry == 0
+}
+
+/// A step's progress record, error strings truncated.
+fn encode_progress(run_id: &str, step: &StepRecord) -> Result<Vec<u8>, StoreError> {
+    let truncated;
+    let step = if step.has_oversized_error() {
+        let mut s = step.clone();
+        s.truncate_errors();
+        truncated = s;
+        &truncated
+    } else {
+        step
+    };
+    serde_json::to_vec(&ProgressOut {
+        state: step.state,
+        attempts: &step.attempts,
+        started_at: step.started_at,
+        finished_at: step.finished_at,
+        error: &step.error,
+        output: &step.output,
+        attempts_before_retry: step.attempts_before_retry,
+    })
+    .map_err(|source| StoreError::Codec {
+        key: format!("{run_id}/{}", step.spec.id),
+        source,
+    })
+}
+
+/// The specs of `run`'s steps, as one JSON array.
+fn encode_specs(run: &RunRecord) -> Result<Vec<u8>, StoreError> {
+    let specs: Vec<&StepSpec> = run.steps.iter().map(|s| &s.spec).collect();
+    serde_json::to_vec(&specs).map_err(|source| StoreError::Codec {
+        key: format!("{}/specs", run.id),
+        source,
+    })
+}
+
+fn steps_prefix(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 1);
+    k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k
+}
+
+fn specs_key(id: &str, generation: u32) -> Vec<u8> {
+    let mut k = steps_prefix(id);
+    k.reserve(5);
+    k.extend_from_slice(&generation.to_be_bytes());
+    k.push(SPECS_PART);
+    k
+}
+
+fn progress_key(id: &str, generation: u32, index: usize) -> Vec<u8> {
+    let mut k = steps_prefix(id);
+    k.reserve(9);
+    k.extend_from_slice(&generation.to_be_bytes());
+    k.push(PROGRESS_PART);
+    k.extend_from_slice(&(index as u32).to_be_bytes());
+    k
 }
 
 fn active_key(seq: u64, id: &str) -> Vec<u8> {
@@ -184,55 +522,271 @@ fn split_seq<'k>(
     Ok((u64::from_be_bytes(seq), &key[at + 8..]))
 }
 
+impl Trees {
+    /// The run `id` with its steps, or `None`.
+    fn get_run(&self, id: &[u8]) -> Result<Option<RunRecord>, StoreError> {
+        let Some(bytes) = self.runs.get(id)? else {
+            return Ok(None);
+        };
+        let (generation, count, header) = match decode_stored(id, &bytes)? {
+            Stored::Whole(run) => return Ok(Some(*run)),
+            Stored::Split {
+                generation,
+                count,
+                header,
+            } => (generation, count, header),
+        };
+        let id_text = String::from_utf8_lossy(id);
+        let key = specs_key(&id_text, generation);
+        let Some(b) = self.steps.get(&key)? else {
+            return Err(StoreError::Corrupt {
+                tree: "steps",
+                detail: format!("run {id_text}: the specs of generation {generation} are missing"),
+            });
+        };
+        let specs: Vec<StepSpec> = serde_json::from_slice(&b).map_err(|e| codec(&key, e))?;
+        if specs.len() != count as usize {
+            return Err(StoreError::Corrupt {
+                tree: "steps",
+                detail: format!(
+                    "run {id_text}: {} specs in generation {generation}, the header says {count}",
+                    specs.len()
+                ),
+            });
+        }
+        let mut steps = Vec::with_capacity(specs.len());
+        for (index, spec) in specs.into_iter().enumerate() {
+            let key = progress_key(&id_text, generation, index);
+            let step = match self.steps.get(&key)? {
+                None => StepRecord::pending(spec),
+                Some(b) => {
+                    let p: Progress = serde_json::from_slice(&b).map_err(|e| codec(&key, e))?;
+                    StepRecord {
+                        spec,
+                        state: p.state,
+                        attempts: p.attempts,
+                        started_at: p.started_at,
+                        finished_at: p.finished_at,
+                        error: p.error,
+                        output: p.output,
+                        attempts_before_retry: p.attempts_before_retry,
+                    }
+                }
+            };
+            steps.push(step);
+        }
+        let h = *header;
+        let updated_at = steps
+            .iter()
+            .filter_map(StepRecord::last_change)
+            .fold(h.updated_at, DateTime::max);
+        Ok(Some(RunRecord {
+            id: h.id,
+            cluster: h.cluster,
+            workflow: h.workflow,
+            commit_sha: h.commit_sha,
+            origin: h.origin,
+            state: h.state,
+            seq: h.seq,
+            created_at: h.created_at,
+            updated_at,
+            finished_at: h.finished_at,
+            steps,
+            error: h.error,
+            note: h.note,
+        }))
+    }
+
+    /// Records `run` (which ended `Succeeded`) as its cluster's deployed commit.
+    fn put_deployed(&self, run: &RunRecord) -> Result<(), StoreError> {
+        let fact = DeployedCommit {
+            commit_sha: run.commit_sha.clone(),
+            run_id: Some(run.id.clone()),
+            finished_at: run.finished_at,
+        };
+        let json = serde_json::to_vec(&fact).map_err(|source| StoreError::Codec {
+            key: run.cluster.clone(),
+            source,
+        })?;
+        self.deployed.insert(run.cluster.as_bytes(), json)?;
+        Ok(())
+    }
+
+    fn get_deployed(&self, cluster: &str) -> Result<Option<DeployedCommit>, StoreError> {
+        match self.deployed.get(cluster.as_bytes())? {
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| codec(cluster.as_bytes(), e)),
+            None => Ok(None),
+        }
+    }
+
+    /// What a terminal header requires after it: the deployed commit of a succeeded run, then
+    /// the removal of its `active` entry.
+    fn after_terminal(&self, run: &RunRecord) -> Result<(), StoreError> {
+        if run.state == RunState::Succeeded {
+            self.put_deployed(run)?;
+        }
+        self.active.remove(active_key(run.seq, &run.id))?;
+        Ok(())
+    }
+
+    /// Writes the whole `run`: indexes, every step under the next generation, the header that
+    /// switches to them, what a terminal header requires, and the removal of the earlier
+    /// generations (see the module docs for the order).
+    fn put_whole(&self, run: &RunRecord) -> Result<(), StoreError> {
+        let id = run.id.as_str();
+        let previous = self.runs.get(id.as_bytes())?;
+        let generation = previous
+            .as_deref()
+            .and_then(split_prefix)
+            .map_or(1, |(g, _)| g.wrapping_add(1));
+        let header = encode_header(run, generation)?;
+        let terminal = run.state.is_terminal();
+        if let Some(origin) = &run.origin {
+            let okey = origin_key(origin, run.seq, id);
+            if !self.by_origin.contains_key(&okey)? {
+                self.by_origin.insert(okey, &[][..])?;
+            }
+        }
+        let akey = active_key(run.seq, id);
+        if !terminal && !self.active.contains_key(&akey)? {
+            self.active.insert(akey, &[][..])?;
+        }
+        self.steps
+            .insert(specs_key(id, generation), encode_specs(run)?)?;
+        for (index, step) in run.steps.iter().enumerate() {
+            if !as_submitted(step) {
+                self.steps.insert(
+                    progress_key(id, generation, index),
+                    encode_progress(id, step)?,
+                )?;
+            }
+        }
+        self.runs.insert(id.as_bytes(), header)?;
+        if terminal {
+            self.after_terminal(run)?;
+        }
+        if previous.is_some() {
+            // The earlier generations (a crash may have left more than one).
+            let prefix = steps_prefix(id);
+            for entry in self.steps.scan_prefix(&prefix) {
+                let (key, _) = entry?;
+                let g = key.get(prefix.len()..prefix.len() + 4);
+                if g != Some(&generation.to_be_bytes()[..]) {
+                    self.steps.remove(key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the steps `indexes` of `run` and, when `header`, its header, in the order of the
+    /// module docs. Returns `false` (nothing written) when the stored run is not in the split
+    /// form with as many steps as `run`: the caller writes the whole run instead.
+    fn put_part(
+        &self,
+        run: &RunRecord,
+        indexes: &[usize],
+        header: bool,
+    ) -> Result<bool, StoreError> {
+        let id = run.id.as_str();
+        let Some(stored) = self.runs.get(id.as_bytes())? else {
+            return Ok(false);
+        };
+        let Some((generation, count)) = split_prefix(&stored) else {
+            return Ok(false);
+        };
+        if count as usize != run.steps.len() || indexes.iter().any(|i| *i >= run.steps.len()) {
+            return Ok(false);
+        }
+        let mut indexes = indexes.to_vec();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let terminal = run.state.is_terminal();
+        if header && !terminal {
+            self.runs
+                .insert(id.as_bytes(), encode_header(run, generation)?)?;
+        }
+        for index in indexes {
+            let key = progress_key(id, generation, index);
+            if as_submitted(&run.steps[index]) {
+                self.steps.remove(key)?;
+            } else {
+                self.steps
+                    .insert(key, encode_progress(id, &run.steps[index])?)?;
+            }
+        }
+        if header && terminal {
+            self.runs
+                .insert(id.as_bytes(), encode_header(run, generation)?)?;
+            self.after_terminal(run)?;
+        }
+        Ok(true)
+    }
+
+    /// Finishes what a crash cut short after a run's header was written or before it was:
+    /// every `active` entry whose run ended gets the deployed commit of a succeeded run and
+    /// is removed; an entry whose run was never written is removed. Returns how many entries
+    /// were repaired.
+    fn repair(&self) -> Result<usize, StoreError> {
+        let mut repaired = 0;
+        for entry in self.active.iter() {
+            let (key, _) = entry?;
+            let (_, id) = split_seq("active", &key, 0)?;
+            let Some(bytes) = self.runs.get(id)? else {
+                self.active.remove(&key)?;
+                repaired += 1;
+                continue;
+            };
+            if !stored_terminal(id, &bytes)? {
+                continue;
+            }
+            let Some(run) = self.get_run(id)? else {
+                continue;
+            };
+            if run.state == RunState::Succeeded {
+                let newer = self.get_deployed(&run.cluster)?.is_some_and(|d| {
+                    d.run_id.as_deref() != Some(run.id.as_str())
+                        && d.finished_at.is_some()
+                        && d.finished_at > run.finished_at
+                });
+                if !newer {
+                    self.put_deployed(&run)?;
+                }
+            }
+            self.active.remove(&key)?;
+            repaired += 1;
+        }
+        Ok(repaired)
+    }
+}
+
 #[async_trait]
 impl Store for SledStore {
     async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
-        let truncated;
-        let run = if run.has_oversized_error() {
-            let mut r = run.clone();
-            r.truncate_errors();
-            truncated = r;
-            &truncated
-        } else {
-            run
-        };
-        let json = serde_json::to_vec(run).map_err(|source| StoreError::Codec {
-            key: run.id.clone(),
-            source,
-        })?;
-        let (id, seq, origin, terminal) = (
-            run.id.clone(),
-            run.seq,
-            run.origin.clone(),
-            run.state.is_terminal(),
-        );
-        self.blocking(move |t| {
-            let akey = active_key(seq, &id);
-            // Write order keeps every crash-recovered prefix consistent without a transaction:
-            // index entries are added before the record and removed after it, so an index is
-            // only ever a superset (readers check each entry against the record).
-            if let Some(origin) = &origin {
-                let okey = origin_key(origin, seq, &id);
-                if !t.by_origin.contains_key(&okey)? {
-                    t.by_origin.insert(okey, &[][..])?;
-                }
-            }
-            if !terminal && !t.active.contains_key(&akey)? {
-                t.active.insert(akey.as_slice(), &[][..])?;
-            }
-            t.runs.insert(id.as_bytes(), json)?;
-            if terminal {
-                t.active.remove(akey.as_slice())?;
-            }
-            Ok(())
-        })
-        .await?;
+        self.trees.put_whole(run)?;
+        self.flush().await
+    }
+
+    async fn put_run_steps(
+        &self,
+        run: &RunRecord,
+        steps: &[usize],
+        header: bool,
+    ) -> Result<(), StoreError> {
+        if !self.trees.put_part(run, steps, header)? {
+            self.trees.put_whole(run)?;
+        }
         self.flush().await
     }
 
     async fn get_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
-        let id = id.to_string();
-        self.blocking(move |t| t.get_run(id.as_bytes())).await
+        self.trees.get_run(id.as_bytes())
+    }
+
+    async fn deployed(&self, cluster: &str) -> Result<Option<DeployedCommit>, StoreError> {
+        self.trees.get_deployed(cluster)
     }
 
     async fn list_active(&self) -> Result<Vec<RunRecord>, StoreError> {
@@ -274,30 +828,46 @@ impl Store for SledStore {
 
     async fn next_seq(&self) -> Result<u64, StoreError> {
         // sled's id generator is monotonic across crashes (it persists a high-water mark ahead
-        // of use), so no flush is needed here. Start at 1. It may write, hence the blocking pool.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || Ok(db.generate_id()? + 1))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        // of use, once per million ids), so no flush is needed here. Start at 1.
+        Ok(self.flusher.db.generate_id()? + 1)
+    }
+
+    async fn import_deployed(&self, cluster: &str, commit_sha: &str) -> Result<bool, StoreError> {
+        if self.trees.deployed.contains_key(cluster.as_bytes())? {
+            return Ok(false);
+        }
+        let fact = DeployedCommit {
+            commit_sha: commit_sha.to_string(),
+            run_id: None,
+            finished_at: None,
+        };
+        let json = serde_json::to_vec(&fact).map_err(|source| StoreError::Codec {
+            key: cluster.to_string(),
+            source,
+        })?;
+        self.trees.deployed.insert(cluster.as_bytes(), json)?;
+        self.flush().await?;
+        Ok(true)
     }
 
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let (key, value) = (key.to_string(), value.to_vec());
-        self.blocking(move |t| Ok(t.meta.insert(key.as_bytes(), value).map(|_| ())?))
-            .await?;
+        self.trees.meta.insert(key.as_bytes(), value)?;
         self.flush().await
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = key.to_string();
-        self.blocking(move |t| Ok(t.meta.get(key.as_bytes())?.map(|v| v.to_vec())))
-            .await
+        Ok(self.trees.meta.get(key.as_bytes())?.map(|v| v.to_vec()))
     }
 
     async fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
-        let key = key.to_string();
-        self.blocking(move |t| Ok(t.meta.remove(key.as_bytes()).map(|_| ())?))
-            .await?;
+        self.trees.meta.remove(key.as_bytes())?;
+        self.flush().await
+    }
+
+    async fn delete_meta_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            self.trees.meta.remove(key.as_bytes())?;
+        }
         self.flush().await
     }
 
@@ -316,5 +886,438 @@ impl Store for SledStore {
             Ok(out)
         })
         .await
+    }
+}
+
+/// One write of [`JournalTree::apply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TreeOp {
+    /// Sets `key` to `value`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Removes `key` (nothing happens when it is absent).
+    Remove {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// A named tree of the journal database ([`SledStore::tree`]) for state the engine does not
+/// interpret: keys and values are bytes chosen by its user (the bot's typed journal). Every
+/// write is flushed before it returns, with the store's group commit. Cheap to clone.
+#[derive(Clone)]
+pub struct JournalTree {
+    tree: sled::Tree,
+    flusher: Arc<Flusher>,
+}
+
+impl std::fmt::Debug for JournalTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalTree")
+            .field("name", &String::from_utf8_lossy(&self.tree.name()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl JournalTree {
+    /// The value of `key`, or `None`. Errors: [`StoreError::Sled`] on I/O failure.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Whether `key` has a value. Errors: [`StoreError::Sled`] on I/O failure.
+    pub async fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(key)?)
+    }
+
+    /// Applies `ops` one after the other, in order, then flushes once. Not atomic: a crash
+    /// keeps a prefix of `ops`, so order them so that every prefix is consistent.
+    ///
+    /// Errors: [`StoreError::Sled`] on I/O failure (the ops before the failing one may be
+    /// applied).
+    pub async fn apply(&self, ops: &[TreeOp]) -> Result<(), StoreError> {
+        for op in ops {
+            match op {
+                TreeOp::Put { key, value } => {
+                    self.tree.insert(key.as_slice(), value.as_slice())?;
+                }
+                TreeOp::Remove { key } => {
+                    self.tree.remove(key.as_slice())?;
+                }
+            }
+        }
+        self.flusher.flush().await
+    }
+
+    /// Sets `key` to `value` and flushes. Errors: [`StoreError::Sled`] on I/O failure.
+    pub async fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.tree.insert(key, value)?;
+        self.flusher.flush().await
+    }
+
+    /// Removes `key` (no error if absent) and flushes. Errors: [`StoreError::Sled`] on I/O
+    /// failure.
+    pub async fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.tree.remove(key)?;
+        self.flusher.flush().await
+    }
+
+    /// Every `(key, value)` whose key starts with `prefix`, in key order (in tokio's blocking
+    /// pool). Errors: [`StoreError::Sled`] on I/O failure, [`StoreError::Task`] if the scan
+    /// task failed.
+    pub async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let tree = self.tree.clone();
+        let prefix = prefix.to_vec();
+        tokio::task::spawn_blocking(move || {
+            tree.scan_prefix(prefix)
+                .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::from)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Whether the tree holds no key. Errors: [`StoreError::Sled`] on I/O failure.
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.tree.first()?.is_none())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AttemptRecord, StepState};
+    use tkgops_domain::step::{RetryPolicy, StepInputs, StepSpec, WorkloadTarget};
+
+    fn spec(id: &str) -> StepSpec {
+        StepSpec {
+            id: id.into(),
+            title: format!("Step {id}"),
+            timeout_secs: 60,
+            retry: RetryPolicy::default(),
+            inputs: StepInputs::KubeWaitCluster(WorkloadTarget {
+                management_cluster: "mc".into(),
+                kubeconfig: None,
+                namespace: "ns".into(),
+                cluster_name: "wl".into(),
+            }),
+        }
+    }
+
+    fn run(id: &str, steps: &[&str]) -> RunRecord {
+        let now = Utc::now();
+        RunRecord {
+            id: id.into(),
+            cluster: "team-a-prod".into(),
+            workflow: "upgrade-cluster".into(),
+            commit_sha: "c0ffee".into(),
+            origin: Some("github:pr/7".into()),
+            state: RunState::Queued,
+            seq: 1,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            steps: steps.iter().map(|s| StepRecord::pending(spec(s))).collect(),
+            error: None,
+            note: None,
+        }
+    }
+
+    /// Starts step `idx` of `r` (attempt 1) as the engine does.
+    fn start(r: &mut RunRecord, idx: usize) {
+        let now = Utc::now();
+        r.state = RunState::Running;
+        let s = &mut r.steps[idx];
+        s.state = StepState::Running;
+        s.started_at = Some(now);
+        s.attempts.push(AttemptRecord {
+            number: 1,
+            started_at: now,
+            finished_at: None,
+            error: None,
+            outcome: None,
+        });
+    }
+
+    fn succeed(r: &mut RunRecord, idx: usize) {
+        let s = &mut r.steps[idx];
+        s.state = StepState::Succeeded;
+        s.finished_at = Some(Utc::now());
+        s.output = Some(serde_json::json!({"ok": idx}));
+        s.attempts[0].outcome = Some("succeeded".into());
+    }
+
+    /// `r` as the store gives it back: `updated_at` is the latest time recorded on it.
+    fn same(a: &RunRecord, b: &RunRecord) {
+        let mut b = b.clone();
+        b.updated_at = a.updated_at;
+        assert_eq!(a, &b);
+    }
+
+    fn step_keys(store: &SledStore, id: &str) -> Vec<Vec<u8>> {
+        store
+            .trees
+            .steps
+            .scan_prefix(steps_prefix(id))
+            .map(|e| e.unwrap().0.to_vec())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_step_transition_writes_that_step_and_nothing_else() {
+        let store = SledStore::temporary().unwrap();
+        let mut r = run("r1", &["a", "b", "c"]);
+        store.put_run(&r).await.unwrap();
+        let header = store.trees.runs.get("r1").unwrap().unwrap();
+        // A submitted run: its header, its specs, no progress yet.
+        assert_eq!(step_keys(&store, "r1"), vec![specs_key("r1", 1)]);
+        let spec_a = store.trees.steps.get(specs_key("r1", 1)).unwrap().unwrap();
+
+        start(&mut r, 0);
+        store.put_run_steps(&r, &[0], true).await.unwrap();
+        succeed(&mut r, 0);
+        start(&mut r, 1);
+        store.put_run_steps(&r, &[0, 1], false).await.unwrap();
+
+        // The run's own record was written once more (its start), step `c` never.
+        let header_now = store.trees.runs.get("r1").unwrap().unwrap();
+        assert_ne!(header, header_now);
+        assert_eq!(split_prefix(&header_now), Some((1, 3)));
+        assert_eq!(
+            step_keys(&store, "r1"),
+            vec![
+                specs_key("r1", 1),
+                progress_key("r1", 1, 0),
+                progress_key("r1", 1, 1)
+            ]
+        );
+        // The specs are written with the whole run only: what changed is the progress.
+        assert_eq!(
+            store.trees.steps.get(specs_key("r1", 1)).unwrap().unwrap(),
+            spec_a
+        );
+        let progress_a = store
+            .trees
+            .steps
+            .get(progress_key("r1", 1, 0))
+            .unwrap()
+            .unwrap();
+        assert!(progress_a.len() < 400, "{} bytes", progress_a.len());
+        let back = store.get_run("r1").await.unwrap().unwrap();
+        same(&back, &r);
+        assert_eq!(back.state, RunState::Running);
+        assert_eq!(
+            back.steps.iter().map(|s| s.state).collect::<Vec<_>>(),
+            vec![StepState::Succeeded, StepState::Running, StepState::Pending]
+        );
+        // The read time is the latest one recorded: step `b`'s start.
+        assert_eq!(
+            back.updated_at,
+            r.steps[1].started_at.unwrap().max(header_time(&header_now))
+        );
+        assert_eq!(store.list_active().await.unwrap().len(), 1);
+    }
+
+    fn header_time(bytes: &[u8]) -> DateTime<Utc> {
+        let h: Header = serde_json::from_slice(&bytes[HEADER_PREFIX_LEN..]).unwrap();
+        h.updated_at
+    }
+
+    #[tokio::test]
+    async fn a_whole_write_switches_every_step_at_once_and_drops_the_old_ones() {
+        let store = SledStore::temporary().unwrap();
+        store.put_run(&run("r1", &["a", "b", "c"])).await.unwrap();
+        // A re-plan replaces the steps: two others.
+        let replanned = run("r1", &["x", "y"]);
+        store.put_run(&replanned).await.unwrap();
+        let back = store.get_run("r1").await.unwrap().unwrap();
+        same(&back, &replanned);
+        let keys = step_keys(&store, "r1");
+        assert_eq!(keys, vec![specs_key("r1", 2)]);
+        // A partial write whose steps do not match the stored ones writes the whole run.
+        let mut other = run("r1", &["p"]);
+        start(&mut other, 0);
+        store.put_run_steps(&other, &[0], true).await.unwrap();
+        same(&store.get_run("r1").await.unwrap().unwrap(), &other);
+        assert_eq!(
+            step_keys(&store, "r1"),
+            vec![specs_key("r1", 3), progress_key("r1", 3, 0)]
+        );
+    }
+
+    #[tokio::test]
+    async fn records_of_earlier_versions_are_read_and_rewritten_on_their_first_write() {
+        let store = SledStore::temporary().unwrap();
+        let mut r = run("old", &["a", "b"]);
+        start(&mut r, 0);
+        // As versions before the split form wrote it: the whole run as JSON, and its indexes.
+        store
+            .trees
+            .runs
+            .insert("old", serde_json::to_vec(&r).unwrap())
+            .unwrap();
+        store
+            .trees
+            .active
+            .insert(active_key(1, "old"), &[][..])
+            .unwrap();
+        store
+            .trees
+            .by_origin
+            .insert(origin_key("github:pr/7", 1, "old"), &[][..])
+            .unwrap();
+        assert_eq!(store.get_run("old").await.unwrap().unwrap(), r);
+        assert_eq!(store.list_active().await.unwrap(), vec![r.clone()]);
+        assert_eq!(
+            store.list_runs_by_origin("github:pr/7").await.unwrap(),
+            vec![r.clone()]
+        );
+        succeed(&mut r, 0);
+        start(&mut r, 1);
+        store.put_run_steps(&r, &[0, 1], false).await.unwrap();
+        let header = store.trees.runs.get("old").unwrap().unwrap();
+        assert_eq!(split_prefix(&header), Some((1, 2)));
+        same(&store.get_run("old").await.unwrap().unwrap(), &r);
+    }
+
+    #[tokio::test]
+    async fn a_succeeded_run_records_its_clusters_deployed_commit() {
+        let store = SledStore::temporary().unwrap();
+        let mut r = run("r1", &["a"]);
+        store.put_run(&r).await.unwrap();
+        assert_eq!(store.deployed("team-a-prod").await.unwrap(), None);
+        start(&mut r, 0);
+        store.put_run_steps(&r, &[0], true).await.unwrap();
+        succeed(&mut r, 0);
+        r.state = RunState::Succeeded;
+        r.finished_at = Some(Utc::now());
+        store.put_run_steps(&r, &[0], true).await.unwrap();
+        assert_eq!(
+            store.deployed("team-a-prod").await.unwrap(),
+            Some(DeployedCommit {
+                commit_sha: "c0ffee".into(),
+                run_id: Some("r1".into()),
+                finished_at: r.finished_at,
+            })
+        );
+        assert!(store.list_active().await.unwrap().is_empty());
+        // A failed run of the cluster leaves the fact as it is; an import does not replace it.
+        let mut failed = run("r2", &["a"]);
+        failed.seq = 2;
+        failed.commit_sha = "bad".into();
+        failed.state = RunState::Failed;
+        store.put_run(&failed).await.unwrap();
+        assert!(!store.import_deployed("team-a-prod", "older").await.unwrap());
+        assert_eq!(
+            store
+                .deployed("team-a-prod")
+                .await
+                .unwrap()
+                .unwrap()
+                .commit_sha,
+            "c0ffee"
+        );
+        assert!(store.import_deployed("team-b-prod", "older").await.unwrap());
+        assert_eq!(
+            store.deployed("team-b-prod").await.unwrap(),
+            Some(DeployedCommit {
+                commit_sha: "older".into(),
+                run_id: None,
+                finished_at: None
+            })
+        );
+    }
+
+    /// A crash right after a run's terminal header, before its deployed commit and the removal
+    /// of its `active` entry: opening the database finishes the write.
+    #[tokio::test]
+    async fn opening_finishes_a_terminal_write_a_crash_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = run("r1", &["a"]);
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put_run(&r).await.unwrap();
+            // A submission cut short after its index entry: no run record.
+            store
+                .trees
+                .active
+                .insert(active_key(9, "ghost"), &[][..])
+                .unwrap();
+            start(&mut r, 0);
+            succeed(&mut r, 0);
+            r.state = RunState::Succeeded;
+            r.finished_at = Some(Utc::now());
+            // The prefix of the terminal write that reached the disk: its step and header.
+            store
+                .trees
+                .steps
+                .insert(
+                    progress_key("r1", 1, 0),
+                    encode_progress("r1", &r.steps[0]).unwrap(),
+                )
+                .unwrap();
+            store
+                .trees
+                .runs
+                .insert("r1", encode_header(&r, 1).unwrap())
+                .unwrap();
+            store.flush().await.unwrap();
+            assert_eq!(store.deployed("team-a-prod").await.unwrap(), None);
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.deployed("team-a-prod").await.unwrap().unwrap().run_id,
+            Some("r1".into())
+        );
+        assert_eq!(store.trees.active.len(), 0);
+        assert!(store.list_active().await.unwrap().is_empty());
+        same(&store.get_run("r1").await.unwrap().unwrap(), &r);
+    }
+
+    #[tokio::test]
+    async fn named_trees_are_flushed_and_the_stores_own_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert!(matches!(
+                store.tree("runs"),
+                Err(StoreError::ReservedTree(t)) if t == "runs"
+            ));
+            let t = store.tree("bot").unwrap();
+            assert!(t.is_empty().await.unwrap());
+            t.apply(&[
+                TreeOp::Put {
+                    key: b"a/1".to_vec(),
+                    value: b"one".to_vec(),
+                },
+                TreeOp::Put {
+                    key: b"a/2".to_vec(),
+                    value: b"two".to_vec(),
+                },
+                TreeOp::Put {
+                    key: b"b".to_vec(),
+                    value: b"three".to_vec(),
+                },
+                TreeOp::Remove {
+                    key: b"a/1".to_vec(),
+                },
+            ])
+            .await
+            .unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let t = store.tree("bot").unwrap();
+        assert_eq!(
+            t.scan_prefix(b"a/").await.unwrap(),
+            vec![(b"a/2".to_vec(), b"two".to_vec())]
+        );
+        assert_eq!(t.get(b"b").await.unwrap(), Some(b"three".to_vec()));
+        t.remove(b"b").await.unwrap();
+        assert!(!t.contains(b"b").await.unwrap());
     }
 }

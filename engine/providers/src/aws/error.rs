@@ -11,7 +11,7 @@
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-use tkgops_engine::StepError;
+use tkgops_domain::executor::StepError;
 
 /// Error codes meaning "slow down" (AWS SDK `THROTTLING_ERRORS` plus EC2's `RequestLimitExceeded`).
 pub const THROTTLING_CODES: &[&str] = &[

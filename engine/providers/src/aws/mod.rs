@@ -22,7 +22,7 @@ use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 
-use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
+use tkgops_domain::executor::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 
 pub use preflight::PreflightOutput;
 pub use tkgops_domain::step::AwsPreflightInputs;

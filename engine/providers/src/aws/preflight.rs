@@ -30,8 +30,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::error::{classify, error_code};
+use tkgops_domain::executor::{ProgressSink, StepError};
 use tkgops_domain::step::AwsPreflightInputs;
-use tkgops_engine::{ProgressSink, StepError};
 
 /// Tag value for the cluster tag on bring-your-own subnets (CAPA's `shared`).
 pub const CLUSTER_TAG_VALUE: &str = "shared";

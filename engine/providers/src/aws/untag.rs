@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::classify;
 use super::preflight::cluster_tag_key;
+use tkgops_domain::executor::{ProgressSink, StepError};
 use tkgops_domain::step::AwsPreflightInputs;
-use tkgops_engine::{ProgressSink, StepError};
 
 /// Output of `aws.remove-subnet-tags` (secret-free).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::classify;
-use tkgops_engine::StepError;
+use tkgops_domain::executor::StepError;
 
 /// A kind resolved through discovery: its resource and whether it is namespaced.
 #[derive(Clone, Debug)]

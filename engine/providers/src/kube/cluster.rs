@@ -21,7 +21,7 @@ use super::watch::{SharedWatch, Subscription};
 use super::{custom_resource, KubeProvider};
 use crate::wait::{drive, DriveOptions, Observed, Reporter, Source};
 use crate::WorkloadTarget;
-use tkgops_engine::{StepContext, StepError};
+use tkgops_domain::executor::{StepContext, StepError};
 
 pub use tkgops_domain::wait::cluster::{
     cluster_failure, cluster_state, core_packages, ClusterReady, ClusterSnapshot, ClusterState,

@@ -10,8 +10,8 @@
 
 use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::Value;
+use tkgops_domain::executor::StepError;
 use tkgops_domain::waves::ClusterHealth;
-use tkgops_engine::StepError;
 
 use super::cluster::{cluster_resource, condition, CLUSTER_NAME_LABEL};
 use super::packages::{package_install_resource, reconcile_state, ReconcileState};

@@ -42,9 +42,9 @@ use kube::Api;
 
 use crate::{KubeconfigSource, ManifestApplier, WorkloadTarget};
 use serde::Deserialize;
+use tkgops_domain::executor::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 use tkgops_domain::step::KubeApplyInputs;
 use tkgops_domain::workflow::plan::OWNER_LABEL;
-use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 
 /// The step kinds [`KubeProvider`] executes.
 pub const KINDS: &[StepKind] = &[

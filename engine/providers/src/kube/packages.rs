@@ -35,10 +35,10 @@ use super::watch::{SharedWatch, Subscription};
 use super::{classify, custom_resource, KubeProvider, FIELD_MANAGER};
 use crate::wait::{drive, DriveOptions, Observed, Reporter, Source};
 use crate::WorkloadTarget;
+use tkgops_domain::executor::{StepContext, StepError};
 use tkgops_domain::wait::packages::{
     friendly_or, PackageDeleted, PackageReconciled, ValuesReconciled,
 };
-use tkgops_engine::{StepContext, StepError};
 
 pub use tkgops_domain::wait::packages::{reconcile_state, ReconcileState};
 

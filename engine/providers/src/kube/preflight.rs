@@ -21,9 +21,9 @@ use serde_json::Value;
 
 use super::cluster::condition;
 use super::{classify, custom_resource, KubeProvider};
+use tkgops_domain::executor::{ProgressSink, StepError};
 use tkgops_domain::step::KubePreflightInputs;
 use tkgops_domain::tkg::{tkr_name, TkgVersion};
-use tkgops_engine::{ProgressSink, StepError};
 
 /// Label of a TKG management cluster's own `Cluster` (tkg2-aws-class-based.md §3.1).
 pub const MANAGEMENT_ROLE_LABEL: &str = "cluster-role.tkg.tanzu.vmware.com/management";

@@ -39,6 +39,7 @@ use super::watch::{SharedWatch, Subscription};
 use super::{classify, KubeProvider, FIELD_MANAGER};
 use crate::wait::{drive, DriveOptions, Observed, Reporter, Source};
 use crate::WorkloadTarget;
+use tkgops_domain::executor::{StepContext, StepError};
 use tkgops_domain::step::{KubeDeleteInputs, KubeRolloutInputs, UpgradeClusterInputs};
 use tkgops_domain::wait::packages::{ListedPackage, PackagesVerified};
 use tkgops_domain::wait::rollout::{
@@ -47,7 +48,6 @@ use tkgops_domain::wait::rollout::{
 };
 use tkgops_domain::wait::str_at;
 use tkgops_domain::workflow::plan::OWNER_LABEL;
-use tkgops_engine::{StepContext, StepError};
 
 fn to_value(o: &DynamicObject) -> Value {
     serde_json::to_value(o).unwrap_or(Value::Null)

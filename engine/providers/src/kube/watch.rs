@@ -37,9 +37,9 @@ use kube::api::{Api, DynamicObject};
 use kube::discovery::ApiResource;
 use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::Value;
+use tkgops_domain::executor::StepError;
 use tkgops_domain::wait::cluster::CLUSTER_NAME_LABEL;
 use tkgops_domain::wait::{label, name_of, namespace_of, str_at};
-use tkgops_engine::StepError;
 use tokio::sync::watch;
 use tokio::time::Instant;
 

@@ -22,10 +22,10 @@ use super::{SecretToken, TmcError};
 use crate::wait::{drive, step_error, DriveOptions};
 use crate::ManifestApplier;
 use std::collections::BTreeMap;
+use tkgops_domain::executor::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 use tkgops_domain::step::TmcClusterInputs;
 use tkgops_domain::wait::tmc::{cluster_failure, TmcCluster, TmcClusterReady};
 use tkgops_domain::workflow::plan::OWNER_LABEL;
-use tkgops_engine::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
 use tokio::time::Instant;
 
 /// Field manager of the installer apply.

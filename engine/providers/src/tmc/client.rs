@@ -532,7 +532,7 @@ impl crate::wait::Source for ClusterPoll<'_> {
     async fn observe(
         &mut self,
         _progress: &mut crate::wait::Reporter,
-    ) -> Result<crate::wait::Observed<Option<Cluster>>, tkgops_engine::StepError> {
+    ) -> Result<crate::wait::Observed<Option<Cluster>>, tkgops_domain::executor::StepError> {
         use crate::wait::Observed;
         Ok(match self.client.get_cluster(self.full_name).await {
             Ok(c) => Observed::Snapshot(c),

@@ -27,11 +27,11 @@ use super::client::{ClusterPoll, TmcClient};
 use super::models::{Cluster, FullName, PHASE_DETACHING};
 use super::TmcError;
 use crate::wait::{drive, DriveOptions};
+use tkgops_domain::executor::{StepContext, StepError};
 use tkgops_domain::step::TmcClusterInputs;
 use tkgops_domain::wait::tmc::{Gone, TmcClusterGone};
 #[cfg(doc)]
 use tkgops_domain::workflow::plan::OWNER_LABEL;
-use tkgops_engine::{StepContext, StepError};
 
 impl TmcExecutor {
     /// Runs one attempt of `tmc.detach` for `inputs` (see the module docs).

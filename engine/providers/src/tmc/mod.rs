@@ -175,13 +175,13 @@ impl TmcError {
     }
 }
 
-impl From<TmcError> for tkgops_engine::StepError {
+impl From<TmcError> for tkgops_domain::executor::StepError {
     /// [`TmcError::is_transient`] → `Transient`, everything else → `Permanent`.
     fn from(e: TmcError) -> Self {
         if e.is_transient() {
-            tkgops_engine::StepError::Transient(e.to_string())
+            tkgops_domain::executor::StepError::Transient(e.to_string())
         } else {
-            tkgops_engine::StepError::Permanent(e.to_string())
+            tkgops_domain::executor::StepError::Permanent(e.to_string())
         }
     }
 }
