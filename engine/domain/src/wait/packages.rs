@@ -205,12 +205,7 @@ impl Judge for PackageReconciled {
         if let ReconcileState::Failed(m) = &state {
             self.last_failure = Some(m.clone());
         }
-        let mut deadline = self.until;
-        if self.last_failure.is_some() {
-            if let Some(d) = self.report_deadline {
-                deadline = deadline.min(d);
-            }
-        }
+        let deadline = failure_deadline(self.until, self.report_deadline, &self.last_failure);
         match (state, &self.last_failure) {
             (ReconcileState::Succeeded, _) => match obj {
                 Some(o) => Verdict::Done(o.clone()),
@@ -370,6 +365,20 @@ impl Judge for PackagesVerified {
     }
 }
 
+/// When a package wait gives up (observed time since its start): at `until`, or, once
+/// kapp-controller reported a failure (`last_failure`), at `report_deadline` if that is sooner,
+/// so the failure rather than "timed out" reaches the pull request (TKG's package timeout, §6).
+fn failure_deadline(
+    until: Duration,
+    report_deadline: Option<Duration>,
+    last_failure: &Option<String>,
+) -> Duration {
+    match (last_failure, report_deadline) {
+        (Some(_), Some(d)) => until.min(d),
+        _ => until,
+    }
+}
+
 /// Waits until a deleted PackageInstall is gone: kapp-controller has uninstalled it and dropped
 /// its finalizer (what `tanzu package installed delete` waits for, tanzu-apis.md §4.2).
 ///
@@ -412,10 +421,7 @@ impl PackageDeleted {
     }
 
     fn deadline(&self) -> Duration {
-        match (&self.last_failure, self.report_deadline) {
-            (Some(_), Some(d)) => self.until.min(d),
-            _ => self.until,
-        }
+        failure_deadline(self.until, self.report_deadline, &self.last_failure)
     }
 
     fn failure(&self) -> Failure {
@@ -516,10 +522,7 @@ impl ValuesReconciled {
     }
 
     fn deadline(&self) -> Duration {
-        match (&self.last_failure, self.report_deadline) {
-            (Some(_), Some(d)) => self.until.min(d),
-            _ => self.until,
-        }
+        failure_deadline(self.until, self.report_deadline, &self.last_failure)
     }
 
     fn failure(&self) -> Failure {
