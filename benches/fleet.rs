@@ -129,11 +129,13 @@ fn percentiles(mut v: Vec<f64>) -> String {
 }
 
 /// What a stalled fleet looks like, for the benchmark's error: Clusters paused, their
-/// ClusterBootstrap's `status.resolvedTKR`, Cluster phases and Ready, the upgrades under way, and
-/// the dashboard's last lines.
+/// ClusterBootstrap's `status.resolvedTKR`, Cluster phases and Ready, the upgrades under way,
+/// each issue's and pull request's first lines (the dashboard's schedules and fires), and the
+/// bot's last warnings and errors from its log `bot_log`.
 fn stall_report(
     mgmt: &tkgops_emulators::kube::EmulatedCluster,
     issues: &[tkgops_emulators::github::EmulatedIssue],
+    bot_log: &std::path::Path,
 ) -> String {
     let clusters = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
     let bootstraps = Gvr::new("run.tanzu.vmware.com", "v1alpha3", "clusterbootstraps");
@@ -162,14 +164,26 @@ fn stall_report(
     }
     out.push_str(&format!("  Clusters by phase: {phases:?}\n"));
     for i in issues {
-        let tail: Vec<&str> = i.body.lines().rev().take(15).collect();
         out.push_str(&format!(
-            "  issue #{} {:?}, last lines:\n",
+            "  issue #{} {:?}, first lines:\n",
             i.number, i.title
         ));
-        for l in tail.into_iter().rev() {
+        for l in i.body.lines().take(25) {
             out.push_str(&format!("    {l}\n"));
         }
+    }
+    let log = std::fs::read_to_string(bot_log).unwrap_or_default();
+    let problems: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    out.push_str(&format!(
+        "  the bot's last warnings and errors ({} in all; its whole log: {}):\n",
+        problems.len(),
+        bot_log.display()
+    ));
+    for l in &problems[problems.len().saturating_sub(15)..] {
+        out.push_str(&format!("    {l}\n"));
     }
     out
 }
@@ -403,6 +417,11 @@ async fn main() {
         .filter_map(|i| env.kube.cluster(&format!("fleet-{i:04}")))
         .map(|w| w.faults().log().all().len())
         .sum();
+    // The bot's log is kept beside the build (the emulators' temporary directory goes away
+    // with the benchmark), for the stall diagnosis and for a look afterwards.
+    let bot_log = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/fleet-bot.log");
+    let log_file = std::fs::File::create(&bot_log).expect("creating target/fleet-bot.log");
     let mut bot = tokio::process::Command::new(tkgops_bin())
         .arg("serve")
         .arg("--config")
@@ -410,7 +429,7 @@ async fn main() {
         .envs(env.bot_env())
         .kill_on_drop(true)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log_file)
         .spawn()
         .expect("spawning tkgops serve");
     let pid = bot.id().expect("bot pid");
@@ -471,7 +490,7 @@ async fn main() {
             if let Some((_, since)) = &last_progress {
                 if since.elapsed() >= stall_after || started.elapsed() > Duration::from_secs(7200) {
                     let _ = bot.kill().await;
-                    eprintln!("{}", stall_report(&mgmt, &issues));
+                    eprintln!("{}", stall_report(&mgmt, &issues, &bot_log));
                     eprintln!(
                         "fleet: stalled clusters={n} no_progress_s={} (TKGOPS_BENCH_STALL_SECS)",
                         since.elapsed().as_secs()

@@ -20,6 +20,7 @@ pub mod executors;
 pub mod gitops;
 pub mod journal;
 pub mod local;
+pub mod memo;
 pub mod publisher;
 pub mod redact;
 pub mod replan;
@@ -123,12 +124,14 @@ pub struct Bot {
     clock: std::sync::Mutex<schedules::Clock>,
     /// The plan of the scheduled-apply wave commit last started (`parent..commit@policy`):
     /// a wave of hundreds of clusters starts a few at a time, and is planned once.
-    wave_plan: std::sync::Mutex<Option<(String, Arc<Plan>)>>,
+    wave_plan: memo::Memo<String, Arc<Plan>>,
     /// `trustedPolicyCommit` of the bot configuration ([`trust`]).
     pinned_policy: Option<String>,
     /// The untrusted policy change found for (tip, trusted commit), remembered per pair.
-    #[allow(clippy::type_complexity)]
-    policy_cache: std::sync::Mutex<Option<((String, String), Option<trust::UntrustedChange>)>>,
+    policy_cache: memo::Memo<(String, String), Option<trust::UntrustedChange>>,
+    /// The fleet (every cluster's `tkgops.yaml`) at (tip, trusted policy commit): read once
+    /// per new tip, not at every poll.
+    fleet_cache: memo::Memo<(String, String), Arc<Vec<tkgops_domain::schedule::FleetCluster>>>,
     /// The policy chain as `/readyz` shows it.
     policy_health: Arc<trust::PolicyHealth>,
 }
@@ -161,9 +164,10 @@ impl Bot {
             publisher,
             ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             clock: std::sync::Mutex::new(schedules::system_clock()),
-            wave_plan: std::sync::Mutex::new(None),
+            wave_plan: memo::Memo::new(),
             pinned_policy,
-            policy_cache: std::sync::Mutex::new(None),
+            policy_cache: memo::Memo::new(),
+            fleet_cache: memo::Memo::new(),
             policy_health: Arc::new(trust::PolicyHealth::default()),
         }
     }

@@ -374,21 +374,14 @@ impl Bot {
         // 3. The plan of the wave commit, under the trusted policy (once per wave).
         let policy = self.policy_commit().await?;
         let key = format!("{parent}..{commit}@{policy}");
-        let cached = self.wave_plan.lock().ok().and_then(|c| {
-            c.as_ref()
-                .filter(|(k, _)| *k == key)
-                .map(|(_, p)| p.clone())
-        });
-        let plan = match cached {
+        let plan = match self.wave_plan.get(&key) {
             Some(plan) => plan,
             None => {
                 let plan = Arc::new(
                     self.wave_plan(parent.clone(), commit.clone(), &policy)
                         .await?,
                 );
-                if let Ok(mut c) = self.wave_plan.lock() {
-                    *c = Some((key, plan.clone()));
-                }
+                self.wave_plan.put(key, plan.clone());
                 plan
             }
         };

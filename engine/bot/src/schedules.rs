@@ -271,7 +271,20 @@ impl Bot {
 
     /// Every cluster of the default branch at `tip` whose `tkgops.yaml` parses, with the TKRs
     /// its management cluster offers (`tkgVersion`'s and `tkrs`, as the plan's `TKGOPS-TKR`).
-    async fn fleet(&self, tip: &str, rc: &RepoConfig) -> Result<Vec<FleetCluster>, BotError> {
+    /// `rc` is the trusted policy's; the fleet is read once per (tip, trusted policy commit).
+    ///
+    /// Errors: [`BotError::Git`] when `tip` cannot be read, [`BotError::Store`].
+    async fn fleet(&self, tip: &str, rc: &RepoConfig) -> Result<Arc<Vec<FleetCluster>>, BotError> {
+        let key = (tip.to_string(), self.policy_commit().await?.to_string());
+        if let Some(fleet) = self.fleet_cache.get(&key) {
+            return Ok(fleet);
+        }
+        let fleet = Arc::new(self.read_fleet(tip, rc).await?);
+        self.fleet_cache.put(key, fleet.clone());
+        Ok(fleet)
+    }
+
+    async fn read_fleet(&self, tip: &str, rc: &RepoConfig) -> Result<Vec<FleetCluster>, BotError> {
         let git = self.git.clone();
         let tip = tip.to_string();
         let files = blocking(move || {

@@ -293,12 +293,8 @@ impl Bot {
         trusted: &TrustedPolicy,
     ) -> Result<Option<UntrustedChange>, BotError> {
         let key = (tip.to_string(), trusted.commit.to_string());
-        if let Ok(g) = self.policy_cache.lock() {
-            if let Some((k, v)) = &*g {
-                if *k == key {
-                    return Ok(v.clone());
-                }
-            }
+        if let Some(v) = self.policy_cache.get(&key) {
+            return Ok(v);
         }
         let git = self.git.clone();
         let (t, tr) = key.clone();
@@ -347,9 +343,7 @@ impl Bot {
                 })
             }
         };
-        if let Ok(mut g) = self.policy_cache.lock() {
-            *g = Some((key, change.clone()));
-        }
+        self.policy_cache.put(key, change.clone());
         Ok(change)
     }
 
