@@ -1,5 +1,5 @@
 //! Integration tests: the GitHub emulator (wire level, against octocrab's typed API) and the
-//! GitHub provider (`OctocrabClient`) against the emulator, including injected faults.
+//! GitHub client (`tkgops_github::OctocrabClient`) against the emulator, including injected faults.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,9 +14,7 @@ use tkgops_emulators::github::{
     GithubAppOptions, GithubEmulator, GithubEmulatorError, GithubEmulatorOptions, MergeMethod,
     Role, WebhookTarget, DEFAULT_INSTALLATION_ID,
 };
-use tkgops_providers::github::{
-    CommitState, GithubError, OctocrabClient, RetrySettings, VcsClient,
-};
+use tkgops_github::{CommitState, GitHub, GithubError, OctocrabClient, RetrySettings};
 
 const TOKEN: &str = "test-token-0123456789";
 const OWNER: &str = "acme";

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tkgops_domain::files::MemoryTree;
 use tkgops_domain::step::StepInputs;
 use tkgops_domain::workflow::{plan, Catalog, PlanInput};
-use tkgops_providers::github::{OctocrabClient, RetrySettings, VcsClient};
+use tkgops_github::{GitHub, OctocrabClient, RetrySettings};
 use tkgops_providers::kube::KubeProvider;
 use tkgops_providers::KubeconfigSource;
 

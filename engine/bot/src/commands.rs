@@ -35,7 +35,7 @@ use crate::journal::Cursor;
 use crate::{Bot, BotError, MergeRecord, MergeSha};
 use tkgops_domain::workflow::markdown::STICKY_MARKER;
 use tkgops_engine::{CancelOutcome, RunState};
-use tkgops_providers::github::{IssueComment, PullRequest};
+use tkgops_github::{IssueComment, PullRequest};
 
 /// A `/tkgops` command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +129,7 @@ impl Bot {
         let cursor = self.journal.cursor(Cursor::Comments).await?;
         let since = cursor.unwrap_or_else(chrono::Utc::now) - chrono::Duration::minutes(5);
         let comments = self
-            .vcs
+            .github
             .list_comments_since(since)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
@@ -168,7 +168,7 @@ impl Bot {
             Ok(cmd) => self.run_command(c, cmd, tip).await?,
         };
         let body = format!("{}\n{reply}\n", reply_marker(c.id));
-        self.vcs
+        self.github
             .upsert_comment(c.issue_number, &reply_marker(c.id), &body)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
@@ -193,7 +193,7 @@ impl Bot {
     /// tkgops last wrote (its SHA-256 is journalled), the pull request is planned again at the
     /// next poll and the comment rewritten; on a merged one, once per `updated_at`, the run
     /// comment is republished. Writing the same body again is a no-op
-    /// ([`tkgops_providers::github::VcsClient::upsert_comment`]), so this never loops.
+    /// ([`tkgops_github::GitHub::upsert_comment`]), so this never loops.
     ///
     /// Errors: [`BotError::Store`].
     async fn rerender_sticky(&self, c: &IssueComment) -> Result<(), BotError> {
@@ -241,9 +241,9 @@ impl Bot {
             }
             return self.command_resume(schedule.as_deref(), who).await;
         }
-        let pr = match self.vcs.get_pull(c.issue_number).await {
+        let pr = match self.github.get_pull(c.issue_number).await {
             Ok(pr) => pr,
-            Err(tkgops_providers::github::GithubError::NotFound { .. }) => {
+            Err(tkgops_github::GithubError::NotFound { .. }) => {
                 return Ok(format!(
                     "@{who}: `/tkgops {}` works on pull requests only.",
                     cmd.word()

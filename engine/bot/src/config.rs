@@ -160,8 +160,8 @@ impl BotConfig {
     ///
     /// Errors: [`ConfigError::MissingEnv`] for an unset variable, [`ConfigError::Io`] for an
     /// unreadable key file.
-    pub fn github_auth(&self) -> Result<tkgops_providers::github::GithubAuth, ConfigError> {
-        use tkgops_providers::github::GithubAuth;
+    pub fn github_auth(&self) -> Result<tkgops_github::GithubAuth, ConfigError> {
+        use tkgops_github::GithubAuth;
         let Some(app_id) = self.github.app_id else {
             return self.github_token().map(GithubAuth::Token);
         };

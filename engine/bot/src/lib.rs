@@ -50,7 +50,7 @@ use tkgops_domain::workflow::plan::{load_repo_config, ClusterPlan, PlanStatus};
 use tkgops_domain::workflow::{plan, Catalog, IntentKind, Plan, PlanInput};
 use tkgops_engine::store::Store;
 use tkgops_engine::{Engine, RunRequest};
-use tkgops_providers::github::{CommitState, PullRequest, RepoInfo, VcsClient};
+use tkgops_github::{CommitState, GitHub, PullRequest, RepoInfo};
 
 pub use config::BotConfig;
 
@@ -82,7 +82,7 @@ pub enum BotError {
 /// The parts a [`Bot`] is assembled from (see [`serve::build`]).
 pub struct BotParts {
     /// GitHub client.
-    pub vcs: Arc<dyn VcsClient>,
+    pub github: Arc<dyn GitHub>,
     /// The bare mirror of the config repository.
     pub git: ConfigRepo,
     /// The bot's journal (and, through it, the engine's store of the same database).
@@ -105,7 +105,7 @@ pub struct BotParts {
 
 /// The bot: one config repository, one GitHub repository, one engine.
 pub struct Bot {
-    vcs: Arc<dyn VcsClient>,
+    github: Arc<dyn GitHub>,
     git: ConfigRepo,
     /// The engine's runs (read only: the engine writes them).
     store: Arc<dyn Store>,
@@ -140,7 +140,7 @@ impl Bot {
     /// Assembles a bot from its parts.
     pub fn new(parts: BotParts) -> Bot {
         let BotParts {
-            vcs,
+            github,
             git,
             journal,
             engine,
@@ -151,7 +151,7 @@ impl Bot {
             pinned_policy,
         } = parts;
         Bot {
-            vcs,
+            github,
             git,
             store: journal.store(),
             journal,
@@ -240,7 +240,7 @@ impl Bot {
             None => chrono::Utc::now() - chrono::Duration::days(1),
         };
         let closed = self
-            .vcs
+            .github
             .list_closed_pulls_since(&self.default_branch, Some(since))
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
@@ -259,7 +259,7 @@ impl Bot {
             self.executors.update_management_clusters(rc);
         }
         let open = self
-            .vcs
+            .github
             .list_open_pulls(&self.default_branch)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
@@ -379,7 +379,7 @@ impl Bot {
     async fn refresh_git_token(&self) -> Result<(), BotError> {
         if self.git.is_https() {
             let token = self
-                .vcs
+                .github
                 .git_token()
                 .await
                 .map_err(|e| BotError::Github(e.to_string()))?;
@@ -444,12 +444,12 @@ impl Bot {
                 fire.format("%Y-%m-%d %H:%M UTC"),
                 &pr.head_sha[..pr.head_sha.len().min(7)]
             );
-            let gh = |e: tkgops_providers::github::GithubError| BotError::Github(e.to_string());
-            self.vcs
+            let gh = |e: tkgops_github::GithubError| BotError::Github(e.to_string());
+            self.github
                 .upsert_comment(pr.number, STICKY_MARKER, &body)
                 .await
                 .map_err(gh)?;
-            self.vcs
+            self.github
                 .set_status(
                     &pr.head_sha,
                     PLAN_CONTEXT,
@@ -524,7 +524,7 @@ impl Bot {
         self.journal
             .set_approved_digests(pr.number, &head, &digests)
             .await?;
-        self.vcs
+        self.github
             .set_status(head.as_str(), PLAN_CONTEXT, state, &desc, None)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
@@ -542,14 +542,14 @@ impl Bot {
     ///
     /// Errors: [`BotError::Render`], [`BotError::Github`], [`BotError::Store`].
     async fn post_plan(&self, number: u64, p: &Plan) -> Result<(), BotError> {
-        let gh = |e: tkgops_providers::github::GithubError| BotError::Github(e.to_string());
+        let gh = |e: tkgops_github::GithubError| BotError::Github(e.to_string());
         let before = self.journal.plan_details(number).await?;
         let inline = markdown::render_plan(p, &self.catalog, true).map_err(BotError::Render)?;
         let mut posted = Vec::new();
         let written;
         let sticky_id = if inline.chars().count() <= markdown::INLINE_PLAN_LIMIT {
             written = inline.clone();
-            self.vcs
+            self.github
                 .upsert_comment(number, STICKY_MARKER, &inline)
                 .await
                 .map_err(gh)?
@@ -560,13 +560,13 @@ impl Bot {
             let mut anchors = BTreeMap::new();
             let summary = markdown::render_plan_summary(p, &self.catalog, &anchors)
                 .map_err(BotError::Render)?;
-            self.vcs
+            self.github
                 .upsert_comment(number, STICKY_MARKER, &summary)
                 .await
                 .map_err(gh)?;
             for d in &details {
                 let id = self
-                    .vcs
+                    .github
                     .upsert_comment(number, &d.marker, &d.body)
                     .await
                     .map_err(gh)?;
@@ -576,7 +576,7 @@ impl Bot {
             let summary = markdown::render_plan_summary(p, &self.catalog, &anchors)
                 .map_err(BotError::Render)?;
             written = summary.clone();
-            self.vcs
+            self.github
                 .upsert_comment(number, STICKY_MARKER, &summary)
                 .await
                 .map_err(gh)?
@@ -598,7 +598,7 @@ impl Bot {
                 "{marker}\n_Superseded: the plan for head `{}` has no details for `{gone}`; see the plan comment._\n",
                 &p.head_sha[..p.head_sha.len().min(7)]
             );
-            self.vcs
+            self.github
                 .upsert_comment(number, &marker, &body)
                 .await
                 .map_err(gh)?;
@@ -836,7 +836,7 @@ impl Bot {
             repo.approval.required_approvals
         } as usize;
         let reviews = self
-            .vcs
+            .github
             .list_reviews(pr.number)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
@@ -942,7 +942,7 @@ impl Bot {
         digests: &PlanDigests,
     ) -> Result<usize, BotError> {
         let reviews = self
-            .vcs
+            .github
             .list_reviews(number)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
@@ -975,7 +975,7 @@ impl Bot {
             }
             match p.split_once('/') {
                 Some((org, team)) => {
-                    let members = self.vcs.team_members(org, team).await.map_err(|e| {
+                    let members = self.github.team_members(org, team).await.map_err(|e| {
                         BotError::Github(format!("resolving team {org}/{team}: {e}"))
                     })?;
                     out.extend(members.into_iter().map(|m| m.to_lowercase()));

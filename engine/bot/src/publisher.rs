@@ -3,7 +3,7 @@
 //!
 //! Updates are coalesced: at most one comment edit per merge commit every `min_interval`
 //! (GitHub allows about 80 content-creating requests a minute), and an edit is skipped when the
-//! body did not change (the VCS client compares before writing).
+//! body did not change (the GitHub client compares before writing).
 //!
 //! A publish that GitHub refuses (after the client's own retries) is retried with exponential
 //! backoff (from `2 × min_interval` up to [`MAX_REPUBLISH_DELAY`]) until GitHub accepts it. A
@@ -32,7 +32,7 @@ use tkgops_domain::workflow::markdown::{
 use tkgops_domain::workflow::Catalog;
 use tkgops_engine::store::{RunRecord, RunState, StepState};
 use tkgops_engine::{backoff_delay, RetryPolicy, RunObserver, StepKind};
-use tkgops_providers::github::{CommitState, VcsClient};
+use tkgops_github::{CommitState, GitHub};
 
 /// Upper bound of the delay between two tries of a refused publish: 5 min.
 pub const MAX_REPUBLISH_DELAY: Duration = Duration::from_secs(300);
@@ -99,7 +99,7 @@ impl CommentPublisher {
     /// Starts the publishing task, rendering from `journal` (merge records) and its store
     /// (runs). Returns the observer to give to the engine.
     pub fn start(
-        vcs: Arc<dyn VcsClient>,
+        github: Arc<dyn GitHub>,
         journal: BotJournal,
         catalog: Arc<Catalog>,
         min_interval: Duration,
@@ -125,7 +125,7 @@ impl CommentPublisher {
                 }
                 for commit in pending {
                     let snapshot = progress2.lock().map(|p| p.clone()).unwrap_or_default();
-                    match publish_commit(&*vcs, &journal_for_task, &catalog, &commit, &snapshot)
+                    match publish_commit(&*github, &journal_for_task, &catalog, &commit, &snapshot)
                         .await
                     {
                         Ok(()) => {
@@ -204,7 +204,7 @@ impl RunObserver for CommentPublisher {
 }
 
 async fn publish_commit(
-    vcs: &dyn VcsClient,
+    github: &dyn GitHub,
     journal: &BotJournal,
     catalog: &Catalog,
     commit: &MergeSha,
@@ -213,7 +213,7 @@ async fn publish_commit(
     let Some(record) = journal.merge_record(commit).await? else {
         return Ok(());
     };
-    publish_record(vcs, journal, catalog, &record, progress).await
+    publish_record(github, journal, catalog, &record, progress).await
 }
 
 /// Renders the run comment of `record` from the store and upserts it, then sets the
@@ -222,7 +222,7 @@ async fn publish_commit(
 ///
 /// Errors: [`BotError::Github`] after the client's retries, [`BotError::Store`], [`BotError::Render`].
 pub async fn publish_record(
-    vcs: &dyn VcsClient,
+    github: &dyn GitHub,
     journal: &BotJournal,
     catalog: &Catalog,
     record: &MergeRecord,
@@ -279,10 +279,12 @@ pub async fn publish_record(
         catalog,
     )
     .map_err(BotError::Render)?;
-    vcs.upsert_comment(record.pr, marker, &body)
+    github
+        .upsert_comment(record.pr, marker, &body)
         .await
         .map_err(|e| BotError::Github(e.to_string()))?;
-    vcs.set_status(record.commit.as_str(), APPLY_CONTEXT, state, &desc, None)
+    github
+        .set_status(record.commit.as_str(), APPLY_CONTEXT, state, &desc, None)
         .await
         .map_err(|e| BotError::Github(e.to_string()))?;
     if state != CommitState::Pending {
@@ -652,7 +654,7 @@ pub fn output_summary(kind: StepKind, out: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::FakeVcs;
+    use crate::testing::FakeGitHub;
     use tkgops_domain::step::{RetryPolicy as Retry, StepInputs, StepSpec, WorkloadTarget};
     use tkgops_engine::store::{SledStore, StepRecord};
 
@@ -711,11 +713,11 @@ mod tests {
         journal.put_merge_record(&record).await.unwrap();
         assert_eq!(journal.unpublished().await.unwrap(), vec![commit.clone()]);
 
-        let vcs = Arc::new(FakeVcs::default());
-        *vcs.fail_statuses.lock().unwrap() = 3;
+        let github = Arc::new(FakeGitHub::default());
+        *github.fail_statuses.lock().unwrap() = 3;
         let catalog = Arc::new(Catalog::builtin().unwrap());
         let publisher = CommentPublisher::start(
-            vcs.clone(),
+            github.clone(),
             journal.clone(),
             catalog,
             Duration::from_millis(10),
@@ -724,8 +726,8 @@ mod tests {
         publisher.notify(&commit);
         tokio::time::timeout(Duration::from_secs(30), async {
             loop {
-                let written = vcs.written.notified();
-                if !vcs.statuses.lock().unwrap().is_empty() {
+                let written = github.written.notified();
+                if !github.statuses.lock().unwrap().is_empty() {
                     break;
                 }
                 written.await;
@@ -733,8 +735,8 @@ mod tests {
         })
         .await
         .expect("the status was never accepted");
-        assert_eq!(*vcs.refused.lock().unwrap(), 3);
-        let statuses = vcs.statuses.lock().unwrap().clone();
+        assert_eq!(*github.refused.lock().unwrap(), 3);
+        let statuses = github.statuses.lock().unwrap().clone();
         assert_eq!(
             statuses,
             [(

@@ -6,7 +6,7 @@
 //! Secrets are registered once, when the bot reads them ([`register`]); tokens that rotate (a
 //! GitHub App installation token an hour) as they are minted, keeping only those that can
 //! still be valid ([`register_rotating`]). Every comment body and
-//! status description goes through [`RedactingVcs`], and every log line through the writer
+//! status description goes through [`RedactingGitHub`], and every log line through the writer
 //! [`stderr`] hands to `tracing_subscriber`. Matching is exact text replacement
 //! ([`tkgops_domain::workflow::markdown::redact`]); values shorter than
 //! [`MIN_SECRET_LEN`] characters are not registered (they would mask ordinary words).
@@ -16,9 +16,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use async_trait::async_trait;
 use tkgops_domain::workflow::markdown;
-use tkgops_providers::github::{
-    CommitState, GithubError, PullRequest, RepoInfo, Review, VcsClient,
-};
+use tkgops_github::{CommitState, GitHub, GithubError, PullRequest, RepoInfo, Review};
 
 /// Shortest value [`register`] accepts, in characters: 8.
 pub const MIN_SECRET_LEN: usize = 8;
@@ -176,21 +174,21 @@ pub fn stderr() -> Redacting<std::io::Stderr> {
     Redacting::new(std::io::stderr())
 }
 
-/// A [`VcsClient`] that redacts every comment body and status description before the inner
+/// A [`GitHub`] client that redacts every comment body and status description before the inner
 /// client sends it. Reads pass through unchanged.
-pub struct RedactingVcs {
-    inner: Arc<dyn VcsClient>,
+pub struct RedactingGitHub {
+    inner: Arc<dyn GitHub>,
 }
 
-impl RedactingVcs {
+impl RedactingGitHub {
     /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn VcsClient>) -> Self {
-        RedactingVcs { inner }
+    pub fn new(inner: Arc<dyn GitHub>) -> Self {
+        RedactingGitHub { inner }
     }
 }
 
 #[async_trait]
-impl VcsClient for RedactingVcs {
+impl GitHub for RedactingGitHub {
     async fn repository(&self) -> Result<RepoInfo, GithubError> {
         self.inner.repository().await
     }
@@ -249,7 +247,7 @@ impl VcsClient for RedactingVcs {
     async fn list_comments_since(
         &self,
         since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<tkgops_providers::github::IssueComment>, GithubError> {
+    ) -> Result<Vec<tkgops_github::IssueComment>, GithubError> {
         self.inner.list_comments_since(since).await
     }
 
@@ -260,14 +258,14 @@ impl VcsClient for RedactingVcs {
     async fn list_pull_commits(
         &self,
         number: u64,
-    ) -> Result<Vec<tkgops_providers::github::PullCommit>, GithubError> {
+    ) -> Result<Vec<tkgops_github::PullCommit>, GithubError> {
         self.inner.list_pull_commits(number).await
     }
 
     async fn list_own_statuses(
         &self,
         sha: &str,
-    ) -> Result<Vec<tkgops_providers::github::CommitStatus>, GithubError> {
+    ) -> Result<Vec<tkgops_github::CommitStatus>, GithubError> {
         self.inner.list_own_statuses(sha).await
     }
 
@@ -309,7 +307,7 @@ impl VcsClient for RedactingVcs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::FakeVcs;
+    use crate::testing::FakeGitHub;
     use std::sync::Mutex;
 
     /// A bot that ran for a month saw 720 App installation tokens: the registry holds the
@@ -347,24 +345,26 @@ mod tests {
     async fn registered_secrets_never_reach_comments_statuses_or_logs() {
         register("ghs_unit-test-secret-0123456789");
         register("short"); // too short to register: ordinary text stays readable
-        let recorded = Arc::new(FakeVcs::default());
-        let vcs = RedactingVcs::new(recorded.clone());
-        vcs.upsert_comment(
-            1,
-            "<!-- m -->",
-            "token ghs_unit-test-secret-0123456789 leaked, short",
-        )
-        .await
-        .unwrap();
-        vcs.set_status(
-            "sha",
-            "ctx",
-            CommitState::Failure,
-            "bad ghs_unit-test-secret-0123456789",
-            None,
-        )
-        .await
-        .unwrap();
+        let recorded = Arc::new(FakeGitHub::default());
+        let github = RedactingGitHub::new(recorded.clone());
+        github
+            .upsert_comment(
+                1,
+                "<!-- m -->",
+                "token ghs_unit-test-secret-0123456789 leaked, short",
+            )
+            .await
+            .unwrap();
+        github
+            .set_status(
+                "sha",
+                "ctx",
+                CommitState::Failure,
+                "bad ghs_unit-test-secret-0123456789",
+                None,
+            )
+            .await
+            .unwrap();
         assert_eq!(
             *recorded.comments.lock().unwrap(),
             ["token <redacted> leaked, short"]

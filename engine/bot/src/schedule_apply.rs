@@ -33,7 +33,7 @@ use tkgops_domain::schedule::{bump_tkr_line, plan_waves, FleetCluster, Schedule}
 use tkgops_domain::step::{StepInputs, WorkloadTarget};
 use tkgops_domain::waves::{ApplyProgress, ClusterHealth, ClusterStage, Next, WaveState};
 use tkgops_engine::{RunRequest, RunState};
-use tkgops_providers::github::PullRequest;
+use tkgops_github::PullRequest;
 
 /// The workflow a scheduled apply runs for each cluster.
 pub const UPGRADE_WORKFLOW: &str = "upgrade-cluster";
@@ -618,7 +618,7 @@ impl Bot {
             local(s, rec.fire),
         );
         match self
-            .vcs
+            .github
             .create_pull(&title, branch, &self.default_branch, &body)
             .await
         {
@@ -629,7 +629,7 @@ impl Bot {
             // Opened by an earlier attempt that stopped before recording it.
             Err(e) => {
                 let open = self
-                    .vcs
+                    .github
                     .list_open_pulls(&self.default_branch)
                     .await
                     .map_err(|e| BotError::Github(e.to_string()))?;
@@ -783,7 +783,7 @@ impl Bot {
                     h.reason,
                     s.name
                 );
-                self.vcs
+                self.github
                     .upsert_comment(issue, &marker, &body)
                     .await
                     .map_err(|e| BotError::Github(e.to_string()))?;

@@ -40,7 +40,7 @@ use tkgops_domain::schedule::{
 };
 use tkgops_domain::waves::{ApplyProgress, ClusterStage, WaveState};
 use tkgops_domain::workflow::markdown::cell;
-use tkgops_providers::github::PullRequest;
+use tkgops_github::PullRequest;
 
 /// The hidden marker of the fleet dashboard issue.
 pub const DASHBOARD_MARKER: &str = "<!-- tkgops:fleet-dashboard -->";
@@ -476,7 +476,7 @@ impl Bot {
             rows.join("\n")
         );
         let n = self
-            .vcs
+            .github
             .create_pull(&title, &branch, &self.default_branch, &body)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
@@ -511,7 +511,7 @@ impl Bot {
             return Ok(());
         }
         let number = self
-            .vcs
+            .github
             .upsert_issue(DASHBOARD_MARKER, DASHBOARD_TITLE, &body)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;

@@ -9,13 +9,13 @@ use crate::executors::Executors;
 use crate::gitops::{ConfigRepo, GitError};
 use crate::journal::BotJournal;
 use crate::publisher::CommentPublisher;
-use crate::redact::RedactingVcs;
+use crate::redact::RedactingGitHub;
 use crate::{Bot, BotParts};
 use tkgops_domain::workflow::plan::load_repo_config;
 use tkgops_domain::workflow::Catalog;
 use tkgops_engine::store::{SledStore, Store};
 use tkgops_engine::Engine;
-use tkgops_providers::github::{GithubAuth, OctocrabClient, RetrySettings, VcsClient};
+use tkgops_github::{GitHub, GithubAuth, OctocrabClient, RetrySettings};
 
 /// Errors assembling the bot.
 #[derive(Debug, thiserror::Error)]
@@ -70,17 +70,17 @@ pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, Serv
     build_with_auth(cfg, GithubAuth::Token(creds.github_token), creds.tmc_token).await
 }
 
-/// As [`build`], authenticating to GitHub with `github` (a token or a GitHub App) and to TMC
+/// As [`build`], authenticating to GitHub with `auth` (a token or a GitHub App) and to TMC
 /// with `tmc_token`. Every credential is registered with [`crate::redact`] first.
 ///
 /// Errors: [`ServeError`] for each part that cannot be set up.
 pub async fn build_with_auth(
     cfg: &BotConfig,
-    github: GithubAuth,
+    auth: GithubAuth,
     tmc_token: Option<String>,
 ) -> Result<Bot, ServeError> {
     tkgops_providers::install_crypto_provider();
-    match &github {
+    match &auth {
         GithubAuth::Token(t) => crate::redact::register(t),
         GithubAuth::App {
             private_key_pem, ..
@@ -90,17 +90,17 @@ pub async fn build_with_auth(
         crate::redact::register(t);
     }
     crate::redact::register_aws_environment();
-    let vcs: Arc<dyn VcsClient> = Arc::new(RedactingVcs::new(Arc::new(
+    let github: Arc<dyn GitHub> = Arc::new(RedactingGitHub::new(Arc::new(
         OctocrabClient::with_auth(
             &cfg.github.api_url,
-            github,
+            auth,
             &cfg.github.owner,
             &cfg.github.repo,
             RetrySettings::default(),
         )
         .map_err(|e| ServeError::Github(e.to_string()))?,
     )));
-    let info = vcs
+    let info = github
         .repository()
         .await
         .map_err(|e| ServeError::Github(e.to_string()))?;
@@ -110,7 +110,8 @@ pub async fn build_with_auth(
         .clone()
         .unwrap_or(info.clone_url.clone());
     let git_token = if clone_url.starts_with("https://") {
-        vcs.git_token()
+        github
+            .git_token()
             .await
             .map_err(|e| ServeError::Github(e.to_string()))?
     } else {
@@ -161,7 +162,7 @@ pub async fn build_with_auth(
         executors.update_management_clusters(rc);
     }
     let publisher = CommentPublisher::start(
-        vcs.clone(),
+        github.clone(),
         journal.clone(),
         catalog.clone(),
         cfg.comment_min_interval,
@@ -191,7 +192,7 @@ pub async fn build_with_auth(
         .map_err(|e| ServeError::Store(e.to_string()))?;
     info!(repo = %info.full_name, default_branch = %info.default_branch, resumed, "tkgops bot ready");
     Ok(Bot::new(BotParts {
-        vcs,
+        github,
         git,
         journal,
         engine,

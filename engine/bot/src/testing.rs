@@ -3,14 +3,14 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use tkgops_providers::github::{
-    CommitState, CommitStatus, GithubError, PullCommit, PullRequest, RepoInfo, Review, VcsClient,
+use tkgops_github::{
+    CommitState, CommitStatus, GitHub, GithubError, PullCommit, PullRequest, RepoInfo, Review,
 };
 
-/// A [`VcsClient`] that records comment bodies and statuses, can refuse the first
+/// A [`GitHub`] client that records comment bodies and statuses, can refuse the first
 /// `fail_statuses` status writes with a 502, and wakes waiters on every accepted write.
 #[derive(Default)]
-pub(crate) struct FakeVcs {
+pub(crate) struct FakeGitHub {
     /// Accepted comment bodies, in order.
     pub comments: Mutex<Vec<String>>,
     /// Accepted statuses: (sha, context, state, description), in order.
@@ -21,7 +21,7 @@ pub(crate) struct FakeVcs {
     pub refused: Mutex<u32>,
     /// Notified after every accepted write.
     pub written: tokio::sync::Notify,
-    /// What [`VcsClient::list_pull_commits`] answers: PR number → its commits, oldest first
+    /// What [`GitHub::list_pull_commits`] answers: PR number → its commits, oldest first
     /// (a PR not listed has none).
     pub pull_commits: Mutex<std::collections::BTreeMap<u64, Vec<PullCommit>>>,
 }
@@ -30,7 +30,7 @@ pub(crate) struct FakeVcs {
 pub(crate) const FAKE_BOT_LOGIN: &str = "tkgops[bot]";
 
 #[async_trait]
-impl VcsClient for FakeVcs {
+impl GitHub for FakeGitHub {
     async fn repository(&self) -> Result<RepoInfo, GithubError> {
         Err(GithubError::Config("not used in this test".into()))
     }
@@ -60,8 +60,8 @@ impl VcsClient for FakeVcs {
     async fn list_reviews(&self, _: u64) -> Result<Vec<Review>, GithubError> {
         Ok(Vec::new())
     }
-    /// The commits set in [`FakeVcs::pull_commits`]; more than
-    /// [`tkgops_providers::github::MAX_PULL_COMMITS`] fail as GitHub's cap does.
+    /// The commits set in [`FakeGitHub::pull_commits`]; more than
+    /// [`tkgops_github::MAX_PULL_COMMITS`] fail as GitHub's cap does.
     async fn list_pull_commits(&self, number: u64) -> Result<Vec<PullCommit>, GithubError> {
         let commits = self
             .pull_commits
@@ -70,7 +70,7 @@ impl VcsClient for FakeVcs {
             .get(&number)
             .cloned()
             .unwrap_or_default();
-        if commits.len() > tkgops_providers::github::MAX_PULL_COMMITS {
+        if commits.len() > tkgops_github::MAX_PULL_COMMITS {
             return Err(GithubError::TooManyCommits {
                 number,
                 count: commits.len() as u64,
@@ -104,7 +104,7 @@ impl VcsClient for FakeVcs {
     async fn list_comments_since(
         &self,
         _: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<tkgops_providers::github::IssueComment>, GithubError> {
+    ) -> Result<Vec<tkgops_github::IssueComment>, GithubError> {
         Ok(Vec::new())
     }
     async fn upsert_comment(&self, _: u64, _: &str, body: &str) -> Result<u64, GithubError> {

@@ -32,7 +32,7 @@ use std::sync::RwLock;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tkgops_providers::github::{CommitState, PullRequest};
+use tkgops_github::{CommitState, PullRequest};
 use tracing::{error, info};
 
 use crate::gitops::{MergeMethod, MergeShape, PolicyFingerprint};
@@ -374,8 +374,8 @@ impl Bot {
             return Ok(());
         }
         error!(commit = %c.commit, trusted = %c.trusted, how = %c.how, "untrusted policy change on the default branch: the trusted policy stays in force");
-        let gh = |e: tkgops_providers::github::GithubError| BotError::Github(e.to_string());
-        self.vcs
+        let gh = |e: tkgops_github::GithubError| BotError::Github(e.to_string());
+        self.github
             .set_status(
                 &c.commit,
                 POLICY_CONTEXT,
@@ -393,7 +393,7 @@ impl Bot {
                 "{UNTRUSTED_MARKER}\n### ⛔ tkgops: this merge changed the policy without approval\n\n{}.\n\nUntil then every plan, run, schedule and command of tkgops is judged under the trusted policy. To make a policy change take effect, open a pull request with it and have it approved with `approval.destructiveApprovals` under the trusted policy.\n",
                 capitalise(&c.sentence())
             );
-            self.vcs
+            self.github
                 .upsert_comment(pr, UNTRUSTED_MARKER, &body)
                 .await
                 .map_err(gh)?;
@@ -455,7 +455,7 @@ impl Bot {
         };
         self.put_trusted(&record).await?;
         info!(pr = pr.number, commit = %merge, "trusted policy commit moved");
-        self.vcs
+        self.github
             .set_status(
                 merge.as_str(),
                 POLICY_CONTEXT,

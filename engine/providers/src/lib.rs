@@ -1,12 +1,12 @@
-//! Providers own all network I/O: AWS EC2, Kubernetes, Tanzu Mission Control and GitHub.
+//! Providers own the network I/O of the steps: AWS EC2, Kubernetes and Tanzu Mission Control.
 //!
 //! Each provider implements [`tkgops_domain::executor::StepExecutor`] for its step kinds; this crate is
-//! the only one of the product that opens network connections (git aside, which the bot owns).
+//! the only one of the product that opens network connections, apart from GitHub (the
+//! `tkgops-github` crate, which only the bot uses) and git (which the bot owns).
 //! Every wait runs through the one wait driver ([`wait`]) over a verdict of
 //! `tkgops_domain::wait`.
 
 pub mod aws;
-pub mod github;
 pub mod kube;
 pub mod tmc;
 pub mod wait;

@@ -1,8 +1,16 @@
-//! GitHub provider: the pull-request, comment, review and commit-status calls of the bot.
+//! tkgops's GitHub client: the pull-request, comment, review, issue and commit-status calls
+//! of the bot, on one configured repository.
 //!
-//! The bot talks to GitHub only through the [`VcsClient`] trait (in the style of Atlantis'
-//! `vcs.Client`), implemented by [`OctocrabClient`]. Every call targets one configured
-//! repository.
+//! The [`GitHub`] trait is the seam between the bot and GitHub, in the style of Atlantis'
+//! `vcs.Client`: the bot (`tkgops`) talks to GitHub only through it, so its tests put a fake
+//! behind it and its redaction layer wraps it. [`OctocrabClient`] implements it with octocrab
+//! against GitHub, GitHub Enterprise or the emulator (`tkgops-emulators`). Only the bot and
+//! the sandbox's tests depend on this crate; the step providers (`tkgops-providers`) never
+//! talk to GitHub.
+//!
+//! octocrab connects through rustls: in a process that links more than one rustls crypto
+//! backend (the bot does), install the process default first, as the bot does with
+//! `tkgops_providers::install_crypto_provider`.
 //!
 //! Resilience: GitHub 5xx answers, connection errors and rate limits are waited out, not fatal.
 //! octocrab's own retry middleware is disabled ([`octocrab::service::middleware::retry::RetryConfig::None`])
@@ -17,6 +25,8 @@
 //! attempt instead of being duplicated.
 //!
 //! Tokens are never logged, never put into errors and never shown by `Debug`.
+
+#![warn(missing_docs)]
 
 pub mod comment;
 
@@ -85,7 +95,7 @@ pub struct Review {
 
 /// GitHub's cap on `GET /repos/{o}/{r}/pulls/{n}/commits`: "This endpoint lists a maximum of
 /// 250 commits for a pull request" (REST docs, "List commits on a pull request"). Past it the
-/// list is incomplete, so [`VcsClient::list_pull_commits`] refuses instead.
+/// list is incomplete, so [`GitHub::list_pull_commits`] refuses instead.
 pub const MAX_PULL_COMMITS: usize = 250;
 
 /// One commit of a pull request, as `GET /repos/{o}/{r}/pulls/{n}/commits` lists it.
@@ -104,7 +114,7 @@ pub struct PullCommit {
 }
 
 /// A commit status as listed by `GET /repos/{o}/{r}/commits/{ref}/statuses`, newest first
-/// ([`VcsClient::list_own_statuses`]).
+/// ([`GitHub::list_own_statuses`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommitStatus {
     /// Context, e.g. `tkgops/plan`.
@@ -118,7 +128,7 @@ pub struct CommitStatus {
 }
 
 /// An issue or pull-request comment, as listed repository-wide
-/// ([`VcsClient::list_comments_since`]).
+/// ([`GitHub::list_comments_since`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssueComment {
     /// Comment id.
@@ -171,7 +181,7 @@ impl CommitState {
     }
 }
 
-/// Errors of the GitHub provider. `method` and `path` name the request (path with query, never
+/// Errors of the GitHub client. `method` and `path` name the request (path with query, never
 /// a token).
 #[derive(Debug, thiserror::Error)]
 pub enum GithubError {
@@ -399,7 +409,7 @@ impl Default for RetrySettings {
 
 /// The GitHub operations the bot needs, on one repository.
 #[async_trait]
-pub trait VcsClient: Send + Sync {
+pub trait GitHub: Send + Sync {
     /// The repository's full name, default branch and clone URL (`GET /repos/{o}/{r}`).
     async fn repository(&self) -> Result<RepoInfo, GithubError>;
 
@@ -541,7 +551,9 @@ enum Auth {
     },
 }
 
-/// [`VcsClient`] implemented with octocrab against GitHub, GitHub Enterprise or the emulator.
+/// [`GitHub`] implemented with octocrab against GitHub, GitHub Enterprise or the emulator
+/// (named for the library it is built on, as the bot's fake and redacting wrapper of the trait
+/// are named for what they do).
 pub struct OctocrabClient {
     auth: Auth,
     /// Consecutive rate-limited answers (reset by any success): each doubles the next wait.
@@ -1265,7 +1277,7 @@ fn review_state(s: Option<octocrab::models::pulls::ReviewState>) -> String {
 }
 
 #[async_trait]
-impl VcsClient for OctocrabClient {
+impl GitHub for OctocrabClient {
     async fn git_token(&self) -> Result<Option<String>, GithubError> {
         match &self.auth {
             Auth::Token { token, .. } => Ok(Some(token.clone())),
