@@ -593,6 +593,97 @@ async fn status_subresource_isolation() {
     assert_eq!(api_err(cms.get_status("x").await.unwrap_err()).0, 404);
 }
 
+/// A LIST read in pages is one snapshot, as the real API server serves it: objects written
+/// between two pages keep their listed state in the later pages, every page reports the first
+/// page's resourceVersion, and a watch from it delivers the writes. (An emulator that cut each
+/// page from the live store lost those writes: the 1,000-cluster fleet stall.) A token of a
+/// snapshot no longer kept answers 410, and a token only continues its own LIST.
+#[tokio::test]
+async fn paged_lists_are_one_snapshot_and_a_watch_from_it_loses_nothing() {
+    let (_emu, _c, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for n in ["a", "b", "c", "d"] {
+        cms.create(&PostParams::default(), &cm(n, &[("app", "x")]))
+            .await
+            .unwrap();
+    }
+    let first = cms.list(&ListParams::default().limit(2)).await.unwrap();
+    let rv = first.metadata.resource_version.clone().unwrap();
+    let token = first.metadata.continue_.clone().expect("continue token");
+    // Written after the first page: `a` was served already, `d` is on the next page, `e` is new.
+    let patch = Patch::Merge(json!({"data": {"k": "v2"}}));
+    cms.patch("a", &PatchParams::default(), &patch)
+        .await
+        .unwrap();
+    cms.patch("d", &PatchParams::default(), &patch)
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &cm("e", &[]))
+        .await
+        .unwrap();
+    let rest = cms
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(rest.metadata.resource_version.as_deref(), Some(rv.as_str()));
+    assert!(rest.metadata.continue_.is_none());
+    let listed: Vec<(String, String)> = rest
+        .items
+        .iter()
+        .map(|c| {
+            (
+                c.metadata.name.clone().unwrap(),
+                c.data.clone().unwrap()["k"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("c".into(), "v".into()), ("d".into(), "v".into())],
+        "the later page is cut from the first page's snapshot"
+    );
+    let mut watch = cms
+        .watch(&WatchParams::default().timeout(5), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match watch.try_next().await.unwrap().expect("event") {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) => seen.push(format!(
+                "{} {}",
+                o.metadata.name.unwrap(),
+                o.data.unwrap()["k"]
+            )),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, vec!["a v2", "d v2", "e v"]);
+    // A token continues only its own LIST.
+    let other = cms
+        .list(&ListParams::default().limit(2).labels("app=x"))
+        .await
+        .unwrap();
+    let wrong = cms
+        .list(
+            &ListParams::default()
+                .limit(2)
+                .continue_token(other.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(wrong).0, 400);
+    // The emulator keeps 64 open paged LISTs: the oldest token then answers 410 Expired.
+    for _ in 0..64 {
+        cms.list(&ListParams::default().limit(1)).await.unwrap();
+    }
+    let expired = cms
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(expired).0, 410);
+}
+
 #[tokio::test]
 async fn watch_events_and_expiry() {
     let (_emu, c, client) = setup().await;

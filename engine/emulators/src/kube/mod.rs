@@ -324,6 +324,7 @@ impl KubeEmulator {
             faults: Faults::new(),
             state: Mutex::new(State::new(tx)),
             version: Mutex::new((DEFAULT_KUBERNETES_VERSION.to_string(), None)),
+            list_snapshots: Mutex::new(server::ListSnapshots::default()),
         });
         let cluster = EmulatedCluster { inner };
         for rt in builtin_types() {
@@ -376,6 +377,9 @@ struct ClusterInner {
     /// `gitVersion` served at `/version` (the Kubernetes version of the emulated cluster), and
     /// when it was last changed (`None`: never since the cluster was added).
     version: Mutex<(String, Option<std::time::SystemTime>)>,
+    /// The results of paged LISTs whose later pages are still to be read: every page of one
+    /// LIST comes from the same snapshot, as the real API server serves them.
+    list_snapshots: Mutex<server::ListSnapshots>,
 }
 
 /// One emulated cluster (API server + store). `Clone` shares state.
@@ -819,6 +823,13 @@ impl EmulatedCluster {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn list_snapshots(&self) -> MutexGuard<'_, server::ListSnapshots> {
+        self.inner
+            .list_snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -540,6 +541,68 @@ fn continue_key(v: &Value) -> (String, String) {
     (s("/metadata/namespace"), s("/metadata/name"))
 }
 
+/// How long the later pages of a paged LIST stay readable: the real API server keeps the
+/// snapshot a continue token points to until etcd compacts it (every 5 minutes by default),
+/// then answers 410 Expired.
+const LIST_SNAPSHOT_TTL: Duration = Duration::from_secs(300);
+
+/// The most paged LISTs kept open at once; the oldest is dropped (its token then answers 410).
+const LIST_SNAPSHOTS_MAX: usize = 64;
+
+/// One paged LIST's result, kept for its later pages.
+struct ListSnapshot {
+    id: u64,
+    /// The resourceVersion of the first page: every page reports it.
+    rv: u64,
+    /// The resource and selectors it was listed with: a token only continues the same LIST.
+    query: String,
+    items: Arc<Vec<Arc<Value>>>,
+    taken: std::time::Instant,
+}
+
+/// The open paged LISTs of one emulated cluster (see [`list`]).
+#[derive(Default)]
+pub(crate) struct ListSnapshots {
+    next: u64,
+    open: std::collections::VecDeque<ListSnapshot>,
+}
+
+impl ListSnapshots {
+    fn keep(&mut self, rv: u64, query: String, items: Arc<Vec<Arc<Value>>>) -> u64 {
+        self.next += 1;
+        self.open.retain(|s| s.taken.elapsed() < LIST_SNAPSHOT_TTL);
+        while self.open.len() >= LIST_SNAPSHOTS_MAX {
+            self.open.pop_front();
+        }
+        self.open.push_back(ListSnapshot {
+            id: self.next,
+            rv,
+            query,
+            items,
+            taken: std::time::Instant::now(),
+        });
+        self.next
+    }
+
+    fn find(&self, id: u64) -> Option<&ListSnapshot> {
+        self.open
+            .iter()
+            .find(|s| s.id == id && s.taken.elapsed() < LIST_SNAPSHOT_TTL)
+    }
+}
+
+/// What a continue token carries: the snapshot, and the last key served.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    snapshot: u64,
+    after: (String, String),
+}
+
+/// LIST with `limit`/`continue` as the real API server pages: the first page's
+/// resourceVersion is the list's, and every later page is cut from the same snapshot, so a
+/// client that lists in pages and then watches from that resourceVersion misses no change
+/// (objects written between two pages show up in the watch, not half in the list). A token of
+/// a snapshot no longer kept answers 410 Expired, as after etcd compacted it.
 fn list(
     c: &EmulatedCluster,
     rt: &ResourceType,
@@ -547,38 +610,68 @@ fn list(
     q: &HashMap<String, String>,
 ) -> Result<(StatusCode, Value), ApiError> {
     let (l, f) = selectors(q)?;
-    let (mut items, rv) = {
-        let st = c.state();
-        (st.list(&rt.gvr, ns, l.as_ref(), f.as_ref())?, st.rv)
-    };
-    let mut meta = json!({"resourceVersion": rv.to_string()});
-    if let Some(token) = q.get("continue").filter(|s| !s.is_empty()) {
-        let after: (String, String) = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
-        items.retain(|v| continue_key(v) > after);
-    }
-    if let Some(limit) = q
+    let query = format!(
+        "{:?}|{}|{}|{}",
+        rt.gvr,
+        ns.unwrap_or(""),
+        q.get("labelSelector").map(String::as_str).unwrap_or(""),
+        q.get("fieldSelector").map(String::as_str).unwrap_or("")
+    );
+    let limit = q
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
-        .filter(|l| *l > 0)
-    {
-        if items.len() > limit {
-            let remaining = items.len() - limit;
-            items.truncate(limit);
-            let last = continue_key(items.last().expect("limit > 0"));
-            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(serde_json::to_vec(&last).unwrap_or_default());
-            meta["continue"] = json!(token);
-            meta["remainingItemCount"] = json!(remaining);
+        .filter(|l| *l > 0);
+    let (items, rv, start, snapshot) = match q.get("continue").filter(|s| !s.is_empty()) {
+        Some(token) => {
+            let token: ContinueToken = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| ApiError::bad_request("invalid continue token"))?;
+            let snaps = c.list_snapshots();
+            let Some(snap) = snaps.find(token.snapshot) else {
+                return Err(ApiError::expired(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ));
+            };
+            if snap.query != query {
+                return Err(ApiError::bad_request(
+                    "continue key is not valid: it continues a list of another resource or selector",
+                ));
+            }
+            let start = snap
+                .items
+                .partition_point(|v| continue_key(v) <= token.after);
+            (snap.items.clone(), snap.rv, start, Some(snap.id))
         }
-    }
-    let items: Vec<&Value> = items.iter().map(|o| o.as_ref()).collect();
+        None => {
+            let st = c.state();
+            let items = st.list(&rt.gvr, ns, l.as_ref(), f.as_ref())?;
+            (Arc::new(items), st.rv, 0, None)
+        }
+    };
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    let end = match limit {
+        Some(limit) if items.len() - start > limit => {
+            let end = start + limit;
+            // A later page continues the snapshot its token names; a first page keeps its own.
+            let snapshot =
+                snapshot.unwrap_or_else(|| c.list_snapshots().keep(rv, query, items.clone()));
+            let token = ContinueToken {
+                snapshot,
+                after: continue_key(&items[end - 1]),
+            };
+            meta["continue"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(serde_json::to_vec(&token).unwrap_or_default()));
+            meta["remainingItemCount"] = json!(items.len() - end);
+            end
+        }
+        _ => items.len(),
+    };
+    let page: Vec<&Value> = items[start..end].iter().map(|o| o.as_ref()).collect();
     Ok((
         StatusCode::OK,
-        json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
+        json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": page}),
     ))
 }
 
