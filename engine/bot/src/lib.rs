@@ -14,6 +14,7 @@
 //!
 //! Run progress comes back through [`publisher::CommentPublisher`], the engine's observer.
 
+pub mod approval;
 pub mod commands;
 pub mod config;
 pub mod executors;
@@ -809,11 +810,13 @@ impl Bot {
         Ok(pending.len())
     }
 
-    /// `None` when the approval policy is met, else why not. The policy is the default
-    /// branch's before the merge (`parent`): `tkgops.yaml`'s approvers and counts, and its
-    /// `CODEOWNERS` when present. An approval counts only when it is the reviewer's latest
-    /// review, `APPROVED`, on the PR's head SHA, and not by the PR's author. Approvers and code
-    /// owners may be teams (`org/team`, `@org/team`), resolved through the API.
+    /// `None` when the approval policy is met, else why not ([`approval`]). The policy is the
+    /// trusted policy commit's (`policy`): `tkgops.yaml`'s approvers and counts (`repo`), and
+    /// its `CODEOWNERS` when present, over the paths `base..merge` changed. Reads the reviews,
+    /// their stamps and the members of the teams named, then asks the pure rules.
+    ///
+    /// Errors: [`BotError::Github`] when the reviews or a team cannot be read,
+    /// [`BotError::Store`], [`BotError::Git`].
     async fn check_approvals(
         &self,
         pr: &PullRequest,
@@ -824,31 +827,13 @@ impl Bot {
         merge: &MergeSha,
     ) -> Result<Option<String>, BotError> {
         let Some(repo) = repo else {
-            return Ok(Some(
-                "the default branch has no valid tkgops.yaml, so the approval policy is unknown"
-                    .into(),
-            ));
+            return Ok(Some(approval::NO_POLICY.into()));
         };
-        let destructive = p.changes_policy || p.clusters.iter().any(|c| c.intent.is_destructive());
-        let required = if destructive {
-            repo.approval.destructive_approvals
-        } else {
-            repo.approval.required_approvals
-        } as usize;
         let reviews = self
             .github
             .list_reviews(pr.number)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
-        // The latest review of each reviewer counts; it must be on the head SHA.
-        let mut latest: BTreeMap<String, (String, Option<String>, u64)> = BTreeMap::new();
-        for r in reviews {
-            if r.state == "COMMENTED" || r.state == "PENDING" {
-                continue;
-            }
-            latest.insert(r.user.to_lowercase(), (r.state, r.commit_id, r.id));
-        }
-        let author = pr.author.to_lowercase();
         // The plan the merge runs is the one of the head's current digests: an approval stamped
         // under another digest was given for an earlier plan of the same head.
         let current = self
@@ -856,32 +841,21 @@ impl Bot {
             .approved_digests(pr.number, &HeadSha::new(pr.head_sha.clone()))
             .await?
             .map(|d| d.hash());
-        let mut approved = std::collections::BTreeSet::new();
-        for (u, (state, commit, id)) in latest {
-            if u == author || state != "APPROVED" || commit.as_deref() != Some(pr.head_sha.as_str())
-            {
-                continue;
-            }
-            let stamp = self.journal.review_stamp(pr.number, id).await?;
-            if stamp.is_some_and(|s| Some(s) != current) {
-                continue;
-            }
-            approved.insert(u);
+        let mut stamped = Vec::new();
+        for r in approval::approval_candidates(&reviews, &pr.author, &pr.head_sha) {
+            let stamp = self.journal.review_stamp(pr.number, r.review_id).await?;
+            stamped.push((r, stamp));
         }
-        let approvers = self.expand_principals(&repo.approval.approvers).await?;
-        let count = approved.intersection(&approvers).count();
-        if count < required {
-            return Ok(Some(format!(
-                "merged with {count} of the {required} required approval(s) from approvers ({}){}",
-                repo.approval.approvers.join(", "),
-                if p.changes_policy {
-                    "; a change to tkgops.yaml needs approval.destructiveApprovals under the current policy"
-                } else if destructive {
-                    "; destructive changes need approval.destructiveApprovals"
-                } else {
-                    ""
-                }
-            )));
+        let approved = approval::counted_approvals(&stamped, current.as_deref());
+        let mut teams = approval::TeamMembers::default();
+        self.fetch_teams(&repo.approval.approvers, &mut teams)
+            .await?;
+        let approvers = approval::expand_principals(&repo.approval.approvers, &teams);
+        let weight = approval::ChangeWeight::of(p);
+        if let Some(why) =
+            approval::approvers_refusal(&approved, &approvers, &repo.approval, weight)
+        {
+            return Ok(Some(why));
         }
         // CODEOWNERS of the trusted policy: every changed path with owners needs one of them.
         let git = self.git.clone();
@@ -901,38 +875,15 @@ impl Bot {
         let Some(text) = codeowners else {
             return Ok(None);
         };
-        let (owners, _) =
-            tkgops_domain::request::codeowners::CodeOwners::parse(&String::from_utf8_lossy(&text));
-        let mut missing = Vec::new();
-        for path in &changed {
-            let owned_by = owners.owners_of(path);
-            if owned_by.is_empty() {
-                continue;
-            }
-            let allowed = self.expand_principals(owned_by).await?;
-            if approved.is_disjoint(&allowed) {
-                missing.push(format!("{path} ({})", owned_by.join(" ")));
-            }
-        }
-        if missing.is_empty() {
-            Ok(None)
-        } else {
-            let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
-            Ok(Some(format!(
-                "CODEOWNERS of the default branch requires an approval from a code owner of {}{}",
-                shown.join(", "),
-                if missing.len() > shown.len() {
-                    ", …"
-                } else {
-                    ""
-                }
-            )))
-        }
+        let owned = approval::OwnedPaths::of(&String::from_utf8_lossy(&text), &changed);
+        self.fetch_teams(owned.principals(), &mut teams).await?;
+        Ok(owned.refusal(&approved, &teams))
     }
 
     /// Stamps every `APPROVED` review of PR `number` on `head` that has no stamp yet with the
     /// hash of `digests`, the plan it was given under (the plan posted before a re-plan); returns
     /// how many approvals on `head` carry a stamp (all of them are stale for the new plan).
+    /// Which reviews: [`approval::stamp_targets`].
     ///
     /// Errors: [`BotError::Github`] when the reviews cannot be listed, [`BotError::Store`].
     async fn stamp_approvals(
@@ -947,45 +898,51 @@ impl Bot {
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
         let hash = digests.hash();
-        let mut stamped = 0;
-        for r in reviews
-            .iter()
-            .filter(|r| r.state == "APPROVED" && r.commit_id.as_deref() == Some(head.as_str()))
-        {
-            if self.journal.review_stamp(number, r.id).await?.is_none() {
-                self.journal.set_review_stamp(number, r.id, &hash).await?;
+        let targets = approval::stamp_targets(&reviews, head.as_str());
+        for &id in &targets {
+            if self.journal.review_stamp(number, id).await?.is_none() {
+                self.journal.set_review_stamp(number, id, &hash).await?;
             }
-            stamped += 1;
         }
-        Ok(stamped)
+        Ok(targets.len())
     }
 
-    /// The lowercase logins `principals` name: `login` or `@login` as is, `org/team` or
-    /// `@org/team` expanded to the team's members (GitHub API); e-mail addresses are ignored
-    /// (they name no GitHub login the bot can check).
+    /// The lowercase logins `principals` name ([`approval::expand_principals`]): `login` or
+    /// `@login` as is, `org/team` or `@org/team` expanded to the team's members (GitHub API,
+    /// each team once); e-mail addresses are ignored (they name no GitHub login the bot can
+    /// check).
+    ///
+    /// Errors: [`BotError::Github`] when a team's members cannot be read.
     async fn expand_principals(
         &self,
         principals: &[String],
     ) -> Result<std::collections::BTreeSet<String>, BotError> {
-        let mut out = std::collections::BTreeSet::new();
-        for p in principals {
-            let p = p.trim().trim_start_matches('@');
-            if p.contains('@') || p.is_empty() {
+        let mut teams = approval::TeamMembers::default();
+        self.fetch_teams(principals, &mut teams).await?;
+        Ok(approval::expand_principals(principals, &teams))
+    }
+
+    /// Reads the members of every team `principals` name ([`approval::teams_named`]) that
+    /// `teams` does not hold yet into `teams`, in the order first named.
+    ///
+    /// Errors: [`BotError::Github`] naming the team whose members cannot be read.
+    async fn fetch_teams<'a>(
+        &self,
+        principals: impl IntoIterator<Item = &'a String>,
+        teams: &mut approval::TeamMembers,
+    ) -> Result<(), BotError> {
+        for (org, team) in approval::teams_named(principals) {
+            if teams.contains(&org, &team) {
                 continue;
             }
-            match p.split_once('/') {
-                Some((org, team)) => {
-                    let members = self.github.team_members(org, team).await.map_err(|e| {
-                        BotError::Github(format!("resolving team {org}/{team}: {e}"))
-                    })?;
-                    out.extend(members.into_iter().map(|m| m.to_lowercase()));
-                }
-                None => {
-                    out.insert(p.to_lowercase());
-                }
-            }
+            let members = self
+                .github
+                .team_members(&org, &team)
+                .await
+                .map_err(|e| BotError::Github(format!("resolving team {org}/{team}: {e}")))?;
+            teams.insert(&org, &team, members);
         }
-        Ok(out)
+        Ok(())
     }
 }
 
