@@ -618,6 +618,16 @@ impl Bot {
             .is_none_or(|n| !n.eq_ignore_ascii_case(&self.full_name))
     }
 
+    /// Handles merged pull request `pr` once (the journal remembers it): a pull request this
+    /// bot never planned is left alone; the record pull request of a scheduled apply is only
+    /// ledgered ([`Bot::record_applied_merge`]); any other merge is planned again as
+    /// base..merge under the trusted policy, judged (base branch, fork, approvals), ledgered,
+    /// and its approved cluster plans submitted ([`Bot::submit_merge_runs`]). The publisher
+    /// then reports on the merge commit.
+    ///
+    /// Errors: [`BotError::Github`] when the merge commit is not on the default branch yet or
+    /// GitHub fails, [`BotError::Git`], [`BotError::Store`], [`BotError::Render`],
+    /// [`BotError::Engine`]; the merge is tried again at the next poll.
     async fn handle_merged(&self, pr: &PullRequest) -> Result<(), BotError> {
         let Some(merge_sha) = pr.merge_commit_sha.clone().map(MergeSha::new) else {
             return Ok(());
@@ -635,68 +645,18 @@ impl Bot {
         // The record pull request of a scheduled apply, merged at a wave commit: its upgrades
         // already ran (`applied_record`).
         if self.applied_record(pr).await?.is_some() {
-            info!(
-                pr = pr.number,
-                "record pull request merged: its upgrades already ran"
-            );
-            // Its wave commits ran under a schedule of the trusted policy: approved content
-            // for later re-plans, never a policy change (the policy chain judges the tip).
-            let git = self.git.clone();
-            let m = merge_sha.to_string();
-            let base = blocking(move || git.first_parent(&m)).await?;
-            self.journal
-                .put_ledger(
-                    &trust::LedgerEntry {
-                        pr: pr.number,
-                        merge: merge_sha.clone(),
-                        base,
-                        method: gitops::MergeMethod::Merge,
-                        approved: true,
-                        refused: None,
-                    },
-                    &[merge_sha.to_string()],
-                )
-                .await?;
-            return Ok(self.journal.set_merged(pr.number, &merge_sha).await?);
+            return self.record_applied_merge(pr, &merge_sha).await;
         }
-        let git = self.git.clone();
-        let branch = self.default_branch.clone();
-        let (m, number, h) = (merge_sha.clone(), pr.number, head.clone());
-        let shape = blocking(move || {
-            let tip = git.fetch_branch(&branch)?;
-            if !git.is_ancestor(m.as_str(), &tip) {
-                return Ok(None);
-            }
-            // The pull request's own commits tell a rebase from a squash.
-            if !git.has_commit(h.as_str()) {
-                git.fetch_pull_head(number)?;
-            }
-            git.merge_shape(&m, &h).map(Some)
-        })
-        .await?;
-        let Some(shape) = shape else {
-            return Err(BotError::Github(format!(
-                "merge commit {merge_sha} is not on {} yet",
-                self.default_branch
-            )));
-        };
+        let shape = self.merge_shape(pr, &merge_sha, &head).await?;
         // Security rule 1: the base of a merge is the default branch's tip just before it,
         // never a commit of the pull request (a rebase merge's first commits are judged with
         // the rest), and the policy is the trusted policy commit's, never the merged change's.
         let base = shape.base.clone().unwrap_or_else(|| merge_sha.to_string());
         let trusted = self.trusted_policy(merge_sha.as_str()).await?;
         let policy = self.load_settings(trusted.commit.as_str()).await?;
-        let mut p = self
-            .compute_plan(base.clone(), merge_sha.to_string(), &trusted.commit)
+        let p = self
+            .plan_merge(pr, &base, &merge_sha, &trusted.commit)
             .await?;
-        // A merge that changes a policy file (CODEOWNERS too) needs
-        // approval.destructiveApprovals.
-        if self.fingerprint(&base).await? != self.fingerprint(merge_sha.as_str()).await? {
-            p.changes_policy = true;
-        }
-        if !has_allow_delete(pr) {
-            refuse_deletes_without_label(&mut p);
-        }
         let plan_md = markdown::render_plan(&p, &self.catalog, false).map_err(BotError::Render)?;
 
         let refused = if pr.base_ref != self.default_branch {
@@ -742,51 +702,10 @@ impl Bot {
             marker: None,
             notes,
         };
-        // Security rule 2: only what was planned and approved for the approved head SHA runs.
-        let approved = approved.unwrap_or_default();
         if refused.is_none() {
-            for cp in p.executable() {
-                let workflow = cp.workflow.as_deref();
-                if approved.get(&cp.cluster, workflow) != Some(cp.digest().as_str()) {
-                    record.changed_since_approval.push(cp.cluster.clone());
-                    let why = if approved.contains(&cp.cluster, workflow) {
-                        "its plan at the merge commit differs from the plan approved for head"
-                    } else {
-                        "no plan of it was posted and approved for head"
-                    };
-                    record.not_run.push(NotRun {
-                        cluster: cp.cluster.clone(),
-                        intent: cp.intent.label(),
-                        reason: format!(
-                            "not run: {why} {} (the default branch moved, or the change was pushed after the plan). Open a new pull request with the change to plan and approve it again.",
-                            head.short()
-                        ),
-                    });
-                    continue;
-                }
-                let id = format!(
-                    "{}@{}#{}",
-                    cp.cluster,
-                    &merge_sha.as_str()[..merge_sha.as_str().len().min(12)],
-                    cp.workflow.clone().unwrap_or_default()
-                );
-                let req = RunRequest {
-                    id: id.clone(),
-                    cluster: cp.cluster.clone(),
-                    workflow: cp.workflow.clone().unwrap_or_default(),
-                    commit_sha: merge_sha.to_string(),
-                    origin: Some(pr_origin(pr.number)),
-                    steps: cp.steps.clone(),
-                };
-                record.run_ids.push(id.clone());
-                // Persist the merge record before the run exists so the publisher can render it.
-                self.journal.put_merge_record(&record).await?;
-                self.journal.set_last_run(&cp.cluster, &id).await?;
-                self.engine
-                    .submit(req)
-                    .await
-                    .map_err(|e| BotError::Engine(e.to_string()))?;
-            }
+            let approved = approved.unwrap_or_default();
+            self.submit_merge_runs(pr, &head, &p, &approved, &mut record)
+                .await?;
         }
         self.journal.put_merge_record(&record).await?;
         self.journal.set_merged(pr.number, &merge_sha).await?;
@@ -794,6 +713,161 @@ impl Bot {
         // The publisher is the only writer of run comments: a write retried here could land
         // after a newer one and show a stale state.
         self.publisher.notify(&merge_sha);
+        Ok(())
+    }
+
+    /// Handles the merge `merge` of the record pull request `pr` of a scheduled apply: its
+    /// wave commits already ran under a schedule of the trusted policy, so the merge is
+    /// ledgered as approved content for later re-plans (never a policy change: the policy chain
+    /// judges the tip) and marked handled; nothing runs.
+    ///
+    /// Errors: [`BotError::Git`] when the merge's first parent cannot be read,
+    /// [`BotError::Store`].
+    async fn record_applied_merge(
+        &self,
+        pr: &PullRequest,
+        merge: &MergeSha,
+    ) -> Result<(), BotError> {
+        info!(
+            pr = pr.number,
+            "record pull request merged: its upgrades already ran"
+        );
+        let git = self.git.clone();
+        let m = merge.to_string();
+        let base = blocking(move || git.first_parent(&m)).await?;
+        self.journal
+            .put_ledger(
+                &trust::LedgerEntry {
+                    pr: pr.number,
+                    merge: merge.clone(),
+                    base,
+                    method: gitops::MergeMethod::Merge,
+                    approved: true,
+                    refused: None,
+                },
+                &[merge.to_string()],
+            )
+            .await?;
+        Ok(self.journal.set_merged(pr.number, merge).await?)
+    }
+
+    /// How `pr` was merged as `merge` ([`ConfigRepo::merge_shape`]), after fetching the default
+    /// branch (and the pull request's head `head` when the mirror lacks it: its own commits
+    /// tell a rebase from a squash).
+    ///
+    /// Errors: [`BotError::Github`] when `merge` is not on the default branch yet (the next
+    /// poll tries again), [`BotError::Git`].
+    async fn merge_shape(
+        &self,
+        pr: &PullRequest,
+        merge: &MergeSha,
+        head: &HeadSha,
+    ) -> Result<gitops::MergeShape, BotError> {
+        let git = self.git.clone();
+        let branch = self.default_branch.clone();
+        let (m, number, h) = (merge.clone(), pr.number, head.clone());
+        let shape = blocking(move || {
+            let tip = git.fetch_branch(&branch)?;
+            if !git.is_ancestor(m.as_str(), &tip) {
+                return Ok(None);
+            }
+            if !git.has_commit(h.as_str()) {
+                git.fetch_pull_head(number)?;
+            }
+            git.merge_shape(&m, &h).map(Some)
+        })
+        .await?;
+        shape.ok_or_else(|| {
+            BotError::Github(format!(
+                "merge commit {merge} is not on {} yet",
+                self.default_branch
+            ))
+        })
+    }
+
+    /// The plan of merged `pr`: `base..merge` under the trusted policy commit `policy`, marked
+    /// as a policy change when a policy file (`tkgops.yaml`, `CODEOWNERS`) differs between
+    /// `base` and `merge` (it then needs `approval.destructiveApprovals`), with its deletes
+    /// blocked when `pr` lacks the label [`ALLOW_DELETE_LABEL`].
+    ///
+    /// Errors: [`BotError::Git`], [`BotError::Store`].
+    async fn plan_merge(
+        &self,
+        pr: &PullRequest,
+        base: &str,
+        merge: &MergeSha,
+        policy: &PolicySha,
+    ) -> Result<Plan, BotError> {
+        let mut p = self
+            .compute_plan(base.to_string(), merge.to_string(), policy)
+            .await?;
+        if self.fingerprint(base).await? != self.fingerprint(merge.as_str()).await? {
+            p.changes_policy = true;
+        }
+        if !has_allow_delete(pr) {
+            refuse_deletes_without_label(&mut p);
+        }
+        Ok(p)
+    }
+
+    /// Submits one run per executable cluster plan of `p` (the plan of an accepted merge of
+    /// `pr`, head `head`), pinned to the merge commit, adding the run ids to `record`.
+    /// Security rule 2: a cluster plan whose digest is not the one `approved` for the head
+    /// does not run; it is listed in `record` as changed since the approval, with why.
+    ///
+    /// Errors: [`BotError::Store`] when the journal cannot be written,
+    /// [`BotError::Engine`] when the engine refuses a run.
+    async fn submit_merge_runs(
+        &self,
+        pr: &PullRequest,
+        head: &HeadSha,
+        p: &Plan,
+        approved: &PlanDigests,
+        record: &mut MergeRecord,
+    ) -> Result<(), BotError> {
+        let merge_sha = record.commit.clone();
+        for cp in p.executable() {
+            let workflow = cp.workflow.as_deref();
+            if approved.get(&cp.cluster, workflow) != Some(cp.digest().as_str()) {
+                record.changed_since_approval.push(cp.cluster.clone());
+                let why = if approved.contains(&cp.cluster, workflow) {
+                    "its plan at the merge commit differs from the plan approved for head"
+                } else {
+                    "no plan of it was posted and approved for head"
+                };
+                record.not_run.push(NotRun {
+                    cluster: cp.cluster.clone(),
+                    intent: cp.intent.label(),
+                    reason: format!(
+                        "not run: {why} {} (the default branch moved, or the change was pushed after the plan). Open a new pull request with the change to plan and approve it again.",
+                        head.short()
+                    ),
+                });
+                continue;
+            }
+            let id = format!(
+                "{}@{}#{}",
+                cp.cluster,
+                &merge_sha.as_str()[..merge_sha.as_str().len().min(12)],
+                cp.workflow.clone().unwrap_or_default()
+            );
+            let req = RunRequest {
+                id: id.clone(),
+                cluster: cp.cluster.clone(),
+                workflow: cp.workflow.clone().unwrap_or_default(),
+                commit_sha: merge_sha.to_string(),
+                origin: Some(pr_origin(pr.number)),
+                steps: cp.steps.clone(),
+            };
+            record.run_ids.push(id.clone());
+            // Persist the merge record before the run exists so the publisher can render it.
+            self.journal.put_merge_record(record).await?;
+            self.journal.set_last_run(&cp.cluster, &id).await?;
+            self.engine
+                .submit(req)
+                .await
+                .map_err(|e| BotError::Engine(e.to_string()))?;
+        }
         Ok(())
     }
 
