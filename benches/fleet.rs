@@ -419,8 +419,8 @@ async fn main() {
         .sum();
     // The bot's log is kept beside the build (the emulators' temporary directory goes away
     // with the benchmark), for the stall diagnosis and for a look afterwards.
-    let bot_log = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/fleet-bot.log");
+    let bot_log =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/fleet-bot.log");
     let log_file = std::fs::File::create(&bot_log).expect("creating target/fleet-bot.log");
     let mut bot = tokio::process::Command::new(tkgops_bin())
         .arg("serve")

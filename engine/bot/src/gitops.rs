@@ -681,12 +681,7 @@ impl GitTree {
     /// The entries of directory `dir` (`""` for the root, no trailing slash), `None` when it
     /// is absent or not a directory. Read from the object database once, then from the memo.
     fn dir(&self, repo: &Repository, dir: &str) -> Option<Arc<DirEntries>> {
-        if let Some(d) = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(dir)
-        {
+        if let Some(d) = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(dir) {
             return Some(d.clone());
         }
         let id = if dir.is_empty() {
