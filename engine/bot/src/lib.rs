@@ -14,6 +14,7 @@
 //!
 //! Run progress comes back through [`publisher::CommentPublisher`], the engine's observer.
 
+pub mod approval;
 pub mod commands;
 pub mod config;
 pub mod executors;
@@ -617,6 +618,16 @@ impl Bot {
             .is_none_or(|n| !n.eq_ignore_ascii_case(&self.full_name))
     }
 
+    /// Handles merged pull request `pr` once (the journal remembers it): a pull request this
+    /// bot never planned is left alone; the record pull request of a scheduled apply is only
+    /// ledgered ([`Bot::record_applied_merge`]); any other merge is planned again as
+    /// base..merge under the trusted policy, judged (base branch, fork, approvals), ledgered,
+    /// and its approved cluster plans submitted ([`Bot::submit_merge_runs`]). The publisher
+    /// then reports on the merge commit.
+    ///
+    /// Errors: [`BotError::Github`] when the merge commit is not on the default branch yet or
+    /// GitHub fails, [`BotError::Git`], [`BotError::Store`], [`BotError::Render`],
+    /// [`BotError::Engine`]; the merge is tried again at the next poll.
     async fn handle_merged(&self, pr: &PullRequest) -> Result<(), BotError> {
         let Some(merge_sha) = pr.merge_commit_sha.clone().map(MergeSha::new) else {
             return Ok(());
@@ -634,68 +645,18 @@ impl Bot {
         // The record pull request of a scheduled apply, merged at a wave commit: its upgrades
         // already ran (`applied_record`).
         if self.applied_record(pr).await?.is_some() {
-            info!(
-                pr = pr.number,
-                "record pull request merged: its upgrades already ran"
-            );
-            // Its wave commits ran under a schedule of the trusted policy: approved content
-            // for later re-plans, never a policy change (the policy chain judges the tip).
-            let git = self.git.clone();
-            let m = merge_sha.to_string();
-            let base = blocking(move || git.first_parent(&m)).await?;
-            self.journal
-                .put_ledger(
-                    &trust::LedgerEntry {
-                        pr: pr.number,
-                        merge: merge_sha.clone(),
-                        base,
-                        method: gitops::MergeMethod::Merge,
-                        approved: true,
-                        refused: None,
-                    },
-                    &[merge_sha.to_string()],
-                )
-                .await?;
-            return Ok(self.journal.set_merged(pr.number, &merge_sha).await?);
+            return self.record_applied_merge(pr, &merge_sha).await;
         }
-        let git = self.git.clone();
-        let branch = self.default_branch.clone();
-        let (m, number, h) = (merge_sha.clone(), pr.number, head.clone());
-        let shape = blocking(move || {
-            let tip = git.fetch_branch(&branch)?;
-            if !git.is_ancestor(m.as_str(), &tip) {
-                return Ok(None);
-            }
-            // The pull request's own commits tell a rebase from a squash.
-            if !git.has_commit(h.as_str()) {
-                git.fetch_pull_head(number)?;
-            }
-            git.merge_shape(&m, &h).map(Some)
-        })
-        .await?;
-        let Some(shape) = shape else {
-            return Err(BotError::Github(format!(
-                "merge commit {merge_sha} is not on {} yet",
-                self.default_branch
-            )));
-        };
+        let shape = self.merge_shape(pr, &merge_sha, &head).await?;
         // Security rule 1: the base of a merge is the default branch's tip just before it,
         // never a commit of the pull request (a rebase merge's first commits are judged with
         // the rest), and the policy is the trusted policy commit's, never the merged change's.
         let base = shape.base.clone().unwrap_or_else(|| merge_sha.to_string());
         let trusted = self.trusted_policy(merge_sha.as_str()).await?;
         let policy = self.load_settings(trusted.commit.as_str()).await?;
-        let mut p = self
-            .compute_plan(base.clone(), merge_sha.to_string(), &trusted.commit)
+        let p = self
+            .plan_merge(pr, &base, &merge_sha, &trusted.commit)
             .await?;
-        // A merge that changes a policy file (CODEOWNERS too) needs
-        // approval.destructiveApprovals.
-        if self.fingerprint(&base).await? != self.fingerprint(merge_sha.as_str()).await? {
-            p.changes_policy = true;
-        }
-        if !has_allow_delete(pr) {
-            refuse_deletes_without_label(&mut p);
-        }
         let plan_md = markdown::render_plan(&p, &self.catalog, false).map_err(BotError::Render)?;
 
         let refused = if pr.base_ref != self.default_branch {
@@ -741,51 +702,10 @@ impl Bot {
             marker: None,
             notes,
         };
-        // Security rule 2: only what was planned and approved for the approved head SHA runs.
-        let approved = approved.unwrap_or_default();
         if refused.is_none() {
-            for cp in p.executable() {
-                let workflow = cp.workflow.as_deref();
-                if approved.get(&cp.cluster, workflow) != Some(cp.digest().as_str()) {
-                    record.changed_since_approval.push(cp.cluster.clone());
-                    let why = if approved.contains(&cp.cluster, workflow) {
-                        "its plan at the merge commit differs from the plan approved for head"
-                    } else {
-                        "no plan of it was posted and approved for head"
-                    };
-                    record.not_run.push(NotRun {
-                        cluster: cp.cluster.clone(),
-                        intent: cp.intent.label(),
-                        reason: format!(
-                            "not run: {why} {} (the default branch moved, or the change was pushed after the plan). Open a new pull request with the change to plan and approve it again.",
-                            head.short()
-                        ),
-                    });
-                    continue;
-                }
-                let id = format!(
-                    "{}@{}#{}",
-                    cp.cluster,
-                    &merge_sha.as_str()[..merge_sha.as_str().len().min(12)],
-                    cp.workflow.clone().unwrap_or_default()
-                );
-                let req = RunRequest {
-                    id: id.clone(),
-                    cluster: cp.cluster.clone(),
-                    workflow: cp.workflow.clone().unwrap_or_default(),
-                    commit_sha: merge_sha.to_string(),
-                    origin: Some(pr_origin(pr.number)),
-                    steps: cp.steps.clone(),
-                };
-                record.run_ids.push(id.clone());
-                // Persist the merge record before the run exists so the publisher can render it.
-                self.journal.put_merge_record(&record).await?;
-                self.journal.set_last_run(&cp.cluster, &id).await?;
-                self.engine
-                    .submit(req)
-                    .await
-                    .map_err(|e| BotError::Engine(e.to_string()))?;
-            }
+            let approved = approved.unwrap_or_default();
+            self.submit_merge_runs(pr, &head, &p, &approved, &mut record)
+                .await?;
         }
         self.journal.put_merge_record(&record).await?;
         self.journal.set_merged(pr.number, &merge_sha).await?;
@@ -793,6 +713,161 @@ impl Bot {
         // The publisher is the only writer of run comments: a write retried here could land
         // after a newer one and show a stale state.
         self.publisher.notify(&merge_sha);
+        Ok(())
+    }
+
+    /// Handles the merge `merge` of the record pull request `pr` of a scheduled apply: its
+    /// wave commits already ran under a schedule of the trusted policy, so the merge is
+    /// ledgered as approved content for later re-plans (never a policy change: the policy chain
+    /// judges the tip) and marked handled; nothing runs.
+    ///
+    /// Errors: [`BotError::Git`] when the merge's first parent cannot be read,
+    /// [`BotError::Store`].
+    async fn record_applied_merge(
+        &self,
+        pr: &PullRequest,
+        merge: &MergeSha,
+    ) -> Result<(), BotError> {
+        info!(
+            pr = pr.number,
+            "record pull request merged: its upgrades already ran"
+        );
+        let git = self.git.clone();
+        let m = merge.to_string();
+        let base = blocking(move || git.first_parent(&m)).await?;
+        self.journal
+            .put_ledger(
+                &trust::LedgerEntry {
+                    pr: pr.number,
+                    merge: merge.clone(),
+                    base,
+                    method: gitops::MergeMethod::Merge,
+                    approved: true,
+                    refused: None,
+                },
+                &[merge.to_string()],
+            )
+            .await?;
+        Ok(self.journal.set_merged(pr.number, merge).await?)
+    }
+
+    /// How `pr` was merged as `merge` ([`ConfigRepo::merge_shape`]), after fetching the default
+    /// branch (and the pull request's head `head` when the mirror lacks it: its own commits
+    /// tell a rebase from a squash).
+    ///
+    /// Errors: [`BotError::Github`] when `merge` is not on the default branch yet (the next
+    /// poll tries again), [`BotError::Git`].
+    async fn merge_shape(
+        &self,
+        pr: &PullRequest,
+        merge: &MergeSha,
+        head: &HeadSha,
+    ) -> Result<gitops::MergeShape, BotError> {
+        let git = self.git.clone();
+        let branch = self.default_branch.clone();
+        let (m, number, h) = (merge.clone(), pr.number, head.clone());
+        let shape = blocking(move || {
+            let tip = git.fetch_branch(&branch)?;
+            if !git.is_ancestor(m.as_str(), &tip) {
+                return Ok(None);
+            }
+            if !git.has_commit(h.as_str()) {
+                git.fetch_pull_head(number)?;
+            }
+            git.merge_shape(&m, &h).map(Some)
+        })
+        .await?;
+        shape.ok_or_else(|| {
+            BotError::Github(format!(
+                "merge commit {merge} is not on {} yet",
+                self.default_branch
+            ))
+        })
+    }
+
+    /// The plan of merged `pr`: `base..merge` under the trusted policy commit `policy`, marked
+    /// as a policy change when a policy file (`tkgops.yaml`, `CODEOWNERS`) differs between
+    /// `base` and `merge` (it then needs `approval.destructiveApprovals`), with its deletes
+    /// blocked when `pr` lacks the label [`ALLOW_DELETE_LABEL`].
+    ///
+    /// Errors: [`BotError::Git`], [`BotError::Store`].
+    async fn plan_merge(
+        &self,
+        pr: &PullRequest,
+        base: &str,
+        merge: &MergeSha,
+        policy: &PolicySha,
+    ) -> Result<Plan, BotError> {
+        let mut p = self
+            .compute_plan(base.to_string(), merge.to_string(), policy)
+            .await?;
+        if self.fingerprint(base).await? != self.fingerprint(merge.as_str()).await? {
+            p.changes_policy = true;
+        }
+        if !has_allow_delete(pr) {
+            refuse_deletes_without_label(&mut p);
+        }
+        Ok(p)
+    }
+
+    /// Submits one run per executable cluster plan of `p` (the plan of an accepted merge of
+    /// `pr`, head `head`), pinned to the merge commit, adding the run ids to `record`.
+    /// Security rule 2: a cluster plan whose digest is not the one `approved` for the head
+    /// does not run; it is listed in `record` as changed since the approval, with why.
+    ///
+    /// Errors: [`BotError::Store`] when the journal cannot be written,
+    /// [`BotError::Engine`] when the engine refuses a run.
+    async fn submit_merge_runs(
+        &self,
+        pr: &PullRequest,
+        head: &HeadSha,
+        p: &Plan,
+        approved: &PlanDigests,
+        record: &mut MergeRecord,
+    ) -> Result<(), BotError> {
+        let merge_sha = record.commit.clone();
+        for cp in p.executable() {
+            let workflow = cp.workflow.as_deref();
+            if approved.get(&cp.cluster, workflow) != Some(cp.digest().as_str()) {
+                record.changed_since_approval.push(cp.cluster.clone());
+                let why = if approved.contains(&cp.cluster, workflow) {
+                    "its plan at the merge commit differs from the plan approved for head"
+                } else {
+                    "no plan of it was posted and approved for head"
+                };
+                record.not_run.push(NotRun {
+                    cluster: cp.cluster.clone(),
+                    intent: cp.intent.label(),
+                    reason: format!(
+                        "not run: {why} {} (the default branch moved, or the change was pushed after the plan). Open a new pull request with the change to plan and approve it again.",
+                        head.short()
+                    ),
+                });
+                continue;
+            }
+            let id = format!(
+                "{}@{}#{}",
+                cp.cluster,
+                &merge_sha.as_str()[..merge_sha.as_str().len().min(12)],
+                cp.workflow.clone().unwrap_or_default()
+            );
+            let req = RunRequest {
+                id: id.clone(),
+                cluster: cp.cluster.clone(),
+                workflow: cp.workflow.clone().unwrap_or_default(),
+                commit_sha: merge_sha.to_string(),
+                origin: Some(pr_origin(pr.number)),
+                steps: cp.steps.clone(),
+            };
+            record.run_ids.push(id.clone());
+            // Persist the merge record before the run exists so the publisher can render it.
+            self.journal.put_merge_record(record).await?;
+            self.journal.set_last_run(&cp.cluster, &id).await?;
+            self.engine
+                .submit(req)
+                .await
+                .map_err(|e| BotError::Engine(e.to_string()))?;
+        }
         Ok(())
     }
 
@@ -809,11 +884,13 @@ impl Bot {
         Ok(pending.len())
     }
 
-    /// `None` when the approval policy is met, else why not. The policy is the default
-    /// branch's before the merge (`parent`): `tkgops.yaml`'s approvers and counts, and its
-    /// `CODEOWNERS` when present. An approval counts only when it is the reviewer's latest
-    /// review, `APPROVED`, on the PR's head SHA, and not by the PR's author. Approvers and code
-    /// owners may be teams (`org/team`, `@org/team`), resolved through the API.
+    /// `None` when the approval policy is met, else why not ([`approval`]). The policy is the
+    /// trusted policy commit's (`policy`): `tkgops.yaml`'s approvers and counts (`repo`), and
+    /// its `CODEOWNERS` when present, over the paths `base..merge` changed. Reads the reviews,
+    /// their stamps and the members of the teams named, then asks the pure rules.
+    ///
+    /// Errors: [`BotError::Github`] when the reviews or a team cannot be read,
+    /// [`BotError::Store`], [`BotError::Git`].
     async fn check_approvals(
         &self,
         pr: &PullRequest,
@@ -824,31 +901,13 @@ impl Bot {
         merge: &MergeSha,
     ) -> Result<Option<String>, BotError> {
         let Some(repo) = repo else {
-            return Ok(Some(
-                "the default branch has no valid tkgops.yaml, so the approval policy is unknown"
-                    .into(),
-            ));
+            return Ok(Some(approval::NO_POLICY.into()));
         };
-        let destructive = p.changes_policy || p.clusters.iter().any(|c| c.intent.is_destructive());
-        let required = if destructive {
-            repo.approval.destructive_approvals
-        } else {
-            repo.approval.required_approvals
-        } as usize;
         let reviews = self
             .github
             .list_reviews(pr.number)
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
-        // The latest review of each reviewer counts; it must be on the head SHA.
-        let mut latest: BTreeMap<String, (String, Option<String>, u64)> = BTreeMap::new();
-        for r in reviews {
-            if r.state == "COMMENTED" || r.state == "PENDING" {
-                continue;
-            }
-            latest.insert(r.user.to_lowercase(), (r.state, r.commit_id, r.id));
-        }
-        let author = pr.author.to_lowercase();
         // The plan the merge runs is the one of the head's current digests: an approval stamped
         // under another digest was given for an earlier plan of the same head.
         let current = self
@@ -856,32 +915,21 @@ impl Bot {
             .approved_digests(pr.number, &HeadSha::new(pr.head_sha.clone()))
             .await?
             .map(|d| d.hash());
-        let mut approved = std::collections::BTreeSet::new();
-        for (u, (state, commit, id)) in latest {
-            if u == author || state != "APPROVED" || commit.as_deref() != Some(pr.head_sha.as_str())
-            {
-                continue;
-            }
-            let stamp = self.journal.review_stamp(pr.number, id).await?;
-            if stamp.is_some_and(|s| Some(s) != current) {
-                continue;
-            }
-            approved.insert(u);
+        let mut stamped = Vec::new();
+        for r in approval::approval_candidates(&reviews, &pr.author, &pr.head_sha) {
+            let stamp = self.journal.review_stamp(pr.number, r.review_id).await?;
+            stamped.push((r, stamp));
         }
-        let approvers = self.expand_principals(&repo.approval.approvers).await?;
-        let count = approved.intersection(&approvers).count();
-        if count < required {
-            return Ok(Some(format!(
-                "merged with {count} of the {required} required approval(s) from approvers ({}){}",
-                repo.approval.approvers.join(", "),
-                if p.changes_policy {
-                    "; a change to tkgops.yaml needs approval.destructiveApprovals under the current policy"
-                } else if destructive {
-                    "; destructive changes need approval.destructiveApprovals"
-                } else {
-                    ""
-                }
-            )));
+        let approved = approval::counted_approvals(&stamped, current.as_deref());
+        let mut teams = approval::TeamMembers::default();
+        self.fetch_teams(&repo.approval.approvers, &mut teams)
+            .await?;
+        let approvers = approval::expand_principals(&repo.approval.approvers, &teams);
+        let weight = approval::ChangeWeight::of(p);
+        if let Some(why) =
+            approval::approvers_refusal(&approved, &approvers, &repo.approval, weight)
+        {
+            return Ok(Some(why));
         }
         // CODEOWNERS of the trusted policy: every changed path with owners needs one of them.
         let git = self.git.clone();
@@ -901,38 +949,15 @@ impl Bot {
         let Some(text) = codeowners else {
             return Ok(None);
         };
-        let (owners, _) =
-            tkgops_domain::request::codeowners::CodeOwners::parse(&String::from_utf8_lossy(&text));
-        let mut missing = Vec::new();
-        for path in &changed {
-            let owned_by = owners.owners_of(path);
-            if owned_by.is_empty() {
-                continue;
-            }
-            let allowed = self.expand_principals(owned_by).await?;
-            if approved.is_disjoint(&allowed) {
-                missing.push(format!("{path} ({})", owned_by.join(" ")));
-            }
-        }
-        if missing.is_empty() {
-            Ok(None)
-        } else {
-            let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
-            Ok(Some(format!(
-                "CODEOWNERS of the default branch requires an approval from a code owner of {}{}",
-                shown.join(", "),
-                if missing.len() > shown.len() {
-                    ", …"
-                } else {
-                    ""
-                }
-            )))
-        }
+        let owned = approval::OwnedPaths::of(&String::from_utf8_lossy(&text), &changed);
+        self.fetch_teams(owned.principals(), &mut teams).await?;
+        Ok(owned.refusal(&approved, &teams))
     }
 
     /// Stamps every `APPROVED` review of PR `number` on `head` that has no stamp yet with the
     /// hash of `digests`, the plan it was given under (the plan posted before a re-plan); returns
     /// how many approvals on `head` carry a stamp (all of them are stale for the new plan).
+    /// Which reviews: [`approval::stamp_targets`].
     ///
     /// Errors: [`BotError::Github`] when the reviews cannot be listed, [`BotError::Store`].
     async fn stamp_approvals(
@@ -947,45 +972,51 @@ impl Bot {
             .await
             .map_err(|e| BotError::Github(e.to_string()))?;
         let hash = digests.hash();
-        let mut stamped = 0;
-        for r in reviews
-            .iter()
-            .filter(|r| r.state == "APPROVED" && r.commit_id.as_deref() == Some(head.as_str()))
-        {
-            if self.journal.review_stamp(number, r.id).await?.is_none() {
-                self.journal.set_review_stamp(number, r.id, &hash).await?;
+        let targets = approval::stamp_targets(&reviews, head.as_str());
+        for &id in &targets {
+            if self.journal.review_stamp(number, id).await?.is_none() {
+                self.journal.set_review_stamp(number, id, &hash).await?;
             }
-            stamped += 1;
         }
-        Ok(stamped)
+        Ok(targets.len())
     }
 
-    /// The lowercase logins `principals` name: `login` or `@login` as is, `org/team` or
-    /// `@org/team` expanded to the team's members (GitHub API); e-mail addresses are ignored
-    /// (they name no GitHub login the bot can check).
+    /// The lowercase logins `principals` name ([`approval::expand_principals`]): `login` or
+    /// `@login` as is, `org/team` or `@org/team` expanded to the team's members (GitHub API,
+    /// each team once); e-mail addresses are ignored (they name no GitHub login the bot can
+    /// check).
+    ///
+    /// Errors: [`BotError::Github`] when a team's members cannot be read.
     async fn expand_principals(
         &self,
         principals: &[String],
     ) -> Result<std::collections::BTreeSet<String>, BotError> {
-        let mut out = std::collections::BTreeSet::new();
-        for p in principals {
-            let p = p.trim().trim_start_matches('@');
-            if p.contains('@') || p.is_empty() {
+        let mut teams = approval::TeamMembers::default();
+        self.fetch_teams(principals, &mut teams).await?;
+        Ok(approval::expand_principals(principals, &teams))
+    }
+
+    /// Reads the members of every team `principals` name ([`approval::teams_named`]) that
+    /// `teams` does not hold yet into `teams`, in the order first named.
+    ///
+    /// Errors: [`BotError::Github`] naming the team whose members cannot be read.
+    async fn fetch_teams<'a>(
+        &self,
+        principals: impl IntoIterator<Item = &'a String>,
+        teams: &mut approval::TeamMembers,
+    ) -> Result<(), BotError> {
+        for (org, team) in approval::teams_named(principals) {
+            if teams.contains(&org, &team) {
                 continue;
             }
-            match p.split_once('/') {
-                Some((org, team)) => {
-                    let members = self.github.team_members(org, team).await.map_err(|e| {
-                        BotError::Github(format!("resolving team {org}/{team}: {e}"))
-                    })?;
-                    out.extend(members.into_iter().map(|m| m.to_lowercase()));
-                }
-                None => {
-                    out.insert(p.to_lowercase());
-                }
-            }
+            let members = self
+                .github
+                .team_members(&org, &team)
+                .await
+                .map_err(|e| BotError::Github(format!("resolving team {org}/{team}: {e}")))?;
+            teams.insert(&org, &team, members);
         }
-        Ok(out)
+        Ok(())
     }
 }
 

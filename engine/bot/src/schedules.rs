@@ -38,7 +38,7 @@ use tkgops_domain::schedule::{
     bump_tkr_line, due_fire, group_bumps, plan_waves, Bump, DueFire, FleetCluster, Schedule,
     ScheduleAction,
 };
-use tkgops_domain::waves::{ApplyProgress, ClusterStage, WaveState};
+use tkgops_domain::waves::{ApplyProgress, ClusterStage, WaveProgress, WaveState};
 use tkgops_domain::workflow::markdown::cell;
 use tkgops_github::PullRequest;
 
@@ -543,7 +543,38 @@ pub fn dashboard(
     now: DateTime<Utc>,
 ) -> String {
     let mut out = format!("{DASHBOARD_MARKER}\n## tkgops fleet dashboard\n\n");
-    // Pending bumps: what each schedule would propose now, and its open pull request.
+    let (schedules, missed) = schedule_table(rc, fires, now);
+    out.push_str(&schedules);
+    // The latest apply fire of each schedule, wave by wave.
+    for s in &rc.schedules {
+        let recs = fires.get(&s.name).map(Vec::as_slice).unwrap_or_default();
+        if let Some((r, p)) = recs
+            .iter()
+            .filter_map(|r| r.apply.as_ref().map(|p| (r, p)))
+            .filter(|(_, p)| !p.waves.is_empty())
+            .max_by_key(|(r, _)| r.fire)
+        {
+            out.push_str(&apply_fire_section(s, r, p));
+        }
+    }
+    if !missed.is_empty() {
+        out.push_str("\n### Missed fires\n\n");
+        out.push_str(&missed.join("\n"));
+        out.push('\n');
+    }
+    // The cluster table goes last: with a large fleet it is what GitHub's size limit cuts.
+    out.push_str(&cluster_table(fleet, &pending_bumps(rc, fleet, open)));
+    out
+}
+
+/// The bumps each schedule of `rc` would propose now for `fleet`, by cluster: one line per
+/// bump (`→ `target` (#pr) by schedule`), naming the open pull request of `open` that carries
+/// its branch, if any.
+fn pending_bumps(
+    rc: &RepoConfig,
+    fleet: &[FleetCluster],
+    open: &[PullRequest],
+) -> BTreeMap<String, Vec<String>> {
     let mut pending: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for s in &rc.schedules {
         let plan = plan_waves(s, fleet);
@@ -568,7 +599,12 @@ pub fn dashboard(
             }
         }
     }
-    // The cluster table goes last: with a large fleet it is what GitHub's size limit cuts.
+    pending
+}
+
+/// The dashboard's cluster table: every cluster of `fleet` with its TKR and its `pending`
+/// bumps ([`pending_bumps`]), or "up to date".
+fn cluster_table(fleet: &[FleetCluster], pending: &BTreeMap<String, Vec<String>>) -> String {
     let mut clusters = String::from("\n| Cluster | TKR | Pending bump |\n|---|---|---|\n");
     for c in fleet {
         let p = pending
@@ -577,7 +613,18 @@ pub fn dashboard(
             .unwrap_or_else(|| "up to date".into());
         clusters.push_str(&format!("| `{}` | `{}` | {} |\n", c.name, c.tkr, p));
     }
-    out.push_str("| Schedule | Action | Target | Last fire | Result | Next fire |\n|---|---|---|---|---|---|\n");
+    clusters
+}
+
+/// The dashboard's schedule table (each schedule of `rc` with its action, target, last fire
+/// and result from `fires`, and its next fire after `now`), and the list items of every missed
+/// fire, schedule by schedule.
+fn schedule_table(
+    rc: &RepoConfig,
+    fires: &BTreeMap<String, Vec<FireRecord>>,
+    now: DateTime<Utc>,
+) -> (String, Vec<String>) {
+    let mut out = String::from("| Schedule | Action | Target | Last fire | Result | Next fire |\n|---|---|---|---|---|---|\n");
     let mut missed = Vec::new();
     for s in &rc.schedules {
         let recs = fires.get(&s.name).map(Vec::as_slice).unwrap_or_default();
@@ -616,93 +663,81 @@ pub fn dashboard(
             ));
         }
     }
-    // The latest apply fire of each schedule, wave by wave.
-    for s in &rc.schedules {
-        let recs = fires.get(&s.name).map(Vec::as_slice).unwrap_or_default();
-        let Some((r, p)) = recs
-            .iter()
-            .filter_map(|r| r.apply.as_ref().map(|p| (r, p)))
-            .filter(|(_, p)| !p.waves.is_empty())
-            .max_by_key(|(r, _)| r.fire)
-        else {
-            continue;
-        };
+    (out, missed)
+}
+
+/// The dashboard section of apply fire `r` of schedule `s`, whose progress is `p`: its halt
+/// (and how to resume), its record pull request, then one row per wave ([`wave_row`]).
+fn apply_fire_section(s: &Schedule, r: &FireRecord, p: &ApplyProgress) -> String {
+    let mut out = format!("\n### `{}`: fire {}\n\n", s.name, local(s, r.fire));
+    if let Some(h) = &p.halt {
         out.push_str(&format!(
-            "\n### `{}`: fire {}\n\n",
-            s.name,
-            local(s, r.fire)
+            "⛔ **Halted** in wave `{}`: {}\nAn approver resumes it with a comment `/tkgops resume {}` on this issue.\n\n",
+            h.wave,
+            cell(&h.reason, 500),
+            s.name
         ));
-        if let Some(h) = &p.halt {
-            out.push_str(&format!(
-                "⛔ **Halted** in wave `{}`: {}\nAn approver resumes it with a comment `/tkgops resume {}` on this issue.\n\n",
-                h.wave,
-                cell(&h.reason, 500),
-                s.name
-            ));
-        }
-        if let Some(n) = p.pull {
-            out.push_str(&format!("Record pull request: #{n}\n\n"));
-        }
-        out.push_str("| Wave | State | Clusters |\n|---|---|---|\n");
-        for w in &p.waves {
-            let state = match w.state {
-                WaveState::Soaking => format!(
-                    "soaking until {}",
-                    w.soak_until.map(|t| local(s, t)).unwrap_or_default()
-                ),
-                other => word(serde_json::to_value(other)),
-            };
-            // A large wave: counts, and only the clusters running or failed by name.
-            let large = w.clusters.len() > WAVE_LIST_LIMIT;
-            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-            for c in &w.clusters {
-                *counts.entry(stage_word(c.stage)).or_default() += 1;
-            }
-            let summary = counts
-                .iter()
-                .map(|(k, v)| format!("{v} {k}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let listed: Vec<String> = w
-                .clusters
-                .iter()
-                .filter(|c| {
-                    !large || matches!(c.stage, ClusterStage::Running | ClusterStage::Failed)
-                })
-                .take(WAVE_LIST_LIMIT)
-                .map(|c| {
-                    let icon = match c.stage {
-                        ClusterStage::Pending => "⏸️",
-                        ClusterStage::Running => "⏳",
-                        ClusterStage::Succeeded => "✅",
-                        ClusterStage::Failed => "❌",
-                    };
-                    let detail = c
-                        .detail
-                        .as_deref()
-                        .map(|d| format!(" ({})", cell(d, 200)))
-                        .unwrap_or_default();
-                    format!("{icon} `{}` → `{}`{detail}", c.cluster, c.to)
-                })
-                .collect();
-            let cell_text = if large {
-                std::iter::once(summary)
-                    .chain(listed)
-                    .collect::<Vec<_>>()
-                    .join("<br>")
-            } else {
-                listed.join("<br>")
-            };
-            out.push_str(&format!("| {} | {state} | {cell_text} |\n", w.name));
-        }
     }
-    if !missed.is_empty() {
-        out.push_str("\n### Missed fires\n\n");
-        out.push_str(&missed.join("\n"));
-        out.push('\n');
+    if let Some(n) = p.pull {
+        out.push_str(&format!("Record pull request: #{n}\n\n"));
     }
-    out.push_str(&clusters);
+    out.push_str("| Wave | State | Clusters |\n|---|---|---|\n");
+    for w in &p.waves {
+        out.push_str(&wave_row(s, w));
+    }
     out
+}
+
+/// The dashboard row of wave `w` of schedule `s`: its state, and its clusters with their
+/// stages; a wave of more than [`WAVE_LIST_LIMIT`] clusters shows counts per stage and only
+/// the clusters running or failed by name.
+fn wave_row(s: &Schedule, w: &WaveProgress) -> String {
+    let state = match w.state {
+        WaveState::Soaking => format!(
+            "soaking until {}",
+            w.soak_until.map(|t| local(s, t)).unwrap_or_default()
+        ),
+        other => word(serde_json::to_value(other)),
+    };
+    let large = w.clusters.len() > WAVE_LIST_LIMIT;
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &w.clusters {
+        *counts.entry(stage_word(c.stage)).or_default() += 1;
+    }
+    let summary = counts
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let listed: Vec<String> = w
+        .clusters
+        .iter()
+        .filter(|c| !large || matches!(c.stage, ClusterStage::Running | ClusterStage::Failed))
+        .take(WAVE_LIST_LIMIT)
+        .map(|c| {
+            let icon = match c.stage {
+                ClusterStage::Pending => "⏸️",
+                ClusterStage::Running => "⏳",
+                ClusterStage::Succeeded => "✅",
+                ClusterStage::Failed => "❌",
+            };
+            let detail = c
+                .detail
+                .as_deref()
+                .map(|d| format!(" ({})", cell(d, 200)))
+                .unwrap_or_default();
+            format!("{icon} `{}` → `{}`{detail}", c.cluster, c.to)
+        })
+        .collect();
+    let cell_text = if large {
+        std::iter::once(summary)
+            .chain(listed)
+            .collect::<Vec<_>>()
+            .join("<br>")
+    } else {
+        listed.join("<br>")
+    };
+    format!("| {} | {state} | {cell_text} |\n", w.name)
 }
 
 /// Waves with more clusters than this are shown as counts plus the clusters running or failed.
