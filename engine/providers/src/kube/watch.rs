@@ -406,10 +406,30 @@ impl SharedWatch {
     }
 }
 
+/// How long a shared watch lives ([`SharedWatches::get`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lifetime {
+    /// As long as the provider: a management cluster's watches, shared by every wait of a
+    /// fleet (relisting a fleet's Machines for each wave would cost more than keeping them).
+    Provider,
+    /// While some wait holds it: a workload cluster's watches end with the last wait on that
+    /// cluster, so a fleet's upgrades do not leave one watch (a connection, a task and an
+    /// index) per workload cluster behind.
+    WhileUsed,
+}
+
+/// One entry of [`SharedWatches`]: always a weak handle, and a strong one for
+/// [`Lifetime::Provider`].
+struct Held {
+    /// Never read: holding it keeps a [`Lifetime::Provider`] watch running.
+    _strong: Option<Arc<SharedWatch>>,
+    weak: std::sync::Weak<SharedWatch>,
+}
+
 /// The shared watches of one provider, by (client key, resource plural.group).
 #[derive(Default)]
 pub(crate) struct SharedWatches {
-    watches: Mutex<HashMap<(String, String), Arc<SharedWatch>>>,
+    watches: Mutex<HashMap<(String, String), Held>>,
 }
 
 fn type_key(r: &ApiResource) -> String {
@@ -423,33 +443,45 @@ fn type_key(r: &ApiResource) -> String {
 impl SharedWatches {
     /// The shared watch of `resource` through the API server `client_key` names (management
     /// cluster name and kubeconfig source, or a workload cluster and its kubeconfig Secret's
-    /// resourceVersion), started with `client` on first use. `server` names the API server in
-    /// messages.
+    /// resourceVersion), started with `client` when none is running. `server` names the API
+    /// server in messages; `lifetime` says how long the watch is kept.
     pub(crate) fn get(
         &self,
         client_key: &str,
         server: &str,
         client: &kube::Client,
         resource: &ApiResource,
+        lifetime: Lifetime,
     ) -> Arc<SharedWatch> {
         let key = (client_key.to_string(), type_key(resource));
         let mut map = self.watches.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key)
-            .or_insert_with(|| {
-                tracing::debug!(server, resource = %type_key(resource), "starting a shared watch");
-                Arc::new(SharedWatch::start(
-                    client.clone(),
-                    resource.clone(),
-                    format!("watch of {} on {server}", type_key(resource)),
-                ))
-            })
-            .clone()
+        if let Some(w) = map.get(&key).and_then(|h| h.weak.upgrade()) {
+            return w;
+        }
+        // Entries whose watch ended are dropped from time to time (amortized O(1)).
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, h| h.weak.strong_count() > 0);
+        }
+        tracing::debug!(server, resource = %type_key(resource), "starting a shared watch");
+        let w = Arc::new(SharedWatch::start(
+            client.clone(),
+            resource.clone(),
+            format!("watch of {} on {server}", type_key(resource)),
+        ));
+        map.insert(
+            key,
+            Held {
+                _strong: (lifetime == Lifetime::Provider).then(|| w.clone()),
+                weak: Arc::downgrade(&w),
+            },
+        );
+        w
     }
 
     /// Drops the shared watch `w` (after a permanent error), so the next use starts a new one.
     pub(crate) fn evict(&self, w: &Arc<SharedWatch>) {
         let mut map = self.watches.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, v| !Arc::ptr_eq(v, w));
+        map.retain(|_, h| !std::ptr::eq(h.weak.as_ptr(), Arc::as_ptr(w)));
     }
 
     /// Drops every watch whose client key starts with `prefix` except `keep` (a workload
@@ -461,7 +493,10 @@ impl SharedWatches {
 
     /// Number of running shared watches.
     pub(crate) fn count(&self) -> usize {
-        self.watches.lock().map(|m| m.len()).unwrap_or(0)
+        self.watches
+            .lock()
+            .map(|m| m.values().filter(|h| h.weak.strong_count() > 0).count())
+            .unwrap_or(0)
     }
 }
 
@@ -599,6 +634,7 @@ impl KubeProvider {
             &format!("management cluster '{mc}'"),
             &client,
             resource,
+            Lifetime::Provider,
         ))
     }
 
@@ -624,6 +660,7 @@ impl KubeProvider {
             &format!("workload cluster '{}' ({})", target.cluster_name, wl.server),
             &wl.client,
             resource,
+            Lifetime::WhileUsed,
         ))
     }
 
