@@ -1,6 +1,8 @@
 //! Providers own all network I/O: AWS EC2, Kubernetes, Tanzu Mission Control and GitHub.
 //!
-//! Each provider implements [`tkgops_domain::executor::StepExecutor`] for its step kinds; this crate is
+//! Each provider has one typed method per step kind it executes (the kind's inputs in, its
+//! output of `tkgops_domain::output` out), which the bot's executor table
+//! ([`tkgops_domain::executor::ExecutorTable`]) routes to; this crate is
 //! the only one of the product that opens network connections (git aside, which the bot owns).
 //! Every wait runs through the one wait driver ([`wait`]) over a verdict of
 //! `tkgops_domain::wait`.
