@@ -26,8 +26,9 @@ use crate::request::{PackageRepositoryRef, PackageSpec, SubnetSpec, VpcSpec};
 macro_rules! step_kinds {
     ($( $(#[doc = $doc:literal])*
         $variant:ident = $name:literal => fn $method:ident($inputs:ty) -> $output:ty, )+) => {
-        /// A kind of step: which provider executes it and what its inputs are. Written in the
-        /// workflow files as its wire name (e.g. `kube.apply`).
+        /// A kind of step: what its inputs and its output are, and which method of the
+        /// [`ExecutorTable`] executes it. Written in the workflow files as its wire name (e.g.
+        /// `kube.apply`).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         pub enum StepKind {
             $( $(#[doc = $doc])* #[serde(rename = $name)] $variant, )+
@@ -46,9 +47,14 @@ macro_rules! step_kinds {
             /// kind: `output` read as the kind's output type, then [`StepOutput::summary`].
             ///
             /// Errors: [`OutputMismatch`] when `output` does not have the type's shape.
-            pub fn output_summary(self, output: &serde_json::Value) -> Result<String, OutputMismatch> {
+            pub fn output_summary(
+                self,
+                output: &serde_json::Value,
+            ) -> Result<String, OutputMismatch> {
                 match self {
-                    $(StepKind::$variant => read_output::<$output>(self, output).map(|o| o.summary()),)+
+                    $(StepKind::$variant => {
+                        read_output::<$output>(self, output).map(|o| o.summary())
+                    })+
                 }
             }
 
@@ -110,7 +116,11 @@ macro_rules! step_kinds {
                 $(#[doc = $doc])*
                 #[doc = ""]
                 #[doc = concat!("Executes one attempt of `", $name, "`.")]
-                async fn $method(&self, ctx: &StepContext, inputs: &$inputs) -> Result<$output, StepError>;
+                async fn $method(
+                    &self,
+                    ctx: &StepContext,
+                    inputs: &$inputs,
+                ) -> Result<$output, StepError>;
             )+
         }
 
@@ -135,22 +145,28 @@ macro_rules! step_kinds {
 
 step_kinds! {
     /// AWS preflight: region, AZs, instance types, VPC, subnets, CIDRs and subnet tags (EC2).
-    AwsPreflight = "aws.preflight" => fn aws_preflight(AwsPreflightInputs) -> AwsPreflightOutput,
+    AwsPreflight = "aws.preflight"
+        => fn aws_preflight(AwsPreflightInputs) -> AwsPreflightOutput,
     /// Management-cluster preflight: the declared TKG release, ClusterClass, TKR and identity
     /// against the management cluster itself (tkg2-aws-class-based.md §1, §7, §8).
-    KubePreflight = "kube.preflight" => fn kube_preflight(KubePreflightInputs) -> KubePreflightOutput,
+    KubePreflight = "kube.preflight"
+        => fn kube_preflight(KubePreflightInputs) -> KubePreflightOutput,
     /// Server-side dry run, then server-side apply of the Cluster API objects to the management
     /// cluster.
-    KubeApply = "kube.apply" => fn kube_apply(KubeApplyInputs) -> KubeApplyOutput,
+    KubeApply = "kube.apply"
+        => fn kube_apply(KubeApplyInputs) -> KubeApplyOutput,
     /// TKG's cluster readiness wait on the management cluster.
-    KubeWaitCluster = "kube.wait-cluster" => fn kube_wait_cluster(WorkloadTarget) -> KubeWaitClusterOutput,
+    KubeWaitCluster = "kube.wait-cluster"
+        => fn kube_wait_cluster(WorkloadTarget) -> KubeWaitClusterOutput,
     /// Read the workload kubeconfig Secret and reach the workload API server.
     KubeReadKubeconfig = "kube.read-kubeconfig"
         => fn kube_read_kubeconfig(WorkloadTarget) -> KubeReadKubeconfigOutput,
     /// Attach the workload cluster to Tanzu Mission Control.
-    TmcAttach = "tmc.attach" => fn tmc_attach(TmcClusterInputs) -> TmcAttachOutput,
+    TmcAttach = "tmc.attach"
+        => fn tmc_attach(TmcClusterInputs) -> TmcAttachOutput,
     /// Install the cluster's Tanzu packages (PackageInstalls in dependency order).
-    PackagesRollout = "packages.rollout" => fn packages_rollout(PackagesInputs) -> PackagesRolloutOutput,
+    PackagesRollout = "packages.rollout"
+        => fn packages_rollout(PackagesInputs) -> PackagesRolloutOutput,
     /// Upgrade the cluster to a newer TKR (`spec.topology.version`).
     KubeUpgradeCluster = "kube.upgrade-cluster"
         => fn kube_upgrade_cluster(UpgradeClusterInputs) -> KubeUpgradeClusterOutput,
@@ -163,16 +179,20 @@ step_kinds! {
     KubeWaitMachineDeployments = "kube.wait-machine-deployments"
         => fn kube_wait_machine_deployments(KubeRolloutInputs) -> KubeWaitMachineDeploymentsOutput,
     /// Update, add and remove PackageInstalls of an existing cluster.
-    PackagesUpdate = "packages.update" => fn packages_update(PackagesUpdateInputs) -> PackagesUpdateOutput,
+    PackagesUpdate = "packages.update"
+        => fn packages_update(PackagesUpdateInputs) -> PackagesUpdateOutput,
     /// Re-verify every PackageInstall of the workload cluster (core and user packages):
     /// `ReconcileSucceeded` for its current generation (tanzu-apis.md §4.3).
-    PackagesVerify = "packages.verify" => fn packages_verify(WorkloadTarget) -> PackagesVerifyOutput,
+    PackagesVerify = "packages.verify"
+        => fn packages_verify(WorkloadTarget) -> PackagesVerifyOutput,
     /// Detach the workload cluster from Tanzu Mission Control.
-    TmcDetach = "tmc.detach" => fn tmc_detach(TmcClusterInputs) -> TmcDetachOutput,
+    TmcDetach = "tmc.detach"
+        => fn tmc_detach(TmcClusterInputs) -> TmcDetachOutput,
     /// Check that the Cluster on the management cluster, when it exists, carries tkgops's
     /// ownership label for this config repository and cluster path (security rule 7), before a
     /// workflow touches TMC or AWS on its behalf.
-    KubeCheckOwner = "kube.check-owner" => fn kube_check_owner(KubeDeleteInputs) -> KubeCheckOwnerOutput,
+    KubeCheckOwner = "kube.check-owner"
+        => fn kube_check_owner(KubeDeleteInputs) -> KubeCheckOwnerOutput,
     /// Delete the Cluster and wait until Cluster API has removed it.
     KubeDeleteCluster = "kube.delete-cluster"
         => fn kube_delete_cluster(KubeDeleteInputs) -> KubeDeleteClusterOutput,
