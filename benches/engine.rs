@@ -31,19 +31,14 @@ use tkgops_engine::store::{
 };
 use tkgops_engine::{
     Engine, NoopObserver, RetryPolicy, RunObserver, RunRequest, StepContext, StepError,
-    StepExecutor, StepInputs, StepKind, StepSpec,
+    StepExecutor, StepInputs, StepSpec,
 };
-
-const KIND: StepKind = StepKind::KubeWaitCluster;
 
 /// Returns `{}` at once.
 struct Noop;
 
 #[async_trait]
 impl StepExecutor for Noop {
-    fn kinds(&self) -> &'static [StepKind] {
-        &[KIND]
-    }
     async fn execute(&self, _ctx: &StepContext) -> Result<Value, StepError> {
         Ok(json!({}))
     }
@@ -54,9 +49,6 @@ struct Hang;
 
 #[async_trait]
 impl StepExecutor for Hang {
-    fn kinds(&self) -> &'static [StepKind] {
-        &[KIND]
-    }
     async fn execute(&self, _ctx: &StepContext) -> Result<Value, StepError> {
         std::future::pending().await
     }
@@ -230,7 +222,7 @@ impl SequentialRuns {
     async fn new() -> SequentialRuns {
         let dir = bench_dir();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
-        let engine = Engine::new(store, vec![Arc::new(Noop)], Arc::new(NoopObserver));
+        let engine = Engine::new(store, Arc::new(Noop), Arc::new(NoopObserver));
         let mut runs = SequentialRuns {
             _dir: dir,
             engine,
@@ -262,7 +254,7 @@ impl SequentialRuns {
 async fn bench_engine_concurrent(runs: usize) -> f64 {
     let dir = bench_dir();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
-    let engine = Engine::new(store, vec![Arc::new(Noop)], Arc::new(NoopObserver));
+    let engine = Engine::new(store, Arc::new(Noop), Arc::new(NoopObserver));
     let start = Instant::now();
     let ids: Vec<String> = futures::stream::iter(0..runs)
         .map(|i| {
@@ -320,7 +312,7 @@ async fn bench_resume(runs: usize, clusters: usize) {
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("reopen"));
     let open_ms = open_start.elapsed().as_secs_f64() * 1000.0;
     let counter = Arc::new(Counter::default());
-    let engine = Engine::new(store, vec![Arc::new(Hang)], counter.clone());
+    let engine = Engine::new(store, Arc::new(Hang), counter.clone());
     let start = Instant::now();
     let n = engine.resume_all().await.expect("resume");
     let resume_ms = start.elapsed().as_secs_f64() * 1000.0;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tkgops_emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
-use tkgops_engine::{ProgressSink, RetryPolicy, StepContext, StepExecutor, StepInputs, StepSpec};
+use tkgops_engine::{ProgressSink, RetryPolicy, StepContext, StepInputs, StepSpec};
 use tkgops_providers::kube::KubeProvider;
 use tkgops_providers::{KubeconfigSource, WorkloadTarget};
 
@@ -149,7 +149,7 @@ async fn main() {
                 title: "wait".into(),
                 timeout_secs: 0,
                 retry: RetryPolicy::default(),
-                inputs: StepInputs::KubeWaitCluster(target),
+                inputs: StepInputs::KubeWaitCluster(target.clone()),
             },
             attempt: 1,
             outputs: BTreeMap::new(),
@@ -158,7 +158,9 @@ async fn main() {
             }),
         };
         let p = provider.clone();
-        handles.push(tokio::spawn(async move { p.execute(&ctx).await }));
+        handles.push(tokio::spawn(
+            async move { p.wait_cluster(&ctx, &target).await },
+        ));
     }
     // Every waiter has evaluated once (its first progress line).
     for rx in lines.iter_mut() {

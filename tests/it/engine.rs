@@ -16,7 +16,7 @@ use tkgops_engine::store::{
 use tkgops_engine::{
     backoff_delay, run_transition, step_transition, Engine, EngineError, NoopObserver, RetryPolicy,
     RunEvent, RunObserver, RunRequest, StepContext, StepError, StepEvent, StepExecutor, StepInputs,
-    StepKind, StepSpec,
+    StepSpec,
 };
 use tkgops_providers::WorkloadTarget;
 
@@ -93,10 +93,6 @@ impl Scripted {
 
 #[async_trait]
 impl StepExecutor for Scripted {
-    fn kinds(&self) -> &'static [StepKind] {
-        &[StepKind::KubeWaitCluster]
-    }
-
     async fn execute(&self, ctx: &StepContext) -> Result<Value, StepError> {
         self.calls.lock().unwrap().push(Call {
             run_id: ctx.run_id.clone(),
@@ -220,7 +216,7 @@ fn open_store(path: &Path) -> Arc<dyn Store> {
 }
 
 fn engine_with(store: Arc<dyn Store>, ex: Arc<Scripted>, obs: Arc<dyn RunObserver>) -> Engine {
-    Engine::new(store, vec![ex as Arc<dyn StepExecutor>], obs)
+    Engine::new(store, ex, obs)
 }
 
 fn states(run: &RunRecord) -> Vec<StepState> {
@@ -630,37 +626,6 @@ async fn engine_transient_errors_exhaust_the_budget() {
     assert_eq!(run.state, RunState::Failed);
     assert_eq!(run.error.as_deref(), Some("s: still 503"));
     assert_eq!(run.steps[0].attempts.len(), 3);
-}
-
-#[tokio::test]
-async fn engine_unknown_kind_fails_permanently() {
-    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
-    let ex = Scripted::new();
-    let engine = engine_with(store, ex.clone(), Arc::new(NoopObserver));
-    let mut odd = spec("odd");
-    odd.inputs = StepInputs::KubeDeleteCluster(tkgops_domain::step::KubeDeleteInputs {
-        target: target("odd"),
-        owner_label: "x".into(),
-    });
-    engine
-        .submit(request("r", "c", vec![spec("first"), odd, spec("last")]))
-        .await
-        .unwrap();
-    let run = engine.wait("r").await.unwrap();
-    assert_eq!(run.state, RunState::Failed);
-    assert_eq!(
-        run.error.as_deref(),
-        Some("odd: no executor for step kind kube.delete-cluster")
-    );
-    assert_eq!(run.steps[1].attempts.len(), 1);
-    assert_eq!(
-        states(&run),
-        [
-            StepState::Succeeded,
-            StepState::Failed,
-            StepState::Cancelled
-        ]
-    );
 }
 
 #[tokio::test]
@@ -1088,19 +1053,12 @@ async fn engine_long_errors_are_truncated_and_empty_plans_succeed() {
     struct Verbose;
     #[async_trait]
     impl StepExecutor for Verbose {
-        fn kinds(&self) -> &'static [StepKind] {
-            &[StepKind::KubeReadKubeconfig]
-        }
         async fn execute(&self, _ctx: &StepContext) -> Result<Value, StepError> {
             Err(StepError::Permanent("é".repeat(5000)))
         }
     }
     let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
-    let engine = Engine::new(
-        store.clone(),
-        vec![Arc::new(Verbose)],
-        Arc::new(NoopObserver),
-    );
+    let engine = Engine::new(store.clone(), Arc::new(Verbose), Arc::new(NoopObserver));
     let mut s = spec("v");
     s.inputs = StepInputs::KubeReadKubeconfig(target("v"));
     engine.submit(request("long", "c", vec![s])).await.unwrap();

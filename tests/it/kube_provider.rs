@@ -11,7 +11,9 @@ use tkgops_emulators::kube::controllers::{
     seed_management_cluster, start_controllers_with, ControllerOptions, Controllers, TopologyFaults,
 };
 use tkgops_emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
-use tkgops_engine::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
+use tkgops_engine::{ProgressSink, RetryPolicy, StepContext, StepError, StepSpec};
+
+use crate::support::ExecuteStep;
 use tkgops_providers::kube::{KubeProvider, WaitOptions};
 use tkgops_providers::{KubeconfigSource, ManifestApplier, WorkloadTarget};
 

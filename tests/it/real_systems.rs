@@ -149,7 +149,7 @@ async fn real_management_cluster_admits_every_example_request_in_a_server_side_d
                 let out = tkgops_providers::kube::preflight::preflight(&provider, &progress, &i)
                     .await
                     .unwrap_or_else(|e| panic!("{cluster}: preflight: {e}"));
-                eprintln!("{cluster}: preflight {out}");
+                eprintln!("{cluster}: preflight {}", serde_json::json!(out));
             }
             StepInputs::KubeApply(i) => {
                 let objs = provider

@@ -146,3 +146,80 @@ pub fn tree(files: &[(&str, &str)]) -> tkgops_domain::files::MemoryTree {
             .collect(),
     )
 }
+
+/// Runs one attempt of `ctx.step` on a provider's method for the step's kind and returns the
+/// output as the engine journals it (JSON), so the provider tests check the journal's format.
+/// The bot's executor table (`tkgops::executors::StepTable`) routes kinds in production; these
+/// implementations panic on a kind the provider does not execute.
+#[async_trait::async_trait]
+pub trait ExecuteStep {
+    /// The output of one attempt of `ctx.step`, as JSON. Errors: the provider's.
+    async fn execute(
+        &self,
+        ctx: &tkgops_engine::StepContext,
+    ) -> Result<serde_json::Value, tkgops_engine::StepError>;
+}
+
+/// `output` as the engine journals it.
+fn journalled<O: serde::Serialize>(
+    output: Result<O, tkgops_engine::StepError>,
+) -> Result<serde_json::Value, tkgops_engine::StepError> {
+    output.map(|o| serde_json::to_value(o).expect("output as JSON"))
+}
+
+#[async_trait::async_trait]
+impl ExecuteStep for tkgops_providers::aws::AwsExecutor {
+    async fn execute(
+        &self,
+        ctx: &tkgops_engine::StepContext,
+    ) -> Result<serde_json::Value, tkgops_engine::StepError> {
+        use tkgops_engine::StepInputs as I;
+        match &ctx.step.inputs {
+            I::AwsPreflight(i) => journalled(self.preflight(ctx, i).await),
+            I::AwsRemoveSubnetTags(i) => journalled(self.remove_subnet_tags(ctx, i).await),
+            other => panic!("the AWS provider does not execute {}", other.kind()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ExecuteStep for tkgops_providers::tmc::TmcExecutor {
+    async fn execute(
+        &self,
+        ctx: &tkgops_engine::StepContext,
+    ) -> Result<serde_json::Value, tkgops_engine::StepError> {
+        use tkgops_engine::StepInputs as I;
+        match &ctx.step.inputs {
+            I::TmcAttach(i) => journalled(self.attach(ctx, i).await),
+            I::TmcDetach(i) => journalled(self.detach(ctx, i).await),
+            other => panic!("the TMC provider does not execute {}", other.kind()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ExecuteStep for tkgops_providers::kube::KubeProvider {
+    async fn execute(
+        &self,
+        ctx: &tkgops_engine::StepContext,
+    ) -> Result<serde_json::Value, tkgops_engine::StepError> {
+        use tkgops_engine::StepInputs as I;
+        match &ctx.step.inputs {
+            I::KubePreflight(i) => journalled(self.preflight(ctx, i).await),
+            I::KubeApply(i) => journalled(self.apply(ctx, i).await),
+            I::KubeWaitCluster(t) => journalled(self.wait_cluster(ctx, t).await),
+            I::KubeReadKubeconfig(t) => journalled(self.read_kubeconfig(ctx, t).await),
+            I::PackagesRollout(i) => journalled(self.packages_rollout(ctx, i).await),
+            I::KubeUpgradeCluster(i) => journalled(self.upgrade_cluster(ctx, i).await),
+            I::KubeWaitControlPlane(i) => journalled(self.wait_control_plane(ctx, i).await),
+            I::KubeWaitMachineDeployments(i) => {
+                journalled(self.wait_machine_deployments(ctx, i).await)
+            }
+            I::PackagesUpdate(i) => journalled(self.packages_update(ctx, i).await),
+            I::PackagesVerify(t) => journalled(self.packages_verify(ctx, t).await),
+            I::KubeCheckOwner(i) => journalled(self.check_owner(ctx, i).await),
+            I::KubeDeleteCluster(i) => journalled(self.delete_cluster(ctx, i).await),
+            other => panic!("the Kubernetes provider does not execute {}", other.kind()),
+        }
+    }
+}

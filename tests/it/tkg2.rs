@@ -15,7 +15,9 @@ use tkgops_emulators::kube::controllers::{
     ManagementSeed, TkgVersion,
 };
 use tkgops_emulators::kube::{EmulatedCluster, Gvr, KubeEmulator};
-use tkgops_engine::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
+use tkgops_engine::{ProgressSink, RetryPolicy, StepContext, StepError, StepSpec};
+
+use crate::support::ExecuteStep;
 use tkgops_providers::kube::KubeProvider;
 use tkgops_providers::KubeconfigSource;
 

@@ -1,15 +1,27 @@
-//! The step executors of a running bot, wired to the providers.
+//! The step executors of a running bot, wired to the providers: [`StepTable`], the one routing
+//! table from every step kind to the provider method that executes it.
 //!
 //! The management clusters come from `tkgops.yaml` on the default branch, which changes over
-//! time; [`Executors`] rebuilds the Kubernetes provider whenever that list changes, and hands
-//! the engine stable wrappers that delegate to the current provider.
+//! time; [`Executors`] rebuilds the Kubernetes provider whenever that list changes, and the
+//! table (and the TMC provider's [`ManifestApplier`]) call the current provider.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tkgops_domain::output::{
+    AwsPreflightOutput, AwsRemoveSubnetTagsOutput, KubeApplyOutput, KubeCheckOwnerOutput,
+    KubeDeleteClusterOutput, KubePreflightOutput, KubeReadKubeconfigOutput,
+    KubeUpgradeClusterOutput, KubeWaitClusterOutput, KubeWaitControlPlaneOutput,
+    KubeWaitMachineDeploymentsOutput, PackagesRolloutOutput, PackagesUpdateOutput,
+    PackagesVerifyOutput, TmcAttachOutput, TmcDetachOutput,
+};
 use tkgops_domain::request::RepoConfig;
-use tkgops_engine::{StepContext, StepError, StepExecutor, StepKind};
+use tkgops_domain::step::{
+    AwsPreflightInputs, KubeApplyInputs, KubeDeleteInputs, KubePreflightInputs, KubeRolloutInputs,
+    PackagesInputs, PackagesUpdateInputs, TmcClusterInputs, UpgradeClusterInputs,
+};
+use tkgops_engine::{ExecutorTable, StepContext, StepError, StepExecutor, StepKind};
 use tkgops_providers::aws::AwsExecutor;
 use tkgops_providers::kube::KubeProvider;
 use tkgops_providers::tmc::{SecretToken, TmcExecutor};
@@ -56,26 +68,21 @@ impl Executors {
         }
     }
 
-    /// All executors for the engine: Kubernetes (through a stable handle), AWS preflight
-    /// (`aws_endpoint` overrides the EC2 endpoint, e.g. moto) and TMC attach (`tmc_token` from
-    /// the bot's environment; `tmc_poll` between status checks).
-    pub fn all(
+    /// The engine's executor: the [`StepTable`] over the current Kubernetes provider, AWS
+    /// (`aws_endpoint` overrides the EC2 endpoint, e.g. moto) and TMC (`tmc_token` from the
+    /// bot's environment; `tmc_poll` between status checks).
+    pub fn table(
         self: &Arc<Self>,
         aws_endpoint: Option<String>,
         tmc_token: Option<String>,
         tmc_poll: Duration,
-    ) -> Vec<Arc<dyn StepExecutor>> {
-        let handle = Arc::new(KubeHandle(self.clone()));
-        let applier: Arc<dyn ManifestApplier> = handle.clone();
-        vec![
-            handle,
-            Arc::new(AwsExecutor::new(aws_endpoint)),
-            Arc::new(TmcExecutor::new(
-                tmc_token.map(SecretToken::new),
-                applier,
-                tmc_poll,
-            )),
-        ]
+    ) -> Arc<dyn StepExecutor> {
+        let applier: Arc<dyn ManifestApplier> = Arc::new(KubeHandle(self.clone()));
+        Arc::new(StepTable {
+            kube: self.clone(),
+            aws: AwsExecutor::new(aws_endpoint),
+            tmc: TmcExecutor::new(tmc_token.map(SecretToken::new), applier, tmc_poll),
+        })
     }
 }
 
@@ -92,26 +99,159 @@ impl Executors {
     }
 }
 
-/// The step kinds the bot's executors handle (those [`Executors::all`] registers), derived
-/// from the executors themselves; `tkgops plan` uses it to mark what a running bot would execute.
+/// The step kinds the bot executes: every kind, since [`StepTable`] has a method for each
+/// (checked at compile time). The planner marks a cluster's plan executable with it (`tkgops
+/// plan` shows what a running bot would execute).
 pub fn executable_kinds() -> BTreeSet<StepKind> {
-    let executors = Executors::new(Duration::from_secs(15));
-    tkgops_engine::executable_kinds(&executors.all(None, None, Duration::from_secs(5)))
+    StepKind::ALL.iter().copied().collect()
 }
 
-/// Stable handle delegating to the current Kubernetes provider.
-pub struct KubeHandle(Arc<Executors>);
+/// The bot's executor routing table: every step kind to the provider method that executes it,
+/// the Kubernetes kinds on the provider current when the attempt starts. Built by
+/// [`Executors::table`]; the engine runs it through [`tkgops_engine::dispatch`].
+pub struct StepTable {
+    kube: Arc<Executors>,
+    aws: AwsExecutor,
+    tmc: TmcExecutor,
+}
 
 #[async_trait::async_trait]
-impl StepExecutor for KubeHandle {
-    fn kinds(&self) -> &'static [StepKind] {
-        tkgops_providers::kube::KINDS
+impl ExecutorTable for StepTable {
+    async fn aws_preflight(
+        &self,
+        ctx: &StepContext,
+        inputs: &AwsPreflightInputs,
+    ) -> Result<AwsPreflightOutput, StepError> {
+        self.aws.preflight(ctx, inputs).await
     }
 
-    async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
-        self.0.current().execute(ctx).await
+    async fn kube_preflight(
+        &self,
+        ctx: &StepContext,
+        inputs: &KubePreflightInputs,
+    ) -> Result<KubePreflightOutput, StepError> {
+        self.kube.current().preflight(ctx, inputs).await
+    }
+
+    async fn kube_apply(
+        &self,
+        ctx: &StepContext,
+        inputs: &KubeApplyInputs,
+    ) -> Result<KubeApplyOutput, StepError> {
+        self.kube.current().apply(ctx, inputs).await
+    }
+
+    async fn kube_wait_cluster(
+        &self,
+        ctx: &StepContext,
+        inputs: &WorkloadTarget,
+    ) -> Result<KubeWaitClusterOutput, StepError> {
+        self.kube.current().wait_cluster(ctx, inputs).await
+    }
+
+    async fn kube_read_kubeconfig(
+        &self,
+        ctx: &StepContext,
+        inputs: &WorkloadTarget,
+    ) -> Result<KubeReadKubeconfigOutput, StepError> {
+        self.kube.current().read_kubeconfig(ctx, inputs).await
+    }
+
+    async fn tmc_attach(
+        &self,
+        ctx: &StepContext,
+        inputs: &TmcClusterInputs,
+    ) -> Result<TmcAttachOutput, StepError> {
+        self.tmc.attach(ctx, inputs).await
+    }
+
+    async fn packages_rollout(
+        &self,
+        ctx: &StepContext,
+        inputs: &PackagesInputs,
+    ) -> Result<PackagesRolloutOutput, StepError> {
+        self.kube.current().packages_rollout(ctx, inputs).await
+    }
+
+    async fn kube_upgrade_cluster(
+        &self,
+        ctx: &StepContext,
+        inputs: &UpgradeClusterInputs,
+    ) -> Result<KubeUpgradeClusterOutput, StepError> {
+        self.kube.current().upgrade_cluster(ctx, inputs).await
+    }
+
+    async fn kube_wait_control_plane(
+        &self,
+        ctx: &StepContext,
+        inputs: &KubeRolloutInputs,
+    ) -> Result<KubeWaitControlPlaneOutput, StepError> {
+        self.kube.current().wait_control_plane(ctx, inputs).await
+    }
+
+    async fn kube_wait_machine_deployments(
+        &self,
+        ctx: &StepContext,
+        inputs: &KubeRolloutInputs,
+    ) -> Result<KubeWaitMachineDeploymentsOutput, StepError> {
+        self.kube
+            .current()
+            .wait_machine_deployments(ctx, inputs)
+            .await
+    }
+
+    async fn packages_update(
+        &self,
+        ctx: &StepContext,
+        inputs: &PackagesUpdateInputs,
+    ) -> Result<PackagesUpdateOutput, StepError> {
+        self.kube.current().packages_update(ctx, inputs).await
+    }
+
+    async fn packages_verify(
+        &self,
+        ctx: &StepContext,
+        inputs: &WorkloadTarget,
+    ) -> Result<PackagesVerifyOutput, StepError> {
+        self.kube.current().packages_verify(ctx, inputs).await
+    }
+
+    async fn tmc_detach(
+        &self,
+        ctx: &StepContext,
+        inputs: &TmcClusterInputs,
+    ) -> Result<TmcDetachOutput, StepError> {
+        self.tmc.detach(ctx, inputs).await
+    }
+
+    async fn kube_check_owner(
+        &self,
+        ctx: &StepContext,
+        inputs: &KubeDeleteInputs,
+    ) -> Result<KubeCheckOwnerOutput, StepError> {
+        self.kube.current().check_owner(ctx, inputs).await
+    }
+
+    async fn kube_delete_cluster(
+        &self,
+        ctx: &StepContext,
+        inputs: &KubeDeleteInputs,
+    ) -> Result<KubeDeleteClusterOutput, StepError> {
+        self.kube.current().delete_cluster(ctx, inputs).await
+    }
+
+    async fn aws_remove_subnet_tags(
+        &self,
+        ctx: &StepContext,
+        inputs: &AwsPreflightInputs,
+    ) -> Result<AwsRemoveSubnetTagsOutput, StepError> {
+        self.aws.remove_subnet_tags(ctx, inputs).await
     }
 }
+
+/// Stable [`ManifestApplier`] for the TMC provider, delegating to the current Kubernetes
+/// provider.
+pub struct KubeHandle(Arc<Executors>);
 
 #[async_trait::async_trait]
 impl ManifestApplier for KubeHandle {

@@ -413,7 +413,7 @@ impl Bot {
         let planner = Planner {
             git: self.git.clone(),
             catalog: self.catalog.clone(),
-            executable: self.engine.executable_kinds(),
+            executable: executors::executable_kinds(),
             repository: self.full_name.clone(),
         };
         planner.plan(base, head, settings, history).await
@@ -1028,7 +1028,7 @@ pub struct Planner {
     pub git: ConfigRepo,
     /// Workflows and templates (the bot's install).
     pub catalog: Arc<Catalog>,
-    /// The step kinds some executor handles.
+    /// The step kinds the bot executes: every kind ([`executors::executable_kinds`]).
     pub executable: std::collections::BTreeSet<tkgops_engine::StepKind>,
     /// `owner/name` of the config repository.
     pub repository: String,

@@ -226,7 +226,7 @@ async fn server_dry_run_plan(
                     i.target.kubeconfig = Some(source.clone());
                     tkgops_providers::kube::preflight::preflight(&provider, &progress, &i)
                         .await
-                        .map(|v| format!("preflight passed: {v}"))
+                        .map(|v| format!("preflight passed: {}", serde_json::json!(v)))
                 }
                 StepInputs::KubeApply(i) => {
                     let mut i = i.clone();

@@ -64,9 +64,7 @@ pub fn rollout_measurement(run: &RunRecord) -> Option<(f64, u32)> {
         let n = s
             .output
             .as_ref()
-            .and_then(|o| o.get("rolledNodes"))
-            .and_then(|n| n.as_u64())
-            .unwrap_or(0) as u32;
+            .map_or(0, |o| rolled_nodes(s.spec.kind(), o));
         if let (Some(a), Some(b)) = (s.started_at, s.finished_at) {
             if n > 0 {
                 secs += (b - a).num_milliseconds().max(0) as f64 / 1000.0;
@@ -75,6 +73,24 @@ pub fn rollout_measurement(run: &RunRecord) -> Option<(f64, u32)> {
         }
     }
     (nodes > 0).then_some((secs, nodes))
+}
+
+/// The `rolledNodes` of a journalled output of `kind` (`kube.wait-control-plane` or
+/// `kube.wait-machine-deployments`, the two output types carrying it); 0 for another kind or an
+/// output of another shape.
+fn rolled_nodes(kind: StepKind, output: &serde_json::Value) -> u32 {
+    use serde::Deserialize as _;
+    use tkgops_domain::output::{KubeWaitControlPlaneOutput, KubeWaitMachineDeploymentsOutput};
+    let n = match kind {
+        StepKind::KubeWaitControlPlane => {
+            KubeWaitControlPlaneOutput::deserialize(output).map(|o| o.rolled_nodes)
+        }
+        StepKind::KubeWaitMachineDeployments => {
+            KubeWaitMachineDeploymentsOutput::deserialize(output).map(|o| o.rolled_nodes)
+        }
+        _ => return 0,
+    };
+    n.unwrap_or(0) as u32
 }
 
 /// The mean seconds per rolled machine over the rollout measurements in the journal
@@ -428,10 +444,12 @@ pub fn run_view(run: &RunRecord, progress: Option<&str>, ahead: Option<&str>) ->
                 .unwrap_or_default();
             let detail = match s.state {
                 StepState::Failed => s.error.clone().unwrap_or_default(),
+                // An output of another shape (a test double's, or an older tkgops's) shows
+                // nothing, as a step without output does.
                 StepState::Succeeded => s
                     .output
                     .as_ref()
-                    .map(|o| output_summary(s.spec.kind(), o))
+                    .and_then(|o| s.spec.kind().output_summary(o).ok())
                     .unwrap_or_default(),
                 StepState::Running => {
                     let retrying = s
@@ -483,171 +501,6 @@ pub fn run_view(run: &RunRecord, progress: Option<&str>, ahead: Option<&str>) ->
         summary,
         succeeded: run.state == RunState::Succeeded,
         failed: matches!(run.state, RunState::Failed | RunState::Cancelled),
-    }
-}
-
-/// A one-line, secret-free summary of a succeeded step's output for the Details column.
-pub fn output_summary(kind: StepKind, out: &serde_json::Value) -> String {
-    let s = |p: &str| {
-        out.pointer(p)
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
-    let len = |p: &str| {
-        out.pointer(p)
-            .and_then(|v| v.as_array())
-            .map(|a| a.len())
-            .unwrap_or(0)
-    };
-    match kind {
-        StepKind::AwsPreflight => {
-            let vpc = if s("/vpcId").is_empty() {
-                "new VPC".to_string()
-            } else {
-                format!("VPC {}", s("/vpcId"))
-            };
-            format!(
-                "{vpc}; {} subnet(s) tagged, {} already tagged",
-                len("/taggedSubnets"),
-                len("/alreadyTagged")
-            )
-        }
-        StepKind::KubePreflight => format!(
-            "TKG {}, ClusterClass {}, TKR {} compatible",
-            s("/tkgVersion"),
-            s("/clusterClass"),
-            s("/tkr")
-        ),
-        StepKind::KubeApply => format!("{} object(s) applied", len("/applied")),
-        StepKind::KubeWaitCluster => format!(
-            "phase {}, control plane {}",
-            s("/phase"),
-            s("/controlPlane")
-        ),
-        StepKind::KubeReadKubeconfig => format!(
-            "workload API server answers (Kubernetes {})",
-            s("/kubernetesVersion")
-        ),
-        StepKind::TmcAttach => format!("TMC phase {}, health {}", s("/phase"), s("/health")),
-        StepKind::PackagesRollout => out
-            .pointer("/packages")
-            .and_then(|v| v.as_array())
-            .map(|ps| {
-                ps.iter()
-                    .map(|p| {
-                        format!(
-                            "{} {}",
-                            p.get("name").and_then(|v| v.as_str()).unwrap_or("?"),
-                            p.get("version").and_then(|v| v.as_str()).unwrap_or("?")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-                    + ": Reconcile succeeded"
-            })
-            .unwrap_or_default(),
-        StepKind::KubeUpgradeCluster => {
-            if out.get("patched").and_then(|v| v.as_bool()) == Some(true) {
-                format!("spec.topology.version {} → {}", s("/from"), s("/to"))
-            } else {
-                format!("already at {} (not patched again)", s("/to"))
-            }
-        }
-        StepKind::KubeWaitControlPlane => format!(
-            "{} on {} replica(s), API server reports {}; {} node(s) rolled",
-            s("/version"),
-            out.pointer("/replicas")
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
-            s("/apiServerVersion"),
-            out.pointer("/rolledNodes")
-                .map(|v| v.to_string())
-                .unwrap_or_default()
-        ),
-        StepKind::KubeWaitMachineDeployments => {
-            let mds: Vec<String> = out
-                .pointer("/machineDeployments")
-                .and_then(|v| v.as_object())
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?")))
-                        .collect()
-                })
-                .unwrap_or_default();
-            format!(
-                "{} at {}; {} node(s) rolled",
-                mds.join(", "),
-                s("/version"),
-                out.pointer("/rolledNodes")
-                    .map(|v| v.to_string())
-                    .unwrap_or_default()
-            )
-        }
-        StepKind::PackagesVerify => format!(
-            "{} PackageInstall(s) reconciled",
-            out.pointer("/packageInstalls")
-                .and_then(|v| v.as_object())
-                .map(|m| m.len())
-                .unwrap_or(0)
-        ),
-        StepKind::PackagesUpdate => {
-            let names = |p: &str| -> Vec<String> {
-                out.pointer(p)
-                    .and_then(|v| v.as_array())
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| {
-                                x.get("name")
-                                    .and_then(|n| n.as_str())
-                                    .or_else(|| x.as_str())
-                                    .map(str::to_string)
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            let mut parts = Vec::new();
-            for (what, p) in [
-                ("installed", "/installed"),
-                ("updated", "/updated"),
-                ("removed", "/removed"),
-            ] {
-                let n = names(p);
-                if !n.is_empty() {
-                    parts.push(format!("{what} {}", n.join(", ")));
-                }
-            }
-            if parts.is_empty() {
-                "nothing to change".into()
-            } else {
-                parts.join("; ")
-            }
-        }
-        StepKind::TmcDetach => {
-            if out.get("wasAttached").and_then(|v| v.as_bool()) == Some(false) {
-                "was not attached".into()
-            } else if out.get("forced").and_then(|v| v.as_bool()) == Some(true) {
-                "detached (forced after the timeout)".into()
-            } else {
-                "detached".into()
-            }
-        }
-        StepKind::KubeDeleteCluster => {
-            if out.get("deleted").and_then(|v| v.as_bool()) == Some(true) {
-                "Cluster deleted and gone".into()
-            } else {
-                "no such Cluster (already gone)".into()
-            }
-        }
-        StepKind::KubeCheckOwner => {
-            if out.get("exists").and_then(|v| v.as_bool()) == Some(true) {
-                "the Cluster is this request's".into()
-            } else {
-                "no such Cluster (already gone)".into()
-            }
-        }
-        StepKind::AwsRemoveSubnetTags => s("/note"),
     }
 }
 

@@ -143,7 +143,8 @@ impl Bot {
         let history = crate::publisher::rollout_history(&self.journal).await?;
         let settings = settings.to_string();
         let (git, catalog) = (self.git.clone(), self.catalog.clone());
-        let (executable, repository) = (self.engine.executable_kinds(), self.full_name.clone());
+        let (executable, repository) =
+            (crate::executors::executable_kinds(), self.full_name.clone());
         blocking(move || {
             let changed = git.changed_paths(&parent, &commit)?;
             let (bt, ht, st) = (git.tree(&parent)?, git.tree(&commit)?, git.tree(&settings)?);

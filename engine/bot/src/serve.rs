@@ -169,7 +169,7 @@ pub async fn build_with_auth(
     );
     let engine = Engine::new(
         store.clone(),
-        executors.all(
+        executors.table(
             cfg.aws_endpoint_url.clone(),
             tmc_token,
             cfg.tmc_poll_interval,
@@ -181,7 +181,7 @@ pub async fn build_with_auth(
         planner: crate::Planner {
             git: git.clone(),
             catalog: catalog.clone(),
-            executable: engine.executable_kinds(),
+            executable: crate::executors::executable_kinds(),
             repository: info.full_name.clone(),
         },
         journal: journal.clone(),

@@ -1,12 +1,14 @@
-//! The executor contract between the engine and the providers: one [`StepExecutor`] per
-//! provider, called once per attempt with a [`StepContext`], answering with an output or a
-//! [`StepError`], and reporting progress through a [`ProgressSink`].
+//! The executor contract between the engine and the providers: one [`ExecutorTable`] routing
+//! every step kind to the provider method that executes it (typed inputs in, typed output out),
+//! run by the engine through the object-safe [`StepExecutor`] once per attempt with a
+//! [`StepContext`], answering with the output as JSON or a [`StepError`], and reporting progress
+//! through a [`ProgressSink`].
 //!
 //! A workflow step (`workflows/*.yaml`) is rendered into a [`StepSpec`] at plan time (no I/O, no
-//! credentials). The engine (`tkgops-engine`) executes it by calling the executor registered for
-//! its `kind`. Executors must be idempotent: an attempt can be repeated after a crash
-//! (at-least-once execution; deterministic names, client tokens and server-side apply make the
-//! effect exactly-once).
+//! credentials). The engine (`tkgops-engine`) executes it by calling its one executor, which
+//! [`dispatch`]es on the step's kind. Executors must be idempotent: an attempt can be repeated
+//! after a crash (at-least-once execution; deterministic names, client tokens and server-side
+//! apply make the effect exactly-once).
 //!
 //! The contract lives in the domain (not in the engine) so that the providers depend on it
 //! without depending on the engine and its storage: it is plain data, one closure type and one
@@ -16,7 +18,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use crate::step::{RetryPolicy, StepInputs, StepKind, StepSpec};
+pub use crate::output::{OutputMismatch, StepOutput};
+pub use crate::step::{dispatch, ExecutorTable, RetryPolicy, StepInputs, StepKind, StepSpec};
 
 /// Receives free-text progress of a running step (e.g. "control plane 1/3 ready"); the bot
 /// shows the latest line in the live step table. Cheap to clone.
@@ -90,18 +93,26 @@ impl StepError {
     }
 }
 
-/// Executes the steps of the kinds it declares. Implemented once per provider.
+/// What the engine runs steps through: one attempt of `ctx.step`, answered with its output as
+/// JSON. Object-safe, so the engine holds one `Arc<dyn StepExecutor>`.
+///
+/// Every [`ExecutorTable`] is a `StepExecutor` (it [`dispatch`]es on the step's kind), which is
+/// how the bot's executors reach the engine. Implement it directly only for test doubles that
+/// script raw outputs for any kind.
 #[async_trait::async_trait]
 pub trait StepExecutor: Send + Sync {
-    /// The step kinds this executor handles (e.g. `[KubeApply, KubeWaitCluster]`). The engine
-    /// routes each step to the first registered executor declaring its kind, and the set of
-    /// executable kinds the planner uses is the union over the registered executors.
-    fn kinds(&self) -> &'static [StepKind];
-
     /// Runs one attempt of `ctx.step` and returns its output (secret-free JSON, persisted and
     /// passed to later steps as `ctx.outputs[step id]`).
     ///
     /// Errors: [`StepError::Transient`] to be retried within the step's [`RetryPolicy`],
     /// [`StepError::Permanent`] to fail the step at once. The engine enforces the timeout.
     async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError>;
+}
+
+#[async_trait::async_trait]
+impl<T: ExecutorTable + ?Sized> StepExecutor for T {
+    /// [`dispatch`]: the table's method for the step's kind, its output as JSON.
+    async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
+        dispatch(self, ctx).await
+    }
 }

@@ -11,10 +11,12 @@
 //! - [`wait`]: the verdicts of every wait (Cluster ready, control plane and MachineDeployments
 //!   rolled, PackageInstalls reconciled or deleted, TMC cluster ready or gone), pure functions of
 //!   what was observed and when.
-//! - [`step`]: the step contract the engine persists and the providers execute.
-//! - [`executor`]: the executor contract ([`executor::StepExecutor`], [`executor::StepContext`],
-//!   [`executor::StepError`], [`executor::ProgressSink`]) the engine calls and the providers
-//!   implement.
+//! - [`step`]: the step contract the engine persists and the providers execute: each kind's
+//!   typed inputs and output, and the executor routing table ([`step::ExecutorTable`]).
+//! - [`output`]: the typed output of every step kind and its one-line run-comment summary.
+//! - [`executor`]: the executor contract ([`executor::ExecutorTable`],
+//!   [`executor::StepExecutor`], [`executor::StepContext`], [`executor::StepError`],
+//!   [`executor::ProgressSink`]) the engine calls and the providers implement.
 //! - [`files`]: how files reach the domain (a git tree, a directory): the [`files::TreeReader`]
 //!   trait its callers implement.
 //!
@@ -23,6 +25,7 @@
 
 pub mod executor;
 pub mod files;
+pub mod output;
 pub mod request;
 pub mod schedule;
 pub mod serde_duration;

@@ -1,6 +1,8 @@
-//! The step contract: every step kind ([`StepKind`], defined once in [`step_kinds!`]), the typed
-//! inputs of each kind ([`StepInputs`]), built at plan time from the validated request, and the
-//! step as the engine persists and the providers execute it ([`StepSpec`], [`RetryPolicy`]).
+//! The step contract: every step kind ([`StepKind`], defined once in `step_kinds!`), the typed
+//! inputs of each kind ([`StepInputs`]), built at plan time from the validated request, its typed
+//! output ([`crate::output`]), the routing table of its executors ([`ExecutorTable`],
+//! [`dispatch`]), and the step as the engine persists and the providers execute it
+//! ([`StepSpec`], [`RetryPolicy`]).
 //!
 //! Inputs are secret-free by construction: they are shown on the pull request and stored in the
 //! journal. Secrets (workload kubeconfigs, API tokens) are read by the executors at run time.
@@ -11,14 +13,22 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::executor::{StepContext, StepError};
+use crate::output::*;
 use crate::request::{PackageRepositoryRef, PackageSpec, SubnetSpec, VpcSpec};
 
-/// Defines [`StepKind`] and [`StepInputs`] from one list: variant, wire name (the `kind:` of the
-/// workflow files), inputs type and documentation. Adding a step kind is adding one line here.
+/// Defines, from one list, [`StepKind`], [`StepInputs`], each kind's output type
+/// ([`StepKind::output_summary`]) and the executor routing table ([`ExecutorTable`] and
+/// [`dispatch`]). One line per kind: variant, wire name (the `kind:` of the workflow files), the
+/// [`ExecutorTable`] method that executes it, its inputs type and its output type
+/// ([`crate::output`]), with its documentation. Adding a step kind is adding one line here, and
+/// an executor method to every table (a table without it does not compile).
 macro_rules! step_kinds {
-    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal => $inputs:ty, )+) => {
-        /// A kind of step: which provider executes it and what its inputs are. Written in the
-        /// workflow files as its wire name (e.g. `kube.apply`).
+    ($( $(#[doc = $doc:literal])*
+        $variant:ident = $name:literal => fn $method:ident($inputs:ty) -> $output:ty, )+) => {
+        /// A kind of step: what its inputs and its output are, and which method of the
+        /// [`ExecutorTable`] executes it. Written in the workflow files as its wire name (e.g.
+        /// `kube.apply`).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         pub enum StepKind {
             $( $(#[doc = $doc])* #[serde(rename = $name)] $variant, )+
@@ -31,6 +41,34 @@ macro_rules! step_kinds {
             /// The wire name (e.g. `kube.apply`), as in the workflow files and the journal.
             pub fn as_str(self) -> &'static str {
                 match self { $(StepKind::$variant => $name,)+ }
+            }
+
+            /// The run comment's one-line summary of `output`, a journalled output of this
+            /// kind: `output` read as the kind's output type, then [`StepOutput::summary`].
+            ///
+            /// Errors: [`OutputMismatch`] when `output` does not have the type's shape.
+            pub fn output_summary(
+                self,
+                output: &serde_json::Value,
+            ) -> Result<String, OutputMismatch> {
+                match self {
+                    $(StepKind::$variant => {
+                        read_output::<$output>(self, output).map(|o| o.summary())
+                    })+
+                }
+            }
+
+            /// `output` read as this kind's output type and written back as JSON (tests: the
+            /// typed outputs keep the journal's format).
+            #[cfg(test)]
+            pub(crate) fn output_round_trip(
+                self,
+                output: &serde_json::Value,
+            ) -> Result<serde_json::Value, OutputMismatch> {
+                match self {
+                    $(StepKind::$variant => read_output::<$output>(self, output)
+                        .map(|o| serde_json::to_value(o).unwrap_or_default()),)+
+                }
             }
         }
 
@@ -61,50 +99,125 @@ macro_rules! step_kinds {
                 match self { $(StepInputs::$variant(_) => StepKind::$variant,)+ }
             }
         }
+
+        /// The executor routing table: one method per [`StepKind`], taking the kind's typed
+        /// inputs and returning its typed output. A table must implement every method, so a
+        /// kind without an executor does not compile. The bot's table routes each method to
+        /// its provider; the engine runs a table through [`dispatch`] (every table is a
+        /// [`StepExecutor`](crate::executor::StepExecutor)).
+        ///
+        /// Each method runs one attempt of `ctx.step` (whose inputs are `inputs`) and must be
+        /// idempotent (an attempt can be repeated after a crash). Errors:
+        /// [`StepError::Transient`] to be retried within the step's [`RetryPolicy`],
+        /// [`StepError::Permanent`] to fail the step at once; the engine enforces the timeout.
+        #[async_trait::async_trait]
+        pub trait ExecutorTable: Send + Sync {
+            $(
+                $(#[doc = $doc])*
+                #[doc = ""]
+                #[doc = concat!("Executes one attempt of `", $name, "`.")]
+                async fn $method(
+                    &self,
+                    ctx: &StepContext,
+                    inputs: &$inputs,
+                ) -> Result<$output, StepError>;
+            )+
+        }
+
+        /// Runs one attempt of `ctx.step` on `table`: the method of its kind with its typed
+        /// inputs, and returns the typed output as JSON (object keys sorted), as the engine
+        /// journals it and passes it to later steps.
+        ///
+        /// Errors: the method's [`StepError`]; [`StepError::Permanent`] if the output cannot be
+        /// written as JSON.
+        pub async fn dispatch<T: ExecutorTable + ?Sized>(
+            table: &T,
+            ctx: &StepContext,
+        ) -> Result<serde_json::Value, StepError> {
+            match &ctx.step.inputs {
+                $(StepInputs::$variant(inputs) => {
+                    write_output(StepKind::$variant, &table.$method(ctx, inputs).await?)
+                })+
+            }
+        }
     };
 }
 
 step_kinds! {
     /// AWS preflight: region, AZs, instance types, VPC, subnets, CIDRs and subnet tags (EC2).
-    AwsPreflight = "aws.preflight" => AwsPreflightInputs,
+    AwsPreflight = "aws.preflight"
+        => fn aws_preflight(AwsPreflightInputs) -> AwsPreflightOutput,
     /// Management-cluster preflight: the declared TKG release, ClusterClass, TKR and identity
     /// against the management cluster itself (tkg2-aws-class-based.md §1, §7, §8).
-    KubePreflight = "kube.preflight" => KubePreflightInputs,
+    KubePreflight = "kube.preflight"
+        => fn kube_preflight(KubePreflightInputs) -> KubePreflightOutput,
     /// Server-side dry run, then server-side apply of the Cluster API objects to the management
     /// cluster.
-    KubeApply = "kube.apply" => KubeApplyInputs,
+    KubeApply = "kube.apply"
+        => fn kube_apply(KubeApplyInputs) -> KubeApplyOutput,
     /// TKG's cluster readiness wait on the management cluster.
-    KubeWaitCluster = "kube.wait-cluster" => WorkloadTarget,
+    KubeWaitCluster = "kube.wait-cluster"
+        => fn kube_wait_cluster(WorkloadTarget) -> KubeWaitClusterOutput,
     /// Read the workload kubeconfig Secret and reach the workload API server.
-    KubeReadKubeconfig = "kube.read-kubeconfig" => WorkloadTarget,
+    KubeReadKubeconfig = "kube.read-kubeconfig"
+        => fn kube_read_kubeconfig(WorkloadTarget) -> KubeReadKubeconfigOutput,
     /// Attach the workload cluster to Tanzu Mission Control.
-    TmcAttach = "tmc.attach" => TmcClusterInputs,
+    TmcAttach = "tmc.attach"
+        => fn tmc_attach(TmcClusterInputs) -> TmcAttachOutput,
     /// Install the cluster's Tanzu packages (PackageInstalls in dependency order).
-    PackagesRollout = "packages.rollout" => PackagesInputs,
+    PackagesRollout = "packages.rollout"
+        => fn packages_rollout(PackagesInputs) -> PackagesRolloutOutput,
     /// Upgrade the cluster to a newer TKR (`spec.topology.version`).
-    KubeUpgradeCluster = "kube.upgrade-cluster" => UpgradeClusterInputs,
+    KubeUpgradeCluster = "kube.upgrade-cluster"
+        => fn kube_upgrade_cluster(UpgradeClusterInputs) -> KubeUpgradeClusterOutput,
     /// Wait until the KubeadmControlPlane runs the target Kubernetes version with every replica
     /// ready and the workload API server reports it (tkg2-aws-class-based.md §8 "Wait").
-    KubeWaitControlPlane = "kube.wait-control-plane" => KubeRolloutInputs,
+    KubeWaitControlPlane = "kube.wait-control-plane"
+        => fn kube_wait_control_plane(KubeRolloutInputs) -> KubeWaitControlPlaneOutput,
     /// Wait until every MachineDeployment has `replicas == updatedReplicas == readyReplicas` at
     /// the target Kubernetes version (tkg2-aws-class-based.md §8 "Wait").
-    KubeWaitMachineDeployments = "kube.wait-machine-deployments" => KubeRolloutInputs,
+    KubeWaitMachineDeployments = "kube.wait-machine-deployments"
+        => fn kube_wait_machine_deployments(KubeRolloutInputs) -> KubeWaitMachineDeploymentsOutput,
     /// Update, add and remove PackageInstalls of an existing cluster.
-    PackagesUpdate = "packages.update" => PackagesUpdateInputs,
+    PackagesUpdate = "packages.update"
+        => fn packages_update(PackagesUpdateInputs) -> PackagesUpdateOutput,
     /// Re-verify every PackageInstall of the workload cluster (core and user packages):
     /// `ReconcileSucceeded` for its current generation (tanzu-apis.md §4.3).
-    PackagesVerify = "packages.verify" => WorkloadTarget,
+    PackagesVerify = "packages.verify"
+        => fn packages_verify(WorkloadTarget) -> PackagesVerifyOutput,
     /// Detach the workload cluster from Tanzu Mission Control.
-    TmcDetach = "tmc.detach" => TmcClusterInputs,
+    TmcDetach = "tmc.detach"
+        => fn tmc_detach(TmcClusterInputs) -> TmcDetachOutput,
     /// Check that the Cluster on the management cluster, when it exists, carries tkgops's
     /// ownership label for this config repository and cluster path (security rule 7), before a
     /// workflow touches TMC or AWS on its behalf.
-    KubeCheckOwner = "kube.check-owner" => KubeDeleteInputs,
+    KubeCheckOwner = "kube.check-owner"
+        => fn kube_check_owner(KubeDeleteInputs) -> KubeCheckOwnerOutput,
     /// Delete the Cluster and wait until Cluster API has removed it.
-    KubeDeleteCluster = "kube.delete-cluster" => KubeDeleteInputs,
+    KubeDeleteCluster = "kube.delete-cluster"
+        => fn kube_delete_cluster(KubeDeleteInputs) -> KubeDeleteClusterOutput,
     /// Remove the `kubernetes.io/cluster/<name>` tag `aws.preflight` added to the subnets of
     /// an existing VPC (reference R7).
-    AwsRemoveSubnetTags = "aws.remove-subnet-tags" => AwsPreflightInputs,
+    AwsRemoveSubnetTags = "aws.remove-subnet-tags"
+        => fn aws_remove_subnet_tags(AwsPreflightInputs) -> AwsRemoveSubnetTagsOutput,
+}
+
+/// `output` read as the output type `O` of `kind`. Errors: [`OutputMismatch`].
+fn read_output<O: StepOutput>(
+    kind: StepKind,
+    output: &serde_json::Value,
+) -> Result<O, OutputMismatch> {
+    O::deserialize(output).map_err(|source| OutputMismatch { kind, source })
+}
+
+/// `output` of `kind` as JSON. Errors: [`StepError::Permanent`] naming the kind (serde_json
+/// refuses only maps with non-string keys, which no output type has).
+fn write_output<O: StepOutput>(kind: StepKind, output: &O) -> Result<serde_json::Value, StepError> {
+    serde_json::to_value(output).map_err(|e| {
+        StepError::Permanent(format!(
+            "{kind}: cannot write the step's output as JSON: {e}"
+        ))
+    })
 }
 
 impl StepInputs {

@@ -1,6 +1,7 @@
 //! tkgops-engine: the durable step engine and its journal.
 //!
-//! - [`step`]: the executor contract ([`StepExecutor`], [`StepContext`], [`StepError`]),
+//! - [`step`]: the executor contract ([`ExecutorTable`], [`StepExecutor`], [`StepContext`],
+//!   [`StepError`]),
 //!   re-exported from the domain ([`tkgops_domain::executor`]), where it lives so that the
 //!   providers need not depend on the engine; the step itself ([`StepSpec`]) is the domain's.
 //! - [`fsm`]: the run and step transition tables.
@@ -18,11 +19,12 @@ pub mod store;
 
 pub use fsm::{run_transition, step_transition, InvalidTransition, RunEvent, StepEvent};
 pub use runner::{
-    backoff_delay, executable_kinds, CancelOutcome, Engine, EngineError, GateDecision,
-    NoopObserver, RunObserver, RunRequest, StartGate, CANCEL_PREFIX,
+    backoff_delay, CancelOutcome, Engine, EngineError, GateDecision, NoopObserver, RunObserver,
+    RunRequest, StartGate, CANCEL_PREFIX,
 };
 pub use step::{
-    ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepInputs, StepKind, StepSpec,
+    dispatch, ExecutorTable, ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor,
+    StepInputs, StepKind, StepSpec,
 };
 pub use store::{
     AttemptRecord, RunRecord, RunState, SledStore, StepRecord, StepState, Store, StoreError,

@@ -26,9 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::fsm::{run_transition, step_transition, InvalidTransition, RunEvent, StepEvent};
-use crate::step::{
-    ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepKind, StepSpec,
-};
+use crate::step::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
 use crate::store::{
     truncate_error, AttemptRecord, RunRecord, RunState, StepRecord, StepState, Store, StoreError,
     OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT,
@@ -200,7 +198,7 @@ struct Sched {
 
 struct Inner {
     store: Arc<dyn Store>,
-    executors: HashMap<StepKind, Arc<dyn StepExecutor>>,
+    executor: Arc<dyn StepExecutor>,
     observer: Arc<dyn RunObserver>,
     gate: Mutex<Option<Arc<dyn StartGate>>>,
     sched: Mutex<Sched>,
@@ -232,17 +230,6 @@ enum StepEnd {
     Stopped,
 }
 
-/// The step kinds some executor of `executors` declares: what the planner may mark executable
-/// when these executors are registered.
-pub fn executable_kinds(
-    executors: &[Arc<dyn StepExecutor>],
-) -> std::collections::BTreeSet<StepKind> {
-    executors
-        .iter()
-        .flat_map(|e| e.kinds().iter().copied())
-        .collect()
-}
-
 /// Delay before retry number `retry` (0 = before the second attempt): `initial_backoff_secs`
 /// doubled per retry, capped at `max_backoff_secs`, no jitter. Computed with backon's
 /// [`ExponentialBuilder`]. Non-finite or negative settings count as 0.
@@ -268,25 +255,19 @@ pub fn backoff_delay(policy: &RetryPolicy, retry: u32) -> Duration {
 }
 
 impl Engine {
-    /// An engine persisting through `store`, executing steps with the first of `executors` whose
-    /// `kinds()` contains the step's `kind`, and reporting to `observer`. Schedules nothing until
-    /// [`Engine::submit`] or [`Engine::resume_all`].
+    /// An engine persisting through `store`, executing every step with `executor` (the bot's
+    /// executor table, which routes each kind to its provider), and reporting to `observer`.
+    /// Schedules nothing until [`Engine::submit`] or [`Engine::resume_all`].
     pub fn new(
         store: Arc<dyn Store>,
-        executors: Vec<Arc<dyn StepExecutor>>,
+        executor: Arc<dyn StepExecutor>,
         observer: Arc<dyn RunObserver>,
     ) -> Self {
-        let mut by_kind: HashMap<StepKind, Arc<dyn StepExecutor>> = HashMap::new();
-        for ex in executors {
-            for kind in ex.kinds() {
-                by_kind.entry(*kind).or_insert_with(|| ex.clone());
-            }
-        }
         let (shutdown, _) = watch::channel(false);
         Engine {
             inner: Arc::new(Inner {
                 store,
-                executors: by_kind,
+                executor,
                 observer,
                 gate: Mutex::new(None),
                 sched: Mutex::new(Sched::default()),
@@ -414,11 +395,6 @@ impl Engine {
     /// The run as last persisted, or `None`. Errors: [`EngineError::Store`].
     pub async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, EngineError> {
         Ok(self.inner.store.get_run(run_id).await?)
-    }
-
-    /// The step kinds some registered executor handles: what the planner may mark executable.
-    pub fn executable_kinds(&self) -> std::collections::BTreeSet<StepKind> {
-        self.inner.executors.keys().copied().collect()
     }
 
     /// Position of a run in its cluster's line: `Some(0)` if it currently holds the cluster,
@@ -1186,15 +1162,6 @@ impl Inner {
     ) {
         let step = &run.steps[idx];
         let spec = &step.spec;
-        let Some(executor) = self.executors.get(&spec.kind()) else {
-            return (
-                Err((
-                    OUTCOME_PERMANENT,
-                    format!("no executor for step kind {}", spec.kind()),
-                )),
-                None,
-            );
-        };
         let (ptx, mut prx) = watch::channel::<Option<String>>(None);
         let ctx = StepContext {
             run_id: run.id.clone(),
@@ -1208,7 +1175,7 @@ impl Inner {
             }),
         };
         let timeout_secs = spec.timeout_secs;
-        let attempt = AssertUnwindSafe(executor.execute(&ctx)).catch_unwind();
+        let attempt = AssertUnwindSafe(self.executor.execute(&ctx)).catch_unwind();
         let attempt = async move {
             if timeout_secs == 0 {
                 Ok(attempt.await)

@@ -12,7 +12,7 @@ use tkgops_domain::step::WorkloadTarget;
 use tkgops_engine::store::{RunState, SledStore, Store};
 use tkgops_engine::{
     Engine, NoopObserver, RetryPolicy, RunRequest, StepContext, StepError, StepExecutor,
-    StepInputs, StepKind, StepSpec,
+    StepInputs, StepSpec,
 };
 
 /// Succeeds every step, except that step `hang` never returns when set; tells `started` the
@@ -37,9 +37,6 @@ impl Steps {
 
 #[async_trait]
 impl StepExecutor for Steps {
-    fn kinds(&self) -> &'static [StepKind] {
-        &[StepKind::KubeWaitCluster]
-    }
     async fn execute(&self, ctx: &StepContext) -> Result<Value, StepError> {
         let _ = self.started.lock().unwrap().send(ctx.step.id.clone());
         if self.hang == Some(ctx.step.id.as_str()) {
@@ -81,7 +78,7 @@ async fn a_succeeded_run_records_the_deployed_commit_with_no_observer_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let (steps, _started) = Steps::new(None);
-    let engine = Engine::new(store.clone(), vec![steps], Arc::new(NoopObserver));
+    let engine = Engine::new(store.clone(), steps, Arc::new(NoopObserver));
     assert_eq!(store.deployed("team-a-prod").await.unwrap(), None);
     engine.submit(request("r1", "aaaa")).await.unwrap();
     let run = engine.wait("r1").await.unwrap();
@@ -121,7 +118,7 @@ fn the_deployed_commit_is_recorded_when_a_run_resumed_after_a_crash_succeeds() {
         rt.block_on(async {
             let store = open(&path);
             let (steps, mut started) = Steps::new(Some("s2"));
-            let engine = Engine::new(store.clone(), vec![steps], Arc::new(NoopObserver));
+            let engine = Engine::new(store.clone(), steps, Arc::new(NoopObserver));
             engine.submit(request("r1", "aaaa")).await.unwrap();
             while started.recv().await.as_deref() != Some("s2") {}
             assert_eq!(store.deployed("team-a-prod").await.unwrap(), None);
@@ -140,7 +137,7 @@ fn the_deployed_commit_is_recorded_when_a_run_resumed_after_a_crash_succeeds() {
         let store = open(dir.path());
         assert_eq!(store.deployed("team-a-prod").await.unwrap(), None);
         let (steps, _started) = Steps::new(None);
-        let engine = Engine::new(store.clone(), vec![steps], Arc::new(NoopObserver));
+        let engine = Engine::new(store.clone(), steps, Arc::new(NoopObserver));
         assert_eq!(engine.resume_all().await.unwrap(), 1);
         let run = engine.wait("r1").await.unwrap();
         assert_eq!(run.state, RunState::Succeeded);

@@ -1,7 +1,9 @@
 //! Providers own the network I/O of the steps: AWS EC2, Kubernetes and Tanzu Mission Control.
 //!
-//! Each provider implements [`tkgops_domain::executor::StepExecutor`] for its step kinds; this crate is
-//! the only one of the product that opens network connections, apart from GitHub (the
+//! Each provider has one typed method per step kind it executes (the kind's inputs in, its
+//! output of `tkgops_domain::output` out), which the bot's executor table
+//! ([`tkgops_domain::executor::ExecutorTable`]) routes to; this crate is
+//! the only one of the product that opens network connections apart from GitHub (the
 //! `tkgops-github` crate, which only the bot uses) and git (which the bot owns).
 //! Every wait runs through the one wait driver ([`wait`]) over a verdict of
 //! `tkgops_domain::wait`.

@@ -36,6 +36,7 @@ use super::packages::{reconcile_state, ReconcileState};
 use super::{
     condition, condition_true, int_at, values, Failure, Judge, Progress, Verdict, WaitOptions,
 };
+use crate::output::KubeWaitClusterOutput;
 
 /// Label Cluster API puts on every object of a cluster (its Cluster's name).
 pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
@@ -106,18 +107,19 @@ impl ClusterState {
         s
     }
 
-    /// The step output: `{"phase", "controlPlane": "3/3", "machineDeployments": {name: "1/1"}}`.
-    pub fn output(&self) -> Value {
-        let mds: serde_json::Map<String, Value> = self
-            .machine_deployments
-            .iter()
-            .map(|(n, (r, d))| (n.clone(), Value::String(format!("{r}/{d}"))))
-            .collect();
-        serde_json::json!({
-            "phase": self.phase,
-            "controlPlane": format!("{}/{}", self.cp_ready, self.cp_desired),
-            "machineDeployments": mds,
-        })
+    /// The step output with `node_refs` (`<with nodeRef>/<Machines>`) and no core packages.
+    pub fn output(&self, node_refs: String) -> KubeWaitClusterOutput {
+        KubeWaitClusterOutput {
+            phase: self.phase.clone(),
+            control_plane: format!("{}/{}", self.cp_ready, self.cp_desired),
+            machine_deployments: self
+                .machine_deployments
+                .iter()
+                .map(|(n, (r, d))| (n.clone(), format!("{r}/{d}")))
+                .collect(),
+            node_refs,
+            packages: None,
+        }
     }
 }
 
@@ -431,9 +433,9 @@ impl ClusterReady {
 
 impl Judge for ClusterReady {
     type Snapshot = ClusterSnapshot;
-    type Output = Value;
+    type Output = KubeWaitClusterOutput;
 
-    fn judge(&mut self, s: &ClusterSnapshot, at: Duration) -> Verdict<Value> {
+    fn judge(&mut self, s: &ClusterSnapshot, at: Duration) -> Verdict<KubeWaitClusterOutput> {
         let what = self.what();
         let (ns, name) = (self.namespace.clone(), self.name.clone());
         let Some(cluster) = &s.cluster else {
@@ -467,8 +469,7 @@ impl Judge for ClusterReady {
         if !machines_ready {
             return Verdict::Waiting(Progress::line(line).recheck_at_opt(wake));
         }
-        let mut out = state.output();
-        out["nodeRefs"] = Value::String(format!("{with_node}/{}", s.machines.len()));
+        let mut out = state.output(format!("{with_node}/{}", s.machines.len()));
         if cluster.pointer("/spec/topology").is_none() {
             // Plan-based clusters have no ClusterBootstrap (§6 step 5: class-based only).
             self.closing = Some(line);
@@ -487,7 +488,7 @@ impl Judge for ClusterReady {
             return Verdict::Waiting(Progress::line(line).recheck_at(until));
         };
         let core = core_packages(cb, &name);
-        let mut done = serde_json::Map::new();
+        let mut done = BTreeMap::new();
         let mut pending: Vec<String> = Vec::new();
         let mut failed: Vec<String> = Vec::new();
         for p in &core {
@@ -525,7 +526,7 @@ impl Judge for ClusterReady {
         }
         if failed.is_empty() && pending.is_empty() {
             self.closing = Some(line);
-            out["packages"] = Value::Object(done);
+            out.packages = Some(done);
             return Verdict::Done(out);
         }
         let mut until = since + self.opts.package_timeout;
@@ -548,7 +549,7 @@ impl Judge for ClusterReady {
         Verdict::Waiting(Progress::line(line).recheck_at(until).recheck_at_opt(wake))
     }
 
-    fn closing_line(&self, _output: &Value) -> Option<String> {
+    fn closing_line(&self, _output: &KubeWaitClusterOutput) -> Option<String> {
         self.closing.clone()
     }
 }
@@ -704,8 +705,9 @@ mod tests {
         let md = json!({"metadata": {"name": "c-md-0-abc"}, "spec": {"replicas": 1}, "status": {"readyReplicas": 1}});
         let s = cluster_state(&c, &[kcp], &[md]);
         assert!(s.ready());
-        assert_eq!(s.output()["machineDeployments"]["c-md-0-abc"], "1/1");
-        assert_eq!(s.output()["controlPlane"], "3/3");
+        let out = s.output("1/1".into());
+        assert_eq!(out.machine_deployments["c-md-0-abc"], "1/1");
+        assert_eq!(out.control_plane, "3/3");
         // No MachineDeployment yet although the topology asks for one.
         let s = cluster_state::<Value, Value>(&c, &[json!({"status": {"readyReplicas": 1}})], &[]);
         assert!(!s.ready());
@@ -868,9 +870,10 @@ mod tests {
         let Verdict::Done(out) = v else {
             panic!("{v:?}")
         };
-        assert_eq!(out["nodeRefs"], "2/2");
-        assert_eq!(out["controlPlane"], "1/1");
-        assert_eq!(out["packages"]["wc1-antrea"], "Reconcile succeeded");
+        let journalled = serde_json::to_value(&out).unwrap();
+        assert_eq!(journalled["nodeRefs"], "2/2");
+        assert_eq!(journalled["controlPlane"], "1/1");
+        assert_eq!(journalled["packages"]["wc1-antrea"], "Reconcile succeeded");
         assert!(j
             .closing_line(&out)
             .unwrap()
@@ -887,7 +890,10 @@ mod tests {
         let Verdict::Done(out) = j.judge(&s, secs(1)) else {
             panic!()
         };
-        assert!(out.get("packages").is_none());
+        assert!(serde_json::to_value(&out)
+            .unwrap()
+            .get("packages")
+            .is_none());
         assert_eq!(
             j.closing_line(&out).unwrap(),
             "Cluster phase Provisioned; control plane 1/1 ready; md-0 1/1; nodeRefs 2/2"

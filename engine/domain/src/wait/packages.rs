@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
+
+use crate::output::PackagesVerifyOutput;
 
 use super::{
     condition, condition_true, name_of, namespace_of, str_at, Failure, Judge, Progress, Verdict,
@@ -279,10 +281,14 @@ impl PackagesVerified {
 
 impl Judge for PackagesVerified {
     type Snapshot = Vec<ListedPackage>;
-    type Output = Value;
+    type Output = PackagesVerifyOutput;
 
-    fn judge(&mut self, listed: &Vec<ListedPackage>, at: Duration) -> Verdict<Value> {
-        let mut ok = serde_json::Map::new();
+    fn judge(
+        &mut self,
+        listed: &Vec<ListedPackage>,
+        at: Duration,
+    ) -> Verdict<PackagesVerifyOutput> {
+        let mut ok = BTreeMap::new();
         let mut pending = Vec::new();
         let mut failed = Vec::new();
         let mut all: Vec<&Value> = Vec::new();
@@ -312,7 +318,7 @@ impl Judge for PackagesVerified {
                         "" => str_at(p, "/spec/packageRef/versionSelection/constraints"),
                         v => v,
                     };
-                    ok.insert(id, json!(version));
+                    ok.insert(id, version.to_string());
                 }
                 ReconcileState::Failed(m) => {
                     failed.push(format!("PackageInstall {id}: {m}"));
@@ -326,7 +332,9 @@ impl Judge for PackagesVerified {
         }
         if failed.is_empty() && pending.is_empty() {
             self.closing = Some(format!("{} PackageInstalls reconciled", ok.len()));
-            return Verdict::Done(json!({"packageInstalls": ok}));
+            return Verdict::Done(PackagesVerifyOutput {
+                package_installs: ok,
+            });
         }
         if at >= self.until {
             let detail = if failed.is_empty() {
@@ -360,7 +368,7 @@ impl Judge for PackagesVerified {
         )
     }
 
-    fn closing_line(&self, _output: &Value) -> Option<String> {
+    fn closing_line(&self, _output: &PackagesVerifyOutput) -> Option<String> {
         self.closing.clone()
     }
 }
@@ -587,6 +595,7 @@ impl Judge for ValuesReconciled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
@@ -772,7 +781,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            out,
+            serde_json::to_value(&out).unwrap(),
             json!({"packageInstalls": {"tanzu-system-ingress/contour": "1.20.2+vmware.1-tkg.1"}})
         );
         assert_eq!(

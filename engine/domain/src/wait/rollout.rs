@@ -15,11 +15,13 @@
 //! The rollout outputs carry `rolledNodes`, the Machines created during the wait (not present
 //! at its first observation), from which the bot estimates later rollouts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
+
+use crate::output::{KubeWaitControlPlaneOutput, KubeWaitMachineDeploymentsOutput};
 
 use super::cluster::CreationTracker;
 use super::{
@@ -266,9 +268,9 @@ impl ControlPlaneRolled {
 
 impl Judge for ControlPlaneRolled {
     type Snapshot = RolloutSnapshot;
-    type Output = Value;
+    type Output = KubeWaitControlPlaneOutput;
 
-    fn judge(&mut self, s: &RolloutSnapshot, at: Duration) -> Verdict<Value> {
+    fn judge(&mut self, s: &RolloutSnapshot, at: Duration) -> Verdict<KubeWaitControlPlaneOutput> {
         let r = &mut self.rollout;
         let cluster = match r.cluster(s) {
             Ok(c) => c,
@@ -309,15 +311,15 @@ impl Judge for ControlPlaneRolled {
             "control plane at {target}: {}/{} ready; API server reports {reported}",
             st.ready, st.desired
         ));
-        Verdict::Done(json!({
-            "version": target,
-            "replicas": st.desired,
-            "rolledNodes": rolled,
-            "apiServerVersion": reported,
-        }))
+        Verdict::Done(KubeWaitControlPlaneOutput {
+            version: target,
+            replicas: st.desired,
+            rolled_nodes: rolled as u64,
+            api_server_version: reported.clone(),
+        })
     }
 
-    fn closing_line(&self, _output: &Value) -> Option<String> {
+    fn closing_line(&self, _output: &KubeWaitControlPlaneOutput) -> Option<String> {
         self.closing.clone()
     }
 }
@@ -354,9 +356,13 @@ impl MachineDeploymentsRolled {
 
 impl Judge for MachineDeploymentsRolled {
     type Snapshot = RolloutSnapshot;
-    type Output = Value;
+    type Output = KubeWaitMachineDeploymentsOutput;
 
-    fn judge(&mut self, s: &RolloutSnapshot, at: Duration) -> Verdict<Value> {
+    fn judge(
+        &mut self,
+        s: &RolloutSnapshot,
+        at: Duration,
+    ) -> Verdict<KubeWaitMachineDeploymentsOutput> {
         let r = &mut self.rollout;
         let cluster = match r.cluster(s) {
             Ok(c) => c,
@@ -378,7 +384,7 @@ impl Judge for MachineDeploymentsRolled {
         let target = r.target.as_str();
         let mut parts = Vec::new();
         let mut all_done = true;
-        let mut out = serde_json::Map::new();
+        let mut out = BTreeMap::new();
         let mut worker_machines: Vec<&Value> = Vec::new();
         for td in topology {
             let short = str_at(td, "/name");
@@ -414,7 +420,7 @@ impl Judge for MachineDeploymentsRolled {
                 && machines_at == own.len() as i64
                 && own.len() as i64 == desired;
             all_done &= done;
-            out.insert(short.to_string(), json!(format!("{ready}/{desired}")));
+            out.insert(short.to_string(), format!("{ready}/{desired}"));
             parts.push(if done {
                 format!("{short} {ready}/{desired} at {target}")
             } else {
@@ -425,16 +431,16 @@ impl Judge for MachineDeploymentsRolled {
         if all_done {
             let rolled = r.rolled(&worker_machines);
             self.closing = Some(line);
-            return Verdict::Done(json!({
-                "version": target,
-                "machineDeployments": out,
-                "rolledNodes": rolled,
-            }));
+            return Verdict::Done(KubeWaitMachineDeploymentsOutput {
+                version: target.to_string(),
+                machine_deployments: out,
+                rolled_nodes: rolled as u64,
+            });
         }
         Verdict::Waiting(Progress::line(line).recheck_at(wake))
     }
 
-    fn closing_line(&self, _output: &Value) -> Option<String> {
+    fn closing_line(&self, _output: &KubeWaitMachineDeploymentsOutput) -> Option<String> {
         self.closing.clone()
     }
 }
@@ -487,6 +493,7 @@ impl Judge for ClusterDeleted {
 mod tests {
     use super::*;
     use crate::wait::cluster::CLUSTER_NAME_LABEL;
+    use serde_json::json;
 
     const OLD: &str = "v1.24.9+vmware.1";
     const NEW: &str = "v1.25.7+vmware.2";
@@ -583,7 +590,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            out,
+            serde_json::to_value(&out).unwrap(),
             json!({"version": NEW, "replicas": 1, "rolledNodes": 1, "apiServerVersion": NEW})
         );
         assert_eq!(
@@ -683,7 +690,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            out,
+            serde_json::to_value(&out).unwrap(),
             json!({"version": NEW, "machineDeployments": {"md-0": "2/2"}, "rolledNodes": 2})
         );
         assert_eq!(

@@ -22,11 +22,10 @@ use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 
-use tkgops_domain::executor::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
+use tkgops_domain::executor::{StepContext, StepError};
 
-pub use preflight::PreflightOutput;
+pub use tkgops_domain::output::{AwsPreflightOutput, AwsRemoveSubnetTagsOutput};
 pub use tkgops_domain::step::AwsPreflightInputs;
-pub use untag::RemoveSubnetTagsOutput;
 
 /// Region whose EC2 endpoint lists the regions when the requested region's endpoint cannot be
 /// reached (a region that does not exist has no endpoint): `us-east-1`.
@@ -132,49 +131,38 @@ impl AwsExecutor {
     }
 }
 
-#[async_trait::async_trait]
-impl StepExecutor for AwsExecutor {
-    /// `[aws.preflight, aws.remove-subnet-tags]`.
-    fn kinds(&self) -> &'static [StepKind] {
-        &[StepKind::AwsPreflight, StepKind::AwsRemoveSubnetTags]
-    }
-
-    /// `aws.preflight`: runs [`preflight::run`] on the step's [`AwsPreflightInputs`] and returns
-    /// the [`PreflightOutput`] as JSON. `aws.remove-subnet-tags`: runs [`untag::run`] and
-    /// returns the [`RemoveSubnetTagsOutput`] as JSON.
+/// The AWS step kinds, one method each (what the bot's executor table routes to).
+impl AwsExecutor {
+    /// Runs one attempt of `aws.preflight`: [`preflight::run`] on `inputs` with the cached
+    /// client of `inputs.region` (and of [`FALLBACK_REGION`] for the region list).
     ///
-    /// Errors: [`StepError::Permanent`] for another kind, empty inputs or a failed check
-    /// (message names the check and the value); [`StepError::Transient`] for throttling, 5xx,
-    /// timeouts and connection errors.
-    async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
-        let inputs = match &ctx.step.inputs {
-            StepInputs::AwsPreflight(inputs) => inputs,
-            StepInputs::AwsRemoveSubnetTags(inputs) => {
-                let client = self.client(inputs.region.trim()).await;
-                let out = untag::run(&client, inputs, &ctx.progress).await?;
-                return serde_json::to_value(&out).map_err(|e| {
-                    StepError::Permanent(format!(
-                        "aws.remove-subnet-tags: cannot serialize output: {e}"
-                    ))
-                });
-            }
-            _ => {
-                return Err(StepError::Permanent(format!(
-                    "AWS provider cannot execute step kind {} (handles: aws.preflight, \
-                     aws.remove-subnet-tags)",
-                    ctx.step.kind()
-                )))
-            }
-        };
+    /// Errors: [`StepError::Permanent`] for empty inputs or a failed check (message names the
+    /// check and the value); [`StepError::Transient`] for throttling, 5xx, timeouts and
+    /// connection errors.
+    pub async fn preflight(
+        &self,
+        ctx: &StepContext,
+        inputs: &AwsPreflightInputs,
+    ) -> Result<AwsPreflightOutput, StepError> {
         let client = self.client(&inputs.region).await;
         let fallback = if inputs.region == FALLBACK_REGION {
             None
         } else {
             Some(self.client(FALLBACK_REGION).await)
         };
-        let out = preflight::run(&client, fallback.as_ref(), inputs, &ctx.progress).await?;
-        serde_json::to_value(&out).map_err(|e| {
-            StepError::Permanent(format!("aws.preflight: cannot serialize output: {e}"))
-        })
+        preflight::run(&client, fallback.as_ref(), inputs, &ctx.progress).await
+    }
+
+    /// Runs one attempt of `aws.remove-subnet-tags`: [`untag::run`] on `inputs` with the
+    /// cached client of `inputs.region`.
+    ///
+    /// Errors: as [`untag::run`].
+    pub async fn remove_subnet_tags(
+        &self,
+        ctx: &StepContext,
+        inputs: &AwsPreflightInputs,
+    ) -> Result<AwsRemoveSubnetTagsOutput, StepError> {
+        let client = self.client(inputs.region.trim()).await;
+        untag::run(&client, inputs, &ctx.progress).await
     }
 }

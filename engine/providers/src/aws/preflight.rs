@@ -27,10 +27,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aws_sdk_ec2::types::{Filter, InstanceType, LocationType, Subnet, Tag, VpcCidrBlockStateCode};
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 
 use super::error::{classify, error_code};
 use tkgops_domain::executor::{ProgressSink, StepError};
+use tkgops_domain::output::AwsPreflightOutput;
 use tkgops_domain::step::AwsPreflightInputs;
 
 /// Tag value for the cluster tag on bring-your-own subnets (CAPA's `shared`).
@@ -46,24 +46,6 @@ pub const MIN_REGION_AZS: usize = 3;
 /// `kubernetes.io/cluster/<cluster_name>`.
 pub fn cluster_tag_key(cluster_name: &str) -> String {
     format!("kubernetes.io/cluster/{cluster_name}")
-}
-
-/// Output of `aws.preflight` (secret-free; passed to later steps).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PreflightOutput {
-    /// The checked region.
-    pub region: String,
-    /// The existing VPC's id, or `None` for a new VPC.
-    pub vpc_id: Option<String>,
-    /// The checked AZs, as requested.
-    pub azs: Vec<String>,
-    /// The checked instance types (deduplicated, in request order).
-    pub instance_types: Vec<String>,
-    /// Subnets that received at least one tag in this run.
-    pub tagged_subnets: Vec<String>,
-    /// Subnets that already carried every required tag.
-    pub already_tagged: Vec<String>,
 }
 
 /// Checks the inputs of `aws.preflight` before any call: `clusterName`, `region`, `azs` and
@@ -115,7 +97,7 @@ enum Role {
 /// of another region, used only to tell a non-existent region from an unreachable endpoint
 /// (check 1).
 ///
-/// Returns the [`PreflightOutput`]. Errors: [`StepError::Permanent`] naming the failed check and
+/// Returns the [`AwsPreflightOutput`]. Errors: [`StepError::Permanent`] naming the failed check and
 /// the offending value; [`StepError::Transient`] for throttling, 5xx, timeouts and connection
 /// errors (see [`super::error`]).
 pub async fn run(
@@ -123,7 +105,7 @@ pub async fn run(
     fallback: Option<&aws_sdk_ec2::Client>,
     inputs: &AwsPreflightInputs,
     progress: &ProgressSink,
-) -> Result<PreflightOutput, StepError> {
+) -> Result<AwsPreflightOutput, StepError> {
     let region = inputs.region.as_str();
     check_inputs(inputs)?;
     let cluster_cidr = parse_cidr("CLUSTER_CIDR", &inputs.cluster_cidr)?;
@@ -172,7 +154,7 @@ pub async fn run(
     progress.report("5/6 checking CLUSTER_CIDR and SERVICE_CIDR against the VPC CIDR");
     check_pod_service_cidrs(&cluster_cidr, &service_cidr, &vpc_cidrs)?;
 
-    let mut output = PreflightOutput {
+    let mut output = AwsPreflightOutput {
         region: region.to_string(),
         vpc_id: None,
         azs: inputs.azs.clone(),

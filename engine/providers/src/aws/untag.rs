@@ -15,38 +15,18 @@
 use std::collections::BTreeSet;
 
 use aws_sdk_ec2::types::{Filter, Tag};
-use serde::{Deserialize, Serialize};
 
 use super::error::classify;
 use super::preflight::cluster_tag_key;
 use tkgops_domain::executor::{ProgressSink, StepError};
+use tkgops_domain::output::AwsRemoveSubnetTagsOutput;
 use tkgops_domain::step::AwsPreflightInputs;
-
-/// Output of `aws.remove-subnet-tags` (secret-free).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RemoveSubnetTagsOutput {
-    /// The region.
-    pub region: String,
-    /// The existing VPC's id, or `None` for a VPC Cluster API created (nothing to do).
-    pub vpc_id: Option<String>,
-    /// The removed tag key, `kubernetes.io/cluster/<cluster_name>`.
-    pub tag_key: String,
-    /// Subnets the key was removed from in this run.
-    pub untagged_subnets: Vec<String>,
-    /// Subnets of the inputs that did not carry the key.
-    pub already_untagged: Vec<String>,
-    /// Subnets of the inputs that no longer exist, or are not in the VPC: left alone.
-    pub missing_subnets: Vec<String>,
-    /// One sentence on what happened, for the PR comment.
-    pub note: String,
-}
 
 /// Removes `kubernetes.io/cluster/<inputs.cluster_name>` from every subnet of `inputs` in the
 /// existing VPC `inputs.vpc.existing_id` that carries it, using `client` (configured for
 /// `inputs.region`), and reports progress to `progress` (reference R7, tanzu-apis.md §5).
 ///
-/// Returns the [`RemoveSubnetTagsOutput`]; with a new VPC it returns at once with no subnets.
+/// Returns the [`AwsRemoveSubnetTagsOutput`]; with a new VPC it returns at once with no subnets.
 /// Errors: [`StepError::Permanent`] for an empty `clusterName` or `region` and for refused EC2
 /// calls (e.g. authorization); [`StepError::Transient`] for throttling, 5xx, timeouts and
 /// connection errors (see [`super::error`]).
@@ -54,7 +34,7 @@ pub async fn run(
     client: &aws_sdk_ec2::Client,
     inputs: &AwsPreflightInputs,
     progress: &ProgressSink,
-) -> Result<RemoveSubnetTagsOutput, StepError> {
+) -> Result<AwsRemoveSubnetTagsOutput, StepError> {
     let region = inputs.region.trim();
     let cluster = inputs.cluster_name.trim();
     for (field, value) in [("clusterName", cluster), ("region", region)] {
@@ -65,7 +45,7 @@ pub async fn run(
         }
     }
     let key = cluster_tag_key(cluster);
-    let mut out = RemoveSubnetTagsOutput {
+    let mut out = AwsRemoveSubnetTagsOutput {
         region: region.to_string(),
         vpc_id: None,
         tag_key: key.clone(),

@@ -22,6 +22,7 @@ use super::{custom_resource, KubeProvider};
 use crate::wait::{drive, DriveOptions, Observed, Reporter, Source};
 use crate::WorkloadTarget;
 use tkgops_domain::executor::{StepContext, StepError};
+use tkgops_domain::output::KubeWaitClusterOutput;
 
 pub use tkgops_domain::wait::cluster::{
     cluster_failure, cluster_state, core_packages, ClusterReady, ClusterSnapshot, ClusterState,
@@ -209,6 +210,7 @@ impl Source for ClusterSource<'_> {
 }
 
 /// Runs `kube.wait-cluster` for the Cluster `inputs` (judge [`ClusterReady`]); output
+/// [`KubeWaitClusterOutput`], journalled as
 /// `{"phase":"Provisioned","controlPlane":"3/3","machineDeployments":{"<md>":"1/1",…},
 /// "nodeRefs":"6/6","packages":{"<pkgi>":"Reconcile succeeded",…}}`.
 ///
@@ -224,7 +226,7 @@ pub async fn wait_cluster(
     provider: &KubeProvider,
     ctx: &StepContext,
     inputs: &WorkloadTarget,
-) -> Result<serde_json::Value, StepError> {
+) -> Result<KubeWaitClusterOutput, StepError> {
     let opts = provider.wait_options().clone();
     let start = Instant::now();
     let mut judge = ClusterReady::new(

@@ -42,25 +42,18 @@ use kube::Api;
 
 use crate::{KubeconfigSource, ManifestApplier, WorkloadTarget};
 use serde::Deserialize;
-use tkgops_domain::executor::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
-use tkgops_domain::step::KubeApplyInputs;
+use tkgops_domain::executor::{StepContext, StepError};
+use tkgops_domain::output::{
+    KubeApplyOutput, KubeCheckOwnerOutput, KubeDeleteClusterOutput, KubePreflightOutput,
+    KubeReadKubeconfigOutput, KubeUpgradeClusterOutput, KubeWaitClusterOutput,
+    KubeWaitControlPlaneOutput, KubeWaitMachineDeploymentsOutput, PackagesRolloutOutput,
+    PackagesUpdateOutput, PackagesVerifyOutput,
+};
+use tkgops_domain::step::{
+    KubeApplyInputs, KubeDeleteInputs, KubePreflightInputs, KubeRolloutInputs, PackagesInputs,
+    PackagesUpdateInputs, UpgradeClusterInputs,
+};
 use tkgops_domain::workflow::plan::OWNER_LABEL;
-
-/// The step kinds [`KubeProvider`] executes.
-pub const KINDS: &[StepKind] = &[
-    StepKind::KubePreflight,
-    StepKind::KubeApply,
-    StepKind::KubeWaitCluster,
-    StepKind::KubeReadKubeconfig,
-    StepKind::PackagesRollout,
-    StepKind::KubeUpgradeCluster,
-    StepKind::KubeWaitControlPlane,
-    StepKind::KubeWaitMachineDeployments,
-    StepKind::KubeDeleteCluster,
-    StepKind::KubeCheckOwner,
-    StepKind::PackagesUpdate,
-    StepKind::PackagesVerify,
-];
 
 /// The field manager tkgops uses for every server-side apply it makes on its own behalf.
 pub const FIELD_MANAGER: &str = "tkgops";
@@ -620,11 +613,19 @@ pub(crate) fn custom_resource(group: &str, version: &str, kind: &str, plural: &s
 }
 
 impl KubeProvider {
-    async fn step_apply(
+    /// Runs one attempt of `kube.apply`: the ownership check ([`check_cluster_ownership`],
+    /// security rule 7), a server-side dry run, then the server-side apply of
+    /// `inputs.manifests` to the management cluster ([`KubeProvider::apply_yaml`] semantics).
+    /// Output: the applied objects, `Kind/namespace/name` in apply order.
+    ///
+    /// Errors: as [`check_cluster_ownership`] and [`KubeProvider::apply_yaml`]; a dry-run
+    /// denial is permanent with the webhook's message; rejected credentials are permanent and
+    /// drop the cached management client.
+    pub async fn apply(
         &self,
         ctx: &StepContext,
         inputs: &KubeApplyInputs,
-    ) -> Result<serde_json::Value, StepError> {
+    ) -> Result<KubeApplyOutput, StepError> {
         let mc = &inputs.target.management_cluster;
         let client = self
             .management_client_with(mc, inputs.target.kubeconfig.as_ref())
@@ -659,7 +660,7 @@ impl KubeProvider {
         ctx.progress
             .report(&format!("applied {} objects", applied.len()));
         tracing::info!(step = %ctx.step.id, management_cluster = %mc, count = applied.len(), "kube.apply done");
-        Ok(serde_json::json!({ "applied": applied }))
+        Ok(KubeApplyOutput { applied })
     }
 
     /// Sends the manifests of a `kube.apply` step to its management cluster as a server-side
@@ -684,11 +685,16 @@ impl KubeProvider {
         .await
     }
 
-    async fn step_read_kubeconfig(
+    /// Runs one attempt of `kube.read-kubeconfig`: reads the `<cluster>-kubeconfig` Secret of
+    /// `inputs` and asks the workload API server for its version. Output: the Secret, the
+    /// server URL and its Kubernetes version (no secret material).
+    ///
+    /// Errors: as [`KubeProvider::workload`]; the version request as [`classify`].
+    pub async fn read_kubeconfig(
         &self,
         ctx: &StepContext,
         inputs: &WorkloadTarget,
-    ) -> Result<serde_json::Value, StepError> {
+    ) -> Result<KubeReadKubeconfigOutput, StepError> {
         let wl = self.workload(inputs).await?;
         let version = wl.client.apiserver_version().await.map_err(|e| {
             classify(
@@ -700,11 +706,11 @@ impl KubeProvider {
             "connected to {} (Kubernetes {})",
             wl.server, version.git_version
         ));
-        Ok(serde_json::json!({
-            "secret": wl.secret,
-            "server": wl.server,
-            "kubernetesVersion": version.git_version,
-        }))
+        Ok(KubeReadKubeconfigOutput {
+            secret: wl.secret,
+            server: wl.server,
+            kubernetes_version: version.git_version,
+        })
     }
 }
 
@@ -772,38 +778,98 @@ pub async fn check_cluster_ownership(
     Ok(())
 }
 
-#[async_trait::async_trait]
-impl StepExecutor for KubeProvider {
-    /// `kube.preflight`, `kube.apply`, `kube.wait-cluster`, `kube.read-kubeconfig` and
-    /// `packages.rollout`.
-    fn kinds(&self) -> &'static [StepKind] {
-        KINDS
+/// The Kubernetes step kinds, one method each (what the bot's executor table routes to); see
+/// the module documentation and each kind's function for its inputs, output and errors.
+impl KubeProvider {
+    /// Runs one attempt of `kube.preflight` ([`preflight::preflight`]).
+    pub async fn preflight(
+        &self,
+        ctx: &StepContext,
+        inputs: &KubePreflightInputs,
+    ) -> Result<KubePreflightOutput, StepError> {
+        preflight::preflight(self, &ctx.progress, inputs).await
     }
 
-    /// Runs one attempt of a Kubernetes step; see the module documentation for each kind's
-    /// inputs and output. Errors: [`StepError::Permanent`] for a kind of another provider,
-    /// otherwise as documented on each kind.
-    async fn execute(&self, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
-        match &ctx.step.inputs {
-            StepInputs::KubePreflight(i) => preflight::preflight(self, &ctx.progress, i).await,
-            StepInputs::KubeApply(i) => self.step_apply(ctx, i).await,
-            StepInputs::KubeWaitCluster(t) => cluster::wait_cluster(self, ctx, t).await,
-            StepInputs::KubeReadKubeconfig(t) => self.step_read_kubeconfig(ctx, t).await,
-            StepInputs::PackagesRollout(i) => packages::rollout(self, ctx, i).await,
-            StepInputs::KubeUpgradeCluster(i) => rollout::upgrade_cluster(self, ctx, i).await,
-            StepInputs::KubeWaitControlPlane(i) => rollout::wait_control_plane(self, ctx, i).await,
-            StepInputs::KubeWaitMachineDeployments(i) => {
-                rollout::wait_machine_deployments(self, ctx, i).await
-            }
-            StepInputs::KubeDeleteCluster(i) => rollout::delete_cluster(self, ctx, i).await,
-            StepInputs::KubeCheckOwner(i) => rollout::check_owner(self, ctx, i).await,
-            StepInputs::PackagesVerify(t) => rollout::verify_packages(self, ctx, t).await,
-            StepInputs::PackagesUpdate(i) => packages::update(self, ctx, i).await,
-            other => Err(StepError::Permanent(format!(
-                "the Kubernetes provider does not execute step kind '{}'",
-                other.kind()
-            ))),
-        }
+    /// Runs one attempt of `kube.wait-cluster` ([`cluster::wait_cluster`]).
+    pub async fn wait_cluster(
+        &self,
+        ctx: &StepContext,
+        target: &WorkloadTarget,
+    ) -> Result<KubeWaitClusterOutput, StepError> {
+        cluster::wait_cluster(self, ctx, target).await
+    }
+
+    /// Runs one attempt of `packages.rollout` ([`packages::rollout`]).
+    pub async fn packages_rollout(
+        &self,
+        ctx: &StepContext,
+        inputs: &PackagesInputs,
+    ) -> Result<PackagesRolloutOutput, StepError> {
+        packages::rollout(self, ctx, inputs).await
+    }
+
+    /// Runs one attempt of `kube.upgrade-cluster` ([`rollout::upgrade_cluster`]).
+    pub async fn upgrade_cluster(
+        &self,
+        ctx: &StepContext,
+        inputs: &UpgradeClusterInputs,
+    ) -> Result<KubeUpgradeClusterOutput, StepError> {
+        rollout::upgrade_cluster(self, ctx, inputs).await
+    }
+
+    /// Runs one attempt of `kube.wait-control-plane` ([`rollout::wait_control_plane`]).
+    pub async fn wait_control_plane(
+        &self,
+        ctx: &StepContext,
+        inputs: &KubeRolloutInputs,
+    ) -> Result<KubeWaitControlPlaneOutput, StepError> {
+        rollout::wait_control_plane(self, ctx, inputs).await
+    }
+
+    /// Runs one attempt of `kube.wait-machine-deployments`
+    /// ([`rollout::wait_machine_deployments`]).
+    pub async fn wait_machine_deployments(
+        &self,
+        ctx: &StepContext,
+        inputs: &KubeRolloutInputs,
+    ) -> Result<KubeWaitMachineDeploymentsOutput, StepError> {
+        rollout::wait_machine_deployments(self, ctx, inputs).await
+    }
+
+    /// Runs one attempt of `packages.update` ([`packages::update`]).
+    pub async fn packages_update(
+        &self,
+        ctx: &StepContext,
+        inputs: &PackagesUpdateInputs,
+    ) -> Result<PackagesUpdateOutput, StepError> {
+        packages::update(self, ctx, inputs).await
+    }
+
+    /// Runs one attempt of `packages.verify` ([`rollout::verify_packages`]).
+    pub async fn packages_verify(
+        &self,
+        ctx: &StepContext,
+        target: &WorkloadTarget,
+    ) -> Result<PackagesVerifyOutput, StepError> {
+        rollout::verify_packages(self, ctx, target).await
+    }
+
+    /// Runs one attempt of `kube.check-owner` ([`rollout::check_owner`]).
+    pub async fn check_owner(
+        &self,
+        ctx: &StepContext,
+        inputs: &KubeDeleteInputs,
+    ) -> Result<KubeCheckOwnerOutput, StepError> {
+        rollout::check_owner(self, ctx, inputs).await
+    }
+
+    /// Runs one attempt of `kube.delete-cluster` ([`rollout::delete_cluster`]).
+    pub async fn delete_cluster(
+        &self,
+        ctx: &StepContext,
+        inputs: &KubeDeleteInputs,
+    ) -> Result<KubeDeleteClusterOutput, StepError> {
+        rollout::delete_cluster(self, ctx, inputs).await
     }
 }
 

@@ -36,6 +36,10 @@ use super::{classify, custom_resource, KubeProvider, FIELD_MANAGER};
 use crate::wait::{drive, DriveOptions, Observed, Reporter, Source};
 use crate::WorkloadTarget;
 use tkgops_domain::executor::{StepContext, StepError};
+use tkgops_domain::output::{
+    PackageVersion, PackagesRolloutOutput, PackagesUpdateOutput, ReconciledPackage, RemovedPackage,
+    UpdatedPackage,
+};
 use tkgops_domain::wait::packages::{
     friendly_or, PackageDeleted, PackageReconciled, ValuesReconciled,
 };
@@ -438,8 +442,8 @@ fn friendly(v: &Value) -> String {
 }
 
 /// Runs `packages.rollout`: waits for the PackageRepository, then installs each package in order
-/// (fully reconciled before the next starts). Output
-/// `{"packages":[{"name","namespace","version","status":"Reconcile succeeded"}]}`.
+/// (fully reconciled before the next starts). Output [`PackagesRolloutOutput`]
+/// (`{"packages":[{"name","namespace","version","status":"Reconcile succeeded"}]}`).
 ///
 /// Waits read the provider's shared PackageRepository and PackageInstall watches of the
 /// workload cluster. `ReconcileFailed` is tolerated while kapp-controller retries, until
@@ -455,7 +459,7 @@ pub async fn rollout(
     provider: &KubeProvider,
     ctx: &StepContext,
     inputs: &PackagesInputs,
-) -> Result<Value, StepError> {
+) -> Result<PackagesRolloutOutput, StepError> {
     validate(
         "packages.rollout",
         &inputs.repository,
@@ -500,9 +504,14 @@ pub async fn rollout(
         .await?;
         ctx.progress.report(&format!("{label}: {desc}"));
         tracing::info!(step = %ctx.step.id, package = %pkg.name, namespace = %pkg.namespace, "package reconciled");
-        done.push(json!({"name": pkg.name, "namespace": pkg.namespace, "version": pkg.version, "status": desc}));
+        done.push(ReconciledPackage {
+            name: pkg.name.clone(),
+            namespace: pkg.namespace.clone(),
+            version: pkg.version.clone(),
+            status: desc,
+        });
     }
-    Ok(json!({ "packages": done }))
+    Ok(PackagesRolloutOutput { packages: done })
 }
 
 /// The version a PackageInstall asks for: `spec.packageRef.versionSelection.constraints`.
@@ -835,8 +844,9 @@ async fn remove_package(
 /// idempotent (tanzu-apis §4.2, §4.3).
 ///
 /// Progress: one line per package (`contour 1.20.2 → 1.21.0 reconciled`, `removed harbor`).
-/// Output: `{"installed":[{"name","namespace","version"}], "updated":[{"name","namespace",
-/// "from","to","valuesChanged"}], "unchanged":[{"name","namespace","version"}],
+/// Output [`PackagesUpdateOutput`]: `{"installed":[{"name","namespace","version"}],
+/// "updated":[{"name","namespace","from","to","valuesChanged"}],
+/// "unchanged":[{"name","namespace","version"}],
 /// "removed":[{"name","namespace","status":"removed"|"already absent"}]}`.
 ///
 /// Errors: as [`rollout`]; and [`StepError::Permanent`]
@@ -847,7 +857,7 @@ pub async fn update(
     provider: &KubeProvider,
     ctx: &StepContext,
     inputs: &PackagesUpdateInputs,
-) -> Result<Value, StepError> {
+) -> Result<PackagesUpdateOutput, StepError> {
     validate(
         "packages.update",
         &inputs.repository,
@@ -872,8 +882,17 @@ pub async fn update(
     let pkgis = provider
         .workload_watch(&inputs.target, &package_install_resource())
         .await?;
-    let (mut installed, mut updated, mut unchanged, mut removed) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut out = PackagesUpdateOutput {
+        installed: Vec::new(),
+        updated: Vec::new(),
+        unchanged: Vec::new(),
+        removed: Vec::new(),
+    };
+    let version_of = |pkg: &PackageSpec| PackageVersion {
+        name: pkg.name.clone(),
+        namespace: pkg.namespace.clone(),
+        version: pkg.version.clone(),
+    };
     for pkg in &inputs.packages {
         let (change, desc) = update_package(
             provider,
@@ -892,7 +911,7 @@ pub async fn update(
                     "{name} {version} installed, {}",
                     desc.to_lowercase()
                 ));
-                installed.push(json!({"name": name, "namespace": ns, "version": version}));
+                out.installed.push(version_of(pkg));
             }
             Change::Updated { from, values } => {
                 let line = if from == *version {
@@ -901,14 +920,20 @@ pub async fn update(
                     format!("{name} {from} → {version} reconciled")
                 };
                 ctx.progress.report(&line);
-                updated.push(json!({"name": name, "namespace": ns, "from": from, "to": version, "valuesChanged": values}));
+                out.updated.push(UpdatedPackage {
+                    name: name.clone(),
+                    namespace: ns.clone(),
+                    from,
+                    to: version.clone(),
+                    values_changed: values,
+                });
             }
             Change::Unchanged => {
                 ctx.progress.report(&format!(
                     "{name} {version} unchanged, {}",
                     desc.to_lowercase()
                 ));
-                unchanged.push(json!({"name": name, "namespace": ns, "version": version}));
+                out.unchanged.push(version_of(pkg));
             }
         }
         tracing::info!(step = %ctx.step.id, package = %pkg.name, namespace = %pkg.namespace, "package reconciled");
@@ -923,14 +948,13 @@ pub async fn update(
             "already absent"
         };
         tracing::info!(step = %ctx.step.id, package = %pkg.name, namespace = %pkg.namespace, status, "package removed");
-        removed.push(json!({"name": pkg.name, "namespace": pkg.namespace, "status": status}));
+        out.removed.push(RemovedPackage {
+            name: pkg.name.clone(),
+            namespace: pkg.namespace.clone(),
+            status: status.to_string(),
+        });
     }
-    Ok(json!({
-        "installed": installed,
-        "updated": updated,
-        "unchanged": unchanged,
-        "removed": removed,
-    }))
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use serde_json::Value;
 use super::cluster::condition;
 use super::{classify, custom_resource, KubeProvider};
 use tkgops_domain::executor::{ProgressSink, StepError};
+use tkgops_domain::output::KubePreflightOutput;
 use tkgops_domain::step::KubePreflightInputs;
 use tkgops_domain::tkg::{tkr_name, TkgVersion};
 
@@ -54,7 +55,7 @@ fn to_value(o: DynamicObject) -> Value {
     serde_json::to_value(o).unwrap_or(Value::Null)
 }
 
-/// Runs `kube.preflight` (module docs). Output:
+/// Runs `kube.preflight` (module docs). Output [`KubePreflightOutput`]:
 /// `{"tkgVersion": "v2.2.0", "clusterClass": "...", "tkr": "...", "identity": "pinniped-info"|"none"}`.
 ///
 /// Errors: [`StepError::Permanent`] naming the declared and the actual value for a release
@@ -64,7 +65,7 @@ pub async fn preflight(
     provider: &KubeProvider,
     progress: &ProgressSink,
     inputs: &KubePreflightInputs,
-) -> Result<Value, StepError> {
+) -> Result<KubePreflightOutput, StepError> {
     let t = &inputs.target;
     let mc = &t.management_cluster;
     let client = provider
@@ -170,10 +171,10 @@ pub async fn preflight(
         }
         _ => "none",
     };
-    Ok(serde_json::json!({
-        "tkgVersion": actual,
-        "clusterClass": class,
-        "tkr": inputs.tkr,
-        "identity": identity,
-    }))
+    Ok(KubePreflightOutput {
+        tkg_version: actual,
+        cluster_class: class.clone(),
+        tkr: inputs.tkr.clone(),
+        identity: identity.to_string(),
+    })
 }

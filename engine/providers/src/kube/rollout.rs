@@ -40,6 +40,10 @@ use super::{classify, KubeProvider, FIELD_MANAGER};
 use crate::wait::{drive, DriveOptions, Observed, Reporter, Source};
 use crate::WorkloadTarget;
 use tkgops_domain::executor::{StepContext, StepError};
+use tkgops_domain::output::{
+    KubeCheckOwnerOutput, KubeDeleteClusterOutput, KubeUpgradeClusterOutput,
+    KubeWaitControlPlaneOutput, KubeWaitMachineDeploymentsOutput, PackagesVerifyOutput,
+};
 use tkgops_domain::step::{KubeDeleteInputs, KubeRolloutInputs, UpgradeClusterInputs};
 use tkgops_domain::wait::packages::{ListedPackage, PackagesVerified};
 use tkgops_domain::wait::rollout::{
@@ -106,7 +110,8 @@ async fn owned_cluster(
 
 /// Runs `kube.upgrade-cluster`: merge-patches `spec.topology.version` of the Cluster to
 /// `inputs.tkr` (field manager [`FIELD_MANAGER`]) unless it already asks for that TKR or its
-/// Kubernetes version. Output `{"from": "<version before>", "to": "<tkr>", "patched": bool}`.
+/// Kubernetes version. Output [`KubeUpgradeClusterOutput`] (`{"from": "<version before>", "to":
+/// "<tkr>", "patched": bool}`).
 ///
 /// Errors: [`StepError::Permanent`] when the Cluster does not exist or is not owned
 /// ([`OWNER_LABEL`]), or when admission refuses the patch (a downgrade, a jump of two minors,
@@ -115,7 +120,7 @@ pub async fn upgrade_cluster(
     provider: &KubeProvider,
     ctx: &StepContext,
     inputs: &UpgradeClusterInputs,
-) -> Result<Value, StepError> {
+) -> Result<KubeUpgradeClusterOutput, StepError> {
     let t = &inputs.target;
     let what = format!("Cluster/{}/{}", t.namespace, t.cluster_name);
     let Some((api, cluster)) = owned_cluster(provider, t, &inputs.owner_label).await? else {
@@ -129,7 +134,11 @@ pub async fn upgrade_cluster(
     if from == inputs.tkr || from == inputs.kubernetes_version {
         ctx.progress
             .report(&format!("{what} already asks for {}", inputs.tkr));
-        return Ok(json!({"from": from, "to": inputs.tkr, "patched": false}));
+        return Ok(KubeUpgradeClusterOutput {
+            from,
+            to: inputs.tkr.clone(),
+            patched: false,
+        });
     }
     let patch = json!({"spec": {"topology": {"version": inputs.tkr}}});
     let params = PatchParams {
@@ -150,7 +159,11 @@ pub async fn upgrade_cluster(
         inputs.tkr
     ));
     tracing::info!(step = %ctx.step.id, cluster = %t.cluster_name, from = %from, to = %inputs.tkr, "upgrade patched");
-    Ok(json!({"from": from, "to": inputs.tkr, "patched": true}))
+    Ok(KubeUpgradeClusterOutput {
+        from,
+        to: inputs.tkr.clone(),
+        patched: true,
+    })
 }
 
 /// Where a rollout wait reads its snapshots: the Cluster, the rolling objects
@@ -246,7 +259,7 @@ impl Source for RolloutSource<'_> {
 }
 
 /// Runs `kube.wait-control-plane` (module docs; judge [`ControlPlaneRolled`]). Output
-/// `{"version", "replicas", "rolledNodes", "apiServerVersion"}`.
+/// [`KubeWaitControlPlaneOutput`] (`{"version", "replicas", "rolledNodes", "apiServerVersion"}`).
 ///
 /// Errors: [`StepError::Permanent`] when the Cluster or its KubeadmControlPlane is missing, for
 /// TKG's aborts ("…: the rollout failed, reason: …", "…: timed out waiting for the rollout to
@@ -256,7 +269,7 @@ pub async fn wait_control_plane(
     provider: &KubeProvider,
     ctx: &StepContext,
     inputs: &KubeRolloutInputs,
-) -> Result<Value, StepError> {
+) -> Result<KubeWaitControlPlaneOutput, StepError> {
     let t = &inputs.target;
     let target = &inputs.kubernetes_version;
     let mut source =
@@ -279,7 +292,8 @@ pub async fn wait_control_plane(
 }
 
 /// Runs `kube.wait-machine-deployments` (module docs; judge [`MachineDeploymentsRolled`]).
-/// Output `{"version", "machineDeployments": {"md-0": "3/3", …}, "rolledNodes"}`.
+/// Output [`KubeWaitMachineDeploymentsOutput`] (`{"version", "machineDeployments": {"md-0":
+/// "3/3", …}, "rolledNodes"}`).
 ///
 /// Errors: as [`wait_control_plane`]; also [`StepError::Permanent`] when the Cluster has no
 /// topology.
@@ -287,7 +301,7 @@ pub async fn wait_machine_deployments(
     provider: &KubeProvider,
     ctx: &StepContext,
     inputs: &KubeRolloutInputs,
-) -> Result<Value, StepError> {
+) -> Result<KubeWaitMachineDeploymentsOutput, StepError> {
     let t = &inputs.target;
     let mut source = RolloutSource::start(provider, t, md_resource(), None).await?;
     let mut judge = MachineDeploymentsRolled::new(
@@ -322,7 +336,7 @@ pub async fn check_owner(
     provider: &KubeProvider,
     ctx: &StepContext,
     inputs: &KubeDeleteInputs,
-) -> Result<Value, StepError> {
+) -> Result<KubeCheckOwnerOutput, StepError> {
     let t = &inputs.target;
     let what = format!("Cluster/{}/{}", t.namespace, t.cluster_name);
     match owned_cluster(provider, t, &inputs.owner_label).await? {
@@ -331,18 +345,22 @@ pub async fn check_owner(
                 "{what} does not exist on management cluster '{}'",
                 t.management_cluster
             ));
-            Ok(json!({"exists": false}))
+            Ok(KubeCheckOwnerOutput {
+                exists: false,
+                uid: None,
+                deleting: None,
+            })
         }
         Some((_, cluster)) => {
             let uid = cluster.metadata.uid.clone().unwrap_or_default();
             ctx.progress.report(&format!(
                 "{what} carries this request's {OWNER_LABEL} label (uid {uid})"
             ));
-            Ok(json!({
-                "exists": true,
-                "uid": uid,
-                "deleting": cluster.metadata.deletion_timestamp.is_some(),
-            }))
+            Ok(KubeCheckOwnerOutput {
+                exists: true,
+                uid: Some(uid),
+                deleting: Some(cluster.metadata.deletion_timestamp.is_some()),
+            })
         }
     }
 }
@@ -352,8 +370,8 @@ pub async fn check_owner(
 /// machines and AWS resources are gone). The DELETE carries the precondition
 /// `preconditions.uid` = the uid of the owned Cluster read by this attempt, so the API server
 /// refuses it (409 Conflict) when the Cluster was replaced by a same-named one in between. A
-/// Cluster that does not exist is success. Output `{"deleted": bool}` (`false`: it was already
-/// gone).
+/// Cluster that does not exist is success. Output [`KubeDeleteClusterOutput`]
+/// (`{"deleted": bool}`; `false`: it was already gone).
 ///
 /// Errors: [`StepError::Permanent`] when the Cluster is not owned ([`OWNER_LABEL`]) and for
 /// permanent watch errors; [`StepError::Transient`] when the uid precondition failed (the next
@@ -362,12 +380,12 @@ pub async fn delete_cluster(
     provider: &KubeProvider,
     ctx: &StepContext,
     inputs: &KubeDeleteInputs,
-) -> Result<Value, StepError> {
+) -> Result<KubeDeleteClusterOutput, StepError> {
     let t = &inputs.target;
     let what = format!("Cluster/{}/{}", t.namespace, t.cluster_name);
     let Some((api, cluster)) = owned_cluster(provider, t, &inputs.owner_label).await? else {
         ctx.progress.report(&format!("{what} is already gone"));
-        return Ok(json!({"deleted": false}));
+        return Ok(KubeDeleteClusterOutput { deleted: false });
     };
     let Some(uid) = cluster.metadata.uid.clone().filter(|u| !u.is_empty()) else {
         return Err(StepError::Transient(format!(
@@ -406,7 +424,7 @@ pub async fn delete_cluster(
         &DriveOptions::kube(Instant::now()),
     )
     .await?;
-    Ok(json!({"deleted": true}))
+    Ok(KubeDeleteClusterOutput { deleted: true })
 }
 
 /// Where the wait of `kube.delete-cluster` reads its snapshots: the Cluster with the deleted
@@ -486,7 +504,8 @@ impl Source for ClusterGoneSource<'_> {
 /// `ReconcileSucceeded` for its current generation (tanzu-apis.md §4.3; judge
 /// [`PackagesVerified`]). Waits on the shared watch while some still reconcile; a package
 /// failing (`ReconcileFailed`) for [`super::WaitOptions::package_timeout`] or until the step's
-/// report deadline fails the step. Output `{"packageInstalls": {"<ns>/<name>": "<version>", …}}`.
+/// report deadline fails the step. Output [`PackagesVerifyOutput`] (`{"packageInstalls":
+/// {"<ns>/<name>": "<version>", …}}`).
 ///
 /// Errors: [`StepError::Permanent`] naming every failing PackageInstall with kapp-controller's
 /// `usefulErrorMessage`; errors of [`KubeProvider::workload`] and of the watch.
@@ -494,7 +513,7 @@ pub async fn verify_packages(
     provider: &KubeProvider,
     ctx: &StepContext,
     target: &WorkloadTarget,
-) -> Result<Value, StepError> {
+) -> Result<PackagesVerifyOutput, StepError> {
     use super::packages::package_install_resource;
     let opts = provider.wait_options().clone();
     let start = Instant::now();

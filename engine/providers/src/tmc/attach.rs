@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::client::{ClusterPoll, TmcClient, TmcSettings};
 use super::models::{Cluster, FullName, ATTACHED};
@@ -22,7 +22,8 @@ use super::{SecretToken, TmcError};
 use crate::wait::{drive, step_error, DriveOptions};
 use crate::ManifestApplier;
 use std::collections::BTreeMap;
-use tkgops_domain::executor::{StepContext, StepError, StepExecutor, StepInputs, StepKind};
+use tkgops_domain::executor::{StepContext, StepError};
+use tkgops_domain::output::TmcAttachOutput;
 use tkgops_domain::step::TmcClusterInputs;
 use tkgops_domain::wait::tmc::{cluster_failure, TmcCluster, TmcClusterReady};
 use tkgops_domain::workflow::plan::OWNER_LABEL;
@@ -155,11 +156,19 @@ impl TmcExecutor {
         Ok(client)
     }
 
-    async fn attach(
+    /// Runs one attempt of `tmc.attach` for `inputs` (see [`TmcExecutor`]); returns the
+    /// cluster once `READY`.
+    ///
+    /// Errors: Permanent for inputs without an ownership mark, an existing TMC cluster that
+    /// does not carry this request's ownership label (it is not adopted), a missing API token,
+    /// a refused token exchange, 4xx answers (a cluster group TMC does not know included) and a
+    /// cluster in phase `ERROR`/`UPGRADE_FAILED`; Transient for 429/5xx, connection errors,
+    /// timeouts and a cluster being detached; the applier's own errors as is.
+    pub async fn attach(
         &self,
         ctx: &StepContext,
         inputs: &TmcClusterInputs,
-    ) -> Result<Value, StepError> {
+    ) -> Result<TmcAttachOutput, StepError> {
         require_owner_mark(inputs)?;
         let client = self.client(&inputs.endpoint, &inputs.csp_endpoint)?;
         let (full_name, shown) = resolve_full_name(inputs);
@@ -524,7 +533,7 @@ fn output(
     inputs: &TmcClusterInputs,
     installer_applied: bool,
     updated: &[&str],
-) -> Value {
+) -> TmcAttachOutput {
     let group = c
         .spec
         .cluster_group_name
@@ -537,40 +546,12 @@ fn output(
                 inputs.cluster_group.clone()
             }
         });
-    json!({
-        "uid": c.meta.uid,
-        "phase": c.phase(),
-        "health": c.health(),
-        "clusterGroup": group,
-        "installerApplied": installer_applied,
-        "updated": updated,
-    })
-}
-
-#[async_trait::async_trait]
-impl StepExecutor for TmcExecutor {
-    /// `[tmc.attach, tmc.detach]`.
-    fn kinds(&self) -> &'static [StepKind] {
-        &[StepKind::TmcAttach, StepKind::TmcDetach]
-    }
-
-    /// Runs one attempt of `tmc.attach` or `tmc.detach` (see [`TmcExecutor`]).
-    ///
-    /// Errors: Permanent for a kind of another provider, inputs without an ownership mark, an
-    /// existing TMC cluster that does not carry this request's ownership label (it is neither
-    /// adopted nor detached), a missing API token, a refused token exchange,
-    /// 4xx answers (a cluster group TMC does not know included) and a cluster in phase
-    /// `ERROR`/`UPGRADE_FAILED`; Transient for 429/5xx, connection errors, timeouts, a cluster
-    /// being detached (attach) and a cluster that outlives a forced detach; the applier's own
-    /// errors as is.
-    async fn execute(&self, ctx: &StepContext) -> Result<Value, StepError> {
-        match &ctx.step.inputs {
-            StepInputs::TmcAttach(inputs) => self.attach(ctx, inputs).await,
-            StepInputs::TmcDetach(inputs) => self.detach(ctx, inputs).await,
-            other => Err(StepError::Permanent(format!(
-                "TMC executor cannot run step kind {}",
-                other.kind()
-            ))),
-        }
+    TmcAttachOutput {
+        uid: c.meta.uid.clone(),
+        phase: c.phase().to_string(),
+        health: c.health().to_string(),
+        cluster_group: group,
+        installer_applied,
+        updated: updated.iter().map(|f| f.to_string()).collect(),
     }
 }

@@ -17,7 +17,6 @@
 //! the `GET` and a `DELETE` of one attempt cannot be told apart by TMC; the window is one
 //! request long, and every `DELETE` is preceded by a `GET` of the same uid.
 
-use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::attach::{
@@ -28,6 +27,7 @@ use super::models::{Cluster, FullName, PHASE_DETACHING};
 use super::TmcError;
 use crate::wait::{drive, DriveOptions};
 use tkgops_domain::executor::{StepContext, StepError};
+use tkgops_domain::output::TmcDetachOutput;
 use tkgops_domain::step::TmcClusterInputs;
 use tkgops_domain::wait::tmc::{Gone, TmcClusterGone};
 #[cfg(doc)]
@@ -36,9 +36,9 @@ use tkgops_domain::workflow::plan::OWNER_LABEL;
 impl TmcExecutor {
     /// Runs one attempt of `tmc.detach` for `inputs` (see the module docs).
     ///
-    /// Returns `{"cluster":"mc/provisioner/name","wasAttached":bool,"forced":bool}`:
-    /// `wasAttached` is false when the cluster was already gone, `forced` whether the
-    /// `force=true` delete was needed.
+    /// Returns the [`TmcDetachOutput`] (`{"cluster":"mc/provisioner/name","wasAttached":bool,
+    /// "forced":bool}`): `wasAttached` is false when the cluster was already gone, `forced`
+    /// whether the `force=true` delete was needed.
     ///
     /// Errors: Permanent for inputs without an ownership mark, a TMC cluster that does not
     /// carry this request's ownership label ("… is not owned by …; tkgops will not detach
@@ -46,15 +46,19 @@ impl TmcExecutor {
     /// 404/409/429; Transient for 429/5xx and connection errors (after
     /// `MAX_POLL_ERRORS` in a row while polling) and for a cluster still present after the
     /// forced delete's wait.
-    pub(super) async fn detach(
+    pub async fn detach(
         &self,
         ctx: &StepContext,
         inputs: &TmcClusterInputs,
-    ) -> Result<Value, StepError> {
+    ) -> Result<TmcDetachOutput, StepError> {
         require_owner_mark(inputs)?;
         let client = self.client(&inputs.endpoint, &inputs.csp_endpoint)?;
         let (full_name, shown) = resolve_full_name(inputs);
-        let out = |was_attached: bool, forced: bool| json!({"cluster": shown, "wasAttached": was_attached, "forced": forced});
+        let out = |was_attached: bool, forced: bool| TmcDetachOutput {
+            cluster: shown.clone(),
+            was_attached,
+            forced,
+        };
 
         let Some(c) = client.get_cluster(&full_name).await? else {
             ctx.progress.report(&format!(
