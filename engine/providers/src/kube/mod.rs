@@ -86,7 +86,8 @@ struct Inner {
     management: Mutex<HashMap<String, kube::Client>>,
     /// Workload clients by target, with the kubeconfig Secret's `resourceVersion` they were built
     /// from (a rotated kubeconfig gives a new client) and the API server URL.
-    workload: Mutex<HashMap<WorkloadKey, CachedWorkload>>,
+    /// Workload cluster clients, least recently used first, at most [`WORKLOAD_CLIENTS_MAX`].
+    workload: Mutex<indexmap::IndexMap<WorkloadKey, CachedWorkload>>,
     /// Client of the cluster the bot runs in (for [`KubeconfigSource::Secret`]).
     in_cluster: tokio::sync::Mutex<Option<kube::Client>>,
     /// Discovery results by (client cache key, apiVersion, kind).
@@ -98,6 +99,10 @@ struct Inner {
 }
 
 type WorkloadKey = (String, String, String);
+
+/// The most workload cluster clients kept (each holds a TLS configuration and a connection
+/// pool): more than the upgrades a scheduled wave runs at once, far fewer than a fleet.
+const WORKLOAD_CLIENTS_MAX: usize = 64;
 
 #[derive(Clone)]
 struct CachedWorkload {
@@ -156,7 +161,7 @@ impl KubeProvider {
                 management_clusters,
                 poll_interval,
                 management: Mutex::new(HashMap::new()),
-                workload: Mutex::new(HashMap::new()),
+                workload: Mutex::new(indexmap::IndexMap::new()),
                 in_cluster: tokio::sync::Mutex::new(None),
                 discovery: apply::DiscoveryCache::default(),
                 watches: watch::SharedWatches::default(),
@@ -316,13 +321,20 @@ impl KubeProvider {
             target.namespace.clone(),
             target.cluster_name.clone(),
         );
-        if let Some(c) = self.lock_workload().get(&key) {
-            if !rv.is_empty() && c.resource_version == rv {
-                return Ok(WorkloadClient {
-                    client: c.client.clone(),
-                    server: c.server.clone(),
-                    secret: secret_ref,
-                });
+        {
+            let mut cache = self.lock_workload();
+            if let Some((i, _, c)) = cache.get_full(&key) {
+                if !rv.is_empty() && c.resource_version == rv {
+                    let found = WorkloadClient {
+                        client: c.client.clone(),
+                        server: c.server.clone(),
+                        secret: secret_ref,
+                    };
+                    // Most recently used last.
+                    let last = cache.len() - 1;
+                    cache.move_index(i, last);
+                    return Ok(found);
+                }
             }
         }
         let yaml = secret_value(
@@ -333,14 +345,21 @@ impl KubeProvider {
         let (client, server) =
             client_from_kubeconfig(&yaml, &format!("workload kubeconfig Secret/{secret_ref}"))
                 .await?;
-        self.lock_workload().insert(
-            key,
-            CachedWorkload {
-                resource_version: rv,
-                client: client.clone(),
-                server: server.clone(),
-            },
-        );
+        {
+            let mut cache = self.lock_workload();
+            cache.shift_remove(&key);
+            if cache.len() >= WORKLOAD_CLIENTS_MAX {
+                cache.shift_remove_index(0);
+            }
+            cache.insert(
+                key,
+                CachedWorkload {
+                    resource_version: rv,
+                    client: client.clone(),
+                    server: server.clone(),
+                },
+            );
+        }
         Ok(WorkloadClient {
             client,
             server,
@@ -435,7 +454,9 @@ impl KubeProvider {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_workload(&self) -> std::sync::MutexGuard<'_, HashMap<WorkloadKey, CachedWorkload>> {
+    fn lock_workload(
+        &self,
+    ) -> std::sync::MutexGuard<'_, indexmap::IndexMap<WorkloadKey, CachedWorkload>> {
         self.inner
             .workload
             .lock()
