@@ -1,4 +1,6 @@
-//! Integration tests. One test binary (linking the full dependency set once), one module per area.
+//! Integration and end-to-end tests of what needs the emulators, moto, the bot or its binaries.
+//! One test binary (linking the full dependency set once), one module per area. The domain's
+//! and the engine's own tests are in `engine/domain/tests/` and `engine/engine/tests/`.
 
 mod support;
 
@@ -7,13 +9,11 @@ mod capi_rollout;
 mod cli;
 mod day2;
 mod e2e;
-mod engine;
 mod github;
 mod kube;
 mod kube_ctrl;
 mod kube_provider;
 mod kubectl;
-mod plan;
 mod queue;
 mod real_systems;
 mod schedules;
@@ -21,4 +21,3 @@ mod tkg2;
 mod tmc;
 mod trust;
 mod trust_chain;
-mod validate;

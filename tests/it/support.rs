@@ -1,4 +1,5 @@
-//! Shared test helpers: example inputs, golden files, normalisation of volatile text.
+//! Shared test helpers: example inputs, golden snapshots (insta, with redactions of volatile
+//! text), the `tkgops` binary, typed step inputs and in-memory commits.
 
 use std::path::PathBuf;
 
@@ -23,9 +24,16 @@ pub fn root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
-/// Replaces volatile text (SHAs, durations, ports, generated IDs) with stable placeholders.
-pub fn normalise(text: &str) -> String {
-    let rules: &[(&str, &str)] = &[
+/// Asserts that `actual` equals the snapshot `tests/golden/<name>.snap` (insta), after
+/// redacting what changes from run to run: SHAs, durations, ports, generated IDs, temporary
+/// paths, schedule fire times and the machine counts a wait happened to see. A mismatch fails;
+/// `INSTA_UPDATE=always` (or `cargo insta review`) accepts it (README "Golden files").
+pub fn assert_golden(name: &str, actual: &str) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(root().join("tests/golden"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    for (re, rep) in [
         (r"\b[0-9a-f]{40}\b", "<sha>"),
         (r"`[0-9a-f]{7}`", "`<sha>`"),
         (r"(head|base|commit) [0-9a-f]{7}\b", "$1 <sha>"),
@@ -48,51 +56,10 @@ pub fn normalise(text: &str) -> String {
         (r"vpc-[0-9a-f]{8,17}", "vpc-<id>"),
         (r"subnet-[0-9a-f]{8,17}", "subnet-<id>"),
         (r"/tmp/[^\s\x22']+", "<tmp>"),
-    ];
-    let mut out = text.to_string();
-    for (re, rep) in rules {
-        out = regex::Regex::new(re)
-            .expect("valid regex")
-            .replace_all(&out, *rep)
-            .to_string();
+    ] {
+        settings.add_filter(re, rep);
     }
-    out
-}
-
-/// Compares `actual` (normalised) with `tests/golden/<name>`. With `UPDATE_GOLDEN=1` the golden
-/// file is (re)written instead; a missing golden file is written and the test fails once so the
-/// new file gets reviewed and committed.
-pub fn assert_golden(name: &str, actual: &str) {
-    let path = root().join("tests/golden").join(name);
-    let actual = normalise(actual);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() || !path.exists() {
-        std::fs::write(&path, &actual).expect("writing golden file");
-        if std::env::var_os("UPDATE_GOLDEN").is_none() {
-            panic!(
-                "golden file {} was missing and has been written; review and commit it",
-                path.display()
-            );
-        }
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).expect("reading golden file");
-    if expected != actual {
-        let diff: Vec<String> = expected
-            .lines()
-            .zip(actual.lines())
-            .enumerate()
-            .filter(|(_, (a, b))| a != b)
-            .take(10)
-            .map(|(i, (a, b))| format!("line {}:\n  expected: {a}\n  actual:   {b}", i + 1))
-            .collect();
-        panic!(
-            "{} differs from the golden file (run with UPDATE_GOLDEN=1 to accept):\n{}\n(expected {} lines, actual {} lines)",
-            name,
-            diff.join("\n"),
-            expected.lines().count(),
-            actual.lines().count()
-        );
-    }
+    settings.bind(|| insta::assert_snapshot!(name, actual));
 }
 
 /// The `tkgops` binary of this build (`target/<profile>/tkgops`, beside the test binary's
@@ -137,15 +104,6 @@ pub fn step_inputs(kind: &str, inputs: serde_json::Value) -> tkgops_engine::Step
         .unwrap_or_else(|e| panic!("inputs of {kind}: {e}"))
 }
 
-/// An in-memory commit holding `files` (`(path, contents)`), for the planner.
-pub fn tree(files: &[(&str, &str)]) -> tkgops_domain::files::MemoryTree {
-    tkgops_domain::files::MemoryTree(
-        files
-            .iter()
-            .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
-            .collect(),
-    )
-}
 
 /// Runs one attempt of `ctx.step` on a provider's method for the step's kind and returns the
 /// output as the engine journals it (JSON), so the provider tests check the journal's format.

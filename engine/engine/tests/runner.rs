@@ -1,4 +1,8 @@
-//! Integration tests: engine (runner + sled store).
+//! The engine through its public API: the step and run transition tables, backoff, the sled
+//! journal (indexes, metadata, truncation), the runner (order, outputs, retries, timeouts,
+//! permanent failures, one run at a time per cluster, cancel, retry, start gates, observers,
+//! shutdown) and resume after a shutdown or a killed runtime. A scripted executor stands in for
+//! the providers.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,6 +13,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
+use tkgops_domain::step::WorkloadTarget;
 use tkgops_engine::store::{
     RunRecord, RunState, SledStore, StepState, Store, MAX_ERROR_BYTES, OUTCOME_INTERRUPTED,
     OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
@@ -18,7 +23,6 @@ use tkgops_engine::{
     RunEvent, RunObserver, RunRequest, StepContext, StepError, StepEvent, StepExecutor, StepInputs,
     StepSpec,
 };
-use tkgops_providers::WorkloadTarget;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

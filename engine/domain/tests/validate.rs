@@ -1,13 +1,51 @@
-//! Integration tests: validate (the config repository format and the reference-design rules).
+//! Validation of cluster requests: the config repository format (cluster-config.yaml, the
+//! cluster's and the repository's tkgops.yaml), the reference-design rules with their lines,
+//! secrets kept out of findings, and `validate_paths` over files and repository layouts on
+//! disk (`tests/fixtures/`). Domain only: the files are read through [`LocalFiles`] below.
 
+mod common;
+
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use tkgops::local::LocalFiles;
+use tkgops_domain::files::{FileKind, Files};
 use tkgops_domain::request::*;
 
-fn fixture(p: &str) -> PathBuf {
-    crate::support::root().join("tests/fixtures").join(p)
+use common::fixture;
+
+/// [`Files`] over the local filesystem, as the bot's `tkgops::local::LocalFiles` reads the
+/// paths given to `tkgops validate` (symbolic links followed); `tests/cli` runs that one.
+struct LocalFiles;
+
+impl Files for LocalFiles {
+    fn kind(&self, path: &Path) -> FileKind {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => FileKind::File { len: m.len() },
+            Ok(m) if m.is_dir() => FileKind::Dir,
+            Ok(_) => FileKind::Other,
+            Err(_) => FileKind::Missing,
+        }
+    }
+
+    fn read(&self, path: &Path, limit: usize) -> Result<Vec<u8>, String> {
+        let mut buf = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(limit as u64).read_to_end(&mut buf))
+            .map_err(|e| e.to_string())?;
+        Ok(buf)
+    }
+
+    fn list(&self, path: &Path) -> Result<Vec<PathBuf>, String> {
+        std::fs::read_dir(path)
+            .map_err(|e| e.to_string())?
+            .map(|e| e.map(|e| e.path()).map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    fn canonicalize(&self, path: &Path) -> Option<PathBuf> {
+        std::fs::canonicalize(path).ok()
+    }
 }
 
 fn read(p: &str) -> String {
@@ -693,7 +731,7 @@ fn repo_config_parses_with_defaults() {
     assert_eq!(r.management_clusters[0].name, "mc-aws-1");
     assert_eq!(
         r.management_clusters[0].kubeconfig,
-        tkgops_providers::KubeconfigSource::File("/etc/tkgops/mc.kubeconfig".into())
+        KubeconfigSource::File("/etc/tkgops/mc.kubeconfig".into())
     );
     assert_eq!(
         r.tmc.as_ref().map(|t| t.csp_endpoint.as_str()),
@@ -721,12 +759,12 @@ fn repo_config_parses_with_defaults() {
         "tanzu-package-repo-global"
     );
     assert!(
-        matches!(&min.management_clusters[0].kubeconfig, tkgops_providers::KubeconfigSource::Secret { key, .. } if key == "value")
+        matches!(&min.management_clusters[0].kubeconfig, KubeconfigSource::Secret { key, .. } if key == "value")
     );
     let env = repo("managementClusters:\n  - name: mc\n    kubeconfig: {env: MC_KUBECONFIG}\n    tkgVersion: \"2.2\"\n");
     assert_eq!(
         env.management_clusters[0].kubeconfig,
-        tkgops_providers::KubeconfigSource::Env("MC_KUBECONFIG".into())
+        KubeconfigSource::Env("MC_KUBECONFIG".into())
     );
 }
 

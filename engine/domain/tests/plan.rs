@@ -1,10 +1,15 @@
-//! Integration tests: plans (intents, rendered steps) and golden plan comments.
+//! Plans of the example requests: intents and rendered steps (the Cluster manifests the
+//! templates render), refusals with their rule and line, the plan cap, template and workflow
+//! errors, and the golden plan comments and manifests (`tests/golden/`). Domain only: in-memory
+//! commits, the built-in catalog, no bot.
+
+mod common;
 
 use tkgops_domain::files::MemoryTree;
 use tkgops_domain::workflow::markdown::render_plan;
 use tkgops_domain::workflow::{plan, Catalog, IntentKind, PlanInput, PlanStatus};
 
-use crate::support::{assert_golden, example_repo_config, example_request, tree};
+use common::{assert_golden, example_repo_config, example_request, executable, tree};
 
 fn run_plan(
     base: &MemoryTree,
@@ -21,7 +26,7 @@ fn run_plan(
         head_sha: "2222222222222222222222222222222222222222",
         changed_paths: &changed,
         catalog: &catalog,
-        executable: &tkgops::executors::executable_kinds(),
+        executable: &executable(),
         repository: "acme/tkg-clusters",
         history: Default::default(),
     })
@@ -43,7 +48,7 @@ fn builtin_catalog_loads_every_workflow() {
         );
     }
     let create = c.workflow("create-cluster").unwrap();
-    let executable = tkgops::executors::executable_kinds();
+    let executable = executable();
     assert!(create.steps.iter().all(|s| executable.contains(&s.kind)));
 }
 
@@ -301,7 +306,7 @@ fn example_create_plan(catalog: &Catalog) -> tkgops_domain::workflow::Plan {
         head_sha: "2222222222222222222222222222222222222222",
         changed_paths: &changed,
         catalog,
-        executable: &tkgops::executors::executable_kinds(),
+        executable: &executable(),
         repository: "acme/tkg-clusters",
         history: Default::default(),
     })
@@ -464,12 +469,12 @@ fn a_template_error_blocks_the_plan_naming_template_and_line() {
             let p = format!("workflows/{w}.yaml");
             (
                 p.clone(),
-                std::fs::read_to_string(crate::support::root().join(&p)).unwrap(),
+                std::fs::read_to_string(common::root().join(&p)).unwrap(),
             )
         })
         .collect();
     let p = "templates/comments/plan.md.hbs".to_string();
-    let text = std::fs::read_to_string(crate::support::root().join(&p)).unwrap();
+    let text = std::fs::read_to_string(common::root().join(&p)).unwrap();
     files.push((p, text));
     files.push((
         "templates/manifests/cluster.yaml.hbs".into(),
@@ -537,10 +542,7 @@ fn workflow_files_with_unknown_kinds_or_misplaced_manifests_are_refused() {
 #[test]
 fn prod_air_gapped_cluster_renders_what_the_cli_renders() {
     let repo = example_repo_config();
-    let mut cfg = std::fs::read_to_string(
-        crate::support::root().join("tests/fixtures/validate/airgap-prod.yaml"),
-    )
-    .unwrap();
+    let mut cfg = std::fs::read_to_string(common::fixture("validate/airgap-prod.yaml")).unwrap();
     cfg.push_str(concat!(
         "TKG_HTTP_PROXY: http://proxy.corp.example:3128\n",
         "TKG_HTTPS_PROXY: http://proxy.corp.example:3128\n",
@@ -1041,7 +1043,7 @@ fn a_change_touching_more_clusters_than_the_cap_is_blocked_in_one_comment() {
         head_sha: "2222222222222222222222222222222222222222",
         changed_paths: &changed,
         catalog: &catalog,
-        executable: &tkgops::executors::executable_kinds(),
+        executable: &executable(),
         repository: "acme/tkg-clusters",
         history: Default::default(),
     });
