@@ -104,7 +104,6 @@ pub fn step_inputs(kind: &str, inputs: serde_json::Value) -> tkgops_engine::Step
         .unwrap_or_else(|e| panic!("inputs of {kind}: {e}"))
 }
 
-
 /// Runs one attempt of `ctx.step` on a provider's method for the step's kind and returns the
 /// output as the engine journals it (JSON), so the provider tests check the journal's format.
 /// The bot's executor table (`tkgops::executors::StepTable`) routes kinds in production; these
