@@ -7,8 +7,10 @@
 //! (`WatchStreamExt::default_backoff`, client-go's 0.8 s … 30 s) and applies its events to an
 //! [`Index`] of the objects **by cluster**: the key of an object is its namespace and its
 //! `cluster.x-k8s.io/cluster-name` label, or its own name when it has none (a Cluster, a
-//! ClusterBootstrap `<cluster>`, a workload cluster's PackageInstall). Each object is converted
-//! to JSON once, when its event arrives, and shared (`Arc`) with every wait that reads it.
+//! ClusterBootstrap `<cluster>`, a workload cluster's PackageInstall). Each object is kept as
+//! its JSON text (a parsed `Value` takes several times the memory, and a management cluster
+//! of a thousand clusters holds thousands of Machines) and parsed when a wait reads it: a wait
+//! reads only its own cluster's objects.
 //!
 //! A change notifies only the waits subscribed to its keys (the object's cluster key and its own
 //! `namespace/name`), through a `tokio::sync::watch` channel per key created on first
@@ -29,7 +31,7 @@
 //! The watch task ends when the [`SharedWatch`] is dropped (with the provider, or when evicted
 //! after a permanent error so that the next attempt builds a fresh client).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::StreamExt;
@@ -65,11 +67,34 @@ pub(crate) struct WatchHealth {
     pub last_error: Option<StepError>,
 }
 
-/// One stored object: its JSON and the cluster key it is indexed under.
+/// One stored object: its JSON text, and what the index needs of it. The text takes a fraction
+/// of the memory of a parsed `serde_json::Value` (a fleet's Machines are held by the
+/// thousand); a wait parses only its own cluster's objects when it reads them.
 #[derive(Clone, Debug)]
 struct Stored {
-    value: Arc<Value>,
+    json: Arc<str>,
     group: String,
+    resource_version: String,
+}
+
+impl Stored {
+    /// `v`'s key and its stored form.
+    fn of(v: &Value) -> (Key, Stored) {
+        (
+            object_key(v),
+            Stored {
+                json: Arc::from(v.to_string()),
+                group: group_of(v),
+                resource_version: str_at(v, "/metadata/resourceVersion").to_string(),
+            },
+        )
+    }
+
+    /// The object, parsed again (`None` only if the stored text were not JSON, which `of`
+    /// never writes).
+    fn value(&self) -> Option<Arc<Value>> {
+        serde_json::from_str(&self.json).ok().map(Arc::new)
+    }
 }
 
 /// The cluster key of `v`: its `cluster.x-k8s.io/cluster-name` label, else its own name.
@@ -89,40 +114,39 @@ fn object_key(v: &Value) -> Key {
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     objects: HashMap<Key, Stored>,
-    groups: HashMap<Key, BTreeMap<String, Arc<Value>>>,
+    /// (namespace, cluster key) → the names of its objects.
+    groups: HashMap<Key, BTreeSet<String>>,
     /// The objects of a relist in progress (between `Init` and `InitDone`).
-    relist: Option<HashMap<Key, Arc<Value>>>,
+    relist: Option<HashMap<Key, Stored>>,
     /// Whether a first list has completed.
     ready: bool,
 }
 
 impl Index {
-    /// The keys a change of `v` (indexed under `group`) notifies: its cluster key and its own.
-    fn touch(touched: &mut Vec<Key>, v: &Value, group: &str) {
-        let (ns, name) = object_key(v);
-        touched.push((ns.clone(), group.to_string()));
-        if name != group {
-            touched.push((ns, name));
+    /// The keys a change of the object `key` (indexed under `group`) notifies: its cluster
+    /// key and its own.
+    fn touch(touched: &mut Vec<Key>, key: &Key, group: &str) {
+        touched.push((key.0.clone(), group.to_string()));
+        if key.1 != group {
+            touched.push(key.clone());
         }
     }
 
-    fn insert(&mut self, value: Arc<Value>, touched: &mut Vec<Key>) {
-        let key = object_key(&value);
+    fn insert(&mut self, key: Key, stored: Stored, touched: &mut Vec<Key>) {
         self.remove(&key, touched);
-        let group = group_of(&value);
-        Self::touch(touched, &value, &group);
+        Self::touch(touched, &key, &stored.group);
         self.groups
-            .entry((key.0.clone(), group.clone()))
+            .entry((key.0.clone(), stored.group.clone()))
             .or_default()
-            .insert(key.1.clone(), value.clone());
-        self.objects.insert(key, Stored { value, group });
+            .insert(key.1.clone());
+        self.objects.insert(key, stored);
     }
 
     fn remove(&mut self, key: &Key, touched: &mut Vec<Key>) {
         let Some(old) = self.objects.remove(key) else {
             return;
         };
-        Self::touch(touched, &old.value, &old.group);
+        Self::touch(touched, key, &old.group);
         let gk = (key.0.clone(), old.group);
         if let Some(g) = self.groups.get_mut(&gk) {
             g.remove(&key.1);
@@ -134,8 +158,8 @@ impl Index {
 
     /// Applies one watcher event; pushes the keys whose objects changed to `touched`.
     pub(crate) fn apply(&mut self, event: watcher::Event<DynamicObject>, touched: &mut Vec<Key>) {
-        let json = |o: &DynamicObject| match serde_json::to_value(o) {
-            Ok(v) => Some(Arc::new(v)),
+        let stored = |o: &DynamicObject| match serde_json::to_value(o) {
+            Ok(v) => Some(Stored::of(&v)),
             Err(e) => {
                 tracing::warn!(error = %e, "watch event object not representable as JSON; skipped");
                 None
@@ -143,40 +167,40 @@ impl Index {
         };
         match event {
             watcher::Event::Apply(o) => {
-                if let Some(v) = json(&o) {
-                    self.insert(v, touched);
+                if let Some((k, s)) = stored(&o) {
+                    self.insert(k, s, touched);
                 }
             }
             watcher::Event::Delete(o) => {
-                if let Some(v) = json(&o) {
-                    self.remove(&object_key(&v), touched);
+                if let Some((k, _)) = stored(&o) {
+                    self.remove(&k, touched);
                 }
             }
             watcher::Event::Init => self.relist = Some(HashMap::new()),
             watcher::Event::InitApply(o) => {
-                if let Some(v) = json(&o) {
-                    self.relist
-                        .get_or_insert_with(HashMap::new)
-                        .insert(object_key(&v), v);
+                if let Some((k, s)) = stored(&o) {
+                    self.relist.get_or_insert_with(HashMap::new).insert(k, s);
                 }
             }
             watcher::Event::InitDone => {
                 let listed = self.relist.take().unwrap_or_default();
-                let rv = |v: &Value| str_at(v, "/metadata/resourceVersion").to_string();
                 // Vanished or changed objects are removed (their keys notified)…
                 let stale: Vec<Key> = self
                     .objects
                     .iter()
-                    .filter(|(k, s)| listed.get(*k).map(|v| rv(v)) != Some(rv(&s.value)))
+                    .filter(|(k, s)| {
+                        listed.get(*k).map(|l| l.resource_version.as_str())
+                            != Some(s.resource_version.as_str())
+                    })
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in &stale {
                     self.remove(k, touched);
                 }
                 // …and new or changed ones inserted.
-                for (k, v) in listed {
+                for (k, s) in listed {
                     if !self.objects.contains_key(&k) {
-                        self.insert(v, touched);
+                        self.insert(k, s, touched);
                     }
                 }
                 self.ready = true;
@@ -188,17 +212,19 @@ impl Index {
     pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<Arc<Value>> {
         self.objects
             .get(&(namespace.to_string(), name.to_string()))
-            .map(|s| s.value.clone())
+            .and_then(Stored::value)
     }
 
     /// The objects in `namespace` labelled `cluster.x-k8s.io/cluster-name=<cluster>`, by name.
     pub(crate) fn of_cluster(&self, namespace: &str, cluster: &str) -> Vec<Arc<Value>> {
+        let ns = namespace.to_string();
         self.groups
-            .get(&(namespace.to_string(), cluster.to_string()))
+            .get(&(ns.clone(), cluster.to_string()))
             .map(|g| {
-                g.values()
+                g.iter()
+                    .filter_map(|name| self.objects.get(&(ns.clone(), name.clone())))
+                    .filter_map(Stored::value)
                     .filter(|v| label(v, CLUSTER_NAME_LABEL) == cluster)
-                    .cloned()
                     .collect()
             })
             .unwrap_or_default()
