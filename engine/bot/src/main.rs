@@ -11,6 +11,12 @@ use tkgops::gitops::ConfigRepo;
 use tkgops::{serve, BotConfig};
 use tkgops_domain::workflow::{markdown, plan, Catalog, PlanInput};
 
+/// mimalloc instead of glibc malloc: with the bot's worker and blocking threads, glibc's
+/// per-thread arenas kept about twice the live heap resident during a 1,000-cluster fleet
+/// upgrade (226 MiB resident for 110 MiB in use; README "Benchmarks").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// tkgops: Tanzu Kubernetes Grid cluster operations through GitOps pull requests.
 #[derive(Parser)]
 #[command(name = "tkgops", version, about)]

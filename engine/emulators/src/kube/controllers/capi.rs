@@ -2615,19 +2615,28 @@ impl Reconciler for CapiController {
             }
             touched.insert((ns, name));
         }
-        // MachineHealthChecks read their Cluster, its Machines and its workload's Nodes: only
-        // those of the Clusters considered (all of them after an unattributed change).
+        // MachineHealthChecks read their Cluster, its Machines and its workload's Nodes: those
+        // of the Clusters considered (all of them after an unattributed change), and every one
+        // that counts an unhealthy Machine. The real controller also watches each workload
+        // cluster's Nodes; a Node that became healthy without a change of its management
+        // cluster's objects must not leave a stale unhealthy count behind (a soak would halt).
+        let mut mhc_clusters: HashSet<(String, String)> = HashSet::new();
         let mhcs: Vec<Arc<Value>> = self
             .mgmt
             .list_shared(&gvr_machine_health_check(), None)
             .into_iter()
             .filter(|m| {
-                all || str_at(m, "/spec/clusterName").is_some_and(|c| {
-                    touched.contains(&(
-                        namespace_of(m).unwrap_or("default").to_string(),
-                        c.to_string(),
-                    ))
-                })
+                let Some(c) = str_at(m, "/spec/clusterName") else {
+                    return all;
+                };
+                let key = (namespace_of(m).unwrap_or("default").to_string(), c.to_string());
+                let unhealthy = m.pointer("/status/currentHealthy").and_then(Value::as_i64)
+                    < m.pointer("/status/expectedMachines").and_then(Value::as_i64);
+                let due = all || unhealthy || touched.contains(&key);
+                if due {
+                    mhc_clusters.insert(key);
+                }
+                due
             })
             .collect();
         if !mhcs.is_empty() {
@@ -2638,7 +2647,7 @@ impl Reconciler for CapiController {
                         namespace_of(&m).unwrap_or("default").to_string(),
                         c.to_string(),
                     );
-                    if all || touched.contains(&key) {
+                    if all || mhc_clusters.contains(&key) {
                         machines.entry(key).or_default().push(m);
                     }
                 }
