@@ -851,7 +851,7 @@ async fn ctrl_upgrade_pauses_then_rolls_control_plane_then_workers() {
 #[tokio::test]
 async fn ctrl_machine_health_check_and_deletion() {
     let env = env().await;
-    ready_workload(&env, "mh").await;
+    let workload = ready_workload(&env, "mh").await;
     env.mgmt
         .create(&gvr_mhc(), json!({
             "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "MachineHealthCheck",
@@ -870,6 +870,46 @@ async fn ctrl_machine_health_check_and_deletion() {
     assert_eq!(mhc["status"]["targets"].as_array().unwrap().len(), 1);
     assert_eq!(mhc["status"]["currentHealthy"], 1);
     assert_eq!(mhc["status"]["remediationsAllowed"], 1);
+
+    // The worker's Node goes `Ready=Unknown` and back, on the workload cluster only (no change
+    // of the management cluster's objects): the MachineHealthCheck follows both ways, as the
+    // real controller, which watches the workload cluster's Nodes, does.
+    let nodes = Gvr::new("", "v1", "nodes");
+    let worker = mhc["status"]["targets"][0].as_str().unwrap().to_string();
+    let machine = mgmt
+        .get(
+            &Gvr::new("cluster.x-k8s.io", "v1beta1", "machines"),
+            Some("default"),
+            &worker,
+        )
+        .expect("target Machine");
+    let node = machine["status"]["nodeRef"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let set_ready = |status: &str| {
+        let mut st = workload.get(&nodes, None, &node).expect("Node")["status"].clone();
+        for c in st["conditions"].as_array_mut().expect("Node conditions") {
+            if c["type"] == "Ready" {
+                c["status"] = json!(status);
+            }
+        }
+        workload
+            .update_status(&nodes, None, &node, st)
+            .expect("Node status");
+    };
+    set_ready("Unknown");
+    wait_for(&env.ctrl, "MHC counts the unhealthy Node", || {
+        mgmt.get(&gvr_mhc(), Some("default"), "mh")
+            .filter(|m| m["status"]["currentHealthy"] == 0)
+    })
+    .await;
+    set_ready("True");
+    wait_for(&env.ctrl, "MHC healthy again", || {
+        mgmt.get(&gvr_mhc(), Some("default"), "mh")
+            .filter(|m| m["status"]["currentHealthy"] == 1)
+    })
+    .await;
 
     // Deletion: the Cluster controller's finalizer keeps the Cluster in phase Deleting until its
     // descendants are gone, then the Cluster disappears.

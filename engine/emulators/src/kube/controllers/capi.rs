@@ -2629,9 +2629,13 @@ impl Reconciler for CapiController {
                 let Some(c) = str_at(m, "/spec/clusterName") else {
                     return all;
                 };
-                let key = (namespace_of(m).unwrap_or("default").to_string(), c.to_string());
+                let key = (
+                    namespace_of(m).unwrap_or("default").to_string(),
+                    c.to_string(),
+                );
                 let unhealthy = m.pointer("/status/currentHealthy").and_then(Value::as_i64)
-                    < m.pointer("/status/expectedMachines").and_then(Value::as_i64);
+                    < m.pointer("/status/expectedMachines")
+                        .and_then(Value::as_i64);
                 let due = all || unhealthy || touched.contains(&key);
                 if due {
                     mhc_clusters.insert(key);
