@@ -76,6 +76,12 @@ use crate::step::StepSpec;
 /// 200 MB resident-memory target).
 const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 
+/// How long [`SledStore::open`] waits for the database's file lock.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often [`SledStore::open`] tries the lock again while it waits.
+const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// First byte of a run header in the split form (records of earlier versions start with `{`).
 const HEADER_V1: u8 = 1;
 
@@ -161,14 +167,29 @@ impl SledStore {
     /// Opens (or creates) the database in directory `path`, and repairs what a crash in the
     /// middle of a run's terminal write left (see the module docs).
     ///
+    /// The database's file lock is waited for up to [`LOCK_WAIT`]: the process (or, in one
+    /// process, the database) that held it a moment ago may still be letting go of it (sled's
+    /// flusher thread releases it after the last handle is dropped).
+    ///
     /// Errors: [`StoreError::Sled`] if the directory cannot be created or read, is corrupt, or is
-    /// locked by another open database; [`StoreError::Codec`] if a run header found through
-    /// the `active` index does not decode.
+    /// still locked by another open database after [`LOCK_WAIT`]; [`StoreError::Codec`] if a
+    /// run header found through the `active` index does not decode.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .open()?;
+        use backon::{BlockingRetryable, ConstantBuilder};
+        let open = || {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(CACHE_CAPACITY_BYTES)
+                .open()
+        };
+        let db = open
+            .retry(
+                ConstantBuilder::default()
+                    .with_delay(LOCK_RETRY_DELAY)
+                    .with_max_times((LOCK_WAIT.as_millis() / LOCK_RETRY_DELAY.as_millis()) as usize),
+            )
+            .when(|e| matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock")))
+            .call()?;
         Self::from_db(db)
     }
 
