@@ -910,3 +910,61 @@ mod tests {
         assert_eq!(f.mirror.revert_onto(&s(c2), &[s(c1)]).unwrap(), None);
     }
 }
+
+#[cfg(test)]
+mod tree_tests {
+    use super::*;
+
+    /// A commit's files read through [`GitTree`]: nested and root files, absent files and
+    /// directories (`None`), and the same directory read for many files (the memo) gives each
+    /// file's own content.
+    #[test]
+    fn a_git_tree_reads_files_at_any_depth_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let mirror = ConfigRepo::open_local(dir.path()).unwrap();
+        let empty = repo.treebuilder(None).unwrap().write().unwrap();
+        let mut update = git2::build::TreeUpdateBuilder::new();
+        let mut files = vec![("tkgops.yaml".to_string(), "root".to_string())];
+        for i in 0..50 {
+            files.push((format!("clusters/c{i}/tkgops.yaml"), format!("cluster {i}")));
+        }
+        files.push(("a/b/c/d.txt".into(), "deep".into()));
+        for (path, content) in &files {
+            let blob = repo.blob(content.as_bytes()).unwrap();
+            update.upsert(path, blob, git2::FileMode::Blob);
+        }
+        let tree_id = update
+            .create_updated(&repo, &repo.find_tree(empty).unwrap())
+            .unwrap();
+        let sig = git2::Signature::new("t", "t@example.com", &git2::Time::new(1, 0)).unwrap();
+        let commit = repo
+            .commit(
+                None,
+                &sig,
+                &sig,
+                "c",
+                &repo.find_tree(tree_id).unwrap(),
+                &[],
+            )
+            .unwrap();
+        let tree = mirror.tree(&commit.to_string()).unwrap();
+        for (path, content) in &files {
+            assert_eq!(
+                tree.read(path).as_deref(),
+                Some(content.as_bytes()),
+                "{path}"
+            );
+        }
+        for absent in [
+            "nope.yaml",
+            "clusters",
+            "clusters/c1",
+            "clusters/c99/tkgops.yaml",
+            "a/b/x/d.txt",
+            "",
+        ] {
+            assert_eq!(tree.read(absent), None, "{absent:?}");
+        }
+    }
+}
