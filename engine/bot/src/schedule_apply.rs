@@ -32,6 +32,7 @@ use crate::{blocking, pr_origin, Bot, BotError, MergeRecord, MergeSha, PolicySha
 use tkgops_domain::schedule::{bump_tkr_line, plan_waves, FleetCluster, Schedule};
 use tkgops_domain::step::{StepInputs, WorkloadTarget};
 use tkgops_domain::waves::{ApplyProgress, ClusterHealth, ClusterStage, Next, WaveState};
+use tkgops_domain::workflow::Plan;
 use tkgops_engine::{RunRequest, RunState};
 use tkgops_github::PullRequest;
 
@@ -91,6 +92,40 @@ fn upgrade_target(steps: &[tkgops_domain::step::StepSpec]) -> Option<WorkloadTar
         StepInputs::KubeUpgradeCluster(i) => Some(i.target.clone()),
         _ => None,
     })
+}
+
+/// What starting one cluster of a wave came to ([`Bot::start_cluster`]).
+enum Start {
+    /// A new run to submit.
+    Submit(Box<RunRequest>),
+    /// Its failed run, to retry.
+    Retry(String),
+    /// Its run is already under way.
+    Running,
+    /// Refused its start (recorded in the progress); `stop` ends the wave's starts for now.
+    Refused { stop: bool },
+}
+
+/// Why cluster `name` of `plan` has no executable upgrade: its plan's errors, its status, or
+/// that the bump changed nothing to plan.
+fn not_upgradable(plan: &Plan, name: &str) -> String {
+    plan.clusters
+        .iter()
+        .find(|cp| cp.cluster == name)
+        .map(|cp| {
+            let errors: Vec<String> = cp
+                .findings
+                .iter()
+                .filter(|f| f.severity == tkgops_domain::request::Severity::Error)
+                .map(|f| format!("{} {}", f.rule, f.message))
+                .collect();
+            if errors.is_empty() {
+                format!("its plan is {:?}, not an executable upgrade", cp.status)
+            } else {
+                format!("its plan is blocked: {}", errors.join("; "))
+            }
+        })
+        .unwrap_or_else(|| "the bump changes nothing to plan".into())
 }
 
 /// One line saying where a fire is, for the dashboard's result column.
@@ -307,59 +342,7 @@ impl Bot {
         // 1. The wave commit (deterministic), pushed to the record branch.
         let commit = match p.waves[w].commit.clone() {
             Some(c) => c,
-            None => {
-                let bumps: Vec<(String, String)> = p.waves[w]
-                    .clusters
-                    .iter()
-                    .map(|c| (c.cluster.clone(), c.to.clone()))
-                    .collect();
-                let message = format!(
-                    "Scheduled upgrade {}, wave {}: {} cluster(s)\n\nApplied by tkgops for the fire of {}.\n",
-                    s.name,
-                    p.waves[w].name,
-                    bumps.len(),
-                    local(s, rec.fire)
-                );
-                let git = self.git.clone();
-                let (par, when) = (parent.clone(), rec.fire.timestamp());
-                let (made, failed) = blocking(move || {
-                    use tkgops_domain::files::TreeReader;
-                    let tree = git.tree(&par)?;
-                    let mut files = Vec::new();
-                    let mut failed = Vec::new();
-                    for (cluster, to) in &bumps {
-                        let path = format!("clusters/{cluster}/tkgops.yaml");
-                        let text = tree
-                            .read(&path)
-                            .map(|t| String::from_utf8_lossy(&t).into_owned())
-                            .unwrap_or_default();
-                        match bump_tkr_line(&text, to) {
-                            Ok(new) => files.push((path, new.into_bytes())),
-                            Err(e) => failed.push((cluster.clone(), e.to_string())),
-                        }
-                    }
-                    let commit =
-                        git.commit_files_at(&par, &files, &message, BUMP_AUTHOR, Some(when))?;
-                    Ok((commit, failed))
-                })
-                .await?;
-                for (cluster, why) in failed {
-                    if let Some(c) = p.waves[w]
-                        .clusters
-                        .iter()
-                        .position(|c| c.cluster == cluster)
-                    {
-                        p.refuse_start(
-                            w,
-                            c,
-                            format!("its `tkr` line cannot be bumped: {why}"),
-                            now,
-                        );
-                    }
-                }
-                p.waves[w].commit = Some(made.clone());
-                made
-            }
+            None => self.wave_commit(s, rec, p, w, &parent, now).await?,
         };
         let git = self.git.clone();
         let (c2, b2) = (commit.clone(), branch.clone());
@@ -373,142 +356,240 @@ impl Bot {
             return Ok(());
         }
         // 3. The plan of the wave commit, under the trusted policy (once per wave).
-        let policy = self.policy_commit().await?;
-        let key = format!("{parent}..{commit}@{policy}");
-        let plan = match self.wave_plan.get(&key) {
-            Some(plan) => plan,
-            None => {
-                let plan = Arc::new(
-                    self.wave_plan(parent.clone(), commit.clone(), &policy)
-                        .await?,
-                );
-                self.wave_plan.put(key, plan.clone());
-                plan
-            }
-        };
+        let plan = self.wave_plan_once(&parent, &commit).await?;
+        // 4. Each cluster's baseline health, then its run.
         let mut submit = Vec::new();
         let mut retried = Vec::new();
         for &c in clusters {
             if p.halt.is_some() {
                 break;
             }
-            let name = p.waves[w].clusters[c].cluster.clone();
-            let Some(cp) = plan
-                .executable()
-                .find(|cp| cp.cluster == name && cp.workflow.as_deref() == Some(UPGRADE_WORKFLOW))
-            else {
-                let why = plan
-                    .clusters
-                    .iter()
-                    .find(|cp| cp.cluster == name)
-                    .map(|cp| {
-                        let errors: Vec<String> = cp
-                            .findings
-                            .iter()
-                            .filter(|f| f.severity == tkgops_domain::request::Severity::Error)
-                            .map(|f| format!("{} {}", f.rule, f.message))
-                            .collect();
-                        if errors.is_empty() {
-                            format!("its plan is {:?}, not an executable upgrade", cp.status)
-                        } else {
-                            format!("its plan is blocked: {}", errors.join("; "))
-                        }
-                    })
-                    .unwrap_or_else(|| "the bump changes nothing to plan".into());
-                p.refuse_start(w, c, why, now);
-                break;
-            };
-            let id = run_id(&name, &commit);
-            match self
-                .engine
-                .get(&id)
-                .await
-                .map_err(|e| BotError::Engine(e.to_string()))?
-            {
-                Some(r) if matches!(r.state, RunState::Failed | RunState::Cancelled) => {
-                    let base = p.waves[w].clusters[c].baseline.clone().unwrap_or_default();
-                    p.started(w, c, &id, base);
-                    retried.push(id);
-                    continue;
-                }
-                Some(_) => {
-                    let base = p.waves[w].clusters[c].baseline.clone().unwrap_or_default();
-                    p.started(w, c, &id, base);
-                    continue;
-                }
-                None => {}
-            }
-            let target = upgrade_target(&cp.steps);
-            let baseline = match &target {
-                None => Err("its upgrade plan names no cluster to probe".to_string()),
-                Some(t) => self
-                    .executors
-                    .cluster_health(t)
-                    .await
-                    .map_err(|e| e.to_string()),
-            };
-            match baseline {
-                Err(e) => {
-                    p.refuse_start(
-                        w,
-                        c,
-                        format!("its health could not be read before the upgrade: {e}"),
-                        now,
-                    );
-                }
-                Ok(h) => match h.problem() {
-                    Some(problem) => p.refuse_start(
-                        w,
-                        c,
-                        format!("unhealthy before its upgrade: {problem}"),
-                        now,
-                    ),
-                    None => {
-                        p.waves[w].clusters[c].target = target;
-                        p.started(w, c, &id, h);
-                        submit.push(RunRequest {
-                            id,
-                            cluster: name,
-                            workflow: UPGRADE_WORKFLOW.into(),
-                            commit_sha: commit.clone(),
-                            origin: p.pull.map(pr_origin),
-                            steps: cp.steps.clone(),
-                        });
+            match self.start_cluster(p, w, c, &plan, &commit, now).await? {
+                Start::Submit(req) => submit.push(*req),
+                Start::Retry(id) => retried.push(id),
+                Start::Running => {}
+                Start::Refused { stop } => {
+                    if stop {
+                        break;
                     }
-                },
+                }
             }
         }
         // Persisted before any run is submitted or retried.
         self.persist_progress(rec, p).await?;
         let commit = MergeSha::new(commit);
         if !submit.is_empty() || !retried.is_empty() {
-            let mut record = match self.journal.merge_record(&commit).await? {
-                Some(r) => r,
-                None => MergeRecord {
-                    pr: p.pull.unwrap_or_default(),
-                    commit: commit.clone(),
-                    run_ids: Vec::new(),
-                    not_run: Vec::new(),
-                    plan_markdown: format!(
-                        "Wave `{}` of the scheduled upgrade `{}` (fire {}): {} cluster(s) upgraded to the TKR of this commit. The plan comment of this pull request shows each upgrade.",
-                        p.waves[w].name,
-                        s.name,
-                        local(s, rec.fire),
-                        p.waves[w].clusters.len()
-                    ),
-                    refused: None,
-                    changed_since_approval: Vec::new(),
-                    marker: Some(wave_marker(commit.as_str())),
-                    notes: Vec::new(),
-                },
-            };
-            for r in &submit {
-                if !record.run_ids.contains(&r.id) {
-                    record.run_ids.push(r.id.clone());
+            self.record_wave_runs(s, rec, p, w, &commit, &submit)
+                .await?;
+        }
+        self.submit_wave(p, w, retried, submit, now).await?;
+        self.publisher.notify(&commit);
+        Ok(())
+    }
+
+    /// Makes the commit of wave `w` on top of `parent`: each cluster's `tkr` line bumped
+    /// (a cluster whose line cannot be bumped is refused its start); records it in `p` and
+    /// returns its SHA. Nothing is pushed.
+    ///
+    /// Errors: [`BotError::Git`] when `parent` cannot be read or the commit written.
+    async fn wave_commit(
+        &self,
+        s: &Schedule,
+        rec: &FireRecord,
+        p: &mut ApplyProgress,
+        w: usize,
+        parent: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, BotError> {
+        let bumps: Vec<(String, String)> = p.waves[w]
+            .clusters
+            .iter()
+            .map(|c| (c.cluster.clone(), c.to.clone()))
+            .collect();
+        let message = format!(
+            "Scheduled upgrade {}, wave {}: {} cluster(s)\n\nApplied by tkgops for the fire of {}.\n",
+            s.name,
+            p.waves[w].name,
+            bumps.len(),
+            local(s, rec.fire)
+        );
+        let git = self.git.clone();
+        let (par, when) = (parent.to_string(), rec.fire.timestamp());
+        let (made, failed) = blocking(move || {
+            use tkgops_domain::files::TreeReader;
+            let tree = git.tree(&par)?;
+            let mut files = Vec::new();
+            let mut failed = Vec::new();
+            for (cluster, to) in &bumps {
+                let path = format!("clusters/{cluster}/tkgops.yaml");
+                let text = tree
+                    .read(&path)
+                    .map(|t| String::from_utf8_lossy(&t).into_owned())
+                    .unwrap_or_default();
+                match bump_tkr_line(&text, to) {
+                    Ok(new) => files.push((path, new.into_bytes())),
+                    Err(e) => failed.push((cluster.clone(), e.to_string())),
                 }
             }
-            self.journal.put_merge_record(&record).await?;
+            let commit = git.commit_files_at(&par, &files, &message, BUMP_AUTHOR, Some(when))?;
+            Ok((commit, failed))
+        })
+        .await?;
+        for (cluster, why) in failed {
+            if let Some(c) = p.waves[w]
+                .clusters
+                .iter()
+                .position(|c| c.cluster == cluster)
+            {
+                p.refuse_start(w, c, format!("its `tkr` line cannot be bumped: {why}"), now);
+            }
         }
+        p.waves[w].commit = Some(made.clone());
+        Ok(made)
+    }
+
+    /// The plan of the wave commit `parent..commit` under the trusted policy, planned once and
+    /// remembered ([`Bot::wave_plan`]): a wave of hundreds of clusters starts a few at a time.
+    ///
+    /// Errors: as [`Bot::wave_plan`], and [`BotError::Store`] when no trusted policy is known.
+    async fn wave_plan_once(&self, parent: &str, commit: &str) -> Result<Arc<Plan>, BotError> {
+        let policy = self.policy_commit().await?;
+        let key = format!("{parent}..{commit}@{policy}");
+        if let Some(plan) = self.wave_plan.get(&key) {
+            return Ok(plan);
+        }
+        let plan = Arc::new(
+            self.wave_plan(parent.to_string(), commit.to_string(), &policy)
+                .await?,
+        );
+        self.wave_plan.put(key, plan.clone());
+        Ok(plan)
+    }
+
+    /// Starts cluster `c` of wave `w` from `plan` (the wave commit `commit`'s): its run is
+    /// already known (running, or failed and to be retried), or its baseline health is read
+    /// and its run request made; a cluster with no executable upgrade or an unhealthy one is
+    /// refused its start (recorded in `p`).
+    ///
+    /// Errors: [`BotError::Engine`] when the engine cannot be read.
+    async fn start_cluster(
+        &self,
+        p: &mut ApplyProgress,
+        w: usize,
+        c: usize,
+        plan: &Plan,
+        commit: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Start, BotError> {
+        let name = p.waves[w].clusters[c].cluster.clone();
+        let Some(cp) = plan
+            .executable()
+            .find(|cp| cp.cluster == name && cp.workflow.as_deref() == Some(UPGRADE_WORKFLOW))
+        else {
+            p.refuse_start(w, c, not_upgradable(plan, &name), now);
+            return Ok(Start::Refused { stop: true });
+        };
+        let id = run_id(&name, commit);
+        let known = self
+            .engine
+            .get(&id)
+            .await
+            .map_err(|e| BotError::Engine(e.to_string()))?;
+        if let Some(r) = known {
+            let base = p.waves[w].clusters[c].baseline.clone().unwrap_or_default();
+            p.started(w, c, &id, base);
+            return Ok(match r.state {
+                RunState::Failed | RunState::Cancelled => Start::Retry(id),
+                _ => Start::Running,
+            });
+        }
+        let target = upgrade_target(&cp.steps);
+        let baseline = match &target {
+            None => Err("its upgrade plan names no cluster to probe".to_string()),
+            Some(t) => self
+                .executors
+                .cluster_health(t)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        let health = match baseline {
+            Err(e) => {
+                let why = format!("its health could not be read before the upgrade: {e}");
+                p.refuse_start(w, c, why, now);
+                return Ok(Start::Refused { stop: false });
+            }
+            Ok(h) => h,
+        };
+        if let Some(problem) = health.problem() {
+            let why = format!("unhealthy before its upgrade: {problem}");
+            p.refuse_start(w, c, why, now);
+            return Ok(Start::Refused { stop: false });
+        }
+        p.waves[w].clusters[c].target = target;
+        p.started(w, c, &id, health);
+        Ok(Start::Submit(Box::new(RunRequest {
+            id,
+            cluster: name,
+            workflow: UPGRADE_WORKFLOW.into(),
+            commit_sha: commit.to_string(),
+            origin: p.pull.map(pr_origin),
+            steps: cp.steps.clone(),
+        })))
+    }
+
+    /// Adds the runs of `submit` to the merge record of the wave commit `commit` (created on
+    /// the wave's first start), so its run comment lists them.
+    ///
+    /// Errors: [`BotError::Store`] when the journal cannot be read or written.
+    async fn record_wave_runs(
+        &self,
+        s: &Schedule,
+        rec: &FireRecord,
+        p: &ApplyProgress,
+        w: usize,
+        commit: &MergeSha,
+        submit: &[RunRequest],
+    ) -> Result<(), BotError> {
+        let mut record = match self.journal.merge_record(commit).await? {
+            Some(r) => r,
+            None => MergeRecord {
+                pr: p.pull.unwrap_or_default(),
+                commit: commit.clone(),
+                run_ids: Vec::new(),
+                not_run: Vec::new(),
+                plan_markdown: format!(
+                    "Wave `{}` of the scheduled upgrade `{}` (fire {}): {} cluster(s) upgraded to the TKR of this commit. The plan comment of this pull request shows each upgrade.",
+                    p.waves[w].name,
+                    s.name,
+                    local(s, rec.fire),
+                    p.waves[w].clusters.len()
+                ),
+                refused: None,
+                changed_since_approval: Vec::new(),
+                marker: Some(wave_marker(commit.as_str())),
+                notes: Vec::new(),
+            },
+        };
+        for r in submit {
+            if !record.run_ids.contains(&r.id) {
+                record.run_ids.push(r.id.clone());
+            }
+        }
+        Ok(self.journal.put_merge_record(&record).await?)
+    }
+
+    /// Retries the failed runs `retried` (a run that cannot be retried refuses its cluster's
+    /// start) and submits `submit` to the engine, each cluster's last run journalled first.
+    ///
+    /// Errors: [`BotError::Store`], [`BotError::Engine`] when a submission fails.
+    async fn submit_wave(
+        &self,
+        p: &mut ApplyProgress,
+        w: usize,
+        retried: Vec<String>,
+        submit: Vec<RunRequest>,
+        now: DateTime<Utc>,
+    ) -> Result<(), BotError> {
         for id in retried {
             let note = "retried: its scheduled apply was resumed on the fleet dashboard issue";
             if let Err(e) = self.engine.retry(&id, note).await {
@@ -529,7 +610,6 @@ impl Bot {
                 .await
                 .map_err(|e| BotError::Engine(e.to_string()))?;
         }
-        self.publisher.notify(&commit);
         Ok(())
     }
 
