@@ -2041,12 +2041,34 @@ impl CapiController {
             .to_string();
         let cluster_name = workload.name().to_string();
         let seed = format!("{}/{machine_name}", uid_of(machine));
-        let d = digits(&seed, 6);
-        let ip = (
-            d[0..3].parse::<u32>().unwrap_or(0) % 256,
-            d[3..6].parse::<u32>().unwrap_or(0) % 254 + 1,
-        );
-        let node_name = format!("ip-10-0-{}-{}.{region}.compute.internal", ip.0, ip.1);
+        // A private IP (and so a Node name) is unique among the running instances of a VPC:
+        // an address another Machine's Node holds is skipped. (Without this, two Machines of
+        // one cluster could share a Node, and deleting the old one removed the new one's Node:
+        // about one cluster in a thousand counted an unhealthy Machine after an upgrade.)
+        let address = |attempt: u32| {
+            let d = match attempt {
+                0 => digits(&seed, 6),
+                n => digits(&format!("{seed}#{n}"), 6),
+            };
+            let ip = (
+                d[0..3].parse::<u32>().unwrap_or(0) % 256,
+                d[3..6].parse::<u32>().unwrap_or(0) % 254 + 1,
+            );
+            (
+                ip,
+                format!("ip-10-0-{}-{}.{region}.compute.internal", ip.0, ip.1),
+            )
+        };
+        let (ip, node_name) = (0..64)
+            .map(address)
+            .find(|(_, name)| {
+                workload.get(&gvr_node(), None, name).is_none_or(|n| {
+                    n.pointer("/metadata/annotations/cluster.x-k8s.io~1machine")
+                        .and_then(Value::as_str)
+                        == Some(machine_name.as_str())
+                })
+            })
+            .unwrap_or_else(|| address(64));
         let provider_id = format!("aws:///{failure_domain}/i-{}", &digits(&seed, 17));
         let mut labels = json!({
             "kubernetes.io/hostname": node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
