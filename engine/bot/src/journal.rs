@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tkgops_engine::store::{JournalTree, SledStore, Store, StoreError, TreeOp};
 use tkgops_engine::CANCEL_PREFIX;
 
-use crate::schedules::FireRecord;
+use crate::reconcile::schedule::FireRecord;
 use crate::sha::{HeadSha, MergeSha, PolicySha};
 use crate::trust::{LedgerEntry, TrustedPolicy};
 
@@ -255,7 +255,7 @@ pub struct MergeRecord {
 }
 
 /// A rollout measurement of a succeeded run
-/// ([`crate::publisher::rollout_measurement`]): the seconds its machine waits took and the
+/// ([`crate::reconcile::publish::rollout_measurement`]): the seconds its machine waits took and the
 /// machines they saw replaced or added.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RolloutSample {
@@ -265,7 +265,7 @@ pub struct RolloutSample {
     pub nodes: u32,
 }
 
-/// The fleet dashboard issue ([`crate::schedules`]).
+/// The fleet dashboard issue ([`crate::reconcile::schedule`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DashboardIssue {

@@ -8,7 +8,7 @@ use crate::config::{BotConfig, ConfigError};
 use crate::executors::Executors;
 use crate::gitops::{ConfigRepo, GitError};
 use crate::journal::BotJournal;
-use crate::publisher::CommentPublisher;
+use crate::reconcile::publish::CommentPublisher;
 use crate::redact::RedactingGitHub;
 use crate::{Bot, BotParts};
 use tkgops_domain::workflow::plan::load_repo_config;

@@ -36,7 +36,8 @@ use tkgops_github::{CommitState, PullRequest};
 use tracing::{error, info};
 
 use crate::gitops::{MergeMethod, MergeShape, PolicyFingerprint};
-use crate::{blocking, short_sha, Bot, BotError, HeadSha, MergeSha, PolicySha};
+
+use crate::{blocking, short_sha, BotError, HeadSha, MergeSha, PolicySha};
 
 /// Commit status context of the policy chain: `failure` on a commit that changed the policy
 /// without approval, `success` on a merge commit that became the trusted policy.
@@ -191,7 +192,13 @@ fn how(entry: Option<&LedgerEntry>, branch: &str) -> (String, Option<u64>) {
     }
 }
 
-impl Bot {
+on_context!(
+    /// The trusted policy chain's operations on the bot's [`crate::context::Context`] (`cx.trust()`): which commit's
+    /// policy is trusted, and what a merge or a push does to it.
+    Trust
+);
+
+impl Trust<'_> {
     /// The trusted policy commit, creating it at the first start: the bot configuration's
     /// `trustedPolicyCommit` when set (it must be a commit of the default branch's history),
     /// else `tip`. A pin different from the one the journalled record follows replaces it.

@@ -61,7 +61,7 @@ pub struct WebhookState {
     policy: Option<Arc<crate::trust::PolicyHealth>>,
     /// The time deliveries are recorded and pruned by (the system clock unless a test sets
     /// another with [`WebhookState::with_clock`]).
-    clock: crate::schedules::Clock,
+    clock: crate::reconcile::schedule::Clock,
     /// When delivery records were last pruned (`None`: not yet since the start).
     pruned_at: Mutex<Option<DateTime<Utc>>>,
 }
@@ -81,13 +81,13 @@ impl WebhookState {
             wake,
             ready,
             policy: None,
-            clock: crate::schedules::system_clock(),
+            clock: crate::reconcile::schedule::system_clock(),
             pruned_at: Mutex::new(None),
         }
     }
 
     /// This state with `clock` as the time deliveries are recorded and pruned by.
-    pub fn with_clock(mut self, clock: crate::schedules::Clock) -> Self {
+    pub fn with_clock(mut self, clock: crate::reconcile::schedule::Clock) -> Self {
         self.clock = clock;
         self
     }

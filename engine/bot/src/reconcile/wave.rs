@@ -19,7 +19,7 @@
 //!   health before its upgrade. After the soak time the next wave may start.
 //! - **Halts.** A failed run, a cluster unhealthy before its upgrade, or a regression halts the
 //!   fire. The halt is reported in a comment on the fleet dashboard issue and stays until an
-//!   approver comments `/tkgops resume <schedule>` there ([`crate::commands`]). Failed runs are
+//!   approver comments `/tkgops resume <schedule>` there ([`crate::reconcile::command`]). Failed runs are
 //!   then retried from their failed step.
 
 use std::sync::Arc;
@@ -27,8 +27,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use crate::schedules::{local, FireRecord, FireState, BUMP_AUTHOR};
-use crate::{blocking, pr_origin, Bot, BotError, MergeRecord, MergeSha, PolicySha};
+use crate::reconcile::schedule::{local, FireRecord, FireState, BUMP_AUTHOR};
+
+use crate::{blocking, pr_origin, BotError, MergeRecord, MergeSha, PolicySha};
 use tkgops_domain::schedule::{bump_tkr_line, plan_waves, FleetCluster, Schedule};
 use tkgops_domain::step::{StepInputs, WorkloadTarget};
 use tkgops_domain::waves::{ApplyProgress, ClusterHealth, ClusterStage, Next, WaveState};
@@ -94,7 +95,7 @@ fn upgrade_target(steps: &[tkgops_domain::step::StepSpec]) -> Option<WorkloadTar
     })
 }
 
-/// What starting one cluster of a wave came to ([`Bot::start_cluster`]).
+/// What starting one cluster of a wave came to ([`Waves::start_cluster`]).
 enum Start {
     /// A new run to submit.
     Submit(Box<RunRequest>),
@@ -161,7 +162,13 @@ pub fn apply_summary(s: &Schedule, p: &ApplyProgress) -> String {
     }
 }
 
-impl Bot {
+on_context!(
+    /// The scheduled applies' operations on the bot's [`crate::context::Context`] (`cx.waves()`): starting a fire,
+    /// advancing it wave by wave, reporting and resuming its halts.
+    Waves
+);
+
+impl Waves<'_> {
     /// The plan of the wave commit `commit` (its `tkr` bumps on top of `parent`) under the
     /// policy of commit `settings`: like every plan, but without the `plan.maxClusters` cap
     /// ([`tkgops_domain::workflow::plan_unbounded`]). The commit is tkgops's own, for a
@@ -175,7 +182,7 @@ impl Bot {
         commit: String,
         settings: &PolicySha,
     ) -> Result<tkgops_domain::workflow::Plan, BotError> {
-        let history = crate::publisher::rollout_history(&self.journal).await?;
+        let history = crate::reconcile::publish::rollout_history(&self.journal).await?;
         let settings = settings.to_string();
         let (git, catalog) = (self.git.clone(), self.catalog.clone());
         let (executable, repository) =
@@ -199,14 +206,6 @@ impl Bot {
             ))
         })
         .await
-    }
-
-    /// The fleet dashboard issue's number, once the bot opened it
-    /// ([`crate::BotJournal::dashboard`]).
-    ///
-    /// Errors: [`BotError::Store`] when the journal cannot be read.
-    pub(crate) async fn dashboard_issue(&self) -> Result<Option<u64>, BotError> {
-        Ok(self.journal.dashboard().await?.map(|d| d.number))
     }
 
     /// Writes `rec` with progress `p` (the record keeps `apply` empty while `p` is worked on).
@@ -449,11 +448,11 @@ impl Bot {
     }
 
     /// The plan of the wave commit `parent..commit` under the trusted policy, planned once and
-    /// remembered ([`Bot::wave_plan`]): a wave of hundreds of clusters starts a few at a time.
+    /// remembered ([`Waves::wave_plan`]): a wave of hundreds of clusters starts a few at a time.
     ///
-    /// Errors: as [`Bot::wave_plan`], and [`BotError::Store`] when no trusted policy is known.
+    /// Errors: as [`Waves::wave_plan`], and [`BotError::Store`] when no trusted policy is known.
     async fn wave_plan_once(&self, parent: &str, commit: &str) -> Result<Arc<Plan>, BotError> {
-        let policy = self.policy_commit().await?;
+        let policy = self.trust().policy_commit().await?;
         let key = format!("{parent}..{commit}@{policy}");
         if let Some(plan) = self.wave_plan.get(&key) {
             return Ok(plan);

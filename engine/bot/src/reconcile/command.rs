@@ -32,7 +32,8 @@
 use tracing::{info, warn};
 
 use crate::journal::Cursor;
-use crate::{Bot, BotError, MergeRecord, MergeSha};
+use crate::scheduler::Action;
+use crate::{BotError, MergeRecord, MergeSha};
 use tkgops_domain::workflow::markdown::STICKY_MARKER;
 use tkgops_engine::{CancelOutcome, RunState};
 use tkgops_github::{IssueComment, PullRequest};
@@ -119,33 +120,32 @@ fn store_err(e: impl std::fmt::Display) -> BotError {
     BotError::Store(e.to_string())
 }
 
-impl Bot {
-    /// Reads the comments since the cursor and answers every `/tkgops` command not answered
-    /// yet. A command whose handling fails (GitHub, git, journal) is tried again at the next
-    /// poll; the cursor does not move past it.
+on_context!(
+    /// The command reconciler ([`super::Key::Command`], keyed by comment id; module docs).
+    CommandReconciler
+);
+
+impl CommandReconciler<'_> {
+    /// Answers the comment `comment_id` of the observation if it is a `/tkgops` command not
+    /// answered yet (or re-renders the sticky comment someone edited), then moves the comment
+    /// cursor up to it. The queue answers comments in id order and holds the later ones back
+    /// while one fails, so the cursor never passes an unanswered command.
     ///
-    /// Errors: [`BotError`] when the comments cannot be listed or the cursor cannot be stored.
-    pub(crate) async fn handle_commands(&self, tip: &str) -> Result<(), BotError> {
+    /// Errors: [`BotError`] when GitHub, git or the journal fail; the command and the ones
+    /// after it are tried again.
+    pub(crate) async fn reconcile(&self, comment_id: u64) -> Result<Action, BotError> {
+        let o = self.observed();
+        let Some(c) = o.comments.get(&comment_id) else {
+            return Ok(Action::AwaitChange);
+        };
+        self.handle_comment(c, &o.tip).await?;
         let cursor = self.journal.cursor(Cursor::Comments).await?;
-        let since = cursor.unwrap_or_else(chrono::Utc::now) - chrono::Duration::minutes(5);
-        let comments = self
-            .github
-            .list_comments_since(since)
-            .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
-        let mut newest = cursor;
-        for c in &comments {
-            if let Err(e) = self.handle_comment(c, tip).await {
-                warn!(comment = c.id, issue = c.issue_number, error = %e, "handling a command failed; will retry next poll");
-                break;
-            }
-            newest = Some(newest.map_or(c.updated_at, |n| n.max(c.updated_at)));
+        if cursor.is_none_or(|n| c.updated_at > n) {
+            self.journal
+                .set_cursor(Cursor::Comments, c.updated_at)
+                .await?;
         }
-        let newest = newest.unwrap_or_else(|| chrono::Utc::now() - chrono::Duration::minutes(5));
-        if cursor != Some(newest) {
-            self.journal.set_cursor(Cursor::Comments, newest).await?;
-        }
-        Ok(())
+        Ok(Action::AwaitChange)
     }
 
     async fn handle_comment(&self, c: &IssueComment, tip: &str) -> Result<(), BotError> {
@@ -252,7 +252,7 @@ impl Bot {
             Err(e) => return Err(BotError::Github(e.to_string())),
         };
         // Security rule 1: the policy is the default branch's.
-        let Some(policy) = self.load_policy().await? else {
+        let Some(policy) = self.trust().load_policy().await? else {
             return Ok(format!(
                 "@{who}: refused: the default branch `{}` has no valid tkgops.yaml, so nobody may run commands (fail closed).",
                 self.default_branch
@@ -286,7 +286,7 @@ impl Bot {
 
     /// `/tkgops resume [schedule]` on the dashboard issue: approvers only.
     async fn command_resume(&self, schedule: Option<&str>, who: &str) -> Result<String, BotError> {
-        let Some(policy) = self.load_policy().await? else {
+        let Some(policy) = self.trust().load_policy().await? else {
             return Ok(format!(
                 "@{who}: refused: the default branch `{}` has no valid tkgops.yaml, so nobody may run commands (fail closed).",
                 self.default_branch
@@ -309,6 +309,7 @@ impl Bot {
             }
         }
         let lines = self
+            .waves()
             .resume_applies(&policy.schedules, schedule, who, self.now())
             .await?;
         if lines.is_empty() {
@@ -342,7 +343,9 @@ impl Bot {
             ));
         }
         self.journal.forget_planned(pr.number).await?;
-        self.plan_pull(pr, tip).await?;
+        super::pull_plan::PullPlanReconciler { cx: self.cx }
+            .plan_pull(pr, tip)
+            .await?;
         Ok(format!(
             "@{who}: planned again at {}: the plan comment is up to date.",
             &pr.head_sha[..pr.head_sha.len().min(7)]
@@ -514,5 +517,75 @@ mod tests {
             .unwrap()
             .unwrap_err()
             .contains("takes no arguments"));
+    }
+}
+
+#[cfg(test)]
+mod reconciler_tests {
+    use super::*;
+    use crate::reconcile::Key;
+    use crate::testing::{example_request, Harness, EXAMPLE_POLICY};
+
+    /// A command by someone the policy does not allow is refused in one reply keyed by the
+    /// comment; the comment cursor moves up to it, and reconciling it again replies nothing.
+    #[tokio::test]
+    async fn a_refused_command_is_answered_once_and_moves_the_cursor() {
+        let h = Harness::new(EXAMPLE_POLICY).await;
+        h.open_pull(1, "dev", &example_request());
+        let c = h.comment(41, 1, "carol", "/tkgops retry");
+        h.observe().await;
+        h.reconcile(&Key::Command { comment_id: 41 }).await.unwrap();
+        let replies = h.github.upserted(1, &reply_marker(41));
+        assert_eq!(replies.len(), 1);
+        assert!(
+            replies[0].contains("@carol: refused: only the approvers"),
+            "{}",
+            replies[0]
+        );
+        assert!(h.cx().journal.command_answered(41).await.unwrap());
+        assert_eq!(
+            h.cx().journal.cursor(Cursor::Comments).await.unwrap(),
+            Some(c.updated_at)
+        );
+        h.reconcile(&Key::Command { comment_id: 41 }).await.unwrap();
+        assert_eq!(h.github.upserted(1, &reply_marker(41)).len(), 1);
+    }
+
+    /// `/tkgops plan` by an approver plans the open pull request's head again and says so.
+    #[tokio::test]
+    async fn plan_by_an_approver_plans_the_head_again() {
+        let h = Harness::new(EXAMPLE_POLICY).await;
+        let pr = h.open_pull(1, "dev", &example_request());
+        h.comment(42, 1, "alice", "/tkgops plan");
+        h.observe().await;
+        h.reconcile(&Key::Command { comment_id: 42 }).await.unwrap();
+        assert_eq!(h.github.upserted(1, STICKY_MARKER).len(), 1);
+        let reply = h.github.upserted(1, &reply_marker(42)).concat();
+        assert!(
+            reply.contains(&format!("@alice: planned again at {}", &pr.head_sha[..7])),
+            "{reply}"
+        );
+    }
+
+    /// A comment that is no command gets no reply, but the cursor moves past it; a reply GitHub
+    /// refuses fails the key and leaves the command unanswered and the cursor where it was.
+    #[tokio::test]
+    async fn a_failed_reply_leaves_the_command_unanswered_and_the_cursor_behind() {
+        let h = Harness::new(EXAMPLE_POLICY).await;
+        h.open_pull(1, "dev", &example_request());
+        let chat = h.comment(50, 1, "carol", "looks good to me");
+        h.comment(51, 1, "carol", "/tkgops frobnicate");
+        h.observe().await;
+        h.reconcile(&Key::Command { comment_id: 50 }).await.unwrap();
+        assert!(h.github.upserts.lock().unwrap().is_empty());
+        h.github
+            .fail_comments
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(h.reconcile(&Key::Command { comment_id: 51 }).await.is_err());
+        assert!(!h.cx().journal.command_answered(51).await.unwrap());
+        assert_eq!(
+            h.cx().journal.cursor(Cursor::Comments).await.unwrap(),
+            Some(chat.updated_at)
+        );
     }
 }

@@ -18,7 +18,7 @@
 //!   `maxPRsPerHour`; a bump whose branch already has an open pull request is left to it. The
 //!   pull request is planned and approved like any other; merging it runs `upgrade-cluster`.
 //! - `apply`: the bot upgrades the selected clusters itself, wave by wave inside the window
-//!   ([`crate::schedule_apply`]); a fire stays `applying` (halted or not) until its waves are
+//!   ([`crate::reconcile::wave`]); a fire stays `applying` (halted or not) until its waves are
 //!   done or its window closed, and a later fire of the same schedule does not start meanwhile.
 //!
 //! The dashboard is one issue opened by the bot, found by [`DASHBOARD_MARKER`]: every cluster
@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tracing::{info, warn};
 
-use crate::{blocking, Bot, BotError};
+use crate::scheduler::Action;
+use crate::{blocking, BotError};
 use tkgops_domain::request::{parse_cluster_settings, RepoConfig};
 use tkgops_domain::schedule::{
     bump_tkr_line, due_fire, group_bumps, plan_waves, Bump, DueFire, FleetCluster, Schedule,
@@ -139,39 +140,66 @@ pub(crate) fn local(s: &Schedule, t: DateTime<Utc>) -> String {
     }
 }
 
-impl Bot {
-    /// Fires the due schedules of `rc` (the default branch's policy at `tip`) at `now` and
-    /// updates the dashboard (see the module docs). `open` are the open pull requests into the
-    /// default branch. Errors of one schedule are logged and do not stop the others.
+on_context!(
+    /// The schedule reconciler ([`super::Key::Schedule`], keyed by schedule, and
+    /// [`super::Key::Dashboard`]; module docs).
+    ScheduleReconciler
+);
+
+impl ScheduleReconciler<'_> {
+    /// Fires schedule `name` of the trusted policy if due at the observation's clock, and
+    /// advances its applying fires (see the module docs). A schedule the policy no longer has is
+    /// done.
+    ///
+    /// Errors: [`BotError`] when the journal, git or GitHub fail; the key is tried again from
+    /// the fire's last journalled state.
+    pub(crate) async fn reconcile(&self, name: &str) -> Result<Action, BotError> {
+        let o = self.observed();
+        let Some(rc) = &o.repo_config else {
+            return Ok(Action::AwaitChange);
+        };
+        let Some(s) = rc.schedules.iter().find(|s| s.name == name) else {
+            return Ok(Action::AwaitChange);
+        };
+        let fleet = self.fleet(&o.tip, rc).await?;
+        let open: Vec<PullRequest> = o
+            .open_order
+            .iter()
+            .filter_map(|n| o.open.get(n).cloned())
+            .collect();
+        self.tick_schedule(s, &o.tip, &fleet, &open, o.now).await?;
+        Ok(Action::AwaitChange)
+    }
+
+    /// Updates the fleet dashboard issue and reports the halts of scheduled applies on it. The
+    /// dashboard also carries an untrusted policy change (security rule 1), and is kept up to
+    /// date once it exists; with no schedule, no untrusted change and no dashboard yet, nothing
+    /// is opened.
     ///
     /// Errors: [`BotError`] when the journal cannot be read or the dashboard not written.
-    pub(crate) async fn tick_schedules(
-        &self,
-        tip: &str,
-        rc: &RepoConfig,
-        open: &[PullRequest],
-        now: DateTime<Utc>,
-    ) -> Result<(), BotError> {
-        // The dashboard also carries an untrusted policy change (security rule 1), and is
-        // kept up to date once it exists.
+    pub(crate) async fn dashboard(&self) -> Result<Action, BotError> {
+        let o = self.observed();
+        let Some(rc) = &o.repo_config else {
+            return Ok(Action::AwaitChange);
+        };
         if rc.schedules.is_empty()
             && self.policy_health.untrusted().is_none()
             && self.journal.dashboard().await?.is_none()
         {
-            return Ok(());
+            return Ok(Action::AwaitChange);
         }
-        let fleet = self.fleet(tip, rc).await?;
-        for s in &rc.schedules {
-            if let Err(e) = self.tick_schedule(s, tip, &fleet, open, now).await {
-                warn!(schedule = %s.name, error = %e, "schedule tick failed; will retry next poll");
-            }
-        }
-        self.update_dashboard(rc, &fleet, open, now).await?;
+        let fleet = self.fleet(&o.tip, rc).await?;
+        let open: Vec<PullRequest> = o
+            .open_order
+            .iter()
+            .filter_map(|n| o.open.get(n).cloned())
+            .collect();
+        self.update_dashboard(rc, &fleet, &open, o.now).await?;
         // Halts are reported on the dashboard issue (where `/tkgops resume` is read).
         if let Some(issue) = self.dashboard_issue().await? {
-            self.report_halts(&rc.schedules, issue).await?;
+            self.waves().report_halts(&rc.schedules, issue).await?;
         }
-        Ok(())
+        Ok(Action::AwaitChange)
     }
 
     async fn tick_schedule(
@@ -188,7 +216,7 @@ impl Bot {
             if rec.state == FireState::Applying {
                 // `apply` fires advance wave by wave on every poll.
                 let fire = rec.fire;
-                let rec = self.advance_apply(s, rec, open, now).await?;
+                let rec = self.waves().advance_apply(s, rec, open, now).await?;
                 if rec.state == FireState::Applying {
                     applying = Some(fire);
                 }
@@ -261,10 +289,6 @@ impl Bot {
         }
     }
 
-    pub(crate) async fn put_fire(&self, rec: FireRecord) -> Result<(), BotError> {
-        Ok(self.journal.put_fire(&rec).await?)
-    }
-
     async fn put_last(&self, name: &str, fire: DateTime<Utc>) -> Result<(), BotError> {
         Ok(self.journal.set_last_fire(name, fire).await?)
     }
@@ -275,7 +299,10 @@ impl Bot {
     ///
     /// Errors: [`BotError::Git`] when `tip` cannot be read, [`BotError::Store`].
     async fn fleet(&self, tip: &str, rc: &RepoConfig) -> Result<Arc<Vec<FleetCluster>>, BotError> {
-        let key = (tip.to_string(), self.policy_commit().await?.to_string());
+        let key = (
+            tip.to_string(),
+            self.trust().policy_commit().await?.to_string(),
+        );
         if let Some(fleet) = self.fleet_cache.get(&key) {
             return Ok(fleet);
         }
@@ -329,10 +356,10 @@ impl Bot {
     ) -> Result<(), BotError> {
         match s.action {
             ScheduleAction::Apply => {
-                let rec = self.start_apply(s, fire, tip, fleet, now);
+                let rec = self.waves().start_apply(s, fire, tip, fleet, now);
                 self.put_fire(rec.clone()).await?;
                 if rec.state == FireState::Applying {
-                    self.advance_apply(s, rec, open, now).await?;
+                    self.waves().advance_apply(s, rec, open, now).await?;
                 }
                 Ok(())
             }
@@ -749,5 +776,78 @@ fn stage_word(s: ClusterStage) -> &'static str {
         ClusterStage::Running => "running",
         ClusterStage::Succeeded => "upgraded",
         ClusterStage::Failed => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::Key;
+    use crate::testing::{example_request, Harness, EXAMPLE_POLICY};
+    use chrono::TimeZone;
+
+    const PROPOSE: &str = "schedules:\n  - name: weekly-patch\n    cron: \"0 2 * * SAT\"\n    timezone: Europe/Berlin\n    window: 4h\n    selector: {matchLabels: {env: prod}}\n    target: latest-patch\n    action: propose\n";
+
+    /// Saturday 2026-12-05 02:30 in Berlin: inside the window of the 02:00 fire.
+    fn in_window() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 5, 1, 30, 0).unwrap()
+    }
+
+    async fn harness(policy: &str) -> Harness {
+        let h = Harness::new(policy).await;
+        h.commit_main(&example_request());
+        let now = in_window();
+        h.bot.set_clock(std::sync::Arc::new(move || now));
+        h
+    }
+
+    /// A due fire is recorded before anything is done for it, once: reconciling the schedule
+    /// again at the same time fires nothing more.
+    #[tokio::test]
+    async fn a_due_fire_is_recorded_once() {
+        let h = harness(&format!("{EXAMPLE_POLICY}{PROPOSE}")).await;
+        h.observe().await;
+        let key = Key::Schedule {
+            position: 0,
+            name: "weekly-patch".into(),
+        };
+        h.reconcile(&key).await.unwrap();
+        let fire = Utc.with_ymd_and_hms(2026, 12, 5, 1, 0, 0).unwrap();
+        assert_eq!(
+            h.cx().journal.last_fire("weekly-patch").await.unwrap(),
+            Some(fire)
+        );
+        let fires = h.cx().journal.fires("weekly-patch").await.unwrap();
+        assert_eq!(fires.len(), 1, "{fires:?}");
+        assert_ne!(fires[0].state, FireState::Firing, "{fires:?}");
+        h.reconcile(&key).await.unwrap();
+        assert_eq!(h.cx().journal.fires("weekly-patch").await.unwrap(), fires);
+        // A schedule the policy does not have is done without a fire.
+        h.reconcile(&Key::Schedule {
+            position: 1,
+            name: "gone".into(),
+        })
+        .await
+        .unwrap();
+        assert!(h.cx().journal.fires("gone").await.unwrap().is_empty());
+    }
+
+    /// The dashboard is opened for a policy with schedules (naming each), and not for a
+    /// policy without schedules, untrusted changes or a dashboard already open.
+    #[tokio::test]
+    async fn the_dashboard_is_opened_only_when_there_is_something_to_show() {
+        let quiet = harness(EXAMPLE_POLICY).await;
+        quiet.observe().await;
+        quiet.reconcile(&Key::Dashboard).await.unwrap();
+        assert!(quiet.github.issues.lock().unwrap().is_empty());
+
+        let h = harness(&format!("{EXAMPLE_POLICY}{PROPOSE}")).await;
+        h.observe().await;
+        h.reconcile(&Key::Dashboard).await.unwrap();
+        let issues = h.github.issues.lock().unwrap().clone();
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].0, DASHBOARD_MARKER);
+        assert!(issues[0].2.contains("weekly-patch"), "{}", issues[0].2);
+        assert!(issues[0].2.contains("team-a-prod"), "{}", issues[0].2);
     }
 }
