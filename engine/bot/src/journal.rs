@@ -922,25 +922,30 @@ enum Converted {
     Unknown,
 }
 
+/// `v` as JSON under `key`, else not understood.
+fn json<T: Serialize>(key: String, v: &T) -> Converted {
+    match serde_json::to_vec(v) {
+        Ok(b) => Converted::Put(key, b),
+        Err(_) => Converted::Unknown,
+    }
+}
+
+/// The value as UTF-8 text, if it is.
+fn text(v: &[u8]) -> Option<String> {
+    String::from_utf8(v.to_vec()).ok()
+}
+
+/// The value re-encoded as `T` (it decodes as `T`), else not understood.
+fn typed<T: Serialize + serde::de::DeserializeOwned>(key: String, v: &[u8]) -> Converted {
+    match serde_json::from_slice::<T>(v) {
+        Ok(t) => json(key, &t),
+        Err(_) => Converted::Unknown,
+    }
+}
+
 /// Converts the `meta` entry `key` = `value` of an earlier version; `all` is every entry (for
 /// values split over two keys).
 fn convert(key: &str, value: &[u8], all: &BTreeMap<&str, &[u8]>) -> Converted {
-    fn json<T: Serialize>(key: String, v: &T) -> Converted {
-        match serde_json::to_vec(v) {
-            Ok(b) => Converted::Put(key, b),
-            Err(_) => Converted::Unknown,
-        }
-    }
-    fn text(v: &[u8]) -> Option<String> {
-        String::from_utf8(v.to_vec()).ok()
-    }
-    /// The value re-encoded as `T` (it decodes as `T`), else not understood.
-    fn typed<T: Serialize + serde::de::DeserializeOwned>(key: String, v: &[u8]) -> Converted {
-        match serde_json::from_slice::<T>(v) {
-            Ok(t) => json(key, &t),
-            Err(_) => Converted::Unknown,
-        }
-    }
     let time = |k: &str| match parse_time(value) {
         Some(t) => json(k.to_string(), &t),
         None => Converted::Unknown,
@@ -975,51 +980,7 @@ fn convert(key: &str, value: &[u8], all: &BTreeMap<&str, &[u8]>) -> Converted {
         _ => {}
     }
     if let Some(rest) = key.strip_prefix("pr/") {
-        let Some((n, what)) = rest.split_once('/') else {
-            return Converted::Unknown;
-        };
-        let Ok(pr) = n.parse::<u64>() else {
-            return Converted::Unknown;
-        };
-        return match what {
-            "planned" => match text(value).as_deref().and_then(PlannedAs::parse_legacy) {
-                Some(p) => json(pr_key(pr, "planned"), &p),
-                None => Converted::Unknown,
-            },
-            "merged" => match text(value) {
-                Some(m) => json(pr_key(pr, "merged"), &MergeSha::new(m)),
-                None => Converted::Unknown,
-            },
-            "plan-details" => typed::<Vec<String>>(pr_key(pr, "plan-details"), value),
-            "sticky-digest" => {
-                if all.contains_key(pr_key(pr, "sticky-id").as_str()) {
-                    Converted::Dropped
-                } else {
-                    Converted::Unknown
-                }
-            }
-            "sticky-id" => {
-                let Some(comment_id) = text(value).and_then(|t| t.parse::<u64>().ok()) else {
-                    return Converted::Unknown;
-                };
-                let body_sha256 = all
-                    .get(pr_key(pr, "sticky-digest").as_str())
-                    .and_then(|d| text(d));
-                json(
-                    pr_key(pr, "sticky"),
-                    &StickyComment {
-                        comment_id,
-                        body_sha256,
-                    },
-                )
-            }
-            w if w.starts_with("digests/") => typed::<PlanDigests>(pr_key(pr, w), value),
-            w if w.starts_with("review/") => match text(value) {
-                Some(stamp) => json(pr_key(pr, w), &stamp),
-                None => Converted::Unknown,
-            },
-            _ => Converted::Unknown,
-        };
+        return convert_pr(rest, value, all);
     }
     if let Some(sha) = key.strip_prefix("merge/") {
         return typed::<MergeRecord>(format!("merge/{sha}"), value);
@@ -1082,6 +1043,55 @@ fn convert(key: &str, value: &[u8], all: &BTreeMap<&str, &[u8]>) -> Converted {
         };
     }
     Converted::Unknown
+}
+
+/// A `pr/<n>/…` key of the earlier version (`rest` is what follows `pr/`).
+fn convert_pr(rest: &str, value: &[u8], all: &BTreeMap<&str, &[u8]>) -> Converted {
+    let Some((n, what)) = rest.split_once('/') else {
+        return Converted::Unknown;
+    };
+    let Ok(pr) = n.parse::<u64>() else {
+        return Converted::Unknown;
+    };
+    match what {
+        "planned" => match text(value).as_deref().and_then(PlannedAs::parse_legacy) {
+            Some(p) => json(pr_key(pr, "planned"), &p),
+            None => Converted::Unknown,
+        },
+        "merged" => match text(value) {
+            Some(m) => json(pr_key(pr, "merged"), &MergeSha::new(m)),
+            None => Converted::Unknown,
+        },
+        "plan-details" => typed::<Vec<String>>(pr_key(pr, "plan-details"), value),
+        "sticky-digest" => {
+            if all.contains_key(pr_key(pr, "sticky-id").as_str()) {
+                Converted::Dropped
+            } else {
+                Converted::Unknown
+            }
+        }
+        "sticky-id" => {
+            let Some(comment_id) = text(value).and_then(|t| t.parse::<u64>().ok()) else {
+                return Converted::Unknown;
+            };
+            let body_sha256 = all
+                .get(pr_key(pr, "sticky-digest").as_str())
+                .and_then(|d| text(d));
+            json(
+                pr_key(pr, "sticky"),
+                &StickyComment {
+                    comment_id,
+                    body_sha256,
+                },
+            )
+        }
+        w if w.starts_with("digests/") => typed::<PlanDigests>(pr_key(pr, w), value),
+        w if w.starts_with("review/") => match text(value) {
+            Some(stamp) => json(pr_key(pr, w), &stamp),
+            None => Converted::Unknown,
+        },
+        _ => Converted::Unknown,
+    }
 }
 
 #[cfg(test)]
@@ -1257,11 +1267,20 @@ mod tests {
                 nodes: 3
             }]
         );
+        assert_reads_the_previous_commands_policy_and_schedules(journal, &merge, &policy).await;
+    }
+
+    /// The second half of [`assert_reads_the_previous_version`].
+    async fn assert_reads_the_previous_commands_policy_and_schedules(
+        journal: &BotJournal,
+        merge: &MergeSha,
+        policy: &PolicySha,
+    ) {
         assert!(journal.command_answered(77).await.unwrap());
         assert!(!journal.command_answered(78).await.unwrap());
         assert_eq!(journal.sticky_seen(4242).await.unwrap(), Some(t(3)));
         let trusted = journal.trusted_policy().await.unwrap().unwrap();
-        assert_eq!(trusted.commit, policy);
+        assert_eq!(&trusted.commit, policy);
         let ledger = journal.ledger_entry(merge.as_str()).await.unwrap().unwrap();
         assert_eq!(
             (ledger.pr, ledger.merge, ledger.approved),

@@ -133,56 +133,14 @@ impl Replanner {
             .planner
             .plan_cluster(base.clone(), head, &trusted.commit, &run.cluster)
             .await?;
-        // The plan of the same workflow (a change of several kinds plans one run per
-        // workflow, each gated on its own), else the cluster's only other plan.
-        let mine: Vec<_> = plan
-            .clusters
-            .iter()
-            .filter(|c| c.cluster == run.cluster)
-            .collect();
-        let same = mine
-            .iter()
-            .find(|c| c.workflow.as_deref() == Some(run.workflow.as_str()));
-        let Some(cp) = same.or(if mine.len() == 1 { mine.first() } else { None }) else {
-            return Ok(GateDecision::Cancel(format!(
-                "{why}, and from there nothing is left to change{left_note}"
-            )));
-        };
-        match cp.status {
-            PlanStatus::Ready => {}
-            PlanStatus::Blocked => {
-                let findings: Vec<String> = cp
-                    .findings
-                    .iter()
-                    .filter(|f| f.severity == tkgops_domain::request::Severity::Error)
-                    .map(|f| format!("{} {}", f.rule, f.message))
-                    .collect();
-                return Ok(GateDecision::Cancel(format!(
-                    "{why}, and from there the change is blocked: {}{left_note}",
-                    findings.join("; ")
-                )));
-            }
-            _ => {
-                return Ok(GateDecision::Cancel(format!(
-                    "{why}, and from there nothing is left to run ({}){left_note}",
-                    cp.note.clone().unwrap_or_else(|| cp.intent.label())
-                )))
-            }
-        }
-        let workflow = cp.workflow.clone().unwrap_or_default();
-        let current: Vec<_> = run.steps.iter().map(|s| s.spec.clone()).collect();
-        if workflow == run.workflow && cp.steps == current && left_out.is_empty() {
-            return Ok(GateDecision::Start);
-        }
-        Ok(GateDecision::Replace {
-            note: format!(
-                "{why}: it now runs `{workflow}` for the change {}..{}{left_note}",
-                short_sha(&base),
-                short_sha(&run.commit_sha)
-            ),
-            workflow,
-            steps: cp.steps.clone(),
-        })
+        Ok(judge(
+            run,
+            &plan,
+            &base,
+            &why,
+            &left_note,
+            left_out.is_empty(),
+        ))
     }
 
     /// The first-parent commits of `(from, to]` (newest first) that changed cluster
@@ -249,4 +207,68 @@ fn describe(left_out: &[(String, String)]) -> String {
         .map(|(c, why)| format!("`{}` ({why})", short_sha(c)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The gate's decision for `run` from its re-plan `plan` (from the deployed commit `base`):
+/// start it as it is, replace its steps with the plan's, or cancel it (nothing left to change,
+/// blocked, or nothing to run). `why` says why it was re-planned, `left_note` what was left
+/// out; `nothing_left_out` is whether the head is the run's own commit.
+fn judge(
+    run: &RunRecord,
+    plan: &tkgops_domain::workflow::Plan,
+    base: &str,
+    why: &str,
+    left_note: &str,
+    nothing_left_out: bool,
+) -> GateDecision {
+    // The plan of the same workflow (a change of several kinds plans one run per
+    // workflow, each gated on its own), else the cluster's only other plan.
+    let mine: Vec<_> = plan
+        .clusters
+        .iter()
+        .filter(|c| c.cluster == run.cluster)
+        .collect();
+    let same = mine
+        .iter()
+        .find(|c| c.workflow.as_deref() == Some(run.workflow.as_str()));
+    let Some(cp) = same.or(if mine.len() == 1 { mine.first() } else { None }) else {
+        return GateDecision::Cancel(format!(
+            "{why}, and from there nothing is left to change{left_note}"
+        ));
+    };
+    match cp.status {
+        PlanStatus::Ready => {}
+        PlanStatus::Blocked => {
+            let findings: Vec<String> = cp
+                .findings
+                .iter()
+                .filter(|f| f.severity == tkgops_domain::request::Severity::Error)
+                .map(|f| format!("{} {}", f.rule, f.message))
+                .collect();
+            return GateDecision::Cancel(format!(
+                "{why}, and from there the change is blocked: {}{left_note}",
+                findings.join("; ")
+            ));
+        }
+        _ => {
+            return GateDecision::Cancel(format!(
+                "{why}, and from there nothing is left to run ({}){left_note}",
+                cp.note.clone().unwrap_or_else(|| cp.intent.label())
+            ))
+        }
+    }
+    let workflow = cp.workflow.clone().unwrap_or_default();
+    let current: Vec<_> = run.steps.iter().map(|s| s.spec.clone()).collect();
+    if workflow == run.workflow && cp.steps == current && nothing_left_out {
+        return GateDecision::Start;
+    }
+    GateDecision::Replace {
+        note: format!(
+            "{why}: it now runs `{workflow}` for the change {}..{}{left_note}",
+            short_sha(base),
+            short_sha(&run.commit_sha)
+        ),
+        workflow,
+        steps: cp.steps.clone(),
+    }
 }

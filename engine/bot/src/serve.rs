@@ -79,27 +79,7 @@ pub async fn build_with_auth(
     auth: GithubAuth,
     tmc_token: Option<String>,
 ) -> Result<Bot, ServeError> {
-    tkgops_providers::install_crypto_provider();
-    match &auth {
-        GithubAuth::Token(t) => crate::redact::register(t),
-        GithubAuth::App {
-            private_key_pem, ..
-        } => crate::redact::register(private_key_pem),
-    }
-    if let Some(t) = &tmc_token {
-        crate::redact::register(t);
-    }
-    crate::redact::register_aws_environment();
-    let github: Arc<dyn GitHub> = Arc::new(RedactingGitHub::new(Arc::new(
-        OctocrabClient::with_auth(
-            &cfg.github.api_url,
-            auth,
-            &cfg.github.owner,
-            &cfg.github.repo,
-            RetrySettings::default(),
-        )
-        .map_err(|e| ServeError::Github(e.to_string()))?,
-    )));
+    let github = github_client(cfg, auth, tmc_token.as_deref())?;
     let info = github
         .repository()
         .await
@@ -202,6 +182,39 @@ pub async fn build_with_auth(
         publisher,
         pinned_policy: cfg.trusted_policy_commit.clone(),
     }))
+}
+
+/// The bot's GitHub client for `cfg`, authenticated with `auth`, behind the redaction
+/// registry; every credential (`auth`'s secret, `tmc_token`, the AWS environment) is
+/// registered with [`crate::redact`] first.
+///
+/// Errors: [`ServeError::Github`] when the client cannot be built.
+fn github_client(
+    cfg: &BotConfig,
+    auth: GithubAuth,
+    tmc_token: Option<&str>,
+) -> Result<Arc<dyn GitHub>, ServeError> {
+    tkgops_providers::install_crypto_provider();
+    match &auth {
+        GithubAuth::Token(t) => crate::redact::register(t),
+        GithubAuth::App {
+            private_key_pem, ..
+        } => crate::redact::register(private_key_pem),
+    }
+    if let Some(t) = tmc_token {
+        crate::redact::register(t);
+    }
+    crate::redact::register_aws_environment();
+    Ok(Arc::new(RedactingGitHub::new(Arc::new(
+        OctocrabClient::with_auth(
+            &cfg.github.api_url,
+            auth,
+            &cfg.github.owner,
+            &cfg.github.repo,
+            RetrySettings::default(),
+        )
+        .map_err(|e| ServeError::Github(e.to_string()))?,
+    ))))
 }
 
 /// Starts the bot's HTTP server ([`crate::webhook::router`]) on `listen` for `bot`, registering
