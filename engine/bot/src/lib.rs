@@ -1,18 +1,23 @@
 //! tkgops: the bot. The pull-request loop (poll GitHub, plan each new head SHA, run on merge,
 //! report back), its configuration, the git mirror ([`gitops`]) and `tkgops serve`.
 //!
-//! This is the only crate that knows about pull requests. Each poll:
-//! 1. fetches the default branch (its `tkgops.yaml` is the trusted policy: approvers, management
-//!    clusters, rule severities; security rule 1);
-//! 2. for every open PR into the default branch whose head SHA was not planned yet: fetches
-//!    `refs/pull/N/head`, plans `merge-base..head` without credentials, upserts the sticky
-//!    comment and sets commit status `tkgops/plan`;
-//! 3. for every recently merged PR it planned and has not handled yet: re-checks the approval
-//!    policy, plans the merge commit (first parent..merge commit) and submits one run per
-//!    executable cluster plan, pinned to the merge commit (security rule 2). Fork PRs are never
-//!    executed (rule 3), destructive intents need `approval.destructiveApprovals` (rule 6).
+//! This is the only crate that knows about pull requests. It is built like a kube-runtime
+//! controller: work is keys in a [`scheduler::Scheduler`] (deduped, delayed, run in key order),
+//! and each kind of key has its reconciler in [`reconcile`], which answers an
+//! [`scheduler::Action`]. A poll, an accepted webhook or a finished run only enqueues the sync
+//! key; the sync reconciler reads the default branch and GitHub's lists and enqueues:
+//! 1. every merge since the cursor, in the order it entered the default branch: re-judged under
+//!    the trusted policy (security rule 1), its approved cluster plans submitted as runs pinned
+//!    to the merge commit (rule 2); fork PRs are never executed (rule 3), destructive intents
+//!    need `approval.destructiveApprovals` (rule 6);
+//! 2. the policy chain after those merges, then each schedule of the trusted policy and the
+//!    fleet dashboard;
+//! 3. every open pull request's head SHA: planned once without credentials, with its sticky
+//!    comment and commit status `tkgops/plan`;
+//! 4. every comment since the comment cursor: `/tkgops` commands.
 //!
-//! Run progress comes back through [`publisher::CommentPublisher`], the engine's observer.
+//! Run progress comes back through [`reconcile::publish::CommentPublisher`], the engine's
+//! observer, itself a reconciler keyed by merge commit.
 
 /// A type that works on the bot's [`context::Context`] (a reconciler, or a group of shared
 /// operations): a borrowed context it dereferences to.

@@ -1,6 +1,7 @@
 //! The engine's observer: turns run transitions into the sticky PR comment (live step table,
 //! then final summary) and the `tkgops/apply` commit status on the merge commit.
 //!
+//! The publish reconciler is keyed by merge commit, in its own [`crate::scheduler::Scheduler`].
 //! Updates are coalesced: at most one comment edit per merge commit every `min_interval`
 //! (GitHub allows about 80 content-creating requests a minute), and an edit is skipped when the
 //! body did not change (the GitHub client compares before writing).
@@ -16,15 +17,17 @@
 //! ([`tkgops_engine::store::Store::deployed`]). It only keeps
 //! the rollout measurements of succeeded runs for the plan's estimates.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::journal::{BotJournal, RolloutSample};
+use crate::scheduler::Scheduler;
 use crate::{not_run_views, BotError, MergeRecord, MergeSha, APPLY_CONTEXT};
 use tkgops_domain::workflow::markdown::{
     self, cell, format_duration, RunView, StepRow, STICKY_MARKER,
@@ -124,41 +127,39 @@ impl CommentPublisher {
         let journal_for_task = journal.clone();
         let progress: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
         let progress2 = progress.clone();
-        // Retries hold a weak sender, so the task still ends when every publisher is dropped.
-        let retry_tx = tx.downgrade();
         let backoff = RetryPolicy {
             max_attempts: u32::MAX,
             initial_backoff_secs: (min_interval * 2).as_secs_f64(),
             max_backoff_secs: MAX_REPUBLISH_DELAY.as_secs_f64(),
         };
+        // The publish reconciler: one key per merge commit in a scheduler (a commit notified
+        // again before its turn is one publish), due `min_interval` after its notification; a
+        // refused publish is requeued after its backoff. Ends when every publisher is dropped.
         tokio::spawn(async move {
+            let mut queue: Scheduler<MergeSha> = Scheduler::new();
             let mut failures: BTreeMap<MergeSha, u32> = BTreeMap::new();
-            while let Some(first) = rx.recv().await {
-                let mut pending = BTreeSet::from([first]);
-                tokio::time::sleep(min_interval).await;
-                while let Ok(c) = rx.try_recv() {
-                    pending.insert(c);
-                }
-                for commit in pending {
-                    let snapshot = progress2.lock().map(|p| p.clone()).unwrap_or_default();
-                    match publish_commit(&*github, &journal_for_task, &catalog, &commit, &snapshot)
-                        .await
-                    {
-                        Ok(()) => {
-                            failures.remove(&commit);
-                        }
-                        Err(e) => {
-                            let n = failures.entry(commit.clone()).or_insert(0);
-                            let delay = backoff_delay(&backoff, *n);
-                            *n = n.saturating_add(1);
-                            warn!(commit = %commit, error = %e, retry_in = ?delay, "updating the PR comment failed; retrying");
-                            let retry = retry_tx.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(delay).await;
-                                if let Some(tx) = retry.upgrade() {
-                                    let _ = tx.send(commit);
+            loop {
+                let next = queue.next_due();
+                tokio::select! {
+                    notified = rx.recv() => match notified {
+                        Some(commit) => queue.schedule(commit, Instant::now() + min_interval),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                        while let Some(commit) = queue.pop_due(Instant::now()) {
+                            let snapshot = progress2.lock().map(|p| p.clone()).unwrap_or_default();
+                            match publish_commit(&*github, &journal_for_task, &catalog, &commit, &snapshot).await {
+                                Ok(()) => {
+                                    failures.remove(&commit);
                                 }
-                            });
+                                Err(e) => {
+                                    let n = failures.entry(commit.clone()).or_insert(0);
+                                    let delay = backoff_delay(&backoff, *n);
+                                    *n = n.saturating_add(1);
+                                    warn!(commit = %commit, error = %e, retry_in = ?delay, "updating the PR comment failed; retrying");
+                                    queue.schedule(commit, Instant::now() + delay + min_interval);
+                                }
+                            }
                         }
                     }
                 }
