@@ -3,7 +3,7 @@
 //! Builds a real git config repository of 1,000 cluster requests, then a PR branch touching 10
 //! of them, and measures what the bot does for a new head SHA, excluding GitHub's latency:
 //! git diff of merge-base..head, loading and validating the 10 changed requests, rendering
-//! their workflows and the comment Markdown. Target (DESIGN.md): under 20 ms.
+//! their workflows and the comment Markdown. Target (docs/design.md): under 20 ms.
 
 use std::time::{Duration, Instant};
 

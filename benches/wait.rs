@@ -1,7 +1,7 @@
 //! Wait benchmark (`cargo bench -p tkgops-sandbox --bench wait`; harness = false, prints figures).
 //!
 //! What a create-run's `kube.wait-cluster` costs against the emulated management cluster, with
-//! the provider's shared watches (DESIGN.md "Targets": reaction p99 < 1 s, one shared watch per
+//! the provider's shared watches (docs/design.md "Targets": reaction p99 < 1 s, one shared watch per
 //! resource type per management cluster, no per-run polling):
 //! - **API requests** to the management cluster during the waits (the emulator's fault-layer
 //!   request log), for `CLUSTERS` concurrent waits and `STEPS` status changes each;

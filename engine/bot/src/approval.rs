@@ -8,7 +8,7 @@
 //!   review gives no verdict, so it replaces nothing ([`latest_reviews`]). `DISMISSED` is a
 //!   verdict that no longer approves. Logins are case-insensitive on GitHub: they are compared
 //!   lowercased.
-//! - **Which approvals count** is tkgops' security policy (DESIGN.md security rules 2 and 8): an
+//! - **Which approvals count** is tkgops' security policy (docs/design.md security rules 2 and 8): an
 //!   `APPROVED` latest review on the pull request's head SHA, not by its author, and given under
 //!   the plan the merge runs: a review stamped with another plan's digests hash (the plan
 //!   changed after it, [`stamp_targets`]) is stale ([`approval_candidates`],

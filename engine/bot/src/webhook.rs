@@ -1,7 +1,7 @@
 //! The bot's HTTP server (axum): GitHub webhooks at `POST /webhooks/github`, and `/healthz`,
 //! `/readyz` for the platform running the bot.
 //!
-//! Security rule 4 (DESIGN.md; reference `github-gitops.md` (b)6):
+//! Security rule 4 (docs/design.md; reference `github-gitops.md` (b)6):
 //! 1. `X-Hub-Signature-256` (`sha256=<hex HMAC-SHA256 of the raw body>`) is verified, in
 //!    constant time, before anything of the body is parsed. A missing or wrong signature gets
 //!    401 and changes nothing. Without a configured secret every delivery is refused (fail

@@ -8,7 +8,7 @@
 //! ([`reply_marker`]), and recorded as handled ([`crate::BotJournal::command_answered`]) after
 //! the reply.
 //!
-//! A command is its author's own words (DESIGN.md security rule 8): GitHub lets anyone with
+//! A command is its author's own words (docs/design.md security rule 8): GitHub lets anyone with
 //! write access edit other people's comments, and the API names only the comment's author, so
 //! a comment edited after it was created (`updated_at` later than `created_at`) is never a
 //! command, on a pull request or on the dashboard issue. It gets one reply saying so

@@ -173,7 +173,7 @@ pub const RULES: &[(&str, Severity, &str)] = &[
     (
         "TKGOPS-PLACEMENT",
         Severity::Error,
-        "an existing cluster keeps its managementCluster, NAMESPACE and CLUSTER_NAME (DESIGN.md security rule 7)",
+        "an existing cluster keeps its managementCluster, NAMESPACE and CLUSTER_NAME (docs/design.md security rule 7)",
     ),
     (
         "TKGOPS-PLAN-SIZE",
@@ -182,7 +182,7 @@ pub const RULES: &[(&str, Severity, &str)] = &[
     ),
 ];
 
-/// The security rules (DESIGN.md security rules 5, 6, 7, 8): always errors, whatever the
+/// The security rules (docs/design.md security rules 5, 6, 7, 8): always errors, whatever the
 /// policy's `rules.severities` or label-scoped `rules.overrides` say. A policy entry lowering
 /// one is ignored and named in every plan ([`super::RulesConfig::ignored`]).
 pub const LOCKED_RULES: &[&str] = &[

@@ -282,7 +282,7 @@ pub struct ApprovalPolicy {
     /// Approvals needed to run a plan (default 1).
     #[serde(default = "one")]
     pub required_approvals: u32,
-    /// Approvals needed for destructive intents: delete, downgrade (default 2; DESIGN.md
+    /// Approvals needed for destructive intents: delete, downgrade (default 2; docs/design.md
     /// security rule 6).
     #[serde(default = "two")]
     pub destructive_approvals: u32,

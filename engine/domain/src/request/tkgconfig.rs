@@ -141,7 +141,7 @@ impl TkgConfig {
 
 /// Whether TKG variable `name` holds a secret (password, client secret, token, credentials,
 /// private key, CA bundle) whose value must never appear in findings, comments, logs or the
-/// store (DESIGN.md security rule 5). Case-insensitive.
+/// store (docs/design.md security rule 5). Case-insensitive.
 ///
 /// Matches `*PASSWORD*`, `*SECRET*` (incl. `AWS_SECRET_ACCESS_KEY`, `*_CLIENT_SECRET`),
 /// `*TOKEN*` (incl. `AWS_SESSION_TOKEN`), `*CREDENTIALS*` (e.g. `AWS_B64ENCODED_CREDENTIALS`),

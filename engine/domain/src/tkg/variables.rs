@@ -131,7 +131,7 @@ pub fn worker_value(c: &TkgConfig, index: usize) -> Result<Value, VariableError>
 /// 2.2+), `AWS_REGION` or `AWS_SSH_KEY_NAME` missing ("missing configuration variables", §2
 /// "Other CLI facts").
 ///
-/// Deliberate differences from the CLI (DESIGN.md): `proxy.systemWide` is not emitted (it is
+/// Deliberate differences from the CLI (docs/design.md): `proxy.systemWide` is not emitted (it is
 /// not in the schema; CAPI ≥1.3 rejects it), and with an existing VPC the `*_CIDR` values are
 /// always left out (the CLI does so whenever it has AWS credentials, §2 "Existing VPC").
 pub fn cluster_variables(

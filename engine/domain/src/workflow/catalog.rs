@@ -1,6 +1,6 @@
 //! Workflow definitions (`workflows/*.yaml`) and their handlebars templates (`templates/`).
 //!
-//! Security rule 1 (DESIGN.md): workflows and templates come from the bot's own install, never
+//! Security rule 1 (docs/design.md): workflows and templates come from the bot's own install, never
 //! from a pull request. [`Catalog::builtin`] embeds the files of this repository's `workflows/`
 //! and `templates/` into the binary at build time; [`Catalog::from_files`] takes an operator's
 //! replacement set, read by the bot from its host (`catalogDir:`).

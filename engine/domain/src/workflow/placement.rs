@@ -1,7 +1,7 @@
 //! Where an existing cluster lives, and what selects it: the checks a change to a cluster that
 //! exists at the plan's base gets beyond its own validation.
 //!
-//! - **Immutable placement** (rule [`PLACEMENT_RULE`], DESIGN.md security rule 7): a cluster's
+//! - **Immutable placement** (rule [`PLACEMENT_RULE`], docs/design.md security rule 7): a cluster's
 //!   management cluster, namespace and name never change after creation. tkgops addresses the
 //!   live Cluster by exactly these three; a change would make the next resize *create* a second
 //!   Cluster elsewhere, and a delete report "already gone" after detaching the live cluster

@@ -1,5 +1,5 @@
 //! Shared watches: one kube-runtime `watcher` per (API server, resource type), started lazily
-//! and serving every concurrent wait of the provider (DESIGN.md "Targets": one shared watch per
+//! and serving every concurrent wait of the provider (docs/design.md "Targets": one shared watch per
 //! resource type per management cluster, no per-run polling).
 //!
 //! A [`SharedWatch`] watches its resource type in **all namespaces** through
