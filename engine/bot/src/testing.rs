@@ -249,6 +249,7 @@ pub(crate) struct Harness {
     pub github: std::sync::Arc<FakeGitHub>,
     /// The origin repository (`main` and `refs/pull/N/head` live here).
     pub origin: git2::Repository,
+    pushes: std::sync::atomic::AtomicU64,
     _dir: tempfile::TempDir,
 }
 
@@ -256,13 +257,10 @@ impl Harness {
     /// A harness whose `main` holds `tkgops.yaml` = `policy` (one commit).
     pub async fn new(policy: &str) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let origin = git2::Repository::init(dir.path().join("origin")).unwrap();
-        let h = Harness::commit_on(&origin, None, &[("tkgops.yaml", policy)]);
-        origin
-            .reference("refs/heads/main", h, true, "main")
-            .unwrap();
-        origin.set_head("refs/heads/main").unwrap();
-        let url = dir.path().join("origin").display().to_string();
+        let remote = dir.path().join("origin.git");
+        tkgops_emulators::git_remote::init_remote(&remote, &[("tkgops.yaml", policy)]).unwrap();
+        let origin = git2::Repository::open_bare(&remote).unwrap();
+        let url = remote.display().to_string();
         let git =
             crate::gitops::ConfigRepo::open(&dir.path().join("mirror.git"), &url, None).unwrap();
         let (journal, _) = crate::BotJournal::open(std::sync::Arc::new(
@@ -302,56 +300,21 @@ impl Harness {
             bot,
             github,
             origin,
+            pushes: Default::default(),
             _dir: dir,
         }
     }
 
-    /// Commits `files` (path, content) on top of `parent` (its tree kept, the files replaced)
-    /// in `repo`; returns the commit.
-    fn commit_on(
-        repo: &git2::Repository,
-        parent: Option<git2::Oid>,
-        files: &[(&str, &str)],
-    ) -> git2::Oid {
-        let mut index = git2::Index::new().unwrap();
-        let parent = parent.map(|p| repo.find_commit(p).unwrap());
-        if let Some(p) = &parent {
-            index.read_tree(&p.tree().unwrap()).unwrap();
-        }
-        for (path, content) in files {
-            let blob = repo.blob(content.as_bytes()).unwrap();
-            let mut entry = git2::IndexEntry {
-                ctime: git2::IndexTime::new(0, 0),
-                mtime: git2::IndexTime::new(0, 0),
-                dev: 0,
-                ino: 0,
-                mode: 0o100644,
-                uid: 0,
-                gid: 0,
-                file_size: content.len() as u32,
-                id: blob,
-                flags: 0,
-                flags_extended: 0,
-                path: path.as_bytes().to_vec(),
-            };
-            entry.flags = (path.len() as u16) & 0x0fff;
-            index.add(&entry).unwrap();
-        }
-        let tree = repo.find_tree(index.write_tree_to(repo).unwrap()).unwrap();
-        let sig =
-            git2::Signature::new("dev", "dev@example.com", &git2::Time::new(1_700_000_000, 0))
-                .unwrap();
-        let parents: Vec<&git2::Commit> = parent.iter().collect();
-        repo.commit(None, &sig, &sig, "change", &tree, &parents)
-            .unwrap()
-    }
-
     /// Commits `files` on `main` in the origin (a push to the default branch).
     pub fn commit_main(&self, files: &[(&str, &str)]) {
-        let c = Harness::commit_on(&self.origin, Some(self.main()), files);
-        self.origin
-            .reference("refs/heads/main", c, true, "push")
-            .unwrap();
+        tkgops_emulators::git_remote::commit_on_branch(
+            self.origin.path(),
+            "main",
+            "main",
+            "push",
+            files,
+        )
+        .unwrap();
     }
 
     /// The tip of `main` in the origin.
@@ -362,7 +325,20 @@ impl Harness {
     /// Pushes `files` as pull request `number`'s head (on top of `main`); returns the pull
     /// request as GitHub lists it, open, by `author`, from this repository.
     pub fn open_pull(&self, number: u64, author: &str, files: &[(&str, &str)]) -> PullRequest {
-        let head = Harness::commit_on(&self.origin, Some(self.main()), files);
+        // A branch per push, so a pull request can be pushed again.
+        let pushes = self
+            .pushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let branch = format!("change-{number}-{pushes}");
+        let head = tkgops_emulators::git_remote::commit_on_branch(
+            self.origin.path(),
+            "main",
+            &branch,
+            "change",
+            files,
+        )
+        .unwrap();
+        let head = git2::Oid::from_str(&head).unwrap();
         self.origin
             .reference(&format!("refs/pull/{number}/head"), head, true, "pr")
             .unwrap();

@@ -388,6 +388,15 @@ mod tests {
         }
     }
 
+    /// The runs pull request #1 caused.
+    async fn runs(h: &Harness) -> Vec<tkgops_engine::store::RunRecord> {
+        h.cx()
+            .store
+            .list_runs_by_origin(&pr_origin(1))
+            .await
+            .unwrap()
+    }
+
     async fn plan(h: &Harness, pr: &PullRequest) {
         h.observe().await;
         h.reconcile(&Key::PullPlan {
@@ -408,13 +417,7 @@ mod tests {
         h.observe().await;
         h.reconcile(&merge_key(0, &merged)).await.unwrap();
         assert_eq!(h.cx().journal.merged(1).await.unwrap(), None);
-        assert!(h
-            .cx()
-            .store
-            .list_runs_by_origin("github:pr/1")
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(runs(&h).await.is_empty());
     }
 
     /// A planned merge without the approvals the trusted policy requires is refused: it is
@@ -433,13 +436,7 @@ mod tests {
         let why = record.refused.expect("refused");
         assert!(why.contains("approv"), "{why}");
         assert!(record.run_ids.is_empty());
-        assert!(h
-            .cx()
-            .store
-            .list_runs_by_origin("github:pr/1")
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(runs(&h).await.is_empty());
         assert!(h
             .cx()
             .journal
@@ -473,25 +470,12 @@ mod tests {
             record.run_ids,
             vec![format!("team-a-prod@{}#create-cluster", &sha[..12])]
         );
-        let runs = h
-            .cx()
-            .store
-            .list_runs_by_origin("github:pr/1")
-            .await
-            .unwrap();
-        assert_eq!(runs.len(), 1);
-        assert_eq!(runs[0].commit_sha, sha);
-        assert_eq!(runs[0].origin.as_deref(), Some("github:pr/1"));
+        let submitted = runs(&h).await;
+        assert_eq!(submitted.len(), 1);
+        assert_eq!(submitted[0].commit_sha, sha);
+        assert_eq!(submitted[0].origin.as_deref(), Some("github:pr/1"));
         h.reconcile(&merge_key(0, &merged)).await.unwrap();
-        assert_eq!(
-            h.cx()
-                .store
-                .list_runs_by_origin("github:pr/1")
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(runs(&h).await.len(), 1);
     }
 
     /// A key from an older observation (its position now names another pull request) is
