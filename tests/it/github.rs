@@ -11,10 +11,10 @@ use git2::{Oid, Repository, Signature};
 use serde_json::{json, Value};
 use tkgops_emulators::faults::{Fault, FaultAction};
 use tkgops_emulators::github::{
-    GithubAppOptions, GithubEmulator, GithubEmulatorError, GithubEmulatorOptions, MergeMethod,
+    GitHubAppOptions, GitHubEmulator, GitHubEmulatorError, GitHubEmulatorOptions, MergeMethod,
     Role, WebhookTarget, DEFAULT_INSTALLATION_ID,
 };
-use tkgops_github::{CommitState, GitHub, GithubError, OctocrabClient, RetrySettings};
+use tkgops_github::{CommitState, GitHub, GitHubError, OctocrabClient, RetrySettings};
 
 const TOKEN: &str = "test-token-0123456789";
 const OWNER: &str = "acme";
@@ -66,7 +66,7 @@ fn commit(
 struct Setup {
     _dir: tempfile::TempDir,
     bare: std::path::PathBuf,
-    emu: GithubEmulator,
+    emu: GitHubEmulator,
     main_tip: Oid,
     feature_tip: Oid,
 }
@@ -78,7 +78,7 @@ async fn setup() -> Setup {
 }
 
 /// As [`setup`], with the emulator options adjusted by `adjust`.
-async fn setup_with(adjust: impl FnOnce(&mut GithubEmulatorOptions)) -> Setup {
+async fn setup_with(adjust: impl FnOnce(&mut GitHubEmulatorOptions)) -> Setup {
     tkgops_providers::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let bare = dir.path().join("config.git");
@@ -101,7 +101,7 @@ async fn setup_with(adjust: impl FnOnce(&mut GithubEmulatorOptions)) -> Setup {
         "add b",
     );
     repo.set_head("refs/heads/main").unwrap();
-    let mut opts = GithubEmulatorOptions {
+    let mut opts = GitHubEmulatorOptions {
         owner: OWNER.into(),
         repo: REPO.into(),
         default_branch: "main".into(),
@@ -109,10 +109,10 @@ async fn setup_with(adjust: impl FnOnce(&mut GithubEmulatorOptions)) -> Setup {
         bare_repo: bare.clone(),
         users: users(),
         roles: [("reader".to_string(), Role::Read)].into_iter().collect(),
-        ..GithubEmulatorOptions::default()
+        ..GitHubEmulatorOptions::default()
     };
     adjust(&mut opts);
-    let emu = GithubEmulator::start(opts).await.unwrap();
+    let emu = GitHubEmulator::start(opts).await.unwrap();
     Setup {
         _dir: dir,
         bare,
@@ -131,11 +131,11 @@ fn fast_retry() -> RetrySettings {
     }
 }
 
-fn client(emu: &GithubEmulator) -> OctocrabClient {
+fn client(emu: &GitHubEmulator) -> OctocrabClient {
     OctocrabClient::new(&emu.api_url(), TOKEN, OWNER, REPO, fast_retry()).unwrap()
 }
 
-fn octo(emu: &GithubEmulator) -> octocrab::Octocrab {
+fn octo(emu: &GitHubEmulator) -> octocrab::Octocrab {
     octocrab::Octocrab::builder()
         .base_uri(emu.api_url())
         .unwrap()
@@ -207,7 +207,7 @@ async fn open_pull_request_head_follows_pushes() {
 
     assert!(matches!(
         c.get_pull(99).await,
-        Err(GithubError::NotFound { .. })
+        Err(GitHubError::NotFound { .. })
     ));
 }
 
@@ -395,7 +395,7 @@ async fn set_status_posts_and_dedupes() {
     let s = setup().await;
     let c = client(&s.emu);
     let sha = s.feature_tip.to_string();
-    let posts = |emu: &GithubEmulator| {
+    let posts = |emu: &GitHubEmulator| {
         emu.faults().log().count(
             &Method::POST,
             &format!("/repos/acme/clusters/statuses/{sha}"),
@@ -695,7 +695,7 @@ async fn wrong_token_fails_fast() {
     .unwrap();
     let start = Instant::now();
     let err = c.repository().await.unwrap_err();
-    assert!(matches!(err, GithubError::Unauthorized { .. }), "{err}");
+    assert!(matches!(err, GitHubError::Unauthorized { .. }), "{err}");
     assert!(!err.is_transient());
     assert!(start.elapsed() < Duration::from_secs(1));
     assert_eq!(s.emu.faults().log().all().len(), 1);
@@ -861,7 +861,7 @@ fn token_of(login: &str) -> &'static str {
 }
 
 /// octocrab authenticated as user `login`.
-fn octo_as(emu: &GithubEmulator, login: &str) -> octocrab::Octocrab {
+fn octo_as(emu: &GitHubEmulator, login: &str) -> octocrab::Octocrab {
     octocrab::Octocrab::builder()
         .base_uri(emu.api_url())
         .unwrap()
@@ -872,7 +872,7 @@ fn octo_as(emu: &GithubEmulator, login: &str) -> octocrab::Octocrab {
 
 /// One raw REST call with `Authorization: <auth>` (none when `None`); returns status and JSON.
 async fn call(
-    emu: &GithubEmulator,
+    emu: &GitHubEmulator,
     auth: Option<&str>,
     method: Method,
     path: &str,
@@ -893,7 +893,7 @@ async fn call(
 
 /// A REST call as user `login` (`token <pat>`, as curl users write it).
 async fn call_as(
-    emu: &GithubEmulator,
+    emu: &GitHubEmulator,
     login: &str,
     method: Method,
     path: &str,
@@ -1100,7 +1100,7 @@ async fn authors_cannot_approve_their_own_pull_requests() {
         .submit_review(n, "platform-dev", "APPROVED")
         .unwrap_err();
     assert!(
-        matches!(&err, GithubEmulatorError::OwnPullRequest { message, .. } if message == "Can not approve your own pull request"),
+        matches!(&err, GitHubEmulatorError::OwnPullRequest { message, .. } if message == "Can not approve your own pull request"),
         "{err}"
     );
     let states: Vec<_> = client(&s.emu)
@@ -1393,7 +1393,7 @@ async fn fork_pull_requests_have_githubs_head_shapes() {
         assert!(matches!(
             s.emu
                 .open_fork_pull_request(Some(bad), "feature", "t", "", "mallory"),
-            Err(GithubEmulatorError::InvalidRepository(_))
+            Err(GitHubEmulatorError::InvalidRepository(_))
         ));
     }
 }
@@ -1417,11 +1417,11 @@ async fn add_comment_is_a_comment_by_any_user() {
     assert_eq!(listed.items[0].user.login, "mallory");
     assert!(matches!(
         s.emu.add_comment(n, "mallory", &"x".repeat(65_537)),
-        Err(GithubEmulatorError::CommentTooLong(65_537))
+        Err(GitHubEmulatorError::CommentTooLong(65_537))
     ));
     assert!(matches!(
         s.emu.add_comment(99, "mallory", "hi"),
-        Err(GithubEmulatorError::NoSuchPull(99))
+        Err(GitHubEmulatorError::NoSuchPull(99))
     ));
 }
 
@@ -1777,7 +1777,7 @@ const APP_PUBLIC_KEY: &str = include_str!("../fixtures/github/test-only-app-publ
 
 async fn setup_app(ttl: Duration) -> Setup {
     setup_with(|o| {
-        let mut app = GithubAppOptions::new(APP_ID, APP_SLUG, APP_PUBLIC_KEY);
+        let mut app = GitHubAppOptions::new(APP_ID, APP_SLUG, APP_PUBLIC_KEY);
         app.token_ttl = ttl;
         o.app = Some(app);
     })
@@ -2164,7 +2164,7 @@ async fn roles_decide_who_merges_posts_statuses_and_edits_comments() {
     assert_eq!(status_of(err), 403);
     let err = s.emu.merge_pull_request(n, "reader").unwrap_err();
     assert!(
-        matches!(&err, GithubEmulatorError::Forbidden { login, role: Role::Read, needed: Role::Write, .. } if login == "reader"),
+        matches!(&err, GitHubEmulatorError::Forbidden { login, role: Role::Read, needed: Role::Write, .. } if login == "reader"),
         "{err}"
     );
     // ... nor posts commit statuses (push access is needed).
@@ -2219,7 +2219,7 @@ async fn roles_decide_who_merges_posts_statuses_and_edits_comments() {
     assert_eq!(status_of(err), 403);
     assert!(matches!(
         s.emu.edit_comment(alices.id.0, "reader", "/tkgops retry"),
-        Err(GithubEmulatorError::Forbidden { .. })
+        Err(GitHubEmulatorError::Forbidden { .. })
     ));
     let stored = s.emu.comments(n);
     let alice_now = stored.iter().find(|c| c.id == alices.id.0).unwrap();
@@ -2512,7 +2512,7 @@ async fn merge_methods_are_validated_and_unsafe_rebases_refused() {
     assert!(matches!(
         s.emu
             .merge_pull_request_with(n, "alice", MergeMethod::Rebase),
-        Err(GithubEmulatorError::CannotRebase(_))
+        Err(GitHubEmulatorError::CannotRebase(_))
     ));
     let pr = octo(&s.emu).pulls(OWNER, REPO).get(n).await.unwrap();
     assert_eq!(pr.merged_at, None);
@@ -2648,7 +2648,7 @@ async fn pull_commits_past_githubs_250_fail_closed() {
     assert_eq!(listed, 250);
     let err = client(&s.emu).list_pull_commits(n).await.unwrap_err();
     assert!(
-        matches!(err, GithubError::TooManyCommits { number, count: 251 } if number == n),
+        matches!(err, GitHubError::TooManyCommits { number, count: 251 } if number == n),
         "{err}"
     );
     assert!(!err.is_transient());
@@ -2729,12 +2729,12 @@ async fn reviews_can_be_dismissed_by_writers_only() {
     let commented = s.emu.submit_review_id(n, "bob", "COMMENTED").unwrap();
     assert!(matches!(
         s.emu.dismiss_review(n, commented, "alice"),
-        Err(GithubEmulatorError::ReviewRefused { .. })
+        Err(GitHubEmulatorError::ReviewRefused { .. })
     ));
     let approved = s.emu.submit_review_id(n, "bob", "APPROVED").unwrap();
     assert!(matches!(
         s.emu.dismiss_review(n, approved, "reader"),
-        Err(GithubEmulatorError::Forbidden { .. })
+        Err(GitHubEmulatorError::Forbidden { .. })
     ));
     s.emu.dismiss_review(n, approved, "alice").unwrap();
     let states: Vec<String> = client(&s.emu)
@@ -2834,7 +2834,7 @@ async fn no_review_on_a_closed_pull_request() {
     assert_eq!(body["message"], "Unprocessable Entity");
     assert!(matches!(
         s.emu.submit_review(n, "alice", "APPROVED"),
-        Err(GithubEmulatorError::ReviewRefused { .. })
+        Err(GitHubEmulatorError::ReviewRefused { .. })
     ));
     assert!(s.emu.reviews(n).is_empty());
 
@@ -2854,7 +2854,7 @@ async fn no_review_on_a_closed_pull_request() {
     s.emu.merge_pull_request(m, "alice").unwrap();
     assert!(matches!(
         s.emu.submit_review(m, "bob", "APPROVED"),
-        Err(GithubEmulatorError::ReviewRefused { .. })
+        Err(GitHubEmulatorError::ReviewRefused { .. })
     ));
 }
 
@@ -2863,7 +2863,7 @@ async fn statuses_carry_their_creator_and_only_the_bots_own_count() {
     let s = setup().await;
     let c = client(&s.emu);
     let sha = s.feature_tip.to_string();
-    let posts = |emu: &GithubEmulator| {
+    let posts = |emu: &GitHubEmulator| {
         emu.faults().log().count(
             &Method::POST,
             &format!("/repos/acme/clusters/statuses/{sha}"),

@@ -34,7 +34,7 @@ pub enum ConfigError {
 /// GitHub settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct GithubSettings {
+pub struct GitHubSettings {
     /// REST API base URL; `https://api.github.com` by default (GitHub Enterprise: `https://HOST/api/v3`).
     #[serde(default = "default_api_url")]
     pub api_url: String,
@@ -92,7 +92,7 @@ fn default_comment_interval() -> Duration {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BotConfig {
     /// GitHub settings.
-    pub github: GithubSettings,
+    pub github: GitHubSettings,
     /// Directory for the sled journal and the git mirror.
     pub state_dir: PathBuf,
     /// How often open and recently closed pull requests are polled (humantime; default 30s).
@@ -160,10 +160,10 @@ impl BotConfig {
     ///
     /// Errors: [`ConfigError::MissingEnv`] for an unset variable, [`ConfigError::Io`] for an
     /// unreadable key file.
-    pub fn github_auth(&self) -> Result<tkgops_github::GithubAuth, ConfigError> {
-        use tkgops_github::GithubAuth;
+    pub fn github_auth(&self) -> Result<tkgops_github::GitHubAuth, ConfigError> {
+        use tkgops_github::GitHubAuth;
         let Some(app_id) = self.github.app_id else {
-            return self.github_token().map(GithubAuth::Token);
+            return self.github_token().map(GitHubAuth::Token);
         };
         let private_key_pem = match &self.github.private_key_file {
             Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -179,7 +179,7 @@ impl BotConfig {
                 std::env::var(&var).map_err(|_| ConfigError::MissingEnv(var))?
             }
         };
-        Ok(GithubAuth::App {
+        Ok(GitHubAuth::App {
             app_id,
             private_key_pem,
             installation_id: self.github.installation_id,

@@ -165,14 +165,14 @@ impl Context {
     /// Gives the git mirror a token valid for a while (GitHub App installation tokens are
     /// refreshed before they expire); nothing to do for local remotes.
     ///
-    /// Errors: [`BotError::Github`] when no token can be had.
+    /// Errors: [`BotError::GitHub`] when no token can be had.
     pub(crate) async fn refresh_git_token(&self) -> Result<(), BotError> {
         if self.git.is_https() {
             let token = self
                 .github
                 .git_token()
                 .await
-                .map_err(|e| BotError::Github(e.to_string()))?;
+                .map_err(|e| BotError::GitHub(e.to_string()))?;
             self.git.set_token(token);
         }
         Ok(())
@@ -183,7 +183,7 @@ impl Context {
     /// each team once); e-mail addresses are ignored (they name no GitHub login the bot can
     /// check).
     ///
-    /// Errors: [`BotError::Github`] when a team's members cannot be read.
+    /// Errors: [`BotError::GitHub`] when a team's members cannot be read.
     pub(crate) async fn expand_principals(
         &self,
         principals: &[String],
@@ -196,7 +196,7 @@ impl Context {
     /// Reads the members of every team `principals` name ([`approval::teams_named`]) that
     /// `teams` does not hold yet into `teams`, in the order first named.
     ///
-    /// Errors: [`BotError::Github`] naming the team whose members cannot be read.
+    /// Errors: [`BotError::GitHub`] naming the team whose members cannot be read.
     pub(crate) async fn fetch_teams<'a>(
         &self,
         principals: impl IntoIterator<Item = &'a String>,
@@ -210,7 +210,7 @@ impl Context {
                 .github
                 .team_members(&org, &team)
                 .await
-                .map_err(|e| BotError::Github(format!("resolving team {org}/{team}: {e}")))?;
+                .map_err(|e| BotError::GitHub(format!("resolving team {org}/{team}: {e}")))?;
             teams.insert(&org, &team, members);
         }
         Ok(())

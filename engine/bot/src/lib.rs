@@ -85,7 +85,7 @@ pub const APPLY_CONTEXT: &str = "tkgops/apply";
 pub enum BotError {
     /// A GitHub call failed after its retries.
     #[error("github: {0}")]
-    Github(String),
+    GitHub(String),
     /// A git operation failed.
     #[error(transparent)]
     Git(#[from] GitError),

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use async_trait::async_trait;
 use tkgops_domain::workflow::markdown;
-use tkgops_github::{CommitState, GitHub, GithubError, PullRequest, RepoInfo, Review};
+use tkgops_github::{CommitState, GitHub, GitHubError, PullRequest, RepoInfo, Review};
 
 /// Shortest value [`register`] accepts, in characters: 8.
 pub const MIN_SECRET_LEN: usize = 8;
@@ -189,11 +189,11 @@ impl RedactingGitHub {
 
 #[async_trait]
 impl GitHub for RedactingGitHub {
-    async fn repository(&self) -> Result<RepoInfo, GithubError> {
+    async fn repository(&self) -> Result<RepoInfo, GitHubError> {
         self.inner.repository().await
     }
 
-    async fn list_open_pulls(&self, base: &str) -> Result<Vec<PullRequest>, GithubError> {
+    async fn list_open_pulls(&self, base: &str) -> Result<Vec<PullRequest>, GitHubError> {
         self.inner.list_open_pulls(base).await
     }
 
@@ -201,7 +201,7 @@ impl GitHub for RedactingGitHub {
         &self,
         base: &str,
         max: usize,
-    ) -> Result<Vec<PullRequest>, GithubError> {
+    ) -> Result<Vec<PullRequest>, GitHubError> {
         self.inner.list_recently_closed_pulls(base, max).await
     }
 
@@ -209,15 +209,15 @@ impl GitHub for RedactingGitHub {
         &self,
         base: &str,
         since: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Vec<PullRequest>, GithubError> {
+    ) -> Result<Vec<PullRequest>, GitHubError> {
         self.inner.list_closed_pulls_since(base, since).await
     }
 
-    async fn team_members(&self, org: &str, team: &str) -> Result<Vec<String>, GithubError> {
+    async fn team_members(&self, org: &str, team: &str) -> Result<Vec<String>, GitHubError> {
         self.inner.team_members(org, team).await
     }
 
-    async fn get_pull(&self, number: u64) -> Result<PullRequest, GithubError> {
+    async fn get_pull(&self, number: u64) -> Result<PullRequest, GitHubError> {
         self.inner.get_pull(number).await
     }
 
@@ -227,7 +227,7 @@ impl GitHub for RedactingGitHub {
         head: &str,
         base: &str,
         body: &str,
-    ) -> Result<u64, GithubError> {
+    ) -> Result<u64, GitHubError> {
         self.inner
             .create_pull(&redact(title), head, base, &redact(body))
             .await
@@ -238,7 +238,7 @@ impl GitHub for RedactingGitHub {
         marker: &str,
         title: &str,
         body: &str,
-    ) -> Result<u64, GithubError> {
+    ) -> Result<u64, GitHubError> {
         self.inner
             .upsert_issue(marker, &redact(title), &redact(body))
             .await
@@ -247,25 +247,25 @@ impl GitHub for RedactingGitHub {
     async fn list_comments_since(
         &self,
         since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<tkgops_github::IssueComment>, GithubError> {
+    ) -> Result<Vec<tkgops_github::IssueComment>, GitHubError> {
         self.inner.list_comments_since(since).await
     }
 
-    async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, GithubError> {
+    async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, GitHubError> {
         self.inner.list_reviews(number).await
     }
 
     async fn list_pull_commits(
         &self,
         number: u64,
-    ) -> Result<Vec<tkgops_github::PullCommit>, GithubError> {
+    ) -> Result<Vec<tkgops_github::PullCommit>, GitHubError> {
         self.inner.list_pull_commits(number).await
     }
 
     async fn list_own_statuses(
         &self,
         sha: &str,
-    ) -> Result<Vec<tkgops_github::CommitStatus>, GithubError> {
+    ) -> Result<Vec<tkgops_github::CommitStatus>, GitHubError> {
         self.inner.list_own_statuses(sha).await
     }
 
@@ -274,7 +274,7 @@ impl GitHub for RedactingGitHub {
         number: u64,
         marker: &str,
         body: &str,
-    ) -> Result<u64, GithubError> {
+    ) -> Result<u64, GitHubError> {
         self.inner
             .upsert_comment(number, marker, &redact(body))
             .await
@@ -282,7 +282,7 @@ impl GitHub for RedactingGitHub {
 
     /// The inner client's git token, registered as a secret first: as a rotating one
     /// ([`register_rotating`]), since App installation tokens change every hour.
-    async fn git_token(&self) -> Result<Option<String>, GithubError> {
+    async fn git_token(&self) -> Result<Option<String>, GitHubError> {
         let token = self.inner.git_token().await?;
         if let Some(t) = &token {
             register_rotating(t);
@@ -297,7 +297,7 @@ impl GitHub for RedactingGitHub {
         state: CommitState,
         description: &str,
         target_url: Option<&str>,
-    ) -> Result<(), GithubError> {
+    ) -> Result<(), GitHubError> {
         self.inner
             .set_status(sha, context, state, &redact(description), target_url)
             .await

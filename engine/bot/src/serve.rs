@@ -15,7 +15,7 @@ use tkgops_domain::workflow::plan::load_repo_config;
 use tkgops_domain::workflow::Catalog;
 use tkgops_engine::store::{SledStore, Store};
 use tkgops_engine::Engine;
-use tkgops_github::{GitHub, GithubAuth, OctocrabClient, RetrySettings};
+use tkgops_github::{GitHub, GitHubAuth, OctocrabClient, RetrySettings};
 
 /// Errors assembling the bot.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     /// GitHub could not be reached or refused the token.
     #[error("github: {0}")]
-    Github(String),
+    GitHub(String),
     /// The git mirror failed.
     #[error(transparent)]
     Git(#[from] GitError),
@@ -67,7 +67,7 @@ impl std::fmt::Debug for Credentials {
 ///
 /// Errors: [`ServeError`] for each part that cannot be set up.
 pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, ServeError> {
-    build_with_auth(cfg, GithubAuth::Token(creds.github_token), creds.tmc_token).await
+    build_with_auth(cfg, GitHubAuth::Token(creds.github_token), creds.tmc_token).await
 }
 
 /// As [`build`], authenticating to GitHub with `auth` (a token or a GitHub App) and to TMC
@@ -76,14 +76,14 @@ pub async fn build_with(cfg: &BotConfig, creds: Credentials) -> Result<Bot, Serv
 /// Errors: [`ServeError`] for each part that cannot be set up.
 pub async fn build_with_auth(
     cfg: &BotConfig,
-    auth: GithubAuth,
+    auth: GitHubAuth,
     tmc_token: Option<String>,
 ) -> Result<Bot, ServeError> {
     let github = github_client(cfg, auth, tmc_token.as_deref())?;
     let info = github
         .repository()
         .await
-        .map_err(|e| ServeError::Github(e.to_string()))?;
+        .map_err(|e| ServeError::GitHub(e.to_string()))?;
     let clone_url = cfg
         .github
         .clone_url
@@ -93,7 +93,7 @@ pub async fn build_with_auth(
         github
             .git_token()
             .await
-            .map_err(|e| ServeError::Github(e.to_string()))?
+            .map_err(|e| ServeError::GitHub(e.to_string()))?
     } else {
         None
     };
@@ -188,16 +188,16 @@ pub async fn build_with_auth(
 /// registry; every credential (`auth`'s secret, `tmc_token`, the AWS environment) is
 /// registered with [`crate::redact`] first.
 ///
-/// Errors: [`ServeError::Github`] when the client cannot be built.
+/// Errors: [`ServeError::GitHub`] when the client cannot be built.
 fn github_client(
     cfg: &BotConfig,
-    auth: GithubAuth,
+    auth: GitHubAuth,
     tmc_token: Option<&str>,
 ) -> Result<Arc<dyn GitHub>, ServeError> {
     tkgops_providers::install_crypto_provider();
     match &auth {
-        GithubAuth::Token(t) => crate::redact::register(t),
-        GithubAuth::App {
+        GitHubAuth::Token(t) => crate::redact::register(t),
+        GitHubAuth::App {
             private_key_pem, ..
         } => crate::redact::register(private_key_pem),
     }
@@ -213,7 +213,7 @@ fn github_client(
             &cfg.github.repo,
             RetrySettings::default(),
         )
-        .map_err(|e| ServeError::Github(e.to_string()))?,
+        .map_err(|e| ServeError::GitHub(e.to_string()))?,
     ))))
 }
 

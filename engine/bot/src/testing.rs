@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use tkgops_github::{
-    CommitState, CommitStatus, GitHub, GithubError, IssueComment, PullCommit, PullRequest,
+    CommitState, CommitStatus, GitHub, GitHubError, IssueComment, PullCommit, PullRequest,
     RepoInfo, Review,
 };
 
@@ -72,40 +72,40 @@ pub(crate) const FAKE_BOT_LOGIN: &str = "tkgops[bot]";
 
 #[async_trait]
 impl GitHub for FakeGitHub {
-    async fn repository(&self) -> Result<RepoInfo, GithubError> {
-        Err(GithubError::Config("not used in this test".into()))
+    async fn repository(&self) -> Result<RepoInfo, GitHubError> {
+        Err(GitHubError::Config("not used in this test".into()))
     }
-    async fn list_open_pulls(&self, _: &str) -> Result<Vec<PullRequest>, GithubError> {
+    async fn list_open_pulls(&self, _: &str) -> Result<Vec<PullRequest>, GitHubError> {
         Ok(self.open.lock().unwrap().clone())
     }
     async fn list_recently_closed_pulls(
         &self,
         _: &str,
         _: usize,
-    ) -> Result<Vec<PullRequest>, GithubError> {
+    ) -> Result<Vec<PullRequest>, GitHubError> {
         Ok(Vec::new())
     }
     async fn list_closed_pulls_since(
         &self,
         _: &str,
         _: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Vec<PullRequest>, GithubError> {
+    ) -> Result<Vec<PullRequest>, GitHubError> {
         Ok(self.closed.lock().unwrap().clone())
     }
-    async fn team_members(&self, _: &str, _: &str) -> Result<Vec<String>, GithubError> {
+    async fn team_members(&self, _: &str, _: &str) -> Result<Vec<String>, GitHubError> {
         Ok(Vec::new())
     }
-    async fn get_pull(&self, number: u64) -> Result<PullRequest, GithubError> {
+    async fn get_pull(&self, number: u64) -> Result<PullRequest, GitHubError> {
         let open = self.open.lock().unwrap().clone();
         let closed = self.closed.lock().unwrap().clone();
         open.into_iter()
             .chain(closed)
             .find(|p| p.number == number)
-            .ok_or_else(|| GithubError::Config(format!("no pull request {number}")))
+            .ok_or_else(|| GitHubError::Config(format!("no pull request {number}")))
     }
-    async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, GithubError> {
+    async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, GitHubError> {
         if self.fail_reviews.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(GithubError::Config("HTTP 502 from the fake".into()));
+            return Err(GitHubError::Config("HTTP 502 from the fake".into()));
         }
         Ok(self
             .reviews
@@ -117,7 +117,7 @@ impl GitHub for FakeGitHub {
     }
     /// The commits set in [`FakeGitHub::pull_commits`]; more than
     /// [`tkgops_github::MAX_PULL_COMMITS`] fail as GitHub's cap does.
-    async fn list_pull_commits(&self, number: u64) -> Result<Vec<PullCommit>, GithubError> {
+    async fn list_pull_commits(&self, number: u64) -> Result<Vec<PullCommit>, GitHubError> {
         let commits = self
             .pull_commits
             .lock()
@@ -126,7 +126,7 @@ impl GitHub for FakeGitHub {
             .cloned()
             .unwrap_or_default();
         if commits.len() > tkgops_github::MAX_PULL_COMMITS {
-            return Err(GithubError::TooManyCommits {
+            return Err(GitHubError::TooManyCommits {
                 number,
                 count: commits.len() as u64,
             });
@@ -134,7 +134,7 @@ impl GitHub for FakeGitHub {
         Ok(commits)
     }
     /// The accepted statuses of `sha`, newest first, all created by [`FAKE_BOT_LOGIN`].
-    async fn list_own_statuses(&self, sha: &str) -> Result<Vec<CommitStatus>, GithubError> {
+    async fn list_own_statuses(&self, sha: &str) -> Result<Vec<CommitStatus>, GitHubError> {
         Ok(self
             .statuses
             .lock()
@@ -150,15 +150,15 @@ impl GitHub for FakeGitHub {
             })
             .collect())
     }
-    async fn create_pull(&self, _: &str, _: &str, _: &str, _: &str) -> Result<u64, GithubError> {
-        Err(GithubError::Config("not used in this test".into()))
+    async fn create_pull(&self, _: &str, _: &str, _: &str, _: &str) -> Result<u64, GitHubError> {
+        Err(GitHubError::Config("not used in this test".into()))
     }
     async fn upsert_issue(
         &self,
         marker: &str,
         title: &str,
         body: &str,
-    ) -> Result<u64, GithubError> {
+    ) -> Result<u64, GitHubError> {
         self.issues
             .lock()
             .unwrap()
@@ -168,7 +168,7 @@ impl GitHub for FakeGitHub {
     async fn list_comments_since(
         &self,
         _: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<tkgops_github::IssueComment>, GithubError> {
+    ) -> Result<Vec<tkgops_github::IssueComment>, GitHubError> {
         Ok(self.issue_comments.lock().unwrap().clone())
     }
     async fn upsert_comment(
@@ -176,9 +176,9 @@ impl GitHub for FakeGitHub {
         number: u64,
         marker: &str,
         body: &str,
-    ) -> Result<u64, GithubError> {
+    ) -> Result<u64, GitHubError> {
         if self.fail_comments.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(GithubError::Config("HTTP 502 from the fake".into()));
+            return Err(GitHubError::Config("HTTP 502 from the fake".into()));
         }
         self.comments.lock().unwrap().push(body.to_string());
         let mut upserts = self.upserts.lock().unwrap();
@@ -195,13 +195,13 @@ impl GitHub for FakeGitHub {
         state: CommitState,
         description: &str,
         _: Option<&str>,
-    ) -> Result<(), GithubError> {
+    ) -> Result<(), GitHubError> {
         {
             let mut fail = self.fail_statuses.lock().unwrap();
             if *fail > 0 {
                 *fail -= 1;
                 *self.refused.lock().unwrap() += 1;
-                return Err(GithubError::Config("HTTP 502 from the fake".into()));
+                return Err(GitHubError::Config("HTTP 502 from the fake".into()));
             }
         }
         self.statuses

@@ -381,7 +381,7 @@ impl Trust<'_> {
             return Ok(());
         }
         error!(commit = %c.commit, trusted = %c.trusted, how = %c.how, "untrusted policy change on the default branch: the trusted policy stays in force");
-        let gh = |e: tkgops_github::GithubError| BotError::Github(e.to_string());
+        let gh = |e: tkgops_github::GitHubError| BotError::GitHub(e.to_string());
         self.github
             .set_status(
                 &c.commit,
@@ -418,7 +418,7 @@ impl Trust<'_> {
     /// commit is the one at the head its approvers saw (else the chain stays as it was and the
     /// next poll reports the untrusted change). Returns whether the trusted policy moved.
     ///
-    /// Errors: [`BotError::Git`], [`BotError::Store`], [`BotError::Github`] (the status).
+    /// Errors: [`BotError::Git`], [`BotError::Store`], [`BotError::GitHub`] (the status).
     pub(crate) async fn record_merge(
         &self,
         pr: &PullRequest,
@@ -471,7 +471,7 @@ impl Trust<'_> {
                 None,
             )
             .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
+            .map_err(|e| BotError::GitHub(e.to_string()))?;
         Ok(true)
     }
 

@@ -184,7 +184,7 @@ impl CommitState {
 /// Errors of the GitHub client. `method` and `path` name the request (path with query, never
 /// a token).
 #[derive(Debug, thiserror::Error)]
-pub enum GithubError {
+pub enum GitHubError {
     /// Invalid client configuration (API URL, token characters, no Tokio runtime).
     #[error("invalid GitHub client configuration: {0}")]
     Config(String),
@@ -285,21 +285,21 @@ fn details(errors: &[String]) -> String {
     }
 }
 
-impl GithubError {
+impl GitHubError {
     /// Whether retrying later can succeed: rate limits, 5xx and connection errors.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            GithubError::RateLimited { .. }
-                | GithubError::Server { .. }
-                | GithubError::Transport { .. }
+            GitHubError::RateLimited { .. }
+                | GitHubError::Server { .. }
+                | GitHubError::Transport { .. }
         )
     }
 
     /// The wait GitHub asked for (rate limits only).
     pub fn rate_limit_wait(&self) -> Option<Duration> {
         match self {
-            GithubError::RateLimited { wait, .. } => Some(*wait),
+            GitHubError::RateLimited { wait, .. } => Some(*wait),
             _ => None,
         }
     }
@@ -307,11 +307,11 @@ impl GithubError {
     /// The HTTP status, when GitHub answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            GithubError::Unauthorized { .. } => Some(401),
-            GithubError::NotFound { .. } => Some(404),
-            GithubError::RateLimited { status, .. }
-            | GithubError::Server { status, .. }
-            | GithubError::Api { status, .. } => Some(*status),
+            GitHubError::Unauthorized { .. } => Some(401),
+            GitHubError::NotFound { .. } => Some(404),
+            GitHubError::RateLimited { status, .. }
+            | GitHubError::Server { status, .. }
+            | GitHubError::Api { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -319,7 +319,7 @@ impl GithubError {
 
 /// How the bot authenticates to GitHub.
 #[derive(Clone)]
-pub enum GithubAuth {
+pub enum GitHubAuth {
     /// A personal access token (or any token used as is).
     Token(String),
     /// A GitHub App: its id and RSA private key (PEM). The client mints installation tokens
@@ -335,11 +335,11 @@ pub enum GithubAuth {
     },
 }
 
-impl std::fmt::Debug for GithubAuth {
+impl std::fmt::Debug for GitHubAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            GithubAuth::Token(_) => f.write_str("Token(<redacted>)"),
-            GithubAuth::App {
+            GitHubAuth::Token(_) => f.write_str("Token(<redacted>)"),
+            GitHubAuth::App {
                 app_id,
                 installation_id,
                 ..
@@ -411,10 +411,10 @@ impl Default for RetrySettings {
 #[async_trait]
 pub trait GitHub: Send + Sync {
     /// The repository's full name, default branch and clone URL (`GET /repos/{o}/{r}`).
-    async fn repository(&self) -> Result<RepoInfo, GithubError>;
+    async fn repository(&self) -> Result<RepoInfo, GitHubError>;
 
     /// All open PRs into branch `base`, oldest first, across all pages.
-    async fn list_open_pulls(&self, base: &str) -> Result<Vec<PullRequest>, GithubError>;
+    async fn list_open_pulls(&self, base: &str) -> Result<Vec<PullRequest>, GitHubError>;
 
     /// Up to `max` closed PRs into `base`, most recently updated first (to notice merges while
     /// polling).
@@ -422,7 +422,7 @@ pub trait GitHub: Send + Sync {
         &self,
         base: &str,
         max: usize,
-    ) -> Result<Vec<PullRequest>, GithubError>;
+    ) -> Result<Vec<PullRequest>, GitHubError>;
 
     /// Every closed PR into `base` updated at or after `since` (all closed PRs when `None`),
     /// most recently updated first, across as many pages as it takes: how a restarted bot
@@ -431,19 +431,19 @@ pub trait GitHub: Send + Sync {
         &self,
         base: &str,
         since: Option<DateTime<Utc>>,
-    ) -> Result<Vec<PullRequest>, GithubError>;
+    ) -> Result<Vec<PullRequest>, GitHubError>;
 
     /// The logins of the members of team `team` (its slug) of organisation `org`, across all
-    /// pages (`GET /orgs/{org}/teams/{team}/members`). Errors: [`GithubError::NotFound`] when
+    /// pages (`GET /orgs/{org}/teams/{team}/members`). Errors: [`GitHubError::NotFound`] when
     /// the team does not exist or the token may not read it.
-    async fn team_members(&self, org: &str, team: &str) -> Result<Vec<String>, GithubError>;
+    async fn team_members(&self, org: &str, team: &str) -> Result<Vec<String>, GitHubError>;
 
-    /// One PR by number. Errors: [`GithubError::NotFound`] when it does not exist.
-    async fn get_pull(&self, number: u64) -> Result<PullRequest, GithubError>;
+    /// One PR by number. Errors: [`GitHubError::NotFound`] when it does not exist.
+    async fn get_pull(&self, number: u64) -> Result<PullRequest, GitHubError>;
 
     /// All reviews of PR `number`, in submission order, across all pages, with their ids,
     /// submission times and states (`DISMISSED` ones included: callers must not count them).
-    async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, GithubError>;
+    async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, GitHubError>;
 
     /// The commits of PR `number`, oldest first, across all pages
     /// (`GET /repos/{o}/{r}/pulls/{n}/commits`): the pull request's own commits as pushed,
@@ -451,32 +451,32 @@ pub trait GitHub: Send + Sync {
     /// request's `commits` count first (`GET /pulls/{n}`) to know whether GitHub's list is
     /// whole.
     ///
-    /// Errors: [`GithubError::TooManyCommits`] when the pull request has more than
+    /// Errors: [`GitHubError::TooManyCommits`] when the pull request has more than
     /// [`MAX_PULL_COMMITS`] commits (GitHub lists no more than 250, so the list would be
-    /// incomplete: fail closed); [`GithubError::NotFound`]; the API errors.
-    async fn list_pull_commits(&self, number: u64) -> Result<Vec<PullCommit>, GithubError>;
+    /// incomplete: fail closed); [`GitHubError::NotFound`]; the API errors.
+    async fn list_pull_commits(&self, number: u64) -> Result<Vec<PullCommit>, GitHubError>;
 
     /// The commit statuses of `sha` that the client's own identity created (`creator.login`
     /// is the token's user, or the App's `<slug>[bot]`), newest first, across all pages of
     /// `GET /repos/{o}/{r}/commits/{sha}/statuses`. Anyone with write access can post any
     /// context, so only these may count where tkgops reads a status back.
     ///
-    /// Errors: [`GithubError::Config`] when the client cannot tell its own login; the API
+    /// Errors: [`GitHubError::Config`] when the client cannot tell its own login; the API
     /// errors.
-    async fn list_own_statuses(&self, sha: &str) -> Result<Vec<CommitStatus>, GithubError>;
+    async fn list_own_statuses(&self, sha: &str) -> Result<Vec<CommitStatus>, GitHubError>;
 
     /// Creates or edits the sticky comment identified by `marker` (a hidden HTML comment such
     /// as `<!-- tkgops:plan -->`) on PR `number`, with `body` passed through [`fit_comment`]
     /// (marker kept, truncated to 65,536 characters with a visible note). Searches all pages of
     /// comments for one written by the token's own user that carries the marker (a marker in
     /// anyone else's comment is ignored); does not write when the body is unchanged. Returns the
-    /// comment id. Errors: [`GithubError::Config`] when the token's user cannot be read.
+    /// comment id. Errors: [`GitHubError::Config`] when the token's user cannot be read.
     async fn upsert_comment(
         &self,
         number: u64,
         marker: &str,
         body: &str,
-    ) -> Result<u64, GithubError>;
+    ) -> Result<u64, GitHubError>;
 
     /// Every issue and pull-request comment of the repository updated at or after `since`,
     /// oldest update first, across all pages
@@ -485,14 +485,14 @@ pub trait GitHub: Send + Sync {
     async fn list_comments_since(
         &self,
         since: DateTime<Utc>,
-    ) -> Result<Vec<IssueComment>, GithubError>;
+    ) -> Result<Vec<IssueComment>, GitHubError>;
 
     /// Opens a pull request from branch `head` of this repository into `base` with `title` and
     /// `body` (through [`fit_comment`]'s 65,536-character cut) (`POST /repos/{o}/{r}/pulls`);
     /// returns its number. Not retried after the request may have been received (GitHub
     /// refuses a second open pull request for the same branch with a 422 anyway).
     ///
-    /// Errors: [`GithubError::Api`] 422 when the branch has no commits over `base` or already
+    /// Errors: [`GitHubError::Api`] 422 when the branch has no commits over `base` or already
     /// has an open pull request; the transient errors after the client's retries.
     async fn create_pull(
         &self,
@@ -500,21 +500,21 @@ pub trait GitHub: Send + Sync {
         head: &str,
         base: &str,
         body: &str,
-    ) -> Result<u64, GithubError>;
+    ) -> Result<u64, GitHubError>;
 
     /// Creates or edits the open issue whose body carries `marker` and that the token's own
     /// user opened (searched over every page of `GET /repos/{o}/{r}/issues?state=open&creator=…`,
     /// pull requests skipped), with `title` and `body` (through [`fit_comment`]); does not write
     /// when both are unchanged. Returns the issue number: how the bot keeps one dashboard issue.
     ///
-    /// Errors: [`GithubError::Config`] when the token's user cannot be read; the API errors.
+    /// Errors: [`GitHubError::Config`] when the token's user cannot be read; the API errors.
     async fn upsert_issue(&self, marker: &str, title: &str, body: &str)
-        -> Result<u64, GithubError>;
+        -> Result<u64, GitHubError>;
 
     /// The token git uses over HTTPS (`x-access-token`): the token itself, or a GitHub App
     /// installation token valid for at least another 30 s (minted or refreshed as needed).
     /// `None` when the client has no token for git.
-    async fn git_token(&self) -> Result<Option<String>, GithubError> {
+    async fn git_token(&self) -> Result<Option<String>, GitHubError> {
         Ok(None)
     }
 
@@ -529,7 +529,7 @@ pub trait GitHub: Send + Sync {
         state: CommitState,
         description: &str,
         target_url: Option<&str>,
-    ) -> Result<(), GithubError>;
+    ) -> Result<(), GitHubError>;
 }
 
 /// How an [`OctocrabClient`] authenticates its requests.
@@ -647,7 +647,7 @@ impl OctocrabClient {
     /// (sent as `Authorization: Bearer`).
     ///
     /// Must be called inside a Tokio runtime (octocrab spawns its request buffer).
-    /// Errors: [`GithubError::Config`] for an unparsable URL, a token that is not a valid
+    /// Errors: [`GitHubError::Config`] for an unparsable URL, a token that is not a valid
     /// header value, or no Tokio runtime.
     pub fn new(
         api_url: &str,
@@ -655,15 +655,15 @@ impl OctocrabClient {
         owner: &str,
         repo: &str,
         retry: RetrySettings,
-    ) -> Result<Self, GithubError> {
+    ) -> Result<Self, GitHubError> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(GithubError::Config(
+            return Err(GitHubError::Config(
                 "OctocrabClient::new must run inside a Tokio runtime".into(),
             ));
         }
         Self::with_auth(
             api_url,
-            GithubAuth::Token(token.to_string()),
+            GitHubAuth::Token(token.to_string()),
             owner,
             repo,
             retry,
@@ -674,44 +674,44 @@ impl OctocrabClient {
     /// App (installation tokens minted and refreshed by octocrab; the installation is looked up
     /// on first use when not given). Makes no request.
     ///
-    /// Errors: [`GithubError::Config`] for an invalid API URL, an empty token or one that is not
+    /// Errors: [`GitHubError::Config`] for an invalid API URL, an empty token or one that is not
     /// a valid header value, a private key that is not an RSA PEM, or no Tokio runtime.
     pub fn with_auth(
         api_url: &str,
-        auth: GithubAuth,
+        auth: GitHubAuth,
         owner: &str,
         repo: &str,
         retry: RetrySettings,
-    ) -> Result<Self, GithubError> {
+    ) -> Result<Self, GitHubError> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(GithubError::Config(
+            return Err(GitHubError::Config(
                 "OctocrabClient::new must run inside a Tokio runtime".into(),
             ));
         }
         let api_url = api_url.trim_end_matches('/').to_string();
         let uri: http::Uri = api_url
             .parse()
-            .map_err(|_| GithubError::Config(format!("invalid GitHub API URL {api_url:?}")))?;
+            .map_err(|_| GitHubError::Config(format!("invalid GitHub API URL {api_url:?}")))?;
         if uri.scheme().is_none() || uri.authority().is_none() {
-            return Err(GithubError::Config(format!(
+            return Err(GitHubError::Config(format!(
                 "GitHub API URL {api_url:?} needs a scheme and a host"
             )));
         }
         let builder = Octocrab::builder()
             .base_uri(uri)
-            .map_err(|_| GithubError::Config(format!("invalid GitHub API URL {api_url:?}")))?
+            .map_err(|_| GitHubError::Config(format!("invalid GitHub API URL {api_url:?}")))?
             .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
             .set_connect_timeout(Some(Duration::from_secs(10)))
             .set_read_timeout(Some(Duration::from_secs(60)));
         let build_err = |e: octocrab::Error| {
-            GithubError::Config(format!("cannot build the GitHub client: {e}"))
+            GitHubError::Config(format!("cannot build the GitHub client: {e}"))
         };
         let auth = match auth {
-            GithubAuth::Token(token) => {
+            GitHubAuth::Token(token) => {
                 if token.is_empty()
                     || http::HeaderValue::from_str(&format!("Bearer {token}")).is_err()
                 {
-                    return Err(GithubError::Config(
+                    return Err(GitHubError::Config(
                         "the GitHub token is empty or contains invalid characters".into(),
                     ));
                 }
@@ -725,14 +725,14 @@ impl OctocrabClient {
                     token,
                 }
             }
-            GithubAuth::App {
+            GitHubAuth::App {
                 app_id,
                 private_key_pem,
                 installation_id,
             } => {
                 let key = octocrab::EncodingKey::from_rsa_pem(private_key_pem.as_bytes()).map_err(
                     |_| {
-                        GithubError::Config(
+                        GitHubError::Config(
                             "the GitHub App private key is not an RSA private key in PEM form"
                                 .into(),
                         )
@@ -767,7 +767,7 @@ impl OctocrabClient {
 
     /// The octocrab client requests go through: the token client, or the App installation's
     /// (looked up with the App's JWT on first use, and again after [`Self::forget_installation`]).
-    async fn octo(&self) -> Result<std::sync::Arc<Octocrab>, GithubError> {
+    async fn octo(&self) -> Result<std::sync::Arc<Octocrab>, GitHubError> {
         match &self.auth {
             Auth::Token { octo, .. } => Ok(octo.clone()),
             Auth::App {
@@ -786,7 +786,7 @@ impl OctocrabClient {
                         let resp =
                             app._get(path.as_str())
                                 .await
-                                .map_err(|e| GithubError::Transport {
+                                .map_err(|e| GitHubError::Transport {
                                     method: "GET".into(),
                                     path: path.clone(),
                                     message: e.to_string(),
@@ -797,7 +797,7 @@ impl OctocrabClient {
                         match v.get("id").and_then(Value::as_u64) {
                             Some(id) if status.is_success() => id,
                             _ => {
-                                return Err(GithubError::Config(format!(
+                                return Err(GitHubError::Config(format!(
                                     "the GitHub App is not installed on {}/{} (GET {path}: HTTP {status})",
                                     self.owner, self.repo
                                 )))
@@ -808,7 +808,7 @@ impl OctocrabClient {
                 let octo = std::sync::Arc::new(
                     app.installation(octocrab::models::InstallationId(id))
                         .map_err(|e| {
-                            GithubError::Config(format!("GitHub App installation {id}: {e}"))
+                            GitHubError::Config(format!("GitHub App installation {id}: {e}"))
                         })?,
                 );
                 *cached = Some(octo.clone());
@@ -832,9 +832,9 @@ impl OctocrabClient {
         method: &Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Raw, GithubError> {
+    ) -> Result<Raw, GitHubError> {
         match self.send_raw(method, path, body).await {
-            Err(GithubError::Unauthorized { .. }) if self.forget_installation().await => {
+            Err(GitHubError::Unauthorized { .. }) if self.forget_installation().await => {
                 tracing::info!("GitHub refused the installation token; minting a new one");
                 self.send_raw(method, path, body).await
             }
@@ -848,9 +848,9 @@ impl OctocrabClient {
         method: &Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Raw, GithubError> {
+    ) -> Result<Raw, GitHubError> {
         let m = method.as_str().to_string();
-        let transport = |e: octocrab::Error| GithubError::Transport {
+        let transport = |e: octocrab::Error| GitHubError::Transport {
             method: m.clone(),
             path: path.to_string(),
             message: e.to_string(),
@@ -868,7 +868,7 @@ impl OctocrabClient {
             Method::PATCH => octo._patch(path, body).await,
             Method::PUT => octo._put(path, body).await,
             Method::DELETE => octo._delete(path, body).await,
-            _ => return Err(GithubError::Config(format!("unsupported method {method}"))),
+            _ => return Err(GitHubError::Config(format!("unsupported method {method}"))),
         };
         let resp = match res {
             Ok(r) => r,
@@ -876,7 +876,7 @@ impl OctocrabClient {
                 e @ (octocrab::Error::Uri { .. }
                 | octocrab::Error::UriParse { .. }
                 | octocrab::Error::Serde { .. }),
-            ) => return Err(GithubError::Config(e.to_string())),
+            ) => return Err(GitHubError::Config(e.to_string())),
             Err(e) => return Err(transport(e)),
         };
         let status = resp.status();
@@ -916,29 +916,29 @@ impl OctocrabClient {
                 let wait = base
                     .saturating_mul(1u32 << hits.min(10))
                     .min(self.retry.max_wait);
-                GithubError::RateLimited {
+                GitHubError::RateLimited {
                     status: status.as_u16(),
                     method: m,
                     path,
                     wait,
                 }
             } else if status.is_server_error() {
-                GithubError::Server {
+                GitHubError::Server {
                     status: status.as_u16(),
                     method: m,
                     path,
                     message,
                 }
             } else if status == StatusCode::UNAUTHORIZED {
-                GithubError::Unauthorized {
+                GitHubError::Unauthorized {
                     method: m,
                     path,
                     message,
                 }
             } else if status == StatusCode::NOT_FOUND {
-                GithubError::NotFound { method: m, path }
+                GitHubError::NotFound { method: m, path }
             } else {
-                GithubError::Api {
+                GitHubError::Api {
                     status: status.as_u16(),
                     method: m,
                     path,
@@ -951,10 +951,10 @@ impl OctocrabClient {
 
     /// Runs `op` with the retry policy: transient errors are retried with exponential backoff,
     /// rate limits after the wait GitHub asked for (capped by `max_wait`).
-    async fn retrying<T, F, Fut>(&self, what: &str, op: F) -> Result<T, GithubError>
+    async fn retrying<T, F, Fut>(&self, what: &str, op: F) -> Result<T, GitHubError>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, GithubError>>,
+        Fut: Future<Output = Result<T, GitHubError>>,
     {
         let r = self.retry;
         let backoff = ExponentialBuilder::default()
@@ -964,9 +964,9 @@ impl OctocrabClient {
             .with_jitter();
         op.retry(backoff)
             .sleep(tokio::time::sleep)
-            .when(GithubError::is_transient)
-            .adjust(move |e: &GithubError, d| d.map(|d| e.rate_limit_wait().map(|w| w.min(r.max_wait)).unwrap_or(d)))
-            .notify(|e: &GithubError, d| tracing::warn!(operation = what, error = %e, retry_in = ?d, "GitHub call failed; retrying"))
+            .when(GitHubError::is_transient)
+            .adjust(move |e: &GitHubError, d| d.map(|d| e.rate_limit_wait().map(|w| w.min(r.max_wait)).unwrap_or(d)))
+            .notify(|e: &GitHubError, d| tracing::warn!(operation = what, error = %e, retry_in = ?d, "GitHub call failed; retrying"))
             .await
     }
 
@@ -976,7 +976,7 @@ impl OctocrabClient {
         method: Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Raw, GithubError> {
+    ) -> Result<Raw, GitHubError> {
         self.retrying(path, || self.send_once(&method, path, body.as_ref()))
             .await
     }
@@ -985,8 +985,8 @@ impl OctocrabClient {
         method: &Method,
         path: &str,
         raw: &Raw,
-    ) -> Result<T, GithubError> {
-        serde_json::from_str(&raw.body).map_err(|e| GithubError::Decode {
+    ) -> Result<T, GitHubError> {
+        serde_json::from_str(&raw.body).map_err(|e| GitHubError::Decode {
             method: method.to_string(),
             path: path.to_string(),
             message: e.to_string(),
@@ -998,7 +998,7 @@ impl OctocrabClient {
         &self,
         first: String,
         limit: Option<usize>,
-    ) -> Result<Vec<T>, GithubError> {
+    ) -> Result<Vec<T>, GitHubError> {
         let mut out = Vec::new();
         let mut next = Some(first);
         let mut pages = 0usize;
@@ -1022,7 +1022,7 @@ impl OctocrabClient {
     async fn get_pages_once<T: DeserializeOwned>(
         &self,
         first: String,
-    ) -> Result<Vec<T>, GithubError> {
+    ) -> Result<Vec<T>, GitHubError> {
         let mut out = Vec::new();
         let mut next = Some(first);
         let mut pages = 0usize;
@@ -1042,12 +1042,12 @@ impl OctocrabClient {
     /// The login the bot's comments are authored by, cached: for a token `GET /user`'s
     /// `login` (`None` when the token cannot read it); for a GitHub App `<slug>[bot]`, the
     /// slug read with the App's JWT (`GET /app`).
-    async fn bot_login(&self) -> Result<Option<String>, GithubError> {
+    async fn bot_login(&self) -> Result<Option<String>, GitHubError> {
         if let Auth::App { app, .. } = &self.auth {
             return self
                 .bot_login
                 .get_or_try_init(|| async {
-                    let resp = app._get("/app").await.map_err(|e| GithubError::Transport {
+                    let resp = app._get("/app").await.map_err(|e| GitHubError::Transport {
                         method: "GET".into(),
                         path: "/app".into(),
                         message: e.to_string(),
@@ -1067,7 +1067,7 @@ impl OctocrabClient {
                     Ok(raw) => Ok(serde_json::from_str::<Value>(&raw.body)
                         .ok()
                         .and_then(|v| v.get("login").and_then(Value::as_str).map(str::to_string))),
-                    Err(e) if e.is_transient() || matches!(e, GithubError::Unauthorized { .. }) => {
+                    Err(e) if e.is_transient() || matches!(e, GitHubError::Unauthorized { .. }) => {
                         Err(e)
                     }
                     Err(_) => Ok(None),
@@ -1082,9 +1082,9 @@ impl OctocrabClient {
         marker: &str,
         title: &str,
         body: &str,
-    ) -> Result<u64, GithubError> {
+    ) -> Result<u64, GitHubError> {
         let login = self.bot_login().await?.ok_or_else(|| {
-            GithubError::Config(
+            GitHubError::Config(
                 "cannot tell the bot's own issues apart: GET /user returned no login for this token"
                     .into(),
             )
@@ -1135,14 +1135,14 @@ impl OctocrabClient {
         }
     }
 
-    async fn upsert_once(&self, number: u64, marker: &str, body: &str) -> Result<u64, GithubError> {
+    async fn upsert_once(&self, number: u64, marker: &str, body: &str) -> Result<u64, GitHubError> {
         let comments: Vec<octocrab::models::issues::Comment> = self
             .get_pages_once(self.repo_path(&format!("/issues/{number}/comments?per_page=100")))
             .await?;
         // Found by marker *and* author: a marker someone else planted in their own comment is
         // ignored (security rule 3, fail closed).
         let login = self.bot_login().await?.ok_or_else(|| {
-            GithubError::Config(
+            GitHubError::Config(
                 "cannot tell the bot's own comments apart: GET /user returned no login for this token"
                     .into(),
             )
@@ -1175,9 +1175,9 @@ impl OctocrabClient {
 
     /// The statuses of `sha` created by the client's own login, newest first (all pages, no
     /// per-page retry: used inside retried operations).
-    async fn own_statuses_once(&self, sha: &str) -> Result<Vec<CommitStatus>, GithubError> {
+    async fn own_statuses_once(&self, sha: &str) -> Result<Vec<CommitStatus>, GitHubError> {
         let login = self.bot_login().await?.ok_or_else(|| {
-            GithubError::Config(
+            GitHubError::Config(
                 "cannot tell the bot's own statuses apart: GET /user returned no login for this token"
                     .into(),
             )
@@ -1216,7 +1216,7 @@ impl OctocrabClient {
         state: CommitState,
         description: &str,
         target_url: Option<&str>,
-    ) -> Result<(), GithubError> {
+    ) -> Result<(), GitHubError> {
         let own = self.own_statuses_once(sha).await?;
         if let Some(latest) = own.iter().find(|s| s.context == context) {
             if latest.state == state && latest.description == description {
@@ -1278,7 +1278,7 @@ fn review_state(s: Option<octocrab::models::pulls::ReviewState>) -> String {
 
 #[async_trait]
 impl GitHub for OctocrabClient {
-    async fn git_token(&self) -> Result<Option<String>, GithubError> {
+    async fn git_token(&self) -> Result<Option<String>, GitHubError> {
         match &self.auth {
             Auth::Token { token, .. } => Ok(Some(token.clone())),
             Auth::App { .. } => {
@@ -1286,14 +1286,14 @@ impl GitHub for OctocrabClient {
                 let octo = self.octo().await?;
                 let octo = &octo;
                 let token = octo.installation_token().await.map_err(|e| {
-                    GithubError::Config(format!("minting a GitHub App installation token: {e}"))
+                    GitHubError::Config(format!("minting a GitHub App installation token: {e}"))
                 })?;
                 Ok(Some(token.expose_secret().to_string()))
             }
         }
     }
 
-    async fn repository(&self) -> Result<RepoInfo, GithubError> {
+    async fn repository(&self) -> Result<RepoInfo, GitHubError> {
         let path = self.repo_path("");
         let raw = self.call(Method::GET, &path, None).await?;
         let r: octocrab::models::Repository = Self::decode(&Method::GET, &path, &raw)?;
@@ -1306,7 +1306,7 @@ impl GitHub for OctocrabClient {
         })
     }
 
-    async fn list_open_pulls(&self, base: &str) -> Result<Vec<PullRequest>, GithubError> {
+    async fn list_open_pulls(&self, base: &str) -> Result<Vec<PullRequest>, GitHubError> {
         let path = self.repo_path(&format!(
             "/pulls?state=open&base={}&sort=created&direction=asc&per_page=100",
             enc(base)
@@ -1319,7 +1319,7 @@ impl GitHub for OctocrabClient {
         &self,
         base: &str,
         max: usize,
-    ) -> Result<Vec<PullRequest>, GithubError> {
+    ) -> Result<Vec<PullRequest>, GitHubError> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -1337,7 +1337,7 @@ impl GitHub for OctocrabClient {
         &self,
         base: &str,
         since: Option<DateTime<Utc>>,
-    ) -> Result<Vec<PullRequest>, GithubError> {
+    ) -> Result<Vec<PullRequest>, GitHubError> {
         let mut next = Some(self.repo_path(&format!(
             "/pulls?state=closed&base={}&sort=updated&direction=desc&per_page=100",
             enc(base)
@@ -1364,7 +1364,7 @@ impl GitHub for OctocrabClient {
         Ok(out)
     }
 
-    async fn team_members(&self, org: &str, team: &str) -> Result<Vec<String>, GithubError> {
+    async fn team_members(&self, org: &str, team: &str) -> Result<Vec<String>, GitHubError> {
         let path = format!(
             "/orgs/{}/teams/{}/members?per_page=100",
             enc(org),
@@ -1374,14 +1374,14 @@ impl GitHub for OctocrabClient {
         Ok(members.into_iter().map(|m| m.login).collect())
     }
 
-    async fn get_pull(&self, number: u64) -> Result<PullRequest, GithubError> {
+    async fn get_pull(&self, number: u64) -> Result<PullRequest, GitHubError> {
         let path = self.repo_path(&format!("/pulls/{number}"));
         let raw = self.call(Method::GET, &path, None).await?;
         let p: octocrab::models::pulls::PullRequest = Self::decode(&Method::GET, &path, &raw)?;
         Ok(convert_pull(p))
     }
 
-    async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, GithubError> {
+    async fn list_reviews(&self, number: u64) -> Result<Vec<Review>, GitHubError> {
         let path = self.repo_path(&format!("/pulls/{number}/reviews?per_page=100"));
         let reviews: Vec<octocrab::models::pulls::Review> = self.get_pages(path, None).await?;
         Ok(reviews
@@ -1396,13 +1396,13 @@ impl GitHub for OctocrabClient {
             .collect())
     }
 
-    async fn list_pull_commits(&self, number: u64) -> Result<Vec<PullCommit>, GithubError> {
+    async fn list_pull_commits(&self, number: u64) -> Result<Vec<PullCommit>, GitHubError> {
         // GitHub lists at most 250 commits; the pull request's own `commits` count tells
         // whether the list is whole.
         let path = self.repo_path(&format!("/pulls/{number}"));
         let raw = self.call(Method::GET, &path, None).await?;
         let pr: octocrab::models::pulls::PullRequest = Self::decode(&Method::GET, &path, &raw)?;
-        let too_many = |count: u64| GithubError::TooManyCommits { number, count };
+        let too_many = |count: u64| GitHubError::TooManyCommits { number, count };
         if let Some(c) = pr.commits.filter(|c| *c > MAX_PULL_COMMITS as u64) {
             return Err(too_many(c));
         }
@@ -1432,7 +1432,7 @@ impl GitHub for OctocrabClient {
             .collect())
     }
 
-    async fn list_own_statuses(&self, sha: &str) -> Result<Vec<CommitStatus>, GithubError> {
+    async fn list_own_statuses(&self, sha: &str) -> Result<Vec<CommitStatus>, GitHubError> {
         self.retrying("list_own_statuses", || self.own_statuses_once(sha))
             .await
     }
@@ -1440,7 +1440,7 @@ impl GitHub for OctocrabClient {
     async fn list_comments_since(
         &self,
         since: DateTime<Utc>,
-    ) -> Result<Vec<IssueComment>, GithubError> {
+    ) -> Result<Vec<IssueComment>, GitHubError> {
         let path = self.repo_path(&format!(
             "/issues/comments?sort=updated&direction=asc&per_page=100&since={}",
             enc(&since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
@@ -1471,7 +1471,7 @@ impl GitHub for OctocrabClient {
         head: &str,
         base: &str,
         body: &str,
-    ) -> Result<u64, GithubError> {
+    ) -> Result<u64, GitHubError> {
         let path = self.repo_path("/pulls");
         let body = fit_comment(body, "");
         let payload = json!({ "title": title, "head": head, "base": base, "body": body });
@@ -1483,7 +1483,7 @@ impl GitHub for OctocrabClient {
         let v: Value = Self::decode(&Method::POST, &path, &raw)?;
         v.get("number")
             .and_then(Value::as_u64)
-            .ok_or_else(|| GithubError::Decode {
+            .ok_or_else(|| GitHubError::Decode {
                 method: "POST".into(),
                 path: path.clone(),
                 message: "the created pull request has no number".into(),
@@ -1495,7 +1495,7 @@ impl GitHub for OctocrabClient {
         marker: &str,
         title: &str,
         body: &str,
-    ) -> Result<u64, GithubError> {
+    ) -> Result<u64, GitHubError> {
         let body = fit_comment(body, marker);
         self.retrying("upsert_issue", || {
             self.upsert_issue_once(marker, title, &body)
@@ -1508,7 +1508,7 @@ impl GitHub for OctocrabClient {
         number: u64,
         marker: &str,
         body: &str,
-    ) -> Result<u64, GithubError> {
+    ) -> Result<u64, GitHubError> {
         let body = fit_comment(body, marker);
         self.retrying("upsert_comment", || self.upsert_once(number, marker, &body))
             .await
@@ -1521,7 +1521,7 @@ impl GitHub for OctocrabClient {
         state: CommitState,
         description: &str,
         target_url: Option<&str>,
-    ) -> Result<(), GithubError> {
+    ) -> Result<(), GitHubError> {
         let description = fit_status_description(description);
         self.retrying("set_status", || {
             self.set_status_once(sha, context, state, &description, target_url)

@@ -21,9 +21,9 @@ use std::time::Duration;
 use git2::Repository;
 
 use moto::{seed_vpc, MotoServer, SeededVpc};
-use tkgops::config::{BotConfig, GithubSettings};
+use tkgops::config::{BotConfig, GitHubSettings};
 use tkgops_emulators::github::{
-    GithubAppOptions, GithubEmulator, GithubEmulatorOptions, Role, WebhookTarget,
+    GitHubAppOptions, GitHubEmulator, GitHubEmulatorOptions, Role, WebhookTarget,
 };
 use tkgops_emulators::kube::controllers::{
     seed_management_cluster_with, start_controllers, ControllerOptions, Controllers, ManagementSeed,
@@ -153,7 +153,7 @@ pub struct Environment {
     /// The TMC emulator.
     pub tmc: TmcEmulator,
     /// The GitHub emulator.
-    pub github: GithubEmulator,
+    pub github: GitHubEmulator,
     /// The config repository's bare remote.
     pub remote: PathBuf,
     /// The human users of the emulated GitHub ([`USERS`]) and their personal access tokens
@@ -355,7 +355,7 @@ impl Environment {
             .map(|u| (u.to_string(), random_token("ghp_")))
             .collect();
         let github = ctx!(
-            GithubEmulator::start(GithubEmulatorOptions {
+            GitHubEmulator::start(GitHubEmulatorOptions {
                 owner: "acme".into(),
                 repo: "tkg-clusters".into(),
                 default_branch: "main".into(),
@@ -367,7 +367,7 @@ impl Environment {
                     .collect(),
                 bare_repo: remote.clone(),
                 webhook: None,
-                app: Some(GithubAppOptions::new(
+                app: Some(GitHubAppOptions::new(
                     GITHUB_APP_ID,
                     GITHUB_APP_SLUG,
                     GITHUB_APP_PUBLIC_KEY
@@ -527,7 +527,7 @@ impl Environment {
     /// The bot configuration pointing at this environment (state in `workdir/bot-state`).
     pub fn bot_config(&self, timings: &Timings) -> BotConfig {
         BotConfig {
-            github: GithubSettings {
+            github: GitHubSettings {
                 api_url: self.github.api_url(),
                 owner: "acme".into(),
                 repo: "tkg-clusters".into(),

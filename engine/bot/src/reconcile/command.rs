@@ -171,7 +171,7 @@ impl CommandReconciler<'_> {
         self.github
             .upsert_comment(c.issue_number, &reply_marker(c.id), &body)
             .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
+            .map_err(|e| BotError::GitHub(e.to_string()))?;
         self.journal.set_command_answered(c.id).await?;
         info!(comment = c.id, issue = c.issue_number, user = %c.user, "command answered");
         Ok(())
@@ -243,13 +243,13 @@ impl CommandReconciler<'_> {
         }
         let pr = match self.github.get_pull(c.issue_number).await {
             Ok(pr) => pr,
-            Err(tkgops_github::GithubError::NotFound { .. }) => {
+            Err(tkgops_github::GitHubError::NotFound { .. }) => {
                 return Ok(format!(
                     "@{who}: `/tkgops {}` works on pull requests only.",
                     cmd.word()
                 ))
             }
-            Err(e) => return Err(BotError::Github(e.to_string())),
+            Err(e) => return Err(BotError::GitHub(e.to_string())),
         };
         // Security rule 1: the policy is the default branch's.
         let Some(policy) = self.trust().load_policy().await? else {

@@ -55,7 +55,7 @@ impl MergeReconciler<'_> {
     /// and its approved cluster plans submitted ([`Self::submit_merge_runs`]). The publisher
     /// then reports on the merge commit.
     ///
-    /// Errors: [`BotError::Github`] when the merge commit is not on the default branch yet or
+    /// Errors: [`BotError::GitHub`] when the merge commit is not on the default branch yet or
     /// GitHub fails, [`BotError::Git`], [`BotError::Store`], [`BotError::Render`],
     /// [`BotError::Engine`]; the merge is tried again at the next poll.
     async fn handle_merged(&self, pr: &PullRequest) -> Result<(), BotError> {
@@ -186,7 +186,7 @@ impl MergeReconciler<'_> {
     /// branch (and the pull request's head `head` when the mirror lacks it: its own commits
     /// tell a rebase from a squash).
     ///
-    /// Errors: [`BotError::Github`] when `merge` is not on the default branch yet (the next
+    /// Errors: [`BotError::GitHub`] when `merge` is not on the default branch yet (the next
     /// poll tries again), [`BotError::Git`].
     async fn merge_shape(
         &self,
@@ -209,7 +209,7 @@ impl MergeReconciler<'_> {
         })
         .await?;
         shape.ok_or_else(|| {
-            BotError::Github(format!(
+            BotError::GitHub(format!(
                 "merge commit {merge} is not on {} yet",
                 self.default_branch
             ))
@@ -308,7 +308,7 @@ impl MergeReconciler<'_> {
     /// its `CODEOWNERS` when present, over the paths `base..merge` changed. Reads the reviews,
     /// their stamps and the members of the teams named, then asks the pure rules.
     ///
-    /// Errors: [`BotError::Github`] when the reviews or a team cannot be read,
+    /// Errors: [`BotError::GitHub`] when the reviews or a team cannot be read,
     /// [`BotError::Store`], [`BotError::Git`].
     async fn check_approvals(
         &self,
@@ -326,7 +326,7 @@ impl MergeReconciler<'_> {
             .github
             .list_reviews(pr.number)
             .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
+            .map_err(|e| BotError::GitHub(e.to_string()))?;
         // The plan the merge runs is the one of the head's current digests: an approval stamped
         // under another digest was given for an earlier plan of the same head.
         let current = self

@@ -237,7 +237,7 @@ async fn publish_commit(
 /// `tkgops/apply` status of the merge commit; once that status is final (not pending), removes
 /// the commit from the journal's unpublished list ([`BotJournal::mark_published`]).
 ///
-/// Errors: [`BotError::Github`] after the client's retries, [`BotError::Store`], [`BotError::Render`].
+/// Errors: [`BotError::GitHub`] after the client's retries, [`BotError::Store`], [`BotError::Render`].
 pub async fn publish_record(
     github: &dyn GitHub,
     journal: &BotJournal,
@@ -299,11 +299,11 @@ pub async fn publish_record(
     github
         .upsert_comment(record.pr, marker, &body)
         .await
-        .map_err(|e| BotError::Github(e.to_string()))?;
+        .map_err(|e| BotError::GitHub(e.to_string()))?;
     github
         .set_status(record.commit.as_str(), APPLY_CONTEXT, state, &desc, None)
         .await
-        .map_err(|e| BotError::Github(e.to_string()))?;
+        .map_err(|e| BotError::GitHub(e.to_string()))?;
     if state != CommitState::Pending {
         // The final comment and status are on GitHub: nothing left to republish.
         journal.mark_published(&record.commit).await?;

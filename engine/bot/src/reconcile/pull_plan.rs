@@ -64,7 +64,7 @@ impl PullPlanReconciler<'_> {
                 fire.format("%Y-%m-%d %H:%M UTC"),
                 &pr.head_sha[..pr.head_sha.len().min(7)]
             );
-            let gh = |e: tkgops_github::GithubError| BotError::Github(e.to_string());
+            let gh = |e: tkgops_github::GitHubError| BotError::GitHub(e.to_string());
             self.github
                 .upsert_comment(pr.number, STICKY_MARKER, &body)
                 .await
@@ -148,7 +148,7 @@ impl PullPlanReconciler<'_> {
         self.github
             .set_status(head.as_str(), PLAN_CONTEXT, state, &desc, None)
             .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
+            .map_err(|e| BotError::GitHub(e.to_string()))?;
         self.journal
             .set_planned(pr.number, &planned_as(&head))
             .await?;
@@ -161,9 +161,9 @@ impl PullPlanReconciler<'_> {
     /// details comment per cluster, each upserted by its own marker. Details comments of an
     /// earlier head that this plan no longer has are marked superseded (never left stale).
     ///
-    /// Errors: [`BotError::Render`], [`BotError::Github`], [`BotError::Store`].
+    /// Errors: [`BotError::Render`], [`BotError::GitHub`], [`BotError::Store`].
     async fn post_plan(&self, number: u64, p: &Plan) -> Result<(), BotError> {
-        let gh = |e: tkgops_github::GithubError| BotError::Github(e.to_string());
+        let gh = |e: tkgops_github::GitHubError| BotError::GitHub(e.to_string());
         let before = self.journal.plan_details(number).await?;
         let inline = markdown::render_plan(p, &self.catalog, true).map_err(BotError::Render)?;
         let mut posted = Vec::new();
@@ -235,7 +235,7 @@ impl PullPlanReconciler<'_> {
     /// how many approvals on `head` carry a stamp (all of them are stale for the new plan).
     /// Which reviews: [`approval::stamp_targets`].
     ///
-    /// Errors: [`BotError::Github`] when the reviews cannot be listed, [`BotError::Store`].
+    /// Errors: [`BotError::GitHub`] when the reviews cannot be listed, [`BotError::Store`].
     async fn stamp_approvals(
         &self,
         number: u64,
@@ -246,7 +246,7 @@ impl PullPlanReconciler<'_> {
             .github
             .list_reviews(number)
             .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
+            .map_err(|e| BotError::GitHub(e.to_string()))?;
         let hash = digests.hash();
         let targets = approval::stamp_targets(&reviews, head.as_str());
         for &id in &targets {

@@ -514,7 +514,7 @@ impl ScheduleReconciler<'_> {
             .github
             .create_pull(&title, &branch, &self.default_branch, &body)
             .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
+            .map_err(|e| BotError::GitHub(e.to_string()))?;
         info!(schedule = %s.name, pr = n, branch = %branch, "bump pull request opened");
         Ok(n)
     }
@@ -549,7 +549,7 @@ impl ScheduleReconciler<'_> {
             .github
             .upsert_issue(DASHBOARD_MARKER, DASHBOARD_TITLE, &body)
             .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
+            .map_err(|e| BotError::GitHub(e.to_string()))?;
         Ok(self
             .journal
             .set_dashboard(&crate::journal::DashboardIssue {

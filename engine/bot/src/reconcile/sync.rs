@@ -59,7 +59,7 @@ impl Sync<'_> {
             .github
             .list_closed_pulls_since(&self.default_branch, Some(since))
             .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
+            .map_err(|e| BotError::GitHub(e.to_string()))?;
         let merged: Vec<PullRequest> = self
             .in_merge_order(&tip, &closed)
             .await?
@@ -70,7 +70,7 @@ impl Sync<'_> {
             .github
             .list_open_pulls(&self.default_branch)
             .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
+            .map_err(|e| BotError::GitHub(e.to_string()))?;
         let comments_cursor = self.journal.cursor(Cursor::Comments).await?;
         let comments_since =
             comments_cursor.unwrap_or_else(Utc::now) - Duration::minutes(CURSOR_OVERLAP_MINUTES);
@@ -78,7 +78,7 @@ impl Sync<'_> {
             .github
             .list_comments_since(comments_since)
             .await
-            .map_err(|e| BotError::Github(e.to_string()))?;
+            .map_err(|e| BotError::GitHub(e.to_string()))?;
 
         let mut keys = Vec::new();
         for (position, pr) in merged.iter().enumerate() {

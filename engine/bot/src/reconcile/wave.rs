@@ -712,11 +712,11 @@ impl Waves<'_> {
                     .github
                     .list_open_pulls(&self.default_branch)
                     .await
-                    .map_err(|e| BotError::Github(e.to_string()))?;
+                    .map_err(|e| BotError::GitHub(e.to_string()))?;
                 open.iter()
                     .find(|pr| pr.head_ref == branch)
                     .map(|pr| pr.number)
-                    .ok_or_else(|| BotError::Github(e.to_string()))
+                    .ok_or_else(|| BotError::GitHub(e.to_string()))
             }
         }
     }
@@ -866,7 +866,7 @@ impl Waves<'_> {
                 self.github
                     .upsert_comment(issue, &marker, &body)
                     .await
-                    .map_err(|e| BotError::Github(e.to_string()))?;
+                    .map_err(|e| BotError::GitHub(e.to_string()))?;
                 self.journal
                     .set_halt_reported(&s.name, rec.fire, p.resumes.len())
                     .await?;

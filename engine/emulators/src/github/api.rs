@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::shapes::{PullView, ReviewView, StatusView};
 use super::{
-    app, git, hooks, GithubEmulatorError, HeadRepo, InstallationToken, MergeError, MergeMethod,
+    app, git, hooks, GitHubEmulatorError, HeadRepo, InstallationToken, MergeError, MergeMethod,
     MergeRequest, NewPull, Principal, Role, Shared, Status, MAX_COMMENT_CHARS, MAX_PULL_COMMITS,
     RATE_LIMIT,
 };
@@ -109,15 +109,15 @@ fn not_accessible_by_integration() -> ApiError {
 /// GitHub's 403 for a caller whose repository role does not allow the action: an App
 /// installation gets `Resource not accessible by integration`; a user gets the emulator's
 /// message naming the role it lacks (GitHub's wording varies by endpoint and token kind).
-fn forbidden(caller: &Principal, e: &GithubEmulatorError) -> ApiError {
+fn forbidden(caller: &Principal, e: &GitHubEmulatorError) -> ApiError {
     if *caller == Principal::Installation {
         return not_accessible_by_integration();
     }
     let message = match e {
-        GithubEmulatorError::Forbidden { needed, .. } if *needed >= Role::Write => {
+        GitHubEmulatorError::Forbidden { needed, .. } if *needed >= Role::Write => {
             "Must have push access to repository".to_string()
         }
-        GithubEmulatorError::Forbidden { needed, .. } => {
+        GitHubEmulatorError::Forbidden { needed, .. } => {
             format!("Must have {} access to repository", needed.as_str())
         }
         other => other.to_string(),
@@ -912,11 +912,11 @@ async fn dismiss_review(
     let login = sh.login_of(&sh.lock(), &caller);
     match sh.dismiss_review(n, id, &login) {
         Ok(rv) => Ok(ok_json(StatusCode::OK, review_json(&sh, &rv))),
-        Err(GithubEmulatorError::NoSuchPull(_) | GithubEmulatorError::NoSuchReview { .. }) => {
+        Err(GitHubEmulatorError::NoSuchPull(_) | GitHubEmulatorError::NoSuchReview { .. }) => {
             Err(not_found())
         }
-        Err(e @ GithubEmulatorError::Forbidden { .. }) => Err(forbidden(&caller, &e)),
-        Err(GithubEmulatorError::ReviewRefused { message, .. }) => Err(unprocessable(&message)),
+        Err(e @ GitHubEmulatorError::Forbidden { .. }) => Err(forbidden(&caller, &e)),
+        Err(GitHubEmulatorError::ReviewRefused { message, .. }) => Err(unprocessable(&message)),
         Err(e) => Err(internal(e)),
     }
 }
@@ -1022,10 +1022,10 @@ async fn create_review(
     match sh.add_review(n, &login, state, &text, commit_id) {
         Ok(rv) => Ok(ok_json(StatusCode::OK, review_json(&sh, &rv))),
         Err(
-            GithubEmulatorError::OwnPullRequest { message, .. }
-            | GithubEmulatorError::ReviewRefused { message, .. },
+            GitHubEmulatorError::OwnPullRequest { message, .. }
+            | GitHubEmulatorError::ReviewRefused { message, .. },
         ) => Err(unprocessable(&message)),
-        Err(GithubEmulatorError::NoSuchPull(_)) => Err(not_found()),
+        Err(GitHubEmulatorError::NoSuchPull(_)) => Err(not_found()),
         Err(e) => Err(internal(e)),
     }
 }
@@ -1080,16 +1080,16 @@ async fn merge_pull(
             StatusCode::CONFLICT,
             json!({"message": "Head branch was modified. Review and try the merge again.", "documentation_url": DOCS}),
         )),
-        Err(MergeError::Emu(GithubEmulatorError::NoSuchPull(_))) => Err(not_found()),
-        Err(MergeError::Emu(e @ GithubEmulatorError::Forbidden { .. })) => Err(forbidden(&p, &e)),
-        Err(MergeError::Emu(GithubEmulatorError::CannotRebase(_))) => Err(ApiError(
+        Err(MergeError::Emu(GitHubEmulatorError::NoSuchPull(_))) => Err(not_found()),
+        Err(MergeError::Emu(e @ GitHubEmulatorError::Forbidden { .. })) => Err(forbidden(&p, &e)),
+        Err(MergeError::Emu(GitHubEmulatorError::CannotRebase(_))) => Err(ApiError(
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"message": "This branch can't be rebased", "documentation_url": DOCS}),
         )),
         Err(MergeError::Emu(
-            GithubEmulatorError::AlreadyMerged(_)
-            | GithubEmulatorError::NotOpen(_)
-            | GithubEmulatorError::Conflict(_),
+            GitHubEmulatorError::AlreadyMerged(_)
+            | GitHubEmulatorError::NotOpen(_)
+            | GitHubEmulatorError::Conflict(_),
         )) => Err(not_mergeable()),
         Err(MergeError::Emu(e)) => Err(internal(e)),
     }
@@ -1361,7 +1361,7 @@ async fn create_comment(
     let login = sh.login_of(&sh.lock(), &p);
     let c = match sh.add_comment(n, &login, text) {
         Ok(c) => c,
-        Err(GithubEmulatorError::NoSuchPull(_)) => return Err(not_found()),
+        Err(GitHubEmulatorError::NoSuchPull(_)) => return Err(not_found()),
         Err(e) => return Err(internal(e)),
     };
     let mut resp = ok_json(StatusCode::CREATED, comment_json(&sh, &c));
@@ -1417,8 +1417,8 @@ async fn add_labels(
     for name in &names {
         labels = match sh.set_label(n, &login, name, true) {
             Ok(l) => l,
-            Err(GithubEmulatorError::NoSuchPull(_)) => return Err(not_found()),
-            Err(e @ GithubEmulatorError::Forbidden { .. }) => return Err(forbidden(&p, &e)),
+            Err(GitHubEmulatorError::NoSuchPull(_)) => return Err(not_found()),
+            Err(e @ GitHubEmulatorError::Forbidden { .. }) => return Err(forbidden(&p, &e)),
             Err(e) => return Err(internal(e)),
         };
     }
@@ -1443,7 +1443,7 @@ async fn remove_label(
     }
     let login = sh.login_of(&sh.lock(), &p);
     let labels = sh.set_label(n, &login, &name, false).map_err(|e| match e {
-        GithubEmulatorError::Forbidden { .. } => forbidden(&p, &e),
+        GitHubEmulatorError::Forbidden { .. } => forbidden(&p, &e),
         e => internal(e),
     })?;
     Ok(ok_json(StatusCode::OK, labels_json(&sh, &labels)))
@@ -1476,8 +1476,8 @@ async fn update_comment(
     let login = sh.login_of(&sh.lock(), &caller);
     match sh.edit_comment(id, &login, text) {
         Ok(c) => Ok(ok_json(StatusCode::OK, comment_json(&sh, &c))),
-        Err(GithubEmulatorError::NoSuchComment(_)) => Err(not_found()),
-        Err(e @ GithubEmulatorError::Forbidden { .. }) => Err(forbidden(&caller, &e)),
+        Err(GitHubEmulatorError::NoSuchComment(_)) => Err(not_found()),
+        Err(e @ GitHubEmulatorError::Forbidden { .. }) => Err(forbidden(&caller, &e)),
         Err(e) => Err(internal(e)),
     }
 }

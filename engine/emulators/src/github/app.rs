@@ -6,12 +6,12 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-use super::GithubEmulatorError;
+use super::GitHubEmulatorError;
 
 /// How long an installation token is valid by default: one hour, as on GitHub.
 pub const DEFAULT_INSTALLATION_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
-/// The installation id [`GithubAppOptions::new`] gives the App's installation on the
+/// The installation id [`GitHubAppOptions::new`] gives the App's installation on the
 /// repository (deliberately unlike any App id, so mixing the two up fails).
 pub const DEFAULT_INSTALLATION_ID: u64 = 424_242;
 
@@ -23,7 +23,7 @@ const IAT_DRIFT_SECS: i64 = 60;
 
 /// A GitHub App installed on the emulated repository.
 #[derive(Clone)]
-pub struct GithubAppOptions {
+pub struct GitHubAppOptions {
     /// The App id: the JWT's `iss` (a number, or the number as a string).
     pub app_id: u64,
     /// The App's slug; its installation acts as `<slug>[bot]`.
@@ -37,11 +37,11 @@ pub struct GithubAppOptions {
     pub token_ttl: Duration,
 }
 
-impl GithubAppOptions {
+impl GitHubAppOptions {
     /// App `app_id` named `slug` with its public key (PEM), installation
     /// [`DEFAULT_INSTALLATION_ID`] and tokens valid for [`DEFAULT_INSTALLATION_TOKEN_TTL`].
     pub fn new(app_id: u64, slug: &str, public_key_pem: &str) -> Self {
-        GithubAppOptions {
+        GitHubAppOptions {
             app_id,
             slug: slug.to_string(),
             public_key_pem: public_key_pem.to_string(),
@@ -51,9 +51,9 @@ impl GithubAppOptions {
     }
 }
 
-impl std::fmt::Debug for GithubAppOptions {
+impl std::fmt::Debug for GitHubAppOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GithubAppOptions")
+        f.debug_struct("GitHubAppOptions")
             .field("app_id", &self.app_id)
             .field("slug", &self.slug)
             .field("installation_id", &self.installation_id)
@@ -64,7 +64,7 @@ impl std::fmt::Debug for GithubAppOptions {
 
 /// The App with its parsed key.
 pub(super) struct App {
-    pub opts: GithubAppOptions,
+    pub opts: GitHubAppOptions,
     key: DecodingKey,
 }
 
@@ -77,10 +77,10 @@ const JWT_IAT: &str =
 const JWT_ISS: &str = "'Issuer' claim ('iss') must be an Integer";
 
 impl App {
-    /// Parses the public key. Errors: [`GithubEmulatorError::AppKey`].
-    pub fn new(opts: GithubAppOptions) -> Result<App, GithubEmulatorError> {
+    /// Parses the public key. Errors: [`GitHubEmulatorError::AppKey`].
+    pub fn new(opts: GitHubAppOptions) -> Result<App, GitHubEmulatorError> {
         let key = DecodingKey::from_rsa_pem(opts.public_key_pem.as_bytes())
-            .map_err(|e| GithubEmulatorError::AppKey(e.to_string()))?;
+            .map_err(|e| GitHubEmulatorError::AppKey(e.to_string()))?;
         Ok(App { opts, key })
     }
 

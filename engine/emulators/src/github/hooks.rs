@@ -87,7 +87,7 @@ pub struct WebhookDelivery {
     pub delivered_at: DateTime<Utc>,
     /// How long the receiver took to answer.
     pub duration: Duration,
-    /// Whether this attempt was a redelivery ([`super::GithubEmulator::redeliver`]).
+    /// Whether this attempt was a redelivery ([`super::GitHubEmulator::redeliver`]).
     pub redelivery: bool,
 }
 

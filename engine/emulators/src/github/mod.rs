@@ -1,7 +1,7 @@
 //! Emulated GitHub REST API (the subset tkgops and the people around it use) backed by a local
 //! bare git repository.
 //!
-//! [`GithubEmulator::start`] serves, on `127.0.0.1:<random port>`, the REST endpoints the bot,
+//! [`GitHubEmulator::start`] serves, on `127.0.0.1:<random port>`, the REST endpoints the bot,
 //! octocrab, curl and a person's scripts call: repository info, pull requests (create with
 //! GitHub's validation errors, list with `Link` pagination and `head=owner:branch`, get, files,
 //! commits, reviews with dismissal, merge with GitHub's three merge methods), issue comments
@@ -14,29 +14,29 @@
 //! head SHA is always the current tip of its head branch (tests and people push new commits
 //! like a contributor would; `refs/pull/N/head` is refreshed whenever the PR is read).
 //!
-//! Repository roles ([`Role`], [`GithubEmulator::set_role`]) are enforced as on GitHub:
+//! Repository roles ([`Role`], [`GitHubEmulator::set_role`]) are enforced as on GitHub:
 //! anyone comments and reviews; labels need triage; merging, commit statuses, dismissing
 //! reviews and editing other people's comments need write (403 otherwise). Pushes go straight
 //! to the bare repository and cannot be refused (a leniency listed in the README).
 //!
 //! Every request is authenticated (`Authorization: Bearer <token>` or `token <token>`; GitHub's
 //! 401 `Bad credentials` otherwise) and acts as the token's owner: the bot
-//! ([`GithubEmulatorOptions::token`], [`GithubEmulator::set_bot_login`]), a user
-//! ([`GithubEmulatorOptions::users`]), or the App's installation (`<slug>[bot]`, with tokens
+//! ([`GitHubEmulatorOptions::token`], [`GitHubEmulator::set_bot_login`]), a user
+//! ([`GitHubEmulatorOptions::users`]), or the App's installation (`<slug>[bot]`, with tokens
 //! that expire). Pull requests, comments, reviews, statuses and merges are authored by that
 //! login, and GitHub's rules hold (no approving one's own pull request, no review of a closed
 //! one, pending reviews shown to their author only, statuses carrying their `creator`).
 //!
-//! With a webhook ([`GithubEmulator::set_webhook`]) every change is delivered, signed, by a
+//! With a webhook ([`GitHubEmulator::set_webhook`]) every change is delivered, signed, by a
 //! background task, as GitHub does ([`WebhookDelivery`]).
 //!
 //! Response bodies are GitHub's official OpenAPI and webhook examples with real values
 //! substituted (see `tests/fixtures/github/README.md`), so octocrab's strict models parse them;
 //! every response carries `x-ratelimit-*` headers. Failures are injected through
-//! [`GithubEmulator::faults`].
+//! [`GitHubEmulator::faults`].
 //!
-//! The control API ([`GithubEmulator::open_pull_request`], [`GithubEmulator::submit_review`],
-//! [`GithubEmulator::add_comment`], …) acts as any GitHub user in tests and in the sandbox.
+//! The control API ([`GitHubEmulator::open_pull_request`], [`GitHubEmulator::submit_review`],
+//! [`GitHubEmulator::add_comment`], …) acts as any GitHub user in tests and in the sandbox.
 
 mod api;
 mod app;
@@ -53,7 +53,7 @@ use chrono::{DateTime, Utc};
 
 use crate::faults::Faults;
 
-pub use app::{GithubAppOptions, DEFAULT_INSTALLATION_ID, DEFAULT_INSTALLATION_TOKEN_TTL};
+pub use app::{GitHubAppOptions, DEFAULT_INSTALLATION_ID, DEFAULT_INSTALLATION_TOKEN_TTL};
 pub use hooks::{WebhookDelivery, WebhookTarget};
 
 /// GitHub's limit on the commits `GET /repos/{o}/{r}/pulls/{n}/commits` lists: "This endpoint
@@ -149,17 +149,17 @@ impl MergeMethod {
     }
 }
 
-/// Default login of the token owner (the bot), see [`GithubEmulator::set_bot_login`].
+/// Default login of the token owner (the bot), see [`GitHubEmulator::set_bot_login`].
 pub const DEFAULT_BOT_LOGIN: &str = "tkgops[bot]";
 
 /// Maximum length of an issue comment body, in characters (GitHub's limit).
 pub const MAX_COMMENT_CHARS: usize = 65_536;
 
-/// Configuration of a [`GithubEmulator`]. `Default` gives empty names and tokens (nothing is
+/// Configuration of a [`GitHubEmulator`]. `Default` gives empty names and tokens (nothing is
 /// accepted), no users, no webhook and no App: set at least `owner`, `repo`,
 /// `default_branch`, `token` and `bare_repo`.
 #[derive(Clone, Default)]
-pub struct GithubEmulatorOptions {
+pub struct GitHubEmulatorOptions {
     /// Owner login of the emulated repository (`owner` in `/repos/{owner}/{repo}`).
     pub owner: String,
     /// Name of the emulated repository.
@@ -167,28 +167,28 @@ pub struct GithubEmulatorOptions {
     /// Default branch; pull requests opened through the control API target it (normally `main`).
     pub default_branch: String,
     /// The bot's API token, sent as `Bearer <token>` or `token <token>`; requests made with it
-    /// act as the bot login ([`GithubEmulator::set_bot_login`]). Never logged.
+    /// act as the bot login ([`GitHubEmulator::set_bot_login`]). Never logged.
     pub token: String,
     /// Personal access tokens of human users: login → token. Requests made with a user's token
     /// act as that user (author of the pull requests, comments, reviews, statuses and merges it
-    /// makes; `GET /user`), within the user's role ([`GithubEmulatorOptions::roles`]; write
+    /// makes; `GET /user`), within the user's role ([`GitHubEmulatorOptions::roles`]; write
     /// unless set). Never logged.
     pub users: BTreeMap<String, String>,
     /// Repository roles: login → [`Role`] (logins compare case-insensitively). A login with no
-    /// role here (or set later with [`GithubEmulator::set_role`]) has [`Role::Write`], except
-    /// the repository owner ([`Role::Admin`]); see [`GithubEmulator::role`].
+    /// role here (or set later with [`GitHubEmulator::set_role`]) has [`Role::Write`], except
+    /// the repository owner ([`Role::Admin`]); see [`GitHubEmulator::role`].
     pub roles: BTreeMap<String, Role>,
     /// Path of an existing bare git repository: the config repository's remote.
     pub bare_repo: PathBuf,
-    /// Where to deliver webhook events (see [`GithubEmulator::set_webhook`]); `None`: none.
+    /// Where to deliver webhook events (see [`GitHubEmulator::set_webhook`]); `None`: none.
     pub webhook: Option<WebhookTarget>,
     /// A GitHub App installed on the repository (JWT and installation-token authentication).
-    pub app: Option<GithubAppOptions>,
+    pub app: Option<GitHubAppOptions>,
 }
 
-impl std::fmt::Debug for GithubEmulatorOptions {
+impl std::fmt::Debug for GitHubEmulatorOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GithubEmulatorOptions")
+        f.debug_struct("GitHubEmulatorOptions")
             .field("owner", &self.owner)
             .field("repo", &self.repo)
             .field("default_branch", &self.default_branch)
@@ -204,7 +204,7 @@ impl std::fmt::Debug for GithubEmulatorOptions {
 
 /// Errors of the emulator's start-up and control API.
 #[derive(Debug, thiserror::Error)]
-pub enum GithubEmulatorError {
+pub enum GitHubEmulatorError {
     /// Binding or reading the local listener failed.
     #[error("cannot start the GitHub emulator listener: {0}")]
     Bind(#[source] std::io::Error),
@@ -485,7 +485,7 @@ const RATE_LIMIT: u64 = 5000;
 /// Who a request acts as (from its token).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Principal {
-    /// The bot's token ([`GithubEmulatorOptions::token`]): the current bot login.
+    /// The bot's token ([`GitHubEmulatorOptions::token`]): the current bot login.
     Bot,
     /// A user's personal access token.
     User(String),
@@ -496,7 +496,7 @@ enum Principal {
 }
 
 struct Shared {
-    opts: GithubEmulatorOptions,
+    opts: GitHubEmulatorOptions,
     api_url: String,
     clone_url: String,
     faults: Faults,
@@ -511,12 +511,12 @@ struct Shared {
     /// Microseconds since the Unix epoch of the last timestamp handed out by [`Shared::now`].
     last_stamp_micros: AtomicI64,
     /// Bumped after every access to the state (see [`StateGuard`]): what
-    /// [`GithubEmulator::wait_until`] waits on.
+    /// [`GitHubEmulator::wait_until`] waits on.
     changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The locked state; when dropped, announces a possible change to
-/// [`GithubEmulator::wait_until`] waiters. The announcement happens before the lock is
+/// [`GitHubEmulator::wait_until`] waiters. The announcement happens before the lock is
 /// released, so a waiter that re-reads the state sees the change.
 struct StateGuard<'a> {
     guard: MutexGuard<'a, State>,
@@ -560,7 +560,7 @@ impl Shared {
     }
 
     /// The state for reading only: unlike [`Shared::lock`], releasing it announces no change,
-    /// so a waiter that reads the state on every change ([`GithubEmulator::wait_until`]) does
+    /// so a waiter that reads the state on every change ([`GitHubEmulator::wait_until`]) does
     /// not wake itself forever.
     fn read(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -610,8 +610,8 @@ impl Shared {
         }
     }
 
-    /// The repository role of `login`: the one set ([`GithubEmulatorOptions::roles`],
-    /// [`GithubEmulator::set_role`]), else [`Role::Admin`] for the repository owner and
+    /// The repository role of `login`: the one set ([`GitHubEmulatorOptions::roles`],
+    /// [`GitHubEmulator::set_role`]), else [`Role::Admin`] for the repository owner and
     /// [`Role::Write`] for everyone else (the emulator's default: see the README's leniencies).
     fn role_of(&self, st: &State, login: &str) -> Role {
         let key = login.to_ascii_lowercase();
@@ -622,7 +622,7 @@ impl Shared {
         }
     }
 
-    /// `Ok` when `login` has at least role `needed`, else [`GithubEmulatorError::Forbidden`]
+    /// `Ok` when `login` has at least role `needed`, else [`GitHubEmulatorError::Forbidden`]
     /// naming `action`.
     fn require(
         &self,
@@ -630,12 +630,12 @@ impl Shared {
         login: &str,
         needed: Role,
         action: impl FnOnce() -> String,
-    ) -> Result<(), GithubEmulatorError> {
+    ) -> Result<(), GitHubEmulatorError> {
         let role = self.role_of(st, login);
         if role >= needed {
             Ok(())
         } else {
-            Err(GithubEmulatorError::Forbidden {
+            Err(GitHubEmulatorError::Forbidden {
                 login: login.to_string(),
                 role,
                 needed,
@@ -652,7 +652,7 @@ impl Shared {
         id: u64,
         editor: &str,
         body: String,
-    ) -> Result<Comment, GithubEmulatorError> {
+    ) -> Result<Comment, GitHubEmulatorError> {
         let (c, old, pull) = {
             let mut st = self.lock();
             let author = st
@@ -660,7 +660,7 @@ impl Shared {
                 .iter()
                 .find(|c| c.id == id)
                 .map(|c| c.user.clone())
-                .ok_or(GithubEmulatorError::NoSuchComment(id))?;
+                .ok_or(GitHubEmulatorError::NoSuchComment(id))?;
             if !author.eq_ignore_ascii_case(editor) {
                 self.require(&st, editor, Role::Write, || {
                     format!("edit comment {id} of {author}")
@@ -671,7 +671,7 @@ impl Shared {
                 .comments
                 .iter_mut()
                 .find(|c| c.id == id)
-                .ok_or(GithubEmulatorError::NoSuchComment(id))?;
+                .ok_or(GitHubEmulatorError::NoSuchComment(id))?;
             let old = std::mem::replace(&mut c.body, body);
             c.updated_at = now;
             let c = c.clone();
@@ -710,11 +710,11 @@ impl Shared {
         number: u64,
         id: u64,
         dismisser: &str,
-    ) -> Result<Review, GithubEmulatorError> {
+    ) -> Result<Review, GitHubEmulatorError> {
         let (review, pull, changed) = {
             let mut st = self.lock();
             if !st.pulls.contains_key(&number) {
-                return Err(GithubEmulatorError::NoSuchPull(number));
+                return Err(GitHubEmulatorError::NoSuchPull(number));
             }
             let visible = |r: &Review| {
                 r.pull == number
@@ -722,7 +722,7 @@ impl Shared {
                     && (r.state != "PENDING" || r.user.eq_ignore_ascii_case(dismisser))
             };
             if !st.reviews.iter().any(visible) {
-                return Err(GithubEmulatorError::NoSuchReview { number, id });
+                return Err(GitHubEmulatorError::NoSuchReview { number, id });
             }
             self.require(&st, dismisser, Role::Write, || {
                 format!("dismiss review {id} of pull request #{number}")
@@ -732,14 +732,14 @@ impl Shared {
                 .reviews
                 .iter_mut()
                 .find(|r| visible(r))
-                .ok_or(GithubEmulatorError::NoSuchReview { number, id })?;
+                .ok_or(GitHubEmulatorError::NoSuchReview { number, id })?;
             let refused = match review.state.as_str() {
                 "PENDING" => Some("Can not dismiss a pending review"),
                 "COMMENTED" => Some("Can not dismiss a commented pull request review"),
                 _ => None,
             };
             if let Some(message) = refused {
-                return Err(GithubEmulatorError::ReviewRefused {
+                return Err(GitHubEmulatorError::ReviewRefused {
                     number,
                     message: message.to_string(),
                 });
@@ -787,12 +787,12 @@ impl Shared {
         user: &str,
         name: &str,
         add: bool,
-    ) -> Result<Vec<String>, GithubEmulatorError> {
+    ) -> Result<Vec<String>, GitHubEmulatorError> {
         let now = self.now();
         let (changed, labels) = {
             let mut st = self.lock();
             if !st.pulls.contains_key(&number) {
-                return Err(GithubEmulatorError::NoSuchPull(number));
+                return Err(GitHubEmulatorError::NoSuchPull(number));
             }
             self.require(&st, user, Role::Triage, || {
                 format!("label pull request #{number}")
@@ -800,7 +800,7 @@ impl Shared {
             let pull = st
                 .pulls
                 .get_mut(&number)
-                .ok_or(GithubEmulatorError::NoSuchPull(number))?;
+                .ok_or(GitHubEmulatorError::NoSuchPull(number))?;
             let has = pull.labels.iter().any(|l| l == name);
             let changed = has != add;
             if changed {
@@ -862,11 +862,11 @@ impl Shared {
         &self,
         repo: &git2::Repository,
         new: NewPull<'_>,
-    ) -> Result<u64, GithubEmulatorError> {
+    ) -> Result<u64, GitHubEmulatorError> {
         let head = git::branch_tip(repo, new.head_ref)?
-            .ok_or_else(|| GithubEmulatorError::NoSuchBranch(new.head_ref.to_string()))?;
+            .ok_or_else(|| GitHubEmulatorError::NoSuchBranch(new.head_ref.to_string()))?;
         git::branch_tip(repo, new.base_ref)?
-            .ok_or_else(|| GithubEmulatorError::NoSuchBranch(new.base_ref.to_string()))?;
+            .ok_or_else(|| GitHubEmulatorError::NoSuchBranch(new.base_ref.to_string()))?;
         let number = {
             let mut st = self.lock();
             let number = st.next_pull;
@@ -911,18 +911,18 @@ impl Shared {
         state: &str,
         body: &str,
         commit_id: Option<String>,
-    ) -> Result<Review, GithubEmulatorError> {
+    ) -> Result<Review, GitHubEmulatorError> {
         let repo = self.repo()?;
         let (review, pull) = {
             let mut st = self.lock();
             let pull = st
                 .pulls
                 .get_mut(&number)
-                .ok_or(GithubEmulatorError::NoSuchPull(number))?;
+                .ok_or(GitHubEmulatorError::NoSuchPull(number))?;
             self.refresh(&repo, pull)?;
             if !pull.open {
                 // GitHub: no review on a closed (or merged) pull request.
-                return Err(GithubEmulatorError::ReviewRefused {
+                return Err(GitHubEmulatorError::ReviewRefused {
                     number,
                     message: "Can not review a closed pull request".to_string(),
                 });
@@ -934,7 +934,7 @@ impl Shared {
                     _ => None,
                 };
                 if let Some(message) = refused {
-                    return Err(GithubEmulatorError::OwnPullRequest {
+                    return Err(GitHubEmulatorError::OwnPullRequest {
                         number,
                         message: message.to_string(),
                     });
@@ -952,7 +952,7 @@ impl Shared {
                 })
             {
                 // GitHub keeps one pending review per user and pull request.
-                return Err(GithubEmulatorError::ReviewRefused {
+                return Err(GitHubEmulatorError::ReviewRefused {
                     number,
                     message: "User can only have one pending review per pull request".to_string(),
                 });
@@ -1020,7 +1020,7 @@ impl Shared {
         number: u64,
         user: &str,
         body: String,
-    ) -> Result<Comment, GithubEmulatorError> {
+    ) -> Result<Comment, GitHubEmulatorError> {
         // One record for pull requests and plain issues; only a pull request's comment is
         // announced (a plain issue's is not: README leniency).
         let (comment, pull) = {
@@ -1034,7 +1034,7 @@ impl Shared {
                 None => {
                     st.issues
                         .get_mut(&number)
-                        .ok_or(GithubEmulatorError::NoSuchPull(number))?
+                        .ok_or(GitHubEmulatorError::NoSuchPull(number))?
                         .updated_at = now;
                     None
                 }
@@ -1080,7 +1080,7 @@ impl Shared {
         let repo = self.repo()?;
         let mut st = self.lock();
         if !st.pulls.contains_key(&number) {
-            return Err(GithubEmulatorError::NoSuchPull(number).into());
+            return Err(GitHubEmulatorError::NoSuchPull(number).into());
         }
         self.require(&st, merger, Role::Write, || {
             format!("merge pull request #{number}")
@@ -1088,13 +1088,13 @@ impl Shared {
         let pull = st
             .pulls
             .get_mut(&number)
-            .ok_or(GithubEmulatorError::NoSuchPull(number))?;
+            .ok_or(GitHubEmulatorError::NoSuchPull(number))?;
         self.refresh(&repo, pull)?;
         if pull.merged {
-            return Err(GithubEmulatorError::AlreadyMerged(number).into());
+            return Err(GitHubEmulatorError::AlreadyMerged(number).into());
         }
         if !pull.open {
-            return Err(GithubEmulatorError::NotOpen(number).into());
+            return Err(GitHubEmulatorError::NotOpen(number).into());
         }
         if let Some(sha) = req.expected_sha {
             if sha != pull.head_sha {
@@ -1103,7 +1103,7 @@ impl Shared {
         }
         let head = git2::Oid::from_str(&pull.head_sha)?;
         let base_tip = git::branch_tip(&repo, &pull.base_ref)?
-            .ok_or_else(|| GithubEmulatorError::NoSuchBranch(pull.base_ref.clone()))?;
+            .ok_or_else(|| GitHubEmulatorError::NoSuchBranch(pull.base_ref.clone()))?;
         let commits = git::pull_commits(&repo, base_tip, head)?;
         let outcome = match req.method {
             MergeMethod::Merge => {
@@ -1128,13 +1128,13 @@ impl Shared {
             }
             MergeMethod::Rebase => match git::rebase_onto(&repo, &pull.base_ref, head, &commits)? {
                 git::MergeOutcome::Conflict => {
-                    return Err(GithubEmulatorError::CannotRebase(number).into())
+                    return Err(GitHubEmulatorError::CannotRebase(number).into())
                 }
                 merged => merged,
             },
         };
         match outcome {
-            git::MergeOutcome::Conflict => Err(GithubEmulatorError::Conflict(number).into()),
+            git::MergeOutcome::Conflict => Err(GitHubEmulatorError::Conflict(number).into()),
             git::MergeOutcome::Merged(oid) => {
                 let now = self.now();
                 pull.open = false;
@@ -1240,12 +1240,12 @@ struct NewPull<'a> {
 
 /// Why a merge failed (the REST handler maps these to GitHub's answers).
 enum MergeError {
-    Emu(GithubEmulatorError),
+    Emu(GitHubEmulatorError),
     HeadModified,
 }
 
-impl From<GithubEmulatorError> for MergeError {
-    fn from(e: GithubEmulatorError) -> Self {
+impl From<GitHubEmulatorError> for MergeError {
+    fn from(e: GitHubEmulatorError) -> Self {
         MergeError::Emu(e)
     }
 }
@@ -1257,7 +1257,7 @@ impl From<git2::Error> for MergeError {
 }
 
 /// The background tasks of one emulator (HTTP server, webhook delivery, branch watcher):
-/// aborted when the last [`GithubEmulator`] clone is dropped.
+/// aborted when the last [`GitHubEmulator`] clone is dropped.
 struct Tasks(Mutex<Vec<tokio::task::JoinHandle<()>>>);
 
 impl Tasks {
@@ -1280,14 +1280,14 @@ impl Drop for Tasks {
 /// A running GitHub REST emulator. Cheap to clone; all clones share one state and one server,
 /// which stops when the last clone is dropped.
 #[derive(Clone)]
-pub struct GithubEmulator {
+pub struct GitHubEmulator {
     shared: Arc<Shared>,
     tasks: Arc<Tasks>,
 }
 
-impl std::fmt::Debug for GithubEmulator {
+impl std::fmt::Debug for GitHubEmulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GithubEmulator")
+        f.debug_struct("GitHubEmulator")
             .field("api_url", &self.shared.api_url)
             .finish_non_exhaustive()
     }
@@ -1297,14 +1297,14 @@ fn is_valid_review_state(state: &str) -> bool {
     matches!(state, "APPROVED" | "CHANGES_REQUESTED" | "COMMENTED")
 }
 
-impl GithubEmulator {
+impl GitHubEmulator {
     /// Starts the emulator on `127.0.0.1:0` (a free port) for the bare repository in `opts`,
     /// with its webhook delivery task (and branch watcher when `opts.webhook` is set).
     ///
-    /// Errors: [`GithubEmulatorError::Bind`] when the listener cannot be opened,
-    /// [`GithubEmulatorError::Git`] when `opts.bare_repo` is not a git repository,
-    /// [`GithubEmulatorError::AppKey`] when `opts.app` has an unusable public key.
-    pub async fn start(opts: GithubEmulatorOptions) -> Result<Self, GithubEmulatorError> {
+    /// Errors: [`GitHubEmulatorError::Bind`] when the listener cannot be opened,
+    /// [`GitHubEmulatorError::Git`] when `opts.bare_repo` is not a git repository,
+    /// [`GitHubEmulatorError::AppKey`] when `opts.app` has an unusable public key.
+    pub async fn start(opts: GitHubEmulatorOptions) -> Result<Self, GitHubEmulatorError> {
         git::open(&opts.bare_repo)?;
         let app = match &opts.app {
             Some(a) => Some(app::App::new(a.clone())?),
@@ -1312,8 +1312,8 @@ impl GithubEmulator {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .map_err(GithubEmulatorError::Bind)?;
-        let addr = listener.local_addr().map_err(GithubEmulatorError::Bind)?;
+            .map_err(GitHubEmulatorError::Bind)?;
+        let addr = listener.local_addr().map_err(GitHubEmulatorError::Bind)?;
         let abs = std::fs::canonicalize(&opts.bare_repo).unwrap_or_else(|_| opts.bare_repo.clone());
         let clone_url = url::Url::from_directory_path(&abs)
             .map(|u| u.as_str().trim_end_matches('/').to_string())
@@ -1370,7 +1370,7 @@ impl GithubEmulator {
         });
         let tasks = Arc::new(Tasks(Mutex::new(vec![server])));
         tasks.push(tokio::spawn(hooks::deliver(shared.clone(), hooks_rx)));
-        let emu = GithubEmulator { shared, tasks };
+        let emu = GitHubEmulator { shared, tasks };
         if webhook.is_some() {
             emu.set_webhook(webhook);
         }
@@ -1395,7 +1395,7 @@ impl GithubEmulator {
     pub async fn wait_until<T>(
         &self,
         timeout: std::time::Duration,
-        mut check: impl FnMut(&GithubEmulator) -> Option<T>,
+        mut check: impl FnMut(&GitHubEmulator) -> Option<T>,
     ) -> Option<T> {
         let mut rx = self.shared.changes.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -1418,7 +1418,7 @@ impl GithubEmulator {
     }
 
     /// Sets the login of the bot token's owner (author of comments, statuses and merges made
-    /// with [`GithubEmulatorOptions::token`]). Default: [`DEFAULT_BOT_LOGIN`].
+    /// with [`GitHubEmulatorOptions::token`]). Default: [`DEFAULT_BOT_LOGIN`].
     pub fn set_bot_login(&self, login: &str) {
         self.shared.lock().bot_login = login.to_string();
     }
@@ -1445,7 +1445,7 @@ impl GithubEmulator {
     /// `synchronize`, `closed`), `pull_request_review` (`submitted`), `issue_comment`
     /// (`created`, `edited`, `deleted`) and `push`. Pushes to the bare repository made outside
     /// the API (`git push`) are noticed by a branch watcher that checks the branch tips every
-    /// 50 ms. Each attempt is recorded ([`GithubEmulator::deliveries`]); failures are not
+    /// 50 ms. Each attempt is recorded ([`GitHubEmulator::deliveries`]); failures are not
     /// retried (as GitHub).
     pub fn set_webhook(&self, target: Option<WebhookTarget>) {
         let on = target.is_some();
@@ -1468,8 +1468,8 @@ impl GithubEmulator {
     /// Delivers delivery `guid` again with the same `X-GitHub-Delivery` and body (GitHub's
     /// manual "Redeliver"), in the background; the attempt is recorded as a new delivery.
     ///
-    /// Errors: [`GithubEmulatorError::NoSuchDelivery`].
-    pub fn redeliver(&self, guid: &str) -> Result<(), GithubEmulatorError> {
+    /// Errors: [`GitHubEmulatorError::NoSuchDelivery`].
+    pub fn redeliver(&self, guid: &str) -> Result<(), GitHubEmulatorError> {
         let d = self
             .shared
             .lock()
@@ -1477,7 +1477,7 @@ impl GithubEmulator {
             .iter()
             .find(|d| d.guid == guid)
             .cloned()
-            .ok_or_else(|| GithubEmulatorError::NoSuchDelivery(guid.to_string()))?;
+            .ok_or_else(|| GitHubEmulatorError::NoSuchDelivery(guid.to_string()))?;
         self.shared.emit(hooks::Hook::Redeliver(Box::new(d)));
         Ok(())
     }
@@ -1500,15 +1500,15 @@ impl GithubEmulator {
     /// Writes `refs/pull/N/head`; announces `pull_request` `opened`. Returns the new PR number
     /// (1, 2, …). Unlike `POST /pulls` it does not refuse a second PR for the same branch.
     ///
-    /// Errors: [`GithubEmulatorError::NoSuchBranch`] if `head_branch` (or the default branch)
-    /// does not exist in the bare repository; [`GithubEmulatorError::Git`].
+    /// Errors: [`GitHubEmulatorError::NoSuchBranch`] if `head_branch` (or the default branch)
+    /// does not exist in the bare repository; [`GitHubEmulatorError::Git`].
     pub fn open_pull_request(
         &self,
         head_branch: &str,
         title: &str,
         body: &str,
         author: &str,
-    ) -> Result<u64, GithubEmulatorError> {
+    ) -> Result<u64, GitHubEmulatorError> {
         let repo = self.shared.repo()?;
         self.shared.create_pull(
             &repo,
@@ -1530,8 +1530,8 @@ impl GithubEmulator {
     /// branch `head_branch` of the bare repository (GitHub keeps a fork network's objects
     /// together); the head follows that branch while the fork exists. Returns the PR number.
     ///
-    /// Errors: [`GithubEmulatorError::InvalidRepository`], [`GithubEmulatorError::NoSuchBranch`],
-    /// [`GithubEmulatorError::Git`].
+    /// Errors: [`GitHubEmulatorError::InvalidRepository`], [`GitHubEmulatorError::NoSuchBranch`],
+    /// [`GitHubEmulatorError::Git`].
     pub fn open_fork_pull_request(
         &self,
         head_repo: Option<&str>,
@@ -1539,7 +1539,7 @@ impl GithubEmulator {
         title: &str,
         body: &str,
         author: &str,
-    ) -> Result<u64, GithubEmulatorError> {
+    ) -> Result<u64, GitHubEmulatorError> {
         let head_repo = match head_repo {
             None => HeadRepo::Deleted,
             Some(full) => {
@@ -1556,7 +1556,7 @@ impl GithubEmulator {
                             name: n.to_string(),
                         }
                     }
-                    _ => return Err(GithubEmulatorError::InvalidRepository(full.to_string())),
+                    _ => return Err(GitHubEmulatorError::InvalidRepository(full.to_string())),
                 }
             }
         };
@@ -1577,34 +1577,34 @@ impl GithubEmulator {
     /// Records a review of PR `number` by `reviewer` on its current head commit (its
     /// `commit_id`) and announces `pull_request_review` `submitted`; any role may review.
     /// `state`: `APPROVED`, `CHANGES_REQUESTED` or `COMMENTED`. Use
-    /// [`GithubEmulator::submit_review_id`] for the new review's id.
+    /// [`GitHubEmulator::submit_review_id`] for the new review's id.
     ///
-    /// Errors: [`GithubEmulatorError::InvalidReviewState`], [`GithubEmulatorError::NoSuchPull`],
-    /// [`GithubEmulatorError::OwnPullRequest`] (the author approving or requesting changes on
-    /// their own PR, which GitHub refuses), [`GithubEmulatorError::ReviewRefused`] (a closed
-    /// pull request: GitHub's 422), [`GithubEmulatorError::Git`].
+    /// Errors: [`GitHubEmulatorError::InvalidReviewState`], [`GitHubEmulatorError::NoSuchPull`],
+    /// [`GitHubEmulatorError::OwnPullRequest`] (the author approving or requesting changes on
+    /// their own PR, which GitHub refuses), [`GitHubEmulatorError::ReviewRefused`] (a closed
+    /// pull request: GitHub's 422), [`GitHubEmulatorError::Git`].
     pub fn submit_review(
         &self,
         number: u64,
         reviewer: &str,
         state: &str,
-    ) -> Result<(), GithubEmulatorError> {
+    ) -> Result<(), GitHubEmulatorError> {
         self.submit_review_id(number, reviewer, state).map(|_| ())
     }
 
-    /// As [`GithubEmulator::submit_review`], returning the new review's id (GitHub's `id`).
+    /// As [`GitHubEmulator::submit_review`], returning the new review's id (GitHub's `id`).
     /// `state` may also be `PENDING` (a review started, not submitted: no webhook, visible to
     /// its author only, one per reviewer and pull request).
     ///
-    /// Errors: as [`GithubEmulator::submit_review`].
+    /// Errors: as [`GitHubEmulator::submit_review`].
     pub fn submit_review_id(
         &self,
         number: u64,
         reviewer: &str,
         state: &str,
-    ) -> Result<u64, GithubEmulatorError> {
+    ) -> Result<u64, GitHubEmulatorError> {
         if !is_valid_review_state(state) && state != "PENDING" {
-            return Err(GithubEmulatorError::InvalidReviewState(state.to_string()));
+            return Err(GitHubEmulatorError::InvalidReviewState(state.to_string()));
         }
         self.shared
             .add_review(number, reviewer, state, "", None)
@@ -1614,45 +1614,45 @@ impl GithubEmulator {
     /// Adds the label `name` to PR `number` as `user`, as `POST /issues/{n}/labels` does;
     /// announces `pull_request` `labeled` when it was not there yet.
     ///
-    /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::Forbidden`] (labels
+    /// Errors: [`GitHubEmulatorError::NoSuchPull`], [`GitHubEmulatorError::Forbidden`] (labels
     /// need [`Role::Triage`]).
     pub fn add_label(
         &self,
         number: u64,
         user: &str,
         name: &str,
-    ) -> Result<(), GithubEmulatorError> {
+    ) -> Result<(), GitHubEmulatorError> {
         self.shared.set_label(number, user, name, true).map(|_| ())
     }
 
     /// Removes the label `name` from PR `number` as `user`; announces `unlabeled` when it was
     /// there.
     ///
-    /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::Forbidden`] (labels
+    /// Errors: [`GitHubEmulatorError::NoSuchPull`], [`GitHubEmulatorError::Forbidden`] (labels
     /// need [`Role::Triage`]).
     pub fn remove_label(
         &self,
         number: u64,
         user: &str,
         name: &str,
-    ) -> Result<(), GithubEmulatorError> {
+    ) -> Result<(), GitHubEmulatorError> {
         self.shared.set_label(number, user, name, false).map(|_| ())
     }
 
     /// Adds an issue comment by `user` (any login) to PR `number` and announces
     /// `issue_comment` `created`. Returns the comment id.
     ///
-    /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::CommentTooLong`]
+    /// Errors: [`GitHubEmulatorError::NoSuchPull`], [`GitHubEmulatorError::CommentTooLong`]
     /// (more than [`MAX_COMMENT_CHARS`] characters).
     pub fn add_comment(
         &self,
         number: u64,
         user: &str,
         body: &str,
-    ) -> Result<u64, GithubEmulatorError> {
+    ) -> Result<u64, GitHubEmulatorError> {
         let chars = body.chars().count();
         if chars > MAX_COMMENT_CHARS {
-            return Err(GithubEmulatorError::CommentTooLong(chars));
+            return Err(GitHubEmulatorError::CommentTooLong(chars));
         }
         self.shared
             .add_comment(number, user, body.to_string())
@@ -1663,13 +1663,13 @@ impl GithubEmulator {
     /// (parents: base tip, head tip) on the base branch; announces `pull_request` `closed`.
     /// Returns the merge commit SHA.
     ///
-    /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::AlreadyMerged`],
-    /// [`GithubEmulatorError::NotOpen`], [`GithubEmulatorError::Conflict`], [`GithubEmulatorError::Git`].
+    /// Errors: [`GitHubEmulatorError::NoSuchPull`], [`GitHubEmulatorError::AlreadyMerged`],
+    /// [`GitHubEmulatorError::NotOpen`], [`GitHubEmulatorError::Conflict`], [`GitHubEmulatorError::Git`].
     pub fn merge_pull_request(
         &self,
         number: u64,
         merger: &str,
-    ) -> Result<String, GithubEmulatorError> {
+    ) -> Result<String, GitHubEmulatorError> {
         self.merge_pull_request_with(number, merger, MergeMethod::Merge)
     }
 
@@ -1679,24 +1679,24 @@ impl GithubEmulator {
     /// tip, head), the squash commit (parent: base tip; tree: the merge result), or the last
     /// commit re-applied by a rebase (see [`MergeMethod`]).
     ///
-    /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::Forbidden`] (a
+    /// Errors: [`GitHubEmulatorError::NoSuchPull`], [`GitHubEmulatorError::Forbidden`] (a
     /// `merger` with less than [`Role::Write`]: GitHub answers 403),
-    /// [`GithubEmulatorError::AlreadyMerged`], [`GithubEmulatorError::NotOpen`],
-    /// [`GithubEmulatorError::Conflict`], [`GithubEmulatorError::CannotRebase`],
-    /// [`GithubEmulatorError::Git`].
+    /// [`GitHubEmulatorError::AlreadyMerged`], [`GitHubEmulatorError::NotOpen`],
+    /// [`GitHubEmulatorError::Conflict`], [`GitHubEmulatorError::CannotRebase`],
+    /// [`GitHubEmulatorError::Git`].
     pub fn merge_pull_request_with(
         &self,
         number: u64,
         merger: &str,
         method: MergeMethod,
-    ) -> Result<String, GithubEmulatorError> {
+    ) -> Result<String, GitHubEmulatorError> {
         let req = MergeRequest {
             method,
             ..MergeRequest::default()
         };
         self.shared.merge(number, merger, req).map_err(|e| match e {
             MergeError::Emu(e) => e,
-            MergeError::HeadModified => GithubEmulatorError::NotOpen(number),
+            MergeError::HeadModified => GitHubEmulatorError::NotOpen(number),
         })
     }
 
@@ -1709,8 +1709,8 @@ impl GithubEmulator {
             .insert(login.to_ascii_lowercase(), role);
     }
 
-    /// The repository role of `login`: the one set ([`GithubEmulatorOptions::roles`],
-    /// [`GithubEmulator::set_role`]); else [`Role::Admin`] for the repository owner and
+    /// The repository role of `login`: the one set ([`GitHubEmulatorOptions::roles`],
+    /// [`GitHubEmulator::set_role`]); else [`Role::Admin`] for the repository owner and
     /// [`Role::Write`] for any other login (the bot's and the App's included, which need to
     /// comment, post statuses, open issues and push their own branches).
     pub fn role(&self, login: &str) -> Role {
@@ -1723,17 +1723,17 @@ impl GithubEmulator {
     /// writers edit other people's comments; the comment keeps its author and its
     /// `updated_at` moves). Announces `issue_comment` `edited` for a pull request's comment.
     ///
-    /// Errors: [`GithubEmulatorError::NoSuchComment`], [`GithubEmulatorError::Forbidden`],
-    /// [`GithubEmulatorError::CommentTooLong`].
+    /// Errors: [`GitHubEmulatorError::NoSuchComment`], [`GitHubEmulatorError::Forbidden`],
+    /// [`GitHubEmulatorError::CommentTooLong`].
     pub fn edit_comment(
         &self,
         id: u64,
         editor: &str,
         body: &str,
-    ) -> Result<(), GithubEmulatorError> {
+    ) -> Result<(), GitHubEmulatorError> {
         let chars = body.chars().count();
         if chars > MAX_COMMENT_CHARS {
-            return Err(GithubEmulatorError::CommentTooLong(chars));
+            return Err(GitHubEmulatorError::CommentTooLong(chars));
         }
         self.shared
             .edit_comment(id, editor, body.to_string())
@@ -1744,15 +1744,15 @@ impl GithubEmulator {
     /// `PUT /repos/{o}/{r}/pulls/{n}/reviews/{id}/dismissals`: its state becomes `DISMISSED`
     /// and `pull_request_review` `dismissed` is announced.
     ///
-    /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::NoSuchReview`],
-    /// [`GithubEmulatorError::Forbidden`] (less than [`Role::Write`]),
-    /// [`GithubEmulatorError::ReviewRefused`] (a pending or commented review).
+    /// Errors: [`GitHubEmulatorError::NoSuchPull`], [`GitHubEmulatorError::NoSuchReview`],
+    /// [`GitHubEmulatorError::Forbidden`] (less than [`Role::Write`]),
+    /// [`GitHubEmulatorError::ReviewRefused`] (a pending or commented review).
     pub fn dismiss_review(
         &self,
         number: u64,
         review_id: u64,
         dismisser: &str,
-    ) -> Result<(), GithubEmulatorError> {
+    ) -> Result<(), GitHubEmulatorError> {
         self.shared
             .dismiss_review(number, review_id, dismisser)
             .map(|_| ())
@@ -1779,15 +1779,15 @@ impl GithubEmulator {
     /// Closes PR `number` without merging (its head SHA is frozen); announces `pull_request`
     /// `closed` (sent by the PR author).
     ///
-    /// Errors: [`GithubEmulatorError::NoSuchPull`], [`GithubEmulatorError::Git`].
-    pub fn close_pull_request(&self, number: u64) -> Result<(), GithubEmulatorError> {
+    /// Errors: [`GitHubEmulatorError::NoSuchPull`], [`GitHubEmulatorError::Git`].
+    pub fn close_pull_request(&self, number: u64) -> Result<(), GitHubEmulatorError> {
         let repo = self.shared.repo()?;
         let closed = {
             let mut st = self.shared.lock();
             let pull = st
                 .pulls
                 .get_mut(&number)
-                .ok_or(GithubEmulatorError::NoSuchPull(number))?;
+                .ok_or(GitHubEmulatorError::NoSuchPull(number))?;
             self.shared.refresh(&repo, pull)?;
             if pull.open {
                 let now = self.shared.now();

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::{GithubAppOptions, HeadRepo, Pull};
+use super::{GitHubAppOptions, HeadRepo, Pull};
 
 const PULL_REQUEST: &str = include_str!("../../../../tests/fixtures/github/pull-request.json");
 const PULL_REQUEST_SIMPLE: &str =
@@ -572,7 +572,7 @@ impl Ctx<'_> {
     }
 
     /// The App (`GET /app`, GitHub's `integration` shape).
-    pub fn integration(&self, app: &GithubAppOptions, created: &DateTime<Utc>) -> Value {
+    pub fn integration(&self, app: &GitHubAppOptions, created: &DateTime<Utc>) -> Value {
         json!({
             "id": app.app_id,
             "slug": app.slug,
@@ -592,7 +592,7 @@ impl Ctx<'_> {
     }
 
     /// The App's installation on the repository owner (GitHub's `installation` shape).
-    pub fn installation(&self, app: &GithubAppOptions, created: &DateTime<Utc>) -> Value {
+    pub fn installation(&self, app: &GitHubAppOptions, created: &DateTime<Utc>) -> Value {
         let id = app.installation_id;
         json!({
             "id": id,
