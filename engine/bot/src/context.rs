@@ -60,7 +60,7 @@ pub struct Context {
 
 /// One observation of GitHub and the default branch, made by the sync reconciler: what the
 /// other reconcilers' keys are looked up in. Replaced whole at each sync.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Observed {
     /// The default branch's tip.
     pub tip: String,
@@ -105,7 +105,7 @@ impl Context {
     /// Changes the observation in place (copy on write: readers keep the one they hold).
     pub(crate) fn update_observed(&self, f: impl FnOnce(&mut Observed)) {
         let mut guard = self.observed.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = Observed::clone_of(&guard);
+        let mut next = Observed::clone(&guard);
         f(&mut next);
         *guard = Arc::new(next);
     }
@@ -228,23 +228,5 @@ impl Context {
     /// Errors: [`BotError::Store`].
     pub(crate) async fn put_fire(&self, rec: FireRecord) -> Result<(), BotError> {
         Ok(self.journal.put_fire(&rec).await?)
-    }
-}
-
-impl Observed {
-    /// A copy of `o` (the pull requests and comments cloned).
-    fn clone_of(o: &Observed) -> Observed {
-        Observed {
-            tip: o.tip.clone(),
-            now: o.now,
-            open: o.open.clone(),
-            open_order: o.open_order.clone(),
-            merged: o.merged.clone(),
-            closed_newest: o.closed_newest,
-            closed_cursor: o.closed_cursor,
-            comments: o.comments.clone(),
-            comments_cursor: o.comments_cursor,
-            repo_config: o.repo_config.clone(),
-        }
     }
 }
