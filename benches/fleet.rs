@@ -44,6 +44,83 @@ use tkgops_sandbox::{network_of, request_files, Environment, Timings, MANAGEMENT
 const OLD: &str = "v1.24.11+vmware.1-tkg.1";
 const NEW: &str = "v1.25.7+vmware.2-tkg.1";
 
+/// The system allocator, counting what the current thread holds: the wave plan's memory
+/// (below) is measured on the thread that plans it, while the emulators run on others.
+struct ThreadCounting;
+
+thread_local! {
+    static HELD: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+fn held_add(d: isize) {
+    let _ = HELD.try_with(|h| h.set(h.get() + d));
+}
+
+// SAFETY: every call is forwarded to `System` with the same arguments; the counter is a plain
+// thread-local integer (no allocation).
+unsafe impl std::alloc::GlobalAlloc for ThreadCounting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        held_add(l.size() as isize);
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        held_add(-(l.size() as isize));
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        held_add(new as isize - l.size() as isize);
+        unsafe { std::alloc::System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: ThreadCounting = ThreadCounting;
+
+/// The plan the bot makes of the rest wave at the fire (every cluster after the canaries has
+/// its `tkr` bumped to the new TKR, planned without the cap) and what it holds: the heap
+/// bytes the plan keeps, and the JSON size of its parts (steps with their inputs, rendered
+/// manifests, field diffs, summaries). The bot keeps this plan for the whole wave
+/// (`schedule_apply.rs`, `wave_plan`).
+fn wave_plan_figures(head: &MemoryTree, canary: usize, n: usize, catalog: &Catalog) -> String {
+    let mut bumped = head.0.clone();
+    let changed: Vec<String> = (canary..n)
+        .map(|i| format!("clusters/fleet-{i:04}/tkgops.yaml"))
+        .collect();
+    for path in &changed {
+        if let Some(text) = bumped.get_mut(path) {
+            *text = String::from_utf8_lossy(text).replace(OLD, NEW).into_bytes();
+        }
+    }
+    let bumped = MemoryTree(bumped);
+    let executable = tkgops::executors::executable_kinds();
+    let before = HELD.with(|h| h.get());
+    let p = plan_unbounded(&PlanInput {
+        base: head,
+        head: &bumped,
+        settings: head,
+        base_sha: "2222222222222222222222222222222222222222",
+        head_sha: "3333333333333333333333333333333333333333",
+        changed_paths: &changed,
+        catalog,
+        executable: &executable,
+        repository: "acme/tkg-clusters",
+        history: Default::default(),
+    });
+    let held = HELD.with(|h| h.get()) - before;
+    let size = |f: &dyn Fn(&tkgops_domain::workflow::ClusterPlan) -> usize| -> f64 {
+        p.clusters.iter().map(f).sum::<usize>() as f64 / (1 << 20) as f64
+    };
+    let steps = size(&|c| serde_json::to_string(&c.steps).map_or(0, |s| s.len()));
+    let manifests = size(&|c| serde_json::to_string(&c.manifests).map_or(0, |s| s.len()));
+    let diffs = size(&|c| serde_json::to_string(&c.diffs).map_or(0, |s| s.len()));
+    let summary = size(&|c| serde_json::to_string(&c.summary).map_or(0, |s| s.len()));
+    format!(
+        "wave plan: {} clusters, {:.1} MiB held; as JSON: steps {steps:.1} MiB, manifests {manifests:.1} MiB, diffs {diffs:.1} MiB, summaries {summary:.1} MiB",
+        p.clusters.len(),
+        held as f64 / (1 << 20) as f64
+    )
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -284,6 +361,7 @@ async fn main() {
             .map(|f| format!("{} {}", f.rule, f.message))
             .collect::<Vec<_>>()
     );
+    println!("{}", wave_plan_figures(&head, canary, n, &catalog));
     let rc = tkgops_domain::request::parse_repo_config("tkgops.yaml", repo_config.as_bytes())
         .expect("repository config");
     let mcs: BTreeMap<_, _> = rc

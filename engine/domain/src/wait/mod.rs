@@ -23,11 +23,15 @@
 //! timeouts) take the observed time as an input (`at`, a [`Duration`] since the wait's origin,
 //! normally the step's start) and never read a clock; a [`Progress`] tells the driver when to
 //! judge again even if nothing changes ([`Progress::recheck_at`]).
+//!
+//! What the judges read of a watched object is listed in [`watched`]: the providers' shared
+//! watches keep only that ([`watched::retain_read`]).
 
 pub mod cluster;
 pub mod packages;
 pub mod rollout;
 pub mod tmc;
+pub mod watched;
 
 use std::borrow::Borrow;
 use std::time::Duration;
