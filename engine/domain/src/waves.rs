@@ -2,7 +2,7 @@
 //! through its waves ([`ApplyProgress`]), as an explicit state machine the bot drives and
 //! persists, and the health judgement of the soak ([`ClusterHealth`]).
 //!
-//! A fire's [`WavePlan`](crate::schedule::WavePlan) is frozen into an [`ApplyProgress`] when it
+//! A fire's [`crate::schedule::WavePlan`] is frozen into an [`ApplyProgress`] when it
 //! fires (a restart never re-plans it). Then, on every poll, the bot asks [`ApplyProgress::next`]
 //! what to do and reports back through the transition methods:
 //!

@@ -380,11 +380,11 @@ impl ClusterSnapshot {
 ///
 /// Output `{"phase":"Provisioned","controlPlane":"3/3","machineDeployments":{"<md>":"1/1",…},
 /// "nodeRefs":"6/6","packages":{"<pkgi>":"Reconcile succeeded",…}}` (no `packages` for a
-/// plan-based cluster). Failures are all [`super::Retry::Never`]: "Cluster/<ns>/<name> not
-/// found on management cluster '<mc>' (was it applied?)", "Cluster/<ns>/<name>: cluster
+/// plan-based cluster). Failures are all [`super::Retry::Never`]: "Cluster/\<ns\>/\<name\> not
+/// found on management cluster '\<mc\>' (was it applied?)", "Cluster/\<ns\>/\<name\>: cluster
 /// creation failed, reason: …", "…: timed out waiting for cluster creation to complete",
-/// "…: ClusterBootstrap <ns>/<name> not found after <n> s", "…: core packages did not reconcile
-/// within <n> s: PackageInstall <ns>/<name>: <usefulErrorMessage>".
+/// "…: ClusterBootstrap \<ns\>/\<name\> not found after \<n\> s", "…: core packages did not reconcile
+/// within \<n\> s: PackageInstall \<ns\>/\<name\>: \<usefulErrorMessage\>".
 #[derive(Clone, Debug)]
 pub struct ClusterReady {
     management_cluster: String,

@@ -32,7 +32,7 @@ pub trait TmcCluster {
 
 /// TMC-TF `isClusterStopStatus`' failure cases for a cluster tkgops waits on, named `shown`
 /// (`mc/provisioner/name`): phase `ERROR` or `UPGRADE_FAILED` is permanent ("TMC cluster … is
-/// in phase … (health …): <conditions>"); `DETACHING` or `DELETING` is transient (someone is
+/// in phase … (health …): \<conditions\>"); `DETACHING` or `DELETING` is transient (someone is
 /// detaching it: "TMC cluster … is being detached (phase …)"). `None` otherwise.
 pub fn cluster_failure<C: TmcCluster>(c: &C, shown: &str) -> Option<Failure> {
     let phase = c.phase();

@@ -56,7 +56,7 @@ fn status_label(s: PlanStatus) -> &'static str {
 }
 
 /// Characters a plan comment may have with every cluster's details inline; above it the
-/// details go into one comment per cluster ([`render_plan_comments`]). GitHub refuses comment
+/// details go into one comment per cluster ([`render_plan_details`]). GitHub refuses comment
 /// bodies over 65,536 characters; this leaves room for the footer and a later edit.
 pub const INLINE_PLAN_LIMIT: usize = 60_000;
 
@@ -229,7 +229,7 @@ fn render_summary(
         .map_err(|e| e.to_string())
 }
 
-/// One details comment of a split plan ([`render_plan_comments`]).
+/// One details comment of a split plan ([`render_plan_details`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DetailComment {
     /// The cluster it details.

@@ -1,8 +1,8 @@
 //! Workflows, intents, plan rendering and the PR comment Markdown. Pure: no I/O, no tokio.
 //!
 //! - [`catalog`]: workflow definitions and handlebars templates from the bot's install.
-//! - [`plan`]: intents per cluster between two commits, and the rendered workflow for each.
-//! - [`impact`]: the machines a change to an existing cluster replaces, and how long it takes.
+//! - [`mod@plan`]: intents per cluster between two commits, and the rendered workflow for each.
+//! - [`mod@impact`]: the machines a change to an existing cluster replaces, and how long it takes.
 //! - [`markdown`]: the sticky PR comment (plan, live step table, final summary).
 
 pub mod catalog;

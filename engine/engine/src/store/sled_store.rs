@@ -167,12 +167,12 @@ impl SledStore {
     /// Opens (or creates) the database in directory `path`, and repairs what a crash in the
     /// middle of a run's terminal write left (see the module docs).
     ///
-    /// The database's file lock is waited for up to [`LOCK_WAIT`]: the process (or, in one
+    /// The database's file lock is waited for up to `LOCK_WAIT` (5 s): the process (or, in one
     /// process, the database) that held it a moment ago may still be letting go of it (sled's
     /// flusher thread releases it after the last handle is dropped).
     ///
     /// Errors: [`StoreError::Sled`] if the directory cannot be created or read, is corrupt, or is
-    /// still locked by another open database after [`LOCK_WAIT`]; [`StoreError::Codec`] if a
+    /// still locked by another open database after `LOCK_WAIT`; [`StoreError::Codec`] if a
     /// run header found through the `active` index does not decode.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         use backon::{BlockingRetryable, ConstantBuilder};

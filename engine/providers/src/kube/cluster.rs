@@ -215,12 +215,12 @@ impl Source for ClusterSource<'_> {
 /// "nodeRefs":"6/6","packages":{"<pkgi>":"Reconcile succeeded",…}}`.
 ///
 /// Errors: [`StepError::Permanent`] when the Cluster does not exist, for TKG's aborts
-/// ("Cluster/<ns>/<name>: cluster creation failed, reason: …", "… timed out waiting for cluster
+/// ("Cluster/\<ns\>/\<name\>: cluster creation failed, reason: …", "… timed out waiting for cluster
 /// creation to complete"), a ClusterBootstrap missing after
 /// [`super::WaitOptions::bootstrap_timeout`], a core package still failing or not reconciled
-/// after [`super::WaitOptions::package_timeout`] ("PackageInstall <ns>/<name>:
-/// <usefulErrorMessage>"), and permanent watch errors (401, 403); [`StepError::Transient`]
-/// after [`super::MAX_CONSECUTIVE_POLL_ERRORS`] consecutive transient watch errors (or failures
+/// after [`super::WaitOptions::package_timeout`] ("PackageInstall \<ns\>/\<name\>:
+/// \<usefulErrorMessage\>"), and permanent watch errors (401, 403); [`StepError::Transient`]
+/// after `MAX_CONSECUTIVE_POLL_ERRORS` consecutive transient watch errors (or failures
 /// to open the workload cluster's watch).
 pub async fn wait_cluster(
     provider: &KubeProvider,

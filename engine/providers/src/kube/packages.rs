@@ -18,7 +18,7 @@
 //! with `packages.rollout`, then removes packages the way `tanzu package installed delete` does:
 //! the PackageInstall is deleted and waited for until kapp-controller has uninstalled it and
 //! dropped its finalizer (tanzu-apis §4.2, §4.3), then the values Secret and the ServiceAccount
-//! and RBAC objects tkgops created for it are deleted. `packages.verify` ([`verify`]) checks every
+//! and RBAC objects tkgops created for it are deleted. `packages.verify` ([`super::rollout::verify_packages`]) checks every
 //! PackageInstall of the workload cluster after an upgrade.
 
 use std::sync::Arc;
@@ -453,7 +453,7 @@ fn friendly(v: &Value) -> String {
 /// Errors: [`StepError::Transient`] while the workload kubeconfig Secret is missing or the
 /// PackageRepository is missing or reconciling after [`super::WaitOptions::repository_timeout`];
 /// [`StepError::Permanent`] for invalid inputs, a PackageRepository or PackageInstall still
-/// failing at its deadline ("PackageInstall <ns>/<name>: <usefulErrorMessage>"), or a
+/// failing at its deadline ("PackageInstall \<ns\>/\<name\>: \<usefulErrorMessage\>"), or a
 /// PackageInstall not reconciled after [`super::WaitOptions::package_timeout`].
 pub async fn rollout(
     provider: &KubeProvider,

@@ -60,7 +60,7 @@ pub const DEFAULT_DETACH_TIMEOUT: Duration = Duration::from_secs(300);
 /// The POST sets `meta.labels` to the request's labels plus the ownership label
 /// ([`OWNER_LABEL`] = `inputs.owner.label`). A cluster that already exists (found by the GET,
 /// or after a 409 on the POST) must carry that label value, or the attempt fails permanently
-/// ("TMC cluster … exists and is not owned by <repository>/<path>; tkgops will not adopt it")
+/// ("TMC cluster … exists and is not owned by \<repository\>/\<path\>; tkgops will not adopt it")
 /// before anything is sent: no PUT, no installer. A cluster an earlier attempt created carries
 /// it, so a retry after a crash converges it normally.
 ///
