@@ -56,11 +56,6 @@ pub use tkgops_domain::wait::WaitOptions;
 /// watch is ended by the server and re-opened by the watcher instead of failing.
 const WATCH_TIMEOUT_SECS: u32 = 100;
 
-/// Objects per page of a watch's LIST (kube-runtime's default is 500). A page is held parsed
-/// until its objects are indexed, and a fleet's watches list at once: 100 keeps that transient
-/// memory a fifth, for a few more requests (11,000 objects: 110 pages instead of 22).
-const LIST_PAGE_SIZE: u32 = 100;
-
 /// A key of the index: (namespace, cluster name or object name); "" for cluster-scoped objects.
 pub(crate) type Key = (String, String);
 
@@ -366,10 +361,8 @@ impl SharedWatch {
         let health = Arc::new(Mutex::new(WatchHealth::default()));
         let (task_index, task_notifier, task_health) =
             (index.clone(), notifier.clone(), health.clone());
-        let config = watcher::Config::default()
-            .timeout(WATCH_TIMEOUT_SECS)
-            .page_size(LIST_PAGE_SIZE);
-        let stream = watcher(api, config).default_backoff();
+        let stream =
+            watcher(api, watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)).default_backoff();
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             let mut touched = Vec::new();
