@@ -80,7 +80,7 @@ static ALLOCATOR: ThreadCounting = ThreadCounting;
 /// its `tkr` bumped to the new TKR, planned without the cap) and what it holds: the heap
 /// bytes the plan keeps, and the JSON size of its parts (steps with their inputs, rendered
 /// manifests, field diffs, summaries). The bot keeps this plan for the whole wave
-/// (`schedule_apply.rs`, `wave_plan`).
+/// (`engine/bot/src/reconcile/wave.rs`, `wave_plan`).
 fn wave_plan_figures(head: &MemoryTree, canary: usize, n: usize, catalog: &Catalog) -> String {
     let mut bumped = head.0.clone();
     let changed: Vec<String> = (canary..n)

@@ -66,22 +66,16 @@ pub struct Observed {
     pub tip: String,
     /// The bot's clock at the sync (one "now" for every schedule of a pass).
     pub now: DateTime<Utc>,
-    /// Open pull requests into the default branch, by number.
-    pub open: BTreeMap<u64, PullRequest>,
-    /// The open pull requests in GitHub's listing order.
-    pub open_order: Vec<u64>,
+    /// Open pull requests into the default branch, in GitHub's listing order.
+    pub open: Vec<PullRequest>,
     /// Merged pull requests closed since the cursor, in the order their merges entered the
     /// default branch (oldest first).
     pub merged: Vec<PullRequest>,
     /// The newest `updated_at` of the pull requests closed since the cursor: the closed-pulls
     /// cursor once every merge of this observation is handled.
     pub closed_newest: Option<DateTime<Utc>>,
-    /// The closed-pulls cursor this observation listed from.
-    pub closed_cursor: Option<DateTime<Utc>>,
-    /// Comments since the comment cursor, in GitHub's order, by id.
+    /// Comments since the comment cursor, by id (the order they were posted in).
     pub comments: BTreeMap<u64, IssueComment>,
-    /// The comment cursor this observation listed from.
-    pub comments_cursor: Option<DateTime<Utc>>,
     /// The trusted policy after this observation's merges (set by the policy-chain
     /// reconciler).
     pub repo_config: Option<RepoConfig>,

@@ -31,7 +31,11 @@ impl PullPlanReconciler<'_> {
     /// Errors: as [`Self::plan_pull`]; the key is tried again.
     pub(crate) async fn reconcile(&self, number: u64, head: &HeadSha) -> Result<Action, BotError> {
         let o = self.observed();
-        let Some(pr) = o.open.get(&number).filter(|p| p.head_sha == head.as_str()) else {
+        let Some(pr) = o
+            .open
+            .iter()
+            .find(|p| p.number == number && p.head_sha == head.as_str())
+        else {
             return Ok(Action::AwaitChange);
         };
         self.plan_pull(pr, &o.tip).await?;

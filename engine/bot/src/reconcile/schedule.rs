@@ -161,8 +161,9 @@ impl ScheduleReconciler<'_> {
         let Some(s) = rc.schedules.iter().find(|s| s.name == name) else {
             return Ok(Action::AwaitChange);
         };
-        let (fleet, open) = self.fleet_and_open(&o, rc).await?;
-        self.tick_schedule(s, &o.tip, &fleet, &open, o.now).await?;
+        let fleet = self.fleet(&o.tip, rc).await?;
+        self.tick_schedule(s, &o.tip, &fleet, &o.open, o.now)
+            .await?;
         Ok(Action::AwaitChange)
     }
 
@@ -183,31 +184,13 @@ impl ScheduleReconciler<'_> {
         {
             return Ok(Action::AwaitChange);
         }
-        let (fleet, open) = self.fleet_and_open(&o, rc).await?;
-        self.update_dashboard(rc, &fleet, &open, o.now).await?;
+        let fleet = self.fleet(&o.tip, rc).await?;
+        self.update_dashboard(rc, &fleet, &o.open, o.now).await?;
         // Halts are reported on the dashboard issue (where `/tkgops resume` is read).
         if let Some(issue) = self.dashboard_issue().await? {
             self.waves().report_halts(&rc.schedules, issue).await?;
         }
         Ok(Action::AwaitChange)
-    }
-
-    /// The fleet at the observation's tip under policy `rc` ([`Self::fleet`]) and the open pull
-    /// requests in GitHub's order.
-    ///
-    /// Errors: as [`Self::fleet`].
-    async fn fleet_and_open(
-        &self,
-        o: &crate::context::Observed,
-        rc: &RepoConfig,
-    ) -> Result<(Arc<Vec<FleetCluster>>, Vec<PullRequest>), BotError> {
-        let fleet = self.fleet(&o.tip, rc).await?;
-        let open = o
-            .open_order
-            .iter()
-            .filter_map(|n| o.open.get(n).cloned())
-            .collect();
-        Ok((fleet, open))
     }
 
     async fn tick_schedule(

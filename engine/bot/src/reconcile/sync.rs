@@ -99,16 +99,13 @@ impl Sync<'_> {
         let observed = Observed {
             tip,
             now: self.now(),
-            open_order: open.iter().map(|p| p.number).collect(),
-            open: open.into_iter().map(|p| (p.number, p)).collect(),
+            open,
             merged,
             closed_newest: closed.iter().filter_map(|p| p.updated_at).max(),
-            closed_cursor,
             comments: comments
                 .into_iter()
                 .map(|c| (c.id, c))
                 .collect::<BTreeMap<_, _>>(),
-            comments_cursor,
             repo_config: None,
         };
         let no_merges = !keys.iter().any(|k| matches!(k, Key::Merge { .. }));
@@ -136,10 +133,11 @@ impl Sync<'_> {
     ///
     /// Errors: [`BotError::Store`].
     pub(crate) async fn advance_closed_cursor(&self) -> Result<(), BotError> {
-        let o = self.observed();
-        if let Some(n) = o
+        let cursor = self.journal.cursor(Cursor::ClosedPulls).await?;
+        if let Some(n) = self
+            .observed()
             .closed_newest
-            .filter(|n| o.closed_cursor.is_none_or(|c| *n > c))
+            .filter(|n| cursor.is_none_or(|c| *n > c))
         {
             self.journal.set_cursor(Cursor::ClosedPulls, n).await?;
         }
@@ -282,7 +280,7 @@ mod tests {
         );
         let o = h.cx().observed();
         assert_eq!(o.tip, h.main().to_string());
-        assert_eq!(o.open_order, vec![3]);
+        assert_eq!(o.open.iter().map(|p| p.number).collect::<Vec<_>>(), [3]);
         assert!(
             o.repo_config.is_some(),
             "the policy chain keeps the trusted policy"

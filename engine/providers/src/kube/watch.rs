@@ -9,9 +9,9 @@
 //! `cluster.x-k8s.io/cluster-name` label, or its own name when it has none (a Cluster, a
 //! ClusterBootstrap `<cluster>`, a workload cluster's PackageInstall). Each object is kept
 //! reduced to what the waits read ([`tkgops_domain::wait::watched`]: no `managedFields`,
-//! annotations, templates or topology variables), as its JSON text (a parsed `Value` takes several times the memory, and a management cluster
-//! of a thousand clusters holds thousands of Machines) and parsed when a wait reads it: a wait
-//! reads only its own cluster's objects.
+//! annotations, templates or topology variables), as its JSON text (a parsed `Value` takes
+//! several times the memory, and a management cluster of a thousand clusters holds thousands of
+//! Machines), and parsed when a wait reads it: a wait reads only its own cluster's objects.
 //!
 //! A change notifies only the waits subscribed to its keys (the object's cluster key and its own
 //! `namespace/name`), through a `tokio::sync::watch` channel per key created on first
