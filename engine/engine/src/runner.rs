@@ -5,7 +5,9 @@
 //! Durable writes on the happy path: one per step plus one per run. Each write happens before a
 //! side effect starts: "step N succeeded (+ output)" and "step N+1 running, attempt 1 started"
 //! are one write, made before step N+1's executor is called; the last step's success and the
-//! run's `Succeeded` are one write. The run's `Queued → Running` is folded into step 1's start.
+//! run's `Succeeded` are one write. The run's `Queued → Running` is folded into step 1's start,
+//! and a run submitted to a free cluster is written by its submission already started (the
+//! submission is step 1's start write): a 5-step run is 6 writes.
 //! If the engine stops between steps, the pending success is written before stopping.
 //!
 //! A write on the happy path carries only what changed ([`Store::put_run_steps`]): the one or
@@ -223,6 +225,15 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// What one drive of a run has changed in memory and not written yet: each is folded into
+/// the drive's next write.
+struct Unwritten {
+    /// The run's own transition (`Start` or `Resume`), until the drive's first write.
+    run_event: Option<RunEvent>,
+    /// The index of a step whose success is not written yet.
+    success: Option<usize>,
+}
+
 /// How one step ended within one drive of a run.
 enum StepEnd {
     Succeeded,
@@ -281,7 +292,9 @@ impl Engine {
 
     /// Submits a run. Idempotent by `req.id`: if a run with this id exists it is returned
     /// unchanged (and scheduled if it is non-terminal and not yet scheduled here); otherwise it is
-    /// persisted `Queued` with a new `seq` (flushed), scheduled, and returned as persisted.
+    /// persisted with a new `seq` (flushed), scheduled, and returned as persisted: `Queued` when
+    /// its cluster is busy, else `Running` with the first attempt of its first step begun (the
+    /// submission is that step's start write, durable before its executor is called).
     ///
     /// Errors: [`EngineError::InvalidRequest`], [`EngineError::ShuttingDown`],
     /// [`EngineError::Store`].
@@ -305,7 +318,7 @@ impl Engine {
         }
         let seq = self.inner.store.next_seq().await?;
         let now = Utc::now();
-        let run = RunRecord {
+        let mut run = RunRecord {
             id: req.id,
             cluster: req.cluster,
             workflow: req.workflow,
@@ -320,9 +333,27 @@ impl Engine {
             error: None,
             note: None,
         };
-        self.inner.store.put_run(&run).await?;
+        // A run that finds its cluster free starts at once: its submission is also step 1's
+        // start (one flush instead of two; no start gate applies to it).
+        let started = !run.steps.is_empty() && self.inner.reserve_if_free(&run);
+        if started {
+            run.state = run_transition(run.state, RunEvent::Start)?;
+            let step = &mut run.steps[0];
+            step.state = step_transition(step.state, StepEvent::Start)?;
+            begin_attempt(step, now);
+        }
+        if let Err(e) = self.inner.store.put_run(&run).await {
+            if started {
+                self.inner.release(&run.id);
+            }
+            return Err(e.into());
+        }
         self.inner.observer.run_changed(&run, None).await;
-        self.inner.enqueue(vec![run.clone()]);
+        if started {
+            self.inner.launch(run.clone()).await;
+        } else {
+            self.inner.enqueue(vec![run.clone()]);
+        }
         Ok(run)
     }
 
@@ -576,6 +607,21 @@ impl Engine {
     }
 }
 
+/// Opens attempt number `attempts + 1` of `step` at `now` (and its `started_at`, on the first).
+/// Does not persist.
+fn begin_attempt(step: &mut StepRecord, now: chrono::DateTime<Utc>) {
+    if step.started_at.is_none() {
+        step.started_at = Some(now);
+    }
+    step.attempts.push(AttemptRecord {
+        number: step.attempts.len() as u32 + 1,
+        started_at: now,
+        finished_at: None,
+        error: None,
+        outcome: None,
+    });
+}
+
 /// Cancels every unfinished step of `run` from `idx` on and the run itself with `reason`
 /// (the run's error; the steps say `cancelled: <reason>`). Does not persist.
 fn cancel_from(run: &mut RunRecord, idx: usize, reason: &str) -> Result<(), EngineError> {
@@ -732,12 +778,90 @@ impl Inner {
         };
         slot.running = Some(id.clone());
         let record = records.remove(&id);
+        self.spawn_drive(s, id, record, false);
+    }
+
+    /// Holds `run`'s cluster for it when the cluster is free (no run holds it, none is queued)
+    /// and the engine is not shutting down; returns whether it did. The run is then scheduled
+    /// here (no waited-behind run, so no start gate) and must be [`Inner::launch`]ed or
+    /// [`Inner::release`]d.
+    fn reserve_if_free(&self, run: &RunRecord) -> bool {
+        let mut s = self.lock();
+        if s.shutting_down || s.live.contains_key(&run.id) || s.clusters.contains_key(&run.cluster)
+        {
+            return false;
+        }
+        s.live.insert(
+            run.id.clone(),
+            Live {
+                cluster: run.cluster.clone(),
+                seq: run.seq,
+                progress: None,
+                waited_behind: None,
+                cancel: None,
+            },
+        );
+        s.clusters.insert(
+            run.cluster.clone(),
+            ClusterSlot {
+                running: Some(run.id.clone()),
+                queue: BTreeMap::new(),
+            },
+        );
+        true
+    }
+
+    /// Gives up the hold [`Inner::reserve_if_free`] took for run `id` (its write failed) and
+    /// starts the cluster's next run, if any.
+    fn release(self: &Arc<Self>, id: &str) {
+        let mut s = self.lock();
+        if let Some(w) = s.waiters.remove(id) {
+            w.send_replace(WaitState::Stopped("its submission failed".to_string()));
+        }
+        let Some(live) = s.live.remove(id) else {
+            return;
+        };
+        if let Some(slot) = s.clusters.get_mut(&live.cluster) {
+            if slot.running.as_deref() == Some(id) {
+                slot.running = None;
+            }
+        }
+        self.pump(&mut s, &live.cluster, &mut HashMap::new());
+    }
+
+    /// Starts the drive of `run`, persisted with its first attempt begun, on the cluster
+    /// [`Inner::reserve_if_free`] held for it. If the engine began shutting down meanwhile, the
+    /// attempt is recorded as cut short by the shutdown instead (it never ran).
+    async fn launch(self: &Arc<Self>, run: RunRecord) {
+        let id = run.id.clone();
+        {
+            let mut s = self.lock();
+            if !s.shutting_down {
+                self.spawn_drive(&mut s, id, Some(run), true);
+                return;
+            }
+        }
+        if let Err(e) = self.record_shutdown(&id).await {
+            tracing::warn!(run = %id, error = %e, "recording the shutdown failed; the attempt will count as interrupted");
+        }
+    }
+
+    /// Spawns the task that drives run `id` (`record`: the run as persisted, if at hand;
+    /// `prestarted`: its first step's attempt is begun and persisted). Must hold the lock, and
+    /// the run must hold its cluster.
+    fn spawn_drive(
+        self: &Arc<Self>,
+        s: &mut Sched,
+        id: String,
+        record: Option<RunRecord>,
+        prestarted: bool,
+    ) {
         let inner = self.clone();
         let task_id = id.clone();
         // The task cannot observe `tasks` before we insert its handle: it needs this lock.
         let handle = tokio::spawn(async move {
             // A panic (e.g. in the observer) must not leave the cluster locked.
-            let result = AssertUnwindSafe(inner.drive(&task_id, record))
+            let result = AssertUnwindSafe(inner.drive(&task_id, record, prestarted))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| {
@@ -842,8 +966,15 @@ impl Inner {
     }
 
     /// Drives run `id` until it is terminal (returns the final record) or must stop (returns the
-    /// record as last persisted, non-terminal).
-    async fn drive(&self, id: &str, record: Option<RunRecord>) -> Result<RunRecord, EngineError> {
+    /// record as last persisted, non-terminal). `prestarted`: `record` was persisted by
+    /// [`Engine::submit`] already `Running`, with its first step's first attempt begun, so that
+    /// attempt executes without another write.
+    async fn drive(
+        &self,
+        id: &str,
+        record: Option<RunRecord>,
+        prestarted: bool,
+    ) -> Result<RunRecord, EngineError> {
         let mut run = match record {
             Some(r) => r,
             None => self
@@ -856,8 +987,10 @@ impl Inner {
             return Ok(run);
         }
         let mut shutdown = self.shutdown.subscribe();
-        // A cancellation requested before a restart.
-        if let Some(reason) = self.store.get_meta(&format!("{CANCEL_PREFIX}{id}")).await? {
+        // A cancellation requested before a restart (a run started by its submission is new:
+        // a cancellation of it can only have come through `Engine::cancel`, which marks it live).
+        if prestarted {
+        } else if let Some(reason) = self.store.get_meta(&format!("{CANCEL_PREFIX}{id}")).await? {
             if let Some(l) = self.lock().live.get_mut(id) {
                 l.cancel = Some(String::from_utf8_lossy(&reason).into_owned());
             }
@@ -897,14 +1030,18 @@ impl Inner {
                 }
             }
         }
-        // Applied with the first persisted write of this drive.
-        let mut run_event = Some(match run.state {
-            RunState::Queued => RunEvent::Start,
-            _ => RunEvent::Resume,
-        });
+        // Applied with the first persisted write of this drive (already applied when
+        // `prestarted`).
+        let mut w = Unwritten {
+            run_event: (!prestarted).then_some(match run.state {
+                RunState::Queued => RunEvent::Start,
+                _ => RunEvent::Resume,
+            }),
+            success: None,
+        };
+        // The step whose attempt is begun and persisted (only ever the first one).
+        let mut begun = prestarted.then_some(0);
         let mut outputs = BTreeMap::new();
-        // A step success not yet written (it is folded into the next write).
-        let mut unsaved: Option<usize> = None;
         for idx in 0..run.steps.len() {
             match run.steps[idx].state {
                 StepState::Succeeded => {
@@ -922,7 +1059,7 @@ impl Inner {
                         .error
                         .clone()
                         .unwrap_or_else(|| "step did not finish".into());
-                    self.fail_run(&mut run, idx, &msg, &mut run_event)?;
+                    self.fail_run(&mut run, idx, &msg, &mut w.run_event)?;
                     self.persist(&mut run, None).await?;
                     return Ok(run);
                 }
@@ -930,7 +1067,7 @@ impl Inner {
                     // A step boundary: a requested cancellation takes effect here.
                     let cancel = self.lock().live.get(id).and_then(|l| l.cancel.clone());
                     if let Some(reason) = cancel {
-                        if let Some(RunEvent::Resume) = run_event.take() {
+                        if let Some(RunEvent::Resume) = w.run_event.take() {
                             run.state = run_transition(run.state, RunEvent::Resume)?;
                         }
                         cancel_from(&mut run, idx, &reason)?;
@@ -947,10 +1084,10 @@ impl Inner {
                 .drive_step(
                     &mut run,
                     idx,
-                    &mut run_event,
+                    &mut w,
                     &outputs,
                     &mut shutdown,
-                    &mut unsaved,
+                    begun.take() == Some(idx),
                 )
                 .await?
             {
@@ -967,7 +1104,7 @@ impl Inner {
         }
         if !run.state.is_terminal() {
             // No steps left to run (empty plan, or all succeeded before a crash).
-            if let Some(ev) = run_event.take() {
+            if let Some(ev) = w.run_event.take() {
                 run.state = run_transition(run.state, ev)?;
             }
             run.state = run_transition(run.state, RunEvent::Succeed)?;
@@ -1018,79 +1155,43 @@ impl Inner {
         &self,
         run: &mut RunRecord,
         idx: usize,
-        run_event: &mut Option<RunEvent>,
+        unwritten: &mut Unwritten,
         outputs: &BTreeMap<String, serde_json::Value>,
         shutdown: &mut watch::Receiver<bool>,
-        unsaved: &mut Option<usize>,
+        mut begun: bool,
     ) -> Result<StepEnd, EngineError> {
-        // A step found Running was interrupted (crash/shutdown) or was between attempts.
-        let mut resumed = run.steps[idx].state == StepState::Running;
+        let Unwritten {
+            run_event,
+            success: unsaved,
+        } = unwritten;
+        // A step found Running was interrupted (crash/shutdown) or was between attempts, unless
+        // its attempt was `begun` (persisted by the submission, not executed yet).
+        let mut resumed = !begun && run.steps[idx].state == StepState::Running;
         loop {
             if *shutdown.borrow() {
                 if let Some(done) = unsaved.take() {
                     self.persist_steps(run, &[done], false, None).await?;
                 }
+                if begun {
+                    // The begun attempt never ran: it must not count as interrupted.
+                    if let Some(last) = run.steps[idx].attempts.last_mut() {
+                        last.outcome = Some(OUTCOME_SHUTDOWN.to_string());
+                        last.error = Some("cut short by a graceful shutdown of the bot".into());
+                        last.finished_at = Some(Utc::now());
+                    }
+                    self.persist_steps(run, &[idx], false, None).await?;
+                }
                 return Ok(StepEnd::Stopped);
             }
-            let now = Utc::now();
-            // --- Begin the attempt: durable before the side effect.
-            // The run's own fields are written with the first write of this drive (its start
-            // or resume), else only the steps that changed.
-            let header = run_event.is_some();
-            {
-                if let Some(ev) = run_event.take() {
-                    run.state = run_transition(run.state, ev)?;
-                }
-                let step = &mut run.steps[idx];
-                if resumed {
-                    step.state = step_transition(step.state, StepEvent::Resume)?;
-                    if let Some(last) = step.attempts.last_mut() {
-                        if last.outcome.is_none() {
-                            last.outcome = Some(OUTCOME_INTERRUPTED.to_string());
-                            last.error = Some(format!(
-                                "attempt {} was interrupted: the bot stopped while it ran",
-                                last.number
-                            ));
-                            last.finished_at = Some(now);
-                        }
-                    }
-                    resumed = false;
-                } else if step.state == StepState::Pending {
-                    step.state = step_transition(step.state, StepEvent::Start)?;
-                }
-                let max = step.spec.retry.max_attempts.max(1);
-                if step.budget_used() >= max {
-                    // Reached when the bot died during the last allowed attempt (its interrupted
-                    // attempt counts), so a step that crashes the bot cannot run forever.
-                    let last = step
-                        .attempts
-                        .iter()
-                        .rev()
-                        .find_map(|a| a.error.clone())
-                        .unwrap_or_else(|| "no error recorded".to_string());
-                    let msg = format!("{last} (retry budget of {max} attempt(s) exhausted)");
-                    self.fail_run(run, idx, &msg, run_event)?;
-                    self.persist(run, None).await?;
+            if begun {
+                begun = false;
+            } else {
+                self.begin_step_attempt(run, idx, run_event, &mut resumed, unsaved)
+                    .await?;
+                if run.state.is_terminal() {
                     return Ok(StepEnd::Failed);
                 }
-                if step.started_at.is_none() {
-                    step.started_at = Some(now);
-                }
-                step.attempts.push(AttemptRecord {
-                    number: step.attempts.len() as u32 + 1,
-                    started_at: now,
-                    finished_at: None,
-                    error: None,
-                    outcome: None,
-                });
             }
-            self.set_progress(&run.id, None);
-            // Also persists the previous step's success, if not yet written.
-            match unsaved.take() {
-                Some(done) => self.persist_steps(run, &[done, idx], header, None).await?,
-                None => self.persist_steps(run, &[idx], header, None).await?,
-            }
-
             // --- Execute.
             let (result, latest) = self.execute(run, idx, outputs).await;
             let now = Utc::now();
@@ -1147,6 +1248,71 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Begins the next attempt of step `idx` and persists it (with the previous step's success
+    /// in `unsaved` and, on the drive's first write, the run's `run_event`): durable before the
+    /// side effect. A step found `resumed` has its interrupted attempt closed first. When the
+    /// step's retry budget is spent, fails the run instead (persisted; the run is then
+    /// terminal).
+    async fn begin_step_attempt(
+        &self,
+        run: &mut RunRecord,
+        idx: usize,
+        run_event: &mut Option<RunEvent>,
+        resumed: &mut bool,
+        unsaved: &mut Option<usize>,
+    ) -> Result<(), EngineError> {
+        let now = Utc::now();
+        // --- Begin the attempt: durable before the side effect.
+        // The run's own fields are written with the first write of this drive (its start
+        // or resume), else only the steps that changed.
+        let header = run_event.is_some();
+        {
+            if let Some(ev) = run_event.take() {
+                run.state = run_transition(run.state, ev)?;
+            }
+            let step = &mut run.steps[idx];
+            if *resumed {
+                step.state = step_transition(step.state, StepEvent::Resume)?;
+                if let Some(last) = step.attempts.last_mut() {
+                    if last.outcome.is_none() {
+                        last.outcome = Some(OUTCOME_INTERRUPTED.to_string());
+                        last.error = Some(format!(
+                            "attempt {} was interrupted: the bot stopped while it ran",
+                            last.number
+                        ));
+                        last.finished_at = Some(now);
+                    }
+                }
+                *resumed = false;
+            } else if step.state == StepState::Pending {
+                step.state = step_transition(step.state, StepEvent::Start)?;
+            }
+            let max = step.spec.retry.max_attempts.max(1);
+            if step.budget_used() >= max {
+                // Reached when the bot died during the last allowed attempt (its interrupted
+                // attempt counts), so a step that crashes the bot cannot run forever.
+                let last = step
+                    .attempts
+                    .iter()
+                    .rev()
+                    .find_map(|a| a.error.clone())
+                    .unwrap_or_else(|| "no error recorded".to_string());
+                let msg = format!("{last} (retry budget of {max} attempt(s) exhausted)");
+                self.fail_run(run, idx, &msg, run_event)?;
+                self.persist(run, None).await?;
+                return Ok(());
+            }
+            begin_attempt(step, now);
+        }
+        self.set_progress(&run.id, None);
+        // Also persists the previous step's success, if not yet written.
+        match unsaved.take() {
+            Some(done) => self.persist_steps(run, &[done, idx], header, None).await?,
+            None => self.persist_steps(run, &[idx], header, None).await?,
+        }
+        Ok(())
     }
 
     /// Runs the current attempt of step `idx` under its timeout, forwarding progress lines to the

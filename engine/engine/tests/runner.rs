@@ -433,7 +433,8 @@ async fn engine_happy_path_runs_in_order_and_passes_outputs() {
     *obs.store.lock().unwrap() = Some(store.clone());
     let engine = engine_with(store.clone(), ex.clone(), obs.clone());
 
-    let queued = engine
+    // The cluster is free: the submission is already the first step's start (one write).
+    let started = engine
         .submit(request(
             "run-1",
             "c1",
@@ -441,8 +442,17 @@ async fn engine_happy_path_runs_in_order_and_passes_outputs() {
         ))
         .await
         .unwrap();
-    assert_eq!(queued.state, RunState::Queued);
-    assert_eq!(states(&queued), [StepState::Pending; 3]);
+    assert_eq!(started.state, RunState::Running);
+    assert_eq!(
+        states(&started),
+        [StepState::Running, StepState::Pending, StepState::Pending]
+    );
+    assert_eq!(started.steps[0].attempts.len(), 1);
+    assert_eq!(
+        store.get_run("run-1").await.unwrap().as_ref(),
+        Some(&started),
+        "the submission is durable as returned"
+    );
 
     let run = engine.wait("run-1").await.unwrap();
     assert_eq!(run.state, RunState::Succeeded);
@@ -813,6 +823,46 @@ async fn engine_resumes_after_shutdown_without_repeating_succeeded_steps() {
     assert_resumed(&run, &ex, OUTCOME_SHUTDOWN);
 }
 
+/// A run submitted to a free cluster is written already started (its first attempt begun).
+/// If the engine shuts down before that attempt runs, the attempt is recorded as cut short
+/// by the shutdown: it never ran, so it spends no budget, and the resumed run's attempt 2
+/// runs although one attempt is allowed.
+#[tokio::test]
+async fn engine_a_started_submission_cut_short_before_it_ran_keeps_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut one = spec("s1");
+    one.retry.max_attempts = 1;
+    {
+        let store = open_store(dir.path());
+        let ex = Scripted::new();
+        let engine = engine_with(store, ex.clone(), Arc::new(NoopObserver));
+        let started = engine
+            .submit(request("early", "c", vec![one.clone(), spec("s2")]))
+            .await
+            .unwrap();
+        assert_eq!(started.state, RunState::Running);
+        // No await point between the submission and the shutdown (current-thread runtime):
+        // the run's task has not been polled yet.
+        engine.shutdown(Duration::from_secs(5)).await;
+        assert!(ex.calls().is_empty(), "the attempt never ran");
+    }
+    let store = open_store(dir.path());
+    let before = store.get_run("early").await.unwrap().unwrap();
+    assert_eq!(
+        before.steps[0].attempts[0].outcome.as_deref(),
+        Some(OUTCOME_SHUTDOWN)
+    );
+    let ex = Scripted::new();
+    let engine = engine_with(store, ex.clone(), Arc::new(NoopObserver));
+    assert_eq!(engine.resume_all().await.unwrap(), 1);
+    let run = engine.wait("early").await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded, "{:?}", run.error);
+    assert_eq!(
+        ex.calls_for("early"),
+        [("s1".to_string(), 2), ("s2".to_string(), 1)]
+    );
+}
+
 #[test]
 fn engine_resumes_after_the_runtime_is_killed() {
     let dir = tempfile::tempdir().unwrap();
@@ -959,8 +1009,7 @@ async fn engine_observer_sees_every_transition_and_progress() {
     assert_eq!(
         events,
         [
-            (Queued, vec![P, P], None),                 // submitted
-            (Running, vec![R, P], None),                // a attempt 1 started
+            (Running, vec![R, P], None), // submitted to a free cluster: a attempt 1 started
             (Running, vec![R, P], line("a attempt 1")), // progress line
             (Running, vec![S, R], None), // a succeeded + b attempt 1 started (one write)
             (Running, vec![S, R], line("b attempt 1")), // progress line
