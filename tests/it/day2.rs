@@ -80,7 +80,7 @@ async fn an_upgrade_runs_phase_by_phase_and_resumes_after_a_kill() {
     assert_eq!(apply, "success", "{}", env.conversation(pr2));
     assert_eq!(comments.len(), 1, "one sticky comment");
     for phase in [
-        "Merge-patch spec.topology.version",
+        "Server-side apply of spec.topology.version",
         "Wait for the control plane",
         "Wait for every MachineDeployment",
         "Re-verify every PackageInstall",
@@ -97,13 +97,14 @@ async fn an_upgrade_runs_phase_by_phase_and_resumes_after_a_kill() {
     assert!(machines
         .iter()
         .all(|m| m.pointer("/spec/version").and_then(|v| v.as_str()) == Some("v1.25.7+vmware.2")));
-    // The upgrade patch was sent once.
-    let patches = mgmt
+    // The upgrade was applied once (after the creation's apply), and never merge-patched.
+    let writes: Vec<String> = mgmt
         .writes()
         .into_iter()
-        .filter(|w| w.gvr.plural == "clusters" && w.name == "team-a-prod" && w.verb == "patch")
-        .count();
-    assert_eq!(patches, 1, "one merge patch of spec.topology.version");
+        .filter(|w| w.gvr.plural == "clusters" && w.name == "team-a-prod" && !w.dry_run)
+        .map(|w| w.verb)
+        .collect();
+    assert_eq!(writes, ["apply", "apply"], "the creation and the upgrade");
 
     // The journal: the patch phase ran once; the run succeeded.
     let store = SledStore::open(&env.workdir.join("bot-state").join("journal")).unwrap();
@@ -124,6 +125,126 @@ async fn an_upgrade_runs_phase_by_phase_and_resumes_after_a_kill() {
             .map(|o| o["patched"].clone()),
         Some(serde_json::json!(true))
     );
+}
+
+/// Opens a pull request with `files` on `branch`, waits for its plan, approves and merges it,
+/// and waits for the merge's `tkgops/apply` status, which must be `success`.
+async fn change_through_a_pull_request(
+    env: &tkgops_sandbox::Environment,
+    branch: &str,
+    files: &[(String, String)],
+) {
+    let pr = env.open_pull_request(branch, branch, files).unwrap();
+    let head = head_of(env, branch);
+    let plan = env
+        .wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(plan, "success", "{branch}: {}", env.conversation(pr));
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    let apply = env
+        .wait_status(&merge, "tkgops/apply", Duration::from_secs(240))
+        .await
+        .unwrap();
+    assert_eq!(apply, "success", "{branch}: {}", env.conversation(pr));
+}
+
+/// kubernetes/kubernetes#107417 through pull requests: create (v1.23.17) → upgrade (v1.24.11)
+/// → resize (4 workers) → upgrade to v1.25.7 and resize to 5 workers in one pull request, on a
+/// management cluster that answers 409 where a real API server does. Every write of the Cluster
+/// is a server-side apply by `tkgops`, so none conflicts and none is forced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_upgrade_resize_then_upgrade_and_resize_never_conflict() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let _bot =
+        crate::e2e::InProcessBot::start(&env, &timings, Some(tkgops_sandbox::TMC_TOKEN)).await;
+    const FIRST_TKR: &str = "v1.23.17+vmware.1-tkg.1";
+    let (_, files) = request_files(None, &env.vpc);
+    let files: Vec<(String, String)> = files
+        .into_iter()
+        .map(|(p, c)| (p, c.replace(NEW_TKR, FIRST_TKR)))
+        .collect();
+    create_through_a_pull_request(&env, &files).await;
+    let file = |suffix: &str| {
+        files
+            .iter()
+            .find(|(p, _)| p.ends_with(suffix))
+            .unwrap()
+            .clone()
+    };
+    let (settings, settings_text) = file("team-a-prod/tkgops.yaml");
+    let (config, config_text) = file("team-a-prod/cluster-config.yaml");
+    assert!(config_text.contains("WORKER_MACHINE_COUNT: 3"));
+
+    let settings_text = settings_text.replace(FIRST_TKR, OLD_TKR);
+    change_through_a_pull_request(
+        &env,
+        "upgrade",
+        &[(settings.clone(), settings_text.clone())],
+    )
+    .await;
+    let config_text = config_text.replace("WORKER_MACHINE_COUNT: 3", "WORKER_MACHINE_COUNT: 4");
+    change_through_a_pull_request(&env, "resize", &[(config.clone(), config_text.clone())]).await;
+    change_through_a_pull_request(
+        &env,
+        "upgrade-and-resize",
+        &[
+            (settings, settings_text.replace(OLD_TKR, NEW_TKR)),
+            (
+                config,
+                config_text.replace("WORKER_MACHINE_COUNT: 4", "WORKER_MACHINE_COUNT: 5"),
+            ),
+        ],
+    )
+    .await;
+
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let cluster = mgmt
+        .get(
+            &Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters"),
+            Some("default"),
+            "team-a-prod",
+        )
+        .unwrap();
+    assert_eq!(cluster["spec"]["topology"]["version"], "v1.25.7+vmware.2");
+    let workers: i64 = cluster["spec"]["topology"]["workers"]["machineDeployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|md| md["replicas"].as_i64().unwrap())
+        .sum();
+    assert_eq!(workers, 5);
+    // tkgops owns its fields as one Apply manager, never as an Update manager too.
+    let tkgops_slots: Vec<&str> = cluster["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["manager"] == "tkgops")
+        .map(|m| m["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(tkgops_slots, ["Apply"]);
+    // Nothing was forced, and no write of the Cluster was refused.
+    let requests = mgmt.faults().log().all();
+    let cluster_writes: Vec<_> = requests
+        .iter()
+        .filter(|r| r.path.ends_with("/clusters/team-a-prod") && r.method != http::Method::GET)
+        .collect();
+    assert!(cluster_writes.len() >= 4, "{cluster_writes:?}");
+    assert!(
+        cluster_writes
+            .iter()
+            .all(|r| !r.query.contains("force=true")),
+        "{cluster_writes:?}"
+    );
+    let applies = mgmt
+        .writes()
+        .into_iter()
+        .filter(|w| w.gvr.plural == "clusters" && w.name == "team-a-prod" && !w.dry_run)
+        .map(|w| w.verb)
+        .collect::<Vec<_>>();
+    assert!(applies.iter().all(|v| v == "apply"), "{applies:?}");
 }
 
 /// The delete story through the bot: removing a cluster's folder is refused at the plan until

@@ -428,6 +428,94 @@ async fn kubectl_server_side_apply_conflict_and_dry_run() {
     );
 }
 
+/// kubernetes/kubernetes#107417 with the real kubectl: an apply, a merge patch and the first
+/// apply again, all by field manager `tkgops`. The patch is an `Update`: another manager than
+/// the `Apply` of the same name, so the second apply conflicts with it, as on a real API server.
+#[tokio::test]
+async fn kubectl_an_apply_conflicts_with_a_patch_by_the_same_field_manager() {
+    let Some(bin) = kubectl() else { return };
+    let env = env().await;
+    let k = Kubectl::new(bin, &env.mgmt.kubeconfig_yaml());
+    let blue = k.write("blue.yaml", &SSA_MANIFEST.replace("COLOR", "blue"));
+    let blue = blue.to_str().unwrap();
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=tkgops",
+        "-f",
+        blue,
+    ])
+    .await;
+    k.ok(&[
+        "patch",
+        "configmap",
+        "ssa",
+        "--type=merge",
+        "--field-manager=tkgops",
+        "-p",
+        r#"{"data":{"color":"red"}}"#,
+    ])
+    .await;
+    let slots = |obj: &Value| -> Vec<(String, String)> {
+        obj["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["manager"].as_str().unwrap().to_string(),
+                    m["operation"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let patched = env.mgmt.get(&gvr_cm(), Some("default"), "ssa").unwrap();
+    assert!(
+        slots(&patched).contains(&("tkgops".into(), "Update".into())),
+        "{:?}",
+        slots(&patched)
+    );
+
+    let again = k
+        .run(&[
+            "apply",
+            "--server-side",
+            "--field-manager=tkgops",
+            "-f",
+            blue,
+        ])
+        .await;
+    assert!(
+        !again.status.success(),
+        "the apply must conflict with the patch"
+    );
+    let err = stderr(&again);
+    assert!(err.contains("Apply failed with 1 conflict"), "{err}");
+    assert!(err.contains(r#"conflict with "tkgops""#), "{err}");
+    assert!(err.contains(".data.color"), "{err}");
+    assert_eq!(
+        env.mgmt.get(&gvr_cm(), Some("default"), "ssa").unwrap()["data"]["color"],
+        "red"
+    );
+
+    // Forced, the Apply entry takes the field back from the Update entry.
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=tkgops",
+        "-f",
+        blue,
+    ])
+    .await;
+    let forced = env.mgmt.get(&gvr_cm(), Some("default"), "ssa").unwrap();
+    assert_eq!(forced["data"]["color"], "blue");
+    assert_eq!(
+        slots(&forced),
+        [("tkgops".to_string(), "Apply".to_string())]
+    );
+}
+
 /// Reads `stdout` lines of a spawned kubectl into a channel.
 fn lines(child: &mut tokio::process::Child) -> tokio::sync::mpsc::UnboundedReceiver<String> {
     let stdout = child.stdout.take().expect("piped stdout");

@@ -783,8 +783,8 @@ async fn a_killed_bot_resumes_a_scheduled_apply_without_firing_or_patching_twice
         crate::e2e::kcp_version(&env, "team-b-prod"),
         "v1.25.7+vmware.2"
     );
-    // One record pull request; one topology patch per cluster; one run per cluster, whose
-    // patch phase ran once.
+    // One record pull request; one upgrade write per cluster (after its creation's apply); one
+    // run per cluster, whose upgrade phase ran once.
     let records: Vec<_> = env
         .github
         .pull_requests()
@@ -796,14 +796,16 @@ async fn a_killed_bot_resumes_a_scheduled_apply_without_firing_or_patching_twice
         .collect();
     assert_eq!(records.len(), 1, "{records:?}");
     for cluster in ["team-a-prod", "team-b-prod"] {
-        let patches = mgmt
+        let writes: Vec<String> = mgmt
             .writes()
             .into_iter()
-            .filter(|w| w.gvr.plural == "clusters" && w.name == cluster && w.verb == "patch")
-            .count();
+            .filter(|w| w.gvr.plural == "clusters" && w.name == cluster && !w.dry_run)
+            .map(|w| w.verb)
+            .collect();
         assert_eq!(
-            patches, 1,
-            "{cluster}: one merge patch of spec.topology.version"
+            writes,
+            ["apply", "apply"],
+            "{cluster}: the creation and one upgrade of spec.topology.version"
         );
     }
     let store = Arc::new(

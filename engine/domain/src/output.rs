@@ -234,7 +234,8 @@ pub struct KubeUpgradeClusterOutput {
     pub from: String,
     /// The TKR version asked for (the inputs' `tkr`), e.g. `v1.25.7+vmware.2-tkg.1`.
     pub to: String,
-    /// Whether this attempt merge-patched the Cluster (`false`: it already asked for `to`).
+    /// Whether this attempt applied the new version to the Cluster (`false`: it already asked
+    /// for `to`).
     pub patched: bool,
 }
 

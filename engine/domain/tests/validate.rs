@@ -580,6 +580,40 @@ fn r15_required_aws_variables() {
     assert!(!has(&run(&new_vpc), "TKGOPS-REQUIRED"));
 }
 
+/// tkg2-aws-class-based.md §3 "Replicas": on the prod plan the CLI uses the per-AZ worker
+/// counts only when all three are set; a partial set is ignored (and said so), and
+/// `WORKER_MACHINE_COUNT` is split evenly with the remainder to the first MachineDeployments.
+#[test]
+fn r16_a_partial_set_of_per_az_worker_counts_is_ignored() {
+    let fs = run(&edits(&[
+        ("WORKER_MACHINE_COUNT", Some("4")),
+        ("WORKER_MACHINE_COUNT_1", Some("5")),
+    ]));
+    let f = find(&fs, "TKGOPS-IGNORED");
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(
+        f.message.starts_with("WORKER_MACHINE_COUNT_1 is ignored"),
+        "{}",
+        f.message
+    );
+    assert!(f.message.contains("(2/1/1)"), "{}", f.message);
+    assert!(f.line.is_some(), "points at the ignored variable");
+    let all = run(&edits(&[
+        ("WORKER_MACHINE_COUNT_0", Some("2")),
+        ("WORKER_MACHINE_COUNT_1", Some("1")),
+        ("WORKER_MACHINE_COUNT_2", Some("1")),
+    ]));
+    assert!(!has(&all, "TKGOPS-IGNORED"), "{all:#?}");
+    // A partial set does not rescue too few workers: the split of the total is what runs.
+    let fs = run(&edits(&[
+        ("WORKER_MACHINE_COUNT", Some("2")),
+        ("WORKER_MACHINE_COUNT_0", Some("3")),
+    ]));
+    assert!(find(&fs, "TKGOPS-TF-VALIDATE")
+        .message
+        .contains("prod plan requires at least 3 workers (got 2)"));
+}
+
 #[test]
 fn r16_tanzu_framework_checks() {
     let fs = run(&edits(&[("WORKER_MACHINE_COUNT", Some("2"))]));
@@ -1295,9 +1329,24 @@ fn cluster_spec_prod_split_and_overrides() {
         spec.workers.iter().map(|w| w.replicas).collect::<Vec<_>>(),
         vec![2, 2, 1]
     );
-    let explicit = edit(&five, "WORKER_MACHINE_COUNT_2", Some("7"));
+    // One per-AZ count alone is ignored, as the CLI ignores it (§3 "Replicas")…
+    let partial = edit(&five, "WORKER_MACHINE_COUNT_2", Some("7"));
+    let spec = cluster_spec(&request(&partial, &settings_text()), &r).expect("spec");
+    assert_eq!(
+        spec.workers.iter().map(|w| w.replicas).collect::<Vec<_>>(),
+        vec![2, 2, 1]
+    );
+    // …and all three are used as given.
+    let explicit = edit(
+        &edit(&partial, "WORKER_MACHINE_COUNT_0", Some("1")),
+        "WORKER_MACHINE_COUNT_1",
+        Some("1"),
+    );
     let spec = cluster_spec(&request(&explicit, &settings_text()), &r).expect("spec");
-    assert_eq!(spec.workers[2].replicas, 7);
+    assert_eq!(
+        spec.workers.iter().map(|w| w.replicas).collect::<Vec<_>>(),
+        vec![1, 1, 7]
+    );
     // Package ordering and defaults merge.
     let pk = settings_text().replace(
         "  - name: cert-manager\n",

@@ -10,7 +10,9 @@ use super::settings::{
     ClusterSettings, IdentityManagementType, ManagementClusterConfig, RepoConfig, RuleLevel, SCHEMA,
 };
 use super::spec::AUTOSCALER_UNSUPPORTED;
-use super::spec::{get_u32, normalized_plan, resolve_packages, worker_counts};
+use super::spec::{
+    get_u32, normalized_plan, resolve_packages, worker_counts, PER_AZ_WORKER_COUNTS,
+};
 use super::tkgconfig::{is_credential_variable, is_known_variable, TkgConfig, PARSE};
 use super::{Finding, Severity};
 use crate::tkg::variables::cluster_variables;
@@ -76,7 +78,7 @@ pub const RULES: &[(&str, Severity, &str)] = &[
     (
         "TKGOPS-IGNORED",
         Severity::Warning,
-        "variable a TKG 2.x workload file cannot set: identity and MachineHealthChecks are the management cluster's (tkg2-aws-class-based.md §5, §7)",
+        "variable a TKG 2.x workload file cannot set, or that the Tanzu CLI ignores as written: identity and MachineHealthChecks are the management cluster's (tkg2-aws-class-based.md §5, §7); a partial set of WORKER_MACHINE_COUNT_0/1/2 on the prod plan (§3)",
     ),
     (
         "TKGOPS-PLACEHOLDER",
@@ -456,6 +458,23 @@ fn config_rules(ctx: &mut Ctx<'_>) {
                 format!("{k} must be a non-negative integer"),
             ),
             Ok(counts) => {
+                let set: Vec<&str> = PER_AZ_WORKER_COUNTS
+                    .into_iter()
+                    .filter(|k| c.get(k).is_some())
+                    .collect();
+                if prod && !set.is_empty() && set.len() < PER_AZ_WORKER_COUNTS.len() {
+                    let shown: Vec<String> = counts.iter().map(u32::to_string).collect();
+                    for k in &set {
+                        ctx.var(
+                            k,
+                            "TKGOPS-IGNORED",
+                            format!(
+                                "{k} is ignored: the Tanzu CLI uses WORKER_MACHINE_COUNT_0, _1 and _2 only when all three are set, and otherwise splits WORKER_MACHINE_COUNT evenly over the three MachineDeployments ({}); set all three, or none",
+                                shown.join("/")
+                            ),
+                        );
+                    }
+                }
                 let total: u64 = counts.iter().map(|n| u64::from(*n)).sum();
                 if prod && total < 3 {
                     let k = if c.line("WORKER_MACHINE_COUNT").is_some() {

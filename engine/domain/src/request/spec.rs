@@ -316,32 +316,37 @@ pub(crate) fn get_u32(config: &TkgConfig, key: &str) -> Result<Option<u32>, ()> 
     }
 }
 
-/// Worker replicas per MachineDeployment (1 for dev, 3 for prod): `WORKER_MACHINE_COUNT_<i>`
-/// when set, else `WORKER_MACHINE_COUNT` (default dev 1, prod 3) split evenly with the remainder
-/// to the first AZs (TF `DistributeMachineDeploymentWorkers`). `Err(variable)` for a
-/// non-integer count.
+/// Worker replicas per MachineDeployment, as the Tanzu CLI sets them
+/// (tkg2-aws-class-based.md §3 "Replicas"; TF `CL/validate.go:1423-1484`): for the prod plan
+/// (three MachineDeployments), `WORKER_MACHINE_COUNT_0`, `_1` and `_2` as given when all three
+/// are set, else `WORKER_MACHINE_COUNT` (default 3) split evenly with the remainder to the
+/// first MachineDeployments (4 → 2/1/1), the per-AZ counts set being ignored; for the dev plan
+/// (one), `WORKER_MACHINE_COUNT_0` when set, else `WORKER_MACHINE_COUNT` (default 1).
+/// `Err(variable)` for a count that is not a non-negative integer.
 pub(crate) fn worker_counts(config: &TkgConfig, prod: bool) -> Result<Vec<u32>, &'static str> {
     let total = get_u32(config, "WORKER_MACHINE_COUNT").map_err(|_| "WORKER_MACHINE_COUNT")?;
-    const PER: [&str; 3] = [
-        "WORKER_MACHINE_COUNT_0",
-        "WORKER_MACHINE_COUNT_1",
-        "WORKER_MACHINE_COUNT_2",
-    ];
-    let n = if prod { 3 } else { 1 };
-    let total = total.unwrap_or(if prod { 3 } else { 1 });
-    let mut out = Vec::with_capacity(n);
-    for (i, key) in PER.iter().enumerate().take(n) {
-        let split = if prod {
-            let i = i as u32;
-            total / 3 + u32::from(i < total % 3)
-        } else {
-            total
-        };
-        let explicit = get_u32(config, key).map_err(|_| *key)?;
-        out.push(explicit.unwrap_or(split));
+    let mut per = Vec::with_capacity(PER_AZ_WORKER_COUNTS.len());
+    for key in PER_AZ_WORKER_COUNTS {
+        per.push(get_u32(config, key).map_err(|_| key)?);
     }
-    Ok(out)
+    if !prod {
+        return Ok(vec![per[0].or(total).unwrap_or(1)]);
+    }
+    if let [Some(a), Some(b), Some(c)] = per[..] {
+        return Ok(vec![a, b, c]);
+    }
+    let total = total.unwrap_or(3);
+    Ok((0..3u32)
+        .map(|i| total / 3 + u32::from(i < total % 3))
+        .collect())
 }
+
+/// The per-MachineDeployment worker counts of the prod plan, in MachineDeployment order.
+pub(crate) const PER_AZ_WORKER_COUNTS: [&str; 3] = [
+    "WORKER_MACHINE_COUNT_0",
+    "WORKER_MACHINE_COUNT_1",
+    "WORKER_MACHINE_COUNT_2",
+];
 
 /// Derives the desired state of `req` as the Tanzu CLI of the management cluster's TKG release
 /// renders it (see the field docs of [`ClusterSpec`]); `repo` supplies the management cluster

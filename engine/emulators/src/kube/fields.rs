@@ -307,19 +307,64 @@ pub(crate) fn record_update(
     api_version: &str,
     now: &str,
 ) {
+    record_changes(
+        entries,
+        old,
+        new,
+        (manager, "Update", subresource),
+        api_version,
+        now,
+    );
+}
+
+/// Attributes what mutating admission changed during an apply by `manager` (`before`: the
+/// applied result, `after`: as admission left it; tracked views) to the request's own
+/// `(manager, Apply, subresource)` entry, as the API server attributes webhook changes to the
+/// request's manager (kubernetes-api-wire.md, "Field ownership and wire formats").
+pub(crate) fn record_admission_of_apply(
+    entries: &mut Vec<ManagedEntry>,
+    before: &Value,
+    after: &Value,
+    manager: &str,
+    subresource: Option<&str>,
+    api_version: &str,
+    now: &str,
+) {
+    record_changes(
+        entries,
+        before,
+        after,
+        (manager, "Apply", subresource),
+        api_version,
+        now,
+    );
+}
+
+/// Every leaf whose value changed between `old` and `new` becomes owned by the entry `slot`
+/// (`(manager, operation, subresource)`, created if absent) and is taken from every other
+/// entry; then ownership of fields that no longer exist in `new` is dropped.
+fn record_changes(
+    entries: &mut Vec<ManagedEntry>,
+    old: &Value,
+    new: &Value,
+    slot: (&str, &str, Option<&str>),
+    api_version: &str,
+    now: &str,
+) {
+    let (manager, operation, subresource) = slot;
     let changed: FieldSet = leaf_paths(new)
         .into_iter()
         .filter(|p| get_path(old, p) != get_path(new, p))
         .collect();
     if !changed.is_empty() {
         for e in entries.iter_mut() {
-            if !e.same_slot(manager, "Update", subresource) {
+            if !e.same_slot(manager, operation, subresource) {
                 e.fields.retain(|q| !changed.iter().any(|p| overlaps(p, q)));
             }
         }
         match entries
             .iter_mut()
-            .find(|e| e.same_slot(manager, "Update", subresource))
+            .find(|e| e.same_slot(manager, operation, subresource))
         {
             Some(e) => {
                 e.fields.extend(changed);
@@ -328,7 +373,7 @@ pub(crate) fn record_update(
             }
             None => entries.push(ManagedEntry {
                 manager: manager.to_string(),
-                operation: "Update".to_string(),
+                operation: operation.to_string(),
                 api_version: api_version.to_string(),
                 time: now.to_string(),
                 subresource: subresource.map(str::to_string),
@@ -374,8 +419,10 @@ pub(crate) fn apply(
 ) -> Result<Value, Vec<Conflict>> {
     let new_set = leaf_paths(config);
     let mut conflicts = BTreeSet::new();
+    // Managers are keyed by (manager, operation, subresource): the same name's `Update` entry
+    // is another manager, and conflicts like any other (kubernetes/kubernetes#107417).
     for e in entries.iter() {
-        if e.manager == manager {
+        if e.same_slot(manager, "Apply", subresource) {
             continue;
         }
         for q in &e.fields {
@@ -395,7 +442,7 @@ pub(crate) fn apply(
             return Err(conflicts.into_iter().collect());
         }
         for e in entries.iter_mut() {
-            if e.manager != manager {
+            if !e.same_slot(manager, "Apply", subresource) {
                 e.fields.retain(|q| {
                     !new_set
                         .iter()
@@ -478,6 +525,105 @@ pub(crate) fn conflict_message(conflicts: &[Conflict]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// kubernetes/kubernetes#107417: an `Update` and an `Apply` by one manager name are two
+    /// managers. The Apply conflicts with the Update's field, forcing moves it, and the Update
+    /// itself never conflicts.
+    #[test]
+    fn an_update_and_an_apply_by_one_name_are_two_managers() {
+        let mut entries = Vec::new();
+        let applied = apply(
+            &mut entries,
+            &json!({}),
+            &json!({"data": {"a": "1"}}),
+            "tkgops",
+            None,
+            false,
+            "v1",
+            "t",
+        )
+        .unwrap();
+        // `kubectl patch --type merge --field-manager=tkgops`: an Update, no conflict.
+        let patched = json!({"data": {"a": "2"}});
+        record_update(&mut entries, &applied, &patched, "tkgops", None, "v1", "t");
+        let slots: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|e| (e.manager.as_str(), e.operation.as_str()))
+            .collect();
+        assert_eq!(slots, [("tkgops", "Update")], "the Update took the field");
+        // The first apply again: a conflict with the Update manager of the same name.
+        let err = apply(
+            &mut entries.clone(),
+            &patched,
+            &json!({"data": {"a": "1"}}),
+            "tkgops",
+            None,
+            false,
+            "v1",
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(
+            conflict_message(&err),
+            "Apply failed with 1 conflict: conflict with \"tkgops\" using v1: .data.a"
+        );
+        // The same value is shared ownership, not a conflict.
+        apply(
+            &mut entries.clone(),
+            &patched,
+            &json!({"data": {"a": "2"}}),
+            "tkgops",
+            None,
+            false,
+            "v1",
+            "t",
+        )
+        .unwrap();
+        // Forced: the Apply entry takes the field.
+        apply(
+            &mut entries,
+            &patched,
+            &json!({"data": {"a": "1"}}),
+            "tkgops",
+            None,
+            true,
+            "v1",
+            "t",
+        )
+        .unwrap();
+        let slots: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|e| (e.manager.as_str(), e.operation.as_str()))
+            .collect();
+        assert_eq!(slots, [("tkgops", "Apply")]);
+    }
+
+    /// What mutating admission changes during an apply belongs to the request's Apply entry.
+    #[test]
+    fn admission_changes_of_an_apply_belong_to_its_manager() {
+        let mut entries = Vec::new();
+        let applied = apply(
+            &mut entries,
+            &json!({}),
+            &json!({"spec": {"version": "v1.25.7---vmware.2-tkg.1"}}),
+            "tkgops",
+            None,
+            false,
+            "v1",
+            "t",
+        )
+        .unwrap();
+        let admitted = json!({"metadata": {"labels": {"tkr": "v1.25.7---vmware.2-tkg.1"}},
+            "spec": {"version": "v1.25.7+vmware.2"}});
+        record_admission_of_apply(&mut entries, &applied, &admitted, "tkgops", None, "v1", "t");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].operation, "Apply");
+        assert!(entries[0].fields.contains(&vec![
+            "metadata".to_string(),
+            "labels".into(),
+            "tkr".into()
+        ]));
+    }
 
     #[test]
     fn fields_v1_roundtrip() {

@@ -66,10 +66,14 @@
 //!   and scalars replaced, `null` removes), removes fields this manager applied before and omits now
 //!   (unless another manager also owns them), and records the manager's `Apply` entry.
 //! - Conflicts: a leaf the applier sets to a value different from the live one, owned (same path,
-//!   a parent or a child path) by another manager (Apply or Update) → 409 reason `Conflict`, message
+//!   a parent or a child path) by another manager → 409 reason `Conflict`, message
 //!   `Apply failed with 1 conflict: conflict with "mgr" using v1: .spec.x` (plus
 //!   `details.causes`); `force=true` takes the fields away from the other managers. Equal values
-//!   are shared ownership, as in Kubernetes.
+//!   are shared ownership, as in Kubernetes. A manager is (name, operation, subresource): the
+//!   `Update` entry of the applier's own name is another manager, so an apply conflicts with a
+//!   merge patch sent under the same `fieldManager` (kubernetes/kubernetes#107417).
+//! - What mutating admission changes during a request belongs to that request's manager: to
+//!   the applier's `Apply` entry for an apply, to the writer's `Update` entry otherwise.
 //! - Non-apply writes (POST/PUT/merge/JSON patch and the direct API) record an `Update` entry
 //!   for the leaves they changed and take those leaves from other managers without conflict. The
 //!   manager is `?fieldManager=`, else the User-Agent up to the first `/`, else `unknown`; the

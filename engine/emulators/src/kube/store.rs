@@ -965,7 +965,17 @@ impl State {
                 )
                 .map_err(|c| apply_conflict(gvr, name, &c))?;
                 create_defaults(gvr, &mut cand);
+                let before = fields::tracked_view(&cand);
                 let cand = self.admit(rt, &key, None, cand, false)?;
+                fields::record_admission_of_apply(
+                    &mut entries,
+                    &before,
+                    &fields::tracked_view(&cand),
+                    &ctx.manager,
+                    None,
+                    &rt.api_version(),
+                    &now,
+                );
                 let (v, changed) = self.finalize(rt, key, None, cand, entries, ctx.dry_run);
                 Ok((v, changed))
             }
@@ -983,7 +993,17 @@ impl State {
                     &now,
                 )
                 .map_err(|c| apply_conflict(gvr, name, &c))?;
+                let before = result.clone();
                 let result = self.admit(rt, &key, Some(&o), result, status)?;
+                fields::record_admission_of_apply(
+                    &mut entries,
+                    &before,
+                    &fields::tracked_view(&result),
+                    &ctx.manager,
+                    sub,
+                    &rt.api_version(),
+                    &now,
+                );
                 Ok(self.finalize(rt, key, Some(&o), result, entries, ctx.dry_run))
             }
         }

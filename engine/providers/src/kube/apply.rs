@@ -331,17 +331,24 @@ pub async fn apply_object_with(
     let stored = api
         .patch(&name, &params, &Patch::Apply(&obj))
         .await
-        .map_err(|e| match &e {
-            kube::Error::Api(s) if s.code == 409 && s.message.starts_with("Apply failed") => {
-                StepError::Permanent(format!(
-                    "{label}: server-side apply conflict: {}. tkgops does not force over fields another field manager owns: change those fields through that manager, or remove them from the request",
-                    s.message.trim_end_matches('.')
-                ))
-            }
-            _ => classify(&label, &e),
-        })?;
+        .map_err(|e| apply_error(&label, &e))?;
     let stored = serde_json::to_value(stored).unwrap_or(Value::Null);
     Ok((label, stored))
+}
+
+/// The step error of a failed server-side apply of `what`: a field-manager conflict (409,
+/// `Apply failed with …`) is permanent and names the fields and their managers, as the API
+/// server does; tkgops never forces. Other errors as [`classify`].
+pub(crate) fn apply_error(what: &str, e: &kube::Error) -> StepError {
+    match e {
+        kube::Error::Api(s) if s.code == 409 && s.message.starts_with("Apply failed") => {
+            StepError::Permanent(format!(
+                "{what}: server-side apply conflict: {}. tkgops does not force over fields another field manager owns: change those fields through that manager, or remove them from the request",
+                s.message.trim_end_matches('.')
+            ))
+        }
+        _ => classify(what, e),
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 
 pub mod apply;
 pub mod cluster;
+pub mod extract;
 pub mod health;
 pub mod packages;
 pub mod preflight;

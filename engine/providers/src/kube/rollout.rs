@@ -1,10 +1,15 @@
 //! Day-2 changes of an existing Cluster on its management cluster: the upgrade patch, the waits
 //! for the control plane and the MachineDeployments to roll, and the delete.
 //!
-//! - `kube.upgrade-cluster` ([`upgrade_cluster`]): what `tanzu cluster upgrade` sends for a
-//!   class-based Cluster, a JSON merge patch `{"spec":{"topology":{"version":"<TKR version>"}}}`
-//!   and nothing else (tkg2-aws-class-based.md §8 "Patch"); skipped when the Cluster already
-//!   asks for that TKR (the TKR resolver rewrites the field to the Kubernetes version, §10.3).
+//! - `kube.upgrade-cluster` ([`upgrade_cluster`]): the change `tanzu cluster upgrade` makes to a
+//!   class-based Cluster, `spec.topology.version` set to the TKR version and nothing else
+//!   (tkg2-aws-class-based.md §8 "Patch"), written the way tkgops always writes the Cluster:
+//!   a server-side apply (field manager `tkgops`) of what tkgops applied before
+//!   ([`super::extract::applied_by`]) with the new version. The CLI's merge patch would make
+//!   tkgops an `Update` manager of the version beside its `Apply` entry, and every later resize
+//!   (an apply) would then conflict with it on a real API server. Skipped when the Cluster
+//!   already asks for that TKR (the TKR resolver rewrites the field to the Kubernetes version,
+//!   §10.3).
 //! - `kube.wait-control-plane` ([`wait_control_plane`]): §8 "Wait", CP: the KubeadmControlPlane
 //!   runs the version on every replica (`spec.version` and `status.version`,
 //!   `replicas == updatedReplicas == readyReplicas == spec.replicas`), `ControlPlaneReady=True`,
@@ -34,7 +39,9 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditi
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::apply::apply_error;
 use super::cluster::{cluster_resource, kcp_resource, machine_resource, md_resource};
+use super::extract::applied_by;
 use super::watch::{SharedWatch, Subscription};
 use super::{classify, KubeProvider, FIELD_MANAGER};
 use crate::wait::{drive, DriveOptions, Observed, Reporter, Source};
@@ -108,14 +115,17 @@ async fn owned_cluster(
     Ok(Some((api, cluster)))
 }
 
-/// Runs `kube.upgrade-cluster`: merge-patches `spec.topology.version` of the Cluster to
-/// `inputs.tkr` (field manager [`FIELD_MANAGER`]) unless it already asks for that TKR or its
-/// Kubernetes version. Output [`KubeUpgradeClusterOutput`] (`{"from": "<version before>", "to":
-/// "<tkr>", "patched": bool}`).
+/// Runs `kube.upgrade-cluster`: sets `spec.topology.version` of the Cluster to `inputs.tkr`
+/// unless it already asks for that TKR or its Kubernetes version, by a server-side apply
+/// (field manager [`FIELD_MANAGER`], never forced) of the fields tkgops applied before with the
+/// new version. Output [`KubeUpgradeClusterOutput`] (`{"from": "<version before>", "to":
+/// "<tkr>", "patched": bool}`; `patched`: whether it wrote).
 ///
-/// Errors: [`StepError::Permanent`] when the Cluster does not exist or is not owned
-/// ([`OWNER_LABEL`]), or when admission refuses the patch (a downgrade, a jump of two minors,
-/// a TKR that does not resolve: the webhook's message); others as [`classify`].
+/// Errors: [`StepError::Permanent`] when the Cluster does not exist, is not owned
+/// ([`OWNER_LABEL`]) or holds no fields applied by [`FIELD_MANAGER`]; when another field manager
+/// owns `spec.topology.version` (a 409 conflict: someone changed it outside tkgops); or when
+/// admission refuses the change (a downgrade, a jump of two minors, a TKR that does not
+/// resolve: the webhook's message). Others as [`classify`].
 pub async fn upgrade_cluster(
     provider: &KubeProvider,
     ctx: &StepContext,
@@ -140,20 +150,29 @@ pub async fn upgrade_cluster(
             patched: false,
         });
     }
-    let patch = json!({"spec": {"topology": {"version": inputs.tkr}}});
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
+    let Some(mut config) = applied_by(&current, FIELD_MANAGER) else {
+        return Err(StepError::Permanent(format!(
+            "{what} holds no fields applied by field manager '{FIELD_MANAGER}' (other managers took them, or it was not created by server-side apply): tkgops will not take the Cluster over; apply its configuration with '{FIELD_MANAGER}' first"
+        )));
     };
-    api.patch(&t.cluster_name, &params, &Patch::Merge(&patch))
-        .await
-        .map_err(|e| match classify(&what, &e) {
-            StepError::Permanent(m) => StepError::Permanent(format!(
-                "management cluster '{}' refused the upgrade of {what} from {from} to {}: {m}",
-                t.management_cluster, inputs.tkr
-            )),
-            other => other,
-        })?;
+    config["apiVersion"] = json!(cluster_resource().api_version);
+    config["kind"] = json!("Cluster");
+    config["metadata"]["name"] = json!(t.cluster_name);
+    config["metadata"]["namespace"] = json!(t.namespace);
+    config["spec"]["topology"]["version"] = json!(inputs.tkr);
+    api.patch(
+        &t.cluster_name,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&config),
+    )
+    .await
+    .map_err(|e| match apply_error(&what, &e) {
+        StepError::Permanent(m) => StepError::Permanent(format!(
+            "management cluster '{}' refused the upgrade of {what} from {from} to {}: {m}",
+            t.management_cluster, inputs.tkr
+        )),
+        other => other,
+    })?;
     ctx.progress.report(&format!(
         "spec.topology.version {from} → {}; Cluster API rolls the control plane first",
         inputs.tkr
