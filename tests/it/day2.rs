@@ -247,6 +247,74 @@ async fn create_upgrade_resize_then_upgrade_and_resize_never_conflict() {
     assert!(applies.iter().all(|v| v == "apply"), "{applies:?}");
 }
 
+/// A resize whose live Cluster is not what the plan was made against stops before writing:
+/// md-1 was scaled to 3 outside tkgops, the pull request plans 1 → 2 on every
+/// MachineDeployment, and the run fails on the check, naming the field as the management
+/// cluster has it and as the plan expects it. Nothing is written to the Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resize_whose_live_cluster_differs_from_its_plan_stops_before_writing() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let _bot =
+        crate::e2e::InProcessBot::start(&env, &timings, Some(tkgops_sandbox::TMC_TOKEN)).await;
+    let (_, files) = request_files(None, &env.vpc);
+    create_through_a_pull_request(&env, &files).await;
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let clusters = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    let live = mgmt.get(&clusters, Some("default"), "team-a-prod").unwrap();
+    let mut mds = live["spec"]["topology"]["workers"]["machineDeployments"].clone();
+    mds[1]["replicas"] = serde_json::json!(3);
+    mgmt.patch_merge(
+        &clusters,
+        Some("default"),
+        "team-a-prod",
+        serde_json::json!({"spec": {"topology": {"workers": {"machineDeployments": mds}}}}),
+    )
+    .unwrap();
+    let writes_before = mgmt.writes().len();
+
+    let (config, text) = files
+        .iter()
+        .find(|(p, _)| p.ends_with("cluster-config.yaml"))
+        .unwrap()
+        .clone();
+    let resized = text.replace("WORKER_MACHINE_COUNT: 3", "WORKER_MACHINE_COUNT: 6");
+    let pr = env
+        .open_pull_request("resize", "Resize team-a-prod", &[(config, resized)])
+        .unwrap();
+    let head = head_of(&env, "resize");
+    env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    let apply = env
+        .wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
+        .await
+        .unwrap();
+    let conversation = env.conversation(pr);
+    assert_eq!(apply, "failure", "{conversation}");
+    assert!(
+        conversation.contains("does not have the machine fields this resize was planned against, so nothing was written"),
+        "{conversation}"
+    );
+    assert!(
+        conversation.contains("spec.topology.workers.machineDeployments[md-1].replicas: 3 → 1"),
+        "{conversation}"
+    );
+    let written: Vec<_> = mgmt.writes()[writes_before..]
+        .iter()
+        .filter(|w| w.gvr.plural == "clusters")
+        .cloned()
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
+    let after = mgmt.get(&clusters, Some("default"), "team-a-prod").unwrap();
+    assert_eq!(
+        after["spec"]["topology"]["workers"]["machineDeployments"][0]["replicas"],
+        1
+    );
+}
+
 /// The delete story through the bot: removing a cluster's folder is refused at the plan until
 /// the pull request carries `tkgops/allow-delete`; with the label and two approvals the merge
 /// detaches the cluster from TMC, deletes the Cluster, waits until Cluster API removed it, and

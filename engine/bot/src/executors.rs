@@ -12,14 +12,15 @@ use std::time::Duration;
 use tkgops_domain::output::{
     AwsPreflightOutput, AwsRemoveSubnetTagsOutput, KubeApplyOutput, KubeCheckOwnerOutput,
     KubeDeleteClusterOutput, KubePreflightOutput, KubeReadKubeconfigOutput,
-    KubeUpgradeClusterOutput, KubeWaitClusterOutput, KubeWaitControlPlaneOutput,
-    KubeWaitMachineDeploymentsOutput, PackagesRolloutOutput, PackagesUpdateOutput,
-    PackagesVerifyOutput, TmcAttachOutput, TmcDetachOutput,
+    KubeResizeClusterOutput, KubeUpgradeClusterOutput, KubeWaitClusterOutput,
+    KubeWaitControlPlaneOutput, KubeWaitMachineDeploymentsOutput, PackagesRolloutOutput,
+    PackagesUpdateOutput, PackagesVerifyOutput, TmcAttachOutput, TmcDetachOutput,
 };
 use tkgops_domain::request::RepoConfig;
 use tkgops_domain::step::{
     AwsPreflightInputs, KubeApplyInputs, KubeDeleteInputs, KubePreflightInputs, KubeRolloutInputs,
-    PackagesInputs, PackagesUpdateInputs, TmcClusterInputs, UpgradeClusterInputs,
+    PackagesInputs, PackagesUpdateInputs, ResizeClusterInputs, TmcClusterInputs,
+    UpgradeClusterInputs,
 };
 use tkgops_engine::{ExecutorTable, StepContext, StepError, StepExecutor, StepKind};
 use tkgops_providers::aws::AwsExecutor;
@@ -179,6 +180,14 @@ impl ExecutorTable for StepTable {
         inputs: &UpgradeClusterInputs,
     ) -> Result<KubeUpgradeClusterOutput, StepError> {
         self.kube.current().upgrade_cluster(ctx, inputs).await
+    }
+
+    async fn kube_resize_cluster(
+        &self,
+        ctx: &StepContext,
+        inputs: &ResizeClusterInputs,
+    ) -> Result<KubeResizeClusterOutput, StepError> {
+        self.kube.current().resize_cluster(ctx, inputs).await
     }
 
     async fn kube_wait_control_plane(

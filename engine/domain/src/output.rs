@@ -251,6 +251,34 @@ impl StepOutput for KubeUpgradeClusterOutput {
     }
 }
 
+/// Output of `kube.resize-cluster`: the machine fields the resize changed on the Cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeResizeClusterOutput {
+    /// Whether this attempt wrote the Cluster (`false`: the live Cluster already had every
+    /// planned value, e.g. after a restart that followed the write).
+    pub applied: bool,
+    /// The fields changed, `path: from → to`
+    /// (e.g. `spec.topology.workers.machineDeployments[md-0].replicas: 1 → 2`).
+    pub changed: Vec<String>,
+}
+
+impl StepOutput for KubeResizeClusterOutput {
+    /// `2 field(s) applied: spec.topology.workers.machineDeployments[md-0].replicas: 1 → 2; …`
+    /// or `already applied (not written again)`.
+    fn summary(&self) -> String {
+        if self.applied {
+            format!(
+                "{} field(s) applied: {}",
+                self.changed.len(),
+                self.changed.join("; ")
+            )
+        } else {
+            "already applied (not written again)".into()
+        }
+    }
+}
+
 /// Output of `kube.wait-control-plane`: the KubeadmControlPlane rolled (§8 "Wait").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -652,6 +680,16 @@ mod tests {
                 StepKind::TmcDetach,
                 json!({"cluster": "attached/attached/wl", "wasAttached": false, "forced": false}),
                 "was not attached",
+            ),
+            (
+                StepKind::KubeResizeCluster,
+                json!({"applied": true, "changed": ["spec.topology.workers.machineDeployments[md-0].replicas: 1 → 2"]}),
+                "1 field(s) applied: spec.topology.workers.machineDeployments[md-0].replicas: 1 → 2",
+            ),
+            (
+                StepKind::KubeResizeCluster,
+                json!({"applied": false, "changed": []}),
+                "already applied (not written again)",
             ),
             (
                 StepKind::KubeCheckOwner,

@@ -170,6 +170,10 @@ step_kinds! {
     /// Upgrade the cluster to a newer TKR (`spec.topology.version`).
     KubeUpgradeCluster = "kube.upgrade-cluster"
         => fn kube_upgrade_cluster(UpgradeClusterInputs) -> KubeUpgradeClusterOutput,
+    /// Set the planned machine fields of the Cluster (counts, instance types, root volumes),
+    /// after checking the live Cluster and a server-side dry run against the plan.
+    KubeResizeCluster = "kube.resize-cluster"
+        => fn kube_resize_cluster(ResizeClusterInputs) -> KubeResizeClusterOutput,
     /// Wait until the KubeadmControlPlane runs the target Kubernetes version with every replica
     /// ready and the workload API server reports it (tkg2-aws-class-based.md §8 "Wait").
     KubeWaitControlPlane = "kube.wait-control-plane"
@@ -425,6 +429,21 @@ pub struct UpgradeClusterInputs {
     /// The `tkgops.dev/owner` label value the Cluster must carry (security rule 7: tkgops
     /// changes only Clusters it created for the same config repository and cluster path).
     pub owner_label: String,
+}
+
+/// Inputs of `kube.resize-cluster`: the Cluster and its machine fields before and after the
+/// change ([`crate::workflow::change::machine_fields`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResizeClusterInputs {
+    /// The Cluster to resize.
+    #[serde(flatten)]
+    pub target: WorkloadTarget,
+    /// The `tkgops.dev/owner` label value the Cluster must carry (security rule 7).
+    pub owner_label: String,
+    /// Every machine field of the Cluster with the value the plan expects live (`from`) and the
+    /// one it sets (`to`); fields the change keeps are listed with `from == to`.
+    pub fields: Vec<crate::workflow::change::ClusterFieldChange>,
 }
 
 /// Inputs of `kube.delete-cluster` and `kube.check-owner`.

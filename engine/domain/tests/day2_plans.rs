@@ -7,6 +7,7 @@
 mod common;
 
 use tkgops_domain::files::MemoryTree;
+use tkgops_domain::step::StepInputs;
 use tkgops_domain::workflow::markdown::render_plan;
 use tkgops_domain::workflow::{plan, Catalog, IntentKind, PlanInput, PlanStatus, RolloutHistory};
 
@@ -215,17 +216,81 @@ fn worker_counts_scale_and_instance_types_replace() {
     );
     let md0 = &impact.groups[1];
     assert_eq!((md0.replicas_from, md0.replicas_to), (Some(1), 2));
-    // The Cluster is applied again with the new replicas.
-    let apply = c
+    // The resize sets the machine fields, the changed ones and the ones it keeps.
+    let resize = c
         .steps
         .iter()
-        .find(|s| s.kind().as_str() == "kube.apply")
+        .find(|s| s.kind().as_str() == "kube.resize-cluster")
         .unwrap();
-    let manifests = apply.inputs.inputs_json()["manifests"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(manifests.contains("replicas: 2"), "{manifests}");
+    let StepInputs::KubeResizeCluster(inputs) = &resize.inputs else {
+        panic!("{resize:?}")
+    };
+    let changed: Vec<String> = inputs
+        .fields
+        .iter()
+        .filter(|f| f.changes())
+        .map(|f| f.to_string())
+        .collect();
+    assert_eq!(
+        changed,
+        ["md-0", "md-1", "md-2"]
+            .iter()
+            .map(|md| format!("spec.topology.workers.machineDeployments[{md}].replicas: 1 → 2"))
+            .collect::<Vec<_>>()
+    );
+    let kept: Vec<String> = inputs
+        .fields
+        .iter()
+        .filter(|f| !f.changes())
+        .map(|f| f.path.to_string())
+        .collect();
+    assert!(
+        kept.contains(&"spec.topology.controlPlane.replicas".to_string()),
+        "{kept:?}"
+    );
+    assert!(
+        kept.iter().all(|p| p.starts_with("spec.topology.")),
+        "{kept:?}"
+    );
+
+    // Creation-only variables changed in the same pull request are not part of the resize.
+    let p = change(
+        NEW_TKR,
+        |s| s.to_string(),
+        |c| {
+            c.replace("WORKER_MACHINE_COUNT: 3", "WORKER_MACHINE_COUNT: 6")
+                .replace(
+                    "ENABLE_AUDIT_LOGGING: \"true\"",
+                    "ENABLE_AUDIT_LOGGING: \"false\"",
+                )
+        },
+        RolloutHistory::default(),
+    );
+    let intents: Vec<&IntentKind> = p.clusters.iter().map(|c| &c.intent).collect();
+    assert!(
+        intents
+            .iter()
+            .any(|i| matches!(i, IntentKind::Unsupported { reason } if reason.contains("ENABLE_AUDIT_LOGGING"))),
+        "{intents:?}"
+    );
+    let resize = p
+        .clusters
+        .iter()
+        .flat_map(|c| &c.steps)
+        .find(|s| s.kind().as_str() == "kube.resize-cluster")
+        .unwrap();
+    let StepInputs::KubeResizeCluster(inputs) = &resize.inputs else {
+        panic!("{resize:?}")
+    };
+    assert!(
+        inputs
+            .fields
+            .iter()
+            .all(|f| !f.path.to_string().contains("auditLogging")),
+        "{:?}",
+        inputs.fields
+    );
+    assert_eq!(inputs.fields.iter().filter(|f| f.changes()).count(), 3);
 
     let p = change(
         NEW_TKR,

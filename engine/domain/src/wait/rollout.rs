@@ -77,6 +77,22 @@ fn generation_observed(obj: &Value) -> bool {
     }
 }
 
+/// Whether Cluster API's topology controller has carried the Cluster's current spec to the
+/// objects it owns: the Cluster's `status.observedGeneration` is its `metadata.generation`, and
+/// its `TopologyReconciled` condition (classy Clusters, tanzu-apis.md §"Cluster status") is not
+/// `False`. Until then the KubeadmControlPlane and the MachineDeployments still have the spec
+/// before the change, and a steady old state must not pass for the rolled new one. `None`
+/// when they are carried, else what is still missing (for the progress line).
+fn topology_pending(cluster: &Value) -> Option<&'static str> {
+    if !generation_observed(cluster) {
+        return Some("the topology controller has not observed the Cluster's change yet");
+    }
+    match condition(cluster, "TopologyReconciled") {
+        Some(c) if c["status"] == "False" => Some("TopologyReconciled is False"),
+        _ => None,
+    }
+}
+
 /// Whether `version` (a Machine's or KCP's) is the target: equal, or a prefix of it as TKG
 /// compares (§8 "every worker Machine's spec.version is a prefix of the new version").
 pub fn at_version(version: &str, target: &str) -> bool {
@@ -192,7 +208,12 @@ fn control_plane_state<'s>(
         .map(|c| c["status"] == "True")
         .unwrap_or(false);
     let status_version = str_at(kcp, "/status/version");
-    let done = generation_observed(kcp)
+    // The replicas the Cluster's topology asks for (what a resize set).
+    let wanted = int_at(cluster, "/spec/topology/controlPlane/replicas");
+    let pending = topology_pending(cluster);
+    let done = pending.is_none()
+        && wanted.is_none_or(|w| w == desired)
+        && generation_observed(kcp)
         && at_version(str_at(kcp, "/spec/version"), target)
         && at_version(status_version, target)
         && desired == current
@@ -200,11 +221,23 @@ fn control_plane_state<'s>(
         && updated == ready
         && cp_ready
         && machines_done;
-    let line =
-        format!(
-        "control plane {} → {target}: {updated}/{desired} up to date, {ready}/{desired} ready{}",
-        if status_version.is_empty() { "?" } else { status_version },
-        if cp_ready { "" } else { ", ControlPlaneReady not True" }
+    let line = format!(
+        "control plane {} → {target}: {updated}/{desired} up to date, {ready}/{desired} ready{}{}",
+        if status_version.is_empty() {
+            "?"
+        } else {
+            status_version
+        },
+        if cp_ready {
+            ""
+        } else {
+            ", ControlPlaneReady not True"
+        },
+        match (pending, wanted) {
+            (Some(p), _) => format!(", {p}"),
+            (None, Some(w)) if w != desired => format!(", {w} replica(s) asked"),
+            _ => String::new(),
+        }
     );
     ControlPlaneState {
         done,
@@ -384,6 +417,10 @@ impl Judge for MachineDeploymentsRolled {
         let target = r.target.as_str();
         let mut parts = Vec::new();
         let mut all_done = true;
+        if let Some(p) = topology_pending(cluster) {
+            all_done = false;
+            parts.push(p.to_string());
+        }
         let mut out = BTreeMap::new();
         let mut worker_machines: Vec<&Value> = Vec::new();
         for td in topology {
@@ -546,6 +583,91 @@ mod tests {
             Verdict::Waiting(p) => p.line.as_deref().unwrap_or(""),
             other => panic!("not waiting: {other:?}"),
         }
+    }
+
+    /// A resize: the steady state before the change must not pass for the state it asks for.
+    /// Both judges wait until the topology controller observed the Cluster's generation (and
+    /// `TopologyReconciled` is not False), and the control plane until the KubeadmControlPlane
+    /// has the replicas the topology asks for.
+    #[test]
+    fn a_steady_old_state_does_not_pass_for_the_change() {
+        let judges = || {
+            (
+                ControlPlaneRolled::new(
+                    "mc1",
+                    "default",
+                    "wc1",
+                    NEW,
+                    WaitOptions::default(),
+                    Duration::ZERO,
+                ),
+                MachineDeploymentsRolled::new(
+                    "mc1",
+                    "default",
+                    "wc1",
+                    NEW,
+                    WaitOptions::default(),
+                    Duration::ZERO,
+                ),
+            )
+        };
+        let with = |generation: i64, observed: i64, cp_replicas: i64, reconciled: &str| {
+            let mut c = cluster(true);
+            c["metadata"]["generation"] = json!(generation);
+            c["status"]["observedGeneration"] = json!(observed);
+            c["spec"]["topology"]["controlPlane"] = json!({"replicas": cp_replicas});
+            c["status"]["conditions"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "TopologyReconciled", "status": reconciled}));
+            a(c)
+        };
+        let cp = |c: Arc<Value>| RolloutSnapshot {
+            cluster: Some(c),
+            owned: vec![a(kcp(NEW, 1))],
+            machines: vec![a(cp_machine("cp", NEW))],
+            api_server_version: Some(NEW.into()),
+        };
+        let workers = |c: Arc<Value>| RolloutSnapshot {
+            cluster: Some(c),
+            owned: vec![a(md(2, 2, NEW))],
+            machines: vec![a(worker("w1", NEW)), a(worker("w2", NEW))],
+            api_server_version: None,
+        };
+        // The Cluster's change is not observed yet.
+        let (mut c, mut w) = judges();
+        let v = c.judge(&cp(with(4, 3, 1, "True")), secs(1));
+        assert!(
+            line(&v)
+                .ends_with(", the topology controller has not observed the Cluster's change yet"),
+            "{}",
+            line(&v)
+        );
+        let v = w.judge(&workers(with(4, 3, 1, "True")), secs(1));
+        assert!(
+            line(&v).contains("the topology controller has not observed"),
+            "{}",
+            line(&v)
+        );
+        // Observed, but the topology could not be reconciled.
+        let v = w.judge(&workers(with(4, 4, 1, "False")), secs(2));
+        assert!(
+            line(&v).contains("TopologyReconciled is False"),
+            "{}",
+            line(&v)
+        );
+        // The topology asks for 3 control-plane replicas; the KubeadmControlPlane has 1.
+        let v = c.judge(&cp(with(4, 4, 3, "True")), secs(3));
+        assert!(line(&v).ends_with(", 3 replica(s) asked"), "{}", line(&v));
+        // Carried through: both are done.
+        assert!(matches!(
+            c.judge(&cp(with(4, 4, 1, "True")), secs(4)),
+            Verdict::Done(_)
+        ));
+        assert!(matches!(
+            w.judge(&workers(with(4, 4, 1, "True")), secs(4)),
+            Verdict::Done(_)
+        ));
     }
 
     #[test]

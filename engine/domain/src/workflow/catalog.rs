@@ -123,6 +123,11 @@ pub struct Workflow {
     pub steps: Vec<WorkflowStep>,
 }
 
+/// The step kinds whose workflow steps name `manifests` templates: `kube.apply` applies them;
+/// `kube.resize-cluster` renders the Cluster from them before and after the change to find the
+/// machine fields it sets ([`super::plan::resize_fields`]).
+pub const RENDERS_MANIFESTS: &[StepKind] = &[StepKind::KubeApply, StepKind::KubeResizeCluster];
+
 /// The set of workflows and compiled templates the bot plans with.
 pub struct Catalog {
     workflows: BTreeMap<String, Workflow>,
@@ -237,9 +242,9 @@ impl Catalog {
             for step in &wf.steps {
                 let problem = if !ids.insert(step.id.as_str()) {
                     Some(format!("duplicate step id {}", step.id))
-                } else if step.kind == StepKind::KubeApply && step.manifests.is_empty() {
-                    Some(format!("step {}: kube.apply needs manifests", step.id))
-                } else if step.kind != StepKind::KubeApply && !step.manifests.is_empty() {
+                } else if RENDERS_MANIFESTS.contains(&step.kind) && step.manifests.is_empty() {
+                    Some(format!("step {}: {} needs manifests", step.id, step.kind))
+                } else if !RENDERS_MANIFESTS.contains(&step.kind) && !step.manifests.is_empty() {
                     Some(format!(
                         "step {}: {} does not apply manifests",
                         step.id, step.kind

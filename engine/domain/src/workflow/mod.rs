@@ -6,6 +6,7 @@
 //! - [`markdown`]: the sticky PR comment (plan, live step table, final summary).
 
 pub mod catalog;
+pub mod change;
 pub mod diff;
 pub mod impact;
 pub mod markdown;

@@ -8,13 +8,14 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::catalog::{Catalog, CatalogError, Workflow};
+use super::change::{machine_fields, ClusterFieldChange};
 use super::impact::{impact, Impact, RolloutHistory};
 use crate::files::TreeReader;
 use crate::request::{self, ClusterRequest, ClusterSpec, Finding, RepoConfig, Severity};
 use crate::step::{
     AwsPreflightInputs, KubeApplyInputs, KubeDeleteInputs, KubePreflightInputs, KubeRolloutInputs,
-    OwnerMark, PackagesInputs, PackagesUpdateInputs, RetryPolicy, StepInputs, StepKind, StepSpec,
-    TmcClusterInputs, TmcFullName, UpgradeClusterInputs, WorkloadTarget,
+    OwnerMark, PackagesInputs, PackagesUpdateInputs, ResizeClusterInputs, RetryPolicy, StepInputs,
+    StepKind, StepSpec, TmcClusterInputs, TmcFullName, UpgradeClusterInputs, WorkloadTarget,
 };
 
 /// Path of the repository settings file at the root of the config repository.
@@ -1110,14 +1111,29 @@ pub fn render_workflow(
         let repository = lookup(context, "owner.repository")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        let fields = if step.kind == StepKind::KubeResizeCluster {
+            resize_fields(before, spec, repository, &step.manifests, catalog).map_err(
+                |message| RenderError {
+                    step: step.id.clone(),
+                    template: step.manifests.first().cloned(),
+                    line: None,
+                    message,
+                },
+            )?
+        } else {
+            Vec::new()
+        };
         let inputs = step_inputs(
             step.kind,
             spec,
             before,
             repo,
-            owner,
-            repository,
-            docs.join("---\n"),
+            StepTexts {
+                owner_label: owner,
+                repository,
+                manifests: docs.join("---\n"),
+                fields,
+            },
         )
         .map_err(|message| RenderError {
             step: step.id.clone(),
@@ -1154,10 +1170,14 @@ pub fn step_inputs(
     spec: &ClusterSpec,
     before: Option<&ClusterSpec>,
     repo: Option<&RepoConfig>,
-    owner_label: &str,
-    repository: &str,
-    manifests: String,
+    rendered: StepTexts<'_>,
 ) -> Result<StepInputs, String> {
+    let StepTexts {
+        owner_label,
+        repository,
+        manifests,
+        fields,
+    } = rendered;
     let target = WorkloadTarget {
         management_cluster: spec.management_cluster.clone(),
         kubeconfig: repo
@@ -1245,6 +1265,11 @@ pub fn step_inputs(
             kubernetes_version: spec.kubernetes_version.clone(),
             owner_label: owner_label.to_string(),
         }),
+        StepKind::KubeResizeCluster => StepInputs::KubeResizeCluster(ResizeClusterInputs {
+            target: target.clone(),
+            owner_label: owner_label.to_string(),
+            fields,
+        }),
         StepKind::PackagesUpdate => StepInputs::PackagesUpdate(PackagesUpdateInputs {
             target: target.clone(),
             repository: spec.package_repository.clone(),
@@ -1274,6 +1299,59 @@ pub fn step_inputs(
             owner_label: owner_label.to_string(),
         }),
     })
+}
+
+/// What [`step_inputs`] takes from the rendering of one step.
+#[derive(Clone, Debug, Default)]
+pub struct StepTexts<'a> {
+    /// The `tkgops.dev/owner` label value of the cluster ([`owner_label`]).
+    pub owner_label: &'a str,
+    /// The config repository (`owner/name`).
+    pub repository: &'a str,
+    /// The step's rendered manifests, as one multi-document YAML text (`kube.apply`).
+    pub manifests: String,
+    /// The machine fields of a resize (`kube.resize-cluster`; [`resize_fields`]).
+    pub fields: Vec<ClusterFieldChange>,
+}
+
+/// The machine fields `kube.resize-cluster` sets: the Cluster rendered by `templates` for the
+/// cluster as it was (`before`) and for the same cluster with the machines of `spec` (control
+/// plane, workers, worker root volume) and nothing else, compared field by field
+/// ([`machine_fields`]). Other changes of the pull request (a new TKR, creation-only variables)
+/// are not part of a resize: the upgrade sets the TKR, and TKG applies the rest only at
+/// creation.
+///
+/// Errors: a message when there is no `before` (not a change of an existing cluster), or the
+/// templates do not render a Cluster.
+pub fn resize_fields(
+    before: Option<&ClusterSpec>,
+    spec: &ClusterSpec,
+    repository: &str,
+    templates: &[String],
+    catalog: &Catalog,
+) -> Result<Vec<ClusterFieldChange>, String> {
+    let before =
+        before.ok_or("a resize changes an existing cluster; there is no earlier request")?;
+    let mut after = before.clone();
+    after.control_plane = spec.control_plane.clone();
+    after.workers = spec.workers.clone();
+    after.worker_root_volume_gib = spec.worker_root_volume_gib;
+    let cluster_of = |s: &ClusterSpec| -> Result<Value, String> {
+        for t in templates {
+            let yaml = catalog
+                .render(t, &render_context(s, repository))
+                .map_err(|e| e.to_string())?;
+            for doc in serde_yaml::Deserializer::from_str(&yaml) {
+                let v: Value = serde::Deserialize::deserialize(doc)
+                    .map_err(|e| format!("{t}: the output is not valid YAML: {e}"))?;
+                if v.get("kind").and_then(Value::as_str) == Some("Cluster") {
+                    return Ok(v);
+                }
+            }
+        }
+        Err(format!("{} render no Cluster", templates.join(", ")))
+    };
+    Ok(machine_fields(&cluster_of(before)?, &cluster_of(&after)?))
 }
 
 /// The instance types of the control plane and every worker pool, sorted and deduplicated.

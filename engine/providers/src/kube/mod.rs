@@ -9,7 +9,7 @@
 //!   workload API server (CAPI `util/secret`);
 //! - `packages.rollout`: what `tanzu package install` does, one package after the other
 //!   ([`packages`]; TF `tkgpackageclient/package_install.go`, KC status semantics);
-//! - `kube.upgrade-cluster`, `kube.wait-control-plane`, `kube.wait-machine-deployments`,
+//! - `kube.upgrade-cluster`, `kube.resize-cluster`, `kube.wait-control-plane`, `kube.wait-machine-deployments`,
 //!   `kube.delete-cluster`: day-2 changes of an existing Cluster ([`rollout`]; what
 //!   `tanzu cluster upgrade` does, tkg2-aws-class-based.md §8); deletes carry a `uid`
 //!   precondition read in the same attempt;
@@ -46,13 +46,13 @@ use serde::Deserialize;
 use tkgops_domain::executor::{StepContext, StepError};
 use tkgops_domain::output::{
     KubeApplyOutput, KubeCheckOwnerOutput, KubeDeleteClusterOutput, KubePreflightOutput,
-    KubeReadKubeconfigOutput, KubeUpgradeClusterOutput, KubeWaitClusterOutput,
-    KubeWaitControlPlaneOutput, KubeWaitMachineDeploymentsOutput, PackagesRolloutOutput,
-    PackagesUpdateOutput, PackagesVerifyOutput,
+    KubeReadKubeconfigOutput, KubeResizeClusterOutput, KubeUpgradeClusterOutput,
+    KubeWaitClusterOutput, KubeWaitControlPlaneOutput, KubeWaitMachineDeploymentsOutput,
+    PackagesRolloutOutput, PackagesUpdateOutput, PackagesVerifyOutput,
 };
 use tkgops_domain::step::{
     KubeApplyInputs, KubeDeleteInputs, KubePreflightInputs, KubeRolloutInputs, PackagesInputs,
-    PackagesUpdateInputs, UpgradeClusterInputs,
+    PackagesUpdateInputs, ResizeClusterInputs, UpgradeClusterInputs,
 };
 use tkgops_domain::workflow::plan::OWNER_LABEL;
 
@@ -837,6 +837,15 @@ impl KubeProvider {
         inputs: &UpgradeClusterInputs,
     ) -> Result<KubeUpgradeClusterOutput, StepError> {
         rollout::upgrade_cluster(self, ctx, inputs).await
+    }
+
+    /// Runs one attempt of `kube.resize-cluster` ([`rollout::resize_cluster`]).
+    pub async fn resize_cluster(
+        &self,
+        ctx: &StepContext,
+        inputs: &ResizeClusterInputs,
+    ) -> Result<KubeResizeClusterOutput, StepError> {
+        rollout::resize_cluster(self, ctx, inputs).await
     }
 
     /// Runs one attempt of `kube.wait-control-plane` ([`rollout::wait_control_plane`]).

@@ -10,6 +10,9 @@
 //!   (an apply) would then conflict with it on a real API server. Skipped when the Cluster
 //!   already asks for that TKR (the TKR resolver rewrites the field to the Kubernetes version,
 //!   §10.3).
+//! - `kube.resize-cluster` ([`resize_cluster`]): sets the planned machine fields (replicas,
+//!   instance types, root volumes) and nothing else, after checking the live Cluster and a
+//!   server-side dry run against the plan.
 //! - `kube.wait-control-plane` ([`wait_control_plane`]): §8 "Wait", CP: the KubeadmControlPlane
 //!   runs the version on every replica (`spec.version` and `status.version`,
 //!   `replicas == updatedReplicas == readyReplicas == spec.replicas`), `ControlPlaneReady=True`,
@@ -48,16 +51,20 @@ use crate::wait::{drive, DriveOptions, Observed, Reporter, Source};
 use crate::WorkloadTarget;
 use tkgops_domain::executor::{StepContext, StepError};
 use tkgops_domain::output::{
-    KubeCheckOwnerOutput, KubeDeleteClusterOutput, KubeUpgradeClusterOutput,
-    KubeWaitControlPlaneOutput, KubeWaitMachineDeploymentsOutput, PackagesVerifyOutput,
+    KubeCheckOwnerOutput, KubeDeleteClusterOutput, KubeResizeClusterOutput,
+    KubeUpgradeClusterOutput, KubeWaitControlPlaneOutput, KubeWaitMachineDeploymentsOutput,
+    PackagesVerifyOutput,
 };
-use tkgops_domain::step::{KubeDeleteInputs, KubeRolloutInputs, UpgradeClusterInputs};
+use tkgops_domain::step::{
+    KubeDeleteInputs, KubeRolloutInputs, ResizeClusterInputs, UpgradeClusterInputs,
+};
 use tkgops_domain::wait::packages::{ListedPackage, PackagesVerified};
 use tkgops_domain::wait::rollout::{
     control_plane_objects_rolled, ClusterDeleted, ControlPlaneRolled, MachineDeploymentsRolled,
     RolloutSnapshot,
 };
 use tkgops_domain::wait::str_at;
+use tkgops_domain::workflow::change::{get, set, unexpected_live, unplanned, ClusterFieldChange};
 use tkgops_domain::workflow::plan::OWNER_LABEL;
 
 fn to_value(o: &DynamicObject) -> Value {
@@ -150,15 +157,7 @@ pub async fn upgrade_cluster(
             patched: false,
         });
     }
-    let Some(mut config) = applied_by(&current, FIELD_MANAGER) else {
-        return Err(StepError::Permanent(format!(
-            "{what} holds no fields applied by field manager '{FIELD_MANAGER}' (other managers took them, or it was not created by server-side apply): tkgops will not take the Cluster over; apply its configuration with '{FIELD_MANAGER}' first"
-        )));
-    };
-    config["apiVersion"] = json!(cluster_resource().api_version);
-    config["kind"] = json!("Cluster");
-    config["metadata"]["name"] = json!(t.cluster_name);
-    config["metadata"]["namespace"] = json!(t.namespace);
+    let mut config = applied_config(&current, t, &what)?;
     config["spec"]["topology"]["version"] = json!(inputs.tkr);
     api.patch(
         &t.cluster_name,
@@ -182,6 +181,130 @@ pub async fn upgrade_cluster(
         from,
         to: inputs.tkr.clone(),
         patched: true,
+    })
+}
+
+/// The apply configuration of a day-2 change of the Cluster `t`: what [`FIELD_MANAGER`] applied
+/// before (from the live object's `managedFields`) with `apiVersion`, `kind`, name and
+/// namespace. Errors: [`StepError::Permanent`] when tkgops owns no field of it.
+fn applied_config(live: &Value, t: &WorkloadTarget, what: &str) -> Result<Value, StepError> {
+    let Some(mut config) = applied_by(live, FIELD_MANAGER) else {
+        return Err(StepError::Permanent(format!(
+            "{what} holds no fields applied by field manager '{FIELD_MANAGER}' (other managers took them, or it was not created by server-side apply): tkgops will not take the Cluster over; apply its configuration with '{FIELD_MANAGER}' first"
+        )));
+    };
+    config["apiVersion"] = json!(cluster_resource().api_version);
+    config["kind"] = json!("Cluster");
+    config["metadata"]["name"] = json!(t.cluster_name);
+    config["metadata"]["namespace"] = json!(t.namespace);
+    Ok(config)
+}
+
+/// Runs `kube.resize-cluster`: sets the planned machine fields of the Cluster and nothing else.
+///
+/// 1. The live Cluster must be owned ([`OWNER_LABEL`]) and have, in every planned field, the
+///    value the plan was made against or the one it sets (a restart after the write).
+/// 2. The apply configuration is what tkgops applied before ([`applied_by`]) with every planned
+///    field set; a server-side dry run of it must change exactly the planned fields under
+///    `spec`, to the planned values.
+/// 3. Only then the same configuration is applied (field manager [`FIELD_MANAGER`], never
+///    forced). Nothing is written when the dry run changes nothing (already applied).
+///
+/// Output [`KubeResizeClusterOutput`]. Errors: [`StepError::Permanent`] when the Cluster is
+/// missing or not owned, when a check of 1 or 2 fails (the message lists the fields as the
+/// plan has them and as the management cluster has them, and says nothing was written), on a
+/// field-manager conflict (another manager changed a machine field), and on admission
+/// refusals; others as [`classify`].
+pub async fn resize_cluster(
+    provider: &KubeProvider,
+    ctx: &StepContext,
+    inputs: &ResizeClusterInputs,
+) -> Result<KubeResizeClusterOutput, StepError> {
+    let t = &inputs.target;
+    let what = format!("Cluster/{}/{}", t.namespace, t.cluster_name);
+    let Some((api, cluster)) = owned_cluster(provider, t, &inputs.owner_label).await? else {
+        return Err(StepError::Permanent(format!(
+            "{what} not found on management cluster '{}': there is nothing to resize",
+            t.management_cluster
+        )));
+    };
+    let live = to_value(&cluster);
+    let list = |fs: &[ClusterFieldChange]| -> String {
+        fs.iter()
+            .map(|f| format!("- {f}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let planned: Vec<ClusterFieldChange> = inputs
+        .fields
+        .iter()
+        .filter(|f| f.changes())
+        .cloned()
+        .collect();
+    let drifted = unexpected_live(&inputs.fields, &live);
+    if !drifted.is_empty() {
+        return Err(StepError::Permanent(format!(
+            "{what} does not have the machine fields this resize was planned against, so nothing was written. On the management cluster (live → planned against):\n{}\nThe plan changes:\n{}\nEither the Cluster was changed outside tkgops, or the plan was made against another state: bring the Cluster back, or plan the change again",
+            list(&drifted),
+            list(&planned)
+        )));
+    }
+    let mut config = applied_config(&live, t, &what)?;
+    for f in &inputs.fields {
+        set(&mut config, &f.path, f.to.as_ref(), &live);
+    }
+    let refused = |e: kube::Error, how: &str| match apply_error(&what, &e) {
+        StepError::Permanent(m) => StepError::Permanent(format!(
+            "management cluster '{}' refused the {how} of the resize of {what}: {m}",
+            t.management_cluster
+        )),
+        other => other,
+    };
+    let dry = api
+        .patch(
+            &t.cluster_name,
+            &PatchParams::apply(FIELD_MANAGER).dry_run(),
+            &Patch::Apply(&config),
+        )
+        .await
+        .map_err(|e| refused(e, "server-side dry run"))?;
+    let dry = to_value(&dry);
+    let extra = unplanned(&inputs.fields, &live, &dry);
+    if !extra.is_empty() {
+        return Err(StepError::Permanent(format!(
+            "the server-side dry run of the resize of {what} changes more than the plan, so nothing was written. The dry run also changes:\n{}\nThe plan changes only:\n{}\nEither the Cluster drifted from what tkgops applied, or the plan was wrong: plan the change again",
+            list(&extra),
+            list(&planned)
+        )));
+    }
+    let pending: Vec<&ClusterFieldChange> = planned
+        .iter()
+        .filter(|f| get(&live, &f.path) != f.to.as_ref())
+        .collect();
+    if pending.is_empty() {
+        ctx.progress
+            .report(&format!("{what} already has every planned machine field"));
+        return Ok(KubeResizeClusterOutput {
+            applied: false,
+            changed: Vec::new(),
+        });
+    }
+    api.patch(
+        &t.cluster_name,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&config),
+    )
+    .await
+    .map_err(|e| refused(e, "server-side apply"))?;
+    let changed: Vec<String> = pending.iter().map(|f| f.to_string()).collect();
+    ctx.progress.report(&format!(
+        "{} machine field(s) applied; Cluster API scales or replaces the machines",
+        changed.len()
+    ));
+    tracing::info!(step = %ctx.step.id, cluster = %t.cluster_name, fields = changed.len(), "resize applied");
+    Ok(KubeResizeClusterOutput {
+        applied: true,
+        changed,
     })
 }
 
