@@ -298,14 +298,9 @@ pub fn unexpected_live(fields: &[ClusterFieldChange], live: &Value) -> Vec<Clust
         .collect()
 }
 
-/// The changes between `live` and `dry_run` (the object a server-side dry run of the resize
-/// returned) under `spec` that the plan's `fields` do not set to that value: what the write
-/// would change beyond the plan.
-pub fn unplanned(
-    fields: &[ClusterFieldChange],
-    live: &Value,
-    dry_run: &Value,
-) -> Vec<ClusterFieldChange> {
+/// Every field under `spec` whose value differs between `live` and `dry_run` (the object a
+/// server-side dry run returned), with both values, in path order.
+pub fn spec_changes(live: &Value, dry_run: &Value) -> Vec<ClusterFieldChange> {
     let spec = |v: &Value| v.get("spec").cloned().unwrap_or(Value::Null);
     let (live_spec, dry_spec) = (spec(live), spec(dry_run));
     let mut paths: Vec<FieldPath> = leaves(&live_spec)
@@ -324,11 +319,40 @@ pub fn unplanned(
             }
             let mut full = vec![key("spec")];
             full.extend(p.0);
-            let path = FieldPath(full);
-            let planned = fields.iter().any(|f| f.path == path && f.to == to);
-            (!planned).then_some(ClusterFieldChange { path, from, to })
+            Some(ClusterFieldChange {
+                path: FieldPath(full),
+                from,
+                to,
+            })
         })
         .collect()
+}
+
+/// The changes between `live` and `dry_run` under `spec` ([`spec_changes`]) that the plan's
+/// `fields` do not set to that value: what the write would change beyond the plan.
+pub fn unplanned(
+    fields: &[ClusterFieldChange],
+    live: &Value,
+    dry_run: &Value,
+) -> Vec<ClusterFieldChange> {
+    spec_changes(live, dry_run)
+        .into_iter()
+        .filter(|c| !fields.iter().any(|f| f.path == c.path && f.to == c.to))
+        .collect()
+}
+
+/// Whether an upgrade (a new `spec.topology.version`) changes `path` itself, through TKG's
+/// webhooks (tkg2-aws-class-based.md §4): the version (which the TKR resolver rewrites to the
+/// TKR's Kubernetes version), `spec.paused` (the ClusterBootstrap pause of a TKR change), and
+/// the `TKR_DATA` variable and overrides the resolver writes.
+pub fn changed_by_upgrade(path: &FieldPath) -> bool {
+    let s = |v: &[&str]| -> Vec<PathSegment> { v.iter().map(|k| key(k)).collect() };
+    path.0 == s(&["spec", "topology", "version"])
+        || path.0 == s(&["spec", "paused"])
+        || path
+            .0
+            .iter()
+            .any(|p| matches!(p, PathSegment::Named { name } if name == "TKR_DATA"))
 }
 
 #[cfg(test)]

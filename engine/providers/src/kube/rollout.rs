@@ -3,7 +3,9 @@
 //!
 //! - `kube.upgrade-cluster` ([`upgrade_cluster`]): the change `tanzu cluster upgrade` makes to a
 //!   class-based Cluster, `spec.topology.version` set to the TKR version and nothing else
-//!   (tkg2-aws-class-based.md §8 "Patch"), written the way tkgops always writes the Cluster:
+//!   (tkg2-aws-class-based.md §8 "Patch"), checked first by a server-side dry run that must
+//!   change nothing but what the upgrade's webhooks change (the version, `spec.paused`,
+//!   `TKR_DATA`), and written the way tkgops always writes the Cluster:
 //!   a server-side apply (field manager `tkgops`) of what tkgops applied before
 //!   ([`super::extract::applied_by`]) with the new version. The CLI's merge patch would make
 //!   tkgops an `Update` manager of the version beside its `Apply` entry, and every later resize
@@ -64,7 +66,9 @@ use tkgops_domain::wait::rollout::{
     RolloutSnapshot,
 };
 use tkgops_domain::wait::str_at;
-use tkgops_domain::workflow::change::{get, set, unexpected_live, unplanned, ClusterFieldChange};
+use tkgops_domain::workflow::change::{
+    changed_by_upgrade, get, set, spec_changes, unexpected_live, unplanned, ClusterFieldChange,
+};
 use tkgops_domain::workflow::plan::OWNER_LABEL;
 
 fn to_value(o: &DynamicObject) -> Value {
@@ -130,7 +134,9 @@ async fn owned_cluster(
 ///
 /// Errors: [`StepError::Permanent`] when the Cluster does not exist, is not owned
 /// ([`OWNER_LABEL`]) or holds no fields applied by [`FIELD_MANAGER`]; when another field manager
-/// owns `spec.topology.version` (a 409 conflict: someone changed it outside tkgops); or when
+/// owns `spec.topology.version` (a 409 conflict: someone changed it outside tkgops); when the
+/// server-side dry run changes other fields than the version, `spec.paused` and `TKR_DATA`
+/// (the Cluster drifted, or the plan was wrong; nothing is written); or when
 /// admission refuses the change (a downgrade, a jump of two minors, a TKR that does not
 /// resolve: the webhook's message). Others as [`classify`].
 pub async fn upgrade_cluster(
@@ -159,19 +165,41 @@ pub async fn upgrade_cluster(
     }
     let mut config = applied_config(&current, t, &what)?;
     config["spec"]["topology"]["version"] = json!(inputs.tkr);
+    let refused = |e: kube::Error| match apply_error(&what, &e) {
+        StepError::Permanent(m) => StepError::Permanent(format!(
+            "management cluster '{}' refused the upgrade of {what} from {from} to {}: {m}",
+            t.management_cluster, inputs.tkr
+        )),
+        other => other,
+    };
+    // The dry run must change nothing but what the upgrade itself changes.
+    let dry = api
+        .patch(
+            &t.cluster_name,
+            &PatchParams::apply(FIELD_MANAGER).dry_run(),
+            &Patch::Apply(&config),
+        )
+        .await
+        .map_err(refused)?;
+    let extra: Vec<String> = spec_changes(&current, &to_value(&dry))
+        .into_iter()
+        .filter(|c| !changed_by_upgrade(&c.path))
+        .map(|c| format!("- {c}"))
+        .collect();
+    if !extra.is_empty() {
+        return Err(StepError::Permanent(format!(
+            "the server-side dry run of the upgrade of {what} from {from} to {} changes more than the version, so nothing was written. It also changes:\n{}\nEither the Cluster drifted from what tkgops applied, or the plan was wrong: plan the change again",
+            inputs.tkr,
+            extra.join("\n")
+        )));
+    }
     api.patch(
         &t.cluster_name,
         &PatchParams::apply(FIELD_MANAGER),
         &Patch::Apply(&config),
     )
     .await
-    .map_err(|e| match apply_error(&what, &e) {
-        StepError::Permanent(m) => StepError::Permanent(format!(
-            "management cluster '{}' refused the upgrade of {what} from {from} to {}: {m}",
-            t.management_cluster, inputs.tkr
-        )),
-        other => other,
-    })?;
+    .map_err(refused)?;
     ctx.progress.report(&format!(
         "spec.topology.version {from} → {}; Cluster API rolls the control plane first",
         inputs.tkr
