@@ -315,6 +315,68 @@ async fn a_resize_whose_live_cluster_differs_from_its_plan_stops_before_writing(
     );
 }
 
+/// `CNI: calico` through a pull request yields a calico cluster: tkgops applies the CLI's
+/// CalicoConfig, then its ClusterBootstrap before the Cluster; the addons manager adopts that
+/// ClusterBootstrap instead of cloning the TKR's template (Antrea), and the workload cluster
+/// gets calico, not Antrea.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_calico_request_yields_a_calico_cluster() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let _bot =
+        crate::e2e::InProcessBot::start(&env, &timings, Some(tkgops_sandbox::TMC_TOKEN)).await;
+    let (_, files) = request_files(None, &env.vpc);
+    let files: Vec<(String, String)> = files
+        .into_iter()
+        .map(|(p, c)| (p, c.replace("CNI: antrea", "CNI: calico")))
+        .collect();
+    assert!(files.iter().any(|(_, c)| c.contains("CNI: calico")));
+    create_through_a_pull_request(&env, &files).await;
+
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let cb = mgmt
+        .get(
+            &Gvr::new("run.tanzu.vmware.com", "v1alpha3", "clusterbootstraps"),
+            Some("default"),
+            "team-a-prod",
+        )
+        .expect("ClusterBootstrap");
+    let cni = cb["spec"]["cni"]["refName"].as_str().unwrap_or_default();
+    assert!(cni.starts_with("calico.tanzu.vmware.com."), "{cb:#}");
+    assert_eq!(
+        cb["spec"]["cni"]["valuesFrom"]["providerRef"]["kind"],
+        "CalicoConfig"
+    );
+    assert!(
+        mgmt.get(
+            &Gvr::new("cni.tanzu.vmware.com", "v1alpha1", "calicoconfigs"),
+            Some("default"),
+            "team-a-prod",
+        )
+        .is_some(),
+        "the CalicoConfig tkgops applied"
+    );
+    let workload = env.kube.cluster("team-a-prod").expect("workload cluster");
+    let names: Vec<String> = workload
+        .list(
+            &Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls"),
+            Some("tkg-system"),
+        )
+        .iter()
+        .map(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        names.contains(&"team-a-prod-calico".to_string()),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.contains("antrea")), "{names:?}");
+}
+
 /// The delete story through the bot: removing a cluster's folder is refused at the plan until
 /// the pull request carries `tkgops/allow-delete`; with the label and two approvals the merge
 /// detaches the cluster from TMC, deletes the Cluster, waits until Cluster API removed it, and

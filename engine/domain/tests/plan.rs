@@ -286,8 +286,17 @@ fn a_pull_request_cannot_relax_the_policy_it_is_checked_against() {
 
 /// The create plan of the example request against `catalog`.
 fn example_create_plan(catalog: &Catalog) -> tkgops_domain::workflow::Plan {
+    create_plan_with(catalog, |c| c)
+}
+
+/// The create plan of the example request with its configuration file changed by `edit`.
+fn create_plan_with(
+    catalog: &Catalog,
+    edit: impl Fn(String) -> String,
+) -> tkgops_domain::workflow::Plan {
     let repo = example_repo_config();
     let (cfg, settings) = example_request();
+    let cfg = edit(cfg);
     let base = tree(&[("tkgops.yaml", &repo)]);
     let head = tree(&[
         ("tkgops.yaml", &repo),
@@ -312,6 +321,53 @@ fn example_create_plan(catalog: &Catalog) -> tkgops_domain::workflow::Plan {
     })
 }
 
+/// The ClusterBootstrap the Tanzu CLI renders for each CNI (tanzu-framework
+/// `providers/yttcb/clusterbootstrap.yaml`): none for Antrea as the TKR ships it; an
+/// AntreaConfig and `antrea*` for customised Antrea; a CalicoConfig and `calico*` for calico;
+/// and `CNI: none` refused, since the addons manager refuses a ClusterBootstrap without a CNI.
+#[test]
+fn the_cluster_bootstrap_follows_the_cni() {
+    let catalog = Catalog::builtin().unwrap();
+    let rendered = |edit: &dyn Fn(String) -> String| -> String {
+        let p = create_plan_with(&catalog, edit);
+        assert_eq!(
+            p.clusters[0].status,
+            PlanStatus::Ready,
+            "{:#?}",
+            p.clusters[0]
+        );
+        p.clusters[0]
+            .manifests
+            .iter()
+            .filter(|m| m.template != "manifests/cluster.yaml.hbs")
+            .map(|m| m.yaml.clone())
+            .collect::<Vec<_>>()
+            .join("")
+    };
+    assert_eq!(
+        rendered(&|c| c),
+        "",
+        "Antrea as shipped: the TKR's template"
+    );
+    assert_golden(
+        "bootstrap-calico.yaml",
+        &rendered(&|c| c.replace("CNI: antrea", "CNI: calico")),
+    );
+    assert_golden(
+        "bootstrap-antrea-customised.yaml",
+        &rendered(&|c| format!("{c}ANTREA_NO_SNAT: true\nANTREA_TRACEFLOW: false\n")),
+    );
+    let none = create_plan_with(&catalog, |c| c.replace("CNI: antrea", "CNI: none"));
+    assert_eq!(none.clusters[0].status, PlanStatus::Blocked);
+    let f = none
+        .all_findings()
+        .into_iter()
+        .find(|f| f.rule == "TKGOPS-UNSUPPORTED")
+        .expect("CNI none refused");
+    assert!(f.message.contains("package can't be nil"), "{}", f.message);
+    assert!(f.line.is_some());
+}
+
 /// Every template of the built-in catalog renders in strict mode: the manifests through a
 /// create plan, the comments through the plan and run comments. A template added without being
 /// rendered here fails the test.
@@ -331,6 +387,15 @@ fn every_builtin_template_renders_in_strict_mode() {
         .iter()
         .map(|m| m.template.clone())
         .collect();
+    // Calico: the CLI's ClusterBootstrap and its provider configuration.
+    let calico = create_plan_with(&catalog, |c| c.replace("CNI: antrea", "CNI: calico"));
+    assert_eq!(calico.clusters[0].status, PlanStatus::Ready);
+    rendered.extend(
+        calico.clusters[0]
+            .manifests
+            .iter()
+            .map(|m| m.template.clone()),
+    );
     let plan_md = render_plan(&p, &catalog, true).unwrap();
     rendered.push("comments/plan.md.hbs".into());
     // The cluster details (inline above, and as their own comment).
@@ -473,9 +538,14 @@ fn a_template_error_blocks_the_plan_naming_template_and_line() {
             )
         })
         .collect();
-    let p = "templates/comments/plan.md.hbs".to_string();
-    let text = std::fs::read_to_string(common::root().join(&p)).unwrap();
-    files.push((p, text));
+    for p in [
+        "templates/comments/plan.md.hbs",
+        "templates/manifests/bootstrap-config.yaml.hbs",
+        "templates/manifests/cluster-bootstrap.yaml.hbs",
+    ] {
+        let text = std::fs::read_to_string(common::root().join(p)).unwrap();
+        files.push((p.to_string(), text));
+    }
     files.push((
         "templates/manifests/cluster.yaml.hbs".into(),
         "apiVersion: cluster.x-k8s.io/v1beta1\nkind: Cluster\nmetadata:\n  name: {{cluster.nmae}}\n"
@@ -568,11 +638,42 @@ fn prod_air_gapped_cluster_renders_what_the_cli_renders() {
     ]);
     let p = run_plan(&base, &head, &["clusters/airgap-prod/cluster-config.yaml"]);
     assert!(!p.has_errors(), "findings: {:#?}", p.all_findings());
-    let manifests = p.clusters[0].steps[2].inputs.inputs_json()["manifests"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let cluster: serde_json::Value = serde_yaml::from_str(&manifests).unwrap();
+    let docs_of = |id: &str| -> Vec<serde_json::Value> {
+        let step = p.clusters[0].steps.iter().find(|s| s.id == id).unwrap();
+        let manifests = step.inputs.inputs_json()["manifests"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        serde_yaml::Deserializer::from_str(&manifests)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect()
+    };
+    // The proxy reaches the AWS EBS CSI driver through the CLI's ClusterBootstrap
+    // (tanzu-framework providers/yttcb/clusterbootstrap.yaml), applied before the Cluster.
+    let config = docs_of("apply-bootstrap-config");
+    assert_eq!(config.len(), 1, "{config:#?}");
+    assert_eq!(config[0]["kind"], "AwsEbsCSIConfig");
+    assert_eq!(
+        config[0]["spec"]["awsEBSCSIDriver"]["httpProxy"],
+        "http://proxy.corp.example:3128"
+    );
+    assert_eq!(
+        config[0]["spec"]["awsEBSCSIDriver"]["deploymentReplicas"],
+        3
+    );
+    let docs = docs_of("apply-cluster");
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ClusterBootstrap", "Cluster"]);
+    assert_eq!(docs[0]["spec"]["csi"]["refName"], "aws-ebs-csi*");
+    assert!(
+        docs[0]["spec"].get("cni").is_none(),
+        "Antrea comes from the TKR"
+    );
+    assert_eq!(
+        docs[0]["metadata"]["annotations"]["tkg.tanzu.vmware.com/add-missing-fields-from-tkr"],
+        "v1.24.11---vmware.1-tkg.1"
+    );
+    let cluster = docs[1].clone();
     let vars = cluster["spec"]["topology"]["variables"].as_array().unwrap();
     let names: Vec<&str> = vars.iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(
@@ -622,6 +723,16 @@ fn prod_air_gapped_cluster_renders_what_the_cli_renders() {
         mds[1]["variables"]["overrides"][0]["value"]["instanceType"],
         "m5.2xlarge"
     );
+    // What the CLI renders with the Cluster: the ClusterBootstrap, then the Cluster.
+    let step = p.clusters[0]
+        .steps
+        .iter()
+        .find(|s| s.id == "apply-cluster")
+        .unwrap();
+    let manifests = step.inputs.inputs_json()["manifests"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_golden("cluster-airgap-prod.yaml", &manifests);
 }
 

@@ -592,6 +592,18 @@ fn config_rules(ctx: &mut Ctx<'_>) {
             AUTOSCALER_UNSUPPORTED,
         );
     }
+    // The ClusterBootstrap the CLI renders (CNI none, malformed ANTREA_* flags).
+    let cni = c.get("CNI").unwrap_or("antrea").to_ascii_lowercase();
+    if ["antrea", "calico", "none"].contains(&cni.as_str()) {
+        if let Err(e) = crate::tkg::bootstrap::bootstrap(c, &cni, prod) {
+            let rule = if cni == "none" && e.variable == "CNI" {
+                "TKGOPS-UNSUPPORTED"
+            } else {
+                "TKGOPS-TF-VALIDATE"
+            };
+            ctx.var(&e.variable, rule, e.to_string());
+        }
+    }
     // R16: what the CLI refuses while mapping variables (§2), e.g. malformed *_EXTRA_ARGS.
     let version = ctx.mc.map(|m| m.tkg_version).unwrap_or(TkgVersion::V2_2);
     if let Err(e) = cluster_variables(c, version, prod) {

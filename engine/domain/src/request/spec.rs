@@ -68,6 +68,9 @@ pub struct ClusterSpec {
     pub worker_root_volume_gib: u32,
     /// `CNI` (default `antrea`).
     pub cni: String,
+    /// The ClusterBootstrap and provider objects the CLI renders beside the Cluster, `None`
+    /// when it renders none ([`crate::tkg::bootstrap::bootstrap`]).
+    pub bootstrap: Option<crate::tkg::bootstrap::BootstrapSpec>,
     /// `CLUSTER_CIDR` (default `100.96.0.0/11`).
     pub cluster_cidr: String,
     /// `SERVICE_CIDR` (default `100.64.0.0/13`).
@@ -487,6 +490,15 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
         });
     }
     let variables = cluster_variables(c, mc.tkg_version, prod).map_err(var_err)?;
+    let cni = or("CNI", "antrea").to_ascii_lowercase();
+    let bootstrap = crate::tkg::bootstrap::bootstrap(c, &cni, prod).map_err(|e| {
+        let rule = if e.variable == "CNI" && cni == "none" {
+            "TKGOPS-UNSUPPORTED"
+        } else {
+            "TKGOPS-TF-VALIDATE"
+        };
+        cfg_err(&e.variable, rule, e.to_string())
+    })?;
     let api_server_port = match c.get("CLUSTER_API_SERVER_PORT") {
         None => None,
         Some(p) => Some(p.parse::<u16>().map_err(|_| {
@@ -551,7 +563,8 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
         },
         workers,
         worker_root_volume_gib: num("AWS_NODE_OS_DISK_SIZE_GIB", 80)?,
-        cni: or("CNI", "antrea").to_ascii_lowercase(),
+        cni,
+        bootstrap,
         cluster_cidr: or("CLUSTER_CIDR", "100.96.0.0/11"),
         service_cidr: or("SERVICE_CIDR", "100.64.0.0/13"),
         os,

@@ -4,6 +4,7 @@
 //!
 //! Source of every fact: `reference/tkg2-aws-class-based.md` (cited as §N below).
 
+pub mod bootstrap;
 pub mod variables;
 
 use std::fmt;

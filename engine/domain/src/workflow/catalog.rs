@@ -158,6 +158,8 @@ const EMBEDDED: &[(&str, &str)] = embedded![
     "workflows/resize-cluster.yaml",
     "workflows/detach-tmc.yaml",
     "templates/manifests/cluster.yaml.hbs",
+    "templates/manifests/bootstrap-config.yaml.hbs",
+    "templates/manifests/cluster-bootstrap.yaml.hbs",
     "templates/comments/plan.md.hbs",
     "templates/comments/plan-cluster.md.hbs",
     "templates/comments/run.md.hbs",

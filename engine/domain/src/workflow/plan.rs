@@ -1092,12 +1092,17 @@ pub fn render_workflow(
                 CatalogError::Render { line, message, .. } => failed(line, message),
                 other => failed(None, other.to_string()),
             })?;
+            let before = docs.len();
             for doc in serde_yaml::Deserializer::from_str(&yaml) {
                 let v: serde_yaml::Value = serde::Deserialize::deserialize(doc)
                     .map_err(|e| failed(None, format!("the output is not valid YAML: {e}")))?;
                 if !v.is_null() {
                     docs.push(serde_yaml::to_string(&v).map_err(|e| failed(None, e.to_string()))?);
                 }
+            }
+            if docs.len() == before {
+                // Nothing to apply for this cluster (e.g. no ClusterBootstrap): not shown.
+                continue;
             }
             manifests.push(RenderedManifest {
                 step: step.id.clone(),

@@ -585,6 +585,35 @@ impl EmulatedCluster {
             "ClusterBootstrap",
             &["cb"],
         ));
+        // The provider configuration a ClusterBootstrap points at (addons manager CRDs).
+        types.push(ns(
+            "cni.tanzu.vmware.com",
+            "v1alpha1",
+            "antreaconfigs",
+            "AntreaConfig",
+            &[],
+        ));
+        types.push(ns(
+            "cni.tanzu.vmware.com",
+            "v1alpha1",
+            "calicoconfigs",
+            "CalicoConfig",
+            &[],
+        ));
+        types.push(ns(
+            "csi.tanzu.vmware.com",
+            "v1alpha1",
+            "awsebscsiconfigs",
+            "AwsEbsCSIConfig",
+            &[],
+        ));
+        types.push(ns(
+            "run.tanzu.vmware.com",
+            "v1alpha1",
+            "kappcontrollerconfigs",
+            "KappControllerConfig",
+            &[],
+        ));
         for t in types {
             self.register(t);
         }

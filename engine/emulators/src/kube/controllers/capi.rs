@@ -114,6 +114,7 @@ use crate::faults::{Fault, FaultAction};
 
 use super::super::{ChangeEvent, EmulatedCluster, KubeEmulator};
 use super::admission::PAUSED_ANNOTATION;
+use super::bootstrap::{shipped_package, ANTREA_PKG, EBS_CSI_PKG, KAPP_CONTROLLER_PKG};
 use super::catalog::{self, TKR_LABEL};
 use super::util::*;
 use super::{ControllerError, ControllerOptions, Reconciler, Shared, TopologyFaults};
@@ -135,32 +136,6 @@ const MANAGEMENT_ROLE_LABEL: &str = "cluster-role.tkg.tanzu.vmware.com/managemen
 const CORE_PACKAGES_NAMESPACE: &str = "tkg-system";
 /// ServiceAccount the emulated core PackageInstalls of a workload cluster run as (not verified).
 const CORE_PACKAGES_SA: &str = "tkg-core-packages-sa";
-/// Core packages: (refName, version, providerRef apiGroup, providerRef kind).
-const KAPP_CONTROLLER_PKG: (&str, &str, &str, &str) = (
-    "kapp-controller.tanzu.vmware.com",
-    "0.41.7+vmware.1-tkg.1",
-    "run.tanzu.vmware.com",
-    "KappControllerConfig",
-);
-const ANTREA_PKG: (&str, &str, &str, &str) = (
-    "antrea.tanzu.vmware.com",
-    "1.9.0+vmware.2-tkg.1-advanced",
-    "cni.tanzu.vmware.com",
-    "AntreaConfig",
-);
-const CALICO_PKG: (&str, &str, &str, &str) = (
-    "calico.tanzu.vmware.com",
-    "3.24.1+vmware.1-tkg.1",
-    "cni.tanzu.vmware.com",
-    "CalicoConfig",
-);
-const EBS_CSI_PKG: (&str, &str, &str, &str) = (
-    "aws-ebs-csi-driver.tanzu.vmware.com",
-    "1.8.0+vmware.2-tkg.1",
-    "csi.tanzu.vmware.com",
-    "AwsEbsCSIConfig",
-);
-
 /// A ClusterBootstrap package entry `{refName: "<pkg>.<version>", valuesFrom.providerRef}`.
 fn bootstrap_entry(cluster: &str, pkg: (&str, &str, &str, &str)) -> Value {
     let short = pkg.0.split('.').next().unwrap_or(pkg.0);
@@ -817,8 +792,9 @@ impl CapiController {
         Ok(())
     }
 
-    /// The addons manager: ClusterBootstrap `<cluster>` (kapp-controller, the `cni` variable's CNI,
-    /// aws-ebs-csi-driver; no CPI on AWS), the management-side PackageInstall
+    /// The addons manager: ClusterBootstrap `<cluster>` (the one the client created, adopted, else
+    /// the TKR's template: Antrea, aws-ebs-csi-driver, kapp-controller; no CPI on AWS), installing
+    /// the CNI and CSI it names, the management-side PackageInstall
     /// `<cluster>-kapp-controller` (reconciled here) and the workload-side core PackageInstalls in
     /// `tkg-system` (reconciled by the workload's kapp-controller) (§3.2, §6).
     fn ensure_bootstrap(
@@ -829,16 +805,6 @@ impl CapiController {
         ns: &str,
     ) -> Result<(), ControllerError> {
         let tkr = label(cluster, TKR_LABEL).unwrap_or("").to_string();
-        let cni = cluster
-            .pointer("/spec/topology")
-            .and_then(|t| topology_variable(t, "cni"))
-            .and_then(Value::as_str)
-            .unwrap_or("antrea");
-        let cni_pkg = match cni {
-            "calico" => Some(CALICO_PKG),
-            "none" => None,
-            _ => Some(ANTREA_PKG),
-        };
         let owner = owner_ref(
             "cluster.x-k8s.io/v1beta1",
             "Cluster",
@@ -846,24 +812,43 @@ impl CapiController {
             uid_of(cluster),
             false,
         );
-        let mut spec = json!({
-            "kapp": bootstrap_entry(name, KAPP_CONTROLLER_PKG),
-            "csi": bootstrap_entry(name, EBS_CSI_PKG),
-            "additionalPackages": [],
-        });
-        if let Some(p) = cni_pkg {
-            spec["cni"] = bootstrap_entry(name, p);
-        }
-        let cb = create_if_absent(
-            &self.mgmt,
-            &gvr_cluster_bootstrap(),
-            json!({
-                "apiVersion": "run.tanzu.vmware.com/v1alpha3", "kind": "ClusterBootstrap",
-                "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner],
-                             "annotations": {"tkg.tanzu.vmware.com/add-missing-fields-from-tkr": tkr}},
-                "spec": spec,
-            }),
-        )?;
+        // A ClusterBootstrap the client created (the Tanzu CLI renders one for calico,
+        // customised Antrea or a proxy) is adopted as it is; otherwise the TKR's template
+        // (Antrea, the EBS CSI driver, kapp-controller) is cloned
+        // (addons/controllers/clusterbootstrap_controller.go).
+        let cb = match self.mgmt.get(&gvr_cluster_bootstrap(), Some(ns), name) {
+            Some(existing) if existing.pointer("/metadata/ownerReferences").is_none() => {
+                self.mgmt.patch_merge(
+                    &gvr_cluster_bootstrap(),
+                    Some(ns),
+                    name,
+                    json!({"metadata": {"ownerReferences": [owner]}}),
+                )?
+            }
+            Some(existing) => existing,
+            None => create_if_absent(
+                &self.mgmt,
+                &gvr_cluster_bootstrap(),
+                json!({
+                    "apiVersion": "run.tanzu.vmware.com/v1alpha3", "kind": "ClusterBootstrap",
+                    "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner],
+                                 "annotations": {"tkg.tanzu.vmware.com/add-missing-fields-from-tkr": tkr}},
+                    "spec": {
+                        "cni": bootstrap_entry(name, ANTREA_PKG),
+                        "kapp": bootstrap_entry(name, KAPP_CONTROLLER_PKG),
+                        "csi": bootstrap_entry(name, EBS_CSI_PKG),
+                        "additionalPackages": [],
+                    },
+                }),
+            )?,
+        };
+        let named = |field: &str| {
+            cb.pointer(&format!("/spec/{field}/refName"))
+                .and_then(Value::as_str)
+                .and_then(shipped_package)
+        };
+        let cni_pkg = named("cni");
+        let csi_pkg = named("csi");
         // Management side: kapp-controller into the workload cluster.
         let kapp = create_if_absent(
             &self.mgmt,
@@ -896,7 +881,7 @@ impl CapiController {
                    "metadata": {"name": CORE_PACKAGES_SA, "namespace": CORE_PACKAGES_NAMESPACE}}),
         )?;
         let mut all_ok = true;
-        for pkg in cni_pkg.into_iter().chain([EBS_CSI_PKG]) {
+        for pkg in cni_pkg.into_iter().chain(csi_pkg) {
             create_if_absent(
                 workload,
                 &gvr_package(),

@@ -607,6 +607,10 @@ pub(crate) fn seed_management(
         gvr_cluster(),
         std::sync::Arc::new(super::admission::ClusterAdmission::new(seed.tkg_version)),
     );
+    cluster.set_admission(
+        gvr_cluster_bootstrap(),
+        std::sync::Arc::new(super::bootstrap::ClusterBootstrapAdmission),
+    );
     for ns in ["default", TKG_SYSTEM_NAMESPACE, "tkr-system"] {
         ensure_namespace(cluster, ns)?;
     }

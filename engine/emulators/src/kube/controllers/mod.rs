@@ -72,6 +72,7 @@
 //!   default, on at 1 in 17 topology reconciles): transient `TopologyReconciled=False`.
 
 mod admission;
+mod bootstrap;
 mod capi;
 mod catalog;
 mod kapp;
