@@ -469,7 +469,10 @@ pub fn cluster_spec(req: &ClusterRequest, repo: &RepoConfig) -> Result<ClusterSp
     let base_type = or("NODE_MACHINE_TYPE", "m5.large");
     let mut workers = Vec::with_capacity(counts.len());
     for (i, n) in counts.iter().enumerate() {
-        let overrides = if prod && i > 0 {
+        // md-1 and md-2 carry the worker override only when NODE_MACHINE_TYPE_1/_2 is set
+        // (tanzu-framework providers/infrastructure-aws/v2.0.2/yttcc/overlay.yaml: `if
+        // data.values.NODE_MACHINE_TYPE_1`); otherwise they take the `worker` variable.
+        let overrides = if prod && i > 0 && c.get(&format!("NODE_MACHINE_TYPE_{i}")).is_some() {
             vec![ClusterVariable {
                 name: "worker".into(),
                 value: worker_value(c, i).map_err(var_err)?,
