@@ -167,6 +167,24 @@ async fn create_upgrade_resize_then_upgrade_and_resize_never_conflict() {
         .map(|(p, c)| (p, c.replace(NEW_TKR, FIRST_TKR)))
         .collect();
     create_through_a_pull_request(&env, &files).await;
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let clusters = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    let updates = || {
+        let c = mgmt.get(&clusters, Some("default"), "team-a-prod").unwrap();
+        let cond = c["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "UpdatesAvailable")
+            .cloned()
+            .unwrap_or_default();
+        (
+            cond["status"].as_str().unwrap_or_default().to_string(),
+            cond["message"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    // The tkr-status controller offers the next minor (tkg2-aws-class-based.md §8).
+    assert_eq!(updates(), ("True".to_string(), format!("[{OLD_TKR}]")));
     let file = |suffix: &str| {
         files
             .iter()
@@ -200,15 +218,13 @@ async fn create_upgrade_resize_then_upgrade_and_resize_never_conflict() {
     )
     .await;
 
-    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
-    let cluster = mgmt
-        .get(
-            &Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters"),
-            Some("default"),
-            "team-a-prod",
-        )
-        .unwrap();
+    let cluster = mgmt.get(&clusters, Some("default"), "team-a-prod").unwrap();
     assert_eq!(cluster["spec"]["topology"]["version"], "v1.25.7+vmware.2");
+    assert_eq!(
+        updates().0,
+        "False",
+        "the newest TKR of the release: nothing to offer"
+    );
     let workers: i64 = cluster["spec"]["topology"]["workers"]["machineDeployments"]
         .as_array()
         .unwrap()

@@ -159,13 +159,37 @@ impl ClusterPlan {
     /// cluster, its intent, workflow and every step with its typed inputs and rendered manifests,
     /// serialized as JSON. Two plans with the same digest run exactly the same steps with the
     /// same inputs (security rule 2: "run exactly what was approved").
+    ///
+    /// A resize's `from` values (the machine fields the plan expects live before the change) are
+    /// not part of it: they depend on the base the change was planned against, and the run
+    /// checks them against the live Cluster before it writes. A change approved on an older
+    /// base (a pull request stacked on another one) still writes exactly the approved values.
     pub fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
+        let mut steps = serde_json::to_value(&self.steps).unwrap_or(Value::Null);
+        if let Some(list) = steps.as_array_mut() {
+            for step in list {
+                if step.get("kind").and_then(Value::as_str)
+                    == Some(StepKind::KubeResizeCluster.as_str())
+                {
+                    if let Some(fields) = step
+                        .pointer_mut("/inputs/fields")
+                        .and_then(Value::as_array_mut)
+                    {
+                        for f in fields {
+                            if let Some(o) = f.as_object_mut() {
+                                o.remove("from");
+                            }
+                        }
+                    }
+                }
+            }
+        }
         let executed = serde_json::json!({
             "cluster": self.cluster,
             "intent": self.intent,
             "workflow": self.workflow,
-            "steps": self.steps,
+            "steps": steps,
         });
         let bytes = serde_json::to_vec(&executed).unwrap_or_default();
         Sha256::digest(&bytes)

@@ -133,7 +133,8 @@ async fn owned_cluster(
 /// "<tkr>", "patched": bool}`; `patched`: whether it wrote).
 ///
 /// Errors: [`StepError::Permanent`] when the Cluster does not exist, is not owned
-/// ([`OWNER_LABEL`]) or holds no fields applied by [`FIELD_MANAGER`]; when another field manager
+/// ([`OWNER_LABEL`]) or holds no fields applied by [`FIELD_MANAGER`]; when its
+/// `UpdatesAvailable` condition does not list `inputs.tkr`; when another field manager
 /// owns `spec.topology.version` (a 409 conflict: someone changed it outside tkgops); when the
 /// server-side dry run changes other fields than the version, `spec.paused` and `TKR_DATA`
 /// (the Cluster drifted, or the plan was wrong; nothing is written); or when
@@ -162,6 +163,9 @@ pub async fn upgrade_cluster(
             to: inputs.tkr.clone(),
             patched: false,
         });
+    }
+    if let Some(refusal) = not_an_available_update(&current, &inputs.tkr) {
+        return Err(StepError::Permanent(format!("{what}: {refusal}")));
     }
     let mut config = applied_config(&current, t, &what)?;
     config["spec"]["topology"]["version"] = json!(inputs.tkr);
@@ -210,6 +214,36 @@ pub async fn upgrade_cluster(
         to: inputs.tkr.clone(),
         patched: true,
     })
+}
+
+/// Why `tkr` may not be applied to the Cluster `live` per its `UpdatesAvailable` condition
+/// (what `tanzu cluster upgrade` checks first: tkg2-aws-class-based.md §8 "Choosing the target
+/// TKR"), or `None` when it may: the condition is `True` and its message `[v1 v2 …]` lists
+/// `tkr`, or the Cluster has no such condition (or it is `Unknown`: the CLI then uses the TKR
+/// list, which `kube.preflight` checked).
+fn not_an_available_update(live: &Value, tkr: &str) -> Option<String> {
+    let cond = live
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("UpdatesAvailable"))?;
+    let listed = str_at(cond, "/message");
+    let updates: Vec<&str> = listed
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split_whitespace()
+        .collect();
+    match str_at(cond, "/status") {
+        "True" if updates.contains(&tkr) => None,
+        "True" => Some(format!(
+            "TKR {tkr} is not among the Cluster's available updates (UpdatesAvailable: {listed}); TKG offers only newer TKRs of the same or the next Kubernetes minor that resolve for the Cluster"
+        )),
+        "False" => Some(format!(
+            "the Cluster has no available updates (UpdatesAvailable False, reason {}), so TKR {tkr} cannot be applied",
+            str_at(cond, "/reason")
+        )),
+        _ => None,
+    }
 }
 
 /// The apply configuration of a day-2 change of the Cluster `t`: what [`FIELD_MANAGER`] applied
@@ -776,5 +810,42 @@ impl Source for VerifySource<'_> {
 
     async fn changed(&mut self, until: Option<Instant>) {
         self.sub.changed(until).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(status: &str, reason: &str, message: &str) -> Value {
+        json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "UpdatesAvailable", "status": status, "reason": reason, "message": message}
+        ]}})
+    }
+
+    /// tkg2-aws-class-based.md §8 "Choosing the target TKR": the TKR must be one of the
+    /// Cluster's available updates when the Cluster says which they are.
+    #[test]
+    fn the_target_must_be_an_available_update() {
+        let tkr = "v1.25.7+vmware.2-tkg.1";
+        let listed = with(
+            "True",
+            "",
+            "[v1.24.11+vmware.1-tkg.1 v1.25.7+vmware.2-tkg.1]",
+        );
+        assert_eq!(not_an_available_update(&listed, tkr), None);
+        let other = with("True", "", "[v1.24.11+vmware.1-tkg.1]");
+        let refusal = not_an_available_update(&other, tkr).unwrap();
+        assert!(refusal.contains("not among the Cluster's available updates (UpdatesAvailable: [v1.24.11+vmware.1-tkg.1])"), "{refusal}");
+        let none = with("False", "AlreadyUpToDate", "");
+        assert!(not_an_available_update(&none, tkr)
+            .unwrap()
+            .contains("reason AlreadyUpToDate"));
+        assert_eq!(
+            not_an_available_update(&with("Unknown", "CannotParseTKR", ""), tkr),
+            None
+        );
+        assert_eq!(not_an_available_update(&json!({"status": {}}), tkr), None);
     }
 }

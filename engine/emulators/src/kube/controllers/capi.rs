@@ -515,6 +515,9 @@ impl CapiController {
                     str_at(topology, "/class").unwrap_or(""),
                 )?;
                 set_condition(&mut status, cond_true("TopologyReconciled"));
+                if let Some(c) = self.updates_available(cluster) {
+                    set_condition(&mut status, c);
+                }
                 topo
             }
             None => match self.legacy_parts(cluster, &name, &ns) {
@@ -790,6 +793,46 @@ impl CapiController {
             }
         }
         Ok(())
+    }
+
+    /// The tkr-status controller's `UpdatesAvailable` condition of a class-based Cluster
+    /// (tanzu-framework `tkr/controller/tkr-status/clusterstatus/clusterstatus.go`): the
+    /// active, compatible TKRs of the Cluster's minor or the next one that are newer than the
+    /// TKR of its `run.tanzu.vmware.com/tkr` label, ascending, as `True` with the message
+    /// `[v1 v2 …]`; `False` (severity Info, reason `AlreadyUpToDate`) when there is none;
+    /// `None` before the TKR resolver labelled the Cluster. OSImage resolution per update is
+    /// not modelled: every compatible TKR resolves.
+    fn updates_available(&self, cluster: &Value) -> Option<Value> {
+        use super::admission::parse_semver;
+        let current = label(cluster, TKR_LABEL)?.replace("---", "+");
+        let (major, minor, patch) = parse_semver(&current)?;
+        let mut updates: Vec<((u64, u64, u64), String)> = self
+            .mgmt
+            .list(&gvr_tkr(), None)
+            .iter()
+            .filter(|t| {
+                let labels = t.pointer("/metadata/labels");
+                ["incompatible", "deactivated"]
+                    .iter()
+                    .all(|l| labels.and_then(|m| m.get(*l)).is_none())
+            })
+            .filter_map(|t| {
+                let v = t.pointer("/spec/version")?.as_str()?.to_string();
+                let parsed = parse_semver(&v)?;
+                let same_or_next =
+                    parsed.0 == major && (parsed.1 == minor || parsed.1 == minor + 1);
+                (same_or_next && parsed > (major, minor, patch)).then_some((parsed, v))
+            })
+            .collect();
+        updates.sort();
+        Some(if updates.is_empty() {
+            cond_false("UpdatesAvailable", "Info", "AlreadyUpToDate", "")
+        } else {
+            let mut c = cond_true("UpdatesAvailable");
+            let list: Vec<String> = updates.into_iter().map(|(_, v)| v).collect();
+            c["message"] = json!(format!("[{}]", list.join(" ")));
+            c
+        })
     }
 
     /// The addons manager: ClusterBootstrap `<cluster>` (the one the client created, adopted, else

@@ -53,8 +53,9 @@
 //!   (no `format`, `maxLength`, `pattern`…); field-error texts follow apimachinery's shapes but are
 //!   not byte-for-byte identical for every case.
 //! - The resolver's query/result text is JSON, not Go's `%+v`; TKR selectors other than the
-//!   `resolve-tkr` annotation, `UpdatesAvailable`, TKR discovery, `bom-metadata` compatibility and
-//!   additional-compatible-TKR ConfigMaps are not modelled.
+//!   `resolve-tkr` annotation, TKR discovery, `bom-metadata` compatibility and
+//!   additional-compatible-TKR ConfigMaps are not modelled; `UpdatesAvailable` does not resolve
+//!   an OSImage per offered TKR.
 //! - Admission is skipped for Clusters being deleted; the CAPI webhooks' other checks (control
 //!   plane/MD replica rules, topology changes of class, labels) are not modelled.
 //! - ClusterBootstrap: no ClusterBootstrapTemplate cloning, no `*Config` provider objects, no
