@@ -110,8 +110,11 @@
 
 pub mod controllers;
 
+mod crds;
 mod fields;
 mod openapi;
+mod proto;
+mod schema;
 mod select;
 mod server;
 mod store;
@@ -485,7 +488,10 @@ impl EmulatedCluster {
     /// bootstrap.cluster.x-k8s.io/v1beta1 KubeadmConfig, KubeadmConfigTemplate;
     /// addons.cluster.x-k8s.io/v1beta1 ClusterResourceSet; run.tanzu.vmware.com/v1alpha3
     /// TanzuKubernetesRelease (`tkr`), OSImage (`osimg`) and ClusterBootstrap (`cb`)
-    /// (tkg2-aws-class-based.md §6, §8).
+    /// (tkg2-aws-class-based.md §6, §8). The Cluster type also gets its CustomResourceDefinition
+    /// object `clusters.cluster.x-k8s.io` with an `openAPIV3Schema` (see `crds`), so writes
+    /// of Clusters are checked against it (`fieldValidation`) and `kubectl explain clusters`
+    /// describes it; the other types have no schema.
     pub fn register_capi_types(&self) {
         let ns = |g: &str, v: &str, p: &str, k: &str, short: &[&str]| ResourceType {
             gvr: Gvr::new(g, v, p),
@@ -587,6 +593,13 @@ impl EmulatedCluster {
         ));
         for t in types {
             self.register(t);
+        }
+        if self
+            .get(&store::crd_gvr(), None, "clusters.cluster.x-k8s.io")
+            .is_none()
+        {
+            // Cannot fail: the type is registered and the name is free.
+            let _ = self.create(&store::crd_gvr(), crds::cluster_crd());
         }
     }
 
@@ -783,7 +796,7 @@ impl EmulatedCluster {
         let body = serde_json::to_vec(&obj).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let ctx = WriteCtx {
             manager: field_manager.to_string(),
-            dry_run: false,
+            ..WriteCtx::default()
         };
         let (v, _) = self.state().patch(
             gvr,
@@ -840,7 +853,7 @@ impl EmulatedCluster {
 fn direct_ctx() -> WriteCtx {
     WriteCtx {
         manager: DIRECT_MANAGER.to_string(),
-        dry_run: false,
+        ..WriteCtx::default()
     }
 }
 
