@@ -1330,7 +1330,8 @@ fn apply_conflict(gvr: &Gvr, name: &str, c: &[fields::Conflict]) -> ApiError {
 }
 
 /// What the API server (and its built-in controllers) add to a new object: a Namespace's
-/// `kubernetes` finalizer and `Active` phase, a CRD's Established status.
+/// `kubernetes` finalizer and `Active` phase, a CRD's Established status, a Secret's `Opaque`
+/// type.
 fn create_defaults(gvr: &Gvr, obj: &mut Value) {
     if gvr == &Gvr::new("", "v1", "namespaces") {
         if let Some(m) = obj.as_object_mut() {
@@ -1346,6 +1347,17 @@ fn create_defaults(gvr: &Gvr, obj: &mut Value) {
     }
     if gvr == &crd_gvr() {
         crd_accept(obj);
+    }
+    // `SetDefaults_Secret`: a Secret without a type is `Opaque`.
+    if gvr == &Gvr::new("", "v1", "secrets") {
+        if let Some(m) = obj.as_object_mut() {
+            if m.get("type")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                m.insert("type".into(), json!("Opaque"));
+            }
+        }
     }
 }
 
