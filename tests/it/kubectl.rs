@@ -81,7 +81,14 @@ impl Kubectl {
 
     /// Runs `kubectl args…` to completion (bounded by [`RUN_TIMEOUT`]).
     pub(crate) async fn run(&self, args: &[&str]) -> Output {
-        let child = self.command(args).spawn().expect("spawn kubectl");
+        self.run_env(args, &[]).await
+    }
+
+    /// [`Self::run`] with extra environment variables (e.g. `KUBE_EDITOR`).
+    pub(crate) async fn run_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(args);
+        cmd.envs(envs.iter().copied());
+        let child = cmd.spawn().expect("spawn kubectl");
         tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
             .await
             .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within {RUN_TIMEOUT:?}"))
@@ -745,4 +752,297 @@ async fn kubectl_verifies_the_ca_and_needs_the_token() {
         seen,
         "no plain-HTTP request may reach the API"
     );
+}
+
+/// The requests kubectl sent with a protobuf body (`Content-Type:
+/// application/vnd.kubernetes.protobuf`), as `METHOD path`.
+fn protobuf_writes(c: &EmulatedCluster) -> Vec<String> {
+    c.faults()
+        .log()
+        .all()
+        .iter()
+        .filter(|r| r.content_type == "application/vnd.kubernetes.protobuf")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+/// kubectl's typed commands (`create namespace`, `create configmap`, `create secret`) send
+/// protobuf and ask for protobuf answers, as client-go's typed clients do for built-in kinds;
+/// `get`, `replace -f`, `edit` and `delete` then work on what they created, and an error comes
+/// back as a protobuf `Status` kubectl prints like a real server's.
+#[tokio::test]
+async fn kubectl_create_replace_edit_delete_built_in_kinds_over_protobuf() {
+    let Some(bin) = kubectl() else { return };
+    let env = env().await;
+    let k = Kubectl::new(bin, &env.mgmt.kubeconfig_yaml());
+    let gvr_ns = Gvr::new("", "v1", "namespaces");
+    let gvr_secret = Gvr::new("", "v1", "secrets");
+
+    let out = k.ok(&["create", "namespace", "x"]).await;
+    assert_eq!(out.trim(), "namespace/x created");
+    let ns = k.json(&["get", "namespace", "x", "-o", "json"]).await;
+    assert_eq!(ns["status"]["phase"], "Active");
+    assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
+    assert_eq!(ns["metadata"]["generation"], 1);
+    assert!(
+        ns["metadata"].get("generateName").is_none() && ns["metadata"].get("namespace").is_none(),
+        "empty protobuf fields are not JSON fields: {ns}"
+    );
+    let out = k
+        .ok(&["create", "configmap", "c1", "-n", "x", "--from-literal=a=z"])
+        .await;
+    assert_eq!(out.trim(), "configmap/c1 created");
+    let out = k
+        .ok(&[
+            "create",
+            "secret",
+            "generic",
+            "s1",
+            "-n",
+            "x",
+            "--from-literal=password=hunter2",
+        ])
+        .await;
+    assert_eq!(out.trim(), "secret/s1 created");
+    let secret = env.mgmt.get(&gvr_secret, Some("x"), "s1").expect("stored");
+    assert_eq!(secret["data"]["password"], "aHVudGVyMg==");
+    assert_eq!(secret["type"], "Opaque");
+    assert_eq!(
+        protobuf_writes(&env.mgmt),
+        vec![
+            "POST /api/v1/namespaces",
+            "POST /api/v1/namespaces/x/configmaps",
+            "POST /api/v1/namespaces/x/secrets",
+        ]
+    );
+    let cm = k.json(&["get", "cm", "c1", "-n", "x", "-o", "json"]).await;
+    assert_eq!(cm["data"], json!({"a": "z"}));
+
+    // An error answered in protobuf: kubectl prints the Status as from a real server.
+    let again = k.run(&["create", "namespace", "x"]).await;
+    assert!(!again.status.success());
+    assert_eq!(
+        stderr(&again).trim(),
+        r#"Error from server (AlreadyExists): namespaces "x" already exists"#
+    );
+    let posts = env
+        .mgmt
+        .faults()
+        .log()
+        .all()
+        .into_iter()
+        .filter(|r| r.method == http::Method::POST && r.path == "/api/v1/namespaces")
+        .collect::<Vec<_>>();
+    assert_eq!(posts.len(), 2);
+    assert!(
+        posts[1]
+            .accept
+            .starts_with("application/vnd.kubernetes.protobuf"),
+        "{}",
+        posts[1].accept
+    );
+
+    // replace -f
+    let manifest = k.write(
+        "c1.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c1\n  namespace: x\ndata:\n  a: replaced\n",
+    );
+    let out = k.ok(&["replace", "-f", manifest.to_str().unwrap()]).await;
+    assert_eq!(out.trim(), "configmap/c1 replaced");
+    assert_eq!(
+        env.mgmt.get(&gvr_cm(), Some("x"), "c1").unwrap()["data"],
+        json!({"a": "replaced"})
+    );
+
+    // edit, through an editor script that rewrites the file kubectl hands it
+    let editor = k.write(
+        "editor.sh",
+        "#!/bin/sh\nsed -i 's/^  a: replaced$/  a: edited/' \"$1\"\n",
+    );
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = k
+        .run_env(
+            &["edit", "configmap", "c1", "-n", "x"],
+            &[("KUBE_EDITOR", editor.to_str().unwrap())],
+        )
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "configmap/c1 edited"
+    );
+    assert_eq!(
+        env.mgmt.get(&gvr_cm(), Some("x"), "c1").unwrap()["data"],
+        json!({"a": "edited"})
+    );
+
+    // delete
+    let out = k.ok(&["delete", "secret", "s1", "-n", "x"]).await;
+    assert_eq!(out.trim(), r#"secret "s1" deleted"#);
+    let out = k.ok(&["delete", "namespace", "x"]).await;
+    assert_eq!(out.trim(), r#"namespace "x" deleted"#);
+    assert!(env.mgmt.get(&gvr_ns, None, "x").is_none());
+    assert!(env.mgmt.get(&gvr_cm(), Some("x"), "c1").is_none());
+}
+
+const CM_WITH_UNKNOWN_FIELD: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: NAME
+  namespace: default
+data:
+  a: b
+extra: 1
+";
+
+const CLUSTER_WITH_UNKNOWN_FIELD: &str = "apiVersion: cluster.x-k8s.io/v1beta1
+kind: Cluster
+metadata:
+  name: NAME
+  namespace: default
+spec:
+  paused: true
+  clusterNetwork:
+    pods:
+      cidrBlocks: [100.96.0.0/11]
+    podz: 1
+";
+
+/// `kubectl apply --validate=strict|warn|ignore` sends `fieldValidation=Strict|Warn|Ignore`:
+/// a field the type's schema does not declare (a ConfigMap's, from the Kubernetes OpenAPI
+/// schema; a Cluster's, from its CRD's openAPIV3Schema) fails the write under Strict with the
+/// API server's strict decoding error, is reported as a warning under Warn and dropped
+/// silently under Ignore; the stored object never has it.
+#[tokio::test]
+async fn kubectl_apply_validate_strict_warn_ignore() {
+    let Some(bin) = kubectl() else { return };
+    tkgops_providers::install_crypto_provider();
+    // No admission here: the Cluster written is checked only against its schema.
+    let emu = KubeEmulator::new();
+    let mgmt = emu.add_cluster("mgmt").await.expect("management cluster");
+    mgmt.register_capi_types();
+    let k = Kubectl::new(bin, &mgmt.kubeconfig_yaml());
+    let cases = [
+        (
+            gvr_cm(),
+            CM_WITH_UNKNOWN_FIELD,
+            "configmap",
+            r#"ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: unknown field "extra""#,
+            r#"unknown field "extra""#,
+        ),
+        (
+            gvr_cluster(),
+            CLUSTER_WITH_UNKNOWN_FIELD,
+            "cluster.cluster.x-k8s.io",
+            r#"Cluster in version "v1beta1" cannot be handled as a Cluster: strict decoding error: unknown field "spec.clusterNetwork.podz""#,
+            r#"unknown field "spec.clusterNetwork.podz""#,
+        ),
+    ];
+    for (gvr, manifest, printed, strict_error, warning) in cases {
+        let file = |name: &str| {
+            let p = k.write(&format!("{name}.yaml"), &manifest.replace("NAME", name));
+            p.to_str().unwrap().to_string()
+        };
+        let strict = k
+            .run(&["apply", "--validate=strict", "-f", &file("strict")])
+            .await;
+        assert!(!strict.status.success(), "{printed}: Strict must refuse");
+        let err = stderr(&strict);
+        assert!(err.contains("Error from server (BadRequest)"), "{err}");
+        assert!(err.contains(strict_error), "{err}");
+        assert!(mgmt.get(&gvr, Some("default"), "strict").is_none());
+
+        let warn = k
+            .run(&["apply", "--validate=warn", "-f", &file("warn")])
+            .await;
+        assert!(warn.status.success(), "{}", stderr(&warn));
+        assert_eq!(
+            String::from_utf8_lossy(&warn.stdout).trim(),
+            format!("{printed}/warn created")
+        );
+        assert_eq!(stderr(&warn).trim(), format!("Warning: {warning}"));
+
+        let ignore = k
+            .run(&["apply", "--validate=ignore", "-f", &file("ignore")])
+            .await;
+        assert!(ignore.status.success(), "{}", stderr(&ignore));
+        assert_eq!(
+            String::from_utf8_lossy(&ignore.stdout).trim(),
+            format!("{printed}/ignore created")
+        );
+        assert_eq!(stderr(&ignore), "", "Ignore drops the field silently");
+
+        for name in ["warn", "ignore"] {
+            let stored = mgmt.get(&gvr, Some("default"), name).expect("stored");
+            assert!(stored.get("extra").is_none(), "{stored}");
+            assert!(
+                stored
+                    .pointer("/spec/clusterNetwork")
+                    .is_none_or(|n| n.get("podz").is_none() && n.get("pods").is_some()),
+                "{stored}"
+            );
+        }
+    }
+    assert_eq!(
+        mgmt.get(&gvr_cm(), Some("default"), "warn").unwrap()["data"],
+        json!({"a": "b"})
+    );
+
+    // Server-side apply needs every field declared, whatever --validate says: the API server's
+    // typed conversion fails (a 500 without a reason, printed as "Error from server").
+    let ssa = k
+        .run(&[
+            "apply",
+            "--server-side",
+            "--validate=ignore",
+            "-f",
+            &k.write(
+                "ssa.yaml",
+                &CLUSTER_WITH_UNKNOWN_FIELD.replace("NAME", "ssa"),
+            )
+            .to_string_lossy(),
+        ])
+        .await;
+    assert!(!ssa.status.success());
+    assert!(
+        stderr(&ssa).contains("failed to create typed patch object (default/ssa; cluster.x-k8s.io/v1beta1, Kind=Cluster): .spec.clusterNetwork.podz: field not declared in schema"),
+        "{}",
+        stderr(&ssa)
+    );
+    assert!(mgmt.get(&gvr_cluster(), Some("default"), "ssa").is_none());
+}
+
+/// `kubectl explain` reads the schemas in `/openapi/v3`: a built-in kind's field and the
+/// Cluster API CRD's nested fields are documented.
+#[tokio::test]
+async fn kubectl_explain_prints_field_documentation() {
+    let Some(bin) = kubectl() else { return };
+    let env = env().await;
+    let k = Kubectl::new(bin, &env.mgmt.kubeconfig_yaml());
+    let out = k.ok(&["explain", "configmap.data"]).await;
+    assert!(out.contains("KIND:       ConfigMap"), "{out}");
+    assert!(out.contains("FIELD: data <map[string]string>"), "{out}");
+    assert!(
+        out.contains("Data contains the configuration data."),
+        "{out}"
+    );
+    let out = k.ok(&["explain", "clusters.spec.topology"]).await;
+    assert!(out.contains("GROUP:      cluster.x-k8s.io"), "{out}");
+    assert!(out.contains("FIELD: topology <Object>"), "{out}");
+    assert!(out.contains("The managed topology of the Cluster"), "{out}");
+    for field in [
+        "class\t<string> -required-",
+        "version\t<string> -required-",
+        "workers\t<Object>",
+        "variables\t<[]Object>",
+    ] {
+        assert!(out.contains(field), "{field:?} in:\n{out}");
+    }
+    let out = k
+        .ok(&[
+            "explain",
+            "cluster.spec.topology.workers.machineDeployments.replicas",
+        ])
+        .await;
+    assert!(out.contains("FIELD: replicas <integer>"), "{out}");
 }

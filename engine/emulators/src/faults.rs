@@ -81,6 +81,11 @@ pub struct RecordedRequest {
     pub query: String,
     /// Whether an injected fault answered it instead of the emulator.
     pub faulted: bool,
+    /// The request's `Content-Type` header, empty when absent (e.g.
+    /// `application/vnd.kubernetes.protobuf` for kubectl's protobuf bodies).
+    pub content_type: String,
+    /// The request's `Accept` header, empty when absent.
+    pub accept: String,
 }
 
 /// Append-only log of the requests an emulator received. Cheap to clone (shared state).
@@ -212,10 +217,21 @@ impl Faults {
     }
 }
 
+/// A header's value as text, empty when absent or not text.
+fn header_str(headers: &axum::http::HeaderMap, name: axum::http::HeaderName) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 async fn fault_middleware(State(faults): State<Faults>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    let content_type = header_str(req.headers(), axum::http::header::CONTENT_TYPE);
+    let accept = header_str(req.headers(), axum::http::header::ACCEPT);
     let action = faults.take(&method, &path);
     let faulted = !matches!(action, None | Some(FaultAction::Delay(_)));
     faults.log.push(RecordedRequest {
@@ -223,6 +239,8 @@ async fn fault_middleware(State(faults): State<Faults>, req: Request, next: Next
         path,
         query,
         faulted,
+        content_type,
+        accept,
     });
     match action {
         None => next.run(req).await,

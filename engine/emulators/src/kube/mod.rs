@@ -24,9 +24,21 @@
 //!   requests get the plain form), `/healthz`, `/livez`, `/readyz`.
 //! - `/openapi/v3` (index) and `/openapi/v3/{api/v1|apis/g/v}`: every resource path with its
 //!   operations (`x-kubernetes-group-version-kind`) and query parameters, so `kubectl apply`
-//!   sees that the server takes `fieldValidation` and leaves validation to it. **No schemas**
-//!   (`components.schemas` is empty) and no `/openapi/v2` (404): `kubectl explain` and
-//!   client-side validation (`--validate` against a server without `fieldValidation`) do not work.
+//!   sees that the server takes `fieldValidation` and leaves validation to it, and
+//!   `components.schemas` with the types' schemas, so `kubectl explain` works: the built-in
+//!   kinds' from k8s-openapi (generated from Kubernetes's OpenAPI spec, descriptions included),
+//!   a custom resource's from its CRD version's `openAPIV3Schema` (named as the API server names
+//!   them, `io.x-k8s.cluster.v1beta1.Cluster`). Types registered without a CRD object (all
+//!   Cluster API, Tanzu and Carvel types but `Cluster`) have no schema. No `/openapi/v2` (404).
+//! - Protobuf (`application/vnd.kubernetes.protobuf`: the `k8s\0` prefix and the
+//!   `runtime.Unknown` envelope, messages from kube-rs's `k8s-pb`) for Namespace, ConfigMap and
+//!   Secret: POST/PUT bodies are decoded into the stored JSON (kubectl's typed `create namespace`,
+//!   `create configmap`, `create secret` send them), DELETE bodies as `DeleteOptions`, and
+//!   single objects, lists and `Status` errors are answered in protobuf when `Accept` names it
+//!   first; everything else is answered in JSON (as a real server answers for types without
+//!   protobuf). A malformed protobuf body is 400 (`ConfigMap in version "v1" cannot be handled
+//!   as a ConfigMap: …`); a protobuf body of another kind is 400 too (a real server decodes
+//!   every built-in kind). Watch streams are always JSON.
 //! - CRUD for every registered type (built-ins, [`EmulatedCluster::register`], CAPI/kapp helpers and
 //!   CustomResourceDefinitions created through the API), namespaced and cluster-scoped, list across
 //!   namespaces, `limit`/`continue` paging, `deletecollection`, `dryRun=All`.
@@ -81,8 +93,24 @@
 //! - An identical re-apply changes nothing (same resourceVersion, generation, no event).
 //! - Strategic merge patch is a plain JSON merge patch (what the API server does for CRDs; for
 //!   built-ins this means lists are replaced, not merged by key).
-//! - `?fieldValidation=` (kubectl sends `Strict`) is accepted and ignored: unknown or duplicate
-//!   fields are neither rejected nor warned about (a leniency; the emulator has no schemas).
+//! - `?fieldValidation=` (`Ignore`, `Warn`, `Strict`; absent means `Warn`, the API server's
+//!   default, `fieldValidation()` in `k8s.io/apiserver/pkg/endpoints/handlers/rest.go`; any other
+//!   value is 400) on HTTP writes: fields the type's schema does not declare (built-ins:
+//!   k8s-openapi's schemas; custom resources: the CRD's `openAPIV3Schema`, honouring
+//!   `x-kubernetes-preserve-unknown-fields`, `additionalProperties` and `items`) are dropped from
+//!   the stored object in every mode. `Strict` refuses the write with 400 BadRequest
+//!   (`ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error:
+//!   unknown field "extra"` for POST/PUT, `strict decoding error: …` for patches); `Warn` answers
+//!   with one `Warning: 299 - "unknown field \"spec.foo\""` header per field; `Ignore` says
+//!   nothing. Keys a JSON POST/PUT body repeats are `duplicate field "…"` the same way.
+//!   Server-side apply of an undeclared field fails whatever the mode, with the API server's
+//!   500 `failed to create typed patch object (ns/name; group/version, Kind=K): .spec.foo: field
+//!   not declared in schema` (kubernetes/kubernetes#139253). Writes through the direct API are
+//!   not checked; undeclared fields the stored object already had are dropped without a report.
+//!   Leniencies: an object schema with neither `properties` nor `additionalProperties` keeps
+//!   every field (the API server would prune them for CRDs); wrong value types are not refused;
+//!   duplicates in YAML bodies and in patches are not reported; the Cluster CRD's `status`
+//!   keeps unknown fields.
 //! - DELETE reads the `DeleteOptions` body (kube-rs sends its `DeleteParams` there, kubectl
 //!   `{"kind":"DeleteOptions",…}`): `preconditions.uid` and `preconditions.resourceVersion` are
 //!   checked before anything is written, and a mismatch is 409 Conflict worded as the API
@@ -91,8 +119,8 @@
 //!   failed: UID in precondition: <want>, UID in object meta: <have>`); `dryRun: ["All"]` in the
 //!   body stores nothing, as `?dryRun=All` does. `propagationPolicy` and `gracePeriodSeconds` are
 //!   accepted and ignored.
-//! - Not modelled: apply of lists by merge key, `managedFields` sent by clients, field validation,
-//!   CRD schemas and defaulting, ownerReference garbage collection, watch `DELETED` events for
+//! - Not modelled: apply of lists by merge key, `managedFields` sent by clients, CRD schema
+//!   defaulting and value validation, ownerReference garbage collection, watch `DELETED` events for
 //!   objects leaving a selector, `resourceVersionMatch`.
 //!
 //! # Admission
@@ -110,8 +138,11 @@
 
 pub mod controllers;
 
+mod crds;
 mod fields;
 mod openapi;
+mod proto;
+mod schema;
 mod select;
 mod server;
 mod store;
@@ -485,7 +516,10 @@ impl EmulatedCluster {
     /// bootstrap.cluster.x-k8s.io/v1beta1 KubeadmConfig, KubeadmConfigTemplate;
     /// addons.cluster.x-k8s.io/v1beta1 ClusterResourceSet; run.tanzu.vmware.com/v1alpha3
     /// TanzuKubernetesRelease (`tkr`), OSImage (`osimg`) and ClusterBootstrap (`cb`)
-    /// (tkg2-aws-class-based.md §6, §8).
+    /// (tkg2-aws-class-based.md §6, §8). The Cluster type also gets its CustomResourceDefinition
+    /// object `clusters.cluster.x-k8s.io` with an `openAPIV3Schema` (see `crds`), so writes
+    /// of Clusters are checked against it (`fieldValidation`) and `kubectl explain clusters`
+    /// describes it; the other types have no schema.
     pub fn register_capi_types(&self) {
         let ns = |g: &str, v: &str, p: &str, k: &str, short: &[&str]| ResourceType {
             gvr: Gvr::new(g, v, p),
@@ -616,6 +650,13 @@ impl EmulatedCluster {
         ));
         for t in types {
             self.register(t);
+        }
+        if self
+            .get(&store::crd_gvr(), None, "clusters.cluster.x-k8s.io")
+            .is_none()
+        {
+            // Cannot fail: the type is registered and the name is free.
+            let _ = self.create(&store::crd_gvr(), crds::cluster_crd());
         }
     }
 
@@ -812,7 +853,7 @@ impl EmulatedCluster {
         let body = serde_json::to_vec(&obj).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let ctx = WriteCtx {
             manager: field_manager.to_string(),
-            dry_run: false,
+            ..WriteCtx::default()
         };
         let (v, _) = self.state().patch(
             gvr,
@@ -869,7 +910,7 @@ impl EmulatedCluster {
 fn direct_ctx() -> WriteCtx {
     WriteCtx {
         manager: DIRECT_MANAGER.to_string(),
-        dry_run: false,
+        ..WriteCtx::default()
     }
 }
 

@@ -7,15 +7,15 @@
 //! instead of downloading schemas for client-side validation.
 //!
 //! The documents list every resource path of the group-version with its operations and query
-//! parameters, but carry **no schemas** (`components.schemas` is empty): the emulator does not
-//! model types' schemas. `/openapi/v2` is not served (404), as on servers with the v2 endpoint
-//! disabled.
+//! parameters, and carry the types' schemas in `components.schemas` (see [`components`]), which
+//! is what `kubectl explain` reads. Operations name no request or response schemas.
+//! `/openapi/v2` is not served (404), as on servers with the v2 endpoint disabled.
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use super::ResourceType;
+use super::{schema, Gvr, ResourceType};
 
 /// `group/version` path key of a group-version in the index: `api/v1` or `apis/{g}/{v}`.
 fn gv_key(group: &str, version: &str) -> String {
@@ -75,10 +75,62 @@ fn operation(action: &str, t: &ResourceType, params: Vec<Value>) -> Value {
     })
 }
 
+/// The name of a custom resource's schema in `components.schemas`, as the API server names it:
+/// the group's domain reversed, the version, the kind (`io.x-k8s.cluster.v1beta1.Cluster`).
+fn crd_schema_name(t: &ResourceType) -> String {
+    let mut parts: Vec<&str> = t.gvr.group.split('.').collect();
+    parts.reverse();
+    format!("{}.{}.{}", parts.join("."), t.gvr.version, t.kind)
+}
+
+/// `components.schemas` of a group-version's document: each type's schema (a built-in kind's
+/// from k8s-openapi, a custom resource's from `crd_schemas`, its CRD version's
+/// `openAPIV3Schema` with `metadata` referring to ObjectMeta) carrying
+/// `x-kubernetes-group-version-kind`, plus every definition they reference. Types without a
+/// schema (registered without a CRD object) have none.
+fn components(mine: &[&ResourceType], crd_schemas: &BTreeMap<Gvr, Value>) -> Map<String, Value> {
+    let builtins = schema::builtins();
+    let mut out = Map::new();
+    for t in mine {
+        if let Some(name) = builtins.by_gvr.get(&t.gvr) {
+            if let Some(d) = builtins.defs.get(name) {
+                out.insert(name.clone(), d.clone());
+            }
+        } else if let Some(s) = crd_schemas.get(&t.gvr) {
+            let mut s = s.clone();
+            if let Some(m) = s.as_object_mut() {
+                let props = m.entry("properties").or_insert_with(|| json!({}));
+                if let Some(p) = props.as_object_mut() {
+                    p.insert(
+                        "metadata".into(),
+                        json!({
+                            "description": "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata",
+                            "allOf": [{"$ref": format!("#/components/schemas/{}", schema::OBJECT_META)}],
+                        }),
+                    );
+                }
+                m.insert(
+                    "x-kubernetes-group-version-kind".into(),
+                    json!([{"group": t.gvr.group, "version": t.gvr.version, "kind": t.kind}]),
+                );
+            }
+            out.insert(crd_schema_name(t), s);
+        }
+    }
+    let roots: Vec<&Value> = out.values().collect();
+    let referenced = schema::reachable(&roots);
+    for (k, v) in referenced {
+        out.entry(k).or_insert(v);
+    }
+    out
+}
+
 /// The document served at `GET /openapi/v3/api/v1` or `/openapi/v3/apis/{g}/{v}` (`rest` is the
 /// path after `/openapi/v3/`), or `None` when no registered type has that group-version.
+/// `crd_schemas` holds the `openAPIV3Schema` of each custom resource type that has one.
 pub(super) fn document(
     types: &[ResourceType],
+    crd_schemas: &BTreeMap<Gvr, Value>,
     rest: &str,
     kubernetes_version: &str,
 ) -> Option<Value> {
@@ -105,6 +157,7 @@ pub(super) fn document(
             ),
         ]
     };
+    let schemas = components(&mine, crd_schemas);
     let mut paths = Map::new();
     for t in mine {
         let base = format!("/{rest}");
@@ -170,6 +223,6 @@ pub(super) fn document(
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": kubernetes_version},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas},
     }))
 }

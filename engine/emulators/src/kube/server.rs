@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
 use super::select::{FieldSelector, LabelSelector};
-use super::store::{parse_body, ApiError, PatchKind, WriteCtx};
+use super::store::{parse_body, ApiError, FieldValidation, PatchKind, WriteCtx};
+use super::{proto, schema};
 use super::{EmulatedCluster, Gvr, ResourceType};
 
 /// The cluster's router (without the fault layer).
@@ -30,6 +31,56 @@ fn json_resp(code: StatusCode, v: &Value) -> Response {
         v.to_string(),
     )
         .into_response()
+}
+
+/// A response in protobuf when `proto_out` (the client asked for protobuf first and the type has
+/// a protobuf mapping) and the body encodes, else in JSON, with one `Warning` header per
+/// warning (`299 - "…"`, the API server's form; kubectl prints `Warning: …`).
+fn respond(code: StatusCode, v: &Value, proto_out: bool, warnings: &[String]) -> Response {
+    let mut resp = match proto_out.then(|| proto::encode(v)).flatten() {
+        Some(body) => (code, [(header::CONTENT_TYPE, proto::MEDIA_TYPE)], body).into_response(),
+        None => json_resp(code, v),
+    };
+    for w in warnings {
+        let quoted = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(h) = axum::http::HeaderValue::from_str(&quoted) {
+            resp.headers_mut().append(header::WARNING, h);
+        }
+    }
+    resp
+}
+
+/// Whether the request body is protobuf (`Content-Type: application/vnd.kubernetes.protobuf`).
+fn is_proto(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|ct| ct.trim() == proto::MEDIA_TYPE)
+}
+
+/// The object in a POST or PUT body (protobuf, JSON or YAML) and the fields a JSON body
+/// repeats.
+///
+/// Errors: 400 BadRequest for a body that does not decode; for protobuf worded as the API
+/// server's `transformDecodeError` (`ConfigMap in version "v1" cannot be handled as a
+/// ConfigMap: …`).
+fn object_body(
+    rt: &ResourceType,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Value, Vec<String>), ApiError> {
+    if is_proto(headers) {
+        return proto::decode(body).map(|v| (v, Vec::new())).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{k} in version \"{v}\" cannot be handled as a {k}: {e}",
+                k = rt.kind,
+                v = rt.gvr.version
+            ))
+        });
+    }
+    let v = parse_body(body)?;
+    Ok((v, schema::duplicate_fields(body)))
 }
 
 fn err_resp(e: ApiError) -> Response {
@@ -260,7 +311,13 @@ async fn handle(State(c): State<EmulatedCluster>, req: Request) -> Response {
             json_resp(StatusCode::OK, &super::openapi::index(&types))
         }
         (Method::GET, ["openapi", "v3", rest @ ..]) => {
-            match super::openapi::document(&types, &rest.join("/"), &c.kubernetes_version()) {
+            let crd_schemas = c.state().crd_schemas();
+            match super::openapi::document(
+                &types,
+                &crd_schemas,
+                &rest.join("/"),
+                &c.kubernetes_version(),
+            ) {
                 Some(doc) => json_resp(StatusCode::OK, &doc),
                 None => err_resp(ApiError::no_resource()),
             }
@@ -324,9 +381,20 @@ fn resource_request(
     };
     let gvr = t.rt.gvr.clone();
     let ns = t.ns.as_deref();
-    let ctx = WriteCtx {
+    let proto_out = proto::has_kind(&t.rt.api_version(), &t.rt.kind)
+        && proto::accepts(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let validation = match FieldValidation::parse(q.get("fieldValidation").map(String::as_str)) {
+        Ok(v) => v,
+        Err(e) if matches!(method, Method::POST | Method::PUT | Method::PATCH) => {
+            return respond(StatusCode::BAD_REQUEST, &e.status_json(), proto_out, &[])
+        }
+        Err(_) => FieldValidation::Warn,
+    };
+    let mut ctx = WriteCtx {
         manager: manager(q, headers),
         dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
+        validation: Some(validation),
+        ..WriteCtx::default()
     };
     let fm = q.get("fieldManager").map(String::as_str);
     let result: Result<(StatusCode, Value), ApiError> = match (&method, &t.name) {
@@ -340,8 +408,9 @@ fn resource_request(
             .state()
             .get(&gvr, ns, name)
             .map(|v| (StatusCode::OK, Value::clone(&v))),
-        (&Method::POST, None) => match parse_body(&body) {
-            Ok(obj) => {
+        (&Method::POST, None) => match object_body(&t.rt, headers, &body) {
+            Ok((obj, dups)) => {
+                ctx.duplicates = dups;
                 let mut st = c.state();
                 let r = st.create(&gvr, ns, obj, &ctx);
                 if let Ok(v) = &r {
@@ -356,8 +425,9 @@ fn resource_request(
             }
             Err(e) => Err(e),
         },
-        (&Method::PUT, Some(name)) => match parse_body(&body) {
-            Ok(obj) => {
+        (&Method::PUT, Some(name)) => match object_body(&t.rt, headers, &body) {
+            Ok((obj, dups)) => {
+                ctx.duplicates = dups;
                 let mut st = c.state();
                 let r = st.update(&gvr, ns, name, obj, t.status, &ctx);
                 if let Ok((_, changed)) = &r {
@@ -423,7 +493,7 @@ fn resource_request(
         (&Method::DELETE, Some(name)) if !t.status => {
             let mut st = c.state();
             let mut dry_run = ctx.dry_run;
-            let r = delete_options(&body).and_then(|opts| {
+            let r = delete_body(headers, &body).and_then(|opts| {
                 dry_run |= opts.dry_run;
                 check_preconditions(&st, &gvr, ns, name, &opts)?;
                 st.delete(&gvr, ns, name, dry_run)
@@ -433,10 +503,10 @@ fn resource_request(
             }
             r.map(|(v, _)| (StatusCode::OK, v))
         }
-        (&Method::DELETE, None) => delete_options(&body).and_then(|opts| {
+        (&Method::DELETE, None) => delete_body(headers, &body).and_then(|opts| {
             let ctx = WriteCtx {
                 dry_run: ctx.dry_run || opts.dry_run,
-                ..ctx
+                ..ctx.clone()
             };
             delete_collection(c, &t.rt, ns, q, &ctx)
         }),
@@ -444,10 +514,28 @@ fn resource_request(
             "the server does not allow this method on the requested resource ({method})"
         ))),
     };
+    let warnings = ctx.warnings.borrow().clone();
     match result {
-        Ok((code, v)) => json_resp(code, &v),
-        Err(e) => err_resp(e),
+        Ok((code, v)) => respond(code, &v, proto_out, &warnings),
+        Err(e) => respond(
+            StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &e.status_json(),
+            proto_out,
+            &[],
+        ),
     }
+}
+
+/// The `DeleteOptions` of a DELETE body in protobuf (client-go's typed clients) or JSON.
+///
+/// Errors: 400 BadRequest when the body does not decode.
+fn delete_body(headers: &HeaderMap, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    if is_proto(headers) && !body.is_empty() {
+        let v = proto::decode(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions body: {e}")))?;
+        return delete_options(v.to_string().as_bytes());
+    }
+    delete_options(body)
 }
 
 /// The parts of a DELETE's `DeleteOptions` body (`meta.k8s.io/v1`) the emulator honours:

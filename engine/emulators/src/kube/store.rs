@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 
 use super::fields::{self, ManagedEntry};
+use super::schema;
 use super::select::{FieldSelector, LabelSelector};
 use super::{ChangeEvent, Gvr, ResourceType, WriteRecord};
 
@@ -132,7 +133,7 @@ impl ApiError {
     }
     /// The `Status` JSON body.
     pub(crate) fn status_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -141,7 +142,13 @@ impl ApiError {
             "reason": self.reason,
             "details": self.details,
             "code": self.code,
-        })
+        });
+        if self.reason.is_empty() {
+            if let Some(m) = v.as_object_mut() {
+                m.remove("reason");
+            }
+        }
+        v
     }
 }
 
@@ -177,11 +184,57 @@ pub(crate) struct StoredEvent {
     pub object: Arc<Value>,
 }
 
-/// What the writer is and whether the write is a dry run.
-#[derive(Clone, Debug)]
+/// What the writer is, whether the write is a dry run, and how it handles unknown fields.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct WriteCtx {
     pub manager: String,
     pub dry_run: bool,
+    /// `?fieldValidation=` of an HTTP write; `None` for the direct API (not checked).
+    pub validation: Option<FieldValidation>,
+    /// Paths of fields the request body repeated (JSON bodies of POST and PUT).
+    pub duplicates: Vec<String>,
+    /// What the response reports in `Warning` headers (`fieldValidation=Warn`).
+    pub warnings: std::cell::RefCell<Vec<String>>,
+}
+
+/// How a write treats fields its type's schema does not declare, and duplicate fields
+/// (`?fieldValidation=`, KEP-2885). Unknown fields are dropped from the stored object in
+/// every mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FieldValidation {
+    /// Drop them silently.
+    Ignore,
+    /// Drop them and say so in a `Warning: 299 - "unknown field \"…\""` header per field.
+    /// The API server's default when the parameter is absent (`fieldValidation()` in
+    /// `k8s.io/apiserver/pkg/endpoints/handlers/rest.go`: "Warn (default)").
+    Warn,
+    /// Refuse the write: 400 BadRequest `strict decoding error: unknown field "spec.foo"`.
+    Strict,
+}
+
+impl FieldValidation {
+    /// Parses `?fieldValidation=` (absent or empty: [`FieldValidation::Warn`]).
+    ///
+    /// Errors: any other value is the API server's 400 for an unsupported directive.
+    pub(crate) fn parse(v: Option<&str>) -> Result<Self, ApiError> {
+        match v.unwrap_or("") {
+            "" | "Warn" => Ok(FieldValidation::Warn),
+            "Ignore" => Ok(FieldValidation::Ignore),
+            "Strict" => Ok(FieldValidation::Strict),
+            other => Err(ApiError::bad_request(format!(
+                "fieldValidation: Unsupported value: \"{other}\": supported values: \"Ignore\", \"Strict\", \"Warn\""
+            ))),
+        }
+    }
+}
+
+/// Which handler decodes the body, for the wording of a strict decoding error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decoding {
+    /// POST and PUT: the body is decoded as an object of the kind.
+    Object,
+    /// Merge, JSON and strategic merge patches: the patched object is decoded.
+    Patch,
 }
 
 /// An admission step (mutating then validating webhooks) run on every write of the main resource
@@ -621,6 +674,157 @@ impl State {
         (Arc::unwrap_or_clone(shared), true)
     }
 
+    /// The schema objects of `rt` are checked against: a built-in kind's, or the
+    /// `openAPIV3Schema` of the CRD object declaring the type (none for types registered
+    /// without one).
+    fn type_schema(&self, rt: &ResourceType) -> Option<schema::TypeSchema> {
+        if let Some(s) = schema::TypeSchema::builtin(&rt.gvr) {
+            return Some(s);
+        }
+        let name = format!("{}.{}", rt.gvr.plural, rt.gvr.group);
+        let crd = self.objects.get(&(crd_gvr(), String::new(), name))?;
+        let version = crd
+            .pointer("/spec/versions")?
+            .as_array()?
+            .iter()
+            .find(|v| v.get("name").and_then(Value::as_str) == Some(rt.gvr.version.as_str()))?;
+        schema::TypeSchema::custom(version.pointer("/schema/openAPIV3Schema")?)
+    }
+
+    /// The `openAPIV3Schema` of every served custom resource version whose CRD object declares
+    /// one, by group/version/plural.
+    pub(crate) fn crd_schemas(&self) -> BTreeMap<Gvr, Value> {
+        let mut out = BTreeMap::new();
+        for ((_, _, _), crd) in self
+            .objects
+            .range((crd_gvr(), String::new(), String::new())..)
+            .take_while(|((g, _, _), _)| *g == crd_gvr())
+        {
+            let types = crd_types(crd);
+            for t in types {
+                let schema = crd
+                    .pointer("/spec/versions")
+                    .and_then(Value::as_array)
+                    .and_then(|vs| {
+                        vs.iter().find(|v| {
+                            v.get("name").and_then(Value::as_str) == Some(t.gvr.version.as_str())
+                        })
+                    })
+                    .and_then(|v| v.pointer("/schema/openAPIV3Schema"));
+                if let Some(s) = schema {
+                    out.insert(t.gvr, s.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Drops the fields of `obj` that `rt`'s schema does not declare and handles them (and
+    /// `ctx.duplicates`) as `ctx.validation` says: nothing more under `Ignore`, warnings under
+    /// `Warn`, a 400 under `Strict` worded as the API server's strict decoding errors
+    /// (`ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error:
+    /// unknown field "spec.foo"` for POST/PUT, `strict decoding error: …` for patches). Fields
+    /// `old` already had (written through the direct API) are dropped without a report.
+    fn check_fields(
+        &self,
+        rt: &ResourceType,
+        obj: &mut Value,
+        old: Option<&Value>,
+        ctx: &WriteCtx,
+        how: Decoding,
+    ) -> Result<(), ApiError> {
+        let Some(mode) = ctx.validation else {
+            return Ok(());
+        };
+        let mut unknown = match self.type_schema(rt) {
+            Some(s) => {
+                let before = old
+                    .map(|o| schema::prune(&s, &mut o.clone()))
+                    .unwrap_or_default();
+                let mut u = schema::prune(&s, obj);
+                u.retain(|p| !before.contains(p));
+                u
+            }
+            None => Vec::new(),
+        };
+        let mut problems: Vec<String> = std::mem::take(&mut unknown)
+            .into_iter()
+            .map(|p| format!("unknown field \"{p}\""))
+            .collect();
+        if how == Decoding::Object {
+            problems.extend(
+                ctx.duplicates
+                    .iter()
+                    .map(|p| format!("duplicate field \"{p}\"")),
+            );
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        match mode {
+            FieldValidation::Ignore => Ok(()),
+            FieldValidation::Warn => {
+                ctx.warnings.borrow_mut().extend(problems);
+                Ok(())
+            }
+            FieldValidation::Strict => {
+                let e = format!("strict decoding error: {}", problems.join(", "));
+                Err(ApiError::bad_request(match how {
+                    Decoding::Object => format!(
+                        "{k} in version \"{v}\" cannot be handled as a {k}: {e}",
+                        k = rt.kind,
+                        v = rt.gvr.version
+                    ),
+                    Decoding::Patch => e,
+                }))
+            }
+        }
+    }
+
+    /// Server-side apply's check of the applied configuration: a field its type's schema does
+    /// not declare fails the apply whatever `fieldValidation` says, with the API server's
+    /// 500 (`failed to create typed patch object (ns/name; group/version, Kind=K): .spec.foo:
+    /// field not declared in schema`; structured-merge-diff's typed conversion,
+    /// kubernetes/kubernetes#122480 and #139253).
+    fn check_applied(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        cfg: &Value,
+        ctx: &WriteCtx,
+    ) -> Result<(), ApiError> {
+        if ctx.validation.is_none() {
+            return Ok(());
+        }
+        let Some(s) = self.type_schema(rt) else {
+            return Ok(());
+        };
+        let unknown = schema::prune(&s, &mut cfg.clone());
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let errs: Vec<String> = unknown
+            .iter()
+            .map(|p| format!(".{p}: field not declared in schema"))
+            .collect();
+        let errs = match errs.as_slice() {
+            [one] => one.clone(),
+            _ => format!("errors:\n  {}", errs.join("\n  ")),
+        };
+        // `schema.GroupVersionKind.String()`: `/v1, Kind=ConfigMap` for the core group.
+        let gv = format!("{}/{}", rt.gvr.group, rt.gvr.version);
+        Err(ApiError::new(
+            500,
+            "",
+            format!(
+                "failed to create typed patch object ({}/{name}; {gv}, Kind={}): {errs}",
+                ns.unwrap_or(""),
+                rt.kind
+            ),
+        ))
+    }
+
     /// POST: creates `obj` (namespace from `ns` or the body; name from `metadata.name` or
     /// `metadata.generateName`).
     pub(crate) fn create(
@@ -634,6 +838,7 @@ impl State {
         if !obj.is_object() {
             return Err(ApiError::bad_request("request body must be an object"));
         }
+        self.check_fields(&rt, &mut obj, None, ctx, Decoding::Object)?;
         let body_ns = meta(&obj, "namespace").filter(|s| !s.is_empty());
         let ns: Option<String> = if rt.namespaced {
             match (ns, body_ns) {
@@ -715,6 +920,8 @@ impl State {
         if !body.is_object() {
             return Err(ApiError::bad_request("request body must be an object"));
         }
+        let stored = self.objects.get(&Self::key(&rt, ns, name)).cloned();
+        self.check_fields(&rt, &mut body, stored.as_deref(), ctx, Decoding::Object)?;
         if let Some(bn) = meta(&body, "name") {
             if bn != name {
                 return Err(ApiError::bad_request(format!(
@@ -866,6 +1073,7 @@ impl State {
                 "the patch result is not an object",
             ));
         }
+        self.check_fields(&rt, &mut patched, Some(&old), ctx, Decoding::Patch)?;
         self.check_rv(&rt, name, &old, &patched)?;
         fold_string_data(gvr, &mut patched);
         let cand = self.merge_scope(&rt, &old, patched, status);
@@ -928,6 +1136,7 @@ impl State {
                 }
             }
         }
+        self.check_applied(rt, ns, name, &cfg, ctx)?;
         fold_string_data(gvr, &mut cfg);
         let key = Self::key(rt, ns, name);
         let old = self.objects.get(&key).map(|o| Value::clone(o));
@@ -1121,17 +1330,34 @@ fn apply_conflict(gvr: &Gvr, name: &str, c: &[fields::Conflict]) -> ApiError {
 }
 
 /// What the API server (and its built-in controllers) add to a new object: a Namespace's
-/// `kubernetes` finalizer and `Active` phase, a CRD's Established status.
+/// `kubernetes` finalizer and `Active` phase, a CRD's Established status, a Secret's `Opaque`
+/// type.
 fn create_defaults(gvr: &Gvr, obj: &mut Value) {
     if gvr == &Gvr::new("", "v1", "namespaces") {
         if let Some(m) = obj.as_object_mut() {
-            m.entry("spec")
-                .or_insert_with(|| json!({"finalizers": ["kubernetes"]}));
+            let spec = m.entry("spec").or_insert_with(|| json!({}));
+            if !spec.is_object() {
+                *spec = json!({});
+            }
+            if spec.get("finalizers").is_none_or(Value::is_null) {
+                spec["finalizers"] = json!(["kubernetes"]);
+            }
             m.insert("status".into(), json!({"phase": "Active"}));
         }
     }
     if gvr == &crd_gvr() {
         crd_accept(obj);
+    }
+    // `SetDefaults_Secret`: a Secret without a type is `Opaque`.
+    if gvr == &Gvr::new("", "v1", "secrets") {
+        if let Some(m) = obj.as_object_mut() {
+            if m.get("type")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                m.insert("type".into(), json!("Opaque"));
+            }
+        }
     }
 }
 
