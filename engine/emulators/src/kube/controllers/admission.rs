@@ -7,8 +7,17 @@
 //!    a changed `run.tanzu.vmware.com/tkr` label pauses the Cluster;
 //! 3. TKR resolver `tkr-resolver-cluster-webhook.tanzu.vmware.com`: label, `TKR_DATA`, MD
 //!    overrides, `topology.version` ← Kubernetes version; 403 when nothing resolves;
-//! 4. CAPI validation `validation.cluster.cluster.x-k8s.io`: class, version, MachineDeployments,
-//!    variables against the class schemas, version changes on update (422).
+//! 4. the API server's own `metadata.name` check on create (DNS-1123 subdomain, 422 without a
+//!    webhook prefix);
+//! 5. CAPI validation `validation.cluster.cluster.x-k8s.io`: Cluster name as a label value,
+//!    removal of `spec.topology`, class, version, MachineDeployments, variables against the class
+//!    schemas (the `jsonschema` crate, errors rendered as CAPI renders go-openapi's), version
+//!    changes on update with build metadata (422).
+//!
+//! Sources: kubernetes-sigs/cluster-api v1.2 `internal/webhooks/cluster.go` (`Default`,
+//! `validate`, `validateTopology`), `internal/topology/check/compatibility.go`,
+//! `internal/topology/variables/cluster_variable_validation.go`, `util/version/version.go`;
+//! k8s.io/apimachinery `pkg/util/validation`; tkg2-aws-class-based.md §4.
 //!
 //! Denials carry the API server's prefix `admission webhook "<name>" denied the request: `.
 
