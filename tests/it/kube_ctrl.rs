@@ -516,8 +516,8 @@ async fn ctrl_missing_cluster_class_is_denied_by_the_defaulting_webhook() {
     assert_eq!(e.reason, "InternalError");
     assert_eq!(
         e.message,
-        "admission webhook \"default.cluster.cluster.x-k8s.io\" denied the request: Cluster orphan can't be validated. \
-         ClusterClass no-such-class can not be retrieved: clusterclasses.cluster.x-k8s.io \"no-such-class\" not found"
+        "admission webhook \"default.cluster.cluster.x-k8s.io\" denied the request: Internal error occurred: Cluster orphan can't be validated. \
+         ClusterClass no-such-class can not be retrieved.: ClusterClass.cluster.x-k8s.io \"no-such-class\" not found"
     );
     // The class exists in tkg-system, but CAPI 1.2 looks in the Cluster's namespace: a namespace
     // the class is not propagated into (provider namespaces) cannot host Clusters.
@@ -1374,13 +1374,13 @@ async fn ctrl_admission_denies_invalid_clusters_with_real_codes() {
     );
     assert!(
         e.message
-            .contains("spec.topology.variables[1].value.daysBefore: Invalid value: 3"),
+            .contains("spec.topology.variables[1].value.daysBefore: Invalid value: \"{\\\"activate\\\":true,\\\"daysBefore\\\":3}\": daysBefore in body should be greater than or equal to 7"),
         "{}",
         e.message
     );
     assert!(
         e.message
-            .contains("spec.topology.variables[6].value: Invalid value: \"string\""),
+            .contains("spec.topology.variables[6].value: Invalid value: \"\\\"yes\\\"\": must be of type boolean: \"string\""),
         "{}",
         e.message
     );
@@ -1513,7 +1513,7 @@ async fn ctrl_dry_run_persists_nothing_and_version_cannot_decrease() {
     };
     assert_eq!(e.code, 422);
     assert!(
-        e.message.contains("spec.topology.version: Invalid value: \"v1.24.11+vmware.1\": version cannot be decreased from \"v1.25.7+vmware.2\" to \"v1.24.11+vmware.1\""),
+        e.message.contains("spec.topology.version: Invalid value: \"v1.24.11+vmware.1\": version cannot be decreased from \"1.25.7+vmware.2\" to \"1.24.11+vmware.1\""),
         "{}", e.message
     );
 
@@ -1542,7 +1542,7 @@ async fn ctrl_dry_run_persists_nothing_and_version_cannot_decrease() {
         other => panic!("expected denial, got {other:?}"),
     };
     assert_eq!(e.code, 422);
-    let want = "spec.topology.version: Forbidden: version cannot be increased from \"v1.23.17+vmware.1\" to \"v1.25.7+vmware.2\"";
+    let want = "spec.topology.version: Forbidden: version cannot be increased from \"1.23.17+vmware.1\" to \"1.25.7+vmware.2\"";
     assert!(e.message.contains(want), "{}", e.message);
 
     // An MD whose OSImage differs from the control plane's gets its own TKR_DATA override.
@@ -1573,6 +1573,156 @@ async fn ctrl_dry_run_persists_nothing_and_version_cannot_decrease() {
         variable(&mixed, "TKR_DATA").unwrap()[K8S]["labels"]["os-name"],
         "ubuntu"
     );
+}
+
+/// Patches Cluster `name` with a merge patch through the real client; returns the API error it
+/// must fail with.
+async fn patch_err(
+    api: &kube::Api<kube::core::DynamicObject>,
+    name: &str,
+    patch: Value,
+) -> Box<kube::core::Status> {
+    match api
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+    {
+        Err(kube::Error::Api(e)) => e,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Replaces the value of variable `name` in a rendered Cluster.
+fn set_var(obj: &mut Value, name: &str, value: Value) {
+    for v in obj["spec"]["topology"]["variables"].as_array_mut().unwrap() {
+        if v["name"] == name {
+            v["value"] = value.clone();
+        }
+    }
+}
+
+const VALIDATING: &str =
+    "admission webhook \"validation.cluster.cluster.x-k8s.io\" denied the request: ";
+
+/// Issue 18 item 6: names, topology/class removal, build-metadata downgrades, required fields of
+/// `bastion`/`auditLogging`/`trust` and `format: cidr`, each refused as CAPI 1.2.8 refuses it.
+#[tokio::test]
+async fn ctrl_admission_refuses_names_removals_downgrades_and_schema_formats() {
+    let env = env().await;
+    let api = cluster_api(env.mgmt.client().await.expect("client"), "default");
+
+    // A 64-character name is a valid DNS subdomain but not a label value: CAPI refuses it.
+    let long = format!("c{}", "x".repeat(63));
+    let e = create_err(&api, cluster_obj(&long, CLASS, 1, 1)).await;
+    assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        e.message,
+        format!("{VALIDATING}Cluster.cluster.x-k8s.io \"{long}\" is invalid: metadata.name: Invalid value: \"{long}\": must be a valid label value must be no more than 63 characters")
+    );
+    // Not a DNS-1123 subdomain: the API server itself refuses it, without a webhook prefix.
+    let e = create_err(&api, cluster_obj("Bad_Name", CLASS, 1, 1)).await;
+    assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+    assert!(
+        e.message.starts_with("Cluster.cluster.x-k8s.io \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain must consist of"),
+        "{}", e.message
+    );
+
+    // Required fields of bastion, auditLogging and trust; malformed CIDRs.
+    let mut obj = cluster_obj("bad-values", CLASS, 1, 1);
+    set_var(&mut obj, "bastion", json!({}));
+    set_var(&mut obj, "auditLogging", json!({}));
+    obj["spec"]["topology"]["variables"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "trust", "value": {"additionalTrustedCAs": [{"name": "proxy"}]}}));
+    set_var(
+        &mut obj,
+        "network",
+        json!({"vpc": {"cidr": "10.0.0.0"}, "subnets": [{"az": "", "private": {"cidr": "10.0.300.0/24"}}]}),
+    );
+    let e = create_err(&api, obj).await;
+    assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+    for want in [
+        "spec.topology.variables[7].value.enabled: Required value",
+        "spec.topology.variables[12].value.additionalTrustedCAs[0].data: Required value",
+        "spec.topology.variables[8].value.vpc.cidr: Invalid value: \"{\\\"subnets\\\":[{\\\"az\\\":\\\"\\\",\\\"private\\\":{\\\"cidr\\\":\\\"10.0.300.0/24\\\"}}],\\\"vpc\\\":{\\\"cidr\\\":\\\"10.0.0.0\\\"}}\": vpc.cidr in body must be of type cidr: \"10.0.0.0\"",
+        "spec.topology.variables[8].value.subnets[0].private.cidr: Invalid value:",
+    ] {
+        assert!(e.message.contains(want), "missing {want}\nin {}", e.message);
+    }
+    // auditLogging's required `enabled` has a nested default, which the defaulting webhook fills.
+    assert!(!e.message.contains("variables[2]"), "{}", e.message);
+    let causes = &e.details.as_ref().expect("details").causes;
+    assert!(
+        causes.iter().any(|c| c.reason == "FieldValueTypeInvalid"
+            && c.field == "spec.topology.variables[8].value.subnets[0].private.cidr"
+            && c.message.ends_with(
+                "subnets[0].private.cidr in body must be of type cidr: \"10.0.300.0/24\""
+            )),
+        "{causes:?}"
+    );
+    assert!(
+        causes.iter().any(|c| c.reason == "FieldValueRequired"
+            && c.field == "spec.topology.variables[7].value.enabled"),
+        "{causes:?}"
+    );
+
+    // An existing Cluster: its topology, its class and its version's build metadata.
+    api.create(
+        &kube::api::PostParams::default(),
+        &dynamic(cluster_obj("keep", CLASS, 1, 1)),
+    )
+    .await
+    .expect("create");
+    let e = patch_err(&api, "keep", json!({"spec": {"topology": null}})).await;
+    assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        e.message,
+        format!("{VALIDATING}Cluster.cluster.x-k8s.io \"keep\" is invalid: spec.topology: Forbidden: cannot be removed from an existing Cluster")
+    );
+    let e = patch_err(&api, "keep", json!({"spec": {"topology": {"class": null}}})).await;
+    assert_eq!((e.code, e.reason.as_str()), (500, "InternalError"));
+    assert_eq!(
+        e.message,
+        "admission webhook \"default.cluster.cluster.x-k8s.io\" denied the request: Internal error occurred: Cluster keep can't be validated. \
+         ClusterClass  can not be retrieved.: ClusterClass.cluster.x-k8s.io \"\" not found"
+    );
+    let e = patch_err(
+        &api,
+        "keep",
+        json!({"spec": {"topology": {"class": "tkg-aws-default-v1.1.0"}}}),
+    )
+    .await;
+    assert_eq!((e.code, e.reason.as_str()), (500, "InternalError"));
+    assert!(
+        e.message
+            .contains("ClusterClass tkg-aws-default-v1.1.0 can not be retrieved."),
+        "{}",
+        e.message
+    );
+    // vmware.2 → vmware.1 of the same patch release is a downgrade (the resolver is skipped for a
+    // paused Cluster, so the version reaches the validator as sent).
+    let e = patch_err(
+        &api,
+        "keep",
+        json!({"spec": {"paused": true, "topology": {"version": "v1.25.7+vmware.1"}}}),
+    )
+    .await;
+    assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        e.message,
+        format!("{VALIDATING}Cluster.cluster.x-k8s.io \"keep\" is invalid: spec.topology.version: Invalid value: \"v1.25.7+vmware.1\": version cannot be decreased from \"1.25.7+vmware.2\" to \"1.25.7+vmware.1\"")
+    );
+    // Nothing of it was stored: the Cluster keeps its topology, class and version.
+    let kept = env
+        .mgmt
+        .get(&gvr_cluster(), Some("default"), "keep")
+        .expect("kept");
+    assert_eq!(kept["spec"]["topology"]["class"], CLASS);
+    assert_eq!(kept["spec"]["topology"]["version"], K8S);
 }
 
 #[tokio::test]

@@ -306,87 +306,55 @@ pub fn ami_id(tkr_version: &str, os_name: &str, region: &str) -> String {
     )
 }
 
-fn variable(name: &str, required: bool, schema: Value) -> Value {
-    json!({"name": name, "required": required, "schema": {"openAPIV3Schema": schema}})
-}
+/// The real variable schemas of `tkg-aws-default-v1.0.0` (fixture restated from tanzu-framework
+/// `packages/tkg-clusterclass-aws/bundle/config/upstream/base.yaml` and
+/// `overlay-kube-apiserver-admission.yaml`; the fixture names its sources).
+const CLASS_VARIABLES_FIXTURE: &str =
+    include_str!("fixtures/tkg-aws-default-v1.0.0-variables.yaml");
 
-const TLS_CIPHER_SUITES: &str = "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305";
-
-/// The `spec.variables` of the AWS ClusterClass (tkg2-aws-class-based.md §2).
+/// The `spec.variables` of the AWS ClusterClass (tkg2-aws-class-based.md §2): the fixture
+/// [`CLASS_VARIABLES_FIXTURE`] with the management cluster's defaults from `seed` (`region`,
+/// `sshKeyName`, `cni`, `bastion`), TKG 2.2's `additionalImageRegistries`
+/// (`TF22:CCAWS/base.yaml:301-317`) and the assumed 2.3/2.4 casing of the control plane
+/// security group key. An unparsable fixture (a build defect, covered by the unit tests) gives
+/// no variables.
 pub(crate) fn class_variables(seed: &ManagementSeed) -> Vec<Value> {
     let v = seed.tkg_version;
-    let string_map =
-        json!({"type": "object", "additionalProperties": {"type": "string"}, "default": {}});
-    let subnet = json!({"type": "object", "properties": {"id": {"type": "string"}, "cidr": {"type": "string"}}});
-    let key_value = json!({"type": "array", "items": {"type": "object", "properties": {
-        "key": {"type": "string"}, "value": {"type": "string"}}}});
-    let pss_level = json!({"type": "string", "enum": ["", "privileged", "baseline", "restricted"]});
-    let mut vars = Vec::new();
-    for n in [
-        "etcdExtraArgs",
-        "apiServerExtraArgs",
-        "kubeSchedulerExtraArgs",
-        "kubeControllerManagerExtraArgs",
-        "controlPlaneKubeletExtraArgs",
-        "workerKubeletExtraArgs",
-    ] {
-        vars.push(variable(n, false, string_map.clone()));
+    let mut vars: Vec<Value> = serde_yaml::from_str(CLASS_VARIABLES_FIXTURE).unwrap_or_default();
+    for var in vars.iter_mut() {
+        let name = var
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let Some(schema) = var.pointer_mut("/schema/openAPIV3Schema") else {
+            continue;
+        };
+        match name.as_str() {
+            "region" => schema["default"] = json!(seed.region),
+            "sshKeyName" => schema["default"] = json!(seed.ssh_key_name),
+            "cni" => schema["default"] = json!(seed.cni),
+            "bastion" => schema["default"] = json!({"enabled": seed.bastion_enabled}),
+            "network" => {
+                let key = v.control_plane_sg_key();
+                if let Some(sg) = schema
+                    .pointer_mut("/properties/securityGroupOverrides/properties")
+                    .and_then(Value::as_object_mut)
+                {
+                    if let Some(s) = sg.remove("controlplane") {
+                        sg.insert(key.to_string(), s);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
-    vars.extend([
-        variable("tlsCipherSuites", false, json!({"type": "string", "default": TLS_CIPHER_SUITES})),
-        variable("region", true, json!({"type": "string", "default": seed.region})),
-        variable("sshKeyName", true, json!({"type": "string", "default": seed.ssh_key_name})),
-        variable("identityRef", true, json!({"type": "object", "properties": {
-            "kind": {"type": "string", "default": "AWSClusterRoleIdentity"}, "name": {"type": "string"}}})),
-        variable("bastion", false, json!({"type": "object", "properties": {
-            "enabled": {"type": "boolean"}}, "default": {"enabled": seed.bastion_enabled}})),
-        variable("loadBalancerSchemeInternal", false, json!({"type": "boolean", "default": false})),
-        variable("cni", true, json!({"type": "string", "default": seed.cni})),
-        variable("network", true, json!({"type": "object", "required": ["vpc", "subnets"], "properties": {
-            "vpc": {"type": "object", "properties": {
-                "existingID": {"type": "string"}, "cidr": {"type": "string", "default": "10.0.0.0/16"}}},
-            "subnets": {"type": "array", "items": {"type": "object", "properties": {
-                "az": {"type": "string"}, "private": subnet, "public": subnet}}},
-            "securityGroupOverrides": {"type": "object", "properties": {
-                "bastion": {"type": "string"}, "apiServerLB": {"type": "string"}, "lb": {"type": "string"},
-                v.control_plane_sg_key(): {"type": "string"}, "node": {"type": "string"}}}}})),
-        variable("proxy", false, json!({"type": "object", "required": ["httpProxy", "httpsProxy"], "properties": {
-            "httpProxy": {"type": "string"}, "httpsProxy": {"type": "string"},
-            "noProxy": {"type": "array", "items": {"type": "string"}}}})),
-        variable("controlPlane", true, json!({"type": "object", "properties": {
-            "instanceType": {"type": "string", "default": "t3.large"},
-            "rootVolume": {"type": "object", "properties": {"sizeGiB": {"type": "integer", "default": 80}}},
-            "nodeLabels": key_value}})),
-        variable("worker", true, json!({"type": "object", "properties": {
-            "instanceType": {"type": "string", "default": "m5.large"},
-            "rootVolume": {"type": "object", "properties": {"sizeGiB": {"type": "integer", "default": 80}}}}})),
-        variable("imageRepository", false, json!({"type": "object", "properties": {
-            "host": {"type": "string"}, "tlsCertificateValidation": {"type": "boolean", "default": true}}})),
-        variable("trust", false, json!({"type": "object", "properties": {
-            "additionalTrustedCAs": {"type": "array", "items": {"type": "object", "properties": {
-                "name": {"type": "string"}, "data": {"type": "string"}}}}}})),
-        variable("auditLogging", false, json!({"type": "object", "properties": {
-            "enabled": {"type": "boolean"}}, "default": {"enabled": false}})),
-        variable("nodePoolLabels", false, key_value),
-        variable("TKR_DATA", false, json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})),
-        variable("controlPlaneCertificateRotation", false, json!({"type": "object", "properties": {
-            "activate": {"type": "boolean", "default": true},
-            "daysBefore": {"type": "integer", "minimum": 7, "default": 90}}})),
-        variable("podSecurityStandard", false, json!({"type": "object", "properties": {
-            "deactivated": {"type": "boolean"}, "enforce": pss_level, "audit": pss_level, "warn": pss_level,
-            "enforceVersion": {"type": "string"}, "auditVersion": {"type": "string"}, "warnVersion": {"type": "string"},
-            "exemptions": {"type": "object", "properties": {"namespaces": {"type": "array", "items": {"type": "string"}}}}}})),
-        variable("eventRateLimitConf", false, json!({"type": "string", "default": ""})),
-    ]);
     if v != TkgVersion::V2_1 {
-        vars.push(variable(
-            "additionalImageRegistries",
-            false,
-            json!({"type": "array", "items": {
+        vars.push(json!({"name": "additionalImageRegistries", "required": false, "schema": {"openAPIV3Schema": {
+            "type": "array", "items": {
             "type": "object", "required": ["host"], "properties": {
                 "host": {"type": "string"}, "skipTlsVerify": {"type": "boolean", "default": false},
-                "caCert": {"type": "string"}}}}),
-        ));
+                "caCert": {"type": "string"}}}}}}));
     }
     vars
 }

@@ -19,9 +19,10 @@
 //!
 //! # The emulated TKG 2.x management cluster (tkg2-aws-class-based.md)
 //! [`seed_management_cluster_with`] makes a TKG 2.1–2.4 management cluster ([`TkgVersion`]):
-//! - the class-based AWS ClusterClass [`TkgVersion::cluster_class`] in `tkg-system` with the §2
-//!   variable schemas (required flags, types, enums, nested `required`, `minimum`, defaults from
-//!   the [`ManagementSeed`]) and the class-level MachineHealthChecks (§5); the object-propagation
+//! - the class-based AWS ClusterClass [`TkgVersion::cluster_class`] in `tkg-system` with the real
+//!   variable schemas of `tkg-aws-default-v1.0.0` (fixture
+//!   `fixtures/tkg-aws-default-v1.0.0-variables.yaml`, sources named in it; defaults from the
+//!   [`ManagementSeed`]) and the class-level MachineHealthChecks (§5); the object-propagation
 //!   controller (each tick and on Namespace creation) copies it into every namespace except
 //!   [`PROPAGATION_EXCLUDED_NAMESPACES`] and those labelled `cluster.x-k8s.io/provider` (§1);
 //! - TanzuKubernetesReleases ([`TkgVersion::compatible_tkrs`], plus [`INCOMPATIBLE_TKR`] labelled
@@ -33,9 +34,11 @@
 //!   in the Cluster's namespace or 500, undeclared variables 422, top-level and nested defaults),
 //!   cluster pause on a TKR change (UPDATE), the TKR resolver (label [`TKR_LABEL`], `TKR_DATA`, MD
 //!   overrides, version rewrite; 403 when nothing resolves), CAPI validation
-//!   (`validation.cluster.cluster.x-k8s.io`, 422: class, semver, MachineDeployment classes and
-//!   names, required variables, schemas, overrides, version decrease / +2 minors; unknown nested
-//!   fields rejected only for 2.3/2.4).
+//!   (`validation.cluster.cluster.x-k8s.io`, 422: Cluster name as a label value, removal of
+//!   `spec.topology`, class, `version.KubeSemver`, MachineDeployment classes and names, required
+//!   variables, schemas through the `jsonschema` crate, overrides, version decrease with build
+//!   metadata / +2 minors; unknown nested fields rejected only for 2.3/2.4), and between them the
+//!   API server's DNS-1123 check of `metadata.name` on create.
 //!
 //! The Cluster API controllers then create the topology (KCP, MDs `<cluster>-md-N-xxxxx`,
 //! AWSCluster, class MHCs), Machines with `nodeRef`s, the ClusterBootstrap and the core
@@ -48,18 +51,20 @@
 //! - 2.3/2.4 facts are assumptions (class names, `controlPlane` casing in the schema, CAPI ≥1.3
 //!   unknown-field rejection); CAPI 1.4's skip of defaulting for unreconciled classes and
 //!   `status.variables` are not modelled.
-//! - Schema keywords beyond `type`, `enum`, `required`, `minimum`, `properties`,
-//!   `additionalProperties`, `items`, `default`, `x-kubernetes-preserve-unknown-fields` are ignored
-//!   (no `format`, `maxLength`, `pattern`…); field-error texts follow apimachinery's shapes but are
-//!   not byte-for-byte identical for every case.
+//! - Formats other than `cidr` follow the `jsonschema` crate, not go-openapi's `strfmt`;
+//!   `format: int32` ranges and `x-kubernetes-validations` are not checked; with several errors
+//!   their order may differ from go-openapi's.
 //! - The resolver's query/result text is JSON, not Go's `%+v`; TKR selectors other than the
 //!   `resolve-tkr` annotation, TKR discovery, `bom-metadata` compatibility and
 //!   additional-compatible-TKR ConfigMaps are not modelled; `UpdatesAvailable` does not resolve
 //!   an OSImage per offered TKR.
-//! - Admission is skipped for Clusters being deleted; the CAPI webhooks' other checks (control
-//!   plane/MD replica rules, topology changes of class, labels) are not modelled.
-//! - ClusterBootstrap: no ClusterBootstrapTemplate cloning, no `*Config` provider objects, no
-//!   `additionalPackages`; the management-side `<cluster>-kapp-controller` PackageInstall is marked
+//! - Admission is skipped for Clusters being deleted; a class change to another *existing* class
+//!   skips CAPI's ClusterClass compatibility check; MachineDeployment topology names that are not
+//!   label values are admitted (as by CAPI 1.2.8) but do not fail the topology reconcile; replica
+//!   and MachineHealthCheck rules are not modelled.
+//! - ClusterBootstrap (`bootstrap`): a client-created one is adopted, else the template is
+//!   cloned as Antrea, EBS CSI and kapp-controller; provider `*Config` objects are not cloned nor
+//!   read, `additionalPackages` are not installed; the management-side `<cluster>-kapp-controller` PackageInstall is marked
 //!   `ReconcileSucceeded` directly; the workload core packages run as ServiceAccount
 //!   `tkg-system/tkg-core-packages-sa` (unverified name); package versions are representative.
 //! - Workload clusters still get the TKG 1.6 `tanzu-standard` repository and catalog.
