@@ -233,6 +233,11 @@ impl std::fmt::Display for GoSemver {
 }
 
 impl GoSemver {
+    /// (major, minor, patch).
+    pub(crate) fn triple(&self) -> (u64, u64, u64) {
+        (self.major, self.minor, self.patch)
+    }
+
     /// `semver.ParseTolerant(v)`; `None` where blang returns an error.
     pub(crate) fn parse_tolerant(v: &str) -> Option<Self> {
         let v = v.trim();

@@ -803,7 +803,8 @@ impl CapiController {
     /// `None` before the TKR resolver labelled the Cluster. OSImage resolution per update is
     /// not modelled: every compatible TKR resolves.
     fn updates_available(&self, cluster: &Value) -> Option<Value> {
-        use super::admission::parse_semver;
+        use super::admission::GoSemver;
+        let parse_semver = |v: &str| GoSemver::parse_tolerant(v).map(|g| g.triple());
         let current = label(cluster, TKR_LABEL)?.replace("---", "+");
         let (major, minor, patch) = parse_semver(&current)?;
         let mut updates: Vec<((u64, u64, u64), String)> = self
