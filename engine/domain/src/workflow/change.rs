@@ -262,12 +262,19 @@ pub fn set(v: &mut Value, path: &FieldPath, to: Option<&Value>, fallback: &Value
 /// Cluster too.
 pub fn machine_fields(before: &Value, after: &Value) -> Vec<ClusterFieldChange> {
     let roots = machine_roots();
-    let in_scope = |p: &FieldPath| roots.iter().any(|r| p.matches_prefix(r));
+    paired_leaves(before, after)
+        .into_iter()
+        .filter(|f| roots.iter().any(|r| f.path.matches_prefix(r)))
+        .collect()
+}
+
+/// Every leaf path of `before` or `after` ([`leaves`]), once each in path order, with its
+/// value on both sides.
+fn paired_leaves(before: &Value, after: &Value) -> Vec<ClusterFieldChange> {
     let mut paths: Vec<FieldPath> = leaves(before)
         .into_iter()
         .chain(leaves(after))
         .map(|(p, _)| p)
-        .filter(in_scope)
         .collect();
     paths.sort();
     paths.dedup();
@@ -302,28 +309,12 @@ pub fn unexpected_live(fields: &[ClusterFieldChange], live: &Value) -> Vec<Clust
 /// server-side dry run returned), with both values, in path order.
 pub fn spec_changes(live: &Value, dry_run: &Value) -> Vec<ClusterFieldChange> {
     let spec = |v: &Value| v.get("spec").cloned().unwrap_or(Value::Null);
-    let (live_spec, dry_spec) = (spec(live), spec(dry_run));
-    let mut paths: Vec<FieldPath> = leaves(&live_spec)
+    paired_leaves(&spec(live), &spec(dry_run))
         .into_iter()
-        .chain(leaves(&dry_spec))
-        .map(|(p, _)| p)
-        .collect();
-    paths.sort();
-    paths.dedup();
-    paths
-        .into_iter()
-        .filter_map(|p| {
-            let (from, to) = (get(&live_spec, &p).cloned(), get(&dry_spec, &p).cloned());
-            if from == to {
-                return None;
-            }
-            let mut full = vec![key("spec")];
-            full.extend(p.0);
-            Some(ClusterFieldChange {
-                path: FieldPath(full),
-                from,
-                to,
-            })
+        .filter(ClusterFieldChange::changes)
+        .map(|mut c| {
+            c.path.0.insert(0, key("spec"));
+            c
         })
         .collect()
 }

@@ -177,15 +177,10 @@ pub async fn upgrade_cluster(
         other => other,
     };
     // The dry run must change nothing but what the upgrade itself changes.
-    let dry = api
-        .patch(
-            &t.cluster_name,
-            &PatchParams::apply(FIELD_MANAGER).dry_run(),
-            &Patch::Apply(&config),
-        )
+    let dry = apply_cluster(&api, &t.cluster_name, &config, true)
         .await
         .map_err(refused)?;
-    let extra: Vec<String> = spec_changes(&current, &to_value(&dry))
+    let extra: Vec<String> = spec_changes(&current, &dry)
         .into_iter()
         .filter(|c| !changed_by_upgrade(&c.path))
         .map(|c| format!("- {c}"))
@@ -197,13 +192,9 @@ pub async fn upgrade_cluster(
             extra.join("\n")
         )));
     }
-    api.patch(
-        &t.cluster_name,
-        &PatchParams::apply(FIELD_MANAGER),
-        &Patch::Apply(&config),
-    )
-    .await
-    .map_err(refused)?;
+    apply_cluster(&api, &t.cluster_name, &config, false)
+        .await
+        .map_err(refused)?;
     ctx.progress.report(&format!(
         "spec.topology.version {from} → {}; Cluster API rolls the control plane first",
         inputs.tkr
@@ -244,6 +235,23 @@ fn not_an_available_update(live: &Value, tkr: &str) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// Server-side applies `config` to the Cluster `name` as [`FIELD_MANAGER`], never forced; a
+/// server-side dry run when `dry_run`. Returns the Cluster as the API server stored it (or
+/// would store it). Errors: the request's, for the caller to word ([`apply_error`]).
+async fn apply_cluster(
+    api: &Api<DynamicObject>,
+    name: &str,
+    config: &Value,
+    dry_run: bool,
+) -> Result<Value, kube::Error> {
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    if dry_run {
+        params = params.dry_run();
+    }
+    let stored = api.patch(name, &params, &Patch::Apply(config)).await?;
+    Ok(to_value(&stored))
 }
 
 /// The apply configuration of a day-2 change of the Cluster `t`: what [`FIELD_MANAGER`] applied
@@ -322,15 +330,9 @@ pub async fn resize_cluster(
         )),
         other => other,
     };
-    let dry = api
-        .patch(
-            &t.cluster_name,
-            &PatchParams::apply(FIELD_MANAGER).dry_run(),
-            &Patch::Apply(&config),
-        )
+    let dry = apply_cluster(&api, &t.cluster_name, &config, true)
         .await
         .map_err(|e| refused(e, "server-side dry run"))?;
-    let dry = to_value(&dry);
     let extra = unplanned(&inputs.fields, &live, &dry);
     if !extra.is_empty() {
         return Err(StepError::Permanent(format!(
@@ -351,13 +353,9 @@ pub async fn resize_cluster(
             changed: Vec::new(),
         });
     }
-    api.patch(
-        &t.cluster_name,
-        &PatchParams::apply(FIELD_MANAGER),
-        &Patch::Apply(&config),
-    )
-    .await
-    .map_err(|e| refused(e, "server-side apply"))?;
+    apply_cluster(&api, &t.cluster_name, &config, false)
+        .await
+        .map_err(|e| refused(e, "server-side apply"))?;
     let changed: Vec<String> = pending.iter().map(|f| f.to_string()).collect();
     ctx.progress.report(&format!(
         "{} machine field(s) applied; Cluster API scales or replaces the machines",
