@@ -503,6 +503,40 @@ fn sandbox_story_delete_removes_the_cluster_with_the_label_and_two_approvals() {
         "{out}"
     );
     crate::support::assert_golden("story-delete.md", &final_run_comment(&out));
+    // Issue 19, permissions: the story creates the cluster in an existing VPC (preflight reads,
+    // subnet tags) and deletes it (the cluster tag removed): every AWS action tkgops sent,
+    // recorded by moto itself, is what deploy/aws/iam-policy.json allows, no more, no less.
+    assert_eq!(
+        aws_actions_sent(&out),
+        iam_policy_actions(),
+        "deploy/aws/iam-policy.json must allow exactly the actions tkgops calls:\n{out}"
+    );
+}
+
+/// The AWS actions of the sandbox's `==> aws actions by tkgops: …` line.
+fn aws_actions_sent(out: &str) -> std::collections::BTreeSet<String> {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("==> aws actions by tkgops: "))
+        .unwrap_or_else(|| panic!("no AWS actions line: {out}"));
+    line.split(", ")
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every action `deploy/aws/iam-policy.json` allows.
+fn iam_policy_actions() -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join("deploy/aws/iam-policy.json")).expect("policy");
+    let policy: Value = serde_json::from_str(&text).expect("policy JSON");
+    let mut actions = std::collections::BTreeSet::new();
+    for st in policy["Statement"].as_array().expect("statements") {
+        assert_eq!(st["Effect"], "Allow", "{st}");
+        for a in st["Action"].as_array().expect("actions") {
+            actions.insert(a.as_str().expect("action").to_string());
+        }
+    }
+    actions
 }
 
 #[test]

@@ -389,3 +389,85 @@ async fn kubectl_reads_dry_runs_applies_and_waits_on_the_tkgops_cluster() {
         "{err}"
     );
 }
+
+/// Issue 18 ("waits check what was asked"): once the MachineDeployments have rolled,
+/// `kube.wait-machine-deployments` reads each one's AWSMachineTemplate and fails, naming the
+/// template, when its instance type or root volume is not what the plan asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_wait_fails_when_a_machine_deployment_runs_other_machines_than_planned() {
+    let env = env(pinniped()).await;
+    let (pre, apply) = example_steps();
+    run(&env.provider, "kube.apply", apply.clone())
+        .await
+        .expect("apply");
+    let manifest: Value = serde_yaml::from_str(apply["manifests"].as_str().unwrap()).unwrap();
+    let var = |name: &str| {
+        manifest["spec"]["topology"]["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap()["value"]
+            .clone()
+    };
+    let worker = var("worker");
+    let mds: Vec<String> = manifest["spec"]["topology"]["workers"]["machineDeployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|md| md["name"].as_str().unwrap().to_string())
+        .collect();
+    let live = env
+        .mgmt
+        .get(&clusters(), Some("default"), "team-a-prod")
+        .expect("the Cluster");
+    let k8s = live["spec"]["topology"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let inputs = |md0_type: &str| {
+        let machines: Vec<Value> = mds
+            .iter()
+            .map(|md| {
+                json!({
+                    "topology": md,
+                    "instanceType": if md == "md-0" { md0_type.to_string() } else { worker["instanceType"].as_str().unwrap().to_string() },
+                    "rootVolumeGib": worker["rootVolume"]["sizeGiB"],
+                })
+            })
+            .collect();
+        json!({
+            "managementCluster": MC,
+            "namespace": "default",
+            "clusterName": "team-a-prod",
+            "tkr": pre["tkr"],
+            "kubernetesVersion": k8s,
+            "machines": machines,
+        })
+    };
+    let asked = worker["instanceType"].as_str().unwrap();
+    let out = run(
+        &env.provider,
+        "kube.wait-machine-deployments",
+        inputs(asked),
+    )
+    .await
+    .expect("the planned machines");
+    assert_eq!(out["version"], json!(k8s), "{out}");
+
+    let m = permanent(
+        run(
+            &env.provider,
+            "kube.wait-machine-deployments",
+            inputs("m5.4xlarge"),
+        )
+        .await,
+    );
+    assert!(
+        m.contains("rolled, but not to the machines the plan asked for")
+            && m.contains("MachineDeployment md-0 runs AWSMachineTemplate team-a-prod-md-0-")
+            && m.contains(&format!("instanceType {asked} (asked m5.4xlarge)")),
+        "{m}"
+    );
+    assert!(!m.contains("md-1 runs"), "only md-0 differs: {m}");
+}

@@ -429,6 +429,11 @@ pub struct UpgradeClusterInputs {
     /// The `tkgops.dev/owner` label value the Cluster must carry (security rule 7: tkgops
     /// changes only Clusters it created for the same config repository and cluster path).
     pub owner_label: String,
+    /// The management cluster's TKG release, which sets how long the write is retried while
+    /// the TKR resolver cannot resolve the TKR yet ([`crate::tkg::TkgVersion::upgrade_patch_tries`]).
+    /// `None` in runs planned before tkgops recorded it: 2.2's budget is used then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tkg_version: Option<crate::tkg::TkgVersion>,
 }
 
 /// Inputs of `kube.resize-cluster`: the Cluster and its machine fields before and after the
@@ -472,6 +477,76 @@ pub struct KubeRolloutInputs {
     /// `status.version` and every MachineDeployment's `spec.template.spec.version` must equal
     /// it.
     pub kubernetes_version: String,
+    /// The machine shapes the plan asks for: once rolled, the AWSMachineTemplate of the
+    /// KubeadmControlPlane (`controlPlane`) or of each MachineDeployment must have them. Empty
+    /// in runs planned before tkgops recorded them: the templates are not checked then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub machines: Vec<MachineShape>,
+}
+
+/// The instance type and root volume one KubeadmControlPlane or MachineDeployment of a Cluster
+/// must run, as the ClusterClass's patches write them into its AWSMachineTemplate
+/// (`spec.template.spec.instanceType`, `rootVolume.size`; tkg2-aws-class-based.md §2
+/// `controlPlane` and `worker` rows).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineShape {
+    /// `controlPlane`, or the MachineDeployment's topology name (`md-0`, `md-1`, `md-2`).
+    pub topology: String,
+    /// The EC2 instance type, e.g. `m5.xlarge` (`CONTROL_PLANE_MACHINE_TYPE`,
+    /// `NODE_MACHINE_TYPE[_1|_2]`).
+    pub instance_type: String,
+    /// The root volume size in GiB (`AWS_CONTROL_PLANE_OS_DISK_SIZE_GIB`,
+    /// `AWS_NODE_OS_DISK_SIZE_GIB`).
+    pub root_volume_gib: u32,
+}
+
+impl MachineShape {
+    /// The topology name of the control plane in [`MachineShape::topology`].
+    pub const CONTROL_PLANE: &'static str = "controlPlane";
+
+    /// Why the AWSMachineTemplate `template` (named `template_name`, used by `who`, e.g.
+    /// `MachineDeployment md-1`) does not have this shape, or `None` when it does.
+    pub fn mismatch(
+        &self,
+        who: &str,
+        template_name: &str,
+        template: &serde_json::Value,
+    ) -> Option<String> {
+        let spec = template.pointer("/spec/template/spec");
+        let instance_type = spec
+            .and_then(|s| s.get("instanceType"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        let size = spec
+            .and_then(|s| s.pointer("/rootVolume/size"))
+            .and_then(serde_json::Value::as_u64);
+        let mut wrong = Vec::new();
+        if instance_type != self.instance_type {
+            wrong.push(format!(
+                "instanceType {} (asked {})",
+                if instance_type.is_empty() {
+                    "unset"
+                } else {
+                    instance_type
+                },
+                self.instance_type
+            ));
+        }
+        if size != Some(u64::from(self.root_volume_gib)) {
+            wrong.push(format!(
+                "rootVolume.size {} (asked {} GiB)",
+                size.map_or("unset".to_string(), |s| format!("{s} GiB")),
+                self.root_volume_gib
+            ));
+        }
+        (!wrong.is_empty()).then(|| {
+            format!(
+                "{who} runs AWSMachineTemplate {template_name} with {}",
+                wrong.join(" and ")
+            )
+        })
+    }
 }
 
 /// Inputs of `packages.update`: the packages wanted after the change (install order) and the

@@ -614,6 +614,7 @@ fn prod_air_gapped_cluster_renders_what_the_cli_renders() {
     let repo = example_repo_config();
     let mut cfg = std::fs::read_to_string(common::fixture("validate/airgap-prod.yaml")).unwrap();
     cfg.push_str(concat!(
+        "TKG_HTTP_PROXY_ENABLED: true\n",
         "TKG_HTTP_PROXY: http://proxy.corp.example:3128\n",
         "TKG_HTTPS_PROXY: http://proxy.corp.example:3128\n",
         "TKG_NO_PROXY: .corp.example, 10.0.0.0/8\n",
@@ -702,10 +703,28 @@ fn prod_air_gapped_cluster_renders_what_the_cli_renders() {
     let var = |n: &str| vars.iter().find(|v| v["name"] == n).unwrap()["value"].clone();
     assert_eq!(
         var("proxy")["noProxy"],
-        serde_json::json!([".corp.example", "10.0.0.0/8"])
+        serde_json::json!([
+            ".corp.example",
+            "10.0.0.0/8",
+            "100.64.0.0/13",
+            "100.96.0.0/11",
+            "10.0.0.0/16",
+            "169.254.0.0/16",
+            "127.0.0.1",
+            "localhost",
+            ".svc",
+            ".svc.cluster.local"
+        ]),
+        "TKG_NO_PROXY with what the CLI adds: the file's service and pod CIDRs, config_default's \
+         AWS_VPC_CIDR, the link-local range, localhost and the service suffixes"
     );
     assert!(var("proxy").get("systemWide").is_none());
-    assert_eq!(var("imageRepository")["tlsCertificateValidation"], true);
+    assert!(
+        var("imageRepository")
+            .get("tlsCertificateValidation")
+            .is_none(),
+        "emitted only when verification is skipped (CVA:399-409)"
+    );
     assert_eq!(
         var("trust")["additionalTrustedCAs"][0]["name"],
         "imageRepository"

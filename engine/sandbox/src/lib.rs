@@ -475,6 +475,19 @@ impl Environment {
         )
     }
 
+    /// One line on the AWS API actions tkgops sent to moto so far, sorted, e.g.
+    /// `aws actions by tkgops: ec2:CreateTags, ec2:DescribeSubnets`; what
+    /// `deploy/aws/iam-policy.json` must allow (a test compares them).
+    pub fn aws_actions_summary(&self) -> String {
+        match self.moto.actions_sent_by(tkgops_providers::aws::APP_NAME) {
+            Ok(a) => format!(
+                "aws actions by tkgops: {}",
+                a.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+            Err(e) => format!("aws actions by tkgops: unknown ({e})"),
+        }
+    }
+
     /// What a person needs to drive this environment like GitHub, as written by [`serve`]:
     /// the GitHub API, git and webhook URLs, the webhook secret, the users' tokens
     /// (`github.users`) and repository roles (`github.roles`: `reader` has `read`), the
@@ -1029,6 +1042,7 @@ async fn story(
     println!("{}", env.conversation(pr));
     println!("==> final state\n{}", env.final_state(&cluster, "default"));
     println!("==> {}", env.webhook_summary());
+    println!("==> {}", env.aws_actions_summary());
     Ok(apply == "success")
 }
 

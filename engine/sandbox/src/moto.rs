@@ -99,6 +99,8 @@ pub struct MotoServer {
     http: reqwest::Client,
     // Keeps moto's log file alive (deleted on drop).
     _log: tempfile::NamedTempFile,
+    // moto's request recording (`MOTO_ENABLE_RECORDING`), read by `MotoServer::actions_sent_by`.
+    recording: tempfile::NamedTempFile,
 }
 
 impl MotoServer {
@@ -155,8 +157,14 @@ impl MotoServer {
             .tempfile()?;
         let stdout = log.reopen()?;
         let stderr = log.reopen()?;
+        let recording = tempfile::Builder::new()
+            .prefix("tkgops-moto-")
+            .suffix(".recording")
+            .tempfile()?;
         let child = Command::new(path)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_ENABLE_RECORDING", "True")
+            .env("MOTO_RECORDER_FILEPATH", recording.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
@@ -171,6 +179,7 @@ impl MotoServer {
             port,
             http,
             _log: log,
+            recording,
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let probe = format!("{}/moto-api/", server.endpoint_url());
@@ -262,6 +271,59 @@ impl MotoServer {
             });
         }
         Ok(())
+    }
+
+    /// The AWS API actions (`ec2:DescribeSubnets`, …) of the requests moto received from
+    /// clients whose User-Agent names `app/<app>` (the SDK's app name; tkgops sends
+    /// [`tkgops_providers::aws::APP_NAME`]), from moto's own request recording. The seeding and
+    /// the tests' own clients send no app name, so they are not counted.
+    ///
+    /// Errors: [`MotoError::Io`] when the recording cannot be read; lines moto wrote that are
+    /// not JSON are skipped.
+    pub fn actions_sent_by(
+        &self,
+        app: &str,
+    ) -> Result<std::collections::BTreeSet<String>, MotoError> {
+        use base64::Engine as _;
+        let text = std::fs::read_to_string(self.recording.path())?;
+        let marker = format!("app/{app}");
+        let mut actions = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let from_app = entry["headers"].as_object().is_some_and(|h| {
+                h.iter().any(|(k, v)| {
+                    k.eq_ignore_ascii_case("user-agent")
+                        && v.as_str()
+                            .is_some_and(|v| v.split(' ').any(|p| p == marker))
+                })
+            });
+            if !from_app {
+                continue;
+            }
+            let body = entry["body"].as_str().unwrap_or("");
+            let body = if entry["body_encoded"].as_bool() == Some(true) {
+                base64::engine::general_purpose::STANDARD
+                    .decode(body)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_default()
+            } else {
+                body.to_string()
+            };
+            let form: Vec<(String, String)> = serde_urlencoded::from_str(&body).unwrap_or_default();
+            if let Some((_, action)) = form.iter().find(|(k, _)| k == "Action") {
+                // moto serves one endpoint for every service; tkgops calls EC2 and STS.
+                let service = if action.starts_with("AssumeRole") || action == "GetCallerIdentity" {
+                    "sts"
+                } else {
+                    "ec2"
+                };
+                actions.insert(format!("{service}:{action}"));
+            }
+        }
+        Ok(actions)
     }
 
     /// Kills the process and waits for it to exit. Never fails (a process that already exited

@@ -10,7 +10,8 @@
 //! - Antrea is customised (any of the `ANTREA_*` settings below differs from its default): an
 //!   `AntreaConfig` `<cluster>` with every setting, and `spec.cni.refName: antrea*`;
 //! - a proxy is set (`TKG_HTTP_PROXY`, `TKG_HTTPS_PROXY` or `TKG_NO_PROXY`): an `AwsEbsCSIConfig`
-//!   `<cluster>` with the proxy (and 3 controller replicas for the prod plan, else 1), and
+//!   `<cluster>` with the proxy as the CLI resolves it ([`super::proxy`]: `noProxy` with the
+//!   CLI's additions), 3 controller replicas for the prod plan (else 1), and
 //!   `spec.csi.refName: aws-ebs-csi*`.
 //!
 //! The ClusterBootstrap always names `kapp-controller*` and the additional packages
@@ -201,12 +202,24 @@ pub fn bootstrap(
             })
         }
     }
-    let proxy = |k: &str| c.get(k).unwrap_or("").to_string();
-    let (http, https, no) = (
-        proxy("TKG_HTTP_PROXY"),
-        proxy("TKG_HTTPS_PROXY"),
-        proxy("TKG_NO_PROXY"),
-    );
+    // The CSI driver gets the proxy the CLI resolved (proxy.rs: noProxy with the CLI's
+    // additions, joined with ','); without `TKG_HTTP_PROXY`, whatever proxy values are set.
+    let resolved = super::proxy::proxy_settings(c).map_err(|e| BootstrapError {
+        variable: e.variable,
+        message: e.message,
+    })?;
+    let raw = |k: &str| c.get(k).unwrap_or("").to_string();
+    let (http, https, no) = match resolved {
+        Some(p) => {
+            let no = p.no_proxy_joined();
+            (p.http_proxy, p.https_proxy, no)
+        }
+        None => (
+            raw("TKG_HTTP_PROXY"),
+            raw("TKG_HTTPS_PROXY"),
+            raw("TKG_NO_PROXY"),
+        ),
+    };
     if !(http.is_empty() && https.is_empty() && no.is_empty()) {
         out.aws_ebs_csi = Some(json!({
             "namespace": "kube-system",
@@ -257,7 +270,7 @@ mod tests {
         assert!(b.aws_ebs_csi.is_none());
 
         let b = bootstrap(
-            &cfg("TKG_HTTP_PROXY: http://p:3128\nTKG_HTTPS_PROXY: http://p:3128\nTKG_NO_PROXY: .corp\n"),
+            &cfg("TKG_HTTP_PROXY_ENABLED: true\nTKG_HTTP_PROXY: http://p:3128\nTKG_HTTPS_PROXY: http://p:3128\nTKG_NO_PROXY: .corp\n"),
             "antrea",
             true,
         )
@@ -266,7 +279,10 @@ mod tests {
         assert_eq!(b.cni_ref_name, None, "Antrea comes from the TKR");
         let csi = b.aws_ebs_csi.unwrap();
         assert_eq!(csi["deploymentReplicas"], 3);
-        assert_eq!(csi["noProxy"], ".corp");
+        assert_eq!(
+            csi["noProxy"],
+            ".corp,10.0.0.0/16,169.254.0.0/16,127.0.0.1,localhost,.svc,.svc.cluster.local"
+        );
 
         let e = bootstrap(&cfg("CNI: none\n"), "none", true).unwrap_err();
         assert_eq!(e.variable, "CNI");

@@ -5,6 +5,7 @@
 //! Source of every fact: `reference/tkg2-aws-class-based.md` (cited as §N below).
 
 pub mod bootstrap;
+pub mod proxy;
 pub mod variables;
 
 use std::fmt;
@@ -97,6 +98,20 @@ impl TkgVersion {
                 "v1.26.8+vmware.1-tkg.1",
                 "v1.25.13+vmware.1-tkg.1",
             ],
+        }
+    }
+
+    /// How many times `tanzu cluster upgrade` tries its patch of `spec.topology.version` while
+    /// the TKR resolver cannot resolve the new TKR yet (its 403 "could not resolve TKR/OSImage"),
+    /// one try every 30 s: 2.1 tries for 5 min (10 tries); 2.2 keeps trying for up to 30 min
+    /// (60 tries), because TKR discovery and kapp-controller's reconciliation each run every
+    /// 10 min (tkg2-aws-class-based.md §8 "Patch"; `CC/clusterclient.go:429-430`,
+    /// `TF22:tkg/client/upgrade_cluster_clusterclass.go:25-29`). 2.3 and 2.4 are taken to keep
+    /// 2.2's budget. Returns the number of tries, the first included.
+    pub fn upgrade_patch_tries(self) -> u32 {
+        match self {
+            TkgVersion::V2_1 => 10,
+            _ => 60,
         }
     }
 

@@ -126,7 +126,8 @@ pub fn worker_value(c: &TkgConfig, index: usize) -> Result<Value, VariableError>
 /// Returns the variables in the CLI's emission order (module docs). Errors
 /// ([`VariableError`] naming the flat variable): a malformed `*_EXTRA_ARGS` or
 /// `CONTROL_PLANE_NODE_LABELS`, a non-boolean flag, a non-integer size or day count,
-/// `TKG_HTTP_PROXY` without `TKG_HTTPS_PROXY` (both are required by the `proxy` schema), an
+/// a proxy the CLI refuses ([`super::proxy::proxy_settings`]: `TKG_HTTP_PROXY` without
+/// `TKG_HTTP_PROXY_ENABLED`, a missing or malformed proxy URL, `*` in `TKG_NO_PROXY`), an
 /// additional image registry without a CA and without skip-verify ("Must provide CA for host",
 /// 2.2+), `AWS_REGION` or `AWS_SSH_KEY_NAME` missing ("missing configuration variables", §2
 /// "Other CLI facts").
@@ -157,22 +158,11 @@ pub fn cluster_variables(
         ));
     }
 
-    // [proxy] (CVA:356-365)
-    if let Some(http) = c.get("TKG_HTTP_PROXY") {
-        let https = c.get("TKG_HTTPS_PROXY").ok_or_else(|| {
-            err(
-                "TKG_HTTPS_PROXY",
-                "is required with TKG_HTTP_PROXY (the proxy variable requires httpProxy and httpsProxy)",
-            )
-        })?;
-        let mut proxy = json!({"httpProxy": http, "httpsProxy": https});
-        if let Some(no) = c.get("TKG_NO_PROXY") {
-            let list: Vec<&str> = no
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect();
-            proxy["noProxy"] = json!(list);
+    // [proxy] (CVA:356-365), after the CLI's proxy checks and noProxy additions (proxy.rs).
+    if let Some(p) = super::proxy::proxy_settings(c)? {
+        let mut proxy = json!({"httpProxy": p.http_proxy, "httpsProxy": p.https_proxy});
+        if !p.no_proxy.is_empty() {
+            proxy["noProxy"] = json!(p.no_proxy);
         }
         push("proxy", proxy);
     }
@@ -189,17 +179,17 @@ pub fn cluster_variables(
             "daysBefore": get_int(c, "CONTROLPLANE_CERTIFICATE_ROTATION_DAYS_BEFORE", 90)?,
         }),
     );
-    // [imageRepository] (CVA:399-409)
+    // [imageRepository] (CVA:399-409): `host` when set, `tlsCertificateValidation: false` only
+    // when verification is skipped (the CLI leaves the class default, true, otherwise).
     let skip_var = "TKG_CUSTOM_IMAGE_REPOSITORY_SKIP_TLS_VERIFY";
-    if c.get("TKG_CUSTOM_IMAGE_REPOSITORY").is_some() || c.get(skip_var).is_some() {
-        let mut repo = Map::new();
-        if let Some(h) = c.get("TKG_CUSTOM_IMAGE_REPOSITORY") {
-            repo.insert("host".into(), json!(h));
-        }
-        repo.insert(
-            "tlsCertificateValidation".into(),
-            json!(!get_bool(c, skip_var, false)?),
-        );
+    let mut repo = Map::new();
+    if let Some(h) = c.get("TKG_CUSTOM_IMAGE_REPOSITORY") {
+        repo.insert("host".into(), json!(h));
+    }
+    if get_bool(c, skip_var, false)? {
+        repo.insert("tlsCertificateValidation".into(), json!(false));
+    }
+    if !repo.is_empty() {
         push("imageRepository", Value::Object(repo));
     }
     // [additionalImageRegistries] (2.2+, TF22:CVA:421-435)
@@ -311,8 +301,11 @@ pub fn cluster_variables(
 
 /// The `network` variable (§2 `network` row and "Network notes"): `vpc`, then
 /// `securityGroupOverrides` when any `AWS_SECURITY_GROUP_*` is set (key **`controlPlane`**, as
-/// the CLI emits and the class patch reads), then one subnet per AZ (`az` is `""` when the
-/// `AWS_NODE_AZ*` variable is unset; public entries only for a new VPC or when given).
+/// the CLI emits and the class patch reads), then one subnet per AZ (`CVA:522-645`): subnet 0
+/// always carries `az` (`""` when `AWS_NODE_AZ` is unset, as `config_default.yaml` defaults it
+/// to `""`); subnets 1–2 carry `az` only when `AWS_NODE_AZ_1`/`_2` is set, and a subnet with
+/// neither an AZ, a subnet ID nor a CIDR is left out. `private`/`public` appear only when they
+/// hold an ID or a CIDR (CIDRs only for a new VPC).
 fn network(c: &TkgConfig, prod: bool) -> Value {
     let existing = c.get("AWS_VPC_ID");
     let mut vpc = Map::new();
@@ -357,13 +350,18 @@ fn network(c: &TkgConfig, prod: bool) -> Value {
             );
         }
         let mut subnet = Map::new();
-        subnet.insert(
-            "az".into(),
-            json!(c.get(&format!("AWS_NODE_AZ{sfx}")).unwrap_or("")),
-        );
-        subnet.insert("private".into(), Value::Object(private));
+        let az = c.get(&format!("AWS_NODE_AZ{sfx}"));
+        if i == 0 || az.is_some() {
+            subnet.insert("az".into(), json!(az.unwrap_or("")));
+        }
+        if !private.is_empty() {
+            subnet.insert("private".into(), Value::Object(private));
+        }
         if !public.is_empty() {
             subnet.insert("public".into(), Value::Object(public));
+        }
+        if subnet.is_empty() {
+            continue;
         }
         subnets.push(Value::Object(subnet));
     }

@@ -186,6 +186,10 @@ pub struct WaitOptions {
     /// step deadline (`timeout_secs`), so the failure, not "timed out", reaches the PR. Capped at
     /// a tenth of the step timeout. Default 5 s.
     pub deadline_margin: Duration,
+    /// The pause between two tries of an upgrade's write while the TKR resolver cannot
+    /// resolve the TKR yet. TKG: 30 s (tkg2-aws-class-based.md §8 "Patch"); the number of
+    /// tries is the release's ([`crate::tkg::TkgVersion::upgrade_patch_tries`]).
+    pub resolver_retry_interval: Duration,
 }
 
 impl Default for WaitOptions {
@@ -197,6 +201,7 @@ impl Default for WaitOptions {
             package_timeout: Duration::from_secs(10 * 60),
             repository_timeout: Duration::from_secs(5 * 60),
             deadline_margin: Duration::from_secs(5),
+            resolver_retry_interval: Duration::from_secs(30),
         }
     }
 }

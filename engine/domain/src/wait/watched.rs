@@ -46,13 +46,22 @@ pub const SPEC_READ: &[(&str, &[&[&str]])] = &[
             &["topology", "workers", "machineDeployments", "*", "replicas"],
         ],
     ),
-    ("KubeadmControlPlane", &[&["replicas"], &["version"]]),
+    (
+        // ... and the machine template whose shape the rollout waits check once rolled.
+        "KubeadmControlPlane",
+        &[
+            &["replicas"],
+            &["version"],
+            &["machineTemplate", "infrastructureRef", "name"],
+        ],
+    ),
     (
         "MachineDeployment",
         &[
             &["replicas"],
             &["clusterName"],
             &["template", "spec", "version"],
+            &["template", "spec", "infrastructureRef", "name"],
         ],
     ),
     ("Machine", &[&["clusterName"], &["version"]]),
@@ -200,20 +209,23 @@ mod tests {
         retain_read("KubeadmControlPlane", &mut kcp);
         assert_eq!(
             kcp["spec"],
-            json!({"replicas": 3, "version": "v1.25.7+vmware.2"})
+            json!({"replicas": 3, "version": "v1.25.7+vmware.2",
+                   "machineTemplate": {"infrastructureRef": {"name": "t"}}})
         );
         assert_eq!(kcp["status"]["observedGeneration"], 3);
 
         let mut md = json!({"kind": "MachineDeployment", "metadata": meta("wc1-md-0"),
             "spec": {"replicas": 2, "clusterName": "wc1", "selector": {"matchLabels": {}},
                      "template": {"metadata": {"labels": {}},
-                                  "spec": {"version": "v1.25.7+vmware.2", "bootstrap": {}}}},
+                                  "spec": {"version": "v1.25.7+vmware.2", "bootstrap": {},
+                                           "infrastructureRef": {"kind": "AWSMachineTemplate", "name": "t"}}}},
             "status": {"replicas": 2}});
         retain_read("MachineDeployment", &mut md);
         assert_eq!(
             md["spec"],
             json!({"replicas": 2, "clusterName": "wc1",
-                   "template": {"spec": {"version": "v1.25.7+vmware.2"}}})
+                   "template": {"spec": {"version": "v1.25.7+vmware.2",
+                                         "infrastructureRef": {"name": "t"}}}})
         );
 
         let mut m = json!({"kind": "Machine", "metadata": meta("wc1-md-0-x"),

@@ -14,8 +14,9 @@ use crate::files::TreeReader;
 use crate::request::{self, ClusterRequest, ClusterSpec, Finding, RepoConfig, Severity};
 use crate::step::{
     AwsPreflightInputs, KubeApplyInputs, KubeDeleteInputs, KubePreflightInputs, KubeRolloutInputs,
-    OwnerMark, PackagesInputs, PackagesUpdateInputs, ResizeClusterInputs, RetryPolicy, StepInputs,
-    StepKind, StepSpec, TmcClusterInputs, TmcFullName, UpgradeClusterInputs, WorkloadTarget,
+    MachineShape, OwnerMark, PackagesInputs, PackagesUpdateInputs, ResizeClusterInputs,
+    RetryPolicy, StepInputs, StepKind, StepSpec, TmcClusterInputs, TmcFullName,
+    UpgradeClusterInputs, WorkloadTarget,
 };
 
 /// Path of the repository settings file at the root of the config repository.
@@ -1253,6 +1254,7 @@ pub fn step_inputs(
         target: target.clone(),
         tkr: spec.tkr.clone(),
         kubernetes_version: spec.kubernetes_version.clone(),
+        machines: machine_shapes(spec),
     };
     let packages = || PackagesInputs {
         target: target.clone(),
@@ -1293,6 +1295,7 @@ pub fn step_inputs(
             tkr: spec.tkr.clone(),
             kubernetes_version: spec.kubernetes_version.clone(),
             owner_label: owner_label.to_string(),
+            tkg_version: Some(spec.tkg_version),
         }),
         StepKind::KubeResizeCluster => StepInputs::KubeResizeCluster(ResizeClusterInputs {
             target: target.clone(),
@@ -1352,6 +1355,23 @@ pub struct StepTexts<'a> {
 ///
 /// Errors: a message when there is no `before` (not a change of an existing cluster), or the
 /// templates do not render a Cluster.
+/// The machine shapes `spec` asks for: the control plane's, then each MachineDeployment's
+/// (its instance type, with the workers' root volume).
+pub fn machine_shapes(spec: &ClusterSpec) -> Vec<MachineShape> {
+    let cp = &spec.control_plane;
+    std::iter::once(MachineShape {
+        topology: MachineShape::CONTROL_PLANE.to_string(),
+        instance_type: cp.instance_type.clone(),
+        root_volume_gib: cp.root_volume_gib,
+    })
+    .chain(spec.workers.iter().map(|w| MachineShape {
+        topology: w.name.clone(),
+        instance_type: w.instance_type.clone(),
+        root_volume_gib: spec.worker_root_volume_gib,
+    }))
+    .collect()
+}
+
 pub fn resize_fields(
     before: Option<&ClusterSpec>,
     spec: &ClusterSpec,

@@ -37,6 +37,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timeout of one HTTP attempt of an EC2 call: 30 s (the engine bounds the whole step).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The SDK app name tkgops's AWS clients send (`app/tkgops` in the User-Agent).
+pub const APP_NAME: &str = "tkgops";
+
 /// Builds an EC2 client for `region` (e.g. `us-west-2`), optionally pointed at `endpoint_url`
 /// (e.g. moto's `http://127.0.0.1:PORT`).
 ///
@@ -56,6 +59,9 @@ async fn build_client(
     credentials: Option<&Credentials>,
 ) -> aws_sdk_ec2::Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        // `app/tkgops` in every request's User-Agent: what CloudTrail shows, and how the
+        // sandbox tells tkgops's calls from its own.
+        .app_name(aws_config::AppName::new(APP_NAME).expect("a valid app name"))
         .region(Region::new(region.to_string()))
         .retry_config(RetryConfig::standard().with_max_attempts(3))
         .timeout_config(

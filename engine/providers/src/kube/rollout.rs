@@ -51,19 +51,20 @@ use super::watch::{SharedWatch, Subscription};
 use super::{classify, KubeProvider, FIELD_MANAGER};
 use crate::wait::{drive, DriveOptions, Observed, Reporter, Source};
 use crate::WorkloadTarget;
-use tkgops_domain::executor::{StepContext, StepError};
+use tkgops_domain::executor::{ProgressSink, StepContext, StepError};
 use tkgops_domain::output::{
     KubeCheckOwnerOutput, KubeDeleteClusterOutput, KubeResizeClusterOutput,
     KubeUpgradeClusterOutput, KubeWaitControlPlaneOutput, KubeWaitMachineDeploymentsOutput,
     PackagesVerifyOutput,
 };
 use tkgops_domain::step::{
-    KubeDeleteInputs, KubeRolloutInputs, ResizeClusterInputs, UpgradeClusterInputs,
+    KubeDeleteInputs, KubeRolloutInputs, MachineShape, ResizeClusterInputs, UpgradeClusterInputs,
 };
+use tkgops_domain::tkg::TkgVersion;
 use tkgops_domain::wait::packages::{ListedPackage, PackagesVerified};
 use tkgops_domain::wait::rollout::{
     control_plane_objects_rolled, ClusterDeleted, ControlPlaneRolled, MachineDeploymentsRolled,
-    RolloutSnapshot,
+    RolloutSnapshot, TOPOLOGY_DEPLOYMENT_LABEL,
 };
 use tkgops_domain::wait::str_at;
 use tkgops_domain::workflow::change::{
@@ -176,10 +177,26 @@ pub async fn upgrade_cluster(
         )),
         other => other,
     };
-    // The dry run must change nothing but what the upgrade itself changes.
-    let dry = apply_cluster(&api, &t.cluster_name, &config, true)
-        .await
-        .map_err(refused)?;
+    // The dry run must change nothing but what the upgrade itself changes. While the TKR
+    // resolver cannot resolve the TKR yet (TKR discovery lags), it is tried again as the CLI
+    // tries its patch: every `resolver_retry_interval`, for the release's number of tries.
+    let tries = inputs
+        .tkg_version
+        .unwrap_or(TkgVersion::V2_2)
+        .upgrade_patch_tries();
+    let interval = provider.wait_options().resolver_retry_interval;
+    let dry = retry_unresolved_tkr(interval, tries, &ctx.progress, || {
+        apply_cluster(&api, &t.cluster_name, &config, true)
+    })
+    .await
+    .map_err(|(e, tried)| match refused(e) {
+        StepError::Permanent(m) if tried > 1 => StepError::Permanent(format!(
+            "{m} (tried {tried} times, {} s apart, as TKG {} does)",
+            interval.as_secs_f64(),
+            inputs.tkg_version.unwrap_or(TkgVersion::V2_2)
+        )),
+        other => other,
+    })?;
     let extra: Vec<String> = spec_changes(&current, &dry)
         .into_iter()
         .filter(|c| !changed_by_upgrade(&c.path))
@@ -235,6 +252,44 @@ fn not_an_available_update(live: &Value, tkr: &str) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// Whether `e` is the TKR resolver's refusal of a TKR it cannot resolve (yet): a 403 whose
+/// message says "could not resolve TKR/OSImage" (tkg2-aws-class-based.md §4).
+fn unresolved_tkr(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403 && s.message.contains("could not resolve TKR"))
+}
+
+/// Runs `op` up to `tries` times, `interval` apart, while it fails with the TKR resolver's
+/// refusal ([`unresolved_tkr`]); any other outcome ends at once. Each retry is reported on
+/// `progress`. Returns `op`'s value, or its last error with the number of tries made.
+async fn retry_unresolved_tkr<T, F, Fut>(
+    interval: std::time::Duration,
+    tries: u32,
+    progress: &ProgressSink,
+    op: F,
+) -> Result<T, (kube::Error, u32)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    use backon::{ConstantBuilder, Retryable};
+    let tried = std::sync::atomic::AtomicU32::new(1);
+    let policy = ConstantBuilder::default()
+        .with_delay(interval)
+        .with_max_times(tries.saturating_sub(1) as usize);
+    op.retry(policy)
+        .sleep(tokio::time::sleep)
+        .when(unresolved_tkr)
+        .notify(|_, d| {
+            let n = tried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            progress.report(&format!(
+                "the TKR resolver cannot resolve the TKR yet (try {n} of {tries}); trying again in {} s",
+                d.as_secs_f64()
+            ));
+        })
+        .await
+        .map_err(|e| (e, tried.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
 /// Server-side applies `config` to the Cluster `name` as [`FIELD_MANAGER`], never forced; a
@@ -484,13 +539,15 @@ pub async fn wait_control_plane(
         provider.wait_options().clone(),
         std::time::Duration::ZERO,
     );
-    drive(
+    let out = drive(
         &mut source,
         &mut judge,
         &ctx.progress,
         &DriveOptions::kube(Instant::now()),
     )
-    .await
+    .await?;
+    check_shapes(provider, &source, inputs, true).await?;
+    Ok(out)
 }
 
 /// Runs `kube.wait-machine-deployments` (module docs; judge [`MachineDeploymentsRolled`]).
@@ -514,13 +571,102 @@ pub async fn wait_machine_deployments(
         provider.wait_options().clone(),
         std::time::Duration::ZERO,
     );
-    drive(
+    let out = drive(
         &mut source,
         &mut judge,
         &ctx.progress,
         &DriveOptions::kube(Instant::now()),
     )
-    .await
+    .await?;
+    check_shapes(provider, &source, inputs, false).await?;
+    Ok(out)
+}
+
+/// After a rollout wait: the AWSMachineTemplate of the KubeadmControlPlane (`control_plane`)
+/// or of every MachineDeployment has the instance type and root volume the plan asked for
+/// (`inputs.machines`; [`tkgops_domain::step::MachineShape`]). The rolled objects come from
+/// the wait's shared watch; each template is read once.
+///
+/// Errors: [`StepError::Permanent`] listing every object whose template differs, or when an
+/// object the plan names is missing or has no `infrastructureRef`; request errors as
+/// [`classify`].
+async fn check_shapes(
+    provider: &KubeProvider,
+    source: &RolloutSource<'_>,
+    inputs: &KubeRolloutInputs,
+    control_plane: bool,
+) -> Result<(), StepError> {
+    let t = &inputs.target;
+    let asked: Vec<_> = inputs
+        .machines
+        .iter()
+        .filter(|m| (m.topology == MachineShape::CONTROL_PLANE) == control_plane)
+        .collect();
+    if asked.is_empty() {
+        return Ok(());
+    }
+    let owned = source.owned.of_cluster(&t.namespace, &t.cluster_name);
+    let client = provider
+        .management_client_with(&t.management_cluster, t.kubeconfig.as_ref())
+        .await?;
+    let templates: Api<DynamicObject> =
+        Api::namespaced_with(client, &t.namespace, &aws_machine_template_resource());
+    let mut wrong = Vec::new();
+    for shape in asked {
+        let (who, obj) = if control_plane {
+            ("KubeadmControlPlane".to_string(), owned.first())
+        } else {
+            (
+                format!("MachineDeployment {}", shape.topology),
+                owned.iter().find(|md| {
+                    tkgops_domain::wait::label(md, TOPOLOGY_DEPLOYMENT_LABEL) == shape.topology
+                }),
+            )
+        };
+        let Some(obj) = obj else {
+            wrong.push(format!("{who} is missing"));
+            continue;
+        };
+        let ptr = if control_plane {
+            "/spec/machineTemplate/infrastructureRef/name"
+        } else {
+            "/spec/template/spec/infrastructureRef/name"
+        };
+        let name = str_at(obj, ptr);
+        if name.is_empty() {
+            wrong.push(format!("{who} has no infrastructureRef"));
+            continue;
+        }
+        let what = format!("AWSMachineTemplate/{}/{name}", t.namespace);
+        let template = templates
+            .get(name)
+            .await
+            .map_err(|e| provider.classify_mgmt(&t.management_cluster, &what, e))?;
+        if let Some(m) = shape.mismatch(&who, name, &to_value(&template)) {
+            wrong.push(m);
+        }
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(StepError::Permanent(format!(
+        "Cluster/{}/{} rolled, but not to the machines the plan asked for:\n- {}\nSomething changed the Cluster's topology or its templates outside tkgops: compare the Cluster with the request and plan the change again",
+        t.namespace,
+        t.cluster_name,
+        wrong.join("\n- ")
+    )))
+}
+
+/// `infrastructure.cluster.x-k8s.io/v1beta1` AWSMachineTemplate: CAPA 2.x stores v1beta2 (the
+/// ClusterClass's templates, tkg2-aws-class-based.md §1) and still serves v1beta1, with the
+/// same `instanceType` and `rootVolume.size`.
+fn aws_machine_template_resource() -> kube::discovery::ApiResource {
+    super::custom_resource(
+        "infrastructure.cluster.x-k8s.io",
+        "v1beta1",
+        "AWSMachineTemplate",
+        "awsmachinetemplates",
+    )
 }
 
 /// Runs `kube.check-owner`: reads the Cluster `inputs.target` once and checks that it carries
@@ -845,5 +991,80 @@ mod tests {
             None
         );
         assert_eq!(not_an_available_update(&json!({"status": {}}), tkr), None);
+    }
+
+    fn denial(message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, "Forbidden")
+                .with_code(403)
+                .boxed(),
+        )
+    }
+
+    fn recorder() -> (ProgressSink, Arc<std::sync::Mutex<Vec<String>>>) {
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = {
+            let lines = lines.clone();
+            ProgressSink::new(move |l| lines.lock().unwrap().push(l.to_string()))
+        };
+        (sink, lines)
+    }
+
+    const UNRESOLVED: &str = "admission webhook \"tkr-resolver-cluster-webhook.tanzu.vmware.com\" denied the request: could not resolve TKR/OSImage for controlPlane, machineDeployments: []";
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unresolved_tkr_is_tried_again_until_it_resolves() {
+        let (sink, lines) = recorder();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let started = Instant::now();
+        let out = retry_unresolved_tkr(std::time::Duration::from_secs(30), 10, &sink, || async {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 | 1 => Err(denial(UNRESOLVED)),
+                _ => Ok("applied"),
+            }
+        })
+        .await
+        .map_err(|(e, n)| format!("{e} after {n}"))
+        .unwrap();
+        assert_eq!(out, "applied");
+        assert_eq!(calls.into_inner(), 3);
+        assert_eq!(started.elapsed(), std::time::Duration::from_secs(60));
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("try 1 of 10"), "{lines:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_release_budget_ends_the_tries_and_other_refusals_end_them_at_once() {
+        let (sink, _) = recorder();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let tries = TkgVersion::V2_1.upgrade_patch_tries();
+        let (e, tried) =
+            retry_unresolved_tkr(std::time::Duration::from_secs(30), tries, &sink, || async {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err::<(), _>(denial(UNRESOLVED))
+            })
+            .await
+            .unwrap_err();
+        assert!(unresolved_tkr(&e));
+        assert_eq!((tried, calls.into_inner()), (10, 10), "2.1: 5 min at 30 s");
+        assert_eq!(
+            TkgVersion::V2_2.upgrade_patch_tries(),
+            60,
+            "2.2: 30 min at 30 s"
+        );
+
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let (_, tried) = retry_unresolved_tkr(std::time::Duration::from_secs(30), tries, &sink, || async {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err::<(), _>(denial("admission webhook \"validation.cluster.cluster.x-k8s.io\" denied the request: version cannot be decreased"))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (tried, calls.into_inner()),
+            (1, 1),
+            "a downgrade is refused for good"
+        );
     }
 }
