@@ -527,3 +527,154 @@ async fn chart_rbac_names_only_what_the_bot_does_in_its_namespace() {
         .await;
     assert!(!r.has("Role") && !r.has("RoleBinding"), "{:?}", r.kinds());
 }
+
+/// The Secrets an operator creates before installing (`kubectl create secret generic`), with
+/// test values.
+fn operator_secrets(example: &Rendered) -> Vec<(String, BTreeMap<String, String>)> {
+    let mut by_name: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for src in example.env().values() {
+        if let EnvSource::Secret(name, key) = src {
+            by_name
+                .entry(name.clone())
+                .or_default()
+                .insert(key.clone(), format!("test-only-{name}-{key}"));
+        }
+    }
+    for (_, name, keys) in example.secret_mounts() {
+        for key in keys {
+            by_name
+                .entry(name.clone())
+                .or_default()
+                .insert(key.clone(), format!("test-only-{name}-{key}"));
+        }
+    }
+    by_name.into_iter().collect()
+}
+
+#[tokio::test]
+async fn chart_installs_into_an_emulated_cluster() {
+    use tkgops_emulators::kube::{Gvr, KubeEmulator};
+    tkgops_providers::install_crypto_provider();
+    let emu = KubeEmulator::new();
+    let cluster = emu.add_cluster("apps").await.expect("cluster");
+    let helm = Helm::with_kubeconfig(&cluster.kubeconfig_yaml());
+    let example = chart().join("examples/ingress-networkpolicy.yaml");
+    let rendered = helm.template(&["-f", p(&example)]).await;
+
+    // The operator's Secrets first, as the README says (`kubectl create secret generic`).
+    let ns = Gvr::new("", "v1", "namespaces");
+    cluster
+        .create(&ns, serde_json::json!({"metadata": {"name": "tkgops"}}))
+        .expect("namespace");
+    let secrets = operator_secrets(&rendered);
+    assert!(secrets.len() >= 3, "{secrets:?}");
+    if let Some(bin) = crate::kubectl::kubectl() {
+        let kubectl = crate::kubectl::Kubectl::new(bin, &cluster.kubeconfig_yaml());
+        for (name, data) in &secrets {
+            let mut args = vec![
+                "-n".to_string(),
+                "tkgops".into(),
+                "create".into(),
+                "secret".into(),
+                "generic".into(),
+                name.clone(),
+            ];
+            args.extend(data.iter().map(|(k, v)| format!("--from-literal={k}={v}")));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kubectl.ok(&args).await;
+        }
+    } else {
+        for (name, data) in &secrets {
+            cluster
+                .create(
+                    &Gvr::new("", "v1", "secrets"),
+                    serde_json::json!({"metadata": {"name": name, "namespace": "tkgops"}, "stringData": data}),
+                )
+                .expect("secret");
+        }
+    }
+
+    let chart_dir = chart();
+    let install = [
+        "install",
+        "tkgops",
+        p(&chart_dir),
+        "--namespace",
+        "tkgops",
+        "-f",
+        p(&example),
+    ];
+    let out = helm.ok(&install).await;
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    assert!(out.contains("https://tkgops.acme.example/webhooks/github"), "NOTES: {out}");
+    // Helm 4 applies server-side, with strict field validation, as field manager `helm`.
+    let applies: Vec<_> = cluster
+        .faults()
+        .log()
+        .all()
+        .into_iter()
+        .filter(|r| r.method == http::Method::PATCH)
+        .collect();
+    assert!(!applies.is_empty());
+    for r in &applies {
+        assert!(
+            r.query.contains("fieldManager=helm") && r.query.contains("fieldValidation=Strict"),
+            "{} {}?{}",
+            r.method,
+            r.path,
+            r.query
+        );
+    }
+
+    let list: serde_json::Value =
+        serde_json::from_str(&helm.ok(&["list", "-n", "tkgops", "-o", "json"]).await).unwrap();
+    assert_eq!(list[0]["name"], "tkgops", "{list}");
+    assert_eq!(list[0]["status"], "deployed", "{list}");
+    assert_eq!(list[0]["chart"], "tkgops-0.1.0", "{list}");
+    let status = helm.ok(&["status", "tkgops", "-n", "tkgops"]).await;
+    assert!(status.contains("STATUS: deployed"), "{status}");
+
+    // Every rendered object is stored as rendered (the StatefulSet with its claim template).
+    for o in &rendered.objects {
+        let (api_version, kind) = (str_of(&o["apiVersion"]), str_of(&o["kind"]));
+        let t = cluster
+            .types()
+            .into_iter()
+            .find(|t| t.api_version() == api_version && t.kind == kind)
+            .unwrap_or_else(|| panic!("{api_version} {kind} is not served"));
+        let name = str_of(&o["metadata"]["name"]);
+        let stored = cluster
+            .get(&t.gvr, Some("tkgops"), name)
+            .unwrap_or_else(|| panic!("{kind} {name} was not created"));
+        assert_eq!(stored["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm");
+        if kind == "StatefulSet" {
+            assert_eq!(
+                stored["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+                "state"
+            );
+        }
+    }
+    // The release record: helm's labelled Secret.
+    let releases =
+        cluster.list_labeled(&Gvr::new("", "v1", "secrets"), Some("tkgops"), "owner", "helm");
+    assert_eq!(releases.len(), 1, "{releases:?}");
+    assert_eq!(releases[0]["metadata"]["labels"]["status"], "deployed");
+
+    // An upgrade with a new value is applied, and an uninstall removes everything.
+    let mut upgrade = install.to_vec();
+    upgrade[0] = "upgrade";
+    upgrade.extend(["--set", "config.pollInterval=1m"]);
+    let out = helm.ok(&upgrade).await;
+    assert!(out.contains("REVISION: 2"), "{out}");
+    let cm = cluster
+        .get(&Gvr::new("", "v1", "configmaps"), Some("tkgops"), "tkgops")
+        .unwrap();
+    assert!(
+        cm["data"]["tkgops-bot.yaml"].as_str().unwrap().contains("pollInterval: 1m"),
+        "{cm}"
+    );
+    helm.ok(&["uninstall", "tkgops", "-n", "tkgops", "--wait"]).await;
+    let left = cluster.list(&Gvr::new("apps", "v1", "statefulsets"), Some("tkgops"));
+    assert!(left.is_empty(), "{left:?}");
+    assert!(helm.ok(&["list", "-n", "tkgops", "-q"]).await.trim().is_empty());
+}
