@@ -170,14 +170,21 @@ impl Rendered {
 
     /// The one object of `kind` (panics when there is none or several).
     fn one(&self, kind: &str) -> &Value {
-        let mut it = self.objects.iter().filter(|o| o["kind"].as_str() == Some(kind));
-        let found = it.next().unwrap_or_else(|| panic!("no {kind} in {:?}", self.kinds()));
+        let mut it = self
+            .objects
+            .iter()
+            .filter(|o| o["kind"].as_str() == Some(kind));
+        let found = it
+            .next()
+            .unwrap_or_else(|| panic!("no {kind} in {:?}", self.kinds()));
         assert!(it.next().is_none(), "several {kind}");
         found
     }
 
     fn has(&self, kind: &str) -> bool {
-        self.objects.iter().any(|o| o["kind"].as_str() == Some(kind))
+        self.objects
+            .iter()
+            .any(|o| o["kind"].as_str() == Some(kind))
     }
 
     /// The bot's container in the StatefulSet.
@@ -223,7 +230,10 @@ impl Rendered {
                 let src = match e.get("valueFrom") {
                     Some(vf) => {
                         let r = &vf["secretKeyRef"];
-                        assert!(!r.is_null(), "{name}: only secretKeyRef is expected: {vf:?}");
+                        assert!(
+                            !r.is_null(),
+                            "{name}: only secretKeyRef is expected: {vf:?}"
+                        );
                         EnvSource::Secret(str_of(&r["name"]).into(), str_of(&r["key"]).into())
                     }
                     None => EnvSource::Value(str_of(&e["value"]).into()),
@@ -241,7 +251,10 @@ impl Rendered {
             .filter_map(|m| {
                 let v = volumes.iter().find(|v| v["name"] == m["name"])?;
                 let s = v.get("secret")?;
-                let keys = seq(&s["items"]).iter().map(|i| str_of(&i["key"]).into()).collect();
+                let keys = seq(&s["items"])
+                    .iter()
+                    .map(|i| str_of(&i["key"]).into())
+                    .collect();
                 Some((
                     str_of(&m["mountPath"]).into(),
                     str_of(&s["secretName"]).into(),
@@ -286,7 +299,11 @@ async fn chart_lints_with_every_example_and_refuses_missing_required_values() {
     // missing (this is the lint of the bare chart).
     let out = helm.run(&["lint", "--strict", p(&chart)]).await;
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("/config/github/owner"), "{}", text(&out));
+    assert!(
+        text(&out).contains("/config/github/owner"),
+        "{}",
+        text(&out)
+    );
     assert!(text(&out).contains("/config/github/repo"), "{}", text(&out));
 }
 
@@ -296,10 +313,19 @@ async fn chart_schema_refuses_bad_values_with_helms_error() {
     let chart = chart();
     let minimal = chart.join("examples/minimal.yaml");
     for (set, expected) in [
-        ("replicaCount=x", "at '/replicaCount': got string, want integer"),
+        (
+            "replicaCount=x",
+            "at '/replicaCount': got string, want integer",
+        ),
         ("replicaCount=2", "at '/replicaCount': maximum"),
-        ("unknownKey=1", "additional properties 'unknownKey' not allowed"),
-        ("config.github.tokenEnv=X", "additional properties 'tokenEnv' not allowed"),
+        (
+            "unknownKey=1",
+            "additional properties 'unknownKey' not allowed",
+        ),
+        (
+            "config.github.tokenEnv=X",
+            "additional properties 'tokenEnv' not allowed",
+        ),
         ("config.pollInterval=soon", "at '/config/pollInterval'"),
         ("service.port=0", "at '/service/port'"),
     ] {
@@ -349,7 +375,13 @@ async fn chart_templates_every_example_with_what_users_rely_on() {
                 "{name}: {o:?}"
             );
         }
-        for kind in ["ServiceAccount", "ConfigMap", "StatefulSet", "Role", "RoleBinding"] {
+        for kind in [
+            "ServiceAccount",
+            "ConfigMap",
+            "StatefulSet",
+            "Role",
+            "RoleBinding",
+        ] {
             assert!(r.has(kind), "{name}: no {kind} in {:?}", r.kinds());
         }
         // No Secret is ever rendered: credentials come from existing Secrets.
@@ -380,12 +412,34 @@ async fn chart_templates_every_example_with_what_users_rely_on() {
         let sc = &r.container()["securityContext"];
         assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true), "{name}");
         assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true), "{name}");
-        assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false), "{name}");
-        assert_eq!(seq(&sc["capabilities"]["drop"]), [Value::from("ALL")], "{name}");
-        assert_eq!(sc["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"), "{name}");
-        assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true), "{name}");
-        assert!(r.container()["resources"]["requests"]["memory"].is_string(), "{name}");
-        assert!(r.container()["resources"]["limits"]["memory"].is_string(), "{name}");
+        assert_eq!(
+            sc["allowPrivilegeEscalation"].as_bool(),
+            Some(false),
+            "{name}"
+        );
+        assert_eq!(
+            seq(&sc["capabilities"]["drop"]),
+            [Value::from("ALL")],
+            "{name}"
+        );
+        assert_eq!(
+            sc["seccompProfile"]["type"].as_str(),
+            Some("RuntimeDefault"),
+            "{name}"
+        );
+        assert_eq!(
+            pod["securityContext"]["runAsNonRoot"].as_bool(),
+            Some(true),
+            "{name}"
+        );
+        assert!(
+            r.container()["resources"]["requests"]["memory"].is_string(),
+            "{name}"
+        );
+        assert!(
+            r.container()["resources"]["limits"]["memory"].is_string(),
+            "{name}"
+        );
 
         // Probes on the bot's real routes, on the port it listens on.
         let port = r.container()["ports"][0].clone();
@@ -447,7 +501,11 @@ async fn chart_templates_every_example_with_what_users_rely_on() {
                 "{name}: {env:?}"
             );
         }
-        for k in values["managementClusterKubeconfigs"].as_sequence().into_iter().flatten() {
+        for k in values["managementClusterKubeconfigs"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
             let (secret, key) = (str_of(&k["name"]), str_of(&k["key"]));
             let mount = format!("/etc/tkgops/kubeconfigs/{secret}");
             assert!(
@@ -462,7 +520,10 @@ async fn chart_templates_every_example_with_what_users_rely_on() {
         std::fs::write(dir.path().join("bot.yaml"), &config_text).unwrap();
         let parsed = tkgops::BotConfig::load(&dir.path().join("bot.yaml"))
             .unwrap_or_else(|e| panic!("{name}: {e}\n{config_text}"));
-        assert_eq!(parsed.github.owner, str_of(&values["config"]["github"]["owner"]));
+        assert_eq!(
+            parsed.github.owner,
+            str_of(&values["config"]["github"]["owner"])
+        );
         if let Some(api) = values["config"]["github"]["apiUrl"].as_str() {
             assert_eq!(parsed.github.api_url, api, "{name}");
         }
@@ -606,7 +667,10 @@ async fn chart_installs_into_an_emulated_cluster() {
     ];
     let out = helm.ok(&install).await;
     assert!(out.contains("STATUS: deployed"), "{out}");
-    assert!(out.contains("https://tkgops.acme.example/webhooks/github"), "NOTES: {out}");
+    assert!(
+        out.contains("https://tkgops.acme.example/webhooks/github"),
+        "NOTES: {out}"
+    );
     // Helm 4 applies server-side, with strict field validation, as field manager `helm`.
     let applies: Vec<_> = cluster
         .faults()
@@ -646,7 +710,10 @@ async fn chart_installs_into_an_emulated_cluster() {
         let stored = cluster
             .get(&t.gvr, Some("tkgops"), name)
             .unwrap_or_else(|| panic!("{kind} {name} was not created"));
-        assert_eq!(stored["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm");
+        assert_eq!(
+            stored["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "Helm"
+        );
         if kind == "StatefulSet" {
             assert_eq!(
                 stored["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
@@ -655,8 +722,12 @@ async fn chart_installs_into_an_emulated_cluster() {
         }
     }
     // The release record: helm's labelled Secret.
-    let releases =
-        cluster.list_labeled(&Gvr::new("", "v1", "secrets"), Some("tkgops"), "owner", "helm");
+    let releases = cluster.list_labeled(
+        &Gvr::new("", "v1", "secrets"),
+        Some("tkgops"),
+        "owner",
+        "helm",
+    );
     assert_eq!(releases.len(), 1, "{releases:?}");
     assert_eq!(releases[0]["metadata"]["labels"]["status"], "deployed");
 
@@ -670,11 +741,382 @@ async fn chart_installs_into_an_emulated_cluster() {
         .get(&Gvr::new("", "v1", "configmaps"), Some("tkgops"), "tkgops")
         .unwrap();
     assert!(
-        cm["data"]["tkgops-bot.yaml"].as_str().unwrap().contains("pollInterval: 1m"),
+        cm["data"]["tkgops-bot.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("pollInterval: 1m"),
         "{cm}"
     );
-    helm.ok(&["uninstall", "tkgops", "-n", "tkgops", "--wait"]).await;
+    helm.ok(&["uninstall", "tkgops", "-n", "tkgops", "--wait"])
+        .await;
     let left = cluster.list(&Gvr::new("apps", "v1", "statefulsets"), Some("tkgops"));
     assert!(left.is_empty(), "{left:?}");
-    assert!(helm.ok(&["list", "-n", "tkgops", "-q"]).await.trim().is_empty());
+    assert!(helm
+        .ok(&["list", "-n", "tkgops", "-q"])
+        .await
+        .trim()
+        .is_empty());
+}
+
+/// A pod's filesystem on this host: what the kubelet would mount, under `root`.
+struct PodFiles {
+    root: tempfile::TempDir,
+    /// Mount paths in the pod, longest first (so a nested mount wins).
+    mounts: Vec<String>,
+}
+
+impl PodFiles {
+    /// Lays out the StatefulSet's mounts of `r`: the ConfigMap's files, each Secret volume's
+    /// items from `secrets` (name → key → content), and empty directories for the claim and
+    /// emptyDir volumes.
+    fn lay_out(r: &Rendered, secrets: &BTreeMap<String, BTreeMap<String, String>>) -> PodFiles {
+        let root = tempfile::tempdir().expect("tempdir");
+        let pod = &r.one("StatefulSet")["spec"]["template"]["spec"];
+        let claims: Vec<&str> = seq(&r.one("StatefulSet")["spec"]["volumeClaimTemplates"])
+            .iter()
+            .map(|c| str_of(&c["metadata"]["name"]))
+            .collect();
+        let volumes = seq(&pod["volumes"]);
+        let mut mounts = Vec::new();
+        for m in seq(&r.container()["volumeMounts"]) {
+            let (name, path) = (str_of(&m["name"]), str_of(&m["mountPath"]));
+            let dir = root.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(&dir).expect("mount directory");
+            mounts.push(path.to_string());
+            if claims.contains(&name) {
+                continue;
+            }
+            let v = volumes
+                .iter()
+                .find(|v| v["name"].as_str() == Some(name))
+                .unwrap_or_else(|| panic!("volume {name} is mounted but not declared"));
+            if let Some(cm) = v.get("configMap") {
+                let o = r.one("ConfigMap");
+                assert_eq!(o["metadata"]["name"], cm["name"]);
+                for (k, text) in o["data"].as_mapping().expect("data") {
+                    std::fs::write(dir.join(str_of(k)), str_of(text)).expect("config file");
+                }
+            } else if let Some(s) = v.get("secret") {
+                let name = str_of(&s["secretName"]);
+                let data = secrets.get(name).unwrap_or_else(|| {
+                    panic!("the pod mounts Secret {name}, which the operator did not create")
+                });
+                for item in seq(&s["items"]) {
+                    let key = str_of(&item["key"]);
+                    let content = data
+                        .get(key)
+                        .unwrap_or_else(|| panic!("Secret {name} has no key {key}"));
+                    std::fs::write(dir.join(str_of(&item["path"])), content).expect("secret file");
+                }
+            } else {
+                assert!(v.get("emptyDir").is_some(), "unexpected volume {v:?}");
+            }
+        }
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        PodFiles { root, mounts }
+    }
+
+    /// `path` as seen in the pod → the same file on this host (paths outside every mount are
+    /// the image's and are left alone).
+    fn host(&self, path: &str) -> String {
+        for m in &self.mounts {
+            if path == m || path.starts_with(&format!("{m}/")) {
+                return format!("{}{path}", self.root.path().display());
+            }
+        }
+        path.to_string()
+    }
+}
+
+/// The environment of the bot's container: literal values (pod paths mapped onto the host)
+/// and Secret keys from `secrets`. A `secretKeyRef` to a missing Secret or key fails.
+fn pod_env(
+    r: &Rendered,
+    files: &PodFiles,
+    secrets: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Vec<(String, String)> {
+    r.env()
+        .into_iter()
+        .map(|(name, src)| {
+            let value = match src {
+                EnvSource::Value(v) => files.host(&v),
+                EnvSource::Secret(s, k) => secrets
+                    .get(&s)
+                    .and_then(|d| d.get(&k))
+                    .unwrap_or_else(|| panic!("{name}: no key {k} in Secret {s}"))
+                    .clone(),
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+/// Rewrites every absolute path of the rendered bot configuration that lies in one of the
+/// pod's mounts onto the host (the configuration is otherwise taken as rendered).
+fn host_config(config: &str, files: &PodFiles) -> String {
+    let mut v: Value = serde_yaml::from_str(config).expect("config YAML");
+    fn walk(v: &mut Value, files: &PodFiles) {
+        match v {
+            Value::String(s) if s.starts_with('/') => *s = files.host(s),
+            Value::Mapping(m) => m.iter_mut().for_each(|(_, v)| walk(v, files)),
+            Value::Sequence(s) => s.iter_mut().for_each(|v| walk(v, files)),
+            _ => {}
+        }
+    }
+    walk(&mut v, files);
+    serde_yaml::to_string(&v).expect("config YAML")
+}
+
+/// Points `managementClusters[].kubeconfig` of the config repository's `tkgops.yaml` at
+/// `file` (a commit on `main`, before the bot's first start, which trusts the tip).
+fn point_kubeconfig_at(remote: &Path, file: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let o = std::process::Command::new("git")
+            .args(args)
+            .current_dir(work.path())
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .expect("git");
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    git(&["clone", "-q", p(remote), "."]);
+    let path = work.path().join("tkgops.yaml");
+    let mut v: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for mc in v["managementClusters"]
+        .as_sequence_mut()
+        .expect("managementClusters")
+    {
+        mc["kubeconfig"] = serde_yaml::from_str(&format!("{{file: {file:?}}}")).unwrap();
+    }
+    std::fs::write(&path, serde_yaml::to_string(&v).unwrap()).unwrap();
+    git(&[
+        "-c",
+        "user.name=ops",
+        "-c",
+        "user.email=ops@example.com",
+        "commit",
+        "-qam",
+        "The management cluster's kubeconfig from the chart's Secret mount",
+    ]);
+    git(&["push", "-q", "origin", "HEAD:main"]);
+}
+
+#[tokio::test]
+async fn bot_started_from_the_rendered_chart_runs_the_sandbox_story() {
+    use tkgops_emulators::github::WebhookTarget;
+    use tkgops_sandbox::{request_files, Timings, APPROVER, GITHUB_APP_ID, MANAGEMENT_CLUSTER};
+
+    let timings = Timings::default();
+    let env = crate::e2e::start_env(&timings).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The operator's values: the minimal example, pointed at the sandbox, with static AWS
+    // credentials (moto) instead of IRSA.
+    let overrides = serde_json::json!({
+        "config": {
+            "github": {
+                "apiUrl": env.github.api_url(),
+                "owner": "acme",
+                "repo": "tkg-clusters",
+                "appId": GITHUB_APP_ID,
+                "cloneUrl": format!("file://{}", env.remote.display()),
+            },
+            "pollInterval": format!("{}ms", timings.poll.as_millis()),
+            "kubePollInterval": format!("{}ms", timings.wait_poll.as_millis()),
+            "tmcPollInterval": format!("{}ms", timings.wait_poll.as_millis()),
+            "commentMinInterval": format!("{}ms", timings.comment.as_millis()),
+            "awsEndpointUrl": env.moto.endpoint_url(),
+        },
+        "secrets": {"aws": {"name": "tkgops-aws"}},
+        "managementClusterKubeconfigs": [{"name": "mgmt-kubeconfig", "key": "value"}],
+        "awsRegion": env.region,
+        "containerPort": port,
+    });
+    let helm = Helm::new();
+    let values = helm.home.path().join("sandbox-values.yaml");
+    std::fs::write(&values, serde_yaml::to_string(&overrides).unwrap()).unwrap();
+    let minimal = chart().join("examples/minimal.yaml");
+    let r = helm.template(&["-f", p(&minimal), "-f", p(&values)]).await;
+
+    // The Secrets the operator created, with the sandbox's credentials.
+    let mgmt = env
+        .kube
+        .cluster(MANAGEMENT_CLUSTER)
+        .expect("management cluster");
+    let secret = |pairs: &[(&str, String)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    };
+    let secrets: BTreeMap<String, BTreeMap<String, String>> = [
+        (
+            "tkgops-github-app",
+            secret(&[(
+                "private-key.pem",
+                tkgops_sandbox::GITHUB_APP_PRIVATE_KEY.into(),
+            )]),
+        ),
+        (
+            "tkgops-webhook",
+            secret(&[("secret", env.webhook_secret.clone())]),
+        ),
+        (
+            "tkgops-tmc",
+            secret(&[("token", tkgops_sandbox::TMC_TOKEN.into())]),
+        ),
+        (
+            "tkgops-aws",
+            secret(&[
+                ("AWS_ACCESS_KEY_ID", "testing".into()),
+                ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ]),
+        ),
+        (
+            "mgmt-kubeconfig",
+            secret(&[("value", mgmt.kubeconfig_yaml())]),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+
+    let files = PodFiles::lay_out(&r, &secrets);
+    let (config_path, config_text) = r.config_file();
+    let config_host = files.host(&config_path);
+    std::fs::write(&config_host, host_config(&config_text, &files)).unwrap();
+    point_kubeconfig_at(
+        &env.remote,
+        &files.host("/etc/tkgops/kubeconfigs/mgmt-kubeconfig/value"),
+    );
+
+    // The container's command line and environment, nothing of this process's.
+    let args: Vec<String> = seq(&r.container()["args"])
+        .iter()
+        .map(|a| files.host(str_of(a)))
+        .collect();
+    let mut bot = Command::new(crate::support::tkgops_bin());
+    bot.args(&args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(pod_env(&r, &files, &secrets))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut bot = bot.spawn().expect("tkgops serve");
+
+    // Ready as the readiness probe sees it: GET /readyz on the container port answers 200.
+    let probe = &r.container()["readinessProbe"]["httpGet"];
+    assert_eq!(probe["port"].as_str(), Some("http"));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut interval = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        interval.tick().await;
+        if let Some(status) = bot.try_wait().unwrap() {
+            let mut err = String::new();
+            use tokio::io::AsyncReadExt;
+            bot.stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .await
+                .unwrap();
+            panic!("the bot exited ({status}) before it was ready:\n{err}");
+        }
+        let url = format!("{base}{}", str_of(&probe["path"]));
+        if let Ok(resp) = http.get(&url).send().await {
+            if resp.status().is_success() {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready within 60 s"
+        );
+    }
+    let live = http
+        .get(format!(
+            "{base}{}",
+            str_of(&r.container()["livenessProbe"]["httpGet"]["path"])
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(live.status().is_success());
+    env.github.set_webhook(Some(WebhookTarget::new(
+        &format!("{base}/webhooks/github"),
+        &env.webhook_secret,
+    )));
+
+    // The create story, as `scripts/sandbox.sh` tells it.
+    let (cluster, request) = request_files(None, &env.vpc);
+    let pr = env
+        .open_pull_request(
+            &format!("add-{cluster}"),
+            &format!("Add cluster {cluster}"),
+            &request,
+        )
+        .expect("pull request");
+    let head = git2::Repository::open_bare(&env.remote)
+        .unwrap()
+        .revparse_single(&format!("refs/heads/add-{cluster}"))
+        .unwrap()
+        .id()
+        .to_string();
+    let plan = env
+        .wait_status(&head, tkgops::PLAN_CONTEXT, Duration::from_secs(120))
+        .await
+        .expect("plan status");
+    assert_eq!(plan, "success", "{}", env.conversation(pr));
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    let apply = env
+        .wait_status(&merge, tkgops::APPLY_CONTEXT, Duration::from_secs(300))
+        .await
+        .expect("apply status");
+    assert_eq!(apply, "success", "{}", env.conversation(pr));
+    let state = env.final_state(&cluster, "default");
+    assert!(
+        state.contains("phase READY, health HEALTHY"),
+        "TMC token: {state}"
+    );
+    assert!(state.contains("ReconcileSucceeded"), "{state}");
+    // The App's installation token acted (the key from the mounted Secret), and every
+    // webhook was signed with the Secret's value.
+    let comments = env.github.comments(pr);
+    assert!(
+        comments
+            .iter()
+            .any(|c| c.user == tkgops_emulators::github::DEFAULT_BOT_LOGIN),
+        "{comments:?}"
+    );
+    let deliveries = env.github.deliveries();
+    assert!(!deliveries.is_empty());
+    assert!(
+        deliveries.iter().all(|d| d.succeeded()),
+        "{}",
+        env.webhook_summary()
+    );
+    // The journal is on the claim's mount.
+    let state_dir = files.host("/var/lib/tkgops");
+    assert!(
+        std::fs::read_dir(&state_dir).unwrap().next().is_some(),
+        "nothing in {state_dir}"
+    );
+
+    env.github.set_webhook(None);
+    bot.kill().await.ok();
+    env.shutdown().await;
 }
