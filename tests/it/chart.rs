@@ -1120,3 +1120,38 @@ async fn bot_started_from_the_rendered_chart_runs_the_sandbox_story() {
     bot.kill().await.ok();
     env.shutdown().await;
 }
+
+#[tokio::test]
+async fn helm_install_of_an_undeclared_field_is_refused_as_by_a_real_api_server() {
+    use tkgops_emulators::kube::{Gvr, KubeEmulator};
+    tkgops_providers::install_crypto_provider();
+    let emu = KubeEmulator::new();
+    let cluster = emu.add_cluster("apps").await.expect("cluster");
+    let helm = Helm::with_kubeconfig(&cluster.kubeconfig_yaml());
+    let minimal = chart().join("examples/minimal.yaml");
+    // podSecurityContext is passed through as written: a typo reaches the API server, whose
+    // strict field validation (helm 4's server-side apply) refuses the StatefulSet.
+    let out = helm
+        .run(&[
+            "install",
+            "tkgops",
+            p(&chart()),
+            "--namespace",
+            "tkgops",
+            "--create-namespace",
+            "-f",
+            p(&minimal),
+            "--set-json",
+            r#"podSecurityContext={"runAsNonRot":true}"#,
+        ])
+        .await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(".spec.template.spec.securityContext.runAsNonRot"),
+        "{}",
+        text(&out)
+    );
+    assert!(cluster
+        .list(&Gvr::new("apps", "v1", "statefulsets"), Some("tkgops"))
+        .is_empty());
+}
