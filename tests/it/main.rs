@@ -6,6 +6,7 @@ mod support;
 
 mod aws;
 mod capi_rollout;
+mod chart;
 mod cli;
 mod day2;
 mod e2e;

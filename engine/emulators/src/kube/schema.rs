@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use k8s_openapi::api::{apps, core, rbac};
+use k8s_openapi::api::{apps, coordination, core, networking, rbac};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Resource;
@@ -66,6 +66,11 @@ pub(crate) fn builtins() -> &'static Builtins {
         add::<rbac::v1::RoleBinding>(&mut g, &mut by_gvr);
         add::<apps::v1::Deployment>(&mut g, &mut by_gvr);
         add::<apps::v1::DaemonSet>(&mut g, &mut by_gvr);
+        add::<apps::v1::StatefulSet>(&mut g, &mut by_gvr);
+        add::<core::v1::PersistentVolumeClaim>(&mut g, &mut by_gvr);
+        add::<networking::v1::NetworkPolicy>(&mut g, &mut by_gvr);
+        add::<networking::v1::Ingress>(&mut g, &mut by_gvr);
+        add::<coordination::v1::Lease>(&mut g, &mut by_gvr);
         add::<apiext::CustomResourceDefinition>(&mut g, &mut by_gvr);
         g.subschema_for::<ObjectMeta>();
         let mut defs = g.take_definitions(true);
