@@ -346,8 +346,8 @@ fn to_selector(sel: Option<&LabelSelector>) -> Result<Selector, ScheduleError> {
     Selector::try_from(sel.clone()).map_err(|e| ScheduleError::Selector(e.0))
 }
 
-/// Parses a cron expression: 5 fields = crontab form (the same translation as
-/// `upgradePolicy.schedule`: `0` seconds prefixed, crontab day-of-week numbers renumbered),
+/// Parses a cron expression: 5 fields = crontab form (`0` seconds prefixed, crontab
+/// day-of-week numbers renumbered),
 /// 6 or 7 fields = the `cron` crate's own form as is. Errors: [`ScheduleError::Cron`].
 pub fn parse_cron(expr: &str) -> Result<cron::Schedule, ScheduleError> {
     // The crate's messages repeat the expression with a caret line: keep the last line.

@@ -41,7 +41,7 @@ pub use settings::{
     parse_cluster_settings, parse_repo_config, ApprovalPolicy, ClusterSettings, ClusterTmc,
     IdentityManagementType, IgnoredOverride, KubeconfigSource, ManagementClusterConfig,
     PackageDefaults, PackageRepositoryRef, PackageRequest, PlanPolicy, RepoConfig, RuleLevel,
-    RuleOverride, RulesConfig, TmcConfig, UpgradePolicy, ALLOW_DELETE_LABEL, DEFAULT_MAX_CLUSTERS,
+    RuleOverride, RulesConfig, TmcConfig, ALLOW_DELETE_LABEL, DEFAULT_MAX_CLUSTERS,
     MAX_MAX_CLUSTERS,
 };
 pub use spec::{

@@ -81,6 +81,11 @@ pub const RULES: &[(&str, Severity, &str)] = &[
         "variable a TKG 2.x workload file cannot set, or that the Tanzu CLI ignores as written: identity and MachineHealthChecks are the management cluster's (tkg2-aws-class-based.md §5, §7); a partial set of WORKER_MACHINE_COUNT_0/1/2 on the prod plan (§3)",
     ),
     (
+        "TKGOPS-DEPRECATED",
+        Severity::Warning,
+        "a setting tkgops no longer uses: upgradePolicy in a cluster's tkgops.yaml (it never scheduled anything; scheduled upgrades are the repository's schedules)",
+    ),
+    (
         "TKGOPS-PLACEHOLDER",
         Severity::Error,
         "a value is an unrendered template placeholder (${…}, <NAME>)",
@@ -876,6 +881,14 @@ fn settings_rules(s: &ClusterSettings, repo: Option<&RepoConfig>, out: &mut Vec<
                 ));
             }
         }
+    }
+    // TKGOPS-DEPRECATED: upgradePolicy was parsed but never used.
+    if s.upgrade_policy.is_some() {
+        out.push(mk(
+            s.line("upgradePolicy"),
+            "TKGOPS-DEPRECATED",
+            "upgradePolicy is no longer used and has no effect: tkgops never scheduled upgrades from it. Schedule upgrades with `schedules` in the repository's tkgops.yaml (README \"Schedules\"), then remove upgradePolicy from this file".to_string(),
+        ));
     }
     // R5 TKGOPS-TKR
     match parse_tkr(&s.tkr) {

@@ -487,9 +487,11 @@ pub struct ClusterSettings {
     /// Labels of the cluster (matched by [`RuleOverride::match_labels`]; a null value is `""`).
     #[serde(default, deserialize_with = "labels_de")]
     pub labels: BTreeMap<String, String>,
-    /// Automatic upgrade policy.
+    /// `upgradePolicy`, as written: no longer used. It was parsed but never scheduled
+    /// anything; scheduled upgrades are the repository's `schedules` (README "Schedules"). Still accepted, so files that set it keep parsing, and the plan warns
+    /// (`TKGOPS-DEPRECATED`) naming its line.
     #[serde(default)]
-    pub upgrade_policy: Option<UpgradePolicy>,
+    pub upgrade_policy: Option<serde_yaml::Value>,
     /// Path of the file as given to [`parse_cluster_settings`] (not part of the YAML).
     #[serde(skip)]
     pub path: String,
@@ -536,44 +538,6 @@ pub struct ClusterTmc {
     /// `meta.description` (default "managed by tkgops").
     #[serde(default)]
     pub description: Option<String>,
-}
-
-/// Automatic upgrade policy of a cluster.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct UpgradePolicy {
-    /// 5-field crontab expression in UTC (minute hour day-of-month month day-of-week).
-    pub schedule: String,
-    /// Length of the maintenance window in humantime syntax (`4h`, `90m`).
-    #[serde(default)]
-    pub maintenance_window: Option<String>,
-    /// Upgrade to new patch releases of the same minor automatically.
-    #[serde(default)]
-    pub auto_patch: bool,
-}
-
-impl UpgradePolicy {
-    /// The schedule as a `cron` crate [`cron::Schedule`] ("0 " seconds prefixed);
-    /// `None` when invalid (reported by [`parse_cluster_settings`]).
-    pub fn cron_schedule(&self) -> Option<cron::Schedule> {
-        cron_of(&self.schedule).ok()
-    }
-
-    /// The maintenance window length; `None` when unset or invalid.
-    pub fn window(&self) -> Option<std::time::Duration> {
-        self.maintenance_window
-            .as_deref()
-            .and_then(|w| humantime::parse_duration(w).ok())
-    }
-
-    /// First window start strictly after `after` (UTC); `None` when the schedule is invalid or
-    /// never fires.
-    pub fn next_window_start(
-        &self,
-        after: chrono::DateTime<chrono::Utc>,
-    ) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.cron_schedule()?.after(&after).next()
-    }
 }
 
 /// The `cron` crate schedule of a 5-field crontab expression (minute hour day-of-month month
@@ -989,9 +953,8 @@ pub fn parse_repo_config(path: &str, bytes: &[u8]) -> Result<RepoConfig, Vec<Fin
 ///
 /// Errors: the same file guards as [`super::parse_tkg_config`] (`TKGOPS-PARSE`); unknown keys,
 /// missing `managementCluster`/`tkr`, mistyped fields, empty `managementCluster`, `tkr` or
-/// `tmc.clusterGroup`, duplicate packages, non-map package values, an `upgradePolicy.schedule`
-/// that is not a valid 5-field crontab (checked with the `cron` crate after prefixing `0 `), a
-/// `maintenanceWindow` humantime cannot parse — all `TKGOPS-SCHEMA` with lines. The TKR format
+/// `tmc.clusterGroup`, duplicate packages, non-map package values — all `TKGOPS-SCHEMA` with
+/// lines. `upgradePolicy` is accepted as any value and left to the plan's warning. The TKR format
 /// and the management cluster's existence are checked by [`super::validate`].
 pub fn parse_cluster_settings(path: &str, bytes: &[u8]) -> Result<ClusterSettings, Vec<Finding>> {
     let (mut s, text) = parse_typed::<ClusterSettings>(path, bytes)?;
@@ -1042,29 +1005,6 @@ pub fn parse_cluster_settings(path: &str, bytes: &[u8]) -> Result<ClusterSetting
         }
     }
     check_packages(path, text, &s.packages, &mut out, true);
-    if let Some(p) = &s.upgrade_policy {
-        if let Err(e) = cron_of(&p.schedule) {
-            out.push(schema(
-                path,
-                find_key_line(text, "schedule"),
-                format!(
-                    "upgradePolicy.schedule {:?} is not a valid crontab expression: {e}",
-                    p.schedule
-                ),
-            ));
-        }
-        if let Some(w) = &p.maintenance_window {
-            if humantime::parse_duration(w).is_err() {
-                out.push(schema(
-                    path,
-                    find_key_line(text, "maintenanceWindow"),
-                    format!(
-                        "upgradePolicy.maintenanceWindow {w:?} is not a duration (e.g. 4h, 90m)"
-                    ),
-                ));
-            }
-        }
-    }
     if out.is_empty() {
         Ok(s)
     } else {
