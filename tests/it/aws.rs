@@ -516,3 +516,88 @@ async fn remove_subnet_tags_new_vpc_is_a_no_op() {
     assert!(out.note.contains("new VPC"), "{}", out.note);
     moto.stop().await;
 }
+
+/// Issue 19: each management cluster's AWS steps run as its own role. Two clusters of two
+/// management clusters (two accounts) are preflighted: moto's own recording shows one STS
+/// `AssumeRole` per role (with the external ID and session name `tkgops`), and every EC2 call
+/// signed with the assumed role's credentials, never with the bot's own.
+#[tokio::test]
+async fn each_management_clusters_aws_steps_run_as_its_own_role() {
+    let moto = start_moto().await;
+    let role_a = "arn:aws:iam::111111111111:role/tkgops-mc-aws-1";
+    let role_b = "arn:aws:iam::222222222222:role/tkgops-mc-aws-2";
+    // moto keeps each account's EC2 apart, as AWS does: each VPC is seeded in its role's account,
+    // by another executor (whose calls are left out below).
+    let identity = |arn: &str| tkgops_domain::request::AwsIdentity {
+        role_arn: arn.into(),
+        external_id: None,
+        region: None,
+    };
+    let seeder = executor(&moto);
+    let vpc_a = seed_vpc(
+        &seeder.client_as(REGION, Some(&identity(role_a))).await,
+        "10.60.0.0/16",
+        &AZS,
+    )
+    .await
+    .expect("seed A");
+    let vpc_b = seed_vpc(
+        &seeder.client_as(REGION, Some(&identity(role_b))).await,
+        "10.70.0.0/16",
+        &AZS,
+    )
+    .await
+    .expect("seed B");
+    let seeded = moto.recorded().expect("moto's recording").len();
+    let exec = executor(&moto);
+    let mut a = existing_vpc_inputs(&vpc_a);
+    a["identity"] = json!({"roleArn": role_a, "externalId": "tkgops-ext-1"});
+    let mut b = existing_vpc_inputs(&vpc_b);
+    b["clusterName"] = json!("team-b-prod");
+    b["identity"] = json!({"roleArn": role_b});
+    run(&exec, a.clone()).await.expect("preflight as role A");
+    run(&exec, b).await.expect("preflight as role B");
+    run(&exec, a)
+        .await
+        .expect("again as role A: the client is cached");
+
+    let recorded = moto.recorded().expect("moto's recording");
+    let ours: Vec<_> = recorded[seeded..]
+        .iter()
+        .filter(|r| r.from_app(tkgops_providers::aws::APP_NAME))
+        .collect();
+    let assumes: Vec<_> = ours
+        .iter()
+        .filter(|r| r.param("Action") == Some("AssumeRole"))
+        .collect();
+    let arns: Vec<_> = assumes
+        .iter()
+        .map(|r| r.param("RoleArn").unwrap())
+        .collect();
+    assert_eq!(
+        arns,
+        [role_a, role_b],
+        "one AssumeRole per role; the credentials are cached"
+    );
+    assert_eq!(assumes[0].param("ExternalId"), Some("tkgops-ext-1"));
+    assert_eq!(assumes[1].param("ExternalId"), None);
+    assert!(assumes
+        .iter()
+        .all(|r| r.param("RoleSessionName") == Some("tkgops")));
+    assert!(
+        assumes
+            .iter()
+            .all(|r| r.access_key_id.as_deref() == Some("testing")),
+        "the roles are assumed with the bot's own identity"
+    );
+    let ec2_keys: std::collections::BTreeSet<_> = ours
+        .iter()
+        .filter(|r| r.action().is_some_and(|a| a.starts_with("ec2:")))
+        .map(|r| r.access_key_id.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(ec2_keys.len(), 2, "one key per role: {ec2_keys:?}");
+    assert!(
+        !ec2_keys.contains("testing"),
+        "no EC2 call is made as the bot's own identity: {ec2_keys:?}"
+    );
+}

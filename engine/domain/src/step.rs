@@ -287,6 +287,11 @@ pub struct AwsPreflightInputs {
     pub cluster_cidr: String,
     /// TKG `SERVICE_CIDR`.
     pub service_cidr: String,
+    /// The role to assume for these calls: the management cluster's `aws` setting, from the
+    /// policy the plan was made under (part of what is approved). `None`: the bot's own
+    /// identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::request::AwsIdentity>,
 }
 
 /// Inputs of `kube.apply`: where to apply, and the multi-document YAML rendered from the

@@ -2076,3 +2076,33 @@ fn the_plan_cap_defaults_to_200_and_is_validated() {
         "{fs:#?}"
     );
 }
+
+/// Issue 19: `managementClusters[].aws` names the role tkgops assumes for that management
+/// cluster's AWS steps; a malformed role ARN or external ID is a schema error on its line.
+#[test]
+fn a_management_clusters_aws_role_is_checked() {
+    let with = |aws: &str| {
+        repo_text().replace(
+            "    identityManagementType: ldap\n",
+            &format!("    identityManagementType: ldap\n    aws: {aws}\n"),
+        )
+    };
+    let ok = with("{roleArn: \"arn:aws:iam::123456789012:role/tkgops\", externalId: tkgops-ext-1, region: us-gov-west-1}");
+    let r = parse_repo_config("tkgops.yaml", ok.as_bytes()).expect("valid");
+    let id = r.management_clusters[0].aws.as_ref().expect("aws");
+    assert_eq!(id.role_arn, "arn:aws:iam::123456789012:role/tkgops");
+    assert_eq!(id.external_id.as_deref(), Some("tkgops-ext-1"));
+    assert_eq!(id.region.as_deref(), Some("us-gov-west-1"));
+
+    let bad = with("{roleArn: \"arn:aws:iam::1234:user/tkgops\"}");
+    let fs = parse_repo_config("tkgops.yaml", bad.as_bytes()).expect_err("not a role ARN");
+    assert_eq!(fs[0].rule, "TKGOPS-SCHEMA");
+    assert!(fs[0].message.contains("not an IAM role ARN"), "{fs:?}");
+    let line = bad.lines().position(|l| l.contains("roleArn")).unwrap() as u32 + 1;
+    assert_eq!(fs[0].line, Some(line));
+    let bad = with("{roleArn: \"arn:aws:iam::123456789012:role/t\", externalId: \"x\"}");
+    let fs = parse_repo_config("tkgops.yaml", bad.as_bytes()).expect_err("short external ID");
+    assert!(fs[0].message.contains("externalId"), "{fs:?}");
+    let bad = with("{role: x}");
+    assert!(parse_repo_config("tkgops.yaml", bad.as_bytes()).is_err());
+}

@@ -273,35 +273,27 @@ impl MotoServer {
         Ok(())
     }
 
-    /// The AWS API actions (`ec2:DescribeSubnets`, …) of the requests moto received from
-    /// clients whose User-Agent names `app/<app>` (the SDK's app name; tkgops sends
-    /// [`tkgops_providers::aws::APP_NAME`]), from moto's own request recording. The seeding and
-    /// the tests' own clients send no app name, so they are not counted.
+    /// Every request moto received, in order, from its own request recording
+    /// (`MOTO_ENABLE_RECORDING`), as [`RecordedRequest`]s.
     ///
-    /// Errors: [`MotoError::Io`] when the recording cannot be read; lines moto wrote that are
-    /// not JSON are skipped.
-    pub fn actions_sent_by(
-        &self,
-        app: &str,
-    ) -> Result<std::collections::BTreeSet<String>, MotoError> {
+    /// Errors: [`MotoError::Io`] when the recording cannot be read; lines that are not JSON
+    /// are skipped.
+    pub fn recorded(&self) -> Result<Vec<RecordedRequest>, MotoError> {
         use base64::Engine as _;
         let text = std::fs::read_to_string(self.recording.path())?;
-        let marker = format!("app/{app}");
-        let mut actions = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
         for line in text.lines() {
             let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
             };
-            let from_app = entry["headers"].as_object().is_some_and(|h| {
-                h.iter().any(|(k, v)| {
-                    k.eq_ignore_ascii_case("user-agent")
-                        && v.as_str()
-                            .is_some_and(|v| v.split(' ').any(|p| p == marker))
+            let header = |name: &str| {
+                entry["headers"].as_object().and_then(|h| {
+                    h.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .and_then(|(_, v)| v.as_str())
+                        .map(str::to_string)
                 })
-            });
-            if !from_app {
-                continue;
-            }
+            };
             let body = entry["body"].as_str().unwrap_or("");
             let body = if entry["body_encoded"].as_bool() == Some(true) {
                 base64::engine::general_purpose::STANDARD
@@ -312,18 +304,39 @@ impl MotoServer {
             } else {
                 body.to_string()
             };
-            let form: Vec<(String, String)> = serde_urlencoded::from_str(&body).unwrap_or_default();
-            if let Some((_, action)) = form.iter().find(|(k, _)| k == "Action") {
-                // moto serves one endpoint for every service; tkgops calls EC2 and STS.
-                let service = if action.starts_with("AssumeRole") || action == "GetCallerIdentity" {
-                    "sts"
-                } else {
-                    "ec2"
-                };
-                actions.insert(format!("{service}:{action}"));
-            }
+            let params: Vec<(String, String)> =
+                serde_urlencoded::from_str(&body).unwrap_or_default();
+            let access_key_id = header("authorization").and_then(|a| {
+                a.split("Credential=")
+                    .nth(1)
+                    .and_then(|c| c.split('/').next())
+                    .map(str::to_string)
+            });
+            out.push(RecordedRequest {
+                user_agent: header("user-agent").unwrap_or_default(),
+                access_key_id,
+                params,
+            });
         }
-        Ok(actions)
+        Ok(out)
+    }
+
+    /// The AWS API actions (`ec2:DescribeSubnets`, …) of the requests moto received from
+    /// clients whose User-Agent names `app/<app>` (the SDK's app name; tkgops sends
+    /// [`tkgops_providers::aws::APP_NAME`]), from [`MotoServer::recorded`]. The seeding and the
+    /// tests' own clients send no app name, so they are not counted.
+    ///
+    /// Errors: as [`MotoError::Io`].
+    pub fn actions_sent_by(
+        &self,
+        app: &str,
+    ) -> Result<std::collections::BTreeSet<String>, MotoError> {
+        Ok(self
+            .recorded()?
+            .iter()
+            .filter(|r| r.from_app(app))
+            .filter_map(RecordedRequest::action)
+            .collect())
     }
 
     /// Kills the process and waits for it to exit. Never fails (a process that already exited
@@ -510,4 +523,44 @@ where
         None => DisplayErrorContext(&e).to_string(),
     };
     MotoError::Seed { op, message }
+}
+
+/// One request moto recorded (see [`MotoServer::recorded`]).
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// The `User-Agent` header.
+    pub user_agent: String,
+    /// The access key ID of its SigV4 `Authorization` header, if signed.
+    pub access_key_id: Option<String>,
+    /// The form parameters of its body (EC2 and STS are query APIs: `Action`, `RoleArn`, …).
+    pub params: Vec<(String, String)>,
+}
+
+impl RecordedRequest {
+    /// Whether the request came from a client with SDK app name `app` (`app/<app>` in the
+    /// User-Agent).
+    pub fn from_app(&self, app: &str) -> bool {
+        let marker = format!("app/{app}");
+        self.user_agent.split(' ').any(|p| p == marker)
+    }
+
+    /// The value of form parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The action as IAM names it, `ec2:<Action>` or `sts:<Action>` (moto serves every
+    /// service on one endpoint; tkgops calls EC2 and STS).
+    pub fn action(&self) -> Option<String> {
+        let action = self.param("Action")?;
+        let service = if action.starts_with("AssumeRole") || action == "GetCallerIdentity" {
+            "sts"
+        } else {
+            "ec2"
+        };
+        Some(format!("{service}:{action}"))
+    }
 }

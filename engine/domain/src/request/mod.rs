@@ -38,8 +38,8 @@ pub use rules::{
 };
 pub(crate) use settings::cron_of;
 pub use settings::{
-    parse_cluster_settings, parse_repo_config, ApprovalPolicy, ClusterSettings, ClusterTmc,
-    IdentityManagementType, IgnoredOverride, KubeconfigSource, ManagementClusterConfig,
+    parse_cluster_settings, parse_repo_config, ApprovalPolicy, AwsIdentity, ClusterSettings,
+    ClusterTmc, IdentityManagementType, IgnoredOverride, KubeconfigSource, ManagementClusterConfig,
     PackageDefaults, PackageRepositoryRef, PackageRequest, PlanPolicy, RepoConfig, RuleLevel,
     RuleOverride, RulesConfig, TmcConfig, ALLOW_DELETE_LABEL, DEFAULT_MAX_CLUSTERS,
     MAX_MAX_CLUSTERS,

@@ -126,6 +126,59 @@ pub struct ManagementClusterConfig {
     /// the Pinniped info the cluster publishes. Unset = not declared (TKO-CLS-006 reports it).
     #[serde(default)]
     pub identity_management_type: Option<IdentityManagementType>,
+    /// The AWS identity of this management cluster's account: the role tkgops assumes (STS
+    /// `AssumeRole`) for the AWS steps of its clusters. Unset: the bot's own identity.
+    #[serde(default)]
+    pub aws: Option<AwsIdentity>,
+}
+
+/// An AWS role tkgops assumes for one management cluster's AWS steps (TKG estates span
+/// accounts: each management cluster usually lives in its own). The bot's own identity needs
+/// `sts:AssumeRole` on it, and the role needs what `deploy/aws/iam-policy.json` allows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AwsIdentity {
+    /// The role's ARN, `arn:aws:iam::<12-digit account>:role/<name>` (any AWS partition).
+    pub role_arn: String,
+    /// The external ID the role's trust policy requires, if any (STS `ExternalId`; 2–1224
+    /// characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// The region of the STS endpoint to call, e.g. `us-gov-west-1`; default: the region of the
+    /// step (the cluster's `AWS_REGION`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+impl AwsIdentity {
+    /// Why `self` cannot be used, or `None`: a role ARN that is not
+    /// `arn:<partition>:iam::<12 digits>:role/<path/name>`, or an external ID outside STS's
+    /// 2–1224 characters of letters, digits and `_+=,.@:/-`.
+    pub fn problem(&self) -> Option<String> {
+        let arn = regex::Regex::new(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/([A-Za-z0-9_+=,.@/-]+)$")
+            .expect("a valid regex");
+        let name_ok = arn
+            .captures(&self.role_arn)
+            .is_some_and(|c| c[1].len() <= 512);
+        if !name_ok {
+            return Some(format!(
+                "aws.roleArn {:?} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)",
+                self.role_arn
+            ));
+        }
+        if let Some(id) = &self.external_id {
+            let chars_ok = id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c));
+            if !(2..=1224).contains(&id.len()) || !chars_ok {
+                return Some(
+                    "aws.externalId must be 2 to 1224 characters of letters, digits and _+=,.@:/-"
+                        .to_string(),
+                );
+            }
+        }
+        None
+    }
 }
 
 impl ManagementClusterConfig {
@@ -889,6 +942,16 @@ pub fn parse_repo_config(path: &str, bytes: &[u8]) -> Result<RepoConfig, Vec<Fin
                 path,
                 line,
                 format!("management cluster {} is listed twice", m.name),
+            ));
+        }
+        if let Some(problem) = m.aws.as_ref().and_then(AwsIdentity::problem) {
+            out.push(schema(
+                path,
+                m.aws
+                    .as_ref()
+                    .and_then(|a| find_value_line(text, "roleArn", &a.role_arn))
+                    .or(line),
+                format!("management cluster {}: {problem}", m.name),
             ));
         }
     }

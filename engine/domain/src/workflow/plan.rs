@@ -1249,6 +1249,9 @@ pub fn step_inputs(
         instance_types: instance_types(spec),
         cluster_cidr: spec.cluster_cidr.clone(),
         service_cidr: spec.service_cidr.clone(),
+        identity: repo
+            .and_then(|r| r.management_cluster(&spec.management_cluster))
+            .and_then(|mc| mc.aws.clone()),
     };
     let rollout = || KubeRolloutInputs {
         target: target.clone(),

@@ -23,6 +23,7 @@ use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 
 use tkgops_domain::executor::{StepContext, StepError};
+use tkgops_domain::request::AwsIdentity;
 
 pub use tkgops_domain::output::{AwsPreflightOutput, AwsRemoveSubnetTagsOutput};
 pub use tkgops_domain::step::AwsPreflightInputs;
@@ -50,13 +51,14 @@ pub const APP_NAME: &str = "tkgops";
 /// honoured by aws-config when `endpoint_url` is `None`. Never fails: missing credentials
 /// surface as errors of the first call.
 pub async fn ec2_client(region: &str, endpoint_url: Option<&str>) -> aws_sdk_ec2::Client {
-    build_client(region, endpoint_url, None).await
+    build_client(region, endpoint_url, None, None).await
 }
 
 async fn build_client(
     region: &str,
     endpoint_url: Option<&str>,
     credentials: Option<&Credentials>,
+    identity: Option<&AwsIdentity>,
 ) -> aws_sdk_ec2::Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         // `app/tkgops` in every request's User-Agent: what CloudTrail shows, and how the
@@ -77,7 +79,29 @@ async fn build_client(
         loader = loader.credentials_provider(creds.clone());
     }
     let conf = loader.load().await;
-    aws_sdk_ec2::Client::new(&conf)
+    let Some(identity) = identity else {
+        return aws_sdk_ec2::Client::new(&conf);
+    };
+    // The management cluster's role, assumed with the base identity (STS AssumeRole, session
+    // name `tkgops`); the SDK's identity cache refreshes the credentials before they expire.
+    let mut role = aws_config::sts::AssumeRoleProvider::builder(identity.role_arn.clone())
+        .session_name(APP_NAME)
+        .region(Region::new(
+            identity
+                .region
+                .clone()
+                .unwrap_or_else(|| region.to_string()),
+        ))
+        .configure(&conf);
+    if let Some(id) = &identity.external_id {
+        role = role.external_id(id.clone());
+    }
+    let role = role.build().await;
+    let conf = conf
+        .into_builder()
+        .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(role))
+        .build();
+    aws_sdk_ec2::Client::from_conf(aws_sdk_ec2::config::Builder::from(&conf).build())
 }
 
 /// Executes `aws.preflight` and `aws.remove-subnet-tags` steps. Caches one EC2 client per
@@ -85,7 +109,8 @@ async fn build_client(
 pub struct AwsExecutor {
     endpoint_url: Option<String>,
     credentials: Option<Credentials>,
-    clients: tokio::sync::Mutex<HashMap<String, aws_sdk_ec2::Client>>,
+    /// One client per (region, role assumed): `None` for the bot's own identity.
+    clients: tokio::sync::Mutex<HashMap<(String, Option<AwsIdentity>), aws_sdk_ec2::Client>>,
 }
 
 impl std::fmt::Debug for AwsExecutor {
@@ -120,19 +145,33 @@ impl AwsExecutor {
         self.endpoint_url.as_deref()
     }
 
-    /// The cached EC2 client for `region`, built on first use (see [`ec2_client`]).
+    /// The cached EC2 client for `region`, built on first use (see [`ec2_client`]), with the
+    /// bot's own identity.
     pub async fn client(&self, region: &str) -> aws_sdk_ec2::Client {
+        self.client_as(region, None).await
+    }
+
+    /// The cached EC2 client for `region` acting as `identity` (the management cluster's role,
+    /// assumed through STS with the bot's own identity; `None`: the bot's own identity). The
+    /// role is assumed on the first call, not here.
+    pub async fn client_as(
+        &self,
+        region: &str,
+        identity: Option<&AwsIdentity>,
+    ) -> aws_sdk_ec2::Client {
+        let key = (region.to_string(), identity.cloned());
         let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(region) {
+        if let Some(c) = clients.get(&key) {
             return c.clone();
         }
         let c = build_client(
             region,
             self.endpoint_url.as_deref(),
             self.credentials.as_ref(),
+            identity,
         )
         .await;
-        clients.insert(region.to_string(), c.clone());
+        clients.insert(key, c.clone());
         c
     }
 }
@@ -150,13 +189,16 @@ impl AwsExecutor {
         ctx: &StepContext,
         inputs: &AwsPreflightInputs,
     ) -> Result<AwsPreflightOutput, StepError> {
-        let client = self.client(&inputs.region).await;
+        let identity = inputs.identity.as_ref();
+        let client = self.client_as(&inputs.region, identity).await;
         let fallback = if inputs.region == FALLBACK_REGION {
             None
         } else {
-            Some(self.client(FALLBACK_REGION).await)
+            Some(self.client_as(FALLBACK_REGION, identity).await)
         };
-        preflight::run(&client, fallback.as_ref(), inputs, &ctx.progress).await
+        preflight::run(&client, fallback.as_ref(), inputs, &ctx.progress)
+            .await
+            .map_err(|e| as_role(e, identity))
     }
 
     /// Runs one attempt of `aws.remove-subnet-tags`: [`untag::run`] on `inputs` with the
@@ -168,7 +210,21 @@ impl AwsExecutor {
         ctx: &StepContext,
         inputs: &AwsPreflightInputs,
     ) -> Result<AwsRemoveSubnetTagsOutput, StepError> {
-        let client = self.client(inputs.region.trim()).await;
-        untag::run(&client, inputs, &ctx.progress).await
+        let identity = inputs.identity.as_ref();
+        let client = self.client_as(inputs.region.trim(), identity).await;
+        untag::run(&client, inputs, &ctx.progress)
+            .await
+            .map_err(|e| as_role(e, identity))
+    }
+}
+
+/// `e`, saying which role the calls were made as when one was assumed (a refused
+/// `AssumeRole` surfaces as the first EC2 call's credentials error).
+fn as_role(e: StepError, identity: Option<&AwsIdentity>) -> StepError {
+    let Some(id) = identity else { return e };
+    let with = |m: String| format!("{m} (as role {})", id.role_arn);
+    match e {
+        StepError::Permanent(m) => StepError::Permanent(with(m)),
+        StepError::Transient(m) => StepError::Transient(with(m)),
     }
 }
