@@ -39,7 +39,7 @@ fn validate_sample_01_reports_dev_plan_and_ignored_identity_settings() {
         plan_line.starts_with("tests/fixtures/samples/01-tkg16-aws-mgmt-cluster-config.yaml:"),
         "{plan_line}"
     );
-    // Identity settings are the management cluster's in TKG 2.x (tkg2-aws-class-based.md §7).
+    // Identity settings are the management cluster's in TKG 2.x (docs/tkg2-class-based.md §7).
     assert!(out.contains("TKGOPS-IGNORED"), "{out}");
 }
 

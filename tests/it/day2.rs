@@ -183,7 +183,7 @@ async fn create_upgrade_resize_then_upgrade_and_resize_never_conflict() {
             cond["message"].as_str().unwrap_or_default().to_string(),
         )
     };
-    // The tkr-status controller offers the next minor (tkg2-aws-class-based.md §8).
+    // The tkr-status controller offers the next minor (docs/tkg2-class-based.md §8).
     assert_eq!(updates(), ("True".to_string(), format!("[{OLD_TKR}]")));
     let file = |suffix: &str| {
         files

@@ -130,7 +130,7 @@ async fn assert_cluster_created(env: &Environment) {
             .and_then(|v| v.as_str()),
         Some("tkg-aws-default-v1.0.0")
     );
-    // Admission resolved the TKR (tkg2-aws-class-based.md §4): label, Kubernetes version.
+    // Admission resolved the TKR (docs/tkg2-class-based.md §4): label, Kubernetes version.
     assert_eq!(
         cluster
             .pointer("/metadata/labels/run.tanzu.vmware.com~1tkr")
@@ -209,7 +209,7 @@ async fn assert_cluster_created(env: &Environment) {
         [
             ("cert-manager".to_string(), "ReconcileSucceeded".to_string()),
             ("contour".to_string(), "ReconcileSucceeded".to_string()),
-            // The core packages of the ClusterBootstrap (tkg2-aws-class-based.md §6).
+            // The core packages of the ClusterBootstrap (docs/tkg2-class-based.md §6).
             (
                 "team-a-prod-antrea".to_string(),
                 "ReconcileSucceeded".to_string()

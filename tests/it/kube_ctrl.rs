@@ -95,7 +95,7 @@ const TKR: &str = "v1.25.7+vmware.2-tkg.1";
 const K8S: &str = "v1.25.7+vmware.2";
 const OS_SELECTOR: &str = "ami-region=us-east-1,os-name=ubuntu,os-arch=amd64";
 
-/// A Cluster shaped as tkgops renders it for TKG 2.x (tkg2-aws-class-based.md §3.3), in us-east-1.
+/// A Cluster shaped as tkgops renders it for TKG 2.x (docs/tkg2-class-based.md §3.3), in us-east-1.
 fn cluster_obj(name: &str, class: &str, cp: i64, workers: i64) -> Value {
     cluster_obj_at(name, class, TKR, cp, workers)
 }
@@ -950,7 +950,7 @@ async fn ctrl_machine_health_check_and_deletion() {
 async fn ctrl_plan_based_cluster_progresses_from_its_refs() {
     let env = env().await;
     let ns = "default";
-    // Objects of TKG 1.6's legacy plan-based template (tanzu-apis.md §2.1), created out of order.
+    // Objects of TKG 1.6's legacy plan-based template (docs/tanzu-apis.md §2.1), created out of order.
     env.mgmt
         .create(&gvr_cluster(), json!({
             "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",

@@ -144,7 +144,7 @@ async fn run(
 const OWNER: &str = "0123456789abcdef0123456789abcdef";
 
 /// A ClusterClass Cluster (TKG 2.2's `tkg-aws-default-v1.0.0`, 3 control plane nodes, md-0..2,
-/// as `tanzu cluster create` renders it, tkg2-aws-class-based.md §3) and the two TKG
+/// as `tanzu cluster create` renders it, docs/tkg2-class-based.md §3) and the two TKG
 /// MachineHealthChecks (samples/04 shape).
 fn cluster_manifest(name: &str, fail: Option<&str>) -> String {
     let ann = fail

@@ -1,6 +1,6 @@
 //! Integration tests: tkg2. What tkgops renders for the example request, judged by the emulated
 //! TKG 2.2 management cluster's admission (CAPI defaulting and validation, the TKR resolver,
-//! tkg2-aws-class-based.md §4) through the real provider: the server-side dry run refuses a
+//! docs/tkg2-class-based.md §4) through the real provider: the server-side dry run refuses a
 //! request with the webhook's own message before anything is written, and `kube.preflight`
 //! checks the `tkgops.yaml` declaration against the management cluster (§1, §7, §8).
 

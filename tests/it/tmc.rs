@@ -933,7 +933,7 @@ async fn attach_fails_permanently_on_error_phase() {
 }
 
 /// READY ends the attach wait; a degraded health is reported, not required (TMC-TF waits for
-/// READY only, tanzu-apis.md §3.5 step 4).
+/// READY only, docs/tanzu-apis.md §3.5 step 4).
 #[tokio::test]
 async fn attach_ends_on_ready_and_reports_a_warning_health() {
     let emu = emulator().await;
@@ -964,7 +964,7 @@ async fn attach_ends_on_ready_and_reports_a_warning_health() {
 
 /// A cluster with a TMC proxy (or image registry) gets its manifest from
 /// `GET /v1alpha1/clusters:manifest/{name}`, not from the installer link (TMC-TF
-/// `resource_cluster.go`, tanzu-apis.md §3.5 step 3).
+/// `resource_cluster.go`, docs/tanzu-apis.md §3.5 step 3).
 #[tokio::test]
 async fn attach_behind_a_proxy_uses_the_manifest_endpoint() {
     let emu = emulator().await;

@@ -557,7 +557,7 @@ async fn the_run_reaches_the_management_cluster_as_the_old_policy_says() {
 /// A management cluster that does not match what the default branch's `tkgops.yaml` declares
 /// (here: a ClusterClass it does not have) stops the run at `kube.preflight`, before anything is
 /// written, and the PR shows the management cluster's answer and what to correct
-/// (tkg2-aws-class-based.md §1).
+/// (docs/tkg2-class-based.md §1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_management_cluster_that_differs_from_the_policy_stops_the_run_on_the_pr() {
     let timings = Timings::default();

@@ -1,7 +1,7 @@
 //! The bot's HTTP server (axum): GitHub webhooks at `POST /webhooks/github`, and `/healthz`,
 //! `/readyz` for the platform running the bot.
 //!
-//! Security rule 4 (docs/design.md; reference `github-gitops.md` (b)6):
+//! Security rule 4 (docs/design.md; reference `docs/github.md` (b)6):
 //! 1. `X-Hub-Signature-256` (`sha256=<hex HMAC-SHA256 of the raw body>`) is verified, in
 //!    constant time, before anything of the body is parsed. A missing or wrong signature gets
 //!    401 and changes nothing. Without a configured secret every delivery is refused (fail
@@ -38,7 +38,7 @@ pub const DELIVERY_RETENTION: chrono::Duration = chrono::Duration::days(7);
 /// At most one prune of delivery records per hour (a prune scans every record).
 pub const PRUNE_INTERVAL: chrono::Duration = chrono::Duration::hours(1);
 
-/// Largest payload accepted, in bytes: GitHub's own cap, 25 MB (`github-gitops.md` (d)).
+/// Largest payload accepted, in bytes: GitHub's own cap, 25 MB (`docs/github.md` (d)).
 pub const MAX_PAYLOAD_BYTES: usize = 25 * 1024 * 1024;
 
 /// The events that make the bot look at pull requests again.

@@ -74,7 +74,7 @@ impl StepOutput for AwsPreflightOutput {
     }
 }
 
-/// Output of `kube.preflight`, read from the management cluster (tkg2-aws-class-based.md §1,
+/// Output of `kube.preflight`, read from the management cluster (docs/tkg2-class-based.md §1,
 /// §7, §8).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -165,7 +165,7 @@ impl StepOutput for KubeReadKubeconfigOutput {
     }
 }
 
-/// Output of `tmc.attach`: the TMC cluster once attached (tanzu-apis.md §3.5).
+/// Output of `tmc.attach`: the TMC cluster once attached (docs/tanzu-apis.md §3.5).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TmcAttachOutput {
@@ -374,7 +374,7 @@ pub struct RemovedPackage {
     pub status: String,
 }
 
-/// Output of `packages.update`: what changed, package by package (tanzu-apis.md §4.2, §4.3).
+/// Output of `packages.update`: what changed, package by package (docs/tanzu-apis.md §4.2, §4.3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PackagesUpdateOutput {
@@ -422,7 +422,7 @@ impl StepOutput for PackagesUpdateOutput {
 }
 
 /// Output of `packages.verify`: every PackageInstall of the workload cluster reconciled
-/// (tanzu-apis.md §4.3).
+/// (docs/tanzu-apis.md §4.3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PackagesVerifyOutput {
@@ -441,7 +441,7 @@ impl StepOutput for PackagesVerifyOutput {
     }
 }
 
-/// Output of `tmc.detach` (tanzu-apis.md §3.5 step 5).
+/// Output of `tmc.detach` (docs/tanzu-apis.md §3.5 step 5).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TmcDetachOutput {

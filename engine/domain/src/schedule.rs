@@ -8,8 +8,8 @@
 //! Sources: Renovate's `schedule` (cron, timezone, UTC default), `prHourlyLimit` (default 2) and
 //! `prConcurrentLimit` (default 10) and grouped PRs; Argo CD sync windows (a cron start plus a
 //! duration, in a time zone); Kubernetes `LabelSelector` semantics (via `kube-core`)
-//! (`reference/github-gitops.md`, "Scheduling" and idea 7); TKG upgrades one Kubernetes minor at
-//! a time (`reference/tkg2-aws-class-based.md` §8, rule `TKGOPS-DOWNGRADE`).
+//! (`docs/github.md`, "Scheduling" and idea 7); TKG upgrades one Kubernetes minor at
+//! a time (`docs/tkg2-class-based.md` §8, rule `TKGOPS-DOWNGRADE`).
 //!
 //! ```yaml
 //! schedules:
@@ -559,7 +559,7 @@ pub fn due_fire(
 ///   is newer than `current_tkr`.
 /// - [`Target::LatestMinor`]: the newest offered TKR of the next minor (minor + 1) if any is
 ///   offered, else the latest patch as above. Never two minors at once: TKG and Cluster API
-///   upgrade one Kubernetes minor at a time (tkg2-aws-class-based.md §8; `TKGOPS-DOWNGRADE`
+///   upgrade one Kubernetes minor at a time (docs/tkg2-class-based.md §8; `TKGOPS-DOWNGRADE`
 ///   refuses a larger jump), so a later scheduled run takes the following minor. A major
 ///   change is never proposed.
 ///

@@ -148,7 +148,7 @@ step_kinds! {
     AwsPreflight = "aws.preflight"
         => fn aws_preflight(AwsPreflightInputs) -> AwsPreflightOutput,
     /// Management-cluster preflight: the declared TKG release, ClusterClass, TKR and identity
-    /// against the management cluster itself (tkg2-aws-class-based.md §1, §7, §8).
+    /// against the management cluster itself (docs/tkg2-class-based.md §1, §7, §8).
     KubePreflight = "kube.preflight"
         => fn kube_preflight(KubePreflightInputs) -> KubePreflightOutput,
     /// Server-side dry run, then server-side apply of the Cluster API objects to the management
@@ -175,18 +175,18 @@ step_kinds! {
     KubeResizeCluster = "kube.resize-cluster"
         => fn kube_resize_cluster(ResizeClusterInputs) -> KubeResizeClusterOutput,
     /// Wait until the KubeadmControlPlane runs the target Kubernetes version with every replica
-    /// ready and the workload API server reports it (tkg2-aws-class-based.md §8 "Wait").
+    /// ready and the workload API server reports it (docs/tkg2-class-based.md §8 "Wait").
     KubeWaitControlPlane = "kube.wait-control-plane"
         => fn kube_wait_control_plane(KubeRolloutInputs) -> KubeWaitControlPlaneOutput,
     /// Wait until every MachineDeployment has `replicas == updatedReplicas == readyReplicas` at
-    /// the target Kubernetes version (tkg2-aws-class-based.md §8 "Wait").
+    /// the target Kubernetes version (docs/tkg2-class-based.md §8 "Wait").
     KubeWaitMachineDeployments = "kube.wait-machine-deployments"
         => fn kube_wait_machine_deployments(KubeRolloutInputs) -> KubeWaitMachineDeploymentsOutput,
     /// Update, add and remove PackageInstalls of an existing cluster.
     PackagesUpdate = "packages.update"
         => fn packages_update(PackagesUpdateInputs) -> PackagesUpdateOutput,
     /// Re-verify every PackageInstall of the workload cluster (core and user packages):
-    /// `ReconcileSucceeded` for its current generation (tanzu-apis.md §4.3).
+    /// `ReconcileSucceeded` for its current generation (docs/tanzu-apis.md §4.3).
     PackagesVerify = "packages.verify"
         => fn packages_verify(WorkloadTarget) -> PackagesVerifyOutput,
     /// Detach the workload cluster from Tanzu Mission Control.
@@ -342,7 +342,7 @@ pub struct TmcFullName {
 
 impl TmcFullName {
     /// The full name TMC gives a cluster attached under `name`: management cluster and
-    /// provisioner `attached` (tanzu-apis.md §4).
+    /// provisioner `attached` (docs/tanzu-apis.md §4).
     pub fn attached(name: &str) -> Self {
         TmcFullName {
             management_cluster_name: "attached".into(),
@@ -491,7 +491,7 @@ pub struct KubeRolloutInputs {
 
 /// The instance type and root volume one KubeadmControlPlane or MachineDeployment of a Cluster
 /// must run, as the ClusterClass's patches write them into its AWSMachineTemplate
-/// (`spec.template.spec.instanceType`, `rootVolume.size`; tkg2-aws-class-based.md §2
+/// (`spec.template.spec.instanceType`, `rootVolume.size`; docs/tkg2-class-based.md §2
 /// `controlPlane` and `worker` rows).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

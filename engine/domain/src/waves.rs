@@ -20,8 +20,8 @@
 //! starts ([`Next::WindowClosed`]). A halted fire stays halted until a person resumes it.
 //!
 //! Health (rule of the soak): Cluster `Ready`, MachineHealthCheck unhealthy Machines
-//! (`expectedMachines - currentHealthy`, tanzu-apis.md §MachineHealthCheck) not above the
-//! cluster's count before its upgrade, and no PackageInstall `ReconcileFailed` (tanzu-apis.md
+//! (`expectedMachines - currentHealthy`, docs/tanzu-apis.md §MachineHealthCheck) not above the
+//! cluster's count before its upgrade, and no PackageInstall `ReconcileFailed` (docs/tanzu-apis.md
 //! §4.3).
 
 use chrono::{DateTime, Utc};

@@ -608,7 +608,7 @@ fn workflow_files_with_unknown_kinds_or_misplaced_manifests_are_refused() {
 /// The Cluster of a prod, air-gapped request behind a proxy, with the 2.x-only variables:
 /// registry and proxy trust, `proxy`, `imageRepository`, `*ExtraArgs`, `podSecurityStandard`,
 /// an identity reference, security-group overrides (key `controlPlane`), prodcc worker
-/// overrides and worker counts per AZ (tkg2-aws-class-based.md §2, §3).
+/// overrides and worker counts per AZ (docs/tkg2-class-based.md §2, §3).
 #[test]
 fn prod_air_gapped_cluster_renders_what_the_cli_renders() {
     let repo = example_repo_config();

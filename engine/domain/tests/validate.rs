@@ -580,7 +580,7 @@ fn r15_required_aws_variables() {
     assert!(!has(&run(&new_vpc), "TKGOPS-REQUIRED"));
 }
 
-/// tkg2-aws-class-based.md §3 "Replicas": on the prod plan the CLI uses the per-AZ worker
+/// docs/tkg2-class-based.md §3 "Replicas": on the prod plan the CLI uses the per-AZ worker
 /// counts only when all three are set; a partial set is ignored (and said so), and
 /// `WORKER_MACHINE_COUNT` is split evenly with the remainder to the first MachineDeployments.
 #[test]
@@ -1237,7 +1237,7 @@ fn cluster_spec_defaults_for_minimal_dev() {
     assert_eq!(spec.cni, "antrea");
     assert_eq!(spec.cluster_cidr, "100.96.0.0/11");
     assert_eq!(spec.service_cidr, "100.64.0.0/13");
-    // The CLI's defaults, in its emission order (tkg2-aws-class-based.md §2, §3.3).
+    // The CLI's defaults, in its emission order (docs/tkg2-class-based.md §2, §3.3).
     let names: Vec<&str> = spec.variables.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(
         names,

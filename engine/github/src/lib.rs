@@ -353,7 +353,7 @@ impl std::fmt::Debug for GitHubAuth {
 }
 
 /// GitHub's limit of content-creating requests (comments, statuses, PR edits): 80 a minute
-/// across the whole process (`github-gitops.md` (d), secondary rate limits).
+/// across the whole process (`docs/github.md` (d), secondary rate limits).
 pub const CONTENT_WRITES_PER_MINUTE: u32 = 80;
 
 /// The process-wide budget of content-creating requests ([`CONTENT_WRITES_PER_MINUTE`]) to

@@ -2,7 +2,7 @@
 //!
 //! moto (<https://github.com/getmoto/moto>, pinned to `moto[server,ec2]==5.2.1` by
 //! `scripts/setup-venv.sh`) emulates the EC2 Query API closely enough for aws-sdk-ec2: see
-//! `reference/rust-deps.md` §3 for the calls verified against it. [`MotoServer::start`] finds the
+//! `docs/moto-ec2.md` for the calls verified against it. [`MotoServer::start`] finds the
 //! `moto_server` executable, runs it on a free `127.0.0.1` port and waits until it answers;
 //! [`seed_vpc`] creates a VPC with one private and one public subnet per availability zone.
 //!

@@ -10,7 +10,7 @@
 //!   `tanzu cluster create --file` takes it ([`TkgConfig`], parsed by [`parse_tkg_config`]);
 //! - `clusters/<name>/tkgops.yaml`: the bot's settings for that cluster ([`ClusterSettings`]).
 //!
-//! [`validate`] enforces the TKO reference-design rules (reference `tanzu-apis.md` §5) and the
+//! [`validate`] enforces the TKO reference-design rules (reference `docs/tanzu-apis.md` §5) and the
 //! Tanzu Framework CLI checks; [`cluster_spec`] derives the desired state ([`ClusterSpec`]) with
 //! every TKG 1.6 default applied.
 

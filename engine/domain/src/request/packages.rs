@@ -1,4 +1,4 @@
-//! The TKG 1.6 standard package table (reference `tanzu-apis.md` §4.4).
+//! The TKG 1.6 standard package table (reference `docs/tanzu-apis.md` §4.4).
 
 /// One package of the TKG 1.6 `tanzu-standard` package repository.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +87,7 @@ pub const PACKAGE_INSTALL_ORDER: &[&str] = &[
     "harbor",
 ];
 
-/// Which standard packages need which (reference `tanzu-apis.md` §4.4: "deploying Contour is a
+/// Which standard packages need which (reference `docs/tanzu-apis.md` §4.4: "deploying Contour is a
 /// prerequisite for Prometheus, Grafana and Harbor"; contour needs cert-manager): pairs
 /// `(package, needs)` by short name. Installs follow [`PACKAGE_INSTALL_ORDER`], which respects
 /// them; removals go in reverse.

@@ -1,4 +1,4 @@
-//! The validation rules (reference `tanzu-apis.md` §5) and the severity policy.
+//! The validation rules (reference `docs/tanzu-apis.md` §5) and the severity policy.
 
 use std::sync::OnceLock;
 
@@ -38,7 +38,7 @@ pub const RULES: &[(&str, Severity, &str)] = &[
     (
         "TKGOPS-SCHEDULE",
         Severity::Error,
-        "tkgops.yaml schedules: cron, IANA time zone, window > 0, label selectors, DNS-label names, waves (Renovate schedules, Argo CD sync windows: github-gitops.md)",
+        "tkgops.yaml schedules: cron, IANA time zone, window > 0, label selectors, DNS-label names, waves (Renovate schedules, Argo CD sync windows: docs/github.md)",
     ),
     (
         "TKGOPS-TEMPLATE",
@@ -78,7 +78,7 @@ pub const RULES: &[(&str, Severity, &str)] = &[
     (
         "TKGOPS-IGNORED",
         Severity::Warning,
-        "variable a TKG 2.x workload file cannot set, or that the Tanzu CLI ignores as written: identity and MachineHealthChecks are the management cluster's (tkg2-aws-class-based.md §5, §7); a partial set of WORKER_MACHINE_COUNT_0/1/2 on the prod plan (§3)",
+        "variable a TKG 2.x workload file cannot set, or that the Tanzu CLI ignores as written: identity and MachineHealthChecks are the management cluster's (docs/tkg2-class-based.md §5, §7); a partial set of WORKER_MACHINE_COUNT_0/1/2 on the prod plan (§3)",
     ),
     (
         "TKGOPS-DEPRECATED",
@@ -118,7 +118,7 @@ pub const RULES: &[(&str, Severity, &str)] = &[
     (
         "TKGOPS-TKR",
         Severity::Error,
-        "R5: TKR well-formed and offered by the management cluster's TKG release (tkg2-aws-class-based.md §8)",
+        "R5: TKR well-formed and offered by the management cluster's TKG release (docs/tkg2-class-based.md §8)",
     ),
     ("TKGOPS-DOWNGRADE", Severity::Error, "R5: no TKR downgrade"),
     (
@@ -130,12 +130,12 @@ pub const RULES: &[(&str, Severity, &str)] = &[
     (
         "TKO-CLS-007",
         Severity::Error,
-        "R8: MachineHealthChecks enabled on the management cluster's ClusterClass (tkg2-aws-class-based.md §5)",
+        "R8: MachineHealthChecks enabled on the management cluster's ClusterClass (docs/tkg2-class-based.md §5)",
     ),
     (
         "TKO-CLS-006",
         Severity::Error,
-        "R9: the management cluster's identity management is oidc or ldap (workload clusters inherit it, tkg2-aws-class-based.md §7)",
+        "R9: the management cluster's identity management is oidc or ldap (workload clusters inherit it, docs/tkg2-class-based.md §7)",
     ),
     (
         "TKG-CLS-001",
@@ -390,7 +390,7 @@ fn config_rules(ctx: &mut Ctx<'_>) {
             false
         }
         // TKG 2.x workload files inherit the provider from their management cluster
-        // (tkg2-aws-class-based.md §1; real-configs 06, 12, 20), and tkgops's management
+        // (docs/tkg2-class-based.md §1; real-configs 06, 12, 20), and tkgops's management
         // clusters are AWS ones.
         None => true,
     };
@@ -1030,7 +1030,7 @@ fn apply_policy(
         .collect()
 }
 
-/// Validates one cluster request against every rule of reference `tanzu-apis.md` §5 (R1–R6,
+/// Validates one cluster request against every rule of reference `docs/tanzu-apis.md` §5 (R1–R6,
 /// R8–R10, R12, R14–R17) plus `TKGOPS-PROVIDER`, `TKGOPS-PLAN`, `TKGOPS-CIDR`,
 /// `TKGOPS-UNKNOWN-VAR`, `TKGOPS-NAME` (when `config.path` is `…/clusters/<dir>/cluster-config.yaml`)
 /// and, with `settings`, `TKGOPS-TKR`, package and management-cluster checks (`TKGOPS-SCHEMA`,

@@ -106,7 +106,7 @@ pub struct ManagementClusterConfig {
     pub namespace: String,
     /// The management cluster's TKG release (`tkgVersion: 2.2`), required: from it the plan
     /// knows the ClusterClass, the TKRs and the variables without credentials; the preflight
-    /// checks it against the cluster (tkg2-aws-class-based.md §1, §8, §9).
+    /// checks it against the cluster (docs/tkg2-class-based.md §1, §8, §9).
     pub tkg_version: TkgVersion,
     /// ClusterClass name when it differs from the release default
     /// ([`TkgVersion::cluster_class`]), e.g. for an unverified 2.3/2.4 class name.
@@ -316,7 +316,7 @@ pub struct TmcConfig {
     pub endpoint: String,
     /// VMware Cloud Services endpoint for the API-token exchange
     /// (default `https://console.tanzu.broadcom.com`, TMC-TF's default since commit 612b0fc1,
-    /// 2024-09; `https://console.cloud.vmware.com` before: tanzu-apis.md §3.1).
+    /// 2024-09; `https://console.cloud.vmware.com` before: docs/tanzu-apis.md §3.1).
     #[serde(default = "default_csp")]
     pub csp_endpoint: String,
 }

@@ -1,5 +1,5 @@
 //! [`ClusterSpec`]: a cluster request's desired state as the Tanzu CLI of the management
-//! cluster's TKG 2.x release renders it (tkg2-aws-class-based.md §1–§3: the class, the TKR
+//! cluster's TKG 2.x release renders it (docs/tkg2-class-based.md §1–§3: the class, the TKR
 //! version, the ClusterClass variables, the MachineDeployments), with every default applied;
 //! consumed by the workflow templates.
 
@@ -320,7 +320,7 @@ pub(crate) fn get_u32(config: &TkgConfig, key: &str) -> Result<Option<u32>, ()> 
 }
 
 /// Worker replicas per MachineDeployment, as the Tanzu CLI sets them
-/// (tkg2-aws-class-based.md §3 "Replicas"; TF `CL/validate.go:1423-1484`): for the prod plan
+/// (docs/tkg2-class-based.md §3 "Replicas"; TF `CL/validate.go:1423-1484`): for the prod plan
 /// (three MachineDeployments), `WORKER_MACHINE_COUNT_0`, `_1` and `_2` as given when all three
 /// are set, else `WORKER_MACHINE_COUNT` (default 3) split evenly with the remainder to the
 /// first MachineDeployments (4 → 2/1/1), the per-AZ counts set being ignored; for the dev plan

@@ -1,5 +1,5 @@
 //! The TKG cluster configuration file: a flat YAML map `VARIABLE: value` (reference
-//! `tanzu-apis.md` §1.1), as `tanzu cluster create --file` takes it.
+//! `docs/tanzu-apis.md` §1.1), as `tanzu cluster create --file` takes it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,7 +38,7 @@ impl fmt::Debug for TkgVar {
     }
 }
 
-/// A parsed TKG cluster configuration file (reference `tanzu-apis.md` §1).
+/// A parsed TKG cluster configuration file (reference `docs/tanzu-apis.md` §1).
 ///
 /// `path` is the file path as given to [`parse_tkg_config`]; `vars` maps variable name to value
 /// and line. `Debug` shows secret variables ([`is_secret_variable`]) as `<redacted>`.
@@ -98,7 +98,7 @@ impl TkgConfig {
 
     /// This file with `defaults` merged under it: a variable the file leaves unset or empty
     /// takes the default's value, with line 0 (no line in this file). Used for
-    /// `managementClusters[].defaults` (tkg2-aws-class-based.md §1: workload files inherit the
+    /// `managementClusters[].defaults` (docs/tkg2-class-based.md §1: workload files inherit the
     /// management cluster's settings).
     pub fn with_defaults(&self, defaults: &BTreeMap<String, String>) -> TkgConfig {
         let mut out = self.clone();
@@ -189,7 +189,7 @@ pub fn is_credential_variable(name: &str) -> bool {
 }
 
 /// TKG configuration variables known to tkgops: every variable of reference
-/// `tanzu-apis.md` §1.2 plus the common ones of TF `pkg/v1/providers/config_default.yaml`.
+/// `docs/tanzu-apis.md` §1.2 plus the common ones of TF `pkg/v1/providers/config_default.yaml`.
 const KNOWN_VARIABLES: &[&str] = &[
     "CLUSTER_NAME",
     "CLUSTER_PLAN",
@@ -335,7 +335,7 @@ const KNOWN_VARIABLES: &[&str] = &[
     "CONTROLPLANE_CERTIFICATE_ROTATION_DAYS_BEFORE",
     "TKG_CLUSTER_ROLE",
     "ENABLE_POD_SECURITY_STANDARD",
-    // TKG 2.x (tkg2-aws-class-based.md §2)
+    // TKG 2.x (docs/tkg2-class-based.md §2)
     "ETCD_EXTRA_ARGS",
     "APISERVER_EXTRA_ARGS",
     "KUBE_SCHEDULER_EXTRA_ARGS",
@@ -370,7 +370,7 @@ const KNOWN_PREFIXES: &[&str] = &[
 ];
 
 /// Whether `name` is a TKG configuration variable known to tkgops (rule `TKGOPS-UNKNOWN-VAR`):
-/// reference `tanzu-apis.md` §1.2 plus the common variables of TF `config_default.yaml` and the
+/// reference `docs/tanzu-apis.md` §1.2 plus the common variables of TF `config_default.yaml` and the
 /// variable families of other providers (`VSPHERE_*`, `AVI_*`, `AZURE_*`) and the autoscaler.
 pub fn is_known_variable(name: &str) -> bool {
     KNOWN_VARIABLES.contains(&name) || KNOWN_PREFIXES.iter().any(|p| name.starts_with(p))
@@ -510,7 +510,7 @@ fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
-/// Parses a TKG cluster configuration file (reference `tanzu-apis.md` §1.1) from `bytes`;
+/// Parses a TKG cluster configuration file (reference `docs/tanzu-apis.md` §1.1) from `bytes`;
 /// `path` is only used in findings and stored in [`TkgConfig::path`].
 ///
 /// Accepts strings, bools, ints, floats, null/empty and block scalars; records each key's

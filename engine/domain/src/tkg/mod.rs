@@ -2,7 +2,7 @@
 //! ClusterClass it installs, the TanzuKubernetesReleases it ships, and how the Tanzu CLI turns a
 //! flat `VARIABLE: value` file into the class-based `Cluster` ([`variables`]).
 //!
-//! Source of every fact: `reference/tkg2-aws-class-based.md` (cited as §N below).
+//! Source of every fact: `docs/tkg2-class-based.md` (cited as §N below).
 
 pub mod bootstrap;
 pub mod proxy;
@@ -14,7 +14,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A TKG release line that manages class-based workload clusters on AWS: 2.1 to 2.4
-/// (tkg2-aws-class-based.md §9; 2.5+ no longer manages AWS workload clusters).
+/// (docs/tkg2-class-based.md §9; 2.5+ no longer manages AWS workload clusters).
 ///
 /// Parsed from `2.2`, `v2.2`, `2.2.1` or `v2.2.1` (the patch level does not change the facts
 /// tkgops plans with); serialized as `2.2`.
@@ -105,7 +105,7 @@ impl TkgVersion {
     /// the TKR resolver cannot resolve the new TKR yet (its 403 "could not resolve TKR/OSImage"),
     /// one try every 30 s: 2.1 tries for 5 min (10 tries); 2.2 keeps trying for up to 30 min
     /// (60 tries), because TKR discovery and kapp-controller's reconciliation each run every
-    /// 10 min (tkg2-aws-class-based.md §8 "Patch"; `CC/clusterclient.go:429-430`,
+    /// 10 min (docs/tkg2-class-based.md §8 "Patch"; `CC/clusterclient.go:429-430`,
     /// `TF22:tkg/client/upgrade_cluster_clusterclass.go:25-29`). 2.3 and 2.4 are taken to keep
     /// 2.2's budget. Returns the number of tries, the first included.
     pub fn upgrade_patch_tries(self) -> u32 {
@@ -184,7 +184,7 @@ impl<'de> Deserialize<'de> for TkgVersion {
     }
 }
 
-/// TKR object name of a TKR version: `+` replaced by `---` (tanzu-apis.md §2.4):
+/// TKR object name of a TKR version: `+` replaced by `---` (docs/tanzu-apis.md §2.4):
 /// `v1.25.7+vmware.2-tkg.1` → `v1.25.7---vmware.2-tkg.1`.
 pub fn tkr_name(tkr_version: &str) -> String {
     tkr_version.replace('+', "---")

@@ -1,5 +1,5 @@
 //! The Tanzu CLI's mapping from flat TKG variables to the ClusterClass variables of
-//! `tkg-aws-default-v1.0.0` (tkg2-aws-class-based.md §2, `CVA:345-676`), in the CLI's emission
+//! `tkg-aws-default-v1.0.0` (docs/tkg2-class-based.md §2, `CVA:345-676`), in the CLI's emission
 //! order: `[proxy], cni, controlPlaneCertificateRotation, [imageRepository],
 //! [additionalImageRegistries], auditLogging, [*ExtraArgs], [trust], podSecurityStandard,
 //! [eventRateLimitConf], region, sshKeyName, loadBalancerSchemeInternal, bastion, network,

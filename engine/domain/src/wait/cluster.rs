@@ -1,5 +1,5 @@
 //! `kube.wait-cluster`: TKG's cluster readiness algorithm, as `tanzu cluster create` waits
-//! (tkg2-aws-class-based.md §6; TF `pkg/v1/tkg/clusterclient/clusterclient.go`, `resource.go`,
+//! (docs/tkg2-class-based.md §6; TF `pkg/v1/tkg/clusterclient/clusterclient.go`, `resource.go`,
 //! `tkg/client/package_helper.go`; tanzu-apis §2.2):
 //!
 //! 1. *Initialized*: the Cluster's conditions `ControlPlaneReady` and `InfrastructureReady` are
@@ -129,7 +129,7 @@ fn cond_str<'a>(c: &'a Value, field: &str) -> &'a str {
 
 /// Checks the Cluster for TKG's error condition: `Ready` is `False` with severity `Error` and
 /// its message contains neither "context deadline exceeded" nor "context canceled" (TF
-/// `clusterclient.go`, tkg2-aws-class-based.md §6 step 2). Returns the message TKG aborts with
+/// `clusterclient.go`, docs/tkg2-class-based.md §6 step 2). Returns the message TKG aborts with
 /// once the condition has persisted ([`CreationTracker`]). `TopologyReconciled`,
 /// `failureReason` and phase `Failed` are not checked.
 pub fn cluster_failure(cluster: &Value) -> Option<String> {
@@ -147,7 +147,7 @@ pub fn cluster_failure(cluster: &Value) -> Option<String> {
     ))
 }
 
-/// TKG's abort rules over observed time (tkg2-aws-class-based.md §6 step 2, §8 "Wait"): a
+/// TKG's abort rules over observed time (docs/tkg2-class-based.md §6 step 2, §8 "Wait"): a
 /// persistent `Ready=False`/`Error` and the unchanged-state timeout. Pure: the caller passes the
 /// observed times (a [`Duration`] since the wait's origin).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,16 +8,16 @@
 //!
 //! | judge | wait | rule source |
 //! |---|---|---|
-//! | [`cluster::ClusterReady`] | `kube.wait-cluster` | tkg2-aws-class-based.md §6 |
+//! | [`cluster::ClusterReady`] | `kube.wait-cluster` | docs/tkg2-class-based.md §6 |
 //! | [`rollout::ControlPlaneRolled`] | `kube.wait-control-plane` | §8 "Wait", CP |
 //! | [`rollout::MachineDeploymentsRolled`] | `kube.wait-machine-deployments` | §8 "Wait", workers |
 //! | [`rollout::ClusterDeleted`] | `kube.delete-cluster` | Cluster API deletion |
-//! | [`packages::PackageReconciled`] | a PackageRepository or PackageInstall reconciled | tanzu-apis.md §4.3, §6 step 5 |
-//! | [`packages::PackagesVerified`] | `packages.verify` | tanzu-apis.md §4.3 |
-//! | [`packages::PackageDeleted`] | a PackageInstall uninstalled (`tanzu package installed delete`) | tanzu-apis.md §4.2 |
-//! | [`packages::ValuesReconciled`] | a values-only change reconciled | tanzu-apis.md §4.3 |
-//! | [`tmc::TmcClusterReady`] | `tmc.attach` | tanzu-apis.md §3.5 step 4 |
-//! | [`tmc::TmcClusterGone`] | `tmc.detach` | tanzu-apis.md §3.5 step 5 |
+//! | [`packages::PackageReconciled`] | a PackageRepository or PackageInstall reconciled | docs/tanzu-apis.md §4.3, §6 step 5 |
+//! | [`packages::PackagesVerified`] | `packages.verify` | docs/tanzu-apis.md §4.3 |
+//! | [`packages::PackageDeleted`] | a PackageInstall uninstalled (`tanzu package installed delete`) | docs/tanzu-apis.md §4.2 |
+//! | [`packages::ValuesReconciled`] | a values-only change reconciled | docs/tanzu-apis.md §4.3 |
+//! | [`tmc::TmcClusterReady`] | `tmc.attach` | docs/tanzu-apis.md §3.5 step 4 |
+//! | [`tmc::TmcClusterGone`] | `tmc.detach` | docs/tanzu-apis.md §3.5 step 5 |
 //!
 //! Time-based rules (TKG's error persistence, unchanged and bootstrap timeouts, package
 //! timeouts) take the observed time as an input (`at`, a [`Duration`] since the wait's origin,
@@ -156,7 +156,7 @@ pub trait Judge {
 }
 
 /// How the waits tolerate failures and how long they wait, as `tanzu cluster create` does
-/// (tkg2-aws-class-based.md §6). Every field is a duration of observed time, so tests can
+/// (docs/tkg2-class-based.md §6). Every field is a duration of observed time, so tests can
 /// shorten them or drive them with a paused clock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WaitOptions {
@@ -187,7 +187,7 @@ pub struct WaitOptions {
     /// a tenth of the step timeout. Default 5 s.
     pub deadline_margin: Duration,
     /// The pause between two tries of an upgrade's write while the TKR resolver cannot
-    /// resolve the TKR yet. TKG: 30 s (tkg2-aws-class-based.md §8 "Patch"); the number of
+    /// resolve the TKR yet. TKG: 30 s (docs/tkg2-class-based.md §8 "Patch"); the number of
     /// tries is the release's ([`crate::tkg::TkgVersion::upgrade_patch_tries`]).
     pub resolver_retry_interval: Duration,
 }

@@ -1,11 +1,11 @@
-//! Waits on kapp-controller objects (tanzu-apis.md §4.2, §4.3; KC
+//! Waits on kapp-controller objects (docs/tanzu-apis.md §4.2, §4.3; KC
 //! `pkg/apis/kappctrl/v1alpha1/status.go`): a PackageRepository or PackageInstall reconciled
 //! ([`PackageReconciled`]), every PackageInstall of a workload cluster reconciled
 //! ([`PackagesVerified`]), a PackageInstall uninstalled ([`PackageDeleted`]), a values-only
 //! change reconciled ([`ValuesReconciled`]).
 //!
 //! A `ReconcileFailed` object is not failed at once: kapp-controller keeps retrying and TKG
-//! tolerates it (tkg2-aws-class-based.md §6 step 5), so the judges report the
+//! tolerates it (docs/tkg2-class-based.md §6 step 5), so the judges report the
 //! `usefulErrorMessage` as progress and fail with it only at their timeout or the step's report
 //! deadline ([`super::WaitOptions::report_after`]). kapp-controller alternates
 //! `ReconcileFailed` and `Reconciling` while it retries, so a retry in progress still counts as
@@ -102,7 +102,7 @@ enum PendingFailure {
 
 /// Waits until one kapp-controller object (PackageRepository or PackageInstall) is
 /// `ReconcileSucceeded` for at least the generation tkgops applied (what `tanzu package
-/// install` and TF `VerifyPackageInstallReconciledSuccessfully` wait for, tanzu-apis.md §4.3).
+/// install` and TF `VerifyPackageInstallReconciledSuccessfully` wait for, docs/tanzu-apis.md §4.3).
 ///
 /// Snapshot: the object as the watch holds it (`None`: not found). Output: the object.
 /// Progress: "`<label>`: `<description>`", or "`<label>`: reconcile failed, kapp-controller
@@ -252,7 +252,7 @@ pub struct ListedPackage {
 }
 
 /// `packages.verify`: every PackageInstall of the workload cluster (listed at the step's start)
-/// must be `ReconcileSucceeded` for (at least) the listed generation (tanzu-apis.md §4.3).
+/// must be `ReconcileSucceeded` for (at least) the listed generation (docs/tanzu-apis.md §4.3).
 ///
 /// Output `{"packageInstalls": {"<ns>/<name>": "<version>", …}}` (the version is
 /// `status.version`, else the version constraint). Progress "`<ok>`/`<listed>` PackageInstalls
@@ -388,7 +388,7 @@ fn failure_deadline(
 }
 
 /// Waits until a deleted PackageInstall is gone: kapp-controller has uninstalled it and dropped
-/// its finalizer (what `tanzu package installed delete` waits for, tanzu-apis.md §4.2).
+/// its finalizer (what `tanzu package installed delete` waits for, docs/tanzu-apis.md §4.2).
 ///
 /// Snapshot: the object (`None`: gone). Output `()`. Progress "`<package>`: `<description>`"
 /// or "`<package>`: delete failed, kapp-controller retries: `<message>`". `DeleteFailed` is
@@ -487,7 +487,7 @@ impl Judge for PackageDeleted {
 /// Waits, over every state of a PackageInstall in order (a private watch opened before its
 /// values Secret changed, which kapp-controller answers with a new reconcile of the same
 /// generation), until kapp-controller has started a reconcile after the change and finished it
-/// with `ReconcileSucceeded` (tanzu-apis.md §4.3). A `ReconcileSucceeded` before anything else
+/// with `ReconcileSucceeded` (docs/tanzu-apis.md §4.3). A `ReconcileSucceeded` before anything else
 /// is the old state and does not count.
 ///
 /// Snapshot: the object (`None`: it disappeared). Output: its `friendlyDescription` (default

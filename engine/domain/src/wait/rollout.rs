@@ -1,4 +1,4 @@
-//! Day-2 waits of an existing Cluster (tkg2-aws-class-based.md §8 "Wait", what `tanzu cluster
+//! Day-2 waits of an existing Cluster (docs/tkg2-class-based.md §8 "Wait", what `tanzu cluster
 //! upgrade` waits for), with TKG's abort rules of §6 ([`CreationTracker`]: a persistent
 //! `Ready=False`/`Error`, nothing changed for the operation timeout):
 //!
@@ -79,7 +79,7 @@ fn generation_observed(obj: &Value) -> bool {
 
 /// Whether Cluster API's topology controller has carried the Cluster's current spec to the
 /// objects it owns: the Cluster's `status.observedGeneration` is its `metadata.generation`, and
-/// its `TopologyReconciled` condition (classy Clusters, tanzu-apis.md §"Cluster status") is not
+/// its `TopologyReconciled` condition (classy Clusters, docs/tanzu-apis.md §"Cluster status") is not
 /// `False`. Until then the KubeadmControlPlane and the MachineDeployments still have the spec
 /// before the change, and a steady old state must not pass for the rolled new one. `None`
 /// when they are carried, else what is still missing (for the progress line).

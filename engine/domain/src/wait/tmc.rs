@@ -1,4 +1,4 @@
-//! Waits on a Tanzu Mission Control cluster (tanzu-apis.md §3.5; TMC-TF
+//! Waits on a Tanzu Mission Control cluster (docs/tanzu-apis.md §3.5; TMC-TF
 //! `internal/resources/cluster/resource_cluster.go`), judged on polled `GET`s (TMC has no watch
 //! API): [`TmcClusterReady`] after the agent installer was applied (step 4), [`TmcClusterGone`]
 //! after a detach (step 5).
@@ -57,7 +57,7 @@ pub fn cluster_failure<C: TmcCluster>(c: &C, shown: &str) -> Option<Failure> {
 }
 
 /// The attach wait of `tmc.attach`: poll until `phase == READY` (the agent connected; TMC-TF
-/// waits for READY only, tanzu-apis.md §3.5 step 4). The health is reported, not required.
+/// waits for READY only, docs/tanzu-apis.md §3.5 step 4). The health is reported, not required.
 ///
 /// Snapshot: the cluster as a `GET` returned it (`None`: 404). Output: that cluster. Progress
 /// (and closing line) "TMC phase `<phase>`, health `<health>`". Failures: [`cluster_failure`]; transient "TMC
@@ -118,12 +118,12 @@ pub enum Gone {
     /// new one is left alone.
     Replaced(String),
     /// The deadline passed with the cluster still there, in this phase (tkgops then detaches
-    /// with `force=true`, tanzu-apis.md §3.5 step 5).
+    /// with `force=true`, docs/tanzu-apis.md §3.5 step 5).
     StillThere(String),
 }
 
 /// The detach wait of `tmc.detach`: poll until 404, or until the name answers with a `meta.uid`
-/// other than the detached cluster's (tanzu-apis.md §3.5 step 5). Snapshot: the `GET`'s cluster
+/// other than the detached cluster's (docs/tanzu-apis.md §3.5 step 5). Snapshot: the `GET`'s cluster
 /// (`None`: 404). Progress "TMC cluster `<shown>`: phase `<phase>`" (once per phase). At the
 /// driver's deadline: [`Gone::StillThere`] with the last phase seen.
 #[derive(Clone, Debug)]

@@ -113,7 +113,7 @@ fn named(n: &str) -> PathSegment {
 }
 
 /// The fields of a class-based TKG Cluster that shape its machines, the only ones a resize
-/// writes (tkg2-aws-class-based.md §2 `controlPlane` and `worker` variables, §3 replicas and
+/// writes (docs/tkg2-class-based.md §2 `controlPlane` and `worker` variables, §3 replicas and
 /// the per-MachineDeployment worker overrides): the control plane's replicas, each
 /// MachineDeployment's replicas and variable overrides, and the `controlPlane` and `worker`
 /// variables.
@@ -333,7 +333,7 @@ pub fn unplanned(
 }
 
 /// Whether an upgrade (a new `spec.topology.version`) changes `path` itself, through TKG's
-/// webhooks (tkg2-aws-class-based.md §4): the version (which the TKR resolver rewrites to the
+/// webhooks (docs/tkg2-class-based.md §4): the version (which the TKR resolver rewrites to the
 /// TKR's Kubernetes version), `spec.paused` (the ClusterBootstrap pause of a TKR change), and
 /// the `TKR_DATA` variable and overrides the resolver writes.
 pub fn changed_by_upgrade(path: &FieldPath) -> bool {

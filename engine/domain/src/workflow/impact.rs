@@ -3,7 +3,7 @@
 //! scale), and how long that is expected to take. Pure.
 //!
 //! Cluster API replaces every machine of the KubeadmControlPlane and of each MachineDeployment
-//! whose Kubernetes version or machine template changes (tkg2-aws-class-based.md §8 "Order":
+//! whose Kubernetes version or machine template changes (docs/tkg2-class-based.md §8 "Order":
 //! control plane first, then the MachineDeployments one at a time); a change of `replicas`
 //! alone adds or removes machines without replacing the others.
 

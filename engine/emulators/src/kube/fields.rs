@@ -320,7 +320,7 @@ pub(crate) fn record_update(
 /// Attributes what mutating admission changed during an apply by `manager` (`before`: the
 /// applied result, `after`: as admission left it; tracked views) to the request's own
 /// `(manager, Apply, subresource)` entry, as the API server attributes webhook changes to the
-/// request's manager (kubernetes-api-wire.md, "Field ownership and wire formats").
+/// request's manager (docs/kubernetes-wire.md, "Field ownership and wire formats").
 pub(crate) fn record_admission_of_apply(
     entries: &mut Vec<ManagedEntry>,
     before: &Value,

@@ -516,7 +516,7 @@ impl EmulatedCluster {
     /// bootstrap.cluster.x-k8s.io/v1beta1 KubeadmConfig, KubeadmConfigTemplate;
     /// addons.cluster.x-k8s.io/v1beta1 ClusterResourceSet; run.tanzu.vmware.com/v1alpha3
     /// TanzuKubernetesRelease (`tkr`), OSImage (`osimg`) and ClusterBootstrap (`cb`)
-    /// (tkg2-aws-class-based.md §6, §8). The Cluster type also gets its CustomResourceDefinition
+    /// (docs/tkg2-class-based.md §6, §8). The Cluster type also gets its CustomResourceDefinition
     /// object `clusters.cluster.x-k8s.io` with an `openAPIV3Schema` (see `crds`), so writes
     /// of Clusters are checked against it (`fieldValidation`) and `kubectl explain clusters`
     /// describes it; the other types have no schema.

@@ -39,7 +39,7 @@
 //!
 //! TMC-TF's `ManageV1alpha1ClusterResourceServiceUpdate` sends the whole object
 //! `{"cluster":{fullName, meta, spec}}` to `PUT /v1alpha1/clusters/{fullName.name}` without
-//! query parameters (tanzu-apis.md §3.2, §3.3). The emulator:
+//! query parameters (docs/tanzu-apis.md §3.2, §3.3). The emulator:
 //!
 //! * takes the management cluster and provisioner from the body's `fullName` (falling back to the
 //!   `fullName.*` query and then `attached`); a body `fullName.name` other than the path's is
@@ -57,14 +57,14 @@
 //! Until a test calls [`TmcEmulator::set_cluster_groups`], every group name exists (a leniency:
 //! the sandbox and older tests do not declare their groups). Once declared, `POST` and `PUT`
 //! naming another `spec.clusterGroupName` answer **404 with grpc code 5** and the message
-//! `cluster group "<name>" not found`. The reference (tanzu-apis.md §3) does not document what
+//! `cluster group "<name>" not found`. The reference (docs/tanzu-apis.md §3) does not document what
 //! real TMC answers for a missing group; 404 `NotFound` is the grpc convention for a missing
 //! referenced object, and tkgops treats a 400 the same way, so neither hides a bug.
 //!
 //! # Detach (`DELETE /v1alpha1/clusters/{name}?force=…`)
 //!
 //! TMC-TF deletes with `force=false`, polls `GET` until 404 and, when that does not come,
-//! deletes again with `force=true` (tanzu-apis.md §3.5 step 5). The emulator:
+//! deletes again with `force=true` (docs/tanzu-apis.md §3.5 step 5). The emulator:
 //!
 //! * `force=false`: the cluster goes to `status.phase: DETACHING` (TMC tells the agent to
 //!   uninstall itself). The emulator does not model the agent's acknowledgement on the workload

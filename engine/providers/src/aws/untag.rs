@@ -24,7 +24,7 @@ use tkgops_domain::step::AwsPreflightInputs;
 
 /// Removes `kubernetes.io/cluster/<inputs.cluster_name>` from every subnet of `inputs` in the
 /// existing VPC `inputs.vpc.existing_id` that carries it, using `client` (configured for
-/// `inputs.region`), and reports progress to `progress` (reference R7, tanzu-apis.md §5).
+/// `inputs.region`), and reports progress to `progress` (reference R7, docs/tanzu-apis.md §5).
 ///
 /// Returns the [`AwsRemoveSubnetTagsOutput`]; with a new VPC it returns at once with no subnets.
 /// Errors: [`StepError::Permanent`] for an empty `clusterName` or `region` and for refused EC2

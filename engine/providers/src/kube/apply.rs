@@ -181,7 +181,7 @@ async fn resolve(
 
 /// Applies multi-document `yaml`; see [`super::KubeProvider::apply_yaml`]. With `dry_run`, every
 /// object is sent with `dryRun=All`: the API server runs admission (defaulting and validating
-/// webhooks included, tkg2-aws-class-based.md §4 "Server-side dry run") and persists nothing.
+/// webhooks included, docs/tkg2-class-based.md §4 "Server-side dry run") and persists nothing.
 pub(crate) async fn apply_yaml(
     client: &kube::Client,
     cache: Option<(&DiscoveryCache, &str)>,

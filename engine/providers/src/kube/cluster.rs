@@ -1,5 +1,5 @@
 //! `kube.wait-cluster`: waits for a workload cluster as `tanzu cluster create` does
-//! (tkg2-aws-class-based.md §6). The rules (initialized, ready, nodeRefs, core packages, TKG's
+//! (docs/tkg2-class-based.md §6). The rules (initialized, ready, nodeRefs, core packages, TKG's
 //! aborts) are the pure judge [`ClusterReady`] of `tkgops_domain::wait::cluster`; this module
 //! feeds it snapshots from the provider's shared watches (Cluster, KubeadmControlPlane,
 //! MachineDeployment, Machine, ClusterBootstrap, PackageInstall on the management cluster, and
@@ -47,7 +47,7 @@ pub fn kcp_resource() -> kube::discovery::ApiResource {
 pub fn machine_resource() -> kube::discovery::ApiResource {
     custom_resource("cluster.x-k8s.io", "v1beta1", "Machine", "machines")
 }
-/// `run.tanzu.vmware.com/v1alpha3` ClusterBootstrap (tkg2-aws-class-based.md §3.2).
+/// `run.tanzu.vmware.com/v1alpha3` ClusterBootstrap (docs/tkg2-class-based.md §3.2).
 pub fn cluster_bootstrap_resource() -> kube::discovery::ApiResource {
     custom_resource(
         "run.tanzu.vmware.com",

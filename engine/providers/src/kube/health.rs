@@ -2,8 +2,8 @@
 //! a workload cluster, judged by [`tkgops_domain::waves::ClusterHealth`]:
 //! - the Cluster's `Ready` condition on the management cluster (Cluster API v1beta1);
 //! - its MachineHealthChecks (label `cluster.x-k8s.io/cluster-name`, which the MHC webhook
-//!   adds, tanzu-apis.md "MachineHealthCheck"): `expectedMachines - currentHealthy`;
-//! - every PackageInstall of the workload cluster: `ReconcileFailed` ones (tanzu-apis.md §4.3).
+//!   adds, docs/tanzu-apis.md "MachineHealthCheck"): `expectedMachines - currentHealthy`;
+//! - every PackageInstall of the workload cluster: `ReconcileFailed` ones (docs/tanzu-apis.md §4.3).
 //!
 //! A soak samples health at every poll rather than waiting for a condition, so this is a GET
 //! and two LISTs, not a watch.

@@ -11,7 +11,7 @@
 //!   ([`packages`]; TF `tkgpackageclient/package_install.go`, KC status semantics);
 //! - `kube.upgrade-cluster`, `kube.resize-cluster`, `kube.wait-control-plane`, `kube.wait-machine-deployments`,
 //!   `kube.delete-cluster`: day-2 changes of an existing Cluster ([`rollout`]; what
-//!   `tanzu cluster upgrade` does, tkg2-aws-class-based.md §8); deletes carry a `uid`
+//!   `tanzu cluster upgrade` does, docs/tkg2-class-based.md §8); deletes carry a `uid`
 //!   precondition read in the same attempt;
 //! - `kube.check-owner`: the Cluster, when it exists, carries this request's ownership label
 //!   ([`rollout::check_owner`]; the delete workflow's first step),
@@ -151,7 +151,7 @@ impl KubeProvider {
     }
 
     /// As [`Self::new`], with the waits' tolerances and timeouts `wait` (TKG's by default,
-    /// tkg2-aws-class-based.md §6; tests shorten them). Makes no network calls.
+    /// docs/tkg2-class-based.md §6; tests shorten them). Makes no network calls.
     pub fn with_wait_options(
         management_clusters: BTreeMap<String, KubeconfigSource>,
         poll_interval: Duration,
@@ -552,7 +552,7 @@ fn secret_value(secret: &Secret, key: &str, what: &str) -> Result<String, StepEr
         .map_err(|_| StepError::Permanent(format!("{what} key '{key}' is not UTF-8 text")))
 }
 
-/// An admission webhook's denial (tkg2-aws-class-based.md §4 "Error shape"): permanent, with the
+/// An admission webhook's denial (docs/tkg2-class-based.md §4 "Error shape"): permanent, with the
 /// webhook's message, for 4xx (CAPI's 422 validation, the TKR resolver's 403) and for a 500 that
 /// cannot heal (the defaulting webhook's "ClusterClass … can not be retrieved", "not found");
 /// transient for other 5xx (e.g. the resolver's 502 on a failed lookup).
@@ -655,7 +655,7 @@ impl KubeProvider {
         check_cluster_ownership(&client, mc, &inputs.manifests).await?;
         let cache_key = format!("mgmt/{mc}");
         // The real webhooks judge the objects first (CAPI variable validation and defaulting,
-        // the TKR resolver: tkg2-aws-class-based.md §4); a denial fails the step before anything
+        // the TKR resolver: docs/tkg2-class-based.md §4); a denial fails the step before anything
         // is written.
         self.apply_yaml_cached(&client, &cache_key, &inputs.manifests, FIELD_MANAGER, true)
             .await

@@ -10,7 +10,7 @@
 //! ([`crate::wait`]) over the provider's shared watches of the workload cluster (see
 //! `watch.rs`), or over a private watch of one PackageInstall where every state counts, not
 //! polls. A `ReconcileFailed` package is not failed at once: kapp-controller
-//! keeps retrying and TKG tolerates it (tkg2-aws-class-based.md §6 step 5), so the wait reports
+//! keeps retrying and TKG tolerates it (docs/tkg2-class-based.md §6 step 5), so the wait reports
 //! the `usefulErrorMessage` as progress and fails with it only at
 //! [`super::WaitOptions::package_timeout`] or shortly before the step deadline.
 //!

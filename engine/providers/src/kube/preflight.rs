@@ -1,6 +1,6 @@
 //! `kube.preflight`: checks what the plan assumed about the management cluster (its
 //! `tkgops.yaml` declaration) against the management cluster itself, before anything is written
-//! (tkg2-aws-class-based.md §1, §7, §8):
+//! (docs/tkg2-class-based.md §1, §7, §8):
 //!
 //! 1. **TKG release.** The management cluster's own Cluster (namespace `tkg-system`, label
 //!    `cluster-role.tkg.tanzu.vmware.com/management`) carries the annotation `TKGVERSION`
@@ -26,7 +26,7 @@ use tkgops_domain::output::KubePreflightOutput;
 use tkgops_domain::step::KubePreflightInputs;
 use tkgops_domain::tkg::{tkr_name, TkgVersion};
 
-/// Label of a TKG management cluster's own `Cluster` (tkg2-aws-class-based.md §3.1).
+/// Label of a TKG management cluster's own `Cluster` (docs/tkg2-class-based.md §3.1).
 pub const MANAGEMENT_ROLE_LABEL: &str = "cluster-role.tkg.tanzu.vmware.com/management";
 /// Annotation on the management cluster's `Cluster` holding its TKG version (`v2.2.0`, §1).
 pub const TKG_VERSION_ANNOTATION: &str = "TKGVERSION";

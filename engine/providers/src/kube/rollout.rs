@@ -3,7 +3,7 @@
 //!
 //! - `kube.upgrade-cluster` ([`upgrade_cluster`]): the change `tanzu cluster upgrade` makes to a
 //!   class-based Cluster, `spec.topology.version` set to the TKR version and nothing else
-//!   (tkg2-aws-class-based.md §8 "Patch"), checked first by a server-side dry run that must
+//!   (docs/tkg2-class-based.md §8 "Patch"), checked first by a server-side dry run that must
 //!   change nothing but what the upgrade's webhooks change (the version, `spec.paused`,
 //!   `TKR_DATA`), and written the way tkgops always writes the Cluster:
 //!   a server-side apply (field manager `tkgops`) of what tkgops applied before
@@ -225,7 +225,7 @@ pub async fn upgrade_cluster(
 }
 
 /// Why `tkr` may not be applied to the Cluster `live` per its `UpdatesAvailable` condition
-/// (what `tanzu cluster upgrade` checks first: tkg2-aws-class-based.md §8 "Choosing the target
+/// (what `tanzu cluster upgrade` checks first: docs/tkg2-class-based.md §8 "Choosing the target
 /// TKR"), or `None` when it may: the condition is `True` and its message `[v1 v2 …]` lists
 /// `tkr`, or the Cluster has no such condition (or it is `Unknown`: the CLI then uses the TKR
 /// list, which `kube.preflight` checked).
@@ -255,7 +255,7 @@ fn not_an_available_update(live: &Value, tkr: &str) -> Option<String> {
 }
 
 /// Whether `e` is the TKR resolver's refusal of a TKR it cannot resolve (yet): a 403 whose
-/// message says "could not resolve TKR/OSImage" (tkg2-aws-class-based.md §4).
+/// message says "could not resolve TKR/OSImage" (docs/tkg2-class-based.md §4).
 fn unresolved_tkr(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 403 && s.message.contains("could not resolve TKR"))
 }
@@ -658,7 +658,7 @@ async fn check_shapes(
 }
 
 /// `infrastructure.cluster.x-k8s.io/v1beta1` AWSMachineTemplate: CAPA 2.x stores v1beta2 (the
-/// ClusterClass's templates, tkg2-aws-class-based.md §1) and still serves v1beta1, with the
+/// ClusterClass's templates, docs/tkg2-class-based.md §1) and still serves v1beta1, with the
 /// same `instanceType` and `rootVolume.size`.
 fn aws_machine_template_resource() -> kube::discovery::ApiResource {
     super::custom_resource(
@@ -849,7 +849,7 @@ impl Source for ClusterGoneSource<'_> {
 
 /// Runs `packages.verify`: every PackageInstall of the workload cluster `target` (every
 /// namespace: the core packages in `tkg-system` and the user packages) must be
-/// `ReconcileSucceeded` for its current generation (tanzu-apis.md §4.3; judge
+/// `ReconcileSucceeded` for its current generation (docs/tanzu-apis.md §4.3; judge
 /// [`PackagesVerified`]). Waits on the shared watch while some still reconcile; a package
 /// failing (`ReconcileFailed`) for [`super::WaitOptions::package_timeout`] or until the step's
 /// report deadline fails the step. Output [`PackagesVerifyOutput`] (`{"packageInstalls":
@@ -968,7 +968,7 @@ mod tests {
         ]}})
     }
 
-    /// tkg2-aws-class-based.md §8 "Choosing the target TKR": the TKR must be one of the
+    /// docs/tkg2-class-based.md §8 "Choosing the target TKR": the TKR must be one of the
     /// Cluster's available updates when the Cluster says which they are.
     #[test]
     fn the_target_must_be_an_available_update() {

@@ -39,12 +39,12 @@ const MAX_UPDATE_CONFLICTS: u32 = 3;
 /// Label keys TMC sets itself (e.g. `tmc.cloud.vmware.com/creator`); never compared with the
 /// inputs and kept on update.
 const SYSTEM_LABEL_PREFIX: &str = "tmc.cloud.vmware.com/";
-/// The group TMC assigns when none is given (tanzu-apis.md §3.5 step 1).
+/// The group TMC assigns when none is given (docs/tanzu-apis.md §3.5 step 1).
 const DEFAULT_GROUP: &str = "default";
 
 /// How long `tmc.detach` waits for a `force=false` detach to finish before deleting again with
 /// `force=true`: 5 minutes. TMC-TF polls every 10 s, 25 times (about 4 minutes;
-/// tanzu-apis.md §3.5 step 5). Change it with [`TmcExecutor::with_detach_timeout`].
+/// docs/tanzu-apis.md §3.5 step 5). Change it with [`TmcExecutor::with_detach_timeout`].
 pub const DEFAULT_DETACH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Executes `tmc.attach`: exchange the CSP API token, GET the cluster, POST it when absent (a
@@ -52,7 +52,7 @@ pub const DEFAULT_DETACH_TIMEOUT: Duration = Duration::from_secs(300);
 /// installer manifest from `status.installerLink` (from `GET /v1alpha1/clusters:manifest/{name}`
 /// when the cluster's `spec.proxyName` or `spec.imageRegistry` is set, as TMC-TF does), apply it to the workload cluster with the
 /// [`ManifestApplier`], then poll GET every `poll_interval` until `phase == READY` (TMC-TF
-/// `resource_cluster.go` waits for READY only, tanzu-apis.md §3.5 step 4; TMC has no watch API).
+/// `resource_cluster.go` waits for READY only, docs/tanzu-apis.md §3.5 step 4; TMC has no watch API).
 /// The health (`HEALTHY`, `WARNING`, `UNHEALTHY`, …) is reported in the progress and the
 /// output, not required: a degraded component does not fail the attach. A cluster that is
 /// already READY is done at once (no POST, no apply), so a re-run is a no-op.
@@ -67,7 +67,7 @@ pub const DEFAULT_DETACH_TIMEOUT: Duration = Duration::from_secs(300);
 /// When the cluster already exists and is owned, and its
 /// `spec.clusterGroupName`, `meta.description` or `meta.labels` differ from the inputs, it is
 /// updated first with a `PUT` of the whole object read by the GET, `meta.resourceVersion`
-/// included (TMC-TF's update path; tanzu-apis.md §3.2, §3.3). Labels under
+/// included (TMC-TF's update path; docs/tanzu-apis.md §3.2, §3.3). Labels under
 /// `tmc.cloud.vmware.com/` are TMC's own: they are neither compared nor removed. A 409 (stale
 /// `resourceVersion`) re-reads and retries up to 3 times. An empty group input means `default`.
 /// The update does not touch the agent: a READY cluster is done after it (no apply).
@@ -78,7 +78,7 @@ pub const DEFAULT_DETACH_TIMEOUT: Duration = Duration::from_secs(300);
 ///
 /// The same executor runs `tmc.detach`: `DELETE …?force=false`, poll until 404, and after
 /// [`DEFAULT_DETACH_TIMEOUT`] (or [`TmcExecutor::with_detach_timeout`]) `DELETE …?force=true`
-/// (tanzu-apis.md §3.5 step 5).
+/// (docs/tanzu-apis.md §3.5 step 5).
 pub struct TmcExecutor {
     api_token: Option<SecretToken>,
     applier: Arc<dyn ManifestApplier>,
@@ -118,7 +118,7 @@ impl TmcExecutor {
 
     /// Sets how long `tmc.detach` waits for a `force=false` detach before it deletes again with
     /// `force=true`, and how long it then waits for the forced one (default
-    /// [`DEFAULT_DETACH_TIMEOUT`]; tanzu-apis.md §3.5 step 5). Takes and returns the executor
+    /// [`DEFAULT_DETACH_TIMEOUT`]; docs/tanzu-apis.md §3.5 step 5). Takes and returns the executor
     /// (builder style); tests pass a short timeout.
     pub fn with_detach_timeout(mut self, timeout: Duration) -> Self {
         self.detach_timeout = timeout;
@@ -232,7 +232,7 @@ impl TmcExecutor {
             .any(|v| v.as_deref().is_some_and(|v| !v.is_empty()));
         let manifest = if behind_proxy_or_registry {
             // TMC-TF: with a proxy or a private image registry, the manifest endpoint renders
-            // them into the agent's configuration (tanzu-apis.md §3.5 step 3).
+            // them into the agent's configuration (docs/tanzu-apis.md §3.5 step 3).
             client.attach_manifest(&full_name).await?
         } else {
             let link = cluster

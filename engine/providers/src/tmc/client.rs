@@ -26,7 +26,7 @@ pub struct TmcSettings {
     /// TMC base URL, e.g. `https://org.tmc.cloud.vmware.com` (TMC-TF env `TMC_ENDPOINT`).
     pub endpoint: String,
     /// CSP base URL, e.g. `https://console.tanzu.broadcom.com` (TMC-TF's default since commit
-    /// 612b0fc1, 2024-09; `https://console.cloud.vmware.com` before; tanzu-apis.md §3.1).
+    /// 612b0fc1, 2024-09; `https://console.cloud.vmware.com` before; docs/tanzu-apis.md §3.1).
     pub csp_endpoint: String,
     /// The CSP API (refresh) token (TMC-TF env `VMW_CLOUD_API_TOKEN`).
     pub api_token: SecretToken,
@@ -409,7 +409,7 @@ impl TmcClient {
 
     /// `PUT /v1alpha1/clusters/{fullName.name}` with the whole object `{"cluster":{fullName,
     /// meta, spec}}` (TMC-TF `cluster_resource.go` `ManageV1alpha1ClusterResourceServiceUpdate`,
-    /// which sends no query parameters; tanzu-apis.md §3.2, §3.3). `cluster` is normally an
+    /// which sends no query parameters; docs/tanzu-apis.md §3.2, §3.3). `cluster` is normally an
     /// object read with [`TmcClient::get_cluster`] and modified: its `meta.resourceVersion`
     /// makes the update conditional. `status` is never sent.
     ///
@@ -450,7 +450,7 @@ impl TmcClient {
     /// `GET /v1alpha1/clusters:manifest/{name}?fullName…` → `{"manifest":"<yaml>"}`: the attach
     /// manifest TMC-TF uses instead of the installer link when the cluster's `spec.proxyName` or
     /// `spec.imageRegistry` is set (TMC-TF `internal/client/cluster/manifest/manifest.go`,
-    /// `resource_cluster.go`; tanzu-apis.md §3.3, §3.5 step 3).
+    /// `resource_cluster.go`; docs/tanzu-apis.md §3.3, §3.5 step 3).
     ///
     /// Returns the multi-document YAML text, leading whitespace trimmed.
     /// Errors: [`TmcError::NotFound`] when the cluster does not exist, [`TmcError::Decode`] when

@@ -1,5 +1,5 @@
 //! The `tmc.detach` step: detach a workload cluster from TMC the way TMC-TF's
-//! `resourceClusterDelete` does (tanzu-apis.md §3.5 step 5, §3.3 "Delete/detach").
+//! `resourceClusterDelete` does (docs/tanzu-apis.md §3.5 step 5, §3.3 "Delete/detach").
 //!
 //! 1. `GET` the cluster; 404 means it is not attached: success at once (idempotent).
 //! 2. The cluster must carry this request's ownership label ([`OWNER_LABEL`] in
@@ -13,7 +13,7 @@
 //! 4. Still there (same uid) after the detach timeout: `DELETE …?force=true`, then `GET` until
 //!    404 (or another uid) for at most the same time again.
 //!
-//! TMC's `DELETE` takes no precondition (tanzu-apis.md §3.3), so a cluster replaced between
+//! TMC's `DELETE` takes no precondition (docs/tanzu-apis.md §3.3), so a cluster replaced between
 //! the `GET` and a `DELETE` of one attempt cannot be told apart by TMC; the window is one
 //! request long, and every `DELETE` is preceded by a `GET` of the same uid.
 

@@ -5,7 +5,7 @@
 //! * [`TmcExecutor`]: the `tmc.attach` step (attach a workload cluster to TMC and converge its
 //!   cluster group, description and labels, TMC-TF `internal/resources/cluster/resource_cluster.go`
 //!   create and update paths) and the `tmc.detach` step (`resourceClusterDelete`,
-//!   tanzu-apis.md §3.5 step 5).
+//!   docs/tanzu-apis.md §3.5 step 5).
 //! * [`models`]: the cluster wire model.
 //!
 //! Secrets (the CSP API token, access tokens, the installer link) are held in [`SecretToken`]s

@@ -104,7 +104,7 @@ pub struct Meta {
     )]
     pub generation: Option<String>,
     /// Fields this model does not name (e.g. `parentReferences`), kept so that a `PUT` of an
-    /// object read with `GET` sends them back unchanged (tanzu-apis.md §3.2 common `meta`).
+    /// object read with `GET` sends them back unchanged (docs/tanzu-apis.md §3.2 common `meta`).
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
@@ -124,7 +124,7 @@ pub struct ClusterSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_registry: Option<String>,
     /// Fields this model does not name (e.g. `tkgAws` of a provisioned cluster), kept so that
-    /// a `PUT` of an object read with `GET` sends them back unchanged (tanzu-apis.md §3.4).
+    /// a `PUT` of an object read with `GET` sends them back unchanged (docs/tanzu-apis.md §3.4).
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
@@ -245,7 +245,7 @@ impl Cluster {
     }
 
     /// `phase == READY`: the agent is connected. What the attach wait ends on (TMC-TF
-    /// `resource_cluster.go` polls until READY only, tanzu-apis.md §3.5 step 4); the health
+    /// `resource_cluster.go` polls until READY only, docs/tanzu-apis.md §3.5 step 4); the health
     /// (`HEALTHY`, `WARNING`, …) is reported, not required.
     pub fn is_ready(&self) -> bool {
         self.phase() == PHASE_READY

@@ -1,5 +1,5 @@
 //! Admission of `clusters.cluster.x-k8s.io` on an emulated TKG 2.x management cluster
-//! (tkg2-aws-class-based.md §4), in the real order:
+//! (docs/tkg2-class-based.md §4), in the real order:
 //! 1. CAPI defaulting webhook `default.cluster.cluster.x-k8s.io` (CREATE, UPDATE): the class must
 //!    exist **in the Cluster's namespace** (else 500 InternalError), undeclared variables are
 //!    rejected (422), class variables with a top-level default are appended, nested defaults filled;
@@ -17,7 +17,7 @@
 //! Sources: kubernetes-sigs/cluster-api v1.2 `internal/webhooks/cluster.go` (`Default`,
 //! `validate`, `validateTopology`), `internal/topology/check/compatibility.go`,
 //! `internal/topology/variables/cluster_variable_validation.go`, `util/version/version.go`;
-//! k8s.io/apimachinery `pkg/util/validation`; tkg2-aws-class-based.md §4.
+//! k8s.io/apimachinery `pkg/util/validation`; docs/tkg2-class-based.md §4.
 //!
 //! Denials carry the API server's prefix `admission webhook "<name>" denied the request: `.
 
@@ -40,7 +40,7 @@ pub(crate) const VALIDATE_WEBHOOK: &str = "validation.cluster.cluster.x-k8s.io";
 pub(crate) const TKR_WEBHOOK: &str = "tkr-resolver-cluster-webhook.tanzu.vmware.com";
 /// Annotation the cluster-pause webhook sets (value: the new TKR name) next to `spec.paused: true`
 /// when an update changes the `run.tanzu.vmware.com/tkr` label; removed with `spec.paused` when the
-/// ClusterBootstrap controller unpauses (tkg2-aws-class-based.md §4 "Cluster pause on update").
+/// ClusterBootstrap controller unpauses (docs/tkg2-class-based.md §4 "Cluster pause on update").
 pub const PAUSED_ANNOTATION: &str = "tkg.tanzu.vmware.com/paused";
 
 /// The admission chain for Clusters of one management cluster.

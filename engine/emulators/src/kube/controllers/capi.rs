@@ -2,7 +2,7 @@
 //! (ClusterClass-based Clusters), the Cluster, KubeadmControlPlane, MachineDeployment and
 //! MachineHealthCheck controllers, and CAPA's AWSCluster controller.
 //!
-//! Progress per Cluster, one step per tick (tanzu-apis.md §2.2, §6; tkg2-aws-class-based.md §5, §6):
+//! Progress per Cluster, one step per tick (docs/tanzu-apis.md §2.2, §6; docs/tkg2-class-based.md §5, §6):
 //! 1. topology objects created (KubeadmControlPlane, MachineDeployments named
 //!    `<cluster>-<md name>-xxxxx`, AWSCluster, and the ClusterClass's MachineHealthChecks named
 //!    after the KCP and each MD), `TopologyReconciled=True`, phase `Pending`;
@@ -79,7 +79,7 @@
 //! - `spec.topology.version` goes to the KCP at once; an MD gets it only when the KCP runs it and
 //!   is neither rolling nor scaling (`status.version`, `replicas`, `updatedReplicas`,
 //!   `readyReplicas` all at spec, generation observed) and no other MD of the Cluster is rolling
-//!   out (CAPI's `IsRollingOut`), so MDs upgrade one at a time (tkg2-aws-class-based.md §8).
+//!   out (CAPI's `IsRollingOut`), so MDs upgrade one at a time (docs/tkg2-class-based.md §8).
 //! - The AWSMachineTemplates of the control plane (`<cluster>-control-plane-xxxxx`, from the
 //!   `controlPlane` variable) and of each MD (`<cluster>-<md>-infra-xxxxx`, from the MD's
 //!   `variables.overrides` entry `worker` or else the `worker` variable): `instanceType`,
@@ -2509,7 +2509,7 @@ fn md_rolling_out(md: &Value) -> bool {
 
 /// AWSMachineTemplate spec from the `controlPlane` or `worker` variable (instance type, root
 /// volume; defaults t3.large / m5.large and 80 GiB as the class's), the SSH key and TKG's
-/// instance profiles (tkg2-aws-class-based.md §2).
+/// instance profiles (docs/tkg2-class-based.md §2).
 fn machine_template_spec(var: Option<&Value>, ssh_key: &str, control_plane: bool) -> Value {
     let instance_type = var
         .and_then(|v| v.get("instanceType"))
@@ -2544,7 +2544,7 @@ fn owner_uids(obj: &Value) -> Vec<String> {
 }
 
 /// AWSCluster spec from the ClusterClass variables (the `tkg-aws-default-v1.0.0` patches,
-/// tkg2-aws-class-based.md §2): `identityRef` only when `name` is set; the control plane security
+/// docs/tkg2-class-based.md §2): `identityRef` only when `name` is set; the control plane security
 /// group from `securityGroupOverrides.controlPlane` (what the patch reads) or `controlplane`.
 fn aws_cluster_spec(name: &str, topology: &Value) -> Value {
     let var = |n: &str| topology_variable(topology, n);

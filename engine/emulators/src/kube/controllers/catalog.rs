@@ -1,4 +1,4 @@
-//! Seed data of the emulated TKG 2.x management cluster (tkg2-aws-class-based.md): the AWS
+//! Seed data of the emulated TKG 2.x management cluster (docs/tkg2-class-based.md): the AWS
 //! ClusterClass per TKG version (in `tkg-system`, propagated into the other namespaces), the
 //! TanzuKubernetesReleases and OSImages, the management cluster's own Cluster and
 //! `kube-public/pinniped-info`; and the workload clusters' `tanzu-standard` package repository.
@@ -11,7 +11,7 @@ use super::super::EmulatedCluster;
 use super::util::*;
 use super::ControllerError;
 
-/// One package of the TKG 1.6 `tanzu-standard` repository (tanzu-apis.md §4.4).
+/// One package of the TKG 1.6 `tanzu-standard` repository (docs/tanzu-apis.md §4.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StandardPackage {
     /// The package `refName`, e.g. `cert-manager.tanzu.vmware.com`.
@@ -80,7 +80,7 @@ pub const STANDARD_REPO_IMAGE: &str =
     "projects.registry.vmware.com/tkg/packages/standard/repo:v1.6.0";
 /// A TKG 2.x release of the emulated management cluster; it decides the ClusterClass, the
 /// compatible TanzuKubernetesReleases and the Cluster API admission behaviour
-/// (tkg2-aws-class-based.md §1, §4, §9).
+/// (docs/tkg2-class-based.md §1, §4, §9).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum TkgVersion {
     /// TKG 2.1 (CAPI 1.2.8, class `tkg-aws-default-v1.0.0`).
@@ -312,7 +312,7 @@ pub fn ami_id(tkr_version: &str, os_name: &str, region: &str) -> String {
 const CLASS_VARIABLES_FIXTURE: &str =
     include_str!("fixtures/tkg-aws-default-v1.0.0-variables.yaml");
 
-/// The `spec.variables` of the AWS ClusterClass (tkg2-aws-class-based.md §2): the fixture
+/// The `spec.variables` of the AWS ClusterClass (docs/tkg2-class-based.md §2): the fixture
 /// [`CLASS_VARIABLES_FIXTURE`] with the management cluster's defaults from `seed` (`region`,
 /// `sshKeyName`, `cni`, `bastion`), TKG 2.2's `additionalImageRegistries`
 /// (`TF22:CCAWS/base.yaml:301-317`) and the assumed 2.3/2.4 casing of the control plane
@@ -641,7 +641,7 @@ pub(crate) fn seed_management(
     Ok(())
 }
 
-/// The successful PackageRepository status kapp-controller writes (tanzu-apis.md §4.1, §4.3).
+/// The successful PackageRepository status kapp-controller writes (docs/tanzu-apis.md §4.1, §4.3).
 pub(crate) fn repo_succeeded_status(generation: i64, successes: i64) -> Map<String, Value> {
     let now = now_rfc3339();
     let mut st = Map::new();

@@ -1,6 +1,6 @@
 //! Simulated kapp-controller on a workload cluster: PackageRepository and PackageInstall status
 //! (`packaging.carvel.dev/v1alpha1`) with the generic kapp-controller status semantics
-//! (tanzu-apis.md §4.3): exactly one condition at a time, `observedGeneration` bumped when a
+//! (docs/tanzu-apis.md §4.3): exactly one condition at a time, `observedGeneration` bumped when a
 //! reconcile starts, `usefulErrorMessage` holding the failure detail.
 //!
 //! PackageInstall, one step per tick:

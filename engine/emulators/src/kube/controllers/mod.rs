@@ -17,7 +17,7 @@
 //! [`Controllers::wait_ticks`] waits for a number of complete periodic passes, after which a test
 //! can assert that something did *not* happen.
 //!
-//! # The emulated TKG 2.x management cluster (tkg2-aws-class-based.md)
+//! # The emulated TKG 2.x management cluster (docs/tkg2-class-based.md)
 //! [`seed_management_cluster_with`] makes a TKG 2.1–2.4 management cluster ([`TkgVersion`]):
 //! - the class-based AWS ClusterClass [`TkgVersion::cluster_class`] in `tkg-system` with the real
 //!   variable schemas of `tkg-aws-default-v1.0.0` (fixture
@@ -149,7 +149,7 @@ impl Default for ControllerOptions {
 /// is deterministic) skips the sync and sets `TopologyReconciled=False`, severity `Error`, reason
 /// `TopologyReconcileFailed`, for one tick; the next reconcile sets it `True` again. Real CAPI
 /// shows this on conflicts and API timeouts; `tanzu cluster create` never checks the condition
-/// (tkg2-aws-class-based.md §6), so a client waiting on it must tolerate it.
+/// (docs/tkg2-class-based.md §6), so a client waiting on it must tolerate it.
 #[derive(Clone, Debug)]
 pub struct TopologyFaults {
     /// Period in topology reconciles; 0 disables the fault. Default 17.
@@ -378,7 +378,7 @@ pub fn seed_management_cluster(cluster: &EmulatedCluster) -> Result<(), Controll
     catalog::seed_management(cluster, &ManagementSeed::default())
 }
 
-/// Prepares a TKG 2.x management cluster (tkg2-aws-class-based.md §1, §2, §4, §5, §7, §8):
+/// Prepares a TKG 2.x management cluster (docs/tkg2-class-based.md §1, §2, §4, §5, §7, §8):
 /// registers the Cluster API, Tanzu and Carvel types; installs the Cluster admission (CAPI
 /// defaulting, cluster pause, TKR resolver, CAPI validation); creates namespaces `default`,
 /// `tkg-system`, `tkr-system`, the ClusterClass [`TkgVersion::cluster_class`] in `tkg-system`

@@ -1,6 +1,6 @@
 //! Simulated TMC cluster agent on a workload cluster.
 //!
-//! TMC's installer manifest (applied by the attach flow, tanzu-apis.md §3.5) creates the ConfigMap
+//! TMC's installer manifest (applied by the attach flow, docs/tanzu-apis.md §3.5) creates the ConfigMap
 //! `vmware-system-tmc/stack-config`. Like the real agent, which connects outward to TMC, this one
 //! reads `tmc_url`, `cluster_name`, `management_cluster_name`, `provisioner_name` and
 //! `registration_token` from it and calls
