@@ -157,7 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if cfg.leader_election.enabled {
                 let code = rt.block_on(serve_elected(&cfg));
                 // A lost lease must not wait for blocking tasks: everything written is flushed.
-                rt.shutdown_timeout(std::time::Duration::from_secs(1));
+                rt.shutdown_timeout(std::time::Duration::from_millis(200));
                 return code;
             }
             rt.block_on(async {
