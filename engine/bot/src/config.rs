@@ -322,3 +322,47 @@ impl BotConfig {
             .filter(|t| !t.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "github: {owner: acme, repo: tkg-clusters}\nstateDir: /var/lib/tkgops\n";
+
+    fn load(extra: &str) -> Result<BotConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bot.yaml");
+        std::fs::write(&path, format!("{BASE}{extra}")).unwrap();
+        BotConfig::load(&path)
+    }
+
+    #[test]
+    fn leader_election_is_off_by_default_and_its_durations_are_checked() {
+        let cfg = load("").unwrap();
+        assert_eq!(cfg.leader_election, LeaderElectionSettings::default());
+        assert!(!cfg.leader_election.enabled);
+
+        let cfg = load(
+            "leaderElection: {enabled: true, leaseName: tkgops-prod, namespace: ops, \
+             leaseDuration: 20s, renewDeadline: 12s, retryPeriod: 500ms}\n",
+        )
+        .unwrap();
+        let le = &cfg.leader_election;
+        assert_eq!(le.lease_name, "tkgops-prod");
+        assert_eq!(le.namespace.as_deref(), Some("ops"));
+        assert_eq!(le.lease_duration, Duration::from_secs(20));
+        assert_eq!(le.renew_deadline, Duration::from_secs(12));
+        assert_eq!(le.retry_period, Duration::from_millis(500));
+
+        // The holder must stop before a standby may take over.
+        let e = load("leaderElection: {enabled: true, leaseDuration: 10s, renewDeadline: 10s}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("renewDeadline"), "{e}");
+        let e = load("leaderElection: {enabled: true, leaseDuration: 1500ms, renewDeadline: 1s, retryPeriod: 200ms}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("whole seconds"), "{e}");
+        // Unknown keys are errors, as everywhere in the file.
+        let e = load("leaderElection: {enabled: true, leaseDurationSeconds: 15}\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+}
