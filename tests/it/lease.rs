@@ -326,3 +326,69 @@ async fn a_holder_that_cannot_renew_stops_and_exits_3() {
     let log = std::fs::read_to_string(env.workdir.join("bot-replica-a.log")).unwrap();
     assert!(log.contains("lost the lease"), "{log}");
 }
+
+/// Two electors on one Lease: the second waits while the first's Lease is fresh (seeing it as
+/// the holder), takes it once the first stops renewing (a paused process), with the next
+/// token; the first, waking up, finds its Lease lost and its journal refuses its writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_loses_the_lease_and_its_journal_refuses_its_writes() {
+    use tkgops::lease::{HeldLease, LeaderElector};
+    use tkgops_engine::store::Store;
+    tkgops_providers::install_crypto_provider();
+    let kube = tkgops_emulators::kube::KubeEmulator::new();
+    let cluster = kube.add_cluster("mgmt").await.expect("cluster");
+    let client = cluster.client().await.unwrap();
+    let settings = LeaderElectionSettings {
+        enabled: true,
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_secs(1),
+        retry_period: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let mut a = LeaderElector::new(client.clone(), "default", "a", &settings);
+    let la = a.acquire(|_| {}).await.unwrap();
+    assert_eq!(la.token, 0);
+    let store = tkgops_engine::store::SledStore::temporary().unwrap();
+    store.fence(la.token).await.unwrap();
+    store.put_meta("k", b"a").await.unwrap();
+
+    // a is paused (it does not renew); b waits while the Lease is fresh, then takes it.
+    let mut b = LeaderElector::new(client.clone(), "default", "b", &settings);
+    let mut saw = Vec::new();
+    let lb = b
+        .acquire(|holder| saw.push(holder.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(lb.token, 1, "a new token");
+    assert!(
+        !saw.is_empty() && saw.iter().all(|h| h == "a"),
+        "b was a standby behind a first: {saw:?}"
+    );
+    let api: Api<Lease> = Api::namespaced(client, "default");
+    let spec = api.get(LEASE).await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+    assert_eq!(spec.lease_transitions, Some(1));
+
+    // a wakes up: its hold ends at once and the journal refuses its writes.
+    let held = HeldLease::spawn(a, la);
+    held.set_fencing(store.fencing());
+    let why = tokio::time::timeout(Duration::from_secs(5), held.lost())
+        .await
+        .expect("a noticed it lost the lease");
+    let err = store.put_meta("k", b"a again").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            tkgops_engine::store::StoreError::StaleFencingToken { token: 0, .. }
+        ),
+        "{why}: {err}"
+    );
+    assert_eq!(store.get_meta("k").await.unwrap(), Some(b"a".to_vec()));
+    // a wrote nothing into the Lease after losing it; b releases it on a graceful stop.
+    let held_b = HeldLease::spawn(b, lb);
+    let spec = api.get(LEASE).await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+    held_b.release().await;
+    let spec = api.get(LEASE).await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity, None, "released on a graceful stop");
+}
