@@ -232,11 +232,10 @@ async fn serve_elected(cfg: &BotConfig) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::from(EXIT_LEASE_LOST))
     };
 
-    let (bot, fencing) = tokio::select! {
-        b = serve::build_fenced(cfg, leadership.token) => b?,
+    let bot = tokio::select! {
+        b = serve::build_fenced(cfg, &held) => b?,
         why = held.lost() => return lost_exit(why),
     };
-    held.set_fencing(fencing);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = match &cfg.listen {
         Some(listen) => Some(

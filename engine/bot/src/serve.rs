@@ -79,30 +79,46 @@ pub async fn build_with_auth(
     auth: GitHubAuth,
     tmc_token: Option<String>,
 ) -> Result<Bot, ServeError> {
-    Ok(build_fenced_with_auth(cfg, auth, tmc_token, None).await?.0)
+    build_fenced_with_auth(cfg, auth, tmc_token, None).await
 }
 
-/// As [`build`], for the holder of the leader-election Lease: the journal is fenced with
-/// `token` (the Lease's transition count at the acquisition, [`SledStore::fence`]) before
-/// anything is written to it. Returns the bot and the handle that refuses the journal's
-/// writes once a newer holder is known.
+/// As [`build`], for the holder of the leader-election Lease `held`: the journal is fenced
+/// with its token (the Lease's transition count at the acquisition, [`SledStore::fence`])
+/// before anything is written to it, and its fencing handle is handed to `held` at once, so
+/// a Lease lost while the bot is still being built refuses the journal's writes too.
 ///
 /// Errors: [`ServeError`] for each part that cannot be set up; [`ServeError::Store`] when the
 /// journal was fenced by a newer holder already.
-pub async fn build_fenced(cfg: &BotConfig, token: u64) -> Result<(Bot, FencingHandle), ServeError> {
-    build_fenced_with_auth(cfg, cfg.github_auth()?, cfg.tmc_token(), Some(token)).await
+pub async fn build_fenced(
+    cfg: &BotConfig,
+    held: &crate::lease::HeldLease,
+) -> Result<Bot, ServeError> {
+    let fence = Fence {
+        token: held.token(),
+        on_fenced: &|h| held.set_fencing(h),
+    };
+    build_fenced_with_auth(cfg, cfg.github_auth()?, cfg.tmc_token(), Some(fence)).await
+}
+
+/// How [`build_fenced_with_auth`] fences the journal.
+pub struct Fence<'a> {
+    /// The fencing token ([`SledStore::fence`]).
+    pub token: u64,
+    /// Called with the journal's fencing handle right after the journal was fenced, before
+    /// anything else is written to it.
+    pub on_fenced: &'a (dyn Fn(FencingHandle) + Send + Sync),
 }
 
 /// As [`build_with_auth`], fencing the journal with `fence` when given (see
-/// [`build_fenced`]). Returns the bot and its journal's fencing handle.
+/// [`build_fenced`]).
 ///
 /// Errors: [`ServeError`] for each part that cannot be set up.
 pub async fn build_fenced_with_auth(
     cfg: &BotConfig,
     auth: GitHubAuth,
     tmc_token: Option<String>,
-    fence: Option<u64>,
-) -> Result<(Bot, FencingHandle), ServeError> {
+    fence: Option<Fence<'_>>,
+) -> Result<Bot, ServeError> {
     let github = github_client(cfg, auth, tmc_token.as_deref())?;
     let info = github
         .repository()
@@ -133,14 +149,17 @@ pub async fn build_fenced_with_auth(
     .await
     .map_err(|e| ServeError::Store(e.to_string()))??;
     let store = Arc::new(store);
-    if let Some(token) = fence {
+    if let Some(fence) = fence {
         let before = store
-            .fence(token)
+            .fence(fence.token)
             .await
             .map_err(|e| ServeError::Store(e.to_string()))?;
-        info!(token, before, "journal fenced with the lease's token");
+        (fence.on_fenced)(store.fencing());
+        info!(
+            token = fence.token,
+            before, "journal fenced with the lease's token"
+        );
     }
-    let fencing = store.fencing();
     let (journal, moved) = BotJournal::open(store.clone())
         .await
         .map_err(|e| ServeError::Store(e.to_string()))?;
@@ -203,7 +222,7 @@ pub async fn build_fenced_with_auth(
         .await
         .map_err(|e| ServeError::Store(e.to_string()))?;
     info!(repo = %info.full_name, default_branch = %info.default_branch, resumed, "tkgops bot ready");
-    let bot = Bot::new(BotParts {
+    Ok(Bot::new(BotParts {
         github,
         git,
         journal,
@@ -213,8 +232,7 @@ pub async fn build_fenced_with_auth(
         executors,
         publisher,
         pinned_policy: cfg.trusted_policy_commit.clone(),
-    });
-    Ok((bot, fencing))
+    }))
 }
 
 /// The bot's GitHub client for `cfg`, authenticated with `auth`, behind the redaction
