@@ -228,11 +228,14 @@ impl Rendered {
             .map(|e| {
                 let name = str_of(&e["name"]).to_string();
                 let src = match e.get("valueFrom") {
+                    Some(vf) if vf.get("fieldRef").is_some() => {
+                        EnvSource::Field(str_of(&vf["fieldRef"]["fieldPath"]).into())
+                    }
                     Some(vf) => {
                         let r = &vf["secretKeyRef"];
                         assert!(
                             !r.is_null(),
-                            "{name}: only secretKeyRef is expected: {vf:?}"
+                            "{name}: only secretKeyRef or fieldRef is expected: {vf:?}"
                         );
                         EnvSource::Secret(str_of(&r["name"]).into(), str_of(&r["key"]).into())
                     }
@@ -269,6 +272,8 @@ impl Rendered {
 enum EnvSource {
     Value(String),
     Secret(String, String),
+    /// A `fieldRef` of the pod (its `fieldPath`).
+    Field(String),
 }
 
 fn str_of(v: &Value) -> &str {
@@ -589,6 +594,64 @@ async fn chart_rbac_names_only_what_the_bot_does_in_its_namespace() {
     assert!(!r.has("Role") && !r.has("RoleBinding"), "{:?}", r.kinds());
 }
 
+/// With `leaderElection.enabled`, the rendered bot configuration names the one Lease the Role
+/// lets the bot get and update (the release's full name, in its namespace), the pod's name is
+/// the holder identity, and the binary accepts the configuration; without the Role's rule the
+/// chart refuses to render.
+#[tokio::test]
+async fn chart_leader_election_uses_the_lease_its_role_names() {
+    let helm = Helm::new();
+    let minimal = chart().join("examples/minimal.yaml");
+    let r = helm
+        .template(&[
+            "-f",
+            p(&minimal),
+            "--set",
+            "leaderElection.enabled=true,leaderElection.leaseDuration=20s",
+        ])
+        .await;
+    let (_, config) = r.config_file();
+    let cfg: tkgops::BotConfig = serde_yaml::from_str(&config).expect("the binary's config");
+    let le = &cfg.leader_election;
+    assert!(le.enabled, "{config}");
+    le.validate().expect("valid durations");
+    assert_eq!(le.lease_duration, Duration::from_secs(20));
+    assert_eq!(le.namespace.as_deref(), Some("tkgops"));
+    let role = r.one("Role");
+    let named: Vec<&str> = seq(&role["rules"])
+        .iter()
+        .filter(|rule| str_of(&seq(&rule["resources"])[0]) == "leases")
+        .flat_map(|rule| rule.get("resourceNames").map(seq).unwrap_or_default())
+        .map(str_of)
+        .collect();
+    assert_eq!(named, [le.lease_name.as_str()], "{role:?}");
+    assert_eq!(
+        r.env().get("POD_NAME"),
+        Some(&EnvSource::Field("metadata.name".into()))
+    );
+    // Off by default: the configuration has no leaderElection section.
+    let (_, config) = helm.template(&["-f", p(&minimal)]).await.config_file();
+    let cfg: tkgops::BotConfig = serde_yaml::from_str(&config).expect("the binary's config");
+    assert!(!cfg.leader_election.enabled, "{config}");
+    let out = helm
+        .run(&[
+            "template",
+            "t",
+            p(&chart()),
+            "-f",
+            p(&minimal),
+            "--set",
+            "leaderElection.enabled=true,rbac.leaderElection=false",
+        ])
+        .await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("leaderElection.enabled needs rbac.leaderElection"),
+        "{}",
+        text(&out)
+    );
+}
+
 /// The Secrets an operator creates before installing (`kubectl create secret generic`), with
 /// test values.
 fn operator_secrets(example: &Rendered) -> Vec<(String, BTreeMap<String, String>)> {
@@ -840,6 +903,10 @@ fn pod_env(
         .map(|(name, src)| {
             let value = match src {
                 EnvSource::Value(v) => files.host(&v),
+                EnvSource::Field(f) => {
+                    assert_eq!(f, "metadata.name", "{name}: only the pod name is expected");
+                    "tkgops-0".to_string()
+                }
                 EnvSource::Secret(s, k) => secrets
                     .get(&s)
                     .and_then(|d| d.get(&k))

@@ -134,6 +134,115 @@ pub struct BotConfig {
     /// chain); it must be in the default branch's history.
     #[serde(default)]
     pub trusted_policy_commit: Option<String>,
+    /// Leader election on a `coordination.k8s.io/v1` Lease (off by default): only the holder
+    /// opens the journal and acts; see README "High availability and failure model".
+    #[serde(default)]
+    pub leader_election: LeaderElectionSettings,
+}
+
+/// The `leaderElection` section of the bot configuration (README "High availability and
+/// failure model"). The durations must satisfy `retryPeriod < renewDeadline < leaseDuration`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaderElectionSettings {
+    /// Whether `tkgops serve` takes part in leader election (default false: it acts at once).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Name of the Lease (default `tkgops`; the Helm chart sets its release's full name, the
+    /// one Lease its Role lets the bot get and update).
+    #[serde(default = "default_lease_name")]
+    pub lease_name: String,
+    /// Namespace of the Lease; default the `POD_NAMESPACE` variable, else the namespace of the
+    /// pod's ServiceAccount token, else `default`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The holder identity written into the Lease; default the `POD_NAME` variable, else the
+    /// host name. Must differ between the replicas.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Kubeconfig of the cluster holding the Lease; default the in-cluster configuration (the
+    /// pod's ServiceAccount). For tests and running outside the cluster.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// How long a Lease not renewed stays the holder's: a standby takes over this long after it
+    /// last saw the Lease change (default 15s, as client-go's leader election).
+    #[serde(
+        default = "default_lease_duration",
+        with = "tkgops_domain::serde_duration"
+    )]
+    pub lease_duration: Duration,
+    /// How long the holder keeps acting without a successful renewal before it stops and
+    /// exits (default 10s).
+    #[serde(
+        default = "default_renew_deadline",
+        with = "tkgops_domain::serde_duration"
+    )]
+    pub renew_deadline: Duration,
+    /// Time between two attempts to acquire or renew the Lease (default 2s).
+    #[serde(
+        default = "default_retry_period",
+        with = "tkgops_domain::serde_duration"
+    )]
+    pub retry_period: Duration,
+}
+
+fn default_lease_name() -> String {
+    "tkgops".into()
+}
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_renew_deadline() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retry_period() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Default for LeaderElectionSettings {
+    fn default() -> Self {
+        LeaderElectionSettings {
+            enabled: false,
+            lease_name: default_lease_name(),
+            namespace: None,
+            identity: None,
+            kubeconfig: None,
+            lease_duration: default_lease_duration(),
+            renew_deadline: default_renew_deadline(),
+            retry_period: default_retry_period(),
+        }
+    }
+}
+
+impl LeaderElectionSettings {
+    /// Checks `retryPeriod < renewDeadline < leaseDuration` and whole seconds of
+    /// `leaseDuration` (the Lease stores seconds).
+    ///
+    /// Errors: [`ConfigError::Invalid`] naming the keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: "leaderElection".into(),
+            message,
+        };
+        if !(self.retry_period < self.renew_deadline && self.renew_deadline < self.lease_duration) {
+            return Err(invalid(format!(
+                "retryPeriod ({:?}) < renewDeadline ({:?}) < leaseDuration ({:?}) must hold",
+                self.retry_period, self.renew_deadline, self.lease_duration
+            )));
+        }
+        if self.lease_duration.subsec_nanos() != 0
+            || self.lease_duration.as_secs() > i32::MAX as u64
+        {
+            return Err(invalid(format!(
+                "leaseDuration ({:?}) must be whole seconds",
+                self.lease_duration
+            )));
+        }
+        if self.lease_name.is_empty() {
+            return Err(invalid("leaseName must not be empty".into()));
+        }
+        Ok(())
+    }
 }
 
 fn default_webhook_secret_env() -> String {
@@ -143,16 +252,21 @@ fn default_webhook_secret_env() -> String {
 impl BotConfig {
     /// Reads and validates the configuration file at `path`.
     ///
-    /// Errors: [`ConfigError::Io`], [`ConfigError::Invalid`] (with line and column).
+    /// Errors: [`ConfigError::Io`], [`ConfigError::Invalid`] (with line and column; or an
+    /// enabled `leaderElection` whose durations are out of order).
     pub fn load(path: &std::path::Path) -> Result<BotConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        let cfg: BotConfig = serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: path.display().to_string(),
             message: e.to_string(),
-        })
+        })?;
+        if cfg.leader_election.enabled {
+            cfg.leader_election.validate()?;
+        }
+        Ok(cfg)
     }
 
     /// How to authenticate to GitHub: the App (with its private key from `privateKeyFile` or
@@ -206,5 +320,49 @@ impl BotConfig {
         std::env::var(&self.tmc_token_env)
             .ok()
             .filter(|t| !t.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "github: {owner: acme, repo: tkg-clusters}\nstateDir: /var/lib/tkgops\n";
+
+    fn load(extra: &str) -> Result<BotConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bot.yaml");
+        std::fs::write(&path, format!("{BASE}{extra}")).unwrap();
+        BotConfig::load(&path)
+    }
+
+    #[test]
+    fn leader_election_is_off_by_default_and_its_durations_are_checked() {
+        let cfg = load("").unwrap();
+        assert_eq!(cfg.leader_election, LeaderElectionSettings::default());
+        assert!(!cfg.leader_election.enabled);
+
+        let cfg = load(
+            "leaderElection: {enabled: true, leaseName: tkgops-prod, namespace: ops, \
+             leaseDuration: 20s, renewDeadline: 12s, retryPeriod: 500ms}\n",
+        )
+        .unwrap();
+        let le = &cfg.leader_election;
+        assert_eq!(le.lease_name, "tkgops-prod");
+        assert_eq!(le.namespace.as_deref(), Some("ops"));
+        assert_eq!(le.lease_duration, Duration::from_secs(20));
+        assert_eq!(le.renew_deadline, Duration::from_secs(12));
+        assert_eq!(le.retry_period, Duration::from_millis(500));
+
+        // The holder must stop before a standby may take over.
+        let e = load("leaderElection: {enabled: true, leaseDuration: 10s, renewDeadline: 10s}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("renewDeadline"), "{e}");
+        let e = load("leaderElection: {enabled: true, leaseDuration: 1500ms, renewDeadline: 1s, retryPeriod: 200ms}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("whole seconds"), "{e}");
+        // Unknown keys are errors, as everywhere in the file.
+        let e = load("leaderElection: {enabled: true, leaseDurationSeconds: 15}\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
     }
 }

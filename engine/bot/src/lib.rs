@@ -43,6 +43,7 @@ pub mod context;
 pub mod executors;
 pub mod gitops;
 pub mod journal;
+pub mod lease;
 pub mod local;
 pub mod memo;
 pub mod reconcile;

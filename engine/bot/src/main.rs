@@ -154,6 +154,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             let cfg = BotConfig::load(&config)?;
             let rt = tokio::runtime::Runtime::new()?;
+            if cfg.leader_election.enabled {
+                let code = rt.block_on(serve_elected(&cfg));
+                // A lost lease must not wait for blocking tasks: everything written is flushed.
+                rt.shutdown_timeout(std::time::Duration::from_millis(200));
+                return code;
+            }
             rt.block_on(async {
                 let bot = serve::build(&cfg).await?;
                 let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -182,6 +188,96 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Exit status of `tkgops serve` when it lost the leader-election Lease: the pod restarts and
+/// waits as a standby.
+const EXIT_LEASE_LOST: u8 = 3;
+
+/// `tkgops serve` with leader election: a standby (serving `/healthz`, `/readyz` 503) until it
+/// holds the Lease, then the bot on a journal fenced with the Lease's token. Exits 0 on
+/// SIGTERM or Ctrl-C (releasing the Lease), [`EXIT_LEASE_LOST`] as soon as the Lease is lost.
+async fn serve_elected(cfg: &BotConfig) -> anyhow::Result<ExitCode> {
+    use tkgops::lease::{HeldLease, LeaderElector};
+    let mut elector = LeaderElector::from_settings(&cfg.leader_election).await?;
+    let lease = elector.lease();
+    tracing::info!(%lease, identity = elector.identity(), "standby: taking part in leader election");
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    let (stop_standby, standby_stopped) = tokio::sync::oneshot::channel::<()>();
+    let standby = match &cfg.listen {
+        Some(listen) => Some(
+            serve::start_standby_http(listen, &lease, async {
+                let _ = standby_stopped.await;
+            })
+            .await?,
+        ),
+        None => None,
+    };
+    let acquired = tokio::select! {
+        l = elector.acquire(|_| {}) => Some(l?),
+        _ = &mut shutdown => None,
+    };
+    let _ = stop_standby.send(());
+    if let Some(h) = standby {
+        let _ = h.await;
+    }
+    let Some(leadership) = acquired else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let held = HeldLease::spawn(elector, leadership);
+    let lost_exit = |why: tkgops::lease::Lost| {
+        tracing::error!(%lease, reason = %why, "exiting: the lease was lost");
+        Ok(ExitCode::from(EXIT_LEASE_LOST))
+    };
+
+    let bot = tokio::select! {
+        b = serve::build_fenced(cfg, &held) => b?,
+        why = held.lost() => return lost_exit(why),
+    };
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = match &cfg.listen {
+        Some(listen) => Some(
+            serve::start_http(&bot, listen, cfg.webhook_secret(), async {
+                let _ = http_stopped.await;
+            })
+            .await?
+            .1,
+        ),
+        None => None,
+    };
+    {
+        let run = bot.run(
+            cfg.poll_interval,
+            std::time::Duration::from_secs(30),
+            async {
+                tokio::select! {
+                    _ = &mut shutdown => {}
+                    _ = held.lost() => {}
+                }
+            },
+        );
+        tokio::pin!(run);
+        tokio::select! {
+            _ = &mut run => {}
+            // Lost: the journal refuses writes already; give the runs one retry period to
+            // stop at a boundary, then exit without waiting for them.
+            _ = async {
+                held.lost().await;
+                tokio::time::sleep(cfg.leader_election.retry_period).await;
+            } => {}
+        }
+    }
+    if let Some(why) = held.lost_now() {
+        return lost_exit(why);
+    }
+    let _ = stop_http.send(());
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    held.release().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {

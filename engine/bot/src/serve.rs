@@ -13,7 +13,7 @@ use crate::redact::RedactingGitHub;
 use crate::{Bot, BotParts};
 use tkgops_domain::workflow::plan::load_repo_config;
 use tkgops_domain::workflow::Catalog;
-use tkgops_engine::store::{SledStore, Store};
+use tkgops_engine::store::{FencingHandle, SledStore, Store};
 use tkgops_engine::Engine;
 use tkgops_github::{GitHub, GitHubAuth, OctocrabClient, RetrySettings};
 
@@ -79,6 +79,46 @@ pub async fn build_with_auth(
     auth: GitHubAuth,
     tmc_token: Option<String>,
 ) -> Result<Bot, ServeError> {
+    build_fenced_with_auth(cfg, auth, tmc_token, None).await
+}
+
+/// As [`build`], for the holder of the leader-election Lease `held`: the journal is fenced
+/// with its token (the Lease's transition count at the acquisition, [`SledStore::fence`])
+/// before anything is written to it, and its fencing handle is handed to `held` at once, so
+/// a Lease lost while the bot is still being built refuses the journal's writes too.
+///
+/// Errors: [`ServeError`] for each part that cannot be set up; [`ServeError::Store`] when the
+/// journal was fenced by a newer holder already.
+pub async fn build_fenced(
+    cfg: &BotConfig,
+    held: &crate::lease::HeldLease,
+) -> Result<Bot, ServeError> {
+    let fence = Fence {
+        token: held.token(),
+        on_fenced: &|h| held.set_fencing(h),
+    };
+    build_fenced_with_auth(cfg, cfg.github_auth()?, cfg.tmc_token(), Some(fence)).await
+}
+
+/// How [`build_fenced_with_auth`] fences the journal.
+pub struct Fence<'a> {
+    /// The fencing token ([`SledStore::fence`]).
+    pub token: u64,
+    /// Called with the journal's fencing handle right after the journal was fenced, before
+    /// anything else is written to it.
+    pub on_fenced: &'a (dyn Fn(FencingHandle) + Send + Sync),
+}
+
+/// As [`build_with_auth`], fencing the journal with `fence` when given (see
+/// [`build_fenced`]).
+///
+/// Errors: [`ServeError`] for each part that cannot be set up.
+pub async fn build_fenced_with_auth(
+    cfg: &BotConfig,
+    auth: GitHubAuth,
+    tmc_token: Option<String>,
+    fence: Option<Fence<'_>>,
+) -> Result<Bot, ServeError> {
     let github = github_client(cfg, auth, tmc_token.as_deref())?;
     let info = github
         .repository()
@@ -109,6 +149,17 @@ pub async fn build_with_auth(
     .await
     .map_err(|e| ServeError::Store(e.to_string()))??;
     let store = Arc::new(store);
+    if let Some(fence) = fence {
+        let before = store
+            .fence(fence.token)
+            .await
+            .map_err(|e| ServeError::Store(e.to_string()))?;
+        (fence.on_fenced)(store.fencing());
+        info!(
+            token = fence.token,
+            before, "journal fenced with the lease's token"
+        );
+    }
     let (journal, moved) = BotJournal::open(store.clone())
         .await
         .map_err(|e| ServeError::Store(e.to_string()))?;
@@ -258,4 +309,48 @@ pub async fn start_http(
     });
     info!(%addr, "serving /webhooks/github, /healthz and /readyz");
     Ok((addr, task))
+}
+
+/// Starts the HTTP server of a standby replica on `listen`: `GET /healthz` answers 200 `ok`,
+/// `GET /readyz` 503 `standby: …` naming `lease` (so a Service sends webhooks to the holder
+/// only), anything else 503. Returns the server task; it stops when `shutdown` resolves.
+///
+/// Errors: [`ServeError::Config`] when `listen` is not an address or cannot be bound.
+pub async fn start_standby_http(
+    listen: &str,
+    lease: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        ServeError::Config(ConfigError::Invalid {
+            path: "listen".into(),
+            message: format!("cannot listen on {listen}: {e}"),
+        })
+    })?;
+    let standby = format!("standby: waiting for the lease {lease}\n");
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let standby = standby.clone();
+                async move { (StatusCode::SERVICE_UNAVAILABLE, standby) }
+            }),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "standby: this replica does not hold the lease\n",
+            )
+        });
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(error = %e, "the standby HTTP server stopped");
+        }
+    }))
 }

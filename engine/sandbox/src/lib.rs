@@ -562,6 +562,7 @@ impl Environment {
             listen: None,
             webhook_secret_env: "TKGOPS_SANDBOX_WEBHOOK_SECRET".into(),
             trusted_policy_commit: None,
+            leader_election: Default::default(),
         }
     }
 

@@ -89,5 +89,14 @@ keys, so only the keys it knows are written, and optional ones only when set.
 {{- if $c.trustedPolicyCommit }}
 {{- $_ := set $cfg "trustedPolicyCommit" $c.trustedPolicyCommit }}
 {{- end }}
+{{- with .Values.leaderElection }}
+{{- if .enabled }}
+{{- if not $.Values.rbac.leaderElection }}
+{{- fail "leaderElection.enabled needs rbac.leaderElection (the Role's rule on the release's Lease)" }}
+{{- end }}
+{{- /* The Lease the Role names: the release's full name, in the release's namespace. */}}
+{{- $_ := set $cfg "leaderElection" (dict "enabled" true "leaseName" (include "tkgops.fullname" $) "namespace" $.Release.Namespace "leaseDuration" .leaseDuration "renewDeadline" .renewDeadline "retryPeriod" .retryPeriod) }}
+{{- end }}
+{{- end }}
 {{- toYaml $cfg }}
 {{- end }}

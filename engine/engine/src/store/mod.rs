@@ -25,7 +25,7 @@ pub use records::{
     MAX_ERROR_BYTES, OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED,
     OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
 };
-pub use sled_store::{JournalTree, SledStore, TreeOp};
+pub use sled_store::{FencingHandle, JournalTree, SledStore, TreeOp};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +56,27 @@ pub enum StoreError {
     /// [`SledStore::tree`] was asked for a tree the store keeps its own records in.
     #[error("tree {0:?} is the store's own")]
     ReservedTree(String),
+    /// A write (or [`SledStore::fence`]) under a fencing token older than the highest one the
+    /// store has seen: another process acquired the lease since this one did, so this one must
+    /// not write. Nothing was written.
+    #[error(
+        "write refused: fencing token {token} is older than {highest}, the token of a newer \
+         lease holder (this process no longer holds the lease)"
+    )]
+    StaleFencingToken {
+        /// The token this handle writes under.
+        token: u64,
+        /// The highest token the store has seen.
+        highest: u64,
+    },
 }
 
 /// The durable run journal and the bot's key-value state. Object-safe; shared as
 /// `Arc<dyn Store>`.
+///
+/// Every write method of a fenced [`SledStore`] ([`SledStore::fence`]) also fails with
+/// [`StoreError::StaleFencingToken`], writing nothing, once a newer lease holder's token is
+/// known.
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Writes `run` (replacing any record with the same id) and updates the indexes (active runs,

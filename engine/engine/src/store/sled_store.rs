@@ -24,7 +24,17 @@
 //!   that ended `Succeeded`.
 //! - `meta`: the engine's cancellation requests, and the bot's state as versions before its
 //!   typed journal kept it.
+//! - `fence`: `highest` → the highest fencing token ([`SledStore::fence`]) the store has
+//!   seen (u64 BE).
 //! - any other name: a [`JournalTree`] handed out by [`SledStore::tree`] (the bot's journal).
+//!
+//! Fencing: a process that holds the leader-election Lease calls [`SledStore::fence`] once per
+//! acquisition with the Lease's transition count. The store keeps the highest token it has
+//! seen (on disk and in memory); every write of the store and of its [`JournalTree`]s first
+//! compares the handle's token with the highest one (two atomic loads) and is refused with
+//! [`StoreError::StaleFencingToken`] when it is older. [`FencingHandle::observe`] raises the
+//! highest token in memory when the process learns of a newer holder, so its writes stop at
+//! once, before the process exits.
 //!
 //! Writes do not use sled transactions (nor batches). With 40 concurrent runs, each
 //! calling `flush_async` after a transaction, sled 0.34.7 deadlocked (engine benchmark, gdb):
@@ -96,8 +106,12 @@ const RESERVED_TREES: &[&str] = &[
     "by_origin",
     "deployed",
     "meta",
+    "fence",
     "__sled__default",
 ];
+
+/// Key of the highest fencing token in the `fence` tree.
+const FENCE_KEY: &[u8] = b"highest";
 
 /// The sled-backed [`Store`]. Cheap to share behind an `Arc`.
 ///
@@ -116,6 +130,58 @@ struct Flusher {
     written: AtomicU64,
     /// Holds the `written` value the last completed flush covers.
     flushed: tokio::sync::Mutex<u64>,
+    /// The fencing state of this database handle.
+    fence: Arc<FenceState>,
+}
+
+/// The fencing tokens of one open database: the token this process writes under, and the
+/// highest token seen. Both 0 until [`SledStore::fence`] (an unfenced store: leader election
+/// off).
+#[derive(Debug, Default)]
+struct FenceState {
+    token: AtomicU64,
+    highest: AtomicU64,
+}
+
+impl FenceState {
+    /// Ok when the handle's token is not older than the highest one seen.
+    ///
+    /// Errors: [`StoreError::StaleFencingToken`].
+    #[inline]
+    fn check(&self) -> Result<(), StoreError> {
+        let token = self.token.load(Ordering::Acquire);
+        let highest = self.highest.load(Ordering::Acquire);
+        if token < highest {
+            return Err(StoreError::StaleFencingToken { token, highest });
+        }
+        Ok(())
+    }
+}
+
+/// A cheap, cloneable handle on a store's fencing state ([`SledStore::fencing`]), for the
+/// leader elector: it can learn of a newer lease holder without holding the store.
+#[derive(Clone, Debug)]
+pub struct FencingHandle(Arc<FenceState>);
+
+impl FencingHandle {
+    /// Records that a lease holder with fencing token `token` exists (in memory): from now on
+    /// every write under an older token is refused with [`StoreError::StaleFencingToken`].
+    /// A token not newer than the highest seen changes nothing.
+    pub fn observe(&self, token: u64) {
+        self.0.highest.fetch_max(token, Ordering::AcqRel);
+    }
+
+    /// The token this store writes under (0 when it was never fenced).
+    pub fn token(&self) -> u64 {
+        self.0.token.load(Ordering::Acquire)
+    }
+
+    /// Ok while writes are allowed (the token is not older than the highest seen).
+    ///
+    /// Errors: [`StoreError::StaleFencingToken`].
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.0.check()
+    }
 }
 
 impl Flusher {
@@ -155,6 +221,7 @@ struct Trees {
     by_origin: sled::Tree,
     deployed: sled::Tree,
     meta: sled::Tree,
+    fence: sled::Tree,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -214,11 +281,13 @@ impl SledStore {
                 by_origin: db.open_tree("by_origin")?,
                 deployed: db.open_tree("deployed")?,
                 meta: db.open_tree("meta")?,
+                fence: db.open_tree("fence")?,
             },
             flusher: Arc::new(Flusher {
                 db,
                 written: AtomicU64::new(0),
                 flushed: tokio::sync::Mutex::new(0),
+                fence: Arc::default(),
             }),
         };
         if store.trees.repair()? > 0 {
@@ -249,6 +318,45 @@ impl SledStore {
     /// Group commit: concurrent callers share one `flush_async`.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.flusher.flush().await
+    }
+
+    /// Makes `token` (the leader-election Lease's transition count at this process's
+    /// acquisition) the fencing token every later write of this store and its
+    /// [`JournalTree`]s carries. Call once per acquisition, before the first write.
+    ///
+    /// The highest token is kept in the store (flushed before this returns): a token older
+    /// than it is refused, here and at every write, so a process that lost the lease cannot
+    /// write after a newer holder fenced the store. Returns the highest token seen before.
+    ///
+    /// Errors: [`StoreError::StaleFencingToken`] when `token` is older than the highest one
+    /// recorded (nothing is changed); [`StoreError::Sled`] on I/O failure;
+    /// [`StoreError::Corrupt`] when the recorded token is not 8 bytes.
+    pub async fn fence(&self, token: u64) -> Result<u64, StoreError> {
+        let recorded = match self.trees.fence.get(FENCE_KEY)? {
+            Some(v) => {
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    tree: "fence",
+                    detail: format!("highest token of {} bytes", v.len()),
+                })?)
+            }
+            None => 0,
+        };
+        let fence = &self.flusher.fence;
+        let highest = recorded.max(fence.highest.load(Ordering::Acquire));
+        if token < highest {
+            fence.highest.fetch_max(highest, Ordering::AcqRel);
+            return Err(StoreError::StaleFencingToken { token, highest });
+        }
+        self.trees.fence.insert(FENCE_KEY, &token.to_be_bytes())?;
+        self.flusher.flush().await?;
+        fence.token.store(token, Ordering::Release);
+        fence.highest.fetch_max(token, Ordering::AcqRel);
+        Ok(recorded)
+    }
+
+    /// A handle on this store's fencing state ([`FencingHandle::observe`]).
+    pub fn fencing(&self) -> FencingHandle {
+        FencingHandle(self.flusher.fence.clone())
     }
 
     /// Runs `f` on the trees in tokio's blocking pool (for scans, which may read many pages).
@@ -786,6 +894,7 @@ impl Trees {
 #[async_trait]
 impl Store for SledStore {
     async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        self.flusher.fence.check()?;
         self.trees.put_whole(run)?;
         self.flush().await
     }
@@ -796,6 +905,7 @@ impl Store for SledStore {
         steps: &[usize],
         header: bool,
     ) -> Result<(), StoreError> {
+        self.flusher.fence.check()?;
         if !self.trees.put_part(run, steps, header)? {
             self.trees.put_whole(run)?;
         }
@@ -854,6 +964,7 @@ impl Store for SledStore {
     }
 
     async fn import_deployed(&self, cluster: &str, commit_sha: &str) -> Result<bool, StoreError> {
+        self.flusher.fence.check()?;
         if self.trees.deployed.contains_key(cluster.as_bytes())? {
             return Ok(false);
         }
@@ -872,6 +983,7 @@ impl Store for SledStore {
     }
 
     async fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.flusher.fence.check()?;
         self.trees.meta.insert(key.as_bytes(), value)?;
         self.flush().await
     }
@@ -881,11 +993,13 @@ impl Store for SledStore {
     }
 
     async fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.flusher.fence.check()?;
         self.trees.meta.remove(key.as_bytes())?;
         self.flush().await
     }
 
     async fn delete_meta_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.flusher.fence.check()?;
         for key in keys {
             self.trees.meta.remove(key.as_bytes())?;
         }
@@ -929,7 +1043,9 @@ pub enum TreeOp {
 
 /// A named tree of the journal database ([`SledStore::tree`]) for state the engine does not
 /// interpret: keys and values are bytes chosen by its user (the bot's typed journal). Every
-/// write is flushed before it returns, with the store's group commit. Cheap to clone.
+/// write is flushed before it returns, with the store's group commit, and carries the store's
+/// fencing token: under a token older than the highest seen it fails with
+/// [`StoreError::StaleFencingToken`] and writes nothing. Cheap to clone.
 #[derive(Clone)]
 pub struct JournalTree {
     tree: sled::Tree,
@@ -961,6 +1077,7 @@ impl JournalTree {
     /// Errors: [`StoreError::Sled`] on I/O failure (the ops before the failing one may be
     /// applied).
     pub async fn apply(&self, ops: &[TreeOp]) -> Result<(), StoreError> {
+        self.flusher.fence.check()?;
         for op in ops {
             match op {
                 TreeOp::Put { key, value } => {
@@ -976,6 +1093,7 @@ impl JournalTree {
 
     /// Sets `key` to `value` and flushes. Errors: [`StoreError::Sled`] on I/O failure.
     pub async fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.flusher.fence.check()?;
         self.tree.insert(key, value)?;
         self.flusher.flush().await
     }
@@ -983,6 +1101,7 @@ impl JournalTree {
     /// Removes `key` (no error if absent) and flushes. Errors: [`StoreError::Sled`] on I/O
     /// failure.
     pub async fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.flusher.fence.check()?;
         self.tree.remove(key)?;
         self.flusher.flush().await
     }
@@ -1340,5 +1459,71 @@ mod tests {
         assert_eq!(t.get(b"b").await.unwrap(), Some(b"three".to_vec()));
         t.remove(b"b").await.unwrap();
         assert!(!t.contains(b"b").await.unwrap());
+    }
+
+    /// A store fenced with a token refuses writes, of runs and of journal trees, once a newer
+    /// token is known (observed in memory, or recorded by a later holder on disk), and
+    /// refuses to be fenced again with an older token after a reopen.
+    #[tokio::test]
+    async fn a_write_under_a_stale_fencing_token_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(store.fence(3).await.unwrap(), 0);
+            let t = store.tree("bot").unwrap();
+            t.insert(b"k", b"v").await.unwrap();
+            store.put_run(&run("r1", &["a"])).await.unwrap();
+            // The elector learns of a newer holder (token 4): every write is refused now.
+            let fencing = store.fencing();
+            assert_eq!(fencing.token(), 3);
+            fencing.observe(4);
+            let refused = |e: StoreError| {
+                assert!(
+                    matches!(
+                        e,
+                        StoreError::StaleFencingToken {
+                            token: 3,
+                            highest: 4
+                        }
+                    ),
+                    "{e}"
+                )
+            };
+            refused(t.insert(b"k", b"w").await.unwrap_err());
+            refused(t.remove(b"k").await.unwrap_err());
+            refused(store.put_run(&run("r2", &["a"])).await.unwrap_err());
+            refused(store.put_meta("m", b"x").await.unwrap_err());
+            assert_eq!(t.get(b"k").await.unwrap(), Some(b"v".to_vec()));
+            assert!(store.get_run("r2").await.unwrap().is_none());
+        }
+        {
+            // The newer holder opens the store and fences it with its token.
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(store.fence(5).await.unwrap(), 3);
+            store.put_meta("m", b"x").await.unwrap();
+        }
+        // An older holder that opens the store afterwards cannot fence it, and so cannot write.
+        let store = SledStore::open(dir.path()).unwrap();
+        let e = store.fence(4).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::StaleFencingToken {
+                    token: 4,
+                    highest: 5
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("fencing token 4 is older than 5"),
+            "{e}"
+        );
+        let e = store.put_meta("m", b"y").await.unwrap_err();
+        assert!(matches!(e, StoreError::StaleFencingToken { .. }), "{e}");
+        assert_eq!(store.get_meta("m").await.unwrap(), Some(b"x".to_vec()));
+        // The same token again (a renewal seen after a restart) is accepted.
+        assert_eq!(store.fence(5).await.unwrap(), 5);
+        store.put_meta("m", b"z").await.unwrap();
     }
 }
