@@ -15,6 +15,7 @@ mod kube;
 mod kube_ctrl;
 mod kube_provider;
 mod kubectl;
+mod proxy;
 mod queue;
 mod real_systems;
 mod schedules;
