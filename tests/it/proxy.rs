@@ -40,7 +40,7 @@ impl ProxyPy {
         let port_file = dir.path().join("port");
         let log = dir.path().join("access.log");
         let mut child = tokio::process::Command::new(proxy_py())
-            .args(["--hostname", "127.0.0.1", "--port", "0", "--log-level", "DEBUG"])
+            .args(["--hostname", "127.0.0.1", "--port", "0", "--log-level", "INFO"])
             .arg("--port-file")
             .arg(&port_file)
             .arg("--log-file")
@@ -101,11 +101,14 @@ fn access_log_requests(log: &str) -> Vec<String> {
         .collect()
 }
 
-/// The config repository's bare remote served over smart HTTP by `git http-backend` (git's
+/// The config repository's bare remote served over smart HTTPS by `git http-backend` (git's
 /// own CGI program), on 127.0.0.1, read-only: the emulated GitHub gives the bot a `file://`
-/// remote, which no proxy can see.
+/// remote, which no proxy can see, and libgit2 goes through a proxy for `https://` remotes
+/// only (it sends an `http://` remote's requests to the server itself).
 struct GitHttp {
     url: String,
+    /// The CA that signed the server's certificate (PEM).
+    ca_pem: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -118,11 +121,10 @@ impl GitHttp {
             async move { http_backend(&root, req).await }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/{name}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.ok();
-        });
-        GitHttp { url, task }
+        let url = format!("https://{}/{name}", listener.local_addr().unwrap());
+        let (ca_pem, task) =
+            tkgops_emulators::kube::serve_https(listener, "git", app).expect("git over HTTPS");
+        GitHttp { url, ca_pem, task }
     }
 }
 
@@ -138,7 +140,6 @@ async fn http_backend(root: &std::path::Path, req: axum::extract::Request) -> ax
     use axum::response::IntoResponse;
     use tokio::io::AsyncWriteExt;
     let (parts, body) = req.into_parts();
-    eprintln!("GITHTTP {} {} {:?}", parts.method, parts.uri, parts.headers);
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     let header = |name: &str| {
         parts
@@ -231,6 +232,9 @@ async fn every_client_of_the_bot_goes_through_the_proxy_in_the_create_story() {
     cfg.github.clone_url = Some(git.url.clone());
     let cfg_path = env.workdir.join("bot-proxied.yaml");
     std::fs::write(&cfg_path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    // libgit2 (OpenSSL) trusts the git server's CA through SSL_CERT_FILE.
+    let ca_file = env.workdir.join("git-ca.pem");
+    std::fs::write(&ca_file, &git.ca_pem).unwrap();
     let mut cmd = tokio::process::Command::new(crate::support::tkgops_bin());
     cmd.arg("serve").arg("--config").arg(&cfg_path);
     for var in tkgops_providers::proxy::PROXY_VARIABLES {
@@ -240,6 +244,7 @@ async fn every_client_of_the_bot_goes_through_the_proxy_in_the_create_story() {
         .env("HTTPS_PROXY", proxy.url())
         .env("HTTP_PROXY", proxy.url())
         .env("NO_PROXY", "")
+        .env("SSL_CERT_FILE", &ca_file)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -287,7 +292,6 @@ async fn every_client_of_the_bot_goes_through_the_proxy_in_the_create_story() {
         .trim_end_matches('/')
         .to_string();
     let git_authority = authority(&git.url);
-    let git_path = url::Url::parse(&git.url).unwrap().path().to_string();
     let mgmt = env
         .kube
         .cluster(MANAGEMENT_CLUSTER)
@@ -309,16 +313,10 @@ async fn every_client_of_the_bot_goes_through_the_proxy_in_the_create_story() {
                 })
             }),
         ),
-        // git: the smart-HTTP fetch of the config repository.
+        // git: the fetches of the config repository (HTTPS: a tunnel).
         (
             "git",
-            Box::new(|log| {
-                to(log, &git_authority).iter().any(|r| {
-                    r.contains(&format!(
-                        "{git_authority}{git_path}/info/refs?service=git-upload-pack"
-                    ))
-                })
-            }),
+            Box::new(|log| log.contains(&format!("CONNECT {git_authority}"))),
         ),
         // Kubernetes: the management cluster's API server (HTTPS: a tunnel).
         (
