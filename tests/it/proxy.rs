@@ -26,9 +26,10 @@ fn proxy_py() -> PathBuf {
     bin
 }
 
-/// proxy.py listening on 127.0.0.1, logging every request it forwards to `log`.
+/// proxy.py listening on 127.0.0.1, logging every request it forwards to `log`. It leads its
+/// own process group (proxy.py forks its acceptors), which is killed on drop.
 struct ProxyPy {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -40,7 +41,14 @@ impl ProxyPy {
         let port_file = dir.path().join("port");
         let log = dir.path().join("access.log");
         let mut child = tokio::process::Command::new(proxy_py())
-            .args(["--hostname", "127.0.0.1", "--port", "0", "--log-level", "INFO"])
+            .args([
+                "--hostname",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--log-level",
+                "INFO",
+            ])
             .arg("--port-file")
             .arg(&port_file)
             .arg("--log-file")
@@ -48,6 +56,7 @@ impl ProxyPy {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("proxy.py");
@@ -74,7 +83,7 @@ impl ProxyPy {
             );
         };
         ProxyPy {
-            _child: child,
+            child,
             port,
             log,
             _dir: dir,
@@ -89,6 +98,16 @@ impl ProxyPy {
     /// for plain HTTP requests.
     fn requests(&self) -> Vec<String> {
         access_log_requests(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+}
+
+impl Drop for ProxyPy {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .status();
+        }
     }
 }
 
@@ -136,7 +155,10 @@ impl Drop for GitHttp {
 
 /// One request through `git http-backend` (CGI: the request's method, path and headers in
 /// variables, its body on stdin; the response's headers, then its body, on stdout).
-async fn http_backend(root: &std::path::Path, req: axum::extract::Request) -> axum::response::Response {
+async fn http_backend(
+    root: &std::path::Path,
+    req: axum::extract::Request,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     use tokio::io::AsyncWriteExt;
     let (parts, body) = req.into_parts();
@@ -195,7 +217,11 @@ async fn http_backend(root: &std::path::Path, req: axum::extract::Request) -> ax
 /// `host:port` of `url`.
 fn authority(url: &str) -> String {
     let u = url::Url::parse(url).unwrap();
-    format!("{}:{}", u.host_str().unwrap(), u.port_or_known_default().unwrap())
+    format!(
+        "{}:{}",
+        u.host_str().unwrap(),
+        u.port_or_known_default().unwrap()
+    )
 }
 
 fn kubeconfig_server(kubeconfig: &str) -> String {

@@ -157,8 +157,14 @@ mod tests {
             ("HTTPS_PROXY", "http://s:3128"),
             ("http_proxy", "http://h:3128"),
         ]);
-        assert_eq!(via(&e, "https://api.github.com/x").as_deref(), Some("http://s:3128"));
-        assert_eq!(via(&e, "http://moto:5000/").as_deref(), Some("http://h:3128"));
+        assert_eq!(
+            via(&e, "https://api.github.com/x").as_deref(),
+            Some("http://s:3128")
+        );
+        assert_eq!(
+            via(&e, "http://moto:5000/").as_deref(),
+            Some("http://h:3128")
+        );
         let e = env(&[("ALL_PROXY", "http://a:1"), ("HTTP_PROXY", "http://h:2")]);
         assert_eq!(via(&e, "https://x/").as_deref(), Some("http://a:1"));
         assert_eq!(via(&e, "http://x/").as_deref(), Some("http://h:2"));
@@ -167,12 +173,18 @@ mod tests {
 
     #[test]
     fn upper_case_wins_and_an_empty_variable_turns_the_proxy_off() {
-        let e = env(&[("HTTPS_PROXY", "http://up:1"), ("https_proxy", "http://low:1")]);
+        let e = env(&[
+            ("HTTPS_PROXY", "http://up:1"),
+            ("https_proxy", "http://low:1"),
+        ]);
         assert_eq!(via(&e, "https://x/").as_deref(), Some("http://up:1"));
         let e = env(&[("HTTPS_PROXY", ""), ("https_proxy", "http://low:1")]);
         assert_eq!(via(&e, "https://x/"), None);
         let e = env(&[("https_proxy", "proxy.corp:3128")]);
-        assert_eq!(via(&e, "https://x/").as_deref(), Some("http://proxy.corp:3128"));
+        assert_eq!(
+            via(&e, "https://x/").as_deref(),
+            Some("http://proxy.corp:3128")
+        );
     }
 
     #[test]
