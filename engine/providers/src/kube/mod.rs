@@ -999,3 +999,42 @@ impl ManifestApplier for KubeProvider {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_url_is_the_current_contexts_clusters() {
+        let kc = Kubeconfig::from_yaml(
+            r#"
+apiVersion: v1
+kind: Config
+current-context: mgmt
+contexts:
+  - name: other
+    context: {cluster: other, user: u}
+  - name: mgmt
+    context: {cluster: mgmt, user: u}
+clusters:
+  - name: other
+    cluster: {server: "https://other:6443", proxy-url: "http://wrong:3128"}
+  - name: mgmt
+    cluster: {server: "https://mgmt:6443", proxy-url: "http://proxy.corp:3128"}
+users:
+  - name: u
+    user: {token: t}
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            kubeconfig_proxy_url(&kc).as_deref(),
+            Some("http://proxy.corp:3128")
+        );
+        let mut none = kc.clone();
+        none.clusters[1].cluster.as_mut().unwrap().proxy_url = Some(" ".into());
+        assert_eq!(kubeconfig_proxy_url(&none), None);
+        none.current_context = None;
+        assert_eq!(kubeconfig_proxy_url(&none), None);
+    }
+}
