@@ -333,6 +333,12 @@ async fn chart_schema_refuses_bad_values_with_helms_error() {
         ),
         ("config.pollInterval=soon", "at '/config/pollInterval'"),
         ("service.port=0", "at '/service/port'"),
+        // Proxy credentials belong in a Secret, not in the values.
+        (
+            "proxy.httpsProxy=http://user:pass@proxy:3128",
+            "at '/proxy/httpsProxy'",
+        ),
+        ("proxy.httpProxy=proxy:3128", "at '/proxy/httpProxy'"),
     ] {
         let out = helm
             .run(&["template", "t", p(&chart), "-f", p(&minimal), "--set", set])
@@ -520,6 +526,22 @@ async fn chart_templates_every_example_with_what_users_rely_on() {
                 r.secret_mounts()
             );
         }
+        // The proxy variables every client reads: from the values, or from the Secret.
+        let proxy = &values["proxy"];
+        let set = |k: &str| proxy[k].as_str().filter(|v| !v.is_empty());
+        for (var, key) in [("HTTPS_PROXY", "httpsProxy"), ("HTTP_PROXY", "httpProxy")] {
+            let expected = match (set("existingSecret"), set(key)) {
+                (Some(secret), _) => Some(EnvSource::Secret(secret.into(), var.into())),
+                (None, Some(url)) => Some(EnvSource::Value(url.into())),
+                (None, None) => None,
+            };
+            assert_eq!(env.get(var), expected.as_ref(), "{name}: {var}");
+        }
+        assert_eq!(
+            env.get("NO_PROXY"),
+            set("noProxy").map(|v| EnvSource::Value(v.into())).as_ref(),
+            "{name}"
+        );
         // The configuration is the binary's: it loads with tkgops's own parser.
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bot.yaml"), &config_text).unwrap();

@@ -16,6 +16,7 @@ mod kube_ctrl;
 mod kube_provider;
 mod kubectl;
 mod lease;
+mod proxy;
 mod queue;
 mod real_systems;
 mod schedules;

@@ -111,10 +111,25 @@ impl ConfigRepo {
         let mut fo = FetchOptions::new();
         fo.remote_callbacks(callbacks);
         fo.download_tags(AutotagOption::None);
+        fo.proxy_options(self.proxy_options());
         let specs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
         remote
             .fetch(&specs, Some(&mut fo), None)
             .map_err(git(format!("fetch {}", refspecs.join(" "))))
+    }
+
+    /// The proxy of fetches and pushes: the one the environment gives for the remote URL by
+    /// the rules of [`tkgops_providers::proxy`] (`HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`,
+    /// `NO_PROXY`), the same as the bot's other clients; none for a path or `file://` remote.
+    /// libgit2's own detection (`ProxyOptions::auto`) is not used: it also reads git's
+    /// `http.proxy` configuration and has its own `NO_PROXY` rules.
+    fn proxy_options(&self) -> git2::ProxyOptions<'static> {
+        let mut po = git2::ProxyOptions::new();
+        if let Some(proxy) = tkgops_providers::proxy::proxy_for(&self.remote_url) {
+            tracing::debug!(proxy = %proxy.redacted(), "git goes through a proxy");
+            po.url(proxy.expose());
+        }
+        po
     }
 
     /// The credential callbacks of fetches and pushes: the token as the HTTPS password
@@ -242,6 +257,7 @@ impl ConfigRepo {
         });
         let mut po = git2::PushOptions::new();
         po.remote_callbacks(callbacks);
+        po.proxy_options(self.proxy_options());
         let spec = format!("+{local}:refs/heads/{branch}");
         remote
             .push(&[spec.as_str()], Some(&mut po))

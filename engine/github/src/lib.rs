@@ -93,6 +93,12 @@ pub struct Review {
     pub submitted_at: Option<DateTime<Utc>>,
 }
 
+/// TCP connect timeout of the GitHub API client (through a proxy: to the proxy): 10 s.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Read timeout of the GitHub API client (no byte for this long ends the request): 60 s.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// GitHub's cap on `GET /repos/{o}/{r}/pulls/{n}/commits`: "This endpoint lists a maximum of
 /// 250 commits for a pull request" (REST docs, "List commits on a pull request"). Past it the
 /// list is incomplete, so [`GitHub::list_pull_commits`] refuses instead.
@@ -700,12 +706,22 @@ impl OctocrabClient {
         let builder = Octocrab::builder()
             .base_uri(uri)
             .map_err(|_| GitHubError::Config(format!("invalid GitHub API URL {api_url:?}")))?
-            .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
-            .set_connect_timeout(Some(Duration::from_secs(10)))
-            .set_read_timeout(Some(Duration::from_secs(60)));
+            .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None);
         let build_err = |e: octocrab::Error| {
             GitHubError::Config(format!("cannot build the GitHub client: {e}"))
         };
+        // octocrab over reqwest rather than its own hyper client: reqwest takes HTTPS_PROXY,
+        // HTTP_PROXY, ALL_PROXY and NO_PROXY from the environment (curl's rules).
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .map_err(|e| {
+                GitHubError::Config(format!(
+                    "cannot build the GitHub HTTP client: {}",
+                    e.without_url()
+                ))
+            })?;
         let auth = match auth {
             GitHubAuth::Token(token) => {
                 if token.is_empty()
@@ -719,7 +735,7 @@ impl OctocrabClient {
                     octo: std::sync::Arc::new(
                         builder
                             .personal_token(token.clone())
-                            .build()
+                            .build_with_reqwest(http)
                             .map_err(build_err)?,
                     ),
                     token,
@@ -742,7 +758,7 @@ impl OctocrabClient {
                     app: Box::new(
                         builder
                             .app(octocrab::models::AppId(app_id), key)
-                            .build()
+                            .build_with_reqwest(http)
                             .map_err(build_err)?,
                     ),
                     installation_id,

@@ -10,6 +10,7 @@
 
 pub mod aws;
 pub mod kube;
+pub mod proxy;
 pub mod tmc;
 pub mod wait;
 

@@ -150,6 +150,26 @@ mod tls;
 
 pub use tls::TlsError;
 
+/// Serves `router` over HTTPS on `listener` (bound on 127.0.0.1) with a certificate for
+/// `127.0.0.1` and `localhost` signed by a fresh CA, as the emulated API servers are served, so
+/// that tests can stand up other HTTPS endpoints (e.g. a git server, which libgit2 reaches
+/// through a proxy only over HTTPS). Returns the CA certificate (PEM) and the serving task,
+/// which runs until aborted.
+///
+/// Errors: [`TlsError`] when the CA or the certificate cannot be made.
+pub fn serve_https(
+    listener: tokio::net::TcpListener,
+    name: &str,
+    router: axum::Router,
+) -> Result<(String, tokio::task::JoinHandle<()>), TlsError> {
+    let ca = tls::Ca::generate()?;
+    let config = ca.server_config(name)?;
+    Ok((
+        ca.pem().to_string(),
+        tokio::spawn(tls::serve(listener, config, router)),
+    ))
+}
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -438,12 +438,21 @@ impl KubeProvider {
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let c = kube::Client::try_default().await.map_err(|e| {
+        let cannot = |e: &dyn std::fmt::Display| {
             StepError::Permanent(format!(
-                "cannot build the in-cluster Kubernetes client: {}",
-                error_text(&e)
+                "cannot build the in-cluster Kubernetes client: {e}"
             ))
-        })?;
+        };
+        // `Client::try_default()`'s configuration, with the proxy chosen by `settle_proxy`.
+        let mut config = kube::Config::infer()
+            .await
+            .map_err(|e| cannot(&error_text(&kube::Error::InferConfig(e))))?;
+        let explicit = config
+            .proxy_url
+            .take()
+            .filter(|p| !kube_env_proxies().contains(p));
+        settle_proxy(&mut config, explicit);
+        let c = kube::Client::try_from(config).map_err(|e| cannot(&error_text(&e)))?;
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -477,6 +486,15 @@ async fn client_from_kubeconfig(
             "{origin}: not a valid kubeconfig (YAML does not parse)"
         ))
     })?;
+    let explicit = kubeconfig_proxy_url(&kc)
+        .map(|p| {
+            p.parse::<http::Uri>().map_err(|_| {
+                StepError::Permanent(format!(
+                    "{origin}: unusable kubeconfig: the cluster's proxy-url does not parse"
+                ))
+            })
+        })
+        .transpose()?;
     let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(|e| {
@@ -486,6 +504,7 @@ async fn client_from_kubeconfig(
             ))
         })?;
     config.read_timeout = Some(READ_TIMEOUT);
+    settle_proxy(&mut config, explicit);
     let server = config
         .cluster_url
         .to_string()
@@ -500,6 +519,57 @@ async fn client_from_kubeconfig(
     Ok((client, server))
 }
 
+/// The `proxy-url` of the current context's cluster in `kc`, if it names one.
+fn kubeconfig_proxy_url(kc: &Kubeconfig) -> Option<String> {
+    let context = kc.current_context.as_deref()?;
+    let cluster = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == context)?
+        .context
+        .as_ref()?
+        .cluster
+        .as_str();
+    kc.clusters
+        .iter()
+        .find(|c| c.name == cluster)?
+        .cluster
+        .as_ref()?
+        .proxy_url
+        .clone()
+        .filter(|p| !p.trim().is_empty())
+}
+
+/// The proxy URLs kube-client itself takes from `HTTPS_PROXY`/`https_proxy` when a kubeconfig
+/// names none (as it reads them: the first non-empty one).
+fn kube_env_proxies() -> Vec<http::Uri> {
+    ["HTTPS_PROXY", "https_proxy"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .filter(|v| !v.is_empty())
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
+/// Sets the proxy of the API server connection: the kubeconfig cluster's `proxy-url` when it
+/// has one (`explicit`; `NO_PROXY` does not apply to it, as with kubectl), else the proxy the
+/// environment gives for the API server URL by the rules of [`crate::proxy`] (the same as the
+/// bot's other clients; kube-client's own reading of `HTTPS_PROXY` applies `NO_PROXY` to the
+/// proxy's address rather than the API server's, so its choice is replaced).
+fn settle_proxy(config: &mut kube::Config, explicit: Option<http::Uri>) {
+    let server = config.cluster_url.to_string();
+    config.proxy_url = explicit.or_else(|| {
+        crate::proxy::proxy_for(&server).and_then(|p| p.expose().parse::<http::Uri>().ok())
+    });
+    if let Some(p) = &config.proxy_url {
+        tracing::debug!(
+            server = %server,
+            proxy = %p.host().unwrap_or_default(),
+            "the Kubernetes API server is reached through a proxy"
+        );
+    }
+}
+
 /// A description of a kubeconfig error that cannot contain kubeconfig contents.
 fn kubeconfig_error_kind(e: &kube::config::KubeconfigError) -> String {
     use kube::config::KubeconfigError as K;
@@ -510,6 +580,10 @@ fn kubeconfig_error_kind(e: &kube::config::KubeconfigError) -> String {
         K::LoadClusterOfContext(c) => format!("cluster '{c}' of the current context not found"),
         K::MissingClusterUrl => "the cluster has no server URL".into(),
         K::ParseClusterUrl(_) => "the cluster's server URL does not parse".into(),
+        K::ParseProxyUrl(_) => "the proxy URL (proxy-url or HTTPS_PROXY) does not parse".into(),
+        K::ParseNoProxy(_) => {
+            "NO_PROXY has an entry kube-client cannot read (an empty item, or a pattern other than a host, an IP address or a CIDR range)".into()
+        }
         _ => "invalid certificate, credential or proxy settings".into(),
     }
 }
@@ -923,5 +997,44 @@ impl ManifestApplier for KubeProvider {
         );
         self.apply_yaml_cached(&wl.client, &key, yaml, field_manager, false)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_url_is_the_current_contexts_clusters() {
+        let kc = Kubeconfig::from_yaml(
+            r#"
+apiVersion: v1
+kind: Config
+current-context: mgmt
+contexts:
+  - name: other
+    context: {cluster: other, user: u}
+  - name: mgmt
+    context: {cluster: mgmt, user: u}
+clusters:
+  - name: other
+    cluster: {server: "https://other:6443", proxy-url: "http://wrong:3128"}
+  - name: mgmt
+    cluster: {server: "https://mgmt:6443", proxy-url: "http://proxy.corp:3128"}
+users:
+  - name: u
+    user: {token: t}
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            kubeconfig_proxy_url(&kc).as_deref(),
+            Some("http://proxy.corp:3128")
+        );
+        let mut none = kc.clone();
+        none.clusters[1].cluster.as_mut().unwrap().proxy_url = Some(" ".into());
+        assert_eq!(kubeconfig_proxy_url(&none), None);
+        none.current_context = None;
+        assert_eq!(kubeconfig_proxy_url(&none), None);
     }
 }
