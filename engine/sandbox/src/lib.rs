@@ -116,6 +116,11 @@ pub struct SandboxArgs {
     /// first create the example cluster; `--request` is for `create` only.
     #[arg(long, value_enum, default_value_t = Story::Create, conflicts_with = "serve")]
     pub story: Story,
+    /// Before the bot starts, apply this RBAC file to the management cluster instead of
+    /// (over) `deploy/management-cluster-rbac.yaml`, e.g. a copy without a verb: the bot's
+    /// ServiceAccount `tkg-system/tkgops` then has what it grants.
+    #[arg(long, conflicts_with = "serve")]
+    pub management_rbac: Option<PathBuf>,
 }
 
 /// Errors of the sandbox.
@@ -321,10 +326,24 @@ impl Environment {
                 ..ControllerOptions::default()
             },
         );
+        // The bot acts on the management cluster as the ServiceAccount of the shipped RBAC
+        // (deploy/management-cluster-rbac.yaml), for its writes and its watches; a person
+        // driving the sandbox gets the admin's kubeconfig.
+        ctx!(
+            apply_rbac(&mgmt, MANAGEMENT_CLUSTER_RBAC),
+            "applying deploy/management-cluster-rbac.yaml"
+        )?;
         let kubeconfig_path = workdir.join(format!("{MANAGEMENT_CLUSTER}.kubeconfig"));
         ctx!(
-            std::fs::write(&kubeconfig_path, mgmt.kubeconfig_yaml()),
-            "writing the management kubeconfig"
+            std::fs::write(
+                &kubeconfig_path,
+                mgmt.service_account_kubeconfig_yaml(BOT_SA_NAMESPACE, BOT_SA_NAME)
+            ),
+            "writing the bot's management kubeconfig"
+        )?;
+        ctx!(
+            std::fs::write(admin_kubeconfig_path(&workdir), mgmt.kubeconfig_yaml()),
+            "writing the management cluster's admin kubeconfig"
         )?;
 
         let tmc = ctx!(
@@ -390,6 +409,28 @@ impl Environment {
             users,
             webhook_secret: random_token("whsec_"),
         })
+    }
+
+    /// Replaces the RBAC objects (ServiceAccounts, ClusterRoles, ClusterRoleBindings, Roles,
+    /// RoleBindings) of the multi-document YAML `yaml` on the management cluster, as
+    /// `kubectl apply --server-side --force-conflicts` would; e.g. a copy of
+    /// `deploy/management-cluster-rbac.yaml` without a verb.
+    ///
+    /// Errors: [`SandboxError`] for YAML that does not parse, another kind, or a refused write.
+    pub fn apply_management_rbac(&self, yaml: &str) -> Result<(), SandboxError> {
+        let mgmt = self
+            .kube
+            .cluster(MANAGEMENT_CLUSTER)
+            .ok_or_else(|| SandboxError("no management cluster".into()))?;
+        apply_rbac(&mgmt, yaml).map_err(SandboxError)
+    }
+
+    /// A kubeconfig of the management cluster with a new token of the bot's ServiceAccount
+    /// (`tkg-system/tkgops`, bound by the RBAC the environment applied).
+    pub fn bot_management_kubeconfig_yaml(&self) -> Option<String> {
+        self.kube
+            .cluster(MANAGEMENT_CLUSTER)
+            .map(|c| c.service_account_kubeconfig_yaml(BOT_SA_NAMESPACE, BOT_SA_NAME))
     }
 
     /// The personal access token of user `login` ([`USERS`]), if it is one.
@@ -488,6 +529,36 @@ impl Environment {
         }
     }
 
+    /// One line on what the bot's ServiceAccount asked of the management cluster so far, as the
+    /// RBAC authorizer saw it (distinct verb, resource and namespace; `DENIED` marks a 403), e.g.
+    /// `kubernetes access by tkgops: get /api, patch clusters.cluster.x-k8s.io in default`.
+    pub fn kube_access_summary(&self) -> String {
+        let user = format!("system:serviceaccount:{BOT_SA_NAMESPACE}:{BOT_SA_NAME}");
+        let Some(mgmt) = self.kube.cluster(MANAGEMENT_CLUSTER) else {
+            return "kubernetes access by tkgops: unknown (no management cluster)".into();
+        };
+        let items: Vec<String> = mgmt
+            .authorizations()
+            .into_iter()
+            .filter(|a| a.user == user)
+            .map(|a| {
+                let what = if a.resource.starts_with('/') || a.api_group.is_empty() {
+                    a.resource.clone()
+                } else {
+                    format!("{}.{}", a.resource, a.api_group)
+                };
+                let scope = if a.namespace.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in {}", a.namespace)
+                };
+                let denied = if a.allowed { "" } else { " DENIED" };
+                format!("{} {what}{scope}{denied}", a.verb)
+            })
+            .collect();
+        format!("kubernetes access by tkgops: {}", items.join(", "))
+    }
+
     /// What a person needs to drive this environment like GitHub, as written by [`serve`]:
     /// the GitHub API, git and webhook URLs, the webhook secret, the users' tokens
     /// (`github.users`) and repository roles (`github.roles`: `reader` has `read`), the
@@ -516,7 +587,7 @@ impl Environment {
             },
             "managementClusters": {
                 MANAGEMENT_CLUSTER: {
-                    "kubeconfig": self.workdir.join(format!("{MANAGEMENT_CLUSTER}.kubeconfig")),
+                    "kubeconfig": admin_kubeconfig_path(&self.workdir),
                 },
             },
             "tmc": {"url": self.tmc.url()},
@@ -760,6 +831,47 @@ impl Environment {
     }
 }
 
+/// The RBAC tkgops needs on a management cluster, as shipped.
+pub const MANAGEMENT_CLUSTER_RBAC: &str =
+    include_str!("../../../deploy/management-cluster-rbac.yaml");
+/// The namespace of the bot's ServiceAccount on the management cluster (in
+/// [`MANAGEMENT_CLUSTER_RBAC`]).
+pub const BOT_SA_NAMESPACE: &str = "tkg-system";
+/// The name of the bot's ServiceAccount on the management cluster.
+pub const BOT_SA_NAME: &str = "tkgops";
+
+/// Where the environment writes the management cluster's admin kubeconfig (the bot's is
+/// `<workdir>/tkg-mgmt.kubeconfig`).
+pub fn admin_kubeconfig_path(workdir: &Path) -> PathBuf {
+    workdir.join(format!("{MANAGEMENT_CLUSTER}-admin.kubeconfig"))
+}
+
+/// Applies the RBAC objects of `yaml` to `cluster` (see [`Environment::apply_management_rbac`]).
+fn apply_rbac(cluster: &tkgops_emulators::kube::EmulatedCluster, yaml: &str) -> Result<(), String> {
+    use serde::Deserialize as _;
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let v = serde_json::Value::deserialize(doc).map_err(|e| e.to_string())?;
+        if v.is_null() {
+            continue;
+        }
+        let kind = v["kind"].as_str().unwrap_or_default().to_string();
+        let gvr = match kind.as_str() {
+            "ServiceAccount" => Gvr::new("", "v1", "serviceaccounts"),
+            "ClusterRole" => Gvr::new("rbac.authorization.k8s.io", "v1", "clusterroles"),
+            "ClusterRoleBinding" => {
+                Gvr::new("rbac.authorization.k8s.io", "v1", "clusterrolebindings")
+            }
+            "Role" => Gvr::new("rbac.authorization.k8s.io", "v1", "roles"),
+            "RoleBinding" => Gvr::new("rbac.authorization.k8s.io", "v1", "rolebindings"),
+            other => return Err(format!("unexpected kind {other:?} in the RBAC")),
+        };
+        cluster
+            .apply(&gvr, v, "kubectl", true)
+            .map_err(|e| format!("{kind}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// The example `tkgops.yaml` with the management cluster's kubeconfig and the TMC endpoints
 /// pointed at this environment.
 fn sandbox_repo_config(kubeconfig: &Path, tmc_url: &str) -> Result<String, String> {
@@ -952,6 +1064,17 @@ pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
         env = Environment::start(args.workdir.as_deref(), &region, &az_refs, &cidr, &timings) => env?,
         sig = signals.recv() => return Err(SandboxError(format!("interrupted by {sig}"))),
     };
+    if let Some(path) = &args.management_rbac {
+        let applied = ctx!(
+            std::fs::read_to_string(path),
+            format!("reading {}", path.display())
+        )
+        .and_then(|yaml| env.apply_management_rbac(&yaml));
+        if let Err(e) = applied {
+            env.shutdown().await;
+            return Err(e);
+        }
+    }
     let bot = tokio::select! {
         bot = env.start_bot(&timings) => bot,
         sig = signals.recv() => Err(SandboxError(format!("interrupted by {sig}"))),
@@ -981,9 +1104,7 @@ pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
         println!("    EC2 (moto)   {}", env.moto.endpoint_url());
         println!(
             "    mgmt cluster {}",
-            env.workdir
-                .join(format!("{MANAGEMENT_CLUSTER}.kubeconfig"))
-                .display()
+            admin_kubeconfig_path(&env.workdir).display()
         );
         signals.recv().await;
     }
@@ -1043,6 +1164,7 @@ async fn story(
     println!("==> final state\n{}", env.final_state(&cluster, "default"));
     println!("==> {}", env.webhook_summary());
     println!("==> {}", env.aws_actions_summary());
+    println!("==> {}", env.kube_access_summary());
     Ok(apply == "success")
 }
 

@@ -301,6 +301,7 @@ pub async fn day2(
     };
     println!("==> final state\n{}", env.final_state(&cluster, "default"));
     println!("==> {}", env.aws_actions_summary());
+    println!("==> {}", env.kube_access_summary());
     Ok(outcome == "success")
 }
 

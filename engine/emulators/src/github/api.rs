@@ -303,6 +303,16 @@ async fn auth(State(sh): Sh, mut req: Request, next: Next) -> Response {
         (_, false) => Ok(p),
     });
     let ok = principal.is_ok();
+    if let Ok(Principal::Bot | Principal::Installation | Principal::App) = &principal {
+        let route = match req.extensions().get::<axum::extract::MatchedPath>() {
+            Some(m) => m.as_str().to_string(),
+            None => format!("<unmatched> {}", req.uri().path()),
+        };
+        sh.bot_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(format!("{} {route}", req.method()));
+    }
     let mut resp = match principal {
         Ok(p) => {
             req.extensions_mut().insert(p);
