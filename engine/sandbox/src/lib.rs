@@ -121,6 +121,10 @@ pub struct SandboxArgs {
     /// ServiceAccount `tkg-system/tkgops` then has what it grants.
     #[arg(long, conflicts_with = "serve")]
     pub management_rbac: Option<PathBuf>,
+    /// Run the bot as the sandbox's GitHub App (installation tokens minted with the App's JWT)
+    /// instead of with a token.
+    #[arg(long, conflicts_with = "serve")]
+    pub github_app: bool,
 }
 
 /// Errors of the sandbox.
@@ -446,6 +450,19 @@ impl Environment {
     ///
     /// Errors: [`SandboxError`] when the bot cannot be built or its server cannot listen.
     pub async fn start_bot(&self, timings: &Timings) -> Result<SandboxBot, SandboxError> {
+        self.start_bot_as(timings, false).await
+    }
+
+    /// [`Environment::start_bot`], authenticated to GitHub as the sandbox's GitHub App
+    /// ([`GITHUB_APP_ID`], [`GITHUB_APP_PRIVATE_KEY`]: installation tokens minted with the App's
+    /// JWT) when `as_app`, else with the bot's token.
+    ///
+    /// Errors: as [`Environment::start_bot`].
+    pub async fn start_bot_as(
+        &self,
+        timings: &Timings,
+        as_app: bool,
+    ) -> Result<SandboxBot, SandboxError> {
         let cfg = self.bot_config(timings);
         for (k, v) in self
             .bot_env()
@@ -457,12 +474,17 @@ impl Environment {
                 std::env::set_var(k, v);
             }
         }
-        let creds = tkgops::serve::Credentials {
-            github_token: GITHUB_TOKEN.into(),
-            tmc_token: Some(TMC_TOKEN.into()),
+        let auth = if as_app {
+            tkgops_github::GitHubAuth::App {
+                app_id: GITHUB_APP_ID,
+                private_key_pem: GITHUB_APP_PRIVATE_KEY.into(),
+                installation_id: None,
+            }
+        } else {
+            tkgops_github::GitHubAuth::Token(GITHUB_TOKEN.into())
         };
         let bot = Arc::new(
-            tkgops::serve::build_with(&cfg, creds)
+            tkgops::serve::build_with_auth(&cfg, auth, Some(TMC_TOKEN.into()))
                 .await
                 .map_err(|e| SandboxError(format!("starting the bot: {e}")))?,
         );
@@ -527,6 +549,29 @@ impl Environment {
             ),
             Err(e) => format!("aws actions by tkgops: unknown ({e})"),
         }
+    }
+
+    /// One line on what the bot did on GitHub so far: every API route it called (the emulated
+    /// GitHub's route templates with the method, e.g. `POST /repos/{o}/{r}/statuses/{sha}`),
+    /// then `GIT fetch` when its mirror (`<stateDir>/config.git`) fetched the config repository
+    /// and `GIT push` when it pushed a branch (its mirror keeps `refs/tkgops/push/*` for every
+    /// push); what the GitHub App's permissions (`deploy/github-app.yml`) must cover.
+    pub fn github_routes_summary(&self, bot: &SandboxBot) -> String {
+        let mut items = self.github.bot_routes();
+        if let Ok(repo) = Repository::open_bare(bot.state_dir.join("config.git")) {
+            let has = |glob: &str| {
+                repo.references_glob(glob)
+                    .map(|mut refs| refs.next().is_some())
+                    .unwrap_or(false)
+            };
+            if has("refs/tkgops/heads/*") {
+                items.push("GIT fetch".into());
+            }
+            if has("refs/tkgops/push/*") {
+                items.push("GIT push".into());
+            }
+        }
+        format!("github routes by tkgops: {}", items.join(", "))
     }
 
     /// One line on what the bot's ServiceAccount asked of the management cluster so far, as the
@@ -1076,7 +1121,7 @@ pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
         }
     }
     let bot = tokio::select! {
-        bot = env.start_bot(&timings) => bot,
+        bot = env.start_bot_as(&timings, args.github_app) => bot,
         sig = signals.recv() => Err(SandboxError(format!("interrupted by {sig}"))),
     };
     let bot = match bot {
@@ -1165,6 +1210,7 @@ async fn story(
     println!("==> {}", env.webhook_summary());
     println!("==> {}", env.aws_actions_summary());
     println!("==> {}", env.kube_access_summary());
+    println!("==> {}", env.github_routes_summary(bot));
     Ok(apply == "success")
 }
 
