@@ -131,12 +131,10 @@ pub(crate) fn attributes(
         _ => "",
     }
     .to_string();
-    if cur.first() == Some(&"namespaces") {
-        if cur.len() > 1 {
-            a.namespace = cur[1].to_string();
-            if cur.len() > 2 && !matches!(cur[2], "status" | "finalize") {
-                cur = &cur[2..];
-            }
+    if cur.first() == Some(&"namespaces") && cur.len() > 1 {
+        a.namespace = cur[1].to_string();
+        if cur.len() > 2 && !matches!(cur[2], "status" | "finalize") {
+            cur = &cur[2..];
         }
     }
     if !cur.is_empty() {
@@ -227,7 +225,7 @@ fn applies_to(
 ) -> bool {
     match subject.kind.as_str() {
         "User" => subject.name == user.name,
-        "Group" => user.groups.iter().any(|g| *g == subject.name),
+        "Group" => user.groups.contains(&subject.name),
         "ServiceAccount" => {
             let ns = subject
                 .namespace
