@@ -998,7 +998,7 @@ fn point_kubeconfig_at(remote: &Path, file: &str) {
 #[tokio::test]
 async fn bot_started_from_the_rendered_chart_runs_the_sandbox_story() {
     use tkgops_emulators::github::WebhookTarget;
-    use tkgops_sandbox::{request_files, Timings, APPROVER, GITHUB_APP_ID, MANAGEMENT_CLUSTER};
+    use tkgops_sandbox::{request_files, Timings, APPROVER, GITHUB_APP_ID};
 
     let timings = Timings::default();
     let env = crate::e2e::start_env(&timings).await;
@@ -1036,10 +1036,6 @@ async fn bot_started_from_the_rendered_chart_runs_the_sandbox_story() {
     let r = helm.template(&["-f", p(&minimal), "-f", p(&values)]).await;
 
     // The Secrets the operator created, with the sandbox's credentials.
-    let mgmt = env
-        .kube
-        .cluster(MANAGEMENT_CLUSTER)
-        .expect("management cluster");
     let secret = |pairs: &[(&str, String)]| -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -1071,7 +1067,13 @@ async fn bot_started_from_the_rendered_chart_runs_the_sandbox_story() {
         ),
         (
             "mgmt-kubeconfig",
-            secret(&[("value", mgmt.kubeconfig_yaml())]),
+            // The ServiceAccount bound to deploy/management-cluster-rbac.yaml, as an operator
+            // would give the bot (the sandbox applied that file).
+            secret(&[(
+                "value",
+                env.bot_management_kubeconfig_yaml()
+                    .expect("management cluster"),
+            )]),
         ),
     ]
     .into_iter()
@@ -1182,6 +1184,15 @@ async fn bot_started_from_the_rendered_chart_runs_the_sandbox_story() {
         "TMC token: {state}"
     );
     assert!(state.contains("ReconcileSucceeded"), "{state}");
+    // The management cluster saw the ServiceAccount of deploy/management-cluster-rbac.yaml
+    // (issue 19 point 4), which was allowed everything it asked.
+    let access = env.kube_access_summary();
+    assert!(
+        access.contains("patch clusters.cluster.x-k8s.io in default")
+            && access.contains("watch clusters.cluster.x-k8s.io")
+            && !access.contains("DENIED"),
+        "{access}"
+    );
     // The App's installation token acted (the key from the mounted Secret), and every
     // webhook was signed with the Secret's value.
     let comments = env.github.comments(pr);

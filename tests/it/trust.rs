@@ -427,7 +427,7 @@ pub(crate) fn push_to_main(env: &Environment, files: &[(&str, &str)]) {
     commit_on_branch(&env.remote, "main", "main", "Policy", files).unwrap();
 }
 
-fn policy_with_team_and_codeowners(env: &Environment) {
+pub(crate) fn policy_with_team_and_codeowners(env: &Environment) {
     let policy = with_approvers(&main_policy(env), &["acme/platform"]);
     assert!(
         policy.contains("acme/platform"),

@@ -116,6 +116,15 @@ pub struct SandboxArgs {
     /// first create the example cluster; `--request` is for `create` only.
     #[arg(long, value_enum, default_value_t = Story::Create, conflicts_with = "serve")]
     pub story: Story,
+    /// Before the bot starts, apply this RBAC file to the management cluster instead of
+    /// (over) `deploy/management-cluster-rbac.yaml`, e.g. a copy without a verb: the bot's
+    /// ServiceAccount `tkg-system/tkgops` then has what it grants.
+    #[arg(long, conflicts_with = "serve")]
+    pub management_rbac: Option<PathBuf>,
+    /// Run the bot as the sandbox's GitHub App (installation tokens minted with the App's JWT)
+    /// instead of with a token.
+    #[arg(long, conflicts_with = "serve")]
+    pub github_app: bool,
 }
 
 /// Errors of the sandbox.
@@ -321,10 +330,24 @@ impl Environment {
                 ..ControllerOptions::default()
             },
         );
+        // The bot acts on the management cluster as the ServiceAccount of the shipped RBAC
+        // (deploy/management-cluster-rbac.yaml), for its writes and its watches; a person
+        // driving the sandbox gets the admin's kubeconfig.
+        ctx!(
+            apply_rbac(&mgmt, MANAGEMENT_CLUSTER_RBAC),
+            "applying deploy/management-cluster-rbac.yaml"
+        )?;
         let kubeconfig_path = workdir.join(format!("{MANAGEMENT_CLUSTER}.kubeconfig"));
         ctx!(
-            std::fs::write(&kubeconfig_path, mgmt.kubeconfig_yaml()),
-            "writing the management kubeconfig"
+            std::fs::write(
+                &kubeconfig_path,
+                mgmt.service_account_kubeconfig_yaml(BOT_SA_NAMESPACE, BOT_SA_NAME)
+            ),
+            "writing the bot's management kubeconfig"
+        )?;
+        ctx!(
+            std::fs::write(admin_kubeconfig_path(&workdir), mgmt.kubeconfig_yaml()),
+            "writing the management cluster's admin kubeconfig"
         )?;
 
         let tmc = ctx!(
@@ -392,6 +415,28 @@ impl Environment {
         })
     }
 
+    /// Replaces the RBAC objects (ServiceAccounts, ClusterRoles, ClusterRoleBindings, Roles,
+    /// RoleBindings) of the multi-document YAML `yaml` on the management cluster, as
+    /// `kubectl apply --server-side --force-conflicts` would; e.g. a copy of
+    /// `deploy/management-cluster-rbac.yaml` without a verb.
+    ///
+    /// Errors: [`SandboxError`] for YAML that does not parse, another kind, or a refused write.
+    pub fn apply_management_rbac(&self, yaml: &str) -> Result<(), SandboxError> {
+        let mgmt = self
+            .kube
+            .cluster(MANAGEMENT_CLUSTER)
+            .ok_or_else(|| SandboxError("no management cluster".into()))?;
+        apply_rbac(&mgmt, yaml).map_err(SandboxError)
+    }
+
+    /// A kubeconfig of the management cluster with a new token of the bot's ServiceAccount
+    /// (`tkg-system/tkgops`, bound by the RBAC the environment applied).
+    pub fn bot_management_kubeconfig_yaml(&self) -> Option<String> {
+        self.kube
+            .cluster(MANAGEMENT_CLUSTER)
+            .map(|c| c.service_account_kubeconfig_yaml(BOT_SA_NAMESPACE, BOT_SA_NAME))
+    }
+
     /// The personal access token of user `login` ([`USERS`]), if it is one.
     pub fn token_of(&self, login: &str) -> Option<&str> {
         self.users.get(login).map(String::as_str)
@@ -405,6 +450,19 @@ impl Environment {
     ///
     /// Errors: [`SandboxError`] when the bot cannot be built or its server cannot listen.
     pub async fn start_bot(&self, timings: &Timings) -> Result<SandboxBot, SandboxError> {
+        self.start_bot_as(timings, false).await
+    }
+
+    /// [`Environment::start_bot`], authenticated to GitHub as the sandbox's GitHub App
+    /// ([`GITHUB_APP_ID`], [`GITHUB_APP_PRIVATE_KEY`]: installation tokens minted with the App's
+    /// JWT) when `as_app`, else with the bot's token.
+    ///
+    /// Errors: as [`Environment::start_bot`].
+    pub async fn start_bot_as(
+        &self,
+        timings: &Timings,
+        as_app: bool,
+    ) -> Result<SandboxBot, SandboxError> {
         let cfg = self.bot_config(timings);
         for (k, v) in self
             .bot_env()
@@ -416,12 +474,17 @@ impl Environment {
                 std::env::set_var(k, v);
             }
         }
-        let creds = tkgops::serve::Credentials {
-            github_token: GITHUB_TOKEN.into(),
-            tmc_token: Some(TMC_TOKEN.into()),
+        let auth = if as_app {
+            tkgops_github::GitHubAuth::App {
+                app_id: GITHUB_APP_ID,
+                private_key_pem: GITHUB_APP_PRIVATE_KEY.into(),
+                installation_id: None,
+            }
+        } else {
+            tkgops_github::GitHubAuth::Token(GITHUB_TOKEN.into())
         };
         let bot = Arc::new(
-            tkgops::serve::build_with(&cfg, creds)
+            tkgops::serve::build_with_auth(&cfg, auth, Some(TMC_TOKEN.into()))
                 .await
                 .map_err(|e| SandboxError(format!("starting the bot: {e}")))?,
         );
@@ -488,6 +551,59 @@ impl Environment {
         }
     }
 
+    /// One line on what the bot did on GitHub so far: every API route it called (the emulated
+    /// GitHub's route templates with the method, e.g. `POST /repos/{o}/{r}/statuses/{sha}`),
+    /// then `GIT fetch` when its mirror (`<stateDir>/config.git`) fetched the config repository
+    /// and `GIT push` when it pushed a branch (its mirror keeps `refs/tkgops/push/*` for every
+    /// push); what the GitHub App's permissions (`deploy/github-app.yml`) must cover.
+    pub fn github_routes_summary(&self, bot: &SandboxBot) -> String {
+        let mut items = self.github.bot_routes();
+        if let Ok(repo) = Repository::open_bare(bot.state_dir.join("config.git")) {
+            let has = |glob: &str| {
+                repo.references_glob(glob)
+                    .map(|mut refs| refs.next().is_some())
+                    .unwrap_or(false)
+            };
+            if has("refs/tkgops/heads/*") {
+                items.push("GIT fetch".into());
+            }
+            if has("refs/tkgops/push/*") {
+                items.push("GIT push".into());
+            }
+        }
+        format!("github routes by tkgops: {}", items.join(", "))
+    }
+
+    /// One line on what the bot's ServiceAccount asked of the management cluster so far, as the
+    /// RBAC authorizer saw it (distinct verb, resource and namespace; `DENIED` marks a 403), e.g.
+    /// `kubernetes access by tkgops: get /api, patch clusters.cluster.x-k8s.io in default`.
+    pub fn kube_access_summary(&self) -> String {
+        let user = format!("system:serviceaccount:{BOT_SA_NAMESPACE}:{BOT_SA_NAME}");
+        let Some(mgmt) = self.kube.cluster(MANAGEMENT_CLUSTER) else {
+            return "kubernetes access by tkgops: unknown (no management cluster)".into();
+        };
+        let items: Vec<String> = mgmt
+            .authorizations()
+            .into_iter()
+            .filter(|a| a.user == user)
+            .map(|a| {
+                let what = if a.resource.starts_with('/') || a.api_group.is_empty() {
+                    a.resource.clone()
+                } else {
+                    format!("{}.{}", a.resource, a.api_group)
+                };
+                let scope = if a.namespace.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in {}", a.namespace)
+                };
+                let denied = if a.allowed { "" } else { " DENIED" };
+                format!("{} {what}{scope}{denied}", a.verb)
+            })
+            .collect();
+        format!("kubernetes access by tkgops: {}", items.join(", "))
+    }
+
     /// What a person needs to drive this environment like GitHub, as written by [`serve`]:
     /// the GitHub API, git and webhook URLs, the webhook secret, the users' tokens
     /// (`github.users`) and repository roles (`github.roles`: `reader` has `read`), the
@@ -516,7 +632,7 @@ impl Environment {
             },
             "managementClusters": {
                 MANAGEMENT_CLUSTER: {
-                    "kubeconfig": self.workdir.join(format!("{MANAGEMENT_CLUSTER}.kubeconfig")),
+                    "kubeconfig": admin_kubeconfig_path(&self.workdir),
                 },
             },
             "tmc": {"url": self.tmc.url()},
@@ -761,6 +877,47 @@ impl Environment {
     }
 }
 
+/// The RBAC tkgops needs on a management cluster, as shipped.
+pub const MANAGEMENT_CLUSTER_RBAC: &str =
+    include_str!("../../../deploy/management-cluster-rbac.yaml");
+/// The namespace of the bot's ServiceAccount on the management cluster (in
+/// [`MANAGEMENT_CLUSTER_RBAC`]).
+pub const BOT_SA_NAMESPACE: &str = "tkg-system";
+/// The name of the bot's ServiceAccount on the management cluster.
+pub const BOT_SA_NAME: &str = "tkgops";
+
+/// Where the environment writes the management cluster's admin kubeconfig (the bot's is
+/// `<workdir>/tkg-mgmt.kubeconfig`).
+pub fn admin_kubeconfig_path(workdir: &Path) -> PathBuf {
+    workdir.join(format!("{MANAGEMENT_CLUSTER}-admin.kubeconfig"))
+}
+
+/// Applies the RBAC objects of `yaml` to `cluster` (see [`Environment::apply_management_rbac`]).
+fn apply_rbac(cluster: &tkgops_emulators::kube::EmulatedCluster, yaml: &str) -> Result<(), String> {
+    use serde::Deserialize as _;
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let v = serde_json::Value::deserialize(doc).map_err(|e| e.to_string())?;
+        if v.is_null() {
+            continue;
+        }
+        let kind = v["kind"].as_str().unwrap_or_default().to_string();
+        let gvr = match kind.as_str() {
+            "ServiceAccount" => Gvr::new("", "v1", "serviceaccounts"),
+            "ClusterRole" => Gvr::new("rbac.authorization.k8s.io", "v1", "clusterroles"),
+            "ClusterRoleBinding" => {
+                Gvr::new("rbac.authorization.k8s.io", "v1", "clusterrolebindings")
+            }
+            "Role" => Gvr::new("rbac.authorization.k8s.io", "v1", "roles"),
+            "RoleBinding" => Gvr::new("rbac.authorization.k8s.io", "v1", "rolebindings"),
+            other => return Err(format!("unexpected kind {other:?} in the RBAC")),
+        };
+        cluster
+            .apply(&gvr, v, "kubectl", true)
+            .map_err(|e| format!("{kind}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// The example `tkgops.yaml` with the management cluster's kubeconfig and the TMC endpoints
 /// pointed at this environment.
 fn sandbox_repo_config(kubeconfig: &Path, tmc_url: &str) -> Result<String, String> {
@@ -953,8 +1110,19 @@ pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
         env = Environment::start(args.workdir.as_deref(), &region, &az_refs, &cidr, &timings) => env?,
         sig = signals.recv() => return Err(SandboxError(format!("interrupted by {sig}"))),
     };
+    if let Some(path) = &args.management_rbac {
+        let applied = ctx!(
+            std::fs::read_to_string(path),
+            format!("reading {}", path.display())
+        )
+        .and_then(|yaml| env.apply_management_rbac(&yaml));
+        if let Err(e) = applied {
+            env.shutdown().await;
+            return Err(e);
+        }
+    }
     let bot = tokio::select! {
-        bot = env.start_bot(&timings) => bot,
+        bot = env.start_bot_as(&timings, args.github_app) => bot,
         sig = signals.recv() => Err(SandboxError(format!("interrupted by {sig}"))),
     };
     let bot = match bot {
@@ -982,9 +1150,7 @@ pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
         println!("    EC2 (moto)   {}", env.moto.endpoint_url());
         println!(
             "    mgmt cluster {}",
-            env.workdir
-                .join(format!("{MANAGEMENT_CLUSTER}.kubeconfig"))
-                .display()
+            admin_kubeconfig_path(&env.workdir).display()
         );
         signals.recv().await;
     }
@@ -1044,6 +1210,8 @@ async fn story(
     println!("==> final state\n{}", env.final_state(&cluster, "default"));
     println!("==> {}", env.webhook_summary());
     println!("==> {}", env.aws_actions_summary());
+    println!("==> {}", env.kube_access_summary());
+    println!("==> {}", env.github_routes_summary(bot));
     Ok(apply == "success")
 }
 

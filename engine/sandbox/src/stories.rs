@@ -300,8 +300,15 @@ pub async fn day2(
         }
     };
     println!("==> final state\n{}", env.final_state(&cluster, "default"));
-    println!("==> {}", env.aws_actions_summary());
+    print_summaries(env, bot);
     Ok(outcome == "success")
+}
+
+/// The summary lines of a story: AWS actions, Kubernetes access and GitHub routes by tkgops.
+fn print_summaries(env: &Environment, bot: &SandboxBot) {
+    println!("==> {}", env.aws_actions_summary());
+    println!("==> {}", env.kube_access_summary());
+    println!("==> {}", env.github_routes_summary(bot));
 }
 
 /// The scheduled stories: a pull request adds the schedule (a policy change: two approvals);
@@ -408,6 +415,7 @@ async fn scheduled(
                 "==> final state\n{}",
                 env.final_state("team-a-prod", "default")
             );
+            print_summaries(env, bot);
             Ok(apply == "success")
         }
         _ => {
@@ -476,6 +484,7 @@ async fn scheduled(
             for name in ["team-a-prod", "team-b-prod"] {
                 println!("==> final state\n{}", env.final_state(name, "default"));
             }
+            print_summaries(env, bot);
             Ok(!done.body.contains("⛔"))
         }
     }

@@ -226,6 +226,25 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// The route template of a request: axum's matched path, with the catch-all of
+/// `/commits/{*rest}` spelled as GitHub's documentation names the endpoint it served
+/// (`{ref}`, `{ref}/status`, `{ref}/statuses`, …), so each maps to one permission.
+fn route_template(matched: &str, path: &str) -> String {
+    let Some(prefix) = matched.strip_suffix("{*rest}") else {
+        return matched.to_string();
+    };
+    let literal_segments = prefix.split('/').filter(|s| !s.is_empty()).count();
+    let rest: Vec<&str> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .skip(literal_segments)
+        .collect();
+    match rest.as_slice() {
+        [] | [_] => format!("{prefix}{{ref}}"),
+        [.., last] => format!("{prefix}{{ref}}/{last}"),
+    }
+}
+
 /// Whether `path` is one of the endpoints that take the App's JWT (and only it).
 fn is_app_path(path: &str) -> bool {
     path == "/app"
@@ -303,6 +322,16 @@ async fn auth(State(sh): Sh, mut req: Request, next: Next) -> Response {
         (_, false) => Ok(p),
     });
     let ok = principal.is_ok();
+    if let Ok(Principal::Bot | Principal::Installation | Principal::App) = &principal {
+        let route = match req.extensions().get::<axum::extract::MatchedPath>() {
+            Some(m) => route_template(m.as_str(), req.uri().path()),
+            None => format!("<unmatched> {}", req.uri().path()),
+        };
+        sh.bot_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(format!("{} {route}", req.method()));
+    }
     let mut resp = match principal {
         Ok(p) => {
             req.extensions_mut().insert(p);

@@ -513,6 +513,9 @@ struct Shared {
     /// Bumped after every access to the state (see [`StateGuard`]): what
     /// [`GitHubEmulator::wait_until`] waits on.
     changes: tokio::sync::watch::Sender<u64>,
+    /// The routes the bot called (its token, its App's installation tokens or its App's JWT):
+    /// `METHOD /route/{template}` ([`GitHubEmulator::bot_routes`]).
+    bot_routes: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// The locked state; when dropped, announces a possible change to
@@ -1341,6 +1344,7 @@ impl GitHubEmulator {
             watching: AtomicBool::new(false),
             last_stamp_micros: AtomicI64::new(i64::MIN),
             changes: tokio::sync::watch::channel(0).0,
+            bot_routes: Mutex::default(),
             state: Mutex::new(State {
                 bot_login: DEFAULT_BOT_LOGIN.to_string(),
                 users,
@@ -1458,6 +1462,21 @@ impl GitHubEmulator {
             self.tasks
                 .push(tokio::spawn(hooks::watch_branches(self.shared.clone())));
         }
+    }
+
+    /// The distinct API routes the bot called so far, authenticated as the bot (its token, an
+    /// installation token of its App or the App's JWT), as `METHOD /route/{template}` with
+    /// axum's matched route template (e.g. `POST /repos/{o}/{r}/statuses/{sha}`), sorted; a
+    /// request no route matched is `METHOD <unmatched> /path`. What the GitHub App's
+    /// permissions must cover.
+    pub fn bot_routes(&self) -> Vec<String> {
+        self.shared
+            .bot_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Every webhook delivery attempted so far, oldest first.

@@ -4,7 +4,12 @@
 //! axum server on `127.0.0.1:<random port>` speaking the Kubernetes REST API over **HTTPS only**,
 //! so the real `kube::Client` (built from [`EmulatedCluster::kubeconfig_yaml`]) and the real
 //! `kubectl` talk to it exactly as to a real API server. Requests must carry
-//! `Authorization: Bearer <token>` (the cluster's random token), else 401. Each cluster's router
+//! `Authorization: Bearer <token>`, else 401: the cluster admin's random token (group
+//! `system:masters`, allowed everything), or a ServiceAccount's token
+//! ([`EmulatedCluster::service_account_token`]), whose requests are authorized by RBAC over the
+//! Roles, ClusterRoles and bindings the cluster stores, with the API server's 403 when denied
+//! (module `rbac`; every cluster starts with the default `cluster-admin`, `system:discovery`
+//! and `system:public-info-viewer` ClusterRoles and their bindings). Each cluster's router
 //! is wrapped with the shared fault layer ([`crate::faults`]), so tests can inject 5xx, 409, 429,
 //! delays and drops.
 //!
@@ -142,6 +147,7 @@ mod crds;
 mod fields;
 mod openapi;
 mod proto;
+mod rbac;
 mod schema;
 mod select;
 mod server;
@@ -178,6 +184,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::faults::Faults;
+pub use rbac::Authorization;
 use store::{ApiError, State, WriteCtx};
 
 /// Field manager name used by the direct (no HTTP) write methods of [`EmulatedCluster`].
@@ -380,6 +387,8 @@ impl KubeEmulator {
             state: Mutex::new(State::new(tx)),
             version: Mutex::new((DEFAULT_KUBERNETES_VERSION.to_string(), None)),
             list_snapshots: Mutex::new(server::ListSnapshots::default()),
+            service_accounts: Mutex::default(),
+            authorizations: Mutex::default(),
         });
         let cluster = EmulatedCluster { inner };
         for rt in builtin_types() {
@@ -390,6 +399,9 @@ impl KubeEmulator {
                 &Gvr::new("", "v1", "namespaces"),
                 serde_json::json!({"metadata": {"name": ns}}),
             )?;
+        }
+        for (gvr, obj) in rbac::bootstrap_policy() {
+            cluster.create(&gvr, obj)?;
         }
         {
             let mut clusters = self.lock();
@@ -435,6 +447,11 @@ struct ClusterInner {
     /// The results of paged LISTs whose later pages are still to be read: every page of one
     /// LIST comes from the same snapshot, as the real API server serves them.
     list_snapshots: Mutex<server::ListSnapshots>,
+    /// ServiceAccount tokens minted by [`EmulatedCluster::service_account_token`]: token →
+    /// (namespace, name).
+    service_accounts: Mutex<std::collections::HashMap<String, (String, String)>>,
+    /// The distinct RBAC decisions on ServiceAccounts' requests.
+    authorizations: Mutex<rbac::AuthorizationLog>,
 }
 
 /// One emulated cluster (API server + store). `Clone` shares state.
@@ -499,14 +516,83 @@ impl EmulatedCluster {
 
     /// A kubeconfig in TKG style: cluster `<name>` (HTTPS `server` and the CA as base64
     /// `certificate-authority-data`), user `<name>-admin` (token), context `<name>-admin@<name>`,
-    /// `current-context` set. Works as-is with `kubectl` and `kube::Config`.
+    /// `current-context` set. Works as-is with `kubectl` and `kube::Config`. Its token is the
+    /// cluster admin's (group `system:masters`): every request is allowed.
     pub fn kubeconfig_yaml(&self) -> String {
+        self.kubeconfig_for(&format!("{}-admin", self.inner.name), &self.inner.token)
+    }
+
+    /// Mints a bearer token for the ServiceAccount `namespace`/`name` (as `kubectl create
+    /// token` does): requests with it authenticate as `system:serviceaccount:<namespace>:<name>`
+    /// (groups `system:serviceaccounts`, `system:serviceaccounts:<namespace>`,
+    /// `system:authenticated`) and are authorized by the RBAC objects the cluster stores. The
+    /// token is refused (401) while the ServiceAccount does not exist.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        self.inner
+            .service_accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.clone(), (namespace.to_string(), name.to_string()));
+        token
+    }
+
+    /// [`Self::kubeconfig_yaml`] with a new token of the ServiceAccount `namespace`/`name`
+    /// ([`Self::service_account_token`]) as user `<namespace>-<name>`.
+    pub fn service_account_kubeconfig_yaml(&self, namespace: &str, name: &str) -> String {
+        let token = self.service_account_token(namespace, name);
+        self.kubeconfig_for(&format!("{namespace}-{name}"), &token)
+    }
+
+    /// The distinct RBAC decisions on ServiceAccounts' requests so far (what they asked, without
+    /// object names; the admin's requests are not recorded), sorted.
+    pub fn authorizations(&self) -> Vec<Authorization> {
+        self.inner
+            .authorizations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The user a bearer token authenticates as, `None` (401) for an unknown token or a
+    /// ServiceAccount that no longer exists.
+    fn authenticate(&self, token: &str) -> Option<rbac::UserInfo> {
+        if token == self.inner.token {
+            return Some(rbac::UserInfo::admin());
+        }
+        let (ns, name) = self
+            .inner
+            .service_accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned()?;
+        self.get_shared(&Gvr::new("", "v1", "serviceaccounts"), Some(&ns), &name)?;
+        Some(rbac::UserInfo::service_account(&ns, &name))
+    }
+
+    /// Authorizes `a` for `user` and records the decision of a ServiceAccount's request; `Err`
+    /// carries the authorizer's reason (see `rbac::authorize`).
+    fn authorize(&self, user: &rbac::UserInfo, a: &rbac::Attributes) -> Result<(), String> {
+        let decision = rbac::authorize(self, user, a);
+        if user.name.starts_with("system:serviceaccount:") {
+            self.inner
+                .authorizations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(Authorization::of(user, a, decision.is_ok()));
+        }
+        decision
+    }
+
+    fn kubeconfig_for(&self, user: &str, token: &str) -> String {
         let n = &self.inner.name;
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.inner.ca_pem);
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: {n}\n  cluster:\n    certificate-authority-data: {ca}\n    server: {url}\ncontexts:\n- name: {n}-admin@{n}\n  context:\n    cluster: {n}\n    user: {n}-admin\ncurrent-context: {n}-admin@{n}\npreferences: {{}}\nusers:\n- name: {n}-admin\n  user:\n    token: {token}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: {n}\n  cluster:\n    certificate-authority-data: {ca}\n    server: {url}\ncontexts:\n- name: {user}@{n}\n  context:\n    cluster: {n}\n    user: {user}\ncurrent-context: {user}@{n}\npreferences: {{}}\nusers:\n- name: {user}\n  user:\n    token: {token}\n",
             url = self.inner.url,
-            token = self.inner.token,
         )
     }
 

@@ -268,14 +268,19 @@ fn selectors(
 
 async fn handle(State(c): State<EmulatedCluster>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let expected = format!("Bearer {}", c.inner.token);
-    let authorized = parts
+    let user = parts
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        == Some(expected.as_str());
-    if !authorized {
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|token| c.authenticate(token.trim()));
+    let Some(user) = user else {
         return err_resp(ApiError::unauthorized());
+    };
+    let q = query_map(parts.uri.query());
+    let attrs = super::rbac::attributes(parts.method.as_str(), parts.uri.path(), &q);
+    if let Err(reason) = c.authorize(&user, &attrs) {
+        return err_resp(super::rbac::forbidden(&user, &attrs, &reason));
     }
     let body = match axum::body::to_bytes(body, 64 << 20).await {
         Ok(b) => b,
@@ -285,7 +290,6 @@ async fn handle(State(c): State<EmulatedCluster>, req: Request) -> Response {
             )))
         }
     };
-    let q = query_map(parts.uri.query());
     let path = parts.uri.path().trim_end_matches('/').to_string();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = parts.method.clone();
@@ -353,12 +357,30 @@ async fn handle(State(c): State<EmulatedCluster>, req: Request) -> Response {
             Some(v) => json_resp(StatusCode::OK, &v),
             None => err_resp(ApiError::no_resource()),
         },
-        (_, ["api", "v1", rest @ ..]) if !rest.is_empty() => {
-            resource_request(&c, &types, "", "v1", rest, method, &parts.headers, &q, body)
-        }
-        (_, ["apis", g, v, rest @ ..]) if !rest.is_empty() => {
-            resource_request(&c, &types, g, v, rest, method, &parts.headers, &q, body)
-        }
+        (_, ["api", "v1", rest @ ..]) if !rest.is_empty() => resource_request(
+            &c,
+            &user,
+            &types,
+            "",
+            "v1",
+            rest,
+            method,
+            &parts.headers,
+            &q,
+            body,
+        ),
+        (_, ["apis", g, v, rest @ ..]) if !rest.is_empty() => resource_request(
+            &c,
+            &user,
+            &types,
+            g,
+            v,
+            rest,
+            method,
+            &parts.headers,
+            &q,
+            body,
+        ),
         _ => err_resp(ApiError::no_resource()),
     }
 }
@@ -366,6 +388,7 @@ async fn handle(State(c): State<EmulatedCluster>, req: Request) -> Response {
 #[allow(clippy::too_many_arguments)]
 fn resource_request(
     c: &EmulatedCluster,
+    user: &super::rbac::UserInfo,
     types: &[ResourceType],
     group: &str,
     version: &str,
@@ -472,7 +495,29 @@ fn resource_request(
                     name,
                     "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
                 )),
-                Some(kind) => {
+                Some(kind) => 'apply: {
+                    // An apply that creates the object needs `create` too (the patch handler's
+                    // `withAuthorization` of its create-on-update).
+                    if kind == PatchKind::Apply && c.get_shared(&gvr, ns, name).is_none() {
+                        let create = super::rbac::Attributes {
+                            verb: "create".into(),
+                            resource_request: true,
+                            api_group: group.to_string(),
+                            api_version: version.to_string(),
+                            namespace: ns.unwrap_or_default().to_string(),
+                            resource: gvr.plural.clone(),
+                            name: name.clone(),
+                            ..super::rbac::Attributes::default()
+                        };
+                        if let Err(reason) = c.authorize(user, &create) {
+                            break 'apply Err(super::rbac::forbidden_error(
+                                group,
+                                &gvr.plural,
+                                name,
+                                &reason,
+                            ));
+                        }
+                    }
                     let mut st = c.state();
                     let existed = st.get(&gvr, ns, name).is_ok();
                     let r = st.patch(&gvr, ns, name, kind, &body, t.status, truthy(q, "force"), &ctx);
