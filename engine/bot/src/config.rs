@@ -127,6 +127,11 @@ pub struct BotConfig {
     /// (default `GITHUB_WEBHOOK_SECRET`); when it is unset every delivery is refused.
     #[serde(default = "default_webhook_secret_env")]
     pub webhook_secret_env: String,
+    /// A file holding the webhook secret (e.g. a mounted Kubernetes Secret), used instead of
+    /// `webhookSecretEnv` when set: read again whenever it changes, so the secret rotates
+    /// without a restart (the replaced value is accepted for 10 more minutes).
+    #[serde(default)]
+    pub webhook_secret_file: Option<PathBuf>,
     /// The trusted policy commit at the first start (security rule 1): the commit of the
     /// default branch whose `tkgops.yaml` and `CODEOWNERS` tkgops enforces until an approved
     /// pull request changes them. Absent: the default branch's tip at the first start. A new
@@ -308,6 +313,15 @@ impl BotConfig {
             .map_err(|_| ConfigError::MissingEnv(self.github.token_env.clone()))
     }
 
+    /// Where the webhook secret comes from: `webhookSecretFile` when set (re-read when it
+    /// changes), else the `webhookSecretEnv` variable.
+    pub fn webhook_secret_source(&self) -> crate::secrets::RotatingSecret {
+        crate::secrets::RotatingSecret::new(match &self.webhook_secret_file {
+            Some(path) => crate::secrets::SecretSource::File(path.clone()),
+            None => crate::secrets::SecretSource::Env(self.webhook_secret_env.clone()),
+        })
+    }
+
     /// The webhook secret from the environment, if set and not empty.
     pub fn webhook_secret(&self) -> Option<String> {
         std::env::var(&self.webhook_secret_env)
@@ -334,6 +348,27 @@ mod tests {
         let path = dir.path().join("bot.yaml");
         std::fs::write(&path, format!("{BASE}{extra}")).unwrap();
         BotConfig::load(&path)
+    }
+
+    #[test]
+    fn a_webhook_secret_file_is_used_instead_of_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a-webhook-secret-from-a-file-0123456789\n").unwrap();
+        let path = dir.path().join("bot.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "github: {{owner: acme, repo: r}}\nstateDir: /tmp/tkgops-test-state\nwebhookSecretEnv: TKGOPS_TEST_UNSET_WEBHOOK_SECRET\nwebhookSecretFile: {}\n",
+                secret.display()
+            ),
+        )
+        .unwrap();
+        let cfg = BotConfig::load(&path).expect("config");
+        assert_eq!(
+            cfg.webhook_secret_source().accepted(),
+            ["a-webhook-secret-from-a-file-0123456789"]
+        );
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub mod reconcile;
 pub mod redact;
 pub mod replan;
 pub mod scheduler;
+pub mod secrets;
 pub mod serve;
 pub mod sha;
 #[cfg(test)]
@@ -184,7 +185,16 @@ impl Bot {
     /// refuses every delivery), recorded in the bot's journal, waking its poll loop; `/readyz`
     /// answers 200 once a poll completed.
     pub fn webhook_state(&self, webhook_secret: Option<String>) -> webhook::WebhookState {
-        webhook::WebhookState::new(
+        self.webhook_state_with(secrets::RotatingSecret::fixed(webhook_secret))
+    }
+
+    /// As [`Bot::webhook_state`], with deliveries verified against `webhook_secret` as it is now
+    /// (a secret file is read again when it changes: [`secrets::RotatingSecret`]).
+    pub fn webhook_state_with(
+        &self,
+        webhook_secret: secrets::RotatingSecret,
+    ) -> webhook::WebhookState {
+        webhook::WebhookState::with_secret(
             webhook_secret,
             self.cx.journal.clone(),
             self.cx.wake.clone(),

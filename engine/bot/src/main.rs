@@ -165,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
                 let http = match &cfg.listen {
                     Some(listen) => Some(
-                        serve::start_http(&bot, listen, cfg.webhook_secret(), async {
+                        serve::start_http_with(&bot, listen, cfg.webhook_secret_source(), async {
                             let _ = http_stopped.await;
                         })
                         .await?
@@ -239,7 +239,7 @@ async fn serve_elected(cfg: &BotConfig) -> anyhow::Result<ExitCode> {
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = match &cfg.listen {
         Some(listen) => Some(
-            serve::start_http(&bot, listen, cfg.webhook_secret(), async {
+            serve::start_http_with(&bot, listen, cfg.webhook_secret_source(), async {
                 let _ = http_stopped.await;
             })
             .await?

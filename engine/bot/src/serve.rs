@@ -279,9 +279,26 @@ pub async fn start_http(
     webhook_secret: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), ServeError> {
-    if let Some(s) = &webhook_secret {
-        crate::redact::register(s);
-    } else {
+    start_http_with(
+        bot,
+        listen,
+        crate::secrets::RotatingSecret::fixed(webhook_secret),
+        shutdown,
+    )
+    .await
+}
+
+/// As [`start_http`], with the webhook secret read from `webhook_secret` at each delivery
+/// (a secret file rotates without a restart: [`crate::secrets::RotatingSecret`]).
+///
+/// Errors: as [`start_http`].
+pub async fn start_http_with(
+    bot: &Bot,
+    listen: &str,
+    webhook_secret: crate::secrets::RotatingSecret,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), ServeError> {
+    if webhook_secret.accepted().is_empty() {
         tracing::warn!(
             "no webhook secret configured: every webhook delivery is refused; polling only"
         );
@@ -298,7 +315,7 @@ pub async fn start_http(
             message: e.to_string(),
         })
     })?;
-    let app = crate::webhook::router(Arc::new(bot.webhook_state(webhook_secret)));
+    let app = crate::webhook::router(Arc::new(bot.webhook_state_with(webhook_secret)));
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

@@ -51,8 +51,8 @@ pub const HINT_EVENTS: &[&str] = &[
 
 /// What the HTTP handlers share.
 pub struct WebhookState {
-    /// The webhook secret; `None` refuses every delivery.
-    secret: Option<Vec<u8>>,
+    /// The webhook secret, read again when its file changes; none refuses every delivery.
+    secret: crate::secrets::RotatingSecret,
     journal: BotJournal,
     /// Woken after an accepted delivery of a [`HINT_EVENTS`] event.
     wake: Arc<Notify>,
@@ -75,8 +75,25 @@ impl WebhookState {
         wake: Arc<Notify>,
         ready: Arc<AtomicBool>,
     ) -> Self {
+        Self::with_secret(
+            crate::secrets::RotatingSecret::fixed(secret),
+            journal,
+            wake,
+            ready,
+        )
+    }
+
+    /// As [`WebhookState::new`], verifying with `secret` as it is at each delivery: a secret
+    /// file rotated in place is used at the next delivery, and the value it replaced is still
+    /// accepted for [`crate::secrets::ROTATION_GRACE`].
+    pub fn with_secret(
+        secret: crate::secrets::RotatingSecret,
+        journal: BotJournal,
+        wake: Arc<Notify>,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
         WebhookState {
-            secret: secret.filter(|s| !s.is_empty()).map(String::into_bytes),
+            secret,
             journal,
             wake,
             ready,
@@ -196,11 +213,15 @@ async fn receive(
     body: Bytes,
 ) -> (StatusCode, &'static str) {
     // 1. Authenticate before reading anything of the body.
-    let Some(secret) = &state.secret else {
+    let secrets = state.secret.accepted();
+    if secrets.is_empty() {
         return (StatusCode::UNAUTHORIZED, "no webhook secret is configured");
-    };
-    let signed = header(&headers, "x-hub-signature-256")
-        .is_some_and(|sig| signature_valid(secret, &body, sig));
+    }
+    let signed = header(&headers, "x-hub-signature-256").is_some_and(|sig| {
+        secrets
+            .iter()
+            .any(|s| signature_valid(s.as_bytes(), &body, sig))
+    });
     if !signed {
         tracing::warn!("webhook refused: missing or wrong X-Hub-Signature-256");
         return (StatusCode::UNAUTHORIZED, "invalid signature");
@@ -310,6 +331,63 @@ mod tests {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(deliveries(&store).await, 1);
+    }
+
+    /// Issue 19 (secrets that rotate): with the secret in a file, a rotation in place (the
+    /// kubelet's new file) is used at the next delivery without a restart, deliveries signed
+    /// with the replaced secret are still accepted during the grace, and a forged one is not.
+    #[tokio::test]
+    async fn a_secret_file_rotated_in_place_is_used_at_the_next_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("webhook-secret");
+        std::fs::write(&path, SECRET).unwrap();
+        let store = journal().await;
+        let state = WebhookState::with_secret(
+            crate::secrets::RotatingSecret::new(crate::secrets::SecretSource::File(path.clone())),
+            store.clone(),
+            Arc::new(Notify::new()),
+            Arc::new(AtomicBool::new(true)),
+        );
+        let app = router(Arc::new(state));
+        let body = r#"{"action":"opened","number":1}"#;
+        let send = |secret: &str, id: &str| {
+            app.clone().oneshot(delivery(
+                body,
+                Some(sign(secret.as_bytes(), body.as_bytes())),
+                id,
+            ))
+        };
+        assert_eq!(
+            send(SECRET, "a").await.unwrap().status(),
+            StatusCode::ACCEPTED
+        );
+        let rotated = "a-rotated-webhook-secret-0123456789";
+        let next = dir.path().join("webhook-secret.new");
+        std::fs::write(&next, rotated).unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        assert_eq!(
+            send(rotated, "b").await.unwrap().status(),
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(
+            send(SECRET, "c").await.unwrap().status(),
+            StatusCode::ACCEPTED,
+            "the replaced secret is accepted during the grace"
+        );
+        assert_eq!(
+            send("another-secret-entirely-0123456789", "d")
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(deliveries(&store).await, 3);
+        // Gone: every delivery is refused (fail closed), whatever it was signed with.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            send(rotated, "e").await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     /// Delivery records are kept 7 days: on a simulated clock, a delivery 8 days later prunes

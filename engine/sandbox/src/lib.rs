@@ -677,6 +677,7 @@ impl Environment {
             catalog_dir: None,
             listen: None,
             webhook_secret_env: "TKGOPS_SANDBOX_WEBHOOK_SECRET".into(),
+            webhook_secret_file: None,
             trusted_policy_commit: None,
             leader_election: Default::default(),
         }
