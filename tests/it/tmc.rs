@@ -1623,3 +1623,31 @@ async fn detach_leaves_a_same_named_cluster_created_meanwhile_alone() {
         "{lines:?}"
     );
 }
+
+/// Issue 19 (secrets that rotate): the executor reads the API token at each step from its
+/// source (the bot's `tmcTokenFile`, re-read when the file changes). A step under a token CSP
+/// refuses fails; once the source has the new token, the next step exchanges it (a new client)
+/// and attaches, without a new executor.
+#[tokio::test]
+async fn a_rotated_api_token_is_used_by_the_next_step() {
+    let emu = emulator_with(Duration::from_secs(1799), Duration::from_millis(300)).await;
+    let applier = AgentSimApplier::new(AgentMode::Connect);
+    let current = Arc::new(Mutex::new("an-expired-api-token-000".to_string()));
+    let source = {
+        let current = current.clone();
+        Arc::new(move || Some(SecretToken::new(current.lock().unwrap().clone())))
+    };
+    let exec = TmcExecutor::with_token_source(source, applier.clone(), Duration::from_millis(100));
+    let err = exec
+        .execute(&attach_ctx(&emu, "team-a-prod", ProgressSink::noop()))
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient(), "a refused token is permanent: {err}");
+    assert!(emu.cluster("team-a-prod").is_none());
+    *current.lock().unwrap() = TOKEN.to_string();
+    let out = exec
+        .execute(&attach_ctx(&emu, "team-a-prod", ProgressSink::noop()))
+        .await
+        .expect("attached with the rotated token");
+    assert_eq!(out["phase"], "READY");
+}

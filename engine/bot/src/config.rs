@@ -113,6 +113,11 @@ pub struct BotConfig {
     /// Environment variable holding the TMC (CSP) API token.
     #[serde(default = "default_tmc_token_env")]
     pub tmc_token_env: String,
+    /// A file holding the TMC (CSP) API token (e.g. a mounted Kubernetes Secret), used instead
+    /// of `tmcTokenEnv` when set: read again whenever it changes, so the next TMC step uses a
+    /// rotated token without a restart.
+    #[serde(default)]
+    pub tmc_token_file: Option<PathBuf>,
     /// EC2 endpoint override (e.g. moto on loopback); the AWS SDK also honours `AWS_ENDPOINT_URL`.
     #[serde(default)]
     pub aws_endpoint_url: Option<String>,
@@ -327,6 +332,14 @@ impl BotConfig {
         std::env::var(&self.webhook_secret_env)
             .ok()
             .filter(|t| !t.is_empty())
+    }
+
+    /// Where the TMC API token comes from when `tmcTokenFile` is set: that file, read again
+    /// when it changes. `None`: the `tmcTokenEnv` variable ([`BotConfig::tmc_token`]).
+    pub fn tmc_token_file_source(&self) -> Option<crate::secrets::RotatingSecret> {
+        self.tmc_token_file.as_ref().map(|p| {
+            crate::secrets::RotatingSecret::new(crate::secrets::SecretSource::File(p.clone()))
+        })
     }
 
     /// The TMC API token from the environment, if set.

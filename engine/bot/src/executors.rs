@@ -78,11 +78,23 @@ impl Executors {
         tmc_token: Option<String>,
         tmc_poll: Duration,
     ) -> Arc<dyn StepExecutor> {
+        let token = tmc_token.map(SecretToken::new);
+        self.table_with(aws_endpoint, Arc::new(move || token.clone()), tmc_poll)
+    }
+
+    /// As [`Executors::table`], with the TMC API token read from `tmc_token` at each TMC step
+    /// (a rotated token file is used by the next step: `tkgops_providers::tmc::TokenSource`).
+    pub fn table_with(
+        self: &Arc<Self>,
+        aws_endpoint: Option<String>,
+        tmc_token: tkgops_providers::tmc::TokenSource,
+        tmc_poll: Duration,
+    ) -> Arc<dyn StepExecutor> {
         let applier: Arc<dyn ManifestApplier> = Arc::new(KubeHandle(self.clone()));
         Arc::new(StepTable {
             kube: self.clone(),
             aws: AwsExecutor::new(aws_endpoint),
-            tmc: TmcExecutor::new(tmc_token.map(SecretToken::new), applier, tmc_poll),
+            tmc: TmcExecutor::with_token_source(tmc_token, applier, tmc_poll),
         })
     }
 }

@@ -200,11 +200,23 @@ pub async fn build_fenced_with_auth(
     );
     let engine = Engine::new(
         store.clone(),
-        executors.table(
-            cfg.aws_endpoint_url.clone(),
-            tmc_token,
-            cfg.tmc_poll_interval,
-        ),
+        match cfg.tmc_token_file_source() {
+            Some(file) => executors.table_with(
+                cfg.aws_endpoint_url.clone(),
+                Arc::new(move || {
+                    file.accepted()
+                        .into_iter()
+                        .next()
+                        .map(tkgops_providers::tmc::SecretToken::new)
+                }),
+                cfg.tmc_poll_interval,
+            ),
+            None => executors.table(
+                cfg.aws_endpoint_url.clone(),
+                tmc_token,
+                cfg.tmc_poll_interval,
+            ),
+        },
         Arc::new(publisher.clone()),
     );
     // A run that waited behind another run of its cluster is planned again when its turn comes.

@@ -673,6 +673,7 @@ impl Environment {
             tmc_poll_interval: timings.wait_poll,
             comment_min_interval: timings.comment,
             tmc_token_env: "TKGOPS_SANDBOX_TMC_TOKEN".into(),
+            tmc_token_file: None,
             aws_endpoint_url: Some(self.moto.endpoint_url()),
             catalog_dir: None,
             listen: None,

@@ -47,6 +47,14 @@ const DEFAULT_GROUP: &str = "default";
 /// docs/tanzu-apis.md §3.5 step 5). Change it with [`TmcExecutor::with_detach_timeout`].
 pub const DEFAULT_DETACH_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Where [`TmcExecutor`] gets the CSP API token at each use: the current value (`None`: not
+/// configured). A source that re-reads a rotated file makes the next client use the new token
+/// without a restart.
+pub type TokenSource = Arc<dyn Fn() -> Option<SecretToken> + Send + Sync>;
+
+/// A cached client and the API token it was built with.
+type BuiltClient = (SecretToken, Arc<TmcClient>);
+
 /// Executes `tmc.attach`: exchange the CSP API token, GET the cluster, POST it when absent (a
 /// 409 means a concurrent or earlier attempt created it: GET again and continue), fetch the
 /// installer manifest from `status.installerLink` (from `GET /v1alpha1/clusters:manifest/{name}`
@@ -80,18 +88,19 @@ pub const DEFAULT_DETACH_TIMEOUT: Duration = Duration::from_secs(300);
 /// [`DEFAULT_DETACH_TIMEOUT`] (or [`TmcExecutor::with_detach_timeout`]) `DELETE …?force=true`
 /// (docs/tanzu-apis.md §3.5 step 5).
 pub struct TmcExecutor {
-    api_token: Option<SecretToken>,
+    api_token: TokenSource,
     applier: Arc<dyn ManifestApplier>,
     pub(super) poll_interval: Duration,
     pub(super) detach_timeout: Duration,
-    /// One client (and cached access token) per (TMC endpoint, CSP endpoint).
-    clients: Mutex<HashMap<(String, String), Arc<TmcClient>>>,
+    /// One client (and cached access token) per (TMC endpoint, CSP endpoint), with the API
+    /// token it was built with: a different current token builds a new client.
+    clients: Mutex<HashMap<(String, String), BuiltClient>>,
 }
 
 impl std::fmt::Debug for TmcExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TmcExecutor")
-            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("api_token", &"<redacted>")
             .field("poll_interval", &self.poll_interval)
             .field("detach_timeout", &self.detach_timeout)
             .finish_non_exhaustive()
@@ -104,6 +113,16 @@ impl TmcExecutor {
     /// polling the cluster every `poll_interval` (TMC-TF polls every 10 s).
     pub fn new(
         api_token: Option<SecretToken>,
+        applier: Arc<dyn ManifestApplier>,
+        poll_interval: Duration,
+    ) -> Self {
+        Self::with_token_source(Arc::new(move || api_token.clone()), applier, poll_interval)
+    }
+
+    /// As [`TmcExecutor::new`], reading the API token from `api_token` at each use (a rotated
+    /// token is used by the next step, whose client exchanges it for a new access token).
+    pub fn with_token_source(
+        api_token: TokenSource,
         applier: Arc<dyn ManifestApplier>,
         poll_interval: Duration,
     ) -> Self {
@@ -133,9 +152,7 @@ impl TmcExecutor {
         endpoint: &str,
         csp_endpoint: &str,
     ) -> Result<Arc<TmcClient>, StepError> {
-        let token = self
-            .api_token
-            .as_ref()
+        let token = (self.api_token)()
             .filter(|t| !t.expose().trim().is_empty())
             .ok_or_else(|| {
                 StepError::Permanent(
@@ -144,15 +161,17 @@ impl TmcExecutor {
             })?;
         let key = (endpoint.to_string(), csp_endpoint.to_string());
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(&key) {
-            return Ok(c.clone());
+        if let Some((built_with, c)) = clients.get(&key) {
+            if built_with.expose() == token.expose() {
+                return Ok(c.clone());
+            }
         }
         let client = Arc::new(TmcClient::new(TmcSettings {
             endpoint: endpoint.to_string(),
             csp_endpoint: csp_endpoint.to_string(),
             api_token: token.clone(),
         })?);
-        clients.insert(key, client.clone());
+        clients.insert(key, (token, client.clone()));
         Ok(client)
     }
 

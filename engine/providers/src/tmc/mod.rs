@@ -16,7 +16,7 @@ mod client;
 mod detach;
 pub mod models;
 
-pub use attach::{TmcExecutor, DEFAULT_DETACH_TIMEOUT};
+pub use attach::{TmcExecutor, TokenSource, DEFAULT_DETACH_TIMEOUT};
 pub use client::{TmcClient, TmcSettings};
 pub use models::{
     Cluster, ClusterSpec, ClusterStatus, Condition, FullName, KubernetesProvider, Meta,
