@@ -21,6 +21,7 @@ mod proxy;
 mod queue;
 mod rbac;
 mod real_systems;
+mod rotation;
 mod schedules;
 mod tkg2;
 mod tmc;

@@ -493,7 +493,7 @@ async fn as_a_github_app_an_expired_installation_token_is_refreshed() {
     let cfg = env.bot_config(&timings);
     let auth = tkgops_github::GitHubAuth::App {
         app_id: tkgops_sandbox::GITHUB_APP_ID,
-        private_key_pem: tkgops_sandbox::GITHUB_APP_PRIVATE_KEY.into(),
+        private_key: tkgops_sandbox::GITHUB_APP_PRIVATE_KEY.into(),
         installation_id: None,
     };
     let bot = std::sync::Arc::new(

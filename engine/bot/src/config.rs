@@ -280,32 +280,53 @@ impl BotConfig {
     }
 
     /// How to authenticate to GitHub: the App (with its private key from `privateKeyFile` or
-    /// the `privateKeyEnv` variable) when `appId` is set, else the token of `tokenEnv`.
+    /// the `privateKeyEnv` variable) when `appId` is set, else the token of `tokenEnv`. A key
+    /// file is read again whenever it changes (a rotated Kubernetes Secret), so the next
+    /// request signs with the new key, without a restart.
     ///
     /// Errors: [`ConfigError::MissingEnv`] for an unset variable, [`ConfigError::Io`] for an
-    /// unreadable key file.
+    /// unreadable or empty key file.
     pub fn github_auth(&self) -> Result<tkgops_github::GitHubAuth, ConfigError> {
-        use tkgops_github::GitHubAuth;
+        use tkgops_github::{AppPrivateKey, GitHubAuth};
         let Some(app_id) = self.github.app_id else {
             return self.github_token().map(GitHubAuth::Token);
         };
-        let private_key_pem = match &self.github.private_key_file {
-            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-                path: path.display().to_string(),
-                source,
-            })?,
+        let private_key = match &self.github.private_key_file {
+            Some(path) => {
+                let file = std::sync::Arc::new(crate::secrets::RotatingSecret::new(
+                    crate::secrets::SecretSource::File(path.clone()),
+                ));
+                if file.accepted().is_empty() {
+                    // Read it once now, for the error the operator needs.
+                    let source = match std::fs::read_to_string(path) {
+                        Err(e) => e,
+                        Ok(_) => std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "the file is empty",
+                        ),
+                    };
+                    return Err(ConfigError::Io {
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
+                AppPrivateKey::Source(std::sync::Arc::new(move || {
+                    // The current key only: a replaced App key is not used again.
+                    file.accepted().into_iter().next()
+                }))
+            }
             None => {
                 let var = self
                     .github
                     .private_key_env
                     .clone()
                     .unwrap_or_else(|| "GITHUB_APP_PRIVATE_KEY".into());
-                std::env::var(&var).map_err(|_| ConfigError::MissingEnv(var))?
+                AppPrivateKey::Pem(std::env::var(&var).map_err(|_| ConfigError::MissingEnv(var))?)
             }
         };
         Ok(GitHubAuth::App {
             app_id,
-            private_key_pem,
+            private_key,
             installation_id: self.github.installation_id,
         })
     }

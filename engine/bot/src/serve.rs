@@ -260,9 +260,11 @@ fn github_client(
     tkgops_providers::install_crypto_provider();
     match &auth {
         GitHubAuth::Token(t) => crate::redact::register(t),
-        GitHubAuth::App {
-            private_key_pem, ..
-        } => crate::redact::register(private_key_pem),
+        GitHubAuth::App { private_key, .. } => {
+            if let Some(pem) = private_key.current() {
+                crate::redact::register(&pem);
+            }
+        }
     }
     if let Some(t) = tmc_token {
         crate::redact::register(t);

@@ -323,6 +323,43 @@ impl GitHubError {
     }
 }
 
+/// A GitHub App's private key (PEM).
+///
+/// A GitHub App may have several keys at once (up to 25), so a key is rotated without downtime
+/// by adding a new one, deploying it, and then deleting the old one (`docs/github.md`). A
+/// [`AppPrivateKey::Source`] is read again before each use, so the bot picks up a replaced key
+/// file without a restart.
+#[derive(Clone)]
+pub enum AppPrivateKey {
+    /// A key given once.
+    Pem(String),
+    /// A key read before each use; `None` when no key can be read, and requests that need the
+    /// App's JWT then fail (closed) with [`GitHubError::Config`].
+    Source(std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>),
+}
+
+impl AppPrivateKey {
+    /// The key to sign with now (PEM), or `None` when it cannot be read.
+    pub fn current(&self) -> Option<String> {
+        match self {
+            AppPrivateKey::Pem(pem) => Some(pem.clone()),
+            AppPrivateKey::Source(read) => read(),
+        }
+    }
+}
+
+impl From<String> for AppPrivateKey {
+    fn from(pem: String) -> Self {
+        AppPrivateKey::Pem(pem)
+    }
+}
+
+impl From<&str> for AppPrivateKey {
+    fn from(pem: &str) -> Self {
+        AppPrivateKey::Pem(pem.to_string())
+    }
+}
+
 /// How the bot authenticates to GitHub.
 #[derive(Clone)]
 pub enum GitHubAuth {
@@ -331,11 +368,13 @@ pub enum GitHubAuth {
     /// A GitHub App: its id and RSA private key (PEM). The client mints installation tokens
     /// for the repository's installation (looked up with `GET /repos/{o}/{r}/installation`
     /// unless `installation_id` is given) and refreshes them before they expire (octocrab).
+    /// When the key changes (a rotation), the next request signs with the new key and mints a
+    /// new installation token with it.
     App {
         /// The App id.
         app_id: u64,
-        /// The App's private key, PEM.
-        private_key_pem: String,
+        /// The App's private key.
+        private_key: AppPrivateKey,
         /// The installation on the config repository's owner, when known.
         installation_id: Option<u64>,
     },
@@ -547,14 +586,59 @@ enum Auth {
     },
     /// A GitHub App: `app` authenticates as the App (JWT), `installation` (built on first
     /// use) as its installation on the repository, minting and refreshing installation tokens.
-    App {
-        app: Box<Octocrab>,
-        installation_id: Option<u64>,
-        /// Dropped when GitHub refuses its token (revoked early), so the next request mints a
-        /// new one. Shared, never cloned: an `Octocrab` clone copies the token cache, and
-        /// tokens minted through a copy would not be reused.
-        installation: tokio::sync::Mutex<Option<std::sync::Arc<Octocrab>>>,
-    },
+    App(Box<AppAuth>),
+}
+
+/// The state of [`Auth::App`].
+struct AppAuth {
+    app_id: u64,
+    key: AppPrivateKey,
+    /// What a new App client is built from when the key changes.
+    base_uri: http::Uri,
+    http: reqwest::Client,
+    /// The App client and the key it signs with. Locked before `installation`.
+    app: tokio::sync::Mutex<AppClient>,
+    installation_id: Option<u64>,
+    /// Dropped when GitHub refuses its token (revoked early) or the key changes, so the
+    /// next request mints a new one. Shared, never cloned: an `Octocrab` clone copies the
+    /// token cache, and tokens minted through a copy would not be reused.
+    installation: tokio::sync::Mutex<Option<std::sync::Arc<Octocrab>>>,
+}
+
+/// An App client and the private key (PEM) it signs its JWTs with.
+struct AppClient {
+    pem: String,
+    octo: std::sync::Arc<Octocrab>,
+}
+
+/// An octocrab client authenticating as App `app_id` with the RSA key `pem`, at `base_uri`
+/// over `http`, without octocrab's retries.
+///
+/// Errors: [`GitHubError::Config`] for a key that is not an RSA private key in PEM form.
+fn app_octocrab(
+    base_uri: &http::Uri,
+    http: &reqwest::Client,
+    app_id: u64,
+    pem: &str,
+) -> Result<std::sync::Arc<Octocrab>, GitHubError> {
+    let key = octocrab::EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| {
+        GitHubError::Config(
+            "the GitHub App private key is not an RSA private key in PEM form".into(),
+        )
+    })?;
+    let octo = Octocrab::builder()
+        .base_uri(base_uri.clone())
+        .map_err(|e| GitHubError::Config(format!("invalid GitHub API URL: {e}")))?
+        .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
+        .app(octocrab::models::AppId(app_id), key)
+        .build_with_reqwest(http.clone())
+        .map_err(|e| GitHubError::Config(format!("cannot build the GitHub client: {e}")))?;
+    Ok(std::sync::Arc::new(octo))
+}
+
+/// The error of an App whose private key cannot be read (fail closed).
+fn no_app_key() -> GitHubError {
+    GitHubError::Config("the GitHub App private key cannot be read".into())
 }
 
 /// [`GitHub`] implemented with octocrab against GitHub, GitHub Enterprise or the emulator
@@ -704,7 +788,7 @@ impl OctocrabClient {
             )));
         }
         let builder = Octocrab::builder()
-            .base_uri(uri)
+            .base_uri(uri.clone())
             .map_err(|_| GitHubError::Config(format!("invalid GitHub API URL {api_url:?}")))?
             .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None);
         let build_err = |e: octocrab::Error| {
@@ -743,27 +827,21 @@ impl OctocrabClient {
             }
             GitHubAuth::App {
                 app_id,
-                private_key_pem,
+                private_key,
                 installation_id,
             } => {
-                let key = octocrab::EncodingKey::from_rsa_pem(private_key_pem.as_bytes()).map_err(
-                    |_| {
-                        GitHubError::Config(
-                            "the GitHub App private key is not an RSA private key in PEM form"
-                                .into(),
-                        )
-                    },
-                )?;
-                Auth::App {
-                    app: Box::new(
-                        builder
-                            .app(octocrab::models::AppId(app_id), key)
-                            .build_with_reqwest(http)
-                            .map_err(build_err)?,
-                    ),
+                let pem = private_key.current().ok_or_else(no_app_key)?;
+                let base_uri = uri.clone();
+                let octo = app_octocrab(&base_uri, &http, app_id, &pem)?;
+                Auth::App(Box::new(AppAuth {
+                    app_id,
+                    key: private_key,
+                    base_uri,
+                    http,
+                    app: tokio::sync::Mutex::new(AppClient { pem, octo }),
                     installation_id,
                     installation: tokio::sync::Mutex::new(None),
-                }
+                }))
             }
         };
         Ok(OctocrabClient {
@@ -781,16 +859,52 @@ impl OctocrabClient {
         format!("/repos/{}/{}{}", enc(&self.owner), enc(&self.repo), rest)
     }
 
+    /// The App client, built again with the current key when the key changed since the last
+    /// call (a rotation; the cached installation client is then dropped, so the next request
+    /// mints an installation token with the new key). `None` for a token client.
+    ///
+    /// Errors: [`GitHubError::Config`] when the key cannot be read or is not an RSA PEM key
+    /// (fail closed: the replaced key is not used any more).
+    async fn app_client(&self) -> Result<Option<std::sync::Arc<Octocrab>>, GitHubError> {
+        let Auth::App(auth) = &self.auth else {
+            return Ok(None);
+        };
+        let AppAuth {
+            app_id,
+            key,
+            base_uri,
+            http,
+            app,
+            installation,
+            ..
+        } = auth.as_ref();
+        let pem = key.current().ok_or_else(no_app_key)?;
+        let mut app = app.lock().await;
+        if app.pem != pem {
+            let octo = app_octocrab(base_uri, http, *app_id, &pem)?;
+            *app = AppClient { pem, octo };
+            installation.lock().await.take();
+            tracing::info!(
+                "the GitHub App private key changed: installation tokens are minted with the new key"
+            );
+        }
+        Ok(Some(app.octo.clone()))
+    }
+
     /// The octocrab client requests go through: the token client, or the App installation's
-    /// (looked up with the App's JWT on first use, and again after [`Self::forget_installation`]).
+    /// (looked up with the App's JWT on first use, and again after [`Self::forget_installation`]
+    /// or a key rotation).
     async fn octo(&self) -> Result<std::sync::Arc<Octocrab>, GitHubError> {
-        match &self.auth {
-            Auth::Token { octo, .. } => Ok(octo.clone()),
-            Auth::App {
-                app,
-                installation_id,
-                installation,
-            } => {
+        let app = self.app_client().await?;
+        match (&self.auth, app) {
+            (Auth::Token { octo, .. }, _) => Ok(octo.clone()),
+            (Auth::App(auth), app) => {
+                let AppAuth {
+                    installation_id,
+                    installation,
+                    ..
+                } = auth.as_ref();
+                let app = app.ok_or_else(no_app_key)?;
                 let mut cached = installation.lock().await;
                 if let Some(octo) = cached.as_ref() {
                     return Ok(octo.clone());
@@ -836,7 +950,7 @@ impl OctocrabClient {
     /// Drops the cached installation client (and its token); returns whether there was one.
     async fn forget_installation(&self) -> bool {
         match &self.auth {
-            Auth::App { installation, .. } => installation.lock().await.take().is_some(),
+            Auth::App(auth) => auth.installation.lock().await.take().is_some(),
             Auth::Token { .. } => false,
         }
     }
@@ -1059,7 +1173,7 @@ impl OctocrabClient {
     /// `login` (`None` when the token cannot read it); for a GitHub App `<slug>[bot]`, the
     /// slug read with the App's JWT (`GET /app`).
     async fn bot_login(&self) -> Result<Option<String>, GitHubError> {
-        if let Auth::App { app, .. } = &self.auth {
+        if let Some(app) = self.app_client().await? {
             return self
                 .bot_login
                 .get_or_try_init(|| async {
@@ -1297,7 +1411,7 @@ impl GitHub for OctocrabClient {
     async fn git_token(&self) -> Result<Option<String>, GitHubError> {
         match &self.auth {
             Auth::Token { token, .. } => Ok(Some(token.clone())),
-            Auth::App { .. } => {
+            Auth::App(_) => {
                 use octocrab::secrecy::ExposeSecret;
                 let octo = self.octo().await?;
                 let octo = &octo;

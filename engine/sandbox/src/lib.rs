@@ -477,7 +477,7 @@ impl Environment {
         let auth = if as_app {
             tkgops_github::GitHubAuth::App {
                 app_id: GITHUB_APP_ID,
-                private_key_pem: GITHUB_APP_PRIVATE_KEY.into(),
+                private_key: GITHUB_APP_PRIVATE_KEY.into(),
                 installation_id: None,
             }
         } else {

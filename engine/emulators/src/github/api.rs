@@ -301,10 +301,9 @@ fn authenticate(sh: &Shared, req: &Request) -> Result<Principal, ApiError> {
         }
     }
     match &sh.app {
-        Some(app) if app::looks_like_jwt(tok) => app
-            .verify(tok)
-            .map(|()| Principal::App)
-            .map_err(unauthorized),
+        Some(app) if app::looks_like_jwt(tok) => {
+            app.verify(tok).map(Principal::App).map_err(unauthorized)
+        }
         _ => Err(bad()),
     }
 }
@@ -315,14 +314,14 @@ fn authenticate(sh: &Shared, req: &Request) -> Result<Principal, ApiError> {
 async fn auth(State(sh): Sh, mut req: Request, next: Next) -> Response {
     let app_path = is_app_path(req.uri().path());
     let principal = authenticate(&sh, &req).and_then(|p| match (&p, app_path) {
-        (Principal::App, true) => Ok(p),
+        (Principal::App(_), true) => Ok(p),
         // GitHub's answer when anything but the App's JWT calls an App endpoint.
         (_, true) => Err(unauthorized(app::JWT_UNDECODABLE)),
-        (Principal::App, false) => Err(not_accessible_by_integration()),
+        (Principal::App(_), false) => Err(not_accessible_by_integration()),
         (_, false) => Ok(p),
     });
     let ok = principal.is_ok();
-    if let Ok(Principal::Bot | Principal::Installation | Principal::App) = &principal {
+    if let Ok(Principal::Bot | Principal::Installation | Principal::App(_)) = &principal {
         let route = match req.extensions().get::<axum::extract::MatchedPath>() {
             Some(m) => route_template(m.as_str(), req.uri().path()),
             None => format!("<unmatched> {}", req.uri().path()),
@@ -501,7 +500,12 @@ async fn repo_installation(State(sh): Sh, Path((o, r)): Path<(String, String)>) 
 
 /// `POST /app/installations/{id}/access_tokens`: a new installation token valid for the App's
 /// token TTL. `repositories` (names) may only name the emulated repository.
-async fn create_access_token(State(sh): Sh, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn create_access_token(
+    State(sh): Sh,
+    Extension(caller): Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let app = sh.app.as_ref().ok_or_else(not_found)?;
     if parse_num(&id)? != app.opts.installation_id {
         return Err(not_found());
@@ -523,9 +527,14 @@ async fn create_access_token(State(sh): Sh, Path(id): Path<String>, body: Bytes)
     let expires_at = chrono::DateTime::from_timestamp((Utc::now() + ttl).timestamp(), 0)
         .unwrap_or_else(Utc::now);
     let token = app::new_installation_token();
+    let key = match caller {
+        Principal::App(key) => key,
+        _ => return Err(unauthorized(app::JWT_UNDECODABLE)),
+    };
     sh.lock().installation_tokens.push(InstallationToken {
         token: token.clone(),
         expires_at,
+        key,
     });
     Ok(ok_json(
         StatusCode::CREATED,

@@ -62,11 +62,22 @@ impl std::fmt::Debug for GitHubAppOptions {
     }
 }
 
-/// The App with its parsed key.
+/// The App with its parsed public keys: `(key id, key)`, the key of [`GitHubAppOptions`] first
+/// (id 1). A GitHub App may have up to 25 keys at once, so that a key can be rotated without
+/// downtime (`docs/github.md`).
 pub(super) struct App {
     pub opts: GitHubAppOptions,
-    key: DecodingKey,
+    keys: std::sync::Mutex<Keys>,
 }
+
+/// The App's keys and the id the next one gets.
+struct Keys {
+    keys: Vec<(u64, DecodingKey)>,
+    next_id: u64,
+}
+
+/// The most keys a GitHub App may have at once.
+pub(super) const MAX_APP_KEYS: usize = 25;
 
 /// GitHub's answers to a JWT it does not accept (all `401`).
 pub(super) const JWT_UNDECODABLE: &str = "A JSON web token could not be decoded";
@@ -79,9 +90,45 @@ const JWT_ISS: &str = "'Issuer' claim ('iss') must be an Integer";
 impl App {
     /// Parses the public key. Errors: [`GitHubEmulatorError::AppKey`].
     pub fn new(opts: GitHubAppOptions) -> Result<App, GitHubEmulatorError> {
-        let key = DecodingKey::from_rsa_pem(opts.public_key_pem.as_bytes())
-            .map_err(|e| GitHubEmulatorError::AppKey(e.to_string()))?;
-        Ok(App { opts, key })
+        let key = parse_key(&opts.public_key_pem)?;
+        Ok(App {
+            opts,
+            keys: std::sync::Mutex::new(Keys {
+                keys: vec![(1, key)],
+                next_id: 2,
+            }),
+        })
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, Keys> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the public key `public_key_pem` (PEM); returns its id.
+    ///
+    /// Errors: [`GitHubEmulatorError::AppKey`] for a key that does not parse, or when the App
+    /// has [`MAX_APP_KEYS`] keys already.
+    pub fn add_key(&self, public_key_pem: &str) -> Result<u64, GitHubEmulatorError> {
+        let key = parse_key(public_key_pem)?;
+        let mut keys = self.keys();
+        if keys.keys.len() >= MAX_APP_KEYS {
+            return Err(GitHubEmulatorError::AppKey(format!(
+                "a GitHub App has at most {MAX_APP_KEYS} private keys"
+            )));
+        }
+        let id = keys.next_id;
+        keys.next_id += 1;
+        keys.keys.push((id, key));
+        Ok(id)
+    }
+
+    /// Deletes key `id`; returns whether it existed. JWTs signed with it are refused from now
+    /// on.
+    pub fn delete_key(&self, id: u64) -> bool {
+        let mut keys = self.keys();
+        let before = keys.keys.len();
+        keys.keys.retain(|(k, _)| *k != id);
+        keys.keys.len() != before
     }
 
     /// The login the App's installation acts as: `<slug>[bot]`.
@@ -91,21 +138,26 @@ impl App {
 
     /// Checks a JWT as GitHub does: RS256 signed with the App's key, `exp` in the future but
     /// at most 10 minutes ahead, `iat` not in the future (60 s drift), `iss` the App id.
-    /// Returns GitHub's message for a refused token.
-    pub fn verify(&self, jwt: &str) -> Result<(), &'static str> {
+    /// Returns the id of the key that signed it, or GitHub's message for a refused token.
+    pub fn verify(&self, jwt: &str) -> Result<u64, &'static str> {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_required_spec_claims(&["exp"]);
         validation.leeway = 0;
         validation.validate_aud = false;
-        let claims = match jsonwebtoken::decode::<Value>(jwt, &self.key, &validation) {
-            Ok(data) => data.claims,
-            Err(e) => {
-                return Err(match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => JWT_EXPIRED,
-                    _ => JWT_UNDECODABLE,
-                })
+        let mut outcome = Err(JWT_UNDECODABLE);
+        for (id, key) in self.keys().keys.iter() {
+            match jsonwebtoken::decode::<Value>(jwt, key, &validation) {
+                Ok(data) => {
+                    outcome = Ok((*id, data.claims));
+                    break;
+                }
+                Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    outcome = Err(JWT_EXPIRED);
+                }
+                Err(_) => {}
             }
-        };
+        }
+        let (key_id, claims) = outcome?;
         let now = chrono::Utc::now().timestamp();
         let exp = claims
             .get("exp")
@@ -130,8 +182,14 @@ impl App {
         if iss != self.opts.app_id {
             return Err(JWT_UNDECODABLE);
         }
-        Ok(())
+        Ok(key_id)
     }
+}
+
+/// Parses an RSA public key (PEM). Errors: [`GitHubEmulatorError::AppKey`].
+fn parse_key(public_key_pem: &str) -> Result<DecodingKey, GitHubEmulatorError> {
+    DecodingKey::from_rsa_pem(public_key_pem.as_bytes())
+        .map_err(|e| GitHubEmulatorError::AppKey(e.to_string()))
 }
 
 /// Whether a bearer credential has the shape of a JWT (three base64url parts, a JSON header).

@@ -139,8 +139,9 @@ pub(super) enum Hook {
     Redeliver(Box<WebhookDelivery>),
 }
 
-/// `sha256=<hex HMAC-SHA256(secret, body)>`, GitHub's `X-Hub-Signature-256`.
-pub(super) fn sign(secret: &[u8], body: &[u8]) -> String {
+/// `sha256=<hex HMAC-SHA256(secret, body)>`, GitHub's `X-Hub-Signature-256` of `body` under
+/// the webhook secret `secret`.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))

@@ -54,7 +54,7 @@ use chrono::{DateTime, Utc};
 use crate::faults::Faults;
 
 pub use app::{GitHubAppOptions, DEFAULT_INSTALLATION_ID, DEFAULT_INSTALLATION_TOKEN_TTL};
-pub use hooks::{WebhookDelivery, WebhookTarget};
+pub use hooks::{sign as webhook_signature, WebhookDelivery, WebhookTarget};
 
 /// GitHub's limit on the commits `GET /repos/{o}/{r}/pulls/{n}/commits` lists: "This endpoint
 /// lists a maximum of 250 commits for a pull request" (REST docs, "List commits on a pull
@@ -447,6 +447,8 @@ struct Status {
 struct InstallationToken {
     token: String,
     expires_at: DateTime<Utc>,
+    /// The id of the App key whose JWT minted it.
+    key: u64,
 }
 
 #[derive(Debug)]
@@ -491,8 +493,9 @@ enum Principal {
     User(String),
     /// An installation token of the App: `<slug>[bot]`.
     Installation,
-    /// A verified App JWT (only the `/app` endpoints and the repository's installation).
-    App,
+    /// A verified App JWT (only the `/app` endpoints and the repository's installation),
+    /// signed with the App key of this id.
+    App(u64),
 }
 
 struct Shared {
@@ -605,7 +608,7 @@ impl Shared {
         match p {
             Principal::Bot => st.bot_login.clone(),
             Principal::User(login) => login.clone(),
-            Principal::Installation | Principal::App => self
+            Principal::Installation | Principal::App(_) => self
                 .app
                 .as_ref()
                 .map(app::App::bot_login)
@@ -1513,6 +1516,52 @@ impl GitHubEmulator {
     /// How many installation tokens were created (`POST /app/installations/{id}/access_tokens`).
     pub fn installation_tokens_issued(&self) -> usize {
         self.shared.read().installation_tokens.len()
+    }
+
+    /// How many installation tokens were created with a JWT signed by App key `key_id` (1 is
+    /// the key of [`GitHubAppOptions::public_key_pem`]; [`GitHubEmulator::add_app_key`] returns
+    /// the others' ids).
+    pub fn installation_tokens_issued_with_key(&self, key_id: u64) -> usize {
+        self.shared
+            .read()
+            .installation_tokens
+            .iter()
+            .filter(|t| t.key == key_id)
+            .count()
+    }
+
+    /// Adds a public key (PEM) to the App, as generating a new private key in the App's
+    /// settings does; returns its id. Both keys are accepted until one is deleted.
+    ///
+    /// Errors: [`GitHubEmulatorError::AppKey`] when there is no App, the key does not parse,
+    /// or the App has 25 keys already.
+    pub fn add_app_key(&self, public_key_pem: &str) -> Result<u64, GitHubEmulatorError> {
+        let app =
+            self.shared.app.as_ref().ok_or_else(|| {
+                GitHubEmulatorError::AppKey("the emulator has no GitHub App".into())
+            })?;
+        app.add_key(public_key_pem)
+    }
+
+    /// Deletes App key `key_id`: JWTs it signs are refused from then on, and the installation
+    /// tokens it minted are revoked (`401 Bad credentials`). GitHub's documentation does not say
+    /// whether deleting a key revokes the tokens minted with it; the emulator takes the
+    /// stricter reading, so a client that keeps a token of a deleted key fails here first.
+    /// Returns whether the key existed.
+    pub fn delete_app_key(&self, key_id: u64) -> bool {
+        let Some(app) = self.shared.app.as_ref() else {
+            return false;
+        };
+        let existed = app.delete_key(key_id);
+        if existed {
+            let past = Utc::now() - chrono::Duration::seconds(1);
+            for t in self.shared.lock().installation_tokens.iter_mut() {
+                if t.key == key_id {
+                    t.expires_at = t.expires_at.min(past);
+                }
+            }
+        }
+        existed
     }
 
     /// Opens a pull request from `head_branch` into the default branch, as user `author`.

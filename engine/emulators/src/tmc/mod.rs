@@ -98,7 +98,9 @@ use super::faults::Faults;
 /// Settings of one [`TmcEmulator`].
 #[derive(Clone)]
 pub struct TmcEmulatorOptions {
-    /// The only valid CSP API (refresh) token; exchanged for access tokens.
+    /// The CSP API (refresh) token valid at the start; exchanged for access tokens. More are
+    /// added with [`TmcEmulator::add_api_token`] and revoked with
+    /// [`TmcEmulator::revoke_api_token`].
     pub api_token: String,
     /// The org id written into every `fullName.orgId` and into the CSP `id_token`.
     pub org_id: String,
@@ -174,6 +176,12 @@ struct Record {
 struct Db {
     /// access token → expiry.
     tokens: BTreeMap<String, Instant>,
+    /// access token → the API token it was exchanged for.
+    issued_for: BTreeMap<String, String>,
+    /// API tokens revoked with [`TmcEmulator::revoke_api_token`].
+    revoked: BTreeSet<String>,
+    /// API tokens added with [`TmcEmulator::add_api_token`].
+    added: BTreeSet<String>,
     clusters: BTreeMap<ClusterKey, Record>,
 }
 
@@ -408,6 +416,41 @@ impl TmcEmulator {
         let now = Instant::now();
         let live = db.tokens.values().filter(|exp| **exp > now).count();
         db.tokens.clear();
+        db.issued_for.clear();
+        live
+    }
+
+    /// Adds a valid CSP API token, as generating a second API token in the CSP console does
+    /// (both are valid until one is revoked).
+    pub fn add_api_token(&self, token: &str) {
+        let mut db = self.state.db();
+        db.revoked.remove(token);
+        db.added.insert(token.to_string());
+    }
+
+    /// Revokes CSP API token `token`: it is refused from then on (`invalid_grant`), and the
+    /// access tokens exchanged for it stop working at once (401). Whether CSP ends those
+    /// access tokens before their `expires_in` is not documented; the emulator takes the
+    /// stricter reading, so a client that keeps using one fails here first. Returns how many
+    /// unexpired access tokens it ended.
+    pub fn revoke_api_token(&self, token: &str) -> usize {
+        let mut db = self.state.db();
+        db.added.remove(token);
+        db.revoked.insert(token.to_string());
+        let now = Instant::now();
+        let ended: Vec<String> = db
+            .issued_for
+            .iter()
+            .filter(|(_, api)| api.as_str() == token)
+            .map(|(access, _)| access.clone())
+            .collect();
+        let mut live = 0;
+        for access in ended {
+            db.issued_for.remove(&access);
+            if db.tokens.remove(&access).is_some_and(|exp| exp > now) {
+                live += 1;
+            }
+        }
         live
     }
 
@@ -625,7 +668,13 @@ async fn authorize(
             "invalid_request: refresh_token is required",
         );
     };
-    if presented.is_empty() || *presented != state.opts.api_token {
+    let valid = {
+        let db = state.db();
+        !presented.is_empty()
+            && !db.revoked.contains(presented)
+            && (*presented == state.opts.api_token || db.added.contains(presented))
+    };
+    if !valid {
         return csp_error(
             StatusCode::BAD_REQUEST,
             "invalid_grant: Invalid refresh token",
@@ -633,10 +682,11 @@ async fn authorize(
     }
     let ttl = state.opts.access_token_ttl;
     let access = format!("csp-at-{}{}", random_hex(), random_hex());
-    state
-        .db()
-        .tokens
-        .insert(access.clone(), Instant::now() + ttl);
+    {
+        let mut db = state.db();
+        db.tokens.insert(access.clone(), Instant::now() + ttl);
+        db.issued_for.insert(access.clone(), presented.clone());
+    }
     let exp = chrono::Utc::now().timestamp() + ttl.as_secs() as i64;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let id_token = format!(
