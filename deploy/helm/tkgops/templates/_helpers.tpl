@@ -49,10 +49,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* Where the pod sees things: the journal volume, the config file, the App key. */}}
+{{/*
+Where the pod sees things: the journal volume, the config file, and each Secret mounted as
+files (the App key, the webhook secret, the TMC token), each in its own directory. The Secrets
+are mounted whole-directory, never with subPath: the kubelet updates a Secret volume when the
+Secret changes (not a subPath mount), and the bot reads these files again when they change.
+*/}}
 {{- define "tkgops.stateDir" -}}/var/lib/tkgops{{- end }}
 {{- define "tkgops.configDir" -}}/etc/tkgops/config{{- end }}
 {{- define "tkgops.appKeyDir" -}}/etc/tkgops/github-app{{- end }}
+{{- define "tkgops.webhookSecretDir" -}}/etc/tkgops/webhook{{- end }}
+{{- define "tkgops.tmcTokenDir" -}}/etc/tkgops/tmc{{- end }}
 {{- define "tkgops.kubeconfigDir" -}}/etc/tkgops/kubeconfigs{{- end }}
 
 {{/*
@@ -81,8 +88,21 @@ keys, so only the keys it knows are written, and optional ones only when set.
 {{- $_ := set $cfg "kubePollInterval" $c.kubePollInterval }}
 {{- $_ := set $cfg "tmcPollInterval" $c.tmcPollInterval }}
 {{- $_ := set $cfg "commentMinInterval" $c.commentMinInterval }}
-{{- $_ := set $cfg "webhookSecretEnv" "GITHUB_WEBHOOK_SECRET" }}
-{{- $_ := set $cfg "tmcTokenEnv" "VMW_CLOUD_API_TOKEN" }}
+{{- /* The webhook secret and the TMC token are files of their Secrets' volumes, read again when
+they change. webhookSecretEnv and tmcTokenEnv are left out (a file key wins over them anyway):
+without its Secret, the bot looks for the binary's default variable (GITHUB_WEBHOOK_SECRET,
+VMW_CLOUD_API_TOKEN), which only extraEnv could set; unset, every delivery is refused or
+TMC steps fail. */}}
+{{- with .Values.secrets.webhookSecret }}
+{{- if .name }}
+{{- $_ := set $cfg "webhookSecretFile" (printf "%s/%s" (include "tkgops.webhookSecretDir" $) .key) }}
+{{- end }}
+{{- end }}
+{{- with .Values.secrets.tmcToken }}
+{{- if .name }}
+{{- $_ := set $cfg "tmcTokenFile" (printf "%s/%s" (include "tkgops.tmcTokenDir" $) .key) }}
+{{- end }}
+{{- end }}
 {{- if $c.awsEndpointUrl }}
 {{- $_ := set $cfg "awsEndpointUrl" $c.awsEndpointUrl }}
 {{- end }}
