@@ -18,7 +18,7 @@ const NEW: &str = "v1.25.7+vmware.2-tkg.1";
 use crate::e2e::start_env;
 
 /// A file of `main` of the config repository.
-pub(crate) fn main_file(env: &tkgops_sandbox::Environment, path: &str) -> String {
+fn main_file(env: &tkgops_sandbox::Environment, path: &str) -> String {
     branch_file(env, "main", path)
 }
 
