@@ -129,7 +129,7 @@ async fn an_upgrade_runs_phase_by_phase_and_resumes_after_a_kill() {
 
 /// Opens a pull request with `files` on `branch`, waits for its plan, approves and merges it,
 /// and waits for the merge's `tkgops/apply` status, which must be `success`.
-async fn change_through_a_pull_request(
+pub(crate) async fn change_through_a_pull_request(
     env: &tkgops_sandbox::Environment,
     branch: &str,
     files: &[(String, String)],

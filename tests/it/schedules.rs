@@ -317,7 +317,7 @@ fn canary_and_rest(env: &tkgops_sandbox::Environment) -> Vec<(String, String)> {
 /// `approval.destructiveApprovals` (alice and bob), so that it becomes the trusted policy (a
 /// direct push to the default branch never does). `bot` is polled by hand when given; else a
 /// running bot is waited for.
-async fn add_schedule(
+pub(crate) async fn add_schedule(
     env: &tkgops_sandbox::Environment,
     schedules: &str,
     bot: Option<&tkgops::Bot>,
@@ -357,7 +357,7 @@ async fn add_schedule(
     assert_eq!(apply, "success", "{}", env.conversation(pr));
 }
 
-const APPLY_SCHEDULE: &str = r#"schedules:
+pub(crate) const APPLY_SCHEDULE: &str = r#"schedules:
   - name: weekly-apply
     cron: "0 2 * * SAT"
     timezone: Europe/Berlin

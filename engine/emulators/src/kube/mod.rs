@@ -9,7 +9,9 @@
 //! ([`EmulatedCluster::service_account_token`]), whose requests are authorized by RBAC over the
 //! Roles, ClusterRoles and bindings the cluster stores, with the API server's 403 when denied
 //! (module `rbac`; every cluster starts with the default `cluster-admin`, `system:discovery`
-//! and `system:public-info-viewer` ClusterRoles and their bindings). Each cluster's router
+//! and `system:public-info-viewer` ClusterRoles and their bindings). What ServiceAccounts were
+//! allowed, and by which stored rule, is kept for tests that check RBAC is least-privilege
+//! ([`EmulatedCluster::authorized_requests`]). Each cluster's router
 //! is wrapped with the shared fault layer ([`crate::faults`]), so tests can inject 5xx, 409, 429,
 //! delays and drops.
 //!
@@ -184,7 +186,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::faults::Faults;
-pub use rbac::Authorization;
+pub use rbac::{AllowingRule, Authorization, AuthorizedRequest};
 use store::{ApiError, State, WriteCtx};
 
 /// Field manager name used by the direct (no HTTP) write methods of [`EmulatedCluster`].
@@ -389,6 +391,7 @@ impl KubeEmulator {
             list_snapshots: Mutex::new(server::ListSnapshots::default()),
             service_accounts: Mutex::default(),
             authorizations: Mutex::default(),
+            authorized_requests: Mutex::default(),
         });
         let cluster = EmulatedCluster { inner };
         for rt in builtin_types() {
@@ -452,6 +455,8 @@ struct ClusterInner {
     service_accounts: Mutex<std::collections::HashMap<String, (String, String)>>,
     /// The distinct RBAC decisions on ServiceAccounts' requests.
     authorizations: Mutex<rbac::AuthorizationLog>,
+    /// The distinct requests of ServiceAccounts that RBAC allowed, with the rule that did.
+    authorized_requests: Mutex<rbac::AuthorizedRequestLog>,
 }
 
 /// One emulated cluster (API server + store). `Clone` shares state.
@@ -556,6 +561,22 @@ impl EmulatedCluster {
             .collect()
     }
 
+    /// The distinct requests of ServiceAccounts that RBAC allowed so far, sorted (by user, then
+    /// verb, API group, resource, …): each with its verb, API group, resource, subresource,
+    /// namespace and object name, and the stored rule that allowed it
+    /// ([`AuthorizedRequest::allowed_by`]: binding, role, rule index, matching verb). Filter by
+    /// [`AuthorizedRequest::user`] for one ServiceAccount's usage. Denied requests are not in it
+    /// (see [`Self::authorizations`]); nor are the admin's (allowed before RBAC is asked).
+    pub fn authorized_requests(&self) -> Vec<AuthorizedRequest> {
+        self.inner
+            .authorized_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// The user a bearer token authenticates as, `None` (401) for an unknown token or a
     /// ServiceAccount that no longer exists.
     fn authenticate(&self, token: &str) -> Option<rbac::UserInfo> {
@@ -573,7 +594,8 @@ impl EmulatedCluster {
         Some(rbac::UserInfo::service_account(&ns, &name))
     }
 
-    /// Authorizes `a` for `user` and records the decision of a ServiceAccount's request; `Err`
+    /// Authorizes `a` for `user` and records the decision of a ServiceAccount's request (and,
+    /// when allowed, the request with the rule that allowed it); `Err`
     /// carries the authorizer's reason (see `rbac::authorize`).
     fn authorize(&self, user: &rbac::UserInfo, a: &rbac::Attributes) -> Result<(), String> {
         let decision = rbac::authorize(self, user, a);
@@ -583,8 +605,15 @@ impl EmulatedCluster {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(Authorization::of(user, a, decision.is_ok()));
+            if let Ok(Some(rule)) = &decision {
+                self.inner
+                    .authorized_requests
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(rbac::AuthorizedRequest::of(user, a, rule.clone()));
+            }
         }
-        decision
+        decision.map(|_| ())
     }
 
     fn kubeconfig_for(&self, user: &str, token: &str) -> String {

@@ -161,8 +161,12 @@ pub(crate) fn attributes(
     a
 }
 
-fn verb_matches(rule: &PolicyRule, verb: &str) -> bool {
-    rule.verbs.iter().any(|v| v == "*" || v == verb)
+/// The entry of the rule's `verbs` that matches `verb` (`verb` itself or `*`), if any.
+fn matching_verb<'r>(rule: &'r PolicyRule, verb: &str) -> Option<&'r str> {
+    rule.verbs
+        .iter()
+        .find(|v| *v == "*" || *v == verb)
+        .map(String::as_str)
 }
 
 fn group_matches(rule: &PolicyRule, group: &str) -> bool {
@@ -200,21 +204,30 @@ fn url_matches(rule: &PolicyRule, path: &str) -> bool {
     })
 }
 
-/// `RuleAllows`.
-fn rule_allows(a: &Attributes, rule: &PolicyRule) -> bool {
-    if a.resource_request {
+/// `RuleAllows`: `Some` with the rule's entry of `verbs` that matched when `rule` allows `a`.
+fn rule_allows<'r>(a: &Attributes, rule: &'r PolicyRule) -> Option<&'r str> {
+    let verb = matching_verb(rule, &a.verb)?;
+    let allows = if a.resource_request {
         let combined = if a.subresource.is_empty() {
             a.resource.clone()
         } else {
             format!("{}/{}", a.resource, a.subresource)
         };
-        verb_matches(rule, &a.verb)
-            && group_matches(rule, &a.api_group)
+        group_matches(rule, &a.api_group)
             && resource_matches(rule, &combined, &a.subresource)
             && name_matches(rule, &a.name)
     } else {
-        verb_matches(rule, &a.verb) && url_matches(rule, &a.path)
-    }
+        url_matches(rule, &a.path)
+    };
+    allows.then_some(verb)
+}
+
+/// The first rule of `rules` that allows `a`: its index and its entry of `verbs` that matched.
+fn first_allowing(a: &Attributes, rules: &[PolicyRule]) -> Option<(usize, String)> {
+    rules
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| rule_allows(a, r).map(|v| (i, v.to_string())))
 }
 
 /// Whether `subject` (of a binding in `binding_ns`, empty for ClusterRoleBindings) is `user`.
@@ -265,15 +278,18 @@ fn role_rules(
     rules.map_err(|e| format!("{what}.rbac.authorization.k8s.io {name:?} is malformed: {e}"))
 }
 
-/// The decision on `a` for `user`: `Ok(())` when allowed, else the reason to append to the
-/// forbidden message (empty unless a binding referred to a role that is missing).
+/// The decision on `a` for `user`: `Ok` when allowed, with the stored rule that allowed it
+/// (`None` for a member of `system:masters`, allowed before RBAC is asked); else the reason to
+/// append to the forbidden message (empty unless a binding referred to a role that is missing).
+/// Bindings are visited as the API server's RBAC authorizer visits them: ClusterRoleBindings,
+/// then the RoleBindings of the request's namespace; the first rule that allows decides.
 pub(crate) fn authorize(
     c: &EmulatedCluster,
     user: &UserInfo,
     a: &Attributes,
-) -> Result<(), String> {
+) -> Result<Option<AllowingRule>, String> {
     if user.privileged() {
-        return Ok(());
+        return Ok(None);
     }
     let mut errors: Vec<String> = Vec::new();
     for v in c.list_shared(&rbac_gvr("clusterrolebindings"), None) {
@@ -287,8 +303,20 @@ pub(crate) fn authorize(
             continue;
         }
         match role_rules(c, "ClusterRole", &b.role_ref.name, "") {
-            Ok(rules) if rules.iter().any(|r| rule_allows(a, r)) => return Ok(()),
-            Ok(_) => {}
+            Ok(rules) => {
+                if let Some((rule_index, verb)) = first_allowing(a, &rules) {
+                    return Ok(Some(AllowingRule {
+                        binding_kind: "ClusterRoleBinding".into(),
+                        binding_name: b.metadata.name.clone().unwrap_or_default(),
+                        binding_namespace: String::new(),
+                        role_kind: "ClusterRole".into(),
+                        role_name: b.role_ref.name.clone(),
+                        role_namespace: String::new(),
+                        rule_index,
+                        verb,
+                    }));
+                }
+            }
             Err(e) => errors.push(e),
         }
     }
@@ -306,8 +334,25 @@ pub(crate) fn authorize(
                 continue;
             }
             match role_rules(c, &b.role_ref.kind, &b.role_ref.name, &a.namespace) {
-                Ok(rules) if rules.iter().any(|r| rule_allows(a, r)) => return Ok(()),
-                Ok(_) => {}
+                Ok(rules) => {
+                    if let Some((rule_index, verb)) = first_allowing(a, &rules) {
+                        let role_namespace = if b.role_ref.kind == "Role" {
+                            a.namespace.clone()
+                        } else {
+                            String::new()
+                        };
+                        return Ok(Some(AllowingRule {
+                            binding_kind: "RoleBinding".into(),
+                            binding_name: b.metadata.name.clone().unwrap_or_default(),
+                            binding_namespace: a.namespace.clone(),
+                            role_kind: b.role_ref.kind.clone(),
+                            role_name: b.role_ref.name.clone(),
+                            role_namespace,
+                            rule_index,
+                            verb,
+                        }));
+                    }
+                }
                 Err(e) => errors.push(e),
             }
         }
@@ -425,6 +470,88 @@ impl Authorization {
 
 /// The distinct decisions recorded so far (bounded: no names).
 pub(crate) type AuthorizationLog = BTreeSet<Authorization>;
+
+/// The stored rule that allowed a request: the binding that grants its role to the user, the
+/// role, the rule's index in the role's `rules`, and the rule's entry of `verbs` that matched.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AllowingRule {
+    /// `ClusterRoleBinding` or `RoleBinding`.
+    pub binding_kind: String,
+    /// The binding's name.
+    pub binding_name: String,
+    /// The RoleBinding's namespace (empty for a ClusterRoleBinding).
+    pub binding_namespace: String,
+    /// `ClusterRole` or `Role` (the binding's `roleRef.kind`).
+    pub role_kind: String,
+    /// The role's name (the binding's `roleRef.name`).
+    pub role_name: String,
+    /// The Role's namespace (empty for a ClusterRole, also one a RoleBinding refers to).
+    pub role_namespace: String,
+    /// Index of the rule in the role's `rules` (the first rule that allows the request).
+    pub rule_index: usize,
+    /// The rule's entry of `verbs` that matched: the request's verb, or `*`.
+    pub verb: String,
+}
+
+/// A ServiceAccount's request that RBAC allowed, with the request's attributes as the API
+/// server's `RequestInfo` names them and the stored rule that allowed it
+/// ([`EmulatedCluster::authorized_requests`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AuthorizedRequest {
+    /// The user, `system:serviceaccount:<namespace>:<name>`.
+    pub user: String,
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete` or `deletecollection`; the
+    /// lower-cased method of a non-resource request. A server-side apply that creates its object
+    /// is recorded twice: `patch`, and the `create` it needs too.
+    pub verb: String,
+    /// The API group (empty for the core group and non-resource requests).
+    pub api_group: String,
+    /// The resource (plural), without the subresource; empty for a non-resource request.
+    pub resource: String,
+    /// The subresource (`status`, `scale`, …), empty when there is none.
+    pub subresource: String,
+    /// The namespace (empty at the cluster scope).
+    pub namespace: String,
+    /// The object's name: from the path, or from a `metadata.name=` field selector of a list or
+    /// watch; empty otherwise.
+    pub name: String,
+    /// The path of a non-resource request (`/api`, `/version`, …); empty for a resource request.
+    pub non_resource_url: String,
+    /// The rule that allowed it.
+    pub allowed_by: AllowingRule,
+}
+
+impl AuthorizedRequest {
+    pub(crate) fn of(user: &UserInfo, a: &Attributes, allowed_by: AllowingRule) -> Self {
+        AuthorizedRequest {
+            user: user.name.clone(),
+            verb: a.verb.clone(),
+            api_group: a.api_group.clone(),
+            resource: a.resource.clone(),
+            subresource: a.subresource.clone(),
+            namespace: a.namespace.clone(),
+            name: a.name.clone(),
+            non_resource_url: if a.resource_request {
+                String::new()
+            } else {
+                a.path.clone()
+            },
+            allowed_by,
+        }
+    }
+
+    /// The resource as rules name it: `resource`, or `resource/subresource` (`clusters/status`).
+    pub fn resource_with_subresource(&self) -> String {
+        if self.subresource.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}/{}", self.resource, self.subresource)
+        }
+    }
+}
+
+/// The distinct allowed requests recorded so far (bounded by the objects named).
+pub(crate) type AuthorizedRequestLog = BTreeSet<AuthorizedRequest>;
 
 /// The default ClusterRoles and ClusterRoleBindings every cluster has from its first start
 /// (the API server's bootstrap policy): `cluster-admin` for `system:masters`, and
@@ -557,6 +684,10 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    fn allows(a: &Attributes, r: &PolicyRule) -> bool {
+        rule_allows(a, r).is_some()
+    }
+
     #[test]
     fn rules_match_as_rbacv1helpers_match_them() {
         let a = attributes(
@@ -564,48 +695,48 @@ mod tests {
             "/apis/cluster.x-k8s.io/v1beta1/namespaces/ns/clusters/c1/status",
             &q(&[]),
         );
-        assert!(!rule_allows(
+        assert!(!allows(
             &a,
             &rule(
                 json!({"apiGroups": ["cluster.x-k8s.io"], "resources": ["clusters"], "verbs": ["patch"]})
             )
         ));
-        assert!(rule_allows(
+        assert!(allows(
             &a,
             &rule(
                 json!({"apiGroups": ["cluster.x-k8s.io"], "resources": ["clusters/status"], "verbs": ["patch"]})
             )
         ));
-        assert!(rule_allows(
+        assert!(allows(
             &a,
             &rule(json!({"apiGroups": ["*"], "resources": ["*/status"], "verbs": ["*"]}))
         ));
-        assert!(!rule_allows(
+        assert!(!allows(
             &a,
             &rule(
                 json!({"apiGroups": ["cluster.x-k8s.io"], "resources": ["clusters/status"], "verbs": ["patch"], "resourceNames": ["c2"]})
             )
         ));
         let list = attributes("GET", "/api/v1/namespaces/x/secrets", &q(&[]));
-        assert!(!rule_allows(
+        assert!(!allows(
             &list,
             &rule(
                 json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"], "resourceNames": ["s1"]})
             )
         ));
         let create = attributes("POST", "/api/v1/namespaces/x/secrets", &q(&[]));
-        assert!(!rule_allows(
+        assert!(!allows(
             &create,
             &rule(
                 json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"], "resourceNames": ["s1"]})
             )
         ));
         let v = attributes("GET", "/openapi/v3/apis/x/v1", &q(&[]));
-        assert!(rule_allows(
+        assert!(allows(
             &v,
             &rule(json!({"nonResourceURLs": ["/openapi/*"], "verbs": ["get"]}))
         ));
-        assert!(!rule_allows(
+        assert!(!allows(
             &v,
             &rule(json!({"nonResourceURLs": ["/openapi"], "verbs": ["get"]}))
         ));
