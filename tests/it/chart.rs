@@ -1578,3 +1578,62 @@ async fn chart_service_monitor_scrapes_the_http_port_when_enabled() {
     assert_eq!(selected.len(), 1, "{selected:?}");
     assert_ne!(selected[0]["spec"]["clusterIP"].as_str(), Some("None"));
 }
+
+#[tokio::test]
+async fn chart_ships_the_alert_rules_and_the_dashboard_when_enabled() {
+    let helm = Helm::new();
+    let minimal = chart().join("examples/minimal.yaml");
+    let set = "metrics.prometheusRule.enabled=true,metrics.prometheusRule.labels.release=prometheus,metrics.grafanaDashboard.enabled=true";
+    let out = helm
+        .ok(&[
+            "lint",
+            "--strict",
+            p(&chart()),
+            "-f",
+            p(&minimal),
+            "--set",
+            set,
+        ])
+        .await;
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    let off = helm.template(&["-f", p(&minimal)]).await;
+    assert!(!off.has("PrometheusRule"), "off by default");
+    assert_eq!(off.kinds().iter().filter(|k| *k == "ConfigMap").count(), 1);
+    let r = helm.template(&["-f", p(&minimal), "--set", set]).await;
+    let rule = r.one("PrometheusRule");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    // The rules are rules/alerts.yaml as it is (Prometheus' {{ $labels }} not templated).
+    let shipped: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("rules/alerts.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(rule["spec"], shipped);
+    let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    for alert in [
+        "TkgopsRunsFailing",
+        "TkgopsRunStuck",
+        "TkgopsNoSuccessfulPoll",
+        "TkgopsGitHubRateLimitLow",
+        "TkgopsWebhookSignatureFailures",
+        "TkgopsUntrustedPolicyChangePending",
+        "TkgopsScheduledApplyHalted",
+    ] {
+        assert!(alerts.contains(&alert), "{alert} missing: {alerts:?}");
+    }
+    let dashboard = r
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("the dashboard ConfigMap");
+    let json: serde_json::Value =
+        serde_json::from_str(dashboard["data"]["tkgops.json"].as_str().unwrap()).unwrap();
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("dashboards/tkgops.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json, file);
+}

@@ -17,6 +17,7 @@ mod kube_ctrl;
 mod kube_provider;
 mod kubectl;
 mod lease;
+mod metrics;
 mod proxy;
 mod queue;
 mod rbac;

@@ -56,6 +56,11 @@ pub struct Context {
     pub(crate) policy_health: Arc<PolicyHealth>,
     /// The last observation of GitHub and the default branch.
     pub(crate) observed: std::sync::Mutex<Arc<Observed>>,
+    /// The bot's metrics.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// The `tkr` of each (cluster, deployed commit) of the last count of clusters by TKR
+    /// (`None`: its settings do not parse there).
+    pub(crate) tkr_of_deployed: std::sync::Mutex<BTreeMap<(String, String), Option<String>>>,
 }
 
 /// One observation of GitHub and the default branch, made by the sync reconciler: what the
@@ -221,6 +226,8 @@ impl Context {
     ///
     /// Errors: [`BotError::Store`].
     pub(crate) async fn put_fire(&self, rec: FireRecord) -> Result<(), BotError> {
-        Ok(self.journal.put_fire(&rec).await?)
+        self.journal.put_fire(&rec).await?;
+        self.metrics.schedule_fire(&rec);
+        Ok(())
     }
 }

@@ -46,6 +46,7 @@ pub mod journal;
 pub mod lease;
 pub mod local;
 pub mod memo;
+pub mod metrics;
 pub mod reconcile;
 pub mod redact;
 pub mod replan;
@@ -124,6 +125,9 @@ pub struct BotParts {
     /// The bot configuration's `trustedPolicyCommit`: the trusted policy commit at the first
     /// start (or when the pin changes) instead of the default branch's tip.
     pub pinned_policy: Option<String>,
+    /// The bot's metrics (`GET /metrics`); the engine's observer reports to the same
+    /// ([`metrics::MetricsObserver`]).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// The bot: one config repository, one GitHub repository, one engine. Its work is keys in a
@@ -147,6 +151,7 @@ impl Bot {
             executors,
             publisher,
             pinned_policy,
+            metrics,
         } = parts;
         let cx = Context {
             github,
@@ -168,6 +173,8 @@ impl Bot {
             fleet_cache: memo::Memo::new(),
             policy_health: Arc::new(trust::PolicyHealth::default()),
             observed: Default::default(),
+            metrics,
+            tkr_of_deployed: Default::default(),
         };
         Bot {
             cx,
@@ -201,6 +208,12 @@ impl Bot {
             self.cx.ready.clone(),
         )
         .with_policy(self.cx.policy_health.clone())
+        .with_metrics(self.cx.metrics.clone(), self.cx.store.clone())
+    }
+
+    /// The bot's metrics (what `GET /metrics` shows).
+    pub fn metrics(&self) -> Arc<metrics::Metrics> {
+        self.cx.metrics.clone()
     }
 
     /// The state of the trusted policy chain (what `/readyz` reports).
@@ -237,7 +250,90 @@ impl Bot {
     /// chain cannot be read (the sync or policy-chain key failed).
     pub async fn poll_once(&self) -> Result<(), BotError> {
         self.enqueue(reconcile::Key::Sync, tokio::time::Instant::now());
-        self.drain().await
+        self.measured_poll().await
+    }
+
+    /// [`Bot::drain`] after the sync key was enqueued, measured as a poll: its duration, its
+    /// result and, when it succeeded, the time of the last successful poll, the policy chain's
+    /// state and the deployed clusters by TKR ([`metrics::Metrics`]).
+    async fn measured_poll(&self) -> Result<(), BotError> {
+        let began = std::time::Instant::now();
+        let result = self.drain().await;
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.cx.metrics.poll(began.elapsed(), result.is_ok(), unix);
+        if result.is_ok() {
+            self.cx.metrics.policy(&self.cx.policy_health);
+            if let Err(e) = self.refresh_clusters_by_tkr().await {
+                warn!(error = %e, "counting the deployed clusters by TKR failed");
+            }
+        }
+        result
+    }
+
+    /// Counts the clusters of the default branch's tip that have a deployed commit (a run of
+    /// theirs succeeded) by the `tkr` of their `tkgops.yaml` at that commit, into the
+    /// clusters-by-TKR gauge. The TKR of each (cluster, deployed commit) is read once.
+    ///
+    /// Errors: [`BotError::Git`] when a commit cannot be read, [`BotError::Store`].
+    async fn refresh_clusters_by_tkr(&self) -> Result<(), BotError> {
+        let tip = self.cx.observed().tip.clone();
+        if tip.is_empty() {
+            return Ok(());
+        }
+        let git = self.cx.git.clone();
+        let names = blocking(move || git.list_dirs(&tip, "clusters")).await?;
+        let mut deployed = Vec::new();
+        for name in names {
+            if let Some(d) = self
+                .cx
+                .store
+                .deployed(&name)
+                .await
+                .map_err(|e| BotError::Store(e.to_string()))?
+            {
+                deployed.push((name, d.commit_sha));
+            }
+        }
+        let known = self
+            .cx
+            .tkr_of_deployed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let git = self.cx.git.clone();
+        let tkrs = blocking(move || {
+            use tkgops_domain::files::TreeReader;
+            let mut tkrs = std::collections::BTreeMap::new();
+            for key in deployed {
+                if let Some(tkr) = known.get(&key) {
+                    tkrs.insert(key, tkr.clone());
+                    continue;
+                }
+                let path = format!("clusters/{}/tkgops.yaml", key.0);
+                let tkr = git.tree(&key.1)?.read(&path).and_then(|bytes| {
+                    tkgops_domain::request::parse_cluster_settings(&path, &bytes)
+                        .ok()
+                        .map(|s| s.tkr)
+                });
+                tkrs.insert(key, tkr);
+            }
+            Ok(tkrs)
+        })
+        .await?;
+        let mut by_tkr = std::collections::BTreeMap::<String, i64>::new();
+        for tkr in tkrs.values().flatten() {
+            *by_tkr.entry(tkr.clone()).or_default() += 1;
+        }
+        self.cx.metrics.set_clusters_by_tkr(&by_tkr);
+        *self
+            .cx
+            .tkr_of_deployed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = tkrs;
+        Ok(())
     }
 
     /// Polls forever every `interval`, and at once after each accepted webhook delivery or
@@ -266,7 +362,12 @@ impl Bot {
                 self.enqueue(reconcile::Key::Sync, now);
                 next_sync = now + interval;
             }
-            match self.drain().await {
+            let drained = if syncing {
+                self.measured_poll().await
+            } else {
+                self.drain().await
+            };
+            match drained {
                 Ok(()) if syncing => self
                     .cx
                     .ready

@@ -119,7 +119,8 @@ pub async fn build_fenced_with_auth(
     tmc_token: Option<String>,
     fence: Option<Fence<'_>>,
 ) -> Result<Bot, ServeError> {
-    let github = github_client(cfg, auth, tmc_token.as_deref())?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let github = github_client(cfg, auth, tmc_token.as_deref(), &metrics)?;
     let info = github
         .repository()
         .await
@@ -217,7 +218,10 @@ pub async fn build_fenced_with_auth(
                 cfg.tmc_poll_interval,
             ),
         },
-        Arc::new(publisher.clone()),
+        Arc::new(crate::metrics::MetricsObserver {
+            metrics: metrics.clone(),
+            inner: Arc::new(publisher.clone()),
+        }),
     );
     // A run that waited behind another run of its cluster is planned again when its turn comes.
     engine.set_start_gate(Arc::new(crate::replan::Replanner {
@@ -244,18 +248,20 @@ pub async fn build_fenced_with_auth(
         executors,
         publisher,
         pinned_policy: cfg.trusted_policy_commit.clone(),
+        metrics,
     }))
 }
 
 /// The bot's GitHub client for `cfg`, authenticated with `auth`, behind the redaction
 /// registry; every credential (`auth`'s secret, `tmc_token`, the AWS environment) is
-/// registered with [`crate::redact`] first.
+/// registered with [`crate::redact`] first; `metrics` reads the client's API usage.
 ///
 /// Errors: [`ServeError::GitHub`] when the client cannot be built.
 fn github_client(
     cfg: &BotConfig,
     auth: GitHubAuth,
     tmc_token: Option<&str>,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<Arc<dyn GitHub>, ServeError> {
     tkgops_providers::install_crypto_provider();
     match &auth {
@@ -270,16 +276,16 @@ fn github_client(
         crate::redact::register(t);
     }
     crate::redact::register_aws_environment();
-    Ok(Arc::new(RedactingGitHub::new(Arc::new(
-        OctocrabClient::with_auth(
-            &cfg.github.api_url,
-            auth,
-            &cfg.github.owner,
-            &cfg.github.repo,
-            RetrySettings::default(),
-        )
-        .map_err(|e| ServeError::GitHub(e.to_string()))?,
-    ))))
+    let client = OctocrabClient::with_auth(
+        &cfg.github.api_url,
+        auth,
+        &cfg.github.owner,
+        &cfg.github.repo,
+        RetrySettings::default(),
+    )
+    .map_err(|e| ServeError::GitHub(e.to_string()))?;
+    metrics.set_github_usage(client.usage());
+    Ok(Arc::new(RedactingGitHub::new(Arc::new(client))))
 }
 
 /// Starts the bot's HTTP server ([`crate::webhook::router`]) on `listen` for `bot`, registering
@@ -338,13 +344,14 @@ pub async fn start_http_with(
             tracing::warn!(error = %e, "the HTTP server stopped");
         }
     });
-    info!(%addr, "serving /webhooks/github, /healthz and /readyz");
+    info!(%addr, "serving /webhooks/github, /healthz, /readyz and /metrics");
     Ok((addr, task))
 }
 
 /// Starts the HTTP server of a standby replica on `listen`: `GET /healthz` answers 200 `ok`,
 /// `GET /readyz` 503 `standby: …` naming `lease` (so a Service sends webhooks to the holder
-/// only), anything else 503. Returns the server task; it stops when `shutdown` resolves.
+/// only), `GET /metrics` an empty exposition, anything else 503. Returns the server task; it
+/// stops when `shutdown` resolves.
 ///
 /// Errors: [`ServeError::Config`] when `listen` is not an address or cannot be bound.
 pub async fn start_standby_http(
@@ -363,6 +370,20 @@ pub async fn start_standby_http(
     let standby = format!("standby: waiting for the lease {lease}\n");
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        // An empty exposition: the standby is a healthy scrape target with nothing to report
+        // (the holder of the lease reports the bot's metrics).
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        crate::metrics::CONTENT_TYPE,
+                    )],
+                    "# EOF\n",
+                )
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

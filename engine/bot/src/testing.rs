@@ -276,10 +276,14 @@ impl Harness {
             catalog.clone(),
             std::time::Duration::from_millis(1),
         );
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         let engine = tkgops_engine::Engine::new(
             journal.store(),
             std::sync::Arc::new(Succeeds),
-            std::sync::Arc::new(publisher.clone()),
+            std::sync::Arc::new(crate::metrics::MetricsObserver {
+                metrics: metrics.clone(),
+                inner: std::sync::Arc::new(publisher.clone()),
+            }),
         );
         let bot = crate::Bot::new(crate::BotParts {
             github: github.clone(),
@@ -295,6 +299,7 @@ impl Harness {
             executors: crate::executors::Executors::new(std::time::Duration::from_secs(1)),
             publisher,
             pinned_policy: None,
+            metrics,
         });
         Harness {
             bot,

@@ -64,6 +64,12 @@ pub struct WebhookState {
     clock: crate::reconcile::schedule::Clock,
     /// When delivery records were last pruned (`None`: not yet since the start).
     pruned_at: Mutex<Option<DateTime<Utc>>>,
+    /// The bot's metrics and the engine's store (queued runs), for `GET /metrics` and the
+    /// count of deliveries; `None`: `/metrics` answers 404.
+    metrics: Option<(
+        Arc<crate::metrics::Metrics>,
+        Arc<dyn tkgops_engine::store::Store>,
+    )>,
 }
 
 impl WebhookState {
@@ -100,7 +106,19 @@ impl WebhookState {
             policy: None,
             clock: crate::reconcile::schedule::system_clock(),
             pruned_at: Mutex::new(None),
+            metrics: None,
         }
+    }
+
+    /// The same state, serving `metrics` at `GET /metrics` (with the queued runs read from
+    /// `store` at each scrape) and counting every delivery in it by result.
+    pub fn with_metrics(
+        mut self,
+        metrics: Arc<crate::metrics::Metrics>,
+        store: Arc<dyn tkgops_engine::store::Store>,
+    ) -> Self {
+        self.metrics = Some((metrics, store));
+        self
     }
 
     /// This state with `clock` as the time deliveries are recorded and pruned by.
@@ -149,13 +167,15 @@ impl WebhookState {
     }
 }
 
-/// The router: `POST /webhooks/github`, `GET /healthz` (200 while the process serves) and
-/// `GET /readyz` (200 once the bot completed a poll of GitHub, 503 before).
+/// The router: `POST /webhooks/github`, `GET /healthz` (200 while the process serves),
+/// `GET /readyz` (200 once the bot completed a poll of GitHub, 503 before) and `GET /metrics`
+/// (Prometheus, [`crate::metrics`]; 404 when the state has none).
 pub fn router(state: Arc<WebhookState>) -> Router {
     Router::new()
         .route("/webhooks/github", post(receive))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_PAYLOAD_BYTES))
         .with_state(state)
 }
@@ -177,6 +197,40 @@ async fn readyz(State(state): State<Arc<WebhookState>>) -> (StatusCode, String) 
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: no poll of GitHub completed yet\n{detail}"),
         )
+    }
+}
+
+/// `GET /metrics`: the exposition of the bot's metrics ([`crate::metrics::Metrics::encode`]),
+/// with the queued runs read from the engine's store now. 503 when the store cannot be read.
+async fn metrics(
+    State(state): State<Arc<WebhookState>>,
+) -> (
+    StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    String,
+) {
+    let content_type = axum::http::header::CONTENT_TYPE;
+    let Some((metrics, store)) = state.metrics.as_ref() else {
+        return (
+            StatusCode::NOT_FOUND,
+            [(content_type, "text/plain")],
+            "no metrics\n".into(),
+        );
+    };
+    match store.list_active().await {
+        Ok(active) => (
+            StatusCode::OK,
+            [(content_type, crate::metrics::CONTENT_TYPE)],
+            metrics.encode(&active, Utc::now()),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: reading the active runs failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(content_type, "text/plain")],
+                "journal unavailable\n".into(),
+            )
+        }
     }
 }
 
@@ -207,40 +261,73 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// `POST /webhooks/github`: [`handle_delivery`], counted by result in the metrics.
 async fn receive(
     State(state): State<Arc<WebhookState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, &'static str) {
+    let (status, message, result) = handle_delivery(&state, &headers, &body).await;
+    if let Some((metrics, _)) = &state.metrics {
+        metrics.webhook_delivery(result);
+    }
+    (status, message)
+}
+
+/// One delivery: the answer and the result it is counted under (`accepted`, `ignored`,
+/// `duplicate`, `bad_signature`, `no_secret`, `bad_request`, `journal_unavailable`).
+async fn handle_delivery(
+    state: &WebhookState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> (StatusCode, &'static str, &'static str) {
     // 1. Authenticate before reading anything of the body.
     let secrets = state.secret.accepted();
     if secrets.is_empty() {
-        return (StatusCode::UNAUTHORIZED, "no webhook secret is configured");
+        return (
+            StatusCode::UNAUTHORIZED,
+            "no webhook secret is configured",
+            "no_secret",
+        );
     }
-    let signed = header(&headers, "x-hub-signature-256").is_some_and(|sig| {
+    let signed = header(headers, "x-hub-signature-256").is_some_and(|sig| {
         secrets
             .iter()
-            .any(|s| signature_valid(s.as_bytes(), &body, sig))
+            .any(|s| signature_valid(s.as_bytes(), body, sig))
     });
     if !signed {
         tracing::warn!("webhook refused: missing or wrong X-Hub-Signature-256");
-        return (StatusCode::UNAUTHORIZED, "invalid signature");
+        return (
+            StatusCode::UNAUTHORIZED,
+            "invalid signature",
+            "bad_signature",
+        );
     }
-    let Some(delivery) = header(&headers, "x-github-delivery")
+    let Some(delivery) = header(headers, "x-github-delivery")
         .filter(|d| !d.is_empty() && d.len() <= 128 && d.chars().all(|c| c.is_ascii_graphic()))
     else {
-        return (StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery");
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing X-GitHub-Delivery",
+            "bad_request",
+        );
     };
-    let event = header(&headers, "x-github-event").unwrap_or("").to_string();
+    let event = header(headers, "x-github-event").unwrap_or("").to_string();
     // 2. Record durably (dedupe by delivery GUID) before answering.
     match state.journal.delivery(delivery).await {
-        Ok(Some(_)) => return (StatusCode::OK, "duplicate delivery ignored"),
+        Ok(Some(_)) => return (StatusCode::OK, "duplicate delivery ignored", "duplicate"),
         Ok(None) => {}
         // A record that does not decode is a delivery recorded all the same.
-        Err(JournalError::Codec { .. }) => return (StatusCode::OK, "duplicate delivery ignored"),
+        Err(JournalError::Codec { .. }) => {
+            return (StatusCode::OK, "duplicate delivery ignored", "duplicate")
+        }
         Err(e) => {
             tracing::warn!(error = %e, "webhook: reading the journal failed");
-            return (StatusCode::SERVICE_UNAVAILABLE, "journal unavailable");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "journal unavailable",
+                "journal_unavailable",
+            );
         }
     }
     let now = (state.clock)();
@@ -250,16 +337,20 @@ async fn receive(
     };
     if let Err(e) = state.journal.record_delivery(delivery, &record).await {
         tracing::warn!(error = %e, "webhook: recording the delivery failed");
-        return (StatusCode::SERVICE_UNAVAILABLE, "journal unavailable");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "journal unavailable",
+            "journal_unavailable",
+        );
     }
     state.prune_if_due(now).await;
     // 3. A hint only: wake the poll loop, which re-reads state through the API.
     if HINT_EVENTS.contains(&event.as_str()) {
         state.wake.notify_one();
         tracing::debug!(%delivery, %event, "webhook accepted; polling now");
-        (StatusCode::ACCEPTED, "accepted")
+        (StatusCode::ACCEPTED, "accepted", "accepted")
     } else {
-        (StatusCode::OK, "event ignored")
+        (StatusCode::OK, "event ignored", "ignored")
     }
 }
 
@@ -483,6 +574,54 @@ mod tests {
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(deliveries(&store).await, 0);
+    }
+
+    /// `GET /metrics` serves the exposition, with every delivery counted by its result.
+    #[tokio::test]
+    async fn deliveries_are_counted_by_result_at_metrics() {
+        let journal = journal().await;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let state = WebhookState::new(
+            Some(SECRET.into()),
+            journal.clone(),
+            Arc::new(Notify::new()),
+            Arc::new(AtomicBool::new(true)),
+        )
+        .with_metrics(metrics, journal.store());
+        let app = router(Arc::new(state));
+        let body = r#"{"action":"opened"}"#;
+        let sig = sign(SECRET.as_bytes(), body.as_bytes());
+        for (sig, id) in [
+            (Some(sig.clone()), "m-1"),
+            (Some(sig), "m-1"),
+            (None, "m-2"),
+        ] {
+            app.clone().oneshot(delivery(body, sig, id)).await.unwrap();
+        }
+        let r = app
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.headers()["content-type"],
+            crate::metrics::CONTENT_TYPE,
+            "Prometheus negotiates OpenMetrics"
+        );
+        let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        for line in [
+            r#"tkgops_webhook_deliveries_total{result="accepted"} 1"#,
+            r#"tkgops_webhook_deliveries_total{result="duplicate"} 1"#,
+            r#"tkgops_webhook_deliveries_total{result="bad_signature"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
     }
 
     #[tokio::test]

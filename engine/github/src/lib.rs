@@ -426,6 +426,55 @@ fn write_budget(api_url: &str) -> std::sync::Arc<governor::DefaultDirectRateLimi
         .clone()
 }
 
+/// What an [`OctocrabClient`] saw of its use of the GitHub API, for the bot's metrics: the
+/// last `x-ratelimit-remaining` GitHub answered and how many content-creating requests
+/// (every method but GET: comments, statuses, PR edits) were sent. Shared (`Arc`) and
+/// lock-free; no secret is kept.
+#[derive(Debug)]
+pub struct ApiUsage {
+    /// The last `x-ratelimit-remaining`; `u64::MAX` while no answer carried it.
+    rate_limit_remaining: std::sync::atomic::AtomicU64,
+    /// Content-creating requests sent.
+    content_writes: std::sync::atomic::AtomicU64,
+}
+
+impl Default for ApiUsage {
+    fn default() -> Self {
+        ApiUsage {
+            rate_limit_remaining: std::sync::atomic::AtomicU64::new(u64::MAX),
+            content_writes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl ApiUsage {
+    /// The requests left in GitHub's primary rate-limit window, as its last answer said
+    /// (`x-ratelimit-remaining`); `None` before any answer carried the header.
+    pub fn rate_limit_remaining(&self) -> Option<u64> {
+        match self
+            .rate_limit_remaining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            u64::MAX => None,
+            n => Some(n),
+        }
+    }
+
+    /// How many content-creating requests (not GET) were sent since the client was built;
+    /// they share the budget of [`CONTENT_WRITES_PER_MINUTE`].
+    pub fn content_writes(&self) -> u64 {
+        self.content_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn saw_headers(&self, h: &HeaderMap) {
+        if let Some(n) = header_u64(h, "x-ratelimit-remaining") {
+            self.rate_limit_remaining
+                .store(n.min(u64::MAX - 1), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// How [`OctocrabClient`] retries transient failures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetrySettings {
@@ -648,6 +697,8 @@ pub struct OctocrabClient {
     auth: Auth,
     /// Consecutive rate-limited answers (reset by any success): each doubles the next wait.
     rate_limited: std::sync::atomic::AtomicU32,
+    /// What the client saw of its API use ([`OctocrabClient::usage`]).
+    usage: std::sync::Arc<ApiUsage>,
     owner: String,
     repo: String,
     api_url: String,
@@ -732,6 +783,12 @@ fn enc(s: &str) -> String {
 }
 
 impl OctocrabClient {
+    /// What this client saw of its API use (rate limit left, content writes sent): a shared
+    /// handle that the bot's metrics read.
+    pub fn usage(&self) -> std::sync::Arc<ApiUsage> {
+        self.usage.clone()
+    }
+
     /// A client for repository `owner/repo` at `api_url` (`https://api.github.com`, a GitHub
     /// Enterprise `https://host/api/v3`, or the emulator's URL), authenticating with `token`
     /// (sent as `Authorization: Bearer`).
@@ -847,6 +904,7 @@ impl OctocrabClient {
         Ok(OctocrabClient {
             auth,
             rate_limited: std::sync::atomic::AtomicU32::new(0),
+            usage: Default::default(),
             owner: owner.to_string(),
             repo: repo.to_string(),
             api_url,
@@ -991,6 +1049,9 @@ impl OctocrabClient {
             // Content-creating requests share one process-wide budget (GitHub's secondary
             // limit of 80 a minute), so a burst of updates is paced instead of refused.
             write_budget(&self.api_url).until_ready().await;
+            self.usage
+                .content_writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let res = match *method {
             Method::GET => octo._get(path).await,
@@ -1011,6 +1072,7 @@ impl OctocrabClient {
         };
         let status = resp.status();
         let headers = resp.headers().clone();
+        self.usage.saw_headers(&headers);
         if status.is_success() {
             self.rate_limited
                 .store(0, std::sync::atomic::Ordering::Relaxed);

@@ -306,6 +306,7 @@ impl Waves<'_> {
         }
         if let Some(h) = p.halt.as_ref().filter(|_| before.halt.is_none()) {
             warn!(schedule = %s.name, fire = %rec.fire, wave = %h.wave, reason = %h.reason, "scheduled apply halted");
+            self.metrics.wave_halted();
         }
         rec.apply = Some(p);
         if rec == original {
