@@ -275,3 +275,208 @@ async fn a_version_1_journal_is_read_and_its_unfinished_runs_resume_to_the_end()
         c.commit_sha
     );
 }
+
+/// The first byte of the `runs` record of `id` in the database at `path` (closed).
+fn raw_header_byte(path: &Path, id: &str) -> u8 {
+    let db = sled::open(path).unwrap();
+    let bytes = db.open_tree("runs").unwrap().get(id).unwrap().unwrap();
+    bytes[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_migrates_version_1_in_place_and_a_repeated_migration_changes_nothing() {
+    use tkgops_engine::store::{RunFilter, SCHEMA_VERSION, SCHEMA_VERSION_UNRECORDED};
+    let dir = copy_fixture();
+    let path = dir.path().join("db");
+    assert_eq!(SCHEMA_VERSION_UNRECORDED, 1);
+    assert_eq!(
+        raw_header_byte(&path, "d555-legacy"),
+        b'{',
+        "the fixture's whole record"
+    );
+    let all = {
+        let store = SledStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        store.list_runs(&RunFilter::default()).await.unwrap()
+    };
+    assert_eq!(
+        all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        [
+            "a111-old",
+            "a222-new",
+            "b333-failed",
+            "c444-running",
+            "d555-legacy"
+        ]
+    );
+    for (got, expected) in all.iter().zip(fixture_runs()) {
+        same(got, &expected);
+    }
+    assert_eq!(
+        raw_header_byte(&path, "d555-legacy"),
+        1,
+        "rewritten in the split form"
+    );
+
+    // A kill before the version record: the journal is still version 1, the run already in
+    // the new form. Opening again migrates again, to the same journal.
+    {
+        let db = sled::open(&path).unwrap();
+        db.open_tree("schema").unwrap().remove("version").unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let again = store.list_runs(&RunFilter::default()).await.unwrap();
+    assert_eq!(again, all);
+    // Filters.
+    let team_a = store
+        .list_runs(&RunFilter {
+            cluster: Some("team-a".into()),
+            state: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(team_a.len(), 2);
+    let failed = store
+        .list_runs(&RunFilter {
+            cluster: None,
+            state: Some(RunState::Failed),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        failed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["b333-failed"]
+    );
+}
+
+#[tokio::test]
+async fn a_journal_of_a_newer_schema_version_is_refused_untouched() {
+    use tkgops_engine::store::{StoreError, SCHEMA_VERSION};
+    let dir = copy_fixture();
+    let path = dir.path().join("db");
+    {
+        let db = sled::open(&path).unwrap();
+        db.open_tree("schema")
+            .unwrap()
+            .insert("version", &(SCHEMA_VERSION + 1).to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(&path).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerSchema { found, supported } if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("version {}", SCHEMA_VERSION + 1))
+            && msg.contains(&format!("up to {SCHEMA_VERSION}")),
+        "{msg}"
+    );
+    assert_eq!(
+        raw_header_byte(&path, "d555-legacy"),
+        b'{',
+        "nothing migrated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_deletes_old_terminal_runs_but_each_clusters_latest_success() {
+    use tkgops_engine::store::StoreError;
+    let dir = copy_fixture();
+    let path = dir.path().join("db");
+    let store = SledStore::open(&path).unwrap();
+    let retention = std::time::Duration::from_secs(90 * 24 * 3600);
+    // 2025-06-01 minus 90 days is 2025-03-03: a222-new (2025-03-01) is older, but the latest
+    // success of team-a.
+    let now = at(6, 1);
+
+    // Under a stale fencing token nothing is deleted.
+    store.fence(3).await.unwrap();
+    store.fencing().observe(4);
+    assert!(matches!(
+        store.prune(now, retention).await,
+        Err(StoreError::StaleFencingToken {
+            token: 3,
+            highest: 4
+        })
+    ));
+    assert!(store.get_run("a111-old").await.unwrap().is_some());
+    drop(store);
+
+    let store = SledStore::open(&path).unwrap();
+    store.fence(5).await.unwrap();
+    let report = store.prune(now, retention).await.unwrap();
+    assert_eq!(report.removed, ["a111-old", "b333-failed"]);
+    assert_eq!(report.kept, ["a222-new"]);
+    assert_eq!(report.orphan_steps, 0);
+    for gone in ["a111-old", "b333-failed"] {
+        assert!(store.get_run(gone).await.unwrap().is_none());
+    }
+    assert!(store
+        .list_runs_by_origin("github:pr/1")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .list_runs_by_origin("github:pr/3")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .deployed("team-a")
+            .await
+            .unwrap()
+            .unwrap()
+            .run_id
+            .as_deref(),
+        Some("a222-new")
+    );
+    for kept in ["a222-new", "c444-running", "d555-legacy"] {
+        assert!(store.get_run(kept).await.unwrap().is_some(), "{kept}");
+    }
+    // A year later, a222-new is still team-a's latest success; a retention that covers
+    // everything deletes nothing more.
+    let again = store.prune(at(12, 31), retention).await.unwrap();
+    assert!(again.removed.is_empty(), "{again:?}");
+    drop(store);
+    // Nothing of the deleted runs is left in the steps tree.
+    let db = sled::open(&path).unwrap();
+    let steps = db.open_tree("steps").unwrap();
+    for gone in ["a111-old", "b333-failed"] {
+        assert_eq!(steps.scan_prefix(format!("{gone}\0")).count(), 0, "{gone}");
+    }
+    assert!(steps.scan_prefix("a222-new\0").count() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_removes_the_steps_a_crash_in_an_earlier_prune_left() {
+    let dir = copy_fixture();
+    let path = dir.path().join("db");
+    drop(SledStore::open(&path).unwrap());
+    {
+        // A prune killed after removing b333-failed's header, before its steps.
+        let db = sled::open(&path).unwrap();
+        db.open_tree("runs").unwrap().remove("b333-failed").unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(&path).unwrap();
+    let report = store
+        .prune(at(6, 1), std::time::Duration::from_secs(365 * 24 * 3600))
+        .await
+        .unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert!(report.orphan_steps >= 1, "{report:?}");
+    drop(store);
+    let db = sled::open(&path).unwrap();
+    assert_eq!(
+        db.open_tree("steps")
+            .unwrap()
+            .scan_prefix("b333-failed\0")
+            .count(),
+        0
+    );
+}
