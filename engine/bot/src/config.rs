@@ -86,6 +86,12 @@ fn default_tmc_poll() -> Duration {
 fn default_comment_interval() -> Duration {
     Duration::from_secs(2)
 }
+fn default_admin_listen() -> Option<String> {
+    Some("127.0.0.1:8081".into())
+}
+fn default_run_retention() -> Duration {
+    Duration::from_secs(90 * 24 * 3600)
+}
 
 /// The bot configuration file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -128,6 +134,20 @@ pub struct BotConfig {
     /// `0.0.0.0:8080`; no server when absent (the bot then only polls).
     #[serde(default)]
     pub listen: Option<String>,
+    /// Address of the read-only admin HTTP server (`GET /admin/runs`, `GET /admin/runs/{id}`:
+    /// the run history, `tkgops runs --url`), separate from `listen` so that it is never
+    /// exposed with the webhook; default `127.0.0.1:8081` (this host only). `null` turns it
+    /// off. It has no authentication: bind it to loopback (or a port only operators reach).
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: Option<String>,
+    /// How long finished runs (succeeded, failed, cancelled) are kept in the journal
+    /// (humantime; default 90d): older ones are deleted with their steps at start and daily,
+    /// except each cluster's latest succeeded run. `tkgops journal export` before, for audit.
+    #[serde(
+        default = "default_run_retention",
+        with = "tkgops_domain::serde_duration"
+    )]
+    pub run_retention: Duration,
     /// Environment variable holding the webhook secret GitHub signs deliveries with
     /// (default `GITHUB_WEBHOOK_SECRET`); when it is unset every delivery is refused.
     #[serde(default = "default_webhook_secret_env")]

@@ -26,6 +26,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "tkgops", version, about)]
 struct Cli {
+    /// Format of the log lines on standard error: `text`, or `json` (one object per line,
+    /// with the fields of the run, step, pull request or merge they are about). Overrides
+    /// TKGOPS_LOG_FORMAT.
+    #[arg(
+        long,
+        global = true,
+        env = "TKGOPS_LOG_FORMAT",
+        value_enum,
+        default_value_t = tkgops::logs::LogFormat::Text
+    )]
+    log_format: tkgops::logs::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,18 +83,91 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The run history: `list` the runs, `show` one with its steps and attempts. Reads a
+    /// journal no bot has open (--state-dir) or a running bot's admin endpoint (--url).
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// The journal itself.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+}
+
+/// Where `tkgops runs` reads from.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct HistorySource {
+    /// The bot's stateDir, its journal not open by a running bot.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// A running bot's admin endpoint (its adminListen), e.g. http://127.0.0.1:8081.
+    #[arg(long)]
+    url: Option<String>,
+}
+
+/// Output format of `tkgops runs`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    /// A table (list) or text (show).
+    Text,
+    /// JSON: the journal's run records.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// The runs, oldest first: id, cluster, workflow, state, steps done, origin (the pull
+    /// request), commit, creation time, duration.
+    List {
+        #[command(flatten)]
+        source: HistorySource,
+        /// Only the runs of this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only the runs in this state: queued, running, succeeded, failed, cancelled.
+        #[arg(long, value_parser = parse_run_state)]
+        state: Option<tkgops_engine::RunState>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// One run: its steps, attempts, errors, times, origin and commit.
+    Show {
+        /// The run's id.
+        run_id: String,
+        #[command(flatten)]
+        source: HistorySource,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Write every run as JSON lines (one run per line, every field), for backup and audit.
+    /// Runs hold no secrets. Reads a journal no bot has open.
+    Export {
+        /// The bot's stateDir.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The file to write (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn parse_run_state(s: &str) -> Result<tkgops_engine::RunState, String> {
+    tkgops::history::parse_state(s).ok_or_else(|| {
+        format!("unknown state {s:?}: queued, running, succeeded, failed or cancelled")
+    })
 }
 
 fn main() -> ExitCode {
     tkgops_providers::install_crypto_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(tkgops::redact::stderr)
-        .init();
     let cli = Cli::parse();
+    tkgops::logs::init(cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -162,6 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             rt.block_on(async {
                 let bot = serve::build(&cfg).await?;
+                let admin = start_admin(&cfg, &bot).await?;
                 let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
                 let http = match &cfg.listen {
                     Some(listen) => Some(
@@ -183,11 +268,112 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(h) = http {
                     let _ = h.await;
                 }
+                admin.stop().await;
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Runs { command } => history_command(command),
+        Command::Journal {
+            command: JournalCommand::Export { state_dir, output },
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let store = tkgops::history::open_closed_journal(&state_dir)?;
+            let count = match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    let mut out = std::io::BufWriter::new(file);
+                    rt.block_on(tkgops::history::export(&store, &mut out))?
+                }
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    rt.block_on(tkgops::history::export(&store, &mut out))?
+                }
+            };
+            eprintln!("exported {count} runs");
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `tkgops runs list|show`. Exit 0; 1 when `show` finds no such run.
+fn history_command(command: RunsCommand) -> anyhow::Result<ExitCode> {
+    use tkgops::history::{render_list, render_show, HistoryError, Source};
+    let source = |s: HistorySource| -> anyhow::Result<Source> {
+        Ok(match (s.state_dir, s.url) {
+            (_, Some(url)) => Source::Url(url),
+            (Some(dir), None) => Source::Journal(std::sync::Arc::new(
+                tkgops::history::open_closed_journal(&dir)?,
+            )),
+            (None, None) => anyhow::bail!("--state-dir or --url is required"),
+        })
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    match command {
+        RunsCommand::List {
+            source: s,
+            cluster,
+            state,
+            output,
+        } => {
+            let filter = tkgops_engine::store::RunFilter { cluster, state };
+            let runs = rt.block_on(source(s)?.list(&filter))?;
+            match output {
+                Output::Text => print!("{}", render_list(&runs)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCommand::Show {
+            run_id,
+            source: s,
+            output,
+        } => match rt.block_on(source(s)?.get(&run_id)) {
+            Ok(run) => {
+                match output {
+                    Output::Text => print!("{}", render_show(&run)),
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&run)?),
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(HistoryError::NotFound(id)) => {
+                eprintln!("error: no run {id}");
+                Ok(ExitCode::from(1))
+            }
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+/// The admin server of a running bot, stopped with [`Admin::stop`].
+struct Admin(
+    Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
+);
+
+impl Admin {
+    async fn stop(self) {
+        if let Some((stop, task)) = self.0 {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts the read-only admin endpoint on `adminListen` when set.
+async fn start_admin(cfg: &BotConfig, bot: &tkgops::Bot) -> anyhow::Result<Admin> {
+    let Some(listen) = &cfg.admin_listen else {
+        return Ok(Admin(None));
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (_, task) = serve::start_admin_http(bot, listen, async {
+        let _ = stopped.await;
+    })
+    .await?;
+    Ok(Admin(Some((stop, task))))
 }
 
 /// Exit status of `tkgops serve` when it lost the leader-election Lease: the pod restarts and
@@ -236,6 +422,7 @@ async fn serve_elected(cfg: &BotConfig) -> anyhow::Result<ExitCode> {
         b = serve::build_fenced(cfg, &held) => b?,
         why = held.lost() => return lost_exit(why),
     };
+    let admin = start_admin(cfg, &bot).await?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = match &cfg.listen {
         Some(listen) => Some(
@@ -276,6 +463,7 @@ async fn serve_elected(cfg: &BotConfig) -> anyhow::Result<ExitCode> {
     if let Some(h) = http {
         let _ = h.await;
     }
+    admin.stop().await;
     held.release().await;
     Ok(ExitCode::SUCCESS)
 }

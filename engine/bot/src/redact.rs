@@ -52,7 +52,22 @@ impl SecretRegistry {
             .chain(self.rotating.iter())
             .cloned()
             .collect();
-        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        // A log line may hold a secret escaped: by `Debug` (`{:?}`: a PEM key's newlines as
+        // `\n`, quotes as `\"`), by JSON (`--log-format json`), or by both. Those forms are
+        // redacted too.
+        let mut escaped = Vec::new();
+        for s in &all {
+            let debug = format!("{s:?}");
+            let debug = debug[1..debug.len() - 1].to_string();
+            for form in [s.clone(), debug] {
+                if let Ok(json) = serde_json::to_string(&form) {
+                    escaped.push(json[1..json.len() - 1].to_string());
+                }
+                escaped.push(form);
+            }
+        }
+        all.extend(escaped);
+        all.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         all.dedup();
         self.all = all;
     }
@@ -86,7 +101,8 @@ impl SecretRegistry {
         self.rebuild();
     }
 
-    /// Every secret registered now, longest first.
+    /// Every secret registered now and its escaped forms (`Debug`, JSON, JSON of `Debug`),
+    /// longest first.
     pub fn secrets(&self) -> &[String] {
         &self.all
     }
@@ -395,5 +411,64 @@ mod tests {
         let logged = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         assert!(logged.contains("401 for <redacted>"), "{logged}");
         assert!(!logged.contains("0123456789"), "{logged}");
+    }
+
+    /// Every string of `v` (object keys and values, at any depth).
+    fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            serde_json::Value::Object(o) => {
+                for (k, v) in o {
+                    out.push(k.clone());
+                    strings(v, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `tkgops --log-format json`: a secret never appears in a JSON log line, neither in the
+    /// message nor in an event's or a span's fields, also when JSON escapes it (a PEM key's
+    /// newlines and quotes), and every line stays one valid JSON object.
+    #[test]
+    fn registered_secrets_never_reach_json_logs_even_inside_fields() {
+        let pem = "-----BEGIN KEY-----\nMIIEjsonlog\"quoted\"0123\n-----END KEY-----";
+        let token = "ghs_json-log-secret-9876543210";
+        register(pem);
+        register(token);
+        let out = crate::logs::Captured::default();
+        let sink = out.clone();
+        let sub = crate::logs::subscriber(
+            crate::logs::LogFormat::Json,
+            tracing_subscriber::EnvFilter::new("debug"),
+            move || Redacting::new(sink.clone()),
+        );
+        tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!("run", run_id = "r-1", merge_commit = token);
+            let _g = span.enter();
+            tracing::warn!(error = %format!("401 for {token}"), key = pem, "request with {token} failed");
+            tracing::error!(debug = ?pem, "key {pem:?} refused");
+        });
+        let text = out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for secret in [pem, token, "MIIEjsonlog", "9876543210"] {
+            assert!(!text.contains(secret), "{secret:?} in {text}");
+        }
+        for line in lines {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+            let mut all = Vec::new();
+            strings(&v, &mut all);
+            for s in &all {
+                assert!(
+                    !s.contains("MIIEjsonlog") && !s.contains("9876543210"),
+                    "a decoded field holds a secret: {s:?} in {line}"
+                );
+            }
+            assert!(all.iter().any(|s| s.contains("<redacted>")), "{line}");
+            assert_eq!(v["span"]["run_id"], "r-1", "{line}");
+        }
     }
 }

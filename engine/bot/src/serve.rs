@@ -170,6 +170,8 @@ pub async fn build_fenced_with_auth(
             "moved the journal of an earlier version into the bot's journal tree"
         );
     }
+    prune_runs(&store, cfg.run_retention).await;
+    spawn_daily_prune(Arc::downgrade(&store), cfg.run_retention);
     let store: Arc<dyn Store> = store;
     let catalog = Arc::new(
         match &cfg.catalog_dir {
@@ -250,6 +252,84 @@ pub async fn build_fenced_with_auth(
         pinned_policy: cfg.trusted_policy_commit.clone(),
         metrics,
     }))
+}
+
+/// Deletes the finished runs older than `retention` ([`SledStore::prune`]), logging what it
+/// did; a failure is logged and retried at the next prune (the runs stay, nothing else
+/// depends on it).
+async fn prune_runs(store: &SledStore, retention: std::time::Duration) {
+    match store.prune(chrono::Utc::now(), retention).await {
+        Ok(r) => {
+            if !r.removed.is_empty() || r.orphan_steps > 0 {
+                info!(
+                    removed = r.removed.len(),
+                    kept_latest_succeeded = r.kept.len(),
+                    orphan_steps = r.orphan_steps,
+                    retention = %humantime::format_duration(retention),
+                    "pruned finished runs older than the retention"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "pruning finished runs failed; tried again in a day"),
+    }
+}
+
+/// How often finished runs are pruned while the bot runs.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Prunes every [`PRUNE_EVERY`] while the store is alive (the task holds it weakly, so it
+/// never keeps the journal open after the bot is dropped).
+fn spawn_daily_prune(store: std::sync::Weak<SledStore>, retention: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
+        loop {
+            tick.tick().await;
+            let Some(store) = store.upgrade() else {
+                return;
+            };
+            prune_runs(&store, retention).await;
+        }
+    });
+}
+
+/// Starts the read-only admin HTTP server ([`crate::history::admin_router`]: the run
+/// history) on `listen` (`adminListen`, by default `127.0.0.1:8081`), apart from the webhook
+/// listener. Returns the bound address and the server task, which stops when `shutdown`
+/// resolves.
+///
+/// Errors: [`ServeError::Config`] when `listen` is not an address or cannot be bound.
+pub async fn start_admin_http(
+    bot: &Bot,
+    listen: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), ServeError> {
+    let bind_error = |message: String| {
+        ServeError::Config(ConfigError::Invalid {
+            path: "adminListen".into(),
+            message,
+        })
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| bind_error(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| bind_error(e.to_string()))?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the admin endpoint (no authentication) listens beyond this host");
+    }
+    let app = crate::history::admin_router(bot.store());
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(error = %e, "the admin HTTP server stopped");
+        }
+    });
+    info!(%addr, "serving the read-only admin endpoint /admin/runs");
+    Ok((addr, task))
 }
 
 /// The bot's GitHub client for `cfg`, authenticated with `auth`, behind the redaction

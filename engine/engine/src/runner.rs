@@ -858,35 +858,53 @@ impl Inner {
     ) {
         let inner = self.clone();
         let task_id = id.clone();
-        // The task cannot observe `tasks` before we insert its handle: it needs this lock.
-        let handle = tokio::spawn(async move {
-            // A panic (e.g. in the observer) must not leave the cluster locked.
-            let result = AssertUnwindSafe(inner.drive(&task_id, record, prestarted))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    Err(EngineError::Stopped {
-                        id: task_id.clone(),
-                        reason: "run task panicked".to_string(),
-                    })
-                });
-            // A cancellation asked for during the last step, which then finished the run.
-            let asked = inner
-                .lock()
-                .live
-                .get(&task_id)
-                .is_some_and(|l| l.cancel.is_some());
-            if asked && result.as_ref().is_ok_and(|r| r.state.is_terminal()) {
-                if let Err(e) = inner
-                    .store
-                    .delete_meta(&format!("{CANCEL_PREFIX}{task_id}"))
-                    .await
-                {
-                    tracing::warn!(run = %task_id, error = %e, "removing a cancellation request failed");
-                }
+        // Every event of the run's task names the run (`drive` records its cluster). No parent:
+        // a run started when another one finished is not part of that one.
+        let span = tracing::info_span!(
+            parent: None,
+            "run",
+            run_id = %id,
+            cluster = tracing::field::Empty,
+            origin = tracing::field::Empty
+        );
+        if let Some(r) = &record {
+            span.record("cluster", r.cluster.as_str());
+            if let Some(o) = &r.origin {
+                span.record("origin", o.as_str());
             }
-            inner.finish(&task_id, result);
-        });
+        }
+        // The task cannot observe `tasks` before we insert its handle: it needs this lock.
+        let handle = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                // A panic (e.g. in the observer) must not leave the cluster locked.
+                let result = AssertUnwindSafe(inner.drive(&task_id, record, prestarted))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(EngineError::Stopped {
+                            id: task_id.clone(),
+                            reason: "run task panicked".to_string(),
+                        })
+                    });
+                // A cancellation asked for during the last step, which then finished the run.
+                let asked = inner
+                    .lock()
+                    .live
+                    .get(&task_id)
+                    .is_some_and(|l| l.cancel.is_some());
+                if asked && result.as_ref().is_ok_and(|r| r.state.is_terminal()) {
+                    if let Err(e) = inner
+                        .store
+                        .delete_meta(&format!("{CANCEL_PREFIX}{task_id}"))
+                        .await
+                    {
+                        tracing::warn!(run = %task_id, error = %e, "removing a cancellation request failed");
+                    }
+                }
+                inner.finish(&task_id, result);
+            },
+            span,
+        ));
         s.tasks.insert(id, handle);
     }
 
@@ -983,6 +1001,11 @@ impl Inner {
                 .await?
                 .ok_or_else(|| EngineError::NotFound(id.to_string()))?,
         };
+        let span = tracing::Span::current();
+        span.record("cluster", run.cluster.as_str());
+        if let Some(o) = &run.origin {
+            span.record("origin", o.as_str());
+        }
         if run.state.is_terminal() {
             return Ok(run);
         }
@@ -1080,16 +1103,17 @@ impl Inner {
                 }
                 StepState::Running => {}
             }
-            match self
-                .drive_step(
-                    &mut run,
-                    idx,
-                    &mut w,
-                    &outputs,
-                    &mut shutdown,
-                    begun.take() == Some(idx),
-                )
-                .await?
+            let step_span = tracing::info_span!(
+                "step",
+                step = %run.steps[idx].spec.id,
+                step_index = idx
+            );
+            let begun_here = begun.take() == Some(idx);
+            match tracing::Instrument::instrument(
+                self.drive_step(&mut run, idx, &mut w, &outputs, &mut shutdown, begun_here),
+                step_span,
+            )
+            .await?
             {
                 StepEnd::Succeeded => {
                     let step = &run.steps[idx];

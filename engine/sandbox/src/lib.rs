@@ -677,6 +677,8 @@ impl Environment {
             aws_endpoint_url: Some(self.moto.endpoint_url()),
             catalog_dir: None,
             listen: None,
+            admin_listen: None,
+            run_retention: std::time::Duration::from_secs(90 * 24 * 3600),
             webhook_secret_env: "TKGOPS_SANDBOX_WEBHOOK_SECRET".into(),
             webhook_secret_file: None,
             trusted_policy_commit: None,

@@ -292,13 +292,19 @@ impl MergeReconciler<'_> {
                 steps: cp.steps.clone(),
             };
             record.run_ids.push(id.clone());
-            // Persist the merge record before the run exists so the publisher can render it.
-            self.journal.put_merge_record(record).await?;
-            self.journal.set_last_run(&cp.cluster, &id).await?;
-            self.engine
-                .submit(req)
-                .await
-                .map_err(|e| BotError::Engine(e.to_string()))?;
+            let span = tracing::info_span!("submit", run_id = %id, cluster = %cp.cluster);
+            let submit = async {
+                // Persist the merge record before the run exists so the publisher can render it.
+                self.journal.put_merge_record(record).await?;
+                self.journal.set_last_run(&cp.cluster, &id).await?;
+                self.engine
+                    .submit(req)
+                    .await
+                    .map_err(|e| BotError::Engine(e.to_string()))?;
+                info!("run submitted");
+                Ok::<(), BotError>(())
+            };
+            tracing::Instrument::instrument(submit, span).await?;
         }
         Ok(())
     }

@@ -165,15 +165,30 @@ impl From<Action> for Outcome {
 pub async fn reconcile(cx: &Context, key: &Key) -> Result<Outcome, BotError> {
     match key {
         Key::Sync => sync::Sync { cx }.reconcile().await,
-        Key::Merge { position, pr, .. } => merge::MergeReconciler { cx }
-            .reconcile(*position, *pr)
+        Key::Merge {
+            position,
+            pr,
+            commit,
+        } => {
+            // Every event of the merge's handling (and of its runs' submission) names it.
+            let span = tracing::info_span!("merge", pr = *pr, merge_commit = %commit.as_str());
+            tracing::Instrument::instrument(
+                merge::MergeReconciler { cx }.reconcile(*position, *pr),
+                span,
+            )
             .await
-            .map(Outcome::from),
+            .map(Outcome::from)
+        }
         Key::PolicyChain => sync::Sync { cx }.policy_chain().await,
-        Key::PullPlan { number, head } => pull_plan::PullPlanReconciler { cx }
-            .reconcile(*number, head)
+        Key::PullPlan { number, head } => {
+            let span = tracing::info_span!("pull_plan", pr = *number, head = %head.as_str());
+            tracing::Instrument::instrument(
+                pull_plan::PullPlanReconciler { cx }.reconcile(*number, head),
+                span,
+            )
             .await
-            .map(Outcome::from),
+            .map(Outcome::from)
+        }
         Key::Schedule { name, .. } => schedule::ScheduleReconciler { cx }
             .reconcile(name)
             .await

@@ -25,7 +25,27 @@ pub use records::{
     MAX_ERROR_BYTES, OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED,
     OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
 };
-pub use sled_store::{FencingHandle, JournalTree, SledStore, TreeOp};
+pub use sled_store::{
+    FencingHandle, JournalTree, PruneReport, SledStore, TreeOp, SCHEMA_VERSION,
+    SCHEMA_VERSION_UNRECORDED,
+};
+
+/// Which runs [`Store::list_runs`] returns: every condition set must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only the runs of this cluster ([`RunRecord::cluster`]).
+    pub cluster: Option<String>,
+    /// Only the runs in this state.
+    pub state: Option<RunState>,
+}
+
+impl RunFilter {
+    /// Whether `run` passes the filter.
+    pub fn matches(&self, run: &RunRecord) -> bool {
+        self.cluster.as_ref().is_none_or(|c| *c == run.cluster)
+            && self.state.is_none_or(|s| s == run.state)
+    }
+}
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +76,20 @@ pub enum StoreError {
     /// [`SledStore::tree`] was asked for a tree the store keeps its own records in.
     #[error("tree {0:?} is the store's own")]
     ReservedTree(String),
+    /// The journal was written by a newer tkgops: its schema version `found` is newer than
+    /// the [`SCHEMA_VERSION`] this one reads. It is not opened (nor changed), so that nothing
+    /// is misread or overwritten.
+    #[error(
+        "the journal has store schema version {found}, written by a newer tkgops; this version \
+         reads store schema versions up to {supported}: run a tkgops at least as new as the one \
+         that wrote it (or restore a backup taken before the upgrade)"
+    )]
+    NewerSchema {
+        /// The version recorded in the journal.
+        found: u32,
+        /// The newest version this build reads ([`SCHEMA_VERSION`]).
+        supported: u32,
+    },
     /// A write (or [`SledStore::fence`]) under a fencing token older than the highest one the
     /// store has seen: another process acquired the lease since this one did, so this one must
     /// not write. Nothing was written.
@@ -120,6 +154,15 @@ pub trait Store: Send + Sync {
     /// Every non-terminal run, ordered by `seq`. Cost is proportional to the number of active
     /// runs, not to the history. Errors: I/O or a record that does not decode.
     async fn list_active(&self) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Every run that passes `filter` (any state when it sets none), ordered by `seq`, for
+    /// the run history (`tkgops runs`, the admin endpoint, `tkgops journal export`).
+    ///
+    /// Cost: a scan of every run header in the journal (a cluster or state filter is checked
+    /// on the header, before the run's steps are read), in tokio's blocking pool; about
+    /// proportional to the number of runs kept, which retention ([`SledStore::prune`])
+    /// bounds. Errors: as [`Store::get_run`].
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, StoreError>;
 
     /// Every run (any state) whose [`RunRecord::origin`] is `origin`, ordered by `seq`.
     /// Errors: as [`Store::get_run`].

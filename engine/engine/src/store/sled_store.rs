@@ -26,7 +26,31 @@
 //!   typed journal kept it.
 //! - `fence`: `highest` → the highest fencing token ([`SledStore::fence`]) the store has
 //!   seen (u64 BE).
+//! - `schema`: `version` → the store's schema version (u32 BE, [`SCHEMA_VERSION`]).
 //! - any other name: a [`JournalTree`] handed out by [`SledStore::tree`] (the bot's journal).
+//!
+//! Schema versions ([`SCHEMA_VERSION`]): a journal without a `schema` record is of version 1
+//! ([`SCHEMA_VERSION_UNRECORDED`]), the layout above as versions before the record wrote it,
+//! where a run may still be a whole JSON record of an even earlier version. Version 2 is the
+//! same layout with every run in the split form. [`SledStore::open`] reads the version first:
+//! a newer one is refused ([`StoreError::NewerSchema`], naming both versions) before anything
+//! is written; an older one is migrated in place before the store is handed out:
+//! - 1 → 2: every whole run record is written again in the split form (its steps under a new
+//!   generation, then the header that switches to them: the order of any whole write, so each
+//!   run is old or new after a crash, never a mix), then flushed; then the version record is
+//!   written and flushed, last. A crash before the version record leaves a valid version 1
+//!   journal (version 1 reads both forms), and the next open runs the migration again: runs
+//!   already rewritten are in the split form and skipped, so each step is idempotent.
+//!
+//! Every migration write is checked against the handle's fencing state like any other write;
+//! the migration runs while the process holds sled's file lock, before the store is handed out
+//! (and, with leader election, after the process acquired the Lease: the bot opens the journal
+//! only then).
+//!
+//! The history ([`Store::list_runs`]) is a scan of the `runs` tree in the blocking pool: it
+//! decodes every header (a few hundred bytes each) and reads the steps of the runs that pass
+//! the filter, so its cost grows with the runs kept. Retention bounds them: [`SledStore::prune`]
+//! deletes terminal runs older than a retention, keeping each cluster's latest succeeded run.
 //!
 //! Fencing: a process that holds the leader-election Lease calls [`SledStore::fence`] once per
 //! acquisition with the Lease's transition count. The store keeps the highest token it has
@@ -98,8 +122,20 @@ const HEADER_V1: u8 = 1;
 /// Length of the header's prefix: version, generation, step count, terminal.
 const HEADER_PREFIX_LEN: usize = 10;
 
+/// The schema version of the journal this build writes, and the newest it reads (module docs,
+/// "Schema versions"). Recorded in the `schema` tree at open.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The schema version of a journal that records none: written before the store recorded its
+/// version.
+pub const SCHEMA_VERSION_UNRECORDED: u32 = 1;
+
+/// Key of the schema version in the `schema` tree.
+const SCHEMA_KEY: &[u8] = b"version";
+
 /// Trees the store keeps its own records in: [`SledStore::tree`] refuses them.
 const RESERVED_TREES: &[&str] = &[
+    "schema",
     "runs",
     "steps",
     "active",
@@ -222,6 +258,20 @@ struct Trees {
     deployed: sled::Tree,
     meta: sled::Tree,
     fence: sled::Tree,
+    schema: sled::Tree,
+}
+
+/// What [`SledStore::prune`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// The ids of the runs deleted, in `seq` order.
+    pub removed: Vec<String>,
+    /// Terminal runs older than the retention that were kept: the latest succeeded run of
+    /// their cluster (or the run its deployed commit names).
+    pub kept: Vec<String>,
+    /// Step records removed whose run header was already gone (what a crash in the middle of
+    /// an earlier prune left).
+    pub orphan_steps: usize,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -273,6 +323,14 @@ impl SledStore {
     }
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+        let schema = db.open_tree("schema")?;
+        let found = read_schema_version(&schema)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
         let store = SledStore {
             trees: Trees {
                 runs: db.open_tree("runs")?,
@@ -282,6 +340,7 @@ impl SledStore {
                 deployed: db.open_tree("deployed")?,
                 meta: db.open_tree("meta")?,
                 fence: db.open_tree("fence")?,
+                schema,
             },
             flusher: Arc::new(Flusher {
                 db,
@@ -293,7 +352,87 @@ impl SledStore {
         if store.trees.repair()? > 0 {
             store.flusher.db.flush()?;
         }
+        if found < SCHEMA_VERSION {
+            store.migrate(found)?;
+        }
         Ok(store)
+    }
+
+    /// Migrates the journal from schema version `from` to [`SCHEMA_VERSION`] in place (module
+    /// docs, "Schema versions"): each step writes its new records and flushes, and the version
+    /// record is written (and flushed) last.
+    ///
+    /// Errors: [`StoreError::StaleFencingToken`] under a stale fencing token,
+    /// [`StoreError::Sled`], [`StoreError::Codec`] for a run record that does not decode.
+    fn migrate(&self, from: u32) -> Result<(), StoreError> {
+        let fence = &self.flusher.fence;
+        if from < 2 {
+            // 1 → 2: whole run records in the split form.
+            let mut whole = Vec::new();
+            for entry in self.trees.runs.iter() {
+                let (key, bytes) = entry?;
+                if split_prefix(&bytes).is_none() {
+                    whole.push(key);
+                }
+            }
+            for key in whole {
+                if let Some(run) = self.trees.get_run(&key)? {
+                    fence.check()?;
+                    self.trees.put_whole(&run)?;
+                }
+            }
+            self.flusher.db.flush()?;
+        }
+        fence.check()?;
+        self.trees
+            .schema
+            .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+        self.flusher.db.flush()?;
+        tracing::info!(
+            from,
+            to = SCHEMA_VERSION,
+            "migrated the journal to a new store schema version"
+        );
+        Ok(())
+    }
+
+    /// The store schema version recorded in the journal ([`SCHEMA_VERSION`] once opened).
+    ///
+    /// Errors: [`StoreError::Sled`] on I/O failure, [`StoreError::Corrupt`] for a record that
+    /// is not 4 bytes.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        read_schema_version(&self.trees.schema)
+    }
+
+    /// Deletes the terminal runs that finished (or, without an end time, last changed) more
+    /// than `retention` before `now`, with their steps and index entries, keeping for each
+    /// cluster its latest succeeded run and the run its deployed commit names (the deployed
+    /// commit itself is never touched). Also removes step records left by a prune a crash
+    /// cut short. Flushes before returning.
+    ///
+    /// Each run is deleted header first (compare-and-swap against the header read, so a run
+    /// written meanwhile, e.g. retried, is kept), then its `by_origin` entry, then its steps:
+    /// a crash leaves at worst index entries that readers skip and step records the next prune
+    /// removes. Cost: a scan of the `runs` and `steps` trees in the blocking pool. Run it at
+    /// start and about daily.
+    ///
+    /// Errors: [`StoreError::StaleFencingToken`] (checked before each run's deletion; the runs
+    /// before it stay deleted), [`StoreError::Sled`], [`StoreError::Codec`] and
+    /// [`StoreError::Corrupt`] for records that do not decode, [`StoreError::Task`].
+    pub async fn prune(
+        &self,
+        now: DateTime<Utc>,
+        retention: std::time::Duration,
+    ) -> Result<PruneReport, StoreError> {
+        self.flusher.fence.check()?;
+        let cutoff = chrono::Duration::from_std(retention)
+            .ok()
+            .and_then(|r| now.checked_sub_signed(r))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let fence = self.flusher.fence.clone();
+        let report = self.blocking(move |t| t.prune(cutoff, &fence)).await?;
+        self.flush().await?;
+        Ok(report)
     }
 
     /// The named tree `name` of this database, for state the engine does not interpret (the
@@ -651,7 +790,143 @@ fn split_seq<'k>(
     Ok((u64::from_be_bytes(seq), &key[at + 8..]))
 }
 
+/// The schema version recorded in `schema`, [`SCHEMA_VERSION_UNRECORDED`] when none is.
+fn read_schema_version(schema: &sled::Tree) -> Result<u32, StoreError> {
+    match schema.get(SCHEMA_KEY)? {
+        None => Ok(SCHEMA_VERSION_UNRECORDED),
+        Some(v) => Ok(u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+            StoreError::Corrupt {
+                tree: "schema",
+                detail: format!("version of {} bytes", v.len()),
+            }
+        })?)),
+    }
+}
+
+/// What [`Trees::prune`] needs of a terminal run's header.
+struct Finished {
+    id: sled::IVec,
+    header: sled::IVec,
+    cluster: String,
+    state: RunState,
+    seq: u64,
+    origin: Option<String>,
+    ended: DateTime<Utc>,
+}
+
 impl Trees {
+    /// The own fields of every run (its steps not read), with its key, in key order.
+    fn headers(&self) -> Result<Vec<(sled::IVec, sled::IVec, Header)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.runs.iter() {
+            let (key, bytes) = entry?;
+            let header = match decode_stored(&key, &bytes)? {
+                Stored::Split { header, .. } => *header,
+                Stored::Whole(r) => Header {
+                    id: r.id,
+                    cluster: r.cluster,
+                    workflow: r.workflow,
+                    commit_sha: r.commit_sha,
+                    origin: r.origin,
+                    state: r.state,
+                    seq: r.seq,
+                    created_at: r.created_at,
+                    updated_at: r.updated_at,
+                    finished_at: r.finished_at,
+                    error: r.error,
+                    note: r.note,
+                },
+            };
+            out.push((key, bytes, header));
+        }
+        Ok(out)
+    }
+
+    /// [`SledStore::prune`] with the cutoff time, in the blocking pool.
+    fn prune(&self, cutoff: DateTime<Utc>, fence: &FenceState) -> Result<PruneReport, StoreError> {
+        let mut finished: Vec<Finished> = self
+            .headers()?
+            .into_iter()
+            .filter(|(_, _, h)| h.state.is_terminal())
+            .map(|(id, header, h)| Finished {
+                id,
+                header,
+                ended: h.finished_at.unwrap_or(h.updated_at),
+                cluster: h.cluster,
+                state: h.state,
+                seq: h.seq,
+                origin: h.origin,
+            })
+            .collect();
+        finished.sort_by_key(|f| f.seq);
+        // Per cluster: its latest succeeded run, and the run its deployed commit names.
+        let mut keep = std::collections::HashSet::new();
+        let mut latest: std::collections::HashMap<&str, &Finished> = Default::default();
+        for f in finished.iter().filter(|f| f.state == RunState::Succeeded) {
+            let newer = latest
+                .get(f.cluster.as_str())
+                .is_none_or(|l| (l.ended, l.seq) <= (f.ended, f.seq));
+            if newer {
+                latest.insert(f.cluster.as_str(), f);
+            }
+        }
+        for f in latest.values() {
+            keep.insert(f.id.clone());
+        }
+        for f in &finished {
+            if let Some(d) = self.get_deployed(&f.cluster)? {
+                if let Some(id) = d.run_id {
+                    keep.insert(sled::IVec::from(id.as_bytes()));
+                }
+            }
+        }
+        let mut report = PruneReport::default();
+        for f in finished.iter().filter(|f| f.ended < cutoff) {
+            let id = String::from_utf8_lossy(&f.id).into_owned();
+            if keep.contains(&f.id) {
+                report.kept.push(id);
+                continue;
+            }
+            fence.check()?;
+            // Header first, and only if nobody wrote the run since it was read.
+            if self
+                .runs
+                .compare_and_swap(&f.id, Some(&f.header), None as Option<&[u8]>)?
+                .is_err()
+            {
+                continue;
+            }
+            if let Some(origin) = &f.origin {
+                self.by_origin.remove(origin_key(origin, f.seq, &id))?;
+            }
+            self.active.remove(active_key(f.seq, &id))?;
+            for entry in self.steps.scan_prefix(steps_prefix(&id)) {
+                let (key, _) = entry?;
+                self.steps.remove(key)?;
+            }
+            report.removed.push(id);
+        }
+        // Step records whose run is gone (a prune a crash cut short).
+        let mut orphans = Vec::new();
+        for entry in self.steps.iter() {
+            let (key, _) = entry?;
+            let Some(nul) = key.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            if !self.runs.contains_key(&key[..nul])? {
+                orphans.push(key);
+            }
+        }
+        if !orphans.is_empty() {
+            fence.check()?;
+        }
+        for key in orphans {
+            self.steps.remove(key)?;
+            report.orphan_steps += 1;
+        }
+        Ok(report)
+    }
+
     /// The run `id` with its steps, or `None`.
     fn get_run(&self, id: &[u8]) -> Result<Option<RunRecord>, StoreError> {
         let Some(bytes) = self.runs.get(id)? else {
@@ -933,6 +1208,25 @@ impl Store for SledStore {
                     }
                 }
             }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_runs(&self, filter: &super::RunFilter) -> Result<Vec<RunRecord>, StoreError> {
+        let filter = filter.clone();
+        self.blocking(move |t| {
+            let mut out = Vec::new();
+            for (key, _, h) in t.headers()? {
+                let passes = filter.cluster.as_ref().is_none_or(|c| *c == h.cluster)
+                    && filter.state.is_none_or(|s| s == h.state);
+                if passes {
+                    if let Some(run) = t.get_run(&key)? {
+                        out.push(run);
+                    }
+                }
+            }
+            out.sort_by_key(|r| r.seq);
             Ok(out)
         })
         .await
