@@ -5,6 +5,10 @@ use std::process::{Command, Output};
 
 use tkgops_emulators::git_remote::{commit_on_branch, init_remote};
 
+mod jsonschema;
+mod schemas;
+mod validate_formats;
+
 /// The repository root.
 fn root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
