@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 use tkgops_emulators::git_remote::{commit_on_branch, init_remote};
 
 mod history;
+mod jsonschema;
+mod schemas;
+mod validate_formats;
 
 /// The repository root.
 fn root() -> PathBuf {

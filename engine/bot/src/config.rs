@@ -32,7 +32,7 @@ pub enum ConfigError {
 }
 
 /// GitHub settings.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GitHubSettings {
     /// REST API base URL; `https://api.github.com` by default (GitHub Enterprise: `https://HOST/api/v3`).
@@ -94,7 +94,7 @@ fn default_run_retention() -> Duration {
 }
 
 /// The bot configuration file.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BotConfig {
     /// GitHub settings.
@@ -103,18 +103,22 @@ pub struct BotConfig {
     pub state_dir: PathBuf,
     /// How often open and recently closed pull requests are polled (humantime; default 30s).
     #[serde(default = "default_poll", with = "tkgops_domain::serde_duration")]
+    #[schemars(with = "String")]
     pub poll_interval: Duration,
     /// Poll interval of cluster readiness and PackageInstall waits (default 15s, as TKG).
     #[serde(default = "default_kube_poll", with = "tkgops_domain::serde_duration")]
+    #[schemars(with = "String")]
     pub kube_poll_interval: Duration,
     /// Poll interval of TMC attach waits (default 10s, as the TMC Terraform provider).
     #[serde(default = "default_tmc_poll", with = "tkgops_domain::serde_duration")]
+    #[schemars(with = "String")]
     pub tmc_poll_interval: Duration,
     /// Minimum time between two edits of the same PR comment (GitHub content-creation limits).
     #[serde(
         default = "default_comment_interval",
         with = "tkgops_domain::serde_duration"
     )]
+    #[schemars(with = "String")]
     pub comment_min_interval: Duration,
     /// Environment variable holding the TMC (CSP) API token.
     #[serde(default = "default_tmc_token_env")]
@@ -147,6 +151,7 @@ pub struct BotConfig {
         default = "default_run_retention",
         with = "tkgops_domain::serde_duration"
     )]
+    #[schemars(with = "String")]
     pub run_retention: Duration,
     /// Environment variable holding the webhook secret GitHub signs deliveries with
     /// (default `GITHUB_WEBHOOK_SECRET`); when it is unset every delivery is refused.
@@ -172,7 +177,7 @@ pub struct BotConfig {
 
 /// The `leaderElection` section of the bot configuration (README "High availability and
 /// failure model"). The durations must satisfy `retryPeriod < renewDeadline < leaseDuration`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LeaderElectionSettings {
     /// Whether `tkgops serve` takes part in leader election (default false: it acts at once).
@@ -200,6 +205,7 @@ pub struct LeaderElectionSettings {
         default = "default_lease_duration",
         with = "tkgops_domain::serde_duration"
     )]
+    #[schemars(with = "String")]
     pub lease_duration: Duration,
     /// How long the holder keeps acting without a successful renewal before it stops and
     /// exits (default 10s).
@@ -207,12 +213,14 @@ pub struct LeaderElectionSettings {
         default = "default_renew_deadline",
         with = "tkgops_domain::serde_duration"
     )]
+    #[schemars(with = "String")]
     pub renew_deadline: Duration,
     /// Time between two attempts to acquire or renew the Lease (default 2s).
     #[serde(
         default = "default_retry_period",
         with = "tkgops_domain::serde_duration"
     )]
+    #[schemars(with = "String")]
     pub retry_period: Duration,
 }
 

@@ -53,12 +53,14 @@ pub mod reconcile;
 pub mod redact;
 pub mod replan;
 pub mod scheduler;
+pub mod schemas;
 pub mod secrets;
 pub mod serve;
 pub mod sha;
 #[cfg(test)]
 mod testing;
 pub mod trust;
+pub mod validate_format;
 pub mod webhook;
 
 use std::sync::Arc;

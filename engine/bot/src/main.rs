@@ -49,6 +49,10 @@ enum Command {
         /// Files or directories to check.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Output format: `text` (one line per finding), `json` (findings and a summary) or
+        /// `sarif` (SARIF 2.1.0 for GitHub code scanning). The exit code is the same for all.
+        #[arg(long, value_enum, default_value_t = tkgops::validate_format::Format::Text)]
+        format: tkgops::validate_format::Format,
     },
     /// Print the plan (the PR comment Markdown) for the change between two commits of a local
     /// config repository. Reads no credentials. Exit 1 when the plan has errors.
@@ -179,11 +183,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { paths } => {
+        Command::Validate { paths, format } => {
             let report = tkgops_domain::request::validate_paths(&tkgops::local::LocalFiles, &paths);
-            for f in &report.findings {
-                println!("{f}");
-            }
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let out =
+                tkgops::validate_format::render(&report, format, env!("CARGO_PKG_VERSION"), &cwd);
+            print!("{out}");
             Ok(ExitCode::from(report.exit_code() as u8))
         }
         Command::Plan {

@@ -96,7 +96,9 @@ pub enum ScheduleError {
 }
 
 /// What a scheduled run upgrades a cluster to (see [`resolve_target`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// `latest-patch` (the default): the newest TKR of the cluster's Kubernetes minor.
@@ -107,7 +109,9 @@ pub enum Target {
 }
 
 /// What a scheduled run does with the upgrades it finds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScheduleAction {
     /// `propose` (the default, the safe one): open bump pull requests, Renovate-style, within
@@ -119,7 +123,7 @@ pub enum ScheduleAction {
 }
 
 /// Pull-request caps of `action: propose` (Renovate `prConcurrentLimit`, `prHourlyLimit`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProposeLimits {
     /// Open schedule pull requests at most (default 10, Renovate `prConcurrentLimit`); >= 1.
@@ -163,7 +167,7 @@ impl ProposeLimits {
 
 /// One wave of a [`Schedule`]: the clusters its selector matches (first matching wave wins),
 /// upgraded at most `max_concurrent` at a time, then `soak` of waiting before the next wave.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Wave {
     /// Wave name (a DNS-1123 label, unique in the schedule; `remaining` only for a last wave
@@ -172,9 +176,11 @@ pub struct Wave {
     /// Kubernetes label selector over the clusters' labels; absent or `{}` matches every
     /// cluster the schedule selects.
     #[serde(default, deserialize_with = "selector_de")]
+    #[schemars(schema_with = "selector_schema")]
     pub selector: Option<LabelSelector>,
     /// Wait after the wave succeeded, humantime (`30m`); absent = 0s.
     #[serde(default, deserialize_with = "scalar_de")]
+    #[schemars(schema_with = "duration_schema")]
     pub soak: Option<String>,
     /// Clusters of the wave upgraded at the same time, >= 1 (default 1).
     #[serde(default = "one")]
@@ -204,7 +210,7 @@ impl Wave {
 /// how long (the maintenance window), which clusters (selector, waves), to what (target) and
 /// how (action). Field values are kept as written; [`validate_schedules`] reports the invalid
 /// ones, and the accessors return errors (or fail closed) for them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Schedule {
     /// Schedule name, a DNS-1123 label unique in the file (part of git branch names).
@@ -218,9 +224,11 @@ pub struct Schedule {
     pub timezone: Option<String>,
     /// Maintenance window length from each fire, humantime (`4h`); required, > 0.
     #[serde(default, deserialize_with = "scalar_de")]
+    #[schemars(schema_with = "duration_schema")]
     pub window: Option<String>,
     /// Kubernetes label selector over the clusters' labels; absent or `{}` = every cluster.
     #[serde(default, deserialize_with = "selector_de")]
+    #[schemars(schema_with = "selector_schema")]
     pub selector: Option<LabelSelector>,
     /// What to upgrade to (default `latest-patch`).
     #[serde(default)]
@@ -230,10 +238,50 @@ pub struct Schedule {
     pub action: ScheduleAction,
     /// Waves in order; absent = one wave ([`REMAINING_WAVE`]) of every selected cluster.
     #[serde(default)]
+    #[schemars(
+        description = "Waves in order; absent = one wave (`remaining`) of every selected cluster."
+    )]
     pub waves: Vec<Wave>,
     /// Pull-request caps; only with `action: propose` (absent = the defaults).
     #[serde(default)]
     pub propose: Option<ProposeLimits>,
+}
+
+/// Schema of a humantime duration as [`scalar_de`] reads it (`30m`, `4h`; null = absent).
+fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["string", "number", "null"],
+        "examples": ["30m", "4h"]
+    })
+}
+
+/// Schema of a Kubernetes `LabelSelector` as [`selector_de`] reads it (unknown keys rejected).
+fn selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["object", "null"],
+        "properties": {
+            "matchLabels": {
+                "description": "Labels a cluster must all carry.",
+                "type": ["object", "null"],
+                "additionalProperties": {"type": "string"}
+            },
+            "matchExpressions": {
+                "description": "Requirements a cluster's labels must all meet.",
+                "type": ["array", "null"],
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"description": "The label key.", "type": "string"},
+                        "operator": {"description": "How the key relates to the values.", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                        "values": {"description": "Values for In and NotIn; empty for Exists and DoesNotExist.", "type": ["array", "null"], "items": {"type": "string"}}
+                    },
+                    "additionalProperties": false
+                }
+            }
+        },
+        "additionalProperties": false
+    })
 }
 
 /// Reads a YAML scalar (string, number, bool) as text; null as absent.

@@ -877,12 +877,12 @@ fn an_existing_clusters_management_cluster_namespace_and_name_never_change() {
         .expect("a placement finding")
         .to_string();
     assert!(
-        f.starts_with("clusters/team-a-prod/tkgops.yaml:1: TKGOPS-PLACEMENT error: managementCluster of the existing cluster team-a-prod changes from mc-aws-1 to mc-aws-2: refused."),
+        f.starts_with("clusters/team-a-prod/tkgops.yaml:2: TKGOPS-PLACEMENT error: managementCluster of the existing cluster team-a-prod changes from mc-aws-1 to mc-aws-2: refused."),
         "{f}"
     );
     let md = render_plan(&p, &Catalog::builtin().unwrap(), true).unwrap();
     assert!(md.contains("TKGOPS-PLACEMENT"), "{md}");
-    assert!(md.contains("clusters/team-a-prod/tkgops.yaml:1"), "{md}");
+    assert!(md.contains("clusters/team-a-prod/tkgops.yaml:2"), "{md}");
 
     // NAMESPACE (with a resize in the same change: still nothing runs) and CLUSTER_NAME.
     for (var, old_line, new_line, said) in [

@@ -18,7 +18,7 @@ use crate::tkg::TkgVersion;
 pub(crate) const SCHEMA: &str = "TKGOPS-SCHEMA";
 
 /// The config repository's root `tkgops.yaml`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RepoConfig {
     /// Management clusters the bot may create workload clusters on (at least one).
@@ -43,6 +43,9 @@ pub struct RepoConfig {
     /// waves); empty by default. Validated by [`crate::schedule::validate_schedules`]
     /// (`TKGOPS-SCHEDULE`).
     #[serde(default)]
+    #[schemars(
+        description = "Scheduled upgrade runs (cron in a time zone, maintenance window, selector, target, waves; README \"Schedules\"); empty by default. Checked by rule TKGOPS-SCHEDULE."
+    )]
     pub schedules: Vec<crate::schedule::Schedule>,
     /// Limits of one plan (`plan.maxClusters`); the defaults when absent.
     #[serde(default)]
@@ -59,7 +62,7 @@ pub const DEFAULT_MAX_CLUSTERS: u32 = 200;
 pub const MAX_MAX_CLUSTERS: u32 = 10_000;
 
 /// The `plan` section of [`RepoConfig`]: limits of one plan.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlanPolicy {
     /// At most this many clusters in one plan (default [`DEFAULT_MAX_CLUSTERS`], 1 to
@@ -68,6 +71,10 @@ pub struct PlanPolicy {
     /// large pull request), so a fork touching thousands of folders would spend the bot's
     /// GitHub write budget.
     #[serde(default = "default_max_clusters")]
+    #[schemars(
+        range(min = 1, max = 10000),
+        description = "At most this many clusters in one plan (default 200, 1 to 10000). A change touching more is blocked as a whole (rule TKGOPS-PLAN-SIZE): each planned cluster costs GitHub writes."
+    )]
     pub max_clusters: u32,
 }
 
@@ -91,14 +98,18 @@ impl RepoConfig {
 }
 
 /// A management cluster entry of [`RepoConfig`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ManagementClusterConfig {
     /// Name referenced by [`ClusterSettings::management_cluster`].
+    #[schemars(
+        description = "Name of the management cluster, as clusters' `managementCluster` names it."
+    )]
     pub name: String,
     /// How the bot reaches it: `{file: PATH}`, `{env: VAR}` or
     /// `{secret: {namespace, name, key}}` (key default `value`).
     #[serde(deserialize_with = "kubeconfig_de")]
+    #[schemars(schema_with = "kubeconfig_schema")]
     pub kubeconfig: KubeconfigSource,
     /// Namespace of the Cluster objects when the TKG `NAMESPACE` variable is unset
     /// (default `default`, TF `constants/defaults.go` `DefaultNamespace`).
@@ -111,15 +122,22 @@ pub struct ManagementClusterConfig {
     /// ClusterClass name when it differs from the release default
     /// ([`TkgVersion::cluster_class`]), e.g. for an unverified 2.3/2.4 class name.
     #[serde(default)]
+    #[schemars(
+        description = "ClusterClass name when it differs from the release's default (tkg-aws-default-v1.0.0 for 2.1 and 2.2), e.g. for an unverified 2.3/2.4 class name."
+    )]
     pub cluster_class: Option<String>,
     /// TKR versions this management cluster offers beyond the release's own
     /// ([`TkgVersion::tkrs`]), e.g. from an `additional-compatible-tkrs` ConfigMap (§8).
     #[serde(default)]
+    #[schemars(
+        description = "TKR versions this management cluster offers beyond the ones its TKG release ships, e.g. from an `additional-compatible-tkrs` ConfigMap."
+    )]
     pub tkrs: Vec<String>,
     /// Flat TKG variables (`AWS_REGION: us-west-2`) merged under every request that names this
     /// management cluster: workload files inherit them as they inherit the management cluster's
     /// configuration in TKG (the class defaults, §1). A request's own value wins.
     #[serde(default, deserialize_with = "flat_vars_de")]
+    #[schemars(schema_with = "flat_vars_schema")]
     pub defaults: BTreeMap<String, String>,
     /// The identity management the management cluster runs (`oidc`, `ldap` or `none`); workload
     /// clusters inherit it (§7), so rule TKO-CLS-006 checks it here and the preflight verifies
@@ -135,7 +153,7 @@ pub struct ManagementClusterConfig {
 /// An AWS role tkgops assumes for one management cluster's AWS steps (TKG estates span
 /// accounts: each management cluster usually lives in its own). The bot's own identity needs
 /// `sts:AssumeRole` on it, and the role needs what `deploy/aws/iam-policy.json` allows.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AwsIdentity {
     /// The role's ARN, `arn:aws:iam::<12-digit account>:role/<name>` (any AWS partition).
@@ -210,7 +228,7 @@ impl ManagementClusterConfig {
 }
 
 /// Identity management of a management cluster (TKG `IDENTITY_MANAGEMENT_TYPE`, §7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum IdentityManagementType {
     /// Pinniped with an OIDC provider.
@@ -304,12 +322,83 @@ fn kubeconfig_de<'de, D: Deserializer<'de>>(d: D) -> Result<KubeconfigSource, D:
     }
 }
 
+/// Schema of `kubeconfig` as [`kubeconfig_de`] reads it: exactly one of `file`, `env`, `secret`.
+fn kubeconfig_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "How the bot reaches the management cluster: exactly one of `file` (a kubeconfig file on the bot's host), `env` (an environment variable of the bot holding a whole kubeconfig) or `secret` (a Secret in the cluster the bot runs in).",
+        "type": "object",
+        "oneOf": [
+            {
+                "required": ["file"],
+                "properties": {"file": {"description": "A kubeconfig file on the bot's host.", "type": "string"}},
+                "additionalProperties": false
+            },
+            {
+                "required": ["env"],
+                "properties": {"env": {"description": "An environment variable of the bot holding a whole kubeconfig (YAML text).", "type": "string"}},
+                "additionalProperties": false
+            },
+            {
+                "required": ["secret"],
+                "properties": {"secret": {
+                    "description": "A Secret in the cluster the bot runs in (in-cluster configuration) holding a kubeconfig.",
+                    "type": "object",
+                    "required": ["namespace", "name"],
+                    "properties": {
+                        "namespace": {"description": "Namespace of the Secret.", "type": "string"},
+                        "name": {"description": "Name of the Secret.", "type": "string"},
+                        "key": {"description": "Data key holding the kubeconfig (default `value`, the Cluster API convention).", "type": "string", "default": "value"}
+                    },
+                    "additionalProperties": false
+                }},
+                "additionalProperties": false
+            }
+        ]
+    })
+}
+
+/// Schema of a map of flat TKG variables as [`flat_vars_de`] reads it: scalar values.
+fn flat_vars_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Flat TKG variables (`AWS_REGION: us-west-2`) merged under every request that names this management cluster; a request's own value wins.",
+        "type": "object",
+        "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+        "default": {}
+    })
+}
+
+/// Schema of [`PackageRequest::values`]: a YAML map.
+fn values_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Values (a YAML map) written to the `<pkgi>-<ns>-values` Secret as `values.yaml`. Never secrets (rule TKGOPS-PKG-SECRET): those come through `valuesFrom`.",
+        "type": ["object", "null"]
+    })
+}
+
+/// Schema of cluster labels as [`labels_de`] reads them (a null value is `""`).
+fn labels_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Labels of the cluster, matched by `rules.overrides[].matchLabels` and schedule selectors of the repository's tkgops.yaml (a null value is \"\").",
+        "type": "object",
+        "additionalProperties": {"type": ["string", "null"]},
+        "default": {}
+    })
+}
+
+/// Schema of the deprecated `upgradePolicy`: anything, marked deprecated.
+fn deprecated_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "No longer used (rule TKGOPS-DEPRECATED): scheduled upgrades are the repository's `schedules`. Still accepted so that files setting it keep parsing.",
+        "deprecated": true
+    })
+}
+
 fn default_namespace() -> String {
     "default".to_string()
 }
 
 /// The TMC organisation of [`RepoConfig::tmc`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TmcConfig {
     /// TMC endpoint, `https://<org>.tmc.cloud.vmware.com`.
@@ -326,7 +415,7 @@ fn default_csp() -> String {
 }
 
 /// Approval policy of [`RepoConfig::approval`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApprovalPolicy {
     /// GitHub logins whose `APPROVED` review counts.
@@ -367,7 +456,7 @@ impl Default for ApprovalPolicy {
 }
 
 /// Package settings of [`RepoConfig::packages`].
-#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PackageDefaults {
     /// The kapp-controller PackageRepository the packages come from
@@ -380,7 +469,7 @@ pub struct PackageDefaults {
 }
 
 /// A kapp-controller `PackageRepository` reference (`packaging.carvel.dev/v1alpha1`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PackageRepositoryRef {
     /// `metadata.name` (default `tanzu-standard`).
@@ -401,7 +490,7 @@ impl Default for PackageRepositoryRef {
 
 /// A package as requested in `tkgops.yaml` (repository defaults or a cluster's list).
 /// Missing fields default from the TKG 1.6 standard package table ([`standard_package`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PackageRequest {
     /// Short name, also the PackageInstall `metadata.name` (`contour`).
@@ -418,6 +507,10 @@ pub struct PackageRequest {
     /// Values (a YAML map) written to the `<pkgi>-<ns>-values` Secret as `values.yaml`. Never
     /// secrets (rule `TKGOPS-PKG-SECRET`): those come through [`PackageRequest::values_from`].
     #[serde(default)]
+    #[schemars(
+        schema_with = "values_schema",
+        description = "Values (a YAML map) written to the `<pkgi>-<ns>-values` Secret as `values.yaml`. Never secrets (rule TKGOPS-PKG-SECRET): those come through `valuesFrom`."
+    )]
     pub values: Option<Value>,
     /// Secrets in the package's namespace on the workload cluster whose data values the
     /// PackageInstall reads after `values` (kapp-controller `spec.values[].secretRef`), e.g.
@@ -431,7 +524,7 @@ pub struct PackageRequest {
 }
 
 /// One entry of [`PackageRequest::values_from`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ValuesFrom {
     /// The Secret holding data values (kapp-controller `secretRef`).
@@ -439,7 +532,7 @@ pub struct ValuesFrom {
 }
 
 /// A Secret by name, in the namespace of the object referring to it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretRef {
     /// `metadata.name` of the Secret (a DNS-1123 subdomain).
@@ -447,7 +540,7 @@ pub struct SecretRef {
 }
 
 /// Severity policy of [`RepoConfig::rules`].
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RulesConfig {
     /// Rule ID → level, for every cluster.
@@ -499,12 +592,15 @@ impl IgnoredOverride {
 }
 
 /// One entry of [`RulesConfig::overrides`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleOverride {
     /// Applies when the cluster's [`ClusterSettings::labels`] contain all of these
     /// (Kubernetes `matchLabels` semantics; empty matches every cluster).
     #[serde(default)]
+    #[schemars(
+        description = "Applies when the cluster's `labels` (its tkgops.yaml) contain all of these (Kubernetes `matchLabels` semantics; empty matches every cluster)."
+    )]
     pub match_labels: BTreeMap<String, String>,
     /// Rule ID → level.
     #[serde(default)]
@@ -512,22 +608,27 @@ pub struct RuleOverride {
 }
 
 /// Configured level of a rule: `error`, `warning`, or `off` (finding dropped).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleLevel {
     /// Report as [`Severity::Error`].
+    #[schemars(description = "Report as an error (blocks the pull request).")]
     Error,
     /// Report as [`Severity::Warning`].
+    #[schemars(description = "Report as a warning (advisory).")]
     Warning,
     /// Do not report.
     Off,
 }
 
 /// A cluster's `clusters/<name>/tkgops.yaml`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterSettings {
     /// Name of a [`RepoConfig::management_clusters`] entry (required).
+    #[schemars(
+        description = "Name of a `managementClusters` entry of the repository's tkgops.yaml (required; never changes after the cluster was created: rule TKGOPS-PLACEMENT)."
+    )]
     pub management_cluster: String,
     /// Tanzu Kubernetes release, e.g. `v1.23.8+vmware.2-tkg.1` (required; rule `TKGOPS-TKR`).
     pub tkr: String,
@@ -539,11 +640,19 @@ pub struct ClusterSettings {
     pub packages: Vec<PackageRequest>,
     /// Labels of the cluster (matched by [`RuleOverride::match_labels`]; a null value is `""`).
     #[serde(default, deserialize_with = "labels_de")]
+    #[schemars(
+        schema_with = "labels_schema",
+        description = "Labels of the cluster, matched by `rules.overrides[].matchLabels` and the schedules' selectors of the repository's tkgops.yaml (a null value is \"\")."
+    )]
     pub labels: BTreeMap<String, String>,
     /// `upgradePolicy`, as written: no longer used. It was parsed but never scheduled
     /// anything; scheduled upgrades are the repository's `schedules` (README "Schedules"). Still accepted, so files that set it keep parsing, and the plan warns
     /// (`TKGOPS-DEPRECATED`) naming its line.
     #[serde(default)]
+    #[schemars(
+        schema_with = "deprecated_schema",
+        description = "No longer used: it never scheduled anything (scheduled upgrades are the repository's `schedules`). Still accepted so files that set it keep parsing; the plan warns (TKGOPS-DEPRECATED) on its line."
+    )]
     pub upgrade_policy: Option<serde_yaml::Value>,
     /// Path of the file as given to [`parse_cluster_settings`] (not part of the YAML).
     #[serde(skip)]
@@ -583,7 +692,7 @@ fn labels_de<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>
 }
 
 /// TMC settings of a cluster.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterTmc {
     /// TMC cluster group (`spec.clusterGroupName`).

@@ -184,6 +184,24 @@ impl<'de> Deserialize<'de> for TkgVersion {
     }
 }
 
+/// As [`TkgVersion`]'s `Deserialize` reads it: `2.1` … `2.4` as a string (optionally `v`-prefixed,
+/// with a patch level) or as a YAML number.
+impl schemars::JsonSchema for TkgVersion {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TkgVersion".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A TKG 2.x release that manages AWS workload clusters: 2.1, 2.2, 2.3 or 2.4 (also written v2.2 or 2.2.1).",
+            "anyOf": [
+                {"type": "string", "pattern": "^v?2\\.[1-4](\\.[0-9]+)?$"},
+                {"type": "number", "enum": [2.1, 2.2, 2.3, 2.4]}
+            ]
+        })
+    }
+}
+
 /// TKR object name of a TKR version: `+` replaced by `---` (docs/tanzu-apis.md §2.4):
 /// `v1.25.7+vmware.2-tkg.1` → `v1.25.7---vmware.2-tkg.1`.
 pub fn tkr_name(tkr_version: &str) -> String {
