@@ -18,6 +18,7 @@ mod kube_provider;
 mod kubectl;
 mod lease;
 mod metrics;
+mod operations;
 mod proxy;
 mod queue;
 mod rbac;
