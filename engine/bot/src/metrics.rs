@@ -581,14 +581,19 @@ mod tests {
     use chrono::{TimeZone, Utc};
     use tkgops_engine::store::{AttemptRecord, StepRecord};
 
+    /// The samples of `name` in `text`, sorted by series (a label family's order in the
+    /// exposition is not defined).
     fn sample(name: &str, text: &str) -> Vec<(String, f64)> {
-        text.lines()
+        let mut out: Vec<(String, f64)> = text
+            .lines()
             .filter(|l| l.starts_with(name))
             .filter_map(|l| {
                 let (series, value) = l.rsplit_once(' ')?;
                 Some((series.to_string(), value.parse().ok()?))
             })
-            .collect()
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     fn run(state: RunState) -> RunRecord {
