@@ -342,7 +342,10 @@ mod tests {
             description: Some("managed by tkgops"),
             labels: &live_labels,
         };
-        assert!(tmc_drift(&wanted, &live).is_empty(), "TMC's own labels are not drift");
+        assert!(
+            tmc_drift(&wanted, &live).is_empty(),
+            "TMC's own labels are not drift"
+        );
 
         live_labels.insert("hand".into(), "made".into());
         live_labels.remove("team");
