@@ -390,3 +390,64 @@ pub fn drift_note(records: &[DriftRecord], clusters: &BTreeSet<String>) -> Strin
         lines.join("\n")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(cluster: &str) -> DriftRecord {
+        let t = chrono::DateTime::parse_from_rfc3339("2025-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        DriftRecord {
+            cluster: cluster.into(),
+            commit: "0123456789abcdef".into(),
+            fields: vec![DriftEntry {
+                object: DriftObject::Cluster,
+                field: DriftField {
+                    field: "spec.topology.workers.machineDeployments[md-0].replicas".into(),
+                    git: "3".into(),
+                    live: "5".into(),
+                },
+                since: t,
+            }],
+            unrevertible: vec![("the TMC cluster x does not exist".into(), t)],
+            scanned_at: t,
+        }
+    }
+
+    #[test]
+    fn the_plan_note_names_only_touched_drifted_clusters() {
+        let records = [record("a"), record("b")];
+        let note = drift_note(
+            &records,
+            &BTreeSet::from(["b".to_string(), "c".to_string()]),
+        );
+        assert!(note.contains("### Drift"), "{note}");
+        assert!(note.contains("- `b`: `spec.topology.workers.machineDeployments[md-0].replicas` (Git `3`, live `5`); the TMC cluster x does not exist"), "{note}");
+        assert!(!note.contains("`a`"), "{note}");
+        assert_eq!(drift_note(&records, &BTreeSet::from(["c".to_string()])), "");
+    }
+
+    #[test]
+    fn the_dashboard_section_is_a_table_or_no_drift() {
+        let t = record("a").scanned_at;
+        let scan = DriftScan {
+            at: t,
+            clusters: 2,
+            failed: vec![("z".into(), "unreachable".into())],
+        };
+        let clean = drift_section(&scan, &[]);
+        assert!(
+            clean.contains("No drift: 2 deployed cluster(s) compared"),
+            "{clean}"
+        );
+        assert!(clean.contains("Not compared: `z`: unreachable"), "{clean}");
+        let table = drift_section(&scan, &[record("a")]);
+        assert!(table.contains("| `a` (`0123456`) | Cluster | `spec.topology.workers.machineDeployments[md-0].replicas` | `3` | `5` | 2025-01-02 03:04 UTC |"), "{table}");
+        assert!(
+            table.contains("the TMC cluster x does not exist (cannot be reverted)"),
+            "{table}"
+        );
+    }
+}
