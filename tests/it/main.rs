@@ -9,6 +9,7 @@ mod capi_rollout;
 mod chart;
 mod cli;
 mod day2;
+mod drift;
 mod e2e;
 mod github;
 mod github_app;

@@ -89,6 +89,27 @@ fn default_comment_interval() -> Duration {
 fn default_admin_listen() -> Option<String> {
     Some("127.0.0.1:8081".into())
 }
+fn default_drift_scan_interval() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// `driftScanInterval`: a humantime duration, `null` read as zero (off).
+mod drift_interval_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        tkgops_domain::serde_duration::serialize(d, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(Duration::ZERO),
+            Some(s) => humantime::parse_duration(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 fn default_run_retention() -> Duration {
     Duration::from_secs(90 * 24 * 3600)
 }
@@ -153,6 +174,13 @@ pub struct BotConfig {
     )]
     #[schemars(with = "String")]
     pub run_retention: Duration,
+    /// How often every cluster tkgops deployed is compared with Git at its deployed commit
+    /// (its Cluster's topology by a server-side dry run, its TMC cluster): drift is shown on
+    /// the fleet dashboard issue, in plans and in `tkgops_drift_clusters` (humantime; default
+    /// 10m; `0s` or `null` turns the scans off). The first scan runs one interval after start.
+    #[serde(default = "default_drift_scan_interval", with = "drift_interval_serde")]
+    #[schemars(with = "Option<String>")]
+    pub drift_scan_interval: Duration,
     /// Environment variable holding the webhook secret GitHub signs deliveries with
     /// (default `GITHUB_WEBHOOK_SECRET`); when it is unset every delivery is refused.
     #[serde(default = "default_webhook_secret_env")]

@@ -61,6 +61,11 @@ pub struct Context {
     /// The `tkr` of each (cluster, deployed commit) of the last count of clusters by TKR
     /// (`None`: its settings do not parse there).
     pub(crate) tkr_of_deployed: std::sync::Mutex<BTreeMap<(String, String), Option<String>>>,
+    /// The bot configuration's `driftScanInterval`; `None`: no drift scans.
+    pub(crate) drift_interval: std::sync::Mutex<Option<std::time::Duration>>,
+    /// When the last drift scan ended (or the scans were turned on): the next is due one
+    /// interval later.
+    pub(crate) drift_last: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// One observation of GitHub and the default branch, made by the sync reconciler: what the
@@ -91,6 +96,14 @@ impl Context {
     pub(crate) fn now(&self) -> DateTime<Utc> {
         let clock = self.clock.lock().unwrap_or_else(|e| e.into_inner()).clone();
         clock()
+    }
+
+    /// The drift scan interval ([`crate::Bot::set_drift_interval`]), `None` when scans are off.
+    pub(crate) fn drift_interval(&self) -> Option<std::time::Duration> {
+        *self
+            .drift_interval
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The last observation of GitHub (empty before the first sync).

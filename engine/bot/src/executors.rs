@@ -32,6 +32,9 @@ use tkgops_providers::{KubeconfigSource, ManifestApplier, WorkloadTarget};
 pub struct Executors {
     kube: RwLock<(BTreeMap<String, KubeconfigSource>, KubeProvider)>,
     kube_poll: Duration,
+    /// The TMC executor the drift scan reads clusters with (the engine's table has its own,
+    /// with the same token source); set by [`Executors::table_with`].
+    tmc: RwLock<Option<Arc<TmcExecutor>>>,
 }
 
 impl Executors {
@@ -44,6 +47,7 @@ impl Executors {
                 KubeProvider::new(BTreeMap::new(), kube_poll),
             )),
             kube_poll,
+            tmc: RwLock::new(None),
         })
     }
 
@@ -91,6 +95,8 @@ impl Executors {
         tmc_poll: Duration,
     ) -> Arc<dyn StepExecutor> {
         let applier: Arc<dyn ManifestApplier> = Arc::new(KubeHandle(self.clone()));
+        let reader = TmcExecutor::with_token_source(tmc_token.clone(), applier.clone(), tmc_poll);
+        *self.tmc.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(reader));
         Arc::new(StepTable {
             kube: self.clone(),
             aws: AwsExecutor::new(aws_endpoint),
@@ -109,6 +115,44 @@ impl Executors {
         target: &WorkloadTarget,
     ) -> Result<tkgops_domain::waves::ClusterHealth, StepError> {
         self.current().cluster_health(target).await
+    }
+
+    /// The drift scan's read of the Cluster of a `kube.apply` step's `inputs`: live, and as a
+    /// server-side dry run of tkgops's apply answers it
+    /// ([`tkgops_providers::kube::KubeProvider::probe_cluster`]).
+    ///
+    /// Errors: the provider's [`StepError`]s.
+    pub async fn probe_cluster(
+        &self,
+        inputs: &KubeApplyInputs,
+    ) -> Result<tkgops_providers::kube::drift::ClusterProbe, StepError> {
+        self.current().probe_cluster(inputs).await
+    }
+
+    /// The drift scan's read of the TMC cluster of a `tmc.attach` step's `inputs`
+    /// ([`TmcExecutor::read_cluster`]): the cluster (`None`: TMC has none by that name), the
+    /// group and labels tkgops wants.
+    ///
+    /// Errors: Permanent before [`Executors::table_with`] built the TMC executor; otherwise
+    /// [`TmcExecutor::read_cluster`]'s.
+    pub async fn read_tmc_cluster(
+        &self,
+        inputs: &TmcClusterInputs,
+    ) -> Result<
+        (
+            Option<tkgops_providers::tmc::models::Cluster>,
+            String,
+            BTreeMap<String, String>,
+        ),
+        StepError,
+    > {
+        let tmc = self
+            .tmc
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| StepError::Permanent("the TMC executor is not set up".into()))?;
+        tmc.read_cluster(inputs).await
     }
 }
 

@@ -265,6 +265,70 @@ pub struct RolloutSample {
     pub nodes: u32,
 }
 
+/// Which object of a cluster a drifted field is on (the drift scan, [`crate::reconcile::drift`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DriftObject {
+    /// The Cluster API Cluster on the management cluster.
+    Cluster,
+    /// The cluster in Tanzu Mission Control.
+    TmcCluster,
+}
+
+impl std::fmt::Display for DriftObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DriftObject::Cluster => "Cluster",
+            DriftObject::TmcCluster => "TMC cluster",
+        })
+    }
+}
+
+/// One drifted field of a cluster, and since when the scans see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftEntry {
+    /// The object the field is on.
+    pub object: DriftObject,
+    /// The field, the value Git implies and the live value.
+    #[serde(flatten)]
+    pub field: tkgops_domain::drift::DriftField,
+    /// The first scan that saw this field with this live value (bot clock).
+    pub since: DateTime<Utc>,
+}
+
+/// The drift of one cluster tkgops deployed, as the last scan found it. Kept only while the
+/// cluster has drift.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftRecord {
+    /// The cluster's name (`clusters/<name>/`).
+    pub cluster: String,
+    /// The commit the cluster last ran (its deployed commit): what Git says is read there.
+    pub commit: String,
+    /// The drifted fields, object by object.
+    pub fields: Vec<DriftEntry>,
+    /// Drift tkgops cannot revert (the Cluster or the TMC cluster is gone or not tkgops's),
+    /// one sentence each, with since when.
+    #[serde(default)]
+    pub unrevertible: Vec<(String, DateTime<Utc>)>,
+    /// When the last scan looked at it (bot clock).
+    pub scanned_at: DateTime<Utc>,
+}
+
+/// The last drift scan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftScan {
+    /// When it finished (bot clock).
+    pub at: DateTime<Utc>,
+    /// How many clusters it compared.
+    pub clusters: usize,
+    /// Clusters it could not compare, with why (e.g. a management cluster it could not reach).
+    #[serde(default)]
+    pub failed: Vec<(String, String)>,
+}
+
 /// The fleet dashboard issue ([`crate::reconcile::schedule`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -793,6 +857,47 @@ impl BotJournal {
             fire.to_rfc3339()
         ))
         .await
+    }
+
+    // --- Drift.
+
+    /// The drift of `cluster` found by the last scan, `None` when it had none.
+    /// Errors: as [`BotJournal::cursor`].
+    pub async fn drift(&self, cluster: &str) -> Result<Option<DriftRecord>, JournalError> {
+        self.get(&format!("drift/cluster/{cluster}")).await
+    }
+
+    /// Every cluster's drift, by cluster name. Errors: as [`BotJournal::cursor`].
+    pub async fn drifts(&self) -> Result<Vec<DriftRecord>, JournalError> {
+        self.scan("drift/cluster/")
+            .await?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v))
+            .collect()
+    }
+
+    /// Records `record` as its cluster's drift. Errors: [`JournalError`].
+    pub async fn put_drift(&self, record: &DriftRecord) -> Result<(), JournalError> {
+        self.put(&format!("drift/cluster/{}", record.cluster), record)
+            .await
+    }
+
+    /// Forgets `cluster`'s drift (the last scan found none). Errors: [`JournalError::Store`].
+    pub async fn clear_drift(&self, cluster: &str) -> Result<(), JournalError> {
+        Ok(self
+            .tree
+            .remove(format!("drift/cluster/{cluster}").as_bytes())
+            .await?)
+    }
+
+    /// The last drift scan, `None` before the first. Errors: as [`BotJournal::cursor`].
+    pub async fn drift_scan(&self) -> Result<Option<DriftScan>, JournalError> {
+        self.get("drift/scan").await
+    }
+
+    /// Records the last drift scan. Errors: [`JournalError`].
+    pub async fn set_drift_scan(&self, scan: &DriftScan) -> Result<(), JournalError> {
+        self.put("drift/scan", scan).await
     }
 
     /// The fleet dashboard issue, once the bot opened it. Errors: as [`BotJournal::cursor`].

@@ -179,6 +179,8 @@ impl Bot {
             observed: Default::default(),
             metrics,
             tkr_of_deployed: Default::default(),
+            drift_interval: Default::default(),
+            drift_last: Default::default(),
         };
         Bot {
             cx,
@@ -190,6 +192,19 @@ impl Bot {
     /// makes scheduled stories and tests finish in seconds.
     pub fn set_clock(&self, clock: reconcile::schedule::Clock) {
         *self.cx.clock.lock().unwrap_or_else(|e| e.into_inner()) = clock;
+    }
+
+    /// Turns the drift scan on every `interval` (`None` or zero: off), the first one interval
+    /// from now ([`reconcile::drift`]).
+    pub fn set_drift_interval(&self, interval: Option<Duration>) {
+        let interval = interval.filter(|d| !d.is_zero());
+        *self
+            .cx
+            .drift_interval
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = interval;
+        *self.cx.drift_last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::time::Instant::now());
     }
 
     /// The state of the bot's HTTP server: webhooks verified with `webhook_secret` (`None`

@@ -156,6 +156,7 @@ pub struct Metrics {
     /// The schedules whose apply is halted now.
     halted_schedules: Mutex<std::collections::BTreeSet<String>>,
     clusters_by_tkr: Family<TkrLabels, Gauge>,
+    drift_clusters: Gauge,
     github_usage: Mutex<Option<Arc<ApiUsage>>>,
     runs: Mutex<HashMap<String, Seen>>,
     /// Serialises [`Metrics::encode`] (it refreshes the scrape-time gauges first).
@@ -294,6 +295,12 @@ impl Metrics {
             "Deployed clusters (of the default branch, with a successful run) by the TKR of their deployed commit",
             clusters_by_tkr.clone(),
         );
+        let drift_clusters = Gauge::default();
+        r.register(
+            "tkgops_drift_clusters",
+            "Deployed clusters whose live state differed from Git at their deployed commit in the last drift scan",
+            drift_clusters.clone(),
+        );
         // The bounded results are there at 0 from the start (rate() needs a first sample).
         for result in WEBHOOK_RESULTS {
             let _ = webhook_deliveries.get_or_create(&ResultLabels {
@@ -332,6 +339,7 @@ impl Metrics {
             applies_halted,
             halted_schedules: Mutex::new(Default::default()),
             clusters_by_tkr,
+            drift_clusters,
             github_usage: Mutex::new(None),
             runs: Mutex::new(HashMap::new()),
             encoding: Mutex::new(()),
@@ -497,6 +505,11 @@ impl Metrics {
     /// Counts a new halt of a scheduled apply.
     pub fn wave_halted(&self) {
         self.waves_halted.inc();
+    }
+
+    /// Sets the drift gauge to `n`, the clusters with drift in the last drift scan.
+    pub fn set_drift_clusters(&self, n: i64) {
+        self.drift_clusters.set(n);
     }
 
     /// Replaces the clusters-by-TKR gauge with `by_tkr` (TKR → number of clusters).

@@ -240,7 +240,7 @@ pub async fn build_fenced_with_auth(
         .await
         .map_err(|e| ServeError::Store(e.to_string()))?;
     info!(repo = %info.full_name, default_branch = %info.default_branch, resumed, "tkgops bot ready");
-    Ok(Bot::new(BotParts {
+    let bot = Bot::new(BotParts {
         github,
         git,
         journal,
@@ -251,7 +251,9 @@ pub async fn build_fenced_with_auth(
         publisher,
         pinned_policy: cfg.trusted_policy_commit.clone(),
         metrics,
-    }))
+    });
+    bot.set_drift_interval(Some(cfg.drift_scan_interval));
+    Ok(bot)
 }
 
 /// Deletes the finished runs older than `retention` ([`SledStore::prune`]), logging what it

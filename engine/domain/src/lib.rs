@@ -17,12 +17,15 @@
 //! - [`executor`]: the executor contract ([`executor::ExecutorTable`],
 //!   [`executor::StepExecutor`], [`executor::StepContext`], [`executor::StepError`],
 //!   [`executor::ProgressSink`]) the engine calls and the providers implement.
+//! - [`drift`]: where a deployed cluster's live state differs from Git (the drift scan's pure
+//!   comparisons).
 //! - [`files`]: how files reach the domain (a git tree, a directory): the [`files::TreeReader`]
 //!   trait its callers implement.
 //!
 //! This crate depends on no async runtime, network, git or storage crate (see the workspace
 //! `Cargo.toml`); everything here is a function of its inputs.
 
+pub mod drift;
 pub mod executor;
 pub mod files;
 pub mod output;

@@ -679,6 +679,7 @@ impl Environment {
             listen: None,
             admin_listen: None,
             run_retention: std::time::Duration::from_secs(90 * 24 * 3600),
+            drift_scan_interval: std::time::Duration::from_secs(600),
             webhook_secret_env: "TKGOPS_SANDBOX_WEBHOOK_SECRET".into(),
             webhook_secret_file: None,
             trusted_policy_commit: None,

@@ -9,6 +9,7 @@
 //! | [`Key::PolicyChain`] | [`sync`] | the trusted policy after the merges; enqueues the schedules |
 //! | [`Key::PullPlan`] (number, head SHA) | [`pull_plan`] | plans a pull request's head, posts the sticky comment and status |
 //! | [`Key::Schedule`] (schedule) | [`schedule`] | fires a schedule (propose, or apply wave by wave: [`wave`]) |
+//! | [`Key::Drift`] | [`drift`] | compares every deployed cluster with Git (on `driftScanInterval`) |
 //! | [`Key::Dashboard`] | [`schedule`] | the fleet dashboard issue and the halts reported on it |
 //! | [`Key::Command`] (comment id) | [`command`] | answers a `/tkgops` command |
 //! | merge commit (its own queue) | [`publish`] | the run comment and `tkgops/apply` status of a merge commit |
@@ -20,6 +21,7 @@
 //! not left yet; the comment cursor never passes an unanswered command).
 
 pub mod command;
+pub mod drift;
 pub mod merge;
 pub mod publish;
 pub mod pull_plan;
@@ -73,6 +75,8 @@ pub enum Key {
         /// The schedule's name in `tkgops.yaml`.
         name: String,
     },
+    /// Scan the deployed clusters for drift when a scan is due ([`drift`]).
+    Drift,
     /// Update the fleet dashboard issue and report halts on it.
     Dashboard,
     /// Answer the `/tkgops` command in comment `comment_id` (GitHub's comment ids grow with
@@ -118,6 +122,7 @@ impl Key {
             }
             Key::PullPlan { .. } => "planning failed; will retry",
             Key::Schedule { .. } => "schedule tick failed; will retry",
+            Key::Drift => "the drift scan failed; will retry",
             Key::Dashboard => "updating the dashboard failed; will retry",
             Key::Command { .. } => {
                 "handling a command failed; it and the commands after it are tried again"
@@ -134,6 +139,7 @@ impl std::fmt::Display for Key {
             Key::PolicyChain => f.write_str("policy-chain"),
             Key::PullPlan { number, head } => write!(f, "plan/{number}@{}", head.short()),
             Key::Schedule { name, .. } => write!(f, "schedule/{name}"),
+            Key::Drift => f.write_str("drift"),
             Key::Dashboard => f.write_str("dashboard"),
             Key::Command { comment_id } => write!(f, "command/{comment_id}"),
         }
@@ -193,6 +199,7 @@ pub async fn reconcile(cx: &Context, key: &Key) -> Result<Outcome, BotError> {
             .reconcile(name)
             .await
             .map(Outcome::from),
+        Key::Drift => drift::DriftReconciler { cx }.reconcile().await,
         Key::Dashboard => schedule::ScheduleReconciler { cx }
             .dashboard()
             .await

@@ -169,7 +169,13 @@ impl PullPlanReconciler<'_> {
     async fn post_plan(&self, number: u64, p: &Plan) -> Result<(), BotError> {
         let gh = |e: tkgops_github::GitHubError| BotError::GitHub(e.to_string());
         let before = self.journal.plan_details(number).await?;
-        let inline = markdown::render_plan(p, &self.catalog, true).map_err(BotError::Render)?;
+        // The last drift scan's note on the clusters this plan touches (plans read no live
+        // state themselves: no credentials).
+        let touched: std::collections::BTreeSet<String> =
+            p.clusters.iter().map(|c| c.cluster.clone()).collect();
+        let note = super::drift::drift_note(&self.journal.drifts().await?, &touched);
+        let inline =
+            markdown::render_plan(p, &self.catalog, true).map_err(BotError::Render)? + &note;
         let mut posted = Vec::new();
         let written;
         let sticky_id = if inline.chars().count() <= markdown::INLINE_PLAN_LIMIT {
@@ -199,7 +205,8 @@ impl PullPlanReconciler<'_> {
                 posted.push(d.cluster.clone());
             }
             let summary = markdown::render_plan_summary(p, &self.catalog, &anchors)
-                .map_err(BotError::Render)?;
+                .map_err(BotError::Render)?
+                + &note;
             written = summary.clone();
             self.github
                 .upsert_comment(number, STICKY_MARKER, &summary)

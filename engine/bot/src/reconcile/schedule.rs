@@ -181,6 +181,7 @@ impl ScheduleReconciler<'_> {
         if rc.schedules.is_empty()
             && self.policy_health.untrusted().is_none()
             && self.journal.dashboard().await?.is_none()
+            && self.journal.drift_scan().await?.is_none()
         {
             return Ok(Action::AwaitChange);
         }
@@ -523,6 +524,14 @@ impl ScheduleReconciler<'_> {
             );
             body = body.replacen(&header, &format!("{header}{section}"), 1);
         }
+        // The drift of the last scan, before the cluster table (which GitHub's size limit cuts).
+        if let Some(scan) = self.journal.drift_scan().await? {
+            let section = super::drift::drift_section(&scan, &self.journal.drifts().await?);
+            match body.find(CLUSTER_TABLE_HEAD) {
+                Some(at) => body.insert_str(at, &section),
+                None => body.push_str(&section),
+            }
+        }
         let digest = hex::encode(sha2::Sha256::digest(body.as_bytes()));
         let stored = self.journal.dashboard().await?;
         if stored.is_some_and(|d| d.body_sha256 == digest) {
@@ -620,10 +629,13 @@ fn pending_bumps(
     pending
 }
 
+/// The head of the dashboard's cluster table.
+const CLUSTER_TABLE_HEAD: &str = "\n| Cluster | TKR | Pending bump |\n|---|---|---|\n";
+
 /// The dashboard's cluster table: every cluster of `fleet` with its TKR and its `pending`
 /// bumps ([`pending_bumps`]), or "up to date".
 fn cluster_table(fleet: &[FleetCluster], pending: &BTreeMap<String, Vec<String>>) -> String {
-    let mut clusters = String::from("\n| Cluster | TKR | Pending bump |\n|---|---|---|\n");
+    let mut clusters = String::from(CLUSTER_TABLE_HEAD);
     for c in fleet {
         let p = pending
             .get(&c.name)

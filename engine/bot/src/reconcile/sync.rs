@@ -165,6 +165,9 @@ impl Sync<'_> {
                         name: s.name.clone(),
                     }),
             );
+            if self.drift_interval().is_some() {
+                keys.push(Key::Drift);
+            }
             keys.push(Key::Dashboard);
         }
         self.update_observed(|o| o.repo_config = repo_config);

@@ -23,6 +23,7 @@
 
 pub mod apply;
 pub mod cluster;
+pub mod drift;
 pub mod extract;
 pub mod health;
 pub mod packages;

@@ -175,6 +175,24 @@ impl TmcExecutor {
         Ok(client)
     }
 
+    /// The drift scan's read of the TMC cluster of `inputs` (a `tmc.attach` step's, as the
+    /// last run rendered it): the cluster as TMC answers a `GET`, `None` when TMC has none by
+    /// that name; the ownership label is not checked here (the caller reports an unowned one).
+    /// Also returns the group tkgops wants (the inputs' group, TMC's `default` when empty) and
+    /// the `meta.labels` it sets (the request's labels and the ownership label).
+    ///
+    /// Errors: Permanent for a missing API token or a refused token exchange; the client's
+    /// errors as [`StepError`]s (429/5xx and connection errors transient).
+    pub async fn read_cluster(
+        &self,
+        inputs: &TmcClusterInputs,
+    ) -> Result<(Option<Cluster>, String, BTreeMap<String, String>), StepError> {
+        let client = self.client(&inputs.endpoint, &inputs.csp_endpoint)?;
+        let (full_name, _) = resolve_full_name(inputs);
+        let found = client.get_cluster(&full_name).await?;
+        Ok((found, desired_group(inputs), desired_labels(inputs)))
+    }
+
     /// Runs one attempt of `tmc.attach` for `inputs` (see [`TmcExecutor`]); returns the
     /// cluster once `READY`.
     ///

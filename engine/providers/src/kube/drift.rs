@@ -1,0 +1,112 @@
+//! The drift scan's read of a Cluster: the live object and what tkgops's server-side apply
+//! would leave, from a `dryRun=All` apply under tkgops's field manager (nothing is stored).
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{apply::apply_error, classify, cluster, KubeProvider, FIELD_MANAGER, OWNER_LABEL};
+use tkgops_domain::executor::StepError;
+use tkgops_domain::step::KubeApplyInputs;
+
+/// What the drift scan found for the Cluster of a `kube.apply` step's manifests.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClusterProbe {
+    /// The manifests hold no `cluster.x-k8s.io` Cluster.
+    NoCluster,
+    /// The Cluster does not exist: drift tkgops reports and never "fixes" by a create.
+    Missing {
+        /// `Cluster/namespace/name`.
+        label: String,
+    },
+    /// The Cluster exists without this request's ownership label (not tkgops's).
+    NotOwned {
+        /// `Cluster/namespace/name`.
+        label: String,
+    },
+    /// The Cluster exists: `live` as stored, `desired` as the dry run answered.
+    Found {
+        /// `Cluster/namespace/name`.
+        label: String,
+        /// The Cluster as stored.
+        live: Value,
+        /// The Cluster as tkgops's apply would leave it (the dry run's answer).
+        desired: Value,
+        /// The field managers the dry run without force conflicted with (their fields were
+        /// changed by hand or by another controller; the dry run was repeated with force to
+        /// see tkgops's values). Empty when there was no conflict.
+        conflicts: Vec<String>,
+    },
+}
+
+impl KubeProvider {
+    /// Reads the Cluster of `inputs.manifests` (a `kube.apply` step's, as the last run
+    /// rendered it) on its management cluster and sends it as a server-side dry run
+    /// (`dryRun=All`) under tkgops's field manager without force; on an apply conflict (a
+    /// field another manager took over, e.g. `kubectl edit`) the dry run is repeated with
+    /// force, which stores nothing either, so the answer shows tkgops's values.
+    ///
+    /// Errors: the management client's and the API's [`StepError`]s ([`classify`]); a dry run
+    /// refused other than by a conflict (a webhook denial) is its [`StepError`].
+    pub async fn probe_cluster(&self, inputs: &KubeApplyInputs) -> Result<ClusterProbe, StepError> {
+        let Some(doc) = serde_yaml::Deserializer::from_str(&inputs.manifests)
+            .filter_map(|d| Value::deserialize(d).ok())
+            .find(|v| {
+                v["kind"] == "Cluster"
+                    && v["apiVersion"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with("cluster.x-k8s.io/"))
+            })
+        else {
+            return Ok(ClusterProbe::NoCluster);
+        };
+        let mc = &inputs.target.management_cluster;
+        let client = self
+            .management_client_with(mc, inputs.target.kubeconfig.as_ref())
+            .await?;
+        let name = doc["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let ns = doc["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let label = format!("Cluster/{ns}/{name}");
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client, &ns, &cluster::cluster_resource());
+        let Some(live) = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| classify(&format!("{label} on management cluster '{mc}'"), &e))?
+        else {
+            return Ok(ClusterProbe::Missing { label });
+        };
+        let live = serde_json::to_value(live).unwrap_or(Value::Null);
+        let owner = doc["metadata"]["labels"][OWNER_LABEL].as_str();
+        if owner.is_none() || live["metadata"]["labels"][OWNER_LABEL].as_str() != owner {
+            return Ok(ClusterProbe::NotOwned { label });
+        }
+        let mut conflicts = Vec::new();
+        let mut force = false;
+        let desired = loop {
+            let mut params = PatchParams::apply(FIELD_MANAGER).dry_run();
+            if force {
+                params = params.force();
+            }
+            match api.patch(&name, &params, &Patch::Apply(&doc)).await {
+                Ok(o) => break serde_json::to_value(o).unwrap_or(Value::Null),
+                Err(kube::Error::Api(s))
+                    if !force && s.code == 409 && s.message.starts_with("Apply failed") =>
+                {
+                    conflicts.push(s.message.clone());
+                    force = true;
+                }
+                Err(e) => return Err(apply_error(&label, &e)),
+            }
+        };
+        Ok(ClusterProbe::Found {
+            label,
+            live,
+            desired,
+            conflicts,
+        })
+    }
+}

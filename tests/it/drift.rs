@@ -1,0 +1,178 @@
+//! The drift scan through the in-process bot: a cluster that matches Git reports no drift; a
+//! hand change of the Cluster's topology with the real `kubectl` and a TMC cluster group
+//! changed through the TMC API show up on the fleet dashboard issue and in
+//! `tkgops_drift_clusters` within one scan.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tkgops_emulators::kube::Gvr;
+use tkgops_providers::tmc::models::FullName;
+use tkgops_providers::tmc::SecretToken;
+use tkgops_providers::tmc::{TmcClient, TmcSettings};
+use tkgops_sandbox::{request_files, Environment, Timings, MANAGEMENT_CLUSTER};
+
+use crate::day2::create_through_a_pull_request;
+use crate::e2e::{set_aws_env, start_env};
+
+const CLUSTER: &str = "team-a-prod";
+
+/// The in-process bot with `driftScanInterval` set to `interval`, kept as a handle so the test
+/// reads its metrics.
+struct DriftBot {
+    bot: Arc<tkgops::Bot>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DriftBot {
+    async fn start(env: &Environment, timings: &Timings, interval: Duration) -> DriftBot {
+        set_aws_env(env);
+        let mut cfg = env.bot_config(timings);
+        cfg.drift_scan_interval = interval;
+        let creds = tkgops::serve::Credentials {
+            github_token: tkgops_sandbox::GITHUB_TOKEN.into(),
+            tmc_token: Some(tkgops_sandbox::TMC_TOKEN.into()),
+        };
+        let bot = Arc::new(tkgops::serve::build_with(&cfg, creds).await.expect("bot"));
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (b, poll) = (bot.clone(), timings.poll);
+        let task = tokio::spawn(async move {
+            b.run(poll, Duration::from_secs(2), async move {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
+        DriftBot { bot, stop, task }
+    }
+
+    /// The value of the `tkgops_drift_clusters` gauge.
+    fn drift_clusters(&self) -> String {
+        let text = self.bot.metrics().encode(&[], chrono::Utc::now());
+        text.lines()
+            .find_map(|l| l.strip_prefix("tkgops_drift_clusters "))
+            .unwrap_or_else(|| panic!("no tkgops_drift_clusters in:\n{text}"))
+            .to_string()
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Waits until the fleet dashboard issue's body satisfies `ok`, and returns it.
+async fn dashboard_until(env: &Environment, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    env.github
+        .wait_until(Duration::from_secs(60), |gh| {
+            gh.issues()
+                .into_iter()
+                .find(|i| i.title.contains("dashboard") && ok(&i.body))
+                .map(|i| i.body)
+        })
+        .await
+        .unwrap_or_else(|| {
+            let bodies: Vec<String> = env.github.issues().into_iter().map(|i| i.body).collect();
+            panic!(
+                "the dashboard never showed {what}:\n{}",
+                bodies.join("\n---\n")
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hand_changes_to_the_topology_and_the_tmc_group_are_reported_as_drift() {
+    let Some(kubectl) = crate::kubectl::kubectl() else {
+        panic!("kubectl is needed: the hand change is made with the real kubectl");
+    };
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot = DriftBot::start(&env, &timings, Duration::from_secs(1)).await;
+    let (_, files) = request_files(None, &env.vpc);
+    create_through_a_pull_request(&env, &files).await;
+
+    // Live as Git says: no drift.
+    let body = dashboard_until(&env, "a clean scan of the cluster", |b| {
+        b.contains("No drift: 1 deployed cluster(s) compared")
+    })
+    .await;
+    assert!(!body.contains("| Cluster | Object |"), "{body}");
+    assert_eq!(bot.drift_clusters(), "0");
+
+    // A hand scale of the first MachineDeployment of the topology, with kubectl.
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let clusters = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    let live = mgmt.get(&clusters, Some("default"), CLUSTER).unwrap();
+    let md = &live["spec"]["topology"]["workers"]["machineDeployments"][0];
+    let (md_name, replicas) = (
+        md["name"].as_str().unwrap().to_string(),
+        md["replicas"].as_i64().unwrap(),
+    );
+    let k = crate::kubectl::Kubectl::new(kubectl, &mgmt.kubeconfig_yaml());
+    let patch = format!(
+        r#"[{{"op":"replace","path":"/spec/topology/workers/machineDeployments/0/replicas","value":{}}}]"#,
+        replicas + 2
+    );
+    k.ok(&[
+        "-n",
+        "default",
+        "patch",
+        "cluster",
+        CLUSTER,
+        "--type=json",
+        "-p",
+        &patch,
+    ])
+    .await;
+
+    // The TMC cluster group changed through the TMC API, as a user would.
+    let tmc = TmcClient::new(TmcSettings {
+        endpoint: env.tmc.url(),
+        csp_endpoint: env.tmc.url(),
+        api_token: SecretToken::new(tkgops_sandbox::TMC_TOKEN),
+    })
+    .unwrap();
+    let mut c = tmc
+        .get_cluster(&FullName::attached(CLUSTER))
+        .await
+        .unwrap()
+        .expect("the TMC cluster the create attached");
+    let group_before = c
+        .spec
+        .cluster_group_name
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    c.spec.cluster_group_name = Some("moved-by-hand".into());
+    tmc.update_cluster(&c).await.unwrap();
+
+    let md_field = format!("spec.topology.workers.machineDeployments[{md_name}].replicas");
+    let body = dashboard_until(&env, "both drifted fields", |b| {
+        b.contains(&md_field) && b.contains("spec.clusterGroupName")
+    })
+    .await;
+    let row = |field: &str| {
+        body.lines()
+            .find(|l| l.contains(field))
+            .unwrap_or_else(|| panic!("no row for {field}:\n{body}"))
+            .to_string()
+    };
+    let md_row = row(&md_field);
+    assert!(
+        md_row.starts_with(&format!("| `{CLUSTER}`"))
+            && md_row.contains(&format!("| `{replicas}` | `{}` |", replicas + 2)),
+        "{md_row}"
+    );
+    let group_row = row("spec.clusterGroupName");
+    assert!(
+        group_row.contains(&format!("| `{group_before}` | `moved-by-hand` |")),
+        "{group_row}"
+    );
+    assert!(!body.contains("No drift"), "{body}");
+    assert_eq!(bot.drift_clusters(), "1");
+    // Typed in the journal, with since when.
+    let records = bot.bot.journal().drifts().await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].cluster, CLUSTER);
+    assert_eq!(records[0].fields.len(), 2, "{:?}", records[0].fields);
+    bot.stop().await;
+}
