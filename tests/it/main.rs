@@ -25,6 +25,7 @@ mod rbac;
 mod real_systems;
 mod rotation;
 mod schedules;
+mod shutdown;
 mod tkg2;
 mod tmc;
 mod trust;

@@ -92,6 +92,9 @@ fn default_admin_listen() -> Option<String> {
 fn default_run_retention() -> Duration {
     Duration::from_secs(90 * 24 * 3600)
 }
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
 
 /// The bot configuration file.
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
@@ -153,6 +156,17 @@ pub struct BotConfig {
     )]
     #[schemars(with = "String")]
     pub run_retention: Duration,
+    /// How long a graceful stop (SIGTERM, Ctrl-C) lets the steps in flight run to their end
+    /// (humantime; default 30s; keep it below the pod's `terminationGracePeriodSeconds`). No new
+    /// work starts once the signal arrived; a step still running after the grace is cut, its
+    /// attempt recorded as cut short by the shutdown (not counted against its retries), and it
+    /// runs again at the next start.
+    #[serde(
+        default = "default_shutdown_grace",
+        with = "tkgops_domain::serde_duration"
+    )]
+    #[schemars(with = "String")]
+    pub shutdown_grace: Duration,
     /// Environment variable holding the webhook secret GitHub signs deliveries with
     /// (default `GITHUB_WEBHOOK_SECRET`); when it is unset every delivery is refused.
     #[serde(default = "default_webhook_secret_env")]

@@ -504,11 +504,8 @@ impl Environment {
         self.github
             .set_webhook(Some(WebhookTarget::new(&webhook_url, &self.webhook_secret)));
         let b = bot.clone();
-        let poll = cfg.poll_interval;
-        let run = tokio::spawn(async move {
-            b.run(poll, Duration::from_secs(5), until_stopped(stopped))
-                .await
-        });
+        let (poll, grace) = (cfg.poll_interval, cfg.shutdown_grace);
+        let run = tokio::spawn(async move { b.run(poll, grace, until_stopped(stopped)).await });
         Ok(SandboxBot {
             addr,
             webhook_url,
@@ -679,6 +676,7 @@ impl Environment {
             listen: None,
             admin_listen: None,
             run_retention: std::time::Duration::from_secs(90 * 24 * 3600),
+            shutdown_grace: Duration::from_secs(5),
             webhook_secret_env: "TKGOPS_SANDBOX_WEBHOOK_SECRET".into(),
             webhook_secret_file: None,
             trusted_policy_commit: None,
