@@ -6,6 +6,7 @@ mod support;
 
 mod aws;
 mod capi_rollout;
+mod chaos;
 mod chart;
 mod cli;
 mod day2;
