@@ -6,6 +6,7 @@ mod support;
 
 mod aws;
 mod capi_rollout;
+mod chaos;
 mod chart;
 mod cli;
 mod day2;
@@ -26,6 +27,7 @@ mod rbac;
 mod real_systems;
 mod rotation;
 mod schedules;
+mod shutdown;
 mod tkg2;
 mod tmc;
 mod trust;

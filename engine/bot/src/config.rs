@@ -113,6 +113,9 @@ mod drift_interval_serde {
 fn default_run_retention() -> Duration {
     Duration::from_secs(90 * 24 * 3600)
 }
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
 
 /// The bot configuration file.
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
@@ -181,6 +184,17 @@ pub struct BotConfig {
     #[serde(default = "default_drift_scan_interval", with = "drift_interval_serde")]
     #[schemars(with = "Option<String>")]
     pub drift_scan_interval: Duration,
+    /// How long a graceful stop (SIGTERM, Ctrl-C) lets the steps in flight run to their end
+    /// (humantime; default 30s; keep it below the pod's `terminationGracePeriodSeconds`). No new
+    /// work starts once the signal arrived; a step still running after the grace is cut, its
+    /// attempt recorded as cut short by the shutdown (not counted against its retries), and it
+    /// runs again at the next start.
+    #[serde(
+        default = "default_shutdown_grace",
+        with = "tkgops_domain::serde_duration"
+    )]
+    #[schemars(with = "String")]
+    pub shutdown_grace: Duration,
     /// Environment variable holding the webhook secret GitHub signs deliveries with
     /// (default `GITHUB_WEBHOOK_SECRET`); when it is unset every delivery is refused.
     #[serde(default = "default_webhook_secret_env")]

@@ -357,7 +357,10 @@ impl Bot {
 
     /// Polls forever every `interval`, and at once after each accepted webhook delivery or
     /// finished run, until `shutdown` resolves; between polls, reconciles the keys requeued
-    /// for later when they fall due. Then drains the engine for up to `grace`.
+    /// for later when they fall due. Once `shutdown` resolved no poll or key starts (a poll in
+    /// progress finishes first), and the engine drains for up to `grace`
+    /// ([`tkgops_engine::Engine::shutdown`]: no new step starts, a step still running after
+    /// `grace` is cut and resumes at the next start).
     pub async fn run(
         &self,
         interval: Duration,
@@ -375,6 +378,15 @@ impl Bot {
         }
         let mut next_sync = tokio::time::Instant::now();
         loop {
+            // A stop requested while the last poll ran: take no new work.
+            let stopping = tokio::select! {
+                biased;
+                _ = &mut shutdown => true,
+                _ = std::future::ready(()) => false,
+            };
+            if stopping {
+                break;
+            }
             let now = tokio::time::Instant::now();
             let syncing = now >= next_sync;
             if syncing {

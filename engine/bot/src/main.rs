@@ -249,7 +249,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rt.shutdown_timeout(std::time::Duration::from_millis(200));
                 return code;
             }
-            rt.block_on(async {
+            let served = rt.block_on(async {
+                // Listening from here on: a SIGTERM during the start is not lost (nor fatal).
+                let signal = shutdown_signal()?;
                 let bot = serve::build(&cfg).await?;
                 let admin = start_admin(&cfg, &bot).await?;
                 let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -263,19 +265,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ),
                     None => None,
                 };
-                bot.run(
-                    cfg.poll_interval,
-                    std::time::Duration::from_secs(30),
-                    shutdown_signal(),
-                )
+                bot.run(cfg.poll_interval, cfg.shutdown_grace, async {
+                    let signal = signal.await;
+                    tracing::info!(
+                        signal,
+                        grace = %humantime::format_duration(cfg.shutdown_grace),
+                        "stopping: no new work; the steps in flight get the shutdown grace"
+                    );
+                })
                 .await;
                 let _ = stop_http.send(());
                 if let Some(h) = http {
                     let _ = h.await;
                 }
                 admin.stop().await;
+                // Every journal write was flushed when it returned; the bot (and its sled
+                // handle) is dropped here.
+                drop(bot);
                 anyhow::Ok(())
-            })?;
+            });
+            // A blocking task still running (a git fetch, a file read) holds nothing the
+            // next start needs: do not let it delay the exit past the grace.
+            rt.shutdown_timeout(std::time::Duration::from_millis(500));
+            served?;
+            tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs { command } => history_command(command),
@@ -393,7 +406,7 @@ async fn serve_elected(cfg: &BotConfig) -> anyhow::Result<ExitCode> {
     let mut elector = LeaderElector::from_settings(&cfg.leader_election).await?;
     let lease = elector.lease();
     tracing::info!(%lease, identity = elector.identity(), "standby: taking part in leader election");
-    let shutdown = shutdown_signal();
+    let shutdown = shutdown_signal()?;
     tokio::pin!(shutdown);
 
     let (stop_standby, standby_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -440,16 +453,16 @@ async fn serve_elected(cfg: &BotConfig) -> anyhow::Result<ExitCode> {
         None => None,
     };
     {
-        let run = bot.run(
-            cfg.poll_interval,
-            std::time::Duration::from_secs(30),
-            async {
-                tokio::select! {
-                    _ = &mut shutdown => {}
-                    _ = held.lost() => {}
-                }
-            },
-        );
+        let run = bot.run(cfg.poll_interval, cfg.shutdown_grace, async {
+            tokio::select! {
+                signal = &mut shutdown => tracing::info!(
+                    signal,
+                    grace = %humantime::format_duration(cfg.shutdown_grace),
+                    "stopping: no new work; the steps in flight get the shutdown grace"
+                ),
+                _ = held.lost() => {}
+            }
+        });
         tokio::pin!(run);
         tokio::select! {
             _ = &mut run => {}
@@ -473,26 +486,29 @@ async fn serve_elected(cfg: &BotConfig) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Listens for SIGTERM and SIGINT (Ctrl-C) from now on (a signal that arrives before the
+/// future is polled is not lost); the future resolves at the first one with its name.
+///
+/// Errors: when the signal handlers cannot be installed.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        })
     }
 }
 

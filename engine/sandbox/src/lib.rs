@@ -125,6 +125,15 @@ pub struct SandboxArgs {
     /// instead of with a token.
     #[arg(long, conflicts_with = "serve")]
     pub github_app: bool,
+    /// The chaos harness (README "Chaos harness"): the create, upgrade and delete stories
+    /// against the real `tkgops serve` (the `tkgops` binary beside this one, or `TKGOPS_BIN`),
+    /// killed and restarted at seeded points while the emulators inject seeded faults; then the
+    /// exactly-once audit from the emulators' and moto's records. Exit 0 only when it passes.
+    #[arg(long, conflicts_with_all = ["serve", "request", "story", "management_rbac", "github_app"])]
+    pub chaos: bool,
+    /// The seed of the chaos schedule (kill delays, signals, faults).
+    #[arg(long, default_value_t = 1, requires = "chaos")]
+    pub seed: u64,
 }
 
 /// Errors of the sandbox.
@@ -142,6 +151,7 @@ macro_rules! ctx {
     };
 }
 
+pub mod chaos;
 pub mod stories;
 pub use stories::Story;
 
@@ -504,11 +514,8 @@ impl Environment {
         self.github
             .set_webhook(Some(WebhookTarget::new(&webhook_url, &self.webhook_secret)));
         let b = bot.clone();
-        let poll = cfg.poll_interval;
-        let run = tokio::spawn(async move {
-            b.run(poll, Duration::from_secs(5), until_stopped(stopped))
-                .await
-        });
+        let (poll, grace) = (cfg.poll_interval, cfg.shutdown_grace);
+        let run = tokio::spawn(async move { b.run(poll, grace, until_stopped(stopped)).await });
         Ok(SandboxBot {
             addr,
             webhook_url,
@@ -680,6 +687,7 @@ impl Environment {
             admin_listen: None,
             run_retention: std::time::Duration::from_secs(90 * 24 * 3600),
             drift_scan_interval: std::time::Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(5),
             webhook_secret_env: "TKGOPS_SANDBOX_WEBHOOK_SECRET".into(),
             webhook_secret_file: None,
             trusted_policy_commit: None,

@@ -32,6 +32,8 @@ fn main() -> ExitCode {
         .and_then(|rt| {
             if serve {
                 rt.block_on(tkgops_sandbox::serve(cli.args)).map(|()| true)
+            } else if cli.args.chaos {
+                rt.block_on(tkgops_sandbox::chaos::run(cli.args))
             } else {
                 rt.block_on(tkgops_sandbox::run(cli.args))
             }

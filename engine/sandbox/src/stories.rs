@@ -49,14 +49,14 @@ const SETTINGS: &str = "clusters/team-a-prod/tkgops.yaml";
 const CONFIG: &str = "clusters/team-a-prod/cluster-config.yaml";
 
 /// A pull request to open in a story.
-struct Change<'a> {
-    branch: &'a str,
-    title: &'a str,
-    files: Vec<(String, String)>,
+pub(crate) struct Change<'a> {
+    pub(crate) branch: &'a str,
+    pub(crate) title: &'a str,
+    pub(crate) files: Vec<(String, String)>,
     /// Files removed instead (a delete).
-    removed: Vec<String>,
-    label: Option<&'a str>,
-    approvers: &'a [&'a str],
+    pub(crate) removed: Vec<String>,
+    pub(crate) label: Option<&'a str>,
+    pub(crate) approvers: &'a [&'a str],
 }
 
 fn head_of(env: &Environment, branch: &str) -> Result<String, SandboxError> {
@@ -70,7 +70,7 @@ fn head_of(env: &Environment, branch: &str) -> Result<String, SandboxError> {
 
 /// Opens `c`, waits for its plan, approves and merges it, waits for the run; prints the
 /// conversation. Returns (PR number, `tkgops/apply` state of the merge commit).
-async fn merge_change(
+pub(crate) async fn merge_change(
     env: &Environment,
     c: Change<'_>,
     timeout: Duration,

@@ -643,7 +643,8 @@ fn classify_denial(msg: String, code: u16, message: &str) -> StepError {
 
 /// Maps a kube error to a [`StepError`], prefixed with `what` (e.g. `Cluster/default/team-a`).
 ///
-/// Transient: connection and I/O errors, undecodable responses, HTTP 5xx, 409 Conflict, 429 and
+/// Transient: connection and I/O errors, undecodable responses, HTTP 5xx, 409 Conflict, 410 Gone
+/// (an expired resourceVersion or `continue` token: the next attempt lists afresh), 429 and
 /// error answers without a status code. Permanent: every other 4xx (401 and 403 with a hint),
 /// discovery misses, request-building and configuration errors. An admission webhook's denial
 /// keeps the webhook's message and is permanent unless it can heal (see `classify_denial`).
@@ -665,7 +666,7 @@ pub fn classify(what: &str, e: &kube::Error) -> StepError {
                 return classify_denial(msg, s.code, &s.message);
             }
             match s.code {
-                0 | 409 | 429 | 500..=599 => StepError::Transient(msg),
+                0 | 409 | 410 | 429 | 500..=599 => StepError::Transient(msg),
                 401 => StepError::Permanent(format!(
                     "{msg} (the kubeconfig's credentials were rejected)"
                 )),
