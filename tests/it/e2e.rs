@@ -96,6 +96,32 @@ pub(crate) fn spawn_serve(env: &Environment, timings: &Timings) -> tokio::proces
     cmd.spawn().expect("spawning tkgops serve")
 }
 
+/// Opens the pull request that adds team-a-prod, waits for a `success` plan, approves and
+/// merges it, then waits until the run's TMC attach step is in flight (its token exchange
+/// reached the TMC emulator). Returns the pull request and the merge commit.
+pub(crate) async fn merge_create_until_tmc_attach(env: &Environment) -> (u64, String) {
+    let (_, files) = request_files(None, &env.vpc);
+    let pr = env
+        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
+        .unwrap();
+    let head = head_of(env, "add-team-a-prod");
+    assert_eq!(
+        env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "success"
+    );
+    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
+    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    env.tmc
+        .faults()
+        .log()
+        .wait_for(Duration::from_secs(120), |r| r.path.starts_with("/csp/"))
+        .await
+        .expect("the run never reached the TMC attach step");
+    (pr, merge)
+}
+
 pub(crate) fn head_of(env: &Environment, branch: &str) -> String {
     let repo = git2::Repository::open_bare(&env.remote).unwrap();
     let id = repo
@@ -334,27 +360,7 @@ async fn killed_bot_resumes_without_repeating_side_effects() {
     ));
     let mut bot = spawn_bot();
 
-    let (_, files) = request_files(None, &env.vpc);
-    let pr = env
-        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
-        .unwrap();
-    let head = head_of(&env, "add-team-a-prod");
-    assert_eq!(
-        env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
-            .await
-            .unwrap(),
-        "success"
-    );
-    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
-    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
-
-    // Wait until the attach step is in flight (its token exchange reached TMC).
-    env.tmc
-        .faults()
-        .log()
-        .wait_for(Duration::from_secs(120), |r| r.path.starts_with("/csp/"))
-        .await
-        .expect("the run never reached the TMC attach step");
+    let (pr, merge) = merge_create_until_tmc_attach(&env).await;
     bot.kill().await.expect("SIGKILL");
     let _ = bot.wait().await;
 

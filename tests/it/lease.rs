@@ -12,9 +12,9 @@ use kube::Api;
 use tkgops::config::LeaderElectionSettings;
 use tkgops_emulators::faults::{Fault, FaultAction};
 use tkgops_emulators::kube::Gvr;
-use tkgops_sandbox::{request_files, Environment, Timings, APPROVER, MANAGEMENT_CLUSTER};
+use tkgops_sandbox::{Environment, Timings, MANAGEMENT_CLUSTER};
 
-use crate::e2e::{bot_comments, head_of, start_env};
+use crate::e2e::{bot_comments, merge_create_until_tmc_attach, start_env};
 
 const LEASE: &str = "tkgops";
 const CLUSTER: &str = "team-a-prod";
@@ -215,25 +215,7 @@ async fn standby_takes_over_a_killed_holder_and_finishes_the_run_exactly_once() 
     wait_readyz(port_a, 200).await;
     assert_eq!(lease_state(&env), Some(("replica-a".into(), 0)));
 
-    let (_, files) = request_files(None, &env.vpc);
-    let pr = env
-        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
-        .unwrap();
-    let head = head_of(&env, "add-team-a-prod");
-    assert_eq!(
-        env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
-            .await
-            .unwrap(),
-        "success"
-    );
-    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
-    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
-    env.tmc
-        .faults()
-        .log()
-        .wait_for(Duration::from_secs(120), |r| r.path.starts_with("/csp/"))
-        .await
-        .expect("the run never reached the TMC attach step");
+    let (pr, merge) = merge_create_until_tmc_attach(&env).await;
     assert!(
         matches!(readyz(port_b).await, Some((503, _))),
         "b is still a standby"

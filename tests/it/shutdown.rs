@@ -9,9 +9,9 @@ use std::time::Duration;
 use axum::http::Method;
 use tkgops_emulators::faults::{Fault, FaultAction};
 use tkgops_engine::store::{RunFilter, SledStore, Store, OUTCOME_SHUTDOWN};
-use tkgops_sandbox::{request_files, Environment, Timings, APPROVER, MANAGEMENT_CLUSTER};
+use tkgops_sandbox::{request_files, Environment, Timings, MANAGEMENT_CLUSTER};
 
-use crate::e2e::{bot_comments, head_of, start_env};
+use crate::e2e::{bot_comments, merge_create_until_tmc_attach, start_env};
 
 const CLUSTER: &str = "team-a-prod";
 /// The bot's `shutdownGrace` in this test.
@@ -84,25 +84,7 @@ async fn sigterm_mid_step_exits_0_and_the_next_start_finishes_the_run_exactly_on
     ));
     let mut first = spawn_bot(&env, &timings, "first");
 
-    let (_, files) = request_files(None, &env.vpc);
-    let pr = env
-        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
-        .unwrap();
-    let head = head_of(&env, "add-team-a-prod");
-    assert_eq!(
-        env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
-            .await
-            .unwrap(),
-        "success"
-    );
-    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
-    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
-    env.tmc
-        .faults()
-        .log()
-        .wait_for(Duration::from_secs(120), |r| r.path.starts_with("/csp/"))
-        .await
-        .expect("the run never reached the TMC attach step");
+    let (pr, merge) = merge_create_until_tmc_attach(&env).await;
     assert!(first.try_wait().unwrap().is_none(), "the bot runs the step");
 
     let sent = tokio::time::Instant::now();
@@ -197,6 +179,7 @@ async fn sigterm_mid_step_exits_0_and_the_next_start_finishes_the_run_exactly_on
         "TMC saw one cluster POST"
     );
     // The subnets the request names (the example maps its private and public ones).
+    let (_, files) = request_files(None, &env.vpc);
     let request: String = files.iter().map(|(_, c)| c.as_str()).collect();
     let subnets: Vec<&String> = env
         .vpc
