@@ -89,10 +89,14 @@ impl RotatingSecret {
     /// metadata changed since the last read.
     pub fn accepted(&self) -> Vec<String> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Registered for redaction once per new value, not at every call (a write lock on the
+        // process-wide redactor).
+        let mut changed = false;
         match &self.source {
             SecretSource::Value(v) => {
                 if st.stamp.is_none() {
                     st.current = non_empty(v.clone());
+                    changed = true;
                     st.stamp = Some(FileStamp {
                         modified: None,
                         len: 0,
@@ -103,6 +107,7 @@ impl RotatingSecret {
             SecretSource::Env(var) => {
                 if st.stamp.is_none() {
                     st.current = std::env::var(var).ok().and_then(non_empty);
+                    changed = true;
                     st.stamp = Some(FileStamp {
                         modified: None,
                         len: 0,
@@ -134,12 +139,13 @@ impl RotatingSecret {
                             tracing::info!(path = %path.display(), "a secret file changed: the new value is used, the old one still accepted for 10 minutes");
                         }
                         st.current = read;
+                        changed = true;
                     }
                     st.stamp = stamp;
                 }
             }
         }
-        if let Some(v) = &st.current {
+        if let (true, Some(v)) = (changed, &st.current) {
             crate::redact::register(v);
         }
         let mut out: Vec<String> = st.current.iter().cloned().collect();
@@ -184,6 +190,11 @@ mod tests {
                 "first-secret-of-more-than-24-chars"
             ]
         );
+        // Both values are redacted from logs (each registered when it was first read).
+        let logged = crate::redact::redact(
+            "first-secret-of-more-than-24-chars second-secret-of-more-than-24-chars",
+        );
+        assert!(!logged.contains("secret-of"), "{logged}");
         tokio::time::advance(ROTATION_GRACE).await;
         assert_eq!(s.accepted(), ["second-secret-of-more-than-24-chars"]);
         // A file that disappears is no secret (every delivery refused), not the old value.
