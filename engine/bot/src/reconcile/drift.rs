@@ -675,6 +675,111 @@ mod tests {
     }
 
     #[test]
+    fn the_revert_run_id_is_deterministic_per_cluster_commit_and_scan() {
+        let t = record("a").scanned_at;
+        let id = revert_run_id("a", "0123456789abcdef", t);
+        assert_eq!(id, "a@0123456789ab#revert-drift/20250102T030405Z");
+        assert_eq!(id, revert_run_id("a", "0123456789abcdef", t));
+        assert_ne!(id, revert_run_id("a", "fedcba9876543210", t));
+        assert_ne!(
+            id,
+            revert_run_id("a", "0123456789abcdef", t + chrono::Duration::seconds(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resubmitted_revert_run_is_the_same_run() {
+        let store = std::sync::Arc::new(tkgops_engine::store::SledStore::temporary().unwrap());
+        let engine = tkgops_engine::Engine::new(
+            store,
+            std::sync::Arc::new(crate::testing::Succeeds),
+            std::sync::Arc::new(tkgops_engine::NoopObserver),
+        );
+        let id = revert_run_id("a", "0123456789abcdef", record("a").scanned_at);
+        let req = RunRequest {
+            id: id.clone(),
+            cluster: "a".into(),
+            workflow: REVERT_WORKFLOW.into(),
+            commit_sha: "0123456789abcdef".into(),
+            origin: None,
+            steps: Vec::new(),
+        };
+        let first = engine.submit(req.clone()).await.unwrap();
+        let again = engine.submit(req).await.unwrap();
+        assert_eq!(first.seq, again.seq, "one run, not two");
+    }
+
+    #[test]
+    fn a_revert_runs_only_the_steps_of_what_drifted_and_forces_them() {
+        use tkgops_domain::request::PackageRepositoryRef;
+        use tkgops_domain::step::{KubeApplyInputs, PackagesInputs, RetryPolicy, WorkloadTarget};
+        let target = WorkloadTarget {
+            management_cluster: "mc".into(),
+            namespace: "default".into(),
+            cluster_name: "a".into(),
+            kubeconfig: None,
+        };
+        let step = |id: &str, inputs: StepInputs| StepSpec {
+            id: id.into(),
+            title: id.into(),
+            timeout_secs: 60,
+            retry: RetryPolicy {
+                max_attempts: 1,
+                initial_backoff_secs: 1.0,
+                max_backoff_secs: 1.0,
+            },
+            inputs,
+        };
+        let steps = vec![
+            step(
+                "apply-cluster",
+                StepInputs::KubeApply(KubeApplyInputs {
+                    target: target.clone(),
+                    manifests: "apiVersion: cluster.x-k8s.io/v1beta1\nkind: Cluster\n".into(),
+                    revert: false,
+                }),
+            ),
+            step("wait-cluster", StepInputs::KubeWaitCluster(target.clone())),
+            step(
+                "read-kubeconfig",
+                StepInputs::KubeReadKubeconfig(target.clone()),
+            ),
+            step(
+                "packages",
+                StepInputs::PackagesRollout(PackagesInputs {
+                    target: target.clone(),
+                    repository: PackageRepositoryRef::default(),
+                    packages: Vec::new(),
+                    revert: false,
+                }),
+            ),
+        ];
+        let ids = |objects: &[DriftObject]| -> Vec<String> {
+            revert_steps(&steps, &objects.iter().copied().collect())
+                .into_iter()
+                .map(|s| s.id)
+                .collect()
+        };
+        assert_eq!(ids(&[DriftObject::Cluster]), vec!["apply-cluster"]);
+        assert_eq!(
+            ids(&[DriftObject::PackageInstall]),
+            vec!["read-kubeconfig", "packages"]
+        );
+        assert!(ids(&[DriftObject::TmcCluster]).is_empty());
+        let all = revert_steps(
+            &steps,
+            &[DriftObject::Cluster, DriftObject::PackageInstall]
+                .into_iter()
+                .collect(),
+        );
+        assert!(all.iter().all(|s| match &s.inputs {
+            StepInputs::KubeApply(i) => i.revert,
+            StepInputs::PackagesRollout(i) => i.revert,
+            _ => true,
+        }));
+    }
+
+    #[test]
     fn the_plan_note_names_only_touched_drifted_clusters() {
         let records = [record("a"), record("b")];
         let note = drift_note(

@@ -673,6 +673,9 @@ pub struct ClusterSettings {
     /// `driftPolicy`: what the bot's drift scan does when the cluster's live state differs
     /// from Git at its deployed commit (README "Drift"); default [`DriftPolicy::Report`].
     #[serde(default)]
+    #[schemars(
+        description = "What the bot's drift scan does when the cluster's live state differs from Git at its deployed commit: `report` (default) shows it on the fleet dashboard issue, in plans and in `tkgops_drift_clusters`; `revert` also re-applies Git at the deployed commit through a revert run (forced over hand changes; a missing Cluster or TMC cluster is never re-created). README \"Drift\"."
+    )]
     pub drift_policy: DriftPolicy,
     /// Path of the file as given to [`parse_cluster_settings`] (not part of the YAML).
     #[serde(skip)]
