@@ -344,3 +344,85 @@ async fn under_the_revert_policy_a_deleted_cluster_is_reported_and_never_created
     assert_eq!(bot.drift_clusters(), "1");
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_revert_policy_a_changed_and_a_deleted_package_install_are_reported_and_reverted()
+{
+    let Some(kubectl) = crate::kubectl::kubectl() else {
+        panic!("kubectl is needed: the hand change is made with the real kubectl");
+    };
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot = DriftBot::start(&env, &timings, Duration::from_secs(1)).await;
+    create_through_a_pull_request(&env, &revert_files(&env)).await;
+    dashboard_until(&env, "a clean scan of the cluster", |b| {
+        b.contains("No drift: 1 deployed cluster(s) compared")
+    })
+    .await;
+
+    let workload = env.kube.cluster(CLUSTER).expect("workload cluster");
+    let pkgis = Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls");
+    let find = |name: &str| {
+        workload
+            .list(&pkgis, None)
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == name)
+    };
+    let cert = find("cert-manager").expect("cert-manager's PackageInstall");
+    let ns = cert["metadata"]["namespace"].as_str().unwrap().to_string();
+    let version = cert["spec"]["packageRef"]["versionSelection"]["constraints"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let contour_ns = find("contour").expect("contour's PackageInstall")["metadata"]["namespace"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let k = crate::kubectl::Kubectl::new(kubectl, &workload.kubeconfig_yaml());
+    k.ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "packageinstalls.packaging.carvel.dev",
+        "cert-manager",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"packageRef":{"versionSelection":{"constraints":"1.1.0+vmware.1-tkg.2"}}}}"#,
+    ])
+    .await;
+    let mut changes = workload.subscribe();
+    workload
+        .delete(&pkgis, Some(&contour_ns), "contour")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while find("contour").is_some() {
+            let _ = changes.recv().await;
+        }
+    })
+    .await
+    .expect("contour's PackageInstall is gone");
+
+    // The scan may see the two changes in one revert or in two (the second no sooner than one
+    // interval after the first ended); the last one names contour.
+    let contour_field = format!("PackageInstall[{contour_ns}/contour]`");
+    let body = dashboard_until(&env, "the package revert and a clean scan", |b| {
+        b.lines().any(|l| {
+            l.contains("re-applies Git at the deployed commit for") && l.contains(&contour_field)
+        }) && b.contains("✅ succeeded")
+            && b.contains("No drift: 1 deployed cluster(s) compared")
+    })
+    .await;
+    // Values are compared by digest: their content never reaches the dashboard.
+    assert!(!body.contains("infrastructure_provider"), "{body}");
+    let cert = find("cert-manager").unwrap();
+    assert_eq!(
+        cert["spec"]["packageRef"]["versionSelection"]["constraints"],
+        version.as_str()
+    );
+    assert!(
+        find("contour").is_some(),
+        "the revert installed contour again"
+    );
+    assert_eq!(bot.drift_clusters(), "0");
+    bot.stop().await;
+}

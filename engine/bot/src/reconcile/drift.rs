@@ -7,7 +7,10 @@
 //!   under tkgops's field manager, and the answer compared with the live Cluster
 //!   ([`tkgops_domain::drift::topology_drift`]): only a field tkgops's apply would change counts;
 //! - the TMC cluster's group, description and labels against the request's `tmc` settings
-//!   ([`tkgops_domain::drift::tmc_drift`]).
+//!   ([`tkgops_domain::drift::tmc_drift`]);
+//! - each PackageInstall the request declares, on the workload cluster: present, its version,
+//!   and the digest of the values Secret tkgops renders
+//!   ([`tkgops_domain::drift::package_drift`]; only shortened digests are kept and shown).
 //!
 //! A Cluster or TMC cluster that is gone (or not tkgops's) is reported as drift tkgops cannot
 //! revert, never "fixed" by a create. What a scan finds is kept in the journal per cluster
@@ -33,10 +36,14 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use tkgops_domain::drift::{tmc_drift, topology_drift, DriftField, TmcLive, TmcWanted};
+use tkgops_domain::drift::{
+    package_drift, tmc_drift, topology_drift, DriftField, PackageWanted, TmcLive, TmcWanted,
+};
 use tkgops_domain::files::TreeReader;
 use tkgops_domain::request::{cluster_spec, DriftPolicy};
-use tkgops_domain::step::{KubeApplyInputs, StepInputs, StepSpec, TmcClusterInputs};
+use tkgops_domain::step::{
+    KubeApplyInputs, PackagesInputs, StepInputs, StepSpec, TmcClusterInputs,
+};
 use tkgops_domain::workflow::plan::{
     load_cluster, load_repo_config, render_context, render_workflow, OWNER_LABEL,
 };
@@ -82,6 +89,8 @@ struct Wanted {
     cluster: Option<KubeApplyInputs>,
     /// The `tmc.attach` step, when the request attaches the cluster to TMC.
     tmc: Option<TmcClusterInputs>,
+    /// The `packages.rollout` step, when the request declares packages.
+    packages: Option<PackagesInputs>,
     /// Every step of the create workflow rendered there (the revert run's steps come from them).
     steps: Vec<StepSpec>,
 }
@@ -172,6 +181,7 @@ fn wanted_at(
                 wanted.cluster = Some(i.clone())
             }
             StepInputs::TmcAttach(i) => wanted.tmc = Some(i.clone()),
+            StepInputs::PackagesRollout(i) => wanted.packages = Some(i.clone()),
             _ => {}
         }
     }
@@ -400,14 +410,18 @@ impl DriftReconciler<'_> {
     async fn compare(&self, wanted: &Wanted) -> Result<Found, String> {
         let mut fields = Vec::new();
         let mut unrevertible = Vec::new();
+        let mut cluster_found = wanted.cluster.is_none();
         if let Some(k) = &wanted.cluster {
             let mc = &k.target.management_cluster;
             match self.executors.probe_cluster(k).await.map_err(|e| e.to_string())? {
-                ClusterProbe::Found { live, desired, .. } => fields.extend(
-                    topology_drift(&desired, &live)
-                        .into_iter()
-                        .map(|f| (DriftObject::Cluster, f)),
-                ),
+                ClusterProbe::Found { live, desired, .. } => {
+                    cluster_found = true;
+                    fields.extend(
+                        topology_drift(&desired, &live)
+                            .into_iter()
+                            .map(|f| (DriftObject::Cluster, f)),
+                    )
+                }
                 ClusterProbe::Missing { label } => unrevertible.push(format!(
                     "{label} does not exist on management cluster '{mc}' (tkgops does not create it again outside a change)"
                 )),
@@ -451,6 +465,27 @@ impl DriftReconciler<'_> {
                     .into_iter()
                     .map(|f| (DriftObject::TmcCluster, f)),
                 ),
+            }
+        }
+        // The PackageInstalls, on the workload cluster of a Cluster that is there and tkgops's.
+        if let Some(p) = wanted.packages.as_ref().filter(|_| cluster_found) {
+            let live = self
+                .executors
+                .probe_packages(p)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (pkg, live) in p.packages.iter().zip(&live) {
+                let want = PackageWanted {
+                    name: &pkg.name,
+                    namespace: &pkg.namespace,
+                    version: &pkg.version,
+                    values_yaml: &pkg.values_yaml,
+                };
+                fields.extend(
+                    package_drift(&want, live)
+                        .into_iter()
+                        .map(|f| (DriftObject::PackageInstall, f)),
+                );
             }
         }
         Ok((fields, unrevertible))
