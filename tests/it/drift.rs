@@ -1,7 +1,8 @@
 //! The drift scan through the in-process bot: a cluster that matches Git reports no drift; a
 //! hand change of the Cluster's topology with the real `kubectl` and a TMC cluster group
 //! changed through the TMC API show up on the fleet dashboard issue and in
-//! `tkgops_drift_clusters` within one scan.
+//! `tkgops_drift_clusters` within one scan. Under `driftPolicy: revert` a revert run restores
+//! both and the next scan is clean; a deleted Cluster stays reported and is never created.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,5 +175,254 @@ async fn hand_changes_to_the_topology_and_the_tmc_group_are_reported_as_drift() 
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].cluster, CLUSTER);
     assert_eq!(records[0].fields.len(), 2, "{:?}", records[0].fields);
+    bot.stop().await;
+}
+
+/// The example request's files with `driftPolicy: revert` in its `tkgops.yaml`.
+fn revert_files(env: &Environment) -> Vec<(String, String)> {
+    let (_, mut files) = request_files(None, &env.vpc);
+    for (path, text) in &mut files {
+        if path.ends_with("/tkgops.yaml") {
+            text.push_str("\ndriftPolicy: revert\n");
+        }
+    }
+    files
+}
+
+/// A TMC client on the emulator, as a user would use it.
+fn tmc_client(env: &Environment) -> TmcClient {
+    TmcClient::new(TmcSettings {
+        endpoint: env.tmc.url(),
+        csp_endpoint: env.tmc.url(),
+        api_token: SecretToken::new(tkgops_sandbox::TMC_TOKEN),
+    })
+    .unwrap()
+}
+
+/// Moves the TMC cluster to group `group` through the TMC API; returns the group it was in.
+async fn move_tmc_group(env: &Environment, group: &str) -> String {
+    let tmc = tmc_client(env);
+    let mut c = tmc
+        .get_cluster(&FullName::attached(CLUSTER))
+        .await
+        .unwrap()
+        .expect("the TMC cluster the create attached");
+    let before = c
+        .spec
+        .cluster_group_name
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    c.spec.cluster_group_name = Some(group.into());
+    tmc.update_cluster(&c).await.unwrap();
+    before
+}
+
+/// The TMC cluster's group as TMC answers it.
+async fn tmc_group(env: &Environment) -> String {
+    tmc_client(env)
+        .get_cluster(&FullName::attached(CLUSTER))
+        .await
+        .unwrap()
+        .expect("the TMC cluster")
+        .spec
+        .cluster_group_name
+        .unwrap_or_else(|| "default".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_revert_policy_a_revert_run_restores_the_topology_and_the_tmc_group() {
+    let Some(kubectl) = crate::kubectl::kubectl() else {
+        panic!("kubectl is needed: the hand change is made with the real kubectl");
+    };
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot = DriftBot::start(&env, &timings, Duration::from_secs(1)).await;
+    create_through_a_pull_request(&env, &revert_files(&env)).await;
+    dashboard_until(&env, "a clean scan of the cluster", |b| {
+        b.contains("No drift: 1 deployed cluster(s) compared")
+    })
+    .await;
+
+    // A hand scale with kubectl (its field manager takes the field over) and a TMC group move.
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let clusters = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    let replicas_of = || {
+        mgmt.get(&clusters, Some("default"), CLUSTER).unwrap()["spec"]["topology"]["workers"]
+            ["machineDeployments"][0]["replicas"]
+            .as_i64()
+            .unwrap()
+    };
+    let replicas = replicas_of();
+    let k = crate::kubectl::Kubectl::new(kubectl, &mgmt.kubeconfig_yaml());
+    let patch = format!(
+        r#"[{{"op":"replace","path":"/spec/topology/workers/machineDeployments/0/replicas","value":{}}}]"#,
+        replicas + 2
+    );
+    k.ok(&[
+        "-n",
+        "default",
+        "patch",
+        "cluster",
+        CLUSTER,
+        "--type=json",
+        "-p",
+        &patch,
+    ])
+    .await;
+    let group_before = move_tmc_group(&env, "moved-by-hand").await;
+
+    // The revert run's outcome on the dashboard, then a clean scan.
+    let body = dashboard_until(&env, "the revert run succeeded and a clean scan", |b| {
+        b.contains(&format!("#### Revert of `{CLUSTER}`"))
+            && b.contains("✅ succeeded")
+            && b.contains("No drift: 1 deployed cluster(s) compared")
+    })
+    .await;
+    assert!(body.contains("revert-drift/"), "{body}");
+    assert!(body.contains("TMC cluster spec.clusterGroupName"), "{body}");
+    assert_eq!(replicas_of(), replicas, "the revert restored the replicas");
+    assert_eq!(
+        tmc_group(&env).await,
+        group_before,
+        "the revert restored the group"
+    );
+    assert_eq!(bot.drift_clusters(), "0");
+    // The Cluster was applied forced by tkgops (kubectl's field manager held the replicas).
+    let applied = mgmt.writes().into_iter().any(|w| {
+        w.verb == "apply"
+            && w.name == CLUSTER
+            && !w.dry_run
+            && w.changed
+            && w.field_manager.as_deref() == Some("tkgops")
+    });
+    assert!(applied, "no forced apply of the Cluster by tkgops");
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_revert_policy_a_deleted_cluster_is_reported_and_never_created() {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot = DriftBot::start(&env, &timings, Duration::from_secs(1)).await;
+    create_through_a_pull_request(&env, &revert_files(&env)).await;
+    dashboard_until(&env, "a clean scan of the cluster", |b| {
+        b.contains("No drift: 1 deployed cluster(s) compared")
+    })
+    .await;
+
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let clusters = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    let mut changes = mgmt.subscribe();
+    mgmt.delete(&clusters, Some("default"), CLUSTER).unwrap();
+    // The emulated controllers remove the finalizers; every change is an event.
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while mgmt.get(&clusters, Some("default"), CLUSTER).is_some() {
+            let _ = changes.recv().await;
+        }
+    })
+    .await
+    .expect("the Cluster is gone");
+    let writes_before = mgmt.writes().len();
+    // A revertible drift next to it: the TMC group is reverted, the Cluster is not created.
+    let group_before = move_tmc_group(&env, "moved-by-hand").await;
+
+    let body = dashboard_until(&env, "the missing Cluster and the revert", |b| {
+        b.contains("does not exist on management cluster")
+            && b.contains(&format!("#### Revert of `{CLUSTER}`"))
+            && b.contains("✅ succeeded")
+    })
+    .await;
+    assert!(body.contains("(cannot be reverted)"), "{body}");
+    assert_eq!(tmc_group(&env).await, group_before);
+    let created: Vec<_> = mgmt.writes()[writes_before..]
+        .iter()
+        .filter(|w| w.gvr == clusters && !w.dry_run && w.verb != "delete")
+        .cloned()
+        .collect();
+    assert!(created.is_empty(), "a Cluster was written: {created:?}");
+    assert!(mgmt.get(&clusters, Some("default"), CLUSTER).is_none());
+    assert_eq!(bot.drift_clusters(), "1");
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_revert_policy_a_changed_and_a_deleted_package_install_are_reported_and_reverted()
+{
+    let Some(kubectl) = crate::kubectl::kubectl() else {
+        panic!("kubectl is needed: the hand change is made with the real kubectl");
+    };
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot = DriftBot::start(&env, &timings, Duration::from_secs(1)).await;
+    create_through_a_pull_request(&env, &revert_files(&env)).await;
+    dashboard_until(&env, "a clean scan of the cluster", |b| {
+        b.contains("No drift: 1 deployed cluster(s) compared")
+    })
+    .await;
+
+    let workload = env.kube.cluster(CLUSTER).expect("workload cluster");
+    let pkgis = Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls");
+    let find = |name: &str| {
+        workload
+            .list(&pkgis, None)
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == name)
+    };
+    let cert = find("cert-manager").expect("cert-manager's PackageInstall");
+    let ns = cert["metadata"]["namespace"].as_str().unwrap().to_string();
+    let version = cert["spec"]["packageRef"]["versionSelection"]["constraints"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let contour_ns = find("contour").expect("contour's PackageInstall")["metadata"]["namespace"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let k = crate::kubectl::Kubectl::new(kubectl, &workload.kubeconfig_yaml());
+    k.ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "packageinstalls.packaging.carvel.dev",
+        "cert-manager",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"packageRef":{"versionSelection":{"constraints":"1.1.0+vmware.1-tkg.2"}}}}"#,
+    ])
+    .await;
+    let mut changes = workload.subscribe();
+    workload
+        .delete(&pkgis, Some(&contour_ns), "contour")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while find("contour").is_some() {
+            let _ = changes.recv().await;
+        }
+    })
+    .await
+    .expect("contour's PackageInstall is gone");
+
+    // The scan may see the two changes in one revert or in two (the second no sooner than one
+    // interval after the first ended); the last one names contour.
+    let contour_field = format!("PackageInstall[{contour_ns}/contour]`");
+    let body = dashboard_until(&env, "the package revert and a clean scan", |b| {
+        b.lines().any(|l| {
+            l.contains("re-applies Git at the deployed commit for") && l.contains(&contour_field)
+        }) && b.contains("✅ succeeded")
+            && b.contains("No drift: 1 deployed cluster(s) compared")
+    })
+    .await;
+    // Values are compared by digest: their content never reaches the dashboard.
+    assert!(!body.contains("infrastructure_provider"), "{body}");
+    let cert = find("cert-manager").unwrap();
+    assert_eq!(
+        cert["spec"]["packageRef"]["versionSelection"]["constraints"],
+        version.as_str()
+    );
+    assert!(
+        find("contour").is_some(),
+        "the revert installed contour again"
+    );
+    assert_eq!(bot.drift_clusters(), "0");
     bot.stop().await;
 }

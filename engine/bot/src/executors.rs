@@ -129,6 +129,17 @@ impl Executors {
         self.current().probe_cluster(inputs).await
     }
 
+    /// The drift scan's read of the packages of a `packages.rollout` step's `inputs` on the
+    /// workload cluster ([`tkgops_providers::kube::KubeProvider::probe_packages`]).
+    ///
+    /// Errors: the provider's [`StepError`]s.
+    pub async fn probe_packages(
+        &self,
+        inputs: &tkgops_domain::step::PackagesInputs,
+    ) -> Result<Vec<tkgops_domain::drift::PackageLive>, StepError> {
+        self.current().probe_packages(inputs).await
+    }
+
     /// The drift scan's read of the TMC cluster of a `tmc.attach` step's `inputs`
     /// ([`TmcExecutor::read_cluster`]): the cluster (`None`: TMC has none by that name), the
     /// group and labels tkgops wants.

@@ -273,6 +273,8 @@ pub enum DriftObject {
     Cluster,
     /// The cluster in Tanzu Mission Control.
     TmcCluster,
+    /// A PackageInstall (and its values Secret) on the workload cluster.
+    PackageInstall,
 }
 
 impl std::fmt::Display for DriftObject {
@@ -280,6 +282,7 @@ impl std::fmt::Display for DriftObject {
         f.write_str(match self {
             DriftObject::Cluster => "Cluster",
             DriftObject::TmcCluster => "TMC cluster",
+            DriftObject::PackageInstall => "PackageInstall",
         })
     }
 }
@@ -314,6 +317,24 @@ pub struct DriftRecord {
     pub unrevertible: Vec<(String, DateTime<Utc>)>,
     /// When the last scan looked at it (bot clock).
     pub scanned_at: DateTime<Utc>,
+}
+
+/// The last drift revert run of a cluster under `driftPolicy: revert` (README "Drift"), written
+/// before the run is submitted so that a restart submits the same run id again (the engine
+/// dedupes it) instead of a second revert.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevertRecord {
+    /// The cluster's name (`clusters/<name>/`).
+    pub cluster: String,
+    /// The deployed commit the run re-applies.
+    pub commit: String,
+    /// The run's id ([`crate::reconcile::drift::revert_run_id`]).
+    pub run_id: String,
+    /// The scan that found the drift and started the run (bot clock).
+    pub scan_at: DateTime<Utc>,
+    /// What it reverts, `object field` each.
+    pub fields: Vec<String>,
 }
 
 /// The last drift scan.
@@ -888,6 +909,29 @@ impl BotJournal {
             .tree
             .remove(format!("drift/cluster/{cluster}").as_bytes())
             .await?)
+    }
+
+    /// `cluster`'s last drift revert run, `None` when it had none. Errors: as
+    /// [`BotJournal::cursor`].
+    pub async fn revert(&self, cluster: &str) -> Result<Option<RevertRecord>, JournalError> {
+        self.get(&format!("drift/revert/{cluster}")).await
+    }
+
+    /// Every cluster's last drift revert run, by cluster name. Errors: as
+    /// [`BotJournal::cursor`].
+    pub async fn reverts(&self) -> Result<Vec<RevertRecord>, JournalError> {
+        self.scan("drift/revert/")
+            .await?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v))
+            .collect()
+    }
+
+    /// Records `record` as its cluster's last drift revert run (flushed before the run is
+    /// submitted). Errors: [`JournalError`].
+    pub async fn put_revert(&self, record: &RevertRecord) -> Result<(), JournalError> {
+        self.put(&format!("drift/revert/{}", record.cluster), record)
+            .await
     }
 
     /// The last drift scan, `None` before the first. Errors: as [`BotJournal::cursor`].

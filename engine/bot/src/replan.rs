@@ -54,6 +54,13 @@ impl Replanner {
         run: &RunRecord,
         waited_behind: &str,
     ) -> Result<GateDecision, crate::BotError> {
+        // A drift revert that waited behind another run (which just changed the cluster) is
+        // not re-planned: the next drift scan compares the cluster again.
+        if run.workflow == crate::reconcile::drift::REVERT_WORKFLOW {
+            return Ok(GateDecision::Cancel(format!(
+                "run {waited_behind} of the cluster ran first; the next drift scan compares the cluster again"
+            )));
+        }
         let store_err = |e: tkgops_engine::StoreError| crate::BotError::Store(e.to_string());
         let store: std::sync::Arc<dyn Store> = self.journal.store();
         let deployed = store

@@ -227,7 +227,7 @@ pub(crate) const EXAMPLE_CLUSTER: &str =
 pub(crate) const REPO: &str = "acme/fleet";
 
 /// A step executor that succeeds at once with an empty output.
-struct Succeeds;
+pub(crate) struct Succeeds;
 
 #[async_trait]
 impl tkgops_engine::StepExecutor for Succeeds {

@@ -13,6 +13,10 @@
 //!   (a hand-set annotation, the autoscaler's replicas when the request leaves them out) are
 //!   identical on both sides.
 //! - [`tmc_drift`]: the TMC cluster's group, description and the labels tkgops manages.
+//! - [`package_drift`]: each PackageInstall the request declares: present, its version
+//!   (`spec.packageRef.versionSelection.constraints`, as tkgops sets it), and the values Secret
+//!   tkgops renders, compared by digest only ([`values_digest`]): values may hold secrets and
+//!   never reach a report.
 
 use std::collections::BTreeMap;
 
@@ -243,6 +247,79 @@ pub fn tmc_drift(wanted: &TmcWanted<'_>, live: &TmcLive<'_>) -> Vec<DriftField> 
     out
 }
 
+/// A package as Git wants it on the workload cluster (the request's resolved packages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackageWanted<'a> {
+    /// PackageInstall `metadata.name`.
+    pub name: &'a str,
+    /// PackageInstall namespace.
+    pub namespace: &'a str,
+    /// `spec.packageRef.versionSelection.constraints` (the exact version tkgops sets).
+    pub version: &'a str,
+    /// The values file tkgops renders into the `<name>-<namespace>-values` Secret; `""`: no
+    /// values (tkgops writes no Secret, so none is compared).
+    pub values_yaml: &'a str,
+}
+
+/// A package as the workload cluster has it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackageLive {
+    /// The PackageInstall's `spec.packageRef.versionSelection.constraints`; `None` when the
+    /// PackageInstall does not exist.
+    pub version: Option<String>,
+    /// Whether the PackageInstall exists.
+    pub present: bool,
+    /// The digest ([`values_digest`]) of the `values.yaml` key of the values Secret; `None`
+    /// when the Secret or the key does not exist.
+    pub values_digest: Option<String>,
+}
+
+/// How many hexadecimal digits of a SHA-256 a drift report shows.
+pub const DIGEST_CHARS: usize = 12;
+
+/// The digest a drift report shows for values `bytes`: `sha256:` and the first
+/// [`DIGEST_CHARS`] hexadecimal digits of their SHA-256 (never the values themselves).
+pub fn values_digest(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let hex = format!("{:x}", Sha256::digest(bytes));
+    format!("sha256:{}", &hex[..DIGEST_CHARS])
+}
+
+/// The drifted fields of one package: `PackageInstall[<ns>/<name>]` when it is missing (all a
+/// missing one reports), else its `….spec.packageRef.versionSelection.constraints` and, when
+/// Git renders values, `….values` (the values Secret's `values.yaml`, as [`values_digest`]s).
+pub fn package_drift(wanted: &PackageWanted<'_>, live: &PackageLive) -> Vec<DriftField> {
+    let pkgi = format!("PackageInstall[{}/{}]", wanted.namespace, wanted.name);
+    if !live.present {
+        return vec![DriftField {
+            field: pkgi,
+            git: "present".into(),
+            live: ABSENT.into(),
+        }];
+    }
+    let mut out = Vec::new();
+    let version = live.version.as_deref().unwrap_or(ABSENT);
+    if version != wanted.version {
+        out.push(DriftField {
+            field: format!("{pkgi}.spec.packageRef.versionSelection.constraints"),
+            git: wanted.version.into(),
+            live: version.into(),
+        });
+    }
+    if !wanted.values_yaml.trim().is_empty() {
+        let git = values_digest(wanted.values_yaml.as_bytes());
+        let live = live.values_digest.as_deref().unwrap_or(ABSENT);
+        if live != git {
+            out.push(DriftField {
+                field: format!("{pkgi}.values"),
+                git,
+                live: live.into(),
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +443,43 @@ mod tests {
                 "meta.labels[hand]: (absent) -> made",
                 "meta.labels[team]: a -> (absent)",
             ]
+        );
+    }
+
+    #[test]
+    fn packages_are_compared_by_presence_version_and_values_digest() {
+        let values = "secret_password: hunter2\n";
+        let wanted = PackageWanted {
+            name: "contour",
+            namespace: "tanzu-packages",
+            version: "1.20.2+vmware.2-tkg.1",
+            values_yaml: values,
+        };
+        let same = PackageLive {
+            present: true,
+            version: Some(wanted.version.into()),
+            values_digest: Some(values_digest(values.as_bytes())),
+        };
+        assert!(package_drift(&wanted, &same).is_empty());
+        let missing = package_drift(&wanted, &PackageLive::default());
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].field, "PackageInstall[tanzu-packages/contour]");
+        let changed = PackageLive {
+            present: true,
+            version: Some("1.18.0".into()),
+            values_digest: Some(values_digest(b"other")),
+        };
+        let fields = package_drift(&wanted, &changed);
+        let text = format!("{fields:?}");
+        assert_eq!(fields.len(), 2, "{text}");
+        assert_eq!(
+            fields[0].field,
+            "PackageInstall[tanzu-packages/contour].spec.packageRef.versionSelection.constraints"
+        );
+        assert!(fields[1].git.starts_with("sha256:") && fields[1].git.len() == 7 + DIGEST_CHARS);
+        assert!(
+            !text.contains("hunter2"),
+            "values never reach a report: {text}"
         );
     }
 }

@@ -304,6 +304,12 @@ pub struct KubeApplyInputs {
     pub target: WorkloadTarget,
     /// The manifests, one YAML document each, separated by `---`.
     pub manifests: String,
+    /// A drift revert (README "Drift"), set only by the bot's drift scan, never by a workflow:
+    /// every `cluster.x-k8s.io` Cluster of the manifests must already exist (a revert never
+    /// creates one), and the apply is forced over the fields the manifests set, taking them
+    /// back from the field manager of a hand change. `false` (every other run): unforced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revert: bool,
 }
 
 /// Inputs of `kube.preflight`: what the plan assumed about the management cluster, from
@@ -418,6 +424,11 @@ pub struct PackagesInputs {
     pub repository: PackageRepositoryRef,
     /// Packages in install order.
     pub packages: Vec<PackageSpec>,
+    /// A drift revert (README "Drift"), set only by the bot's drift scan: the PackageInstalls
+    /// and values Secrets are applied forced, taking back the fields a hand change (`kubectl
+    /// edit` of the version) took over. `false` (every other run): unforced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revert: bool,
 }
 
 /// Inputs of `kube.upgrade-cluster`.

@@ -7,7 +7,10 @@
 //!   under tkgops's field manager, and the answer compared with the live Cluster
 //!   ([`tkgops_domain::drift::topology_drift`]): only a field tkgops's apply would change counts;
 //! - the TMC cluster's group, description and labels against the request's `tmc` settings
-//!   ([`tkgops_domain::drift::tmc_drift`]).
+//!   ([`tkgops_domain::drift::tmc_drift`]);
+//! - each PackageInstall the request declares, on the workload cluster: present, its version,
+//!   and the digest of the values Secret tkgops renders
+//!   ([`tkgops_domain::drift::package_drift`]; only shortened digests are kept and shown).
 //!
 //! A Cluster or TMC cluster that is gone (or not tkgops's) is reported as drift tkgops cannot
 //! revert, never "fixed" by a create. What a scan finds is kept in the journal per cluster
@@ -16,24 +19,43 @@
 //!
 //! Plans use no credentials: a pull request's plan reads the last scan's records
 //! ([`drift_note`]).
+//!
+//! Under `driftPolicy: revert` (the cluster's `tkgops.yaml` on the default branch), a scan that
+//! finds revertible drift starts a *revert run* ([`REVERT_WORKFLOW`]): a normal engine run
+//! (journaled, resumable) pinned to the cluster's deployed commit, whose steps are the create
+//! workflow's steps rendered there that re-apply what drifted: `apply-cluster` (the Cluster,
+//! forced and never a create: [`tkgops_domain::step::KubeApplyInputs::revert`]), `tmc-attach`
+//! (the TMC cluster's converge PUT) and `read-kubeconfig` + `packages` (PackageInstalls, forced).
+//! No preflight (it would repeat AWS tagging), no wait. Its id is [`revert_run_id`] (cluster,
+//! deployed commit, the scan that found the drift), journaled ([`RevertRecord`]) before it is
+//! submitted, so a restart submits the same id again and the engine dedupes it. It needs no
+//! approval (Git is the approved state); its step table and outcome are on the fleet dashboard
+//! issue. A revert is not started while another run of the cluster is queued or running, nor
+//! sooner than one `driftScanInterval` after the cluster's last revert ended.
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use tkgops_domain::drift::{tmc_drift, topology_drift, DriftField, TmcLive, TmcWanted};
+use tkgops_domain::drift::{
+    package_drift, tmc_drift, topology_drift, DriftField, PackageWanted, TmcLive, TmcWanted,
+};
 use tkgops_domain::files::TreeReader;
-use tkgops_domain::request::cluster_spec;
-use tkgops_domain::step::{KubeApplyInputs, StepInputs, TmcClusterInputs};
+use tkgops_domain::request::{cluster_spec, DriftPolicy};
+use tkgops_domain::step::{
+    KubeApplyInputs, PackagesInputs, StepInputs, StepSpec, TmcClusterInputs,
+};
 use tkgops_domain::workflow::plan::{
     load_cluster, load_repo_config, render_context, render_workflow, OWNER_LABEL,
 };
 use tkgops_domain::workflow::Catalog;
+use tkgops_engine::store::{RunRecord, RunState};
+use tkgops_engine::RunRequest;
 use tkgops_providers::kube::drift::ClusterProbe;
 use tracing::{info, warn};
 
 use super::{Key, Outcome};
 use crate::gitops::ConfigRepo;
-use crate::journal::{DriftEntry, DriftObject, DriftRecord, DriftScan};
+use crate::journal::{DriftEntry, DriftObject, DriftRecord, DriftScan, RevertRecord};
 use crate::scheduler::Action;
 use crate::{blocking, BotError};
 
@@ -41,6 +63,23 @@ on_context!(
     /// The drift scan's reconciler ([`Key::Drift`]).
     DriftReconciler
 );
+
+/// The workflow name of a drift revert run (module docs).
+pub const REVERT_WORKFLOW: &str = "revert-drift";
+
+/// How often a running revert run's step table on the dashboard is refreshed.
+const REVERT_POLL: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The id of the revert run of `cluster` at its deployed `commit` started by the scan at
+/// `scan_at`: the same inputs always give the same id, so a resubmission after a restart is
+/// deduped by the engine ([`tkgops_engine::Engine::submit`]).
+pub fn revert_run_id(cluster: &str, commit: &str, scan_at: DateTime<Utc>) -> String {
+    format!(
+        "{cluster}@{}#{REVERT_WORKFLOW}/{}",
+        &commit[..commit.len().min(12)],
+        scan_at.format("%Y%m%dT%H%M%SZ")
+    )
+}
 
 /// What Git says a deployed cluster is, at its deployed commit: the inputs the create
 /// workflow's steps would have there.
@@ -50,6 +89,57 @@ struct Wanted {
     cluster: Option<KubeApplyInputs>,
     /// The `tmc.attach` step, when the request attaches the cluster to TMC.
     tmc: Option<TmcClusterInputs>,
+    /// The `packages.rollout` step, when the request declares packages.
+    packages: Option<PackagesInputs>,
+    /// Every step of the create workflow rendered there (the revert run's steps come from them).
+    steps: Vec<StepSpec>,
+}
+
+/// The steps of a revert run re-applying what drifted (`objects`) from the create workflow's
+/// rendered `steps` (module docs): the Cluster's `kube.apply` (forced, never a create), the
+/// TMC cluster's `tmc.attach`, the workload kubeconfig read and the packages (forced). Empty
+/// when nothing revertible drifted.
+fn revert_steps(steps: &[StepSpec], objects: &BTreeSet<DriftObject>) -> Vec<StepSpec> {
+    steps
+        .iter()
+        .filter_map(|s| {
+            let mut s = s.clone();
+            let keep = match &mut s.inputs {
+                StepInputs::KubeApply(i)
+                    if i.manifests.lines().any(|l| l.trim() == "kind: Cluster") =>
+                {
+                    i.revert = true;
+                    objects.contains(&DriftObject::Cluster)
+                }
+                StepInputs::TmcAttach(_) => objects.contains(&DriftObject::TmcCluster),
+                StepInputs::KubeReadKubeconfig(_) => objects.contains(&DriftObject::PackageInstall),
+                StepInputs::PackagesRollout(i) => {
+                    i.revert = true;
+                    objects.contains(&DriftObject::PackageInstall)
+                }
+                _ => false,
+            };
+            keep.then_some(s)
+        })
+        .collect()
+}
+
+/// The `driftPolicy` of cluster `name` in the tree `commit` (the default branch's tip):
+/// [`DriftPolicy::Report`] when the request does not load there.
+///
+/// Errors: [`crate::gitops::GitError`] when the commit cannot be read.
+fn policy_at(
+    git: &ConfigRepo,
+    commit: &str,
+    name: &str,
+) -> Result<DriftPolicy, crate::gitops::GitError> {
+    let tree = git.tree(commit)?;
+    let tree: &dyn TreeReader = &tree;
+    let (rc, _) = load_repo_config(tree);
+    Ok(load_cluster(tree, name, rc.as_ref())
+        .and_then(|l| l.request)
+        .map(|r| r.settings.drift_policy)
+        .unwrap_or_default())
 }
 
 /// Reads `clusters/<name>/` and `tkgops.yaml` at `commit` and renders the create workflow's
@@ -83,17 +173,19 @@ fn wanted_at(
         return Ok(None);
     };
     let mut wanted = Wanted::default();
-    for s in steps {
-        match s.inputs {
+    for s in &steps {
+        match &s.inputs {
             StepInputs::KubeApply(i)
                 if i.manifests.lines().any(|l| l.trim() == "kind: Cluster") =>
             {
-                wanted.cluster = Some(i)
+                wanted.cluster = Some(i.clone())
             }
-            StepInputs::TmcAttach(i) => wanted.tmc = Some(i),
+            StepInputs::TmcAttach(i) => wanted.tmc = Some(i.clone()),
+            StepInputs::PackagesRollout(i) => wanted.packages = Some(i.clone()),
             _ => {}
         }
     }
+    wanted.steps = steps;
     Ok(Some(wanted))
 }
 
@@ -113,24 +205,136 @@ impl DriftReconciler<'_> {
         };
         let now = tokio::time::Instant::now();
         let last = *self.drift_last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(last) = last {
-            if now < last + interval {
-                return Ok(Action::requeue(last + interval - now).into());
+        let next = match last {
+            Some(last) if now < last + interval => last + interval - now,
+            _ => {
+                self.scan(interval).await?;
+                *self.drift_last.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(tokio::time::Instant::now());
+                interval
             }
+        };
+        // While a revert runs, its step table on the dashboard is refreshed.
+        if self.reverts_running().await? {
+            return Ok(Outcome {
+                action: Action::requeue(next.min(REVERT_POLL)),
+                enqueue: vec![Key::Dashboard],
+            });
         }
-        self.scan().await?;
-        *self.drift_last.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(tokio::time::Instant::now());
         Ok(Outcome {
-            action: Action::requeue(interval),
-            enqueue: vec![Key::Dashboard],
+            action: Action::requeue(next),
+            enqueue: if next == interval {
+                vec![Key::Dashboard]
+            } else {
+                Vec::new()
+            },
         })
     }
 
-    /// One scan of every deployed cluster of the default branch's tip (module docs).
+    /// Whether a revert run the journal knows is not finished yet.
+    ///
+    /// Errors: [`BotError::Store`], [`BotError::Engine`].
+    async fn reverts_running(&self) -> Result<bool, BotError> {
+        for r in self.journal.reverts().await? {
+            let run = self
+                .engine
+                .get(&r.run_id)
+                .await
+                .map_err(|e| BotError::Engine(e.to_string()))?;
+            if run.is_some_and(|run| !run.state.is_terminal()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Starts (or resubmits after a restart) the revert run of `cluster` deployed at `commit`
+    /// for the drifted `fields` found by the scan at `at` (module docs), unless a revert of it
+    /// is running, ended less than `interval` ago, or another run of the cluster is queued or
+    /// running. `steps` are the create workflow's steps rendered at `commit`.
+    ///
+    /// Errors: [`BotError::Store`], [`BotError::Engine`].
+    async fn revert(
+        &self,
+        cluster: &str,
+        commit: &str,
+        fields: &[(DriftObject, DriftField)],
+        steps: &[StepSpec],
+        at: DateTime<Utc>,
+        interval: std::time::Duration,
+    ) -> Result<(), BotError> {
+        let engine_err = |e: tkgops_engine::EngineError| BotError::Engine(e.to_string());
+        let objects: BTreeSet<DriftObject> = fields.iter().map(|(o, _)| *o).collect();
+        let steps = revert_steps(steps, &objects);
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let last = self.journal.revert(cluster).await?;
+        let resubmit = match &last {
+            Some(r) => match self.engine.get(&r.run_id).await.map_err(engine_err)? {
+                // Journaled, never submitted (a restart in between): the same run.
+                None => r.commit == commit,
+                Some(run) if !run.state.is_terminal() => return Ok(()),
+                Some(run) => {
+                    let ended = run.finished_at.unwrap_or(run.updated_at);
+                    let wait = chrono::Duration::from_std(interval).unwrap_or_default();
+                    if at < ended + wait {
+                        return Ok(());
+                    }
+                    false
+                }
+            },
+            None => false,
+        };
+        let busy = self
+            .store
+            .list_active()
+            .await
+            .map_err(|e| BotError::Store(e.to_string()))?
+            .iter()
+            .any(|r| r.cluster == cluster);
+        if busy {
+            info!(
+                cluster,
+                "drift revert deferred: another run of the cluster is queued or running"
+            );
+            return Ok(());
+        }
+        let record = match (resubmit, last) {
+            (true, Some(r)) => r,
+            _ => RevertRecord {
+                cluster: cluster.to_string(),
+                commit: commit.to_string(),
+                run_id: revert_run_id(cluster, commit, at),
+                scan_at: at,
+                fields: fields
+                    .iter()
+                    .map(|(o, f)| format!("{o} {}", f.field))
+                    .collect(),
+            },
+        };
+        // Journaled (flushed) before the run exists: a restart submits this same id again.
+        self.journal.put_revert(&record).await?;
+        info!(cluster, run = %record.run_id, steps = steps.len(), "drift revert run submitted");
+        self.engine
+            .submit(RunRequest {
+                id: record.run_id.clone(),
+                cluster: cluster.to_string(),
+                workflow: REVERT_WORKFLOW.into(),
+                commit_sha: commit.to_string(),
+                origin: None,
+                steps,
+            })
+            .await
+            .map_err(engine_err)?;
+        Ok(())
+    }
+
+    /// One scan of every deployed cluster of the default branch's tip (module docs); a cluster
+    /// under `driftPolicy: revert` gets a revert run ([`Self::revert`], `interval` apart).
     ///
     /// Errors: [`BotError`] when the tip, the journal or the engine's store cannot be read.
-    pub(crate) async fn scan(&self) -> Result<(), BotError> {
+    pub(crate) async fn scan(&self, interval: std::time::Duration) -> Result<(), BotError> {
         let tip = self.observed().tip.clone();
         if tip.is_empty() {
             return Ok(());
@@ -166,6 +370,13 @@ impl DriftReconciler<'_> {
             match self.compare(&wanted).await {
                 Ok(found) => {
                     compared += 1;
+                    let (git, t, n) = (self.git.clone(), tip.clone(), name.clone());
+                    let policy = blocking(move || policy_at(&git, &t, &n)).await?;
+                    if policy == DriftPolicy::Revert && !found.0.is_empty() {
+                        let c = &deployed.commit_sha;
+                        self.revert(&name, c, &found.0, &wanted.steps, at, interval)
+                            .await?;
+                    }
                     self.record(&name, &deployed.commit_sha, found, at).await?;
                 }
                 Err(why) => {
@@ -199,14 +410,18 @@ impl DriftReconciler<'_> {
     async fn compare(&self, wanted: &Wanted) -> Result<Found, String> {
         let mut fields = Vec::new();
         let mut unrevertible = Vec::new();
+        let mut cluster_found = wanted.cluster.is_none();
         if let Some(k) = &wanted.cluster {
             let mc = &k.target.management_cluster;
             match self.executors.probe_cluster(k).await.map_err(|e| e.to_string())? {
-                ClusterProbe::Found { live, desired, .. } => fields.extend(
-                    topology_drift(&desired, &live)
-                        .into_iter()
-                        .map(|f| (DriftObject::Cluster, f)),
-                ),
+                ClusterProbe::Found { live, desired, .. } => {
+                    cluster_found = true;
+                    fields.extend(
+                        topology_drift(&desired, &live)
+                            .into_iter()
+                            .map(|f| (DriftObject::Cluster, f)),
+                    )
+                }
                 ClusterProbe::Missing { label } => unrevertible.push(format!(
                     "{label} does not exist on management cluster '{mc}' (tkgops does not create it again outside a change)"
                 )),
@@ -250,6 +465,27 @@ impl DriftReconciler<'_> {
                     .into_iter()
                     .map(|f| (DriftObject::TmcCluster, f)),
                 ),
+            }
+        }
+        // The PackageInstalls, on the workload cluster of a Cluster that is there and tkgops's.
+        if let Some(p) = wanted.packages.as_ref().filter(|_| cluster_found) {
+            let live = self
+                .executors
+                .probe_packages(p)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (pkg, live) in p.packages.iter().zip(&live) {
+                let want = PackageWanted {
+                    name: &pkg.name,
+                    namespace: &pkg.namespace,
+                    version: &pkg.version,
+                    values_yaml: &pkg.values_yaml,
+                };
+                fields.extend(
+                    package_drift(&want, live)
+                        .into_iter()
+                        .map(|f| (DriftObject::PackageInstall, f)),
+                );
             }
         }
         Ok((fields, unrevertible))
@@ -315,11 +551,65 @@ fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
+/// The dashboard's lines for a revert run: its state, what it reverts, its step table, and
+/// its outcome once it ended. `run` is `None` while it is journaled but not submitted yet.
+fn revert_lines(r: &RevertRecord, run: Option<&RunRecord>) -> String {
+    let short = &r.commit[..r.commit.len().min(7)];
+    let state = match run.map(|run| run.state) {
+        None | Some(RunState::Queued) => "🕒 queued",
+        Some(RunState::Running) => "⏳ running",
+        Some(RunState::Succeeded) => "✅ succeeded",
+        Some(RunState::Failed) => "❌ failed",
+        Some(RunState::Cancelled) => "🚫 cancelled",
+    };
+    let mut out = format!(
+        "\n#### Revert of `{}` to `{short}`: {state}\n\nRun `{}`, started by the scan of {}, re-applies Git at the deployed commit for: {}.\n",
+        r.cluster,
+        r.run_id,
+        r.scan_at.format("%Y-%m-%d %H:%M UTC"),
+        r.fields.iter().map(|f| format!("`{}`", cell(f))).collect::<Vec<_>>().join(", "),
+    );
+    let Some(run) = run else {
+        return out;
+    };
+    out.push_str("\n| # | Step | State | Attempts | Detail |\n|---|---|---|---|---|\n");
+    for (i, s) in run.steps.iter().enumerate() {
+        let detail = match s.state {
+            tkgops_engine::store::StepState::Failed => s.error.clone().unwrap_or_default(),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {:?} | {} | {} |\n",
+            i + 1,
+            cell(&s.spec.title),
+            s.state,
+            s.attempts.len(),
+            cell(&detail),
+        ));
+    }
+    match run.state {
+        RunState::Failed | RunState::Cancelled => out.push_str(&format!(
+            "\nThe revert did not finish: {}. The drift stays reported; the next revert starts no sooner than one `driftScanInterval` after this one ended.\n",
+            cell(run.error.as_deref().unwrap_or("no reason recorded"))
+        )),
+        RunState::Succeeded => out.push_str(
+            "\nThe revert re-applied Git; the next scan compares the cluster again.\n",
+        ),
+        _ => {}
+    }
+    out
+}
+
 /// The dashboard's drift section for the last scan `scan` and the drift `records` it left:
 /// "no drift", or a table of every drifted field (cluster, object, field, Git's value, the
 /// live value, since when), then the drift tkgops cannot revert and the clusters the scan
-/// could not compare.
-pub fn drift_section(scan: &DriftScan, records: &[DriftRecord]) -> String {
+/// could not compare; then each cluster's last revert run (`reverts`, with the engine's record
+/// of the run when it was submitted).
+pub fn drift_section(
+    scan: &DriftScan,
+    records: &[DriftRecord],
+    reverts: &[(RevertRecord, Option<RunRecord>)],
+) -> String {
     let mut out = String::from("\n### Drift\n\n");
     if records.is_empty() {
         out.push_str(&format!(
@@ -355,6 +645,9 @@ pub fn drift_section(scan: &DriftScan, records: &[DriftRecord]) -> String {
     }
     for (cluster, why) in &scan.failed {
         out.push_str(&format!("\nNot compared: `{cluster}`: {}\n", cell(why)));
+    }
+    for (r, run) in reverts {
+        out.push_str(&revert_lines(r, run.as_ref()));
     }
     out
 }
@@ -417,6 +710,111 @@ mod tests {
     }
 
     #[test]
+    fn the_revert_run_id_is_deterministic_per_cluster_commit_and_scan() {
+        let t = record("a").scanned_at;
+        let id = revert_run_id("a", "0123456789abcdef", t);
+        assert_eq!(id, "a@0123456789ab#revert-drift/20250102T030405Z");
+        assert_eq!(id, revert_run_id("a", "0123456789abcdef", t));
+        assert_ne!(id, revert_run_id("a", "fedcba9876543210", t));
+        assert_ne!(
+            id,
+            revert_run_id("a", "0123456789abcdef", t + chrono::Duration::seconds(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resubmitted_revert_run_is_the_same_run() {
+        let store = std::sync::Arc::new(tkgops_engine::store::SledStore::temporary().unwrap());
+        let engine = tkgops_engine::Engine::new(
+            store,
+            std::sync::Arc::new(crate::testing::Succeeds),
+            std::sync::Arc::new(tkgops_engine::NoopObserver),
+        );
+        let id = revert_run_id("a", "0123456789abcdef", record("a").scanned_at);
+        let req = RunRequest {
+            id: id.clone(),
+            cluster: "a".into(),
+            workflow: REVERT_WORKFLOW.into(),
+            commit_sha: "0123456789abcdef".into(),
+            origin: None,
+            steps: Vec::new(),
+        };
+        let first = engine.submit(req.clone()).await.unwrap();
+        let again = engine.submit(req).await.unwrap();
+        assert_eq!(first.seq, again.seq, "one run, not two");
+    }
+
+    #[test]
+    fn a_revert_runs_only_the_steps_of_what_drifted_and_forces_them() {
+        use tkgops_domain::request::PackageRepositoryRef;
+        use tkgops_domain::step::{KubeApplyInputs, PackagesInputs, RetryPolicy, WorkloadTarget};
+        let target = WorkloadTarget {
+            management_cluster: "mc".into(),
+            namespace: "default".into(),
+            cluster_name: "a".into(),
+            kubeconfig: None,
+        };
+        let step = |id: &str, inputs: StepInputs| StepSpec {
+            id: id.into(),
+            title: id.into(),
+            timeout_secs: 60,
+            retry: RetryPolicy {
+                max_attempts: 1,
+                initial_backoff_secs: 1.0,
+                max_backoff_secs: 1.0,
+            },
+            inputs,
+        };
+        let steps = vec![
+            step(
+                "apply-cluster",
+                StepInputs::KubeApply(KubeApplyInputs {
+                    target: target.clone(),
+                    manifests: "apiVersion: cluster.x-k8s.io/v1beta1\nkind: Cluster\n".into(),
+                    revert: false,
+                }),
+            ),
+            step("wait-cluster", StepInputs::KubeWaitCluster(target.clone())),
+            step(
+                "read-kubeconfig",
+                StepInputs::KubeReadKubeconfig(target.clone()),
+            ),
+            step(
+                "packages",
+                StepInputs::PackagesRollout(PackagesInputs {
+                    target: target.clone(),
+                    repository: PackageRepositoryRef::default(),
+                    packages: Vec::new(),
+                    revert: false,
+                }),
+            ),
+        ];
+        let ids = |objects: &[DriftObject]| -> Vec<String> {
+            revert_steps(&steps, &objects.iter().copied().collect())
+                .into_iter()
+                .map(|s| s.id)
+                .collect()
+        };
+        assert_eq!(ids(&[DriftObject::Cluster]), vec!["apply-cluster"]);
+        assert_eq!(
+            ids(&[DriftObject::PackageInstall]),
+            vec!["read-kubeconfig", "packages"]
+        );
+        assert!(ids(&[DriftObject::TmcCluster]).is_empty());
+        let all = revert_steps(
+            &steps,
+            &[DriftObject::Cluster, DriftObject::PackageInstall]
+                .into_iter()
+                .collect(),
+        );
+        assert!(all.iter().all(|s| match &s.inputs {
+            StepInputs::KubeApply(i) => i.revert,
+            StepInputs::PackagesRollout(i) => i.revert,
+            _ => true,
+        }));
+    }
+
+    #[test]
     fn the_plan_note_names_only_touched_drifted_clusters() {
         let records = [record("a"), record("b")];
         let note = drift_note(
@@ -437,13 +835,13 @@ mod tests {
             clusters: 2,
             failed: vec![("z".into(), "unreachable".into())],
         };
-        let clean = drift_section(&scan, &[]);
+        let clean = drift_section(&scan, &[], &[]);
         assert!(
             clean.contains("No drift: 2 deployed cluster(s) compared"),
             "{clean}"
         );
         assert!(clean.contains("Not compared: `z`: unreachable"), "{clean}");
-        let table = drift_section(&scan, &[record("a")]);
+        let table = drift_section(&scan, &[record("a")], &[]);
         assert!(table.contains("| `a` (`0123456`) | Cluster | `spec.topology.workers.machineDeployments[md-0].replicas` | `3` | `5` | 2025-01-02 03:04 UTC |"), "{table}");
         assert!(
             table.contains("the TMC cluster x does not exist (cannot be reverted)"),

@@ -526,7 +526,17 @@ impl ScheduleReconciler<'_> {
         }
         // The drift of the last scan, before the cluster table (which GitHub's size limit cuts).
         if let Some(scan) = self.journal.drift_scan().await? {
-            let section = super::drift::drift_section(&scan, &self.journal.drifts().await?);
+            let mut reverts = Vec::new();
+            for r in self.journal.reverts().await? {
+                let run = self
+                    .engine
+                    .get(&r.run_id)
+                    .await
+                    .map_err(|e| BotError::Engine(e.to_string()))?;
+                reverts.push((r, run));
+            }
+            let drifts = self.journal.drifts().await?;
+            let section = super::drift::drift_section(&scan, &drifts, &reverts);
             match body.find(CLUSTER_TABLE_HEAD) {
                 Some(at) => body.insert_str(at, &section),
                 None => body.push_str(&section),

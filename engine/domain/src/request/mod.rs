@@ -39,10 +39,10 @@ pub use rules::{
 pub(crate) use settings::cron_of;
 pub use settings::{
     parse_cluster_settings, parse_repo_config, ApprovalPolicy, AwsIdentity, ClusterSettings,
-    ClusterTmc, IdentityManagementType, IgnoredOverride, KubeconfigSource, ManagementClusterConfig,
-    PackageDefaults, PackageRepositoryRef, PackageRequest, PlanPolicy, RepoConfig, RuleLevel,
-    RuleOverride, RulesConfig, TmcConfig, ALLOW_DELETE_LABEL, DEFAULT_MAX_CLUSTERS,
-    MAX_MAX_CLUSTERS,
+    ClusterTmc, DriftPolicy, IdentityManagementType, IgnoredOverride, KubeconfigSource,
+    ManagementClusterConfig, PackageDefaults, PackageRepositoryRef, PackageRequest, PlanPolicy,
+    RepoConfig, RuleLevel, RuleOverride, RulesConfig, TmcConfig, ALLOW_DELETE_LABEL,
+    DEFAULT_MAX_CLUSTERS, MAX_MAX_CLUSTERS,
 };
 pub use spec::{
     cluster_spec, ClusterSpec, MachineSpec, OsSpec, PackageSpec, SubnetSpec, TmcSpec, VpcSpec,

@@ -621,6 +621,22 @@ pub enum RuleLevel {
     Off,
 }
 
+/// A cluster's `driftPolicy` (`clusters/<name>/tkgops.yaml`): what the drift scan does with a
+/// live change not in Git (README "Drift").
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftPolicy {
+    /// Show the drift (fleet dashboard issue, plans, `tkgops_drift_clusters`); change nothing.
+    #[default]
+    Report,
+    /// Report it, and re-apply Git at the cluster's deployed commit through a revert run
+    /// (Cluster topology, TMC cluster settings, PackageInstalls); a missing Cluster or TMC
+    /// cluster stays reported, never re-created.
+    Revert,
+}
+
 /// A cluster's `clusters/<name>/tkgops.yaml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -654,6 +670,13 @@ pub struct ClusterSettings {
         description = "No longer used: it never scheduled anything (scheduled upgrades are the repository's `schedules`). Still accepted so files that set it keep parsing; the plan warns (TKGOPS-DEPRECATED) on its line."
     )]
     pub upgrade_policy: Option<serde_yaml::Value>,
+    /// `driftPolicy`: what the bot's drift scan does when the cluster's live state differs
+    /// from Git at its deployed commit (README "Drift"); default [`DriftPolicy::Report`].
+    #[serde(default)]
+    #[schemars(
+        description = "What the bot's drift scan does when the cluster's live state differs from Git at its deployed commit: `report` (default) shows it on the fleet dashboard issue, in plans and in `tkgops_drift_clusters`; `revert` also re-applies Git at the deployed commit through a revert run (forced over hand changes; a missing Cluster or TMC cluster is never re-created). README \"Drift\"."
+    )]
+    pub drift_policy: DriftPolicy,
     /// Path of the file as given to [`parse_cluster_settings`] (not part of the YAML).
     #[serde(skip)]
     pub path: String,
@@ -673,6 +696,7 @@ impl ClusterSettings {
             packages: Vec::new(),
             labels: BTreeMap::new(),
             upgrade_policy: None,
+            drift_policy: DriftPolicy::Report,
             path: String::new(),
             lines: BTreeMap::new(),
         }

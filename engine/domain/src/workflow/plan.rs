@@ -1263,6 +1263,7 @@ pub fn step_inputs(
         target: target.clone(),
         repository: spec.package_repository.clone(),
         packages: spec.packages.clone(),
+        revert: false,
     };
     Ok(match kind {
         StepKind::AwsPreflight => StepInputs::AwsPreflight(aws_inputs()),
@@ -1288,6 +1289,7 @@ pub fn step_inputs(
         StepKind::KubeApply => StepInputs::KubeApply(KubeApplyInputs {
             target: target.clone(),
             manifests,
+            revert: false,
         }),
         StepKind::KubeWaitCluster => StepInputs::KubeWaitCluster(target.clone()),
         StepKind::KubeReadKubeconfig => StepInputs::KubeReadKubeconfig(target.clone()),

@@ -51,6 +51,52 @@ impl DiscoveryCache {
     }
 }
 
+/// How a server-side apply is sent: as a dry run (`dryRun=All`, nothing stored) and/or with
+/// `force=true`.
+///
+/// Forcing is tkgops's decision for one case only: a drift revert run (README "Drift"), whose
+/// Git state is already approved, takes back the fields Git owns from the field manager that
+/// changed them by hand (`kubectl scale/patch/edit` make themselves their owner, so an unforced
+/// apply answers 409). Every other apply is unforced and fails on such a conflict (security
+/// rule 7: TMC, the autoscaler or `tanzu cluster scale` may own fields).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyMode {
+    /// `dryRun=All`: every webhook judges the object, nothing is stored.
+    pub dry_run: bool,
+    /// `force=true`: take over the fields the applied object sets from other field managers.
+    pub force: bool,
+}
+
+impl ApplyMode {
+    /// An unforced apply that stores.
+    pub const APPLY: ApplyMode = ApplyMode {
+        dry_run: false,
+        force: false,
+    };
+    /// An unforced server-side dry run.
+    pub const DRY_RUN: ApplyMode = ApplyMode {
+        dry_run: true,
+        force: false,
+    };
+
+    /// This mode, forced when `force`.
+    pub fn forced(self, force: bool) -> ApplyMode {
+        ApplyMode { force, ..self }
+    }
+
+    /// The API's patch parameters of this mode under `field_manager`.
+    pub fn params(self, field_manager: &str) -> PatchParams {
+        let mut params = PatchParams::apply(field_manager);
+        if self.dry_run {
+            params = params.dry_run();
+        }
+        if self.force {
+            params = params.force();
+        }
+        params
+    }
+}
+
 /// One document of a manifest, with its 1-based position in the input.
 struct Doc {
     index: usize,
@@ -179,15 +225,16 @@ async fn resolve(
     Ok(r)
 }
 
-/// Applies multi-document `yaml`; see [`super::KubeProvider::apply_yaml`]. With `dry_run`, every
-/// object is sent with `dryRun=All`: the API server runs admission (defaulting and validating
-/// webhooks included, docs/tkg2-class-based.md §4 "Server-side dry run") and persists nothing.
+/// Applies multi-document `yaml`; see [`super::KubeProvider::apply_yaml`]. With a dry-run
+/// `mode`, every object is sent with `dryRun=All`: the API server runs admission (defaulting and
+/// validating webhooks included, docs/tkg2-class-based.md §4 "Server-side dry run") and
+/// persists nothing; a forced `mode` takes over conflicting fields ([`ApplyMode`]).
 pub(crate) async fn apply_yaml(
     client: &kube::Client,
     cache: Option<(&DiscoveryCache, &str)>,
     yaml: &str,
     field_manager: &str,
-    dry_run: bool,
+    mode: ApplyMode,
 ) -> Result<Vec<String>, StepError> {
     let mut docs = parse_docs(yaml)?;
     docs.sort_by_key(|d| rank(&d.obj));
@@ -231,7 +278,7 @@ pub(crate) async fn apply_yaml(
             &what,
         )
         .await?;
-        let (label, _) = apply_object_with(client, &resolved, doc.obj, field_manager, dry_run)
+        let (label, _) = apply_object_with(client, &resolved, doc.obj, field_manager, mode)
             .await
             .map_err(|e| match e {
                 StepError::Permanent(m) if m.starts_with("manifest") => StepError::Permanent(m),
@@ -264,18 +311,19 @@ pub async fn apply_object(
     obj: Value,
     field_manager: &str,
 ) -> Result<(String, Value), StepError> {
-    apply_object_with(client, resolved, obj, field_manager, false).await
+    apply_object_with(client, resolved, obj, field_manager, ApplyMode::APPLY).await
 }
 
-/// [`apply_object`], as a server-side dry run (`dryRun=All`) when `dry_run`: the answer is the
-/// object as the API server would store it, after every mutating and validating webhook;
-/// nothing is persisted. Errors as [`apply_object`]; a webhook denial is [`classify`]'s.
+/// [`apply_object`] in `mode`: as a server-side dry run (`dryRun=All`) the answer is the
+/// object as the API server would store it, after every mutating and validating webhook, and
+/// nothing is persisted; forced, conflicting fields are taken over ([`ApplyMode`]). Errors as
+/// [`apply_object`] (a forced apply has no conflicts); a webhook denial is [`classify`]'s.
 pub async fn apply_object_with(
     client: &kube::Client,
     resolved: &Resolved,
     mut obj: Value,
     field_manager: &str,
-    dry_run: bool,
+    mode: ApplyMode,
 ) -> Result<(String, Value), StepError> {
     let kind = resolved.ar.kind.clone();
     let name = str_at(&obj, &["metadata", "name"])
@@ -324,10 +372,7 @@ pub async fn apply_object_with(
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resolved.ar),
         None => Api::all_with(client.clone(), &resolved.ar),
     };
-    let mut params = PatchParams::apply(field_manager);
-    if dry_run {
-        params = params.dry_run();
-    }
+    let params = mode.params(field_manager);
     let stored = api
         .patch(&name, &params, &Patch::Apply(&obj))
         .await

@@ -1,13 +1,16 @@
-//! The drift scan's read of a Cluster: the live object and what tkgops's server-side apply
-//! would leave, from a `dryRun=All` apply under tkgops's field manager (nothing is stored).
+//! The drift scan's reads: a Cluster (the live object and what tkgops's server-side apply
+//! would leave, from a `dryRun=All` apply under tkgops's field manager: nothing is stored), and
+//! the PackageInstalls of a workload cluster with the digests of their values Secrets.
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{apply::apply_error, classify, cluster, KubeProvider, FIELD_MANAGER, OWNER_LABEL};
+use k8s_openapi::api::core::v1::Secret;
+use tkgops_domain::drift::{values_digest, PackageLive};
 use tkgops_domain::executor::StepError;
-use tkgops_domain::step::KubeApplyInputs;
+use tkgops_domain::step::{KubeApplyInputs, PackagesInputs};
 
 /// What the drift scan found for the Cluster of a `kube.apply` step's manifests.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,5 +111,60 @@ impl KubeProvider {
             desired,
             conflicts,
         })
+    }
+}
+
+impl KubeProvider {
+    /// Reads each package of `inputs` (a `packages.rollout` step's, as the last run rendered
+    /// it) on its workload cluster: whether its PackageInstall exists, the version it asks for,
+    /// and the [`values_digest`] of the `values.yaml` of the `<name>-<namespace>-values` Secret
+    /// tkgops renders (the values themselves are never kept). Returns one [`PackageLive`] per
+    /// package, in `inputs.packages` order.
+    ///
+    /// Errors: [`KubeProvider::workload_client`]'s; the reads as [`classify`].
+    pub async fn probe_packages(
+        &self,
+        inputs: &PackagesInputs,
+    ) -> Result<Vec<PackageLive>, StepError> {
+        let client = self.workload_client(&inputs.target).await?;
+        let mut out = Vec::with_capacity(inputs.packages.len());
+        for pkg in &inputs.packages {
+            let what = format!(
+                "PackageInstall {}/{} on workload cluster {}",
+                pkg.namespace, pkg.name, inputs.target.cluster_name
+            );
+            let pkgis: Api<DynamicObject> = Api::namespaced_with(
+                client.clone(),
+                &pkg.namespace,
+                &super::packages::package_install_resource(),
+            );
+            let Some(pkgi) = pkgis
+                .get_opt(&pkg.name)
+                .await
+                .map_err(|e| classify(&what, &e))?
+            else {
+                out.push(PackageLive::default());
+                continue;
+            };
+            let version = pkgi
+                .data
+                .pointer("/spec/packageRef/versionSelection/constraints")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &pkg.namespace);
+            let secret = format!("{}-{}-values", pkg.name, pkg.namespace);
+            let values_digest = secrets
+                .get_opt(&secret)
+                .await
+                .map_err(|e| classify(&format!("the values Secret of {what}"), &e))?
+                .and_then(|s| s.data)
+                .and_then(|d| d.get("values.yaml").map(|b| values_digest(&b.0)));
+            out.push(PackageLive {
+                version,
+                present: true,
+                values_digest,
+            });
+        }
+        Ok(out)
     }
 }

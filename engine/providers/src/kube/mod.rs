@@ -395,7 +395,7 @@ impl KubeProvider {
         yaml: &str,
         field_manager: &str,
     ) -> Result<Vec<String>, StepError> {
-        apply::apply_yaml(client, None, yaml, field_manager, false).await
+        apply::apply_yaml(client, None, yaml, field_manager, apply::ApplyMode::APPLY).await
     }
 
     /// [`Self::apply_yaml`] with discovery results cached under `cache_key` across calls.
@@ -405,14 +405,14 @@ impl KubeProvider {
         cache_key: &str,
         yaml: &str,
         field_manager: &str,
-        dry_run: bool,
+        mode: apply::ApplyMode,
     ) -> Result<Vec<String>, StepError> {
         apply::apply_yaml(
             client,
             Some((&self.inner.discovery, cache_key)),
             yaml,
             field_manager,
-            dry_run,
+            mode,
         )
         .await
     }
@@ -729,21 +729,35 @@ impl KubeProvider {
             .management_client_with(mc, inputs.target.kubeconfig.as_ref())
             .await?;
         check_cluster_ownership(&client, mc, &inputs.manifests).await?;
+        if inputs.revert {
+            check_clusters_exist(&client, mc, &inputs.manifests).await?;
+        }
+        // A drift revert is forced over the fields its manifests set ([`apply::ApplyMode`]).
+        let (dry_run, apply) = (
+            apply::ApplyMode::DRY_RUN.forced(inputs.revert),
+            apply::ApplyMode::APPLY.forced(inputs.revert),
+        );
         let cache_key = format!("mgmt/{mc}");
         // The real webhooks judge the objects first (CAPI variable validation and defaulting,
         // the TKR resolver: docs/tkg2-class-based.md §4); a denial fails the step before anything
         // is written.
-        self.apply_yaml_cached(&client, &cache_key, &inputs.manifests, FIELD_MANAGER, true)
-            .await
-            .map_err(|e| match e {
-                StepError::Permanent(m) => StepError::Permanent(format!(
-                    "management cluster '{mc}' refused the server-side dry run: {m}"
-                )),
-                other => other,
-            })?;
+        self.apply_yaml_cached(
+            &client,
+            &cache_key,
+            &inputs.manifests,
+            FIELD_MANAGER,
+            dry_run,
+        )
+        .await
+        .map_err(|e| match e {
+            StepError::Permanent(m) => StepError::Permanent(format!(
+                "management cluster '{mc}' refused the server-side dry run: {m}"
+            )),
+            other => other,
+        })?;
         ctx.progress.report("server-side dry run accepted");
         let applied = match self
-            .apply_yaml_cached(&client, &cache_key, &inputs.manifests, FIELD_MANAGER, false)
+            .apply_yaml_cached(&client, &cache_key, &inputs.manifests, FIELD_MANAGER, apply)
             .await
         {
             Ok(a) => a,
@@ -778,7 +792,7 @@ impl KubeProvider {
             &format!("mgmt/{mc}"),
             &inputs.manifests,
             FIELD_MANAGER,
-            true,
+            apply::ApplyMode::DRY_RUN,
         )
         .await
     }
@@ -810,6 +824,44 @@ impl KubeProvider {
             kubernetes_version: version.git_version,
         })
     }
+}
+
+/// A drift revert never creates a Cluster (README "Drift"): every `cluster.x-k8s.io` Cluster
+/// document of `manifests` must exist on `management_cluster`.
+///
+/// Errors: [`StepError::Permanent`] naming the first missing Cluster; reading a Cluster
+/// classifies as [`classify`] does.
+pub async fn check_clusters_exist(
+    client: &kube::Client,
+    management_cluster: &str,
+    manifests: &str,
+) -> Result<(), StepError> {
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(manifests)
+        .map_while(|doc| serde_json::Value::deserialize(doc).ok())
+        .collect();
+    for v in docs.iter().filter(|v| {
+        v["kind"] == "Cluster"
+            && v["apiVersion"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("cluster.x-k8s.io/"))
+    }) {
+        let name = v["metadata"]["name"].as_str().unwrap_or("");
+        let ns = v["metadata"]["namespace"].as_str().unwrap_or("default");
+        let what = format!("Cluster/{ns}/{name} on management cluster '{management_cluster}'");
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &cluster::cluster_resource());
+        if api
+            .get_opt(name)
+            .await
+            .map_err(|e| classify(&what, &e))?
+            .is_none()
+        {
+            return Err(StepError::Permanent(format!(
+                "{what} does not exist: a drift revert never creates a Cluster (it stays reported on the fleet dashboard issue)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Security rule 7: tkgops creates a Cluster only when none exists, and changes an existing one
@@ -997,8 +1049,14 @@ impl ManifestApplier for KubeProvider {
             "workload/{}/{}/{}",
             target.management_cluster, target.namespace, target.cluster_name
         );
-        self.apply_yaml_cached(&wl.client, &key, yaml, field_manager, false)
-            .await
+        self.apply_yaml_cached(
+            &wl.client,
+            &key,
+            yaml,
+            field_manager,
+            apply::ApplyMode::APPLY,
+        )
+        .await
     }
 }
 

@@ -30,7 +30,7 @@ use kube::discovery::ApiResource;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::apply::{apply_object, Resolved};
+use super::apply::{apply_object_with, ApplyMode, Resolved};
 use super::watch::{SharedWatch, Subscription};
 use super::{classify, custom_resource, KubeProvider, FIELD_MANAGER};
 use crate::wait::{drive, DriveOptions, Observed, Reporter, Source};
@@ -382,11 +382,15 @@ async fn wait_repository(
 }
 
 /// Server-side applies the objects of `pkg` ([`package_objects`]) in order; returns the
-/// PackageInstall's generation as stored. Errors: as [`apply_object`].
-async fn apply_package(client: &kube::Client, pkg: &PackageSpec) -> Result<i64, StepError> {
+/// PackageInstall's generation as stored. Errors: as [`apply_object_with`].
+async fn apply_package(
+    client: &kube::Client,
+    pkg: &PackageSpec,
+    mode: ApplyMode,
+) -> Result<i64, StepError> {
     let mut applied_generation = 0;
     for (res, obj) in package_objects(pkg) {
-        let (_, stored) = apply_object(client, &res, obj, FIELD_MANAGER).await?;
+        let (_, stored) = apply_object_with(client, &res, obj, FIELD_MANAGER, mode).await?;
         applied_generation = stored
             .pointer("/metadata/generation")
             .and_then(Value::as_i64)
@@ -490,7 +494,9 @@ pub async fn rollout(
         ctx.progress.report(&format!(
             "{label}: applying PackageInstall and its ServiceAccount, RBAC and values"
         ));
-        let generation = apply_package(&client, pkg).await?;
+        // A drift revert takes its fields back from a hand change ([`ApplyMode`]).
+        let mode = ApplyMode::APPLY.forced(inputs.revert);
+        let generation = apply_package(&client, pkg, mode).await?;
         let desc = wait_package(
             provider,
             ctx,
@@ -665,7 +671,7 @@ async fn update_package(
         .and_then(Value::as_i64)
         .unwrap_or(0);
     let label = format!("{} {} ({})", pkg.name, pkg.version, pkg.namespace);
-    let generation = apply_package(client, pkg).await?;
+    let generation = apply_package(client, pkg, ApplyMode::APPLY).await?;
     let change = match &existing {
         None => Change::Installed,
         Some(e) if generation != old_generation || values_changed => Change::Updated {
