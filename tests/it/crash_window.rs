@@ -10,15 +10,13 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use axum::http::Method;
 use tkgops_engine::store::{RunFilter, SledStore, Store, OUTCOME_INTERRUPTED, OUTCOME_SUCCEEDED};
 use tkgops_sandbox::crashpoint::{ABORT_LINE, ENV_POINTS, ENV_STATE_DIR};
-use tkgops_sandbox::{request_files, Environment, Timings, APPROVER, MANAGEMENT_CLUSTER};
+use tkgops_sandbox::{Environment, Timings};
 
-use crate::e2e::{bot_comments, head_of, start_env};
-use crate::support::{crashpoint_bin, ec2_calls_on, requested_subnets, sigterm, spawn_serve};
+use crate::e2e::{merge_create, start_env};
+use crate::support::{assert_create_effects_once, crashpoint_bin, sigterm, spawn_serve};
 
-const CLUSTER: &str = "team-a-prod";
 /// SIGABRT: what `std::process::abort` ends the crash-point process with.
 const SIGABRT: i32 = 6;
 
@@ -67,7 +65,6 @@ async fn expect_abort(
 async fn a_kill_after_each_side_effect_before_its_journal_write_repeats_no_side_effect() {
     let timings = Timings::default();
     let env = start_env(&timings).await;
-    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
     let bin = crashpoint_bin();
     let cfg = env.bot_config(&timings);
     let points: Vec<&str> = POINTS.iter().map(|(p, _)| *p).collect();
@@ -77,19 +74,7 @@ async fn a_kill_after_each_side_effect_before_its_journal_write_repeats_no_side_
     let crash_env = [(ENV_POINTS, points.as_str()), (ENV_STATE_DIR, state)];
     let mut bot = spawn_serve(&bin, &env, &cfg, "0", &crash_env);
 
-    let (_, files) = request_files(None, &env.vpc);
-    let pr = env
-        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
-        .unwrap();
-    let head = head_of(&env, "add-team-a-prod");
-    assert_eq!(
-        env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
-            .await
-            .unwrap(),
-        "success"
-    );
-    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
-    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    let (pr, head, merge) = merge_create(&env).await;
 
     for (n, (point, _)) in POINTS.iter().enumerate() {
         expect_abort(&env, &mut bot, &n.to_string(), point).await;
@@ -107,60 +92,7 @@ async fn a_kill_after_each_side_effect_before_its_journal_write_repeats_no_side_
         .unwrap();
     assert_eq!(status.code(), Some(0), "{status}");
 
-    // Exactly once, from the emulators' and moto's own records.
-    let cluster_creates = mgmt
-        .writes()
-        .into_iter()
-        .filter(|w| w.gvr.plural == "clusters" && w.name == CLUSTER && !w.dry_run)
-        .filter(|w| w.changed && matches!(w.verb.as_str(), "apply" | "create"))
-        .count();
-    assert_eq!(cluster_creates, 1, "the Cluster was created once");
-    let tmc_posts = env
-        .tmc
-        .faults()
-        .log()
-        .all()
-        .into_iter()
-        .filter(|r| r.method == Method::POST && r.path == "/v1alpha1/clusters")
-        .count();
-    assert_eq!(tmc_posts, 1, "TMC saw one cluster POST");
-    let subnets = requested_subnets(&env);
-    assert!(
-        !subnets.is_empty(),
-        "the request names the sandbox's subnets"
-    );
-    for subnet in &subnets {
-        assert_eq!(
-            ec2_calls_on(&env, "CreateTags", subnet),
-            1,
-            "subnet {subnet} was tagged once"
-        );
-    }
-    let workload = env.kube.cluster(CLUSTER).expect("the workload cluster");
-    let mut package_creates: BTreeMap<String, usize> = BTreeMap::new();
-    for w in workload.writes() {
-        if w.gvr.plural == "packageinstalls" && !w.dry_run && w.changed {
-            *package_creates.entry(w.name.clone()).or_default() += 1;
-        }
-    }
-    assert!(!package_creates.is_empty(), "PackageInstalls were applied");
-    for (name, n) in &package_creates {
-        assert_eq!(*n, 1, "PackageInstall {name} was written {n} times");
-    }
-    assert_eq!(bot_comments(&env, pr).len(), 1, "one sticky comment");
-    for sha in [&head, &merge] {
-        let mut seen: BTreeMap<(String, String, String), usize> = BTreeMap::new();
-        for s in env.github.statuses(sha) {
-            *seen
-                .entry((s.context, s.state, s.description.unwrap_or_default()))
-                .or_default() += 1;
-        }
-        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(
-            twice.is_empty(),
-            "statuses posted twice on {sha}: {twice:?}"
-        );
-    }
+    assert_create_effects_once(&env, pr, &[&head, &merge]);
 
     // The journal (every process is gone: sled's lock is free): each crashed step's first
     // attempts were interrupted, so the window was hit, and its last attempt succeeded.

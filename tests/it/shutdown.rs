@@ -11,8 +11,8 @@ use tkgops_emulators::faults::{Fault, FaultAction};
 use tkgops_engine::store::{RunFilter, SledStore, Store, OUTCOME_SHUTDOWN};
 use tkgops_sandbox::{Environment, Timings, MANAGEMENT_CLUSTER};
 
-use crate::e2e::{bot_comments, merge_create_until_tmc_attach, start_env};
-use crate::support::{ec2_calls_on, requested_subnets, sigterm};
+use crate::e2e::{merge_create_until_tmc_attach, start_env};
+use crate::support::{assert_create_effects_once, sigterm};
 
 const CLUSTER: &str = "team-a-prod";
 /// The bot's `shutdownGrace` in this test.
@@ -132,27 +132,7 @@ async fn sigterm_mid_step_exits_0_and_the_next_start_finishes_the_run_exactly_on
         1,
         "the Cluster was applied once: {applies:?}"
     );
-    assert_eq!(
-        env.tmc
-            .faults()
-            .log()
-            .count(&Method::POST, "/v1alpha1/clusters"),
-        1,
-        "TMC saw one cluster POST"
-    );
-    let subnets = requested_subnets(&env);
-    assert!(
-        !subnets.is_empty(),
-        "the request names the sandbox's subnets"
-    );
-    for subnet in &subnets {
-        assert_eq!(
-            ec2_calls_on(&env, "CreateTags", subnet),
-            1,
-            "subnet {subnet} was tagged once"
-        );
-    }
-    assert_eq!(bot_comments(&env, pr).len(), 1, "one sticky comment");
+    assert_create_effects_once(&env, pr, &[&merge]);
     let store = SledStore::open(&env.workdir.join("bot-state/journal")).unwrap();
     let run = store
         .list_runs(&RunFilter::default())

@@ -259,3 +259,79 @@ pub fn sigterm(child: &tokio::process::Child) {
         .expect("kill -TERM");
     assert!(status.success(), "kill -TERM {pid}: {status}");
 }
+
+/// Asserts that the create story of team-a-prod (pull request `pr`, whose commits `shas` are
+/// checked for statuses) had each side effect exactly once, from the emulators' and moto's
+/// own records: one changing create (apply) of the Cluster on the management cluster, one TMC
+/// `POST /v1alpha1/clusters`, one EC2 `CreateTags` per subnet the request names, one changing
+/// write per PackageInstall on the workload cluster, one sticky comment, and no commit status
+/// posted twice with the same context, state and description.
+pub fn assert_create_effects_once(env: &tkgops_sandbox::Environment, pr: u64, shas: &[&str]) {
+    use std::collections::BTreeMap;
+    const CLUSTER: &str = "team-a-prod";
+    let mgmt = env
+        .kube
+        .cluster(tkgops_sandbox::MANAGEMENT_CLUSTER)
+        .expect("the management cluster");
+    let cluster_creates: Vec<_> = mgmt
+        .writes()
+        .into_iter()
+        .filter(|w| w.gvr.plural == "clusters" && w.name == CLUSTER && !w.dry_run)
+        .filter(|w| w.changed && matches!(w.verb.as_str(), "apply" | "create"))
+        .collect();
+    assert_eq!(
+        cluster_creates.len(),
+        1,
+        "the Cluster was created once: {cluster_creates:?}"
+    );
+    let tmc_posts = env
+        .tmc
+        .faults()
+        .log()
+        .all()
+        .into_iter()
+        .filter(|r| r.method == http::Method::POST && r.path == "/v1alpha1/clusters")
+        .count();
+    assert_eq!(tmc_posts, 1, "TMC saw one cluster POST");
+    let subnets = requested_subnets(env);
+    assert!(
+        !subnets.is_empty(),
+        "the request names the sandbox's subnets"
+    );
+    for subnet in &subnets {
+        assert_eq!(
+            ec2_calls_on(env, "CreateTags", subnet),
+            1,
+            "subnet {subnet} was tagged once"
+        );
+    }
+    let workload = env.kube.cluster(CLUSTER).expect("the workload cluster");
+    let mut package_writes: BTreeMap<String, usize> = BTreeMap::new();
+    for w in workload.writes() {
+        if w.gvr.plural == "packageinstalls" && !w.dry_run && w.changed {
+            *package_writes.entry(w.name.clone()).or_default() += 1;
+        }
+    }
+    assert!(!package_writes.is_empty(), "PackageInstalls were applied");
+    for (name, n) in &package_writes {
+        assert_eq!(*n, 1, "PackageInstall {name} was written {n} times");
+    }
+    assert_eq!(
+        crate::e2e::bot_comments(env, pr).len(),
+        1,
+        "one sticky comment"
+    );
+    for sha in shas {
+        let mut seen: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+        for s in env.github.statuses(sha) {
+            *seen
+                .entry((s.context, s.state, s.description.unwrap_or_default()))
+                .or_default() += 1;
+        }
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "statuses posted twice on {sha}: {twice:?}"
+        );
+    }
+}

@@ -334,17 +334,7 @@ pub fn serve_command(
         )
         .await?;
         let admin = start_admin(&cfg, &bot).await?;
-        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let http = match &cfg.listen {
-            Some(listen) => Some(
-                start_http_with(&bot, listen, cfg.webhook_secret_source(), async {
-                    let _ = http_stopped.await;
-                })
-                .await?
-                .1,
-            ),
-            None => None,
-        };
+        let http = start_webhooks(&cfg, &bot).await?;
         bot.run(cfg.poll_interval, cfg.shutdown_grace, async {
             let signal = signal.await;
             info!(
@@ -354,10 +344,7 @@ pub fn serve_command(
             );
         })
         .await;
-        let _ = stop_http.send(());
-        if let Some(h) = http {
-            let _ = h.await;
-        }
+        http.stop().await;
         admin.stop().await;
         // Every journal write was flushed when it returned; the bot (and its sled
         // handle) is dropped here.
@@ -377,15 +364,17 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> ServeError {
     move |source| ServeError::Io { what, source }
 }
 
-/// The admin server of a running bot, stopped with [`Admin::stop`].
-struct Admin(
+/// A server of a running bot (admin endpoint, webhooks), stopped with [`Listener::stop`];
+/// nothing when its address is not configured.
+struct Listener(
     Option<(
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<()>,
     )>,
 );
 
-impl Admin {
+impl Listener {
+    /// Asks the server to stop and waits until it did.
     async fn stop(self) {
         if let Some((stop, task)) = self.0 {
             let _ = stop.send(());
@@ -395,16 +384,29 @@ impl Admin {
 }
 
 /// Starts the read-only admin endpoint on `adminListen` when set.
-async fn start_admin(cfg: &BotConfig, bot: &Bot) -> Result<Admin, ServeError> {
+async fn start_admin(cfg: &BotConfig, bot: &Bot) -> Result<Listener, ServeError> {
     let Some(listen) = &cfg.admin_listen else {
-        return Ok(Admin(None));
+        return Ok(Listener(None));
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (_, task) = start_admin_http(bot, listen, async {
         let _ = stopped.await;
     })
     .await?;
-    Ok(Admin(Some((stop, task))))
+    Ok(Listener(Some((stop, task))))
+}
+
+/// Starts the webhook, health and metrics server ([`start_http_with`]) on `listen` when set.
+async fn start_webhooks(cfg: &BotConfig, bot: &Bot) -> Result<Listener, ServeError> {
+    let Some(listen) = &cfg.listen else {
+        return Ok(Listener(None));
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (_, task) = start_http_with(bot, listen, cfg.webhook_secret_source(), async {
+        let _ = stopped.await;
+    })
+    .await?;
+    Ok(Listener(Some((stop, task))))
 }
 
 /// Exit status of `tkgops serve` when it lost the leader-election Lease: the pod restarts and
@@ -457,17 +459,7 @@ async fn serve_elected(
         why = held.lost() => return lost_exit(why),
     };
     let admin = start_admin(cfg, &bot).await?;
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = match &cfg.listen {
-        Some(listen) => Some(
-            start_http_with(&bot, listen, cfg.webhook_secret_source(), async {
-                let _ = http_stopped.await;
-            })
-            .await?
-            .1,
-        ),
-        None => None,
-    };
+    let http = start_webhooks(cfg, &bot).await?;
     {
         let run = bot.run(cfg.poll_interval, cfg.shutdown_grace, async {
             tokio::select! {
@@ -493,10 +485,7 @@ async fn serve_elected(
     if let Some(why) = held.lost_now() {
         return lost_exit(why);
     }
-    let _ = stop_http.send(());
-    if let Some(h) = http {
-        let _ = h.await;
-    }
+    http.stop().await;
     admin.stop().await;
     held.release().await;
     Ok(ExitCode::SUCCESS)
