@@ -97,9 +97,8 @@ pub(crate) fn spawn_serve(env: &Environment, timings: &Timings) -> tokio::proces
 }
 
 /// Opens the pull request that adds team-a-prod, waits for a `success` plan, approves and
-/// merges it, then waits until the run's TMC attach step is in flight (its token exchange
-/// reached the TMC emulator). Returns the pull request and the merge commit.
-pub(crate) async fn merge_create_until_tmc_attach(env: &Environment) -> (u64, String) {
+/// merges it. Returns the pull request, its head commit and the merge commit.
+pub(crate) async fn merge_create(env: &Environment) -> (u64, String, String) {
     let (_, files) = request_files(None, &env.vpc);
     let pr = env
         .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
@@ -113,6 +112,14 @@ pub(crate) async fn merge_create_until_tmc_attach(env: &Environment) -> (u64, St
     );
     env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
     let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    (pr, head, merge)
+}
+
+/// Opens the pull request that adds team-a-prod, waits for a `success` plan, approves and
+/// merges it, then waits until the run's TMC attach step is in flight (its token exchange
+/// reached the TMC emulator). Returns the pull request and the merge commit.
+pub(crate) async fn merge_create_until_tmc_attach(env: &Environment) -> (u64, String) {
+    let (pr, _, merge) = merge_create(env).await;
     env.tmc
         .faults()
         .log()

@@ -9,6 +9,7 @@ mod capi_rollout;
 mod chaos;
 mod chart;
 mod cli;
+mod crash_window;
 mod day2;
 mod drift;
 mod e2e;

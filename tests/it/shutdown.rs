@@ -9,9 +9,10 @@ use std::time::Duration;
 use axum::http::Method;
 use tkgops_emulators::faults::{Fault, FaultAction};
 use tkgops_engine::store::{RunFilter, SledStore, Store, OUTCOME_SHUTDOWN};
-use tkgops_sandbox::{request_files, Environment, Timings, MANAGEMENT_CLUSTER};
+use tkgops_sandbox::{Environment, Timings, MANAGEMENT_CLUSTER};
 
-use crate::e2e::{bot_comments, merge_create_until_tmc_attach, start_env};
+use crate::e2e::{merge_create_until_tmc_attach, start_env};
+use crate::support::{assert_create_effects_once, sigterm};
 
 const CLUSTER: &str = "team-a-prod";
 /// The bot's `shutdownGrace` in this test.
@@ -24,46 +25,7 @@ const MARGIN: Duration = Duration::from_secs(5);
 fn spawn_bot(env: &Environment, timings: &Timings, name: &str) -> tokio::process::Child {
     let mut cfg = env.bot_config(timings);
     cfg.shutdown_grace = GRACE;
-    let path = env.workdir.join("bot.yaml");
-    std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
-    let log = std::fs::File::create(env.workdir.join(format!("bot-{name}.log"))).unwrap();
-    let mut cmd = tokio::process::Command::new(crate::support::tkgops_bin());
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .envs(env.bot_env())
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true);
-    cmd.spawn().expect("spawning tkgops serve")
-}
-
-/// Sends SIGTERM to `child` (the `kill` utility: no signal crate in this workspace).
-fn sigterm(child: &tokio::process::Child) {
-    let pid = child.id().expect("the bot is running");
-    let status = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success(), "kill -TERM {pid}: {status}");
-}
-
-/// The number of `ec2:<action>` requests tkgops sent to moto naming `subnet` as a resource.
-fn ec2_calls_on(env: &Environment, action: &str, subnet: &str) -> usize {
-    env.moto
-        .recorded()
-        .unwrap()
-        .iter()
-        .filter(|r| r.from_app(tkgops_providers::aws::APP_NAME))
-        .filter(|r| r.param("Action") == Some(action))
-        .filter(|r| {
-            r.params
-                .iter()
-                .any(|(k, v)| k.starts_with("ResourceId.") && v == subnet)
-        })
-        .count()
+    crate::support::spawn_serve(&crate::support::tkgops_bin(), env, &cfg, name, &[])
 }
 
 /// SIGTERM while the TMC attach step is in flight (its CSP token exchange held by the TMC
@@ -170,36 +132,7 @@ async fn sigterm_mid_step_exits_0_and_the_next_start_finishes_the_run_exactly_on
         1,
         "the Cluster was applied once: {applies:?}"
     );
-    assert_eq!(
-        env.tmc
-            .faults()
-            .log()
-            .count(&Method::POST, "/v1alpha1/clusters"),
-        1,
-        "TMC saw one cluster POST"
-    );
-    // The subnets the request names (the example maps its private and public ones).
-    let (_, files) = request_files(None, &env.vpc);
-    let request: String = files.iter().map(|(_, c)| c.as_str()).collect();
-    let subnets: Vec<&String> = env
-        .vpc
-        .private_subnet_ids
-        .iter()
-        .chain(&env.vpc.public_subnet_ids)
-        .filter(|id| request.contains(id.as_str()))
-        .collect();
-    assert!(
-        !subnets.is_empty(),
-        "the request names the sandbox's subnets"
-    );
-    for subnet in &subnets {
-        assert_eq!(
-            ec2_calls_on(&env, "CreateTags", subnet),
-            1,
-            "subnet {subnet} was tagged once"
-        );
-    }
-    assert_eq!(bot_comments(&env, pr).len(), 1, "one sticky comment");
+    assert_create_effects_once(&env, pr, &[&merge]);
     let store = SledStore::open(&env.workdir.join("bot-state/journal")).unwrap();
     let run = store
         .list_runs(&RunFilter::default())

@@ -1,5 +1,5 @@
 //! Shared test helpers: example inputs, golden snapshots (insta, with redactions of volatile
-//! text), the `tkgops` binary, typed step inputs and in-memory commits.
+//! text), the `tkgops` and `tkgops-crashpoint` binaries, typed step inputs and in-memory commits.
 
 use std::path::PathBuf;
 
@@ -70,31 +70,42 @@ pub fn assert_golden(name: &str, actual: &str) {
 /// (`scripts/test.sh` builds it with everything else).
 pub fn tkgops_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("target/<profile>/deps/<test>");
-        let bin = profile_dir.join(format!("tkgops{}", std::env::consts::EXE_SUFFIX));
-        if !bin.exists() {
-            // Workspace-wide (no `-p`): the same feature set as the test build, so nothing
-            // but the binary is rebuilt.
-            let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-                Some("debug") | None => "dev".to_string(),
-                Some(other) => other.to_string(),
-            };
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "--locked", "--profile", &profile])
-                .args(["--bin", "tkgops"])
-                .current_dir(root())
-                .status()
-                .expect("running cargo build --bin tkgops");
-            assert!(status.success(), "cargo build --bin tkgops failed");
-        }
-        bin
-    })
-    .clone()
+    BIN.get_or_init(|| workspace_bin("tkgops")).clone()
+}
+
+/// The test-only `tkgops-crashpoint` binary of this build (`tkgops serve` with crash points,
+/// `engine/sandbox/src/bin/tkgops-crashpoint.rs`), found or built as [`tkgops_bin`].
+pub fn crashpoint_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("tkgops-crashpoint"))
+        .clone()
+}
+
+/// The workspace binary `name` beside the test binary's `deps/` directory, built with
+/// `cargo build --bin <name>` (the test build's profile) when absent.
+fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        // Workspace-wide (no `-p`): the same feature set as the test build, so nothing
+        // but the binary is rebuilt.
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev".to_string(),
+            Some(other) => other.to_string(),
+        };
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--locked", "--profile", &profile])
+            .args(["--bin", name])
+            .current_dir(root())
+            .status()
+            .unwrap_or_else(|e| panic!("running cargo build --bin {name}: {e}"));
+        assert!(status.success(), "cargo build --bin {name} failed");
+    }
+    bin
 }
 
 /// Typed step inputs of kind `kind` (wire name, e.g. `kube.apply`) from their JSON form, as the
@@ -178,5 +189,149 @@ impl ExecuteStep for tkgops_providers::kube::KubeProvider {
             I::KubeDeleteCluster(i) => journalled(self.delete_cluster(ctx, i).await),
             other => panic!("the Kubernetes provider does not execute {}", other.kind()),
         }
+    }
+}
+
+/// Starts `bin serve` (the `tkgops` binary, or one that parses the same command line such as
+/// `tkgops-crashpoint`) against `env` with the configuration `cfg` (written to
+/// `workdir/bot.yaml`), the environment's variables plus `extra_env`, its log in
+/// `workdir/bot-<name>.log`. The process is killed when the handle is dropped.
+pub fn spawn_serve(
+    bin: &std::path::Path,
+    env: &tkgops_sandbox::Environment,
+    cfg: &tkgops::BotConfig,
+    name: &str,
+    extra_env: &[(&str, &str)],
+) -> tokio::process::Child {
+    let path = env.workdir.join("bot.yaml");
+    std::fs::write(&path, serde_yaml::to_string(cfg).unwrap()).unwrap();
+    let log = std::fs::File::create(env.workdir.join(format!("bot-{name}.log"))).unwrap();
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .envs(env.bot_env())
+        .envs(extra_env.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawning {} serve: {e}", bin.display()))
+}
+
+/// The number of `ec2:<action>` requests tkgops sent to moto naming `subnet` as a resource.
+pub fn ec2_calls_on(env: &tkgops_sandbox::Environment, action: &str, subnet: &str) -> usize {
+    env.moto
+        .recorded()
+        .unwrap()
+        .iter()
+        .filter(|r| r.from_app(tkgops_providers::aws::APP_NAME))
+        .filter(|r| r.param("Action") == Some(action))
+        .filter(|r| {
+            r.params
+                .iter()
+                .any(|(k, v)| k.starts_with("ResourceId.") && v == subnet)
+        })
+        .count()
+}
+
+/// The sandbox's subnets that the example cluster request names (its private and public ones).
+pub fn requested_subnets(env: &tkgops_sandbox::Environment) -> Vec<String> {
+    let (_, files) = tkgops_sandbox::request_files(None, &env.vpc);
+    let request: String = files.iter().map(|(_, c)| c.as_str()).collect();
+    env.vpc
+        .private_subnet_ids
+        .iter()
+        .chain(&env.vpc.public_subnet_ids)
+        .filter(|id| request.contains(id.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Sends SIGTERM to `child` (the `kill` utility: no signal crate in this workspace).
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("the bot is running");
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success(), "kill -TERM {pid}: {status}");
+}
+
+/// Asserts that the create story of team-a-prod (pull request `pr`, whose commits `shas` are
+/// checked for statuses) had each side effect exactly once, from the emulators' and moto's
+/// own records: one changing create (apply) of the Cluster on the management cluster, one TMC
+/// `POST /v1alpha1/clusters`, one EC2 `CreateTags` per subnet the request names, one changing
+/// write per PackageInstall on the workload cluster, one sticky comment, and no commit status
+/// posted twice with the same context, state and description.
+pub fn assert_create_effects_once(env: &tkgops_sandbox::Environment, pr: u64, shas: &[&str]) {
+    use std::collections::BTreeMap;
+    const CLUSTER: &str = "team-a-prod";
+    let mgmt = env
+        .kube
+        .cluster(tkgops_sandbox::MANAGEMENT_CLUSTER)
+        .expect("the management cluster");
+    let cluster_creates: Vec<_> = mgmt
+        .writes()
+        .into_iter()
+        .filter(|w| w.gvr.plural == "clusters" && w.name == CLUSTER && !w.dry_run)
+        .filter(|w| w.changed && matches!(w.verb.as_str(), "apply" | "create"))
+        .collect();
+    assert_eq!(
+        cluster_creates.len(),
+        1,
+        "the Cluster was created once: {cluster_creates:?}"
+    );
+    let tmc_posts = env
+        .tmc
+        .faults()
+        .log()
+        .all()
+        .into_iter()
+        .filter(|r| r.method == http::Method::POST && r.path == "/v1alpha1/clusters")
+        .count();
+    assert_eq!(tmc_posts, 1, "TMC saw one cluster POST");
+    let subnets = requested_subnets(env);
+    assert!(
+        !subnets.is_empty(),
+        "the request names the sandbox's subnets"
+    );
+    for subnet in &subnets {
+        assert_eq!(
+            ec2_calls_on(env, "CreateTags", subnet),
+            1,
+            "subnet {subnet} was tagged once"
+        );
+    }
+    let workload = env.kube.cluster(CLUSTER).expect("the workload cluster");
+    let mut package_writes: BTreeMap<String, usize> = BTreeMap::new();
+    for w in workload.writes() {
+        if w.gvr.plural == "packageinstalls" && !w.dry_run && w.changed {
+            *package_writes.entry(w.name.clone()).or_default() += 1;
+        }
+    }
+    assert!(!package_writes.is_empty(), "PackageInstalls were applied");
+    for (name, n) in &package_writes {
+        assert_eq!(*n, 1, "PackageInstall {name} was written {n} times");
+    }
+    assert_eq!(
+        crate::e2e::bot_comments(env, pr).len(),
+        1,
+        "one sticky comment"
+    );
+    for sha in shas {
+        let mut seen: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+        for s in env.github.statuses(sha) {
+            *seen
+                .entry((s.context, s.state, s.description.unwrap_or_default()))
+                .or_default() += 1;
+        }
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "statuses posted twice on {sha}: {twice:?}"
+        );
     }
 }

@@ -38,6 +38,7 @@ macro_rules! on_context {
 }
 
 pub mod approval;
+pub mod cli;
 pub mod config;
 pub mod context;
 pub mod executors;

@@ -1,5 +1,6 @@
 //! `tkgops serve`: assembles the bot from its configuration file and runs it.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use tracing::info;
@@ -14,7 +15,7 @@ use crate::{Bot, BotParts};
 use tkgops_domain::workflow::plan::load_repo_config;
 use tkgops_domain::workflow::Catalog;
 use tkgops_engine::store::{FencingHandle, SledStore, Store};
-use tkgops_engine::Engine;
+use tkgops_engine::{Engine, StepExecutor};
 use tkgops_github::{GitHub, GitHubAuth, OctocrabClient, RetrySettings};
 
 /// Errors assembling the bot.
@@ -35,6 +36,18 @@ pub enum ServeError {
     /// The workflow catalog is invalid.
     #[error("catalog: {0}")]
     Catalog(String),
+    /// The async runtime or the signal handlers could not be set up (`what` was being done).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being set up.
+        what: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Leader election failed.
+    #[error(transparent)]
+    Lease(#[from] crate::lease::LeaseError),
 }
 
 /// Builds a bot from `cfg`: GitHub client, git mirror, sled database (the engine's runs and
@@ -93,11 +106,20 @@ pub async fn build_fenced(
     cfg: &BotConfig,
     held: &crate::lease::HeldLease,
 ) -> Result<Bot, ServeError> {
+    build_fenced_wrapped(cfg, held, None).await
+}
+
+/// [`build_fenced`], the step executor wrapped by `wrap` when given.
+async fn build_fenced_wrapped(
+    cfg: &BotConfig,
+    held: &crate::lease::HeldLease,
+    wrap: Option<&ExecutorWrapper>,
+) -> Result<Bot, ServeError> {
     let fence = Fence {
         token: held.token(),
         on_fenced: &|h| held.set_fencing(h),
     };
-    build_fenced_with_auth(cfg, cfg.github_auth()?, cfg.tmc_token(), Some(fence)).await
+    build_bot(cfg, cfg.github_auth()?, cfg.tmc_token(), Some(fence), wrap).await
 }
 
 /// How [`build_fenced_with_auth`] fences the journal.
@@ -118,6 +140,18 @@ pub async fn build_fenced_with_auth(
     auth: GitHubAuth,
     tmc_token: Option<String>,
     fence: Option<Fence<'_>>,
+) -> Result<Bot, ServeError> {
+    build_bot(cfg, auth, tmc_token, fence, None).await
+}
+
+/// [`build_fenced_with_auth`], the step executor wrapped by `wrap` when given
+/// ([`ExecutorWrapper`]).
+async fn build_bot(
+    cfg: &BotConfig,
+    auth: GitHubAuth,
+    tmc_token: Option<String>,
+    fence: Option<Fence<'_>>,
+    wrap: Option<&ExecutorWrapper>,
 ) -> Result<Bot, ServeError> {
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let github = github_client(cfg, auth, tmc_token.as_deref(), &metrics)?;
@@ -201,24 +235,28 @@ pub async fn build_fenced_with_auth(
         catalog.clone(),
         cfg.comment_min_interval,
     );
+    let table = match cfg.tmc_token_file_source() {
+        Some(file) => executors.table_with(
+            cfg.aws_endpoint_url.clone(),
+            Arc::new(move || {
+                file.accepted()
+                    .into_iter()
+                    .next()
+                    .map(tkgops_providers::tmc::SecretToken::new)
+            }),
+            cfg.tmc_poll_interval,
+        ),
+        None => executors.table(
+            cfg.aws_endpoint_url.clone(),
+            tmc_token,
+            cfg.tmc_poll_interval,
+        ),
+    };
     let engine = Engine::new(
         store.clone(),
-        match cfg.tmc_token_file_source() {
-            Some(file) => executors.table_with(
-                cfg.aws_endpoint_url.clone(),
-                Arc::new(move || {
-                    file.accepted()
-                        .into_iter()
-                        .next()
-                        .map(tkgops_providers::tmc::SecretToken::new)
-                }),
-                cfg.tmc_poll_interval,
-            ),
-            None => executors.table(
-                cfg.aws_endpoint_url.clone(),
-                tmc_token,
-                cfg.tmc_poll_interval,
-            ),
+        match wrap {
+            Some(wrap) => wrap(table),
+            None => table,
         },
         Arc::new(crate::metrics::MetricsObserver {
             metrics: metrics.clone(),
@@ -254,6 +292,229 @@ pub async fn build_fenced_with_auth(
     });
     bot.set_drift_interval(Some(cfg.drift_scan_interval));
     Ok(bot)
+}
+
+/// Wraps the engine's step executor (the bot's [`crate::executors::StepTable`]) before the
+/// engine gets it: how a test-only binary runs the production `serve` path with its own
+/// executor around every step attempt (the sandbox's `tkgops-crashpoint`, README "Chaos
+/// harness"). The `tkgops` binary passes none.
+pub type ExecutorWrapper =
+    Arc<dyn Fn(Arc<dyn StepExecutor>) -> Arc<dyn StepExecutor> + Send + Sync>;
+
+/// `tkgops serve --config <config>`: loads the bot configuration file `config`, builds the bot
+/// (its step executor wrapped by `wrap` when given), serves webhooks, the admin endpoint and
+/// the poll loop until SIGTERM or Ctrl-C, then stops within `shutdownGrace`; with leader
+/// election, as a standby until it holds the Lease. Blocks the calling thread on its own
+/// Tokio runtime. Returns exit status 0 after a graceful stop, [`EXIT_LEASE_LOST`] when the
+/// Lease was lost.
+///
+/// Errors: [`ServeError`] when the configuration, the runtime, the signal handlers, leader
+/// election or a part of the bot cannot be set up.
+pub fn serve_command(
+    config: &std::path::Path,
+    wrap: Option<ExecutorWrapper>,
+) -> Result<ExitCode, ServeError> {
+    let cfg = BotConfig::load(config)?;
+    let rt = tokio::runtime::Runtime::new().map_err(io("starting the async runtime"))?;
+    if cfg.leader_election.enabled {
+        let code = rt.block_on(serve_elected(&cfg, wrap.as_ref()));
+        // A lost lease must not wait for blocking tasks: everything written is flushed.
+        rt.shutdown_timeout(std::time::Duration::from_millis(200));
+        return code;
+    }
+    let served = rt.block_on(async {
+        // Listening from here on: a SIGTERM during the start is not lost (nor fatal).
+        let signal = shutdown_signal()?;
+        let bot = build_bot(
+            &cfg,
+            cfg.github_auth()?,
+            cfg.tmc_token(),
+            None,
+            wrap.as_ref(),
+        )
+        .await?;
+        let admin = start_admin(&cfg, &bot).await?;
+        let http = start_webhooks(&cfg, &bot).await?;
+        bot.run(cfg.poll_interval, cfg.shutdown_grace, async {
+            let signal = signal.await;
+            info!(
+                signal,
+                grace = %humantime::format_duration(cfg.shutdown_grace),
+                "stopping: no new work; the steps in flight get the shutdown grace"
+            );
+        })
+        .await;
+        http.stop().await;
+        admin.stop().await;
+        // Every journal write was flushed when it returned; the bot (and its sled
+        // handle) is dropped here.
+        drop(bot);
+        Ok::<_, ServeError>(())
+    });
+    // A blocking task still running (a git fetch, a file read) holds nothing the
+    // next start needs: do not let it delay the exit past the grace.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    served?;
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A [`ServeError::Io`] doing `what`.
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> ServeError {
+    move |source| ServeError::Io { what, source }
+}
+
+/// A server of a running bot (admin endpoint, webhooks), stopped with [`Listener::stop`];
+/// nothing when its address is not configured.
+struct Listener(
+    Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
+);
+
+impl Listener {
+    /// Asks the server to stop and waits until it did.
+    async fn stop(self) {
+        if let Some((stop, task)) = self.0 {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts the read-only admin endpoint on `adminListen` when set.
+async fn start_admin(cfg: &BotConfig, bot: &Bot) -> Result<Listener, ServeError> {
+    let Some(listen) = &cfg.admin_listen else {
+        return Ok(Listener(None));
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (_, task) = start_admin_http(bot, listen, async {
+        let _ = stopped.await;
+    })
+    .await?;
+    Ok(Listener(Some((stop, task))))
+}
+
+/// Starts the webhook, health and metrics server ([`start_http_with`]) on `listen` when set.
+async fn start_webhooks(cfg: &BotConfig, bot: &Bot) -> Result<Listener, ServeError> {
+    let Some(listen) = &cfg.listen else {
+        return Ok(Listener(None));
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (_, task) = start_http_with(bot, listen, cfg.webhook_secret_source(), async {
+        let _ = stopped.await;
+    })
+    .await?;
+    Ok(Listener(Some((stop, task))))
+}
+
+/// Exit status of `tkgops serve` when it lost the leader-election Lease: the pod restarts and
+/// waits as a standby.
+pub const EXIT_LEASE_LOST: u8 = 3;
+
+/// `tkgops serve` with leader election: a standby (serving `/healthz`, `/readyz` 503) until it
+/// holds the Lease, then the bot on a journal fenced with the Lease's token. Exits 0 on
+/// SIGTERM or Ctrl-C (releasing the Lease), [`EXIT_LEASE_LOST`] as soon as the Lease is lost.
+async fn serve_elected(
+    cfg: &BotConfig,
+    wrap: Option<&ExecutorWrapper>,
+) -> Result<ExitCode, ServeError> {
+    use crate::lease::{HeldLease, LeaderElector};
+    let mut elector = LeaderElector::from_settings(&cfg.leader_election).await?;
+    let lease = elector.lease();
+    tracing::info!(%lease, identity = elector.identity(), "standby: taking part in leader election");
+    let shutdown = shutdown_signal()?;
+    tokio::pin!(shutdown);
+
+    let (stop_standby, standby_stopped) = tokio::sync::oneshot::channel::<()>();
+    let standby = match &cfg.listen {
+        Some(listen) => Some(
+            start_standby_http(listen, &lease, async {
+                let _ = standby_stopped.await;
+            })
+            .await?,
+        ),
+        None => None,
+    };
+    let acquired = tokio::select! {
+        l = elector.acquire(|_| {}) => Some(l?),
+        _ = &mut shutdown => None,
+    };
+    let _ = stop_standby.send(());
+    if let Some(h) = standby {
+        let _ = h.await;
+    }
+    let Some(leadership) = acquired else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let held = HeldLease::spawn(elector, leadership);
+    let lost_exit = |why: crate::lease::Lost| {
+        tracing::error!(%lease, reason = %why, "exiting: the lease was lost");
+        Ok(ExitCode::from(EXIT_LEASE_LOST))
+    };
+
+    let bot = tokio::select! {
+        b = build_fenced_wrapped(cfg, &held, wrap) => b?,
+        why = held.lost() => return lost_exit(why),
+    };
+    let admin = start_admin(cfg, &bot).await?;
+    let http = start_webhooks(cfg, &bot).await?;
+    {
+        let run = bot.run(cfg.poll_interval, cfg.shutdown_grace, async {
+            tokio::select! {
+                signal = &mut shutdown => tracing::info!(
+                    signal,
+                    grace = %humantime::format_duration(cfg.shutdown_grace),
+                    "stopping: no new work; the steps in flight get the shutdown grace"
+                ),
+                _ = held.lost() => {}
+            }
+        });
+        tokio::pin!(run);
+        tokio::select! {
+            _ = &mut run => {}
+            // Lost: the journal refuses writes already; give the runs one retry period to
+            // stop at a boundary, then exit without waiting for them.
+            _ = async {
+                held.lost().await;
+                tokio::time::sleep(cfg.leader_election.retry_period).await;
+            } => {}
+        }
+    }
+    if let Some(why) = held.lost_now() {
+        return lost_exit(why);
+    }
+    http.stop().await;
+    admin.stop().await;
+    held.release().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Listens for SIGTERM and SIGINT (Ctrl-C) from now on (a signal that arrives before the
+/// future is polled is not lost); the future resolves at the first one with its name.
+///
+/// Errors: [`ServeError::Io`] when the signal handlers cannot be installed.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = &'static str>, ServeError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(io("listening for SIGTERM"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(io("listening for SIGINT"))?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        })
+    }
 }
 
 /// Deletes the finished runs older than `retention` ([`SledStore::prune`]), logging what it
