@@ -175,6 +175,43 @@ async fn hand_changes_to_the_topology_and_the_tmc_group_are_reported_as_drift() 
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].cluster, CLUSTER);
     assert_eq!(records[0].fields.len(), 2, "{:?}", records[0].fields);
+
+    // A pull request touching the drifted cluster: its plan (no credentials) carries the last
+    // scan's drift, with Git's and the live value of each field.
+    let (config, text) = files
+        .iter()
+        .find(|(p, _)| p.ends_with("team-a-prod/cluster-config.yaml"))
+        .cloned()
+        .unwrap();
+    assert!(text.contains("WORKER_MACHINE_COUNT: 3"), "{text}");
+    let pr = env
+        .open_pull_request(
+            "resize-team-a-prod",
+            "Resize team-a-prod",
+            &[(
+                config,
+                text.replace("WORKER_MACHINE_COUNT: 3", "WORKER_MACHINE_COUNT: 4"),
+            )],
+        )
+        .unwrap();
+    let head = crate::e2e::head_of(&env, "resize-team-a-prod");
+    env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let plan = env.conversation(pr);
+    let note = plan
+        .split("### Drift")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no drift note in the plan:\n{plan}"));
+    assert!(
+        note.contains(&format!("`{CLUSTER}`"))
+            && note.contains(&format!(
+                "`{md_field}` (Git `{replicas}`, live `{}`)",
+                replicas + 2
+            ))
+            && note.contains("`spec.clusterGroupName` (Git `"),
+        "{note}"
+    );
     bot.stop().await;
 }
 
