@@ -152,6 +152,7 @@ macro_rules! ctx {
 }
 
 pub mod chaos;
+pub mod moto_proxy;
 pub mod stories;
 pub use stories::Story;
 
