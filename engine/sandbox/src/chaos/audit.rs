@@ -533,7 +533,8 @@ mod tests {
         };
         assert_eq!(run(&r, &queued), Vec::<String>::new());
 
-        let breaks: Vec<(&str, Box<dyn Fn(&mut Records)>)> = vec![
+        type Break = Box<dyn Fn(&mut Records)>;
+        let breaks: Vec<(&str, Break)> = vec![
             (
                 "Cluster team-b-prod create",
                 Box::new(|r| r.mgmt.insert(3, write("apply", "clusters", FLEET[0]))),

@@ -296,8 +296,8 @@ async fn queued_behind_a_failure(
         .wait_until(timeout, |gh| {
             gh.statuses(&merge2)
                 .into_iter()
-                .filter(|s| s.context == tkgops::APPLY_CONTEXT && s.state != "pending")
-                .last()
+                .rev()
+                .find(|s| s.context == tkgops::APPLY_CONTEXT && s.state != "pending")
                 .map(|s| (s.state, s.description.unwrap_or_default()))
         })
         .await
