@@ -37,6 +37,15 @@ pub enum FaultAction {
     Delay(Duration),
     /// Send the response head, then abort the body: the client sees a dropped connection.
     Drop,
+    /// Serve the request normally, then end a streaming (watch) response cleanly after this
+    /// many newline-delimited events: a watch dropped mid-stream (an API server restart, a
+    /// load balancer's idle cut). A client re-watches from the last resourceVersion it saw.
+    CloseAfterEvents(usize),
+    /// Answer a watch as the Kubernetes API server does when its `resourceVersion` is older
+    /// than its watch cache holds: HTTP 200 with one `ERROR` event whose object is a `Status`
+    /// of `code: 410`, `reason: Expired` ("too old resource version"), then end the stream
+    /// (docs/kubernetes-api-wire.md "List and watch"). kube's `watcher` then relists.
+    WatchExpired,
 }
 
 /// One injected fault: which requests it matches and how many times it fires.
@@ -50,6 +59,8 @@ pub struct Fault {
     pub action: FaultAction,
     /// How many matching requests it applies to; `None` means until [`Faults::clear`].
     pub times: Option<u32>,
+    /// The raw query string must contain this text (e.g. `watch=true`); `None` matches any.
+    pub query_contains: Option<String>,
 }
 
 impl Fault {
@@ -66,7 +77,15 @@ impl Fault {
             path_prefix: path_prefix.to_string(),
             action,
             times,
+            query_contains: None,
         }
+    }
+
+    /// The same fault, matching only requests whose raw query string contains `text` (e.g.
+    /// `watch=true` for Kubernetes watches).
+    pub fn with_query(mut self, text: &str) -> Self {
+        self.query_contains = Some(text.to_string());
+        self
     }
 }
 
@@ -86,6 +105,9 @@ pub struct RecordedRequest {
     pub content_type: String,
     /// The request's `Accept` header, empty when absent.
     pub accept: String,
+    /// The HTTP status answered (an injected fault's or the emulator's); `None` while the
+    /// request is still being served.
+    pub status: Option<u16>,
 }
 
 /// Append-only log of the requests an emulator received. Cheap to clone (shared state).
@@ -149,13 +171,27 @@ impl RequestLog {
         }
     }
 
-    fn push(&self, r: RecordedRequest) {
+    /// Appends `r`; returns its index (for [`RequestLog::set_status`]).
+    fn push(&self, r: RecordedRequest) -> usize {
         let n = {
             let mut log = self.inner.lock().expect("request log poisoned");
             log.push(r);
             log.len()
         };
         self.recorded.send_replace(n);
+        n - 1
+    }
+
+    /// Records the status answered to request `index`.
+    fn set_status(&self, index: usize, status: u16) {
+        if let Some(r) = self
+            .inner
+            .lock()
+            .expect("request log poisoned")
+            .get_mut(index)
+        {
+            r.status = Some(status);
+        }
     }
 }
 
@@ -199,11 +235,14 @@ impl Faults {
     }
 
     /// Takes the first matching fault (decrementing its remaining count) for this request.
-    fn take(&self, method: &Method, path: &str) -> Option<FaultAction> {
+    fn take(&self, method: &Method, path: &str, query: &str) -> Option<FaultAction> {
         let mut rules = self.rules.lock().expect("fault table poisoned");
         let idx = rules.iter().position(|f| {
             f.method.as_ref().is_none_or(|m| m == method)
                 && path.starts_with(&f.path_prefix)
+                && f.query_contains
+                    .as_deref()
+                    .is_none_or(|q| query.contains(q))
                 && f.times != Some(0)
         })?;
         let action = rules[idx].action.clone();
@@ -215,6 +254,33 @@ impl Faults {
         }
         Some(action)
     }
+}
+
+/// `body`'s frames up to and including the `n`th newline, then the end of the stream.
+fn cut_after_lines(
+    body: Body,
+    n: usize,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> {
+    use futures::StreamExt;
+    body.into_data_stream().scan(0usize, move |seen, frame| {
+        if *seen >= n {
+            return futures::future::ready(None);
+        }
+        let frame = frame.map(|mut b| {
+            let cut = b
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c == b'\n')
+                .nth(n - *seen - 1)
+                .map(|(i, _)| i + 1);
+            *seen += b.iter().filter(|c| **c == b'\n').count();
+            if let Some(i) = cut {
+                b.truncate(i);
+            }
+            b
+        });
+        futures::future::ready(Some(frame))
+    })
 }
 
 /// A header's value as text, empty when absent or not text.
@@ -232,21 +298,58 @@ async fn fault_middleware(State(faults): State<Faults>, req: Request, next: Next
     let query = req.uri().query().unwrap_or("").to_string();
     let content_type = header_str(req.headers(), axum::http::header::CONTENT_TYPE);
     let accept = header_str(req.headers(), axum::http::header::ACCEPT);
-    let action = faults.take(&method, &path);
-    let faulted = !matches!(action, None | Some(FaultAction::Delay(_)));
-    faults.log.push(RecordedRequest {
+    let action = faults.take(&method, &path, &query);
+    let faulted = !matches!(
+        action,
+        None | Some(FaultAction::Delay(_)) | Some(FaultAction::CloseAfterEvents(_))
+    );
+    let index = faults.log.push(RecordedRequest {
         method,
         path,
         query,
         faulted,
         content_type,
         accept,
+        status: None,
     });
+    let resp = answer(action, req, next).await;
+    faults.log.set_status(index, resp.status().as_u16());
+    resp
+}
+
+/// The response to a request: the emulator's (`next`) or the injected fault's.
+async fn answer(action: Option<FaultAction>, req: Request, next: Next) -> Response {
     match action {
         None => next.run(req).await,
         Some(FaultAction::Delay(d)) => {
             tokio::time::sleep(d).await;
             next.run(req).await
+        }
+        Some(FaultAction::CloseAfterEvents(n)) => {
+            let (parts, body) = next.run(req).await.into_parts();
+            Response::from_parts(parts, Body::from_stream(cut_after_lines(body, n)))
+        }
+        Some(FaultAction::WatchExpired) => {
+            let mut line = serde_json::json!({
+                "type": "ERROR",
+                "object": {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": "too old resource version: 1 (2) (injected fault)",
+                    "reason": "Expired",
+                    "code": 410,
+                },
+            })
+            .to_string();
+            line.push('\n');
+            (
+                StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                line,
+            )
+                .into_response()
         }
         Some(FaultAction::Status { code, body }) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -114,3 +114,69 @@ fn build_tree(
     }
     index.write_tree_to(repo)
 }
+
+/// A rejection of the next push to one branch, armed by [`reject_next_push`].
+#[derive(Debug)]
+pub struct PushRejection {
+    lock: std::path::PathBuf,
+    packs: std::path::PathBuf,
+    before: usize,
+}
+
+/// Arms the bare remote to reject the next push to `branch` once, as a remote does whose ref
+/// is locked by a concurrent update (git's `cannot lock ref`; libgit2's local transport reports
+/// it per ref as the update's rejection reason): it takes the branch's ref lock
+/// (`refs/heads/<branch>.lock`). [`PushRejection::lift_after_attempt`] releases it once a push
+/// attempt sent its objects (a new pack under `objects/pack`).
+///
+/// Errors: I/O errors creating the lock, e.g. when another update holds it.
+pub fn reject_next_push(remote: &Path, branch: &str) -> std::io::Result<PushRejection> {
+    let lock = remote.join("refs/heads").join(format!("{branch}.lock"));
+    if let Some(dir) = lock.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&lock)?;
+    let packs = remote.join("objects/pack");
+    let before = count_packs(&packs);
+    Ok(PushRejection {
+        lock,
+        packs,
+        before,
+    })
+}
+
+fn count_packs(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            .count()
+    })
+}
+
+impl PushRejection {
+    /// Waits (polling every 20 ms, up to `timeout`) until a push attempt sent its objects to
+    /// the remote, then releases the lock so the next attempt succeeds. Returns whether a push
+    /// with new objects was rejected (`false`: none came within `timeout`, e.g. a retry whose
+    /// objects the remote already holds; the lock is released all the same, so a rejection
+    /// lasts at most `timeout`).
+    pub async fn lift_after_attempt(self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rejected = false;
+        while tokio::time::Instant::now() < deadline {
+            if count_packs(&self.packs) > self.before {
+                rejected = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Give the attempt's ref update the moment it needs to see the lock and fail.
+        if rejected {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let _ = std::fs::remove_file(&self.lock);
+        rejected
+    }
+}

@@ -153,6 +153,7 @@ macro_rules! ctx {
 
 pub mod chaos;
 pub mod crashpoint;
+pub mod moto_proxy;
 pub mod stories;
 pub use stories::Story;
 

@@ -105,6 +105,9 @@ enum Start {
     Running,
     /// Refused its start (recorded in the progress); `stop` ends the wave's starts for now.
     Refused { stop: bool },
+    /// Its baseline health read failed transiently (a 5xx, a timeout, a 410 Gone): nothing is
+    /// recorded, the wave's starts end for now and the next poll tries again inside the window.
+    Later,
 }
 
 /// Why cluster `name` of `plan` has no executable upgrade: its plan's errors, its status, or
@@ -368,6 +371,7 @@ impl Waves<'_> {
                 Start::Submit(req) => submit.push(*req),
                 Start::Retry(id) => retried.push(id),
                 Start::Running => {}
+                Start::Later => break,
                 Start::Refused { stop } => {
                     if stop {
                         break;
@@ -506,11 +510,15 @@ impl Waves<'_> {
         let target = upgrade_target(&cp.steps);
         let baseline = match &target {
             None => Err("its upgrade plan names no cluster to probe".to_string()),
-            Some(t) => self
-                .executors
-                .cluster_health(t)
-                .await
-                .map_err(|e| e.to_string()),
+            Some(t) => match self.executors.cluster_health(t).await {
+                // A transient failure says nothing of the cluster's health: read it again at
+                // the next poll rather than halt the fire (found by the chaos harness).
+                Err(e) if e.is_transient() => {
+                    warn!(cluster = %name, error = %e, "baseline health read failed; retrying at the next poll");
+                    return Ok(Start::Later);
+                }
+                r => r.map_err(|e| e.to_string()),
+            },
         };
         let health = match baseline {
             Err(e) => {

@@ -9,7 +9,6 @@
 //! moment a delay elapses is wall-clock time, so one seed explores the same kind of
 //! interleavings run after run, not bit-for-bit the same one.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -20,14 +19,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tkgops_emulators::faults::{Fault, FaultAction};
 
-use crate::stories::{merge_change, Change, EXAMPLE_TKR, UPGRADABLE_TKR};
+use crate::moto_proxy::MotoProxy;
 use crate::{
-    network_of, request_files, Environment, SandboxArgs, SandboxError, Signals, Timings, APPROVER,
-    MANAGEMENT_CLUSTER, SECOND_APPROVER,
+    network_of, Environment, SandboxArgs, SandboxError, Signals, Timings, MANAGEMENT_CLUSTER,
 };
 
-const CLUSTER: &str = "team-a-prod";
-const SETTINGS: &str = "clusters/team-a-prod/tkgops.yaml";
+mod audit;
+mod stories;
+
+use stories::Told;
 /// The bot's `shutdownGrace` under chaos.
 const GRACE: Duration = Duration::from_secs(3);
 /// How long a SIGTERMed bot may take beyond [`GRACE`] before that is a violation.
@@ -140,8 +140,14 @@ impl BotProcess {
     }
 }
 
-fn lock(t: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+fn lock<T>(t: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_pushes(
+    t: &Mutex<Vec<tokio::task::JoinHandle<bool>>>,
+) -> std::sync::MutexGuard<'_, Vec<tokio::task::JoinHandle<bool>>> {
+    lock(t)
 }
 
 /// The `tkgops` binary beside this one (`target/<profile>/`), or `TKGOPS_BIN`.
@@ -163,8 +169,40 @@ fn tkgops_bin() -> Result<PathBuf, SandboxError> {
     Ok(bin)
 }
 
+/// How the schedule stops the bot. One more kind (e.g. an abort between a side effect and its
+/// journal write) plugs in here: a variant, its draw weight in [`Stop::draw`], its action in
+/// [`chaos_loop`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// SIGKILL: the process dies at once.
+    Kill,
+    /// SIGTERM: a graceful shutdown that must exit 0 within the grace.
+    Term,
+}
+
+impl Stop {
+    /// SIGTERM one time in four, else SIGKILL.
+    fn draw(rng: &mut StdRng) -> Stop {
+        if rng.gen_bool(0.25) {
+            Stop::Term
+        } else {
+            Stop::Kill
+        }
+    }
+}
+
+/// Where the seeded faults go beyond the emulators' fault tables.
+struct Targets<'a> {
+    env: &'a Environment,
+    proxy: &'a MotoProxy,
+    told: &'a Told,
+    /// Push rejections armed, each answering whether a push was rejected.
+    pushes: Mutex<Vec<tokio::task::JoinHandle<bool>>>,
+}
+
 /// One fault from the catalog, chosen with `rng`, injected into its emulator. Returns its name.
-fn inject_fault(env: &Environment, rng: &mut StdRng) -> String {
+fn inject_fault(t: &Targets<'_>, rng: &mut StdRng) -> String {
+    let env = t.env;
     let status = |code: u16| {
         FaultAction::Status {
         code,
@@ -176,7 +214,33 @@ fn inject_fault(env: &Environment, rng: &mut StdRng) -> String {
     // Once each: a step retries within its budget (5 attempts), which interrupted attempts
     // (the kills) also spend.
     let times = Some(1);
-    let (name, target, fault) = match rng.gen_range(0..10) {
+    let draw = rng.gen_range(0..14);
+    match draw {
+        10 => {
+            t.proxy.throttle_next();
+            return "ec2 RequestLimitExceeded (503)".into();
+        }
+        11 => {
+            // The record branch of the scheduled apply, known once the schedule is written and
+            // pushed to twice (one wave commit each): the next of those pushes is rejected.
+            let (branch, finished) = {
+                let s = lock(&t.told.scheduled);
+                (s.record_branch.clone(), s.finished || s.halted)
+            };
+            let pushed = wave_commits(&env.remote, &branch).map_or(0, |c| c.len());
+            if !branch.is_empty() && !finished && pushed < 2 {
+                if let Ok(armed) =
+                    tkgops_emulators::git_remote::reject_next_push(&env.remote, &branch)
+                {
+                    let h = tokio::spawn(armed.lift_after_attempt(Duration::from_secs(5)));
+                    lock_pushes(&t.pushes).push(h);
+                    return "github git push rejected (record branch)".into();
+                }
+            }
+        }
+        _ => {}
+    }
+    let (name, target, fault) = match draw {
         0 => (
             "github 500",
             "github",
@@ -232,8 +296,30 @@ fn inject_fault(env: &Environment, rng: &mut StdRng) -> String {
                 times,
             ),
         ),
+        12 => (
+            "kube watch dropped after 2 events",
+            "kube",
+            Fault::new(
+                Some(Method::GET),
+                "/apis/",
+                FaultAction::CloseAfterEvents(2),
+                Some(1),
+            )
+            .with_query("watch=true"),
+        ),
+        13 => (
+            "kube watch 410 Expired",
+            "kube",
+            Fault::new(
+                Some(Method::GET),
+                "/apis/",
+                FaultAction::WatchExpired,
+                Some(1),
+            )
+            .with_query("watch=true"),
+        ),
         7 => (
-            "kube 410 Gone on a Cluster API read/watch",
+            "kube 410 Gone on a Cluster API read",
             "kube",
             Fault::new(
                 Some(Method::GET),
@@ -269,7 +355,7 @@ fn inject_fault(env: &Environment, rng: &mut StdRng) -> String {
 /// stops the bot (SIGKILL, or SIGTERM one time in four) and starts it again, [`KILLS`] times.
 /// A bot that exits by itself is a violation (and is started again).
 async fn chaos_loop(
-    env: &Environment,
+    targets: &Targets<'_>,
     bot: &mut BotProcess,
     rng: &mut StdRng,
     tally: &Mutex<Tally>,
@@ -293,19 +379,22 @@ async fn chaos_loop(
             }
             _ = tokio::time::sleep(delay) => {
                 if rng.gen_bool(0.7) {
-                    let f = inject_fault(env, rng);
+                    let f = inject_fault(targets, rng);
                     println!("==> chaos: injecting {f}");
                     lock(tally).faults.push(f);
                 }
                 kills += 1;
-                if rng.gen_bool(0.25) {
-                    println!("==> chaos: SIGTERM to bot {}", bot.generation);
-                    lock(tally).sigterms += 1;
-                    bot.terminate(tally).await;
-                } else {
-                    println!("==> chaos: SIGKILL to bot {}", bot.generation);
-                    lock(tally).sigkills += 1;
-                    let _ = bot.child.kill().await;
+                match Stop::draw(rng) {
+                    Stop::Term => {
+                        println!("==> chaos: SIGTERM to bot {}", bot.generation);
+                        lock(tally).sigterms += 1;
+                        bot.terminate(tally).await;
+                    }
+                    Stop::Kill => {
+                        println!("==> chaos: SIGKILL to bot {}", bot.generation);
+                        lock(tally).sigkills += 1;
+                        let _ = bot.child.kill().await;
+                    }
                 }
                 bot.restart()?;
             }
@@ -314,12 +403,11 @@ async fn chaos_loop(
     Ok(())
 }
 
-/// Offsets into the emulators' and moto's records where a phase (one merged change) began.
-#[derive(Clone, Copy, Debug)]
+/// Offsets into the management cluster's writes and TMC's request log at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Mark {
     kube: usize,
     tmc: usize,
-    moto: usize,
 }
 
 fn mark(env: &Environment) -> Mark {
@@ -329,7 +417,6 @@ fn mark(env: &Environment) -> Mark {
             .cluster(MANAGEMENT_CLUSTER)
             .map_or(0, |c| c.writes().len()),
         tmc: env.tmc.faults().log().all().len(),
-        moto: env.moto.recorded().map_or(0, |r| r.len()),
     }
 }
 
@@ -364,8 +451,10 @@ async fn chaos_in(
     args: &SandboxArgs,
     timings: &Timings,
 ) -> Result<bool, SandboxError> {
+    let proxy = MotoProxy::start(&env.moto.endpoint_url()).await?;
     let mut cfg = env.bot_config(timings);
     cfg.shutdown_grace = GRACE;
+    cfg.aws_endpoint_url = Some(proxy.url().to_string());
     let config = env.workdir.join("chaos-bot.yaml");
     ctx!(
         serde_yaml::to_string(&cfg)
@@ -393,13 +482,20 @@ async fn chaos_in(
     let mut rng = StdRng::seed_from_u64(seed);
     let timeout = Duration::from(args.timeout);
 
+    let told = Told::default();
+    let targets = Targets {
+        env,
+        proxy: &proxy,
+        told: &told,
+        pushes: Mutex::default(),
+    };
     let stories = async {
-        let r = stories(env, timeout).await;
+        let r = stories::tell(env, &told, timeout).await;
         done.store(true, Ordering::Release);
         r
     };
-    let chaos = chaos_loop(env, &mut bot, &mut rng, &tally, &done);
-    let (told, chaos) = tokio::join!(stories, async {
+    let chaos = chaos_loop(&targets, &mut bot, &mut rng, &tally, &done);
+    let (outcome, chaos) = tokio::join!(stories, async {
         tokio::select! {
             r = chaos => r,
             // The chaos loop only notices `done` between kills: stop it once told.
@@ -412,10 +508,30 @@ async fn chaos_in(
     });
     chaos?;
     bot.terminate(&tally).await;
-    let phases = told?;
-
+    outcome?;
+    let pushes: Vec<_> = lock_pushes(&targets.pushes).drain(..).collect();
     let mut tally = tally.into_inner().unwrap_or_else(|e| e.into_inner());
-    audit(env, &phases, &mut tally.violations);
+    for h in pushes {
+        if !h.await.unwrap_or(false) {
+            tally
+                .faults
+                .push("(a push rejection lifted after 5 s: no push with new objects came)".into());
+        }
+    }
+    if proxy.throttled() > 0 {
+        println!(
+            "==> chaos: moto proxy answered {} RequestLimitExceeded",
+            proxy.throttled()
+        );
+    }
+    let records = records(env, &told);
+    audit::audit(
+        &records,
+        &lock(&told.phases),
+        &lock(&told.queued),
+        &lock(&told.scheduled),
+        &mut tally.violations,
+    );
     println!(
         "==> chaos seed {seed}: {} SIGKILL, {} SIGTERM, {} bot starts, {} faults injected ({})",
         tally.sigkills,
@@ -439,246 +555,89 @@ async fn chaos_in(
     }
 }
 
-/// One merged change of the chaos stories: its PR, merge commit outcome and record offsets.
-struct Phase {
-    name: &'static str,
-    pr: u64,
-    apply: String,
-    start: Mark,
-    end: Mark,
-}
-
-/// Create (at an upgradable TKR), upgrade, delete; each merged and waited for.
-async fn stories(env: &Environment, timeout: Duration) -> Result<Vec<Phase>, SandboxError> {
-    let (_, files) = request_files(None, &env.vpc);
-    let files: Vec<(String, String)> = files
-        .into_iter()
-        .map(|(p, c)| (p, c.replace(EXAMPLE_TKR, UPGRADABLE_TKR)))
-        .collect();
-    let settings = files
-        .iter()
-        .find(|(p, _)| p == SETTINGS)
-        .map(|(_, c)| c.clone())
-        .unwrap_or_default();
-    let mut phases = Vec::new();
-    let changes = [
-        (
-            "create",
-            Change {
-                branch: "add-team-a-prod",
-                title: "Add cluster team-a-prod",
-                files: files.clone(),
-                removed: Vec::new(),
-                label: None,
-                approvers: &[APPROVER],
-            },
-        ),
-        (
-            "upgrade",
-            Change {
-                branch: "upgrade-team-a-prod",
-                title: "Upgrade team-a-prod",
-                files: vec![(
-                    SETTINGS.to_string(),
-                    settings.replace(UPGRADABLE_TKR, EXAMPLE_TKR),
-                )],
-                removed: Vec::new(),
-                label: None,
-                approvers: &[APPROVER],
-            },
-        ),
-        (
-            "delete",
-            Change {
-                branch: "delete-team-a-prod",
-                title: "Delete team-a-prod",
-                files: Vec::new(),
-                removed: files.iter().map(|(p, _)| p.clone()).collect(),
-                label: Some(tkgops_domain::request::ALLOW_DELETE_LABEL),
-                approvers: &[APPROVER, SECOND_APPROVER],
-            },
-        ),
-    ];
-    for (name, change) in changes {
-        let start = mark(env);
-        let (pr, apply) = merge_change(env, change, timeout).await?;
-        phases.push(Phase {
-            name,
-            pr,
-            apply: apply.clone(),
-            start,
-            end: mark(env),
-        });
-        if apply != "success" {
-            break;
+/// Gathers what the audit reads from the emulators, moto and the bare remote.
+fn records(env: &Environment, told: &Told) -> audit::Records {
+    let phases = lock(&told.phases).clone();
+    let record_branch = lock(&told.scheduled).record_branch.clone();
+    let mut workload = std::collections::BTreeMap::new();
+    for c in std::iter::once(stories::CLUSTER).chain(stories::FLEET) {
+        if let Some(k) = env.kube.cluster(c) {
+            workload.insert(c.to_string(), k.writes());
         }
     }
-    Ok(phases)
-}
-
-/// Pushes a violation unless `n` is 1.
-fn once(violations: &mut Vec<String>, what: String, n: usize) {
-    if n != 1 {
-        violations.push(format!("{what}: {n} times, want exactly once"));
-    }
-}
-
-/// The exactly-once audit over the emulators' and moto's records; pushes each violation.
-fn audit(env: &Environment, phases: &[Phase], violations: &mut Vec<String>) {
-    for want in ["create", "upgrade", "delete"] {
-        match phases.iter().find(|p| p.name == want) {
-            Some(p) if p.apply == "success" => {}
-            Some(p) => violations.push(format!(
-                "{want} (PR #{}): tkgops/apply is {}, want success",
-                p.pr, p.apply
-            )),
-            None => violations.push(format!("{want}: never ran (an earlier story failed)")),
-        }
-    }
-    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER);
-    let writes = mgmt.map(|c| c.writes()).unwrap_or_default();
-    let tmc = env.tmc.faults().log().all();
-    let moto = env.moto.recorded().unwrap_or_default();
-    let subnets: Vec<String> = env
-        .vpc
-        .private_subnet_ids
-        .iter()
-        .chain(&env.vpc.public_subnet_ids)
-        .cloned()
-        .collect();
-    let ec2_on = |range: &[crate::moto::RecordedRequest], action: &str, subnet: &str| {
-        range
-            .iter()
-            .filter(|r| r.from_app(tkgops_providers::aws::APP_NAME))
-            .filter(|r| r.param("Action") == Some(action))
-            .filter(|r| {
-                r.params
-                    .iter()
-                    .any(|(k, v)| k.starts_with("ResourceId.") && v == subnet)
-            })
-            .count()
-    };
-    for p in phases {
-        let w = &writes[p.start.kube.min(writes.len())..p.end.kube.min(writes.len())];
-        let t = &tmc[p.start.tmc.min(tmc.len())..p.end.tmc.min(tmc.len())];
-        let m = &moto[p.start.moto.min(moto.len())..p.end.moto.min(moto.len())];
-        let cluster_writes = |verbs: &[&str]| {
-            w.iter()
-                .filter(|x| x.gvr.plural == "clusters" && x.name == CLUSTER && !x.dry_run)
-                .filter(|x| x.changed && verbs.contains(&x.verb.as_str()))
-                .count()
-        };
-        let tmc_calls = |method: &Method, path: &str| {
-            t.iter()
-                .filter(|r| !r.faulted && r.method == *method && r.path == path)
-                .count()
-        };
-        let name = p.name;
-        match name {
-            "create" => {
-                once(
-                    violations,
-                    format!("{name}: Cluster {CLUSTER} create (apply)"),
-                    cluster_writes(&["apply", "create"]),
-                );
-                once(
-                    violations,
-                    format!("{name}: TMC POST /v1alpha1/clusters"),
-                    tmc_calls(&Method::POST, "/v1alpha1/clusters"),
-                );
-                let mut tagged = 0;
-                for s in &subnets {
-                    let n = ec2_on(m, "CreateTags", s);
-                    if n > 0 {
-                        tagged += 1;
-                        once(violations, format!("{name}: EC2 CreateTags on {s}"), n);
-                    }
-                }
-                if tagged == 0 {
-                    violations.push(format!("{name}: no subnet was tagged"));
-                }
-            }
-            "upgrade" => once(
-                violations,
-                format!("{name}: Cluster {CLUSTER} version change"),
-                cluster_writes(&["apply", "patch", "update"]),
-            ),
-            "delete" => {
-                once(
-                    violations,
-                    format!("{name}: Cluster {CLUSTER} delete"),
-                    cluster_writes(&["delete"]),
-                );
-                once(
-                    violations,
-                    format!("{name}: TMC DELETE of the cluster"),
-                    tmc_calls(&Method::DELETE, &format!("/v1alpha1/clusters/{CLUSTER}")),
-                );
-                let mut untagged = 0;
-                for s in &subnets {
-                    let n = ec2_on(m, "DeleteTags", s);
-                    if n > 0 {
-                        untagged += 1;
-                        once(violations, format!("{name}: EC2 DeleteTags on {s}"), n);
-                    }
-                }
-                if untagged == 0 {
-                    violations.push(format!("{name}: no subnet was untagged"));
-                }
-            }
-            _ => {}
-        }
-        // GitHub: one sticky comment per PR; no status posted twice with the same state and
-        // description on the same commit and context.
-        let sticky = env
+    let mut sticky = std::collections::BTreeMap::new();
+    for p in &phases {
+        let n = env
             .github
             .comments(p.pr)
             .iter()
             .filter(|c| c.body.contains("<!-- tkgops:sticky -->"))
             .count();
-        once(
-            violations,
-            format!("{name}: sticky comment on PR #{}", p.pr),
-            sticky,
-        );
+        sticky.insert(p.pr, n);
     }
-    // PackageInstalls on the workload cluster: each created once.
-    if let Some(workload) = env.kube.cluster(CLUSTER) {
-        let mut creates: BTreeMap<String, usize> = BTreeMap::new();
-        for w in workload.writes() {
-            if w.gvr.plural == "packageinstalls"
-                && !w.dry_run
-                && w.changed
-                && matches!(w.verb.as_str(), "create" | "apply")
-            {
-                *creates.entry(w.name.clone()).or_default() += 1;
-            }
-        }
-        for (name, n) in creates {
-            once(violations, format!("PackageInstall {name} create"), n);
-        }
-    }
-    let mut seen: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
+    let mut statuses = Vec::new();
     for sha in commits(&env.remote) {
         for s in env.github.statuses(&sha) {
-            *seen
-                .entry((
-                    sha.clone(),
-                    s.context,
-                    s.state,
-                    s.description.unwrap_or_default(),
-                ))
-                .or_default() += 1;
-        }
-    }
-    for ((sha, context, state, description), n) in seen {
-        if n > 1 {
-            violations.push(format!(
-                "commit status {context} {state} \"{description}\" on {}: posted {n} times",
-                &sha[..7.min(sha.len())]
+            statuses.push((
+                sha.clone(),
+                s.context,
+                s.state,
+                s.description.unwrap_or_default(),
             ));
         }
     }
+    let prefix = format!("tkgops/schedule/{}/", stories::SCHEDULE);
+    audit::Records {
+        mgmt: env
+            .kube
+            .cluster(MANAGEMENT_CLUSTER)
+            .map(|c| c.writes())
+            .unwrap_or_default(),
+        workload,
+        tmc: env.tmc.faults().log().all(),
+        moto: env.moto.recorded().unwrap_or_default(),
+        subnets: env
+            .vpc
+            .private_subnet_ids
+            .iter()
+            .chain(&env.vpc.public_subnet_ids)
+            .cloned()
+            .collect(),
+        sticky,
+        statuses,
+        schedule_prs: env
+            .github
+            .pull_requests()
+            .into_iter()
+            .filter(|p| p.head_ref.starts_with(&prefix))
+            .map(|p| p.head_ref)
+            .collect(),
+        wave_commits: wave_commits(&env.remote, &record_branch),
+    }
+}
+
+/// Messages of the commits on `branch` that `main` does not hold; `None` without the branch.
+fn wave_commits(remote: &Path, branch: &str) -> Option<Vec<String>> {
+    let repo = git2::Repository::open_bare(remote).ok()?;
+    let tip = repo
+        .find_reference(&format!("refs/heads/{branch}"))
+        .ok()?
+        .target()?;
+    let mut walk = repo.revwalk().ok()?;
+    walk.push(tip).ok()?;
+    walk.hide_ref("refs/heads/main").ok()?;
+    Some(
+        walk.filter_map(Result::ok)
+            .filter_map(|o| repo.find_commit(o).ok())
+            .map(|c| {
+                String::from_utf8_lossy(c.message_bytes())
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect(),
+    )
 }
 
 /// Every commit reachable from a branch of the bare config repository at `remote`.
