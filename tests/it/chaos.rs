@@ -10,7 +10,7 @@ use std::time::Duration;
 /// seeds run at once on 2 cores).
 async fn seed(n: u64) {
     let bin = env!("CARGO_BIN_EXE_tkgops-sandbox");
-    // The harness runs the tkgops binary beside it (built by `cargo build --bins`).
+    // The harness runs the bot as the tkgops-crashpoint binary (built by `cargo build --bins`).
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args([
         "--chaos",
@@ -20,7 +20,7 @@ async fn seed(n: u64) {
         "--timeout",
         "200s",
     ])
-    .env("TKGOPS_BIN", crate::support::tkgops_bin())
+    .env("TKGOPS_CRASHPOINT_BIN", crate::support::crashpoint_bin())
     .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
         .await

@@ -125,13 +125,15 @@ pub struct SandboxArgs {
     /// instead of with a token.
     #[arg(long, conflicts_with = "serve")]
     pub github_app: bool,
-    /// The chaos harness (README "Chaos harness"): the create, upgrade and delete stories
-    /// against the real `tkgops serve` (the `tkgops` binary beside this one, or `TKGOPS_BIN`),
-    /// killed and restarted at seeded points while the emulators inject seeded faults; then the
-    /// exactly-once audit from the emulators' and moto's records. Exit 0 only when it passes.
+    /// The chaos harness (README "Chaos harness"): the create, packages, upgrade, delete,
+    /// queued-behind-a-failed-run and two-wave scheduled stories against `tkgops serve` run by
+    /// `tkgops-crashpoint` (beside this binary, or `TKGOPS_CRASHPOINT_BIN`), killed and
+    /// restarted at seeded points and aborted at seeded crash points while the emulators inject
+    /// seeded faults; then the exactly-once audit from the emulators' and moto's records. Exit
+    /// 0 only when it passes.
     #[arg(long, conflicts_with_all = ["serve", "request", "story", "management_rbac", "github_app"])]
     pub chaos: bool,
-    /// The seed of the chaos schedule (kill delays, signals, faults).
+    /// The seed of the chaos schedule (kill delays, signals, faults, crash points).
     #[arg(long, default_value_t = 1, requires = "chaos")]
     pub seed: u64,
 }

@@ -1,13 +1,16 @@
-//! `tkgops-sandbox --chaos --seed N` (README "Chaos harness"): the create, upgrade and delete
-//! stories in one sandbox against the real `tkgops serve` binary, while a seeded schedule kills
-//! (SIGKILL, sometimes SIGTERM) and restarts the bot and injects faults through the emulators'
-//! fault modules; then an audit from the emulators' and moto's own request records (never the
-//! bot's journal) that every run finished as expected and every side effect happened exactly
-//! once.
+//! `tkgops-sandbox --chaos --seed N` (README "Chaos harness"): the create, packages, upgrade,
+//! delete, queued-behind-a-failed-run and two-wave scheduled stories in one sandbox against
+//! `tkgops serve` run by the test-only `tkgops-crashpoint` binary (the production serve path
+//! with crash points, [`crate::crashpoint`]), while a seeded schedule kills (SIGKILL, sometimes
+//! SIGTERM) and restarts the bot, aborts it at seeded crash points between a step's side effect
+//! and its journal write (or just before the side effect), and injects faults through the
+//! emulators' fault modules and the moto proxy; then an audit from the emulators' and moto's
+//! own request records (never the bot's journal) that every run finished as expected and every
+//! side effect happened exactly once.
 //!
-//! The seed decides the schedule (the delays between kills, which signal, which faults); the
-//! moment a delay elapses is wall-clock time, so one seed explores the same kind of
-//! interleavings run after run, not bit-for-bit the same one.
+//! The seed decides the schedule (the delays between kills, which signal, which faults, which
+//! crash points); the moment a delay elapses is wall-clock time, so one seed explores the same
+//! kind of interleavings run after run, not bit-for-bit the same one.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,11 +38,48 @@ const EXIT_MARGIN: Duration = Duration::from_secs(10);
 /// How many times the bot is stopped per seed (then it runs undisturbed to the end).
 const KILLS: u32 = 6;
 
+/// The steps with a side effect, across the stories' workflows (`workflows/*.yaml` step ids):
+/// where a crash point can sit.
+const CRASH_STEPS: &[&str] = &[
+    "aws-preflight",
+    "apply-bootstrap-config",
+    "apply-cluster",
+    "tmc-attach",
+    "packages",
+    "packages-update",
+    "upgrade-cluster",
+    "tmc-detach",
+    "delete-cluster",
+    "remove-subnet-tags",
+];
+/// How many crash points a seed arms.
+const CRASH_POINTS: usize = 2;
+
+/// The seed's crash points, in `TKGOPS_CRASH_AT`'s syntax ([`crate::crashpoint::ENV_POINTS`]):
+/// [`CRASH_POINTS`] distinct steps of [`CRASH_STEPS`], each `after` the side effect (before the
+/// journal write) two times in three, else `before` it.
+fn draw_crash_points(rng: &mut StdRng) -> Vec<String> {
+    let mut steps: Vec<&str> = CRASH_STEPS.to_vec();
+    let mut points = Vec::new();
+    while points.len() < CRASH_POINTS && !steps.is_empty() {
+        let step = steps.swap_remove(rng.gen_range(0..steps.len()));
+        let when = if rng.gen_bool(2.0 / 3.0) {
+            "after"
+        } else {
+            "before"
+        };
+        points.push(format!("{when}:{step}"));
+    }
+    points
+}
+
 /// What the chaos schedule did, for the report.
 #[derive(Default, Debug)]
 struct Tally {
     sigkills: u32,
     sigterms: u32,
+    /// Aborts at a crash point (the bot's own, between a side effect and its journal write).
+    crash_aborts: u32,
     faults: Vec<String>,
     violations: Vec<String>,
 }
@@ -150,19 +190,20 @@ fn lock_pushes(
     lock(t)
 }
 
-/// The `tkgops` binary beside this one (`target/<profile>/`), or `TKGOPS_BIN`.
-fn tkgops_bin() -> Result<PathBuf, SandboxError> {
-    if let Some(p) = std::env::var_os("TKGOPS_BIN") {
+/// The `tkgops-crashpoint` binary beside this one (`target/<profile>/`), or
+/// `TKGOPS_CRASHPOINT_BIN`: the production `tkgops serve` path with crash points.
+fn crashpoint_bin() -> Result<PathBuf, SandboxError> {
+    if let Some(p) = std::env::var_os("TKGOPS_CRASHPOINT_BIN") {
         return Ok(PathBuf::from(p));
     }
     let exe = ctx!(std::env::current_exe(), "locating tkgops-sandbox")?;
     let bin = exe
         .parent()
-        .map(|d| d.join(format!("tkgops{}", std::env::consts::EXE_SUFFIX)))
+        .map(|d| d.join(format!("tkgops-crashpoint{}", std::env::consts::EXE_SUFFIX)))
         .filter(|b| b.exists())
         .ok_or_else(|| {
             SandboxError(format!(
-                "--chaos runs the real bot: no tkgops binary beside {} (cargo build --bin tkgops, or set TKGOPS_BIN)",
+                "--chaos runs the bot as tkgops-crashpoint: none beside {} (cargo build --bins, or set TKGOPS_CRASHPOINT_BIN)",
                 exe.display()
             ))
         })?;
@@ -371,10 +412,22 @@ async fn chaos_loop(
         tokio::select! {
             status = bot.child.wait() => {
                 let status = ctx!(status, "waiting for the bot")?;
-                lock(tally).violations.push(format!(
-                    "bot {} exited by itself with {status} (see bot-{}.log)",
-                    bot.generation, bot.generation
-                ));
+                let log = bot.workdir.join(format!("bot-{}.log", bot.generation));
+                let at = std::fs::read_to_string(&log).ok().and_then(|l| {
+                    l.lines()
+                        .find_map(|l| l.split(crate::crashpoint::ABORT_LINE).nth(1))
+                        .map(|p| p.trim().to_string())
+                });
+                match at {
+                    Some(point) => {
+                        println!("==> chaos: bot {} aborted at crash point {point}", bot.generation);
+                        lock(tally).crash_aborts += 1;
+                    }
+                    None => lock(tally).violations.push(format!(
+                        "bot {} exited by itself with {status} (see bot-{}.log)",
+                        bot.generation, bot.generation
+                    )),
+                }
                 bot.restart()?;
             }
             _ = tokio::time::sleep(delay) => {
@@ -427,7 +480,7 @@ fn mark(env: &Environment) -> Mark {
 pub async fn run(args: SandboxArgs) -> Result<bool, SandboxError> {
     let mut signals = Signals::new()?;
     let seed = args.seed;
-    let bin = tkgops_bin()?;
+    let bin = crashpoint_bin()?;
     let (region, azs, cidr) = network_of(None);
     let az_refs: Vec<&str> = azs.iter().map(String::as_str).collect();
     let timings = Timings::default();
@@ -462,7 +515,19 @@ async fn chaos_in(
             .and_then(|y| std::fs::write(&config, y).map_err(|e| e.to_string())),
         "writing the bot configuration"
     )?;
-    let bot_env = env.bot_env();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let crash_points = draw_crash_points(&mut rng);
+    println!("==> chaos: crash points {}", crash_points.join(", "));
+    let mut bot_env = env.bot_env();
+    bot_env.push((
+        crate::crashpoint::ENV_POINTS.to_string(),
+        crash_points.join(","),
+    ));
+    // Each point fires once across restarts: the restarted bot goes past it.
+    bot_env.push((
+        crate::crashpoint::ENV_STATE_DIR.to_string(),
+        env.workdir.join("crash-points").display().to_string(),
+    ));
     let child = BotProcess::spawn(bin, &config, &bot_env, &env.workdir, 0)?;
     let mut bot = BotProcess {
         bin: bin.to_path_buf(),
@@ -479,7 +544,6 @@ async fn chaos_in(
     );
     let tally = Mutex::new(Tally::default());
     let done = AtomicBool::new(false);
-    let mut rng = StdRng::seed_from_u64(seed);
     let timeout = Duration::from(args.timeout);
 
     let told = Told::default();
@@ -533,9 +597,10 @@ async fn chaos_in(
         &mut tally.violations,
     );
     println!(
-        "==> chaos seed {seed}: {} SIGKILL, {} SIGTERM, {} bot starts, {} faults injected ({})",
+        "==> chaos seed {seed}: {} SIGKILL, {} SIGTERM, {} crash-point aborts, {} bot starts, {} faults injected ({})",
         tally.sigkills,
         tally.sigterms,
+        tally.crash_aborts,
         bot.generation + 1,
         tally.faults.len(),
         tally.faults.join(", ")
