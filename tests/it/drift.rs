@@ -62,6 +62,27 @@ impl DriftBot {
     }
 }
 
+/// A hand scale of the Cluster's first MachineDeployment to `replicas` with the real `kubectl`
+/// (a JSON patch, so kubectl's field manager takes the field over), as a user would.
+async fn scale_by_hand(kubectl: &std::path::Path, env: &Environment, replicas: i64) {
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let k = crate::kubectl::Kubectl::new(kubectl.to_path_buf(), &mgmt.kubeconfig_yaml());
+    let patch = format!(
+        r#"[{{"op":"replace","path":"/spec/topology/workers/machineDeployments/0/replicas","value":{replicas}}}]"#
+    );
+    k.ok(&[
+        "-n",
+        "default",
+        "patch",
+        "cluster",
+        CLUSTER,
+        "--type=json",
+        "-p",
+        &patch,
+    ])
+    .await;
+}
+
 /// Waits until the fleet dashboard issue's body satisfies `ok`, and returns it.
 async fn dashboard_until(env: &Environment, what: &str, ok: impl Fn(&str) -> bool) -> String {
     env.github
@@ -109,22 +130,7 @@ async fn hand_changes_to_the_topology_and_the_tmc_group_are_reported_as_drift() 
         md["name"].as_str().unwrap().to_string(),
         md["replicas"].as_i64().unwrap(),
     );
-    let k = crate::kubectl::Kubectl::new(kubectl, &mgmt.kubeconfig_yaml());
-    let patch = format!(
-        r#"[{{"op":"replace","path":"/spec/topology/workers/machineDeployments/0/replicas","value":{}}}]"#,
-        replicas + 2
-    );
-    k.ok(&[
-        "-n",
-        "default",
-        "patch",
-        "cluster",
-        CLUSTER,
-        "--type=json",
-        "-p",
-        &patch,
-    ])
-    .await;
+    scale_by_hand(&kubectl, &env, replicas + 2).await;
 
     // The TMC cluster group changed through the TMC API, as a user would.
     let tmc = TmcClient::new(TmcSettings {
@@ -290,22 +296,7 @@ async fn under_the_revert_policy_a_revert_run_restores_the_topology_and_the_tmc_
             .unwrap()
     };
     let replicas = replicas_of();
-    let k = crate::kubectl::Kubectl::new(kubectl, &mgmt.kubeconfig_yaml());
-    let patch = format!(
-        r#"[{{"op":"replace","path":"/spec/topology/workers/machineDeployments/0/replicas","value":{}}}]"#,
-        replicas + 2
-    );
-    k.ok(&[
-        "-n",
-        "default",
-        "patch",
-        "cluster",
-        CLUSTER,
-        "--type=json",
-        "-p",
-        &patch,
-    ])
-    .await;
+    scale_by_hand(&kubectl, &env, replicas + 2).await;
     let group_before = move_tmc_group(&env, "moved-by-hand").await;
 
     // The revert run's outcome on the dashboard, then a clean scan.

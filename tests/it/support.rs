@@ -226,13 +226,7 @@ pub fn ec2_calls_on(env: &tkgops_sandbox::Environment, action: &str, subnet: &st
         .recorded()
         .unwrap()
         .iter()
-        .filter(|r| r.from_app(tkgops_providers::aws::APP_NAME))
-        .filter(|r| r.param("Action") == Some(action))
-        .filter(|r| {
-            r.params
-                .iter()
-                .any(|(k, v)| k.starts_with("ResourceId.") && v == subnet)
-        })
+        .filter(|r| r.is_tkgops_action_on(action, subnet))
         .count()
 }
 

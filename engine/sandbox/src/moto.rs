@@ -544,6 +544,18 @@ impl RecordedRequest {
         self.user_agent.split(' ').any(|p| p == marker)
     }
 
+    /// Whether tkgops (SDK app name [`tkgops_providers::aws::APP_NAME`]) sent EC2 action
+    /// `action` (e.g. `CreateTags`) naming `resource` (a subnet id) in a `ResourceId.N`
+    /// parameter: what the exactly-once audits count.
+    pub fn is_tkgops_action_on(&self, action: &str, resource: &str) -> bool {
+        self.from_app(tkgops_providers::aws::APP_NAME)
+            && self.param("Action") == Some(action)
+            && self
+                .params
+                .iter()
+                .any(|(k, v)| k.starts_with("ResourceId.") && v == resource)
+    }
+
     /// The value of form parameter `name`.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params

@@ -775,7 +775,9 @@ impl Waves<'_> {
 
     /// One soak round of wave `w`: every cluster's health against its baseline; the wave
     /// succeeds when all are healthy and the soak time is over. A health that cannot be read
-    /// counts as a regression (fail closed).
+    /// for a permanent reason counts as a regression (fail closed); a transient read failure
+    /// (a 5xx, a timeout, a 410 Gone) says nothing of the cluster, so the round ends without
+    /// a verdict and the soak cannot complete until a later round reads every cluster.
     async fn soak(&self, p: &mut ApplyProgress, w: usize, now: DateTime<Utc>) {
         let targets: Vec<Option<WorkloadTarget>> = p.waves[w]
             .clusters
@@ -783,28 +785,33 @@ impl Waves<'_> {
             .map(|c| c.target.clone())
             .collect();
         // Probed PROBE_CONCURRENCY at a time, judged in wave order.
+        let mut unread = false;
         for (chunk_no, chunk) in targets.chunks(PROBE_CONCURRENCY).enumerate() {
             let mut probes = tokio::task::JoinSet::new();
             for (i, t) in chunk.iter().enumerate() {
                 let (executors, t) = (self.executors.clone(), t.clone());
                 probes.spawn(async move {
                     let h = match t {
-                        None => ClusterHealth {
+                        None => Some(ClusterHealth {
                             not_ready: Some("no cluster to probe is recorded".into()),
                             ..Default::default()
-                        },
+                        }),
                         Some(t) => match executors.cluster_health(&t).await {
-                            Ok(h) => h,
-                            Err(e) => ClusterHealth {
+                            Ok(h) => Some(h),
+                            Err(e) if e.is_transient() => {
+                                warn!(error = %e, "a soak health read failed transiently; read again at the next round");
+                                None
+                            }
+                            Err(e) => Some(ClusterHealth {
                                 not_ready: Some(format!("its health could not be read: {e}")),
                                 ..Default::default()
-                            },
+                            }),
                         },
                     };
                     (i, h)
                 });
             }
-            let mut seen: Vec<(usize, ClusterHealth)> = Vec::new();
+            let mut seen: Vec<(usize, Option<ClusterHealth>)> = Vec::new();
             while let Some(r) = probes.join_next().await {
                 match r {
                     Ok(x) => seen.push(x),
@@ -823,6 +830,10 @@ impl Waves<'_> {
                 return;
             }
             for (i, h) in seen {
+                let Some(h) = h else {
+                    unread = true;
+                    continue;
+                };
                 if p.observed(w, chunk_no * PROBE_CONCURRENCY + i, &h, now)
                     .is_some()
                 {
@@ -830,7 +841,9 @@ impl Waves<'_> {
                 }
             }
         }
-        p.soak_done(w, now);
+        if !unread {
+            p.soak_done(w, now);
+        }
     }
 
     /// Reports every halted fire of `schedules` once (per halt) in a comment on the dashboard

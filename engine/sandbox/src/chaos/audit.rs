@@ -59,13 +59,7 @@ fn cluster_writes(w: &[WriteRecord], name: &str, verbs: &[&str]) -> usize {
 fn ec2(m: &[MotoRecord], action: &str, subnet: &str, cluster: &str) -> usize {
     let tag = format!("kubernetes.io/cluster/{cluster}");
     m.iter()
-        .filter(|r| r.from_app(tkgops_providers::aws::APP_NAME))
-        .filter(|r| r.param("Action") == Some(action))
-        .filter(|r| {
-            r.params
-                .iter()
-                .any(|(k, v)| k.starts_with("ResourceId.") && v == subnet)
-        })
+        .filter(|r| r.is_tkgops_action_on(action, subnet))
         .filter(|r| r.params.iter().any(|(_, v)| *v == tag))
         .count()
 }

@@ -161,6 +161,8 @@ impl BotProcess {
         }
         match tokio::time::timeout(GRACE + EXIT_MARGIN, self.child.wait()).await {
             Ok(Ok(status)) if status.code() == Some(0) => {}
+            // A step that finished within the grace reached an armed crash point.
+            Ok(Ok(_)) if self.crash_point().is_some() => self.crashed_at_point(tally),
             Ok(Ok(status)) => lock(tally).violations.push(format!(
                 "bot {} exited with {status} after SIGTERM (want 0)",
                 self.generation
@@ -177,6 +179,28 @@ impl BotProcess {
                 let _ = self.child.kill().await;
             }
         }
+    }
+}
+
+impl BotProcess {
+    /// The crash point this generation aborted at, from its log ([`crate::crashpoint::ABORT_LINE`]).
+    fn crash_point(&self) -> Option<String> {
+        let log = self.workdir.join(format!("bot-{}.log", self.generation));
+        std::fs::read_to_string(log).ok().and_then(|l| {
+            l.lines()
+                .find_map(|l| l.split(crate::crashpoint::ABORT_LINE).nth(1))
+                .map(|p| p.trim().to_string())
+        })
+    }
+
+    /// Reports and counts an abort at a crash point of this generation.
+    fn crashed_at_point(&self, tally: &Mutex<Tally>) {
+        println!(
+            "==> chaos: bot {} aborted at crash point {}",
+            self.generation,
+            self.crash_point().unwrap_or_default()
+        );
+        lock(tally).crash_aborts += 1;
     }
 }
 
@@ -412,21 +436,13 @@ async fn chaos_loop(
         tokio::select! {
             status = bot.child.wait() => {
                 let status = ctx!(status, "waiting for the bot")?;
-                let log = bot.workdir.join(format!("bot-{}.log", bot.generation));
-                let at = std::fs::read_to_string(&log).ok().and_then(|l| {
-                    l.lines()
-                        .find_map(|l| l.split(crate::crashpoint::ABORT_LINE).nth(1))
-                        .map(|p| p.trim().to_string())
-                });
-                match at {
-                    Some(point) => {
-                        println!("==> chaos: bot {} aborted at crash point {point}", bot.generation);
-                        lock(tally).crash_aborts += 1;
-                    }
-                    None => lock(tally).violations.push(format!(
+                if bot.crash_point().is_some() {
+                    bot.crashed_at_point(tally);
+                } else {
+                    lock(tally).violations.push(format!(
                         "bot {} exited by itself with {status} (see bot-{}.log)",
                         bot.generation, bot.generation
-                    )),
+                    ));
                 }
                 bot.restart()?;
             }
