@@ -588,7 +588,8 @@ pub struct PackagesUpdateInputs {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
-    /// Total attempts including the first (at least 1). Attempts interrupted by a crash count.
+    /// Total attempts including the first (at least 1). An attempt cut short by the bot's death
+    /// or a graceful shutdown does not count (the engine caps deaths during one step separately).
     pub max_attempts: u32,
     /// Delay before the second attempt, in seconds; doubled after each failed attempt.
     pub initial_backoff_secs: f64,

@@ -31,8 +31,8 @@ use crate::fsm::{run_transition, step_transition, InvalidTransition, RunEvent, S
 use crate::step::{ProgressSink, RetryPolicy, StepContext, StepError, StepExecutor, StepSpec};
 use crate::store::{
     truncate_error, AttemptRecord, RunRecord, RunState, StepRecord, StepState, Store, StoreError,
-    OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT,
-    OUTCOME_TRANSIENT,
+    MAX_INTERRUPTED_ATTEMPTS, OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SHUTDOWN,
+    OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
 };
 
 /// What to run: a rendered plan pinned to a commit.
@@ -1277,8 +1277,8 @@ impl Inner {
     /// Begins the next attempt of step `idx` and persists it (with the previous step's success
     /// in `unsaved` and, on the drive's first write, the run's `run_event`): durable before the
     /// side effect. A step found `resumed` has its interrupted attempt closed first. When the
-    /// step's retry budget is spent, fails the run instead (persisted; the run is then
-    /// terminal).
+    /// step's retry budget is spent, or the bot died [`MAX_INTERRUPTED_ATTEMPTS`] times during
+    /// it, fails the run instead (persisted; the run is then terminal).
     async fn begin_step_attempt(
         &self,
         run: &mut RunRecord,
@@ -1314,16 +1314,29 @@ impl Inner {
                 step.state = step_transition(step.state, StepEvent::Start)?;
             }
             let max = step.spec.retry.max_attempts.max(1);
-            if step.budget_used() >= max {
-                // Reached when the bot died during the last allowed attempt (its interrupted
-                // attempt counts), so a step that crashes the bot cannot run forever.
+            let deaths = step.interrupted_attempts();
+            let spent = if step.budget_used() >= max {
+                // Defensive: the retry path below fails the run itself when the last allowed
+                // attempt fails, so a resumed step should never get here.
+                Some(format!("retry budget of {max} attempt(s) exhausted"))
+            } else if deaths >= MAX_INTERRUPTED_ATTEMPTS {
+                // The bot died during this step again and again: a step that crashes the bot
+                // must not run forever.
+                Some(format!(
+                    "the bot stopped {deaths} times while this step ran; \
+                     the step is failed so that it cannot crash the bot in a loop"
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = spent {
                 let last = step
                     .attempts
                     .iter()
                     .rev()
                     .find_map(|a| a.error.clone())
                     .unwrap_or_else(|| "no error recorded".to_string());
-                let msg = format!("{last} (retry budget of {max} attempt(s) exhausted)");
+                let msg = format!("{last} ({why})");
                 self.fail_run(run, idx, &msg, run_event)?;
                 self.persist(run, None).await?;
                 return Ok(());

@@ -15,8 +15,9 @@ use tokio::sync::{mpsc, Notify};
 
 use tkgops_domain::step::WorkloadTarget;
 use tkgops_engine::store::{
-    RunRecord, RunState, SledStore, StepState, Store, MAX_ERROR_BYTES, OUTCOME_INTERRUPTED,
-    OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
+    RunRecord, RunState, SledStore, StepState, Store, MAX_ERROR_BYTES, MAX_INTERRUPTED_ATTEMPTS,
+    OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT,
+    OUTCOME_TRANSIENT,
 };
 use tkgops_engine::{
     backoff_delay, run_transition, step_transition, Engine, EngineError, NoopObserver, RetryPolicy,
@@ -948,38 +949,100 @@ fn one_life_killed_in_s2(path: &Path) -> RunRecord {
     .unwrap()
 }
 
-/// A step that kills the bot on every attempt stops when its interrupted attempts exhaust the
-/// retry budget: the run fails with the reason, and its record stops growing.
+/// A step that kills the bot on every attempt stops once the bot died
+/// [`MAX_INTERRUPTED_ATTEMPTS`] times during it: the run fails with the reason, and its record
+/// stops growing. The deaths do not spend the step's own `max_attempts` (2 here).
 #[test]
-fn interrupted_attempts_count_against_the_retry_budget() {
+fn a_step_that_kills_the_bot_every_time_fails_at_the_interrupted_cap() {
     let dir = tempfile::tempdir().unwrap();
-    let first = one_life_killed_in_s2(dir.path());
-    assert_eq!(first.steps[1].attempts.len(), 1);
-    let second = one_life_killed_in_s2(dir.path());
-    assert_eq!(second.steps[1].attempts.len(), 2);
-    // Third life: the budget of 2 is used up by two interrupted attempts; s2 is not called again.
-    let third = one_life_killed_in_s2(dir.path());
-    assert_eq!(third.state, RunState::Failed);
+    let cap = MAX_INTERRUPTED_ATTEMPTS as usize;
+    for life in 1..=cap {
+        let run = one_life_killed_in_s2(dir.path());
+        assert_eq!(run.state, RunState::Running, "life {life}");
+        assert_eq!(run.steps[1].attempts.len(), life);
+    }
+    // The next life closes the last attempt as interrupted: the cap is reached, s2 is not
+    // called again.
+    let last = one_life_killed_in_s2(dir.path());
+    assert_eq!(last.state, RunState::Failed);
     assert_eq!(
-        states(&third),
+        states(&last),
         [
             StepState::Succeeded,
             StepState::Failed,
             StepState::Cancelled
         ]
     );
-    let outcomes: Vec<_> = third.steps[1]
+    let outcomes: Vec<_> = last.steps[1]
         .attempts
         .iter()
         .map(|a| a.outcome.clone().unwrap())
         .collect();
-    assert_eq!(outcomes, [OUTCOME_INTERRUPTED, OUTCOME_INTERRUPTED]);
+    assert_eq!(outcomes, vec![OUTCOME_INTERRUPTED; cap]);
     assert_eq!(
-        third.error.as_deref(),
-        Some("s2: attempt 2 was interrupted: the bot stopped while it ran (retry budget of 2 attempt(s) exhausted)")
+        last.error.as_deref(),
+        Some(
+            format!(
+                "s2: attempt {cap} was interrupted: the bot stopped while it ran (the bot stopped \
+                 {cap} times while this step ran; the step is failed so that it cannot crash \
+                 the bot in a loop)"
+            )
+            .as_str()
+        )
     );
-    let fourth = one_life_killed_in_s2(dir.path());
-    assert_eq!(fourth, third, "a finished run does not change on restart");
+    let again = one_life_killed_in_s2(dir.path());
+    assert_eq!(again, last, "a finished run does not change on restart");
+}
+
+/// Deaths of the bot during a step (for a reason elsewhere: another run's step, a redeploy) do
+/// not spend the step's retry budget: after 3 interrupted attempts a step with
+/// `max_attempts: 2` still retries a transient error and succeeds.
+#[test]
+fn interrupted_attempts_do_not_spend_the_retry_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..3 {
+        one_life_killed_in_s2(dir.path());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let run = rt.block_on(async {
+        let store = open_store(dir.path());
+        let ex = Scripted::new();
+        // Acts are indexed by attempt number: attempt 4 fails, attempt 5 succeeds.
+        let hang = Act::Hang;
+        ex.script(
+            "s2",
+            vec![
+                hang.clone(),
+                hang.clone(),
+                hang,
+                Act::Transient("flaky"),
+                Act::Ok,
+            ],
+        );
+        let engine = engine_with(store, ex.clone(), Arc::new(NoopObserver));
+        assert_eq!(engine.resume_all().await.unwrap(), 1);
+        engine.wait("crash").await.unwrap()
+    });
+    assert_eq!(run.state, RunState::Succeeded, "{:?}", run.error);
+    let outcomes: Vec<_> = run.steps[1]
+        .attempts
+        .iter()
+        .map(|a| a.outcome.clone().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            OUTCOME_INTERRUPTED,
+            OUTCOME_INTERRUPTED,
+            OUTCOME_INTERRUPTED,
+            OUTCOME_TRANSIENT,
+            OUTCOME_SUCCEEDED
+        ]
+    );
 }
 
 #[tokio::test]

@@ -22,8 +22,8 @@ use async_trait::async_trait;
 
 pub use records::{
     truncate_error, AttemptRecord, DeployedCommit, RunRecord, RunState, StepRecord, StepState,
-    MAX_ERROR_BYTES, OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED,
-    OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
+    MAX_ERROR_BYTES, MAX_INTERRUPTED_ATTEMPTS, OUTCOME_INTERRUPTED, OUTCOME_PERMANENT,
+    OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT, OUTCOME_TRANSIENT,
 };
 pub use sled_store::{
     FencingHandle, JournalTree, PruneReport, SledStore, TreeOp, SCHEMA_VERSION,

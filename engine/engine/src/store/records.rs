@@ -86,9 +86,17 @@ pub const OUTCOME_PERMANENT: &str = "permanent";
 /// Attempt outcome: the attempt exceeded the step's `timeout_secs` (retried like a transient error).
 pub const OUTCOME_TIMEOUT: &str = "timeout";
 /// Attempt outcome: the bot died (crash, `kill -9`, power loss) while the attempt was in flight;
-/// found on resume. Counts against the step's retry budget, so a step that crashes the bot
-/// cannot run forever.
+/// found on resume. Does not count against the step's `max_attempts` (the step did not fail:
+/// the process running it did, often for a reason elsewhere, such as another run's step or a
+/// redeploy), but against its own cap, [`MAX_INTERRUPTED_ATTEMPTS`], so a step that crashes the
+/// bot cannot run forever.
 pub const OUTCOME_INTERRUPTED: &str = "interrupted";
+
+/// How many attempts of one step may be [`OUTCOME_INTERRUPTED`] (since its last
+/// `/tkgops retry`) before the engine fails the run instead of starting another attempt: a
+/// crash-loop guard, separate from the step's `max_attempts` so that deaths of the process
+/// during an innocent step do not spend the retries its own errors need.
+pub const MAX_INTERRUPTED_ATTEMPTS: u32 = 10;
 /// Attempt outcome: a graceful engine shutdown (SIGTERM, redeploy) cut the attempt short after
 /// its grace period. Does not count against the retry budget.
 pub const OUTCOME_SHUTDOWN: &str = "shutdown";
@@ -112,9 +120,13 @@ pub struct AttemptRecord {
 
 impl AttemptRecord {
     /// Whether this attempt counts towards the step's `max_attempts`: every attempt, finished
-    /// or in flight, except one cut short by a graceful shutdown ([`OUTCOME_SHUTDOWN`]).
+    /// or in flight, except one cut short by a graceful shutdown ([`OUTCOME_SHUTDOWN`]) or by
+    /// the bot's death ([`OUTCOME_INTERRUPTED`], capped by [`MAX_INTERRUPTED_ATTEMPTS`]).
     pub fn consumes_budget(&self) -> bool {
-        self.outcome.as_deref() != Some(OUTCOME_SHUTDOWN)
+        !matches!(
+            self.outcome.as_deref(),
+            Some(OUTCOME_SHUTDOWN | OUTCOME_INTERRUPTED)
+        )
     }
 }
 
@@ -190,14 +202,27 @@ impl StepRecord {
         }
     }
 
-    /// Number of attempts that count towards `spec.retry.max_attempts` (all but those cut short
-    /// by a graceful shutdown).
+    /// Number of attempts since the last `/tkgops retry` that count towards
+    /// `spec.retry.max_attempts` (all but those cut short by a graceful shutdown or by the
+    /// bot's death; see [`AttemptRecord::consumes_budget`]).
     pub fn budget_used(&self) -> u32 {
+        self.attempts_since_retry()
+            .filter(|a| a.consumes_budget())
+            .count() as u32
+    }
+
+    /// Number of attempts since the last `/tkgops retry` that the bot's death interrupted
+    /// ([`OUTCOME_INTERRUPTED`]); compared with [`MAX_INTERRUPTED_ATTEMPTS`].
+    pub fn interrupted_attempts(&self) -> u32 {
+        self.attempts_since_retry()
+            .filter(|a| a.outcome.as_deref() == Some(OUTCOME_INTERRUPTED))
+            .count() as u32
+    }
+
+    fn attempts_since_retry(&self) -> impl Iterator<Item = &AttemptRecord> {
         self.attempts
             .iter()
             .skip(self.attempts_before_retry as usize)
-            .filter(|a| a.consumes_budget())
-            .count() as u32
     }
 }
 

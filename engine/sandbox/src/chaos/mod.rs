@@ -276,8 +276,8 @@ fn inject_fault(t: &Targets<'_>, rng: &mut StdRng) -> String {
         ),
     }
     };
-    // Once each: a step retries within its budget (5 attempts), which interrupted attempts
-    // (the kills) also spend.
+    // Once each: a step retries within its budget (5 attempts); faults repeated up to 3 times
+    // exhausted it once the retries of several faults met in one step.
     let times = Some(1);
     let draw = rng.gen_range(0..14);
     match draw {
