@@ -221,6 +221,71 @@ async fn hand_changes_to_the_topology_and_the_tmc_group_are_reported_as_drift() 
     bot.stop().await;
 }
 
+/// With `driftScanInterval: 1h` no scan runs during the test on the interval: a hand scale of
+/// the Cluster with `kubectl` shows on the dashboard within seconds because the shared Cluster
+/// watch wakes a scan of that cluster; scaling it back by hand wakes another, which finds it
+/// clean again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hand_change_of_the_cluster_wakes_a_scan_long_before_the_interval() {
+    let Some(kubectl) = crate::kubectl::kubectl() else {
+        panic!("kubectl is needed: the hand change is made with the real kubectl");
+    };
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot = DriftBot::start(&env, &timings, Duration::from_secs(3600)).await;
+    let (_, files) = request_files(None, &env.vpc);
+    create_through_a_pull_request(&env, &files).await;
+
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let clusters = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    let live = mgmt.get(&clusters, Some("default"), CLUSTER).unwrap();
+    let md = &live["spec"]["topology"]["workers"]["machineDeployments"][0];
+    let (md_name, replicas) = (
+        md["name"].as_str().unwrap().to_string(),
+        md["replicas"].as_i64().unwrap(),
+    );
+    let md_field = format!("spec.topology.workers.machineDeployments[{md_name}].replicas");
+    // The wake-up watches the cluster once its create is recorded as deployed.
+    let mut watching = bot.bot.drift_watching();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        watching.wait_for(|w| w.contains(CLUSTER)),
+    )
+    .await
+    .expect("the drift wake-up watches the deployed cluster")
+    .unwrap();
+    assert!(
+        bot.bot.journal().drift_scan().await.unwrap().is_none(),
+        "no scan yet: the create's own changes woke none"
+    );
+    scale_by_hand(&kubectl, &env, replicas + 2).await;
+    let body = dashboard_until(&env, "the hand scale, from a woken scan", |b| {
+        b.contains(&md_field)
+    })
+    .await;
+    let row = body
+        .lines()
+        .find(|l| l.contains(&md_field))
+        .unwrap_or_else(|| panic!("no row for {md_field}:\n{body}"));
+    assert!(
+        row.starts_with(&format!("| `{CLUSTER}`")) && row.contains(&format!("| `{replicas}` |")),
+        "{row}"
+    );
+    assert_eq!(bot.drift_clusters(), "1");
+    let scan = bot.bot.journal().drift_scan().await.unwrap().unwrap();
+    assert!(scan.failed.is_empty(), "{scan:?}");
+
+    // Back as Git says, by hand: a second change wakes a scan that finds the cluster clean.
+    scale_by_hand(&kubectl, &env, replicas).await;
+    let body = dashboard_until(&env, "the drift cleared by a woken scan", |b| {
+        b.contains("### Drift") && !b.contains(&md_field)
+    })
+    .await;
+    assert!(!body.contains("| Cluster | Object |"), "{body}");
+    assert_eq!(bot.drift_clusters(), "0");
+    bot.stop().await;
+}
+
 /// The example request's files with `driftPolicy: revert` in its `tkgops.yaml`.
 fn revert_files(env: &Environment) -> Vec<(String, String)> {
     let (_, mut files) = request_files(None, &env.vpc);

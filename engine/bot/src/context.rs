@@ -66,6 +66,17 @@ pub struct Context {
     /// When the last drift scan ended (or the scans were turned on): the next is due one
     /// interval later.
     pub(crate) drift_last: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// The deployed clusters the drift wake-up watches ([`crate::drift_watch`]), kept up to
+    /// date by the drift reconciler.
+    pub(crate) drift_targets: tokio::sync::watch::Sender<crate::drift_watch::Targets>,
+    /// The deployed commit each of `drift_targets` was read at.
+    pub(crate) drift_target_commits: std::sync::Mutex<BTreeMap<String, String>>,
+    /// The clusters a Cluster change woke, for the drift reconciler's next run.
+    pub(crate) drift_woken: Arc<crate::drift_watch::Woken>,
+    /// Notified by the drift wake-up: the bot's loop enqueues the drift key.
+    pub(crate) drift_wake: Arc<tokio::sync::Notify>,
+    /// The clusters the drift wake-up watches ([`crate::Bot::drift_watching`]).
+    pub(crate) drift_watching: Arc<tokio::sync::watch::Sender<BTreeSet<String>>>,
 }
 
 /// One observation of GitHub and the default branch, made by the sync reconciler: what the

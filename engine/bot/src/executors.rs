@@ -129,6 +129,18 @@ impl Executors {
         self.current().probe_cluster(inputs).await
     }
 
+    /// The Cluster changes on the management cluster of `target`, from the current Kubernetes
+    /// provider's shared Cluster watch ([`tkgops_providers::kube::KubeProvider::cluster_changes`]):
+    /// what wakes the drift scan.
+    ///
+    /// Errors: the provider's [`StepError`]s (unknown management cluster, bad kubeconfig).
+    pub async fn cluster_changes(
+        &self,
+        target: &WorkloadTarget,
+    ) -> Result<tkgops_providers::kube::drift::ClusterChanges, StepError> {
+        self.current().cluster_changes(target).await
+    }
+
     /// The drift scan's read of the packages of a `packages.rollout` step's `inputs` on the
     /// workload cluster ([`tkgops_providers::kube::KubeProvider::probe_packages`]).
     ///

@@ -84,6 +84,61 @@ impl ConfigRepo {
         })
     }
 
+    /// Removes the lock files a process killed in the middle of a write left in the mirror
+    /// (`refs/**.lock`, `logs/**.lock`, and `HEAD.lock`, `config.lock`, `packed-refs.lock` at
+    /// the top): libgit2, like git, refuses to write a ref whose `.lock` file exists, so a kill
+    /// at the wrong instant would otherwise fail every later pin or fetch of that ref for good
+    /// (found by the chaos harness: a SIGKILL during the trusted-policy pin). Returns the removed
+    /// paths, relative to the mirror.
+    ///
+    /// Call it only while this process is the mirror's one writer: after the journal of the same
+    /// state directory is open (sled holds it exclusively) and, with leader election, the Lease
+    /// is held.
+    ///
+    /// Errors: [`GitError::Git`] when a directory cannot be read or a lock file removed.
+    pub fn remove_stale_locks(&self) -> Result<Vec<String>, GitError> {
+        fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let path = entry?.path();
+                if path.is_dir() {
+                    walk(&path, root, out)?;
+                } else if path.extension().is_some_and(|x| x == "lock") {
+                    std::fs::remove_file(&path)?;
+                    let rel = path.strip_prefix(root).unwrap_or(&path);
+                    out.push(rel.display().to_string());
+                }
+            }
+            Ok(())
+        }
+        let _repo = self.repo()?;
+        let io = |e: std::io::Error| GitError::Git {
+            op: "remove stale lock files".into(),
+            source: git2::Error::from_str(&e.to_string()),
+        };
+        let mut removed = Vec::new();
+        for dir in ["refs", "logs"] {
+            walk(&self.path.join(dir), &self.path, &mut removed).map_err(io)?;
+        }
+        for top in [
+            "HEAD.lock",
+            "config.lock",
+            "packed-refs.lock",
+            "FETCH_HEAD.lock",
+        ] {
+            let path = self.path.join(top);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(io)?;
+                removed.push(top.to_string());
+            }
+        }
+        Ok(removed)
+    }
+
     /// Whether the remote is reached over HTTPS (and needs a token).
     pub fn is_https(&self) -> bool {
         self.remote_url.starts_with("https://")
@@ -758,6 +813,28 @@ impl ConfigRepo {
 mod tests {
     use super::*;
     use crate::{HeadSha, MergeSha};
+
+    /// A kill during a ref write leaves its `.lock` file: every later write of that ref fails
+    /// until the lock is removed at the next start.
+    #[test]
+    fn a_stale_ref_lock_blocks_the_pin_until_it_is_removed() {
+        let f = Fixture::new();
+        let c0 = f.commit(&[], "a", "1", ("x", 1), "c0");
+        f.mirror.pin("trusted-policy", &c0.to_string()).unwrap();
+        let lock = f._dir.path().join("refs/tkgops/trusted-policy.lock");
+        std::fs::write(&lock, "").unwrap();
+        let err = f.mirror.pin("trusted-policy", &c0.to_string()).unwrap_err();
+        assert!(err.to_string().contains("lock"), "{err}");
+        std::fs::write(f._dir.path().join("packed-refs.lock"), "").unwrap();
+        let removed = f.mirror.remove_stale_locks().unwrap();
+        assert_eq!(
+            removed,
+            ["refs/tkgops/trusted-policy.lock", "packed-refs.lock"]
+        );
+        assert!(!lock.exists());
+        f.mirror.pin("trusted-policy", &c0.to_string()).unwrap();
+        assert!(f.mirror.remove_stale_locks().unwrap().is_empty());
+    }
 
     /// A bare repository with `main` = c0, and helpers to commit on top of a commit.
     struct Fixture {

@@ -41,6 +41,7 @@ pub mod approval;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod drift_watch;
 pub mod executors;
 pub mod gitops;
 pub mod history;
@@ -143,6 +144,15 @@ pub struct Bot {
     queue: std::sync::Mutex<scheduler::Scheduler<reconcile::Key>>,
 }
 
+/// Aborts a background task when dropped (the drift wake-up ends with [`Bot::run`]).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Bot {
     /// Assembles a bot from its parts.
     pub fn new(parts: BotParts) -> Bot {
@@ -182,6 +192,11 @@ impl Bot {
             tkr_of_deployed: Default::default(),
             drift_interval: Default::default(),
             drift_last: Default::default(),
+            drift_targets: tokio::sync::watch::channel(Default::default()).0,
+            drift_target_commits: Default::default(),
+            drift_woken: Default::default(),
+            drift_wake: Default::default(),
+            drift_watching: Arc::new(tokio::sync::watch::channel(Default::default()).0),
         };
         Bot {
             cx,
@@ -206,6 +221,15 @@ impl Bot {
             .unwrap_or_else(|e| e.into_inner()) = interval;
         *self.cx.drift_last.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(tokio::time::Instant::now());
+    }
+
+    /// The deployed clusters whose Cluster the drift wake-up watches ([`drift_watch`]): a
+    /// change of one of them outside tkgops wakes a drift scan of it. Empty while drift scans
+    /// are off or [`Bot::run`] is not running.
+    pub fn drift_watching(
+        &self,
+    ) -> tokio::sync::watch::Receiver<std::collections::BTreeSet<String>> {
+        self.cx.drift_watching.subscribe()
     }
 
     /// The state of the bot's HTTP server: webhooks verified with `webhook_secret` (`None`
@@ -377,6 +401,21 @@ impl Bot {
             ),
             Err(e) => warn!(error = %e, "reading unpublished run results failed"),
         }
+        // The drift scan's wake-up from the shared Cluster watches, while drift scans are on.
+        let drift_watch = self.cx.drift_interval().map(|_| {
+            let task = tokio::spawn(
+                drift_watch::DriftWatch {
+                    executors: self.cx.executors.clone(),
+                    store: self.cx.store.clone(),
+                    targets: self.cx.drift_targets.subscribe(),
+                    woken: self.cx.drift_woken.clone(),
+                    notify: self.cx.drift_wake.clone(),
+                    watching: self.cx.drift_watching.clone(),
+                }
+                .run(),
+            );
+            AbortOnDrop(task)
+        });
         let mut next_sync = tokio::time::Instant::now();
         loop {
             // A stop requested while the last poll ran: take no new work.
@@ -416,8 +455,13 @@ impl Bot {
                 _ = tokio::time::sleep_until(wake_at) => {}
                 // A webhook is a hint: sync at once (state is re-read through the API).
                 _ = self.cx.wake.notified() => next_sync = tokio::time::Instant::now(),
+                // A deployed cluster's Cluster changed outside tkgops: scan it now.
+                _ = self.cx.drift_wake.notified() => {
+                    self.enqueue(reconcile::Key::Drift, tokio::time::Instant::now());
+                }
             }
         }
+        drop(drift_watch);
         info!("shutting down: draining in-flight steps");
         self.cx.engine.shutdown(grace).await;
     }

@@ -176,9 +176,15 @@ async fn build_bot(
     // git2 and sled open files and may wait for disk: off the async workers.
     let (git, store) = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&state_dir).map_err(|e| ServeError::Store(e.to_string()))?;
-        let git = ConfigRepo::open(&state_dir.join("config.git"), &clone_url, git_token)?;
+        // The journal first: sled holds it exclusively, so from here this process is the only
+        // writer of the state directory, and the mirror's stale lock files (a write cut by a
+        // kill) can be removed.
         let store = SledStore::open(&state_dir.join("journal"))
             .map_err(|e| ServeError::Store(e.to_string()))?;
+        let git = ConfigRepo::open(&state_dir.join("config.git"), &clone_url, git_token)?;
+        for lock in git.remove_stale_locks()? {
+            tracing::warn!(%lock, "removed a stale lock file from the git mirror (a write cut short by a kill)");
+        }
         Ok::<_, ServeError>((git, store))
     })
     .await

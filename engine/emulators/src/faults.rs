@@ -213,6 +213,11 @@ impl Faults {
         self.rules.lock().expect("fault table poisoned").push(fault);
     }
 
+    /// How many injected faults have not fired (all their times) yet.
+    pub fn armed(&self) -> usize {
+        self.rules.lock().expect("fault table poisoned").len()
+    }
+
     /// Removes every injected fault (the request log is kept).
     pub fn clear(&self) {
         self.rules.lock().expect("fault table poisoned").clear();

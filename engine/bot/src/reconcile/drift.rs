@@ -203,15 +203,30 @@ impl DriftReconciler<'_> {
         let Some(interval) = self.drift_interval() else {
             return Ok(Action::AwaitChange.into());
         };
+        self.refresh_targets().await?;
+        let woken = self.drift_woken.take();
         let now = tokio::time::Instant::now();
         let last = *self.drift_last.lock().unwrap_or_else(|e| e.into_inner());
-        let next = match last {
-            Some(last) if now < last + interval => last + interval - now,
+        let (next, scanned) = match last {
+            Some(last) if now < last + interval => {
+                // Woken by a Cluster change (crate::drift_watch): those clusters only.
+                if !woken.is_empty() {
+                    info!(clusters = ?woken, "drift scan woken by a Cluster change");
+                    if let Err(e) = self.scan(interval, Some(&woken)).await {
+                        self.drift_woken.add(woken);
+                        return Err(e);
+                    }
+                }
+                (last + interval - now, !woken.is_empty())
+            }
             _ => {
-                self.scan(interval).await?;
+                if let Err(e) = self.scan(interval, None).await {
+                    self.drift_woken.add(woken);
+                    return Err(e);
+                }
                 *self.drift_last.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(tokio::time::Instant::now());
-                interval
+                (interval, true)
             }
         };
         // While a revert runs, its step table on the dashboard is refreshed.
@@ -223,12 +238,77 @@ impl DriftReconciler<'_> {
         }
         Ok(Outcome {
             action: Action::requeue(next),
-            enqueue: if next == interval {
+            enqueue: if scanned {
                 vec![Key::Dashboard]
             } else {
                 Vec::new()
             },
         })
+    }
+
+    /// Keeps the drift wake-up's targets ([`crate::drift_watch`]) to the deployed clusters of
+    /// the default branch's tip: each one's Cluster as the create workflow renders it at its
+    /// deployed commit (read again only when that commit changes). The listener is told only
+    /// when the targets changed.
+    ///
+    /// Errors: [`BotError`] when the tip, a deployed commit or the engine's store cannot be read.
+    async fn refresh_targets(&self) -> Result<(), BotError> {
+        let tip = self.observed().tip.clone();
+        if tip.is_empty() {
+            return Ok(());
+        }
+        let git = self.git.clone();
+        let names = blocking(move || git.list_dirs(&tip, "clusters")).await?;
+        let known = self.drift_targets.borrow().clone();
+        let commits = self
+            .drift_target_commits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut targets = crate::drift_watch::Targets::new();
+        let mut read_at = std::collections::BTreeMap::new();
+        for name in names {
+            let Some(deployed) = self
+                .store
+                .deployed(&name)
+                .await
+                .map_err(|e| BotError::Store(e.to_string()))?
+            else {
+                continue;
+            };
+            let commit = deployed.commit_sha;
+            let target = match (commits.get(&name), known.get(&name)) {
+                (Some(c), Some(t)) if *c == commit => Some(t.clone()),
+                _ => {
+                    let (git, catalog, repository) = (
+                        self.git.clone(),
+                        self.catalog.clone(),
+                        self.full_name.clone(),
+                    );
+                    let (n, c) = (name.clone(), commit.clone());
+                    blocking(move || wanted_at(&git, &catalog, &repository, &c, &n))
+                        .await?
+                        .and_then(|w| w.cluster)
+                        .map(|k| k.target)
+                }
+            };
+            if let Some(t) = target {
+                targets.insert(name.clone(), t);
+                read_at.insert(name, commit);
+            }
+        }
+        *self
+            .drift_target_commits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = read_at;
+        self.drift_targets.send_if_modified(|t| {
+            let changed = *t != targets;
+            if changed {
+                *t = targets;
+            }
+            changed
+        });
+        Ok(())
     }
 
     /// Whether a revert run the journal knows is not finished yet.
@@ -330,11 +410,18 @@ impl DriftReconciler<'_> {
         Ok(())
     }
 
-    /// One scan of every deployed cluster of the default branch's tip (module docs); a cluster
-    /// under `driftPolicy: revert` gets a revert run ([`Self::revert`], `interval` apart).
+    /// One scan of every deployed cluster of the default branch's tip (module docs), or of
+    /// the deployed clusters among `only` (a scan woken by a Cluster change,
+    /// [`crate::drift_watch`]); a cluster under `driftPolicy: revert` gets a revert run
+    /// ([`Self::revert`], `interval` apart). A scan of `only` keeps the other clusters' records
+    /// and the last full scan's count.
     ///
     /// Errors: [`BotError`] when the tip, the journal or the engine's store cannot be read.
-    pub(crate) async fn scan(&self, interval: std::time::Duration) -> Result<(), BotError> {
+    pub(crate) async fn scan(
+        &self,
+        interval: std::time::Duration,
+        only: Option<&BTreeSet<String>>,
+    ) -> Result<(), BotError> {
         let tip = self.observed().tip.clone();
         if tip.is_empty() {
             return Ok(());
@@ -347,6 +434,9 @@ impl DriftReconciler<'_> {
         let mut failed = Vec::new();
         let mut seen = BTreeSet::new();
         for name in names {
+            if only.is_some_and(|o| !o.contains(&name)) {
+                continue;
+            }
             let Some(deployed) = self
                 .store
                 .deployed(&name)
@@ -387,20 +477,32 @@ impl DriftReconciler<'_> {
         }
         // Clusters no longer deployed (or no longer in Git) have no drift to show.
         for r in self.journal.drifts().await? {
-            if !seen.contains(&r.cluster) {
+            if !seen.contains(&r.cluster) && only.is_none_or(|o| o.contains(&r.cluster)) {
                 self.journal.clear_drift(&r.cluster).await?;
             }
         }
         let drifted = self.journal.drifts().await?.len();
         self.metrics.set_drift_clusters(drifted as i64);
         info!(clusters = compared, drifted, "drift scan done");
-        self.journal
-            .set_drift_scan(&DriftScan {
+        let scan = match (only, self.journal.drift_scan().await?) {
+            // A woken scan: the last full scan's count; the woken clusters' failures replaced.
+            (Some(o), Some(prev)) => DriftScan {
+                at,
+                clusters: prev.clusters,
+                failed: prev
+                    .failed
+                    .into_iter()
+                    .filter(|(c, _)| !o.contains(c))
+                    .chain(failed)
+                    .collect(),
+            },
+            _ => DriftScan {
                 at,
                 clusters: compared,
                 failed,
-            })
-            .await?;
+            },
+        };
+        self.journal.set_drift_scan(&scan).await?;
         Ok(())
     }
 

@@ -168,3 +168,63 @@ impl KubeProvider {
         Ok(out)
     }
 }
+
+/// The changes of the Clusters on one management cluster, for the drift scan's wake-up: read
+/// from the provider's shared watch of `cluster.x-k8s.io` Clusters (the one the waits read, so
+/// no second watch; docs/drift.md), with each Cluster's `metadata.generation`, which the API
+/// server bumps on a change of its `spec` (a hand scale, a `kubectl edit`) and not on a status
+/// update. Holding it keeps the watch running.
+pub struct ClusterChanges {
+    watch: std::sync::Arc<super::watch::SharedWatch>,
+    any: tokio::sync::watch::Receiver<u64>,
+}
+
+impl std::fmt::Debug for ClusterChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterChanges")
+            .field("ready", &self.watch.ready())
+            .finish()
+    }
+}
+
+impl ClusterChanges {
+    /// Waits for the next change of any Cluster on the management cluster (status updates
+    /// included: the caller compares generations). Returns `false` when the watch ended (its
+    /// provider was replaced and nothing else holds it), `true` otherwise.
+    pub async fn changed(&mut self) -> bool {
+        self.any.changed().await.is_ok()
+    }
+
+    /// Whether the watch has listed the Clusters once (before, [`Self::generation`] knows
+    /// none).
+    pub fn ready(&self) -> bool {
+        self.watch.ready()
+    }
+
+    /// The `metadata.generation` of Cluster `namespace/name` as the watch last saw it: `None`
+    /// when the watch does not have it (not listed yet, or no such Cluster), `Some(0)` for a
+    /// Cluster without a generation.
+    pub fn generation(&self, namespace: &str, name: &str) -> Option<i64> {
+        self.watch
+            .get(namespace, name)
+            .map(|v| v["metadata"]["generation"].as_i64().unwrap_or(0))
+    }
+}
+
+impl KubeProvider {
+    /// The changes of the Clusters on the management cluster of `target` (all namespaces),
+    /// from the provider's shared Cluster watch, started if no wait started it yet.
+    ///
+    /// Errors: as [`KubeProvider::management_client_with`] (unknown management cluster,
+    /// unreadable kubeconfig).
+    pub async fn cluster_changes(
+        &self,
+        target: &crate::WorkloadTarget,
+    ) -> Result<ClusterChanges, StepError> {
+        let watch = self
+            .management_watch(target, &cluster::cluster_resource())
+            .await?;
+        let any = watch.subscribe_all();
+        Ok(ClusterChanges { watch, any })
+    }
+}

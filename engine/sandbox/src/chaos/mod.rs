@@ -398,6 +398,15 @@ fn inject_fault(t: &Targets<'_>, rng: &mut StdRng) -> String {
             "tmc",
             Fault::new(None, "/v1alpha1/clusters", status(503), times),
         ),
+        // A 401 stands for an expired token: the client refreshes it and retries once. Two
+        // armed at once would answer the retry with the fresh token a 401 too, which the real
+        // TMC does only for revoked credentials (a permanent failure, rightly): while a TMC
+        // fault is armed, a 503 instead.
+        _ if env.tmc.faults().armed() > 0 => (
+            "tmc 503",
+            "tmc",
+            Fault::new(None, "/v1alpha1/clusters", status(503), times),
+        ),
         _ => (
             "tmc 401 (token expired)",
             "tmc",
