@@ -519,3 +519,111 @@ async fn under_the_revert_policy_a_changed_and_a_deleted_package_install_are_rep
     assert_eq!(bot.drift_clusters(), "0");
     bot.stop().await;
 }
+
+/// A bot killed in the middle of a revert run, right after the revert's forced Cluster apply
+/// and before the engine journaled it (the test-only `tkgops-crashpoint`, README "Kills between a
+/// side effect and its journal write"), resumes that same revert run at its next start: one
+/// revert run in the journal, its `apply-cluster` attempts `interrupted` then `succeeded`, the
+/// Cluster back as Git says, changed by tkgops's applies only twice (the create's and the
+/// revert's: the resumed apply changed nothing), and the revert's success on the dashboard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bot_killed_in_the_middle_of_a_revert_resumes_the_same_revert_run() {
+    use std::os::unix::process::ExitStatusExt;
+    use tkgops_engine::store::{
+        RunFilter, SledStore, Store, OUTCOME_INTERRUPTED, OUTCOME_SUCCEEDED,
+    };
+    use tkgops_sandbox::crashpoint::{ABORT_LINE, ENV_POINTS, ENV_STATE_DIR};
+
+    let Some(kubectl) = crate::kubectl::kubectl() else {
+        panic!("kubectl is needed: the hand change is made with the real kubectl");
+    };
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bin = crate::support::crashpoint_bin();
+    let mut cfg = env.bot_config(&timings);
+    cfg.drift_scan_interval = Duration::from_secs(1);
+    // The create's Cluster apply is the first match, the revert's the second.
+    let point = "after:team-a-prod/apply-cluster:2";
+    let state = env.workdir.join("crash-points");
+    let crash_env = [
+        (ENV_POINTS, point),
+        (ENV_STATE_DIR, state.to_str().unwrap()),
+    ];
+    let mut bot = crate::support::spawn_serve(&bin, &env, &cfg, "0", &crash_env);
+    create_through_a_pull_request(&env, &revert_files(&env)).await;
+
+    let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
+    let clusters = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
+    let replicas_of = || {
+        mgmt.get(&clusters, Some("default"), CLUSTER).unwrap()["spec"]["topology"]["workers"]
+            ["machineDeployments"][0]["replicas"]
+            .as_i64()
+            .unwrap()
+    };
+    let replicas = replicas_of();
+    scale_by_hand(&kubectl, &env, replicas + 2).await;
+
+    // The revert's forced apply ran, then the process aborted before the journal write.
+    let status = tokio::time::timeout(Duration::from_secs(120), bot.wait()).await;
+    let log = std::fs::read_to_string(env.workdir.join("bot-0.log")).unwrap_or_default();
+    let status = status
+        .unwrap_or_else(|_| panic!("the bot did not reach {point} in the revert:\n{log}"))
+        .unwrap();
+    assert_eq!(status.signal(), Some(6), "SIGABRT: {status}\n{log}");
+    assert!(log.contains(&format!("{ABORT_LINE} {point}")), "{log}");
+    assert_eq!(
+        replicas_of(),
+        replicas,
+        "the forced apply ran before the kill"
+    );
+
+    let mut bot = crate::support::spawn_serve(&bin, &env, &cfg, "1", &crash_env);
+    dashboard_until(&env, "the resumed revert run succeeded", |b| {
+        b.contains(&format!("#### Revert of `{CLUSTER}`")) && b.contains("✅ succeeded")
+    })
+    .await;
+    crate::support::sigterm(&bot);
+    let status = tokio::time::timeout(Duration::from_secs(15), bot.wait())
+        .await
+        .expect("the bot did not stop on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+
+    assert_eq!(replicas_of(), replicas);
+    let changing_applies = mgmt
+        .writes()
+        .into_iter()
+        .filter(|w| {
+            w.verb == "apply"
+                && w.gvr.plural == "clusters"
+                && w.name == CLUSTER
+                && !w.dry_run
+                && w.changed
+                && w.field_manager.as_deref() == Some("tkgops")
+        })
+        .count();
+    assert_eq!(
+        changing_applies, 2,
+        "the create's and the revert's, once each"
+    );
+
+    // Every process is gone: the journal can be opened.
+    let store = SledStore::open(&env.workdir.join("bot-state/journal")).unwrap();
+    let runs = store.list_runs(&RunFilter::default()).await.unwrap();
+    let reverts: Vec<_> = runs
+        .iter()
+        .filter(|r| r.workflow == tkgops::reconcile::drift::REVERT_WORKFLOW)
+        .collect();
+    assert_eq!(reverts.len(), 1, "one revert run, resumed: {reverts:?}");
+    let apply = reverts[0]
+        .steps
+        .iter()
+        .find(|s| s.spec.id == "apply-cluster")
+        .expect("the revert's apply-cluster step");
+    let outcomes: Vec<_> = apply
+        .attempts
+        .iter()
+        .map(|a| a.outcome.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(outcomes, [OUTCOME_INTERRUPTED, OUTCOME_SUCCEEDED]);
+}

@@ -181,8 +181,9 @@ pub struct BotConfig {
     /// (its Cluster's topology by a server-side dry run, its TMC cluster, its PackageInstalls):
     /// drift is shown on the fleet dashboard issue, in plans and in `tkgops_drift_clusters`, and
     /// reverted for clusters with `driftPolicy: revert` (humantime; default 10m; `0s` or `null`
-    /// turns the scans off). The first scan runs one interval after start; a cluster's reverts
-    /// are at least one interval apart.
+    /// turns the scans off). The first scan runs one interval after start; between scans, a
+    /// change of a deployed Cluster outside tkgops wakes a scan of that cluster within seconds
+    /// (docs/drift.md). A cluster's reverts are at least one interval apart.
     #[serde(default = "default_drift_scan_interval", with = "drift_interval_serde")]
     #[schemars(with = "Option<String>")]
     pub drift_scan_interval: Duration,
