@@ -623,15 +623,7 @@ pub(crate) async fn create_through_a_pull_request(
     env: &tkgops_sandbox::Environment,
     files: &[(String, String)],
 ) {
-    let pr = env
-        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", files)
-        .unwrap();
-    let head = head_of(env, "add-team-a-prod");
-    env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
-        .await
-        .unwrap();
-    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
-    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    let (pr, _, merge) = crate::e2e::merge_create_with(env, files).await;
     let apply = env
         .wait_status(&merge, "tkgops/apply", Duration::from_secs(180))
         .await

@@ -297,6 +297,20 @@ fn revert_files(env: &Environment) -> Vec<(String, String)> {
     files
 }
 
+/// The sandbox and the bot (scanning every second) with team-a-prod created under
+/// `driftPolicy: revert`, after a first clean scan of it.
+async fn revert_sandbox() -> (Environment, DriftBot) {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot = DriftBot::start(&env, &timings, Duration::from_secs(1)).await;
+    create_through_a_pull_request(&env, &revert_files(&env)).await;
+    dashboard_until(&env, "a clean scan of the cluster", |b| {
+        b.contains("No drift: 1 deployed cluster(s) compared")
+    })
+    .await;
+    (env, bot)
+}
+
 /// A TMC client on the emulator, as a user would use it.
 fn tmc_client(env: &Environment) -> TmcClient {
     TmcClient::new(TmcSettings {
@@ -342,14 +356,7 @@ async fn under_the_revert_policy_a_revert_run_restores_the_topology_and_the_tmc_
     let Some(kubectl) = crate::kubectl::kubectl() else {
         panic!("kubectl is needed: the hand change is made with the real kubectl");
     };
-    let timings = Timings::default();
-    let env = start_env(&timings).await;
-    let bot = DriftBot::start(&env, &timings, Duration::from_secs(1)).await;
-    create_through_a_pull_request(&env, &revert_files(&env)).await;
-    dashboard_until(&env, "a clean scan of the cluster", |b| {
-        b.contains("No drift: 1 deployed cluster(s) compared")
-    })
-    .await;
+    let (env, bot) = revert_sandbox().await;
 
     // A hand scale with kubectl (its field manager takes the field over) and a TMC group move.
     let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
@@ -394,14 +401,7 @@ async fn under_the_revert_policy_a_revert_run_restores_the_topology_and_the_tmc_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn under_the_revert_policy_a_deleted_cluster_is_reported_and_never_created() {
-    let timings = Timings::default();
-    let env = start_env(&timings).await;
-    let bot = DriftBot::start(&env, &timings, Duration::from_secs(1)).await;
-    create_through_a_pull_request(&env, &revert_files(&env)).await;
-    dashboard_until(&env, "a clean scan of the cluster", |b| {
-        b.contains("No drift: 1 deployed cluster(s) compared")
-    })
-    .await;
+    let (env, bot) = revert_sandbox().await;
 
     let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
     let clusters = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
@@ -444,14 +444,7 @@ async fn under_the_revert_policy_a_changed_and_a_deleted_package_install_are_rep
     let Some(kubectl) = crate::kubectl::kubectl() else {
         panic!("kubectl is needed: the hand change is made with the real kubectl");
     };
-    let timings = Timings::default();
-    let env = start_env(&timings).await;
-    let bot = DriftBot::start(&env, &timings, Duration::from_secs(1)).await;
-    create_through_a_pull_request(&env, &revert_files(&env)).await;
-    dashboard_until(&env, "a clean scan of the cluster", |b| {
-        b.contains("No drift: 1 deployed cluster(s) compared")
-    })
-    .await;
+    let (env, bot) = revert_sandbox().await;
 
     let workload = env.kube.cluster(CLUSTER).expect("workload cluster");
     let pkgis = Gvr::new("packaging.carvel.dev", "v1alpha1", "packageinstalls");

@@ -100,8 +100,16 @@ pub(crate) fn spawn_serve(env: &Environment, timings: &Timings) -> tokio::proces
 /// merges it. Returns the pull request, its head commit and the merge commit.
 pub(crate) async fn merge_create(env: &Environment) -> (u64, String, String) {
     let (_, files) = request_files(None, &env.vpc);
+    merge_create_with(env, &files).await
+}
+
+/// As [`merge_create`], with the request's `files`.
+pub(crate) async fn merge_create_with(
+    env: &Environment,
+    files: &[(String, String)],
+) -> (u64, String, String) {
     let pr = env
-        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
+        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", files)
         .unwrap();
     let head = head_of(env, "add-team-a-prod");
     assert_eq!(
@@ -435,18 +443,7 @@ async fn failed_package_surfaces_kapp_controller_error_on_the_pr() {
         FaultAction::RetryAfter { code: 429, secs: 1 },
         Some(1),
     ));
-    let pr = env
-        .open_pull_request("add-team-a-prod", "Add cluster team-a-prod", &files)
-        .unwrap();
-    let head = head_of(&env, "add-team-a-prod");
-    assert_eq!(
-        env.wait_status(&head, "tkgops/plan", Duration::from_secs(60))
-            .await
-            .unwrap(),
-        "success"
-    );
-    env.github.submit_review(pr, APPROVER, "APPROVED").unwrap();
-    let merge = env.github.merge_pull_request(pr, APPROVER).unwrap();
+    let (pr, _, merge) = merge_create_with(&env, &files).await;
     // kapp-controller retries a failing PackageInstall, and so does tkgops, for TKG's
     // PACKAGE_INSTALL_TIMEOUT (10 min) before the run fails.
     let apply = env

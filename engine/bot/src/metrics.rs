@@ -175,131 +175,142 @@ impl Default for Metrics {
     }
 }
 
+/// Registers `metric` in `r` under `name` with `help` and returns it (a metric is a shared
+/// handle: the registry and the returned value update the same series).
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     /// A registry with every metric of the bot, all at zero (the optional gauges absent).
     pub fn new() -> Metrics {
         let mut r = Registry::default();
-        let runs_started = Family::<WorkflowLabels, Counter>::default();
-        r.register(
+        let runs_started = registered(
+            &mut r,
             "tkgops_runs_started",
             "Runs whose first step began, by workflow",
-            runs_started.clone(),
+            Family::<WorkflowLabels, Counter>::default(),
         );
-        let runs_finished = Family::<RunOutcomeLabels, Counter>::default();
-        r.register(
+        let runs_finished = registered(
+            &mut r,
             "tkgops_runs_finished",
             "Runs that reached a terminal state, by workflow and outcome (succeeded, failed, cancelled)",
-            runs_finished.clone(),
+            Family::<RunOutcomeLabels, Counter>::default(),
         );
-        let step_duration: HistogramFamily<StepLabels> =
-            Family::new_with_constructor(step_histogram as fn() -> Histogram);
-        r.register(
+        let step_duration: HistogramFamily<StepLabels> = registered(
+            &mut r,
             "tkgops_step_duration_seconds",
             "Duration of finished steps (first attempt's start to the step's end, retries included), by step kind and outcome (succeeded, failed)",
-            step_duration.clone(),
+            Family::new_with_constructor(step_histogram as fn() -> Histogram),
         );
-        let step_attempts = Family::<StepLabels, Counter>::default();
-        r.register(
+        let step_attempts = registered(
+            &mut r,
             "tkgops_step_attempts",
             "Finished step attempts, by step kind and outcome (succeeded, transient, permanent, timeout, interrupted, shutdown)",
-            step_attempts.clone(),
+            Family::<StepLabels, Counter>::default(),
         );
-        let runs_queued = Family::<ClusterLabels, Gauge>::default();
-        r.register(
+        let runs_queued = registered(
+            &mut r,
             "tkgops_runs_queued",
             "Runs waiting for their cluster, by cluster",
-            runs_queued.clone(),
+            Family::<ClusterLabels, Gauge>::default(),
         );
-        let oldest_queued_age = Gauge::<f64, AtomicU64>::default();
-        r.register(
+        let oldest_queued_age = registered(
+            &mut r,
             "tkgops_oldest_queued_run_age_seconds",
             "Age of the oldest queued run (since its submission); 0 when none is queued",
-            oldest_queued_age.clone(),
+            Gauge::<f64, AtomicU64>::default(),
         );
-        let github_rate_limit_remaining = OptionalGauge::default();
-        r.register(
+        let github_rate_limit_remaining = registered(
+            &mut r,
             "tkgops_github_rate_limit_remaining",
             "GitHub API requests left in the primary rate-limit window (x-ratelimit-remaining of the last answer)",
-            github_rate_limit_remaining.clone(),
+            OptionalGauge::default(),
         );
-        let github_content_writes = Counter::default();
-        r.register(
+        let github_content_writes = registered(
+            &mut r,
             "tkgops_github_content_writes",
             "Content-creating GitHub requests sent (comments, statuses, PR edits)",
-            github_content_writes.clone(),
+            Counter::default(),
         );
-        let github_content_writes_limit = Gauge::default();
-        github_content_writes_limit.set(i64::from(CONTENT_WRITES_PER_MINUTE));
-        r.register(
+        let github_content_writes_limit = registered(
+            &mut r,
             "tkgops_github_content_writes_per_minute_limit",
             "The bot's budget of content-creating GitHub requests per minute",
-            github_content_writes_limit.clone(),
+            Gauge::default(),
         );
-        let webhook_deliveries = Family::<ResultLabels, Counter>::default();
-        r.register(
+        github_content_writes_limit.set(i64::from(CONTENT_WRITES_PER_MINUTE));
+        let webhook_deliveries = registered(
+            &mut r,
             "tkgops_webhook_deliveries",
             "GitHub webhook deliveries, by result (accepted, ignored, duplicate, bad_signature, no_secret, bad_request, journal_unavailable)",
-            webhook_deliveries.clone(),
+            Family::<ResultLabels, Counter>::default(),
         );
-        let polls = Family::<ResultLabels, Counter>::default();
-        r.register(
+        let polls = registered(
+            &mut r,
             "tkgops_polls",
             "Polls of GitHub (syncs), by result (ok, error)",
-            polls.clone(),
+            Family::<ResultLabels, Counter>::default(),
         );
-        let poll_duration = Histogram::new(POLL_BUCKETS);
-        r.register(
+        let poll_duration = registered(
+            &mut r,
             "tkgops_poll_duration_seconds",
             "Duration of a poll of GitHub and of the work it found",
-            poll_duration.clone(),
+            Histogram::new(POLL_BUCKETS),
         );
-        let last_successful_poll = OptionalGauge::default();
-        r.register(
+        let last_successful_poll = registered(
+            &mut r,
             "tkgops_last_successful_poll_timestamp_seconds",
             "Unix time of the end of the last successful poll",
-            last_successful_poll.clone(),
+            OptionalGauge::default(),
         );
-        let policy_trusted = OptionalGauge::default();
-        r.register(
+        let policy_trusted = registered(
+            &mut r,
             "tkgops_policy_trusted",
             "1 when the default branch's policy is the trusted one, 0 while an untrusted policy change is pending",
-            policy_trusted.clone(),
+            OptionalGauge::default(),
         );
-        let policy_untrusted_changes = Counter::default();
-        r.register(
+        let policy_untrusted_changes = registered(
+            &mut r,
             "tkgops_policy_untrusted_changes",
             "Distinct untrusted policy changes found on the default branch",
-            policy_untrusted_changes.clone(),
+            Counter::default(),
         );
-        let schedule_fires = Family::<ResultLabels, Counter>::default();
-        r.register(
+        let schedule_fires = registered(
+            &mut r,
             "tkgops_schedule_fires",
             "Schedule fires that ended, by result (proposed, applied, incomplete, not_run, missed)",
-            schedule_fires.clone(),
+            Family::<ResultLabels, Counter>::default(),
         );
-        let waves_halted = Counter::default();
-        r.register(
+        let waves_halted = registered(
+            &mut r,
             "tkgops_waves_halted",
             "Halts of scheduled applies (a wave stopped for a failed run, an unhealthy cluster or a regression)",
-            waves_halted.clone(),
+            Counter::default(),
         );
-        let applies_halted = Gauge::default();
-        r.register(
+        let applies_halted = registered(
+            &mut r,
             "tkgops_scheduled_applies_halted",
             "Schedules whose apply is halted now (until /tkgops resume)",
-            applies_halted.clone(),
+            Gauge::default(),
         );
-        let clusters_by_tkr = Family::<TkrLabels, Gauge>::default();
-        r.register(
+        let clusters_by_tkr = registered(
+            &mut r,
             "tkgops_clusters",
             "Deployed clusters (of the default branch, with a successful run) by the TKR of their deployed commit",
-            clusters_by_tkr.clone(),
+            Family::<TkrLabels, Gauge>::default(),
         );
-        let drift_clusters = Gauge::default();
-        r.register(
+        let drift_clusters = registered(
+            &mut r,
             "tkgops_drift_clusters",
             "Deployed clusters whose live state differed from Git at their deployed commit in the last drift scan",
-            drift_clusters.clone(),
+            Gauge::default(),
         );
         // The bounded results are there at 0 from the start (rate() needs a first sample).
         for result in WEBHOOK_RESULTS {

@@ -315,17 +315,10 @@ impl DriftReconciler<'_> {
     ///
     /// Errors: [`BotError::Store`], [`BotError::Engine`].
     async fn reverts_running(&self) -> Result<bool, BotError> {
-        for r in self.journal.reverts().await? {
-            let run = self
-                .engine
-                .get(&r.run_id)
-                .await
-                .map_err(|e| BotError::Engine(e.to_string()))?;
-            if run.is_some_and(|run| !run.state.is_terminal()) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(reverts_with_runs(self.cx)
+            .await?
+            .iter()
+            .any(|(_, run)| run.as_ref().is_some_and(|run| !run.state.is_terminal())))
     }
 
     /// Starts (or resubmits after a restart) the revert run of `cluster` deployed at `commit`
@@ -646,6 +639,26 @@ impl DriftReconciler<'_> {
         };
         Ok(self.journal.put_drift(&record).await?)
     }
+}
+
+/// Each cluster's last revert the journal knows, with its engine run (`None` while it is
+/// journaled but not submitted yet): what the dashboard shows and what tells the scan a revert
+/// is running.
+///
+/// Errors: [`BotError::Store`], [`BotError::Engine`].
+pub(crate) async fn reverts_with_runs(
+    cx: &crate::context::Context,
+) -> Result<Vec<(RevertRecord, Option<RunRecord>)>, BotError> {
+    let mut out = Vec::new();
+    for r in cx.journal.reverts().await? {
+        let run = cx
+            .engine
+            .get(&r.run_id)
+            .await
+            .map_err(|e| BotError::Engine(e.to_string()))?;
+        out.push((r, run));
+    }
+    Ok(out)
 }
 
 /// A table cell: `|` escaped, line breaks flattened.

@@ -526,15 +526,7 @@ impl ScheduleReconciler<'_> {
         }
         // The drift of the last scan, before the cluster table (which GitHub's size limit cuts).
         if let Some(scan) = self.journal.drift_scan().await? {
-            let mut reverts = Vec::new();
-            for r in self.journal.reverts().await? {
-                let run = self
-                    .engine
-                    .get(&r.run_id)
-                    .await
-                    .map_err(|e| BotError::Engine(e.to_string()))?;
-                reverts.push((r, run));
-            }
+            let reverts = super::drift::reverts_with_runs(self.cx).await?;
             let drifts = self.journal.drifts().await?;
             let section = super::drift::drift_section(&scan, &drifts, &reverts);
             match body.find(CLUSTER_TABLE_HEAD) {

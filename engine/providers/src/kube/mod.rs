@@ -826,6 +826,21 @@ impl KubeProvider {
     }
 }
 
+/// The `cluster.x-k8s.io` Cluster documents of `manifests` (a `kube.apply` step's YAML
+/// stream), in order. Stops at the first document that does not parse (serde_yaml's document
+/// iterator does not recover from a syntax error); the apply then reports it with its position.
+fn cluster_documents(manifests: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(manifests)
+        .map_while(|doc| serde_json::Value::deserialize(doc).ok())
+        .filter(|v| {
+            v["kind"] == "Cluster"
+                && v["apiVersion"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("cluster.x-k8s.io/"))
+        })
+        .collect()
+}
+
 /// A drift revert never creates a Cluster (README "Drift"): every `cluster.x-k8s.io` Cluster
 /// document of `manifests` must exist on `management_cluster`.
 ///
@@ -836,15 +851,7 @@ pub async fn check_clusters_exist(
     management_cluster: &str,
     manifests: &str,
 ) -> Result<(), StepError> {
-    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(manifests)
-        .map_while(|doc| serde_json::Value::deserialize(doc).ok())
-        .collect();
-    for v in docs.iter().filter(|v| {
-        v["kind"] == "Cluster"
-            && v["apiVersion"]
-                .as_str()
-                .is_some_and(|a| a.starts_with("cluster.x-k8s.io/"))
-    }) {
+    for v in cluster_documents(manifests) {
         let name = v["metadata"]["name"].as_str().unwrap_or("");
         let ns = v["metadata"]["namespace"].as_str().unwrap_or("default");
         let what = format!("Cluster/{ns}/{name} on management cluster '{management_cluster}'");
@@ -876,18 +883,7 @@ pub async fn check_cluster_ownership(
     management_cluster: &str,
     manifests: &str,
 ) -> Result<(), StepError> {
-    // Stops at the first unparsable document (serde_yaml's document iterator does not recover
-    // from a syntax error); the apply then reports it with its position.
-    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(manifests)
-        .map_while(|doc| serde_json::Value::deserialize(doc).ok())
-        .collect();
-    for v in docs {
-        let api_version = v.get("apiVersion").and_then(|a| a.as_str()).unwrap_or("");
-        if v.get("kind").and_then(|k| k.as_str()) != Some("Cluster")
-            || !api_version.starts_with("cluster.x-k8s.io/")
-        {
-            continue;
-        }
+    for v in cluster_documents(manifests) {
         let meta = &v["metadata"];
         let name = meta["name"].as_str().unwrap_or("");
         let ns = meta["namespace"].as_str().unwrap_or("default");
