@@ -191,7 +191,7 @@ pub struct BotConfig {
     /// (humantime; default 30s; keep it below the pod's `terminationGracePeriodSeconds`). No new
     /// work starts once the signal arrived; a step still running after the grace is cut, its
     /// attempt recorded as cut short by the shutdown (not counted against its retries), and it
-    /// runs again at the next start.
+    /// runs again at the next start. A step that only reads and waits is cut at once.
     #[serde(
         default = "default_shutdown_grace",
         with = "tkgops_domain::serde_duration"

@@ -206,6 +206,26 @@ step_kinds! {
         => fn aws_remove_subnet_tags(AwsPreflightInputs) -> AwsRemoveSubnetTagsOutput,
 }
 
+impl StepKind {
+    /// Whether an attempt of this kind only reads and waits, with no side effect to protect:
+    /// the management-cluster preflight, the readiness and rollout waits, the kubeconfig read,
+    /// the packages' re-verification and the ownership check. A graceful shutdown cuts such an
+    /// attempt at once (the next start runs it again) instead of letting it run out
+    /// `shutdownGrace`; every other kind gets the grace to reach its end.
+    pub fn only_reads(self) -> bool {
+        matches!(
+            self,
+            StepKind::KubePreflight
+                | StepKind::KubeWaitCluster
+                | StepKind::KubeReadKubeconfig
+                | StepKind::KubeWaitControlPlane
+                | StepKind::KubeWaitMachineDeployments
+                | StepKind::PackagesVerify
+                | StepKind::KubeCheckOwner
+        )
+    }
+}
+
 /// `output` read as the output type `O` of `kind`. Errors: [`OutputMismatch`].
 fn read_output<O: StepOutput>(
     kind: StepKind,

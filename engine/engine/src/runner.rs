@@ -1217,7 +1217,7 @@ impl Inner {
                 }
             }
             // --- Execute.
-            let (result, latest) = self.execute(run, idx, outputs).await;
+            let (result, latest) = self.execute(run, idx, outputs, shutdown).await;
             let now = Utc::now();
             let step = &mut run.steps[idx];
             let (outcome, error) = match &result {
@@ -1359,12 +1359,23 @@ impl Inner {
         run: &RunRecord,
         idx: usize,
         outputs: &BTreeMap<String, serde_json::Value>,
+        shutdown: &watch::Receiver<bool>,
     ) -> (
         Result<serde_json::Value, (&'static str, String)>,
         Option<String>,
     ) {
         let step = &run.steps[idx];
         let spec = &step.spec;
+        // A step that only reads and waits has no side effect to finish: a graceful shutdown
+        // cuts it at once (OUTCOME_SHUTDOWN, no budget spent) instead of after the grace.
+        let mut stop = shutdown.clone();
+        let cut_at_shutdown = spec.kind().only_reads();
+        let stopped = async move {
+            if !cut_at_shutdown || stop.wait_for(|v| *v).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(stopped);
         let (ptx, mut prx) = watch::channel::<Option<String>>(None);
         let ctx = StepContext {
             run_id: run.id.clone(),
@@ -1398,7 +1409,8 @@ impl Inner {
                         latest = Some(line);
                     }
                 }
-                r = &mut attempt => break r,
+                r = &mut attempt => break Some(r),
+                _ = &mut stopped => break None,
             }
         };
         // A line reported in the attempt's last poll.
@@ -1409,6 +1421,10 @@ impl Inner {
                 latest = Some(line);
             }
         }
+        let Some(raw) = raw else {
+            let why = "cut short by a graceful shutdown of the bot (a step that only reads and waits gets no grace)";
+            return (Err((OUTCOME_SHUTDOWN, why.to_string())), latest);
+        };
         let result = match raw {
             Ok(Ok(Ok(output))) => Ok(output),
             Ok(Ok(Err(StepError::Transient(m)))) => Err((OUTCOME_TRANSIENT, m)),

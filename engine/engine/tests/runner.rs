@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
-use tkgops_domain::step::WorkloadTarget;
+use tkgops_domain::step::{KubeDeleteInputs, WorkloadTarget};
 use tkgops_engine::store::{
     RunRecord, RunState, SledStore, StepState, Store, MAX_ERROR_BYTES, MAX_INTERRUPTED_ATTEMPTS,
     OUTCOME_INTERRUPTED, OUTCOME_PERMANENT, OUTCOME_SHUTDOWN, OUTCOME_SUCCEEDED, OUTCOME_TIMEOUT,
@@ -181,7 +181,8 @@ impl RunObserver for Recorder {
     }
 }
 
-/// A step the [`Scripted`] executor runs (kind `kube.wait-cluster`, cluster named `id`).
+/// A step the [`Scripted`] executor runs (kind `kube.delete-cluster`, one with a side effect, so
+/// a graceful shutdown gives it the grace; cluster named `id`).
 fn target(id: &str) -> WorkloadTarget {
     WorkloadTarget {
         management_cluster: "mc".to_string(),
@@ -201,7 +202,10 @@ fn spec(id: &str) -> StepSpec {
             initial_backoff_secs: 0.001,
             max_backoff_secs: 0.005,
         },
-        inputs: StepInputs::KubeWaitCluster(target(id)),
+        inputs: StepInputs::KubeDeleteCluster(KubeDeleteInputs {
+            target: target(id),
+            owner_label: "owner".into(),
+        }),
     }
 }
 
@@ -1127,6 +1131,56 @@ async fn engine_shutdown_lets_in_flight_attempts_finish_within_grace() {
     );
     assert_eq!(ex.calls_for("r").len(), 1);
     assert_eq!(store.list_active().await.unwrap().len(), 1);
+}
+
+/// A step that only reads and waits (`kube.wait-cluster`) has no side effect to finish: a
+/// graceful shutdown cuts it at once, not after the grace, and records it as cut short by the
+/// shutdown (no retry budget spent); the next start runs it again.
+#[tokio::test]
+async fn engine_shutdown_cuts_a_step_that_only_waits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let ex = Scripted::new();
+    ex.script("wait", vec![Act::Hang, Act::Ok]);
+    let engine = engine_with(store.clone(), ex.clone(), Arc::new(NoopObserver));
+    let mut started = ex.notify_started();
+    let mut wait = spec("wait");
+    wait.inputs = StepInputs::KubeWaitCluster(target("wait"));
+    wait.retry.max_attempts = 1;
+    engine
+        .submit(request("r", "c", vec![wait, spec("next")]))
+        .await
+        .unwrap();
+    wait_for_call(&mut started, "wait").await;
+    // A grace far longer than the test's timeout: only the cut ends the shutdown in time.
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        engine.shutdown(Duration::from_secs(600)),
+    )
+    .await
+    .expect("the shutdown did not wait for the grace");
+    let run = store.get_run("r").await.unwrap().unwrap();
+    assert_eq!(states(&run), [StepState::Running, StepState::Pending]);
+    let attempt = &run.steps[0].attempts[0];
+    assert_eq!(attempt.outcome.as_deref(), Some(OUTCOME_SHUTDOWN));
+    assert!(
+        attempt
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("only reads and waits"),
+        "{attempt:?}"
+    );
+    drop(engine);
+
+    // The next start runs it again although one attempt is allowed: the cut spent none.
+    let ex = Scripted::new();
+    ex.script("wait", vec![Act::Hang, Act::Ok]);
+    let engine = engine_with(store.clone(), ex.clone(), Arc::new(NoopObserver));
+    assert_eq!(engine.resume_all().await.unwrap(), 1);
+    let run = engine.wait("r").await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded, "{:?}", run.error);
+    assert_eq!(run.steps[0].attempts.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
