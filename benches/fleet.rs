@@ -483,11 +483,14 @@ async fn main() {
     )
     .expect("committing the schedule");
     let cfg_path = env.workdir.join("bot.yaml");
-    std::fs::write(
-        &cfg_path,
-        serde_yaml::to_string(&env.bot_config(&timings)).expect("bot config"),
-    )
-    .expect("writing the bot config");
+    let mut cfg = env.bot_config(&timings);
+    // For A/B runs: the drift scans (and their wake-up from the Cluster watch) off with 0.
+    if let Ok(secs) = std::env::var("TKGOPS_BENCH_DRIFT_SCAN_SECS") {
+        let secs = secs.parse().expect("TKGOPS_BENCH_DRIFT_SCAN_SECS: seconds");
+        cfg.drift_scan_interval = Duration::from_secs(secs);
+    }
+    std::fs::write(&cfg_path, serde_yaml::to_string(&cfg).expect("bot config"))
+        .expect("writing the bot config");
     let mgmt_log = mgmt.faults().log().clone();
     let github_log = env.github.faults().log().clone();
     let (mgmt_before, github_before) = (mgmt_log.all().len(), github_log.all().len());

@@ -69,8 +69,6 @@ pub struct Context {
     /// The deployed clusters the drift wake-up watches ([`crate::drift_watch`]), kept up to
     /// date by the drift reconciler.
     pub(crate) drift_targets: tokio::sync::watch::Sender<crate::drift_watch::Targets>,
-    /// The deployed commit each of `drift_targets` was read at.
-    pub(crate) drift_target_commits: std::sync::Mutex<BTreeMap<String, String>>,
     /// The clusters a Cluster change woke, for the drift reconciler's next run.
     pub(crate) drift_woken: Arc<crate::drift_watch::Woken>,
     /// Notified by the drift wake-up: the bot's loop enqueues the drift key.

@@ -193,7 +193,6 @@ impl Bot {
             drift_interval: Default::default(),
             drift_last: Default::default(),
             drift_targets: tokio::sync::watch::channel(Default::default()).0,
-            drift_target_commits: Default::default(),
             drift_woken: Default::default(),
             drift_wake: Default::default(),
             drift_watching: Arc::new(tokio::sync::watch::channel(Default::default()).0),

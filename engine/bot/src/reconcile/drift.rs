@@ -189,6 +189,36 @@ fn wanted_at(
     Ok(Some(wanted))
 }
 
+/// Where the Cluster of cluster `name` is, from its request and policy at `commit` (no
+/// workflow is rendered: a fleet's targets are read in milliseconds), reached through the
+/// management cluster's kubeconfig source as the runs' steps are (so the wake-up reads the
+/// waits' shared watch, not one of its own). `None` when the request does not load there.
+///
+/// Errors: [`crate::gitops::GitError`] when the commit cannot be read.
+fn target_at(
+    git: &ConfigRepo,
+    commit: &str,
+    name: &str,
+) -> Result<Option<tkgops_providers::WorkloadTarget>, crate::gitops::GitError> {
+    let tree = git.tree(commit)?;
+    let tree: &dyn TreeReader = &tree;
+    let (Some(rc), _) = load_repo_config(tree) else {
+        return Ok(None);
+    };
+    Ok(load_cluster(tree, name, Some(&rc))
+        .and_then(|l| l.request)
+        .and_then(|req| cluster_spec(&req, &rc).ok())
+        .map(|spec| tkgops_providers::WorkloadTarget {
+            // As the runs' steps reach it, so that the wake-up reads their shared watch.
+            kubeconfig: rc
+                .management_cluster(&spec.management_cluster)
+                .map(|m| m.kubeconfig.clone()),
+            management_cluster: spec.management_cluster,
+            namespace: spec.namespace,
+            cluster_name: spec.name,
+        }))
+}
+
 /// What one cluster's comparison found: drifted fields and drift tkgops cannot revert.
 type Found = (Vec<(DriftObject, DriftField)>, Vec<String>);
 
@@ -247,9 +277,10 @@ impl DriftReconciler<'_> {
     }
 
     /// Keeps the drift wake-up's targets ([`crate::drift_watch`]) to the deployed clusters of
-    /// the default branch's tip: each one's Cluster as the create workflow renders it at its
-    /// deployed commit (read again only when that commit changes). The listener is told only
-    /// when the targets changed.
+    /// the default branch's tip: where each one's Cluster is ([`target_at`]), read once per
+    /// cluster at its deployed commit (a cluster's management cluster, namespace and name never
+    /// change after its creation). The listener is told only when the
+    /// targets changed.
     ///
     /// Errors: [`BotError`] when the tip, a deployed commit or the engine's store cannot be read.
     async fn refresh_targets(&self) -> Result<(), BotError> {
@@ -260,13 +291,7 @@ impl DriftReconciler<'_> {
         let git = self.git.clone();
         let names = blocking(move || git.list_dirs(&tip, "clusters")).await?;
         let known = self.drift_targets.borrow().clone();
-        let commits = self
-            .drift_target_commits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         let mut targets = crate::drift_watch::Targets::new();
-        let mut read_at = std::collections::BTreeMap::new();
         for name in names {
             let Some(deployed) = self
                 .store
@@ -276,31 +301,17 @@ impl DriftReconciler<'_> {
             else {
                 continue;
             };
-            let commit = deployed.commit_sha;
-            let target = match (commits.get(&name), known.get(&name)) {
-                (Some(c), Some(t)) if *c == commit => Some(t.clone()),
-                _ => {
-                    let (git, catalog, repository) = (
-                        self.git.clone(),
-                        self.catalog.clone(),
-                        self.full_name.clone(),
-                    );
-                    let (n, c) = (name.clone(), commit.clone());
-                    blocking(move || wanted_at(&git, &catalog, &repository, &c, &n))
-                        .await?
-                        .and_then(|w| w.cluster)
-                        .map(|k| k.target)
+            let target = match known.get(&name) {
+                Some(t) => Some(t.clone()),
+                None => {
+                    let (git, n, c) = (self.git.clone(), name.clone(), deployed.commit_sha);
+                    blocking(move || target_at(&git, &c, &n)).await?
                 }
             };
             if let Some(t) = target {
-                targets.insert(name.clone(), t);
-                read_at.insert(name, commit);
+                targets.insert(name, t);
             }
         }
-        *self
-            .drift_target_commits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = read_at;
         self.drift_targets.send_if_modified(|t| {
             let changed = *t != targets;
             if changed {
