@@ -15,7 +15,7 @@ use tkgops_sandbox::crashpoint::{ABORT_LINE, ENV_POINTS, ENV_STATE_DIR};
 use tkgops_sandbox::{Environment, Timings};
 
 use crate::e2e::{merge_create, start_env};
-use crate::support::{assert_create_effects_once, crashpoint_bin, sigterm, spawn_serve};
+use crate::support::{assert_create_effects_once, crashpoint_bin, spawn_serve, stop_with_sigterm};
 
 /// SIGABRT: what `std::process::abort` ends the crash-point process with.
 const SIGABRT: i32 = 6;
@@ -85,12 +85,7 @@ async fn a_kill_after_each_side_effect_before_its_journal_write_repeats_no_side_
         .await
         .unwrap();
     assert_eq!(apply, "success", "{}", env.conversation(pr));
-    sigterm(&bot);
-    let status = tokio::time::timeout(Duration::from_secs(15), bot.wait())
-        .await
-        .expect("the last bot did not stop on SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{status}");
+    stop_with_sigterm(&mut bot, Duration::from_secs(15), "the last bot").await;
 
     assert_create_effects_once(&env, pr, &[&head, &merge]);
 

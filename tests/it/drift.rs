@@ -107,11 +107,7 @@ async fn hand_changes_to_the_topology_and_the_tmc_group_are_reported_as_drift() 
     let Some(kubectl) = crate::kubectl::kubectl() else {
         panic!("kubectl is needed: the hand change is made with the real kubectl");
     };
-    let timings = Timings::default();
-    let env = start_env(&timings).await;
-    let bot = DriftBot::start(&env, &timings, Duration::from_secs(1)).await;
-    let (_, files) = request_files(None, &env.vpc);
-    create_through_a_pull_request(&env, &files).await;
+    let (env, bot, files) = with_created(Duration::from_secs(1), default_files).await;
 
     // Live as Git says: no drift.
     let body = dashboard_until(&env, "a clean scan of the cluster", |b| {
@@ -230,11 +226,7 @@ async fn a_hand_change_of_the_cluster_wakes_a_scan_long_before_the_interval() {
     let Some(kubectl) = crate::kubectl::kubectl() else {
         panic!("kubectl is needed: the hand change is made with the real kubectl");
     };
-    let timings = Timings::default();
-    let env = start_env(&timings).await;
-    let bot = DriftBot::start(&env, &timings, Duration::from_secs(3600)).await;
-    let (_, files) = request_files(None, &env.vpc);
-    create_through_a_pull_request(&env, &files).await;
+    let (env, bot, _) = with_created(Duration::from_secs(3600), default_files).await;
 
     let mgmt = env.kube.cluster(MANAGEMENT_CLUSTER).unwrap();
     let clusters = Gvr::new("cluster.x-k8s.io", "v1beta1", "clusters");
@@ -286,6 +278,25 @@ async fn a_hand_change_of_the_cluster_wakes_a_scan_long_before_the_interval() {
     bot.stop().await;
 }
 
+/// The sandbox and the in-process bot scanning every `interval`, with team-a-prod created
+/// through a pull request of the `files` of the sandbox; returns them and the files.
+async fn with_created(
+    interval: Duration,
+    files: fn(&Environment) -> Vec<(String, String)>,
+) -> (Environment, DriftBot, Vec<(String, String)>) {
+    let timings = Timings::default();
+    let env = start_env(&timings).await;
+    let bot = DriftBot::start(&env, &timings, interval).await;
+    let files = files(&env);
+    create_through_a_pull_request(&env, &files).await;
+    (env, bot, files)
+}
+
+/// The example request's files.
+fn default_files(env: &Environment) -> Vec<(String, String)> {
+    request_files(None, &env.vpc).1
+}
+
 /// The example request's files with `driftPolicy: revert` in its `tkgops.yaml`.
 fn revert_files(env: &Environment) -> Vec<(String, String)> {
     let (_, mut files) = request_files(None, &env.vpc);
@@ -300,10 +311,7 @@ fn revert_files(env: &Environment) -> Vec<(String, String)> {
 /// The sandbox and the bot (scanning every second) with team-a-prod created under
 /// `driftPolicy: revert`, after a first clean scan of it.
 async fn revert_sandbox() -> (Environment, DriftBot) {
-    let timings = Timings::default();
-    let env = start_env(&timings).await;
-    let bot = DriftBot::start(&env, &timings, Duration::from_secs(1)).await;
-    create_through_a_pull_request(&env, &revert_files(&env)).await;
+    let (env, bot, _) = with_created(Duration::from_secs(1), revert_files).await;
     dashboard_until(&env, "a clean scan of the cluster", |b| {
         b.contains("No drift: 1 deployed cluster(s) compared")
     })
@@ -575,12 +583,7 @@ async fn a_bot_killed_in_the_middle_of_a_revert_resumes_the_same_revert_run() {
         b.contains(&format!("#### Revert of `{CLUSTER}`")) && b.contains("✅ succeeded")
     })
     .await;
-    crate::support::sigterm(&bot);
-    let status = tokio::time::timeout(Duration::from_secs(15), bot.wait())
-        .await
-        .expect("the bot did not stop on SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{status}");
+    crate::support::stop_with_sigterm(&mut bot, Duration::from_secs(15), "the bot").await;
 
     assert_eq!(replicas_of(), replicas);
     let changing_applies = mgmt

@@ -12,7 +12,7 @@ use tkgops_engine::store::{RunFilter, SledStore, Store, OUTCOME_SHUTDOWN};
 use tkgops_sandbox::{Environment, Timings, MANAGEMENT_CLUSTER};
 
 use crate::e2e::{merge_create_until_tmc_attach, start_env};
-use crate::support::{assert_create_effects_once, sigterm};
+use crate::support::{assert_create_effects_once, sigterm, stop_with_sigterm};
 
 const CLUSTER: &str = "team-a-prod";
 /// The bot's `shutdownGrace` in this test.
@@ -113,12 +113,7 @@ async fn sigterm_mid_step_exits_0_and_the_next_start_finishes_the_run_exactly_on
         .await
         .unwrap();
     assert_eq!(apply, "success", "{}", env.conversation(pr));
-    sigterm(&second);
-    let status = tokio::time::timeout(GRACE + MARGIN, second.wait())
-        .await
-        .expect("the idle bot did not exit within the grace + margin")
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{status}");
+    stop_with_sigterm(&mut second, GRACE + MARGIN, "the idle bot").await;
 
     // Exactly once, from the emulators' and moto's own records.
     let applies: Vec<_> = mgmt

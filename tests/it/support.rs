@@ -254,6 +254,21 @@ pub fn sigterm(child: &tokio::process::Child) {
     assert!(status.success(), "kill -TERM {pid}: {status}");
 }
 
+/// Sends SIGTERM to `child` and asserts it exits 0 within `within` (`what` names it in the
+/// failure).
+pub async fn stop_with_sigterm(
+    child: &mut tokio::process::Child,
+    within: std::time::Duration,
+    what: &str,
+) {
+    sigterm(child);
+    let status = tokio::time::timeout(within, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not exit within {within:?} of SIGTERM"))
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{what}: {status}");
+}
+
 /// Asserts that the create story of team-a-prod (pull request `pr`, whose commits `shas` are
 /// checked for statuses) had each side effect exactly once, from the emulators' and moto's
 /// own records: one changing create (apply) of the Cluster on the management cluster, one TMC

@@ -107,6 +107,31 @@ impl Context {
         clock()
     }
 
+    /// The clusters of `tip` (`clusters/<name>/`) that have a deployed commit (a run of theirs
+    /// succeeded), with that commit, in name order: what the drift scan, its wake-up and the
+    /// clusters-by-TKR gauge look at.
+    ///
+    /// Errors: [`BotError::Git`] when `tip` cannot be read, [`BotError::Store`].
+    pub(crate) async fn deployed_clusters(
+        &self,
+        tip: &str,
+    ) -> Result<Vec<(String, String)>, BotError> {
+        let (git, tip) = (self.git.clone(), tip.to_string());
+        let names = blocking(move || git.list_dirs(&tip, "clusters")).await?;
+        let mut deployed = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(d) = self
+                .store
+                .deployed(&name)
+                .await
+                .map_err(|e| BotError::Store(e.to_string()))?
+            {
+                deployed.push((name, d.commit_sha));
+            }
+        }
+        Ok(deployed)
+    }
+
     /// The drift scan interval ([`crate::Bot::set_drift_interval`]), `None` when scans are off.
     pub(crate) fn drift_interval(&self) -> Option<std::time::Duration> {
         *self

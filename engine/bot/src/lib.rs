@@ -326,20 +326,7 @@ impl Bot {
         if tip.is_empty() {
             return Ok(());
         }
-        let git = self.cx.git.clone();
-        let names = blocking(move || git.list_dirs(&tip, "clusters")).await?;
-        let mut deployed = Vec::new();
-        for name in names {
-            if let Some(d) = self
-                .cx
-                .store
-                .deployed(&name)
-                .await
-                .map_err(|e| BotError::Store(e.to_string()))?
-            {
-                deployed.push((name, d.commit_sha));
-            }
-        }
+        let deployed = self.cx.deployed_clusters(&tip).await?;
         let known = self
             .cx
             .tkr_of_deployed

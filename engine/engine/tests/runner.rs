@@ -232,6 +232,15 @@ fn states(run: &RunRecord) -> Vec<StepState> {
     run.steps.iter().map(|s| s.state).collect()
 }
 
+/// The outcomes of the finished attempts of step `idx` of `run`, oldest first.
+fn outcomes(run: &RunRecord, idx: usize) -> Vec<String> {
+    run.steps[idx]
+        .attempts
+        .iter()
+        .map(|a| a.outcome.clone().expect("a finished attempt"))
+        .collect()
+}
+
 async fn wait_for_call(rx: &mut mpsc::UnboundedReceiver<(String, u32)>, step: &str) -> u32 {
     loop {
         let (s, attempt) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
@@ -524,12 +533,8 @@ async fn engine_transient_errors_retry_with_backoff_then_succeed() {
     let run = engine.wait("r").await.unwrap();
     assert_eq!(run.state, RunState::Succeeded);
     let attempts = &run.steps[0].attempts;
-    let outcomes: Vec<_> = attempts
-        .iter()
-        .map(|a| a.outcome.as_deref().unwrap())
-        .collect();
     assert_eq!(
-        outcomes,
+        outcomes(&run, 0),
         [
             OUTCOME_TRANSIENT,
             OUTCOME_TRANSIENT,
@@ -621,12 +626,7 @@ async fn engine_timeout_is_retried_then_fails() {
     let run = engine.wait("r").await.unwrap();
     assert_eq!(run.state, RunState::Failed);
     assert_eq!(run.error.as_deref(), Some("wait: timed out after 1 s"));
-    let outcomes: Vec<_> = run.steps[0]
-        .attempts
-        .iter()
-        .map(|a| a.outcome.as_deref().unwrap())
-        .collect();
-    assert_eq!(outcomes, [OUTCOME_TIMEOUT, OUTCOME_TIMEOUT]);
+    assert_eq!(outcomes(&run, 0), [OUTCOME_TIMEOUT, OUTCOME_TIMEOUT]);
     assert_eq!(states(&run), [StepState::Failed, StepState::Cancelled]);
     assert_eq!(ex.calls_for("r").len(), 2);
 }
@@ -977,12 +977,7 @@ fn a_step_that_kills_the_bot_every_time_fails_at_the_interrupted_cap() {
             StepState::Cancelled
         ]
     );
-    let outcomes: Vec<_> = last.steps[1]
-        .attempts
-        .iter()
-        .map(|a| a.outcome.clone().unwrap())
-        .collect();
-    assert_eq!(outcomes, vec![OUTCOME_INTERRUPTED; cap]);
+    assert_eq!(outcomes(&last, 1), vec![OUTCOME_INTERRUPTED; cap]);
     assert_eq!(
         last.error.as_deref(),
         Some(
@@ -1032,13 +1027,8 @@ fn interrupted_attempts_do_not_spend_the_retry_budget() {
         engine.wait("crash").await.unwrap()
     });
     assert_eq!(run.state, RunState::Succeeded, "{:?}", run.error);
-    let outcomes: Vec<_> = run.steps[1]
-        .attempts
-        .iter()
-        .map(|a| a.outcome.clone().unwrap())
-        .collect();
     assert_eq!(
-        outcomes,
+        outcomes(&run, 1),
         [
             OUTCOME_INTERRUPTED,
             OUTCOME_INTERRUPTED,

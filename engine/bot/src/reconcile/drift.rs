@@ -45,7 +45,7 @@ use tkgops_domain::step::{
     KubeApplyInputs, PackagesInputs, StepInputs, StepSpec, TmcClusterInputs,
 };
 use tkgops_domain::workflow::plan::{
-    load_cluster, load_repo_config, render_context, render_workflow, OWNER_LABEL,
+    load_cluster, load_repo_config, render_context, render_workflow, workload_target, OWNER_LABEL,
 };
 use tkgops_domain::workflow::Catalog;
 use tkgops_engine::store::{RunRecord, RunState};
@@ -208,15 +208,8 @@ fn target_at(
     Ok(load_cluster(tree, name, Some(&rc))
         .and_then(|l| l.request)
         .and_then(|req| cluster_spec(&req, &rc).ok())
-        .map(|spec| tkgops_providers::WorkloadTarget {
-            // As the runs' steps reach it, so that the wake-up reads their shared watch.
-            kubeconfig: rc
-                .management_cluster(&spec.management_cluster)
-                .map(|m| m.kubeconfig.clone()),
-            management_cluster: spec.management_cluster,
-            namespace: spec.namespace,
-            cluster_name: spec.name,
-        }))
+        // As the runs' steps reach it, so that the wake-up reads their shared watch.
+        .map(|spec| workload_target(&spec, Some(&rc))))
 }
 
 /// What one cluster's comparison found: drifted fields and drift tkgops cannot revert.
@@ -288,23 +281,13 @@ impl DriftReconciler<'_> {
         if tip.is_empty() {
             return Ok(());
         }
-        let git = self.git.clone();
-        let names = blocking(move || git.list_dirs(&tip, "clusters")).await?;
         let known = self.drift_targets.borrow().clone();
         let mut targets = crate::drift_watch::Targets::new();
-        for name in names {
-            let Some(deployed) = self
-                .store
-                .deployed(&name)
-                .await
-                .map_err(|e| BotError::Store(e.to_string()))?
-            else {
-                continue;
-            };
+        for (name, commit) in self.deployed_clusters(&tip).await? {
             let target = match known.get(&name) {
                 Some(t) => Some(t.clone()),
                 None => {
-                    let (git, n, c) = (self.git.clone(), name.clone(), deployed.commit_sha);
+                    let (git, n, c) = (self.git.clone(), name.clone(), commit);
                     blocking(move || target_at(&git, &c, &n)).await?
                 }
             };
@@ -431,30 +414,19 @@ impl DriftReconciler<'_> {
             return Ok(());
         }
         let at = self.now();
-        let git = self.git.clone();
-        let t = tip.clone();
-        let names = blocking(move || git.list_dirs(&t, "clusters")).await?;
         let mut compared = 0usize;
         let mut failed = Vec::new();
         let mut seen = BTreeSet::new();
-        for name in names {
+        for (name, commit) in self.deployed_clusters(&tip).await? {
             if only.is_some_and(|o| !o.contains(&name)) {
                 continue;
             }
-            let Some(deployed) = self
-                .store
-                .deployed(&name)
-                .await
-                .map_err(|e| BotError::Store(e.to_string()))?
-            else {
-                continue;
-            };
             let (git, catalog, repository) = (
                 self.git.clone(),
                 self.catalog.clone(),
                 self.full_name.clone(),
             );
-            let (n, c) = (name.clone(), deployed.commit_sha.clone());
+            let (n, c) = (name.clone(), commit.clone());
             let Some(wanted) =
                 blocking(move || wanted_at(&git, &catalog, &repository, &c, &n)).await?
             else {
@@ -467,11 +439,11 @@ impl DriftReconciler<'_> {
                     let (git, t, n) = (self.git.clone(), tip.clone(), name.clone());
                     let policy = blocking(move || policy_at(&git, &t, &n)).await?;
                     if policy == DriftPolicy::Revert && !found.0.is_empty() {
-                        let c = &deployed.commit_sha;
+                        let c = &commit;
                         self.revert(&name, c, &found.0, &wanted.steps, at, interval)
                             .await?;
                     }
-                    self.record(&name, &deployed.commit_sha, found, at).await?;
+                    self.record(&name, &commit, found, at).await?;
                 }
                 Err(why) => {
                     warn!(cluster = %name, error = %why, "drift scan: the cluster could not be compared");

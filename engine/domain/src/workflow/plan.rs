@@ -1186,6 +1186,21 @@ pub fn render_workflow(
     Ok((steps, manifests))
 }
 
+/// Where the Cluster of `spec` is, and how its management cluster is reached: the
+/// management cluster's kubeconfig source from `repo` (the policy the plan is made under;
+/// `None` without one, the bot's configured source is used then). What every step on the
+/// cluster targets, and what the drift wake-up watches.
+pub fn workload_target(spec: &ClusterSpec, repo: Option<&RepoConfig>) -> WorkloadTarget {
+    WorkloadTarget {
+        management_cluster: spec.management_cluster.clone(),
+        kubeconfig: repo
+            .and_then(|r| r.management_cluster(&spec.management_cluster))
+            .map(|m| m.kubeconfig.clone()),
+        namespace: spec.namespace.clone(),
+        cluster_name: spec.name.clone(),
+    }
+}
+
 /// The typed inputs of a step of kind `kind` for the cluster `spec` (as the change leaves it;
 /// `before` is the cluster as it was, for changes to an existing cluster); `manifests` is the
 /// rendered multi-document YAML of a `kube.apply` step (empty for other kinds); `owner_label`
@@ -1208,14 +1223,7 @@ pub fn step_inputs(
         manifests,
         fields,
     } = rendered;
-    let target = WorkloadTarget {
-        management_cluster: spec.management_cluster.clone(),
-        kubeconfig: repo
-            .and_then(|r| r.management_cluster(&spec.management_cluster))
-            .map(|m| m.kubeconfig.clone()),
-        namespace: spec.namespace.clone(),
-        cluster_name: spec.name.clone(),
-    };
+    let target = workload_target(spec, repo);
     let tmc = || -> Result<TmcClusterInputs, String> {
         let org = repo
             .and_then(|r| r.tmc.as_ref())
